@@ -1,0 +1,5 @@
+//! cortex-coordinator: the coordinator daemon. Its loop lives in the library.
+
+fn main() -> std::process::ExitCode {
+    cortex::daemon::run("coordinator", cortex::daemon::idle_loop)
+}

@@ -1,0 +1,5 @@
+//! cortex-heartbeat: the heartbeat daemon. Its loop lives in the library.
+
+fn main() -> std::process::ExitCode {
+    cortex::daemon::run("heartbeat", cortex::daemon::idle_loop)
+}

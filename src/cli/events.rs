@@ -1,0 +1,115 @@
+//! `cortex event emit` (both the flag form and the older positional form) and `cortex event list`.
+
+use super::{Ctx, print_json};
+use crate::error::{Error, Result};
+use crate::events::Severity;
+use clap::Subcommand;
+use serde_json::Value;
+
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Append an event: `--type T --severity S --message M [--data JSON] [--source S]`, or the older `TYPE DATA_JSON [SOURCE]`.
+    Emit {
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
+        #[arg(long, default_value = "info")]
+        severity: Severity,
+        #[arg(long)]
+        message: Option<String>,
+        /// A JSON object.
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        /// Older positional form: TYPE DATA_JSON [SOURCE].
+        #[arg(value_name = "TYPE DATA_JSON [SOURCE]", num_args = 0..=3)]
+        positional: Vec<String>,
+    },
+    /// List recent events.
+    List {
+        /// Only events of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only events of this severity or worse.
+        #[arg(long)]
+        min_severity: Option<Severity>,
+        /// Only events newer than this (e.g. 1h, 30m).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many (newest).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
+    match cmd {
+        EventCommand::Emit { event_type, severity, message, data, source, positional } => {
+            let mut pos = positional.into_iter();
+            let event_type = event_type.or_else(|| pos.next()).ok_or_else(|| Error::Config {
+                path: None,
+                detail: "event emit needs --type TYPE (or TYPE as the first argument)".into(),
+            })?;
+            let data = data.or_else(|| pos.next());
+            let source = source.or_else(|| pos.next()).unwrap_or_else(|| "cli".into());
+            let data: Value = match data {
+                Some(d) => serde_json::from_str(&d)
+                    .map_err(|e| Error::Config { path: None, detail: format!("--data is not JSON: {e}") })?,
+                None => Value::Object(Default::default()),
+            };
+            if !data.is_object() {
+                return Err(Error::Config {
+                    path: None,
+                    detail: "--data must be a JSON object, e.g. '{\"task_id\": \"t1\"}'".into(),
+                });
+            }
+            if event_type.trim().is_empty() {
+                return Err(Error::Config { path: None, detail: "the event type must not be empty".into() });
+            }
+            let message = message
+                .or_else(|| data.get("message").and_then(|m| m.as_str()).map(str::to_string))
+                .unwrap_or_else(|| event_type.clone());
+            let event = crate::events::emit(&ctx.home, &event_type, severity, &source, message, data)?;
+            if ctx.json {
+                print_json(&event);
+            } else {
+                println!("{}", event.id);
+            }
+            Ok(0)
+        }
+        EventCommand::List { event_type, min_severity, since, limit } => {
+            let since = since
+                .map(|s| crate::clock::parse_duration(&s).map_err(|e| Error::Config { path: None, detail: e }))
+                .transpose()?
+                .map(|d| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
+            let read = crate::events::read_all(&ctx.home)?;
+            let mut events: Vec<_> = read
+                .records
+                .into_iter()
+                .filter(|e| event_type.as_ref().is_none_or(|t| &e.event_type == t))
+                .filter(|e| min_severity.is_none_or(|s| e.severity >= s))
+                .filter(|e| since.is_none_or(|s| e.time().is_some_and(|t| t >= s)))
+                .collect();
+            let skip = events.len().saturating_sub(limit);
+            events.drain(..skip);
+            if ctx.json {
+                print_json(&serde_json::json!({"events": events, "malformed_lines": read.bad_lines.len()}));
+            } else {
+                for e in &events {
+                    println!(
+                        "{} {:8} {:24} {:12} {}",
+                        e.timestamp,
+                        e.severity.as_str(),
+                        e.event_type,
+                        e.source,
+                        e.message
+                    );
+                }
+                if !read.bad_lines.is_empty() {
+                    eprintln!("({} malformed line(s) skipped; `cortex repair` moves them aside)", read.bad_lines.len());
+                }
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `cortex init`, `cortex validate`, `cortex config check` (and the seed form
+//! `cortex --config FILE --dry-run`).
+
+use super::{Ctx, print_json};
+use crate::error::Result;
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate cortex.toml and every JSON config file.
+    Check {
+        /// The cortex.toml to check (default: the home's).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn init(ctx: &Ctx) -> Result<u8> {
+    let created = crate::init::init_home(&ctx.home)?;
+    if ctx.json {
+        let rel: Vec<_> = created.iter().map(|p| ctx.home.relative(p).display().to_string()).collect();
+        print_json(&serde_json::json!({"home": ctx.home.root(), "created": rel}));
+    } else if created.is_empty() {
+        println!("Cortex home {} is complete; nothing to create.", ctx.home.root().display());
+    } else {
+        println!("Initialised Cortex home {}:", ctx.home.root().display());
+        for p in &created {
+            println!("  created {}", ctx.home.relative(p).display());
+        }
+    }
+    Ok(0)
+}
+
+pub fn validate(ctx: &Ctx) -> Result<u8> {
+    let reports = crate::validate::validate_home(&ctx.home);
+    let bad = reports.iter().filter(|r| !r.is_ok()).count();
+    if ctx.json {
+        print_json(&serde_json::json!({"ok": bad == 0, "bad": bad, "files": reports}));
+    } else {
+        for r in &reports {
+            let tag = match r.verdict {
+                crate::validate::Verdict::Ok => "[OK]",
+                crate::validate::Verdict::Corrupt => "[CORRUPT]",
+                crate::validate::Verdict::Invalid => "[INVALID]",
+                crate::validate::Verdict::Missing => "[MISSING]",
+            };
+            println!("{tag} {}", r.file);
+            for p in &r.problems {
+                println!("      {p}");
+            }
+        }
+        if bad == 0 {
+            println!("All {} coordination files are valid.", reports.len());
+        } else {
+            println!(
+                "{bad} of {} files need attention: `cortex repair` fixes what it can; see the emergency recovery runbook.",
+                reports.len()
+            );
+        }
+    }
+    Ok(if bad == 0 { 0 } else { 1 })
+}
+
+pub fn config(ctx: &Ctx, cmd: ConfigCommand) -> Result<u8> {
+    match cmd {
+        ConfigCommand::Check { config } => config_check(ctx, config.as_deref()),
+    }
+}
+
+pub fn config_check(ctx: &Ctx, config: Option<&Path>) -> Result<u8> {
+    let path = config.map(Path::to_path_buf).unwrap_or_else(|| ctx.home.config_file());
+    let check = crate::validate::check_config(&ctx.home, &path);
+    if ctx.json {
+        print_json(&check);
+    } else if check.ok {
+        println!("Configuration validation successful");
+    } else {
+        for e in &check.errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("Configuration validation failed: {} error(s)", check.errors.len());
+    }
+    Ok(if check.ok { 0 } else { 1 })
+}

@@ -1,0 +1,340 @@
+//! The daemon skeleton every `cortex-*` binary runs on: take the PID file, set up logging,
+//! handle signals, record `daemon_started`/`daemon_stopped`, keep a heartbeat mark in
+//! `run/<name>.state.json`, and give the daemon's loop one place to wait for anything that
+//! should wake it (signals, file changes, child exits, messages from its own threads, or its next
+//! deadline) — no fixed sleeps (invariant 5).
+
+use crate::clock::{Timestamp, format_ts};
+use crate::config::{Config, parse_size};
+use crate::error::{Error, Result};
+use crate::events::Severity;
+use crate::home::Home;
+use crate::pidfile::PidFile;
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// Every daemon, in start order (stop in reverse).
+pub const DAEMONS: [&str; 9] =
+    ["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix", "api"];
+
+/// The binary that runs a daemon.
+pub fn binary_name(daemon: &str) -> String {
+    format!("cortex-{daemon}")
+}
+
+/// Why a daemon's loop woke up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// SIGTERM or SIGINT: finish up and return.
+    Shutdown(i32),
+    /// A watched path changed.
+    Changed(PathBuf),
+    /// SIGCHLD: a child may have exited.
+    ChildExited,
+    /// A message from one of the daemon's own threads.
+    Message(String),
+    /// The deadline passed.
+    Deadline,
+}
+
+/// The daemon's status mark: written by the daemon only, read by `cortex status`, pm and the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonMark {
+    pub name: String,
+    pub pid: u32,
+    pub version: String,
+    pub started_at: String,
+    pub ready_at: Option<String>,
+    pub heartbeat_at: String,
+    /// When the daemon's loop last ran.
+    pub last_loop_at: String,
+}
+
+/// Reads a daemon's mark (None when missing or unreadable).
+pub fn read_mark(home: &Home, daemon: &str) -> Option<DaemonMark> {
+    let bytes = std::fs::read(home.daemon_mark(daemon)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// What a running daemon has at hand.
+pub struct DaemonContext {
+    pub name: &'static str,
+    pub home: Home,
+    pub config: Config,
+    pub store: Store,
+    pub started_at: Timestamp,
+    tx: Sender<Wake>,
+    rx: Receiver<Wake>,
+    log: crate::logging::LogFile,
+    ready_at: Option<Timestamp>,
+    last_loop_at: Timestamp,
+    next_mark: Instant,
+    mark_every: Duration,
+    stopping: bool,
+    _watchers: Vec<notify::RecommendedWatcher>,
+}
+
+impl DaemonContext {
+    /// A sender the daemon's other threads use to wake the loop.
+    pub fn waker(&self) -> Sender<Wake> {
+        self.tx.clone()
+    }
+
+    /// True once SIGTERM/SIGINT has been received.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Wakes the loop whenever something under one of `paths` changes (recursively for
+    /// directories). Changes to our own temporary and lock files are ignored.
+    pub fn watch(&mut self, paths: &[PathBuf]) -> Result<()> {
+        use notify::{RecursiveMode, Watcher};
+        let tx = self.tx.clone();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if matches!(ev.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+                for p in ev.paths {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    if crate::store::atomic::is_temp_name(name) || name.ends_with(".lock") {
+                        continue;
+                    }
+                    let _ = tx.send(Wake::Changed(p));
+                }
+            }
+        })
+        .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+        for p in paths {
+            crate::store::atomic::create_dir_all(if p.is_dir() || p.extension().is_none() {
+                p
+            } else {
+                p.parent().unwrap_or(p)
+            })?;
+            let mode = if p.is_dir() { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+            watcher.watch(p, mode).map_err(|e| Error::other(format!("cannot watch {}: {e}", p.display())))?;
+        }
+        self._watchers.push(watcher);
+        Ok(())
+    }
+
+    /// Records that the daemon is ready (its loop is about to run); `cortex start` waits for it.
+    pub fn mark_ready(&mut self) -> Result<()> {
+        self.ready_at = Some(chrono::Utc::now());
+        self.write_mark()
+    }
+
+    fn write_mark(&mut self) -> Result<()> {
+        let mark = DaemonMark {
+            name: self.name.to_string(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: format_ts(self.started_at),
+            ready_at: self.ready_at.map(format_ts),
+            heartbeat_at: crate::clock::now_string(),
+            last_loop_at: format_ts(self.last_loop_at),
+        };
+        let bytes = serde_json::to_vec(&mark).map_err(|e| Error::other(e.to_string()))?;
+        crate::store::atomic::write_atomic(&self.home.daemon_mark(self.name), &bytes)?;
+        self.next_mark = Instant::now() + self.mark_every;
+        Ok(())
+    }
+
+    /// Waits for the next reason to wake, at most until `deadline`. SIGHUP (reopen the log) and
+    /// the heartbeat mark are handled here, so a daemon whose loop hangs stops heartbeating.
+    pub fn wait(&mut self, deadline: Option<Instant>) -> Wake {
+        self.last_loop_at = chrono::Utc::now();
+        loop {
+            if Instant::now() >= self.next_mark
+                && let Err(e) = self.write_mark()
+            {
+                tracing::warn!("cannot write heartbeat mark: {e}");
+                self.next_mark = Instant::now() + self.mark_every;
+            }
+            let until = match deadline {
+                Some(d) => d.min(self.next_mark),
+                None => self.next_mark,
+            };
+            let timeout = until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(timeout) {
+                Ok(Wake::Message(m)) if m == HUP => match self.log.reopen() {
+                    Ok(()) => tracing::info!("log reopened on SIGHUP"),
+                    Err(e) => eprintln!("cannot reopen log: {e}"),
+                },
+                Ok(w) => {
+                    if let Wake::Shutdown(_) = w {
+                        self.stopping = true;
+                    }
+                    return w;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Wake::Deadline;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Wake::Shutdown(0),
+            }
+        }
+    }
+
+    /// Drains wake-ups that are already queued (after handling one, to coalesce bursts).
+    pub fn drain_pending(&mut self) -> Vec<Wake> {
+        let mut out = Vec::new();
+        while let Ok(w) = self.rx.try_recv() {
+            match w {
+                Wake::Message(m) if m == HUP => {
+                    let _ = self.log.reopen();
+                }
+                Wake::Shutdown(s) => {
+                    self.stopping = true;
+                    out.push(Wake::Shutdown(s));
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+}
+
+const HUP: &str = "\u{0}sighup";
+
+fn spawn_signal_thread(tx: Sender<Wake>) -> Result<()> {
+    use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+        .map_err(|e| Error::other(format!("cannot install signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let wake = match sig {
+                    SIGHUP => Wake::Message(HUP.into()),
+                    SIGCHLD => Wake::ChildExited,
+                    s => Wake::Shutdown(s),
+                };
+                if tx.send(wake).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Error::other(format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
+
+/// Runs a daemon: the whole life of a `cortex-<name>` process. `body` runs the daemon's loop and
+/// returns when `ctx.wait` reports `Wake::Shutdown`. Returns the process exit code.
+pub fn run(name: &'static str, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> std::process::ExitCode {
+    let args = DaemonArgs::parse_env();
+    match run_inner(name, args, body) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cortex-{name}: {e}");
+            tracing::error!("exiting: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The arguments every daemon takes: `--home DIR`.
+#[derive(Debug, Default)]
+pub struct DaemonArgs {
+    pub home: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    fn parse_env() -> DaemonArgs {
+        let mut args = DaemonArgs::default();
+        let mut it = std::env::args_os().skip(1);
+        while let Some(a) = it.next() {
+            if a == "--home" {
+                args.home = it.next().map(PathBuf::from);
+            } else if let Some(s) = a.to_str().and_then(|s| s.strip_prefix("--home=")) {
+                args.home = Some(PathBuf::from(s));
+            } else if a == "--help" || a == "-h" {
+                println!(
+                    "usage: {} [--home DIR]\nRuns one Cortex daemon in the foreground; `cortex start` runs it detached.",
+                    std::env::args().next().unwrap_or_default()
+                );
+                std::process::exit(0);
+            } else if a == "--version" {
+                println!("{}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+        }
+        args
+    }
+}
+
+fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> Result<()> {
+    let home = Home::resolve(args.home.as_deref())?;
+    let config = Config::load(&home)?;
+    let pidfile = PidFile::acquire(&home, name, Duration::from_millis(500))?;
+    let max_size = parse_size(&config.logs.max_size).unwrap_or(10 * 1024 * 1024);
+    let log = crate::logging::init_daemon(&home.daemon_log(name), &config.logs.level, max_size, config.logs.keep)?;
+    let store = Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source(name);
+    let (tx, rx) = mpsc::channel();
+    spawn_signal_thread(tx.clone())?;
+    let now = chrono::Utc::now();
+    let mut ctx = DaemonContext {
+        name,
+        home: home.clone(),
+        mark_every: Duration::from_secs(config.daemons.heartbeat_interval_seconds.max(1)),
+        config,
+        store,
+        started_at: now,
+        tx,
+        rx,
+        log: log.file.clone(),
+        ready_at: None,
+        last_loop_at: now,
+        next_mark: Instant::now(),
+        stopping: false,
+        _watchers: Vec::new(),
+    };
+    ctx.write_mark()?;
+    tracing::info!(pid = std::process::id(), home = %home.root().display(), "{name} daemon starting");
+    let _ = ctx.store.emit(
+        "daemon_started",
+        Severity::Info,
+        format!("{name} daemon started (PID {})", std::process::id()),
+        serde_json::json!({"daemon": name, "pid": std::process::id()}),
+    );
+    let result = body(&mut ctx);
+    match &result {
+        Ok(()) => {
+            tracing::info!("{name} daemon stopped");
+            let _ = ctx.store.emit(
+                "daemon_stopped",
+                Severity::Info,
+                format!("{name} daemon stopped"),
+                serde_json::json!({"daemon": name, "pid": std::process::id()}),
+            );
+        }
+        Err(e) => {
+            tracing::error!("{name} daemon failed: {e}");
+            let _ = ctx.store.emit(
+                "daemon_stopped",
+                Severity::Error,
+                format!("{name} daemon stopped on error: {e}"),
+                serde_json::json!({"daemon": name, "pid": std::process::id(), "error": e.to_string()}),
+            );
+        }
+    }
+    let _ = std::fs::remove_file(home.daemon_mark(name));
+    drop(ctx);
+    drop(log);
+    drop(pidfile);
+    result
+}
+
+/// The loop of a daemon that has no job yet: ready, then wait for shutdown.
+pub fn idle_loop(ctx: &mut DaemonContext) -> Result<()> {
+    ctx.mark_ready()?;
+    loop {
+        if let Wake::Shutdown(_) = ctx.wait(None) {
+            return Ok(());
+        }
+    }
+}

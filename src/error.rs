@@ -1,0 +1,105 @@
+//! The one error type of the library. Every variant names what went wrong, where (file, lock,
+//! JSON pointer), and — where there is one — what the operator can do about it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+pub enum Error {
+    /// An I/O call failed on a path.
+    Io { path: PathBuf, action: &'static str, source: std::io::Error },
+    /// A file is not valid JSON (or a JSONL line is not).
+    Corrupt { path: PathBuf, detail: String, quarantined: Option<PathBuf> },
+    /// A file parses but breaks its schema: the JSON pointer of the bad field and what was expected.
+    Invalid { path: PathBuf, pointer: String, expected: String, quarantined: Option<PathBuf> },
+    /// A lock could not be taken in time.
+    LockTimeout { lock: PathBuf, holder: Option<String>, waited_ms: u128 },
+    /// cortex.toml or a command-line value is wrong.
+    Config { path: Option<PathBuf>, detail: String },
+    /// A request the caller made cannot be carried out (unknown id, bad state, ...).
+    Refused(String),
+    /// Something else, said plainly.
+    Other(String),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, action: &'static str, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), action, source }
+    }
+
+    pub fn refused(msg: impl Into<String>) -> Self {
+        Error::Refused(msg.into())
+    }
+
+    pub fn other(msg: impl Into<String>) -> Self {
+        Error::Other(msg.into())
+    }
+
+    /// True when the error says the disk is full or a file size limit was hit.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EFBIG)
+            }
+            _ => false,
+        }
+    }
+
+    /// An exit code for the CLI: 2 for usage/config errors, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, action, source } => {
+                write!(f, "cannot {action} {}: {source}", path.display())?;
+                if source.raw_os_error() == Some(nix::libc::ENOSPC) {
+                    write!(f, " (the disk is full: free space, then retry)")?;
+                }
+                Ok(())
+            }
+            Error::Corrupt { path, detail, quarantined } => {
+                write!(f, "{} is not valid JSON: {detail}", path.display())?;
+                if let Some(q) = quarantined {
+                    write!(f, " (a copy was kept at {})", q.display())?;
+                }
+                write!(f, "; run `cortex repair` or restore it from a backup")
+            }
+            Error::Invalid { path, pointer, expected, quarantined } => {
+                let at = if pointer.is_empty() { "/" } else { pointer.as_str() };
+                write!(f, "{} is invalid at {at}: {expected}", path.display())?;
+                if let Some(q) = quarantined {
+                    write!(f, " (a copy was kept at {})", q.display())?;
+                }
+                Ok(())
+            }
+            Error::LockTimeout { lock, holder, waited_ms } => {
+                write!(f, "timed out after {waited_ms} ms waiting for lock {}", lock.display())?;
+                match holder {
+                    Some(h) => write!(f, " held by {h}"),
+                    None => Ok(()),
+                }
+            }
+            Error::Config { path: Some(p), detail } => write!(f, "{}: {detail}", p.display()),
+            Error::Config { path: None, detail } => write!(f, "{detail}"),
+            Error::Refused(m) | Error::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The event log `coordination/dashboard-events.jsonl`: one function every component uses to
+//! record what happened (`type`, `severity`, `source`, `message`, `data`), and readers for it.
+
+use crate::clock::{Timestamp, format_ts, parse_ts};
+use crate::error::Result;
+use crate::home::Home;
+use crate::store::jsonl;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How serious an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Debug => "debug",
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "debug" => Ok(Severity::Debug),
+            "info" => Ok(Severity::Info),
+            "warning" | "warn" => Ok(Severity::Warning),
+            "error" => Ok(Severity::Error),
+            "critical" => Ok(Severity::Critical),
+            _ => Err(format!("unknown severity {s:?}: use debug, info, warning, error or critical")),
+        }
+    }
+}
+
+/// One line of the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub timestamp: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub severity: Severity,
+    pub source: String,
+    pub message: String,
+    #[serde(default)]
+    pub data: Map<String, Value>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A new unique event id: time, pid and a per-process counter.
+fn new_id(now: Timestamp) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("evt-{}-{}-{n}", now.timestamp_micros(), std::process::id())
+}
+
+impl Event {
+    pub fn new(event_type: &str, severity: Severity, source: &str, message: impl Into<String>) -> Self {
+        let now = chrono::Utc::now();
+        Event {
+            id: new_id(now),
+            timestamp: format_ts(now),
+            event_type: event_type.to_string(),
+            severity,
+            source: source.to_string(),
+            message: message.into(),
+            data: Map::new(),
+        }
+    }
+
+    /// Attaches a data object (a non-object value is stored under `value`).
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = match data {
+            Value::Object(m) => m,
+            Value::Null => Map::new(),
+            other => {
+                let mut m = Map::new();
+                m.insert("value".into(), other);
+                m
+            }
+        };
+        self
+    }
+
+    pub fn time(&self) -> Option<Timestamp> {
+        parse_ts(&self.timestamp)
+    }
+}
+
+/// Appends an event to the home's event log (one `write`).
+pub fn append(home: &Home, event: &Event) -> Result<()> {
+    jsonl::append(&home.events_file(), event)
+}
+
+/// Records an event; the short form for callers without a [`crate::store::Store`].
+pub fn emit(
+    home: &Home,
+    event_type: &str,
+    severity: Severity,
+    source: &str,
+    message: impl Into<String>,
+    data: Value,
+) -> Result<Event> {
+    let event = Event::new(event_type, severity, source, message).with_data(data);
+    append(home, &event)?;
+    Ok(event)
+}
+
+/// Reads every event; malformed lines are skipped and counted in `bad_lines`.
+pub fn read_all(home: &Home) -> Result<jsonl::JsonlRead<Event>> {
+    jsonl::read(&home.events_file())
+}
+
+/// Events at or after `since`.
+pub fn read_since(home: &Home, since: Timestamp) -> Result<Vec<Event>> {
+    let all = read_all(home)?;
+    Ok(all.records.into_iter().filter(|e| e.time().is_some_and(|t| t >= since)).collect())
+}

@@ -1,0 +1,147 @@
+//! The registry of coordination files: for each, its path under `coordination/`, whether it is
+//! JSON or JSONL, its embedded JSON Schema, its embedded default content, and the lock that
+//! guards its read-modify-writes. `init`, `validate`, backups, repair and the integration daemon
+//! all walk this one table.
+
+/// JSON (replaced atomically) or JSONL (appended line by line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Json,
+    Jsonl,
+}
+
+/// One coordination file.
+#[derive(Debug)]
+pub struct CoordFile {
+    /// Path relative to `coordination/`.
+    pub rel: &'static str,
+    pub kind: FileKind,
+    /// Schema name (see [`crate::schema`]); for JSONL, the schema of each line.
+    pub schema: &'static str,
+    /// Content `cortex init` writes when the file is missing.
+    pub default: Option<&'static str>,
+    /// The lock (under `coordination/.locks/`) that guards writes to this file.
+    pub lock: &'static str,
+    /// Created by `init` and `repair` when missing.
+    pub essential: bool,
+    /// Operator-edited configuration (restored by `restore --only config`).
+    pub is_config: bool,
+}
+
+macro_rules! default_file {
+    ($rel:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/coordination/defaults/", $rel))
+    };
+}
+
+pub const TASK_QUEUE: &CoordFile = &CoordFile {
+    rel: "task-queue.json",
+    kind: FileKind::Json,
+    schema: "task-queue",
+    default: Some(default_file!("task-queue.json")),
+    lock: "task-queue",
+    essential: true,
+    is_config: false,
+};
+
+pub const TOKEN_BUDGET: &CoordFile = &CoordFile {
+    rel: "token-budget.json",
+    kind: FileKind::Json,
+    schema: "token-budget",
+    default: Some(default_file!("token-budget.json")),
+    lock: "token-budget",
+    essential: true,
+    is_config: false,
+};
+
+pub const SCHEDULER_STATE: &CoordFile = &CoordFile {
+    rel: "scheduler-state.json",
+    kind: FileKind::Json,
+    schema: "scheduler-state",
+    default: Some(default_file!("scheduler-state.json")),
+    lock: "scheduler",
+    essential: true,
+    is_config: false,
+};
+
+pub const EVENTS: &CoordFile = &CoordFile {
+    rel: "dashboard-events.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "event",
+    default: Some(""),
+    lock: "events",
+    essential: true,
+    is_config: false,
+};
+
+pub const WORKER_TYPES: &CoordFile = &CoordFile {
+    rel: "config/worker-types.json",
+    kind: FileKind::Json,
+    schema: "worker-types",
+    default: Some(default_file!("config/worker-types.json")),
+    lock: "worker-types",
+    essential: true,
+    is_config: true,
+};
+
+pub const HEARTBEAT_POLICY: &CoordFile = &CoordFile {
+    rel: "config/heartbeat-policy.json",
+    kind: FileKind::Json,
+    schema: "heartbeat-policy",
+    default: Some(default_file!("config/heartbeat-policy.json")),
+    lock: "heartbeat-policy",
+    essential: true,
+    is_config: true,
+};
+
+pub const RESTART_POLICY: &CoordFile = &CoordFile {
+    rel: "config/worker-restart-policy.json",
+    kind: FileKind::Json,
+    schema: "worker-restart-policy",
+    default: Some(default_file!("config/worker-restart-policy.json")),
+    lock: "worker-restart-policy",
+    essential: true,
+    is_config: true,
+};
+
+pub const ROUTER_CONFIG: &CoordFile = &CoordFile {
+    rel: "moe/router-config.json",
+    kind: FileKind::Json,
+    schema: "router-config",
+    default: Some(default_file!("moe/router-config.json")),
+    lock: "router-config",
+    essential: true,
+    is_config: true,
+};
+
+pub const ROUTING_DECISIONS: &CoordFile = &CoordFile {
+    rel: "moe/routing-decisions.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "routing-decision",
+    default: None,
+    lock: "routing-decisions",
+    essential: false,
+    is_config: false,
+};
+
+/// Every coordination file with a fixed name. Worker specs (`worker-specs/<bucket>/*.json`,
+/// schema `dispatch`) are walked separately.
+pub const ALL: &[&CoordFile] = &[
+    TASK_QUEUE,
+    TOKEN_BUDGET,
+    SCHEDULER_STATE,
+    EVENTS,
+    WORKER_TYPES,
+    HEARTBEAT_POLICY,
+    RESTART_POLICY,
+    ROUTER_CONFIG,
+    ROUTING_DECISIONS,
+];
+
+/// Looks a file up by its path relative to `coordination/`.
+pub fn by_rel(rel: &str) -> Option<&'static CoordFile> {
+    ALL.iter().copied().find(|f| f.rel == rel)
+}
+
+/// The schema of worker-spec (dispatch record) files.
+pub const DISPATCH_SCHEMA: &str = "dispatch";

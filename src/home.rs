@@ -1,0 +1,179 @@
+//! The home: the directory that holds Cortex's runtime state, how it is found, and the path of
+//! every file in it. No other module builds a path under the home by hand.
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Environment variables that name the home, in the order they are consulted.
+pub const HOME_ENV_VARS: [&str; 2] = ["CORTEX_HOME", "COMMIT_RELAY_HOME"];
+
+/// A resolved home directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// Uses `root` as the home (made absolute; it need not exist yet).
+    pub fn at(root: impl AsRef<Path>) -> Self {
+        let root = root.as_ref();
+        let root = if root.is_absolute() {
+            root.to_path_buf()
+        } else {
+            std::env::current_dir().map(|d| d.join(root)).unwrap_or_else(|_| root.to_path_buf())
+        };
+        Home { root }
+    }
+
+    /// Resolves the home: `--home`, then `CORTEX_HOME`, then `COMMIT_RELAY_HOME`, then the current
+    /// directory if it holds `cortex.toml` or `coordination/`, else `~/.cortex`.
+    pub fn resolve(explicit: Option<&Path>) -> Result<Self> {
+        if let Some(p) = explicit {
+            return Ok(Home::at(p));
+        }
+        for var in HOME_ENV_VARS {
+            if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+                return Ok(Home::at(PathBuf::from(v)));
+            }
+        }
+        if let Ok(cwd) = std::env::current_dir()
+            && (cwd.join("cortex.toml").is_file() || cwd.join("coordination").is_dir())
+        {
+            return Ok(Home::at(cwd));
+        }
+        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => Ok(Home::at(PathBuf::from(h).join(".cortex"))),
+            None => Err(Error::Config {
+                path: None,
+                detail: "cannot find the Cortex home: pass --home DIR or set CORTEX_HOME".into(),
+            }),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A path relative to the home root.
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// The path relative to the home, for messages and manifests.
+    pub fn relative<'a>(&self, path: &'a Path) -> &'a Path {
+        path.strip_prefix(&self.root).unwrap_or(path)
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.join("cortex.toml")
+    }
+    pub fn coordination(&self) -> PathBuf {
+        self.join("coordination")
+    }
+    /// A file under `coordination/`, by its path relative to it.
+    pub fn coord(&self, rel: &str) -> PathBuf {
+        self.coordination().join(rel)
+    }
+    pub fn locks_dir(&self) -> PathBuf {
+        self.coord(".locks")
+    }
+    /// The dedicated lock file for `name` (never a data file).
+    pub fn lock_file(&self, name: &str) -> PathBuf {
+        self.locks_dir().join(format!("{name}.lock"))
+    }
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.coord("quarantine")
+    }
+    pub fn task_queue(&self) -> PathBuf {
+        self.coord("task-queue.json")
+    }
+    pub fn token_budget(&self) -> PathBuf {
+        self.coord("token-budget.json")
+    }
+    pub fn scheduler_state(&self) -> PathBuf {
+        self.coord("scheduler-state.json")
+    }
+    pub fn events_file(&self) -> PathBuf {
+        self.coord("dashboard-events.jsonl")
+    }
+    pub fn worker_specs(&self, bucket: SpecBucket) -> PathBuf {
+        self.coord("worker-specs").join(bucket.dir_name())
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.join("run")
+    }
+    pub fn pid_file(&self, daemon: &str) -> PathBuf {
+        self.run_dir().join(format!("{daemon}.pid"))
+    }
+    /// The daemon's own status mark (ready, heartbeat), written by the daemon only.
+    pub fn daemon_mark(&self, daemon: &str) -> PathBuf {
+        self.run_dir().join(format!("{daemon}.state.json"))
+    }
+    pub fn system_logs(&self) -> PathBuf {
+        self.join("agents/logs/system")
+    }
+    pub fn daemon_log(&self, daemon: &str) -> PathBuf {
+        self.system_logs().join(format!("{daemon}-daemon.log"))
+    }
+    pub fn worker_logs(&self) -> PathBuf {
+        self.join("agents/logs/workers")
+    }
+    pub fn backups_dir(&self) -> PathBuf {
+        self.join("backups")
+    }
+}
+
+/// The sub-directories of `coordination/worker-specs/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecBucket {
+    Active,
+    Completed,
+    Failed,
+    Zombie,
+    Quarantine,
+}
+
+impl SpecBucket {
+    pub const ALL: [SpecBucket; 5] =
+        [SpecBucket::Active, SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie, SpecBucket::Quarantine];
+
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            SpecBucket::Active => "active",
+            SpecBucket::Completed => "completed",
+            SpecBucket::Failed => "failed",
+            SpecBucket::Zombie => "zombie",
+            SpecBucket::Quarantine => "quarantine",
+        }
+    }
+}
+
+/// Directories every home has; `cortex init` creates them (0700).
+pub fn home_dirs(home: &Home) -> Vec<PathBuf> {
+    let mut dirs = vec![
+        home.coordination(),
+        home.coord("config"),
+        home.coord("moe"),
+        home.locks_dir(),
+        home.quarantine_dir(),
+        home.run_dir(),
+        home.system_logs(),
+        home.worker_logs(),
+        home.backups_dir(),
+    ];
+    dirs.extend(SpecBucket::ALL.iter().map(|b| home.worker_specs(*b)));
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_home_wins() {
+        let h = Home::resolve(Some(Path::new("/srv/cortex"))).unwrap();
+        assert_eq!(h.root(), Path::new("/srv/cortex"));
+        assert_eq!(h.pid_file("worker"), Path::new("/srv/cortex/run/worker.pid"));
+        assert_eq!(h.lock_file("task-queue"), Path::new("/srv/cortex/coordination/.locks/task-queue.lock"));
+    }
+}

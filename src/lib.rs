@@ -1,0 +1,25 @@
+//! Cortex: a single-host orchestrator for fleets of worker processes.
+//!
+//! The library owns every file format, lock, path and policy; the binaries (`cortex` and the
+//! `cortex-*` daemons in `daemons/`) are thin. See ARCHITECTURE.md for the code map.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod events;
+pub mod files;
+pub mod home;
+pub mod init;
+pub mod logging;
+pub mod pidfile;
+pub mod scheduler;
+pub mod schema;
+pub mod store;
+pub mod task;
+pub mod validate;
+
+pub use error::{Error, Result};
+pub use home::Home;
+pub use store::Store;

@@ -1,0 +1,97 @@
+//! JSON Schemas of the coordination files, embedded from `coordination/schemas/`, compiled once,
+//! and a validator that reports the first failures with their JSON pointers.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+macro_rules! schema_source {
+    ($name:literal) => {
+        ($name, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/coordination/schemas/", $name, ".schema.json")))
+    };
+}
+
+/// (name, JSON Schema source) of every embedded schema.
+pub const SOURCES: &[(&str, &str)] = &[
+    schema_source!("task-queue"),
+    schema_source!("token-budget"),
+    schema_source!("scheduler-state"),
+    schema_source!("event"),
+    schema_source!("worker-types"),
+    schema_source!("heartbeat-policy"),
+    schema_source!("worker-restart-policy"),
+    schema_source!("router-config"),
+    schema_source!("dispatch"),
+    schema_source!("routing-decision"),
+];
+
+/// One way a document breaks its schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaViolation {
+    /// JSON pointer of the offending value (`""` for the document root).
+    pub pointer: String,
+    /// What was expected there.
+    pub expected: String,
+}
+
+fn validators() -> &'static HashMap<&'static str, jsonschema::Validator> {
+    static V: OnceLock<HashMap<&'static str, jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| {
+        SOURCES
+            .iter()
+            .map(|(name, src)| {
+                let schema: Value =
+                    serde_json::from_str(src).unwrap_or_else(|e| panic!("embedded schema {name} is not JSON: {e}"));
+                let v = jsonschema::validator_for(&schema)
+                    .unwrap_or_else(|e| panic!("embedded schema {name} does not compile: {e}"));
+                (*name, v)
+            })
+            .collect()
+    })
+}
+
+/// Validates `value` against the named schema; returns up to `max` violations (empty when valid).
+pub fn check(schema: &str, value: &Value, max: usize) -> Vec<SchemaViolation> {
+    let Some(v) = validators().get(schema) else {
+        return vec![SchemaViolation {
+            pointer: String::new(),
+            expected: format!("a known schema (no schema named {schema:?})"),
+        }];
+    };
+    v.iter_errors(value)
+        .take(max)
+        .map(|e| SchemaViolation { pointer: e.instance_path().to_string(), expected: e.to_string() })
+        .collect()
+}
+
+/// True when `value` satisfies the named schema.
+pub fn is_valid(schema: &str, value: &Value) -> bool {
+    validators().get(schema).is_some_and(|v| v.is_valid(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_schema_compiles_and_defaults_validate() {
+        for (name, _) in SOURCES {
+            assert!(validators().contains_key(name));
+        }
+        for f in crate::files::ALL {
+            if let (Some(src), crate::files::FileKind::Json) = (f.default, f.kind) {
+                let v: Value = serde_json::from_str(src).unwrap();
+                assert_eq!(check(f.schema, &v, 5), vec![], "default of {}", f.rel);
+            }
+        }
+    }
+
+    #[test]
+    fn violation_names_the_pointer() {
+        let bad = json!({"total": "lots", "used": 0, "available": 0});
+        let v = check("token-budget", &bad, 5);
+        assert_eq!(v[0].pointer, "/total");
+        assert!(v[0].expected.contains("integer"), "{:?}", v);
+    }
+}

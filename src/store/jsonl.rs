@@ -1,0 +1,114 @@
+//! JSONL files (invariant 4): one compact JSON object per line, appended with a single `write`
+//! on an `O_APPEND` descriptor, so concurrent appenders never interleave. Readers skip malformed
+//! lines and count them; they never stop at the first bad one.
+
+use crate::error::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Appends one value as one line. The line is built in memory and written with one `write`.
+pub fn append<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut line = serde_json::to_vec(value)
+        .map_err(|e| Error::other(format!("cannot encode a line for {}: {e}", path.display())))?;
+    line.push(b'\n');
+    append_raw(path, &line)
+}
+
+/// Appends pre-encoded bytes (one or more whole lines) with a single `write`.
+pub fn append_raw(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        super::atomic::create_dir_all(dir)?;
+    }
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(super::atomic::FILE_MODE)
+        .open(path)
+        .map_err(|e| Error::io(path, "open for append", e))?;
+    let n = f.write(bytes).map_err(|e| Error::io(path, "append to", e))?;
+    if n != bytes.len() {
+        return Err(Error::io(
+            path,
+            "append to",
+            std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write ({n} of {} bytes)", bytes.len())),
+        ));
+    }
+    Ok(())
+}
+
+/// What a reader found in a JSONL file.
+#[derive(Debug)]
+pub struct JsonlRead<T> {
+    pub records: Vec<T>,
+    /// 1-based line numbers of lines that did not parse (or had the wrong shape).
+    pub bad_lines: Vec<usize>,
+}
+
+impl<T> JsonlRead<T> {
+    pub fn bad_count(&self) -> usize {
+        self.bad_lines.len()
+    }
+}
+
+/// Reads every line of a JSONL file. A missing file reads as empty. Blank lines are ignored;
+/// a final line without a newline (an append in progress) is read if it parses.
+pub fn read<T: DeserializeOwned>(path: &Path) -> Result<JsonlRead<T>> {
+    let mut out = JsonlRead { records: Vec::new(), bad_lines: Vec::new() };
+    for_each_line(path, |lineno, line| {
+        match serde_json::from_slice::<T>(line) {
+            Ok(v) => out.records.push(v),
+            Err(_) => out.bad_lines.push(lineno),
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// Calls `f(line_number, bytes)` for each non-blank line until it returns false.
+pub fn for_each_line(path: &Path, mut f: impl FnMut(usize, &[u8]) -> bool) -> Result<()> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, "open", e)),
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut buf = Vec::new();
+    let mut lineno = 0;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, "read", e))?;
+        if n == 0 {
+            break;
+        }
+        lineno += 1;
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        if !f(lineno, line) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_and_counts_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.jsonl");
+        append(&p, &serde_json::json!({"a": 1})).unwrap();
+        append_raw(&p, b"{not json\n\n").unwrap();
+        append(&p, &serde_json::json!({"a": 2})).unwrap();
+        let r: JsonlRead<serde_json::Value> = read(&p).unwrap();
+        assert_eq!(r.records.len(), 2);
+        assert_eq!(r.bad_lines, vec![2]);
+    }
+}

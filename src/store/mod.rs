@@ -1,0 +1,280 @@
+//! The coordination store: every read and write of a coordination file goes through here.
+//!
+//! - [`atomic`]: atomic, durable replacement of a file (invariant 1).
+//! - [`lock`]: flock on dedicated lock files with a deadline (invariant 2).
+//! - [`jsonl`]: single-`write` appends and tolerant readers (invariant 4).
+//! - this module: typed documents ([`Document`]) loaded and schema-checked, read-modify-write
+//!   under the file's lock (invariant 3), and quarantine of bad files (invariant 7).
+
+pub mod atomic;
+pub mod jsonl;
+pub mod lock;
+
+use crate::error::{Error, Result};
+use crate::events::{Event, Severity};
+use crate::files::{CoordFile, FileKind};
+use crate::home::Home;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use lock::LockGuard;
+
+/// Default deadline for taking a lock.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A typed coordination document stored in one JSON file.
+pub trait Document: Serialize + DeserializeOwned {
+    /// The file this document lives in.
+    const FILE: &'static CoordFile;
+}
+
+/// Handle on a home's coordination files.
+#[derive(Debug, Clone)]
+pub struct Store {
+    home: Home,
+    lock_timeout: Duration,
+    /// Who is writing (a daemon name or "cli"): the `source` of events the store records.
+    source: String,
+}
+
+impl Store {
+    pub fn new(home: Home) -> Self {
+        Store { home, lock_timeout: DEFAULT_LOCK_TIMEOUT, source: "cortex".into() }
+    }
+
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
+    }
+
+    /// The absolute path of a coordination file.
+    pub fn path(&self, file: &CoordFile) -> PathBuf {
+        self.home.coord(file.rel)
+    }
+
+    /// Takes the lock that guards `file`.
+    pub fn lock(&self, file: &CoordFile) -> Result<LockGuard> {
+        self.lock_named(file.lock)
+    }
+
+    /// Takes a named lock under `coordination/.locks/`.
+    pub fn lock_named(&self, name: &str) -> Result<LockGuard> {
+        lock::lock_exclusive(&self.home.lock_file(name), self.lock_timeout)
+    }
+
+    /// Reads a JSON coordination file and checks it against its schema. `Ok(None)` when missing.
+    /// A file that does not parse or breaks its schema is quarantined and reported.
+    pub fn read_value(&self, file: &CoordFile) -> Result<Option<Value>> {
+        debug_assert_eq!(file.kind, FileKind::Json);
+        self.read_value_at(&self.path(file), Some(file.schema))
+    }
+
+    /// Like [`Store::read_value`] for any JSON file under the home (worker specs, say).
+    pub fn read_value_at(&self, path: &Path, schema: Option<&str>) -> Result<Option<Value>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, "read", e)),
+        };
+        self.parse_checked(path, &bytes, schema).map(Some)
+    }
+
+    /// Parses bytes that were read from `path` and checks them against `schema`, quarantining a
+    /// copy when they are bad.
+    pub fn parse_checked(&self, path: &Path, bytes: &[u8], schema: Option<&str>) -> Result<Value> {
+        let value: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                let detail = if bytes.is_empty() { "the file is empty".to_string() } else { e.to_string() };
+                let quarantined = self.quarantine(path, bytes, "not valid JSON", &detail, "");
+                return Err(Error::Corrupt { path: path.to_path_buf(), detail, quarantined });
+            }
+        };
+        if let Some(schema) = schema
+            && let Some(v) = crate::schema::check(schema, &value, 1).into_iter().next()
+        {
+            let quarantined = self.quarantine(path, bytes, "breaks its schema", &v.expected, &v.pointer);
+            return Err(Error::Invalid {
+                path: path.to_path_buf(),
+                pointer: v.pointer,
+                expected: v.expected,
+                quarantined,
+            });
+        }
+        Ok(value)
+    }
+
+    /// Loads a typed document; a missing file yields the embedded default.
+    pub fn load<D: Document>(&self) -> Result<D> {
+        let path = self.path(D::FILE);
+        let value = match self.read_value(D::FILE)? {
+            Some(v) => v,
+            None => default_value(D::FILE)?,
+        };
+        decode(&path, value)
+    }
+
+    /// Loads a typed document only if its file exists.
+    pub fn load_existing<D: Document>(&self) -> Result<Option<D>> {
+        let path = self.path(D::FILE);
+        self.read_value(D::FILE)?.map(|v| decode(&path, v)).transpose()
+    }
+
+    /// Read-modify-write of a typed document under its lock: load (default when missing), let
+    /// `change` edit it, validate, replace atomically. When `change` returns an error nothing is
+    /// written. A bad file on disk is quarantined and not overwritten.
+    pub fn update<D: Document, R>(&self, change: impl FnOnce(&mut D) -> Result<R>) -> Result<R> {
+        let guard = self.lock(D::FILE)?;
+        self.update_locked(&guard, change)
+    }
+
+    /// [`Store::update`] for a caller that already holds the document's lock (to update several
+    /// files under one critical section). The guard proves the lock is held.
+    pub fn update_locked<D: Document, R>(
+        &self,
+        guard: &LockGuard,
+        change: impl FnOnce(&mut D) -> Result<R>,
+    ) -> Result<R> {
+        debug_assert!(guard.path().ends_with(format!("{}.lock", D::FILE.lock)));
+        let mut doc: D = self.load()?;
+        let out = change(&mut doc)?;
+        self.write_locked(guard, &doc)?;
+        Ok(out)
+    }
+
+    /// Validates and atomically writes a document whose lock the caller holds.
+    pub fn write_locked<D: Document>(&self, _guard: &LockGuard, doc: &D) -> Result<()> {
+        let path = self.path(D::FILE);
+        let value =
+            serde_json::to_value(doc).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
+        write_value_checked(&path, &value, Some(D::FILE.schema))
+    }
+
+    /// Replaces a whole document under its lock, refusing if the file on disk is bad (it is
+    /// quarantined first, so an operator can see what was there).
+    pub fn replace<D: Document>(&self, doc: &D) -> Result<()> {
+        let guard = self.lock(D::FILE)?;
+        self.read_value(D::FILE)?;
+        self.write_locked(&guard, doc)
+    }
+
+    /// Copies a bad file to `coordination/quarantine/` (once per distinct content) and records a
+    /// `file_quarantined` event. Returns the copy's path. Best effort: it never fails the caller.
+    pub fn quarantine(&self, path: &Path, bytes: &[u8], what: &str, expected: &str, pointer: &str) -> Option<PathBuf> {
+        let rel = self.home.relative(path).to_string_lossy().replace('/', "__");
+        let hash = hex(&Sha256::digest(bytes)[..6]);
+        let dir = self.home.quarantine_dir();
+        let dest = dir.join(format!("{rel}.{hash}.bad"));
+        if dest.exists() {
+            return Some(dest);
+        }
+        atomic::create_dir_all(&dir).ok()?;
+        atomic::write_atomic(&dest, bytes).ok()?;
+        let event = Event::new(
+            "file_quarantined",
+            Severity::Error,
+            &self.source,
+            format!(
+                "{} {what} at {}: {expected}; a copy is kept at {}",
+                self.home.relative(path).display(),
+                if pointer.is_empty() { "/" } else { pointer },
+                self.home.relative(&dest).display()
+            ),
+        )
+        .with_data(serde_json::json!({
+            "file": self.home.relative(path),
+            "pointer": pointer,
+            "expected": expected,
+            "quarantine_path": self.home.relative(&dest),
+        }));
+        let _ = crate::events::append(&self.home, &event);
+        Some(dest)
+    }
+
+    /// Records an event in `dashboard-events.jsonl` with this store's source.
+    pub fn emit(&self, event_type: &str, severity: Severity, message: impl Into<String>, data: Value) -> Result<Event> {
+        let event = Event::new(event_type, severity, &self.source, message).with_data(data);
+        crate::events::append(&self.home, &event)?;
+        Ok(event)
+    }
+}
+
+/// Validates `value` against `schema` and writes it atomically (pretty-printed, for operators).
+pub fn write_value_checked(path: &Path, value: &Value, schema: Option<&str>) -> Result<()> {
+    if let Some(schema) = schema
+        && let Some(v) = crate::schema::check(schema, value, 1).into_iter().next()
+    {
+        return Err(Error::Invalid {
+            path: path.to_path_buf(),
+            pointer: v.pointer,
+            expected: format!("refusing to write: {}", v.expected),
+            quarantined: None,
+        });
+    }
+    let mut bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
+    bytes.push(b'\n');
+    atomic::write_atomic(path, &bytes)
+}
+
+/// The embedded default content of a JSON file, parsed.
+pub fn default_value(file: &CoordFile) -> Result<Value> {
+    let src = file.default.ok_or_else(|| {
+        Error::other(format!("coordination/{} is missing and has no default; run `cortex init`", file.rel))
+    })?;
+    serde_json::from_str(src).map_err(|e| Error::other(format!("embedded default of {} is not JSON: {e}", file.rel)))
+}
+
+fn decode<D: DeserializeOwned>(path: &Path, value: Value) -> Result<D> {
+    serde_json::from_value(value).map_err(|e| Error::Invalid {
+        path: path.to_path_buf(),
+        pointer: String::new(),
+        expected: e.to_string(),
+        quarantined: None,
+    })
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// SHA-256 of a file, as hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io(path, "read", e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}

@@ -1,0 +1,6 @@
+//! Tasks: the record in `task-queue.json`, its states, and the dispatch record (one attempt) in
+//! `worker-specs/<bucket>/<dispatch_id>.json`.
+
+pub mod model;
+
+pub use model::*;
