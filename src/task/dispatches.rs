@@ -1,0 +1,152 @@
+//! Dispatch records on disk: `worker-specs/<bucket>/<dispatch_id>.json`. Finding and listing
+//! them across buckets, and asking the worker to cancel one (a `<dispatch_id>.cancel` request
+//! file beside the active spec, which the worker daemon acts on).
+
+use super::model::{DispatchRecord, DispatchStatus};
+use crate::error::{Error, Result};
+use crate::files::DISPATCH_SCHEMA;
+use crate::home::{Home, SpecBucket};
+use crate::store::Store;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The path of a dispatch's spec in a bucket.
+pub fn spec_path(home: &Home, bucket: SpecBucket, dispatch_id: &str) -> PathBuf {
+    home.worker_specs(bucket).join(format!("{dispatch_id}.json"))
+}
+
+/// The cancel request file of an active dispatch.
+pub fn cancel_request_path(home: &Home, dispatch_id: &str) -> PathBuf {
+    home.worker_specs(SpecBucket::Active).join(format!("{dispatch_id}.cancel"))
+}
+
+/// True for a plausible dispatch id (no path separators or dots: ids become file names).
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Buckets searched by [`find`], most likely first.
+const SEARCH_ORDER: [SpecBucket; 4] =
+    [SpecBucket::Active, SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie];
+
+/// Reads one spec file (schema-checked; a bad one is quarantined and reported).
+pub fn read_spec(store: &Store, path: &std::path::Path) -> Result<Option<DispatchRecord>> {
+    match store.read_value_at(path, Some(DISPATCH_SCHEMA))? {
+        None => Ok(None),
+        Some(v) => serde_json::from_value(v).map(Some).map_err(|e| Error::Invalid {
+            path: path.to_path_buf(),
+            pointer: String::new(),
+            expected: e.to_string(),
+            quarantined: None,
+        }),
+    }
+}
+
+/// Finds a dispatch by id in any bucket.
+pub fn find(store: &Store, dispatch_id: &str) -> Result<Option<(SpecBucket, DispatchRecord)>> {
+    if !is_valid_id(dispatch_id) {
+        return Ok(None);
+    }
+    for bucket in SEARCH_ORDER {
+        if let Some(rec) = read_spec(store, &spec_path(store.home(), bucket, dispatch_id))? {
+            return Ok(Some((bucket, rec)));
+        }
+    }
+    Ok(None)
+}
+
+/// Every readable spec in a bucket, oldest dispatch first. Unreadable specs are skipped (they
+/// are quarantined and reported by the read).
+pub fn list_bucket(store: &Store, bucket: SpecBucket) -> Result<Vec<DispatchRecord>> {
+    let dir = store.home().worker_specs(bucket);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&dir, "list", e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        match read_spec(store, &path) {
+            Ok(Some(rec)) => out.push(rec),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("skipping dispatch spec: {e}"),
+        }
+    }
+    out.sort_by(|a, b| a.dispatched_at.cmp(&b.dispatched_at).then_with(|| a.dispatch_id.cmp(&b.dispatch_id)));
+    Ok(out)
+}
+
+/// Every dispatch, optionally only those with `status`.
+pub fn list(store: &Store, status: Option<DispatchStatus>) -> Result<Vec<DispatchRecord>> {
+    let buckets: Vec<SpecBucket> = match status {
+        Some(s) if s.is_active() => vec![SpecBucket::Active],
+        Some(DispatchStatus::Completed) => vec![SpecBucket::Completed],
+        Some(DispatchStatus::Zombie) => vec![SpecBucket::Zombie],
+        Some(_) => vec![SpecBucket::Failed],
+        None => SEARCH_ORDER.to_vec(),
+    };
+    let mut out = Vec::new();
+    for b in buckets {
+        out.extend(list_bucket(store, b)?.into_iter().filter(|d| status.is_none_or(|s| d.status() == s)));
+    }
+    out.sort_by(|a, b| a.dispatched_at.cmp(&b.dispatched_at).then_with(|| a.dispatch_id.cmp(&b.dispatch_id)));
+    Ok(out)
+}
+
+/// Every dispatch of one task, oldest first.
+pub fn for_task(store: &Store, task_id: &str) -> Result<Vec<DispatchRecord>> {
+    Ok(list(store, None)?.into_iter().filter(|d| d.task_id == task_id).collect())
+}
+
+/// Asks the worker to cancel an active dispatch. Refuses (`Error::Refused`) if it is not active.
+pub fn request_cancel(store: &Store, dispatch_id: &str, requested_by: &str) -> Result<DispatchRecord> {
+    let rec = match find(store, dispatch_id)? {
+        None => return Err(Error::refused(format!("no dispatch {dispatch_id:?}"))),
+        Some((SpecBucket::Active, rec)) if rec.status().is_active() => rec,
+        Some((_, rec)) => {
+            return Err(Error::refused(format!("dispatch not running: {dispatch_id} is {}", rec.status().as_str())));
+        }
+    };
+    let body = serde_json::json!({"requested_at": crate::clock::now_string(), "requested_by": requested_by});
+    crate::init::create_if_missing(&cancel_request_path(store.home(), dispatch_id), body.to_string().as_bytes())?;
+    Ok(rec)
+}
+
+/// Waits until a dispatch has left `active/` (ended); returns its final record, or None at the
+/// deadline. Wakes on file events in the bucket directories, not on a timer.
+pub fn wait_ended(store: &Store, dispatch_id: &str, timeout: Duration) -> Result<Option<DispatchRecord>> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+    for b in [SpecBucket::Active, SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie] {
+        let dir = store.home().worker_specs(b);
+        crate::store::atomic::create_dir_all(&dir)?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|e| Error::other(format!("cannot watch {}: {e}", dir.display())))?;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        match find(store, dispatch_id)? {
+            Some((bucket, rec)) if bucket != SpecBucket::Active || !rec.status().is_active() => return Ok(Some(rec)),
+            None => return Ok(None),
+            _ => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        // A watcher event or, as a backstop against a missed event, a short re-check.
+        let _ = rx.recv_timeout(left.min(Duration::from_millis(500)));
+        while rx.try_recv().is_ok() {}
+    }
+}
