@@ -48,8 +48,12 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(|e| Error::io(path, "open lock file", e))
 }
 
-/// Records who holds the lock, for the timeout message of the next waiter. Best effort.
-fn note_holder(file: &mut File) {
+/// Records who holds the lock, for the timeout message of the next waiter. Best effort. A PID
+/// file (`*.pid`, locked by its daemon) keeps its content: waiting on it must not rewrite it.
+fn note_holder(file: &mut File, path: &Path) {
+    if path.extension().is_some_and(|e| e == "pid") {
+        return;
+    }
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -72,7 +76,7 @@ pub fn lock_exclusive(path: &Path, timeout: Duration) -> Result<LockGuard> {
     let mut file = open_lock_file(path)?;
     match file.try_lock() {
         Ok(()) => {
-            note_holder(&mut file);
+            note_holder(&mut file, path);
             return Ok(LockGuard { file, path: path.to_path_buf() });
         }
         Err(std::fs::TryLockError::WouldBlock) => {}
@@ -95,7 +99,7 @@ pub fn lock_exclusive(path: &Path, timeout: Duration) -> Result<LockGuard> {
     }
     match rx.recv_timeout(timeout) {
         Ok(Ok(mut file)) => {
-            note_holder(&mut file);
+            note_holder(&mut file, path);
             Ok(LockGuard { file, path: path.to_path_buf() })
         }
         Ok(Err(e)) => Err(Error::io(path, "lock", e)),
@@ -112,7 +116,7 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<LockGuard>> {
     let mut file = open_lock_file(path)?;
     match file.try_lock() {
         Ok(()) => {
-            note_holder(&mut file);
+            note_holder(&mut file, path);
             Ok(Some(LockGuard { file, path: path.to_path_buf() }))
         }
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
