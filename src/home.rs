@@ -118,6 +118,18 @@ impl Home {
     pub fn worker_logs(&self) -> PathBuf {
         self.join("agents/logs/workers")
     }
+    /// Per-dispatch runtime files written by the task's process (heartbeat, usage).
+    pub fn dispatch_run_dir(&self, dispatch_id: &str) -> PathBuf {
+        self.run_dir().join("dispatches").join(dispatch_id)
+    }
+    /// `CORTEX_HEARTBEAT_FILE` of a dispatch: JSON `{sequence, timestamp, tokens_used?, message?}`.
+    pub fn heartbeat_file(&self, dispatch_id: &str) -> PathBuf {
+        self.dispatch_run_dir(dispatch_id).join("heartbeat.json")
+    }
+    /// `CORTEX_USAGE_FILE` of a dispatch: JSON `{tokens_used}` written by the task.
+    pub fn usage_file(&self, dispatch_id: &str) -> PathBuf {
+        self.dispatch_run_dir(dispatch_id).join("usage.json")
+    }
     pub fn backups_dir(&self) -> PathBuf {
         self.join("backups")
     }
