@@ -69,10 +69,16 @@ fn read_holder(path: &Path) -> Option<String> {
 
 /// Takes the exclusive lock at `path`, waiting at most `timeout`.
 pub fn lock_exclusive(path: &Path, timeout: Duration) -> Result<LockGuard> {
-    let mut file = open_lock_file(path)?;
+    let mut guard = lock_exclusive_quiet(path, timeout)?;
+    note_holder(&mut guard.file);
+    Ok(guard)
+}
+
+/// [`lock_exclusive`] that leaves the file's content alone (a PID file's content is its PID).
+pub fn lock_exclusive_quiet(path: &Path, timeout: Duration) -> Result<LockGuard> {
+    let file = open_lock_file(path)?;
     match file.try_lock() {
         Ok(()) => {
-            note_holder(&mut file);
             return Ok(LockGuard { file, path: path.to_path_buf() });
         }
         Err(std::fs::TryLockError::WouldBlock) => {}
@@ -94,10 +100,7 @@ pub fn lock_exclusive(path: &Path, timeout: Duration) -> Result<LockGuard> {
         return Err(Error::io(path, "spawn lock waiter for", e));
     }
     match rx.recv_timeout(timeout) {
-        Ok(Ok(mut file)) => {
-            note_holder(&mut file);
-            Ok(LockGuard { file, path: path.to_path_buf() })
-        }
+        Ok(Ok(file)) => Ok(LockGuard { file, path: path.to_path_buf() }),
         Ok(Err(e)) => Err(Error::io(path, "lock", e)),
         Err(_) => Err(Error::LockTimeout {
             lock: path.to_path_buf(),
