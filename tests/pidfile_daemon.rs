@@ -132,7 +132,10 @@ fn daemon_logs_reopens_on_sighup_and_stops_cleanly() {
     for t in ["daemon_started", "daemon_stopped"] {
         let ev = h.events_of(t);
         assert_eq!(ev.len(), 1, "{t}");
-        assert_eq!((ev[0]["data"]["daemon"].as_str(), ev[0]["data"]["pid"].as_u64()), (Some("coordinator"), Some(pid as u64)));
+        assert_eq!(
+            (ev[0]["data"]["daemon"].as_str(), ev[0]["data"]["pid"].as_u64()),
+            (Some("coordinator"), Some(pid as u64))
+        );
         assert_eq!(ev[0]["source"], "coordinator");
     }
 
@@ -160,7 +163,8 @@ fn concurrent_starts_leave_exactly_one_daemon() {
     let mut running = None;
     wait_until(WAIT, "one copy to run and the others to give up", || {
         let _ = status(&home(&h), "integration");
-        let alive: Vec<u32> = copies.iter_mut().filter_map(|c| c.try_wait().unwrap().is_none().then(|| c.id())).collect();
+        let alive: Vec<u32> =
+            copies.iter_mut().filter_map(|c| c.try_wait().unwrap().is_none().then(|| c.id())).collect();
         running = (alive.len() == 1).then(|| alive[0]);
         running.is_some()
     });
@@ -206,7 +210,8 @@ fn copies_waiting_behind_a_status_check_still_refuse_clearly() {
     checker.unlock().unwrap();
     let mut winner = None;
     wait_until(WAIT, "one copy to run and the other to give up", || {
-        let alive: Vec<u32> = copies.iter_mut().filter_map(|c| c.try_wait().unwrap().is_none().then(|| c.id())).collect();
+        let alive: Vec<u32> =
+            copies.iter_mut().filter_map(|c| c.try_wait().unwrap().is_none().then(|| c.id())).collect();
         let exited = copies.len() - alive.len();
         winner = (alive.len() == 1 && exited == 1).then(|| alive[0]);
         winner.is_some()

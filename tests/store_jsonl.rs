@@ -61,8 +61,9 @@ fn concurrent_appenders_lose_nothing_and_never_interleave() {
     assert_eq!(bytes.last(), Some(&b'\n'), "the file ends with a whole line");
     let mut next_seq = vec![0u64; writers as usize];
     for (i, line) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
-        let v: Value = serde_json::from_slice(line)
-            .unwrap_or_else(|e| panic!("line {} does not parse ({e}): {}", i + 1, String::from_utf8_lossy(&line[..80])));
+        let v: Value = serde_json::from_slice(line).unwrap_or_else(|e| {
+            panic!("line {} does not parse ({e}): {}", i + 1, String::from_utf8_lossy(&line[..80]))
+        });
         let (w, seq) = (v["writer"].as_u64().unwrap(), v["seq"].as_u64().unwrap());
         assert_eq!(seq, next_seq[w as usize], "line {}: writer {w} out of order or lost a line", i + 1);
         assert_eq!(v["pad"].as_str().unwrap(), pad(w, seq), "line {}: writer {w} line {seq} was mixed", i + 1);
@@ -71,10 +72,7 @@ fn concurrent_appenders_lose_nothing_and_never_interleave() {
     assert_eq!(next_seq, vec![lines; writers as usize], "lines per writer");
     let read: jsonl::JsonlRead<Value> = jsonl::read(&file).unwrap();
     assert_eq!((read.records.len() as u64, read.bad_count()), (writers * lines, 0));
-    eprintln!(
-        "{writers} appenders x {lines} lines ({} KB) in {elapsed:?}: 0 lost, 0 interleaved",
-        bytes.len() / 1024
-    );
+    eprintln!("{writers} appenders x {lines} lines ({} KB) in {elapsed:?}: 0 lost, 0 interleaved", bytes.len() / 1024);
     // validate checks every JSONL file under coordination/ line by line.
     let out = h.cortex(&["validate"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));

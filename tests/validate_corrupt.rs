@@ -202,7 +202,10 @@ fn writer_succeeds_on_good_files() {
     }
     assert_eq!(h.read_json("coordination/token-budget.json")["used"], 1);
     assert_eq!(h.read_json("coordination/moe/router-config.json")["rules"][0]["confidence"], 0.95);
-    assert_eq!(h.read_json("coordination/config/worker-types.json")["worker_types"]["scan-worker"]["default_budget"], 1234);
+    assert_eq!(
+        h.read_json("coordination/config/worker-types.json")["worker_types"]["scan-worker"]["default_budget"],
+        1234
+    );
     assert!(h.events_of("file_quarantined").is_empty());
 }
 
