@@ -260,3 +260,26 @@ fn event_log_damage_is_named_by_line_and_kept_by_appends() {
         assert_eq!(events.bad_lines, vec![2], "{what}: readers skip and count the bad line");
     }
 }
+
+/// Regression: a task-queue.json that passes its schema but that the task type cannot read (an
+/// `in_progress` task without `started_at`/`dispatch_id`) made every writer fail with no
+/// quarantine copy and no event, so nothing told the operator what was kept or where.
+#[test]
+fn a_file_its_type_cannot_read_is_quarantined_too() {
+    let h = TestHome::new();
+    let path = h.join("coordination/task-queue.json");
+    let bad = br#"{"tasks": [{"task_id": "t-1", "description": "d", "priority": "high", "status": "in_progress",
+        "worker_type": "fix-worker", "created_at": "2026-01-01T00:00:00Z", "created_by": "ops",
+        "max_attempts": 3, "budget": 1000}]}"#;
+    std::fs::write(&path, bad).unwrap();
+    let out = writer(&h, CASES[0]);
+    let lines = reexec::results("writer", &out);
+    let err = lines[0].strip_prefix("error ").unwrap_or_else(|| panic!("the writer must fail: {lines:?}"));
+    assert!(err.contains(&path.display().to_string()) && err.contains("started_at"), "{err}");
+    assert!(err.contains("coordination/quarantine/"), "the error says where the copy is: {err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bad, "not overwritten");
+    let ev = h.events_of("file_quarantined");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["data"]["file"], "coordination/task-queue.json");
+    assert_eq!(std::fs::read(h.join(ev[0]["data"]["quarantine_path"].as_str().unwrap())).unwrap(), bad);
+}
