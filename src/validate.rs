@@ -72,6 +72,8 @@ pub fn check_jsonl(path: &Path, rel: &str, schema_name: Option<&str>) -> FileRep
         bad_lines: Some(0),
     };
     let (mut lines, mut bad, mut invalid) = (0usize, Vec::new(), Vec::new());
+    // The first schema break in full (line, pointer, expectation); the rest by line number.
+    let mut first_break: Option<String> = None;
     let res = crate::store::jsonl::for_each_line(path, |n, line| {
         lines += 1;
         match serde_json::from_slice::<Value>(line) {
@@ -81,6 +83,12 @@ pub fn check_jsonl(path: &Path, rel: &str, schema_name: Option<&str>) -> FileRep
                     && !schema::is_valid(s, &v)
                 {
                     invalid.push(n);
+                    if first_break.is_none()
+                        && let Some(v) = schema::check(s, &v, 1).into_iter().next()
+                    {
+                        let at = if v.pointer.is_empty() { "/" } else { v.pointer.as_str() };
+                        first_break = Some(format!("line {n} at {at}: {}", v.expected));
+                    }
                 }
             }
         }
@@ -102,6 +110,7 @@ pub fn check_jsonl(path: &Path, rel: &str, schema_name: Option<&str>) -> FileRep
             report.verdict = Verdict::Invalid;
         }
         report.problems.push(format!("{} line(s) break the schema: {}", invalid.len(), list_lines(&invalid)));
+        report.problems.extend(first_break);
     }
     report
 }

@@ -48,8 +48,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(|e| Error::io(path, "open lock file", e))
 }
 
-/// Records who holds the lock, for the timeout message of the next waiter. Best effort. A PID
-/// file (`*.pid`, locked by its daemon) keeps its content: waiting on it must not rewrite it.
+/// Records who holds the lock, for the timeout message of the next waiter. Best effort.
 fn note_holder(file: &mut File, path: &Path) {
     if path.extension().is_some_and(|e| e == "pid") {
         return;
@@ -73,10 +72,16 @@ fn read_holder(path: &Path) -> Option<String> {
 
 /// Takes the exclusive lock at `path`, waiting at most `timeout`.
 pub fn lock_exclusive(path: &Path, timeout: Duration) -> Result<LockGuard> {
-    let mut file = open_lock_file(path)?;
+    let mut guard = lock_exclusive_quiet(path, timeout)?;
+    note_holder(&mut guard.file, path);
+    Ok(guard)
+}
+
+/// [`lock_exclusive`] that leaves the file's content alone (a PID file's content is its PID).
+pub fn lock_exclusive_quiet(path: &Path, timeout: Duration) -> Result<LockGuard> {
+    let file = open_lock_file(path)?;
     match file.try_lock() {
         Ok(()) => {
-            note_holder(&mut file, path);
             return Ok(LockGuard { file, path: path.to_path_buf() });
         }
         Err(std::fs::TryLockError::WouldBlock) => {}
@@ -98,10 +103,7 @@ pub fn lock_exclusive(path: &Path, timeout: Duration) -> Result<LockGuard> {
         return Err(Error::io(path, "spawn lock waiter for", e));
     }
     match rx.recv_timeout(timeout) {
-        Ok(Ok(mut file)) => {
-            note_holder(&mut file, path);
-            Ok(LockGuard { file, path: path.to_path_buf() })
-        }
+        Ok(Ok(file)) => Ok(LockGuard { file, path: path.to_path_buf() }),
         Ok(Err(e)) => Err(Error::io(path, "lock", e)),
         Err(_) => Err(Error::LockTimeout {
             lock: path.to_path_buf(),

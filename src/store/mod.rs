@@ -132,13 +132,24 @@ impl Store {
             Some(v) => v,
             None => default_value(D::FILE)?,
         };
-        decode(&path, value)
+        self.decode(&path, value)
+    }
+
+    /// Turns a schema-valid value into its type. A value the type cannot take (a field the
+    /// schema leaves optional but the type needs) is quarantined like any other bad file.
+    fn decode<D: DeserializeOwned>(&self, path: &Path, value: Value) -> Result<D> {
+        D::deserialize(&value).map_err(|e| {
+            let bytes = std::fs::read(path).unwrap_or_else(|_| serde_json::to_vec_pretty(&value).unwrap_or_default());
+            let expected = e.to_string();
+            let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, "");
+            Error::Invalid { path: path.to_path_buf(), pointer: String::new(), expected, quarantined }
+        })
     }
 
     /// Loads a typed document only if its file exists.
     pub fn load_existing<D: Document>(&self) -> Result<Option<D>> {
         let path = self.path(D::FILE);
-        self.read_value(D::FILE)?.map(|v| decode(&path, v)).transpose()
+        self.read_value(D::FILE)?.map(|v| self.decode(&path, v)).transpose()
     }
 
     /// Read-modify-write of a typed document under its lock: load (default when missing), let
@@ -244,15 +255,6 @@ pub fn default_value(file: &CoordFile) -> Result<Value> {
         Error::other(format!("coordination/{} is missing and has no default; run `cortex init`", file.rel))
     })?;
     serde_json::from_str(src).map_err(|e| Error::other(format!("embedded default of {} is not JSON: {e}", file.rel)))
-}
-
-fn decode<D: DeserializeOwned>(path: &Path, value: Value) -> Result<D> {
-    serde_json::from_value(value).map_err(|e| Error::Invalid {
-        path: path.to_path_buf(),
-        pointer: String::new(),
-        expected: e.to_string(),
-        quarantined: None,
-    })
 }
 
 /// Lower-case hex of bytes.

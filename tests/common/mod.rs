@@ -2,6 +2,8 @@
 //! and waiting for a condition with a deadline (never a fixed sleep).
 #![allow(dead_code)]
 
+pub mod reexec;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
