@@ -403,6 +403,15 @@ mod tests {
         assert_eq!(parsed, Config::default());
     }
 
+    /// The maintenance drill appends `max_concurrent_dispatches = 15` to cortex.toml and expects it
+    /// to validate and take effect: [scheduler] must stay the shipped file's last table.
+    #[test]
+    fn runbook_append_sets_max_concurrent() {
+        let text = format!("{DEFAULT_TOML}# Updated rate limits\nmax_concurrent_dispatches = 15\n");
+        let cfg = Config::parse(&text, Path::new("cortex.toml")).unwrap();
+        assert_eq!(cfg.scheduler.max_concurrent_dispatches, 15);
+    }
+
     #[test]
     fn unknown_key_names_line() {
         let err =
