@@ -34,7 +34,9 @@
 //! latest, `run_all` runs them all, at most `[scheduler] misfire_run_all_cap` (the most recent;
 //! `schedule_misfire_capped` says how many were cut). A slot within the grace is on time and
 //! always runs. `max_instances` (default 1) skips a slot while that many tasks of the schedule
-//! are still queued, pending_retry or in_progress (`schedule_skipped_max_instances`).
+//! are still queued, pending_retry or in_progress (`schedule_skipped_max_instances`); runs a
+//! `run_all` catch-up enqueues count too, so a full catch-up needs `max_instances` at least as
+//! large as the number of missed runs (the default 1 runs the oldest missed slot only).
 //!
 //! # Pauses
 //! A global scheduler pause (`scheduler-state.json`) holds every schedule: [`fire_due`] fires
@@ -54,3 +56,6 @@ pub use model::{MisfirePolicy, RunRequest, Schedule, ScheduleState, Schedules, T
 pub use ops::{
     Change, NewSchedule, ScheduleView, add, list, pause, remove, request_run, resume, scheduler_paused, show,
 };
+
+#[cfg(test)]
+mod tests;
