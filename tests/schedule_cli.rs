@@ -125,6 +125,7 @@ fn invalid_expressions_and_zones_are_rejected_and_nothing_is_written() {
         (&[], "cron/every:"),
         (&["--cron", "@daily", "--max-instances", "0"], "max_instances:"),
         (&["--cron", "@daily", "--misfire", "sometimes"], "--misfire"),
+        (&["--cron", "@daily", "--type", "no-such-worker"], "worker_type:"),
     ];
     for (args, field) in cases {
         let mut all = vec!["schedule", "add", "--name", "bad"];

@@ -81,6 +81,17 @@ pub fn add(store: &Store, clock: &dyn Clock, new: NewSchedule, actor: &Actor) ->
         (None, None) => return Err(invalid("cron/every", "give a cron expression (--cron) or an interval (--every)")),
         _ => {}
     }
+    if let Some(wt) = &new.task.worker_type {
+        let types = store.read_value(crate::files::WORKER_TYPES)?.unwrap_or_default();
+        let known = types.get("worker_types").and_then(|t| t.as_object());
+        if !known.is_some_and(|k| k.contains_key(wt)) {
+            let names = known.map(|k| k.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default();
+            return Err(invalid(
+                "worker_type",
+                format!("unknown worker type {wt:?} (coordination/config/worker-types.json has: {names})"),
+            ));
+        }
+    }
     let timezone = new.timezone.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
     let now = clock.now();
     let mut schedule = Schedule {

@@ -502,6 +502,16 @@ fn invalid_input_is_rejected_with_the_field_and_nothing_written() {
         (new_schedule("a", None, None, None, MisfirePolicy::Skip, 1), "cron/every"),
         (new_schedule("a", Some("@daily"), None, None, MisfirePolicy::Skip, 0), "max_instances"),
         (new_schedule(" ", Some("@daily"), None, None, MisfirePolicy::Skip, 1), "name"),
+        (
+            NewSchedule {
+                task: TaskTemplate {
+                    worker_type: Some("no-such-worker".into()),
+                    ..new_schedule("a", None, None, None, MisfirePolicy::Skip, 1).task
+                },
+                ..new_schedule("a", Some("@daily"), None, None, MisfirePolicy::Skip, 1)
+            },
+            "worker_type",
+        ),
     ];
     for (new, field) in cases {
         let err = add(&f.store, &f.clock, new, &actor()).unwrap_err();
