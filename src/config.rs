@@ -41,6 +41,10 @@ pub struct SchedulerConfig {
     pub recent_window_seconds: u64,
     /// The coordinator's safety re-scan when no event woke it, seconds (`tick_interval`).
     pub tick_interval_seconds: u64,
+    /// A schedule's run this late (seconds) counts as missed and its misfire policy decides.
+    pub misfire_grace_seconds: u64,
+    /// Most runs a `run_all` schedule catches up in one go after downtime (older ones are dropped).
+    pub misfire_run_all_cap: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -50,6 +54,8 @@ impl Default for SchedulerConfig {
             timezone: "UTC".into(),
             recent_window_seconds: 300,
             tick_interval_seconds: 30,
+            misfire_grace_seconds: 60,
+            misfire_run_all_cap: 100,
         }
     }
 }
@@ -356,6 +362,9 @@ impl Config {
                 "[scheduler] timezone: unknown time zone {:?} (use an IANA name such as UTC or Europe/Berlin)",
                 self.scheduler.timezone
             ));
+        }
+        if self.scheduler.misfire_run_all_cap == 0 {
+            return Err("[scheduler] misfire_run_all_cap must be at least 1".into());
         }
         if self.api_bind().parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("[api] bind: {:?} is not an address:port such as 127.0.0.1:8900", self.api_bind()));

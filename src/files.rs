@@ -124,6 +124,16 @@ pub const ROUTING_DECISIONS: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+pub const SCHEDULES: &CoordFile = &CoordFile {
+    rel: "schedules.json",
+    kind: FileKind::Json,
+    schema: "schedules",
+    default: Some(default_file!("schedules.json")),
+    lock: "schedules",
+    essential: true,
+    is_config: false,
+};
+
 /// Every coordination file with a fixed name. Worker specs (`worker-specs/<bucket>/*.json`,
 /// schema `dispatch`) are walked separately.
 pub const ALL: &[&CoordFile] = &[
@@ -136,6 +146,7 @@ pub const ALL: &[&CoordFile] = &[
     RESTART_POLICY,
     ROUTER_CONFIG,
     ROUTING_DECISIONS,
+    SCHEDULES,
 ];
 
 /// Looks a file up by its path relative to `coordination/`.

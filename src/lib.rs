@@ -14,6 +14,7 @@ pub mod home;
 pub mod init;
 pub mod logging;
 pub mod pidfile;
+pub mod schedule;
 pub mod scheduler;
 pub mod schema;
 pub mod store;

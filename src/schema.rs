@@ -23,6 +23,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("router-config"),
     schema_source!("dispatch"),
     schema_source!("routing-decision"),
+    schema_source!("schedules"),
 ];
 
 /// One way a document breaks its schema.

@@ -2,6 +2,7 @@
 //! arguments into library calls and prints the result (text, or JSON with `--json`).
 
 mod events;
+mod schedule;
 mod setup;
 
 use crate::error::{Error, Result};
@@ -45,6 +46,9 @@ pub enum Command {
     /// The event log: emit, list.
     #[command(subcommand)]
     Event(events::EventCommand),
+    /// Recurring tasks on cron or interval schedules: add, list, show, pause, resume, remove, run-now.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
 }
 
 /// What the CLI needs everywhere.
@@ -91,5 +95,6 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Validate) => setup::validate(&ctx),
         Some(Command::Config(c)) => setup::config(&ctx, c),
         Some(Command::Event(c)) => events::run(&ctx, c),
+        Some(Command::Schedule(c)) => schedule::run(&ctx, c),
     }
 }

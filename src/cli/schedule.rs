@@ -1,0 +1,290 @@
+//! `cortex schedule add | list | show | pause | resume | remove | run-now`: recurring tasks on
+//! cron or interval schedules (`crate::schedule`).
+
+use super::{Ctx, print_json};
+use crate::clock::SystemClock;
+use crate::error::Result;
+use crate::pidfile::{self, PidStatus};
+use crate::schedule::{self, MisfirePolicy, NewSchedule, ScheduleView, TaskTemplate};
+use crate::scheduler::{Actor, local_user};
+use crate::task::Priority;
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a schedule: `--name N (--cron EXPR | --every DUR) [options] -- COMMAND...`.
+    Add(AddArgs),
+    /// List schedules with their next run (in the schedule's zone and in UTC).
+    List {
+        /// Include archived (removed) schedules.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one schedule (by id or name).
+    Show { id: String },
+    /// Pause one schedule: it fires nothing until resumed.
+    Pause {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a paused schedule from its next slot after now.
+    Resume { id: String },
+    /// Remove a schedule (it is archived: kept in schedules.json, never fires again).
+    Remove { id: String },
+    /// Enqueue one run now through the coordinator (also for a paused schedule).
+    #[command(name = "run-now")]
+    RunNow { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// A unique name (commands accept it in place of the id).
+    #[arg(long)]
+    name: String,
+    /// 5-field cron expression (`*/5 * * * *`, `0 3 * * 1-5`) or @hourly, @daily, @weekly, @monthly, @yearly.
+    #[arg(long, value_name = "EXPR")]
+    cron: Option<String>,
+    /// Fixed interval: 30s, 15m, 2h, 1d (counted from when the schedule is added).
+    #[arg(long, value_name = "DURATION")]
+    every: Option<String>,
+    /// IANA time zone of the cron expression (default: [scheduler] timezone in cortex.toml).
+    #[arg(long = "tz", visible_alias = "timezone", value_name = "TZ")]
+    tz: Option<String>,
+    /// What to do with runs missed while nothing could fire them: skip, run_once or run_all.
+    #[arg(long, default_value = "run_once", value_name = "POLICY")]
+    misfire: MisfirePolicy,
+    /// Skip a run while this many earlier runs are still queued or running.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    max_instances: u32,
+    /// Task description (default: "schedule NAME").
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long, default_value = "medium")]
+    priority: Priority,
+    /// Worker type (default: routed like `cortex task add`).
+    #[arg(long = "type", value_name = "WORKER_TYPE")]
+    worker_type: Option<String>,
+    /// Token budget per run (default: the worker type's).
+    #[arg(long)]
+    budget: Option<u64>,
+    /// Attempts per run (default: [retry] max_attempts).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// The command each run executes (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn actor() -> Actor {
+    Actor { who: local_user(), from: "cli".into() }
+}
+
+pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
+    let store = ctx.store()?;
+    let clock = SystemClock;
+    match cmd {
+        ScheduleCommand::Add(a) => {
+            let description = a.description.unwrap_or_else(|| format!("schedule {}", a.name.trim()));
+            let new = NewSchedule {
+                name: a.name,
+                cron: a.cron,
+                every: a.every,
+                timezone: a.tz,
+                misfire_policy: a.misfire,
+                max_instances: a.max_instances,
+                task: TaskTemplate {
+                    description,
+                    priority: a.priority,
+                    worker_type: a.worker_type,
+                    command: a.command,
+                    budget: a.budget,
+                    max_attempts: a.max_attempts,
+                },
+            };
+            let added = schedule::add(&store, &clock, new, &actor())?;
+            let view = schedule::show(&store, &added.schedule_id)?;
+            if ctx.json {
+                print_json(&view);
+            } else {
+                println!(
+                    "Schedule {} ({}) added: {} [{}]; next run {} ({})",
+                    view.schedule.schedule_id,
+                    view.schedule.name,
+                    view.schedule.expression_label(),
+                    view.effective_timezone,
+                    view.next_run_local.as_deref().unwrap_or("-"),
+                    view.schedule.next_run_at.as_deref().unwrap_or("-")
+                );
+                if view.schedule.misfire_policy == MisfirePolicy::RunAll && view.schedule.max_instances == 1 {
+                    println!(
+                        "note: with --max-instances 1 a run_all catch-up enqueues one missed run at a time; \
+                         raise --max-instances to catch up several at once"
+                    );
+                }
+                note_scheduler(&store);
+            }
+            Ok(0)
+        }
+        ScheduleCommand::List { all } => {
+            let views = schedule::list(&store, all)?;
+            if ctx.json {
+                print_json(&serde_json::json!({
+                    "schedules": views,
+                    "scheduler_paused": schedule::scheduler_paused(&store)?,
+                }));
+            } else {
+                print_table(&views);
+                note_scheduler(&store);
+            }
+            Ok(0)
+        }
+        ScheduleCommand::Show { id } => {
+            let v = schedule::show(&store, &id)?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                print_details(&v);
+                note_scheduler(&store);
+            }
+            Ok(0)
+        }
+        ScheduleCommand::Pause { id, reason } => {
+            let c = schedule::pause(&store, &clock, &id, &actor(), reason.as_deref())?;
+            print_change(ctx, &c);
+            Ok(0)
+        }
+        ScheduleCommand::Resume { id } => {
+            let c = schedule::resume(&store, &clock, &id, &actor())?;
+            print_change(ctx, &c);
+            Ok(0)
+        }
+        ScheduleCommand::Remove { id } => {
+            let c = schedule::remove(&store, &clock, &id, &actor())?;
+            print_change(ctx, &c);
+            Ok(0)
+        }
+        ScheduleCommand::RunNow { id } => {
+            let (s, req) = schedule::request_run(&store, &clock, &id, &actor())?;
+            let coordinator = matches!(pidfile::status(&ctx.home, "coordinator")?, PidStatus::Running(_));
+            if ctx.json {
+                print_json(&serde_json::json!({
+                    "schedule_id": s.schedule_id, "name": s.name, "task_id": req.task_id,
+                    "requested_at": req.requested_at, "coordinator_running": coordinator,
+                }));
+            } else {
+                println!(
+                    "Run of schedule {} ({}) requested as task {}; the coordinator enqueues it on its next pass",
+                    s.schedule_id, s.name, req.task_id
+                );
+                if !coordinator {
+                    println!("note: cortex-coordinator is not running; the run is enqueued when it starts");
+                }
+                note_scheduler(&store);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn note_scheduler(store: &crate::store::Store) {
+    if schedule::scheduler_paused(store).unwrap_or(false) {
+        println!(
+            "note: the scheduler is paused: no schedule fires until `cortex resume`; missed runs then follow each schedule's misfire policy"
+        );
+    }
+}
+
+fn print_change(ctx: &Ctx, c: &schedule::Change) {
+    if ctx.json {
+        print_json(c);
+    } else {
+        println!("{}: {} ({})", c.message, c.schedule.schedule_id, c.schedule.name);
+        if let Some(next) = &c.schedule.next_run_at {
+            println!("next run {next}");
+        }
+    }
+}
+
+fn print_table(views: &[ScheduleView]) {
+    if views.is_empty() {
+        println!("No schedules. Add one with `cortex schedule add --name N --cron EXPR -- COMMAND`.");
+        return;
+    }
+    let rows: Vec<[String; 8]> = views
+        .iter()
+        .map(|v| {
+            [
+                v.schedule.schedule_id.clone(),
+                v.schedule.name.clone(),
+                v.schedule.state.name().to_string(),
+                v.schedule.expression_label(),
+                v.effective_timezone.clone(),
+                v.next_run_local.clone().unwrap_or_else(|| "-".into()),
+                v.schedule.next_run_at.clone().unwrap_or_else(|| "-".into()),
+                v.schedule.last_run_at.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = ["ID", "NAME", "STATE", "EXPRESSION", "ZONE", "NEXT RUN (ZONE)", "NEXT RUN (UTC)", "LAST RUN (UTC)"];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn print_details(v: &ScheduleView) {
+    let s = &v.schedule;
+    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    println!("id:             {}", s.schedule_id);
+    println!("name:           {}", s.name);
+    println!("state:          {}", s.state.name());
+    match &s.state {
+        schedule::ScheduleState::Paused { paused_at, paused_by, reason } => {
+            println!("paused_at:      {paused_at}");
+            println!("paused_by:      {}", opt(paused_by));
+            println!("reason:         {}", opt(reason));
+        }
+        schedule::ScheduleState::Archived { archived_at, .. } => println!("archived_at:    {archived_at}"),
+        schedule::ScheduleState::Active => {}
+    }
+    println!("expression:     {} ({})", s.expression_label(), v.describe);
+    println!(
+        "timezone:       {}{}",
+        v.effective_timezone,
+        if s.timezone.is_none() { " (from cortex.toml)" } else { "" }
+    );
+    println!("misfire_policy: {}", s.misfire_policy.as_str());
+    println!("max_instances:  {}", s.max_instances);
+    println!("next_run:       {} ({})", opt(&v.next_run_local), opt(&s.next_run_at));
+    println!("last_run:       {} ({}) task {}", opt(&v.last_run_local), opt(&s.last_run_at), opt(&s.last_task_id));
+    println!("runs:           {}", s.run_count);
+    println!("task:           {} [{}]", s.task.description, s.task.priority.as_str());
+    println!("  worker_type:  {}", s.task.worker_type.clone().unwrap_or_else(|| "(routed)".into()));
+    println!(
+        "  command:      {}",
+        if s.task.command.is_empty() { "(worker type template)".into() } else { s.task.command.join(" ") }
+    );
+    println!(
+        "  budget:       {}",
+        s.task.budget.map(|b| b.to_string()).unwrap_or_else(|| "(worker type default)".into())
+    );
+    println!(
+        "  max_attempts: {}",
+        s.task.max_attempts.map(|b| b.to_string()).unwrap_or_else(|| "([retry] default)".into())
+    );
+    for r in &s.pending_runs {
+        println!("pending run:    task {} requested {} by {}", r.task_id, r.requested_at, opt(&r.requested_by));
+    }
+    println!("created:        {} by {}", s.created_at, opt(&s.created_by));
+}
