@@ -23,6 +23,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("router-config"),
     schema_source!("dispatch"),
     schema_source!("routing-decision"),
+    schema_source!("failure-pattern"),
+    schema_source!("metrics-snapshot"),
 ];
 
 /// One way a document breaks its schema.
