@@ -24,8 +24,13 @@ use std::time::{Duration, Instant};
 
 /// How long a burst of changes to one file settles before it is checked.
 const SETTLE: Duration = Duration::from_millis(100);
-/// A JSONL file that keeps changing (the event log) is re-read at most this often.
-const JSONL_MIN_GAP: Duration = Duration::from_secs(5);
+/// A JSONL file that keeps changing (the event log) is re-read at most once per this gap, which
+/// grows with its size (half a second per MiB, from 0.5 s up to 10 s), so re-reading costs a few
+/// percent of one core at most.
+fn jsonl_gap(path: &Path) -> Duration {
+    let mib = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    Duration::from_secs_f64((mib * 0.5).clamp(0.5, 10.0))
+}
 
 /// The validator's memory between passes.
 pub struct Integrity {
@@ -155,7 +160,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
                     if affects_consistency(&ctx.store, &p) {
                         consistency_due = earliest(consistency_due, Some(now + SETTLE));
                     }
-                    let gap = if p.extension().is_some_and(|e| e == "jsonl") { JSONL_MIN_GAP } else { Duration::ZERO };
+                    let gap = if p.extension().is_some_and(|e| e == "jsonl") { jsonl_gap(&p) } else { Duration::ZERO };
                     let due = (now + SETTLE).max(last_checked.get(&p).map_or(now, |t| *t + gap));
                     dirty.entry(p).or_insert(due);
                 }
