@@ -87,8 +87,7 @@ fn each_kind_of_corruption_is_quarantined_and_reported() {
 
     // Malformed JSONL lines: reported with the count, once per new count.
     let events = h.join("coordination/dashboard-events.jsonl");
-    cortex::store::jsonl::append_raw(&events, b"{\"half\": \n").unwrap();
-    cortex::store::jsonl::append_raw(&events, b"not json\n").unwrap();
+    cortex::store::jsonl::append_raw(&events, b"{\"half\": \nnot json\n").unwrap();
     wait_until(WAIT, "malformed lines reported", || !h.events_of("jsonl_malformed_lines").is_empty());
     let m = h.events_of("jsonl_malformed_lines");
     assert_eq!(m.len(), 1);

@@ -96,8 +96,9 @@ fn exit_failures_become_a_pattern_at_the_threshold_and_grow_in_confidence() {
     assert_eq!(p["frequency"]["total_occurrences"], 3);
     assert!(p["frequency"]["last_seen"].is_string() && p["created_at"].is_string() && p["updated_at"].is_string());
     assert!(p["pattern_id"].as_str().unwrap().starts_with("fp-"));
+    // The event follows the record's write.
+    wait_until(WAIT, "failure_pattern_detected", || h.events_of("failure_pattern_detected").len() == 1);
     let detected = h.events_of("failure_pattern_detected");
-    assert_eq!(detected.len(), 1);
     assert_eq!(detected[0]["data"]["pattern_id"], p["pattern_id"]);
 
     for n in 4..=6 {
@@ -126,8 +127,8 @@ fn exit_failures_become_a_pattern_at_the_threshold_and_grow_in_confidence() {
     let p = &patterns(&h)[0];
     assert_eq!(p["severity"], "high", "3x the threshold raises the severity");
     assert_eq!(p["frequency"]["total_occurrences"], 9);
+    wait_until(WAIT, "severity change: one more event", || h.events_of("failure_pattern_detected").len() == 2);
     let detected = h.events_of("failure_pattern_detected");
-    assert_eq!(detected.len(), 2, "severity change: one more event");
     assert_eq!(detected[1]["data"]["previous_severity"], "medium");
     assert_eq!(patterns(&h).len(), 1, "one record per pattern id");
 

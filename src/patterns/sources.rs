@@ -75,3 +75,41 @@ pub fn read_new_events(home: &Home, cursor: &mut EventCursor) -> Result<Vec<Even
 pub fn file_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Severity;
+
+    fn emit(home: &Home, n: u32) {
+        crate::events::emit(home, "dispatch_lost", Severity::Error, "t", format!("{n}"), serde_json::json!({"n": n}))
+            .unwrap();
+    }
+
+    fn ns(events: &[Event]) -> Vec<u64> {
+        events.iter().map(|e| e.data["n"].as_u64().unwrap()).collect()
+    }
+
+    #[test]
+    fn cursor_reads_each_event_once_across_rotation_and_partial_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let mut cursor = EventCursor::default();
+        assert!(read_new_events(&home, &mut cursor).unwrap().is_empty());
+        emit(&home, 1);
+        emit(&home, 2);
+        assert_eq!(ns(&read_new_events(&home, &mut cursor).unwrap()), vec![1, 2]);
+        // A line still being written is left for later.
+        crate::store::jsonl::append_raw(&home.events_file(), b"{\"id\":\"x\"").unwrap();
+        assert!(read_new_events(&home, &mut cursor).unwrap().is_empty());
+        let len = std::fs::metadata(home.events_file()).unwrap().len();
+        assert!(cursor.offset < len);
+        // Finish it as a bad line, add one more, then rotate and append to the new file.
+        crate::store::jsonl::append_raw(&home.events_file(), b"\n").unwrap();
+        emit(&home, 3);
+        crate::logging::rotate_file(&home.events_file(), 3).unwrap();
+        emit(&home, 4);
+        assert_eq!(ns(&read_new_events(&home, &mut cursor).unwrap()), vec![3, 4]);
+        assert!(read_new_events(&home, &mut cursor).unwrap().is_empty(), "each event once");
+    }
+}
