@@ -1,5 +1,5 @@
-//! cortex-integration: the integration daemon. Its loop lives in the library.
+//! cortex-integration: the integration daemon (validator). Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run("integration", cortex::daemon::idle_loop)
+    cortex::daemon::run("integration", cortex::integrity::run_loop)
 }

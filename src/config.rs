@@ -22,7 +22,7 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub heartbeat: IntervalConfig,
     pub metrics: MetricsConfig,
-    pub integration: IntervalConfig,
+    pub integration: IntegrationConfig,
     pub failure_pattern: FailurePatternConfig,
     pub auto_fix: IntervalConfig,
     pub logs: LogsConfig,
@@ -230,6 +230,22 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { interval_seconds: 60, max_file_bytes: 10 * 1024 * 1024, keep: 5 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntegrationConfig {
+    /// Full validation of every coordination file, seconds (it also validates a file when it changes).
+    pub interval_seconds: u64,
+    /// A cross-file inconsistency is reported only when it lasts this long, seconds (the dispatch
+    /// protocol has short legitimate windows, e.g. between the queue write and the spec write).
+    pub consistency_grace_seconds: f64,
+}
+
+impl Default for IntegrationConfig {
+    fn default() -> Self {
+        IntegrationConfig { interval_seconds: 30, consistency_grace_seconds: 10.0 }
     }
 }
 

@@ -134,6 +134,26 @@ pub const SCHEDULES: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+pub const FAILURE_PATTERNS: &CoordFile = &CoordFile {
+    rel: "patterns/failure-patterns.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "failure-pattern",
+    default: None,
+    lock: "failure-patterns",
+    essential: false,
+    is_config: false,
+};
+
+pub const METRICS_SNAPSHOTS: &CoordFile = &CoordFile {
+    rel: "metrics/metrics-snapshots.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "metrics-snapshot",
+    default: None,
+    lock: "metrics",
+    essential: false,
+    is_config: false,
+};
+
 /// Every coordination file with a fixed name. Worker specs (`worker-specs/<bucket>/*.json`,
 /// schema `dispatch`) are walked separately.
 pub const ALL: &[&CoordFile] = &[
@@ -147,6 +167,8 @@ pub const ALL: &[&CoordFile] = &[
     ROUTER_CONFIG,
     ROUTING_DECISIONS,
     SCHEDULES,
+    FAILURE_PATTERNS,
+    METRICS_SNAPSHOTS,
 ];
 
 /// Looks a file up by its path relative to `coordination/`.

@@ -130,6 +130,18 @@ impl Home {
     pub fn usage_file(&self, dispatch_id: &str) -> PathBuf {
         self.dispatch_run_dir(dispatch_id).join("usage.json")
     }
+    /// Finished tasks moved out of the queue: one Task object per line.
+    pub fn task_archive(&self) -> PathBuf {
+        self.coord("task-archive.jsonl")
+    }
+    /// The standard error of a dispatch's process.
+    pub fn worker_stderr(&self, dispatch_id: &str) -> PathBuf {
+        self.worker_logs().join(format!("{dispatch_id}.err"))
+    }
+    /// The failure-pattern daemon's own progress (event-log offset, recent occurrences).
+    pub fn failure_pattern_state(&self) -> PathBuf {
+        self.coord("patterns/failure-pattern-state.json")
+    }
     pub fn backups_dir(&self) -> PathBuf {
         self.join("backups")
     }

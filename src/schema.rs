@@ -24,6 +24,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("dispatch"),
     schema_source!("routing-decision"),
     schema_source!("schedules"),
+    schema_source!("failure-pattern"),
+    schema_source!("metrics-snapshot"),
 ];
 
 /// One way a document breaks its schema.

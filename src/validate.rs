@@ -203,6 +203,50 @@ pub fn validate_home(home: &Home) -> Vec<FileReport> {
     reports
 }
 
+/// Checks one file under `coordination/` exactly as [`validate_home`] does (the integration
+/// daemon calls it for a file that changed). None for what `validate_home` does not check: files
+/// outside `coordination/`, locks, temporaries, quarantine, schemas, defaults, other extensions,
+/// and a missing file that is not essential.
+pub fn check_file(home: &Home, path: &Path) -> Option<FileReport> {
+    let rel_coord = path.strip_prefix(home.coordination()).ok()?;
+    let names: Vec<&str> = rel_coord.components().filter_map(|c| c.as_os_str().to_str()).collect();
+    let first = *names.first()?;
+    if names.iter().any(|n| n.starts_with('.') || *n == "quarantine") || matches!(first, "schemas" | "defaults") {
+        return None;
+    }
+    if let Some(f) = files::by_rel(rel_coord.to_str()?) {
+        let mut report = check_registered(home, f)?;
+        if f.rel == files::ROUTER_CONFIG.rel && report.is_ok() {
+            let problems = router_cross_check(home);
+            if !problems.is_empty() {
+                report.verdict = Verdict::Invalid;
+                report.problems.extend(problems);
+            }
+        }
+        return Some(report);
+    }
+    if !path.is_file() {
+        return None;
+    }
+    let rel = home.relative(path).display().to_string();
+    let ext = path.extension().and_then(|e| e.to_str());
+    let schema = (first == "worker-specs" && names.len() == 3 && ext == Some("json")).then_some(files::DISPATCH_SCHEMA);
+    match ext {
+        Some("json") => Some(match std::fs::read(path) {
+            Ok(b) => check_json_bytes(&rel, &b, schema),
+            Err(e) => FileReport {
+                file: rel,
+                verdict: Verdict::Corrupt,
+                problems: vec![format!("unreadable: {e}")],
+                lines: None,
+                bad_lines: None,
+            },
+        }),
+        Some("jsonl") => Some(check_jsonl(path, &rel, None)),
+        _ => None,
+    }
+}
+
 /// Router rules: each pattern must compile, each worker type must exist.
 pub fn router_cross_check(home: &Home) -> Vec<String> {
     let mut problems = Vec::new();

@@ -2,6 +2,7 @@
 //! arguments into library calls and prints the result (text, or JSON with `--json`).
 
 mod events;
+mod metrics;
 mod schedule;
 mod setup;
 
@@ -49,6 +50,8 @@ pub enum Command {
     /// Recurring tasks on cron or interval schedules: add, list, show, pause, resume, remove, run-now.
     #[command(subcommand)]
     Schedule(schedule::ScheduleCommand),
+    /// The latest metrics snapshot (workers, tokens, tasks, scheduler, daemons).
+    Metrics(metrics::MetricsArgs),
 }
 
 /// What the CLI needs everywhere.
@@ -96,5 +99,6 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Config(c)) => setup::config(&ctx, c),
         Some(Command::Event(c)) => events::run(&ctx, c),
         Some(Command::Schedule(c)) => schedule::run(&ctx, c),
+        Some(Command::Metrics(a)) => metrics::run(&ctx, a),
     }
 }

@@ -1,0 +1,156 @@
+//! Acting on the validator's verdicts ([`crate::validate`]): an invalid JSON file is copied to
+//! quarantine (through [`crate::store::Store::parse_checked`], which names the JSON pointer) and
+//! reported with `integration_validation_failed`; a JSONL file with bad lines is reported with
+//! `jsonl_malformed_lines` and its count. Each problem is reported once — again only when the
+//! file's content (JSON) or bad-line count (JSONL) changes, or after it was fixed and broke again.
+
+use crate::error::Error;
+use crate::events::Severity;
+use crate::files;
+use crate::store::Store;
+use crate::validate::{FileReport, Verdict};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What was last reported per file: a content hash (JSON) or a bad-line count (JSONL).
+#[derive(Debug, Default)]
+pub struct FileWatch {
+    json_reported: HashMap<String, String>,
+    jsonl_counts: HashMap<String, usize>,
+}
+
+/// The schema `validate` applies to a file (by its path relative to the home).
+fn schema_of(rel: &str) -> Option<&'static str> {
+    let rel_coord = rel.strip_prefix("coordination/")?;
+    if let Some(f) = files::by_rel(rel_coord) {
+        return Some(f.schema);
+    }
+    let parts: Vec<&str> = rel_coord.split('/').collect();
+    (parts.len() == 3 && parts[0] == "worker-specs" && parts[2].ends_with(".json")).then_some(files::DISPATCH_SCHEMA)
+}
+
+/// The JSON pointer at the start of a validator problem (`at /rules/0/pattern: ...`), if any.
+fn pointer_of(problem: &str) -> &str {
+    problem.strip_prefix("at ").and_then(|p| p.split(':').next()).filter(|p| p.starts_with('/')).unwrap_or("/")
+}
+
+impl FileWatch {
+    /// Acts on one report; returns the number of events emitted.
+    pub fn handle(&mut self, store: &Store, report: &FileReport) -> usize {
+        let home = store.home();
+        let path = home.join(&report.file);
+        if report.lines.is_some() {
+            return self.handle_jsonl(store, report);
+        }
+        if report.is_ok() {
+            self.json_reported.remove(&report.file);
+            return 0;
+        }
+        if report.verdict == Verdict::Missing {
+            if self.json_reported.get(&report.file).map(String::as_str) == Some("missing") {
+                return 0;
+            }
+            self.json_reported.insert(report.file.clone(), "missing".into());
+            let _ = store.emit(
+                "integration_validation_failed",
+                Severity::Error,
+                format!("{} is missing: run `cortex repair` or `cortex init`", report.file),
+                json!({"file": report.file, "field": "/", "verdict": report.verdict, "problem": "missing"}),
+            );
+            return 1;
+        }
+        let Ok(bytes) = std::fs::read(&path) else { return 0 };
+        let hash = crate::store::hex(&Sha256::digest(&bytes)[..8]);
+        if self.json_reported.get(&report.file) == Some(&hash) {
+            return 0;
+        }
+        self.json_reported.insert(report.file.clone(), hash);
+        let (field, problem, quarantined) = quarantine(store, &path, &bytes, report);
+        let _ = store.emit(
+            "integration_validation_failed",
+            Severity::Error,
+            format!(
+                "{} is {} at {field}: {problem}{}",
+                report.file,
+                if report.verdict == Verdict::Corrupt { "not valid JSON" } else { "invalid" },
+                quarantined
+                    .as_ref()
+                    .map(|q| format!("; a copy is kept at {}", home.relative(q).display()))
+                    .unwrap_or_default()
+            ),
+            json!({
+                "file": report.file,
+                "field": field,
+                "verdict": report.verdict,
+                "problem": problem,
+                "problems": report.problems,
+                "quarantine_path": quarantined.map(|q| home.relative(&q).display().to_string()),
+            }),
+        );
+        1
+    }
+
+    fn handle_jsonl(&mut self, store: &Store, report: &FileReport) -> usize {
+        let count = report.bad_lines.unwrap_or(0);
+        let last = self.jsonl_counts.get(&report.file).copied().unwrap_or(0);
+        if count == 0 {
+            self.jsonl_counts.remove(&report.file);
+            return 0;
+        }
+        if count == last {
+            return 0;
+        }
+        self.jsonl_counts.insert(report.file.clone(), count);
+        let _ = store.emit(
+            "jsonl_malformed_lines",
+            Severity::Warning,
+            format!(
+                "{} has {count} malformed line(s) of {} ({}); readers skip them; `cortex repair` moves them aside",
+                report.file,
+                report.lines.unwrap_or(0),
+                report.problems.join("; ")
+            ),
+            json!({"file": report.file, "count": count, "lines": report.lines, "problems": report.problems}),
+        );
+        1
+    }
+}
+
+/// Copies a bad JSON file to quarantine; returns the offending field (JSON pointer), the problem
+/// and the copy's path.
+fn quarantine(
+    store: &Store,
+    path: &Path,
+    bytes: &[u8],
+    report: &FileReport,
+) -> (String, String, Option<std::path::PathBuf>) {
+    match store.parse_checked(path, bytes, schema_of(&report.file)) {
+        Err(Error::Corrupt { detail, quarantined, .. }) => ("/".into(), detail, quarantined),
+        Err(Error::Invalid { pointer, expected, quarantined, .. }) => {
+            (if pointer.is_empty() { "/".into() } else { pointer }, expected, quarantined)
+        }
+        // Parses and matches its schema: the problem is a cross-reference (router rules).
+        _ => {
+            let problem = report.problems.first().cloned().unwrap_or_default();
+            let field = pointer_of(&problem).to_string();
+            let q = store.quarantine(path, bytes, "fails a cross-check", &problem, &field);
+            (field, problem, q)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_and_pointer_lookup() {
+        assert_eq!(schema_of("coordination/token-budget.json"), Some("token-budget"));
+        assert_eq!(schema_of("coordination/worker-specs/active/d1.json"), Some("dispatch"));
+        assert_eq!(schema_of("coordination/other.json"), None);
+        assert_eq!(pointer_of("at /rules/0/pattern: bad"), "/rules/0/pattern");
+        assert_eq!(pointer_of("not JSON"), "/");
+    }
+}
