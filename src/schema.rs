@@ -23,6 +23,9 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("router-config"),
     schema_source!("dispatch"),
     schema_source!("routing-decision"),
+    schema_source!("circuit-breakers"),
+    schema_source!("auto-fix-registry"),
+    schema_source!("fix-history"),
 ];
 
 /// One way a document breaks its schema.

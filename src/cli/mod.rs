@@ -2,6 +2,7 @@
 //! arguments into library calls and prints the result (text, or JSON with `--json`).
 
 mod events;
+mod heartbeat;
 mod setup;
 
 use crate::error::{Error, Result};
@@ -45,6 +46,8 @@ pub enum Command {
     /// The event log: emit, list.
     #[command(subcommand)]
     Event(events::EventCommand),
+    /// Record a heartbeat of the running task (run by the task's process).
+    Heartbeat(heartbeat::HeartbeatArgs),
 }
 
 /// What the CLI needs everywhere.
@@ -91,5 +94,6 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Validate) => setup::validate(&ctx),
         Some(Command::Config(c)) => setup::config(&ctx, c),
         Some(Command::Event(c)) => events::run(&ctx, c),
+        Some(Command::Heartbeat(a)) => heartbeat::run(&ctx, a),
     }
 }
