@@ -1,6 +1,7 @@
 //! The `cortex` command: argument parsing and dispatch to one module per area. Each module turns
 //! arguments into library calls and prints the result (text, or JSON with `--json`).
 
+mod breaker;
 mod events;
 mod heartbeat;
 mod setup;
@@ -48,6 +49,9 @@ pub enum Command {
     Event(events::EventCommand),
     /// Record a heartbeat of the running task (run by the task's process).
     Heartbeat(heartbeat::HeartbeatArgs),
+    /// Circuit breakers per worker type: list, reset.
+    #[command(subcommand)]
+    Breaker(breaker::BreakerCommand),
 }
 
 /// What the CLI needs everywhere.
@@ -95,5 +99,6 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Config(c)) => setup::config(&ctx, c),
         Some(Command::Event(c)) => events::run(&ctx, c),
         Some(Command::Heartbeat(a)) => heartbeat::run(&ctx, a),
+        Some(Command::Breaker(c)) => breaker::run(&ctx, c),
     }
 }
