@@ -193,8 +193,27 @@ fn target_type(given: &Option<String>, p: &Pattern) -> Result<String> {
 }
 
 /// Should (fix, pattern) be acted on now? Only when it never was, or the pattern grew since the
-/// last time and the cooldown has passed.
+/// last time and the cooldown has passed; never while an application awaits its validation, and
+/// never again after one was rolled back (it did not help: an operator decides what next).
 pub fn due(fix: &Fix, pattern: &Pattern, records: &[Value], now: Timestamp) -> bool {
+    let same = |r: &&Value| r["fix_id"] == fix.fix_id.as_str() && r["pattern_id"] == pattern.pattern_id.as_str();
+    if records.iter().filter(same).any(|r| r["record"] == "fix_rolled_back") {
+        return false;
+    }
+    let closed: Vec<&str> = records
+        .iter()
+        .filter(same)
+        .filter(|r| r["record"] == "fix_validated")
+        .filter_map(|r| r["application_id"].as_str())
+        .collect();
+    let awaiting = records.iter().filter(same).any(|r| {
+        r["record"] == "fix_applied"
+            && r.get("validate_after").is_some()
+            && r["application_id"].as_str().is_some_and(|a| !closed.contains(&a))
+    });
+    if awaiting {
+        return false;
+    }
     let last = records.iter().rev().find(|r| {
         r["fix_id"] == fix.fix_id.as_str()
             && r["pattern_id"] == pattern.pattern_id.as_str()
@@ -226,6 +245,8 @@ pub fn run(store: &Store, now: Timestamp) -> Result<RegistryReport> {
     let mut report = RegistryReport::default();
     let registry: FixRegistry = store.load()?;
     let patterns = read_patterns(store.home())?;
+    // Validations first, so a fix rolled back now is not applied again in the same pass.
+    validate_due(store, &patterns, &history::read(store.home())?, now, &mut report)?;
     let mut records = history::read(store.home())?;
     for pattern in &patterns {
         for fix in registry.fixes.iter().filter(|f| applies(f, pattern)) {
@@ -290,7 +311,15 @@ pub fn run(store: &Store, now: Timestamp) -> Result<RegistryReport> {
             }
         }
     }
-    validate_due(store, &patterns, &records, now, &mut report)?;
+    // Applications made in this pass are validated later: note when.
+    for rec in records.iter().filter(|r| r["record"] == "fix_applied") {
+        if let Some(after) = rec["validate_after"].as_str().and_then(parse_ts)
+            && after > now
+            && !report.validated.iter().chain(&report.rolled_back).any(|a| rec["application_id"] == a.as_str())
+        {
+            report.next_validation = Some(report.next_validation.map_or(after, |n| n.min(after)));
+        }
+    }
     Ok(report)
 }
 
@@ -466,7 +495,6 @@ fn validate_due(
             continue;
         }
         if now < after {
-            report.next_validation = Some(report.next_validation.map_or(after, |n| n.min(after)));
             continue;
         }
         let at_apply = rec["occurrences"].as_u64().unwrap_or(0);
