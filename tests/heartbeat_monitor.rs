@@ -241,3 +241,31 @@ fn cleanups_are_rate_limited_per_minute() {
     assert_eq!(rig.count("zombie_cleanup_deferred"), 1);
     assert!(rig.clock.now() > rig.t0);
 }
+
+#[test]
+fn a_daemon_whose_mark_stops_is_reported_hung_once_then_recovered() {
+    let mut rig = Rig::new(serde_json::json!({}));
+    let home = rig.home.clone();
+    // Stand in for a running metrics daemon: hold its PID file, write its mark by hand.
+    let _pid = cortex::pidfile::PidFile::acquire(&home, "metrics", std::time::Duration::from_secs(1)).unwrap();
+    let mark = |at: cortex::clock::Timestamp| {
+        let m = serde_json::json!({"name": "metrics", "pid": std::process::id(), "version": "t",
+            "started_at": format_ts(at), "ready_at": null, "heartbeat_at": format_ts(at), "last_loop_at": format_ts(at)});
+        std::fs::write(home.daemon_mark("metrics"), m.to_string()).unwrap();
+    };
+    mark(rig.t0);
+    rig.clock.set(rig.t0 + Duration::seconds(30));
+    let r = rig.monitor.pass(&rig.store, 60.0).unwrap();
+    assert!(r.next_pass.unwrap() <= rig.t0 + Duration::seconds(61), "wakes when the mark would be late");
+    assert_eq!(rig.count("daemon_hung"), 0);
+    rig.clock.set(rig.t0 + Duration::seconds(61));
+    rig.monitor.pass(&rig.store, 60.0).unwrap();
+    rig.clock.set(rig.t0 + Duration::seconds(90));
+    rig.monitor.pass(&rig.store, 60.0).unwrap();
+    let hung = rig._t.events_of("daemon_hung");
+    assert_eq!(hung.len(), 1);
+    assert_eq!(hung[0]["data"]["daemon"], "metrics");
+    mark(rig.t0 + Duration::seconds(90));
+    rig.monitor.pass(&rig.store, 60.0).unwrap();
+    assert_eq!(rig.count("daemon_recovered"), 1);
+}

@@ -61,6 +61,8 @@ pub struct Monitor {
     last_written: HashMap<String, Instant>,
     hung_daemons: HashSet<String>,
     ticks_per_second: f64,
+    /// Interrupted cleanups were finished (done at the first pass, again after a failure).
+    resumed: bool,
 }
 
 fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
@@ -86,6 +88,7 @@ impl Monitor {
             last_written: HashMap::new(),
             hung_daemons: HashSet::new(),
             ticks_per_second: process::ticks_per_second(),
+            resumed: false,
         }
     }
 
@@ -188,7 +191,10 @@ impl Monitor {
                 match zombie::clean_up(store, &spec, &reason, tokens, &policy, self.clock.now()) {
                     Ok(Some(_)) => report.cleaned.push(spec.dispatch_id.clone()),
                     Ok(None) => {}
-                    Err(e) => tracing::error!(dispatch = %spec.dispatch_id, "zombie cleanup failed: {e}"),
+                    Err(e) => {
+                        tracing::error!(dispatch = %spec.dispatch_id, "zombie cleanup failed: {e}");
+                        self.resumed = false;
+                    }
                 }
             }
         }
@@ -200,8 +206,23 @@ impl Monitor {
         Ok(report)
     }
 
-    /// Finishes cleanups a crash interrupted: specs in `zombie/` whose cleanup never completed.
+    /// Finishes cleanups a crash interrupted (at the first pass, and after a failed one): a
+    /// zombie spec left in `active/` between its write and its move, and specs in `zombie/`
+    /// whose cleanup never completed.
     fn resume_interrupted(&mut self, store: &Store, policy: &HeartbeatPolicy) -> Result<()> {
+        if self.resumed {
+            return Ok(());
+        }
+        for spec in list_bucket(store, SpecBucket::Active)? {
+            if spec.status() == DispatchStatus::Zombie {
+                let _guard = store.lock_named("worker-specs")?;
+                let from = crate::task::dispatches::spec_path(store.home(), SpecBucket::Active, &spec.dispatch_id);
+                let to = crate::task::dispatches::spec_path(store.home(), SpecBucket::Zombie, &spec.dispatch_id);
+                if from.exists() {
+                    crate::store::atomic::rename_durable(&from, &to)?;
+                }
+            }
+        }
         for spec in list_bucket(store, SpecBucket::Zombie)? {
             let hb = HeartbeatRecord::of(&spec);
             if hb.zombie_cleanup.as_ref().is_some_and(|c| c.completed_at.is_none()) {
@@ -209,6 +230,7 @@ impl Monitor {
                 zombie::finish(store, &spec, policy, self.clock.now())?;
             }
         }
+        self.resumed = true;
         Ok(())
     }
 
@@ -306,14 +328,12 @@ impl Monitor {
             )?;
         }
 
-        // Write when something an operator would look at changed; health figures alone are
-        // refreshed at most once per heartbeat interval.
-        let liveness_changed = prev.last_heartbeat != record.last_heartbeat
-            || prev.sequence != record.sequence
-            || prev.missed_count != record.missed_count
-            || prev.liveness != record.liveness
+        // Write at once when the level or the health status changed (or the first heartbeat
+        // came); anything else (sequence, missed count, figures) at most once per heartbeat
+        // interval, so a task beating every second does not cost a spec rewrite per beat.
+        let liveness_changed = prev.liveness != record.liveness
             || prev.health.status != record.health.status
-            || prev.health.tokens_used != record.health.tokens_used;
+            || (prev.last_heartbeat.is_none() && record.last_heartbeat.is_some());
         let due = self
             .last_written
             .get(id)
