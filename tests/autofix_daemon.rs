@@ -44,7 +44,8 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     let budget = read_budget(&home);
     assert!(budget.reservations.is_empty());
     assert_eq!(budget.available, 10_000);
-    assert_eq!(t.events_of("auto_restart_scheduled").len(), 1);
+    // The decision is written first, then recorded.
+    wait_until(Duration::from_secs(5), "auto_restart_scheduled", || t.events_of("auto_restart_scheduled").len() == 1);
 
     // Five failures of fix-worker written while the daemon runs: it wakes on the change and
     // the fix-worker breaker opens (scan-worker's, with one zombie, stays closed).
@@ -66,6 +67,9 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .is_some_and(|v| v["breakers"]["fix-worker"]["state"] == "open")
+    });
+    wait_until(Duration::from_secs(5), "circuit_breaker_tripped", || {
+        !t.events_of("circuit_breaker_tripped").is_empty()
     });
     assert_eq!(t.events_of("circuit_breaker_tripped").len(), 1);
     let store = cortex::store::Store::new(home.clone());

@@ -59,6 +59,10 @@ fn daemon_cleans_up_a_hung_group_and_spares_a_heartbeating_one() {
         read_spec(&home, SpecBucket::Zombie, "hung")
             .is_some_and(|z| z["heartbeat"]["zombie_cleanup"]["completed_at"].is_string())
     });
+    // The cleanup is recorded in the spec first, then as an event.
+    wait_until(Duration::from_secs(5), "zombie_cleanup_completed", || {
+        !t.events_of("zombie_cleanup_completed").is_empty()
+    });
     for pid in &members {
         wait_until(Duration::from_secs(5), "group member gone", || {
             cortex::heartbeat::process::read_stat(*pid).is_none_or(|s| !s.is_running())
