@@ -134,6 +134,16 @@ pub const SCHEDULES: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+pub const CIRCUIT_BREAKERS: &CoordFile = &CoordFile {
+    rel: "circuit-breakers.json",
+    kind: FileKind::Json,
+    schema: "circuit-breakers",
+    default: Some(default_file!("circuit-breakers.json")),
+    lock: "circuit-breakers",
+    essential: true,
+    is_config: false,
+};
+
 pub const FAILURE_PATTERNS: &CoordFile = &CoordFile {
     rel: "patterns/failure-patterns.jsonl",
     kind: FileKind::Jsonl,
@@ -154,6 +164,26 @@ pub const METRICS_SNAPSHOTS: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+pub const FIX_REGISTRY: &CoordFile = &CoordFile {
+    rel: "config/auto-fix-registry.json",
+    kind: FileKind::Json,
+    schema: "auto-fix-registry",
+    default: Some(default_file!("config/auto-fix-registry.json")),
+    lock: "auto-fix-registry",
+    essential: true,
+    is_config: true,
+};
+
+pub const FIX_HISTORY: &CoordFile = &CoordFile {
+    rel: "auto-fix/fix-history.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "fix-history",
+    default: None,
+    lock: "fix-history",
+    essential: false,
+    is_config: false,
+};
+
 /// Every coordination file with a fixed name. Worker specs (`worker-specs/<bucket>/*.json`,
 /// schema `dispatch`) are walked separately.
 pub const ALL: &[&CoordFile] = &[
@@ -169,6 +199,9 @@ pub const ALL: &[&CoordFile] = &[
     SCHEDULES,
     FAILURE_PATTERNS,
     METRICS_SNAPSHOTS,
+    CIRCUIT_BREAKERS,
+    FIX_REGISTRY,
+    FIX_HISTORY,
 ];
 
 /// Looks a file up by its path relative to `coordination/`.

@@ -142,6 +142,26 @@ impl Home {
     pub fn failure_pattern_state(&self) -> PathBuf {
         self.coord("patterns/failure-pattern-state.json")
     }
+    /// Logs of dispatches the heartbeat daemon cleaned up as zombies, by day (`YYYY-MM-DD`).
+    pub fn zombie_logs(&self, date: &str) -> PathBuf {
+        self.join("agents/logs/zombie-workers").join(date)
+    }
+    /// The auto-fix daemon's directory: fix history and backups of files it changed.
+    pub fn auto_fix_dir(&self) -> PathBuf {
+        self.coord("auto-fix")
+    }
+    /// `coordination/auto-fix/fix-history.jsonl`: every restart decision and fix, one per line.
+    pub fn fix_history(&self) -> PathBuf {
+        self.coord(crate::files::FIX_HISTORY.rel)
+    }
+    /// Copies of files taken before auto-fix changed them (the source of rollbacks).
+    pub fn fix_backups(&self) -> PathBuf {
+        self.auto_fix_dir().join("backups")
+    }
+    /// `coordination/patterns/failure-patterns.jsonl`, written by the failure-pattern daemon.
+    pub fn failure_patterns_file(&self) -> PathBuf {
+        self.coord(crate::files::FAILURE_PATTERNS.rel)
+    }
     pub fn backups_dir(&self) -> PathBuf {
         self.join("backups")
     }

@@ -3,6 +3,7 @@
 //! The library owns every file format, lock, path and policy; the binaries (`cortex` and the
 //! `cortex-*` daemons in `daemons/`) are thin. See ARCHITECTURE.md for the code map.
 
+pub mod autofix;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod files;
+pub mod heartbeat;
 pub mod home;
 pub mod init;
 pub mod integrity;

@@ -26,6 +26,9 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("schedules"),
     schema_source!("failure-pattern"),
     schema_source!("metrics-snapshot"),
+    schema_source!("circuit-breakers"),
+    schema_source!("auto-fix-registry"),
+    schema_source!("fix-history"),
 ];
 
 /// One way a document breaks its schema.

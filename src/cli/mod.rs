@@ -1,7 +1,9 @@
 //! The `cortex` command: argument parsing and dispatch to one module per area. Each module turns
 //! arguments into library calls and prints the result (text, or JSON with `--json`).
 
+mod breaker;
 mod events;
+mod heartbeat;
 mod metrics;
 mod schedule;
 mod setup;
@@ -52,6 +54,11 @@ pub enum Command {
     Schedule(schedule::ScheduleCommand),
     /// The latest metrics snapshot (workers, tokens, tasks, scheduler, daemons).
     Metrics(metrics::MetricsArgs),
+    /// Record a heartbeat of the running task (run by the task's process).
+    Heartbeat(heartbeat::HeartbeatArgs),
+    /// Circuit breakers per worker type: list, reset.
+    #[command(subcommand)]
+    Breaker(breaker::BreakerCommand),
 }
 
 /// What the CLI needs everywhere.
@@ -100,5 +107,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Event(c)) => events::run(&ctx, c),
         Some(Command::Schedule(c)) => schedule::run(&ctx, c),
         Some(Command::Metrics(a)) => metrics::run(&ctx, a),
+        Some(Command::Heartbeat(a)) => heartbeat::run(&ctx, a),
+        Some(Command::Breaker(c)) => breaker::run(&ctx, c),
     }
 }

@@ -1,0 +1,154 @@
+//! Support for the heartbeat and auto-fix tests: real process groups standing in for tasks, and
+//! dispatch specs, tasks and reservations written by hand the way the coordinator and the worker
+//! would write them.
+#![allow(dead_code)]
+
+use cortex::home::{Home, SpecBucket};
+use cortex::task::{DispatchRecord, DispatchState, Priority, Task, TaskQueue, TaskState, TokenBudget};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A process group started for a test; the whole group is killed when dropped.
+pub struct Group {
+    pub child: Child,
+    pub pid: i32,
+    pub ticks: u64,
+}
+
+impl Group {
+    /// Runs `sh -c script` as the leader of a new process group.
+    pub fn start(script: &str) -> Group {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id() as i32;
+        let ticks = cortex::heartbeat::process::start_ticks(pid).expect("start ticks");
+        Group { child, pid, ticks }
+    }
+
+    /// Running members of the group (the leader included while it runs).
+    pub fn members(&self) -> Vec<i32> {
+        cortex::heartbeat::process::group_members(self.pid).iter().map(|m| m.pid).collect()
+    }
+
+    /// Reaps the leader if it exited (so it does not linger as an unreaped child).
+    pub fn reap(&mut self) {
+        let _ = self.child.try_wait();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A running dispatch spec for `group`, as the worker writes it.
+pub fn running_spec(
+    id: &str,
+    task_id: &str,
+    worker_type: &str,
+    group: &Group,
+    started_at: &str,
+    budget: u64,
+) -> DispatchRecord {
+    DispatchRecord {
+        dispatch_id: id.into(),
+        task_id: task_id.into(),
+        worker_type: worker_type.into(),
+        state: DispatchState::Running {
+            started_at: started_at.into(),
+            pid: group.pid,
+            pgid: group.pid,
+            proc_start_ticks: group.ticks,
+        },
+        dispatched_at: started_at.into(),
+        attempt: 1,
+        command: vec!["sh".into()],
+        budget_reserved: budget,
+        timeout_seconds: 3600.0,
+        stdout_path: format!("agents/logs/workers/{id}.out"),
+        stderr_path: format!("agents/logs/workers/{id}.err"),
+        heartbeat: None,
+        tokens_used: None,
+    }
+}
+
+pub fn write_spec(home: &Home, bucket: SpecBucket, spec: &DispatchRecord) {
+    let path = cortex::task::dispatches::spec_path(home, bucket, &spec.dispatch_id);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
+}
+
+pub fn read_spec(home: &Home, bucket: SpecBucket, id: &str) -> Option<serde_json::Value> {
+    let path = cortex::task::dispatches::spec_path(home, bucket, id);
+    std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+/// An in-progress task for a dispatch.
+pub fn in_progress_task(task_id: &str, worker_type: &str, dispatch_id: &str, attempts: u32, budget: u64) -> Task {
+    Task {
+        task_id: task_id.into(),
+        description: format!("test task {task_id}"),
+        priority: Priority::Medium,
+        worker_type: worker_type.into(),
+        command: vec![],
+        state: TaskState::InProgress { started_at: cortex::clock::now_string(), dispatch_id: dispatch_id.into() },
+        created_at: cortex::clock::now_string(),
+        created_by: "test".into(),
+        attempts,
+        max_attempts: 10,
+        budget,
+        routing: None,
+        timeout_seconds: None,
+        after: None,
+        not_before: None,
+        result: None,
+        dispatches: vec![dispatch_id.into()],
+        schedule_id: None,
+        repo: None,
+    }
+}
+
+pub fn write_queue(home: &Home, tasks: Vec<Task>) {
+    let q = TaskQueue { tasks, updated_at: None };
+    std::fs::write(home.task_queue(), serde_json::to_vec_pretty(&q).unwrap()).unwrap();
+}
+
+pub fn read_queue(home: &Home) -> TaskQueue {
+    serde_json::from_slice(&std::fs::read(home.task_queue()).unwrap()).unwrap()
+}
+
+/// A budget of `total` with one reservation per `(dispatch_id, tokens)`.
+pub fn write_budget(home: &Home, total: u64, used: u64, reservations: &[(&str, u64)]) {
+    let mut b = TokenBudget {
+        total,
+        used,
+        available: 0,
+        reservations: reservations.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        last_updated: None,
+    };
+    b.recompute();
+    std::fs::write(home.token_budget(), serde_json::to_vec_pretty(&b).unwrap()).unwrap();
+}
+
+pub fn read_budget(home: &Home) -> TokenBudget {
+    serde_json::from_slice(&std::fs::read(home.token_budget()).unwrap()).unwrap()
+}
+
+/// Merges `patch` into a JSON config file under the home.
+pub fn patch_json(path: &Path, patch: serde_json::Value) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    for (k, val) in patch.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
