@@ -41,6 +41,20 @@ impl FileReport {
     }
 }
 
+/// Reads and checks one JSON file; an unreadable file is reported as corrupt.
+pub fn check_json_file(path: &Path, rel: &str, schema_name: Option<&str>) -> FileReport {
+    match std::fs::read(path) {
+        Ok(b) => check_json_bytes(rel, &b, schema_name),
+        Err(e) => FileReport {
+            file: rel.to_string(),
+            verdict: Verdict::Corrupt,
+            problems: vec![format!("unreadable: {e}")],
+            lines: None,
+            bad_lines: None,
+        },
+    }
+}
+
 /// Checks one JSON file's bytes against a schema.
 pub fn check_json_bytes(rel: &str, bytes: &[u8], schema_name: Option<&str>) -> FileReport {
     let mut report =
@@ -134,16 +148,7 @@ fn check_registered(home: &Home, f: &CoordFile) -> Option<FileReport> {
         });
     }
     Some(match f.kind {
-        FileKind::Json => match std::fs::read(&path) {
-            Ok(b) => check_json_bytes(&rel, &b, Some(f.schema)),
-            Err(e) => FileReport {
-                file: rel,
-                verdict: Verdict::Corrupt,
-                problems: vec![format!("unreadable: {e}")],
-                lines: None,
-                bad_lines: None,
-            },
-        },
+        FileKind::Json => check_json_file(&path, &rel, Some(f.schema)),
         FileKind::Jsonl => check_jsonl(&path, &rel, Some(f.schema)),
     })
 }
@@ -157,16 +162,7 @@ pub fn validate_home(home: &Home) -> Vec<FileReport> {
         }
         for path in list_files(&home.worker_specs(bucket), "json") {
             let rel = home.relative(&path).display().to_string();
-            reports.push(match std::fs::read(&path) {
-                Ok(b) => check_json_bytes(&rel, &b, Some(files::DISPATCH_SCHEMA)),
-                Err(e) => FileReport {
-                    file: rel,
-                    verdict: Verdict::Corrupt,
-                    problems: vec![format!("unreadable: {e}")],
-                    lines: None,
-                    bad_lines: None,
-                },
-            });
+            reports.push(check_json_file(&path, &rel, Some(files::DISPATCH_SCHEMA)));
         }
     }
     // Any other JSON/JSONL under coordination/ must at least parse (the runbook's `jq empty` loop).
@@ -177,16 +173,7 @@ pub fn validate_home(home: &Home) -> Vec<FileReport> {
         }
         let rel = home.relative(&path).display().to_string();
         match path.extension().and_then(|e| e.to_str()) {
-            Some("json") => reports.push(match std::fs::read(&path) {
-                Ok(b) => check_json_bytes(&rel, &b, None),
-                Err(e) => FileReport {
-                    file: rel,
-                    verdict: Verdict::Corrupt,
-                    problems: vec![format!("unreadable: {e}")],
-                    lines: None,
-                    bad_lines: None,
-                },
-            }),
+            Some("json") => reports.push(check_json_file(&path, &rel, None)),
             Some("jsonl") => reports.push(check_jsonl(&path, &rel, None)),
             _ => {}
         }
@@ -232,16 +219,7 @@ pub fn check_file(home: &Home, path: &Path) -> Option<FileReport> {
     let ext = path.extension().and_then(|e| e.to_str());
     let schema = (first == "worker-specs" && names.len() == 3 && ext == Some("json")).then_some(files::DISPATCH_SCHEMA);
     match ext {
-        Some("json") => Some(match std::fs::read(path) {
-            Ok(b) => check_json_bytes(&rel, &b, schema),
-            Err(e) => FileReport {
-                file: rel,
-                verdict: Verdict::Corrupt,
-                problems: vec![format!("unreadable: {e}")],
-                lines: None,
-                bad_lines: None,
-            },
-        }),
+        Some("json") => Some(check_json_file(&path, &rel, schema)),
         Some("jsonl") => Some(check_jsonl(path, &rel, None)),
         _ => None,
     }
