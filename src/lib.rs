@@ -3,6 +3,7 @@
 //! The library owns every file format, lock, path and policy; the binaries (`cortex` and the
 //! `cortex-*` daemons in `daemons/`) are thin. See ARCHITECTURE.md for the code map.
 
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod home;
 pub mod init;
 pub mod logging;
 pub mod pidfile;
+pub mod recovery;
 pub mod scheduler;
 pub mod schema;
 pub mod store;

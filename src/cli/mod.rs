@@ -1,7 +1,9 @@
 //! The `cortex` command: argument parsing and dispatch to one module per area. Each module turns
 //! arguments into library calls and prints the result (text, or JSON with `--json`).
 
+mod backup;
 mod events;
+mod recovery;
 mod setup;
 
 use crate::error::{Error, Result};
@@ -45,6 +47,31 @@ pub enum Command {
     /// The event log: emit, list.
     #[command(subcommand)]
     Event(events::EventCommand),
+    /// Write a verified backup archive (coordination/, cortex.toml, config/, agents/prompts/).
+    Backup(backup::BackupArgs),
+    /// Restore from a backup: --latest, --file PATH, --list, --dry-run, --verify-only, --only config.
+    Restore(backup::RestoreArgs),
+    /// Repair corrupt coordination files (rejected lines and corrupt copies are kept beside them).
+    Repair {
+        /// Show what would be repaired; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// End active dispatches whose process is gone or that are older than the limit with no heartbeat.
+    RecoverStale {
+        /// Age limit for dispatches with no heartbeat (e.g. 60m, 2h).
+        #[arg(long, default_value = "60m", value_name = "DURATION")]
+        older_than: String,
+        /// Show what would be recovered; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Complete reset (runbook): pre-reset backup, clear specs, empty queue, reset budget. Needs --yes.
+    Reset {
+        /// Really do it.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// What the CLI needs everywhere.
@@ -91,5 +118,10 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Validate) => setup::validate(&ctx),
         Some(Command::Config(c)) => setup::config(&ctx, c),
         Some(Command::Event(c)) => events::run(&ctx, c),
+        Some(Command::Backup(a)) => backup::backup(&ctx, a),
+        Some(Command::Restore(a)) => backup::restore(&ctx, a),
+        Some(Command::Repair { dry_run }) => recovery::repair(&ctx, dry_run),
+        Some(Command::RecoverStale { older_than, dry_run }) => recovery::recover_stale(&ctx, &older_than, dry_run),
+        Some(Command::Reset { yes }) => recovery::reset(&ctx, yes),
     }
 }
