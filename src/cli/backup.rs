@@ -63,8 +63,8 @@ pub struct RestoreArgs {
 }
 
 pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
-    let config = Config::load(&ctx.home)?;
-    let store = ctx.store()?;
+    let config = lenient_config(ctx);
+    let store = lenient_store(ctx, &config);
     let opts = BackupOptions {
         kind: ArchiveKind::Backup,
         dest: args.dest.map(|d| absolute(&d)),
@@ -94,6 +94,20 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// The home's settings; a broken `cortex.toml` must not stop a backup, restore or repair (a
+/// configuration disaster is what they are for), so it falls back to the defaults with a warning.
+pub(super) fn lenient_config(ctx: &Ctx) -> Config {
+    Config::load(&ctx.home).unwrap_or_else(|e| {
+        eprintln!("cortex: warning: {e}; using default settings for this command");
+        Config::default()
+    })
+}
+
+/// A store for the recovery commands, built from [`lenient_config`].
+pub(super) fn lenient_store(ctx: &Ctx, config: &Config) -> crate::store::Store {
+    crate::store::Store::new(ctx.home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli")
+}
+
 fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -121,7 +135,7 @@ fn resolve_file(ctx: &Ctx, file: &Path) -> Result<PathBuf> {
 }
 
 pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
-    let config = Config::load(&ctx.home)?;
+    let config = lenient_config(ctx);
     let dir = args.dest.as_deref().map(absolute).unwrap_or_else(|| crate::backup::backup_dir(&ctx.home, &config));
     if args.list {
         return list(ctx, &dir);
@@ -155,7 +169,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
         Some(OnlyArg::Coordination) => Scope::Coordination,
     };
     let mut opts = RestoreOptions { archive: archive.clone(), scope, stop_daemons: args.stop, dry_run: true };
-    let store = ctx.store()?;
+    let store = lenient_store(ctx, &config);
     if !args.dry_run && !args.yes && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         let preview = restore::restore(&store, &config, &opts)?;
         print_diff(&preview);

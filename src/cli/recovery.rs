@@ -1,12 +1,12 @@
 //! `cortex repair`, `cortex recover-stale`, `cortex reset`, `cortex config restore-defaults`.
 
+use super::backup::{lenient_config, lenient_store};
 use super::{Ctx, print_json};
-use crate::config::Config;
 use crate::error::{Error, Result};
 use std::time::Duration;
 
 pub fn repair(ctx: &Ctx, dry_run: bool) -> Result<u8> {
-    let store = ctx.store()?;
+    let store = lenient_store(ctx, &lenient_config(ctx));
     let r = crate::recovery::repair::repair(&store, dry_run)?;
     let unfixed = r.actions.iter().filter(|a| !a.fixed).count();
     if ctx.json {
@@ -34,8 +34,8 @@ pub fn repair(ctx: &Ctx, dry_run: bool) -> Result<u8> {
 pub fn recover_stale(ctx: &Ctx, older_than: &str, dry_run: bool) -> Result<u8> {
     let limit = crate::clock::parse_duration(older_than)
         .map_err(|e| Error::Config { path: None, detail: format!("--older-than: {e}") })?;
-    let config = Config::load(&ctx.home)?;
-    let store = ctx.store()?;
+    let config = lenient_config(ctx);
+    let store = lenient_store(ctx, &config);
     let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
     let r = crate::recovery::stale::recover_stale(&store, &crate::clock::SystemClock, limit, grace, dry_run)?;
     if ctx.json {
@@ -66,8 +66,8 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
     if !yes {
         return Err(Error::refused(crate::recovery::reset::EXPLANATION));
     }
-    let config = Config::load(&ctx.home)?;
-    let store = ctx.store()?;
+    let config = lenient_config(ctx);
+    let store = lenient_store(ctx, &config);
     let r = crate::recovery::reset::reset(&store, &config)?;
     if ctx.json {
         print_json(&r);
@@ -93,7 +93,7 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
 }
 
 pub fn restore_defaults(ctx: &Ctx, file: Option<&str>) -> Result<u8> {
-    let store = ctx.store()?;
+    let store = lenient_store(ctx, &lenient_config(ctx));
     let done = crate::recovery::defaults::restore_defaults(&store, file)?;
     if ctx.json {
         print_json(&serde_json::json!({"files": done}));
