@@ -110,7 +110,7 @@ pub fn take(store: &Store, stage_dir: &Path) -> Result<Snapshot> {
             atomic::create_dir_all(parent)?;
         }
         let jsonl = s.rel.ends_with(".jsonl");
-        let size = copy_file(&s.abs, &staged, jsonl)?;
+        let Some(size) = copy_file(&s.abs, &staged, jsonl)? else { continue };
         let mtime =
             meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
         files.push(StagedFile {
@@ -127,9 +127,13 @@ pub fn take(store: &Store, stage_dir: &Path) -> Result<Snapshot> {
 }
 
 /// Copies `from` to a new file `to`; for JSONL, only up to the last newline (an append in
-/// progress is not half-copied). Returns the bytes written.
-fn copy_file(from: &Path, to: &Path, jsonl: bool) -> Result<u64> {
-    let mut src = fs::File::open(from).map_err(|e| Error::io(from, "open", e))?;
+/// progress is not half-copied). Returns the bytes written, or None when `from` has gone.
+fn copy_file(from: &Path, to: &Path, jsonl: bool) -> Result<Option<u64>> {
+    let mut src = match fs::File::open(from) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(from, "open", e)),
+    };
     let mut dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -137,7 +141,7 @@ fn copy_file(from: &Path, to: &Path, jsonl: bool) -> Result<u64> {
         .open(to)
         .map_err(|e| Error::io(to, "create", e))?;
     if !jsonl {
-        return std::io::copy(&mut src, &mut dst).map_err(|e| Error::io(from, "copy", e));
+        return std::io::copy(&mut src, &mut dst).map(Some).map_err(|e| Error::io(from, "copy", e));
     }
     let mut bytes = Vec::new();
     src.read_to_end(&mut bytes).map_err(|e| Error::io(from, "read", e))?;
@@ -147,5 +151,5 @@ fn copy_file(from: &Path, to: &Path, jsonl: bool) -> Result<u64> {
         keep = bytes.len();
     }
     dst.write_all(&bytes[..keep]).map_err(|e| Error::io(to, "write", e))?;
-    Ok(keep as u64)
+    Ok(Some(keep as u64))
 }
