@@ -10,7 +10,10 @@ use std::time::Duration;
 
 const EVENTS: &str = "coordination/dashboard-events.jsonl";
 
-fn state(h: &TestHome) -> BTreeMap<String, Vec<u8>> {
+/// Backed-up files (except the event log) → bytes.
+type State = BTreeMap<String, Vec<u8>>;
+
+fn state(h: &TestHome) -> State {
     let home = cortex::Home::at(h.path());
     cortex::backup::snapshot::sources(&home)
         .0
@@ -27,7 +30,7 @@ fn write(h: &TestHome, rel: &str, content: &str) {
 }
 
 /// A home with a backup of state X, then changed to state Y (the current state).
-fn setup() -> (TestHome, BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>) {
+fn setup() -> (TestHome, State, State) {
     let h = TestHome::new();
     write(&h, "config/extra.toml", "x = 1\n");
     write(&h, "agents/prompts/p.md", "prompt X\n");
