@@ -273,3 +273,15 @@ fn restore_refuses_while_daemons_run_unless_stop() {
         !matches!(cortex::pidfile::status(&home, "metrics"), Ok(cortex::pidfile::PidStatus::Running(_)))
     });
 }
+
+#[test]
+fn an_archive_missing_an_essential_file_restores_with_its_default() {
+    let h = TestHome::new();
+    std::fs::remove_file(h.join("coordination/dashboard-events.jsonl")).unwrap();
+    h.cortex_ok(&["backup"]);
+    std::fs::write(h.join("coordination/task-queue.json"), r#"{"tasks": []}"#).unwrap();
+    let out = h.cortex_ok(&["restore", "--latest", "--yes"]);
+    assert!(out.contains("has no coordination/dashboard-events.jsonl"), "{out}");
+    assert_eq!(h.events_of("backup_restored").len(), 1);
+    h.cortex_ok(&["validate"]);
+}

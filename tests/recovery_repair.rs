@@ -40,7 +40,8 @@ fn jsonl_bad_lines_move_to_rejected_and_good_lines_keep_their_order() {
 #[test]
 fn truncated_task_queue_is_salvaged_with_a_corrupt_copy() {
     let h = TestHome::new();
-    let full = serde_json::to_string_pretty(&serde_json::json!({"tasks": [task("t-1"), task("t-2"), task("t-3")]})).unwrap();
+    let full =
+        serde_json::to_string_pretty(&serde_json::json!({"tasks": [task("t-1"), task("t-2"), task("t-3")]})).unwrap();
     let cut = &full[..full.rfind("t-3").unwrap() + 10];
     let path = h.join("coordination/task-queue.json");
     std::fs::write(&path, cut).unwrap();
@@ -79,8 +80,14 @@ fn missing_essentials_are_created_and_bad_budget_and_scheduler_rebuilt() {
     assert_eq!(h.read_json("coordination/task-queue.json")["tasks"], serde_json::json!([]));
     assert!(h.join("coordination/dashboard-events.jsonl").exists());
     let b = h.read_json("coordination/token-budget.json");
-    assert_eq!((b["total"].as_u64(), b["used"].as_u64(), b["available"].as_u64()), (Some(777000), Some(12), Some(776988)));
-    assert_eq!(std::fs::read_to_string(h.join("coordination/token-budget.json.corrupt")).unwrap(), "{\"total\": 777000, \"used\": 12");
+    assert_eq!(
+        (b["total"].as_u64(), b["used"].as_u64(), b["available"].as_u64()),
+        (Some(777000), Some(12), Some(776988))
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.join("coordination/token-budget.json.corrupt")).unwrap(),
+        "{\"total\": 777000, \"used\": 12"
+    );
     assert_eq!(h.read_json("coordination/scheduler-state.json")["state"], "paused", "rebuilt paused, not running");
     h.cortex_ok(&["validate"]);
 }
@@ -93,11 +100,18 @@ fn unparsable_worker_specs_are_quarantined_and_config_problems_reported() {
     let out = h.cortex(&["repair"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "a problem left for the operator exits 1: {stdout}");
-    assert!(stdout.contains("[MANUAL] coordination/config/worker-types.json") && stdout.contains("restore-defaults"), "{stdout}");
+    assert!(
+        stdout.contains("[MANUAL] coordination/config/worker-types.json") && stdout.contains("restore-defaults"),
+        "{stdout}"
+    );
     assert!(!h.join("coordination/worker-specs/active/d-broken.json").exists());
     let q = std::fs::read_to_string(h.join("coordination/worker-specs/quarantine/active__d-broken.json")).unwrap();
     assert_eq!(q, "{\"dispatch_id\": ");
-    assert_eq!(std::fs::read_to_string(h.join("coordination/config/worker-types.json")).unwrap(), "{nope", "config untouched");
+    assert_eq!(
+        std::fs::read_to_string(h.join("coordination/config/worker-types.json")).unwrap(),
+        "{nope",
+        "config untouched"
+    );
     h.cortex_ok(&["config", "restore-defaults", "--file", "worker-types"]);
     h.cortex_ok(&["validate"]);
     assert_eq!(h.cortex(&["repair"]).status.code(), Some(0));

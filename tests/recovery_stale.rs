@@ -8,7 +8,13 @@ fn ago(minutes: i64) -> String {
     cortex::clock::format_ts(chrono::Utc::now() - chrono::Duration::minutes(minutes))
 }
 
-fn running_spec(id: &str, pid: i32, ticks: u64, started_minutes_ago: i64, heartbeat: Option<String>) -> serde_json::Value {
+fn running_spec(
+    id: &str,
+    pid: i32,
+    ticks: u64,
+    started_minutes_ago: i64,
+    heartbeat: Option<String>,
+) -> serde_json::Value {
     let mut v = serde_json::json!({
         "dispatch_id": id, "task_id": format!("task-{id}"), "worker_type": "scan-worker", "status": "running",
         "started_at": ago(started_minutes_ago), "pid": pid, "pgid": pid, "proc_start_ticks": ticks,
@@ -124,7 +130,10 @@ fn reset_refuses_without_yes_and_then_resets_completely() {
     wait_until(Duration::from_secs(10), "dispatch process stopped", || live.try_wait().unwrap().is_some());
     assert_eq!(h.read_json("coordination/task-queue.json")["tasks"], serde_json::json!([]));
     let b = h.read_json("coordination/token-budget.json");
-    assert_eq!((b["total"].as_u64(), b["used"].as_u64(), b["available"].as_u64()), (Some(800000), Some(0), Some(800000)));
+    assert_eq!(
+        (b["total"].as_u64(), b["used"].as_u64(), b["available"].as_u64()),
+        (Some(800000), Some(0), Some(800000))
+    );
     assert_eq!(std::fs::read_dir(h.join("coordination/worker-specs/active")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(h.join("coordination/worker-specs/zombie")).unwrap().count(), 0);
     assert_eq!(std::fs::read(h.join("coordination/config/worker-types.json")).unwrap(), types, "config kept");

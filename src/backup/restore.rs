@@ -168,7 +168,7 @@ fn restore_stopped(
     let outcome = (|| {
         extract(&opts.archive, &tree, opts.scope)?;
         super::pause_point("restore-after-extract");
-        prepare_tree(&tree, opts.scope)?;
+        report.warnings.extend(prepare_tree(&tree, opts.scope)?);
         report.warnings.extend(validate_tree(&tree, opts.scope)?);
         let plan = plan(home, &tree, opts.scope, &verified.manifest)?;
         let guards = super::lock_all(store)?;
@@ -288,10 +288,12 @@ fn extract(archive: &Path, tree: &Path, scope: Scope) -> Result<()> {
 }
 
 /// Creates the directories every home has inside the extracted tree (empty buckets are not in
-/// archives), except those carried over from the live home.
-fn prepare_tree(tree: &Path, scope: Scope) -> Result<()> {
+/// archives), except those carried over from the live home, and essential files the archive
+/// lacks (from their defaults, with a warning).
+fn prepare_tree(tree: &Path, scope: Scope) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
     if scope == Scope::Config {
-        return Ok(());
+        return Ok(warnings);
     }
     let staged = Home::at(tree);
     let carried = [staged.locks_dir(), staged.quarantine_dir(), staged.worker_specs(SpecBucket::Quarantine)];
@@ -300,7 +302,14 @@ fn prepare_tree(tree: &Path, scope: Scope) -> Result<()> {
             atomic::create_dir_all(&dir)?;
         }
     }
-    Ok(())
+    for f in files::ALL.iter().filter(|f| f.essential) {
+        let path = staged.coord(f.rel);
+        let content = f.default.unwrap_or(if f.kind == files::FileKind::Json { "{}" } else { "" });
+        if crate::init::create_if_missing(&path, content.as_bytes())? {
+            warnings.push(format!("the archive has no coordination/{}; it was created from its default", f.rel));
+        }
+    }
+    Ok(warnings)
 }
 
 /// Validates the extracted tree like `cortex validate` and `cortex config check` would. Bad

@@ -52,7 +52,13 @@ pub fn walk(path: &Path, mut sink: impl FnMut(&ManifestFile, &mut dyn Read) -> R
         Some(Ok(mut entry)) => {
             let name = entry.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
             if name != manifest::MANIFEST_NAME || !entry.header().entry_type().is_file() {
-                return Err(bad(path, format!("MANIFEST.json is missing (the first entry is {name:?})")));
+                return Err(bad(
+                    path,
+                    format!(
+                        "MANIFEST.json is missing (the first entry is {name:?}): it was not written by `cortex backup`, so \
+                         its content cannot be verified; extract it by hand only if you trust it"
+                    ),
+                ));
             }
             let size = entry.header().entry_size().map_err(damaged)?;
             if size > manifest::MAX_MANIFEST_BYTES {
