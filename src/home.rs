@@ -165,6 +165,22 @@ impl Home {
     pub fn backups_dir(&self) -> PathBuf {
         self.join("backups")
     }
+    /// The automatic backup written before a restore replaces the current state.
+    pub fn pre_restore_backups(&self) -> PathBuf {
+        self.backups_dir().join("pre-restore")
+    }
+    /// The automatic backup written before `cortex reset`.
+    pub fn pre_reset_backups(&self) -> PathBuf {
+        self.backups_dir().join("pre-reset")
+    }
+    /// Operator configuration beside `cortex.toml` (optional).
+    pub fn home_config_dir(&self) -> PathBuf {
+        self.join("config")
+    }
+    /// Prompt templates of agent workers (optional).
+    pub fn prompts_dir(&self) -> PathBuf {
+        self.join("agents/prompts")
+    }
 }
 
 /// The sub-directories of `coordination/worker-specs/`.

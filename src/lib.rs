@@ -4,6 +4,7 @@
 //! `cortex-*` daemons in `daemons/`) are thin. See ARCHITECTURE.md for the code map.
 
 pub mod autofix;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod patterns;
 pub mod pidfile;
+pub mod recovery;
 pub mod schedule;
 pub mod scheduler;
 pub mod schema;

@@ -1,10 +1,12 @@
 //! The `cortex` command: argument parsing and dispatch to one module per area. Each module turns
 //! arguments into library calls and prints the result (text, or JSON with `--json`).
 
+mod backup;
 mod breaker;
 mod events;
 mod heartbeat;
 mod metrics;
+mod recovery;
 mod schedule;
 mod setup;
 
@@ -59,6 +61,31 @@ pub enum Command {
     /// Circuit breakers per worker type: list, reset.
     #[command(subcommand)]
     Breaker(breaker::BreakerCommand),
+    /// Write a verified backup archive (coordination/, cortex.toml, config/, agents/prompts/).
+    Backup(backup::BackupArgs),
+    /// Restore from a backup: --latest, --file PATH, --list, --dry-run, --verify-only, --only config.
+    Restore(backup::RestoreArgs),
+    /// Repair corrupt coordination files (rejected lines and corrupt copies are kept beside them).
+    Repair {
+        /// Show what would be repaired; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// End active dispatches whose process is gone or that are older than the limit with no heartbeat.
+    RecoverStale {
+        /// Age limit for dispatches with no heartbeat (e.g. 60m, 2h).
+        #[arg(long, default_value = "60m", value_name = "DURATION")]
+        older_than: String,
+        /// Show what would be recovered; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Complete reset (runbook): pre-reset backup, clear specs, empty queue, reset budget. Needs --yes.
+    Reset {
+        /// Really do it.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// What the CLI needs everywhere.
@@ -109,5 +136,10 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Metrics(a)) => metrics::run(&ctx, a),
         Some(Command::Heartbeat(a)) => heartbeat::run(&ctx, a),
         Some(Command::Breaker(c)) => breaker::run(&ctx, c),
+        Some(Command::Backup(a)) => backup::backup(&ctx, a),
+        Some(Command::Restore(a)) => backup::restore(&ctx, a),
+        Some(Command::Repair { dry_run }) => recovery::repair(&ctx, dry_run),
+        Some(Command::RecoverStale { older_than, dry_run }) => recovery::recover_stale(&ctx, &older_than, dry_run),
+        Some(Command::Reset { yes }) => recovery::reset(&ctx, yes),
     }
 }

@@ -14,6 +14,12 @@ pub enum ConfigCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Reset configuration files (worker types, router, policies) to their defaults; the old content is kept beside.
+    RestoreDefaults {
+        /// Only this file (e.g. worker-types, router-config.json).
+        #[arg(long, value_name = "NAME")]
+        file: Option<String>,
+    },
 }
 
 pub fn init(ctx: &Ctx) -> Result<u8> {
@@ -65,6 +71,7 @@ pub fn validate(ctx: &Ctx) -> Result<u8> {
 pub fn config(ctx: &Ctx, cmd: ConfigCommand) -> Result<u8> {
     match cmd {
         ConfigCommand::Check { config } => config_check(ctx, config.as_deref()),
+        ConfigCommand::RestoreDefaults { file } => super::recovery::restore_defaults(ctx, file.as_deref()),
     }
 }
 

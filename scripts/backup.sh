@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Writes a verified backup archive of the Cortex home (coordination/, cortex.toml, config/,
+# agents/prompts/) to <home>/backups/cortex-backup-YYYYmmdd-HHMMSS.tar.gz and applies retention
+# ([backup] keep). Made for cron, e.g.:
+#   0 2 * * * $COMMIT_RELAY_HOME/scripts/backup.sh >> $COMMIT_RELAY_HOME/backups/backup.log 2>&1
+# Silent progress without a terminal; exits non-zero with the reason on any failure.
+# Options are those of `cortex backup`: --dest DIR, --keep N, --label L, --json.
+set -euo pipefail
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+find_cortex() {
+    if [[ -n "${CORTEX_BIN:-}" ]]; then echo "$CORTEX_BIN"; return; fi
+    if command -v cortex >/dev/null 2>&1; then command -v cortex; return; fi
+    for c in "$script_dir/../target/release/cortex" "$script_dir/../target/debug/cortex" \
+             "$HOME/.cargo/bin/cortex" /usr/local/bin/cortex; do
+        if [[ -x "$c" ]]; then echo "$c"; return; fi
+    done
+    echo "backup.sh: cannot find the cortex binary (set CORTEX_BIN or put cortex on PATH)" >&2
+    exit 127
+}
+
+case "${1:-}" in
+    -h|--help)
+        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+esac
+
+cortex="$(find_cortex)"
+home_args=()
+# Under cron the home variables are often unset: a script kept in <home>/scripts/ backs up that home.
+if [[ -z "${CORTEX_HOME:-}" && -z "${COMMIT_RELAY_HOME:-}" ]] &&
+   [[ -f "$script_dir/../cortex.toml" || -d "$script_dir/../coordination" ]]; then
+    home_args=(--home "$(cd "$script_dir/.." && pwd)")
+fi
+
+echo "[$(date -u +%Y-%m-%dT%H:%M:%SZ)] backup starting"
+if "$cortex" "${home_args[@]}" backup "$@"; then
+    echo "[$(date -u +%Y-%m-%dT%H:%M:%SZ)] backup finished"
+else
+    rc=$?
+    echo "[$(date -u +%Y-%m-%dT%H:%M:%SZ)] backup FAILED (exit $rc)" >&2
+    exit "$rc"
+fi

@@ -1,0 +1,126 @@
+//! `cortex reset --yes`: the runbook's "complete reset". It stops the daemons, writes a
+//! pre-reset backup (`backups/pre-reset/`), stops any process of an active dispatch that still
+//! runs, clears the active and zombie worker specs, empties the task queue (and the intake),
+//! resets the token budget to its total with nothing used or reserved, keeps configuration and
+//! logs, records a `system_reset` event, and starts again the daemons that were running.
+
+use crate::backup::ArchiveKind;
+use crate::backup::create::{self, BackupOptions};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::events::Severity;
+use crate::files;
+use crate::home::SpecBucket;
+use crate::store::{Store, atomic};
+use crate::task::model::{DispatchState, TokenBudget};
+use serde::Serialize;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResetReport {
+    pub pre_reset_backup: PathBuf,
+    pub stopped_daemons: Vec<String>,
+    pub restarted_daemons: Vec<String>,
+    pub tasks_cleared: usize,
+    pub specs_cleared: usize,
+    pub processes_stopped: usize,
+    pub budget_total: u64,
+    pub warnings: Vec<String>,
+}
+
+/// What `cortex reset` without `--yes` says.
+pub const EXPLANATION: &str = "cortex reset is the emergency recovery runbook's complete reset: it stops the daemons, \
+writes a pre-reset backup to backups/pre-reset/, stops the processes of running dispatches, deletes the active and \
+zombie worker specs, empties the task queue and intake, resets the token budget to its total with nothing used, \
+keeps configuration and logs, and starts the daemons that were running again. Queued and running tasks are dropped \
+(they stay in the pre-reset backup). Run `cortex reset --yes` to do it.";
+
+pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
+    let home = store.home().clone();
+    let lock = create::lock_backups(store)?;
+    let stopped = crate::recovery::daemons::stop_all(&home, config)?;
+    let result = (|| {
+        let pre = create::create_locked(store, config, &BackupOptions::new(ArchiveKind::PreReset), &lock)?;
+        let guards = crate::backup::lock_all(store)?;
+        let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
+        let mut processes_stopped = 0;
+        for rec in crate::task::dispatches::list_bucket(store, SpecBucket::Active).unwrap_or_default() {
+            if let DispatchState::Running { pid, pgid, proc_start_ticks, .. } = rec.state
+                && super::stale::same_process_alive(pid, proc_start_ticks)
+            {
+                super::stale::stop_group(pid, pgid, proc_start_ticks, grace);
+                processes_stopped += 1;
+            }
+        }
+        let mut specs_cleared = 0;
+        for bucket in [SpecBucket::Active, SpecBucket::Zombie] {
+            let dir = home.worker_specs(bucket);
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                    std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), "remove", err))?;
+                    specs_cleared += e.path().extension().is_some_and(|x| x == "json") as usize;
+                }
+            }
+            if dir.exists() {
+                atomic::fsync_dir(&dir)?;
+            }
+        }
+        let queue_path = store.path(files::TASK_QUEUE);
+        let tasks_cleared = std::fs::read(&queue_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("tasks").and_then(|t| t.as_array()).map(|a| a.len()))
+            .unwrap_or(0);
+        let now = crate::clock::now_string();
+        crate::store::write_value_checked(
+            &queue_path,
+            &json!({"tasks": [], "updated_at": now}),
+            Some(files::TASK_QUEUE.schema),
+        )?;
+        if let Some(intake) = files::by_rel("task-intake.jsonl") {
+            let p = store.path(intake);
+            if p.exists() {
+                atomic::write_atomic(&p, b"")?;
+            }
+        }
+        let default: TokenBudget = serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?)
+            .map_err(|e| Error::other(e.to_string()))?;
+        let total = std::fs::read(store.path(files::TOKEN_BUDGET))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("total").and_then(|t| t.as_u64()))
+            .unwrap_or(default.total);
+        let budget = json!({"total": total, "used": 0, "available": total, "reservations": {}, "last_updated": now});
+        crate::store::write_value_checked(&store.path(files::TOKEN_BUDGET), &budget, Some(files::TOKEN_BUDGET.schema))?;
+        drop(guards);
+        let _ = store.emit(
+            "system_reset",
+            Severity::Critical,
+            format!(
+                "Complete reset: {tasks_cleared} task(s) and {specs_cleared} active/zombie spec(s) cleared, budget reset to {total}; previous state in {}",
+                pre.path.display()
+            ),
+            json!({"pre_reset_backup": pre.path, "tasks_cleared": tasks_cleared, "specs_cleared": specs_cleared,
+                   "processes_stopped": processes_stopped, "budget_total": total}),
+        );
+        Ok(ResetReport {
+            pre_reset_backup: pre.path,
+            stopped_daemons: stopped.iter().map(|s| s.to_string()).collect(),
+            restarted_daemons: Vec::new(),
+            tasks_cleared,
+            specs_cleared,
+            processes_stopped,
+            budget_total: total,
+            warnings: Vec::new(),
+        })
+    })();
+    let restart = if stopped.is_empty() { Ok(()) } else { crate::recovery::daemons::start(&home, config, &stopped) };
+    let mut report = result?;
+    match restart {
+        Ok(()) => report.restarted_daemons = report.stopped_daemons.clone(),
+        Err(e) => report.warnings.push(format!("could not start the daemons again: {e}; run `cortex start`")),
+    }
+    Ok(report)
+}

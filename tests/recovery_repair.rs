@@ -1,0 +1,141 @@
+//! `cortex repair` on each kind of corruption: nothing is thrown away, the result validates.
+mod common;
+use common::*;
+
+fn task(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "task_id": id, "description": format!("task {id}"), "priority": "high", "worker_type": "scan-worker",
+        "command": [], "status": "queued", "created_at": "2026-01-01T00:00:00Z", "created_by": "ops",
+        "attempts": 0, "max_attempts": 3, "budget": 500, "dispatches": []
+    })
+}
+
+#[test]
+fn jsonl_bad_lines_move_to_rejected_and_good_lines_keep_their_order() {
+    let h = TestHome::new();
+    for i in 0..3 {
+        h.cortex_ok(&["event", "emit", "--type", "e", "--message", &format!("good {i}")]);
+    }
+    let path = h.join("coordination/dashboard-events.jsonl");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    let corrupted = format!("{}\n{{not json\n{}\n\"a string, not an event\"\n{}\n", lines[0], lines[1], lines[2]);
+    std::fs::write(&path, &corrupted).unwrap();
+    assert!(!h.cortex(&["validate"]).status.success());
+
+    let dry = h.cortex(&["repair", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("[WOULD FIX] coordination/dashboard-events.jsonl"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), corrupted, "dry run changed the file");
+
+    let out = h.cortex_ok(&["repair"]);
+    assert!(out.contains("2 malformed line(s) (line 2, 4)"), "{out}");
+    let repaired = std::fs::read_to_string(&path).unwrap();
+    assert!(repaired.starts_with(&good), "good lines kept in order:\n{repaired}");
+    let rejected = std::fs::read_to_string(h.join("coordination/dashboard-events.jsonl.rejected")).unwrap();
+    assert_eq!(rejected, "{not json\n\"a string, not an event\"\n");
+    h.cortex_ok(&["validate"]);
+    assert!(!h.events_of("file_repaired").is_empty());
+}
+
+#[test]
+fn truncated_task_queue_is_salvaged_with_a_corrupt_copy() {
+    let h = TestHome::new();
+    let full =
+        serde_json::to_string_pretty(&serde_json::json!({"tasks": [task("t-1"), task("t-2"), task("t-3")]})).unwrap();
+    let cut = &full[..full.rfind("t-3").unwrap() + 10];
+    let path = h.join("coordination/task-queue.json");
+    std::fs::write(&path, cut).unwrap();
+
+    let out = h.cortex_ok(&["repair"]);
+    assert!(out.contains("2 task(s) salvaged"), "{out}");
+    assert_eq!(std::fs::read_to_string(h.join("coordination/task-queue.json.corrupt")).unwrap(), cut);
+    let q = h.read_json("coordination/task-queue.json");
+    let ids: Vec<&str> = q["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["t-1", "t-2"]);
+    h.cortex_ok(&["validate"]);
+
+    // A queue that parses but holds one broken task: the rest is kept, the broken one rejected.
+    let mut bad = task("t-bad");
+    bad["priority"] = serde_json::json!("whenever");
+    std::fs::write(&path, serde_json::json!({"tasks": [task("t-1"), bad, task("t-4")]}).to_string()).unwrap();
+    h.cortex_ok(&["repair"]);
+    let q = h.read_json("coordination/task-queue.json");
+    assert_eq!(q["tasks"].as_array().unwrap().len(), 2);
+    let rejected = std::fs::read_to_string(h.join("coordination/task-queue.json.rejected")).unwrap();
+    assert!(rejected.contains("t-bad"));
+    // The first .corrupt copy is never overwritten.
+    assert_eq!(std::fs::read_to_string(h.join("coordination/task-queue.json.corrupt")).unwrap(), cut);
+    h.cortex_ok(&["validate"]);
+}
+
+#[test]
+fn missing_essentials_are_created_and_bad_budget_and_scheduler_rebuilt() {
+    let h = TestHome::new();
+    std::fs::remove_file(h.join("coordination/task-queue.json")).unwrap();
+    std::fs::remove_file(h.join("coordination/dashboard-events.jsonl")).unwrap();
+    std::fs::write(h.join("coordination/token-budget.json"), "{\"total\": 777000, \"used\": 12").unwrap();
+    std::fs::write(h.join("coordination/scheduler-state.json"), "garbage").unwrap();
+    let out = h.cortex_ok(&["repair"]);
+    assert!(out.contains("coordination/task-queue.json: missing: created from its default"), "{out}");
+    assert_eq!(h.read_json("coordination/task-queue.json")["tasks"], serde_json::json!([]));
+    assert!(h.join("coordination/dashboard-events.jsonl").exists());
+    let b = h.read_json("coordination/token-budget.json");
+    assert_eq!(
+        (b["total"].as_u64(), b["used"].as_u64(), b["available"].as_u64()),
+        (Some(777000), Some(12), Some(776988))
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.join("coordination/token-budget.json.corrupt")).unwrap(),
+        "{\"total\": 777000, \"used\": 12"
+    );
+    assert_eq!(h.read_json("coordination/scheduler-state.json")["state"], "paused", "rebuilt paused, not running");
+    h.cortex_ok(&["validate"]);
+}
+
+#[test]
+fn unparsable_worker_specs_are_quarantined_and_config_problems_reported() {
+    let h = TestHome::new();
+    std::fs::write(h.join("coordination/worker-specs/active/d-broken.json"), "{\"dispatch_id\": ").unwrap();
+    std::fs::write(h.join("coordination/config/worker-types.json"), "{nope").unwrap();
+    let out = h.cortex(&["repair"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a problem left for the operator exits 1: {stdout}");
+    assert!(
+        stdout.contains("[MANUAL] coordination/config/worker-types.json") && stdout.contains("restore-defaults"),
+        "{stdout}"
+    );
+    assert!(!h.join("coordination/worker-specs/active/d-broken.json").exists());
+    let q = std::fs::read_to_string(h.join("coordination/worker-specs/quarantine/active__d-broken.json")).unwrap();
+    assert_eq!(q, "{\"dispatch_id\": ");
+    assert_eq!(
+        std::fs::read_to_string(h.join("coordination/config/worker-types.json")).unwrap(),
+        "{nope",
+        "config untouched"
+    );
+    h.cortex_ok(&["config", "restore-defaults", "--file", "worker-types"]);
+    h.cortex_ok(&["validate"]);
+    assert_eq!(h.cortex(&["repair"]).status.code(), Some(0));
+}
+
+#[test]
+fn restore_defaults_keeps_the_old_content() {
+    let h = TestHome::new();
+    let path = h.join("coordination/moe/router-config.json");
+    let default = std::fs::read(&path).unwrap();
+    let custom = r#"{"rules": [{"pattern": "x", "worker_type": "scan-worker", "confidence": 0.9}]}"#;
+    std::fs::write(&path, custom).unwrap();
+    let out = h.cortex_ok(&["config", "restore-defaults", "--file", "router-config.json"]);
+    assert!(out.contains("reset to its default"), "{out}");
+    assert_eq!(std::fs::read(&path).unwrap(), default);
+    let kept: Vec<_> = std::fs::read_dir(h.join("coordination/moe"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("before-defaults"))
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(std::fs::read_to_string(kept[0].path()).unwrap(), custom);
+    let out = h.cortex(&["config", "restore-defaults", "--file", "nonsense"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("worker-types.json"));
+    h.cortex_ok(&["config", "restore-defaults"]);
+    assert_eq!(h.events_of("config_defaults_restored").len(), 1);
+}
