@@ -219,7 +219,7 @@ pub fn check_file(home: &Home, path: &Path) -> Option<FileReport> {
     let ext = path.extension().and_then(|e| e.to_str());
     let schema = (first == "worker-specs" && names.len() == 3 && ext == Some("json")).then_some(files::DISPATCH_SCHEMA);
     match ext {
-        Some("json") => Some(check_json_file(&path, &rel, schema)),
+        Some("json") => Some(check_json_file(path, &rel, schema)),
         Some("jsonl") => Some(check_jsonl(path, &rel, None)),
         _ => None,
     }
