@@ -3,6 +3,7 @@
 //! The library owns every file format, lock, path and policy; the binaries (`cortex` and the
 //! `cortex-*` daemons in `daemons/`) are thin. See ARCHITECTURE.md for the code map.
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod logging;
 pub mod pidfile;
 pub mod scheduler;
 pub mod schema;
+pub mod status;
 pub mod store;
 pub mod task;
 pub mod validate;

@@ -65,18 +65,30 @@ pub struct Actor {
     pub from: String,
 }
 
+/// Read-modify-write of the state under the `scheduler` lock that writes only when `change`
+/// reports a change: asking for the state the scheduler already is in rewrites nothing.
+fn transition(store: &Store, change: impl FnOnce(&mut SchedulerState) -> Transition) -> Result<Transition> {
+    let guard = store.lock(files::SCHEDULER_STATE)?;
+    let mut state: SchedulerState = store.load()?;
+    let t = change(&mut state);
+    if t.changed {
+        store.write_locked(&guard, &state)?;
+    }
+    Ok(t)
+}
+
 /// Pauses the scheduler. When this returns Ok, no new dispatch starts until [`resume`].
 pub fn pause(store: &Store, actor: &Actor, reason: Option<&str>) -> Result<Transition> {
-    let t = store.update::<SchedulerState, _>(|s| {
+    let t = transition(store, |s| {
         let now = now_string();
         if s.is_paused() {
-            return Ok(Transition {
+            return Transition {
                 changed: false,
                 message: "Scheduler already paused".into(),
                 timestamp: now,
                 paused: true,
                 state: s.clone(),
-            });
+            };
         }
         s.state = RunState::Paused;
         s.paused = true;
@@ -85,13 +97,7 @@ pub fn pause(store: &Store, actor: &Actor, reason: Option<&str>) -> Result<Trans
         s.paused_from = Some(actor.from.clone());
         s.reason = reason.map(str::to_string);
         s.updated_at = Some(now.clone());
-        Ok(Transition {
-            changed: true,
-            message: "Scheduler paused".into(),
-            timestamp: now,
-            paused: true,
-            state: s.clone(),
-        })
+        Transition { changed: true, message: "Scheduler paused".into(), timestamp: now, paused: true, state: s.clone() }
     })?;
     if t.changed {
         let _ = store.emit(
@@ -111,28 +117,28 @@ pub fn pause(store: &Store, actor: &Actor, reason: Option<&str>) -> Result<Trans
 
 /// Resumes the scheduler.
 pub fn resume(store: &Store, actor: &Actor) -> Result<Transition> {
-    let t = store.update::<SchedulerState, _>(|s| {
+    let t = transition(store, |s| {
         let now = now_string();
         if !s.is_paused() {
-            return Ok(Transition {
+            return Transition {
                 changed: false,
                 message: "Scheduler already running".into(),
                 timestamp: now,
                 paused: false,
                 state: s.clone(),
-            });
+            };
         }
         s.state = RunState::Running;
         s.paused = false;
         s.resumed_at = Some(now.clone());
         s.updated_at = Some(now.clone());
-        Ok(Transition {
+        Transition {
             changed: true,
             message: "Scheduler resumed".into(),
             timestamp: now,
             paused: false,
             state: s.clone(),
-        })
+        }
     })?;
     if t.changed {
         let _ = store.emit(

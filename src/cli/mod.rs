@@ -1,7 +1,9 @@
 //! The `cortex` command: argument parsing and dispatch to one module per area. Each module turns
 //! arguments into library calls and prints the result (text, or JSON with `--json`).
 
+mod dispatches;
 mod events;
+mod scheduler;
 mod setup;
 
 use crate::error::{Error, Result};
@@ -45,6 +47,11 @@ pub enum Command {
     /// The event log: emit, list.
     #[command(subcommand)]
     Event(events::EventCommand),
+    /// The scheduler switch: pause, resume, status, drain.
+    #[command(subcommand)]
+    Scheduler(scheduler::SchedulerCommand),
+    /// List dispatch records (one per attempt of a task).
+    Dispatches(dispatches::DispatchesArgs),
 }
 
 /// What the CLI needs everywhere.
@@ -91,5 +98,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Validate) => setup::validate(&ctx),
         Some(Command::Config(c)) => setup::config(&ctx, c),
         Some(Command::Event(c)) => events::run(&ctx, c),
+        Some(Command::Scheduler(c)) => scheduler::run(&ctx, c),
+        Some(Command::Dispatches(a)) => dispatches::run(&ctx, a),
     }
 }
