@@ -96,6 +96,13 @@ pub struct SpecEntry {
     pub dispatched: Option<Timestamp>,
 }
 
+impl SpecEntry {
+    /// Starting or running, in `active/` (a record elsewhere has ended whatever it says).
+    pub fn is_active(&self) -> bool {
+        self.bucket == SpecBucket::Active && self.record.status().is_active()
+    }
+}
+
 #[derive(Default)]
 struct BucketIndex {
     dir_key: Option<FileKey>,
@@ -371,7 +378,7 @@ impl StatusReader {
         let budget = self.token_budget()?;
         let dispatches = self.dispatches()?;
         let window = chrono::Duration::seconds(cfg.scheduler.recent_window_seconds as i64);
-        let running_count = dispatches.iter().filter(|d| d.record.status().is_active()).count();
+        let running_count = dispatches.iter().filter(|d| d.is_active()).count();
         let recent_dispatch_count =
             dispatches.iter().filter(|d| d.dispatched.is_some_and(|t| t >= now - window)).count();
         Ok(SystemStatus {
@@ -646,7 +653,7 @@ pub fn wait_no_active(reader: &StatusReader, timeout: Duration) -> Result<usize>
         .map_err(|e| Error::other(format!("cannot watch {}: {e}", dir.display())))?;
     let deadline = Instant::now() + timeout;
     loop {
-        let active = reader.dispatches()?.iter().filter(|d| d.record.status().is_active()).count();
+        let active = reader.dispatches()?.iter().filter(|d| d.is_active()).count();
         let left = deadline.saturating_duration_since(Instant::now());
         if active == 0 || left.is_zero() {
             return Ok(active);

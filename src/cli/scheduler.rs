@@ -109,12 +109,8 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
             let reason = reason.unwrap_or_else(|| "drain".into());
             let t = scheduler::pause(&store, &actor(), Some(&reason))?;
             let reader = StatusReader::new(store.clone(), crate::config::Config::load(&ctx.home)?);
-            let active: Vec<String> = reader
-                .dispatches()?
-                .iter()
-                .filter(|d| d.record.status().is_active())
-                .map(|d| d.record.dispatch_id.clone())
-                .collect();
+            let active: Vec<String> =
+                reader.dispatches()?.iter().filter(|d| d.is_active()).map(|d| d.record.dispatch_id.clone()).collect();
             let mut cancel_requested = Vec::new();
             let mut cancel_errors = Vec::new();
             if cancel_running {

@@ -59,7 +59,7 @@ pub fn render(reader: &StatusReader) -> Result<String> {
         g.set(v);
         reg.register(name, help, g);
     };
-    let running = dispatches.iter().filter(|d| d.record.status().is_active()).count();
+    let running = dispatches.iter().filter(|d| d.is_active()).count();
     gauge("cortex_dispatches_running", "Dispatches starting or running now", running as i64, &mut reg);
     gauge("cortex_scheduler_paused", "1 while the scheduler is paused, else 0", sched.is_paused() as i64, &mut reg);
     gauge(
