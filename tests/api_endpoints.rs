@@ -337,10 +337,10 @@ fn metrics_exposition() {
         "cortex_daemon_up{daemon=\"api\"} 1\n",
         "cortex_daemon_up{daemon=\"coordinator\"} 0\n",
         "cortex_tasks{status=\"queued\"} 0\n",
-        "# TYPE cortex_dispatch_latency_seconds histogram\n",
+        "# TYPE cortex_dispatch_latency_seconds\thistogram\n",
         "cortex_dispatch_latency_seconds_bucket{le=\"+Inf\"} 0\n",
         "cortex_uptime_seconds 0\n",
-        "# TYPE cortex_dispatch_failures_total counter\n",
+        "# TYPE cortex_dispatch_failures_total\tcounter\n",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }

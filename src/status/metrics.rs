@@ -116,6 +116,10 @@ pub fn render(reader: &StatusReader) -> Result<String> {
 /// Turns prometheus-client's OpenMetrics text into the Prometheus text format (0.0.4) that
 /// `promtool check metrics` and every scraper read: a counter's HELP and TYPE lines name the
 /// `_total` series, and there is no `# EOF` line.
+///
+/// In HELP and TYPE lines a tab (which the format allows between tokens) follows the metric
+/// name, so the runbook's `grep -o 'cortex_dispatch_failures_total [0-9]*'` matches only the
+/// sample line and prints one number.
 pub fn to_prometheus_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
@@ -131,11 +135,8 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         match meta {
             Some((prefix, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                if counters.contains(name) {
-                    out.push_str(&format!("{prefix}{name}_total {tail}"));
-                } else {
-                    out.push_str(line);
-                }
+                let suffix = if counters.contains(name) { "_total" } else { "" };
+                out.push_str(&format!("{prefix}{name}{suffix}\t{tail}"));
             }
             None => out.push_str(line),
         }
@@ -153,7 +154,7 @@ mod tests {
         let text = super::to_prometheus_text(om);
         assert_eq!(
             text,
-            "# HELP x_failures_total Failures.\n# TYPE x_failures_total counter\nx_failures_total 3\n# TYPE g gauge\ng 1\n"
+            "# HELP x_failures_total\tFailures.\n# TYPE x_failures_total\tcounter\nx_failures_total 3\n# TYPE g\tgauge\ng 1\n"
         );
     }
 }

@@ -247,25 +247,3 @@ pub fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
         serde_json::json!({"status": "failed", "ended_at": ts, "exit_code": 2, "error": "exit status 2"}),
     )
 }
-
-/// Starts every daemon except the api (idle or real, whatever this build has), so the home
-/// is healthy. Returns the children; drop them with [`stop_all`].
-pub fn start_other_daemons(h: &TestHome) -> Vec<Child> {
-    let names = ["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix"];
-    let children: Vec<Child> = names.iter().map(|n| h.spawn_daemon(n)).collect();
-    for n in names {
-        wait_until(Duration::from_secs(15), &format!("{n} daemon ready"), || {
-            std::fs::read(h.join(&format!("run/{n}.state.json")))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .is_some_and(|m| !m["ready_at"].is_null())
-        });
-    }
-    children
-}
-
-pub fn stop_all(children: &mut [Child]) {
-    for c in children.iter_mut() {
-        terminate(c);
-    }
-}
