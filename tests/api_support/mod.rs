@@ -115,8 +115,11 @@ pub fn spawn_api(h: &TestHome) -> Child {
         .expect("spawn cortex-api")
 }
 
-/// Reads one response from a stream: status, headers (lower-cased names) and body.
-pub fn read_response(stream: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+/// Response headers, names lower-cased.
+pub type Headers = Vec<(String, String)>;
+
+/// Reads one response from a stream: status, headers and body.
+pub fn read_response(stream: &mut impl BufRead) -> std::io::Result<(u16, Headers, Vec<u8>)> {
     let mut line = String::new();
     stream.read_line(&mut line)?;
     let status: u16 = line
