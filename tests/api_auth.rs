@@ -34,6 +34,25 @@ fn without_tokens_everything_is_open_on_loopback() {
 }
 
 #[test]
+fn without_tokens_browser_attacks_are_refused() {
+    let h = TestHome::new();
+    let api = Api::start(&h);
+    let p = api.port;
+    // A cross-site form post (the browser adds Origin) and DNS rebinding (a foreign Host).
+    let (code, e) = json_request(p, "POST", "/scheduler/pause", &[("Origin", "http://evil.example")], b"");
+    assert_eq!(code, 403, "{e}");
+    assert_eq!(e["code"], 403);
+    let (code, _) = json_request(p, "POST", "/scheduler/pause", &[("Host", "evil.example:8900")], b"");
+    assert_eq!(code, 403);
+    let (code, _) = json_request(p, "GET", "/status", &[("Host", "rebind.evil.example")], b"");
+    assert_eq!(code, 403);
+    assert_eq!(api.get("/scheduler/status").1["state"], "running");
+    // Local origins and hosts are fine.
+    let (code, _) = json_request(p, "POST", "/scheduler/pause", &[("Origin", "http://localhost:8900")], b"");
+    assert_eq!(code, 200);
+}
+
+#[test]
 fn tokens_guard_mutating_endpoints_and_name_the_actor() {
     let h = TestHome::new();
     write_tokens(&h, 0o600);

@@ -554,6 +554,25 @@ impl Reactor {
     }
 }
 
+/// Writes all of `bytes` before `deadline` (a client reading slowly cannot hold a thread longer).
+fn write_all_by(mut stream: &TcpStream, bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(ErrorKind::TimedOut, "client too slow to read the response"));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(&bytes[written..]) {
+            Ok(0) => return Err(std::io::Error::new(ErrorKind::WriteZero, "connection closed")),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 struct WorkerCtx {
     jobs: Arc<Mutex<Receiver<Job>>>,
     back: Sender<Option<Conn>>,
@@ -619,8 +638,7 @@ impl WorkerCtx {
         }
         let bytes = resp.to_bytes(keep_alive, head_only);
         let ok = conn.stream.set_nonblocking(false).is_ok()
-            && conn.stream.set_write_timeout(Some(self.write_timeout)).is_ok()
-            && (&conn.stream).write_all(&bytes).is_ok()
+            && write_all_by(&conn.stream, &bytes, Instant::now() + self.write_timeout).is_ok()
             && conn.stream.set_nonblocking(true).is_ok();
         let back = if ok && keep_alive {
             Some(conn)

@@ -87,6 +87,9 @@ impl Handler for App {
             Err(allow) => return Reply::Now(Response::error(405, "method not allowed").with_header("Allow", allow)),
         };
         let mutating = matches!(route, Route::Pause | Route::Resume | Route::Cancel(_));
+        if let Some(refusal) = self.browser_refusal(req, mutating) {
+            return Reply::Now(refusal);
+        }
         let who = if mutating && !self.tokens.is_empty() {
             match self.tokens.check(req.header("Authorization")) {
                 Some(name) => name,
@@ -134,7 +137,39 @@ impl Handler for App {
     }
 }
 
+/// True for a loopback host name or address (`127.0.0.1`, `localhost`, `[::1]`), port ignored.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl App {
+    /// Refuses what only a browser tricked by another web site would send to a token-less API
+    /// on loopback: a foreign `Host` (DNS rebinding) or, on a change, a foreign `Origin` (a
+    /// cross-site form post). curl and scripts send neither.
+    fn browser_refusal(&self, req: &Request, mutating: bool) -> Option<Response> {
+        if !self.tokens.is_empty() {
+            return None;
+        }
+        if let Some(host) = req.header("Host")
+            && !is_loopback_host(host)
+        {
+            return Some(Response::error(403, format!("refused: Host {host:?} is not a loopback address")));
+        }
+        if mutating
+            && let Some(origin) = req.header("Origin")
+            && !origin.split_once("://").is_some_and(|(_, h)| is_loopback_host(h.trim_end_matches('/')))
+        {
+            return Some(Response::error(403, format!("refused: cross-origin request from {origin:?}")));
+        }
+        None
+    }
+
     fn pause(&self, req: &Request, actor: &Actor) -> Response {
         let body = match json_body(req) {
             Ok(b) => b,
@@ -281,5 +316,15 @@ mod tests {
         assert!(matches!(route("GET", "/scheduler/pause"), Err("POST")));
         assert!(matches!(route("GET", "/nope"), Ok(None)));
         assert!(matches!(route("POST", "/dispatches/d-1/retry"), Ok(None)));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["127.0.0.1:8900", "localhost", "LOCALHOST:1", "[::1]:8900", "127.0.0.2"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["evil.example", "evil.example:8900", "10.0.0.1:8900", "[2001:db8::1]:80", "localhost.evil.example"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 }
