@@ -43,7 +43,7 @@ fn malformed_requests_get_json_errors_and_the_server_lives_on() {
     let api = Api::start(&h);
     let p = api.port;
 
-    let (code, body) = raw(p, b"POST /scheduler/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n");
+    let (code, body) = raw(p, b"POST /scheduler/pause HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999999999\r\n\r\n");
     assert_eq!(code, 413);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["code"], 413);
@@ -51,7 +51,7 @@ fn malformed_requests_get_json_errors_and_the_server_lives_on() {
     // A real oversized body (200 KB against the 64 KiB cap): refused on its head, before a byte
     // of the body is read; the body then has nowhere to go.
     let mut s = connect(p);
-    let head = "POST /scheduler/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n";
+    let head = "POST /scheduler/pause HTTP/1.1\r\nHost: localhost\r\nContent-Length: 200000\r\n\r\n";
     s.write_all(head.as_bytes()).unwrap();
     let (code, _, _) = read_response(&mut BufReader::new(s.try_clone().unwrap())).expect("413 response");
     assert_eq!(code, 413);
@@ -96,7 +96,7 @@ fn keep_alive_pipelining_and_expect_continue() {
     let h = home_with_timeout(10);
     let api = Api::start(&h);
     let mut s = connect(api.port);
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\nGET /scheduler/status HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\nGET /scheduler/status HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let (c1, _, b1) = read_response(&mut r).unwrap();
     let (c2, _, b2) = read_response(&mut r).unwrap();
@@ -104,7 +104,7 @@ fn keep_alive_pipelining_and_expect_continue() {
     assert!(String::from_utf8_lossy(&b1).contains("running_count"));
     assert!(String::from_utf8_lossy(&b2).contains("tick_interval"));
     // Same connection, another request later.
-    s.write_all(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"HEAD /health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut r, &mut line).unwrap();
     assert!(line.starts_with("HTTP/1.1 503") || line.starts_with("HTTP/1.1 200"), "{line}");
@@ -112,7 +112,7 @@ fn keep_alive_pipelining_and_expect_continue() {
     // curl's Expect: 100-continue gets its 100, then the answer.
     let mut s = connect(api.port);
     s.write_all(
-        b"POST /scheduler/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        b"POST /scheduler/pause HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     let mut first = [0u8; 25];
@@ -134,7 +134,7 @@ fn slow_and_idle_clients_do_not_block_others_and_are_dropped() {
     let mut slow: Vec<TcpStream> = (0..40)
         .map(|_| {
             let mut s = connect(p);
-            s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\n").unwrap();
             s
         })
         .collect();
@@ -212,7 +212,7 @@ fn many_concurrent_clients_all_served() {
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 for j in 0..20 {
                     let path = if (i + j) % 3 == 0 { "/status" } else { "/scheduler/status" };
-                    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+                    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
                     let (code, _, _) = read_response(&mut r).unwrap();
                     assert_eq!(code, 200);
                 }
