@@ -8,7 +8,8 @@
 #   2. GET /scheduler/status
 #   3. POST /scheduler/pause and /scheduler/resume, alternating (half of them change state:
 #      locked read-modify-write, fsync, event append)
-#   4. POST /scheduler/pause only (after the first, "already paused": a locked read)
+#   4. POST /scheduler/pause only (after the first, "already paused": one read, no lock)
+#   5. as 3 with a single client (the latency of one transition without queueing)
 # and prints the latency percentiles. Targets (issue 5): p99 <= 5 ms for pause/resume and
 # <= 10 ms for /status with 10,000 tasks under 100 concurrent clients.
 #
@@ -100,8 +101,8 @@ wrk.method = "POST"
 LUA
 
 run() {
-    local name="$1" path="$2" script="${3:-}"
-    local args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
+    local name="$1" path="$2" script="${3:-}" conns="${4:-$CONNECTIONS}" threads="${5:-$THREADS}"
+    local args=(-t"$threads" -c"$conns" -d"${DURATION}s" --latency)
     [ -n "$script" ] && args+=(-s "$script")
     local out
     out="$(wrk "${args[@]}" "http://127.0.0.1:$PORT$path")"
@@ -118,4 +119,6 @@ run "GET /status" "/status"
 run "GET /scheduler/status" "/scheduler/status"
 run "POST pause/resume (alt.)" "/scheduler/pause" "$ALTERNATE"
 run "POST pause (idempotent)" "/scheduler/pause" "$PAUSE_ONLY"
+# One client: the cost of one real transition (lock, write, fsync file and directory, event).
+run "POST pause/resume, 1 client" "/scheduler/pause" "$ALTERNATE" 1 1
 echo "events recorded: $(grep -c '"type":"scheduler_' "$HOME_DIR/coordination/dashboard-events.jsonl")"

@@ -67,7 +67,23 @@ pub struct Actor {
 
 /// Read-modify-write of the state under the `scheduler` lock that writes only when `change`
 /// reports a change: asking for the state the scheduler already is in rewrites nothing.
-fn transition(store: &Store, change: impl FnOnce(&mut SchedulerState) -> Transition) -> Result<Transition> {
+///
+/// When the file already shows the asked-for state, the answer comes from that read without the
+/// lock: the file is only ever replaced whole, so the read is a true state at one instant, and
+/// "already paused" is as true as it would be under the lock.
+fn transition(
+    store: &Store,
+    want_paused: bool,
+    change: impl Fn(&mut SchedulerState) -> Transition,
+) -> Result<Transition> {
+    if let Ok(Some(mut current)) = store.load_existing::<SchedulerState>()
+        && current.is_paused() == want_paused
+    {
+        let t = change(&mut current);
+        if !t.changed {
+            return Ok(t);
+        }
+    }
     let guard = store.lock(files::SCHEDULER_STATE)?;
     let mut state: SchedulerState = store.load()?;
     let t = change(&mut state);
@@ -79,7 +95,7 @@ fn transition(store: &Store, change: impl FnOnce(&mut SchedulerState) -> Transit
 
 /// Pauses the scheduler. When this returns Ok, no new dispatch starts until [`resume`].
 pub fn pause(store: &Store, actor: &Actor, reason: Option<&str>) -> Result<Transition> {
-    let t = transition(store, |s| {
+    let t = transition(store, true, |s| {
         let now = now_string();
         if s.is_paused() {
             return Transition {
@@ -117,7 +133,7 @@ pub fn pause(store: &Store, actor: &Actor, reason: Option<&str>) -> Result<Trans
 
 /// Resumes the scheduler.
 pub fn resume(store: &Store, actor: &Actor) -> Result<Transition> {
-    let t = transition(store, |s| {
+    let t = transition(store, false, |s| {
         let now = now_string();
         if !s.is_paused() {
             return Transition {

@@ -62,6 +62,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A value derived from one file, recomputed only when the file's identity changes.
+struct Cached<T>(Mutex<Option<(FileKey, Arc<T>)>>);
+
+impl<T> Cached<T> {
+    fn new() -> Self {
+        Cached(Mutex::new(None))
+    }
+
+    fn get(&self, path: &Path, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let key = FileKey::stat(path)?;
+        let mut c = lock(&self.0);
+        if let (Some(k), Some((ck, v))) = (key, c.as_ref())
+            && k == *ck
+        {
+            return Ok(v.clone());
+        }
+        // Stat before reading: a change during the read shows as a new key next time.
+        let v = Arc::new(load()?);
+        *c = key.map(|k| (k, v.clone()));
+        Ok(v)
+    }
+}
+
 /// Counts of the task queue, and what the latency histogram needs.
 #[derive(Debug, Default)]
 pub struct QueueSummary {
@@ -179,7 +202,9 @@ impl EventTail {
 pub struct StatusReader {
     store: Store,
     config: Mutex<(Option<FileKey>, Arc<Config>)>,
-    queue: Mutex<Option<(FileKey, Arc<QueueSummary>)>>,
+    scheduler: Cached<SchedulerState>,
+    budget: Cached<TokenBudget>,
+    queue: Cached<QueueSummary>,
     specs: Mutex<[BucketIndex; 4]>,
     events: Mutex<EventTail>,
 }
@@ -195,7 +220,9 @@ impl StatusReader {
         StatusReader {
             store,
             config: Mutex::new((key, Arc::new(config))),
-            queue: Mutex::new(None),
+            scheduler: Cached::new(),
+            budget: Cached::new(),
+            queue: Cached::new(),
             specs: Mutex::new(Default::default()),
             events: Mutex::new(EventTail { file: None, offset: 0, keep, events: VecDeque::new() }),
         }
@@ -227,28 +254,19 @@ impl StatusReader {
         c.1.clone()
     }
 
-    pub fn scheduler_state(&self) -> Result<SchedulerState> {
-        self.store.load::<SchedulerState>()
+    /// `scheduler-state.json`, re-read only when it changed.
+    pub fn scheduler_state(&self) -> Result<Arc<SchedulerState>> {
+        self.scheduler.get(&self.home().scheduler_state(), || self.store.load())
     }
 
     /// Task counts, re-read only when `task-queue.json` changed.
     pub fn queue(&self) -> Result<Arc<QueueSummary>> {
-        let path = self.home().task_queue();
-        let key = FileKey::stat(&path)?;
-        let mut q = lock(&self.queue);
-        if let (Some(k), Some((ck, summary))) = (key, q.as_ref())
-            && k == *ck
-        {
-            return Ok(summary.clone());
-        }
-        let queue: TaskQueue = self.store.load()?;
-        let summary = Arc::new(QueueSummary::of(&queue));
-        *q = key.map(|k| (k, summary.clone()));
-        Ok(summary)
+        self.queue.get(&self.home().task_queue(), || Ok(QueueSummary::of(&self.store.load::<TaskQueue>()?)))
     }
 
-    pub fn token_budget(&self) -> Result<TokenBudget> {
-        self.store.load::<TokenBudget>()
+    /// `token-budget.json`, re-read only when it changed.
+    pub fn token_budget(&self) -> Result<Arc<TokenBudget>> {
+        self.budget.get(&self.home().token_budget(), || self.store.load())
     }
 
     /// Every dispatch record (active, completed, failed, zombie), oldest dispatch first.

@@ -43,7 +43,8 @@ fn malformed_requests_get_json_errors_and_the_server_lives_on() {
     let api = Api::start(&h);
     let p = api.port;
 
-    let (code, body) = raw(p, b"POST /scheduler/pause HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999999999\r\n\r\n");
+    let (code, body) =
+        raw(p, b"POST /scheduler/pause HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999999999\r\n\r\n");
     assert_eq!(code, 413);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["code"], 413);
@@ -96,7 +97,10 @@ fn keep_alive_pipelining_and_expect_continue() {
     let h = home_with_timeout(10);
     let api = Api::start(&h);
     let mut s = connect(api.port);
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\nGET /scheduler/status HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    s.write_all(
+        b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\nGET /scheduler/status HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let (c1, _, b1) = read_response(&mut r).unwrap();
     let (c2, _, b2) = read_response(&mut r).unwrap();
