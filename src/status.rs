@@ -49,6 +49,15 @@ impl FileKey {
         }
     }
 
+    /// True when the file changed so recently that another change within the same timestamp
+    /// tick (file times come from a coarse clock) would leave this key unchanged: such a key
+    /// must not be trusted for caching ("racily clean", as git calls it).
+    fn is_racy(&self) -> bool {
+        let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else { return true };
+        let mtime_ns = self.mtime as i128 * 1_000_000_000 + self.mtime_nsec as i128;
+        now.as_nanos() as i128 - mtime_ns < RACY_WINDOW_NS
+    }
+
     fn stat(path: &Path) -> Result<Option<FileKey>> {
         match std::fs::metadata(path) {
             Ok(m) => Ok(Some(FileKey::of(&m))),
@@ -57,6 +66,9 @@ impl FileKey {
         }
     }
 }
+
+/// Changes younger than this are re-checked on the next read (see [`FileKey::is_racy`]).
+const RACY_WINDOW_NS: i128 = 100_000_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -80,7 +92,7 @@ impl<T> Cached<T> {
         }
         // Stat before reading: a change during the read shows as a new key next time.
         let v = Arc::new(load()?);
-        *c = key.map(|k| (k, v.clone()));
+        *c = key.filter(|k| !k.is_racy()).map(|k| (k, v.clone()));
         Ok(v)
     }
 }
@@ -131,6 +143,13 @@ struct BucketIndex {
     dir_key: Option<FileKey>,
     /// file name → (identity, record; None for an unreadable spec, so it is reported once).
     entries: HashMap<String, (FileKey, Option<Arc<SpecEntry>>)>,
+}
+
+/// The dispatch records of every bucket, and the sorted list made from them.
+#[derive(Default)]
+struct SpecIndex {
+    buckets: [BucketIndex; 4],
+    snapshot: Option<Arc<Vec<Arc<SpecEntry>>>>,
 }
 
 /// Events newer than a window, followed by byte offset through the append-only log.
@@ -205,7 +224,7 @@ pub struct StatusReader {
     scheduler: Cached<SchedulerState>,
     budget: Cached<TokenBudget>,
     queue: Cached<QueueSummary>,
-    specs: Mutex<[BucketIndex; 4]>,
+    specs: Mutex<SpecIndex>,
     events: Mutex<EventTail>,
 }
 
@@ -242,7 +261,7 @@ impl StatusReader {
         let path = self.home().config_file();
         let key = FileKey::stat(&path).ok().flatten();
         let mut c = lock(&self.config);
-        if key != c.0 {
+        if key != c.0 || key.is_none_or(|k| k.is_racy()) {
             match Config::load(self.home()) {
                 Ok(cfg) => *c = (key, Arc::new(cfg)),
                 Err(e) => {
@@ -269,13 +288,23 @@ impl StatusReader {
         self.budget.get(&self.home().token_budget(), || self.store.load())
     }
 
-    /// Every dispatch record (active, completed, failed, zombie), oldest dispatch first.
-    pub fn dispatches(&self) -> Result<Vec<Arc<SpecEntry>>> {
+    /// Every dispatch record (active, completed, failed, zombie), oldest dispatch first. The
+    /// directories are re-listed only when they changed.
+    pub fn dispatches(&self) -> Result<Arc<Vec<Arc<SpecEntry>>>> {
+        let mut keys = [None; 4];
+        for (i, bucket) in DISPATCH_BUCKETS.iter().enumerate() {
+            keys[i] = FileKey::stat(&self.home().worker_specs(*bucket))?;
+        }
         let mut idx = lock(&self.specs);
+        if let Some(snap) = &idx.snapshot
+            && keys.iter().zip(&idx.buckets).all(|(k, b)| k.is_some() && *k == b.dir_key)
+        {
+            return Ok(snap.clone());
+        }
         let mut out = Vec::new();
         for (i, bucket) in DISPATCH_BUCKETS.iter().enumerate() {
-            self.refresh_bucket(*bucket, &mut idx[i])?;
-            out.extend(idx[i].entries.values().filter_map(|(_, e)| e.clone()));
+            self.refresh_bucket(*bucket, &mut idx.buckets[i])?;
+            out.extend(idx.buckets[i].entries.values().filter_map(|(_, e)| e.clone()));
         }
         out.sort_by(|a, b| {
             a.record
@@ -283,7 +312,9 @@ impl StatusReader {
                 .cmp(&b.record.dispatched_at)
                 .then_with(|| a.record.dispatch_id.cmp(&b.record.dispatch_id))
         });
-        Ok(out)
+        let snap = Arc::new(out);
+        idx.snapshot = Some(snap.clone());
+        Ok(snap)
     }
 
     fn refresh_bucket(&self, bucket: SpecBucket, idx: &mut BucketIndex) -> Result<()> {
@@ -292,7 +323,8 @@ impl StatusReader {
         if dir_key.is_some() && dir_key == idx.dir_key {
             return Ok(());
         }
-        idx.dir_key = dir_key;
+        // A directory changed within the racy window is listed again next time.
+        idx.dir_key = dir_key.filter(|k| !k.is_racy());
         if dir_key.is_none() {
             idx.entries.clear();
             return Ok(());
@@ -315,6 +347,7 @@ impl StatusReader {
             let key = FileKey::of(&meta);
             if let Some((k, e)) = idx.entries.remove(&name)
                 && k == key
+                && !key.is_racy()
             {
                 seen.insert(name, (k, e));
                 continue;

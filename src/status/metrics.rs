@@ -91,7 +91,7 @@ pub fn render(reader: &StatusReader) -> Result<String> {
     reg.register("cortex_daemon_up", "1 when the daemon holds its PID file lock, else 0", up);
 
     let latency = Histogram::new(LATENCY_BUCKETS);
-    for d in &dispatches {
+    for d in dispatches.iter() {
         if d.record.attempt != 1 {
             continue;
         }
