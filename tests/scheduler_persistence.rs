@@ -148,7 +148,12 @@ fn drain_pauses_cancels_and_waits() {
     assert!(req["requested_by"].as_str().unwrap().contains("cli drain"), "{req}");
 
     // When the dispatch ends (moved out of active/), a waiting drain finishes.
-    let mut child = h.cmd().args(["scheduler", "drain", "--wait", "--timeout", "30"]).spawn().unwrap();
+    let mut child = h
+        .cmd()
+        .args(["scheduler", "drain", "--wait", "--timeout", "30"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     std::fs::rename(
         h.join("coordination/worker-specs/active/d-stuck.json"),
         h.join("coordination/worker-specs/failed/d-stuck.json"),
