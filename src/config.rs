@@ -75,6 +75,8 @@ pub struct ApiConfig {
     pub critical_window_seconds: u64,
     /// Worker threads serving requests.
     pub threads: u32,
+    /// Open client connections at most; more are answered 503 and closed.
+    pub max_connections: u32,
 }
 
 impl Default for ApiConfig {
@@ -86,6 +88,7 @@ impl Default for ApiConfig {
             request_timeout_seconds: 10,
             critical_window_seconds: 3600,
             threads: 4,
+            max_connections: 512,
         }
     }
 }

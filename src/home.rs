@@ -181,6 +181,11 @@ impl Home {
     pub fn prompts_dir(&self) -> PathBuf {
         self.join("agents/prompts")
     }
+    /// A path named in `cortex.toml`: absolute as given, relative to the home otherwise.
+    pub fn configured_path(&self, configured: &str) -> PathBuf {
+        let p = Path::new(configured);
+        if p.is_absolute() { p.to_path_buf() } else { self.join(p) }
+    }
 }
 
 /// The sub-directories of `coordination/worker-specs/`.

@@ -3,6 +3,7 @@
 //! The library owns every file format, lock, path and policy; the binaries (`cortex` and the
 //! `cortex-*` daemons in `daemons/`) are thin. See ARCHITECTURE.md for the code map.
 
+pub mod api;
 pub mod autofix;
 pub mod backup;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod recovery;
 pub mod schedule;
 pub mod scheduler;
 pub mod schema;
+pub mod status;
 pub mod store;
 pub mod task;
 pub mod validate;

@@ -65,18 +65,46 @@ pub struct Actor {
     pub from: String,
 }
 
+/// Read-modify-write of the state under the `scheduler` lock that writes only when `change`
+/// reports a change: asking for the state the scheduler already is in rewrites nothing.
+///
+/// When the file already shows the asked-for state, the answer comes from that read without the
+/// lock: the file is only ever replaced whole, so the read is a true state at one instant, and
+/// "already paused" is as true as it would be under the lock.
+fn transition(
+    store: &Store,
+    want_paused: bool,
+    change: impl Fn(&mut SchedulerState) -> Transition,
+) -> Result<Transition> {
+    if let Ok(Some(mut current)) = store.load_existing::<SchedulerState>()
+        && current.is_paused() == want_paused
+    {
+        let t = change(&mut current);
+        if !t.changed {
+            return Ok(t);
+        }
+    }
+    let guard = store.lock(files::SCHEDULER_STATE)?;
+    let mut state: SchedulerState = store.load()?;
+    let t = change(&mut state);
+    if t.changed {
+        store.write_locked(&guard, &state)?;
+    }
+    Ok(t)
+}
+
 /// Pauses the scheduler. When this returns Ok, no new dispatch starts until [`resume`].
 pub fn pause(store: &Store, actor: &Actor, reason: Option<&str>) -> Result<Transition> {
-    let t = store.update::<SchedulerState, _>(|s| {
+    let t = transition(store, true, |s| {
         let now = now_string();
         if s.is_paused() {
-            return Ok(Transition {
+            return Transition {
                 changed: false,
                 message: "Scheduler already paused".into(),
                 timestamp: now,
                 paused: true,
                 state: s.clone(),
-            });
+            };
         }
         s.state = RunState::Paused;
         s.paused = true;
@@ -85,13 +113,7 @@ pub fn pause(store: &Store, actor: &Actor, reason: Option<&str>) -> Result<Trans
         s.paused_from = Some(actor.from.clone());
         s.reason = reason.map(str::to_string);
         s.updated_at = Some(now.clone());
-        Ok(Transition {
-            changed: true,
-            message: "Scheduler paused".into(),
-            timestamp: now,
-            paused: true,
-            state: s.clone(),
-        })
+        Transition { changed: true, message: "Scheduler paused".into(), timestamp: now, paused: true, state: s.clone() }
     })?;
     if t.changed {
         let _ = store.emit(
@@ -111,28 +133,28 @@ pub fn pause(store: &Store, actor: &Actor, reason: Option<&str>) -> Result<Trans
 
 /// Resumes the scheduler.
 pub fn resume(store: &Store, actor: &Actor) -> Result<Transition> {
-    let t = store.update::<SchedulerState, _>(|s| {
+    let t = transition(store, false, |s| {
         let now = now_string();
         if !s.is_paused() {
-            return Ok(Transition {
+            return Transition {
                 changed: false,
                 message: "Scheduler already running".into(),
                 timestamp: now,
                 paused: false,
                 state: s.clone(),
-            });
+            };
         }
         s.state = RunState::Running;
         s.paused = false;
         s.resumed_at = Some(now.clone());
         s.updated_at = Some(now.clone());
-        Ok(Transition {
+        Transition {
             changed: true,
             message: "Scheduler resumed".into(),
             timestamp: now,
             paused: false,
             state: s.clone(),
-        })
+        }
     })?;
     if t.changed {
         let _ = store.emit(

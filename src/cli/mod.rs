@@ -3,11 +3,13 @@
 
 mod backup;
 mod breaker;
+mod dispatches;
 mod events;
 mod heartbeat;
 mod metrics;
 mod recovery;
 mod schedule;
+mod scheduler;
 mod setup;
 
 use crate::error::{Error, Result};
@@ -86,6 +88,11 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// The scheduler switch: pause, resume, status, drain.
+    #[command(subcommand)]
+    Scheduler(scheduler::SchedulerCommand),
+    /// List dispatch records (one per attempt of a task).
+    Dispatches(dispatches::DispatchesArgs),
 }
 
 /// What the CLI needs everywhere.
@@ -111,6 +118,11 @@ pub fn print_json(value: &impl serde::Serialize) {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> std::process::ExitCode {
+    // `cortex ... --json | head` must end quietly when the reader goes away, like other Unix tools.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
     crate::logging::init_cli();
     let cli = Cli::parse();
     match run(cli) {
@@ -141,5 +153,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Repair { dry_run }) => recovery::repair(&ctx, dry_run),
         Some(Command::RecoverStale { older_than, dry_run }) => recovery::recover_stale(&ctx, &older_than, dry_run),
         Some(Command::Reset { yes }) => recovery::reset(&ctx, yes),
+        Some(Command::Scheduler(c)) => scheduler::run(&ctx, c),
+        Some(Command::Dispatches(a)) => dispatches::run(&ctx, a),
     }
 }

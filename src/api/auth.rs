@@ -1,0 +1,139 @@
+//! Bearer tokens for the API's mutating endpoints: `[api] tokens_file`, a file of `name:token`
+//! lines that must be readable by its owner only (0600). Tokens are compared in constant time
+//! (SHA-256 of both, then a XOR fold) and never logged: only a token's name is ever shown.
+
+use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// One configured token. Its secret is kept only as a digest; `Debug` shows the name alone.
+#[derive(Clone)]
+pub struct Token {
+    pub name: String,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({:?})", self.name)
+    }
+}
+
+/// The tokens the API accepts. Empty: authentication is off (loopback only).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    tokens: Vec<Token>,
+}
+
+fn digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    /// No tokens: every request is allowed.
+    pub fn none() -> Tokens {
+        Tokens::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.tokens.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// Loads a tokens file; refuses one that others can read or write, and names the bad line.
+    pub fn load(path: &Path) -> Result<Tokens> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "read the API tokens file", e))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::Config {
+                path: Some(path.to_path_buf()),
+                detail: format!(
+                    "the API tokens file has mode {mode:04o}; it must be readable by its owner only: chmod 600 {}",
+                    path.display()
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read the API tokens file", e))?;
+        Tokens::parse(&text).map_err(|detail| Error::Config { path: Some(path.to_path_buf()), detail })
+    }
+
+    /// Parses `name:token` lines (blank lines and `#` comments are skipped).
+    pub fn parse(text: &str) -> std::result::Result<Tokens, String> {
+        let mut tokens: Vec<Token> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, secret)) = line.split_once(':') else {
+                return Err(format!("line {}: expected name:token", i + 1));
+            };
+            let (name, secret) = (name.trim(), secret.trim());
+            if name.is_empty() || secret.is_empty() {
+                return Err(format!("line {}: expected name:token with both parts non-empty", i + 1));
+            }
+            if secret.len() < 16 {
+                return Err(format!("line {} ({name}): the token is shorter than 16 characters", i + 1));
+            }
+            if tokens.iter().any(|t| t.name == name) {
+                return Err(format!("line {}: token name {name:?} appears twice", i + 1));
+            }
+            tokens.push(Token { name: name.to_string(), digest: digest(secret.as_bytes()) });
+        }
+        if tokens.is_empty() {
+            return Err("the file holds no tokens (expected name:token lines)".into());
+        }
+        Ok(Tokens { tokens })
+    }
+
+    /// The name of the token an `Authorization` header carries, if it is a valid one. Every
+    /// configured token is compared, so the time taken says nothing about which matched.
+    pub fn check(&self, authorization: Option<&str>) -> Option<String> {
+        let presented = authorization?.trim();
+        let (scheme, secret) = presented.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let d = digest(secret.trim().as_bytes());
+        let mut found = None;
+        for t in &self.tokens {
+            if ct_eq(&t.digest, &d) && found.is_none() {
+                found = Some(t.name.clone());
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_check() {
+        let t = Tokens::parse("# ops\nalice:aaaaaaaaaaaaaaaaaaaa\n\nbob:bbbbbbbbbbbbbbbbbbbb\n").unwrap();
+        assert_eq!(t.names(), ["alice", "bob"]);
+        assert_eq!(t.check(Some("Bearer bbbbbbbbbbbbbbbbbbbb")).as_deref(), Some("bob"));
+        assert_eq!(t.check(Some("bearer aaaaaaaaaaaaaaaaaaaa")).as_deref(), Some("alice"));
+        assert_eq!(t.check(Some("Bearer wrongwrongwrongwrong")), None);
+        assert_eq!(t.check(Some("Basic aaaaaaaaaaaaaaaaaaaa")), None);
+        assert_eq!(t.check(None), None);
+        assert!(!format!("{t:?}").contains("aaaa"));
+    }
+
+    #[test]
+    fn bad_files_name_the_line() {
+        assert!(Tokens::parse("alice\n").unwrap_err().contains("line 1"));
+        assert!(Tokens::parse("a:short\n").unwrap_err().contains("shorter"));
+        assert!(Tokens::parse("a:aaaaaaaaaaaaaaaaaaaa\na:bbbbbbbbbbbbbbbbbbbbbb\n").unwrap_err().contains("twice"));
+        assert!(Tokens::parse("\n# nothing\n").is_err());
+    }
+}

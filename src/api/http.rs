@@ -1,0 +1,702 @@
+//! A small HTTP/1.1 server built for hostile clients: one reactor thread (`poll`) owns every
+//! connection and reads requests without blocking; only a complete request (head and body) is
+//! handed to a fixed pool of handler threads. So a client that sends slowly (slowloris), sends a
+//! huge body, or sends garbage costs a buffer in the reactor, never a thread, and is dropped at
+//! its deadline; other clients are served meanwhile.
+//!
+//! Limits: request head 16 KiB, body `max_body` (413 before a byte of it is read), a whole request
+//! must arrive within `request_timeout` of its first byte (else 408), idle keep-alive connections
+//! close after `request_timeout`, at most `max_connections` open (more get 503), responses are
+//! written with a write timeout. `Transfer-Encoding` bodies are refused (411).
+//!
+//! tiny_http 0.12 was not used: it has no socket timeouts, one unbounded thread per connection,
+//! unbounded header lines, and on a declared `Content-Length` it did not read it allocates a
+//! buffer of that size (`Content-Length: 999999999999` aborts the process).
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Largest request line plus headers.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most headers in one request.
+const MAX_HEADERS: usize = 100;
+/// Requests waiting for a handler thread at most; more get 503.
+const QUEUE_CAPACITY: usize = 1024;
+/// Slow handlers (cancel waits for a process to end) run on their own threads, at most this many.
+const MAX_SLOW_HANDLERS: usize = 64;
+
+/// A complete request.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The raw query string (after `?`), empty if none.
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    /// A header's value (name compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The decoded query parameters.
+    pub fn query_params(&self) -> HashMap<String, String> {
+        self.query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect()
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (as a space); invalid escapes are kept as they are.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response { status, content_type, headers: Vec::new(), body: body.into() }
+    }
+
+    /// A JSON response (compact, newline-terminated).
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
+        let mut body = serde_json::to_vec(value)
+            .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode the response: {e}\",\"code\":500}}").into_bytes());
+        body.push(b'\n');
+        Response::new(status, "application/json", body)
+    }
+
+    /// The error body every failure carries: `{"error": "...", "code": N}`.
+    pub fn error(status: u16, message: impl Into<String>) -> Response {
+        Response::json(status, &serde_json::json!({"error": message.into(), "code": status}))
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn to_bytes(&self, keep_alive: bool, head_only: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 160);
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\nCache-Control: no-store\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len(),
+            if keep_alive { "keep-alive" } else { "close" }
+        );
+        for (n, v) in &self.headers {
+            let _ = write!(out, "{n}: {v}\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Status",
+    }
+}
+
+/// What a handler returns: a response now, or work to run on its own thread (it may block for
+/// seconds, e.g. waiting for a cancelled process to end) so it never holds a pool thread.
+pub enum Reply {
+    Now(Response),
+    Slow(Box<dyn FnOnce() -> Response + Send>),
+}
+
+/// The application behind the server.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: &Request) -> Reply;
+}
+
+/// Server limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body: usize,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub threads: usize,
+    pub max_connections: usize,
+}
+
+/// A running server. Dropping it (or [`Server::stop`]) stops it.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    wake: UnixStream,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts serving on a bound listener.
+    pub fn start(listener: TcpListener, limits: Limits, handler: Arc<dyn Handler>) -> std::io::Result<Server> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(QUEUE_CAPACITY);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (back_tx, back_rx) = mpsc::channel::<Option<Conn>>();
+        let slow = Arc::new(AtomicUsize::new(0));
+        let mut threads = Vec::new();
+        for i in 0..limits.threads.max(1) {
+            let ctx = WorkerCtx {
+                jobs: job_rx.clone(),
+                back: back_tx.clone(),
+                wake: wake_tx.try_clone()?,
+                handler: handler.clone(),
+                write_timeout: limits.request_timeout,
+                slow: slow.clone(),
+            };
+            threads.push(std::thread::Builder::new().name(format!("api-worker-{i}")).spawn(move || ctx.run())?);
+        }
+        let reactor = Reactor {
+            listener,
+            wake_rx,
+            stop: stop.clone(),
+            limits,
+            conns: HashMap::new(),
+            busy: 0,
+            next_id: 0,
+            jobs: job_tx,
+            back: back_rx,
+        };
+        threads.push(std::thread::Builder::new().name("api-reactor".into()).spawn(move || reactor.run())?);
+        Ok(Server { addr, stop, wake: wake_tx, threads })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, closes connections, and waits for the threads (handlers in progress
+    /// finish first).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = (&self.wake).write(b"s");
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A client connection and what has been read from it.
+struct Conn {
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    /// Set when a request has started arriving: the whole request must be in by then.
+    deadline: Instant,
+    /// True once some bytes of the current request arrived.
+    started: bool,
+    /// `100 Continue` already sent for the current request.
+    continued: bool,
+}
+
+struct Job {
+    conn: Conn,
+    req: Request,
+    keep_alive: bool,
+    head_only: bool,
+}
+
+enum Parsed {
+    Incomplete { expect_continue: bool },
+    Complete { req: Request, consumed: usize, keep_alive: bool, head_only: bool },
+    Bad(Response),
+}
+
+fn parse(buf: &[u8], peer: SocketAddr, max_body: usize) -> Parsed {
+    let limit = buf.len().min(MAX_HEAD_BYTES + 4);
+    let Some(head_end) = buf[..limit].windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > MAX_HEAD_BYTES {
+            return Parsed::Bad(Response::error(431, "request head too large"));
+        }
+        return Parsed::Incomplete { expect_continue: false };
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..head_end]) else {
+        return Parsed::Bad(Response::error(400, "request head is not valid UTF-8"));
+    };
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Parsed::Bad(Response::error(400, "malformed request line"));
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/') {
+        return Parsed::Bad(Response::error(400, "malformed request line"));
+    }
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        v if v.starts_with("HTTP/") => {
+            return Parsed::Bad(Response::error(505, "only HTTP/1.0 and HTTP/1.1 are served"));
+        }
+        _ => return Parsed::Bad(Response::error(400, "malformed request line")),
+    };
+    let mut headers = Vec::new();
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Parsed::Bad(Response::error(400, "malformed header line"));
+        };
+        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Parsed::Bad(Response::error(400, "malformed header name"));
+        }
+        headers.push((name.to_string(), value.trim().to_string()));
+        if headers.len() > MAX_HEADERS {
+            return Parsed::Bad(Response::error(431, "too many headers"));
+        }
+    }
+    fn get<'h>(headers: &'h [(String, String)], n: &'static str) -> impl Iterator<Item = &'h str> + 'h {
+        headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str())
+    }
+    if get(&headers, "Transfer-Encoding").next().is_some() {
+        return Parsed::Bad(Response::error(411, "chunked request bodies are not accepted; send Content-Length"));
+    }
+    let mut lengths = get(&headers, "Content-Length").map(|v| v.parse::<u64>());
+    let length = match (lengths.next(), lengths.next()) {
+        (None, _) => 0,
+        (Some(Ok(n)), None) => n,
+        _ => return Parsed::Bad(Response::error(400, "invalid Content-Length")),
+    };
+    drop(lengths);
+    if length > max_body as u64 {
+        return Parsed::Bad(Response::error(413, format!("request body too large: at most {max_body} bytes")));
+    }
+    let length = length as usize;
+    let body_start = head_end + 4;
+    if buf.len() < body_start + length {
+        let expect_continue = get(&headers, "Expect").any(|v| v.eq_ignore_ascii_case("100-continue"));
+        return Parsed::Incomplete { expect_continue };
+    }
+    let connection = get(&headers, "Connection").next().unwrap_or("").to_ascii_lowercase();
+    let keep_alive = if http10 { connection.contains("keep-alive") } else { !connection.contains("close") };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let head_only = method == "HEAD";
+    let req = Request {
+        method: if head_only { "GET".into() } else { method.to_string() },
+        path: path.to_string(),
+        query: query.to_string(),
+        headers,
+        body: buf[body_start..body_start + length].to_vec(),
+        peer,
+    };
+    Parsed::Complete { req, consumed: body_start + length, keep_alive, head_only }
+}
+
+/// Best-effort write of a small response on a non-blocking socket, then close.
+fn reject(mut stream: &TcpStream, resp: &Response) {
+    let _ = stream.write(&resp.to_bytes(false, false));
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+struct Reactor {
+    listener: TcpListener,
+    wake_rx: UnixStream,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
+    conns: HashMap<u64, Conn>,
+    /// Connections currently with a handler.
+    busy: usize,
+    next_id: u64,
+    jobs: SyncSender<Job>,
+    /// Connections coming back from handlers (None: the handler closed it).
+    back: Receiver<Option<Conn>>,
+}
+
+impl Reactor {
+    fn run(mut self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        while !self.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            let next = self.conns.values().map(|c| c.deadline).min();
+            let timeout = match next {
+                Some(d) => PollTimeout::try_from(d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1)
+                    .unwrap_or(PollTimeout::MAX),
+                None => PollTimeout::NONE,
+            };
+            let ids: Vec<u64> = self.conns.keys().copied().collect();
+            let ready: Vec<bool> = {
+                let mut fds = Vec::with_capacity(ids.len() + 2);
+                fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(self.wake_rx.as_fd(), PollFlags::POLLIN));
+                for id in &ids {
+                    fds.push(PollFd::new(self.conns[id].stream.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!("api poll failed: {e}");
+                        return;
+                    }
+                }
+                fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect()
+            };
+            if ready[1] {
+                let mut sink = [0u8; 64];
+                while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
+            }
+            while let Ok(back) = self.back.try_recv() {
+                self.busy = self.busy.saturating_sub(1);
+                if let Some(conn) = back {
+                    self.returned(conn);
+                }
+            }
+            if ready[0] {
+                self.accept();
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if ready[i + 2] {
+                    self.readable(*id);
+                }
+            }
+            self.expire();
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    if self.conns.len() + self.busy >= self.limits.max_connections {
+                        reject(&stream, &Response::error(503, "too many connections; retry shortly"));
+                        continue;
+                    }
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let deadline = Instant::now() + self.limits.idle_timeout;
+                    let conn = Conn { id, stream, peer, buf: Vec::new(), deadline, started: false, continued: false };
+                    self.conns.insert(id, conn);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors and the like: keep serving the open connections.
+                    tracing::warn!("api accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn readable(&mut self, id: u64) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        let cap = MAX_HEAD_BYTES + self.limits.max_body + 4;
+        let mut chunk = [0u8; 8192];
+        loop {
+            match (&conn.stream).read(&mut chunk) {
+                Ok(0) => return, // closed by the client
+                Ok(n) => {
+                    conn.buf.extend_from_slice(&chunk[..n]);
+                    if conn.buf.len() > cap {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+        self.process(conn);
+    }
+
+    /// A connection back from a handler: serve a pipelined request already buffered, or wait.
+    fn returned(&mut self, mut conn: Conn) {
+        if self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        conn.started = false;
+        conn.continued = false;
+        conn.deadline = Instant::now() + self.limits.idle_timeout;
+        if conn.buf.is_empty() {
+            self.conns.insert(conn.id, conn);
+        } else {
+            self.process(conn);
+        }
+    }
+
+    fn process(&mut self, mut conn: Conn) {
+        if conn.buf.is_empty() {
+            self.conns.insert(conn.id, conn);
+            return;
+        }
+        if !conn.started {
+            conn.started = true;
+            conn.deadline = Instant::now() + self.limits.request_timeout;
+        }
+        match parse(&conn.buf, conn.peer, self.limits.max_body) {
+            Parsed::Incomplete { expect_continue } => {
+                if expect_continue && !conn.continued {
+                    conn.continued = true;
+                    let _ = (&conn.stream).write(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                self.conns.insert(conn.id, conn);
+            }
+            Parsed::Bad(resp) => {
+                tracing::debug!(peer = %conn.peer, status = resp.status, "api: rejected a malformed request");
+                reject(&conn.stream, &resp);
+            }
+            Parsed::Complete { req, consumed, keep_alive, head_only } => {
+                conn.buf.drain(..consumed);
+                match self.jobs.try_send(Job { conn, req, keep_alive, head_only }) {
+                    Ok(()) => self.busy += 1,
+                    Err(TrySendError::Full(job)) => {
+                        reject(&job.conn.stream, &Response::error(503, "server busy; retry shortly"))
+                    }
+                    Err(TrySendError::Disconnected(_)) => {}
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self.conns.values().filter(|c| c.deadline <= now).map(|c| c.id).collect();
+        for id in expired {
+            if let Some(conn) = self.conns.remove(&id) {
+                if conn.started {
+                    tracing::debug!(peer = %conn.peer, "api: request not complete in time; dropping the client");
+                    reject(&conn.stream, &Response::error(408, "request not received in time"));
+                } else {
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+    }
+}
+
+/// Writes all of `bytes` before `deadline` (a client reading slowly cannot hold a thread longer).
+fn write_all_by(mut stream: &TcpStream, bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(ErrorKind::TimedOut, "client too slow to read the response"));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(&bytes[written..]) {
+            Ok(0) => return Err(std::io::Error::new(ErrorKind::WriteZero, "connection closed")),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+struct WorkerCtx {
+    jobs: Arc<Mutex<Receiver<Job>>>,
+    back: Sender<Option<Conn>>,
+    wake: UnixStream,
+    handler: Arc<dyn Handler>,
+    write_timeout: Duration,
+    slow: Arc<AtomicUsize>,
+}
+
+impl WorkerCtx {
+    fn run(self) {
+        loop {
+            let job = {
+                let rx = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                }
+            };
+            let handler = self.handler.clone();
+            let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&job.req)))
+                .unwrap_or_else(|_| Reply::Now(Response::error(500, "internal error while handling the request")));
+            match reply {
+                Reply::Now(resp) => self.finish(job, resp),
+                Reply::Slow(work) => {
+                    if self.slow.fetch_add(1, Ordering::SeqCst) >= MAX_SLOW_HANDLERS {
+                        self.slow.fetch_sub(1, Ordering::SeqCst);
+                        self.finish(job, Response::error(503, "too many slow requests in progress; retry shortly"));
+                        continue;
+                    }
+                    let me = WorkerCtx {
+                        jobs: self.jobs.clone(),
+                        back: self.back.clone(),
+                        wake: match self.wake.try_clone() {
+                            Ok(w) => w,
+                            Err(_) => continue,
+                        },
+                        handler: self.handler.clone(),
+                        write_timeout: self.write_timeout,
+                        slow: self.slow.clone(),
+                    };
+                    let spawned = std::thread::Builder::new().name("api-slow".into()).spawn(move || {
+                        let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                            .unwrap_or_else(|_| Response::error(500, "internal error while handling the request"));
+                        me.finish(job, resp);
+                        me.slow.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    if spawned.is_err() {
+                        self.slow.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the response; returns the connection to the reactor if it stays open.
+    fn finish(&self, job: Job, resp: Response) {
+        let Job { conn, req, keep_alive, head_only } = job;
+        if resp.status >= 500 {
+            tracing::warn!(method = %req.method, path = %req.path, status = resp.status, "api request failed");
+        } else {
+            tracing::debug!(method = %req.method, path = %req.path, status = resp.status, "api request");
+        }
+        let bytes = resp.to_bytes(keep_alive, head_only);
+        let ok = conn.stream.set_nonblocking(false).is_ok()
+            && write_all_by(&conn.stream, &bytes, Instant::now() + self.write_timeout).is_ok()
+            && conn.stream.set_nonblocking(true).is_ok();
+        let back = if ok && keep_alive {
+            Some(conn)
+        } else {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            None
+        };
+        // The reactor counts the connection busy until it hears back, open or closed.
+        if self.back.send(back).is_ok() {
+            let _ = (&self.wake).write(b"c");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[test]
+    fn parses_a_request_with_body() {
+        let raw = b"POST /scheduler/pause?x=a%20b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcdGET";
+        match parse(raw, peer(), 100) {
+            Parsed::Complete { req, consumed, keep_alive, .. } => {
+                assert_eq!(req.method, "POST");
+                assert_eq!(req.path, "/scheduler/pause");
+                assert_eq!(req.query_params()["x"], "a b");
+                assert_eq!(req.body, b"abcd");
+                assert_eq!(consumed, raw.len() - 3);
+                assert!(keep_alive);
+            }
+            _ => panic!("expected a complete request"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let status = |raw: &[u8]| match parse(raw, peer(), 10) {
+            Parsed::Bad(r) => r.status,
+            Parsed::Incomplete { .. } => 0,
+            Parsed::Complete { .. } => 200,
+        };
+        assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n"), 413);
+        assert_eq!(status(b"garbage\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 505);
+        assert_eq!(status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), 411);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost"), 0);
+        assert_eq!(status(&[b'a'; MAX_HEAD_BYTES + 10]), 431);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"), 0);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb+c"), "a/b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

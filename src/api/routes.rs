@@ -1,0 +1,330 @@
+//! The API's endpoints: routing (404 unknown path, 405 wrong method), bearer-token checks on
+//! mutating endpoints, and each handler — a thin layer over [`crate::status`],
+//! [`crate::scheduler`] and [`crate::task::dispatches`], the same calls the CLI makes.
+
+use super::auth::Tokens;
+use super::http::{Handler, Reply, Request, Response};
+use crate::error::Error;
+use crate::home::SpecBucket;
+use crate::scheduler::{self, Actor};
+use crate::status::{StatusReader, parse_dispatch_status};
+use crate::task::dispatches;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The application: shared by every handler thread.
+pub struct App {
+    pub reader: Arc<StatusReader>,
+    pub tokens: Tokens,
+}
+
+/// A matched route.
+enum Route<'a> {
+    Index,
+    Status,
+    Health,
+    Metrics,
+    SchedulerStatus,
+    Pause,
+    Resume,
+    Dispatches,
+    Dispatch(&'a str),
+    Cancel(&'a str),
+}
+
+/// Matches a path and method. `Err(allowed)` when the path exists but not for this method;
+/// `Ok(None)` for an unknown path.
+fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a>>, &'static str> {
+    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let (get, post) = (method == "GET", method == "POST");
+    let r = match segs.as_slice() {
+        [""] if get => Route::Index,
+        ["status"] if get => Route::Status,
+        ["health"] if get => Route::Health,
+        ["metrics"] if get => Route::Metrics,
+        ["scheduler", "status"] if get => Route::SchedulerStatus,
+        ["scheduler", "pause"] if post => Route::Pause,
+        ["scheduler", "resume"] if post => Route::Resume,
+        ["dispatches"] if get => Route::Dispatches,
+        ["dispatches", id] if get && !id.is_empty() => Route::Dispatch(id),
+        ["dispatches", id, "cancel"] if post && !id.is_empty() => Route::Cancel(id),
+        [""] | ["status"] | ["health"] | ["metrics"] | ["scheduler", "status"] | ["dispatches"] | ["dispatches", _] => {
+            return Err("GET, HEAD");
+        }
+        ["scheduler", "pause"] | ["scheduler", "resume"] | ["dispatches", _, "cancel"] => return Err("POST"),
+        _ => return Ok(None),
+    };
+    Ok(Some(r))
+}
+
+fn error_response(e: &Error) -> Response {
+    Response::error(500, e.to_string())
+}
+
+fn ok_json(value: &impl serde::Serialize) -> Response {
+    Response::json(200, value)
+}
+
+/// The optional JSON body of a mutating request: empty, or an object.
+fn json_body(req: &Request) -> std::result::Result<serde_json::Map<String, Value>, Response> {
+    if req.body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(Default::default());
+    }
+    match serde_json::from_slice::<Value>(&req.body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Response::error(400, "the request body must be a JSON object, e.g. {\"reason\": \"...\"}")),
+        Err(e) => Err(Response::error(400, format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+impl Handler for App {
+    fn handle(&self, req: &Request) -> Reply {
+        let route = match route(&req.method, &req.path) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Reply::Now(Response::error(404, format!("no such endpoint: {}", req.path))),
+            Err(allow) => return Reply::Now(Response::error(405, "method not allowed").with_header("Allow", allow)),
+        };
+        let mutating = matches!(route, Route::Pause | Route::Resume | Route::Cancel(_));
+        if let Some(refusal) = self.browser_refusal(req, mutating) {
+            return Reply::Now(refusal);
+        }
+        let who = if mutating && !self.tokens.is_empty() {
+            match self.tokens.check(req.header("Authorization")) {
+                Some(name) => name,
+                None => {
+                    return Reply::Now(
+                        Response::error(401, "this endpoint needs Authorization: Bearer <token> with a valid token")
+                            .with_header("WWW-Authenticate", "Bearer"),
+                    );
+                }
+            }
+        } else {
+            "anonymous".to_string()
+        };
+        let actor = Actor { who, from: format!("api {}", req.peer) };
+        match route {
+            Route::Index => Reply::Now(ok_json(&json!({
+                "service": "cortex-api",
+                "version": env!("CARGO_PKG_VERSION"),
+                "endpoints": [
+                    "GET /status", "GET /health", "GET /metrics", "GET /scheduler/status",
+                    "POST /scheduler/pause", "POST /scheduler/resume", "GET /dispatches?status=S",
+                    "GET /dispatches/<task_id|dispatch_id>", "POST /dispatches/<dispatch_id>/cancel"
+                ],
+            }))),
+            Route::Status => {
+                Reply::Now(self.reader.system_status().map_or_else(|e| error_response(&e), |s| ok_json(&s)))
+            }
+            Route::Health => Reply::Now(match self.reader.health() {
+                Ok(h) => Response::json(if h.healthy { 200 } else { 503 }, &h),
+                Err(e) => error_response(&e),
+            }),
+            Route::Metrics => Reply::Now(match self.reader.metrics() {
+                Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
+                Err(e) => error_response(&e),
+            }),
+            Route::SchedulerStatus => {
+                Reply::Now(self.reader.scheduler_status().map_or_else(|e| error_response(&e), |s| ok_json(&s)))
+            }
+            Route::Pause => Reply::Now(self.pause(req, &actor)),
+            Route::Resume => Reply::Now(self.resume(req, &actor)),
+            Route::Dispatches => Reply::Now(self.list_dispatches(req)),
+            Route::Dispatch(id) => Reply::Now(self.dispatch(id)),
+            Route::Cancel(id) => self.cancel(id, &actor),
+        }
+    }
+}
+
+/// True for a loopback host name or address (`127.0.0.1`, `localhost`, `[::1]`), port ignored.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl App {
+    /// Refuses what only a browser tricked by another web site would send to a token-less API
+    /// on loopback: a foreign `Host` (DNS rebinding) or, on a change, a foreign `Origin` (a
+    /// cross-site form post). curl and scripts send neither.
+    fn browser_refusal(&self, req: &Request, mutating: bool) -> Option<Response> {
+        if !self.tokens.is_empty() {
+            return None;
+        }
+        if let Some(host) = req.header("Host")
+            && !is_loopback_host(host)
+        {
+            return Some(Response::error(403, format!("refused: Host {host:?} is not a loopback address")));
+        }
+        if mutating
+            && let Some(origin) = req.header("Origin")
+            && !origin.split_once("://").is_some_and(|(_, h)| is_loopback_host(h.trim_end_matches('/')))
+        {
+            return Some(Response::error(403, format!("refused: cross-origin request from {origin:?}")));
+        }
+        None
+    }
+
+    fn pause(&self, req: &Request, actor: &Actor) -> Response {
+        let body = match json_body(req) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let reason = match body.get("reason") {
+            None | Some(Value::Null) => req.query_params().remove("reason"),
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Response::error(400, "\"reason\" must be a string"),
+        };
+        match scheduler::pause(self.reader.store(), actor, reason.as_deref()) {
+            Ok(t) => ok_json(&json!({
+                "status": "success",
+                "message": t.message,
+                "timestamp": t.timestamp,
+                "paused": true,
+                "changed": t.changed,
+                "paused_at": t.state.paused_at,
+                "paused_by": t.state.paused_by,
+                "reason": t.state.reason,
+            })),
+            Err(e) => error_response(&e),
+        }
+    }
+
+    fn resume(&self, req: &Request, actor: &Actor) -> Response {
+        if let Err(r) = json_body(req) {
+            return r;
+        }
+        match scheduler::resume(self.reader.store(), actor) {
+            Ok(t) => ok_json(&json!({
+                "status": "success",
+                "message": t.message,
+                "timestamp": t.timestamp,
+                "paused": false,
+                "changed": t.changed,
+                "resumed_at": t.state.resumed_at,
+            })),
+            Err(e) => error_response(&e),
+        }
+    }
+
+    fn list_dispatches(&self, req: &Request) -> Response {
+        let params = req.query_params();
+        let status = match params.get("status").filter(|s| !s.is_empty()).map(|s| parse_dispatch_status(s)) {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => return Response::error(400, e),
+        };
+        let task = params.get("task_id").filter(|s| !s.is_empty());
+        match self.reader.dispatches() {
+            Ok(all) => {
+                let views: Vec<_> = all
+                    .iter()
+                    .filter(|d| status.is_none_or(|s| d.record.status() == s))
+                    .filter(|d| task.is_none_or(|t| &d.record.task_id == t))
+                    .map(|d| self.reader.dispatch_view(d, false))
+                    .collect();
+                ok_json(&json!({"count": views.len(), "dispatches": views}))
+            }
+            Err(e) => error_response(&e),
+        }
+    }
+
+    /// `GET /dispatches/<id>`: a dispatch id, or a task id (all its dispatches).
+    fn dispatch(&self, id: &str) -> Response {
+        let all = match self.reader.dispatches() {
+            Ok(a) => a,
+            Err(e) => return error_response(&e),
+        };
+        if let Some(d) = all.iter().find(|d| d.record.dispatch_id == id) {
+            return ok_json(&json!({
+                "task_id": d.record.task_id,
+                "dispatch_id": id,
+                "dispatches": [self.reader.dispatch_view(d, true)],
+            }));
+        }
+        let of_task: Vec<_> =
+            all.iter().filter(|d| d.record.task_id == id).map(|d| self.reader.dispatch_view(d, true)).collect();
+        if of_task.is_empty() {
+            let known = self.reader.queue().map(|q| q.created.contains_key(id)).unwrap_or(false);
+            if !known {
+                return Response::error(404, format!("no task or dispatch {id:?}"));
+            }
+        }
+        ok_json(&json!({"task_id": id, "dispatches": of_task}))
+    }
+
+    /// `POST /dispatches/<id>/cancel`: asks the worker to stop the dispatch's process group and
+    /// answers once the dispatch has ended (on its own thread: this takes up to the grace period).
+    fn cancel(&self, id: &str, actor: &Actor) -> Reply {
+        let store = self.reader.store().clone();
+        match dispatches::find(&store, id) {
+            Ok(None) => return Reply::Now(Response::error(404, format!("no dispatch {id:?}"))),
+            Ok(Some((bucket, rec))) if bucket != SpecBucket::Active || !rec.status().is_active() => {
+                return Reply::Now(Response::error(
+                    400,
+                    format!("dispatch not running: {id} is {}", rec.status().as_str()),
+                ));
+            }
+            Ok(Some(_)) => {}
+            Err(e) => return Reply::Now(error_response(&e)),
+        }
+        let grace = self.reader.config().worker.grace_seconds;
+        let id = id.to_string();
+        let requested_by = format!("{} ({})", actor.who, actor.from);
+        Reply::Slow(Box::new(move || {
+            if let Err(e) = dispatches::request_cancel(&store, &id, &requested_by) {
+                return match e {
+                    Error::Refused(m) => Response::error(400, m),
+                    e => error_response(&e),
+                };
+            }
+            let wait = Duration::from_secs_f64(grace.max(0.0) + CANCEL_MARGIN_SECONDS);
+            match dispatches::wait_ended(&store, &id, wait) {
+                Ok(Some(rec)) => ok_json(&json!({"status": rec.status().as_str(), "dispatch_id": id})),
+                Ok(None) => Response::error(
+                    504,
+                    format!(
+                        "dispatch {id} is still running {:.0}s after the cancel request; is the worker daemon running? (`cortex status`)",
+                        wait.as_secs_f64()
+                    ),
+                ),
+                Err(e) => error_response(&e),
+            }
+        }))
+    }
+}
+
+/// How long a cancel waits beyond the worker's grace period before answering 504.
+const CANCEL_MARGIN_SECONDS: f64 = 10.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing() {
+        assert!(matches!(route("GET", "/status"), Ok(Some(Route::Status))));
+        assert!(matches!(route("GET", "/status/"), Ok(Some(Route::Status))));
+        assert!(matches!(route("POST", "/dispatches/d-1/cancel"), Ok(Some(Route::Cancel("d-1")))));
+        assert!(matches!(route("GET", "/dispatches/t-1"), Ok(Some(Route::Dispatch("t-1")))));
+        assert!(matches!(route("POST", "/status"), Err("GET, HEAD")));
+        assert!(matches!(route("GET", "/scheduler/pause"), Err("POST")));
+        assert!(matches!(route("GET", "/nope"), Ok(None)));
+        assert!(matches!(route("POST", "/dispatches/d-1/retry"), Ok(None)));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["127.0.0.1:8900", "localhost", "LOCALHOST:1", "[::1]:8900", "127.0.0.2"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["evil.example", "evil.example:8900", "10.0.0.1:8900", "[2001:db8::1]:80", "localhost.evil.example"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Support for the API and scheduler tests: a live `cortex-api` on a free port in a temporary
+//! home, a raw HTTP/1.1 client (so tests control every byte), config edits, and fabricated
+//! dispatch records.
+#![allow(dead_code)]
+
+use crate::common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Sets `key = value` in `[section]` of the home's cortex.toml (the key must exist there).
+pub fn set_config(h: &TestHome, section: &str, key: &str, value: &str) {
+    let path = h.join("cortex.toml");
+    let text = std::fs::read_to_string(&path).expect("read cortex.toml");
+    let mut out = String::new();
+    let mut current = String::new();
+    let mut done = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            current = t[1..t.len() - 1].to_string();
+        }
+        if current == section && !done && t.split('=').next().map(str::trim) == Some(key) {
+            out.push_str(&format!("{key} = {value}\n"));
+            done = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !done {
+        // A key the shipped file leaves commented (its default): set it in its table.
+        let header = format!("[{section}]\n");
+        let at = out.find(&header).unwrap_or_else(|| panic!("no [{section}] table in cortex.toml"));
+        out.insert_str(at + header.len(), &format!("{key} = {value}\n"));
+    }
+    std::fs::write(&path, out).expect("write cortex.toml");
+}
+
+/// A running `cortex-api`; stopped (SIGTERM) when dropped.
+pub struct Api {
+    pub port: u16,
+    pub child: Child,
+}
+
+impl Api {
+    /// Binds the home's API to a free port and starts the daemon; waits until it answers.
+    pub fn start(h: &TestHome) -> Api {
+        let port = free_port();
+        set_config(h, "api", "bind", &format!("\"127.0.0.1:{port}\""));
+        Api::start_on(h, port)
+    }
+
+    /// Starts the daemon on the port already configured.
+    pub fn start_on(h: &TestHome, port: u16) -> Api {
+        let child = spawn_api(h);
+        let mut api = Api { port, child };
+        api.wait_ready();
+        api
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                let mut err = String::new();
+                if let Some(e) = self.child.stderr.as_mut() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("cortex-api exited ({st}): {err}");
+            }
+            if let Ok((200, _)) = try_request(self.port, "GET", "/status", &[], b"") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cortex-api did not answer on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        json_request(self.port, "GET", path, &[], b"")
+    }
+
+    pub fn post(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        json_request(self.port, "POST", path, &[], body)
+    }
+
+    /// SIGKILL, no clean-up (the PID file stays behind, stale).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            terminate(&mut self.child);
+        }
+    }
+}
+
+/// Starts `cortex-api` in the home without waiting.
+pub fn spawn_api(h: &TestHome) -> Child {
+    Command::new(bin("cortex-api"))
+        .arg("--home")
+        .arg(h.path())
+        .env_remove("CORTEX_HOME")
+        .env_remove("COMMIT_RELAY_HOME")
+        .env_remove("CORTEX_API_BIND")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cortex-api")
+}
+
+/// Response headers, names lower-cased.
+pub type Headers = Vec<(String, String)>;
+
+/// Reads one response from a stream: status, headers and body.
+pub fn read_response(stream: &mut impl BufRead) -> std::io::Result<(u16, Headers, Vec<u8>)> {
+    let mut line = String::new();
+    stream.read_line(&mut line)?;
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        stream.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body)?;
+    Ok((status, headers, body))
+}
+
+/// One request on a new connection (`Connection: close`); status and body.
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("Host")) {
+        req.push_str("Host: 127.0.0.1\r\n");
+    }
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes)?;
+    let mut r = BufReader::new(s);
+    let (status, _, body) = read_response(&mut r)?;
+    Ok((status, body))
+}
+
+/// A request whose response must be JSON.
+pub fn json_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let (status, body) = try_request(port, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path} on port {port} failed: {e}"));
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    (status, v)
+}
+
+/// Writes a dispatch record into `coordination/worker-specs/<bucket>/<id>.json`.
+pub fn write_dispatch(h: &TestHome, bucket: &str, record: serde_json::Value) {
+    let id = record["dispatch_id"].as_str().expect("dispatch_id").to_string();
+    let dir = h.join(&format!("coordination/worker-specs/{bucket}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.join(format!(".tmp-{id}"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{id}.json"))).unwrap();
+}
+
+/// A dispatch record with the given state fields (`{"status": "running", "pid": ...}`).
+pub fn dispatch(id: &str, task: &str, dispatched_at: &str, state: serde_json::Value) -> serde_json::Value {
+    let mut rec = serde_json::json!({
+        "dispatch_id": id,
+        "task_id": task,
+        "worker_type": "scan-worker",
+        "dispatched_at": dispatched_at,
+        "attempt": 1,
+        "command": ["sh", "-c", "true"],
+        "budget_reserved": 100,
+        "timeout_seconds": 60.0,
+        "stdout_path": format!("agents/logs/workers/{id}.out"),
+        "stderr_path": format!("agents/logs/workers/{id}.err"),
+    });
+    for (k, v) in state.as_object().expect("state object") {
+        rec[k] = v.clone();
+    }
+    rec
+}
+
+/// A running dispatch (the pid is this test process: alive, and never signalled by these tests).
+pub fn running(id: &str, task: &str) -> serde_json::Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    dispatch(
+        id,
+        task,
+        &now,
+        serde_json::json!({"status": "running", "started_at": now, "pid": std::process::id(), "pgid": std::process::id(), "proc_start_ticks": 0}),
+    )
+}
+
+/// A completed dispatch, dispatched `ago` seconds ago.
+pub fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
+    let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
+    let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    dispatch(
+        id,
+        task,
+        &ts,
+        serde_json::json!({"status": "completed", "ended_at": ts, "exit_code": 0, "duration_s": 1.5}),
+    )
+}
+
+/// A failed dispatch, dispatched `ago` seconds ago.
+pub fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
+    let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
+    let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    dispatch(
+        id,
+        task,
+        &ts,
+        serde_json::json!({"status": "failed", "ended_at": ts, "exit_code": 2, "error": "exit status 2"}),
+    )
+}
