@@ -124,6 +124,36 @@ pub const ROUTING_DECISIONS: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+pub const TASK_INTAKE: &CoordFile = &CoordFile {
+    rel: "task-intake.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "task",
+    default: None,
+    lock: "task-intake",
+    essential: false,
+    is_config: false,
+};
+
+pub const TASK_ARCHIVE: &CoordFile = &CoordFile {
+    rel: "task-archive.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "task",
+    default: None,
+    lock: "task-archive",
+    essential: false,
+    is_config: false,
+};
+
+pub const FAILURE_STREAKS: &CoordFile = &CoordFile {
+    rel: "failure-streaks.json",
+    kind: FileKind::Json,
+    schema: "failure-streaks",
+    default: Some("{\"worker_types\": {}}"),
+    lock: "failure-streaks",
+    essential: false,
+    is_config: false,
+};
+
 /// Every coordination file with a fixed name. Worker specs (`worker-specs/<bucket>/*.json`,
 /// schema `dispatch`) are walked separately.
 pub const ALL: &[&CoordFile] = &[
@@ -136,6 +166,9 @@ pub const ALL: &[&CoordFile] = &[
     RESTART_POLICY,
     ROUTER_CONFIG,
     ROUTING_DECISIONS,
+    TASK_INTAKE,
+    TASK_ARCHIVE,
+    FAILURE_STREAKS,
 ];
 
 /// Looks a file up by its path relative to `coordination/`.

@@ -121,6 +121,38 @@ impl Home {
     pub fn backups_dir(&self) -> PathBuf {
         self.join("backups")
     }
+    /// The append-only intake of new tasks (`cortex task add` appends; the coordinator folds).
+    pub fn task_intake(&self) -> PathBuf {
+        self.coord("task-intake.jsonl")
+    }
+    /// Finished tasks moved out of the live queue, one JSON line each.
+    pub fn task_archive(&self) -> PathBuf {
+        self.coord("task-archive.jsonl")
+    }
+    /// A dispatch's standard output.
+    pub fn dispatch_stdout(&self, dispatch_id: &str) -> PathBuf {
+        self.worker_logs().join(format!("{dispatch_id}.out"))
+    }
+    /// A dispatch's standard error.
+    pub fn dispatch_stderr(&self, dispatch_id: &str) -> PathBuf {
+        self.worker_logs().join(format!("{dispatch_id}.err"))
+    }
+    /// Where a task reports its token usage (`CORTEX_USAGE_FILE`).
+    pub fn dispatch_usage_file(&self, dispatch_id: &str) -> PathBuf {
+        self.worker_logs().join(format!("{dispatch_id}.usage"))
+    }
+    /// Where a task may touch or write its heartbeat (`CORTEX_HEARTBEAT_FILE`).
+    pub fn dispatch_heartbeat_file(&self, dispatch_id: &str) -> PathBuf {
+        self.worker_logs().join(format!("{dispatch_id}.heartbeat"))
+    }
+    /// The exit status the worker's exec shim writes beside the active spec.
+    pub fn dispatch_exit_file(&self, dispatch_id: &str) -> PathBuf {
+        self.worker_specs(SpecBucket::Active).join(format!("{dispatch_id}.exit"))
+    }
+    /// A task's own working directory (`[worker] workdir = "per-task"`).
+    pub fn task_workdir(&self, task_id: &str) -> PathBuf {
+        self.join("agents/work").join(task_id)
+    }
 }
 
 /// The sub-directories of `coordination/worker-specs/`.

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod coordinator;
 pub mod daemon;
 pub mod error;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod schema;
 pub mod store;
 pub mod task;
 pub mod validate;
+pub mod worker;
 
 pub use error::{Error, Result};
 pub use home::Home;

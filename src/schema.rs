@@ -23,6 +23,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("router-config"),
     schema_source!("dispatch"),
     schema_source!("routing-decision"),
+    schema_source!("task"),
+    schema_source!("failure-streaks"),
 ];
 
 /// One way a document breaks its schema.

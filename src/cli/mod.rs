@@ -3,6 +3,7 @@
 
 mod events;
 mod setup;
+mod task;
 
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -45,6 +46,9 @@ pub enum Command {
     /// The event log: emit, list.
     #[command(subcommand)]
     Event(events::EventCommand),
+    /// Tasks: add, list, show, cancel, retry, report-usage.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
 }
 
 /// What the CLI needs everywhere.
@@ -91,5 +95,6 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Validate) => setup::validate(&ctx),
         Some(Command::Config(c)) => setup::config(&ctx, c),
         Some(Command::Event(c)) => events::run(&ctx, c),
+        Some(Command::Task(c)) => task::run(&ctx, c),
     }
 }
