@@ -180,11 +180,13 @@ impl Coordinator {
     /// One pass: fold, settle, dispatch, archive. Returns what it did.
     pub fn cycle(&mut self) -> Result<CycleReport> {
         let store = self.store.clone();
-        let now = self.clock.now();
-        let now_s = format_ts(now);
         let mut report = CycleReport::default();
 
         let sched_guard = store.lock(SCHEDULER_STATE)?;
+        // Read the time under the lock: every dispatch of this cycle is stamped before any pause
+        // that waits for the lock.
+        let now = self.clock.now();
+        let now_s = format_ts(now);
         report.paused = match store.load::<SchedulerState>() {
             Ok(s) => s.is_paused(),
             Err(e) => {
