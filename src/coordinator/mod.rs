@@ -381,7 +381,7 @@ impl Coordinator {
         }
         drop(b_guard);
         if let Some(f) = fold {
-            f.finish(&store)?;
+            f.finish(&store, &q_guard, &mut q)?;
         }
         if !report.dispatched.is_empty() {
             let specs_guard = store.lock_named(WORKER_SPECS_LOCK)?;

@@ -4,12 +4,17 @@
 //! SHARED flock on `.locks/task-intake.lock`, with one `write` and an fdatasync: the add path
 //! never reads or rewrites the queue. Whoever writes the queue (the coordinator, or an operation
 //! such as cancel that needs the whole picture) folds the intake while holding the `task-queue`
-//! lock and then the intake lock EXCLUSIVE: it appends the new lines' tasks to the queue, records
-//! in the queue's `intake_offset` the bytes it consumed (0 when it will truncate), writes the queue
-//! atomically, and only then truncates the fully consumed intake. A crash between the queue write
-//! and the truncation leaves lines that are folded again; folding skips task ids the queue already
-//! holds, so nothing is added twice. Readers take the shared lock to see the queue and the
-//! unfolded tail together (`snapshot`).
+//! lock: it takes the intake lock EXCLUSIVE only to read the new lines, appends their tasks to
+//! the queue and records in the queue's `intake_offset` the bytes consumed, in the same atomic
+//! queue write. So a large queue's write never blocks an `add`.
+//!
+//! A fully consumed intake larger than [`ROTATE_BYTES`] is emptied: under the exclusive lock,
+//! with no append since the fold, it is renamed to `task-intake.jsonl.folded`, the queue is
+//! written again with `intake_offset` 0, and the renamed file is removed. A crash in between is
+//! recognised by the `.folded` file at the next fold: if the queue still records the old offset
+//! (equal to that file's length) the offset becomes 0; either way the file is removed. Folding
+//! also skips task ids the queue already holds, so nothing is ever added twice. Readers take the
+//! shared lock to see the queue and the unfolded tail together ([`snapshot`]).
 
 use super::model::{Task, TaskQueue};
 use crate::error::{Error, Result};
@@ -163,54 +168,84 @@ pub fn has_pending(store: &Store, queue: &TaskQueue) -> Result<bool> {
     Ok(len != queue.intake_offset)
 }
 
-/// A fold in progress: the intake lock is held until [`IntakeFold::finish`] (after the queue
-/// was written) or drop (the queue was not written: nothing is truncated).
+/// A fully consumed intake at least this large is emptied after a fold.
+pub const ROTATE_BYTES: u64 = 1 << 20;
+
+fn folded_path(store: &Store) -> std::path::PathBuf {
+    let mut p = store.path(TASK_INTAKE).into_os_string();
+    p.push(".folded");
+    p.into()
+}
+
+/// What a fold did; after writing the queue the caller calls [`IntakeFold::finish`].
 pub struct IntakeFold {
-    _guard: LockGuard,
     /// Ids of the tasks added to the queue.
     pub added: Vec<String>,
     pub bad_lines: usize,
-    truncate: bool,
+    rotate: bool,
+    remove_folded: bool,
 }
 
 impl IntakeFold {
-    /// Call after the queue (with the new tasks and `intake_offset`) was written: truncates the
-    /// fully consumed intake, then releases the lock.
-    pub fn finish(self, store: &Store) -> Result<()> {
-        if self.truncate {
-            let path = store.path(TASK_INTAKE);
-            match OpenOptions::new().write(true).open(&path) {
-                Ok(f) => {
-                    f.set_len(0).map_err(|e| Error::io(&path, "truncate", e))?;
-                    f.sync_all().map_err(|e| Error::io(&path, "fsync", e))?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&path, "open", e)),
+    /// Call after the queue (with the new tasks and `intake_offset`) was written under `guard`:
+    /// empties a large, fully consumed intake (a second queue write, rarely) and removes a
+    /// rotation left over by a crash.
+    pub fn finish(self, store: &Store, guard: &LockGuard, queue: &mut TaskQueue) -> Result<()> {
+        let folded = folded_path(store);
+        if self.rotate {
+            let _x = store.lock_named(TASK_INTAKE.lock)?;
+            if intake_len(store)? == queue.intake_offset {
+                crate::store::atomic::rename_durable(&store.path(TASK_INTAKE), &folded)?;
+                queue.intake_offset = 0;
+                store.write_locked(guard, queue)?;
+                remove_durable(&folded)?;
             }
+        } else if self.remove_folded {
+            remove_durable(&folded)?;
         }
         Ok(())
     }
 }
 
+fn remove_durable(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => crate::store::atomic::fsync_dir(path.parent().unwrap_or(std::path::Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, "remove", e)),
+    }
+}
+
 /// Folds new intake lines into `queue` (the caller holds the `task-queue` lock). Returns None
-/// when there is nothing to fold; otherwise the caller writes the queue and calls `finish`.
+/// when there is nothing to do; otherwise the caller writes the queue and calls `finish`.
 pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> {
-    if !has_pending(store, queue)? {
+    let folded = folded_path(store);
+    let mut remove_folded = false;
+    if let Ok(m) = std::fs::metadata(&folded) {
+        // A rotation was cut short: the queue's offset referred to the renamed file.
+        if queue.intake_offset == m.len() {
+            queue.intake_offset = 0;
+        }
+        remove_folded = true;
+    }
+    if !remove_folded && !has_pending(store, queue)? {
         return Ok(None);
     }
-    let guard = store.lock_named(TASK_INTAKE.lock)?;
     let path = store.path(TASK_INTAKE);
-    let len = intake_len(store)?;
-    // An intake shorter than the recorded offset was replaced or cut by hand: read it all and
-    // let the id check drop what the queue already has.
-    let start = if len < queue.intake_offset { 0 } else { queue.intake_offset };
-    let bytes = read_from(&path, start)?;
+    let (bytes, start, len) = {
+        let _x = store.lock_named(TASK_INTAKE.lock)?;
+        let len = intake_len(store)?;
+        // An intake shorter than the recorded offset was replaced or cut by hand: read it all and
+        // let the id check drop what the queue already has.
+        let start = if len < queue.intake_offset { 0 } else { queue.intake_offset };
+        (read_from(&path, start)?, start, len)
+    };
     let (tasks, bad_lines, consumed) = parse_lines(store, &bytes);
     let mut known: HashSet<&str> = HashSet::with_capacity(queue.tasks.len());
     known.extend(queue.tasks.iter().map(|t| t.task_id.as_str()));
-    let mut fresh = Vec::with_capacity(tasks.len());
+    let mut fresh: Vec<Task> = Vec::with_capacity(tasks.len());
+    let mut fresh_ids: HashSet<String> = HashSet::new();
     for t in tasks {
-        if known.contains(t.task_id.as_str()) || fresh.iter().any(|f: &Task| f.task_id == t.task_id) {
+        if known.contains(t.task_id.as_str()) || !fresh_ids.insert(t.task_id.clone()) {
             continue;
         }
         fresh.push(t);
@@ -219,8 +254,8 @@ pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> 
     let added: Vec<String> = fresh.iter().map(|t| t.task_id.clone()).collect();
     queue.tasks.extend(fresh);
     let end = start + consumed as u64;
-    let truncate = end == start + bytes.len() as u64;
-    queue.intake_offset = if truncate { 0 } else { end };
+    queue.intake_offset = end;
+    let rotate = end == start + bytes.len() as u64 && end == len && end >= ROTATE_BYTES;
     if bad_lines > 0 {
         let _ = store.emit(
             "task_intake_bad_lines",
@@ -231,7 +266,7 @@ pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> 
             serde_json::json!({"bad_lines": bad_lines}),
         );
     }
-    Ok(Some(IntakeFold { _guard: guard, added, bad_lines, truncate }))
+    Ok(Some(IntakeFold { added, bad_lines, rotate, remove_folded }))
 }
 
 /// The queue and the tasks still in the intake, read consistently (under the shared lock).
@@ -286,34 +321,63 @@ mod tests {
     }
 
     #[test]
-    fn fold_moves_tasks_once_and_truncates() {
+    fn fold_moves_tasks_once_and_records_the_offset() {
         let (_d, store) = store();
         let a = add(&store, "one");
         let b = add(&store, "two");
         let snap = snapshot(&store).unwrap();
-        assert_eq!(
-            snap.tasks().map(|t| t.task_id.clone()).collect::<Vec<_>>(),
-            vec![a.task_id.clone(), b.task_id.clone()]
-        );
-        // Fold, but "crash" before truncating: the lines stay and fold again without duplicates.
+        let ids: Vec<String> = snap.tasks().map(|t| t.task_id.clone()).collect();
+        assert_eq!(ids, vec![a.task_id.clone(), b.task_id.clone()]);
         let mut q: TaskQueue = store.load().unwrap();
         let f = fold(&store, &mut q).unwrap().unwrap();
         assert_eq!(f.added.len(), 2);
-        assert_eq!(q.intake_offset, 0);
-        drop(f);
+        let len = std::fs::metadata(store.path(TASK_INTAKE)).unwrap().len();
+        assert_eq!(q.intake_offset, len);
+        // Folding again from offset 0 (an intake cut by hand) adds nothing twice.
+        q.intake_offset = len + 10;
         let f = fold(&store, &mut q).unwrap().unwrap();
         assert!(f.added.is_empty(), "already folded tasks are skipped");
         assert_eq!(q.tasks.len(), 2);
+        assert!(fold(&store, &mut q).unwrap().is_none());
         let guard = store.lock(crate::files::TASK_QUEUE).unwrap();
         store.write_locked(&guard, &q).unwrap();
-        f.finish(&store).unwrap();
+        f.finish(&store, &guard, &mut q).unwrap();
         drop(guard);
-        assert_eq!(std::fs::metadata(store.path(TASK_INTAKE)).unwrap().len(), 0);
-        assert!(fold(&store, &mut q).unwrap().is_none());
         let c = add(&store, "three");
         let snap = snapshot(&store).unwrap();
         assert_eq!(snap.tasks().count(), 3);
         assert_eq!(snap.pending[0].task_id, c.task_id);
+    }
+
+    #[test]
+    fn large_consumed_intake_rotates_and_a_cut_rotation_recovers() {
+        let (_d, store) = store();
+        let path = store.path(TASK_INTAKE);
+        let first = add(&store, "first");
+        let mut q: TaskQueue = store.load().unwrap();
+        // Pad the intake past the rotation size with blank lines (skipped by readers).
+        crate::store::jsonl::append_raw(&path, &vec![b'\n'; ROTATE_BYTES as usize]).unwrap();
+        let guard = store.lock(crate::files::TASK_QUEUE).unwrap();
+        let f = fold(&store, &mut q).unwrap().unwrap();
+        assert_eq!(f.added, vec![first.task_id.clone()]);
+        store.write_locked(&guard, &q).unwrap();
+        f.finish(&store, &guard, &mut q).unwrap();
+        assert_eq!(q.intake_offset, 0);
+        assert!(!path.exists() && !folded_path(&store).exists());
+        // A rotation cut after the rename: the queue still has the old offset.
+        let second = add(&store, "second");
+        let f = fold(&store, &mut q).unwrap().unwrap();
+        store.write_locked(&guard, &q).unwrap();
+        drop(f);
+        std::fs::rename(&path, folded_path(&store)).unwrap();
+        let third = add(&store, "third");
+        let f = fold(&store, &mut q).unwrap().unwrap();
+        assert_eq!(f.added, vec![third.task_id.clone()], "the new intake is read from its start");
+        store.write_locked(&guard, &q).unwrap();
+        f.finish(&store, &guard, &mut q).unwrap();
+        assert!(!folded_path(&store).exists());
+        let ids: Vec<&str> = q.tasks.iter().map(|t| t.task_id.as_str()).collect();
+        assert_eq!(ids, vec![first.task_id.as_str(), second.task_id.as_str(), third.task_id.as_str()]);
     }
 
     #[test]
