@@ -15,7 +15,8 @@
 # 2,000 queued) run against pueue in the same run and the ratios are printed.
 #
 # Environment: BENCH_LATENCY_SAMPLES (200), BENCH_TASKS (1000), BENCH_ADD_SAMPLES (200),
-# BENCH_IDLE_SECONDS (30), BENCH_QUEUED ("0 10000 100000").
+# BENCH_IDLE_SECONDS (30), BENCH_QUEUED ("0 10000 100000"), BENCH_DIR (where the temporary homes
+# go; default $TMPDIR or /tmp — compare a disk with /dev/shm to see the filesystem's share).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,7 +35,7 @@ for b in cortex cortex-worker cortex-coordinator; do
 done
 command -v jq >/dev/null || { echo "bench.sh: jq is required" >&2; exit 1; }
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/cortex-bench.XXXXXX")"
+work="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/cortex-bench.XXXXXX")"
 pids=()
 cleanup() {
     local p
@@ -45,6 +46,9 @@ cleanup() {
 trap cleanup EXIT
 
 now_us() { local t="$EPOCHREALTIME"; echo "${t/./}"; }
+# Sleeps without forking (read with a timeout on a pipe that never has data).
+exec {nap_fd}<> <(:)
+nap() { read -r -t "$1" -u "$nap_fd" _ || true; }
 cortex() { "$bin/cortex" --home "$home" "$@"; }
 
 # percentile P (0-100) of numbers on stdin
@@ -58,22 +62,21 @@ new_home() { # new_home NAME SLOTS
     echo '{"total": 1000000000000, "used": 0, "available": 1000000000000}' >"$home/coordination/token-budget.json"
 }
 
-start_daemon() { # start_daemon NAME -> waits until ready
+start_daemon() { # start_daemon NAME: starts it, waits until ready, sets started_pid
     local name="$1" mark="$home/run/$1.state.json"
     rm -f "$mark"
-    "$bin/cortex-$name" --home "$home" 2>>"$work/$name.stderr" &
-    local pid=$!
-    pids+=("$pid")
+    "$bin/cortex-$name" --home "$home" </dev/null >/dev/null 2>>"$work/$name.stderr" &
+    started_pid=$!
+    pids+=("$started_pid")
     local i
     for ((i = 0; i < 1000; i++)); do
         if [[ -s "$mark" ]] && [[ "$(jq -r '.ready_at // empty' "$mark" 2>/dev/null)" != "" ]]; then
-            echo "$pid"
-            return
+            return 0
         fi
-        sleep 0.01
+        nap 0.01
     done
-    echo "bench.sh: $name did not become ready" >&2
-    exit 1
+    echo "bench.sh: $name did not become ready (see $work/$name.stderr)" >&2
+    return 1
 }
 
 stop_all() {
@@ -85,14 +88,15 @@ stop_all() {
 
 archived() { [[ -f "$home/coordination/task-archive.jsonl" ]] && wc -l <"$home/coordination/task-archive.jsonl" || echo 0; }
 
-echo "Cortex task benchmark — $(date -u +%FT%TZ), $(nproc) CPU(s), $(uname -r), release build"
+echo "Cortex task benchmark — $(date -u +%FT%TZ), $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg), release build"
+echo "homes under $work ($(df -T "$work" | awk 'NR==2 {print $2}'))"
 echo
 
 # 1. Latency ---------------------------------------------------------------------------------
 new_home latency 8
-start_daemon worker >/dev/null
-start_daemon coordinator >/dev/null
-declare -A t0s
+start_daemon worker
+start_daemon coordinator
+declare -A t0s t1s
 addcost=()
 shopt -s nullglob
 for ((i = 0; i < lat_n; i++)); do
@@ -100,6 +104,7 @@ for ((i = 0; i < lat_n; i++)); do
     id="$(cortex task add --description "latency $i" -- date +%s%6N)"
     t1="$(now_us)"
     t0s[$id]="$t0"
+    t1s[$id]="$t1"
     addcost+=($((t1 - t0)))
     # Wait for this task's output before the next add (one task at a time).
     while :; do
@@ -107,21 +112,28 @@ for ((i = 0; i < lat_n; i++)); do
         done_n=0
         for f in "${outs[@]}"; do [[ -s "$f" ]] && done_n=$((done_n + 1)); done
         ((done_n > i)) && break
-        sleep 0.001
+        nap 0.001
     done
 done
-for ((k = 0; k < 500; k++)); do (($(archived) >= lat_n)) && break; sleep 0.01; done
+for ((k = 0; k < 500; k++)); do (($(archived) >= lat_n)) && break; nap 0.01; done
 lat_file="$work/latency.txt"
+enq_file="$work/enqueued.txt"
 : >"$lat_file"
+: >"$enq_file"
 while IFS=$'\t' read -r id d; do
     start="$(tr -d '\n' <"$home/agents/logs/workers/$d.out")"
     echo $((start - ${t0s[$id]})) >>"$lat_file"
+    echo $((start - ${t1s[$id]})) >>"$enq_file"
 done < <(jq -r '[.task_id, .dispatches[0]] | @tsv' "$home/coordination/task-archive.jsonl")
 lat_p50="$(pct 50 <"$lat_file" | ms)"
 lat_p99="$(pct 99 <"$lat_file" | ms)"
+enq_p50="$(pct 50 <"$enq_file" | ms)"
+enq_p99="$(pct 99 <"$enq_file" | ms)"
 add_p50="$(printf '%s\n' "${addcost[@]}" | pct 50 | ms)"
 echo "1. enqueue -> process start ($lat_n tasks, one at a time)"
-echo "   p50 ${lat_p50} ms   p99 ${lat_p99} ms   (the cortex task add call itself: p50 ${add_p50} ms)"
+echo "   from the moment \`cortex task add\` returned (task durably queued): p50 ${enq_p50} ms   p99 ${enq_p99} ms"
+echo "   from just before \`cortex task add\` ran (incl. that process):     p50 ${lat_p50} ms   p99 ${lat_p99} ms"
+echo "   (the cortex task add call itself: p50 ${add_p50} ms)"
 stop_all
 
 # 2. Throughput ------------------------------------------------------------------------------
@@ -131,10 +143,10 @@ declare -A tps
 for slots in 1 2 8; do
     new_home "tp$slots" "$slots"
     for ((i = 0; i < tp_n; i++)); do cortex task add --description "t $i" -- true >/dev/null; done
-    start_daemon worker >/dev/null
+    start_daemon worker
     t0="$(now_us)"
-    start_daemon coordinator >/dev/null
-    while (($(archived) < tp_n)); do sleep 0.01; done
+    start_daemon coordinator
+    while (($(archived) < tp_n)); do nap 0.02; done
     t1="$(now_us)"
     secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
     rate="$(awk -v d=$((t1 - t0)) -v n="$tp_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
@@ -181,7 +193,7 @@ for n in $queued_sizes; do
     new_home "addc$n" 8
     gen_queue "$n"
     echo "$paused" >"$home/coordination/scheduler-state.json"
-    start_daemon coordinator >/dev/null
+    start_daemon coordinator
     read -r mean2 p502 < <(add_cost)
     stop_all
     echo "$line   coordinator running (paused, folding) ${mean2} / ${p502}"
@@ -199,7 +211,7 @@ declare -A dpid
 for d in worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api; do
     [[ -x "$bin/cortex-$d" ]] || continue
     if [[ "$d" == api ]]; then export CORTEX_API_BIND="127.0.0.1:0"; fi
-    if p="$(start_daemon "$d" 2>/dev/null)"; then dpid[$d]="$p"; else echo "   $d: did not start (see $work/$d.stderr)"; fi
+    if start_daemon "$d" 2>/dev/null; then dpid[$d]="$started_pid"; else echo "   $d: did not start"; fi
 done
 unset CORTEX_API_BIND
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

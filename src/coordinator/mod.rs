@@ -83,6 +83,8 @@ pub struct Coordinator {
     unrecorded: HashSet<String>,
     /// Set for the first cycle: settle budget reservations no running dispatch holds.
     reconcile_budget: bool,
+    /// The budget file as we last wrote it.
+    budget_id: Option<FileId>,
 }
 
 impl Coordinator {
@@ -95,7 +97,23 @@ impl Coordinator {
             after_cache: HashMap::new(),
             unrecorded: HashSet::new(),
             reconcile_budget: true,
+            budget_id: None,
         }
+    }
+
+    /// True when every wake-up is a change of the queue or budget file that this coordinator
+    /// made itself (its own writes echo back through the watcher): no cycle is needed.
+    pub fn only_own_writes(&self, wakes: &[Wake]) -> bool {
+        let queue = self.store.path(TASK_QUEUE);
+        let budget = self.store.path(TOKEN_BUDGET);
+        !wakes.is_empty()
+            && wakes.iter().all(|w| match w {
+                Wake::Changed(p) if *p == queue => {
+                    self.cache.as_ref().is_some_and(|(id, _)| Some(*id) == file_id(&queue))
+                }
+                Wake::Changed(p) if *p == budget => self.budget_id.is_some() && self.budget_id == file_id(&budget),
+                _ => false,
+            })
     }
 
     /// Start-up reconciliation: an in-progress task whose dispatch has no spec in any bucket was
@@ -375,14 +393,11 @@ impl Coordinator {
             q.updated_at = Some(now_s.clone());
             store.write_locked(&q_guard, &q)?;
         }
-        budget.recompute();
-        if budget != before_budget {
-            store.write_locked(&b_guard, &budget)?;
-        }
-        drop(b_guard);
         if let Some(f) = fold {
             f.finish(&store, &q_guard, &mut q)?;
         }
+        // Specs before the budget file, so the worker starts as early as possible (a crash in
+        // between leaves a reservation missing, never one too many).
         if !report.dispatched.is_empty() {
             let specs_guard = store.lock_named(WORKER_SPECS_LOCK)?;
             for rec in &report.dispatched {
@@ -400,6 +415,12 @@ impl Coordinator {
             }
             drop(specs_guard);
         }
+        budget.recompute();
+        if budget != before_budget {
+            store.write_locked(&b_guard, &budget)?;
+            self.budget_id = file_id(&store.path(TOKEN_BUDGET));
+        }
+        drop(b_guard);
         self.cache = file_id(&store.path(TASK_QUEUE)).map(|id| (id, q));
         drop(q_guard);
         drop(sched_guard);
@@ -592,11 +613,16 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         };
         let safety = Instant::now() + tick;
         let deadline = due.map_or(safety, |d| d.min(safety));
-        if let Wake::Shutdown(_) = ctx.wait(Some(deadline)) {
-            return Ok(());
-        }
-        if ctx.drain_pending().iter().any(|w| matches!(w, Wake::Shutdown(_))) {
-            return Ok(());
+        loop {
+            let first = ctx.wait(Some(deadline));
+            let mut wakes = vec![first];
+            wakes.extend(ctx.drain_pending());
+            if wakes.iter().any(|w| matches!(w, Wake::Shutdown(_))) {
+                return Ok(());
+            }
+            if !c.only_own_writes(&wakes) {
+                break;
+            }
         }
     }
 }

@@ -55,8 +55,7 @@ pub trait Executor {
     fn alive(&self, pid: i32, start_ticks: u64) -> bool;
 }
 
-/// Runs dispatches as local processes, each through the exec shim in its own session and process
-/// group, stdin /dev/null, stdout/stderr to the dispatch's log files.
+/// Runs dispatches as local processes, each through the exec shim in its own process group, stdin /dev/null, stdout/stderr to the dispatch's log files.
 pub struct LocalExecutor {
     /// The binary that contains the shim (this worker's own executable).
     pub shim_exe: PathBuf,
@@ -105,6 +104,10 @@ impl Executor for LocalExecutor {
         } else {
             read
         };
+        // Only the read end is inherited (by this child: spawns are sequential and the parent
+        // closes it right after); the write end stays close-on-exec.
+        nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+            .map_err(|e| Error::other(format!("cannot pass the go pipe: {e}")))?;
         let go_fd = read.as_raw_fd();
         let out = open_log(&plan.stdout)?;
         let err = open_log(&plan.stderr)?;
@@ -123,18 +126,8 @@ impl Executor for LocalExecutor {
         for (k, v) in &plan.env {
             cmd.env(k, v);
         }
-        // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if nix::libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if nix::libc::fcntl(go_fd, nix::libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // Own process group (setpgid 0), which lets std use posix_spawn rather than fork.
+        cmd.process_group(0);
         let child = cmd.spawn().map_err(|e| Error::io(&self.shim_exe, "start the exec shim", e))?;
         drop(read);
         let pid = child.id() as i32;

@@ -1,6 +1,6 @@
 //! The worker daemon: the only component that starts task processes. It watches
 //! `worker-specs/active/`; for each `starting` spec it launches the command through the exec
-//! shim (own session and process group, stdin /dev/null, stdout/stderr to
+//! shim (own process group, stdin /dev/null, stdout/stderr to
 //! `agents/logs/workers/<dispatch_id>.out|.err`, `CORTEX_*` environment), records the spec
 //! `running` (pid, pgid, process start ticks) and only then lets the command run. It learns of
 //! exits from SIGCHLD (`waitpid(WNOHANG)`), stops dispatches on timeout or on a `.cancel` request
