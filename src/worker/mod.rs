@@ -578,13 +578,13 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     ctx.watch(&[ctx.home.worker_specs(SpecBucket::Active)])?;
     let mut worker = Worker::new(ctx.store.clone(), ctx.config.clone(), LocalExecutor::new(), ctx.waker());
     worker.reconcile()?;
-    ctx.mark_ready()?;
     let _ = ctx.store.emit(
         "worker_ready",
         Severity::Info,
         format!("Worker ready ({} dispatch(es) re-adopted)", worker.running()),
         serde_json::json!({"adopted": worker.running(), "at": format_ts(chrono::Utc::now())}),
     );
+    ctx.mark_ready()?;
     loop {
         worker.step();
         if let Wake::Shutdown(_) = ctx.wait(worker.next_deadline()) {
