@@ -394,7 +394,7 @@ impl Coordinator {
             store.write_locked(&q_guard, &q)?;
         }
         if let Some(f) = fold {
-            f.finish(&store, &q_guard, &mut q)?;
+            f.finish(&store, &q)?;
         }
         // Specs before the budget file, so the worker starts as early as possible (a crash in
         // between leaves a reservation missing, never one too many).

@@ -8,18 +8,19 @@
 //! the queue and records in the queue's `intake_offset` the bytes consumed, in the same atomic
 //! queue write. So a large queue's write never blocks an `add`.
 //!
-//! A fully consumed intake larger than [`ROTATE_BYTES`] is emptied: under the exclusive lock,
-//! with no append since the fold, it is renamed to `task-intake.jsonl.folded`, the queue is
-//! written again with `intake_offset` 0, and the renamed file is removed. A crash in between is
-//! recognised by the `.folded` file at the next fold: if the queue still records the old offset
-//! (equal to that file's length) the offset becomes 0; either way the file is removed. Folding
-//! also skips task ids the queue already holds, so nothing is ever added twice. Readers take the
-//! shared lock to see the queue and the unfolded tail together ([`snapshot`]).
+//! After the queue write, a fully consumed intake is renamed to `task-intake.jsonl.folded` (under
+//! the exclusive lock, only if nothing was appended since), so the live intake holds only unfolded
+//! lines and a hand-reset queue (`echo '{"tasks": []}' > task-queue.json`) never resurrects folded
+//! tasks. The queue's offset then still counts the renamed file's bytes: whoever next folds or
+//! reads sees a `.folded` file of exactly that length and reads the new intake from its start; the
+//! next fold records the new offset and removes the `.folded` file. Folding also skips task ids
+//! the queue already holds, so nothing is ever added twice. Readers take the shared lock to see
+//! the queue and the unfolded tail together ([`snapshot`]).
 
 use super::model::{Task, TaskQueue};
 use crate::error::{Error, Result};
 use crate::files::TASK_INTAKE;
-use crate::store::{LockGuard, Store};
+use crate::store::Store;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -168,13 +169,21 @@ pub fn has_pending(store: &Store, queue: &TaskQueue) -> Result<bool> {
     Ok(len != queue.intake_offset)
 }
 
-/// A fully consumed intake at least this large is emptied after a fold.
-pub const ROTATE_BYTES: u64 = 1 << 20;
-
 fn folded_path(store: &Store) -> std::path::PathBuf {
     let mut p = store.path(TASK_INTAKE).into_os_string();
     p.push(".folded");
     p.into()
+}
+
+/// Where the unfolded part of the live intake starts, given the queue's recorded offset: 0 when
+/// the offset counts a renamed-away (`.folded`) intake or the intake is shorter than it (it was
+/// replaced by hand), else the offset.
+fn unfolded_start(store: &Store, queue: &TaskQueue) -> Result<u64> {
+    if std::fs::metadata(folded_path(store)).is_ok_and(|m| m.len() == queue.intake_offset) {
+        return Ok(0);
+    }
+    let len = intake_len(store)?;
+    Ok(if len < queue.intake_offset { 0 } else { queue.intake_offset })
 }
 
 /// What a fold did; after writing the queue the caller calls [`IntakeFold::finish`].
@@ -187,21 +196,18 @@ pub struct IntakeFold {
 }
 
 impl IntakeFold {
-    /// Call after the queue (with the new tasks and `intake_offset`) was written under `guard`:
-    /// empties a large, fully consumed intake (a second queue write, rarely) and removes a
-    /// rotation left over by a crash.
-    pub fn finish(self, store: &Store, guard: &LockGuard, queue: &mut TaskQueue) -> Result<()> {
+    /// Call after the queue (with the new tasks and `intake_offset`) was written: removes the
+    /// previous `.folded` file and renames the fully consumed intake away.
+    pub fn finish(self, store: &Store, queue: &TaskQueue) -> Result<()> {
         let folded = folded_path(store);
+        if self.remove_folded {
+            remove_durable(&folded)?;
+        }
         if self.rotate {
             let _x = store.lock_named(TASK_INTAKE.lock)?;
             if intake_len(store)? == queue.intake_offset {
                 crate::store::atomic::rename_durable(&store.path(TASK_INTAKE), &folded)?;
-                queue.intake_offset = 0;
-                store.write_locked(guard, queue)?;
-                remove_durable(&folded)?;
             }
-        } else if self.remove_folded {
-            remove_durable(&folded)?;
         }
         Ok(())
     }
@@ -218,25 +224,15 @@ fn remove_durable(path: &std::path::Path) -> Result<()> {
 /// Folds new intake lines into `queue` (the caller holds the `task-queue` lock). Returns None
 /// when there is nothing to do; otherwise the caller writes the queue and calls `finish`.
 pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> {
-    let folded = folded_path(store);
-    let mut remove_folded = false;
-    if let Ok(m) = std::fs::metadata(&folded) {
-        // A rotation was cut short: the queue's offset referred to the renamed file.
-        if queue.intake_offset == m.len() {
-            queue.intake_offset = 0;
-        }
-        remove_folded = true;
-    }
+    let remove_folded = folded_path(store).exists();
     if !remove_folded && !has_pending(store, queue)? {
         return Ok(None);
     }
     let path = store.path(TASK_INTAKE);
     let (bytes, start, len) = {
         let _x = store.lock_named(TASK_INTAKE.lock)?;
+        let start = unfolded_start(store, queue)?;
         let len = intake_len(store)?;
-        // An intake shorter than the recorded offset was replaced or cut by hand: read it all and
-        // let the id check drop what the queue already has.
-        let start = if len < queue.intake_offset { 0 } else { queue.intake_offset };
         (read_from(&path, start)?, start, len)
     };
     let (tasks, bad_lines, consumed) = parse_lines(store, &bytes);
@@ -255,7 +251,7 @@ pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> 
     queue.tasks.extend(fresh);
     let end = start + consumed as u64;
     queue.intake_offset = end;
-    let rotate = end == start + bytes.len() as u64 && end == len && end >= ROTATE_BYTES;
+    let rotate = end > 0 && end == len && consumed == bytes.len();
     if bad_lines > 0 {
         let _ = store.emit(
             "task_intake_bad_lines",
@@ -292,11 +288,10 @@ impl Snapshot {
 pub fn snapshot(store: &Store) -> Result<Snapshot> {
     let _lock = lock_shared(store)?;
     let queue: TaskQueue = store.load()?;
-    let len = intake_len(store)?;
-    let pending = if len == queue.intake_offset {
+    let start = unfolded_start(store, &queue)?;
+    let pending = if intake_len(store)? <= start {
         Vec::new()
     } else {
-        let start = if len < queue.intake_offset { 0 } else { queue.intake_offset };
         let bytes = read_from(&store.path(TASK_INTAKE), start)?;
         bytes.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice::<Task>(line).ok()).collect()
     };
@@ -321,8 +316,9 @@ mod tests {
     }
 
     #[test]
-    fn fold_moves_tasks_once_and_records_the_offset() {
+    fn fold_moves_tasks_once_and_renames_the_consumed_intake() {
         let (_d, store) = store();
+        let path = store.path(TASK_INTAKE);
         let a = add(&store, "one");
         let b = add(&store, "two");
         let snap = snapshot(&store).unwrap();
@@ -331,53 +327,35 @@ mod tests {
         let mut q: TaskQueue = store.load().unwrap();
         let f = fold(&store, &mut q).unwrap().unwrap();
         assert_eq!(f.added.len(), 2);
-        let len = std::fs::metadata(store.path(TASK_INTAKE)).unwrap().len();
-        assert_eq!(q.intake_offset, len);
-        // Folding again from offset 0 (an intake cut by hand) adds nothing twice.
-        q.intake_offset = len + 10;
+        assert_eq!(q.intake_offset, std::fs::metadata(&path).unwrap().len());
+        // Folding the same lines again (an offset lost with a hand-restored queue) adds nothing.
+        drop(f);
+        q.intake_offset = 0;
         let f = fold(&store, &mut q).unwrap().unwrap();
         assert!(f.added.is_empty(), "already folded tasks are skipped");
         assert_eq!(q.tasks.len(), 2);
-        assert!(fold(&store, &mut q).unwrap().is_none());
         let guard = store.lock(crate::files::TASK_QUEUE).unwrap();
         store.write_locked(&guard, &q).unwrap();
-        f.finish(&store, &guard, &mut q).unwrap();
-        drop(guard);
+        f.finish(&store, &q).unwrap();
+        assert!(!path.exists() && folded_path(&store).exists(), "consumed intake renamed away");
+        // New adds go to a new intake, read from its start although the offset counts the old one.
         let c = add(&store, "three");
         let snap = snapshot(&store).unwrap();
         assert_eq!(snap.tasks().count(), 3);
         assert_eq!(snap.pending[0].task_id, c.task_id);
-    }
-
-    #[test]
-    fn large_consumed_intake_rotates_and_a_cut_rotation_recovers() {
-        let (_d, store) = store();
-        let path = store.path(TASK_INTAKE);
-        let first = add(&store, "first");
+        let f = fold(&store, &mut q).unwrap().unwrap();
+        assert_eq!(f.added, vec![c.task_id.clone()]);
+        store.write_locked(&guard, &q).unwrap();
+        f.finish(&store, &q).unwrap();
+        assert_eq!(q.tasks.len(), 3);
+        assert!(fold(&store, &mut q).unwrap().is_some_and(|f| f.added.is_empty()));
+        drop(guard);
+        // A queue reset by hand (the runbook's echo) does not resurrect folded tasks.
+        std::fs::write(store.path(crate::files::TASK_QUEUE), "{\"tasks\": []}").unwrap();
         let mut q: TaskQueue = store.load().unwrap();
-        // Pad the intake past the rotation size with blank lines (skipped by readers).
-        crate::store::jsonl::append_raw(&path, &vec![b'\n'; ROTATE_BYTES as usize]).unwrap();
-        let guard = store.lock(crate::files::TASK_QUEUE).unwrap();
+        let d = add(&store, "four");
         let f = fold(&store, &mut q).unwrap().unwrap();
-        assert_eq!(f.added, vec![first.task_id.clone()]);
-        store.write_locked(&guard, &q).unwrap();
-        f.finish(&store, &guard, &mut q).unwrap();
-        assert_eq!(q.intake_offset, 0);
-        assert!(!path.exists() && !folded_path(&store).exists());
-        // A rotation cut after the rename: the queue still has the old offset.
-        let second = add(&store, "second");
-        let f = fold(&store, &mut q).unwrap().unwrap();
-        store.write_locked(&guard, &q).unwrap();
-        drop(f);
-        std::fs::rename(&path, folded_path(&store)).unwrap();
-        let third = add(&store, "third");
-        let f = fold(&store, &mut q).unwrap().unwrap();
-        assert_eq!(f.added, vec![third.task_id.clone()], "the new intake is read from its start");
-        store.write_locked(&guard, &q).unwrap();
-        f.finish(&store, &guard, &mut q).unwrap();
-        assert!(!folded_path(&store).exists());
-        let ids: Vec<&str> = q.tasks.iter().map(|t| t.task_id.as_str()).collect();
-        assert_eq!(ids, vec![first.task_id.as_str(), second.task_id.as_str(), third.task_id.as_str()]);
+        assert_eq!(f.added, vec![d.task_id], "only the task added after the reset");
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub fn update<R>(store: &Store, change: impl FnOnce(&mut TaskQueue, &LockGuard) 
         store.write_locked(&guard, &queue)?;
     }
     if let Some(f) = fold {
-        f.finish(store, &guard, &mut queue)?;
+        f.finish(store, &queue)?;
     }
     Ok(out)
 }
