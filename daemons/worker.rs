@@ -1,5 +1,6 @@
-//! cortex-worker: the worker daemon. Its loop lives in the library.
+//! cortex-worker: the worker daemon (and, re-invoked with --cortex-exec-shim, each task's shim).
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run("worker", cortex::daemon::idle_loop)
+    cortex::worker::shim::run_if_requested();
+    cortex::daemon::run("worker", cortex::worker::run_loop)
 }

@@ -154,12 +154,32 @@ pub const FAILURE_PATTERNS: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+pub const TASK_INTAKE: &CoordFile = &CoordFile {
+    rel: "task-intake.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "task",
+    default: None,
+    lock: "task-intake",
+    essential: false,
+    is_config: false,
+};
+
 pub const METRICS_SNAPSHOTS: &CoordFile = &CoordFile {
     rel: "metrics/metrics-snapshots.jsonl",
     kind: FileKind::Jsonl,
     schema: "metrics-snapshot",
     default: None,
     lock: "metrics",
+    essential: false,
+    is_config: false,
+};
+
+pub const TASK_ARCHIVE: &CoordFile = &CoordFile {
+    rel: "task-archive.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "task",
+    default: None,
+    lock: "task-archive",
     essential: false,
     is_config: false,
 };
@@ -184,6 +204,16 @@ pub const FIX_HISTORY: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+pub const FAILURE_STREAKS: &CoordFile = &CoordFile {
+    rel: "failure-streaks.json",
+    kind: FileKind::Json,
+    schema: "failure-streaks",
+    default: Some("{\"worker_types\": {}}"),
+    lock: "failure-streaks",
+    essential: false,
+    is_config: false,
+};
+
 /// Every coordination file with a fixed name. Worker specs (`worker-specs/<bucket>/*.json`,
 /// schema `dispatch`) are walked separately.
 pub const ALL: &[&CoordFile] = &[
@@ -202,6 +232,9 @@ pub const ALL: &[&CoordFile] = &[
     CIRCUIT_BREAKERS,
     FIX_REGISTRY,
     FIX_HISTORY,
+    TASK_INTAKE,
+    TASK_ARCHIVE,
+    FAILURE_STREAKS,
 ];
 
 /// Looks a file up by its path relative to `coordination/`.

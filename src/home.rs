@@ -130,14 +130,6 @@ impl Home {
     pub fn usage_file(&self, dispatch_id: &str) -> PathBuf {
         self.dispatch_run_dir(dispatch_id).join("usage.json")
     }
-    /// Finished tasks moved out of the queue: one Task object per line.
-    pub fn task_archive(&self) -> PathBuf {
-        self.coord("task-archive.jsonl")
-    }
-    /// The standard error of a dispatch's process.
-    pub fn worker_stderr(&self, dispatch_id: &str) -> PathBuf {
-        self.worker_logs().join(format!("{dispatch_id}.err"))
-    }
     /// The failure-pattern daemon's own progress (event-log offset, recent occurrences).
     pub fn failure_pattern_state(&self) -> PathBuf {
         self.coord("patterns/failure-pattern-state.json")
@@ -185,6 +177,30 @@ impl Home {
     pub fn configured_path(&self, configured: &str) -> PathBuf {
         let p = Path::new(configured);
         if p.is_absolute() { p.to_path_buf() } else { self.join(p) }
+    }
+    /// The append-only intake of new tasks (`cortex task add` appends; the coordinator folds).
+    pub fn task_intake(&self) -> PathBuf {
+        self.coord("task-intake.jsonl")
+    }
+    /// Finished tasks moved out of the live queue, one JSON line each.
+    pub fn task_archive(&self) -> PathBuf {
+        self.coord("task-archive.jsonl")
+    }
+    /// A dispatch's standard output.
+    pub fn dispatch_stdout(&self, dispatch_id: &str) -> PathBuf {
+        self.worker_logs().join(format!("{dispatch_id}.out"))
+    }
+    /// A dispatch's standard error.
+    pub fn dispatch_stderr(&self, dispatch_id: &str) -> PathBuf {
+        self.worker_logs().join(format!("{dispatch_id}.err"))
+    }
+    /// The exit status the worker's exec shim writes beside the active spec.
+    pub fn dispatch_exit_file(&self, dispatch_id: &str) -> PathBuf {
+        self.worker_specs(SpecBucket::Active).join(format!("{dispatch_id}.exit"))
+    }
+    /// A task's own working directory (`[worker] workdir = "per-task"`).
+    pub fn task_workdir(&self, task_id: &str) -> PathBuf {
+        self.join("agents/work").join(task_id)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod coordinator;
 pub mod daemon;
 pub mod error;
 pub mod events;
@@ -29,6 +30,7 @@ pub mod status;
 pub mod store;
 pub mod task;
 pub mod validate;
+pub mod worker;
 
 pub use error::{Error, Result};
 pub use home::Home;

@@ -29,6 +29,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("circuit-breakers"),
     schema_source!("auto-fix-registry"),
     schema_source!("fix-history"),
+    schema_source!("task"),
+    schema_source!("failure-streaks"),
 ];
 
 /// One way a document breaks its schema.

@@ -11,6 +11,7 @@ mod recovery;
 mod schedule;
 mod scheduler;
 mod setup;
+mod task;
 
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -93,6 +94,9 @@ pub enum Command {
     Scheduler(scheduler::SchedulerCommand),
     /// List dispatch records (one per attempt of a task).
     Dispatches(dispatches::DispatchesArgs),
+    /// Tasks: add, list, show, cancel, retry, report-usage.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
 }
 
 /// What the CLI needs everywhere.
@@ -155,5 +159,6 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Reset { yes }) => recovery::reset(&ctx, yes),
         Some(Command::Scheduler(c)) => scheduler::run(&ctx, c),
         Some(Command::Dispatches(a)) => dispatches::run(&ctx, a),
+        Some(Command::Task(c)) => task::run(&ctx, c),
     }
 }

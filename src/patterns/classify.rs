@@ -221,7 +221,7 @@ pub fn stderr_path(home: &Home, dispatch_id: &str, spec_path: Option<&str>) -> s
     match spec_path.filter(|p| !p.is_empty()) {
         Some(p) if Path::new(p).is_absolute() => p.into(),
         Some(p) => home.join(p),
-        None => home.worker_stderr(dispatch_id),
+        None => home.dispatch_stderr(dispatch_id),
     }
 }
 
@@ -350,7 +350,7 @@ pub fn from_event(home: &Home, ev: &Event, spec: Option<&DispatchRecord>) -> Opt
         Some(k) => (k, None),
         None => {
             let error = str_of("error").unwrap_or_else(|| ev.message.clone());
-            let stderr = dispatch_id.as_deref().map(|d| home.worker_stderr(d));
+            let stderr = dispatch_id.as_deref().map(|d| home.dispatch_stderr(d));
             if is_oom(exit_code, signal, Some(&error), stderr.as_deref()) {
                 (FailureKind::OutOfMemory, None)
             } else if signal.is_some() {

@@ -204,6 +204,67 @@ impl Task {
     pub fn status(&self) -> TaskStatus {
         self.state.status()
     }
+
+    /// When the current or last attempt started.
+    pub fn started_at(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::InProgress { started_at, .. } => Some(started_at),
+            TaskState::Completed { started_at, .. }
+            | TaskState::Failed { started_at, .. }
+            | TaskState::Cancelled { started_at, .. } => started_at.as_deref(),
+            TaskState::Queued { .. } | TaskState::PendingRetry { .. } => None,
+        }
+    }
+
+    /// When the task finished (terminal states only).
+    pub fn completed_at(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::Completed { completed_at, .. }
+            | TaskState::Failed { completed_at, .. }
+            | TaskState::Cancelled { completed_at, .. } => Some(completed_at),
+            _ => None,
+        }
+    }
+
+    /// When a pending retry is due.
+    pub fn next_retry_at(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::PendingRetry { next_retry_at, .. } => Some(next_retry_at),
+            _ => None,
+        }
+    }
+
+    /// The id of the running dispatch.
+    pub fn current_dispatch(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::InProgress { dispatch_id, .. } => Some(dispatch_id),
+            _ => None,
+        }
+    }
+
+    /// Why a waiting task is not dispatched yet.
+    pub fn waiting_reason(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::Queued { waiting_reason } | TaskState::PendingRetry { waiting_reason, .. } => {
+                waiting_reason.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// Sets the waiting reason of a queued or pending task; returns true when it changed.
+    pub fn set_waiting_reason(&mut self, reason: Option<&str>) -> bool {
+        match &mut self.state {
+            TaskState::Queued { waiting_reason } | TaskState::PendingRetry { waiting_reason, .. } => {
+                if waiting_reason.as_deref() == reason {
+                    return false;
+                }
+                *waiting_reason = reason.map(str::to_string);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `coordination/task-queue.json`.
@@ -212,6 +273,9 @@ pub struct TaskQueue {
     pub tasks: Vec<Task>,
     #[serde(default)]
     pub updated_at: Option<String>,
+    /// Bytes of `task-intake.jsonl` already folded into `tasks` (see `task::intake`).
+    #[serde(default)]
+    pub intake_offset: u64,
 }
 
 impl Document for TaskQueue {

@@ -1,0 +1,245 @@
+//! `cortex task add|list|show|cancel|retry|report-usage`: argument parsing and printing around
+//! `task::ops`, the code path the HTTP API shares.
+
+use super::{Ctx, print_json};
+use crate::clock::parse_duration;
+use crate::error::{Error, Result};
+use crate::task::model::{Priority, Task, TaskStatus};
+use crate::task::ops::{self, NewTask, TaskFilter};
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Queue a task; prints its task_id (the whole record with --json).
+    Add {
+        #[arg(long)]
+        description: String,
+        /// low, medium, high or critical.
+        #[arg(long, default_value = "medium")]
+        priority: Priority,
+        /// The worker type (skips routing).
+        #[arg(long = "type", value_name = "WORKER_TYPE")]
+        worker_type: Option<String>,
+        /// Tokens reserved per attempt (default: the worker type's default_budget).
+        #[arg(long)]
+        budget: Option<u64>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Stop the task after this long (e.g. 90s, 15m; default: the worker type's default_duration).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// Run only after this task completed.
+        #[arg(long, value_name = "TASK_ID")]
+        after: Option<String>,
+        /// Do not start before this long from now (e.g. 10m).
+        #[arg(long, value_name = "DURATION")]
+        delay: Option<String>,
+        /// The repository the task concerns (recorded on the task).
+        #[arg(long)]
+        repo: Option<String>,
+        /// The command to run instead of the worker type's template: `-- COMMAND ARGS...`.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// List tasks (live queue; --all adds finished tasks from the archive).
+    List {
+        #[arg(long)]
+        status: Option<TaskStatus>,
+        #[arg(long = "type", value_name = "WORKER_TYPE")]
+        worker_type: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one task (queue, intake or archive) and its dispatches.
+    Show { task_id: String },
+    /// Cancel a task; a running one is stopped (TERM, grace, KILL) and this waits for it.
+    Cancel {
+        task_id: String,
+        /// How long to wait for a running task to stop.
+        #[arg(long, default_value = "30s", value_name = "DURATION")]
+        wait: String,
+    },
+    /// Retry a failed or cancelled task (a task id or a dispatch id).
+    Retry { id: String },
+    /// Record the tokens a running dispatch used (default: $CORTEX_DISPATCH_ID).
+    ReportUsage {
+        /// The dispatch (or task) id; default $CORTEX_DISPATCH_ID, then $CORTEX_TASK_ID.
+        #[arg(long, value_name = "ID")]
+        dispatch: Option<String>,
+        tokens: u64,
+    },
+}
+
+fn duration_secs(flag: &str, s: &Option<String>) -> Result<Option<f64>> {
+    s.as_deref()
+        .map(|s| {
+            parse_duration(s)
+                .map(|d| d.as_secs_f64())
+                .map_err(|e| Error::Config { path: None, detail: format!("{flag}: {e}") })
+        })
+        .transpose()
+}
+
+fn print_task_line(t: &Task) {
+    let extra = match (t.waiting_reason(), t.next_retry_at(), &t.result) {
+        (Some(w), _, _) => format!("waiting: {w}"),
+        (None, Some(at), _) => format!("retry at {at}"),
+        (None, None, Some(r)) if t.status().is_terminal() => ops::result_summary(r),
+        _ => String::new(),
+    };
+    println!(
+        "{:<38} {:<13} {:<8} {:<22} {:>2}/{:<2} {}{}",
+        t.task_id,
+        t.status().as_str(),
+        t.priority.as_str(),
+        t.worker_type,
+        t.attempts,
+        t.max_attempts,
+        t.description.chars().take(60).collect::<String>(),
+        if extra.is_empty() { String::new() } else { format!("  [{extra}]") }
+    );
+}
+
+pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
+    let store = ctx.store()?;
+    let actor = crate::scheduler::local_user();
+    match cmd {
+        TaskCommand::Add {
+            description,
+            priority,
+            worker_type,
+            budget,
+            max_attempts,
+            timeout,
+            after,
+            delay,
+            repo,
+            command,
+        } => {
+            let new = NewTask {
+                description,
+                priority: Some(priority),
+                worker_type,
+                budget,
+                max_attempts,
+                timeout_seconds: duration_secs("--timeout", &timeout)?,
+                after,
+                delay_seconds: duration_secs("--delay", &delay)?,
+                command,
+                created_by: Some(actor),
+                repo,
+                schedule_id: None,
+            };
+            let task = ops::add_task(&store, new)?;
+            if ctx.json {
+                print_json(&task);
+            } else {
+                println!("{}", task.task_id);
+            }
+            Ok(0)
+        }
+        TaskCommand::List { status, worker_type, all } => {
+            let tasks = ops::list_tasks(&store, &TaskFilter { status, worker_type, include_archive: all })?;
+            if ctx.json {
+                print_json(&serde_json::json!({"count": tasks.len(), "tasks": tasks}));
+            } else if tasks.is_empty() {
+                println!("No tasks.");
+            } else {
+                for t in &tasks {
+                    print_task_line(t);
+                }
+            }
+            Ok(0)
+        }
+        TaskCommand::Show { task_id } => {
+            let task = ops::find_task(&store, &task_id)?
+                .ok_or_else(|| Error::refused(format!("no task {task_id} (queue, intake or archive)")))?;
+            let records = ops::task_dispatches(&store, &task)?;
+            if ctx.json {
+                let mut v = serde_json::to_value(&task).map_err(|e| Error::other(e.to_string()))?;
+                v["dispatch_records"] = serde_json::to_value(records.iter().map(|(_, r)| r).collect::<Vec<_>>())
+                    .map_err(|e| Error::other(e.to_string()))?;
+                print_json(&v);
+            } else {
+                let v = serde_json::to_value(&task).map_err(|e| Error::other(e.to_string()))?;
+                if let Some(m) = v.as_object() {
+                    for (k, val) in m {
+                        if k == "dispatches" || val.is_null() {
+                            continue;
+                        }
+                        let shown = match val {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        println!("{k:<16} {shown}");
+                    }
+                }
+                for (bucket, r) in &records {
+                    println!(
+                        "dispatch         {} attempt {} {} ({}){}",
+                        r.dispatch_id,
+                        r.attempt,
+                        r.status().as_str(),
+                        bucket.dir_name(),
+                        r.state.ended_at().map(|e| format!(" ended {e}")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        TaskCommand::Cancel { task_id, wait } => {
+            let wait =
+                parse_duration(&wait).map_err(|e| Error::Config { path: None, detail: format!("--wait: {e}") })?;
+            let task = ops::cancel_task(&store, &task_id, &actor, wait)?;
+            let done = task.status().is_terminal();
+            if ctx.json {
+                print_json(&task);
+            } else if task.status() == TaskStatus::Cancelled {
+                println!("Task {task_id} cancelled");
+            } else if done {
+                println!("Task {task_id} ended {} before the cancel took effect", task.status().as_str());
+            } else {
+                eprintln!(
+                    "Cancel of task {task_id} requested; it is still {} after {}s (is cortex-worker running?)",
+                    task.status().as_str(),
+                    wait.as_secs_f64()
+                );
+            }
+            Ok(if done { 0 } else { 1 })
+        }
+        TaskCommand::Retry { id } => {
+            let task = if crate::task::dispatches::find(&store, &id)?.is_some() {
+                ops::retry_dispatch(&store, &id, &actor)?
+            } else {
+                ops::retry_task(&store, &id, &actor)?
+            };
+            if ctx.json {
+                print_json(&task);
+            } else {
+                println!(
+                    "Task {} queued for another attempt ({}/{} used)",
+                    task.task_id, task.attempts, task.max_attempts
+                );
+            }
+            Ok(0)
+        }
+        TaskCommand::ReportUsage { dispatch, tokens } => {
+            let target = dispatch
+                .or_else(|| std::env::var("CORTEX_DISPATCH_ID").ok().filter(|s| !s.is_empty()))
+                .or_else(|| std::env::var("CORTEX_TASK_ID").ok().filter(|s| !s.is_empty()))
+                .ok_or_else(|| Error::Config {
+                    path: None,
+                    detail: "report-usage needs --dispatch ID (or CORTEX_DISPATCH_ID in the environment)".into(),
+                })?;
+            let rec = ops::report_usage(&store, &target, tokens)?;
+            if ctx.json {
+                print_json(
+                    &serde_json::json!({"dispatch_id": rec.dispatch_id, "task_id": rec.task_id, "tokens_used": tokens}),
+                );
+            } else {
+                println!("Recorded {tokens} tokens for dispatch {}", rec.dispatch_id);
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! The coordinator daemon: the queue's main writer. Each cycle, under the locks in the protocol
+//! order (`scheduler` → `task-queue` → `token-budget` → `worker-specs`), it folds the intake into
+//! the queue, folds ended dispatches (completed/failed/zombie specs) into their tasks (budget
+//! settlement, retry policy), dispatches the eligible tasks (priority, then age; `--after`,
+//! `--delay`, `next_retry_at`, budget, `[scheduler] max_concurrent_dispatches`) and archives
+//! finished ones — with one queue write and one budget write per cycle however many tasks moved.
+//! A dispatch is only recorded while the scheduler state read under the `scheduler` lock says
+//! running, and the lock is held until the specs are written, so a pause that returned is never
+//! followed by a dispatch.
+//!
+//! It is event-driven: a notify watcher on the intake, the queue, the budget, the scheduler state
+//! and the `completed/`/`failed/` spec buckets wakes it; the next due time (delay, retry) is its
+//! deadline; `[scheduler] tick_interval_seconds` is only a slow safety re-scan.
+
+use crate::clock::{Clock, SystemClock, Timestamp, format_ts, parse_ts};
+use crate::config::Config;
+use crate::daemon::{DaemonContext, Wake};
+use crate::error::{Error, Result};
+use crate::events::Severity;
+use crate::files::{DISPATCH_SCHEMA, SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
+use crate::home::SpecBucket;
+use crate::scheduler::SchedulerState;
+use crate::store::Store;
+use crate::task::dispatches::{self, spec_path};
+use crate::task::model::{
+    DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
+};
+use crate::task::queue::{self, Ended, Outcome};
+use crate::task::retry::FailureStreaks;
+use crate::task::worker_types::{TemplateVars, WorkerTypes, expand};
+use crate::task::{archive, budget, intake, ops};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+/// The lock every spec read-modify-write takes (the last in the lock order).
+pub const WORKER_SPECS_LOCK: &str = "worker-specs";
+
+/// Identity of the queue file as we last wrote it (a rename gives a new inode; an in-place edit
+/// changes size or times), so an unchanged queue is not parsed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+    })
+}
+
+/// What one cycle did (for tests and logs).
+#[derive(Debug, Default)]
+pub struct CycleReport {
+    pub folded: usize,
+    pub ended: Vec<Ended>,
+    pub dispatched: Vec<DispatchRecord>,
+    pub archived: usize,
+    /// The earliest time a waiting task becomes due.
+    pub next_due: Option<Timestamp>,
+    pub paused: bool,
+}
+
+/// The coordinator's state between cycles.
+pub struct Coordinator {
+    store: Store,
+    config: Config,
+    clock: Box<dyn Clock>,
+    cache: Option<(FileId, TaskQueue)>,
+    /// Final statuses of archived tasks that queued tasks wait for (`--after`).
+    after_cache: HashMap<String, TaskStatus>,
+    /// Dispatches recorded in the queue whose spec is known to be missing (written by no one):
+    /// folded as `lost`.
+    unrecorded: HashSet<String>,
+    /// Set for the first cycle: settle budget reservations no running dispatch holds.
+    reconcile_budget: bool,
+    /// The budget file as we last wrote it.
+    budget_id: Option<FileId>,
+}
+
+impl Coordinator {
+    pub fn new(store: Store, config: Config, clock: Box<dyn Clock>) -> Coordinator {
+        Coordinator {
+            store,
+            config,
+            clock,
+            cache: None,
+            after_cache: HashMap::new(),
+            unrecorded: HashSet::new(),
+            reconcile_budget: true,
+            budget_id: None,
+        }
+    }
+
+    /// True when every wake-up is a change of the queue or budget file that this coordinator
+    /// made itself (its own writes echo back through the watcher): no cycle is needed.
+    pub fn only_own_writes(&self, wakes: &[Wake]) -> bool {
+        let queue = self.store.path(TASK_QUEUE);
+        let budget = self.store.path(TOKEN_BUDGET);
+        !wakes.is_empty()
+            && wakes.iter().all(|w| match w {
+                Wake::Changed(p) if *p == queue => {
+                    self.cache.as_ref().is_some_and(|(id, _)| Some(*id) == file_id(&queue))
+                }
+                Wake::Changed(p) if *p == budget => self.budget_id.is_some() && self.budget_id == file_id(&budget),
+                _ => false,
+            })
+    }
+
+    /// Start-up reconciliation: an in-progress task whose dispatch has no spec in any bucket was
+    /// recorded by a coordinator that died before writing the spec; it is folded as `lost` (a
+    /// failed attempt for the retry policy). Budget reservations nobody holds are settled in the
+    /// first cycle.
+    pub fn reconcile_at_start(&mut self) -> Result<()> {
+        let q: TaskQueue = self.store.load()?;
+        for t in &q.tasks {
+            if let Some(d) = t.current_dispatch()
+                && dispatches::find(&self.store, d)?.is_none()
+            {
+                tracing::warn!("task {}: dispatch {d} has no spec; marking it lost", t.task_id);
+                self.unrecorded.insert(d.to_string());
+            }
+        }
+        self.reconcile_budget = true;
+        Ok(())
+    }
+
+    fn load_queue(&mut self) -> Result<TaskQueue> {
+        let id = file_id(&self.store.path(TASK_QUEUE));
+        match self.cache.take() {
+            Some((cached, q)) if Some(cached) == id => Ok(q),
+            _ => self.store.load(),
+        }
+    }
+
+    /// The ended records of running dispatches (specs that left `active/`), plus synthesized
+    /// `lost` records for dispatches whose spec was never written.
+    fn collect_ended(&mut self, q: &TaskQueue) -> Result<Vec<DispatchRecord>> {
+        let mut out = Vec::new();
+        let now = format_ts(self.clock.now());
+        for t in &q.tasks {
+            let Some(d) = t.current_dispatch() else { continue };
+            let mut found = None;
+            for bucket in [SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie] {
+                match dispatches::read_spec(&self.store, &spec_path(self.store.home(), bucket, d)) {
+                    Ok(Some(rec)) => {
+                        found = Some(rec);
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Quarantined and reported by the read; the dispatch's end is unknown.
+                        tracing::error!("dispatch {d}: unreadable spec: {e}");
+                        found = Some(lost_record(t, d, &now, &format!("its spec was unreadable: {e}")));
+                        break;
+                    }
+                }
+            }
+            if found.is_none() && self.unrecorded.contains(d) {
+                found = Some(lost_record(
+                    t,
+                    d,
+                    &now,
+                    "the dispatch was recorded in the queue but its spec was never written (coordinator stopped in between)",
+                ));
+            }
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
+    /// Final statuses of the `--after` prerequisites of waiting tasks that are not in the queue.
+    fn archived_prerequisites(&mut self, q: &TaskQueue) -> Result<()> {
+        let in_queue: HashSet<&str> = q.tasks.iter().map(|t| t.task_id.as_str()).collect();
+        let wanted: HashSet<String> = q
+            .tasks
+            .iter()
+            .filter(|t| matches!(t.status(), TaskStatus::Queued | TaskStatus::PendingRetry))
+            .filter_map(|t| t.after.as_deref())
+            .filter(|a| !in_queue.contains(a) && !self.after_cache.contains_key(*a))
+            .map(str::to_string)
+            .collect();
+        if !wanted.is_empty() {
+            self.after_cache.extend(archive::statuses(&self.store, &wanted)?);
+        }
+        Ok(())
+    }
+
+    /// One pass: fold, settle, dispatch, archive. Returns what it did.
+    pub fn cycle(&mut self) -> Result<CycleReport> {
+        let store = self.store.clone();
+        let mut report = CycleReport::default();
+
+        let sched_guard = store.lock(SCHEDULER_STATE)?;
+        // Read the time under the lock: every dispatch of this cycle is stamped before any pause
+        // that waits for the lock.
+        let now = self.clock.now();
+        let now_s = format_ts(now);
+        report.paused = match store.load::<SchedulerState>() {
+            Ok(s) => s.is_paused(),
+            Err(e) => {
+                tracing::error!("scheduler state unreadable, not dispatching: {e}");
+                true
+            }
+        };
+        let q_guard = store.lock(TASK_QUEUE)?;
+        let mut q = self.load_queue()?;
+        let mut q_dirty = false;
+        let fold = intake::fold(&store, &mut q)?;
+        if let Some(f) = &fold {
+            report.folded = f.added.len();
+            q_dirty = true;
+        }
+        let ended_records = self.collect_ended(&q)?;
+        self.archived_prerequisites(&q)?;
+
+        let b_guard = store.lock(TOKEN_BUDGET)?;
+        let mut budget: TokenBudget = store.load()?;
+        let before_budget = budget.clone();
+        budget.recompute();
+        let (ended, _) = queue::fold_ended(
+            &mut q,
+            &mut budget,
+            &ended_records,
+            &self.config.retry,
+            self.clock.as_ref(),
+            &mut || fastrand::f64(),
+        );
+        q_dirty |= !ended.is_empty();
+        for r in &ended_records {
+            self.unrecorded.remove(&r.dispatch_id);
+        }
+        report.ended = ended;
+        if self.reconcile_budget {
+            self.settle_orphan_reservations(&q, &mut budget, &now_s)?;
+        }
+
+        // Dispatch.
+        let types = match store.load::<WorkerTypes>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("cannot read worker types, not dispatching: {e}");
+                None
+            }
+        };
+        let running = q.tasks.iter().filter(|t| t.status() == TaskStatus::InProgress).count();
+        let mut free = (self.config.scheduler.max_concurrent_dispatches as usize).saturating_sub(running);
+        let prereq: HashMap<String, TaskStatus> = {
+            let wanted: HashSet<&str> = q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
+            q.tasks
+                .iter()
+                .filter(|t| wanted.contains(t.task_id.as_str()))
+                .map(|t| (t.task_id.clone(), t.status()))
+                .collect()
+        };
+        let mut dependents_failed = Vec::new();
+        for i in queue::dispatch_order(&q.tasks) {
+            let t = &q.tasks[i];
+            let due_at = match &t.state {
+                TaskState::Queued { .. } => t.not_before.as_deref(),
+                TaskState::PendingRetry { next_retry_at, .. } => Some(next_retry_at.as_str()),
+                _ => continue,
+            };
+            if let Some(due) = due_at.and_then(parse_ts)
+                && due > now
+            {
+                report.next_due = Some(report.next_due.map_or(due, |d: Timestamp| d.min(due)));
+                let reason = (t.status() == TaskStatus::Queued).then_some("delay");
+                q_dirty |= q.tasks[i].set_waiting_reason(reason);
+                continue;
+            }
+            if let Some(a) = t.after.clone() {
+                match prereq.get(&a).or_else(|| self.after_cache.get(&a)) {
+                    Some(TaskStatus::Completed) => {}
+                    Some(s @ (TaskStatus::Failed | TaskStatus::Cancelled)) => {
+                        dependents_failed.push((i, format!("prerequisite task {a} ended {}", s.as_str())));
+                        continue;
+                    }
+                    Some(_) => {
+                        q_dirty |= q.tasks[i].set_waiting_reason(Some("after"));
+                        continue;
+                    }
+                    None => {
+                        dependents_failed.push((i, format!("prerequisite task {a} does not exist")));
+                        continue;
+                    }
+                }
+            }
+            if report.paused || free == 0 {
+                continue;
+            }
+            let Some(types) = &types else { continue };
+            let wt = match types.get(&t.worker_type) {
+                Ok(wt) => wt,
+                Err(e) => {
+                    dependents_failed.push((i, e.to_string()));
+                    continue;
+                }
+            };
+            if t.command.is_empty() && wt.command.is_empty() {
+                dependents_failed.push((
+                    i,
+                    format!("worker type {} has no command template and the task has no command", t.worker_type),
+                ));
+                continue;
+            }
+            if t.budget > budget.available {
+                q_dirty |= q.tasks[i].set_waiting_reason(Some("budget"));
+                continue;
+            }
+            let dispatch_id = new_id("dsp");
+            budget::reserve(&mut budget, &dispatch_id, t.budget, &now_s);
+            let t = &mut q.tasks[i];
+            t.attempts += 1;
+            t.dispatches.push(dispatch_id.clone());
+            t.state = TaskState::InProgress { started_at: now_s.clone(), dispatch_id: dispatch_id.clone() };
+            let home_s = store.home().root().display().to_string();
+            let command = if t.command.is_empty() {
+                expand(
+                    &wt.command,
+                    &TemplateVars {
+                        task_id: &t.task_id,
+                        description: &t.description,
+                        worker_type: &t.worker_type,
+                        home: &home_s,
+                        dispatch_id: &dispatch_id,
+                        attempt: t.attempts,
+                    },
+                )
+            } else {
+                t.command.clone()
+            };
+            report.dispatched.push(DispatchRecord {
+                dispatch_id: dispatch_id.clone(),
+                task_id: t.task_id.clone(),
+                worker_type: t.worker_type.clone(),
+                state: DispatchState::Starting,
+                dispatched_at: now_s.clone(),
+                attempt: t.attempts,
+                command,
+                budget_reserved: t.budget,
+                timeout_seconds: t.timeout_seconds.unwrap_or(wt.default_duration * 60.0),
+                stdout_path: store.home().dispatch_stdout(&dispatch_id).display().to_string(),
+                stderr_path: store.home().dispatch_stderr(&dispatch_id).display().to_string(),
+                heartbeat: None,
+                tokens_used: None,
+            });
+            free -= 1;
+            q_dirty = true;
+        }
+        for (i, error) in dependents_failed {
+            let t = &mut q.tasks[i];
+            t.state = TaskState::Failed { started_at: None, completed_at: now_s.clone() };
+            t.result = Some(TaskResult { error: Some(error.clone()), ..TaskResult::default() });
+            report.ended.push(Ended {
+                task_id: t.task_id.clone(),
+                dispatch_id: String::new(),
+                worker_type: t.worker_type.clone(),
+                outcome: Outcome::Failed,
+                failed_attempt: false,
+                result: t.result.clone().unwrap_or_default(),
+                attempts: t.attempts,
+                max_attempts: t.max_attempts,
+            });
+            q_dirty = true;
+        }
+
+        // Archive finished tasks (archive first, durable; then the queue without them).
+        let finished: Vec<&Task> = q.tasks.iter().filter(|t| t.status().is_terminal()).collect();
+        if !finished.is_empty() {
+            archive::append(&store, &finished)?;
+            let waited: HashSet<&str> = q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
+            for t in &finished {
+                if waited.contains(t.task_id.as_str()) {
+                    self.after_cache.insert(t.task_id.clone(), t.status());
+                }
+            }
+            report.archived = finished.len();
+            q.tasks.retain(|t| !t.status().is_terminal());
+            q_dirty = true;
+        }
+
+        if q_dirty {
+            q.updated_at = Some(now_s.clone());
+            store.write_locked(&q_guard, &q)?;
+        }
+        if let Some(f) = fold {
+            f.finish(&store, &q)?;
+        }
+        // Specs before the budget file, so the worker starts as early as possible (a crash in
+        // between leaves a reservation missing, never one too many).
+        if !report.dispatched.is_empty() {
+            let specs_guard = store.lock_named(WORKER_SPECS_LOCK)?;
+            for rec in &report.dispatched {
+                let path = spec_path(store.home(), SpecBucket::Active, &rec.dispatch_id);
+                let written = serde_json::to_value(rec)
+                    .map_err(|e| Error::other(format!("cannot encode dispatch {}: {e}", rec.dispatch_id)))
+                    .and_then(|v| crate::store::write_value_checked(&path, &v, Some(DISPATCH_SCHEMA)));
+                if let Err(e) = written {
+                    tracing::error!(
+                        "cannot write the spec of dispatch {}: {e}; it will be marked lost",
+                        rec.dispatch_id
+                    );
+                    self.unrecorded.insert(rec.dispatch_id.clone());
+                }
+            }
+            drop(specs_guard);
+        }
+        budget.recompute();
+        if budget != before_budget {
+            store.write_locked(&b_guard, &budget)?;
+            self.budget_id = file_id(&store.path(TOKEN_BUDGET));
+        }
+        drop(b_guard);
+        self.cache = file_id(&store.path(TASK_QUEUE)).map(|id| (id, q));
+        drop(q_guard);
+        drop(sched_guard);
+        self.reconcile_budget = false;
+        self.after_effects(&report);
+        Ok(report)
+    }
+
+    /// Reservations held by no running dispatch (a crash between writes, a hand-edited queue) are
+    /// settled to the tokens their dispatch reported, or released.
+    fn settle_orphan_reservations(&self, q: &TaskQueue, budget: &mut TokenBudget, now: &str) -> Result<()> {
+        let running: HashSet<&str> = q.tasks.iter().filter_map(|t| t.current_dispatch()).collect();
+        let orphans: Vec<String> =
+            budget.reservations.keys().filter(|d| !running.contains(d.as_str())).cloned().collect();
+        for d in orphans {
+            let tokens = match dispatches::find(&self.store, &d) {
+                Ok(Some((_, rec))) => rec.tokens_used,
+                _ => None,
+            };
+            tracing::info!("settling reservation of dispatch {d}, which no running task holds");
+            budget::settle(budget, &d, tokens, now);
+        }
+        Ok(())
+    }
+
+    /// Events and failure notifications, after the locks are released.
+    fn after_effects(&self, report: &CycleReport) {
+        for rec in &report.dispatched {
+            let _ = self.store.emit(
+                "task_dispatched",
+                Severity::Info,
+                format!("Task {} dispatched ({}, attempt {})", rec.task_id, rec.dispatch_id, rec.attempt),
+                serde_json::json!({"task_id": rec.task_id, "dispatch_id": rec.dispatch_id,
+                    "worker_type": rec.worker_type, "attempt": rec.attempt}),
+            );
+        }
+        for e in &report.ended {
+            ops::emit_ended(&self.store, e);
+        }
+        let counted: Vec<&Ended> = report
+            .ended
+            .iter()
+            .filter(|e| !e.dispatch_id.is_empty() && (e.failed_attempt || e.outcome == Outcome::Completed))
+            .collect();
+        if counted.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let cfg = &self.config.retry;
+        let notes = self.store.update::<FailureStreaks, _>(|s| {
+            let mut notes = Vec::new();
+            for e in &counted {
+                if let Some(n) = s.record(&e.worker_type, e.failed_attempt, cfg, now) {
+                    notes.push((n, (*e).clone()));
+                }
+            }
+            Ok(notes)
+        });
+        match notes {
+            Ok(notes) => {
+                for (n, e) in notes {
+                    let _ = self.store.emit(
+                        "failure_notification",
+                        Severity::Error,
+                        format!(
+                            "Worker type {} failed {} times in a row (last: task {}: {})",
+                            n.worker_type,
+                            n.consecutive_failures,
+                            e.task_id,
+                            e.result.error.as_deref().unwrap_or("failed")
+                        ),
+                        serde_json::json!({"worker_type": n.worker_type, "consecutive_failures": n.consecutive_failures,
+                            "threshold": cfg.failure_notification_threshold,
+                            "throttle_seconds": cfg.failure_notification_throttle_seconds,
+                            "task_id": e.task_id, "dispatch_id": e.dispatch_id, "error": e.result.error}),
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("cannot update failure streaks: {e}"),
+        }
+    }
+}
+
+fn lost_record(t: &Task, dispatch_id: &str, now: &str, reason: &str) -> DispatchRecord {
+    DispatchRecord {
+        dispatch_id: dispatch_id.to_string(),
+        task_id: t.task_id.clone(),
+        worker_type: t.worker_type.clone(),
+        state: DispatchState::Lost { ended_at: now.to_string(), reason: reason.to_string() },
+        dispatched_at: t.started_at().unwrap_or(now).to_string(),
+        attempt: t.attempts.max(1),
+        command: t.command.clone(),
+        budget_reserved: t.budget,
+        timeout_seconds: t.timeout_seconds.unwrap_or(0.0),
+        stdout_path: String::new(),
+        stderr_path: String::new(),
+        heartbeat: None,
+        tokens_used: None,
+    }
+}
+
+/// Watches the files the coordinator reacts to, waking the loop through `ctx.waker()`.
+fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let tx = ctx.waker();
+    let names: HashSet<&'static str> =
+        [crate::files::TASK_INTAKE.rel, TASK_QUEUE.rel, TOKEN_BUDGET.rel, SCHEDULER_STATE.rel].into_iter().collect();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        for p in ev.paths {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let parent = p.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()).unwrap_or("");
+            let relevant = if parent == "coordination" {
+                names.contains(name)
+            } else {
+                name.ends_with(".json") && !crate::store::atomic::is_temp_name(name)
+            };
+            if relevant {
+                let _ = tx.send(Wake::Changed(p));
+                return;
+            }
+        }
+    })
+    .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+    let home = &ctx.home;
+    let dirs = [
+        home.coordination(),
+        home.worker_specs(SpecBucket::Completed),
+        home.worker_specs(SpecBucket::Failed),
+        home.worker_specs(SpecBucket::Zombie),
+    ];
+    for d in dirs {
+        crate::store::atomic::create_dir_all(&d)?;
+        watcher
+            .watch(&d, RecursiveMode::NonRecursive)
+            .map_err(|e| Error::other(format!("cannot watch {}: {e}", d.display())))?;
+    }
+    Ok(watcher)
+}
+
+fn instant_of(at: Timestamp, clock: &dyn Clock) -> Instant {
+    let wait = (at - clock.now()).to_std().unwrap_or(Duration::ZERO);
+    Instant::now() + wait
+}
+
+/// The coordinator daemon's loop (`cortex-coordinator`).
+pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
+    let _watcher = watch(ctx)?;
+    let mut c = Coordinator::new(ctx.store.clone(), ctx.config.clone(), Box::new(SystemClock));
+    c.reconcile_at_start()?;
+    ctx.mark_ready()?;
+    let tick = Duration::from_secs(ctx.config.scheduler.tick_interval_seconds.max(1));
+    let mut backoff: Option<Duration> = None;
+    let mut last_error = String::new();
+    loop {
+        let due = match c.cycle() {
+            Ok(report) => {
+                backoff = None;
+                last_error.clear();
+                if report.folded + report.dispatched.len() + report.ended.len() > 0 {
+                    tracing::debug!(
+                        folded = report.folded,
+                        dispatched = report.dispatched.len(),
+                        ended = report.ended.len(),
+                        archived = report.archived,
+                        "cycle"
+                    );
+                }
+                report.next_due.map(|d| instant_of(d, &SystemClock))
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!("coordinator cycle failed: {msg}");
+                if msg != last_error {
+                    let _ = ctx.store.emit(
+                        "coordinator_error",
+                        Severity::Error,
+                        format!("Coordinator cycle failed: {msg}"),
+                        serde_json::json!({"error": msg}),
+                    );
+                    last_error = msg;
+                }
+                let b = backoff.map_or(Duration::from_millis(200), |b| (b * 2).min(tick));
+                backoff = Some(b);
+                Some(Instant::now() + b)
+            }
+        };
+        let safety = Instant::now() + tick;
+        let deadline = due.map_or(safety, |d| d.min(safety));
+        loop {
+            let first = ctx.wait(Some(deadline));
+            let mut wakes = vec![first];
+            wakes.extend(ctx.drain_pending());
+            if wakes.iter().any(|w| matches!(w, Wake::Shutdown(_))) {
+                return Ok(());
+            }
+            if !c.only_own_writes(&wakes) {
+                break;
+            }
+        }
+    }
+}

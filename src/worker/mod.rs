@@ -1,0 +1,603 @@
+//! The worker daemon: the only component that starts task processes. It watches
+//! `worker-specs/active/`; for each `starting` spec it launches the command through the exec
+//! shim (own process group, stdin /dev/null, stdout/stderr to
+//! `agents/logs/workers/<dispatch_id>.out|.err`, `CORTEX_*` environment), records the spec
+//! `running` (pid, pgid, process start ticks) and only then lets the command run. It learns of
+//! exits from SIGCHLD (`waitpid(WNOHANG)`), stops dispatches on timeout or on a `.cancel` request
+//! (TERM to the group, `[worker] grace_seconds`, then KILL, driven by loop deadlines), and ends
+//! each dispatch by writing its final state and moving the spec to `completed/` or `failed/`.
+//!
+//! After a restart it re-adopts dispatches whose shim still runs (PID plus `/proc` start time),
+//! reads the exit status that shims of dispatches that ended meanwhile left beside their spec,
+//! and marks the rest `lost`. A `starting` spec is launched again: its previous shim, if any, got
+//! no go-ahead and ran nothing. So each dispatch's command runs at most once, and ends exactly
+//! once.
+
+pub mod executor;
+pub mod procs;
+pub mod shim;
+
+use crate::clock::{format_ts, now_string, parse_ts};
+use crate::config::Config;
+use crate::coordinator::WORKER_SPECS_LOCK;
+use crate::daemon::{DaemonContext, Wake};
+use crate::error::{Error, Result};
+use crate::events::Severity;
+use crate::files::DISPATCH_SCHEMA;
+use crate::home::{Home, SpecBucket};
+use crate::store::Store;
+use crate::task::dispatches::{self, cancel_request_path, spec_path};
+use crate::task::model::{DispatchRecord, DispatchState};
+use crate::task::worker_types::{WorkerTypes, workdir};
+use executor::{Executor, LaunchPlan, LocalExecutor, Reaped};
+use nix::sys::signal::Signal;
+use std::collections::HashMap;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Timeout,
+    Cancel,
+}
+
+#[derive(Debug)]
+struct Stop {
+    reason: StopReason,
+    kill_at: Instant,
+    killed: bool,
+}
+
+/// A dispatch whose process runs (or ran) under this worker.
+#[derive(Debug)]
+struct Live {
+    task_id: String,
+    pid: i32,
+    pgid: i32,
+    start_ticks: u64,
+    started: Instant,
+    deadline: Option<Instant>,
+    stop: Option<Stop>,
+    /// Not our child (found running after a restart): watched through a pidfd.
+    adopted: bool,
+}
+
+/// How a dispatch's leader process was seen to end.
+#[derive(Debug, Clone, Copy)]
+enum Gone {
+    /// Reaped by us (our child).
+    Reaped(Reaped),
+    /// No longer running (not our child, or never started).
+    Vanished,
+}
+
+/// Stray members of a finished dispatch's process group, killed at `kill_at`.
+#[derive(Debug)]
+struct Straggler {
+    pgid: i32,
+    kill_at: Instant,
+}
+
+pub struct Worker<E: Executor> {
+    store: Store,
+    home: Home,
+    config: Config,
+    executor: E,
+    waker: Sender<Wake>,
+    live: HashMap<String, Live>,
+    by_pid: HashMap<i32, String>,
+    stragglers: Vec<Straggler>,
+    grace: Duration,
+}
+
+fn spec_write(path: &std::path::Path, rec: &DispatchRecord) -> Result<()> {
+    let v = serde_json::to_value(rec).map_err(|e| Error::other(format!("cannot encode dispatch: {e}")))?;
+    crate::store::write_value_checked(path, &v, Some(DISPATCH_SCHEMA))
+}
+
+fn duration_since(started_at: &str) -> Duration {
+    parse_ts(started_at).and_then(|t| (chrono::Utc::now() - t).to_std().ok()).unwrap_or(Duration::ZERO)
+}
+
+impl<E: Executor> Worker<E> {
+    pub fn new(store: Store, config: Config, executor: E, waker: Sender<Wake>) -> Worker<E> {
+        let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
+        Worker {
+            home: store.home().clone(),
+            store,
+            config,
+            executor,
+            waker,
+            live: HashMap::new(),
+            by_pid: HashMap::new(),
+            stragglers: Vec::new(),
+            grace,
+        }
+    }
+
+    /// Start-up: re-adopt running dispatches, finish those that ended while no worker ran, and
+    /// finish moving specs that already carry a final state.
+    pub fn reconcile(&mut self) -> Result<()> {
+        for rec in dispatches::list_bucket(&self.store, SpecBucket::Active)? {
+            let id = rec.dispatch_id.clone();
+            match &rec.state {
+                DispatchState::Starting => {}
+                DispatchState::Running { started_at, pid, pgid, proc_start_ticks } => {
+                    let elapsed = duration_since(started_at);
+                    let started = Instant::now().checked_sub(elapsed).unwrap_or_else(Instant::now);
+                    let live = Live {
+                        task_id: rec.task_id.clone(),
+                        pid: *pid,
+                        pgid: *pgid,
+                        start_ticks: *proc_start_ticks,
+                        started,
+                        deadline: Some(started + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
+                        stop: None,
+                        adopted: true,
+                    };
+                    self.live.insert(id.clone(), live);
+                    if self.executor.alive(*pid, *proc_start_ticks) {
+                        tracing::info!("re-adopted dispatch {id} (PID {pid})");
+                        procs::notify_exit(*pid, self.waker.clone(), format!("exited {id}"));
+                    } else {
+                        self.finish(&id, Gone::Vanished);
+                    }
+                }
+                _ => {
+                    if let Err(e) = self.move_final(&rec) {
+                        tracing::error!("cannot move ended dispatch {id}: {e}");
+                    }
+                }
+            }
+        }
+        // Requests and exit files whose spec is gone.
+        let active = self.home.worker_specs(SpecBucket::Active);
+        for entry in std::fs::read_dir(&active).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".cancel").or_else(|| name.strip_suffix(".exit"))
+                && !spec_path(&self.home, SpecBucket::Active, id).exists()
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass: reap, notice adopted exits, start new dispatches, act on cancels and deadlines.
+    pub fn step(&mut self) {
+        for (pid, how) in self.executor.reap() {
+            if let Some(id) = self.by_pid.remove(&pid) {
+                self.finish(&id, Gone::Reaped(how));
+            }
+        }
+        let gone: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.adopted && !self.executor.alive(l.pid, l.start_ticks))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.finish(&id, Gone::Vanished);
+        }
+        if let Err(e) = self.scan_active() {
+            tracing::error!("cannot scan active dispatches: {e}");
+        }
+        self.run_timers();
+    }
+
+    fn scan_active(&mut self) -> Result<()> {
+        let dir = self.home.worker_specs(SpecBucket::Active);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&dir, "list", e)),
+        };
+        let mut new_specs = Vec::new();
+        let mut cancels = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if crate::store::atomic::is_temp_name(&name) {
+                continue;
+            }
+            if let Some(id) = name.strip_suffix(".json") {
+                if !self.live.contains_key(id) {
+                    new_specs.push(entry.path());
+                }
+            } else if let Some(id) = name.strip_suffix(".cancel") {
+                cancels.push(id.to_string());
+            }
+        }
+        new_specs.sort();
+        for path in new_specs {
+            let rec = match dispatches::read_spec(&self.store, &path) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!("skipping unreadable spec {}: {e}", path.display());
+                    continue;
+                }
+            };
+            match rec.state {
+                DispatchState::Starting => {
+                    if cancel_request_path(&self.home, &rec.dispatch_id).exists() {
+                        self.end_unstarted(
+                            &rec,
+                            DispatchState::Cancelled { ended_at: now_string(), signal: None, duration_s: Some(0.0) },
+                        );
+                    } else {
+                        self.launch(rec);
+                    }
+                }
+                DispatchState::Running { .. } => {
+                    // Running but not ours: another worker wrote it, or the spec was restored.
+                    tracing::warn!("dispatch {} is running but unknown to this worker; re-adopting", rec.dispatch_id);
+                    self.reconcile_one(rec);
+                }
+                _ => {
+                    if let Err(e) = self.move_final(&rec) {
+                        tracing::error!("cannot move ended dispatch {}: {e}", rec.dispatch_id);
+                    }
+                }
+            }
+        }
+        for id in cancels {
+            if let Some(l) = self.live.get(&id)
+                && l.stop.is_none()
+            {
+                tracing::info!("cancelling dispatch {id} (task {})", l.task_id);
+                self.begin_stop(&id, StopReason::Cancel);
+            }
+        }
+        Ok(())
+    }
+
+    fn reconcile_one(&mut self, rec: DispatchRecord) {
+        if let DispatchState::Running { started_at, pid, pgid, proc_start_ticks } = &rec.state {
+            let started = Instant::now().checked_sub(duration_since(started_at)).unwrap_or_else(Instant::now);
+            let id = rec.dispatch_id.clone();
+            self.live.insert(
+                id.clone(),
+                Live {
+                    task_id: rec.task_id.clone(),
+                    pid: *pid,
+                    pgid: *pgid,
+                    start_ticks: *proc_start_ticks,
+                    started,
+                    deadline: Some(started + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
+                    stop: None,
+                    adopted: true,
+                },
+            );
+            if self.executor.alive(*pid, *proc_start_ticks) {
+                procs::notify_exit(*pid, self.waker.clone(), format!("exited {id}"));
+            } else {
+                self.finish(&id, Gone::Vanished);
+            }
+        }
+    }
+
+    fn plan(&self, rec: &DispatchRecord) -> LaunchPlan {
+        let types = WorkerTypes::load(&self.store).ok();
+        let wt = types.as_ref().and_then(|t| t.worker_types.get(&rec.worker_type));
+        let dir = workdir(&self.home, &self.config.worker.workdir, wt, &rec.task_id);
+        let id = &rec.dispatch_id;
+        let env = vec![
+            ("CORTEX_HOME".to_string(), self.home.root().display().to_string()),
+            ("CORTEX_TASK_ID".to_string(), rec.task_id.clone()),
+            ("CORTEX_DISPATCH_ID".to_string(), id.clone()),
+            ("CORTEX_ATTEMPT".to_string(), rec.attempt.to_string()),
+            ("CORTEX_HEARTBEAT_FILE".to_string(), self.home.heartbeat_file(id).display().to_string()),
+            ("CORTEX_USAGE_FILE".to_string(), self.home.usage_file(id).display().to_string()),
+        ];
+        LaunchPlan {
+            command: rec.command.clone(),
+            workdir: dir,
+            env,
+            stdout: self.home.dispatch_stdout(id),
+            stderr: self.home.dispatch_stderr(id),
+            exit_file: self.home.dispatch_exit_file(id),
+            run_dir: self.home.dispatch_run_dir(id),
+        }
+    }
+
+    fn launch(&mut self, rec: DispatchRecord) {
+        let id = rec.dispatch_id.clone();
+        let plan = self.plan(&rec);
+        let _ = std::fs::remove_file(&plan.exit_file);
+        let mut launched = match self.executor.launch(&plan) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot start dispatch {id}: {e}");
+                self.end_unstarted(
+                    &rec,
+                    DispatchState::Failed {
+                        ended_at: now_string(),
+                        exit_code: None,
+                        signal: None,
+                        duration_s: Some(0.0),
+                        error: format!("cannot start: {e}"),
+                    },
+                );
+                return;
+            }
+        };
+        let started_at = now_string();
+        let state = DispatchState::Running {
+            started_at,
+            pid: launched.pid,
+            pgid: launched.pgid,
+            proc_start_ticks: launched.start_ticks,
+        };
+        let recorded = self.update_spec(&id, |r| {
+            if r.status() != crate::task::model::DispatchStatus::Starting {
+                return Err(Error::refused(format!("dispatch {id} is {}, not starting", r.status().as_str())));
+            }
+            r.state = state;
+            Ok(())
+        });
+        if let Err(e) = recorded {
+            // Not recorded: the command must not run. Dropping the go pipe makes the shim exit.
+            tracing::error!("cannot record dispatch {id} as running ({e}); not starting it");
+            drop(launched.go.take());
+            self.by_pid.insert(launched.pid, id.clone());
+            self.live.insert(
+                id.clone(),
+                Live {
+                    task_id: rec.task_id.clone(),
+                    pid: launched.pid,
+                    pgid: launched.pgid,
+                    start_ticks: launched.start_ticks,
+                    started: Instant::now(),
+                    deadline: None,
+                    stop: Some(Stop { reason: StopReason::Cancel, kill_at: Instant::now(), killed: false }),
+                    adopted: false,
+                },
+            );
+            return;
+        }
+        if let Err(e) = self.executor.release(&mut launched) {
+            tracing::error!("{e}");
+        }
+        let now = Instant::now();
+        self.by_pid.insert(launched.pid, id.clone());
+        self.live.insert(
+            id.clone(),
+            Live {
+                task_id: rec.task_id.clone(),
+                pid: launched.pid,
+                pgid: launched.pgid,
+                start_ticks: launched.start_ticks,
+                started: now,
+                deadline: Some(now + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
+                stop: None,
+                adopted: false,
+            },
+        );
+        tracing::debug!("started dispatch {id} (task {}) as PID {}", rec.task_id, launched.pid);
+    }
+
+    /// Read-modify-write of an active spec under the `worker-specs` lock.
+    fn update_spec(&self, id: &str, change: impl FnOnce(&mut DispatchRecord) -> Result<()>) -> Result<DispatchRecord> {
+        let _guard = self.store.lock_named(WORKER_SPECS_LOCK)?;
+        let path = spec_path(&self.home, SpecBucket::Active, id);
+        let mut rec = dispatches::read_spec(&self.store, &path)?
+            .ok_or_else(|| Error::refused(format!("dispatch {id} has no active spec")))?;
+        change(&mut rec)?;
+        spec_write(&path, &rec)?;
+        Ok(rec)
+    }
+
+    fn begin_stop(&mut self, id: &str, reason: StopReason) {
+        let grace = self.grace;
+        let Some(l) = self.live.get_mut(id) else { return };
+        if l.stop.is_some() {
+            return;
+        }
+        tracing::info!("stopping dispatch {id} (PID group {}): {reason:?}", l.pgid);
+        self.executor.signal(l.pgid, Signal::SIGTERM);
+        l.stop = Some(Stop { reason, kill_at: Instant::now() + grace, killed: false });
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        let timed_out: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.stop.is_none() && l.deadline.is_some_and(|d| now >= d))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in timed_out {
+            self.begin_stop(&id, StopReason::Timeout);
+        }
+        for l in self.live.values_mut() {
+            if let Some(s) = &mut l.stop
+                && !s.killed
+                && now >= s.kill_at
+            {
+                self.executor.signal(l.pgid, Signal::SIGKILL);
+                s.killed = true;
+            }
+        }
+        let executor = &self.executor;
+        self.stragglers.retain(|s| {
+            if now >= s.kill_at {
+                executor.signal(s.pgid, Signal::SIGKILL);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// The next time a timer needs the loop.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let live = self.live.values().filter_map(|l| match &l.stop {
+            Some(s) if !s.killed => Some(s.kill_at),
+            Some(_) => None,
+            None => l.deadline,
+        });
+        live.chain(self.stragglers.iter().map(|s| s.kill_at)).min()
+    }
+
+    /// Number of dispatches this worker runs.
+    pub fn running(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Ends a dispatch whose leader is gone: final state from the stop reason, the shim's exit
+    /// report or what was seen; tokens from the usage file; spec moved to its bucket; stray group
+    /// members stopped.
+    fn finish(&mut self, id: &str, gone: Gone) {
+        let Some(l) = self.live.remove(id) else { return };
+        self.by_pid.remove(&l.pid);
+        let report = shim::read_report(&self.home.dispatch_exit_file(id));
+        let ended_at = now_string();
+        let duration = Some(l.started.elapsed().as_secs_f64());
+        let seen_signal = match gone {
+            Gone::Reaped(Reaped::Signaled(s)) => Some(s),
+            _ => None,
+        };
+        let signal = report.as_ref().and_then(|r| r.signal).or(seen_signal);
+        let state = match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
+            (Some(StopReason::Cancel), _, _) => DispatchState::Cancelled { ended_at, signal, duration_s: duration },
+            (Some(StopReason::Timeout), _, _) => DispatchState::Timeout { ended_at, signal, duration_s: duration },
+            (None, Some(r), _) => match (r.exit_code, r.signal, &r.error) {
+                (Some(0), _, None) => {
+                    DispatchState::Completed { ended_at, exit_code: 0, duration_s: l.started.elapsed().as_secs_f64() }
+                }
+                (code, sig, err) => DispatchState::Failed {
+                    ended_at,
+                    exit_code: code,
+                    signal: sig,
+                    duration_s: duration,
+                    error: err.clone().unwrap_or_else(|| match (code, sig) {
+                        (Some(c), _) => format!("exited with code {c}"),
+                        (None, Some(s)) => format!("killed by signal {s}{}", signal_label(s)),
+                        _ => "ended without an exit status".into(),
+                    }),
+                },
+            },
+            (None, None, Gone::Reaped(how)) => DispatchState::Failed {
+                ended_at,
+                exit_code: match how {
+                    Reaped::Exited(c) => Some(c),
+                    Reaped::Signaled(_) => None,
+                },
+                signal: seen_signal,
+                duration_s: duration,
+                error: format!(
+                    "the task's exec shim (PID {}) ended ({}) without recording the command's exit; \
+                     its process group was stopped",
+                    l.pid,
+                    match how {
+                        Reaped::Exited(c) => format!("exit {c}"),
+                        Reaped::Signaled(s) => format!("signal {s}{}", signal_label(s)),
+                    }
+                ),
+            },
+            (None, None, Gone::Vanished) => DispatchState::Lost {
+                ended_at,
+                reason: format!("process {} ended while no worker watched it and left no exit status", l.pid),
+            },
+        };
+        let tokens = crate::task::ops::read_usage_file(&self.home.usage_file(id));
+        let status = state.status();
+        let result = self.update_spec(id, |r| {
+            r.state = state;
+            if tokens.is_some() {
+                r.tokens_used = tokens;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(rec) => {
+                if let Err(e) = self.move_final(&rec) {
+                    tracing::error!("cannot move ended dispatch {id}: {e}");
+                }
+            }
+            // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
+            Err(Error::Refused(e)) => tracing::info!("not recording the end of dispatch {id}: {e}"),
+            Err(e) => tracing::error!("cannot record the end of dispatch {id}: {e}"),
+        }
+        // The heartbeat and usage files were read above; the directory is done with.
+        let _ = std::fs::remove_dir_all(self.home.dispatch_run_dir(id));
+        tracing::debug!("dispatch {id} (task {}) ended {}", l.task_id, status.as_str());
+        // Stray members of the group (daemonised grandchildren): TERM now, KILL after the grace.
+        if procs::group_exists(l.pgid) {
+            let kill_at = match &l.stop {
+                Some(s) => s.kill_at,
+                None => {
+                    self.executor.signal(l.pgid, Signal::SIGTERM);
+                    Instant::now() + self.grace
+                }
+            };
+            self.stragglers.push(Straggler { pgid: l.pgid, kill_at });
+        }
+    }
+
+    /// Ends a dispatch that never ran its command.
+    fn end_unstarted(&mut self, rec: &DispatchRecord, state: DispatchState) {
+        let id = rec.dispatch_id.clone();
+        match self.update_spec(&id, |r| {
+            r.state = state;
+            Ok(())
+        }) {
+            Ok(rec) => {
+                if let Err(e) = self.move_final(&rec) {
+                    tracing::error!("cannot move ended dispatch {id}: {e}");
+                }
+            }
+            Err(e) => tracing::error!("cannot record the end of dispatch {id}: {e}"),
+        }
+    }
+
+    /// Moves a spec with a final state from `active/` to `completed/` or `failed/` and removes
+    /// its request and exit files.
+    fn move_final(&self, rec: &DispatchRecord) -> Result<()> {
+        let bucket = match rec.status() {
+            crate::task::model::DispatchStatus::Completed => SpecBucket::Completed,
+            crate::task::model::DispatchStatus::Zombie => SpecBucket::Zombie,
+            _ => SpecBucket::Failed,
+        };
+        let id = &rec.dispatch_id;
+        {
+            let _guard = self.store.lock_named(WORKER_SPECS_LOCK)?;
+            let from = spec_path(&self.home, SpecBucket::Active, id);
+            let to = spec_path(&self.home, bucket, id);
+            crate::store::atomic::create_dir_all(&self.home.worker_specs(bucket))?;
+            crate::store::atomic::rename_durable(&from, &to)?;
+        }
+        let _ = std::fs::remove_file(cancel_request_path(&self.home, id));
+        let _ = std::fs::remove_file(self.home.dispatch_exit_file(id));
+        Ok(())
+    }
+}
+
+fn signal_label(sig: i32) -> String {
+    Signal::try_from(sig).map(|s| format!(" ({})", s.as_str())).unwrap_or_default()
+}
+
+/// The worker daemon's loop (`cortex-worker`).
+pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
+    procs::become_subreaper();
+    ctx.watch(&[ctx.home.worker_specs(SpecBucket::Active)])?;
+    let mut worker = Worker::new(ctx.store.clone(), ctx.config.clone(), LocalExecutor::new(), ctx.waker());
+    worker.reconcile()?;
+    let _ = ctx.store.emit(
+        "worker_ready",
+        Severity::Info,
+        format!("Worker ready ({} dispatch(es) re-adopted)", worker.running()),
+        serde_json::json!({"adopted": worker.running(), "at": format_ts(chrono::Utc::now())}),
+    );
+    ctx.mark_ready()?;
+    loop {
+        worker.step();
+        if let Wake::Shutdown(_) = ctx.wait(worker.next_deadline()) {
+            // Tasks keep running; the next worker re-adopts them.
+            return Ok(());
+        }
+        if ctx.drain_pending().iter().any(|w| matches!(w, Wake::Shutdown(_))) {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The exec shim: each dispatch runs as `cortex-worker --cortex-exec-shim GO_FD EXIT_FILE --
+//! COMMAND...`, the leader of the dispatch's own process group. It waits for the worker's
+//! go-ahead on a pipe (sent only after the worker recorded the dispatch `running`; if the worker
+//! dies first the pipe closes and the shim exits without running anything), runs the command as
+//! its child, waits for it, and writes its exit status atomically to `EXIT_FILE` beside the spec.
+//! So a worker that restarts and re-adopts the dispatch still learns the real exit code. The
+//! shim survives SIGTERM/SIGINT/SIGHUP (the group's TERM is for the command) so that it can record
+//! how the command ended; SIGKILL ends it with the rest of the group.
+
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::os::unix::process::ExitStatusExt;
+
+/// The first argument that selects shim mode.
+pub const SHIM_ARG: &str = "--cortex-exec-shim";
+
+/// What the shim records about the command's end.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitReport {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Set when the command could not be started.
+    pub error: Option<String>,
+    pub pid: Option<u32>,
+    pub started_at: String,
+    pub ended_at: String,
+}
+
+/// Reads an exit report (None when absent or unreadable).
+pub fn read_report(path: &std::path::Path) -> Option<ExitReport> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// In the worker binary's `main`: runs the shim and exits when the arguments ask for it;
+/// returns otherwise.
+pub fn run_if_requested() {
+    let mut args = std::env::args_os();
+    args.next();
+    if args.next().is_some_and(|a| a == SHIM_ARG) {
+        std::process::exit(shim_main(args.collect()));
+    }
+}
+
+fn shim_main(args: Vec<OsString>) -> i32 {
+    let usage = || {
+        eprintln!("usage: cortex-worker {SHIM_ARG} GO_FD EXIT_FILE -- COMMAND [ARGS...] (started by the worker only)");
+        2
+    };
+    if args.len() < 4 || args[2] != "--" {
+        return usage();
+    }
+    let Some(go_fd) = args[0].to_str().and_then(|s| s.parse::<i32>().ok()).filter(|fd| *fd > 2) else {
+        return usage();
+    };
+    let exit_file = std::path::PathBuf::from(&args[1]);
+    let argv = &args[3..];
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    // SAFETY: the worker passed us this descriptor (the read end of the go pipe); we own it.
+    let mut go = unsafe { std::fs::File::from_raw_fd(go_fd) };
+    let mut byte = [0u8; 1];
+    let proceed = matches!(go.read(&mut byte), Ok(1) if byte[0] == b'1');
+    drop(go);
+    if !proceed {
+        // The worker died before recording the dispatch: run nothing; it will be started afresh.
+        return 0;
+    }
+    let started_at = crate::clock::now_string();
+    let mut report = ExitReport { started_at, ..ExitReport::default() };
+    match std::process::Command::new(&argv[0]).args(&argv[1..]).spawn() {
+        Err(e) => {
+            report.exit_code = Some(127);
+            report.error = Some(format!("cannot run {:?}: {e}", argv[0]));
+            eprintln!("cortex: {}", report.error.as_deref().unwrap_or(""));
+        }
+        Ok(mut child) => {
+            report.pid = Some(child.id());
+            loop {
+                match child.wait() {
+                    Ok(st) => {
+                        report.exit_code = st.code();
+                        report.signal = st.signal();
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        report.error = Some(format!("cannot wait for the command: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    report.ended_at = crate::clock::now_string();
+    let bytes = serde_json::to_vec(&report).unwrap_or_default();
+    if let Err(e) = crate::store::atomic::write_atomic(&exit_file, &bytes) {
+        eprintln!("cortex: cannot record the exit status in {}: {e}", exit_file.display());
+    }
+    match (report.exit_code, report.signal) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    }
+}

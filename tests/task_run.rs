@@ -1,0 +1,278 @@
+//! Real processes through the coordinator and worker daemons: exit codes and signals, timeouts
+//! and cancels (with grandchildren), concurrency, budget, retries and failure notifications.
+mod common;
+mod task_support;
+use common::*;
+use serde_json::Value;
+use task_support::*;
+
+fn dispatch_of(t: &Value, n: usize) -> String {
+    t["dispatches"][n].as_str().unwrap().to_string()
+}
+
+#[test]
+fn exit_codes_signals_output_and_environment() {
+    let h = fast_home();
+    let _w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    let ok = add(
+        &h,
+        &[
+            "--description",
+            "ok",
+            "--",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; echo $CORTEX_ATTEMPT $CORTEX_TASK_ID; cat; pwd",
+        ],
+    );
+    let code = add(&h, &["--description", "code", "--max-attempts", "1", "--", "sh", "-c", "exit 7"]);
+    let sig = add(&h, &["--description", "sig", "--max-attempts", "1", "--", "sh", "-c", "kill -KILL $$"]);
+    let missing = add(&h, &["--description", "missing", "--max-attempts", "1", "--", "/no/such/program"]);
+    let t = wait_status(&h, &ok, "completed");
+    assert_eq!(t["result"]["exit_code"], 0);
+    let d = dispatch_of(&t, 0);
+    let out = std::fs::read_to_string(h.join(&format!("agents/logs/workers/{d}.out"))).unwrap();
+    let err = std::fs::read_to_string(h.join(&format!("agents/logs/workers/{d}.err"))).unwrap();
+    assert!(out.starts_with(&format!("to-out\n1 {ok}\n")), "{out}");
+    assert!(out.trim_end().ends_with(h.path().to_str().unwrap()), "cwd is the home: {out}");
+    assert_eq!(err, "to-err\n");
+    let (bucket, rec) = spec(&h, &d).unwrap();
+    assert_eq!(
+        (bucket.as_str(), rec["status"].as_str(), rec["exit_code"].as_i64()),
+        ("completed", Some("completed"), Some(0))
+    );
+    assert!(rec["pid"].is_null() || rec["pid"].as_i64().is_some());
+    let t = wait_status(&h, &code, "failed");
+    assert_eq!(t["result"]["exit_code"], 7);
+    assert_eq!(spec(&h, &dispatch_of(&t, 0)).unwrap().0, "failed");
+    let t = wait_status(&h, &sig, "failed");
+    assert_eq!(t["result"]["signal"], 9, "{t}");
+    let t = wait_status(&h, &missing, "failed");
+    assert_eq!(t["result"]["exit_code"], 127);
+    assert!(t["result"]["error"].as_str().unwrap().contains("/no/such/program"), "{t}");
+}
+
+/// A task that ignores TERM and leaves a grandchild that ignores TERM too.
+fn stubborn(h: &TestHome, name: &str) -> String {
+    format!(
+        "trap '' TERM; (trap '' TERM; sleep 60) & echo $! > {}/{name}.gc; echo started > {}/{name}.started; sleep 60",
+        h.path().display(),
+        h.path().display()
+    )
+}
+
+#[test]
+fn timeout_stops_a_term_ignoring_task_and_its_grandchildren() {
+    let h = fast_home();
+    let _w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    let id = add(
+        &h,
+        &["--description", "stubborn", "--timeout", "1s", "--max-attempts", "1", "--", "sh", "-c", &stubborn(&h, "t")],
+    );
+    let gc = read_pid(&h, "t.gc");
+    assert!(pid_running(gc));
+    let t = wait_status(&h, &id, "failed");
+    assert!(t["result"]["error"].as_str().unwrap().contains("timed out"), "{t}");
+    assert_eq!(t["result"]["signal"], 9, "TERM was ignored, so KILL ended it: {t}");
+    let (bucket, rec) = spec(&h, &dispatch_of(&t, 0)).unwrap();
+    assert_eq!((bucket.as_str(), rec["status"].as_str()), ("failed", Some("timeout")));
+    let d = rec["duration_s"].as_f64().unwrap();
+    assert!((1.3..20.0).contains(&d), "timeout 1s + grace 0.5s, took {d}");
+    wait_until(LONG, "grandchild gone", || !pid_running(gc));
+}
+
+#[test]
+fn cancel_stops_a_running_task_and_its_grandchildren() {
+    let h = fast_home();
+    let _w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    let id = add(&h, &["--description", "to cancel", "--", "sh", "-c", &stubborn(&h, "c")]);
+    let gc = read_pid(&h, "c.gc");
+    wait_until(LONG, "task started", || h.join("c.started").exists());
+    let out = h.cortex_ok(&["task", "cancel", &id, "--wait", "30s"]);
+    assert!(out.contains("cancelled"), "{out}");
+    let t = show(&h, &id);
+    assert_eq!(t["status"], "cancelled");
+    assert_eq!(t["attempts"], 1, "no retry after a cancel");
+    let (bucket, rec) = spec(&h, &dispatch_of(&t, 0)).unwrap();
+    assert_eq!((bucket.as_str(), rec["status"].as_str()), ("failed", Some("cancelled")));
+    wait_until(LONG, "grandchild gone", || !pid_running(gc));
+    // A queued task is cancelled in the queue; a finished one cannot be cancelled.
+    let later = add(&h, &["--description", "later", "--delay", "1h", "--", "true"]);
+    h.cortex_ok(&["task", "cancel", &later]);
+    assert_eq!(show(&h, &later)["status"], "cancelled");
+    let out = h.cortex(&["task", "cancel", &later]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already ended"));
+    // Retry brings a cancelled task back.
+    let retried: Value = serde_json::from_str(&h.cortex_ok(&["task", "retry", &id, "--json"])).unwrap();
+    assert_eq!(retried["status"], "pending_retry");
+    let events = h.events_of("task_cancelled");
+    assert!(events.iter().any(|e| e["data"]["task_id"] == id.as_str()));
+}
+
+#[test]
+fn max_concurrency_is_never_exceeded() {
+    let h = fast_home();
+    configure(&h, &[("scheduler", "max_concurrent_dispatches", "2")]);
+    let log = h.join("conc.log");
+    let script =
+        format!("echo \"start $(date +%s%N)\" >> {l}; sleep 0.3; echo \"end $(date +%s%N)\" >> {l}", l = log.display());
+    let ids: Vec<String> =
+        (0..6).map(|i| add(&h, &["--description", &format!("c{i}"), "--", "sh", "-c", &script])).collect();
+    let _w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    let tasks = wait_finished(&h, &ids);
+    assert!(tasks.iter().all(|t| t["status"] == "completed"));
+    let mut events: Vec<(u128, i32)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, t) = l.split_once(' ').unwrap();
+            (t.parse().unwrap(), if k == "start" { 1 } else { -1 })
+        })
+        .collect();
+    events.sort_by_key(|&(t, d)| (t, d));
+    let (mut cur, mut max) = (0, 0);
+    for (_, d) in events {
+        cur += d;
+        max = max.max(cur);
+    }
+    assert_eq!(max, 2, "two slots are used, never more");
+}
+
+#[test]
+fn budget_reserve_settle_release_and_wait() {
+    let h = fast_home();
+    std::fs::write(h.join("coordination/token-budget.json"), r#"{"total": 1000, "used": 0, "available": 1000}"#)
+        .unwrap();
+    let _w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    let cortex_bin = bin("cortex");
+    let big = add(
+        &h,
+        &[
+            "--description",
+            "big",
+            "--budget",
+            "800",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "while [ ! -f {h}/go ]; do sleep 0.05; done; {c} --home {h} task report-usage 300",
+                h = h.path().display(),
+                c = cortex_bin.display()
+            ),
+        ],
+    );
+    wait_status(&h, &big, "in_progress");
+    wait_until(LONG, "800 reserved", || {
+        let b = h.read_json("coordination/token-budget.json");
+        b["available"] == 200 && b["reservations"].as_object().map(|r| r.len()) == Some(1)
+    });
+    let small = add(&h, &["--description", "small", "--budget", "500", "--", "true"]);
+    wait_until(LONG, "small waits for budget", || show(&h, &small)["waiting_reason"] == "budget");
+    std::fs::write(h.join("go"), "").unwrap();
+    wait_status(&h, &big, "completed");
+    let t = wait_status(&h, &small, "completed");
+    assert_eq!(t["result"]["tokens_used"], Value::Null, "nothing reported: released in full");
+    assert_eq!(show(&h, &big)["result"]["tokens_used"], 300);
+    wait_until(LONG, "budget settled", || {
+        let b = h.read_json("coordination/token-budget.json");
+        b["used"] == 300 && b["available"] == 700 && b["reservations"].as_object().is_some_and(|r| r.is_empty())
+    });
+    // The usage file written directly by a task counts too.
+    let direct = add(
+        &h,
+        &[
+            "--description",
+            "direct",
+            "--budget",
+            "100",
+            "--",
+            "sh",
+            "-c",
+            "echo '{\"tokens_used\": 50}' > $CORTEX_USAGE_FILE",
+        ],
+    );
+    wait_status(&h, &direct, "completed");
+    wait_until(LONG, "budget settled again", || h.read_json("coordination/token-budget.json")["used"] == 350);
+}
+
+fn gaps_of(h: &TestHome, t: &Value) -> Vec<f64> {
+    let times: Vec<chrono::DateTime<chrono::Utc>> = t["dispatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let (_, rec) = spec(h, d.as_str().unwrap()).unwrap();
+            cortex::clock::parse_ts(rec["dispatched_at"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    times.windows(2).map(|w| (w[1] - w[0]).num_milliseconds() as f64 / 1000.0).collect()
+}
+
+#[test]
+fn retries_follow_each_backoff_strategy() {
+    for (strategy, check) in [("none", [0.0, 0.0]), ("fixed", [0.6, 0.6]), ("exponential", [0.4, 0.8])] {
+        let h = fast_home();
+        configure(
+            &h,
+            &[
+                ("retry", "backoff_strategy", &format!("\"{strategy}\"")),
+                ("retry", "backoff_base_seconds", if strategy == "fixed" { "0.6" } else { "0.4" }),
+                ("retry", "backoff_max_seconds", "5.0"),
+            ],
+        );
+        let _w = start(&h, "worker");
+        let _c = start(&h, "coordinator");
+        let id = add(&h, &["--description", "flaky", "--max-attempts", "3", "--", "sh", "-c", "exit 1"]);
+        let t = wait_status(&h, &id, "failed");
+        assert_eq!(t["attempts"], 3, "{strategy}");
+        let gaps = gaps_of(&h, &t);
+        assert_eq!(gaps.len(), 2);
+        for (g, min) in gaps.iter().zip(check) {
+            assert!(*g >= min, "{strategy}: gap {g} < {min} ({gaps:?})");
+            assert!(*g < min + 10.0, "{strategy}: gap {g} far too long");
+        }
+        let retries = h.events_of("task_retry_scheduled");
+        assert_eq!(retries.iter().filter(|e| e["data"]["task_id"] == id.as_str()).count(), 2, "{strategy}");
+    }
+}
+
+#[test]
+fn failure_notification_threshold_and_throttle() {
+    let h = fast_home();
+    configure(
+        &h,
+        &[("retry", "failure_notification_threshold", "2"), ("retry", "failure_notification_throttle_seconds", "3600")],
+    );
+    let _w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    let one = add(&h, &["--description", "f1", "--type", "fix-worker", "--max-attempts", "1", "--", "false"]);
+    wait_status(&h, &one, "failed");
+    assert!(h.events_of("failure_notification").is_empty(), "one failure is below the threshold");
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            add(&h, &["--description", &format!("f{i}"), "--type", "fix-worker", "--max-attempts", "1", "--", "false"])
+        })
+        .collect();
+    wait_finished(&h, &ids);
+    // Streaks are recorded just after the queue write: wait for all four failures to count.
+    wait_until(LONG, "four failures recorded", || {
+        h.read_json("coordination/failure-streaks.json")["worker_types"]["fix-worker"]["consecutive_failures"] == 4
+    });
+    let n = h.events_of("failure_notification");
+    assert_eq!(n.len(), 1, "reached at the second failure, then throttled for an hour: {n:?}");
+    assert_eq!((n[0]["severity"].as_str(), n[0]["data"]["worker_type"].as_str()), (Some("error"), Some("fix-worker")));
+    assert_eq!(n[0]["data"]["consecutive_failures"], 2);
+    // A success resets the streak.
+    let good = add(&h, &["--description", "ok", "--type", "fix-worker", "--", "true"]);
+    wait_status(&h, &good, "completed");
+    wait_until(LONG, "streak reset", || {
+        h.read_json("coordination/failure-streaks.json")["worker_types"]["fix-worker"]["consecutive_failures"] == 0
+    });
+}
