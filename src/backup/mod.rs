@@ -71,12 +71,12 @@ pub fn backup_dir(home: &Home, config: &crate::config::Config) -> PathBuf {
     if dest.is_empty() { home.backups_dir() } else { home.join(dest) }
 }
 
-/// Locks a snapshot (and a restore's swap) takes, in this order. The intake lock comes first
-/// because the coordinator holds it while it folds intake lines into the queue (intake, then
-/// task-queue); then the documented order scheduler → task-queue → token-budget → worker-specs;
-/// then the lock of every other registered file, in registry order. Keep this list in one place.
+/// Locks a snapshot (and a restore's swap) takes, in this order: the documented order
+/// scheduler → schedules → task-queue → task-intake → token-budget → worker-specs (the
+/// coordinator folds the intake while it holds the queue's lock), then the lock of every other
+/// registered file, in registry order. Keep this list in one place.
 pub fn snapshot_lock_order() -> Vec<&'static str> {
-    let mut order = vec!["task-intake", "scheduler", "task-queue", "token-budget", "worker-specs"];
+    let mut order = vec!["scheduler", "schedules", "task-queue", "task-intake", "token-budget", "worker-specs"];
     for f in crate::files::ALL {
         if !order.contains(&f.lock) {
             order.push(f.lock);

@@ -129,6 +129,7 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                 created_by: Some(actor),
                 repo,
                 schedule_id: None,
+                task_id: None,
             };
             let task = ops::add_task(&store, new)?;
             if ctx.json {

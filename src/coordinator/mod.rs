@@ -147,10 +147,20 @@ impl Coordinator {
     fn collect_ended(&mut self, q: &TaskQueue) -> Result<Vec<DispatchRecord>> {
         let mut out = Vec::new();
         let now = format_ts(self.clock.now());
+        // A zombie's restart is auto-fix's decision (breaker, rate limits, restart backoff); the
+        // coordinator folds zombies itself only when auto-fix is disabled.
+        let ended_buckets: &[SpecBucket] = if self.config.daemon_enabled("auto-fix") {
+            &[SpecBucket::Completed, SpecBucket::Failed]
+        } else {
+            &[SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie]
+        };
         for t in &q.tasks {
             let Some(d) = t.current_dispatch() else { continue };
+            if ended_buckets.len() == 2 && spec_path(self.store.home(), SpecBucket::Zombie, d).exists() {
+                continue;
+            }
             let mut found = None;
-            for bucket in [SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie] {
+            for &bucket in ended_buckets {
                 match dispatches::read_spec(&self.store, &spec_path(self.store.home(), bucket, d)) {
                     Ok(Some(rec)) => {
                         found = Some(rec);
@@ -263,6 +273,7 @@ impl Coordinator {
                 .collect()
         };
         let mut dependents_failed = Vec::new();
+        let mut breaker_gate = BreakerGate::load(&self.store);
         for i in queue::dispatch_order(&q.tasks) {
             let t = &q.tasks[i];
             let due_at = match &t.state {
@@ -313,10 +324,15 @@ impl Coordinator {
                 ));
                 continue;
             }
+            if !breaker_gate.allows(&self.store, &t.worker_type, now) {
+                q_dirty |= q.tasks[i].set_waiting_reason(Some("circuit_breaker"));
+                continue;
+            }
             if t.budget > budget.available {
                 q_dirty |= q.tasks[i].set_waiting_reason(Some("budget"));
                 continue;
             }
+            breaker_gate.dispatched(&t.worker_type);
             let dispatch_id = new_id("dsp");
             budget::reserve(&mut budget, &dispatch_id, t.budget, &now_s);
             let t = &mut q.tasks[i];
@@ -526,8 +542,16 @@ fn lost_record(t: &Task, dispatch_id: &str, now: &str, reason: &str) -> Dispatch
 fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let tx = ctx.waker();
-    let names: HashSet<&'static str> =
-        [crate::files::TASK_INTAKE.rel, TASK_QUEUE.rel, TOKEN_BUDGET.rel, SCHEDULER_STATE.rel].into_iter().collect();
+    let names: HashSet<&'static str> = [
+        crate::files::TASK_INTAKE.rel,
+        TASK_QUEUE.rel,
+        TOKEN_BUDGET.rel,
+        SCHEDULER_STATE.rel,
+        crate::files::SCHEDULES.rel,
+        crate::files::CIRCUIT_BREAKERS.rel,
+    ]
+    .into_iter()
+    .collect();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
         if matches!(ev.kind, notify::EventKind::Access(_)) {
@@ -579,6 +603,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let mut backoff: Option<Duration> = None;
     let mut last_error = String::new();
     loop {
+        let schedule_due = fire_schedules(&ctx.store).map(|d| instant_of(d, &SystemClock));
         let due = match c.cycle() {
             Ok(report) => {
                 backoff = None;
@@ -612,7 +637,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
             }
         };
         let safety = Instant::now() + tick;
-        let deadline = due.map_or(safety, |d| d.min(safety));
+        let deadline = [due, schedule_due].into_iter().flatten().fold(safety, Instant::min);
         loop {
             let first = ctx.wait(Some(deadline));
             let mut wakes = vec![first];
@@ -623,6 +648,77 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
             if !c.only_own_writes(&wakes) {
                 break;
             }
+        }
+    }
+}
+
+/// Enqueues the runs of schedules that are due (`schedule::fire_due`) and returns when the next
+/// one is. Each run is added with its slot's fixed task id, so a slot re-fired after a crash
+/// between the enqueue and the schedule's cursor write finds its task and adds nothing.
+fn fire_schedules(store: &Store) -> Option<Timestamp> {
+    let mut enqueue = |run: crate::schedule::ScheduledRun| -> Result<()> {
+        if crate::task::ops::find_task(store, &run.task_id)?.is_some() {
+            return Ok(());
+        }
+        let t = &run.task;
+        let new = crate::task::ops::NewTask {
+            description: t.description.clone(),
+            priority: Some(t.priority),
+            worker_type: t.worker_type.clone(),
+            budget: t.budget,
+            max_attempts: t.max_attempts,
+            command: t.command.clone(),
+            created_by: Some(format!("schedule:{}", run.schedule_name)),
+            schedule_id: Some(run.schedule_id.clone()),
+            task_id: Some(run.task_id.clone()),
+            ..Default::default()
+        };
+        crate::task::ops::add_task(store, new).map(|_| ())
+    };
+    match crate::schedule::fire_due(store, &SystemClock, &mut enqueue) {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!("schedules: {e}");
+            None
+        }
+    }
+}
+
+/// The circuit-breaker gate of one dispatch cycle: a type whose breaker is not closed is asked
+/// about once (`autofix::is_dispatch_allowed`), and at most one task of it (the half-open trial)
+/// is dispatched per cycle.
+struct BreakerGate {
+    breakers: crate::autofix::breaker::Breakers,
+    answers: HashMap<String, bool>,
+}
+
+impl BreakerGate {
+    fn load(store: &Store) -> BreakerGate {
+        BreakerGate { breakers: store.load().unwrap_or_default(), answers: HashMap::new() }
+    }
+
+    fn guarded(&self, worker_type: &str) -> bool {
+        self.breakers
+            .breakers
+            .get(worker_type)
+            .is_some_and(|b| !matches!(b.state, crate::autofix::breaker::BreakerState::Closed { .. }))
+    }
+
+    fn allows(&mut self, store: &Store, worker_type: &str, now: Timestamp) -> bool {
+        if !self.guarded(worker_type) {
+            return true;
+        }
+        *self.answers.entry(worker_type.to_string()).or_insert_with(|| {
+            crate::autofix::is_dispatch_allowed(store, worker_type, now).unwrap_or_else(|e| {
+                tracing::warn!("circuit breaker of {worker_type} unreadable ({e}); dispatching");
+                true
+            })
+        })
+    }
+
+    fn dispatched(&mut self, worker_type: &str) {
+        if self.guarded(worker_type) {
+            self.answers.insert(worker_type.to_string(), false);
         }
     }
 }

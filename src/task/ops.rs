@@ -47,6 +47,9 @@ pub struct NewTask {
     pub created_by: Option<String>,
     pub repo: Option<String>,
     pub schedule_id: Option<String>,
+    /// A fixed id (a schedule's run: one id per slot, so a re-fired slot is recognised).
+    /// Default: a new id. Refused when a task with this id exists.
+    pub task_id: Option<String>,
 }
 
 fn bad(detail: impl Into<String>) -> Error {
@@ -120,8 +123,20 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
         }
         _ => None,
     };
+    let task_id = match new.task_id {
+        Some(id) => {
+            if !crate::task::dispatches::is_valid_id(&id) {
+                return Err(bad(format!("task id {id:?}: use letters, digits, '-' and '_' only")));
+            }
+            if find_task(store, &id)?.is_some() {
+                return Err(Error::refused(format!("task {id} exists already")));
+            }
+            id
+        }
+        None => new_id("task"),
+    };
     let task = Task {
-        task_id: new_id("task"),
+        task_id,
         description: description.clone(),
         priority: new.priority.unwrap_or(Priority::Medium),
         worker_type: worker_type.clone(),
