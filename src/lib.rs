@@ -13,10 +13,13 @@ pub mod files;
 pub mod home;
 pub mod init;
 pub mod logging;
+pub mod logs;
 pub mod pidfile;
+pub mod pm;
 pub mod scheduler;
 pub mod schema;
 pub mod store;
+pub mod supervisor;
 pub mod task;
 pub mod validate;
 

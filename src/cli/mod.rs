@@ -2,7 +2,9 @@
 //! arguments into library calls and prints the result (text, or JSON with `--json`).
 
 mod events;
+mod logs;
 mod setup;
+mod supervise;
 
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -45,6 +47,21 @@ pub enum Command {
     /// The event log: emit, list.
     #[command(subcommand)]
     Event(events::EventCommand),
+    /// Start daemons (all enabled ones, or those named) detached; wait until each is ready.
+    Start(supervise::StartArgs),
+    /// Stop daemons (all, or those named): SIGTERM, a timeout, then SIGKILL.
+    Stop(supervise::StopArgs),
+    /// Restart daemons one at a time, each ready and stable before the next.
+    Restart(supervise::RestartArgs),
+    /// Each daemon's state, the scheduler state and task counts (exit 0 only if all run).
+    Status,
+    /// Foreground supervisor for service managers (systemd Type=notify): runs and restarts all daemons.
+    Run,
+    /// For cron: exit 0 healthy, 1 degraded, 2 down; --fix restarts dead daemons.
+    HealthCheck(supervise::HealthArgs),
+    /// Daemon logs: rotate, reopen, clean, archive, tail.
+    #[command(subcommand)]
+    Logs(logs::LogsCommand),
 }
 
 /// What the CLI needs everywhere.
@@ -91,5 +108,12 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Validate) => setup::validate(&ctx),
         Some(Command::Config(c)) => setup::config(&ctx, c),
         Some(Command::Event(c)) => events::run(&ctx, c),
+        Some(Command::Start(a)) => supervise::start(&ctx, a),
+        Some(Command::Stop(a)) => supervise::stop(&ctx, a),
+        Some(Command::Restart(a)) => supervise::restart(&ctx, a),
+        Some(Command::Status) => supervise::status(&ctx),
+        Some(Command::Run) => crate::supervisor::foreground::run(&ctx.home),
+        Some(Command::HealthCheck(a)) => supervise::health_check(&ctx, a),
+        Some(Command::Logs(c)) => logs::run(&ctx, c),
     }
 }
