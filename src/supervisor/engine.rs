@@ -77,6 +77,7 @@ pub struct Engine {
     waker: Sender<Wake>,
     next_hung_check: Instant,
     shutting_down: bool,
+    observed_once: bool,
 }
 
 impl Engine {
@@ -111,6 +112,7 @@ impl Engine {
             next_hung_check: Instant::now() + Duration::from_secs(1),
             config,
             shutting_down: false,
+            observed_once: false,
         }
     }
 
@@ -127,8 +129,10 @@ impl Engine {
         if self.mode == Mode::Pm { "pm" } else { "cortex run" }
     }
 
-    /// Looks for daemons that became ready (started by anyone) and starts watching them. Called
-    /// when something under `run/` changed.
+    /// Looks for daemons that started (by anyone: their PID file is locked) and watches them from
+    /// then on. Called at start-up and when something under `run/` changed. At start-up, a daemon
+    /// found dead after it had been ready (a stale PID file, its ready mark left behind, no stop
+    /// intent) is restarted too.
     pub fn observe(&mut self) {
         let mut changed = false;
         for i in 0..self.entries.len() {
@@ -136,19 +140,33 @@ impl Engine {
             if !self.supervised(name) || matches!(self.entries[i].phase, Phase::Up { .. }) {
                 continue;
             }
-            if let Ok(PidStatus::Running(pid)) = pidfile::status(&self.home, name)
-                && process::is_ready(&self.home, name, pid)
-            {
-                let e = &mut self.entries[i];
-                if matches!(e.phase, Phase::Failed | Phase::Down { .. }) {
-                    // Someone (the operator) started it: its history starts over.
-                    e.track.reset();
-                    changed = true;
+            match pidfile::status(&self.home, name) {
+                Ok(PidStatus::Running(pid)) if pid != 0 => {
+                    let e = &mut self.entries[i];
+                    if matches!(e.phase, Phase::Failed | Phase::Down { .. }) {
+                        // Someone (the operator) started it: its history starts over.
+                        e.track.reset();
+                        changed = true;
+                    }
+                    e.phase = Phase::Up { pid, since: Instant::now(), child: false };
+                    self.watch_lock(name, pid);
                 }
-                e.phase = Phase::Up { pid, since: Instant::now(), child: false };
-                self.watch_lock(name, pid);
+                Ok(PidStatus::Stale(Some(pid)))
+                    if !self.observed_once
+                        && matches!(self.entries[i].phase, Phase::Idle)
+                        && read_mark(&self.home, name).is_some_and(|m| m.pid == pid && m.ready_at.is_some()) =>
+                {
+                    let cause = Cause {
+                        text: "found dead (stale PID file, its ready mark left behind)".into(),
+                        old_pid: Some(pid),
+                        ..Cause::default()
+                    };
+                    self.died(i, cause, None);
+                }
+                _ => {}
             }
         }
+        self.observed_once = true;
         if changed {
             self.save();
         }
@@ -213,11 +231,16 @@ impl Engine {
                         self.watch_lock(name, pid);
                         continue;
                     }
-                    // Not our child, so no exit status; its mark tells a clean exit from a kill.
-                    let text = if read_mark(&self.home, name).is_some_and(|m| m.pid == pid) {
-                        "died abruptly (killed or crashed; it left its mark behind)"
-                    } else {
-                        "exited on its own (clean shutdown not asked for by cortex stop)"
+                    // Not our child, so no exit status; its mark tells a clean exit (the daemon
+                    // removes it) from a kill, and a crash from a start that never got ready
+                    // (which is the business of whoever started it).
+                    let text = match read_mark(&self.home, name).filter(|m| m.pid == pid) {
+                        Some(m) if m.ready_at.is_some() => "died abruptly (killed or crashed; it left its mark behind)",
+                        Some(_) => {
+                            self.entries[i].phase = Phase::Idle;
+                            continue;
+                        }
+                        None => "exited on its own (clean shutdown not asked for by cortex stop)",
                     };
                     Cause { text: text.into(), old_pid: Some(pid), ..Cause::default() }
                 }
