@@ -56,14 +56,17 @@ impl PidFile {
     pub fn acquire(home: &Home, daemon: &str, wait: Duration) -> Result<PidFile> {
         let path = home.pid_file(daemon);
         let mut file = open(&path)?;
-        let locked = match file.try_lock() {
-            Ok(()) => true,
-            Err(std::fs::TryLockError::WouldBlock) => false,
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, "lock", e)),
-        };
-        if !locked {
-            // A checker may hold it for a moment; a real second daemon holds it for good.
-            match crate::store::lock::lock_exclusive(&path, wait) {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, "lock", e)),
+            }
+            // A checker may hold it for a moment (and take it again between our wait and our
+            // try, hence the loop); a real second daemon holds it for good.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match crate::store::lock::lock_exclusive(&path, left) {
                 Ok(guard) => drop(guard),
                 Err(Error::LockTimeout { .. }) => {
                     let pid = read_pid(&mut file).map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
@@ -75,7 +78,6 @@ impl PidFile {
                 }
                 Err(e) => return Err(e),
             }
-            file.try_lock().map_err(|e| Error::other(format!("cannot lock {}: {e}", path.display())))?;
         }
         file.set_len(0).map_err(|e| Error::io(&path, "truncate", e))?;
         file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(&path, "seek", e))?;

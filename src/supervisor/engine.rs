@@ -266,16 +266,20 @@ impl Engine {
             self.entries[i].phase = Phase::Idle;
             return;
         }
+        let now = chrono::Utc::now();
+        let decision = self.entries[i].track.on_death(&self.policy, now, uptime);
+        let restart_in = match &decision {
+            Decision::Restart { after, .. } => Some(after.as_secs_f64()),
+            Decision::GiveUp { .. } => None,
+        };
         let _ = self.store.emit(
             "daemon_exited",
             Severity::Warning,
             format!("{name} (PID {pid}) went down: {}", cause.text),
             serde_json::json!({"daemon": name, "pid": cause.old_pid, "cause": cause.text,
                 "exit_code": cause.exit_code, "signal": cause.signal,
-                "uptime_seconds": uptime.map(|u| u.as_secs_f64())}),
+                "uptime_seconds": uptime.map(|u| u.as_secs_f64()), "restart_in_seconds": restart_in}),
         );
-        let now = chrono::Utc::now();
-        let decision = self.entries[i].track.on_death(&self.policy, now, uptime);
         self.entries[i].last_cause = Some(cause.text.clone());
         match decision {
             Decision::Restart { after, attempt } => {
@@ -284,6 +288,8 @@ impl Engine {
             }
             Decision::GiveUp { restarts } => {
                 self.entries[i].phase = Phase::Failed;
+                // The state first, so whoever reads the event sees FAILED in `cortex status`.
+                self.save();
                 let msg = format!(
                     "{name} gave up after {restarts} restarts (start limit {} in {}s); last cause: {}; \
                      fix it, then `cortex start {name}`",

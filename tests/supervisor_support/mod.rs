@@ -95,6 +95,20 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Show what the daemons said, to explain the failure.
+            for d in cortex::daemon::DAEMONS {
+                let log = std::fs::read_to_string(self.h.join(&format!("agents/logs/system/{d}-daemon.log")))
+                    .unwrap_or_default();
+                if !log.is_empty() {
+                    let lines: Vec<&str> = log.lines().collect();
+                    eprintln!(
+                        "--- {d}-daemon.log (last lines)\n{}",
+                        lines[lines.len().saturating_sub(15)..].join("\n")
+                    );
+                }
+            }
+        }
         let _ = self.run(&["stop", "--force"]);
     }
 }
@@ -113,4 +127,17 @@ pub fn gone(pid: u32) -> bool {
         Err(_) => true,
         Ok(s) => s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
     }
+}
+
+/// True when process `pid` has a thread named `name` (pm's watcher threads are `watch-<daemon>`
+/// for a daemon someone else started and `reap-<daemon>` for its own children).
+pub fn has_thread(pid: u32, name: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    rd.flatten().any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+}
+
+/// True when the supervisor process `sup` watches `daemon` (either way).
+pub fn watching(sup: u32, daemon: &str) -> bool {
+    let cut = |s: String| s.chars().take(15).collect::<String>();
+    has_thread(sup, &cut(format!("watch-{daemon}"))) || has_thread(sup, &cut(format!("reap-{daemon}")))
 }
