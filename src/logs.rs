@@ -251,8 +251,9 @@ pub fn is_error_line(line: &str) -> bool {
     ["error", "exception", "failed", "fatal", "panicked"].iter().any(|w| l.contains(w))
 }
 
-/// The last `n` lines of a log (only error lines with `errors`).
-pub fn tail(path: &Path, n: usize, errors: bool) -> Result<Vec<String>> {
+/// The last `n` lines of a log (only error lines with `errors`), and the size read (where
+/// [`follow`] goes on).
+pub fn tail(path: &Path, n: usize, errors: bool) -> Result<(Vec<String>, u64)> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -260,12 +261,13 @@ pub fn tail(path: &Path, n: usize, errors: bool) -> Result<Vec<String>> {
     };
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().filter(|l| !errors || is_error_line(l)).collect();
-    Ok(lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect())
+    Ok((lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect(), bytes.len() as u64))
 }
 
-/// Follows a log like `tail -F`: prints new lines as they are written and carries on in the new
-/// file after a rotation. Wakes on file-system events; returns only when `out` returns false.
-pub fn follow(path: &Path, errors: bool, mut out: impl FnMut(&str) -> bool) -> Result<()> {
+/// Follows a log like `tail -F` from byte `from`: prints new lines as they are written and
+/// carries on in the new file after a rotation. Wakes on file-system events; returns only when
+/// `out` returns false.
+pub fn follow(path: &Path, from: u64, errors: bool, mut out: impl FnMut(&str) -> bool) -> Result<()> {
     use notify::Watcher;
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::MetadataExt;
@@ -307,8 +309,8 @@ pub fn follow(path: &Path, errors: bool, mut out: impl FnMut(&str) -> bool) -> R
             && let Ok(mut f) = std::fs::File::open(path)
         {
             if file.is_none() {
-                // First open: start at the end, like tail.
-                let _ = f.seek(SeekFrom::End(0));
+                // First open: go on where the caller's tail stopped (the start if it shrank).
+                let _ = f.seek(SeekFrom::Start(if meta.len() >= from { from } else { 0 }));
             } else if let Some(old) = file.as_mut()
                 && !drain(old, &mut partial)
             {

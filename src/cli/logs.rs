@@ -135,13 +135,14 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
         }
         LogsCommand::Tail { name, lines, follow, errors } => {
             let path = crate::logs::log_path(home, &name)?;
-            for l in crate::logs::tail(&path, lines, errors)? {
+            let (last, read) = crate::logs::tail(&path, lines, errors)?;
+            for l in last {
                 println!("{l}");
             }
             if follow {
                 use std::io::Write;
                 let mut out = std::io::stdout();
-                crate::logs::follow(&path, errors, |l| writeln!(out, "{l}").and_then(|()| out.flush()).is_ok())?;
+                crate::logs::follow(&path, read, errors, |l| writeln!(out, "{l}").and_then(|()| out.flush()).is_ok())?;
             }
             Ok(0)
         }

@@ -9,6 +9,7 @@ use crate::pidfile::{self, PidStatus};
 use crate::store::lock::{LockGuard, lock_exclusive};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -34,6 +35,7 @@ pub fn spawn(home: &Home, daemon: &str, detach: Detach) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
+        .mode(crate::store::atomic::FILE_MODE)
         .open(&log_path)
         .map_err(|e| Error::io(&log_path, "open log", e))?;
     let err = log.try_clone().map_err(|e| Error::io(&log_path, "duplicate the descriptor of", e))?;
