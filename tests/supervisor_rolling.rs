@@ -2,7 +2,6 @@
 //! the first daemon that fails readiness, leaving the rest running.
 mod common;
 mod supervisor_support;
-use common::*;
 use cortex::daemon::DAEMONS;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
