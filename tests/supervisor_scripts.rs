@@ -23,8 +23,18 @@ fn script(f: &Fleet, rel: &str, args: &[&str]) -> Output {
 
 #[test]
 fn scripts_parse() {
-    for rel in ["scripts/start-cortex.sh", "scripts/stop-cortex.sh", "scripts/dashboards/daemon-monitor.sh"] {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let mut all: Vec<PathBuf> = Vec::new();
+    for sub in ["", "daemons", "dashboards"] {
+        for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "sh") {
+                all.push(e.path());
+            }
+        }
+    }
+    assert!(all.len() >= 14, "{all:?}");
+    for path in all {
+        let rel = path.display().to_string();
         let out = Command::new("bash").arg("-n").arg(&path).output().unwrap();
         assert!(out.status.success(), "{rel}: {}", text(&out.stderr));
     }
@@ -75,4 +85,24 @@ fn start_and_stop_cortex_wrappers() {
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("worker: killed"), "{}", text(&out.stdout));
     assert!(cortex::daemon::DAEMONS.iter().all(|d| f.pid(d).is_none()));
+}
+
+#[test]
+fn direct_start_wrapper_runs_a_daemon_in_the_foreground() {
+    let f = Fleet::new("");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/daemons/heartbeat-monitor-daemon.sh");
+    let mut child = Command::new("bash")
+        .arg(path)
+        .env("CORTEX_HOME", f.h.path())
+        .env_remove("COMMIT_RELAY_HOME")
+        .env("CORTEX_BIN_DIR", bin_dir())
+        .env("DEBUG", "1")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // exec: the script's process is the daemon.
+    wait_until(std::time::Duration::from_secs(60), "heartbeat ready", || f.ready("heartbeat") == Some(child.id()));
+    let st = terminate(&mut child);
+    assert!(st.success(), "{st}");
+    assert!(f.pid("heartbeat").is_none());
 }

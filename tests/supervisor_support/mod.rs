@@ -14,16 +14,16 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// A fresh home; `toml` replaces its cortex.toml. Unless it says otherwise, daemons get 30 s to
+    /// A fresh home; `toml` replaces its cortex.toml. Unless it says otherwise, daemons get 60 s to
     /// become ready: the test machine may be heavily loaded, and a fast start passes at once.
     pub fn new(toml: &str) -> Fleet {
         let h = TestHome::new();
         let toml = if toml.contains("ready_timeout_seconds") {
             toml.to_string()
         } else if toml.contains("[supervisor]\n") {
-            toml.replace("[supervisor]\n", "[supervisor]\nready_timeout_seconds = 30.0\n")
+            toml.replace("[supervisor]\n", "[supervisor]\nready_timeout_seconds = 60.0\n")
         } else {
-            format!("{toml}\n[supervisor]\nready_timeout_seconds = 30.0\n")
+            format!("{toml}\n[supervisor]\nready_timeout_seconds = 60.0\n")
         };
         std::fs::write(h.join("cortex.toml"), toml).unwrap();
         Fleet { h, port: free_port() }
