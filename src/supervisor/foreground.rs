@@ -53,11 +53,12 @@ pub fn run(home: &Home) -> Result<u8> {
     let _watcher = {
         use notify::Watcher;
         let tx = tx.clone();
+        let run_dir = home.run_dir();
         let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
                 && !matches!(ev.kind, notify::EventKind::Access(_))
             {
-                let _ = tx.send(Wake::Changed(home_run_marker()));
+                let _ = tx.send(Wake::Changed(run_dir.clone()));
             }
         })
         .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
@@ -109,8 +110,4 @@ pub fn run(home: &Home) -> Result<u8> {
     engine.stop_all();
     println!("cortex run: all daemons stopped");
     Ok(0)
-}
-
-fn home_run_marker() -> std::path::PathBuf {
-    std::path::PathBuf::from("run")
 }
