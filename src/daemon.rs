@@ -123,6 +123,9 @@ impl DaemonContext {
 
     /// Records that the daemon is ready (its loop is about to run); `cortex start` waits for it.
     pub fn mark_ready(&mut self) -> Result<()> {
+        if test_hook(TEST_NEVER_READY, self.name) {
+            return Ok(());
+        }
         self.ready_at = Some(chrono::Utc::now());
         self.write_mark()
     }
@@ -138,7 +141,7 @@ impl DaemonContext {
             last_loop_at: format_ts(self.last_loop_at),
         };
         let bytes = serde_json::to_vec(&mark).map_err(|e| Error::other(e.to_string()))?;
-        crate::store::atomic::write_atomic(&self.home.daemon_mark(self.name), &bytes)?;
+        crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.name), &bytes)?;
         self.next_mark = Instant::now() + self.mark_every;
         Ok(())
     }
@@ -201,7 +204,20 @@ impl DaemonContext {
 
 const HUP: &str = "\u{0}sighup";
 
-fn spawn_signal_thread(tx: Sender<Wake>) -> Result<()> {
+/// Test-only hooks. Each variable holds a comma-separated list of daemon names it applies to, so
+/// the supervisor's tests can drive real daemon processes into the failure modes operators meet:
+/// one that ignores SIGTERM (only SIGKILL stops it), one that never becomes ready, and one that
+/// logs numbered lines as fast as it can (log rotation under load). Unset in normal use.
+pub const TEST_IGNORE_SIGTERM: &str = "CORTEX_TEST_IGNORE_SIGTERM";
+pub const TEST_NEVER_READY: &str = "CORTEX_TEST_NEVER_READY";
+pub const TEST_LOG_FLOOD: &str = "CORTEX_TEST_LOG_FLOOD";
+
+/// True when the test hook `var` names `daemon`.
+pub fn test_hook(var: &str, daemon: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v.split(',').any(|n| n.trim() == daemon))
+}
+
+fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
     use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
         .map_err(|e| Error::other(format!("cannot install signal handlers: {e}")))?;
@@ -210,6 +226,7 @@ fn spawn_signal_thread(tx: Sender<Wake>) -> Result<()> {
         .spawn(move || {
             for sig in signals.forever() {
                 let wake = match sig {
+                    SIGTERM if ignore_sigterm => continue,
                     SIGHUP => Wake::Message(HUP.into()),
                     SIGCHLD => Wake::ChildExited,
                     s => Wake::Shutdown(s),
@@ -273,9 +290,17 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
     let pidfile = PidFile::acquire(&home, name, Duration::from_millis(500))?;
     let max_size = parse_size(&config.logs.max_size).unwrap_or(10 * 1024 * 1024);
     let log = crate::logging::init_daemon(&home.daemon_log(name), &config.logs.level, max_size, config.logs.keep)?;
+    log.file.set_rotate_lock(home.lock_file(crate::logging::ROTATE_LOCK));
     let store = Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source(name);
     let (tx, rx) = mpsc::channel();
-    spawn_signal_thread(tx.clone())?;
+    spawn_signal_thread(tx.clone(), test_hook(TEST_IGNORE_SIGTERM, name))?;
+    if test_hook(TEST_LOG_FLOOD, name) {
+        std::thread::spawn(|| {
+            for seq in 0u64.. {
+                tracing::info!("flood line seq={seq}");
+            }
+        });
+    }
     let now = chrono::Utc::now();
     let mut ctx = DaemonContext {
         name,

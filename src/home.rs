@@ -202,6 +202,19 @@ impl Home {
     pub fn task_workdir(&self, task_id: &str) -> PathBuf {
         self.join("agents/work").join(task_id)
     }
+    /// The operator's "keep it stopped" intent for a daemon, written by `cortex stop`, removed by
+    /// `cortex start`; pm and `cortex run` never restart a daemon that has one.
+    pub fn stop_intent(&self, daemon: &str) -> PathBuf {
+        self.run_dir().join(format!("{daemon}.stopped"))
+    }
+    /// The restart policy's state (restarts, FAILED), written by the active supervisor.
+    pub fn supervisor_state(&self) -> PathBuf {
+        self.run_dir().join("supervisor-state.json")
+    }
+    /// `archives/logs/`: `cortex logs archive` writes `<date>.tar.gz` there.
+    pub fn log_archives(&self) -> PathBuf {
+        self.join("archives/logs")
+    }
 }
 
 /// The sub-directories of `coordination/worker-specs/`.

@@ -6,11 +6,13 @@ mod breaker;
 mod dispatches;
 mod events;
 mod heartbeat;
+mod logs;
 mod metrics;
 mod recovery;
 mod schedule;
 mod scheduler;
 mod setup;
+mod supervise;
 mod task;
 
 use crate::error::{Error, Result};
@@ -97,6 +99,21 @@ pub enum Command {
     /// Tasks: add, list, show, cancel, retry, report-usage.
     #[command(subcommand)]
     Task(task::TaskCommand),
+    /// Start daemons (all enabled ones, or those named) detached; wait until each is ready.
+    Start(supervise::StartArgs),
+    /// Stop daemons (all, or those named): SIGTERM, a timeout, then SIGKILL.
+    Stop(supervise::StopArgs),
+    /// Restart daemons one at a time, each ready and stable before the next.
+    Restart(supervise::RestartArgs),
+    /// Each daemon's state, the scheduler state and task counts (exit 0 only if all run).
+    Status,
+    /// Foreground supervisor for service managers (systemd Type=notify): runs and restarts all daemons.
+    Run,
+    /// For cron: exit 0 healthy, 1 degraded, 2 down; --fix restarts dead daemons.
+    HealthCheck(supervise::HealthArgs),
+    /// Daemon logs: rotate, reopen, clean, archive, tail.
+    #[command(subcommand)]
+    Logs(logs::LogsCommand),
 }
 
 /// What the CLI needs everywhere.
@@ -160,5 +177,12 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Scheduler(c)) => scheduler::run(&ctx, c),
         Some(Command::Dispatches(a)) => dispatches::run(&ctx, a),
         Some(Command::Task(c)) => task::run(&ctx, c),
+        Some(Command::Start(a)) => supervise::start(&ctx, a),
+        Some(Command::Stop(a)) => supervise::stop(&ctx, a),
+        Some(Command::Restart(a)) => supervise::restart(&ctx, a),
+        Some(Command::Status) => supervise::status(&ctx),
+        Some(Command::Run) => crate::supervisor::foreground::run(&ctx.home),
+        Some(Command::HealthCheck(a)) => supervise::health_check(&ctx, a),
+        Some(Command::Logs(c)) => logs::run(&ctx, c),
     }
 }

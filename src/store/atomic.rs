@@ -45,6 +45,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Replaces `path` atomically (temp file + rename) without fsync: for ephemeral state under
+/// `run/` (daemon heartbeat marks), which must never be torn but need not survive a power cut,
+/// and must not stall a daemon's loop behind a busy disk's writeback.
+pub fn write_replace_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent_dir(path)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!("{TEMP_PREFIX}{name}.{}.{:016x}", std::process::id(), fastrand::u64(..)));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, "create temporary file", e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temporary file over", e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// fsyncs a directory so a rename or create in it is durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| Error::io(dir, "open directory", e))?;

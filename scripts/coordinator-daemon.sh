@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Runs the coordinator daemon in the foreground; see scripts/daemons/run-daemon.sh.
+exec "$(dirname "${BASH_SOURCE[0]}")/daemons/run-daemon.sh" coordinator "$@"

@@ -1,0 +1,260 @@
+//! Daemon processes: spawning one (detached in its own session, or as a child in its own process
+//! group), waiting until it is ready, stopping it (SIGTERM, a deadline on its PID-file lock, then
+//! SIGKILL), the running worker's task process groups, and what /proc says about a process.
+
+use crate::daemon::read_mark;
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::pidfile::{self, PidStatus};
+use crate::store::lock::{LockGuard, lock_exclusive};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How a spawned daemon is detached from whoever started it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    /// A new session (`cortex start`, pm): no controlling terminal, outlives its starter.
+    Session,
+    /// Its own process group under the starter (`cortex run`, which reaps and stops it).
+    Group,
+}
+
+/// Starts the daemon's binary for `home`: stdin from /dev/null, stdout and stderr appended to its
+/// log. Returns the child (the caller reaps it or lets init adopt it).
+pub fn spawn(home: &Home, daemon: &str, detach: Detach) -> Result<Child> {
+    let bin = super::registry::binary(daemon)?;
+    let log_path = home.daemon_log(daemon);
+    if let Some(dir) = log_path.parent() {
+        crate::store::atomic::create_dir_all(dir)?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(crate::store::atomic::FILE_MODE)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, "open log", e))?;
+    let err = log.try_clone().map_err(|e| Error::io(&log_path, "duplicate the descriptor of", e))?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--home")
+        .arg(home.root())
+        .current_dir(home.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        // The daemons never talk to systemd; only the supervisor does.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+    match detach {
+        Detach::Group => {
+            cmd.process_group(0);
+        }
+        Detach::Session => {
+            // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+            }
+        }
+    }
+    cmd.spawn().map_err(|e| Error::io(&bin, "start", e))
+}
+
+/// Why a started daemon did not become ready.
+#[derive(Debug, Clone)]
+pub enum NotReady {
+    Exited(ExitStatus),
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Exited(st) => write!(f, "exited during start-up ({})", describe_exit(*st)),
+            NotReady::Timeout(d) => write!(f, "not ready after {:.1}s", d.as_secs_f64()),
+        }
+    }
+}
+
+/// True when `daemon` runs as `pid` and has marked itself ready.
+pub fn is_ready(home: &Home, daemon: &str, pid: u32) -> bool {
+    matches!(pidfile::status(home, daemon), Ok(PidStatus::Running(p)) if p == pid)
+        && read_mark(home, daemon).is_some_and(|m| m.pid == pid && m.ready_at.is_some())
+}
+
+/// Waits until the child is ready (PID file locked by it and a ready mark), it exits, or the
+/// timeout passes. Wakes on changes under `run/` (where both appear); a short fallback re-check
+/// covers an exit that changes no file.
+pub fn wait_ready(home: &Home, daemon: &str, child: &mut Child, timeout: Duration) -> Result<(), NotReady> {
+    use notify::Watcher;
+    let deadline = Instant::now() + timeout;
+    let (tx, rx) = mpsc::channel::<()>();
+    let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    });
+    let _watcher = watcher.and_then(|mut w| w.watch(&home.run_dir(), notify::RecursiveMode::NonRecursive).map(|()| w));
+    let pid = child.id();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(NotReady::Exited(st));
+        }
+        if is_ready(home, daemon, pid) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(NotReady::Timeout(timeout));
+        }
+        let _ = rx.recv_timeout((deadline - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// Stops a child that failed to start: SIGTERM, `grace`, then SIGKILL; reaps it.
+pub fn terminate_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    child.wait().ok()
+}
+
+/// How a running daemon was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It exited after SIGTERM within the timeout.
+    Graceful,
+    /// It outlived the timeout and was killed.
+    KilledAfterTimeout,
+    /// `--force`: killed at once.
+    Killed,
+}
+
+/// Stops the daemon running as `pid` (its PID file is locked by it): SIGTERM, wait on the PID
+/// file's lock until `timeout`, then SIGKILL (or SIGKILL at once with `force`). Returns how it
+/// went and the PID file's lock, now held by the caller (so nothing restarts it before the caller
+/// has tidied up).
+pub fn stop_pid(home: &Home, daemon: &str, pid: u32, timeout: Duration, force: bool) -> Result<(Stopped, LockGuard)> {
+    if pid == 0 {
+        return Err(Error::refused(format!("{daemon} is starting (its PID file has no PID yet); try again")));
+    }
+    let path = home.pid_file(daemon);
+    let target = Pid::from_raw(pid as i32);
+    let first = if force { Signal::SIGKILL } else { Signal::SIGTERM };
+    let _ = kill(target, first);
+    match lock_exclusive(&path, if force { Duration::from_secs(10) } else { timeout }) {
+        Ok(g) => return Ok((if force { Stopped::Killed } else { Stopped::Graceful }, g)),
+        Err(Error::LockTimeout { .. }) if !force => {}
+        Err(e) => return Err(e),
+    }
+    let _ = kill(target, Signal::SIGKILL);
+    match lock_exclusive(&path, Duration::from_secs(10)) {
+        Ok(g) => Ok((Stopped::KilledAfterTimeout, g)),
+        Err(Error::LockTimeout { .. }) => Err(Error::other(format!(
+            "{daemon} (PID {pid}) still holds {} 10 s after SIGKILL; the process may be stuck in the kernel (D state)",
+            path.display()
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a daemon's PID file and mark after it stopped. The caller holds the PID file's lock
+/// (or has just seen it unlocked), so this is only ever our own stale file.
+pub fn remove_leftovers(home: &Home, daemon: &str) {
+    let _ = std::fs::remove_file(home.pid_file(daemon));
+    let _ = std::fs::remove_file(home.daemon_mark(daemon));
+}
+
+/// Says how a process ended: `exit code 1`, `signal 9 (SIGKILL)`.
+pub fn describe_exit(st: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => {
+            let name = Signal::try_from(s).map(|s| s.as_str().to_string()).unwrap_or_else(|_| "unknown".into());
+            format!("signal {s} ({name})")
+        }
+        _ => "unknown exit".into(),
+    }
+}
+
+/// Kills the process groups of the worker's running dispatches (`worker-specs/active/*.json`):
+/// SIGTERM, `[worker] grace_seconds`, then SIGKILL. A group is only signalled when its leader's
+/// start time still matches the spec (a reused PID is never hit). Returns the groups signalled.
+pub fn kill_task_groups(store: &crate::store::Store, grace: Duration) -> Result<Vec<i32>> {
+    use crate::home::SpecBucket;
+    use crate::task::DispatchState;
+    let mut groups = Vec::new();
+    for spec in crate::task::dispatches::list_bucket(store, SpecBucket::Active)? {
+        if let DispatchState::Running { pid, pgid, proc_start_ticks, .. } = spec.state
+            && pgid > 1
+            && proc_stats(pid as u32).is_some_and(|s| s.start_ticks == proc_start_ticks)
+        {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+            groups.push(pgid);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    let alive = |g: &i32| killpg(Pid::from_raw(*g), None).is_ok();
+    while groups.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for g in groups.iter().filter(|g| alive(g)) {
+        let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+    }
+    Ok(groups)
+}
+
+/// What /proc says about a process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcStats {
+    pub rss_bytes: u64,
+    /// Average CPU use over its life, percent of one core (like `ps %cpu`).
+    pub cpu_percent: f64,
+    pub uptime_secs: f64,
+    /// Start time in clock ticks since boot (identifies the process across PID reuse).
+    pub start_ticks: u64,
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let t = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// Reads /proc/<pid>/stat, /proc/<pid>/status and /proc/uptime. None when the process is gone.
+pub fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|s| s.parse::<u64>().ok());
+    let (utime, stime, start_ticks) = (field(14)?, field(15)?, field(22)?);
+    let ticks = clock_ticks();
+    let boot_uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let uptime_secs = (boot_uptime - start_ticks as f64 / ticks).max(0.0);
+    let cpu_secs = (utime + stime) as f64 / ticks;
+    let cpu_percent = if uptime_secs > 0.0 { cpu_secs / uptime_secs * 100.0 } else { 0.0 };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(ProcStats { rss_bytes: rss_kb * 1024, cpu_percent, uptime_secs, start_ticks })
+}
+
+/// The paths a process has open (from /proc/<pid>/fd), for "is this log still being written".
+pub fn open_paths(pid: u32) -> Vec<std::path::PathBuf> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).collect()
+}

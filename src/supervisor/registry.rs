@@ -1,0 +1,181 @@
+//! The daemons the supervisor manages and the small files it keeps about them under `run/`:
+//! which binary runs each daemon, the operator's stop intent (`run/<name>.stopped`), the restart
+//! policy's state (`run/supervisor-state.json`) and the per-daemon lock that serialises start,
+//! stop and restart of one daemon between `cortex`, pm and `cortex run`.
+
+use crate::clock::now_string;
+use crate::config::Config;
+use crate::daemon::{DAEMONS, binary_name};
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::store::lock::{LockGuard, lock_exclusive};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The registry name of a daemon, or an error listing the known ones.
+pub fn check_name(name: &str) -> Result<&'static str> {
+    DAEMONS.iter().copied().find(|d| *d == name).ok_or_else(|| Error::Config {
+        path: None,
+        detail: format!("unknown daemon {name:?}: known daemons are {}", DAEMONS.join(", ")),
+    })
+}
+
+/// The daemons a command acts on, in start order: the named ones, or every enabled one when no
+/// name is given. Naming a disabled daemon is refused unless `allow_disabled`.
+pub fn select(config: &Config, names: &[String], allow_disabled: bool) -> Result<Vec<&'static str>> {
+    if names.is_empty() {
+        return Ok(DAEMONS.iter().copied().filter(|d| config.daemon_enabled(d)).collect());
+    }
+    let mut wanted = Vec::new();
+    for n in names {
+        let d = check_name(n)?;
+        if !allow_disabled && !config.daemon_enabled(d) {
+            return Err(Error::refused(format!(
+                "{d} is disabled in cortex.toml ([daemons] disabled); remove it from that list to run it"
+            )));
+        }
+        wanted.push(d);
+    }
+    Ok(DAEMONS.iter().copied().filter(|d| wanted.contains(d)).collect())
+}
+
+/// The binary that runs `daemon`: next to the running executable first, then on PATH.
+pub fn binary(daemon: &str) -> Result<PathBuf> {
+    let file = binary_name(daemon);
+    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from));
+    if let Some(dir) = &exe_dir {
+        let p = dir.join(&file);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(&file);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(Error::other(format!(
+        "cannot find {file} next to {} or on PATH; build it with `cargo build --release`",
+        exe_dir.map(|d| d.display().to_string()).unwrap_or_else(|| "the cortex binary".into())
+    )))
+}
+
+/// Why a daemon is meant to stay stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StopIntent {
+    pub stopped_at: String,
+    pub stopped_by: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Records that the operator wants `daemon` stopped (pm and `cortex run` leave it alone).
+pub fn set_stop_intent(home: &Home, daemon: &str, reason: &str) -> Result<()> {
+    let intent =
+        StopIntent { stopped_at: now_string(), stopped_by: crate::scheduler::local_user(), reason: reason.to_string() };
+    let bytes = serde_json::to_vec(&intent).map_err(|e| Error::other(e.to_string()))?;
+    crate::store::atomic::write_atomic(&home.stop_intent(daemon), &bytes)
+}
+
+/// Removes the stop intent (the operator started the daemon again).
+pub fn clear_stop_intent(home: &Home, daemon: &str) -> Result<()> {
+    let path = home.stop_intent(daemon);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&path, "remove", e)),
+    }
+}
+
+/// The stop intent, if the operator stopped the daemon. An unreadable intent still counts.
+pub fn stop_intent(home: &Home, daemon: &str) -> Option<StopIntent> {
+    let bytes = std::fs::read(home.stop_intent(daemon)).ok()?;
+    Some(serde_json::from_slice(&bytes).unwrap_or(StopIntent {
+        stopped_at: String::new(),
+        stopped_by: String::new(),
+        reason: "unreadable intent file".into(),
+    }))
+}
+
+/// `run/supervisor-state.json`: what the restart policy did, for `cortex status` and the API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SupervisorState {
+    /// Who applies the policy: `pm` or `cortex run`.
+    #[serde(default)]
+    pub supervisor: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    #[serde(default)]
+    pub daemons: BTreeMap<String, DaemonRecord>,
+}
+
+/// The restart policy's record of one daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DaemonRecord {
+    /// Restarts made by the supervisor since the operator last started it.
+    #[serde(default)]
+    pub restarts: u32,
+    /// True once the start limit was hit: no more restarts until `cortex start NAME`.
+    #[serde(default)]
+    pub failed: bool,
+    #[serde(default)]
+    pub failed_at: Option<String>,
+    #[serde(default)]
+    pub last_cause: Option<String>,
+    #[serde(default)]
+    pub last_restart_at: Option<String>,
+    #[serde(default)]
+    pub next_restart_at: Option<String>,
+}
+
+const STATE_LOCK: &str = "supervisor";
+
+/// Reads the supervisor state (default when missing; a corrupt file is quarantined and ignored).
+pub fn read_state(home: &Home) -> SupervisorState {
+    let store = crate::store::Store::new(home.clone()).with_source("supervisor");
+    match store.read_value_at(&home.supervisor_state(), None) {
+        Ok(Some(v)) => serde_json::from_value(v).unwrap_or_default(),
+        _ => SupervisorState::default(),
+    }
+}
+
+/// Read-modify-write of the supervisor state under its lock.
+pub fn update_state(home: &Home, change: impl FnOnce(&mut SupervisorState)) -> Result<()> {
+    let _guard = lock_exclusive(&home.lock_file(STATE_LOCK), Duration::from_secs(10))?;
+    let mut state = read_state(home);
+    change(&mut state);
+    state.updated_at = Some(now_string());
+    let mut bytes = serde_json::to_vec_pretty(&state).map_err(|e| Error::other(e.to_string()))?;
+    bytes.push(b'\n');
+    crate::store::atomic::write_atomic(&home.supervisor_state(), &bytes)
+}
+
+/// Clears a daemon's FAILED mark and restart count (the operator starts it by hand).
+pub fn clear_failed(home: &Home, daemon: &str) -> Result<()> {
+    if !read_state(home).daemons.get(daemon).is_some_and(|r| r.failed || r.restarts > 0) {
+        return Ok(());
+    }
+    update_state(home, |s| {
+        s.daemons.remove(daemon);
+    })
+}
+
+/// Takes the per-daemon lock that serialises starting and stopping `daemon`.
+pub fn lock_daemon(home: &Home, daemon: &str, timeout: Duration) -> Result<LockGuard> {
+    lock_exclusive(&home.lock_file(&format!("daemon-{daemon}")), timeout)
+}
+
+/// The name of the foreground supervisor's PID file (`run/supervisor.pid`), held by `cortex run`.
+pub const FOREGROUND: &str = "supervisor";
+
+/// True while a `cortex run` supervises this home (pm then leaves restarts to it).
+pub fn foreground_active(home: &Home) -> bool {
+    matches!(crate::pidfile::status(home, FOREGROUND), Ok(crate::pidfile::PidStatus::Running(_)))
+}
