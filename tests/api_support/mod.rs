@@ -9,33 +9,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Sets `key = value` in `[section]` of the home's cortex.toml (the key must exist there).
+/// Sets `key = value` in `[section]` of the home's cortex.toml.
 pub fn set_config(h: &TestHome, section: &str, key: &str, value: &str) {
-    let path = h.join("cortex.toml");
-    let text = std::fs::read_to_string(&path).expect("read cortex.toml");
-    let mut out = String::new();
-    let mut current = String::new();
-    let mut done = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') && t.ends_with(']') {
-            current = t[1..t.len() - 1].to_string();
-        }
-        if current == section && !done && t.split('=').next().map(str::trim) == Some(key) {
-            out.push_str(&format!("{key} = {value}\n"));
-            done = true;
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    if !done {
-        // A key the shipped file leaves commented (its default): set it in its table.
-        let header = format!("[{section}]\n");
-        let at = out.find(&header).unwrap_or_else(|| panic!("no [{section}] table in cortex.toml"));
-        out.insert_str(at + header.len(), &format!("{key} = {value}\n"));
-    }
-    std::fs::write(&path, out).expect("write cortex.toml");
+    h.set_config(section, key, value);
 }
 
 /// A running `cortex-api`; stopped (SIGTERM) when dropped.

@@ -85,6 +85,35 @@ impl TestHome {
             .expect("spawn daemon")
     }
 
+    /// Sets `key = value` (a TOML literal) in `[section]` of the home's cortex.toml: replaces the
+    /// key's line, or adds it at the top of the table when the shipped file leaves it commented.
+    pub fn set_config(&self, section: &str, key: &str, value: &str) {
+        let path = self.join("cortex.toml");
+        let text = std::fs::read_to_string(&path).expect("read cortex.toml");
+        let (mut out, mut current, mut done) = (String::new(), String::new(), false);
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with('[') && t.ends_with(']') {
+                current = t[1..t.len() - 1].to_string();
+            }
+            if current == section && !done && t.split('=').next().map(str::trim) == Some(key) {
+                out.push_str(&format!("{key} = {value}\n"));
+                done = true;
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if !done {
+            let header = format!("[{section}]\n");
+            match out.find(&header) {
+                Some(at) => out.insert_str(at + header.len(), &format!("{key} = {value}\n")),
+                None => out.push_str(&format!("\n{header}{key} = {value}\n")),
+            }
+        }
+        std::fs::write(&path, out).expect("write cortex.toml");
+    }
+
     /// Reads a JSON file under the home.
     pub fn read_json(&self, rel: &str) -> serde_json::Value {
         let bytes = std::fs::read(self.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));

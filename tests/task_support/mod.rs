@@ -12,24 +12,9 @@ pub const LONG: Duration = Duration::from_secs(60);
 
 /// Sets `key = value` in `[section]` of the home's cortex.toml.
 pub fn configure(h: &TestHome, settings: &[(&str, &str, &str)]) {
-    let path = h.join("cortex.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut section = String::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            section = t.trim_matches(|c| c == '[' || c == ']').to_string();
-        }
-        let mut replaced = None;
-        for (s, k, v) in settings {
-            if *s == section && t.split('=').next().map(str::trim) == Some(*k) {
-                replaced = Some(format!("{k} = {v}"));
-            }
-        }
-        out.push(replaced.unwrap_or_else(|| line.to_string()));
+    for (section, key, value) in settings {
+        h.set_config(section, key, value);
     }
-    std::fs::write(&path, out.join("\n") + "\n").unwrap();
 }
 
 /// A home with fast retry and stop settings.
