@@ -10,24 +10,36 @@ use std::time::Duration;
 /// Generous deadline: the machine may be heavily loaded by parallel builds.
 pub const LONG: Duration = Duration::from_secs(60);
 
-/// Sets `key = value` in `[section]` of the home's cortex.toml.
+/// Sets `key = value` in `[section]` of the home's cortex.toml; a key the shipped file leaves
+/// commented out (its default) is added at the top of its section.
 pub fn configure(h: &TestHome, settings: &[(&str, &str, &str)]) {
     let path = h.join("cortex.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut section = String::new();
     let mut out = Vec::new();
+    let mut done = vec![false; settings.len()];
     for line in text.lines() {
         let t = line.trim();
         if t.starts_with('[') {
             section = t.trim_matches(|c| c == '[' || c == ']').to_string();
         }
         let mut replaced = None;
-        for (s, k, v) in settings {
+        for (i, (s, k, v)) in settings.iter().enumerate() {
             if *s == section && t.split('=').next().map(str::trim) == Some(*k) {
                 replaced = Some(format!("{k} = {v}"));
+                done[i] = true;
             }
         }
         out.push(replaced.unwrap_or_else(|| line.to_string()));
+    }
+    for (i, (s, k, v)) in settings.iter().enumerate() {
+        if !done[i] {
+            let header = out
+                .iter()
+                .position(|l| l.trim() == format!("[{s}]"))
+                .unwrap_or_else(|| panic!("no [{s}] section in cortex.toml for {k}"));
+            out.insert(header + 1, format!("{k} = {v}"));
+        }
     }
     std::fs::write(&path, out.join("\n") + "\n").unwrap();
 }
