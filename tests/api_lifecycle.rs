@@ -336,7 +336,11 @@ fn tmpfs_home() -> TestHome {
 
 #[test]
 fn no_dispatch_starts_after_a_returned_pause_under_load() {
-    let cycles: usize = std::env::var("CORTEX_TEST_LONG").ok().map(|v| v.parse().unwrap_or(10_000)).unwrap_or(1000);
+    // CORTEX_TEST_LONG=N runs N cycles (10,000 when it is not a number of at least 1,000).
+    let cycles: usize = std::env::var("CORTEX_TEST_LONG")
+        .ok()
+        .map(|v| v.parse().ok().filter(|n| *n >= 1000).unwrap_or(10_000))
+        .unwrap_or(1000);
     let h = tmpfs_home();
     configure(&h, &[("worker", "grace_seconds", "0.5"), ("scheduler", "max_concurrent_dispatches", "6")]);
     std::fs::write(
