@@ -444,7 +444,7 @@ fn no_dispatch_starts_after_a_returned_pause_under_load() {
 }
 
 #[test]
-fn drain_cancels_every_running_dispatch_and_waits() {
+fn drain_cancels_every_running_dispatch_and_waits_until_every_spec_left_active() {
     let h = fast_home();
     configure(&h, &[("scheduler", "max_concurrent_dispatches", "4")]);
     let _d = live(&h);
@@ -460,7 +460,7 @@ fn drain_cancels_every_running_dispatch_and_waits() {
     assert!(text.contains("Running dispatches at start: 3"), "{text}");
     assert!(text.contains("Cancel requested: 3"), "{text}");
     assert!(text.contains("Drained: 0 running dispatches"), "{text}");
-    assert_eq!(std::fs::read_dir(h.join("coordination/worker-specs/active")).unwrap().count(), 0);
+    assert_eq!(active_specs(&h), Default::default(), "every spec has left active/");
     let s: Value = serde_json::from_str(&h.cortex_ok(&["scheduler", "status", "--json"])).unwrap();
     assert_eq!(s["state"], "paused");
     assert_eq!(s["reason"], "drain");
