@@ -688,8 +688,9 @@ pub fn parse_dispatch_status(s: &str) -> std::result::Result<DispatchStatus, Str
     })
 }
 
-/// Waits until no dispatch is active (starting or running) or the deadline passes; returns how
-/// many are still active. Wakes on changes in `worker-specs/active/`, not on a timer.
+/// Waits until no spec is left in `worker-specs/active/` (starting, running, or ended but not
+/// yet moved by the worker) or the deadline passes; returns how many are left. Wakes on changes
+/// in `active/`, not on a timer.
 pub fn wait_no_active(reader: &StatusReader, timeout: Duration) -> Result<usize> {
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = std::sync::mpsc::channel();
@@ -704,7 +705,9 @@ pub fn wait_no_active(reader: &StatusReader, timeout: Duration) -> Result<usize>
         .map_err(|e| Error::other(format!("cannot watch {}: {e}", dir.display())))?;
     let deadline = Instant::now() + timeout;
     loop {
-        let active = reader.dispatches()?.iter().filter(|d| d.is_active()).count();
+        // Every spec still in active/: one whose final state is written but not yet moved is
+        // still being ended by the worker (its request and exit files go with the move).
+        let active = reader.dispatches()?.iter().filter(|d| d.bucket == SpecBucket::Active).count();
         let left = deadline.saturating_duration_since(Instant::now());
         if active == 0 || left.is_zero() {
             return Ok(active);

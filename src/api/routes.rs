@@ -1,6 +1,7 @@
 //! The API's endpoints: routing (404 unknown path, 405 wrong method), bearer-token checks on
 //! mutating endpoints, and each handler — a thin layer over [`crate::status`],
-//! [`crate::scheduler`] and [`crate::task::dispatches`], the same calls the CLI makes.
+//! [`crate::scheduler`], [`crate::task::dispatches`] and [`crate::task::ops`], the same calls
+//! the CLI makes.
 
 use super::auth::Tokens;
 use super::http::{Handler, Reply, Request, Response};
@@ -8,7 +9,7 @@ use crate::error::Error;
 use crate::home::SpecBucket;
 use crate::scheduler::{self, Actor};
 use crate::status::{StatusReader, parse_dispatch_status};
-use crate::task::dispatches;
+use crate::task::{dispatches, ops};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ enum Route<'a> {
     Dispatches,
     Dispatch(&'a str),
     Cancel(&'a str),
+    Retry(&'a str),
 }
 
 /// Matches a path and method. `Err(allowed)` when the path exists but not for this method;
@@ -50,10 +52,13 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
         ["dispatches"] if get => Route::Dispatches,
         ["dispatches", id] if get && !id.is_empty() => Route::Dispatch(id),
         ["dispatches", id, "cancel"] if post && !id.is_empty() => Route::Cancel(id),
+        ["dispatches", id, "retry"] if post && !id.is_empty() => Route::Retry(id),
         [""] | ["status"] | ["health"] | ["metrics"] | ["scheduler", "status"] | ["dispatches"] | ["dispatches", _] => {
             return Err("GET, HEAD");
         }
-        ["scheduler", "pause"] | ["scheduler", "resume"] | ["dispatches", _, "cancel"] => return Err("POST"),
+        ["scheduler", "pause"] | ["scheduler", "resume"] | ["dispatches", _, "cancel" | "retry"] => {
+            return Err("POST");
+        }
         _ => return Ok(None),
     };
     Ok(Some(r))
@@ -86,7 +91,7 @@ impl Handler for App {
             Ok(None) => return Reply::Now(Response::error(404, format!("no such endpoint: {}", req.path))),
             Err(allow) => return Reply::Now(Response::error(405, "method not allowed").with_header("Allow", allow)),
         };
-        let mutating = matches!(route, Route::Pause | Route::Resume | Route::Cancel(_));
+        let mutating = matches!(route, Route::Pause | Route::Resume | Route::Cancel(_) | Route::Retry(_));
         if let Some(refusal) = self.browser_refusal(req, mutating) {
             return Reply::Now(refusal);
         }
@@ -111,7 +116,8 @@ impl Handler for App {
                 "endpoints": [
                     "GET /status", "GET /health", "GET /metrics", "GET /scheduler/status",
                     "POST /scheduler/pause", "POST /scheduler/resume", "GET /dispatches?status=S",
-                    "GET /dispatches/<task_id|dispatch_id>", "POST /dispatches/<dispatch_id>/cancel"
+                    "GET /dispatches/<task_id|dispatch_id>", "POST /dispatches/<dispatch_id>/cancel",
+                    "POST /dispatches/<dispatch_id>/retry"
                 ],
             }))),
             Route::Status => {
@@ -133,6 +139,7 @@ impl Handler for App {
             Route::Dispatches => Reply::Now(self.list_dispatches(req)),
             Route::Dispatch(id) => Reply::Now(self.dispatch(id)),
             Route::Cancel(id) => self.cancel(id, &actor),
+            Route::Retry(id) => Reply::Now(self.retry(id, &actor)),
         }
     }
 }
@@ -299,6 +306,32 @@ impl App {
     }
 }
 
+impl App {
+    /// `POST /dispatches/<id>/retry`: the dispatch's task becomes `pending_retry` (only from a
+    /// failed or cancelled dispatch of a failed or cancelled task; 400 otherwise, 404 unknown).
+    fn retry(&self, id: &str, actor: &Actor) -> Response {
+        let store = self.reader.store();
+        match dispatches::find(store, id) {
+            Ok(None) => return Response::error(404, format!("no dispatch {id:?}")),
+            Ok(Some(_)) => {}
+            Err(e) => return error_response(&e),
+        }
+        let requested_by = format!("{} ({})", actor.who, actor.from);
+        match ops::retry_dispatch(store, id, &requested_by) {
+            Ok(task) => ok_json(&json!({
+                "status": task.status().as_str(),
+                "dispatch_id": id,
+                "task_id": task.task_id,
+                "next_retry_at": task.next_retry_at(),
+                "attempts": task.attempts,
+                "max_attempts": task.max_attempts,
+            })),
+            Err(Error::Refused(m)) => Response::error(400, m),
+            Err(e) => error_response(&e),
+        }
+    }
+}
+
 /// How long a cancel waits beyond the worker's grace period before answering 504.
 const CANCEL_MARGIN_SECONDS: f64 = 10.0;
 
@@ -315,7 +348,9 @@ mod tests {
         assert!(matches!(route("POST", "/status"), Err("GET, HEAD")));
         assert!(matches!(route("GET", "/scheduler/pause"), Err("POST")));
         assert!(matches!(route("GET", "/nope"), Ok(None)));
-        assert!(matches!(route("POST", "/dispatches/d-1/retry"), Ok(None)));
+        assert!(matches!(route("POST", "/dispatches/d-1/retry"), Ok(Some(Route::Retry("d-1")))));
+        assert!(matches!(route("GET", "/dispatches/d-1/retry"), Err("POST")));
+        assert!(matches!(route("POST", "/dispatches/d-1/nope"), Ok(None)));
     }
 
     #[test]

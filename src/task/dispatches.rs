@@ -120,6 +120,10 @@ pub fn request_cancel(store: &Store, dispatch_id: &str, requested_by: &str) -> R
 
 /// Waits until a dispatch has left `active/` (ended); returns its final record, or None at the
 /// deadline. Wakes on file events in the bucket directories, not on a timer.
+///
+/// A final state in the active spec is not the end yet: the worker records the state first and
+/// moves the spec to its bucket after, so an answer given between the two would let the caller
+/// see an "ended" dispatch still in `active/`.
 pub fn wait_ended(store: &Store, dispatch_id: &str, timeout: Duration) -> Result<Option<DispatchRecord>> {
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = std::sync::mpsc::channel();
@@ -137,7 +141,7 @@ pub fn wait_ended(store: &Store, dispatch_id: &str, timeout: Duration) -> Result
     let deadline = Instant::now() + timeout;
     loop {
         match find(store, dispatch_id)? {
-            Some((bucket, rec)) if bucket != SpecBucket::Active || !rec.status().is_active() => return Ok(Some(rec)),
+            Some((bucket, rec)) if bucket != SpecBucket::Active => return Ok(Some(rec)),
             None => return Ok(None),
             _ => {}
         }

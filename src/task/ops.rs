@@ -348,6 +348,7 @@ pub fn emit_ended(store: &Store, e: &queue::Ended) {
 /// Makes a failed or cancelled task `pending_retry` now (bringing it back from the archive if it
 /// was archived). A task whose attempts are used up gets one more. Refused in any other state.
 pub fn retry_task(store: &Store, task_id: &str, actor: &str) -> Result<Task> {
+    fold_ended_dispatch_of(store, task_id)?;
     let task = queue::update(store, |q, _| {
         let pos = match q.tasks.iter().position(|t| t.task_id == task_id) {
             Some(p) => p,
@@ -379,6 +380,19 @@ pub fn retry_task(store: &Store, task_id: &str, actor: &str) -> Result<Task> {
         serde_json::json!({"task_id": task_id, "requested_by": actor, "attempts": task.attempts, "max_attempts": task.max_attempts}),
     );
     Ok(task)
+}
+
+/// Folds the ended dispatch of a task still recorded `in_progress` (the worker has ended it but
+/// the coordinator has not folded it yet, or is down), so a retry right after a cancel or a
+/// failure sees the task as it really is.
+fn fold_ended_dispatch_of(store: &Store, task_id: &str) -> Result<()> {
+    let Some(task) = find_task(store, task_id)? else { return Ok(()) };
+    let Some(dispatch_id) = task.current_dispatch() else { return Ok(()) };
+    // Zombies are left to auto-fix (or the coordinator), as the coordinator does.
+    if let Some((SpecBucket::Completed | SpecBucket::Failed, rec)) = dispatches::find(store, dispatch_id)? {
+        fold_records(store, &[rec])?;
+    }
+    Ok(())
 }
 
 /// Retries the task of an ended dispatch; refused unless the dispatch ended failed, cancelled,
