@@ -272,3 +272,30 @@ fn zombie_is_folded_by_the_coordinator_when_auto_fix_is_disabled() {
     assert!(out.contains("attempt 2 done"), "{out}");
     budget_settled(&h);
 }
+
+/// Regression: the coordinator held a type behind an open breaker until its slow safety tick
+/// (30 s), not until the breaker's `half_open_at`, when auto-fix was not there to rewrite the
+/// file at that moment.
+#[test]
+fn coordinator_wakes_at_half_open_time_without_auto_fix() {
+    let h = fast_home();
+    let now = chrono::Utc::now();
+    let half_open_at = now + chrono::Duration::seconds(2);
+    let breakers = json!({"breakers": {"fix-worker": {
+        "state": "open", "opened_at": cortex::clock::format_ts(now),
+        "half_open_at": cortex::clock::format_ts(half_open_at), "reason": "test",
+        "failures_in_window": 3, "trips": 1}}});
+    std::fs::write(h.join("coordination/circuit-breakers.json"), serde_json::to_vec_pretty(&breakers).unwrap())
+        .unwrap();
+    let _worker = start(&h, "worker");
+    let _coord = start(&h, "coordinator");
+    let id = add(&h, &["--description", "trial", "--type", "fix-worker", "--budget", "10", "--", "true"]);
+    wait_until(LONG, "held behind the breaker", || {
+        queue_task(&h, &id).is_some_and(|t| t["waiting_reason"] == "circuit_breaker")
+    });
+    let done = wait_status(&h, &id, "completed");
+    let (_, s) = task_specs(&h, &done).pop().unwrap();
+    let at = parse_ts(s["dispatched_at"].as_str().unwrap()).unwrap();
+    assert!(at >= half_open_at, "dispatched before the half-open time");
+    assert!(at < half_open_at + chrono::Duration::seconds(5), "dispatched {at}, half-open at {half_open_at}");
+}
