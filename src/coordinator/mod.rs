@@ -325,6 +325,10 @@ impl Coordinator {
                 continue;
             }
             if !breaker_gate.allows(&self.store, &t.worker_type, now) {
+                // Wake at the half-open time even if nobody rewrites the breakers file then.
+                if let Some(at) = breaker_gate.half_open_at(&t.worker_type).filter(|at| *at > now) {
+                    report.next_due = Some(report.next_due.map_or(at, |d: Timestamp| d.min(at)));
+                }
                 q_dirty |= q.tasks[i].set_waiting_reason(Some("circuit_breaker"));
                 continue;
             }
@@ -714,6 +718,14 @@ impl BreakerGate {
                 true
             })
         })
+    }
+
+    /// When an open breaker lets its trial through (its `half_open_at`).
+    fn half_open_at(&self, worker_type: &str) -> Option<Timestamp> {
+        match &self.breakers.breakers.get(worker_type)?.state {
+            crate::autofix::breaker::BreakerState::Open { half_open_at, .. } => parse_ts(half_open_at),
+            _ => None,
+        }
     }
 
     fn dispatched(&mut self, worker_type: &str) {
