@@ -223,7 +223,10 @@ fn sigkill_at_the_moment_of_firing_yields_exactly_one_task() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(20), "the child to enqueue", || h.join("enqueued.marker").exists());
+    // The marker is created, then written: wait for its content, not just its name.
+    wait_until(Duration::from_secs(20), "the child to enqueue", || {
+        std::fs::read(h.join("enqueued.marker")).is_ok_and(|b| !b.is_empty())
+    });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     child.wait().unwrap();
 
