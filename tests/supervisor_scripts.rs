@@ -1,5 +1,6 @@
-//! The wrappers: `scripts/start-cortex.sh`, `scripts/stop-cortex.sh` and
-//! `scripts/dashboards/daemon-monitor.sh` with the runbook's flags.
+//! The wrappers: `scripts/start-cortex.sh`, `scripts/stop-cortex.sh`,
+//! `scripts/dashboards/daemon-monitor.sh` with the runbook's flags, and the menu of
+//! `scripts/wizards/daemon-control.sh`.
 mod common;
 mod supervisor_support;
 use common::*;
@@ -25,7 +26,7 @@ fn script(f: &Fleet, rel: &str, args: &[&str]) -> Output {
 fn scripts_parse() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts");
     let mut all: Vec<PathBuf> = Vec::new();
-    for sub in ["", "daemons", "dashboards"] {
+    for sub in ["", "daemons", "dashboards", "wizards"] {
         for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
             if e.path().extension().is_some_and(|x| x == "sh") {
                 all.push(e.path());
@@ -70,6 +71,41 @@ fn daemon_monitor_flags() {
     assert_eq!(script(&f, dm, &["--bogus"]).status.code(), Some(2));
     assert_eq!(script(&f, dm, &["--start", "nosuch"]).status.code(), Some(1));
     assert!(text(&script(&f, dm, &["--help"]).stdout).contains("--stop-all"));
+}
+
+/// The runbook's "Using daemon control wizard ... Select option 1: Start all daemons".
+#[test]
+fn daemon_control_wizard_menu() {
+    let f = Fleet::new("");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/wizards/daemon-control.sh");
+    let run = |input: &str| {
+        use std::io::Write;
+        let mut child = Command::new("bash")
+            .arg(&path)
+            .env("CORTEX_HOME", f.h.path())
+            .env_remove("COMMIT_RELAY_HOME")
+            .env("CORTEX_BIN_DIR", bin_dir())
+            .env("CORTEX_API_BIND", format!("127.0.0.1:{}", f.port))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("1\nq\n");
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(cortex::daemon::DAEMONS.iter().all(|d| f.ready(d).is_some()), "option 1 starts all daemons");
+    let out = run("6\nworker\n4\nq\n");
+    let s = text(&out.stdout);
+    assert!(s.contains("worker: STOPPED"), "option 6 stops one, option 4 shows it: {s}");
+    assert!(f.pid("worker").is_none());
+    let out = run("5\nnosuch\n");
+    assert_eq!(out.status.code(), Some(2), "an unknown daemon name is refused");
+    let out = run("2\nq\n");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(cortex::daemon::DAEMONS.iter().all(|d| f.pid(d).is_none()), "option 2 stops all daemons");
 }
 
 #[test]
