@@ -33,6 +33,17 @@ enum Route<'a> {
     Dispatch(&'a str),
     Cancel(&'a str),
     Retry(&'a str),
+    Schedules,
+    Schedule(&'a str),
+    ScheduleAction(&'a str, ScheduleAction),
+}
+
+/// What a `POST /schedules/<id>/<action>` asks for.
+#[derive(Clone, Copy)]
+enum ScheduleAction {
+    Pause,
+    Resume,
+    Run,
 }
 
 /// Matches a path and method. `Err(allowed)` when the path exists but not for this method;
@@ -53,10 +64,26 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
         ["dispatches", id] if get && !id.is_empty() => Route::Dispatch(id),
         ["dispatches", id, "cancel"] if post && !id.is_empty() => Route::Cancel(id),
         ["dispatches", id, "retry"] if post && !id.is_empty() => Route::Retry(id),
-        [""] | ["status"] | ["health"] | ["metrics"] | ["scheduler", "status"] | ["dispatches"] | ["dispatches", _] => {
+        ["schedules"] if get => Route::Schedules,
+        ["schedules", id] if get && !id.is_empty() => Route::Schedule(id),
+        ["schedules", id, "pause"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Pause),
+        ["schedules", id, "resume"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Resume),
+        ["schedules", id, "run"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Run),
+        [""]
+        | ["status"]
+        | ["health"]
+        | ["metrics"]
+        | ["scheduler", "status"]
+        | ["dispatches"]
+        | ["dispatches", _]
+        | ["schedules"]
+        | ["schedules", _] => {
             return Err("GET, HEAD");
         }
-        ["scheduler", "pause"] | ["scheduler", "resume"] | ["dispatches", _, "cancel" | "retry"] => {
+        ["scheduler", "pause"]
+        | ["scheduler", "resume"]
+        | ["dispatches", _, "cancel" | "retry"]
+        | ["schedules", _, "pause" | "resume" | "run"] => {
             return Err("POST");
         }
         _ => return Ok(None),
@@ -91,7 +118,10 @@ impl Handler for App {
             Ok(None) => return Reply::Now(Response::error(404, format!("no such endpoint: {}", req.path))),
             Err(allow) => return Reply::Now(Response::error(405, "method not allowed").with_header("Allow", allow)),
         };
-        let mutating = matches!(route, Route::Pause | Route::Resume | Route::Cancel(_) | Route::Retry(_));
+        let mutating = matches!(
+            route,
+            Route::Pause | Route::Resume | Route::Cancel(_) | Route::Retry(_) | Route::ScheduleAction(..)
+        );
         if let Some(refusal) = self.browser_refusal(req, mutating) {
             return Reply::Now(refusal);
         }
@@ -117,7 +147,8 @@ impl Handler for App {
                     "GET /status", "GET /health", "GET /metrics", "GET /scheduler/status",
                     "POST /scheduler/pause", "POST /scheduler/resume", "GET /dispatches?status=S",
                     "GET /dispatches/<task_id|dispatch_id>", "POST /dispatches/<dispatch_id>/cancel",
-                    "POST /dispatches/<dispatch_id>/retry"
+                    "POST /dispatches/<dispatch_id>/retry", "GET /schedules?all=1", "GET /schedules/<id|name>",
+                    "POST /schedules/<id|name>/pause", "POST /schedules/<id|name>/resume", "POST /schedules/<id|name>/run"
                 ],
             }))),
             Route::Status => {
@@ -140,6 +171,9 @@ impl Handler for App {
             Route::Dispatch(id) => Reply::Now(self.dispatch(id)),
             Route::Cancel(id) => self.cancel(id, &actor),
             Route::Retry(id) => Reply::Now(self.retry(id, &actor)),
+            Route::Schedules => Reply::Now(self.schedules(req)),
+            Route::Schedule(id) => Reply::Now(self.schedule(id)),
+            Route::ScheduleAction(id, action) => Reply::Now(self.schedule_action(req, id, action, &actor)),
         }
     }
 }
@@ -327,6 +361,70 @@ impl App {
                 "max_attempts": task.max_attempts,
             })),
             Err(Error::Refused(m)) => Response::error(400, m),
+            Err(e) => error_response(&e),
+        }
+    }
+}
+
+impl App {
+    /// `GET /schedules[?all=1]`: every schedule with its next run (archived ones with `all`).
+    fn schedules(&self, req: &Request) -> Response {
+        let all = req.query_params().get("all").is_some_and(|v| v == "1" || v == "true");
+        match crate::schedule::ops::list(self.reader.store(), all) {
+            Ok(list) => ok_json(&json!({"schedules": list})),
+            Err(e) => error_response(&e),
+        }
+    }
+
+    /// `GET /schedules/<id|name>`.
+    fn schedule(&self, id: &str) -> Response {
+        match crate::schedule::ops::show(self.reader.store(), id) {
+            Ok(view) => ok_json(&view),
+            Err(Error::Refused(m)) => Response::error(404, m),
+            Err(e) => error_response(&e),
+        }
+    }
+
+    /// `POST /schedules/<id|name>/pause` (optional body `{"reason": "..."}`), `/resume`, `/run`:
+    /// the same operations as `cortex schedule pause|resume|run-now`.
+    fn schedule_action(&self, req: &Request, id: &str, action: ScheduleAction, actor: &Actor) -> Response {
+        use crate::schedule::ops;
+        let store = self.reader.store();
+        let clock = crate::clock::SystemClock;
+        let known = match ops::show(store, id) {
+            Ok(_) => true,
+            Err(Error::Refused(_)) => false,
+            Err(e) => return error_response(&e),
+        };
+        if !known {
+            return Response::error(404, format!("no schedule with id or name {id:?}"));
+        }
+        let result = match action {
+            ScheduleAction::Pause => {
+                let body = match json_body(req) {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let reason = match body.get("reason") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(_) => return Response::error(400, "\"reason\" must be a string"),
+                };
+                ops::pause(store, &clock, id, actor, reason.as_deref()).map(|c| {
+                    json!({"status": "success", "message": c.message, "changed": c.changed, "schedule": c.schedule})
+                })
+            }
+            ScheduleAction::Resume => ops::resume(store, &clock, id, actor).map(|c| {
+                json!({"status": "success", "message": c.message, "changed": c.changed, "schedule": c.schedule})
+            }),
+            ScheduleAction::Run => ops::request_run(store, &clock, id, actor).map(|(s, r)| {
+                json!({"status": "success", "message": "Run requested", "schedule_id": s.schedule_id, "task_id": r.task_id, "requested_at": r.requested_at})
+            }),
+        };
+        match result {
+            Ok(v) => ok_json(&v),
+            Err(Error::Refused(m)) => Response::error(400, m),
+            Err(e @ Error::Config { .. }) => Response::error(400, e.to_string()),
             Err(e) => error_response(&e),
         }
     }
