@@ -119,7 +119,7 @@ pub fn in_progress_task(task_id: &str, worker_type: &str, dispatch_id: &str, att
 }
 
 pub fn write_queue(home: &Home, tasks: Vec<Task>) {
-    let q = TaskQueue { tasks, updated_at: None };
+    let q = TaskQueue { tasks, updated_at: None, intake_offset: 0 };
     std::fs::write(home.task_queue(), serde_json::to_vec_pretty(&q).unwrap()).unwrap();
 }
 
