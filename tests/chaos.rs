@@ -34,10 +34,15 @@ enum Kind {
     FailAlways,
     /// Ignores SIGTERM.
     IgnoreTerm,
+    /// Ignores SIGTERM and outlives its timeout: every attempt ends TERM, grace, KILL (`timeout`).
+    Timeout,
 }
 
 impl Kind {
     fn of(i: usize) -> Kind {
+        if i % 20 == 19 {
+            return Kind::Timeout;
+        }
         match i % 10 {
             0 | 5 => Kind::FailFirst,
             3 => Kind::FailAlways,
@@ -47,11 +52,15 @@ impl Kind {
     }
 
     fn max_attempts(self) -> u32 {
-        if self == Kind::FailAlways { 2 } else { 3 }
+        if matches!(self, Kind::FailAlways | Kind::Timeout) { 2 } else { 3 }
     }
 
     fn expected(self) -> &'static str {
-        if self == Kind::FailAlways { "failed" } else { "completed" }
+        if matches!(self, Kind::FailAlways | Kind::Timeout) { "failed" } else { "completed" }
+    }
+
+    fn timeout_seconds(self) -> Option<f64> {
+        (self == Kind::Timeout).then_some(0.5)
     }
 }
 
@@ -116,7 +125,8 @@ fn script(log: &Path, kind: Kind, sleep_ms: u64, tokens: u64) -> String {
             log.display()
         )
     };
-    let trap = if kind == Kind::IgnoreTerm { "trap '' TERM; " } else { "" };
+    let trap = if matches!(kind, Kind::IgnoreTerm | Kind::Timeout) { "trap '' TERM; " } else { "" };
+    let sleep_ms = if kind == Kind::Timeout { 5000 } else { sleep_ms };
     let exit = match kind {
         Kind::FailFirst => "[ \"$CORTEX_ATTEMPT\" -gt 1 ] || exit 1",
         Kind::FailAlways => "exit 1",
@@ -274,6 +284,7 @@ fn adder(store: &Store, log: &Path, n: usize, stop: &AtomicBool, ids: &Mutex<Vec
                 command: vec!["sh".into(), "-c".into(), script(log, kind, fastrand::u64(..=200), 1 + (i as u64 % 50))],
                 budget: Some(100),
                 max_attempts: Some(kind.max_attempts()),
+                timeout_seconds: kind.timeout_seconds(),
                 ..NewTask::default()
             },
         )
@@ -316,11 +327,13 @@ fn ended_specs(h: &TestHome) -> Vec<Value> {
 }
 
 /// One mark of the shared log.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Mark {
     start: bool,
     task: String,
     attempt: u32,
+    /// Nanoseconds since the epoch (`date +%s%N`).
+    ts: i128,
     dispatch: String,
 }
 
@@ -331,13 +344,17 @@ fn parse_log(path: &Path) -> (Vec<Mark>, usize) {
     for l in text.lines() {
         let f: Vec<&str> = l.split(' ').collect();
         match (f.as_slice(), f.first().copied()) {
-            ([_, task, attempt, _ts, dispatch], Some(w @ ("start" | "end"))) if attempt.parse::<u32>().is_ok() => out
-                .push(Mark {
+            ([_, task, attempt, ts, dispatch], Some(w @ ("start" | "end")))
+                if attempt.parse::<u32>().is_ok() && ts.parse::<i128>().is_ok() =>
+            {
+                out.push(Mark {
                     start: w == "start",
                     task: task.to_string(),
                     attempt: attempt.parse().unwrap(),
+                    ts: ts.parse().unwrap(),
                     dispatch: dispatch.to_string(),
-                }),
+                })
+            }
             _ => bad += 1,
         }
     }
@@ -474,6 +491,9 @@ fn chaos_soak() {
         let task_lost =
             lost.contains(id) || t.result.as_ref().and_then(|r| r.error.as_deref()).is_some_and(|e| e.contains("lost"));
         lost_tasks += task_lost as usize;
+        if task_lost {
+            println!("chaos: task {id} ({kind:?}) had a lost dispatch: {} {:?} {:?}", status, t.dispatches, t.result);
+        }
         if status != kind.expected() && !(task_lost && status == "failed") {
             violations.push(format!(
                 "task {id} ({kind:?}) ended {status}, expected {}: {:?}",
@@ -495,32 +515,17 @@ fn chaos_soak() {
     }
 
     // 2. Never twice at once; each dispatch ran its command at most once.
-    let mut open: HashMap<&str, &Mark> = HashMap::new();
-    let mut started: HashSet<(&str, &str)> = HashSet::new();
-    let mut attempts_seen: HashMap<&str, HashSet<u32>> = HashMap::new();
-    for m in &marks {
-        if m.start {
-            if let Some(o) = open.get(m.task.as_str()) {
-                violations.push(format!(
-                    "task {} attempt {} started while attempt {} ({}) ran",
-                    m.task, m.attempt, o.attempt, o.dispatch
-                ));
-            }
-            if !started.insert((&m.task, &m.dispatch)) {
-                violations.push(format!("dispatch {} of task {} ran its command twice", m.dispatch, m.task));
-            }
-            attempts_seen.entry(&m.task).or_default().insert(m.attempt);
-            open.insert(&m.task, m);
-        } else {
-            match open.remove(m.task.as_str()) {
-                Some(o) if o.dispatch == m.dispatch => {}
-                other => violations.push(format!("end of {} ({}) does not close {:?}", m.task, m.dispatch, other)),
-            }
-        }
-    }
-    for (task, m) in &open {
-        violations.push(format!("task {task} attempt {} ({}) never wrote its end mark", m.attempt, m.dispatch));
-    }
+    let killed: HashMap<String, i128> = specs
+        .iter()
+        .filter(|s| matches!(s["status"].as_str(), Some("timeout" | "cancelled" | "lost")))
+        .filter_map(|s| {
+            let d = s["dispatch_id"].as_str()?.to_string();
+            let at = s["ended_at"].as_str().and_then(parse_ts)?;
+            Some((d, at.timestamp_nanos_opt()? as i128))
+        })
+        .collect();
+    let (overlap_violations, attempts_seen) = check_marks(&marks, &killed);
+    violations.extend(overlap_violations);
     for (id, _) in &ids {
         let t = &tasks[id];
         let seen = attempts_seen.get(id.as_str()).map_or(0, |s| s.len()) as u32;
@@ -533,17 +538,9 @@ fn chaos_soak() {
     }
 
     // 4. No dispatch started while the scheduler was paused.
-    let mut dispatched_while_paused = 0;
-    for s in &specs {
-        let Some(at) = s["dispatched_at"].as_str().and_then(parse_ts) else {
-            violations.push(format!("spec without dispatched_at: {s}"));
-            continue;
-        };
-        if let Some((p, r)) = chaos.pauses.iter().find(|(p, r)| *p < at && at < *r) {
-            dispatched_while_paused += 1;
-            violations.push(format!("dispatch {} at {at} while paused {p}..{r}", s["dispatch_id"]));
-        }
-    }
+    let paused_violations = check_pauses(&specs, &chaos.pauses);
+    let dispatched_while_paused = paused_violations.len();
+    violations.extend(paused_violations);
 
     // 5. The budget balances.
     let b: Value = h.read_json("coordination/token-budget.json");
@@ -609,6 +606,101 @@ fn chaos_soak() {
     );
     assert!(total_kills > 0 && !chaos.pauses.is_empty(), "the chaos did something");
     assert!(violations.is_empty(), "{} violations:\n{}", violations.len(), violations.join("\n"));
+}
+
+/// Walks the shared log in order (each mark is one O_APPEND write, so the file order is the order
+/// of the writes): a task's attempt may start only when its previous attempt wrote its end mark,
+/// or was killed (`killed`: dispatch id -> when its spec says it ended, ns) before this start.
+/// Each dispatch runs its command at most once. Returns the violations and the attempts seen.
+fn check_marks(marks: &[Mark], killed: &HashMap<String, i128>) -> (Vec<String>, HashMap<String, HashSet<u32>>) {
+    let mut violations = Vec::new();
+    let mut open: HashMap<&str, &Mark> = HashMap::new();
+    let mut started: HashSet<&str> = HashSet::new();
+    let mut attempts: HashMap<String, HashSet<u32>> = HashMap::new();
+    for m in marks {
+        if m.start {
+            if let Some(o) = open.get(m.task.as_str()) {
+                match killed.get(&o.dispatch) {
+                    Some(end) if *end <= m.ts => {}
+                    _ => violations.push(format!(
+                        "task {} attempt {} ({}) started while attempt {} ({}) ran",
+                        m.task, m.attempt, m.dispatch, o.attempt, o.dispatch
+                    )),
+                }
+            }
+            if !started.insert(&m.dispatch) {
+                violations.push(format!("dispatch {} of task {} ran its command twice", m.dispatch, m.task));
+            }
+            attempts.entry(m.task.clone()).or_default().insert(m.attempt);
+            open.insert(&m.task, m);
+        } else {
+            match open.remove(m.task.as_str()) {
+                Some(o) if o.dispatch == m.dispatch => {}
+                other => violations.push(format!("end of {} ({}) does not close {:?}", m.task, m.dispatch, other)),
+            }
+        }
+    }
+    for (task, m) in &open {
+        if !killed.contains_key(&m.dispatch) {
+            violations.push(format!("task {task} attempt {} ({}) never wrote its end mark", m.attempt, m.dispatch));
+        }
+    }
+    (violations, attempts)
+}
+
+/// Dispatches stamped inside a pause (after the pause's state was written under the `scheduler`
+/// lock, before the resume's).
+fn check_pauses(specs: &[Value], pauses: &[(Timestamp, Timestamp)]) -> Vec<String> {
+    let mut violations = Vec::new();
+    for s in specs {
+        let Some(at) = s["dispatched_at"].as_str().and_then(parse_ts) else {
+            violations.push(format!("spec without dispatched_at: {s}"));
+            continue;
+        };
+        if let Some((p, r)) = pauses.iter().find(|(p, r)| *p < at && at < *r) {
+            violations.push(format!("dispatch {} at {at} while paused {p}..{r}", s["dispatch_id"]));
+        }
+    }
+    violations
+}
+
+/// The checkers above catch what they are meant to (a test that cannot fail is a defect).
+#[test]
+fn chaos_checkers_catch_violations() {
+    let m = |start: bool, task: &str, attempt: u32, ts: i128, dispatch: &str| Mark {
+        start,
+        task: task.into(),
+        attempt,
+        ts,
+        dispatch: dispatch.into(),
+    };
+    let none = HashMap::new();
+    // Clean: sequential attempts, and two tasks interleaved.
+    let ok = [m(true, "a", 1, 1, "d1"), m(true, "b", 1, 2, "d3"), m(false, "a", 1, 3, "d1"), m(true, "a", 2, 4, "d2")];
+    let ok = [&ok[..], &[m(false, "a", 2, 5, "d2"), m(false, "b", 1, 6, "d3")]].concat();
+    let (v, seen) = check_marks(&ok, &none);
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(seen["a"].len(), 2);
+    // Overlap: attempt 2 starts before attempt 1 ended.
+    let overlap =
+        [m(true, "a", 1, 1, "d1"), m(true, "a", 2, 2, "d2"), m(false, "a", 1, 3, "d1"), m(false, "a", 2, 4, "d2")];
+    assert!(check_marks(&overlap, &none).0.iter().any(|v| v.contains("started while")));
+    // A dispatch run twice, and a run without its end.
+    let twice = [m(true, "a", 1, 1, "d1"), m(false, "a", 1, 2, "d1"), m(true, "a", 1, 3, "d1")];
+    let v = check_marks(&twice, &none).0;
+    assert!(v.iter().any(|v| v.contains("twice")) && v.iter().any(|v| v.contains("never wrote")), "{v:?}");
+    // A killed attempt: fine when the next one started after the kill, not before.
+    let killed_run = [m(true, "a", 1, 10, "d1"), m(true, "a", 2, 30, "d2"), m(false, "a", 2, 40, "d2")];
+    assert!(check_marks(&killed_run, &HashMap::from([("d1".to_string(), 20)])).0.is_empty());
+    assert_eq!(check_marks(&killed_run, &HashMap::from([("d1".to_string(), 35)])).0.len(), 1);
+    // Pauses: a dispatch stamped inside one is caught, one outside is not.
+    let ts = |s: &str| parse_ts(s).unwrap();
+    let pauses = [(ts("2026-01-01T00:00:01Z"), ts("2026-01-01T00:00:02Z"))];
+    let spec = |at: &str| serde_json::json!({"dispatch_id": "d", "dispatched_at": at});
+    assert_eq!(check_pauses(&[spec("2026-01-01T00:00:01.500000Z")], &pauses).len(), 1);
+    assert!(
+        check_pauses(&[spec("2026-01-01T00:00:00.999999Z"), spec("2026-01-01T00:00:02.000001Z")], &pauses).is_empty()
+    );
 }
 
 /// Stops every daemon of the home (and the task processes) when the test ends.
