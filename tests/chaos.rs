@@ -98,10 +98,7 @@ fn configure_chaos(h: &TestHome, port: u16, slots: u32) {
             ("scheduler", "tick_interval_seconds", "1"),
         ],
     );
-    let path = h.join("cortex.toml");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str(&format!("max_concurrent_dispatches = {slots}\n"));
-    std::fs::write(&path, text).unwrap();
+    configure(h, &[("scheduler", "max_concurrent_dispatches", &slots.to_string())]);
     h.cortex_ok(&["config", "check"]);
     std::fs::write(
         h.join("coordination/token-budget.json"),

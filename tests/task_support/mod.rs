@@ -23,7 +23,9 @@ pub fn configure(h: &TestHome, settings: &[(&str, &str, &str)]) {
         }
         let mut replaced = None;
         for (s, k, v) in settings {
-            if *s == section && t.split('=').next().map(str::trim) == Some(*k) {
+            // A key shipped commented out (`# max_concurrent_dispatches = 4`) is set too.
+            let key = t.trim_start_matches('#').split('=').next().map(str::trim);
+            if *s == section && key == Some(*k) {
                 replaced = Some(format!("{k} = {v}"));
             }
         }
