@@ -477,6 +477,7 @@ fn chaos_soak() {
         .filter(|s| s["status"] == "lost")
         .filter_map(|s| s["task_id"].as_str().map(str::to_string))
         .collect();
+    let spec_ids: HashSet<&str> = specs.iter().filter_map(|s| s["dispatch_id"].as_str()).collect();
     let q: TaskQueue = store.load().unwrap();
     for t in &q.tasks {
         violations.push(format!("task {} still in the queue ({:?})", t.task_id, t.status()));
@@ -485,8 +486,9 @@ fn chaos_soak() {
     for (id, kind) in &ids {
         let t = &tasks[id];
         let status = t.status().as_str();
-        let task_lost =
-            lost.contains(id) || t.result.as_ref().and_then(|r| r.error.as_deref()).is_some_and(|e| e.contains("lost"));
+        // Lost: the worker found it gone, or its spec was never written (coordinator killed between
+        // the queue write and the spec write; the protocol's documented window).
+        let task_lost = lost.contains(id) || t.dispatches.iter().any(|d| !spec_ids.contains(d.as_str()));
         lost_tasks += task_lost as usize;
         if task_lost {
             println!("chaos: task {id} ({kind:?}) had a lost dispatch: {} {:?} {:?}", status, t.dispatches, t.result);
