@@ -196,3 +196,55 @@ fn many_trivial_tasks_end_consistent() {
     assert_eq!(dispatched, n, "one dispatch per task");
     h.cortex_ok(&["validate"]);
 }
+
+/// Found by the chaos soak: a worker SIGKILLed after it had SIGKILLed a timed-out (or cancelled)
+/// dispatch's group, before reaping it, left a dispatch with no process and no exit report; the
+/// next worker called it `lost` instead of `timeout` (or `cancelled`).
+#[test]
+fn worker_killed_mid_stop_ends_the_dispatch_timeout_or_cancelled_not_lost() {
+    use cortex::task::model::{DispatchRecord, DispatchState};
+    let h = fast_home();
+    // A PID that no longer runs (and start ticks that would not match anyway).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id() as i32;
+    gone.wait().unwrap();
+    let started = cortex::clock::format_ts(chrono::Utc::now() - chrono::Duration::seconds(10));
+    let write = |id: &str, timeout_seconds: f64| {
+        let rec = DispatchRecord {
+            dispatch_id: id.into(),
+            task_id: format!("task-{id}"),
+            worker_type: "analysis-worker".into(),
+            state: DispatchState::Running { started_at: started.clone(), pid, pgid: pid, proc_start_ticks: 1 },
+            dispatched_at: started.clone(),
+            attempt: 1,
+            command: vec!["sleep".into(), "100".into()],
+            budget_reserved: 10,
+            timeout_seconds,
+            stdout_path: String::new(),
+            stderr_path: String::new(),
+            heartbeat: None,
+            tokens_used: None,
+        };
+        std::fs::write(
+            h.join(&format!("coordination/worker-specs/active/{id}.json")),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+    };
+    write("dsp-timed-out", 1.0);
+    write("dsp-cancelled", 3600.0);
+    std::fs::write(
+        h.join("coordination/worker-specs/active/dsp-cancelled.cancel"),
+        r#"{"requested_at": "2026-01-01T00:00:00Z", "requested_by": "test"}"#,
+    )
+    .unwrap();
+    write("dsp-vanished", 3600.0);
+    let _w = start(&h, "worker");
+    let ended = |id: &str| spec(&h, id).filter(|(b, _)| b == "failed").map(|(_, s)| s["status"].clone());
+    wait_until(LONG, "the three dispatches ended", || {
+        ["dsp-timed-out", "dsp-cancelled", "dsp-vanished"].iter().all(|id| ended(id).is_some())
+    });
+    assert_eq!(ended("dsp-timed-out").unwrap(), "timeout", "past its timeout: the stop had begun");
+    assert_eq!(ended("dsp-cancelled").unwrap(), "cancelled", "a cancel was requested");
+    assert_eq!(ended("dsp-vanished").unwrap(), "lost", "neither: nobody knows how it ended");
+}

@@ -140,6 +140,7 @@ impl<E: Executor> Worker<E> {
                         tracing::info!("re-adopted dispatch {id} (PID {pid})");
                         procs::notify_exit(*pid, self.waker.clone(), format!("exited {id}"));
                     } else {
+                        self.infer_stop(&id, elapsed, rec.timeout_seconds);
                         self.finish(&id, Gone::Vanished);
                     }
                 }
@@ -161,6 +162,27 @@ impl<E: Executor> Worker<E> {
             }
         }
         Ok(())
+    }
+
+    /// A dispatch found gone at start-up without an exit report had its whole group killed: by the
+    /// previous worker stopping it (SIGKILL after the grace also kills the shim, and the worker
+    /// died before reaping it), or from outside. A cancel request, or a run past its timeout,
+    /// says the previous worker was stopping it, so it ends `cancelled` or `timeout`, not `lost`.
+    fn infer_stop(&mut self, id: &str, elapsed: Duration, timeout_seconds: f64) {
+        if self.home.dispatch_exit_file(id).exists() {
+            return;
+        }
+        let reason = if cancel_request_path(&self.home, id).exists() {
+            StopReason::Cancel
+        } else if elapsed.as_secs_f64() >= timeout_seconds.max(0.0) {
+            StopReason::Timeout
+        } else {
+            return;
+        };
+        if let Some(l) = self.live.get_mut(id) {
+            tracing::info!("dispatch {id} ended while no worker ran, after its stop began ({reason:?})");
+            l.stop = Some(Stop { reason, kill_at: Instant::now(), killed: true });
+        }
     }
 
     /// One pass: reap, notice adopted exits, start new dispatches, act on cancels and deadlines.
