@@ -24,10 +24,11 @@ struct Records {
 }
 
 fn jsonl(h: &TestHome, rel: &str) -> Vec<Value> {
+    // Only whole lines: a final line without its newline is an append still in progress.
     std::fs::read_to_string(h.join(rel))
         .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{rel}: bad line {l:?}: {e}")))
         .collect()
 }
