@@ -749,7 +749,12 @@ fn chaos_reader_child() {
         walk(&home.join("run"), &mut files);
         for p in files {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-            if cortex::store::atomic::is_temp_name(&name) || p.components().any(|c| c.as_os_str() == "quarantine") {
+            // Quarantine copies are bad by definition; run/dispatches/<id>/ holds the task's own
+            // heartbeat and usage files, which the task (not Cortex) writes however it likes.
+            if cortex::store::atomic::is_temp_name(&name)
+                || p.components().any(|c| c.as_os_str() == "quarantine")
+                || p.starts_with(home.join("run/dispatches"))
+            {
                 continue;
             }
             if name.ends_with(".json") {
