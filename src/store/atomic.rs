@@ -23,32 +23,19 @@ pub fn is_temp_name(name: &str) -> bool {
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = parent_dir(path)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!("{TEMP_PREFIX}{name}.{}.{:016x}", std::process::id(), fastrand::u64(..)));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, "create temporary file", e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temporary file over", e))?;
-        fsync_dir(&dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    replace(path, bytes, true)
 }
 
 /// Replaces `path` atomically (temp file + rename) without fsync: for ephemeral state under
 /// `run/` (daemon heartbeat marks), which must never be torn but need not survive a power cut,
 /// and must not stall a daemon's loop behind a busy disk's writeback.
 pub fn write_replace_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace(path, bytes, false)
+}
+
+/// Writes a temporary file in the same directory and renames it over `path`; with `durable`, the
+/// file is fsynced before the rename and the directory after it.
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = parent_dir(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!("{TEMP_PREFIX}{name}.{}.{:016x}", std::process::id(), fastrand::u64(..)));
@@ -60,8 +47,12 @@ pub fn write_replace_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, "create temporary file", e))?;
         f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", e))?;
+        if durable {
+            f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        }
         drop(f);
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temporary file over", e))
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temporary file over", e))?;
+        if durable { fsync_dir(&dir) } else { Ok(()) }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
