@@ -7,12 +7,5 @@
 #   ./scripts/stop-cortex.sh worker --kill-tasks --timeout 30
 set -euo pipefail
 
-checkout="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-home="${CORTEX_HOME:-${COMMIT_RELAY_HOME:-$checkout}}"
-bin_dir="${CORTEX_BIN_DIR:-$checkout/target/release}"
-cortex="$bin_dir/cortex"
-if [[ ! -x "$cortex" ]]; then
-    cortex="$(command -v cortex || true)"
-    [[ -n "$cortex" ]] || { echo "ERROR: no cortex binary in $bin_dir or on PATH" >&2; exit 1; }
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/lib/cortex.sh"
 exec "$cortex" --home "$home" stop "$@"

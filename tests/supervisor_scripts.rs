@@ -26,7 +26,7 @@ fn script(f: &Fleet, rel: &str, args: &[&str]) -> Output {
 fn scripts_parse() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts");
     let mut all: Vec<PathBuf> = Vec::new();
-    for sub in ["", "daemons", "dashboards", "wizards"] {
+    for sub in ["", "daemons", "dashboards", "lib", "wizards"] {
         for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
             if e.path().extension().is_some_and(|x| x == "sh") {
                 all.push(e.path());

@@ -14,14 +14,7 @@
 # Exit status: non-zero if any action failed (for --status: if an enabled daemon is not running).
 set -uo pipefail
 
-checkout="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-home="${CORTEX_HOME:-${COMMIT_RELAY_HOME:-$checkout}}"
-bin_dir="${CORTEX_BIN_DIR:-$checkout/target/release}"
-cortex="$bin_dir/cortex"
-if [[ ! -x "$cortex" ]]; then
-    cortex="$(command -v cortex || true)"
-    [[ -n "$cortex" ]] || { echo "ERROR: no cortex binary in $bin_dir or on PATH" >&2; exit 1; }
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/cortex.sh"
 
 usage() {
     sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'

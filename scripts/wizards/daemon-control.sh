@@ -9,15 +9,7 @@
 # else target/release, else `cortex` on PATH. Exit status: that of the last action.
 set -uo pipefail
 
-checkout="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-home="${CORTEX_HOME:-${COMMIT_RELAY_HOME:-$checkout}}"
-bin_dir="${CORTEX_BIN_DIR:-$checkout/target/release}"
-cortex="$bin_dir/cortex"
-if [[ ! -x "$cortex" ]]; then
-    cortex="$(command -v cortex || true)"
-    [[ -n "$cortex" ]] || { echo "ERROR: no cortex binary in $bin_dir or on PATH" >&2; exit 1; }
-fi
-c() { "$cortex" --home "$home" "$@"; }
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/cortex.sh"
 
 daemons=(worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api)
 
