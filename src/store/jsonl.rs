@@ -88,18 +88,25 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<JsonlRead<T>> {
 }
 
 /// Calls `f(line_number, bytes)` for each non-blank line until it returns false.
-pub fn for_each_line(path: &Path, mut f: impl FnMut(usize, &[u8]) -> bool) -> Result<()> {
+pub fn for_each_line(path: &Path, f: impl FnMut(usize, &[u8]) -> bool) -> Result<()> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(path, "open", e)),
     };
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let reader = BufReader::with_capacity(1 << 16, file);
+    for_each_line_in(reader, f).map_err(|e| Error::io(path, "read", e))
+}
+
+/// [`for_each_line`] over any reader (the fuzzer feeds it bytes): line numbers are 1-based and
+/// count blank lines; blank (all-whitespace) lines are skipped; a final line without a newline
+/// is passed on.
+pub fn for_each_line_in(mut reader: impl BufRead, mut f: impl FnMut(usize, &[u8]) -> bool) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut lineno = 0;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, "read", e))?;
+        let n = reader.read_until(b'\n', &mut buf)?;
         if n == 0 {
             break;
         }
@@ -113,6 +120,20 @@ pub fn for_each_line(path: &Path, mut f: impl FnMut(usize, &[u8]) -> bool) -> Re
         }
     }
     Ok(())
+}
+
+/// [`read`] over bytes already in memory.
+pub fn read_bytes<T: DeserializeOwned>(bytes: &[u8]) -> JsonlRead<T> {
+    let mut out = JsonlRead { records: Vec::new(), bad_lines: Vec::new() };
+    // Reading from a slice cannot fail.
+    let _ = for_each_line_in(bytes, |lineno, line| {
+        match serde_json::from_slice::<T>(line) {
+            Ok(v) => out.records.push(v),
+            Err(_) => out.bad_lines.push(lineno),
+        }
+        true
+    });
+    out
 }
 
 #[cfg(test)]
