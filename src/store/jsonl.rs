@@ -34,8 +34,9 @@ pub fn append_raw(path: &Path, bytes: &[u8]) -> Result<()> {
         .append(true)
         .create(true)
         .mode(super::atomic::FILE_MODE)
+        .custom_flags(super::atomic::NO_FOLLOW)
         .open(path)
-        .map_err(|e| Error::io(path, "open for append", e))?;
+        .map_err(|e| refuse_link(path, "open for append", e))?;
     let len = f.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
     let mut last = [b'\n'];
     if len > 0 {
@@ -57,6 +58,17 @@ pub fn append_raw(path: &Path, bytes: &[u8]) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The error for an open that failed; a symbolic link (refused by `O_NOFOLLOW`) is named as such.
+pub(crate) fn refuse_link(path: &Path, action: &'static str, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        return Error::refused(format!(
+            "{} is a symbolic link; Cortex does not append through links (replace it with a regular file)",
+            path.display()
+        ));
+    }
+    Error::io(path, action, e)
 }
 
 /// What a reader found in a JSONL file.
