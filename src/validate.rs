@@ -128,7 +128,7 @@ fn check_jsonl_lines(
     });
     if let Err(e) = res {
         report.verdict = Verdict::Corrupt;
-        report.problems.push(e);
+        report.problems.push(format!("unreadable: {e}"));
         return report;
     }
     report.lines = Some(lines);

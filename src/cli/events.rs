@@ -98,11 +98,11 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                 for e in &events {
                     println!(
                         "{} {:8} {:24} {:12} {}",
-                        e.timestamp,
+                        super::text::safe(&e.timestamp),
                         e.severity.as_str(),
-                        e.event_type,
-                        e.source,
-                        e.message
+                        super::text::safe(&e.event_type),
+                        super::text::safe(&e.source),
+                        super::text::safe(&e.message)
                     );
                 }
                 if !read.bad_lines.is_empty() {

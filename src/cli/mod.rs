@@ -11,6 +11,7 @@ mod recovery;
 mod schedule;
 mod scheduler;
 mod setup;
+pub mod text;
 
 use crate::error::{Error, Result};
 use crate::home::Home;

@@ -102,6 +102,7 @@ impl FileWatch {
     /// A file that exists but cannot be read (permissions, a directory, a dangling or looping
     /// link): reported once per kind of failure, nothing to quarantine.
     fn report_unreadable(&mut self, store: &Store, report: &FileReport, error: &str) -> usize {
+        let error = error.strip_prefix("unreadable: ").unwrap_or(error);
         let key = format!("unreadable: {error}");
         if self.json_reported.get(&report.file) == Some(&key) {
             return 0;

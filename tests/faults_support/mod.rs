@@ -37,7 +37,35 @@ impl Fleet {
 
     /// Starts the daemons in a home already configured (see [`configure_fast`]).
     pub fn start_configured(h: &TestHome, api_port: u16) -> Fleet {
-        let children = DAEMONS.iter().map(|d| (d.to_string(), h.spawn_daemon(d))).collect();
+        Fleet::start_as(h, api_port, None)
+    }
+
+    /// Starts the daemons as another user (`Some(uid)`, its primary group too), or as this one.
+    pub fn start_as(h: &TestHome, api_port: u16, user: Option<u32>) -> Fleet {
+        let children = DAEMONS
+            .iter()
+            .map(|d| {
+                let child = match user {
+                    None => h.spawn_daemon(d),
+                    Some(uid) => {
+                        use std::os::unix::process::CommandExt;
+                        std::process::Command::new(bin(&format!("cortex-{d}")))
+                            .arg("--home")
+                            .arg(h.path())
+                            .env_remove("CORTEX_HOME")
+                            .env_remove("COMMIT_RELAY_HOME")
+                            .uid(uid)
+                            .gid(uid)
+                            .stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()
+                            .expect("spawn daemon")
+                    }
+                };
+                (d.to_string(), child)
+            })
+            .collect();
         let mut fleet = Fleet { children, api_port };
         wait_until(Duration::from_secs(30), "every daemon ready", || {
             fleet.assert_alive(h, "starting");
