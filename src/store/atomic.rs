@@ -45,8 +45,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temporary file over", e))?;
         fsync_dir(&dir)
     })();
-    if result.is_err() {
+    if let Err(e) = &result {
         let _ = fs::remove_file(&tmp);
+        super::outage::note(e);
     }
     result
 }

@@ -25,6 +25,10 @@ pub fn append<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// a torn tail, so this costs one `pread` of a byte; two appenders that both see the same torn
 /// tail add one blank line, which readers skip.
 pub fn append_raw(path: &Path, bytes: &[u8]) -> Result<()> {
+    append_once(path, bytes).inspect_err(super::outage::note)
+}
+
+fn append_once(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::FileExt;
     if let Some(dir) = path.parent() {
         super::atomic::create_dir_all(dir)?;
@@ -51,11 +55,22 @@ pub fn append_raw(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     let n = f.write(bytes).map_err(|e| Error::io(path, "append to", e))?;
     if n != bytes.len() {
-        return Err(Error::io(
-            path,
-            "append to",
-            std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write ({n} of {} bytes)", bytes.len())),
-        ));
+        // A short write: the file system ran out of space (or a size limit) mid-line. Writing the
+        // rest either completes the line (space was freed meanwhile) or returns the real reason
+        // (ENOSPC, EFBIG) for the caller. A cut line stays behind: readers skip it, the next
+        // append starts on a new line, `cortex repair` moves it aside.
+        return match f.write(&bytes[n..]) {
+            Ok(m) if n + m == bytes.len() => Ok(()),
+            Ok(m) => Err(Error::io(
+                path,
+                "append to",
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write ({} of {} bytes)", n + m, bytes.len()),
+                ),
+            )),
+            Err(e) => Err(Error::io(path, "append a whole line to (the line was cut; readers skip it)", e)),
+        };
     }
     Ok(())
 }
