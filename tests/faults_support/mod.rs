@@ -42,28 +42,30 @@ impl Fleet {
 
     /// Starts the daemons as another user (`Some(uid)`, its primary group too), or as this one.
     pub fn start_as(h: &TestHome, api_port: u16, user: Option<u32>) -> Fleet {
+        Fleet::start_with(h, api_port, user, &[])
+    }
+
+    /// [`Fleet::start_as`] with extra environment variables for the daemons.
+    pub fn start_with(h: &TestHome, api_port: u16, user: Option<u32>, env: &[(&str, &std::path::Path)]) -> Fleet {
+        use std::os::unix::process::CommandExt;
         let children = DAEMONS
             .iter()
             .map(|d| {
-                let child = match user {
-                    None => h.spawn_daemon(d),
-                    Some(uid) => {
-                        use std::os::unix::process::CommandExt;
-                        std::process::Command::new(bin(&format!("cortex-{d}")))
-                            .arg("--home")
-                            .arg(h.path())
-                            .env_remove("CORTEX_HOME")
-                            .env_remove("COMMIT_RELAY_HOME")
-                            .uid(uid)
-                            .gid(uid)
-                            .stdin(std::process::Stdio::null())
-                            .stdout(std::process::Stdio::null())
-                            .stderr(std::process::Stdio::piped())
-                            .spawn()
-                            .expect("spawn daemon")
-                    }
-                };
-                (d.to_string(), child)
+                let mut c = std::process::Command::new(bin(&format!("cortex-{d}")));
+                c.arg("--home")
+                    .arg(h.path())
+                    .env_remove("CORTEX_HOME")
+                    .env_remove("COMMIT_RELAY_HOME")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped());
+                for (k, v) in env {
+                    c.env(k, v);
+                }
+                if let Some(uid) = user {
+                    c.uid(uid).gid(uid);
+                }
+                (d.to_string(), c.spawn().expect("spawn daemon"))
             })
             .collect();
         let mut fleet = Fleet { children, api_port };
