@@ -173,3 +173,26 @@ fn metacharacters_newlines_escapes_and_big_values_are_stored_exactly_and_shown_s
         matches!(api_support::try_request(fleet.api_port, "GET", "/status", &[], b""), Ok((200, _)))
     });
 }
+
+/// Regression (found by the schedule_expr fuzz target, then by hand on the other duration
+/// options): a huge duration panicked (`Duration::from_secs_f64`, `DateTime - TimeDelta`).
+#[test]
+fn huge_durations_on_the_command_line_are_refused_or_clamped_not_a_panic() {
+    let h = TestHome::new();
+    h.cortex_ok(&["event", "emit", "--type", "old_probe", "--message", "m"]);
+    let out = h.cortex(&["event", "list", "--since", "99999999999d", "--type", "old_probe"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("old_probe"));
+    for args in [
+        &["schedule", "add", "--name", "n", "--every", "30830888888888880088888888800", "--", "true"][..],
+        &["schedule", "add", "--name", "n", "--every", "9223372036854775807", "--", "true"],
+        &["recover-stale", "--older-than", "99999999999999999999d", "--dry-run"],
+    ] {
+        let out = h.cortex(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(101), "cortex {args:?} panicked: {err}");
+        assert!(!err.contains("panicked"), "cortex {args:?}: {err}");
+    }
+    let out = h.cortex(&["schedule", "add", "--name", "n", "--every", "30830888888888880088888888800", "--", "true"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("too long"));
+}
