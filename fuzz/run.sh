@@ -4,7 +4,8 @@
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]      default: 60 s, every target
 #
 # Needs `cargo install cargo-fuzz`. cargo fuzz wants a nightly compiler for its sanitizer flags;
-# on a stable toolchain RUSTC_BOOTSTRAP=1 lets it through (set below). Corpora grow under
+# on a stable toolchain RUSTC_BOOTSTRAP=1 lets it through (set below). Built optimised (-O) with
+# debug assertions and overflow checks on (-a), so an arithmetic overflow is a finding too. Corpora grow under
 # fuzz/corpus/<target>/ (git-ignored; committed seeds live in fuzz/seeds/); a crash or timeout
 # leaves its input under fuzz/artifacts/<target>/ and this script exits non-zero.
 # Prints one line per target: executions, corpus size, and whether it found anything.
@@ -53,20 +54,20 @@ seed() {
 }
 
 seed
-cargo fuzz build -O
+cargo fuzz build -O -a
 status=0
 for t in "${TARGETS[@]}"; do
     log="artifacts/$t.log"
     mkdir -p "artifacts/$t"
-    if cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$SECONDS_PER_TARGET" -timeout=10 \
+    if cargo fuzz run -O -a "$t" "corpus/$t" -- -max_total_time="$SECONDS_PER_TARGET" -timeout=10 \
         -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
         found=none
     else
         found="FOUND (see $log and artifacts/$t/)"
         status=1
     fi
-    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-    corpus=$(ls "corpus/$t" | wc -l)
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)
+    corpus=$(find "corpus/$t" -type f | wc -l)
     printf '%-16s %6ss  executions %-10s corpus %-6s findings: %s\n' "$t" "$SECONDS_PER_TARGET" "${execs:-?}" "$corpus" "$found"
 done
 exit $status
