@@ -1,7 +1,8 @@
 //! Hostile coordination files, with every daemon running (api, metrics, integration,
 //! failure-pattern, heartbeat, auto-fix): each registered file in turn is made empty, truncated,
 //! not JSON, valid JSON of the wrong shape, a symbolic link to a copy of /etc/passwd outside the
-//! home, and (for three representative files) huge. Each time:
+//! home, and (for three representative files) huge; so is a dispatch spec in
+//! `worker-specs/active/`. Each time:
 //! - every daemon keeps running, and its loop keeps turning (heartbeat marks refresh);
 //! - the integration daemon reports it (an event naming the file) and `cortex validate` fails
 //!   naming it;
@@ -197,6 +198,14 @@ fn every_coordination_file_hostile_in_turn_daemons_survive_report_quarantine_rec
             case.run(&mut fleet, kind);
             cases += 1;
         }
+    }
+    // A dispatch spec in active/ (read by the heartbeat daemon, the API and the integration
+    // daemon), which did not exist before: put back means removed.
+    let rel = "coordination/worker-specs/active/d-hostile.json".to_string();
+    let case = Case { h: &h, path: h.join(&rel), rel, jsonl: false, original: None, decoy: decoy.clone() };
+    for kind in [Kind::Empty, Kind::Truncated, Kind::NotJson, Kind::WrongShape, Kind::Symlink] {
+        case.run(&mut fleet, kind);
+        cases += 1;
     }
     let since = chrono::Utc::now();
     fleet.assert_loops_running(&h, since, "all hostile files");
