@@ -76,7 +76,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("invalid duration {s:?}"));
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}: too long"))
 }
 
 /// Formats a duration the way the runbooks print it: `15h32m`, `3m45s`, `12s`.
@@ -97,6 +97,14 @@ pub fn human_duration(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_duration_is_refused_not_a_panic() {
+        // Found by the schedule_expr fuzz target: 29 digits overflowed Duration::from_secs_f64.
+        assert!(parse_duration("30830888888888880088888888800").unwrap_err().contains("too long"));
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(parse_duration("1.5s").unwrap(), std::time::Duration::from_millis(1500));
+    }
 
     #[test]
     fn durations_parse() {

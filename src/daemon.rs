@@ -143,6 +143,8 @@ impl DaemonContext {
         let bytes = serde_json::to_vec(&mark).map_err(|e| Error::other(e.to_string()))?;
         crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.name), &bytes)?;
         self.next_mark = Instant::now() + self.mark_every;
+        // Writes work again: report any that failed for lack of space meanwhile.
+        crate::events::record_outage(&self.home, self.name);
         Ok(())
     }
 

@@ -37,11 +37,11 @@ impl Error {
         Error::Other(msg.into())
     }
 
-    /// True when the error says the disk is full or a file size limit was hit.
+    /// True when the error says the disk is full, a quota or a file size limit was hit.
     pub fn is_no_space(&self) -> bool {
         match self {
             Error::Io { source, .. } => {
-                matches!(source.raw_os_error(), Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EFBIG)
+                matches!(source.raw_os_error(), Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EFBIG || code == nix::libc::EDQUOT)
             }
             _ => false,
         }

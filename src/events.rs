@@ -101,9 +101,39 @@ impl Event {
     }
 }
 
-/// Appends an event to the home's event log (one `write`).
+/// Appends an event to the home's event log (one `write`). If writes of this process failed
+/// for lack of space since the last report, the first event that fits is followed by one
+/// `storage_write_failed` error event (see [`record_outage`]).
 pub fn append(home: &Home, event: &Event) -> Result<()> {
-    jsonl::append(&home.events_file(), event)
+    jsonl::append(&home.events_file(), event)?;
+    record_outage(home, &event.source);
+    Ok(())
+}
+
+/// Records, as `source`, the writes of this process that failed for lack of space since the
+/// last report ([`crate::store::outage`]), now that a write can succeed. Best effort: when the
+/// event does not fit either, the failures stay counted for the next try.
+pub fn record_outage(home: &Home, source: &str) {
+    let Some(o) = crate::store::outage::take() else { return };
+    let event = Event::new(
+        "storage_write_failed",
+        Severity::Error,
+        source,
+        format!(
+            "{} write(s) failed between {} and {}: {} (last: {}); what they would have recorded is missing",
+            o.failed_writes, o.first_failed_at, o.last_failed_at, o.error, o.last_path
+        ),
+    )
+    .with_data(serde_json::json!({
+        "failed_writes": o.failed_writes,
+        "first_failed_at": o.first_failed_at,
+        "last_failed_at": o.last_failed_at,
+        "error": o.error,
+        "last_path": o.last_path,
+    }));
+    if jsonl::append(&home.events_file(), &event).is_err() {
+        crate::store::outage::put_back(o);
+    }
 }
 
 /// Records an event; the short form for callers without a [`crate::store::Store`].

@@ -40,9 +40,19 @@ pub fn create_if_missing(path: &std::path::Path, content: &[u8]) -> Result<bool>
     }
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     let tmp = dir.join(format!("{}init.{}.{:x}", atomic::TEMP_PREFIX, std::process::id(), fastrand::u64(..)));
-    std::fs::write(&tmp, content).map_err(|e| Error::io(&tmp, "write", e))?;
-    atomic::restrict_mode(&tmp)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, "fsync", e))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Created 0600 from the start (not chmod-ed after): never readable by others, whatever the umask.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(atomic::FILE_MODE)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, "create", e))?;
+        f.write_all(content).map_err(|e| Error::io(&tmp, "write", e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+    }
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match linked {

@@ -39,7 +39,13 @@ fn open_append(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
         crate::store::atomic::create_dir_all(dir)?;
     }
-    OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(|e| Error::io(path, "open log", e))
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(crate::store::atomic::NO_FOLLOW)
+        .open(path)
+        .map_err(|e| crate::store::jsonl::refuse_link(path, "open log", e))
 }
 
 impl LogFile {

@@ -39,6 +39,7 @@ fn open(path: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .mode(crate::store::atomic::FILE_MODE)
+        .custom_flags(crate::store::atomic::NO_FOLLOW)
         .open(path)
         .map_err(|e| Error::io(path, "open PID file", e))
 }

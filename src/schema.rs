@@ -68,8 +68,35 @@ pub fn check(schema: &str, value: &Value, max: usize) -> Vec<SchemaViolation> {
     };
     v.iter_errors(value)
         .take(max)
-        .map(|e| SchemaViolation { pointer: e.instance_path().to_string(), expected: e.to_string() })
+        .map(|e| SchemaViolation {
+            pointer: bounded(&e.instance_path().to_string(), MAX_POINTER_CHARS),
+            expected: bounded(&e.to_string(), MAX_EXPECTED_CHARS),
+        })
         .collect()
+}
+
+/// Longest `expected` text kept. The validator's messages quote the offending value, which in a
+/// hostile file can be a 100 MB string: it would be copied into every event, log line and
+/// `cortex validate` report about the file.
+pub const MAX_EXPECTED_CHARS: usize = 400;
+/// Longest JSON pointer kept (a pointer quotes object keys, which can be huge too).
+pub const MAX_POINTER_CHARS: usize = 200;
+
+/// `text` if it is short; else its head and tail around a note of how much was left out.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let keep = max / 2;
+    let mut head = keep;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - keep;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…[{} bytes left out]…{}", &text[..head], tail - head, &text[tail..])
 }
 
 /// True when `value` satisfies the named schema.
@@ -93,6 +120,25 @@ mod tests {
                 assert_eq!(check(f.schema, &v, 5), vec![], "default of {}", f.rel);
             }
         }
+    }
+
+    #[test]
+    fn huge_value_in_a_violation_is_bounded() {
+        // Regression (hostile input): a 10 MB string of the wrong type was quoted whole in the
+        // violation, and so in every event and report about the file.
+        let huge = "é".repeat(5 * 1024 * 1024);
+        let v = check("task-queue", &json!({ "tasks": huge }), 5);
+        assert!(!v.is_empty());
+        for x in &v {
+            assert!(x.expected.len() <= MAX_EXPECTED_CHARS + 40, "{} bytes", x.expected.len());
+            assert!(x.expected.contains("bytes left out"), "{}", x.expected);
+            assert!(x.pointer.len() <= MAX_POINTER_CHARS + 40);
+        }
+        let key = "k".repeat(1 << 20);
+        let v = check("token-budget", &json!({ key: 1, "total": 1, "used": 0, "available": 1 }), 5);
+        assert!(
+            v.iter().all(|x| x.expected.len() <= MAX_EXPECTED_CHARS + 40 && x.pointer.len() <= MAX_POINTER_CHARS + 40)
+        );
     }
 
     #[test]

@@ -78,6 +78,24 @@ pub fn check_json_bytes(rel: &str, bytes: &[u8], schema_name: Option<&str>) -> F
 
 /// Checks a JSONL file: every line must parse (and match `schema_name`).
 pub fn check_jsonl(path: &Path, rel: &str, schema_name: Option<&str>) -> FileReport {
+    check_jsonl_lines(rel, schema_name, |each| {
+        crate::store::jsonl::for_each_line(path, each).map_err(|e| e.to_string())
+    })
+}
+
+/// [`check_jsonl`] over bytes already in memory (the fuzzer's entry).
+pub fn check_jsonl_bytes(rel: &str, bytes: &[u8], schema_name: Option<&str>) -> FileReport {
+    check_jsonl_lines(rel, schema_name, |each| {
+        crate::store::jsonl::for_each_line_in(bytes, each).map_err(|e| e.to_string())
+    })
+}
+
+/// The JSONL check proper; `lines_of` calls its argument for each non-blank line.
+fn check_jsonl_lines(
+    rel: &str,
+    schema_name: Option<&str>,
+    lines_of: impl FnOnce(&mut dyn FnMut(usize, &[u8]) -> bool) -> std::result::Result<(), String>,
+) -> FileReport {
     let mut report = FileReport {
         file: rel.to_string(),
         verdict: Verdict::Ok,
@@ -88,7 +106,7 @@ pub fn check_jsonl(path: &Path, rel: &str, schema_name: Option<&str>) -> FileRep
     let (mut lines, mut bad, mut invalid) = (0usize, Vec::new(), Vec::new());
     // The first schema break in full (line, pointer, expectation); the rest by line number.
     let mut first_break: Option<String> = None;
-    let res = crate::store::jsonl::for_each_line(path, |n, line| {
+    let res = lines_of(&mut |n, line| {
         lines += 1;
         match serde_json::from_slice::<Value>(line) {
             Err(_) => bad.push(n),
@@ -110,7 +128,7 @@ pub fn check_jsonl(path: &Path, rel: &str, schema_name: Option<&str>) -> FileRep
     });
     if let Err(e) = res {
         report.verdict = Verdict::Corrupt;
-        report.problems.push(e.to_string());
+        report.problems.push(format!("unreadable: {e}"));
         return report;
     }
     report.lines = Some(lines);

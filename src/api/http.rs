@@ -283,13 +283,21 @@ struct Job {
     head_only: bool,
 }
 
-enum Parsed {
+/// What [`parse`] made of the bytes a connection has sent so far.
+#[derive(Debug)]
+pub enum Parsed {
+    /// More bytes are needed (and whether the client waits for `100 Continue` first).
     Incomplete { expect_continue: bool },
+    /// One whole request, which took the first `consumed` bytes.
     Complete { req: Request, consumed: usize, keep_alive: bool, head_only: bool },
+    /// The request is refused with this response (the connection is then closed).
     Bad(Response),
 }
 
-fn parse(buf: &[u8], peer: SocketAddr, max_body: usize) -> Parsed {
+/// Parses the request at the start of `buf` (a connection's unconsumed bytes): head within
+/// [`MAX_HEAD_BYTES`], at most `MAX_HEADERS` headers, a body of `Content-Length` up to
+/// `max_body`. Pure (no I/O), so the fuzzer calls it directly.
+pub fn parse(buf: &[u8], peer: SocketAddr, max_body: usize) -> Parsed {
     let limit = buf.len().min(MAX_HEAD_BYTES + 4);
     let Some(head_end) = buf[..limit].windows(4).position(|w| w == b"\r\n\r\n") else {
         if buf.len() > MAX_HEAD_BYTES {

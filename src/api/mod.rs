@@ -45,14 +45,21 @@ pub fn bind(addr: &str) -> Result<TcpListener> {
         path: None,
         detail: format!("[api] bind: {addr:?} is not an address:port such as 127.0.0.1:8900"),
     })?;
-    TcpListener::bind(parsed).map_err(|e| {
+    let listener = TcpListener::bind(parsed).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (another process listens there: find it with `ss -ltnp`, or set [api] bind / CORTEX_API_BIND)"
         } else {
             ""
         };
         Error::other(format!("cannot listen on {addr}: {e}{hint}"))
-    })
+    })?;
+    // std listens with a queue of 128: a flood of connections fills it, and a normal client's
+    // connection attempt is then dropped and retried by its kernel a whole second later. Listen
+    // again with the system's maximum (net.core.somaxconn; 4096 by default) — on Linux this
+    // only resizes the queue of the socket already listening.
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)
+        .map_err(|e| Error::other(format!("cannot enlarge the listen queue on {addr}: {e}")))?;
+    Ok(listener)
 }
 
 /// The server limits from `[api]`.

@@ -38,10 +38,25 @@ pub fn verify(path: &Path) -> Result<Verified> {
 /// (the content reader yields exactly the manifest's size). A sink error stops the walk. The
 /// checksum of each file is compared after its sink has run, so a caller that writes the content
 /// must discard it when the walk fails.
-pub fn walk(path: &Path, mut sink: impl FnMut(&ManifestFile, &mut dyn Read) -> Result<()>) -> Result<Verified> {
+pub fn walk(path: &Path, sink: impl FnMut(&ManifestFile, &mut dyn Read) -> Result<()>) -> Result<Verified> {
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let archive_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(1 << 16, file)));
+    walk_reader(path, BufReader::with_capacity(1 << 16, file), archive_bytes, sink)
+}
+
+/// Verifies archive bytes already in memory (`label` names them in errors). The fuzzer's entry.
+pub fn verify_bytes(label: &Path, bytes: &[u8]) -> Result<Verified> {
+    walk_reader(label, bytes, bytes.len() as u64, |_, _| Ok(()))
+}
+
+/// [`walk`] over any reader of the gzip stream; `path` names the archive in errors.
+pub fn walk_reader(
+    path: &Path,
+    reader: impl Read,
+    archive_bytes: u64,
+    mut sink: impl FnMut(&ManifestFile, &mut dyn Read) -> Result<()>,
+) -> Result<Verified> {
+    let mut archive = tar::Archive::new(GzDecoder::new(reader));
     let damaged = |e: std::io::Error| bad(path, format!("the gzip/tar data is damaged or truncated ({e})"));
     let mut entries = archive.entries().map_err(damaged)?;
 

@@ -81,7 +81,13 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
             let since = since
                 .map(|s| crate::clock::parse_duration(&s).map_err(|e| Error::Config { path: None, detail: e }))
                 .transpose()?
-                .map(|d| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
+                // A span reaching before the calendar's start means "everything".
+                .map(|d| {
+                    chrono::Duration::from_std(d)
+                        .ok()
+                        .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+                });
             let read = crate::events::read_all(&ctx.home)?;
             let mut events: Vec<_> = read
                 .records
@@ -98,11 +104,11 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                 for e in &events {
                     println!(
                         "{} {:8} {:24} {:12} {}",
-                        e.timestamp,
+                        super::text::safe(&e.timestamp),
                         e.severity.as_str(),
-                        e.event_type,
-                        e.source,
-                        e.message
+                        super::text::safe(&e.event_type),
+                        super::text::safe(&e.source),
+                        super::text::safe(&e.message)
                     );
                 }
                 if !read.bad_lines.is_empty() {

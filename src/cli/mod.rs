@@ -14,6 +14,7 @@ mod scheduler;
 mod setup;
 mod supervise;
 mod task;
+pub mod text;
 
 use crate::error::{Error, Result};
 use crate::home::Home;

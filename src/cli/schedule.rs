@@ -1,6 +1,7 @@
 //! `cortex schedule add | list | show | pause | resume | remove | run-now`: recurring tasks on
 //! cron or interval schedules (`crate::schedule`).
 
+use super::text::{safe, shell_words};
 use super::{Ctx, print_json};
 use crate::clock::SystemClock;
 use crate::error::Result;
@@ -9,6 +10,7 @@ use crate::schedule::{self, MisfirePolicy, NewSchedule, ScheduleView, TaskTempla
 use crate::scheduler::{Actor, local_user};
 use crate::task::Priority;
 use clap::{Args, Subcommand};
+use std::borrow::Cow;
 
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
@@ -110,7 +112,7 @@ pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
                 println!(
                     "Schedule {} ({}) added: {} [{}]; next run {} ({})",
                     view.schedule.schedule_id,
-                    view.schedule.name,
+                    safe(&view.schedule.name),
                     view.schedule.expression_label(),
                     view.effective_timezone,
                     view.next_run_local.as_deref().unwrap_or("-"),
@@ -199,7 +201,7 @@ fn print_change(ctx: &Ctx, c: &schedule::Change) {
     if ctx.json {
         print_json(c);
     } else {
-        println!("{}: {} ({})", c.message, c.schedule.schedule_id, c.schedule.name);
+        println!("{}: {} ({})", safe(&c.message), c.schedule.schedule_id, safe(&c.schedule.name));
         if let Some(next) = &c.schedule.next_run_at {
             println!("next run {next}");
         }
@@ -216,7 +218,7 @@ fn print_table(views: &[ScheduleView]) {
         .map(|v| {
             [
                 v.schedule.schedule_id.clone(),
-                v.schedule.name.clone(),
+                safe(&v.schedule.name).into_owned(),
                 v.schedule.state.name().to_string(),
                 v.schedule.expression_label(),
                 v.effective_timezone.clone(),
@@ -245,9 +247,9 @@ fn print_table(views: &[ScheduleView]) {
 
 fn print_details(v: &ScheduleView) {
     let s = &v.schedule;
-    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let opt = |o: &Option<String>| o.as_deref().map_or_else(|| "-".to_string(), |v| safe(v).into_owned());
     println!("id:             {}", s.schedule_id);
-    println!("name:           {}", s.name);
+    println!("name:           {}", safe(&s.name));
     println!("state:          {}", s.state.name());
     match &s.state {
         schedule::ScheduleState::Paused { paused_at, paused_by, reason } => {
@@ -269,11 +271,11 @@ fn print_details(v: &ScheduleView) {
     println!("next_run:       {} ({})", opt(&v.next_run_local), opt(&s.next_run_at));
     println!("last_run:       {} ({}) task {}", opt(&v.last_run_local), opt(&s.last_run_at), opt(&s.last_task_id));
     println!("runs:           {}", s.run_count);
-    println!("task:           {} [{}]", s.task.description, s.task.priority.as_str());
-    println!("  worker_type:  {}", s.task.worker_type.clone().unwrap_or_else(|| "(routed)".into()));
+    println!("task:           {} [{}]", safe(&s.task.description), s.task.priority.as_str());
+    println!("  worker_type:  {}", s.task.worker_type.as_deref().map_or(Cow::Borrowed("(routed)"), safe));
     println!(
         "  command:      {}",
-        if s.task.command.is_empty() { "(worker type template)".into() } else { s.task.command.join(" ") }
+        if s.task.command.is_empty() { "(worker type template)".into() } else { shell_words(&s.task.command) }
     );
     println!(
         "  budget:       {}",

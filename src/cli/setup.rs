@@ -51,9 +51,9 @@ pub fn validate(ctx: &Ctx) -> Result<u8> {
                 crate::validate::Verdict::Invalid => "[INVALID]",
                 crate::validate::Verdict::Missing => "[MISSING]",
             };
-            println!("{tag} {}", r.file);
+            println!("{tag} {}", super::text::safe(&r.file));
             for p in &r.problems {
-                println!("      {p}");
+                println!("      {}", super::text::safe(p));
             }
         }
         if bad == 0 {

@@ -188,13 +188,28 @@ fn copy_logs(store: &Store, spec: &DispatchRecord, now: Timestamp) -> Option<Pat
             continue;
         }
         let dest = dir.join(format!("{}.{ext}", spec.dispatch_id));
-        let result = crate::store::atomic::create_dir_all(&dir)
-            .and_then(|()| std::fs::copy(&src, &dest).map_err(|e| Error::io(&dest, "copy log to", e)))
-            .and_then(|_| crate::store::atomic::restrict_mode(&dest));
+        let result = crate::store::atomic::create_dir_all(&dir).and_then(|()| copy_private(&src, &dest));
         match result {
             Ok(()) => copied = true,
             Err(e) => tracing::warn!("cannot keep the log of zombie dispatch {}: {e}", spec.dispatch_id),
         }
     }
     copied.then_some(dir)
+}
+
+/// Copies a log into a new 0600 file (a plain `fs::copy` would take the source's mode, readable
+/// by others until a later chmod). Never follows a link planted at the destination.
+fn copy_private(src: &std::path::Path, dest: &std::path::Path) -> crate::error::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from = std::fs::File::open(src).map_err(|e| Error::io(src, "open", e))?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::store::atomic::FILE_MODE)
+        .custom_flags(crate::store::atomic::NO_FOLLOW)
+        .open(dest)
+        .map_err(|e| Error::io(dest, "create", e))?;
+    std::io::copy(&mut from, &mut to).map_err(|e| Error::io(dest, "copy log to", e))?;
+    Ok(())
 }

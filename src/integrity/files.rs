@@ -12,13 +12,17 @@ use crate::validate::{FileReport, Verdict};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// What was last reported per file: a content hash (JSON) or a bad-line count (JSONL).
+/// What was last reported per file: a content hash (JSON), or for JSONL the bad-line count with
+/// the file's inode and which lines are bad: appending good lines changes none of them, while a
+/// file replaced by another bad one (a new inode, other bad lines) is a new incident even with
+/// the same count.
 #[derive(Debug, Default)]
 pub struct FileWatch {
     json_reported: HashMap<String, String>,
-    jsonl_counts: HashMap<String, usize>,
+    jsonl_counts: HashMap<String, (usize, u64, String)>,
 }
 
 /// The schema `validate` applies to a file (by its path relative to the home).
@@ -61,7 +65,10 @@ impl FileWatch {
             );
             return 1;
         }
-        let Ok(bytes) = std::fs::read(&path) else { return 0 };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => return self.report_unreadable(store, report, &e.to_string()),
+        };
         let hash = crate::store::hex(&Sha256::digest(&bytes)[..8]);
         if self.json_reported.get(&report.file) == Some(&hash) {
             return 0;
@@ -92,17 +99,47 @@ impl FileWatch {
         1
     }
 
+    /// A file that exists but cannot be read (permissions, a directory, a dangling or looping
+    /// link): reported once per kind of failure, nothing to quarantine.
+    fn report_unreadable(&mut self, store: &Store, report: &FileReport, error: &str) -> usize {
+        let error = error.strip_prefix("unreadable: ").unwrap_or(error);
+        let key = format!("unreadable: {error}");
+        if self.json_reported.get(&report.file) == Some(&key) {
+            return 0;
+        }
+        self.json_reported.insert(report.file.clone(), key);
+        let _ = store.emit(
+            "integration_validation_failed",
+            Severity::Error,
+            format!(
+                "{} cannot be read ({error}); readers skip it until its permissions or type are fixed",
+                report.file
+            ),
+            json!({"file": report.file, "field": "/", "verdict": report.verdict, "problem": format!("unreadable: {error}")}),
+        );
+        1
+    }
+
     fn handle_jsonl(&mut self, store: &Store, report: &FileReport) -> usize {
+        if report.verdict != Verdict::Ok && report.bad_lines == Some(0) {
+            // Not one line could be read: the file itself is unreadable.
+            let error = report.problems.first().cloned().unwrap_or_default();
+            return self.report_unreadable(store, report, &error);
+        }
+        if report.is_ok() {
+            self.json_reported.remove(&report.file);
+        }
         let count = report.bad_lines.unwrap_or(0);
-        let last = self.jsonl_counts.get(&report.file).copied().unwrap_or(0);
         if count == 0 {
             self.jsonl_counts.remove(&report.file);
             return 0;
         }
-        if count == last {
+        let inode = std::fs::metadata(store.home().join(&report.file)).map(|m| m.ino()).unwrap_or(0);
+        let key = (count, inode, report.problems.join("\n"));
+        if self.jsonl_counts.get(&report.file) == Some(&key) {
             return 0;
         }
-        self.jsonl_counts.insert(report.file.clone(), count);
+        self.jsonl_counts.insert(report.file.clone(), key);
         let _ = store.emit(
             "jsonl_malformed_lines",
             Severity::Warning,
@@ -144,6 +181,62 @@ fn quarantine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn jsonl_report(file: &str, bad: usize, lines: &str) -> FileReport {
+        FileReport {
+            file: file.into(),
+            verdict: Verdict::Corrupt,
+            problems: vec![format!("{bad} malformed line(s): line {lines}")],
+            lines: Some(bad),
+            bad_lines: Some(bad),
+        }
+    }
+
+    #[test]
+    fn jsonl_replaced_with_the_same_bad_count_is_reported_again() {
+        // Regression (hostile input): a JSONL file fixed and broken again before the daemon
+        // looked at it in between, with as many bad lines as before, was never reported again.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(crate::Home::at(dir.path()));
+        let rel = "coordination/dashboard-events.jsonl";
+        let path = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"bad\nbad\n").unwrap();
+        let mut watch = FileWatch::default();
+        assert_eq!(watch.handle(&store, &jsonl_report(rel, 2, "1, 2")), 1);
+        // Good lines appended: the same bad lines are not news.
+        assert_eq!(watch.handle(&store, &jsonl_report(rel, 2, "1, 2")), 0);
+        // Replaced by another bad file with the same count: reported.
+        let tmp = dir.path().join("coordination/.tmp.x");
+        std::fs::write(&tmp, b"worse\nworse\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_eq!(watch.handle(&store, &jsonl_report(rel, 2, "1, 2")), 1);
+        // Removed, then another bad file that reuses the inode, other lines bad: reported.
+        assert_eq!(watch.handle(&store, &jsonl_report(rel, 2, "3, 4")), 1);
+    }
+
+    #[test]
+    fn unreadable_file_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(crate::Home::at(dir.path()));
+        let report = FileReport {
+            file: "coordination/task-queue.json".into(),
+            verdict: Verdict::Corrupt,
+            problems: vec!["unreadable: Permission denied (os error 13)".into()],
+            lines: None,
+            bad_lines: None,
+        };
+        // The file does not exist: it cannot be read, which is what is reported.
+        let mut watch = FileWatch::default();
+        assert_eq!(watch.handle(&store, &report), 1);
+        assert_eq!(watch.handle(&store, &report), 0);
+        let events = crate::events::read_all(store.home()).unwrap().records;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.event_type == "integration_validation_failed" && e.message.contains("cannot be read"))
+        );
+    }
 
     #[test]
     fn schema_and_pointer_lookup() {

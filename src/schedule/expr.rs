@@ -55,11 +55,17 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
         .map_err(|err| format!("{e:?} is not a valid cron expression: {err}"))
 }
 
-/// Parses an interval (`30s`, `15m`, `2h`, `1d`): whole seconds, at least one.
+/// Longest interval accepted: 100 years (slot arithmetic stays far from overflow).
+pub const MAX_EVERY_SECONDS: u64 = 100 * 366 * 86_400;
+
+/// Parses an interval (`30s`, `15m`, `2h`, `1d`): whole seconds, at least one, at most 100 years.
 pub fn parse_every(every: &str) -> Result<i64, String> {
     let d = crate::clock::parse_duration(every)?;
     if d.subsec_nanos() != 0 || d.as_secs() == 0 {
         return Err(format!("{every:?} must be a whole number of seconds, at least 1s (e.g. 30s, 15m, 2h)"));
+    }
+    if d.as_secs() > MAX_EVERY_SECONDS {
+        return Err(format!("{every:?} is too long: at most 100 years"));
     }
     i64::try_from(d.as_secs()).map_err(|_| format!("{every:?} is too long"))
 }
@@ -198,6 +204,19 @@ pub fn format_in_zone(t: Timestamp, tz: Tz) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn every_with_a_huge_number_is_refused_not_a_panic() {
+        // Found by the schedule_expr fuzz target (a 29-digit interval panicked), and the slot
+        // arithmetic of a near-i64::MAX interval overflowed.
+        assert!(parse_every("30830888888888880088888888800").is_err());
+        assert!(parse_every("9223372036854775807").unwrap_err().contains("too long"));
+        let anchor = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let e = Expr::new(None, Some("36600d"), chrono_tz::UTC, anchor).unwrap();
+        assert!(e.next_after(anchor).is_some());
+        assert_eq!(e.due_between(anchor, anchor + chrono::Duration::days(1), 3).total, 0);
+        assert_eq!(e.due_between(anchor, anchor + chrono::Duration::days(36_600 * 3), 3).total, 3);
+    }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Timestamp {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()

@@ -13,6 +13,12 @@ pub const FILE_MODE: u32 = 0o600;
 /// Mode of directories Cortex creates.
 pub const DIR_MODE: u32 = 0o700;
 
+/// `open` flag for files Cortex appends to or locks in place (logs, JSONL, PID and lock files):
+/// a symbolic link planted at such a name is refused (ELOOP) instead of written through, so a
+/// link to `/etc/passwd` or `~/.bashrc` never receives a line. Replaced files need no flag: a
+/// rename replaces the link itself.
+pub const NO_FOLLOW: i32 = nix::libc::O_NOFOLLOW;
+
 /// The prefix of temporary files; `validate`, backups and the watchers ignore names with it.
 pub const TEMP_PREFIX: &str = ".tmp.";
 
@@ -54,8 +60,9 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
         fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temporary file over", e))?;
         if durable { fsync_dir(&dir) } else { Ok(()) }
     })();
-    if result.is_err() {
+    if let Err(e) = &result {
         let _ = fs::remove_file(&tmp);
+        super::outage::note(e);
     }
     result
 }

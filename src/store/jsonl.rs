@@ -25,6 +25,10 @@ pub fn append<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// a torn tail, so this costs one `pread` of a byte; two appenders that both see the same torn
 /// tail add one blank line, which readers skip.
 pub fn append_raw(path: &Path, bytes: &[u8]) -> Result<()> {
+    append_once(path, bytes).inspect_err(super::outage::note)
+}
+
+fn append_once(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::FileExt;
     if let Some(dir) = path.parent() {
         super::atomic::create_dir_all(dir)?;
@@ -34,8 +38,9 @@ pub fn append_raw(path: &Path, bytes: &[u8]) -> Result<()> {
         .append(true)
         .create(true)
         .mode(super::atomic::FILE_MODE)
+        .custom_flags(super::atomic::NO_FOLLOW)
         .open(path)
-        .map_err(|e| Error::io(path, "open for append", e))?;
+        .map_err(|e| refuse_link(path, "open for append", e))?;
     let len = f.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
     let mut last = [b'\n'];
     if len > 0 {
@@ -50,13 +55,35 @@ pub fn append_raw(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     let n = f.write(bytes).map_err(|e| Error::io(path, "append to", e))?;
     if n != bytes.len() {
-        return Err(Error::io(
-            path,
-            "append to",
-            std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write ({n} of {} bytes)", bytes.len())),
-        ));
+        // A short write: the file system ran out of space (or a size limit) mid-line. Writing the
+        // rest either completes the line (space was freed meanwhile) or returns the real reason
+        // (ENOSPC, EFBIG) for the caller. A cut line stays behind: readers skip it, the next
+        // append starts on a new line, `cortex repair` moves it aside.
+        return match f.write(&bytes[n..]) {
+            Ok(m) if n + m == bytes.len() => Ok(()),
+            Ok(m) => Err(Error::io(
+                path,
+                "append to",
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write ({} of {} bytes)", n + m, bytes.len()),
+                ),
+            )),
+            Err(e) => Err(Error::io(path, "append a whole line to (the line was cut; readers skip it)", e)),
+        };
     }
     Ok(())
+}
+
+/// The error for an open that failed; a symbolic link (refused by `O_NOFOLLOW`) is named as such.
+pub(crate) fn refuse_link(path: &Path, action: &'static str, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        return Error::refused(format!(
+            "{} is a symbolic link; Cortex does not append through links (replace it with a regular file)",
+            path.display()
+        ));
+    }
+    Error::io(path, action, e)
 }
 
 /// What a reader found in a JSONL file.
@@ -88,18 +115,25 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<JsonlRead<T>> {
 }
 
 /// Calls `f(line_number, bytes)` for each non-blank line until it returns false.
-pub fn for_each_line(path: &Path, mut f: impl FnMut(usize, &[u8]) -> bool) -> Result<()> {
+pub fn for_each_line(path: &Path, f: impl FnMut(usize, &[u8]) -> bool) -> Result<()> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(path, "open", e)),
     };
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let reader = BufReader::with_capacity(1 << 16, file);
+    for_each_line_in(reader, f).map_err(|e| Error::io(path, "read", e))
+}
+
+/// [`for_each_line`] over any reader (the fuzzer feeds it bytes): line numbers are 1-based and
+/// count blank lines; blank (all-whitespace) lines are skipped; a final line without a newline
+/// is passed on.
+pub fn for_each_line_in(mut reader: impl BufRead, mut f: impl FnMut(usize, &[u8]) -> bool) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut lineno = 0;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, "read", e))?;
+        let n = reader.read_until(b'\n', &mut buf)?;
         if n == 0 {
             break;
         }
@@ -113,6 +147,20 @@ pub fn for_each_line(path: &Path, mut f: impl FnMut(usize, &[u8]) -> bool) -> Re
         }
     }
     Ok(())
+}
+
+/// [`read`] over bytes already in memory.
+pub fn read_bytes<T: DeserializeOwned>(bytes: &[u8]) -> JsonlRead<T> {
+    let mut out = JsonlRead { records: Vec::new(), bad_lines: Vec::new() };
+    // Reading from a slice cannot fail.
+    let _ = for_each_line_in(bytes, |lineno, line| {
+        match serde_json::from_slice::<T>(line) {
+            Ok(v) => out.records.push(v),
+            Err(_) => out.bad_lines.push(lineno),
+        }
+        true
+    });
+    out
 }
 
 #[cfg(test)]

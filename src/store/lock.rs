@@ -44,6 +44,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .mode(super::atomic::FILE_MODE)
+        .custom_flags(crate::store::atomic::NO_FOLLOW)
         .open(path)
         .map_err(|e| Error::io(path, "open lock file", e))
 }

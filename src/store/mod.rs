@@ -9,6 +9,7 @@
 pub mod atomic;
 pub mod jsonl;
 pub mod lock;
+pub mod outage;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, Severity};
@@ -140,7 +141,7 @@ impl Store {
     fn decode<D: DeserializeOwned>(&self, path: &Path, value: Value) -> Result<D> {
         D::deserialize(&value).map_err(|e| {
             let bytes = std::fs::read(path).unwrap_or_else(|_| serde_json::to_vec_pretty(&value).unwrap_or_default());
-            let expected = e.to_string();
+            let expected = crate::schema::bounded(&e.to_string(), crate::schema::MAX_EXPECTED_CHARS);
             let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, "");
             Error::Invalid { path: path.to_path_buf(), pointer: String::new(), expected, quarantined }
         })

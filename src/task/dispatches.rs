@@ -36,7 +36,7 @@ pub fn read_spec(store: &Store, path: &std::path::Path) -> Result<Option<Dispatc
         Some(v) => serde_json::from_value(v).map(Some).map_err(|e| Error::Invalid {
             path: path.to_path_buf(),
             pointer: String::new(),
-            expected: e.to_string(),
+            expected: crate::schema::bounded(&e.to_string(), crate::schema::MAX_EXPECTED_CHARS),
             quarantined: None,
         }),
     }
