@@ -139,11 +139,20 @@ pub fn wait_ended(store: &Store, dispatch_id: &str, timeout: Duration) -> Result
             .map_err(|e| Error::other(format!("cannot watch {}: {e}", dir.display())))?;
     }
     let deadline = Instant::now() + timeout;
+    let mut group = None;
     loop {
         match find(store, dispatch_id)? {
-            Some((bucket, rec)) if bucket != SpecBucket::Active => return Ok(Some(rec)),
+            Some((bucket, rec)) if bucket != SpecBucket::Active => {
+                // The spec moves when the group's leader has exited; its stragglers (daemonised
+                // grandchildren) get TERM → grace → KILL right after. Ended means all of it gone.
+                return Ok(wait_group_gone(group, deadline).then_some(rec));
+            }
+            Some((_, rec)) => {
+                if let super::model::DispatchState::Running { pgid, .. } = rec.state {
+                    group = Some(pgid);
+                }
+            }
             None => return Ok(None),
-            _ => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -153,4 +162,18 @@ pub fn wait_ended(store: &Store, dispatch_id: &str, timeout: Duration) -> Result
         let _ = rx.recv_timeout(left.min(Duration::from_millis(500)));
         while rx.try_recv().is_ok() {}
     }
+}
+
+/// Waits until no process of the group `pgid` is left, at most until `deadline` (a short re-check:
+/// the kernel gives no event for a process group emptying). True when gone (or no group known).
+fn wait_group_gone(pgid: Option<i32>, deadline: Instant) -> bool {
+    let Some(pgid) = pgid.filter(|g| *g > 1) else { return true };
+    let alive = || nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok();
+    while alive() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
