@@ -62,6 +62,24 @@ struct Live {
     adopted: bool,
 }
 
+impl Live {
+    /// A running dispatch found on disk (not started by this worker): watched through a pidfd,
+    /// its start time and deadline taken from the spec.
+    fn adopted(rec: &DispatchRecord, started_at: &str, pid: i32, pgid: i32, start_ticks: u64) -> Live {
+        let started = Instant::now().checked_sub(duration_since(started_at)).unwrap_or_else(Instant::now);
+        Live {
+            task_id: rec.task_id.clone(),
+            pid,
+            pgid,
+            start_ticks,
+            started,
+            deadline: Some(started + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
+            stop: None,
+            adopted: true,
+        }
+    }
+}
+
 /// How a dispatch's leader process was seen to end.
 #[derive(Debug, Clone, Copy)]
 enum Gone {
@@ -124,17 +142,7 @@ impl<E: Executor> Worker<E> {
                 DispatchState::Starting => {}
                 DispatchState::Running { started_at, pid, pgid, proc_start_ticks } => {
                     let elapsed = duration_since(started_at);
-                    let started = Instant::now().checked_sub(elapsed).unwrap_or_else(Instant::now);
-                    let live = Live {
-                        task_id: rec.task_id.clone(),
-                        pid: *pid,
-                        pgid: *pgid,
-                        start_ticks: *proc_start_ticks,
-                        started,
-                        deadline: Some(started + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
-                        stop: None,
-                        adopted: true,
-                    };
+                    let live = Live::adopted(&rec, started_at, *pid, *pgid, *proc_start_ticks);
                     self.live.insert(id.clone(), live);
                     if self.executor.alive(*pid, *proc_start_ticks) {
                         tracing::info!("re-adopted dispatch {id} (PID {pid})");
@@ -275,21 +283,8 @@ impl<E: Executor> Worker<E> {
 
     fn reconcile_one(&mut self, rec: DispatchRecord) {
         if let DispatchState::Running { started_at, pid, pgid, proc_start_ticks } = &rec.state {
-            let started = Instant::now().checked_sub(duration_since(started_at)).unwrap_or_else(Instant::now);
             let id = rec.dispatch_id.clone();
-            self.live.insert(
-                id.clone(),
-                Live {
-                    task_id: rec.task_id.clone(),
-                    pid: *pid,
-                    pgid: *pgid,
-                    start_ticks: *proc_start_ticks,
-                    started,
-                    deadline: Some(started + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
-                    stop: None,
-                    adopted: true,
-                },
-            );
+            self.live.insert(id.clone(), Live::adopted(&rec, started_at, *pid, *pgid, *proc_start_ticks));
             if self.executor.alive(*pid, *proc_start_ticks) {
                 procs::notify_exit(*pid, self.waker.clone(), format!("exited {id}"));
             } else {
