@@ -23,16 +23,7 @@ script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
-find_cortex() {
-    if [[ -n "${CORTEX_BIN:-}" ]]; then echo "$CORTEX_BIN"; return; fi
-    if command -v cortex >/dev/null 2>&1; then command -v cortex; return; fi
-    for c in "$script_dir/../target/release/cortex" "$script_dir/../target/debug/cortex" \
-             "$HOME/.cargo/bin/cortex" /usr/local/bin/cortex; do
-        if [[ -x "$c" ]]; then echo "$c"; return; fi
-    done
-    echo "restore-from-backup.sh: cannot find the cortex binary (set CORTEX_BIN or put cortex on PATH)" >&2
-    exit 127
-}
+. "$script_dir/lib/find-cortex.sh"
 
 global=()
 args=()
