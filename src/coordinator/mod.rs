@@ -175,7 +175,13 @@ impl Coordinator {
                     }
                 }
             }
-            if found.is_none() && self.unrecorded.contains(d) {
+            // A spec whose write reported an error may have been renamed into place all the same
+            // (a failed directory fsync, one failed file of a group commit): while it is in
+            // `active/` the worker runs it, and it is not lost.
+            if found.is_none()
+                && self.unrecorded.contains(d)
+                && !spec_path(self.store.home(), SpecBucket::Active, d).exists()
+            {
                 found = Some(lost_record(
                     t,
                     d,
@@ -419,18 +425,24 @@ impl Coordinator {
         // Specs before the budget file, so the worker starts as early as possible (a crash in
         // between leaves a reservation missing, never one too many).
         if !report.dispatched.is_empty() {
+            // One group commit for every spec of the cycle (one directory fsync for all).
             let specs_guard = store.lock_named(WORKER_SPECS_LOCK)?;
+            let mut batch = crate::store::atomic::ReplaceBatch::new();
+            let mut staged = Vec::new();
             for rec in &report.dispatched {
                 let path = spec_path(store.home(), SpecBucket::Active, &rec.dispatch_id);
                 let written = serde_json::to_value(rec)
                     .map_err(|e| Error::other(format!("cannot encode dispatch {}: {e}", rec.dispatch_id)))
-                    .and_then(|v| crate::store::write_value_checked(&path, &v, Some(DISPATCH_SCHEMA)));
-                if let Err(e) = written {
-                    tracing::error!(
-                        "cannot write the spec of dispatch {}: {e}; it will be marked lost",
-                        rec.dispatch_id
-                    );
-                    self.unrecorded.insert(rec.dispatch_id.clone());
+                    .and_then(|v| crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA)))
+                    .and_then(|bytes| batch.stage(&path, &bytes));
+                match written {
+                    Ok(()) => staged.push(rec.dispatch_id.clone()),
+                    Err(e) => self.spec_not_written(&rec.dispatch_id, &e),
+                }
+            }
+            if let Err(e) = batch.commit() {
+                for id in &staged {
+                    self.spec_not_written(id, &e);
                 }
             }
             drop(specs_guard);
@@ -447,6 +459,13 @@ impl Coordinator {
         self.reconcile_budget = false;
         self.after_effects(&report);
         Ok(report)
+    }
+
+    /// A dispatch recorded in the queue whose spec could not be written: the next cycles fold it
+    /// as `lost` (a failed attempt for the retry policy) unless the spec turns up after all.
+    fn spec_not_written(&mut self, dispatch_id: &str, e: &Error) {
+        tracing::error!("cannot write the spec of dispatch {dispatch_id}: {e}; it will be marked lost");
+        self.unrecorded.insert(dispatch_id.to_string());
     }
 
     /// Reservations held by no running dispatch (a crash between writes, a hand-edited queue) are
@@ -490,7 +509,7 @@ impl Coordinator {
         }
         let now = self.clock.now();
         let cfg = &self.config.retry;
-        let notes = self.store.update::<FailureStreaks, _>(|s| {
+        let notes = self.store.update_if_changed::<FailureStreaks, _>(|s| {
             let mut notes = Vec::new();
             for e in &counted {
                 if let Some(n) = s.record(&e.worker_type, e.failed_attempt, cfg, now) {
@@ -606,8 +625,9 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let tick = Duration::from_secs(ctx.config.scheduler.tick_interval_seconds.max(1));
     let mut backoff: Option<Duration> = None;
     let mut last_error = String::new();
+    let mut schedules = ScheduleGate::default();
     loop {
-        let schedule_due = fire_schedules(&ctx.store).map(|d| instant_of(d, &SystemClock));
+        let schedule_due = schedules.pass(&ctx.store).map(|d| instant_of(d, &SystemClock));
         let due = match c.cycle() {
             Ok(report) => {
                 backoff = None;
@@ -656,10 +676,52 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     }
 }
 
+/// Decides when the schedules need a pass (`fire_schedules`): when a file the pass reads for its
+/// decisions changed since the last one (schedules, scheduler state, `cortex.toml`), when the
+/// earliest next run is due, or after a failed pass. Otherwise a pass would change nothing and
+/// only cost a parse of the whole queue, on every cycle.
+#[derive(Default)]
+struct ScheduleGate {
+    /// The files as the last successful pass saw them.
+    seen: Option<[Option<FileId>; 3]>,
+    /// The earliest next run the last pass reported.
+    next: Option<Timestamp>,
+}
+
+impl ScheduleGate {
+    fn files(store: &Store) -> [Option<FileId>; 3] {
+        [
+            file_id(&store.path(crate::files::SCHEDULES)),
+            file_id(&store.path(SCHEDULER_STATE)),
+            file_id(&store.home().config_file()),
+        ]
+    }
+
+    /// Runs a pass if one is needed; returns when the next schedule is due.
+    fn pass(&mut self, store: &Store) -> Option<Timestamp> {
+        let files = Self::files(store);
+        let due = self.next.is_some_and(|n| n <= SystemClock.now());
+        if self.seen.as_ref() == Some(&files) && !due {
+            return self.next;
+        }
+        match fire_schedules(store) {
+            Ok(next) => {
+                self.seen = Some(files);
+                self.next = next;
+            }
+            Err(()) => {
+                self.seen = None;
+                self.next = None;
+            }
+        }
+        self.next
+    }
+}
+
 /// Enqueues the runs of schedules that are due (`schedule::fire_due`) and returns when the next
 /// one is. Each run is added with its slot's fixed task id, so a slot re-fired after a crash
 /// between the enqueue and the schedule's cursor write finds its task and adds nothing.
-fn fire_schedules(store: &Store) -> Option<Timestamp> {
+fn fire_schedules(store: &Store) -> std::result::Result<Option<Timestamp>, ()> {
     let mut enqueue = |run: crate::schedule::ScheduledRun| -> Result<()> {
         if crate::task::ops::find_task(store, &run.task_id)?.is_some() {
             return Ok(());
@@ -679,13 +741,7 @@ fn fire_schedules(store: &Store) -> Option<Timestamp> {
         };
         crate::task::ops::add_task(store, new).map(|_| ())
     };
-    match crate::schedule::fire_due(store, &SystemClock, &mut enqueue) {
-        Ok(next) => next,
-        Err(e) => {
-            tracing::error!("schedules: {e}");
-            None
-        }
-    }
+    crate::schedule::fire_due(store, &SystemClock, &mut enqueue).map_err(|e| tracing::error!("schedules: {e}"))
 }
 
 /// The circuit-breaker gate of one dispatch cycle: a type whose breaker is not closed is asked

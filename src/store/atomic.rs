@@ -43,8 +43,7 @@ pub fn write_replace_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
 /// file is fsynced before the rename and the directory after it.
 fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = parent_dir(path)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!("{TEMP_PREFIX}{name}.{}.{:016x}", std::process::id(), fastrand::u64(..)));
+    let tmp = temp_path(&dir, path);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -65,6 +64,163 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
         super::outage::note(e);
     }
     result
+}
+
+/// Most threads one [`ReplaceBatch::commit`] flushes files with.
+const MAX_SYNC_THREADS: usize = 8;
+
+/// Several atomic replacements committed together (group commit). Each file is written to a
+/// temporary file beside its target; [`ReplaceBatch::commit`] fsyncs the temporaries (in
+/// parallel, so the file system can merge the flushes), renames each over its target, and
+/// fsyncs each directory involved once. Every file is still replaced atomically — a reader sees
+/// the old file or the new one — and when `commit` returns all of them are durable; a crash in
+/// between leaves some replaced and some not, exactly as the same writes made one by one would.
+/// What it saves is one directory fsync per file and the serial wait of each file's flush.
+#[derive(Debug, Default)]
+pub struct ReplaceBatch {
+    staged: Vec<(File, PathBuf, PathBuf)>,
+}
+
+impl ReplaceBatch {
+    pub fn new() -> ReplaceBatch {
+        ReplaceBatch::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Writes `bytes` to a temporary file beside `path` (not yet fsynced or visible).
+    pub fn stage(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let dir = parent_dir(path)?;
+        let tmp = temp_path(&dir, path);
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&tmp)
+                .map_err(|e| Error::io(&tmp, "create temporary file", e))?;
+            f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", e))?;
+            Ok(f)
+        })();
+        match written {
+            Ok(f) => {
+                self.staged.push((f, tmp, path.to_path_buf()));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                super::outage::note(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes every staged file durable and visible. On an error nothing staged is left behind
+    /// as a temporary; files renamed before the error stay replaced.
+    pub fn commit(mut self) -> Result<()> {
+        let result = self.commit_inner();
+        if let Err(e) = &result {
+            super::outage::note(e);
+        }
+        result
+    }
+
+    fn commit_inner(&mut self) -> Result<()> {
+        let staged = std::mem::take(&mut self.staged);
+        let synced: Vec<Result<()>> = if staged.len() == 1 {
+            vec![staged[0].0.sync_all().map_err(|e| Error::io(&staged[0].1, "fsync", e))]
+        } else {
+            // At most MAX_SYNC_THREADS threads, each flushing a share of the files.
+            let share = staged.len().div_ceil(MAX_SYNC_THREADS);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = staged
+                    .chunks(share)
+                    .map(|chunk| {
+                        scope.spawn(move || {
+                            chunk
+                                .iter()
+                                .map(|(f, tmp, _)| f.sync_all().map_err(|e| Error::io(tmp, "fsync", e)))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::other("an fsync thread panicked"))]))
+                    .collect()
+            })
+        };
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut failure = synced.into_iter().find_map(|r| r.err());
+        for (f, tmp, target) in staged {
+            drop(f);
+            if failure.is_some() {
+                let _ = fs::remove_file(&tmp);
+                continue;
+            }
+            match fs::rename(&tmp, &target) {
+                Ok(()) => {
+                    let dir = parent_dir(&target)?;
+                    if !dirs.contains(&dir) {
+                        dirs.push(dir);
+                    }
+                }
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    failure = Some(Error::io(&target, "rename temporary file over", e));
+                }
+            }
+        }
+        for dir in &dirs {
+            fsync_dir(dir)?;
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for ReplaceBatch {
+    /// A batch dropped without a commit leaves no temporaries.
+    fn drop(&mut self) {
+        for (_, tmp, _) in self.staged.drain(..) {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Renames each `(from, to)` pair, then fsyncs every directory involved once (moves specs
+/// between buckets as a group). Returns one result per pair; a failed directory fsync fails
+/// every pair.
+pub fn rename_many_durable(moves: &[(PathBuf, PathBuf)]) -> Vec<Result<()>> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut out: Vec<Result<()>> = Vec::with_capacity(moves.len());
+    for (from, to) in moves {
+        let r = fs::rename(from, to).map_err(|e| Error::io(from, "move", e));
+        if r.is_ok() {
+            for d in [parent_dir(to), parent_dir(from)].into_iter().flatten() {
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+        out.push(r);
+    }
+    for d in &dirs {
+        if let Err(e) = fsync_dir(d) {
+            let msg = e.to_string();
+            for r in out.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(Error::other(msg.clone()));
+            }
+            break;
+        }
+    }
+    out
+}
+
+fn temp_path(dir: &Path, path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    dir.join(format!("{TEMP_PREFIX}{name}.{}.{:016x}", std::process::id(), fastrand::u64(..)))
 }
 
 /// fsyncs a directory so a rename or create in it is durable.
@@ -115,5 +271,73 @@ mod tests {
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1);
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, FILE_MODE);
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_batch_replaces_every_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        create_dir_all(&sub).unwrap();
+        write_atomic(&dir.path().join("a.json"), b"old").unwrap();
+        let mut b = ReplaceBatch::new();
+        for (p, v) in [(dir.path().join("a.json"), "1"), (dir.path().join("b.json"), "2"), (sub.join("c.json"), "3")] {
+            b.stage(&p, v.as_bytes()).unwrap();
+        }
+        // Nothing is visible before the commit.
+        assert_eq!(fs::read(dir.path().join("a.json")).unwrap(), b"old");
+        assert!(!dir.path().join("b.json").exists());
+        b.commit().unwrap();
+        assert_eq!(fs::read(dir.path().join("a.json")).unwrap(), b"1");
+        assert_eq!(fs::read(dir.path().join("b.json")).unwrap(), b"2");
+        assert_eq!(fs::read(sub.join("c.json")).unwrap(), b"3");
+        assert_eq!(names(dir.path()), ["a.json", "b.json", "sub"]);
+        assert_eq!(names(&sub), ["c.json"]);
+        assert_eq!(fs::metadata(sub.join("c.json")).unwrap().permissions().mode() & 0o777, FILE_MODE);
+    }
+
+    #[test]
+    fn a_batch_dropped_without_commit_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(&dir.path().join("a.json"), b"old").unwrap();
+        let mut b = ReplaceBatch::new();
+        b.stage(&dir.path().join("a.json"), b"new").unwrap();
+        b.stage(&dir.path().join("b.json"), b"new").unwrap();
+        drop(b);
+        assert_eq!(names(dir.path()), ["a.json"]);
+        assert_eq!(fs::read(dir.path().join("a.json")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn a_batch_whose_target_cannot_be_replaced_fails_and_keeps_the_others_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory at the target's name: the rename fails (EISDIR).
+        create_dir_all(&dir.path().join("b.json")).unwrap();
+        let mut b = ReplaceBatch::new();
+        b.stage(&dir.path().join("a.json"), b"1").unwrap();
+        b.stage(&dir.path().join("b.json"), b"2").unwrap();
+        let err = b.commit().unwrap_err().to_string();
+        assert!(err.contains("b.json"), "{err}");
+        assert_eq!(fs::read(dir.path().join("a.json")).unwrap(), b"1");
+        assert_eq!(names(dir.path()), ["a.json", "b.json"]);
+    }
+
+    #[test]
+    fn rename_many_moves_each_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("to");
+        create_dir_all(&to).unwrap();
+        write_atomic(&dir.path().join("x"), b"x").unwrap();
+        let moves = vec![(dir.path().join("x"), to.join("x")), (dir.path().join("missing"), to.join("missing"))];
+        let r = rename_many_durable(&moves);
+        assert!(r[0].is_ok());
+        assert!(r[1].is_err());
+        assert_eq!(names(&to), ["x"]);
     }
 }

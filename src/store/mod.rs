@@ -175,6 +175,22 @@ impl Store {
         Ok(out)
     }
 
+    /// [`Store::update`] that writes only when `change` changed the document (no fsync, no new
+    /// file, no watcher wake-up for a no-op).
+    pub fn update_if_changed<D: Document + Clone + PartialEq, R>(
+        &self,
+        change: impl FnOnce(&mut D) -> Result<R>,
+    ) -> Result<R> {
+        let guard = self.lock(D::FILE)?;
+        let mut doc: D = self.load()?;
+        let before = doc.clone();
+        let out = change(&mut doc)?;
+        if doc != before {
+            self.write_locked(&guard, &doc)?;
+        }
+        Ok(out)
+    }
+
     /// Validates and atomically writes a document whose lock the caller holds.
     pub fn write_locked<D: Document>(&self, _guard: &LockGuard, doc: &D) -> Result<()> {
         let path = self.path(D::FILE);
@@ -234,6 +250,12 @@ impl Store {
 
 /// Validates `value` against `schema` and writes it atomically (pretty-printed, for operators).
 pub fn write_value_checked(path: &Path, value: &Value, schema: Option<&str>) -> Result<()> {
+    atomic::write_atomic(path, &encode_checked(path, value, schema)?)
+}
+
+/// The bytes [`write_value_checked`] would write: the value checked against its schema (a
+/// violation refuses the write, naming the file and the field), pretty-printed.
+pub fn encode_checked(path: &Path, value: &Value, schema: Option<&str>) -> Result<Vec<u8>> {
     if let Some(schema) = schema
         && let Some(v) = crate::schema::check(schema, value, 1).into_iter().next()
     {
@@ -247,7 +269,7 @@ pub fn write_value_checked(path: &Path, value: &Value, schema: Option<&str>) -> 
     let mut bytes =
         serde_json::to_vec_pretty(value).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
     bytes.push(b'\n');
-    atomic::write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// The embedded default content of a JSON file, parsed.

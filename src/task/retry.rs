@@ -82,11 +82,15 @@ impl FailureStreaks {
         now: Timestamp,
     ) -> Option<Notification> {
         let s = self.worker_types.entry(worker_type.to_string()).or_default();
-        self.updated_at = Some(format_ts(now));
         if !failed {
-            s.consecutive_failures = 0;
+            // A success ends a streak; one of a type with no streak changes nothing.
+            if s.consecutive_failures != 0 {
+                s.consecutive_failures = 0;
+                self.updated_at = Some(format_ts(now));
+            }
             return None;
         }
+        self.updated_at = Some(format_ts(now));
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
         s.last_failure_at = Some(format_ts(now));
         if cfg.failure_notification_threshold == 0 || s.consecutive_failures < cfg.failure_notification_threshold {

@@ -108,10 +108,8 @@ pub struct Worker<E: Executor> {
     grace: Duration,
 }
 
-fn spec_write(path: &std::path::Path, rec: &DispatchRecord) -> Result<()> {
-    let v = serde_json::to_value(rec).map_err(|e| Error::other(format!("cannot encode dispatch: {e}")))?;
-    crate::store::write_value_checked(path, &v, Some(DISPATCH_SCHEMA))
-}
+/// A change to one dispatch's spec, applied under the `worker-specs` lock.
+type SpecChange = Box<dyn FnOnce(&mut DispatchRecord) -> Result<()>>;
 
 fn duration_since(started_at: &str) -> Duration {
     parse_ts(started_at).and_then(|t| (chrono::Utc::now() - t).to_std().ok()).unwrap_or(Duration::ZERO)
@@ -195,20 +193,19 @@ impl<E: Executor> Worker<E> {
 
     /// One pass: reap, notice adopted exits, start new dispatches, act on cancels and deadlines.
     pub fn step(&mut self) {
+        let mut gone: Vec<(String, Gone)> = Vec::new();
         for (pid, how) in self.executor.reap() {
             if let Some(id) = self.by_pid.remove(&pid) {
-                self.finish(&id, Gone::Reaped(how));
+                gone.push((id, Gone::Reaped(how)));
             }
         }
-        let gone: Vec<String> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.adopted && !self.executor.alive(l.pid, l.start_ticks))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
-            self.finish(&id, Gone::Vanished);
-        }
+        gone.extend(
+            self.live
+                .iter()
+                .filter(|(_, l)| l.adopted && !self.executor.alive(l.pid, l.start_ticks))
+                .map(|(id, _)| (id.clone(), Gone::Vanished)),
+        );
+        self.finish_all(gone);
         if let Err(e) = self.scan_active() {
             tracing::error!("cannot scan active dispatches: {e}");
         }
@@ -238,6 +235,7 @@ impl<E: Executor> Worker<E> {
             }
         }
         new_specs.sort();
+        let mut to_launch = Vec::new();
         for path in new_specs {
             let rec = match dispatches::read_spec(&self.store, &path) {
                 Ok(Some(r)) => r,
@@ -255,7 +253,7 @@ impl<E: Executor> Worker<E> {
                             DispatchState::Cancelled { ended_at: now_string(), signal: None, duration_s: Some(0.0) },
                         );
                     } else {
-                        self.launch(rec);
+                        to_launch.push(rec);
                     }
                 }
                 DispatchState::Running { .. } => {
@@ -270,6 +268,7 @@ impl<E: Executor> Worker<E> {
                 }
             }
         }
+        self.launch_all(to_launch);
         for id in cancels {
             if let Some(l) = self.live.get(&id)
                 && l.stop.is_none()
@@ -317,45 +316,86 @@ impl<E: Executor> Worker<E> {
         }
     }
 
-    fn launch(&mut self, rec: DispatchRecord) {
-        let id = rec.dispatch_id.clone();
-        let plan = self.plan(&rec);
-        let _ = std::fs::remove_file(&plan.exit_file);
-        let mut launched = match self.executor.launch(&plan) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("cannot start dispatch {id}: {e}");
-                self.end_unstarted(
-                    &rec,
-                    DispatchState::Failed {
-                        ended_at: now_string(),
-                        exit_code: None,
-                        signal: None,
-                        duration_s: Some(0.0),
-                        error: format!("cannot start: {e}"),
+    /// Starts dispatches: each shim is started (held before its command), then every one is
+    /// recorded `running` in one group commit of their specs, and only then does each get its
+    /// go-ahead. A dispatch whose record failed never runs its command.
+    fn launch_all(&mut self, recs: Vec<DispatchRecord>) {
+        let mut started: Vec<(DispatchRecord, executor::Launched)> = Vec::new();
+        for rec in recs {
+            let plan = self.plan(&rec);
+            let _ = std::fs::remove_file(&plan.exit_file);
+            match self.executor.launch(&plan) {
+                Ok(l) => started.push((rec, l)),
+                Err(e) => {
+                    tracing::error!("cannot start dispatch {}: {e}", rec.dispatch_id);
+                    self.end_unstarted(
+                        &rec,
+                        DispatchState::Failed {
+                            ended_at: now_string(),
+                            exit_code: None,
+                            signal: None,
+                            duration_s: Some(0.0),
+                            error: format!("cannot start: {e}"),
+                        },
+                    );
+                }
+            }
+        }
+        if started.is_empty() {
+            return;
+        }
+        let started_at = now_string();
+        let changes: Vec<(String, SpecChange)> = started
+            .iter()
+            .map(|(rec, l)| {
+                let id = rec.dispatch_id.clone();
+                let state = DispatchState::Running {
+                    started_at: started_at.clone(),
+                    pid: l.pid,
+                    pgid: l.pgid,
+                    proc_start_ticks: l.start_ticks,
+                };
+                let change: SpecChange = Box::new(move |r: &mut DispatchRecord| {
+                    if r.status() != crate::task::model::DispatchStatus::Starting {
+                        return Err(Error::refused(format!(
+                            "dispatch {} is {}, not starting",
+                            r.dispatch_id,
+                            r.status().as_str()
+                        )));
+                    }
+                    r.state = state;
+                    Ok(())
+                });
+                (id, change)
+            })
+            .collect();
+        let recorded = self.update_specs(changes);
+        for ((rec, mut launched), result) in started.into_iter().zip(recorded) {
+            let id = rec.dispatch_id.clone();
+            if let Err(e) = result {
+                // Not recorded: the command must not run. Dropping the go pipe makes the shim exit.
+                tracing::error!("cannot record dispatch {id} as running ({e}); not starting it");
+                drop(launched.go.take());
+                self.by_pid.insert(launched.pid, id.clone());
+                self.live.insert(
+                    id.clone(),
+                    Live {
+                        task_id: rec.task_id.clone(),
+                        pid: launched.pid,
+                        pgid: launched.pgid,
+                        start_ticks: launched.start_ticks,
+                        started: Instant::now(),
+                        deadline: None,
+                        stop: Some(Stop { reason: StopReason::Cancel, kill_at: Instant::now(), killed: false }),
+                        adopted: false,
                     },
                 );
-                return;
+                continue;
             }
-        };
-        let started_at = now_string();
-        let state = DispatchState::Running {
-            started_at,
-            pid: launched.pid,
-            pgid: launched.pgid,
-            proc_start_ticks: launched.start_ticks,
-        };
-        let recorded = self.update_spec(&id, |r| {
-            if r.status() != crate::task::model::DispatchStatus::Starting {
-                return Err(Error::refused(format!("dispatch {id} is {}, not starting", r.status().as_str())));
+            if let Err(e) = self.executor.release(&mut launched) {
+                tracing::error!("{e}");
             }
-            r.state = state;
-            Ok(())
-        });
-        if let Err(e) = recorded {
-            // Not recorded: the command must not run. Dropping the go pipe makes the shim exit.
-            tracing::error!("cannot record dispatch {id} as running ({e}); not starting it");
-            drop(launched.go.take());
+            let now = Instant::now();
             self.by_pid.insert(launched.pid, id.clone());
             self.live.insert(
                 id.clone(),
@@ -364,44 +404,63 @@ impl<E: Executor> Worker<E> {
                     pid: launched.pid,
                     pgid: launched.pgid,
                     start_ticks: launched.start_ticks,
-                    started: Instant::now(),
-                    deadline: None,
-                    stop: Some(Stop { reason: StopReason::Cancel, kill_at: Instant::now(), killed: false }),
+                    started: now,
+                    deadline: Some(now + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
+                    stop: None,
                     adopted: false,
                 },
             );
-            return;
+            tracing::debug!("started dispatch {id} (task {}) as PID {}", rec.task_id, launched.pid);
         }
-        if let Err(e) = self.executor.release(&mut launched) {
-            tracing::error!("{e}");
+    }
+
+    /// Read-modify-writes of several active specs under one hold of the `worker-specs` lock,
+    /// written in one group commit. One result per change, in order.
+    fn update_specs(&self, changes: Vec<(String, SpecChange)>) -> Vec<Result<DispatchRecord>> {
+        match self.store.lock_named(WORKER_SPECS_LOCK) {
+            Ok(_guard) => self.update_specs_locked(changes),
+            Err(e) => {
+                let msg = e.to_string();
+                changes.iter().map(|_| Err(Error::other(msg.clone()))).collect()
+            }
         }
-        let now = Instant::now();
-        self.by_pid.insert(launched.pid, id.clone());
-        self.live.insert(
-            id.clone(),
-            Live {
-                task_id: rec.task_id.clone(),
-                pid: launched.pid,
-                pgid: launched.pgid,
-                start_ticks: launched.start_ticks,
-                started: now,
-                deadline: Some(now + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
-                stop: None,
-                adopted: false,
-            },
-        );
-        tracing::debug!("started dispatch {id} (task {}) as PID {}", rec.task_id, launched.pid);
+    }
+
+    /// [`Worker::update_specs`] for a caller holding the `worker-specs` lock.
+    fn update_specs_locked(&self, changes: Vec<(String, SpecChange)>) -> Vec<Result<DispatchRecord>> {
+        let mut batch = crate::store::atomic::ReplaceBatch::new();
+        let mut out: Vec<Result<DispatchRecord>> = Vec::with_capacity(changes.len());
+        for (id, change) in changes {
+            let path = spec_path(&self.home, SpecBucket::Active, &id);
+            let staged = dispatches::read_spec(&self.store, &path)
+                .and_then(|r| r.ok_or_else(|| Error::refused(format!("dispatch {id} has no active spec"))))
+                .and_then(|mut rec| {
+                    change(&mut rec)?;
+                    let v = serde_json::to_value(&rec)
+                        .map_err(|e| Error::other(format!("cannot encode dispatch {id}: {e}")))?;
+                    let bytes = crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA))?;
+                    batch.stage(&path, &bytes)?;
+                    Ok(rec)
+                });
+            out.push(staged);
+        }
+        if let Err(e) = batch.commit() {
+            let msg = e.to_string();
+            for r in out.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(Error::other(msg.clone()));
+            }
+        }
+        out
     }
 
     /// Read-modify-write of an active spec under the `worker-specs` lock.
-    fn update_spec(&self, id: &str, change: impl FnOnce(&mut DispatchRecord) -> Result<()>) -> Result<DispatchRecord> {
-        let _guard = self.store.lock_named(WORKER_SPECS_LOCK)?;
-        let path = spec_path(&self.home, SpecBucket::Active, id);
-        let mut rec = dispatches::read_spec(&self.store, &path)?
-            .ok_or_else(|| Error::refused(format!("dispatch {id} has no active spec")))?;
-        change(&mut rec)?;
-        spec_write(&path, &rec)?;
-        Ok(rec)
+    fn update_spec(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut DispatchRecord) -> Result<()> + 'static,
+    ) -> Result<DispatchRecord> {
+        let mut results = self.update_specs(vec![(id.to_string(), Box::new(change))]);
+        results.pop().unwrap_or_else(|| Err(Error::other(format!("dispatch {id}: no result"))))
     }
 
     fn begin_stop(&mut self, id: &str, reason: StopReason) {
@@ -461,12 +520,82 @@ impl<E: Executor> Worker<E> {
         self.live.len()
     }
 
-    /// Ends a dispatch whose leader is gone: final state from the stop reason, the shim's exit
-    /// report or what was seen; tokens from the usage file; spec moved to its bucket; stray group
-    /// members stopped.
+    /// Ends a dispatch whose leader is gone (see [`Worker::finish_all`]).
     fn finish(&mut self, id: &str, gone: Gone) {
-        let Some(l) = self.live.remove(id) else { return };
-        self.by_pid.remove(&l.pid);
+        self.finish_all(vec![(id.to_string(), gone)]);
+    }
+
+    /// Ends dispatches whose leaders are gone: final state from the stop reason, the shim's exit
+    /// report or what was seen; tokens from the usage file; all specs written in one group commit
+    /// and moved to their buckets under one hold of the `worker-specs` lock; stray group members
+    /// stopped.
+    fn finish_all(&mut self, gone: Vec<(String, Gone)>) {
+        let mut ended: Vec<(String, Live, DispatchState)> = Vec::new();
+        for (id, how) in gone {
+            let Some(l) = self.live.remove(&id) else { continue };
+            self.by_pid.remove(&l.pid);
+            let state = self.final_state(&id, &l, how);
+            ended.push((id, l, state));
+        }
+        if ended.is_empty() {
+            return;
+        }
+        let changes: Vec<(String, SpecChange)> = ended
+            .iter()
+            .map(|(id, _, state)| {
+                let tokens = crate::task::ops::read_usage_file(&self.home.usage_file(id));
+                let state = state.clone();
+                let change: SpecChange = Box::new(move |r: &mut DispatchRecord| {
+                    r.state = state;
+                    if tokens.is_some() {
+                        r.tokens_used = tokens;
+                    }
+                    Ok(())
+                });
+                (id.clone(), change)
+            })
+            .collect();
+        let results = match self.store.lock_named(WORKER_SPECS_LOCK) {
+            Ok(guard) => {
+                let results = self.update_specs_locked(changes);
+                let recorded: Vec<&DispatchRecord> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+                if let Err(e) = self.move_final_locked(&recorded) {
+                    tracing::error!("cannot move ended dispatches: {e}");
+                }
+                drop(guard);
+                results
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                changes.iter().map(|_| Err(Error::other(msg.clone()))).collect()
+            }
+        };
+        for ((id, l, state), result) in ended.into_iter().zip(results) {
+            match result {
+                Ok(_) => {}
+                // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
+                Err(Error::Refused(e)) => tracing::info!("not recording the end of dispatch {id}: {e}"),
+                Err(e) => tracing::error!("cannot record the end of dispatch {id}: {e}"),
+            }
+            // The heartbeat and usage files were read above; the directory is done with.
+            let _ = std::fs::remove_dir_all(self.home.dispatch_run_dir(&id));
+            tracing::debug!("dispatch {id} (task {}) ended {}", l.task_id, state.status().as_str());
+            // Stray members of the group (daemonised grandchildren): TERM now, KILL after the grace.
+            if procs::group_exists(l.pgid) {
+                let kill_at = match &l.stop {
+                    Some(s) => s.kill_at,
+                    None => {
+                        self.executor.signal(l.pgid, Signal::SIGTERM);
+                        Instant::now() + self.grace
+                    }
+                };
+                self.stragglers.push(Straggler { pgid: l.pgid, kill_at });
+            }
+        }
+    }
+
+    /// How a dispatch ended: from the stop reason, the shim's exit report or what was seen.
+    fn final_state(&self, id: &str, l: &Live, gone: Gone) -> DispatchState {
         let report = shim::read_report(&self.home.dispatch_exit_file(id));
         let ended_at = now_string();
         let duration = Some(l.started.elapsed().as_secs_f64());
@@ -475,7 +604,7 @@ impl<E: Executor> Worker<E> {
             _ => None,
         };
         let signal = report.as_ref().and_then(|r| r.signal).or(seen_signal);
-        let state = match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
+        match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
             (Some(StopReason::Cancel), _, _) => DispatchState::Cancelled { ended_at, signal, duration_s: duration },
             (Some(StopReason::Timeout), _, _) => DispatchState::Timeout { ended_at, signal, duration_s: duration },
             (None, Some(r), _) => match (r.exit_code, r.signal, &r.error) {
@@ -516,39 +645,6 @@ impl<E: Executor> Worker<E> {
                 ended_at,
                 reason: format!("process {} ended while no worker watched it and left no exit status", l.pid),
             },
-        };
-        let tokens = crate::task::ops::read_usage_file(&self.home.usage_file(id));
-        let status = state.status();
-        let result = self.update_spec(id, |r| {
-            r.state = state;
-            if tokens.is_some() {
-                r.tokens_used = tokens;
-            }
-            Ok(())
-        });
-        match result {
-            Ok(rec) => {
-                if let Err(e) = self.move_final(&rec) {
-                    tracing::error!("cannot move ended dispatch {id}: {e}");
-                }
-            }
-            // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
-            Err(Error::Refused(e)) => tracing::info!("not recording the end of dispatch {id}: {e}"),
-            Err(e) => tracing::error!("cannot record the end of dispatch {id}: {e}"),
-        }
-        // The heartbeat and usage files were read above; the directory is done with.
-        let _ = std::fs::remove_dir_all(self.home.dispatch_run_dir(id));
-        tracing::debug!("dispatch {id} (task {}) ended {}", l.task_id, status.as_str());
-        // Stray members of the group (daemonised grandchildren): TERM now, KILL after the grace.
-        if procs::group_exists(l.pgid) {
-            let kill_at = match &l.stop {
-                Some(s) => s.kill_at,
-                None => {
-                    self.executor.signal(l.pgid, Signal::SIGTERM);
-                    Instant::now() + self.grace
-                }
-            };
-            self.stragglers.push(Straggler { pgid: l.pgid, kill_at });
         }
     }
 
@@ -571,22 +667,38 @@ impl<E: Executor> Worker<E> {
     /// Moves a spec with a final state from `active/` to `completed/` or `failed/` and removes
     /// its request and exit files.
     fn move_final(&self, rec: &DispatchRecord) -> Result<()> {
-        let bucket = match rec.status() {
-            crate::task::model::DispatchStatus::Completed => SpecBucket::Completed,
-            crate::task::model::DispatchStatus::Zombie => SpecBucket::Zombie,
-            _ => SpecBucket::Failed,
-        };
-        let id = &rec.dispatch_id;
-        {
-            let _guard = self.store.lock_named(WORKER_SPECS_LOCK)?;
-            let from = spec_path(&self.home, SpecBucket::Active, id);
-            let to = spec_path(&self.home, bucket, id);
+        let _guard = self.store.lock_named(WORKER_SPECS_LOCK)?;
+        self.move_final_locked(&[rec])
+    }
+
+    /// [`Worker::move_final`] of several specs (one directory fsync each for all of them), for a
+    /// caller holding the `worker-specs` lock.
+    fn move_final_locked(&self, recs: &[&DispatchRecord]) -> Result<()> {
+        let mut moves = Vec::with_capacity(recs.len());
+        for rec in recs {
+            let bucket = match rec.status() {
+                crate::task::model::DispatchStatus::Completed => SpecBucket::Completed,
+                crate::task::model::DispatchStatus::Zombie => SpecBucket::Zombie,
+                _ => SpecBucket::Failed,
+            };
             crate::store::atomic::create_dir_all(&self.home.worker_specs(bucket))?;
-            crate::store::atomic::rename_durable(&from, &to)?;
+            let id = &rec.dispatch_id;
+            moves.push((spec_path(&self.home, SpecBucket::Active, id), spec_path(&self.home, bucket, id)));
         }
-        let _ = std::fs::remove_file(cancel_request_path(&self.home, id));
-        let _ = std::fs::remove_file(self.home.dispatch_exit_file(id));
-        Ok(())
+        let mut first_error = None;
+        for (rec, result) in recs.iter().zip(crate::store::atomic::rename_many_durable(&moves)) {
+            match result {
+                Ok(()) => {
+                    let id = &rec.dispatch_id;
+                    let _ = std::fs::remove_file(cancel_request_path(&self.home, id));
+                    let _ = std::fs::remove_file(self.home.dispatch_exit_file(id));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
