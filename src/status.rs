@@ -3,7 +3,7 @@
 //! health (`GET /health`), dispatch views (`GET /dispatches…`, `cortex dispatches`) and the
 //! Prometheus metrics (`GET /metrics`).
 //!
-//! A [`StatusReader`] caches what it parsed by file identity (device, inode, size, mtime): a
+//! A [`StatusReader`] caches what it parsed by file identity (device, inode, size, mtime, ctime): a
 //! long-lived reader (the api daemon) re-reads the task queue or a worker-specs directory only
 //! after it changed, and follows the event log by offset. A one-shot reader (the CLI) simply
 //! reads everything once.
@@ -36,6 +36,9 @@ struct FileKey {
     len: u64,
     mtime: i64,
     mtime_nsec: i64,
+    /// Also changes when a tool sets the mtime back (`touch -d`, `cp -p`, `rsync -t`).
+    ctime: i64,
+    ctime_nsec: i64,
 }
 
 impl FileKey {
@@ -46,6 +49,8 @@ impl FileKey {
             len: meta.len(),
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
         }
     }
 
@@ -55,7 +60,8 @@ impl FileKey {
     fn is_racy(&self) -> bool {
         let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else { return true };
         let mtime_ns = self.mtime as i128 * 1_000_000_000 + self.mtime_nsec as i128;
-        now.as_nanos() as i128 - mtime_ns < RACY_WINDOW_NS
+        let ctime_ns = self.ctime as i128 * 1_000_000_000 + self.ctime_nsec as i128;
+        now.as_nanos() as i128 - mtime_ns.max(ctime_ns) < RACY_WINDOW_NS
     }
 
     fn stat(path: &Path) -> Result<Option<FileKey>> {

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 server built for hostile clients: one reactor thread (`poll`) owns every
 //! connection and reads requests without blocking; only a complete request (head and body) is
-//! handed to a fixed pool of handler threads. So a client that sends slowly (slowloris), sends a
+//! handed to a fixed pool of handler threads (a handler may also defer its answer to another
+//! thread: [`Reply::Deferred`], [`Responder`]). So a client that sends slowly (slowloris), sends a
 //! huge body, or sends garbage costs a buffer in the reactor, never a thread, and is dropped at
 //! its deadline; other clients are served meanwhile.
 //!
@@ -19,7 +20,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -167,11 +168,43 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// What a handler returns: a response now, or work to run on its own thread (it may block for
-/// seconds, e.g. waiting for a cancelled process to end) so it never holds a pool thread.
+/// What a handler returns: a response now, work to run on its own thread (it may block for
+/// seconds, e.g. waiting for a cancelled process to end) so it never holds a pool thread, or a
+/// response another thread delivers later through a [`Responder`] (e.g. the scheduler's group
+/// commit answers a whole batch at once) while no thread waits for it.
 pub enum Reply {
     Now(Response),
     Slow(Box<dyn FnOnce() -> Response + Send>),
+    /// Called at once, on the handler thread, with the [`Responder`] of this request; it must
+    /// not block (hand the responder to whoever will answer).
+    Deferred(Box<dyn FnOnce(Responder) + Send>),
+}
+
+/// Delivers the response of a [`Reply::Deferred`] request from any thread. Sending never blocks:
+/// the response goes back to the handler pool, which writes it to the client (with the write
+/// timeout), so a slow client never holds up the thread that answers. Dropping a responder
+/// without sending answers 500.
+pub struct Responder {
+    job: Option<Job>,
+    work: Sender<Work>,
+}
+
+impl Responder {
+    /// Answers the request.
+    pub fn send(mut self, resp: Response) {
+        if let Some(job) = self.job.take() {
+            // Fails only when the server has stopped; the connection is then closed.
+            let _ = self.work.send(Work::Respond(job, resp));
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            let _ = self.work.send(Work::Respond(job, Response::error(500, "the request was dropped unanswered")));
+        }
+    }
 }
 
 /// The application behind the server.
@@ -194,7 +227,10 @@ pub struct Server {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     wake: UnixStream,
-    threads: Vec<JoinHandle<()>>,
+    reactor: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    /// To tell each handler thread to stop, once the reactor has stopped.
+    work: Sender<Work>,
 }
 
 impl Server {
@@ -206,21 +242,26 @@ impl Server {
         wake_tx.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(QUEUE_CAPACITY);
-        let job_rx = Arc::new(Mutex::new(job_rx));
+        // Unbounded, because deferred responses must never block whoever sends them; the
+        // reactor bounds the requests in it by `queued` instead.
+        let (work_tx, work_rx) = mpsc::channel::<Work>();
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let queued = Arc::new(AtomicUsize::new(0));
         let (back_tx, back_rx) = mpsc::channel::<Option<Conn>>();
         let slow = Arc::new(AtomicUsize::new(0));
-        let mut threads = Vec::new();
+        let mut workers = Vec::new();
         for i in 0..limits.threads.max(1) {
             let ctx = WorkerCtx {
-                jobs: job_rx.clone(),
+                jobs: work_rx.clone(),
+                work: work_tx.clone(),
+                queued: queued.clone(),
                 back: back_tx.clone(),
                 wake: wake_tx.try_clone()?,
                 handler: handler.clone(),
                 write_timeout: limits.request_timeout,
                 slow: slow.clone(),
             };
-            threads.push(std::thread::Builder::new().name(format!("api-worker-{i}")).spawn(move || ctx.run())?);
+            workers.push(std::thread::Builder::new().name(format!("api-worker-{i}")).spawn(move || ctx.run())?);
         }
         let reactor = Reactor {
             listener,
@@ -230,11 +271,12 @@ impl Server {
             conns: HashMap::new(),
             busy: 0,
             next_id: 0,
-            jobs: job_tx,
+            jobs: work_tx.clone(),
+            queued,
             back: back_rx,
         };
-        threads.push(std::thread::Builder::new().name("api-reactor".into()).spawn(move || reactor.run())?);
-        Ok(Server { addr, stop, wake: wake_tx, threads })
+        let reactor = std::thread::Builder::new().name("api-reactor".into()).spawn(move || reactor.run())?;
+        Ok(Server { addr, stop, wake: wake_tx, reactor: Some(reactor), workers, work: work_tx })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -250,7 +292,14 @@ impl Server {
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = (&self.wake).write(b"s");
-        for t in self.threads.drain(..) {
+        if let Some(reactor) = self.reactor.take() {
+            let _ = reactor.join();
+        }
+        // Requests already queued come first; then each handler thread meets a Stop.
+        for _ in 0..self.workers.len() {
+            let _ = self.work.send(Work::Stop);
+        }
+        for t in self.workers.drain(..) {
             let _ = t.join();
         }
     }
@@ -281,6 +330,16 @@ struct Job {
     req: Request,
     keep_alive: bool,
     head_only: bool,
+}
+
+/// What the handler threads take from their queue.
+enum Work {
+    /// A request to handle.
+    Request(Job),
+    /// A deferred request's response, to write.
+    Respond(Job, Response),
+    /// The server stops.
+    Stop,
 }
 
 /// What [`parse`] made of the bytes a connection has sent so far.
@@ -391,7 +450,9 @@ struct Reactor {
     /// Connections currently with a handler.
     busy: usize,
     next_id: u64,
-    jobs: SyncSender<Job>,
+    jobs: Sender<Work>,
+    /// Requests in `jobs` not yet taken by a handler thread (at most [`QUEUE_CAPACITY`]).
+    queued: Arc<AtomicUsize>,
     /// Connections coming back from handlers (None: the handler closed it).
     back: Receiver<Option<Conn>>,
 }
@@ -535,12 +596,16 @@ impl Reactor {
             }
             Parsed::Complete { req, consumed, keep_alive, head_only } => {
                 conn.buf.drain(..consumed);
-                match self.jobs.try_send(Job { conn, req, keep_alive, head_only }) {
+                if self.queued.load(Ordering::SeqCst) >= QUEUE_CAPACITY {
+                    reject(&conn.stream, &Response::error(503, "server busy; retry shortly"));
+                    return;
+                }
+                self.queued.fetch_add(1, Ordering::SeqCst);
+                match self.jobs.send(Work::Request(Job { conn, req, keep_alive, head_only })) {
                     Ok(()) => self.busy += 1,
-                    Err(TrySendError::Full(job)) => {
-                        reject(&job.conn.stream, &Response::error(503, "server busy; retry shortly"))
+                    Err(_) => {
+                        self.queued.fetch_sub(1, Ordering::SeqCst);
                     }
-                    Err(TrySendError::Disconnected(_)) => {}
                 }
             }
         }
@@ -582,7 +647,10 @@ fn write_all_by(mut stream: &TcpStream, bytes: &[u8], deadline: Instant) -> std:
 }
 
 struct WorkerCtx {
-    jobs: Arc<Mutex<Receiver<Job>>>,
+    jobs: Arc<Mutex<Receiver<Work>>>,
+    /// For the responders of deferred requests.
+    work: Sender<Work>,
+    queued: Arc<AtomicUsize>,
     back: Sender<Option<Conn>>,
     wake: UnixStream,
     handler: Arc<dyn Handler>,
@@ -593,18 +661,34 @@ struct WorkerCtx {
 impl WorkerCtx {
     fn run(self) {
         loop {
-            let job = {
+            let work = {
                 let rx = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
                 match rx.recv() {
-                    Ok(j) => j,
+                    Ok(w) => w,
                     Err(_) => return,
                 }
+            };
+            let job = match work {
+                Work::Request(job) => {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    job
+                }
+                Work::Respond(job, resp) => {
+                    self.finish(job, resp);
+                    continue;
+                }
+                Work::Stop => return,
             };
             let handler = self.handler.clone();
             let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&job.req)))
                 .unwrap_or_else(|_| Reply::Now(Response::error(500, "internal error while handling the request")));
             match reply {
                 Reply::Now(resp) => self.finish(job, resp),
+                Reply::Deferred(start) => {
+                    let responder = Responder { job: Some(job), work: self.work.clone() };
+                    // A panic drops the responder, which answers 500.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || start(responder)));
+                }
                 Reply::Slow(work) => {
                     if self.slow.fetch_add(1, Ordering::SeqCst) >= MAX_SLOW_HANDLERS {
                         self.slow.fetch_sub(1, Ordering::SeqCst);
@@ -613,6 +697,8 @@ impl WorkerCtx {
                     }
                     let me = WorkerCtx {
                         jobs: self.jobs.clone(),
+                        work: self.work.clone(),
+                        queued: self.queued.clone(),
                         back: self.back.clone(),
                         wake: match self.wake.try_clone() {
                             Ok(w) => w,

@@ -4,9 +4,11 @@
 //!
 //! - [`http`]: the HTTP/1.1 server (reactor + bounded handler pool, limits, timeouts).
 //! - [`auth`]: bearer tokens from `[api] tokens_file`.
+//! - [`commit`]: the scheduler's group commit (one committer thread batches pauses/resumes).
 //! - [`routes`]: the endpoints.
 
 pub mod auth;
+pub mod commit;
 pub mod http;
 pub mod routes;
 
@@ -90,7 +92,9 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     } else {
         format!("bearer tokens required for changes ({})", tokens.names().join(", "))
     };
-    let app = Arc::new(routes::App { reader, tokens });
+    let committer = commit::Committer::start(ctx.store.clone())
+        .map_err(|e| Error::other(format!("cannot start the scheduler committer thread: {e}")))?;
+    let app = Arc::new(routes::App { reader, tokens, committer });
     let server = http::Server::start(listener, limits(&ctx.config), app)
         .map_err(|e| Error::other(format!("cannot start the API server on {addr_text}: {e}")))?;
     tracing::info!(addr = %server.local_addr(), "API listening; {auth_note}");

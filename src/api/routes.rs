@@ -4,10 +4,12 @@
 //! the CLI makes.
 
 use super::auth::Tokens;
+use super::commit::Committer;
 use super::http::{Handler, Reply, Request, Response};
 use crate::error::Error;
+use crate::error::Result;
 use crate::home::SpecBucket;
-use crate::scheduler::{self, Actor};
+use crate::scheduler::{self, Actor, Transition};
 use crate::status::{StatusReader, parse_dispatch_status};
 use crate::task::{dispatches, ops};
 use serde_json::{Value, json};
@@ -18,6 +20,8 @@ use std::time::Duration;
 pub struct App {
     pub reader: Arc<StatusReader>,
     pub tokens: Tokens,
+    /// Pauses and resumes that change the state go through the group commit.
+    pub committer: Committer,
 }
 
 /// A matched route.
@@ -165,8 +169,8 @@ impl Handler for App {
             Route::SchedulerStatus => {
                 Reply::Now(self.reader.scheduler_status().map_or_else(|e| error_response(&e), |s| ok_json(&s)))
             }
-            Route::Pause => Reply::Now(self.pause(req, &actor)),
-            Route::Resume => Reply::Now(self.resume(req, &actor)),
+            Route::Pause => self.pause(req, actor),
+            Route::Resume => self.resume(req, actor),
             Route::Dispatches => Reply::Now(self.list_dispatches(req)),
             Route::Dispatch(id) => Reply::Now(self.dispatch(id)),
             Route::Cancel(id) => self.cancel(id, &actor),
@@ -211,46 +215,36 @@ impl App {
         None
     }
 
-    fn pause(&self, req: &Request, actor: &Actor) -> Response {
+    fn pause(&self, req: &Request, actor: Actor) -> Reply {
         let body = match json_body(req) {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => return Reply::Now(r),
         };
         let reason = match body.get("reason") {
             None | Some(Value::Null) => req.query_params().remove("reason"),
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Response::error(400, "\"reason\" must be a string"),
+            Some(_) => return Reply::Now(Response::error(400, "\"reason\" must be a string")),
         };
-        match scheduler::pause(self.reader.store(), actor, reason.as_deref()) {
-            Ok(t) => ok_json(&json!({
-                "status": "success",
-                "message": t.message,
-                "timestamp": t.timestamp,
-                "paused": true,
-                "changed": t.changed,
-                "paused_at": t.state.paused_at,
-                "paused_by": t.state.paused_by,
-                "reason": t.state.reason,
-            })),
-            Err(e) => error_response(&e),
-        }
+        self.transition(scheduler::Request::Pause { actor, reason })
     }
 
-    fn resume(&self, req: &Request, actor: &Actor) -> Response {
+    fn resume(&self, req: &Request, actor: Actor) -> Reply {
         if let Err(r) = json_body(req) {
-            return r;
+            return Reply::Now(r);
         }
-        match scheduler::resume(self.reader.store(), actor) {
-            Ok(t) => ok_json(&json!({
-                "status": "success",
-                "message": t.message,
-                "timestamp": t.timestamp,
-                "paused": false,
-                "changed": t.changed,
-                "resumed_at": t.state.resumed_at,
-            })),
-            Err(e) => error_response(&e),
+        self.transition(scheduler::Request::Resume { actor })
+    }
+
+    /// A pause or resume: answered at once when the scheduler already is in the asked-for
+    /// state, else queued for the group commit and answered once its batch is durable.
+    fn transition(&self, request: scheduler::Request) -> Reply {
+        if let Some(t) = scheduler::answer_unchanged(self.reader.store(), &request) {
+            return Reply::Now(transition_response(Ok(t)));
         }
+        let committer = self.committer.clone();
+        Reply::Deferred(Box::new(move |responder| {
+            committer.submit(request, move |result| responder.send(transition_response(result)))
+        }))
     }
 
     fn list_dispatches(&self, req: &Request) -> Response {
@@ -427,6 +421,31 @@ impl App {
             Err(e @ Error::Config { .. }) => Response::error(400, e.to_string()),
             Err(e) => error_response(&e),
         }
+    }
+}
+
+/// The answer to `POST /scheduler/pause` or `/scheduler/resume`.
+fn transition_response(result: Result<Transition>) -> Response {
+    match result {
+        Ok(t) if t.paused => ok_json(&json!({
+            "status": "success",
+            "message": t.message,
+            "timestamp": t.timestamp,
+            "paused": true,
+            "changed": t.changed,
+            "paused_at": t.state.paused_at,
+            "paused_by": t.state.paused_by,
+            "reason": t.state.reason,
+        })),
+        Ok(t) => ok_json(&json!({
+            "status": "success",
+            "message": t.message,
+            "timestamp": t.timestamp,
+            "paused": false,
+            "changed": t.changed,
+            "resumed_at": t.state.resumed_at,
+        })),
+        Err(e) => error_response(&e),
     }
 }
 
