@@ -419,9 +419,6 @@ impl Coordinator {
             q.updated_at = Some(now_s.clone());
             store.write_locked(&q_guard, &q)?;
         }
-        if let Some(f) = fold {
-            f.finish(&store, &q)?;
-        }
         // Specs before the budget file, so the worker starts as early as possible (a crash in
         // between leaves a reservation missing, never one too many).
         if !report.dispatched.is_empty() {
@@ -453,6 +450,11 @@ impl Coordinator {
             self.budget_id = file_id(&store.path(TOKEN_BUDGET));
         }
         drop(b_guard);
+        // The intake's housekeeping last, off the path from a new task to its start (it needs
+        // only the queue written before it; its lock comes before the budget's in the order).
+        if let Some(f) = fold {
+            f.finish(&store, &q)?;
+        }
         self.cache = file_id(&store.path(TASK_QUEUE)).map(|id| (id, q));
         drop(q_guard);
         drop(sched_guard);

@@ -119,15 +119,15 @@ impl ReplaceBatch {
 
     /// Makes every staged file durable and visible. On an error nothing staged is left behind
     /// as a temporary; files renamed before the error stay replaced.
-    pub fn commit(mut self) -> Result<()> {
-        let result = self.commit_inner();
-        if let Err(e) = &result {
-            super::outage::note(e);
-        }
-        result
+    pub fn commit(self) -> Result<()> {
+        self.publish().sync_dirs()
     }
 
-    fn commit_inner(&mut self) -> Result<()> {
+    /// The first half of [`ReplaceBatch::commit`]: every staged file fsynced and renamed into
+    /// place (visible, its content durable), the directory fsyncs left to
+    /// [`Published::sync_dirs`], for a caller that acts on visibility first (the worker lets a
+    /// recorded dispatch start, then makes the record's name durable).
+    pub fn publish(mut self) -> Published {
         let staged = std::mem::take(&mut self.staged);
         let synced: Vec<Result<()>> = if staged.len() == 1 {
             vec![staged[0].0.sync_all().map_err(|e| Error::io(&staged[0].1, "fsync", e))]
@@ -162,7 +162,7 @@ impl ReplaceBatch {
             }
             match fs::rename(&tmp, &target) {
                 Ok(()) => {
-                    let dir = parent_dir(&target)?;
+                    let dir = parent_dir(&target).unwrap_or_else(|_| PathBuf::from("."));
                     if !dirs.contains(&dir) {
                         dirs.push(dir);
                     }
@@ -173,10 +173,37 @@ impl ReplaceBatch {
                 }
             }
         }
-        for dir in &dirs {
-            fsync_dir(dir)?;
+        Published { dirs, failure }
+    }
+}
+
+/// Files of a [`ReplaceBatch`] renamed into place whose directories are not fsynced yet.
+#[derive(Debug)]
+#[must_use = "the directories still need their fsync (sync_dirs)"]
+pub struct Published {
+    dirs: Vec<PathBuf>,
+    failure: Option<Error>,
+}
+
+impl Published {
+    /// The first error of the batch (then not every staged file was renamed).
+    pub fn error(&self) -> Option<&Error> {
+        self.failure.as_ref()
+    }
+
+    /// fsyncs each directory involved once; returns the batch's first error, if any.
+    pub fn sync_dirs(self) -> Result<()> {
+        let mut result = self.failure.map_or(Ok(()), Err);
+        for dir in &self.dirs {
+            if let Err(e) = fsync_dir(dir) {
+                result = result.and(Err(e));
+                break;
+            }
         }
-        failure.map_or(Ok(()), Err)
+        if let Err(e) = &result {
+            super::outage::note(e);
+        }
+        result
     }
 }
 

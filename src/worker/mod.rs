@@ -26,6 +26,7 @@ use crate::events::Severity;
 use crate::files::DISPATCH_SCHEMA;
 use crate::home::{Home, SpecBucket};
 use crate::store::Store;
+use crate::store::atomic::Published;
 use crate::task::dispatches::{self, cancel_request_path, spec_path};
 use crate::task::model::{DispatchRecord, DispatchState};
 use crate::task::worker_types::{WorkerTypes, workdir};
@@ -369,7 +370,7 @@ impl<E: Executor> Worker<E> {
                 (id, change)
             })
             .collect();
-        let recorded = self.update_specs(changes);
+        let (recorded, published) = self.update_specs(changes);
         for ((rec, mut launched), result) in started.into_iter().zip(recorded) {
             let id = rec.dispatch_id.clone();
             if let Err(e) = result {
@@ -412,22 +413,35 @@ impl<E: Executor> Worker<E> {
             );
             tracing::debug!("started dispatch {id} (task {}) as PID {}", rec.task_id, launched.pid);
         }
+        // The records were visible (and their content durable) before any go-ahead; their names
+        // are made durable now, off the path to the commands' start. A crash of the machine in
+        // between can only bring a dispatch back as `starting`, which the next worker launches.
+        if let Some(p) = published
+            && let Err(e) = p.sync_dirs()
+        {
+            tracing::error!("cannot make the running records durable: {e}");
+        }
     }
 
     /// Read-modify-writes of several active specs under one hold of the `worker-specs` lock,
     /// written in one group commit. One result per change, in order.
-    fn update_specs(&self, changes: Vec<(String, SpecChange)>) -> Vec<Result<DispatchRecord>> {
+    /// The records are visible when this returns; their directory's fsync is left to the caller
+    /// ([`Published::sync_dirs`]; None when nothing was written).
+    fn update_specs(&self, changes: Vec<(String, SpecChange)>) -> (Vec<Result<DispatchRecord>>, Option<Published>) {
         match self.store.lock_named(WORKER_SPECS_LOCK) {
             Ok(_guard) => self.update_specs_locked(changes),
             Err(e) => {
                 let msg = e.to_string();
-                changes.iter().map(|_| Err(Error::other(msg.clone()))).collect()
+                (changes.iter().map(|_| Err(Error::other(msg.clone()))).collect(), None)
             }
         }
     }
 
     /// [`Worker::update_specs`] for a caller holding the `worker-specs` lock.
-    fn update_specs_locked(&self, changes: Vec<(String, SpecChange)>) -> Vec<Result<DispatchRecord>> {
+    fn update_specs_locked(
+        &self,
+        changes: Vec<(String, SpecChange)>,
+    ) -> (Vec<Result<DispatchRecord>>, Option<Published>) {
         let mut batch = crate::store::atomic::ReplaceBatch::new();
         let mut out: Vec<Result<DispatchRecord>> = Vec::with_capacity(changes.len());
         for (id, change) in changes {
@@ -444,13 +458,17 @@ impl<E: Executor> Worker<E> {
                 });
             out.push(staged);
         }
-        if let Err(e) = batch.commit() {
+        if batch.is_empty() {
+            return (out, None);
+        }
+        let published = batch.publish();
+        if let Some(e) = published.error() {
             let msg = e.to_string();
             for r in out.iter_mut().filter(|r| r.is_ok()) {
                 *r = Err(Error::other(msg.clone()));
             }
         }
-        out
+        (out, Some(published))
     }
 
     /// Read-modify-write of an active spec under the `worker-specs` lock.
@@ -459,8 +477,12 @@ impl<E: Executor> Worker<E> {
         id: &str,
         change: impl FnOnce(&mut DispatchRecord) -> Result<()> + 'static,
     ) -> Result<DispatchRecord> {
-        let mut results = self.update_specs(vec![(id.to_string(), Box::new(change))]);
-        results.pop().unwrap_or_else(|| Err(Error::other(format!("dispatch {id}: no result"))))
+        let (mut results, published) = self.update_specs(vec![(id.to_string(), Box::new(change))]);
+        let result = results.pop().unwrap_or_else(|| Err(Error::other(format!("dispatch {id}: no result"))));
+        match published.map(Published::sync_dirs) {
+            Some(Err(e)) if result.is_ok() => Err(e),
+            _ => result,
+        }
     }
 
     fn begin_stop(&mut self, id: &str, reason: StopReason) {
@@ -557,10 +579,16 @@ impl<E: Executor> Worker<E> {
             .collect();
         let results = match self.store.lock_named(WORKER_SPECS_LOCK) {
             Ok(guard) => {
-                let results = self.update_specs_locked(changes);
+                let (results, published) = self.update_specs_locked(changes);
                 let recorded: Vec<&DispatchRecord> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+                // The moves fsync `active/` and the buckets after the final records' renames.
                 if let Err(e) = self.move_final_locked(&recorded) {
                     tracing::error!("cannot move ended dispatches: {e}");
+                    if let Some(Err(e)) = published.map(Published::sync_dirs) {
+                        tracing::error!("cannot make the final records durable: {e}");
+                    }
+                } else {
+                    drop(published);
                 }
                 drop(guard);
                 results
