@@ -58,9 +58,45 @@ fn validators() -> &'static HashMap<&'static str, jsonschema::Validator> {
     })
 }
 
+/// Validators of each definition (`$defs`) of every embedded schema, by `"schema#def"` (e.g.
+/// `"task-queue#task"`): for a document validated part by part (see `task::queue_file`).
+fn def_validators() -> &'static HashMap<String, jsonschema::Validator> {
+    static V: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| {
+        let mut out = HashMap::new();
+        for (name, src) in SOURCES {
+            let schema: Value =
+                serde_json::from_str(src).unwrap_or_else(|e| panic!("embedded schema {name} is not JSON: {e}"));
+            let Some(defs) = schema.get("$defs").and_then(Value::as_object) else { continue };
+            for def in defs.keys() {
+                let one = serde_json::json!({
+                    "$schema": schema.get("$schema"),
+                    "$defs": defs,
+                    "$ref": format!("#/$defs/{def}"),
+                });
+                let v = jsonschema::validator_for(&one)
+                    .unwrap_or_else(|e| panic!("definition {def} of embedded schema {name} does not compile: {e}"));
+                out.insert(format!("{name}#{def}"), v);
+            }
+        }
+        out
+    })
+}
+
 /// Validates `value` against the named schema; returns up to `max` violations (empty when valid).
 pub fn check(schema: &str, value: &Value, max: usize) -> Vec<SchemaViolation> {
-    let Some(v) = validators().get(schema) else {
+    violations(validators().get(schema), schema, value, max)
+}
+
+/// Validates `value` against one definition (`$defs/<def>`) of the named schema; pointers are
+/// relative to `value`.
+pub fn check_def(schema: &str, def: &str, value: &Value, max: usize) -> Vec<SchemaViolation> {
+    let name = format!("{schema}#{def}");
+    violations(def_validators().get(&name), &name, value, max)
+}
+
+fn violations(v: Option<&jsonschema::Validator>, schema: &str, value: &Value, max: usize) -> Vec<SchemaViolation> {
+    let Some(v) = v else {
         return vec![SchemaViolation {
             pointer: String::new(),
             expected: format!("a known schema (no schema named {schema:?})"),

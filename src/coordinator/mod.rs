@@ -85,6 +85,8 @@ pub struct Coordinator {
     reconcile_budget: bool,
     /// The budget file as we last wrote it.
     budget_id: Option<FileId>,
+    /// Tasks as last written and validated (the queue write checks only changed ones).
+    validated: crate::task::queue_file::ValidatedTasks,
 }
 
 impl Coordinator {
@@ -98,6 +100,7 @@ impl Coordinator {
             unrecorded: HashSet::new(),
             reconcile_budget: true,
             budget_id: None,
+            validated: Default::default(),
         }
     }
 
@@ -417,7 +420,8 @@ impl Coordinator {
 
         if q_dirty {
             q.updated_at = Some(now_s.clone());
-            store.write_locked(&q_guard, &q)?;
+            let bytes = crate::task::queue_file::encode(&store.path(TASK_QUEUE), &q, Some(&mut self.validated))?;
+            store.write_encoded_locked(&q_guard, TASK_QUEUE, &bytes)?;
         }
         // Specs before the budget file, so the worker starts as early as possible (a crash in
         // between leaves a reservation missing, never one too many).

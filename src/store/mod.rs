@@ -31,6 +31,12 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait Document: Serialize + DeserializeOwned {
     /// The file this document lives in.
     const FILE: &'static CoordFile;
+
+    /// The bytes to write, checked against the file's schema, for a document with an encoding of
+    /// its own (None: pretty-printed and checked whole).
+    fn encode_checked(&self, _path: &Path) -> Option<Result<Vec<u8>>> {
+        None
+    }
 }
 
 /// Handle on a home's coordination files.
@@ -175,6 +181,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Atomically writes bytes the caller encoded and checked against the file's schema (with
+    /// [`Document::encode_checked`] or a cached form of it), under the file's lock.
+    pub fn write_encoded_locked(&self, _guard: &LockGuard, file: &'static CoordFile, bytes: &[u8]) -> Result<()> {
+        atomic::write_atomic(&self.path(file), bytes)
+    }
+
     /// [`Store::update`] that writes only when `change` changed the document (no fsync, no new
     /// file, no watcher wake-up for a no-op).
     pub fn update_if_changed<D: Document + Clone + PartialEq, R>(
@@ -194,6 +206,9 @@ impl Store {
     /// Validates and atomically writes a document whose lock the caller holds.
     pub fn write_locked<D: Document>(&self, _guard: &LockGuard, doc: &D) -> Result<()> {
         let path = self.path(D::FILE);
+        if let Some(bytes) = doc.encode_checked(&path) {
+            return atomic::write_atomic(&path, &bytes?);
+        }
         let value =
             serde_json::to_value(doc).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
         write_value_checked(&path, &value, Some(D::FILE.schema))

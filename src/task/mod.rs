@@ -9,6 +9,7 @@ pub mod intake;
 pub mod model;
 pub mod ops;
 pub mod queue;
+pub mod queue_file;
 pub mod retry;
 pub mod router;
 pub mod worker_types;

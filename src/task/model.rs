@@ -280,6 +280,11 @@ pub struct TaskQueue {
 
 impl Document for TaskQueue {
     const FILE: &'static CoordFile = files::TASK_QUEUE;
+
+    /// One task per line, validated part by part (`task::queue_file`).
+    fn encode_checked(&self, path: &std::path::Path) -> Option<crate::error::Result<Vec<u8>>> {
+        Some(crate::task::queue_file::encode(path, self, None))
+    }
 }
 
 /// `coordination/token-budget.json`. `reservations` maps dispatch id → reserved tokens;
