@@ -85,6 +85,9 @@ pub struct Coordinator {
     reconcile_budget: bool,
     /// The budget file as we last wrote it.
     budget_id: Option<FileId>,
+    /// Finished tasks (id, status, dispatch count) appended to the archive by a cycle whose queue
+    /// write then failed (a full disk): the next cycle does not append them again.
+    archived_unwritten: HashSet<(String, TaskStatus, usize)>,
 }
 
 impl Coordinator {
@@ -98,6 +101,7 @@ impl Coordinator {
             unrecorded: HashSet::new(),
             reconcile_budget: true,
             budget_id: None,
+            archived_unwritten: HashSet::new(),
         }
     }
 
@@ -397,7 +401,11 @@ impl Coordinator {
         // Archive finished tasks (archive first, durable; then the queue without them).
         let finished: Vec<&Task> = q.tasks.iter().filter(|t| t.status().is_terminal()).collect();
         if !finished.is_empty() {
-            archive::append(&store, &finished)?;
+            let key = |t: &Task| (t.task_id.clone(), t.status(), t.dispatches.len());
+            let fresh: Vec<&Task> =
+                finished.iter().copied().filter(|t| !self.archived_unwritten.contains(&key(t))).collect();
+            archive::append(&store, &fresh)?;
+            self.archived_unwritten.extend(fresh.iter().map(|t| key(t)));
             let waited: HashSet<&str> = q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
             for t in &finished {
                 if waited.contains(t.task_id.as_str()) {
@@ -412,6 +420,7 @@ impl Coordinator {
         if q_dirty {
             q.updated_at = Some(now_s.clone());
             store.write_locked(&q_guard, &q)?;
+            self.archived_unwritten.clear();
         }
         if let Some(f) = fold {
             f.finish(&store, &q)?;

@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 enum StopReason {
     Timeout,
     Cancel,
+    /// Its `running` state could not be recorded (a full disk): the command was not let run.
+    NotStarted,
 }
 
 #[derive(Debug)]
@@ -106,6 +108,9 @@ pub struct Worker<E: Executor> {
     by_pid: HashMap<i32, String>,
     stragglers: Vec<Straggler>,
     grace: Duration,
+    /// Ended dispatches whose final state could not be written yet (a full disk): the state and
+    /// tokens as seen at the end, written again each step and at least every second.
+    unrecorded_ends: HashMap<String, (DispatchState, Option<u64>)>,
 }
 
 fn spec_write(path: &std::path::Path, rec: &DispatchRecord) -> Result<()> {
@@ -130,6 +135,7 @@ impl<E: Executor> Worker<E> {
             by_pid: HashMap::new(),
             stragglers: Vec::new(),
             grace,
+            unrecorded_ends: HashMap::new(),
         }
     }
 
@@ -209,6 +215,10 @@ impl<E: Executor> Worker<E> {
         for id in gone {
             self.finish(&id, Gone::Vanished);
         }
+        let unrecorded: Vec<_> = self.unrecorded_ends.iter().map(|(id, end)| (id.clone(), end.clone())).collect();
+        for (id, (state, tokens)) in unrecorded {
+            self.record_end(&id, state, tokens);
+        }
         if let Err(e) = self.scan_active() {
             tracing::error!("cannot scan active dispatches: {e}");
         }
@@ -230,7 +240,7 @@ impl<E: Executor> Worker<E> {
                 continue;
             }
             if let Some(id) = name.strip_suffix(".json") {
-                if !self.live.contains_key(id) {
+                if !self.live.contains_key(id) && !self.unrecorded_ends.contains_key(id) {
                     new_specs.push(entry.path());
                 }
             } else if let Some(id) = name.strip_suffix(".cancel") {
@@ -366,7 +376,7 @@ impl<E: Executor> Worker<E> {
                     start_ticks: launched.start_ticks,
                     started: Instant::now(),
                     deadline: None,
-                    stop: Some(Stop { reason: StopReason::Cancel, kill_at: Instant::now(), killed: false }),
+                    stop: Some(Stop { reason: StopReason::NotStarted, kill_at: Instant::now(), killed: false }),
                     adopted: false,
                 },
             );
@@ -453,12 +463,49 @@ impl<E: Executor> Worker<E> {
             Some(_) => None,
             None => l.deadline,
         });
-        live.chain(self.stragglers.iter().map(|s| s.kill_at)).min()
+        let retry = (!self.unrecorded_ends.is_empty()).then(|| Instant::now() + Duration::from_secs(1));
+        live.chain(self.stragglers.iter().map(|s| s.kill_at)).chain(retry).min()
     }
 
     /// Number of dispatches this worker runs.
     pub fn running(&self) -> usize {
         self.live.len()
+    }
+
+    /// Writes a dispatch's final state and moves its spec to its bucket. When the write fails (a
+    /// full disk) the state is kept and written again later: the worker alone knows how the
+    /// process ended (its exit, the signal it reaped), which re-reading the spec after space
+    /// comes back would turn into `lost`.
+    fn record_end(&mut self, id: &str, state: DispatchState, tokens: Option<u64>) {
+        let result = self.update_spec(id, |r| {
+            r.state = state.clone();
+            if tokens.is_some() {
+                r.tokens_used = tokens;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(rec) => {
+                self.unrecorded_ends.remove(id);
+                if let Err(e) = self.move_final(&rec) {
+                    tracing::error!("cannot move ended dispatch {id}: {e}");
+                }
+            }
+            // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
+            Err(Error::Refused(e)) => {
+                self.unrecorded_ends.remove(id);
+                tracing::info!("not recording the end of dispatch {id}: {e}");
+            }
+            Err(e) => {
+                if !self.unrecorded_ends.contains_key(id) {
+                    tracing::error!("cannot record the end of dispatch {id} (will retry): {e}");
+                }
+                self.unrecorded_ends.insert(id.to_string(), (state, tokens));
+                return;
+            }
+        }
+        // The heartbeat and usage files were read; the directory is done with.
+        let _ = std::fs::remove_dir_all(self.home.dispatch_run_dir(id));
     }
 
     /// Ends a dispatch whose leader is gone: final state from the stop reason, the shim's exit
@@ -478,6 +525,15 @@ impl<E: Executor> Worker<E> {
         let state = match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
             (Some(StopReason::Cancel), _, _) => DispatchState::Cancelled { ended_at, signal, duration_s: duration },
             (Some(StopReason::Timeout), _, _) => DispatchState::Timeout { ended_at, signal, duration_s: duration },
+            // A failed attempt (retried by policy), not a cancel: nobody asked for it to stop.
+            (Some(StopReason::NotStarted), _, _) => DispatchState::Failed {
+                ended_at,
+                exit_code: None,
+                signal,
+                duration_s: Some(0.0),
+                error: "the worker could not record the dispatch as running (see its log); the command was not started"
+                    .into(),
+            },
             (None, Some(r), _) => match (r.exit_code, r.signal, &r.error) {
                 (Some(0), _, None) => {
                     DispatchState::Completed { ended_at, exit_code: 0, duration_s: l.started.elapsed().as_secs_f64() }
@@ -519,25 +575,7 @@ impl<E: Executor> Worker<E> {
         };
         let tokens = crate::task::ops::read_usage_file(&self.home.usage_file(id));
         let status = state.status();
-        let result = self.update_spec(id, |r| {
-            r.state = state;
-            if tokens.is_some() {
-                r.tokens_used = tokens;
-            }
-            Ok(())
-        });
-        match result {
-            Ok(rec) => {
-                if let Err(e) = self.move_final(&rec) {
-                    tracing::error!("cannot move ended dispatch {id}: {e}");
-                }
-            }
-            // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
-            Err(Error::Refused(e)) => tracing::info!("not recording the end of dispatch {id}: {e}"),
-            Err(e) => tracing::error!("cannot record the end of dispatch {id}: {e}"),
-        }
-        // The heartbeat and usage files were read above; the directory is done with.
-        let _ = std::fs::remove_dir_all(self.home.dispatch_run_dir(id));
+        self.record_end(id, state, tokens);
         tracing::debug!("dispatch {id} (task {}) ended {}", l.task_id, status.as_str());
         // Stray members of the group (daemonised grandchildren): TERM now, KILL after the grace.
         if procs::group_exists(l.pgid) {
