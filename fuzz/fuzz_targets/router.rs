@@ -8,7 +8,7 @@
 //! `-rss_limit_mb` catches a blow-up).
 #![no_main]
 
-use cortex::task::router::{RouterConfig, compile_pattern};
+use cortex::task::router::{RouterConfig, RouterRule, compile_pattern};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -27,29 +27,36 @@ fuzz_target!(|data: &[u8]| {
             Ok(d) => {
                 assert!(bad_rule.is_none(), "routed although rule {bad_rule:?} does not compile");
                 let label = d.routing.rule.as_deref().expect("a routed decision names its rule");
-                let rule = router
+                let is_it = |r: &&RouterRule| {
+                    r.label() == label && r.worker_type == d.worker_type && r.confidence == d.routing.confidence
+                };
+                assert!(router.rules.iter().any(|r| is_it(&r)), "decision {d:?} is none of the config's rules");
+                let matching: Vec<&RouterRule> = router
                     .rules
                     .iter()
-                    .find(|r| r.label() == label && r.worker_type == d.worker_type && r.confidence == d.routing.confidence)
-                    .unwrap_or_else(|| panic!("decision {d:?} is none of the config's rules"));
+                    .filter(|r| !r.is_default && compile_pattern(&r.pattern).unwrap().is_match(description))
+                    .collect();
                 match d.routing.strategy.as_str() {
+                    // The winner matches; no matching rule beats its confidence.
                     "rule" => {
-                        assert!(!rule.is_default || router.rules.iter().any(|r| !r.is_default && r.label() == label));
-                        // The winner matches; no matching rule beats its confidence.
-                        let winner = router
-                            .rules
-                            .iter()
-                            .find(|r| {
-                                !r.is_default && r.label() == label && compile_pattern(&r.pattern).unwrap().is_match(description)
-                            })
-                            .expect("the winning rule matches the description");
-                        for r in router.rules.iter().filter(|r| !r.is_default) {
-                            if compile_pattern(&r.pattern).unwrap().is_match(description) {
-                                assert!(r.confidence <= winner.confidence, "{r:?} beats the winner {winner:?}");
-                            }
-                        }
+                        assert!(matching.iter().any(is_it), "the winning rule does not match: {d:?}");
+                        assert!(
+                            matching.iter().all(|r| r.confidence <= d.routing.confidence),
+                            "a better rule lost: {d:?}"
+                        );
                     }
-                    "fallback" => assert!(rule.is_default, "fallback to a rule that is not the default: {rule:?}"),
+                    // The first default rule, taken when nothing matched or the best was too weak.
+                    "fallback" => {
+                        let default = router.rules.iter().find(|r| r.is_default).expect("fallback without a default");
+                        assert!(is_it(&default), "fallback {d:?} is not the default rule {default:?}");
+                        assert!(
+                            matching.is_empty()
+                                || (router.settings.fallback_on_low_confidence
+                                    && matching.iter().map(|r| r.confidence).fold(f64::MIN, f64::max)
+                                        < router.settings.min_confidence),
+                            "fell back although a rule matched with enough confidence: {d:?}"
+                        );
+                    }
                     other => panic!("unknown strategy {other:?}"),
                 }
                 if all_in_unit {
