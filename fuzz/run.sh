@@ -15,7 +15,7 @@ FUZZ_DIR=$PWD
 ROOT=$(cd .. && pwd)
 SECONDS_PER_TARGET=${1:-60}
 shift || true
-ALL_TARGETS=(coord_files jsonl http_request backup_manifest backup_archive schedule_expr config_toml)
+ALL_TARGETS=(coord_files jsonl http_request backup_manifest backup_archive schedule_expr config_toml router intake)
 TARGETS=("${@:-${ALL_TARGETS[@]}}")
 [ $# -eq 0 ] && TARGETS=("${ALL_TARGETS[@]}")
 export RUSTC_BOOTSTRAP=1
@@ -36,6 +36,9 @@ seed() {
         i=$((i + 1))
     done
     cp "$ROOT/config/cortex.toml" corpus/config_toml/shipped.toml
+    # The shipped router config followed by descriptions (NUL separates them).
+    { cat "$ROOT/coordination/defaults/moe/router-config.json"; printf '\0Implement the login page\nfix a bug\nwrite a report'; } \
+        > corpus/router/shipped
     # A real archive of a fresh home: gzipped (mode byte 0) and as a bare tar (mode byte 1).
     local cortex="$ROOT/target/debug/cortex"
     if [ ! -x "$cortex" ]; then (cd "$ROOT" && cargo build --quiet --bin cortex); fi

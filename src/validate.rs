@@ -260,7 +260,7 @@ pub fn router_cross_check(home: &Home) -> Vec<String> {
         .map(|m| m.keys().cloned().collect());
     for (i, rule) in router.get("rules").and_then(|r| r.as_array()).into_iter().flatten().enumerate() {
         if let Some(p) = rule.get("pattern").and_then(|p| p.as_str())
-            && let Err(e) = regex::RegexBuilder::new(p).case_insensitive(true).size_limit(1 << 20).build()
+            && let Err(e) = crate::task::router::compile_pattern(p)
         {
             problems.push(format!(
                 "at /rules/{i}/pattern: {p:?} is not a valid regex: {}",

@@ -1,6 +1,7 @@
 //! `cortex task add|list|show|cancel|retry|report-usage`: argument parsing and printing around
 //! `task::ops`, the code path the HTTP API shares.
 
+use super::text::{safe, shell_words};
 use super::{Ctx, print_json};
 use crate::clock::parse_duration;
 use crate::error::{Error, Result};
@@ -95,8 +96,8 @@ fn print_task_line(t: &Task) {
         t.worker_type,
         t.attempts,
         t.max_attempts,
-        t.description.chars().take(60).collect::<String>(),
-        if extra.is_empty() { String::new() } else { format!("  [{extra}]") }
+        safe(&t.description.chars().take(60).collect::<String>()),
+        if extra.is_empty() { String::new() } else { format!("  [{}]", safe(&extra)) }
     );
 }
 
@@ -170,9 +171,10 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                         }
                         let shown = match val {
                             serde_json::Value::String(s) => s.clone(),
+                            _ if k == "command" => shell_words(&task.command),
                             other => other.to_string(),
                         };
-                        println!("{k:<16} {shown}");
+                        println!("{k:<16} {}", safe(&shown));
                     }
                 }
                 for (bucket, r) in &records {

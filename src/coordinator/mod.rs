@@ -87,6 +87,9 @@ pub struct Coordinator {
     budget_id: Option<FileId>,
     /// Tasks as last written and validated (the queue write checks only changed ones).
     validated: crate::task::queue_file::ValidatedTasks,
+    /// Finished tasks (id, status, dispatch count) appended to the archive by a cycle whose queue
+    /// write then failed (a full disk): the next cycle does not append them again.
+    archived_unwritten: HashSet<(String, TaskStatus, usize)>,
 }
 
 impl Coordinator {
@@ -101,6 +104,7 @@ impl Coordinator {
             reconcile_budget: true,
             budget_id: None,
             validated: Default::default(),
+            archived_unwritten: HashSet::new(),
         }
     }
 
@@ -406,7 +410,11 @@ impl Coordinator {
         // Archive finished tasks (archive first, durable; then the queue without them).
         let finished: Vec<&Task> = q.tasks.iter().filter(|t| t.status().is_terminal()).collect();
         if !finished.is_empty() {
-            archive::append(&store, &finished)?;
+            let key = |t: &Task| (t.task_id.clone(), t.status(), t.dispatches.len());
+            let fresh: Vec<&Task> =
+                finished.iter().copied().filter(|t| !self.archived_unwritten.contains(&key(t))).collect();
+            archive::append(&store, &fresh)?;
+            self.archived_unwritten.extend(fresh.iter().map(|t| key(t)));
             let waited: HashSet<&str> = q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
             for t in &finished {
                 if waited.contains(t.task_id.as_str()) {
@@ -422,6 +430,7 @@ impl Coordinator {
             q.updated_at = Some(now_s.clone());
             let bytes = crate::task::queue_file::encode(&store.path(TASK_QUEUE), &q, Some(&mut self.validated))?;
             store.write_encoded_locked(&q_guard, TASK_QUEUE, &bytes)?;
+            self.archived_unwritten.clear();
         }
         // Specs before the budget file, so the worker starts as early as possible (a crash in
         // between leaves a reservation missing, never one too many).

@@ -67,11 +67,29 @@ pub struct Decision {
     pub routing: RoutingInfo,
 }
 
-fn compile(pattern: &str, index: usize) -> Result<regex::Regex> {
-    regex::RegexBuilder::new(pattern).case_insensitive(true).size_limit(1 << 20).build().map_err(|e| Error::Config {
+/// Upper bound on a compiled rule pattern (bytes of program): a huge or explosive pattern
+/// (`(a{1000}){1000}`) is refused, never allowed to take the memory of every process routing.
+pub const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+/// Upper bound on a rule pattern's lazy-DFA cache, per compiled pattern.
+pub const PATTERN_DFA_LIMIT: usize = 2 << 20;
+
+/// Compiles a rule pattern as the router matches it: case-insensitive, size-bounded. Used by
+/// routing and by `cortex validate`, so the two always agree on what is valid.
+pub fn compile_pattern(pattern: &str) -> std::result::Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .dfa_size_limit(PATTERN_DFA_LIMIT)
+        .build()
+}
+
+fn compile(rule: &RouterRule, index: usize) -> Result<regex::Regex> {
+    compile_pattern(&rule.pattern).map_err(|e| Error::Config {
         path: None,
         detail: format!(
-            "coordination/moe/router-config.json at /rules/{index}/pattern: {pattern:?} is not a valid regex: {}",
+            "coordination/moe/router-config.json at /rules/{index}/pattern (rule {:?}): {:?} is not a valid regex: {}",
+            rule.label(),
+            rule.pattern,
             e.to_string().lines().last().unwrap_or("")
         ),
     })
@@ -85,7 +103,7 @@ impl RouterConfig {
             if rule.is_default {
                 continue;
             }
-            if compile(&rule.pattern, i)?.is_match(description) && best.is_none_or(|b| rule.confidence > b.confidence) {
+            if compile(rule, i)?.is_match(description) && best.is_none_or(|b| rule.confidence > b.confidence) {
                 best = Some(rule);
             }
         }
@@ -176,5 +194,19 @@ mod tests {
         r.rules[0].pattern = "(".into();
         let e = r.route("x").unwrap_err().to_string();
         assert!(e.contains("/rules/0/pattern"), "{e}");
+    }
+
+    #[test]
+    fn explosive_pattern_is_refused_naming_the_rule_and_metacharacters_in_a_description_are_text() {
+        let mut r = shipped();
+        r.rules[2].pattern = "(a{1000}){1000}".into();
+        let e = r.route("fix it").unwrap_err().to_string();
+        assert!(e.contains("/rules/2/pattern") && e.contains("\"fix\""), "{e}");
+        assert!(e.contains("size limit"), "{e}");
+        let r = shipped();
+        // A description is only ever the haystack: regex syntax in it matches nothing by itself.
+        let d = r.route("(.*)|[a-z]+ $(touch x) ^$").unwrap();
+        assert_eq!(d.routing.strategy, "fallback");
+        assert_eq!(r.route("bug|.*").unwrap().worker_type, "fix-worker");
     }
 }

@@ -67,15 +67,40 @@ pub struct TemplateVars<'a> {
 /// Substitutes the template variables in each argv element (never splitting or joining them).
 pub fn expand(template: &[String], vars: &TemplateVars) -> Vec<String> {
     let attempt = vars.attempt.to_string();
+    let value = |name: &str| -> Option<&str> {
+        Some(match name {
+            "task_id" => vars.task_id,
+            "description" => vars.description,
+            "worker_type" => vars.worker_type,
+            "home" => vars.home,
+            "dispatch_id" => vars.dispatch_id,
+            "attempt" => &attempt,
+            _ => return None,
+        })
+    };
+    // One pass over the template only: a substituted value (a description holding `{home}`) is
+    // never expanded again.
     template
         .iter()
         .map(|arg| {
-            arg.replace("{task_id}", vars.task_id)
-                .replace("{description}", vars.description)
-                .replace("{worker_type}", vars.worker_type)
-                .replace("{home}", vars.home)
-                .replace("{dispatch_id}", vars.dispatch_id)
-                .replace("{attempt}", &attempt)
+            let mut out = String::with_capacity(arg.len());
+            let mut rest = arg.as_str();
+            while let Some(open) = rest.find('{') {
+                out.push_str(&rest[..open]);
+                let after = &rest[open..];
+                match after.find('}').and_then(|close| value(&after[1..close]).map(|v| (v, close))) {
+                    Some((v, close)) => {
+                        out.push_str(v);
+                        rest = &after[close + 1..];
+                    }
+                    None => {
+                        out.push('{');
+                        rest = &after[1..];
+                    }
+                }
+            }
+            out.push_str(rest);
+            out
         })
         .collect()
 }
@@ -112,6 +137,20 @@ mod tests {
             },
         );
         assert_eq!(out, vec!["run", "fix the bug; rm -rf /", "--id=t1", "/h/x"]);
+    }
+
+    #[test]
+    fn placeholders_inside_a_substituted_description_are_not_expanded_again() {
+        let t = vec!["{description}".to_string(), "{nope} {{task_id}} {".into(), "{attempt}{dispatch_id}".into()];
+        let vars = TemplateVars {
+            task_id: "t1",
+            description: "{home} {task_id} {dispatch_id}{attempt} {",
+            worker_type: "w",
+            home: "/h",
+            dispatch_id: "d1",
+            attempt: 2,
+        };
+        assert_eq!(expand(&t, &vars), vec!["{home} {task_id} {dispatch_id}{attempt} {", "{nope} {t1} {", "2d1"]);
     }
 
     #[test]

@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 enum StopReason {
     Timeout,
     Cancel,
+    /// Its `running` state could not be recorded (a full disk): the command was not let run.
+    NotStarted,
 }
 
 #[derive(Debug)]
@@ -107,6 +109,9 @@ pub struct Worker<E: Executor> {
     by_pid: HashMap<i32, String>,
     stragglers: Vec<Straggler>,
     grace: Duration,
+    /// Ended dispatches whose final state could not be written yet (a full disk): the state and
+    /// tokens as seen at the end, written again each step and at least every second.
+    unrecorded_ends: HashMap<String, (DispatchState, Option<u64>)>,
 }
 
 /// A change to one dispatch's spec, applied under the `worker-specs` lock.
@@ -129,6 +134,7 @@ impl<E: Executor> Worker<E> {
             by_pid: HashMap::new(),
             stragglers: Vec::new(),
             grace,
+            unrecorded_ends: HashMap::new(),
         }
     }
 
@@ -207,6 +213,9 @@ impl<E: Executor> Worker<E> {
                 .map(|(id, _)| (id.clone(), Gone::Vanished)),
         );
         self.finish_all(gone);
+        let unrecorded: Vec<_> =
+            self.unrecorded_ends.iter().map(|(id, (state, tokens))| (id.clone(), state.clone(), *tokens)).collect();
+        self.record_ends(unrecorded);
         if let Err(e) = self.scan_active() {
             tracing::error!("cannot scan active dispatches: {e}");
         }
@@ -228,7 +237,7 @@ impl<E: Executor> Worker<E> {
                 continue;
             }
             if let Some(id) = name.strip_suffix(".json") {
-                if !self.live.contains_key(id) {
+                if !self.live.contains_key(id) && !self.unrecorded_ends.contains_key(id) {
                     new_specs.push(entry.path());
                 }
             } else if let Some(id) = name.strip_suffix(".cancel") {
@@ -387,7 +396,7 @@ impl<E: Executor> Worker<E> {
                         start_ticks: launched.start_ticks,
                         started: Instant::now(),
                         deadline: None,
-                        stop: Some(Stop { reason: StopReason::Cancel, kill_at: Instant::now(), killed: false }),
+                        stop: Some(Stop { reason: StopReason::NotStarted, kill_at: Instant::now(), killed: false }),
                         adopted: false,
                     },
                 );
@@ -534,7 +543,8 @@ impl<E: Executor> Worker<E> {
             Some(_) => None,
             None => l.deadline,
         });
-        live.chain(self.stragglers.iter().map(|s| s.kill_at)).min()
+        let retry = (!self.unrecorded_ends.is_empty()).then(|| Instant::now() + Duration::from_secs(1));
+        live.chain(self.stragglers.iter().map(|s| s.kill_at)).chain(retry).min()
     }
 
     /// Number of dispatches this worker runs.
@@ -552,21 +562,42 @@ impl<E: Executor> Worker<E> {
     /// and moved to their buckets under one hold of the `worker-specs` lock; stray group members
     /// stopped.
     fn finish_all(&mut self, gone: Vec<(String, Gone)>) {
-        let mut ended: Vec<(String, Live, DispatchState)> = Vec::new();
+        let mut ends = Vec::new();
         for (id, how) in gone {
             let Some(l) = self.live.remove(&id) else { continue };
             self.by_pid.remove(&l.pid);
             let state = self.final_state(&id, &l, how);
-            ended.push((id, l, state));
+            let tokens = crate::task::ops::read_usage_file(&self.home.usage_file(&id));
+            tracing::debug!("dispatch {id} (task {}) ended {}", l.task_id, state.status().as_str());
+            // Stray members of the group (daemonised grandchildren): TERM now, KILL after the grace.
+            if procs::group_exists(l.pgid) {
+                let kill_at = match &l.stop {
+                    Some(s) => s.kill_at,
+                    None => {
+                        self.executor.signal(l.pgid, Signal::SIGTERM);
+                        Instant::now() + self.grace
+                    }
+                };
+                self.stragglers.push(Straggler { pgid: l.pgid, kill_at });
+            }
+            ends.push((id, state, tokens));
         }
-        if ended.is_empty() {
+        self.record_ends(ends);
+    }
+
+    /// Writes final states (and reported tokens) of ended dispatches in one group commit and
+    /// moves their specs to their buckets, under one hold of the `worker-specs` lock. An end
+    /// that cannot be written (a full disk) is kept and written again on later steps: the worker
+    /// alone knows how the process ended (its exit, the signal it reaped), which re-reading the
+    /// spec once space is back would turn into `lost`.
+    fn record_ends(&mut self, ends: Vec<(String, DispatchState, Option<u64>)>) {
+        if ends.is_empty() {
             return;
         }
-        let changes: Vec<(String, SpecChange)> = ended
+        let changes: Vec<(String, SpecChange)> = ends
             .iter()
-            .map(|(id, _, state)| {
-                let tokens = crate::task::ops::read_usage_file(&self.home.usage_file(id));
-                let state = state.clone();
+            .map(|(id, state, tokens)| {
+                let (state, tokens) = (state.clone(), *tokens);
                 let change: SpecChange = Box::new(move |r: &mut DispatchRecord| {
                     r.state = state;
                     if tokens.is_some() {
@@ -598,27 +629,22 @@ impl<E: Executor> Worker<E> {
                 changes.iter().map(|_| Err(Error::other(msg.clone()))).collect()
             }
         };
-        for ((id, l, state), result) in ended.into_iter().zip(results) {
+        for ((id, state, tokens), result) in ends.into_iter().zip(results) {
             match result {
                 Ok(_) => {}
                 // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
                 Err(Error::Refused(e)) => tracing::info!("not recording the end of dispatch {id}: {e}"),
-                Err(e) => tracing::error!("cannot record the end of dispatch {id}: {e}"),
-            }
-            // The heartbeat and usage files were read above; the directory is done with.
-            let _ = std::fs::remove_dir_all(self.home.dispatch_run_dir(&id));
-            tracing::debug!("dispatch {id} (task {}) ended {}", l.task_id, state.status().as_str());
-            // Stray members of the group (daemonised grandchildren): TERM now, KILL after the grace.
-            if procs::group_exists(l.pgid) {
-                let kill_at = match &l.stop {
-                    Some(s) => s.kill_at,
-                    None => {
-                        self.executor.signal(l.pgid, Signal::SIGTERM);
-                        Instant::now() + self.grace
+                Err(e) => {
+                    if !self.unrecorded_ends.contains_key(&id) {
+                        tracing::error!("cannot record the end of dispatch {id} (will retry): {e}");
                     }
-                };
-                self.stragglers.push(Straggler { pgid: l.pgid, kill_at });
+                    self.unrecorded_ends.insert(id, (state, tokens));
+                    continue;
+                }
             }
+            self.unrecorded_ends.remove(&id);
+            // The heartbeat and usage files were read; the directory is done with.
+            let _ = std::fs::remove_dir_all(self.home.dispatch_run_dir(&id));
         }
     }
 
@@ -635,6 +661,15 @@ impl<E: Executor> Worker<E> {
         match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
             (Some(StopReason::Cancel), _, _) => DispatchState::Cancelled { ended_at, signal, duration_s: duration },
             (Some(StopReason::Timeout), _, _) => DispatchState::Timeout { ended_at, signal, duration_s: duration },
+            // A failed attempt (retried by policy), not a cancel: nobody asked for it to stop.
+            (Some(StopReason::NotStarted), _, _) => DispatchState::Failed {
+                ended_at,
+                exit_code: None,
+                signal,
+                duration_s: Some(0.0),
+                error: "the worker could not record the dispatch as running (see its log); the command was not started"
+                    .into(),
+            },
             (None, Some(r), _) => match (r.exit_code, r.signal, &r.error) {
                 (Some(0), _, None) => {
                     DispatchState::Completed { ended_at, exit_code: 0, duration_s: l.started.elapsed().as_secs_f64() }

@@ -43,6 +43,13 @@ pub fn run_if_requested() {
     }
 }
 
+/// A line to the dispatch's stderr log, best effort: `eprintln!` panics when the write fails (a
+/// full disk), and a panicking shim loses the command's exit code.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn shim_main(args: Vec<OsString>) -> i32 {
     let usage = || {
         eprintln!("usage: cortex-worker {SHIM_ARG} GO_FD EXIT_FILE -- COMMAND [ARGS...] (started by the worker only)");
@@ -75,7 +82,7 @@ fn shim_main(args: Vec<OsString>) -> i32 {
         Err(e) => {
             report.exit_code = Some(127);
             report.error = Some(format!("cannot run {:?}: {e}", argv[0]));
-            eprintln!("cortex: {}", report.error.as_deref().unwrap_or(""));
+            say(&format!("cortex: {}", report.error.as_deref().unwrap_or("")));
         }
         Ok(mut child) => {
             report.pid = Some(child.id());
@@ -98,7 +105,7 @@ fn shim_main(args: Vec<OsString>) -> i32 {
     report.ended_at = crate::clock::now_string();
     let bytes = serde_json::to_vec(&report).unwrap_or_default();
     if let Err(e) = crate::store::atomic::write_atomic(&exit_file, &bytes) {
-        eprintln!("cortex: cannot record the exit status in {}: {e}", exit_file.display());
+        say(&format!("cortex: cannot record the exit status in {}: {e}", exit_file.display()));
     }
     match (report.exit_code, report.signal) {
         (Some(c), _) => c,
