@@ -237,7 +237,7 @@ if command -v pueue >/dev/null && command -v pueued >/dev/null; then
     echo
     echo "5. pueue $(pueue --version 2>/dev/null | awk '{print $2}') on the same workloads"
     pq="$work/pueue"
-    mkdir -p "$pq"
+    mkdir -p "$pq/run" "$pq/data"
     cat >"$pq/pueue.yml" <<EOF
 shared:
   pueue_directory: $pq/data

@@ -42,57 +42,57 @@ pub struct SchemaViolation {
     pub expected: String,
 }
 
-fn validators() -> &'static HashMap<&'static str, jsonschema::Validator> {
-    static V: OnceLock<HashMap<&'static str, jsonschema::Validator>> = OnceLock::new();
-    V.get_or_init(|| {
-        SOURCES
-            .iter()
-            .map(|(name, src)| {
-                let schema: Value =
-                    serde_json::from_str(src).unwrap_or_else(|e| panic!("embedded schema {name} is not JSON: {e}"));
-                let v = jsonschema::validator_for(&schema)
-                    .unwrap_or_else(|e| panic!("embedded schema {name} does not compile: {e}"));
-                (*name, v)
-            })
-            .collect()
-    })
+fn compile(name: &str, schema: &Value) -> jsonschema::Validator {
+    jsonschema::validator_for(schema).unwrap_or_else(|e| panic!("embedded schema {name} does not compile: {e}"))
 }
 
-/// Validators of each definition (`$defs`) of every embedded schema, by `"schema#def"` (e.g.
-/// `"task-queue#task"`): for a document validated part by part (see `task::queue_file`).
-fn def_validators() -> &'static HashMap<String, jsonschema::Validator> {
-    static V: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
-    V.get_or_init(|| {
-        let mut out = HashMap::new();
-        for (name, src) in SOURCES {
-            let schema: Value =
-                serde_json::from_str(src).unwrap_or_else(|e| panic!("embedded schema {name} is not JSON: {e}"));
-            let Some(defs) = schema.get("$defs").and_then(Value::as_object) else { continue };
-            for def in defs.keys() {
+fn source(i: usize) -> Value {
+    let (name, src) = SOURCES[i];
+    serde_json::from_str(src).unwrap_or_else(|e| panic!("embedded schema {name} is not JSON: {e}"))
+}
+
+/// The compiled validator of an embedded schema, compiled on first use: a command that reads
+/// two files compiles two schemas, not all of them (a few milliseconds of every CLI call).
+fn validator(name: &str) -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Vec<OnceLock<jsonschema::Validator>>> = OnceLock::new();
+    let slots = V.get_or_init(|| SOURCES.iter().map(|_| OnceLock::new()).collect());
+    let i = SOURCES.iter().position(|(n, _)| *n == name)?;
+    Some(slots[i].get_or_init(|| compile(name, &source(i))))
+}
+
+/// The validator of one definition (`$defs/<def>`) of an embedded schema, for a document
+/// validated part by part (see `task::queue_file`); compiled on first use, with the schema's
+/// other definitions beside it for references.
+fn def_validator(name: &str, def: &str) -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Vec<OnceLock<HashMap<String, jsonschema::Validator>>>> = OnceLock::new();
+    let slots = V.get_or_init(|| SOURCES.iter().map(|_| OnceLock::new()).collect());
+    let i = SOURCES.iter().position(|(n, _)| *n == name)?;
+    let defs = slots[i].get_or_init(|| {
+        let schema = source(i);
+        let Some(defs) = schema.get("$defs").and_then(Value::as_object) else { return HashMap::new() };
+        defs.keys()
+            .map(|d| {
                 let one = serde_json::json!({
                     "$schema": schema.get("$schema"),
                     "$defs": defs,
-                    "$ref": format!("#/$defs/{def}"),
+                    "$ref": format!("#/$defs/{d}"),
                 });
-                let v = jsonschema::validator_for(&one)
-                    .unwrap_or_else(|e| panic!("definition {def} of embedded schema {name} does not compile: {e}"));
-                out.insert(format!("{name}#{def}"), v);
-            }
-        }
-        out
-    })
+                (d.clone(), compile(&format!("{name}#{d}"), &one))
+            })
+            .collect()
+    });
+    defs.get(def)
 }
 
 /// Validates `value` against the named schema; returns up to `max` violations (empty when valid).
 pub fn check(schema: &str, value: &Value, max: usize) -> Vec<SchemaViolation> {
-    violations(validators().get(schema), schema, value, max)
+    violations(validator(schema), schema, value, max)
 }
 
 /// Validates `value` against one definition (`$defs/<def>`) of the named schema; pointers are
 /// relative to `value`.
 pub fn check_def(schema: &str, def: &str, value: &Value, max: usize) -> Vec<SchemaViolation> {
-    let name = format!("{schema}#{def}");
-    violations(def_validators().get(&name), &name, value, max)
+    violations(def_validator(schema, def), &format!("{schema}#{def}"), value, max)
 }
 
 fn violations(v: Option<&jsonschema::Validator>, schema: &str, value: &Value, max: usize) -> Vec<SchemaViolation> {
@@ -141,7 +141,7 @@ pub fn bounded(text: &str, max: usize) -> String {
 
 /// True when `value` satisfies the named schema.
 pub fn is_valid(schema: &str, value: &Value) -> bool {
-    validators().get(schema).is_some_and(|v| v.is_valid(value))
+    validator(schema).is_some_and(|v| v.is_valid(value))
 }
 
 #[cfg(test)]
@@ -151,9 +151,14 @@ mod tests {
 
     #[test]
     fn every_schema_compiles_and_defaults_validate() {
-        for (name, _) in SOURCES {
-            assert!(validators().contains_key(name));
+        for (i, (name, _)) in SOURCES.iter().enumerate() {
+            assert!(validator(name).is_some());
+            for def in source(i).get("$defs").and_then(Value::as_object).into_iter().flat_map(|d| d.keys()) {
+                assert!(def_validator(name, def).is_some(), "{name}#{def}");
+            }
         }
+        assert!(def_validator("task-queue", "task").is_some());
+        assert!(validator("no-such-schema").is_none());
         for f in crate::files::ALL {
             if let (Some(src), crate::files::FileKind::Json) = (f.default, f.kind) {
                 let v: Value = serde_json::from_str(src).unwrap();

@@ -1,5 +1,5 @@
 //! Hostile coordination files, with every daemon running (api, metrics, integration,
-//! failure-pattern, heartbeat, auto-fix): each registered file in turn is made empty, truncated,
+//! failure-pattern, heartbeat, auto-fix, coordinator, worker): each registered file in turn is made empty, truncated,
 //! not JSON, valid JSON of the wrong shape, a symbolic link to a copy of /etc/passwd outside the
 //! home, and (for three representative files) huge; so is a dispatch spec in
 //! `worker-specs/active/`. Each time:
@@ -99,9 +99,45 @@ impl Case<'_> {
         if self.jsonl { "jsonl_malformed_lines" } else { "integration_validation_failed" }
     }
 
+    /// The intake has a consumer: the coordinator folds it, quarantining each bad line (a
+    /// byte-exact copy, a `file_quarantined` event) and rotating the consumed file away, so its
+    /// bad lines may be gone from the file before the integration daemon looks.
+    fn consumed(&self) -> bool {
+        self.rel == "coordination/task-intake.jsonl"
+    }
+
+    /// Reports about this file so far.
+    fn reports(&self) -> usize {
+        let mut n = file_events(self.h, self.event_type(), &self.rel).len();
+        if self.consumed() {
+            n += file_events(self.h, "file_quarantined", &self.rel).len();
+        }
+        n
+    }
+
+    /// Every complete, non-blank line of `bad` is in a quarantined copy of the intake.
+    fn assert_lines_quarantined(&self, bad: &[u8], what: &str) {
+        let copies: Vec<Vec<u8>> = std::fs::read_dir(self.h.join("coordination/quarantine"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("coordination__task-intake.jsonl."))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let complete = &bad[..bad.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)];
+        for line in complete.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
+            assert!(
+                copies.iter().any(|c| c.windows(line.len()).any(|w| w == line)),
+                "{what}: a consumed bad line is in no quarantined copy: {}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
     fn run(&self, fleet: &mut Fleet, kind: Kind) {
         let what = format!("{} made {kind:?}", self.rel);
-        let reported_before = file_events(self.h, self.event_type(), &self.rel).len();
+        let reported_before = self.reports();
         let bad = content(kind, self.original.as_deref().unwrap_or(b""), self.jsonl);
         let decoy_before = std::fs::read(&self.decoy).unwrap();
         put(&self.path, bad.as_deref(), Some(&self.decoy));
@@ -114,7 +150,7 @@ impl Case<'_> {
 
         if must_report && !events_link {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while file_events(self.h, self.event_type(), &self.rel).len() <= reported_before {
+            while self.reports() <= reported_before {
                 fleet.assert_alive(self.h, &what);
                 if std::time::Instant::now() > deadline {
                     let log = std::fs::read(self.h.join("coordination/dashboard-events.jsonl")).unwrap_or_default();
@@ -128,6 +164,16 @@ impl Case<'_> {
 
         let out = self.h.cortex(&["validate"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
+        // A consumed intake may be folded away at any moment: then its lines are in quarantine.
+        let holds_bad = || std::fs::read(&self.path).is_ok_and(|now| !now.is_empty() && now.starts_with(&bad_bytes));
+        if self.consumed() && (out.status.success() || !holds_bad()) {
+            assert!(!holds_bad(), "cortex validate passed with {what}:\n{stdout}");
+            self.assert_lines_quarantined(&bad_bytes, &what);
+            assert_eq!(std::fs::read(&self.decoy).unwrap(), decoy_before, "{what}: written through the link");
+            put(&self.path, self.original.as_deref(), None);
+            fleet.assert_alive(self.h, &format!("{what}, then folded away"));
+            return;
+        }
         if must_report {
             assert!(!out.status.success(), "cortex validate passed with {what}:\n{stdout}");
             assert!(stdout.contains(&self.rel), "cortex validate does not name {}:\n{stdout}", self.rel);
@@ -137,11 +183,14 @@ impl Case<'_> {
 
         // Never overwritten: a JSON file keeps its bad bytes (or stays the link); a JSONL file
         // starts with them (appends are allowed). The link's target is untouched.
-        if kind == Kind::Symlink {
+        if kind == Kind::Symlink && !(self.consumed() && !holds_bad()) {
             assert!(self.path.symlink_metadata().unwrap().file_type().is_symlink(), "{what}: the link was replaced");
         }
-        let now = std::fs::read(&self.path).unwrap();
-        if self.jsonl {
+        let now = std::fs::read(&self.path).unwrap_or_default();
+        if self.consumed() && !now.starts_with(&bad_bytes) {
+            // Folded away since the check above.
+            self.assert_lines_quarantined(&bad_bytes, &what);
+        } else if self.jsonl {
             assert!(now.starts_with(&bad_bytes), "{what}: the JSONL file was rewritten");
         } else {
             assert!(now == bad_bytes, "{what}: the file was overwritten");
@@ -171,7 +220,7 @@ impl Case<'_> {
 #[test]
 fn every_coordination_file_hostile_in_turn_daemons_survive_report_quarantine_recover() {
     let h = TestHome::new();
-    let mut fleet = Fleet::start(&h);
+    let mut fleet = Fleet::start_all(&h);
     // The link target: a copy of /etc/passwd outside the home, so a write through the link
     // would be seen (and the real /etc/passwd is never at risk).
     let outside = tempfile::tempdir().unwrap();

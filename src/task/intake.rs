@@ -124,11 +124,12 @@ fn parse_lines(store: &Store, bytes: &[u8]) -> (Vec<Task>, usize, usize) {
             continue;
         }
         let parsed = store.parse_checked(&path, line, Some(TASK_INTAKE.schema)).and_then(|v| {
-            serde_json::from_value::<Task>(v).map_err(|e| Error::Invalid {
-                path: path.clone(),
-                pointer: String::new(),
-                expected: e.to_string(),
-                quarantined: None,
+            serde_json::from_value::<Task>(v).map_err(|e| {
+                // Schema-valid but not a task this version can read: kept like any bad line,
+                // since the intake is rotated away once consumed.
+                let expected = crate::schema::bounded(&e.to_string(), crate::schema::MAX_EXPECTED_CHARS);
+                let quarantined = store.quarantine(&path, line, "cannot be read as a task", &expected, "");
+                Error::Invalid { path: path.clone(), pointer: String::new(), expected, quarantined }
             })
         });
         match parsed {
@@ -313,6 +314,35 @@ mod tests {
 
     fn add(store: &Store, d: &str) -> Task {
         add_task(store, NewTask { description: d.into(), command: vec!["true".into()], ..NewTask::default() }).unwrap()
+    }
+
+    #[test]
+    fn a_schema_valid_line_that_is_not_a_task_is_quarantined_not_dropped() {
+        // Regression (hostile_files with the coordinator running): a line the schema accepts but
+        // the task type cannot read was skipped without a copy, then rotated away with the
+        // consumed intake: lost.
+        let (_d, store) = store();
+        let good = add(&store, "good");
+        let mut v = serde_json::to_value(&good).unwrap();
+        v["task_id"] = "task-odd".into();
+        v["status"] = "completed".into();
+        v.as_object_mut().unwrap().remove("completed_at");
+        let mut line = serde_json::to_vec(&v).unwrap();
+        line.push(b'\n');
+        crate::store::jsonl::append_raw(&store.path(TASK_INTAKE), &line).unwrap();
+        let mut q: TaskQueue = store.load().unwrap();
+        let f = fold(&store, &mut q).unwrap().unwrap();
+        assert_eq!(f.added, vec![good.task_id.clone()]);
+        let copies: Vec<Vec<u8>> = std::fs::read_dir(store.home().quarantine_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read(e.path()).unwrap())
+            .collect();
+        assert!(
+            copies.iter().any(|c| c.as_slice() == &line[..line.len() - 1]),
+            "the bad line is kept in quarantine ({} copies)",
+            copies.len()
+        );
     }
 
     #[test]

@@ -9,9 +9,12 @@ use std::io::Read;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// The long-running daemons a home runs today besides the worker and coordinator (which the
-/// task-lifecycle work brings): each must survive whatever these tests do to its files.
+/// The long-running daemons besides the worker and coordinator: each must survive whatever
+/// these tests do to its files.
 pub const DAEMONS: [&str; 6] = ["api", "metrics", "integration", "failure-pattern", "heartbeat", "auto-fix"];
+
+/// The task path's daemons, which [`Fleet::start_all`] adds to [`DAEMONS`].
+pub const TASK_DAEMONS: [&str; 2] = ["coordinator", "worker"];
 
 /// Daemons running in one home; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Fleet {
@@ -45,10 +48,28 @@ impl Fleet {
         Fleet::start_with(h, api_port, user, &[])
     }
 
+    /// Every daemon of [`DAEMONS`] and [`TASK_DAEMONS`], in a home configured here.
+    pub fn start_all(h: &TestHome) -> Fleet {
+        let api_port = configure_fast(h);
+        let names: Vec<&str> = DAEMONS.iter().chain(TASK_DAEMONS.iter()).copied().collect();
+        Fleet::start_named(h, api_port, None, &[], &names)
+    }
+
     /// [`Fleet::start_as`] with extra environment variables for the daemons.
     pub fn start_with(h: &TestHome, api_port: u16, user: Option<u32>, env: &[(&str, &std::path::Path)]) -> Fleet {
+        Fleet::start_named(h, api_port, user, env, &DAEMONS)
+    }
+
+    /// Starts the named daemons and waits until each has marked itself ready.
+    pub fn start_named(
+        h: &TestHome,
+        api_port: u16,
+        user: Option<u32>,
+        env: &[(&str, &std::path::Path)],
+        names: &[&str],
+    ) -> Fleet {
         use std::os::unix::process::CommandExt;
-        let children = DAEMONS
+        let children = names
             .iter()
             .map(|d| {
                 let mut c = std::process::Command::new(bin(&format!("cortex-{d}")));
@@ -71,7 +92,7 @@ impl Fleet {
         let mut fleet = Fleet { children, api_port };
         wait_until(Duration::from_secs(30), "every daemon ready", || {
             fleet.assert_alive(h, "starting");
-            DAEMONS.iter().all(|d| mark(h, d).is_some_and(|m| !m["ready_at"].is_null()))
+            names.iter().all(|d| mark(h, d).is_some_and(|m| !m["ready_at"].is_null()))
         });
         fleet
     }
@@ -100,7 +121,7 @@ impl Fleet {
     pub fn assert_loops_running(&mut self, h: &TestHome, since: chrono::DateTime<chrono::Utc>, during: &str) {
         wait_until(Duration::from_secs(15), &format!("every daemon's loop alive after {during}"), || {
             self.assert_alive(h, during);
-            DAEMONS.iter().all(|d| {
+            self.children.iter().map(|(d, _)| d.as_str()).all(|d| {
                 mark(h, d)
                     .and_then(|m| m["heartbeat_at"].as_str().and_then(cortex::clock::parse_ts))
                     .is_some_and(|t| t > since)
