@@ -282,6 +282,8 @@ EOF
         echo "   add cost at $n queued: $(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/50/1000}') ms"
     done
     pueue_ shutdown >/dev/null 2>&1 || true
+    # pueued writes its state on the way out: wait for it to be gone before the cleanup.
+    for ((k = 0; k < 500; k++)); do [[ -e "$pq/run/pueue.pid" ]] || break; nap 0.01; done
 else
     echo
     echo "5. pueue is not on the PATH: no comparison run."

@@ -183,7 +183,7 @@ impl Case<'_> {
 
         // Never overwritten: a JSON file keeps its bad bytes (or stays the link); a JSONL file
         // starts with them (appends are allowed). The link's target is untouched.
-        if kind == Kind::Symlink && !(self.consumed() && !holds_bad()) {
+        if kind == Kind::Symlink && (!self.consumed() || holds_bad()) {
             assert!(self.path.symlink_metadata().unwrap().file_type().is_symlink(), "{what}: the link was replaced");
         }
         let now = std::fs::read(&self.path).unwrap_or_default();

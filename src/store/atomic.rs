@@ -45,13 +45,7 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = parent_dir(path)?;
     let tmp = temp_path(&dir, path);
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, "create temporary file", e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", e))?;
+        let f = write_temp(&tmp, bytes)?;
         if durable {
             f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
         }
@@ -92,19 +86,8 @@ impl ReplaceBatch {
 
     /// Writes `bytes` to a temporary file beside `path` (not yet fsynced or visible).
     pub fn stage(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let dir = parent_dir(path)?;
-        let tmp = temp_path(&dir, path);
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&tmp)
-                .map_err(|e| Error::io(&tmp, "create temporary file", e))?;
-            f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", e))?;
-            Ok(f)
-        })();
-        match written {
+        let tmp = temp_path(&parent_dir(path)?, path);
+        match write_temp(&tmp, bytes) {
             Ok(f) => {
                 self.staged.push((f, tmp, path.to_path_buf()));
                 Ok(())
@@ -243,6 +226,18 @@ pub fn rename_many_durable(moves: &[(PathBuf, PathBuf)]) -> Vec<Result<()>> {
         }
     }
     out
+}
+
+/// Creates the temporary file `tmp` (it must not exist) with `bytes`; not fsynced.
+fn write_temp(tmp: &Path, bytes: &[u8]) -> Result<File> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(tmp)
+        .map_err(|e| Error::io(tmp, "create temporary file", e))?;
+    f.write_all(bytes).map_err(|e| Error::io(tmp, "write", e))?;
+    Ok(f)
 }
 
 fn temp_path(dir: &Path, path: &Path) -> PathBuf {

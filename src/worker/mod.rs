@@ -66,6 +66,26 @@ struct Live {
 }
 
 impl Live {
+    /// A dispatch this worker started (its child).
+    fn launched(
+        rec: &DispatchRecord,
+        l: &executor::Launched,
+        started: Instant,
+        deadline: Option<Instant>,
+        stop: Option<Stop>,
+    ) -> Live {
+        Live {
+            task_id: rec.task_id.clone(),
+            pid: l.pid,
+            pgid: l.pgid,
+            start_ticks: l.start_ticks,
+            started,
+            deadline,
+            stop,
+            adopted: false,
+        }
+    }
+
     /// A running dispatch found on disk (not started by this worker): watched through a pidfd,
     /// its start time and deadline taken from the spec.
     fn adopted(rec: &DispatchRecord, started_at: &str, pid: i32, pgid: i32, start_ticks: u64) -> Live {
@@ -386,40 +406,19 @@ impl<E: Executor> Worker<E> {
                 // Not recorded: the command must not run. Dropping the go pipe makes the shim exit.
                 tracing::error!("cannot record dispatch {id} as running ({e}); not starting it");
                 drop(launched.go.take());
+                let now = Instant::now();
+                let stop = Stop { reason: StopReason::NotStarted, kill_at: now, killed: false };
                 self.by_pid.insert(launched.pid, id.clone());
-                self.live.insert(
-                    id.clone(),
-                    Live {
-                        task_id: rec.task_id.clone(),
-                        pid: launched.pid,
-                        pgid: launched.pgid,
-                        start_ticks: launched.start_ticks,
-                        started: Instant::now(),
-                        deadline: None,
-                        stop: Some(Stop { reason: StopReason::NotStarted, kill_at: Instant::now(), killed: false }),
-                        adopted: false,
-                    },
-                );
+                self.live.insert(id.clone(), Live::launched(&rec, &launched, now, None, Some(stop)));
                 continue;
             }
             if let Err(e) = self.executor.release(&mut launched) {
                 tracing::error!("{e}");
             }
             let now = Instant::now();
+            let deadline = Some(now + Duration::from_secs_f64(rec.timeout_seconds.max(0.0)));
             self.by_pid.insert(launched.pid, id.clone());
-            self.live.insert(
-                id.clone(),
-                Live {
-                    task_id: rec.task_id.clone(),
-                    pid: launched.pid,
-                    pgid: launched.pgid,
-                    start_ticks: launched.start_ticks,
-                    started: now,
-                    deadline: Some(now + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
-                    stop: None,
-                    adopted: false,
-                },
-            );
+            self.live.insert(id.clone(), Live::launched(&rec, &launched, now, deadline, None));
             tracing::debug!("started dispatch {id} (task {}) as PID {}", rec.task_id, launched.pid);
         }
         // The records were visible (and their content durable) before any go-ahead; their names
