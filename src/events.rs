@@ -110,6 +110,21 @@ pub fn append(home: &Home, event: &Event) -> Result<()> {
     Ok(())
 }
 
+/// Appends several events with one `write` (each its own line, in order): for a batch of
+/// changes made together, e.g. the pauses and resumes of one group commit.
+pub fn append_many(home: &Home, events: &[Event]) -> Result<()> {
+    let Some(source) = events.first().map(|e| e.source.clone()) else { return Ok(()) };
+    let mut lines = Vec::with_capacity(events.len() * 400);
+    for e in events {
+        serde_json::to_writer(&mut lines, e)
+            .map_err(|err| crate::error::Error::other(format!("cannot encode event {}: {err}", e.event_type)))?;
+        lines.push(b'\n');
+    }
+    jsonl::append_raw(&home.events_file(), &lines)?;
+    record_outage(home, &source);
+    Ok(())
+}
+
 /// Records, as `source`, the writes of this process that failed for lack of space since the
 /// last report ([`crate::store::outage`]), now that a write can succeed. Best effort: when the
 /// event does not fit either, the failures stay counted for the next try.

@@ -129,10 +129,10 @@ impl Request {
         }
     }
 
-    /// Records the audit event of a transition this request made.
-    fn emit(&self, store: &Store, t: &Transition) {
-        let _ = match self {
-            Request::Pause { actor, reason } => store.emit(
+    /// The audit event of a transition this request made.
+    fn event(&self, store: &Store, t: &Transition) -> crate::events::Event {
+        match self {
+            Request::Pause { actor, reason } => store.event(
                 "scheduler_paused",
                 Severity::Warning,
                 format!(
@@ -143,13 +143,13 @@ impl Request {
                 ),
                 serde_json::json!({"paused_by": actor.who, "from": actor.from, "reason": reason, "paused_at": t.timestamp}),
             ),
-            Request::Resume { actor } => store.emit(
+            Request::Resume { actor } => store.event(
                 "scheduler_resumed",
                 Severity::Info,
                 format!("Scheduler resumed by {} from {}", actor.who, actor.from),
                 serde_json::json!({"resumed_by": actor.who, "from": actor.from, "resumed_at": t.timestamp, "paused_at": t.state.paused_at}),
             ),
-        };
+        }
     }
 }
 
@@ -171,7 +171,7 @@ pub fn answer_unchanged(store: &Store, request: &Request) -> Option<Transition> 
 /// state once, gives each request exactly the [`Transition`] it would get alone (with its own
 /// timestamp), writes the final state once (durably, only if some request changed it), releases
 /// the lock, then appends the `scheduler_paused` / `scheduler_resumed` event of every request
-/// that changed the state, in order. The results come back in the order of `requests`.
+/// that changed the state, in order, with one `write`. The results come back in the order of `requests`.
 ///
 /// When every request asks for the state the file already shows, they are answered from one
 /// read without the lock. A failure to lock, read or write fails every request with that error
@@ -194,10 +194,11 @@ pub fn apply(store: &Store, requests: &[Request]) -> Vec<Result<Transition>> {
             return errors;
         }
     };
-    for (r, t) in requests.iter().zip(&transitions) {
-        if t.changed {
-            r.emit(store, t);
-        }
+    // The batch's events in one append (one `write`), in order.
+    let events: Vec<crate::events::Event> =
+        requests.iter().zip(&transitions).filter(|(_, t)| t.changed).map(|(r, t)| r.event(store, t)).collect();
+    if let Err(e) = crate::events::append_many(store.home(), &events) {
+        tracing::warn!("cannot record {} scheduler event(s): {e}", events.len());
     }
     transitions.into_iter().map(Ok).collect()
 }

@@ -257,9 +257,14 @@ impl Store {
 
     /// Records an event in `dashboard-events.jsonl` with this store's source.
     pub fn emit(&self, event_type: &str, severity: Severity, message: impl Into<String>, data: Value) -> Result<Event> {
-        let event = Event::new(event_type, severity, &self.source, message).with_data(data);
+        let event = self.event(event_type, severity, message, data);
         crate::events::append(&self.home, &event)?;
         Ok(event)
+    }
+
+    /// An event from this store's source, not yet recorded (see [`crate::events::append_many`]).
+    pub fn event(&self, event_type: &str, severity: Severity, message: impl Into<String>, data: Value) -> Event {
+        Event::new(event_type, severity, &self.source, message).with_data(data)
     }
 }
 
