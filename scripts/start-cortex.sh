@@ -13,7 +13,7 @@ checkout="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 home="${CORTEX_HOME:-${COMMIT_RELAY_HOME:-$checkout}}"
 bin_dir="${CORTEX_BIN_DIR:-$checkout/target/release}"
 binaries=(cortex cortex-worker cortex-pm cortex-heartbeat cortex-metrics cortex-coordinator
-          cortex-integration cortex-failure-pattern cortex-auto-fix cortex-api)
+          cortex-integration cortex-failure-pattern cortex-auto-fix cortex-api cortex-exec-shim)
 
 missing=()
 for b in "${binaries[@]}"; do

@@ -276,3 +276,43 @@ fn failure_notification_threshold_and_throttle() {
         h.read_json("coordination/failure-streaks.json")["worker_types"]["fix-worker"]["consecutive_failures"] == 0
     });
 }
+
+/// The worker runs tasks under the small `cortex-exec-shim` installed beside it, and under its own
+/// binary's shim mode when that is missing (a worker copied alone still works).
+#[test]
+fn tasks_run_under_the_small_shim_or_the_workers_own_binary_without_it() {
+    let shim_of = |h: &TestHome| -> String {
+        let id = add(h, &["--description", "hold", "--", "sleep", "300"]);
+        let t = wait_status(h, &id, "in_progress");
+        let d = dispatch_of(&t, 0);
+        let mut pid = 0;
+        wait_until(LONG, "the dispatch recorded running", || {
+            pid = spec(h, &d).and_then(|(_, s)| s["pid"].as_i64()).unwrap_or(0) as i32;
+            pid > 0
+        });
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        h.cortex_ok(&["task", "cancel", &id]);
+        exe.file_name().unwrap().to_string_lossy().into_owned()
+    };
+
+    let h = fast_home();
+    let w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    assert_eq!(shim_of(&h), "cortex-exec-shim");
+    drop(w);
+
+    // A worker binary alone in a directory: its own shim mode.
+    let alone = tempfile::tempdir().unwrap();
+    let worker = alone.path().join("cortex-worker");
+    std::fs::copy(bin("cortex-worker"), &worker).unwrap();
+    let mut child = std::process::Command::new(&worker)
+        .arg("--home")
+        .arg(h.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(shim_of(&h), "cortex-worker");
+    terminate(&mut child);
+}
