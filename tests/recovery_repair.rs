@@ -139,3 +139,27 @@ fn restore_defaults_keeps_the_old_content() {
     h.cortex_ok(&["config", "restore-defaults"]);
     assert_eq!(h.events_of("config_defaults_restored").len(), 1);
 }
+
+/// A writer SIGKILLed between creating its temporary file and the rename leaves `.tmp.*` behind:
+/// `cortex repair` removes it (and reports it), leaves a fresh one of a live writer alone.
+#[test]
+fn temporaries_of_killed_writers_are_swept() {
+    let h = TestHome::new();
+    // A writer that is surely gone: a child that ran and was reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = h.join(&format!("coordination/.tmp.task-queue.json.{dead}.0123456789abcdef"));
+    let f = std::fs::File::create(&stale).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(600)).unwrap();
+    let fresh = h.join(&format!("coordination/.tmp.token-budget.json.{}.0123456789abcdef", std::process::id()));
+    std::fs::write(&fresh, b"{}").unwrap();
+
+    let dry = h.cortex_ok(&["repair", "--dry-run"]);
+    assert!(dry.contains("temporary file of a writer that died"), "{dry}");
+    assert!(stale.exists(), "a dry run removes nothing");
+    let out = h.cortex_ok(&["repair"]);
+    assert!(out.contains(&format!(".tmp.task-queue.json.{dead}")), "{out}");
+    assert!(!stale.exists(), "the dead writer's temporary file is gone");
+    assert!(fresh.exists(), "a live writer's fresh temporary file stays");
+}

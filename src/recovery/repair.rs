@@ -12,6 +12,7 @@
 //! - Missing essential files: created from their defaults.
 //! - Worker specs that do not parse: moved to `worker-specs/quarantine/`.
 //! - Configuration files that are bad are reported with the command that restores them.
+//! - Temporary files (`.tmp.*`) left by writers killed before their rename are removed.
 //!
 //! Every change happens under the file's lock and is recorded as a `file_repaired` event.
 
@@ -78,6 +79,7 @@ pub fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
         repair_jsonl(store, &path, None, None, dry_run, &mut report)?;
     }
     repair_specs(store, dry_run, &mut report)?;
+    sweep_temporaries(store, dry_run, &mut report);
     if !dry_run {
         for a in report.actions.iter().filter(|a| a.fixed) {
             let _ = store.emit(
@@ -89,6 +91,19 @@ pub fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
         }
     }
     Ok(report)
+}
+
+/// Removes temporary files (`.tmp.*`) that writers killed before their rename left behind in
+/// `coordination/` and `run/`: readers ignore them, but they pile up (one per SIGKILL at the
+/// wrong moment). Only those whose writer is gone (or that are hours old) go.
+fn sweep_temporaries(store: &Store, dry_run: bool, report: &mut RepairReport) {
+    let home = store.home();
+    for path in atomic::stale_temporaries(&[home.coordination(), home.run_dir()]) {
+        let removed = dry_run || std::fs::remove_file(&path).is_ok();
+        if removed {
+            report.push(rel(store, &path), "temporary file of a writer that died: removed".into(), true);
+        }
+    }
 }
 
 /// `<path><suffix>`, or with a timestamp when that name is taken (nothing is overwritten).

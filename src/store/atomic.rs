@@ -228,6 +228,54 @@ pub fn rename_many_durable(moves: &[(PathBuf, PathBuf)]) -> Vec<Result<()>> {
     out
 }
 
+/// A temporary file younger than this is never swept (its writer may be between create and rename).
+pub const TEMP_SWEEP_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+/// A temporary file older than this is swept even if a process with its writer's PID runs (a
+/// write takes milliseconds; that PID was reused).
+pub const TEMP_SWEEP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The PID of the process that created a temporary file, from its name
+/// (`.tmp.<name>.<pid>.<16 hex digits>`).
+pub fn temp_owner(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    let mut parts = rest.rsplitn(3, '.');
+    let random = parts.next()?;
+    let pid = parts.next()?;
+    parts.next()?;
+    (random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
+    pid.parse().ok().filter(|p: &i32| *p > 0)
+}
+
+/// Temporary files under `roots` (recursively) left by writers that died before their rename
+/// (a SIGKILL, a crash): older than [`TEMP_SWEEP_MIN_AGE`] and their writer's PID gone, or older
+/// than [`TEMP_SWEEP_MAX_AGE`]. Readers ignore them; this finds them for `cortex repair`.
+pub fn stale_temporaries(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let now = std::time::SystemTime::now();
+    let mut out = Vec::new();
+    let mut dirs: Vec<PathBuf> = roots.to_vec();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = temp_owner(&name).filter(|_| kind.is_file()) else { continue };
+            let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| now.duration_since(t).ok());
+            let Some(age) = age else { continue };
+            let writer_gone =
+                matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH));
+            if (age >= TEMP_SWEEP_MIN_AGE && writer_gone) || age >= TEMP_SWEEP_MAX_AGE {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Creates the temporary file `tmp` (it must not exist) with `bytes`; not fsynced.
 fn write_temp(tmp: &Path, bytes: &[u8]) -> Result<File> {
     let mut f = OpenOptions::new()
@@ -348,6 +396,42 @@ mod tests {
         assert!(err.contains("b.json"), "{err}");
         assert_eq!(fs::read(dir.path().join("a.json")).unwrap(), b"1");
         assert_eq!(names(dir.path()), ["a.json", "b.json"]);
+    }
+
+    #[test]
+    fn temporaries_of_dead_writers_are_found_and_live_or_fresh_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("worker-specs/active");
+        create_dir_all(&sub).unwrap();
+        // A PID that is surely gone: a child that ran and was reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id() as i32;
+        child.wait().unwrap();
+        let me = std::process::id() as i32;
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        let ancient = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        let make = |dir: &Path, name: String, mtime: Option<std::time::SystemTime>| {
+            let p = dir.join(name);
+            let f = File::create(&p).unwrap();
+            if let Some(t) = mtime {
+                f.set_modified(t).unwrap();
+            }
+            p
+        };
+        let dead_old = make(&sub, format!(".tmp.d1.json.{dead}.0123456789abcdef"), Some(old));
+        let _dead_fresh = make(&sub, format!(".tmp.d2.json.{dead}.0123456789abcdef"), None);
+        let _live_old = make(dir.path(), format!(".tmp.task-queue.json.{me}.0123456789abcdef"), Some(old));
+        let live_ancient = make(dir.path(), format!(".tmp.budget.json.{me}.fedcba9876543210"), Some(ancient));
+        let _not_ours = make(dir.path(), ".tmp.notes".into(), Some(ancient));
+        let _plain = make(dir.path(), "task-queue.json".into(), Some(ancient));
+        assert_eq!(stale_temporaries(&[dir.path().to_path_buf()]), {
+            let mut v = vec![dead_old, live_ancient];
+            v.sort();
+            v
+        });
+        assert_eq!(temp_owner(".tmp.a.b.json.42.0123456789abcdef"), Some(42));
+        assert_eq!(temp_owner(".tmp.42.0123456789abcdef"), None);
+        assert_eq!(temp_owner("x.json.42.0123456789abcdef"), None);
     }
 
     #[test]
