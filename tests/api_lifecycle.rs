@@ -141,7 +141,7 @@ fn retry_right_after_a_cancel_folds_the_ended_dispatch_first() {
 }
 
 /// The task the cancel tests stop: a shell with a background grandchild, both sleeping.
-const SLEEPERS: &str = "sleep 300 & sleep 300";
+const SLEEPERS: &str = "tail -f /dev/null & tail -f /dev/null";
 
 /// After a cancel: the spec is in `failed/` as cancelled, the whole group is gone, and the task
 /// ends `cancelled` after one attempt, not retried.

@@ -22,7 +22,7 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
             "zombie_threshold_seconds": 1.5, "require_heartbeat": true, "recheck_delay_seconds": 0.2, "grace_seconds": 1
         }),
     );
-    let hung = Group::start("sleep 300 & sleep 300");
+    let hung = Group::start("tail -f /dev/null & tail -f /dev/null");
     wait_until(Duration::from_secs(5), "sh and both sleeps", || hung.members().len() == 3);
     let now = cortex::clock::now_string();
     write_queue(&home, vec![in_progress_task("task-1", "scan-worker", "disp-1", 1, 500)]);

@@ -232,7 +232,7 @@ fn breaker_trips_half_opens_for_one_trial_and_closes() {
     assert!(breaker::is_dispatch_allowed(&rig.store, "scan-worker", now()).unwrap(), "one trial allowed");
     // The trial is dispatched: no second one while it runs.
     rig.clock.advance(Duration::seconds(5));
-    let g = Group::start("sleep 300");
+    let g = Group::start("tail -f /dev/null");
     let mut trial = running_spec("trial", "t-trial", "scan-worker", &g, &format_ts(now()), 100);
     trial.dispatched_at = format_ts(now());
     write_spec(&rig.home, SpecBucket::Active, &trial);

@@ -159,7 +159,7 @@ fn hang_once_script(h: &TestHome) -> String {
     let script = format!(
         r#"#!/bin/sh
 if [ "$CORTEX_ATTEMPT" = 1 ]; then
-  sh -c 'echo $$ > "$CORTEX_HOME/grandchild.pid"; exec sleep 300' &
+  sh -c 'echo $$ > "$CORTEX_HOME/grandchild.pid"; exec tail -f /dev/null' &
   echo $$ > "$CORTEX_HOME/child.pid"
   wait
   exit 0

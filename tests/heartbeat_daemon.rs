@@ -49,7 +49,7 @@ fn daemon_cleans_up_a_hung_group_and_spares_a_heartbeating_one() {
     };
     write_spec(&home, SpecBucket::Active, &running_spec("alive", "t-alive", "scan-worker", &alive, &now, 100));
 
-    let hung = Group::start("sleep 300 & sleep 300");
+    let hung = Group::start("tail -f /dev/null & tail -f /dev/null");
     wait_until(Duration::from_secs(5), "sh and both sleeps", || hung.members().len() == 3);
     let members = hung.members();
     write_spec(&home, SpecBucket::Active, &running_spec("hung", "t-hung", "scan-worker", &hung, &now, 100));

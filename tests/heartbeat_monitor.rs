@@ -60,7 +60,7 @@ impl Rig {
 #[test]
 fn thresholds_sequence_and_false_positive_guard() {
     let mut rig = Rig::new(serde_json::json!({"recheck_delay_seconds": 2}));
-    let g = Group::start("sleep 300");
+    let g = Group::start("tail -f /dev/null");
     rig.add("d1", &g, 1000);
     let hb_file = rig.home.heartbeat_file("d1");
     beat::record(&hb_file, Some(100), Some("working".into()), rig.t0).unwrap();
@@ -112,7 +112,7 @@ fn thresholds_sequence_and_false_positive_guard() {
 #[test]
 fn alive_without_heartbeats_counts_unless_required() {
     let mut rig = Rig::new(serde_json::json!({"require_heartbeat": false}));
-    let g = Group::start("sleep 300");
+    let g = Group::start("tail -f /dev/null");
     rig.add("quiet", &g, 0);
     rig.at(1000.0);
     assert_eq!(rig.hb("quiet")["liveness"], "ok");
@@ -123,7 +123,7 @@ fn alive_without_heartbeats_counts_unless_required() {
 fn hung_group_is_cleaned_up_with_its_grandchildren() {
     let mut rig =
         Rig::new(serde_json::json!({"require_heartbeat": true, "recheck_delay_seconds": 2, "grace_seconds": 3}));
-    let mut g = Group::start("sleep 300 & sleep 300");
+    let mut g = Group::start("tail -f /dev/null & tail -f /dev/null");
     wait_until(std::time::Duration::from_secs(5), "sh and both sleeps", || g.members().len() == 3);
     let members = g.members();
     rig.add("hung", &g, 5000);
@@ -168,7 +168,7 @@ fn hung_group_is_cleaned_up_with_its_grandchildren() {
 fn a_group_ignoring_sigterm_is_killed_after_the_grace() {
     let mut rig =
         Rig::new(serde_json::json!({"require_heartbeat": true, "recheck_delay_seconds": 0, "grace_seconds": 0.5}));
-    let mut g = Group::start("trap '' TERM; sleep 300 & sleep 300");
+    let mut g = Group::start("trap '' TERM; tail -f /dev/null & tail -f /dev/null");
     wait_until(std::time::Duration::from_secs(5), "sh and both sleeps", || g.members().len() == 3);
     rig.add("stubborn", &g, 0);
     rig.at(301.0);
@@ -200,7 +200,7 @@ fn mass_zombification_raises_one_critical_event_and_kills_nothing() {
     let mut rig = Rig::new(
         serde_json::json!({"require_heartbeat": true, "recheck_delay_seconds": 1, "mass_zombie_threshold": 5}),
     );
-    let groups: Vec<Group> = (0..5).map(|_| Group::start("sleep 300")).collect();
+    let groups: Vec<Group> = (0..5).map(|_| Group::start("tail -f /dev/null")).collect();
     for (i, g) in groups.iter().enumerate() {
         rig.add(&format!("m{i}"), g, 0);
     }
@@ -224,7 +224,7 @@ fn cleanups_are_rate_limited_per_minute() {
         "require_heartbeat": true, "recheck_delay_seconds": 0, "grace_seconds": 1,
         "max_cleanups_per_minute": 2, "mass_zombie_threshold": 10
     }));
-    let groups: Vec<Group> = (0..3).map(|_| Group::start("sleep 300")).collect();
+    let groups: Vec<Group> = (0..3).map(|_| Group::start("tail -f /dev/null")).collect();
     for (i, g) in groups.iter().enumerate() {
         rig.add(&format!("r{i}"), g, 0);
     }
