@@ -233,29 +233,15 @@ fn decide_one(store: &Store, policy: &RestartPolicy, spec: &DispatchRecord, now:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::Priority;
 
     fn task(attempts: u32) -> Task {
         Task {
-            task_id: "t".into(),
-            description: "d".into(),
-            priority: Priority::Medium,
             worker_type: "scan-worker".into(),
-            command: vec![],
             state: TaskState::InProgress { started_at: "2030-01-01T00:00:00Z".into(), dispatch_id: "d".into() },
             created_at: "2030-01-01T00:00:00Z".into(),
-            created_by: "me".into(),
             attempts,
             max_attempts: 10,
-            budget: 100,
-            routing: None,
-            timeout_seconds: None,
-            after: None,
-            not_before: None,
-            result: None,
-            dispatches: vec![],
-            schedule_id: None,
-            repo: None,
+            ..Task::sample("t")
         }
     }
 

@@ -467,31 +467,47 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 #[cfg(test)]
+impl Task {
+    /// A queued medium-priority task for unit tests; tests change the fields they care about.
+    pub(crate) fn sample(task_id: &str) -> Task {
+        Task {
+            task_id: task_id.into(),
+            description: "d".into(),
+            priority: Priority::Medium,
+            worker_type: "w".into(),
+            command: vec![],
+            state: TaskState::Queued { waiting_reason: None },
+            created_at: "2026-01-01T00:00:00Z".into(),
+            created_by: "me".into(),
+            attempts: 0,
+            max_attempts: 3,
+            budget: 100,
+            routing: None,
+            timeout_seconds: None,
+            after: None,
+            not_before: None,
+            result: None,
+            dispatches: vec![],
+            schedule_id: None,
+            repo: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn task_round_trips_flat() {
         let t = Task {
-            task_id: "t1".into(),
-            description: "d".into(),
             priority: Priority::High,
             worker_type: "scan-worker".into(),
-            command: vec![],
             state: TaskState::InProgress { started_at: "2026-01-01T00:00:00Z".into(), dispatch_id: "d1".into() },
-            created_at: "2026-01-01T00:00:00Z".into(),
-            created_by: "me".into(),
             attempts: 1,
-            max_attempts: 3,
             budget: 10,
-            routing: None,
-            timeout_seconds: None,
-            after: None,
-            not_before: None,
-            result: None,
             dispatches: vec!["d1".into()],
-            schedule_id: None,
-            repo: None,
+            ..Task::sample("t1")
         };
         let v = serde_json::to_value(&t).unwrap();
         assert_eq!(v["status"], "in_progress");

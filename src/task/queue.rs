@@ -217,27 +217,7 @@ mod tests {
     use crate::task::model::Priority;
 
     pub(crate) fn task(id: &str, prio: Priority, created: &str) -> Task {
-        Task {
-            task_id: id.into(),
-            description: "d".into(),
-            priority: prio,
-            worker_type: "w".into(),
-            command: vec![],
-            state: TaskState::Queued { waiting_reason: None },
-            created_at: created.into(),
-            created_by: "me".into(),
-            attempts: 0,
-            max_attempts: 2,
-            budget: 100,
-            routing: None,
-            timeout_seconds: None,
-            after: None,
-            not_before: None,
-            result: None,
-            dispatches: vec![],
-            schedule_id: None,
-            repo: None,
-        }
+        Task { priority: prio, created_at: created.into(), max_attempts: 2, ..Task::sample(id) }
     }
 
     fn rec(task_id: &str, dispatch_id: &str, state: DispatchState) -> DispatchRecord {

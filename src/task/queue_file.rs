@@ -92,14 +92,14 @@ mod tests {
     use crate::task::model::{Priority, Task, TaskState};
 
     fn task(id: &str) -> Task {
-        let mut t: Task = serde_json::from_value(serde_json::json!({
-            "task_id": id, "description": "d\n\"quoted\"", "priority": "high", "worker_type": "analysis-worker",
-            "command": ["sh", "-c", "echo $X"], "status": "queued", "created_at": "2026-01-01T00:00:00.000000Z",
-            "created_by": "test", "attempts": 0, "max_attempts": 3, "budget": 10, "dispatches": []
-        }))
-        .unwrap();
-        t.priority = Priority::High;
-        t
+        Task {
+            description: "d\n\"quoted\"".into(),
+            priority: Priority::High,
+            worker_type: "analysis-worker".into(),
+            command: vec!["sh".into(), "-c".into(), "echo $X".into()],
+            budget: 10,
+            ..Task::sample(id)
+        }
     }
 
     fn queue(n: usize) -> TaskQueue {
