@@ -118,17 +118,23 @@ impl Home {
     pub fn worker_logs(&self) -> PathBuf {
         self.join("agents/logs/workers")
     }
-    /// Per-dispatch runtime files written by the task's process (heartbeat, usage).
-    pub fn dispatch_run_dir(&self, dispatch_id: &str) -> PathBuf {
-        self.run_dir().join("dispatches").join(dispatch_id)
+    /// Runtime files written by the tasks' processes (heartbeat, usage), flat: `<id>.<kind>.json`.
+    /// One directory for all, not one per dispatch: a directory created and removed per task
+    /// costs an inode and a block each way, which on ext4 every later file creation pays for.
+    pub fn dispatch_runtime_dir(&self) -> PathBuf {
+        self.run_dir().join("dispatches")
     }
     /// `CORTEX_HEARTBEAT_FILE` of a dispatch: JSON `{sequence, timestamp, tokens_used?, message?}`.
     pub fn heartbeat_file(&self, dispatch_id: &str) -> PathBuf {
-        self.dispatch_run_dir(dispatch_id).join("heartbeat.json")
+        self.dispatch_runtime_dir().join(format!("{dispatch_id}.heartbeat.json"))
     }
     /// `CORTEX_USAGE_FILE` of a dispatch: JSON `{tokens_used}` written by the task.
     pub fn usage_file(&self, dispatch_id: &str) -> PathBuf {
-        self.dispatch_run_dir(dispatch_id).join("usage.json")
+        self.dispatch_runtime_dir().join(format!("{dispatch_id}.usage.json"))
+    }
+    /// The dispatch id a runtime file belongs to (`<id>.heartbeat.json` → `<id>`).
+    pub fn runtime_file_dispatch(name: &str) -> Option<&str> {
+        name.strip_suffix(".heartbeat.json").or_else(|| name.strip_suffix(".usage.json"))
     }
     /// The failure-pattern daemon's own progress (event-log offset, recent occurrences).
     pub fn failure_pattern_state(&self) -> PathBuf {
@@ -193,10 +199,6 @@ impl Home {
     /// A dispatch's standard error.
     pub fn dispatch_stderr(&self, dispatch_id: &str) -> PathBuf {
         self.worker_logs().join(format!("{dispatch_id}.err"))
-    }
-    /// The exit status the worker's exec shim writes beside the active spec.
-    pub fn dispatch_exit_file(&self, dispatch_id: &str) -> PathBuf {
-        self.worker_specs(SpecBucket::Active).join(format!("{dispatch_id}.exit"))
     }
     /// A task's own working directory (`[worker] workdir = "per-task"`).
     pub fn task_workdir(&self, task_id: &str) -> PathBuf {

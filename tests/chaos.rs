@@ -749,7 +749,7 @@ fn chaos_reader_child() {
         walk(&home.join("run"), &mut files);
         for p in files {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-            // Quarantine copies are bad by definition; run/dispatches/<id>/ holds the task's own
+            // Quarantine copies are bad by definition; run/dispatches/ holds the tasks' own
             // heartbeat and usage files, which the task (not Cortex) writes however it likes.
             if cortex::store::atomic::is_temp_name(&name)
                 || p.components().any(|c| c.as_os_str() == "quarantine")

@@ -112,8 +112,8 @@ fn cortex_heartbeat_needs_a_dispatch() {
     let out = t.cortex_ok(&["heartbeat", "--dispatch", "d-1", "--tokens", "3"]);
     assert!(out.contains("heartbeat 1 recorded"), "{out}");
     t.cortex_ok(&["heartbeat", "--dispatch", "d-1"]);
-    let v = t.read_json("run/dispatches/d-1/heartbeat.json");
+    let v = t.read_json("run/dispatches/d-1.heartbeat.json");
     assert_eq!(v["sequence"], 2);
     assert_eq!(v["tokens_used"], 3);
-    assert_eq!(t.read_json("run/dispatches/d-1/usage.json")["tokens_used"], 3);
+    assert_eq!(t.read_json("run/dispatches/d-1.usage.json")["tokens_used"], 3);
 }

@@ -130,7 +130,7 @@ fn hung_group_is_cleaned_up_with_its_grandchildren() {
     write_budget(&rig.home, 100_000, 0, &[("hung", 5000), ("other", 1000)]);
     std::fs::create_dir_all(rig.home.worker_logs()).unwrap();
     std::fs::write(rig.home.worker_logs().join("hung.out"), "last words\n").unwrap();
-    std::fs::create_dir_all(rig.home.dispatch_run_dir("hung")).unwrap();
+    std::fs::create_dir_all(rig.home.dispatch_runtime_dir()).unwrap();
     std::fs::write(rig.home.usage_file("hung"), r#"{"tokens_used": 1200}"#).unwrap();
 
     let r = rig.at(301.0);

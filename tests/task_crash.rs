@@ -56,7 +56,8 @@ fn sigkill_of_the_worker_while_tasks_run() {
         ids[..2].iter().all(|id| {
             let t = show(&h, id);
             let d = t["dispatches"][0].as_str().unwrap().to_string();
-            h.join(&format!("coordination/worker-specs/active/{d}.exit")).exists()
+            let journal = std::fs::read_to_string(h.join("run/dispatch-exits.jsonl")).unwrap_or_default();
+            journal.contains(&format!("\"dispatch_id\":\"{d}\""))
         })
     });
     assert_eq!(show(&h, &early_ok)["status"], "in_progress", "no worker: not folded yet");

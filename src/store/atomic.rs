@@ -301,6 +301,10 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Creates a directory and its parents with mode 0700.
 pub fn create_dir_all(dir: &Path) -> Result<()> {
+    // Usually there already: a stat walks the path without the parent's lock that mkdir takes.
+    if dir.is_dir() {
+        return Ok(());
+    }
     fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(|e| Error::io(dir, "create directory", e))
 }
 

@@ -25,10 +25,17 @@ pub fn append<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// a torn tail, so this costs one `pread` of a byte; two appenders that both see the same torn
 /// tail add one blank line, which readers skip.
 pub fn append_raw(path: &Path, bytes: &[u8]) -> Result<()> {
-    append_once(path, bytes).inspect_err(super::outage::note)
+    append_once(path, bytes).map(drop).inspect_err(super::outage::note)
 }
 
-fn append_once(path: &Path, bytes: &[u8]) -> Result<()> {
+/// [`append_raw`], then fdatasync: the lines survive a machine crash once this returns.
+pub fn append_raw_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    append_once(path, bytes)
+        .and_then(|f| f.sync_data().map_err(|e| Error::io(path, "fsync", e)))
+        .inspect_err(super::outage::note)
+}
+
+fn append_once(path: &Path, bytes: &[u8]) -> Result<std::fs::File> {
     use std::os::unix::fs::FileExt;
     if let Some(dir) = path.parent() {
         super::atomic::create_dir_all(dir)?;
@@ -60,7 +67,7 @@ fn append_once(path: &Path, bytes: &[u8]) -> Result<()> {
         // (ENOSPC, EFBIG) for the caller. A cut line stays behind: readers skip it, the next
         // append starts on a new line, `cortex repair` moves it aside.
         return match f.write(&bytes[n..]) {
-            Ok(m) if n + m == bytes.len() => Ok(()),
+            Ok(m) if n + m == bytes.len() => Ok(f),
             Ok(m) => Err(Error::io(
                 path,
                 "append to",
@@ -72,7 +79,7 @@ fn append_once(path: &Path, bytes: &[u8]) -> Result<()> {
             Err(e) => Err(Error::io(path, "append a whole line to (the line was cut; readers skip it)", e)),
         };
     }
-    Ok(())
+    Ok(f)
 }
 
 /// The error for an open that failed; a symbolic link (refused by `O_NOFOLLOW`) is named as such.

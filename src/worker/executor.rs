@@ -21,10 +21,12 @@ pub struct LaunchPlan {
     pub env: Vec<(String, String)>,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
-    /// Where the shim records the exit status.
-    pub exit_file: PathBuf,
-    /// The dispatch's runtime directory (heartbeat and usage files), created before the start.
-    pub run_dir: PathBuf,
+    pub dispatch_id: String,
+    /// Where the shim records the exit status, and the lock it appends under (`super::exits`).
+    pub exit_journal: PathBuf,
+    pub exit_lock: PathBuf,
+    /// The directory of the tasks' heartbeat and usage files, created before the start.
+    pub runtime_dir: PathBuf,
 }
 
 /// A started dispatch: the process group leader and its identity.
@@ -128,12 +130,14 @@ impl Executor for LocalExecutor {
         let out = open_log(&plan.stdout)?;
         let err = open_log(&plan.stderr)?;
         crate::store::atomic::create_dir_all(&plan.workdir)?;
-        crate::store::atomic::create_dir_all(&plan.run_dir)?;
+        crate::store::atomic::create_dir_all(&plan.runtime_dir)?;
         let mut cmd = Command::new(&self.shim_exe);
         cmd.arg0(SHIM_BINARY)
             .arg(SHIM_ARG)
             .arg(go_fd.to_string())
-            .arg(&plan.exit_file)
+            .arg(&plan.dispatch_id)
+            .arg(&plan.exit_journal)
+            .arg(&plan.exit_lock)
             .arg("--")
             .args(&plan.command)
             .current_dir(&plan.workdir)

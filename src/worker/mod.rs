@@ -8,12 +8,13 @@
 //! each dispatch by writing its final state and moving the spec to `completed/` or `failed/`.
 //!
 //! After a restart it re-adopts dispatches whose shim still runs (PID plus `/proc` start time),
-//! reads the exit status that shims of dispatches that ended meanwhile left beside their spec,
+//! reads the exit status that shims of dispatches that ended meanwhile left in the exit journal,
 //! and marks the rest `lost`. A `starting` spec is launched again: its previous shim, if any, got
 //! no go-ahead and ran nothing. So each dispatch's command runs at most once, and ends exactly
 //! once.
 
 pub mod executor;
+pub mod exits;
 pub mod procs;
 pub mod shim;
 
@@ -132,6 +133,8 @@ pub struct Worker<E: Executor> {
     /// Ended dispatches whose final state could not be written yet (a full disk): the state and
     /// tokens as seen at the end, written again each step and at least every second.
     unrecorded_ends: HashMap<String, (DispatchState, Option<u64>)>,
+    /// Exit reports the shims appended, read as dispatches end.
+    exits: exits::ExitJournal,
 }
 
 /// A change to one dispatch's spec, applied under the `worker-specs` lock.
@@ -145,6 +148,7 @@ impl<E: Executor> Worker<E> {
     pub fn new(store: Store, config: Config, executor: E, waker: Sender<Wake>) -> Worker<E> {
         let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
         Worker {
+            exits: exits::ExitJournal::new(store.home()),
             home: store.home().clone(),
             store,
             config,
@@ -161,6 +165,7 @@ impl<E: Executor> Worker<E> {
     /// Start-up: re-adopt running dispatches, finish those that ended while no worker ran, and
     /// finish moving specs that already carry a final state.
     pub fn reconcile(&mut self) -> Result<()> {
+        self.exits.refresh();
         for rec in dispatches::list_bucket(&self.store, SpecBucket::Active)? {
             let id = rec.dispatch_id.clone();
             match &rec.state {
@@ -184,16 +189,22 @@ impl<E: Executor> Worker<E> {
                 }
             }
         }
-        // Requests and exit files whose spec is gone.
+        // Cancel requests and the tasks' runtime files whose spec is gone; reports of dispatches
+        // that ended before (read again after a crash undid an emptying of the journal).
         let active = self.home.worker_specs(SpecBucket::Active);
-        for entry in std::fs::read_dir(&active).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(".cancel").or_else(|| name.strip_suffix(".exit"))
-                && !spec_path(&self.home, SpecBucket::Active, id).exists()
-            {
-                let _ = std::fs::remove_file(entry.path());
+        let runtime = self.home.dispatch_runtime_dir();
+        for dir in [&active, &runtime] {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_suffix(".cancel").or_else(|| Home::runtime_file_dispatch(&name))
+                    && !spec_path(&self.home, SpecBucket::Active, id).exists()
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
+        let live = &self.live;
+        self.exits.retain(|id| live.contains_key(id));
         Ok(())
     }
 
@@ -202,7 +213,7 @@ impl<E: Executor> Worker<E> {
     /// died before reaping it), or from outside. A cancel request, or a run past its timeout,
     /// says the previous worker was stopping it, so it ends `cancelled` or `timeout`, not `lost`.
     fn infer_stop(&mut self, id: &str, elapsed: Duration, timeout_seconds: f64) {
-        if self.home.dispatch_exit_file(id).exists() {
+        if self.exits.has(id) {
             return;
         }
         let reason = if cancel_request_path(&self.home, id).exists() {
@@ -341,8 +352,10 @@ impl<E: Executor> Worker<E> {
             env,
             stdout: self.home.dispatch_stdout(id),
             stderr: self.home.dispatch_stderr(id),
-            exit_file: self.home.dispatch_exit_file(id),
-            run_dir: self.home.dispatch_run_dir(id),
+            dispatch_id: id.clone(),
+            exit_journal: exits::journal_path(&self.home),
+            exit_lock: exits::lock_path(&self.home),
+            runtime_dir: self.home.dispatch_runtime_dir(),
         }
     }
 
@@ -353,7 +366,6 @@ impl<E: Executor> Worker<E> {
         let mut started: Vec<(DispatchRecord, executor::Launched)> = Vec::new();
         for rec in recs {
             let plan = self.plan(&rec);
-            let _ = std::fs::remove_file(&plan.exit_file);
             match self.executor.launch(&plan) {
                 Ok(l) => started.push((rec, l)),
                 Err(e) => {
@@ -561,11 +573,17 @@ impl<E: Executor> Worker<E> {
     /// and moved to their buckets under one hold of the `worker-specs` lock; stray group members
     /// stopped.
     fn finish_all(&mut self, gone: Vec<(String, Gone)>) {
+        if gone.is_empty() {
+            return;
+        }
+        // The shims appended their reports before they exited.
+        self.exits.refresh();
         let mut ends = Vec::new();
         for (id, how) in gone {
             let Some(l) = self.live.remove(&id) else { continue };
             self.by_pid.remove(&l.pid);
-            let state = self.final_state(&id, &l, how);
+            let report = self.exits.take(&id);
+            let state = final_state(&l, how, report);
             let tokens = crate::task::ops::read_usage_file(&self.home.usage_file(&id));
             tracing::debug!("dispatch {id} (task {}) ended {}", l.task_id, state.status().as_str());
             // Stray members of the group (daemonised grandchildren): TERM now, KILL after the grace.
@@ -642,74 +660,80 @@ impl<E: Executor> Worker<E> {
                 }
             }
             self.unrecorded_ends.remove(&id);
-            // The heartbeat and usage files were read; the directory is done with.
-            let _ = std::fs::remove_dir_all(self.home.dispatch_run_dir(&id));
-        }
-    }
-
-    /// How a dispatch ended: from the stop reason, the shim's exit report or what was seen.
-    fn final_state(&self, id: &str, l: &Live, gone: Gone) -> DispatchState {
-        let report = shim::read_report(&self.home.dispatch_exit_file(id));
-        let ended_at = now_string();
-        let duration = Some(l.started.elapsed().as_secs_f64());
-        let seen_signal = match gone {
-            Gone::Reaped(Reaped::Signaled(s)) => Some(s),
-            _ => None,
-        };
-        let signal = report.as_ref().and_then(|r| r.signal).or(seen_signal);
-        match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
-            (Some(StopReason::Cancel), _, _) => DispatchState::Cancelled { ended_at, signal, duration_s: duration },
-            (Some(StopReason::Timeout), _, _) => DispatchState::Timeout { ended_at, signal, duration_s: duration },
-            // A failed attempt (retried by policy), not a cancel: nobody asked for it to stop.
-            (Some(StopReason::NotStarted), _, _) => DispatchState::Failed {
-                ended_at,
-                exit_code: None,
-                signal,
-                duration_s: Some(0.0),
-                error: "the worker could not record the dispatch as running (see its log); the command was not started"
-                    .into(),
-            },
-            (None, Some(r), _) => match (r.exit_code, r.signal, &r.error) {
-                (Some(0), _, None) => {
-                    DispatchState::Completed { ended_at, exit_code: 0, duration_s: l.started.elapsed().as_secs_f64() }
+            // The heartbeat and usage files were read; they are done with.
+            for file in [self.home.heartbeat_file(&id), self.home.usage_file(&id)] {
+                if file.exists() {
+                    let _ = std::fs::remove_file(file);
                 }
-                (code, sig, err) => DispatchState::Failed {
-                    ended_at,
-                    exit_code: code,
-                    signal: sig,
-                    duration_s: duration,
-                    error: err.clone().unwrap_or_else(|| match (code, sig) {
-                        (Some(c), _) => format!("exited with code {c}"),
-                        (None, Some(s)) => format!("killed by signal {s}{}", signal_label(s)),
-                        _ => "ended without an exit status".into(),
-                    }),
-                },
-            },
-            (None, None, Gone::Reaped(how)) => DispatchState::Failed {
-                ended_at,
-                exit_code: match how {
-                    Reaped::Exited(c) => Some(c),
-                    Reaped::Signaled(_) => None,
-                },
-                signal: seen_signal,
-                duration_s: duration,
-                error: format!(
-                    "the task's exec shim (PID {}) ended ({}) without recording the command's exit; \
-                     its process group was stopped",
-                    l.pid,
-                    match how {
-                        Reaped::Exited(c) => format!("exit {c}"),
-                        Reaped::Signaled(s) => format!("signal {s}{}", signal_label(s)),
-                    }
-                ),
-            },
-            (None, None, Gone::Vanished) => DispatchState::Lost {
-                ended_at,
-                reason: format!("process {} ended while no worker watched it and left no exit status", l.pid),
-            },
+            }
         }
+        self.exits.compact(!self.unrecorded_ends.is_empty());
     }
+}
 
+/// How a dispatch ended: from the stop reason, the shim's exit report or what was seen.
+fn final_state(l: &Live, gone: Gone, report: Option<exits::ExitReport>) -> DispatchState {
+    let ended_at = now_string();
+    let duration = Some(l.started.elapsed().as_secs_f64());
+    let seen_signal = match gone {
+        Gone::Reaped(Reaped::Signaled(s)) => Some(s),
+        _ => None,
+    };
+    let signal = report.as_ref().and_then(|r| r.signal).or(seen_signal);
+    match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
+        (Some(StopReason::Cancel), _, _) => DispatchState::Cancelled { ended_at, signal, duration_s: duration },
+        (Some(StopReason::Timeout), _, _) => DispatchState::Timeout { ended_at, signal, duration_s: duration },
+        // A failed attempt (retried by policy), not a cancel: nobody asked for it to stop.
+        (Some(StopReason::NotStarted), _, _) => DispatchState::Failed {
+            ended_at,
+            exit_code: None,
+            signal,
+            duration_s: Some(0.0),
+            error: "the worker could not record the dispatch as running (see its log); the command was not started"
+                .into(),
+        },
+        (None, Some(r), _) => match (r.exit_code, r.signal, &r.error) {
+            (Some(0), _, None) => {
+                DispatchState::Completed { ended_at, exit_code: 0, duration_s: l.started.elapsed().as_secs_f64() }
+            }
+            (code, sig, err) => DispatchState::Failed {
+                ended_at,
+                exit_code: code,
+                signal: sig,
+                duration_s: duration,
+                error: err.clone().unwrap_or_else(|| match (code, sig) {
+                    (Some(c), _) => format!("exited with code {c}"),
+                    (None, Some(s)) => format!("killed by signal {s}{}", signal_label(s)),
+                    _ => "ended without an exit status".into(),
+                }),
+            },
+        },
+        (None, None, Gone::Reaped(how)) => DispatchState::Failed {
+            ended_at,
+            exit_code: match how {
+                Reaped::Exited(c) => Some(c),
+                Reaped::Signaled(_) => None,
+            },
+            signal: seen_signal,
+            duration_s: duration,
+            error: format!(
+                "the task's exec shim (PID {}) ended ({}) without recording the command's exit; \
+                     its process group was stopped",
+                l.pid,
+                match how {
+                    Reaped::Exited(c) => format!("exit {c}"),
+                    Reaped::Signaled(s) => format!("signal {s}{}", signal_label(s)),
+                }
+            ),
+        },
+        (None, None, Gone::Vanished) => DispatchState::Lost {
+            ended_at,
+            reason: format!("process {} ended while no worker watched it and left no exit status", l.pid),
+        },
+    }
+}
+
+impl<E: Executor> Worker<E> {
     /// Ends a dispatch that never ran its command.
     fn end_unstarted(&mut self, rec: &DispatchRecord, state: DispatchState) {
         let id = rec.dispatch_id.clone();
@@ -727,7 +751,7 @@ impl<E: Executor> Worker<E> {
     }
 
     /// Moves a spec with a final state from `active/` to `completed/` or `failed/` and removes
-    /// its request and exit files.
+    /// its cancel request.
     fn move_final(&self, rec: &DispatchRecord) -> Result<()> {
         let _guard = self.store.lock_named(WORKER_SPECS_LOCK)?;
         self.move_final_locked(&[rec])
@@ -751,9 +775,10 @@ impl<E: Executor> Worker<E> {
         for (rec, result) in recs.iter().zip(crate::store::atomic::rename_many_durable(&moves)) {
             match result {
                 Ok(()) => {
-                    let id = &rec.dispatch_id;
-                    let _ = std::fs::remove_file(cancel_request_path(&self.home, id));
-                    let _ = std::fs::remove_file(self.home.dispatch_exit_file(id));
+                    let cancel = cancel_request_path(&self.home, &rec.dispatch_id);
+                    if cancel.exists() {
+                        let _ = std::fs::remove_file(cancel);
+                    }
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);

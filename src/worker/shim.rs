@@ -1,13 +1,14 @@
-//! The exec shim: each dispatch runs as `cortex-worker --cortex-exec-shim GO_FD EXIT_FILE --
-//! COMMAND...`, the leader of the dispatch's own process group. It waits for the worker's
-//! go-ahead on a pipe (sent only after the worker recorded the dispatch `running`; if the worker
-//! dies first the pipe closes and the shim exits without running anything), runs the command as
-//! its child, waits for it, and writes its exit status atomically to `EXIT_FILE` beside the spec.
-//! So a worker that restarts and re-adopts the dispatch still learns the real exit code. The
-//! shim survives SIGTERM/SIGINT/SIGHUP (the group's TERM is for the command) so that it can record
-//! how the command ended; SIGKILL ends it with the rest of the group.
+//! The exec shim: each dispatch runs as `cortex-exec-shim --cortex-exec-shim GO_FD DISPATCH_ID
+//! EXIT_JOURNAL EXIT_LOCK -- COMMAND...` (or the worker's own binary in that mode), the leader of
+//! the dispatch's own process group. It waits for the worker's go-ahead on a pipe (sent only
+//! after the worker recorded the dispatch `running`; if the worker dies first the pipe closes and
+//! the shim exits without running anything), runs the command as its child, waits for it, and
+//! appends its exit status to the exit journal (`super::exits`) before it exits. So a worker
+//! that restarts and re-adopts the dispatch still learns the real exit code. The shim survives
+//! SIGTERM/SIGINT/SIGHUP (the group's TERM is for the command) so that it can record how the
+//! command ended; SIGKILL ends it with the rest of the group.
 
-use serde::{Deserialize, Serialize};
+use super::exits::ExitReport;
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::FromRawFd;
@@ -15,23 +16,6 @@ use std::os::unix::process::ExitStatusExt;
 
 /// The first argument that selects shim mode.
 pub const SHIM_ARG: &str = "--cortex-exec-shim";
-
-/// What the shim records about the command's end.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ExitReport {
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    /// Set when the command could not be started.
-    pub error: Option<String>,
-    pub pid: Option<u32>,
-    pub started_at: String,
-    pub ended_at: String,
-}
-
-/// Reads an exit report (None when absent or unreadable).
-pub fn read_report(path: &std::path::Path) -> Option<ExitReport> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
 
 /// In the worker binary's `main`: runs the shim and exits when the arguments ask for it;
 /// returns otherwise.
@@ -52,17 +36,21 @@ fn say(line: &str) {
 
 fn shim_main(args: Vec<OsString>) -> i32 {
     let usage = || {
-        eprintln!("usage: cortex-worker {SHIM_ARG} GO_FD EXIT_FILE -- COMMAND [ARGS...] (started by the worker only)");
+        eprintln!(
+            "usage: cortex-worker {SHIM_ARG} GO_FD DISPATCH_ID EXIT_JOURNAL EXIT_LOCK -- COMMAND [ARGS...] \
+             (started by the worker only)"
+        );
         2
     };
-    if args.len() < 4 || args[2] != "--" {
+    if args.len() < 6 || args[4] != "--" {
         return usage();
     }
     let Some(go_fd) = args[0].to_str().and_then(|s| s.parse::<i32>().ok()).filter(|fd| *fd > 2) else {
         return usage();
     };
-    let exit_file = std::path::PathBuf::from(&args[1]);
-    let argv = &args[3..];
+    let dispatch_id = args[1].to_string_lossy().into_owned();
+    let (journal, lock) = (std::path::PathBuf::from(&args[2]), std::path::PathBuf::from(&args[3]));
+    let argv = &args[5..];
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
         let _ = signal_hook::flag::register(sig, flag.clone());
@@ -77,7 +65,7 @@ fn shim_main(args: Vec<OsString>) -> i32 {
         return 0;
     }
     let started_at = crate::clock::now_string();
-    let mut report = ExitReport { started_at, ..ExitReport::default() };
+    let mut report = ExitReport { dispatch_id, started_at, ..ExitReport::default() };
     match std::process::Command::new(&argv[0]).args(&argv[1..]).spawn() {
         Err(e) => {
             report.exit_code = Some(127);
@@ -103,9 +91,8 @@ fn shim_main(args: Vec<OsString>) -> i32 {
         }
     }
     report.ended_at = crate::clock::now_string();
-    let bytes = serde_json::to_vec(&report).unwrap_or_default();
-    if let Err(e) = crate::store::atomic::write_atomic(&exit_file, &bytes) {
-        say(&format!("cortex: cannot record the exit status in {}: {e}", exit_file.display()));
+    if let Err(e) = super::exits::append(&journal, &lock, &report) {
+        say(&format!("cortex: cannot record the exit status in {}: {e}", journal.display()));
     }
     match (report.exit_code, report.signal) {
         (Some(c), _) => c,

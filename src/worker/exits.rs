@@ -1,0 +1,261 @@
+//! The exit journal `run/dispatch-exits.jsonl`: how a task's exec shim hands the command's exit
+//! status to the worker. Each shim appends one line, its [`ExitReport`], while holding a SHARED
+//! flock on `.locks/dispatch-exits.lock` (one `write`, then fdatasync) and only then exits. So
+//! a worker that reaps the shim finds the line, and a worker that starts after its predecessor
+//! died finds the reports of dispatches that ended while no worker ran.
+//!
+//! One shared append-only file rather than a file per dispatch: on ext4 without a journal (this
+//! project's test machine) every inode created and deleted per task is skipped by each later
+//! file creation for a minute or more (the allocator's `recently_deleted` check), which was the
+//! largest single cost of a busy task path.
+//!
+//! The worker reads the journal from its last offset and keeps each report until the dispatch
+//! it belongs to has ended; once every line is consumed and the file has grown past
+//! [`COMPACT_AT`] bytes, it empties the file (ftruncate, under the lock EXCLUSIVE, so no append
+//! is in flight). A crash that undoes a truncate only brings back reports of dispatches that
+//! already ended, which nobody looks up again (dispatch ids are never reused).
+
+use crate::error::{Error, Result};
+use crate::home::Home;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The journal is emptied once fully consumed and at least this long.
+pub const COMPACT_AT: u64 = 256 * 1024;
+
+/// What the shim records about the command's end.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitReport {
+    pub dispatch_id: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Set when the command could not be started.
+    pub error: Option<String>,
+    pub pid: Option<u32>,
+    pub started_at: String,
+    pub ended_at: String,
+}
+
+/// The journal's path in a home.
+pub fn journal_path(home: &Home) -> PathBuf {
+    home.run_dir().join("dispatch-exits.jsonl")
+}
+
+/// The lock that orders appends (shared) against emptying the journal (exclusive).
+pub fn lock_path(home: &Home) -> PathBuf {
+    home.lock_file("dispatch-exits")
+}
+
+fn open_lock(lock: &Path) -> Result<std::fs::File> {
+    if let Some(dir) = lock.parent() {
+        crate::store::atomic::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(crate::store::atomic::FILE_MODE)
+        .custom_flags(crate::store::atomic::NO_FOLLOW)
+        .open(lock)
+        .map_err(|e| Error::io(lock, "open lock file", e))
+}
+
+/// The shim's side: appends one report durably under the shared lock.
+pub fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
+    let mut line = serde_json::to_vec(report).map_err(|e| Error::other(format!("cannot encode exit report: {e}")))?;
+    line.push(b'\n');
+    let lock_file = open_lock(lock)?;
+    lock_file.lock_shared().map_err(|e| Error::io(lock, "lock", e))?;
+    let result = crate::store::jsonl::append_raw_durable(journal, &line);
+    let _ = lock_file.unlock();
+    result
+}
+
+/// The worker's view of the journal: reports read so far and not yet taken.
+#[derive(Debug)]
+pub struct ExitJournal {
+    path: PathBuf,
+    lock: PathBuf,
+    /// Bytes read and parsed (always at a line boundary).
+    offset: u64,
+    reports: HashMap<String, ExitReport>,
+    /// Lines that did not parse, counted (invariant 4) and skipped.
+    pub bad_lines: usize,
+}
+
+impl ExitJournal {
+    pub fn new(home: &Home) -> ExitJournal {
+        ExitJournal {
+            path: journal_path(home),
+            lock: lock_path(home),
+            offset: 0,
+            reports: HashMap::new(),
+            bad_lines: 0,
+        }
+    }
+
+    /// Reads the lines appended since the last call. Errors are logged: a report that cannot be
+    /// read leaves its dispatch to be judged by what the worker saw (its reaped status).
+    pub fn refresh(&mut self) {
+        if let Err(e) = self.read_new() {
+            tracing::error!("cannot read the exit journal: {e}");
+        }
+    }
+
+    fn read_new(&mut self) -> Result<()> {
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.offset = 0;
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io(&self.path, "open", e)),
+        };
+        let len = f.metadata().map_err(|e| Error::io(&self.path, "stat", e))?.len();
+        if len < self.offset {
+            // Emptied or replaced behind our back (by hand): read it again from the start.
+            self.offset = 0;
+        }
+        if len == self.offset {
+            return Ok(());
+        }
+        f.seek(SeekFrom::Start(self.offset)).map_err(|e| Error::io(&self.path, "seek", e))?;
+        let mut bytes = Vec::with_capacity((len - self.offset) as usize);
+        f.read_to_end(&mut bytes).map_err(|e| Error::io(&self.path, "read", e))?;
+        // Only whole lines: a line still being written is read next time.
+        let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return Ok(()) };
+        for line in bytes[..end].split(|&b| b == b'\n') {
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            match serde_json::from_slice::<ExitReport>(line) {
+                Ok(r) => {
+                    self.reports.insert(r.dispatch_id.clone(), r);
+                }
+                Err(e) => {
+                    self.bad_lines += 1;
+                    tracing::warn!("skipping a bad line of {}: {e}", self.path.display());
+                }
+            }
+        }
+        self.offset += end as u64 + 1;
+        Ok(())
+    }
+
+    /// Whether a report of this dispatch has been read.
+    pub fn has(&self, dispatch_id: &str) -> bool {
+        self.reports.contains_key(dispatch_id)
+    }
+
+    /// Removes and returns the report of a dispatch.
+    pub fn take(&mut self, dispatch_id: &str) -> Option<ExitReport> {
+        self.reports.remove(dispatch_id)
+    }
+
+    /// Forgets reports of dispatches that `keep` rejects (ended long ago, before a restart).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.reports.retain(|id, _| keep(id));
+    }
+
+    /// Empties the journal when every line in it has been consumed and it has grown past
+    /// [`COMPACT_AT`]; `pending` says whether some report read earlier is still needed (then
+    /// nothing is done). Returns whether it was emptied.
+    pub fn compact(&mut self, pending: bool) -> bool {
+        if pending || !self.reports.is_empty() || self.offset < COMPACT_AT {
+            return false;
+        }
+        match self.compact_locked() {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!("cannot empty the exit journal: {e}");
+                false
+            }
+        }
+    }
+
+    fn compact_locked(&mut self) -> Result<bool> {
+        let lock_file = open_lock(&self.lock)?;
+        lock_file.lock().map_err(|e| Error::io(&self.lock, "lock", e))?;
+        // No append is in flight now; one that landed since the last read must be kept.
+        self.read_new()?;
+        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let done = if self.reports.is_empty() && len == self.offset {
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(crate::store::atomic::NO_FOLLOW)
+                .open(&self.path)
+                .map_err(|e| Error::io(&self.path, "open", e))?;
+            f.set_len(0).map_err(|e| Error::io(&self.path, "truncate", e))?;
+            self.offset = 0;
+            true
+        } else {
+            false
+        };
+        let _ = lock_file.unlock();
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str, code: i32) -> ExitReport {
+        ExitReport { dispatch_id: id.into(), exit_code: Some(code), ..ExitReport::default() }
+    }
+
+    #[test]
+    fn reports_are_read_once_whole_lines_only_and_bad_lines_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let (path, lock) = (journal_path(&home), lock_path(&home));
+        let mut j = ExitJournal::new(&home);
+        j.refresh();
+        assert!(!j.has("a"), "no journal yet reads as empty");
+        append(&path, &lock, &report("a", 0)).unwrap();
+        append(&path, &lock, &report("b", 5)).unwrap();
+        j.refresh();
+        assert_eq!(j.take("b").unwrap().exit_code, Some(5));
+        assert!(j.take("b").is_none(), "taken once");
+        // A torn line (a shim killed mid-write) is not read until it is whole; a bad line is counted.
+        crate::store::jsonl::append_raw(&path, b"{\"dispatch_id\": \"c\", \"exit_").unwrap();
+        j.refresh();
+        assert!(!j.has("c"));
+        append(&path, &lock, &report("d", 1)).unwrap();
+        j.refresh();
+        assert_eq!(j.bad_lines, 1, "the torn line, closed by the next append, is skipped and counted");
+        assert!(j.has("a") && j.has("d"));
+    }
+
+    #[test]
+    fn the_journal_is_emptied_only_when_every_report_is_consumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let (path, lock) = (journal_path(&home), lock_path(&home));
+        let mut j = ExitJournal::new(&home);
+        let n = (COMPACT_AT / 60) as usize + 10;
+        for i in 0..n {
+            append(&path, &lock, &report(&format!("dsp-{i}"), 0)).unwrap();
+        }
+        j.refresh();
+        assert!(!j.compact(false), "unconsumed reports keep the file");
+        for i in 0..n {
+            j.take(&format!("dsp-{i}")).unwrap();
+        }
+        assert!(!j.compact(true), "a pending end keeps the file");
+        // A report that landed after the last read is found under the lock and kept.
+        append(&path, &lock, &report("late", 3)).unwrap();
+        assert!(!j.compact(false));
+        assert_eq!(j.take("late").unwrap().exit_code, Some(3));
+        assert!(j.compact(false));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        append(&path, &lock, &report("after", 0)).unwrap();
+        j.refresh();
+        assert!(j.has("after"), "reading resumes from the start of the emptied file");
+    }
+}
