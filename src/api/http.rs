@@ -627,6 +627,29 @@ impl Reactor {
     }
 }
 
+/// Writes a response to a client's (non-blocking) socket within `timeout`. A response almost
+/// always fits the socket's buffer: one `write` and done. Only the rest of one that does not is
+/// written blocking, with the deadline, so a client that reads slowly holds a thread at most that
+/// long.
+fn send_response(stream: &TcpStream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut first = stream;
+    let sent = loop {
+        match first.write(bytes) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break 0,
+            Err(e) => return Err(e),
+        }
+    };
+    if sent == bytes.len() {
+        return Ok(());
+    }
+    stream.set_nonblocking(false)?;
+    write_all_by(stream, &bytes[sent..], deadline)?;
+    stream.set_nonblocking(true)
+}
+
 /// Writes all of `bytes` before `deadline` (a client reading slowly cannot hold a thread longer).
 fn write_all_by(mut stream: &TcpStream, bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
     let mut written = 0;
@@ -731,9 +754,7 @@ impl WorkerCtx {
             tracing::debug!(method = %req.method, path = %req.path, status = resp.status, "api request");
         }
         let bytes = resp.to_bytes(keep_alive, head_only);
-        let ok = conn.stream.set_nonblocking(false).is_ok()
-            && write_all_by(&conn.stream, &bytes, Instant::now() + self.write_timeout).is_ok()
-            && conn.stream.set_nonblocking(true).is_ok();
+        let ok = send_response(&conn.stream, &bytes, self.write_timeout).is_ok();
         let back = if ok && keep_alive {
             Some(conn)
         } else {
