@@ -17,7 +17,11 @@
 # Environment: BENCH_LATENCY_SAMPLES (200), BENCH_TASKS (1000), BENCH_PUEUE_TASKS (200),
 # BENCH_ADD_SAMPLES (200),
 # BENCH_IDLE_SECONDS (30), BENCH_QUEUED ("0 10000 100000"), BENCH_DIR (where the temporary homes
-# go; default $TMPDIR or /tmp — compare a disk with /dev/shm to see the filesystem's share).
+# go; default $TMPDIR or /tmp — compare a disk with /dev/shm to see the filesystem's share),
+# BENCH_SETTLE_SECONDS (65 on ext4, else 0: a pause before the latency and each throughput
+# section. ext4 without a journal skips every inode deleted in the last 60 s, longer while its
+# inode table block is dirty, on each file creation, so without it a section would pay for the
+# files the previous one deleted; set 0 to measure the sections back to back).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +44,8 @@ done
 command -v jq >/dev/null || { echo "bench.sh: jq is required" >&2; exit 1; }
 
 work="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/cortex-bench.XXXXXX")"
+fs_type="$(df -T "$work" | awk 'NR==2 {print $2}')"
+if [[ "$fs_type" == ext4 ]]; then settle_s="${BENCH_SETTLE_SECONDS:-65}"; else settle_s="${BENCH_SETTLE_SECONDS:-0}"; fi
 pids=()
 cleanup() {
     local p
@@ -93,10 +99,13 @@ stop_all() {
 archived() { [[ -f "$home/coordination/task-archive.jsonl" ]] && wc -l <"$home/coordination/task-archive.jsonl" || echo 0; }
 
 echo "Cortex task benchmark — $(date -u +%FT%TZ), $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg), release build"
-echo "homes under $work ($(df -T "$work" | awk 'NR==2 {print $2}'))"
+echo "homes under $work ($fs_type); ${settle_s} s pause before the latency and each throughput section"
 echo
 
+settle() { ((settle_s > 0)) && sleep "$settle_s" || true; }
+
 # 1. Latency ---------------------------------------------------------------------------------
+settle
 new_home latency 8
 start_daemon worker
 start_daemon coordinator
@@ -145,6 +154,7 @@ echo
 echo "2. throughput of $tp_n \`true\` tasks (queued first, then the coordinator starts)"
 declare -A tps
 for slots in 1 2 8; do
+    settle
     new_home "tp$slots" "$slots"
     for ((i = 0; i < tp_n; i++)); do cortex task add --description "t $i" -- true >/dev/null; done
     start_daemon worker
