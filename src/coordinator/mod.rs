@@ -502,17 +502,20 @@ impl Coordinator {
 
     /// Events and failure notifications, after the locks are released.
     fn after_effects(&self, report: &CycleReport) {
-        for rec in &report.dispatched {
-            let _ = self.store.emit(
+        // The cycle's events in one append (one `write`), ends first: they happened first.
+        let mut events: Vec<crate::events::Event> =
+            report.ended.iter().map(|e| ops::ended_event(&self.store, e)).collect();
+        events.extend(report.dispatched.iter().map(|rec| {
+            self.store.event(
                 "task_dispatched",
                 Severity::Info,
                 format!("Task {} dispatched ({}, attempt {})", rec.task_id, rec.dispatch_id, rec.attempt),
                 serde_json::json!({"task_id": rec.task_id, "dispatch_id": rec.dispatch_id,
                     "worker_type": rec.worker_type, "attempt": rec.attempt}),
-            );
-        }
-        for e in &report.ended {
-            ops::emit_ended(&self.store, e);
+            )
+        }));
+        if let Err(e) = crate::events::append_many(self.store.home(), &events) {
+            tracing::warn!("cannot record {} task event(s): {e}", events.len());
         }
         let counted: Vec<&Ended> = report
             .ended

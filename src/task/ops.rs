@@ -306,6 +306,12 @@ pub fn fold_records(store: &Store, records: &[DispatchRecord]) -> Result<Vec<que
 
 /// Records the event for a task's dispatch end.
 pub fn emit_ended(store: &Store, e: &queue::Ended) {
+    let _ = crate::events::append(store.home(), &ended_event(store, e));
+}
+
+/// The event of a task's end (`task_completed`, `task_cancelled`, `task_retry_scheduled`,
+/// `task_failed`), not yet recorded.
+pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::events::Event {
     let (ty, sev, msg) = match &e.outcome {
         queue::Outcome::Completed => ("task_completed", Severity::Info, format!("Task {} completed", e.task_id)),
         queue::Outcome::Cancelled => ("task_cancelled", Severity::Info, format!("Task {} cancelled", e.task_id)),
@@ -331,7 +337,7 @@ pub fn emit_ended(store: &Store, e: &queue::Ended) {
             ),
         ),
     };
-    let _ = store.emit(
+    store.event(
         ty,
         sev,
         msg,
@@ -342,7 +348,7 @@ pub fn emit_ended(store: &Store, e: &queue::Ended) {
             "tokens_used": e.result.tokens_used, "duration_seconds": e.result.duration_seconds,
             "next_retry_at": match &e.outcome { queue::Outcome::RetryAt(at) => Some(at.as_str()), _ => None },
         }),
-    );
+    )
 }
 
 /// Makes a failed or cancelled task `pending_retry` now (bringing it back from the archive if it
