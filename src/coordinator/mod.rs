@@ -407,14 +407,18 @@ impl Coordinator {
             q_dirty = true;
         }
 
-        // Archive finished tasks (archive first, durable; then the queue without them).
+        // Archive finished tasks: appended now, flushed below with the queue that drops them,
+        // which is renamed only once both are durable.
+        let mut archive_file = None;
+        let mut archived_now = Vec::new();
         let finished: Vec<&Task> = q.tasks.iter().filter(|t| t.status().is_terminal()).collect();
         if !finished.is_empty() {
             let key = |t: &Task| (t.task_id.clone(), t.status(), t.dispatches.len());
             let fresh: Vec<&Task> =
                 finished.iter().copied().filter(|t| !self.archived_unwritten.contains(&key(t))).collect();
-            archive::append(&store, &fresh)?;
-            self.archived_unwritten.extend(fresh.iter().map(|t| key(t)));
+            archive_file = archive::append_unsynced(&store, &fresh)?;
+            archived_now = fresh.iter().map(|t| key(t)).collect();
+            self.archived_unwritten.extend(archived_now.iter().cloned());
             let waited: HashSet<&str> = q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
             for t in &finished {
                 if waited.contains(t.task_id.as_str()) {
@@ -426,42 +430,71 @@ impl Coordinator {
             q_dirty = true;
         }
 
+        // The cycle's writes in one flush: the queue, the budget, the archive and every new spec
+        // are fsynced in parallel; then the queue and the budget are renamed (one directory
+        // fsync), and only then the specs, since the worker starts what it sees and a spec must
+        // never be visible before the queue recording its dispatch is durable. A crash between
+        // the two leaves dispatches without a spec (folded `lost`) and reservations held by no
+        // running dispatch (settled at start-up), never a dispatch the queue does not know.
+        let mut state_batch = crate::store::atomic::ReplaceBatch::new();
         if q_dirty {
             q.updated_at = Some(now_s.clone());
             let bytes = crate::task::queue_file::encode(&store.path(TASK_QUEUE), &q, Some(&mut self.validated))?;
-            store.write_encoded_locked(&q_guard, TASK_QUEUE, &bytes)?;
-            self.archived_unwritten.clear();
-        }
-        // Specs before the budget file, so the worker starts as early as possible (a crash in
-        // between leaves a reservation missing, never one too many).
-        if !report.dispatched.is_empty() {
-            // One group commit for every spec of the cycle (one directory fsync for all).
-            let specs_guard = store.lock_named(WORKER_SPECS_LOCK)?;
-            let mut batch = crate::store::atomic::ReplaceBatch::new();
-            let mut staged = Vec::new();
-            for rec in &report.dispatched {
-                let path = spec_path(store.home(), SpecBucket::Active, &rec.dispatch_id);
-                let written = serde_json::to_value(rec)
-                    .map_err(|e| Error::other(format!("cannot encode dispatch {}: {e}", rec.dispatch_id)))
-                    .and_then(|v| crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA)))
-                    .and_then(|bytes| batch.stage(&path, &bytes));
-                match written {
-                    Ok(()) => staged.push(rec.dispatch_id.clone()),
-                    Err(e) => self.spec_not_written(&rec.dispatch_id, &e),
-                }
-            }
-            if let Err(e) = batch.commit() {
-                for id in &staged {
-                    self.spec_not_written(id, &e);
-                }
-            }
-            drop(specs_guard);
+            state_batch.stage(&store.path(TASK_QUEUE), &bytes)?;
         }
         budget.recompute();
-        if budget != before_budget {
-            store.write_locked(&b_guard, &budget)?;
+        let budget_changed = budget != before_budget;
+        if budget_changed {
+            state_batch.stage(&store.path(TOKEN_BUDGET), &store.encode_doc(&budget)?)?;
+        }
+        let specs_guard = match report.dispatched.is_empty() {
+            true => None,
+            false => Some(store.lock_named(WORKER_SPECS_LOCK)?),
+        };
+        let mut spec_batch = crate::store::atomic::ReplaceBatch::new();
+        let mut staged = Vec::new();
+        for rec in &report.dispatched {
+            let path = spec_path(store.home(), SpecBucket::Active, &rec.dispatch_id);
+            let written = serde_json::to_value(rec)
+                .map_err(|e| Error::other(format!("cannot encode dispatch {}: {e}", rec.dispatch_id)))
+                .and_then(|v| crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA)))
+                .and_then(|bytes| spec_batch.stage(&path, &bytes));
+            match written {
+                Ok(()) => staged.push(rec.dispatch_id.clone()),
+                Err(e) => self.spec_not_written(&rec.dispatch_id, &e),
+            }
+        }
+        let archive_path = store.path(crate::files::TASK_ARCHIVE);
+        let also: Vec<(&std::fs::File, &std::path::Path)> =
+            archive_file.iter().map(|f| (f, archive_path.as_path())).collect();
+        let committed =
+            crate::store::atomic::ReplaceBatch::sync_together(&mut [&mut state_batch, &mut spec_batch], &also)
+                .and_then(|()| state_batch.commit());
+        if let Err(e) = committed {
+            // The queue may show these dispatches (renamed before a failed directory fsync);
+            // their specs are not written: fold them `lost` unless a spec turns up.
+            for id in &staged {
+                self.spec_not_written(id, &e);
+            }
+            // The archive lines may not be durable: appended again (and flushed) next time; a
+            // task archived twice reads as its last line.
+            for k in &archived_now {
+                self.archived_unwritten.remove(k);
+            }
+            return Err(e);
+        }
+        if q_dirty {
+            self.archived_unwritten.clear();
+        }
+        if budget_changed {
             self.budget_id = file_id(&store.path(TOKEN_BUDGET));
         }
+        if let Err(e) = spec_batch.commit() {
+            for id in &staged {
+                self.spec_not_written(id, &e);
+            }
+        }
+        drop(specs_guard);
         drop(b_guard);
         // The intake's housekeeping last, off the path from a new task to its start (it needs
         // only the queue written before it; its lock comes before the budget's in the order).

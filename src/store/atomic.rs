@@ -73,6 +73,8 @@ const MAX_SYNC_THREADS: usize = 8;
 #[derive(Debug, Default)]
 pub struct ReplaceBatch {
     staged: Vec<(File, PathBuf, PathBuf)>,
+    /// Flushed already, by [`ReplaceBatch::sync_together`].
+    synced: bool,
 }
 
 impl ReplaceBatch {
@@ -112,28 +114,10 @@ impl ReplaceBatch {
     /// recorded dispatch start, then makes the record's name durable).
     pub fn publish(mut self) -> Published {
         let staged = std::mem::take(&mut self.staged);
-        let synced: Vec<Result<()>> = if staged.len() == 1 {
-            vec![staged[0].0.sync_all().map_err(|e| Error::io(&staged[0].1, "fsync", e))]
+        let synced: Vec<Result<()>> = if self.synced {
+            Vec::new()
         } else {
-            // At most MAX_SYNC_THREADS threads, each flushing a share of the files.
-            let share = staged.len().div_ceil(MAX_SYNC_THREADS);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = staged
-                    .chunks(share)
-                    .map(|chunk| {
-                        scope.spawn(move || {
-                            chunk
-                                .iter()
-                                .map(|(f, tmp, _)| f.sync_all().map_err(|e| Error::io(tmp, "fsync", e)))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::other("an fsync thread panicked"))]))
-                    .collect()
-            })
+            sync_files(&staged.iter().map(|(f, tmp, _)| (f, tmp.as_path())).collect::<Vec<_>>())
         };
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut failure = synced.into_iter().find_map(|r| r.err());
@@ -158,6 +142,43 @@ impl ReplaceBatch {
         }
         Published { dirs, failure }
     }
+
+    /// Flushes the staged files of several batches and the files in `also` (appended to, say)
+    /// in one parallel wait. The batches are then published or committed one after the other
+    /// without flushing again: a caller that must make one batch visible (and its directory
+    /// durable) before the next is renamed pays for all the flushes once, not once per batch.
+    /// On an error nothing is renamed; dropping the batches removes their temporaries.
+    pub fn sync_together(batches: &mut [&mut ReplaceBatch], also: &[(&File, &Path)]) -> Result<()> {
+        let mut files: Vec<(&File, &Path)> = also.to_vec();
+        for b in batches.iter() {
+            files.extend(b.staged.iter().map(|(f, tmp, _)| (f, tmp.as_path())));
+        }
+        if let Some(e) = sync_files(&files).into_iter().find_map(|r| r.err()) {
+            super::outage::note(&e);
+            return Err(e);
+        }
+        for b in batches.iter_mut() {
+            b.synced = true;
+        }
+        Ok(())
+    }
+}
+
+/// fsyncs files in parallel: at most [`MAX_SYNC_THREADS`] threads, each flushing a share.
+fn sync_files(files: &[(&File, &Path)]) -> Vec<Result<()>> {
+    let sync = |(f, path): &(&File, &Path)| f.sync_all().map_err(|e| Error::io(path, "fsync", e));
+    if files.len() <= 1 {
+        return files.iter().map(sync).collect();
+    }
+    let share = files.len().div_ceil(MAX_SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            files.chunks(share).map(|chunk| scope.spawn(move || chunk.iter().map(sync).collect::<Vec<_>>())).collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::other("an fsync thread panicked"))]))
+            .collect()
+    })
 }
 
 /// Files of a [`ReplaceBatch`] renamed into place whose directories are not fsynced yet.

@@ -205,13 +205,18 @@ impl Store {
 
     /// Validates and atomically writes a document whose lock the caller holds.
     pub fn write_locked<D: Document>(&self, _guard: &LockGuard, doc: &D) -> Result<()> {
+        atomic::write_atomic(&self.path(D::FILE), &self.encode_doc(doc)?)
+    }
+
+    /// The bytes [`Store::write_locked`] writes for `doc`: checked against the file's schema.
+    pub fn encode_doc<D: Document>(&self, doc: &D) -> Result<Vec<u8>> {
         let path = self.path(D::FILE);
         if let Some(bytes) = doc.encode_checked(&path) {
-            return atomic::write_atomic(&path, &bytes?);
+            return bytes;
         }
         let value =
             serde_json::to_value(doc).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
-        write_value_checked(&path, &value, Some(D::FILE.schema))
+        encode_checked(&path, &value, Some(D::FILE.schema))
     }
 
     /// Replaces a whole document under its lock, refusing if the file on disk is bad (it is

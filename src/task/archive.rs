@@ -15,8 +15,18 @@ use std::os::unix::fs::OpenOptionsExt;
 
 /// Appends finished tasks with one `write`, then fdatasync.
 pub fn append(store: &Store, tasks: &[&Task]) -> Result<()> {
+    match append_unsynced(store, tasks)? {
+        Some(f) => f.sync_data().map_err(|e| Error::io(&store.path(TASK_ARCHIVE), "fsync", e)),
+        None => Ok(()),
+    }
+}
+
+/// Appends finished tasks with one `write` and returns the file, not yet flushed, for a caller
+/// that flushes it together with other files (the coordinator: with the queue that drops them,
+/// which it renames only once both are durable). None when there was nothing to append.
+pub fn append_unsynced(store: &Store, tasks: &[&Task]) -> Result<Option<std::fs::File>> {
     if tasks.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let path = store.path(TASK_ARCHIVE);
     let mut buf = Vec::with_capacity(tasks.len() * 600);
@@ -31,7 +41,7 @@ pub fn append(store: &Store, tasks: &[&Task]) -> Result<()> {
         .open(&path)
         .map_err(|e| Error::io(&path, "open for append", e))?;
     f.write_all(&buf).map_err(|e| Error::io(&path, "append to", e))?;
-    f.sync_data().map_err(|e| Error::io(&path, "fsync", e))
+    Ok(Some(f))
 }
 
 /// The last archived record of a task.
