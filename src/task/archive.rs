@@ -16,7 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 /// Appends finished tasks with one `write`, then fdatasync.
 pub fn append(store: &Store, tasks: &[&Task]) -> Result<()> {
     match append_unsynced(store, tasks)? {
-        Some(f) => f.sync_data().map_err(|e| Error::io(&store.path(TASK_ARCHIVE), "fsync", e)),
+        Some(f) => f.sync_data().map_err(|e| Error::io(store.path(TASK_ARCHIVE), "fsync", e)),
         None => Ok(()),
     }
 }
