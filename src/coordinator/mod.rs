@@ -447,10 +447,8 @@ impl Coordinator {
         if budget_changed {
             state_batch.stage(&store.path(TOKEN_BUDGET), &store.encode_doc(&budget)?)?;
         }
-        let specs_guard = match report.dispatched.is_empty() {
-            true => None,
-            false => Some(store.lock_named(WORKER_SPECS_LOCK)?),
-        };
+        // Staged and flushed without the `worker-specs` lock (temporaries are nobody else's);
+        // the lock is held only for their renames, so the worker is not held up by this flush.
         let mut spec_batch = crate::store::atomic::ReplaceBatch::new();
         let mut staged = Vec::new();
         for rec in &report.dispatched {
@@ -489,12 +487,18 @@ impl Coordinator {
         if budget_changed {
             self.budget_id = file_id(&store.path(TOKEN_BUDGET));
         }
-        if let Err(e) = spec_batch.commit() {
-            for id in &staged {
-                self.spec_not_written(id, &e);
+        if !spec_batch.is_empty() {
+            let published = store.lock_named(WORKER_SPECS_LOCK).and_then(|guard| {
+                let result = spec_batch.commit();
+                drop(guard);
+                result
+            });
+            if let Err(e) = published {
+                for id in &staged {
+                    self.spec_not_written(id, &e);
+                }
             }
         }
-        drop(specs_guard);
         drop(b_guard);
         // The intake's housekeeping last, off the path from a new task to its start (it needs
         // only the queue written before it; its lock comes before the budget's in the order).
