@@ -34,7 +34,8 @@ impl Drop for LockGuard {
     }
 }
 
-fn open_lock_file(path: &Path) -> Result<File> {
+/// Opens (creating it and its directory if need be) a lock or PID file, never through a link.
+pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
         super::atomic::create_dir_all(dir)?;
     }

@@ -42,19 +42,7 @@ impl Drop for SharedIntakeLock {
 /// Takes the intake lock SHARED (appenders, consistent readers), waiting at most `timeout`.
 pub fn lock_shared(store: &Store) -> Result<SharedIntakeLock> {
     let path = store.home().lock_file(TASK_INTAKE.lock);
-    if let Some(dir) = path.parent() {
-        crate::store::atomic::create_dir_all(dir)?;
-    }
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(crate::store::atomic::FILE_MODE)
-            .open(&path)
-    };
-    let file = open().map_err(|e| Error::io(&path, "open lock file", e))?;
+    let file = crate::store::lock::open_lock_file(&path)?;
     match file.try_lock_shared() {
         Ok(()) => return Ok(SharedIntakeLock { file }),
         Err(std::fs::TryLockError::WouldBlock) => {}

@@ -50,26 +50,11 @@ pub fn lock_path(home: &Home) -> PathBuf {
     home.lock_file("dispatch-exits")
 }
 
-fn open_lock(lock: &Path) -> Result<std::fs::File> {
-    if let Some(dir) = lock.parent() {
-        crate::store::atomic::create_dir_all(dir)?;
-    }
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(crate::store::atomic::FILE_MODE)
-        .custom_flags(crate::store::atomic::NO_FOLLOW)
-        .open(lock)
-        .map_err(|e| Error::io(lock, "open lock file", e))
-}
-
 /// The shim's side: appends one report durably under the shared lock.
 pub fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
     let mut line = serde_json::to_vec(report).map_err(|e| Error::other(format!("cannot encode exit report: {e}")))?;
     line.push(b'\n');
-    let lock_file = open_lock(lock)?;
+    let lock_file = crate::store::lock::open_lock_file(lock)?;
     lock_file.lock_shared().map_err(|e| Error::io(lock, "lock", e))?;
     let result = crate::store::jsonl::append_raw_durable(journal, &line);
     let _ = lock_file.unlock();
@@ -179,7 +164,7 @@ impl ExitJournal {
     }
 
     fn compact_locked(&mut self) -> Result<bool> {
-        let lock_file = open_lock(&self.lock)?;
+        let lock_file = crate::store::lock::open_lock_file(&self.lock)?;
         lock_file.lock().map_err(|e| Error::io(&self.lock, "lock", e))?;
         // No append is in flight now; one that landed since the last read must be kept.
         self.read_new()?;
