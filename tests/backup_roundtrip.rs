@@ -267,6 +267,9 @@ fn restore_refuses_while_daemons_run_unless_stop() {
         cortex::pidfile::PidStatus::Running(p) => p,
         other => panic!("metrics not started again: {other:?}"),
     };
+    // Restore returns once the restarted daemon is ready: its PID is in the file (not 0 for "locked,
+    // PID not written yet", which signalled as a PID would reach this test's own process group).
+    assert!(pid > 0, "restore returned before the restarted daemon wrote its PID");
     assert_ne!(pid, d.id());
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     wait_until(Duration::from_secs(10), "restarted metrics stops", || {

@@ -1,10 +1,10 @@
 //! Stopping and starting this home's daemons around a restore or reset, in one small place
-//! (the supervisor's `cortex stop`/`cortex start` can take over here). Which daemons run is
+//! (starting goes through the supervisor's `cortex start` path). Which daemons run is
 //! decided by their PID-file locks (`pidfile::status`), never by process names; stopping is
 //! SIGTERM, a grace period, then SIGKILL (invariant 9).
 
 use crate::config::Config;
-use crate::daemon::{DAEMONS, binary_name};
+use crate::daemon::DAEMONS;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
@@ -78,37 +78,17 @@ fn wait_pidfile_free(home: &Home, daemon: &str, timeout: Duration) -> Result<boo
     }
 }
 
-/// Starts the named daemons again (start order), detached in their own process groups, and
-/// waits until each holds its PID file.
+/// Starts the named daemons again (start order) the way `cortex start` does
+/// (`supervisor::control::start_one`): detached, and each waited for until it is ready (its PID
+/// file locked by the process just started and its ready mark written), so a caller that goes on
+/// to signal or stop one finds its real PID. A locked PID file alone is not enough: between
+/// taking the lock and writing its PID, a starting daemon's file still holds nothing (or the
+/// previous daemon's PID).
 pub fn start(home: &Home, config: &Config, names: &[&str]) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
-        .ok_or_else(|| Error::other("cannot find the directory of the cortex binary"))?;
     for d in DAEMONS.iter().filter(|d| names.contains(d)) {
-        let bin = dir.join(binary_name(d));
-        std::process::Command::new(&bin)
-            .arg("--home")
-            .arg(home.root())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::io(&bin, "start", e))?;
-    }
-    let deadline = Instant::now() + Duration::from_secs_f64(config.supervisor.ready_timeout_seconds.max(1.0));
-    for d in DAEMONS.iter().filter(|d| names.contains(d)) {
-        while !matches!(pidfile::status(home, d)?, PidStatus::Running(_)) {
-            if Instant::now() >= deadline {
-                return Err(Error::other(format!(
-                    "{d} did not start within {:?}; see {}",
-                    config.supervisor.ready_timeout_seconds,
-                    home.daemon_log(d).display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let started = crate::supervisor::control::start_one(home, config, d);
+        if let Some(e) = started.error {
+            return Err(Error::other(format!("{d} did not start: {e}; see {}", home.daemon_log(d).display())));
         }
     }
     Ok(())
