@@ -259,9 +259,10 @@ impl Coordinator {
             &mut || fastrand::f64(),
         );
         q_dirty |= !ended.is_empty();
-        for r in &ended_records {
-            self.unrecorded.remove(&r.dispatch_id);
-        }
+        // Forgotten as unrecorded only once the queue that folds their end is written: a cycle
+        // whose write fails (a full disk) must find them again, or a dispatch whose spec was
+        // never written stays `in_progress` for good.
+        let folded: Vec<String> = ended_records.iter().map(|r| r.dispatch_id.clone()).collect();
         report.ended = ended;
         if self.reconcile_budget {
             self.settle_orphan_reservations(&q, &mut budget, &now_s)?;
@@ -483,6 +484,9 @@ impl Coordinator {
         }
         if q_dirty {
             self.archived_unwritten.clear();
+        }
+        for id in &folded {
+            self.unrecorded.remove(id);
         }
         if budget_changed {
             self.budget_id = file_id(&store.path(TOKEN_BUDGET));

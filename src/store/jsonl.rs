@@ -35,6 +35,12 @@ pub fn append_raw_durable(path: &Path, bytes: &[u8]) -> Result<()> {
         .inspect_err(super::outage::note)
 }
 
+/// [`append_raw`], returning the file not yet flushed, for a caller that flushes it together with
+/// other files (the coordinator's archive append, flushed with the queue that drops the tasks).
+pub fn append_raw_unsynced(path: &Path, bytes: &[u8]) -> Result<std::fs::File> {
+    append_once(path, bytes).inspect_err(super::outage::note)
+}
+
 fn append_once(path: &Path, bytes: &[u8]) -> Result<std::fs::File> {
     use std::os::unix::fs::FileExt;
     if let Some(dir) = path.parent() {

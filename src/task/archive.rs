@@ -9,9 +9,6 @@ use crate::error::{Error, Result};
 use crate::files::TASK_ARCHIVE;
 use crate::store::{Store, jsonl};
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 
 /// Appends finished tasks with one `write`, then fdatasync.
 pub fn append(store: &Store, tasks: &[&Task]) -> Result<()> {
@@ -34,14 +31,9 @@ pub fn append_unsynced(store: &Store, tasks: &[&Task]) -> Result<Option<std::fs:
         serde_json::to_writer(&mut buf, t).map_err(|e| Error::other(format!("cannot encode task: {e}")))?;
         buf.push(b'\n');
     }
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(crate::store::atomic::FILE_MODE)
-        .open(&path)
-        .map_err(|e| Error::io(&path, "open for append", e))?;
-    f.write_all(&buf).map_err(|e| Error::io(&path, "append to", e))?;
-    Ok(Some(f))
+    // Through the JSONL appender: a line a full disk cut short is closed first, so the first
+    // task of this append is never glued onto it (and lost to every reader).
+    jsonl::append_raw_unsynced(&path, &buf).map(Some)
 }
 
 /// The last archived record of a task.
@@ -96,4 +88,33 @@ pub fn all(store: &Store) -> Result<(Vec<Task>, usize)> {
 
 fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::home::Home;
+
+    #[test]
+    fn a_task_archived_after_a_line_a_full_disk_cut_is_found_not_glued_onto_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        crate::init::init_home(&home).unwrap();
+        let store = Store::new(home);
+        let first = Task::sample("task-first");
+        append(&store, &[&first]).unwrap();
+        // An append cut short by a full disk: part of a line, no newline.
+        let path = store.path(TASK_ARCHIVE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(br#"{"task_id":"task-cut","descr"#);
+        std::fs::write(&path, &bytes).unwrap();
+        // The coordinator's append once space is back.
+        let next = Task::sample("task-next");
+        let f = append_unsynced(&store, &[&next]).unwrap().expect("a file to flush");
+        f.sync_data().unwrap();
+        assert_eq!(find(&store, "task-next").unwrap().map(|t| t.task_id), Some("task-next".to_string()));
+        assert_eq!(find(&store, "task-first").unwrap().map(|t| t.task_id), Some("task-first".to_string()));
+        let statuses = statuses(&store, &HashSet::from(["task-next".to_string()])).unwrap();
+        assert!(statuses.contains_key("task-next"), "{statuses:?}");
+    }
 }

@@ -101,17 +101,45 @@ pub fn wait_status(h: &TestHome, id: &str, status: &str) -> Value {
     last
 }
 
-/// Waits until every listed task is finished (completed, failed or cancelled).
+/// Waits until every listed task is finished (completed, failed or cancelled). At the deadline
+/// it panics naming each unfinished task with its status and where its last dispatch's spec is.
 pub fn wait_finished(h: &TestHome, ids: &[String]) -> Vec<Value> {
-    let mut out = Vec::new();
-    wait_until(LONG, "tasks finished", || {
+    let finished = |t: &Value| matches!(t["status"].as_str(), Some("completed" | "failed" | "cancelled"));
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
         let all: Value = serde_json::from_str(&h.cortex_ok(&["task", "list", "--all", "--json"])).unwrap();
         let tasks = all["tasks"].as_array().cloned().unwrap_or_default();
-        out = ids.iter().filter_map(|id| tasks.iter().find(|t| t["task_id"] == id.as_str()).cloned()).collect();
-        out.len() == ids.len()
-            && out.iter().all(|t| matches!(t["status"].as_str(), Some("completed" | "failed" | "cancelled")))
-    });
-    out
+        let out: Vec<Value> =
+            ids.iter().filter_map(|id| tasks.iter().find(|t| t["task_id"] == id.as_str()).cloned()).collect();
+        if out.len() == ids.len() && out.iter().all(finished) {
+            return out;
+        }
+        if std::time::Instant::now() >= deadline {
+            let stuck: Vec<String> = ids
+                .iter()
+                .map(|id| match out.iter().find(|t| t["task_id"] == id.as_str()) {
+                    None => format!("{id}: not in the queue or the archive"),
+                    Some(t) if finished(t) => String::new(),
+                    Some(t) => {
+                        let last = t["dispatches"].as_array().and_then(|d| d.last()).and_then(Value::as_str);
+                        let where_ = last.map(|d| match spec(h, d) {
+                            Some((bucket, s)) => format!("spec {d} in {bucket}/ with status {}", s["status"]),
+                            None => format!("no spec for {d}"),
+                        });
+                        format!(
+                            "{id}: {} after {} attempt(s); {}",
+                            t["status"],
+                            t["attempts"],
+                            where_.unwrap_or_else(|| "never dispatched".into())
+                        )
+                    }
+                })
+                .filter(|s| !s.is_empty())
+                .collect();
+            panic!("timed out after {LONG:?} waiting for tasks to finish; unfinished:\n{}", stuck.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A spec of a dispatch in any bucket.
