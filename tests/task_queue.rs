@@ -245,3 +245,41 @@ fn paused_coordinator_daemon_folds_but_does_not_dispatch() {
     .unwrap();
     wait_status(&h, &id, "completed");
 }
+
+#[test]
+fn a_dispatch_whose_spec_was_not_written_is_folded_lost_even_after_a_cycle_that_failed() {
+    let h = TestHome::new();
+    let store = store_of(&h);
+    let t = add_task(
+        &store,
+        NewTask { description: "x".into(), command: vec!["true".into()], max_attempts: Some(1), ..NewTask::default() },
+    )
+    .unwrap();
+    let config = Config::load(store.home()).unwrap();
+    let mut c = Coordinator::new(store.clone(), config, Box::new(SystemClock));
+    c.reconcile_at_start().unwrap();
+    // Cycle 1: the dispatch is recorded in the queue, but its spec cannot be written.
+    let active = h.join("coordination/worker-specs/active");
+    let away = h.join("coordination/worker-specs/active.away");
+    std::fs::rename(&active, &away).unwrap();
+    std::fs::write(&active, b"not a directory").unwrap();
+    let r = c.cycle().unwrap();
+    assert_eq!(r.dispatched.len(), 1);
+    std::fs::remove_file(&active).unwrap();
+    std::fs::rename(&away, &active).unwrap();
+    assert_eq!(show(&h, &t.task_id)["status"], "in_progress");
+    assert!(!active.join(format!("{}.json", r.dispatched[0].dispatch_id)).exists());
+    // Cycle 2 folds the dispatch `lost` (its only attempt: the task fails and is archived), but
+    // cannot write: the archive is not a file now.
+    let archive = h.join("coordination/task-archive.jsonl");
+    let _ = std::fs::remove_file(&archive);
+    std::fs::create_dir(&archive).unwrap();
+    assert!(c.cycle().is_err(), "the cycle cannot archive");
+    assert_eq!(show(&h, &t.task_id)["status"], "in_progress", "nothing of the failed cycle was written");
+    // Cycle 3, writes working again: the loss is folded after all, not forgotten.
+    std::fs::remove_dir(&archive).unwrap();
+    c.cycle().unwrap();
+    let shown = show(&h, &t.task_id);
+    assert_eq!(shown["status"], "failed", "{shown}");
+    h.cortex_ok(&["validate"]);
+}
