@@ -126,11 +126,32 @@ pub fn wait_finished(h: &TestHome, ids: &[String]) -> Vec<Value> {
                             Some((bucket, s)) => format!("spec {d} in {bucket}/ with status {}", s["status"]),
                             None => format!("no spec for {d}"),
                         });
+                        // Its story in the event log, for a failure seen only under load.
+                        let events: Vec<String> = h
+                            .events()
+                            .into_iter()
+                            .filter(|e| e.to_string().contains(id) || last.is_some_and(|d| e.to_string().contains(d)))
+                            .map(|e| format!("    {} {} {}", e["timestamp"], e["type"], e["message"]))
+                            .chain(
+                                std::fs::read_dir(h.join("agents/logs/system"))
+                                    .into_iter()
+                                    .flatten()
+                                    .flatten()
+                                    .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                                    .flat_map(|text| {
+                                        text.lines()
+                                            .filter(|l| last.is_some_and(|d| l.contains(d)))
+                                            .map(|l| format!("    log: {l}"))
+                                            .collect::<Vec<_>>()
+                                    }),
+                            )
+                            .collect();
                         format!(
-                            "{id}: {} after {} attempt(s); {}",
+                            "{id}: {} after {} attempt(s); {}; events:\n{}",
                             t["status"],
                             t["attempts"],
-                            where_.unwrap_or_else(|| "never dispatched".into())
+                            where_.unwrap_or_else(|| "never dispatched".into()),
+                            events.join("\n")
                         )
                     }
                 })
