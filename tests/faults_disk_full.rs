@@ -155,8 +155,9 @@ fn full_disk_loses_nothing_spins_nothing_and_resumes() {
     assert_eq!(backups_before.len(), 1);
     let before = snapshot(&h.join("coordination"));
 
-    fill(mnt.path());
+    // Writes can fail from the moment the filling starts, before `fill` returns.
     let full_since = chrono::Utc::now();
+    fill(mnt.path());
 
     // A store write (read-modify-write of scheduler-state.json): refused, old file intact.
     let out = h.cortex(&["scheduler", "pause", "--reason", "disk full test"]);
@@ -389,8 +390,9 @@ fn disk_full_while_tasks_run_loses_no_task_runs_none_twice_and_resumes() {
 
     // Fill the disk mid-run.
     wait_until(Duration::from_secs(60), "a few tasks started", || marks(&log).iter().filter(|m| m.start).count() >= 4);
-    fill(mnt.path());
+    // Writes can fail from the moment the filling starts, before `fill` returns.
     let full_since = chrono::Utc::now();
+    fill(mnt.path());
     let started_at_fill = marks(&log).iter().filter(|m| m.start).count();
     // Nobody spins while full (each write fails: specs, queue, marks, logs).
     let mut pids: Vec<(String, u32)> = fleet.children.iter().map(|(n, c)| (n.clone(), c.id())).collect();
