@@ -90,6 +90,9 @@ pub struct Coordinator {
     /// Finished tasks (id, status, dispatch count) appended to the archive by a cycle whose queue
     /// write then failed (a full disk): the next cycle does not append them again.
     archived_unwritten: HashSet<(String, TaskStatus, usize)>,
+    /// The archive holds lines appended by a cycle whose flush then failed: the next cycle
+    /// flushes the archive with its queue even when it appends nothing itself.
+    archive_unflushed: bool,
 }
 
 impl Coordinator {
@@ -105,6 +108,7 @@ impl Coordinator {
             budget_id: None,
             validated: Default::default(),
             archived_unwritten: HashSet::new(),
+            archive_unflushed: false,
         }
     }
 
@@ -430,6 +434,16 @@ impl Coordinator {
             q.tasks.retain(|t| !t.status().is_terminal());
             q_dirty = true;
         }
+        if archive_file.is_none() && self.archive_unflushed {
+            let path = store.path(crate::files::TASK_ARCHIVE);
+            archive_file = match std::fs::File::open(&path) {
+                Ok(f) => Some(f),
+                // Gone (an operator moved it away): nothing of ours left to flush.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io(&path, "open to flush", e)),
+            };
+            self.archive_unflushed = archive_file.is_some();
+        }
 
         // The cycle's writes in one flush: the queue, the budget, the archive and every new spec
         // are fsynced in parallel; then the queue and the budget are renamed (one directory
@@ -475,15 +489,19 @@ impl Coordinator {
             for id in &staged {
                 self.spec_not_written(id, &e);
             }
-            // The archive lines may not be durable: appended again (and flushed) next time; a
-            // task archived twice reads as its last line.
-            for k in &archived_now {
-                self.archived_unwritten.remove(k);
+            // The archive lines were written whole (a failed append returned above) but may not
+            // be durable: the next cycle flushes them with its queue instead of appending them
+            // again, so each task is archived once.
+            if !archived_now.is_empty() {
+                self.archive_unflushed = true;
             }
             return Err(e);
         }
         if q_dirty {
             self.archived_unwritten.clear();
+        }
+        if archive_file.is_some() {
+            self.archive_unflushed = false;
         }
         for id in &folded {
             self.unrecorded.remove(id);
