@@ -421,7 +421,20 @@ impl Coordinator {
             let key = |t: &Task| (t.task_id.clone(), t.status(), t.dispatches.len());
             let fresh: Vec<&Task> =
                 finished.iter().copied().filter(|t| !self.archived_unwritten.contains(&key(t))).collect();
-            archive_file = archive::append_unsynced(&store, &fresh)?;
+            let archive_len = archive::len(&store);
+            archive_file = match archive::append_unsynced(&store, &fresh) {
+                Ok(f) => f,
+                Err(e) => {
+                    // Cut by a full disk: the lines before the cut are in the archive; the next
+                    // cycle flushes them and appends only the rest.
+                    let landed = archive::whole_lines_since(&store, archive_len);
+                    if !landed.is_empty() {
+                        self.archived_unwritten.extend(landed.iter().map(key));
+                        self.archive_unflushed = true;
+                    }
+                    return Err(e);
+                }
+            };
             archived_now = fresh.iter().map(|t| key(t)).collect();
             self.archived_unwritten.extend(archived_now.iter().cloned());
             let waited: HashSet<&str> = q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();

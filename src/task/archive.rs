@@ -36,6 +36,28 @@ pub fn append_unsynced(store: &Store, tasks: &[&Task]) -> Result<Option<std::fs:
     jsonl::append_raw_unsynced(&path, &buf).map(Some)
 }
 
+/// The archive's size now (0 when it does not exist): where a following append starts.
+pub fn len(store: &Store) -> u64 {
+    std::fs::metadata(store.path(TASK_ARCHIVE)).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The tasks whose lines stand whole in the archive after byte `from` (a multi-task append that
+/// a full disk cut: the lines before the cut are there, and must not be appended again).
+pub fn whole_lines_since(store: &Store, from: u64) -> Vec<Task> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(store.path(TASK_ARCHIVE))
+        .and_then(|mut f| f.seek(SeekFrom::Start(from)).and_then(|_| f.read_to_end(&mut bytes)));
+    if read.is_err() {
+        return Vec::new();
+    }
+    bytes
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| line.ends_with(b"\n"))
+        .filter_map(|line| serde_json::from_slice::<Task>(line).ok())
+        .collect()
+}
+
 /// The last archived record of a task.
 pub fn find(store: &Store, task_id: &str) -> Result<Option<Task>> {
     let path = store.path(TASK_ARCHIVE);
@@ -116,5 +138,26 @@ mod tests {
         assert_eq!(find(&store, "task-first").unwrap().map(|t| t.task_id), Some("task-first".to_string()));
         let statuses = statuses(&store, &HashSet::from(["task-next".to_string()])).unwrap();
         assert!(statuses.contains_key("task-next"), "{statuses:?}");
+    }
+
+    #[test]
+    fn the_whole_lines_of_an_append_a_full_disk_cut_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        crate::init::init_home(&home).unwrap();
+        let store = Store::new(home);
+        append(&store, &[&Task::sample("task-before")]).unwrap();
+        let from = len(&store);
+        // Two whole lines of a three-task append, then the cut.
+        let mut bytes = std::fs::read(store.path(TASK_ARCHIVE)).unwrap();
+        for id in ["task-a", "task-b"] {
+            bytes.extend_from_slice(&serde_json::to_vec(&Task::sample(id)).unwrap());
+            bytes.push(b'\n');
+        }
+        bytes.extend_from_slice(br#"{"task_id":"task-c","desc"#);
+        std::fs::write(store.path(TASK_ARCHIVE), &bytes).unwrap();
+        let ids: Vec<String> = whole_lines_since(&store, from).into_iter().map(|t| t.task_id).collect();
+        assert_eq!(ids, ["task-a", "task-b"]);
+        assert!(whole_lines_since(&store, len(&store)).is_empty());
     }
 }
