@@ -456,8 +456,17 @@ fn disk_full_while_tasks_run_loses_no_task_runs_none_twice_and_resumes() {
     });
     let archive = std::fs::read_to_string(h.join("coordination/task-archive.jsonl")).unwrap();
     for id in &ids {
-        let lines = archive.lines().filter(|l| l.contains(&format!("\"task_id\":\"{id}\""))).count();
-        assert_eq!(lines, 1, "task {id} archived {lines} times");
+        let lines: Vec<&str> = archive.lines().filter(|l| l.contains(&format!("\"task_id\":\"{id}\""))).collect();
+        if lines.len() != 1 {
+            let log = std::fs::read_to_string(h.join("agents/logs/system/coordinator-daemon.log")).unwrap_or_default();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
+            panic!(
+                "task {id} archived {} times:\n{}\ncoordinator errors:\n{}",
+                lines.len(),
+                lines.join("\n"),
+                errors.join("\n")
+            );
+        }
     }
     // No task ran twice at once; no dispatch ran its command twice; every run ended.
     let mut open: std::collections::HashMap<String, String> = std::collections::HashMap::new();
