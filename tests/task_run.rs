@@ -87,7 +87,7 @@ fn timeout_stops_a_term_ignoring_task_and_its_grandchildren() {
 fn cancel_stops_a_running_task_and_its_grandchildren() {
     let h = fast_home();
     let _w = start(&h, "worker");
-    let _c = start(&h, "coordinator");
+    let c = start(&h, "coordinator");
     let id = add(&h, &["--description", "to cancel", "--", "sh", "-c", &stubborn(&h, "c")]);
     let gc = read_pid(&h, "c.gc");
     wait_until(LONG, "task started", || h.join("c.started").exists());
@@ -106,7 +106,9 @@ fn cancel_stops_a_running_task_and_its_grandchildren() {
     let out = h.cortex(&["task", "cancel", &later]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already ended"));
-    // Retry brings a cancelled task back.
+    // Retry brings a cancelled task back (with the coordinator stopped first: it would start the
+    // stubborn task again, and the worker leaves running tasks running when this test ends).
+    drop(c);
     let retried: Value = serde_json::from_str(&h.cortex_ok(&["task", "retry", &id, "--json"])).unwrap();
     assert_eq!(retried["status"], "pending_retry");
     let events = h.events_of("task_cancelled");
