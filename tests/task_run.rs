@@ -53,10 +53,11 @@ fn exit_codes_signals_output_and_environment() {
     assert!(t["result"]["error"].as_str().unwrap().contains("/no/such/program"), "{t}");
 }
 
-/// A task that ignores TERM and leaves a grandchild that ignores TERM too.
+/// A task that ignores TERM and leaves a grandchild that ignores TERM too; both hang until
+/// killed (`tail -f /dev/null` never ends by itself, as in the other tests' hanging tasks).
 fn stubborn(h: &TestHome, name: &str) -> String {
     format!(
-        "trap '' TERM; (trap '' TERM; sleep 60) & echo $! > {}/{name}.gc; echo started > {}/{name}.started; sleep 60",
+        "trap '' TERM; (trap '' TERM; tail -f /dev/null) & echo $! > {}/{name}.gc; echo started > {}/{name}.started; tail -f /dev/null",
         h.path().display(),
         h.path().display()
     )

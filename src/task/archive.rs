@@ -117,12 +117,17 @@ mod tests {
     use super::*;
     use crate::home::Home;
 
-    #[test]
-    fn a_task_archived_after_a_line_a_full_disk_cut_is_found_not_glued_onto_it() {
+    /// A store in a new initialised home (kept alive by the returned directory).
+    fn fresh_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path());
         crate::init::init_home(&home).unwrap();
-        let store = Store::new(home);
+        (dir, Store::new(home))
+    }
+
+    #[test]
+    fn a_task_archived_after_a_line_a_full_disk_cut_is_found_not_glued_onto_it() {
+        let (_dir, store) = fresh_store();
         let first = Task::sample("task-first");
         append(&store, &[&first]).unwrap();
         // An append cut short by a full disk: part of a line, no newline.
@@ -142,10 +147,7 @@ mod tests {
 
     #[test]
     fn the_whole_lines_of_an_append_a_full_disk_cut_are_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        crate::init::init_home(&home).unwrap();
-        let store = Store::new(home);
+        let (_dir, store) = fresh_store();
         append(&store, &[&Task::sample("task-before")]).unwrap();
         let from = len(&store);
         // Two whole lines of a three-task append, then the cut.
