@@ -90,8 +90,9 @@ pub struct Coordinator {
     /// Finished tasks (id, status, dispatch count) appended to the archive by a cycle whose queue
     /// write then failed (a full disk): the next cycle does not append them again.
     archived_unwritten: HashSet<(String, TaskStatus, usize)>,
-    /// The archive holds lines appended by a cycle whose flush then failed: the next cycle
-    /// flushes the archive with its queue even when it appends nothing itself.
+    /// The archive holds lines appended since the last successful flush (a cycle failed after
+    /// its append): the next cycle flushes the archive with its queue even when it appends
+    /// nothing itself.
     archive_unflushed: bool,
 }
 
@@ -415,7 +416,6 @@ impl Coordinator {
         // Archive finished tasks: appended now, flushed below with the queue that drops them,
         // which is renamed only once both are durable.
         let mut archive_file = None;
-        let mut archived_now = Vec::new();
         let finished: Vec<&Task> = q.tasks.iter().filter(|t| t.status().is_terminal()).collect();
         if !finished.is_empty() {
             let key = |t: &Task| (t.task_id.clone(), t.status(), t.dispatches.len());
@@ -435,8 +435,11 @@ impl Coordinator {
                     return Err(e);
                 }
             };
-            archived_now = fresh.iter().map(|t| key(t)).collect();
-            self.archived_unwritten.extend(archived_now.iter().cloned());
+            self.archived_unwritten.extend(fresh.iter().map(|t| key(t)));
+            // Written, not yet durable: until a cycle's flush succeeds, every cycle flushes the
+            // archive with its queue (whatever fails in between, these lines are not appended
+            // again).
+            self.archive_unflushed |= archive_file.is_some();
             let waited: HashSet<&str> = q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
             for t in &finished {
                 if waited.contains(t.task_id.as_str()) {
@@ -502,12 +505,8 @@ impl Coordinator {
             for id in &staged {
                 self.spec_not_written(id, &e);
             }
-            // The archive lines were written whole (a failed append returned above) but may not
-            // be durable: the next cycle flushes them with its queue instead of appending them
-            // again, so each task is archived once.
-            if !archived_now.is_empty() {
-                self.archive_unflushed = true;
-            }
+            // The archive lines stay `archive_unflushed`: the next cycle flushes them with its
+            // queue instead of appending them again, so each task is archived once.
             return Err(e);
         }
         if q_dirty {
