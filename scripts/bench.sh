@@ -68,7 +68,10 @@ ms() { awk '{printf "%.2f", $1/1000}'; }
 new_home() { # new_home NAME SLOTS
     home="$work/$1"
     "$bin/cortex" --home "$home" init >/dev/null
-    sed -i -e "s/^max_concurrent_dispatches = .*/max_concurrent_dispatches = $2/" "$home/cortex.toml"
+    # Appended, as the maintenance runbook does ([scheduler] is the file's last table; the default
+    # file ships the key commented out, so a substitution would silently leave the default of 4).
+    echo "max_concurrent_dispatches = $2" >>"$home/cortex.toml"
+    "$bin/cortex" --home "$home" config check >/dev/null
     echo '{"total": 1000000000000, "used": 0, "available": 1000000000000}' >"$home/coordination/token-budget.json"
 }
 

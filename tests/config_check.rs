@@ -26,7 +26,8 @@ fn a_good_configuration_passes_in_both_forms() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cortex.toml");
     let text = std::fs::read_to_string(h.join("cortex.toml")).unwrap();
-    std::fs::write(&file, text.replace("max_concurrent_dispatches = 4", "max_concurrent_dispatches = 15")).unwrap();
+    // Appended, as the drill does (the shipped file has the key commented out in its last table).
+    std::fs::write(&file, format!("{text}max_concurrent_dispatches = 15\n")).unwrap();
     let out = h.cortex(&["--config", file.to_str().unwrap(), "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Configuration validation successful");
