@@ -6,7 +6,7 @@
 fn main() {
     cortex::worker::shim::run_if_requested();
     eprintln!(
-        "usage: cortex-exec-shim {} GO_FD DISPATCH_ID EXIT_JOURNAL EXIT_LOCK -- COMMAND [ARGS...] (started by the worker only)",
+        "usage: cortex-exec-shim {} GO_FD DISPATCH_ID EXIT_JOURNAL EXIT_LOCK STDOUT_LOG STDERR_LOG -- COMMAND [ARGS...] (started by the worker only)",
         cortex::worker::shim::SHIM_ARG
     );
     std::process::exit(2);

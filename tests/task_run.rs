@@ -53,6 +53,30 @@ fn exit_codes_signals_output_and_environment() {
     assert!(t["result"]["error"].as_str().unwrap().contains("/no/such/program"), "{t}");
 }
 
+/// The exec shim opens the dispatch's logs itself: one that cannot be opened (here a directory
+/// stands where the `.out` file goes) fails the dispatch with an error naming it, and the
+/// command does not run.
+#[test]
+fn a_dispatch_whose_log_cannot_be_opened_fails_naming_it_and_runs_nothing() {
+    let h = fast_home();
+    let _c = start(&h, "coordinator");
+    let marker = h.join("ran");
+    let cmd = format!("touch {}", marker.display());
+    let id = add(&h, &["--description", "no log", "--max-attempts", "1", "--", "sh", "-c", &cmd]);
+    // Dispatched with no worker running: the spec names the log paths before anything starts.
+    let t = wait_status(&h, &id, "in_progress");
+    let d = dispatch_of(&t, 0);
+    let (_, rec) = spec(&h, &d).unwrap();
+    let out = rec["stdout_path"].as_str().unwrap().to_string();
+    std::fs::create_dir_all(&out).unwrap();
+    let _w = start(&h, "worker");
+    let t = wait_status(&h, &id, "failed");
+    let error = t["result"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot open the log") && error.contains(&out), "{t}");
+    assert_eq!(spec(&h, &d).unwrap().0, "failed");
+    assert!(!marker.exists(), "the command ran without its log");
+}
+
 /// A task that ignores TERM and leaves a grandchild that ignores TERM too; both hang until
 /// killed (`tail -f /dev/null` never ends by itself, as in the other tests' hanging tasks).
 fn stubborn(h: &TestHome, name: &str) -> String {

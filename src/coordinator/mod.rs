@@ -522,11 +522,16 @@ impl Coordinator {
             self.budget_id = file_id(&store.path(TOKEN_BUDGET));
         }
         if !spec_batch.is_empty() {
-            let published = store.lock_named(WORKER_SPECS_LOCK).and_then(|guard| {
-                let result = spec_batch.commit();
-                drop(guard);
-                result
-            });
+            // Renamed under the lock; `active/` fsynced after it is released (the worker, which
+            // takes the lock to record starts and ends, does not wait for that flush).
+            let published = store
+                .lock_named(WORKER_SPECS_LOCK)
+                .map(|guard| {
+                    let published = spec_batch.publish();
+                    drop(guard);
+                    published
+                })
+                .and_then(crate::store::atomic::Published::sync_dirs);
             if let Err(e) = published {
                 for id in &staged {
                     self.spec_not_written(id, &e);

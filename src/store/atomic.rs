@@ -195,19 +195,22 @@ impl Published {
         self.failure.as_ref()
     }
 
-    /// fsyncs each directory involved once; returns the batch's first error, if any.
+    /// fsyncs each directory involved once (in parallel); returns the batch's first error, if any.
     pub fn sync_dirs(self) -> Result<()> {
         let mut result = self.failure.map_or(Ok(()), Err);
-        for dir in &self.dirs {
-            if let Err(e) = fsync_dir(dir) {
-                result = result.and(Err(e));
-                break;
-            }
+        if let Err(e) = fsync_dirs(&self.dirs) {
+            result = result.and(Err(e));
         }
         if let Err(e) = &result {
             super::outage::note(e);
         }
         result
+    }
+
+    /// The directories still to fsync, for a caller that fsyncs them with others
+    /// ([`fsync_dirs`]) and has already looked at [`Published::error`].
+    pub fn into_dirs(self) -> Vec<PathBuf> {
+        self.dirs
     }
 }
 
@@ -220,10 +223,10 @@ impl Drop for ReplaceBatch {
     }
 }
 
-/// Renames each `(from, to)` pair, then fsyncs every directory involved once (moves specs
-/// between buckets as a group). Returns one result per pair; a failed directory fsync fails
-/// every pair.
-pub fn rename_many_durable(moves: &[(PathBuf, PathBuf)]) -> Vec<Result<()>> {
+/// Renames each `(from, to)` pair (moves specs between buckets as a group). Returns one result
+/// per pair and the directories involved, which the caller makes durable with [`fsync_dirs`]
+/// (once for all of them, with the directories of other changes of the same step).
+pub fn rename_many(moves: &[(PathBuf, PathBuf)]) -> (Vec<Result<()>>, Vec<PathBuf>) {
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut out: Vec<Result<()>> = Vec::with_capacity(moves.len());
     for (from, to) in moves {
@@ -237,16 +240,36 @@ pub fn rename_many_durable(moves: &[(PathBuf, PathBuf)]) -> Vec<Result<()>> {
         }
         out.push(r);
     }
-    for d in &dirs {
-        if let Err(e) = fsync_dir(d) {
-            let msg = e.to_string();
-            for r in out.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(Error::other(msg.clone()));
-            }
-            break;
+    (out, dirs)
+}
+
+/// fsyncs each directory (each once, in parallel: they are flushed together, not one after the
+/// other); the first error.
+pub fn fsync_dirs(dirs: &[PathBuf]) -> Result<()> {
+    let mut unique: Vec<&PathBuf> = Vec::with_capacity(dirs.len());
+    for d in dirs {
+        if !unique.contains(&d) {
+            unique.push(d);
         }
     }
-    out
+    let result = match unique.as_slice() {
+        [] => Ok(()),
+        [one] => fsync_dir(one),
+        many => std::thread::scope(|scope| {
+            let handles: Vec<_> = many.iter().map(|d| scope.spawn(move || fsync_dir(d))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::other("a directory fsync thread panicked"))))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .find(|r| r.is_err())
+                .unwrap_or(Ok(()))
+        }),
+    };
+    if let Err(e) = &result {
+        super::outage::note(e);
+    }
+    result
 }
 
 /// A temporary file younger than this is never swept (its writer may be between create and rename).
@@ -466,9 +489,15 @@ mod tests {
         create_dir_all(&to).unwrap();
         write_atomic(&dir.path().join("x"), b"x").unwrap();
         let moves = vec![(dir.path().join("x"), to.join("x")), (dir.path().join("missing"), to.join("missing"))];
-        let r = rename_many_durable(&moves);
+        let (r, dirs) = rename_many(&moves);
         assert!(r[0].is_ok());
         assert!(r[1].is_err());
         assert_eq!(names(&to), ["x"]);
+        // The directories of the move that happened, to fsync (each once).
+        let mut dirs = dirs;
+        dirs.sort();
+        assert_eq!(dirs, [dir.path().to_path_buf(), to.clone()]);
+        fsync_dirs(&[dirs.clone(), dirs].concat()).unwrap();
+        assert!(fsync_dirs(&[dir.path().join("missing")]).is_err());
     }
 }

@@ -6,9 +6,7 @@ use super::procs;
 use super::shim::SHIM_ARG;
 use crate::error::{Error, Result};
 use nix::sys::signal::Signal;
-use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -92,18 +90,6 @@ impl Default for LocalExecutor {
     }
 }
 
-fn open_log(path: &std::path::Path) -> Result<std::fs::File> {
-    if let Some(dir) = path.parent() {
-        crate::store::atomic::create_dir_all(dir)?;
-    }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(crate::store::atomic::FILE_MODE)
-        .open(path)
-        .map_err(|e| Error::io(path, "open log", e))
-}
-
 impl Executor for LocalExecutor {
     fn launch(&mut self, plan: &LaunchPlan) -> Result<Launched> {
         if plan.command.is_empty() {
@@ -127,8 +113,13 @@ impl Executor for LocalExecutor {
         nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
             .map_err(|e| Error::other(format!("cannot pass the go pipe: {e}")))?;
         let go_fd = read.as_raw_fd();
-        let out = open_log(&plan.stdout)?;
-        let err = open_log(&plan.stderr)?;
+        // The shim opens the log files itself (an inode allocation each, paid in parallel by the
+        // shims rather than in the worker's serial loop); their directory must exist.
+        for log in [&plan.stdout, &plan.stderr] {
+            if let Some(dir) = log.parent() {
+                crate::store::atomic::create_dir_all(dir)?;
+            }
+        }
         crate::store::atomic::create_dir_all(&plan.workdir)?;
         crate::store::atomic::create_dir_all(&plan.runtime_dir)?;
         let mut cmd = Command::new(&self.shim_exe);
@@ -138,12 +129,14 @@ impl Executor for LocalExecutor {
             .arg(&plan.dispatch_id)
             .arg(&plan.exit_journal)
             .arg(&plan.exit_lock)
+            .arg(&plan.stdout)
+            .arg(&plan.stderr)
             .arg("--")
             .args(&plan.command)
             .current_dir(&plan.workdir)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         for (k, v) in &plan.env {
             cmd.env(k, v);
         }

@@ -137,6 +137,9 @@ pub struct Worker<E: Executor> {
     exits: exits::ExitJournal,
 }
 
+/// An ended dispatch whose end is to be written: its final state and the tokens it reported.
+type End = (String, DispatchState, Option<u64>);
+
 /// A change to one dispatch's spec, applied under the `worker-specs` lock.
 type SpecChange = Box<dyn FnOnce(&mut DispatchRecord) -> Result<()>>;
 
@@ -230,6 +233,7 @@ impl<E: Executor> Worker<E> {
     }
 
     /// One pass: reap, notice adopted exits, start new dispatches, act on cancels and deadlines.
+    /// The ends seen and the starts made are written in one group commit.
     pub fn step(&mut self) {
         let mut gone: Vec<(String, Gone)> = Vec::new();
         for (pid, how) in self.executor.reap() {
@@ -243,23 +247,39 @@ impl<E: Executor> Worker<E> {
                 .filter(|(_, l)| l.adopted && !self.executor.alive(l.pid, l.start_ticks))
                 .map(|(id, _)| (id.clone(), Gone::Vanished)),
         );
-        self.finish_all(gone);
-        let unrecorded: Vec<_> =
-            self.unrecorded_ends.iter().map(|(id, (state, tokens))| (id.clone(), state.clone(), *tokens)).collect();
-        self.record_ends(unrecorded);
-        if let Err(e) = self.scan_active() {
-            tracing::error!("cannot scan active dispatches: {e}");
+        let mut ends = self.take_ends(gone);
+        ends.extend(self.unrecorded_ends.iter().map(|(id, (state, tokens))| (id.clone(), state.clone(), *tokens)));
+        let (to_launch, cancels) = match self.scan_active(&ends) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!("cannot scan active dispatches: {e}");
+                Default::default()
+            }
+        };
+        let started = self.spawn_all(to_launch);
+        self.write_step(ends, started);
+        for id in cancels {
+            if let Some(l) = self.live.get(&id)
+                && l.stop.is_none()
+            {
+                tracing::info!("cancelling dispatch {id} (task {})", l.task_id);
+                self.begin_stop(&id, StopReason::Cancel);
+            }
         }
         self.run_timers();
     }
 
-    fn scan_active(&mut self) -> Result<()> {
+    /// Specs in `active/` to act on: `starting` ones to launch (in name order) and dispatches
+    /// with a cancel request. Dispatches in `ending` (ended, their end not written yet) are not
+    /// new. Specs in other states are re-adopted or moved on here.
+    fn scan_active(&mut self, ending: &[End]) -> Result<(Vec<DispatchRecord>, Vec<String>)> {
         let dir = self.home.worker_specs(SpecBucket::Active);
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
             Err(e) => return Err(Error::io(&dir, "list", e)),
         };
+        let ending: std::collections::HashSet<&str> = ending.iter().map(|(id, _, _)| id.as_str()).collect();
         let mut new_specs = Vec::new();
         let mut cancels = Vec::new();
         for entry in entries.flatten() {
@@ -268,7 +288,7 @@ impl<E: Executor> Worker<E> {
                 continue;
             }
             if let Some(id) = name.strip_suffix(".json") {
-                if !self.live.contains_key(id) && !self.unrecorded_ends.contains_key(id) {
+                if !self.live.contains_key(id) && !self.unrecorded_ends.contains_key(id) && !ending.contains(id) {
                     new_specs.push(entry.path());
                 }
             } else if let Some(id) = name.strip_suffix(".cancel") {
@@ -309,16 +329,7 @@ impl<E: Executor> Worker<E> {
                 }
             }
         }
-        self.launch_all(to_launch);
-        for id in cancels {
-            if let Some(l) = self.live.get(&id)
-                && l.stop.is_none()
-            {
-                tracing::info!("cancelling dispatch {id} (task {})", l.task_id);
-                self.begin_stop(&id, StopReason::Cancel);
-            }
-        }
-        Ok(())
+        Ok((to_launch, cancels))
     }
 
     fn reconcile_one(&mut self, rec: DispatchRecord) {
@@ -359,11 +370,10 @@ impl<E: Executor> Worker<E> {
         }
     }
 
-    /// Starts dispatches: each shim is started (held before its command), then every one is
-    /// recorded `running` in one group commit of their specs, and only then does each get its
-    /// go-ahead. A dispatch whose record failed never runs its command.
-    fn launch_all(&mut self, recs: Vec<DispatchRecord>) {
-        let mut started: Vec<(DispatchRecord, executor::Launched)> = Vec::new();
+    /// Starts the shims of dispatches, each held before its command until its `running` record
+    /// is written ([`Worker::write_step`]). A dispatch that cannot be started ends `failed`.
+    fn spawn_all(&mut self, recs: Vec<DispatchRecord>) -> Vec<(DispatchRecord, executor::Launched)> {
+        let mut started = Vec::new();
         for rec in recs {
             let plan = self.plan(&rec);
             match self.executor.launch(&plan) {
@@ -383,35 +393,86 @@ impl<E: Executor> Worker<E> {
                 }
             }
         }
-        if started.is_empty() {
+        started
+    }
+
+    /// One group commit of a step's spec changes, under one hold of the `worker-specs` lock:
+    /// the final states (and reported tokens) of ended dispatches and the `running` records of
+    /// started ones are fsynced together and renamed into place; each started dispatch then gets
+    /// its go-ahead (a dispatch whose record failed never runs its command), and the ended
+    /// specs move to their buckets. The directories are fsynced last, in parallel, after the
+    /// lock is released: a crash of the machine before that can only bring a dispatch back as
+    /// `starting` (its command died with the machine, and the next worker launches it) or an
+    /// end back as `running` (read again as `lost`).
+    ///
+    /// An end that cannot be written (a full disk) is kept and written again on later steps:
+    /// the worker alone knows how the process ended (its exit, the signal it reaped), which
+    /// re-reading the spec once space is back would turn into `lost`.
+    fn write_step(&mut self, ends: Vec<End>, started: Vec<(DispatchRecord, executor::Launched)>) {
+        if ends.is_empty() && started.is_empty() {
             return;
         }
         let started_at = now_string();
-        let changes: Vec<(String, SpecChange)> = started
-            .iter()
-            .map(|(rec, l)| {
-                let id = rec.dispatch_id.clone();
-                let state = DispatchState::Running {
-                    started_at: started_at.clone(),
-                    pid: l.pid,
-                    pgid: l.pgid,
-                    proc_start_ticks: l.start_ticks,
-                };
-                let change: SpecChange = Box::new(move |r: &mut DispatchRecord| {
-                    if r.status() != crate::task::model::DispatchStatus::Starting {
-                        return Err(Error::refused(format!(
-                            "dispatch {} is {}, not starting",
-                            r.dispatch_id,
-                            r.status().as_str()
-                        )));
+        let mut changes: Vec<(String, SpecChange)> = ends.iter().map(end_change).collect();
+        changes.extend(started.iter().map(|(rec, l)| running_change(rec, l, &started_at)));
+        let mut dirs = Vec::new();
+        let mut results = match self.store.lock_named(WORKER_SPECS_LOCK) {
+            Ok(guard) => {
+                let (mut results, published) = self.update_specs_locked(changes);
+                let start_results = results.split_off(ends.len());
+                self.let_run(started, start_results);
+                let recorded: Vec<&DispatchRecord> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+                if let Some(p) = published {
+                    dirs.extend(p.into_dirs());
+                }
+                let moved = self.move_final_locked(&recorded, &mut dirs);
+                drop(guard);
+                // A spec that did not move keeps its final state in `active/`; the next scan
+                // moves it.
+                if let Err(e) = moved {
+                    tracing::error!("cannot move ended dispatches: {e}");
+                }
+                results
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.let_run(
+                    started,
+                    changes.iter().skip(ends.len()).map(|_| Err(Error::other(msg.clone()))).collect(),
+                );
+                ends.iter().map(|_| Err(Error::other(msg.clone()))).collect()
+            }
+        };
+        if let Err(e) = crate::store::atomic::fsync_dirs(&dirs) {
+            tracing::error!("cannot make the dispatch records durable: {e}");
+        }
+        for ((id, state, tokens), result) in ends.into_iter().zip(results.drain(..)) {
+            match result {
+                Ok(_) => {}
+                // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
+                Err(Error::Refused(e)) => tracing::info!("not recording the end of dispatch {id}: {e}"),
+                Err(e) => {
+                    if !self.unrecorded_ends.contains_key(&id) {
+                        tracing::error!("cannot record the end of dispatch {id} (will retry): {e}");
                     }
-                    r.state = state;
-                    Ok(())
-                });
-                (id, change)
-            })
-            .collect();
-        let (recorded, published) = self.update_specs(changes);
+                    self.unrecorded_ends.insert(id, (state, tokens));
+                    continue;
+                }
+            }
+            self.unrecorded_ends.remove(&id);
+            // The heartbeat and usage files were read; they are done with.
+            for file in [self.home.heartbeat_file(&id), self.home.usage_file(&id)] {
+                if file.exists() {
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+        }
+        self.exits.compact(!self.unrecorded_ends.is_empty());
+    }
+
+    /// Gives each started dispatch whose `running` record was written its go-ahead and watches
+    /// it; one whose record failed is let go without running its command.
+    fn let_run(&mut self, started: Vec<(DispatchRecord, executor::Launched)>, recorded: Vec<Result<DispatchRecord>>) {
         for ((rec, mut launched), result) in started.into_iter().zip(recorded) {
             let id = rec.dispatch_id.clone();
             if let Err(e) = result {
@@ -432,14 +493,6 @@ impl<E: Executor> Worker<E> {
             self.by_pid.insert(launched.pid, id.clone());
             self.live.insert(id.clone(), Live::launched(&rec, &launched, now, deadline, None));
             tracing::debug!("started dispatch {id} (task {}) as PID {}", rec.task_id, launched.pid);
-        }
-        // The records were visible (and their content durable) before any go-ahead; their names
-        // are made durable now, off the path to the commands' start. A crash of the machine in
-        // between can only bring a dispatch back as `starting`, which the next worker launches.
-        if let Some(p) = published
-            && let Err(e) = p.sync_dirs()
-        {
-            tracing::error!("cannot make the running records durable: {e}");
         }
     }
 
@@ -563,18 +616,18 @@ impl<E: Executor> Worker<E> {
         self.live.len()
     }
 
-    /// Ends a dispatch whose leader is gone (see [`Worker::finish_all`]).
+    /// Ends a dispatch whose leader is gone (see [`Worker::take_ends`]).
     fn finish(&mut self, id: &str, gone: Gone) {
-        self.finish_all(vec![(id.to_string(), gone)]);
+        let ends = self.take_ends(vec![(id.to_string(), gone)]);
+        self.write_step(ends, Vec::new());
     }
 
-    /// Ends dispatches whose leaders are gone: final state from the stop reason, the shim's exit
-    /// report or what was seen; tokens from the usage file; all specs written in one group commit
-    /// and moved to their buckets under one hold of the `worker-specs` lock; stray group members
-    /// stopped.
-    fn finish_all(&mut self, gone: Vec<(String, Gone)>) {
+    /// The ends of dispatches whose leaders are gone, for [`Worker::write_step`]: final state from
+    /// the stop reason, the shim's exit report or what was seen; tokens from the usage file;
+    /// stray group members stopped.
+    fn take_ends(&mut self, gone: Vec<(String, Gone)>) -> Vec<End> {
         if gone.is_empty() {
-            return;
+            return Vec::new();
         }
         // The shims appended their reports before they exited.
         self.exits.refresh();
@@ -599,76 +652,39 @@ impl<E: Executor> Worker<E> {
             }
             ends.push((id, state, tokens));
         }
-        self.record_ends(ends);
+        ends
     }
+}
 
-    /// Writes final states (and reported tokens) of ended dispatches in one group commit and
-    /// moves their specs to their buckets, under one hold of the `worker-specs` lock. An end
-    /// that cannot be written (a full disk) is kept and written again on later steps: the worker
-    /// alone knows how the process ended (its exit, the signal it reaped), which re-reading the
-    /// spec once space is back would turn into `lost`.
-    fn record_ends(&mut self, ends: Vec<(String, DispatchState, Option<u64>)>) {
-        if ends.is_empty() {
-            return;
+/// The change that writes an ended dispatch's final state (and the tokens it reported).
+fn end_change((id, state, tokens): &End) -> (String, SpecChange) {
+    let (state, tokens) = (state.clone(), *tokens);
+    let change: SpecChange = Box::new(move |r: &mut DispatchRecord| {
+        r.state = state;
+        if tokens.is_some() {
+            r.tokens_used = tokens;
         }
-        let changes: Vec<(String, SpecChange)> = ends
-            .iter()
-            .map(|(id, state, tokens)| {
-                let (state, tokens) = (state.clone(), *tokens);
-                let change: SpecChange = Box::new(move |r: &mut DispatchRecord| {
-                    r.state = state;
-                    if tokens.is_some() {
-                        r.tokens_used = tokens;
-                    }
-                    Ok(())
-                });
-                (id.clone(), change)
-            })
-            .collect();
-        let results = match self.store.lock_named(WORKER_SPECS_LOCK) {
-            Ok(guard) => {
-                let (results, published) = self.update_specs_locked(changes);
-                let recorded: Vec<&DispatchRecord> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-                // The moves fsync `active/` and the buckets after the final records' renames.
-                if let Err(e) = self.move_final_locked(&recorded) {
-                    tracing::error!("cannot move ended dispatches: {e}");
-                    if let Some(Err(e)) = published.map(Published::sync_dirs) {
-                        tracing::error!("cannot make the final records durable: {e}");
-                    }
-                } else {
-                    drop(published);
-                }
-                drop(guard);
-                results
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                changes.iter().map(|_| Err(Error::other(msg.clone()))).collect()
-            }
-        };
-        for ((id, state, tokens), result) in ends.into_iter().zip(results) {
-            match result {
-                Ok(_) => {}
-                // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
-                Err(Error::Refused(e)) => tracing::info!("not recording the end of dispatch {id}: {e}"),
-                Err(e) => {
-                    if !self.unrecorded_ends.contains_key(&id) {
-                        tracing::error!("cannot record the end of dispatch {id} (will retry): {e}");
-                    }
-                    self.unrecorded_ends.insert(id, (state, tokens));
-                    continue;
-                }
-            }
-            self.unrecorded_ends.remove(&id);
-            // The heartbeat and usage files were read; they are done with.
-            for file in [self.home.heartbeat_file(&id), self.home.usage_file(&id)] {
-                if file.exists() {
-                    let _ = std::fs::remove_file(file);
-                }
-            }
+        Ok(())
+    });
+    (id.clone(), change)
+}
+
+/// The change that records a started dispatch `running` (refused unless it is `starting`).
+fn running_change(rec: &DispatchRecord, l: &executor::Launched, started_at: &str) -> (String, SpecChange) {
+    let state = DispatchState::Running {
+        started_at: started_at.to_string(),
+        pid: l.pid,
+        pgid: l.pgid,
+        proc_start_ticks: l.start_ticks,
+    };
+    let change: SpecChange = Box::new(move |r: &mut DispatchRecord| {
+        if r.status() != crate::task::model::DispatchStatus::Starting {
+            return Err(Error::refused(format!("dispatch {} is {}, not starting", r.dispatch_id, r.status().as_str())));
         }
-        self.exits.compact(!self.unrecorded_ends.is_empty());
-    }
+        r.state = state;
+        Ok(())
+    });
+    (rec.dispatch_id.clone(), change)
 }
 
 /// How a dispatch ended: from the stop reason, the shim's exit report or what was seen.
@@ -753,13 +769,17 @@ impl<E: Executor> Worker<E> {
     /// Moves a spec with a final state from `active/` to `completed/` or `failed/` and removes
     /// its cancel request.
     fn move_final(&self, rec: &DispatchRecord) -> Result<()> {
-        let _guard = self.store.lock_named(WORKER_SPECS_LOCK)?;
-        self.move_final_locked(&[rec])
+        let guard = self.store.lock_named(WORKER_SPECS_LOCK)?;
+        let mut dirs = Vec::new();
+        let moved = self.move_final_locked(&[rec], &mut dirs);
+        drop(guard);
+        moved.and(crate::store::atomic::fsync_dirs(&dirs))
     }
 
-    /// [`Worker::move_final`] of several specs (one directory fsync each for all of them), for a
-    /// caller holding the `worker-specs` lock.
-    fn move_final_locked(&self, recs: &[&DispatchRecord]) -> Result<()> {
+    /// [`Worker::move_final`] of several specs, for a caller holding the `worker-specs` lock.
+    /// Adds the directories of the moves made to `dirs`, which the caller fsyncs (once for the
+    /// whole step, after releasing the lock).
+    fn move_final_locked(&self, recs: &[&DispatchRecord], dirs: &mut Vec<std::path::PathBuf>) -> Result<()> {
         let mut moves = Vec::with_capacity(recs.len());
         for rec in recs {
             let bucket = match rec.status() {
@@ -772,7 +792,9 @@ impl<E: Executor> Worker<E> {
             moves.push((spec_path(&self.home, SpecBucket::Active, id), spec_path(&self.home, bucket, id)));
         }
         let mut first_error = None;
-        for (rec, result) in recs.iter().zip(crate::store::atomic::rename_many_durable(&moves)) {
+        let (results, moved) = crate::store::atomic::rename_many(&moves);
+        dirs.extend(moved);
+        for (rec, result) in recs.iter().zip(results) {
             match result {
                 Ok(()) => {
                     let cancel = cancel_request_path(&self.home, &rec.dispatch_id);

@@ -1,10 +1,14 @@
 //! The exec shim: each dispatch runs as `cortex-exec-shim --cortex-exec-shim GO_FD DISPATCH_ID
-//! EXIT_JOURNAL EXIT_LOCK -- COMMAND...` (or the worker's own binary in that mode), the leader of
-//! the dispatch's own process group. It waits for the worker's go-ahead on a pipe (sent only
+//! EXIT_JOURNAL EXIT_LOCK STDOUT_LOG STDERR_LOG -- COMMAND...` (or the worker's own binary in that
+//! mode), the leader of the dispatch's own process group. It opens the dispatch's log files as its
+//! stdout and stderr (here, not in the worker: creating a file costs an inode allocation, which
+//! on a busy ext4 is the worker's largest single cost per task, and the shims run in parallel while
+//! the worker's loop is serial), then waits for the worker's go-ahead on a pipe (sent only
 //! after the worker recorded the dispatch `running`; if the worker dies first the pipe closes and
 //! the shim exits without running anything), runs the command as its child, waits for it, and
 //! appends its exit status to the exit journal (`super::exits`) before it exits. So a worker
-//! that restarts and re-adopts the dispatch still learns the real exit code. The shim survives
+//! that restarts and re-adopts the dispatch still learns the real exit code. A log that cannot
+//! be opened fails the dispatch with that error, without running the command. The shim survives
 //! SIGTERM/SIGINT/SIGHUP (the group's TERM is for the command) so that it can record how the
 //! command ended; SIGKILL ends it with the rest of the group.
 
@@ -34,15 +38,33 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Opens the dispatch's logs (created, appended to) as this process's stdout and stderr, which
+/// the command inherits. The error names the log that could not be opened.
+fn redirect_output(stdout: &std::path::Path, stderr: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(crate::store::atomic::FILE_MODE)
+            .open(path)
+            .map_err(|e| format!("cannot open the log {}: {e}", path.display()))
+    };
+    let redirect_failed =
+        |path: &std::path::Path, e: nix::Error| format!("cannot send output to {}: {e}", path.display());
+    nix::unistd::dup2_stdout(open(stdout)?).map_err(|e| redirect_failed(stdout, e))?;
+    nix::unistd::dup2_stderr(open(stderr)?).map_err(|e| redirect_failed(stderr, e))
+}
+
 fn shim_main(args: Vec<OsString>) -> i32 {
     let usage = || {
         eprintln!(
-            "usage: cortex-worker {SHIM_ARG} GO_FD DISPATCH_ID EXIT_JOURNAL EXIT_LOCK -- COMMAND [ARGS...] \
-             (started by the worker only)"
+            "usage: cortex-worker {SHIM_ARG} GO_FD DISPATCH_ID EXIT_JOURNAL EXIT_LOCK STDOUT_LOG STDERR_LOG \
+             -- COMMAND [ARGS...] (started by the worker only)"
         );
         2
     };
-    if args.len() < 6 || args[4] != "--" {
+    if args.len() < 8 || args[6] != "--" {
         return usage();
     }
     let Some(go_fd) = args[0].to_str().and_then(|s| s.parse::<i32>().ok()).filter(|fd| *fd > 2) else {
@@ -50,7 +72,8 @@ fn shim_main(args: Vec<OsString>) -> i32 {
     };
     let dispatch_id = args[1].to_string_lossy().into_owned();
     let (journal, lock) = (std::path::PathBuf::from(&args[2]), std::path::PathBuf::from(&args[3]));
-    let argv = &args[5..];
+    let logs_opened = redirect_output(std::path::Path::new(&args[4]), std::path::Path::new(&args[5]));
+    let argv = &args[7..];
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
         let _ = signal_hook::flag::register(sig, flag.clone());
@@ -66,6 +89,24 @@ fn shim_main(args: Vec<OsString>) -> i32 {
     }
     let started_at = crate::clock::now_string();
     let mut report = ExitReport { dispatch_id, started_at, ..ExitReport::default() };
+    match logs_opened {
+        // Nothing runs without its logs; the error says why (the dispatch fails with it).
+        Err(e) => report.error = Some(e),
+        Ok(()) => run_command(argv, &mut report),
+    }
+    report.ended_at = crate::clock::now_string();
+    if let Err(e) = super::exits::append(&journal, &lock, &report) {
+        say(&format!("cortex: cannot record the exit status in {}: {e}", journal.display()));
+    }
+    match (report.exit_code, report.signal) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    }
+}
+
+/// Runs the command as this process's child and waits for it, noting how it ended in `report`.
+fn run_command(argv: &[OsString], report: &mut ExitReport) {
     match std::process::Command::new(&argv[0]).args(&argv[1..]).spawn() {
         Err(e) => {
             report.exit_code = Some(127);
@@ -89,14 +130,5 @@ fn shim_main(args: Vec<OsString>) -> i32 {
                 }
             }
         }
-    }
-    report.ended_at = crate::clock::now_string();
-    if let Err(e) = super::exits::append(&journal, &lock, &report) {
-        say(&format!("cortex: cannot record the exit status in {}: {e}", journal.display()));
-    }
-    match (report.exit_code, report.signal) {
-        (Some(c), _) => c,
-        (None, Some(s)) => 128 + s,
-        _ => 1,
     }
 }
