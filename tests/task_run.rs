@@ -53,28 +53,42 @@ fn exit_codes_signals_output_and_environment() {
     assert!(t["result"]["error"].as_str().unwrap().contains("/no/such/program"), "{t}");
 }
 
-/// The exec shim opens the dispatch's logs itself: one that cannot be opened (here a directory
-/// stands where the `.out` file goes) fails the dispatch with an error naming it, and the
-/// command does not run.
+/// The exec shim opens the dispatch's logs itself: one that cannot be opened (a directory stands
+/// where the `.out` file goes; a symbolic link planted there, which is refused rather than
+/// followed) fails the dispatch with an error naming it, and the command does not run.
 #[test]
 fn a_dispatch_whose_log_cannot_be_opened_fails_naming_it_and_runs_nothing() {
     let h = fast_home();
     let _c = start(&h, "coordinator");
-    let marker = h.join("ran");
-    let cmd = format!("touch {}", marker.display());
-    let id = add(&h, &["--description", "no log", "--max-attempts", "1", "--", "sh", "-c", &cmd]);
-    // Dispatched with no worker running: the spec names the log paths before anything starts.
-    let t = wait_status(&h, &id, "in_progress");
-    let d = dispatch_of(&t, 0);
-    let (_, rec) = spec(&h, &d).unwrap();
-    let out = rec["stdout_path"].as_str().unwrap().to_string();
-    std::fs::create_dir_all(&out).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("target");
+    std::fs::write(&target, "untouched\n").unwrap();
+    let mut cases = Vec::new();
+    for (name, link) in [("dir", false), ("link", true)] {
+        let marker = h.join(&format!("ran-{name}"));
+        let cmd = format!("echo out; touch {}", marker.display());
+        let id = add(&h, &["--description", name, "--max-attempts", "1", "--", "sh", "-c", &cmd]);
+        // Dispatched with no worker running: the spec names the log paths before anything starts.
+        let t = wait_status(&h, &id, "in_progress");
+        let d = dispatch_of(&t, 0);
+        let out = spec(&h, &d).unwrap().1["stdout_path"].as_str().unwrap().to_string();
+        std::fs::create_dir_all(std::path::Path::new(&out).parent().unwrap()).unwrap();
+        if link {
+            std::os::unix::fs::symlink(&target, &out).unwrap();
+        } else {
+            std::fs::create_dir(&out).unwrap();
+        }
+        cases.push((id, d, out, marker));
+    }
     let _w = start(&h, "worker");
-    let t = wait_status(&h, &id, "failed");
-    let error = t["result"]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("cannot open the log") && error.contains(&out), "{t}");
-    assert_eq!(spec(&h, &d).unwrap().0, "failed");
-    assert!(!marker.exists(), "the command ran without its log");
+    for (id, d, out, marker) in cases {
+        let t = wait_status(&h, &id, "failed");
+        let error = t["result"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("cannot open the log") && error.contains(&out), "{t}");
+        assert_eq!(spec(&h, &d).unwrap().0, "failed");
+        assert!(!marker.exists(), "the command ran without its log: {t}");
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n", "the link was followed");
 }
 
 /// A task that ignores TERM and leaves a grandchild that ignores TERM too; both hang until

@@ -261,7 +261,14 @@ pub fn is_dispatch_allowed(store: &Store, worker_type: &str, now: Timestamp) -> 
     if !policy.circuit_breaker.enabled {
         return Ok(true);
     }
-    let breakers: Breakers = store.load()?;
+    dispatch_allowed_by(store, &store.load()?, worker_type, now)
+}
+
+/// [`is_dispatch_allowed`] by breakers the caller read (the coordinator reads them once per cycle,
+/// before the time it stamps its dispatches with, so that a dispatch a closed breaker let through
+/// is never stamped before the breaker's `since`), for a caller that checked the policy enables
+/// them. The trial check reads the spec buckets.
+pub fn dispatch_allowed_by(store: &Store, breakers: &Breakers, worker_type: &str, now: Timestamp) -> Result<bool> {
     let trial_since = match breakers.breakers.get(worker_type).map(|b| &b.state) {
         None | Some(BreakerState::Closed { .. }) => return Ok(true),
         Some(BreakerState::Open { half_open_at, .. }) => match parse_ts(half_open_at) {

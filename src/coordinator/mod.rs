@@ -229,6 +229,9 @@ impl Coordinator {
         let mut report = CycleReport::default();
 
         let sched_guard = store.lock(SCHEDULER_STATE)?;
+        // The breakers before the time: a dispatch that a breaker closed by then lets through is
+        // stamped after the breaker's `since`.
+        let mut breaker_gate = BreakerGate::load(&self.store);
         // Read the time under the lock: every dispatch of this cycle is stamped before any pause
         // that waits for the lock.
         let now = self.clock.now();
@@ -292,7 +295,6 @@ impl Coordinator {
                 .collect()
         };
         let mut dependents_failed = Vec::new();
-        let mut breaker_gate = BreakerGate::load(&self.store);
         for i in queue::dispatch_order(&q.tasks) {
             let t = &q.tasks[i];
             let due_at = match &t.state {
@@ -838,9 +840,10 @@ fn fire_schedules(store: &Store) -> std::result::Result<Option<Timestamp>, ()> {
     crate::schedule::fire_due(store, &SystemClock, &mut enqueue).map_err(|e| tracing::error!("schedules: {e}"))
 }
 
-/// The circuit-breaker gate of one dispatch cycle: a type whose breaker is not closed is asked
-/// about once (`autofix::is_dispatch_allowed`), and at most one task of it (the half-open trial)
-/// is dispatched per cycle.
+/// The circuit-breaker gate of one dispatch cycle: the breakers as read at the cycle's start
+/// (before the time its dispatches are stamped with); a type whose breaker is not closed is
+/// asked about once (`autofix::breaker::dispatch_allowed_by`), and at most one task of it (the
+/// half-open trial) is dispatched per cycle.
 struct BreakerGate {
     breakers: crate::autofix::breaker::Breakers,
     answers: HashMap<String, bool>,
@@ -862,11 +865,20 @@ impl BreakerGate {
         if !self.guarded(worker_type) {
             return true;
         }
+        let breakers = &self.breakers;
         *self.answers.entry(worker_type.to_string()).or_insert_with(|| {
-            crate::autofix::is_dispatch_allowed(store, worker_type, now).unwrap_or_else(|e| {
-                tracing::warn!("circuit breaker of {worker_type} unreadable ({e}); dispatching");
-                true
-            })
+            store
+                .load::<crate::autofix::RestartPolicy>()
+                .and_then(|policy| {
+                    if !policy.circuit_breaker.enabled {
+                        return Ok(true);
+                    }
+                    crate::autofix::breaker::dispatch_allowed_by(store, breakers, worker_type, now)
+                })
+                .unwrap_or_else(|e| {
+                    tracing::warn!("circuit breaker of {worker_type} unreadable ({e}); dispatching");
+                    true
+                })
         })
     }
 

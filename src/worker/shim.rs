@@ -47,6 +47,8 @@ fn redirect_output(stdout: &std::path::Path, stderr: &std::path::Path) -> Result
             .create(true)
             .append(true)
             .mode(crate::store::atomic::FILE_MODE)
+            // A link planted at a log's path is refused, not followed (the worker may run as root).
+            .custom_flags(crate::store::atomic::NO_FOLLOW)
             .open(path)
             .map_err(|e| format!("cannot open the log {}: {e}", path.display()))
     };
