@@ -283,3 +283,56 @@ fn a_dispatch_whose_spec_was_not_written_is_folded_lost_even_after_a_cycle_that_
     assert_eq!(shown["status"], "failed", "{shown}");
     h.cortex_ok(&["validate"]);
 }
+
+/// A coordinator killed after its archive append and before the queue write that drops the
+/// finished tasks leaves them in both (the queue as before the cycle, the ended specs in
+/// `completed/`). The next coordinator folds them again and finds them archived with the same
+/// end: it drops them from the queue without appending them a second time.
+#[test]
+fn tasks_a_killed_coordinator_left_in_queue_and_archive_are_archived_once() {
+    let h = TestHome::new();
+    let store = store_of(&h);
+    let new = || NewTask { description: "x".into(), command: vec!["true".into()], ..NewTask::default() };
+    let ids: Vec<String> = (0..2).map(|_| add_task(&store, new()).unwrap().task_id).collect();
+    let config = Config::load(store.home()).unwrap();
+    let mut c = Coordinator::new(store.clone(), config.clone(), Box::new(SystemClock));
+    c.reconcile_at_start().unwrap();
+    let r = c.cycle().unwrap();
+    assert_eq!(r.dispatched.len(), 2);
+    // The worker's part, by hand: each dispatch completed.
+    for d in &r.dispatched {
+        let active = h.join(&format!("coordination/worker-specs/active/{}.json", d.dispatch_id));
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&active).unwrap()).unwrap();
+        spec["status"] = "completed".into();
+        spec["ended_at"] = cortex::clock::now_string().into();
+        spec["exit_code"] = 0.into();
+        spec["duration_s"] = 0.01.into();
+        let done = h.join(&format!("coordination/worker-specs/completed/{}.json", d.dispatch_id));
+        std::fs::write(&done, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        std::fs::remove_file(&active).unwrap();
+    }
+    let queue = h.join("coordination/task-queue.json");
+    let before_fold = std::fs::read(&queue).unwrap();
+    let archived_lines = |id: &str| {
+        let text = std::fs::read_to_string(h.join("coordination/task-archive.jsonl")).unwrap_or_default();
+        text.lines().filter(|l| l.contains(&format!("\"task_id\":\"{id}\""))).count()
+    };
+    c.cycle().unwrap();
+    for id in &ids {
+        assert_eq!(archived_lines(id), 1);
+    }
+    // Killed in between: the archive has the lines, the queue is the one before the cycle.
+    drop(c);
+    std::fs::write(&queue, &before_fold).unwrap();
+    let mut c = Coordinator::new(store.clone(), config, Box::new(SystemClock));
+    c.reconcile_at_start().unwrap();
+    let r = c.cycle().unwrap();
+    assert_eq!(r.ended.len(), 2, "the ends are folded again");
+    for id in &ids {
+        assert_eq!(archived_lines(id), 1, "task {id} archived once");
+        assert_eq!(show(&h, id)["status"], "completed");
+    }
+    let q: Value = serde_json::from_slice(&std::fs::read(&queue).unwrap()).unwrap();
+    assert_eq!(q["tasks"].as_array().unwrap().len(), 0, "{q}");
+    h.cortex_ok(&["validate"]);
+}

@@ -90,6 +90,10 @@ pub struct Coordinator {
     /// Finished tasks (id, status, dispatch count) appended to the archive by a cycle whose queue
     /// write then failed (a full disk): the next cycle does not append them again.
     archived_unwritten: HashSet<(String, TaskStatus, usize)>,
+    /// Set until a cycle succeeds after start-up: finished tasks still in the queue are looked up
+    /// in the archive first (a coordinator killed between its archive append and the queue write
+    /// that drops them left them in both; they are not appended again).
+    archive_unchecked: bool,
     /// The archive holds lines appended since the last successful flush (a cycle failed after
     /// its append): the next cycle flushes the archive with its queue even when it appends
     /// nothing itself.
@@ -110,6 +114,7 @@ impl Coordinator {
             validated: Default::default(),
             archived_unwritten: HashSet::new(),
             archive_unflushed: false,
+            archive_unchecked: true,
         }
     }
 
@@ -421,6 +426,17 @@ impl Coordinator {
         let finished: Vec<&Task> = q.tasks.iter().filter(|t| t.status().is_terminal()).collect();
         if !finished.is_empty() {
             let key = |t: &Task| (t.task_id.clone(), t.status(), t.dispatches.len());
+            if self.archive_unchecked {
+                let ids: HashSet<String> = finished.iter().map(|t| t.task_id.clone()).collect();
+                let archived = archive::last_records(&store, &ids)?;
+                for t in &finished {
+                    if archived.get(&t.task_id) == Some(&(t.status(), t.dispatches.len())) {
+                        tracing::info!("task {} is archived already; dropping it from the queue", t.task_id);
+                        self.archived_unwritten.insert(key(t));
+                    }
+                }
+                self.archive_unchecked = false;
+            }
             let fresh: Vec<&Task> =
                 finished.iter().copied().filter(|t| !self.archived_unwritten.contains(&key(t))).collect();
             let archive_len = archive::len(&store);
@@ -550,6 +566,7 @@ impl Coordinator {
         drop(q_guard);
         drop(sched_guard);
         self.reconcile_budget = false;
+        self.archive_unchecked = false;
         self.after_effects(&report);
         Ok(report)
     }
