@@ -197,19 +197,24 @@ impl Published {
 
     /// fsyncs each directory involved once (in parallel); returns the batch's first error, if any.
     pub fn sync_dirs(self) -> Result<()> {
-        let mut result = self.failure.map_or(Ok(()), Err);
-        if let Err(e) = fsync_dirs(&self.dirs) {
-            result = result.and(Err(e));
+        // fsync_dirs counts its own failures for the outage report.
+        let synced = fsync_dirs(&self.dirs);
+        match self.failure {
+            Some(e) => {
+                super::outage::note(&e);
+                Err(e)
+            }
+            None => synced,
         }
-        if let Err(e) = &result {
-            super::outage::note(e);
-        }
-        result
     }
 
     /// The directories still to fsync, for a caller that fsyncs them with others
-    /// ([`fsync_dirs`]) and has already looked at [`Published::error`].
+    /// ([`fsync_dirs`]) and has already looked at [`Published::error`] (which is counted for the
+    /// outage report here).
     pub fn into_dirs(self) -> Vec<PathBuf> {
+        if let Some(e) = &self.failure {
+            super::outage::note(e);
+        }
         self.dirs
     }
 }
