@@ -248,29 +248,23 @@ pub fn rename_many(moves: &[(PathBuf, PathBuf)]) -> (Vec<Result<()>>, Vec<PathBu
     (out, dirs)
 }
 
-/// fsyncs each directory (each once, in parallel: they are flushed together, not one after the
-/// other); the first error.
+/// fsyncs each directory (each once, in parallel like a batch's files: they are flushed
+/// together, not one after the other); the first error.
 pub fn fsync_dirs(dirs: &[PathBuf]) -> Result<()> {
-    let mut unique: Vec<&PathBuf> = Vec::with_capacity(dirs.len());
+    let mut unique: Vec<&Path> = Vec::with_capacity(dirs.len());
     for d in dirs {
-        if !unique.contains(&d) {
+        if !unique.contains(&d.as_path()) {
             unique.push(d);
         }
     }
-    let result = match unique.as_slice() {
-        [] => Ok(()),
-        [one] => fsync_dir(one),
-        many => std::thread::scope(|scope| {
-            let handles: Vec<_> = many.iter().map(|d| scope.spawn(move || fsync_dir(d))).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::other("a directory fsync thread panicked"))))
-                .collect::<Vec<_>>()
-                .into_iter()
-                .find(|r| r.is_err())
-                .unwrap_or(Ok(()))
-        }),
-    };
+    let result = unique
+        .iter()
+        .map(|d| File::open(d).map(|f| (f, *d)).map_err(|e| Error::io(d, "open directory", e)))
+        .collect::<Result<Vec<_>>>()
+        .and_then(|opened| {
+            let files: Vec<(&File, &Path)> = opened.iter().map(|(f, d)| (f, *d)).collect();
+            sync_files(&files).into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+        });
     if let Err(e) = &result {
         super::outage::note(e);
     }
