@@ -336,3 +336,43 @@ fn tasks_a_killed_coordinator_left_in_queue_and_archive_are_archived_once() {
     assert_eq!(q["tasks"].as_array().unwrap().len(), 0, "{q}");
     h.cortex_ok(&["validate"]);
 }
+
+/// The start-up check compares the whole end, not only status and dispatch count: a task
+/// cancelled before it ran, retried and cancelled again (no dispatch either time) is a new end
+/// and is archived, not dropped as if archived already.
+#[test]
+fn a_task_cancelled_again_after_a_retry_is_archived_again_by_a_new_coordinator() {
+    let h = TestHome::new();
+    let store = store_of(&h);
+    let id = add_task(&store, NewTask { description: "x".into(), command: vec!["true".into()], ..NewTask::default() })
+        .unwrap()
+        .task_id;
+    let config = Config::load(store.home()).unwrap();
+    let mut c = Coordinator::new(store.clone(), config.clone(), Box::new(SystemClock));
+    c.reconcile_at_start().unwrap();
+    // Paused: nothing is dispatched, the task stays queued.
+    h.cortex_ok(&["scheduler", "pause", "--reason", "test"]);
+    c.cycle().unwrap();
+    h.cortex_ok(&["task", "cancel", &id]);
+    c.cycle().unwrap();
+    let archived = || {
+        let text = std::fs::read_to_string(h.join("coordination/task-archive.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|t| t["task_id"] == id.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(archived().len(), 1);
+    let first_end = archived()[0]["completed_at"].clone();
+    h.cortex_ok(&["task", "retry", &id]);
+    wait_until(LONG, "a new completion time", || cortex::clock::now_string() != first_end.as_str().unwrap_or(""));
+    h.cortex_ok(&["task", "cancel", &id]);
+    drop(c);
+    let mut c = Coordinator::new(store.clone(), config, Box::new(SystemClock));
+    c.reconcile_at_start().unwrap();
+    c.cycle().unwrap();
+    let lines = archived();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_ne!(lines[1]["completed_at"], first_end, "{lines:?}");
+    assert_eq!(show(&h, &id)["status"], "cancelled");
+}

@@ -428,9 +428,9 @@ impl Coordinator {
             let key = |t: &Task| (t.task_id.clone(), t.status(), t.dispatches.len());
             if self.archive_unchecked {
                 let ids: HashSet<String> = finished.iter().map(|t| t.task_id.clone()).collect();
-                let archived = archive::last_records(&store, &ids)?;
+                let archived = archive::last_ends(&store, &ids)?;
                 for t in &finished {
-                    if archived.get(&t.task_id) == Some(&(t.status(), t.dispatches.len())) {
+                    if archived.get(&t.task_id) == Some(&archive::ArchivedEnd::of(t)) {
                         tracing::info!("task {} is archived already; dropping it from the queue", t.task_id);
                         self.archived_unwritten.insert(key(t));
                     }

@@ -257,14 +257,19 @@ pub fn fsync_dirs(dirs: &[PathBuf]) -> Result<()> {
             unique.push(d);
         }
     }
-    let result = unique
-        .iter()
-        .map(|d| File::open(d).map(|f| (f, *d)).map_err(|e| Error::io(d, "open directory", e)))
-        .collect::<Result<Vec<_>>>()
-        .and_then(|opened| {
-            let files: Vec<(&File, &Path)> = opened.iter().map(|(f, d)| (f, *d)).collect();
-            sync_files(&files).into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
-        });
+    // A directory that cannot be opened does not keep the others from their fsync.
+    let mut result = Ok(());
+    let mut opened = Vec::with_capacity(unique.len());
+    for d in unique {
+        match File::open(d) {
+            Ok(f) => opened.push((f, d)),
+            Err(e) => result = result.and(Err(Error::io(d, "open directory", e))),
+        }
+    }
+    let files: Vec<(&File, &Path)> = opened.iter().map(|(f, d)| (f, *d)).collect();
+    for synced in sync_files(&files) {
+        result = result.and(synced);
+    }
     if let Err(e) = &result {
         super::outage::note(e);
     }

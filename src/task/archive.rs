@@ -1,7 +1,7 @@
 //! The task archive `coordination/task-archive.jsonl`: finished tasks moved out of the live queue,
 //! one task per line, append-only. The coordinator appends (and fdatasyncs) a finished task before
 //! it writes the queue without it, so a crash in between leaves the task in both places (the next
-//! coordinator drops it from the queue without appending it again: [`last_records`]); readers
+//! coordinator drops it from the queue without appending it again: [`last_ends`]); readers
 //! prefer the queue, and within the archive the last line of a task id wins (a retried task comes
 //! back to the queue and is archived again when it finishes).
 
@@ -79,13 +79,31 @@ pub fn find(store: &Store, task_id: &str) -> Result<Option<Task>> {
 
 /// The last archived status of each of `ids` that is in the archive.
 pub fn statuses(store: &Store, ids: &HashSet<String>) -> Result<HashMap<String, TaskStatus>> {
-    Ok(last_records(store, ids)?.into_iter().map(|(id, (status, _))| (id, status)).collect())
+    Ok(last_ends(store, ids)?.into_iter().map(|(id, end)| (id, end.status)).collect())
 }
 
-/// The last archived status and dispatch count of each of `ids` that is in the archive (what
-/// tells a task's archived end from an earlier one: a retried task is archived again with more
-/// dispatches).
-pub fn last_records(store: &Store, ids: &HashSet<String>) -> Result<HashMap<String, (TaskStatus, usize)>> {
+/// What tells one archived end of a task from another: a retried task is archived again with
+/// more dispatches, or (failed by its prerequisite, cancelled before it ran) with a new
+/// completion time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedEnd {
+    pub status: TaskStatus,
+    pub dispatches: usize,
+    pub completed_at: Option<String>,
+}
+
+impl ArchivedEnd {
+    pub fn of(t: &Task) -> ArchivedEnd {
+        ArchivedEnd {
+            status: t.state.status(),
+            dispatches: t.dispatches.len(),
+            completed_at: t.completed_at().map(str::to_string),
+        }
+    }
+}
+
+/// The last archived end of each of `ids` that is in the archive.
+pub fn last_ends(store: &Store, ids: &HashSet<String>) -> Result<HashMap<String, ArchivedEnd>> {
     let mut out = HashMap::new();
     if ids.is_empty() {
         return Ok(out);
@@ -94,7 +112,7 @@ pub fn last_records(store: &Store, ids: &HashSet<String>) -> Result<HashMap<Stri
         if let Ok(t) = serde_json::from_slice::<Task>(line)
             && ids.contains(&t.task_id)
         {
-            out.insert(t.task_id, (t.state.status(), t.dispatches.len()));
+            out.insert(t.task_id.clone(), ArchivedEnd::of(&t));
         }
         true
     })?;

@@ -208,6 +208,7 @@ impl<E: Executor> Worker<E> {
         }
         let live = &self.live;
         self.exits.retain(|id| live.contains_key(id));
+        self.compact_exits();
         Ok(())
     }
 
@@ -267,6 +268,7 @@ impl<E: Executor> Worker<E> {
             }
         }
         self.run_timers();
+        self.compact_exits();
     }
 
     /// Specs in `active/` to act on: `starting` ones to launch (in name order) and dispatches
@@ -467,6 +469,12 @@ impl<E: Executor> Worker<E> {
                 }
             }
         }
+    }
+
+    /// Empties the exit journal once every report in it is consumed and every end is written
+    /// (at the end of a step or of the start-up reconciliation: within a step, ends taken from
+    /// the journal may not be written yet, and only the journal holds their exit status).
+    fn compact_exits(&mut self) {
         self.exits.compact(!self.unrecorded_ends.is_empty());
     }
 
