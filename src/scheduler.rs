@@ -273,15 +273,9 @@ pub fn local_user() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::home::Home;
     use std::os::unix::fs::MetadataExt;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        crate::init::init_home(&home).unwrap();
-        (dir, Store::new(home).with_source("test"))
-    }
+    use crate::store::fresh_store as store;
 
     fn actor(who: &str) -> Actor {
         Actor { who: who.into(), from: "test".into() }

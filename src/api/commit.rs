@@ -66,16 +66,12 @@ fn run(store: &Store, rx: &Receiver<Pending>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::home::Home;
     use crate::scheduler::Actor;
     use std::sync::{Arc, Barrier};
 
     #[test]
     fn concurrent_submissions_are_each_answered_and_batched() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        crate::init::init_home(&home).unwrap();
-        let store = Store::new(home).with_source("test");
+        let (_dir, store) = crate::store::fresh_store();
         let committer = Committer::start(store.clone()).unwrap();
         let (tx, rx) = mpsc::channel();
         let n = 64;

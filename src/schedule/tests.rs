@@ -25,10 +25,8 @@ struct Fixture {
 }
 
 fn fixture(start: Timestamp) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let home = Home::at(dir.path());
-    crate::init::init_home(&home).unwrap();
-    Fixture { store: Store::new(home).with_source("test"), _dir: dir, clock: ManualClock::new(start) }
+    let (dir, store) = crate::store::fresh_store();
+    Fixture { store, _dir: dir, clock: ManualClock::new(start) }
 }
 
 impl Fixture {

@@ -328,3 +328,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     }
     Ok(hex(&h.finalize()))
 }
+
+/// For unit tests: a store in a new initialised home, kept alive by the returned directory.
+#[cfg(test)]
+pub(crate) fn fresh_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = crate::home::Home::at(dir.path());
+    crate::init::init_home(&home).unwrap();
+    (dir, Store::new(home).with_source("test"))
+}

@@ -141,15 +141,8 @@ fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::home::Home;
 
-    /// A store in a new initialised home (kept alive by the returned directory).
-    fn fresh_store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        crate::init::init_home(&home).unwrap();
-        (dir, Store::new(home))
-    }
+    use crate::store::fresh_store;
 
     #[test]
     fn a_task_archived_after_a_line_a_full_disk_cut_is_found_not_glued_onto_it() {

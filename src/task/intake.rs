@@ -290,15 +290,9 @@ pub fn snapshot(store: &Store) -> Result<Snapshot> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::home::Home;
     use crate::task::ops::{NewTask, add_task};
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        crate::init::init_home(&home).unwrap();
-        (dir, Store::new(home))
-    }
+    use crate::store::fresh_store as store;
 
     fn add(store: &Store, d: &str) -> Task {
         add_task(store, NewTask { description: d.into(), command: vec!["true".into()], ..NewTask::default() }).unwrap()
