@@ -9,6 +9,20 @@ use cortex::task::ops::{NewTask, add_task};
 use serde_json::Value;
 use task_support::*;
 
+/// The worker's part, by hand: a dispatch's spec moved from `active/` to `completed/`, ended
+/// with exit 0 now.
+fn complete_by_hand(h: &TestHome, dispatch_id: &str) {
+    let active = h.join(&format!("coordination/worker-specs/active/{dispatch_id}.json"));
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&active).unwrap()).unwrap();
+    spec["status"] = "completed".into();
+    spec["ended_at"] = cortex::clock::now_string().into();
+    spec["exit_code"] = 0.into();
+    spec["duration_s"] = 0.0.into();
+    let done = h.join(&format!("coordination/worker-specs/completed/{dispatch_id}.json"));
+    std::fs::write(&done, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    std::fs::remove_file(&active).unwrap();
+}
+
 fn intake_lines(h: &TestHome) -> usize {
     std::fs::read_to_string(h.join("coordination/task-intake.jsonl")).unwrap_or_default().lines().count()
 }
@@ -138,18 +152,7 @@ fn paused_state_blocks_dispatch_in_the_same_critical_section() {
         stamps.extend(r.dispatched.iter().map(|d| d.dispatched_at.clone()));
         // Free the slots as if the dispatches ended at once.
         for d in &r.dispatched {
-            let from = h.join(&format!("coordination/worker-specs/active/{}.json", d.dispatch_id));
-            let mut v: Value = serde_json::from_slice(&std::fs::read(&from).unwrap()).unwrap();
-            v["status"] = "completed".into();
-            v["ended_at"] = cortex::clock::now_string().into();
-            v["exit_code"] = 0.into();
-            v["duration_s"] = 0.0.into();
-            std::fs::write(
-                h.join(&format!("coordination/worker-specs/completed/{}.json", d.dispatch_id)),
-                v.to_string(),
-            )
-            .unwrap();
-            std::fs::remove_file(from).unwrap();
+            complete_by_hand(&h, &d.dispatch_id);
         }
     }
     let paused_at = pauser.join().unwrap();
@@ -301,15 +304,7 @@ fn tasks_a_killed_coordinator_left_in_queue_and_archive_are_archived_once() {
     assert_eq!(r.dispatched.len(), 2);
     // The worker's part, by hand: each dispatch completed.
     for d in &r.dispatched {
-        let active = h.join(&format!("coordination/worker-specs/active/{}.json", d.dispatch_id));
-        let mut spec: Value = serde_json::from_slice(&std::fs::read(&active).unwrap()).unwrap();
-        spec["status"] = "completed".into();
-        spec["ended_at"] = cortex::clock::now_string().into();
-        spec["exit_code"] = 0.into();
-        spec["duration_s"] = 0.01.into();
-        let done = h.join(&format!("coordination/worker-specs/completed/{}.json", d.dispatch_id));
-        std::fs::write(&done, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-        std::fs::remove_file(&active).unwrap();
+        complete_by_hand(&h, &d.dispatch_id);
     }
     let queue = h.join("coordination/task-queue.json");
     let before_fold = std::fs::read(&queue).unwrap();
