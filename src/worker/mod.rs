@@ -504,21 +504,10 @@ impl<E: Executor> Worker<E> {
         }
     }
 
-    /// Read-modify-writes of several active specs under one hold of the `worker-specs` lock,
-    /// written in one group commit. One result per change, in order.
-    /// The records are visible when this returns; their directory's fsync is left to the caller
-    /// ([`Published::sync_dirs`]; None when nothing was written).
-    fn update_specs(&self, changes: Vec<(String, SpecChange)>) -> (Vec<Result<DispatchRecord>>, Option<Published>) {
-        match self.store.lock_named(WORKER_SPECS_LOCK) {
-            Ok(_guard) => self.update_specs_locked(changes),
-            Err(e) => {
-                let msg = e.to_string();
-                (changes.iter().map(|_| Err(Error::other(msg.clone()))).collect(), None)
-            }
-        }
-    }
-
-    /// [`Worker::update_specs`] for a caller holding the `worker-specs` lock.
+    /// Read-modify-writes of several active specs, for a caller holding the `worker-specs` lock,
+    /// staged and published in one group commit. One result per change, in order; the records
+    /// are visible when this returns, their directory's fsync left to the caller (None when
+    /// nothing was written).
     fn update_specs_locked(
         &self,
         changes: Vec<(String, SpecChange)>,
@@ -550,20 +539,6 @@ impl<E: Executor> Worker<E> {
             }
         }
         (out, Some(published))
-    }
-
-    /// Read-modify-write of an active spec under the `worker-specs` lock.
-    fn update_spec(
-        &self,
-        id: &str,
-        change: impl FnOnce(&mut DispatchRecord) -> Result<()> + 'static,
-    ) -> Result<DispatchRecord> {
-        let (mut results, published) = self.update_specs(vec![(id.to_string(), Box::new(change))]);
-        let result = results.pop().unwrap_or_else(|| Err(Error::other(format!("dispatch {id}: no result"))));
-        match published.map(Published::sync_dirs) {
-            Some(Err(e)) if result.is_ok() => Err(e),
-            _ => result,
-        }
     }
 
     fn begin_stop(&mut self, id: &str, reason: StopReason) {
@@ -760,18 +735,9 @@ fn final_state(l: &Live, gone: Gone, report: Option<exits::ExitReport>) -> Dispa
 impl<E: Executor> Worker<E> {
     /// Ends a dispatch that never ran its command.
     fn end_unstarted(&mut self, rec: &DispatchRecord, state: DispatchState) {
-        let id = rec.dispatch_id.clone();
-        match self.update_spec(&id, |r| {
-            r.state = state;
-            Ok(())
-        }) {
-            Ok(rec) => {
-                if let Err(e) = self.move_final(&rec) {
-                    tracing::error!("cannot move ended dispatch {id}: {e}");
-                }
-            }
-            Err(e) => tracing::error!("cannot record the end of dispatch {id}: {e}"),
-        }
+        // Written like any end (kept and retried if it cannot be written; meanwhile the scan
+        // does not launch it).
+        self.write_step(vec![(rec.dispatch_id.clone(), state, None)], Vec::new());
     }
 
     /// Moves a spec with a final state from `active/` to `completed/` or `failed/` and removes
