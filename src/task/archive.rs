@@ -1,6 +1,6 @@
 //! The task archive `coordination/task-archive.jsonl`: finished tasks moved out of the live queue,
-//! one task per line, append-only. The coordinator appends (and fdatasyncs) a finished task before
-//! it writes the queue without it, so a crash in between leaves the task in both places (the next
+//! one task per line, append-only. The coordinator appends finished tasks and flushes them with the
+//! queue that drops them, which it renames only once both are durable, so a crash in between leaves the task in both places (the next
 //! coordinator drops it from the queue without appending it again: [`last_ends`]); readers
 //! prefer the queue, and within the archive the last line of a task id wins (a retried task comes
 //! back to the queue and is archived again when it finishes).
@@ -10,14 +10,6 @@ use crate::error::{Error, Result};
 use crate::files::TASK_ARCHIVE;
 use crate::store::{Store, jsonl};
 use std::collections::{HashMap, HashSet};
-
-/// Appends finished tasks with one `write`, then fdatasync.
-pub fn append(store: &Store, tasks: &[&Task]) -> Result<()> {
-    match append_unsynced(store, tasks)? {
-        Some(f) => f.sync_data().map_err(|e| Error::io(store.path(TASK_ARCHIVE), "fsync", e)),
-        None => Ok(()),
-    }
-}
 
 /// Appends finished tasks with one `write` and returns the file, not yet flushed, for a caller
 /// that flushes it together with other files (the coordinator: with the queue that drops them,
@@ -148,7 +140,7 @@ mod tests {
     fn a_task_archived_after_a_line_a_full_disk_cut_is_found_not_glued_onto_it() {
         let (_dir, store) = fresh_store();
         let first = Task::sample("task-first");
-        append(&store, &[&first]).unwrap();
+        append_unsynced(&store, &[&first]).unwrap();
         // An append cut short by a full disk: part of a line, no newline.
         let path = store.path(TASK_ARCHIVE);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -167,7 +159,7 @@ mod tests {
     #[test]
     fn the_whole_lines_of_an_append_a_full_disk_cut_are_found() {
         let (_dir, store) = fresh_store();
-        append(&store, &[&Task::sample("task-before")]).unwrap();
+        append_unsynced(&store, &[&Task::sample("task-before")]).unwrap();
         let from = len(&store);
         // Two whole lines of a three-task append, then the cut.
         let mut bytes = std::fs::read(store.path(TASK_ARCHIVE)).unwrap();
