@@ -110,7 +110,10 @@ impl Tokens {
                     "read" => Kind::Read,
                     "operate" => Kind::Operate,
                     other => {
-                        return Err(format!("line {}: unknown section [{other}] (expected [read] or [operate])", i + 1));
+                        return Err(format!(
+                            "line {}: unknown section [{other}] (expected [read] or [operate])",
+                            i + 1
+                        ));
                     }
                 };
                 continue;
@@ -175,13 +178,17 @@ mod tests {
 
     #[test]
     fn sections_give_token_kinds() {
-        let t = Tokens::parse("ops:oooooooooooooooooooo\n[read]\ngraf:rrrrrrrrrrrrrrrrrrrr\n[operate]\nci:cccccccccccccccccccc\n")
-            .unwrap();
+        let t = Tokens::parse(
+            "ops:oooooooooooooooooooo\n[read]\ngraf:rrrrrrrrrrrrrrrrrrrr\n[operate]\nci:cccccccccccccccccccc\n",
+        )
+        .unwrap();
         let kind = |s: &str| t.check(Some(&format!("Bearer {s}"))).map(|c| c.kind);
         assert_eq!(kind("oooooooooooooooooooo"), Some(Kind::Operate));
         assert_eq!(kind("rrrrrrrrrrrrrrrrrrrr"), Some(Kind::Read));
         assert_eq!(kind("cccccccccccccccccccc"), Some(Kind::Operate));
-        assert!(Tokens::parse("[admin]\na:aaaaaaaaaaaaaaaaaaaa\n").unwrap_err().contains("line 1: unknown section [admin]"));
+        assert!(
+            Tokens::parse("[admin]\na:aaaaaaaaaaaaaaaaaaaa\n").unwrap_err().contains("line 1: unknown section [admin]")
+        );
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     })?;
     check_bind(&addr, &tokens)?;
     let listener = bind(&addr_text)?;
-    let local = listener.local_addr().map_err(|e| Error::other(format!("cannot read the address of {addr_text}: {e}")))?;
+    let local =
+        listener.local_addr().map_err(|e| Error::other(format!("cannot read the address of {addr_text}: {e}")))?;
     let site = policy::Site::new(local, &ctx.config.api.allowed_hosts);
     let reader = Arc::new(StatusReader::new(ctx.store.clone(), ctx.config.clone()));
     let auth_note = if tokens.is_empty() {

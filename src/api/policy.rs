@@ -187,7 +187,8 @@ mod tests {
     #[test]
     fn hosts() {
         let s = site("127.0.0.1:8900");
-        for h in ["127.0.0.1:8900", "localhost", "LOCALHOST:8900", "[::1]:8900", "[::1]", "127.0.0.2", "cortex.lan:8900"]
+        for h in
+            ["127.0.0.1:8900", "localhost", "LOCALHOST:8900", "[::1]:8900", "[::1]", "127.0.0.2", "cortex.lan:8900"]
         {
             assert!(s.host_allowed(h), "{h}");
         }
