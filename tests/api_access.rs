@@ -26,12 +26,12 @@ fn get_raw(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     (code, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// Item 6: with `[api] tokens_file`, a rebinding page (foreign `Host`) gets nothing, an anonymous
-/// local caller gets no task output, and a read-only token reads but cannot change anything.
+/// Item 6: with `[api] tokens_file`, a rebinding page (foreign `Host`) gets nothing, and an
+/// anonymous local caller gets no task output.
 #[test]
 fn with_tokens_task_output_needs_a_token_and_a_foreign_host_gets_nothing() {
     let h = fast_home();
-    write_tokens_file(&h, &format!("ops:{OPERATE}\n[read]\ngrafana:{READER}\n"));
+    write_tokens_file(&h, &format!("ops:{OPERATE}\n"));
     h.cortex_ok(&["schedule", "add", "--name", "nightly", "--cron", "0 3 * * *", "--", "sh", "-c", "echo nightly"]);
     let api = Api::start(&h);
     let p = api.port;
@@ -46,8 +46,8 @@ fn with_tokens_task_output_needs_a_token_and_a_foreign_host_gets_nothing() {
     let mut log = std::fs::OpenOptions::new().append(true).open(h.join("coordination/dashboard-events.jsonl")).unwrap();
     std::io::Write::write_all(&mut log, format!("{line}\n").as_bytes()).unwrap();
 
-    // The operator, with a read token, sees the output: the secret really is there to steal.
-    let r = bearer(READER);
+    // The operator, with a token, sees the output: the secret really is there to steal.
+    let r = bearer(OPERATE);
     let (code, body) = get_raw(p, &format!("/dispatches/{dispatch}"), &[("Authorization", &r)]);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(SECRET_LINE), "{body}");
@@ -90,19 +90,33 @@ fn with_tokens_task_output_needs_a_token_and_a_foreign_host_gets_nothing() {
     assert!(with_token.contains(SECRET_LINE), "a token holder sees the message: {with_token}");
     assert_eq!(get_raw(p, "/metrics", &[]).0, 200);
     assert_eq!(api.get("/scheduler/status").0, 200);
+}
 
-    // A read-only token changes nothing.
-    for path in ["/scheduler/pause", "/schedules/nightly/run", "/schedules/nightly/pause"] {
+/// A `[read]` token reads task output but changes nothing; an `[operate]` token does both.
+#[test]
+fn a_read_token_reads_but_changes_nothing() {
+    let h = TestHome::new();
+    write_tokens_file(&h, &format!("ops:{OPERATE}\n[read]\ngrafana:{READER}\n"));
+    h.cortex_ok(&["schedule", "add", "--name", "nightly", "--cron", "0 3 * * *", "--", "sh", "-c", "echo nightly"]);
+    let api = Api::start(&h);
+    let p = api.port;
+    let r = bearer(READER);
+    let (code, body) = get_raw(p, "/schedules/nightly", &[("Authorization", &r)]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("echo nightly"), "{body}");
+    for path in ["/scheduler/pause", "/schedules/nightly/run", "/schedules/nightly/pause", "/dispatches/dsp-x/cancel"] {
         let (code, e) = json_request(p, "POST", path, &[("Authorization", &r)], b"");
         assert_eq!(code, 403, "POST {path} with a read token: {e}");
         assert!(e["error"].as_str().unwrap().contains("read-only"), "{e}");
     }
     assert_eq!(api.get("/scheduler/status").1["state"], "running");
     assert!(h.events_of("schedule_run_requested").is_empty());
-    // The operate token does.
     let o = bearer(OPERATE);
     let (code, e) = json_request(p, "POST", "/schedules/nightly/run", &[("Authorization", &o)], b"");
     assert_eq!(code, 200, "{e}");
+    let (code, e) = json_request(p, "POST", "/scheduler/pause", &[("Authorization", &o)], b"");
+    assert_eq!(code, 200, "{e}");
+    assert_eq!(h.events_of("scheduler_paused")[0]["data"]["paused_by"], "ops");
 }
 
 /// Item 7: without tokens, schedule run-now (it ran an operator's command per request), schedule
