@@ -469,6 +469,18 @@ mod tests {
     }
 
     #[test]
+    fn allowed_hosts_are_bare_names() {
+        let mut cfg = Config::default();
+        cfg.api.allowed_hosts = vec!["cortex.lan".into(), "host-1".into()];
+        assert!(cfg.check().is_ok());
+        for bad in ["http://cortex.lan", "cortex.lan:8900", "", "a b"] {
+            cfg.api.allowed_hosts = vec![bad.into()];
+            let err = cfg.check().unwrap_err();
+            assert!(err.contains("[api] allowed_hosts"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("10M").unwrap(), 10 * 1024 * 1024);
         assert_eq!(parse_size("512").unwrap(), 512);
