@@ -132,7 +132,8 @@ fn without_tokens_only_the_documented_changes_are_open() {
     for _ in 0..3 {
         let (code, e) = api.post("/schedules/nightly/run", b"");
         assert_eq!(code, 403, "{e}");
-        assert!(e["error"].as_str().unwrap().contains("[api] tokens_file"), "{e}");
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.contains("[api] tokens_file") && msg.contains("`cortex schedule run-now nightly`"), "{e}");
     }
     let (code, e) = api.post("/schedules/nightly/pause", br#"{"reason": "x"}"#);
     assert_eq!(code, 403, "{e}");

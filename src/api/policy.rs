@@ -36,12 +36,14 @@ pub enum Access {
 }
 
 /// Decides whether a request whose endpoint has `access` may proceed; `Ok(Some(caller))` names a
-/// valid token, `Ok(None)` an anonymous caller. `what` names the endpoint in refusals.
+/// valid token, `Ok(None)` an anonymous caller. `what` names the endpoint in refusals, `cli` the
+/// `cortex` command that does the same without the API (named when the API refuses it).
 pub fn authorize(
     access: Access,
     tokens: &Tokens,
     authorization: Option<&str>,
     what: &str,
+    cli: &str,
 ) -> Result<Option<Caller>, Response> {
     if tokens.is_empty() {
         return match access {
@@ -51,7 +53,7 @@ pub fn authorize(
                 format!(
                     "{what} is refused without API tokens: it starts or changes what runs, and without tokens any local \
                      user could call it. Set [api] tokens_file in cortex.toml (a 0600 file of name:token lines) and send \
-                     Authorization: Bearer <token>, or use the cortex CLI for the same operation"
+                     Authorization: Bearer <token>, or run `{cli}` on the host"
                 ),
             )),
         };
@@ -240,15 +242,16 @@ mod tests {
     fn access_without_and_with_tokens() {
         let none = Tokens::none();
         for a in [Access::Open, Access::Read, Access::Documented] {
-            assert!(matches!(authorize(a, &none, None, "x"), Ok(None)));
+            assert!(matches!(authorize(a, &none, None, "x", "cortex x"), Ok(None)));
         }
-        let e = authorize(Access::Operate, &none, None, "POST /x").unwrap_err();
+        let e = authorize(Access::Operate, &none, None, "POST /x", "cortex x").unwrap_err();
         assert_eq!(e.status, 403);
-        assert!(String::from_utf8_lossy(&e.body).contains("tokens_file"));
+        let body = String::from_utf8_lossy(&e.body);
+        assert!(body.contains("tokens_file") && body.contains("`cortex x`"), "{body}");
 
         let t = Tokens::parse("op:oooooooooooooooooooo\n[read]\nro:rrrrrrrrrrrrrrrrrrrr\n").unwrap();
         let (op, ro) = (Some("Bearer oooooooooooooooooooo"), Some("Bearer rrrrrrrrrrrrrrrrrrrr"));
-        let status = |a, h| authorize(a, &t, h, "x").map(|c| c.map(|c| c.name)).map_err(|r| r.status);
+        let status = |a, h| authorize(a, &t, h, "x", "cortex x").map(|c| c.map(|c| c.name)).map_err(|r| r.status);
         assert_eq!(status(Access::Open, None), Ok(None));
         assert_eq!(status(Access::Open, ro), Ok(Some("ro".into())));
         assert_eq!(status(Access::Read, None), Err(401));

@@ -60,6 +60,27 @@ fn access(route: &Route) -> Access {
     }
 }
 
+/// The `cortex` command that does what an endpoint does, for refusals to point at (the CLI works
+/// on the home's files directly, whatever the API allows).
+fn cli_equivalent(route: &Route) -> String {
+    match route {
+        Route::Index => "cortex --help".into(),
+        Route::Status | Route::Health | Route::Metrics => "cortex status".into(),
+        Route::SchedulerStatus => "cortex scheduler status".into(),
+        Route::Pause => "cortex scheduler pause".into(),
+        Route::Resume => "cortex scheduler resume".into(),
+        Route::Dispatches => "cortex dispatches".into(),
+        Route::Dispatch(id) => format!("cortex task show {id}"),
+        Route::Cancel(_) => "cortex task cancel <task_id>".into(),
+        Route::Retry(id) => format!("cortex task retry {id}"),
+        Route::Schedules => "cortex schedule list".into(),
+        Route::Schedule(id) => format!("cortex schedule show {id}"),
+        Route::ScheduleAction(id, ScheduleAction::Pause) => format!("cortex schedule pause {id}"),
+        Route::ScheduleAction(id, ScheduleAction::Resume) => format!("cortex schedule resume {id}"),
+        Route::ScheduleAction(id, ScheduleAction::Run) => format!("cortex schedule run-now {id}"),
+    }
+}
+
 /// What a `POST /schedules/<id>/<action>` asks for.
 #[derive(Clone, Copy)]
 enum ScheduleAction {
@@ -144,7 +165,13 @@ impl Handler for App {
             return Reply::Now(refusal);
         }
         let what = format!("{} {}", req.method, req.path);
-        let caller = match policy::authorize(access(&route), &self.tokens, req.header("Authorization"), &what) {
+        let caller = match policy::authorize(
+            access(&route),
+            &self.tokens,
+            req.header("Authorization"),
+            &what,
+            &cli_equivalent(&route),
+        ) {
             Ok(c) => c,
             Err(refusal) => return Reply::Now(refusal),
         };
