@@ -1,7 +1,7 @@
 //! The API's endpoints: routing (404 unknown path, 405 wrong method), the access table
-//! ([`access`], enforced through [`super::policy`]), and each handler — a thin layer over [`crate::status`],
-//! [`crate::scheduler`], [`crate::task::dispatches`] and [`crate::task::ops`], the same calls
-//! the CLI makes.
+//! ([`access`], enforced through [`super::policy`]), and each handler — a thin layer over
+//! [`crate::status`], [`crate::scheduler`], [`crate::task::dispatches`] and [`crate::task::ops`],
+//! the same calls the CLI makes.
 
 use super::auth::Tokens;
 use super::commit::Committer;
