@@ -65,8 +65,12 @@ impl Default for SchedulerConfig {
 pub struct ApiConfig {
     /// Listen address; the env `CORTEX_API_BIND` overrides it.
     pub bind: String,
-    /// File of `name:token` lines (0600). Empty: no tokens (loopback only).
+    /// File of `name:token` lines (0600), `[read]` / `[operate]` sections. Empty: no tokens
+    /// (loopback only; reads, scheduler pause/resume and cancel are open, other changes refused).
     pub tokens_file: String,
+    /// Host names, besides loopback addresses, `localhost` and the bind address, that requests
+    /// may carry in `Host` and `Origin` (e.g. the host's DNS name on a network bind).
+    pub allowed_hosts: Vec<String>,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: u64,
     /// A client that sends nothing for this long is dropped, seconds.
@@ -84,6 +88,7 @@ impl Default for ApiConfig {
         ApiConfig {
             bind: "127.0.0.1:8900".into(),
             tokens_file: String::new(),
+            allowed_hosts: Vec::new(),
             max_body_bytes: 64 * 1024,
             request_timeout_seconds: 10,
             critical_window_seconds: 3600,
@@ -388,6 +393,14 @@ impl Config {
         if self.api_bind().parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("[api] bind: {:?} is not an address:port such as 127.0.0.1:8900", self.api_bind()));
         }
+        for name in &self.api.allowed_hosts {
+            let bad = name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if bad {
+                return Err(format!(
+                    "[api] allowed_hosts: {name:?} is not a host name (letters, digits, '-' and '.'; no scheme or port)"
+                ));
+            }
+        }
         parse_size(&self.logs.max_size).map_err(|e| format!("[logs] max_size: {e}"))?;
         if self.retry.max_attempts == 0 {
             return Err("[retry] max_attempts must be at least 1".into());
@@ -453,6 +466,18 @@ mod tests {
         let err =
             Config::parse("[scheduler]\nmax_concurrent_dispatches = \"many\"\n", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn allowed_hosts_are_bare_names() {
+        let mut cfg = Config::default();
+        cfg.api.allowed_hosts = vec!["cortex.lan".into(), "host-1".into()];
+        assert!(cfg.check().is_ok());
+        for bad in ["http://cortex.lan", "cortex.lan:8900", "", "a b"] {
+            cfg.api.allowed_hosts = vec![bad.into()];
+            let err = cfg.check().unwrap_err();
+            assert!(err.contains("[api] allowed_hosts"), "{bad}: {err}");
+        }
     }
 
     #[test]

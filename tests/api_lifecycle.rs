@@ -20,7 +20,15 @@ struct Live {
 }
 
 fn live(h: &TestHome) -> Live {
-    let api = Api::start(h);
+    live_with(h, Api::start(h))
+}
+
+/// [`live`] with an API that has an operate token (retry needs one).
+fn live_operated(h: &TestHome) -> Live {
+    live_with(h, Api::start_operated(h))
+}
+
+fn live_with(h: &TestHome, api: Api) -> Live {
     let worker = start(h, "worker");
     let coordinator = start(h, "coordinator");
     Live { api, coordinator: Some(coordinator), _worker: worker }
@@ -64,7 +72,7 @@ fn gated(h: &TestHome, gate: &str, code: i32) -> String {
 #[test]
 fn retry_of_a_dispatch_follows_the_rules() {
     let h = fast_home();
-    let d = live(&h);
+    let d = live_operated(&h);
     let api = &d.api;
     // Attempt 1 fails at once; attempt 2 waits for the gate, then fails too.
     let cmd = format!("[ \"$CORTEX_ATTEMPT\" = 1 ] && exit 3; {}", gated(&h, "go", 3));
@@ -81,7 +89,7 @@ fn retry_of_a_dispatch_follows_the_rules() {
     assert_eq!(r["task_id"], id.as_str());
     let ev = h.events_of("task_retry_requested");
     assert!(ev.iter().any(|e| e["data"]["task_id"] == id.as_str()
-        && e["data"]["requested_by"].as_str().unwrap().starts_with("anonymous (api 127.0.0.1:")));
+        && e["data"]["requested_by"].as_str().unwrap().starts_with("operator (api 127.0.0.1:")));
 
     // The task runs again (attempt 2); it is not failed or cancelled now: 400, twice.
     let (second, _) = wait_running(&h, &id);
@@ -117,7 +125,7 @@ fn retry_of_a_dispatch_follows_the_rules() {
 #[test]
 fn retry_right_after_a_cancel_folds_the_ended_dispatch_first() {
     let h = fast_home();
-    let mut d = live(&h);
+    let mut d = live_operated(&h);
     let cmd = format!("[ \"$CORTEX_ATTEMPT\" = 2 ] && exit 0; {}", gated(&h, "never", 0));
     let id = add(&h, &["--description", "cancel then retry", "--budget", "1000", "--", "sh", "-c", &cmd]);
     let (first, pgid) = wait_running(&h, &id);

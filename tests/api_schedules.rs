@@ -1,5 +1,6 @@
 //! The schedule endpoints: `GET /schedules`, `GET /schedules/<id>`, `POST /schedules/<id>/pause`,
-//! `/resume` and `/run`, against a live `cortex-api` — the same operations as `cortex schedule`.
+//! `/resume` and `/run`, against a live `cortex-api` with an operate token (the schedule
+//! actions need one) — the same operations as `cortex schedule`.
 mod api_support;
 mod common;
 use api_support::*;
@@ -10,7 +11,7 @@ fn schedule_endpoints_list_pause_resume_and_run() {
     let h = TestHome::new();
     h.cortex_ok(&["schedule", "add", "--name", "nightly", "--cron", "0 3 * * *", "--", "true"]);
     let id = h.read_json("coordination/schedules.json")["schedules"][0]["schedule_id"].as_str().unwrap().to_string();
-    let api = Api::start(&h);
+    let api = Api::start_operated(&h);
 
     let (code, list) = api.get("/schedules");
     assert_eq!(code, 200, "{list}");
@@ -28,7 +29,7 @@ fn schedule_endpoints_list_pause_resume_and_run() {
     let stored = &h.read_json("coordination/schedules.json")["schedules"][0];
     assert_eq!(stored["state"], "paused", "{stored}");
     assert_eq!(stored["reason"], "maintenance", "{stored}");
-    assert!(stored["paused_by"].as_str().unwrap().contains("anonymous"), "{stored}");
+    assert!(stored["paused_by"].as_str().unwrap().contains("operator"), "{stored}");
     let (code, again) = api.post("/schedules/nightly/pause", b"");
     assert_eq!((code, &again["changed"]), (200, &serde_json::json!(false)), "{again}");
 

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             let tokens = Tokens::parse("ops:0123456789abcdef0123\n").unwrap();
             let who = tokens.check(req.header("Authorization"));
             if let Some(w) = who {
-                assert_eq!(w, "ops");
+                assert_eq!(w.name, "ops");
             }
             // Pipelined bytes after the request parse on their own.
             let _ = parse(&buf[consumed..], peer, max_body);

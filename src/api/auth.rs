@@ -1,23 +1,53 @@
-//! Bearer tokens for the API's mutating endpoints: `[api] tokens_file`, a file of `name:token`
-//! lines that must be readable by its owner only (0600). Tokens are compared in constant time
-//! (SHA-256 of both, then a XOR fold) and never logged: only a token's name is ever shown.
+//! Bearer tokens for the API: `[api] tokens_file`, a file that must be readable by its owner
+//! only (0600), of `name:token` lines in two sections:
+//!
+//! ```text
+//! # operate tokens (the default section): every endpoint
+//! alice:3f0c...        (16 characters at least)
+//! [read]
+//! # read-only tokens: the reads that show task output, commands and descriptions; no change
+//! grafana:9a1e...
+//! [operate]
+//! ci:77b2...
+//! ```
+//!
+//! A file without section lines is all operate tokens (the format before read-only tokens).
+//! Tokens are compared in constant time (SHA-256 of both, then a XOR fold) and never logged:
+//! only a token's name is ever shown.
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads only (`[read]` section).
+    Read,
+    /// Reads and changes (`[operate]` section, the default).
+    Operate,
+}
+
 /// One configured token. Its secret is kept only as a digest; `Debug` shows the name alone.
 #[derive(Clone)]
 pub struct Token {
     pub name: String,
+    pub kind: Kind,
     digest: [u8; 32],
 }
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Token({:?})", self.name)
+        write!(f, "Token({:?}, {:?})", self.name, self.kind)
     }
+}
+
+/// The caller a valid token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub kind: Kind,
 }
 
 /// The tokens the API accepts. Empty: authentication is off (loopback only).
@@ -65,12 +95,27 @@ impl Tokens {
         Tokens::parse(&text).map_err(|detail| Error::Config { path: Some(path.to_path_buf()), detail })
     }
 
-    /// Parses `name:token` lines (blank lines and `#` comments are skipped).
+    /// Parses `name:token` lines under `[operate]` (the default) and `[read]` section lines
+    /// (blank lines and `#` comments are skipped).
     pub fn parse(text: &str) -> std::result::Result<Tokens, String> {
         let mut tokens: Vec<Token> = Vec::new();
+        let mut kind = Kind::Operate;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                kind = match section.trim() {
+                    "read" => Kind::Read,
+                    "operate" => Kind::Operate,
+                    other => {
+                        return Err(format!(
+                            "line {}: unknown section [{other}] (expected [read] or [operate])",
+                            i + 1
+                        ));
+                    }
+                };
                 continue;
             }
             let Some((name, secret)) = line.split_once(':') else {
@@ -86,7 +131,7 @@ impl Tokens {
             if tokens.iter().any(|t| t.name == name) {
                 return Err(format!("line {}: token name {name:?} appears twice", i + 1));
             }
-            tokens.push(Token { name: name.to_string(), digest: digest(secret.as_bytes()) });
+            tokens.push(Token { name: name.to_string(), kind, digest: digest(secret.as_bytes()) });
         }
         if tokens.is_empty() {
             return Err("the file holds no tokens (expected name:token lines)".into());
@@ -94,9 +139,10 @@ impl Tokens {
         Ok(Tokens { tokens })
     }
 
-    /// The name of the token an `Authorization` header carries, if it is a valid one. Every
-    /// configured token is compared, so the time taken says nothing about which matched.
-    pub fn check(&self, authorization: Option<&str>) -> Option<String> {
+    /// The caller (token name and kind) an `Authorization` header names, if its token is a
+    /// valid one. Every configured token is compared, so the time taken says nothing about
+    /// which matched.
+    pub fn check(&self, authorization: Option<&str>) -> Option<Caller> {
         let presented = authorization?.trim();
         let (scheme, secret) = presented.split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -106,7 +152,7 @@ impl Tokens {
         let mut found = None;
         for t in &self.tokens {
             if ct_eq(&t.digest, &d) && found.is_none() {
-                found = Some(t.name.clone());
+                found = Some(Caller { name: t.name.clone(), kind: t.kind });
             }
         }
         found
@@ -121,12 +167,28 @@ mod tests {
     fn parse_and_check() {
         let t = Tokens::parse("# ops\nalice:aaaaaaaaaaaaaaaaaaaa\n\nbob:bbbbbbbbbbbbbbbbbbbb\n").unwrap();
         assert_eq!(t.names(), ["alice", "bob"]);
-        assert_eq!(t.check(Some("Bearer bbbbbbbbbbbbbbbbbbbb")).as_deref(), Some("bob"));
-        assert_eq!(t.check(Some("bearer aaaaaaaaaaaaaaaaaaaa")).as_deref(), Some("alice"));
+        let name = |h: &str| t.check(Some(h)).map(|c| c.name);
+        assert_eq!(name("Bearer bbbbbbbbbbbbbbbbbbbb").as_deref(), Some("bob"));
+        assert_eq!(name("bearer aaaaaaaaaaaaaaaaaaaa").as_deref(), Some("alice"));
         assert_eq!(t.check(Some("Bearer wrongwrongwrongwrong")), None);
         assert_eq!(t.check(Some("Basic aaaaaaaaaaaaaaaaaaaa")), None);
         assert_eq!(t.check(None), None);
         assert!(!format!("{t:?}").contains("aaaa"));
+    }
+
+    #[test]
+    fn sections_give_token_kinds() {
+        let t = Tokens::parse(
+            "ops:oooooooooooooooooooo\n[read]\ngraf:rrrrrrrrrrrrrrrrrrrr\n[operate]\nci:cccccccccccccccccccc\n",
+        )
+        .unwrap();
+        let kind = |s: &str| t.check(Some(&format!("Bearer {s}"))).map(|c| c.kind);
+        assert_eq!(kind("oooooooooooooooooooo"), Some(Kind::Operate));
+        assert_eq!(kind("rrrrrrrrrrrrrrrrrrrr"), Some(Kind::Read));
+        assert_eq!(kind("cccccccccccccccccccc"), Some(Kind::Operate));
+        assert!(
+            Tokens::parse("[admin]\na:aaaaaaaaaaaaaaaaaaaa\n").unwrap_err().contains("line 1: unknown section [admin]")
+        );
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! only through the library operations the CLI uses.
 //!
 //! - [`http`]: the HTTP/1.1 server (reactor + bounded handler pool, limits, timeouts).
-//! - [`auth`]: bearer tokens from `[api] tokens_file`.
+//! - [`auth`]: bearer tokens from `[api] tokens_file` (operate and read-only kinds).
+//! - [`policy`]: who may call what — the `Host`/`Origin` checks and the access kinds.
 //! - [`commit`]: the scheduler's group commit (one committer thread batches pauses/resumes).
 //! - [`routes`]: the endpoints.
 
 pub mod auth;
 pub mod commit;
 pub mod http;
+pub mod policy;
 pub mod routes;
 
 use crate::config::Config;
@@ -34,8 +36,8 @@ pub fn load_tokens(home: &Home, config: &Config) -> Result<Tokens> {
 pub fn check_bind(addr: &SocketAddr, tokens: &Tokens) -> Result<()> {
     if !addr.ip().is_loopback() && tokens.is_empty() {
         return Err(Error::refused(format!(
-            "refusing to listen on {addr} without API tokens: anyone who can reach it could pause the scheduler \
-             and cancel dispatches. Set [api] tokens_file (a 0600 file of name:token lines) or bind to 127.0.0.1"
+            "refusing to listen on {addr} without API tokens: anyone who can reach it could pause the scheduler, \
+             cancel dispatches and read task output. Set [api] tokens_file (a 0600 file of name:token lines) or bind to 127.0.0.1"
         )));
     }
     Ok(())
@@ -86,15 +88,18 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     })?;
     check_bind(&addr, &tokens)?;
     let listener = bind(&addr_text)?;
+    let local =
+        listener.local_addr().map_err(|e| Error::other(format!("cannot read the address of {addr_text}: {e}")))?;
+    let site = policy::Site::new(local, &ctx.config.api.allowed_hosts);
     let reader = Arc::new(StatusReader::new(ctx.store.clone(), ctx.config.clone()));
     let auth_note = if tokens.is_empty() {
-        "no tokens (loopback only)".to_string()
+        "no tokens (loopback only; reads, pause/resume and cancel open, other changes refused)".to_string()
     } else {
-        format!("bearer tokens required for changes ({})", tokens.names().join(", "))
+        format!("bearer tokens required for changes and task reads ({})", tokens.names().join(", "))
     };
     let committer = commit::Committer::start(ctx.store.clone())
         .map_err(|e| Error::other(format!("cannot start the scheduler committer thread: {e}")))?;
-    let app = Arc::new(routes::App { reader, tokens, committer });
+    let app = Arc::new(routes::App { reader, tokens, site, committer });
     let server = http::Server::start(listener, limits(&ctx.config), app)
         .map_err(|e| Error::other(format!("cannot start the API server on {addr_text}: {e}")))?;
     tracing::info!(addr = %server.local_addr(), "API listening; {auth_note}");

@@ -1,11 +1,12 @@
-//! The API's endpoints: routing (404 unknown path, 405 wrong method), bearer-token checks on
-//! mutating endpoints, and each handler — a thin layer over [`crate::status`],
-//! [`crate::scheduler`], [`crate::task::dispatches`] and [`crate::task::ops`], the same calls
-//! the CLI makes.
+//! The API's endpoints: routing (404 unknown path, 405 wrong method), the access table
+//! ([`access`], enforced through [`super::policy`]), and each handler — a thin layer over
+//! [`crate::status`], [`crate::scheduler`], [`crate::task::dispatches`] and [`crate::task::ops`],
+//! the same calls the CLI makes.
 
 use super::auth::Tokens;
 use super::commit::Committer;
 use super::http::{Handler, Reply, Request, Response};
+use super::policy::{self, Access, Site};
 use crate::error::Error;
 use crate::error::Result;
 use crate::home::SpecBucket;
@@ -20,6 +21,8 @@ use std::time::Duration;
 pub struct App {
     pub reader: Arc<StatusReader>,
     pub tokens: Tokens,
+    /// The API's own address, for the `Host` and `Origin` checks.
+    pub site: Site,
     /// Pauses and resumes that change the state go through the group commit.
     pub committer: Committer,
 }
@@ -40,6 +43,42 @@ enum Route<'a> {
     Schedules,
     Schedule(&'a str),
     ScheduleAction(&'a str, ScheduleAction),
+}
+
+/// The access table: how each endpoint is guarded (what each kind means, with and without
+/// `[api] tokens_file`, is the table in [`super::policy`]). A new endpoint gets its row here.
+fn access(route: &Route) -> Access {
+    match route {
+        // Monitoring: counts, daemon states, the pause switch.
+        Route::Index | Route::Status | Route::Health | Route::Metrics | Route::SchedulerStatus => Access::Open,
+        // Task output tails, commands, descriptions, schedules' task templates.
+        Route::Dispatches | Route::Dispatch(_) | Route::Schedules | Route::Schedule(_) => Access::Read,
+        // The runbooks' token-less changes (ARCHITECTURE.md threat model).
+        Route::Pause | Route::Resume | Route::Cancel(_) => Access::Documented,
+        // They run an operator's command again or change a schedule.
+        Route::Retry(_) | Route::ScheduleAction(..) => Access::Operate,
+    }
+}
+
+/// The `cortex` command that does what an endpoint does, for refusals to point at (the CLI works
+/// on the home's files directly, whatever the API allows).
+fn cli_equivalent(route: &Route) -> String {
+    match route {
+        Route::Index => "cortex --help".into(),
+        Route::Status | Route::Health | Route::Metrics => "cortex status".into(),
+        Route::SchedulerStatus => "cortex scheduler status".into(),
+        Route::Pause => "cortex scheduler pause".into(),
+        Route::Resume => "cortex scheduler resume".into(),
+        Route::Dispatches => "cortex dispatches".into(),
+        Route::Dispatch(id) => format!("cortex task show {id}"),
+        Route::Cancel(_) => "cortex task cancel <task_id>".into(),
+        Route::Retry(id) => format!("cortex task retry {id}"),
+        Route::Schedules => "cortex schedule list".into(),
+        Route::Schedule(id) => format!("cortex schedule show {id}"),
+        Route::ScheduleAction(id, ScheduleAction::Pause) => format!("cortex schedule pause {id}"),
+        Route::ScheduleAction(id, ScheduleAction::Resume) => format!("cortex schedule resume {id}"),
+        Route::ScheduleAction(id, ScheduleAction::Run) => format!("cortex schedule run-now {id}"),
+    }
 }
 
 /// What a `POST /schedules/<id>/<action>` asks for.
@@ -122,26 +161,23 @@ impl Handler for App {
             Ok(None) => return Reply::Now(Response::error(404, format!("no such endpoint: {}", req.path))),
             Err(allow) => return Reply::Now(Response::error(405, "method not allowed").with_header("Allow", allow)),
         };
-        let mutating = matches!(
-            route,
-            Route::Pause | Route::Resume | Route::Cancel(_) | Route::Retry(_) | Route::ScheduleAction(..)
-        );
-        if let Some(refusal) = self.browser_refusal(req, mutating) {
+        if let Some(refusal) = self.site.refusal(req) {
             return Reply::Now(refusal);
         }
-        let who = if mutating && !self.tokens.is_empty() {
-            match self.tokens.check(req.header("Authorization")) {
-                Some(name) => name,
-                None => {
-                    return Reply::Now(
-                        Response::error(401, "this endpoint needs Authorization: Bearer <token> with a valid token")
-                            .with_header("WWW-Authenticate", "Bearer"),
-                    );
-                }
-            }
-        } else {
-            "anonymous".to_string()
+        let what = format!("{} {}", req.method, req.path);
+        let caller = match policy::authorize(
+            access(&route),
+            &self.tokens,
+            req.header("Authorization"),
+            &what,
+            &cli_equivalent(&route),
+        ) {
+            Ok(c) => c,
+            Err(refusal) => return Reply::Now(refusal),
         };
+        // With tokens, an anonymous caller of an open endpoint sees no text tasks wrote.
+        let redact = caller.is_none() && !self.tokens.is_empty();
+        let who = caller.map_or_else(|| "anonymous".to_string(), |c| c.name);
         let actor = Actor { who, from: format!("api {}", req.peer) };
         match route {
             Route::Index => Reply::Now(ok_json(&json!({
@@ -159,6 +195,7 @@ impl Handler for App {
                 Reply::Now(self.reader.system_status().map_or_else(|e| error_response(&e), |s| ok_json(&s)))
             }
             Route::Health => Reply::Now(match self.reader.health() {
+                Ok(h) if redact => Response::json(if h.healthy { 200 } else { 503 }, &redact_health(&h)),
                 Ok(h) => Response::json(if h.healthy { 200 } else { 503 }, &h),
                 Err(e) => error_response(&e),
             }),
@@ -182,39 +219,20 @@ impl Handler for App {
     }
 }
 
-/// True for a loopback host name or address (`127.0.0.1`, `localhost`, `[::1]`), port ignored.
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim();
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
-    };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// `GET /health` for an anonymous caller when tokens are configured: each event without its
+/// `message` (it may quote a task's description or error text); the rest stays, so monitoring
+/// (`.healthy`, `.recent_events[] | .type`) works without a token.
+fn redact_health(h: &crate::status::Health) -> Value {
+    let mut v = serde_json::to_value(h).unwrap_or(Value::Null);
+    if let Some(events) = v.get_mut("recent_events").and_then(Value::as_array_mut) {
+        for e in events.iter_mut().filter_map(Value::as_object_mut) {
+            e.remove("message");
+        }
+    }
+    v
 }
 
 impl App {
-    /// Refuses what only a browser tricked by another web site would send to a token-less API
-    /// on loopback: a foreign `Host` (DNS rebinding) or, on a change, a foreign `Origin` (a
-    /// cross-site form post). curl and scripts send neither.
-    fn browser_refusal(&self, req: &Request, mutating: bool) -> Option<Response> {
-        if !self.tokens.is_empty() {
-            return None;
-        }
-        if let Some(host) = req.header("Host")
-            && !is_loopback_host(host)
-        {
-            return Some(Response::error(403, format!("refused: Host {host:?} is not a loopback address")));
-        }
-        if mutating
-            && let Some(origin) = req.header("Origin")
-            && !origin.split_once("://").is_some_and(|(_, h)| is_loopback_host(h.trim_end_matches('/')))
-        {
-            return Some(Response::error(403, format!("refused: cross-origin request from {origin:?}")));
-        }
-        None
-    }
-
     fn pause(&self, req: &Request, actor: Actor) -> Reply {
         let body = match json_body(req) {
             Ok(b) => b,
@@ -471,12 +489,16 @@ mod tests {
     }
 
     #[test]
-    fn loopback_hosts() {
-        for h in ["127.0.0.1:8900", "localhost", "LOCALHOST:1", "[::1]:8900", "127.0.0.2"] {
-            assert!(is_loopback_host(h), "{h}");
-        }
-        for h in ["evil.example", "evil.example:8900", "10.0.0.1:8900", "[2001:db8::1]:80", "localhost.evil.example"] {
-            assert!(!is_loopback_host(h), "{h}");
-        }
+    fn access_table() {
+        let a = |m, p| access(&route(m, p).unwrap().unwrap());
+        assert_eq!(a("GET", "/status"), Access::Open);
+        assert_eq!(a("GET", "/health"), Access::Open);
+        assert_eq!(a("GET", "/dispatches"), Access::Read);
+        assert_eq!(a("GET", "/schedules/x"), Access::Read);
+        assert_eq!(a("POST", "/scheduler/pause"), Access::Documented);
+        assert_eq!(a("POST", "/dispatches/d-1/cancel"), Access::Documented);
+        assert_eq!(a("POST", "/dispatches/d-1/retry"), Access::Operate);
+        assert_eq!(a("POST", "/schedules/x/run"), Access::Operate);
+        assert_eq!(a("POST", "/schedules/x/pause"), Access::Operate);
     }
 }

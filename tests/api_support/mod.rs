@@ -14,10 +14,24 @@ pub fn set_config(h: &TestHome, section: &str, key: &str, value: &str) {
     h.set_config(section, key, value);
 }
 
+/// The operate token [`Api::start_operated`] configures (named `operator`).
+pub const OPERATOR_TOKEN: &str = "operator-0123456789abcdef-secret";
+
+/// Writes `text` as the home's tokens file `api-tokens` (0600) and points `[api] tokens_file` at it.
+pub fn write_tokens_file(h: &TestHome, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = h.join("api-tokens");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    set_config(h, "api", "tokens_file", "\"api-tokens\"");
+}
+
 /// A running `cortex-api`; stopped (SIGTERM) when dropped.
 pub struct Api {
     pub port: u16,
     pub child: Child,
+    /// Sent as `Authorization: Bearer` by [`Api::get`] and [`Api::post`] when set.
+    pub token: Option<String>,
 }
 
 impl Api {
@@ -28,12 +42,26 @@ impl Api {
         Api::start_on(h, port)
     }
 
+    /// Like [`Api::start`] with a tokens file holding [`OPERATOR_TOKEN`], which `get` and
+    /// `post` then send: for the changes that need a token (retry, schedule actions).
+    pub fn start_operated(h: &TestHome) -> Api {
+        write_tokens_file(h, &format!("operator:{OPERATOR_TOKEN}\n"));
+        let mut api = Api::start(h);
+        api.token = Some(OPERATOR_TOKEN.to_string());
+        api
+    }
+
     /// Starts the daemon on the port already configured.
     pub fn start_on(h: &TestHome, port: u16) -> Api {
         let child = spawn_api(h);
-        let mut api = Api { port, child };
+        let mut api = Api { port, child, token: None };
         api.wait_ready();
         api
+    }
+
+    /// The `Authorization` header of this client's token, if it has one.
+    fn auth(&self) -> Vec<(&'static str, String)> {
+        self.token.iter().map(|t| ("Authorization", format!("Bearer {t}"))).collect()
     }
 
     pub fn wait_ready(&mut self) {
@@ -59,11 +87,15 @@ impl Api {
     }
 
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        json_request(self.port, "GET", path, &[], b"")
+        let auth = self.auth();
+        let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        json_request(self.port, "GET", path, &headers, b"")
     }
 
     pub fn post(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        json_request(self.port, "POST", path, &[], body)
+        let auth = self.auth();
+        let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        json_request(self.port, "POST", path, &headers, body)
     }
 
     /// SIGKILL, no clean-up (the PID file stays behind, stale).
@@ -138,7 +170,7 @@ pub fn try_request(
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("Host")) {
-        req.push_str("Host: 127.0.0.1\r\n");
+        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
     }
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
