@@ -40,6 +40,8 @@ enum Route<'a> {
     Schedules,
     Schedule(&'a str),
     ScheduleAction(&'a str, ScheduleAction),
+    /// `POST /events/<id>/ack` (`all` for every event up to now).
+    EventAck(&'a str),
 }
 
 /// What a `POST /schedules/<id>/<action>` asks for.
@@ -73,6 +75,7 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
         ["schedules", id, "pause"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Pause),
         ["schedules", id, "resume"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Resume),
         ["schedules", id, "run"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Run),
+        ["events", id, "ack"] if post && !id.is_empty() => Route::EventAck(id),
         [""]
         | ["status"]
         | ["health"]
@@ -87,7 +90,8 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
         ["scheduler", "pause"]
         | ["scheduler", "resume"]
         | ["dispatches", _, "cancel" | "retry"]
-        | ["schedules", _, "pause" | "resume" | "run"] => {
+        | ["schedules", _, "pause" | "resume" | "run"]
+        | ["events", _, "ack"] => {
             return Err("POST");
         }
         _ => return Ok(None),
@@ -124,7 +128,12 @@ impl Handler for App {
         };
         let mutating = matches!(
             route,
-            Route::Pause | Route::Resume | Route::Cancel(_) | Route::Retry(_) | Route::ScheduleAction(..)
+            Route::Pause
+                | Route::Resume
+                | Route::Cancel(_)
+                | Route::Retry(_)
+                | Route::ScheduleAction(..)
+                | Route::EventAck(_)
         );
         if let Some(refusal) = self.browser_refusal(req, mutating) {
             return Reply::Now(refusal);
@@ -152,7 +161,8 @@ impl Handler for App {
                     "POST /scheduler/pause", "POST /scheduler/resume", "GET /dispatches?status=S",
                     "GET /dispatches/<task_id|dispatch_id>", "POST /dispatches/<dispatch_id>/cancel",
                     "POST /dispatches/<dispatch_id>/retry", "GET /schedules?all=1", "GET /schedules/<id|name>",
-                    "POST /schedules/<id|name>/pause", "POST /schedules/<id|name>/resume", "POST /schedules/<id|name>/run"
+                    "POST /schedules/<id|name>/pause", "POST /schedules/<id|name>/resume", "POST /schedules/<id|name>/run",
+                    "POST /events/<id|all>/ack"
                 ],
             }))),
             Route::Status => {
@@ -178,6 +188,7 @@ impl Handler for App {
             Route::Schedules => Reply::Now(self.schedules(req)),
             Route::Schedule(id) => Reply::Now(self.schedule(id)),
             Route::ScheduleAction(id, action) => Reply::Now(self.schedule_action(req, id, action, &actor)),
+            Route::EventAck(id) => Reply::Now(self.event_ack(req, id, &actor)),
         }
     }
 }
@@ -424,6 +435,30 @@ impl App {
     }
 }
 
+impl App {
+    /// `POST /events/<id>/ack` (optional body `{"note": "..."}`; id `all`: every event up to
+    /// now): the same operation as `cortex event ack`. 404 for an event `/health` does not count.
+    fn event_ack(&self, req: &Request, id: &str, actor: &Actor) -> Response {
+        use crate::events::acks::{AckTarget, acknowledge};
+        let body = match json_body(req) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let note = match body.get("note") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Response::error(400, "\"note\" must be a string"),
+        };
+        let target = if id == "all" { AckTarget::All } else { AckTarget::Event(id.to_string()) };
+        let by = format!("{} ({})", actor.who, actor.from);
+        match acknowledge(&self.reader, &target, &by, note.as_deref(), chrono::Utc::now()) {
+            Ok(out) => ok_json(&out),
+            Err(Error::Refused(m)) => Response::error(404, m),
+            Err(e) => error_response(&e),
+        }
+    }
+}
+
 /// The answer to `POST /scheduler/pause` or `/scheduler/resume`.
 fn transition_response(result: Result<Transition>) -> Response {
     match result {
@@ -468,6 +503,8 @@ mod tests {
         assert!(matches!(route("POST", "/dispatches/d-1/retry"), Ok(Some(Route::Retry("d-1")))));
         assert!(matches!(route("GET", "/dispatches/d-1/retry"), Err("POST")));
         assert!(matches!(route("POST", "/dispatches/d-1/nope"), Ok(None)));
+        assert!(matches!(route("POST", "/events/evt-1/ack"), Ok(Some(Route::EventAck("evt-1")))));
+        assert!(matches!(route("GET", "/events/evt-1/ack"), Err("POST")));
     }
 
     #[test]
