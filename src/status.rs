@@ -163,8 +163,11 @@ struct BucketIndex {
 #[derive(Default)]
 struct SpecIndex {
     buckets: [BucketIndex; 4],
-    snapshot: Option<(Arc<Vec<Arc<SpecEntry>>>, Arc<Vec<FileError>>)>,
+    snapshot: Option<DispatchIndex>,
 }
+
+/// Every readable dispatch record (oldest dispatch first) and the specs that could not be read.
+type DispatchIndex = (Arc<Vec<Arc<SpecEntry>>>, Arc<Vec<FileError>>);
 
 /// A file a status view could not read, and why (the view reports it instead of failing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -347,7 +350,7 @@ impl StatusReader {
     }
 
     /// [`StatusReader::dispatches`] and the dispatch specs that could not be read.
-    fn dispatch_index(&self) -> Result<(Arc<Vec<Arc<SpecEntry>>>, Arc<Vec<FileError>>)> {
+    fn dispatch_index(&self) -> Result<DispatchIndex> {
         let mut keys = [None; 4];
         for (i, bucket) in DISPATCH_BUCKETS.iter().enumerate() {
             keys[i] = FileKey::stat(&self.home().worker_specs(*bucket))?;

@@ -74,13 +74,11 @@ fn drill_recent_dispatch_count_is_new_dispatches_since_the_pause_and_since_the_r
     // Pause: the runbook's step 1, 2 and the final verification of step 3.
     sh.ok("curl -s -X POST http://127.0.0.1:8900/scheduler/pause");
     assert_eq!(sh.ok("curl -s http://127.0.0.1:8900/scheduler/status | jq -r '.state // \"unknown\"'"), "paused");
-    let v = sh.ok(
-        r#"NEW_DISPATCHES=$(curl -s http://127.0.0.1:8900/status | jq -r '.recent_dispatch_count // 0')
+    let v = sh.ok(r#"NEW_DISPATCHES=$(curl -s http://127.0.0.1:8900/status | jq -r '.recent_dispatch_count // 0')
 if [ "$NEW_DISPATCHES" -gt 0 ]; then
     echo "⚠️  WARNING: New dispatches detected after pause ($NEW_DISPATCHES)"
 fi
-echo "$NEW_DISPATCHES""#,
-    );
+echo "$NEW_DISPATCHES""#);
     assert_eq!(v, "0", "no new dispatch since the pause, while two run");
     let paused_at = api.get("/scheduler/status").1["paused_at"].clone();
     assert_eq!(status(&api)["recent_since"], paused_at);
@@ -179,7 +177,9 @@ fn status_views_degrade_while_each_coordination_file_is_corrupt_and_tasks_run() 
             good
         });
         let names = |v: &Value| {
-            v["errors"].as_array().is_some_and(|e| e.iter().any(|e| e["file"] == file.as_str() && e["error"].is_string()))
+            v["errors"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["file"] == file.as_str() && e["error"].is_string()))
         };
 
         // The runbook's load check still sees what runs.

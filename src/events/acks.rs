@@ -15,7 +15,7 @@ use crate::files;
 use crate::store::{Store, jsonl};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -95,16 +95,21 @@ impl AckFollower {
         }
         if meta.len() > self.offset {
             f.seek(SeekFrom::Start(self.offset)).map_err(|e| Error::io(path, "seek", e))?;
-            let mut buf = Vec::new();
-            f.take(meta.len() - self.offset).read_to_end(&mut buf).map_err(|e| Error::io(path, "read", e))?;
-            // A line still being written (no newline yet) is read next time.
-            let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return Ok(&self.set) };
-            for line in buf[..end].split(|&b| b == b'\n') {
-                if let Ok(ack) = serde_json::from_slice::<Ack>(line) {
+            // Line by line, so a huge (hostile) file is never held in memory whole.
+            let mut reader = BufReader::new(f.take(meta.len() - self.offset));
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line).map_err(|e| Error::io(path, "read", e))?;
+                // A line still being written (no newline yet) is read next time.
+                if n == 0 || line.last() != Some(&b'\n') {
+                    break;
+                }
+                if let Ok(ack) = serde_json::from_slice::<Ack>(&line) {
                     self.set.add(&ack);
                 }
+                self.offset += n as u64;
             }
-            self.offset += end as u64 + 1;
         }
         Ok(&self.set)
     }
