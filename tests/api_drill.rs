@@ -230,9 +230,31 @@ echo "$RUNNING_COUNT""#);
         assert!(status(&api)["errors"].as_array().unwrap().is_empty());
     }
 
+    // The JSONL files: bad lines are skipped; one that cannot be read at all is named.
+    for rel in ["dashboard-events.jsonl", "event-acks.jsonl"] {
+        jsonl_append(&h.join(&format!("coordination/{rel}")), b"not json {\n");
+    }
+    let (code, v) = api.get("/health");
+    assert_eq!(code, 200, "bad lines are skipped: {v}");
+    let acks = h.join("coordination/event-acks.jsonl");
+    std::fs::remove_file(&acks).unwrap();
+    std::fs::create_dir(&acks).unwrap();
+    let (code, v) = api.get("/health");
+    assert_eq!(code, 503, "{v}");
+    assert!(v["errors"].as_array().unwrap().iter().any(|e| e["file"] == "coordination/event-acks.jsonl"), "{v}");
+    assert_eq!(status(&api)["running_count"], 2);
+    std::fs::remove_dir(&acks).unwrap();
+    assert_eq!(api.get("/health").0, 200);
+
     std::fs::write(h.join("release"), b"").unwrap();
     wait_finished(&h, &held);
     assert_eq!(status(&api)["running_count"], 0);
+}
+
+fn jsonl_append(path: &std::path::Path, line: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    f.write_all(line).unwrap();
 }
 
 #[test]
