@@ -88,7 +88,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A value derived from one file, recomputed only when the file's identity changes.
-struct Cached<T>(Mutex<Option<(FileKey, Arc<T>)>>);
+/// A file that could not be read is remembered the same way, so an unchanged corrupt file is
+/// not parsed again on every request (its error is repeated instead).
+struct Cached<T>(Mutex<Option<(FileKey, std::result::Result<Arc<T>, String>)>>);
 
 impl<T> Cached<T> {
     fn new() -> Self {
@@ -101,12 +103,21 @@ impl<T> Cached<T> {
         if let (Some(k), Some((ck, v))) = (key, c.as_ref())
             && k == *ck
         {
-            return Ok(v.clone());
+            return v.clone().map_err(Error::Other);
         }
         // Stat before reading: a change during the read shows as a new key next time.
-        let v = Arc::new(load()?);
-        *c = key.filter(|k| !k.is_racy()).map(|k| (k, v.clone()));
-        Ok(v)
+        let key = key.filter(|k| !k.is_racy());
+        match load() {
+            Ok(v) => {
+                let v = Arc::new(v);
+                *c = key.map(|k| (k, Ok(v.clone())));
+                Ok(v)
+            }
+            Err(e) => {
+                *c = key.map(|k| (k, Err(e.to_string())));
+                Err(e)
+            }
+        }
     }
 }
 
