@@ -90,7 +90,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A value derived from one file, recomputed only when the file's identity changes.
 /// A file that could not be read is remembered the same way, so an unchanged corrupt file is
 /// not parsed again on every request (its error is repeated instead).
-struct Cached<T>(Mutex<Option<(FileKey, std::result::Result<Arc<T>, String>)>>);
+struct Cached<T>(Mutex<Option<(FileKey, Loaded<T>)>>);
+
+/// What a [`Cached`] file gave: its value, or the text of the error reading it.
+type Loaded<T> = std::result::Result<Arc<T>, String>;
 
 impl<T> Cached<T> {
     fn new() -> Self {
