@@ -37,7 +37,8 @@ pub struct SchedulerConfig {
     pub max_concurrent_dispatches: u32,
     /// Time zone of schedules that name none (IANA name).
     pub timezone: String,
-    /// Window of `recent_dispatch_count` in `GET /status`, seconds.
+    /// Longest reach of `recent_dispatch_count` in `GET /status`, seconds: it counts the
+    /// dispatches since the later of the scheduler's last pause/resume and this long ago.
     pub recent_window_seconds: u64,
     /// The coordinator's safety re-scan when no event woke it, seconds (`tick_interval`).
     pub tick_interval_seconds: u64,
@@ -75,7 +76,8 @@ pub struct ApiConfig {
     pub max_body_bytes: u64,
     /// A client that sends nothing for this long is dropped, seconds.
     pub request_timeout_seconds: u64,
-    /// `GET /health` is unhealthy while a critical event is younger than this, seconds.
+    /// `GET /health` is unhealthy while an unacknowledged critical event is younger than this,
+    /// seconds (`cortex event ack`).
     pub critical_window_seconds: u64,
     /// Worker threads serving requests.
     pub threads: u32,

@@ -214,6 +214,16 @@ pub const FAILURE_STREAKS: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+pub const EVENT_ACKS: &CoordFile = &CoordFile {
+    rel: "event-acks.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "event-ack",
+    default: None,
+    lock: "event-acks",
+    essential: false,
+    is_config: false,
+};
+
 /// Every coordination file with a fixed name. Worker specs (`worker-specs/<bucket>/*.json`,
 /// schema `dispatch`) are walked separately.
 pub const ALL: &[&CoordFile] = &[
@@ -235,6 +245,7 @@ pub const ALL: &[&CoordFile] = &[
     TASK_INTAKE,
     TASK_ARCHIVE,
     FAILURE_STREAKS,
+    EVENT_ACKS,
 ];
 
 /// Looks a file up by its path relative to `coordination/`.

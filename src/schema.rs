@@ -31,6 +31,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("fix-history"),
     schema_source!("task"),
     schema_source!("failure-streaks"),
+    schema_source!("event-ack"),
 ];
 
 /// One way a document breaks its schema.

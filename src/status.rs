@@ -3,6 +3,12 @@
 //! health (`GET /health`), dispatch views (`GET /dispatches…`, `cortex dispatches`) and the
 //! Prometheus metrics (`GET /metrics`).
 //!
+//! These views degrade, never fail: a coordination file that cannot be read (corrupt, breaking
+//! its schema, unreadable) is named in the view's `errors` list ([`FileError`]), what depends
+//! on it is reported as unknown (`null`, state `"unknown"`), and `GET /health` is unhealthy.
+//! What runs is counted from the dispatch records, never from the task queue, so a corrupt
+//! queue cannot make a busy system look drained.
+//!
 //! A [`StatusReader`] caches what it parsed by file identity (device, inode, size, mtime, ctime): a
 //! long-lived reader (the api daemon) re-reads the task queue or a worker-specs directory only
 //! after it changed, and follows the event log by offset. A one-shot reader (the CLI) simply
@@ -12,6 +18,7 @@ use crate::clock::{Timestamp, format_ts, human_duration, parse_ts};
 use crate::config::Config;
 use crate::daemon::{DAEMONS, read_mark};
 use crate::error::{Error, Result};
+use crate::events::acks::{AckFollower, AckSet};
 use crate::events::{Event, Severity};
 use crate::home::{Home, SpecBucket};
 use crate::pidfile::{PidStatus, status as pid_status};
@@ -81,7 +88,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A value derived from one file, recomputed only when the file's identity changes.
-struct Cached<T>(Mutex<Option<(FileKey, Arc<T>)>>);
+/// A file that could not be read is remembered the same way, so an unchanged corrupt file is
+/// not parsed again on every request (its error is repeated instead).
+struct Cached<T>(Mutex<Option<(FileKey, Loaded<T>)>>);
+
+/// What a [`Cached`] file gave: its value, or the text of the error reading it.
+type Loaded<T> = std::result::Result<Arc<T>, String>;
 
 impl<T> Cached<T> {
     fn new() -> Self {
@@ -94,12 +106,21 @@ impl<T> Cached<T> {
         if let (Some(k), Some((ck, v))) = (key, c.as_ref())
             && k == *ck
         {
-            return Ok(v.clone());
+            return v.clone().map_err(Error::Other);
         }
         // Stat before reading: a change during the read shows as a new key next time.
-        let v = Arc::new(load()?);
-        *c = key.filter(|k| !k.is_racy()).map(|k| (k, v.clone()));
-        Ok(v)
+        let key = key.filter(|k| !k.is_racy());
+        match load() {
+            Ok(v) => {
+                let v = Arc::new(v);
+                *c = key.map(|k| (k, Ok(v.clone())));
+                Ok(v)
+            }
+            Err(e) => {
+                *c = key.map(|k| (k, Err(e.to_string())));
+                Err(e)
+            }
+        }
     }
 }
 
@@ -147,15 +168,55 @@ impl SpecEntry {
 #[derive(Default)]
 struct BucketIndex {
     dir_key: Option<FileKey>,
-    /// file name → (identity, record; None for an unreadable spec, so it is reported once).
-    entries: HashMap<String, (FileKey, Option<Arc<SpecEntry>>)>,
+    /// file name → (identity, record, or why it cannot be read: parsed once per version).
+    entries: HashMap<String, (FileKey, std::result::Result<Arc<SpecEntry>, FileError>)>,
 }
 
-/// The dispatch records of every bucket, and the sorted list made from them.
+/// The dispatch records of every bucket, the sorted list made from them, and the specs that
+/// could not be read.
 #[derive(Default)]
 struct SpecIndex {
     buckets: [BucketIndex; 4],
-    snapshot: Option<Arc<Vec<Arc<SpecEntry>>>>,
+    snapshot: Option<DispatchIndex>,
+}
+
+/// Every readable dispatch record (oldest dispatch first) and the specs that could not be read.
+type DispatchIndex = (Arc<Vec<Arc<SpecEntry>>>, Arc<Vec<FileError>>);
+
+/// A file a status view could not read, and why (the view reports it instead of failing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileError {
+    /// Its path relative to the home (`coordination/task-queue.json`).
+    pub file: String,
+    pub error: String,
+}
+
+/// The coordination files every view is made of, each as read or as the reason it could not
+/// be (see [`StatusReader::snapshot`]).
+pub struct Snapshot {
+    pub scheduler: Option<Arc<SchedulerState>>,
+    pub queue: Option<Arc<QueueSummary>>,
+    pub budget: Option<Arc<TokenBudget>>,
+    /// Every readable dispatch record (None only when a worker-specs directory cannot be listed).
+    pub dispatches: Option<Arc<Vec<Arc<SpecEntry>>>>,
+    /// What could not be read, one entry per file.
+    pub errors: Vec<FileError>,
+}
+
+impl Snapshot {
+    /// Dispatches starting or running now, from their records (what really runs).
+    pub fn running_count(&self) -> Option<usize> {
+        self.dispatches.as_ref().map(|d| d.iter().filter(|d| d.is_active()).count())
+    }
+
+    /// `"paused"`, `"running"`, or `"unknown"` when `scheduler-state.json` cannot be read.
+    pub fn scheduler_state(&self) -> &'static str {
+        match &self.scheduler {
+            Some(s) if s.is_paused() => "paused",
+            Some(_) => "running",
+            None => "unknown",
+        }
+    }
 }
 
 /// Events newer than a window, followed by byte offset through the append-only log.
@@ -232,6 +293,7 @@ pub struct StatusReader {
     queue: Cached<QueueSummary>,
     specs: Mutex<SpecIndex>,
     events: Mutex<EventTail>,
+    acks: Mutex<AckFollower>,
 }
 
 const DISPATCH_BUCKETS: [SpecBucket; 4] =
@@ -250,6 +312,7 @@ impl StatusReader {
             queue: Cached::new(),
             specs: Mutex::new(Default::default()),
             events: Mutex::new(EventTail { file: None, offset: 0, keep, events: VecDeque::new() }),
+            acks: Mutex::new(AckFollower::default()),
         }
     }
 
@@ -297,6 +360,11 @@ impl StatusReader {
     /// Every dispatch record (active, completed, failed, zombie), oldest dispatch first. The
     /// directories are re-listed only when they changed.
     pub fn dispatches(&self) -> Result<Arc<Vec<Arc<SpecEntry>>>> {
+        self.dispatch_index().map(|(d, _)| d)
+    }
+
+    /// [`StatusReader::dispatches`] and the dispatch specs that could not be read.
+    fn dispatch_index(&self) -> Result<DispatchIndex> {
         let mut keys = [None; 4];
         for (i, bucket) in DISPATCH_BUCKETS.iter().enumerate() {
             keys[i] = FileKey::stat(&self.home().worker_specs(*bucket))?;
@@ -308,17 +376,24 @@ impl StatusReader {
             return Ok(snap.clone());
         }
         let mut out = Vec::new();
+        let mut errors = Vec::new();
         for (i, bucket) in DISPATCH_BUCKETS.iter().enumerate() {
             self.refresh_bucket(*bucket, &mut idx.buckets[i])?;
-            out.extend(idx.buckets[i].entries.values().filter_map(|(_, e)| e.clone()));
+            for (_, e) in idx.buckets[i].entries.values() {
+                match e {
+                    Ok(e) => out.push(e.clone()),
+                    Err(err) => errors.push(err.clone()),
+                }
+            }
         }
+        errors.sort_by(|a, b| a.file.cmp(&b.file));
         out.sort_by(|a, b| {
             a.record
                 .dispatched_at
                 .cmp(&b.record.dispatched_at)
                 .then_with(|| a.record.dispatch_id.cmp(&b.record.dispatch_id))
         });
-        let snap = Arc::new(out);
+        let snap = (Arc::new(out), Arc::new(errors));
         idx.snapshot = Some(snap.clone());
         Ok(snap)
     }
@@ -361,12 +436,12 @@ impl StatusReader {
             let rec = match read_spec(&self.store, &entry.path()) {
                 Ok(Some(rec)) => {
                     let dispatched = parse_ts(&rec.dispatched_at);
-                    Some(Arc::new(SpecEntry { bucket, record: rec, dispatched }))
+                    Ok(Arc::new(SpecEntry { bucket, record: rec, dispatched }))
                 }
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!("skipping dispatch spec: {e}");
-                    None
+                    Err(self.file_error(&entry.path(), &e))
                 }
             };
             seen.insert(name, (key, rec));
@@ -389,10 +464,60 @@ impl StatusReader {
             .collect())
     }
 
-    /// `GET /scheduler/status`, `cortex scheduler status`.
+    /// The event with this id among those young enough for `/health` to count (the newest
+    /// `max([api] critical_window_seconds, 1 h)` of the log), any severity.
+    pub fn find_recent_event(&self, now: Timestamp, id: &str) -> Result<Option<Event>> {
+        let mut tail = lock(&self.events);
+        tail.refresh(&self.home().events_file(), now)?;
+        Ok(tail.events.iter().rev().find(|(_, e)| e.id == id).map(|(_, e)| e.clone()))
+    }
+
+    /// What `coordination/event-acks.jsonl` acknowledges (read incrementally).
+    pub fn acks(&self) -> Result<AckSet> {
+        let mut f = lock(&self.acks);
+        f.refresh(&self.store.path(crate::files::EVENT_ACKS)).cloned()
+    }
+
+    /// Names a file that could not be read, for a view's `errors` list.
+    fn file_error(&self, path: &Path, e: &Error) -> FileError {
+        FileError { file: self.home().relative(path).display().to_string(), error: e.to_string() }
+    }
+
+    /// The value read from `path`, or None with the reason added to `errors`.
+    fn kept<T>(&self, errors: &mut Vec<FileError>, path: &Path, read: Result<T>) -> Option<T> {
+        read.map_err(|e| errors.push(self.file_error(path, &e))).ok()
+    }
+
+    /// Reads the scheduler state, the task queue, the token budget and the dispatch records,
+    /// each on its own: one that cannot be read is named in `errors` and the others are still
+    /// read.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut errors = Vec::new();
+        let scheduler = self.kept(&mut errors, &self.home().scheduler_state(), self.scheduler_state());
+        let queue = self.kept(&mut errors, &self.home().task_queue(), self.queue());
+        let budget = self.kept(&mut errors, &self.home().token_budget(), self.token_budget());
+        let dispatches = match self.dispatch_index() {
+            Ok((d, bad)) => {
+                errors.extend(bad.iter().cloned());
+                Some(d)
+            }
+            Err(e) => {
+                errors.push(self.file_error(&self.home().coordination().join("worker-specs"), &e));
+                None
+            }
+        };
+        Snapshot { scheduler, queue, budget, dispatches, errors }
+    }
+
+    /// `GET /scheduler/status`, `cortex scheduler status`. Never fails: when
+    /// `scheduler-state.json` cannot be read, `state` is `"unknown"`, `paused` is null and the
+    /// file is named in `errors`.
     pub fn scheduler_status(&self) -> Result<SchedulerStatus> {
         let cfg = self.config();
-        let s = self.scheduler_state()?;
+        let (s, errors) = match self.scheduler_state() {
+            Ok(s) => (Some(s), Vec::new()),
+            Err(e) => (None, vec![self.file_error(&self.home().scheduler_state(), &e)]),
+        };
         let now = chrono::Utc::now();
         let coordinator = daemon_state(self.home(), "coordinator", &cfg);
         let mark = read_mark(self.home(), "coordinator");
@@ -402,64 +527,70 @@ impl StatusReader {
             .filter(|_| up)
             .and_then(|m| parse_ts(&m.started_at))
             .map(|t| human_duration((now - t).num_seconds()));
-        let paused = s.is_paused();
-        let paused_duration = s
-            .paused_at
+        let paused = s.as_ref().map(|s| s.is_paused());
+        let only_paused = |f: fn(&SchedulerState) -> &Option<String>| {
+            s.as_deref().filter(|s| s.is_paused()).and_then(|s| f(s).clone())
+        };
+        let paused_duration = only_paused(|s| &s.paused_at)
             .as_deref()
-            .filter(|_| paused)
             .and_then(parse_ts)
             .map(|t| human_duration((now - t).num_seconds()));
-        let only_paused = |v: &Option<String>| if paused { v.clone() } else { None };
         Ok(SchedulerStatus {
-            state: if paused { "paused" } else { "running" },
+            state: match paused {
+                Some(true) => "paused",
+                Some(false) => "running",
+                None => "unknown",
+            },
             paused,
             uptime,
             last_tick: mark.map(|m| m.last_loop_at),
-            paused_at: only_paused(&s.paused_at),
-            resumed_at: s.resumed_at.clone(),
+            paused_at: only_paused(|s| &s.paused_at),
+            resumed_at: s.as_ref().and_then(|s| s.resumed_at.clone()),
             paused_duration,
-            paused_by: only_paused(&s.paused_by),
-            paused_from: only_paused(&s.paused_from),
-            reason: only_paused(&s.reason),
+            paused_by: only_paused(|s| &s.paused_by),
+            paused_from: only_paused(|s| &s.paused_from),
+            reason: only_paused(|s| &s.reason),
             tick_interval: human_duration(cfg.scheduler.tick_interval_seconds as i64),
             coordinator,
+            errors,
         })
     }
 
-    /// `GET /status`.
+    /// `GET /status`. Never fails: see [`StatusReader::snapshot`].
     pub fn system_status(&self) -> Result<SystemStatus> {
         let cfg = self.config();
         let now = chrono::Utc::now();
-        let sched = self.scheduler_state()?;
-        let queue = self.queue()?;
-        let budget = self.token_budget()?;
-        let dispatches = self.dispatches()?;
-        let window = chrono::Duration::seconds(cfg.scheduler.recent_window_seconds as i64);
-        let running_count = dispatches.iter().filter(|d| d.is_active()).count();
+        let snap = self.snapshot();
+        let since = recent_since(snap.scheduler.as_deref(), now, cfg.scheduler.recent_window_seconds);
         let recent_dispatch_count =
-            dispatches.iter().filter(|d| d.dispatched.is_some_and(|t| t >= now - window)).count();
+            snap.dispatches.as_ref().map(|d| d.iter().filter(|d| d.dispatched.is_some_and(|t| t >= since)).count());
+        let count = |s: TaskStatus| snap.queue.as_ref().map(|q| q.count(s));
         Ok(SystemStatus {
-            running_count,
+            running_count: snap.running_count(),
             recent_dispatch_count,
+            recent_since: format_ts(since),
             recent_window_seconds: cfg.scheduler.recent_window_seconds,
             max_concurrent: cfg.scheduler.max_concurrent_dispatches,
-            scheduler_state: if sched.is_paused() { "paused" } else { "running" },
-            queued_count: queue.count(TaskStatus::Queued),
-            pending_retry_count: queue.count(TaskStatus::PendingRetry),
-            in_progress_count: queue.count(TaskStatus::InProgress),
-            tasks_total: queue.total,
+            scheduler_state: snap.scheduler_state(),
+            queued_count: count(TaskStatus::Queued),
+            pending_retry_count: count(TaskStatus::PendingRetry),
+            in_progress_count: count(TaskStatus::InProgress),
+            tasks_total: snap.queue.as_ref().map(|q| q.total),
             uptime_s: coordinator_uptime(self.home(), &cfg, now),
-            token_budget: BudgetView {
-                total: budget.total,
-                used: budget.used,
-                reserved: budget.reserved(),
-                available: budget.available,
-            },
+            token_budget: snap.budget.as_ref().map(|b| BudgetView {
+                total: b.total,
+                used: b.used,
+                reserved: b.reserved(),
+                available: b.available,
+            }),
+            errors: snap.errors,
         })
     }
 
-    /// `GET /health`: healthy when every enabled daemon runs and no critical event is younger
-    /// than `[api] critical_window_seconds`.
+    /// `GET /health`: healthy when every enabled daemon runs, every coordination file the
+    /// status views read can be read, and no unacknowledged critical event is younger than
+    /// `[api] critical_window_seconds`. Never fails: an unreadable event log or
+    /// acknowledgements file is itself named in `errors` (and makes it unhealthy).
     pub fn health(&self) -> Result<Health> {
         let cfg = self.config();
         let now = chrono::Utc::now();
@@ -472,19 +603,37 @@ impl StatusReader {
             }
             daemons.insert(d.to_string(), st.to_string());
         }
-        let hour = self.recent_events(now, chrono::Duration::hours(1))?;
+        let mut errors = self.snapshot().errors;
         let critical_window = chrono::Duration::seconds(cfg.api.critical_window_seconds as i64);
-        let criticals =
-            self.recent_events(now, critical_window)?.into_iter().filter(|e| e.severity == Severity::Critical).count();
+        let window = critical_window.max(chrono::Duration::hours(1));
+        let events = self.recent_events(now, window).unwrap_or_else(|e| {
+            errors.push(self.file_error(&self.home().events_file(), &e));
+            Vec::new()
+        });
+        let acks = self.acks().unwrap_or_else(|e| {
+            errors.push(self.file_error(&self.store.path(crate::files::EVENT_ACKS), &e));
+            AckSet::default()
+        });
+        let hour: Vec<&Event> =
+            events.iter().filter(|e| e.time().is_some_and(|t| t >= now - chrono::Duration::hours(1))).collect();
+        let critical_cutoff = now - critical_window;
+        let criticals = events
+            .iter()
+            .filter(|e| e.severity == Severity::Critical && e.time().is_some_and(|t| t >= critical_cutoff))
+            .filter(|e| !acks.covers(e))
+            .count();
         if criticals > 0 {
             problems.push(format!(
-                "{criticals} critical event(s) in the last {}",
+                "{criticals} unacknowledged critical event(s) in the last {} (`cortex event ack ID|--all` once handled)",
                 human_duration(cfg.api.critical_window_seconds as i64)
             ));
         }
+        for e in &errors {
+            problems.push(format!("cannot read {}: {}", e.file, e.error));
+        }
         let events_1h = hour.len();
-        let recent_events = hour.iter().take(RECENT_EVENTS_SHOWN).map(HealthEvent::of).collect();
-        Ok(Health { healthy: problems.is_empty(), events_1h, daemons, problems, recent_events })
+        let recent_events = hour.iter().take(RECENT_EVENTS_SHOWN).map(|e| HealthEvent::of(e, acks.covers(e))).collect();
+        Ok(Health { healthy: problems.is_empty(), events_1h, daemons, problems, errors, recent_events })
     }
 
     /// A dispatch's view, with the tail of its output when `with_output`.
@@ -513,6 +662,29 @@ pub fn daemon_state(home: &Home, daemon: &str, cfg: &Config) -> &'static str {
     }
 }
 
+/// Where `recent_dispatch_count` starts counting: the later of the scheduler's last transition
+/// (its `paused_at` or `resumed_at`) and `window_seconds` ago. So it reads as "new dispatches
+/// since the pause" (0 right after a pause, whatever ran before it; more than 0 after one would
+/// mean the pause was bypassed) and "new dispatches since the resume" (more than 0 soon after a
+/// resume with queued work); long after any transition it is the dispatches of the last
+/// `window_seconds` (`[scheduler] recent_window_seconds`). The coordinator stamps a dispatch
+/// under the scheduler lock, before any pause that waits for that lock, so a dispatch made
+/// before a pause is never counted after it. Without a readable scheduler state: the window.
+pub fn recent_since(state: Option<&SchedulerState>, now: Timestamp, window_seconds: u64) -> Timestamp {
+    let window_start = i64::try_from(window_seconds)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|w| now.checked_sub_signed(w))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    let transition = state
+        .into_iter()
+        .flat_map(|s| [s.paused_at.as_deref(), s.resumed_at.as_deref()])
+        .flatten()
+        .filter_map(parse_ts)
+        .max();
+    transition.map_or(window_start, |t| t.max(window_start))
+}
+
 /// Seconds since the coordinator started, when it runs.
 pub fn coordinator_uptime(home: &Home, cfg: &Config, now: Timestamp) -> Option<i64> {
     if daemon_state(home, "coordinator", cfg) != "running" {
@@ -524,8 +696,10 @@ pub fn coordinator_uptime(home: &Home, cfg: &Config, now: Timestamp) -> Option<i
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SchedulerStatus {
+    /// `running`, `paused`, or `unknown` (`scheduler-state.json` cannot be read: see `errors`).
     pub state: &'static str,
-    pub paused: bool,
+    /// Null when unknown.
+    pub paused: Option<bool>,
     /// The coordinator's uptime (null while it is down).
     pub uptime: Option<String>,
     /// The coordinator's last loop.
@@ -539,6 +713,8 @@ pub struct SchedulerStatus {
     pub tick_interval: String,
     /// The coordinator daemon: running, stopped, dead, disabled.
     pub coordinator: &'static str,
+    /// Files that could not be read (empty when all is well).
+    pub errors: Vec<FileError>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -549,19 +725,28 @@ pub struct BudgetView {
     pub available: u64,
 }
 
+/// `GET /status`. A count whose file cannot be read is null (never a made-up 0), and the file
+/// is named in `errors`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SystemStatus {
-    pub running_count: usize,
-    pub recent_dispatch_count: usize,
+    /// Dispatches starting or running, counted from their records in `worker-specs/active/`.
+    pub running_count: Option<usize>,
+    /// Dispatches made since `recent_since` (see [`recent_since`]).
+    pub recent_dispatch_count: Option<usize>,
+    /// The later of the scheduler's last pause/resume and `recent_window_seconds` ago.
+    pub recent_since: String,
     pub recent_window_seconds: u64,
     pub max_concurrent: u32,
+    /// `running`, `paused`, or `unknown`.
     pub scheduler_state: &'static str,
-    pub queued_count: usize,
-    pub pending_retry_count: usize,
-    pub in_progress_count: usize,
-    pub tasks_total: usize,
+    pub queued_count: Option<usize>,
+    pub pending_retry_count: Option<usize>,
+    pub in_progress_count: Option<usize>,
+    pub tasks_total: Option<usize>,
     pub uptime_s: Option<i64>,
-    pub token_budget: BudgetView,
+    pub token_budget: Option<BudgetView>,
+    /// Files that could not be read (empty when all is well).
+    pub errors: Vec<FileError>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -578,10 +763,12 @@ pub struct HealthEvent {
     pub task_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dispatch_id: Option<String>,
+    /// Acknowledged (`cortex event ack`, `POST /events/<id>/ack`): listed, but not counted.
+    pub acknowledged: bool,
 }
 
 impl HealthEvent {
-    fn of(e: &Event) -> HealthEvent {
+    fn of(e: &Event, acknowledged: bool) -> HealthEvent {
         let field = |k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_string);
         HealthEvent {
             id: e.id.clone(),
@@ -592,6 +779,7 @@ impl HealthEvent {
             source: e.source.clone(),
             task_id: field("task_id"),
             dispatch_id: field("dispatch_id"),
+            acknowledged,
         }
     }
 }
@@ -604,6 +792,8 @@ pub struct Health {
     pub daemons: BTreeMap<String, String>,
     /// Why it is unhealthy (empty when healthy).
     pub problems: Vec<String>,
+    /// Files that could not be read (each is also a problem).
+    pub errors: Vec<FileError>,
     /// The newest of those events, newest first.
     pub recent_events: Vec<HealthEvent>,
 }
@@ -725,3 +915,39 @@ pub fn wait_no_active(reader: &StatusReader, timeout: Duration) -> Result<usize>
 }
 
 pub mod metrics;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(paused_at: Option<&str>, resumed_at: Option<&str>, paused: bool) -> SchedulerState {
+        let mut v = serde_json::json!({
+            "state": if paused { "paused" } else { "running" },
+            "paused": paused,
+            "paused_at": paused_at,
+            "resumed_at": resumed_at,
+        });
+        v["paused_by"] = serde_json::Value::Null;
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn recent_since_is_the_later_of_the_last_transition_and_the_window_start() {
+        let now = parse_ts("2026-01-01T12:00:00Z").unwrap();
+        let window_start = parse_ts("2026-01-01T11:55:00Z").unwrap();
+        assert_eq!(recent_since(None, now, 300), window_start, "unknown state: the window");
+        let never = state(None, None, false);
+        assert_eq!(recent_since(Some(&never), now, 300), window_start);
+        // Paused 10 s ago: counted from the pause (0 right after it, whatever ran before).
+        let paused = state(Some("2026-01-01T11:59:50Z"), Some("2026-01-01T11:00:00Z"), true);
+        assert_eq!(recent_since(Some(&paused), now, 300), parse_ts("2026-01-01T11:59:50Z").unwrap());
+        // Resumed 20 s ago: counted from the resume.
+        let resumed = state(Some("2026-01-01T11:59:30Z"), Some("2026-01-01T11:59:40Z"), false);
+        assert_eq!(recent_since(Some(&resumed), now, 300), parse_ts("2026-01-01T11:59:40Z").unwrap());
+        // Long after the last transition: the plain window.
+        let old = state(Some("2026-01-01T10:00:00Z"), Some("2026-01-01T10:30:00Z"), false);
+        assert_eq!(recent_since(Some(&old), now, 300), window_start);
+        // A huge window does not overflow.
+        assert!(recent_since(None, now, u64::MAX) < now);
+    }
+}

@@ -8,30 +8,6 @@ mod common;
 use api_support::*;
 use common::*;
 
-struct Shell {
-    port: u16,
-}
-
-impl Shell {
-    /// Runs runbook lines; returns (exit code, stdout, stderr).
-    fn run(&self, script: &str) -> (i32, String, String) {
-        let script = script.replace("127.0.0.1:8900", &format!("127.0.0.1:{}", self.port));
-        let out = std::process::Command::new("sh").arg("-c").arg(&script).output().expect("run sh");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// Runs lines that must succeed with nothing on stderr; returns stdout trimmed.
-    fn ok(&self, script: &str) -> String {
-        let (code, out, err) = self.run(script);
-        assert!(code == 0 && err.is_empty(), "runbook lines failed ({code}):\n{script}\nstdout: {out}\nstderr: {err}");
-        out.trim().to_string()
-    }
-}
-
 fn is_ts(s: &str) -> bool {
     chrono::DateTime::parse_from_rfc3339(s.trim_matches('"')).is_ok()
 }
@@ -204,7 +180,9 @@ echo "$FINAL_STATE $RESUME_TIME""#);
     let v = sh.ok(r#"NEW_DISPATCHES_POST=$(curl -s http://127.0.0.1:8900/status | jq -r '.recent_dispatch_count // 0')
 if [ "$NEW_DISPATCHES_POST" -eq 0 ]; then echo none; fi
 echo "$NEW_DISPATCHES_POST""#);
-    assert_eq!(v, "2", "d-r1 and d-c1 were dispatched within the window");
+    // New dispatches since the resume: none (no coordinator runs in this home; d-r1 and d-c1
+    // were dispatched before it). `api_drill.rs` runs this line with real daemons and work.
+    assert_eq!(v, "none\n0");
     // These two runbook lines cannot work as written with any server: the unquoted
     // `$(date ... '+%Y-%m-%d %H:%M:%S')` is split at its space, so jq receives half a program
     // ("Unix shell quoting issues?"). Run verbatim they fail in jq; with the substitution quoted

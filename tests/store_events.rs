@@ -88,3 +88,41 @@ fn bad_data_is_refused_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--type"));
     assert_eq!(std::fs::read(&events).unwrap(), before);
 }
+
+/// `cortex event ack`: each acknowledgement is one schema-valid line of `event-acks.jsonl`
+/// (`cortex validate` finds nothing wrong), followed by its `event_acknowledged` info event.
+#[test]
+fn ack_writes_schema_valid_lines_and_an_info_event() {
+    let h = TestHome::new();
+    let id = h.cortex_ok(&["event", "emit", "--type", "disk_full", "--severity", "critical"]).trim().to_string();
+    h.cortex_ok(&["event", "ack", &id, "--note", "cleaned\nup"]);
+    let audit = last_event(&h);
+    assert_eq!((audit["type"].as_str(), audit["severity"].as_str()), (Some("event_acknowledged"), Some("info")));
+    h.cortex_ok(&["event", "emit", "--type", "oops", "--severity", "error"]);
+    h.cortex_ok(&["event", "ack", "--all"]);
+    let text = std::fs::read_to_string(h.join("coordination/event-acks.jsonl")).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for v in &lines {
+        let violations = cortex::schema::check("event-ack", v, 5);
+        assert!(violations.is_empty(), "schema violations {violations:?} in {v}");
+    }
+    assert_eq!(lines[0]["event_id"], id.as_str());
+    assert_eq!(lines[0]["note"], "cleaned\nup");
+    assert!(lines[1]["up_to"].is_string() && lines[1].get("event_id").is_none());
+    // A line naming both an event and a time is not an acknowledgement the schema allows.
+    let both = serde_json::json!({"event_id": "e", "up_to": "t", "at": "t", "by": "me"});
+    assert!(!cortex::schema::check("event-ack", &both, 5).is_empty());
+    let out = h.cortex(&["validate"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(report.lines().any(|l| l == "[OK] coordination/event-acks.jsonl"), "{report}");
+    // Unknown ids are refused with what to do.
+    let out = h.cortex(&["event", "ack", "evt-nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cortex event list"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

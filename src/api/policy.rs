@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `Open` | allowed | allowed; without a valid token, fields that may hold task text are left out |
 //! | `Read` | allowed | any valid token (`read` or `operate`), else 401 |
-//! | `Documented` | allowed (pause/resume/cancel: the runbooks' token-less changes) | an `operate` token, else 401 (403 for a `read` token) |
+//! | `Documented` | allowed (pause/resume/cancel, event acknowledgement: the runbooks' token-less changes) | an `operate` token, else 401 (403 for a `read` token) |
 //! | `Operate` | 403: configure `[api] tokens_file`, or use the `cortex` CLI | an `operate` token, else 401 (403 for a `read` token) |
 
 use super::auth::{Caller, Kind, Tokens};
@@ -29,7 +29,8 @@ pub enum Access {
     Open,
     /// Reads that show task output, commands, descriptions or schedules' task templates.
     Read,
-    /// The changes the runbooks make without a token: scheduler pause/resume, dispatch cancel.
+    /// The changes the runbooks make without a token: scheduler pause/resume, dispatch cancel,
+    /// event acknowledgement.
     Documented,
     /// Every other change (they start or re-start commands, or change schedules).
     Operate,

@@ -43,6 +43,8 @@ enum Route<'a> {
     Schedules,
     Schedule(&'a str),
     ScheduleAction(&'a str, ScheduleAction),
+    /// `POST /events/<id>/ack` (`all` for every event up to now).
+    EventAck(&'a str),
 }
 
 /// The access table: how each endpoint is guarded (what each kind means, with and without
@@ -54,7 +56,9 @@ fn access(route: &Route) -> Access {
         // Task output tails, commands, descriptions, schedules' task templates.
         Route::Dispatches | Route::Dispatch(_) | Route::Schedules | Route::Schedule(_) => Access::Read,
         // The runbooks' token-less changes (ARCHITECTURE.md threat model).
-        Route::Pause | Route::Resume | Route::Cancel(_) => Access::Documented,
+        // Acknowledging an event only hides it from /health's verdict (runbook 000's pre-check);
+        // it is audited and changes nothing that runs.
+        Route::Pause | Route::Resume | Route::Cancel(_) | Route::EventAck(_) => Access::Documented,
         // They run an operator's command again or change a schedule.
         Route::Retry(_) | Route::ScheduleAction(..) => Access::Operate,
     }
@@ -78,6 +82,8 @@ fn cli_equivalent(route: &Route) -> String {
         Route::ScheduleAction(id, ScheduleAction::Pause) => format!("cortex schedule pause {id}"),
         Route::ScheduleAction(id, ScheduleAction::Resume) => format!("cortex schedule resume {id}"),
         Route::ScheduleAction(id, ScheduleAction::Run) => format!("cortex schedule run-now {id}"),
+        Route::EventAck(id) if *id == "all" => "cortex event ack --all".into(),
+        Route::EventAck(id) => format!("cortex event ack {id}"),
     }
 }
 
@@ -112,6 +118,7 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
         ["schedules", id, "pause"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Pause),
         ["schedules", id, "resume"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Resume),
         ["schedules", id, "run"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Run),
+        ["events", id, "ack"] if post && !id.is_empty() => Route::EventAck(id),
         [""]
         | ["status"]
         | ["health"]
@@ -126,7 +133,8 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
         ["scheduler", "pause"]
         | ["scheduler", "resume"]
         | ["dispatches", _, "cancel" | "retry"]
-        | ["schedules", _, "pause" | "resume" | "run"] => {
+        | ["schedules", _, "pause" | "resume" | "run"]
+        | ["events", _, "ack"] => {
             return Err("POST");
         }
         _ => return Ok(None),
@@ -188,7 +196,8 @@ impl Handler for App {
                     "POST /scheduler/pause", "POST /scheduler/resume", "GET /dispatches?status=S",
                     "GET /dispatches/<task_id|dispatch_id>", "POST /dispatches/<dispatch_id>/cancel",
                     "POST /dispatches/<dispatch_id>/retry", "GET /schedules?all=1", "GET /schedules/<id|name>",
-                    "POST /schedules/<id|name>/pause", "POST /schedules/<id|name>/resume", "POST /schedules/<id|name>/run"
+                    "POST /schedules/<id|name>/pause", "POST /schedules/<id|name>/resume", "POST /schedules/<id|name>/run",
+                    "POST /events/<id|all>/ack"
                 ],
             }))),
             Route::Status => {
@@ -215,6 +224,7 @@ impl Handler for App {
             Route::Schedules => Reply::Now(self.schedules(req)),
             Route::Schedule(id) => Reply::Now(self.schedule(id)),
             Route::ScheduleAction(id, action) => Reply::Now(self.schedule_action(req, id, action, &actor)),
+            Route::EventAck(id) => Reply::Now(self.event_ack(req, id, &actor)),
         }
     }
 }
@@ -442,6 +452,30 @@ impl App {
     }
 }
 
+impl App {
+    /// `POST /events/<id>/ack` (optional body `{"note": "..."}`; id `all`: every event up to
+    /// now): the same operation as `cortex event ack`. 404 for an event `/health` does not count.
+    fn event_ack(&self, req: &Request, id: &str, actor: &Actor) -> Response {
+        use crate::events::acks::{AckTarget, acknowledge};
+        let body = match json_body(req) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let note = match body.get("note") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Response::error(400, "\"note\" must be a string"),
+        };
+        let target = if id == "all" { AckTarget::All } else { AckTarget::Event(id.to_string()) };
+        let by = format!("{} ({})", actor.who, actor.from);
+        match acknowledge(&self.reader, &target, &by, note.as_deref(), chrono::Utc::now()) {
+            Ok(out) => ok_json(&out),
+            Err(Error::Refused(m)) => Response::error(404, m),
+            Err(e) => error_response(&e),
+        }
+    }
+}
+
 /// The answer to `POST /scheduler/pause` or `/scheduler/resume`.
 fn transition_response(result: Result<Transition>) -> Response {
     match result {
@@ -486,6 +520,8 @@ mod tests {
         assert!(matches!(route("POST", "/dispatches/d-1/retry"), Ok(Some(Route::Retry("d-1")))));
         assert!(matches!(route("GET", "/dispatches/d-1/retry"), Err("POST")));
         assert!(matches!(route("POST", "/dispatches/d-1/nope"), Ok(None)));
+        assert!(matches!(route("POST", "/events/evt-1/ack"), Ok(Some(Route::EventAck("evt-1")))));
+        assert!(matches!(route("GET", "/events/evt-1/ack"), Err("POST")));
     }
 
     #[test]

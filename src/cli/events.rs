@@ -1,4 +1,5 @@
-//! `cortex event emit` (both the flag form and the older positional form) and `cortex event list`.
+//! `cortex event emit` (both the flag form and the older positional form), `cortex event list`
+//! and `cortex event ack ID|--all [--note TEXT]`.
 
 use super::{Ctx, print_json};
 use crate::error::{Error, Result};
@@ -40,6 +41,18 @@ pub enum EventCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Acknowledge an event once handled, so `/health` no longer counts it (it stays listed, marked acknowledged).
+    Ack {
+        /// The event's id (`cortex event list --json`, `/health`'s `recent_events[].id`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Acknowledge every event up to now.
+        #[arg(long)]
+        all: bool,
+        /// What was done about it (recorded with the acknowledgement).
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
@@ -74,6 +87,26 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                 print_json(&event);
             } else {
                 println!("{}", event.id);
+            }
+            Ok(0)
+        }
+        EventCommand::Ack { id, all, note } => {
+            use crate::events::acks::{AckTarget, acknowledge};
+            let store = ctx.store()?;
+            let reader = crate::status::StatusReader::new(store, crate::config::Config::load(&ctx.home)?);
+            let target = match id {
+                Some(id) if !all => AckTarget::Event(id),
+                _ => AckTarget::All,
+            };
+            let by = format!("{} (cli)", crate::scheduler::local_user());
+            let out = acknowledge(&reader, &target, &by, note.as_deref(), chrono::Utc::now())?;
+            if ctx.json {
+                print_json(&out);
+            } else {
+                println!("{}", super::text::safe(&out.message));
+                if out.changed && out.acknowledged.len() > 1 {
+                    println!("{} error/critical event(s) acknowledged", out.acknowledged.len());
+                }
             }
             Ok(0)
         }

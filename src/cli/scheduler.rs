@@ -82,11 +82,15 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
         SchedulerCommand::Status => {
             let reader = StatusReader::new(store, crate::config::Config::load(&ctx.home)?);
             let s = reader.scheduler_status()?;
+            // Unknown state (the file cannot be read): still a report, with exit status 1.
+            let code = if s.errors.is_empty() { 0 } else { 1 };
             if ctx.json {
                 print_json(&s);
-                return Ok(0);
+                return Ok(code);
             }
-            if s.paused {
+            if s.paused.is_none() {
+                println!("Scheduler: unknown");
+            } else if s.paused == Some(true) {
                 println!("Scheduler: paused for {}", s.paused_duration.as_deref().unwrap_or("?"));
                 println!("  paused at:   {}", s.paused_at.as_deref().unwrap_or("?"));
                 println!(
@@ -102,7 +106,10 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
             println!("  coordinator: {} (uptime {})", s.coordinator, s.uptime.as_deref().unwrap_or("-"));
             println!("  last tick:   {}", s.last_tick.as_deref().unwrap_or("-"));
             println!("  tick interval: {}", s.tick_interval);
-            Ok(0)
+            for e in &s.errors {
+                println!("Problem: cannot read {}: {}", e.file, super::text::safe(&e.error));
+            }
+            Ok(code)
         }
         SchedulerCommand::Drain { cancel_running, wait, timeout, reason } => {
             let started = Instant::now();

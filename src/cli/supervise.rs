@@ -183,11 +183,22 @@ pub fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
     Ok(if ok { 0 } else { 1 })
 }
 
+/// `cortex status`: never fails on a bad coordination file. What runs is counted from the
+/// dispatch records; a file that cannot be read is named (`errors`, a `Problem:` line) and makes
+/// the exit status 1, like a daemon that is down.
 pub fn status(ctx: &Ctx) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let ov = status::overview(&ctx.home, &config);
+    let store = crate::store::Store::new(ctx.home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli");
+    let snap = crate::status::StatusReader::new(store, config).snapshot();
+    let running = snap.running_count();
+    let healthy = ov.all_running && snap.errors.is_empty();
     if ctx.json {
-        print_json(&ov);
+        let mut v = serde_json::to_value(&ov).unwrap_or_default();
+        v["running_count"] = serde_json::json!(running);
+        v["errors"] = serde_json::json!(snap.errors);
+        v["healthy"] = serde_json::json!(healthy);
+        print_json(&v);
     } else {
         for d in &ov.daemons {
             println!("{}", d.line());
@@ -201,13 +212,20 @@ pub fn status(ctx: &Ctx) -> Result<u8> {
         if let Some(t) = &ov.tasks {
             println!("Tasks: {} queued, {} in progress, {} pending retry", t.queued, t.in_progress, t.pending_retry);
         }
+        match running {
+            Some(n) => println!("Dispatches: {n} running"),
+            None => println!("Dispatches: unknown"),
+        }
         println!("Supervisor: {}", ov.supervisor.as_deref().unwrap_or("none (pm is not running)"));
         println!("API: {}", ov.api);
         for p in &ov.problems {
-            println!("Problem: {p}");
+            println!("Problem: {}", super::text::safe(p));
+        }
+        for e in snap.errors.iter().filter(|e| !ov.problems.contains(&e.error)) {
+            println!("Problem: cannot read {}: {}", e.file, super::text::safe(&e.error));
         }
     }
-    Ok(if ov.all_running { 0 } else { 1 })
+    Ok(if healthy { 0 } else { 1 })
 }
 
 pub fn health_check(ctx: &Ctx, args: HealthArgs) -> Result<u8> {

@@ -1,6 +1,9 @@
 //! `GET /metrics`: the Prometheus exposition of Cortex's state, built with `prometheus-client`
 //! from the same reads as `GET /status` (nothing is kept between scrapes: every value is derived
 //! from the coordination files, so any api daemon restart reports the same numbers).
+//!
+//! A file that cannot be read never fails the scrape: the series derived from it are left out
+//! (absent, not a made-up 0) and `cortex_status_file_unreadable{file="…"} 1` names it.
 
 use super::StatusReader;
 use crate::daemon::DAEMONS;
@@ -23,11 +26,19 @@ const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0
 pub fn render(reader: &StatusReader) -> Result<String> {
     let cfg = reader.config();
     let now = chrono::Utc::now();
-    let sched = reader.scheduler_state()?;
-    let queue = reader.queue()?;
-    let budget = reader.token_budget()?;
-    let dispatches = reader.dispatches()?;
+    let snap = reader.snapshot();
     let mut reg = Registry::default();
+    let unreadable = Family::<Labels, Gauge>::default();
+    for e in &snap.errors {
+        unreadable.get_or_create(&vec![("file".into(), e.file.clone())]).set(1);
+    }
+    reg.register(
+        "cortex_status_file_unreadable",
+        "1 for each coordination file the status views cannot read (corrupt, breaking its schema, unreadable)",
+        unreadable,
+    );
+    let empty = Vec::new();
+    let dispatches = snap.dispatches.as_deref().unwrap_or(&empty);
 
     let failures = dispatches
         .iter()
@@ -59,15 +70,20 @@ pub fn render(reader: &StatusReader) -> Result<String> {
         g.set(v);
         reg.register(name, help, g);
     };
-    let running = dispatches.iter().filter(|d| d.is_active()).count();
-    gauge("cortex_dispatches_running", "Dispatches starting or running now", running as i64, &mut reg);
-    gauge("cortex_scheduler_paused", "1 while the scheduler is paused, else 0", sched.is_paused() as i64, &mut reg);
-    gauge(
-        "cortex_token_budget_available",
-        "Tokens available (total - used - reserved)",
-        budget.available as i64,
-        &mut reg,
-    );
+    if let Some(running) = snap.running_count() {
+        gauge("cortex_dispatches_running", "Dispatches starting or running now", running as i64, &mut reg);
+    }
+    if let Some(sched) = &snap.scheduler {
+        gauge("cortex_scheduler_paused", "1 while the scheduler is paused, else 0", sched.is_paused() as i64, &mut reg);
+    }
+    if let Some(budget) = &snap.budget {
+        gauge(
+            "cortex_token_budget_available",
+            "Tokens available (total - used - reserved)",
+            budget.available as i64,
+            &mut reg,
+        );
+    }
     gauge(
         "cortex_max_concurrent_dispatches",
         "Configured limit of dispatches running at once",
@@ -77,11 +93,13 @@ pub fn render(reader: &StatusReader) -> Result<String> {
     let uptime = super::coordinator_uptime(reader.home(), &cfg, now).unwrap_or(0);
     gauge("cortex_uptime_seconds", "Seconds since the coordinator started (0 while it is down)", uptime, &mut reg);
 
-    let tasks = Family::<Labels, Gauge>::default();
-    for s in TaskStatus::ALL {
-        tasks.get_or_create(&vec![("status".into(), s.as_str().into())]).set(queue.count(s) as i64);
+    if let Some(queue) = &snap.queue {
+        let tasks = Family::<Labels, Gauge>::default();
+        for s in TaskStatus::ALL {
+            tasks.get_or_create(&vec![("status".into(), s.as_str().into())]).set(queue.count(s) as i64);
+        }
+        reg.register("cortex_tasks", "Tasks in task-queue.json by status", tasks);
     }
-    reg.register("cortex_tasks", "Tasks in task-queue.json by status", tasks);
 
     let up = Family::<Labels, Gauge>::default();
     for d in DAEMONS {
@@ -95,7 +113,8 @@ pub fn render(reader: &StatusReader) -> Result<String> {
         if d.record.attempt != 1 {
             continue;
         }
-        if let (Some(created), Some(dispatched)) = (queue.created.get(&d.record.task_id), d.dispatched) {
+        let created = snap.queue.as_ref().and_then(|q| q.created.get(&d.record.task_id));
+        if let (Some(created), Some(dispatched)) = (created, d.dispatched) {
             latency.observe(((dispatched - *created).num_milliseconds().max(0) as f64) / 1000.0);
         }
     }
@@ -104,9 +123,11 @@ pub fn render(reader: &StatusReader) -> Result<String> {
         "Time from a task's creation to its first dispatch (tasks still in the queue)",
         latency,
     );
-    let reserved: Gauge<f64, AtomicU64> = Gauge::default();
-    reserved.set(budget.reserved() as f64);
-    reg.register("cortex_token_budget_reserved", "Tokens reserved by running dispatches", reserved);
+    if let Some(budget) = &snap.budget {
+        let reserved: Gauge<f64, AtomicU64> = Gauge::default();
+        reserved.set(budget.reserved() as f64);
+        reg.register("cortex_token_budget_reserved", "Tokens reserved by running dispatches", reserved);
+    }
 
     let mut out = String::new();
     encode(&mut out, &reg).map_err(|e| Error::other(format!("cannot encode metrics: {e}")))?;

@@ -266,3 +266,29 @@ pub fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
         serde_json::json!({"status": "failed", "ended_at": ts, "exit_code": 2, "error": "exit status 2"}),
     )
 }
+
+/// Runs runbook lines with `sh -c` against the API on `port` (the runbooks' `127.0.0.1:8900`
+/// becomes the test's port; nothing else changes).
+pub struct Shell {
+    pub port: u16,
+}
+
+impl Shell {
+    /// Runs runbook lines; returns (exit code, stdout, stderr).
+    pub fn run(&self, script: &str) -> (i32, String, String) {
+        let script = script.replace("127.0.0.1:8900", &format!("127.0.0.1:{}", self.port));
+        let out = Command::new("sh").arg("-c").arg(&script).output().expect("run sh");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs lines that must succeed with nothing on stderr; returns stdout trimmed.
+    pub fn ok(&self, script: &str) -> String {
+        let (code, out, err) = self.run(script);
+        assert!(code == 0 && err.is_empty(), "runbook lines failed ({code}):\n{script}\nstdout: {out}\nstderr: {err}");
+        out.trim().to_string()
+    }
+}

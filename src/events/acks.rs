@@ -1,0 +1,284 @@
+//! Acknowledgements of events: `coordination/event-acks.jsonl`, one line per acknowledgement,
+//! appended under the `event-acks` lock (so `cortex repair`'s rewrite never loses one).
+//!
+//! A line acknowledges one event (`event_id`) or every event up to a time (`up_to`, what
+//! `cortex event ack --all` writes). `GET /health` counts only unacknowledged critical events
+//! in its window; acknowledged ones are still listed, marked `acknowledged`. The file only
+//! grows when an operator acknowledges something, and readers follow it by offset
+//! ([`AckFollower`]), so a read costs what was appended since the last one. [`acknowledge`] is
+//! the operation `cortex event ack` and `POST /events/<id>/ack` share.
+
+use crate::clock::{Timestamp, parse_ts};
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::files;
+use crate::store::{Store, jsonl};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// One line of `event-acks.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The acknowledged event; absent for an acknowledgement of everything up to `up_to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Every event at or before this time is acknowledged (`--all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_to: Option<String>,
+    /// When the acknowledgement was made.
+    pub at: String,
+    /// Who made it: the local user or the API token's name, and from where.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Appends an acknowledgement (one `write`, under the file's lock).
+pub fn append(store: &Store, ack: &Ack) -> Result<()> {
+    if ack.event_id.is_none() == ack.up_to.is_none() {
+        return Err(Error::other("an acknowledgement names either one event_id or an up_to time"));
+    }
+    let _guard = store.lock(files::EVENT_ACKS)?;
+    jsonl::append(&store.path(files::EVENT_ACKS), ack)
+}
+
+/// What the acknowledgements read so far cover.
+#[derive(Debug, Default, Clone)]
+pub struct AckSet {
+    ids: HashSet<String>,
+    up_to: Option<Timestamp>,
+}
+
+impl AckSet {
+    pub fn add(&mut self, ack: &Ack) {
+        if let Some(id) = &ack.event_id {
+            self.ids.insert(id.clone());
+        }
+        if let Some(t) = ack.up_to.as_deref().and_then(parse_ts) {
+            self.up_to = Some(self.up_to.map_or(t, |u| u.max(t)));
+        }
+    }
+
+    /// True when `event` is acknowledged by its id or by an `up_to` at or after its time.
+    pub fn covers(&self, event: &Event) -> bool {
+        self.ids.contains(&event.id) || self.up_to.is_some_and(|u| event.time().is_some_and(|t| t <= u))
+    }
+}
+
+/// Follows `event-acks.jsonl` by byte offset: each refresh reads only the lines appended since
+/// the previous one (the whole file again only when it was replaced or truncated, e.g. by
+/// `cortex repair`). Bad lines are skipped.
+#[derive(Debug, Default)]
+pub struct AckFollower {
+    file: Option<(u64, u64)>,
+    offset: u64,
+    set: AckSet,
+}
+
+impl AckFollower {
+    pub fn refresh(&mut self, path: &Path) -> Result<&AckSet> {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                *self = AckFollower::default();
+                return Ok(&self.set);
+            }
+            Err(e) => return Err(Error::io(path, "open", e)),
+        };
+        let meta = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
+        let id = (meta.dev(), meta.ino());
+        if self.file != Some(id) || meta.len() < self.offset {
+            *self = AckFollower { file: Some(id), ..Default::default() };
+        }
+        if meta.len() > self.offset {
+            f.seek(SeekFrom::Start(self.offset)).map_err(|e| Error::io(path, "seek", e))?;
+            // Line by line, so a huge (hostile) file is never held in memory whole.
+            let mut reader = BufReader::new(f.take(meta.len() - self.offset));
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line).map_err(|e| Error::io(path, "read", e))?;
+                // A line still being written (no newline yet) is read next time.
+                if n == 0 || line.last() != Some(&b'\n') {
+                    break;
+                }
+                if let Ok(ack) = serde_json::from_slice::<Ack>(&line) {
+                    self.set.add(&ack);
+                }
+                self.offset += n as u64;
+            }
+        }
+        Ok(&self.set)
+    }
+}
+
+/// What `cortex event ack` / `POST /events/<id>/ack` acknowledges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckTarget {
+    /// One event, by id.
+    Event(String),
+    /// Every event up to now (`--all`, `POST /events/all/ack`).
+    All,
+}
+
+/// The answer to an acknowledgement.
+#[derive(Debug, Clone, Serialize)]
+pub struct AckOutcome {
+    pub status: &'static str,
+    /// False when there was nothing left to acknowledge (nothing was written).
+    pub changed: bool,
+    pub message: String,
+    /// The error and critical events this acknowledgement newly covers.
+    pub acknowledged: Vec<String>,
+    /// The line written to `event-acks.jsonl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack: Option<Ack>,
+    /// The id of the `event_acknowledged` event that records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_event_id: Option<String>,
+}
+
+/// Acknowledges an event (or all of them up to `now`) on behalf of `by`: appends the ack line,
+/// then records an `event_acknowledged` event (severity info: it never counts itself). Only
+/// events `/health` can count are known here (the reader's window); an unknown id is
+/// [`Error::Refused`]. Acknowledging what is already acknowledged writes nothing.
+pub fn acknowledge(
+    reader: &crate::status::StatusReader,
+    target: &AckTarget,
+    by: &str,
+    note: Option<&str>,
+    now: Timestamp,
+) -> Result<AckOutcome> {
+    let acks = reader.acks()?;
+    let at = crate::clock::format_ts(now);
+    let note = note.map(str::trim).filter(|n| !n.is_empty()).map(str::to_string);
+    let store = reader.store();
+    let unchanged = |message: String| AckOutcome {
+        status: "success",
+        changed: false,
+        message,
+        acknowledged: Vec::new(),
+        ack: None,
+        audit_event_id: None,
+    };
+    let (ack, covered, what) = match target {
+        AckTarget::Event(id) => {
+            let Some(event) = reader.find_recent_event(now, id)? else {
+                let window = reader.config().api.critical_window_seconds.max(3600) as i64;
+                return Err(Error::Refused(format!(
+                    "no event {id:?} in the last {}: only events /health counts can be acknowledged (see `cortex event list --min-severity error`)",
+                    crate::clock::human_duration(window)
+                )));
+            };
+            if acks.covers(&event) {
+                return Ok(unchanged(format!("Event {id} is already acknowledged")));
+            }
+            let ack = Ack { event_id: Some(id.clone()), up_to: None, at: at.clone(), by: by.to_string(), note };
+            let covered = if event.severity >= crate::events::Severity::Error { vec![id.clone()] } else { Vec::new() };
+            (ack, covered, format!("Event {id} ({}, {})", event.event_type, event.severity.as_str()))
+        }
+        AckTarget::All => {
+            let window = chrono::Duration::seconds(reader.config().api.critical_window_seconds.max(3600) as i64);
+            let covered: Vec<String> = reader
+                .recent_events(now, window)?
+                .into_iter()
+                .filter(|e| e.severity >= crate::events::Severity::Error && !acks.covers(e))
+                .map(|e| e.id)
+                .collect();
+            if covered.is_empty() {
+                return Ok(unchanged("Nothing to acknowledge: no unacknowledged error or critical event".into()));
+            }
+            let ack = Ack { event_id: None, up_to: Some(at.clone()), at: at.clone(), by: by.to_string(), note };
+            (ack, covered, format!("Every event up to {at}"))
+        }
+    };
+    append(store, &ack)?;
+    let message = format!("{what} acknowledged by {by}");
+    let audit = store.emit(
+        "event_acknowledged",
+        crate::events::Severity::Info,
+        match &ack.note {
+            Some(n) => format!("{message}: {n}"),
+            None => message.clone(),
+        },
+        serde_json::json!({
+            "event_id": ack.event_id,
+            "up_to": ack.up_to,
+            "by": ack.by,
+            "note": ack.note,
+            "acknowledged": covered,
+        }),
+    )?;
+    Ok(AckOutcome {
+        status: "success",
+        changed: true,
+        message,
+        acknowledged: covered,
+        ack: Some(ack),
+        audit_event_id: Some(audit.id),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Severity;
+
+    fn ev(id: &str, ts: &str) -> Event {
+        let mut e = Event::new("x", Severity::Critical, "test", "m");
+        e.id = id.into();
+        e.timestamp = ts.into();
+        e
+    }
+
+    #[test]
+    fn covers_by_id_and_up_to() {
+        let mut s = AckSet::default();
+        let a = ev("evt-a", "2026-01-01T00:00:00Z");
+        let b = ev("evt-b", "2026-01-01T00:00:10Z");
+        assert!(!s.covers(&a));
+        s.add(&Ack { event_id: Some("evt-b".into()), up_to: None, at: "t".into(), by: "me".into(), note: None });
+        assert!(s.covers(&b) && !s.covers(&a));
+        s.add(&Ack {
+            event_id: None,
+            up_to: Some("2026-01-01T00:00:05Z".into()),
+            at: "t".into(),
+            by: "me".into(),
+            note: None,
+        });
+        assert!(s.covers(&a));
+        // An older up_to never takes back a newer one.
+        s.add(&Ack {
+            event_id: None,
+            up_to: Some("2025-01-01T00:00:00Z".into()),
+            at: "t".into(),
+            by: "".into(),
+            note: None,
+        });
+        assert!(s.covers(&a));
+    }
+
+    #[test]
+    fn follower_reads_only_appended_lines_and_skips_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("event-acks.jsonl");
+        let mut f = AckFollower::default();
+        assert!(!f.refresh(&path).unwrap().covers(&ev("evt-a", "2026-01-01T00:00:00Z")));
+        std::fs::write(&path, "{\"event_id\":\"evt-a\",\"at\":\"t\",\"by\":\"me\"}\nnot json\n{\"event_id\":\"evt-b\"")
+            .unwrap();
+        let s = f.refresh(&path).unwrap().clone();
+        assert!(s.covers(&ev("evt-a", "2026-01-01T00:00:00Z")));
+        assert!(!s.covers(&ev("evt-b", "2026-01-01T00:00:00Z")), "a partial line waits");
+        let mut o = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut o, b",\"at\":\"t\",\"by\":\"me\"}\n").unwrap();
+        assert!(f.refresh(&path).unwrap().covers(&ev("evt-b", "2026-01-01T00:00:00Z")));
+        // Replaced by a shorter file: read again from the start.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "{\"event_id\":\"evt-c\",\"at\":\"t\",\"by\":\"me\"}\n").unwrap();
+        let s = f.refresh(&path).unwrap();
+        assert!(s.covers(&ev("evt-c", "2026-01-01T00:00:00Z")) && !s.covers(&ev("evt-a", "2026-01-01T00:00:00Z")));
+    }
+}
