@@ -81,7 +81,12 @@ pub fn config_check(ctx: &Ctx, config: Option<&Path>) -> Result<u8> {
     let check = crate::validate::check_config(&ctx.home, &path);
     if ctx.json {
         print_json(&check);
-    } else if check.ok {
+        return Ok(if check.ok { 0 } else { 1 });
+    }
+    for w in &check.warnings {
+        eprintln!("warning: {}", safe(w));
+    }
+    if check.ok {
         println!("Configuration validation successful");
     } else {
         for e in &check.errors {
