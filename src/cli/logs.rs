@@ -33,7 +33,9 @@ pub enum LogsCommand {
     Archive,
     /// Print the end of a daemon's log.
     Tail {
-        /// A daemon (worker, pm, ...) or a file in agents/logs/system/.
+        /// A daemon (worker, pm, ...), its log file (worker-daemon.log), the runbook's names
+        /// (heartbeat-monitor-daemon.log, metrics-snapshot-daemon.log,
+        /// integration-validator-daemon.log) or a file in agents/logs/system/.
         name: String,
         /// Lines to print.
         #[arg(short = 'n', long, default_value_t = 100)]
