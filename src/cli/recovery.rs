@@ -110,7 +110,7 @@ pub fn restore_defaults(ctx: &Ctx, file: Option<&str>) -> Result<u8> {
             (Some(k), true) => println!(
                 "{} reset to its default (previous content kept at {})",
                 safe(&d.file),
-                safe_path(&ctx.home.relative(k))
+                safe_path(ctx.home.relative(k))
             ),
             (None, true) => println!("{} created with its default content", safe(&d.file)),
         }

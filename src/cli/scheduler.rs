@@ -100,7 +100,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                 println!("Scheduler: running");
                 println!("  resumed at:  {}", safe_or(s.resumed_at.as_deref(), "never paused"));
             }
-            println!("  coordinator: {} (uptime {})", safe(&s.coordinator), safe_or(s.uptime.as_deref(), "-"));
+            println!("  coordinator: {} (uptime {})", safe(s.coordinator), safe_or(s.uptime.as_deref(), "-"));
             println!("  last tick:   {}", safe_or(s.last_tick.as_deref(), "-"));
             println!("  tick interval: {}", safe(&s.tick_interval));
             Ok(0)

@@ -33,7 +33,7 @@ pub fn init(ctx: &Ctx) -> Result<u8> {
     } else {
         println!("Initialised Cortex home {}:", safe_path(ctx.home.root()));
         for p in &created {
-            println!("  created {}", safe_path(&ctx.home.relative(p)));
+            println!("  created {}", safe_path(ctx.home.relative(p)));
         }
     }
     Ok(0)
