@@ -4,7 +4,8 @@
 //! bidirectional controls (U+202A–U+202E, U+2066–U+2069). Every command that prints them
 //! (`cortex scheduler status`, `cortex status`, `cortex schedule run-now|show|list|pause`,
 //! `cortex event list`, and the error of a refused request) shows them escaped: no raw ESC, C1
-//! CSI, CR, bidi control, and no line of output the value made up.
+//! CSI, CR, bidi control, and no line of output the value made up. `--json` output holds the
+//! exact value, with the C1 and bidi controls JSON leaves raw written as `\uXXXX`.
 mod api_support;
 mod common;
 use api_support::*;
@@ -64,6 +65,12 @@ fn a_hostile_pause_reason_from_the_api_is_shown_escaped_by_status_commands() {
     assert_escaped("cortex status (stderr)", &overview.stderr);
     let shown = String::from_utf8_lossy(&overview.stdout);
     assert!(shown.contains("Scheduler: paused (maint\\u{1b}]0;"), "{shown}");
+
+    // --json: the same value exactly, with no raw C1 or bidi control (JSON leaves those raw).
+    let json = run(&h, &["--json", "scheduler", "status"]);
+    assert_escaped("cortex --json scheduler status", &json.stdout);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["reason"], HOSTILE);
 
     // The same pause seen from the event log.
     let events = run(&h, &["event", "list", "--type", "scheduler_paused"]);

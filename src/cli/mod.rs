@@ -133,7 +133,7 @@ impl Ctx {
 /// Prints a value as pretty JSON.
 pub fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => println!("{}", text::json_safe(s)),
         Err(e) => eprintln!("cortex: cannot encode output: {e}"),
     }
 }

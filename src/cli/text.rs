@@ -39,6 +39,24 @@ pub fn safe_or<'a>(s: Option<&'a str>, default: &'a str) -> Cow<'a, str> {
     s.map_or(Cow::Borrowed(default), safe)
 }
 
+/// Serialized JSON with the characters JSON leaves raw but a terminal acts on (DEL, the C1
+/// controls such as U+009B CSI, the bidirectional controls) written as `\uXXXX` escapes. They can
+/// only occur inside strings, so the document means exactly the same.
+pub fn json_safe(json: String) -> String {
+    if !json.chars().any(is_unsafe) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if is_unsafe(c) && !matches!(c, '\n' | '\t' | '\r') {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A path shown through [`safe`] (a file name can hold any byte but `/` and NUL).
 pub fn safe_path(p: &std::path::Path) -> String {
     safe(&p.to_string_lossy()).into_owned()
@@ -82,6 +100,17 @@ mod tests {
         assert_eq!(safe("naïve ☃ 日本"), "naïve ☃ 日本");
         assert_eq!(safe_or(None, "-"), "-");
         assert_eq!(safe_or(Some("a\nb"), "-"), "a\\nb");
+    }
+
+    #[test]
+    fn json_keeps_its_meaning_without_raw_terminal_controls() {
+        let v = serde_json::json!({"r": "a\u{9b}31m\u{7f}\u{202e}b\u{1b}]0;t\u{7}\nc"});
+        let shown = json_safe(serde_json::to_string_pretty(&v).unwrap());
+        assert!(
+            !shown.chars().any(|c| c != '\n' && (c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c))),
+            "{shown:?}"
+        );
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&shown).unwrap(), v);
     }
 
     #[test]
