@@ -249,8 +249,10 @@ pub fn run(name: &'static str, body: impl FnOnce(&mut DaemonContext) -> Result<(
     match run_inner(name, args, body) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cortex-{name}: {e}");
-            tracing::error!("exiting: {e}");
+            // The log has already recorded it (`run_inner` logs while its log guard lives; after
+            // that guard is dropped, a tracing event has no writer left and tracing-subscriber
+            // complains on stderr instead).
+            eprintln!("cortex-{name}: {}", crate::cli::text::safe(&e.to_string()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -295,7 +297,8 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
     log.file.set_rotate_lock(home.lock_file(crate::logging::ROTATE_LOCK));
     let store = Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source(name);
     let (tx, rx) = mpsc::channel();
-    spawn_signal_thread(tx.clone(), test_hook(TEST_IGNORE_SIGTERM, name))?;
+    spawn_signal_thread(tx.clone(), test_hook(TEST_IGNORE_SIGTERM, name))
+        .inspect_err(|e| tracing::error!("{name} daemon cannot start: {e}"))?;
     if test_hook(TEST_LOG_FLOOD, name) {
         std::thread::spawn(|| {
             for seq in 0u64.. {
@@ -320,7 +323,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
         stopping: false,
         _watchers: Vec::new(),
     };
-    ctx.write_mark()?;
+    ctx.write_mark().inspect_err(|e| tracing::error!("{name} daemon cannot start: {e}"))?;
     tracing::info!(pid = std::process::id(), home = %home.root().display(), "{name} daemon starting");
     let _ = ctx.store.emit(
         "daemon_started",

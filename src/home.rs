@@ -209,6 +209,12 @@ impl Home {
     pub fn stop_intent(&self, daemon: &str) -> PathBuf {
         self.run_dir().join(format!("{daemon}.stopped"))
     }
+    /// The PID of a daemon's instance that cortex last asked to stop (`cortex stop`, `restart`,
+    /// `health-check --fix`): its exit is not a crash, even once `cortex start` removed the
+    /// stop intent.
+    pub fn stop_asked(&self, daemon: &str) -> PathBuf {
+        self.run_dir().join(format!("{daemon}.stop-asked"))
+    }
     /// The restart policy's state (restarts, FAILED), written by the active supervisor.
     pub fn supervisor_state(&self) -> PathBuf {
         self.run_dir().join("supervisor-state.json")

@@ -225,7 +225,15 @@ pub fn init_daemon(path: &Path, level: &str, max_size: u64, keep: u32) -> Result
     Ok(LogGuard { _guard: guard, file })
 }
 
-/// Sets up `tracing` for the CLI: warnings and errors to stderr.
+/// Whether the CLI's diagnostics on stderr may carry colour codes: only on a terminal, and not
+/// when `NO_COLOR` is set to anything (<https://no-color.org>). `cortex run` under systemd, cron
+/// or a pipe writes plain text.
+pub fn cli_colour() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// Sets up `tracing` for the CLI: warnings and errors to stderr (coloured only per [`cli_colour`]).
 pub fn init_cli() {
     let filter = std::env::var("CORTEX_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "warn".into());
     let _ = tracing_subscriber::fmt()
@@ -234,6 +242,7 @@ pub fn init_cli() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(cli_colour())
         .with_target(false)
         .try_init();
 }

@@ -227,10 +227,25 @@ pub fn archive(home: &Home) -> Result<Archived> {
     })
 }
 
-/// The log file `cortex logs tail NAME` reads: a daemon's log, or a file in `agents/logs/system/`.
+/// The names the daemon management runbook gives three daemons' logs (from an earlier
+/// implementation), and the daemon each means.
+pub const LOG_ALIASES: [(&str, &str); 3] =
+    [("heartbeat-monitor", "heartbeat"), ("metrics-snapshot", "metrics"), ("integration-validator", "integration")];
+
+/// The daemon a log name means: `worker`, `worker-daemon.log`, and the runbook's names
+/// (`heartbeat-monitor-daemon.log`, `metrics-snapshot`, ...; see [`LOG_ALIASES`]).
+pub fn log_daemon(name: &str) -> Option<&'static str> {
+    let base = name.strip_suffix(".log").unwrap_or(name);
+    let base = base.strip_suffix("-daemon").unwrap_or(base);
+    let base = LOG_ALIASES.iter().find(|(alias, _)| *alias == base).map_or(base, |(_, d)| *d);
+    DAEMONS.iter().copied().find(|d| *d == base)
+}
+
+/// The log file `cortex logs tail NAME` reads: a daemon's log (by its name, its log's file name
+/// or the runbook's alias), or a file in `agents/logs/system/`.
 pub fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
-    if DAEMONS.contains(&name) {
-        return Ok(home.daemon_log(name));
+    if let Some(daemon) = log_daemon(name) {
+        return Ok(home.daemon_log(daemon));
     }
     let p = home.system_logs().join(name);
     if p.is_file() && !name.contains('/') {
@@ -239,8 +254,10 @@ pub fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
     Err(Error::Config {
         path: None,
         detail: format!(
-            "unknown log {name:?}: name a daemon ({}) or a file in agents/logs/system/",
-            DAEMONS.join(", ")
+            "unknown log {name:?}: name a daemon ({}), its log file (e.g. worker-daemon.log), one of the \
+             runbook's names ({}) or a file in agents/logs/system/",
+            DAEMONS.join(", "),
+            LOG_ALIASES.iter().map(|(a, _)| format!("{a}-daemon.log")).collect::<Vec<_>>().join(", ")
         ),
     })
 }

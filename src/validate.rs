@@ -327,13 +327,23 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 pub struct ConfigCheck {
     pub ok: bool,
     pub errors: Vec<String>,
+    /// What is valid but will not work as the operator probably expects (a worker type with no
+    /// command template, a placeholder spliced into a shell script); does not fail the check.
+    pub warnings: Vec<String>,
 }
 
-/// Validates `cortex.toml` (at `config_path`) and every JSON config file of the home.
+/// Validates `cortex.toml` (at `config_path`), the API tokens file it names (by the loader the
+/// API uses at start, so a token the API refuses fails here too) and every JSON config file of
+/// the home.
 pub fn check_config(home: &Home, config_path: &Path) -> ConfigCheck {
     let mut errors = Vec::new();
-    if let Err(e) = crate::config::Config::load_file(config_path) {
-        errors.push(e.to_string());
+    match crate::config::Config::load_file(config_path) {
+        Ok(config) => {
+            if let Err(e) = crate::api::load_tokens(home, &config) {
+                errors.push(format!("[api] tokens_file: {e}"));
+            }
+        }
+        Err(e) => errors.push(e.to_string()),
     }
     for f in files::ALL.iter().filter(|f| f.is_config) {
         if let Some(r) = check_registered(home, f)
@@ -350,5 +360,23 @@ pub fn check_config(home: &Home, config_path: &Path) -> ConfigCheck {
             errors.push(msg);
         }
     }
-    ConfigCheck { ok: errors.is_empty(), errors }
+    ConfigCheck { ok: errors.is_empty(), errors, warnings: worker_type_warnings(home) }
+}
+
+/// [`crate::task::worker_types::template_warnings`] for every worker type of the home (none
+/// when the file does not parse: that is an error reported already).
+fn worker_type_warnings(home: &Home) -> Vec<String> {
+    let path = home.coord(files::WORKER_TYPES.rel);
+    let Some(types) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::task::worker_types::WorkerTypes>(&b).ok())
+    else {
+        return Vec::new();
+    };
+    types
+        .worker_types
+        .iter()
+        .flat_map(|(name, wt)| crate::task::worker_types::template_warnings(name, wt))
+        .map(|w| format!("coordination/{}: {w}", files::WORKER_TYPES.rel))
+        .collect()
 }

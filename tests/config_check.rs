@@ -121,3 +121,95 @@ fn a_router_rule_naming_an_unknown_worker_type_is_refused() {
     std::fs::write(h.join("coordination/config/worker-types.json"), types.to_string()).unwrap();
     assert!(h.cortex_ok(&["config", "check"]).contains("Configuration validation successful"));
 }
+
+/// Writes an API tokens file (mode 0600) into the home and names it in cortex.toml.
+fn use_tokens(h: &TestHome, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = h.join("api-tokens");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    h.set_config("api", "tokens_file", "\"api-tokens\"");
+}
+
+#[test]
+fn a_token_the_api_refuses_fails_the_check_by_the_same_rule() {
+    let h = TestHome::new();
+    use_tokens(&h, "ops:short-token\n");
+    let out = h.cortex(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(1), "a 11-character token passed config check: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("tokens_file") && err.contains("shorter than 16 characters"), "{err}");
+    // The API refuses the same file at start, with the same words.
+    let port = free_port();
+    h.set_config("api", "bind", &format!("\"127.0.0.1:{port}\""));
+    let mut api = h.spawn_daemon("api");
+    let st = api.wait().unwrap();
+    let mut api_err = String::new();
+    std::io::Read::read_to_string(api.stderr.as_mut().unwrap(), &mut api_err).unwrap();
+    assert!(!st.success() && api_err.contains("shorter than 16 characters"), "{st}: {api_err}");
+    // A long enough token passes both.
+    use_tokens(&h, "ops:0123456789abcdef\n");
+    assert_eq!(h.cortex_ok(&["config", "check"]).trim(), "Configuration validation successful");
+}
+
+#[test]
+fn worker_types_without_a_command_template_are_warned_about_by_name() {
+    let h = TestHome::new();
+    let out = h.cortex(&["config", "check"]);
+    assert!(out.status.success());
+    assert!(!stderr(&out).contains("warning"), "the shipped configuration warns: {}", stderr(&out));
+    // Runbook 002's "create default configurations" heredoc, verbatim.
+    std::fs::write(
+        h.join("coordination/config/worker-types.json"),
+        r#"{
+  "worker_types": {
+    "implementation-worker": {"default_budget": 100000, "default_duration": 45},
+    "analysis-worker": {"default_budget": 50000, "default_duration": 15},
+    "scan-worker": {"default_budget": 70000, "default_duration": 15},
+    "fix-worker": {"default_budget": 70000, "default_duration": 20}
+  }
+}
+"#,
+    )
+    .unwrap();
+    let out = h.cortex(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "still a valid configuration: {}", stderr(&out));
+    let err = stderr(&out);
+    for t in ["implementation-worker", "analysis-worker", "scan-worker", "fix-worker"] {
+        assert!(
+            err.lines().any(|l| l.starts_with("warning:") && l.contains(&format!("{t:?} has no command template"))),
+            "no warning names {t}: {err}"
+        );
+    }
+    let json: Value = serde_json::from_slice(&h.cortex(&["--json", "config", "check"]).stdout).unwrap();
+    assert_eq!(json["warnings"].as_array().unwrap().len(), 4, "{json}");
+}
+
+#[test]
+fn a_placeholder_spliced_into_a_shell_script_is_warned_about() {
+    let h = TestHome::new();
+    let types = "coordination/config/worker-types.json";
+    set_json(&h, types, "/worker_types/fix-worker/command", serde_json::json!(["sh", "-c", "fix {description}"]));
+    set_json(
+        &h,
+        types,
+        "/worker_types/scan-worker/command",
+        serde_json::json!(["/bin/bash", "-ec", "scan --id {task_id} \"$1\"", "bash", "{description}"]),
+    );
+    let out = h.cortex(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let warned =
+        |t: &str| err.lines().any(|l| l.contains(&format!("{t:?}")) && l.contains("spliced into a shell script"));
+    assert!(warned("fix-worker") && err.contains("{description}"), "{err}");
+    assert!(warned("scan-worker") && err.contains("{task_id}"), "{err}");
+    // The safe form (the value as its own argument, "$1" in the script) is not warned about.
+    set_json(
+        &h,
+        types,
+        "/worker_types/fix-worker/command",
+        serde_json::json!(["sh", "-c", "fix \"$1\"", "sh", "{description}"]),
+    );
+    let err = stderr(&h.cortex(&["config", "check"]));
+    assert!(!err.contains("fix-worker"), "{err}");
+}

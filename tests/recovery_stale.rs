@@ -144,3 +144,21 @@ fn reset_refuses_without_yes_and_then_resets_completely() {
     assert_eq!(h.events_of("system_reset").len(), 1);
     h.cortex_ok(&["validate"]);
 }
+
+/// `recover-stale --dry-run` changes nothing and says so: a live silent dispatch's process group
+/// "would be stopped" (it is not signalled); only the real run says it "was stopped".
+#[test]
+fn a_dry_run_says_what_it_would_stop_and_stops_nothing() {
+    let h = TestHome::new();
+    let mut silent = sleeper();
+    put(&h, "active", &running_spec("d-silent", silent.id() as i32, ticks(silent.id()), 120, None));
+    let out = h.cortex_ok(&["recover-stale", "--dry-run"]);
+    assert!(out.contains("would mark lost d-silent"), "{out}");
+    assert!(out.contains("(its process group would be stopped)"), "{out}");
+    assert!(!out.contains("was stopped"), "a dry run claims it stopped a process group: {out}");
+    assert!(silent.try_wait().unwrap().is_none(), "the dry run signalled the process");
+    assert!(h.join("coordination/worker-specs/active/d-silent.json").exists());
+    let out = h.cortex_ok(&["recover-stale"]);
+    assert!(out.contains("marked lost d-silent") && out.contains("(its process group was stopped)"), "{out}");
+    wait_until(Duration::from_secs(10), "silent process stopped", || silent.try_wait().unwrap().is_some());
+}

@@ -171,3 +171,31 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// Runbook 003's table names three logs by an earlier implementation's names
+/// (`heartbeat-monitor-daemon.log`, `metrics-snapshot-daemon.log`,
+/// `integration-validator-daemon.log`): `cortex logs tail` takes them (and every daemon's log file
+/// name) for the daemon's log, even before the daemon has written it.
+#[test]
+fn tail_takes_the_runbooks_log_names() {
+    let f = Fleet::new("");
+    let dir = f.h.join("agents/logs/system");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (alias, daemon) in [
+        ("heartbeat-monitor-daemon.log", "heartbeat"),
+        ("metrics-snapshot-daemon.log", "metrics"),
+        ("integration-validator-daemon.log", "integration"),
+        ("heartbeat-monitor", "heartbeat"),
+        ("coordinator-daemon.log", "coordinator"),
+    ] {
+        std::fs::write(dir.join(format!("{daemon}-daemon.log")), format!("{daemon} line\n")).unwrap();
+        assert_eq!(f.ok(&["logs", "tail", alias, "-n", "1"]), format!("{daemon} line\n"), "{alias}");
+    }
+    std::fs::remove_file(dir.join("metrics-snapshot-daemon.log")).ok();
+    std::fs::remove_file(dir.join("auto-fix-daemon.log")).ok();
+    let out = f.run(&["logs", "tail", "auto-fix-daemon.log"]);
+    assert!(out.status.success(), "a daemon's log that is not written yet reads as empty");
+    let out = f.run(&["logs", "tail", "nosuch-daemon.log"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("heartbeat-monitor-daemon.log"), "{}", text(&out.stderr));
+}

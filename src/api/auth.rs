@@ -64,6 +64,15 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The shortest token accepted, in bytes.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// What is wrong with a token's secret, if anything: the one rule the API applies at start and
+/// `cortex config check` applies (both through [`Tokens::parse`]).
+pub fn token_problem(secret: &str) -> Option<String> {
+    (secret.len() < MIN_TOKEN_LEN).then(|| format!("the token is shorter than {MIN_TOKEN_LEN} characters"))
+}
+
 impl Tokens {
     /// No tokens: every request is allowed.
     pub fn none() -> Tokens {
@@ -125,8 +134,8 @@ impl Tokens {
             if name.is_empty() || secret.is_empty() {
                 return Err(format!("line {}: expected name:token with both parts non-empty", i + 1));
             }
-            if secret.len() < 16 {
-                return Err(format!("line {} ({name}): the token is shorter than 16 characters", i + 1));
+            if let Some(problem) = token_problem(secret) {
+                return Err(format!("line {} ({name}): {problem}", i + 1));
             }
             if tokens.iter().any(|t| t.name == name) {
                 return Err(format!("line {}: token name {name:?} appears twice", i + 1));

@@ -1,5 +1,6 @@
 //! `cortex backup` and `cortex restore`.
 
+use super::text::{safe, safe_or, safe_path};
 use super::{Ctx, print_json};
 use crate::backup::create::{self, BackupOptions};
 use crate::backup::restore::{self, RestoreOptions, Scope};
@@ -77,19 +78,19 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         print_json(&r);
         return Ok(0);
     }
-    println!("Backup created: {}", r.path.display());
+    println!("Backup created: {}", safe_path(&r.path));
     println!(
         "  {} files, {} bytes ({} bytes compressed); store locks held {} ms; took {} ms",
         r.files, r.content_bytes, r.archive_bytes, r.locked_ms, r.duration_ms
     );
     for s in &r.skipped {
-        println!("  skipped {s}");
+        println!("  skipped {}", safe(s));
     }
     for d in &r.retention.deleted {
-        println!("  retention: deleted {}", d.display());
+        println!("  retention: deleted {}", safe_path(d));
     }
     if let Some(k) = &r.retention.kept_newest_good {
-        println!("  retention: kept {} beyond the limit: it is the newest archive that verifies", k.display());
+        println!("  retention: kept {} beyond the limit: it is the newest archive that verifies", safe_path(k));
     }
     Ok(0)
 }
@@ -98,7 +99,7 @@ pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
 /// configuration disaster is what they are for), so it falls back to the defaults with a warning.
 pub(super) fn lenient_config(ctx: &Ctx) -> Config {
     Config::load(&ctx.home).unwrap_or_else(|e| {
-        eprintln!("cortex: warning: {e}; using default settings for this command");
+        eprintln!("cortex: warning: {}; using default settings for this command", safe(&e.to_string()));
         Config::default()
     })
 }
@@ -153,12 +154,12 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
         } else {
             println!(
                 "OK {}: {} files ({} bytes) verified against MANIFEST.json; taken {} on {} by Cortex {}",
-                v.path.display(),
+                safe_path(&v.path),
                 v.manifest.files.len(),
                 v.manifest.total_bytes(),
-                v.manifest.created_at,
-                v.manifest.host,
-                v.manifest.cortex_version
+                safe(&v.manifest.created_at),
+                safe(&v.manifest.host),
+                safe(&v.manifest.cortex_version)
             );
         }
         return Ok(0);
@@ -175,8 +176,8 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
         print_diff(&preview);
         eprint!(
             "Restore {} over {}? The current state is saved to backups/pre-restore/ first. [y/N] ",
-            archive.display(),
-            ctx.home.root().display()
+            safe_path(&archive),
+            safe_path(ctx.home.root())
         );
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer).map_err(|e| Error::io("stdin", "read", e))?;
@@ -192,14 +193,14 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
         return Ok(0);
     }
     for note in &r.recovered {
-        println!("Note: {note}.");
+        println!("Note: {}.", safe(note));
     }
     if r.dry_run {
         println!(
             "Dry run: {} verified (taken {} on {}); nothing was changed.",
-            r.archive.display(),
-            r.archive_created_at,
-            r.archive_host
+            safe_path(&r.archive),
+            safe(&r.archive_created_at),
+            safe(&r.archive_host)
         );
         print_diff(&r);
         return Ok(0);
@@ -207,13 +208,13 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
     if !r.stopped_daemons.is_empty() {
         println!("Stopped daemons: {}", r.stopped_daemons.join(", "));
     }
-    println!("Restoring from: {}", r.archive.display());
+    println!("Restoring from: {}", safe_path(&r.archive));
     print_diff(&r);
     if let Some(p) = &r.pre_restore_backup {
-        println!("Previous state saved in {}", p.display());
+        println!("Previous state saved in {}", safe_path(p));
     }
     for w in &r.warnings {
-        println!("Warning: {w}");
+        println!("Warning: {}", safe(w));
     }
     if !r.restarted_daemons.is_empty() {
         println!("Started daemons again: {}", r.restarted_daemons.join(", "));
@@ -232,7 +233,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
 fn print_diff(r: &restore::RestoreReport) {
     for (tag, files) in [("changed", &r.changed), ("added", &r.added), ("removed", &r.removed)] {
         for f in files {
-            println!("  {tag:8} {f}");
+            println!("  {tag:8} {}", safe(f));
         }
     }
     println!(
@@ -271,7 +272,7 @@ fn list(ctx: &Ctx, dir: &Path) -> Result<u8> {
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("No backups in {} (create one with `cortex backup`).", dir.display());
+        println!("No backups in {} (create one with `cortex backup`).", safe_path(dir));
         return Ok(0);
     }
     println!("{:<48} {:>12} {:>6}  {:<27} KIND", "ARCHIVE", "BYTES", "FILES", "CREATED");
@@ -284,12 +285,12 @@ fn list(ctx: &Ctx, dir: &Path) -> Result<u8> {
         };
         println!(
             "{:<48} {:>12} {:>6}  {:<27} {}{}",
-            name,
+            safe(&name),
             r["bytes"].as_u64().unwrap_or(0),
             r["files"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
-            r["created_at"].as_str().unwrap_or("?"),
+            safe_or(r["created_at"].as_str(), "?"),
             kind,
-            r["problem"].as_str().map(|p| format!("  UNREADABLE: {p}")).unwrap_or_default()
+            r["problem"].as_str().map(|p| format!("  UNREADABLE: {}", safe(p))).unwrap_or_default()
         );
     }
     println!("Restore one with `cortex restore --file PATH` (or --latest); `--verify-only` checks it completely.");

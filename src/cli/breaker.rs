@@ -1,5 +1,6 @@
 //! `cortex breaker list` and `cortex breaker reset TYPE`: the circuit breakers per worker type.
 
+use super::text::safe;
 use super::{Ctx, print_json};
 use crate::autofix::breaker::{self, BreakerState, Breakers};
 use crate::error::{Error, Result};
@@ -36,7 +37,13 @@ pub fn run(ctx: &Ctx, cmd: BreakerCommand) -> Result<u8> {
                     }
                     BreakerState::HalfOpen { since } => format!("half-open since {since} (one trial dispatch)"),
                 };
-                println!("{t:<24} {state}; {} failure(s) in window, {} trip(s)", b.failures_in_window, b.trips);
+                println!(
+                    "{:<24} {}; {} failure(s) in window, {} trip(s)",
+                    safe(t),
+                    safe(&state),
+                    b.failures_in_window,
+                    b.trips
+                );
             }
             Ok(0)
         }
@@ -48,7 +55,7 @@ pub fn run(ctx: &Ctx, cmd: BreakerCommand) -> Result<u8> {
                     if ctx.json {
                         print_json(&serde_json::json!({"worker_type": worker_type, "state": "closed"}));
                     } else {
-                        println!("circuit breaker of {worker_type} reset to closed");
+                        println!("circuit breaker of {} reset to closed", safe(&worker_type));
                     }
                     Ok(0)
                 }

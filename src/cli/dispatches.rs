@@ -1,6 +1,7 @@
 //! `cortex dispatches [--status S] [--task ID] [--json]`: the dispatch records in
 //! `worker-specs/`, as `GET /dispatches` shows them.
 
+use super::text::safe;
 use super::{Ctx, print_json};
 use crate::error::{Error, Result};
 use crate::status::{StatusReader, parse_dispatch_status};
@@ -47,12 +48,12 @@ pub fn run(ctx: &Ctx, args: DispatchesArgs) -> Result<u8> {
     for v in &views {
         println!(
             "{:<36} {:<28} {:<10} {:>3} {:>8} {:<28} {:>9}",
-            v.id,
-            v.task_id,
+            safe(&v.id),
+            safe(&v.task_id),
             v.status,
             v.attempt,
             v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            v.dispatched_at,
+            safe(&v.dispatched_at),
             v.duration_s.map(|d| format!("{d:.1}")).unwrap_or_else(|| "-".into())
         );
     }

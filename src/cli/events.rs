@@ -86,7 +86,7 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
             if ctx.json {
                 print_json(&event);
             } else {
-                println!("{}", event.id);
+                println!("{}", super::text::safe(&event.id));
             }
             Ok(0)
         }

@@ -46,7 +46,12 @@ pub fn run(ctx: &Ctx, args: HeartbeatArgs) -> Result<u8> {
     if ctx.json {
         print_json(&beat);
     } else {
-        println!("heartbeat {} recorded at {} ({})", beat.sequence, beat.timestamp, path.display());
+        println!(
+            "heartbeat {} recorded at {} ({})",
+            beat.sequence,
+            super::text::safe(&beat.timestamp),
+            super::text::safe_path(&path)
+        );
     }
     Ok(0)
 }

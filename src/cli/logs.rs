@@ -1,5 +1,6 @@
 //! `cortex logs rotate|reopen|clean|archive|tail`.
 
+use super::text::{safe, safe_path};
 use super::{Ctx, print_json};
 use crate::config::{Config, parse_size};
 use crate::error::{Error, Result};
@@ -32,7 +33,9 @@ pub enum LogsCommand {
     Archive,
     /// Print the end of a daemon's log.
     Tail {
-        /// A daemon (worker, pm, ...) or a file in agents/logs/system/.
+        /// A daemon (worker, pm, ...), its log file (worker-daemon.log), the runbook's names
+        /// (heartbeat-monitor-daemon.log, metrics-snapshot-daemon.log,
+        /// integration-validator-daemon.log) or a file in agents/logs/system/.
         name: String,
         /// Lines to print.
         #[arg(short = 'n', long, default_value_t = 100)]
@@ -80,7 +83,7 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
                         (Some(d), _) => format!(", {d} did NOT reopen it within 5s (still writes {name}.1)"),
                         _ => String::new(),
                     };
-                    println!("Rotated: {name} ({}{reopen})", human_bytes(r.size));
+                    println!("Rotated: {} ({}{reopen})", safe(&name), human_bytes(r.size));
                 }
             }
             Ok(if rotated.iter().all(|r| r.reopened != Some(false)) { 0 } else { 1 })
@@ -90,7 +93,7 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
             if ctx.json {
                 print_json(&done);
             } else if done.is_empty() {
-                println!("No daemon is running in {}", home.root().display());
+                println!("No daemon is running in {}", safe_path(home.root()));
             } else {
                 for (d, pid) in &done {
                     println!("{d}: sent SIGHUP (PID {pid})");
@@ -108,7 +111,7 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
                 print_json(&c);
             } else {
                 for f in &c.removed {
-                    println!("Removed: {f}");
+                    println!("Removed: {}", safe(f));
                 }
                 println!(
                     "Removed {} file(s), freed {}; agents/logs/ now holds {}",
@@ -126,7 +129,12 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
             } else {
                 match &a.archive {
                     Some(p) => {
-                        println!("Archived {} rotated log(s) ({}) into {p}", a.files.len(), human_bytes(a.bytes))
+                        println!(
+                            "Archived {} rotated log(s) ({}) into {}",
+                            a.files.len(),
+                            human_bytes(a.bytes),
+                            safe(p)
+                        )
                     }
                     None => println!("No rotated logs to archive."),
                 }
@@ -136,13 +144,17 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
         LogsCommand::Tail { name, lines, follow, errors } => {
             let path = crate::logs::log_path(home, &name)?;
             let (last, read) = crate::logs::tail(&path, lines, errors)?;
+            // Log lines quote task output, event messages and file content: escaped like any
+            // other untrusted text.
             for l in last {
-                println!("{l}");
+                println!("{}", safe(&l));
             }
             if follow {
                 use std::io::Write;
                 let mut out = std::io::stdout();
-                crate::logs::follow(&path, read, errors, |l| writeln!(out, "{l}").and_then(|()| out.flush()).is_ok())?;
+                crate::logs::follow(&path, read, errors, |l| {
+                    writeln!(out, "{}", safe(l)).and_then(|()| out.flush()).is_ok()
+                })?;
             }
             Ok(0)
         }

@@ -40,7 +40,7 @@ fn print_text(s: &Snapshot, live: bool) {
     let age = parse_ts(&s.timestamp)
         .map(|t| format!(" ({} ago)", human_duration((chrono::Utc::now() - t).num_seconds())))
         .unwrap_or_default();
-    println!("Metrics snapshot {}{}{age}", s.timestamp, if live { " (live)" } else { "" });
+    println!("Metrics snapshot {}{}{age}", super::text::safe(&s.timestamp), if live { " (live)" } else { "" });
     let w = &s.workers;
     println!(
         "Workers:    active {}, completed {}, failed {}, zombies killed {}, success rate {}",
@@ -66,14 +66,15 @@ fn print_text(s: &Snapshot, live: bool) {
         "Tasks:      queued {}, in_progress {}, pending_retry {}, completed {}, failed {}, total {}",
         k.queued, k.in_progress, k.pending_retry, k.completed, k.failed, k.total
     );
-    println!("Scheduler:  {}", s.scheduler.state);
+    println!("Scheduler:  {}", super::text::safe(&s.scheduler.state));
     if s.daemons.is_empty() {
         println!("Daemons:    none running");
     } else {
         println!("Daemons:");
         for (name, d) in &s.daemons {
             println!(
-                "  {name:<16} pid {:<8} rss {:>8}  cpu {:>7}  up {}",
+                "  {:<16} pid {:<8} rss {:>8}  cpu {:>7}  up {}",
+                super::text::safe(name),
                 d.pid,
                 opt(d.rss_mb, " MB"),
                 opt(d.cpu_percent, "%"),

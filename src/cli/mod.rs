@@ -51,7 +51,7 @@ pub enum Command {
     Init,
     /// Check every JSON and JSONL file under coordination/ (exit 1 if any is bad).
     Validate,
-    /// Configuration: check.
+    /// Configuration: check, restore-defaults.
     #[command(subcommand)]
     Config(setup::ConfigCommand),
     /// The event log: emit, list.
@@ -133,7 +133,7 @@ impl Ctx {
 /// Prints a value as pretty JSON.
 pub fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => println!("{}", text::json_safe(s)),
         Err(e) => eprintln!("cortex: cannot encode output: {e}"),
     }
 }
@@ -150,7 +150,8 @@ pub fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("cortex: error: {e}");
+            // Errors quote file names, fields and values from files and requests.
+            eprintln!("cortex: error: {}", text::safe(&e.to_string()));
             std::process::ExitCode::from(e.exit_code() as u8)
         }
     }
@@ -185,5 +186,29 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Run) => crate::supervisor::foreground::run(&ctx.home),
         Some(Command::HealthCheck(a)) => supervise::health_check(&ctx, a),
         Some(Command::Logs(c)) => logs::run(&ctx, c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Each command group's one-line description ("The event log: emit, list") names every one of
+    /// its subcommands, so `cortex --help` and `cortex <group> --help` do not hide any.
+    #[test]
+    fn group_descriptions_name_every_subcommand() {
+        let cli = Cli::command();
+        for group in cli.get_subcommands().filter(|c| c.has_subcommands()) {
+            let about = group.get_about().map(|a| a.to_string()).unwrap_or_default();
+            for sub in group.get_subcommands().filter(|s| s.get_name() != "help") {
+                assert!(
+                    about.split(|c: char| !(c.is_alphanumeric() || c == '-')).any(|w| w == sub.get_name()),
+                    "`cortex {} --help` says {about:?}, which does not name `{}`",
+                    group.get_name(),
+                    sub.get_name()
+                );
+            }
+        }
     }
 }

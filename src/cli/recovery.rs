@@ -1,6 +1,7 @@
 //! `cortex repair`, `cortex recover-stale`, `cortex reset`, `cortex config restore-defaults`.
 
 use super::backup::{lenient_config, lenient_store};
+use super::text::{safe, safe_path};
 use super::{Ctx, print_json};
 use crate::error::{Error, Result};
 use std::time::Duration;
@@ -20,7 +21,7 @@ pub fn repair(ctx: &Ctx, dry_run: bool) -> Result<u8> {
                 (true, true) => "[WOULD FIX]",
                 (true, false) => "[FIXED]",
             };
-            println!("{tag} {}: {}", a.file, a.action);
+            println!("{tag} {}: {}", safe(&a.file), safe(&a.action));
         }
         if dry_run {
             println!("Dry run: nothing was changed; run `cortex repair` to apply.");
@@ -43,13 +44,17 @@ pub fn recover_stale(ctx: &Ctx, older_than: &str, dry_run: bool) -> Result<u8> {
         return Ok(0);
     }
     for d in &r.lost {
+        let group = match (d.stopped_process, dry_run) {
+            (false, _) => "",
+            (true, true) => " (its process group would be stopped)",
+            (true, false) => " (its process group was stopped)",
+        };
         println!(
-            "{} {} (task {}): {}{}",
+            "{} {} (task {}): {}{group}",
             if dry_run { "would mark lost" } else { "marked lost" },
-            d.dispatch_id,
-            d.task_id,
-            d.reason,
-            if d.stopped_process { " (its process group was stopped)" } else { "" }
+            safe(&d.dispatch_id),
+            safe(&d.task_id),
+            safe(&d.reason),
         );
     }
     println!(
@@ -73,7 +78,7 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
         print_json(&r);
         return Ok(0);
     }
-    println!("Pre-reset backup: {}", r.pre_reset_backup.display());
+    println!("Pre-reset backup: {}", safe_path(&r.pre_reset_backup));
     if !r.stopped_daemons.is_empty() {
         println!("Stopped daemons: {}", r.stopped_daemons.join(", "));
     }
@@ -82,7 +87,7 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
         r.tasks_cleared, r.specs_cleared, r.processes_stopped, r.budget_total
     );
     for w in &r.warnings {
-        println!("Warning: {w}");
+        println!("Warning: {}", safe(w));
     }
     if r.restarted_daemons.is_empty() {
         println!("Reset complete; configuration and logs kept. Start the system with `cortex start`.");
@@ -101,13 +106,13 @@ pub fn restore_defaults(ctx: &Ctx, file: Option<&str>) -> Result<u8> {
     }
     for d in &done {
         match (&d.kept, d.changed) {
-            (_, false) => println!("{} already has its default content", d.file),
+            (_, false) => println!("{} already has its default content", safe(&d.file)),
             (Some(k), true) => println!(
                 "{} reset to its default (previous content kept at {})",
-                d.file,
-                ctx.home.relative(k).display()
+                safe(&d.file),
+                safe_path(ctx.home.relative(k))
             ),
-            (None, true) => println!("{} created with its default content", d.file),
+            (None, true) => println!("{} created with its default content", safe(&d.file)),
         }
     }
     Ok(0)

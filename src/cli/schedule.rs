@@ -1,7 +1,7 @@
 //! `cortex schedule add | list | show | pause | resume | remove | run-now`: recurring tasks on
 //! cron or interval schedules (`crate::schedule`).
 
-use super::text::{safe, shell_words};
+use super::text::{safe, safe_or, shell_words};
 use super::{Ctx, print_json};
 use crate::clock::SystemClock;
 use crate::error::Result;
@@ -111,12 +111,12 @@ pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
             } else {
                 println!(
                     "Schedule {} ({}) added: {} [{}]; next run {} ({})",
-                    view.schedule.schedule_id,
+                    safe(&view.schedule.schedule_id),
                     safe(&view.schedule.name),
-                    view.schedule.expression_label(),
-                    view.effective_timezone,
-                    view.next_run_local.as_deref().unwrap_or("-"),
-                    view.schedule.next_run_at.as_deref().unwrap_or("-")
+                    safe(&view.schedule.expression_label()),
+                    safe(&view.effective_timezone),
+                    safe_or(view.next_run_local.as_deref(), "-"),
+                    safe_or(view.schedule.next_run_at.as_deref(), "-")
                 );
                 if view.schedule.misfire_policy == MisfirePolicy::RunAll && view.schedule.max_instances == 1 {
                     println!(
@@ -177,7 +177,9 @@ pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
             } else {
                 println!(
                     "Run of schedule {} ({}) requested as task {}; the coordinator enqueues it on its next pass",
-                    s.schedule_id, s.name, req.task_id
+                    safe(&s.schedule_id),
+                    safe(&s.name),
+                    safe(&req.task_id)
                 );
                 if !coordinator {
                     println!("note: cortex-coordinator is not running; the run is enqueued when it starts");
@@ -201,9 +203,9 @@ fn print_change(ctx: &Ctx, c: &schedule::Change) {
     if ctx.json {
         print_json(c);
     } else {
-        println!("{}: {} ({})", safe(&c.message), c.schedule.schedule_id, safe(&c.schedule.name));
+        println!("{}: {} ({})", safe(&c.message), safe(&c.schedule.schedule_id), safe(&c.schedule.name));
         if let Some(next) = &c.schedule.next_run_at {
-            println!("next run {next}");
+            println!("next run {}", safe(next));
         }
     }
 }
@@ -217,14 +219,14 @@ fn print_table(views: &[ScheduleView]) {
         .iter()
         .map(|v| {
             [
-                v.schedule.schedule_id.clone(),
+                safe(&v.schedule.schedule_id).into_owned(),
                 safe(&v.schedule.name).into_owned(),
                 v.schedule.state.name().to_string(),
-                v.schedule.expression_label(),
-                v.effective_timezone.clone(),
-                v.next_run_local.clone().unwrap_or_else(|| "-".into()),
-                v.schedule.next_run_at.clone().unwrap_or_else(|| "-".into()),
-                v.schedule.last_run_at.clone().unwrap_or_else(|| "-".into()),
+                safe(&v.schedule.expression_label()).into_owned(),
+                safe(&v.effective_timezone).into_owned(),
+                safe_or(v.next_run_local.as_deref(), "-").into_owned(),
+                safe_or(v.schedule.next_run_at.as_deref(), "-").into_owned(),
+                safe_or(v.schedule.last_run_at.as_deref(), "-").into_owned(),
             ]
         })
         .collect();
@@ -248,22 +250,22 @@ fn print_table(views: &[ScheduleView]) {
 fn print_details(v: &ScheduleView) {
     let s = &v.schedule;
     let opt = |o: &Option<String>| o.as_deref().map_or_else(|| "-".to_string(), |v| safe(v).into_owned());
-    println!("id:             {}", s.schedule_id);
+    println!("id:             {}", safe(&s.schedule_id));
     println!("name:           {}", safe(&s.name));
     println!("state:          {}", s.state.name());
     match &s.state {
         schedule::ScheduleState::Paused { paused_at, paused_by, reason } => {
-            println!("paused_at:      {paused_at}");
+            println!("paused_at:      {}", safe(paused_at));
             println!("paused_by:      {}", opt(paused_by));
             println!("reason:         {}", opt(reason));
         }
-        schedule::ScheduleState::Archived { archived_at, .. } => println!("archived_at:    {archived_at}"),
+        schedule::ScheduleState::Archived { archived_at, .. } => println!("archived_at:    {}", safe(archived_at)),
         schedule::ScheduleState::Active => {}
     }
-    println!("expression:     {} ({})", s.expression_label(), v.describe);
+    println!("expression:     {} ({})", safe(&s.expression_label()), safe(&v.describe));
     println!(
         "timezone:       {}{}",
-        v.effective_timezone,
+        safe(&v.effective_timezone),
         if s.timezone.is_none() { " (from cortex.toml)" } else { "" }
     );
     println!("misfire_policy: {}", s.misfire_policy.as_str());
@@ -286,7 +288,12 @@ fn print_details(v: &ScheduleView) {
         s.task.max_attempts.map(|b| b.to_string()).unwrap_or_else(|| "([retry] default)".into())
     );
     for r in &s.pending_runs {
-        println!("pending run:    task {} requested {} by {}", r.task_id, r.requested_at, opt(&r.requested_by));
+        println!(
+            "pending run:    task {} requested {} by {}",
+            safe(&r.task_id),
+            safe(&r.requested_at),
+            opt(&r.requested_by)
+        );
     }
-    println!("created:        {} by {}", s.created_at, opt(&s.created_by));
+    println!("created:        {} by {}", safe(&s.created_at), opt(&s.created_by));
 }

@@ -2,6 +2,7 @@
 //! [--timeout SECS]`: the same library calls as the API's `/scheduler/*` endpoints, working with
 //! every daemon down (state lives in `coordination/scheduler-state.json`).
 
+use super::text::{safe, safe_or};
 use super::{Ctx, print_json};
 use crate::error::Result;
 use crate::scheduler::{self, Actor, local_user};
@@ -56,13 +57,13 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
             } else if t.changed {
                 println!(
                     "Scheduler paused at {} (running dispatches continue; `cortex scheduler resume` to resume)",
-                    t.timestamp
+                    safe(&t.timestamp)
                 );
             } else {
                 println!(
                     "Scheduler already paused (since {}, by {})",
-                    t.state.paused_at.as_deref().unwrap_or("?"),
-                    t.state.paused_by.as_deref().unwrap_or("?")
+                    safe_or(t.state.paused_at.as_deref(), "?"),
+                    safe_or(t.state.paused_by.as_deref(), "?")
                 );
             }
             Ok(0)
@@ -73,7 +74,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                 print_json(&json!({"status": "success", "message": t.message, "timestamp": t.timestamp,
                     "paused": false, "changed": t.changed, "resumed_at": t.state.resumed_at}));
             } else if t.changed {
-                println!("Scheduler resumed at {}", t.timestamp);
+                println!("Scheduler resumed at {}", safe(&t.timestamp));
             } else {
                 println!("Scheduler already running");
             }
@@ -91,23 +92,23 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
             if s.paused.is_none() {
                 println!("Scheduler: unknown");
             } else if s.paused == Some(true) {
-                println!("Scheduler: paused for {}", s.paused_duration.as_deref().unwrap_or("?"));
-                println!("  paused at:   {}", s.paused_at.as_deref().unwrap_or("?"));
+                println!("Scheduler: paused for {}", safe_or(s.paused_duration.as_deref(), "?"));
+                println!("  paused at:   {}", safe_or(s.paused_at.as_deref(), "?"));
                 println!(
                     "  paused by:   {} ({})",
-                    s.paused_by.as_deref().unwrap_or("?"),
-                    s.paused_from.as_deref().unwrap_or("?")
+                    safe_or(s.paused_by.as_deref(), "?"),
+                    safe_or(s.paused_from.as_deref(), "?")
                 );
-                println!("  reason:      {}", s.reason.as_deref().unwrap_or("-"));
+                println!("  reason:      {}", safe_or(s.reason.as_deref(), "-"));
             } else {
                 println!("Scheduler: running");
-                println!("  resumed at:  {}", s.resumed_at.as_deref().unwrap_or("never paused"));
+                println!("  resumed at:  {}", safe_or(s.resumed_at.as_deref(), "never paused"));
             }
-            println!("  coordinator: {} (uptime {})", s.coordinator, s.uptime.as_deref().unwrap_or("-"));
-            println!("  last tick:   {}", s.last_tick.as_deref().unwrap_or("-"));
-            println!("  tick interval: {}", s.tick_interval);
+            println!("  coordinator: {} (uptime {})", safe(s.coordinator), safe_or(s.uptime.as_deref(), "-"));
+            println!("  last tick:   {}", safe_or(s.last_tick.as_deref(), "-"));
+            println!("  tick interval: {}", safe(&s.tick_interval));
             for e in &s.errors {
-                println!("Problem: cannot read {}: {}", e.file, super::text::safe(&e.error));
+                println!("Problem: cannot read {}: {}", safe(&e.file), safe(&e.error));
             }
             Ok(code)
         }
@@ -151,12 +152,12 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                     "elapsed_s": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
                 }));
             } else {
-                println!("{}", t.message);
+                println!("{}", safe(&t.message));
                 println!("Running dispatches at start: {}", active.len());
                 if cancel_running {
                     println!("Cancel requested: {}", cancel_requested.len());
                     for m in &cancel_errors {
-                        println!("  skipped: {m}");
+                        println!("  skipped: {}", safe(m));
                     }
                 }
                 if must_wait {

@@ -1,6 +1,7 @@
 //! `cortex init`, `cortex validate`, `cortex config check` (and the seed form
 //! `cortex --config FILE --dry-run`).
 
+use super::text::{safe, safe_path};
 use super::{Ctx, print_json};
 use crate::error::Result;
 use clap::Subcommand;
@@ -28,11 +29,11 @@ pub fn init(ctx: &Ctx) -> Result<u8> {
         let rel: Vec<_> = created.iter().map(|p| ctx.home.relative(p).display().to_string()).collect();
         print_json(&serde_json::json!({"home": ctx.home.root(), "created": rel}));
     } else if created.is_empty() {
-        println!("Cortex home {} is complete; nothing to create.", ctx.home.root().display());
+        println!("Cortex home {} is complete; nothing to create.", safe_path(ctx.home.root()));
     } else {
-        println!("Initialised Cortex home {}:", ctx.home.root().display());
+        println!("Initialised Cortex home {}:", safe_path(ctx.home.root()));
         for p in &created {
-            println!("  created {}", ctx.home.relative(p).display());
+            println!("  created {}", safe_path(ctx.home.relative(p)));
         }
     }
     Ok(0)
@@ -51,9 +52,9 @@ pub fn validate(ctx: &Ctx) -> Result<u8> {
                 crate::validate::Verdict::Invalid => "[INVALID]",
                 crate::validate::Verdict::Missing => "[MISSING]",
             };
-            println!("{tag} {}", super::text::safe(&r.file));
+            println!("{tag} {}", safe(&r.file));
             for p in &r.problems {
-                println!("      {}", super::text::safe(p));
+                println!("      {}", safe(p));
             }
         }
         if bad == 0 {
@@ -80,11 +81,16 @@ pub fn config_check(ctx: &Ctx, config: Option<&Path>) -> Result<u8> {
     let check = crate::validate::check_config(&ctx.home, &path);
     if ctx.json {
         print_json(&check);
-    } else if check.ok {
+        return Ok(if check.ok { 0 } else { 1 });
+    }
+    for w in &check.warnings {
+        eprintln!("warning: {}", safe(w));
+    }
+    if check.ok {
         println!("Configuration validation successful");
     } else {
         for e in &check.errors {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", safe(e));
         }
         eprintln!("Configuration validation failed: {} error(s)", check.errors.len());
     }

@@ -1,6 +1,7 @@
 //! `cortex start`, `stop`, `restart`, `status`, `health-check` (`cortex run` is
 //! `supervisor::foreground`).
 
+use super::text::{safe, safe_or};
 use super::{Ctx, print_json};
 use crate::config::Config;
 use crate::error::Result;
@@ -73,11 +74,14 @@ pub fn start(ctx: &Ctx, args: StartArgs) -> Result<u8> {
                 }
                 "already_running" => println!("{d}: already running (PID {}), nothing to do", r.pid.unwrap_or(0)),
                 _ => {
-                    println!("{d}: FAILED to start: {}", r.error.as_deref().unwrap_or("unknown error"));
+                    println!("{d}: FAILED to start: {}", safe_or(r.error.as_deref(), "unknown error"));
                     if !r.log_tail.is_empty() {
-                        println!("  last lines of {}:", ctx.home.relative(&ctx.home.daemon_log(d)).display());
+                        println!(
+                            "  last lines of {}:",
+                            safe(&ctx.home.relative(&ctx.home.daemon_log(d)).to_string_lossy())
+                        );
                         for l in &r.log_tail {
-                            println!("    {l}");
+                            println!("    {}", safe(l));
                         }
                     }
                 }
@@ -129,7 +133,7 @@ pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
                     }
                 }
                 "cleaned_stale" => println!("{d}: was not running; removed its stale PID file (PID {pid})"),
-                _ => println!("{d}: FAILED to stop: {}", r.error.as_deref().unwrap_or("unknown error")),
+                _ => println!("{d}: FAILED to stop: {}", safe_or(r.error.as_deref(), "unknown error")),
             }
             if let Some(n) = r.tasks_killed {
                 println!("{d}: killed {n} running task process group(s)");
@@ -141,7 +145,7 @@ pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
     if ctx.json {
         print_json(&serde_json::json!({"ok": ok, "daemons": results}));
     } else if args.names.is_empty() && results.iter().all(|r| r.outcome == "not_running") {
-        println!("No daemon was running in {}", ctx.home.root().display());
+        println!("No daemon was running in {}", safe(&ctx.home.root().to_string_lossy()));
     }
     Ok(if ok { 0 } else { 1 })
 }
@@ -165,9 +169,9 @@ pub fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
                 stab.as_secs_f64()
             );
         } else {
-            println!("{}: restart FAILED: {}", s.daemon, s.error.as_deref().unwrap_or("unknown error"));
+            println!("{}: restart FAILED: {}", s.daemon, safe_or(s.error.as_deref(), "unknown error"));
             for l in &s.log_tail {
-                println!("    {l}");
+                println!("    {}", safe(l));
             }
         }
     });
@@ -201,12 +205,12 @@ pub fn status(ctx: &Ctx) -> Result<u8> {
         print_json(&v);
     } else {
         for d in &ov.daemons {
-            println!("{}", d.line());
+            println!("{}", safe(&d.line()));
         }
         println!();
         match (&ov.scheduler, &ov.scheduler_reason) {
-            (Some(s), Some(r)) if s == "paused" => println!("Scheduler: paused ({r})"),
-            (Some(s), _) => println!("Scheduler: {s}"),
+            (Some(s), Some(r)) if s == "paused" => println!("Scheduler: paused ({})", safe(r)),
+            (Some(s), _) => println!("Scheduler: {}", safe(s)),
             (None, _) => println!("Scheduler: unknown"),
         }
         if let Some(t) = &ov.tasks {
@@ -216,13 +220,13 @@ pub fn status(ctx: &Ctx) -> Result<u8> {
             Some(n) => println!("Dispatches: {n} running"),
             None => println!("Dispatches: unknown"),
         }
-        println!("Supervisor: {}", ov.supervisor.as_deref().unwrap_or("none (pm is not running)"));
-        println!("API: {}", ov.api);
+        println!("Supervisor: {}", safe_or(ov.supervisor.as_deref(), "none (pm is not running)"));
+        println!("API: {}", safe(&ov.api));
         for p in &ov.problems {
-            println!("Problem: {}", super::text::safe(p));
+            println!("Problem: {}", safe(p));
         }
         for e in snap.errors.iter().filter(|e| !ov.problems.contains(&e.error)) {
-            println!("Problem: cannot read {}: {}", e.file, super::text::safe(&e.error));
+            println!("Problem: cannot read {}: {}", safe(&e.file), safe(&e.error));
         }
     }
     Ok(if healthy { 0 } else { 1 })
@@ -261,7 +265,7 @@ pub fn health_check(ctx: &Ctx, args: HealthArgs) -> Result<u8> {
             }
             let r = control::start_one(&ctx.home, &config, &d.name);
             if !ctx.json && !r.ok() {
-                println!("  {}: {}", d.name, r.error.as_deref().unwrap_or("failed"));
+                println!("  {}: {}", d.name, safe_or(r.error.as_deref(), "failed"));
             }
             fixed.push(r);
         }
@@ -282,7 +286,7 @@ pub fn health_check(ctx: &Ctx, args: HealthArgs) -> Result<u8> {
         };
         println!("Cortex is {word}");
         for d in ov.daemons.iter().filter(|d| d.enabled && !d.healthy()) {
-            println!("  {}", d.line());
+            println!("  {}", safe(&d.line()));
         }
     }
     Ok(health.exit_code())

@@ -90,10 +90,10 @@ fn print_task_line(t: &Task) {
     };
     println!(
         "{:<38} {:<13} {:<8} {:<22} {:>2}/{:<2} {}{}",
-        t.task_id,
+        safe(&t.task_id),
         t.status().as_str(),
         t.priority.as_str(),
-        t.worker_type,
+        safe(&t.worker_type),
         t.attempts,
         t.max_attempts,
         safe(&t.description.chars().take(60).collect::<String>()),
@@ -136,7 +136,7 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
             if ctx.json {
                 print_json(&task);
             } else {
-                println!("{}", task.task_id);
+                println!("{}", safe(&task.task_id));
             }
             Ok(0)
         }
@@ -180,11 +180,11 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                 for (bucket, r) in &records {
                     println!(
                         "dispatch         {} attempt {} {} ({}){}",
-                        r.dispatch_id,
+                        safe(&r.dispatch_id),
                         r.attempt,
                         r.status().as_str(),
                         bucket.dir_name(),
-                        r.state.ended_at().map(|e| format!(" ended {e}")).unwrap_or_default()
+                        r.state.ended_at().map(|e| format!(" ended {}", safe(e))).unwrap_or_default()
                     );
                 }
             }
@@ -198,12 +198,13 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
             if ctx.json {
                 print_json(&task);
             } else if task.status() == TaskStatus::Cancelled {
-                println!("Task {task_id} cancelled");
+                println!("Task {} cancelled", safe(&task_id));
             } else if done {
-                println!("Task {task_id} ended {} before the cancel took effect", task.status().as_str());
+                println!("Task {} ended {} before the cancel took effect", safe(&task_id), task.status().as_str());
             } else {
                 eprintln!(
-                    "Cancel of task {task_id} requested; it is still {} after {}s (is cortex-worker running?)",
+                    "Cancel of task {} requested; it is still {} after {}s (is cortex-worker running?)",
+                    safe(&task_id),
                     task.status().as_str(),
                     wait.as_secs_f64()
                 );
@@ -221,7 +222,9 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
             } else {
                 println!(
                     "Task {} queued for another attempt ({}/{} used)",
-                    task.task_id, task.attempts, task.max_attempts
+                    safe(&task.task_id),
+                    task.attempts,
+                    task.max_attempts
                 );
             }
             Ok(0)
@@ -240,7 +243,7 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                     &serde_json::json!({"dispatch_id": rec.dispatch_id, "task_id": rec.task_id, "tokens_used": tokens}),
                 );
             } else {
-                println!("Recorded {tokens} tokens for dispatch {}", rec.dispatch_id);
+                println!("Recorded {tokens} tokens for dispatch {}", safe(&rec.dispatch_id));
             }
             Ok(0)
         }

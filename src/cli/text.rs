@@ -1,24 +1,65 @@
 //! Showing untrusted text on an operator's terminal: event messages, task descriptions, schedule
 //! fields and file excerpts come from anyone who can emit an event or edit a file. Control
-//! characters are shown escaped (`\n`, `\u{1b}`), so a value cannot fake extra output lines or
-//! send terminal escape sequences; commands are shown shell-quoted, so the words are unambiguous.
+//! characters and the bidirectional controls (U+202A–U+202E, U+2066–U+2069, and the marks U+200E,
+//! U+200F, U+061C) are shown escaped (`\n`, `\u{1b}`, `\u{202e}`), so a value cannot fake extra
+//! output lines, send terminal escape sequences or reorder what the operator reads; commands are
+//! shown shell-quoted, so the words are unambiguous. Every value from a file, an event or a request
+//! that the CLI prints goes through [`safe`] (or [`safe_or`] for optional ones).
 
 use std::borrow::Cow;
 
-/// `s` with every control character escaped (unchanged, without copying, when it has none).
+/// Whether `c` must not reach a terminal as is: a control character (C0, DEL, C1) or a
+/// bidirectional control that reorders the text around it.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+}
+
+/// `s` with every control character and bidirectional control escaped (unchanged, without
+/// copying, when it has none).
 pub fn safe(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    if !s.chars().any(is_unsafe) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_debug());
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if is_unsafe(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// An optional value shown through [`safe`], or `default` (trusted text) when there is none.
+pub fn safe_or<'a>(s: Option<&'a str>, default: &'a str) -> Cow<'a, str> {
+    s.map_or(Cow::Borrowed(default), safe)
+}
+
+/// Serialized JSON with the characters JSON leaves raw but a terminal acts on (DEL, the C1
+/// controls such as U+009B CSI, the bidirectional controls) written as `\uXXXX` escapes. They can
+/// only occur inside strings, so the document means exactly the same.
+pub fn json_safe(json: String) -> String {
+    if !json.chars().any(is_unsafe) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if is_unsafe(c) && !matches!(c, '\n' | '\t' | '\r') {
+            out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);
         }
     }
-    Cow::Owned(out)
+    out
+}
+
+/// A path shown through [`safe`] (a file name can hold any byte but `/` and NUL).
+pub fn safe_path(p: &std::path::Path) -> String {
+    safe(&p.to_string_lossy()).into_owned()
 }
 
 /// A command line as a POSIX shell would need it typed: words with anything but
@@ -45,6 +86,31 @@ mod tests {
         assert_eq!(safe("\u{1b}]0;owned\u{7}title"), "\\u{1b}]0;owned\\u{7}title");
         assert_eq!(safe("tab\tand\rcr"), "tab\\tand\\rcr");
         assert_eq!(safe("csi \u{9b}31m"), "csi \\u{9b}31m");
+        assert_eq!(safe("del \u{7f}"), "del \\u{7f}");
+    }
+
+    #[test]
+    fn bidirectional_controls_are_escaped() {
+        assert_eq!(safe("a\u{202e}txt.exe"), "a\\u{202e}txt.exe");
+        for c in ['\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}'] {
+            let shown = safe(&format!("x{c}y")).into_owned();
+            assert!(!shown.contains(c), "{:?} shown raw", c);
+            assert_eq!(shown, format!("x\\u{{{:x}}}y", c as u32));
+        }
+        assert_eq!(safe("naïve ☃ 日本"), "naïve ☃ 日本");
+        assert_eq!(safe_or(None, "-"), "-");
+        assert_eq!(safe_or(Some("a\nb"), "-"), "a\\nb");
+    }
+
+    #[test]
+    fn json_keeps_its_meaning_without_raw_terminal_controls() {
+        let v = serde_json::json!({"r": "a\u{9b}31m\u{7f}\u{202e}b\u{1b}]0;t\u{7}\nc"});
+        let shown = json_safe(serde_json::to_string_pretty(&v).unwrap());
+        assert!(
+            !shown.chars().any(|c| c != '\n' && (c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c))),
+            "{shown:?}"
+        );
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&shown).unwrap(), v);
     }
 
     #[test]

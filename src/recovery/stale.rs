@@ -22,7 +22,7 @@ pub struct StaleDispatch {
     pub dispatch_id: String,
     pub task_id: String,
     pub reason: String,
-    /// True when a live process group had to be stopped first.
+    /// True when a live process group had to be stopped first (in a dry run: would have to be).
     pub stopped_process: bool,
 }
 

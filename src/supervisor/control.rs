@@ -201,6 +201,7 @@ fn stop_inner(
         }
         PidStatus::Running(pid) => {
             result.pid = Some(pid);
+            registry::record_stop_asked(home, daemon, pid)?;
             let (how, pid_lock) = process::stop_pid(home, daemon, pid, opts.timeout, opts.force)?;
             process::remove_leftovers(home, daemon);
             drop(pid_lock);

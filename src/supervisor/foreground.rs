@@ -6,6 +6,7 @@
 
 use super::engine::{Engine, Mode, NOTE};
 use super::registry;
+use crate::cli::text::{safe, safe_path};
 use crate::config::Config;
 use crate::daemon::{DAEMONS, Wake};
 use crate::error::{Error, Result};
@@ -71,11 +72,11 @@ pub fn run(home: &Home) -> Result<u8> {
     for d in DAEMONS.iter().filter(|d| config.daemon_enabled(d)) {
         registry::clear_stop_intent(home, d)?;
     }
-    println!("cortex run: supervising {} (PID {})", home.root().display(), std::process::id());
+    println!("cortex run: supervising {} (PID {})", safe_path(home.root()), std::process::id());
     let mut engine = Engine::new(home.clone(), config.clone(), Mode::Foreground, tx.clone());
     let failures = engine.start_all();
     for (name, why) in &failures {
-        println!("cortex run: {name} did not start: {why} (retrying per the restart policy)");
+        println!("cortex run: {name} did not start: {} (retrying per the restart policy)", safe(why));
     }
     let status = format!("{} daemons started, {} failed", DAEMONS.len() - failures.len(), failures.len());
     println!("cortex run: {status}");

@@ -92,6 +92,22 @@ pub fn clear_stop_intent(home: &Home, daemon: &str) -> Result<()> {
     }
 }
 
+/// Records that cortex is about to stop instance `pid` of `daemon` (`run/<daemon>.stop-asked`),
+/// so the supervisor does not take its exit for a crash, whether or not it is to stay stopped
+/// (`cortex restart` starts it again at once, removing the stop intent).
+pub fn record_stop_asked(home: &Home, daemon: &str, pid: u32) -> Result<()> {
+    let bytes = serde_json::to_vec(&serde_json::json!({"pid": pid, "asked_at": now_string()}))
+        .map_err(|e| Error::other(e.to_string()))?;
+    crate::store::atomic::write_atomic(&home.stop_asked(daemon), &bytes)
+}
+
+/// The PID of the instance of `daemon` cortex last asked to stop, if any.
+pub fn stop_asked(home: &Home, daemon: &str) -> Option<u32> {
+    let bytes = std::fs::read(home.stop_asked(daemon)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("pid")?.as_u64().and_then(|p| u32::try_from(p).ok())
+}
+
 /// The stop intent, if the operator stopped the daemon. An unreadable intent still counts.
 pub fn stop_intent(home: &Home, daemon: &str) -> Option<StopIntent> {
     let bytes = std::fs::read(home.stop_intent(daemon)).ok()?;

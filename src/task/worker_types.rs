@@ -105,6 +105,69 @@ pub fn expand(template: &[String], vars: &TemplateVars) -> Vec<String> {
         .collect()
 }
 
+/// The placeholders [`expand`] substitutes.
+pub const PLACEHOLDERS: [&str; 6] = ["task_id", "description", "worker_type", "home", "dispatch_id", "attempt"];
+
+/// The shells whose `-c` argument is a script: a placeholder spliced into it is parsed as shell
+/// code once substituted.
+const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh"];
+
+/// What `cortex config check` warns about in worker type `name`: no command template (every task
+/// routed to it fails unless it brings its own `-- COMMAND`), or a placeholder spliced into a
+/// shell's `-c` script (`sh -c "work {description}"`: a description holding `; touch x` runs
+/// `touch x`). The safe form passes the value as its own argument: `sh -c 'work "$1"' sh {description}`.
+pub fn template_warnings(name: &str, wt: &WorkerType) -> Vec<String> {
+    let mut out = Vec::new();
+    if wt.command.is_empty() {
+        out.push(format!(
+            "worker type {name:?} has no command template: every task routed to it fails              (\"no command template\") unless it brings its own `-- COMMAND`; add a \"command\" argv"
+        ));
+        return out;
+    }
+    if let Some(script) = shell_script(&wt.command) {
+        let spliced: Vec<&str> =
+            PLACEHOLDERS.iter().copied().filter(|p| script.contains(&format!("{{{p}}}"))).collect();
+        if !spliced.is_empty() {
+            let list = spliced.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ");
+            out.push(format!(
+                "worker type {name:?}: {list} is spliced into a shell script ({} -c ...): a value holding                  `;`, `$(...)` or quotes runs as shell code. Pass it as a separate argument instead:                  [\"sh\", \"-c\", \"... \\\"$1\\\"\", \"sh\", \"{}\"]",
+                wt.command[0],
+                spliced.iter().map(|p| format!("{{{p}}}")).next().unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// The script a command runs through a shell's `-c` (`sh -c SCRIPT`, `bash -ec SCRIPT`,
+/// `env FOO=1 /bin/sh -c SCRIPT`), if it does.
+fn shell_script(argv: &[String]) -> Option<&str> {
+    let mut args = argv.iter().map(String::as_str).peekable();
+    // `env [VAR=value ...] shell ...`
+    if args.peek().is_some_and(|a| a.rsplit('/').next() == Some("env")) {
+        args.next();
+        while args.peek().is_some_and(|a| a.contains('=') || a.starts_with('-')) {
+            args.next();
+        }
+    }
+    let shell = args.next()?.rsplit('/').next()?;
+    if !SHELLS.contains(&shell) {
+        return None;
+    }
+    let mut saw_c = false;
+    for a in args {
+        if a == "--" {
+            continue;
+        }
+        if (a.starts_with('-') || a.starts_with('+')) && a.len() > 1 && !a.contains(' ') {
+            saw_c |= a.starts_with('-') && a[1..].contains('c');
+            continue;
+        }
+        return saw_c.then_some(a);
+    }
+    None
+}
+
 /// The working directory of a task: the type's `workdir`, else `[worker] workdir` ("home" or
 /// "per-task" = `agents/work/<task_id>`).
 pub fn workdir(home: &Home, config_workdir: &str, wt: Option<&WorkerType>, task_id: &str) -> PathBuf {
@@ -121,6 +184,41 @@ pub fn workdir(home: &Home, config_workdir: &str, wt: Option<&WorkerType>, task_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn wt(command: &[&str]) -> WorkerType {
+        WorkerType {
+            description: None,
+            default_budget: 1,
+            default_duration: 1.0,
+            max_attempts: None,
+            command: command.iter().map(|s| s.to_string()).collect(),
+            workdir: None,
+        }
+    }
+
+    #[test]
+    fn placeholders_spliced_into_a_shell_script_are_warned_about() {
+        for spliced in [
+            &["sh", "-c", "echo {description}"][..],
+            &["/bin/bash", "-ec", "run --id {task_id} '{description}'"],
+            &["env", "A=1", "dash", "-x", "-c", "x {home}"],
+            &["zsh", "-c", "{description}"],
+        ] {
+            let w = template_warnings("t", &wt(spliced));
+            assert_eq!(w.len(), 1, "{spliced:?}: {w:?}");
+            assert!(w[0].contains("spliced into a shell script"), "{w:?}");
+        }
+        for safe in [
+            &["sh", "-c", "echo \"$1\"", "sh", "{description}"][..],
+            &["./agent.sh", "{description}"],
+            &["python3", "-c", "print(1)", "{description}"],
+            &["sh", "script.sh", "{description}"],
+        ] {
+            assert!(template_warnings("t", &wt(safe)).is_empty(), "{safe:?}");
+        }
+        let none = template_warnings("implementation-worker", &wt(&[]));
+        assert!(none[0].contains("\"implementation-worker\" has no command template"), "{none:?}");
+    }
 
     #[test]
     fn template_substitutes_inside_elements_without_splitting() {

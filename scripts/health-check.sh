@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Health check for cron (the emergency recovery runbook's "continuous monitoring"):
+#   */5 * * * * $COMMIT_RELAY_HOME/scripts/health-check.sh >> /tmp/health.log 2>&1
+#   scripts/health-check.sh [--fix] [--json]
+# A thin wrapper over `cortex health-check`: prints a timestamped verdict and the daemons that
+# are not running; --fix restarts dead or hung daemons (not those stopped with `cortex stop`,
+# nor those pm gave up on). Exit status: 0 healthy, 1 degraded, 2 down, 127 no cortex binary.
+# The home: --home DIR, CORTEX_HOME, COMMIT_RELAY_HOME, else the home this script is kept in
+# (<home>/scripts/), else as cortex finds it. The binary: $CORTEX_BIN, else `cortex` on the
+# PATH, else this checkout's build.
+set -uo pipefail
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$script_dir/lib/find-cortex.sh"
+
+case "${1:-}" in
+    -h|--help)
+        sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+esac
+
+cortex="$(find_cortex)" || exit 127
+home_args=()
+if [[ -z "${CORTEX_HOME:-}" && -z "${COMMIT_RELAY_HOME:-}" ]] &&
+   [[ -f "$script_dir/../cortex.toml" || -d "$script_dir/../coordination" ]]; then
+    home_args=(--home "$(cd "$script_dir/.." && pwd)")
+fi
+
+echo "[$(date -u +%Y-%m-%dT%H:%M:%SZ)] health check"
+"$cortex" "${home_args[@]}" health-check "$@"
+exit $?
