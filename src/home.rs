@@ -22,6 +22,7 @@ impl Home {
         } else {
             std::env::current_dir().map(|d| d.join(root)).unwrap_or_else(|_| root.to_path_buf())
         };
+        super::store::open::register_root(&root);
         Home { root }
     }
 

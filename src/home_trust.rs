@@ -36,7 +36,8 @@ pub fn check(root: &Path, source: &str) -> Result<()> {
     if explicitly_trusted(root) {
         return Ok(());
     }
-    let file = safe_homes_file().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.config/cortex/safe-homes".into());
+    let file =
+        safe_homes_file().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.config/cortex/safe-homes".into());
     Err(Error::refused(format!(
         "refusing the home {} (found through {source}): {why}. Its cortex.toml and coordination/config/ \
          name the commands Cortex runs, so a home another user can change would run their commands as \

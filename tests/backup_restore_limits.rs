@@ -110,7 +110,10 @@ fn a_restore_larger_than_the_limit_is_refused_before_extraction() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp."))
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
-    assert!(!h.join("backups/pre-restore").exists() || std::fs::read_dir(h.join("backups/pre-restore")).unwrap().next().is_none());
+    assert!(
+        !h.join("backups/pre-restore").exists()
+            || std::fs::read_dir(h.join("backups/pre-restore")).unwrap().next().is_none()
+    );
     assert_eq!(std::fs::read(h.join("coordination/task-queue.json")).unwrap(), queue);
     // Under the default limit the same archive restores.
     h.set_config("backup", "max_restore_bytes", "1073741824");

@@ -46,10 +46,7 @@ fn stderr(o: &Output) -> String {
 fn pid_files(h: &TestHome) -> Vec<String> {
     std::fs::read_dir(h.join("run"))
         .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".pid"))
-                .collect()
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".pid")).collect()
         })
         .unwrap_or_default()
 }
@@ -74,7 +71,8 @@ fn a_home_owned_by_another_user_in_the_current_directory_is_refused() {
     assert!(!out.status.success(), "cortex start ran in nobody's directory as root (started: {started:?})");
     assert!(started.is_empty(), "daemons started in nobody's home: {started:?}");
     let err = stderr(&out);
-    for want in ["refusing the home", "the current directory", "owned by uid 65534", "CORTEX_SAFE_HOMES", "safe-homes"] {
+    for want in ["refusing the home", "the current directory", "owned by uid 65534", "CORTEX_SAFE_HOMES", "safe-homes"]
+    {
         assert!(err.contains(want), "the error does not say {want:?}: {err}");
     }
 

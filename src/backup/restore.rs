@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// What part of the state a restore replaces.
@@ -280,14 +280,9 @@ fn extract(archive: &Path, tree: &Path, scope: Scope) -> Result<()> {
             atomic::create_dir_all(parent)?;
             dirs.insert(parent.to_path_buf());
         }
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            // The archive's modes are not applied: a restored file is private like every file
-            // Cortex writes (an archive with 0777 everywhere must not open up the home).
-            .mode(atomic::FILE_MODE)
-            .open(&dest)
-            .map_err(|e| Error::io(&dest, "create", e))?;
+        // The archive's modes are not applied: a restored file is private (0600) like every
+        // file Cortex writes (an archive with 0777 everywhere must not open up the home).
+        let mut f = crate::store::open::create_new(&dest)?;
         std::io::copy(content, &mut f).map_err(|e| Error::io(&dest, "write", e))?;
         f.flush().map_err(|e| Error::io(&dest, "write", e))?;
         f.sync_all().map_err(|e| Error::io(&dest, "fsync", e))

@@ -3,9 +3,9 @@
 //! new one, never a torn one, even when the writer is SIGKILLed between any two steps.
 
 use crate::error::{Error, Result};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Mode of state files Cortex creates (umask-independent).
@@ -326,12 +326,7 @@ pub fn stale_temporaries(roots: &[PathBuf]) -> Vec<PathBuf> {
 
 /// Creates the temporary file `tmp` (it must not exist) with `bytes`; not fsynced.
 fn write_temp(tmp: &Path, bytes: &[u8]) -> Result<File> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(tmp)
-        .map_err(|e| Error::io(tmp, "create temporary file", e))?;
+    let mut f = super::open::create_new(tmp)?;
     f.write_all(bytes).map_err(|e| Error::io(tmp, "write", e))?;
     Ok(f)
 }
@@ -347,13 +342,10 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
     d.sync_all().map_err(|e| Error::io(dir, "fsync directory", e))
 }
 
-/// Creates a directory and its parents with mode 0700.
+/// Creates a directory and its parents with mode 0700; below a home root no component may be a
+/// symbolic link ([`super::open::create_dir_all`]).
 pub fn create_dir_all(dir: &Path) -> Result<()> {
-    // Usually there already: a stat walks the path without the parent's lock that mkdir takes.
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(|e| Error::io(dir, "create directory", e))
+    super::open::create_dir_all(dir)
 }
 
 /// Renames `from` to `to` and fsyncs both directories (moves a spec between buckets, say).

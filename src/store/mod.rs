@@ -9,6 +9,7 @@
 pub mod atomic;
 pub mod jsonl;
 pub mod lock;
+pub mod open;
 pub mod outage;
 
 use crate::error::{Error, Result};
