@@ -56,7 +56,8 @@ pub fn refuse_link(path: &Path, action: &'static str, e: std::io::Error) -> Erro
 fn refuse_dir_link(dir: &Path) -> Error {
     Error::refused(format!(
         "{} is a symbolic link or not a directory; Cortex writes only into real directories under \
-         its home (replace it with a directory)",
+         its home (replace it with a directory; to keep backups on another disk, set [backup] dest \
+         in cortex.toml to that absolute path)",
         dir.display()
     ))
 }
