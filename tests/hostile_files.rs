@@ -106,9 +106,13 @@ impl Case<'_> {
         self.rel == "coordination/task-intake.jsonl"
     }
 
-    /// Reports about this file so far.
+    /// Reports about this file so far. A JSONL file that is a symbolic link is not read at all
+    /// (readers refuse links): it is reported as unreadable (`integration_validation_failed`).
     fn reports(&self) -> usize {
         let mut n = file_events(self.h, self.event_type(), &self.rel).len();
+        if self.jsonl {
+            n += file_events(self.h, "integration_validation_failed", &self.rel).len();
+        }
         if self.consumed() {
             n += file_events(self.h, "file_quarantined", &self.rel).len();
         }
