@@ -125,3 +125,25 @@ fn retention_deletes_only_cortex_archives() {
     let ours = left.iter().filter(|n| n.starts_with("cortex-backup-2") && !n.starts_with("cortex-backup-2000")).count();
     assert_eq!(ours, 1, "keep 1 of Cortex's own archives: {left:?}");
 }
+
+#[test]
+fn a_linked_json_file_is_not_read_nor_copied_into_quarantine() {
+    let h = TestHome::new();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "root:secret-hash:19000:0:99999:7:::\n").unwrap();
+    let queue = h.join("coordination/task-queue.json");
+    std::fs::remove_file(&queue).unwrap();
+    symlink(&secret, &queue).unwrap();
+    let out = h.cortex(&["task", "list"]);
+    assert!(!out.status.success(), "task list read through the link");
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    let out = h.cortex(&["validate"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains("symbolic link"), "{said}");
+    let copied: Vec<String> = std::fs::read_dir(h.join("coordination/quarantine"))
+        .map(|d| d.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect())
+        .unwrap_or_default();
+    assert!(!copied.iter().any(|c| c.contains("secret-hash")), "the link's target was copied into quarantine");
+    assert!(queue.symlink_metadata().unwrap().file_type().is_symlink(), "the link was replaced");
+}

@@ -194,6 +194,22 @@ pub fn read(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)
 }
 
+/// Reads the whole file at `path` without following a link at its name ([`read`]).
+pub fn read_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut read(path)?, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Says what a failed read means, for reports: a symbolic link is named as such.
+pub fn read_problem(e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        "a symbolic link (Cortex does not read through links under its home; replace it with a regular file)".into()
+    } else {
+        e.to_string()
+    }
+}
+
 fn split(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let name = path.file_name().ok_or_else(|| Error::other(format!("{} names no file", path.display())))?;
     let dir = match path.parent() {
