@@ -41,20 +41,23 @@ pub fn write_replace_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes a temporary file in the same directory and renames it over `path`; with `durable`, the
 /// file is fsynced before the rename and the directory after it.
+/// The directory is reached once, link-free, and the temporary file's creation, the rename and
+/// the directory's fsync all go through that one descriptor.
 fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let dir = parent_dir(path)?;
-    let tmp = temp_path(&dir, path);
+    let (dir, name) = super::open::Dir::of(path).inspect_err(super::outage::note)?;
+    let tmp = temp_path(Path::new(""), path);
     let result = (|| {
-        let f = write_temp(&tmp, bytes)?;
+        let mut f = dir.create_new(&tmp)?;
+        f.write_all(bytes).map_err(|e| Error::io(dir.path().join(&tmp), "write", e))?;
         if durable {
-            f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+            f.sync_all().map_err(|e| Error::io(dir.path().join(&tmp), "fsync", e))?;
         }
         drop(f);
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temporary file over", e))?;
-        if durable { fsync_dir(&dir) } else { Ok(()) }
+        dir.rename(&tmp, &name)?;
+        if durable { dir.sync() } else { Ok(()) }
     })();
     if let Err(e) = &result {
-        let _ = fs::remove_file(&tmp);
+        dir.remove(&tmp);
         super::outage::note(e);
     }
     result

@@ -113,6 +113,50 @@ fn create_plain(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, "create directory", e))
 }
 
+/// A directory reached link-free ([`open_dir`]), for a caller that creates, renames and fsyncs
+/// in it by name: nothing can swap a directory of the path in between.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Opens (creating what is missing) the directory of `path`; returns it and the file name.
+    pub fn of(path: &Path) -> Result<(Dir, PathBuf)> {
+        let (dir, name) = split(path)?;
+        Ok((Dir { fd: open_dir(&dir)?, path: dir }, name))
+    }
+
+    /// Creates the new file `name` (0600, `O_NOFOLLOW`, it must not exist) for writing.
+    pub fn create_new(&self, name: &Path) -> Result<File> {
+        let flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+        openat(&self.fd, name, flags, Mode::from_bits_truncate(super::atomic::FILE_MODE))
+            .map(File::from)
+            .map_err(|e| refuse_link(&self.path.join(name), "create", e.into()))
+    }
+
+    /// Renames `from` over `to`, both in this directory (a link at `to` is replaced, not followed).
+    pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        nix::fcntl::renameat(&self.fd, from, &self.fd, to)
+            .map_err(|e| Error::io(self.path.join(to), "rename temporary file over", e.into()))
+    }
+
+    /// Removes the file `name` (best effort, for cleaning up a temporary).
+    pub fn remove(&self, name: &Path) {
+        let _ = nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+
+    /// fsyncs the directory, making creations and renames in it durable.
+    pub fn sync(&self) -> Result<()> {
+        nix::unistd::fsync(&self.fd).map_err(|e| Error::io(&self.path, "fsync directory", e.into()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Creates the directory `dir` and its parents (0700), refusing links below the home root.
 pub fn create_dir_all(dir: &Path) -> Result<()> {
     open_dir(dir).map(drop)
@@ -235,6 +279,7 @@ mod tests {
         let err = create_new(&home.path().join("backups/a.tar.gz")).unwrap_err().to_string();
         assert!(err.contains("symbolic link"), "{err}");
         assert!(create_dir_all(&home.path().join("backups/deeper")).is_err());
+        assert!(super::super::atomic::write_atomic(&home.path().join("backups/x.json"), b"{}").is_err());
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
         // A dangling file link does not create its target.
         std::fs::create_dir(home.path().join("logs")).unwrap();
