@@ -310,11 +310,14 @@ pub struct BackupConfig {
     pub keep: u32,
     /// Destination directory (relative to the home, or absolute).
     pub dest: String,
+    /// Most bytes a restore may write (the sum of the manifest's sizes of the files it restores),
+    /// checked before anything is extracted: a small archive can expand a thousandfold.
+    pub max_restore_bytes: u64,
 }
 
 impl Default for BackupConfig {
     fn default() -> Self {
-        BackupConfig { keep: 14, dest: "backups".into() }
+        BackupConfig { keep: 14, dest: "backups".into(), max_restore_bytes: 1024 * 1024 * 1024 }
     }
 }
 

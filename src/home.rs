@@ -22,27 +22,38 @@ impl Home {
         } else {
             std::env::current_dir().map(|d| d.join(root)).unwrap_or_else(|_| root.to_path_buf())
         };
+        super::store::open::register_root(&root);
         Home { root }
     }
 
     /// Resolves the home: `--home`, then `CORTEX_HOME`, then `COMMIT_RELAY_HOME`, then the current
     /// directory if it holds `cortex.toml` or `coordination/`, else `~/.cortex`.
+    ///
+    /// The home found must be trusted (`home_trust::check`): owned by the current user and not
+    /// group- or world-writable, unless listed in `CORTEX_SAFE_HOMES` or the user's safe-homes file.
     pub fn resolve(explicit: Option<&Path>) -> Result<Self> {
+        let (home, source) = Home::find(explicit)?;
+        crate::home_trust::check(home.root(), &source)?;
+        Ok(home)
+    }
+
+    /// The home `resolve` would use and where it came from, unchecked.
+    fn find(explicit: Option<&Path>) -> Result<(Self, String)> {
         if let Some(p) = explicit {
-            return Ok(Home::at(p));
+            return Ok((Home::at(p), "--home".into()));
         }
         for var in HOME_ENV_VARS {
             if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-                return Ok(Home::at(PathBuf::from(v)));
+                return Ok((Home::at(PathBuf::from(v)), var.into()));
             }
         }
         if let Ok(cwd) = std::env::current_dir()
             && (cwd.join("cortex.toml").is_file() || cwd.join("coordination").is_dir())
         {
-            return Ok(Home::at(cwd));
+            return Ok((Home::at(cwd), "the current directory".into()));
         }
         match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(h) => Ok(Home::at(PathBuf::from(h).join(".cortex"))),
+            Some(h) => Ok((Home::at(PathBuf::from(h).join(".cortex")), "~/.cortex".into())),
             None => Err(Error::Config {
                 path: None,
                 detail: "cannot find the Cortex home: pass --home DIR or set CORTEX_HOME".into(),

@@ -42,14 +42,8 @@ pub fn create_if_missing(path: &std::path::Path, content: &[u8]) -> Result<bool>
     let tmp = dir.join(format!("{}init.{}.{:x}", atomic::TEMP_PREFIX, std::process::id(), fastrand::u64(..)));
     {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         // Created 0600 from the start (not chmod-ed after): never readable by others, whatever the umask.
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(atomic::FILE_MODE)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, "create", e))?;
+        let mut f = crate::store::open::create_new(&tmp)?;
         f.write_all(content).map_err(|e| Error::io(&tmp, "write", e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
     }

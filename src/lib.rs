@@ -16,6 +16,7 @@ pub mod events;
 pub mod files;
 pub mod heartbeat;
 pub mod home;
+pub mod home_trust;
 pub mod init;
 pub mod integrity;
 pub mod logging;

@@ -10,9 +10,9 @@
 //! reopens on SIGHUP).
 
 use crate::error::{Error, Result};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -36,16 +36,7 @@ struct LogFileInner {
 }
 
 fn open_append(path: &Path) -> Result<File> {
-    if let Some(dir) = path.parent() {
-        crate::store::atomic::create_dir_all(dir)?;
-    }
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(crate::store::atomic::NO_FOLLOW)
-        .open(path)
-        .map_err(|e| crate::store::jsonl::refuse_link(path, "open log", e))
+    crate::store::open::append(path)
 }
 
 impl LogFile {
@@ -189,14 +180,20 @@ pub fn compress_rotated(path: &Path, keep: u32, in_use: impl Fn(&Path) -> bool) 
 
 /// Compresses `from` into `to` (atomically: temporary file, fsync, rename).
 pub fn gzip_file(from: &Path, to: &Path) -> Result<()> {
-    let mut input = File::open(from).map_err(|e| Error::io(from, "open", e))?;
+    let mut input = crate::store::open::read(from).map_err(|e| crate::store::open::refuse_link(from, "open", e))?;
     let dir = to.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, "create a temporary file in", e))?;
-    let mut enc = flate2::write::GzEncoder::new(tmp, flate2::Compression::default());
-    std::io::copy(&mut input, &mut enc).map_err(|e| Error::io(from, "compress", e))?;
-    let tmp = enc.finish().map_err(|e| Error::io(to, "write", e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(to, "fsync", e))?;
-    tmp.persist(to).map_err(|e| Error::io(to, "rename into place", e.error))?;
+    let (file, tmp) = crate::store::open::create_temp_beside(to)?;
+    let written = (|| {
+        let mut enc = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        std::io::copy(&mut input, &mut enc).map_err(|e| Error::io(from, "compress", e))?;
+        let file = enc.finish().map_err(|e| Error::io(to, "write", e))?;
+        file.sync_all().map_err(|e| Error::io(to, "fsync", e))?;
+        std::fs::rename(&tmp, to).map_err(|e| Error::io(to, "rename into place", e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     crate::store::atomic::fsync_dir(dir)
 }
 

@@ -147,6 +147,9 @@ fn in_use(home: &Home, p: &Path) -> bool {
 /// older than `gz_older_than`. A log a running daemon has open is never removed.
 pub fn clean(home: &Home, older_than: Duration, gz_older_than: Duration) -> Result<Cleaned> {
     let root = home.join("agents/logs");
+    // A link at `agents/` or `agents/logs/` would lead the removals elsewhere: refused. Links
+    // further down are neither followed nor removed (`walk` takes real directories and files only).
+    drop(crate::store::open::open_dir(&root)?);
     let mut files = Vec::new();
     walk(&root, &mut files);
     let mut c = Cleaned::default();
@@ -182,6 +185,7 @@ pub struct Archived {
 /// has it). The archive is complete on disk (temporary file, fsync, rename) before any log is
 /// removed. Copies a daemon still writes are left for next time.
 pub fn archive(home: &Home) -> Result<Archived> {
+    drop(crate::store::open::open_dir(&home.join("agents/logs"))?);
     let mut files = Vec::new();
     walk(&home.join("agents/logs"), &mut files);
     let re = regex::Regex::new(r"\.log\.\d+(\.gz)?$").map_err(|e| Error::other(e.to_string()))?;
@@ -202,21 +206,15 @@ pub fn archive(home: &Home) -> Result<Archived> {
         dest = dir.join(format!("{date}-{n}.tar.gz"));
         n += 1;
     }
-    let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, "create a temporary file in", e))?;
-    let enc = flate2::write::GzEncoder::new(tmp, flate2::Compression::default());
-    let mut tar = tar::Builder::new(enc);
-    let logs_root = home.join("agents/logs");
-    let mut bytes = 0;
-    for p in &picked {
-        let rel = p.strip_prefix(&logs_root).unwrap_or(p);
-        tar.append_path_with_name(p, Path::new(&date).join(rel)).map_err(|e| Error::io(p, "archive", e))?;
-        bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    }
-    let enc = tar.into_inner().map_err(|e| Error::io(&dest, "write", e))?;
-    let tmp = enc.finish().map_err(|e| Error::io(&dest, "write", e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(&dest, "fsync", e))?;
-    tmp.persist(&dest).map_err(|e| Error::io(&dest, "rename into place", e.error))?;
-    crate::store::atomic::fsync_dir(&dir)?;
+    let (file, tmp_path) = crate::store::open::create_temp_beside(&dest)?;
+    let written = write_log_archive(home, file, &tmp_path, &dest, &date, &picked);
+    let bytes = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+    };
     for p in &picked {
         std::fs::remove_file(p).map_err(|e| Error::io(p, "remove archived log", e))?;
     }
@@ -225,6 +223,35 @@ pub fn archive(home: &Home) -> Result<Archived> {
         files: picked.iter().map(|p| home.relative(p).display().to_string()).collect(),
         bytes,
     })
+}
+
+/// Writes the archive of `picked` to `file` (the temporary `tmp`, created 0600 and never through
+/// a link), fsyncs it and renames it to `dest`; returns the bytes archived.
+fn write_log_archive(
+    home: &Home,
+    file: std::fs::File,
+    tmp: &Path,
+    dest: &Path,
+    date: &str,
+    picked: &[PathBuf],
+) -> Result<u64> {
+    let enc = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    let mut tar = tar::Builder::new(enc);
+    // A log that is a link is archived as the link, never as what it points to.
+    tar.follow_symlinks(false);
+    let logs_root = home.join("agents/logs");
+    let mut bytes = 0;
+    for p in picked {
+        let rel = p.strip_prefix(&logs_root).unwrap_or(p);
+        tar.append_path_with_name(p, Path::new(date).join(rel)).map_err(|e| Error::io(p, "archive", e))?;
+        bytes += std::fs::symlink_metadata(p).map(|m| m.len()).unwrap_or(0);
+    }
+    let enc = tar.into_inner().map_err(|e| Error::io(dest, "write", e))?;
+    let file = enc.finish().map_err(|e| Error::io(dest, "write", e))?;
+    file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
+    std::fs::rename(tmp, dest).map_err(|e| Error::io(dest, "rename into place", e))?;
+    crate::store::atomic::fsync_dir(dest.parent().unwrap_or(Path::new(".")))?;
+    Ok(bytes)
 }
 
 /// The names the daemon management runbook gives three daemons' logs (from an earlier

@@ -43,12 +43,12 @@ impl FileReport {
 
 /// Reads and checks one JSON file; an unreadable file is reported as corrupt.
 pub fn check_json_file(path: &Path, rel: &str, schema_name: Option<&str>) -> FileReport {
-    match std::fs::read(path) {
+    match crate::store::open::read_bytes(path) {
         Ok(b) => check_json_bytes(rel, &b, schema_name),
         Err(e) => FileReport {
             file: rel.to_string(),
             verdict: Verdict::Corrupt,
-            problems: vec![format!("unreadable: {e}")],
+            problems: vec![format!("unreadable: {}", crate::store::open::read_problem(&e))],
             lines: None,
             bad_lines: None,
         },

@@ -153,11 +153,14 @@ fn retention_keeps_newest_n_and_never_the_only_good_one() {
     assert_eq!(archives(&dir).len(), 2, "keep 2");
 
     // Two damaged archives that look newer (future mtime): with keep 1 the newest by date is a bad
-    // one, so the fresh good archive must survive anyway.
+    // one, so the fresh good archive must survive anyway. They are Cortex's own archives cut short
+    // (their manifest reads; the rest does not verify): retention deletes nothing else.
     let future = std::time::SystemTime::now() + Duration::from_secs(86400);
+    let whole = std::fs::read(&archives(&dir)[0]).unwrap();
     for name in ["cortex-backup-29990101-000000.tar.gz", "cortex-backup-29990102-000000.tar.gz"] {
         let p = dir.join(name);
-        std::fs::write(&p, b"\x1f\x8b garbage").unwrap();
+        std::fs::write(&p, &whole[..whole.len() * 2 / 3]).unwrap();
+        assert!(cortex::backup::verify::verify(&p).is_err() && cortex::backup::verify::read_manifest(&p).is_ok());
         std::fs::File::options().write(true).open(&p).unwrap().set_modified(future).unwrap();
     }
     let out = h.cortex_ok(&["--json", "backup", "--keep", "1"]);

@@ -27,7 +27,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 fn files_are_private_under_umask_000_and_nothing_goes_to_tmp() {
     // Children inherit both: a permissive umask, and a world-writable TMPDIR to watch.
     // umask is process-wide; the other tests of this binary create nothing that a umask
-    // could open up (a temporary home by tempfile is 0700 whatever the umask).
+    // could open up (a test home is made 0700 whatever the umask: `TestHome::empty`).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let world = tempfile::Builder::new().prefix("cortex-world-").tempdir().unwrap();
     std::fs::set_permissions(world.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();

@@ -13,7 +13,6 @@ use flate2::write::GzEncoder;
 use serde::Serialize;
 use std::fs;
 use std::io::{BufWriter, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -190,7 +189,7 @@ struct StageDir(PathBuf);
 impl StageDir {
     fn create(dest: &Path) -> Result<StageDir> {
         let p = dest.join(format!("{TEMP_PREFIX}stage.{}.{:x}", std::process::id(), fastrand::u32(..)));
-        fs::DirBuilder::new().mode(0o700).create(&p).map_err(|e| Error::io(&p, "create staging directory", e))?;
+        crate::store::open::create_dir_new(&p)?;
         Ok(StageDir(p))
     }
     fn path(&self) -> &Path {
@@ -203,8 +202,6 @@ impl Drop for StageDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 /// Removes temporaries a killed backup left in `dest` (their PID is in the name and is gone).
 fn clean_stale_temporaries(dest: &Path) {
@@ -231,12 +228,7 @@ fn pid_alive(pid: i32) -> bool {
 }
 
 fn write_archive(tmp: &Path, manifest: &Manifest, files: &[super::snapshot::StagedFile], progress: bool) -> Result<()> {
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(atomic::FILE_MODE)
-        .open(tmp)
-        .map_err(|e| Error::io(tmp, "create", e))?;
+    let file = crate::store::open::create_new(tmp)?;
     let gz = GzEncoder::new(BufWriter::with_capacity(1 << 16, file), Compression::default());
     let mut tar = tar::Builder::new(gz);
     let io = |e: std::io::Error| Error::io(tmp, "write", e);

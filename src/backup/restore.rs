@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// What part of the state a restore replaces.
@@ -128,6 +128,15 @@ pub fn restore(store: &Store, config: &Config, opts: &RestoreOptions) -> Result<
         warnings: Vec::new(),
         recovered,
     };
+    let expanded: u64 = in_scope.iter().map(|f| f.size).sum();
+    if expanded > config.backup.max_restore_bytes {
+        return Err(Error::refused(format!(
+            "{} would restore {expanded} bytes, more than [backup] max_restore_bytes = {} in cortex.toml; \
+             nothing was changed (raise the limit if you trust the archive)",
+            opts.archive.display(),
+            config.backup.max_restore_bytes
+        )));
+    }
     diff(&home, opts.scope, &in_scope, &mut report)?;
     if opts.dry_run {
         return Ok(report);
@@ -271,12 +280,9 @@ fn extract(archive: &Path, tree: &Path, scope: Scope) -> Result<()> {
             atomic::create_dir_all(parent)?;
             dirs.insert(parent.to_path_buf());
         }
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mf.mode & 0o777)
-            .open(&dest)
-            .map_err(|e| Error::io(&dest, "create", e))?;
+        // The archive's modes are not applied: a restored file is private (0600) like every
+        // file Cortex writes (an archive with 0777 everywhere must not open up the home).
+        let mut f = crate::store::open::create_new(&dest)?;
         std::io::copy(content, &mut f).map_err(|e| Error::io(&dest, "write", e))?;
         f.flush().map_err(|e| Error::io(&dest, "write", e))?;
         f.sync_all().map_err(|e| Error::io(&dest, "fsync", e))

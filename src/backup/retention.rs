@@ -60,15 +60,25 @@ pub fn list(dir: &Path, kind: ArchiveKind) -> Result<Vec<ArchiveInfo>> {
     Ok(out)
 }
 
+/// True when `path` is an archive `cortex backup` wrote of `kind` (its manifest says so).
+fn is_own_archive(path: &Path, kind: ArchiveKind) -> bool {
+    super::verify::read_manifest(path).is_ok_and(|m| m.kind == kind.as_str())
+}
+
 /// The newest archive of `kind` in `dir` that verifies, checking newest first.
 pub fn newest_good(dir: &Path, kind: ArchiveKind) -> Result<Option<PathBuf>> {
     Ok(list(dir, kind)?.into_iter().map(|a| a.path).find(|p| super::verify::verify(p).is_ok()))
 }
 
 /// Deletes archives of `kind` in `dir` beyond the newest `keep` (0 keeps everything).
-/// `known_good` is an archive already verified (the one just written).
+/// `known_good` is an archive already verified (the one just written). Only archives that are
+/// Cortex's own are deleted: a regular file (not a link) whose first entry is a valid
+/// `MANIFEST.json` of that kind; any other file with a similar name is left alone. `dir` must be
+/// reached without a symbolic link below the home (a linked `backups/` is refused).
 pub fn prune(dir: &Path, kind: ArchiveKind, keep: u32, known_good: &Path) -> Result<Pruned> {
-    let all = list(dir, kind)?;
+    drop(crate::store::open::open_dir(dir)?);
+    let all: Vec<ArchiveInfo> =
+        list(dir, kind)?.into_iter().filter(|a| a.path == known_good || is_own_archive(&a.path, kind)).collect();
     if keep == 0 || all.len() <= keep as usize {
         return Ok(Pruned { kept: all.len(), ..Default::default() });
     }

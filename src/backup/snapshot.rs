@@ -13,7 +13,7 @@ use crate::store::Store;
 use crate::store::atomic::{self, is_temp_name};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -134,12 +134,7 @@ fn copy_file(from: &Path, to: &Path, jsonl: bool) -> Result<Option<u64>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(from, "open", e)),
     };
-    let mut dst = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(atomic::FILE_MODE)
-        .open(to)
-        .map_err(|e| Error::io(to, "create", e))?;
+    let mut dst = crate::store::open::create_new(to)?;
     if !jsonl {
         return std::io::copy(&mut src, &mut dst).map(Some).map_err(|e| Error::io(from, "copy", e));
     }

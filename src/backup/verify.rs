@@ -49,19 +49,20 @@ pub fn verify_bytes(label: &Path, bytes: &[u8]) -> Result<Verified> {
     walk_reader(label, bytes, bytes.len() as u64, |_, _| Ok(()))
 }
 
-/// [`walk`] over any reader of the gzip stream; `path` names the archive in errors.
-pub fn walk_reader(
-    path: &Path,
-    reader: impl Read,
-    archive_bytes: u64,
-    mut sink: impl FnMut(&ManifestFile, &mut dyn Read) -> Result<()>,
-) -> Result<Verified> {
-    let mut archive = tar::Archive::new(GzDecoder::new(reader));
+/// Reads only the manifest of an archive (its first entry), checked: enough to tell an archive
+/// `cortex backup` wrote from any other file with a similar name, without reading the rest.
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
+    let file = crate::store::open::read(path).map_err(|e| crate::store::open::refuse_link(path, "open", e))?;
+    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(1 << 16, file)));
     let damaged = |e: std::io::Error| bad(path, format!("the gzip/tar data is damaged or truncated ({e})"));
     let mut entries = archive.entries().map_err(damaged)?;
+    first_manifest(path, entries.next())
+}
 
-    // MANIFEST.json comes first.
-    let manifest: Manifest = match entries.next() {
+/// The manifest from the archive's first entry, which must be `MANIFEST.json`.
+fn first_manifest<R: Read>(path: &Path, first: Option<std::io::Result<tar::Entry<'_, R>>>) -> Result<Manifest> {
+    let damaged = |e: std::io::Error| bad(path, format!("the gzip/tar data is damaged or truncated ({e})"));
+    let manifest: Manifest = match first {
         None => return Err(bad(path, "MANIFEST.json is missing (the archive is empty)")),
         Some(Err(e)) => return Err(damaged(e)),
         Some(Ok(mut entry)) => {
@@ -71,7 +72,7 @@ pub fn walk_reader(
                     path,
                     format!(
                         "MANIFEST.json is missing (the first entry is {name:?}): it was not written by `cortex backup`, so \
-                         its content cannot be verified; extract it by hand only if you trust it"
+                     its content cannot be verified; extract it by hand only if you trust it"
                     ),
                 ));
             }
@@ -86,6 +87,22 @@ pub fn walk_reader(
             m
         }
     };
+    Ok(manifest)
+}
+
+/// [`walk`] over any reader of the gzip stream; `path` names the archive in errors.
+pub fn walk_reader(
+    path: &Path,
+    reader: impl Read,
+    archive_bytes: u64,
+    mut sink: impl FnMut(&ManifestFile, &mut dyn Read) -> Result<()>,
+) -> Result<Verified> {
+    let mut archive = tar::Archive::new(GzDecoder::new(reader));
+    let damaged = |e: std::io::Error| bad(path, format!("the gzip/tar data is damaged or truncated ({e})"));
+    let mut entries = archive.entries().map_err(damaged)?;
+
+    // MANIFEST.json comes first.
+    let manifest = first_manifest(path, entries.next())?;
 
     let index: HashMap<&str, usize> = manifest.files.iter().enumerate().map(|(i, f)| (f.path.as_str(), i)).collect();
     let links: HashMap<&str, &str> = manifest.links.iter().map(|l| (l.path.as_str(), l.target.as_str())).collect();
@@ -178,23 +195,6 @@ pub fn walk_reader(
         return Err(bad(path, format!("{} is listed in MANIFEST.json but missing from the archive", l.path)));
     }
     Ok(Verified { path: path.to_path_buf(), archive_bytes, manifest })
-}
-
-/// Reads only `MANIFEST.json` (for listings; no verification of the rest).
-pub fn read_manifest(path: &Path) -> Result<Manifest> {
-    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::new(file)));
-    let damaged = |e: std::io::Error| bad(path, format!("the gzip/tar data is damaged or truncated ({e})"));
-    let mut entries = archive.entries().map_err(damaged)?;
-    match entries.next() {
-        Some(Ok(mut entry)) if entry.path().map(|p| p == Path::new(manifest::MANIFEST_NAME)).unwrap_or(false) => {
-            let mut bytes = Vec::new();
-            (&mut entry).take(manifest::MAX_MANIFEST_BYTES).read_to_end(&mut bytes).map_err(damaged)?;
-            manifest::parse(&bytes).map_err(|e| bad(path, e))
-        }
-        Some(Err(e)) => Err(damaged(e)),
-        _ => Err(bad(path, "MANIFEST.json is missing")),
-    }
 }
 
 struct HashingReader<'a, R> {

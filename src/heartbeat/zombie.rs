@@ -200,16 +200,8 @@ fn copy_logs(store: &Store, spec: &DispatchRecord, now: Timestamp) -> Option<Pat
 /// Copies a log into a new 0600 file (a plain `fs::copy` would take the source's mode, readable
 /// by others until a later chmod). Never follows a link planted at the destination.
 fn copy_private(src: &std::path::Path, dest: &std::path::Path) -> crate::error::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut from = std::fs::File::open(src).map_err(|e| Error::io(src, "open", e))?;
-    let mut to = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(crate::store::atomic::FILE_MODE)
-        .custom_flags(crate::store::atomic::NO_FOLLOW)
-        .open(dest)
-        .map_err(|e| Error::io(dest, "create", e))?;
+    let mut from = crate::store::open::read(src).map_err(|e| crate::store::open::refuse_link(src, "open", e))?;
+    let mut to = crate::store::open::open(dest, crate::store::open::How::Truncate)?;
     std::io::copy(&mut from, &mut to).map_err(|e| Error::io(dest, "copy log to", e))?;
     Ok(())
 }

@@ -3,9 +3,9 @@
 //! new one, never a torn one, even when the writer is SIGKILLed between any two steps.
 
 use crate::error::{Error, Result};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Mode of state files Cortex creates (umask-independent).
@@ -41,20 +41,23 @@ pub fn write_replace_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes a temporary file in the same directory and renames it over `path`; with `durable`, the
 /// file is fsynced before the rename and the directory after it.
+/// The directory is reached once, link-free, and the temporary file's creation, the rename and
+/// the directory's fsync all go through that one descriptor.
 fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let dir = parent_dir(path)?;
-    let tmp = temp_path(&dir, path);
+    let (dir, name) = super::open::Dir::of(path).inspect_err(super::outage::note)?;
+    let tmp = temp_path(Path::new(""), path);
     let result = (|| {
-        let f = write_temp(&tmp, bytes)?;
+        let mut f = dir.create_new(&tmp)?;
+        f.write_all(bytes).map_err(|e| Error::io(dir.path().join(&tmp), "write", e))?;
         if durable {
-            f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+            f.sync_all().map_err(|e| Error::io(dir.path().join(&tmp), "fsync", e))?;
         }
         drop(f);
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temporary file over", e))?;
-        if durable { fsync_dir(&dir) } else { Ok(()) }
+        dir.rename(&tmp, &name)?;
+        if durable { dir.sync() } else { Ok(()) }
     })();
     if let Err(e) = &result {
-        let _ = fs::remove_file(&tmp);
+        dir.remove(&tmp);
         super::outage::note(e);
     }
     result
@@ -326,12 +329,7 @@ pub fn stale_temporaries(roots: &[PathBuf]) -> Vec<PathBuf> {
 
 /// Creates the temporary file `tmp` (it must not exist) with `bytes`; not fsynced.
 fn write_temp(tmp: &Path, bytes: &[u8]) -> Result<File> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(tmp)
-        .map_err(|e| Error::io(tmp, "create temporary file", e))?;
+    let mut f = super::open::create_new(tmp)?;
     f.write_all(bytes).map_err(|e| Error::io(tmp, "write", e))?;
     Ok(f)
 }
@@ -347,13 +345,10 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
     d.sync_all().map_err(|e| Error::io(dir, "fsync directory", e))
 }
 
-/// Creates a directory and its parents with mode 0700.
+/// Creates a directory and its parents with mode 0700; below a home root no component may be a
+/// symbolic link ([`super::open::create_dir_all`]).
 pub fn create_dir_all(dir: &Path) -> Result<()> {
-    // Usually there already: a stat walks the path without the parent's lock that mkdir takes.
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(|e| Error::io(dir, "create directory", e))
+    super::open::create_dir_all(dir)
 }
 
 /// Renames `from` to `to` and fsyncs both directories (moves a spec between buckets, say).

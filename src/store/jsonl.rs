@@ -5,9 +5,7 @@
 use crate::error::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Appends one value as one line. The line is built in memory and written with one `write`.
@@ -43,17 +41,7 @@ pub fn append_raw_unsynced(path: &Path, bytes: &[u8]) -> Result<std::fs::File> {
 
 fn append_once(path: &Path, bytes: &[u8]) -> Result<std::fs::File> {
     use std::os::unix::fs::FileExt;
-    if let Some(dir) = path.parent() {
-        super::atomic::create_dir_all(dir)?;
-    }
-    let mut f = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(super::atomic::FILE_MODE)
-        .custom_flags(super::atomic::NO_FOLLOW)
-        .open(path)
-        .map_err(|e| refuse_link(path, "open for append", e))?;
+    let mut f = super::open::append(path)?;
     let len = f.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
     let mut last = [b'\n'];
     if len > 0 {
@@ -88,17 +76,6 @@ fn append_once(path: &Path, bytes: &[u8]) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// The error for an open that failed; a symbolic link (refused by `O_NOFOLLOW`) is named as such.
-pub(crate) fn refuse_link(path: &Path, action: &'static str, e: std::io::Error) -> Error {
-    if e.raw_os_error() == Some(nix::libc::ELOOP) {
-        return Error::refused(format!(
-            "{} is a symbolic link; Cortex does not append through links (replace it with a regular file)",
-            path.display()
-        ));
-    }
-    Error::io(path, action, e)
-}
-
 /// What a reader found in a JSONL file.
 #[derive(Debug)]
 pub struct JsonlRead<T> {
@@ -129,10 +106,10 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<JsonlRead<T>> {
 
 /// Calls `f(line_number, bytes)` for each non-blank line until it returns false.
 pub fn for_each_line(path: &Path, f: impl FnMut(usize, &[u8]) -> bool) -> Result<()> {
-    let file = match std::fs::File::open(path) {
+    let file = match super::open::read(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(path, "open", e)),
+        Err(e) => return Err(super::open::refuse_link(path, "open", e)),
     };
     let reader = BufReader::with_capacity(1 << 16, file);
     for_each_line_in(reader, f).map_err(|e| Error::io(path, "read", e))

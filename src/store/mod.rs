@@ -9,6 +9,7 @@
 pub mod atomic;
 pub mod jsonl;
 pub mod lock;
+pub mod open;
 pub mod outage;
 
 use crate::error::{Error, Result};
@@ -99,10 +100,11 @@ impl Store {
 
     /// Like [`Store::read_value`] for any JSON file under the home (worker specs, say).
     pub fn read_value_at(&self, path: &Path, schema: Option<&str>) -> Result<Option<Value>> {
-        let bytes = match std::fs::read(path) {
+        // Never through a link: another file's bytes are not ours to parse or quarantine.
+        let bytes = match open::read_bytes(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(path, "read", e)),
+            Err(e) => return Err(open::refuse_link(path, "read", e)),
         };
         self.parse_checked(path, &bytes, schema).map(Some)
     }

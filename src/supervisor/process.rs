@@ -9,7 +9,6 @@ use crate::pidfile::{self, PidStatus};
 use crate::store::lock::{LockGuard, lock_exclusive};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -29,15 +28,8 @@ pub enum Detach {
 pub fn spawn(home: &Home, daemon: &str, detach: Detach) -> Result<Child> {
     let bin = super::registry::binary(daemon)?;
     let log_path = home.daemon_log(daemon);
-    if let Some(dir) = log_path.parent() {
-        crate::store::atomic::create_dir_all(dir)?;
-    }
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(crate::store::atomic::FILE_MODE)
-        .open(&log_path)
-        .map_err(|e| Error::io(&log_path, "open log", e))?;
+    // Never through a link planted at the log's name, nor one at a directory above it.
+    let log = crate::store::open::append(&log_path)?;
     let err = log.try_clone().map_err(|e| Error::io(&log_path, "duplicate the descriptor of", e))?;
     let mut cmd = Command::new(&bin);
     cmd.arg("--home")

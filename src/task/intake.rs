@@ -22,9 +22,8 @@ use crate::error::{Error, Result};
 use crate::files::TASK_INTAKE;
 use crate::store::Store;
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -72,30 +71,8 @@ pub fn append(store: &Store, task: &Task) -> Result<()> {
     serde_json::to_writer(&mut line, task).map_err(|e| Error::other(format!("cannot encode task: {e}")))?;
     line.push(b'\n');
     let _lock = lock_shared(store)?;
-    let mut f = OpenOptions::new()
-        .append(true)
-        .read(true)
-        .create(true)
-        .mode(crate::store::atomic::FILE_MODE)
-        .open(&path)
-        .map_err(|e| Error::io(&path, "open for append", e))?;
-    // A line left without its newline (a write cut short by a full disk) must not swallow ours.
-    let len = f.metadata().map_err(|e| Error::io(&path, "stat", e))?.len();
-    if len > 0 {
-        let mut last = [0u8; 1];
-        if f.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n' {
-            line.insert(0, b'\n');
-        }
-    }
-    let n = f.write(&line).map_err(|e| Error::io(&path, "append to", e))?;
-    if n != line.len() {
-        return Err(Error::io(
-            &path,
-            "append to",
-            std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write ({n} of {} bytes)", line.len())),
-        ));
-    }
-    f.sync_data().map_err(|e| Error::io(&path, "fsync", e))
+    // One `write` (closing a line a full disk cut short first), never through a link, fdatasync.
+    crate::store::jsonl::append_raw_durable(&path, &line)
 }
 
 /// Parses intake bytes into tasks; returns (tasks, bad line count, bytes consumed). A final line
@@ -132,10 +109,10 @@ fn parse_lines(store: &Store, bytes: &[u8]) -> (Vec<Task>, usize, usize) {
 }
 
 fn read_from(path: &std::path::Path, start: u64) -> Result<Vec<u8>> {
-    let mut f = match File::open(path) {
+    let mut f = match crate::store::open::read(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, "open", e)),
+        Err(e) => return Err(crate::store::open::refuse_link(path, "open", e)),
     };
     f.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, "seek", e))?;
     let mut buf = Vec::new();
@@ -218,6 +195,12 @@ pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> 
         return Ok(None);
     }
     let path = store.path(TASK_INTAKE);
+    if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        // Someone else's file: its lines are not tasks of ours, nor copied into quarantine. The
+        // rest of the cycle goes on; `cortex validate` and the integration daemon name the file.
+        tracing::error!("{} is a symbolic link; not reading it (replace it with a regular file)", path.display());
+        return Ok(None);
+    }
     let (bytes, start, len) = {
         let _x = store.lock_named(TASK_INTAKE.lock)?;
         let start = unfolded_start(store, queue)?;
@@ -389,5 +372,31 @@ mod tests {
         let three = add(&store, "three");
         let f = fold(&store, &mut q).unwrap().unwrap();
         assert_eq!(f.added, vec![three.task_id]);
+    }
+
+    #[test]
+    fn a_linked_intake_is_neither_appended_to_nor_read() {
+        let (_d, store) = store();
+        let path = store.path(TASK_INTAKE);
+        let outside = tempfile::tempdir().unwrap();
+        // Someone else's file (a shell rc file, say) planted as the intake.
+        let decoy = outside.path().join("bashrc");
+        std::fs::write(&decoy, "{not a task, but someone's secret}\nexport X=1\n").unwrap();
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(&decoy, &path).unwrap();
+        let err = add_task(
+            &store,
+            NewTask { description: "$(touch pwned)".into(), command: vec!["true".into()], ..NewTask::default() },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&decoy).unwrap(), "{not a task, but someone's secret}\nexport X=1\n");
+        // The coordinator's fold leaves it alone: nothing of it is copied into quarantine.
+        let mut q: TaskQueue = store.load().unwrap();
+        assert!(fold(&store, &mut q).unwrap().is_none());
+        assert!(q.tasks.is_empty());
+        let quarantined = std::fs::read_dir(store.home().quarantine_dir()).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(quarantined, 0, "the linked file's lines were copied into quarantine");
     }
 }

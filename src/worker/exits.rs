@@ -19,9 +19,7 @@ use crate::error::{Error, Result};
 use crate::home::Home;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The journal is emptied once fully consumed and at least this long.
@@ -170,11 +168,7 @@ impl ExitJournal {
         self.read_new()?;
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         let done = if self.reports.is_empty() && len == self.offset {
-            let f = OpenOptions::new()
-                .write(true)
-                .custom_flags(crate::store::atomic::NO_FOLLOW)
-                .open(&self.path)
-                .map_err(|e| Error::io(&self.path, "open", e))?;
+            let f = crate::store::open::open(&self.path, crate::store::open::How::Existing)?;
             f.set_len(0).map_err(|e| Error::io(&self.path, "truncate", e))?;
             self.offset = 0;
             true

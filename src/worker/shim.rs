@@ -41,16 +41,9 @@ fn say(line: &str) {
 /// Opens the dispatch's logs (created, appended to) as this process's stdout and stderr, which
 /// the command inherits. The error names the log that could not be opened.
 fn redirect_output(stdout: &std::path::Path, stderr: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
+    // A link planted at a log's path is refused, not followed (the worker may run as root).
     let open = |path: &std::path::Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(crate::store::atomic::FILE_MODE)
-            // A link planted at a log's path is refused, not followed (the worker may run as root).
-            .custom_flags(crate::store::atomic::NO_FOLLOW)
-            .open(path)
-            .map_err(|e| format!("cannot open the log {}: {e}", path.display()))
+        crate::store::open::append(path).map_err(|e| format!("cannot open the log {}: {e}", path.display()))
     };
     let redirect_failed =
         |path: &std::path::Path, e: nix::Error| format!("cannot send output to {}: {e}", path.display());

@@ -31,9 +31,13 @@ impl TestHome {
         h
     }
 
-    /// A temporary directory without `cortex init`.
+    /// A temporary directory without `cortex init`: private (0700) whatever the umask, since Cortex
+    /// refuses a home others can write (`tempfile` leaves the umask's say: 0777 under umask 000).
     pub fn empty() -> TestHome {
-        TestHome { dir: tempfile::Builder::new().prefix("cortex-test-").tempdir().expect("tempdir") }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("cortex-test-").tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod 0700 the home");
+        TestHome { dir }
     }
 
     pub fn path(&self) -> &Path {
