@@ -138,8 +138,9 @@ impl Coordinator {
     }
 
     /// Start-up reconciliation: an in-progress task whose dispatch has no spec in any bucket was
-    /// recorded by a coordinator that died before writing the spec; it is folded as `lost` (a
-    /// failed attempt for the retry policy). Budget reservations nobody holds are settled in the
+    /// recorded by a coordinator that died before writing the spec, or its spec was removed by
+    /// hand; it is folded as `lost` (a failed attempt for the retry policy) once no process of it
+    /// runs (`worker::task_procs`; the worker stops such a process and records its end). Budget reservations nobody holds are settled in the
     /// first cycle.
     pub fn reconcile_at_start(&mut self) -> Result<()> {
         let q: TaskQueue = self.store.load()?;

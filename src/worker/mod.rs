@@ -12,6 +12,14 @@
 //! and marks the rest `lost`. A `starting` spec is launched again: its previous shim, if any, got
 //! no go-ahead and ran nothing. So each dispatch's command runs at most once, and ends exactly
 //! once.
+//!
+//! The worker owns every task process of its home, record or no record. A live dispatch whose
+//! spec left every bucket (removed by hand), and at start-up any task process of the home that
+//! no `running` spec accounts for (found in `/proc` by its environment, `task_procs`), is
+//! stopped (TERM to the group, the grace, KILL) and ends `lost` with that reason, its spec
+//! created anew in `failed/` when it is gone. A `starting` dispatch of a task that still has a
+//! live process here waits until that process is gone: a task never runs twice at once, whatever
+//! an operator removes or puts back.
 
 pub mod executor;
 pub mod exits;
@@ -432,7 +440,12 @@ impl<E: Executor> Worker<E> {
         }
         self.held_back.retain(|id| present.contains(id));
         new_specs.sort();
-        let mut busy_tasks: std::collections::HashSet<String> = self.live.values().map(|l| l.task_id.clone()).collect();
+        // The tasks with a live process here (only when something is to be started).
+        let mut busy_tasks: std::collections::HashSet<String> = if new_specs.is_empty() {
+            Default::default()
+        } else {
+            self.live.values().map(|l| l.task_id.clone()).collect()
+        };
         let mut to_launch = Vec::new();
         for path in new_specs {
             let rec = match dispatches::read_spec(&self.store, &path) {

@@ -19,6 +19,11 @@ use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The environment the worker gives each task (besides `CORTEX_HOME`), by which its processes
+/// are known.
+pub const TASK_ENV_VARS: [&str; 5] =
+    ["CORTEX_DISPATCH_ID", "CORTEX_TASK_ID", "CORTEX_ATTEMPT", "CORTEX_HEARTBEAT_FILE", "CORTEX_USAGE_FILE"];
+
 /// One live process of a dispatch of this home.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskProcess {
