@@ -212,3 +212,35 @@ fn plain_stop_keeps_tasks_running() {
     assert!(!out.contains("killed"), "{out}");
     assert_eq!(processes(&h).len(), 3, "the task still runs");
 }
+
+/// An old `starting` spec of a running task put back into `active/` (a restored backup) waits
+/// until the task's live process is gone: never two copies at once.
+#[test]
+fn a_spec_put_back_for_a_running_task_waits_for_it() {
+    let h = fast_home();
+    let marks = Marks::new(&h);
+    let _w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    let id = add(&h, &["--description", "hangs", "--", "sh", "-c", &marks.task()]);
+    wait_until(LONG, "first attempt started", || marks.starts() == 1);
+    let first = dispatches(&show(&h, &id))[0].clone();
+    let (_, mut old) = spec(&h, &first).unwrap();
+    let put_back = "dsp-20200101000000000-abcdef";
+    for k in ["pid", "pgid", "proc_start_ticks", "started_at"] {
+        old.as_object_mut().unwrap().remove(k);
+    }
+    old["dispatch_id"] = put_back.into();
+    old["status"] = "starting".into();
+    old["attempt"] = 2.into();
+    let path = h.join(&format!("coordination/worker-specs/active/{put_back}.json"));
+    std::fs::write(path.with_extension("tmp"), serde_json::to_vec(&old).unwrap()).unwrap();
+    std::fs::rename(path.with_extension("tmp"), &path).unwrap();
+    wait_until(LONG, "the worker held the put-back spec (or ran it)", || {
+        log_contains(&h, "worker", &format!("not starting dispatch {put_back} yet")) || marks.starts() > 1
+    });
+    marks.assert_never_two_at_once();
+    h.cortex_ok(&["task", "cancel", &id, "--wait", "30s"]);
+    wait_until(LONG, "the put-back spec ran once its task's process was gone", || marks.starts() == 2);
+    wait_until(LONG, "it ended", || spec(&h, put_back).is_some_and(|(b, _)| b != "active"));
+    marks.assert_never_two_at_once();
+}
