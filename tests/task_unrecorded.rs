@@ -122,6 +122,26 @@ fn removing_the_active_specs_while_a_task_runs_stops_it_before_the_retry() {
     assert!(processes(&h).is_empty(), "nothing of the task runs: {:?}", processes(&h));
 }
 
+/// A running dispatch's spec moved to `failed/` by hand: the coordinator folds it and retries,
+/// the worker stops the process, and the retry starts only after it ended.
+#[test]
+fn moving_a_running_spec_to_failed_by_hand_never_runs_the_task_twice() {
+    let h = fast_home();
+    let marks = Marks::new(&h);
+    let _w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    let id = add(&h, &["--description", "hangs", "--max-attempts", "2", "--", "sh", "-c", &marks.task()]);
+    wait_until(LONG, "first attempt started", || marks.starts() == 1);
+    let first = dispatches(&show(&h, &id))[0].clone();
+    let specs = h.join("coordination/worker-specs");
+    std::fs::create_dir_all(specs.join("failed")).unwrap();
+    std::fs::rename(specs.join(format!("active/{first}.json")), specs.join(format!("failed/{first}.json"))).unwrap();
+    wait_status(&h, &id, "completed");
+    marks.assert_never_two_at_once();
+    assert_eq!(marks.starts(), 2, "{}", marks.text());
+    assert!(processes(&h).is_empty());
+}
+
 /// The worker SIGKILLed, the specs removed, the coordinator restarted: the coordinator does not
 /// fold the dispatch while its process runs; the next worker finds the process without a record,
 /// stops it, and only then may a retry start. Never two copies at once.

@@ -14,7 +14,7 @@
 //! once.
 //!
 //! The worker owns every task process of its home, record or no record. A live dispatch whose
-//! spec left every bucket (removed by hand), and at start-up any task process of the home that
+//! spec left `active/` other than as a zombie (removed or moved by hand), and at start-up any task process of the home that
 //! no `running` spec accounts for (found in `/proc` by its environment, `task_procs`), is
 //! stopped (TERM to the group, the grace, KILL) and ends `lost` with that reason, its spec
 //! created anew in `failed/` when it is gone. A `starting` dispatch of a task that still has a
@@ -395,7 +395,7 @@ impl<E: Executor> Worker<E> {
     /// Specs in `active/` to act on: `starting` ones to launch (in name order) and dispatches
     /// with a cancel request. Dispatches in `ending` (ended, their end not written yet) are not
     /// new. Specs in other states are re-adopted or moved on here. A live dispatch whose spec
-    /// is gone from every bucket is stopped ([`StopReason::Unrecorded`]); a `starting` one
+    /// left `active/` other than as a zombie is stopped ([`StopReason::Unrecorded`]); a `starting` one
     /// waits while another dispatch of its task has a live process here.
     fn scan_active(&mut self, ending: &[End]) -> Result<(Vec<DispatchRecord>, Vec<String>)> {
         let dir = self.home.worker_specs(SpecBucket::Active);
@@ -430,8 +430,10 @@ impl<E: Executor> Worker<E> {
             .map(|(id, _)| id.clone())
             .collect();
         for id in vanished {
-            // Moved on by someone entitled to (the heartbeat daemon claiming a zombie) or not.
-            if !spec_anywhere(&self.home, &id) {
+            // Claimed as a zombie by the heartbeat daemon, which stops it; any other way out of
+            // `active/` while it runs (removed, moved to an end bucket by hand) leaves a process
+            // that the coordinator may run again beside.
+            if !spec_path(&self.home, SpecBucket::Zombie, &id).exists() {
                 tracing::warn!(
                     "the record of running dispatch {id} was removed from worker-specs/active/; stopping it"
                 );
