@@ -264,3 +264,21 @@ fn a_spec_put_back_for_a_running_task_waits_for_it() {
     wait_until(LONG, "it ended", || spec(&h, put_back).is_some_and(|(b, _)| b != "active"));
     marks.assert_never_two_at_once();
 }
+
+/// A `starting` spec removed before any worker ran it, the coordinator running all along: the
+/// task is not stuck `in_progress`; it is folded `lost` with a true reason (and retried by policy).
+#[test]
+fn a_starting_spec_removed_before_it_ran_is_folded_lost() {
+    let h = fast_home();
+    let _c = start(&h, "coordinator");
+    let id = add(&h, &["--description", "never ran", "--max-attempts", "1", "--", "true"]);
+    wait_until(LONG, "dispatched", || {
+        dispatches(&show(&h, &id)).first().is_some_and(|d| spec(&h, d).is_some_and(|(b, _)| b == "active"))
+    });
+    remove_active_specs(&h);
+    // Any change the coordinator reacts to (it does not watch `active/`).
+    add(&h, &["--description", "wake", "--", "true"]);
+    let t = wait_status(&h, &id, "failed");
+    let error = t["result"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no record of the dispatch is in worker-specs/"), "{t}");
+}

@@ -200,6 +200,17 @@ impl Coordinator {
                     }
                 }
             }
+            // A spec in no bucket at all (removed by hand before or while it ran): `active/` is
+            // looked at first and then every bucket again, so a spec moving on meanwhile
+            // (active → an end bucket or `zombie/`) is found.
+            if found.is_none()
+                && !self.unrecorded.contains(d)
+                && !spec_path(self.store.home(), SpecBucket::Active, d).exists()
+                && matches!(dispatches::find(&self.store, d), Ok(None))
+            {
+                tracing::warn!("task {}: dispatch {d} has no spec in any bucket", t.task_id);
+                self.unrecorded.insert(d.to_string());
+            }
             // A spec whose write reported an error may have been renamed into place all the same
             // (a failed directory fsync, one failed file of a group commit): while it is in
             // `active/` the worker runs it, and it is not lost.
