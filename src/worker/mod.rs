@@ -426,7 +426,12 @@ impl<E: Executor> Worker<E> {
         let vanished: Vec<String> = self
             .live
             .iter()
-            .filter(|(id, l)| !l.unrecorded && !present.contains(*id))
+            // One let go without running (its `running` record failed) ran nothing to stop.
+            .filter(|(id, l)| {
+                !l.unrecorded
+                    && !present.contains(*id)
+                    && l.stop.as_ref().is_none_or(|s| s.reason != StopReason::NotStarted)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in vanished {
