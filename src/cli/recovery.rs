@@ -86,6 +86,9 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
         "Cleared {} task(s) and {} active/zombie spec(s); stopped {} dispatch process(es); token budget reset to {}.",
         r.tasks_cleared, r.specs_cleared, r.processes_stopped, r.budget_total
     );
+    for p in &r.task_processes_killed {
+        println!("  stopped {}", crate::worker::task_procs::describe(p));
+    }
     for w in &r.warnings {
         println!("Warning: {}", safe(w));
     }

@@ -24,7 +24,7 @@ pub struct StopArgs {
     /// Seconds between SIGTERM and SIGKILL (default `[supervisor] stop_timeout_seconds`, 5).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
-    /// SIGKILL at once (this home's daemons only).
+    /// SIGKILL the daemons at once and stop every task process of this home (TERM, grace, KILL).
     #[arg(long)]
     pub force: bool,
     /// Worker: also kill running task processes (otherwise the worker re-adopts them on start).
@@ -136,7 +136,10 @@ pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
                 _ => println!("{d}: FAILED to stop: {}", safe_or(r.error.as_deref(), "unknown error")),
             }
             if let Some(n) = r.tasks_killed {
-                println!("{d}: killed {n} running task process group(s)");
+                println!("{d}: killed {n} running task process(es)");
+                for p in &r.task_processes_killed {
+                    println!("  {}", crate::worker::task_procs::describe(p));
+                }
             }
         }
         results.push(r);

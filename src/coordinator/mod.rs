@@ -81,6 +81,9 @@ pub struct Coordinator {
     /// Dispatches recorded in the queue whose spec is known to be missing (written by no one):
     /// folded as `lost`.
     unrecorded: HashSet<String>,
+    /// Set by a cycle that found a dispatch without a spec whose process still runs (not folded
+    /// until it is gone): the next cycle comes within [`UNRECORDED_RECHECK`].
+    unrecorded_running: bool,
     /// Set for the first cycle: settle budget reservations no running dispatch holds.
     reconcile_budget: bool,
     /// The budget file as we last wrote it.
@@ -109,6 +112,7 @@ impl Coordinator {
             cache: None,
             after_cache: HashMap::new(),
             unrecorded: HashSet::new(),
+            unrecorded_running: false,
             reconcile_budget: true,
             budget_id: None,
             validated: Default::default(),
@@ -134,8 +138,9 @@ impl Coordinator {
     }
 
     /// Start-up reconciliation: an in-progress task whose dispatch has no spec in any bucket was
-    /// recorded by a coordinator that died before writing the spec; it is folded as `lost` (a
-    /// failed attempt for the retry policy). Budget reservations nobody holds are settled in the
+    /// recorded by a coordinator that died before writing the spec, or its spec was removed by
+    /// hand; it is folded as `lost` (a failed attempt for the retry policy) once no process of it
+    /// runs (`worker::task_procs`; the worker stops such a process and records its end). Budget reservations nobody holds are settled in the
     /// first cycle.
     pub fn reconcile_at_start(&mut self) -> Result<()> {
         let q: TaskQueue = self.store.load()?;
@@ -163,6 +168,9 @@ impl Coordinator {
     /// `lost` records for dispatches whose spec was never written.
     fn collect_ended(&mut self, q: &TaskQueue) -> Result<Vec<DispatchRecord>> {
         let mut out = Vec::new();
+        // Dispatch ids with a live process, looked up once per cycle when needed.
+        let mut running: Option<HashSet<String>> = None;
+        self.unrecorded_running = false;
         let now = format_ts(self.clock.now());
         // A zombie's restart is auto-fix's decision (breaker, rate limits, restart backoff); the
         // coordinator folds zombies itself only when auto-fix is disabled.
@@ -192,6 +200,17 @@ impl Coordinator {
                     }
                 }
             }
+            // A spec in no bucket at all (removed by hand before or while it ran): `active/` is
+            // looked at first and then every bucket again, so a spec moving on meanwhile
+            // (active → an end bucket or `zombie/`) is found.
+            if found.is_none()
+                && !self.unrecorded.contains(d)
+                && !spec_path(self.store.home(), SpecBucket::Active, d).exists()
+                && matches!(dispatches::find(&self.store, d), Ok(None))
+            {
+                tracing::warn!("task {}: dispatch {d} has no spec in any bucket", t.task_id);
+                self.unrecorded.insert(d.to_string());
+            }
             // A spec whose write reported an error may have been renamed into place all the same
             // (a failed directory fsync, one failed file of a group commit): while it is in
             // `active/` the worker runs it, and it is not lost.
@@ -199,12 +218,17 @@ impl Coordinator {
                 && self.unrecorded.contains(d)
                 && !spec_path(self.store.home(), SpecBucket::Active, d).exists()
             {
-                found = Some(lost_record(
-                    t,
-                    d,
-                    &now,
-                    "the dispatch was recorded in the queue but its spec was never written (coordinator stopped in between)",
-                ));
+                // Nor while a process of it runs (its spec was removed by hand): the worker stops
+                // it and records its end; folding it now would let a retry start beside it.
+                let running = running.get_or_insert_with(|| {
+                    crate::worker::task_procs::find(self.store.home()).into_iter().map(|p| p.dispatch_id).collect()
+                });
+                if running.contains(d) {
+                    tracing::warn!("dispatch {d} has no spec but its process still runs; waiting for it to end");
+                    self.unrecorded_running = true;
+                    continue;
+                }
+                found = Some(lost_record(t, d, &now, UNRECORDED_LOST_REASON));
             }
             out.extend(found);
         }
@@ -567,6 +591,10 @@ impl Coordinator {
         drop(sched_guard);
         self.reconcile_budget = false;
         self.archive_unchecked = false;
+        if self.unrecorded_running {
+            let at = now + chrono::Duration::from_std(UNRECORDED_RECHECK).unwrap_or_default();
+            report.next_due = Some(report.next_due.map_or(at, |d: Timestamp| d.min(at)));
+        }
         self.after_effects(&report);
         Ok(report)
     }
@@ -655,6 +683,14 @@ impl Coordinator {
         }
     }
 }
+
+/// Why a dispatch recorded in the queue, with no spec in any bucket and no process running, is
+/// folded `lost`.
+pub const UNRECORDED_LOST_REASON: &str = "no record of the dispatch is in worker-specs/ and no process of it runs: \
+its spec was never written (the coordinator stopped in between) or was removed by hand";
+
+/// How soon a cycle looks again at a dispatch without a spec whose process still runs.
+pub const UNRECORDED_RECHECK: Duration = Duration::from_secs(1);
 
 fn lost_record(t: &Task, dispatch_id: &str, now: &str, reason: &str) -> DispatchRecord {
     DispatchRecord {

@@ -1,6 +1,6 @@
 //! `cortex reset --yes`: the runbook's "complete reset". It stops the daemons, writes a
-//! pre-reset backup (`backups/pre-reset/`), stops any process of an active dispatch that still
-//! runs, clears the active and zombie worker specs, empties the task queue (and the intake),
+//! pre-reset backup (`backups/pre-reset/`), stops every task process of the home (found by its
+//! environment, spec or no spec: `worker::task_procs`), clears the active and zombie worker specs, empties the task queue (and the intake),
 //! resets the token budget to its total with nothing used or reserved, keeps configuration and
 //! logs, records a `system_reset` event, and starts again the daemons that were running.
 
@@ -25,7 +25,11 @@ pub struct ResetReport {
     pub restarted_daemons: Vec<String>,
     pub tasks_cleared: usize,
     pub specs_cleared: usize,
+    /// Dispatches whose processes were stopped.
     pub processes_stopped: usize,
+    /// The task processes of this home found running (by their environment, whether or not a
+    /// spec still names them) and stopped.
+    pub task_processes_killed: Vec<crate::worker::task_procs::TaskProcess>,
     pub budget_total: u64,
     pub warnings: Vec<String>,
 }
@@ -45,15 +49,21 @@ pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
         let pre = create::create_locked(store, config, &BackupOptions::new(ArchiveKind::PreReset), &lock)?;
         let guards = crate::backup::lock_all(store)?;
         let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
-        let mut processes_stopped = 0;
+        // Every task process of the home, found by its environment: the specs may have been
+        // removed while their processes ran. Then the groups the remaining specs name (a command
+        // that cleared its environment but stayed in its group).
+        let killed = crate::worker::task_procs::stop_all(&home, grace);
+        let mut stopped_dispatches: std::collections::HashSet<String> =
+            killed.iter().map(|p| p.dispatch_id.clone()).collect();
         for rec in crate::task::dispatches::list_bucket(store, SpecBucket::Active).unwrap_or_default() {
             if let DispatchState::Running { pid, pgid, proc_start_ticks, .. } = rec.state
                 && super::stale::same_process_alive(pid, proc_start_ticks)
             {
                 super::stale::stop_group(pid, pgid, proc_start_ticks, grace);
-                processes_stopped += 1;
+                stopped_dispatches.insert(rec.dispatch_id.clone());
             }
         }
+        let processes_stopped = stopped_dispatches.len();
         let mut specs_cleared = 0;
         for bucket in [SpecBucket::Active, SpecBucket::Zombie] {
             let dir = home.worker_specs(bucket);
@@ -112,6 +122,7 @@ pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
             tasks_cleared,
             specs_cleared,
             processes_stopped,
+            task_processes_killed: killed,
             budget_total: total,
             warnings: Vec::new(),
         })

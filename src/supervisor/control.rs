@@ -147,6 +147,9 @@ pub struct StopResult {
     pub took_ms: u128,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks_killed: Option<usize>,
+    /// The task processes stopped (`--force`, `--kill-tasks`), found by their environment.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub task_processes_killed: Vec<crate::worker::task_procs::TaskProcess>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -167,6 +170,7 @@ pub fn stop_one(home: &Home, config: &Config, daemon: &str, opts: StopOptions) -
         pid: None,
         took_ms: 0,
         tasks_killed: None,
+        task_processes_killed: Vec::new(),
         error: None,
     };
     let outcome = stop_inner(home, config, daemon, opts, &mut result);
@@ -225,10 +229,13 @@ fn stop_inner(
             }
         }
     };
-    if opts.kill_tasks && daemon == "worker" {
+    // `--force` stops everything of the home, the tasks included, like `--kill-tasks`.
+    if (opts.kill_tasks || opts.force) && daemon == "worker" {
         let store = crate::store::Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli");
         let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
-        result.tasks_killed = Some(process::kill_task_groups(&store, grace)?.len());
+        let stopped = crate::worker::task_procs::stop_home_tasks(&store, grace)?;
+        result.tasks_killed = Some(stopped.count());
+        result.task_processes_killed = stopped.processes;
     }
     Ok(outcome)
 }

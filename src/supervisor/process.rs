@@ -42,6 +42,11 @@ pub fn spawn(home: &Home, daemon: &str, detach: Detach) -> Result<Child> {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID");
+    // A daemon started from inside a task (`cortex restart` in a task's command) is no process of
+    // that task: without these it would be taken for one (`worker::task_procs`).
+    for var in crate::worker::task_procs::TASK_ENV_VARS {
+        cmd.env_remove(var);
+    }
     match detach {
         Detach::Group => {
             cmd.process_group(0);

@@ -9,7 +9,8 @@
 //! file creation for a minute or more (the allocator's `recently_deleted` check), which was the
 //! largest single cost of a busy task path.
 //!
-//! The worker reads the journal from its last offset and keeps each report until the dispatch
+//! The worker reads the journal from its last offset in the file it last read (identified by
+//! device and inode: a journal replaced by another file is read from its start) and keeps each report until the dispatch
 //! it belongs to has ended; once every line is consumed and the file has grown past
 //! [`COMPACT_AT`] bytes, it empties the file (ftruncate, under the lock EXCLUSIVE, so no append
 //! is in flight). A crash that undoes a truncate only brings back reports of dispatches that
@@ -20,6 +21,7 @@ use crate::home::Home;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The journal is emptied once fully consumed and at least this long.
@@ -64,8 +66,11 @@ pub fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
 pub struct ExitJournal {
     path: PathBuf,
     lock: PathBuf,
-    /// Bytes read and parsed (always at a line boundary).
+    /// Bytes read and parsed (always at a line boundary) of the file `file` identifies.
     offset: u64,
+    /// Device and inode of the file `offset` counts in: a journal replaced by another file (by
+    /// hand, a restore) is read from its start, whatever its length.
+    file: Option<(u64, u64)>,
     reports: HashMap<String, ExitReport>,
     /// Lines that did not parse, counted (invariant 4) and skipped.
     pub bad_lines: usize,
@@ -77,6 +82,7 @@ impl ExitJournal {
             path: journal_path(home),
             lock: lock_path(home),
             offset: 0,
+            file: None,
             reports: HashMap::new(),
             bad_lines: 0,
         }
@@ -95,13 +101,21 @@ impl ExitJournal {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.offset = 0;
+                self.file = None;
                 return Ok(());
             }
             Err(e) => return Err(Error::io(&self.path, "open", e)),
         };
-        let len = f.metadata().map_err(|e| Error::io(&self.path, "stat", e))?.len();
-        if len < self.offset {
-            // Emptied or replaced behind our back (by hand): read it again from the start.
+        let meta = f.metadata().map_err(|e| Error::io(&self.path, "stat", e))?;
+        let len = meta.len();
+        let file = Some((meta.dev(), meta.ino()));
+        if file != self.file {
+            // Another file than the one the offset counts in (replaced by rename, removed and
+            // created again): its every line is new.
+            self.offset = 0;
+            self.file = file;
+        } else if len < self.offset {
+            // Emptied behind our back (by hand): read it again from the start.
             self.offset = 0;
         }
         if len == self.offset {
@@ -236,5 +250,32 @@ mod tests {
         append(&path, &lock, &report("after", 0)).unwrap();
         j.refresh();
         assert!(j.has("after"), "reading resumes from the start of the emptied file");
+    }
+
+    #[test]
+    fn a_replaced_journal_is_read_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let (path, lock) = (journal_path(&home), lock_path(&home));
+        let mut j = ExitJournal::new(&home);
+        append(&path, &lock, &report("a", 0)).unwrap();
+        append(&path, &lock, &report("b", 0)).unwrap();
+        j.refresh();
+        assert!(j.take("a").is_some() && j.take("b").is_some());
+        // Replaced by rename with a longer file (a restore, an operator's copy): its first line
+        // is a report the worker has not read, and the old offset falls inside it.
+        let replacement = dir.path().join("run/dispatch-exits.jsonl.new");
+        let mut bytes = serde_json::to_vec(&report("finished-meanwhile", 0)).unwrap();
+        bytes.push(b'\n');
+        bytes.extend(std::fs::read(&path).unwrap());
+        std::fs::write(&replacement, &bytes).unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        j.refresh();
+        assert_eq!(
+            j.take("finished-meanwhile").map(|r| r.exit_code),
+            Some(Some(0)),
+            "the new file is read from its start, not from the old file's offset"
+        );
+        assert_eq!(j.bad_lines, 0, "no line is read from the middle");
     }
 }

@@ -12,11 +12,20 @@
 //! and marks the rest `lost`. A `starting` spec is launched again: its previous shim, if any, got
 //! no go-ahead and ran nothing. So each dispatch's command runs at most once, and ends exactly
 //! once.
+//!
+//! The worker owns every task process of its home, record or no record. A live dispatch whose
+//! spec left `active/` other than as a zombie (removed or moved by hand), and at start-up any task process of the home that
+//! no `running` spec accounts for (found in `/proc` by its environment, `task_procs`), is
+//! stopped (TERM to the group, the grace, KILL) and ends `lost` with that reason, its spec
+//! created anew in `failed/` when it is gone. A `starting` dispatch of a task that still has a
+//! live process here waits until that process is gone: a task never runs twice at once, whatever
+//! an operator removes or puts back.
 
 pub mod executor;
 pub mod exits;
 pub mod procs;
 pub mod shim;
+pub mod task_procs;
 
 use crate::clock::{format_ts, now_string, parse_ts};
 use crate::config::Config;
@@ -43,6 +52,10 @@ enum StopReason {
     Cancel,
     /// Its `running` state could not be recorded (a full disk): the command was not let run.
     NotStarted,
+    /// Its record vanished while it ran (removed from `worker-specs/active/` by hand), or it was
+    /// found running with no record at start-up: a process nobody would watch, stopped before
+    /// the coordinator may run the task again.
+    Unrecorded,
 }
 
 #[derive(Debug)]
@@ -64,6 +77,11 @@ struct Live {
     stop: Option<Stop>,
     /// Not our child (found running after a restart): watched through a pidfd.
     adopted: bool,
+    /// The dispatch's record as last known here, written again (in its final bucket) when the
+    /// spec vanished while the process ran.
+    record: DispatchRecord,
+    /// Its spec is in no bucket: its end creates the record rather than updating it.
+    unrecorded: bool,
 }
 
 impl Live {
@@ -84,6 +102,8 @@ impl Live {
             deadline,
             stop,
             adopted: false,
+            record: rec.clone(),
+            unrecorded: false,
         }
     }
 
@@ -100,6 +120,47 @@ impl Live {
             deadline: Some(started + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))),
             stop: None,
             adopted: true,
+            record: rec.clone(),
+            unrecorded: false,
+        }
+    }
+
+    /// A task process of this home found running at start-up that no spec accounts for: watched
+    /// through a pidfd and stopped. Its record is rebuilt from what its environment and command
+    /// line say.
+    fn orphan(home: &Home, p: &task_procs::TaskProcess) -> Live {
+        let now = now_string();
+        let record = DispatchRecord {
+            dispatch_id: p.dispatch_id.clone(),
+            task_id: if p.task_id.is_empty() { "unknown".into() } else { p.task_id.clone() },
+            worker_type: "unknown".into(),
+            state: DispatchState::Running {
+                started_at: now.clone(),
+                pid: p.pid,
+                pgid: p.pgid,
+                proc_start_ticks: p.start_ticks,
+            },
+            dispatched_at: now,
+            attempt: p.attempt.unwrap_or(1).max(1),
+            command: p.command.clone(),
+            budget_reserved: 0,
+            timeout_seconds: 0.0,
+            stdout_path: home.dispatch_stdout(&p.dispatch_id).display().to_string(),
+            stderr_path: home.dispatch_stderr(&p.dispatch_id).display().to_string(),
+            heartbeat: None,
+            tokens_used: None,
+        };
+        Live {
+            task_id: record.task_id.clone(),
+            pid: p.pid,
+            pgid: p.pgid,
+            start_ticks: p.start_ticks,
+            started: Instant::now(),
+            deadline: None,
+            stop: None,
+            adopted: true,
+            record,
+            unrecorded: false,
         }
     }
 }
@@ -135,6 +196,13 @@ pub struct Worker<E: Executor> {
     unrecorded_ends: HashMap<String, (DispatchState, Option<u64>)>,
     /// Exit reports the shims appended, read as dispatches end.
     exits: exits::ExitJournal,
+    /// The records of dispatches whose end is to be written, as known here: when the spec is in
+    /// no bucket any more (removed by hand while the process ran), the end creates it in its
+    /// final bucket, so the coordinator learns the true end rather than finding nothing.
+    records: HashMap<String, DispatchRecord>,
+    /// `starting` dispatches not launched because another dispatch of their task still has a
+    /// live process here (logged once each).
+    held_back: std::collections::HashSet<String>,
 }
 
 /// An ended dispatch whose end is to be written: its final state and the tokens it reported.
@@ -162,6 +230,8 @@ impl<E: Executor> Worker<E> {
             stragglers: Vec::new(),
             grace,
             unrecorded_ends: HashMap::new(),
+            records: HashMap::new(),
+            held_back: Default::default(),
         }
     }
 
@@ -192,6 +262,7 @@ impl<E: Executor> Worker<E> {
                 }
             }
         }
+        self.stop_orphans();
         // Cancel requests and the tasks' runtime files whose spec is gone; reports of dispatches
         // that ended before (read again after a crash undid an emptying of the journal).
         let active = self.home.worker_specs(SpecBucket::Active);
@@ -210,6 +281,56 @@ impl<E: Executor> Worker<E> {
         self.exits.retain(|id| live.contains_key(id));
         self.compact_exits();
         Ok(())
+    }
+
+    /// Start-up: task processes of this home (found in `/proc` by their environment) that no
+    /// `running` spec accounts for — their spec was removed or replaced while no worker ran —
+    /// are taken in and stopped (TERM to the group, the grace, KILL), their end recorded `lost`
+    /// with that reason. Until they are gone no dispatch of their task starts (see
+    /// [`Worker::scan_active`]), so a task the coordinator retried meanwhile never runs twice.
+    fn stop_orphans(&mut self) {
+        let mut found = task_procs::find(&self.home);
+        // The shim first: it leads the dispatch's group.
+        found.sort_by_key(|p| (!p.shim, p.pid));
+        let mut taken: HashMap<String, i32> = HashMap::new();
+        for p in found {
+            if let Some(&pgid) = taken.get(&p.dispatch_id) {
+                // Another process of a dispatch taken in, outside its group (it left it).
+                if p.pgid != pgid && self.executor.signal(p.pgid, Signal::SIGTERM) {
+                    self.stragglers.push(Straggler { pgid: p.pgid, kill_at: Instant::now() + self.grace });
+                }
+                continue;
+            }
+            if self.live.contains_key(&p.dispatch_id) {
+                continue;
+            }
+            tracing::warn!(
+                "found {} running with no record of it in worker-specs/active/; stopping it",
+                task_procs::describe(&p)
+            );
+            let id = p.dispatch_id.clone();
+            taken.insert(id.clone(), p.pgid);
+            self.live.insert(id.clone(), Live::orphan(&self.home, &p));
+            procs::notify_exit(p.pid, self.waker.clone(), format!("exited {id}"));
+            self.stop_unrecorded(&id);
+        }
+    }
+
+    /// Stops a dispatch whose process runs without a record (see [`StopReason::Unrecorded`]).
+    fn stop_unrecorded(&mut self, id: &str) {
+        let Some(l) = self.live.get_mut(id) else { return };
+        l.unrecorded = true;
+        let (task, pid) = (l.task_id.clone(), l.pid);
+        let _ = self.store.emit(
+            "dispatch_unrecorded",
+            Severity::Warning,
+            format!(
+                "Dispatch {id} (task {task}, PID {pid}) runs without a record in worker-specs/active/ \
+                 (removed or replaced by hand); the worker stops it before its task can run again"
+            ),
+            serde_json::json!({"dispatch_id": id, "task_id": task, "pid": pid}),
+        );
+        self.begin_stop(id, StopReason::Unrecorded);
     }
 
     /// A dispatch found gone at start-up without an exit report had its whole group killed: by the
@@ -273,18 +394,22 @@ impl<E: Executor> Worker<E> {
 
     /// Specs in `active/` to act on: `starting` ones to launch (in name order) and dispatches
     /// with a cancel request. Dispatches in `ending` (ended, their end not written yet) are not
-    /// new. Specs in other states are re-adopted or moved on here.
+    /// new. Specs in other states are re-adopted or moved on here. A live dispatch whose spec
+    /// left `active/` other than as a zombie is stopped ([`StopReason::Unrecorded`]); a `starting` one
+    /// waits while another dispatch of its task has a live process here.
     fn scan_active(&mut self, ending: &[End]) -> Result<(Vec<DispatchRecord>, Vec<String>)> {
         let dir = self.home.worker_specs(SpecBucket::Active);
         let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+            Ok(e) => Some(e),
+            // Removed with everything in it: every live dispatch lost its record.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&dir, "list", e)),
         };
         let ending: std::collections::HashSet<&str> = ending.iter().map(|(id, _, _)| id.as_str()).collect();
+        let mut present = std::collections::HashSet::new();
         let mut new_specs = Vec::new();
         let mut cancels = Vec::new();
-        for entry in entries.flatten() {
+        for entry in entries.into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if crate::store::atomic::is_temp_name(&name) {
                 continue;
@@ -293,11 +418,41 @@ impl<E: Executor> Worker<E> {
                 if !self.live.contains_key(id) && !self.unrecorded_ends.contains_key(id) && !ending.contains(id) {
                     new_specs.push(entry.path());
                 }
+                present.insert(id.to_string());
             } else if let Some(id) = name.strip_suffix(".cancel") {
                 cancels.push(id.to_string());
             }
         }
+        let vanished: Vec<String> = self
+            .live
+            .iter()
+            // One let go without running (its `running` record failed) ran nothing to stop.
+            .filter(|(id, l)| {
+                !l.unrecorded
+                    && !present.contains(*id)
+                    && l.stop.as_ref().is_none_or(|s| s.reason != StopReason::NotStarted)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in vanished {
+            // Claimed as a zombie by the heartbeat daemon, which stops it; any other way out of
+            // `active/` while it runs (removed, moved to an end bucket by hand) leaves a process
+            // that the coordinator may run again beside.
+            if !spec_path(&self.home, SpecBucket::Zombie, &id).exists() {
+                tracing::warn!(
+                    "the record of running dispatch {id} was removed from worker-specs/active/; stopping it"
+                );
+                self.stop_unrecorded(&id);
+            }
+        }
+        self.held_back.retain(|id| present.contains(id));
         new_specs.sort();
+        // The tasks with a live process here (only when something is to be started).
+        let mut busy_tasks: std::collections::HashSet<String> = if new_specs.is_empty() {
+            Default::default()
+        } else {
+            self.live.values().map(|l| l.task_id.clone()).collect()
+        };
         let mut to_launch = Vec::new();
         for path in new_specs {
             let rec = match dispatches::read_spec(&self.store, &path) {
@@ -315,7 +470,18 @@ impl<E: Executor> Worker<E> {
                             &rec,
                             DispatchState::Cancelled { ended_at: now_string(), signal: None, duration_s: Some(0.0) },
                         );
+                    } else if busy_tasks.contains(&rec.task_id) {
+                        // Another dispatch of this task still runs here (its record was removed
+                        // and the coordinator went on, or an old spec was put back): never two.
+                        if self.held_back.insert(rec.dispatch_id.clone()) {
+                            tracing::warn!(
+                                "not starting dispatch {} yet: another dispatch of task {} still has a live process",
+                                rec.dispatch_id,
+                                rec.task_id
+                            );
+                        }
                     } else {
+                        busy_tasks.insert(rec.task_id.clone());
                         to_launch.push(rec);
                     }
                 }
@@ -420,10 +586,18 @@ impl<E: Executor> Worker<E> {
         let mut dirs = Vec::new();
         let mut results = match self.store.lock_named(WORKER_SPECS_LOCK) {
             Ok(guard) => {
-                let (mut results, published) = self.update_specs_locked(changes);
+                let (mut results, published, created) = self.update_specs_locked(changes);
                 let start_results = results.split_off(ends.len());
                 self.let_run(started, start_results);
-                let recorded: Vec<&DispatchRecord> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+                let (anew, recorded): (Vec<&DispatchRecord>, Vec<&DispatchRecord>) =
+                    results.iter().filter_map(|r| r.as_ref().ok()).partition(|r| created.contains(&r.dispatch_id));
+                for rec in anew {
+                    tracing::warn!(
+                        "dispatch {} ended with its spec gone from worker-specs/; its end is recorded anew in {}/",
+                        rec.dispatch_id,
+                        final_bucket(rec).dir_name()
+                    );
+                }
                 if let Some(p) = published {
                     dirs.extend(p.into_dirs());
                 }
@@ -462,6 +636,7 @@ impl<E: Executor> Worker<E> {
                 }
             }
             self.unrecorded_ends.remove(&id);
+            self.records.remove(&id);
             // The heartbeat and usage files were read; they are done with.
             for file in [self.home.heartbeat_file(&id), self.home.usage_file(&id)] {
                 if file.exists() {
@@ -508,18 +683,35 @@ impl<E: Executor> Worker<E> {
     /// staged and published in one group commit. One result per change, in order; the records
     /// are visible when this returns, their directory's fsync left to the caller (None when
     /// nothing was written).
+    ///
+    /// A change of a dispatch whose spec is in no bucket (removed by hand) is applied to the
+    /// record known here ([`Worker::records`]) and creates the spec in its final bucket; the
+    /// ids of those are returned (they have nothing to move).
     fn update_specs_locked(
         &self,
         changes: Vec<(String, SpecChange)>,
-    ) -> (Vec<Result<DispatchRecord>>, Option<Published>) {
+    ) -> (Vec<Result<DispatchRecord>>, Option<Published>, std::collections::HashSet<String>) {
         let mut batch = crate::store::atomic::ReplaceBatch::new();
         let mut out: Vec<Result<DispatchRecord>> = Vec::with_capacity(changes.len());
+        let mut created = std::collections::HashSet::new();
         for (id, change) in changes {
-            let path = spec_path(&self.home, SpecBucket::Active, &id);
+            let mut path = spec_path(&self.home, SpecBucket::Active, &id);
             let staged = dispatches::read_spec(&self.store, &path)
-                .and_then(|r| r.ok_or_else(|| Error::refused(format!("dispatch {id} has no active spec"))))
+                .and_then(|r| match (r, self.records.get(&id)) {
+                    (Some(rec), _) => Ok(rec),
+                    (None, Some(known)) if !spec_anywhere(&self.home, &id) => {
+                        created.insert(id.clone());
+                        Ok(known.clone())
+                    }
+                    _ => Err(Error::refused(format!("dispatch {id} has no active spec"))),
+                })
                 .and_then(|mut rec| {
                     change(&mut rec)?;
+                    if created.contains(&id) {
+                        let bucket = final_bucket(&rec);
+                        crate::store::atomic::create_dir_all(&self.home.worker_specs(bucket))?;
+                        path = spec_path(&self.home, bucket, &id);
+                    }
                     let v = serde_json::to_value(&rec)
                         .map_err(|e| Error::other(format!("cannot encode dispatch {id}: {e}")))?;
                     let bytes = crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA))?;
@@ -529,7 +721,7 @@ impl<E: Executor> Worker<E> {
             out.push(staged);
         }
         if batch.is_empty() {
-            return (out, None);
+            return (out, None, created);
         }
         let published = batch.publish();
         if let Some(e) = published.error() {
@@ -538,7 +730,7 @@ impl<E: Executor> Worker<E> {
                 *r = Err(Error::other(msg.clone()));
             }
         }
-        (out, Some(published))
+        (out, Some(published), created)
     }
 
     fn begin_stop(&mut self, id: &str, reason: StopReason) {
@@ -618,6 +810,7 @@ impl<E: Executor> Worker<E> {
         for (id, how) in gone {
             let Some(l) = self.live.remove(&id) else { continue };
             self.by_pid.remove(&l.pid);
+            self.records.insert(id.clone(), l.record.clone());
             let report = self.exits.take(&id);
             let state = final_state(&l, how, report);
             let tokens = crate::task::ops::read_usage_file(&self.home.usage_file(&id));
@@ -670,6 +863,25 @@ fn running_change(rec: &DispatchRecord, l: &executor::Launched, started_at: &str
     (rec.dispatch_id.clone(), change)
 }
 
+/// Why a dispatch whose process ran without a record ended `lost`.
+pub const UNRECORDED_REASON: &str = "its process ran without a record in worker-specs/active/ (the spec was removed or \
+replaced while it ran); the worker stopped its process group (TERM, grace, KILL) so that its task cannot run twice";
+
+/// Whether a spec of the dispatch is in some bucket (`active/`, an end bucket, `zombie/`,
+/// quarantine).
+fn spec_anywhere(home: &Home, id: &str) -> bool {
+    SpecBucket::ALL.iter().any(|&b| spec_path(home, b, id).exists())
+}
+
+/// The bucket a spec with this final state moves to.
+fn final_bucket(rec: &DispatchRecord) -> SpecBucket {
+    match rec.status() {
+        crate::task::model::DispatchStatus::Completed => SpecBucket::Completed,
+        crate::task::model::DispatchStatus::Zombie => SpecBucket::Zombie,
+        _ => SpecBucket::Failed,
+    }
+}
+
 /// How a dispatch ended: from the stop reason, the shim's exit report or what was seen.
 fn final_state(l: &Live, gone: Gone, report: Option<exits::ExitReport>) -> DispatchState {
     let ended_at = now_string();
@@ -682,6 +894,7 @@ fn final_state(l: &Live, gone: Gone, report: Option<exits::ExitReport>) -> Dispa
     match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
         (Some(StopReason::Cancel), _, _) => DispatchState::Cancelled { ended_at, signal, duration_s: duration },
         (Some(StopReason::Timeout), _, _) => DispatchState::Timeout { ended_at, signal, duration_s: duration },
+        (Some(StopReason::Unrecorded), _, _) => DispatchState::Lost { ended_at, reason: UNRECORDED_REASON.into() },
         // A failed attempt (retried by policy), not a cancel: nobody asked for it to stop.
         (Some(StopReason::NotStarted), _, _) => DispatchState::Failed {
             ended_at,
@@ -737,6 +950,7 @@ impl<E: Executor> Worker<E> {
     fn end_unstarted(&mut self, rec: &DispatchRecord, state: DispatchState) {
         // Written like any end (kept and retried if it cannot be written; meanwhile the scan
         // does not launch it).
+        self.records.insert(rec.dispatch_id.clone(), rec.clone());
         self.write_step(vec![(rec.dispatch_id.clone(), state, None)], Vec::new());
     }
 
@@ -756,11 +970,7 @@ impl<E: Executor> Worker<E> {
     fn move_final_locked(&self, recs: &[&DispatchRecord], dirs: &mut Vec<std::path::PathBuf>) -> Result<()> {
         let mut moves = Vec::with_capacity(recs.len());
         for rec in recs {
-            let bucket = match rec.status() {
-                crate::task::model::DispatchStatus::Completed => SpecBucket::Completed,
-                crate::task::model::DispatchStatus::Zombie => SpecBucket::Zombie,
-                _ => SpecBucket::Failed,
-            };
+            let bucket = final_bucket(rec);
             crate::store::atomic::create_dir_all(&self.home.worker_specs(bucket))?;
             let id = &rec.dispatch_id;
             moves.push((spec_path(&self.home, SpecBucket::Active, id), spec_path(&self.home, bucket, id)));

@@ -1,0 +1,244 @@
+//! The task processes of one home, found in `/proc` rather than through the dispatch specs
+//! (which an operator may have removed): every live process whose environment names this home
+//! in `CORTEX_HOME` and a dispatch in `CORTEX_DISPATCH_ID`. The worker sets both on each task's
+//! exec shim, and the command and whatever it starts inherit them, daemonised or not. Only
+//! processes we may read (our user's) are seen, and only those of this home: never matched
+//! machine-wide by name.
+//!
+//! Used by the worker (a task process whose record vanished, found again after a restart), the
+//! coordinator (does a dispatch without a spec still run?), `cortex reset` and
+//! `cortex stop --force` (stop every task process of the home).
+
+use super::procs;
+use super::shim::SHIM_ARG;
+use crate::cli::text::safe;
+use crate::home::Home;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The environment the worker gives each task (besides `CORTEX_HOME`), by which its processes
+/// are known.
+pub const TASK_ENV_VARS: [&str; 5] =
+    ["CORTEX_DISPATCH_ID", "CORTEX_TASK_ID", "CORTEX_ATTEMPT", "CORTEX_HEARTBEAT_FILE", "CORTEX_USAGE_FILE"];
+
+/// One live process of a dispatch of this home.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskProcess {
+    pub pid: i32,
+    pub pgid: i32,
+    #[serde(skip)]
+    pub start_ticks: u64,
+    pub dispatch_id: String,
+    /// `CORTEX_TASK_ID` of its environment (empty when absent).
+    pub task_id: String,
+    /// `CORTEX_ATTEMPT` of its environment.
+    #[serde(skip)]
+    pub attempt: Option<u32>,
+    /// The dispatch's exec shim (the leader of its process group), not the command.
+    pub shim: bool,
+    /// Its command line (for the shim: the task's command, after `--`).
+    pub command: Vec<String>,
+}
+
+impl TaskProcess {
+    /// True while this very process (same start time) runs.
+    pub fn alive(&self) -> bool {
+        procs::alive(self.pid, self.start_ticks)
+    }
+}
+
+/// The home's root in the one spelling processes are compared by.
+fn canonical(root: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf())
+}
+
+/// State, process group and start time of a process, from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(char, i32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state (index 0), ppid (1), pgrp (2), ... start time (19).
+    Some((f.first()?.chars().next()?, f.get(2)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+fn nul_split(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.split(|&b| b == 0).filter(|s| !s.is_empty())
+}
+
+/// The process `pid` if it is a live task process of the home whose canonical root is `root`.
+fn task_process(pid: i32, root: &Path, root_text: &str) -> Option<TaskProcess> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let (mut home, mut dispatch, mut task, mut attempt) = (None, None, None, None);
+    for var in nul_split(&environ) {
+        let text = String::from_utf8_lossy(var);
+        let Some((k, v)) = text.split_once('=') else { continue };
+        match k {
+            "CORTEX_HOME" => home = Some(v.to_string()),
+            "CORTEX_DISPATCH_ID" => dispatch = Some(v.to_string()),
+            "CORTEX_TASK_ID" => task = Some(v.to_string()),
+            "CORTEX_ATTEMPT" => attempt = v.parse().ok(),
+            _ => {}
+        }
+    }
+    let (home, dispatch) = (home?, dispatch?);
+    if !crate::task::dispatches::is_valid_id(&dispatch) || (home != root_text && canonical(Path::new(&home)) != root) {
+        return None;
+    }
+    let (state, pgid, start_ticks) = stat(pid)?;
+    if state == 'Z' || state == 'X' {
+        return None;
+    }
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| nul_split(&b).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .unwrap_or_default();
+    let shim = argv.get(1).is_some_and(|a| a == SHIM_ARG) && argv.get(3) == Some(&dispatch);
+    let command = if shim { argv.iter().skip_while(|a| *a != "--").skip(1).cloned().collect() } else { argv };
+    Some(TaskProcess {
+        pid,
+        pgid,
+        start_ticks,
+        dispatch_id: dispatch,
+        task_id: task.unwrap_or_default(),
+        attempt,
+        shim,
+        command,
+    })
+}
+
+/// Every live task process of the home (this process excluded), in PID order.
+pub fn find(home: &Home) -> Vec<TaskProcess> {
+    let root = canonical(home.root());
+    let root_text = home.root().display().to_string();
+    let me = std::process::id() as i32;
+    let mut out: Vec<TaskProcess> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| task_process(pid, &root, &root_text))
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Whether some process of the dispatch still runs.
+pub fn dispatch_runs(home: &Home, dispatch_id: &str) -> bool {
+    find(home).iter().any(|p| p.dispatch_id == dispatch_id)
+}
+
+/// One line saying which process it is: `PID 123 (exec shim of dispatch D, task T: cmd args)`.
+pub fn describe(p: &TaskProcess) -> String {
+    let what = if p.shim { "exec shim of dispatch" } else { "process of dispatch" };
+    let task = if p.task_id.is_empty() { String::new() } else { format!(", task {}", safe(&p.task_id)) };
+    let command = crate::cli::text::shell_words(&p.command);
+    format!("PID {} ({what} {}{task}: {command})", p.pid, safe(&p.dispatch_id))
+}
+
+/// Signals one task process: its whole group when it leads one that is not ours, and the
+/// process itself (it may have left the group).
+fn signal(p: &TaskProcess, sig: Signal) {
+    let own_group = nix::unistd::getpgrp().as_raw();
+    if p.pgid > 1 && p.pgid != own_group {
+        let _ = killpg(Pid::from_raw(p.pgid), sig);
+    }
+    if p.alive() {
+        let _ = kill(Pid::from_raw(p.pid), sig);
+    }
+}
+
+/// Stops every task process of the home: SIGTERM to each (and its group), `grace`, then SIGKILL
+/// to what is left, looking again until none is found (a process forked meanwhile is found
+/// too) or 10 s after the grace. Returns every process signalled.
+pub fn stop_all(home: &Home, grace: Duration) -> Vec<TaskProcess> {
+    let mut stopped = find(home);
+    for p in &stopped {
+        signal(p, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while stopped.iter().any(TaskProcess::alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = find(home);
+        if left.is_empty() || Instant::now() >= give_up {
+            break;
+        }
+        for p in left {
+            signal(&p, Signal::SIGKILL);
+            if !stopped.iter().any(|s| s.pid == p.pid && s.start_ticks == p.start_ticks) {
+                stopped.push(p);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stopped.sort_by_key(|p| p.pid);
+    stopped
+}
+
+/// What stopping every task process of a home found: the processes found by their environment,
+/// and the groups of running specs stopped after them (a command that cleared its environment but
+/// stayed in its group).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stopped {
+    pub processes: Vec<TaskProcess>,
+    pub spec_groups: Vec<i32>,
+}
+
+impl Stopped {
+    pub fn count(&self) -> usize {
+        self.processes.len() + self.spec_groups.len()
+    }
+}
+
+/// `cortex stop --force` and `--kill-tasks`: [`stop_all`], then the process groups the remaining
+/// `running` specs name (`supervisor::process::kill_task_groups`).
+pub fn stop_home_tasks(store: &crate::store::Store, grace: Duration) -> crate::error::Result<Stopped> {
+    let processes = stop_all(store.home(), grace);
+    let spec_groups = crate::supervisor::process::kill_task_groups(store, grace)?;
+    Ok(Stopped { processes, spec_groups })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process started with a home's task environment is found for that home only.
+    #[test]
+    fn task_processes_are_found_by_their_home_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("CORTEX_HOME", dir.path())
+            .env("CORTEX_DISPATCH_ID", "dsp-test-1")
+            .env("CORTEX_TASK_ID", "task-test-1")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // Until the exec, the child shows the parent's environment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut found = find(&home);
+        while found.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            found = find(&home);
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].pid, found[0].pgid), (pid, pid));
+        assert_eq!(found[0].task_id, "task-test-1");
+        assert!(!found[0].shim);
+        assert!(find(&Home::at(other.path())).is_empty(), "another home's search finds nothing");
+        let stopped = stop_all(&home, Duration::from_secs(2));
+        assert_eq!(stopped.len(), 1);
+        let _ = child.wait();
+        assert!(find(&home).is_empty());
+    }
+
+    use std::os::unix::process::CommandExt;
+}
