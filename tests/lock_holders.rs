@@ -270,3 +270,40 @@ fn a_lock_timeout_names_the_real_holder_and_cortex_locks_lists_it() {
     let text = h.cortex_ok(&["locks"]);
     assert!(text.contains(&format!("held by PID {} (flock, exclusive)", holder.id())), "{text}");
 }
+
+/// 17.1, one daemon: its PID file deleted (then replaced by a planted one) while it runs. It is
+/// still found by its lock, a second copy refuses to start, it writes its PID file again within a
+/// second, and `cortex stop` stops it.
+#[test]
+fn a_running_daemon_whose_pid_file_is_deleted_is_found_and_never_started_twice() {
+    let h = TestHome::new();
+    let mut daemon = h.spawn_daemon("metrics");
+    let pid = daemon.id();
+    let home = Home::at(h.path());
+    let pid_file = h.join("run/metrics.pid");
+    let running = || matches!(cortex::pidfile::status(&home, "metrics"), Ok(cortex::pidfile::PidStatus::Running(p)) if p == pid);
+    wait_until(Duration::from_secs(60), "metrics running", || {
+        running() && std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == pid.to_string())
+    });
+    std::fs::remove_file(&pid_file).unwrap();
+    assert!(running(), "found by the lock on its deleted PID file");
+    let second = Command::new(bin("cortex-metrics")).arg("--home").arg(h.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr).into_owned();
+    assert!(!second.status.success(), "a second metrics started: {err}");
+    assert!(err.contains(&format!("PID {pid}")), "names the running daemon: {err}");
+    wait_until(Duration::from_secs(5), "the PID file written again", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == pid.to_string())
+    });
+    // Replaced by a planted file (a rename over it): written again too.
+    let planted = h.join("run/planted.tmp");
+    std::fs::write(&planted, "1\n").unwrap();
+    std::fs::rename(&planted, &pid_file).unwrap();
+    wait_until(Duration::from_secs(5), "the PID file written again", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == pid.to_string())
+    });
+    assert!(running());
+    let out = h.cortex(&["stop", "metrics"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let st = daemon.wait().unwrap();
+    assert!(st.success(), "stopped by SIGTERM, cleanly: {st}");
+}
