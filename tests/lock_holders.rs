@@ -27,7 +27,8 @@ impl FlockHolder {
 
 impl Drop for FlockHolder {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -110,8 +111,14 @@ fn a_waiter_never_writes_through_a_lock_path_swapped_for_a_link() {
         }
         // Put the real lock file back under its name for the next run.
         if std::fs::symlink_metadata(&lock).is_ok_and(|m| m.file_type().is_symlink()) {
-            nix::fcntl::renameat2(nix::fcntl::AT_FDCWD, &lock, nix::fcntl::AT_FDCWD, &link, nix::fcntl::RenameFlags::RENAME_EXCHANGE)
-                .unwrap();
+            nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &lock,
+                nix::fcntl::AT_FDCWD,
+                &link,
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            )
+            .unwrap();
         }
     }
 }
@@ -213,7 +220,12 @@ fn deleting_a_held_lock_file_never_gives_two_holders() {
         assert!(got.contains("deleted"), "says the lock file was deleted: {got}");
         // `cortex locks` shows it held on its deleted file.
         let locks: serde_json::Value = serde_json::from_str(&h.cortex_ok(&["locks", "--json"])).unwrap();
-        let q = locks["locks"].as_array().unwrap().iter().find(|l| l["path"] == "coordination/.locks/task-queue.lock").cloned();
+        let q = locks["locks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["path"] == "coordination/.locks/task-queue.lock")
+            .cloned();
         let q = q.expect("task-queue lock listed");
         assert_eq!(q["holders"][0]["pid"], holder.id(), "{q}");
         // The waiter gets it once the holder releases (its stdin closes).
@@ -281,7 +293,8 @@ fn a_running_daemon_whose_pid_file_is_deleted_is_found_and_never_started_twice()
     let pid = daemon.id();
     let home = Home::at(h.path());
     let pid_file = h.join("run/metrics.pid");
-    let running = || matches!(cortex::pidfile::status(&home, "metrics"), Ok(cortex::pidfile::PidStatus::Running(p)) if p == pid);
+    let running =
+        || matches!(cortex::pidfile::status(&home, "metrics"), Ok(cortex::pidfile::PidStatus::Running(p)) if p == pid);
     wait_until(Duration::from_secs(60), "metrics running", || {
         running() && std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == pid.to_string())
     });

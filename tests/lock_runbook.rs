@@ -29,7 +29,8 @@ fn daemon_processes(home: &Path) -> HashMap<String, Vec<u32>> {
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let theirs = args.windows(2).find(|w| w[0] == b"--home").map(|w| PathBuf::from(std::ffi::OsStr::from_bytes(w[1])));
+        let theirs =
+            args.windows(2).find(|w| w[0] == b"--home").map(|w| PathBuf::from(std::ffi::OsStr::from_bytes(w[1])));
         if theirs.and_then(|p| std::fs::canonicalize(p).ok()).as_deref() == Some(home.as_path()) {
             out.entry(daemon.to_string()).or_default().push(pid);
         }
@@ -83,9 +84,13 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
         l = log.display()
     );
     let ids: Vec<String> = (0..12)
-        .map(|i| f.ok(&["task", "add", "--description", &format!("t{i}"), "--", "sh", "-c", &script]).trim().to_string())
+        .map(|i| {
+            f.ok(&["task", "add", "--description", &format!("t{i}"), "--", "sh", "-c", &script]).trim().to_string()
+        })
         .collect();
-    wait_until(Duration::from_secs(60), "a task to start", || std::fs::read_to_string(&log).is_ok_and(|s| !s.is_empty()));
+    wait_until(Duration::from_secs(60), "a task to start", || {
+        std::fs::read_to_string(&log).is_ok_and(|s| !s.is_empty())
+    });
 
     // The operator's "cleanup": every PID file, then every lock file.
     for d in cortex::daemon::DAEMONS {
@@ -106,7 +111,8 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
     // Each daemon writes its PID file again within a second.
     wait_until(Duration::from_secs(5), "every PID file written again", || {
         cortex::daemon::DAEMONS.iter().all(|d| {
-            let pid = std::fs::read_to_string(f.h.join(&format!("run/{d}.pid"))).ok().and_then(|s| s.trim().parse().ok());
+            let pid =
+                std::fs::read_to_string(f.h.join(&format!("run/{d}.pid"))).ok().and_then(|s| s.trim().parse().ok());
             pid.is_some() && pid == f.pid(d)
         })
     });
@@ -120,7 +126,10 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
     });
     let marks = std::fs::read_to_string(&log).unwrap();
     for id in &ids {
-        let starts = marks.lines().filter(|l| l.split_whitespace().nth(1) == Some(id.as_str()) && l.starts_with("start")).count();
+        let starts = marks
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(id.as_str()) && l.starts_with("start"))
+            .count();
         assert_eq!(starts, 1, "task {id} ran {starts} times:\n{marks}");
     }
     assert_one_each(&f, "after the tasks");

@@ -15,8 +15,11 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
             "free".to_string()
         } else {
             let mode = |e: bool| if e { "exclusive" } else { "shared" };
-            let list: Vec<String> =
-                l.holders.iter().map(|h| format!("PID {} ({}, {})", h.pid, super::text::safe(&h.command), mode(h.exclusive))).collect();
+            let list: Vec<String> = l
+                .holders
+                .iter()
+                .map(|h| format!("PID {} ({}, {})", h.pid, super::text::safe(&h.command), mode(h.exclusive)))
+                .collect();
             let deleted = if l.state == "held_deleted" { " on its deleted file" } else { "" };
             format!("held by {}{deleted}", list.join(", "))
         };

@@ -120,7 +120,9 @@ enum Still {
 
 fn still_named(path: &Path, opened: &Metadata) -> Result<Still> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.dev() == opened.dev() && m.ino() == opened.ino() && m.nlink() > 0 => Ok(Still::Same { size: m.len() }),
+        Ok(m) if m.dev() == opened.dev() && m.ino() == opened.ino() && m.nlink() > 0 => {
+            Ok(Still::Same { size: m.len() })
+        }
         Ok(_) => Ok(Still::Replaced),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Still::Replaced),
         Err(e) => Err(Error::io(path, "stat lock file", e)),
@@ -230,10 +232,8 @@ fn timeout_error(path: &Path, file: Option<&File>, start: Instant) -> Error {
 fn wait_deleted_predecessors(path: &Path, mode: Mode, deadline: Instant, start: Instant) -> Result<()> {
     let mut backoff = Duration::from_millis(5);
     loop {
-        let holds: Vec<_> = holders::deleted_holders(path)
-            .into_iter()
-            .filter(|h| mode == Mode::Exclusive || h.exclusive)
-            .collect();
+        let holds: Vec<_> =
+            holders::deleted_holders(path).into_iter().filter(|h| mode == Mode::Exclusive || h.exclusive).collect();
         let Some(hold) = holds.first() else { return Ok(()) };
         let timed_out = |file: Option<&File>| {
             let who = holds

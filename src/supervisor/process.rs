@@ -221,11 +221,7 @@ pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess
     let path = home.pid_file(daemon);
     let holders = pidfile::lock_holders(home, daemon);
     if !holders.iter().any(|h| h.pid == pid) {
-        let who = if holders.is_empty() {
-            "nobody".to_string()
-        } else {
-            crate::store::holders::describe(&holders)
-        };
+        let who = if holders.is_empty() { "nobody".to_string() } else { crate::store::holders::describe(&holders) };
         return refuse(format!(
             "it does not hold the lock of {} (the kernel's lock table names {who})",
             path.display()
