@@ -109,14 +109,24 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
     assert_one_each(&f, "after health-check --fix and start-cortex.sh");
 
     // Each daemon writes its PID file again within a second.
-    wait_until(Duration::from_secs(5), "every PID file written again", || {
-        cortex::daemon::DAEMONS.iter().all(|d| {
-            let pid =
-                std::fs::read_to_string(f.h.join(&format!("run/{d}.pid"))).ok().and_then(|s| s.trim().parse().ok());
-            pid.is_some() && pid == f.pid(d)
-        })
-    });
-
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let last = cortex::daemon::DAEMONS
+            .iter()
+            .filter_map(|d| {
+                let file = std::fs::read_to_string(f.h.join(&format!("run/{d}.pid"))).ok();
+                let held = f.pid(d);
+                let in_file = file.as_deref().and_then(|s| s.trim().parse::<u32>().ok());
+                let ok = in_file.is_some() && in_file == held;
+                (!ok).then(|| format!("{d}: file {file:?}, lock holder {held:?}"))
+            })
+            .collect::<Vec<_>>();
+        if last.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "PID files not written again: {last:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     wait_until(Duration::from_secs(120), "every task finished", || {
         let all: serde_json::Value = serde_json::from_str(&f.ok(&["task", "list", "--all", "--json"])).unwrap();
         let tasks = all["tasks"].as_array().cloned().unwrap_or_default();
@@ -139,6 +149,15 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
     }
 
     f.ok(&["stop"]);
-    let left = daemon_processes(f.h.path());
+    // Each has released its PID file; the processes are gone a moment later.
+    let mut left = HashMap::new();
+    let gone_in_time = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < gone_in_time {
+        left = daemon_processes(f.h.path());
+        if left.values().all(|v| v.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(left.values().all(|v| v.is_empty()), "stop left {left:?}");
 }
