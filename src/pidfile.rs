@@ -12,7 +12,7 @@
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::store::holders;
-use crate::store::lock::{check_owned_regular, open_checked};
+use crate::store::lock::open_checked;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -172,6 +172,7 @@ impl Drop for PidFile {
 }
 
 /// Opens an existing PID file for reading, never through a link; None when it is missing.
+/// (Taking a PID file, [`PidFile::acquire`], also requires that we own it.)
 fn open_existing(path: &Path) -> Result<Option<(File, Metadata)>> {
     let file = match OpenOptions::new().read(true).custom_flags(crate::store::atomic::NO_FOLLOW).open(path) {
         Ok(f) => f,
@@ -179,7 +180,13 @@ fn open_existing(path: &Path) -> Result<Option<(File, Metadata)>> {
         Err(e) => return Err(Error::io(path, "open PID file", e)),
     };
     let meta = file.metadata().map_err(|e| Error::io(path, "stat PID file", e))?;
-    check_owned_regular(path, &meta)?;
+    // A look only (root may inspect a user's home): any owner, but a regular file.
+    if !meta.is_file() {
+        return Err(Error::other(format!(
+            "{} is not a regular file; a PID file must be one: remove it",
+            path.display()
+        )));
+    }
     Ok(Some((file, meta)))
 }
 
@@ -193,22 +200,53 @@ fn deleted_holder(path: &Path) -> Option<u32> {
 /// it; its PID is the one the kernel's lock table names, not the number in the file.
 pub fn status(home: &Home, daemon: &str) -> Result<PidStatus> {
     let path = home.pid_file(daemon);
-    let Some((mut file, meta)) = open_existing(&path)? else {
-        return Ok(deleted_holder(&path).map_or(PidStatus::Absent, PidStatus::Running));
+    // A daemon writing its removed PID file again locks the new file, then releases the old
+    // one: a look that saw no file (or a free one) and then no deleted holder may have fallen
+    // between the two. When the path changed meanwhile, look again.
+    let identity = || std::fs::symlink_metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+    let mut tries = 0;
+    loop {
+        let before = identity();
+        let seen = look(&path)?;
+        tries += 1;
+        if matches!(seen, PidStatus::Running(_)) || identity() == before || tries >= 5 {
+            return Ok(seen);
+        }
+    }
+}
+
+fn look(path: &Path) -> Result<PidStatus> {
+    let Some((mut file, meta)) = open_existing(path)? else {
+        return Ok(deleted_holder(path).map_or(PidStatus::Absent, PidStatus::Running));
     };
     let pid = read_pid(&mut file);
     match file.try_lock_shared() {
         Ok(()) => {
             let _ = file.unlock();
-            Ok(deleted_holder(&path).map_or(PidStatus::Stale(pid), PidStatus::Running))
+            if let Some(p) = deleted_holder(path) {
+                return Ok(PidStatus::Running(p));
+            }
+            // The daemon may have taken this very file meanwhile (it locks it before it lets
+            // the deleted one go): a second look at its lock settles it.
+            match file.try_lock_shared() {
+                Ok(()) => {
+                    let _ = file.unlock();
+                    Ok(PidStatus::Stale(pid))
+                }
+                Err(std::fs::TryLockError::WouldBlock) => Ok(running(&meta, read_pid(&mut file))),
+                Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, "lock", e)),
+            }
         }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let kernel = holders::holders_of(meta.dev(), meta.ino());
-            // Locked but not yet written (a starting daemon): report it by its lock.
-            Ok(PidStatus::Running(kernel.iter().find(|h| h.exclusive).map(|h| h.pid).or(pid).unwrap_or(0)))
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, "lock", e)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(running(&meta, pid)),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, "lock", e)),
     }
+}
+
+/// A locked PID file: the daemon runs as the exclusive holder the kernel names (the number in
+/// the file only when the table does not say; 0 when neither does: a starting daemon).
+fn running(meta: &Metadata, in_file: Option<u32>) -> PidStatus {
+    let kernel = holders::holders_of(meta.dev(), meta.ino());
+    PidStatus::Running(kernel.iter().find(|h| h.exclusive).map(|h| h.pid).or(in_file).unwrap_or(0))
 }
 
 /// Every process holding the PID file of `daemon` exclusively (on the file or on a deleted

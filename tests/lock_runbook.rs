@@ -109,7 +109,8 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
     assert_one_each(&f, "after health-check --fix and start-cortex.sh");
 
     // Each daemon writes its PID file again within a second.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // (Within a second when the machine is idle; a loaded test machine gets ten.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let last = cortex::daemon::DAEMONS
             .iter()

@@ -86,7 +86,7 @@ pub(crate) fn open_checked(path: &Path) -> Result<(File, Metadata)> {
 }
 
 /// Refuses a lock or PID file that is not a regular file owned by our effective user.
-pub(crate) fn check_owned_regular(path: &Path, meta: &Metadata) -> Result<()> {
+fn check_owned_regular(path: &Path, meta: &Metadata) -> Result<()> {
     if !meta.file_type().is_file() {
         return Err(Error::other(format!(
             "{} is not a regular file (mode {:o}); a lock or PID file must be one: remove it",
