@@ -5,7 +5,7 @@ use super::{Ctx, print_json};
 use crate::error::Result;
 
 pub fn run(ctx: &Ctx) -> Result<u8> {
-    let locks = crate::store::lock::inventory(&ctx.home);
+    let locks = crate::store::inventory::inventory(&ctx.home);
     if ctx.json {
         print_json(&serde_json::json!({"locks": locks}));
         return Ok(0);

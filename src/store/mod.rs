@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod holders;
+pub mod inventory;
 pub mod jsonl;
 pub mod lock;
 pub mod outage;
