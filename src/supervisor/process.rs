@@ -1,6 +1,9 @@
 //! Daemon processes: spawning one (detached in its own session, or as a child in its own process
-//! group), waiting until it is ready, stopping it (SIGTERM, a deadline on its PID-file lock, then
-//! SIGKILL), the running worker's task process groups, and what /proc says about a process.
+//! group), waiting until it is ready, proving a PID is this home's daemon before anything
+//! signals it (it holds the PID file's lock per the kernel, runs `cortex-<daemon>`, has this
+//! home; signals then go through a pidfd), stopping it (SIGTERM, a deadline on its PID-file
+//! lock, then SIGKILL), the running worker's task process groups, and what /proc says about a
+//! process.
 
 use crate::daemon::read_mark;
 use crate::error::{Error, Result};
