@@ -75,7 +75,14 @@ pub struct DaemonContext {
     mark_every: Duration,
     stopping: bool,
     _watchers: Vec<notify::RecommendedWatcher>,
+    /// Held for the daemon's life; taken out only to be released last, after the log.
+    pidfile: Option<PidFile>,
+    /// When to check next that `run/<name>.pid` still names the locked file.
+    next_pid_check: Instant,
 }
+
+/// How often a daemon checks its PID file is still there (an operator may have removed it).
+const PID_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl DaemonContext {
     /// A sender the daemon's other threads use to wake the loop.
@@ -148,8 +155,22 @@ impl DaemonContext {
         Ok(())
     }
 
-    /// Waits for the next reason to wake, at most until `deadline`. SIGHUP (reopen the log) and
-    /// the heartbeat mark are handled here, so a daemon whose loop hangs stops heartbeating.
+    /// Writes the PID file again when it was removed or replaced (within a second: the check is
+    /// one `lstat`, on its own timer deadline in [`DaemonContext::wait`]).
+    fn check_pidfile(&mut self) {
+        self.next_pid_check = Instant::now() + PID_CHECK_EVERY;
+        if let Some(pf) = self.pidfile.as_mut() {
+            match pf.refresh() {
+                Ok(true) => tracing::warn!("{} was removed or replaced; written again", pf.path().display()),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot write the PID file again: {e}"),
+            }
+        }
+    }
+
+    /// Waits for the next reason to wake, at most until `deadline`. SIGHUP (reopen the log),
+    /// the heartbeat mark and the PID file check are handled here, so a daemon whose loop hangs
+    /// stops heartbeating.
     pub fn wait(&mut self, deadline: Option<Instant>) -> Wake {
         self.last_loop_at = chrono::Utc::now();
         loop {
@@ -159,9 +180,13 @@ impl DaemonContext {
                 tracing::warn!("cannot write heartbeat mark: {e}");
                 self.next_mark = Instant::now() + self.mark_every;
             }
+            if Instant::now() >= self.next_pid_check {
+                self.check_pidfile();
+            }
+            let own = self.next_mark.min(self.next_pid_check);
             let until = match deadline {
-                Some(d) => d.min(self.next_mark),
-                None => self.next_mark,
+                Some(d) => d.min(own),
+                None => own,
             };
             let timeout = until.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(timeout) {
@@ -322,6 +347,8 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
         next_mark: Instant::now(),
         stopping: false,
         _watchers: Vec::new(),
+        pidfile: Some(pidfile),
+        next_pid_check: Instant::now() + PID_CHECK_EVERY,
     };
     ctx.write_mark().inspect_err(|e| tracing::error!("{name} daemon cannot start: {e}"))?;
     tracing::info!(pid = std::process::id(), home = %home.root().display(), "{name} daemon starting");
@@ -353,6 +380,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
         }
     }
     let _ = std::fs::remove_file(home.daemon_mark(name));
+    let pidfile = ctx.pidfile.take();
     drop(ctx);
     drop(log);
     drop(pidfile);

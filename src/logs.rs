@@ -35,10 +35,8 @@ fn holds_rotated(pid: u32, log: &Path) -> bool {
 pub fn reopen(home: &Home) -> Vec<(String, u32)> {
     let mut done = Vec::new();
     for d in DAEMONS {
-        if let Ok(PidStatus::Running(pid)) = pidfile::status(home, d)
-            && pid != 0
-            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).is_ok()
-        {
+        // Only a process proven to be this home's daemon is signalled.
+        if let Ok(Some(pid)) = crate::supervisor::process::signal_daemon(home, d, nix::sys::signal::Signal::SIGHUP) {
             done.push((d.to_string(), pid));
         }
     }
@@ -95,7 +93,9 @@ pub fn rotate(home: &Home, max_size: u64, keep: u32, reopen_timeout: Duration) -
         };
         if let Some((daemon, pid)) = writer {
             r.daemon = Some(daemon.to_string());
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP);
+            if let Ok(p) = crate::supervisor::process::prove_daemon(home, daemon, pid) {
+                let _ = p.signal(nix::sys::signal::Signal::SIGHUP);
+            }
             let deadline = Instant::now() + reopen_timeout;
             let mut ok = !holds_rotated(pid, &log);
             while !ok && Instant::now() < deadline {

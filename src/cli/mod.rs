@@ -6,6 +6,7 @@ mod breaker;
 mod dispatches;
 mod events;
 mod heartbeat;
+mod locks;
 mod logs;
 mod metrics;
 mod recovery;
@@ -115,6 +116,8 @@ pub enum Command {
     /// Daemon logs: rotate, reopen, clean, archive, tail.
     #[command(subcommand)]
     Logs(logs::LogsCommand),
+    /// Every lock and PID file of the home, free or held, by whom (the kernel's lock table) and since when.
+    Locks,
 }
 
 /// What the CLI needs everywhere.
@@ -186,6 +189,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Run) => crate::supervisor::foreground::run(&ctx.home),
         Some(Command::HealthCheck(a)) => supervise::health_check(&ctx, a),
         Some(Command::Logs(c)) => logs::run(&ctx, c),
+        Some(Command::Locks) => locks::run(&ctx),
     }
 }
 

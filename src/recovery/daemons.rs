@@ -8,8 +8,7 @@ use crate::daemon::DAEMONS;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
 /// The daemons of `home` that run now, in start order, with their PIDs.
@@ -41,26 +40,26 @@ pub fn refuse_while_running(home: &Home, what: &str) -> Result<()> {
 pub fn stop_all(home: &Home, config: &Config) -> Result<Vec<&'static str>> {
     let mut run = running(home)?;
     run.reverse();
-    for (_, pid) in &run {
-        if *pid > 0 {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
-        }
+    // Each is proven to be our daemon (lock holder, binary, home) before it is signalled.
+    let mut proven = Vec::new();
+    for (d, pid) in &run {
+        let p = crate::supervisor::process::prove_daemon(home, d, *pid)?;
+        p.signal(Signal::SIGTERM)?;
+        proven.push((*d, p));
     }
     let grace = Duration::from_secs_f64(config.supervisor.stop_timeout_seconds.max(0.1));
     let deadline = Instant::now() + grace;
     let mut stubborn = Vec::new();
-    for (d, pid) in &run {
+    for (d, p) in proven {
         if !wait_pidfile_free(home, d, deadline.saturating_duration_since(Instant::now()))? {
-            stubborn.push((*d, *pid));
+            stubborn.push((d, p));
         }
     }
-    for (d, pid) in &stubborn {
-        tracing::warn!("{d} (PID {pid}) ignored SIGTERM for {grace:?}; sending SIGKILL");
-        if *pid > 0 {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-        }
+    for (d, p) in &stubborn {
+        tracing::warn!("{d} (PID {}) ignored SIGTERM for {grace:?}; sending SIGKILL", p.pid);
+        p.signal(Signal::SIGKILL)?;
         if !wait_pidfile_free(home, d, Duration::from_secs(5))? {
-            return Err(Error::other(format!("{d} (PID {pid}) did not stop even after SIGKILL")));
+            return Err(Error::other(format!("{d} (PID {}) did not stop even after SIGKILL", p.pid)));
         }
     }
     Ok(run.into_iter().map(|(d, _)| d).collect())
@@ -68,7 +67,7 @@ pub fn stop_all(home: &Home, config: &Config) -> Result<Vec<&'static str>> {
 
 /// Waits until nobody holds the daemon's PID-file lock (the daemon has exited).
 fn wait_pidfile_free(home: &Home, daemon: &str, timeout: Duration) -> Result<bool> {
-    match crate::store::lock::lock_exclusive(&home.pid_file(daemon), timeout) {
+    match crate::store::lock::lock_exclusive_quiet(&home.pid_file(daemon), timeout) {
         Ok(guard) => {
             drop(guard);
             Ok(true)

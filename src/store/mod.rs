@@ -7,6 +7,8 @@
 //!   under the file's lock (invariant 3), and quarantine of bad files (invariant 7).
 
 pub mod atomic;
+pub mod holders;
+pub mod inventory;
 pub mod jsonl;
 pub mod lock;
 pub mod open;

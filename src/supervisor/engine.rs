@@ -174,12 +174,18 @@ impl Engine {
 
     /// A thread blocks in `flock` on the PID file; it returns the moment the daemon dies.
     fn watch_lock(&self, name: &'static str, pid: u32) {
-        let path = self.home.pid_file(name);
+        // The inode the daemon holds (its PID file, or a deleted one it still holds).
+        let held = pidfile::open_held(&self.home, name, pid);
         let (notes, waker) = (self.notes.clone(), self.waker.clone());
         let _ = std::thread::Builder::new().name(format!("watch-{name}")).spawn(move || {
-            if let Ok(f) = std::fs::File::open(&path) {
-                let _ = f.lock();
-                let _ = f.unlock();
+            match held {
+                Some(f) => {
+                    let _ = f.lock();
+                    let _ = f.unlock();
+                }
+                // Between a removed PID file and the daemon writing it again: look again in a
+                // second (rare; the lock is not reachable meanwhile).
+                None => std::thread::sleep(Duration::from_secs(1)),
             }
             notes.lock().unwrap_or_else(|e| e.into_inner()).push(Note::LockFree { name, pid });
             let _ = waker.send(Wake::Message(NOTE.into()));

@@ -1,12 +1,15 @@
 //! Daemon processes: spawning one (detached in its own session, or as a child in its own process
-//! group), waiting until it is ready, stopping it (SIGTERM, a deadline on its PID-file lock, then
-//! SIGKILL), the running worker's task process groups, and what /proc says about a process.
+//! group), waiting until it is ready, proving a PID is this home's daemon before anything
+//! signals it (it holds the PID file's lock per the kernel, runs `cortex-<daemon>`, has this
+//! home; signals then go through a pidfd), stopping it (SIGTERM, a deadline on its PID-file
+//! lock, then SIGKILL), the running worker's task process groups, and what /proc says about a
+//! process.
 
 use crate::daemon::read_mark;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
-use crate::store::lock::{LockGuard, lock_exclusive};
+use crate::store::lock::{LockGuard, lock_exclusive_quiet};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
@@ -136,31 +139,154 @@ pub enum Stopped {
     Killed,
 }
 
-/// Stops the daemon running as `pid` (its PID file is locked by it): SIGTERM, wait on the PID
-/// file's lock until `timeout`, then SIGKILL (or SIGKILL at once with `force`). Returns how it
-/// went and the PID file's lock, now held by the caller (so nothing restarts it before the caller
-/// has tidied up).
-pub fn stop_pid(home: &Home, daemon: &str, pid: u32, timeout: Duration, force: bool) -> Result<(Stopped, LockGuard)> {
+/// A process proven to be `daemon` of this home, held by a pidfd so a signal can never reach
+/// another process that reused the PID.
+pub struct DaemonProcess {
+    pub pid: u32,
+    pidfd: std::os::fd::OwnedFd,
+}
+
+impl DaemonProcess {
+    /// Sends `sig` to the proven process (through its pidfd).
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal reads only its arguments; the pidfd is ours and open.
+        let rc = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig as nix::libc::c_int,
+                std::ptr::null::<nix::libc::siginfo_t>(),
+                0,
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            _ => match std::io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(nix::libc::ESRCH) => Ok(()),
+                e => Err(Error::other(format!("cannot send {} to PID {}: {e}", sig.as_str(), self.pid))),
+            },
+        }
+    }
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor we then own.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The `--home` a process was started with (`--home DIR` or `--home=DIR` in its command line),
+/// else its `CORTEX_HOME`/`COMMIT_RELAY_HOME`, else its working directory.
+fn process_home(pid: u32) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+    for (i, a) in args.iter().enumerate() {
+        if *a == b"--home" {
+            return args.get(i + 1).map(|v| os(v).into());
+        }
+        if let Some(v) = a.strip_prefix(b"--home=") {
+            return Some(os(v).into());
+        }
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    for var in [&b"CORTEX_HOME="[..], b"COMMIT_RELAY_HOME="] {
+        if let Some(v) = environ.split(|b| *b == 0).find_map(|e| e.strip_prefix(var)) {
+            return Some(os(v).into());
+        }
+    }
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// Proves that `pid` is `daemon` of this home before anything signals it: it holds the daemon's
+/// PID-file lock (the kernel's lock table, on the file or a deleted predecessor), its
+/// executable is the daemon's binary (`cortex-<daemon>`, also when an upgrade replaced the file),
+/// and its home is this home. Refuses naming the PID and what did not match.
+pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess> {
+    let refuse = |why: String| Err(Error::refused(format!("not signalling PID {pid} as {daemon}: {why}")));
     if pid == 0 {
         return Err(Error::refused(format!("{daemon} is starting (its PID file has no PID yet); try again")));
     }
+    let pidfd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => return refuse(format!("the process cannot be reached ({e})")),
+    };
     let path = home.pid_file(daemon);
-    let target = Pid::from_raw(pid as i32);
+    let holders = pidfile::lock_holders(home, daemon);
+    if !holders.iter().any(|h| h.pid == pid) {
+        let who = if holders.is_empty() { "nobody".to_string() } else { crate::store::holders::describe(&holders) };
+        return refuse(format!(
+            "it does not hold the lock of {} (the kernel's lock table names {who})",
+            path.display()
+        ));
+    }
+    let want = crate::daemon::binary_name(daemon);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let exe_name = exe.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+    let exe_name = exe_name.as_deref().map(|n| n.strip_suffix(" (deleted)").unwrap_or(n));
+    if exe_name != Some(want.as_str()) {
+        let shown = exe.map(|p| p.display().to_string()).unwrap_or_else(|| "unreadable".into());
+        return refuse(format!("its executable is {shown}, not {want}"));
+    }
+    let ours = std::fs::canonicalize(home.root()).unwrap_or_else(|_| home.root().to_path_buf());
+    let theirs = process_home(pid);
+    let theirs_canon = theirs.as_ref().map(|p| {
+        let p = if p.is_relative() {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).map(|c| c.join(p)).unwrap_or_else(|_| p.clone())
+        } else {
+            p.clone()
+        };
+        std::fs::canonicalize(&p).unwrap_or(p)
+    });
+    if theirs_canon.as_deref() != Some(ours.as_path()) {
+        let shown = theirs.map(|p| p.display().to_string()).unwrap_or_else(|| "unknown".into());
+        return refuse(format!("its home is {shown}, not {}", ours.display()));
+    }
+    Ok(DaemonProcess { pid, pidfd })
+}
+
+/// Stops the daemon running as `pid` (its PID file is locked by it): proves it is our daemon,
+/// SIGTERM, wait on the PID file's lock until `timeout`, then SIGKILL (or SIGKILL at once with
+/// `force`). Returns how it went and the PID file's lock, now held by the caller (so nothing
+/// restarts it before the caller has tidied up).
+pub fn stop_pid(home: &Home, daemon: &str, pid: u32, timeout: Duration, force: bool) -> Result<(Stopped, LockGuard)> {
+    let target = prove_daemon(home, daemon, pid)?;
+    let path = home.pid_file(daemon);
     let first = if force { Signal::SIGKILL } else { Signal::SIGTERM };
-    let _ = kill(target, first);
-    match lock_exclusive(&path, if force { Duration::from_secs(10) } else { timeout }) {
+    target.signal(first)?;
+    match lock_exclusive_quiet(&path, if force { Duration::from_secs(10) } else { timeout }) {
         Ok(g) => return Ok((if force { Stopped::Killed } else { Stopped::Graceful }, g)),
         Err(Error::LockTimeout { .. }) if !force => {}
         Err(e) => return Err(e),
     }
-    let _ = kill(target, Signal::SIGKILL);
-    match lock_exclusive(&path, Duration::from_secs(10)) {
+    target.signal(Signal::SIGKILL)?;
+    match lock_exclusive_quiet(&path, Duration::from_secs(10)) {
         Ok(g) => Ok((Stopped::KilledAfterTimeout, g)),
         Err(Error::LockTimeout { .. }) => Err(Error::other(format!(
             "{daemon} (PID {pid}) still holds {} 10 s after SIGKILL; the process may be stuck in the kernel (D state)",
             path.display()
         ))),
         Err(e) => Err(e),
+    }
+}
+
+/// Sends `sig` to the running `daemon` of this home once it is proven to be ours (the lock
+/// holder the kernel names, its binary, its home). Returns its PID; Ok(None) when not running.
+pub fn signal_daemon(home: &Home, daemon: &str, sig: Signal) -> Result<Option<u32>> {
+    match pidfile::status(home, daemon)? {
+        PidStatus::Running(pid) => {
+            let p = prove_daemon(home, daemon, pid)?;
+            p.signal(sig)?;
+            Ok(Some(pid))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -22,46 +22,17 @@ use crate::error::{Error, Result};
 use crate::files::TASK_INTAKE;
 use crate::store::Store;
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::sync::mpsc;
-use std::time::Instant;
 
 /// A shared lock on the intake; dropping it releases the lock.
 pub struct SharedIntakeLock {
-    file: File,
-}
-
-impl Drop for SharedIntakeLock {
-    fn drop(&mut self) {
-        let _ = self.file.unlock();
-    }
+    _guard: crate::store::lock::LockGuard,
 }
 
 /// Takes the intake lock SHARED (appenders, consistent readers), waiting at most `timeout`.
 pub fn lock_shared(store: &Store) -> Result<SharedIntakeLock> {
     let path = store.home().lock_file(TASK_INTAKE.lock);
-    let file = crate::store::lock::open_lock_file(&path)?;
-    match file.try_lock_shared() {
-        Ok(()) => return Ok(SharedIntakeLock { file }),
-        Err(std::fs::TryLockError::WouldBlock) => {}
-        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, "lock", e)),
-    }
-    // Contended: block in a helper thread so the wait has a deadline (as store::lock does).
-    let start = Instant::now();
-    let timeout = store.lock_timeout();
-    let (tx, rx) = mpsc::sync_channel::<std::io::Result<File>>(1);
-    std::thread::Builder::new()
-        .name("intake-lock-wait".into())
-        .spawn(move || {
-            let _ = tx.send(file.lock_shared().map(|()| file));
-        })
-        .map_err(|e| Error::io(&path, "spawn lock waiter for", e))?;
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(file)) => Ok(SharedIntakeLock { file }),
-        Ok(Err(e)) => Err(Error::io(&path, "lock", e)),
-        Err(_) => Err(Error::LockTimeout { lock: path, holder: None, waited_ms: start.elapsed().as_millis() }),
-    }
+    Ok(SharedIntakeLock { _guard: crate::store::lock::lock_shared(&path, store.lock_timeout())? })
 }
 
 /// Appends a new task to the intake: one line, one `write`, fdatasync. O(1) in the queue size.
