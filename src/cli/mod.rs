@@ -55,7 +55,7 @@ pub enum Command {
     /// Configuration: check, restore-defaults.
     #[command(subcommand)]
     Config(setup::ConfigCommand),
-    /// The event log: emit, list.
+    /// The event log: emit, list, ack (acknowledge handled errors and criticals).
     #[command(subcommand)]
     Event(events::EventCommand),
     /// Recurring tasks on cron or interval schedules: add, list, show, pause, resume, remove, run-now.
