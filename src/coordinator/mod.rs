@@ -831,27 +831,6 @@ impl ScheduleGate {
     }
 }
 
-#[cfg(test)]
-mod schedule_gate_tests {
-    use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    /// A file the gate reads, stat'ed within its timestamp tick, is not trusted: the next cycle
-    /// passes again even though its identity did not change. One stat'ed later is trusted.
-    #[test]
-    fn a_racily_clean_schedules_file_is_passed_again() {
-        let (_dir, store) = crate::store::fresh_store();
-        let files = ScheduleGate::files(&store);
-        let newest = files.iter().flatten().map(|f| f.mtime_ns.max(f.ctime_ns)).max().unwrap();
-        let at = |ns: i128| UNIX_EPOCH + Duration::from_nanos(ns as u64);
-        let mut gate = ScheduleGate::default();
-        gate.pass_seen(&store, files, at(newest + 1_000_000));
-        assert_eq!(gate.seen, None, "stat'ed 1 ms after the change: not trusted");
-        gate.pass_seen(&store, files, at(newest + 10_000_000_000));
-        assert_eq!(gate.seen, Some(files), "stat'ed 10 s after the change: trusted");
-    }
-}
-
 /// Enqueues the runs of schedules that are due (`schedule::fire_due`) and returns when the next
 /// one is. Each run is added with its slot's fixed task id, so a slot re-fired after a crash
 /// between the enqueue and the schedule's cursor write finds its task and adds nothing.
@@ -934,3 +913,6 @@ impl BreakerGate {
         }
     }
 }
+
+#[cfg(test)]
+mod schedule_gate_tests;
