@@ -10,9 +10,19 @@
 //! close after `request_timeout`, at most `max_connections` open (more get 503), responses are
 //! written with a write timeout. `Transfer-Encoding` bodies are refused (411).
 //!
+//! - [`parse`]: the request parser, pure over bytes (head, headers, limits, body framing).
+//! - [`message`]: [`Request`] and [`Response`] as values, and a response's bytes.
+//! - this module: the reactor (connections, deadlines), the handler pool and the writes.
+//!
 //! tiny_http 0.12 was not used: it has no socket timeouts, one unbounded thread per connection,
 //! unbounded header lines, and on a declared `Content-Length` it did not read it allocates a
 //! buffer of that size (`Content-Length: 999999999999` aborts the process).
+
+pub mod message;
+pub mod parse;
+
+pub use message::{Request, Response, percent_decode};
+pub use parse::{MAX_HEAD_BYTES, Parsed, parse};
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -25,148 +35,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Largest request line plus headers.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Most headers in one request.
-const MAX_HEADERS: usize = 100;
 /// Requests waiting for a handler thread at most; more get 503.
 const QUEUE_CAPACITY: usize = 1024;
 /// Slow handlers (cancel waits for a process to end) run on their own threads, at most this many.
 const MAX_SLOW_HANDLERS: usize = 64;
-
-/// A complete request.
-#[derive(Debug)]
-pub struct Request {
-    pub method: String,
-    /// The path, without the query.
-    pub path: String,
-    /// The raw query string (after `?`), empty if none.
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    pub peer: SocketAddr,
-}
-
-impl Request {
-    /// A header's value (name compared case-insensitively).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    /// The decoded query parameters.
-    pub fn query_params(&self) -> HashMap<String, String> {
-        self.query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (percent_decode(k), percent_decode(v))
-            })
-            .collect()
-    }
-}
-
-/// Decodes `%XX` escapes and `+` (as a space); invalid escapes are kept as they are.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A response.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
-        Response { status, content_type, headers: Vec::new(), body: body.into() }
-    }
-
-    /// A JSON response (compact, newline-terminated).
-    pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
-        let mut body = serde_json::to_vec(value)
-            .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode the response: {e}\",\"code\":500}}").into_bytes());
-        body.push(b'\n');
-        Response::new(status, "application/json", body)
-    }
-
-    /// The error body every failure carries: `{"error": "...", "code": N}`.
-    pub fn error(status: u16, message: impl Into<String>) -> Response {
-        Response::json(status, &serde_json::json!({"error": message.into(), "code": status}))
-    }
-
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    fn to_bytes(&self, keep_alive: bool, head_only: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.body.len() + 160);
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\nCache-Control: no-store\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len(),
-            if keep_alive { "keep-alive" } else { "close" }
-        );
-        for (n, v) in &self.headers {
-            let _ = write!(out, "{n}: {v}\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        if !head_only {
-            out.extend_from_slice(&self.body);
-        }
-        out
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Status",
-    }
-}
 
 /// What a handler returns: a response now, work to run on its own thread (it may block for
 /// seconds, e.g. waiting for a cancelled process to end) so it never holds a pool thread, or a
@@ -340,99 +212,6 @@ enum Work {
     Respond(Job, Response),
     /// The server stops.
     Stop,
-}
-
-/// What [`parse`] made of the bytes a connection has sent so far.
-#[derive(Debug)]
-pub enum Parsed {
-    /// More bytes are needed (and whether the client waits for `100 Continue` first).
-    Incomplete { expect_continue: bool },
-    /// One whole request, which took the first `consumed` bytes.
-    Complete { req: Request, consumed: usize, keep_alive: bool, head_only: bool },
-    /// The request is refused with this response (the connection is then closed).
-    Bad(Response),
-}
-
-/// Parses the request at the start of `buf` (a connection's unconsumed bytes): head within
-/// [`MAX_HEAD_BYTES`], at most `MAX_HEADERS` headers, a body of `Content-Length` up to
-/// `max_body`. Pure (no I/O), so the fuzzer calls it directly.
-pub fn parse(buf: &[u8], peer: SocketAddr, max_body: usize) -> Parsed {
-    let limit = buf.len().min(MAX_HEAD_BYTES + 4);
-    let Some(head_end) = buf[..limit].windows(4).position(|w| w == b"\r\n\r\n") else {
-        if buf.len() > MAX_HEAD_BYTES {
-            return Parsed::Bad(Response::error(431, "request head too large"));
-        }
-        return Parsed::Incomplete { expect_continue: false };
-    };
-    let Ok(head) = std::str::from_utf8(&buf[..head_end]) else {
-        return Parsed::Bad(Response::error(400, "request head is not valid UTF-8"));
-    };
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Parsed::Bad(Response::error(400, "malformed request line"));
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/') {
-        return Parsed::Bad(Response::error(400, "malformed request line"));
-    }
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        v if v.starts_with("HTTP/") => {
-            return Parsed::Bad(Response::error(505, "only HTTP/1.0 and HTTP/1.1 are served"));
-        }
-        _ => return Parsed::Bad(Response::error(400, "malformed request line")),
-    };
-    let mut headers = Vec::new();
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Parsed::Bad(Response::error(400, "malformed header line"));
-        };
-        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-            return Parsed::Bad(Response::error(400, "malformed header name"));
-        }
-        headers.push((name.to_string(), value.trim().to_string()));
-        if headers.len() > MAX_HEADERS {
-            return Parsed::Bad(Response::error(431, "too many headers"));
-        }
-    }
-    fn get<'h>(headers: &'h [(String, String)], n: &'static str) -> impl Iterator<Item = &'h str> + 'h {
-        headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str())
-    }
-    if get(&headers, "Transfer-Encoding").next().is_some() {
-        return Parsed::Bad(Response::error(411, "chunked request bodies are not accepted; send Content-Length"));
-    }
-    let mut lengths = get(&headers, "Content-Length").map(|v| v.parse::<u64>());
-    let length = match (lengths.next(), lengths.next()) {
-        (None, _) => 0,
-        (Some(Ok(n)), None) => n,
-        _ => return Parsed::Bad(Response::error(400, "invalid Content-Length")),
-    };
-    drop(lengths);
-    if length > max_body as u64 {
-        return Parsed::Bad(Response::error(413, format!("request body too large: at most {max_body} bytes")));
-    }
-    let length = length as usize;
-    let body_start = head_end + 4;
-    if buf.len() < body_start + length {
-        let expect_continue = get(&headers, "Expect").any(|v| v.eq_ignore_ascii_case("100-continue"));
-        return Parsed::Incomplete { expect_continue };
-    }
-    let connection = get(&headers, "Connection").next().unwrap_or("").to_ascii_lowercase();
-    let keep_alive = if http10 { connection.contains("keep-alive") } else { !connection.contains("close") };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let head_only = method == "HEAD";
-    let req = Request {
-        method: if head_only { "GET".into() } else { method.to_string() },
-        path: path.to_string(),
-        query: query.to_string(),
-        headers,
-        body: buf[body_start..body_start + length].to_vec(),
-        peer,
-    };
-    Parsed::Complete { req, consumed: body_start + length, keep_alive, head_only }
 }
 
 /// Best-effort write of a small response on a non-blocking socket, then close.
@@ -765,53 +544,5 @@ impl WorkerCtx {
         if self.back.send(back).is_ok() {
             let _ = (&self.wake).write(b"c");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer() -> SocketAddr {
-        "127.0.0.1:1".parse().unwrap()
-    }
-
-    #[test]
-    fn parses_a_request_with_body() {
-        let raw = b"POST /scheduler/pause?x=a%20b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcdGET";
-        match parse(raw, peer(), 100) {
-            Parsed::Complete { req, consumed, keep_alive, .. } => {
-                assert_eq!(req.method, "POST");
-                assert_eq!(req.path, "/scheduler/pause");
-                assert_eq!(req.query_params()["x"], "a b");
-                assert_eq!(req.body, b"abcd");
-                assert_eq!(consumed, raw.len() - 3);
-                assert!(keep_alive);
-            }
-            _ => panic!("expected a complete request"),
-        }
-    }
-
-    #[test]
-    fn rejects_bad_input() {
-        let status = |raw: &[u8]| match parse(raw, peer(), 10) {
-            Parsed::Bad(r) => r.status,
-            Parsed::Incomplete { .. } => 0,
-            Parsed::Complete { .. } => 200,
-        };
-        assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n"), 413);
-        assert_eq!(status(b"garbage\r\n\r\n"), 400);
-        assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 505);
-        assert_eq!(status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), 411);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nHost"), 0);
-        assert_eq!(status(&[b'a'; MAX_HEAD_BYTES + 10]), 431);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"), 0);
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb+c"), "a/b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

@@ -21,6 +21,7 @@ use crate::files::{DISPATCH_SCHEMA, SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
+use crate::store::identity::FileIdentity;
 use crate::task::dispatches::{self, spec_path};
 use crate::task::model::{
     DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
@@ -30,32 +31,19 @@ use crate::task::retry::FailureStreaks;
 use crate::task::worker_types::{TemplateVars, WorkerTypes, expand};
 use crate::task::{archive, budget, intake, ops};
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 /// The lock every spec read-modify-write takes (the last in the lock order).
 pub const WORKER_SPECS_LOCK: &str = "worker-specs";
 
-/// Identity of the queue file as we last wrote it (a rename gives a new inode; an in-place edit
-/// changes size or times), so an unchanged queue is not parsed again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
-
-fn file_id(path: &std::path::Path) -> Option<FileId> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileId {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-    })
+/// The identity of a file the coordinator reads (see [`FileIdentity`]); None when it cannot be
+/// stat'ed. The queue and budget identities are taken under their file's lock right after this
+/// coordinator's own atomic replace, to skip parsing its own write again: every other writer
+/// replaces those files by rename under the same lock, which always gives a new inode, so they
+/// need no racily-clean guard (one would re-parse every write: its stat follows it within
+/// microseconds). The schedule gate reads files others write, and applies the guard.
+fn file_id(path: &std::path::Path) -> Option<FileIdentity> {
+    FileIdentity::stat(path).ok().flatten()
 }
 
 /// What one cycle did (for tests and logs).
@@ -75,7 +63,7 @@ pub struct Coordinator {
     store: Store,
     config: Config,
     clock: Box<dyn Clock>,
-    cache: Option<(FileId, TaskQueue)>,
+    cache: Option<(FileIdentity, TaskQueue)>,
     /// Final statuses of archived tasks that queued tasks wait for (`--after`).
     after_cache: HashMap<String, TaskStatus>,
     /// Dispatches recorded in the queue whose spec is known to be missing (written by no one):
@@ -87,7 +75,7 @@ pub struct Coordinator {
     /// Set for the first cycle: settle budget reservations no running dispatch holds.
     reconcile_budget: bool,
     /// The budget file as we last wrote it.
-    budget_id: Option<FileId>,
+    budget_id: Option<FileIdentity>,
     /// Tasks as last written and validated (the queue write checks only changed ones).
     validated: crate::task::queue_file::ValidatedTasks,
     /// Finished tasks (id, status, dispatch count) appended to the archive by a cycle whose queue
@@ -832,13 +820,13 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
 #[derive(Default)]
 struct ScheduleGate {
     /// The files as the last successful pass saw them.
-    seen: Option<[Option<FileId>; 3]>,
+    seen: Option<[Option<FileIdentity>; 3]>,
     /// The earliest next run the last pass reported.
     next: Option<Timestamp>,
 }
 
 impl ScheduleGate {
-    fn files(store: &Store) -> [Option<FileId>; 3] {
+    fn files(store: &Store) -> [Option<FileIdentity>; 3] {
         [
             file_id(&store.path(crate::files::SCHEDULES)),
             file_id(&store.path(SCHEDULER_STATE)),
@@ -849,13 +837,25 @@ impl ScheduleGate {
     /// Runs a pass if one is needed; returns when the next schedule is due.
     fn pass(&mut self, store: &Store) -> Option<Timestamp> {
         let files = Self::files(store);
+        self.pass_seen(store, files, std::time::SystemTime::now())
+    }
+
+    /// [`ScheduleGate::pass`] with the files as stat'ed at `seen_at`.
+    fn pass_seen(
+        &mut self,
+        store: &Store,
+        files: [Option<FileIdentity>; 3],
+        seen_at: std::time::SystemTime,
+    ) -> Option<Timestamp> {
         let due = self.next.is_some_and(|n| n <= SystemClock.now());
         if self.seen.as_ref() == Some(&files) && !due {
             return self.next;
         }
         match fire_schedules(store) {
             Ok(next) => {
-                self.seen = Some(files);
+                // A file changed within its timestamp tick when it was stat'ed may change again
+                // unseen (same size and times): pass again next time rather than trust it.
+                self.seen = files.iter().flatten().all(|f| !f.is_racy_at(seen_at)).then_some(files);
                 self.next = next;
             }
             Err(()) => {
@@ -949,3 +949,6 @@ impl BreakerGate {
         }
     }
 }
+
+#[cfg(test)]
+mod schedule_gate_tests;

@@ -3,11 +3,13 @@
 //! - [`atomic`]: atomic, durable replacement of a file (invariant 1).
 //! - [`lock`]: flock on dedicated lock files with a deadline (invariant 2).
 //! - [`jsonl`]: single-`write` appends and tolerant readers (invariant 4).
+//! - [`identity`]: a file's identity by `stat`, and the racily-clean guard for skipping reads.
 //! - this module: typed documents ([`Document`]) loaded and schema-checked, read-modify-write
 //!   under the file's lock (invariant 3), and quarantine of bad files (invariant 7).
 
 pub mod atomic;
 pub mod holders;
+pub mod identity;
 pub mod inventory;
 pub mod jsonl;
 pub mod lock;
