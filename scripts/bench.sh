@@ -33,10 +33,11 @@
 # BENCH_TAIL_SECONDS (2: after the last task is archived, the CPU window stays open this long so
 # work a daemon does after the fact is counted), BENCH_DIR (where the temporary homes
 # go; default $TMPDIR or /tmp — compare a disk with /dev/shm to see the filesystem's share),
-# BENCH_SETTLE_SECONDS (65 on ext4, else 0: a pause before the latency and each throughput
-# section. ext4 without a journal skips every inode deleted in the last 60 s, longer while its
-# inode table block is dirty, on each file creation, so without it a section would pay for the
-# files the previous one deleted; set 0 to measure the sections back to back),
+# BENCH_SETTLE_SECONDS (65 on ext4, else 0: a pause before the latency section, each throughput,
+# fleet and backlog run, and xargs. ext4 without a journal skips every inode deleted in the last
+# 60 s, longer while its inode table block is dirty, on each file creation, so without it a
+# section would pay for the files the previous one deleted; set 0 to measure the sections back to
+# back),
 # BENCH_PERF_DIR (if set, each fleet and backlog run records `perf record --call-graph dwarf` of
 # the daemons in BENCH_PERF_DAEMONS, "coordinator integration heartbeat auto-fix", over its
 # timed window into DIR/<run>-<daemon>.data at BENCH_PERF_FREQ (999) Hz; perf slows what it
@@ -153,7 +154,7 @@ rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 archived() { [[ -f "$home/coordination/task-archive.jsonl" ]] && wc -l <"$home/coordination/task-archive.jsonl" || echo 0; }
 
 echo "Cortex task benchmark — $(date -u +%FT%TZ), $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg), release build"
-echo "homes under $work ($fs_type); ${settle_s} s pause before the latency and each throughput section"
+echo "homes under $work ($fs_type); ${settle_s} s pause before the latency section and each throughput, fleet, backlog and xargs run"
 echo
 
 # ratio_note LABEL A B DECIMALS [SUFFIX] -> "(LABEL A/B)", or nothing when A was not measured in
