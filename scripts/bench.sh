@@ -148,6 +148,8 @@ stop_all() {
 
 # CPU ticks (utime + stime) of a process so far, and its clock's ticks per second.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks (cutime + cstime) of the children a process has waited for.
+child_ticks() { awk '{print $16 + $17}' "/proc/$1/stat"; }
 hz="$(getconf CLK_TCK)"
 rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
@@ -390,7 +392,8 @@ met() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "ge") ? (v >= t) 
 # scheduler resumes and the run is timed until the last one is archived. The CPU window is from
 # just before the resume to tail_s after the last archive. Sets run_rate (tasks/s), run_secs,
 # run_add_mean / run_add_p50 (ms), run_bad (tasks not completed), and per daemon run_cpu[d]
-# (CPU ms per task) and run_rss[d] (MiB at the end of the run).
+# (CPU ms per task) and run_rss[d] (MiB at the end of the run), run_children (CPU ms per task of
+# the processes the worker reaped).
 declare -A run_cpu run_rss fpid
 fleet_run() {
     local name="$1" backlog="$2" i t0 t1 d
@@ -420,6 +423,8 @@ fleet_run() {
     [[ -s "$home/coordination/task-intake.jsonl" ]] && echo "   ($name: the intake was not folded within 60 s; timing anyway)"
     declare -A before
     for d in "${!fpid[@]}"; do before[$d]="$(ticks "${fpid[$d]}")"; done
+    local children_before=""
+    [[ -n "${fpid[worker]:-}" ]] && children_before="$(child_ticks "${fpid[worker]}")"
     local perf_pids=()
     if [[ -n "$perf_dir" ]]; then
         for d in $perf_daemons; do
@@ -445,6 +450,11 @@ fleet_run() {
             'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
         run_rss[$d]="$(rss_mib "${fpid[$d]}")"
     done
+    run_children=""
+    if [[ -n "$children_before" ]]; then
+        run_children="$(awk -v a="$children_before" -v b="$(child_ticks "${fpid[worker]}")" -v hz="$hz" \
+            -v n="$fleet_n" 'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
+    fi
     run_secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
     run_rate="$(awk -v d=$((t1 - t0)) -v n="$fleet_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
     run_bad="$(jq -s '[.[] | select(.status != "completed")] | length' "$home/coordination/task-archive.jsonl")"
@@ -462,6 +472,10 @@ print_daemons() { # the per-daemon table of the last fleet_run
         [[ -n "${run_cpu[$d]:-}" ]] || continue
         printf '   %-16s CPU %8s ms/task   RSS %6s MiB\n' "$d" "${run_cpu[$d]}" "${run_rss[$d]}"
     done
+    if [[ -n "$run_children" ]]; then
+        printf '   %-16s CPU %8s ms/task   (what the worker reaped: exec shims and tasks; in no sum)\n' \
+            "worker children" "$run_children"
+    fi
 }
 
 if want fleet; then
