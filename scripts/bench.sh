@@ -1,27 +1,47 @@
 #!/usr/bin/env bash
 # Benchmark of Cortex's task path on a release build, in temporary homes (not a test).
 #
-#   scripts/bench.sh [--no-build]
+#   scripts/bench.sh [--no-build] [SECTION...]
 #
-# Prints:
-#   1. enqueue -> process-start latency p50/p99 (from just before `cortex task add` to the task's
-#      own first instruction), tasks one at a time on an idle system;
-#   2. throughput of N `true` tasks with 1, 2 and 8 slots (all queued first, then the coordinator
-#      starts; timed until the last one is archived);
-#   3. `cortex task add` cost at 0, 10,000 and 100,000 queued tasks, with the coordinator stopped
-#      (the add path alone) and running paused (folding every add into the big queue);
-#   4. idle CPU and RSS of each daemon over a window.
-# Where `pueue`/`pueued` are on the PATH the same workloads (latency, throughput, add cost up to
-# 2,000 queued) run against pueue in the same run and the ratios are printed.
+# SECTIONs (default: all, in this order; or BENCH_SECTIONS="fleet xargs" etc.):
+#   latency     1. enqueue -> process-start latency p50/p99 (from just before `cortex task add` to
+#                  the task's own first instruction), tasks one at a time on an idle system;
+#   throughput  2. throughput of N `true` tasks with 1, 2 and 8 slots (all queued first, then the
+#                  coordinator starts; timed until the last one is archived);
+#   add         3. `cortex task add` cost at 0, 10,000 and 100,000 queued tasks, with the
+#                  coordinator stopped (the add path alone) and running paused (folding every add
+#                  into the big queue);
+#   idle        4. idle CPU and RSS of each daemon over a window;
+#   pueue       5. where `pueue`/`pueued` are on the PATH the same workloads (latency, throughput,
+#                  add cost up to 2,000 queued) against pueue, and the ratios;
+#   fleet       6. the whole fleet (`cortex start`, every daemon) against coordinator+worker only:
+#                  N `true` tasks, 8 slots, queued while paused, then resumed, timed until the last
+#                  one is archived; tasks/s of both and the ratio; per daemon CPU ms per task
+#                  (utime+stime from /proc/<pid>/stat before the resume and after the run) and
+#                  RSS; the supporting daemons' and the whole fleet's CPU per task, each beside
+#                  its target;
+#   backlog     7. the fleet run of section 6 behind 0, 10,000 and 100,000 queued tasks that are
+#                  not yet due (`--delay` far in the future, written straight into the queue
+#                  file), with the add cost of its N adds; ratios against the first size, and
+#                  every daemon's RSS at the largest;
+#   xargs       8. `xargs -P 8` running `true` N times (the physical limit of 8 slots), and the
+#                  8-slot ratios against it of the sections run before it.
 #
-# Environment: BENCH_LATENCY_SAMPLES (200), BENCH_TASKS (1000), BENCH_PUEUE_TASKS (200),
-# BENCH_ADD_SAMPLES (200),
-# BENCH_IDLE_SECONDS (30), BENCH_QUEUED ("0 10000 100000"), BENCH_DIR (where the temporary homes
+# Environment: BENCH_LATENCY_SAMPLES (200), BENCH_TASKS (1000; the fleet, backlog and xargs
+# sections use BENCH_FLEET_TASKS, 500), BENCH_PUEUE_TASKS (200), BENCH_ADD_SAMPLES (200),
+# BENCH_IDLE_SECONDS (30), BENCH_QUEUED ("0 10000 100000"), BENCH_BACKLOG ("0 10000 100000"),
+# BENCH_TAIL_SECONDS (2: after the last task is archived, the CPU window stays open this long so
+# work a daemon does after the fact is counted), BENCH_DIR (where the temporary homes
 # go; default $TMPDIR or /tmp — compare a disk with /dev/shm to see the filesystem's share),
-# BENCH_SETTLE_SECONDS (65 on ext4, else 0: a pause before the latency and each throughput
-# section. ext4 without a journal skips every inode deleted in the last 60 s, longer while its
-# inode table block is dirty, on each file creation, so without it a section would pay for the
-# files the previous one deleted; set 0 to measure the sections back to back).
+# BENCH_SETTLE_SECONDS (65 on ext4, else 0: a pause before the latency section, each throughput,
+# fleet and backlog run, and xargs. ext4 without a journal skips every inode deleted in the last
+# 60 s, longer while its inode table block is dirty, on each file creation, so without it a
+# section would pay for the files the previous one deleted; set 0 to measure the sections back to
+# back),
+# BENCH_PERF_DIR (if set, each fleet and backlog run records `perf record --call-graph dwarf` of
+# the daemons in BENCH_PERF_DAEMONS, "coordinator integration heartbeat auto-fix", over its
+# timed window into DIR/<run>-<daemon>.data at BENCH_PERF_FREQ (999) Hz; perf slows what it
+# watches: not for the figures).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,20 +55,47 @@ add_n="${BENCH_ADD_SAMPLES:-200}"
 idle_s="${BENCH_IDLE_SECONDS:-30}"
 queued_sizes="${BENCH_QUEUED:-0 10000 100000}"
 
-if [[ "${1:-}" != "--no-build" ]]; then
+fleet_n="${BENCH_FLEET_TASKS:-500}"
+backlog_sizes="${BENCH_BACKLOG:-0 10000 100000}"
+tail_s="${BENCH_TAIL_SECONDS:-2}"
+perf_dir="${BENCH_PERF_DIR:-}"
+perf_daemons="${BENCH_PERF_DAEMONS:-coordinator integration heartbeat auto-fix}"
+perf_freq="${BENCH_PERF_FREQ:-999}"
+all_sections="latency throughput add idle pueue fleet backlog xargs"
+# In start order, as `cortex start` starts them.
+all_daemons="worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api"
+supporting_daemons="auto-fix heartbeat integration metrics failure-pattern pm api"
+
+build=1
+if [[ "${1:-}" == "--no-build" ]]; then build=0; shift; fi
+sections="${*:-${BENCH_SECTIONS:-$all_sections}}"
+for s in $sections; do
+    [[ " $all_sections " == *" $s "* ]] || { echo "bench.sh: unknown section '$s' (sections: $all_sections)" >&2; exit 2; }
+done
+want() { [[ " $sections " == *" $1 "* ]]; }
+
+if ((build)); then
     (cd "$root" && cargo build --release --bins --quiet)
 fi
-for b in cortex cortex-worker cortex-coordinator; do
+needed="cortex cortex-worker cortex-coordinator"
+if want fleet || want backlog; then for d in $all_daemons; do needed+=" cortex-$d"; done; fi
+for b in $needed; do
     [[ -x "$bin/$b" ]] || { echo "bench.sh: $bin/$b missing; build with cargo build --release" >&2; exit 1; }
 done
+if [[ -n "$perf_dir" ]]; then
+    command -v perf >/dev/null || { echo "bench.sh: BENCH_PERF_DIR is set but perf is not on the PATH" >&2; exit 1; }
+    mkdir -p "$perf_dir"
+fi
 command -v jq >/dev/null || { echo "bench.sh: jq is required" >&2; exit 1; }
 
 work="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/cortex-bench.XXXXXX")"
 fs_type="$(df -T "$work" | awk 'NR==2 {print $2}')"
 if [[ "$fs_type" == ext4 ]]; then settle_s="${BENCH_SETTLE_SECONDS:-65}"; else settle_s="${BENCH_SETTLE_SECONDS:-0}"; fi
 pids=()
+fleet_homes=() # homes whose daemons `cortex start` started (detached: stopped with `cortex stop`)
 cleanup() {
-    local p
+    local p h
+    for h in "${fleet_homes[@]}"; do "$bin/cortex" --home "$h" stop >/dev/null 2>&1 || true; done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$work"
@@ -99,79 +146,97 @@ stop_all() {
     pids=()
 }
 
+# CPU ticks (utime + stime) of a process so far, and its clock's ticks per second.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks (cutime + cstime) of the children a process has waited for.
+child_ticks() { awk '{print $16 + $17}' "/proc/$1/stat"; }
+hz="$(getconf CLK_TCK)"
+rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
 archived() { [[ -f "$home/coordination/task-archive.jsonl" ]] && wc -l <"$home/coordination/task-archive.jsonl" || echo 0; }
 
 echo "Cortex task benchmark — $(date -u +%FT%TZ), $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg), release build"
-echo "homes under $work ($fs_type); ${settle_s} s pause before the latency and each throughput section"
+echo "homes under $work ($fs_type); ${settle_s} s pause before the latency section and each throughput, fleet, backlog and xargs run"
 echo
+
+# ratio_note LABEL A B DECIMALS [SUFFIX] -> "(LABEL A/B)", or nothing when A was not measured in
+# this run (its section was not selected).
+ratio_note() {
+    [[ -n "$2" ]] || return 0
+    printf '(%s %s%s)' "$1" "$(awk -v a="$2" -v b="$3" -v d="$4" 'BEGIN {printf "%." d "f", a/b}')" "${5:-}"
+}
+declare -A tps # 8-slot and other throughputs of this run, for the ratios of later sections
 
 settle() { ((settle_s > 0)) && sleep "$settle_s" || true; }
 
 # 1. Latency ---------------------------------------------------------------------------------
-settle
-new_home latency 8
-start_daemon worker
-start_daemon coordinator
-declare -A t0s t1s
-addcost=()
-shopt -s nullglob
-for ((i = 0; i < lat_n; i++)); do
-    t0="$(now_us)"
-    id="$(cortex task add --description "latency $i" -- date +%s%6N)"
-    t1="$(now_us)"
-    t0s[$id]="$t0"
-    t1s[$id]="$t1"
-    addcost+=($((t1 - t0)))
-    # Wait for this task's output before the next add (one task at a time).
-    while :; do
-        outs=("$home"/agents/logs/workers/*.out)
-        done_n=0
-        for f in "${outs[@]}"; do [[ -s "$f" ]] && done_n=$((done_n + 1)); done
-        ((done_n > i)) && break
-        nap 0.001
+if want latency; then
+    settle
+    new_home latency 8
+    start_daemon worker
+    start_daemon coordinator
+    declare -A t0s t1s
+    addcost=()
+    shopt -s nullglob
+    for ((i = 0; i < lat_n; i++)); do
+        t0="$(now_us)"
+        id="$(cortex task add --description "latency $i" -- date +%s%6N)"
+        t1="$(now_us)"
+        t0s[$id]="$t0"
+        t1s[$id]="$t1"
+        addcost+=($((t1 - t0)))
+        # Wait for this task's output before the next add (one task at a time).
+        while :; do
+            outs=("$home"/agents/logs/workers/*.out)
+            done_n=0
+            for f in "${outs[@]}"; do [[ -s "$f" ]] && done_n=$((done_n + 1)); done
+            ((done_n > i)) && break
+            nap 0.001
+        done
     done
-done
-for ((k = 0; k < 500; k++)); do (($(archived) >= lat_n)) && break; nap 0.01; done
-lat_file="$work/latency.txt"
-enq_file="$work/enqueued.txt"
-: >"$lat_file"
-: >"$enq_file"
-while IFS=$'\t' read -r id d; do
-    start="$(tr -d '\n' <"$home/agents/logs/workers/$d.out")"
-    echo $((start - ${t0s[$id]})) >>"$lat_file"
-    echo $((start - ${t1s[$id]})) >>"$enq_file"
-done < <(jq -r '[.task_id, .dispatches[0]] | @tsv' "$home/coordination/task-archive.jsonl")
-lat_p50="$(pct 50 <"$lat_file" | ms)"
-lat_p99="$(pct 99 <"$lat_file" | ms)"
-enq_p50="$(pct 50 <"$enq_file" | ms)"
-enq_p99="$(pct 99 <"$enq_file" | ms)"
-add_p50="$(printf '%s\n' "${addcost[@]}" | pct 50 | ms)"
-echo "1. enqueue -> process start ($lat_n tasks, one at a time)"
-echo "   from the moment \`cortex task add\` returned (task durably queued): p50 ${enq_p50} ms   p99 ${enq_p99} ms"
-echo "   from just before \`cortex task add\` ran (incl. that process):     p50 ${lat_p50} ms   p99 ${lat_p99} ms"
-echo "   (the cortex task add call itself: p50 ${add_p50} ms)"
-stop_all
+    for ((k = 0; k < 500; k++)); do (($(archived) >= lat_n)) && break; nap 0.01; done
+    lat_file="$work/latency.txt"
+    enq_file="$work/enqueued.txt"
+    : >"$lat_file"
+    : >"$enq_file"
+    while IFS=$'\t' read -r id d; do
+        start="$(tr -d '\n' <"$home/agents/logs/workers/$d.out")"
+        echo $((start - ${t0s[$id]})) >>"$lat_file"
+        echo $((start - ${t1s[$id]})) >>"$enq_file"
+    done < <(jq -r '[.task_id, .dispatches[0]] | @tsv' "$home/coordination/task-archive.jsonl")
+    lat_p50="$(pct 50 <"$lat_file" | ms)"
+    lat_p99="$(pct 99 <"$lat_file" | ms)"
+    enq_p50="$(pct 50 <"$enq_file" | ms)"
+    enq_p99="$(pct 99 <"$enq_file" | ms)"
+    add_p50="$(printf '%s\n' "${addcost[@]}" | pct 50 | ms)"
+    echo "1. enqueue -> process start ($lat_n tasks, one at a time)"
+    echo "   from the moment \`cortex task add\` returned (task durably queued): p50 ${enq_p50} ms   p99 ${enq_p99} ms"
+    echo "   from just before \`cortex task add\` ran (incl. that process):     p50 ${lat_p50} ms   p99 ${lat_p99} ms"
+    echo "   (the cortex task add call itself: p50 ${add_p50} ms)"
+    stop_all
+fi
 
 # 2. Throughput ------------------------------------------------------------------------------
-echo
-echo "2. throughput of $tp_n \`true\` tasks (queued first, then the coordinator starts)"
-declare -A tps
-for slots in 1 2 8; do
-    settle
-    new_home "tp$slots" "$slots"
-    for ((i = 0; i < tp_n; i++)); do cortex task add --description "t $i" -- true >/dev/null; done
-    start_daemon worker
-    t0="$(now_us)"
-    start_daemon coordinator
-    while (($(archived) < tp_n)); do nap 0.02; done
-    t1="$(now_us)"
-    secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
-    rate="$(awk -v d=$((t1 - t0)) -v n="$tp_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
-    tps[$slots]="$rate"
-    bad="$(jq -s '[.[] | select(.status != "completed")] | length' "$home/coordination/task-archive.jsonl")"
-    echo "   $slots slot(s): ${secs} s, ${rate} tasks/s (not completed: $bad)"
-    stop_all
-done
+if want throughput; then
+    echo
+    echo "2. throughput of $tp_n \`true\` tasks (queued first, then the coordinator starts)"
+    for slots in 1 2 8; do
+        settle
+        new_home "tp$slots" "$slots"
+        for ((i = 0; i < tp_n; i++)); do cortex task add --description "t $i" -- true >/dev/null; done
+        start_daemon worker
+        t0="$(now_us)"
+        start_daemon coordinator
+        while (($(archived) < tp_n)); do nap 0.02; done
+        t1="$(now_us)"
+        secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
+        rate="$(awk -v d=$((t1 - t0)) -v n="$tp_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
+        tps[$slots]="$rate"
+        bad="$(jq -s '[.[] | select(.status != "completed")] | length' "$home/coordination/task-archive.jsonl")"
+        echo "   $slots slot(s): ${secs} s, ${rate} tasks/s (not completed: $bad)"
+        stop_all
+    done
+fi
 
 # 3. Add cost vs queue size ------------------------------------------------------------------
 gen_queue() { # gen_queue N -> writes a task-queue.json with N queued tasks
@@ -198,106 +263,286 @@ add_cost() { # add_cost -> mean and p50 of ADD_N adds, microseconds
     p50="$(printf '%s\n' "${costs[@]}" | pct 50 | ms)"
     echo "$mean $p50"
 }
-echo
-echo "3. cortex task add cost ($add_n adds each; mean / p50 in ms)"
-declare -A addc
-for n in $queued_sizes; do
-    new_home "add$n" 8
-    gen_queue "$n"
-    read -r mean p50 < <(add_cost)
-    addc[$n]="$mean"
-    line="   $(printf '%7d' "$n") queued: coordinator stopped ${mean} / ${p50}"
-    new_home "addc$n" 8
-    gen_queue "$n"
-    echo "$paused" >"$home/coordination/scheduler-state.json"
-    start_daemon coordinator
-    read -r mean2 p502 < <(add_cost)
-    stop_all
-    echo "$line   coordinator running (paused, folding) ${mean2} / ${p502}"
-done
-set -- $queued_sizes
-first="$1"
-for n in $queued_sizes; do last="$n"; done
-echo "   ratio at $last vs $first queued (coordinator stopped): $(awk -v a="${addc[$last]}" -v b="${addc[$first]}" 'BEGIN {printf "%.2f", a/b}')x"
+if want add; then
+    echo
+    echo "3. cortex task add cost ($add_n adds each; mean / p50 in ms)"
+    declare -A addc
+    for n in $queued_sizes; do
+        new_home "add$n" 8
+        gen_queue "$n"
+        read -r mean p50 < <(add_cost)
+        addc[$n]="$mean"
+        line="   $(printf '%7d' "$n") queued: coordinator stopped ${mean} / ${p50}"
+        new_home "addc$n" 8
+        gen_queue "$n"
+        echo "$paused" >"$home/coordination/scheduler-state.json"
+        start_daemon coordinator
+        read -r mean2 p502 < <(add_cost)
+        stop_all
+        echo "$line   coordinator running (paused, folding) ${mean2} / ${p502}"
+    done
+    set -- $queued_sizes
+    first="$1"
+    for n in $queued_sizes; do last="$n"; done
+    echo "   ratio at $last vs $first queued (coordinator stopped): $(awk -v a="${addc[$last]}" -v b="${addc[$first]}" 'BEGIN {printf "%.2f", a/b}')x"
+fi
 
 # 4. Idle daemons ----------------------------------------------------------------------------
-echo
-echo "4. idle daemons over ${idle_s} s (CPU %, RSS MiB)"
-new_home idle 8
-declare -A dpid
-for d in worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api; do
-    [[ -x "$bin/cortex-$d" ]] || continue
-    if [[ "$d" == api ]]; then export CORTEX_API_BIND="127.0.0.1:0"; fi
-    if start_daemon "$d" 2>/dev/null; then dpid[$d]="$started_pid"; else echo "   $d: did not start"; fi
-done
-unset CORTEX_API_BIND
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-declare -A t_start
-for d in "${!dpid[@]}"; do t_start[$d]="$(ticks "${dpid[$d]}")"; done
-sleep "$idle_s"
-hz="$(getconf CLK_TCK)"
-for d in worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api; do
-    [[ -n "${dpid[$d]:-}" ]] || continue
-    p="${dpid[$d]}"
-    cpu="$(awk -v a="${t_start[$d]}" -v b="$(ticks "$p")" -v hz="$hz" -v s="$idle_s" 'BEGIN {printf "%.3f", (b-a)/hz/s*100}')"
-    rss="$(awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$p/status")"
-    printf '   %-16s CPU %6s %%   RSS %6s MiB\n' "$d" "$cpu" "$rss"
-done
-stop_all
+if want idle; then
+    echo
+    echo "4. idle daemons over ${idle_s} s (CPU %, RSS MiB)"
+    new_home idle 8
+    declare -A dpid
+    for d in worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api; do
+        [[ -x "$bin/cortex-$d" ]] || continue
+        if [[ "$d" == api ]]; then export CORTEX_API_BIND="127.0.0.1:0"; fi
+        if start_daemon "$d" 2>/dev/null; then dpid[$d]="$started_pid"; else echo "   $d: did not start"; fi
+    done
+    unset CORTEX_API_BIND
+    declare -A t_start
+    for d in "${!dpid[@]}"; do t_start[$d]="$(ticks "${dpid[$d]}")"; done
+    sleep "$idle_s"
+    for d in worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api; do
+        [[ -n "${dpid[$d]:-}" ]] || continue
+        p="${dpid[$d]}"
+        cpu="$(awk -v a="${t_start[$d]}" -v b="$(ticks "$p")" -v hz="$hz" -v s="$idle_s" 'BEGIN {printf "%.3f", (b-a)/hz/s*100}')"
+        rss="$(awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$p/status")"
+        printf '   %-16s CPU %6s %%   RSS %6s MiB\n' "$d" "$cpu" "$rss"
+    done
+    stop_all
+fi
 
 # 5. pueue, when installed -------------------------------------------------------------------
-if command -v pueue >/dev/null && command -v pueued >/dev/null; then
-    echo
-    echo "5. pueue $(pueue --version 2>/dev/null | awk '{print $2}') on the same workloads"
-    pq="$work/pueue"
-    mkdir -p "$pq/run" "$pq/data"
-    cat >"$pq/pueue.yml" <<EOF
+if want pueue; then
+    if command -v pueue >/dev/null && command -v pueued >/dev/null; then
+        echo
+        echo "5. pueue $(pueue --version 2>/dev/null | awk '{print $2}') on the same workloads"
+        pq="$work/pueue"
+        mkdir -p "$pq/run" "$pq/data"
+        cat >"$pq/pueue.yml" <<EOF
 shared:
   pueue_directory: $pq/data
   runtime_directory: $pq/run
   use_unix_socket: true
   unix_socket_path: $pq/run/pueue.socket
 EOF
-    pueue_() { pueue -c "$pq/pueue.yml" "$@"; }
-    pueued -c "$pq/pueue.yml" -d >/dev/null 2>&1
-    for ((k = 0; k < 500; k++)); do pueue_ status >/dev/null 2>&1 && break; sleep 0.01; done
-    pueue_ parallel 8 >/dev/null
-    : >"$work/pueue-lat.txt"
-    for ((i = 0; i < lat_n && i < 50; i++)); do
+        pueue_() { pueue -c "$pq/pueue.yml" "$@"; }
+        pueued -c "$pq/pueue.yml" -d >/dev/null 2>&1
+        for ((k = 0; k < 500; k++)); do pueue_ status >/dev/null 2>&1 && break; sleep 0.01; done
+        pueue_ parallel 8 >/dev/null
+        : >"$work/pueue-lat.txt"
+        for ((i = 0; i < lat_n && i < 50; i++)); do
+            t0="$(now_us)"
+            id="$(pueue_ add --print-task-id -- date +%s%6N)"
+            pueue_ wait "$id" >/dev/null 2>&1 || true
+            start="$(pueue_ log --json "$id" | jq -r ".\"$id\".output" | tr -d '\n')"
+            echo $((start - t0)) >>"$work/pueue-lat.txt"
+        done
+        p_p50="$(pct 50 <"$work/pueue-lat.txt" | ms)"
+        p_p99="$(pct 99 <"$work/pueue-lat.txt" | ms)"
+        echo "   latency p50 ${p_p50} ms p99 ${p_p99} ms   $(ratio_note "cortex/pueue p50 ratio" "${lat_p50:-}" "$p_p50" 3)"
+        for slots in 1 2 8; do
+            pueue_ reset --force >/dev/null 2>&1 || true
+            pueue_ parallel "$slots" >/dev/null
+            pueue_ pause >/dev/null
+            for ((i = 0; i < pueue_tp_n; i++)); do pueue_ add -- true >/dev/null; done
+            t0="$(now_us)"
+            pueue_ start >/dev/null
+            pueue_ wait >/dev/null 2>&1 || true
+            t1="$(now_us)"
+            rate="$(awk -v d=$((t1 - t0)) -v n="$pueue_tp_n" 'BEGIN {printf "%.1f", n/(d/1e6)}')"
+            echo "   $slots slot(s), $pueue_tp_n tasks: ${rate} tasks/s   $(ratio_note "cortex/pueue" "${tps[$slots]:-}" "$rate" 1 x)"
+        done
+        for n in 0 2000; do
+            pueue_ reset --force >/dev/null 2>&1 || true
+            pueue_ pause >/dev/null
+            for ((i = 0; i < n; i++)); do pueue_ add -- true >/dev/null; done
+            t0="$(now_us)"
+            for ((i = 0; i < 50; i++)); do pueue_ add -- true >/dev/null; done
+            t1="$(now_us)"
+            echo "   add cost at $n queued: $(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/50/1000}') ms"
+        done
+        pueue_ shutdown >/dev/null 2>&1 || true
+        # pueued writes its state on the way out: wait for it to be gone before the cleanup.
+        for ((k = 0; k < 500; k++)); do [[ -e "$pq/run/pueue.pid" ]] || break; nap 0.01; done
+    else
+        echo
+        echo "5. pueue is not on the PATH: no comparison run."
+    fi
+fi
+
+# 6-8. The fleet at full speed -----------------------------------------------------------------
+gen_backlog() { # gen_backlog N -> writes a task-queue.json with N queued tasks not due for years
+    awk -v n="$1" 'BEGIN {
+        printf "{\"tasks\": [";
+        for (i = 0; i < n; i++) {
+            if (i) printf ",";
+            printf "{\"task_id\":\"task-backlog-%08d\",\"description\":\"not yet due %d\",\"priority\":\"medium\",\"worker_type\":\"analysis-worker\",\"command\":[\"true\"],\"status\":\"queued\",\"waiting_reason\":\"delay\",\"created_at\":\"2026-01-01T00:00:00.000000Z\",\"created_by\":\"bench\",\"attempts\":0,\"max_attempts\":3,\"budget\":10,\"not_before\":\"2099-01-01T00:00:00.000000Z\",\"dispatches\":[]}", i, i;
+        }
+        printf "], \"updated_at\": null, \"intake_offset\": 0}\n";
+    }' >"$home/coordination/task-queue.json"
+}
+
+# met VALUE OP TARGET -> "met" or "NOT met" (OP: ge or le)
+met() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "ge") ? (v >= t) : (v <= t); print ok ? "met" : "NOT met"}'; }
+
+# fleet_run NAME BACKLOG [DAEMON...]: a home with 8 slots and BACKLOG tasks not yet due; the
+# daemons named (default: every enabled one) started with `cortex start` while the scheduler is
+# paused; fleet_n `true` tasks added (each add timed); once the coordinator has folded them, the
+# scheduler resumes and the run is timed until the last one is archived. The CPU window is from
+# just before the resume to tail_s after the last archive. Sets run_rate (tasks/s), run_secs,
+# run_add_mean / run_add_p50 (ms), run_bad (tasks not completed), and per daemon run_cpu[d]
+# (CPU ms per task) and run_rss[d] (MiB at the end of the run), run_children (CPU ms per task of
+# the processes the worker reaped).
+declare -A run_cpu run_rss fpid
+fleet_run() {
+    local name="$1" backlog="$2" i t0 t1 d
+    shift 2
+    settle
+    new_home "$name" 8
+    if ((backlog > 0)); then gen_backlog "$backlog"; fi
+    cortex scheduler pause --reason bench >/dev/null
+    CORTEX_API_BIND="127.0.0.1:0" cortex start "$@" >/dev/null 2>>"$work/$name.start.stderr"
+    fleet_homes+=("$home")
+    fpid=()
+    while IFS=$'\t' read -r d p; do
+        [[ "$p" =~ ^[0-9]+$ ]] && fpid[$d]="$p"
+    done < <(cortex status --json 2>/dev/null | jq -r '.daemons[] | [.name, (.pid // "" | tostring)] | @tsv')
+    local costs=()
+    for ((i = 0; i < fleet_n; i++)); do
         t0="$(now_us)"
-        id="$(pueue_ add --print-task-id -- date +%s%6N)"
-        pueue_ wait "$id" >/dev/null 2>&1 || true
-        start="$(pueue_ log --json "$id" | jq -r ".\"$id\".output" | tr -d '\n')"
-        echo $((start - t0)) >>"$work/pueue-lat.txt"
-    done
-    p_p50="$(pct 50 <"$work/pueue-lat.txt" | ms)"
-    p_p99="$(pct 99 <"$work/pueue-lat.txt" | ms)"
-    echo "   latency p50 ${p_p50} ms p99 ${p_p99} ms   (cortex/pueue p50 ratio $(awk -v a="$lat_p50" -v b="$p_p50" 'BEGIN {printf "%.3f", a/b}'))"
-    for slots in 1 2 8; do
-        pueue_ reset --force >/dev/null 2>&1 || true
-        pueue_ parallel "$slots" >/dev/null
-        pueue_ pause >/dev/null
-        for ((i = 0; i < pueue_tp_n; i++)); do pueue_ add -- true >/dev/null; done
-        t0="$(now_us)"
-        pueue_ start >/dev/null
-        pueue_ wait >/dev/null 2>&1 || true
+        cortex task add --description "f $i" -- true >/dev/null
         t1="$(now_us)"
-        rate="$(awk -v d=$((t1 - t0)) -v n="$pueue_tp_n" 'BEGIN {printf "%.1f", n/(d/1e6)}')"
-        echo "   $slots slot(s), $pueue_tp_n tasks: ${rate} tasks/s   (cortex/pueue $(awk -v a="${tps[$slots]}" -v b="$rate" 'BEGIN {printf "%.1f", a/b}')x)"
+        costs+=($((t1 - t0)))
     done
-    for n in 0 2000; do
-        pueue_ reset --force >/dev/null 2>&1 || true
-        pueue_ pause >/dev/null
-        for ((i = 0; i < n; i++)); do pueue_ add -- true >/dev/null; done
-        t0="$(now_us)"
-        for ((i = 0; i < 50; i++)); do pueue_ add -- true >/dev/null; done
-        t1="$(now_us)"
-        echo "   add cost at $n queued: $(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/50/1000}') ms"
+    run_add_mean="$(printf '%s\n' "${costs[@]}" | awk '{s+=$1} END {printf "%.2f", s/NR/1000}')"
+    run_add_p50="$(printf '%s\n' "${costs[@]}" | pct 50 | ms)"
+    # Every add folded into the queue (the intake file is consumed and removed), so the timed
+    # window holds the dispatches alone.
+    for ((i = 0; i < 6000; i++)); do [[ -s "$home/coordination/task-intake.jsonl" ]] || break; nap 0.01; done
+    [[ -s "$home/coordination/task-intake.jsonl" ]] && echo "   ($name: the intake was not folded within 60 s; timing anyway)"
+    declare -A before
+    for d in "${!fpid[@]}"; do before[$d]="$(ticks "${fpid[$d]}")"; done
+    local children_before=""
+    [[ -n "${fpid[worker]:-}" ]] && children_before="$(child_ticks "${fpid[worker]}")"
+    local perf_pids=()
+    if [[ -n "$perf_dir" ]]; then
+        for d in $perf_daemons; do
+            [[ -n "${fpid[$d]:-}" ]] || continue
+            perf record --call-graph dwarf,16384 -F "$perf_freq" -p "${fpid[$d]}" -o "$perf_dir/$name-$d.data" \
+                >/dev/null 2>>"$perf_dir/$name-$d.stderr" &
+            perf_pids+=($!)
+        done
+        nap 1 # perf attaches
+    fi
+    t0="$(now_us)"
+    cortex scheduler resume >/dev/null
+    while (($(archived) < fleet_n)); do nap 0.02; done
+    t1="$(now_us)"
+    nap "$tail_s"
+    local p
+    for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+    for p in "${perf_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    run_cpu=()
+    run_rss=()
+    for d in "${!fpid[@]}"; do
+        run_cpu[$d]="$(awk -v a="${before[$d]}" -v b="$(ticks "${fpid[$d]}")" -v hz="$hz" -v n="$fleet_n" \
+            'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
+        run_rss[$d]="$(rss_mib "${fpid[$d]}")"
     done
-    pueue_ shutdown >/dev/null 2>&1 || true
-    # pueued writes its state on the way out: wait for it to be gone before the cleanup.
-    for ((k = 0; k < 500; k++)); do [[ -e "$pq/run/pueue.pid" ]] || break; nap 0.01; done
-else
+    run_children=""
+    if [[ -n "$children_before" ]]; then
+        run_children="$(awk -v a="$children_before" -v b="$(child_ticks "${fpid[worker]}")" -v hz="$hz" \
+            -v n="$fleet_n" 'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
+    fi
+    run_secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
+    run_rate="$(awk -v d=$((t1 - t0)) -v n="$fleet_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
+    run_bad="$(jq -s '[.[] | select(.status != "completed")] | length' "$home/coordination/task-archive.jsonl")"
+    cortex stop >/dev/null 2>&1 || true
+}
+# cpu_sum DAEMON... -> the sum of run_cpu over those that ran
+cpu_sum() {
+    local d s=0
+    for d in "$@"; do [[ -n "${run_cpu[$d]:-}" ]] && s="$(awk -v a="$s" -v b="${run_cpu[$d]}" 'BEGIN {printf "%.3f", a+b}')"; done
+    echo "$s"
+}
+print_daemons() { # the per-daemon table of the last fleet_run
+    local d
+    for d in $all_daemons; do
+        [[ -n "${run_cpu[$d]:-}" ]] || continue
+        printf '   %-16s CPU %8s ms/task   RSS %6s MiB\n' "$d" "${run_cpu[$d]}" "${run_rss[$d]}"
+    done
+    if [[ -n "$run_children" ]]; then
+        printf '   %-16s CPU %8s ms/task   (what the worker reaped: exec shims and tasks; in no sum)\n' \
+            "worker children" "$run_children"
+    fi
+}
+
+if want fleet; then
     echo
-    echo "5. pueue is not on the PATH: no comparison run."
+    echo "6. whole fleet vs coordinator+worker only: $fleet_n \`true\` tasks, 8 slots, queued while paused, then resumed"
+    fleet_run fleet-cw 0 worker coordinator
+    cw_rate="$run_rate"
+    echo "   coordinator+worker: ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add p50 ${run_add_p50} ms"
+    print_daemons
+    fleet_run fleet-all 0
+    tps[fleet]="$run_rate"
+    tps[cw]="$cw_rate"
+    echo "   whole fleet:        ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add p50 ${run_add_p50} ms"
+    print_daemons
+    missing=""
+    for d in $all_daemons; do [[ -n "${run_cpu[$d]:-}" ]] || missing+=" $d"; done
+    [[ -z "$missing" ]] || echo "   (not running in the whole-fleet run:$missing)"
+    ratio="$(awk -v a="$run_rate" -v b="$cw_rate" 'BEGIN {printf "%.2f", a/b}')"
+    support="$(cpu_sum $supporting_daemons)"
+    whole="$(cpu_sum $all_daemons)"
+    echo "   whole fleet / coordinator+worker throughput: ${ratio}   target >= 0.90: $(met "$ratio" ge 0.90)"
+    echo "   supporting daemons ($supporting_daemons): ${support} ms CPU/task   target <= 1: $(met "$support" le 1)"
+    echo "   whole fleet: ${whole} ms CPU/task   target <= 5: $(met "$whole" le 5)"
+fi
+
+if want backlog; then
+    echo
+    echo "7. the fleet run of section 6 ($fleet_n tasks, whole fleet) behind queued tasks not yet due"
+    declare -A bl_rate bl_add
+    for b in $backlog_sizes; do
+        fleet_run "backlog$b" "$b"
+        bl_rate[$b]="$run_rate"
+        bl_add[$b]="$run_add_mean"
+        max_rss="$(for d in "${!run_rss[@]}"; do echo "${run_rss[$d]}"; done | sort -n | tail -1)"
+        printf '   %7d not due: %6s tasks/s (not completed: %s)   add mean %s / p50 %s ms   fleet %s ms CPU/task   largest RSS %s MiB\n' \
+            "$b" "$run_rate" "$run_bad" "$run_add_mean" "$run_add_p50" "$(cpu_sum $all_daemons)" "$max_rss"
+    done
+    set -- $backlog_sizes
+    first="$1"
+    for b in $backlog_sizes; do last="$b"; done
+    tr="$(awk -v a="${bl_rate[$last]}" -v b="${bl_rate[$first]}" 'BEGIN {printf "%.2f", a/b}')"
+    # The add cost is a time (lower is better): the target is the speed of adding, first/last.
+    ar="$(awk -v a="${bl_add[$last]}" -v b="${bl_add[$first]}" 'BEGIN {printf "%.2f", b/a}')"
+    echo "   throughput at $last vs $first not due: ${tr}   target >= 0.90: $(met "$tr" ge 0.90)"
+    echo "   add rate (1/add cost) at $last vs $first not due: ${ar}   target >= 0.90: $(met "$ar" ge 0.90)"
+    echo "   each daemon at $last not due (RSS target <= 64 MiB):"
+    for d in $all_daemons; do
+        [[ -n "${run_rss[$d]:-}" ]] || continue
+        printf '   %-16s RSS %6s MiB %-8s CPU %8s ms/task\n' "$d" "${run_rss[$d]}" "$(met "${run_rss[$d]}" le 64)" "${run_cpu[$d]}"
+    done
+fi
+
+if want xargs; then
+    echo
+    echo "8. xargs -P 8 running \`true\` $fleet_n times (the physical limit of 8 slots)"
+    settle
+    t0="$(now_us)"
+    seq "$fleet_n" | xargs -P 8 -n 1 true
+    t1="$(now_us)"
+    x_rate="$(awk -v d=$((t1 - t0)) -v n="$fleet_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
+    echo "   ${x_rate} tasks/s"
+    if [[ -n "${tps[fleet]:-}" ]]; then
+        r="$(awk -v a="${tps[fleet]}" -v b="$x_rate" 'BEGIN {printf "%.3f", a/b}')"
+        echo "   whole fleet (section 6) / xargs: ${r}   stretch target >= 0.50: $(met "$r" ge 0.50)"
+        echo "   coordinator+worker (section 6) / xargs: $(awk -v a="${tps[cw]}" -v b="$x_rate" 'BEGIN {printf "%.3f", a/b}')"
+    fi
+    if [[ -n "${tps[8]:-}" ]]; then
+        echo "   8 slots (section 2, $tp_n tasks) / xargs: $(awk -v a="${tps[8]}" -v b="$x_rate" 'BEGIN {printf "%.3f", a/b}')"
+    fi
 fi
