@@ -190,6 +190,29 @@ fn open_existing(path: &Path) -> Result<Option<(File, Metadata)>> {
     Ok(Some((file, meta)))
 }
 
+/// A cheap look for views that clients poll (the API's `/status`, `/health`, `/scheduler/status`,
+/// the metrics snapshot): the PID file's own lock only, no kernel lock table and no search for a
+/// deleted predecessor (that search reads every lock holder's descriptors). A daemon whose PID
+/// file was just deleted reads `Absent` here until it writes the file again, within a second;
+/// [`status`] finds it meanwhile and is what `cortex status`, `stop`, `restart` and
+/// `health-check` use. The PID is the number in the file (0 while a starting daemon has not
+/// written it yet).
+pub fn status_quick(home: &Home, daemon: &str) -> Result<PidStatus> {
+    let path = home.pid_file(daemon);
+    let Some((mut file, _)) = open_existing(&path)? else {
+        return Ok(PidStatus::Absent);
+    };
+    let pid = read_pid(&mut file);
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            Ok(PidStatus::Stale(pid))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(PidStatus::Running(pid.unwrap_or(0))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, "lock", e)),
+    }
+}
+
 /// The holder of a deleted PID file of this name that its daemon still holds.
 fn deleted_holder(path: &Path) -> Option<u32> {
     holders::deleted_holders(path).into_iter().find(|h| h.exclusive).map(|h| h.pid)

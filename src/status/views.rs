@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::events::acks::AckSet;
 use crate::events::{Event, Severity};
 use crate::home::{Home, SpecBucket};
-use crate::pidfile::{PidStatus, status as pid_status};
+use crate::pidfile::{PidStatus, status_quick as pid_status};
 use crate::scheduler::SchedulerState;
 use crate::task::{DispatchState, DispatchStatus, TaskStatus};
 use serde::Serialize;
@@ -163,7 +163,8 @@ impl StatusReader {
 /// How many events `GET /health` lists.
 pub const RECENT_EVENTS_SHOWN: usize = 50;
 
-/// "running", "stopped" (no PID file), "dead" (stale PID file), or "disabled".
+/// "running", "stopped" (no PID file), "dead" (stale PID file), or "disabled". A cheap look
+/// (`pidfile::status_quick`): clients poll these views.
 pub fn daemon_state(home: &Home, daemon: &str, cfg: &Config) -> &'static str {
     match pid_status(home, daemon) {
         Ok(PidStatus::Running(_)) => "running",
