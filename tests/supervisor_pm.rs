@@ -162,8 +162,8 @@ fn a_restart_is_not_reported_as_an_unasked_exit() {
     wait_watched(&f, "heartbeat");
     std::thread::sleep(Duration::from_secs(2));
     let exited = f.h.events_of("daemon_exited");
-    assert!(exited.is_empty(), "a restart was reported as a crash: {exited:?}");
-    assert!(f.h.events_of("daemon_restarted").is_empty(), "pm restarted it again");
     let log = std::fs::read_to_string(f.h.join("agents/logs/system/pm-daemon.log")).unwrap_or_default();
+    assert!(exited.is_empty(), "a restart was reported as a crash: {exited:?}\npm's log:\n{log}");
+    assert!(f.h.events_of("daemon_restarted").is_empty(), "pm restarted it again\npm's log:\n{log}");
     assert!(!log.contains("exited on its own") && !log.contains("went down"), "{log}");
 }

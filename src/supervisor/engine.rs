@@ -270,7 +270,7 @@ impl Engine {
         }
         // Stopped by cortex (`cortex restart` stops, then starts it again, removing the intent
         // before this supervisor may have seen the exit): asked for, not a crash.
-        if cause.old_pid.is_some_and(|p| registry::stop_asked(&self.home, name) == Some(p)) {
+        if cause.old_pid.is_some_and(|p| registry::stop_asked(&self.home, name, p)) {
             tracing::info!("{name} (PID {pid}) stopped by cortex (restart or stop); not restarting it");
             self.entries[i].phase = Phase::Idle;
             return;

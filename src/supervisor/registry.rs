@@ -92,20 +92,43 @@ pub fn clear_stop_intent(home: &Home, daemon: &str) -> Result<()> {
     }
 }
 
+/// How many stopped instances `run/<daemon>.stop-asked` remembers: restarts in quick succession
+/// may all happen before the supervisor sees the first exit.
+const STOPS_REMEMBERED: usize = 8;
+
 /// Records that cortex is about to stop instance `pid` of `daemon` (`run/<daemon>.stop-asked`),
 /// so the supervisor does not take its exit for a crash, whether or not it is to stay stopped
-/// (`cortex restart` starts it again at once, removing the stop intent).
+/// (`cortex restart` starts it again at once, removing the stop intent). The file keeps the last
+/// [`STOPS_REMEMBERED`] such PIDs (`{"stops": [{"pid", "asked_at"}, ...]}`): two restarts before
+/// the supervisor looks must not turn the first one's exit into a crash. Called under the
+/// daemon's lock ([`lock_daemon`]), which serialises its read-modify-write.
 pub fn record_stop_asked(home: &Home, daemon: &str, pid: u32) -> Result<()> {
-    let bytes = serde_json::to_vec(&serde_json::json!({"pid": pid, "asked_at": now_string()}))
-        .map_err(|e| Error::other(e.to_string()))?;
+    let mut stops: Vec<serde_json::Value> = read_stops(home, daemon);
+    stops.retain(|s| s.get("pid").and_then(serde_json::Value::as_u64) != Some(u64::from(pid)));
+    stops.push(serde_json::json!({"pid": pid, "asked_at": now_string()}));
+    let excess = stops.len().saturating_sub(STOPS_REMEMBERED);
+    stops.drain(..excess);
+    let bytes = serde_json::to_vec(&serde_json::json!({"stops": stops})).map_err(|e| Error::other(e.to_string()))?;
     crate::store::atomic::write_atomic(&home.stop_asked(daemon), &bytes)
 }
 
-/// The PID of the instance of `daemon` cortex last asked to stop, if any.
-pub fn stop_asked(home: &Home, daemon: &str) -> Option<u32> {
-    let bytes = std::fs::read(home.stop_asked(daemon)).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("pid")?.as_u64().and_then(|p| u32::try_from(p).ok())
+/// The stops recorded for `daemon`, oldest first (an unreadable file: none; the older one-PID
+/// form `{"pid", "asked_at"}` is read as one stop).
+fn read_stops(home: &Home, daemon: &str) -> Vec<serde_json::Value> {
+    let Ok(bytes) = std::fs::read(home.stop_asked(daemon)) else { return Vec::new() };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut m)) => match m.remove("stops") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ if m.contains_key("pid") => vec![serde_json::Value::Object(m)],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// True when cortex asked to stop instance `pid` of `daemon` (one of the last few it stopped).
+pub fn stop_asked(home: &Home, daemon: &str, pid: u32) -> bool {
+    read_stops(home, daemon).iter().any(|s| s.get("pid").and_then(serde_json::Value::as_u64) == Some(u64::from(pid)))
 }
 
 /// The stop intent, if the operator stopped the daemon. An unreadable intent still counts.
