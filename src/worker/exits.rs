@@ -15,17 +15,33 @@
 //! [`COMPACT_AT`] bytes, it empties the file (ftruncate, under the lock EXCLUSIVE, so no append
 //! is in flight). A crash that undoes a truncate only brings back reports of dispatches that
 //! already ended, which nobody looks up again (dispatch ids are never reused).
+//!
+//! Both locks go through [`crate::store::lock`] (deadline, holder note, a timeout naming the
+//! holders); `dispatch-exits` is always taken alone ([`LockName::DispatchExits`]).
 
 use crate::error::{Error, Result};
 use crate::home::Home;
+use crate::store::LockName;
+use crate::store::lock::{Mode, lock_at};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The journal is emptied once fully consumed and at least this long.
 pub const COMPACT_AT: u64 = 256 * 1024;
+
+/// How long a shim waits for its shared lock. The exclusive holder (the worker emptying the
+/// journal) holds it for one read and a truncate; a shim that gives up says so on its stderr
+/// (the task's log) and exits with the command's status, which a worker that is its parent
+/// still reaps.
+pub const APPEND_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the worker waits to empty the journal: appends in flight hold the lock shared; an
+/// attempt that gives up is made again on a later step.
+pub const COMPACT_LOCK_TIMEOUT: Duration = crate::store::DEFAULT_LOCK_TIMEOUT;
 
 /// What the shim records about the command's end.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -47,18 +63,15 @@ pub fn journal_path(home: &Home) -> PathBuf {
 
 /// The lock that orders appends (shared) against emptying the journal (exclusive).
 pub fn lock_path(home: &Home) -> PathBuf {
-    home.lock_file("dispatch-exits")
+    home.lock_file(LockName::DispatchExits)
 }
 
 /// The shim's side: appends one report durably under the shared lock.
 pub fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
     let mut line = serde_json::to_vec(report).map_err(|e| Error::other(format!("cannot encode exit report: {e}")))?;
     line.push(b'\n');
-    let lock_file = crate::store::lock::open_lock_file(lock)?;
-    lock_file.lock_shared().map_err(|e| Error::io(lock, "lock", e))?;
-    let result = crate::store::jsonl::append_raw_durable(journal, &line);
-    let _ = lock_file.unlock();
-    result
+    let _guard = lock_at(lock, LockName::DispatchExits, Mode::Shared, APPEND_LOCK_TIMEOUT)?;
+    crate::store::jsonl::append_raw_durable(journal, &line)
 }
 
 /// The worker's view of the journal: reports read so far and not yet taken.
@@ -176,8 +189,7 @@ impl ExitJournal {
     }
 
     fn compact_locked(&mut self) -> Result<bool> {
-        let lock_file = crate::store::lock::open_lock_file(&self.lock)?;
-        lock_file.lock().map_err(|e| Error::io(&self.lock, "lock", e))?;
+        let _guard = lock_at(&self.lock, LockName::DispatchExits, Mode::Exclusive, COMPACT_LOCK_TIMEOUT)?;
         // No append is in flight now; one that landed since the last read must be kept.
         self.read_new()?;
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
@@ -189,7 +201,6 @@ impl ExitJournal {
         } else {
             false
         };
-        let _ = lock_file.unlock();
         Ok(done)
     }
 }
