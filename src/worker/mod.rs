@@ -218,7 +218,7 @@ impl<E: Executor> Worker<E> {
     pub fn new(store: Store, config: Config, executor: E, waker: Sender<Wake>) -> Worker<E> {
         let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
         Worker {
-            exits: exits::ExitJournal::new(store.home()),
+            exits: exits::ExitJournal::new(store.home()).with_lock_timeout(store.lock_timeout()),
             home: store.home().clone(),
             store,
             config,
