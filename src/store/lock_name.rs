@@ -11,8 +11,9 @@
 //!
 //! Locks taken alone (never with another held, and never holding another while held):
 //! `task-intake` shared (`cortex task add`, one append), `dispatch-exits` shared (a task's exec
-//! shim, one append) and exclusive (the worker emptying the exit journal), `supervisor`,
-//! `logs` (a rotation), `backup` before the snapshot's locks only.
+//! shim, one append) and exclusive (the worker emptying the exit journal), `logs` (a rotation).
+//! `supervisor` is taken under a `daemon-<name>` at most, and nothing under it; `backup` holds
+//! only the snapshot's data locks under it (PID-file locks, outside this order, aside).
 
 use std::fmt;
 
