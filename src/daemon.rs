@@ -319,7 +319,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
     let pidfile = PidFile::acquire(&home, name, Duration::from_millis(500))?;
     let max_size = parse_size(&config.logs.max_size).unwrap_or(10 * 1024 * 1024);
     let log = crate::logging::init_daemon(&home.daemon_log(name), &config.logs.level, max_size, config.logs.keep)?;
-    log.file.set_rotate_lock(home.lock_file(crate::logging::ROTATE_LOCK));
+    log.file.set_rotate_lock(home.lock_file(crate::store::LockName::Logs));
     let store = Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source(name);
     let (tx, rx) = mpsc::channel();
     spawn_signal_thread(tx.clone(), test_hook(TEST_IGNORE_SIGTERM, name))

@@ -3,6 +3,8 @@
 //! guards its read-modify-writes. `init`, `validate`, backups, repair and the integration daemon
 //! all walk this one table.
 
+use crate::store::LockName;
+
 /// JSON (replaced atomically) or JSONL (appended line by line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -21,7 +23,7 @@ pub struct CoordFile {
     /// Content `cortex init` writes when the file is missing.
     pub default: Option<&'static str>,
     /// The lock (under `coordination/.locks/`) that guards writes to this file.
-    pub lock: &'static str,
+    pub lock: LockName,
     /// Created by `init` and `repair` when missing.
     pub essential: bool,
     /// Operator-edited configuration (restored by `restore --only config`).
@@ -39,7 +41,7 @@ pub const TASK_QUEUE: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "task-queue",
     default: Some(default_file!("task-queue.json")),
-    lock: "task-queue",
+    lock: LockName::TaskQueue,
     essential: true,
     is_config: false,
 };
@@ -49,7 +51,7 @@ pub const TOKEN_BUDGET: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "token-budget",
     default: Some(default_file!("token-budget.json")),
-    lock: "token-budget",
+    lock: LockName::TokenBudget,
     essential: true,
     is_config: false,
 };
@@ -59,7 +61,7 @@ pub const SCHEDULER_STATE: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "scheduler-state",
     default: Some(default_file!("scheduler-state.json")),
-    lock: "scheduler",
+    lock: LockName::Scheduler,
     essential: true,
     is_config: false,
 };
@@ -69,7 +71,7 @@ pub const EVENTS: &CoordFile = &CoordFile {
     kind: FileKind::Jsonl,
     schema: "event",
     default: Some(""),
-    lock: "events",
+    lock: LockName::Events,
     essential: true,
     is_config: false,
 };
@@ -79,7 +81,7 @@ pub const WORKER_TYPES: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "worker-types",
     default: Some(default_file!("config/worker-types.json")),
-    lock: "worker-types",
+    lock: LockName::WorkerTypes,
     essential: true,
     is_config: true,
 };
@@ -89,7 +91,7 @@ pub const HEARTBEAT_POLICY: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "heartbeat-policy",
     default: Some(default_file!("config/heartbeat-policy.json")),
-    lock: "heartbeat-policy",
+    lock: LockName::HeartbeatPolicy,
     essential: true,
     is_config: true,
 };
@@ -99,7 +101,7 @@ pub const RESTART_POLICY: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "worker-restart-policy",
     default: Some(default_file!("config/worker-restart-policy.json")),
-    lock: "worker-restart-policy",
+    lock: LockName::WorkerRestartPolicy,
     essential: true,
     is_config: true,
 };
@@ -109,7 +111,7 @@ pub const ROUTER_CONFIG: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "router-config",
     default: Some(default_file!("moe/router-config.json")),
-    lock: "router-config",
+    lock: LockName::RouterConfig,
     essential: true,
     is_config: true,
 };
@@ -119,7 +121,7 @@ pub const ROUTING_DECISIONS: &CoordFile = &CoordFile {
     kind: FileKind::Jsonl,
     schema: "routing-decision",
     default: None,
-    lock: "routing-decisions",
+    lock: LockName::RoutingDecisions,
     essential: false,
     is_config: false,
 };
@@ -129,7 +131,7 @@ pub const SCHEDULES: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "schedules",
     default: Some(default_file!("schedules.json")),
-    lock: "schedules",
+    lock: LockName::Schedules,
     essential: true,
     is_config: false,
 };
@@ -139,7 +141,7 @@ pub const CIRCUIT_BREAKERS: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "circuit-breakers",
     default: Some(default_file!("circuit-breakers.json")),
-    lock: "circuit-breakers",
+    lock: LockName::CircuitBreakers,
     essential: true,
     is_config: false,
 };
@@ -149,7 +151,7 @@ pub const FAILURE_PATTERNS: &CoordFile = &CoordFile {
     kind: FileKind::Jsonl,
     schema: "failure-pattern",
     default: None,
-    lock: "failure-patterns",
+    lock: LockName::FailurePatterns,
     essential: false,
     is_config: false,
 };
@@ -159,7 +161,7 @@ pub const TASK_INTAKE: &CoordFile = &CoordFile {
     kind: FileKind::Jsonl,
     schema: "task",
     default: None,
-    lock: "task-intake",
+    lock: LockName::TaskIntake,
     essential: false,
     is_config: false,
 };
@@ -169,7 +171,7 @@ pub const METRICS_SNAPSHOTS: &CoordFile = &CoordFile {
     kind: FileKind::Jsonl,
     schema: "metrics-snapshot",
     default: None,
-    lock: "metrics",
+    lock: LockName::Metrics,
     essential: false,
     is_config: false,
 };
@@ -179,7 +181,7 @@ pub const TASK_ARCHIVE: &CoordFile = &CoordFile {
     kind: FileKind::Jsonl,
     schema: "task",
     default: None,
-    lock: "task-archive",
+    lock: LockName::TaskArchive,
     essential: false,
     is_config: false,
 };
@@ -189,7 +191,7 @@ pub const FIX_REGISTRY: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "auto-fix-registry",
     default: Some(default_file!("config/auto-fix-registry.json")),
-    lock: "auto-fix-registry",
+    lock: LockName::AutoFixRegistry,
     essential: true,
     is_config: true,
 };
@@ -199,7 +201,7 @@ pub const FIX_HISTORY: &CoordFile = &CoordFile {
     kind: FileKind::Jsonl,
     schema: "fix-history",
     default: None,
-    lock: "fix-history",
+    lock: LockName::FixHistory,
     essential: false,
     is_config: false,
 };
@@ -209,7 +211,7 @@ pub const FAILURE_STREAKS: &CoordFile = &CoordFile {
     kind: FileKind::Json,
     schema: "failure-streaks",
     default: Some("{\"worker_types\": {}}"),
-    lock: "failure-streaks",
+    lock: LockName::FailureStreaks,
     essential: false,
     is_config: false,
 };
@@ -219,7 +221,7 @@ pub const EVENT_ACKS: &CoordFile = &CoordFile {
     kind: FileKind::Jsonl,
     schema: "event-ack",
     default: None,
-    lock: "event-acks",
+    lock: LockName::EventAcks,
     essential: false,
     is_config: false,
 };

@@ -88,9 +88,9 @@ impl Home {
     pub fn locks_dir(&self) -> PathBuf {
         self.coord(".locks")
     }
-    /// The dedicated lock file for `name` (never a data file).
-    pub fn lock_file(&self, name: &str) -> PathBuf {
-        self.locks_dir().join(format!("{name}.lock"))
+    /// The dedicated lock file of `name` (never a data file).
+    pub fn lock_file(&self, name: crate::store::LockName) -> PathBuf {
+        self.locks_dir().join(name.file_name())
     }
     pub fn quarantine_dir(&self) -> PathBuf {
         self.coord("quarantine")
@@ -287,6 +287,9 @@ mod tests {
         let h = Home::resolve(Some(Path::new("/srv/cortex"))).unwrap();
         assert_eq!(h.root(), Path::new("/srv/cortex"));
         assert_eq!(h.pid_file("worker"), Path::new("/srv/cortex/run/worker.pid"));
-        assert_eq!(h.lock_file("task-queue"), Path::new("/srv/cortex/coordination/.locks/task-queue.lock"));
+        assert_eq!(
+            h.lock_file(crate::store::LockName::TaskQueue),
+            Path::new("/srv/cortex/coordination/.locks/task-queue.lock")
+        );
     }
 }

@@ -16,9 +16,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// The lock (under `coordination/.locks/`) every rotation of a daemon log takes.
-pub const ROTATE_LOCK: &str = "logs";
-
 /// A log file that can be reopened and rotates itself past a size.
 #[derive(Clone)]
 pub struct LogFile {
@@ -66,7 +63,8 @@ impl LogFile {
         Ok(())
     }
 
-    /// Makes the self-rotation take this lock file (the one `cortex logs rotate` takes).
+    /// Makes the self-rotation take this lock file, the home's [`crate::store::LockName::Logs`]
+    /// (the one `cortex logs rotate` takes).
     pub fn set_rotate_lock(&self, lock: PathBuf) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).rotate_lock = Some(lock);
     }
@@ -77,7 +75,7 @@ impl LogFileInner {
     /// holds the rotation lock.
     fn rotate_self(&mut self) {
         let _guard = match &self.rotate_lock {
-            Some(lock) => match crate::store::lock::try_lock_exclusive(lock) {
+            Some(lock) => match crate::store::lock::try_lock_exclusive_at(lock, crate::store::LockName::Logs) {
                 Ok(Some(g)) => Some(g),
                 _ => return,
             },

@@ -6,7 +6,7 @@
 use crate::daemon::DAEMONS;
 use crate::error::{Error, Result};
 use crate::home::Home;
-use crate::logging::{ROTATE_LOCK, compress_rotated, rotate_file};
+use crate::logging::{compress_rotated, rotate_file};
 use crate::pidfile::{self, PidStatus};
 use crate::supervisor::process::open_paths;
 use serde::Serialize;
@@ -80,7 +80,8 @@ pub fn rotate(home: &Home, max_size: u64, keep: u32, reopen_timeout: Duration) -
         }
         let writer = writer_of(home, &log);
         let compressed = {
-            let _guard = crate::store::lock::lock_exclusive(&home.lock_file(ROTATE_LOCK), Duration::from_secs(10))?;
+            let _guard =
+                crate::store::lock::lock_exclusive(home, crate::store::LockName::Logs, Duration::from_secs(10))?;
             rotate_file(&log, keep)?;
             compress_rotated(&log, keep, |p| writer.is_some_and(|(_, pid)| holds(pid, p)))?
         };

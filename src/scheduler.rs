@@ -406,9 +406,10 @@ mod tests {
         let path = store.path(files::SCHEDULER_STATE);
         let before = std::fs::read(&path).unwrap();
         let before_events = events(&store).len();
-        // Hold the lock elsewhere: the batch times out waiting for it.
+        // Hold the lock elsewhere (taken by another thread: this one may not take it twice):
+        // the batch times out waiting for it.
         let store = store.with_lock_timeout(std::time::Duration::from_millis(100));
-        let _held = store.lock(files::SCHEDULER_STATE).unwrap();
+        let _held = std::thread::scope(|s| s.spawn(|| store.lock(files::SCHEDULER_STATE).unwrap()).join().unwrap());
         let results = apply(&store, &[pause_req("a", "r"), resume_req("b"), pause_req("c", "r")]);
         assert_eq!(results.len(), 3);
         for r in &results {

@@ -33,9 +33,9 @@ fn writer(arg: &str) {
     // Stop with the test too (a failed test must not leave writers behind).
     let parent = nix::unistd::getppid();
     while !stop.exists() && nix::unistd::getppid() == parent {
-        let q = store.lock_named("task-queue").unwrap();
-        let b = store.lock_named("token-budget").unwrap();
-        let s = store.lock_named("worker-specs").unwrap();
+        let q = store.lock_named(cortex::store::LockName::TaskQueue).unwrap();
+        let b = store.lock_named(cortex::store::LockName::TokenBudget).unwrap();
+        let s = store.lock_named(cortex::store::LockName::WorkerSpecs).unwrap();
         let now = cortex::clock::now_string();
         if role == "add" {
             let task_id = cortex::task::model::new_id("task");

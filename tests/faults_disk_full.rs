@@ -625,7 +625,7 @@ fn task_archived_by_a_cycle_whose_queue_write_failed_is_not_archived_again() {
 
     // The coordinator cannot fold the end until the lock is released, by which time the disk is full.
     let store = cortex::Store::new(cortex::home::Home::at(h.path()));
-    let queue_lock = store.lock_named("task-queue").unwrap();
+    let queue_lock = store.lock_named(cortex::store::LockName::TaskQueue).unwrap();
     std::fs::write(&go, b"").unwrap();
     wait_until(Duration::from_secs(20), "the worker records the end", || {
         task_support::spec(&h, &dispatch).is_some_and(|(b, _)| b == "completed")

@@ -8,6 +8,7 @@ use common::reexec::{self, child, kill_hard, param, param_name, report};
 use common::*;
 use cortex::Home;
 use cortex::store::holders;
+use cortex::store::lock::{LockName, Mode};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -67,8 +68,8 @@ fn alive(pid: u32) -> bool {
 fn a_waiter_never_writes_through_a_lock_path_swapped_for_a_link() {
     let h = TestHome::new();
     let dir = h.join("coordination/.locks");
-    let lock = dir.join("attack.lock");
-    let link = dir.join("attack.swap");
+    let lock = dir.join("task-queue.lock");
+    let link = dir.join("task-queue.swap");
     let victim = h.join("victim.txt");
     let precious = "precious content that must never change\n";
     std::fs::write(&victim, precious).unwrap();
@@ -94,7 +95,7 @@ fn a_waiter_never_writes_through_a_lock_path_swapped_for_a_link() {
             if attempt == 30 {
                 drop(holder.take());
             }
-            let r = cortex::store::lock::lock_exclusive(&lock, Duration::from_millis(20));
+            let r = cortex::store::lock::lock_at(&lock, TASK_QUEUE, Mode::Exclusive, Duration::from_millis(20));
             outcomes.push(r.map(|_| "locked".to_string()).unwrap_or_else(|e| e.to_string()));
             assert_eq!(std::fs::read_to_string(&victim).unwrap(), precious, "run {run}: the victim was written");
         }
@@ -147,6 +148,14 @@ fn stop_never_signals_the_process_a_planted_pid_file_names() {
     kill_hard(&mut stranger);
 }
 
+const TASK_QUEUE: LockName = LockName::TaskQueue;
+
+/// The lock named by the parameter LOCK.
+fn lock_param() -> LockName {
+    let name = param::<String>("LOCK");
+    LockName::parse(&name).unwrap_or_else(|| panic!("no lock named {name:?}"))
+}
+
 /// Child: takes lock LOCK (a store lock name) and holds it until its stdin closes.
 #[test]
 fn child_lock_holder() {
@@ -154,8 +163,8 @@ fn child_lock_holder() {
         return;
     }
     let home = Home::at(param::<String>("HOME"));
-    let _guard = cortex::store::lock::lock_exclusive(&home.lock_file(&param::<String>("LOCK")), Duration::from_secs(5))
-        .expect("take the lock");
+    let _guard =
+        cortex::store::lock::lock_exclusive(&home, lock_param(), Duration::from_secs(5)).expect("take the lock");
     report("locked");
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     report("released");
@@ -169,7 +178,7 @@ fn child_lock_taker() {
     }
     let home = Home::at(param::<String>("HOME"));
     let wait = Duration::from_millis(param("WAIT_MS"));
-    match cortex::store::lock::lock_exclusive(&home.lock_file(&param::<String>("LOCK")), wait) {
+    match cortex::store::lock::lock_exclusive(&home, lock_param(), wait) {
         Ok(_g) => report("locked"),
         Err(e) => report(format!("error {e}")),
     }

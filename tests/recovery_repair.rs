@@ -163,3 +163,22 @@ fn temporaries_of_killed_writers_are_swept() {
     assert!(!stale.exists(), "the dead writer's temporary file is gone");
     assert!(fresh.exists(), "a live writer's fresh temporary file stays");
 }
+
+/// Repairing the intake takes the queue's lock, then the intake's: the order the coordinator's
+/// fold takes them in (it took them the other way round, and in a debug build the lock-order
+/// check stopped `cortex repair` with a panic naming both).
+#[test]
+fn the_intake_is_repaired_under_the_queue_lock_then_its_own() {
+    let h = TestHome::new();
+    h.cortex_ok(&["task", "add", "--description", "first", "--", "true"]);
+    let path = h.join("coordination/task-intake.jsonl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"{not json\n");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = h.cortex_ok(&["repair"]);
+    assert!(out.contains("task-intake.jsonl"), "{out}");
+    let rejected = std::fs::read_to_string(h.join("coordination/task-intake.jsonl.rejected")).unwrap();
+    assert_eq!(rejected, "{not json\n");
+    h.cortex_ok(&["task", "add", "--description", "second", "--", "true"]);
+    h.cortex_ok(&["validate"]);
+}

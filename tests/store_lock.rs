@@ -18,7 +18,9 @@ fn child_lock_holder() {
         return;
     }
     let store = Store::new(Home::at(param::<String>("HOME")));
-    let _guard = store.lock_named(&param::<String>("LOCK")).expect("take the lock");
+    let _guard = store
+        .lock_named(cortex::store::LockName::parse(&param::<String>("LOCK")).expect("a lock name"))
+        .expect("take the lock");
     report("locked");
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }

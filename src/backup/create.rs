@@ -2,10 +2,11 @@
 //! `MANIFEST.json` first, the archive written under a temporary name in the destination,
 //! fsynced, renamed into place, read back and verified, then retention.
 
+use super::ArchiveKind;
 use super::manifest::{self, Manifest, ManifestFile, ManifestLink};
-use super::{ArchiveKind, BACKUP_LOCK};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::store::LockName;
 use crate::store::atomic::{self, TEMP_PREFIX};
 use crate::store::{LockGuard, Store};
 use flate2::Compression;
@@ -53,7 +54,7 @@ pub struct BackupReport {
 /// Takes the home's backup lock, waiting up to the store's deadline; refuses clearly if another
 /// backup or restore keeps it.
 pub fn lock_backups(store: &Store) -> Result<LockGuard> {
-    match store.lock_named(BACKUP_LOCK) {
+    match store.lock_named(LockName::Backup) {
         Ok(g) => Ok(g),
         Err(Error::LockTimeout { holder, waited_ms, .. }) => Err(Error::refused(format!(
             "another backup or restore of {} is running{} (waited {waited_ms} ms); try again when it has finished",

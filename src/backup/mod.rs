@@ -21,10 +21,8 @@ pub mod verify;
 
 use crate::error::{Error, Result};
 use crate::home::Home;
+use crate::store::LockName;
 use std::path::PathBuf;
-
-/// The lock that serialises backups and restores of one home.
-pub const BACKUP_LOCK: &str = "backup";
 
 /// What an archive was made for; it decides the file name and where it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,18 +69,11 @@ pub fn backup_dir(home: &Home, config: &crate::config::Config) -> PathBuf {
     if dest.is_empty() { home.backups_dir() } else { home.join(dest) }
 }
 
-/// Locks a snapshot (and a restore's swap) takes, in this order: the documented order
-/// scheduler → schedules → task-queue → task-intake → token-budget → worker-specs (the
-/// coordinator folds the intake while it holds the queue's lock), then the lock of every other
-/// registered file, in registry order. Keep this list in one place.
-pub fn snapshot_lock_order() -> Vec<&'static str> {
-    let mut order = vec!["scheduler", "schedules", "task-queue", "task-intake", "token-budget", "worker-specs"];
-    for f in crate::files::ALL {
-        if !order.contains(&f.lock) {
-            order.push(f.lock);
-        }
-    }
-    order
+/// Locks a snapshot (and a restore's swap) takes, in lock order ([`LockName::snapshot`]):
+/// scheduler → schedules → task-queue → task-intake → token-budget → worker-specs, then the
+/// lock of every other registered file.
+pub fn snapshot_lock_order() -> Vec<LockName> {
+    LockName::snapshot().collect()
 }
 
 /// Takes every lock of [`snapshot_lock_order`] with the store's deadline. A timeout names the

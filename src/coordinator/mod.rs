@@ -1,5 +1,5 @@
 //! The coordinator daemon: the queue's main writer. Each cycle, under the locks in the protocol
-//! order (`scheduler` → `task-queue` → `token-budget` → `worker-specs`), it folds the intake into
+//! order ([`crate::store::LockName`]: `scheduler` → `task-queue` → `token-budget` → `worker-specs`), it folds the intake into
 //! the queue, folds ended dispatches (completed/failed/zombie specs) into their tasks (budget
 //! settlement, retry policy), dispatches the eligible tasks (priority, then age; `--after`,
 //! `--delay`, `next_retry_at`, budget, `[scheduler] max_concurrent_dispatches`) and archives
@@ -32,9 +32,6 @@ use crate::task::worker_types::{TemplateVars, WorkerTypes, expand};
 use crate::task::{archive, budget, intake, ops};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-
-/// The lock every spec read-modify-write takes (the last in the lock order).
-pub const WORKER_SPECS_LOCK: &str = "worker-specs";
 
 /// The identity of a file the coordinator reads (see [`FileIdentity`]); None when it cannot be
 /// stat'ed. The queue and budget identities are taken under their file's lock right after this
@@ -555,7 +552,7 @@ impl Coordinator {
             // Renamed under the lock; `active/` fsynced after it is released (the worker, which
             // takes the lock to record starts and ends, does not wait for that flush).
             let published = store
-                .lock_named(WORKER_SPECS_LOCK)
+                .lock_named(crate::store::LockName::WorkerSpecs)
                 .map(|guard| {
                     let published = spec_batch.publish();
                     drop(guard);

@@ -215,7 +215,7 @@ impl Monitor {
         }
         for spec in list_bucket(store, SpecBucket::Active)? {
             if spec.status() == DispatchStatus::Zombie {
-                let _guard = store.lock_named("worker-specs")?;
+                let _guard = store.lock_named(crate::store::LockName::WorkerSpecs)?;
                 let from = crate::task::dispatches::spec_path(store.home(), SpecBucket::Active, &spec.dispatch_id);
                 let to = crate::task::dispatches::spec_path(store.home(), SpecBucket::Zombie, &spec.dispatch_id);
                 if from.exists() {

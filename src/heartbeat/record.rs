@@ -97,7 +97,7 @@ pub fn write_spec(path: &Path, spec: &DispatchRecord) -> Result<()> {
 /// Stores `record` in the active spec of `dispatch_id` if it still runs process `pid`. Returns
 /// false (and writes nothing) when the dispatch has ended or moved meanwhile.
 pub fn store_record(store: &Store, dispatch_id: &str, pid: i32, record: &HeartbeatRecord) -> Result<bool> {
-    let _guard = store.lock_named("worker-specs")?;
+    let _guard = store.lock_named(crate::store::LockName::WorkerSpecs)?;
     let path = spec_path(store.home(), SpecBucket::Active, dispatch_id);
     let Some(mut spec) = read_spec(store, &path)? else { return Ok(false) };
     if !matches!(spec.state, DispatchState::Running { pid: p, .. } if p == pid) {

@@ -66,7 +66,7 @@ fn claim(
     let DispatchState::Running { pid, pgid, proc_start_ticks, .. } = spec.state else { return Ok(None) };
     let id = &spec.dispatch_id;
     let budget_guard = store.lock(crate::files::TOKEN_BUDGET)?;
-    let specs_guard = store.lock_named("worker-specs")?;
+    let specs_guard = store.lock_named(crate::store::LockName::WorkerSpecs)?;
     let active = spec_path(store.home(), SpecBucket::Active, id);
     let Some(mut current) = read_spec(store, &active)? else { return Ok(None) };
     if !matches!(current.state, DispatchState::Running { pid: p, .. } if p == pid) {
@@ -136,7 +136,7 @@ pub fn finish(
     let logs_dir = copy_logs(store, spec, now);
     let zombie = spec_path(store.home(), SpecBucket::Zombie, &spec.dispatch_id);
     let updated = {
-        let _guard = store.lock_named("worker-specs")?;
+        let _guard = store.lock_named(crate::store::LockName::WorkerSpecs)?;
         let mut current = read_spec(store, &zombie)?.unwrap_or_else(|| spec.clone());
         let mut hb = HeartbeatRecord::of(&current);
         let c = hb.zombie_cleanup.get_or_insert(cleanup.clone());

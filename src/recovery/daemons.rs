@@ -67,7 +67,7 @@ pub fn stop_all(home: &Home, config: &Config) -> Result<Vec<&'static str>> {
 
 /// Waits until nobody holds the daemon's PID-file lock (the daemon has exited).
 fn wait_pidfile_free(home: &Home, daemon: &str, timeout: Duration) -> Result<bool> {
-    match crate::store::lock::lock_exclusive_quiet(&home.pid_file(daemon), timeout) {
+    match crate::store::lock::lock_pid_file(&home.pid_file(daemon), timeout) {
         Ok(guard) => {
             drop(guard);
             Ok(true)

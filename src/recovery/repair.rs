@@ -156,20 +156,22 @@ fn repair_jsonl(
     store: &Store,
     path: &Path,
     schema: Option<&str>,
-    lock: Option<&str>,
+    lock: Option<crate::store::LockName>,
     dry_run: bool,
     report: &mut RepairReport,
 ) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let is_intake = lock == Some("task-intake");
+    let is_intake = lock == Some(crate::store::LockName::TaskIntake);
+    // The queue's lock first (lock order task-queue → task-intake, as the coordinator's fold):
+    // the queue's `intake_offset` counts in the intake being rewritten.
+    let _queue_guard = if is_intake && !dry_run { Some(store.lock(files::TASK_QUEUE)?) } else { None };
     // The intake's appenders hold its lock shared; exclusive keeps them out while it is rewritten.
     let _guard = match lock {
         Some(l) if !dry_run => Some(store.lock_named(l)?),
         _ => None,
     };
-    let _queue_guard = if is_intake && !dry_run { Some(store.lock(files::TASK_QUEUE)?) } else { None };
     let mut old = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let mut bytes = Vec::new();
     old.read_to_end(&mut bytes).map_err(|e| Error::io(path, "read", e))?;
@@ -453,7 +455,7 @@ fn repair_scheduler(store: &Store, path: &Path, problem: &str, dry_run: bool, re
 
 fn repair_specs(store: &Store, dry_run: bool, report: &mut RepairReport) -> Result<()> {
     let home = store.home();
-    let _guard = if dry_run { None } else { Some(store.lock_named("worker-specs")?) };
+    let _guard = if dry_run { None } else { Some(store.lock_named(crate::store::LockName::WorkerSpecs)?) };
     let qdir = home.worker_specs(SpecBucket::Quarantine);
     for bucket in SpecBucket::ALL.into_iter().filter(|b| *b != SpecBucket::Quarantine) {
         let Ok(entries) = std::fs::read_dir(home.worker_specs(bucket)) else { continue };

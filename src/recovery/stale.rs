@@ -111,7 +111,7 @@ pub fn recover_stale(
     let home = store.home();
     let limit = chrono::Duration::from_std(older_than).map_err(|e| Error::other(e.to_string()))?;
     let mut report = StaleReport { dry_run, ..Default::default() };
-    let guard = if dry_run { None } else { Some(store.lock_named("worker-specs")?) };
+    let guard = if dry_run { None } else { Some(store.lock_named(crate::store::LockName::WorkerSpecs)?) };
     for rec in crate::task::dispatches::list_bucket(store, SpecBucket::Active)? {
         report.checked += 1;
         let now = clock.now();

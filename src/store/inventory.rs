@@ -47,7 +47,7 @@ fn parse_note(note: &str) -> Option<(u32, &str)> {
 /// lock table (also on deleted predecessors) and since when.
 pub fn inventory(home: &crate::home::Home) -> Vec<LockInfo> {
     let mut paths: Vec<(PathBuf, &'static str)> = Vec::new();
-    let mut names: Vec<String> = crate::files::ALL.iter().map(|f| f.lock.to_string()).collect();
+    let mut names: Vec<String> = crate::files::ALL.iter().map(|f| f.lock.as_str().to_string()).collect();
     if let Ok(dir) = std::fs::read_dir(home.locks_dir()) {
         for e in dir.flatten() {
             if let Some(n) = e.file_name().to_str().and_then(|n| n.strip_suffix(".lock")) {
@@ -57,7 +57,8 @@ pub fn inventory(home: &crate::home::Home) -> Vec<LockInfo> {
     }
     names.sort();
     names.dedup();
-    paths.extend(names.iter().map(|n| (home.lock_file(n), "lock")));
+    // Every file of the directory, ours or not: an operator sees all of it.
+    paths.extend(names.iter().map(|n| (home.locks_dir().join(format!("{n}.lock")), "lock")));
     paths.extend(crate::daemon::DAEMONS.iter().map(|d| (home.pid_file(d), "pid")));
     let mut out = Vec::new();
     for (path, kind) in paths {

@@ -18,7 +18,10 @@
 //! the file is only the last writer's hint.
 
 use super::holders::{self, Holder};
+pub use super::lock_name::LockName;
+use super::lock_name::order;
 use crate::error::{Error, Result};
+use crate::home::Home;
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -37,16 +40,24 @@ pub enum Mode {
 pub struct LockGuard {
     file: File,
     path: PathBuf,
+    /// The named lock's place in the lock order (None for a PID file).
+    held: Option<(LockName, order::Held)>,
 }
 
 impl LockGuard {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Which lock this is (None for a PID file).
+    pub fn name(&self) -> Option<LockName> {
+        self.held.as_ref().map(|(n, _)| *n)
+    }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        // Released before `held` leaves this thread's stack (fields drop after this body).
         let _ = self.file.unlock();
     }
 }
@@ -103,11 +114,6 @@ fn check_owned_regular(path: &Path, meta: &Metadata) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Opens a lock or PID file as [`open_checked`] does (for callers that lock it themselves).
-pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
-    open_checked(path).map(|(f, _)| f)
 }
 
 /// What the path names after the lock was taken.
@@ -278,8 +284,10 @@ fn wait_deleted_predecessors(path: &Path, mode: Mode, deadline: Instant, start: 
 }
 
 /// Takes the lock at `path` in `mode`, waiting at most `timeout`; writes the holder note unless
-/// `quiet` (a PID file's content is its PID).
-fn acquire(path: &Path, mode: Mode, timeout: Duration, quiet: bool) -> Result<LockGuard> {
+/// `quiet` (a PID file's content is its PID). A named lock is checked against the lock order
+/// first (debug builds) and recorded as held.
+fn acquire(path: &Path, mode: Mode, timeout: Duration, quiet: bool, name: Option<LockName>) -> Result<LockGuard> {
+    let held = name.map(|n| (n, order::acquiring(n)));
     let start = Instant::now();
     let deadline = start + timeout;
     loop {
@@ -309,30 +317,61 @@ fn acquire(path: &Path, mode: Mode, timeout: Duration, quiet: bool) -> Result<Lo
                 if !quiet && (mode == Mode::Exclusive || size == 0) {
                     note_holder(&file, path);
                 }
-                return Ok(LockGuard { file, path: path.to_path_buf() });
+                return Ok(LockGuard { file, path: path.to_path_buf(), held });
             }
         }
     }
 }
 
-/// Takes the exclusive lock at `path`, waiting at most `timeout`.
-pub fn lock_exclusive(path: &Path, timeout: Duration) -> Result<LockGuard> {
-    acquire(path, Mode::Exclusive, timeout, false)
+/// Takes the lock `name` of `home` in `mode`, waiting at most `timeout`. Panics in debug builds
+/// when this thread holds a lock that comes after `name` in [`LockName`]'s order.
+pub fn lock(home: &Home, name: LockName, mode: Mode, timeout: Duration) -> Result<LockGuard> {
+    lock_at(&home.lock_file(name), name, mode, timeout)
 }
 
-/// [`lock_exclusive`] that leaves the file's content alone (a PID file's content is its PID).
-pub fn lock_exclusive_quiet(path: &Path, timeout: Duration) -> Result<LockGuard> {
-    acquire(path, Mode::Exclusive, timeout, true)
+/// Takes the exclusive lock `name` of `home`, waiting at most `timeout`.
+pub fn lock_exclusive(home: &Home, name: LockName, timeout: Duration) -> Result<LockGuard> {
+    lock(home, name, Mode::Exclusive, timeout)
 }
 
-/// Takes the lock at `path` shared, waiting at most `timeout`.
-pub fn lock_shared(path: &Path, timeout: Duration) -> Result<LockGuard> {
-    acquire(path, Mode::Shared, timeout, false)
+/// Takes the lock `name` of `home` shared, waiting at most `timeout`.
+pub fn lock_shared(home: &Home, name: LockName, timeout: Duration) -> Result<LockGuard> {
+    lock(home, name, Mode::Shared, timeout)
+}
+
+/// [`lock`] for a process handed the lock file's path rather than the home (a task's exec shim);
+/// `path` is `name`'s lock file.
+pub fn lock_at(path: &Path, name: LockName, mode: Mode, timeout: Duration) -> Result<LockGuard> {
+    debug_assert!(path.ends_with(name.file_name()), "{} is not the lock file of {name}", path.display());
+    acquire(path, mode, timeout, false, Some(name))
+}
+
+/// Tries the exclusive lock `name` of `home` once; `Ok(None)` when someone else holds it.
+pub fn try_lock_exclusive(home: &Home, name: LockName) -> Result<Option<LockGuard>> {
+    try_at(&home.lock_file(name), Some(name))
+}
+
+/// [`try_lock_exclusive`] of the lock file at `path`, which is `name`'s.
+pub fn try_lock_exclusive_at(path: &Path, name: LockName) -> Result<Option<LockGuard>> {
+    debug_assert!(path.ends_with(name.file_name()), "{} is not the lock file of {name}", path.display());
+    try_at(path, Some(name))
+}
+
+/// Takes the lock of a PID file (`run/<daemon>.pid`), leaving its content (the PID) alone. PID
+/// files are outside [`LockName`]'s order: a daemon holds its own for its whole life.
+pub fn lock_pid_file(path: &Path, timeout: Duration) -> Result<LockGuard> {
+    acquire(path, Mode::Exclusive, timeout, true, None)
+}
+
+/// Tries the lock of a PID file once; `Ok(None)` when someone holds it.
+pub fn try_lock_pid_file(path: &Path) -> Result<Option<LockGuard>> {
+    try_at(path, None)
 }
 
 /// Tries the exclusive lock once; `Ok(None)` when someone else holds it (or a deleted
 /// predecessor of the file).
-pub fn try_lock_exclusive(path: &Path) -> Result<Option<LockGuard>> {
+fn try_at(path: &Path, name: Option<LockName>) -> Result<Option<LockGuard>> {
+    let held = name.map(|n| (n, order::acquiring(n)));
     // A file replaced between open and lock is opened again; a few rounds bound a busy loop.
     for _ in 0..8 {
         let (file, opened) = open_checked(path)?;
@@ -348,7 +387,7 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<LockGuard>> {
                     return Ok(None);
                 }
                 note_holder(&file, path);
-                return Ok(Some(LockGuard { file, path: path.to_path_buf() }));
+                return Ok(Some(LockGuard { file, path: path.to_path_buf(), held }));
             }
         }
     }
@@ -358,6 +397,15 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<LockGuard>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lock at any path, outside the lock order (these tests take one lock twice in a thread).
+    fn lock_exclusive(path: &Path, timeout: Duration) -> Result<LockGuard> {
+        acquire(path, Mode::Exclusive, timeout, false, None)
+    }
+
+    fn try_lock_exclusive(path: &Path) -> Result<Option<LockGuard>> {
+        try_at(path, None)
+    }
 
     #[test]
     fn second_lock_times_out_then_succeeds_after_release() {

@@ -2,6 +2,7 @@
 //!
 //! - [`atomic`]: atomic, durable replacement of a file (invariant 1).
 //! - [`lock`]: flock on dedicated lock files with a deadline (invariant 2).
+//! - [`lock_name`]: every lock by name, in the one lock order (invariant 3).
 //! - [`jsonl`]: single-`write` appends and tolerant readers (invariant 4).
 //! - [`identity`]: a file's identity by `stat`, and the racily-clean guard for skipping reads.
 //! - this module: typed documents ([`Document`]) loaded and schema-checked, read-modify-write
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod inventory;
 pub mod jsonl;
 pub mod lock;
+pub mod lock_name;
 pub mod open;
 pub mod outage;
 
@@ -28,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use lock::LockGuard;
+pub use lock_name::LockName;
 
 /// Default deadline for taking a lock.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,9 +93,14 @@ impl Store {
         self.lock_named(file.lock)
     }
 
-    /// Takes a named lock under `coordination/.locks/`.
-    pub fn lock_named(&self, name: &str) -> Result<LockGuard> {
-        lock::lock_exclusive(&self.home.lock_file(name), self.lock_timeout)
+    /// Takes a lock under `coordination/.locks/` exclusive, with the store's deadline.
+    pub fn lock_named(&self, name: LockName) -> Result<LockGuard> {
+        lock::lock_exclusive(&self.home, name, self.lock_timeout)
+    }
+
+    /// Takes a lock under `coordination/.locks/` shared, with the store's deadline.
+    pub fn lock_shared(&self, name: LockName) -> Result<LockGuard> {
+        lock::lock_shared(&self.home, name, self.lock_timeout)
     }
 
     /// Reads a JSON coordination file and checks it against its schema. `Ok(None)` when missing.
@@ -180,7 +188,7 @@ impl Store {
         guard: &LockGuard,
         change: impl FnOnce(&mut D) -> Result<R>,
     ) -> Result<R> {
-        debug_assert!(guard.path().ends_with(format!("{}.lock", D::FILE.lock)));
+        debug_assert_eq!(guard.name(), Some(D::FILE.lock));
         let mut doc: D = self.load()?;
         let out = change(&mut doc)?;
         self.write_locked(guard, &doc)?;

@@ -198,7 +198,7 @@ fn stop_inner(
         PidStatus::Stale(pid) => {
             result.pid = pid;
             // Only our own file: it is stale when its lock is free; take the lock to be sure.
-            if let Some(_g) = crate::store::lock::try_lock_exclusive(&home.pid_file(daemon))? {
+            if let Some(_g) = crate::store::lock::try_lock_pid_file(&home.pid_file(daemon))? {
                 process::remove_leftovers(home, daemon);
             }
             "cleaned_stale"
@@ -308,7 +308,7 @@ pub fn restart(
 /// heartbeat is stale at the end.
 pub fn wait_stable(home: &Home, config: &Config, daemon: &str, pid: u32, period: Duration) -> Result<()> {
     if !period.is_zero() {
-        match crate::store::lock::lock_exclusive(&home.pid_file(daemon), period) {
+        match crate::store::lock::lock_pid_file(&home.pid_file(daemon), period) {
             Ok(_g) => {
                 return Err(Error::other(format!(
                     "{daemon} (PID {pid}) exited within the {:.1}s stabilisation period",

@@ -9,7 +9,7 @@ use crate::daemon::read_mark;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
-use crate::store::lock::{LockGuard, lock_exclusive_quiet};
+use crate::store::lock::{LockGuard, lock_pid_file};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
@@ -261,13 +261,13 @@ pub fn stop_pid(home: &Home, daemon: &str, pid: u32, timeout: Duration, force: b
     let path = home.pid_file(daemon);
     let first = if force { Signal::SIGKILL } else { Signal::SIGTERM };
     target.signal(first)?;
-    match lock_exclusive_quiet(&path, if force { Duration::from_secs(10) } else { timeout }) {
+    match lock_pid_file(&path, if force { Duration::from_secs(10) } else { timeout }) {
         Ok(g) => return Ok((if force { Stopped::Killed } else { Stopped::Graceful }, g)),
         Err(Error::LockTimeout { .. }) if !force => {}
         Err(e) => return Err(e),
     }
     target.signal(Signal::SIGKILL)?;
-    match lock_exclusive_quiet(&path, Duration::from_secs(10)) {
+    match lock_pid_file(&path, Duration::from_secs(10)) {
         Ok(g) => Ok((Stopped::KilledAfterTimeout, g)),
         Err(Error::LockTimeout { .. }) => Err(Error::other(format!(
             "{daemon} (PID {pid}) still holds {} 10 s after SIGKILL; the process may be stuck in the kernel (D state)",

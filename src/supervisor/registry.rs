@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::daemon::{DAEMONS, binary_name};
 use crate::error::{Error, Result};
 use crate::home::Home;
+use crate::store::LockName;
 use crate::store::lock::{LockGuard, lock_exclusive};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -174,8 +175,6 @@ pub struct DaemonRecord {
     pub next_restart_at: Option<String>,
 }
 
-const STATE_LOCK: &str = "supervisor";
-
 /// Reads the supervisor state (default when missing; a corrupt file is quarantined and ignored).
 pub fn read_state(home: &Home) -> SupervisorState {
     let store = crate::store::Store::new(home.clone()).with_source("supervisor");
@@ -187,7 +186,7 @@ pub fn read_state(home: &Home) -> SupervisorState {
 
 /// Read-modify-write of the supervisor state under its lock.
 pub fn update_state(home: &Home, change: impl FnOnce(&mut SupervisorState)) -> Result<()> {
-    let _guard = lock_exclusive(&home.lock_file(STATE_LOCK), Duration::from_secs(10))?;
+    let _guard = lock_exclusive(home, LockName::Supervisor, Duration::from_secs(10))?;
     let mut state = read_state(home);
     change(&mut state);
     state.updated_at = Some(now_string());
@@ -208,7 +207,8 @@ pub fn clear_failed(home: &Home, daemon: &str) -> Result<()> {
 
 /// Takes the per-daemon lock that serialises starting and stopping `daemon`.
 pub fn lock_daemon(home: &Home, daemon: &str, timeout: Duration) -> Result<LockGuard> {
-    lock_exclusive(&home.lock_file(&format!("daemon-{daemon}")), timeout)
+    let name = LockName::daemon(daemon).ok_or_else(|| Error::other(format!("no daemon named {daemon:?}")))?;
+    lock_exclusive(home, name, timeout)
 }
 
 /// The name of the foreground supervisor's PID file (`run/supervisor.pid`), held by `cortex run`.

@@ -31,8 +31,7 @@ pub struct SharedIntakeLock {
 
 /// Takes the intake lock SHARED (appenders, consistent readers), waiting at most `timeout`.
 pub fn lock_shared(store: &Store) -> Result<SharedIntakeLock> {
-    let path = store.home().lock_file(TASK_INTAKE.lock);
-    Ok(SharedIntakeLock { _guard: crate::store::lock::lock_shared(&path, store.lock_timeout())? })
+    Ok(SharedIntakeLock { _guard: store.lock_shared(TASK_INTAKE.lock)? })
 }
 
 /// Appends a new task to the intake: one line, one `write`, fdatasync. O(1) in the queue size.

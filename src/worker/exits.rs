@@ -15,17 +15,29 @@
 //! [`COMPACT_AT`] bytes, it empties the file (ftruncate, under the lock EXCLUSIVE, so no append
 //! is in flight). A crash that undoes a truncate only brings back reports of dispatches that
 //! already ended, which nobody looks up again (dispatch ids are never reused).
+//!
+//! Both locks go through [`crate::store::lock`] (deadline, holder note, a timeout naming the
+//! holders); `dispatch-exits` is always taken alone ([`LockName::DispatchExits`]).
 
 use crate::error::{Error, Result};
 use crate::home::Home;
+use crate::store::LockName;
+use crate::store::lock::{Mode, lock_at};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The journal is emptied once fully consumed and at least this long.
 pub const COMPACT_AT: u64 = 256 * 1024;
+
+/// How long a shim waits for its shared lock. The exclusive holder (the worker emptying the
+/// journal) holds it for one read and a truncate; a shim that gives up says so on its stderr
+/// (the task's log) and exits with the command's status, which a worker that is its parent
+/// still reaps.
+pub const APPEND_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the shim records about the command's end.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -47,18 +59,20 @@ pub fn journal_path(home: &Home) -> PathBuf {
 
 /// The lock that orders appends (shared) against emptying the journal (exclusive).
 pub fn lock_path(home: &Home) -> PathBuf {
-    home.lock_file("dispatch-exits")
+    home.lock_file(LockName::DispatchExits)
 }
 
 /// The shim's side: appends one report durably under the shared lock.
 pub fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
+    append_within(journal, lock, report, APPEND_LOCK_TIMEOUT)
+}
+
+/// [`append`] waiting at most `timeout` for the lock.
+fn append_within(journal: &Path, lock: &Path, report: &ExitReport, timeout: Duration) -> Result<()> {
     let mut line = serde_json::to_vec(report).map_err(|e| Error::other(format!("cannot encode exit report: {e}")))?;
     line.push(b'\n');
-    let lock_file = crate::store::lock::open_lock_file(lock)?;
-    lock_file.lock_shared().map_err(|e| Error::io(lock, "lock", e))?;
-    let result = crate::store::jsonl::append_raw_durable(journal, &line);
-    let _ = lock_file.unlock();
-    result
+    let _guard = lock_at(lock, LockName::DispatchExits, Mode::Shared, timeout)?;
+    crate::store::jsonl::append_raw_durable(journal, &line)
 }
 
 /// The worker's view of the journal: reports read so far and not yet taken.
@@ -66,6 +80,9 @@ pub fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
 pub struct ExitJournal {
     path: PathBuf,
     lock: PathBuf,
+    /// How long emptying the journal waits for the lock (appends in flight hold it shared); an
+    /// attempt that gives up is made again on a later step.
+    lock_timeout: Duration,
     /// Bytes read and parsed (always at a line boundary) of the file `file` identifies.
     offset: u64,
     /// Device and inode of the file `offset` counts in: a journal replaced by another file (by
@@ -81,11 +98,18 @@ impl ExitJournal {
         ExitJournal {
             path: journal_path(home),
             lock: lock_path(home),
+            lock_timeout: crate::store::DEFAULT_LOCK_TIMEOUT,
             offset: 0,
             file: None,
             reports: HashMap::new(),
             bad_lines: 0,
         }
+    }
+
+    /// Waits at most `timeout` for the lock when emptying the journal.
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> ExitJournal {
+        self.lock_timeout = timeout;
+        self
     }
 
     /// Reads the lines appended since the last call. Errors are logged: a report that cannot be
@@ -176,8 +200,7 @@ impl ExitJournal {
     }
 
     fn compact_locked(&mut self) -> Result<bool> {
-        let lock_file = crate::store::lock::open_lock_file(&self.lock)?;
-        lock_file.lock().map_err(|e| Error::io(&self.lock, "lock", e))?;
+        let _guard = lock_at(&self.lock, LockName::DispatchExits, Mode::Exclusive, self.lock_timeout)?;
         // No append is in flight now; one that landed since the last read must be kept.
         self.read_new()?;
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
@@ -189,7 +212,6 @@ impl ExitJournal {
         } else {
             false
         };
-        let _ = lock_file.unlock();
         Ok(done)
     }
 }
@@ -250,6 +272,46 @@ mod tests {
         append(&path, &lock, &report("after", 0)).unwrap();
         j.refresh();
         assert!(j.has("after"), "reading resumes from the start of the emptied file");
+    }
+
+    /// Both sides wait for the lock with a deadline, and a timeout names the holder (before,
+    /// both blocked in `flock` without one: these calls never returned).
+    #[test]
+    fn the_journal_lock_has_a_deadline_and_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let (path, lock) = (journal_path(&home), lock_path(&home));
+        let wait = Duration::from_millis(100);
+        let take = |mode| {
+            std::thread::scope(|s| {
+                s.spawn(|| crate::store::lock::lock(&home, LockName::DispatchExits, mode, wait).unwrap())
+                    .join()
+                    .unwrap()
+            })
+        };
+        // The worker empties the journal: a shim waits, gives up, says who holds the lock.
+        let held = take(Mode::Exclusive);
+        let err = append_within(&path, &lock, &report("a", 0), wait).unwrap_err();
+        assert!(matches!(err, Error::LockTimeout { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("dispatch-exits.lock") && msg.contains(&format!("{}", std::process::id())), "{msg}");
+        assert!(!path.exists(), "nothing appended without the lock");
+        drop(held);
+        // A shim appends: the worker's attempt to empty the journal gives up and is made later.
+        let n = (COMPACT_AT / 60) as usize + 10;
+        for i in 0..n {
+            append(&path, &lock, &report(&format!("dsp-{i}"), 0)).unwrap();
+        }
+        let mut j = ExitJournal::new(&home).with_lock_timeout(wait);
+        j.refresh();
+        for i in 0..n {
+            j.take(&format!("dsp-{i}")).unwrap();
+        }
+        let held = take(Mode::Shared);
+        assert!(!j.compact(false), "not emptied while an append holds the lock");
+        assert!(std::fs::metadata(&path).unwrap().len() > 0);
+        drop(held);
+        assert!(j.compact(false));
     }
 
     #[test]

@@ -29,14 +29,13 @@ pub mod task_procs;
 
 use crate::clock::{format_ts, now_string, parse_ts};
 use crate::config::Config;
-use crate::coordinator::WORKER_SPECS_LOCK;
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::{Error, Result};
 use crate::events::Severity;
 use crate::files::DISPATCH_SCHEMA;
 use crate::home::{Home, SpecBucket};
-use crate::store::Store;
 use crate::store::atomic::Published;
+use crate::store::{LockName, Store};
 use crate::task::dispatches::{self, cancel_request_path, spec_path};
 use crate::task::model::{DispatchRecord, DispatchState};
 use crate::task::worker_types::{WorkerTypes, workdir};
@@ -219,7 +218,7 @@ impl<E: Executor> Worker<E> {
     pub fn new(store: Store, config: Config, executor: E, waker: Sender<Wake>) -> Worker<E> {
         let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
         Worker {
-            exits: exits::ExitJournal::new(store.home()),
+            exits: exits::ExitJournal::new(store.home()).with_lock_timeout(store.lock_timeout()),
             home: store.home().clone(),
             store,
             config,
@@ -584,7 +583,7 @@ impl<E: Executor> Worker<E> {
         let mut changes: Vec<(String, SpecChange)> = ends.iter().map(end_change).collect();
         changes.extend(started.iter().map(|(rec, l)| running_change(rec, l, &started_at)));
         let mut dirs = Vec::new();
-        let mut results = match self.store.lock_named(WORKER_SPECS_LOCK) {
+        let mut results = match self.store.lock_named(LockName::WorkerSpecs) {
             Ok(guard) => {
                 let (mut results, published, created) = self.update_specs_locked(changes);
                 let start_results = results.split_off(ends.len());
@@ -957,7 +956,7 @@ impl<E: Executor> Worker<E> {
     /// Moves a spec with a final state from `active/` to `completed/` or `failed/` and removes
     /// its cancel request.
     fn move_final(&self, rec: &DispatchRecord) -> Result<()> {
-        let guard = self.store.lock_named(WORKER_SPECS_LOCK)?;
+        let guard = self.store.lock_named(LockName::WorkerSpecs)?;
         let mut dirs = Vec::new();
         let moved = self.move_final_locked(&[rec], &mut dirs);
         drop(guard);
