@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod patterns;
 pub mod pidfile;
 pub mod pm;
+pub mod procfs;
 pub mod recovery;
 pub mod schedule;
 pub mod scheduler;

@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::logging::{ROTATE_LOCK, compress_rotated, rotate_file};
 use crate::pidfile::{self, PidStatus};
-use crate::supervisor::process::open_paths;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,12 +22,17 @@ fn writer_of(home: &Home, log: &Path) -> Option<(&'static str, u32)> {
 
 /// True when process `pid` has `path` (or a rotated copy of it, with `prefix_only`) open.
 fn holds(pid: u32, path: &Path) -> bool {
-    open_paths(pid).iter().any(|p| p == path)
+    open_paths(pid).any(|p| p == path)
 }
 
 fn holds_rotated(pid: u32, log: &Path) -> bool {
     let prefix = format!("{}.", log.display());
-    open_paths(pid).iter().any(|p| p.to_string_lossy().starts_with(&prefix))
+    open_paths(pid).any(|p| p.to_string_lossy().starts_with(&prefix))
+}
+
+/// The paths process `pid` has open.
+fn open_paths(pid: u32) -> impl Iterator<Item = std::path::PathBuf> {
+    crate::procfs::open_fds(i32::try_from(pid).unwrap_or(-1)).into_iter().map(|o| o.target)
 }
 
 /// Sends SIGHUP to every running daemon of this home (they reopen their logs).

@@ -1,31 +1,9 @@
-//! Facts about processes from `/proc`, and exit notification for processes that are not our
-//! children (re-adopted after a worker restart) through a pidfd.
+//! Process groups of tasks (exists, signal), exit notification for processes that are not our
+//! children (re-adopted after a worker restart) through a pidfd, and the subreaper setting. What
+//! `/proc` says about a process is [`crate::procfs`].
 
 use crate::daemon::Wake;
 use std::sync::mpsc::Sender;
-
-/// State letter and start time (clock ticks since boot) of a process, from `/proc/<pid>/stat`.
-pub fn stat(pid: i32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces or ')': split after the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: field 3 is the state (index 0 here), field 22 the start time (index 19).
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
-}
-
-/// The start time of a live process.
-pub fn start_ticks(pid: i32) -> Option<u64> {
-    stat(pid).map(|(_, t)| t)
-}
-
-/// True when `pid` is the very process that started at `ticks` and has not exited (a zombie
-/// counts as exited; a reused PID has another start time).
-pub fn alive(pid: i32, ticks: u64) -> bool {
-    matches!(stat(pid), Some((state, t)) if t == ticks && state != 'Z' && state != 'X')
-}
 
 /// True while any process is in the process group.
 pub fn group_exists(pgid: i32) -> bool {
@@ -70,18 +48,4 @@ pub fn notify_exit(pid: i32, waker: Sender<Wake>, message: String) {
 pub fn become_subreaper() {
     // SAFETY: prctl with integer arguments.
     unsafe { nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_process_is_alive_and_identified() {
-        let me = std::process::id() as i32;
-        let (state, ticks) = stat(me).unwrap();
-        assert_ne!(state, 'Z');
-        assert!(alive(me, ticks));
-        assert!(!alive(me, ticks + 1), "another start time is another process");
-    }
 }
