@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod daemon;
+pub mod daemon_name;
 pub mod error;
 pub mod events;
 pub mod files;

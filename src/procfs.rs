@@ -104,7 +104,7 @@ pub fn group_members(pgid: i32) -> Vec<Stat> {
 
 fn sysconf(var: nix::unistd::SysconfVar) -> Option<i64> {
     match nix::unistd::sysconf(var) {
-        Ok(Some(n)) if n > 0 => Some(n as i64),
+        Ok(Some(n)) if n > 0 => Some(n),
         _ => None,
     }
 }

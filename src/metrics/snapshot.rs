@@ -198,7 +198,7 @@ impl Collector {
     fn daemons(&mut self, home: &Home, now: crate::clock::Timestamp) -> BTreeMap<String, DaemonStats> {
         let mut out = BTreeMap::new();
         let mut seen = HashMap::new();
-        for name in crate::daemon::DAEMONS {
+        for name in crate::daemon_name::NAMES {
             let Ok(PidStatus::Running(pid)) = pidfile::status(home, name) else { continue };
             if pid == 0 {
                 continue;

@@ -30,7 +30,7 @@ pub enum Detach {
 /// Starts the daemon's binary for `home`: stdin from /dev/null, stdout and stderr appended to its
 /// log. Returns the child (the caller reaps it or lets init adopt it).
 pub fn spawn(home: &Home, daemon: &str, detach: Detach) -> Result<Child> {
-    let bin = super::registry::binary(daemon)?;
+    let bin = super::registry::binary(super::registry::check_name(daemon)?)?;
     let log_path = home.daemon_log(daemon);
     // Never through a link planted at the log's name, nor one at a directory above it.
     let log = crate::store::open::append(&log_path)?;
@@ -227,7 +227,7 @@ pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess
             path.display()
         ));
     }
-    let want = crate::daemon::binary_name(daemon);
+    let want = super::registry::check_name(daemon)?.binary_name();
     let proc_pid = i32::try_from(pid).unwrap_or(-1);
     let exe = procfs::exe(proc_pid);
     let exe_name = exe.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
