@@ -2,9 +2,10 @@
 //! start time, resident memory), its identity (PID plus start time, so a reused PID is never
 //! mistaken for the process we recorded), its environment, command line, executable, working
 //! directory and open descriptors, the host's uptime and lock table, and the clock-tick and page
-//! sizes, each computed once. A leaf: it knows nothing of homes, dispatches or daemons, and every
+//! sizes, each computed once; and a pidfd, the kernel's handle on a process. A leaf: it knows nothing of homes, dispatches or daemons, and every
 //! reader returns None (or nothing) for a process that is gone or not ours to read.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -195,6 +196,18 @@ pub fn fd_link(pid: i32, fd: i32) -> PathBuf {
     path(pid, &format!("fd/{fd}"))
 }
 
+/// A pidfd for `pid` (`pidfd_open`): readable once the process exits, and a PID that cannot be
+/// reused while it is open. ESRCH when there is no such process.
+pub fn pidfd(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// The host's lock table, `/proc/locks` (None when it cannot be read).
 pub fn locks() -> Option<String> {
     std::fs::read_to_string("/proc/locks").ok()
@@ -262,8 +275,12 @@ mod tests {
         assert_eq!((s.state, s.start_ticks), ('Z', ticks));
         assert!(!s.is_running() && !is_alive(pid, ticks));
         assert!(group_members(s.pgrp).iter().all(|m| m.pid != pid));
+        assert!(pidfd(pid).is_ok(), "a zombie still has a pidfd");
         child.wait().unwrap();
         assert!(stat(pid).is_none_or(|s| s.start_ticks != ticks), "reaped: gone (or another process)");
+        if stat(pid).is_none() {
+            assert_eq!(pidfd(pid).unwrap_err().raw_os_error(), Some(nix::libc::ESRCH));
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::procfs::{self, Stat, group_members, is_alive};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 /// The members of a dispatch's process group that are provably ours: the group exists only while
@@ -80,16 +80,6 @@ pub fn stop_group(pid: i32, pgid: i32, start_ticks: u64, grace: Duration) -> Sto
     out
 }
 
-fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Waits until every `(pid, start_ticks)` has exited (or was reaped), at most until `deadline`.
 /// Blocks in `poll` on pidfds; falls back to a short re-check where pidfds are unavailable.
 pub fn wait_all_exited(procs: &[(i32, u64)], deadline: Instant) -> bool {
@@ -98,7 +88,7 @@ pub fn wait_all_exited(procs: &[(i32, u64)], deadline: Instant) -> bool {
     let mut fds: Vec<(i32, u64, OwnedFd)> = Vec::new();
     let mut unwatchable: Vec<(i32, u64)> = Vec::new();
     for &(pid, ticks) in procs {
-        match pidfd_open(pid) {
+        match procfs::pidfd(pid) {
             // Opened after the check would race with PID reuse; check identity after opening.
             Ok(fd) if is_alive(pid, ticks) => fds.push((pid, ticks, fd)),
             Ok(_) => {}

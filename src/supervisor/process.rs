@@ -171,17 +171,6 @@ impl DaemonProcess {
     }
 }
 
-fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor we then own.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just returned to us and is owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// The `--home` a process was started with (`--home DIR` or `--home=DIR` in its command line),
 /// else its `CORTEX_HOME`/`COMMIT_RELAY_HOME`, else its working directory.
 fn process_home(pid: i32) -> Option<std::path::PathBuf> {
@@ -214,7 +203,7 @@ pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess
     if pid == 0 {
         return Err(Error::refused(format!("{daemon} is starting (its PID file has no PID yet); try again")));
     }
-    let pidfd = match pidfd_open(pid) {
+    let pidfd = match procfs::pidfd(pid as i32) {
         Ok(fd) => fd,
         Err(e) => return refuse(format!("the process cannot be reached ({e})")),
     };

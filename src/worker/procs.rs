@@ -18,29 +18,20 @@ pub fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) -> bool {
 /// Wakes the loop (a `Wake::Message`) when `pid` exits, through a pidfd polled by a small thread.
 /// When no pidfd can be had (the process is already gone) it wakes at once.
 pub fn notify_exit(pid: i32, waker: Sender<Wake>, message: String) {
-    // SAFETY: a plain syscall with integer arguments.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) } as i32;
-    if fd < 0 {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let Ok(fd) = crate::procfs::pidfd(pid) else {
         let _ = waker.send(Wake::Message(message));
         return;
-    }
-    let spawned = std::thread::Builder::new().name(format!("pidfd-{pid}")).spawn(move || {
-        let mut pfd = nix::libc::pollfd { fd, events: nix::libc::POLLIN, revents: 0 };
-        loop {
-            // SAFETY: one valid pollfd for the duration of the call.
-            let n = unsafe { nix::libc::poll(&mut pfd, 1, -1) };
-            if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(nix::libc::EINTR) {
-                break;
-            }
-        }
-        // SAFETY: we own fd.
-        unsafe { nix::libc::close(fd) };
+    };
+    // The descriptor moves into the thread and is closed when it ends (or when it cannot start).
+    let _ = std::thread::Builder::new().name(format!("pidfd-{pid}")).spawn(move || {
+        while let Err(nix::errno::Errno::EINTR) =
+            poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], PollTimeout::NONE)
+        {}
+        drop(fd);
         let _ = waker.send(Wake::Message(message));
     });
-    if spawned.is_err() {
-        // SAFETY: we own fd.
-        unsafe { nix::libc::close(fd) };
-    }
 }
 
 /// Makes this process the reaper of orphaned descendants (tasks that double-fork), so they are
