@@ -1,5 +1,5 @@
 //! cortex-api: the HTTP API daemon. Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run("api", cortex::api::run_loop)
+    cortex::daemon::run(cortex::daemon_name::Daemon::Api, cortex::api::run_loop)
 }

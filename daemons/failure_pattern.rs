@@ -1,5 +1,5 @@
 //! cortex-failure-pattern: the failure-pattern daemon. Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run("failure-pattern", cortex::patterns::run_loop)
+    cortex::daemon::run(cortex::daemon_name::Daemon::FailurePattern, cortex::patterns::run_loop)
 }

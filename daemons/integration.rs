@@ -1,5 +1,5 @@
 //! cortex-integration: the integration daemon (validator). Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run("integration", cortex::integrity::run_loop)
+    cortex::daemon::run(cortex::daemon_name::Daemon::Integration, cortex::integrity::run_loop)
 }

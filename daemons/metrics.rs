@@ -1,5 +1,5 @@
 //! cortex-metrics: the metrics daemon. Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run("metrics", cortex::metrics::run_loop)
+    cortex::daemon::run(cortex::daemon_name::Daemon::Metrics, cortex::metrics::run_loop)
 }

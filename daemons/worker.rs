@@ -2,5 +2,5 @@
 
 fn main() -> std::process::ExitCode {
     cortex::worker::shim::run_if_requested();
-    cortex::daemon::run("worker", cortex::worker::run_loop)
+    cortex::daemon::run(cortex::daemon_name::Daemon::Worker, cortex::worker::run_loop)
 }

@@ -2,6 +2,7 @@
 //! errors that name the key and line). The shipped `config/cortex.toml` lists every key with its
 //! default; a test keeps the two in step.
 
+use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use serde::{Deserialize, Serialize};
@@ -414,11 +415,8 @@ impl Config {
             return Err(format!("[worker] workdir: {:?} is neither \"home\" nor \"per-task\"", self.worker.workdir));
         }
         for d in &self.daemons.disabled {
-            if !crate::daemon::DAEMONS.contains(&d.as_str()) {
-                return Err(format!(
-                    "[daemons] disabled: unknown daemon {d:?} (known: {})",
-                    crate::daemon::DAEMONS.join(", ")
-                ));
+            if Daemon::parse(d).is_none() {
+                return Err(format!("[daemons] disabled: unknown daemon {d:?} (known: {})", Daemon::known()));
             }
         }
         Ok(())
@@ -433,9 +431,9 @@ impl Config {
         std::time::Duration::from_secs_f64(self.store.lock_timeout_seconds.max(0.01))
     }
 
-    /// True when the named daemon is enabled.
-    pub fn daemon_enabled(&self, name: &str) -> bool {
-        !self.daemons.disabled.iter().any(|d| d == name)
+    /// True when the daemon is enabled.
+    pub fn daemon_enabled(&self, daemon: Daemon) -> bool {
+        !self.daemons.disabled.iter().any(|d| d == daemon.as_str())
     }
 }
 

@@ -6,6 +6,9 @@
 
 use crate::clock::{Timestamp, format_ts};
 use crate::config::{Config, parse_size};
+use crate::daemon_name::Daemon;
+/// The daemons' names in start order (moved to [`crate::daemon_name`]; kept here for the tests).
+pub use crate::daemon_name::NAMES as DAEMONS;
 use crate::error::{Error, Result};
 use crate::events::Severity;
 use crate::home::Home;
@@ -15,15 +18,6 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
-
-/// Every daemon, in start order (stop in reverse).
-pub const DAEMONS: [&str; 9] =
-    ["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix", "api"];
-
-/// The binary that runs a daemon.
-pub fn binary_name(daemon: &str) -> String {
-    format!("cortex-{daemon}")
-}
 
 /// Why a daemon's loop woke up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,7 +263,8 @@ fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
 
 /// Runs a daemon: the whole life of a `cortex-<name>` process. `body` runs the daemon's loop and
 /// returns when `ctx.wait` reports `Wake::Shutdown`. Returns the process exit code.
-pub fn run(name: &'static str, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> std::process::ExitCode {
+pub fn run(daemon: Daemon, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> std::process::ExitCode {
+    let name = daemon.as_str();
     let args = DaemonArgs::parse_env();
     match run_inner(name, args, body) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,19 +3,18 @@
 //! rotations). Rotation is the one in [`crate::logging`], under the same lock the daemons take
 //! when they rotate their own log, so the two never interleave.
 
-use crate::daemon::DAEMONS;
+use crate::daemon_name::{Daemon, NAMES};
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::logging::{compress_rotated, rotate_file};
 use crate::pidfile::{self, PidStatus};
-use crate::supervisor::process::open_paths;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The running daemon of this home that writes `log`, if any.
 fn writer_of(home: &Home, log: &Path) -> Option<(&'static str, u32)> {
-    DAEMONS.iter().copied().find(|d| home.daemon_log(d) == log).and_then(|d| match pidfile::status(home, d) {
+    NAMES.into_iter().find(|d| home.daemon_log(d) == log).and_then(|d| match pidfile::status(home, d) {
         Ok(PidStatus::Running(pid)) if pid != 0 => Some((d, pid)),
         _ => None,
     })
@@ -23,18 +22,23 @@ fn writer_of(home: &Home, log: &Path) -> Option<(&'static str, u32)> {
 
 /// True when process `pid` has `path` (or a rotated copy of it, with `prefix_only`) open.
 fn holds(pid: u32, path: &Path) -> bool {
-    open_paths(pid).iter().any(|p| p == path)
+    open_paths(pid).any(|p| p == path)
 }
 
 fn holds_rotated(pid: u32, log: &Path) -> bool {
     let prefix = format!("{}.", log.display());
-    open_paths(pid).iter().any(|p| p.to_string_lossy().starts_with(&prefix))
+    open_paths(pid).any(|p| p.to_string_lossy().starts_with(&prefix))
+}
+
+/// The paths process `pid` has open.
+fn open_paths(pid: u32) -> impl Iterator<Item = std::path::PathBuf> {
+    crate::procfs::open_fds(i32::try_from(pid).unwrap_or(-1)).into_iter().map(|o| o.target)
 }
 
 /// Sends SIGHUP to every running daemon of this home (they reopen their logs).
 pub fn reopen(home: &Home) -> Vec<(String, u32)> {
     let mut done = Vec::new();
-    for d in DAEMONS {
+    for d in NAMES {
         // Only a process proven to be this home's daemon is signalled.
         if let Ok(Some(pid)) = crate::supervisor::process::signal_daemon(home, d, nix::sys::signal::Signal::SIGHUP) {
             done.push((d.to_string(), pid));
@@ -141,7 +145,9 @@ fn age(p: &Path) -> Duration {
 
 /// True when a running daemon of this home has `p` open.
 fn in_use(home: &Home, p: &Path) -> bool {
-    DAEMONS.iter().any(|d| matches!(pidfile::status(home, d), Ok(PidStatus::Running(pid)) if pid != 0 && holds(pid, p)))
+    Daemon::ALL
+        .iter()
+        .any(|d| matches!(pidfile::status(home, d.as_str()), Ok(PidStatus::Running(pid)) if pid != 0 && holds(pid, p)))
 }
 
 /// Removes logs under `agents/logs/` (`*.log*`) not modified for `older_than`, and gzipped files
@@ -257,16 +263,19 @@ fn write_log_archive(
 
 /// The names the daemon management runbook gives three daemons' logs (from an earlier
 /// implementation), and the daemon each means.
-pub const LOG_ALIASES: [(&str, &str); 3] =
-    [("heartbeat-monitor", "heartbeat"), ("metrics-snapshot", "metrics"), ("integration-validator", "integration")];
+pub const LOG_ALIASES: [(&str, Daemon); 3] = [
+    ("heartbeat-monitor", Daemon::Heartbeat),
+    ("metrics-snapshot", Daemon::Metrics),
+    ("integration-validator", Daemon::Integration),
+];
 
 /// The daemon a log name means: `worker`, `worker-daemon.log`, and the runbook's names
 /// (`heartbeat-monitor-daemon.log`, `metrics-snapshot`, ...; see [`LOG_ALIASES`]).
 pub fn log_daemon(name: &str) -> Option<&'static str> {
     let base = name.strip_suffix(".log").unwrap_or(name);
     let base = base.strip_suffix("-daemon").unwrap_or(base);
-    let base = LOG_ALIASES.iter().find(|(alias, _)| *alias == base).map_or(base, |(_, d)| *d);
-    DAEMONS.iter().copied().find(|d| *d == base)
+    let daemon = LOG_ALIASES.iter().find(|(alias, _)| *alias == base).map(|(_, d)| *d);
+    daemon.or_else(|| Daemon::parse(base)).map(Daemon::as_str)
 }
 
 /// The log file `cortex logs tail NAME` reads: a daemon's log (by its name, its log's file name
@@ -284,7 +293,7 @@ pub fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
         detail: format!(
             "unknown log {name:?}: name a daemon ({}), its log file (e.g. worker-daemon.log), one of the \
              runbook's names ({}) or a file in agents/logs/system/",
-            DAEMONS.join(", "),
+            Daemon::known(),
             LOG_ALIASES.iter().map(|(a, _)| format!("{a}-daemon.log")).collect::<Vec<_>>().join(", ")
         ),
     })

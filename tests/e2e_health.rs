@@ -208,7 +208,7 @@ fn zombie_cleaned_up(h: &TestHome, id: &str) -> (String, Value) {
     wait_until(LONG, "the group and its grandchild gone", || !pid_running(child) && !pid_running(grandchild));
     let pgid = z["heartbeat"]["zombie_cleanup"]["pgid"].as_i64().unwrap() as i32;
     assert!(z["heartbeat"]["zombie_cleanup"]["processes_stopped"].as_u64().unwrap() >= 3, "{z}");
-    assert!(cortex::heartbeat::process::group_members(pgid).is_empty(), "group {pgid} still has members");
+    assert!(cortex::procfs::group_members(pgid).is_empty(), "group {pgid} still has members");
     (z["dispatch_id"].as_str().unwrap().to_string(), z)
 }
 

@@ -106,7 +106,7 @@ fn thresholds_sequence_and_false_positive_guard() {
     assert_eq!(hb["sequence"], 2, "sequence increments");
     assert_eq!(hb["missed_count"], 0, "missed_count resets");
     assert_eq!(hb["liveness"], "ok");
-    assert!(cortex::heartbeat::process::is_alive(g.pid, g.ticks));
+    assert!(cortex::procfs::is_alive(g.pid, g.ticks));
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn hung_group_is_cleaned_up_with_its_grandchildren() {
     assert_eq!(r.cleaned, vec!["hung".to_string()]);
     g.reap();
     for pid in &members {
-        assert!(cortex::heartbeat::process::read_stat(*pid).is_none_or(|s| !s.is_running()), "process {pid} survived");
+        assert!(cortex::procfs::stat(*pid).is_none_or(|s| !s.is_running()), "process {pid} survived");
     }
     assert!(read_spec(&rig.home, SpecBucket::Active, "hung").is_none());
     let z = read_spec(&rig.home, SpecBucket::Zombie, "hung").expect("zombie spec");
@@ -214,7 +214,7 @@ fn mass_zombification_raises_one_critical_event_and_kills_nothing() {
     assert_eq!(crit[0]["severity"], "critical");
     assert_eq!(rig.count("zombie_detected"), 0);
     for g in &groups {
-        assert!(cortex::heartbeat::process::is_alive(g.pid, g.ticks));
+        assert!(cortex::procfs::is_alive(g.pid, g.ticks));
     }
 }
 

@@ -37,7 +37,7 @@ fn sleeper() -> std::process::Child {
 }
 
 fn ticks(pid: u32) -> u64 {
-    cortex::recovery::stale::proc_start_ticks(pid as i32).expect("start ticks")
+    cortex::procfs::start_ticks(pid as i32).expect("start ticks")
 }
 
 #[test]

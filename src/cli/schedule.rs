@@ -168,7 +168,10 @@ pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
         }
         ScheduleCommand::RunNow { id } => {
             let (s, req) = schedule::request_run(&store, &clock, &id, &actor())?;
-            let coordinator = matches!(pidfile::status(&ctx.home, "coordinator")?, PidStatus::Running(_));
+            let coordinator = matches!(
+                pidfile::status(&ctx.home, crate::daemon_name::Daemon::Coordinator.as_str())?,
+                PidStatus::Running(_)
+            );
             if ctx.json {
                 print_json(&serde_json::json!({
                     "schedule_id": s.schedule_id, "name": s.name, "task_id": req.task_id,

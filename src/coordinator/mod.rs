@@ -159,7 +159,7 @@ impl Coordinator {
         let now = format_ts(self.clock.now());
         // A zombie's restart is auto-fix's decision (breaker, rate limits, restart backoff); the
         // coordinator folds zombies itself only when auto-fix is disabled.
-        let ended_buckets: &[SpecBucket] = if self.config.daemon_enabled("auto-fix") {
+        let ended_buckets: &[SpecBucket] = if self.config.daemon_enabled(crate::daemon_name::Daemon::AutoFix) {
             &[SpecBucket::Completed, SpecBucket::Failed]
         } else {
             &[SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie]

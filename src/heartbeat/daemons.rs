@@ -4,6 +4,7 @@
 //! when the mark moves again.
 
 use crate::clock::{Timestamp, parse_ts};
+use crate::daemon_name::Daemon;
 use crate::error::Result;
 use crate::events::Severity;
 use crate::pidfile::{self, PidStatus};
@@ -21,10 +22,7 @@ pub fn check_marks(
     let home = store.home();
     let mut next: Option<Timestamp> = None;
     let hung_after = chrono::Duration::microseconds((hung_after_seconds * 1e6) as i64);
-    for daemon in crate::daemon::DAEMONS {
-        if daemon == "heartbeat" {
-            continue;
-        }
+    for daemon in Daemon::ALL.into_iter().filter(|d| *d != Daemon::Heartbeat).map(Daemon::as_str) {
         let pid = match pidfile::status(home, daemon) {
             Ok(PidStatus::Running(pid)) => pid,
             _ => {

@@ -87,7 +87,7 @@ impl Monitor {
             deferred_noted: HashSet::new(),
             last_written: HashMap::new(),
             hung_daemons: HashSet::new(),
-            ticks_per_second: process::ticks_per_second(),
+            ticks_per_second: crate::procfs::clock_ticks(),
             resumed: false,
         }
     }
@@ -251,7 +251,7 @@ impl Monitor {
         let id = &spec.dispatch_id;
         let prev = HeartbeatRecord::of(spec);
         let seen = beat::observe(&home.heartbeat_file(id));
-        let alive = process::is_alive(pid, proc_start_ticks);
+        let alive = crate::procfs::is_alive(pid, proc_start_ticks);
         let started = parse_ts(started_at).unwrap_or(now);
         // A process that never heartbeats ages from its start only when the policy requires
         // heartbeats; otherwise being alive is its heartbeat.

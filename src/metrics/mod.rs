@@ -3,11 +3,11 @@
 //! event log under `[events] max_file_bytes` by rotation. `cortex metrics` reads the latest line.
 //!
 //! - [`snapshot`]: the computation (also for the API).
-//! - [`procfs`]: memory and CPU of daemons from `/proc`.
+//! - [`sample`]: memory and CPU of daemons, from `/proc` through [`crate::procfs`].
 //! - [`rotation`]: size caps of the snapshot file and the event log.
 
-pub mod procfs;
 pub mod rotation;
+pub mod sample;
 pub mod snapshot;
 
 pub use snapshot::{Collector, Snapshot, snapshot};

@@ -1,7 +1,7 @@
 //! One metrics snapshot, computed from the coordination files, the PID files and `/proc`. The
 //! computation is here (not in the daemon) so the API's `/metrics` can call it too.
 
-use super::procfs::{self, ProcSample};
+use super::sample::{self, ProcSample};
 use crate::clock::{Clock, format_ts, parse_ts};
 use crate::error::Result;
 use crate::home::{Home, SpecBucket};
@@ -198,28 +198,28 @@ impl Collector {
     fn daemons(&mut self, home: &Home, now: crate::clock::Timestamp) -> BTreeMap<String, DaemonStats> {
         let mut out = BTreeMap::new();
         let mut seen = HashMap::new();
-        for name in crate::daemon::DAEMONS {
+        for name in crate::daemon_name::NAMES {
             let Ok(PidStatus::Running(pid)) = pidfile::status(home, name) else { continue };
             if pid == 0 {
                 continue;
             }
-            let sample = procfs::sample(pid);
-            let cpu = sample.as_ref().and_then(|s| procfs::cpu_percent(s, self.prev.get(&pid)));
+            let reading = sample::sample(pid);
+            let cpu = reading.as_ref().and_then(|s| sample::cpu_percent(s, self.prev.get(&pid)));
             let uptime = crate::daemon::read_mark(home, name)
                 .filter(|m| m.pid == pid)
                 .and_then(|m| parse_ts(&m.started_at))
                 .map(|t| (now - t).num_seconds().max(0))
-                .or_else(|| sample.as_ref().map(|s| s.age_s as i64));
+                .or_else(|| reading.as_ref().map(|s| s.age_s as i64));
             out.insert(
                 name.to_string(),
                 DaemonStats {
                     pid,
-                    rss_mb: sample.as_ref().map(|s| round(s.rss_bytes as f64 / (1024.0 * 1024.0), 2)),
+                    rss_mb: reading.as_ref().map(|s| round(s.rss_bytes as f64 / (1024.0 * 1024.0), 2)),
                     cpu_percent: cpu.map(|c| round(c, 2)),
                     uptime_s: uptime,
                 },
             );
-            if let Some(s) = sample {
+            if let Some(s) = reading {
                 seen.insert(pid, s);
             }
         }

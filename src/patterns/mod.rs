@@ -228,7 +228,8 @@ impl FailurePatterns {
         let limit = u64::from(self.config.storm_failures);
         if n > limit && !self.state.storm_active {
             let reason = format!("failure storm: {n} failures in the last {minutes} minutes (limit {limit})");
-            let actor = Actor { who: "failure-pattern".into(), from: "storm-guard".into() };
+            let actor =
+                Actor { who: crate::daemon_name::Daemon::FailurePattern.as_str().into(), from: "storm-guard".into() };
             let t = scheduler::pause(&self.store, &actor, Some(&reason))?;
             self.state.storm_active = true;
             report.storm_paused = t.changed;

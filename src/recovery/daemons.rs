@@ -4,7 +4,7 @@
 //! SIGTERM, a grace period, then SIGKILL (invariant 9).
 
 use crate::config::Config;
-use crate::daemon::DAEMONS;
+use crate::daemon_name::NAMES;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// The daemons of `home` that run now, in start order, with their PIDs.
 pub fn running(home: &Home) -> Result<Vec<(&'static str, u32)>> {
     let mut out = Vec::new();
-    for d in DAEMONS {
+    for d in NAMES {
         if let PidStatus::Running(pid) = pidfile::status(home, d)? {
             out.push((d, pid));
         }
@@ -84,7 +84,7 @@ fn wait_pidfile_free(home: &Home, daemon: &str, timeout: Duration) -> Result<boo
 /// taking the lock and writing its PID, a starting daemon's file still holds nothing (or the
 /// previous daemon's PID).
 pub fn start(home: &Home, config: &Config, names: &[&str]) -> Result<()> {
-    for d in DAEMONS.iter().filter(|d| names.contains(d)) {
+    for d in NAMES.iter().filter(|d| names.contains(d)) {
         let started = crate::supervisor::control::start_one(home, config, d);
         if let Some(e) = started.error {
             return Err(Error::other(format!("{d} did not start: {e}; see {}", home.daemon_log(d).display())));

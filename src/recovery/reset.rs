@@ -57,7 +57,7 @@ pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
             killed.iter().map(|p| p.dispatch_id.clone()).collect();
         for rec in crate::task::dispatches::list_bucket(store, SpecBucket::Active).unwrap_or_default() {
             if let DispatchState::Running { pid, pgid, proc_start_ticks, .. } = rec.state
-                && super::stale::same_process_alive(pid, proc_start_ticks)
+                && crate::procfs::is_alive(pid, proc_start_ticks)
             {
                 super::stale::stop_group(pid, pgid, proc_start_ticks, grace);
                 stopped_dispatches.insert(rec.dispatch_id.clone());

@@ -9,6 +9,7 @@ use crate::clock::{Clock, Timestamp, parse_ts};
 use crate::error::{Error, Result};
 use crate::events::Severity;
 use crate::home::SpecBucket;
+use crate::procfs::is_alive;
 use crate::store::{Store, atomic};
 use crate::task::dispatches::{cancel_request_path, spec_path};
 use crate::task::model::{DispatchRecord, DispatchState};
@@ -33,26 +34,6 @@ pub struct StaleReport {
     pub lost: Vec<StaleDispatch>,
 }
 
-/// The start time of process `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
-pub fn proc_start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// True when `pid` is alive (not a zombie) and is the process that started at `ticks`.
-pub fn same_process_alive(pid: i32, ticks: u64) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
-    let mut fields = rest.split_whitespace();
-    let state = fields.next().unwrap_or("");
-    state != "Z" && state != "X" && fields.nth(18).and_then(|t| t.parse::<u64>().ok()) == Some(ticks)
-}
-
 /// The newest heartbeat time recorded in a spec, whatever the heartbeat daemon calls the field.
 fn last_heartbeat(rec: &DispatchRecord) -> Option<Timestamp> {
     let hb = rec.heartbeat.as_ref()?;
@@ -69,7 +50,7 @@ fn last_heartbeat(rec: &DispatchRecord) -> Option<Timestamp> {
 fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -> Option<(String, bool)> {
     match &rec.state {
         DispatchState::Running { pid, proc_start_ticks, started_at, .. } => {
-            if !same_process_alive(*pid, *proc_start_ticks) {
+            if !is_alive(*pid, *proc_start_ticks) {
                 return Some((format!("process {pid} is gone"), false));
             }
             let since = last_heartbeat(rec).or_else(|| parse_ts(started_at))?;
@@ -155,15 +136,15 @@ pub fn recover_stale(
 pub fn stop_group(pid: i32, pgid: i32, ticks: u64, grace: Duration) {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
-    if !same_process_alive(pid, ticks) || pgid <= 1 {
+    if !is_alive(pid, ticks) || pgid <= 1 {
         return;
     }
     let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
     let deadline = std::time::Instant::now() + grace;
-    while same_process_alive(pid, ticks) && std::time::Instant::now() < deadline {
+    while is_alive(pid, ticks) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if same_process_alive(pid, ticks) {
+    if is_alive(pid, ticks) {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
 }

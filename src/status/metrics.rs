@@ -6,7 +6,7 @@
 //! (absent, not a made-up 0) and `cortex_status_file_unreadable{file="…"} 1` names it.
 
 use super::StatusReader;
-use crate::daemon::DAEMONS;
+use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
 use crate::task::{DispatchStatus, TaskStatus};
 use prometheus_client::encoding::text::encode;
@@ -102,9 +102,9 @@ pub fn render(reader: &StatusReader) -> Result<String> {
     }
 
     let up = Family::<Labels, Gauge>::default();
-    for d in DAEMONS {
+    for d in Daemon::ALL {
         let v = (super::daemon_state(reader.home(), d, &cfg) == "running") as i64;
-        up.get_or_create(&vec![("daemon".into(), d.into())]).set(v);
+        up.get_or_create(&vec![("daemon".into(), d.as_str().into())]).set(v);
     }
     reg.register("cortex_daemon_up", "1 when the daemon holds its PID file lock, else 0", up);
 

@@ -6,7 +6,8 @@
 use super::{FileError, SpecEntry, StatusReader};
 use crate::clock::{Timestamp, format_ts, human_duration, parse_ts};
 use crate::config::Config;
-use crate::daemon::{DAEMONS, read_mark};
+use crate::daemon::read_mark;
+use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
 use crate::events::acks::AckSet;
 use crate::events::{Event, Severity};
@@ -31,8 +32,8 @@ impl StatusReader {
             Err(e) => (None, vec![self.file_error(&self.home().scheduler_state(), &e)]),
         };
         let now = chrono::Utc::now();
-        let coordinator = daemon_state(self.home(), "coordinator", &cfg);
-        let mark = read_mark(self.home(), "coordinator");
+        let coordinator = daemon_state(self.home(), Daemon::Coordinator, &cfg);
+        let mark = read_mark(self.home(), Daemon::Coordinator.as_str());
         let up = coordinator == "running";
         let uptime = mark
             .as_ref()
@@ -108,7 +109,7 @@ impl StatusReader {
         let now = chrono::Utc::now();
         let mut daemons = BTreeMap::new();
         let mut problems = Vec::new();
-        for d in DAEMONS {
+        for d in Daemon::ALL {
             let st = daemon_state(self.home(), d, &cfg);
             if st != "running" && st != "disabled" {
                 problems.push(format!("daemon {d} is {st}"));
@@ -165,8 +166,8 @@ pub const RECENT_EVENTS_SHOWN: usize = 50;
 
 /// "running", "stopped" (no PID file), "dead" (stale PID file), or "disabled". A cheap look
 /// (`pidfile::status_quick`): clients poll these views.
-pub fn daemon_state(home: &Home, daemon: &str, cfg: &Config) -> &'static str {
-    match pid_status(home, daemon) {
+pub fn daemon_state(home: &Home, daemon: Daemon, cfg: &Config) -> &'static str {
+    match pid_status(home, daemon.as_str()) {
         Ok(PidStatus::Running(_)) => "running",
         _ if !cfg.daemon_enabled(daemon) => "disabled",
         Ok(PidStatus::Absent) => "stopped",
@@ -200,10 +201,10 @@ pub fn recent_since(state: Option<&SchedulerState>, now: Timestamp, window_secon
 
 /// Seconds since the coordinator started, when it runs.
 pub fn coordinator_uptime(home: &Home, cfg: &Config, now: Timestamp) -> Option<i64> {
-    if daemon_state(home, "coordinator", cfg) != "running" {
+    if daemon_state(home, Daemon::Coordinator, cfg) != "running" {
         return None;
     }
-    let mark = read_mark(home, "coordinator")?;
+    let mark = read_mark(home, Daemon::Coordinator.as_str())?;
     parse_ts(&mark.started_at).map(|t| (now - t).num_seconds().max(0))
 }
 

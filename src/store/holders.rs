@@ -73,14 +73,17 @@ fn parse_line(line: &str) -> Option<Held> {
 
 /// The granted `flock`s of the whole host (an empty table when `/proc/locks` cannot be read).
 pub fn table() -> Vec<Held> {
-    std::fs::read_to_string("/proc/locks").map(|t| t.lines().filter_map(parse_line).collect()).unwrap_or_default()
+    crate::procfs::locks().map(|t| t.lines().filter_map(parse_line).collect()).unwrap_or_default()
+}
+
+/// A PID of the lock table as `/proc` numbers it (-1, no process, for one out of range).
+fn proc_pid(pid: u32) -> i32 {
+    i32::try_from(pid).unwrap_or(-1)
 }
 
 /// The command of a process: its `comm`, or `?` when it is gone.
 pub fn command(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_else(|_| "?".into())
+    crate::procfs::comm(proc_pid(pid)).unwrap_or_else(|| "?".into())
 }
 
 /// The holders of the inode `(dev, ino)`, exclusive ones first.
@@ -147,14 +150,12 @@ fn deleted_holders_in(table: &[Held], path: &Path) -> Vec<DeletedHold> {
     pids.dedup();
     let mut out = Vec::new();
     for pid in pids {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-        for entry in dir.flatten() {
-            let Ok(target) = std::fs::read_link(entry.path()) else { continue };
-            if target.as_os_str().as_bytes() != wanted {
+        for open in crate::procfs::open_fds(proc_pid(pid)) {
+            if open.target.as_os_str().as_bytes() != wanted {
                 continue;
             }
-            let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
-            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else { continue };
+            let Ok(meta) = std::fs::metadata(&open.link) else { continue };
+            let Ok(fd) = u32::try_from(open.fd) else { continue };
             for h in table.iter().filter(|h| h.pid == pid && h.dev == meta.dev() && h.ino == meta.ino()) {
                 out.push(DeletedHold { pid, fd, exclusive: h.exclusive, dev: h.dev, ino: h.ino });
             }
@@ -183,7 +184,7 @@ pub fn all_holders(path: &Path) -> Vec<Holder> {
 /// Opens the deleted inode a holder has locked, through its `/proc/<pid>/fd/<fd>` (to wait on its
 /// lock). None when the process or descriptor is gone or now names another inode.
 pub fn open_deleted(hold: &DeletedHold) -> Option<File> {
-    let file = File::open(format!("/proc/{}/fd/{}", hold.pid, hold.fd)).ok()?;
+    let file = File::open(crate::procfs::fd_link(proc_pid(hold.pid), i32::try_from(hold.fd).ok()?)).ok()?;
     let meta = file.metadata().ok()?;
     (meta.is_file() && meta.dev() == hold.dev && meta.ino() == hold.ino && meta.nlink() == 0).then_some(file)
 }

@@ -4,6 +4,7 @@
 use super::process::{self, Detach, Stopped};
 use super::registry;
 use crate::config::Config;
+use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
 use crate::events::Severity;
 use crate::home::Home;
@@ -230,7 +231,7 @@ fn stop_inner(
         }
     };
     // `--force` stops everything of the home, the tasks included, like `--kill-tasks`.
-    if (opts.kill_tasks || opts.force) && daemon == "worker" {
+    if (opts.kill_tasks || opts.force) && daemon == Daemon::Worker.as_str() {
         let store = crate::store::Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli");
         let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
         let stopped = crate::worker::task_procs::stop_home_tasks(&store, grace)?;

@@ -9,7 +9,8 @@ use super::process::{self, Detach};
 use super::registry::{self, DaemonRecord};
 use crate::clock::format_ts;
 use crate::config::Config;
-use crate::daemon::{DAEMONS, Wake, read_mark};
+use crate::daemon::{Wake, read_mark};
+use crate::daemon_name::Daemon;
 use crate::events::Severity;
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
@@ -54,7 +55,7 @@ struct Cause {
 }
 
 struct Entry {
-    name: &'static str,
+    daemon: Daemon,
     phase: Phase,
     track: RestartTrack,
     last_cause: Option<String>,
@@ -82,18 +83,18 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(home: Home, config: Config, mode: Mode, waker: Sender<Wake>) -> Engine {
-        let source = if mode == Mode::Pm { "pm" } else { "supervisor" };
+        let source = if mode == Mode::Pm { Daemon::Pm.as_str() } else { "supervisor" };
         let store = Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source(source);
         let saved = registry::read_state(&home);
-        let entries = DAEMONS
-            .iter()
-            .map(|&name| {
-                let rec = saved.daemons.get(name).cloned().unwrap_or_default();
+        let entries = Daemon::ALL
+            .into_iter()
+            .map(|daemon| {
+                let rec = saved.daemons.get(daemon.as_str()).cloned().unwrap_or_default();
                 let mut track = RestartTrack::default();
                 track.restarts = rec.restarts;
                 track.failed = rec.failed;
                 Entry {
-                    name,
+                    daemon,
                     phase: if rec.failed { Phase::Failed } else { Phase::Idle },
                     track,
                     last_cause: rec.last_cause,
@@ -116,8 +117,8 @@ impl Engine {
         }
     }
 
-    fn supervised(&self, name: &str) -> bool {
-        self.config.daemon_enabled(name) && !(self.mode == Mode::Pm && name == "pm")
+    fn supervised(&self, daemon: Daemon) -> bool {
+        self.config.daemon_enabled(daemon) && !(self.mode == Mode::Pm && daemon == Daemon::Pm)
     }
 
     /// pm steps aside while `cortex run` supervises the home.
@@ -136,8 +137,8 @@ impl Engine {
     pub fn observe(&mut self) {
         let mut changed = false;
         for i in 0..self.entries.len() {
-            let name = self.entries[i].name;
-            if !self.supervised(name) || matches!(self.entries[i].phase, Phase::Up { .. }) {
+            let name = self.entries[i].daemon.as_str();
+            if !self.supervised(self.entries[i].daemon) || matches!(self.entries[i].phase, Phase::Up { .. }) {
                 continue;
             }
             match pidfile::status(&self.home, name) {
@@ -210,7 +211,7 @@ impl Engine {
             let (name, pid) = match &note {
                 Note::Exited { name, pid, .. } | Note::LockFree { name, pid } => (*name, *pid),
             };
-            let Some(i) = self.entries.iter().position(|e| e.name == name) else { continue };
+            let Some(i) = self.entries.iter().position(|e| e.daemon.as_str() == name) else { continue };
             let Phase::Up { pid: up_pid, since, child } = self.entries[i].phase else { continue };
             if up_pid != pid {
                 continue;
@@ -257,9 +258,9 @@ impl Engine {
 
     /// A daemon went down: restart it later per the policy, or give up.
     fn died(&mut self, i: usize, cause: Cause, uptime: Option<Duration>) {
-        let name = self.entries[i].name;
+        let name = self.entries[i].daemon.as_str();
         let pid = cause.old_pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
-        if self.shutting_down || !self.supervised(name) {
+        if self.shutting_down || !self.supervised(self.entries[i].daemon) {
             self.entries[i].phase = Phase::Idle;
             return;
         }
@@ -351,7 +352,7 @@ impl Engine {
     }
 
     fn restart_now(&mut self, i: usize) {
-        let name = self.entries[i].name;
+        let name = self.entries[i].daemon.as_str();
         let Phase::Down { cause, .. } = std::mem::replace(&mut self.entries[i].phase, Phase::Idle) else { return };
         let lock_wait = super::control::ready_timeout(&self.config) + super::control::stop_timeout(&self.config);
         let _guard = match registry::lock_daemon(&self.home, name, lock_wait + Duration::from_secs(5)) {
@@ -433,7 +434,7 @@ impl Engine {
         let limit = self.config.supervisor.hung_after_seconds as f64;
         for i in 0..self.entries.len() {
             let Phase::Up { pid, since, .. } = self.entries[i].phase else { continue };
-            let name = self.entries[i].name;
+            let name = self.entries[i].daemon.as_str();
             let Some(age) = super::status::heartbeat_age(&self.home, name, pid) else { continue };
             if age <= limit {
                 continue;
@@ -462,8 +463,8 @@ impl Engine {
     pub fn start_all(&mut self) -> Vec<(String, String)> {
         let mut failures = Vec::new();
         for i in 0..self.entries.len() {
-            let name = self.entries[i].name;
-            if !self.supervised(name) || registry::stop_intent(&self.home, name).is_some() {
+            let name = self.entries[i].daemon.as_str();
+            if !self.supervised(self.entries[i].daemon) || registry::stop_intent(&self.home, name).is_some() {
                 continue;
             }
             if let Ok(PidStatus::Running(pid)) = pidfile::status(&self.home, name) {
@@ -491,7 +492,7 @@ impl Engine {
         self.shutting_down = true;
         let timeout = super::control::stop_timeout(&self.config);
         for i in (0..self.entries.len()).rev() {
-            let name = self.entries[i].name;
+            let name = self.entries[i].daemon.as_str();
             self.entries[i].phase = Phase::Idle;
             if let Ok(PidStatus::Running(pid)) = pidfile::status(&self.home, name)
                 && pid != 0
@@ -513,7 +514,7 @@ impl Engine {
         let records: Vec<(&'static str, DaemonRecord)> = self
             .entries
             .iter()
-            .filter(|e| self.supervised(e.name))
+            .filter(|e| self.supervised(e.daemon))
             .map(|e| {
                 let next = match &e.phase {
                     Phase::Down { at, .. } => {
@@ -531,7 +532,7 @@ impl Engine {
                     last_restart_at: e.last_restart_at.clone(),
                     next_restart_at: next,
                 };
-                (e.name, rec)
+                (e.daemon.as_str(), rec)
             })
             .collect();
         let res = registry::update_state(&self.home, |s| {

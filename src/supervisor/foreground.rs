@@ -8,7 +8,8 @@ use super::engine::{Engine, Mode, NOTE};
 use super::registry;
 use crate::cli::text::{safe, safe_path};
 use crate::config::Config;
-use crate::daemon::{DAEMONS, Wake};
+use crate::daemon::Wake;
+use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::PidFile;
@@ -69,8 +70,8 @@ pub fn run(home: &Home) -> Result<u8> {
         w
     };
     // Running `cortex run` asks for everything to be up: earlier `cortex stop` intents are void.
-    for d in DAEMONS.iter().filter(|d| config.daemon_enabled(d)) {
-        registry::clear_stop_intent(home, d)?;
+    for d in Daemon::ALL.into_iter().filter(|d| config.daemon_enabled(*d)) {
+        registry::clear_stop_intent(home, d.as_str())?;
     }
     println!("cortex run: supervising {} (PID {})", safe_path(home.root()), std::process::id());
     let mut engine = Engine::new(home.clone(), config.clone(), Mode::Foreground, tx.clone());
@@ -78,7 +79,7 @@ pub fn run(home: &Home) -> Result<u8> {
     for (name, why) in &failures {
         println!("cortex run: {name} did not start: {} (retrying per the restart policy)", safe(why));
     }
-    let status = format!("{} daemons started, {} failed", DAEMONS.len() - failures.len(), failures.len());
+    let status = format!("{} daemons started, {} failed", Daemon::ALL.len() - failures.len(), failures.len());
     println!("cortex run: {status}");
     notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
     let watchdog_every = sd_notify::watchdog_enabled().map(|d| d / 2);

@@ -1,6 +1,6 @@
 //! The supervisor: starting, stopping and restarting Cortex's daemons, and keeping them alive.
 //!
-//! - [`registry`]: the daemons (`daemon::DAEMONS`), their binaries, the operator's stop intent,
+//! - [`registry`]: the daemons (`daemon_name::Daemon`), their binaries, the operator's stop intent,
 //!   the restart policy's state file and the per-daemon lock.
 //! - [`process`]: spawning a daemon detached, waiting until it is ready, stopping it (SIGTERM,
 //!   deadline, SIGKILL), the worker's task process groups, /proc figures.

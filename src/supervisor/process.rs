@@ -9,6 +9,7 @@ use crate::daemon::read_mark;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
+use crate::procfs;
 use crate::store::lock::{LockGuard, lock_pid_file};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -29,7 +30,7 @@ pub enum Detach {
 /// Starts the daemon's binary for `home`: stdin from /dev/null, stdout and stderr appended to its
 /// log. Returns the child (the caller reaps it or lets init adopt it).
 pub fn spawn(home: &Home, daemon: &str, detach: Detach) -> Result<Child> {
-    let bin = super::registry::binary(daemon)?;
+    let bin = super::registry::binary(super::registry::check_name(daemon)?)?;
     let log_path = home.daemon_log(daemon);
     // Never through a link planted at the log's name, nor one at a directory above it.
     let log = crate::store::open::append(&log_path)?;
@@ -170,39 +171,27 @@ impl DaemonProcess {
     }
 }
 
-fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor we then own.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just returned to us and is owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// The `--home` a process was started with (`--home DIR` or `--home=DIR` in its command line),
 /// else its `CORTEX_HOME`/`COMMIT_RELAY_HOME`, else its working directory.
-fn process_home(pid: u32) -> Option<std::path::PathBuf> {
+fn process_home(pid: i32) -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let args = procfs::cmdline(pid)?;
     let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
     for (i, a) in args.iter().enumerate() {
-        if *a == b"--home" {
+        if a == b"--home" {
             return args.get(i + 1).map(|v| os(v).into());
         }
         if let Some(v) = a.strip_prefix(b"--home=") {
             return Some(os(v).into());
         }
     }
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    for var in [&b"CORTEX_HOME="[..], b"COMMIT_RELAY_HOME="] {
-        if let Some(v) = environ.split(|b| *b == 0).find_map(|e| e.strip_prefix(var)) {
+    let environ = procfs::environ(pid).unwrap_or_default();
+    for var in ["CORTEX_HOME", "COMMIT_RELAY_HOME"] {
+        if let Some(v) = procfs::env_var(&environ, var) {
             return Some(os(v).into());
         }
     }
-    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+    procfs::cwd(pid)
 }
 
 /// Proves that `pid` is `daemon` of this home before anything signals it: it holds the daemon's
@@ -214,7 +203,7 @@ pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess
     if pid == 0 {
         return Err(Error::refused(format!("{daemon} is starting (its PID file has no PID yet); try again")));
     }
-    let pidfd = match pidfd_open(pid) {
+    let pidfd = match procfs::pidfd(pid as i32) {
         Ok(fd) => fd,
         Err(e) => return refuse(format!("the process cannot be reached ({e})")),
     };
@@ -227,8 +216,9 @@ pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess
             path.display()
         ));
     }
-    let want = crate::daemon::binary_name(daemon);
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let want = super::registry::check_name(daemon)?.binary_name();
+    let proc_pid = i32::try_from(pid).unwrap_or(-1);
+    let exe = procfs::exe(proc_pid);
     let exe_name = exe.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
     let exe_name = exe_name.as_deref().map(|n| n.strip_suffix(" (deleted)").unwrap_or(n));
     if exe_name != Some(want.as_str()) {
@@ -236,10 +226,10 @@ pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess
         return refuse(format!("its executable is {shown}, not {want}"));
     }
     let ours = std::fs::canonicalize(home.root()).unwrap_or_else(|_| home.root().to_path_buf());
-    let theirs = process_home(pid);
+    let theirs = process_home(proc_pid);
     let theirs_canon = theirs.as_ref().map(|p| {
         let p = if p.is_relative() {
-            std::fs::read_link(format!("/proc/{pid}/cwd")).map(|c| c.join(p)).unwrap_or_else(|_| p.clone())
+            procfs::cwd(proc_pid).map(|c| c.join(p)).unwrap_or_else(|| p.clone())
         } else {
             p.clone()
         };
@@ -320,7 +310,7 @@ pub fn kill_task_groups(store: &crate::store::Store, grace: Duration) -> Result<
     for spec in crate::task::dispatches::list_bucket(store, SpecBucket::Active)? {
         if let DispatchState::Running { pid, pgid, proc_start_ticks, .. } = spec.state
             && pgid > 1
-            && proc_stats(pid as u32).is_some_and(|s| s.start_ticks == proc_start_ticks)
+            && procfs::start_ticks(pid) == Some(proc_start_ticks)
         {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
             groups.push(pgid);
@@ -348,36 +338,11 @@ pub struct ProcStats {
     pub start_ticks: u64,
 }
 
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    let t = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// Reads /proc/<pid>/stat, /proc/<pid>/status and /proc/uptime. None when the process is gone.
+/// Reads what /proc says about `pid`; None when the process is gone.
 pub fn proc_stats(pid: u32) -> Option<ProcStats> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3 (state).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| f.get(n - 3).and_then(|s| s.parse::<u64>().ok());
-    let (utime, stime, start_ticks) = (field(14)?, field(15)?, field(22)?);
-    let ticks = clock_ticks();
-    let boot_uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
-    let uptime_secs = (boot_uptime - start_ticks as f64 / ticks).max(0.0);
-    let cpu_secs = (utime + stime) as f64 / ticks;
+    let stat = procfs::stat(i32::try_from(pid).ok()?)?;
+    let uptime_secs = stat.age_secs();
+    let cpu_secs = stat.cpu_ticks() as f64 / procfs::clock_ticks();
     let cpu_percent = if uptime_secs > 0.0 { cpu_secs / uptime_secs * 100.0 } else { 0.0 };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
-    Some(ProcStats { rss_bytes: rss_kb * 1024, cpu_percent, uptime_secs, start_ticks })
-}
-
-/// The paths a process has open (from /proc/<pid>/fd), for "is this log still being written".
-pub fn open_paths(pid: u32) -> Vec<std::path::PathBuf> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
-    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).collect()
+    Some(ProcStats { rss_bytes: stat.rss_bytes(), cpu_percent, uptime_secs, start_ticks: stat.start_ticks })
 }

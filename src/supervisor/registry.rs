@@ -5,7 +5,7 @@
 
 use crate::clock::now_string;
 use crate::config::Config;
-use crate::daemon::{DAEMONS, binary_name};
+use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::store::LockName;
@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The registry name of a daemon, or an error listing the known ones.
-pub fn check_name(name: &str) -> Result<&'static str> {
-    DAEMONS.iter().copied().find(|d| *d == name).ok_or_else(|| Error::Config {
+/// The daemon called `name`, or an error listing the known ones.
+pub fn check_name(name: &str) -> Result<Daemon> {
+    Daemon::parse(name).ok_or_else(|| Error::Config {
         path: None,
-        detail: format!("unknown daemon {name:?}: known daemons are {}", DAEMONS.join(", ")),
+        detail: format!("unknown daemon {name:?}: known daemons are {}", Daemon::known()),
     })
 }
 
@@ -27,7 +27,7 @@ pub fn check_name(name: &str) -> Result<&'static str> {
 /// name is given. Naming a disabled daemon is refused unless `allow_disabled`.
 pub fn select(config: &Config, names: &[String], allow_disabled: bool) -> Result<Vec<&'static str>> {
     if names.is_empty() {
-        return Ok(DAEMONS.iter().copied().filter(|d| config.daemon_enabled(d)).collect());
+        return Ok(Daemon::ALL.into_iter().filter(|d| config.daemon_enabled(*d)).map(Daemon::as_str).collect());
     }
     let mut wanted = Vec::new();
     for n in names {
@@ -39,12 +39,12 @@ pub fn select(config: &Config, names: &[String], allow_disabled: bool) -> Result
         }
         wanted.push(d);
     }
-    Ok(DAEMONS.iter().copied().filter(|d| wanted.contains(d)).collect())
+    Ok(Daemon::ALL.into_iter().filter(|d| wanted.contains(d)).map(Daemon::as_str).collect())
 }
 
 /// The binary that runs `daemon`: next to the running executable first, then on PATH.
-pub fn binary(daemon: &str) -> Result<PathBuf> {
-    let file = binary_name(daemon);
+pub fn binary(daemon: Daemon) -> Result<PathBuf> {
+    let file = daemon.binary_name();
     let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from));
     if let Some(dir) = &exe_dir {
         let p = dir.join(&file);

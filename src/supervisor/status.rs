@@ -5,7 +5,8 @@
 use super::process::proc_stats;
 use super::registry;
 use crate::config::Config;
-use crate::daemon::{DAEMONS, read_mark};
+use crate::daemon::read_mark;
+use crate::daemon_name::Daemon;
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
 use serde::Serialize;
@@ -82,12 +83,13 @@ pub fn heartbeat_age(home: &Home, daemon: &str, pid: u32) -> Option<f64> {
 }
 
 /// The status of one daemon.
-pub fn daemon_status(home: &Home, config: &Config, sup: &registry::SupervisorState, name: &str) -> DaemonStatus {
+pub fn daemon_status(home: &Home, config: &Config, sup: &registry::SupervisorState, daemon: Daemon) -> DaemonStatus {
+    let name = daemon.as_str();
     let record = sup.daemons.get(name).cloned().unwrap_or_default();
     let mut st = DaemonStatus {
         name: name.to_string(),
         state: DaemonState::Stopped,
-        enabled: config.daemon_enabled(name),
+        enabled: config.daemon_enabled(daemon),
         pid: None,
         uptime_seconds: None,
         rss_bytes: None,
@@ -160,7 +162,7 @@ pub struct Overview {
 
 pub fn overview(home: &Home, config: &Config) -> Overview {
     let sup = registry::read_state(home);
-    let daemons: Vec<DaemonStatus> = DAEMONS.iter().map(|d| daemon_status(home, config, &sup, d)).collect();
+    let daemons: Vec<DaemonStatus> = Daemon::ALL.map(|d| daemon_status(home, config, &sup, d)).into();
     let all_running = daemons.iter().filter(|d| d.enabled).all(|d| d.state == DaemonState::Running);
     let store = crate::store::Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli");
     let mut problems = Vec::new();
@@ -191,8 +193,8 @@ pub fn overview(home: &Home, config: &Config) -> Overview {
     };
     let supervisor = if registry::foreground_active(home) {
         Some("cortex run".to_string())
-    } else if daemons.iter().any(|d| d.name == "pm" && d.state == DaemonState::Running) {
-        Some("pm".to_string())
+    } else if daemons.iter().any(|d| d.name == Daemon::Pm.as_str() && d.state == DaemonState::Running) {
+        Some(Daemon::Pm.to_string())
     } else {
         None
     };
@@ -236,6 +238,8 @@ pub fn health(overview: &Overview) -> Health {
     if enabled.iter().all(|d| d.healthy()) {
         return Health::Healthy;
     }
-    let essential_down = enabled.iter().any(|d| (d.name == "worker" || d.name == "coordinator") && !d.healthy());
+    let essential_down = enabled
+        .iter()
+        .any(|d| [Daemon::Worker, Daemon::Coordinator].map(Daemon::as_str).contains(&d.name.as_str()) && !d.healthy());
     if essential_down || enabled.iter().all(|d| !d.healthy()) { Health::Down } else { Health::Degraded }
 }

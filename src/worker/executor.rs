@@ -146,7 +146,7 @@ impl Executor for LocalExecutor {
         drop(read);
         let pid = child.id() as i32;
         // The child is ours and unreaped: its PID cannot be reused before we read this.
-        let start_ticks = procs::start_ticks(pid).unwrap_or(0);
+        let start_ticks = crate::procfs::start_ticks(pid).unwrap_or(0);
         Ok(Launched { pid, pgid: pid, start_ticks, go: Some(write) })
     }
 
@@ -180,6 +180,6 @@ impl Executor for LocalExecutor {
     }
 
     fn alive(&self, pid: i32, start_ticks: u64) -> bool {
-        procs::alive(pid, start_ticks)
+        crate::procfs::is_alive(pid, start_ticks)
     }
 }

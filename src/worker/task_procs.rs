@@ -9,10 +9,10 @@
 //! coordinator (does a dispatch without a spec still run?), `cortex reset` and
 //! `cortex stop --force` (stop every task process of the home).
 
-use super::procs;
 use super::shim::SHIM_ARG;
 use crate::cli::text::safe;
 use crate::home::Home;
+use crate::procfs;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -46,7 +46,7 @@ pub struct TaskProcess {
 impl TaskProcess {
     /// True while this very process (same start time) runs.
     pub fn alive(&self) -> bool {
-        procs::alive(self.pid, self.start_ticks)
+        crate::procfs::is_alive(self.pid, self.start_ticks)
     }
 }
 
@@ -55,45 +55,19 @@ fn canonical(root: &Path) -> std::path::PathBuf {
     std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf())
 }
 
-/// State, process group and start time of a process, from `/proc/<pid>/stat`.
-fn stat(pid: i32) -> Option<(char, i32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state (index 0), ppid (1), pgrp (2), ... start time (19).
-    Some((f.first()?.chars().next()?, f.get(2)?.parse().ok()?, f.get(19)?.parse().ok()?))
-}
-
-fn nul_split(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    bytes.split(|&b| b == 0).filter(|s| !s.is_empty())
-}
-
 /// The process `pid` if it is a live task process of the home whose canonical root is `root`.
 fn task_process(pid: i32, root: &Path, root_text: &str) -> Option<TaskProcess> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let (mut home, mut dispatch, mut task, mut attempt) = (None, None, None, None);
-    for var in nul_split(&environ) {
-        let text = String::from_utf8_lossy(var);
-        let Some((k, v)) = text.split_once('=') else { continue };
-        match k {
-            "CORTEX_HOME" => home = Some(v.to_string()),
-            "CORTEX_DISPATCH_ID" => dispatch = Some(v.to_string()),
-            "CORTEX_TASK_ID" => task = Some(v.to_string()),
-            "CORTEX_ATTEMPT" => attempt = v.parse().ok(),
-            _ => {}
-        }
-    }
-    let (home, dispatch) = (home?, dispatch?);
+    let environ = procfs::environ(pid)?;
+    let var = |name: &str| procfs::env_var(&environ, name).map(|v| String::from_utf8_lossy(v).into_owned());
+    let (home, dispatch) = (var("CORTEX_HOME")?, var("CORTEX_DISPATCH_ID")?);
+    let (task, attempt) = (var("CORTEX_TASK_ID"), var("CORTEX_ATTEMPT").and_then(|a| a.parse().ok()));
     if !crate::task::dispatches::is_valid_id(&dispatch) || (home != root_text && canonical(Path::new(&home)) != root) {
         return None;
     }
-    let (state, pgid, start_ticks) = stat(pid)?;
-    if state == 'Z' || state == 'X' {
-        return None;
-    }
-    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| nul_split(&b).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
-        .unwrap_or_default();
+    let stat = procfs::stat(pid).filter(procfs::Stat::is_running)?;
+    let (pgid, start_ticks) = (stat.pgrp, stat.start_ticks);
+    let argv: Vec<String> =
+        procfs::cmdline(pid).unwrap_or_default().iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
     let shim = argv.get(1).is_some_and(|a| a == SHIM_ARG) && argv.get(3) == Some(&dispatch);
     let command = if shim { argv.iter().skip_while(|a| *a != "--").skip(1).cloned().collect() } else { argv };
     Some(TaskProcess {
@@ -113,11 +87,8 @@ pub fn find(home: &Home) -> Vec<TaskProcess> {
     let root = canonical(home.root());
     let root_text = home.root().display().to_string();
     let me = std::process::id() as i32;
-    let mut out: Vec<TaskProcess> = std::fs::read_dir("/proc")
+    let mut out: Vec<TaskProcess> = procfs::pids()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
         .filter_map(|pid| task_process(pid, &root, &root_text))
         .collect();

@@ -29,13 +29,13 @@ impl Group {
             .spawn()
             .expect("spawn sh");
         let pid = child.id() as i32;
-        let ticks = cortex::heartbeat::process::start_ticks(pid).expect("start ticks");
+        let ticks = cortex::procfs::start_ticks(pid).expect("start ticks");
         Group { child, pid, ticks }
     }
 
     /// Running members of the group (the leader included while it runs).
     pub fn members(&self) -> Vec<i32> {
-        cortex::heartbeat::process::group_members(self.pid).iter().map(|m| m.pid).collect()
+        cortex::procfs::group_members(self.pid).iter().map(|m| m.pid).collect()
     }
 
     /// Reaps the leader if it exited (so it does not linger as an unreaped child).

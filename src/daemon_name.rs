@@ -1,0 +1,131 @@
+//! The daemons of a home, by name: one [`Daemon`] per `cortex-<name>` binary, in start order. A
+//! leaf (it imports nothing of the crate), so the configuration, the daemon skeleton, the
+//! supervisor and the status views can all name daemons without importing one another. The
+//! names on disk (`run/<name>.pid`, `logs/<name>.log`), on the command line and in JSON output
+//! are [`Daemon::as_str`]; [`Daemon::parse`] reads them back.
+
+use std::fmt;
+
+/// One of the daemons of a home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Daemon {
+    Worker,
+    Pm,
+    Heartbeat,
+    Metrics,
+    Coordinator,
+    Integration,
+    FailurePattern,
+    AutoFix,
+    Api,
+}
+
+impl Daemon {
+    /// Every daemon, in start order (stop in reverse).
+    pub const ALL: [Daemon; 9] = [
+        Daemon::Worker,
+        Daemon::Pm,
+        Daemon::Heartbeat,
+        Daemon::Metrics,
+        Daemon::Coordinator,
+        Daemon::Integration,
+        Daemon::FailurePattern,
+        Daemon::AutoFix,
+        Daemon::Api,
+    ];
+
+    /// The daemon's name: in its PID, mark and log file names, on the command line, in output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Daemon::Worker => "worker",
+            Daemon::Pm => "pm",
+            Daemon::Heartbeat => "heartbeat",
+            Daemon::Metrics => "metrics",
+            Daemon::Coordinator => "coordinator",
+            Daemon::Integration => "integration",
+            Daemon::FailurePattern => "failure-pattern",
+            Daemon::AutoFix => "auto-fix",
+            Daemon::Api => "api",
+        }
+    }
+
+    /// The daemon called `name` exactly, if any.
+    pub fn parse(name: &str) -> Option<Daemon> {
+        Daemon::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    /// The binary that runs the daemon: `cortex-<name>`.
+    pub fn binary_name(self) -> String {
+        format!("cortex-{}", self.as_str())
+    }
+
+    /// Every daemon's name, in start order, for messages: `worker, pm, ...`.
+    pub fn known() -> String {
+        NAMES.join(", ")
+    }
+}
+
+/// Every daemon's name, in start order (for the edges that deal in names: tests, command lines).
+pub const NAMES: [&str; 9] = {
+    let mut out = [""; 9];
+    let mut i = 0;
+    while i < Daemon::ALL.len() {
+        out[i] = Daemon::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
+
+impl fmt::Display for Daemon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_on_disk_and_on_the_command_line_are_unchanged() {
+        let names: Vec<&str> = Daemon::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "worker",
+                "pm",
+                "heartbeat",
+                "metrics",
+                "coordinator",
+                "integration",
+                "failure-pattern",
+                "auto-fix",
+                "api"
+            ]
+        );
+        assert_eq!(Daemon::AutoFix.binary_name(), "cortex-auto-fix");
+        assert_eq!(Daemon::FailurePattern.to_string(), "failure-pattern");
+        assert_eq!(Daemon::known(), names.join(", "));
+        assert_eq!(NAMES.to_vec(), names);
+    }
+
+    #[test]
+    fn parse_reads_back_every_name_and_nothing_else() {
+        for d in Daemon::ALL {
+            assert_eq!(Daemon::parse(d.as_str()), Some(d));
+        }
+        for bad in ["", "Worker", "auto_fix", "cortex-worker", "worker ", "supervisor"] {
+            assert_eq!(Daemon::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn all_is_in_start_order_and_complete() {
+        let mut sorted = Daemon::ALL;
+        sorted.sort();
+        assert_eq!(sorted, Daemon::ALL, "ALL lists the variants in declaration (start) order");
+        let mut dedup = Daemon::ALL.to_vec();
+        dedup.dedup();
+        assert_eq!(dedup.len(), 9);
+    }
+}
