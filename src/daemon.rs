@@ -10,10 +10,10 @@ use crate::daemon_name::Daemon;
 /// The daemons' names in start order (moved to [`crate::daemon_name`]; kept here for the tests).
 pub use crate::daemon_name::NAMES as DAEMONS;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::home::Home;
 use crate::pidfile::PidFile;
 use crate::store::Store;
+use crate::store::events::Severity;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -145,7 +145,7 @@ impl DaemonContext {
         crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.name), &bytes)?;
         self.next_mark = Instant::now() + self.mark_every;
         // Writes work again: report any that failed for lack of space meanwhile.
-        crate::events::record_outage(&self.home, self.name);
+        crate::store::events::record_outage(&self.home, self.name);
         Ok(())
     }
 

@@ -6,8 +6,8 @@
 
 use crate::clock::now_string;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{self, CoordFile};
+use crate::store::events::Severity;
 use crate::store::{Document, Store};
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +130,7 @@ impl Request {
     }
 
     /// The audit event of a transition this request made.
-    fn event(&self, store: &Store, t: &Transition) -> crate::events::Event {
+    fn event(&self, store: &Store, t: &Transition) -> crate::store::events::Event {
         match self {
             Request::Pause { actor, reason } => store.event(
                 "scheduler_paused",
@@ -195,9 +195,9 @@ pub fn apply(store: &Store, requests: &[Request]) -> Vec<Result<Transition>> {
         }
     };
     // The batch's events in one append (one `write`), in order.
-    let events: Vec<crate::events::Event> =
+    let events: Vec<crate::store::events::Event> =
         requests.iter().zip(&transitions).filter(|(_, t)| t.changed).map(|(r, t)| r.event(store, t)).collect();
-    if let Err(e) = crate::events::append_many(store.home(), &events) {
+    if let Err(e) = crate::store::events::append_many(store.home(), &events) {
         tracing::warn!("cannot record {} scheduler event(s): {e}", events.len());
     }
     transitions.into_iter().map(Ok).collect()
@@ -295,8 +295,8 @@ mod tests {
         (m.ino(), m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128)
     }
 
-    fn events(store: &Store) -> Vec<crate::events::Event> {
-        crate::events::read_all(store.home())
+    fn events(store: &Store) -> Vec<crate::store::events::Event> {
+        crate::store::events::read_all(store.home())
             .unwrap()
             .records
             .into_iter()

@@ -9,9 +9,9 @@
 use super::policy::{BreakerPolicy, RestartPolicy};
 use crate::clock::{Timestamp, format_ts, parse_ts};
 use crate::error::Result;
-use crate::events::Severity;
 use crate::files::{self, CoordFile};
 use crate::home::SpecBucket;
+use crate::store::events::Severity;
 use crate::store::{Document, Store};
 use crate::task::DispatchStatus;
 use crate::task::dispatches::list_bucket;

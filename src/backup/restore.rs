@@ -15,11 +15,11 @@ use super::manifest::ManifestFile;
 use super::{ArchiveKind, verify};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files;
 use crate::home::{Home, SpecBucket};
 use crate::store::Store;
 use crate::store::atomic::{self, TEMP_PREFIX};
+use crate::store::events::Severity;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -486,7 +486,7 @@ pub fn recover_interrupted(home: &Home) -> Result<Vec<String>> {
         }
         let stage = e.path();
         let what = recover_stage(&stage)?;
-        let _ = crate::events::emit(
+        let _ = crate::store::events::emit(
             home,
             "restore_recovered",
             Severity::Warning,

@@ -16,11 +16,11 @@ use crate::clock::{Clock, SystemClock, Timestamp, format_ts, parse_ts};
 use crate::config::Config;
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{DISPATCH_SCHEMA, SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
+use crate::store::events::Severity;
 use crate::store::identity::FileIdentity;
 use crate::task::dispatches::{self, spec_path};
 use crate::task::model::{
@@ -611,7 +611,7 @@ impl Coordinator {
     /// Events and failure notifications, after the locks are released.
     fn after_effects(&self, report: &CycleReport) {
         // The cycle's events in one append (one `write`), ends first: they happened first.
-        let mut events: Vec<crate::events::Event> =
+        let mut events: Vec<crate::store::events::Event> =
             report.ended.iter().map(|e| ops::ended_event(&self.store, e)).collect();
         events.extend(report.dispatched.iter().map(|rec| {
             self.store.event(
@@ -622,7 +622,7 @@ impl Coordinator {
                     "worker_type": rec.worker_type, "attempt": rec.attempt}),
             )
         }));
-        if let Err(e) = crate::events::append_many(self.store.home(), &events) {
+        if let Err(e) = crate::store::events::append_many(self.store.home(), &events) {
             tracing::warn!("cannot record {} task event(s): {e}", events.len());
         }
         let counted: Vec<&Ended> = report

@@ -6,9 +6,9 @@
 use crate::clock::{Timestamp, parse_ts};
 use crate::daemon_name::Daemon;
 use crate::error::Result;
-use crate::events::Severity;
 use crate::pidfile::{self, PidStatus};
 use crate::store::Store;
+use crate::store::events::Severity;
 use serde_json::json;
 use std::collections::HashSet;
 

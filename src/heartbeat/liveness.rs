@@ -4,7 +4,7 @@
 
 use super::policy::HeartbeatPolicy;
 use crate::clock::Timestamp;
-use crate::events::Severity;
+use crate::store::events::Severity;
 use serde::{Deserialize, Serialize};
 
 /// How late a dispatch's heartbeat is. Ordered from best to worst.

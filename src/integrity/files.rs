@@ -5,9 +5,9 @@
 //! file's content (JSON) or bad-line count (JSONL) changes, or after it was fixed and broke again.
 
 use crate::error::Error;
-use crate::events::Severity;
 use crate::files;
 use crate::store::Store;
+use crate::store::events::Severity;
 use crate::validate::{FileReport, Verdict};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -230,7 +230,7 @@ mod tests {
         let mut watch = FileWatch::default();
         assert_eq!(watch.handle(&store, &report), 1);
         assert_eq!(watch.handle(&store, &report), 0);
-        let events = crate::events::read_all(store.home()).unwrap().records;
+        let events = crate::store::events::read_all(store.home()).unwrap().records;
         assert!(
             events
                 .iter()

@@ -13,9 +13,9 @@ pub mod files;
 
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::Result;
-use crate::events::Severity;
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::Severity;
 use crate::task::{TaskQueue, TokenBudget, dispatches};
 use consistency::Tracker;
 use std::collections::HashMap;

@@ -36,7 +36,7 @@ pub fn rotate_event_log(store: &Store, config: &Config) -> Result<bool> {
         store
             .emit(
                 "event_log_rotated",
-                crate::events::Severity::Info,
+                crate::store::events::Severity::Info,
                 format!(
                     "event log passed {} bytes; the old lines are in {}",
                     config.events.max_file_bytes,

@@ -4,8 +4,8 @@
 //! of stderr — and the pattern id is a short SHA-256 of that signature.
 
 use crate::clock::{Timestamp, parse_ts};
-use crate::events::Event;
 use crate::home::Home;
+use crate::store::events::Event;
 use crate::task::{DispatchRecord, DispatchState};
 use regex::Regex;
 use serde::{Deserialize, Serialize};

@@ -4,8 +4,8 @@
 //! kept beside it as `<file>.before-defaults-<time>`.
 
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{self, CoordFile};
+use crate::store::events::Severity;
 use crate::store::{Store, atomic};
 use serde::Serialize;
 use std::path::PathBuf;

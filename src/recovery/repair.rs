@@ -17,9 +17,9 @@
 //! Every change happens under the file's lock and is recorded as a `file_repaired` event.
 
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{self, CoordFile, FileKind};
 use crate::home::SpecBucket;
+use crate::store::events::Severity;
 use crate::store::{Store, atomic, jsonl};
 use crate::task::model::{DispatchRecord, Task};
 use crate::validate::{Verdict, check_json_bytes};

@@ -7,9 +7,9 @@
 
 use crate::clock::{Clock, Timestamp, parse_ts};
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::home::SpecBucket;
 use crate::procfs::is_alive;
+use crate::store::events::Severity;
 use crate::store::{Store, atomic};
 use crate::task::dispatches::{cancel_request_path, spec_path};
 use crate::task::model::{DispatchRecord, DispatchState};

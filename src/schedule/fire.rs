@@ -8,9 +8,9 @@ use super::model::{MisfirePolicy, Schedule, ScheduleState, Schedules, TaskTempla
 use crate::clock::{Clock, Timestamp, format_ts, parse_ts};
 use crate::config::Config;
 use crate::error::Result;
-use crate::events::Severity;
 use crate::files;
 use crate::scheduler::SchedulerState;
+use crate::store::events::Severity;
 use crate::store::{Document, Store};
 use crate::task::{Task, TaskQueue, TaskState, TaskStatus};
 use chrono_tz::Tz;

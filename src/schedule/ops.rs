@@ -8,9 +8,9 @@ use super::model::{MisfirePolicy, RunRequest, Schedule, ScheduleState, Schedules
 use crate::clock::{Clock, format_ts};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::scheduler::{Actor, SchedulerState};
 use crate::store::Store;
+use crate::store::events::Severity;
 use serde::Serialize;
 use serde_json::json;
 

@@ -4,11 +4,13 @@
 //! - [`lock`]: flock on dedicated lock files with a deadline (invariant 2).
 //! - [`lock_name`]: every lock by name, in the one lock order (invariant 3).
 //! - [`jsonl`]: single-`write` appends and tolerant readers (invariant 4).
+//! - [`events`]: the event log and its acknowledgements, built on [`jsonl`].
 //! - [`identity`]: a file's identity by `stat`, and the racily-clean guard for skipping reads.
 //! - this module: typed documents ([`Document`]) loaded and schema-checked, read-modify-write
 //!   under the file's lock (invariant 3), and quarantine of bad files (invariant 7).
 
 pub mod atomic;
+pub mod events;
 pub mod holders;
 pub mod identity;
 pub mod inventory;
@@ -19,9 +21,9 @@ pub mod open;
 pub mod outage;
 
 use crate::error::{Error, Result};
-use crate::events::{Event, Severity};
 use crate::files::{CoordFile, FileKind};
 use crate::home::Home;
+use crate::store::events::{Event, Severity};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -270,18 +272,18 @@ impl Store {
             "expected": expected,
             "quarantine_path": self.home.relative(&dest),
         }));
-        let _ = crate::events::append(&self.home, &event);
+        let _ = crate::store::events::append(&self.home, &event);
         Some(dest)
     }
 
     /// Records an event in `dashboard-events.jsonl` with this store's source.
     pub fn emit(&self, event_type: &str, severity: Severity, message: impl Into<String>, data: Value) -> Result<Event> {
         let event = self.event(event_type, severity, message, data);
-        crate::events::append(&self.home, &event)?;
+        crate::store::events::append(&self.home, &event)?;
         Ok(event)
     }
 
-    /// An event from this store's source, not yet recorded (see [`crate::events::append_many`]).
+    /// An event from this store's source, not yet recorded (see [`crate::store::events::append_many`]).
     pub fn event(&self, event_type: &str, severity: Severity, message: impl Into<String>, data: Value) -> Event {
         Event::new(event_type, severity, &self.source, message).with_data(data)
     }

@@ -197,7 +197,7 @@ pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> 
     if bad_lines > 0 {
         let _ = store.emit(
             "task_intake_bad_lines",
-            crate::events::Severity::Error,
+            crate::store::events::Severity::Error,
             format!(
                 "{bad_lines} line(s) of coordination/task-intake.jsonl are not valid tasks; copies are in coordination/quarantine/"
             ),

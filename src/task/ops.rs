@@ -14,10 +14,10 @@ use super::worker_types::WorkerTypes;
 use crate::clock::{SystemClock, format_ts, now_string};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::Severity;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -306,12 +306,12 @@ pub fn fold_records(store: &Store, records: &[DispatchRecord]) -> Result<Vec<que
 
 /// Records the event for a task's dispatch end.
 pub fn emit_ended(store: &Store, e: &queue::Ended) {
-    let _ = crate::events::append(store.home(), &ended_event(store, e));
+    let _ = crate::store::events::append(store.home(), &ended_event(store, e));
 }
 
 /// The event of a task's end (`task_completed`, `task_cancelled`, `task_retry_scheduled`,
 /// `task_failed`), not yet recorded.
-pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::events::Event {
+pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::store::events::Event {
     let (ty, sev, msg) = match &e.outcome {
         queue::Outcome::Completed => ("task_completed", Severity::Info, format!("Task {} completed", e.task_id)),
         queue::Outcome::Cancelled => ("task_cancelled", Severity::Info, format!("Task {} cancelled", e.task_id)),
