@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::PidFile;
 use crate::store::Store;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -348,7 +349,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
     ctx.write_mark().inspect_err(|e| tracing::error!("{name} daemon cannot start: {e}"))?;
     tracing::info!(pid = std::process::id(), home = %home.root().display(), "{name} daemon starting");
     let _ = ctx.store.emit(
-        "daemon_started",
+        EventKind::DaemonStarted,
         Severity::Info,
         format!("{name} daemon started (PID {})", std::process::id()),
         serde_json::json!({"daemon": name, "pid": std::process::id()}),
@@ -358,7 +359,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
         Ok(()) => {
             tracing::info!("{name} daemon stopped");
             let _ = ctx.store.emit(
-                "daemon_stopped",
+                EventKind::DaemonStopped,
                 Severity::Info,
                 format!("{name} daemon stopped"),
                 serde_json::json!({"daemon": name, "pid": std::process::id()}),
@@ -367,7 +368,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
         Err(e) => {
             tracing::error!("{name} daemon failed: {e}");
             let _ = ctx.store.emit(
-                "daemon_stopped",
+                EventKind::DaemonStopped,
                 Severity::Error,
                 format!("{name} daemon stopped on error: {e}"),
                 serde_json::json!({"daemon": name, "pid": std::process::id(), "error": e.to_string()}),

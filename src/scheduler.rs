@@ -7,6 +7,7 @@
 use crate::clock::now_string;
 use crate::error::{Error, Result};
 use crate::files::{self, CoordFile};
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::store::{Document, Store};
 use serde::{Deserialize, Serialize};
@@ -133,7 +134,7 @@ impl Request {
     fn event(&self, store: &Store, t: &Transition) -> crate::store::events::Event {
         match self {
             Request::Pause { actor, reason } => store.event(
-                "scheduler_paused",
+                EventKind::SchedulerPaused,
                 Severity::Warning,
                 format!(
                     "Scheduler paused by {} from {}{}",
@@ -144,7 +145,7 @@ impl Request {
                 serde_json::json!({"paused_by": actor.who, "from": actor.from, "reason": reason, "paused_at": t.timestamp}),
             ),
             Request::Resume { actor } => store.event(
-                "scheduler_resumed",
+                EventKind::SchedulerResumed,
                 Severity::Info,
                 format!("Scheduler resumed by {} from {}", actor.who, actor.from),
                 serde_json::json!({"resumed_by": actor.who, "from": actor.from, "resumed_at": t.timestamp, "paused_at": t.state.paused_at}),
@@ -300,7 +301,7 @@ mod tests {
             .unwrap()
             .records
             .into_iter()
-            .filter(|e| e.event_type.starts_with("scheduler_"))
+            .filter(|e| matches!(e.event_type, EventKind::SchedulerPaused | EventKind::SchedulerResumed))
             .collect()
     }
 
@@ -364,7 +365,7 @@ mod tests {
             .map(|e| {
                 let who = e.data.get("paused_by").or(e.data.get("resumed_by")).and_then(|v| v.as_str()).unwrap();
                 let who = who.to_string();
-                (e.event_type.clone(), who)
+                (e.event_type.to_string(), who)
             })
             .collect();
         assert_eq!(

@@ -209,7 +209,7 @@ fn event_log_rotation_loses_no_line_under_concurrent_appenders() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     cortex::store::events::emit(
                         &home,
-                        "load_test",
+                        cortex::store::events::EventKind::parse("load_test"),
                         cortex::store::events::Severity::Info,
                         "test",
                         format!("appender {w} line {n}"),

@@ -228,7 +228,7 @@ fn specs_and_other_json_files_are_checked() {
 
 fn event_line(n: u32) -> String {
     let e = cortex::store::events::Event::new(
-        "seeded",
+        cortex::store::events::EventKind::parse("seeded"),
         cortex::store::events::Severity::Info,
         "test",
         format!("event {n}"),

@@ -19,6 +19,7 @@ use crate::files;
 use crate::home::{Home, SpecBucket};
 use crate::store::Store;
 use crate::store::atomic::{self, TEMP_PREFIX};
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -197,7 +198,7 @@ fn restore_stopped(
 
     let m = &verified.manifest;
     let _ = store.emit(
-        "backup_restored",
+        EventKind::BackupRestored,
         Severity::Warning,
         format!(
             "Restored {} from {} (taken {} on {}); the previous state is in {}",
@@ -488,7 +489,7 @@ pub fn recover_interrupted(home: &Home) -> Result<Vec<String>> {
         let what = recover_stage(&stage)?;
         let _ = crate::store::events::emit(
             home,
-            "restore_recovered",
+            EventKind::RestoreRecovered,
             Severity::Warning,
             "cli",
             format!("An interrupted restore (PID {pid}) was {what}"),

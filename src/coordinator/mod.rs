@@ -20,6 +20,7 @@ use crate::files::{DISPATCH_SCHEMA, SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::store::identity::FileIdentity;
 use crate::task::dispatches::{self, spec_path};
@@ -615,7 +616,7 @@ impl Coordinator {
             report.ended.iter().map(|e| ops::ended_event(&self.store, e)).collect();
         events.extend(report.dispatched.iter().map(|rec| {
             self.store.event(
-                "task_dispatched",
+                EventKind::TaskDispatched,
                 Severity::Info,
                 format!("Task {} dispatched ({}, attempt {})", rec.task_id, rec.dispatch_id, rec.attempt),
                 serde_json::json!({"task_id": rec.task_id, "dispatch_id": rec.dispatch_id,
@@ -648,7 +649,7 @@ impl Coordinator {
             Ok(notes) => {
                 for (n, e) in notes {
                     let _ = self.store.emit(
-                        "failure_notification",
+                        EventKind::FailureNotification,
                         Severity::Error,
                         format!(
                             "Worker type {} failed {} times in a row (last: task {}: {})",
@@ -782,7 +783,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
                 tracing::error!("coordinator cycle failed: {msg}");
                 if msg != last_error {
                     let _ = ctx.store.emit(
-                        "coordinator_error",
+                        EventKind::CoordinatorError,
                         Severity::Error,
                         format!("Coordinator cycle failed: {msg}"),
                         serde_json::json!({"error": msg}),

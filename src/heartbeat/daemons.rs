@@ -8,6 +8,7 @@ use crate::daemon_name::Daemon;
 use crate::error::Result;
 use crate::pidfile::{self, PidStatus};
 use crate::store::Store;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use serde_json::json;
 use std::collections::HashSet;
@@ -36,7 +37,7 @@ pub fn check_marks(
         if now > hung_at {
             if reported.insert(daemon.to_string()) {
                 store.emit(
-                    "daemon_hung",
+                    EventKind::DaemonHung,
                     Severity::Error,
                     format!(
                         "daemon {daemon} (PID {pid}) has not refreshed its heartbeat mark since {}: pm should restart it",
@@ -49,7 +50,7 @@ pub fn check_marks(
         } else {
             if reported.remove(daemon) {
                 store.emit(
-                    "daemon_recovered",
+                    EventKind::DaemonRecovered,
                     Severity::Info,
                     format!("daemon {daemon} (PID {pid}) refreshes its heartbeat mark again"),
                     json!({"daemon": daemon, "pid": pid, "heartbeat_at": mark.heartbeat_at}),

@@ -19,6 +19,7 @@ use crate::clock::{Timestamp, format_ts};
 use crate::error::{Error, Result};
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::task::dispatches::{read_spec, spec_path};
 use crate::task::{DispatchRecord, DispatchState, TokenBudget};
@@ -39,7 +40,7 @@ pub fn clean_up(
     let DispatchState::Running { pid, pgid, .. } = spec.state else { return Ok(None) };
     let hb = HeartbeatRecord::of(spec);
     store.emit(
-        "zombie_detected",
+        EventKind::ZombieDetected,
         Severity::Warning,
         format!("dispatch {} (task {}, {}) is a zombie: {reason}", spec.dispatch_id, spec.task_id, spec.worker_type),
         json!({
@@ -124,7 +125,7 @@ pub fn finish(
     let stop = super::process::stop_group(cleanup.pid, cleanup.pgid, cleanup.proc_start_ticks, grace);
     if stop.remaining > 0 {
         store.emit(
-            "zombie_cleanup_incomplete",
+            EventKind::ZombieCleanupIncomplete,
             Severity::Critical,
             format!(
                 "{} process(es) of dispatch {} survived SIGKILL (group {}): investigate",
@@ -149,7 +150,7 @@ pub fn finish(
         current
     };
     store.emit(
-        "zombie_cleanup_completed",
+        EventKind::ZombieCleanupCompleted,
         Severity::Info,
         format!(
             "dispatch {} cleaned up: {} process(es) stopped{}, {} tokens returned",

@@ -7,6 +7,7 @@
 use crate::error::Error;
 use crate::files;
 use crate::store::Store;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::validate::{FileReport, Verdict};
 use serde_json::json;
@@ -58,7 +59,7 @@ impl FileWatch {
             }
             self.json_reported.insert(report.file.clone(), "missing".into());
             let _ = store.emit(
-                "integration_validation_failed",
+                EventKind::IntegrationValidationFailed,
                 Severity::Error,
                 format!("{} is missing: run `cortex repair` or `cortex init`", report.file),
                 json!({"file": report.file, "field": "/", "verdict": report.verdict, "problem": "missing"}),
@@ -76,7 +77,7 @@ impl FileWatch {
         self.json_reported.insert(report.file.clone(), hash);
         let (field, problem, quarantined) = quarantine(store, &path, &bytes, report);
         let _ = store.emit(
-            "integration_validation_failed",
+            EventKind::IntegrationValidationFailed,
             Severity::Error,
             format!(
                 "{} is {} at {field}: {problem}{}",
@@ -109,7 +110,7 @@ impl FileWatch {
         }
         self.json_reported.insert(report.file.clone(), key);
         let _ = store.emit(
-            "integration_validation_failed",
+            EventKind::IntegrationValidationFailed,
             Severity::Error,
             format!(
                 "{} cannot be read ({error}); readers skip it until its permissions or type are fixed",
@@ -141,7 +142,7 @@ impl FileWatch {
         }
         self.jsonl_counts.insert(report.file.clone(), key);
         let _ = store.emit(
-            "jsonl_malformed_lines",
+            EventKind::JsonlMalformedLines,
             Severity::Warning,
             format!(
                 "{} has {count} malformed line(s) of {} ({}); readers skip them; `cortex repair` moves them aside",
@@ -234,7 +235,7 @@ mod tests {
         assert!(
             events
                 .iter()
-                .any(|e| e.event_type == "integration_validation_failed" && e.message.contains("cannot be read"))
+                .any(|e| e.event_type == EventKind::IntegrationValidationFailed && e.message.contains("cannot be read"))
         );
     }
 

@@ -15,6 +15,7 @@ use crate::daemon::{DaemonContext, Wake};
 use crate::error::Result;
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::task::{TaskQueue, TokenBudget, dispatches};
 use consistency::Tracker;
@@ -81,11 +82,11 @@ impl Integrity {
             if let Some(m) = data.as_object_mut() {
                 m.insert("kind".into(), i.kind.into());
             }
-            let _ = self.store.emit("integration_inconsistency", Severity::Warning, i.message.clone(), data);
+            let _ = self.store.emit(EventKind::IntegrationInconsistency, Severity::Warning, i.message.clone(), data);
         }
         for i in &decisions.resolved {
             let _ = self.store.emit(
-                "integration_consistency_restored",
+                EventKind::IntegrationConsistencyRestored,
                 Severity::Info,
                 format!("resolved: {}", i.message),
                 serde_json::json!({"kind": i.kind, "key": i.key}),

@@ -79,12 +79,12 @@ pub fn file_id(path: &Path) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::events::Severity;
+    use crate::store::events::{EventKind, Severity};
 
     fn emit(home: &Home, n: u32) {
         crate::store::events::emit(
             home,
-            "dispatch_lost",
+            EventKind::DispatchLost,
             Severity::Error,
             "t",
             format!("{n}"),

@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::files::{self, CoordFile};
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::store::{Store, atomic};
 use serde::Serialize;
@@ -70,7 +71,7 @@ pub fn restore_defaults(store: &Store, only: Option<&str>) -> Result<Vec<Restore
             }
             atomic::write_atomic(&path, default)?;
             let _ = store.emit(
-                "config_defaults_restored",
+                EventKind::ConfigDefaultsRestored,
                 Severity::Warning,
                 format!(
                     "coordination/{} reset to its default{}",

@@ -19,6 +19,7 @@
 use crate::error::{Error, Result};
 use crate::files::{self, CoordFile, FileKind};
 use crate::home::SpecBucket;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::store::{Store, atomic, jsonl};
 use crate::task::model::{DispatchRecord, Task};
@@ -83,7 +84,7 @@ pub fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
     if !dry_run {
         for a in report.actions.iter().filter(|a| a.fixed) {
             let _ = store.emit(
-                "file_repaired",
+                EventKind::FileRepaired,
                 Severity::Warning,
                 format!("{}: {}", a.file, a.action),
                 json!({"file": a.file, "action": a.action}),

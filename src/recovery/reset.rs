@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::home::SpecBucket;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::store::{Store, atomic};
 use crate::task::model::{DispatchState, TokenBudget};
@@ -106,7 +107,7 @@ pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
         crate::store::write_value_checked(&store.path(files::TOKEN_BUDGET), &budget, Some(files::TOKEN_BUDGET.schema))?;
         drop(guards);
         let _ = store.emit(
-            "system_reset",
+            EventKind::SystemReset,
             Severity::Critical,
             format!(
                 "Complete reset: {tasks_cleared} task(s) and {specs_cleared} active/zombie spec(s) cleared, budget reset to {total}; previous state in {}",

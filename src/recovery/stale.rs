@@ -9,6 +9,7 @@ use crate::clock::{Clock, Timestamp, parse_ts};
 use crate::error::{Error, Result};
 use crate::home::SpecBucket;
 use crate::procfs::is_alive;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::store::{Store, atomic};
 use crate::task::dispatches::{cancel_request_path, spec_path};
@@ -120,7 +121,7 @@ pub fn recover_stale(
         atomic::rename_durable(&active, &failed)?;
         let _ = std::fs::remove_file(cancel_request_path(home, &rec.dispatch_id));
         let _ = store.emit(
-            "dispatch_lost",
+            EventKind::DispatchLost,
             Severity::Warning,
             format!("Dispatch {} of task {} marked lost: {reason}", rec.dispatch_id, rec.task_id),
             json!({"dispatch_id": rec.dispatch_id, "task_id": rec.task_id, "reason": reason, "by": "recover-stale"}),

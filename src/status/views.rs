@@ -286,7 +286,7 @@ impl HealthEvent {
         let field = |k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_string);
         HealthEvent {
             id: e.id.clone(),
-            event_type: e.event_type.clone(),
+            event_type: e.event_type.to_string(),
             class: e.severity.as_str(),
             message: e.message.clone(),
             created_at: e.time().map(format_ts).unwrap_or_else(|| e.timestamp.clone()),

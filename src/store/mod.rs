@@ -23,7 +23,7 @@ pub mod outage;
 use crate::error::{Error, Result};
 use crate::files::{CoordFile, FileKind};
 use crate::home::Home;
-use crate::store::events::{Event, Severity};
+use crate::store::events::{Event, EventKind, Severity};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -256,7 +256,7 @@ impl Store {
         atomic::create_dir_all(&dir).ok()?;
         atomic::write_atomic(&dest, bytes).ok()?;
         let event = Event::new(
-            "file_quarantined",
+            EventKind::FileQuarantined,
             Severity::Error,
             &self.source,
             format!(
@@ -277,14 +277,20 @@ impl Store {
     }
 
     /// Records an event in `dashboard-events.jsonl` with this store's source.
-    pub fn emit(&self, event_type: &str, severity: Severity, message: impl Into<String>, data: Value) -> Result<Event> {
+    pub fn emit(
+        &self,
+        event_type: EventKind,
+        severity: Severity,
+        message: impl Into<String>,
+        data: Value,
+    ) -> Result<Event> {
         let event = self.event(event_type, severity, message, data);
         crate::store::events::append(&self.home, &event)?;
         Ok(event)
     }
 
     /// An event from this store's source, not yet recorded (see [`crate::store::events::append_many`]).
-    pub fn event(&self, event_type: &str, severity: Severity, message: impl Into<String>, data: Value) -> Event {
+    pub fn event(&self, event_type: EventKind, severity: Severity, message: impl Into<String>, data: Value) -> Event {
         Event::new(event_type, severity, &self.source, message).with_data(data)
     }
 }

@@ -8,6 +8,7 @@ use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -112,7 +113,7 @@ pub fn start_one(home: &Home, config: &Config, daemon: &str) -> StartResult {
             let msg = format!("{daemon} {not_ready}");
             let _ = crate::store::events::emit(
                 home,
-                "daemon_start_failed",
+                EventKind::DaemonStartFailed,
                 Severity::Error,
                 "cortex",
                 format!("{msg}; see {}", home.daemon_log(daemon).display()),
@@ -213,7 +214,7 @@ fn stop_inner(
             if how == Stopped::KilledAfterTimeout {
                 let _ = crate::store::events::emit(
                     home,
-                    "daemon_killed",
+                    EventKind::DaemonKilled,
                     Severity::Warning,
                     "cortex",
                     format!(

@@ -21,6 +21,7 @@ use super::model::{Task, TaskQueue};
 use crate::error::{Error, Result};
 use crate::files::TASK_INTAKE;
 use crate::store::Store;
+use crate::store::events::EventKind;
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 
@@ -196,7 +197,7 @@ pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> 
     let rotate = end > 0 && end == len && consumed == bytes.len();
     if bad_lines > 0 {
         let _ = store.emit(
-            "task_intake_bad_lines",
+            EventKind::TaskIntakeBadLines,
             crate::store::events::Severity::Error,
             format!(
                 "{bad_lines} line(s) of coordination/task-intake.jsonl are not valid tasks; copies are in coordination/quarantine/"

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::files::{TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -252,7 +253,7 @@ pub fn cancel_task(store: &Store, task_id: &str, actor: &str, wait: Duration) ->
     let dispatch_id = match step {
         CancelStep::Done(t) => {
             let _ = store.emit(
-                "task_cancelled",
+                EventKind::TaskCancelled,
                 Severity::Info,
                 format!("Task {task_id} cancelled by {actor}"),
                 serde_json::json!({"task_id": task_id, "cancelled_by": actor, "was_running": false}),
@@ -268,7 +269,7 @@ pub fn cancel_task(store: &Store, task_id: &str, actor: &str, wait: Duration) ->
         Err(e) => return Err(e),
     }
     let _ = store.emit(
-        "task_cancel_requested",
+        EventKind::TaskCancelRequested,
         Severity::Info,
         format!("Cancel of task {task_id} (dispatch {dispatch_id}) requested by {actor}"),
         serde_json::json!({"task_id": task_id, "dispatch_id": dispatch_id, "requested_by": actor}),
@@ -313,10 +314,14 @@ pub fn emit_ended(store: &Store, e: &queue::Ended) {
 /// `task_failed`), not yet recorded.
 pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::store::events::Event {
     let (ty, sev, msg) = match &e.outcome {
-        queue::Outcome::Completed => ("task_completed", Severity::Info, format!("Task {} completed", e.task_id)),
-        queue::Outcome::Cancelled => ("task_cancelled", Severity::Info, format!("Task {} cancelled", e.task_id)),
+        queue::Outcome::Completed => {
+            (EventKind::TaskCompleted, Severity::Info, format!("Task {} completed", e.task_id))
+        }
+        queue::Outcome::Cancelled => {
+            (EventKind::TaskCancelled, Severity::Info, format!("Task {} cancelled", e.task_id))
+        }
         queue::Outcome::RetryAt(at) => (
-            "task_retry_scheduled",
+            EventKind::TaskRetryScheduled,
             Severity::Warning,
             format!(
                 "Task {} attempt {}/{} failed ({}); retry at {at}",
@@ -327,7 +332,7 @@ pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::store::events::Eve
             ),
         ),
         queue::Outcome::Failed => (
-            "task_failed",
+            EventKind::TaskFailed,
             Severity::Error,
             format!(
                 "Task {} failed after {} attempt(s): {}",
@@ -380,7 +385,7 @@ pub fn retry_task(store: &Store, task_id: &str, actor: &str) -> Result<Task> {
         Ok(t.clone())
     })?;
     let _ = store.emit(
-        "task_retry_requested",
+        EventKind::TaskRetryRequested,
         Severity::Info,
         format!("Task {task_id} queued for another attempt by {actor}"),
         serde_json::json!({"task_id": task_id, "requested_by": actor, "attempts": task.attempts, "max_attempts": task.max_attempts}),

@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::files::DISPATCH_SCHEMA;
 use crate::home::{Home, SpecBucket};
 use crate::store::atomic::Published;
+use crate::store::events::EventKind;
 use crate::store::events::Severity;
 use crate::store::{LockName, Store};
 use crate::task::dispatches::{self, cancel_request_path, spec_path};
@@ -321,7 +322,7 @@ impl<E: Executor> Worker<E> {
         l.unrecorded = true;
         let (task, pid) = (l.task_id.clone(), l.pid);
         let _ = self.store.emit(
-            "dispatch_unrecorded",
+            EventKind::DispatchUnrecorded,
             Severity::Warning,
             format!(
                 "Dispatch {id} (task {task}, PID {pid}) runs without a record in worker-specs/active/ \
@@ -1005,7 +1006,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let mut worker = Worker::new(ctx.store.clone(), ctx.config.clone(), LocalExecutor::new(), ctx.waker());
     worker.reconcile()?;
     let _ = ctx.store.emit(
-        "worker_ready",
+        EventKind::WorkerReady,
         Severity::Info,
         format!("Worker ready ({} dispatch(es) re-adopted)", worker.running()),
         serde_json::json!({"adopted": worker.running(), "at": format_ts(chrono::Utc::now())}),

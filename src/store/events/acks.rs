@@ -12,6 +12,7 @@ use crate::clock::{Timestamp, parse_ts};
 use crate::error::{Error, Result};
 use crate::files;
 use crate::store::events::Event;
+use crate::store::events::EventKind;
 use crate::store::{Store, jsonl};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -199,7 +200,7 @@ pub fn acknowledge(
     append(store, &ack)?;
     let message = format!("{what} acknowledged by {by}");
     let audit = store.emit(
-        "event_acknowledged",
+        EventKind::EventAcknowledged,
         crate::store::events::Severity::Info,
         match &ack.note {
             Some(n) => format!("{message}: {n}"),
@@ -229,7 +230,7 @@ mod tests {
     use crate::store::events::Severity;
 
     fn ev(id: &str, ts: &str) -> Event {
-        let mut e = Event::new("x", Severity::Critical, "test", "m");
+        let mut e = Event::new(EventKind::parse("x"), Severity::Critical, "test", "m");
         e.id = id.into();
         e.timestamp = ts.into();
         e
