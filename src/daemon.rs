@@ -142,7 +142,7 @@ impl DaemonContext {
             heartbeat_at: crate::clock::now_string(),
             last_loop_at: format_ts(self.last_loop_at),
         };
-        let bytes = serde_json::to_vec(&mark).map_err(|e| Error::other(e.to_string()))?;
+        let bytes = serde_json::to_vec(&mark)?;
         crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.name), &bytes)?;
         self.next_mark = Instant::now() + self.mark_every;
         // Writes work again: report any that failed for lack of space meanwhile.

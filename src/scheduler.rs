@@ -239,6 +239,8 @@ fn same_error(e: &Error) -> Error {
         Error::LockTimeout { lock, holder, waited_ms } => {
             Error::LockTimeout { lock: lock.clone(), holder: holder.clone(), waited_ms: *waited_ms }
         }
+        // A serde_json error is not `Clone`: keep its text.
+        Error::Encode { what, source } => Error::Other(format!("cannot encode {what}: {source}")),
         Error::Config { path, detail } => Error::Config { path: path.clone(), detail: detail.clone() },
         Error::Refused(m) => Error::Refused(m.clone()),
         Error::Other(m) => Error::Other(m.clone()),

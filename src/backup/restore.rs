@@ -446,7 +446,7 @@ fn fsync_parents(a: &Path, b: &Path) -> Result<()> {
 
 /// Writes the journal, performs the moves, marks the restore committed.
 fn apply(stage: &Path, plan: &Plan) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(plan).map_err(|e| Error::other(e.to_string()))?;
+    let bytes = serde_json::to_vec_pretty(plan)?;
     atomic::write_atomic(&stage.join(PLAN_FILE), &bytes)?;
     for c in &plan.carries {
         move_item(&c.from, &c.to)?;

@@ -513,7 +513,7 @@ impl Coordinator {
         for rec in &report.dispatched {
             let path = spec_path(store.home(), SpecBucket::Active, &rec.dispatch_id);
             let written = serde_json::to_value(rec)
-                .map_err(|e| Error::other(format!("cannot encode dispatch {}: {e}", rec.dispatch_id)))
+                .map_err(|e| Error::encode(format!("dispatch {}", rec.dispatch_id), e))
                 .and_then(|v| crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA)))
                 .and_then(|bytes| spec_batch.stage(&path, &bytes));
             match written {

@@ -90,7 +90,7 @@ impl HeartbeatRecord {
 
 /// Writes a spec (schema-checked, atomically) to `path`.
 pub fn write_spec(path: &Path, spec: &DispatchRecord) -> Result<()> {
-    let v = serde_json::to_value(spec).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
+    let v = serde_json::to_value(spec).map_err(|e| Error::encode(path.display().to_string(), e))?;
     crate::store::write_value_checked(path, &v, Some(DISPATCH_SCHEMA))
 }
 
@@ -103,7 +103,7 @@ pub fn store_record(store: &Store, dispatch_id: &str, pid: i32, record: &Heartbe
     if !matches!(spec.state, DispatchState::Running { pid: p, .. } if p == pid) {
         return Ok(false);
     }
-    spec.heartbeat = Some(serde_json::to_value(record).map_err(|e| Error::other(e.to_string()))?);
+    spec.heartbeat = Some(serde_json::to_value(record)?);
     write_spec(&path, &spec)?;
     Ok(true)
 }

@@ -99,7 +99,7 @@ fn claim(
         processes_stopped: 0,
         logs_dir: None,
     });
-    current.heartbeat = Some(serde_json::to_value(&hb).map_err(|e| Error::other(e.to_string()))?);
+    current.heartbeat = Some(serde_json::to_value(&hb)?);
     current.tokens_used = Some(used);
     current.state = DispatchState::Zombie { ended_at: format_ts(now), reason: reason.to_string() };
     write_spec(&active, &current)?;
@@ -145,7 +145,7 @@ pub fn finish(
         c.signal = stop.signal.map(str::to_string);
         c.processes_stopped = stop.found;
         c.logs_dir = logs_dir.as_ref().map(|d| store.home().relative(d).display().to_string());
-        current.heartbeat = Some(serde_json::to_value(&hb).map_err(|e| Error::other(e.to_string()))?);
+        current.heartbeat = Some(serde_json::to_value(&hb)?);
         write_spec(&zombie, &current)?;
         current
     };

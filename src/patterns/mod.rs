@@ -17,7 +17,7 @@ pub mod sources;
 use crate::clock::{Clock, SystemClock, format_ts};
 use crate::config::FailurePatternConfig;
 use crate::daemon::{DaemonContext, Wake};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::home::SpecBucket;
 use crate::scheduler::{self, Actor};
 use crate::store::events::EventKind;
@@ -163,7 +163,7 @@ impl FailurePatterns {
         if let Some(dir) = path.parent() {
             atomic::create_dir_all(dir)?;
         }
-        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| Error::other(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&self.state)?;
         atomic::write_atomic(&path, &bytes)
     }
 

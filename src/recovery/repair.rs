@@ -401,8 +401,9 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
     let _guard = if dry_run { None } else { Some(store.lock(files::TOKEN_BUDGET)?) };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
     let default: crate::task::model::TokenBudget =
-        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?)
-            .map_err(|e| Error::other(e.to_string()))?;
+        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?).map_err(|e| {
+            Error::other(format!("the built-in default of {} does not decode: {e}", files::TOKEN_BUDGET.rel))
+        })?;
     let mut budget = default.clone();
     budget.total = salvage_number(&bytes, "total").unwrap_or(default.total);
     budget.used = salvage_number(&bytes, "used").unwrap_or(0);
@@ -421,7 +422,7 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
     );
     if !dry_run {
         atomic::write_atomic(&corrupt, &bytes)?;
-        let value = serde_json::to_value(&budget).map_err(|e| Error::other(e.to_string()))?;
+        let value = serde_json::to_value(&budget)?;
         crate::store::write_value_checked(path, &value, Some(files::TOKEN_BUDGET.schema))?;
     }
     report.push(rel(store, path), msg, true);

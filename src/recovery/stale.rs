@@ -115,7 +115,7 @@ pub fn recover_stale(
         ended.state = DispatchState::Lost { ended_at: crate::clock::format_ts(clock.now()), reason: reason.clone() };
         let active = spec_path(home, SpecBucket::Active, &rec.dispatch_id);
         let failed = spec_path(home, SpecBucket::Failed, &rec.dispatch_id);
-        let value = serde_json::to_value(&ended).map_err(|e| Error::other(e.to_string()))?;
+        let value = serde_json::to_value(&ended)?;
         crate::store::write_value_checked(&active, &value, Some(crate::files::DISPATCH_SCHEMA))?;
         atomic::create_dir_all(&home.worker_specs(SpecBucket::Failed))?;
         atomic::rename_durable(&active, &failed)?;

@@ -122,7 +122,7 @@ pub fn append_many(home: &Home, events: &[Event]) -> Result<()> {
     let mut lines = Vec::with_capacity(events.len() * 400);
     for e in events {
         serde_json::to_writer(&mut lines, e)
-            .map_err(|err| crate::error::Error::other(format!("cannot encode event {}: {err}", e.event_type)))?;
+            .map_err(|err| crate::error::Error::encode(format!("event {}", e.event_type), err))?;
         lines.push(b'\n');
     }
     jsonl::append_raw(&home.events_file(), &lines)?;

@@ -230,8 +230,7 @@ impl Store {
         if let Some(bytes) = doc.encode_checked(&path) {
             return bytes;
         }
-        let value =
-            serde_json::to_value(doc).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
+        let value = serde_json::to_value(doc).map_err(|e| Error::encode(path.display().to_string(), e))?;
         encode_checked(&path, &value, Some(D::FILE.schema))
     }
 
@@ -313,8 +312,7 @@ pub fn encode_checked(path: &Path, value: &Value, schema: Option<&str>) -> Resul
             quarantined: None,
         });
     }
-    let mut bytes =
-        serde_json::to_vec_pretty(value).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::encode(path.display().to_string(), e))?;
     bytes.push(b'\n');
     Ok(bytes)
 }

@@ -39,7 +39,7 @@ pub fn lock_shared(store: &Store) -> Result<SharedIntakeLock> {
 pub fn append(store: &Store, task: &Task) -> Result<()> {
     let path = store.path(TASK_INTAKE);
     let mut line = Vec::with_capacity(512);
-    serde_json::to_writer(&mut line, task).map_err(|e| Error::other(format!("cannot encode task: {e}")))?;
+    serde_json::to_writer(&mut line, task).map_err(|e| Error::encode("task", e))?;
     line.push(b'\n');
     let _lock = lock_shared(store)?;
     // One `write` (closing a line a full disk cut short first), never through a link, fdatasync.

@@ -712,8 +712,7 @@ impl<E: Executor> Worker<E> {
                         crate::store::atomic::create_dir_all(&self.home.worker_specs(bucket))?;
                         path = spec_path(&self.home, bucket, &id);
                     }
-                    let v = serde_json::to_value(&rec)
-                        .map_err(|e| Error::other(format!("cannot encode dispatch {id}: {e}")))?;
+                    let v = serde_json::to_value(&rec).map_err(|e| Error::encode(format!("dispatch {id}"), e))?;
                     let bytes = crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA))?;
                     batch.stage(&path, &bytes)?;
                     Ok(rec)
