@@ -7,8 +7,7 @@
 use crate::clock::now_string;
 use crate::error::{Error, Result};
 use crate::files::{self, CoordFile};
-use crate::store::events::EventKind;
-use crate::store::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Document, Store};
 use serde::{Deserialize, Serialize};
 

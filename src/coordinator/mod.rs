@@ -20,8 +20,7 @@ use crate::files::{DISPATCH_SCHEMA, SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
-use crate::store::events::EventKind;
-use crate::store::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use crate::store::identity::FileIdentity;
 use crate::task::dispatches::{self, spec_path};
 use crate::task::model::{

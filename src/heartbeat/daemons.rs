@@ -8,8 +8,7 @@ use crate::daemon_name::Daemon;
 use crate::error::Result;
 use crate::pidfile::{self, PidStatus};
 use crate::store::Store;
-use crate::store::events::EventKind;
-use crate::store::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use serde_json::json;
 use std::collections::HashSet;
 

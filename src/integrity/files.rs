@@ -7,8 +7,7 @@
 use crate::error::Error;
 use crate::files;
 use crate::store::Store;
-use crate::store::events::EventKind;
-use crate::store::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use crate::validate::{FileReport, Verdict};
 use serde_json::json;
 use sha2::{Digest, Sha256};

@@ -5,8 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::files::{self, CoordFile};
-use crate::store::events::EventKind;
-use crate::store::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Store, atomic};
 use serde::Serialize;
 use std::path::PathBuf;

@@ -19,8 +19,7 @@
 use crate::error::{Error, Result};
 use crate::files::{self, CoordFile, FileKind};
 use crate::home::SpecBucket;
-use crate::store::events::EventKind;
-use crate::store::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Store, atomic, jsonl};
 use crate::task::model::{DispatchRecord, Task};
 use crate::validate::{Verdict, check_json_bytes};

@@ -10,8 +10,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::scheduler::{Actor, SchedulerState};
 use crate::store::Store;
-use crate::store::events::EventKind;
-use crate::store::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use serde::Serialize;
 use serde_json::json;
 

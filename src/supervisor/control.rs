@@ -8,8 +8,7 @@ use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
-use crate::store::events::EventKind;
-use crate::store::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

@@ -34,8 +34,7 @@ use crate::error::{Error, Result};
 use crate::files::DISPATCH_SCHEMA;
 use crate::home::{Home, SpecBucket};
 use crate::store::atomic::Published;
-use crate::store::events::EventKind;
-use crate::store::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use crate::store::{LockName, Store};
 use crate::task::dispatches::{self, cancel_request_path, spec_path};
 use crate::task::model::{DispatchRecord, DispatchState};
@@ -712,7 +711,8 @@ impl<E: Executor> Worker<E> {
                         crate::store::atomic::create_dir_all(&self.home.worker_specs(bucket))?;
                         path = spec_path(&self.home, bucket, &id);
                     }
-                    let v = serde_json::to_value(&rec).map_err(|e| Error::encode(format!("dispatch {id}"), e))?;
+                    let v = serde_json::to_value(&rec)
+                        .map_err(|e| Error::other(format!("cannot encode dispatch {id}: {e}")))?;
                     let bytes = crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA))?;
                     batch.stage(&path, &bytes)?;
                     Ok(rec)

@@ -11,8 +11,7 @@
 use crate::clock::{Timestamp, parse_ts};
 use crate::error::{Error, Result};
 use crate::files;
-use crate::store::events::Event;
-use crate::store::events::EventKind;
+use crate::store::events::{Event, EventKind};
 use crate::store::{Store, jsonl};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
