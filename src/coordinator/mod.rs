@@ -24,7 +24,8 @@ use crate::store::events::{EventKind, Severity};
 use crate::store::identity::FileIdentity;
 use crate::task::dispatches::{self, spec_path};
 use crate::task::model::{
-    DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
+    DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, WaitingReason,
+    new_id,
 };
 use crate::task::queue::{self, Ended, Outcome};
 use crate::task::retry::FailureStreaks;
@@ -320,7 +321,7 @@ impl Coordinator {
                 && due > now
             {
                 report.next_due = Some(report.next_due.map_or(due, |d: Timestamp| d.min(due)));
-                let reason = (t.status() == TaskStatus::Queued).then_some("delay");
+                let reason = (t.status() == TaskStatus::Queued).then_some(WaitingReason::Delay);
                 q_dirty |= q.tasks[i].set_waiting_reason(reason);
                 continue;
             }
@@ -332,7 +333,7 @@ impl Coordinator {
                         continue;
                     }
                     Some(_) => {
-                        q_dirty |= q.tasks[i].set_waiting_reason(Some("after"));
+                        q_dirty |= q.tasks[i].set_waiting_reason(Some(WaitingReason::After));
                         continue;
                     }
                     None => {
@@ -364,11 +365,11 @@ impl Coordinator {
                 if let Some(at) = breaker_gate.half_open_at(&t.worker_type).filter(|at| *at > now) {
                     report.next_due = Some(report.next_due.map_or(at, |d: Timestamp| d.min(at)));
                 }
-                q_dirty |= q.tasks[i].set_waiting_reason(Some("circuit_breaker"));
+                q_dirty |= q.tasks[i].set_waiting_reason(Some(WaitingReason::CircuitBreaker));
                 continue;
             }
             if t.budget > budget.available {
-                q_dirty |= q.tasks[i].set_waiting_reason(Some("budget"));
+                q_dirty |= q.tasks[i].set_waiting_reason(Some(WaitingReason::Budget));
                 continue;
             }
             breaker_gate.dispatched(&t.worker_type);

@@ -6,7 +6,7 @@ use super::dispatches;
 use super::intake;
 use super::model::{
     DispatchRecord, DispatchStatus, Priority, RoutingInfo, Task, TaskQueue, TaskResult, TaskState, TaskStatus,
-    TokenBudget, new_id,
+    TokenBudget, WaitingReason, new_id,
 };
 use super::queue;
 use super::router::{DecisionRecord, RouterConfig, log_decision};
@@ -141,7 +141,7 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
         priority: new.priority.unwrap_or(Priority::Medium),
         worker_type: worker_type.clone(),
         command: new.command,
-        state: TaskState::Queued { waiting_reason: not_before.as_ref().map(|_| "delay".to_string()) },
+        state: TaskState::Queued { waiting_reason: not_before.as_ref().map(|_| WaitingReason::Delay) },
         created_at: format_ts(now),
         created_by: new.created_by.filter(|c| !c.is_empty()).unwrap_or_else(crate::scheduler::local_user),
         attempts: 0,
