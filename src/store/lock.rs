@@ -100,11 +100,6 @@ fn check_owned_regular(path: &Path, meta: &Metadata) -> Result<()> {
     Ok(())
 }
 
-/// Opens a lock or PID file as [`open_checked`] does (for callers that lock it themselves).
-pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
-    open_checked(path).map(|(f, _)| f)
-}
-
 /// What the path names after the lock was taken.
 enum Still {
     /// The locked inode, with the file's size then.

@@ -54,12 +54,21 @@ pub fn lock_path(home: &Home) -> PathBuf {
 pub fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
     let mut line = serde_json::to_vec(report).map_err(|e| Error::other(format!("cannot encode exit report: {e}")))?;
     line.push(b'\n');
-    let lock_file = crate::store::lock::open_lock_file(lock)?;
-    lock_file.lock_shared().map_err(|e| Error::io(lock, "lock", e))?;
-    let result = crate::store::jsonl::append_raw_durable(journal, &line);
-    let _ = lock_file.unlock();
-    result
+    // Through `store::lock`, which checks after locking that the path still names the locked
+    // file and waits for a holder of a deleted predecessor: with a bare `flock` on the file
+    // opened, deleting `coordination/.locks/` while the worker empties the journal let a shim
+    // append beside the truncate, and its report was lost.
+    let _guard = crate::store::lock::lock_shared(lock, APPEND_LOCK_WAIT)?;
+    crate::store::jsonl::append_raw_durable(journal, &line)
 }
+
+/// How long a shim waits for the journal's lock (held exclusive only while the worker empties
+/// the journal, for a moment): far longer than that ever takes, so a report is not given up.
+const APPEND_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long the worker waits to empty the journal (shims hold the lock shared for one append);
+/// past it the emptying is left for a later step.
+const COMPACT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The worker's view of the journal: reports read so far and not yet taken.
 #[derive(Debug)]
@@ -176,8 +185,7 @@ impl ExitJournal {
     }
 
     fn compact_locked(&mut self) -> Result<bool> {
-        let lock_file = crate::store::lock::open_lock_file(&self.lock)?;
-        lock_file.lock().map_err(|e| Error::io(&self.lock, "lock", e))?;
+        let guard = crate::store::lock::lock_exclusive(&self.lock, COMPACT_LOCK_WAIT)?;
         // No append is in flight now; one that landed since the last read must be kept.
         self.read_new()?;
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
@@ -189,7 +197,7 @@ impl ExitJournal {
         } else {
             false
         };
-        let _ = lock_file.unlock();
+        drop(guard);
         Ok(done)
     }
 }
@@ -277,5 +285,30 @@ mod tests {
             "the new file is read from its start, not from the old file's offset"
         );
         assert_eq!(j.bad_lines, 0, "no line is read from the middle");
+    }
+
+    #[test]
+    fn an_append_waits_for_an_emptying_that_holds_a_deleted_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let (path, lock) = (journal_path(&home), lock_path(&home));
+        // The worker empties the journal under the lock; meanwhile an operator deletes the
+        // lock directory (runbooks 002/003).
+        let emptying = crate::store::lock::lock_exclusive(&lock, std::time::Duration::from_secs(1)).unwrap();
+        std::fs::remove_dir_all(home.locks_dir()).unwrap();
+        let shim = std::thread::spawn({
+            let (path, lock) = (path.clone(), lock.clone());
+            move || append(&path, &lock, &report("a", 0))
+        });
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        while std::time::Instant::now() < until {
+            assert!(!path.exists(), "a shim appended while the journal was being emptied");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(emptying);
+        shim.join().unwrap().unwrap();
+        let mut j = ExitJournal::new(&home);
+        j.refresh();
+        assert!(j.has("a"));
     }
 }
