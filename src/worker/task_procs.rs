@@ -132,11 +132,6 @@ pub fn find(home: &Home) -> Vec<TaskProcess> {
     out
 }
 
-/// Whether some process of the dispatch still runs.
-pub fn dispatch_runs(home: &Home, dispatch_id: &str) -> bool {
-    find(home).iter().any(|p| p.dispatch_id == dispatch_id)
-}
-
 /// One line saying which process it is: `PID 123 (exec shim of dispatch D, task T: cmd args)`.
 pub fn describe(p: &TaskProcess) -> String {
     let what = if p.shim { "exec shim of dispatch" } else { "process of dispatch" };
