@@ -214,3 +214,33 @@ fn allowed_hosts_admit_a_configured_name() {
     let (code, e) = json_request(p, "POST", "/scheduler/pause", &[("Origin", &origin)], b"");
     assert_eq!(code, 200, "{e}");
 }
+
+/// Item 6: with tokens configured, an anonymous caller of the open monitoring reads learns that a
+/// coordination file is unreadable, but not the reason: a schema error quotes the file's content
+/// (here a task's description with a secret), which a token holder alone may read.
+#[test]
+fn with_tokens_an_unreadable_files_reason_needs_a_token() {
+    let h = TestHome::new();
+    write_tokens_file(&h, &format!("ops:{OPERATE}\n"));
+    let api = Api::start(&h);
+    let p = api.port;
+    // A queue a broken tool wrote: a task's description where a task object belongs.
+    let queue = serde_json::json!({"tasks": [format!("nightly export, {SECRET_LINE}")]});
+    std::fs::write(h.join("coordination/task-queue.json"), queue.to_string()).unwrap();
+    let r = bearer(OPERATE);
+    let (_, with_token) = get_raw(p, "/status", &[("Authorization", &r)]);
+    assert!(with_token.contains("task-queue.json") && with_token.contains("hunter2"), "{with_token}");
+    for path in ["/status", "/health"] {
+        let (code, body) = get_raw(p, path, &[]);
+        assert!(code == 200 || code == 503, "GET {path}: {body}");
+        assert!(body.contains("coordination/task-queue.json"), "the file is still named: {body}");
+        assert!(!body.contains("hunter2"), "anonymous GET {path} quoted the file: {body}");
+    }
+    // The scheduler's state, broken the same way, for `/scheduler/status`.
+    let state = serde_json::json!({"state": format!("paused by {SECRET_LINE}")});
+    std::fs::write(h.join("coordination/scheduler-state.json"), state.to_string()).unwrap();
+    let (_, with_token) = get_raw(p, "/scheduler/status", &[("Authorization", &r)]);
+    assert!(with_token.contains("hunter2"), "{with_token}");
+    let (_, body) = get_raw(p, "/scheduler/status", &[]);
+    assert!(body.contains("coordination/scheduler-state.json") && !body.contains("hunter2"), "{body}");
+}
