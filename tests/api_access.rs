@@ -244,3 +244,41 @@ fn with_tokens_an_unreadable_files_reason_needs_a_token() {
     let (_, body) = get_raw(p, "/scheduler/status", &[]);
     assert!(body.contains("coordination/scheduler-state.json") && !body.contains("hunter2"), "{body}");
 }
+
+/// A dispatch record names its logs, but the record is data (a restored archive, a broken tool):
+/// `GET /dispatches/<id>` reads only the dispatch's own log under the home, never another file the
+/// API can read, nor its log through a planted link.
+#[test]
+fn output_tail_is_read_only_from_the_dispatchs_own_log() {
+    let h = fast_home();
+    let api = Api::start(&h);
+    let _worker = start(&h, "worker");
+    let _coordinator = start(&h, "coordinator");
+    let id = add(&h, &["--description", "plain", "--", "sh", "-c", "echo ordinary-output"]);
+    let t = wait_status(&h, &id, "completed");
+    let dispatch = t["dispatches"][0].as_str().unwrap().to_string();
+    let (_, view) = api.get(&format!("/dispatches/{dispatch}"));
+    assert!(view.to_string().contains("ordinary-output"), "{view}");
+
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("shadow");
+    std::fs::write(&secret, format!("root:{SECRET_LINE}\n")).unwrap();
+    // The record rewritten to name another file as its logs.
+    let spec = h.join(&format!("coordination/worker-specs/completed/{dispatch}.json"));
+    let mut rec: Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
+    let own_out = rec["stdout_path"].as_str().unwrap().to_string();
+    rec["stdout_path"] = Value::from(secret.display().to_string());
+    rec["stderr_path"] = Value::from(secret.display().to_string());
+    std::fs::write(&spec, serde_json::to_vec(&rec).unwrap()).unwrap();
+    let (_, view) = api.get(&format!("/dispatches/{dispatch}"));
+    assert!(!view.to_string().contains("hunter2"), "a recorded path outside the home was read: {view}");
+    // The record as written, its log replaced by a link to that file.
+    rec["stdout_path"] = Value::from(own_out.clone());
+    rec["stderr_path"] = Value::from(own_out.replace(".out", ".err"));
+    std::fs::write(&spec, serde_json::to_vec(&rec).unwrap()).unwrap();
+    let log = h.join(&own_out);
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&secret, &log).unwrap();
+    let (_, view) = api.get(&format!("/dispatches/{dispatch}"));
+    assert!(!view.to_string().contains("hunter2"), "the log was read through a link: {view}");
+}
