@@ -106,14 +106,15 @@ impl ExitJournal {
     }
 
     fn read_new(&mut self) -> Result<()> {
-        let mut f = match std::fs::File::open(&self.path) {
+        // Never through a link (another file's lines are no exit reports) nor a FIFO.
+        let mut f = match crate::store::open::read(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.offset = 0;
                 self.file = None;
                 return Ok(());
             }
-            Err(e) => return Err(Error::io(&self.path, "open", e)),
+            Err(e) => return Err(crate::store::open::refuse_link(&self.path, "open", e)),
         };
         let meta = f.metadata().map_err(|e| Error::io(&self.path, "stat", e))?;
         let len = meta.len();
@@ -310,5 +311,20 @@ mod tests {
         let mut j = ExitJournal::new(&home);
         j.refresh();
         assert!(j.has("a"));
+    }
+
+    #[test]
+    fn a_linked_journal_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let elsewhere = dir.path().join("elsewhere.jsonl");
+        let mut line = serde_json::to_vec(&report("planted", 0)).unwrap();
+        line.push(b'\n');
+        std::fs::write(&elsewhere, &line).unwrap();
+        std::fs::create_dir_all(home.run_dir()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, journal_path(&home)).unwrap();
+        let mut j = ExitJournal::new(&home);
+        j.refresh();
+        assert!(!j.has("planted"), "a report was read through a link");
     }
 }
