@@ -22,6 +22,7 @@ use crate::home::SpecBucket;
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
 use crate::store::identity::FileIdentity;
+use crate::store::lock::LockGuard;
 use crate::task::dispatches::{self, spec_path};
 use crate::task::model::{
     DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
@@ -30,7 +31,6 @@ use crate::task::queue::{self, Ended, Outcome};
 use crate::task::retry::FailureStreaks;
 use crate::task::worker_types::{TemplateVars, WorkerTypes, expand};
 use crate::task::{archive, budget, intake, ops};
-use crate::store::lock::LockGuard;
 use plan::{BreakerSnapshot, CycleInput, DispatchPlan, GuardedType};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -326,9 +326,8 @@ impl Coordinator {
         };
         // The breakers are asked only when this cycle can dispatch at all.
         let running = q.tasks.iter().filter(|t| t.status() == TaskStatus::InProgress).count();
-        let can_dispatch = !report.paused
-            && types.is_some()
-            && (self.config.scheduler.max_concurrent_dispatches as usize) > running;
+        let can_dispatch =
+            !report.paused && types.is_some() && (self.config.scheduler.max_concurrent_dispatches as usize) > running;
         let breakers =
             if can_dispatch { breaker_gate.snapshot(&store, &q.tasks, now) } else { BreakerSnapshot::default() };
         Ok(Collected {

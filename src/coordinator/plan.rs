@@ -144,7 +144,10 @@ pub fn plan(input: &CycleInput) -> DispatchPlan {
             }
         };
         if t.command.is_empty() && wt.command.is_empty() {
-            out.fail.push((i, format!("worker type {} has no command template and the task has no command", t.worker_type)));
+            out.fail.push((
+                i,
+                format!("worker type {} has no command template and the task has no command", t.worker_type),
+            ));
             continue;
         }
         if let Some(g) = input.breakers.guarded.get(&t.worker_type)

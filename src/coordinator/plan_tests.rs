@@ -131,9 +131,7 @@ fn a_budget_too_short_keeps_the_task_waiting_and_later_ones_may_fit() {
 fn an_open_breaker_holds_its_type_and_wakes_at_half_open() {
     let half_open = at("2026-01-01T12:05:00Z");
     let mut f = Fixture::new(vec![Task::sample("a"), Task { worker_type: "v".into(), ..Task::sample("b") }]);
-    f.breakers
-        .guarded
-        .insert("w".into(), GuardedType { trial_allowed: false, half_open_at: Some(half_open) });
+    f.breakers.guarded.insert("w".into(), GuardedType { trial_allowed: false, half_open_at: Some(half_open) });
     let p = f.plan();
     assert_eq!(f.dispatched(), vec!["b"], "another type is not held");
     assert_eq!(p.waiting, vec![(0, Some("circuit_breaker"))]);
@@ -142,14 +140,11 @@ fn an_open_breaker_holds_its_type_and_wakes_at_half_open() {
 
 #[test]
 fn a_half_open_breaker_lets_one_trial_through_per_cycle() {
-    let mut f = Fixture::new(vec![
-        Task::sample("a"),
-        Task { created_at: "2026-01-01T00:00:01Z".into(), ..Task::sample("b") },
-    ]);
-    f.breakers.guarded.insert(
-        "w".into(),
-        GuardedType { trial_allowed: true, half_open_at: Some(at("2026-01-01T11:00:00Z")) },
-    );
+    let mut f =
+        Fixture::new(vec![Task::sample("a"), Task { created_at: "2026-01-01T00:00:01Z".into(), ..Task::sample("b") }]);
+    f.breakers
+        .guarded
+        .insert("w".into(), GuardedType { trial_allowed: true, half_open_at: Some(at("2026-01-01T11:00:00Z")) });
     let p = f.plan();
     assert_eq!(f.dispatched(), vec!["a"]);
     assert_eq!(p.waiting, vec![(1, Some("circuit_breaker"))]);
