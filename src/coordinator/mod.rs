@@ -8,6 +8,11 @@
 //! running, and the lock is held until the specs are written, so a pause that returned is never
 //! followed by a dispatch.
 //!
+//! A cycle runs in phases: collect (locks, reads, the intake and ended dispatches folded in) →
+//! plan ([`plan`]: pure, the dispatch decisions from what was collected and the time) → apply
+//! (the plan's dispatches, failures and waiting reasons on the queue and budget) → archive (the
+//! finished tasks appended) → commit (one parallel flush, then the renames in their order).
+//!
 //! It is event-driven: a notify watcher on the intake, the queue, the budget, the scheduler state
 //! and the `completed/`/`failed/` spec buckets wakes it; the next due time (delay, retry) is its
 //! deadline; `[scheduler] tick_interval_seconds` is only a slow safety re-scan.
