@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::{Error, Result};
 use crate::events::Severity;
-use crate::files::{DISPATCH_SCHEMA, SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
+use crate::files::{SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
@@ -510,12 +510,7 @@ impl Coordinator {
         let mut spec_batch = crate::store::atomic::ReplaceBatch::new();
         let mut staged = Vec::new();
         for rec in &report.dispatched {
-            let path = spec_path(store.home(), SpecBucket::Active, &rec.dispatch_id);
-            let written = serde_json::to_value(rec)
-                .map_err(|e| Error::other(format!("cannot encode dispatch {}: {e}", rec.dispatch_id)))
-                .and_then(|v| crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA)))
-                .and_then(|bytes| spec_batch.stage(&path, &bytes));
-            match written {
+            match crate::task::dispatch_record::stage_new(&mut spec_batch, store.home(), rec) {
                 Ok(()) => staged.push(rec.dispatch_id.clone()),
                 Err(e) => self.spec_not_written(&rec.dispatch_id, &e),
             }
