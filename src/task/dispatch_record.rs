@@ -185,3 +185,96 @@ pub fn move_ended_locked(home: &Home, recs: &[&DispatchRecord], dirs: &mut Vec<P
     }
     first_error.map_or(Ok(()), Err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::model::DispatchState;
+
+    fn record(id: &str) -> DispatchRecord {
+        DispatchRecord {
+            dispatch_id: id.into(),
+            task_id: "t1".into(),
+            worker_type: "shell".into(),
+            state: DispatchState::Starting,
+            dispatched_at: "2026-01-01T00:00:00Z".into(),
+            attempt: 1,
+            command: vec!["true".into()],
+            budget_reserved: 0,
+            timeout_seconds: 60.0,
+            stdout_path: String::new(),
+            stderr_path: String::new(),
+            heartbeat: None,
+            tokens_used: None,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(Home::at(dir.path()));
+        for b in SpecBucket::ALL {
+            std::fs::create_dir_all(store.home().worker_specs(b)).unwrap();
+        }
+        (dir, store)
+    }
+
+    fn ended(id: &str) -> DispatchRecord {
+        DispatchRecord {
+            state: DispatchState::Lost { ended_at: "2026-01-01T00:01:00Z".into(), reason: "test".into() },
+            ..record(id)
+        }
+    }
+
+    #[test]
+    fn a_record_failing_its_schema_is_never_written() {
+        let (_dir, store) = store();
+        let path = spec_path(store.home(), SpecBucket::Active, "d1");
+        let bad = DispatchRecord { attempt: 0, ..record("d1") };
+        let err = write(&path, &bad).unwrap_err().to_string();
+        assert!(err.contains("attempt"), "{err}");
+        assert!(!path.exists());
+        write(&path, &record("d1")).unwrap();
+        assert_eq!(read_spec(&store, &path).unwrap(), Some(record("d1")));
+    }
+
+    #[test]
+    fn end_in_writes_the_end_then_moves_it_out_of_active() {
+        let (_dir, store) = store();
+        let home = store.home();
+        write(&spec_path(home, SpecBucket::Active, "d1"), &record("d1")).unwrap();
+        end_in(home, &ended("d1"), SpecBucket::Failed).unwrap();
+        assert!(!spec_path(home, SpecBucket::Active, "d1").exists());
+        assert_eq!(read_spec(&store, &spec_path(home, SpecBucket::Failed, "d1")).unwrap(), Some(ended("d1")));
+    }
+
+    #[test]
+    fn an_update_of_a_vanished_record_creates_it_in_its_final_bucket_and_one_moved_on_is_refused() {
+        let (_dir, store) = store();
+        let home = store.home();
+        write(&spec_path(home, SpecBucket::Active, "live"), &record("live")).unwrap();
+        write(&spec_path(home, SpecBucket::Zombie, "claimed"), &record("claimed")).unwrap();
+        let end = |rec: &DispatchRecord| -> Change {
+            let state = ended(&rec.dispatch_id).state;
+            Box::new(move |r: &mut DispatchRecord| {
+                r.state = state;
+                Ok(())
+            })
+        };
+        let changes: Vec<(String, Change)> =
+            ["live", "gone", "claimed"].iter().map(|id| (id.to_string(), end(&record(id)))).collect();
+        let updated = update_active_locked(&store, changes, |id| Some(record(id)));
+        let dirs = updated.published.expect("written").into_dirs();
+        atomic::fsync_dirs(&dirs).unwrap();
+        assert!(updated.results[0].is_ok() && updated.results[1].is_ok());
+        assert!(matches!(updated.results[2], Err(Error::Refused(_))), "{:?}", updated.results[2]);
+        assert_eq!(updated.created, HashSet::from(["gone".to_string()]));
+        assert_eq!(read_spec(&store, &spec_path(home, SpecBucket::Active, "live")).unwrap(), Some(ended("live")));
+        assert_eq!(read_spec(&store, &spec_path(home, SpecBucket::Failed, "gone")).unwrap(), Some(ended("gone")));
+        let rec = ended("live");
+        let mut dirs = Vec::new();
+        std::fs::write(cancel_request_path(home, "live"), b"{}").unwrap();
+        move_ended_locked(home, &[&rec], &mut dirs).unwrap();
+        assert!(spec_path(home, SpecBucket::Failed, "live").exists());
+        assert!(!cancel_request_path(home, "live").exists());
+    }
+}
