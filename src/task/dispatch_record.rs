@@ -2,7 +2,7 @@
 //! every write of it: its path by bucket, its encoding (checked against the `dispatch` schema
 //! before any byte is written) and decoding, its creation (`starting`, in `active/`), its
 //! update in place, and its move between buckets (`active/` → `completed/`, `failed/`,
-//! `zombie/`). Each write goes through `store::atomic` (one file) or a `ReplaceBatch` (a group
+//! `zombie/`; a bad one to `quarantine/`). Each write goes through `store::atomic` (one file) or a `ReplaceBatch` (a group
 //! commit); the coordinator, the worker, the heartbeat daemon and `recover-stale` all call here.
 //!
 //! Every function that writes or moves a record is for a caller holding lock `worker-specs`
@@ -81,6 +81,18 @@ pub fn stage_new(batch: &mut ReplaceBatch, home: &Home, rec: &DispatchRecord) ->
 pub fn move_durable(home: &Home, dispatch_id: &str, from: SpecBucket, to: SpecBucket) -> Result<()> {
     atomic::create_dir_all(&home.worker_specs(to))?;
     atomic::rename_durable(&spec_path(home, from, dispatch_id), &spec_path(home, to, dispatch_id))
+}
+
+/// The name in `quarantine/` of a bad record file `name` found in `bucket`:
+/// `<bucket>__<name>` (the caller adds a suffix when that name is taken).
+pub fn quarantine_path(home: &Home, bucket: SpecBucket, name: &str) -> PathBuf {
+    home.worker_specs(SpecBucket::Quarantine).join(format!("{}__{name}", bucket.dir_name()))
+}
+
+/// Moves a bad record file to `dest` in `quarantine/`, durably (`repair`).
+pub fn move_to_quarantine(home: &Home, path: &Path, dest: &Path) -> Result<()> {
+    atomic::create_dir_all(&home.worker_specs(SpecBucket::Quarantine))?;
+    atomic::rename_durable(path, dest)
 }
 
 /// Ends an active dispatch outside the worker (`recover-stale`, the zombie claim): writes its
