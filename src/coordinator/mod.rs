@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::{Error, Result};
 use crate::events::Severity;
-use crate::files::{DISPATCH_SCHEMA, SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
+use crate::files::{SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
@@ -522,7 +522,7 @@ impl Coordinator {
         let mut spec_batch = crate::store::atomic::ReplaceBatch::new();
         let mut staged = Vec::new();
         for rec in &report.dispatched {
-            match stage_spec(&store, &mut spec_batch, rec) {
+            match crate::task::dispatch_record::stage_new(&mut spec_batch, store.home(), rec) {
                 Ok(()) => staged.push(rec.dispatch_id.clone()),
                 Err(e) => self.spec_not_written(&rec.dispatch_id, &e),
             }
@@ -963,14 +963,6 @@ impl BreakerGate {
 
 /// Stages the spec file of a new dispatch (`active/<id>.json`, state `starting`) in the cycle's
 /// spec batch: encoded and checked against the dispatch schema, renamed by the commit.
-fn stage_spec(store: &Store, batch: &mut crate::store::atomic::ReplaceBatch, rec: &DispatchRecord) -> Result<()> {
-    let path = spec_path(store.home(), SpecBucket::Active, &rec.dispatch_id);
-    serde_json::to_value(rec)
-        .map_err(|e| Error::other(format!("cannot encode dispatch {}: {e}", rec.dispatch_id)))
-        .and_then(|v| crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA)))
-        .and_then(|bytes| batch.stage(&path, &bytes))
-}
-
 /// What one cycle collected under its locks, carried through its phases to the commit.
 struct Collected {
     // The guards first: on an early return the fields drop in this order, the budget's lock

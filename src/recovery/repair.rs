@@ -21,6 +21,7 @@ use crate::events::Severity;
 use crate::files::{self, CoordFile, FileKind};
 use crate::home::SpecBucket;
 use crate::store::{Store, atomic, jsonl};
+use crate::task::dispatch_record;
 use crate::task::model::{DispatchRecord, Task};
 use crate::validate::{Verdict, check_json_bytes};
 use serde::Serialize;
@@ -473,7 +474,6 @@ fn repair_scheduler(store: &Store, path: &Path, problem: &str, dry_run: bool, re
 fn repair_specs(store: &Store, dry_run: bool, report: &mut RepairReport) -> Result<()> {
     let home = store.home();
     let _guard = if dry_run { None } else { Some(store.lock_named(crate::store::LockName::WorkerSpecs)?) };
-    let qdir = home.worker_specs(SpecBucket::Quarantine);
     for bucket in SpecBucket::ALL.into_iter().filter(|b| *b != SpecBucket::Quarantine) {
         let Ok(entries) = std::fs::read_dir(home.worker_specs(bucket)) else { continue };
         let mut paths: Vec<PathBuf> = entries
@@ -492,12 +492,11 @@ fn repair_specs(store: &Store, dry_run: bool, report: &mut RepairReport) -> Resu
                 continue;
             }
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let dest = beside(&qdir.join(format!("{}__{name}", bucket.dir_name())), "");
+            let dest = beside(&dispatch_record::quarantine_path(home, bucket, &name), "");
             let problem =
                 if check.problems.is_empty() { "does not match a dispatch".into() } else { check.problems.join("; ") };
             if !dry_run {
-                atomic::create_dir_all(&qdir)?;
-                atomic::rename_durable(&path, &dest)?;
+                dispatch_record::move_to_quarantine(home, &path, &dest)?;
             }
             report.push(rel(store, &path), format!("{problem}: moved to {}", rel(store, &dest)), true);
         }
