@@ -19,12 +19,7 @@ case "${1:-}" in
 esac
 
 cortex="$(find_cortex)"
-home_args=()
-# Under cron the home variables are often unset: a script kept in <home>/scripts/ backs up that home.
-if [[ -z "${CORTEX_HOME:-}" && -z "${COMMIT_RELAY_HOME:-}" ]] &&
-   [[ -f "$script_dir/../cortex.toml" || -d "$script_dir/../coordination" ]]; then
-    home_args=(--home "$(cd "$script_dir/.." && pwd)")
-fi
+set_home_args "$script_dir"
 
 echo "[$(date -u +%Y-%m-%dT%H:%M:%SZ)] backup starting"
 if "$cortex" "${home_args[@]}" backup "$@"; then

@@ -25,9 +25,5 @@ case "${1:-}" in
 esac
 
 cortex="$(find_cortex)"
-home_args=()
-if [[ -z "${CORTEX_HOME:-}" && -z "${COMMIT_RELAY_HOME:-}" ]] &&
-   [[ -f "$script_dir/../cortex.toml" || -d "$script_dir/../coordination" ]]; then
-    home_args=(--home "$(cd "$script_dir/.." && pwd)")
-fi
+set_home_args "$script_dir"
 exec "$cortex" "${home_args[@]}" event emit "$@"

@@ -21,11 +21,7 @@ case "${1:-}" in
 esac
 
 cortex="$(find_cortex)" || exit 127
-home_args=()
-if [[ -z "${CORTEX_HOME:-}" && -z "${COMMIT_RELAY_HOME:-}" ]] &&
-   [[ -f "$script_dir/../cortex.toml" || -d "$script_dir/../coordination" ]]; then
-    home_args=(--home "$(cd "$script_dir/.." && pwd)")
-fi
+set_home_args "$script_dir"
 
 echo "[$(date -u +%Y-%m-%dT%H:%M:%SZ)] health check"
 "$cortex" "${home_args[@]}" health-check "$@"

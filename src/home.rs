@@ -2,6 +2,7 @@
 //! every file in it. No other module builds a path under the home by hand.
 
 use crate::error::{Error, Result};
+use crate::files;
 use std::path::{Path, PathBuf};
 
 /// Environment variables that name the home, in the order they are consulted.
@@ -85,6 +86,10 @@ impl Home {
     pub fn coord(&self, rel: &str) -> PathBuf {
         self.coordination().join(rel)
     }
+    /// A registered coordination file (`files.rs`), at the path the registry gives it.
+    pub fn coord_file(&self, file: &files::CoordFile) -> PathBuf {
+        self.coord(file.rel)
+    }
     pub fn locks_dir(&self) -> PathBuf {
         self.coord(".locks")
     }
@@ -96,16 +101,16 @@ impl Home {
         self.coord("quarantine")
     }
     pub fn task_queue(&self) -> PathBuf {
-        self.coord("task-queue.json")
+        self.coord_file(files::TASK_QUEUE)
     }
     pub fn token_budget(&self) -> PathBuf {
-        self.coord("token-budget.json")
+        self.coord_file(files::TOKEN_BUDGET)
     }
     pub fn scheduler_state(&self) -> PathBuf {
-        self.coord("scheduler-state.json")
+        self.coord_file(files::SCHEDULER_STATE)
     }
     pub fn events_file(&self) -> PathBuf {
-        self.coord("dashboard-events.jsonl")
+        self.coord_file(files::EVENTS)
     }
     pub fn worker_specs(&self, bucket: SpecBucket) -> PathBuf {
         self.coord("worker-specs").join(bucket.dir_name())
@@ -161,7 +166,7 @@ impl Home {
     }
     /// `coordination/auto-fix/fix-history.jsonl`: every restart decision and fix, one per line.
     pub fn fix_history(&self) -> PathBuf {
-        self.coord(crate::files::FIX_HISTORY.rel)
+        self.coord_file(files::FIX_HISTORY)
     }
     /// Copies of files taken before auto-fix changed them (the source of rollbacks).
     pub fn fix_backups(&self) -> PathBuf {
@@ -169,7 +174,7 @@ impl Home {
     }
     /// `coordination/patterns/failure-patterns.jsonl`, written by the failure-pattern daemon.
     pub fn failure_patterns_file(&self) -> PathBuf {
-        self.coord(crate::files::FAILURE_PATTERNS.rel)
+        self.coord_file(files::FAILURE_PATTERNS)
     }
     pub fn backups_dir(&self) -> PathBuf {
         self.join("backups")
@@ -197,11 +202,11 @@ impl Home {
     }
     /// The append-only intake of new tasks (`cortex task add` appends; the coordinator folds).
     pub fn task_intake(&self) -> PathBuf {
-        self.coord("task-intake.jsonl")
+        self.coord_file(files::TASK_INTAKE)
     }
     /// Finished tasks moved out of the live queue, one JSON line each.
     pub fn task_archive(&self) -> PathBuf {
-        self.coord("task-archive.jsonl")
+        self.coord_file(files::TASK_ARCHIVE)
     }
     /// A dispatch's standard output.
     pub fn dispatch_stdout(&self, dispatch_id: &str) -> PathBuf {

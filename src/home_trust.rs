@@ -25,12 +25,7 @@ pub fn safe_homes_file() -> Option<PathBuf> {
 /// Checks that `root` (found through `source`, for the message) may be used as a home. A home that
 /// does not exist yet is fine: Cortex creates it private (0700).
 pub fn check(root: &Path, source: &str) -> Result<()> {
-    let meta = match std::fs::metadata(root) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(root, "inspect the home", e)),
-    };
-    let Some(why) = untrusted_because(meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw()) else {
+    let Some(why) = first_untrusted(root)? else {
         return Ok(());
     };
     if explicitly_trusted(root) {
@@ -46,6 +41,28 @@ pub fn check(root: &Path, source: &str) -> Result<()> {
          {SAFE_HOMES_ENV} (paths separated by ':') or to {file} (one path a line; `*` trusts every home)",
         root.display()
     )))
+}
+
+/// What in the home names the commands Cortex runs, besides the home itself: each must be ours
+/// and writable by us alone too (a trusted root holding another user's `coordination/config/`
+/// would run their commands just the same).
+const GUARDED: [&str; 3] = ["cortex.toml", "coordination", "coordination/config"];
+
+/// The first of the home and its [`GUARDED`] paths (those that exist; links followed, as the
+/// readers follow them) that is not trusted, and why; `None` when all are.
+fn first_untrusted(root: &Path) -> Result<Option<String>> {
+    let me = nix::unistd::geteuid().as_raw();
+    for (rel, path) in std::iter::once(("", root.to_path_buf())).chain(GUARDED.iter().map(|r| (*r, root.join(r)))) {
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&path, "inspect the home", e)),
+        };
+        if let Some(why) = untrusted_because(meta.uid(), meta.mode(), me) {
+            return Ok(Some(if rel.is_empty() { why } else { format!("its {rel}: {why}") }));
+        }
+    }
+    Ok(None)
 }
 
 /// Why a directory with this owner and mode is not trusted by user `me`, or `None`.

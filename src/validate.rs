@@ -247,12 +247,12 @@ pub fn check_file(home: &Home, path: &Path) -> Option<FileReport> {
 pub fn router_cross_check(home: &Home) -> Vec<String> {
     let mut problems = Vec::new();
     let router: Value =
-        match std::fs::read(home.coord(files::ROUTER_CONFIG.rel)).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        match std::fs::read(home.coord_file(files::ROUTER_CONFIG)).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
             Some(v) => v,
             None => return problems,
         };
     let types: Option<Value> =
-        std::fs::read(home.coord(files::WORKER_TYPES.rel)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        std::fs::read(home.coord_file(files::WORKER_TYPES)).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let known_types: Option<Vec<String>> = types
         .as_ref()
         .and_then(|t| t.get("worker_types"))
@@ -366,7 +366,7 @@ pub fn check_config(home: &Home, config_path: &Path) -> ConfigCheck {
 /// [`crate::task::worker_types::template_warnings`] for every worker type of the home (none
 /// when the file does not parse: that is an error reported already).
 fn worker_type_warnings(home: &Home) -> Vec<String> {
-    let path = home.coord(files::WORKER_TYPES.rel);
+    let path = home.coord_file(files::WORKER_TYPES);
     let Some(types) = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice::<crate::task::worker_types::WorkerTypes>(&b).ok())

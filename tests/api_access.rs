@@ -214,3 +214,71 @@ fn allowed_hosts_admit_a_configured_name() {
     let (code, e) = json_request(p, "POST", "/scheduler/pause", &[("Origin", &origin)], b"");
     assert_eq!(code, 200, "{e}");
 }
+
+/// Item 6: with tokens configured, an anonymous caller of the open monitoring reads learns that a
+/// coordination file is unreadable, but not the reason: a schema error quotes the file's content
+/// (here a task's description with a secret), which a token holder alone may read.
+#[test]
+fn with_tokens_an_unreadable_files_reason_needs_a_token() {
+    let h = TestHome::new();
+    write_tokens_file(&h, &format!("ops:{OPERATE}\n"));
+    let api = Api::start(&h);
+    let p = api.port;
+    // A queue a broken tool wrote: a task's description where a task object belongs.
+    let queue = serde_json::json!({"tasks": [format!("nightly export, {SECRET_LINE}")]});
+    std::fs::write(h.join("coordination/task-queue.json"), queue.to_string()).unwrap();
+    let r = bearer(OPERATE);
+    let (_, with_token) = get_raw(p, "/status", &[("Authorization", &r)]);
+    assert!(with_token.contains("task-queue.json") && with_token.contains("hunter2"), "{with_token}");
+    for path in ["/status", "/health"] {
+        let (code, body) = get_raw(p, path, &[]);
+        assert!(code == 200 || code == 503, "GET {path}: {body}");
+        assert!(body.contains("coordination/task-queue.json"), "the file is still named: {body}");
+        assert!(!body.contains("hunter2"), "anonymous GET {path} quoted the file: {body}");
+    }
+    // The scheduler's state, broken the same way, for `/scheduler/status`.
+    let state = serde_json::json!({"state": format!("paused by {SECRET_LINE}")});
+    std::fs::write(h.join("coordination/scheduler-state.json"), state.to_string()).unwrap();
+    let (_, with_token) = get_raw(p, "/scheduler/status", &[("Authorization", &r)]);
+    assert!(with_token.contains("hunter2"), "{with_token}");
+    let (_, body) = get_raw(p, "/scheduler/status", &[]);
+    assert!(body.contains("coordination/scheduler-state.json") && !body.contains("hunter2"), "{body}");
+}
+
+/// A dispatch record names its logs, but the record is data (a restored archive, a broken tool):
+/// `GET /dispatches/<id>` reads only the dispatch's own log under the home, never another file the
+/// API can read, nor its log through a planted link.
+#[test]
+fn output_tail_is_read_only_from_the_dispatchs_own_log() {
+    let h = fast_home();
+    let api = Api::start(&h);
+    let _worker = start(&h, "worker");
+    let _coordinator = start(&h, "coordinator");
+    let id = add(&h, &["--description", "plain", "--", "sh", "-c", "echo ordinary-output"]);
+    let t = wait_status(&h, &id, "completed");
+    let dispatch = t["dispatches"][0].as_str().unwrap().to_string();
+    let (_, view) = api.get(&format!("/dispatches/{dispatch}"));
+    assert!(view.to_string().contains("ordinary-output"), "{view}");
+
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("shadow");
+    std::fs::write(&secret, format!("root:{SECRET_LINE}\n")).unwrap();
+    // The record rewritten to name another file as its logs.
+    let spec = h.join(&format!("coordination/worker-specs/completed/{dispatch}.json"));
+    let mut rec: Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
+    let own_out = rec["stdout_path"].as_str().unwrap().to_string();
+    rec["stdout_path"] = Value::from(secret.display().to_string());
+    rec["stderr_path"] = Value::from(secret.display().to_string());
+    std::fs::write(&spec, serde_json::to_vec(&rec).unwrap()).unwrap();
+    let (_, view) = api.get(&format!("/dispatches/{dispatch}"));
+    assert!(!view.to_string().contains("hunter2"), "a recorded path outside the home was read: {view}");
+    // The record as written, its log replaced by a link to that file.
+    rec["stdout_path"] = Value::from(own_out.clone());
+    rec["stderr_path"] = Value::from(own_out.replace(".out", ".err"));
+    std::fs::write(&spec, serde_json::to_vec(&rec).unwrap()).unwrap();
+    let log = h.join(&own_out);
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&secret, &log).unwrap();
+    let (_, view) = api.get(&format!("/dispatches/{dispatch}"));
+    assert!(!view.to_string().contains("hunter2"), "the log was read through a link: {view}");
+}

@@ -124,3 +124,36 @@ fn a_group_or_world_writable_home_of_our_own_is_refused() {
         assert!(out.status.success(), "a home of mode {mode:o} was refused: {}", stderr(&out));
     }
 }
+
+/// The home's own directory is not all that names the commands Cortex runs: a private root whose
+/// `coordination/config/` (or `coordination/`) others can write, or whose `cortex.toml` another
+/// user owns, is refused the same way, naming what is wrong.
+#[test]
+fn a_private_home_with_a_writable_config_directory_or_a_foreign_cortex_toml_is_refused() {
+    let config = tempfile::tempdir().unwrap();
+    let h = TestHome::new();
+    let home = h.path().to_str().unwrap().to_string();
+    std::fs::set_permissions(h.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    for (rel, mode, why) in [
+        ("coordination/config", 0o777, "its coordination/config: it is world-writable"),
+        ("coordination", 0o770, "its coordination: it is group-writable"),
+    ] {
+        let dir = h.join(rel);
+        let before = std::fs::metadata(&dir).unwrap().permissions();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = cortex_in(h.path(), config.path(), &["--home", &home, "validate"]).output().unwrap();
+        assert!(!out.status.success(), "a home whose {rel} is mode {mode:o} was used");
+        assert!(stderr(&out).contains(why), "{rel}: {}", stderr(&out));
+        std::fs::set_permissions(&dir, before).unwrap();
+    }
+    if is_root() {
+        let toml = h.join("cortex.toml");
+        nix::unistd::chown(&toml, Some(nix::unistd::Uid::from_raw(NOBODY)), None).unwrap();
+        let out = cortex_in(h.path(), config.path(), &["--home", &home, "validate"]).output().unwrap();
+        assert!(!out.status.success(), "a home whose cortex.toml nobody owns was used");
+        assert!(stderr(&out).contains("its cortex.toml: it is owned by uid 65534"), "{}", stderr(&out));
+        nix::unistd::chown(&toml, Some(nix::unistd::geteuid()), None).unwrap();
+    }
+    let out = cortex_in(h.path(), config.path(), &["--home", &home, "validate"]).output().unwrap();
+    assert!(out.status.success(), "put right, the home is used again: {}", stderr(&out));
+}

@@ -147,3 +147,37 @@ fn a_linked_json_file_is_not_read_nor_copied_into_quarantine() {
     assert!(!copied.iter().any(|c| c.contains("secret-hash")), "the link's target was copied into quarantine");
     assert!(queue.symlink_metadata().unwrap().file_type().is_symlink(), "the link was replaced");
 }
+
+/// The exec shim opens the dispatch's logs itself: a directory link planted on their path after
+/// the worker created it is refused there too (the shim walks from the home its `CORTEX_HOME`
+/// names), so task output never lands outside the home.
+#[test]
+fn the_exec_shim_writes_no_log_through_a_directory_link() {
+    use std::os::unix::process::CommandExt;
+    let h = TestHome::new();
+    let outside = tempfile::tempdir().unwrap();
+    let logs = h.join("agents/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    symlink(outside.path(), logs.join("linked")).unwrap();
+    // The go pipe: its write end is closed at once, so the shim runs nothing after its logs.
+    let (go_read, go_write) = nix::unistd::pipe().unwrap();
+    drop(go_write);
+    let go_fd = std::os::fd::AsRawFd::as_raw_fd(&go_read);
+    let mut cmd = std::process::Command::new(bin("cortex-worker"));
+    cmd.arg("--cortex-exec-shim")
+        .arg("3")
+        .arg("dsp-shim-link")
+        .arg(h.join("run/dispatch-exits.jsonl"))
+        .arg(h.join("coordination/.locks/dispatch-exits.lock"))
+        .arg(logs.join("linked/dsp-shim-link.out"))
+        .arg(logs.join("linked/dsp-shim-link.err"))
+        .args(["--", "true"])
+        .env("CORTEX_HOME", h.path());
+    // SAFETY: dup2 is async-signal-safe; the descriptor stays open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || nix::libc::dup2(go_fd, 3).ge(&0).then_some(()).ok_or_else(std::io::Error::last_os_error));
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(names(outside.path()).is_empty(), "the shim wrote through the link: {:?}", names(outside.path()));
+}

@@ -10,7 +10,7 @@ use common::*;
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 use supervisor_support::*;
 
@@ -59,16 +59,7 @@ impl Drop for KillLeftovers {
 }
 
 fn start_script(f: &Fleet) -> Output {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/start-cortex.sh");
-    Command::new("bash")
-        .arg(path)
-        .env("CORTEX_HOME", f.h.path())
-        .env_remove("COMMIT_RELAY_HOME")
-        .env("CORTEX_BIN_DIR", bin_dir())
-        .env("CORTEX_API_BIND", format!("127.0.0.1:{}", f.port))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
+    run_script(f, "scripts/start-cortex.sh", &[], false)
 }
 
 #[test]

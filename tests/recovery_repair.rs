@@ -182,3 +182,34 @@ fn the_intake_is_repaired_under_the_queue_lock_then_its_own() {
     h.cortex_ok(&["task", "add", "--description", "second", "--", "true"]);
     h.cortex_ok(&["validate"]);
 }
+
+/// A coordination file planted as a symbolic link (to a file of someone else's) is reported,
+/// never read through: nothing of the target is copied into the home (`.rejected`, `.corrupt`)
+/// and the target is left as it was (issue #16, item 4).
+#[test]
+fn a_linked_file_is_reported_not_read_or_copied() {
+    let h = TestHome::new();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = "export DB_PASSWORD=hunter2\n{not a task}\n";
+    let decoy = outside.path().join("bashrc");
+    std::fs::write(&decoy, secret).unwrap();
+    let json_decoy = outside.path().join("notes.txt");
+    std::fs::write(&json_decoy, "private notes, not JSON").unwrap();
+    for (rel, target) in
+        [("coordination/task-intake.jsonl", &decoy), ("coordination/circuit-breakers.json", &json_decoy)]
+    {
+        let _ = std::fs::remove_file(h.join(rel));
+        std::os::unix::fs::symlink(target, h.join(rel)).unwrap();
+    }
+    let out = h.cortex(&["repair"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("task-intake.jsonl") && text.contains("symbolic link"), "{text}");
+    assert_eq!(std::fs::read_to_string(&decoy).unwrap(), secret);
+    assert_eq!(std::fs::read_to_string(&json_decoy).unwrap(), "private notes, not JSON");
+    let coordination = std::fs::read_dir(h.join("coordination")).unwrap();
+    for entry in coordination.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.contains(".rejected") && !name.contains(".corrupt"), "{name} was written from a link's target");
+    }
+    assert!(std::fs::symlink_metadata(h.join("coordination/task-intake.jsonl")).unwrap().file_type().is_symlink());
+}

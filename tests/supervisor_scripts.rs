@@ -9,17 +9,7 @@ use std::process::{Command, Output};
 use supervisor_support::*;
 
 fn script(f: &Fleet, rel: &str, args: &[&str]) -> Output {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
-    Command::new("bash")
-        .arg(path)
-        .args(args)
-        .env("CORTEX_HOME", f.h.path())
-        .env_remove("COMMIT_RELAY_HOME")
-        .env("CORTEX_BIN_DIR", bin_dir())
-        .env("CORTEX_API_BIND", format!("127.0.0.1:{}", f.port))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
+    run_script(f, rel, args, false)
 }
 
 #[test]
@@ -145,18 +135,7 @@ fn direct_start_wrapper_runs_a_daemon_in_the_foreground() {
 
 /// The same run as `script`, with the cron-facing scripts' binary variable set too.
 fn cron_script(f: &Fleet, rel: &str, args: &[&str]) -> Output {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
-    Command::new("bash")
-        .arg(path)
-        .args(args)
-        .env("CORTEX_HOME", f.h.path())
-        .env_remove("COMMIT_RELAY_HOME")
-        .env("CORTEX_BIN", bin("cortex"))
-        .env("CORTEX_BIN_DIR", bin_dir())
-        .env("CORTEX_API_BIND", format!("127.0.0.1:{}", f.port))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
+    run_script(f, rel, args, true)
 }
 
 /// Runbook 002's two calls of `scripts/emit-event.sh` (one line; continued over three lines),

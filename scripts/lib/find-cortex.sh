@@ -1,7 +1,8 @@
-# Sourced by the cron-facing scripts (backup.sh, restore-from-backup.sh): defines find_cortex,
-# which prints the cortex binary to use: $CORTEX_BIN, else `cortex` on PATH, else the checkout's
-# release or debug build, ~/.cargo/bin, /usr/local/bin. Exits 127 with a message when none is
-# found. (Cron runs with a minimal PATH, hence the explicit fallbacks.)
+# Sourced by the cron-facing scripts (backup.sh, restore-from-backup.sh, emit-event.sh,
+# health-check.sh): defines find_cortex, which prints the cortex binary to use: $CORTEX_BIN, else
+# `cortex` on PATH, else the checkout's release or debug build, ~/.cargo/bin, /usr/local/bin.
+# Exits 127 with a message when none is found. (Cron runs with a minimal PATH, hence the
+# explicit fallbacks.) And set_home_args, for the home those scripts act on.
 find_cortex() {
     local checkout
     checkout="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -13,4 +14,17 @@ find_cortex() {
     done
     echo "$(basename "$0"): cannot find the cortex binary (set CORTEX_BIN or put cortex on PATH)" >&2
     exit 127
+}
+
+# Sets the array home_args to `--home <dir>` when neither CORTEX_HOME nor COMMIT_RELAY_HOME is set
+# and the script (in $1, its directory) is kept in <dir>/scripts/ of a home: under cron the home
+# variables are often unset, and such a script acts on the home it is kept in. Else empty: cortex
+# finds the home as usual.
+set_home_args() {
+    local script_dir="$1"
+    home_args=()
+    if [[ -z "${CORTEX_HOME:-}" && -z "${COMMIT_RELAY_HOME:-}" ]] &&
+       [[ -f "$script_dir/../cortex.toml" || -d "$script_dir/../coordination" ]]; then
+        home_args=(--home "$(cd "$script_dir/.." && pwd)")
+    fi
 }

@@ -200,9 +200,11 @@ impl Handler for App {
                     "POST /events/<id|all>/ack"
                 ],
             }))),
-            Route::Status => {
-                Reply::Now(self.reader.system_status().map_or_else(|e| error_response(&e), |s| ok_json(&s)))
-            }
+            Route::Status => Reply::Now(match self.reader.system_status() {
+                Ok(s) if redact => ok_json(&redact_file_errors(serde_json::to_value(&s).unwrap_or(Value::Null))),
+                Ok(s) => ok_json(&s),
+                Err(e) => error_response(&e),
+            }),
             Route::Health => Reply::Now(match self.reader.health() {
                 Ok(h) if redact => Response::json(if h.healthy { 200 } else { 503 }, &redact_health(&h)),
                 Ok(h) => Response::json(if h.healthy { 200 } else { 503 }, &h),
@@ -212,9 +214,11 @@ impl Handler for App {
                 Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
                 Err(e) => error_response(&e),
             }),
-            Route::SchedulerStatus => {
-                Reply::Now(self.reader.scheduler_status().map_or_else(|e| error_response(&e), |s| ok_json(&s)))
-            }
+            Route::SchedulerStatus => Reply::Now(match self.reader.scheduler_status() {
+                Ok(s) if redact => ok_json(&redact_file_errors(serde_json::to_value(&s).unwrap_or(Value::Null))),
+                Ok(s) => ok_json(&s),
+                Err(e) => error_response(&e),
+            }),
             Route::Pause => self.pause(req, actor),
             Route::Resume => self.resume(req, actor),
             Route::Dispatches => Reply::Now(self.list_dispatches(req)),
@@ -229,11 +233,39 @@ impl Handler for App {
     }
 }
 
+/// A status view for an anonymous caller when tokens are configured: each unreadable file is
+/// still named (`errors[].file`, and `/health`'s `problems` say "cannot read FILE"), but not why:
+/// a schema error quotes up to 400 characters of the file's content (a task's description, a
+/// line of its output).
+fn redact_file_errors(mut v: Value) -> Value {
+    const WITHHELD: &str = "unreadable (the reason may quote the file's content: send a token to see it)";
+    let files: Vec<String> = match v.get_mut("errors").and_then(Value::as_array_mut) {
+        Some(errors) => errors
+            .iter_mut()
+            .filter_map(Value::as_object_mut)
+            .map(|e| {
+                e.insert("error".into(), Value::from(WITHHELD));
+                e.get("file").and_then(Value::as_str).unwrap_or_default().to_string()
+            })
+            .collect(),
+        None => return v,
+    };
+    if let Some(problems) = v.get_mut("problems").and_then(Value::as_array_mut) {
+        for p in problems.iter_mut() {
+            let Some(text) = p.as_str() else { continue };
+            if let Some(file) = files.iter().find(|f| text.starts_with(&format!("cannot read {f}: "))) {
+                *p = Value::from(format!("cannot read {file}: {WITHHELD}"));
+            }
+        }
+    }
+    v
+}
+
 /// `GET /health` for an anonymous caller when tokens are configured: each event without its
 /// `message` (it may quote a task's description or error text); the rest stays, so monitoring
 /// (`.healthy`, `.recent_events[] | .type`) works without a token.
 fn redact_health(h: &crate::status::Health) -> Value {
-    let mut v = serde_json::to_value(h).unwrap_or(Value::Null);
+    let mut v = redact_file_errors(serde_json::to_value(h).unwrap_or(Value::Null));
     if let Some(events) = v.get_mut("recent_events").and_then(Value::as_array_mut) {
         for e in events.iter_mut().filter_map(Value::as_object_mut) {
             e.remove("message");

@@ -20,7 +20,7 @@ pub fn run(ctx: &Ctx, args: MetricsArgs) -> Result<u8> {
         crate::metrics::latest(&ctx.home).ok_or_else(|| {
             Error::refused(format!(
                 "no metrics snapshot in {} yet: start the metrics daemon (`cortex start metrics`) or use `cortex metrics --live`",
-                ctx.home.coord(crate::files::METRICS_SNAPSHOTS.rel).display()
+                ctx.home.coord_file(crate::files::METRICS_SNAPSHOTS).display()
             ))
         })?
     };

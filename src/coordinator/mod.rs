@@ -8,6 +8,11 @@
 //! running, and the lock is held until the specs are written, so a pause that returned is never
 //! followed by a dispatch.
 //!
+//! A cycle runs in phases: collect (locks, reads, the intake and ended dispatches folded in) →
+//! plan ([`plan`]: pure, the dispatch decisions from what was collected and the time) → apply
+//! (the plan's dispatches, failures and waiting reasons on the queue and budget) → archive (the
+//! finished tasks appended) → commit (one parallel flush, then the renames in their order).
+//!
 //! It is event-driven: a notify watcher on the intake, the queue, the budget, the scheduler state
 //! and the `completed/`/`failed/` spec buckets wakes it; the next due time (delay, retry) is its
 //! deadline; `[scheduler] tick_interval_seconds` is only a slow safety re-scan.
@@ -16,23 +21,26 @@ use crate::clock::{Clock, SystemClock, Timestamp, format_ts, parse_ts};
 use crate::config::Config;
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::{Error, Result};
-use crate::files::{DISPATCH_SCHEMA, SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
+use crate::files::{SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
 use crate::store::events::{EventKind, Severity};
 use crate::store::identity::FileIdentity;
+use crate::store::lock::LockGuard;
 use crate::task::dispatches::{self, spec_path};
 use crate::task::model::{
-    DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, WaitingReason,
-    new_id,
+    DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
 };
 use crate::task::queue::{self, Ended, Outcome};
 use crate::task::retry::FailureStreaks;
 use crate::task::worker_types::{TemplateVars, WorkerTypes, expand};
 use crate::task::{archive, budget, intake, ops};
+use plan::{BreakerSnapshot, CycleInput, DispatchPlan, GuardedType};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+pub mod plan;
 
 /// The identity of a file the coordinator reads (see [`FileIdentity`]); None when it cannot be
 /// stat'ed. The queue and budget identities are taken under their file's lock right after this
@@ -238,15 +246,38 @@ impl Coordinator {
         Ok(())
     }
 
-    /// One pass: fold, settle, dispatch, archive. Returns what it did.
+    /// One pass: collect (under the locks, in their order) → plan ([`plan::plan`], pure) →
+    /// apply the plan to the queue and budget → archive → commit (one flush, then the renames in
+    /// their order). Returns what it did.
     pub fn cycle(&mut self) -> Result<CycleReport> {
+        let mut c = self.collect()?;
+        let decided = plan::plan(&CycleInput {
+            tasks: &c.q.tasks,
+            budget: &c.budget,
+            types: c.types.as_ref(),
+            breakers: &c.breakers,
+            paused: c.report.paused,
+            archived: &self.after_cache,
+            now: c.now,
+            slots: self.config.scheduler.max_concurrent_dispatches as usize,
+        });
+        self.apply(&mut c, decided);
+        let archive_file = self.archive(&mut c)?;
+        self.commit(c, archive_file)
+    }
+
+    /// Collect: takes `scheduler` → `task-queue` → `token-budget`, reads the scheduler state, the
+    /// breakers and then the time, the queue with the intake folded in, the ended dispatches and
+    /// the budget; folds the ends into their tasks (settlement, retry policy); reads the worker
+    /// types and asks the breakers of the guarded types for this cycle's answer.
+    fn collect(&mut self) -> Result<Collected> {
         let store = self.store.clone();
         let mut report = CycleReport::default();
 
-        let sched_guard = store.lock(SCHEDULER_STATE)?;
+        let scheduler_guard = store.lock(SCHEDULER_STATE)?;
         // The breakers before the time: a dispatch that a breaker closed by then lets through is
         // stamped after the breaker's `since`.
-        let mut breaker_gate = BreakerGate::load(&self.store);
+        let breaker_gate = BreakerGate::load(&self.store);
         // Read the time under the lock: every dispatch of this cycle is stamped before any pause
         // that waits for the lock.
         let now = self.clock.now();
@@ -258,7 +289,7 @@ impl Coordinator {
                 true
             }
         };
-        let q_guard = store.lock(TASK_QUEUE)?;
+        let queue_guard = store.lock(TASK_QUEUE)?;
         let mut q = self.load_queue()?;
         let mut q_dirty = false;
         let fold = intake::fold(&store, &mut q)?;
@@ -269,7 +300,7 @@ impl Coordinator {
         let ended_records = self.collect_ended(&q)?;
         self.archived_prerequisites(&q)?;
 
-        let b_guard = store.lock(TOKEN_BUDGET)?;
+        let budget_guard = store.lock(TOKEN_BUDGET)?;
         let mut budget: TokenBudget = store.load()?;
         let before_budget = budget.clone();
         budget.recompute();
@@ -291,7 +322,6 @@ impl Coordinator {
             self.settle_orphan_reservations(&q, &mut budget, &now_s)?;
         }
 
-        // Dispatch.
         let types = match store.load::<WorkerTypes>() {
             Ok(t) => Some(t),
             Err(e) => {
@@ -299,90 +329,48 @@ impl Coordinator {
                 None
             }
         };
+        // The breakers are asked only when this cycle can dispatch at all.
         let running = q.tasks.iter().filter(|t| t.status() == TaskStatus::InProgress).count();
-        let mut free = (self.config.scheduler.max_concurrent_dispatches as usize).saturating_sub(running);
-        let prereq: HashMap<String, TaskStatus> = {
-            let wanted: HashSet<&str> = q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
-            q.tasks
-                .iter()
-                .filter(|t| wanted.contains(t.task_id.as_str()))
-                .map(|t| (t.task_id.clone(), t.status()))
-                .collect()
-        };
-        let mut dependents_failed = Vec::new();
-        for i in queue::dispatch_order(&q.tasks) {
-            let t = &q.tasks[i];
-            let due_at = match &t.state {
-                TaskState::Queued { .. } => t.not_before.as_deref(),
-                TaskState::PendingRetry { next_retry_at, .. } => Some(next_retry_at.as_str()),
-                _ => continue,
-            };
-            if let Some(due) = due_at.and_then(parse_ts)
-                && due > now
-            {
-                report.next_due = Some(report.next_due.map_or(due, |d: Timestamp| d.min(due)));
-                let reason = (t.status() == TaskStatus::Queued).then_some(WaitingReason::Delay);
-                q_dirty |= q.tasks[i].set_waiting_reason(reason);
-                continue;
-            }
-            if let Some(a) = t.after.clone() {
-                match prereq.get(&a).or_else(|| self.after_cache.get(&a)) {
-                    Some(TaskStatus::Completed) => {}
-                    Some(s @ (TaskStatus::Failed | TaskStatus::Cancelled)) => {
-                        dependents_failed.push((i, format!("prerequisite task {a} ended {}", s.as_str())));
-                        continue;
-                    }
-                    Some(_) => {
-                        q_dirty |= q.tasks[i].set_waiting_reason(Some(WaitingReason::After));
-                        continue;
-                    }
-                    None => {
-                        dependents_failed.push((i, format!("prerequisite task {a} does not exist")));
-                        continue;
-                    }
-                }
-            }
-            if report.paused || free == 0 {
-                continue;
-            }
-            let Some(types) = &types else { continue };
-            let wt = match types.get(&t.worker_type) {
-                Ok(wt) => wt,
-                Err(e) => {
-                    dependents_failed.push((i, e.to_string()));
-                    continue;
-                }
-            };
-            if t.command.is_empty() && wt.command.is_empty() {
-                dependents_failed.push((
-                    i,
-                    format!("worker type {} has no command template and the task has no command", t.worker_type),
-                ));
-                continue;
-            }
-            if !breaker_gate.allows(&self.store, &t.worker_type, now) {
-                // Wake at the half-open time even if nobody rewrites the breakers file then.
-                if let Some(at) = breaker_gate.half_open_at(&t.worker_type).filter(|at| *at > now) {
-                    report.next_due = Some(report.next_due.map_or(at, |d: Timestamp| d.min(at)));
-                }
-                q_dirty |= q.tasks[i].set_waiting_reason(Some(WaitingReason::CircuitBreaker));
-                continue;
-            }
-            if t.budget > budget.available {
-                q_dirty |= q.tasks[i].set_waiting_reason(Some(WaitingReason::Budget));
-                continue;
-            }
-            breaker_gate.dispatched(&t.worker_type);
+        let can_dispatch =
+            !report.paused && types.is_some() && (self.config.scheduler.max_concurrent_dispatches as usize) > running;
+        let breakers =
+            if can_dispatch { breaker_gate.snapshot(&store, &q.tasks, now) } else { BreakerSnapshot::default() };
+        Ok(Collected {
+            budget_guard,
+            queue_guard,
+            scheduler_guard,
+            now,
+            now_s,
+            q,
+            q_dirty,
+            fold,
+            folded,
+            budget,
+            before_budget,
+            types,
+            breakers,
+            report,
+        })
+    }
+
+    /// Applies a plan to the collected queue and budget: each planned dispatch gets a new id,
+    /// reserves its tokens, is recorded on its task (`in_progress`) and in the report with the
+    /// record its spec will hold; the tasks the plan fails are failed; waiting reasons recorded.
+    fn apply(&self, c: &mut Collected, decided: DispatchPlan) {
+        for (i, reason) in decided.waiting {
+            c.q_dirty |= c.q.tasks[i].set_waiting_reason(reason);
+        }
+        let home_s = self.store.home().root().display().to_string();
+        for d in decided.dispatch {
             let dispatch_id = new_id("dsp");
-            budget::reserve(&mut budget, &dispatch_id, t.budget, &now_s);
-            let t = &mut q.tasks[i];
+            budget::reserve(&mut c.budget, &dispatch_id, d.reserve, &c.now_s);
+            let t = &mut c.q.tasks[d.task];
             t.attempts += 1;
             t.dispatches.push(dispatch_id.clone());
-            t.state = TaskState::InProgress { started_at: now_s.clone(), dispatch_id: dispatch_id.clone() };
-            let home_s = store.home().root().display().to_string();
-            let command = if t.command.is_empty() {
-                expand(
-                    &wt.command,
+            t.state = TaskState::InProgress { started_at: c.now_s.clone(), dispatch_id: dispatch_id.clone() };
+            let command = match &d.template {
+                Some(template) => expand(
+                    template,
                     &TemplateVars {
                         task_id: &t.task_id,
                         description: &t.description,
@@ -391,33 +379,31 @@ impl Coordinator {
                         dispatch_id: &dispatch_id,
                         attempt: t.attempts,
                     },
-                )
-            } else {
-                t.command.clone()
+                ),
+                None => t.command.clone(),
             };
-            report.dispatched.push(DispatchRecord {
+            c.report.dispatched.push(DispatchRecord {
                 dispatch_id: dispatch_id.clone(),
                 task_id: t.task_id.clone(),
                 worker_type: t.worker_type.clone(),
                 state: DispatchState::Starting,
-                dispatched_at: now_s.clone(),
+                dispatched_at: c.now_s.clone(),
                 attempt: t.attempts,
                 command,
-                budget_reserved: t.budget,
-                timeout_seconds: t.timeout_seconds.unwrap_or(wt.default_duration * 60.0),
-                stdout_path: store.home().dispatch_stdout(&dispatch_id).display().to_string(),
-                stderr_path: store.home().dispatch_stderr(&dispatch_id).display().to_string(),
+                budget_reserved: d.reserve,
+                timeout_seconds: d.timeout_seconds,
+                stdout_path: self.store.home().dispatch_stdout(&dispatch_id).display().to_string(),
+                stderr_path: self.store.home().dispatch_stderr(&dispatch_id).display().to_string(),
                 heartbeat: None,
                 tokens_used: None,
             });
-            free -= 1;
-            q_dirty = true;
+            c.q_dirty = true;
         }
-        for (i, error) in dependents_failed {
-            let t = &mut q.tasks[i];
-            t.state = TaskState::Failed { started_at: None, completed_at: now_s.clone() };
+        for (i, error) in decided.fail {
+            let t = &mut c.q.tasks[i];
+            t.state = TaskState::Failed { started_at: None, completed_at: c.now_s.clone() };
             t.result = Some(TaskResult { error: Some(error.clone()), ..TaskResult::default() });
-            report.ended.push(Ended {
+            c.report.ended.push(Ended {
                 task_id: t.task_id.clone(),
                 dispatch_id: String::new(),
                 worker_type: t.worker_type.clone(),
@@ -427,18 +413,23 @@ impl Coordinator {
                 attempts: t.attempts,
                 max_attempts: t.max_attempts,
             });
-            q_dirty = true;
+            c.q_dirty = true;
         }
+        c.report.next_due = decided.next_due;
+    }
 
-        // Archive finished tasks: appended now, flushed below with the queue that drops them,
-        // which is renamed only once both are durable.
+    /// Archive: appends the finished tasks to the archive (appended now, flushed by the commit
+    /// with the queue that drops them, which is renamed only once both are durable) and drops
+    /// them from the queue. Returns the archive file the commit flushes, if any.
+    fn archive(&mut self, c: &mut Collected) -> Result<Option<std::fs::File>> {
+        let store = &self.store;
         let mut archive_file = None;
-        let finished: Vec<&Task> = q.tasks.iter().filter(|t| t.status().is_terminal()).collect();
+        let finished: Vec<&Task> = c.q.tasks.iter().filter(|t| t.status().is_terminal()).collect();
         if !finished.is_empty() {
             let key = |t: &Task| (t.task_id.clone(), t.status(), t.dispatches.len());
             if self.archive_unchecked {
                 let ids: HashSet<String> = finished.iter().map(|t| t.task_id.clone()).collect();
-                let archived = archive::last_ends(&store, &ids)?;
+                let archived = archive::last_ends(store, &ids)?;
                 for t in &finished {
                     if archived.get(&t.task_id) == Some(&archive::ArchivedEnd::of(t)) {
                         tracing::info!("task {} is archived already; dropping it from the queue", t.task_id);
@@ -449,13 +440,13 @@ impl Coordinator {
             }
             let fresh: Vec<&Task> =
                 finished.iter().copied().filter(|t| !self.archived_unwritten.contains(&key(t))).collect();
-            let archive_len = archive::len(&store);
-            archive_file = match archive::append_unsynced(&store, &fresh) {
+            let archive_len = archive::len(store);
+            archive_file = match archive::append_unsynced(store, &fresh) {
                 Ok(f) => f,
                 Err(e) => {
                     // Cut by a full disk: the lines before the cut are in the archive; the next
                     // cycle flushes them and appends only the rest.
-                    let landed = archive::whole_lines_since(&store, archive_len);
+                    let landed = archive::whole_lines_since(store, archive_len);
                     if !landed.is_empty() {
                         self.archived_unwritten.extend(landed.iter().map(key));
                         self.archive_unflushed = true;
@@ -468,15 +459,15 @@ impl Coordinator {
             // archive with its queue (whatever fails in between, these lines are not appended
             // again).
             self.archive_unflushed |= archive_file.is_some();
-            let waited: HashSet<&str> = q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
+            let waited: HashSet<&str> = c.q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
             for t in &finished {
                 if waited.contains(t.task_id.as_str()) {
                     self.after_cache.insert(t.task_id.clone(), t.status());
                 }
             }
-            report.archived = finished.len();
-            q.tasks.retain(|t| !t.status().is_terminal());
-            q_dirty = true;
+            c.report.archived = finished.len();
+            c.q.tasks.retain(|t| !t.status().is_terminal());
+            c.q_dirty = true;
         }
         if archive_file.is_none() && self.archive_unflushed {
             let path = store.path(crate::files::TASK_ARCHIVE);
@@ -488,13 +479,33 @@ impl Coordinator {
             };
             self.archive_unflushed = archive_file.is_some();
         }
+        Ok(archive_file)
+    }
 
-        // The cycle's writes in one flush: the queue, the budget, the archive and every new spec
-        // are fsynced in parallel; then the queue and the budget are renamed (one directory
-        // fsync), and only then the specs, since the worker starts what it sees and a spec must
-        // never be visible before the queue recording its dispatch is durable. A crash between
-        // the two leaves dispatches without a spec (folded `lost`) and reservations held by no
-        // running dispatch (settled at start-up), never a dispatch the queue does not know.
+    /// Commit: the cycle's writes in one flush. The queue, the budget, the archive and every new
+    /// spec are fsynced in parallel; then the queue and the budget are renamed (one directory
+    /// fsync), and only then the specs, under the `worker-specs` lock, since the worker starts
+    /// what it sees and a spec must never be visible before the queue recording its dispatch is
+    /// durable. A crash between the two leaves dispatches without a spec (folded `lost`) and
+    /// reservations held by no running dispatch (settled at start-up), never a dispatch the queue
+    /// does not know. The locks are released last, in the reverse of their order.
+    fn commit(&mut self, c: Collected, archive_file: Option<std::fs::File>) -> Result<CycleReport> {
+        let store = self.store.clone();
+        let Collected {
+            budget_guard,
+            queue_guard,
+            scheduler_guard,
+            now,
+            now_s,
+            mut q,
+            q_dirty,
+            fold,
+            folded,
+            mut budget,
+            before_budget,
+            mut report,
+            ..
+        } = c;
         let mut state_batch = crate::store::atomic::ReplaceBatch::new();
         if q_dirty {
             q.updated_at = Some(now_s.clone());
@@ -511,12 +522,7 @@ impl Coordinator {
         let mut spec_batch = crate::store::atomic::ReplaceBatch::new();
         let mut staged = Vec::new();
         for rec in &report.dispatched {
-            let path = spec_path(store.home(), SpecBucket::Active, &rec.dispatch_id);
-            let written = serde_json::to_value(rec)
-                .map_err(|e| Error::encode(format!("dispatch {}", rec.dispatch_id), e))
-                .and_then(|v| crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA)))
-                .and_then(|bytes| spec_batch.stage(&path, &bytes));
-            match written {
+            match crate::task::dispatch_record::stage_new(&mut spec_batch, store.home(), rec) {
                 Ok(()) => staged.push(rec.dispatch_id.clone()),
                 Err(e) => self.spec_not_written(&rec.dispatch_id, &e),
             }
@@ -566,15 +572,15 @@ impl Coordinator {
                 }
             }
         }
-        drop(b_guard);
+        drop(budget_guard);
         // The intake's housekeeping last, off the path from a new task to its start (it needs
         // only the queue written before it; its lock comes before the budget's in the order).
         if let Some(f) = fold {
             f.finish(&store, &q)?;
         }
         self.cache = file_id(&store.path(TASK_QUEUE)).map(|id| (id, q));
-        drop(q_guard);
-        drop(sched_guard);
+        drop(queue_guard);
+        drop(scheduler_guard);
         self.reconcile_budget = false;
         self.archive_unchecked = false;
         if self.unrecorded_running {
@@ -891,18 +897,17 @@ fn fire_schedules(store: &Store) -> std::result::Result<Option<Timestamp>, ()> {
     crate::schedule::fire_due(store, &SystemClock, &mut enqueue).map_err(|e| tracing::error!("schedules: {e}"))
 }
 
-/// The circuit-breaker gate of one dispatch cycle: the breakers as read at the cycle's start
-/// (before the time its dispatches are stamped with); a type whose breaker is not closed is
-/// asked about once (`autofix::breaker::dispatch_allowed_by`), and at most one task of it (the
-/// half-open trial) is dispatched per cycle.
+/// The circuit breakers of one dispatch cycle, as read at the cycle's start (before the time its
+/// dispatches are stamped with). A type whose breaker is not closed is asked about once
+/// (`autofix::breaker::dispatch_allowed_by`) and the answers go to the plan as a
+/// [`BreakerSnapshot`], which dispatches at most one task of it (the half-open trial) per cycle.
 struct BreakerGate {
     breakers: crate::autofix::breaker::Breakers,
-    answers: HashMap<String, bool>,
 }
 
 impl BreakerGate {
     fn load(store: &Store) -> BreakerGate {
-        BreakerGate { breakers: store.load().unwrap_or_default(), answers: HashMap::new() }
+        BreakerGate { breakers: store.load().unwrap_or_default() }
     }
 
     fn guarded(&self, worker_type: &str) -> bool {
@@ -912,25 +917,39 @@ impl BreakerGate {
             .is_some_and(|b| !matches!(b.state, crate::autofix::breaker::BreakerState::Closed { .. }))
     }
 
-    fn allows(&mut self, store: &Store, worker_type: &str, now: Timestamp) -> bool {
-        if !self.guarded(worker_type) {
-            return true;
+    /// This cycle's answers for the guarded worker types of the waiting tasks.
+    fn snapshot(&self, store: &Store, tasks: &[Task], now: Timestamp) -> BreakerSnapshot {
+        let mut snapshot = BreakerSnapshot::default();
+        for t in tasks {
+            if !matches!(t.status(), TaskStatus::Queued | TaskStatus::PendingRetry)
+                || snapshot.guarded.contains_key(&t.worker_type)
+                || !self.guarded(&t.worker_type)
+            {
+                continue;
+            }
+            let guarded = GuardedType {
+                trial_allowed: self.allows(store, &t.worker_type, now),
+                half_open_at: self.half_open_at(&t.worker_type),
+            };
+            snapshot.guarded.insert(t.worker_type.clone(), guarded);
         }
-        let breakers = &self.breakers;
-        *self.answers.entry(worker_type.to_string()).or_insert_with(|| {
-            store
-                .load::<crate::autofix::RestartPolicy>()
-                .and_then(|policy| {
-                    if !policy.circuit_breaker.enabled {
-                        return Ok(true);
-                    }
-                    crate::autofix::breaker::dispatch_allowed_by(store, breakers, worker_type, now)
-                })
-                .unwrap_or_else(|e| {
-                    tracing::warn!("circuit breaker of {worker_type} unreadable ({e}); dispatching");
-                    true
-                })
-        })
+        snapshot
+    }
+
+    /// Whether the guarded type's breaker lets a dispatch through now (its trial).
+    fn allows(&self, store: &Store, worker_type: &str, now: Timestamp) -> bool {
+        store
+            .load::<crate::autofix::RestartPolicy>()
+            .and_then(|policy| {
+                if !policy.circuit_breaker.enabled {
+                    return Ok(true);
+                }
+                crate::autofix::breaker::dispatch_allowed_by(store, &self.breakers, worker_type, now)
+            })
+            .unwrap_or_else(|e| {
+                tracing::warn!("circuit breaker of {worker_type} unreadable ({e}); dispatching");
+                true
+            })
     }
 
     /// When an open breaker lets its trial through (its `half_open_at`).
@@ -940,12 +959,33 @@ impl BreakerGate {
             _ => None,
         }
     }
+}
 
-    fn dispatched(&mut self, worker_type: &str) {
-        if self.guarded(worker_type) {
-            self.answers.insert(worker_type.to_string(), false);
-        }
-    }
+/// Stages the spec file of a new dispatch (`active/<id>.json`, state `starting`) in the cycle's
+/// spec batch: encoded and checked against the dispatch schema, renamed by the commit.
+/// What one cycle collected under its locks, carried through its phases to the commit.
+struct Collected {
+    // The guards first: on an early return the fields drop in this order, the budget's lock
+    // first and the scheduler's last.
+    budget_guard: LockGuard,
+    queue_guard: LockGuard,
+    scheduler_guard: LockGuard,
+    /// The cycle's time, read under the `scheduler` lock.
+    now: Timestamp,
+    now_s: String,
+    q: TaskQueue,
+    /// The queue needs writing.
+    q_dirty: bool,
+    /// The intake folded into the queue, finished after the commit.
+    fold: Option<intake::IntakeFold>,
+    /// The dispatches whose end this cycle folds (forgotten as unrecorded once written).
+    folded: Vec<String>,
+    budget: TokenBudget,
+    /// The budget as read, to skip its write when nothing changed.
+    before_budget: TokenBudget,
+    types: Option<WorkerTypes>,
+    breakers: BreakerSnapshot,
+    report: CycleReport,
 }
 
 #[cfg(test)]

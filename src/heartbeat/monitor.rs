@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::home::SpecBucket;
 use crate::store::Store;
 use crate::store::events::{EventKind, Severity};
+use crate::task::dispatch_record;
 use crate::task::dispatches::list_bucket;
 use crate::task::{DispatchRecord, DispatchState, DispatchStatus};
 use serde_json::json;
@@ -216,10 +217,13 @@ impl Monitor {
         for spec in list_bucket(store, SpecBucket::Active)? {
             if spec.status() == DispatchStatus::Zombie {
                 let _guard = store.lock_named(crate::store::LockName::WorkerSpecs)?;
-                let from = crate::task::dispatches::spec_path(store.home(), SpecBucket::Active, &spec.dispatch_id);
-                let to = crate::task::dispatches::spec_path(store.home(), SpecBucket::Zombie, &spec.dispatch_id);
-                if from.exists() {
-                    crate::store::atomic::rename_durable(&from, &to)?;
+                if dispatch_record::spec_path(store.home(), SpecBucket::Active, &spec.dispatch_id).exists() {
+                    dispatch_record::move_durable(
+                        store.home(),
+                        &spec.dispatch_id,
+                        SpecBucket::Active,
+                        SpecBucket::Zombie,
+                    )?;
                 }
             }
         }

@@ -1,17 +1,16 @@
 //! What the heartbeat daemon writes into a dispatch spec (`heartbeat` in
-//! `worker-specs/<bucket>/<dispatch_id>.json`), and how it writes it: a read-modify-write under
-//! lock `worker-specs` that only touches a spec still running the same process.
+//! `worker-specs/<bucket>/<dispatch_id>.json`), and when: a read-modify-write under lock
+//! `worker-specs` that only touches a spec still running the same process (the record itself
+//! is read and written by `task::dispatch_record`).
 
 use super::health::HealthStatus;
 use super::liveness::Liveness;
-use crate::error::{Error, Result};
-use crate::files::DISPATCH_SCHEMA;
+use crate::error::Result;
 use crate::home::SpecBucket;
 use crate::store::Store;
-use crate::task::dispatches::{read_spec, spec_path};
+use crate::task::dispatch_record::{self, read_spec, spec_path};
 use crate::task::{DispatchRecord, DispatchState};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// `heartbeat.health` of a spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,12 +87,6 @@ impl HeartbeatRecord {
     }
 }
 
-/// Writes a spec (schema-checked, atomically) to `path`.
-pub fn write_spec(path: &Path, spec: &DispatchRecord) -> Result<()> {
-    let v = serde_json::to_value(spec).map_err(|e| Error::encode(path.display().to_string(), e))?;
-    crate::store::write_value_checked(path, &v, Some(DISPATCH_SCHEMA))
-}
-
 /// Stores `record` in the active spec of `dispatch_id` if it still runs process `pid`. Returns
 /// false (and writes nothing) when the dispatch has ended or moved meanwhile.
 pub fn store_record(store: &Store, dispatch_id: &str, pid: i32, record: &HeartbeatRecord) -> Result<bool> {
@@ -104,6 +97,6 @@ pub fn store_record(store: &Store, dispatch_id: &str, pid: i32, record: &Heartbe
         return Ok(false);
     }
     spec.heartbeat = Some(serde_json::to_value(record)?);
-    write_spec(&path, &spec)?;
+    dispatch_record::write(&path, &spec)?;
     Ok(true)
 }

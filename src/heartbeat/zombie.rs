@@ -14,13 +14,13 @@
 //!    decision is auto-fix's (it watches `worker-specs/zombie/`).
 
 use super::policy::HeartbeatPolicy;
-use super::record::{HeartbeatRecord, ZombieCleanup, write_spec};
+use super::record::{HeartbeatRecord, ZombieCleanup};
 use crate::clock::{Timestamp, format_ts};
 use crate::error::{Error, Result};
 use crate::home::SpecBucket;
 use crate::store::Store;
 use crate::store::events::{EventKind, Severity};
-use crate::task::dispatches::{read_spec, spec_path};
+use crate::task::dispatch_record::{self, read_spec, spec_path};
 use crate::task::{DispatchRecord, DispatchState, TokenBudget};
 use serde_json::json;
 use std::path::PathBuf;
@@ -101,10 +101,7 @@ fn claim(
     current.heartbeat = Some(serde_json::to_value(&hb)?);
     current.tokens_used = Some(used);
     current.state = DispatchState::Zombie { ended_at: format_ts(now), reason: reason.to_string() };
-    write_spec(&active, &current)?;
-    let dest = spec_path(store.home(), SpecBucket::Zombie, id);
-    crate::store::atomic::create_dir_all(&store.home().worker_specs(SpecBucket::Zombie))?;
-    crate::store::atomic::rename_durable(&active, &dest)?;
+    dispatch_record::end_in(store.home(), &current, SpecBucket::Zombie)?;
     drop(specs_guard);
     Ok(Some(current))
 }
@@ -145,7 +142,7 @@ pub fn finish(
         c.processes_stopped = stop.found;
         c.logs_dir = logs_dir.as_ref().map(|d| store.home().relative(d).display().to_string());
         current.heartbeat = Some(serde_json::to_value(&hb)?);
-        write_spec(&zombie, &current)?;
+        dispatch_record::write(&zombie, &current)?;
         current
     };
     store.emit(

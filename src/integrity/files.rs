@@ -65,9 +65,11 @@ impl FileWatch {
             );
             return 1;
         }
-        let bytes = match std::fs::read(&path) {
+        // Never through a link planted at its name: its target is no file of ours and is not
+        // copied into quarantine.
+        let bytes = match crate::store::open::read_bytes(&path) {
             Ok(b) => b,
-            Err(e) => return self.report_unreadable(store, report, &e.to_string()),
+            Err(e) => return self.report_unreadable(store, report, &crate::store::open::read_problem(&e)),
         };
         let hash = crate::store::hex(&Sha256::digest(&bytes)[..8]);
         if self.json_reported.get(&report.file) == Some(&hash) {
@@ -245,5 +247,29 @@ mod tests {
         assert_eq!(schema_of("coordination/other.json"), None);
         assert_eq!(pointer_of("at /rules/0/pattern: bad"), "/rules/0/pattern");
         assert_eq!(pointer_of("not JSON"), "/");
+    }
+
+    /// The integration daemon's view of a coordination file planted as a link: reported as
+    /// unreadable, its target neither read nor copied into quarantine (issue #16, item 4).
+    #[test]
+    fn a_linked_json_file_is_reported_not_copied_into_quarantine() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = Store::new(crate::Home::at(dir.path()));
+        let rel = "coordination/task-queue.json";
+        let path = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let secret = outside.path().join("shadow");
+        std::fs::write(&secret, "root:secret-hash:19000:0:99999:7:::\n").unwrap();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let report = crate::validate::check_json_file(&path, rel, Some("task-queue"));
+        let mut watch = FileWatch::default();
+        assert_eq!(watch.handle(&store, &report), 1);
+        let copied: Vec<String> = std::fs::read_dir(store.home().quarantine_dir())
+            .map(|d| d.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect())
+            .unwrap_or_default();
+        assert!(!copied.iter().any(|c| c.contains("secret-hash")), "the link's target was copied into quarantine");
+        let events = crate::store::events::read_all(store.home()).unwrap().records;
+        assert!(events.iter().any(|e| e.message.contains("symbolic link")), "{events:?}");
     }
 }

@@ -53,7 +53,7 @@ fn last_in(path: &Path) -> Option<Snapshot> {
 
 /// The latest recorded snapshot (from the current file, else the newest rotated copy).
 pub fn latest(home: &Home) -> Option<Snapshot> {
-    let path = home.coord(files::METRICS_SNAPSHOTS.rel);
+    let path = home.coord_file(files::METRICS_SNAPSHOTS);
     last_in(&path).or_else(|| last_in(&crate::logging::rotated_names(&path, 1).0))
 }
 

@@ -21,6 +21,7 @@ use crate::files::{self, CoordFile, FileKind};
 use crate::home::SpecBucket;
 use crate::store::events::{EventKind, Severity};
 use crate::store::{Store, atomic, jsonl};
+use crate::task::dispatch_record;
 use crate::task::model::{DispatchRecord, Task};
 use crate::validate::{Verdict, check_json_bytes};
 use serde::Serialize;
@@ -62,6 +63,10 @@ pub fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
     for f in files::ALL {
         let path = store.path(f);
         let rel = format!("coordination/{}", f.rel);
+        if is_link(&path) {
+            report.push(rel, LINK_REFUSED.into(), false);
+            continue;
+        }
         match f.kind {
             FileKind::Jsonl => repair_jsonl(store, &path, Some(f.schema), Some(f.lock), dry_run, &mut report)?,
             FileKind::Json if path.exists() => repair_json(store, f, &path, dry_run, &mut report)?,
@@ -76,6 +81,10 @@ pub fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
         }
     }
     for path in other_jsonl_files(store) {
+        if is_link(&path) {
+            report.push(rel(store, &path), LINK_REFUSED.into(), false);
+            continue;
+        }
         repair_jsonl(store, &path, None, None, dry_run, &mut report)?;
     }
     repair_specs(store, dry_run, &mut report)?;
@@ -104,6 +113,15 @@ fn sweep_temporaries(store: &Store, dry_run: bool, report: &mut RepairReport) {
             report.push(rel(store, &path), "temporary file of a writer that died: removed".into(), true);
         }
     }
+}
+
+/// What repair says of a coordination file that is a symbolic link: it is neither read (its
+/// target's lines would be copied into `.rejected` / `.corrupt` files in the home) nor rewritten.
+const LINK_REFUSED: &str = "a symbolic link: not read or repaired (Cortex does not read or write through links \
+under its home); replace it with a regular file";
+
+fn is_link(path: &Path) -> bool {
+    path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// `<path><suffix>`, or with a timestamp when that name is taken (nothing is overwritten).
@@ -172,7 +190,7 @@ fn repair_jsonl(
         Some(l) if !dry_run => Some(store.lock_named(l)?),
         _ => None,
     };
-    let mut old = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let mut old = crate::store::open::read(path).map_err(|e| crate::store::open::refuse_link(path, "open", e))?;
     let mut bytes = Vec::new();
     old.read_to_end(&mut bytes).map_err(|e| Error::io(path, "read", e))?;
     let lines = split_lines(&bytes);
@@ -271,7 +289,7 @@ fn adjust_intake_offset(
 // JSON
 
 fn repair_json(store: &Store, f: &CoordFile, path: &Path, dry_run: bool, report: &mut RepairReport) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    let bytes = crate::store::open::read_bytes(path).map_err(|e| crate::store::open::refuse_link(path, "read", e))?;
     let check = check_json_bytes(&rel(store, path), &bytes, Some(f.schema));
     let decodes = match f.rel {
         "task-queue.json" => serde_json::from_slice::<crate::task::model::TaskQueue>(&bytes).is_ok(),
@@ -457,7 +475,6 @@ fn repair_scheduler(store: &Store, path: &Path, problem: &str, dry_run: bool, re
 fn repair_specs(store: &Store, dry_run: bool, report: &mut RepairReport) -> Result<()> {
     let home = store.home();
     let _guard = if dry_run { None } else { Some(store.lock_named(crate::store::LockName::WorkerSpecs)?) };
-    let qdir = home.worker_specs(SpecBucket::Quarantine);
     for bucket in SpecBucket::ALL.into_iter().filter(|b| *b != SpecBucket::Quarantine) {
         let Ok(entries) = std::fs::read_dir(home.worker_specs(bucket)) else { continue };
         let mut paths: Vec<PathBuf> = entries
@@ -476,12 +493,11 @@ fn repair_specs(store: &Store, dry_run: bool, report: &mut RepairReport) -> Resu
                 continue;
             }
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let dest = beside(&qdir.join(format!("{}__{name}", bucket.dir_name())), "");
+            let dest = beside(&dispatch_record::quarantine_path(home, bucket, &name), "");
             let problem =
                 if check.problems.is_empty() { "does not match a dispatch".into() } else { check.problems.join("; ") };
             if !dry_run {
-                atomic::create_dir_all(&qdir)?;
-                atomic::rename_durable(&path, &dest)?;
+                dispatch_record::move_to_quarantine(home, &path, &dest)?;
             }
             report.push(rel(store, &path), format!("{problem}: moved to {}", rel(store, &dest)), true);
         }

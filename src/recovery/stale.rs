@@ -9,9 +9,9 @@ use crate::clock::{Clock, Timestamp, parse_ts};
 use crate::error::{Error, Result};
 use crate::home::SpecBucket;
 use crate::procfs::is_alive;
+use crate::store::Store;
 use crate::store::events::{EventKind, Severity};
-use crate::store::{Store, atomic};
-use crate::task::dispatches::{cancel_request_path, spec_path};
+use crate::task::dispatch_record::{self, cancel_request_path};
 use crate::task::model::{DispatchRecord, DispatchState};
 use serde::Serialize;
 use serde_json::json;
@@ -112,12 +112,7 @@ pub fn recover_stale(
         }
         let mut ended = rec.clone();
         ended.state = DispatchState::Lost { ended_at: crate::clock::format_ts(clock.now()), reason: reason.clone() };
-        let active = spec_path(home, SpecBucket::Active, &rec.dispatch_id);
-        let failed = spec_path(home, SpecBucket::Failed, &rec.dispatch_id);
-        let value = serde_json::to_value(&ended)?;
-        crate::store::write_value_checked(&active, &value, Some(crate::files::DISPATCH_SCHEMA))?;
-        atomic::create_dir_all(&home.worker_specs(SpecBucket::Failed))?;
-        atomic::rename_durable(&active, &failed)?;
+        dispatch_record::end_in(home, &ended, SpecBucket::Failed)?;
         let _ = std::fs::remove_file(cancel_request_path(home, &rec.dispatch_id));
         let _ = store.emit(
             EventKind::DispatchLost,

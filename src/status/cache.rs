@@ -177,7 +177,9 @@ const EVENT_TAIL_START_BYTES: u64 = 16 * 1024 * 1024;
 
 impl EventTail {
     fn refresh(&mut self, path: &Path, now: Timestamp) -> Result<()> {
-        let mut f = match std::fs::File::open(path) {
+        // Never through a link planted at the log's name (another file's lines are no events of
+        // ours), nor a FIFO.
+        let mut f = match crate::store::open::read(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.file = None;
@@ -185,7 +187,7 @@ impl EventTail {
                 self.events.clear();
                 return Ok(());
             }
-            Err(e) => return Err(Error::io(path, "open", e)),
+            Err(e) => return Err(crate::store::open::refuse_link(path, "open", e)),
         };
         let meta = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
         let id = (meta.dev(), meta.ino());
@@ -451,5 +453,26 @@ impl StatusReader {
             }
         };
         Snapshot { scheduler, queue, budget, dispatches, errors }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_linked_event_log_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.jsonl");
+        let now = chrono::Utc::now();
+        let line = serde_json::json!({"id": "evt-planted", "timestamp": crate::clock::format_ts(now), "type": "x",
+            "severity": "critical", "source": "t", "message": "planted", "data": {}});
+        std::fs::write(&elsewhere, format!("{line}\n")).unwrap();
+        let log = dir.path().join("dashboard-events.jsonl");
+        std::os::unix::fs::symlink(&elsewhere, &log).unwrap();
+        let mut tail = EventTail { file: None, offset: 0, keep: chrono::Duration::hours(1), events: VecDeque::new() };
+        let err = tail.refresh(&log, now).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(tail.events.is_empty());
     }
 }

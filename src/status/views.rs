@@ -18,7 +18,7 @@ use crate::task::{DispatchState, DispatchStatus, TaskStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 impl StatusReader {
@@ -352,11 +352,21 @@ impl DispatchView {
             DispatchState::Lost { .. } | DispatchState::Zombie { .. } => (None, None, None, None),
         };
         let log_path = home.configured_path(&r.stdout_path);
+        // Only the dispatch's own logs under the home are read: a record is data anyone who can
+        // write a spec (a restored archive, a broken tool) controls, and its paths could name any
+        // file the API may read (`/etc/shadow`), served to every caller of `/dispatches/<id>`.
+        let own_log = |recorded: &str, expected: PathBuf| {
+            let p = home.configured_path(recorded);
+            (crate::task::dispatches::is_valid_id(&r.dispatch_id) && p == expected).then_some(p)
+        };
+        let stdout = own_log(&r.stdout_path, home.dispatch_stdout(&r.dispatch_id));
+        let stderr = own_log(&r.stderr_path, home.dispatch_stderr(&r.dispatch_id));
         let output_tail = (tail_bytes > 0)
             .then(|| {
-                read_tail(&log_path, tail_bytes)
+                stdout
+                    .and_then(|p| read_tail(&p, tail_bytes))
                     .filter(|s| !s.is_empty())
-                    .or_else(|| read_tail(&home.configured_path(&r.stderr_path), tail_bytes))
+                    .or_else(|| stderr.and_then(|p| read_tail(&p, tail_bytes)))
             })
             .flatten();
         DispatchView {
@@ -383,7 +393,8 @@ fn read_tail(path: &Path, max: u64) -> Option<String> {
     if path.as_os_str().is_empty() {
         return None;
     }
-    let mut f = std::fs::File::open(path).ok()?;
+    // Never through a link planted at the log's name.
+    let mut f = crate::store::open::read(path).ok()?;
     let len = f.metadata().ok()?.len();
     f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
     let mut buf = Vec::new();

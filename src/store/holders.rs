@@ -102,14 +102,6 @@ fn holders_in(table: &[Held], dev: u64, ino: u64) -> Vec<Holder> {
     out
 }
 
-/// The holders of the file `path` names now (not following a link); none when it is missing.
-pub fn holders_of_path(path: &Path) -> Vec<Holder> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) => holders_of(m.dev(), m.ino()),
-        Err(_) => Vec::new(),
-    }
-}
-
 /// `path` made absolute and free of links the way the kernel prints an open file's name: the
 /// longest existing ancestor canonicalised, the rest appended (a removed directory included).
 fn kernel_name(path: &Path) -> PathBuf {
@@ -215,7 +207,7 @@ mod tests {
         let f = File::create(&p).unwrap();
         f.lock().unwrap();
         let me = std::process::id();
-        assert!(holders_of_path(&p).iter().any(|h| h.pid == me && h.exclusive), "{:?}", table());
+        assert!(all_holders(&p).iter().any(|h| h.pid == me && h.exclusive), "{:?}", table());
         std::fs::remove_file(&p).unwrap();
         let gone = deleted_holders(&p);
         assert!(gone.iter().any(|d| d.pid == me), "{gone:?}");

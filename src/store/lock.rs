@@ -22,8 +22,8 @@ pub use super::lock_name::LockName;
 use super::lock_name::order;
 use crate::error::{Error, Result};
 use crate::home::Home;
-use std::fs::{File, Metadata, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::fs::{File, Metadata};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -64,32 +64,27 @@ impl Drop for LockGuard {
 
 /// Opens (creating it and its directory if need be) a lock or PID file, never through a link,
 /// and checks it is a regular file owned by us. Returns the file and its `fstat`.
+///
+/// Its directory (`coordination/.locks/`, `run/`) is reached from the home root without
+/// following a link ([`super::open::open_dir`]) and the file is opened relative to it: a link
+/// planted at the directory would otherwise lead the lock file, its holder note or a PID into
+/// any directory.
 pub(crate) fn open_checked(path: &Path) -> Result<(File, Metadata)> {
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(super::atomic::FILE_MODE)
-            .custom_flags(super::atomic::NO_FOLLOW | nix::libc::O_NONBLOCK)
-            .open(path)
+    use nix::fcntl::OFlag;
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d, n),
+        (_, Some(n)) => (Path::new("."), n),
+        _ => return Err(Error::other(format!("{} names no lock file", path.display()))),
     };
-    let file = match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                super::atomic::create_dir_all(dir)?;
-            }
-            open()
-        }
-        other => other,
-    };
-    let file = file.map_err(|e| match e.raw_os_error() {
-        Some(nix::libc::ELOOP) => Error::other(format!(
+    let dir_fd = super::open::open_dir(dir)?;
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let mode = nix::sys::stat::Mode::from_bits_truncate(super::atomic::FILE_MODE);
+    let file = nix::fcntl::openat(&dir_fd, name, flags, mode).map(File::from).map_err(|e| match e {
+        nix::errno::Errno::ELOOP => Error::other(format!(
             "{} is a symbolic link; lock and PID files are never followed through a link: remove it",
             path.display()
         )),
-        _ => Error::io(path, "open lock file", e),
+        e => Error::io(path, "open lock file", e.into()),
     })?;
     let meta = file.metadata().map_err(|e| Error::io(path, "stat lock file", e))?;
     check_owned_regular(path, &meta)?;
@@ -458,5 +453,26 @@ mod tests {
         std::fs::create_dir(&sub).unwrap();
         assert!(lock_exclusive(&sub, Duration::from_millis(50)).is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    }
+
+    #[test]
+    fn a_linked_lock_or_pid_directory_is_refused() {
+        // `coordination/.locks` and `run/` are directories Cortex writes into: a link planted
+        // there must not lead the lock file (and its holder note, or a PID) elsewhere.
+        let home = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::at(home.path());
+        std::fs::create_dir_all(home.coord("")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), home.locks_dir()).unwrap();
+        std::fs::write(outside.path().join("scheduler.lock"), "victim's own bytes").unwrap();
+        let err =
+            lock_exclusive(&home.lock_file(LockName::Scheduler), Duration::from_millis(50)).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(try_lock_exclusive(&home.lock_file(LockName::TaskQueue)).is_err());
+        std::os::unix::fs::symlink(outside.path(), home.run_dir()).unwrap();
+        assert!(crate::pidfile::PidFile::acquire(&home, "metrics", Duration::from_millis(50)).is_err());
+        assert_eq!(std::fs::read_to_string(outside.path().join("scheduler.lock")).unwrap(), "victim's own bytes");
+        let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(made, vec![std::ffi::OsString::from("scheduler.lock")], "nothing created through the links");
     }
 }

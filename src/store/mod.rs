@@ -87,7 +87,7 @@ impl Store {
 
     /// The absolute path of a coordination file.
     pub fn path(&self, file: &CoordFile) -> PathBuf {
-        self.home.coord(file.rel)
+        self.home.coord_file(file)
     }
 
     /// Takes the lock that guards `file`.

@@ -232,10 +232,20 @@ pub fn create_dir_new(dir: &Path) -> Result<()> {
 }
 
 /// Opens `path` for reading without following a link at its name (a planted link is refused:
-/// its target's bytes are never taken for ours). `NotFound` is passed on as such.
+/// its target's bytes are never taken for ours). `NotFound` is passed on as such. Only a regular
+/// file is read: a FIFO planted at the name would block the open (and the daemon or API thread
+/// behind it) until someone writes to it, so the open does not wait (`O_NONBLOCK`, no effect on a
+/// regular file) and anything else is refused.
 pub fn read(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other(format!("{} is not a regular file", path.display())));
+    }
+    Ok(file)
 }
 
 /// Reads the whole file at `path` without following a link at its name ([`read`]).
@@ -292,5 +302,19 @@ mod tests {
         f.write_all(b"{}\n").unwrap();
         assert_eq!(std::fs::metadata(home.path().join("a/b")).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(std::fs::metadata(home.path().join("a/b/c.jsonl")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_fifo_planted_at_a_read_name_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("task-queue.json");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read(&fifo).map(drop).map_err(|e| e.to_string()));
+        });
+        // Before: the open blocked until a writer came (forever); the thread is left blocked then.
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the open of a FIFO blocked");
+        assert!(got.unwrap_err().contains("not a regular file"));
     }
 }

@@ -1,24 +1,14 @@
-//! Dispatch records on disk: `worker-specs/<bucket>/<dispatch_id>.json`. Finding and listing
-//! them across buckets, and asking the worker to cancel one (a `<dispatch_id>.cancel` request
-//! file beside the active spec, which the worker daemon acts on).
+//! Queries over the dispatch records (`worker-specs/<bucket>/<dispatch_id>.json`, written only
+//! through [`super::dispatch_record`]): finding and listing them across buckets, waiting for one
+//! to end, and asking the worker to cancel one (a `<dispatch_id>.cancel` request file beside
+//! the active spec, which the worker daemon acts on).
 
+pub use super::dispatch_record::{cancel_request_path, read_spec, spec_path};
 use super::model::{DispatchRecord, DispatchStatus};
 use crate::error::{Error, Result};
-use crate::files::DISPATCH_SCHEMA;
-use crate::home::{Home, SpecBucket};
+use crate::home::SpecBucket;
 use crate::store::Store;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// The path of a dispatch's spec in a bucket.
-pub fn spec_path(home: &Home, bucket: SpecBucket, dispatch_id: &str) -> PathBuf {
-    home.worker_specs(bucket).join(format!("{dispatch_id}.json"))
-}
-
-/// The cancel request file of an active dispatch.
-pub fn cancel_request_path(home: &Home, dispatch_id: &str) -> PathBuf {
-    home.worker_specs(SpecBucket::Active).join(format!("{dispatch_id}.cancel"))
-}
 
 /// True for a plausible dispatch id (no path separators or dots: ids become file names).
 pub fn is_valid_id(id: &str) -> bool {
@@ -28,19 +18,6 @@ pub fn is_valid_id(id: &str) -> bool {
 /// Buckets searched by [`find`], most likely first.
 const SEARCH_ORDER: [SpecBucket; 4] =
     [SpecBucket::Active, SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie];
-
-/// Reads one spec file (schema-checked; a bad one is quarantined and reported).
-pub fn read_spec(store: &Store, path: &std::path::Path) -> Result<Option<DispatchRecord>> {
-    match store.read_value_at(path, Some(DISPATCH_SCHEMA))? {
-        None => Ok(None),
-        Some(v) => serde_json::from_value(v).map(Some).map_err(|e| Error::Invalid {
-            path: path.to_path_buf(),
-            pointer: String::new(),
-            expected: crate::schema::bounded(&e.to_string(), crate::schema::MAX_EXPECTED_CHARS),
-            quarantined: None,
-        }),
-    }
-}
 
 /// Finds a dispatch by id in any bucket.
 pub fn find(store: &Store, dispatch_id: &str) -> Result<Option<(SpecBucket, DispatchRecord)>> {

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod budget;
+pub mod dispatch_record;
 pub mod dispatches;
 pub mod intake;
 pub mod model;

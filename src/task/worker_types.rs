@@ -120,7 +120,8 @@ pub fn template_warnings(name: &str, wt: &WorkerType) -> Vec<String> {
     let mut out = Vec::new();
     if wt.command.is_empty() {
         out.push(format!(
-            "worker type {name:?} has no command template: every task routed to it fails              (\"no command template\") unless it brings its own `-- COMMAND`; add a \"command\" argv"
+            "worker type {name:?} has no command template: every task routed to it fails \
+             (\"no command template\") unless it brings its own `-- COMMAND`; add a \"command\" argv"
         ));
         return out;
     }
@@ -130,7 +131,9 @@ pub fn template_warnings(name: &str, wt: &WorkerType) -> Vec<String> {
         if !spliced.is_empty() {
             let list = spliced.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ");
             out.push(format!(
-                "worker type {name:?}: {list} is spliced into a shell script ({} -c ...): a value holding                  `;`, `$(...)` or quotes runs as shell code. Pass it as a separate argument instead:                  [\"sh\", \"-c\", \"... \\\"$1\\\"\", \"sh\", \"{}\"]",
+                "worker type {name:?}: {list} is spliced into a shell script ({} -c ...): a value holding \
+                 `;`, `$(...)` or quotes runs as shell code. Pass it as a separate argument instead: \
+                 [\"sh\", \"-c\", \"... \\\"$1\\\"\", \"sh\", \"{}\"]",
                 wt.command[0],
                 spliced.iter().map(|p| format!("{{{p}}}")).next().unwrap_or_default()
             ));
@@ -218,6 +221,10 @@ mod tests {
         }
         let none = template_warnings("implementation-worker", &wt(&[]));
         assert!(none[0].contains("\"implementation-worker\" has no command template"), "{none:?}");
+        // The messages read as one sentence each: no run of blanks left by a broken line.
+        for w in none.iter().chain(&template_warnings("t", &wt(&["sh", "-c", "echo {description}"]))) {
+            assert!(!w.contains("  "), "{w:?}");
+        }
     }
 
     #[test]

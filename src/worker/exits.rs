@@ -121,14 +121,15 @@ impl ExitJournal {
     }
 
     fn read_new(&mut self) -> Result<()> {
-        let mut f = match std::fs::File::open(&self.path) {
+        // Never through a link (another file's lines are no exit reports) nor a FIFO.
+        let mut f = match crate::store::open::read(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.offset = 0;
                 self.file = None;
                 return Ok(());
             }
-            Err(e) => return Err(Error::io(&self.path, "open", e)),
+            Err(e) => return Err(crate::store::open::refuse_link(&self.path, "open", e)),
         };
         let meta = f.metadata().map_err(|e| Error::io(&self.path, "stat", e))?;
         let len = meta.len();
@@ -339,5 +340,51 @@ mod tests {
             "the new file is read from its start, not from the old file's offset"
         );
         assert_eq!(j.bad_lines, 0, "no line is read from the middle");
+    }
+
+    #[test]
+    fn an_append_waits_for_an_emptying_that_holds_a_deleted_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let (path, lock) = (journal_path(&home), lock_path(&home));
+        // The worker empties the journal under the lock; meanwhile an operator deletes the
+        // lock directory (runbooks 002/003).
+        let emptying = crate::store::lock::lock_at(
+            &lock,
+            LockName::DispatchExits,
+            Mode::Exclusive,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(home.locks_dir()).unwrap();
+        let shim = std::thread::spawn({
+            let (path, lock) = (path.clone(), lock.clone());
+            move || append(&path, &lock, &report("a", 0))
+        });
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        while std::time::Instant::now() < until {
+            assert!(!path.exists(), "a shim appended while the journal was being emptied");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(emptying);
+        shim.join().unwrap().unwrap();
+        let mut j = ExitJournal::new(&home);
+        j.refresh();
+        assert!(j.has("a"));
+    }
+
+    #[test]
+    fn a_linked_journal_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let elsewhere = dir.path().join("elsewhere.jsonl");
+        let mut line = serde_json::to_vec(&report("planted", 0)).unwrap();
+        line.push(b'\n');
+        std::fs::write(&elsewhere, &line).unwrap();
+        std::fs::create_dir_all(home.run_dir()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, journal_path(&home)).unwrap();
+        let mut j = ExitJournal::new(&home);
+        j.refresh();
+        assert!(!j.has("planted"), "a report was read through a link");
     }
 }

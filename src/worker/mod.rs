@@ -5,7 +5,9 @@
 //! `running` (pid, pgid, process start ticks) and only then lets the command run. It learns of
 //! exits from SIGCHLD (`waitpid(WNOHANG)`), stops dispatches on timeout or on a `.cancel` request
 //! (TERM to the group, `[worker] grace_seconds`, then KILL, driven by loop deadlines), and ends
-//! each dispatch by writing its final state and moving the spec to `completed/` or `failed/`.
+//! each dispatch by writing its final state and moving the spec to `completed/` or `failed/`
+//! (what it writes, and when: `records`). This module is the loop: launching, watching,
+//! stopping.
 //!
 //! After a restart it re-adopts dispatches whose shim still runs (PID plus `/proc` start time),
 //! reads the exit status that shims of dispatches that ended meanwhile left in the exit journal,
@@ -24,6 +26,7 @@
 pub mod executor;
 pub mod exits;
 pub mod procs;
+mod records;
 pub mod shim;
 pub mod task_procs;
 
@@ -31,16 +34,16 @@ use crate::clock::{format_ts, now_string, parse_ts};
 use crate::config::Config;
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::{Error, Result};
-use crate::files::DISPATCH_SCHEMA;
 use crate::home::{Home, SpecBucket};
-use crate::store::atomic::Published;
+use crate::store::Store;
 use crate::store::events::{EventKind, Severity};
-use crate::store::{LockName, Store};
-use crate::task::dispatches::{self, cancel_request_path, spec_path};
+use crate::task::dispatch_record::{self, cancel_request_path, spec_path};
+use crate::task::dispatches;
 use crate::task::model::{DispatchRecord, DispatchState};
 use crate::task::worker_types::{WorkerTypes, workdir};
 use executor::{Executor, LaunchPlan, LocalExecutor, Reaped};
 use nix::sys::signal::Signal;
+use records::{End, final_state};
 use std::collections::HashMap;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -128,27 +131,7 @@ impl Live {
     /// through a pidfd and stopped. Its record is rebuilt from what its environment and command
     /// line say.
     fn orphan(home: &Home, p: &task_procs::TaskProcess) -> Live {
-        let now = now_string();
-        let record = DispatchRecord {
-            dispatch_id: p.dispatch_id.clone(),
-            task_id: if p.task_id.is_empty() { "unknown".into() } else { p.task_id.clone() },
-            worker_type: "unknown".into(),
-            state: DispatchState::Running {
-                started_at: now.clone(),
-                pid: p.pid,
-                pgid: p.pgid,
-                proc_start_ticks: p.start_ticks,
-            },
-            dispatched_at: now,
-            attempt: p.attempt.unwrap_or(1).max(1),
-            command: p.command.clone(),
-            budget_reserved: 0,
-            timeout_seconds: 0.0,
-            stdout_path: home.dispatch_stdout(&p.dispatch_id).display().to_string(),
-            stderr_path: home.dispatch_stderr(&p.dispatch_id).display().to_string(),
-            heartbeat: None,
-            tokens_used: None,
-        };
+        let record = records::orphan_record(home, p);
         Live {
             task_id: record.task_id.clone(),
             pid: p.pid,
@@ -203,12 +186,6 @@ pub struct Worker<E: Executor> {
     /// live process here (logged once each).
     held_back: std::collections::HashSet<String>,
 }
-
-/// An ended dispatch whose end is to be written: its final state and the tokens it reported.
-type End = (String, DispatchState, Option<u64>);
-
-/// A change to one dispatch's spec, applied under the `worker-specs` lock.
-type SpecChange = Box<dyn FnOnce(&mut DispatchRecord) -> Result<()>>;
 
 fn duration_since(started_at: &str) -> Duration {
     parse_ts(started_at).and_then(|t| (chrono::Utc::now() - t).to_std().ok()).unwrap_or(Duration::ZERO)
@@ -454,7 +431,7 @@ impl<E: Executor> Worker<E> {
         };
         let mut to_launch = Vec::new();
         for path in new_specs {
-            let rec = match dispatches::read_spec(&self.store, &path) {
+            let rec = match dispatch_record::read_spec(&self.store, &path) {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
@@ -563,95 +540,6 @@ impl<E: Executor> Worker<E> {
         started
     }
 
-    /// One group commit of a step's spec changes, under one hold of the `worker-specs` lock:
-    /// the final states (and reported tokens) of ended dispatches and the `running` records of
-    /// started ones are fsynced together and renamed into place; each started dispatch then gets
-    /// its go-ahead (a dispatch whose record failed never runs its command), and the ended
-    /// specs move to their buckets. The directories are fsynced last, in parallel, after the
-    /// lock is released: a crash of the machine before that can only bring a dispatch back as
-    /// `starting` (its command died with the machine, and the next worker launches it) or an
-    /// end back as `running` (read again as `lost`).
-    ///
-    /// An end that cannot be written (a full disk) is kept and written again on later steps:
-    /// the worker alone knows how the process ended (its exit, the signal it reaped), which
-    /// re-reading the spec once space is back would turn into `lost`.
-    fn write_step(&mut self, ends: Vec<End>, started: Vec<(DispatchRecord, executor::Launched)>) {
-        if ends.is_empty() && started.is_empty() {
-            return;
-        }
-        let started_at = now_string();
-        let mut changes: Vec<(String, SpecChange)> = ends.iter().map(end_change).collect();
-        changes.extend(started.iter().map(|(rec, l)| running_change(rec, l, &started_at)));
-        let mut dirs = Vec::new();
-        let mut results = match self.store.lock_named(LockName::WorkerSpecs) {
-            Ok(guard) => {
-                let (mut results, published, created) = self.update_specs_locked(changes);
-                let start_results = results.split_off(ends.len());
-                self.let_run(started, start_results);
-                let (anew, recorded): (Vec<&DispatchRecord>, Vec<&DispatchRecord>) =
-                    results.iter().filter_map(|r| r.as_ref().ok()).partition(|r| created.contains(&r.dispatch_id));
-                for rec in anew {
-                    tracing::warn!(
-                        "dispatch {} ended with its spec gone from worker-specs/; its end is recorded anew in {}/",
-                        rec.dispatch_id,
-                        final_bucket(rec).dir_name()
-                    );
-                }
-                if let Some(p) = published {
-                    dirs.extend(p.into_dirs());
-                }
-                let moved = self.move_final_locked(&recorded, &mut dirs);
-                drop(guard);
-                // A spec that did not move keeps its final state in `active/`; the next scan
-                // moves it.
-                if let Err(e) = moved {
-                    tracing::error!("cannot move ended dispatches: {e}");
-                }
-                results
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                self.let_run(
-                    started,
-                    changes.iter().skip(ends.len()).map(|_| Err(Error::other(msg.clone()))).collect(),
-                );
-                ends.iter().map(|_| Err(Error::other(msg.clone()))).collect()
-            }
-        };
-        if let Err(e) = crate::store::atomic::fsync_dirs(&dirs) {
-            tracing::error!("cannot make the dispatch records durable: {e}");
-        }
-        for ((id, state, tokens), result) in ends.into_iter().zip(results.drain(..)) {
-            match result {
-                Ok(_) => {}
-                // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
-                Err(Error::Refused(e)) => tracing::info!("not recording the end of dispatch {id}: {e}"),
-                Err(e) => {
-                    if !self.unrecorded_ends.contains_key(&id) {
-                        tracing::error!("cannot record the end of dispatch {id} (will retry): {e}");
-                    }
-                    self.unrecorded_ends.insert(id, (state, tokens));
-                    continue;
-                }
-            }
-            self.unrecorded_ends.remove(&id);
-            self.records.remove(&id);
-            // The heartbeat and usage files were read; they are done with.
-            for file in [self.home.heartbeat_file(&id), self.home.usage_file(&id)] {
-                if file.exists() {
-                    let _ = std::fs::remove_file(file);
-                }
-            }
-        }
-    }
-
-    /// Empties the exit journal once every report in it is consumed and every end is written
-    /// (at the end of a step or of the start-up reconciliation: within a step, ends taken from
-    /// the journal may not be written yet, and only the journal holds their exit status).
-    fn compact_exits(&mut self) {
-        self.exits.compact(!self.unrecorded_ends.is_empty());
-    }
-
     /// Gives each started dispatch whose `running` record was written its go-ahead and watches
     /// it; one whose record failed is let go without running its command.
     fn let_run(&mut self, started: Vec<(DispatchRecord, executor::Launched)>, recorded: Vec<Result<DispatchRecord>>) {
@@ -676,60 +564,6 @@ impl<E: Executor> Worker<E> {
             self.live.insert(id.clone(), Live::launched(&rec, &launched, now, deadline, None));
             tracing::debug!("started dispatch {id} (task {}) as PID {}", rec.task_id, launched.pid);
         }
-    }
-
-    /// Read-modify-writes of several active specs, for a caller holding the `worker-specs` lock,
-    /// staged and published in one group commit. One result per change, in order; the records
-    /// are visible when this returns, their directory's fsync left to the caller (None when
-    /// nothing was written).
-    ///
-    /// A change of a dispatch whose spec is in no bucket (removed by hand) is applied to the
-    /// record known here ([`Worker::records`]) and creates the spec in its final bucket; the
-    /// ids of those are returned (they have nothing to move).
-    fn update_specs_locked(
-        &self,
-        changes: Vec<(String, SpecChange)>,
-    ) -> (Vec<Result<DispatchRecord>>, Option<Published>, std::collections::HashSet<String>) {
-        let mut batch = crate::store::atomic::ReplaceBatch::new();
-        let mut out: Vec<Result<DispatchRecord>> = Vec::with_capacity(changes.len());
-        let mut created = std::collections::HashSet::new();
-        for (id, change) in changes {
-            let mut path = spec_path(&self.home, SpecBucket::Active, &id);
-            let staged = dispatches::read_spec(&self.store, &path)
-                .and_then(|r| match (r, self.records.get(&id)) {
-                    (Some(rec), _) => Ok(rec),
-                    (None, Some(known)) if !spec_anywhere(&self.home, &id) => {
-                        created.insert(id.clone());
-                        Ok(known.clone())
-                    }
-                    _ => Err(Error::refused(format!("dispatch {id} has no active spec"))),
-                })
-                .and_then(|mut rec| {
-                    change(&mut rec)?;
-                    if created.contains(&id) {
-                        let bucket = final_bucket(&rec);
-                        crate::store::atomic::create_dir_all(&self.home.worker_specs(bucket))?;
-                        path = spec_path(&self.home, bucket, &id);
-                    }
-                    let v = serde_json::to_value(&rec)
-                        .map_err(|e| Error::other(format!("cannot encode dispatch {id}: {e}")))?;
-                    let bytes = crate::store::encode_checked(&path, &v, Some(DISPATCH_SCHEMA))?;
-                    batch.stage(&path, &bytes)?;
-                    Ok(rec)
-                });
-            out.push(staged);
-        }
-        if batch.is_empty() {
-            return (out, None, created);
-        }
-        let published = batch.publish();
-        if let Some(e) = published.error() {
-            let msg = e.to_string();
-            for r in out.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(Error::other(msg.clone()));
-            }
-        }
-        (out, Some(published), created)
     }
 
     fn begin_stop(&mut self, id: &str, reason: StopReason) {
@@ -829,173 +663,6 @@ impl<E: Executor> Worker<E> {
         }
         ends
     }
-}
-
-/// The change that writes an ended dispatch's final state (and the tokens it reported).
-fn end_change((id, state, tokens): &End) -> (String, SpecChange) {
-    let (state, tokens) = (state.clone(), *tokens);
-    let change: SpecChange = Box::new(move |r: &mut DispatchRecord| {
-        r.state = state;
-        if tokens.is_some() {
-            r.tokens_used = tokens;
-        }
-        Ok(())
-    });
-    (id.clone(), change)
-}
-
-/// The change that records a started dispatch `running` (refused unless it is `starting`).
-fn running_change(rec: &DispatchRecord, l: &executor::Launched, started_at: &str) -> (String, SpecChange) {
-    let state = DispatchState::Running {
-        started_at: started_at.to_string(),
-        pid: l.pid,
-        pgid: l.pgid,
-        proc_start_ticks: l.start_ticks,
-    };
-    let change: SpecChange = Box::new(move |r: &mut DispatchRecord| {
-        if r.status() != crate::task::model::DispatchStatus::Starting {
-            return Err(Error::refused(format!("dispatch {} is {}, not starting", r.dispatch_id, r.status().as_str())));
-        }
-        r.state = state;
-        Ok(())
-    });
-    (rec.dispatch_id.clone(), change)
-}
-
-/// Why a dispatch whose process ran without a record ended `lost`.
-pub const UNRECORDED_REASON: &str = "its process ran without a record in worker-specs/active/ (the spec was removed or \
-replaced while it ran); the worker stopped its process group (TERM, grace, KILL) so that its task cannot run twice";
-
-/// Whether a spec of the dispatch is in some bucket (`active/`, an end bucket, `zombie/`,
-/// quarantine).
-fn spec_anywhere(home: &Home, id: &str) -> bool {
-    SpecBucket::ALL.iter().any(|&b| spec_path(home, b, id).exists())
-}
-
-/// The bucket a spec with this final state moves to.
-fn final_bucket(rec: &DispatchRecord) -> SpecBucket {
-    match rec.status() {
-        crate::task::model::DispatchStatus::Completed => SpecBucket::Completed,
-        crate::task::model::DispatchStatus::Zombie => SpecBucket::Zombie,
-        _ => SpecBucket::Failed,
-    }
-}
-
-/// How a dispatch ended: from the stop reason, the shim's exit report or what was seen.
-fn final_state(l: &Live, gone: Gone, report: Option<exits::ExitReport>) -> DispatchState {
-    let ended_at = now_string();
-    let duration = Some(l.started.elapsed().as_secs_f64());
-    let seen_signal = match gone {
-        Gone::Reaped(Reaped::Signaled(s)) => Some(s),
-        _ => None,
-    };
-    let signal = report.as_ref().and_then(|r| r.signal).or(seen_signal);
-    match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
-        (Some(StopReason::Cancel), _, _) => DispatchState::Cancelled { ended_at, signal, duration_s: duration },
-        (Some(StopReason::Timeout), _, _) => DispatchState::Timeout { ended_at, signal, duration_s: duration },
-        (Some(StopReason::Unrecorded), _, _) => DispatchState::Lost { ended_at, reason: UNRECORDED_REASON.into() },
-        // A failed attempt (retried by policy), not a cancel: nobody asked for it to stop.
-        (Some(StopReason::NotStarted), _, _) => DispatchState::Failed {
-            ended_at,
-            exit_code: None,
-            signal,
-            duration_s: Some(0.0),
-            error: "the worker could not record the dispatch as running (see its log); the command was not started"
-                .into(),
-        },
-        (None, Some(r), _) => match (r.exit_code, r.signal, &r.error) {
-            (Some(0), _, None) => {
-                DispatchState::Completed { ended_at, exit_code: 0, duration_s: l.started.elapsed().as_secs_f64() }
-            }
-            (code, sig, err) => DispatchState::Failed {
-                ended_at,
-                exit_code: code,
-                signal: sig,
-                duration_s: duration,
-                error: err.clone().unwrap_or_else(|| match (code, sig) {
-                    (Some(c), _) => format!("exited with code {c}"),
-                    (None, Some(s)) => format!("killed by signal {s}{}", signal_label(s)),
-                    _ => "ended without an exit status".into(),
-                }),
-            },
-        },
-        (None, None, Gone::Reaped(how)) => DispatchState::Failed {
-            ended_at,
-            exit_code: match how {
-                Reaped::Exited(c) => Some(c),
-                Reaped::Signaled(_) => None,
-            },
-            signal: seen_signal,
-            duration_s: duration,
-            error: format!(
-                "the task's exec shim (PID {}) ended ({}) without recording the command's exit; \
-                     its process group was stopped",
-                l.pid,
-                match how {
-                    Reaped::Exited(c) => format!("exit {c}"),
-                    Reaped::Signaled(s) => format!("signal {s}{}", signal_label(s)),
-                }
-            ),
-        },
-        (None, None, Gone::Vanished) => DispatchState::Lost {
-            ended_at,
-            reason: format!("process {} ended while no worker watched it and left no exit status", l.pid),
-        },
-    }
-}
-
-impl<E: Executor> Worker<E> {
-    /// Ends a dispatch that never ran its command.
-    fn end_unstarted(&mut self, rec: &DispatchRecord, state: DispatchState) {
-        // Written like any end (kept and retried if it cannot be written; meanwhile the scan
-        // does not launch it).
-        self.records.insert(rec.dispatch_id.clone(), rec.clone());
-        self.write_step(vec![(rec.dispatch_id.clone(), state, None)], Vec::new());
-    }
-
-    /// Moves a spec with a final state from `active/` to `completed/` or `failed/` and removes
-    /// its cancel request.
-    fn move_final(&self, rec: &DispatchRecord) -> Result<()> {
-        let guard = self.store.lock_named(LockName::WorkerSpecs)?;
-        let mut dirs = Vec::new();
-        let moved = self.move_final_locked(&[rec], &mut dirs);
-        drop(guard);
-        moved.and(crate::store::atomic::fsync_dirs(&dirs))
-    }
-
-    /// [`Worker::move_final`] of several specs, for a caller holding the `worker-specs` lock.
-    /// Adds the directories of the moves made to `dirs`, which the caller fsyncs (once for the
-    /// whole step, after releasing the lock).
-    fn move_final_locked(&self, recs: &[&DispatchRecord], dirs: &mut Vec<std::path::PathBuf>) -> Result<()> {
-        let mut moves = Vec::with_capacity(recs.len());
-        for rec in recs {
-            let bucket = final_bucket(rec);
-            crate::store::atomic::create_dir_all(&self.home.worker_specs(bucket))?;
-            let id = &rec.dispatch_id;
-            moves.push((spec_path(&self.home, SpecBucket::Active, id), spec_path(&self.home, bucket, id)));
-        }
-        let mut first_error = None;
-        let (results, moved) = crate::store::atomic::rename_many(&moves);
-        dirs.extend(moved);
-        for (rec, result) in recs.iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    let cancel = cancel_request_path(&self.home, &rec.dispatch_id);
-                    if cancel.exists() {
-                        let _ = std::fs::remove_file(cancel);
-                    }
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-}
-
-fn signal_label(sig: i32) -> String {
-    Signal::try_from(sig).map(|s| format!(" ({})", s.as_str())).unwrap_or_default()
 }
 
 /// The worker daemon's loop (`cortex-worker`).

@@ -67,6 +67,11 @@ fn shim_main(args: Vec<OsString>) -> i32 {
     };
     let dispatch_id = args[1].to_string_lossy().into_owned();
     let (journal, lock) = (std::path::PathBuf::from(&args[2]), std::path::PathBuf::from(&args[3]));
+    // The home the worker gave us: the logs, the journal and its lock are opened walking from it
+    // without following a link (`store::open`), as in the worker, not as plain paths.
+    if let Some(home) = std::env::var_os("CORTEX_HOME").filter(|h| !h.is_empty()) {
+        crate::store::open::register_root(std::path::Path::new(&home));
+    }
     let logs_opened = redirect_output(std::path::Path::new(&args[4]), std::path::Path::new(&args[5]));
     let argv = &args[7..];
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

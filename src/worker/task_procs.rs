@@ -2,8 +2,8 @@
 //! (which an operator may have removed): every live process whose environment names this home
 //! in `CORTEX_HOME` and a dispatch in `CORTEX_DISPATCH_ID`. The worker sets both on each task's
 //! exec shim, and the command and whatever it starts inherit them, daemonised or not. Only
-//! processes we may read (our user's) are seen, and only those of this home: never matched
-//! machine-wide by name.
+//! processes of our own user are looked at (root could read every user's environment), and only
+//! those of this home: never matched machine-wide by name.
 //!
 //! Used by the worker (a task process whose record vanished, found again after a restart), the
 //! coordinator (does a dispatch without a spec still run?), `cortex reset` and
@@ -57,6 +57,13 @@ fn canonical(root: &Path) -> std::path::PathBuf {
 
 /// The process `pid` if it is a live task process of the home whose canonical root is `root`.
 fn task_process(pid: i32, root: &Path, root_text: &str) -> Option<TaskProcess> {
+    // Tasks run as the worker's user. Root may read every process's environment: another user's
+    // process naming this home in its environment is none of ours (never signalled, never taken
+    // for a run of a task).
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(format!("/proc/{pid}")).ok()?.uid() != nix::unistd::geteuid().as_raw() {
+        return None;
+    }
     let environ = procfs::environ(pid)?;
     let var = |name: &str| procfs::env_var(&environ, name).map(|v| String::from_utf8_lossy(v).into_owned());
     let (home, dispatch) = (var("CORTEX_HOME")?, var("CORTEX_DISPATCH_ID")?);
@@ -94,11 +101,6 @@ pub fn find(home: &Home) -> Vec<TaskProcess> {
         .collect();
     out.sort_by_key(|p| p.pid);
     out
-}
-
-/// Whether some process of the dispatch still runs.
-pub fn dispatch_runs(home: &Home, dispatch_id: &str) -> bool {
-    find(home).iter().any(|p| p.dispatch_id == dispatch_id)
 }
 
 /// One line saying which process it is: `PID 123 (exec shim of dispatch D, task T: cmd args)`.
@@ -209,6 +211,42 @@ mod tests {
         assert_eq!(stopped.len(), 1);
         let _ = child.wait();
         assert!(find(&home).is_empty());
+    }
+
+    /// Another user's process that names this home in its environment is not a task process,
+    /// even for root, who can read its environment: it is never signalled or waited for.
+    #[test]
+    fn another_users_process_is_never_taken_for_a_task_process() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let marker = format!("dsp-foreign-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("CORTEX_HOME", dir.path())
+            .env("CORTEX_DISPATCH_ID", &marker)
+            .uid(65534)
+            .gid(65534)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // Wait until the child runs `sleep` as nobody with its own environment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ready = || {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|e| e.windows(marker.len()).any(|w| w == marker.as_bytes()))
+        };
+        while !ready() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(ready(), "the child never showed its environment");
+        let found = find(&home);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.is_empty(), "another user's process was taken for a task process: {found:?}");
     }
 
     use std::os::unix::process::CommandExt;

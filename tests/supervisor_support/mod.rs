@@ -141,3 +141,22 @@ pub fn watching(sup: u32, daemon: &str) -> bool {
     let cut = |s: String| s.chars().take(15).collect::<String>();
     has_thread(sup, &cut(format!("watch-{daemon}"))) || has_thread(sup, &cut(format!("reap-{daemon}")))
 }
+
+/// Runs a script of this checkout (`rel`, e.g. `scripts/start-cortex.sh`) on the fleet's home with
+/// this build's binaries, as an operator would; `cron` also names the `cortex` binary through
+/// `CORTEX_BIN`, as a crontab line does.
+pub fn run_script(f: &Fleet, rel: &str, args: &[&str], cron: bool) -> Output {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let mut cmd = Command::new("bash");
+    cmd.arg(path)
+        .args(args)
+        .env("CORTEX_HOME", f.h.path())
+        .env_remove("COMMIT_RELAY_HOME")
+        .env("CORTEX_BIN_DIR", bin_dir())
+        .env("CORTEX_API_BIND", format!("127.0.0.1:{}", f.port))
+        .stdin(std::process::Stdio::null());
+    if cron {
+        cmd.env("CORTEX_BIN", bin("cortex"));
+    }
+    cmd.output().unwrap()
+}

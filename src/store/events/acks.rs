@@ -80,13 +80,15 @@ pub struct AckFollower {
 
 impl AckFollower {
     pub fn refresh(&mut self, path: &Path) -> Result<&AckSet> {
-        let mut f = match std::fs::File::open(path) {
+        // A link planted at the file's name is refused (reported unreadable), never followed:
+        // another file's lines must not acknowledge anything.
+        let mut f = match crate::store::open::read(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 *self = AckFollower::default();
                 return Ok(&self.set);
             }
-            Err(e) => return Err(Error::io(path, "open", e)),
+            Err(e) => return Err(crate::store::open::refuse_link(path, "open", e)),
         };
         let meta = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
         let id = (meta.dev(), meta.ino());
@@ -281,5 +283,16 @@ mod tests {
         std::fs::write(&path, "{\"event_id\":\"evt-c\",\"at\":\"t\",\"by\":\"me\"}\n").unwrap();
         let s = f.refresh(&path).unwrap();
         assert!(s.covers(&ev("evt-c", "2026-01-01T00:00:00Z")) && !s.covers(&ev("evt-a", "2026-01-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn a_linked_acks_file_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.jsonl");
+        std::fs::write(&elsewhere, "{\"event_id\":\"evt-a\",\"at\":\"t\",\"by\":\"me\"}\n").unwrap();
+        let path = dir.path().join("event-acks.jsonl");
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let err = AckFollower::default().refresh(&path).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
     }
 }
