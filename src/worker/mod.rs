@@ -542,7 +542,11 @@ impl<E: Executor> Worker<E> {
 
     /// Gives each started dispatch whose `running` record was written its go-ahead and watches
     /// it; one whose record failed is let go without running its command.
-    fn let_run(&mut self, started: Vec<(DispatchRecord, executor::Launched)>, recorded: Vec<Result<DispatchRecord>>) {
+    fn let_run(
+        &mut self,
+        started: Vec<(DispatchRecord, executor::Launched)>,
+        recorded: Vec<Result<DispatchRecord, dispatch_record::NotWritten>>,
+    ) {
         for ((rec, mut launched), result) in started.into_iter().zip(recorded) {
             let id = rec.dispatch_id.clone();
             if let Err(e) = result {
