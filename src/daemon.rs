@@ -107,8 +107,7 @@ impl DaemonContext {
                     let _ = tx.send(Wake::Changed(p));
                 }
             }
-        })
-        .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+        })?;
         for p in paths {
             crate::store::atomic::create_dir_all(if p.is_dir() || p.extension().is_none() {
                 p
@@ -116,7 +115,7 @@ impl DaemonContext {
                 p.parent().unwrap_or(p)
             })?;
             let mode = if p.is_dir() { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
-            watcher.watch(p, mode).map_err(|e| Error::other(format!("cannot watch {}: {e}", p.display())))?;
+            watcher.watch(p, mode).map_err(|e| Error::watch(p, e))?;
         }
         self._watchers.push(watcher);
         Ok(())

@@ -240,6 +240,7 @@ fn same_error(e: &Error) -> Error {
         }
         // A serde_json error is not `Clone`: keep its text.
         Error::Encode { what, source } => Error::Other(format!("cannot encode {what}: {source}")),
+        Error::Watch { .. } => Error::Other(e.to_string()),
         Error::Config { path, detail } => Error::Config { path: path.clone(), detail: detail.clone() },
         Error::Refused(m) => Error::Refused(m.clone()),
         Error::Other(m) => Error::Other(m.clone()),

@@ -734,8 +734,7 @@ fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
                 return;
             }
         }
-    })
-    .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+    })?;
     let home = &ctx.home;
     let dirs = [
         home.coordination(),
@@ -745,9 +744,7 @@ fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
     ];
     for d in dirs {
         crate::store::atomic::create_dir_all(&d)?;
-        watcher
-            .watch(&d, RecursiveMode::NonRecursive)
-            .map_err(|e| Error::other(format!("cannot watch {}: {e}", d.display())))?;
+        watcher.watch(&d, RecursiveMode::NonRecursive).map_err(|e| Error::watch(d, e))?;
     }
     Ok(watcher)
 }

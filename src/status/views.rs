@@ -417,13 +417,10 @@ pub fn wait_no_active(reader: &StatusReader, timeout: Duration) -> Result<usize>
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
         let _ = tx.send(());
-    })
-    .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+    })?;
     let dir = reader.home().worker_specs(SpecBucket::Active);
     crate::store::atomic::create_dir_all(&dir)?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| Error::other(format!("cannot watch {}: {e}", dir.display())))?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| Error::watch(dir, e))?;
     let deadline = Instant::now() + timeout;
     loop {
         // Every spec still in active/: one whose final state is written but not yet moved is
