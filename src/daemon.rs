@@ -10,10 +10,10 @@ use crate::daemon_name::Daemon;
 /// The daemons' names in start order (moved to [`crate::daemon_name`]; kept here for the tests).
 pub use crate::daemon_name::NAMES as DAEMONS;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::home::Home;
 use crate::pidfile::PidFile;
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -107,8 +107,7 @@ impl DaemonContext {
                     let _ = tx.send(Wake::Changed(p));
                 }
             }
-        })
-        .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+        })?;
         for p in paths {
             crate::store::atomic::create_dir_all(if p.is_dir() || p.extension().is_none() {
                 p
@@ -116,7 +115,7 @@ impl DaemonContext {
                 p.parent().unwrap_or(p)
             })?;
             let mode = if p.is_dir() { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
-            watcher.watch(p, mode).map_err(|e| Error::other(format!("cannot watch {}: {e}", p.display())))?;
+            watcher.watch(p, mode).map_err(|e| Error::watch(p, e))?;
         }
         self._watchers.push(watcher);
         Ok(())
@@ -141,11 +140,11 @@ impl DaemonContext {
             heartbeat_at: crate::clock::now_string(),
             last_loop_at: format_ts(self.last_loop_at),
         };
-        let bytes = serde_json::to_vec(&mark).map_err(|e| Error::other(e.to_string()))?;
+        let bytes = serde_json::to_vec(&mark)?;
         crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.name), &bytes)?;
         self.next_mark = Instant::now() + self.mark_every;
         // Writes work again: report any that failed for lack of space meanwhile.
-        crate::events::record_outage(&self.home, self.name);
+        crate::store::events::record_outage(&self.home, self.name);
         Ok(())
     }
 
@@ -348,7 +347,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
     ctx.write_mark().inspect_err(|e| tracing::error!("{name} daemon cannot start: {e}"))?;
     tracing::info!(pid = std::process::id(), home = %home.root().display(), "{name} daemon starting");
     let _ = ctx.store.emit(
-        "daemon_started",
+        EventKind::DaemonStarted,
         Severity::Info,
         format!("{name} daemon started (PID {})", std::process::id()),
         serde_json::json!({"daemon": name, "pid": std::process::id()}),
@@ -358,7 +357,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
         Ok(()) => {
             tracing::info!("{name} daemon stopped");
             let _ = ctx.store.emit(
-                "daemon_stopped",
+                EventKind::DaemonStopped,
                 Severity::Info,
                 format!("{name} daemon stopped"),
                 serde_json::json!({"daemon": name, "pid": std::process::id()}),
@@ -367,7 +366,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
         Err(e) => {
             tracing::error!("{name} daemon failed: {e}");
             let _ = ctx.store.emit(
-                "daemon_stopped",
+                EventKind::DaemonStopped,
                 Severity::Error,
                 format!("{name} daemon stopped on error: {e}"),
                 serde_json::json!({"daemon": name, "pid": std::process::id(), "error": e.to_string()}),

@@ -18,6 +18,11 @@ pub enum Error {
     LockTimeout { lock: PathBuf, holder: Option<String>, waited_ms: u128 },
     /// cortex.toml or a command-line value is wrong.
     Config { path: Option<PathBuf>, detail: String },
+    /// A value could not be encoded to (or a built-in document decoded from) JSON: `what` names
+    /// the record or file, e.g. "dispatch d-1" or a path.
+    Encode { what: String, source: serde_json::Error },
+    /// A file watcher could not be started (`path` None) or could not watch `path`.
+    Watch { path: Option<PathBuf>, source: notify::Error },
     /// A request the caller made cannot be carried out (unknown id, bad state, ...).
     Refused(String),
     /// Something else, said plainly.
@@ -27,6 +32,16 @@ pub enum Error {
 impl Error {
     pub fn io(path: impl AsRef<Path>, action: &'static str, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().to_path_buf(), action, source }
+    }
+
+    /// An encoding error naming what was being encoded.
+    pub fn encode(what: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Encode { what: what.into(), source }
+    }
+
+    /// A watch of `path` that could not be set up.
+    pub fn watch(path: impl AsRef<Path>, source: notify::Error) -> Self {
+        Error::Watch { path: Some(path.as_ref().to_path_buf()), source }
     }
 
     pub fn refused(msg: impl Into<String>) -> Self {
@@ -90,6 +105,9 @@ impl fmt::Display for Error {
             }
             Error::Config { path: Some(p), detail } => write!(f, "{}: {detail}", p.display()),
             Error::Config { path: None, detail } => write!(f, "{detail}"),
+            Error::Encode { what, source } => write!(f, "cannot encode {what}: {source}"),
+            Error::Watch { path: Some(p), source } => write!(f, "cannot watch {}: {source}", p.display()),
+            Error::Watch { path: None, source } => write!(f, "cannot start a file watcher: {source}"),
             Error::Refused(m) | Error::Other(m) => f.write_str(m),
         }
     }
@@ -99,7 +117,24 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Encode { source, .. } => Some(source),
+            Error::Watch { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// A bare `serde_json` error, where the caller has nothing better to name than the value's
+/// type: prefer [`Error::encode`] with the record or file when there is one.
+impl From<serde_json::Error> for Error {
+    fn from(source: serde_json::Error) -> Self {
+        Error::Encode { what: "a value as JSON".into(), source }
+    }
+}
+
+/// A file watcher that could not be started (a watch of a path uses [`Error::watch`]).
+impl From<notify::Error> for Error {
+    fn from(source: notify::Error) -> Self {
+        Error::Watch { path: None, source }
     }
 }

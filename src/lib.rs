@@ -13,7 +13,6 @@ pub mod coordinator;
 pub mod daemon;
 pub mod daemon_name;
 pub mod error;
-pub mod events;
 pub mod files;
 pub mod heartbeat;
 pub mod home;

@@ -330,11 +330,8 @@ pub fn follow(path: &Path, from: u64, errors: bool, mut out: impl FnMut(&str) ->
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |_r: notify::Result<notify::Event>| {
         let _ = tx.send(());
-    })
-    .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
-    watcher
-        .watch(dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| Error::other(format!("cannot watch {}: {e}", dir.display())))?;
+    })?;
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive).map_err(|e| Error::watch(dir, e))?;
     let mut file: Option<std::fs::File> = None;
     let mut ino = 0;
     let mut partial = String::new();

@@ -6,8 +6,8 @@
 
 use crate::clock::now_string;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{self, CoordFile};
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Document, Store};
 use serde::{Deserialize, Serialize};
 
@@ -130,10 +130,10 @@ impl Request {
     }
 
     /// The audit event of a transition this request made.
-    fn event(&self, store: &Store, t: &Transition) -> crate::events::Event {
+    fn event(&self, store: &Store, t: &Transition) -> crate::store::events::Event {
         match self {
             Request::Pause { actor, reason } => store.event(
-                "scheduler_paused",
+                EventKind::SchedulerPaused,
                 Severity::Warning,
                 format!(
                     "Scheduler paused by {} from {}{}",
@@ -144,7 +144,7 @@ impl Request {
                 serde_json::json!({"paused_by": actor.who, "from": actor.from, "reason": reason, "paused_at": t.timestamp}),
             ),
             Request::Resume { actor } => store.event(
-                "scheduler_resumed",
+                EventKind::SchedulerResumed,
                 Severity::Info,
                 format!("Scheduler resumed by {} from {}", actor.who, actor.from),
                 serde_json::json!({"resumed_by": actor.who, "from": actor.from, "resumed_at": t.timestamp, "paused_at": t.state.paused_at}),
@@ -195,9 +195,9 @@ pub fn apply(store: &Store, requests: &[Request]) -> Vec<Result<Transition>> {
         }
     };
     // The batch's events in one append (one `write`), in order.
-    let events: Vec<crate::events::Event> =
+    let events: Vec<crate::store::events::Event> =
         requests.iter().zip(&transitions).filter(|(_, t)| t.changed).map(|(r, t)| r.event(store, t)).collect();
-    if let Err(e) = crate::events::append_many(store.home(), &events) {
+    if let Err(e) = crate::store::events::append_many(store.home(), &events) {
         tracing::warn!("cannot record {} scheduler event(s): {e}", events.len());
     }
     transitions.into_iter().map(Ok).collect()
@@ -238,6 +238,9 @@ fn same_error(e: &Error) -> Error {
         Error::LockTimeout { lock, holder, waited_ms } => {
             Error::LockTimeout { lock: lock.clone(), holder: holder.clone(), waited_ms: *waited_ms }
         }
+        // A serde_json error is not `Clone`: keep its text.
+        Error::Encode { what, source } => Error::Other(format!("cannot encode {what}: {source}")),
+        Error::Watch { .. } => Error::Other(e.to_string()),
         Error::Config { path, detail } => Error::Config { path: path.clone(), detail: detail.clone() },
         Error::Refused(m) => Error::Refused(m.clone()),
         Error::Other(m) => Error::Other(m.clone()),
@@ -295,12 +298,12 @@ mod tests {
         (m.ino(), m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128)
     }
 
-    fn events(store: &Store) -> Vec<crate::events::Event> {
-        crate::events::read_all(store.home())
+    fn events(store: &Store) -> Vec<crate::store::events::Event> {
+        crate::store::events::read_all(store.home())
             .unwrap()
             .records
             .into_iter()
-            .filter(|e| e.event_type.starts_with("scheduler_"))
+            .filter(|e| matches!(e.event_type, EventKind::SchedulerPaused | EventKind::SchedulerResumed))
             .collect()
     }
 
@@ -364,7 +367,7 @@ mod tests {
             .map(|e| {
                 let who = e.data.get("paused_by").or(e.data.get("resumed_by")).and_then(|v| v.as_str()).unwrap();
                 let who = who.to_string();
-                (e.event_type.clone(), who)
+                (e.event_type.to_string(), who)
             })
             .collect();
         assert_eq!(

@@ -207,10 +207,10 @@ fn event_log_rotation_loses_no_line_under_concurrent_appenders() {
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    cortex::events::emit(
+                    cortex::store::events::emit(
                         &home,
-                        "load_test",
-                        cortex::events::Severity::Info,
+                        cortex::store::events::EventKind::parse("load_test"),
+                        cortex::store::events::Severity::Info,
                         "test",
                         format!("appender {w} line {n}"),
                         json!({"w": w, "n": n}),

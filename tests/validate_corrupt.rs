@@ -227,7 +227,12 @@ fn specs_and_other_json_files_are_checked() {
 }
 
 fn event_line(n: u32) -> String {
-    let e = cortex::events::Event::new("seeded", cortex::events::Severity::Info, "test", format!("event {n}"));
+    let e = cortex::store::events::Event::new(
+        cortex::store::events::EventKind::parse("seeded"),
+        cortex::store::events::Severity::Info,
+        "test",
+        format!("event {n}"),
+    );
     serde_json::to_string(&e).unwrap()
 }
 
@@ -256,7 +261,7 @@ fn event_log_damage_is_named_by_line_and_kept_by_appends() {
         assert!(after.starts_with(&content), "{what}: the damaged lines are kept as they were");
         let read: cortex::store::jsonl::JsonlRead<Value> = cortex::store::jsonl::read(&log).unwrap();
         assert!(read.records.iter().any(|e| e["id"] == id.as_str()), "{what}: the new event is readable");
-        let events = cortex::events::read_all(&Home::at(h.path())).unwrap();
+        let events = cortex::store::events::read_all(&Home::at(h.path())).unwrap();
         assert_eq!(events.bad_lines, vec![2], "{what}: readers skip and count the bad line");
     }
 }

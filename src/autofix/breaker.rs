@@ -9,9 +9,9 @@
 use super::policy::{BreakerPolicy, RestartPolicy};
 use crate::clock::{Timestamp, format_ts, parse_ts};
 use crate::error::Result;
-use crate::events::Severity;
 use crate::files::{self, CoordFile};
 use crate::home::SpecBucket;
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Document, Store};
 use crate::task::DispatchStatus;
 use crate::task::dispatches::list_bucket;
@@ -223,19 +223,19 @@ pub fn refresh(store: &Store, policy: &RestartPolicy, now: Timestamp) -> Result<
     for (t, tr, b) in transitions {
         match tr {
             Transition::Tripped { failures, reason } => store.emit(
-                "circuit_breaker_tripped",
+                EventKind::CircuitBreakerTripped,
                 Severity::Error,
                 format!("circuit breaker of {t} opened: {reason}; dispatches of {t} are held"),
                 json!({"worker_type": t, "failures": failures, "reason": reason, "breaker": b}),
             )?,
             Transition::HalfOpened => store.emit(
-                "circuit_breaker_half_open",
+                EventKind::CircuitBreakerHalfOpen,
                 Severity::Info,
                 format!("circuit breaker of {t} is half-open: one trial dispatch is allowed"),
                 json!({"worker_type": t, "breaker": b}),
             )?,
             Transition::Closed => store.emit(
-                "circuit_breaker_closed",
+                EventKind::CircuitBreakerClosed,
                 Severity::Info,
                 format!("circuit breaker of {t} closed: the trial dispatch succeeded"),
                 json!({"worker_type": t, "breaker": b}),
@@ -309,7 +309,7 @@ pub fn reset(store: &Store, worker_type: &str, by: &str, now: Timestamp) -> Resu
     })?;
     if let Some(b) = &before {
         store.emit(
-            "circuit_breaker_reset",
+            EventKind::CircuitBreakerReset,
             Severity::Info,
             format!("circuit breaker of {worker_type} reset to closed by {by}"),
             json!({"worker_type": worker_type, "by": by, "previous": b}),

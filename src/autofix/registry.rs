@@ -11,9 +11,9 @@ use super::breaker;
 use super::history;
 use crate::clock::{Timestamp, format_ts, parse_ts};
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{self, CoordFile};
 use crate::home::Home;
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Document, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -262,7 +262,7 @@ pub fn run(store: &Store, now: Timestamp) -> Result<RegistryReport> {
                 let rec = history::append(store.home(), "fix_requires_approval", base.clone(), now)?;
                 records.push(rec);
                 store.emit(
-                    "fix_requires_approval",
+                    EventKind::FixRequiresApproval,
                     Severity::Warning,
                     format!(
                         "fix {} for pattern {} needs an operator's approval (safety score {} < {APPROVAL_THRESHOLD}); it was not applied",
@@ -285,7 +285,7 @@ pub fn run(store: &Store, now: Timestamp) -> Result<RegistryReport> {
                     }
                     records.push(history::append(store.home(), "fix_applied", rec.clone(), now)?);
                     store.emit(
-                        "fix_applied",
+                        EventKind::FixApplied,
                         Severity::Info,
                         format!("fix {} applied for pattern {}", fix.fix_id, pattern.pattern_id),
                         rec,
@@ -302,7 +302,7 @@ pub fn run(store: &Store, now: Timestamp) -> Result<RegistryReport> {
                     rec["reason"] = json!(e.to_string());
                     records.push(history::append(store.home(), "fix_failed", rec.clone(), now)?);
                     store.emit(
-                        "fix_failed",
+                        EventKind::FixFailed,
                         Severity::Warning,
                         format!("fix {} for pattern {} failed: {e}", fix.fix_id, pattern.pattern_id),
                         rec,
@@ -340,7 +340,7 @@ pub fn apply(store: &Store, fix: &Fix, p: &Pattern, application_id: &str, now: T
                 .map(|m| fill(m, p))
                 .unwrap_or_else(|| format!("fix {} for failure pattern {} ({})", fix.fix_id, p.pattern_id, p.category));
             store.emit(
-                event_type,
+                EventKind::parse(event_type),
                 severity.unwrap_or(Severity::Warning),
                 msg,
                 json!({"fix_id": fix.fix_id, "pattern_id": p.pattern_id, "worker_type": p.worker_type, "pattern": p.raw}),
@@ -507,7 +507,7 @@ fn validate_due(
         if now_count <= at_apply {
             history::append(store.home(), "fix_validated", out.clone(), now)?;
             store.emit(
-                "fix_validated",
+                EventKind::FixValidated,
                 Severity::Info,
                 format!("fix {} helped: pattern {} did not grow", rec["fix_id"], rec["pattern_id"]),
                 out,
@@ -522,7 +522,7 @@ fn validate_due(
         }
         history::append(store.home(), "fix_rolled_back", out.clone(), now)?;
         store.emit(
-            "fix_rolled_back",
+            EventKind::FixRolledBack,
             Severity::Warning,
             format!(
                 "fix {} showed no improvement (pattern {} grew from {at_apply} to {now_count}): {}",

@@ -10,10 +10,10 @@ use super::history;
 use super::policy::RestartPolicy;
 use crate::clock::{Timestamp, format_ts};
 use crate::error::Result;
-use crate::events::Severity;
 use crate::heartbeat::record::HeartbeatRecord;
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use crate::task::dispatches::list_bucket;
 use crate::task::{DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget};
 use serde_json::json;
@@ -217,14 +217,19 @@ fn decide_one(store: &Store, policy: &RestartPolicy, spec: &DispatchRecord, now:
             data["decision"] = json!("restart");
             data["delay_seconds"] = json!(delay_seconds);
             history::append(store.home(), "restart_decision", data.clone(), now)?;
-            store.emit("auto_restart_scheduled", Severity::Info, format!("task {task_id}: {error}"), data)?;
+            store.emit(EventKind::AutoRestartScheduled, Severity::Info, format!("task {task_id}: {error}"), data)?;
         }
         Decision::Fail { refusal, reason: why } => {
             data["decision"] = json!("fail");
             data["reason_code"] = json!(refusal.code());
             data["reason"] = json!(why);
             history::append(store.home(), "restart_decision", data.clone(), now)?;
-            store.emit("auto_restart_refused", Severity::Warning, format!("task {task_id} failed: {error}"), data)?;
+            store.emit(
+                EventKind::AutoRestartRefused,
+                Severity::Warning,
+                format!("task {task_id} failed: {error}"),
+                data,
+            )?;
         }
     }
     Ok(Some(Made { task_id, dispatch_id: spec.dispatch_id.clone(), decision }))

@@ -234,7 +234,7 @@ fn write_archive(tmp: &Path, manifest: &Manifest, files: &[super::snapshot::Stag
     let mut tar = tar::Builder::new(gz);
     let io = |e: std::io::Error| Error::io(tmp, "write", e);
 
-    let manifest_bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::other(e.to_string()))?;
+    let manifest_bytes = serde_json::to_vec_pretty(manifest)?;
     let mtime = chrono::Utc::now().timestamp().max(0) as u64;
     let mut h = regular_header(manifest_bytes.len() as u64, 0o600, mtime);
     tar.append_data(&mut h, manifest::MANIFEST_NAME, manifest_bytes.as_slice()).map_err(io)?;

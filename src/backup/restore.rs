@@ -15,11 +15,11 @@ use super::manifest::ManifestFile;
 use super::{ArchiveKind, verify};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files;
 use crate::home::{Home, SpecBucket};
 use crate::store::Store;
 use crate::store::atomic::{self, TEMP_PREFIX};
+use crate::store::events::{EventKind, Severity};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -197,7 +197,7 @@ fn restore_stopped(
 
     let m = &verified.manifest;
     let _ = store.emit(
-        "backup_restored",
+        EventKind::BackupRestored,
         Severity::Warning,
         format!(
             "Restored {} from {} (taken {} on {}); the previous state is in {}",
@@ -445,7 +445,7 @@ fn fsync_parents(a: &Path, b: &Path) -> Result<()> {
 
 /// Writes the journal, performs the moves, marks the restore committed.
 fn apply(stage: &Path, plan: &Plan) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(plan).map_err(|e| Error::other(e.to_string()))?;
+    let bytes = serde_json::to_vec_pretty(plan)?;
     atomic::write_atomic(&stage.join(PLAN_FILE), &bytes)?;
     for c in &plan.carries {
         move_item(&c.from, &c.to)?;
@@ -486,9 +486,9 @@ pub fn recover_interrupted(home: &Home) -> Result<Vec<String>> {
         }
         let stage = e.path();
         let what = recover_stage(&stage)?;
-        let _ = crate::events::emit(
+        let _ = crate::store::events::emit(
             home,
-            "restore_recovered",
+            EventKind::RestoreRecovered,
             Severity::Warning,
             "cli",
             format!("An interrupted restore (PID {pid}) was {what}"),

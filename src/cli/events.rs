@@ -3,7 +3,7 @@
 
 use super::{Ctx, print_json};
 use crate::error::{Error, Result};
-use crate::events::Severity;
+use crate::store::events::Severity;
 use clap::Subcommand;
 use serde_json::Value;
 
@@ -82,7 +82,14 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
             let message = message
                 .or_else(|| data.get("message").and_then(|m| m.as_str()).map(str::to_string))
                 .unwrap_or_else(|| event_type.clone());
-            let event = crate::events::emit(&ctx.home, &event_type, severity, &source, message, data)?;
+            let event = crate::store::events::emit(
+                &ctx.home,
+                crate::store::events::EventKind::parse(&event_type),
+                severity,
+                &source,
+                message,
+                data,
+            )?;
             if ctx.json {
                 print_json(&event);
             } else {
@@ -91,7 +98,7 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
             Ok(0)
         }
         EventCommand::Ack { id, all, note } => {
-            use crate::events::acks::{AckTarget, acknowledge};
+            use crate::store::events::acks::{AckTarget, acknowledge};
             let store = ctx.store()?;
             let reader = crate::status::StatusReader::new(store, crate::config::Config::load(&ctx.home)?);
             let target = match id {
@@ -121,11 +128,11 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                         .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
                         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
                 });
-            let read = crate::events::read_all(&ctx.home)?;
+            let read = crate::store::events::read_all(&ctx.home)?;
             let mut events: Vec<_> = read
                 .records
                 .into_iter()
-                .filter(|e| event_type.as_ref().is_none_or(|t| &e.event_type == t))
+                .filter(|e| event_type.as_ref().is_none_or(|t| e.event_type.as_str() == t))
                 .filter(|e| min_severity.is_none_or(|s| e.severity >= s))
                 .filter(|e| since.is_none_or(|s| e.time().is_some_and(|t| t >= s)))
                 .collect();
@@ -139,7 +146,7 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                         "{} {:8} {:24} {:12} {}",
                         super::text::safe(&e.timestamp),
                         e.severity.as_str(),
-                        super::text::safe(&e.event_type),
+                        super::text::safe(e.event_type.as_str()),
                         super::text::safe(&e.source),
                         super::text::safe(&e.message)
                     );

@@ -158,12 +158,11 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                 .ok_or_else(|| Error::refused(format!("no task {task_id} (queue, intake or archive)")))?;
             let records = ops::task_dispatches(&store, &task)?;
             if ctx.json {
-                let mut v = serde_json::to_value(&task).map_err(|e| Error::other(e.to_string()))?;
-                v["dispatch_records"] = serde_json::to_value(records.iter().map(|(_, r)| r).collect::<Vec<_>>())
-                    .map_err(|e| Error::other(e.to_string()))?;
+                let mut v = serde_json::to_value(&task)?;
+                v["dispatch_records"] = serde_json::to_value(records.iter().map(|(_, r)| r).collect::<Vec<_>>())?;
                 print_json(&v);
             } else {
-                let v = serde_json::to_value(&task).map_err(|e| Error::other(e.to_string()))?;
+                let v = serde_json::to_value(&task)?;
                 if let Some(m) = v.as_object() {
                     for (k, val) in m {
                         if k == "dispatches" || val.is_null() {

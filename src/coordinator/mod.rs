@@ -21,11 +21,11 @@ use crate::clock::{Clock, SystemClock, Timestamp, format_ts, parse_ts};
 use crate::config::Config;
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use crate::store::identity::FileIdentity;
 use crate::store::lock::LockGuard;
 use crate::task::dispatches::{self, spec_path};
@@ -618,18 +618,18 @@ impl Coordinator {
     /// Events and failure notifications, after the locks are released.
     fn after_effects(&self, report: &CycleReport) {
         // The cycle's events in one append (one `write`), ends first: they happened first.
-        let mut events: Vec<crate::events::Event> =
+        let mut events: Vec<crate::store::events::Event> =
             report.ended.iter().map(|e| ops::ended_event(&self.store, e)).collect();
         events.extend(report.dispatched.iter().map(|rec| {
             self.store.event(
-                "task_dispatched",
+                EventKind::TaskDispatched,
                 Severity::Info,
                 format!("Task {} dispatched ({}, attempt {})", rec.task_id, rec.dispatch_id, rec.attempt),
                 serde_json::json!({"task_id": rec.task_id, "dispatch_id": rec.dispatch_id,
                     "worker_type": rec.worker_type, "attempt": rec.attempt}),
             )
         }));
-        if let Err(e) = crate::events::append_many(self.store.home(), &events) {
+        if let Err(e) = crate::store::events::append_many(self.store.home(), &events) {
             tracing::warn!("cannot record {} task event(s): {e}", events.len());
         }
         let counted: Vec<&Ended> = report
@@ -655,7 +655,7 @@ impl Coordinator {
             Ok(notes) => {
                 for (n, e) in notes {
                     let _ = self.store.emit(
-                        "failure_notification",
+                        EventKind::FailureNotification,
                         Severity::Error,
                         format!(
                             "Worker type {} failed {} times in a row (last: task {}: {})",
@@ -734,8 +734,7 @@ fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
                 return;
             }
         }
-    })
-    .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+    })?;
     let home = &ctx.home;
     let dirs = [
         home.coordination(),
@@ -745,9 +744,7 @@ fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
     ];
     for d in dirs {
         crate::store::atomic::create_dir_all(&d)?;
-        watcher
-            .watch(&d, RecursiveMode::NonRecursive)
-            .map_err(|e| Error::other(format!("cannot watch {}: {e}", d.display())))?;
+        watcher.watch(&d, RecursiveMode::NonRecursive).map_err(|e| Error::watch(d, e))?;
     }
     Ok(watcher)
 }
@@ -789,7 +786,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
                 tracing::error!("coordinator cycle failed: {msg}");
                 if msg != last_error {
                     let _ = ctx.store.emit(
-                        "coordinator_error",
+                        EventKind::CoordinatorError,
                         Severity::Error,
                         format!("Coordinator cycle failed: {msg}"),
                         serde_json::json!({"error": msg}),

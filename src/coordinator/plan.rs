@@ -7,7 +7,7 @@
 //! and no clock; the coordinator applies the plan to its queue and budget and writes them.
 
 use crate::clock::{Timestamp, parse_ts};
-use crate::task::model::{Task, TaskState, TaskStatus, TokenBudget};
+use crate::task::model::{Task, TaskState, TaskStatus, TokenBudget, WaitingReason};
 use crate::task::queue;
 use crate::task::worker_types::WorkerTypes;
 use std::collections::{HashMap, HashSet};
@@ -73,7 +73,7 @@ pub struct DispatchPlan {
     pub fail: Vec<(usize, String)>,
     /// Waiting reasons to record on tasks that stay queued (`delay`, `after`, `circuit_breaker`,
     /// `budget`; None clears a delay's reason once a retry waits for its time).
-    pub waiting: Vec<(usize, Option<&'static str>)>,
+    pub waiting: Vec<(usize, Option<WaitingReason>)>,
     /// The earliest time a waiting task becomes due (a delay, a retry, a breaker's half-open).
     pub next_due: Option<Timestamp>,
 }
@@ -111,7 +111,7 @@ pub fn plan(input: &CycleInput) -> DispatchPlan {
             && due > now
         {
             out.due_at(due);
-            let reason = (t.status() == TaskStatus::Queued).then_some("delay");
+            let reason = (t.status() == TaskStatus::Queued).then_some(WaitingReason::Delay);
             out.waiting.push((i, reason));
             continue;
         }
@@ -123,7 +123,7 @@ pub fn plan(input: &CycleInput) -> DispatchPlan {
                     continue;
                 }
                 Some(_) => {
-                    out.waiting.push((i, Some("after")));
+                    out.waiting.push((i, Some(WaitingReason::After)));
                     continue;
                 }
                 None => {
@@ -157,11 +157,11 @@ pub fn plan(input: &CycleInput) -> DispatchPlan {
             if let Some(at) = g.half_open_at.filter(|at| *at > now) {
                 out.due_at(at);
             }
-            out.waiting.push((i, Some("circuit_breaker")));
+            out.waiting.push((i, Some(WaitingReason::CircuitBreaker)));
             continue;
         }
         if t.budget > available {
-            out.waiting.push((i, Some("budget")));
+            out.waiting.push((i, Some(WaitingReason::Budget)));
             continue;
         }
         if input.breakers.guarded.contains_key(&t.worker_type) {

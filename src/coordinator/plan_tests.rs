@@ -124,7 +124,7 @@ fn a_budget_too_short_keeps_the_task_waiting_and_later_ones_may_fit() {
     let p = f.plan();
     let ids: Vec<&str> = p.dispatch.iter().map(|d| f.tasks[d.task].task_id.as_str()).collect();
     assert_eq!(ids, vec!["first", "small"], "the reservations of this cycle count against the budget");
-    assert_eq!(p.waiting, vec![(0, Some("budget"))]);
+    assert_eq!(p.waiting, vec![(0, Some(WaitingReason::Budget))]);
 }
 
 #[test]
@@ -134,7 +134,7 @@ fn an_open_breaker_holds_its_type_and_wakes_at_half_open() {
     f.breakers.guarded.insert("w".into(), GuardedType { trial_allowed: false, half_open_at: Some(half_open) });
     let p = f.plan();
     assert_eq!(f.dispatched(), vec!["b"], "another type is not held");
-    assert_eq!(p.waiting, vec![(0, Some("circuit_breaker"))]);
+    assert_eq!(p.waiting, vec![(0, Some(WaitingReason::CircuitBreaker))]);
     assert_eq!(p.next_due, Some(half_open));
 }
 
@@ -147,7 +147,7 @@ fn a_half_open_breaker_lets_one_trial_through_per_cycle() {
         .insert("w".into(), GuardedType { trial_allowed: true, half_open_at: Some(at("2026-01-01T11:00:00Z")) });
     let p = f.plan();
     assert_eq!(f.dispatched(), vec!["a"]);
-    assert_eq!(p.waiting, vec![(1, Some("circuit_breaker"))]);
+    assert_eq!(p.waiting, vec![(1, Some(WaitingReason::CircuitBreaker))]);
     assert_eq!(p.next_due, None, "a half-open time already past is no wake-up");
 }
 
@@ -160,7 +160,7 @@ fn paused_dispatches_nothing_and_fails_nothing_but_still_tracks_delays() {
     let p = f.plan();
     assert!(p.dispatch.is_empty());
     assert!(p.fail.is_empty(), "an unknown type is only found when dispatching");
-    assert_eq!(p.waiting, vec![(2, Some("delay"))]);
+    assert_eq!(p.waiting, vec![(2, Some(WaitingReason::Delay))]);
     assert_eq!(p.next_due, Some(at("2026-01-01T13:00:00Z")));
 }
 
@@ -180,7 +180,7 @@ fn priority_first_then_age() {
 #[test]
 fn a_retry_is_dispatched_once_due_and_waits_before() {
     let retry = |id: &str, next: &str| Task {
-        state: TaskState::PendingRetry { next_retry_at: next.into(), waiting_reason: Some("delay".into()) },
+        state: TaskState::PendingRetry { next_retry_at: next.into(), waiting_reason: Some(WaitingReason::Delay) },
         attempts: 1,
         ..Task::sample(id)
     };
@@ -205,7 +205,7 @@ fn prerequisites_decide_wait_dispatch_or_failure() {
     f.archived.insert("broken".into(), TaskStatus::Failed);
     let p = f.plan();
     assert_eq!(f.dispatched(), vec!["goes"]);
-    assert_eq!(p.waiting, vec![(1, Some("after"))]);
+    assert_eq!(p.waiting, vec![(1, Some(WaitingReason::After))]);
     assert_eq!(
         p.fail,
         vec![

@@ -61,7 +61,7 @@ pub fn record(path: &Path, tokens_used: Option<u64>, message: Option<String>, no
     if let Some(dir) = path.parent() {
         crate::store::atomic::create_dir_all(dir)?;
     }
-    let bytes = serde_json::to_vec(&beat).map_err(|e| Error::other(format!("cannot encode heartbeat: {e}")))?;
+    let bytes = serde_json::to_vec(&beat).map_err(|e| Error::encode("heartbeat", e))?;
     crate::store::atomic::write_atomic(path, &bytes)?;
     Ok(beat)
 }

@@ -6,9 +6,9 @@
 use crate::clock::{Timestamp, parse_ts};
 use crate::daemon_name::Daemon;
 use crate::error::Result;
-use crate::events::Severity;
 use crate::pidfile::{self, PidStatus};
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use serde_json::json;
 use std::collections::HashSet;
 
@@ -36,7 +36,7 @@ pub fn check_marks(
         if now > hung_at {
             if reported.insert(daemon.to_string()) {
                 store.emit(
-                    "daemon_hung",
+                    EventKind::DaemonHung,
                     Severity::Error,
                     format!(
                         "daemon {daemon} (PID {pid}) has not refreshed its heartbeat mark since {}: pm should restart it",
@@ -49,7 +49,7 @@ pub fn check_marks(
         } else {
             if reported.remove(daemon) {
                 store.emit(
-                    "daemon_recovered",
+                    EventKind::DaemonRecovered,
                     Severity::Info,
                     format!("daemon {daemon} (PID {pid}) refreshes its heartbeat mark again"),
                     json!({"daemon": daemon, "pid": pid, "heartbeat_at": mark.heartbeat_at}),

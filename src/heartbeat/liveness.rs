@@ -4,7 +4,7 @@
 
 use super::policy::HeartbeatPolicy;
 use crate::clock::Timestamp;
-use crate::events::Severity;
+use crate::store::events::{EventKind, Severity};
 use serde::{Deserialize, Serialize};
 
 /// How late a dispatch's heartbeat is. Ordered from best to worst.
@@ -66,15 +66,15 @@ pub fn next_crossing(reference: Timestamp, now: Timestamp, policy: &HeartbeatPol
 }
 
 /// The event a change from `from` to `to` records, if any: one per transition, never one per check.
-pub fn transition_event(from: Liveness, to: Liveness) -> Option<(&'static str, Severity)> {
+pub fn transition_event(from: Liveness, to: Liveness) -> Option<(EventKind, Severity)> {
     if from == to {
         return None;
     }
     Some(match to {
-        Liveness::Ok => ("heartbeat_resumed", Severity::Info),
-        Liveness::Warning if from < to => ("heartbeat_warning", Severity::Warning),
-        Liveness::Critical if from < to => ("heartbeat_critical", Severity::Error),
-        Liveness::PresumedDead => ("worker_presumed_dead", Severity::Error),
+        Liveness::Ok => (EventKind::HeartbeatResumed, Severity::Info),
+        Liveness::Warning if from < to => (EventKind::HeartbeatWarning, Severity::Warning),
+        Liveness::Critical if from < to => (EventKind::HeartbeatCritical, Severity::Error),
+        Liveness::PresumedDead => (EventKind::WorkerPresumedDead, Severity::Error),
         // Improving but still late (critical → warning, say): not news.
         _ => return None,
     })

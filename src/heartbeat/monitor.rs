@@ -12,9 +12,9 @@ use super::record::{HealthRecord, HeartbeatRecord, store_record};
 use super::zombie;
 use crate::clock::{Clock, Timestamp, format_ts, parse_ts};
 use crate::error::Result;
-use crate::events::Severity;
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use crate::task::dispatch_record;
 use crate::task::dispatches::list_bucket;
 use crate::task::{DispatchRecord, DispatchState, DispatchStatus};
@@ -153,7 +153,7 @@ impl Monitor {
             if !self.mass_alert {
                 let ids: Vec<&String> = self.suspects.keys().collect();
                 store.emit(
-                    "mass_zombification_detected",
+                    EventKind::MassZombificationDetected,
                     Severity::Critical,
                     format!(
                         "{} dispatches look dead at once (threshold {threshold}): nothing was killed; check the host and the heartbeat files, then restart the heartbeat daemon or the dispatches by hand",
@@ -174,7 +174,7 @@ impl Monitor {
                 if self.cleanups.len() >= policy.max_cleanups_per_minute as usize {
                     if self.deferred_noted.insert(spec.dispatch_id.clone()) {
                         store.emit(
-                            "zombie_cleanup_deferred",
+                            EventKind::ZombieCleanupDeferred,
                             Severity::Warning,
                             format!(
                                 "zombie cleanup of {} deferred: {} cleanups in the last minute (max_cleanups_per_minute)",
@@ -325,7 +325,7 @@ impl Monitor {
         let min = policy.min_health_score.round() as u32;
         if score < min && prev.health.health_score >= min {
             store.emit(
-                "worker_health_low",
+                EventKind::WorkerHealthLow,
                 Severity::Warning,
                 format!("dispatch {id} health score {score} is below {min}"),
                 json!({"dispatch_id": id, "task_id": spec.task_id, "health": record.health}),

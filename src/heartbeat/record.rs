@@ -5,7 +5,7 @@
 
 use super::health::HealthStatus;
 use super::liveness::Liveness;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::home::SpecBucket;
 use crate::store::Store;
 use crate::task::dispatch_record::{self, read_spec, spec_path};
@@ -96,7 +96,7 @@ pub fn store_record(store: &Store, dispatch_id: &str, pid: i32, record: &Heartbe
     if !matches!(spec.state, DispatchState::Running { pid: p, .. } if p == pid) {
         return Ok(false);
     }
-    spec.heartbeat = Some(serde_json::to_value(record).map_err(|e| Error::other(e.to_string()))?);
+    spec.heartbeat = Some(serde_json::to_value(record)?);
     dispatch_record::write(&path, &spec)?;
     Ok(true)
 }

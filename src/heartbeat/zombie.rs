@@ -17,9 +17,9 @@ use super::policy::HeartbeatPolicy;
 use super::record::{HeartbeatRecord, ZombieCleanup};
 use crate::clock::{Timestamp, format_ts};
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use crate::task::dispatch_record::{self, read_spec, spec_path};
 use crate::task::{DispatchRecord, DispatchState, TokenBudget};
 use serde_json::json;
@@ -39,7 +39,7 @@ pub fn clean_up(
     let DispatchState::Running { pid, pgid, .. } = spec.state else { return Ok(None) };
     let hb = HeartbeatRecord::of(spec);
     store.emit(
-        "zombie_detected",
+        EventKind::ZombieDetected,
         Severity::Warning,
         format!("dispatch {} (task {}, {}) is a zombie: {reason}", spec.dispatch_id, spec.task_id, spec.worker_type),
         json!({
@@ -98,7 +98,7 @@ fn claim(
         processes_stopped: 0,
         logs_dir: None,
     });
-    current.heartbeat = Some(serde_json::to_value(&hb).map_err(|e| Error::other(e.to_string()))?);
+    current.heartbeat = Some(serde_json::to_value(&hb)?);
     current.tokens_used = Some(used);
     current.state = DispatchState::Zombie { ended_at: format_ts(now), reason: reason.to_string() };
     dispatch_record::end_in(store.home(), &current, SpecBucket::Zombie)?;
@@ -121,7 +121,7 @@ pub fn finish(
     let stop = super::process::stop_group(cleanup.pid, cleanup.pgid, cleanup.proc_start_ticks, grace);
     if stop.remaining > 0 {
         store.emit(
-            "zombie_cleanup_incomplete",
+            EventKind::ZombieCleanupIncomplete,
             Severity::Critical,
             format!(
                 "{} process(es) of dispatch {} survived SIGKILL (group {}): investigate",
@@ -141,12 +141,12 @@ pub fn finish(
         c.signal = stop.signal.map(str::to_string);
         c.processes_stopped = stop.found;
         c.logs_dir = logs_dir.as_ref().map(|d| store.home().relative(d).display().to_string());
-        current.heartbeat = Some(serde_json::to_value(&hb).map_err(|e| Error::other(e.to_string()))?);
+        current.heartbeat = Some(serde_json::to_value(&hb)?);
         dispatch_record::write(&zombie, &current)?;
         current
     };
     store.emit(
-        "zombie_cleanup_completed",
+        EventKind::ZombieCleanupCompleted,
         Severity::Info,
         format!(
             "dispatch {} cleaned up: {} process(es) stopped{}, {} tokens returned",

@@ -5,9 +5,9 @@
 //! file's content (JSON) or bad-line count (JSONL) changes, or after it was fixed and broke again.
 
 use crate::error::Error;
-use crate::events::Severity;
 use crate::files;
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use crate::validate::{FileReport, Verdict};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -58,7 +58,7 @@ impl FileWatch {
             }
             self.json_reported.insert(report.file.clone(), "missing".into());
             let _ = store.emit(
-                "integration_validation_failed",
+                EventKind::IntegrationValidationFailed,
                 Severity::Error,
                 format!("{} is missing: run `cortex repair` or `cortex init`", report.file),
                 json!({"file": report.file, "field": "/", "verdict": report.verdict, "problem": "missing"}),
@@ -78,7 +78,7 @@ impl FileWatch {
         self.json_reported.insert(report.file.clone(), hash);
         let (field, problem, quarantined) = quarantine(store, &path, &bytes, report);
         let _ = store.emit(
-            "integration_validation_failed",
+            EventKind::IntegrationValidationFailed,
             Severity::Error,
             format!(
                 "{} is {} at {field}: {problem}{}",
@@ -111,7 +111,7 @@ impl FileWatch {
         }
         self.json_reported.insert(report.file.clone(), key);
         let _ = store.emit(
-            "integration_validation_failed",
+            EventKind::IntegrationValidationFailed,
             Severity::Error,
             format!(
                 "{} cannot be read ({error}); readers skip it until its permissions or type are fixed",
@@ -143,7 +143,7 @@ impl FileWatch {
         }
         self.jsonl_counts.insert(report.file.clone(), key);
         let _ = store.emit(
-            "jsonl_malformed_lines",
+            EventKind::JsonlMalformedLines,
             Severity::Warning,
             format!(
                 "{} has {count} malformed line(s) of {} ({}); readers skip them; `cortex repair` moves them aside",
@@ -232,11 +232,11 @@ mod tests {
         let mut watch = FileWatch::default();
         assert_eq!(watch.handle(&store, &report), 1);
         assert_eq!(watch.handle(&store, &report), 0);
-        let events = crate::events::read_all(store.home()).unwrap().records;
+        let events = crate::store::events::read_all(store.home()).unwrap().records;
         assert!(
             events
                 .iter()
-                .any(|e| e.event_type == "integration_validation_failed" && e.message.contains("cannot be read"))
+                .any(|e| e.event_type == EventKind::IntegrationValidationFailed && e.message.contains("cannot be read"))
         );
     }
 
@@ -269,7 +269,7 @@ mod tests {
             .map(|d| d.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect())
             .unwrap_or_default();
         assert!(!copied.iter().any(|c| c.contains("secret-hash")), "the link's target was copied into quarantine");
-        let events = crate::events::read_all(store.home()).unwrap().records;
+        let events = crate::store::events::read_all(store.home()).unwrap().records;
         assert!(events.iter().any(|e| e.message.contains("symbolic link")), "{events:?}");
     }
 }

@@ -13,9 +13,9 @@ pub mod files;
 
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::Result;
-use crate::events::Severity;
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use crate::task::{TaskQueue, TokenBudget, dispatches};
 use consistency::Tracker;
 use std::collections::HashMap;
@@ -81,11 +81,11 @@ impl Integrity {
             if let Some(m) = data.as_object_mut() {
                 m.insert("kind".into(), i.kind.into());
             }
-            let _ = self.store.emit("integration_inconsistency", Severity::Warning, i.message.clone(), data);
+            let _ = self.store.emit(EventKind::IntegrationInconsistency, Severity::Warning, i.message.clone(), data);
         }
         for i in &decisions.resolved {
             let _ = self.store.emit(
-                "integration_consistency_restored",
+                EventKind::IntegrationConsistencyRestored,
                 Severity::Info,
                 format!("resolved: {}", i.message),
                 serde_json::json!({"kind": i.kind, "key": i.key}),

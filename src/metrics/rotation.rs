@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files::{self, CoordFile};
 use crate::store::Store;
+use crate::store::events::EventKind;
 
 /// Rotates `file` when it has reached `max_bytes` (0 = never). Returns true when it rotated.
 pub fn rotate_if_larger(store: &Store, file: &CoordFile, max_bytes: u64, keep: u32) -> Result<bool> {
@@ -35,8 +36,8 @@ pub fn rotate_event_log(store: &Store, config: &Config) -> Result<bool> {
         let old = crate::logging::rotated_names(&store.path(files::EVENTS), 1).0;
         store
             .emit(
-                "event_log_rotated",
-                crate::events::Severity::Info,
+                EventKind::EventLogRotated,
+                crate::store::events::Severity::Info,
                 format!(
                     "event log passed {} bytes; the old lines are in {}",
                     config.events.max_file_bytes,

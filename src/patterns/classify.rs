@@ -4,8 +4,8 @@
 //! of stderr — and the pattern id is a short SHA-256 of that signature.
 
 use crate::clock::{Timestamp, parse_ts};
-use crate::events::Event;
 use crate::home::Home;
+use crate::store::events::{Event, EventKind};
 use crate::task::{DispatchRecord, DispatchState};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -292,21 +292,24 @@ fn exit_kind(
     }
 }
 
-/// Failure events accepted from the event log.
-pub const FAILURE_EVENT_TYPES: &[&str] = &[
-    "task_failed",
-    "dispatch_failed",
-    "dispatch_timeout",
-    "dispatch_lost",
-    "zombie_detected",
-    "circuit_breaker_tripped",
-    "max_retries_exceeded",
-];
+/// True for the failure events accepted from the event log.
+pub fn is_failure_event(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::TaskFailed
+            | EventKind::DispatchFailed
+            | EventKind::DispatchTimeout
+            | EventKind::DispatchLost
+            | EventKind::ZombieDetected
+            | EventKind::CircuitBreakerTripped
+            | EventKind::MaxRetriesExceeded
+    )
+}
 
 /// Classifies a failure event. `spec` is the dispatch's finished spec when one exists (it is
 /// preferred: the event then only confirms a failure the spec already describes).
 pub fn from_event(home: &Home, ev: &Event, spec: Option<&DispatchRecord>) -> Option<Failure> {
-    if !FAILURE_EVENT_TYPES.contains(&ev.event_type.as_str()) {
+    if !is_failure_event(&ev.event_type) {
         return None;
     }
     let data = &ev.data;
@@ -314,12 +317,12 @@ pub fn from_event(home: &Home, ev: &Event, spec: Option<&DispatchRecord>) -> Opt
     let int_of = |k: &str| data.get(k).and_then(|v| v.as_i64()).map(|v| v as i32);
     let dispatch_id = str_of("dispatch_id").filter(|d| crate::task::dispatches::is_valid_id(d));
     let at = ev.time().unwrap_or_else(chrono::Utc::now);
-    let kind_from_type = match ev.event_type.as_str() {
-        "dispatch_timeout" => Some(FailureKind::Timeout),
-        "dispatch_lost" => Some(FailureKind::Lost),
-        "zombie_detected" => Some(FailureKind::Zombie),
-        "circuit_breaker_tripped" => Some(FailureKind::CircuitBreakerTripped),
-        "max_retries_exceeded" => Some(FailureKind::MaxRetriesExceeded),
+    let kind_from_type = match ev.event_type {
+        EventKind::DispatchTimeout => Some(FailureKind::Timeout),
+        EventKind::DispatchLost => Some(FailureKind::Lost),
+        EventKind::ZombieDetected => Some(FailureKind::Zombie),
+        EventKind::CircuitBreakerTripped => Some(FailureKind::CircuitBreakerTripped),
+        EventKind::MaxRetriesExceeded => Some(FailureKind::MaxRetriesExceeded),
         _ => None,
     };
     // Escalations are facts of their own, not of one dispatch: count each event.

@@ -38,11 +38,11 @@ impl PatternSeverity {
     }
 
     /// The event severity a `failure_pattern_detected` event of this pattern carries.
-    pub fn event_severity(self) -> crate::events::Severity {
+    pub fn event_severity(self) -> crate::store::events::Severity {
         match self {
-            PatternSeverity::Low | PatternSeverity::Medium => crate::events::Severity::Warning,
-            PatternSeverity::High => crate::events::Severity::Error,
-            PatternSeverity::Critical => crate::events::Severity::Critical,
+            PatternSeverity::Low | PatternSeverity::Medium => crate::store::events::Severity::Warning,
+            PatternSeverity::High => crate::store::events::Severity::Error,
+            PatternSeverity::Critical => crate::store::events::Severity::Critical,
         }
     }
 }

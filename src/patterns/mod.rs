@@ -17,10 +17,10 @@ pub mod sources;
 use crate::clock::{Clock, SystemClock, format_ts};
 use crate::config::FailurePatternConfig;
 use crate::daemon::{DaemonContext, Wake};
-use crate::error::{Error, Result};
-use crate::events::Severity;
+use crate::error::Result;
 use crate::home::SpecBucket;
 use crate::scheduler::{self, Actor};
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Store, atomic};
 use crate::task::dispatches;
 use detect::{DetectorState, PatternChange, Thresholds};
@@ -117,7 +117,7 @@ impl FailurePatterns {
             }
         }
         for ev in sources::read_new_events(&home, &mut self.state.events)? {
-            if !classify::FAILURE_EVENT_TYPES.contains(&ev.event_type.as_str()) {
+            if !classify::is_failure_event(&ev.event_type) {
                 continue;
             }
             let spec = ev
@@ -162,7 +162,7 @@ impl FailurePatterns {
         if let Some(dir) = path.parent() {
             atomic::create_dir_all(dir)?;
         }
-        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| Error::other(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&self.state)?;
         atomic::write_atomic(&path, &bytes)
     }
 
@@ -195,7 +195,7 @@ impl FailurePatterns {
             ),
         };
         let _ = self.store.emit(
-            "failure_pattern_detected",
+            EventKind::FailurePatternDetected,
             r.severity.event_severity(),
             message,
             serde_json::json!({
@@ -234,7 +234,7 @@ impl FailurePatterns {
             self.state.storm_active = true;
             report.storm_paused = t.changed;
             let _ = self.store.emit(
-                "failure_storm_detected",
+                EventKind::FailureStormDetected,
                 Severity::Critical,
                 format!(
                     "{reason}; {}. Investigate, then `cortex resume`",
@@ -245,7 +245,7 @@ impl FailurePatterns {
         } else if n <= limit && self.state.storm_active {
             self.state.storm_active = false;
             let _ = self.store.emit(
-                "failure_storm_subsided",
+                EventKind::FailureStormSubsided,
                 Severity::Info,
                 format!("failure rate back to {n} in the last {minutes} minutes (limit {limit}); the scheduler stays as it is"),
                 serde_json::json!({"failures": n, "minutes": minutes, "limit": limit}),

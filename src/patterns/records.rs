@@ -74,7 +74,7 @@ pub fn upsert(store: &Store, _guard: &LockGuard, file: &mut PatternFile, changed
     let mut bytes = Vec::new();
     for id in &file.order {
         if let Some(r) = file.records.get(id) {
-            let line = serde_json::to_vec(r).map_err(|e| crate::Error::other(format!("cannot encode pattern: {e}")))?;
+            let line = serde_json::to_vec(r).map_err(|e| crate::Error::encode("pattern", e))?;
             bytes.extend_from_slice(&line);
             bytes.push(b'\n');
         }

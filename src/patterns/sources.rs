@@ -5,8 +5,8 @@
 
 use super::detect::EventCursor;
 use crate::error::{Error, Result};
-use crate::events::Event;
 use crate::home::Home;
+use crate::store::events::Event;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -79,11 +79,18 @@ pub fn file_id(path: &Path) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Severity;
+    use crate::store::events::{EventKind, Severity};
 
     fn emit(home: &Home, n: u32) {
-        crate::events::emit(home, "dispatch_lost", Severity::Error, "t", format!("{n}"), serde_json::json!({"n": n}))
-            .unwrap();
+        crate::store::events::emit(
+            home,
+            EventKind::DispatchLost,
+            Severity::Error,
+            "t",
+            format!("{n}"),
+            serde_json::json!({"n": n}),
+        )
+        .unwrap();
     }
 
     fn ns(events: &[Event]) -> Vec<u64> {

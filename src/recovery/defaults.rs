@@ -4,8 +4,8 @@
 //! kept beside it as `<file>.before-defaults-<time>`.
 
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{self, CoordFile};
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Store, atomic};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -70,7 +70,7 @@ pub fn restore_defaults(store: &Store, only: Option<&str>) -> Result<Vec<Restore
             }
             atomic::write_atomic(&path, default)?;
             let _ = store.emit(
-                "config_defaults_restored",
+                EventKind::ConfigDefaultsRestored,
                 Severity::Warning,
                 format!(
                     "coordination/{} reset to its default{}",

@@ -17,9 +17,9 @@
 //! Every change happens under the file's lock and is recorded as a `file_repaired` event.
 
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{self, CoordFile, FileKind};
 use crate::home::SpecBucket;
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Store, atomic, jsonl};
 use crate::task::dispatch_record;
 use crate::task::model::{DispatchRecord, Task};
@@ -92,7 +92,7 @@ pub fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
     if !dry_run {
         for a in report.actions.iter().filter(|a| a.fixed) {
             let _ = store.emit(
-                "file_repaired",
+                EventKind::FileRepaired,
                 Severity::Warning,
                 format!("{}: {}", a.file, a.action),
                 json!({"file": a.file, "action": a.action}),
@@ -418,8 +418,9 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
     let _guard = if dry_run { None } else { Some(store.lock(files::TOKEN_BUDGET)?) };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
     let default: crate::task::model::TokenBudget =
-        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?)
-            .map_err(|e| Error::other(e.to_string()))?;
+        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?).map_err(|e| {
+            Error::other(format!("the built-in default of {} does not decode: {e}", files::TOKEN_BUDGET.rel))
+        })?;
     let mut budget = default.clone();
     budget.total = salvage_number(&bytes, "total").unwrap_or(default.total);
     budget.used = salvage_number(&bytes, "used").unwrap_or(0);
@@ -438,7 +439,7 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
     );
     if !dry_run {
         atomic::write_atomic(&corrupt, &bytes)?;
-        let value = serde_json::to_value(&budget).map_err(|e| Error::other(e.to_string()))?;
+        let value = serde_json::to_value(&budget)?;
         crate::store::write_value_checked(path, &value, Some(files::TOKEN_BUDGET.schema))?;
     }
     report.push(rel(store, path), msg, true);

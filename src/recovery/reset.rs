@@ -8,9 +8,9 @@ use crate::backup::ArchiveKind;
 use crate::backup::create::{self, BackupOptions};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files;
 use crate::home::SpecBucket;
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Store, atomic};
 use crate::task::model::{DispatchState, TokenBudget};
 use serde::Serialize;
@@ -45,7 +45,7 @@ pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
     let home = store.home().clone();
     let lock = create::lock_backups(store)?;
     let stopped = crate::recovery::daemons::stop_all(&home, config)?;
-    let result = (|| {
+    let result = (|| -> Result<ResetReport> {
         let pre = create::create_locked(store, config, &BackupOptions::new(ArchiveKind::PreReset), &lock)?;
         let guards = crate::backup::lock_all(store)?;
         let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
@@ -95,8 +95,10 @@ pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
                 atomic::write_atomic(&p, b"")?;
             }
         }
-        let default: TokenBudget = serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?)
-            .map_err(|e| Error::other(e.to_string()))?;
+        let default: TokenBudget =
+            serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?).map_err(|e| {
+                Error::other(format!("the built-in default of {} does not decode: {e}", files::TOKEN_BUDGET.rel))
+            })?;
         let total = std::fs::read(store.path(files::TOKEN_BUDGET))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -106,7 +108,7 @@ pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
         crate::store::write_value_checked(&store.path(files::TOKEN_BUDGET), &budget, Some(files::TOKEN_BUDGET.schema))?;
         drop(guards);
         let _ = store.emit(
-            "system_reset",
+            EventKind::SystemReset,
             Severity::Critical,
             format!(
                 "Complete reset: {tasks_cleared} task(s) and {specs_cleared} active/zombie spec(s) cleared, budget reset to {total}; previous state in {}",

@@ -7,10 +7,10 @@
 
 use crate::clock::{Clock, Timestamp, parse_ts};
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::home::SpecBucket;
 use crate::procfs::is_alive;
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use crate::task::dispatch_record::{self, cancel_request_path};
 use crate::task::model::{DispatchRecord, DispatchState};
 use serde::Serialize;
@@ -115,7 +115,7 @@ pub fn recover_stale(
         dispatch_record::end_in(home, &ended, SpecBucket::Failed)?;
         let _ = std::fs::remove_file(cancel_request_path(home, &rec.dispatch_id));
         let _ = store.emit(
-            "dispatch_lost",
+            EventKind::DispatchLost,
             Severity::Warning,
             format!("Dispatch {} of task {} marked lost: {reason}", rec.dispatch_id, rec.task_id),
             json!({"dispatch_id": rec.dispatch_id, "task_id": rec.task_id, "reason": reason, "by": "recover-stale"}),

@@ -8,9 +8,9 @@ use super::model::{MisfirePolicy, Schedule, ScheduleState, Schedules, TaskTempla
 use crate::clock::{Clock, Timestamp, format_ts, parse_ts};
 use crate::config::Config;
 use crate::error::Result;
-use crate::events::Severity;
 use crate::files;
 use crate::scheduler::SchedulerState;
+use crate::store::events::{EventKind, Severity};
 use crate::store::{Document, Store};
 use crate::task::{Task, TaskQueue, TaskState, TaskStatus};
 use chrono_tz::Tz;
@@ -115,7 +115,7 @@ pub fn schedule_expr(s: &Schedule, config_tz: &str) -> std::result::Result<Expr,
 }
 
 struct Pending {
-    event_type: &'static str,
+    event_type: EventKind,
     severity: Severity,
     message: String,
     data: Value,
@@ -136,7 +136,7 @@ struct Pass {
 }
 
 impl Pass {
-    fn event(&mut self, event_type: &'static str, severity: Severity, message: String, data: Value) {
+    fn event(&mut self, event_type: EventKind, severity: Severity, message: String, data: Value) {
         self.events.push(Pending { event_type, severity, message, data });
     }
 }
@@ -251,7 +251,7 @@ fn fire_schedule(s: &mut Schedule, pass: &mut Pass, enqueue: &mut dyn FnMut(Sche
             s.updated_at = Some(now);
             pass.changed = true;
             pass.event(
-                "schedule_invalid",
+                EventKind::ScheduleInvalid,
                 Severity::Error,
                 format!("Schedule {} ({}) is invalid and was paused: {problem}", s.name, s.schedule_id),
                 json!({"schedule_id": s.schedule_id, "name": s.name, "problem": problem}),
@@ -289,9 +289,9 @@ fn fire_schedule(s: &mut Schedule, pass: &mut Pass, enqueue: &mut dyn FnMut(Sche
     let dropped = due.total - to_fire.len() as u64;
     if missed > 0 && dropped > 0 {
         let (event_type, what) = match policy {
-            MisfirePolicy::RunAll => ("schedule_misfire_capped", "beyond the run_all cap"),
-            MisfirePolicy::RunOnce => ("schedule_misfire_skipped", "coalesced into one run (run_once)"),
-            MisfirePolicy::Skip => ("schedule_misfire_skipped", "skipped (misfire policy skip)"),
+            MisfirePolicy::RunAll => (EventKind::ScheduleMisfireCapped, "beyond the run_all cap"),
+            MisfirePolicy::RunOnce => (EventKind::ScheduleMisfireSkipped, "coalesced into one run (run_once)"),
+            MisfirePolicy::Skip => (EventKind::ScheduleMisfireSkipped, "skipped (misfire policy skip)"),
         };
         let count = if due.exact { dropped.to_string() } else { format!("about {dropped}") };
         pass.event(
@@ -344,7 +344,7 @@ fn push_limited(s: &Schedule, pass: &mut Pass, limited: &[String]) {
     }
     let running = pass.running.get(&s.schedule_id).copied().unwrap_or(0);
     pass.event(
-        "schedule_skipped_max_instances",
+        EventKind::ScheduleSkippedMaxInstances,
         Severity::Warning,
         format!(
             "Schedule {} ({}): {} run(s) skipped, {running} earlier run(s) still queued or running (max_instances {})",
@@ -367,7 +367,7 @@ fn record_fired(s: &mut Schedule, pass: &mut Pass, run: &ScheduledRun) {
     pass.present.insert(run.task_id.clone());
     pass.changed = true;
     pass.event(
-        "schedule_fired",
+        EventKind::ScheduleFired,
         Severity::Info,
         format!(
             "Schedule {} ({}) enqueued task {} for {slot} ({})",

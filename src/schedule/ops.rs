@@ -8,9 +8,9 @@ use super::model::{MisfirePolicy, RunRequest, Schedule, ScheduleState, Schedules
 use crate::clock::{Clock, format_ts};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::scheduler::{Actor, SchedulerState};
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use serde::Serialize;
 use serde_json::json;
 
@@ -137,7 +137,7 @@ pub fn add(store: &Store, clock: &dyn Clock, new: NewSchedule, actor: &Actor) ->
         Ok(schedule)
     })?;
     let _ = store.emit(
-        "schedule_added",
+        EventKind::ScheduleAdded,
         Severity::Info,
         format!(
             "Schedule {} ({}) added by {}: {}, next run {}",
@@ -233,7 +233,7 @@ pub fn pause(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor, reason: 
     })?;
     if changed {
         let _ = store.emit(
-            "schedule_paused",
+            EventKind::SchedulePaused,
             Severity::Info,
             format!(
                 "Schedule {} ({}) paused by {} from {}{}",
@@ -274,7 +274,7 @@ pub fn resume(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor) -> Resu
     })?;
     if changed {
         let _ = store.emit(
-            "schedule_resumed",
+            EventKind::ScheduleResumed,
             Severity::Info,
             format!(
                 "Schedule {} ({}) resumed by {} from {}, next run {}",
@@ -309,7 +309,7 @@ pub fn remove(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor) -> Resu
     })?;
     if changed {
         let _ = store.emit(
-            "schedule_removed",
+            EventKind::ScheduleRemoved,
             Severity::Info,
             format!("Schedule {} ({}) removed (archived) by {} from {}", s.name, s.schedule_id, actor.who, actor.from),
             json!({"schedule_id": s.schedule_id, "name": s.name, "removed_by": actor.who, "from": actor.from,
@@ -347,7 +347,7 @@ pub fn request_run(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor) ->
     })?;
     let req = s.pending_runs.last().cloned().ok_or_else(|| Error::other("run request was not recorded"))?;
     let _ = store.emit(
-        "schedule_run_requested",
+        EventKind::ScheduleRunRequested,
         Severity::Info,
         format!(
             "Run of schedule {} ({}) requested by {} from {} as task {}",

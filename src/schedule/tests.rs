@@ -76,8 +76,8 @@ impl Fixture {
         self.store.load::<Schedules>().unwrap().find(id).cloned().unwrap()
     }
 
-    fn events_of(&self, event_type: &str) -> Vec<crate::events::Event> {
-        crate::events::read_all(self.store.home())
+    fn events_of(&self, event_type: &str) -> Vec<crate::store::events::Event> {
+        crate::store::events::read_all(self.store.home())
             .unwrap()
             .records
             .into_iter()

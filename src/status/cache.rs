@@ -12,11 +12,11 @@
 use crate::clock::{Timestamp, parse_ts};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::events::acks::{AckFollower, AckSet};
-use crate::events::{Event, Severity};
 use crate::home::{Home, SpecBucket};
 use crate::scheduler::SchedulerState;
 use crate::store::Store;
+use crate::store::events::acks::{AckFollower, AckSet};
+use crate::store::events::{Event, Severity};
 use crate::store::identity::FileIdentity;
 use crate::task::dispatches::read_spec;
 use crate::task::{DispatchRecord, TaskQueue, TaskStatus, TokenBudget};

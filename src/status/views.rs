@@ -9,11 +9,11 @@ use crate::config::Config;
 use crate::daemon::read_mark;
 use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
-use crate::events::acks::AckSet;
-use crate::events::{Event, Severity};
 use crate::home::{Home, SpecBucket};
 use crate::pidfile::{PidStatus, status_quick as pid_status};
 use crate::scheduler::SchedulerState;
+use crate::store::events::acks::AckSet;
+use crate::store::events::{Event, Severity};
 use crate::task::{DispatchState, DispatchStatus, TaskStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -286,7 +286,7 @@ impl HealthEvent {
         let field = |k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_string);
         HealthEvent {
             id: e.id.clone(),
-            event_type: e.event_type.clone(),
+            event_type: e.event_type.to_string(),
             class: e.severity.as_str(),
             message: e.message.clone(),
             created_at: e.time().map(format_ts).unwrap_or_else(|| e.timestamp.clone()),
@@ -417,13 +417,10 @@ pub fn wait_no_active(reader: &StatusReader, timeout: Duration) -> Result<usize>
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
         let _ = tx.send(());
-    })
-    .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+    })?;
     let dir = reader.home().worker_specs(SpecBucket::Active);
     crate::store::atomic::create_dir_all(&dir)?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| Error::other(format!("cannot watch {}: {e}", dir.display())))?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| Error::watch(dir, e))?;
     let deadline = Instant::now() + timeout;
     loop {
         // Every spec still in active/: one whose final state is written but not yet moved is

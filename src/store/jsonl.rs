@@ -10,8 +10,7 @@ use std::path::Path;
 
 /// Appends one value as one line. The line is built in memory and written with one `write`.
 pub fn append<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut line = serde_json::to_vec(value)
-        .map_err(|e| Error::other(format!("cannot encode a line for {}: {e}", path.display())))?;
+    let mut line = serde_json::to_vec(value).map_err(|e| Error::encode(format!("a line for {}", path.display()), e))?;
     line.push(b'\n');
     append_raw(path, &line)
 }

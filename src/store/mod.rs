@@ -4,11 +4,13 @@
 //! - [`lock`]: flock on dedicated lock files with a deadline (invariant 2).
 //! - [`lock_name`]: every lock by name, in the one lock order (invariant 3).
 //! - [`jsonl`]: single-`write` appends and tolerant readers (invariant 4).
+//! - [`events`]: the event log and its acknowledgements, built on [`jsonl`].
 //! - [`identity`]: a file's identity by `stat`, and the racily-clean guard for skipping reads.
 //! - this module: typed documents ([`Document`]) loaded and schema-checked, read-modify-write
 //!   under the file's lock (invariant 3), and quarantine of bad files (invariant 7).
 
 pub mod atomic;
+pub mod events;
 pub mod holders;
 pub mod identity;
 pub mod inventory;
@@ -19,9 +21,9 @@ pub mod open;
 pub mod outage;
 
 use crate::error::{Error, Result};
-use crate::events::{Event, Severity};
 use crate::files::{CoordFile, FileKind};
 use crate::home::Home;
+use crate::store::events::{Event, EventKind, Severity};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -228,8 +230,7 @@ impl Store {
         if let Some(bytes) = doc.encode_checked(&path) {
             return bytes;
         }
-        let value =
-            serde_json::to_value(doc).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
+        let value = serde_json::to_value(doc).map_err(|e| Error::encode(path.display().to_string(), e))?;
         encode_checked(&path, &value, Some(D::FILE.schema))
     }
 
@@ -254,7 +255,7 @@ impl Store {
         atomic::create_dir_all(&dir).ok()?;
         atomic::write_atomic(&dest, bytes).ok()?;
         let event = Event::new(
-            "file_quarantined",
+            EventKind::FileQuarantined,
             Severity::Error,
             &self.source,
             format!(
@@ -270,19 +271,25 @@ impl Store {
             "expected": expected,
             "quarantine_path": self.home.relative(&dest),
         }));
-        let _ = crate::events::append(&self.home, &event);
+        let _ = crate::store::events::append(&self.home, &event);
         Some(dest)
     }
 
     /// Records an event in `dashboard-events.jsonl` with this store's source.
-    pub fn emit(&self, event_type: &str, severity: Severity, message: impl Into<String>, data: Value) -> Result<Event> {
+    pub fn emit(
+        &self,
+        event_type: EventKind,
+        severity: Severity,
+        message: impl Into<String>,
+        data: Value,
+    ) -> Result<Event> {
         let event = self.event(event_type, severity, message, data);
-        crate::events::append(&self.home, &event)?;
+        crate::store::events::append(&self.home, &event)?;
         Ok(event)
     }
 
-    /// An event from this store's source, not yet recorded (see [`crate::events::append_many`]).
-    pub fn event(&self, event_type: &str, severity: Severity, message: impl Into<String>, data: Value) -> Event {
+    /// An event from this store's source, not yet recorded (see [`crate::store::events::append_many`]).
+    pub fn event(&self, event_type: EventKind, severity: Severity, message: impl Into<String>, data: Value) -> Event {
         Event::new(event_type, severity, &self.source, message).with_data(data)
     }
 }
@@ -305,8 +312,7 @@ pub fn encode_checked(path: &Path, value: &Value, schema: Option<&str>) -> Resul
             quarantined: None,
         });
     }
-    let mut bytes =
-        serde_json::to_vec_pretty(value).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::encode(path.display().to_string(), e))?;
     bytes.push(b'\n');
     Ok(bytes)
 }

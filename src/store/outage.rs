@@ -2,7 +2,7 @@
 //! would report such a failure usually cannot be written either, so the failures are counted
 //! here and, at the first moment a write succeeds again, the process records one `error` event
 //! `storage_write_failed` saying how many writes failed, when, why and on which file
-//! ([`crate::events::record_outage`]; daemons call it after each heartbeat mark they write).
+//! ([`crate::store::events::record_outage`]; daemons call it after each heartbeat mark they write).
 
 use crate::error::Error;
 use std::sync::Mutex;

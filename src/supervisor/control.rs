@@ -6,9 +6,9 @@ use super::registry;
 use crate::config::Config;
 use crate::daemon_name::Daemon;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
+use crate::store::events::{EventKind, Severity};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -110,9 +110,9 @@ pub fn start_one(home: &Home, config: &Config, daemon: &str) -> StartResult {
         Err(not_ready) => {
             process::terminate_child(&mut child, stop_timeout(config));
             let msg = format!("{daemon} {not_ready}");
-            let _ = crate::events::emit(
+            let _ = crate::store::events::emit(
                 home,
-                "daemon_start_failed",
+                EventKind::DaemonStartFailed,
                 Severity::Error,
                 "cortex",
                 format!("{msg}; see {}", home.daemon_log(daemon).display()),
@@ -211,9 +211,9 @@ fn stop_inner(
             process::remove_leftovers(home, daemon);
             drop(pid_lock);
             if how == Stopped::KilledAfterTimeout {
-                let _ = crate::events::emit(
+                let _ = crate::store::events::emit(
                     home,
-                    "daemon_killed",
+                    EventKind::DaemonKilled,
                     Severity::Warning,
                     "cortex",
                     format!(

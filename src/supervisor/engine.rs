@@ -11,10 +11,10 @@ use crate::clock::format_ts;
 use crate::config::Config;
 use crate::daemon::{Wake, read_mark};
 use crate::daemon_name::Daemon;
-use crate::events::Severity;
 use crate::home::Home;
 use crate::pidfile::{self, PidStatus};
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use std::process::{Child, ExitStatus};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -287,7 +287,7 @@ impl Engine {
             Decision::GiveUp { .. } => None,
         };
         let _ = self.store.emit(
-            "daemon_exited",
+            EventKind::DaemonExited,
             Severity::Warning,
             format!("{name} (PID {pid}) went down: {}", cause.text),
             serde_json::json!({"daemon": name, "pid": cause.old_pid, "cause": cause.text,
@@ -313,7 +313,7 @@ impl Engine {
                 );
                 tracing::error!("{msg}");
                 let _ = self.store.emit(
-                    "daemon_failed",
+                    EventKind::DaemonFailed,
                     Severity::Critical,
                     msg,
                     serde_json::json!({"daemon": name, "restarts": restarts, "cause": cause.text,
@@ -394,7 +394,7 @@ impl Engine {
                 );
                 tracing::info!("{msg}");
                 let _ = self.store.emit(
-                    "daemon_restarted",
+                    EventKind::DaemonRestarted,
                     Severity::Warning,
                     msg,
                     serde_json::json!({"daemon": name, "pid": pid, "old_pid": cause.old_pid, "cause": cause.text,

@@ -62,11 +62,9 @@ pub fn run(home: &Home) -> Result<u8> {
             {
                 let _ = tx.send(Wake::Changed(run_dir.clone()));
             }
-        })
-        .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+        })?;
         crate::store::atomic::create_dir_all(&home.run_dir())?;
-        w.watch(&home.run_dir(), notify::RecursiveMode::NonRecursive)
-            .map_err(|e| Error::other(format!("cannot watch {}: {e}", home.run_dir().display())))?;
+        w.watch(&home.run_dir(), notify::RecursiveMode::NonRecursive).map_err(|e| Error::watch(home.run_dir(), e))?;
         w
     };
     // Running `cortex run` asks for everything to be up: earlier `cortex stop` intents are void.

@@ -79,7 +79,7 @@ pub struct StopIntent {
 pub fn set_stop_intent(home: &Home, daemon: &str, reason: &str) -> Result<()> {
     let intent =
         StopIntent { stopped_at: now_string(), stopped_by: crate::scheduler::local_user(), reason: reason.to_string() };
-    let bytes = serde_json::to_vec(&intent).map_err(|e| Error::other(e.to_string()))?;
+    let bytes = serde_json::to_vec(&intent)?;
     crate::store::atomic::write_atomic(&home.stop_intent(daemon), &bytes)
 }
 
@@ -109,7 +109,7 @@ pub fn record_stop_asked(home: &Home, daemon: &str, pid: u32) -> Result<()> {
     stops.push(serde_json::json!({"pid": pid, "asked_at": now_string()}));
     let excess = stops.len().saturating_sub(STOPS_REMEMBERED);
     stops.drain(..excess);
-    let bytes = serde_json::to_vec(&serde_json::json!({"stops": stops})).map_err(|e| Error::other(e.to_string()))?;
+    let bytes = serde_json::to_vec(&serde_json::json!({"stops": stops}))?;
     crate::store::atomic::write_atomic(&home.stop_asked(daemon), &bytes)
 }
 
@@ -190,7 +190,7 @@ pub fn update_state(home: &Home, change: impl FnOnce(&mut SupervisorState)) -> R
     let mut state = read_state(home);
     change(&mut state);
     state.updated_at = Some(now_string());
-    let mut bytes = serde_json::to_vec_pretty(&state).map_err(|e| Error::other(e.to_string()))?;
+    let mut bytes = serde_json::to_vec_pretty(&state)?;
     bytes.push(b'\n');
     crate::store::atomic::write_atomic(&home.supervisor_state(), &bytes)
 }

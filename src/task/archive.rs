@@ -21,7 +21,7 @@ pub fn append_unsynced(store: &Store, tasks: &[&Task]) -> Result<Option<std::fs:
     let path = store.path(TASK_ARCHIVE);
     let mut buf = Vec::with_capacity(tasks.len() * 600);
     for t in tasks {
-        serde_json::to_writer(&mut buf, t).map_err(|e| Error::other(format!("cannot encode task: {e}")))?;
+        serde_json::to_writer(&mut buf, t).map_err(|e| Error::encode("task", e))?;
         buf.push(b'\n');
     }
     // Through the JSONL appender: a line a full disk cut short is closed first, so the first

@@ -61,7 +61,7 @@ pub fn read_spec(store: &Store, path: &Path) -> Result<Option<DispatchRecord>> {
 /// violation refuses the write, naming the file and the field), pretty-printed.
 pub fn encode(path: &Path, rec: &DispatchRecord) -> Result<Vec<u8>> {
     let v = serde_json::to_value(rec)
-        .map_err(|e| Error::other(format!("cannot encode dispatch {} ({}): {e}", rec.dispatch_id, path.display())))?;
+        .map_err(|e| Error::encode(format!("dispatch {} ({})", rec.dispatch_id, path.display()), e))?;
     crate::store::encode_checked(path, &v, Some(DISPATCH_SCHEMA))
 }
 
@@ -104,14 +104,42 @@ pub fn end_in(home: &Home, rec: &DispatchRecord, to: SpecBucket) -> Result<()> {
     move_durable(home, &rec.dispatch_id, SpecBucket::Active, to)
 }
 
-/// A change to one active record, applied by [`update_active_locked`].
-pub type Change = Box<dyn FnOnce(&mut DispatchRecord) -> Result<()>>;
+/// A change to one active record, applied by [`update_active_locked`]; it returns
+/// [`NotWritten::MovedOn`] when the record is not in the state the change expects.
+pub type Change = Box<dyn FnOnce(&mut DispatchRecord) -> Result<(), NotWritten>>;
+
+/// Why [`update_active_locked`] did not write a change: the caller's next step differs (give up
+/// on it, or keep it and try again), so this is a type of its own, not an [`Error`] variant.
+#[derive(Debug)]
+pub enum NotWritten {
+    /// The record is no longer the caller's to change: it left `active/` (the heartbeat daemon
+    /// claimed it as a zombie) or is not in the state the change expects. Final: its record
+    /// stands, and trying again cannot help. Says what was found.
+    MovedOn(String),
+    /// Reading, encoding or writing failed (a full disk, say): the change may succeed later.
+    Failed(Error),
+}
+
+impl From<Error> for NotWritten {
+    fn from(e: Error) -> Self {
+        NotWritten::Failed(e)
+    }
+}
+
+impl std::fmt::Display for NotWritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotWritten::MovedOn(why) => f.write_str(why),
+            NotWritten::Failed(e) => e.fmt(f),
+        }
+    }
+}
 
 /// What [`update_active_locked`] did: one result per change, in order (the record as written);
 /// the group commit (None when nothing was written), whose directories the caller fsyncs; and
 /// the ids whose record was created anew in its final bucket.
 pub struct Updated {
-    pub results: Vec<Result<DispatchRecord>>,
+    pub results: Vec<Result<DispatchRecord, NotWritten>>,
     pub published: Option<Published>,
     pub created: HashSet<String>,
 }
@@ -121,8 +149,8 @@ pub struct Updated {
 ///
 /// A dispatch whose record is in no bucket (removed by hand) gets the change applied to the
 /// record `known` gives for it, written in its final bucket (see [`final_bucket`]); any other
-/// dispatch with no active record gets `Error::Refused` (it moved on: the heartbeat daemon
-/// claimed it as a zombie).
+/// dispatch with no active record gets [`NotWritten::MovedOn`] (the heartbeat daemon claimed it
+/// as a zombie).
 pub fn update_active_locked(
     store: &Store,
     changes: Vec<(String, Change)>,
@@ -130,18 +158,19 @@ pub fn update_active_locked(
 ) -> Updated {
     let home = store.home();
     let mut batch = ReplaceBatch::new();
-    let mut results: Vec<Result<DispatchRecord>> = Vec::with_capacity(changes.len());
+    let mut results: Vec<Result<DispatchRecord, NotWritten>> = Vec::with_capacity(changes.len());
     let mut created = HashSet::new();
     for (id, change) in changes {
         let mut path = spec_path(home, SpecBucket::Active, &id);
         let staged = read_spec(store, &path)
+            .map_err(NotWritten::Failed)
             .and_then(|r| match (r, known(&id)) {
                 (Some(rec), _) => Ok(rec),
                 (None, Some(known)) if !exists_anywhere(home, &id) => {
                     created.insert(id.clone());
                     Ok(known)
                 }
-                _ => Err(Error::refused(format!("dispatch {id} has no active spec"))),
+                _ => Err(NotWritten::MovedOn(format!("dispatch {id} has no active spec"))),
             })
             .and_then(|mut rec| {
                 change(&mut rec)?;
@@ -162,7 +191,7 @@ pub fn update_active_locked(
     if let Some(e) = published.error() {
         let msg = e.to_string();
         for r in results.iter_mut().filter(|r| r.is_ok()) {
-            *r = Err(Error::other(msg.clone()));
+            *r = Err(NotWritten::Failed(Error::other(msg.clone())));
         }
     }
     Updated { results, published: Some(published), created }
@@ -278,7 +307,7 @@ mod tests {
         let dirs = updated.published.expect("written").into_dirs();
         atomic::fsync_dirs(&dirs).unwrap();
         assert!(updated.results[0].is_ok() && updated.results[1].is_ok());
-        assert!(matches!(updated.results[2], Err(Error::Refused(_))), "{:?}", updated.results[2]);
+        assert!(matches!(updated.results[2], Err(NotWritten::MovedOn(_))), "{:?}", updated.results[2]);
         assert_eq!(updated.created, HashSet::from(["gone".to_string()]));
         assert_eq!(read_spec(&store, &spec_path(home, SpecBucket::Active, "live")).unwrap(), Some(ended("live")));
         assert_eq!(read_spec(&store, &spec_path(home, SpecBucket::Failed, "gone")).unwrap(), Some(ended("gone")));

@@ -106,14 +106,11 @@ pub fn wait_ended(store: &Store, dispatch_id: &str, timeout: Duration) -> Result
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
         let _ = tx.send(());
-    })
-    .map_err(|e| Error::other(format!("cannot start a file watcher: {e}")))?;
+    })?;
     for b in [SpecBucket::Active, SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie] {
         let dir = store.home().worker_specs(b);
         crate::store::atomic::create_dir_all(&dir)?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| Error::other(format!("cannot watch {}: {e}", dir.display())))?;
+        watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| Error::watch(dir, e))?;
     }
     let deadline = Instant::now() + timeout;
     let mut group = None;

@@ -21,6 +21,7 @@ use super::model::{Task, TaskQueue};
 use crate::error::{Error, Result};
 use crate::files::TASK_INTAKE;
 use crate::store::Store;
+use crate::store::events::EventKind;
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 
@@ -38,7 +39,7 @@ pub fn lock_shared(store: &Store) -> Result<SharedIntakeLock> {
 pub fn append(store: &Store, task: &Task) -> Result<()> {
     let path = store.path(TASK_INTAKE);
     let mut line = Vec::with_capacity(512);
-    serde_json::to_writer(&mut line, task).map_err(|e| Error::other(format!("cannot encode task: {e}")))?;
+    serde_json::to_writer(&mut line, task).map_err(|e| Error::encode("task", e))?;
     line.push(b'\n');
     let _lock = lock_shared(store)?;
     // One `write` (closing a line a full disk cut short first), never through a link, fdatasync.
@@ -196,8 +197,8 @@ pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> 
     let rotate = end > 0 && end == len && consumed == bytes.len();
     if bad_lines > 0 {
         let _ = store.emit(
-            "task_intake_bad_lines",
-            crate::events::Severity::Error,
+            EventKind::TaskIntakeBadLines,
+            crate::store::events::Severity::Error,
             format!(
                 "{bad_lines} line(s) of coordination/task-intake.jsonl are not valid tasks; copies are in coordination/quarantine/"
             ),

@@ -42,14 +42,72 @@ impl Priority {
     }
 }
 
+/// Why an eligible task is not dispatched yet (the `waiting_reason` of a queued or
+/// pending-retry task, which the coordinator sets and `cortex task list` shows). On disk the
+/// snake_case name; a name this version does not know reads back as `Other`, so a queue
+/// written by another version still loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitingReason {
+    /// `not_before` (a delayed task) is still in the future.
+    Delay,
+    /// Its prerequisite task (`after`) has not completed yet.
+    After,
+    /// The circuit breaker of its worker type is open.
+    CircuitBreaker,
+    /// The token budget cannot cover it yet.
+    Budget,
+    /// A reason written by another version.
+    Other(String),
+}
+
+impl WaitingReason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            WaitingReason::Delay => "delay",
+            WaitingReason::After => "after",
+            WaitingReason::CircuitBreaker => "circuit_breaker",
+            WaitingReason::Budget => "budget",
+            WaitingReason::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> WaitingReason {
+        match s {
+            "delay" => WaitingReason::Delay,
+            "after" => WaitingReason::After,
+            "circuit_breaker" => WaitingReason::CircuitBreaker,
+            "budget" => WaitingReason::Budget,
+            other => WaitingReason::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for WaitingReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for WaitingReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for WaitingReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(WaitingReason::parse(&String::deserialize(d)?))
+    }
+}
+
 /// Where a task is in its life, with the times that belong to that state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum TaskState {
     Queued {
-        /// Why an eligible task is not dispatched yet (`budget`, `after`, `delay`, `paused`).
+        /// Why an eligible task is not dispatched yet.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        waiting_reason: Option<String>,
+        waiting_reason: Option<WaitingReason>,
     },
     InProgress {
         started_at: String,
@@ -58,7 +116,7 @@ pub enum TaskState {
     PendingRetry {
         next_retry_at: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        waiting_reason: Option<String>,
+        waiting_reason: Option<WaitingReason>,
     },
     Completed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,23 +301,23 @@ impl Task {
     }
 
     /// Why a waiting task is not dispatched yet.
-    pub fn waiting_reason(&self) -> Option<&str> {
+    pub fn waiting_reason(&self) -> Option<&WaitingReason> {
         match &self.state {
             TaskState::Queued { waiting_reason } | TaskState::PendingRetry { waiting_reason, .. } => {
-                waiting_reason.as_deref()
+                waiting_reason.as_ref()
             }
             _ => None,
         }
     }
 
     /// Sets the waiting reason of a queued or pending task; returns true when it changed.
-    pub fn set_waiting_reason(&mut self, reason: Option<&str>) -> bool {
+    pub fn set_waiting_reason(&mut self, reason: Option<WaitingReason>) -> bool {
         match &mut self.state {
             TaskState::Queued { waiting_reason } | TaskState::PendingRetry { waiting_reason, .. } => {
-                if waiting_reason.as_deref() == reason {
+                if *waiting_reason == reason {
                     return false;
                 }
-                *waiting_reason = reason.map(str::to_string);
+                *waiting_reason = reason;
                 true
             }
             _ => false,
@@ -516,5 +574,20 @@ mod tests {
         assert!(crate::schema::check("task-queue", &q, 3).is_empty());
         let back: Task = serde_json::from_value(q["tasks"][0].clone()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn waiting_reasons_are_their_names_on_disk_and_unknown_ones_load() {
+        let mut t = Task::sample("t1");
+        assert!(t.set_waiting_reason(Some(WaitingReason::CircuitBreaker)));
+        assert!(!t.set_waiting_reason(Some(WaitingReason::CircuitBreaker)));
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["waiting_reason"], "circuit_breaker");
+        assert_eq!(serde_json::from_value::<Task>(v).unwrap(), t);
+        let mut v = serde_json::to_value(Task::sample("t2")).unwrap();
+        v["waiting_reason"] = "paused".into();
+        let back: Task = serde_json::from_value(v).unwrap();
+        assert_eq!(back.waiting_reason(), Some(&WaitingReason::Other("paused".into())));
+        assert_eq!(serde_json::to_value(&back).unwrap()["waiting_reason"], "paused");
     }
 }

@@ -6,7 +6,7 @@ use super::dispatches;
 use super::intake;
 use super::model::{
     DispatchRecord, DispatchStatus, Priority, RoutingInfo, Task, TaskQueue, TaskResult, TaskState, TaskStatus,
-    TokenBudget, new_id,
+    TokenBudget, WaitingReason, new_id,
 };
 use super::queue;
 use super::router::{DecisionRecord, RouterConfig, log_decision};
@@ -14,10 +14,10 @@ use super::worker_types::WorkerTypes;
 use crate::clock::{SystemClock, format_ts, now_string};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::files::{TASK_QUEUE, TOKEN_BUDGET};
 use crate::home::SpecBucket;
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -141,7 +141,7 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
         priority: new.priority.unwrap_or(Priority::Medium),
         worker_type: worker_type.clone(),
         command: new.command,
-        state: TaskState::Queued { waiting_reason: not_before.as_ref().map(|_| "delay".to_string()) },
+        state: TaskState::Queued { waiting_reason: not_before.as_ref().map(|_| WaitingReason::Delay) },
         created_at: format_ts(now),
         created_by: new.created_by.filter(|c| !c.is_empty()).unwrap_or_else(crate::scheduler::local_user),
         attempts: 0,
@@ -252,7 +252,7 @@ pub fn cancel_task(store: &Store, task_id: &str, actor: &str, wait: Duration) ->
     let dispatch_id = match step {
         CancelStep::Done(t) => {
             let _ = store.emit(
-                "task_cancelled",
+                EventKind::TaskCancelled,
                 Severity::Info,
                 format!("Task {task_id} cancelled by {actor}"),
                 serde_json::json!({"task_id": task_id, "cancelled_by": actor, "was_running": false}),
@@ -268,7 +268,7 @@ pub fn cancel_task(store: &Store, task_id: &str, actor: &str, wait: Duration) ->
         Err(e) => return Err(e),
     }
     let _ = store.emit(
-        "task_cancel_requested",
+        EventKind::TaskCancelRequested,
         Severity::Info,
         format!("Cancel of task {task_id} (dispatch {dispatch_id}) requested by {actor}"),
         serde_json::json!({"task_id": task_id, "dispatch_id": dispatch_id, "requested_by": actor}),
@@ -306,17 +306,21 @@ pub fn fold_records(store: &Store, records: &[DispatchRecord]) -> Result<Vec<que
 
 /// Records the event for a task's dispatch end.
 pub fn emit_ended(store: &Store, e: &queue::Ended) {
-    let _ = crate::events::append(store.home(), &ended_event(store, e));
+    let _ = crate::store::events::append(store.home(), &ended_event(store, e));
 }
 
 /// The event of a task's end (`task_completed`, `task_cancelled`, `task_retry_scheduled`,
 /// `task_failed`), not yet recorded.
-pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::events::Event {
+pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::store::events::Event {
     let (ty, sev, msg) = match &e.outcome {
-        queue::Outcome::Completed => ("task_completed", Severity::Info, format!("Task {} completed", e.task_id)),
-        queue::Outcome::Cancelled => ("task_cancelled", Severity::Info, format!("Task {} cancelled", e.task_id)),
+        queue::Outcome::Completed => {
+            (EventKind::TaskCompleted, Severity::Info, format!("Task {} completed", e.task_id))
+        }
+        queue::Outcome::Cancelled => {
+            (EventKind::TaskCancelled, Severity::Info, format!("Task {} cancelled", e.task_id))
+        }
         queue::Outcome::RetryAt(at) => (
-            "task_retry_scheduled",
+            EventKind::TaskRetryScheduled,
             Severity::Warning,
             format!(
                 "Task {} attempt {}/{} failed ({}); retry at {at}",
@@ -327,7 +331,7 @@ pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::events::Event {
             ),
         ),
         queue::Outcome::Failed => (
-            "task_failed",
+            EventKind::TaskFailed,
             Severity::Error,
             format!(
                 "Task {} failed after {} attempt(s): {}",
@@ -380,7 +384,7 @@ pub fn retry_task(store: &Store, task_id: &str, actor: &str) -> Result<Task> {
         Ok(t.clone())
     })?;
     let _ = store.emit(
-        "task_retry_requested",
+        EventKind::TaskRetryRequested,
         Severity::Info,
         format!("Task {task_id} queued for another attempt by {actor}"),
         serde_json::json!({"task_id": task_id, "requested_by": actor, "attempts": task.attempts, "max_attempts": task.max_attempts}),

@@ -42,8 +42,7 @@ pub fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTa
     let schema = files::TASK_QUEUE.schema;
     let envelope =
         TaskQueue { tasks: Vec::new(), updated_at: queue.updated_at.clone(), intake_offset: queue.intake_offset };
-    let envelope =
-        serde_json::to_value(&envelope).map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
+    let envelope = serde_json::to_value(&envelope).map_err(|e| Error::encode(path.display().to_string(), e))?;
     if let Some(v) = crate::schema::check(schema, &envelope, 1).into_iter().next() {
         return Err(refuse(path, v.pointer, &v.expected));
     }
@@ -53,11 +52,11 @@ pub fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTa
     out.extend_from_slice(b"{\n  \"tasks\": [");
     for (i, task) in queue.tasks.iter().enumerate() {
         let line = serde_json::to_vec(task)
-            .map_err(|e| Error::other(format!("cannot encode task {} of {}: {e}", task.task_id, path.display())))?;
+            .map_err(|e| Error::encode(format!("task {} of {}", task.task_id, path.display()), e))?;
         let h = hash(&line);
         if previous.and_then(|p| p.get(&task.task_id)) != Some(&h) {
             let value: serde_json::Value = serde_json::from_slice(&line)
-                .map_err(|e| Error::other(format!("cannot encode task {} of {}: {e}", task.task_id, path.display())))?;
+                .map_err(|e| Error::encode(format!("task {} of {}", task.task_id, path.display()), e))?;
             if let Some(v) = crate::schema::check_def(schema, "task", &value, 1).into_iter().next() {
                 return Err(refuse(path, format!("/tasks/{i}{}", v.pointer), &v.expected));
             }
@@ -73,7 +72,7 @@ pub fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTa
         for (key, value) in fields.iter().filter(|(k, _)| *k != "tasks") {
             out.extend_from_slice(b",\n  ");
             let field = serde_json::to_vec(key).and_then(|k| Ok((k, serde_json::to_vec(value)?)));
-            let (k, v) = field.map_err(|e| Error::other(format!("cannot encode {}: {e}", path.display())))?;
+            let (k, v) = field.map_err(|e| Error::encode(path.display().to_string(), e))?;
             out.extend_from_slice(&k);
             out.extend_from_slice(b": ");
             out.extend_from_slice(&v);

@@ -69,7 +69,7 @@ pub fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
 
 /// [`append`] waiting at most `timeout` for the lock.
 fn append_within(journal: &Path, lock: &Path, report: &ExitReport, timeout: Duration) -> Result<()> {
-    let mut line = serde_json::to_vec(report).map_err(|e| Error::other(format!("cannot encode exit report: {e}")))?;
+    let mut line = serde_json::to_vec(report).map_err(|e| Error::encode("exit report", e))?;
     line.push(b'\n');
     let _guard = lock_at(lock, LockName::DispatchExits, Mode::Shared, timeout)?;
     crate::store::jsonl::append_raw_durable(journal, &line)

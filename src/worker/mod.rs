@@ -34,9 +34,9 @@ use crate::clock::{format_ts, now_string, parse_ts};
 use crate::config::Config;
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::{Error, Result};
-use crate::events::Severity;
 use crate::home::{Home, SpecBucket};
 use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
 use crate::task::dispatch_record::{self, cancel_request_path, spec_path};
 use crate::task::dispatches;
 use crate::task::model::{DispatchRecord, DispatchState};
@@ -298,7 +298,7 @@ impl<E: Executor> Worker<E> {
         l.unrecorded = true;
         let (task, pid) = (l.task_id.clone(), l.pid);
         let _ = self.store.emit(
-            "dispatch_unrecorded",
+            EventKind::DispatchUnrecorded,
             Severity::Warning,
             format!(
                 "Dispatch {id} (task {task}, PID {pid}) runs without a record in worker-specs/active/ \
@@ -542,7 +542,11 @@ impl<E: Executor> Worker<E> {
 
     /// Gives each started dispatch whose `running` record was written its go-ahead and watches
     /// it; one whose record failed is let go without running its command.
-    fn let_run(&mut self, started: Vec<(DispatchRecord, executor::Launched)>, recorded: Vec<Result<DispatchRecord>>) {
+    fn let_run(
+        &mut self,
+        started: Vec<(DispatchRecord, executor::Launched)>,
+        recorded: Vec<Result<DispatchRecord, dispatch_record::NotWritten>>,
+    ) {
         for ((rec, mut launched), result) in started.into_iter().zip(recorded) {
             let id = rec.dispatch_id.clone();
             if let Err(e) = result {
@@ -672,7 +676,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let mut worker = Worker::new(ctx.store.clone(), ctx.config.clone(), LocalExecutor::new(), ctx.waker());
     worker.reconcile()?;
     let _ = ctx.store.emit(
-        "worker_ready",
+        EventKind::WorkerReady,
         Severity::Info,
         format!("Worker ready ({} dispatch(es) re-adopted)", worker.running()),
         serde_json::json!({"adopted": worker.running(), "at": format_ts(chrono::Utc::now())}),

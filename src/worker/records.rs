@@ -13,7 +13,7 @@ use crate::clock::now_string;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::store::LockName;
-use crate::task::dispatch_record::{self, Change, final_bucket};
+use crate::task::dispatch_record::{self, Change, NotWritten, final_bucket};
 use crate::task::model::{DispatchRecord, DispatchState, DispatchStatus};
 use nix::sys::signal::Signal;
 
@@ -43,7 +43,11 @@ pub(super) fn running_change(rec: &DispatchRecord, l: &executor::Launched, start
     };
     let change: Change = Box::new(move |r: &mut DispatchRecord| {
         if r.status() != DispatchStatus::Starting {
-            return Err(Error::refused(format!("dispatch {} is {}, not starting", r.dispatch_id, r.status().as_str())));
+            return Err(NotWritten::MovedOn(format!(
+                "dispatch {} is {}, not starting",
+                r.dispatch_id,
+                r.status().as_str()
+            )));
         }
         r.state = state;
         Ok(())
@@ -221,9 +225,13 @@ impl<E: Executor> Worker<E> {
                 let msg = e.to_string();
                 self.let_run(
                     started,
-                    changes.iter().skip(ends.len()).map(|_| Err(Error::other(msg.clone()))).collect(),
+                    changes
+                        .iter()
+                        .skip(ends.len())
+                        .map(|_| Err(NotWritten::Failed(Error::other(msg.clone()))))
+                        .collect(),
                 );
-                ends.iter().map(|_| Err(Error::other(msg.clone()))).collect()
+                ends.iter().map(|_| Err(NotWritten::Failed(Error::other(msg.clone())))).collect()
             }
         };
         if let Err(e) = crate::store::atomic::fsync_dirs(&dirs) {
@@ -233,8 +241,8 @@ impl<E: Executor> Worker<E> {
             match result {
                 Ok(_) => {}
                 // The heartbeat daemon claimed it as a zombie (moved it out of active/): its record stands.
-                Err(Error::Refused(e)) => tracing::info!("not recording the end of dispatch {id}: {e}"),
-                Err(e) => {
+                Err(NotWritten::MovedOn(why)) => tracing::info!("not recording the end of dispatch {id}: {why}"),
+                Err(NotWritten::Failed(e)) => {
                     if !self.unrecorded_ends.contains_key(&id) {
                         tracing::error!("cannot record the end of dispatch {id} (will retry): {e}");
                     }

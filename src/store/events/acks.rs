@@ -10,8 +10,8 @@
 
 use crate::clock::{Timestamp, parse_ts};
 use crate::error::{Error, Result};
-use crate::events::Event;
 use crate::files;
+use crate::store::events::{Event, EventKind};
 use crate::store::{Store, jsonl};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -179,7 +179,8 @@ pub fn acknowledge(
                 return Ok(unchanged(format!("Event {id} is already acknowledged")));
             }
             let ack = Ack { event_id: Some(id.clone()), up_to: None, at: at.clone(), by: by.to_string(), note };
-            let covered = if event.severity >= crate::events::Severity::Error { vec![id.clone()] } else { Vec::new() };
+            let covered =
+                if event.severity >= crate::store::events::Severity::Error { vec![id.clone()] } else { Vec::new() };
             (ack, covered, format!("Event {id} ({}, {})", event.event_type, event.severity.as_str()))
         }
         AckTarget::All => {
@@ -187,7 +188,7 @@ pub fn acknowledge(
             let covered: Vec<String> = reader
                 .recent_events(now, window)?
                 .into_iter()
-                .filter(|e| e.severity >= crate::events::Severity::Error && !acks.covers(e))
+                .filter(|e| e.severity >= crate::store::events::Severity::Error && !acks.covers(e))
                 .map(|e| e.id)
                 .collect();
             if covered.is_empty() {
@@ -200,8 +201,8 @@ pub fn acknowledge(
     append(store, &ack)?;
     let message = format!("{what} acknowledged by {by}");
     let audit = store.emit(
-        "event_acknowledged",
-        crate::events::Severity::Info,
+        EventKind::EventAcknowledged,
+        crate::store::events::Severity::Info,
         match &ack.note {
             Some(n) => format!("{message}: {n}"),
             None => message.clone(),
@@ -227,10 +228,10 @@ pub fn acknowledge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Severity;
+    use crate::store::events::Severity;
 
     fn ev(id: &str, ts: &str) -> Event {
-        let mut e = Event::new("x", Severity::Critical, "test", "m");
+        let mut e = Event::new(EventKind::parse("x"), Severity::Critical, "test", "m");
         e.id = id.into();
         e.timestamp = ts.into();
         e

@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod acks;
+pub mod kind;
+
+pub use kind::EventKind;
 
 /// How serious an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -54,7 +57,7 @@ pub struct Event {
     pub id: String,
     pub timestamp: String,
     #[serde(rename = "type")]
-    pub event_type: String,
+    pub event_type: EventKind,
     pub severity: Severity,
     pub source: String,
     pub message: String,
@@ -71,12 +74,12 @@ fn new_id(now: Timestamp) -> String {
 }
 
 impl Event {
-    pub fn new(event_type: &str, severity: Severity, source: &str, message: impl Into<String>) -> Self {
+    pub fn new(event_type: EventKind, severity: Severity, source: &str, message: impl Into<String>) -> Self {
         let now = chrono::Utc::now();
         Event {
             id: new_id(now),
             timestamp: format_ts(now),
-            event_type: event_type.to_string(),
+            event_type,
             severity,
             source: source.to_string(),
             message: message.into(),
@@ -119,7 +122,7 @@ pub fn append_many(home: &Home, events: &[Event]) -> Result<()> {
     let mut lines = Vec::with_capacity(events.len() * 400);
     for e in events {
         serde_json::to_writer(&mut lines, e)
-            .map_err(|err| crate::error::Error::other(format!("cannot encode event {}: {err}", e.event_type)))?;
+            .map_err(|err| crate::error::Error::encode(format!("event {}", e.event_type), err))?;
         lines.push(b'\n');
     }
     jsonl::append_raw(&home.events_file(), &lines)?;
@@ -133,7 +136,7 @@ pub fn append_many(home: &Home, events: &[Event]) -> Result<()> {
 pub fn record_outage(home: &Home, source: &str) {
     let Some(o) = crate::store::outage::take() else { return };
     let event = Event::new(
-        "storage_write_failed",
+        EventKind::StorageWriteFailed,
         Severity::Error,
         source,
         format!(
@@ -156,7 +159,7 @@ pub fn record_outage(home: &Home, source: &str) {
 /// Records an event; the short form for callers without a [`crate::store::Store`].
 pub fn emit(
     home: &Home,
-    event_type: &str,
+    event_type: EventKind,
     severity: Severity,
     source: &str,
     message: impl Into<String>,
