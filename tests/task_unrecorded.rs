@@ -90,6 +90,21 @@ fn remove_active_specs(h: &TestHome) {
     }
 }
 
+/// Worker and coordinator started and one hanging task added (with `extra` flags of `task add`):
+/// the daemons, the task id and its first dispatch id, once that attempt has started.
+fn first_attempt_running(h: &TestHome, marks: &Marks, extra: &[&str]) -> (Daemon, Daemon, String, String) {
+    let w = start(h, "worker");
+    let c = start(h, "coordinator");
+    let command = marks.task();
+    let mut args = vec!["--description", "hangs"];
+    args.extend_from_slice(extra);
+    args.extend(["--", "sh", "-c", command.as_str()]);
+    let id = add(h, &args);
+    wait_until(LONG, "first attempt started", || marks.starts() == 1);
+    let first = dispatches(&show(h, &id))[0].clone();
+    (w, c, id, first)
+}
+
 fn dispatches(t: &Value) -> Vec<String> {
     t["dispatches"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect()
 }
@@ -104,11 +119,7 @@ fn log_contains(h: &TestHome, daemon: &str, text: &str) -> bool {
 fn removing_the_active_specs_while_a_task_runs_stops_it_before_the_retry() {
     let h = fast_home();
     let marks = Marks::new(&h);
-    let _w = start(&h, "worker");
-    let _c = start(&h, "coordinator");
-    let id = add(&h, &["--description", "hangs", "--max-attempts", "2", "--", "sh", "-c", &marks.task()]);
-    wait_until(LONG, "first attempt started", || marks.starts() == 1);
-    let first = dispatches(&show(&h, &id))[0].clone();
+    let (_w, _c, id, first) = first_attempt_running(&h, &marks, &["--max-attempts", "2"]);
     remove_active_specs(&h);
     let t = wait_status(&h, &id, "completed");
     marks.assert_never_two_at_once();
@@ -128,11 +139,7 @@ fn removing_the_active_specs_while_a_task_runs_stops_it_before_the_retry() {
 fn moving_a_running_spec_to_failed_by_hand_never_runs_the_task_twice() {
     let h = fast_home();
     let marks = Marks::new(&h);
-    let _w = start(&h, "worker");
-    let _c = start(&h, "coordinator");
-    let id = add(&h, &["--description", "hangs", "--max-attempts", "2", "--", "sh", "-c", &marks.task()]);
-    wait_until(LONG, "first attempt started", || marks.starts() == 1);
-    let first = dispatches(&show(&h, &id))[0].clone();
+    let (_w, _c, id, first) = first_attempt_running(&h, &marks, &["--max-attempts", "2"]);
     let specs = h.join("coordination/worker-specs");
     std::fs::create_dir_all(specs.join("failed")).unwrap();
     std::fs::rename(specs.join(format!("active/{first}.json")), specs.join(format!("failed/{first}.json"))).unwrap();
@@ -239,11 +246,7 @@ fn plain_stop_keeps_tasks_running() {
 fn a_spec_put_back_for_a_running_task_waits_for_it() {
     let h = fast_home();
     let marks = Marks::new(&h);
-    let _w = start(&h, "worker");
-    let _c = start(&h, "coordinator");
-    let id = add(&h, &["--description", "hangs", "--", "sh", "-c", &marks.task()]);
-    wait_until(LONG, "first attempt started", || marks.starts() == 1);
-    let first = dispatches(&show(&h, &id))[0].clone();
+    let (_w, _c, id, first) = first_attempt_running(&h, &marks, &[]);
     let (_, mut old) = spec(&h, &first).unwrap();
     let put_back = "dsp-20200101000000000-abcdef";
     for k in ["pid", "pgid", "proc_start_ticks", "started_at"] {
