@@ -5,7 +5,7 @@
 //! (`cortex scheduler status`, `cortex status`, `cortex schedule run-now|show|list|pause`,
 //! `cortex event list`, and the error of a refused request) shows them escaped: no raw ESC, C1
 //! CSI, CR, bidi control, and no line of output the value made up. `--json` output holds the
-//! exact value, with the C1 and bidi controls JSON leaves raw written as `\uXXXX`.
+//! exact value, with the C1 and bidi controls JSON leaves raw written as `\u` escapes (`\u009b`).
 mod api_support;
 mod common;
 use api_support::*;

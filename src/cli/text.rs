@@ -40,8 +40,8 @@ pub fn safe_or<'a>(s: Option<&'a str>, default: &'a str) -> Cow<'a, str> {
 }
 
 /// Serialized JSON with the characters JSON leaves raw but a terminal acts on (DEL, the C1
-/// controls such as U+009B CSI, the bidirectional controls) written as `\uXXXX` escapes. They can
-/// only occur inside strings, so the document means exactly the same.
+/// controls such as U+009B CSI, the bidirectional controls) written as `\u` escapes (`\u009b`).
+/// They can only occur inside strings, so the document means exactly the same.
 pub fn json_safe(json: String) -> String {
     if !json.chars().any(is_unsafe) {
         return json;
