@@ -42,7 +42,8 @@ pub enum TaskCommand {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-    /// List tasks (live queue; --all adds finished tasks from the archive).
+    /// List tasks (the live queue, oldest first; --all adds finished tasks from the archive, all in
+    /// task id order, paged with --limit and --after-id).
     List {
         #[arg(long)]
         status: Option<TaskStatus>,
@@ -50,6 +51,12 @@ pub enum TaskCommand {
         worker_type: Option<String>,
         #[arg(long)]
         all: bool,
+        /// Only tasks listed after this task id (the last id of the previous page).
+        #[arg(long, value_name = "TASK_ID")]
+        after_id: Option<String>,
+        /// At most this many tasks.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Show one task (queue, intake or archive) and its dispatches.
     Show { task_id: String },
@@ -140,8 +147,9 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        TaskCommand::List { status, worker_type, all } => {
-            let tasks = ops::list_tasks(&store, &TaskFilter { status, worker_type, include_archive: all })?;
+        TaskCommand::List { status, worker_type, all, after_id, limit } => {
+            let filter = TaskFilter { status, worker_type, include_archive: all, after_id, limit };
+            let tasks = ops::list_tasks(&store, &filter)?;
             if ctx.json {
                 print_json(&serde_json::json!({"count": tasks.len(), "tasks": tasks}));
             } else if tasks.is_empty() {
