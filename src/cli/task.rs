@@ -76,6 +76,9 @@ pub enum TaskCommand {
         dispatch: Option<String>,
         tokens: u64,
     },
+    /// Seal the archive's active file now into `task-archive/` with its index (the coordinator
+    /// does it on its own past `[archive] segment_bytes`), applying `[archive] keep_segments`.
+    SealArchive,
 }
 
 fn duration_secs(flag: &str, s: &Option<String>) -> Result<Option<f64>> {
@@ -251,6 +254,25 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                 );
             } else {
                 println!("Recorded {tokens} tokens for dispatch {}", safe(&rec.dispatch_id));
+            }
+            Ok(0)
+        }
+        TaskCommand::SealArchive => {
+            let config = crate::config::Config::load(store.home())?;
+            let sealed = ops::seal_archive(&store, config.archive.keep_segments)?;
+            match sealed {
+                Some(s) if ctx.json => print_json(&serde_json::json!({
+                    "segment": s.segment, "tasks": s.tasks, "bytes": s.bytes, "removed": s.removed,
+                })),
+                Some(s) => println!(
+                    "Sealed the archive into segment {} ({} tasks, {} bytes); {} old segment(s) removed",
+                    s.segment,
+                    s.tasks,
+                    s.bytes,
+                    s.removed.len()
+                ),
+                None if ctx.json => print_json(&serde_json::json!({"segment": null})),
+                None => println!("Nothing to seal: the archive's active file is empty."),
             }
             Ok(0)
         }

@@ -84,7 +84,7 @@ struct View {
 }
 
 /// The active file's tasks in line order (whole lines that are tasks).
-fn read_active(store: &Store, filter: impl Fn(&[u8]) -> bool) -> Result<(Option<std::fs::File>, Vec<Task>)> {
+fn read_active(store: &Store) -> Result<(Option<std::fs::File>, Vec<Task>)> {
     let path = store.path(TASK_ARCHIVE);
     let file = match crate::store::open::read(&path) {
         Ok(f) => f,
@@ -94,11 +94,9 @@ fn read_active(store: &Store, filter: impl Fn(&[u8]) -> bool) -> Result<(Option<
     let mut out = Vec::new();
     let reader = std::io::BufReader::with_capacity(1 << 16, &file);
     jsonl::for_each_line_in(reader, |_, line| {
-        if filter(line) {
-            count_parsed();
-            if let Ok(t) = serde_json::from_slice::<Task>(line) {
-                out.push(t);
-            }
+        count_parsed();
+        if let Ok(t) = serde_json::from_slice::<Task>(line) {
+            out.push(t);
         }
         true
     })
@@ -107,8 +105,8 @@ fn read_active(store: &Store, filter: impl Fn(&[u8]) -> bool) -> Result<(Option<
 }
 
 impl View {
-    fn open(store: &Store, filter: impl Fn(&[u8]) -> bool) -> Result<View> {
-        let (file, mut active) = read_active(store, filter)?;
+    fn open(store: &Store) -> Result<View> {
+        let (file, mut active) = read_active(store)?;
         let segments = segment::list(store);
         // Sealed while we read it: the newest segment is the file we read.
         if let (Some(f), Some(last)) = (&file, segments.last()) {
@@ -134,15 +132,34 @@ impl View {
     }
 }
 
-/// The last archived record of a task: the active file, then each sealed segment's index, newest
-/// first (a binary search each; only the task's own line is read from a segment).
+/// The last archived record of a task: the active file (searched for the id with `memmem`, only
+/// the lines holding it parsed), then each sealed segment's index, newest first (a binary search
+/// each; only the task's own line is read from a segment).
 pub fn find(store: &Store, task_id: &str) -> Result<Option<Task>> {
     let needle = format!("\"task_id\":{}", serde_json::Value::String(task_id.to_string()));
-    // Cheap pre-filter before parsing.
-    let view = View::open(store, |line| memchr_contains(line, needle.as_bytes()))?;
-    if let Some(t) = view.active.iter().rev().find(|t| t.task_id == task_id) {
-        return Ok(Some(t.clone()));
+    let path = store.path(TASK_ARCHIVE);
+    let bytes = match crate::store::open::read(&path) {
+        Ok(f) => segment::read_all(f, &path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(crate::store::open::refuse_link(&path, "open", e)),
+    };
+    let mut found = None;
+    for at in memchr::memmem::find_iter(&bytes, needle.as_bytes()) {
+        let start = memchr::memrchr(b'\n', &bytes[..at]).map_or(0, |i| i + 1);
+        let end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i);
+        count_parsed();
+        if let Ok(t) = serde_json::from_slice::<Task>(&bytes[start..end])
+            && t.task_id == task_id
+        {
+            found = Some(t);
+        }
     }
+    if found.is_some() {
+        return Ok(found);
+    }
+    // Listed after the active file was read: a seal in between moved it into the newest
+    // segment, which is then searched too.
+    let view = View { active: Vec::new(), segments: segment::list(store) };
     for (seg, index) in view.indexes_newest_first() {
         if let Some(entry) = index.lookup(task_id)? {
             count_parsed();
@@ -186,7 +203,7 @@ pub fn last_ends(store: &Store, ids: &HashSet<String>) -> Result<HashMap<String,
     if ids.is_empty() {
         return Ok(out);
     }
-    let view = View::open(store, |_| true)?;
+    let view = View::open(store)?;
     for t in &view.active {
         if ids.contains(&t.task_id) {
             out.insert(t.task_id.clone(), ArchivedEnd::of(t));
@@ -242,7 +259,7 @@ enum Source<'a> {
 pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<Vec<Task>> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let view = View::open(store, |_| true)?;
+    let view = View::open(store)?;
     let mut latest: HashMap<String, Task> = HashMap::new();
     for t in view.active {
         latest.insert(t.task_id.clone(), t);
@@ -375,7 +392,7 @@ pub struct Tally {
 impl Tally {
     /// The archived tasks by status, leaving out the ids in `exclude` (the live queue's).
     pub fn count(&mut self, store: &Store, exclude: &HashSet<String>) -> Result<BTreeMap<TaskStatus, u64>> {
-        let view = View::open(store, |_| true)?;
+        let view = View::open(store)?;
         let retried = segment::retried(store);
         let key = (view.segments.iter().map(|s| s.number).collect::<Vec<_>>(), retried.len());
         if self.key.as_ref() != Some(&key) {
@@ -416,10 +433,6 @@ impl Tally {
         }
         Ok(out)
     }
-}
-
-fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -237,6 +237,13 @@ pub fn list_tasks(store: &Store, filter: &TaskFilter) -> Result<Vec<Task>> {
     Ok(out)
 }
 
+/// Seals the archive's active file now (`cortex task seal-archive`), under the `task-queue` lock
+/// the coordinator seals under, so no append runs meanwhile.
+pub fn seal_archive(store: &Store, keep_segments: u32) -> Result<Option<archive::segment::Sealed>> {
+    let _guard = store.lock(TASK_QUEUE)?;
+    archive::segment::seal(store, keep_segments)
+}
+
 /// The dispatch records of a task, oldest first.
 pub fn task_dispatches(store: &Store, task: &Task) -> Result<Vec<(SpecBucket, DispatchRecord)>> {
     let mut out = Vec::new();
