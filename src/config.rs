@@ -349,7 +349,7 @@ pub struct ArchiveConfig {
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
-        ArchiveConfig { segment_bytes: 16 * 1024 * 1024, keep_segments: 0 }
+        ArchiveConfig { segment_bytes: 1024 * 1024, keep_segments: 0 }
     }
 }
 

@@ -287,28 +287,44 @@ pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<V
         None => TaskStatus::ALL.to_vec(),
     };
     let mut sources: Vec<Source> = vec![Source::Active(active.into_iter())];
-    for (i, index) in indexes.iter().enumerate() {
-        let Some(index) = index else { continue };
-        for s in &statuses {
-            if index.header().counts.get(s).copied().unwrap_or(0) > 0 {
-                sources.push(Source::Sealed { seg: i, cursor: index.cursor(*s, query.after_id, false)? });
+    let mut heads: Vec<Option<Candidate>> = Vec::new();
+    let mut heap = BinaryHeap::new();
+    // Segments join the merge in the order of their first id, once the merge has reached it: a
+    // page touches the segments whose id range it covers, not every segment.
+    let mut waiting: Vec<usize> = (0..indexes.len())
+        .filter(|&i| {
+            indexes[i].as_ref().is_some_and(|x| {
+                x.header().tasks > 0
+                    && query.after_id.is_none_or(|a| x.header().last_id.as_deref().is_none_or(|l| l > a))
+            })
+        })
+        .collect();
+    waiting.sort_by(|a, b| {
+        let first = |i: &usize| indexes[*i].as_ref().and_then(|x| x.header().first_id.clone());
+        first(b).cmp(&first(a))
+    });
+    let active_src = sources.pop().expect("the active source");
+    push_source(&mut sources, &mut heads, &mut heap, active_src)?;
+    let retried = segment::retried(store);
+    let mut files: Vec<Option<Option<std::fs::File>>> = segments.iter().map(|_| None).collect();
+    let mut out = Vec::new();
+    loop {
+        // Bring in every segment whose first id the merge has reached.
+        while let Some(&w) = waiting.last() {
+            let index = indexes[w].as_ref().expect("only readable indexes wait");
+            let first = index.header().first_id.as_deref().unwrap_or("");
+            if heap.peek().is_some_and(|Reverse((top, _))| top.as_str() < first) {
+                break;
+            }
+            waiting.pop();
+            for s in &statuses {
+                if index.header().counts.get(s).copied().unwrap_or(0) > 0 {
+                    let src = Source::Sealed { seg: w, cursor: index.cursor(*s, query.after_id, false)? };
+                    push_source(&mut sources, &mut heads, &mut heap, src)?;
+                }
             }
         }
-    }
-    // The head of each source: (id, source), smallest id first.
-    let mut heads: Vec<Option<Candidate>> = Vec::with_capacity(sources.len());
-    let mut heap = BinaryHeap::new();
-    for (i, src) in sources.iter_mut().enumerate() {
-        let c = next_candidate(src)?;
-        if let Some(c) = &c {
-            heap.push(Reverse((c.id().to_string(), i)));
-        }
-        heads.push(c);
-    }
-    let retried = segment::retried(store);
-    let files: Vec<Option<std::fs::File>> = segments.iter().map(|s| crate::store::open::read(&s.path).ok()).collect();
-    let mut out = Vec::new();
-    while let Some(Reverse((_, i))) = heap.pop() {
+        let Some(Reverse((_, i))) = heap.pop() else { break };
         if query.limit.is_some_and(|l| out.len() >= l) {
             break;
         }
@@ -329,7 +345,8 @@ pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<V
                     continue;
                 }
                 count_parsed();
-                match &files[seg] {
+                let file = files[seg].get_or_insert_with(|| crate::store::open::read(&segments[seg].path).ok());
+                match file {
                     Some(f) => segment::read_task_in(f, &segments[seg].path, &entry)?,
                     None => None,
                 }
@@ -342,6 +359,22 @@ pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<V
         out.push(t);
     }
     Ok(out)
+}
+
+/// Adds a source to the merge with its first candidate.
+fn push_source<'a>(
+    sources: &mut Vec<Source<'a>>,
+    heads: &mut Vec<Option<Candidate>>,
+    heap: &mut std::collections::BinaryHeap<std::cmp::Reverse<(String, usize)>>,
+    mut src: Source<'a>,
+) -> Result<()> {
+    let c = next_candidate(&mut src)?;
+    if let Some(c) = &c {
+        heap.push(std::cmp::Reverse((c.id().to_string(), sources.len())));
+    }
+    heads.push(c);
+    sources.push(src);
+    Ok(())
 }
 
 enum Candidate {
@@ -688,6 +721,8 @@ mod tests {
             counts,
             first_completed_at: None,
             last_completed_at: None,
+            first_id: None,
+            last_id: None,
             sections: BTreeMap::new(),
         };
         let dir = tempfile::tempdir().unwrap();

@@ -66,6 +66,12 @@ pub struct IndexHeader {
     pub counts: BTreeMap<TaskStatus, u64>,
     pub first_completed_at: Option<String>,
     pub last_completed_at: Option<String>,
+    /// The smallest and largest task id: a lookup skips a segment whose range cannot hold the id
+    /// (ids sort by creation time, so segments' ranges barely overlap).
+    #[serde(default)]
+    pub first_id: Option<String>,
+    #[serde(default)]
+    pub last_id: Option<String>,
     /// Byte range in the index of each status's entries, `[start, end)`.
     pub sections: BTreeMap<TaskStatus, (u64, u64)>,
 }
@@ -146,6 +152,8 @@ pub fn build_index(mut reader: impl BufRead) -> std::io::Result<(IndexHeader, Ve
         counts: BTreeMap::new(),
         first_completed_at: None,
         last_completed_at: None,
+        first_id: None,
+        last_id: None,
         sections: BTreeMap::new(),
     };
     let mut buf = Vec::new();
@@ -189,6 +197,8 @@ pub fn build_index(mut reader: impl BufRead) -> std::io::Result<(IndexHeader, Ve
         entries.push(entry);
     }
     header.tasks = entries.len() as u64;
+    header.first_id = entries.iter().map(|e| &e.task_id).min().cloned();
+    header.last_id = entries.iter().map(|e| &e.task_id).max().cloned();
     entries.sort_by(|a, b| (a.status, &a.task_id).cmp(&(b.status, &b.task_id)));
     Ok((header, entries))
 }
@@ -288,8 +298,20 @@ impl Index {
         }
     }
 
+    /// False when the segment's id range cannot hold `task_id` (its header says so).
+    pub fn might_hold(&self, task_id: &str) -> bool {
+        let h = self.header();
+        match (&h.first_id, &h.last_id) {
+            (Some(first), Some(last)) => first.as_str() <= task_id && task_id <= last.as_str(),
+            _ => h.tasks > 0,
+        }
+    }
+
     /// The entry of `task_id`, if the segment holds it.
     pub fn lookup(&self, task_id: &str) -> Result<Option<Entry>> {
+        if !self.might_hold(task_id) {
+            return Ok(None);
+        }
         let statuses: Vec<TaskStatus> = self.header().counts.keys().copied().collect();
         for status in statuses {
             let mut cursor = self.cursor(status, Some(task_id), true)?;
