@@ -189,6 +189,10 @@ pub fn validate_home(home: &Home) -> Vec<FileReport> {
         if known.contains(&path) {
             continue;
         }
+        if let Some(report) = check_archive_segment(home, &path, false) {
+            reports.extend(report);
+            continue;
+        }
         let rel = home.relative(&path).display().to_string();
         match path.extension().and_then(|e| e.to_str()) {
             Some("json") => reports.push(check_json_file(&path, &rel, None)),
@@ -229,6 +233,9 @@ pub fn check_file(home: &Home, path: &Path) -> Option<FileReport> {
             }
         }
         return Some(report);
+    }
+    if let Some(report) = check_archive_segment(home, path, true) {
+        return report;
     }
     if !path.is_file() {
         return None;
@@ -379,4 +386,38 @@ fn worker_type_warnings(home: &Home) -> Vec<String> {
         .flat_map(|(name, wt)| crate::task::worker_types::template_warnings(name, wt))
         .map(|w| format!("coordination/{}: {w}", files::WORKER_TYPES.rel))
         .collect()
+}
+
+/// A sealed segment of the task archive (`task-archive/seg-NNNNNN.jsonl`, or its `.idx`): None
+/// when `path` is not one; Some(None) when there is nothing to report on (an index whose segment
+/// is not there yet). A segment is never written again once sealed, so it is checked whole
+/// against its index only when it changes (`full`: the integration daemon sees it appear once);
+/// `cortex validate` and full passes check that each index describes its segment (header and
+/// size), which costs one small read per segment, not the history.
+fn check_archive_segment(home: &Home, path: &Path, full: bool) -> Option<Option<FileReport>> {
+    let store = crate::store::Store::new(home.clone());
+    let seg = crate::task::archive::segment::segment_of_path(&store, path)?;
+    if !full && path != seg.path {
+        // The index: checked with its segment.
+        return Some(None);
+    }
+    if !seg.path.is_file() {
+        return Some(None);
+    }
+    let problems = if full {
+        crate::task::archive::segment::check(&seg)
+    } else {
+        crate::task::archive::segment::index_problem(&seg).into_iter().collect()
+    };
+    let problems: Vec<String> = problems
+        .into_iter()
+        .map(|p| format!("{p} (readers read this segment whole instead of through its index)"))
+        .collect();
+    Some(Some(FileReport {
+        file: home.relative(&seg.path).display().to_string(),
+        verdict: if problems.is_empty() { Verdict::Ok } else { Verdict::Invalid },
+        problems,
+        lines: Some(0),
+        bad_lines: Some(0),
+    }))
 }
