@@ -164,9 +164,11 @@ child_ticks() { awk '{print $16 + $17}' "/proc/$1/stat"; }
 hz="$(getconf CLK_TCK)"
 rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
-archived() { [[ -f "$home/coordination/task-archive.jsonl" ]] && wc -l <"$home/coordination/task-archive.jsonl" || echo 0; }
+# Every archived line: the sealed segments (past [archive] segment_bytes), then the active file.
+archive_lines() { { cat "$home"/coordination/task-archive/seg-*.jsonl "$home/coordination/task-archive.jsonl" 2>/dev/null || true; }; }
+archived() { archive_lines | wc -l; }
 
-echo "Cortex task benchmark — $(date -u +%FT%TZ), $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg), release build"
+echo "Cortex task benchmark — $(date -u +%FT%TZ), $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg), binaries in $bin"
 echo "homes under $work ($fs_type); ${settle_s} s pause before the latency section and each throughput, fleet, backlog and xargs run"
 echo
 
@@ -214,7 +216,7 @@ if want latency; then
         start="$(tr -d '\n' <"$home/agents/logs/workers/$d.out")"
         echo $((start - ${t0s[$id]})) >>"$lat_file"
         echo $((start - ${t1s[$id]})) >>"$enq_file"
-    done < <(jq -r '[.task_id, .dispatches[0]] | @tsv' "$home/coordination/task-archive.jsonl")
+    done < <(archive_lines | jq -r '[.task_id, .dispatches[0]] | @tsv')
     lat_p50="$(pct 50 <"$lat_file" | ms)"
     lat_p99="$(pct 99 <"$lat_file" | ms)"
     enq_p50="$(pct 50 <"$enq_file" | ms)"
@@ -243,7 +245,7 @@ if want throughput; then
         secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
         rate="$(awk -v d=$((t1 - t0)) -v n="$tp_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
         tps[$slots]="$rate"
-        bad="$(jq -s '[.[] | select(.status != "completed")] | length' "$home/coordination/task-archive.jsonl")"
+        bad="$(archive_lines | jq -s '[.[] | select(.status != "completed")] | length')"
         echo "   $slots slot(s): ${secs} s, ${rate} tasks/s (not completed: $bad)"
         stop_all
     done
@@ -468,7 +470,7 @@ fleet_run() {
     fi
     run_secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
     run_rate="$(awk -v d=$((t1 - t0)) -v n="$fleet_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
-    run_bad="$(jq -s '[.[] | select(.status != "completed")] | length' "$home/coordination/task-archive.jsonl")"
+    run_bad="$(archive_lines | jq -s '[.[] | select(.status != "completed")] | length')"
     cortex stop >/dev/null 2>&1 || true
 }
 # cpu_sum DAEMON... -> the sum of run_cpu over those that ran
@@ -624,16 +626,14 @@ if want history; then
         start_daemon metrics
         m_pid="$started_pid"
         c0="$(ticks "$c_pid")" i0="$(ticks "$i_pid")" m0="$(ticks "$m_pid")"
-        before="$(archived)"
         for ((i = 0; i < hist_n; i++)); do
             cortex task add --description "after $i" --after "task-20260101000000000-0000001" -- true >/dev/null
         done
-        want_n=$((before + hist_n))
-        for ((k = 0; k < 6000; k++)); do
-            (($(archived) >= want_n)) && break
-            # A seal during the run empties the active file: count what it moved too.
-            [[ -f "$home/coordination/task-archive.jsonl" ]] || break
-            nap 0.01
+        # Until the live queue is empty (every one of them archived): not by counting the
+        # archive's lines, which would read the whole history each time.
+        for ((k = 0; k < 3000; k++)); do
+            [[ "$(cortex task list --json | jq '.count')" == 0 ]] && break
+            nap 0.02
         done
         nap "$tail_s"
         h_coord[$n]="$(awk -v a="$c0" -v b="$(ticks "$c_pid")" -v hz="$hz" -v k="$hist_n" 'BEGIN {printf "%.2f", (b-a)/hz*1000/k}')"

@@ -80,7 +80,68 @@ fn count_parsed() {
 /// [`segment`]), and the segments, oldest first.
 struct View {
     active: Vec<Task>,
+    segs: Segs,
+}
+
+/// The sealed segments a reader walks, oldest first: their headers from the catalog (one small
+/// read for all), their indexes opened only when a lookup or a listing reaches them.
+struct Segs {
     segments: Vec<Segment>,
+    headers: Vec<Option<segment::IndexHeader>>,
+    indexes: Vec<std::cell::OnceCell<Option<Index>>>,
+}
+
+impl Segs {
+    fn new(store: &Store, segments: Vec<Segment>) -> Segs {
+        let catalog = segment::Catalog::load(store);
+        let headers = segments.iter().map(|s| catalog.header_of(s).cloned()).collect();
+        let indexes = segments.iter().map(|_| std::cell::OnceCell::new()).collect();
+        Segs { segments, headers, indexes }
+    }
+
+    fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The segment's index (opened once), or None when it cannot be read (named in the log).
+    fn index(&self, i: usize) -> Option<&Index> {
+        self.indexes[i]
+            .get_or_init(|| match Index::open(&self.segments[i]) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    tracing::warn!("archive segment {} skipped: {e}", self.segments[i].path.display());
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// The segment's header: the catalog's, else its index's.
+    fn header(&self, i: usize) -> Option<&segment::IndexHeader> {
+        self.headers[i].as_ref().or_else(|| self.index(i).map(Index::header))
+    }
+
+    /// The entry of `task_id` in segment `i`; the index is not opened when the header's id range
+    /// excludes it.
+    fn lookup(&self, i: usize, task_id: &str) -> Result<Option<segment::Entry>> {
+        if !segment::may_hold(self.headers[i].as_ref(), task_id) {
+            return Ok(None);
+        }
+        match self.index(i) {
+            Some(x) => x.lookup(task_id),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest segment holding a line of `task_id`, and its entry.
+    fn newest(&self, task_id: &str) -> Result<Option<(usize, segment::Entry)>> {
+        for i in (0..self.len()).rev() {
+            if let Some(e) = self.lookup(i, task_id)? {
+                return Ok(Some((i, e)));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// The active file's tasks in line order (whole lines that are tasks).
@@ -117,18 +178,7 @@ impl View {
                 active.clear();
             }
         }
-        Ok(View { active, segments })
-    }
-
-    /// The segments' indexes, newest first, skipping one that cannot be read (named in the log).
-    fn indexes_newest_first(&self) -> impl Iterator<Item = (&Segment, Index)> {
-        self.segments.iter().rev().filter_map(|seg| match Index::open(seg) {
-            Ok(i) => Some((seg, i)),
-            Err(e) => {
-                tracing::warn!("archive segment {} skipped: {e}", seg.path.display());
-                None
-            }
-        })
+        Ok(View { active, segs: Segs::new(store, segments) })
     }
 }
 
@@ -159,11 +209,11 @@ pub fn find(store: &Store, task_id: &str) -> Result<Option<Task>> {
     }
     // Listed after the active file was read: a seal in between moved it into the newest
     // segment, which is then searched too.
-    let view = View { active: Vec::new(), segments: segment::list(store) };
-    for (seg, index) in view.indexes_newest_first() {
-        if let Some(entry) = index.lookup(task_id)? {
+    let segs = Segs::new(store, segment::list(store));
+    for i in (0..segs.len()).rev() {
+        if let Some(entry) = segs.lookup(i, task_id)? {
             count_parsed();
-            if let Some(t) = segment::read_task(&seg.path, &entry)? {
+            if let Some(t) = segment::read_task(&segs.segments[i].path, &entry)? {
                 return Ok(Some(t));
             }
         }
@@ -210,16 +260,17 @@ pub fn last_ends(store: &Store, ids: &HashSet<String>) -> Result<HashMap<String,
         }
     }
     let mut missing: Vec<&String> = ids.iter().filter(|id| !out.contains_key(*id)).collect();
-    for (seg, index) in view.indexes_newest_first() {
+    let segs = &view.segs;
+    for i in (0..segs.len()).rev() {
         if missing.is_empty() {
             break;
         }
         let mut still = Vec::new();
         for id in missing {
-            let task = match index.lookup(id)? {
+            let task = match segs.lookup(i, id)? {
                 Some(entry) => {
                     count_parsed();
-                    segment::read_task(&seg.path, &entry)?
+                    segment::read_task(&segs.segments[i].path, &entry)?
                 }
                 None => None,
             };
@@ -244,6 +295,17 @@ pub struct Query<'a> {
     /// Only tasks whose id sorts after this one (the last id of the previous page).
     pub after_id: Option<&'a str>,
     pub limit: Option<usize>,
+}
+
+/// Every archived task (the last record of each id) in task id order, and the count of bad lines
+/// (the active file's and those each sealed segment's index counted). Reads the whole history:
+/// for tests and tools, never a daemon's loop or a request.
+pub fn all(store: &Store) -> Result<(Vec<Task>, usize)> {
+    let tasks = list(store, &Query::default(), &HashSet::new())?;
+    let active: jsonl::JsonlRead<Task> = jsonl::read(&store.path(TASK_ARCHIVE))?;
+    let segs = Segs::new(store, segment::list(store));
+    let sealed: u64 = (0..segs.len()).filter_map(|i| segs.header(i)).map(|h| h.bad_lines).sum();
+    Ok((tasks, active.bad_lines.len() + sealed as usize))
 }
 
 /// Where the next candidate of the merge comes from.
@@ -271,17 +333,7 @@ pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<V
         .filter(|t| query.status.is_none_or(|s| t.status() == s))
         .collect();
     active.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-    let segments = view.segments;
-    let indexes: Vec<Option<Index>> = segments
-        .iter()
-        .map(|seg| match Index::open(seg) {
-            Ok(i) => Some(i),
-            Err(e) => {
-                tracing::warn!("archive segment {} skipped: {e}", seg.path.display());
-                None
-            }
-        })
-        .collect();
+    let segs = view.segs;
     let statuses: Vec<TaskStatus> = match query.status {
         Some(s) => vec![s],
         None => TaskStatus::ALL.to_vec(),
@@ -291,32 +343,33 @@ pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<V
     let mut heap = BinaryHeap::new();
     // Segments join the merge in the order of their first id, once the merge has reached it: a
     // page touches the segments whose id range it covers, not every segment.
-    let mut waiting: Vec<usize> = (0..indexes.len())
+    let mut waiting: Vec<usize> = (0..segs.len())
         .filter(|&i| {
-            indexes[i].as_ref().is_some_and(|x| {
-                x.header().tasks > 0
-                    && query.after_id.is_none_or(|a| x.header().last_id.as_deref().is_none_or(|l| l > a))
+            segs.header(i).is_some_and(|h| {
+                h.tasks > 0
+                    && query.status.is_none_or(|s| h.counts.get(&s).copied().unwrap_or(0) > 0)
+                    && query.after_id.is_none_or(|a| h.last_id.as_deref().is_none_or(|l| l > a))
             })
         })
         .collect();
     waiting.sort_by(|a, b| {
-        let first = |i: &usize| indexes[*i].as_ref().and_then(|x| x.header().first_id.clone());
+        let first = |i: &usize| segs.header(*i).and_then(|h| h.first_id.clone());
         first(b).cmp(&first(a))
     });
     let active_src = sources.pop().expect("the active source");
     push_source(&mut sources, &mut heads, &mut heap, active_src)?;
     let retried = segment::retried(store);
-    let mut files: Vec<Option<Option<std::fs::File>>> = segments.iter().map(|_| None).collect();
+    let mut files: Vec<Option<Option<std::fs::File>>> = segs.segments.iter().map(|_| None).collect();
     let mut out = Vec::new();
     loop {
         // Bring in every segment whose first id the merge has reached.
         while let Some(&w) = waiting.last() {
-            let index = indexes[w].as_ref().expect("only readable indexes wait");
-            let first = index.header().first_id.as_deref().unwrap_or("");
+            let first = segs.header(w).and_then(|h| h.first_id.as_deref()).unwrap_or("");
             if heap.peek().is_some_and(|Reverse((top, _))| top.as_str() < first) {
                 break;
             }
             waiting.pop();
+            let Some(index) = segs.index(w) else { continue };
             for s in &statuses {
                 if index.header().counts.get(s).copied().unwrap_or(0) > 0 {
                     let src = Source::Sealed { seg: w, cursor: index.cursor(*s, query.after_id, false)? };
@@ -341,13 +394,14 @@ pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<V
                     continue;
                 }
                 // A retried task may have a newer line in a newer segment: only that one counts.
-                if retried.contains(&entry.task_id) && newest_holder(&indexes, &entry.task_id)? != Some(seg) {
+                if retried.contains(&entry.task_id) && segs.newest(&entry.task_id)?.map(|(i, _)| i) != Some(seg) {
                     continue;
                 }
                 count_parsed();
-                let file = files[seg].get_or_insert_with(|| crate::store::open::read(&segments[seg].path).ok());
+                let path = &segs.segments[seg].path;
+                let file = files[seg].get_or_insert_with(|| crate::store::open::read(path).ok());
                 match file {
-                    Some(f) => segment::read_task_in(f, &segments[seg].path, &entry)?,
+                    Some(f) => segment::read_task_in(f, path, &entry)?,
                     None => None,
                 }
             }
@@ -398,18 +452,6 @@ fn next_candidate(src: &mut Source) -> Result<Option<Candidate>> {
     })
 }
 
-/// The newest segment (its position in `indexes`) holding a line of `task_id`.
-fn newest_holder(indexes: &[Option<Index>], task_id: &str) -> Result<Option<usize>> {
-    for (i, index) in indexes.iter().enumerate().rev() {
-        if let Some(index) = index
-            && index.lookup(task_id)?.is_some()
-        {
-            return Ok(Some(i));
-        }
-    }
-    Ok(None)
-}
-
 /// Counts of archived tasks by status, for the metrics daemon. The sealed segments' part comes
 /// from their index headers and is kept between calls until a segment or a retry is added; the
 /// active file (at most one segment) is read each time.
@@ -427,19 +469,19 @@ impl Tally {
     pub fn count(&mut self, store: &Store, exclude: &HashSet<String>) -> Result<BTreeMap<TaskStatus, u64>> {
         let view = View::open(store)?;
         let retried = segment::retried(store);
-        let key = (view.segments.iter().map(|s| s.number).collect::<Vec<_>>(), retried.len());
+        let segs = &view.segs;
+        let key = (segs.segments.iter().map(|s| s.number).collect::<Vec<_>>(), retried.len());
         if self.key.as_ref() != Some(&key) {
-            let indexes: Vec<Option<Index>> = view.segments.iter().map(|s| Index::open(s).ok()).collect();
             let mut base: BTreeMap<TaskStatus, u64> = BTreeMap::new();
-            for index in indexes.iter().flatten() {
-                for (s, n) in &index.header().counts {
+            for i in 0..segs.len() {
+                for (s, n) in segs.header(i).map(|h| &h.counts).into_iter().flatten() {
                     *base.entry(*s).or_default() += n;
                 }
             }
             let mut retried_newest = HashMap::new();
             for id in &retried {
-                for index in indexes.iter().flatten() {
-                    if let Some(e) = index.lookup(id)? {
+                for i in 0..segs.len() {
+                    if let Some(e) = segs.lookup(i, id)? {
                         if let Some(n) = base.get_mut(&e.status) {
                             *n = n.saturating_sub(1);
                         }
@@ -548,12 +590,18 @@ mod tests {
         assert_eq!(segment::list(&store).len(), 30);
         assert_eq!(len(&store), 0, "the active file was sealed");
         for id in ["task-00000", "task-01234", "task-02999"] {
-            let before = lines_parsed();
+            let (before, opens) = (lines_parsed(), segment::index_opens());
             let t = find(&store, id).unwrap().expect("found");
             assert_eq!(t.task_id, id);
             assert_eq!(t.status(), status_of(id[5..].parse().unwrap()));
             assert_eq!(lines_parsed() - before, 1, "{id}: one line read, not the history");
+            assert_eq!(segment::index_opens() - opens, 1, "{id}: the catalog names its one segment");
         }
+        // Without the catalog each index is opened to learn its id range: still one line read.
+        std::fs::remove_file(segment::catalog_path(&store)).unwrap();
+        let before = lines_parsed();
+        assert!(find(&store, "task-00000").unwrap().is_some());
+        assert_eq!(lines_parsed() - before, 1);
         let before = lines_parsed();
         assert!(find(&store, "task-99999").unwrap().is_none());
         assert!(find(&store, "task-0").unwrap().is_none());
@@ -577,8 +625,11 @@ mod tests {
         append_unsynced(&store, &active.iter().collect::<Vec<_>>()).unwrap();
         let q = Query { status: Some(TaskStatus::Failed), limit: Some(50), ..Query::default() };
         let before = lines_parsed();
+        let opens = segment::index_opens();
         let page = list(&store, &q, &HashSet::new()).unwrap();
         let parsed = lines_parsed() - before;
+        // 50 failed tasks of 3,000 (two in ten) lie in the first three segments of 30.
+        assert!(segment::index_opens() - opens <= 3, "{} indexes opened", segment::index_opens() - opens);
         let ids: Vec<String> = page.iter().map(|t| t.task_id.clone()).collect();
         let want: Vec<String> = (0..3050)
             .filter(|i| status_of(*i) == TaskStatus::Failed)

@@ -100,6 +100,56 @@ pub struct Sealed {
     pub removed: Vec<u32>,
 }
 
+/// `task-archive/catalog.json`: every sealed segment's index header in one small file, rewritten
+/// (atomically) by each seal before its rename, so a reader learns which segments can hold an id
+/// or a status from one read instead of one per segment. An entry is used only for a listed
+/// segment whose size it names; any other segment's own index is read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Catalog {
+    pub format: u32,
+    pub segments: BTreeMap<u32, IndexHeader>,
+}
+
+/// `task-archive/catalog.json`.
+pub fn catalog_path(store: &Store) -> PathBuf {
+    dir(store).join("catalog.json")
+}
+
+impl Catalog {
+    /// The catalog as stored (empty when missing or unreadable: readers then open each index).
+    pub fn load(store: &Store) -> Catalog {
+        crate::store::open::read_bytes(&catalog_path(store))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Catalog>(&b).ok())
+            .filter(|c| c.format == INDEX_FORMAT)
+            .unwrap_or_default()
+    }
+
+    /// The header of a listed segment, if the catalog has it and it names the segment's size.
+    pub fn header_of(&self, seg: &Segment) -> Option<&IndexHeader> {
+        let h = self.segments.get(&seg.number)?;
+        let len = std::fs::symlink_metadata(&seg.path).ok().filter(|m| m.is_file())?.len();
+        (h.bytes == len && h.segment == seg.number).then_some(h)
+    }
+
+    /// The header of a segment: from the catalog, else from its own index (None: unreadable).
+    pub fn header_or_index(&self, seg: &Segment) -> Option<IndexHeader> {
+        self.header_of(seg).cloned().or_else(|| open_index_file(seg).ok().map(|(_, h)| h))
+    }
+}
+
+/// False when a segment's header shows it cannot hold `task_id`; true when it may (or nothing
+/// says: no header).
+pub fn may_hold(header: Option<&IndexHeader>, task_id: &str) -> bool {
+    match header {
+        Some(h) => match (&h.first_id, &h.last_id) {
+            (Some(first), Some(last)) => first.as_str() <= task_id && task_id <= last.as_str(),
+            _ => h.tasks > 0,
+        },
+        None => true,
+    }
+}
+
 /// `coordination/task-archive/`.
 pub fn dir(store: &Store) -> PathBuf {
     store.home().coord(crate::files::TASK_ARCHIVE_SEGMENTS)
@@ -276,9 +326,21 @@ fn open_index_file(seg: &Segment) -> std::result::Result<(File, IndexHeader), St
     Ok((file, header))
 }
 
+thread_local! {
+    /// Indexes this thread opened: the tests count them to prove a lookup opens the segments
+    /// whose id range holds the id, not every segment.
+    static INDEX_OPENS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Indexes opened by this thread so far.
+pub fn index_opens() -> u64 {
+    INDEX_OPENS.with(|c| c.get())
+}
+
 impl Index {
     /// The segment's index file, or (not usable) the segment read into a memory index.
     pub fn open(seg: &Segment) -> Result<Index> {
+        INDEX_OPENS.with(|c| c.set(c.get() + 1));
         match open_index_file(seg) {
             Ok((file, header)) => Ok(Index::File { file, header }),
             Err(why) => {
@@ -513,6 +575,20 @@ pub fn seal(store: &Store, keep_segments: u32) -> Result<Option<Sealed>> {
     header.segment = number;
     let bytes = encode_index(&header, &entries)?;
     atomic::write_atomic(&seg.index_path, &bytes)?;
+    // The catalog: the listed segments' headers (from the old catalog, or their own index once)
+    // and the new one's, before the rename, so a reader never sees a segment it lacks for long.
+    let old = Catalog::load(store);
+    let mut catalog = Catalog { format: INDEX_FORMAT, segments: BTreeMap::new() };
+    for s in &existing {
+        if let Some(h) = old.header_or_index(s) {
+            catalog.segments.insert(s.number, h);
+        }
+    }
+    let mut new_header = header.clone();
+    new_header.sections = BTreeMap::new();
+    catalog.segments.insert(number, new_header);
+    let catalog_bytes = serde_json::to_vec(&catalog).map_err(|e| Error::encode("archive catalog", e))?;
+    atomic::write_atomic(&catalog_path(store), &catalog_bytes)?;
     crate::store::pause_point("archive-seal-index-written");
     atomic::rename_durable(&active, &seg.path)?;
     crate::store::pause_point("archive-seal-renamed");
