@@ -2,7 +2,7 @@
 //! the first daemon that fails readiness, leaving the rest running.
 mod common;
 mod supervisor_support;
-use cortex::daemon::DAEMONS;
+use cortex::daemons::daemon::DAEMONS;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,7 +19,12 @@ fn monitor(f: &Fleet) -> (Arc<AtomicBool>, std::thread::JoinHandle<(usize, usize
         while !flag.load(Ordering::Relaxed) {
             let running = DAEMONS
                 .iter()
-                .filter(|d| matches!(cortex::pidfile::status(&home, d), Ok(cortex::pidfile::PidStatus::Running(_))))
+                .filter(|d| {
+                    matches!(
+                        cortex::store::pidfile::status(&home, d),
+                        Ok(cortex::store::pidfile::PidStatus::Running(_))
+                    )
+                })
                 .count();
             fewest = fewest.min(running);
             samples += 1;

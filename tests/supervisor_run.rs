@@ -4,7 +4,7 @@
 mod common;
 mod supervisor_support;
 use common::*;
-use cortex::daemon::DAEMONS;
+use cortex::daemons::daemon::DAEMONS;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 use supervisor_support::*;
