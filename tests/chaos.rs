@@ -183,7 +183,7 @@ fn killer(h: &TestHome, stop: &AtomicBool, chaos: &Mutex<Chaos>) {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let running: Vec<(&str, u32)> = cortex::daemons::daemon::DAEMONS
+        let running: Vec<(&str, u32)> = cortex::base::daemon_name::NAMES
             .iter()
             .filter_map(|d| match pidfile::status(&home, d) {
                 Ok(PidStatus::Running(p)) if p != 0 => Some((*d, p)),
@@ -416,7 +416,7 @@ fn chaos_soak() {
 
     // Whatever is still down comes back (pm restarts it; a daemon pm lost track of is a finding,
     // reported below), then everything must end.
-    let down_after_chaos: Vec<&str> = cortex::daemons::daemon::DAEMONS
+    let down_after_chaos: Vec<&str> = cortex::base::daemon_name::NAMES
         .iter()
         .copied()
         .filter(|d| {
@@ -708,7 +708,7 @@ struct StopAll<'a>(&'a TestHome);
 impl Drop for StopAll<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for d in cortex::daemons::daemon::DAEMONS {
+            for d in cortex::base::daemon_name::NAMES {
                 let log = std::fs::read_to_string(self.0.join(&format!("agents/logs/system/{d}-daemon.log")))
                     .unwrap_or_default();
                 let lines: Vec<&str> = log.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();

@@ -6,8 +6,6 @@
 
 use crate::base::clock::{Timestamp, format_ts};
 use crate::base::daemon_name::Daemon;
-/// The daemons' names in start order (moved to [`crate::base::daemon_name`]; kept here for the tests).
-pub use crate::base::daemon_name::NAMES as DAEMONS;
 use crate::base::error::{Error, Result};
 use crate::base::wake::Wake;
 use crate::store::Store;

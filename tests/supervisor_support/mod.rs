@@ -97,7 +97,7 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // Show what the daemons said, to explain the failure.
-            for d in cortex::daemons::daemon::DAEMONS {
+            for d in cortex::base::daemon_name::NAMES {
                 let log = std::fs::read_to_string(self.h.join(&format!("agents/logs/system/{d}-daemon.log")))
                     .unwrap_or_default();
                 if !log.is_empty() {
