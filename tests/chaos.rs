@@ -299,7 +299,7 @@ fn archived(store: &Store) -> (HashMap<String, Task>, HashMap<String, Vec<Value>
     let mut lines: HashMap<String, Vec<Value>> = HashMap::new();
     // The sealed segments (oldest first) and then the active file.
     let mut text = String::new();
-    for seg in cortex::task::archive::segment::list(store) {
+    for seg in cortex::domain::task::archive::segment::list(store) {
         text.push_str(&std::fs::read_to_string(&seg.path).unwrap_or_default());
     }
     text.push_str(&std::fs::read_to_string(store.home().coord("task-archive.jsonl")).unwrap_or_default());

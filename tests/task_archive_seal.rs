@@ -5,7 +5,7 @@
 mod common;
 mod task_support;
 use common::*;
-use cortex::task::archive::segment;
+use cortex::domain::task::archive::segment;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::BufRead;

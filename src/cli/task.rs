@@ -258,7 +258,7 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
             Ok(0)
         }
         TaskCommand::SealArchive => {
-            let config = crate::config::Config::load(store.home())?;
+            let config = crate::store::config::Config::load(store.home())?;
             let sealed = ops::seal_archive(&store, config.archive.keep_segments)?;
             match sealed {
                 Some(s) if ctx.json => print_json(&serde_json::json!({

@@ -186,7 +186,7 @@ pub fn read_last(home: &Home, limit: usize, mut keep: impl FnMut(&Event) -> bool
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(super::open::refuse_link(&path, "open", e)),
     };
-    let len = file.metadata().map_err(|e| crate::error::Error::io(&path, "stat", e))?.len();
+    let len = file.metadata().map_err(|e| crate::base::error::Error::io(&path, "stat", e))?.len();
     const BLOCK: u64 = 64 * 1024;
     let mut out: Vec<Event> = Vec::new();
     let mut bad = 0;
@@ -196,7 +196,7 @@ pub fn read_last(home: &Home, limit: usize, mut keep: impl FnMut(&Event) -> bool
     while end > 0 && out.len() < limit {
         let start = end.saturating_sub(BLOCK);
         let mut block = vec![0u8; (end - start) as usize];
-        file.read_exact_at(&mut block, start).map_err(|e| crate::error::Error::io(&path, "read", e))?;
+        file.read_exact_at(&mut block, start).map_err(|e| crate::base::error::Error::io(&path, "read", e))?;
         block.extend_from_slice(&carry);
         // Every line that starts in this block is whole now, except the first one when the
         // block does not start at the file's start.

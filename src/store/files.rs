@@ -188,7 +188,7 @@ pub const TASK_ARCHIVE: &CoordFile = &CoordFile {
 
 /// The sealed segments of the task archive, under `coordination/`: `seg-NNNNNN.jsonl` (a former
 /// `task-archive.jsonl`, unchanged) and its sidecar index `seg-NNNNNN.idx`
-/// ([`crate::task::archive::segment`]). Not a registered file: segments are never written again
+/// ([`crate::domain::task::archive::segment`]). Not a registered file: segments are never written again
 /// once sealed, so the integration daemon checks each one once, when it appears.
 pub const TASK_ARCHIVE_SEGMENTS: &str = "task-archive";
 

@@ -150,7 +150,7 @@ fn collect_workers(store: &Store) -> Result<Workers> {
 /// segments (the queue wins for a task in both; the archive's last line wins for a task archived
 /// twice). The sealed segments are counted from their index headers, kept in `tally` until a
 /// segment is added: a snapshot reads the queue and at most one segment, whatever the history.
-fn collect_tasks(store: &Store, tally: &mut crate::task::archive::Tally) -> Result<Tasks> {
+fn collect_tasks(store: &Store, tally: &mut crate::domain::task::archive::Tally) -> Result<Tasks> {
     let queue: TaskQueue = store.load()?;
     let live: HashSet<String> = queue.tasks.iter().map(|t| t.task_id.clone()).collect();
     let mut counts = tally.count(store, &live)?;
@@ -183,7 +183,7 @@ fn collect_tokens(store: &Store) -> Result<Tokens> {
 #[derive(Debug, Default)]
 pub struct Collector {
     prev: HashMap<u32, ProcSample>,
-    archive: crate::task::archive::Tally,
+    archive: crate::domain::task::archive::Tally,
 }
 
 impl Collector {

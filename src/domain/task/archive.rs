@@ -555,7 +555,7 @@ mod tests {
     }
 
     fn ended(id: &str, status: TaskStatus, at: &str) -> Task {
-        use crate::task::model::TaskState;
+        use crate::domain::task::model::TaskState;
         let state = match status {
             TaskStatus::Completed => TaskState::Completed { started_at: None, completed_at: at.into() },
             TaskStatus::Failed => TaskState::Failed { started_at: None, completed_at: at.into() },
@@ -795,31 +795,5 @@ mod tests {
         assert_eq!(index.lookup("u").unwrap(), None);
         let mut c = index.cursor(TaskStatus::Completed, Some(&entries[500].task_id), false).unwrap();
         assert_eq!(c.next_entry().unwrap().as_ref(), Some(&entries[501]));
-    }
-
-    #[test]
-    fn validate_checks_a_sealed_segment_against_its_index() {
-        let (_dir, store) = fresh_store();
-        sealed_history(&store, 200, 100);
-        let segs = segment::list(&store);
-        let report_of = |reports: Vec<crate::validate::FileReport>, seg: &Segment| {
-            let rel = store.home().relative(&seg.path).display().to_string();
-            reports.into_iter().find(|r| r.file == rel).expect("a report of the segment")
-        };
-        assert!(report_of(crate::validate::validate_home(store.home()), &segs[0]).is_ok());
-        let full = crate::validate::check_file(store.home(), &segs[1].path).expect("checked");
-        assert!(full.is_ok(), "{full:?}");
-        // An index that does not describe its segment: named, by the full pass and on change.
-        let bytes = std::fs::read(&segs[1].index_path).unwrap();
-        let text = String::from_utf8(bytes).unwrap().replacen("\"segment\":2", "\"segment\":9", 1);
-        std::fs::write(&segs[1].index_path, text).unwrap();
-        let r = report_of(crate::validate::validate_home(store.home()), &segs[1]);
-        assert!(!r.is_ok() && r.problems[0].contains("/segment"), "{r:?}");
-        let r = crate::validate::check_file(store.home(), &segs[1].index_path).expect("checked");
-        assert!(!r.is_ok(), "{r:?}");
-        // The retried-ids file is plain JSONL.
-        segment::note_retried(&store, "task-00001").unwrap();
-        let retried = store.home().coord(crate::files::TASK_ARCHIVE_RETRIED);
-        assert!(crate::validate::check_file(store.home(), &retried).expect("checked").is_ok());
     }
 }

@@ -28,7 +28,7 @@
 //! size.
 
 use super::super::model::{Task, TaskStatus};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::store::{Store, atomic, jsonl};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -152,7 +152,7 @@ pub fn may_hold(header: Option<&IndexHeader>, task_id: &str) -> bool {
 
 /// `coordination/task-archive/`.
 pub fn dir(store: &Store) -> PathBuf {
-    store.home().coord(crate::files::TASK_ARCHIVE_SEGMENTS)
+    store.home().coord(crate::store::files::TASK_ARCHIVE_SEGMENTS)
 }
 
 fn names(number: u32) -> (String, String) {
@@ -556,7 +556,7 @@ pub fn seal_if_due(store: &Store, segment_bytes: u64, keep_segments: u32) -> Res
 /// Seals the active file now (None when it is empty or missing): index, rename, retention. Each
 /// step is crash-safe on its own (see the module doc); the caller holds the `task-queue` lock.
 pub fn seal(store: &Store, keep_segments: u32) -> Result<Option<Sealed>> {
-    let active = store.path(crate::files::TASK_ARCHIVE);
+    let active = store.path(crate::store::files::TASK_ARCHIVE);
     let file = match crate::store::open::read(&active) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -635,7 +635,7 @@ pub fn retried(store: &Store) -> HashSet<String> {
     struct Line {
         task_id: String,
     }
-    let path = store.home().coord(crate::files::TASK_ARCHIVE_RETRIED);
+    let path = store.home().coord(crate::store::files::TASK_ARCHIVE_RETRIED);
     match jsonl::read::<Line>(&path) {
         Ok(r) => r.records.into_iter().map(|l| l.task_id).collect(),
         Err(e) => {
@@ -648,7 +648,7 @@ pub fn retried(store: &Store) -> HashSet<String> {
 /// Records (durably) that `task_id` is brought back from the archive, before the queue that holds
 /// it again is written: a later line of it in a newer segment then supersedes the older one.
 pub fn note_retried(store: &Store, task_id: &str) -> Result<()> {
-    let path = store.home().coord(crate::files::TASK_ARCHIVE_RETRIED);
+    let path = store.home().coord(crate::store::files::TASK_ARCHIVE_RETRIED);
     atomic::create_dir_all(&dir(store))?;
     let mut line =
         serde_json::to_vec(&serde_json::json!({ "task_id": task_id })).map_err(|e| Error::encode("retried task", e))?;
