@@ -388,7 +388,7 @@ pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<V
         }
         heads[i] = next;
         let task = match c {
-            Candidate::Active(t) => Some(t),
+            Candidate::Active(t) => Some(*t),
             Candidate::Sealed { seg, entry } => {
                 if exclude.contains(&entry.task_id) || active_ids.contains(&entry.task_id) {
                     continue;
@@ -432,7 +432,7 @@ fn push_source<'a>(
 }
 
 enum Candidate {
-    Active(Task),
+    Active(Box<Task>),
     Sealed { seg: usize, entry: segment::Entry },
 }
 
@@ -447,7 +447,7 @@ impl Candidate {
 
 fn next_candidate(src: &mut Source) -> Result<Option<Candidate>> {
     Ok(match src {
-        Source::Active(it) => it.next().map(Candidate::Active),
+        Source::Active(it) => it.next().map(|t| Candidate::Active(Box::new(t))),
         Source::Sealed { seg, cursor } => cursor.next_entry()?.map(|entry| Candidate::Sealed { seg: *seg, entry }),
     })
 }

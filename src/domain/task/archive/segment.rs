@@ -289,10 +289,7 @@ pub enum Index {
 
 /// Why a segment's index was not used.
 pub fn index_problem(seg: &Segment) -> Option<String> {
-    match open_index_file(seg) {
-        Ok(_) => None,
-        Err(why) => Some(why),
-    }
+    open_index_file(seg).err()
 }
 
 fn open_index_file(seg: &Segment) -> std::result::Result<(File, IndexHeader), String> {
