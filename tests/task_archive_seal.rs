@@ -135,3 +135,38 @@ fn sigkill_after_the_index_is_written_before_the_rename() {
 fn sigkill_after_the_rename_before_retention() {
     kill_during_seal_loses_and_doubles_nothing("archive-seal-renamed");
 }
+
+/// A backup holds the sealed segments, their indexes and the catalog; a restore brings them back
+/// and the archived tasks are found through them again.
+#[test]
+fn a_backup_and_restore_bring_the_sealed_segments_back() {
+    let h = TestHome::new();
+    let line = |i: usize| {
+        serde_json::json!({
+            "task_id": format!("task-20260101000000000-{i:07}"), "description": "old", "priority": "medium",
+            "worker_type": "shell", "status": if i % 5 == 0 { "failed" } else { "completed" },
+            "completed_at": "2026-01-01T00:00:01Z", "created_at": "2026-01-01T00:00:00Z", "created_by": "test",
+            "attempts": 1, "max_attempts": 1, "budget": 10,
+        })
+        .to_string()
+    };
+    for chunk in 0..3 {
+        let text: String = (chunk * 50..chunk * 50 + 50).map(|i| line(i) + "\n").collect();
+        std::fs::write(h.join("coordination/task-archive.jsonl"), text).unwrap();
+        h.cortex_ok(&["task", "seal-archive"]);
+    }
+    assert!(h.join("coordination/task-archive/seg-000003.jsonl").is_file());
+    let out = h.cortex_ok(&["backup"]);
+    assert!(out.contains("Backup created: "), "{out}");
+    std::fs::remove_dir_all(h.join("coordination/task-archive")).unwrap();
+    assert!(!h.cortex(&["task", "show", "task-20260101000000000-0000000"]).status.success());
+    let out = h.cortex_ok(&["restore", "--latest", "--yes"]);
+    assert!(out.contains("Restore complete"), "{out}");
+    for rel in ["seg-000001.jsonl", "seg-000001.idx", "seg-000003.jsonl", "seg-000003.idx", "catalog.json"] {
+        assert!(h.join(&format!("coordination/task-archive/{rel}")).is_file(), "{rel} restored");
+    }
+    assert_eq!(show(&h, "task-20260101000000000-0000000")["status"], "failed");
+    let failed: Value =
+        serde_json::from_str(&h.cortex_ok(&["task", "list", "--all", "--status", "failed", "--json"])).unwrap();
+    assert_eq!(failed["count"], 30);
+}
