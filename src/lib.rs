@@ -30,6 +30,7 @@ pub mod recovery;
 pub mod schedule;
 pub mod scheduler;
 pub mod schema;
+pub mod slurm;
 pub mod status;
 pub mod store;
 pub mod supervisor;
