@@ -369,11 +369,16 @@ impl Default for SlurmConfig {
 impl SlurmConfig {
     /// Checks the values serde cannot; the error names the key.
     pub fn check(&self) -> std::result::Result<(), String> {
-        for (key, value) in
-            [("sbatch", &self.sbatch), ("squeue", &self.squeue), ("scontrol", &self.scontrol), ("scancel", &self.scancel)]
-        {
+        for (key, value) in [
+            ("sbatch", &self.sbatch),
+            ("squeue", &self.squeue),
+            ("scontrol", &self.scontrol),
+            ("scancel", &self.scancel),
+        ] {
             if value.trim().is_empty() || value.contains('\0') {
-                return Err(format!("[slurm] {key}: {value:?} must name a program (a name in PATH or an absolute path)"));
+                return Err(format!(
+                    "[slurm] {key}: {value:?} must name a program (a name in PATH or an absolute path)"
+                ));
             }
             if value.contains('/') && !value.starts_with('/') {
                 return Err(format!(
@@ -549,8 +554,12 @@ mod tests {
 
     #[test]
     fn slurm_section_is_checked_by_field() {
-        let cfg = Config::parse("[slurm]\nsbatch = \"/opt/slurm/bin/sbatch\"\nmax_jobs = 8\n", Path::new("c.toml")).unwrap();
-        assert_eq!((cfg.slurm.sbatch.as_str(), cfg.slurm.max_jobs, cfg.slurm.squeue.as_str()), ("/opt/slurm/bin/sbatch", 8, "squeue"));
+        let cfg =
+            Config::parse("[slurm]\nsbatch = \"/opt/slurm/bin/sbatch\"\nmax_jobs = 8\n", Path::new("c.toml")).unwrap();
+        assert_eq!(
+            (cfg.slurm.sbatch.as_str(), cfg.slurm.max_jobs, cfg.slurm.squeue.as_str()),
+            ("/opt/slurm/bin/sbatch", 8, "squeue")
+        );
         for (text, key) in [
             ("[slurm]\nmax_jobs = 0\n", "[slurm] max_jobs"),
             ("[slurm]\npoll_interval_seconds = 0.0\n", "[slurm] poll_interval_seconds"),

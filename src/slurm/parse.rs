@@ -3,8 +3,8 @@
 //! code). Pure: text in, values out; anything unexpected is an error quoting (a bounded preview of)
 //! the text, never a guess.
 
-use super::state::JobState;
 use super::JobId;
+use super::state::JobState;
 
 /// A parse failure: what was expected and the text that was not it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,10 +96,7 @@ pub fn scontrol_show_job(stdout: &str, stderr: &str, success: bool) -> Result<Sh
         if stderr.contains("Invalid job id specified") {
             return Ok(ShowJob::Unknown);
         }
-        return Err(ParseError(format!(
-            "scontrol show job failed: {}",
-            crate::slurm::preview(stderr.trim())
-        )));
+        return Err(ParseError(format!("scontrol show job failed: {}", crate::slurm::preview(stderr.trim()))));
     }
     let line = stdout.lines().find(|l| l.trim_start().starts_with("JobId=")).unwrap_or("");
     let value = |key: &str| -> Option<&str> {
@@ -143,7 +140,12 @@ mod tests {
         assert_eq!(jobs.len(), 4);
         assert_eq!(
             jobs[1],
-            QueuedJob { job_id: JobId(24), name: "cortex-dsp-1".into(), state: JobState::Pending, reason: "Resources".into() }
+            QueuedJob {
+                job_id: JobId(24),
+                name: "cortex-dsp-1".into(),
+                state: JobState::Pending,
+                reason: "Resources".into()
+            }
         );
         assert_eq!(jobs[0].state, JobState::Failed);
         assert_eq!(jobs[2].state, JobState::Running);

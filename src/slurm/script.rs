@@ -249,7 +249,10 @@ mod tests {
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(out.stdout, b"task-1|$(x) 'q'\n");
         let rec = parse_end_record(&std::fs::read_to_string(&end).unwrap()).unwrap();
-        assert_eq!(rec, JobEndRecord { dispatch_id: "dsp-2".into(), job_id: 42, exit_status: 3, ended_at: rec.ended_at.clone() });
+        assert_eq!(
+            rec,
+            JobEndRecord { dispatch_id: "dsp-2".into(), job_id: 42, exit_status: 3, ended_at: rec.ended_at.clone() }
+        );
         assert!(rec.ended_at.ends_with('Z'), "{}", rec.ended_at);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
     }

@@ -225,7 +225,8 @@ mod tests {
         };
         assert_eq!((exit_code, signal), (Some(3), None));
         assert_eq!(error, "Slurm job FAILED, exit code 3 (NonZeroExitCode)");
-        let DispatchState::Failed { error, .. } = dispatch_end(&JobState::OutOfMemory, "", None, None, t(), None) else {
+        let DispatchState::Failed { error, .. } = dispatch_end(&JobState::OutOfMemory, "", None, None, t(), None)
+        else {
             panic!()
         };
         assert!(error.contains("out of memory"), "{error}");

@@ -96,7 +96,10 @@ impl SlurmOptions {
         ] {
             if let Some(v) = value {
                 if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    out.push(format!("{}: {v:?} must be a non-empty word (no spaces or control characters)", field(name)));
+                    out.push(format!(
+                        "{}: {v:?} must be a non-empty word (no spaces or control characters)",
+                        field(name)
+                    ));
                 }
             }
         }
@@ -363,9 +366,10 @@ mod tests {
     /// through a save; bad options are named by field.
     #[test]
     fn executor_and_slurm_options() {
-        let old: WorkerTypes =
-            serde_json::from_str(r#"{"worker_types":{"a":{"default_budget":1,"default_duration":1,"command":["true"]}}}"#)
-                .unwrap();
+        let old: WorkerTypes = serde_json::from_str(
+            r#"{"worker_types":{"a":{"default_budget":1,"default_duration":1,"command":["true"]}}}"#,
+        )
+        .unwrap();
         assert_eq!(old.worker_types["a"].executor, ExecutorKind::Local);
         assert_eq!(old.worker_types["a"].slurm, None);
         assert!(!serde_json::to_string(&old).unwrap().contains("executor"), "a local type is saved as before");
