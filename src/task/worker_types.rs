@@ -94,13 +94,10 @@ impl SlurmOptions {
             ("memory", &self.memory),
             ("gres", &self.gres),
         ] {
-            if let Some(v) = value {
-                if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    out.push(format!(
-                        "{}: {v:?} must be a non-empty word (no spaces or control characters)",
-                        field(name)
-                    ));
-                }
+            if let Some(v) = value
+                && (v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                out.push(format!("{}: {v:?} must be a non-empty word (no spaces or control characters)", field(name)));
             }
         }
         if self.cpus == Some(0) {
@@ -211,8 +208,17 @@ const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh"];
 /// routed to it fails unless it brings its own `-- COMMAND`), or a placeholder spliced into a
 /// shell's `-c` script (`sh -c "work {description}"`: a description holding `; touch x` runs
 /// `touch x`). The safe form passes the value as its own argument: `sh -c 'work "$1"' sh {description}`.
+/// A Slurm type is warned about too (this version still runs its tasks locally), with any problem
+/// of its `slurm` options ([`SlurmOptions::problems`]).
 pub fn template_warnings(name: &str, wt: &WorkerType) -> Vec<String> {
     let mut out = Vec::new();
+    if wt.executor == ExecutorKind::Slurm {
+        out.push(format!(
+            "worker type {name:?}: \"executor\": \"slurm\" is not carried out by this version (the cortex-slurm \
+             daemon is not built yet): its tasks run on this host"
+        ));
+        out.extend(wt.slurm.as_ref().map(|o| o.problems(name)).unwrap_or_default());
+    }
     if wt.command.is_empty() {
         out.push(format!(
             "worker type {name:?} has no command template: every task routed to it fails \
@@ -382,6 +388,8 @@ mod tests {
         let opts = gpu.slurm.clone().unwrap();
         assert_eq!((opts.partition.as_deref(), opts.cpus, opts.gres.as_deref()), (Some("gpu"), Some(4), Some("gpu:1")));
         assert!(opts.problems("gpu").is_empty());
+        let warnings = template_warnings("gpu", gpu);
+        assert!(warnings.len() == 1 && warnings[0].contains("run on this host"), "{warnings:?}");
         let back: WorkerTypes = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_eq!(back, t);
         let bad = SlurmOptions {
