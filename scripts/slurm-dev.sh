@@ -7,6 +7,8 @@
 #   scripts/slurm-dev.sh stop   [DIR]   # cancel this cluster's jobs, stop its daemons and job steps
 #                                       # (TERM, grace, KILL); nothing else; idempotent
 #   scripts/slurm-dev.sh status [DIR]   # what of this cluster runs
+#   scripts/slurm-dev.sh stop-controller [DIR]  # slurmctld alone (Slurm "down" for clients; jobs
+#                                       # keep running); `start DIR` brings it back with its state
 #
 # DIR: the cluster's directory (its slurm.conf, state, spool, PID and log files). Default:
 # $CORTEX_HOME/run/slurm-dev when CORTEX_HOME is set; else `start` makes a fresh directory under
@@ -63,8 +65,8 @@ live_pid() {
     [[ -r "$file" ]] || return 1
     pid="$(tr -dc '0-9' <"$file")"
     [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
-    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -1 | grep -q "$bin\$" || return 1
-    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_CONF=$dir/slurm.conf" || return 1
+    tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | head -1 | grep -q "$bin\$" || return 1
+    tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qx "SLURM_CONF=$dir/slurm.conf" || return 1
     echo "$pid"
 }
 
@@ -102,7 +104,7 @@ job_groups() {
     local pid stat
     for pid in /proc/[0-9]*; do
         pid="${pid#/proc/}"
-        tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^$dir/spool/job[0-9]*/slurm_script\$" || continue
+        tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | grep -q "^$dir/spool/job[0-9]*/slurm_script\$" || continue
         stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
         stat="${stat##*) }"
         read -r _ _ pgid _ <<<"$stat"
@@ -173,7 +175,10 @@ controller_up() {
 
 start() {
     resolve_dir
-    if live_pid "$dir/slurmctld.pid" slurmctld >/dev/null || live_pid "$dir/slurmd.pid" slurmd >/dev/null; then
+    local ctld_running='' slurmd_running=''
+    live_pid "$dir/slurmctld.pid" slurmctld >/dev/null && ctld_running=1
+    live_pid "$dir/slurmd.pid" slurmd >/dev/null && slurmd_running=1
+    if [[ -n "$ctld_running" && -n "$slurmd_running" ]]; then
         die "a cluster already runs in $dir (scripts/slurm-dev.sh status $dir)"
     fi
     for bin in slurmctld slurmd sbatch squeue scontrol scancel sinfo; do
@@ -186,8 +191,13 @@ start() {
         clear=(-c)
     fi
     export SLURM_CONF="$dir/slurm.conf"
-    slurmctld "${clear[@]}" -f "$SLURM_CONF" || die "slurmctld did not start: see $dir/log/slurmctld.log"
-    slurmd -f "$SLURM_CONF" || die "slurmd did not start: see $dir/log/slurmd.log"
+    # Only what is not running (after `stop-controller`, the controller alone comes back).
+    if [[ -z "$ctld_running" ]]; then
+        slurmctld "${clear[@]}" -f "$SLURM_CONF" || die "slurmctld did not start: see $dir/log/slurmctld.log"
+    fi
+    if [[ -z "$slurmd_running" ]]; then
+        slurmd -f "$SLURM_CONF" || die "slurmd did not start: see $dir/log/slurmd.log"
+    fi
     local deadline=$(( SECONDS + start_timeout )) state=
     while (( SECONDS < deadline )); do
         if controller_up; then
@@ -238,6 +248,16 @@ stop() {
     echo "slurm-dev: stopped the cluster in $dir" >&2
 }
 
+# The controller alone (TERM, grace, KILL), jobs and slurmd left running: Slurm "down" as clients
+# see it (`Unable to contact slurm controller`); `start DIR` brings it back with its state.
+stop_controller() {
+    resolve_dir
+    local ctld
+    ctld="$(live_pid "$dir/slurmctld.pid" slurmctld || true)"
+    if [[ -n "$ctld" ]]; then stop_pids "$ctld"; fi
+    echo "slurm-dev: stopped the controller of $dir" >&2
+}
+
 status() {
     resolve_dir
     local ctld slurmd steps rc=0
@@ -260,6 +280,7 @@ status() {
 case "$cmd" in
     start) start ;;
     stop) stop ;;
+    stop-controller) stop_controller ;;
     status) status ;;
-    *) die "usage: scripts/slurm-dev.sh start|stop|status [DIR]" ;;
+    *) die "usage: scripts/slurm-dev.sh start|stop|stop-controller|status [DIR]" ;;
 esac
