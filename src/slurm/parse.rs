@@ -116,6 +116,27 @@ pub fn scontrol_show_job(stdout: &str, stderr: &str, success: bool) -> Result<Sh
     }))
 }
 
+/// Whether a Slurm command failed because the controller cannot be reached (down, restarting, the
+/// network): then nothing about the job is known and nothing must end or fail — the dispatch waits
+/// (`slurm_unavailable`) until a call succeeds again. Recognised by Slurm's own texts (22.05):
+/// `Unable to contact slurm controller`, `Socket timed out`, `Slurm backup controller in standby
+/// mode`, `Zero Bytes were transmitted or received`.
+pub fn controller_unreachable(stderr: &str) -> bool {
+    [
+        "Unable to contact slurm controller",
+        "Socket timed out",
+        "backup controller in standby mode",
+        "Zero Bytes were transmitted or received",
+    ]
+    .iter()
+    .any(|needle| stderr.contains(needle))
+}
+
+/// `scontrol ping`: true when a controller answers `UP` (`Slurmctld(primary) at host is UP`).
+pub fn ping_up(stdout: &str) -> bool {
+    stdout.lines().any(|l| l.starts_with("Slurmctld(") && l.trim_end().ends_with(" is UP"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +196,26 @@ mod tests {
         let down = scontrol_show_job("", "slurm_load_jobs error: Unable to contact slurm controller\n", false);
         assert!(down.unwrap_err().0.contains("Unable to contact"));
         assert!(scontrol_show_job("JobId=5 JobName=x\n", "", true).is_err());
+    }
+
+    /// The first three texts are what the dev cluster's 22.05 clients printed with slurmctld
+    /// stopped (`slurm-dev.sh stop-controller`; sbatch after 9 s of retries); the fourth is
+    /// Slurm's message for a controller that accepts but does not answer (not reproduced here).
+    #[test]
+    fn controller_down_is_recognised() {
+        for text in [
+            "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n",
+            "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n",
+            "scancel: error: Kill job error on job id 5: Unable to contact slurm controller (connect failure)\n",
+            "squeue: error: slurm_receive_msg: Socket timed out on send/recv operation\n",
+        ] {
+            assert!(controller_unreachable(text), "{text}");
+        }
+        assert!(!controller_unreachable(
+            "sbatch: error: Batch job submission failed: Invalid partition name specified\n"
+        ));
+        assert!(!controller_unreachable("slurm_load_jobs error: Invalid job id specified\n"));
+        assert!(ping_up("Slurmctld(primary) at vm is UP\n"));
+        assert!(!ping_up("Slurmctld(primary) at vm is DOWN\n*****\n** RESTORE SLURMCTLD DAEMON TO SERVICE **\n"));
     }
 }
