@@ -1,4 +1,4 @@
-//! The Slurm library (`cortex::slurm`) against a REAL single-node cluster: `scripts/slurm-dev.sh`
+//! The Slurm library (`cortex::domain::slurm`) against a REAL single-node cluster: `scripts/slurm-dev.sh`
 //! starts Debian's slurmctld and slurmd on loopback in a temporary directory (one per test, own
 //! ports), the generated batch script is submitted with the generated `sbatch` argv, and what the
 //! real `squeue` and `scontrol` print is parsed. Skipped, with a message saying so, only when the
@@ -7,14 +7,14 @@
 mod common;
 
 use cortex::Home;
-use cortex::config::SlurmConfig;
-use cortex::slurm::command::{self, Submission};
-use cortex::slurm::parse::{self, ShowJob};
-use cortex::slurm::script::{self, BatchScript};
-use cortex::slurm::state::{self, End, Phase};
-use cortex::slurm::{JobId, job_name};
-use cortex::task::model::DispatchState;
-use cortex::task::worker_types::SlurmOptions;
+use cortex::domain::slurm::command::{self, Submission};
+use cortex::domain::slurm::parse::{self, ShowJob};
+use cortex::domain::slurm::script::{self, BatchScript};
+use cortex::domain::slurm::state::{self, End, Phase};
+use cortex::domain::slurm::{JobId, job_name};
+use cortex::domain::task::model::DispatchState;
+use cortex::domain::task::worker_types::SlurmOptions;
+use cortex::store::config::SlurmConfig;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
