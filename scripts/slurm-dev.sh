@@ -35,7 +35,7 @@ resolve_dir() {
     fi
     if [[ -z "$dir" ]]; then
         [[ "$cmd" == start ]] || die "name the cluster's directory: scripts/slurm-dev.sh $cmd DIR (start printed it)"
-        dir="$(mktemp -d "${TMPDIR:-/tmp}/cortex-slurm.XXXXXX")"
+        dir="$(mktemp -d --suffix=.cortex-slurm)"  # under $TMPDIR, else /tmp
     fi
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
