@@ -144,7 +144,7 @@ fn a_backup_and_restore_bring_the_sealed_segments_back() {
     let line = |i: usize| {
         serde_json::json!({
             "task_id": format!("task-20260101000000000-{i:07}"), "description": "old", "priority": "medium",
-            "worker_type": "shell", "status": if i % 5 == 0 { "failed" } else { "completed" },
+            "worker_type": "shell", "status": if i.is_multiple_of(5) { "failed" } else { "completed" },
             "completed_at": "2026-01-01T00:00:01Z", "created_at": "2026-01-01T00:00:00Z", "created_by": "test",
             "attempts": 1, "max_attempts": 1, "budget": 10,
         })
