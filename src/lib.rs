@@ -35,6 +35,7 @@ pub mod store;
 pub mod supervisor;
 pub mod task;
 pub mod validate;
+pub mod watch;
 pub mod worker;
 
 pub use error::{Error, Result};

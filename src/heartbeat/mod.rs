@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut monitor = Monitor::new(clock.clone());
+    monitor.marks_every = Duration::from_secs(ctx.config.heartbeat.interval_seconds.max(1));
     let dispatch_runs = ctx.home.run_dir().join("dispatches");
     crate::store::atomic::create_dir_all(&dispatch_runs)?;
     ctx.watch(&[
