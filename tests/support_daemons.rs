@@ -17,6 +17,28 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A daemon this test started: stopped (TERM, then KILL) even when an assertion fails first.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(h: &TestHome, name: &str) -> Daemon {
+        Daemon(h.spawn_daemon(name))
+    }
+
+    fn stop(mut self) {
+        assert!(terminate(&mut self.0).success());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn wait_ready(h: &TestHome, daemon: &str) {
     wait_until(WAIT, &format!("{daemon} ready"), || {
         std::fs::read(h.join(&format!("run/{daemon}.state.json")))
@@ -43,20 +65,20 @@ fn inotify_masks(pid: u32) -> Vec<u32> {
 fn no_daemon_watch_subscribes_to_opens_or_reads() {
     let h = TestHome::new();
     let names = ["integration", "auto-fix", "heartbeat", "failure-pattern", "worker"];
-    let mut children: Vec<_> = names.iter().map(|n| h.spawn_daemon(n)).collect();
+    let children: Vec<Daemon> = names.iter().map(|n| Daemon::start(&h, n)).collect();
     for n in names {
         wait_ready(&h, n);
     }
     for (n, c) in names.iter().zip(&children) {
-        let masks = inotify_masks(c.id());
+        let masks = inotify_masks(c.0.id());
         assert!(!masks.is_empty(), "{n} watches nothing");
         for m in masks {
             // IN_ACCESS 0x1, IN_CLOSE_NOWRITE 0x10, IN_OPEN 0x20: a reader would wake the daemon.
             assert_eq!(m & cortex::watch::READ_BITS, 0, "{n} has a watch with mask {m:#x}");
         }
     }
-    for c in &mut children {
-        assert!(terminate(c).success());
+    for c in children {
+        c.stop();
     }
 }
 
@@ -80,7 +102,7 @@ fn validations(h: &TestHome, file: &str) -> usize {
 fn integration_validates_a_burst_once_quarantines_it_and_never_validates_on_reads() {
     let h = TestHome::new();
     h.set_config("logs", "level", "\"debug\"");
-    let mut d = h.spawn_daemon("integration");
+    let d = Daemon::start(&h, "integration");
     wait_ready(&h, "integration");
 
     // A burst of writes that ends corrupt: reported and quarantined once.
@@ -117,7 +139,7 @@ fn integration_validates_a_burst_once_quarantines_it_and_never_validates_on_read
     put(&h, "coordination/marker.json", b"{}");
     wait_until(WAIT, "the marker validated", || validations(&h, "marker.json") == 1);
     assert_eq!(count(), before, "reads caused validations");
-    assert!(terminate(&mut d).success());
+    d.stop();
 }
 
 fn ended_spec(id: &str, worker_type: &str, group: &Group, failure: bool) -> DispatchRecord {
@@ -179,7 +201,7 @@ fn autofix_reads_no_success_while_breakers_are_closed_and_still_opens_and_closes
     );
     let g = Group::start("exec tail -f /dev/null");
     move_in(&home, SpecBucket::Failed, &ended_spec("f0", "w", &g, true));
-    let mut d = h.spawn_daemon("auto-fix");
+    let d = Daemon::start(&h, "auto-fix");
     wait_until(WAIT, "the first failure counted", || breaker(&home, "w")["failures_in_window"] == 1);
 
     // Thirty successes end while every breaker is closed: auto-fix opens none of them.
@@ -206,7 +228,7 @@ fn autofix_reads_no_success_while_breakers_are_closed_and_still_opens_and_closes
     wait_until(WAIT, "circuit_breaker_closed", || h.events_of("circuit_breaker_closed").len() == 1);
     assert_eq!(h.events_of("circuit_breaker_tripped").len(), 1);
     assert_eq!(h.events_of("circuit_breaker_half_open").len(), 1);
-    assert!(terminate(&mut d).success());
+    d.stop();
 }
 
 #[test]

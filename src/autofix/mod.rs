@@ -88,6 +88,10 @@ impl Changes {
             self.policy = true;
         } else if path == store.path(crate::files::FIX_REGISTRY) {
             self.registry = true;
+        } else if path == home.coord("config") {
+            // The directory itself (a rescan): both of auto-fix's files may have changed.
+            self.policy = true;
+            self.registry = true;
         } else if path.starts_with(home.coord("config")) {
             // Another configuration file: not auto-fix's.
         } else if breaker::ENDED_BUCKETS.iter().any(|b| home.worker_specs(*b) == path) {
