@@ -8,8 +8,8 @@ mod common;
 mod health_support;
 
 use common::*;
-use cortex::home::{Home, SpecBucket};
-use cortex::task::{DispatchRecord, DispatchState};
+use cortex::domain::task::{DispatchRecord, DispatchState};
+use cortex::store::home::{Home, SpecBucket};
 use health_support::*;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -74,7 +74,7 @@ fn no_daemon_watch_subscribes_to_opens_or_reads() {
         assert!(!masks.is_empty(), "{n} watches nothing");
         for m in masks {
             // IN_ACCESS 0x1, IN_CLOSE_NOWRITE 0x10, IN_OPEN 0x20: a reader would wake the daemon.
-            assert_eq!(m & cortex::watch::READ_BITS, 0, "{n} has a watch with mask {m:#x}");
+            assert_eq!(m & cortex::base::watch::READ_BITS, 0, "{n} has a watch with mask {m:#x}");
         }
     }
     for c in children {
@@ -143,7 +143,7 @@ fn integration_validates_a_burst_once_quarantines_it_and_never_validates_on_read
 }
 
 fn ended_spec(id: &str, worker_type: &str, group: &Group, failure: bool) -> DispatchRecord {
-    let now = cortex::clock::now_string();
+    let now = cortex::base::clock::now_string();
     let state = if failure {
         DispatchState::Failed {
             ended_at: now.clone(),
@@ -164,7 +164,7 @@ fn move_in(home: &Home, bucket: SpecBucket, spec: &DispatchRecord) {
     std::fs::create_dir_all(&stage).unwrap();
     let tmp = stage.join(format!("{}.json", spec.dispatch_id));
     std::fs::write(&tmp, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
-    let to = cortex::task::dispatches::spec_path(home, bucket, &spec.dispatch_id);
+    let to = cortex::domain::task::dispatches::spec_path(home, bucket, &spec.dispatch_id);
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     std::fs::rename(&tmp, &to).unwrap();
 }
@@ -233,20 +233,20 @@ fn autofix_reads_no_success_while_breakers_are_closed_and_still_opens_and_closes
 
 #[test]
 fn a_heartbeat_pass_reads_the_dispatchs_processes_not_every_process() {
-    use cortex::clock::ManualClock;
+    use cortex::base::clock::ManualClock;
     let h = TestHome::new();
     let home = Home::at(h.path());
     let g = Group::start("sleep 100 & sleep 100 & wait");
     wait_until(Duration::from_secs(5), "sh and both sleeps", || g.members().len() == 3);
     let now = chrono::Utc::now();
-    write_spec(&home, SpecBucket::Active, &running_spec("d1", "t1", "w", &g, &cortex::clock::format_ts(now), 0));
+    write_spec(&home, SpecBucket::Active, &running_spec("d1", "t1", "w", &g, &cortex::base::clock::format_ts(now), 0));
     let store = cortex::store::Store::new(home.clone()).with_source("heartbeat");
-    let mut monitor = cortex::heartbeat::Monitor::new(std::sync::Arc::new(ManualClock::new(now)));
-    let before = cortex::procfs::stat_reads();
+    let mut monitor = cortex::daemons::heartbeat::Monitor::new(std::sync::Arc::new(ManualClock::new(now)));
+    let before = cortex::base::procfs::stat_reads();
     let report = monitor.pass(&store, 0.0).expect("pass");
-    let reads = cortex::procfs::stat_reads() - before;
+    let reads = cortex::base::procfs::stat_reads() - before;
     assert_eq!(report.running, 1);
-    let host = cortex::procfs::pids().len();
+    let host = cortex::base::procfs::pids().len();
     assert!(reads <= 12, "{reads} /proc/<pid>/stat reads for one dispatch of 3 processes ({host} on the host)");
     // The group's memory was still sampled from its members.
     let spec = read_spec(&home, SpecBucket::Active, "d1").unwrap();
