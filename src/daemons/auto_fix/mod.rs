@@ -92,6 +92,8 @@ impl Changes {
             // The directory itself (a rescan): both of auto-fix's files may have changed.
             self.policy = true;
             self.registry = true;
+        } else if path == home.failure_pattern_state() {
+            // failure-pattern's own memory (rewritten as failures arrive): not the patterns.
         } else if path.starts_with(home.coord("config")) {
             // Another configuration file: not auto-fix's.
         } else if breaker::ENDED_BUCKETS.iter().any(|b| home.worker_specs(*b) == path) {
