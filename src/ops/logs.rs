@@ -3,18 +3,18 @@
 //! rotations). Rotation is the one in [`crate::daemons::tracing_setup`], under the same lock the daemons take
 //! when they rotate their own log, so the two never interleave.
 
-use crate::base::daemon_name::{Daemon, NAMES};
+use crate::base::daemon_name::Daemon;
 use crate::base::error::{Error, Result};
 use crate::store::home::Home;
 use crate::store::pidfile::{self, PidStatus};
-use crate::{store::rotation::compress_rotated, store::rotation::rotate_file};
+use crate::store::rotation::{compress_rotated, rotate_file};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The running daemon of this home that writes `log`, if any.
-fn writer_of(home: &Home, log: &Path) -> Option<(&'static str, u32)> {
-    NAMES.into_iter().find(|d| home.daemon_log(d) == log).and_then(|d| match pidfile::status(home, d) {
+fn writer_of(home: &Home, log: &Path) -> Option<(Daemon, u32)> {
+    Daemon::ALL.into_iter().find(|d| home.daemon_log(*d) == log).and_then(|d| match pidfile::status(home, d) {
         Ok(PidStatus::Running(pid)) if pid != 0 => Some((d, pid)),
         _ => None,
     })
@@ -135,7 +135,7 @@ fn age(p: &Path) -> Duration {
 fn in_use(home: &Home, p: &Path) -> bool {
     Daemon::ALL
         .iter()
-        .any(|d| matches!(pidfile::status(home, d.as_str()), Ok(PidStatus::Running(pid)) if pid != 0 && holds(pid, p)))
+        .any(|d| matches!(pidfile::status(home, *d), Ok(PidStatus::Running(pid)) if pid != 0 && holds(pid, p)))
 }
 
 /// Removes logs under `agents/logs/` (`*.log*`) not modified for `older_than`, and gzipped files
@@ -259,11 +259,11 @@ pub const LOG_ALIASES: [(&str, Daemon); 3] = [
 
 /// The daemon a log name means: `worker`, `worker-daemon.log`, and the runbook's names
 /// (`heartbeat-monitor-daemon.log`, `metrics-snapshot`, ...; see [`LOG_ALIASES`]).
-pub fn log_daemon(name: &str) -> Option<&'static str> {
+pub fn log_daemon(name: &str) -> Option<Daemon> {
     let base = name.strip_suffix(".log").unwrap_or(name);
     let base = base.strip_suffix("-daemon").unwrap_or(base);
     let daemon = LOG_ALIASES.iter().find(|(alias, _)| *alias == base).map(|(_, d)| *d);
-    daemon.or_else(|| Daemon::parse(base)).map(Daemon::as_str)
+    daemon.or_else(|| Daemon::parse(base))
 }
 
 /// The log file `cortex logs tail NAME` reads: a daemon's log (by its name, its log's file name

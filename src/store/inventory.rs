@@ -59,7 +59,7 @@ pub fn inventory(home: &crate::store::home::Home) -> Vec<LockInfo> {
     names.dedup();
     // Every file of the directory, ours or not: an operator sees all of it.
     paths.extend(names.iter().map(|n| (home.locks_dir().join(format!("{n}.lock")), "lock")));
-    paths.extend(crate::base::daemon_name::Daemon::ALL.map(|d| (home.pid_file(d.as_str()), "pid")));
+    paths.extend(crate::base::daemon_name::Daemon::ALL.map(|d| (home.pid_file(d), "pid")));
     let mut out = Vec::new();
     for (path, kind) in paths {
         let meta = std::fs::symlink_metadata(&path).ok();

@@ -470,7 +470,14 @@ mod tests {
         assert!(err.contains("symbolic link"), "{err}");
         assert!(try_lock_exclusive(&home.lock_file(LockName::TaskQueue)).is_err());
         std::os::unix::fs::symlink(outside.path(), home.run_dir()).unwrap();
-        assert!(crate::store::pidfile::PidFile::acquire(&home, "metrics", Duration::from_millis(50)).is_err());
+        assert!(
+            crate::store::pidfile::PidFile::acquire(
+                &home,
+                crate::base::daemon_name::Daemon::Metrics,
+                Duration::from_millis(50)
+            )
+            .is_err()
+        );
         assert_eq!(std::fs::read_to_string(outside.path().join("scheduler.lock")).unwrap(), "victim's own bytes");
         let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(made, vec![std::ffi::OsString::from("scheduler.lock")], "nothing created through the links");

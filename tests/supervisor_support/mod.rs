@@ -67,19 +67,19 @@ impl Fleet {
 
     /// The PID of a running daemon (its PID file is locked).
     pub fn pid(&self, daemon: &str) -> Option<u32> {
-        match pidfile::status(&self.home(), daemon) {
+        match pidfile::status(&self.home(), by_name(daemon)) {
             Ok(PidStatus::Running(p)) if p != 0 => Some(p),
             _ => None,
         }
     }
 
     pub fn status_of(&self, daemon: &str) -> PidStatus {
-        pidfile::status(&self.home(), daemon).unwrap()
+        pidfile::status(&self.home(), by_name(daemon)).unwrap()
     }
 
     /// The PID of a daemon that runs and has marked itself ready.
     pub fn ready(&self, daemon: &str) -> Option<u32> {
-        self.pid(daemon).filter(|p| cortex::ops::supervisor::process::is_ready(&self.home(), daemon, *p))
+        self.pid(daemon).filter(|p| cortex::ops::supervisor::process::is_ready(&self.home(), by_name(daemon), *p))
     }
 
     /// Waits until `daemon` is ready with a PID other than `not`.
@@ -159,4 +159,9 @@ pub fn run_script(f: &Fleet, rel: &str, args: &[&str], cron: bool) -> Output {
         cmd.env("CORTEX_BIN", bin("cortex"));
     }
     cmd.output().unwrap()
+}
+
+/// The daemon a test names (the tests speak in names, as the command line does).
+pub fn by_name(name: &str) -> cortex::base::daemon_name::Daemon {
+    cortex::base::daemon_name::Daemon::parse(name).unwrap_or_else(|| panic!("no daemon named {name:?}"))
 }

@@ -30,7 +30,7 @@ pub enum DaemonState {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DaemonStatus {
-    pub name: String,
+    pub name: Daemon,
     pub state: DaemonState,
     pub enabled: bool,
     pub pid: Option<u32>,
@@ -76,7 +76,7 @@ impl DaemonStatus {
 }
 
 /// Seconds since the daemon's mark was refreshed, when the mark belongs to `pid`.
-pub fn heartbeat_age(home: &Home, daemon: &str, pid: u32) -> Option<f64> {
+pub fn heartbeat_age(home: &Home, daemon: Daemon, pid: u32) -> Option<f64> {
     let mark = read_mark(home, daemon).filter(|m| m.pid == pid)?;
     let at = crate::base::clock::parse_ts(&mark.heartbeat_at)?;
     Some((chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
@@ -87,7 +87,7 @@ pub fn daemon_status(home: &Home, config: &Config, sup: &registry::SupervisorSta
     let name = daemon.as_str();
     let record = sup.daemons.get(name).cloned().unwrap_or_default();
     let mut st = DaemonStatus {
-        name: name.to_string(),
+        name: daemon,
         state: DaemonState::Stopped,
         enabled: config.daemon_enabled(daemon),
         pid: None,
@@ -97,9 +97,9 @@ pub fn daemon_status(home: &Home, config: &Config, sup: &registry::SupervisorSta
         heartbeat_age_seconds: None,
         restarts: record.restarts,
         last_restart_cause: record.last_cause.clone(),
-        stopped_by_operator: registry::stop_intent(home, name).is_some(),
+        stopped_by_operator: registry::stop_intent(home, daemon).is_some(),
     };
-    match pidfile::status(home, name) {
+    match pidfile::status(home, daemon) {
         Ok(PidStatus::Running(pid)) => {
             st.pid = Some(pid);
             if let Some(p) = proc_stats(pid) {
@@ -107,8 +107,8 @@ pub fn daemon_status(home: &Home, config: &Config, sup: &registry::SupervisorSta
                 st.rss_bytes = Some(p.rss_bytes);
                 st.cpu_percent = Some(p.cpu_percent);
             }
-            let mark = read_mark(home, name).filter(|m| m.pid == pid);
-            st.heartbeat_age_seconds = heartbeat_age(home, name, pid);
+            let mark = read_mark(home, daemon).filter(|m| m.pid == pid);
+            st.heartbeat_age_seconds = heartbeat_age(home, daemon, pid);
             st.state = if mark.is_none_or(|m| m.ready_at.is_none()) {
                 DaemonState::Starting
             } else if st.heartbeat_age_seconds.is_some_and(|a| a > config.supervisor.hung_after_seconds as f64) {
@@ -193,7 +193,7 @@ pub fn overview(home: &Home, config: &Config) -> Overview {
     };
     let supervisor = if registry::foreground_active(home) {
         Some("cortex run".to_string())
-    } else if daemons.iter().any(|d| d.name == Daemon::Pm.as_str() && d.state == DaemonState::Running) {
+    } else if daemons.iter().any(|d| d.name == Daemon::Pm && d.state == DaemonState::Running) {
         Some(Daemon::Pm.to_string())
     } else {
         None
