@@ -12,8 +12,8 @@
 pub mod clock;
 pub mod daemon_name;
 pub mod error;
-pub mod home_trust;
+pub(crate) mod home_trust;
 pub mod procfs;
 pub mod schema;
-pub mod text;
-pub mod wake;
+pub(crate) mod text;
+pub(crate) mod wake;

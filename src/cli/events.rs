@@ -55,7 +55,7 @@ pub enum EventCommand {
     },
 }
 
-pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
     match cmd {
         EventCommand::Emit { event_type, severity, message, data, source, positional } => {
             let mut pos = positional.into_iter();

@@ -82,7 +82,7 @@ fn actor() -> Actor {
     Actor { who: local_user(), from: "cli".into() }
 }
 
-pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
     let store = ctx.store()?;
     let clock = SystemClock;
     match cmd {

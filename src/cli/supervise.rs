@@ -56,7 +56,7 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-pub fn start(ctx: &Ctx, args: StartArgs) -> Result<u8> {
+pub(super) fn start(ctx: &Ctx, args: StartArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let daemons = registry::select(&config, &args.names, false)?;
     let mut results = Vec::new();
@@ -97,7 +97,7 @@ pub fn start(ctx: &Ctx, args: StartArgs) -> Result<u8> {
     Ok(if ok { 0 } else { 1 })
 }
 
-pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
+pub(super) fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let mut daemons = if args.names.is_empty() {
         crate::base::daemon_name::Daemon::ALL.to_vec()
@@ -154,7 +154,7 @@ pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
     Ok(if ok { 0 } else { 1 })
 }
 
-pub fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
+pub(super) fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     // Restarts are always one at a time; `--rolling` names the runbook's form for all daemons.
     let daemons = registry::select(&config, &args.names, false)?;
@@ -197,7 +197,7 @@ pub fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
 /// `cortex status`: never fails on a bad coordination file. What runs is counted from the
 /// dispatch records; a file that cannot be read is named (`errors`, a `Problem:` line) and makes
 /// the exit status 1, like a daemon that is down.
-pub fn status(ctx: &Ctx) -> Result<u8> {
+pub(super) fn status(ctx: &Ctx) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let ov = status::overview(&ctx.home, &config);
     let store = crate::store::Store::new(ctx.home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli");
@@ -239,7 +239,7 @@ pub fn status(ctx: &Ctx) -> Result<u8> {
     Ok(if healthy { 0 } else { 1 })
 }
 
-pub fn health_check(ctx: &Ctx, args: HealthArgs) -> Result<u8> {
+pub(super) fn health_check(ctx: &Ctx, args: HealthArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let mut ov = status::overview(&ctx.home, &config);
     let mut fixed = Vec::new();

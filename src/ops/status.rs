@@ -19,10 +19,10 @@
 //! - [`views`]: the views themselves.
 //! - [`metrics`]: the Prometheus metrics.
 
-pub mod acknowledge;
-pub mod cache;
-pub mod prometheus;
-pub mod views;
+pub(crate) mod acknowledge;
+pub(crate) mod cache;
+pub(crate) mod prometheus;
+pub(crate) mod views;
 
 pub use cache::{FileError, QueueSummary, Snapshot, SpecEntry, StatusReader};
 pub use views::{

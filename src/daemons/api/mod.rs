@@ -8,10 +8,10 @@
 //! - [`commit`]: the scheduler's group commit (one committer thread batches pauses/resumes).
 //! - [`routes`]: the endpoints.
 
-pub mod commit;
+pub(crate) mod commit;
 pub mod http;
-pub mod policy;
-pub mod routes;
+pub(crate) mod policy;
+pub(crate) mod routes;
 
 use crate::base::error::{Error, Result};
 use crate::ops::status::StatusReader;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The application: shared by every handler thread.
-pub struct App {
+pub(crate) struct App {
     pub reader: Arc<StatusReader>,
     pub tokens: Tokens,
     /// The API's own address, for the `Host` and `Origin` checks.

@@ -13,7 +13,7 @@ use serde_json::json;
 use std::collections::HashSet;
 
 /// Checks every other daemon's mark; returns when the next one could turn hung.
-pub fn check_marks(
+pub(crate) fn check_marks(
     store: &Store,
     hung_after_seconds: f64,
     now: Timestamp,

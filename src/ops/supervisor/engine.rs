@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The doorbell message the engine's threads send to the loop that owns the engine.
-pub const NOTE: &str = "\u{0}supervisor-note";
+pub(crate) const NOTE: &str = "\u{0}supervisor-note";
 
 /// Who runs the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// The pm daemon: supervises the daemons it has seen ready (not itself), and steps aside while
     /// a `cortex run` supervises the home.
     Pm,
@@ -67,7 +67,7 @@ enum Note {
     LockFree { name: Daemon, pid: u32 },
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     home: Home,
     config: Config,
     policy: RestartPolicy,
@@ -82,7 +82,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(home: Home, config: Config, mode: Mode, waker: Sender<Wake>) -> Engine {
+    pub(crate) fn new(home: Home, config: Config, mode: Mode, waker: Sender<Wake>) -> Engine {
         let source = if mode == Mode::Pm { Daemon::Pm.as_str() } else { "supervisor" };
         let store = Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source(source);
         let saved = registry::read_state(&home);
@@ -134,7 +134,7 @@ impl Engine {
     /// then on. Called at start-up and when something under `run/` changed. At start-up, a daemon
     /// found dead after it had been ready (a stale PID file, its ready mark left behind, no stop
     /// intent) is restarted too.
-    pub fn observe(&mut self) {
+    pub(crate) fn observe(&mut self) {
         let mut changed = false;
         for i in 0..self.entries.len() {
             let name = self.entries[i].daemon;
@@ -205,7 +205,7 @@ impl Engine {
     }
 
     /// Handles what the watcher threads reported.
-    pub fn handle_notes(&mut self) {
+    pub(crate) fn handle_notes(&mut self) {
         let notes: Vec<Note> = std::mem::take(&mut *self.notes.lock().unwrap_or_else(|e| e.into_inner()));
         for note in notes {
             let (name, pid) = match &note {
@@ -326,7 +326,7 @@ impl Engine {
     }
 
     /// Runs what is due: restarts whose backoff has passed, and the hung check.
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         let now = Instant::now();
         for i in 0..self.entries.len() {
             if let Phase::Down { at, .. } = self.entries[i].phase
@@ -343,7 +343,7 @@ impl Engine {
     }
 
     /// When the loop must wake next.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let restarts = self.entries.iter().filter_map(|e| match e.phase {
             Phase::Down { at, .. } => Some(at),
             _ => None,
@@ -460,7 +460,7 @@ impl Engine {
 
     /// `cortex run` start-up: every supervised daemon in start order, as a child (or watched, if
     /// it already runs). Returns the daemons that did not come up (they are retried per policy).
-    pub fn start_all(&mut self) -> Vec<(String, String)> {
+    pub(crate) fn start_all(&mut self) -> Vec<(String, String)> {
         let mut failures = Vec::new();
         for i in 0..self.entries.len() {
             let name = self.entries[i].daemon;
@@ -488,7 +488,7 @@ impl Engine {
     }
 
     /// `cortex run` shutdown: stops every daemon of the home in reverse start order.
-    pub fn stop_all(&mut self) {
+    pub(crate) fn stop_all(&mut self) {
         self.shutting_down = true;
         let timeout = super::control::stop_timeout(&self.config);
         for i in (0..self.entries.len()).rev() {

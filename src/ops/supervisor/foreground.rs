@@ -27,7 +27,7 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
 }
 
 /// Runs the foreground supervisor until SIGTERM/SIGINT. Returns the exit code.
-pub fn run(home: &Home) -> Result<u8> {
+pub(crate) fn run(home: &Home) -> Result<u8> {
     let config = Config::load(home)?;
     let _pidfile = PidFile::acquire(home, registry::FOREGROUND, Duration::from_millis(500)).map_err(|e| match e {
         Error::Refused(_) => Error::refused(format!(

@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
 /// The daemons of `home` that run now, in start order, with their PIDs.
-pub fn running(home: &Home) -> Result<Vec<(Daemon, u32)>> {
+pub(crate) fn running(home: &Home) -> Result<Vec<(Daemon, u32)>> {
     let mut out = Vec::new();
     for d in Daemon::ALL {
         if let PidStatus::Running(pid) = pidfile::status(home, d)? {
@@ -23,7 +23,7 @@ pub fn running(home: &Home) -> Result<Vec<(Daemon, u32)>> {
 }
 
 /// A refusal that names the running daemons and what to do.
-pub fn refuse_while_running(home: &Home, what: &str) -> Result<()> {
+pub(crate) fn refuse_while_running(home: &Home, what: &str) -> Result<()> {
     let run = running(home)?;
     if run.is_empty() {
         return Ok(());
@@ -37,7 +37,7 @@ pub fn refuse_while_running(home: &Home, what: &str) -> Result<()> {
 }
 
 /// Stops every running daemon of `home` (reverse start order); returns the daemons it stopped.
-pub fn stop_all(home: &Home, config: &Config) -> Result<Vec<Daemon>> {
+pub(crate) fn stop_all(home: &Home, config: &Config) -> Result<Vec<Daemon>> {
     let mut run = running(home)?;
     run.reverse();
     // Each is proven to be our daemon (lock holder, binary, home) before it is signalled.
@@ -83,7 +83,7 @@ fn wait_pidfile_free(home: &Home, daemon: Daemon, timeout: Duration) -> Result<b
 /// to signal or stop one finds its real PID. A locked PID file alone is not enough: between
 /// taking the lock and writing its PID, a starting daemon's file still holds nothing (or the
 /// previous daemon's PID).
-pub fn start(home: &Home, config: &Config, daemons: &[Daemon]) -> Result<()> {
+pub(crate) fn start(home: &Home, config: &Config, daemons: &[Daemon]) -> Result<()> {
     for d in Daemon::ALL.into_iter().filter(|d| daemons.contains(d)) {
         let started = crate::ops::supervisor::control::start_one(home, config, d);
         if let Some(e) = started.error {
