@@ -17,7 +17,8 @@
 //! - [`cache`]: the [`StatusReader`], which reads and caches by file identity what the views
 //!   are made of ([`Snapshot`]).
 //! - [`views`]: the views themselves.
-//! - [`metrics`]: the Prometheus metrics.
+//! - [`prometheus`]: the Prometheus exposition of `GET /metrics`.
+//! - [`acknowledge`]: acknowledging events (`cortex event ack`, `POST /events/<id>/ack`).
 
 pub(crate) mod acknowledge;
 pub(crate) mod cache;

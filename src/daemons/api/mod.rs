@@ -3,7 +3,7 @@
 //! only through the library operations the CLI uses.
 //!
 //! - [`http`]: the HTTP/1.1 server (reactor + bounded handler pool, limits, timeouts).
-//! - [`auth`]: bearer tokens from `[api] tokens_file` (operate and read-only kinds).
+//! - [`crate::store::api_tokens`]: bearer tokens from `[api] tokens_file` (operate and read-only kinds).
 //! - [`policy`]: who may call what — the `Host`/`Origin` checks and the access kinds.
 //! - [`commit`]: the scheduler's group commit (one committer thread batches pauses/resumes).
 //! - [`routes`]: the endpoints.
