@@ -10,15 +10,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Sets `key = value` in `[section]` of the home's cortex.toml.
-pub fn set_config(h: &TestHome, section: &str, key: &str, value: &str) {
+pub(crate) fn set_config(h: &TestHome, section: &str, key: &str, value: &str) {
     h.set_config(section, key, value);
 }
 
 /// The operate token [`Api::start_operated`] configures (named `operator`).
-pub const OPERATOR_TOKEN: &str = "operator-0123456789abcdef-secret";
+pub(crate) const OPERATOR_TOKEN: &str = "operator-0123456789abcdef-secret";
 
 /// Writes `text` as the home's tokens file `api-tokens` (0600) and points `[api] tokens_file` at it.
-pub fn write_tokens_file(h: &TestHome, text: &str) {
+pub(crate) fn write_tokens_file(h: &TestHome, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     let path = h.join("api-tokens");
     std::fs::write(&path, text).unwrap();
@@ -27,7 +27,7 @@ pub fn write_tokens_file(h: &TestHome, text: &str) {
 }
 
 /// A running `cortex-api`; stopped (SIGTERM) when dropped.
-pub struct Api {
+pub(crate) struct Api {
     pub port: u16,
     pub child: Child,
     /// Sent as `Authorization: Bearer` by [`Api::get`] and [`Api::post`] when set.
@@ -36,7 +36,7 @@ pub struct Api {
 
 impl Api {
     /// Binds the home's API to a free port and starts the daemon; waits until it answers.
-    pub fn start(h: &TestHome) -> Api {
+    pub(crate) fn start(h: &TestHome) -> Api {
         let port = free_port();
         set_config(h, "api", "bind", &format!("\"127.0.0.1:{port}\""));
         Api::start_on(h, port)
@@ -44,7 +44,7 @@ impl Api {
 
     /// Like [`Api::start`] with a tokens file holding [`OPERATOR_TOKEN`], which `get` and
     /// `post` then send: for the changes that need a token (retry, schedule actions).
-    pub fn start_operated(h: &TestHome) -> Api {
+    pub(crate) fn start_operated(h: &TestHome) -> Api {
         write_tokens_file(h, &format!("operator:{OPERATOR_TOKEN}\n"));
         let mut api = Api::start(h);
         api.token = Some(OPERATOR_TOKEN.to_string());
@@ -52,7 +52,7 @@ impl Api {
     }
 
     /// Starts the daemon on the port already configured.
-    pub fn start_on(h: &TestHome, port: u16) -> Api {
+    pub(crate) fn start_on(h: &TestHome, port: u16) -> Api {
         let child = spawn_api(h);
         let mut api = Api { port, child, token: None };
         api.wait_ready();
@@ -64,7 +64,7 @@ impl Api {
         self.token.iter().map(|t| ("Authorization", format!("Bearer {t}"))).collect()
     }
 
-    pub fn wait_ready(&mut self) {
+    pub(crate) fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -82,24 +82,24 @@ impl Api {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let auth = self.auth();
         let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
         json_request(self.port, "GET", path, &headers, b"")
     }
 
-    pub fn post(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    pub(crate) fn post(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
         let auth = self.auth();
         let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
         json_request(self.port, "POST", path, &headers, body)
     }
 
     /// SIGKILL, no clean-up (the PID file stays behind, stale).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -114,7 +114,7 @@ impl Drop for Api {
 }
 
 /// Starts `cortex-api` in the home without waiting.
-pub fn spawn_api(h: &TestHome) -> Child {
+pub(crate) fn spawn_api(h: &TestHome) -> Child {
     Command::new(bin("cortex-api"))
         .arg("--home")
         .arg(h.path())
@@ -129,10 +129,10 @@ pub fn spawn_api(h: &TestHome) -> Child {
 }
 
 /// Response headers, names lower-cased.
-pub type Headers = Vec<(String, String)>;
+pub(crate) type Headers = Vec<(String, String)>;
 
 /// Reads one response from a stream: status, headers and body.
-pub fn read_response(stream: &mut impl BufRead) -> std::io::Result<(u16, Headers, Vec<u8>)> {
+pub(crate) fn read_response(stream: &mut impl BufRead) -> std::io::Result<(u16, Headers, Vec<u8>)> {
     let mut line = String::new();
     stream.read_line(&mut line)?;
     let status: u16 = line
@@ -159,7 +159,7 @@ pub fn read_response(stream: &mut impl BufRead) -> std::io::Result<(u16, Headers
 }
 
 /// One request on a new connection (`Connection: close`); status and body.
-pub fn try_request(
+pub(crate) fn try_request(
     port: u16,
     method: &str,
     path: &str,
@@ -188,7 +188,7 @@ pub fn try_request(
 }
 
 /// A request whose response must be JSON.
-pub fn json_request(
+pub(crate) fn json_request(
     port: u16,
     method: &str,
     path: &str,
@@ -203,7 +203,7 @@ pub fn json_request(
 }
 
 /// Writes a dispatch record into `coordination/worker-specs/<bucket>/<id>.json`.
-pub fn write_dispatch(h: &TestHome, bucket: &str, record: serde_json::Value) {
+pub(crate) fn write_dispatch(h: &TestHome, bucket: &str, record: serde_json::Value) {
     let id = record["dispatch_id"].as_str().expect("dispatch_id").to_string();
     let dir = h.join(&format!("coordination/worker-specs/{bucket}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -213,7 +213,7 @@ pub fn write_dispatch(h: &TestHome, bucket: &str, record: serde_json::Value) {
 }
 
 /// A dispatch record with the given state fields (`{"status": "running", "pid": ...}`).
-pub fn dispatch(id: &str, task: &str, dispatched_at: &str, state: serde_json::Value) -> serde_json::Value {
+pub(crate) fn dispatch(id: &str, task: &str, dispatched_at: &str, state: serde_json::Value) -> serde_json::Value {
     let mut rec = serde_json::json!({
         "dispatch_id": id,
         "task_id": task,
@@ -233,7 +233,7 @@ pub fn dispatch(id: &str, task: &str, dispatched_at: &str, state: serde_json::Va
 }
 
 /// A running dispatch (the pid is this test process: alive, and never signalled by these tests).
-pub fn running(id: &str, task: &str) -> serde_json::Value {
+pub(crate) fn running(id: &str, task: &str) -> serde_json::Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     dispatch(
         id,
@@ -244,7 +244,7 @@ pub fn running(id: &str, task: &str) -> serde_json::Value {
 }
 
 /// A completed dispatch, dispatched `ago` seconds ago.
-pub fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
+pub(crate) fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
     let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
     let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     dispatch(
@@ -256,7 +256,7 @@ pub fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
 }
 
 /// A failed dispatch, dispatched `ago` seconds ago.
-pub fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
+pub(crate) fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
     let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
     let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     dispatch(
@@ -269,13 +269,13 @@ pub fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
 
 /// Runs runbook lines with `sh -c` against the API on `port` (the runbooks' `127.0.0.1:8900`
 /// becomes the test's port; nothing else changes).
-pub struct Shell {
+pub(crate) struct Shell {
     pub port: u16,
 }
 
 impl Shell {
     /// Runs runbook lines; returns (exit code, stdout, stderr).
-    pub fn run(&self, script: &str) -> (i32, String, String) {
+    pub(crate) fn run(&self, script: &str) -> (i32, String, String) {
         let script = script.replace("127.0.0.1:8900", &format!("127.0.0.1:{}", self.port));
         let out = Command::new("sh").arg("-c").arg(&script).output().expect("run sh");
         (
@@ -286,7 +286,7 @@ impl Shell {
     }
 
     /// Runs lines that must succeed with nothing on stderr; returns stdout trimmed.
-    pub fn ok(&self, script: &str) -> String {
+    pub(crate) fn ok(&self, script: &str) -> String {
         let (code, out, err) = self.run(script);
         assert!(code == 0 && err.is_empty(), "runbook lines failed ({code}):\n{script}\nstdout: {out}\nstderr: {err}");
         out.trim().to_string()

@@ -11,20 +11,20 @@ use std::time::{Duration, Instant};
 
 /// The long-running daemons besides the worker and coordinator: each must survive whatever
 /// these tests do to its files.
-pub const DAEMONS: [&str; 6] = ["api", "metrics", "integration", "failure-pattern", "heartbeat", "auto-fix"];
+pub(crate) const DAEMONS: [&str; 6] = ["api", "metrics", "integration", "failure-pattern", "heartbeat", "auto-fix"];
 
 /// The task path's daemons, which [`Fleet::start_all`] adds to [`DAEMONS`].
-pub const TASK_DAEMONS: [&str; 2] = ["coordinator", "worker"];
+pub(crate) const TASK_DAEMONS: [&str; 2] = ["coordinator", "worker"];
 
 /// Daemons running in one home; stopped (SIGTERM, then SIGKILL) when dropped.
-pub struct Fleet {
+pub(crate) struct Fleet {
     pub children: Vec<(String, Child)>,
     pub api_port: u16,
 }
 
 /// Settings that make the daemons quick to observe: heartbeat marks every second, the API on a
 /// free loopback port.
-pub fn configure_fast(h: &TestHome) -> u16 {
+pub(crate) fn configure_fast(h: &TestHome) -> u16 {
     let port = free_port();
     set_config(h, "api", "bind", &format!("\"127.0.0.1:{port}\""));
     set_config(h, "daemons", "heartbeat_interval_seconds", "1");
@@ -33,35 +33,40 @@ pub fn configure_fast(h: &TestHome) -> u16 {
 
 impl Fleet {
     /// Starts every daemon of [`DAEMONS`] and waits until each has marked itself ready.
-    pub fn start(h: &TestHome) -> Fleet {
+    pub(crate) fn start(h: &TestHome) -> Fleet {
         let api_port = configure_fast(h);
         Fleet::start_configured(h, api_port)
     }
 
     /// Starts the daemons in a home already configured (see [`configure_fast`]).
-    pub fn start_configured(h: &TestHome, api_port: u16) -> Fleet {
+    pub(crate) fn start_configured(h: &TestHome, api_port: u16) -> Fleet {
         Fleet::start_as(h, api_port, None)
     }
 
     /// Starts the daemons as another user (`Some(uid)`, its primary group too), or as this one.
-    pub fn start_as(h: &TestHome, api_port: u16, user: Option<u32>) -> Fleet {
+    pub(crate) fn start_as(h: &TestHome, api_port: u16, user: Option<u32>) -> Fleet {
         Fleet::start_with(h, api_port, user, &[])
     }
 
     /// Every daemon of [`DAEMONS`] and [`TASK_DAEMONS`], in a home configured here.
-    pub fn start_all(h: &TestHome) -> Fleet {
+    pub(crate) fn start_all(h: &TestHome) -> Fleet {
         let api_port = configure_fast(h);
         let names: Vec<&str> = DAEMONS.iter().chain(TASK_DAEMONS.iter()).copied().collect();
         Fleet::start_named(h, api_port, None, &[], &names)
     }
 
     /// [`Fleet::start_as`] with extra environment variables for the daemons.
-    pub fn start_with(h: &TestHome, api_port: u16, user: Option<u32>, env: &[(&str, &std::path::Path)]) -> Fleet {
+    pub(crate) fn start_with(
+        h: &TestHome,
+        api_port: u16,
+        user: Option<u32>,
+        env: &[(&str, &std::path::Path)],
+    ) -> Fleet {
         Fleet::start_named(h, api_port, user, env, &DAEMONS)
     }
 
     /// Starts the named daemons and waits until each has marked itself ready.
-    pub fn start_named(
+    pub(crate) fn start_named(
         h: &TestHome,
         api_port: u16,
         user: Option<u32>,
@@ -98,7 +103,7 @@ impl Fleet {
     }
 
     /// Panics (with the daemon's stderr and log tail) if any daemon has exited.
-    pub fn assert_alive(&mut self, h: &TestHome, during: &str) {
+    pub(crate) fn assert_alive(&mut self, h: &TestHome, during: &str) {
         for (name, child) in self.children.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {
                 let mut err = String::new();
@@ -118,7 +123,7 @@ impl Fleet {
 
     /// Waits until every daemon's loop has refreshed its heartbeat mark after `since` (a wedged
     /// loop, or one spinning without reaching its wait, never does).
-    pub fn assert_loops_running(&mut self, h: &TestHome, since: chrono::DateTime<chrono::Utc>, during: &str) {
+    pub(crate) fn assert_loops_running(&mut self, h: &TestHome, since: chrono::DateTime<chrono::Utc>, during: &str) {
         wait_until(Duration::from_secs(15), &format!("every daemon's loop alive after {during}"), || {
             self.assert_alive(h, during);
             self.children.iter().map(|(d, _)| d.as_str()).all(|d| {
@@ -129,7 +134,7 @@ impl Fleet {
         });
     }
 
-    pub fn pid(&self, name: &str) -> u32 {
+    pub(crate) fn pid(&self, name: &str) -> u32 {
         self.children.iter().find(|(n, _)| n == name).map(|(_, c)| c.id()).expect("daemon")
     }
 }
@@ -149,13 +154,13 @@ impl Drop for Fleet {
 }
 
 /// A daemon's heartbeat mark `run/<name>.state.json`.
-pub fn mark(h: &TestHome, daemon: &str) -> Option<serde_json::Value> {
+pub(crate) fn mark(h: &TestHome, daemon: &str) -> Option<serde_json::Value> {
     let bytes = std::fs::read(h.join(&format!("run/{daemon}.state.json"))).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
-pub fn cpu_time(pid: u32) -> Duration {
+pub(crate) fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
@@ -166,7 +171,7 @@ pub fn cpu_time(pid: u32) -> Duration {
 }
 
 /// The share of one core each daemon used over `window` (measured from /proc).
-pub fn cpu_shares(fleet: &Fleet, window: Duration) -> Vec<(String, f64)> {
+pub(crate) fn cpu_shares(fleet: &Fleet, window: Duration) -> Vec<(String, f64)> {
     let before: Vec<(String, Duration)> = fleet.children.iter().map(|(n, c)| (n.clone(), cpu_time(c.id()))).collect();
     let start = Instant::now();
     // Measuring a rate over a window is the point here: this sleep is the measurement itself.
@@ -181,13 +186,13 @@ pub fn cpu_shares(fleet: &Fleet, window: Duration) -> Vec<(String, f64)> {
 }
 
 /// Events of `event_type` whose `data.file` is `file`.
-pub fn file_events(h: &TestHome, event_type: &str, file: &str) -> Vec<serde_json::Value> {
+pub(crate) fn file_events(h: &TestHome, event_type: &str, file: &str) -> Vec<serde_json::Value> {
     events_of(h, event_type).into_iter().filter(|e| e["data"]["file"] == file).collect()
 }
 
 /// Events of one type, read as every reader does: line by line, bad lines (even invalid UTF-8
 /// ones, which a hostile test writes) skipped.
-pub fn events_of(h: &TestHome, event_type: &str) -> Vec<serde_json::Value> {
+pub(crate) fn events_of(h: &TestHome, event_type: &str) -> Vec<serde_json::Value> {
     let bytes = std::fs::read(h.join("coordination/dashboard-events.jsonl")).unwrap_or_default();
     bytes
         .split(|b| *b == b'\n')
@@ -197,6 +202,6 @@ pub fn events_of(h: &TestHome, event_type: &str) -> Vec<serde_json::Value> {
 }
 
 /// True when running as root (permission bits do not stop root's reads).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

@@ -8,7 +8,7 @@ use cortex::store::pidfile::{self, PidStatus};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-pub struct Fleet {
+pub(crate) struct Fleet {
     pub h: TestHome,
     pub port: u16,
 }
@@ -16,7 +16,7 @@ pub struct Fleet {
 impl Fleet {
     /// A fresh home; `toml` replaces its cortex.toml. Unless it says otherwise, daemons get 60 s to
     /// become ready: the test machine may be heavily loaded, and a fast start passes at once.
-    pub fn new(toml: &str) -> Fleet {
+    pub(crate) fn new(toml: &str) -> Fleet {
         let h = TestHome::new();
         let toml = if toml.contains("ready_timeout_seconds") {
             toml.to_string()
@@ -29,22 +29,22 @@ impl Fleet {
         Fleet { h, port: free_port() }
     }
 
-    pub fn home(&self) -> Home {
+    pub(crate) fn home(&self) -> Home {
         Home::at(self.h.path())
     }
 
     /// `cortex --home H ...` with this fleet's API port.
-    pub fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = self.h.cmd();
         c.env("CORTEX_API_BIND", format!("127.0.0.1:{}", self.port));
         c
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run cortex")
     }
 
-    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub(crate) fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = self.cmd();
         for (k, v) in env {
             c.env(k, v);
@@ -53,7 +53,7 @@ impl Fleet {
     }
 
     /// Runs and asserts success; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -66,24 +66,24 @@ impl Fleet {
     }
 
     /// The PID of a running daemon (its PID file is locked).
-    pub fn pid(&self, daemon: &str) -> Option<u32> {
-        match pidfile::status(&self.home(), daemon) {
+    pub(crate) fn pid(&self, daemon: &str) -> Option<u32> {
+        match pidfile::status(&self.home(), by_name(daemon)) {
             Ok(PidStatus::Running(p)) if p != 0 => Some(p),
             _ => None,
         }
     }
 
-    pub fn status_of(&self, daemon: &str) -> PidStatus {
-        pidfile::status(&self.home(), daemon).unwrap()
+    pub(crate) fn status_of(&self, daemon: &str) -> PidStatus {
+        pidfile::status(&self.home(), by_name(daemon)).unwrap()
     }
 
     /// The PID of a daemon that runs and has marked itself ready.
-    pub fn ready(&self, daemon: &str) -> Option<u32> {
-        self.pid(daemon).filter(|p| cortex::ops::supervisor::process::is_ready(&self.home(), daemon, *p))
+    pub(crate) fn ready(&self, daemon: &str) -> Option<u32> {
+        self.pid(daemon).filter(|p| cortex::ops::supervisor::process::is_ready(&self.home(), by_name(daemon), *p))
     }
 
     /// Waits until `daemon` is ready with a PID other than `not`.
-    pub fn wait_ready_other(&self, daemon: &str, not: Option<u32>, timeout: Duration) -> u32 {
+    pub(crate) fn wait_ready_other(&self, daemon: &str, not: Option<u32>, timeout: Duration) -> u32 {
         let mut got = 0;
         wait_until(timeout, &format!("{daemon} ready with a new PID"), || {
             got = self.ready(daemon).filter(|p| Some(*p) != not).unwrap_or(0);
@@ -113,15 +113,15 @@ impl Drop for Fleet {
     }
 }
 
-pub fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-pub fn sigkill(pid: u32) {
+pub(crate) fn sigkill(pid: u32) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
 }
 
-pub fn gone(pid: u32) -> bool {
+pub(crate) fn gone(pid: u32) -> bool {
     // A zombie (not yet reaped by init) counts as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
@@ -131,13 +131,13 @@ pub fn gone(pid: u32) -> bool {
 
 /// True when process `pid` has a thread named `name` (pm's watcher threads are `watch-<daemon>`
 /// for a daemon someone else started and `reap-<daemon>` for its own children).
-pub fn has_thread(pid: u32, name: &str) -> bool {
+pub(crate) fn has_thread(pid: u32, name: &str) -> bool {
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
     rd.flatten().any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
 }
 
 /// True when the supervisor process `sup` watches `daemon` (either way).
-pub fn watching(sup: u32, daemon: &str) -> bool {
+pub(crate) fn watching(sup: u32, daemon: &str) -> bool {
     let cut = |s: String| s.chars().take(15).collect::<String>();
     has_thread(sup, &cut(format!("watch-{daemon}"))) || has_thread(sup, &cut(format!("reap-{daemon}")))
 }
@@ -145,7 +145,7 @@ pub fn watching(sup: u32, daemon: &str) -> bool {
 /// Runs a script of this checkout (`rel`, e.g. `scripts/start-cortex.sh`) on the fleet's home with
 /// this build's binaries, as an operator would; `cron` also names the `cortex` binary through
 /// `CORTEX_BIN`, as a crontab line does.
-pub fn run_script(f: &Fleet, rel: &str, args: &[&str], cron: bool) -> Output {
+pub(crate) fn run_script(f: &Fleet, rel: &str, args: &[&str], cron: bool) -> Output {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
     let mut cmd = Command::new("bash");
     cmd.arg(path)
@@ -159,4 +159,9 @@ pub fn run_script(f: &Fleet, rel: &str, args: &[&str], cron: bool) -> Output {
         cmd.env("CORTEX_BIN", bin("cortex"));
     }
     cmd.output().unwrap()
+}
+
+/// The daemon a test names (the tests speak in names, as the command line does).
+pub(crate) fn by_name(name: &str) -> cortex::base::daemon_name::Daemon {
+    cortex::base::daemon_name::Daemon::parse(name).unwrap_or_else(|| panic!("no daemon named {name:?}"))
 }
