@@ -69,6 +69,11 @@ impl FileIdentity {
     pub(crate) fn is_racy(&self) -> bool {
         self.is_racy_at(SystemTime::now())
     }
+
+    /// This identity if it can be trusted as of `now`, None when it is racy.
+    pub(crate) fn trusted_at(self, now: SystemTime) -> Option<FileIdentity> {
+        (!self.is_racy_at(now)).then_some(self)
+    }
 }
 
 #[cfg(test)]

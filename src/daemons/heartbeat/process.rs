@@ -32,7 +32,7 @@ pub(crate) fn owned_members(pid: i32, pgid: i32, start_ticks: u64) -> Vec<Stat> 
 /// `children` lists — what the dispatch owns, not every process on the host. A member whose
 /// parent exited (reparented to the worker, the subreaper) is not counted here; stopping the
 /// group ([`stop_group`]) still finds every member.
-pub fn sampled_members(pid: i32, pgid: i32, start_ticks: u64) -> Vec<Stat> {
+pub(crate) fn sampled_members(pid: i32, pgid: i32, start_ticks: u64) -> Vec<Stat> {
     match procfs::stat(pid) {
         Some(leader) if leader.start_ticks == start_ticks => procfs::tree(pid)
             .into_iter()

@@ -14,6 +14,6 @@ pub(crate) mod queue;
 pub(crate) mod queue_file;
 pub(crate) mod retry;
 pub mod router;
-pub(crate) mod worker_types;
+pub mod worker_types;
 
 pub use model::*;
