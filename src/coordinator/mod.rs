@@ -569,6 +569,7 @@ impl Coordinator {
                 compacted = true;
             } else {
                 journal_file = Some(journal::append_commit(&store, &mut self.journal, &bytes)?);
+                crate::backup::pause_point("queue-journal-appended");
             }
         }
         budget.recompute();
@@ -609,6 +610,7 @@ impl Coordinator {
             return Err(e);
         }
         if compacted {
+            crate::backup::pause_point("queue-compacted");
             // The new snapshot is durable; the journal's lines are of the previous generation
             // now (ignored by every reader), so emptying it can wait for the next writer if it
             // fails here.

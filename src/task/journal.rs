@@ -455,6 +455,17 @@ pub fn journal_len(store: &Store) -> u64 {
     std::fs::symlink_metadata(path(store)).map(|m| m.len()).unwrap_or(0)
 }
 
+/// [`COMPACT_MIN_BYTES`], or in debug builds `CORTEX_COMPACT_MIN_BYTES` (the tests compact
+/// after a few changes to SIGKILL writers mid-compaction).
+fn compact_min_bytes() -> u64 {
+    if cfg!(debug_assertions)
+        && let Some(n) = std::env::var("CORTEX_COMPACT_MIN_BYTES").ok().and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    COMPACT_MIN_BYTES
+}
+
 /// True when the writer should compact instead of appending `adding` bytes.
 pub fn needs_compaction(pos: &JournalPos, adding: u64) -> bool {
     if pos.generation == 0 {
@@ -462,7 +473,7 @@ pub fn needs_compaction(pos: &JournalPos, adding: u64) -> bool {
     }
     let snapshot = pos.snapshot.map_or(0, |s| s.len);
     let after = pos.end + adding;
-    after >= COMPACT_MIN_BYTES && after > snapshot / COMPACT_DIVISOR
+    after >= compact_min_bytes() && after > snapshot / COMPACT_DIVISOR
 }
 
 /// A fresh generation after `previous`: never reused (see the module documentation).
@@ -578,6 +589,7 @@ pub fn write_snapshot(store: &Store, queue: &TaskQueue) -> Result<()> {
     q.counts = Some(QueueCounts::of(&q.tasks));
     let bytes = super::queue_file::encode(&store.path(TASK_QUEUE), &q, None)?;
     crate::store::atomic::write_atomic(&store.path(TASK_QUEUE), &bytes)?;
+    crate::backup::pause_point("queue-compacted");
     reset(store)
 }
 
