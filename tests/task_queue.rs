@@ -129,7 +129,7 @@ fn paused_state_blocks_dispatch_in_the_same_critical_section() {
     assert!(r.paused);
     assert_eq!(r.folded, 1, "the intake is folded while paused");
     assert!(r.dispatched.is_empty(), "nothing is dispatched while paused");
-    assert_eq!(h.read_json("coordination/task-queue.json")["tasks"][0]["status"], "queued");
+    assert_eq!(h.queue_json()["tasks"][0]["status"], "queued");
     // Resume: the next cycle dispatches.
     let actor = cortex::scheduler::Actor { who: "test".into(), from: "test".into() };
     cortex::scheduler::resume(&store, &actor).unwrap();
@@ -234,7 +234,7 @@ fn paused_coordinator_daemon_folds_but_does_not_dispatch() {
     let _c = start(&h, "coordinator");
     let id = add(&h, &["--description", "held", "--", "true"]);
     wait_until(LONG, "task folded into the queue", || {
-        h.read_json("coordination/task-queue.json")["tasks"]
+        h.queue_json()["tasks"]
             .as_array()
             .is_some_and(|t| t.iter().any(|t| t["task_id"] == id.as_str()))
     });

@@ -64,8 +64,11 @@ impl FileWatch {
         let rel = format!("coordination/{}", files::TASK_QUEUE_JOURNAL.rel);
         let meta = match path.symlink_metadata() {
             Ok(m) if m.file_type().is_file() => m,
-            // Missing (nothing appended yet), or a link or other type: the full check reports it.
-            _ => return 0,
+            // Missing (nothing appended yet), a link or another type: reported as any file is.
+            _ => {
+                self.journal = JournalFollow::default();
+                return crate::validate::check_file(store.home(), &path).map_or(0, |r| self.handle(store, &r));
+            }
         };
         let generation = crate::task::journal::snapshot_generation(store).unwrap_or(0);
         let f = &mut self.journal;
