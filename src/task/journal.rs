@@ -536,6 +536,15 @@ pub fn append_commit(store: &Store, pos: &mut JournalPos, bytes: &[u8]) -> Resul
     let existed = jpath.symlink_metadata().is_ok();
     let mut f = crate::store::open::append(&jpath).inspect_err(crate::store::outage::note)?;
     let len = f.metadata().map_err(|e| Error::io(&jpath, "stat", e))?.len();
+    if len < pos.end {
+        // Shorter than what this writer read under the lock: someone truncated it by hand.
+        // Extending it would write zeros; the caller loads the queue again instead.
+        return Err(Error::other(format!(
+            "{} is shorter ({len} bytes) than its last commit read ({} bytes): it was truncated by hand;              the queue is read again",
+            jpath.display(),
+            pos.end
+        )));
+    }
     if len != pos.end {
         f.set_len(pos.end).map_err(|e| Error::io(&jpath, "truncate the uncommitted tail of", e))?;
     }

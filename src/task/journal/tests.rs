@@ -198,3 +198,28 @@ fn catch_up_reads_only_what_others_appended() {
     store.write_locked(&g, &q).unwrap();
     assert!(!catch_up(&store, &mut l.queue, &mut l.pos).unwrap());
 }
+
+#[test]
+fn counts_are_read_from_the_header_and_the_last_commit_without_loading() {
+    let (_d, store) = store();
+    assert_eq!(read_counts(&store).unwrap(), None, "a queue without a generation is counted by loading it");
+    change(&store, |q| q.tasks.extend([task("task-a"), task("task-b")]));
+    assert_eq!(read_counts(&store).unwrap().map(|c| (c.total, c.queued)), Some((2, 2)), "from the header");
+    change(&store, |q| {
+        q.tasks[0].state = TaskState::Cancelled { started_at: None, completed_at: "2026-01-01T00:00:01.000000Z".into() }
+    });
+    let c = read_counts(&store).unwrap().unwrap();
+    assert_eq!((c.total, c.queued, c.cancelled), (2, 1, 1), "from the journal's last commit");
+    assert_eq!(c, QueueCounts::of(&store.load::<TaskQueue>().unwrap().tasks));
+}
+
+#[test]
+fn check_lines_names_bad_lines_by_offset_and_leaves_a_partial_line() {
+    let good = encode_commit(7, 0, [&task("task-a")], &["task-b".to_string()], Commit::default()).unwrap();
+    let mut bytes = good.clone();
+    bytes.extend_from_slice(b"{\"generation\":7,\"task\":{\"task_id\":\"\"}}\n[1]\n{\"generation\":7,\"tas");
+    let c = check_lines(&bytes, 100);
+    assert_eq!((c.lines, c.bad), (5, 2));
+    assert_eq!(c.consumed as usize, bytes.len() - b"{\"generation\":7,\"tas".len());
+    assert!(c.problems[0].starts_with(&format!("byte {}", 100 + good.len())), "{:?}", c.problems);
+}
