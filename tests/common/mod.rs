@@ -128,7 +128,7 @@ impl TestHome {
     /// applied (the snapshot alone lags until the next compaction) — as JSON.
     pub fn queue_json(&self) -> serde_json::Value {
         let store = cortex::Store::new(cortex::Home::at(self.path()));
-        let q: cortex::task::model::TaskQueue = store.load().unwrap_or_else(|e| panic!("load the queue: {e}"));
+        let q: cortex::domain::task::model::TaskQueue = store.load().unwrap_or_else(|e| panic!("load the queue: {e}"));
         serde_json::to_value(q).expect("encode the queue")
     }
 
