@@ -308,8 +308,11 @@ fn tasks_a_killed_coordinator_left_in_queue_and_archive_are_archived_once() {
     for d in &r.dispatched {
         complete_by_hand(&h, &d.dispatch_id);
     }
+    // The queue is its snapshot and its journal: both as before the cycle.
     let queue = h.join("coordination/task-queue.json");
+    let journal = h.join("coordination/task-queue.journal.jsonl");
     let before_fold = std::fs::read(&queue).unwrap();
+    let journal_before_fold = std::fs::read(&journal).unwrap_or_default();
     let archived_lines = |id: &str| {
         let text = std::fs::read_to_string(h.join("coordination/task-archive.jsonl")).unwrap_or_default();
         text.lines().filter(|l| l.contains(&format!("\"task_id\":\"{id}\""))).count()
@@ -321,6 +324,7 @@ fn tasks_a_killed_coordinator_left_in_queue_and_archive_are_archived_once() {
     // Killed in between: the archive has the lines, the queue is the one before the cycle.
     drop(c);
     std::fs::write(&queue, &before_fold).unwrap();
+    std::fs::write(&journal, &journal_before_fold).unwrap();
     let mut c = Coordinator::new(store.clone(), config, Box::new(SystemClock));
     c.reconcile_at_start().unwrap();
     let r = c.cycle().unwrap();
@@ -329,7 +333,7 @@ fn tasks_a_killed_coordinator_left_in_queue_and_archive_are_archived_once() {
         assert_eq!(archived_lines(id), 1, "task {id} archived once");
         assert_eq!(show(&h, id)["status"], "completed");
     }
-    let q: Value = serde_json::from_slice(&std::fs::read(&queue).unwrap()).unwrap();
+    let q = h.queue_json();
     assert_eq!(q["tasks"].as_array().unwrap().len(), 0, "{q}");
     h.cortex_ok(&["validate"]);
 }
