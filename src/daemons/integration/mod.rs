@@ -12,7 +12,7 @@ pub mod consistency;
 pub mod files;
 
 use crate::base::error::Result;
-use crate::domain::task::{TaskQueue, TokenBudget, dispatches};
+use crate::domain::task::{TokenBudget, dispatches};
 use crate::store::Store;
 use crate::store::events::{EventKind, Severity};
 use crate::store::home::SpecBucket;
@@ -37,11 +37,13 @@ pub struct Integrity {
     store: Store,
     files: files::FileWatch,
     tracker: Tracker,
+    /// The queue, followed by journal offset for the consistency check.
+    queue: crate::domain::task::journal::Follower,
 }
 
 impl Integrity {
     pub fn new(store: Store, grace: Duration) -> Self {
-        Integrity { store, files: files::FileWatch::default(), tracker: Tracker::new(grace) }
+        Integrity { store, files: files::FileWatch::default(), tracker: Tracker::new(grace), queue: Default::default() }
     }
 
     /// Validates every coordination file; returns the number of events emitted.
@@ -67,7 +69,8 @@ impl Integrity {
 
     /// Checks cross-file consistency; returns when a pending inconsistency should be re-checked.
     pub fn check_consistency(&mut self, now: Instant) -> Option<Instant> {
-        let (queue, budget) = match (self.store.load::<TaskQueue>(), self.store.load::<TokenBudget>()) {
+        // The queue followed by journal offset: a change costs the lines appended, not the backlog.
+        let (queue, budget) = match (self.queue.refresh(&self.store), self.store.load::<TokenBudget>()) {
             (Ok(q), Ok(b)) => (q, b),
             // A bad file is the per-file validation's to report; nothing to compare until it is fixed.
             (Err(e), _) | (_, Err(e)) => {
@@ -82,7 +85,7 @@ impl Integrity {
                 return None;
             }
         };
-        let decisions = self.tracker.observe(consistency::check(&queue, &budget, &active), now);
+        let decisions = self.tracker.observe(consistency::check(queue, &budget, &active), now);
         for i in &decisions.report {
             tracing::warn!("{}", i.message);
             let mut data = i.data.clone();
@@ -115,7 +118,10 @@ fn relevant(coordination: &Path, path: &Path) -> bool {
 /// True for a change that can affect cross-file consistency.
 fn affects_consistency(store: &Store, path: &Path) -> bool {
     let home = store.home();
-    path == home.task_queue() || path == home.token_budget() || path.starts_with(home.worker_specs(SpecBucket::Active))
+    path == home.task_queue()
+        || path == store.path(crate::store::files::TASK_QUEUE_JOURNAL)
+        || path == home.token_budget()
+        || path.starts_with(home.worker_specs(SpecBucket::Active))
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

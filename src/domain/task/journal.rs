@@ -450,6 +450,34 @@ pub fn check_lines(bytes: &[u8], from: u64) -> LineCheck {
     out
 }
 
+/// A queue kept in memory by a reader that follows it (the integration daemon's consistency
+/// check): brought up to date by reading only the journal lines appended since its offset, and
+/// loaded whole only when the snapshot was replaced (a compaction, an operator's edit).
+#[derive(Debug, Default)]
+pub struct Follower {
+    queue: Option<TaskQueue>,
+    pos: JournalPos,
+}
+
+impl Follower {
+    /// The queue as it is now.
+    pub fn refresh(&mut self, store: &Store) -> Result<&TaskQueue> {
+        let snapshot = FileIdentity::stat(&store.path(TASK_QUEUE))?;
+        let current = match self.queue.as_mut() {
+            Some(q) if snapshot.is_some() && snapshot == self.pos.snapshot => {
+                journal_len(store) == self.pos.len || catch_up(store, q, &mut self.pos)?
+            }
+            _ => false,
+        };
+        if !current {
+            let loaded = load(store)?;
+            self.pos = loaded.pos;
+            self.queue = Some(loaded.queue);
+        }
+        Ok(self.queue.get_or_insert_default())
+    }
+}
+
 /// The journal's length (0 when missing).
 pub fn journal_len(store: &Store) -> u64 {
     std::fs::symlink_metadata(path(store)).map(|m| m.len()).unwrap_or(0)

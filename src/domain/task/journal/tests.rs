@@ -223,3 +223,22 @@ fn check_lines_names_bad_lines_by_offset_and_leaves_a_partial_line() {
     assert_eq!(c.consumed as usize, bytes.len() - b"{\"generation\":7,\"tas".len());
     assert!(c.problems[0].starts_with(&format!("byte {}", 100 + good.len())), "{:?}", c.problems);
 }
+
+#[test]
+fn a_follower_reads_appends_by_offset_and_reloads_after_a_compaction() {
+    let (_d, store) = store();
+    change(&store, |q| q.tasks.push(task("task-a")));
+    let mut f = Follower::default();
+    assert_eq!(ids(f.refresh(&store).unwrap()), vec!["task-a"]);
+    change(&store, |q| q.tasks.push(task("task-b")));
+    assert_eq!(ids(f.refresh(&store).unwrap()), vec!["task-a", "task-b"]);
+    assert_eq!(f.pos.end, journal_len(&store), "read up to the journal's end");
+    let q: TaskQueue = store.load().unwrap();
+    {
+        let g = store.lock(TASK_QUEUE).unwrap();
+        let mut q = q.clone();
+        q.tasks.remove(0);
+        store.write_locked(&g, &q).unwrap();
+    }
+    assert_eq!(ids(f.refresh(&store).unwrap()), vec!["task-b"], "a compaction is loaded whole");
+}
