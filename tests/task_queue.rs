@@ -236,9 +236,7 @@ fn paused_coordinator_daemon_folds_but_does_not_dispatch() {
     let _c = start(&h, "coordinator");
     let id = add(&h, &["--description", "held", "--", "true"]);
     wait_until(LONG, "task folded into the queue", || {
-        h.queue_json()["tasks"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["task_id"] == id.as_str()))
+        h.queue_json()["tasks"].as_array().is_some_and(|t| t.iter().any(|t| t["task_id"] == id.as_str()))
     });
     // Fold and dispatch happen in one cycle: folded without a dispatch means the pause held.
     assert_eq!(show(&h, &id)["status"], "queued");

@@ -18,26 +18,25 @@
 //! deadline; `[scheduler] tick_interval_seconds` is only a slow safety re-scan.
 
 use crate::base::clock::{Clock, SystemClock, Timestamp, format_ts, parse_ts};
-use crate::store::config::Config;
-use crate::{daemons::daemon::{DaemonContext}, base::wake::Wake};
 use crate::base::error::{Error, Result};
-use crate::store::files::{SCHEDULER_STATE, TASK_QUEUE, TASK_QUEUE_JOURNAL, TOKEN_BUDGET};
-use crate::store::home::SpecBucket;
 use crate::domain::scheduler_state::SchedulerState;
-use crate::store::Store;
-use crate::store::events::{EventKind, Severity};
-use crate::store::identity::FileIdentity;
-use crate::store::lock::LockGuard;
 use crate::domain::task::dispatches::{self, spec_path};
-use crate::domain::task::model::{
-    DispatchRecord, DispatchState, QueueCounts, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget,
-    new_id,
-};
 use crate::domain::task::journal::{self, JournalPos};
+use crate::domain::task::model::{
+    DispatchRecord, DispatchState, QueueCounts, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
+};
 use crate::domain::task::queue::{self, Ended, Outcome};
 use crate::domain::task::retry::FailureStreaks;
 use crate::domain::task::worker_types::{TemplateVars, WorkerTypes, expand};
 use crate::domain::task::{archive, budget, intake, ops};
+use crate::store::Store;
+use crate::store::config::Config;
+use crate::store::events::{EventKind, Severity};
+use crate::store::files::{SCHEDULER_STATE, TASK_QUEUE, TASK_QUEUE_JOURNAL, TOKEN_BUDGET};
+use crate::store::home::SpecBucket;
+use crate::store::identity::FileIdentity;
+use crate::store::lock::LockGuard;
+use crate::{base::wake::Wake, daemons::daemon::DaemonContext};
 use plan::{BreakerSnapshot, CycleInput, DispatchPlan, GuardedType};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -551,15 +550,19 @@ impl Coordinator {
         if q_dirty {
             q.updated_at = Some(now_s.clone());
             let counts = QueueCounts::of(&q.tasks);
-            let changed_tasks: Vec<&Task> =
-                if changed.is_empty() { Vec::new() } else { q.tasks.iter().filter(|t| changed.contains(&t.task_id)).collect() };
+            let changed_tasks: Vec<&Task> = if changed.is_empty() {
+                Vec::new()
+            } else {
+                q.tasks.iter().filter(|t| changed.contains(&t.task_id)).collect()
+            };
             let commit = journal::Commit {
                 intake_offset: q.intake_offset,
                 updated_at: q.updated_at.clone(),
                 counts: Some(counts.clone()),
                 ..journal::Commit::default()
             };
-            let bytes = journal::encode_commit(self.journal.generation, self.journal.end, changed_tasks, &removed, commit)?;
+            let bytes =
+                journal::encode_commit(self.journal.generation, self.journal.end, changed_tasks, &removed, commit)?;
             q.counts = Some(counts);
             if journal::needs_compaction(&self.journal, bytes.len() as u64) {
                 q.journal_generation = journal::next_generation(self.journal.generation);

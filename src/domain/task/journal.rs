@@ -36,8 +36,8 @@
 
 use super::model::{QueueCounts, Task, TaskQueue};
 use crate::base::error::{Error, Result};
-use crate::store::files::{TASK_QUEUE, TASK_QUEUE_JOURNAL};
 use crate::store::Store;
+use crate::store::files::{TASK_QUEUE, TASK_QUEUE_JOURNAL};
 use crate::store::identity::FileIdentity;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -215,12 +215,13 @@ fn parse(store: &Store, bytes: &[u8], from: u64, generation: u64, quarantine: bo
             group.push(Op::Remove(id));
             continue;
         }
-        let task = parsed.task.ok_or_else(|| "a line with neither task, removed nor commit".to_string()).and_then(|v| {
-            if let Some(v) = crate::base::schema::check_def(TASK_QUEUE.schema, "task", &v, 1).into_iter().next() {
-                return Err(format!("task at {}: {}", v.pointer, v.expected));
-            }
-            serde_json::from_value::<Task>(v).map_err(|e| e.to_string())
-        });
+        let task =
+            parsed.task.ok_or_else(|| "a line with neither task, removed nor commit".to_string()).and_then(|v| {
+                if let Some(v) = crate::base::schema::check_def(TASK_QUEUE.schema, "task", &v, 1).into_iter().next() {
+                    return Err(format!("task at {}: {}", v.pointer, v.expected));
+                }
+                serde_json::from_value::<Task>(v).map_err(|e| e.to_string())
+            });
         match task {
             Ok(t) => group.push(Op::Upsert(t)),
             Err(e) => {
@@ -506,10 +507,8 @@ pub fn needs_compaction(pos: &JournalPos, adding: u64) -> bool {
 
 /// A fresh generation after `previous`: never reused (see the module documentation).
 pub fn next_generation(previous: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     now.max(previous.saturating_add(1)).max(1)
 }
 

@@ -1,9 +1,9 @@
 //! Unit tests of the queue's snapshot + journal storage.
 
 use super::*;
+use crate::domain::task::model::{Task, TaskState};
 use crate::store::files::TASK_QUEUE_JOURNAL;
 use crate::store::fresh_store as store;
-use crate::domain::task::model::{Task, TaskState};
 
 fn task(id: &str) -> Task {
     Task::sample(id)
