@@ -144,7 +144,7 @@ fn read_tail(path: &Path, start: u64) -> Result<(Vec<u8>, u64)> {
 
 /// A group of lines read but not yet closed by its commit line.
 enum Op {
-    Upsert(Task),
+    Upsert(Box<Task>),
     Remove(String),
 }
 
@@ -223,7 +223,7 @@ fn parse(store: &Store, bytes: &[u8], from: u64, generation: u64, quarantine: bo
                 serde_json::from_value::<Task>(v).map_err(|e| e.to_string())
             });
         match task {
-            Ok(t) => group.push(Op::Upsert(t)),
+            Ok(t) => group.push(Op::Upsert(Box::new(t))),
             Err(e) => {
                 out.bad += 1;
                 if quarantine {
@@ -250,10 +250,10 @@ fn apply(queue: &mut TaskQueue, groups: Vec<(Vec<Op>, Commit)>) -> Option<Commit
         for op in ops {
             match op {
                 Op::Upsert(t) => match index.get(&t.task_id) {
-                    Some(&i) => slots[i] = Some(t),
+                    Some(&i) => slots[i] = Some(*t),
                     None => {
                         index.insert(t.task_id.clone(), slots.len());
-                        slots.push(Some(t));
+                        slots.push(Some(*t));
                     }
                 },
                 Op::Remove(id) => {
@@ -593,10 +593,10 @@ pub fn append_commit(store: &Store, pos: &mut JournalPos, bytes: &[u8]) -> Resul
 /// Takes back an appended commit whose flush failed (best effort: the cycle fails whole).
 pub fn roll_back(store: &Store, pos: &mut JournalPos, to: u64) {
     let jpath = path(store);
-    if let Ok(f) = crate::store::open::append(&jpath) {
-        if f.set_len(to).is_ok() {
-            let _ = f.sync_all();
-        }
+    if let Ok(f) = crate::store::open::append(&jpath)
+        && f.set_len(to).is_ok()
+    {
+        let _ = f.sync_all();
     }
     pos.end = to;
     pos.len = to;
