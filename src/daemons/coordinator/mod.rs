@@ -130,9 +130,10 @@ impl Coordinator {
         !wakes.is_empty()
             && wakes.iter().all(|w| match w {
                 Wake::Changed(p) if *p == queue => self.cache.is_some() && self.journal.snapshot == file_id(&queue),
-                Wake::Changed(p) if *p == journal => {
-                    self.cache.is_some() && self.journal.len == journal::journal_len(&self.store)
-                }
+                // Also after a failed cycle (no cache): its own append cut short and taken back
+                // leaves the journal at the length it recorded, and must not wake it again at once
+                // (a full disk would make it spin); the failed cycle's backoff deadline retries.
+                Wake::Changed(p) if *p == journal => self.journal.len == journal::journal_len(&self.store),
                 Wake::Changed(p) if *p == budget => self.budget_id.is_some() && self.budget_id == file_id(&budget),
                 _ => false,
             })

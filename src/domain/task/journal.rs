@@ -580,6 +580,7 @@ pub fn append_commit(store: &Store, pos: &mut JournalPos, bytes: &[u8]) -> Resul
         crate::store::outage::note(&e);
         // Cut short (a full disk): no commit line, so nothing of it counts; removed now if we can.
         let _ = f.set_len(pos.end);
+        pos.len = f.metadata().map_or(pos.len, |m| m.len());
         return Err(e);
     }
     if !existed {
