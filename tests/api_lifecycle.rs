@@ -279,9 +279,7 @@ fn pause_lets_running_work_finish_and_starts_nothing_until_resume() {
     // still nothing is dispatched: not the due retry, not the queued tasks.
     let probe = add(&h, &["--description", "probe", "--", "true"]);
     wait_until(LONG, "probe folded into the queue", || {
-        h.read_json("coordination/task-queue.json")["tasks"]
-            .as_array()
-            .is_some_and(|ts| ts.iter().any(|t| t["task_id"] == probe.as_str()))
+        h.queue_json()["tasks"].as_array().is_some_and(|ts| ts.iter().any(|t| t["task_id"] == probe.as_str()))
     });
     assert_eq!(show(&h, &flaky)["status"], "pending_retry");
     assert_eq!(show(&h, &queued)["status"], "queued");
@@ -367,11 +365,8 @@ fn no_dispatch_starts_after_a_returned_pause_under_load() {
             let store = cortex::Store::new(cortex::Home::at(&root));
             let mut added = 0usize;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let waiting = std::fs::read(root.join("coordination/task-queue.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                    .and_then(|q| q["tasks"].as_array().map(|t| t.len()))
-                    .unwrap_or(0);
+                let waiting =
+                    store.load::<cortex::domain::task::model::TaskQueue>().map(|q| q.tasks.len()).unwrap_or(0);
                 if waiting < 12 {
                     for _ in 0..4 {
                         let new = cortex::domain::task::ops::NewTask {
@@ -478,9 +473,7 @@ fn drain_cancels_every_running_dispatch_and_waits_until_every_spec_left_active()
     // Paused: new work waits.
     let later = add(&h, &["--description", "after the drain", "--", "true"]);
     wait_until(LONG, "folded", || {
-        h.read_json("coordination/task-queue.json")["tasks"]
-            .as_array()
-            .is_some_and(|ts| ts.iter().any(|t| t["task_id"] == later.as_str()))
+        h.queue_json()["tasks"].as_array().is_some_and(|ts| ts.iter().any(|t| t["task_id"] == later.as_str()))
     });
     assert_eq!(show(&h, &later)["status"], "queued");
 }

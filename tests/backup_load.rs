@@ -145,7 +145,7 @@ fn spec_ids(home: &Path, bucket: &str) -> BTreeSet<String> {
 
 /// The cross-file invariants the writers keep inside their critical sections.
 fn check_invariants(h: &TestHome, what: &str) -> (usize, usize) {
-    let queue: TaskQueue = serde_json::from_value(h.read_json("coordination/task-queue.json")).unwrap();
+    let queue: TaskQueue = serde_json::from_value(h.queue_json()).unwrap();
     let budget: TokenBudget = serde_json::from_value(h.read_json("coordination/token-budget.json")).unwrap();
     let queued: BTreeSet<String> = queue.tasks.iter().map(|t| t.dispatches[0].clone()).collect();
     let active = spec_ids(h.path(), "active");

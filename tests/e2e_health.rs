@@ -24,7 +24,7 @@ fn patch_json(path: &Path, patch: Value) {
 }
 
 fn queue_task(h: &TestHome, id: &str) -> Option<Value> {
-    h.read_json("coordination/task-queue.json")["tasks"].as_array()?.iter().find(|t| t["task_id"] == id).cloned()
+    h.queue_json()["tasks"].as_array()?.iter().find(|t| t["task_id"] == id).cloned()
 }
 
 fn breaker(h: &TestHome, worker_type: &str) -> Value {

@@ -34,7 +34,7 @@ fn jsonl(h: &TestHome, rel: &str) -> Vec<Value> {
 }
 
 fn records(h: &TestHome) -> Records {
-    let queue = h.read_json("coordination/task-queue.json")["tasks"].as_array().cloned().unwrap_or_default();
+    let queue = h.queue_json()["tasks"].as_array().cloned().unwrap_or_default();
     let archive = jsonl(h, "coordination/task-archive.jsonl");
     let mut intake = jsonl(h, "coordination/task-intake.jsonl.folded");
     intake.extend(jsonl(h, "coordination/task-intake.jsonl"));

@@ -309,7 +309,7 @@ fn hostile_task_fields_inject_nothing_are_stored_exactly_and_shown_safely() {
     assert_eq!(shown(&c)["command"], json!(argv));
     assert_eq!(shown(&d)["description"], mega.as_str());
     wait_until(Duration::from_secs(20), "every task archived", || {
-        h.read_json("coordination/task-queue.json")["tasks"].as_array().is_some_and(|t| t.is_empty())
+        h.queue_json()["tasks"].as_array().is_some_and(|t| t.is_empty())
     });
     let (archived, bad) = cortex::domain::task::archive::all(&store).unwrap();
     assert_eq!(bad, 0);

@@ -248,7 +248,7 @@ fn sigkill_at_the_moment_of_firing_yields_exactly_one_task() {
     })
     .unwrap();
     assert!(offered.iter().all(|t| *t == expected), "{offered:?}");
-    let q = h.read_json("coordination/task-queue.json");
+    let q = h.queue_json();
     let ids: Vec<&str> = q["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![expected.as_str()]);
     assert_eq!(q["tasks"][0]["schedule_id"], id.as_str());

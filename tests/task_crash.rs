@@ -185,7 +185,7 @@ fn many_trivial_tasks_end_consistent() {
         assert!(h.join(&format!("coordination/worker-specs/completed/{d}.json")).exists(), "{d}");
     }
     assert!(ids.iter().all(|id| seen.contains(id)));
-    let q = h.read_json("coordination/task-queue.json");
+    let q = h.queue_json();
     assert_eq!(q["tasks"].as_array().unwrap().len(), 0);
     let live: Value = serde_json::from_str(&h.cortex_ok(&["task", "list", "--json"])).unwrap();
     assert_eq!(live["count"], 0, "nothing left in the queue or the intake");

@@ -129,7 +129,7 @@ fn paused_state_blocks_dispatch_in_the_same_critical_section() {
     assert!(r.paused);
     assert_eq!(r.folded, 1, "the intake is folded while paused");
     assert!(r.dispatched.is_empty(), "nothing is dispatched while paused");
-    assert_eq!(h.read_json("coordination/task-queue.json")["tasks"][0]["status"], "queued");
+    assert_eq!(h.queue_json()["tasks"][0]["status"], "queued");
     // Resume: the next cycle dispatches.
     let actor = cortex::domain::scheduler_state::Actor { who: "test".into(), from: "test".into() };
     cortex::domain::scheduler_state::resume(&store, &actor).unwrap();
@@ -236,9 +236,7 @@ fn paused_coordinator_daemon_folds_but_does_not_dispatch() {
     let _c = start(&h, "coordinator");
     let id = add(&h, &["--description", "held", "--", "true"]);
     wait_until(LONG, "task folded into the queue", || {
-        h.read_json("coordination/task-queue.json")["tasks"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["task_id"] == id.as_str()))
+        h.queue_json()["tasks"].as_array().is_some_and(|t| t.iter().any(|t| t["task_id"] == id.as_str()))
     });
     // Fold and dispatch happen in one cycle: folded without a dispatch means the pause held.
     assert_eq!(show(&h, &id)["status"], "queued");
@@ -308,8 +306,11 @@ fn tasks_a_killed_coordinator_left_in_queue_and_archive_are_archived_once() {
     for d in &r.dispatched {
         complete_by_hand(&h, &d.dispatch_id);
     }
+    // The queue is its snapshot and its journal: both as before the cycle.
     let queue = h.join("coordination/task-queue.json");
+    let journal = h.join("coordination/task-queue.journal.jsonl");
     let before_fold = std::fs::read(&queue).unwrap();
+    let journal_before_fold = std::fs::read(&journal).unwrap_or_default();
     let archived_lines = |id: &str| {
         let text = std::fs::read_to_string(h.join("coordination/task-archive.jsonl")).unwrap_or_default();
         text.lines().filter(|l| l.contains(&format!("\"task_id\":\"{id}\""))).count()
@@ -321,6 +322,7 @@ fn tasks_a_killed_coordinator_left_in_queue_and_archive_are_archived_once() {
     // Killed in between: the archive has the lines, the queue is the one before the cycle.
     drop(c);
     std::fs::write(&queue, &before_fold).unwrap();
+    std::fs::write(&journal, &journal_before_fold).unwrap();
     let mut c = Coordinator::new(store.clone(), config, Box::new(SystemClock));
     c.reconcile_at_start().unwrap();
     let r = c.cycle().unwrap();
@@ -329,7 +331,7 @@ fn tasks_a_killed_coordinator_left_in_queue_and_archive_are_archived_once() {
         assert_eq!(archived_lines(id), 1, "task {id} archived once");
         assert_eq!(show(&h, id)["status"], "completed");
     }
-    let q: Value = serde_json::from_slice(&std::fs::read(&queue).unwrap()).unwrap();
+    let q = h.queue_json();
     assert_eq!(q["tasks"].as_array().unwrap().len(), 0, "{q}");
     h.cortex_ok(&["validate"]);
 }

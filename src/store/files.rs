@@ -46,6 +46,17 @@ pub const TASK_QUEUE: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+/// The queue's journal: changes since the snapshot `task-queue.json` (see `task::journal`).
+pub const TASK_QUEUE_JOURNAL: &CoordFile = &CoordFile {
+    rel: "task-queue.journal.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "task-queue-journal",
+    default: None,
+    lock: LockName::TaskQueue,
+    essential: false,
+    is_config: false,
+};
+
 pub const TOKEN_BUDGET: &CoordFile = &CoordFile {
     rel: "token-budget.json",
     kind: FileKind::Json,
@@ -241,6 +252,7 @@ pub const EVENT_ACKS: &CoordFile = &CoordFile {
 /// schema `dispatch`) are walked separately.
 pub const ALL: &[&CoordFile] = &[
     TASK_QUEUE,
+    TASK_QUEUE_JOURNAL,
     TOKEN_BUDGET,
     SCHEDULER_STATE,
     EVENTS,

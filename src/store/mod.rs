@@ -67,6 +67,17 @@ pub trait Document: Serialize + DeserializeOwned {
     fn encode_checked(&self, _path: &Path) -> Option<Result<Vec<u8>>> {
         None
     }
+
+    /// Loads a document stored in more than one file (None: the one JSON file).
+    fn load_custom(_store: &Store) -> Option<Result<Self>> {
+        None
+    }
+
+    /// Writes a document stored in more than one file, under its lock (None: the atomic
+    /// replace of the one JSON file).
+    fn write_custom(&self, _store: &Store) -> Option<Result<()>> {
+        None
+    }
 }
 
 /// Handle on a home's coordination files.
@@ -170,6 +181,14 @@ impl Store {
 
     /// Loads a typed document; a missing file yields the embedded default.
     pub fn load<D: Document>(&self) -> Result<D> {
+        if let Some(loaded) = D::load_custom(self) {
+            return loaded;
+        }
+        self.load_snapshot()
+    }
+
+    /// Loads a document's own JSON file alone (for the queue: the snapshot without its journal).
+    pub fn load_snapshot<D: Document>(&self) -> Result<D> {
         let path = self.path(D::FILE);
         let value = match self.read_value(D::FILE)? {
             Some(v) => v,
@@ -192,6 +211,12 @@ impl Store {
     /// Loads a typed document only if its file exists.
     pub fn load_existing<D: Document>(&self) -> Result<Option<D>> {
         let path = self.path(D::FILE);
+        if path.symlink_metadata().is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            return Ok(None);
+        }
+        if let Some(loaded) = D::load_custom(self) {
+            return loaded.map(Some);
+        }
         self.read_value(D::FILE)?.map(|v| self.decode(&path, v)).transpose()
     }
 
@@ -241,6 +266,9 @@ impl Store {
 
     /// Validates and atomically writes a document whose lock the caller holds.
     pub fn write_locked<D: Document>(&self, _guard: &LockGuard, doc: &D) -> Result<()> {
+        if let Some(written) = doc.write_custom(self) {
+            return written;
+        }
         atomic::write_atomic(&self.path(D::FILE), &self.encode_doc(doc)?)
     }
 

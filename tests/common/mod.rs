@@ -124,6 +124,14 @@ impl TestHome {
         serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parse {rel}: {e}"))
     }
 
+    /// The task queue as every reader sees it — the snapshot `task-queue.json` with its journal
+    /// applied (the snapshot alone lags until the next compaction) — as JSON.
+    pub(crate) fn queue_json(&self) -> serde_json::Value {
+        let store = cortex::Store::new(cortex::Home::at(self.path()));
+        let q: cortex::domain::task::model::TaskQueue = store.load().unwrap_or_else(|e| panic!("load the queue: {e}"));
+        serde_json::to_value(q).expect("encode the queue")
+    }
+
     /// Every event in the event log (malformed lines skipped).
     pub(crate) fn events(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.join("coordination/dashboard-events.jsonl"))

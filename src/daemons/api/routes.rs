@@ -345,7 +345,7 @@ impl App {
         let of_task: Vec<_> =
             all.iter().filter(|d| d.record.task_id == id).map(|d| self.reader.dispatch_view(d, true)).collect();
         if of_task.is_empty() {
-            let known = self.reader.queue().map(|q| q.created.contains_key(id)).unwrap_or(false);
+            let known = self.reader.queue_created().map(|q| q.created.contains_key(id)).unwrap_or(false);
             if !known {
                 return Response::error(404, format!("no task or dispatch {id:?}"));
             }

@@ -21,8 +21,9 @@ use crate::base::clock::{Clock, SystemClock, Timestamp, format_ts, parse_ts};
 use crate::base::error::{Error, Result};
 use crate::domain::scheduler_state::SchedulerState;
 use crate::domain::task::dispatches::{self, spec_path};
+use crate::domain::task::journal::{self, JournalPos};
 use crate::domain::task::model::{
-    DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
+    DispatchRecord, DispatchState, QueueCounts, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
 };
 use crate::domain::task::queue::{self, Ended, Outcome};
 use crate::domain::task::retry::FailureStreaks;
@@ -31,7 +32,7 @@ use crate::domain::task::{archive, budget, intake, ops};
 use crate::store::Store;
 use crate::store::config::Config;
 use crate::store::events::{EventKind, Severity};
-use crate::store::files::{SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
+use crate::store::files::{SCHEDULER_STATE, TASK_QUEUE, TASK_QUEUE_JOURNAL, TOKEN_BUDGET};
 use crate::store::home::SpecBucket;
 use crate::store::identity::FileIdentity;
 use crate::store::lock::LockGuard;
@@ -69,7 +70,10 @@ pub struct Coordinator {
     store: Store,
     config: Config,
     clock: Box<dyn Clock>,
-    cache: Option<(FileIdentity, TaskQueue)>,
+    /// The queue as this coordinator last wrote it (or read it), at `journal`.
+    cache: Option<TaskQueue>,
+    /// Where the snapshot and journal were when `cache` was current (`task::journal`).
+    journal: JournalPos,
     /// Final statuses of archived tasks that queued tasks wait for (`--after`).
     after_cache: HashMap<String, TaskStatus>,
     /// Dispatches recorded in the queue whose spec is known to be missing (written by no one):
@@ -106,6 +110,7 @@ impl Coordinator {
             config,
             clock,
             cache: None,
+            journal: JournalPos::default(),
             after_cache: HashMap::new(),
             unrecorded: HashSet::new(),
             unrecorded_running: false,
@@ -123,12 +128,15 @@ impl Coordinator {
     /// made itself (its own writes echo back through the watcher): no cycle is needed.
     pub fn only_own_writes(&self, wakes: &[Wake]) -> bool {
         let queue = self.store.path(TASK_QUEUE);
+        let journal = self.store.path(TASK_QUEUE_JOURNAL);
         let budget = self.store.path(TOKEN_BUDGET);
         !wakes.is_empty()
             && wakes.iter().all(|w| match w {
-                Wake::Changed(p) if *p == queue => {
-                    self.cache.as_ref().is_some_and(|(id, _)| Some(*id) == file_id(&queue))
-                }
+                Wake::Changed(p) if *p == queue => self.cache.is_some() && self.journal.snapshot == file_id(&queue),
+                // Also after a failed cycle (no cache): its own append cut short and taken back
+                // leaves the journal at the length it recorded, and must not wake it again at once
+                // (a full disk would make it spin); the failed cycle's backoff deadline retries.
+                Wake::Changed(p) if *p == journal => self.journal.len == journal::journal_len(&self.store),
                 Wake::Changed(p) if *p == budget => self.budget_id.is_some() && self.budget_id == file_id(&budget),
                 _ => false,
             })
@@ -153,12 +161,25 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The queue: the one in memory when the snapshot is the one it was read or written with,
+    /// brought up to date with the journal lines others appended since (a cancel, a retry); else
+    /// loaded again (a compaction by another writer, a snapshot replaced by hand).
     fn load_queue(&mut self) -> Result<TaskQueue> {
-        let id = file_id(&self.store.path(TASK_QUEUE));
-        match self.cache.take() {
-            Some((cached, q)) if Some(cached) == id => Ok(q),
-            _ => self.store.load(),
+        let snapshot = file_id(&self.store.path(TASK_QUEUE));
+        if let Some(mut q) = self.cache.take()
+            && snapshot.is_some()
+            && snapshot == self.journal.snapshot
+        {
+            if journal::journal_len(&self.store) == self.journal.len {
+                return Ok(q);
+            }
+            if journal::catch_up(&self.store, &mut q, &mut self.journal)? {
+                return Ok(q);
+            }
         }
+        let loaded = journal::load(&self.store)?;
+        self.journal = loaded.pos;
+        Ok(loaded.queue)
     }
 
     /// The ended records of running dispatches (specs that left `active/`), plus synthesized
@@ -295,9 +316,11 @@ impl Coordinator {
         let queue_guard = store.lock(TASK_QUEUE)?;
         let mut q = self.load_queue()?;
         let mut q_dirty = false;
+        let mut changed: HashSet<String> = HashSet::new();
         let fold = intake::fold(&store, &mut q)?;
         if let Some(f) = &fold {
             report.folded = f.added.len();
+            changed.extend(f.added.iter().cloned());
             q_dirty = true;
         }
         let ended_records = self.collect_ended(&q)?;
@@ -316,6 +339,7 @@ impl Coordinator {
             &mut || fastrand::f64(),
         );
         q_dirty |= !ended.is_empty();
+        changed.extend(ended.iter().map(|e| e.task_id.clone()));
         // Forgotten as unrecorded only once the queue that folds their end is written: a cycle
         // whose write fails (a full disk) must find them again, or a dispatch whose spec was
         // never written stays `in_progress` for good.
@@ -346,6 +370,8 @@ impl Coordinator {
             now_s,
             q,
             q_dirty,
+            changed,
+            removed: Vec::new(),
             fold,
             folded,
             budget,
@@ -361,13 +387,17 @@ impl Coordinator {
     /// record its spec will hold; the tasks the plan fails are failed; waiting reasons recorded.
     fn apply(&self, c: &mut Collected, decided: DispatchPlan) {
         for (i, reason) in decided.waiting {
-            c.q_dirty |= c.q.tasks[i].set_waiting_reason(reason);
+            if c.q.tasks[i].set_waiting_reason(reason) {
+                c.changed.insert(c.q.tasks[i].task_id.clone());
+                c.q_dirty = true;
+            }
         }
         let home_s = self.store.home().root().display().to_string();
         for d in decided.dispatch {
             let dispatch_id = new_id("dsp");
             budget::reserve(&mut c.budget, &dispatch_id, d.reserve, &c.now_s);
             let t = &mut c.q.tasks[d.task];
+            c.changed.insert(t.task_id.clone());
             t.attempts += 1;
             t.dispatches.push(dispatch_id.clone());
             t.state = TaskState::InProgress { started_at: c.now_s.clone(), dispatch_id: dispatch_id.clone() };
@@ -404,6 +434,7 @@ impl Coordinator {
         }
         for (i, error) in decided.fail {
             let t = &mut c.q.tasks[i];
+            c.changed.insert(t.task_id.clone());
             t.state = TaskState::Failed { started_at: None, completed_at: c.now_s.clone() };
             t.result = Some(TaskResult { error: Some(error.clone()), ..TaskResult::default() });
             c.report.ended.push(Ended {
@@ -469,6 +500,7 @@ impl Coordinator {
                 }
             }
             c.report.archived = finished.len();
+            c.removed.extend(finished.iter().map(|t| t.task_id.clone()));
             c.q.tasks.retain(|t| !t.status().is_terminal());
             c.q_dirty = true;
         }
@@ -502,6 +534,8 @@ impl Coordinator {
             now_s,
             mut q,
             q_dirty,
+            changed,
+            removed,
             fold,
             folded,
             mut budget,
@@ -510,11 +544,40 @@ impl Coordinator {
             ..
         } = c;
         let mut state_batch = crate::store::atomic::ReplaceBatch::new();
+        // The queue's change: the changed tasks and the removals appended to the journal as one
+        // commit (fsynced in the flush below), or, once the journal has grown past its share of
+        // the snapshot, a compaction (a new snapshot staged in the batch, the journal emptied
+        // after its rename).
+        let journal_before = self.journal.end;
+        let mut journal_file = None;
+        let mut compacted = false;
         if q_dirty {
             q.updated_at = Some(now_s.clone());
+            let counts = QueueCounts::of(&q.tasks);
+            let changed_tasks: Vec<&Task> = if changed.is_empty() {
+                Vec::new()
+            } else {
+                q.tasks.iter().filter(|t| changed.contains(&t.task_id)).collect()
+            };
+            let commit = journal::Commit {
+                intake_offset: q.intake_offset,
+                updated_at: q.updated_at.clone(),
+                counts: Some(counts.clone()),
+                ..journal::Commit::default()
+            };
             let bytes =
-                crate::domain::task::queue_file::encode(&store.path(TASK_QUEUE), &q, Some(&mut self.validated))?;
-            state_batch.stage(&store.path(TASK_QUEUE), &bytes)?;
+                journal::encode_commit(self.journal.generation, self.journal.end, changed_tasks, &removed, commit)?;
+            q.counts = Some(counts);
+            if journal::needs_compaction(&self.journal, bytes.len() as u64) {
+                q.journal_generation = journal::next_generation(self.journal.generation);
+                let snapshot =
+                    crate::domain::task::queue_file::encode(&store.path(TASK_QUEUE), &q, Some(&mut self.validated))?;
+                state_batch.stage(&store.path(TASK_QUEUE), &snapshot)?;
+                compacted = true;
+            } else {
+                journal_file = Some(journal::append_commit(&store, &mut self.journal, &bytes)?);
+                crate::ops::backup::pause_point("queue-journal-appended");
+            }
         }
         budget.recompute();
         let budget_changed = budget != before_budget;
@@ -532,12 +595,18 @@ impl Coordinator {
             }
         }
         let archive_path = store.path(crate::store::files::TASK_ARCHIVE);
-        let also: Vec<(&std::fs::File, &std::path::Path)> =
+        let journal_path = store.path(TASK_QUEUE_JOURNAL);
+        let mut also: Vec<(&std::fs::File, &std::path::Path)> =
             archive_file.iter().map(|f| (f, archive_path.as_path())).collect();
+        also.extend(journal_file.iter().map(|f| (f, journal_path.as_path())));
         let committed =
             crate::store::atomic::ReplaceBatch::sync_together(&mut [&mut state_batch, &mut spec_batch], &also)
                 .and_then(|()| state_batch.commit());
         if let Err(e) = committed {
+            if journal_file.is_some() {
+                // The cycle fails whole: its commit is taken back (the next cycle loads again).
+                journal::roll_back(&store, &mut self.journal, journal_before);
+            }
             // The queue may show these dispatches (renamed before a failed directory fsync);
             // their specs are not written: fold them `lost` unless a spec turns up.
             for id in &staged {
@@ -546,6 +615,21 @@ impl Coordinator {
             // The archive lines stay `archive_unflushed`: the next cycle flushes them with its
             // queue instead of appending them again, so each task is archived once.
             return Err(e);
+        }
+        if compacted {
+            crate::ops::backup::pause_point("queue-compacted");
+            // The new snapshot is durable; the journal's lines are of the previous generation
+            // now (ignored by every reader), so emptying it can wait for the next writer if it
+            // fails here.
+            if let Err(e) = journal::reset(&store) {
+                tracing::warn!("cannot empty the queue's journal after a compaction: {e}");
+            }
+            self.journal = JournalPos {
+                snapshot: file_id(&store.path(TASK_QUEUE)),
+                generation: q.journal_generation,
+                end: 0,
+                len: journal::journal_len(&store),
+            };
         }
         if q_dirty {
             self.archived_unwritten.clear();
@@ -582,7 +666,15 @@ impl Coordinator {
         if let Some(f) = fold {
             f.finish(&store, &q)?;
         }
-        self.cache = file_id(&store.path(TASK_QUEUE)).map(|id| (id, q));
+        #[cfg(debug_assertions)]
+        if q.tasks.len() <= 5_000 {
+            // What is on disk reads back as what this coordinator holds (a change not journalled
+            // would show here, in every test).
+            if let Ok(disk) = journal::load_quiet(&store) {
+                debug_assert_eq!(disk.queue.tasks, q.tasks, "the queue on disk differs from the coordinator's");
+            }
+        }
+        self.cache = Some(q);
         self.seal_archive();
         drop(queue_guard);
         drop(scheduler_guard);
@@ -742,6 +834,7 @@ fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
     let names: HashSet<&'static str> = [
         crate::store::files::TASK_INTAKE.rel,
         TASK_QUEUE.rel,
+        TASK_QUEUE_JOURNAL.rel,
         TOKEN_BUDGET.rel,
         SCHEDULER_STATE.rel,
         crate::store::files::SCHEDULES.rel,
@@ -1006,6 +1099,10 @@ struct Collected {
     q: TaskQueue,
     /// The queue needs writing.
     q_dirty: bool,
+    /// Ids of the tasks this cycle changed or added (their whole records go to the journal).
+    changed: HashSet<String>,
+    /// Ids of the tasks this cycle removed from the queue (archived).
+    removed: Vec<String>,
     /// The intake folded into the queue, finished after the commit.
     fold: Option<intake::IntakeFold>,
     /// The dispatches whose end this cycle folds (forgotten as unrecorded once written).

@@ -168,6 +168,10 @@ pub fn fire_due(
     }
     let guard = store.lock(Schedules::FILE)?;
     let mut doc: Schedules = store.load()?;
+    if doc.schedules.is_empty() {
+        // Nothing to fire: the queue (the whole backlog) is not read.
+        return Ok(None);
+    }
     // Read without its lock: the queue is replaced atomically, and a task the enqueue side is
     // adding right now is deduplicated there by its id.
     let queue: TaskQueue = store.load()?;

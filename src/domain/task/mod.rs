@@ -7,6 +7,7 @@ pub(crate) mod budget;
 pub(crate) mod dispatch_record;
 pub mod dispatches;
 pub mod intake;
+pub mod journal;
 pub mod model;
 pub mod ops;
 pub mod processes;

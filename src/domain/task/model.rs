@@ -334,6 +334,75 @@ pub struct TaskQueue {
     /// Bytes of `task-intake.jsonl` already folded into `tasks` (see `task::intake`).
     #[serde(default)]
     pub intake_offset: u64,
+    /// The generation of `task-queue.journal.jsonl` lines that apply to this snapshot (see
+    /// `task::journal`); 0 (absent) in a queue written before the journal or by hand.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub journal_generation: u64,
+    /// The counts as of the last write (the snapshot's header, then each journal commit's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<QueueCounts>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How many tasks of the queue are in each state, and why the waiting ones wait: kept by every
+/// writer in the snapshot's header and each journal commit, so `GET /status`, `/health` and the
+/// metrics read them without loading the queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    pub total: u64,
+    #[serde(default)]
+    pub queued: u64,
+    #[serde(default)]
+    pub in_progress: u64,
+    #[serde(default)]
+    pub pending_retry: u64,
+    #[serde(default)]
+    pub completed: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub cancelled: u64,
+    /// Waiting (queued or pending-retry) tasks by `waiting_reason`.
+    #[serde(default)]
+    pub waiting: BTreeMap<String, u64>,
+}
+
+impl QueueCounts {
+    pub fn of(tasks: &[Task]) -> QueueCounts {
+        let mut c = QueueCounts { total: tasks.len() as u64, ..QueueCounts::default() };
+        for t in tasks {
+            *c.slot(t.status()) += 1;
+            if let Some(r) = t.waiting_reason() {
+                *c.waiting.entry(r.as_str().to_string()).or_default() += 1;
+            }
+        }
+        c
+    }
+
+    fn slot(&mut self, s: TaskStatus) -> &mut u64 {
+        match s {
+            TaskStatus::Queued => &mut self.queued,
+            TaskStatus::InProgress => &mut self.in_progress,
+            TaskStatus::PendingRetry => &mut self.pending_retry,
+            TaskStatus::Completed => &mut self.completed,
+            TaskStatus::Failed => &mut self.failed,
+            TaskStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    pub fn count(&self, s: TaskStatus) -> u64 {
+        match s {
+            TaskStatus::Queued => self.queued,
+            TaskStatus::InProgress => self.in_progress,
+            TaskStatus::PendingRetry => self.pending_retry,
+            TaskStatus::Completed => self.completed,
+            TaskStatus::Failed => self.failed,
+            TaskStatus::Cancelled => self.cancelled,
+        }
+    }
 }
 
 /// `coordination/token-budget.json`. `reservations` maps dispatch id → reserved tokens;

@@ -192,16 +192,21 @@ pub(crate) fn fold_ended(
 }
 
 /// A read-modify-write of the queue under its lock, with the intake folded in first so the
-/// change sees every task. Returns the closure's result.
+/// change sees every task; what changed is appended to the queue's journal (`task::journal`).
+/// Returns the closure's result.
 pub(crate) fn update<R>(store: &Store, change: impl FnOnce(&mut TaskQueue, &LockGuard) -> Result<R>) -> Result<R> {
     let guard = store.lock(TASK_QUEUE)?;
-    let mut queue: TaskQueue = store.load()?;
-    let fold = intake::fold(store, &mut queue)?;
+    let loaded = super::journal::load(store)?;
+    let mut pos = loaded.pos;
+    let mut queue = loaded.queue;
+    // Before the fold, so the folded tasks are written to the journal as new ones.
     let before = queue.clone();
+    let fold = intake::fold(store, &mut queue)?;
     let out = change(&mut queue, &guard)?;
     if fold.is_some() || queue != before {
         queue.updated_at = Some(crate::base::clock::now_string());
-        store.write_locked(&guard, &queue)?;
+        // The changed tasks alone, appended to the journal (or a compaction when it is due).
+        super::journal::write_change(store, &before, &queue, &mut pos)?;
     }
     if let Some(f) = fold {
         f.finish(store, &queue)?;

@@ -67,6 +67,12 @@ pub(crate) fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
             report.push(rel, LINK_REFUSED.into(), false);
             continue;
         }
+        if f.rel == files::TASK_QUEUE_JOURNAL.rel {
+            // Not rewritten: its commits name their byte offsets. Readers skip (and quarantine)
+            // a bad line and ignore an uncommitted tail, which the next writer truncates; the
+            // next compaction drops both.
+            continue;
+        }
         match f.kind {
             FileKind::Jsonl => repair_jsonl(store, &path, Some(f.schema), Some(f.lock), dry_run, &mut report)?,
             FileKind::Json if path.exists() => repair_json(store, f, &path, dry_run, &mut report)?,
@@ -271,14 +277,15 @@ fn adjust_intake_offset(
     report: &mut RepairReport,
 ) -> Result<()> {
     let path = store.path(files::TASK_QUEUE);
-    let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
-    let Ok(mut queue) = serde_json::from_slice::<Value>(&bytes) else { return Ok(()) };
-    let Some(old) = queue.get("intake_offset").and_then(Value::as_u64) else { return Ok(()) };
+    // The queue as its readers see it (the journal's last commit carries the offset too); the
+    // caller holds the `task-queue` lock.
+    let Ok(mut queue) = store.load::<crate::domain::task::model::TaskQueue>() else { return Ok(()) };
+    let old = queue.intake_offset;
     let new =
         lines.iter().position(|(start, _)| *start as u64 >= old).map(|i| new_offset_of[i]).unwrap_or(new_len) as u64;
     if new != old {
-        queue["intake_offset"] = json!(new);
-        crate::store::write_value_checked(&path, &queue, Some(files::TASK_QUEUE.schema))?;
+        queue.intake_offset = new;
+        crate::domain::task::journal::write_snapshot(store, &queue)?;
         report.push(
             rel(store, &path),
             format!("intake_offset moved from {old} to {new} to match the repaired intake"),
@@ -395,6 +402,10 @@ fn repair_queue(store: &Store, path: &Path, problem: &str, dry_run: bool, report
     let mut queue = json!({"tasks": kept, "updated_at": crate::base::clock::now_string()});
     if let Some(off) = salvage_number(&bytes, "intake_offset") {
         queue["intake_offset"] = json!(off);
+    }
+    // The journal's changes since this snapshot still apply to what is salvaged.
+    if let Some(generation) = salvage_number(&bytes, "journal_generation") {
+        queue["journal_generation"] = json!(generation);
     }
     let corrupt = beside(path, ".corrupt");
     let rejected_path = PathBuf::from(format!("{}.rejected", path.display()));

@@ -78,17 +78,16 @@ pub(crate) fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
             }
         }
         let queue_path = store.path(files::TASK_QUEUE);
-        let tasks_cleared = std::fs::read(&queue_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("tasks").and_then(|t| t.as_array()).map(|a| a.len()))
-            .unwrap_or(0);
+        // Snapshot and journal, as every reader sees the queue.
+        let tasks_cleared = store.load::<crate::domain::task::model::TaskQueue>().map(|q| q.tasks.len()).unwrap_or(0);
         let now = crate::base::clock::now_string();
         crate::store::write_value_checked(
             &queue_path,
             &json!({"tasks": [], "updated_at": now}),
             Some(files::TASK_QUEUE.schema),
         )?;
+        // Its journal's lines no longer apply (the new queue has no generation); emptied too.
+        crate::domain::task::journal::reset(store)?;
         if let Some(intake) = files::by_rel("task-intake.jsonl") {
             let p = store.path(intake);
             if p.exists() {

@@ -109,11 +109,12 @@ pub(crate) fn render(reader: &StatusReader) -> Result<String> {
     reg.register("cortex_daemon_up", "1 when the daemon holds its PID file lock, else 0", up);
 
     let latency = Histogram::new(LATENCY_BUCKETS);
+    let queue_created = reader.queue_created().ok();
     for d in dispatches.iter() {
         if d.record.attempt != 1 {
             continue;
         }
-        let created = snap.queue.as_ref().and_then(|q| q.created.get(&d.record.task_id));
+        let created = queue_created.as_ref().and_then(|q| q.created.get(&d.record.task_id));
         if let (Some(created), Some(dispatched)) = (created, d.dispatched) {
             latency.observe(((dispatched - *created).num_milliseconds().max(0) as f64) / 1000.0);
         }
