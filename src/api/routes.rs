@@ -7,6 +7,7 @@ use super::auth::Tokens;
 use super::commit::Committer;
 use super::http::{Handler, Reply, Request, Response};
 use super::policy::{self, Access, Site};
+use crate::clock::format_ts;
 use crate::error::Error;
 use crate::error::Result;
 use crate::home::SpecBucket;
@@ -410,7 +411,7 @@ impl App {
                 "status": task.status().as_str(),
                 "dispatch_id": id,
                 "task_id": task.task_id,
-                "next_retry_at": task.next_retry_at(),
+                "next_retry_at": task.next_retry_at().map(format_ts),
                 "attempts": task.attempts,
                 "max_attempts": task.max_attempts,
             })),
@@ -514,20 +515,20 @@ fn transition_response(result: Result<Transition>) -> Response {
         Ok(t) if t.paused => ok_json(&json!({
             "status": "success",
             "message": t.message,
-            "timestamp": t.timestamp,
+            "timestamp": format_ts(t.timestamp),
             "paused": true,
             "changed": t.changed,
-            "paused_at": t.state.paused_at,
+            "paused_at": t.state.paused_at.map(format_ts),
             "paused_by": t.state.paused_by,
             "reason": t.state.reason,
         })),
         Ok(t) => ok_json(&json!({
             "status": "success",
             "message": t.message,
-            "timestamp": t.timestamp,
+            "timestamp": format_ts(t.timestamp),
             "paused": false,
             "changed": t.changed,
-            "resumed_at": t.state.resumed_at,
+            "resumed_at": t.state.resumed_at.map(format_ts),
         })),
         Err(e) => error_response(&e),
     }

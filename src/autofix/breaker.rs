@@ -80,11 +80,10 @@ pub fn outcomes(store: &Store) -> Result<Vec<Outcome>> {
                 }
                 _ => continue,
             };
-            let (Some(ended), Some(dispatched)) = (d.state.ended_at().and_then(parse_ts), parse_ts(&d.dispatched_at))
-            else {
+            let Some(ended) = d.state.ended_at() else {
                 continue;
             };
-            out.push(Outcome { worker_type: d.worker_type, dispatched_at: dispatched, ended_at: ended, failure });
+            out.push(Outcome { worker_type: d.worker_type, dispatched_at: d.dispatched_at, ended_at: ended, failure });
         }
     }
     Ok(out)
@@ -278,9 +277,8 @@ pub fn dispatch_allowed_by(store: &Store, breakers: &Breakers, worker_type: &str
         Some(BreakerState::HalfOpen { since }) => parse_ts(since).unwrap_or(now),
     };
     for bucket in [SpecBucket::Active, SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie] {
-        let trial_made = list_bucket(store, bucket)?
-            .iter()
-            .any(|d| d.worker_type == worker_type && parse_ts(&d.dispatched_at).is_some_and(|t| t >= trial_since));
+        let trial_made =
+            list_bucket(store, bucket)?.iter().any(|d| d.worker_type == worker_type && d.dispatched_at >= trial_since);
         if trial_made {
             return Ok(false);
         }

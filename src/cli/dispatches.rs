@@ -3,6 +3,7 @@
 
 use super::text::safe;
 use super::{Ctx, print_json};
+use crate::clock::format_ts;
 use crate::error::{Error, Result};
 use crate::status::{StatusReader, parse_dispatch_status};
 use clap::Args;
@@ -53,7 +54,7 @@ pub fn run(ctx: &Ctx, args: DispatchesArgs) -> Result<u8> {
             v.status,
             v.attempt,
             v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            safe(&v.dispatched_at),
+            format_ts(v.dispatched_at),
             v.duration_s.map(|d| format!("{d:.1}")).unwrap_or_else(|| "-".into())
         );
     }

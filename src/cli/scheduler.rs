@@ -4,6 +4,7 @@
 
 use super::text::{safe, safe_or};
 use super::{Ctx, print_json};
+use crate::clock::format_ts;
 use crate::error::Result;
 use crate::scheduler::{self, Actor, local_user};
 use crate::status::{StatusReader, wait_no_active};
@@ -51,18 +52,18 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
         SchedulerCommand::Pause { reason } => {
             let t = scheduler::pause(&store, &actor(), reason.as_deref())?;
             if ctx.json {
-                print_json(&json!({"status": "success", "message": t.message, "timestamp": t.timestamp,
-                    "paused": true, "changed": t.changed, "paused_at": t.state.paused_at,
+                print_json(&json!({"status": "success", "message": t.message, "timestamp": format_ts(t.timestamp),
+                    "paused": true, "changed": t.changed, "paused_at": t.state.paused_at.map(format_ts),
                     "paused_by": t.state.paused_by, "reason": t.state.reason}));
             } else if t.changed {
                 println!(
                     "Scheduler paused at {} (running dispatches continue; `cortex scheduler resume` to resume)",
-                    safe(&t.timestamp)
+                    format_ts(t.timestamp)
                 );
             } else {
                 println!(
                     "Scheduler already paused (since {}, by {})",
-                    safe_or(t.state.paused_at.as_deref(), "?"),
+                    t.state.paused_at.map_or_else(|| "?".to_string(), format_ts),
                     safe_or(t.state.paused_by.as_deref(), "?")
                 );
             }
@@ -71,10 +72,10 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
         SchedulerCommand::Resume => {
             let t = scheduler::resume(&store, &actor())?;
             if ctx.json {
-                print_json(&json!({"status": "success", "message": t.message, "timestamp": t.timestamp,
-                    "paused": false, "changed": t.changed, "resumed_at": t.state.resumed_at}));
+                print_json(&json!({"status": "success", "message": t.message, "timestamp": format_ts(t.timestamp),
+                    "paused": false, "changed": t.changed, "resumed_at": t.state.resumed_at.map(format_ts)}));
             } else if t.changed {
-                println!("Scheduler resumed at {}", safe(&t.timestamp));
+                println!("Scheduler resumed at {}", format_ts(t.timestamp));
             } else {
                 println!("Scheduler already running");
             }
@@ -93,7 +94,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                 println!("Scheduler: unknown");
             } else if s.paused == Some(true) {
                 println!("Scheduler: paused for {}", safe_or(s.paused_duration.as_deref(), "?"));
-                println!("  paused at:   {}", safe_or(s.paused_at.as_deref(), "?"));
+                println!("  paused at:   {}", s.paused_at.map_or_else(|| "?".to_string(), format_ts));
                 println!(
                     "  paused by:   {} ({})",
                     safe_or(s.paused_by.as_deref(), "?"),
@@ -102,7 +103,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                 println!("  reason:      {}", safe_or(s.reason.as_deref(), "-"));
             } else {
                 println!("Scheduler: running");
-                println!("  resumed at:  {}", safe_or(s.resumed_at.as_deref(), "never paused"));
+                println!("  resumed at:  {}", s.resumed_at.map_or_else(|| "never paused".to_string(), format_ts));
             }
             println!("  coordinator: {} (uptime {})", safe(s.coordinator), safe_or(s.uptime.as_deref(), "-"));
             println!("  last tick:   {}", safe_or(s.last_tick.as_deref(), "-"));

@@ -3,7 +3,7 @@
 
 use super::text::{safe, shell_words};
 use super::{Ctx, print_json};
-use crate::clock::parse_duration;
+use crate::clock::{format_ts, parse_duration};
 use crate::error::{Error, Result};
 use crate::task::model::{Priority, Task, TaskStatus};
 use crate::task::ops::{self, NewTask, TaskFilter};
@@ -84,7 +84,7 @@ fn duration_secs(flag: &str, s: &Option<String>) -> Result<Option<f64>> {
 fn print_task_line(t: &Task) {
     let extra = match (t.waiting_reason(), t.next_retry_at(), &t.result) {
         (Some(w), _, _) => format!("waiting: {w}"),
-        (None, Some(at), _) => format!("retry at {at}"),
+        (None, Some(at), _) => format!("retry at {}", format_ts(at)),
         (None, None, Some(r)) if t.status().is_terminal() => ops::result_summary(r),
         _ => String::new(),
     };
@@ -183,7 +183,7 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                         r.attempt,
                         r.status().as_str(),
                         bucket.dir_name(),
-                        r.state.ended_at().map(|e| format!(" ended {}", safe(e))).unwrap_or_default()
+                        r.state.ended_at().map(|e| format!(" ended {}", format_ts(e))).unwrap_or_default()
                     );
                 }
             }

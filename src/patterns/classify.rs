@@ -3,7 +3,7 @@
 //! signature — category, type, worker type and, for exits, the code and the normalised last line
 //! of stderr — and the pattern id is a short SHA-256 of that signature.
 
-use crate::clock::{Timestamp, parse_ts};
+use crate::clock::Timestamp;
 use crate::home::Home;
 use crate::store::events::{Event, EventKind};
 use crate::task::{DispatchRecord, DispatchState};
@@ -261,7 +261,7 @@ pub fn from_spec(home: &Home, rec: &DispatchRecord) -> Option<Failure> {
     };
     Some(Failure {
         key: format!("dispatch:{}", rec.dispatch_id),
-        at: parse_ts(at).unwrap_or_else(chrono::Utc::now),
+        at: *at,
         kind,
         worker_type: rec.worker_type.clone(),
         exit_code,

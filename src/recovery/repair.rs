@@ -130,7 +130,7 @@ fn beside(path: &Path, suffix: &str) -> PathBuf {
     if !first.exists() {
         return first;
     }
-    PathBuf::from(format!("{}{suffix}.{}", path.display(), chrono::Utc::now().format("%Y%m%d-%H%M%S%.6f")))
+    PathBuf::from(format!("{}{suffix}.{}", path.display(), crate::clock::now().format("%Y%m%d-%H%M%S%.6f")))
 }
 
 fn rel(store: &Store, path: &Path) -> String {
@@ -428,7 +428,7 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
         budget.reservations.insert(d.dispatch_id.clone(), d.budget_reserved);
     }
     budget.recompute();
-    budget.last_updated = Some(crate::clock::now_string());
+    budget.last_updated = Some(crate::clock::now());
     let corrupt = beside(path, ".corrupt");
     let msg = format!(
         "{problem}: copy kept at {}; rebuilt with total {}, used {}, {} reservation(s) of active dispatches",

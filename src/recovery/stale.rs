@@ -53,12 +53,12 @@ fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -
             if !is_alive(*pid, *proc_start_ticks) {
                 return Some((format!("process {pid} is gone"), false));
             }
-            let since = last_heartbeat(rec).or_else(|| parse_ts(started_at))?;
+            let since = last_heartbeat(rec).unwrap_or(*started_at);
             (now - since > limit).then(|| {
                 (
                     format!(
                         "running for {} with no heartbeat in the last {}",
-                        crate::clock::human_duration((now - parse_ts(started_at).unwrap_or(since)).num_seconds()),
+                        crate::clock::human_duration((now - *started_at).num_seconds()),
                         crate::clock::human_duration(limit.num_seconds())
                     ),
                     true,
@@ -66,7 +66,7 @@ fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -
             })
         }
         DispatchState::Starting => {
-            let since = parse_ts(&rec.dispatched_at)?;
+            let since = rec.dispatched_at;
             (now - since > limit).then(|| {
                 (
                     format!(
@@ -111,7 +111,7 @@ pub fn recover_stale(
             stop_group(pid, pgid, proc_start_ticks, grace);
         }
         let mut ended = rec.clone();
-        ended.state = DispatchState::Lost { ended_at: crate::clock::format_ts(clock.now()), reason: reason.clone() };
+        ended.state = DispatchState::Lost { ended_at: clock.now(), reason: reason.clone() };
         dispatch_record::end_in(home, &ended, SpecBucket::Failed)?;
         let _ = std::fs::remove_file(cancel_request_path(home, &rec.dispatch_id));
         let _ = store.emit(

@@ -49,6 +49,7 @@ pub struct ScheduledRun {
     pub schedule_id: String,
     pub schedule_name: String,
     /// The slot this run is for (a manual run: when it was requested).
+    #[serde(with = "crate::clock::ts")]
     pub slot: Timestamp,
     pub trigger: Trigger,
     pub task: TaskTemplate,
@@ -66,7 +67,7 @@ pub struct TaskDefaults {
 impl ScheduledRun {
     /// The queued task this run becomes, `created_by` `schedule:<name>`, with `schedule_id` set
     /// (what [`fire_due`] counts for `max_instances`).
-    pub fn to_task(&self, created_at: &str, defaults: &TaskDefaults) -> Task {
+    pub fn to_task(&self, created_at: Timestamp, defaults: &TaskDefaults) -> Task {
         Task {
             task_id: self.task_id.clone(),
             description: self.task.description.clone(),
@@ -74,7 +75,7 @@ impl ScheduledRun {
             worker_type: self.task.worker_type.clone().unwrap_or_else(|| defaults.worker_type.clone()),
             command: self.task.command.clone(),
             state: TaskState::Queued { waiting_reason: None },
-            created_at: created_at.to_string(),
+            created_at,
             created_by: format!("schedule:{}", self.schedule_name),
             attempts: 0,
             max_attempts: self.task.max_attempts.unwrap_or(defaults.max_attempts).max(1),

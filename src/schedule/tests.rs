@@ -2,7 +2,7 @@
 //! temporary home (real files and locks, no waits).
 
 use super::*;
-use crate::clock::{Clock, ManualClock, Timestamp, format_ts};
+use crate::clock::{Clock, ManualClock, Timestamp};
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::scheduler::Actor;
@@ -98,8 +98,8 @@ impl Fixture {
     /// coordinator's does.
     fn fire_into_queue(&self, runs: &mut Vec<ScheduledRun>) -> Option<Timestamp> {
         let store = self.store.clone();
-        let now = format_ts(self.clock.now());
-        fire_due(&self.store, &self.clock, &mut |r| enqueue_into_queue(&store, &now, r, runs)).unwrap()
+        let now = self.clock.now();
+        fire_due(&self.store, &self.clock, &mut |r| enqueue_into_queue(&store, now, r, runs)).unwrap()
     }
 
     fn queue(&self) -> TaskQueue {
@@ -107,7 +107,7 @@ impl Fixture {
     }
 }
 
-fn enqueue_into_queue(store: &Store, now: &str, run: ScheduledRun, runs: &mut Vec<ScheduledRun>) -> Result<()> {
+fn enqueue_into_queue(store: &Store, now: Timestamp, run: ScheduledRun, runs: &mut Vec<ScheduledRun>) -> Result<()> {
     let defaults = TaskDefaults { worker_type: "scan-worker".into(), budget: 100, max_attempts: 3 };
     store.update::<TaskQueue, _>(|q| {
         if !q.tasks.iter().any(|t| t.task_id == run.task_id) {
@@ -227,7 +227,7 @@ fn crash_after_enqueue_before_the_write_refires_the_same_task_id() {
     let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let store = f.store.clone();
         let _ = fire_due(&f.store, &f.clock, &mut |r| {
-            enqueue_into_queue(&store, "2026-03-02T10:05:01Z", r, &mut Vec::new())?;
+            enqueue_into_queue(&store, crate::clock::parse_ts("2026-03-02T10:05:01Z").unwrap(), r, &mut Vec::new())?;
             panic!("simulated crash between enqueue and the schedules.json write");
         });
     }));
@@ -378,8 +378,10 @@ fn max_instances_skips_while_the_previous_run_is_unfinished() {
     // In progress counts too.
     f.store
         .update::<TaskQueue, _>(|q| {
-            q.tasks[0].state =
-                TaskState::InProgress { started_at: "2026-03-02T10:11:00Z".into(), dispatch_id: "d1".into() };
+            q.tasks[0].state = TaskState::InProgress {
+                started_at: crate::clock::parse_ts("2026-03-02T10:11:00Z").unwrap(),
+                dispatch_id: "d1".into(),
+            };
             Ok(())
         })
         .unwrap();
@@ -389,7 +391,10 @@ fn max_instances_skips_while_the_previous_run_is_unfinished() {
     // Once it completed, the next slot runs.
     f.store
         .update::<TaskQueue, _>(|q| {
-            q.tasks[0].state = TaskState::Completed { started_at: None, completed_at: "2026-03-02T10:16:00Z".into() };
+            q.tasks[0].state = TaskState::Completed {
+                started_at: None,
+                completed_at: crate::clock::parse_ts("2026-03-02T10:16:00Z").unwrap(),
+            };
             Ok(())
         })
         .unwrap();

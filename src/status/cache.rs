@@ -9,7 +9,7 @@
 //!
 //! A one-shot reader (the CLI) simply reads everything once.
 
-use crate::clock::{Timestamp, parse_ts};
+use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::home::{Home, SpecBucket};
@@ -82,9 +82,7 @@ impl QueueSummary {
         let mut s = QueueSummary { total: queue.tasks.len(), ..Default::default() };
         for t in &queue.tasks {
             *s.counts.entry(t.status()).or_default() += 1;
-            if let Some(ts) = parse_ts(&t.created_at) {
-                s.created.insert(t.task_id.clone(), ts);
-            }
+            s.created.insert(t.task_id.clone(), t.created_at);
         }
         s
     }
@@ -99,7 +97,6 @@ impl QueueSummary {
 pub struct SpecEntry {
     pub bucket: SpecBucket,
     pub record: DispatchRecord,
-    pub dispatched: Option<Timestamp>,
 }
 
 impl SpecEntry {
@@ -380,10 +377,7 @@ impl StatusReader {
                 continue;
             }
             let rec = match read_spec(&self.store, &entry.path()) {
-                Ok(Some(rec)) => {
-                    let dispatched = parse_ts(&rec.dispatched_at);
-                    Ok(Arc::new(SpecEntry { bucket, record: rec, dispatched }))
-                }
+                Ok(Some(rec)) => Ok(Arc::new(SpecEntry { bucket, record: rec })),
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!("skipping dispatch spec: {e}");

@@ -44,10 +44,8 @@ impl StatusReader {
         let only_paused = |f: fn(&SchedulerState) -> &Option<String>| {
             s.as_deref().filter(|s| s.is_paused()).and_then(|s| f(s).clone())
         };
-        let paused_duration = only_paused(|s| &s.paused_at)
-            .as_deref()
-            .and_then(parse_ts)
-            .map(|t| human_duration((now - t).num_seconds()));
+        let paused_at = s.as_deref().filter(|s| s.is_paused()).and_then(|s| s.paused_at);
+        let paused_duration = paused_at.map(|t| human_duration((now - t).num_seconds()));
         Ok(SchedulerStatus {
             state: match paused {
                 Some(true) => "paused",
@@ -57,8 +55,8 @@ impl StatusReader {
             paused,
             uptime,
             last_tick: mark.map(|m| m.last_loop_at),
-            paused_at: only_paused(|s| &s.paused_at),
-            resumed_at: s.as_ref().and_then(|s| s.resumed_at.clone()),
+            paused_at,
+            resumed_at: s.as_ref().and_then(|s| s.resumed_at),
             paused_duration,
             paused_by: only_paused(|s| &s.paused_by),
             paused_from: only_paused(|s| &s.paused_from),
@@ -76,7 +74,7 @@ impl StatusReader {
         let snap = self.snapshot();
         let since = recent_since(snap.scheduler.as_deref(), now, cfg.scheduler.recent_window_seconds);
         let recent_dispatch_count =
-            snap.dispatches.as_ref().map(|d| d.iter().filter(|d| d.dispatched.is_some_and(|t| t >= since)).count());
+            snap.dispatches.as_ref().map(|d| d.iter().filter(|d| d.record.dispatched_at >= since).count());
         let count = |s: TaskStatus| snap.queue.as_ref().map(|q| q.count(s));
         Ok(SystemStatus {
             running_count: snap.running_count(),
@@ -190,12 +188,7 @@ pub fn recent_since(state: Option<&SchedulerState>, now: Timestamp, window_secon
         .and_then(chrono::Duration::try_seconds)
         .and_then(|w| now.checked_sub_signed(w))
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    let transition = state
-        .into_iter()
-        .flat_map(|s| [s.paused_at.as_deref(), s.resumed_at.as_deref()])
-        .flatten()
-        .filter_map(parse_ts)
-        .max();
+    let transition = state.into_iter().flat_map(|s| [s.paused_at, s.resumed_at]).flatten().max();
     transition.map_or(window_start, |t| t.max(window_start))
 }
 
@@ -218,8 +211,10 @@ pub struct SchedulerStatus {
     pub uptime: Option<String>,
     /// The coordinator's last loop.
     pub last_tick: Option<String>,
-    pub paused_at: Option<String>,
-    pub resumed_at: Option<String>,
+    #[serde(with = "crate::clock::ts::option")]
+    pub paused_at: Option<Timestamp>,
+    #[serde(with = "crate::clock::ts::option")]
+    pub resumed_at: Option<Timestamp>,
     pub paused_duration: Option<String>,
     pub paused_by: Option<String>,
     pub paused_from: Option<String>,
@@ -322,9 +317,12 @@ pub struct DispatchView {
     pub stage: &'static str,
     pub attempt: u32,
     pub pid: Option<i32>,
-    pub dispatched_at: String,
-    pub started_at: Option<String>,
-    pub ended_at: Option<String>,
+    #[serde(with = "crate::clock::ts")]
+    pub dispatched_at: Timestamp,
+    #[serde(with = "crate::clock::ts::option")]
+    pub started_at: Option<Timestamp>,
+    #[serde(with = "crate::clock::ts::option")]
+    pub ended_at: Option<Timestamp>,
     pub exit_code: Option<i32>,
     pub duration_s: Option<f64>,
     pub worker_type: String,
@@ -338,12 +336,9 @@ impl DispatchView {
         let now = chrono::Utc::now();
         let (pid, started_at, exit_code, duration_s) = match &r.state {
             DispatchState::Starting => (None, None, None, None),
-            DispatchState::Running { started_at, pid, .. } => (
-                Some(*pid),
-                Some(started_at.clone()),
-                None,
-                parse_ts(started_at).map(|t| (now - t).num_milliseconds() as f64 / 1000.0),
-            ),
+            DispatchState::Running { started_at, pid, .. } => {
+                (Some(*pid), Some(*started_at), None, Some((now - *started_at).num_milliseconds() as f64 / 1000.0))
+            }
             DispatchState::Completed { exit_code, duration_s, .. } => (None, None, Some(*exit_code), Some(*duration_s)),
             DispatchState::Failed { exit_code, duration_s, .. } => (None, None, *exit_code, *duration_s),
             DispatchState::Cancelled { duration_s, .. } | DispatchState::Timeout { duration_s, .. } => {
@@ -376,9 +371,9 @@ impl DispatchView {
             stage: entry.bucket.dir_name(),
             attempt: r.attempt,
             pid,
-            dispatched_at: r.dispatched_at.clone(),
+            dispatched_at: r.dispatched_at,
             started_at,
-            ended_at: r.state.ended_at().map(str::to_string),
+            ended_at: r.state.ended_at(),
             exit_code,
             duration_s,
             worker_type: r.worker_type.clone(),

@@ -161,11 +161,10 @@ impl Store {
     /// Turns a schema-valid value into its type. A value the type cannot take (a field the
     /// schema leaves optional but the type needs) is quarantined like any other bad file.
     fn decode<D: DeserializeOwned>(&self, path: &Path, value: Value) -> Result<D> {
-        D::deserialize(&value).map_err(|e| {
+        decode_value(&value).map_err(|(pointer, expected)| {
             let bytes = std::fs::read(path).unwrap_or_else(|_| serde_json::to_vec_pretty(&value).unwrap_or_default());
-            let expected = crate::schema::bounded(&e.to_string(), crate::schema::MAX_EXPECTED_CHARS);
-            let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, "");
-            Error::Invalid { path: path.to_path_buf(), pointer: String::new(), expected, quarantined }
+            let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, &pointer);
+            Error::Invalid { path: path.to_path_buf(), pointer, expected, quarantined }
         })
     }
 
@@ -292,6 +291,46 @@ impl Store {
     pub fn event(&self, event_type: EventKind, severity: Severity, message: impl Into<String>, data: Value) -> Event {
         Event::new(event_type, severity, &self.source, message).with_data(data)
     }
+}
+
+/// Turns a schema-valid value into its type; on failure, the JSON pointer of the field that
+/// could not be read (a malformed time, say) and what was wrong with it.
+pub fn decode_value<D: DeserializeOwned>(value: &Value) -> std::result::Result<D, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut pointer = json_pointer(e.path());
+        let message = e.inner().to_string();
+        // Inside a `#[serde(flatten)]` (a task's or a dispatch's state) serde loses the path at
+        // the object: a malformed time is found there by its value.
+        if let Some(obj) = value.pointer(&pointer).and_then(Value::as_object) {
+            let mut fields = obj
+                .iter()
+                .filter(|(_, v)| v.as_str().is_some_and(|s| message == crate::clock::ts::not_a_time(s)))
+                .map(|(k, _)| k);
+            if let (Some(k), None) = (fields.next(), fields.next()) {
+                pointer.push('/');
+                pointer.push_str(&escape_pointer(k));
+            }
+        }
+        (pointer, crate::schema::bounded(&message, crate::schema::MAX_EXPECTED_CHARS))
+    })
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// A serde path (`tasks[3].created_at`) as a JSON pointer (`/tasks/3/created_at`).
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } => out.push_str(&format!("/{}", escape_pointer(key))),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    out
 }
 
 /// Validates `value` against `schema` and writes it atomically (pretty-printed, for operators).

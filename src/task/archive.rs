@@ -6,6 +6,7 @@
 //! back to the queue and is archived again when it finishes).
 
 use super::model::{Task, TaskStatus};
+use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::files::TASK_ARCHIVE;
 use crate::store::{Store, jsonl};
@@ -81,16 +82,12 @@ pub fn statuses(store: &Store, ids: &HashSet<String>) -> Result<HashMap<String, 
 pub struct ArchivedEnd {
     pub status: TaskStatus,
     pub dispatches: usize,
-    pub completed_at: Option<String>,
+    pub completed_at: Option<Timestamp>,
 }
 
 impl ArchivedEnd {
     pub fn of(t: &Task) -> ArchivedEnd {
-        ArchivedEnd {
-            status: t.state.status(),
-            dispatches: t.dispatches.len(),
-            completed_at: t.completed_at().map(str::to_string),
-        }
+        ArchivedEnd { status: t.state.status(), dispatches: t.dispatches.len(), completed_at: t.completed_at() }
     }
 }
 

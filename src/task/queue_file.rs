@@ -104,7 +104,7 @@ mod tests {
     fn queue(n: usize) -> TaskQueue {
         TaskQueue {
             tasks: (0..n).map(|i| task(&format!("task-{i}"))).collect(),
-            updated_at: Some("2026-01-01T00:00:00.000000Z".into()),
+            updated_at: Some(crate::clock::parse_ts("2026-01-01T00:00:00.000000Z").unwrap()),
             intake_offset: 42,
         }
     }
@@ -149,8 +149,10 @@ mod tests {
         let mut q = queue(2);
         encode(p, &q, Some(&mut validated)).unwrap();
         let before = validated.seen.clone();
-        q.tasks[0].state =
-            TaskState::Cancelled { started_at: None, completed_at: "2026-01-01T00:00:01.000000Z".into() };
+        q.tasks[0].state = TaskState::Cancelled {
+            started_at: None,
+            completed_at: crate::clock::parse_ts("2026-01-01T00:00:01.000000Z").unwrap(),
+        };
         encode(p, &q, Some(&mut validated)).unwrap();
         assert_ne!(validated.seen["task-0"], before["task-0"]);
         assert_eq!(validated.seen["task-1"], before["task-1"]);
