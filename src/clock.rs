@@ -12,6 +12,11 @@ pub fn format_ts(ts: Timestamp) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// An optional time formatted, or `none` (for views: `-`, `never`).
+pub fn format_ts_or(ts: Option<Timestamp>, none: &str) -> String {
+    ts.map_or_else(|| none.to_string(), format_ts)
+}
+
 /// The current time at the precision records keep (microseconds), so a time written and read
 /// back equals the one in memory.
 pub fn now() -> Timestamp {

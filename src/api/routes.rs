@@ -473,7 +473,7 @@ impl App {
                 json!({"status": "success", "message": c.message, "changed": c.changed, "schedule": c.schedule})
             }),
             ScheduleAction::Run => ops::request_run(store, &clock, id, actor).map(|(s, r)| {
-                json!({"status": "success", "message": "Run requested", "schedule_id": s.schedule_id, "task_id": r.task_id, "requested_at": r.requested_at})
+                json!({"status": "success", "message": "Run requested", "schedule_id": s.schedule_id, "task_id": r.task_id, "requested_at": format_ts(r.requested_at)})
             }),
         };
         match result {

@@ -4,7 +4,7 @@
 
 use super::text::{safe, safe_or};
 use super::{Ctx, print_json};
-use crate::clock::format_ts;
+use crate::clock::{format_ts, format_ts_or};
 use crate::error::Result;
 use crate::scheduler::{self, Actor, local_user};
 use crate::status::{StatusReader, wait_no_active};
@@ -63,7 +63,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
             } else {
                 println!(
                     "Scheduler already paused (since {}, by {})",
-                    t.state.paused_at.map_or_else(|| "?".to_string(), format_ts),
+                    format_ts_or(t.state.paused_at, "?"),
                     safe_or(t.state.paused_by.as_deref(), "?")
                 );
             }
@@ -94,7 +94,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                 println!("Scheduler: unknown");
             } else if s.paused == Some(true) {
                 println!("Scheduler: paused for {}", safe_or(s.paused_duration.as_deref(), "?"));
-                println!("  paused at:   {}", s.paused_at.map_or_else(|| "?".to_string(), format_ts));
+                println!("  paused at:   {}", format_ts_or(s.paused_at, "?"));
                 println!(
                     "  paused by:   {} ({})",
                     safe_or(s.paused_by.as_deref(), "?"),
@@ -103,7 +103,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                 println!("  reason:      {}", safe_or(s.reason.as_deref(), "-"));
             } else {
                 println!("Scheduler: running");
-                println!("  resumed at:  {}", s.resumed_at.map_or_else(|| "never paused".to_string(), format_ts));
+                println!("  resumed at:  {}", format_ts_or(s.resumed_at, "never paused"));
             }
             println!("  coordinator: {} (uptime {})", safe(s.coordinator), safe_or(s.uptime.as_deref(), "-"));
             println!("  last tick:   {}", safe_or(s.last_tick.as_deref(), "-"));

@@ -5,7 +5,7 @@
 
 use super::expr::{Expr, parse_tz};
 use super::model::{MisfirePolicy, Schedule, ScheduleState, Schedules, TaskTemplate};
-use crate::clock::{Clock, Timestamp, format_ts, parse_ts};
+use crate::clock::{Clock, Timestamp, format_ts};
 use crate::config::Config;
 use crate::error::Result;
 use crate::files;
@@ -108,8 +108,7 @@ pub fn effective_tz(schedule_tz: Option<&str>, config_tz: &str) -> std::result::
 /// The expression of a stored schedule, in its effective zone.
 pub fn schedule_expr(s: &Schedule, config_tz: &str) -> std::result::Result<Expr, String> {
     let tz = effective_tz(s.timezone.as_deref(), config_tz).map_err(|e| format!("timezone: {e}"))?;
-    let anchor = parse_ts(&s.created_at).ok_or_else(|| format!("created_at: {:?} is not a timestamp", s.created_at))?;
-    Expr::new(s.cron.as_deref(), s.every.as_deref(), tz, anchor).map_err(|e| {
+    Expr::new(s.cron.as_deref(), s.every.as_deref(), tz, s.created_at).map_err(|e| {
         let field = if s.cron.is_some() { "cron" } else { "every" };
         format!("{field}: {e}")
     })
@@ -198,7 +197,7 @@ pub fn fire_due(
         }
     }
     if pass.changed {
-        doc.updated_at = Some(format_ts(pass.now));
+        doc.updated_at = Some(pass.now);
         store.write_locked(&guard, &doc)?;
     }
     drop(guard);
@@ -223,7 +222,7 @@ fn fire_schedule(s: &mut Schedule, pass: &mut Pass, enqueue: &mut dyn FnMut(Sche
             task_id: req.task_id.clone(),
             schedule_id: s.schedule_id.clone(),
             schedule_name: s.name.clone(),
-            slot: parse_ts(&req.requested_at).unwrap_or(pass.now),
+            slot: req.requested_at,
             trigger: Trigger::Manual { requested_by: req.requested_by.clone() },
             task: s.task.clone(),
         };
@@ -242,9 +241,9 @@ fn fire_schedule(s: &mut Schedule, pass: &mut Pass, enqueue: &mut dyn FnMut(Sche
         Err(problem) => {
             // A hand-edited record that no longer parses: hold it (visible, nothing lost) instead
             // of failing every pass.
-            let now = format_ts(pass.now);
+            let now = pass.now;
             s.state = ScheduleState::Paused {
-                paused_at: now.clone(),
+                paused_at: now,
                 paused_by: Some("cortex".into()),
                 reason: Some(format!("invalid schedule: {problem}")),
             };
@@ -325,7 +324,7 @@ fn fire_schedule(s: &mut Schedule, pass: &mut Pass, enqueue: &mut dyn FnMut(Sche
                 continue;
             }
             if let Err(e) = enqueue(run.clone()) {
-                s.next_run_at = Some(format_ts(slot));
+                s.next_run_at = Some(slot);
                 pass.changed = true;
                 push_limited(s, pass, &limited);
                 return Err(e);
@@ -361,10 +360,10 @@ fn push_limited(s: &Schedule, pass: &mut Pass, limited: &[String]) {
 
 fn record_fired(s: &mut Schedule, pass: &mut Pass, run: &ScheduledRun) {
     let slot = format_ts(run.slot);
-    s.last_run_at = Some(slot.clone());
+    s.last_run_at = Some(run.slot);
     s.last_task_id = Some(run.task_id.clone());
     s.run_count += 1;
-    s.updated_at = Some(format_ts(pass.now));
+    s.updated_at = Some(pass.now);
     pass.present.insert(run.task_id.clone());
     pass.changed = true;
     pass.event(
@@ -383,7 +382,6 @@ fn record_fired(s: &mut Schedule, pass: &mut Pass, run: &ScheduledRun) {
 }
 
 fn set_next(s: &mut Schedule, pass: &mut Pass, next: Option<Timestamp>) {
-    let next = next.map(format_ts);
     if s.next_run_at != next {
         s.next_run_at = next;
         pass.changed = true;
