@@ -134,7 +134,7 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                 .into_iter()
                 .filter(|e| event_type.as_ref().is_none_or(|t| e.event_type.as_str() == t))
                 .filter(|e| min_severity.is_none_or(|s| e.severity >= s))
-                .filter(|e| since.is_none_or(|s| e.time().is_some_and(|t| t >= s)))
+                .filter(|e| since.is_none_or(|s| e.timestamp >= s))
                 .collect();
             let skip = events.len().saturating_sub(limit);
             events.drain(..skip);
@@ -144,7 +144,7 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                 for e in &events {
                     println!(
                         "{} {:8} {:24} {:12} {}",
-                        super::text::safe(&e.timestamp),
+                        crate::clock::format_ts(e.timestamp),
                         e.severity.as_str(),
                         super::text::safe(e.event_type.as_str()),
                         super::text::safe(&e.source),

@@ -316,7 +316,7 @@ pub fn from_event(home: &Home, ev: &Event, spec: Option<&DispatchRecord>) -> Opt
     let str_of = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let int_of = |k: &str| data.get(k).and_then(|v| v.as_i64()).map(|v| v as i32);
     let dispatch_id = str_of("dispatch_id").filter(|d| crate::task::dispatches::is_valid_id(d));
-    let at = ev.time().unwrap_or_else(chrono::Utc::now);
+    let at = ev.timestamp;
     let kind_from_type = match ev.event_type {
         EventKind::DispatchTimeout => Some(FailureKind::Timeout),
         EventKind::DispatchLost => Some(FailureKind::Lost),

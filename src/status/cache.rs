@@ -207,10 +207,9 @@ impl EventTail {
             let cutoff = now - self.keep;
             for line in lines {
                 if let Ok(ev) = serde_json::from_slice::<Event>(line)
-                    && let Some(t) = ev.time()
-                    && t >= cutoff
+                    && ev.timestamp >= cutoff
                 {
-                    self.events.push_back((t, ev));
+                    self.events.push_back((ev.timestamp, ev));
                 }
             }
             self.offset += end as u64 + 1;

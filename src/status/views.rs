@@ -125,12 +125,11 @@ impl StatusReader {
             errors.push(self.file_error(&self.store().path(crate::files::EVENT_ACKS), &e));
             AckSet::default()
         });
-        let hour: Vec<&Event> =
-            events.iter().filter(|e| e.time().is_some_and(|t| t >= now - chrono::Duration::hours(1))).collect();
+        let hour: Vec<&Event> = events.iter().filter(|e| e.timestamp >= now - chrono::Duration::hours(1)).collect();
         let critical_cutoff = now - critical_window;
         let criticals = events
             .iter()
-            .filter(|e| e.severity == Severity::Critical && e.time().is_some_and(|t| t >= critical_cutoff))
+            .filter(|e| e.severity == Severity::Critical && e.timestamp >= critical_cutoff)
             .filter(|e| !acks.covers(e))
             .count();
         if criticals > 0 {
@@ -284,7 +283,7 @@ impl HealthEvent {
             event_type: e.event_type.to_string(),
             class: e.severity.as_str(),
             message: e.message.clone(),
-            created_at: e.time().map(format_ts).unwrap_or_else(|| e.timestamp.clone()),
+            created_at: format_ts(e.timestamp),
             source: e.source.clone(),
             task_id: field("task_id"),
             dispatch_id: field("dispatch_id"),
