@@ -4,7 +4,7 @@
 //! should wake it (signals, file changes, child exits, messages from its own threads, or its next
 //! deadline) — no fixed sleeps (invariant 5).
 
-use crate::clock::{Timestamp, format_ts};
+use crate::clock::Timestamp;
 use crate::config::{Config, parse_size};
 use crate::daemon_name::Daemon;
 /// The daemons' names in start order (moved to [`crate::daemon_name`]; kept here for the tests).
@@ -40,11 +40,15 @@ pub struct DaemonMark {
     pub name: String,
     pub pid: u32,
     pub version: String,
-    pub started_at: String,
-    pub ready_at: Option<String>,
-    pub heartbeat_at: String,
+    #[serde(with = "crate::clock::ts")]
+    pub started_at: Timestamp,
+    #[serde(default, with = "crate::clock::ts::option")]
+    pub ready_at: Option<Timestamp>,
+    #[serde(with = "crate::clock::ts")]
+    pub heartbeat_at: Timestamp,
     /// When the daemon's loop last ran.
-    pub last_loop_at: String,
+    #[serde(with = "crate::clock::ts")]
+    pub last_loop_at: Timestamp,
 }
 
 /// Reads a daemon's mark (None when missing or unreadable).
@@ -135,10 +139,10 @@ impl DaemonContext {
             name: self.name.to_string(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: format_ts(self.started_at),
-            ready_at: self.ready_at.map(format_ts),
-            heartbeat_at: crate::clock::now_string(),
-            last_loop_at: format_ts(self.last_loop_at),
+            started_at: self.started_at,
+            ready_at: self.ready_at,
+            heartbeat_at: crate::clock::now(),
+            last_loop_at: self.last_loop_at,
         };
         let bytes = serde_json::to_vec(&mark)?;
         crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.name), &bytes)?;

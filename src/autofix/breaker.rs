@@ -7,7 +7,7 @@
 //! The coordinator asks [`is_dispatch_allowed`] before dispatching a type.
 
 use super::policy::{BreakerPolicy, RestartPolicy};
-use crate::clock::{Timestamp, format_ts, parse_ts};
+use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::files::{self, CoordFile};
 use crate::home::SpecBucket;
@@ -24,11 +24,23 @@ use std::collections::BTreeMap;
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum BreakerState {
     /// Dispatches flow; failures after `since` (and within the window) count.
-    Closed { since: String },
+    Closed {
+        #[serde(with = "crate::clock::ts")]
+        since: Timestamp,
+    },
     /// Dispatches of the type are held until `half_open_at`.
-    Open { opened_at: String, half_open_at: String, reason: String },
+    Open {
+        #[serde(with = "crate::clock::ts")]
+        opened_at: Timestamp,
+        #[serde(with = "crate::clock::ts")]
+        half_open_at: Timestamp,
+        reason: String,
+    },
     /// One trial dispatch (the first dispatched at or after `since`) decides.
-    HalfOpen { since: String },
+    HalfOpen {
+        #[serde(with = "crate::clock::ts")]
+        since: Timestamp,
+    },
 }
 
 /// One worker type's breaker.
@@ -38,21 +50,21 @@ pub struct Breaker {
     pub state: BreakerState,
     #[serde(default)]
     pub failures_in_window: u32,
-    #[serde(default)]
-    pub last_failure_at: Option<String>,
+    #[serde(default, with = "crate::clock::ts::option")]
+    pub last_failure_at: Option<Timestamp>,
     /// Times it opened.
     #[serde(default)]
     pub trips: u32,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
 }
 
 /// `coordination/circuit-breakers.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Breakers {
     pub breakers: BTreeMap<String, Breaker>,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
 }
 
 impl Document for Breakers {
@@ -110,18 +122,17 @@ pub fn step(
 ) -> (Breaker, Option<Transition>) {
     let window_start = now - secs(policy.failure_window_seconds);
     let mut b = current.cloned().unwrap_or(Breaker {
-        state: BreakerState::Closed { since: format_ts(window_start) },
+        state: BreakerState::Closed { since: window_start },
         failures_in_window: 0,
         last_failure_at: None,
         trips: 0,
         updated_at: None,
     });
-    b.last_failure_at =
-        outcomes.iter().filter(|o| o.failure && o.ended_at <= now).map(|o| o.ended_at).max().map(format_ts);
+    b.last_failure_at = outcomes.iter().filter(|o| o.failure && o.ended_at <= now).map(|o| o.ended_at).max();
     let open = |b: &mut Breaker, failures: u32, reason: String| {
         b.state = BreakerState::Open {
-            opened_at: format_ts(now),
-            half_open_at: format_ts(now + secs(policy.reset_timeout_seconds)),
+            opened_at: now,
+            half_open_at: now + secs(policy.reset_timeout_seconds),
             reason: reason.clone(),
         };
         b.trips += 1;
@@ -129,7 +140,7 @@ pub fn step(
     };
     let transition = match b.state.clone() {
         BreakerState::Closed { since } => {
-            let from = parse_ts(&since).map_or(window_start, |s| s.max(window_start));
+            let from = since.max(window_start);
             let failures =
                 outcomes.iter().filter(|o| o.failure && o.ended_at > from && o.ended_at <= now).count() as u32;
             b.failures_in_window = failures;
@@ -143,21 +154,18 @@ pub fn step(
                 None
             }
         }
-        BreakerState::Open { half_open_at, .. } => match parse_ts(&half_open_at) {
-            Some(t) if now >= t => {
-                b.state = BreakerState::HalfOpen { since: half_open_at };
-                Some(Transition::HalfOpened)
-            }
-            _ => None,
-        },
+        BreakerState::Open { half_open_at, .. } if now >= half_open_at => {
+            b.state = BreakerState::HalfOpen { since: half_open_at };
+            Some(Transition::HalfOpened)
+        }
+        BreakerState::Open { .. } => None,
         BreakerState::HalfOpen { since } => {
-            let since_t = parse_ts(&since).unwrap_or(now);
             let trial: Vec<&&Outcome> =
-                outcomes.iter().filter(|o| o.dispatched_at >= since_t && o.ended_at <= now).collect();
+                outcomes.iter().filter(|o| o.dispatched_at >= since && o.ended_at <= now).collect();
             if trial.iter().any(|o| o.failure) {
                 open(&mut b, 1, "the half-open trial dispatch failed".into())
             } else if !trial.is_empty() {
-                b.state = BreakerState::Closed { since: format_ts(now) };
+                b.state = BreakerState::Closed { since: now };
                 b.failures_in_window = 0;
                 Some(Transition::Closed)
             } else {
@@ -166,7 +174,7 @@ pub fn step(
         }
     };
     if transition.is_some() {
-        b.updated_at = Some(format_ts(now));
+        b.updated_at = Some(now);
     }
     (b, transition)
 }
@@ -193,9 +201,7 @@ pub fn refresh(store: &Store, policy: &RestartPolicy, now: Timestamp) -> Result<
         for t in types {
             let of_type: Vec<&Outcome> = all.iter().filter(|o| o.worker_type == t).collect();
             let (b, tr) = step(doc.breakers.get(&t), &of_type, &policy.circuit_breaker, now);
-            if let BreakerState::Open { half_open_at, .. } = &b.state
-                && let Some(h) = parse_ts(half_open_at)
-            {
+            if let BreakerState::Open { half_open_at: h, .. } = b.state {
                 next = Some(next.map_or(h, |n: Timestamp| n.min(h)));
             }
             if let Some(tr) = tr {
@@ -210,7 +216,7 @@ pub fn refresh(store: &Store, policy: &RestartPolicy, now: Timestamp) -> Result<
             }
         }
         if !transitions.is_empty() {
-            doc.updated_at = Some(format_ts(now));
+            doc.updated_at = Some(now);
         }
         next
     };
@@ -247,7 +253,7 @@ pub fn refresh(store: &Store, policy: &RestartPolicy, now: Timestamp) -> Result<
 /// True when a breaker holds dispatches of the type now (open and not yet due to half-open).
 pub fn is_open(breakers: &Breakers, worker_type: &str, now: Timestamp) -> bool {
     match breakers.breakers.get(worker_type).map(|b| &b.state) {
-        Some(BreakerState::Open { half_open_at, .. }) => parse_ts(half_open_at).is_none_or(|h| now < h),
+        Some(BreakerState::Open { half_open_at, .. }) => now < *half_open_at,
         _ => false,
     }
 }
@@ -270,11 +276,9 @@ pub fn is_dispatch_allowed(store: &Store, worker_type: &str, now: Timestamp) -> 
 pub fn dispatch_allowed_by(store: &Store, breakers: &Breakers, worker_type: &str, now: Timestamp) -> Result<bool> {
     let trial_since = match breakers.breakers.get(worker_type).map(|b| &b.state) {
         None | Some(BreakerState::Closed { .. }) => return Ok(true),
-        Some(BreakerState::Open { half_open_at, .. }) => match parse_ts(half_open_at) {
-            Some(h) if now >= h => h,
-            _ => return Ok(false),
-        },
-        Some(BreakerState::HalfOpen { since }) => parse_ts(since).unwrap_or(now),
+        Some(BreakerState::Open { half_open_at, .. }) if now >= *half_open_at => *half_open_at,
+        Some(BreakerState::Open { .. }) => return Ok(false),
+        Some(BreakerState::HalfOpen { since }) => *since,
     };
     for bucket in [SpecBucket::Active, SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie] {
         let trial_made =
@@ -294,14 +298,14 @@ pub fn reset(store: &Store, worker_type: &str, by: &str, now: Timestamp) -> Resu
             doc.breakers.insert(
                 worker_type.to_string(),
                 Breaker {
-                    state: BreakerState::Closed { since: format_ts(now) },
+                    state: BreakerState::Closed { since: now },
                     failures_in_window: 0,
-                    last_failure_at: before.as_ref().and_then(|b| b.last_failure_at.clone()),
+                    last_failure_at: before.as_ref().and_then(|b| b.last_failure_at),
                     trips: before.as_ref().map_or(0, |b| b.trips),
-                    updated_at: Some(format_ts(now)),
+                    updated_at: Some(now),
                 },
             );
-            doc.updated_at = Some(format_ts(now));
+            doc.updated_at = Some(now);
         }
         Ok(before)
     })?;
@@ -321,7 +325,7 @@ mod tests {
     use super::*;
 
     fn t(s: i64) -> Timestamp {
-        parse_ts("2030-01-01T00:00:00Z").unwrap() + chrono::Duration::seconds(s)
+        crate::clock::parse_ts("2030-01-01T00:00:00Z").unwrap() + chrono::Duration::seconds(s)
     }
 
     fn fail(at: i64) -> Outcome {
@@ -355,7 +359,7 @@ mod tests {
         assert_eq!(tr, None);
         let (b, tr) = step(Some(&b), &refs, &p, t(100 + 1800));
         assert_eq!(tr, Some(Transition::HalfOpened));
-        assert_eq!(b.state, BreakerState::HalfOpen { since: format_ts(t(1900)) });
+        assert_eq!(b.state, BreakerState::HalfOpen { since: t(1900) });
         // The trial succeeds: closed, and the old failures no longer count.
         outs.push(ok(1901, 1950));
         let refs: Vec<&Outcome> = outs.iter().collect();
@@ -369,7 +373,7 @@ mod tests {
     fn a_failed_trial_opens_it_again() {
         let p = BreakerPolicy::default();
         let b = Breaker {
-            state: BreakerState::HalfOpen { since: format_ts(t(0)) },
+            state: BreakerState::HalfOpen { since: t(0) },
             failures_in_window: 0,
             last_failure_at: None,
             trips: 1,

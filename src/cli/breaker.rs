@@ -3,6 +3,7 @@
 use super::text::safe;
 use super::{Ctx, print_json};
 use crate::autofix::breaker::{self, BreakerState, Breakers};
+use crate::clock::format_ts;
 use crate::error::{Error, Result};
 use clap::Subcommand;
 
@@ -31,11 +32,13 @@ pub fn run(ctx: &Ctx, cmd: BreakerCommand) -> Result<u8> {
             }
             for (t, b) in &doc.breakers {
                 let state = match &b.state {
-                    BreakerState::Closed { since } => format!("closed since {since}"),
+                    BreakerState::Closed { since } => format!("closed since {}", format_ts(*since)),
                     BreakerState::Open { opened_at, half_open_at, reason } => {
-                        format!("OPEN since {opened_at} until {half_open_at}: {reason}")
+                        format!("OPEN since {} until {}: {reason}", format_ts(*opened_at), format_ts(*half_open_at))
                     }
-                    BreakerState::HalfOpen { since } => format!("half-open since {since} (one trial dispatch)"),
+                    BreakerState::HalfOpen { since } => {
+                        format!("half-open since {} (one trial dispatch)", format_ts(*since))
+                    }
                 };
                 println!(
                     "{:<24} {}; {} failure(s) in window, {} trip(s)",

@@ -17,7 +17,7 @@
 //! and the `completed/`/`failed/` spec buckets wakes it; the next due time (delay, retry) is its
 //! deadline; `[scheduler] tick_interval_seconds` is only a slow safety re-scan.
 
-use crate::clock::{Clock, SystemClock, Timestamp, parse_ts};
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::Config;
 use crate::daemon::{DaemonContext, Wake};
 use crate::error::{Error, Result};
@@ -949,7 +949,7 @@ impl BreakerGate {
     /// When an open breaker lets its trial through (its `half_open_at`).
     fn half_open_at(&self, worker_type: &str) -> Option<Timestamp> {
         match &self.breakers.breakers.get(worker_type)?.state {
-            crate::autofix::breaker::BreakerState::Open { half_open_at, .. } => parse_ts(half_open_at),
+            crate::autofix::breaker::BreakerState::Open { half_open_at, .. } => Some(*half_open_at),
             _ => None,
         }
     }

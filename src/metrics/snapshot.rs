@@ -2,7 +2,7 @@
 //! computation is here (not in the daemon) so the API's `/metrics` can call it too.
 
 use super::sample::{self, ProcSample};
-use crate::clock::{Clock, format_ts, parse_ts};
+use crate::clock::{Clock, format_ts};
 use crate::error::Result;
 use crate::home::{Home, SpecBucket};
 use crate::pidfile::{self, PidStatus};
@@ -207,7 +207,7 @@ impl Collector {
             let cpu = reading.as_ref().and_then(|s| sample::cpu_percent(s, self.prev.get(&pid)));
             let uptime = crate::daemon::read_mark(home, name)
                 .filter(|m| m.pid == pid)
-                .and_then(|m| parse_ts(&m.started_at))
+                .map(|m| m.started_at)
                 .map(|t| (now - t).num_seconds().max(0))
                 .or_else(|| reading.as_ref().map(|s| s.age_s as i64));
             out.insert(

@@ -4,7 +4,7 @@
 //! The Prometheus metrics are in [`super::metrics`].
 
 use super::{FileError, SpecEntry, StatusReader};
-use crate::clock::{Timestamp, format_ts, human_duration, parse_ts};
+use crate::clock::{Timestamp, format_ts, human_duration};
 use crate::config::Config;
 use crate::daemon::read_mark;
 use crate::daemon_name::Daemon;
@@ -35,11 +35,7 @@ impl StatusReader {
         let coordinator = daemon_state(self.home(), Daemon::Coordinator, &cfg);
         let mark = read_mark(self.home(), Daemon::Coordinator.as_str());
         let up = coordinator == "running";
-        let uptime = mark
-            .as_ref()
-            .filter(|_| up)
-            .and_then(|m| parse_ts(&m.started_at))
-            .map(|t| human_duration((now - t).num_seconds()));
+        let uptime = mark.as_ref().filter(|_| up).map(|m| human_duration((now - m.started_at).num_seconds()));
         let paused = s.as_ref().map(|s| s.is_paused());
         let only_paused = |f: fn(&SchedulerState) -> &Option<String>| {
             s.as_deref().filter(|s| s.is_paused()).and_then(|s| f(s).clone())
@@ -54,7 +50,7 @@ impl StatusReader {
             },
             paused,
             uptime,
-            last_tick: mark.map(|m| m.last_loop_at),
+            last_tick: mark.map(|m| format_ts(m.last_loop_at)),
             paused_at,
             resumed_at: s.as_ref().and_then(|s| s.resumed_at),
             paused_duration,
@@ -197,7 +193,7 @@ pub fn coordinator_uptime(home: &Home, cfg: &Config, now: Timestamp) -> Option<i
         return None;
     }
     let mark = read_mark(home, Daemon::Coordinator.as_str())?;
-    parse_ts(&mark.started_at).map(|t| (now - t).num_seconds().max(0))
+    Some((now - mark.started_at).num_seconds().max(0))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -433,6 +429,7 @@ pub fn wait_no_active(reader: &StatusReader, timeout: Duration) -> Result<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::parse_ts;
 
     fn state(paused_at: Option<&str>, resumed_at: Option<&str>, paused: bool) -> SchedulerState {
         let mut v = serde_json::json!({
