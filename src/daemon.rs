@@ -244,7 +244,7 @@ pub fn test_hook(var: &str, daemon: &str) -> bool {
 fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
     use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
-        .map_err(|e| Error::other(format!("cannot install signal handlers: {e}")))?;
+        .map_err(|e| Error::system("install signal handlers", e))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -260,7 +260,7 @@ fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
                 }
             }
         })
-        .map_err(|e| Error::other(format!("cannot start the signal thread: {e}")))?;
+        .map_err(|e| Error::system("start the signal thread", e))?;
     Ok(())
 }
 

@@ -242,6 +242,15 @@ fn same_error(e: &Error) -> Error {
         // A serde_json error is not `Clone`: keep its text.
         Error::Encode { what, source } => Error::Other(format!("cannot encode {what}: {source}")),
         Error::Watch { .. } => Error::Other(e.to_string()),
+        Error::System { action, source, hint } => Error::System {
+            action: action.clone(),
+            source: match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            },
+            hint,
+        },
+        Error::Unusable { path, problem } => Error::Unusable { path: path.clone(), problem: problem.clone() },
         Error::Config { path, detail } => Error::Config { path: path.clone(), detail: detail.clone() },
         Error::Refused(m) => Error::Refused(m.clone()),
         Error::Other(m) => Error::Other(m.clone()),

@@ -418,9 +418,8 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
     let _guard = if dry_run { None } else { Some(store.lock(files::TOKEN_BUDGET)?) };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
     let default: crate::task::model::TokenBudget =
-        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?).map_err(|e| {
-            Error::other(format!("the built-in default of {} does not decode: {e}", files::TOKEN_BUDGET.rel))
-        })?;
+        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?)
+            .map_err(|e| Error::encode(format!("the built-in default of {}", files::TOKEN_BUDGET.rel), e))?;
     let mut budget = default.clone();
     budget.total = salvage_number(&bytes, "total").unwrap_or(default.total);
     budget.used = salvage_number(&bytes, "used").unwrap_or(0);

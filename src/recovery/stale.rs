@@ -90,7 +90,8 @@ pub fn recover_stale(
     dry_run: bool,
 ) -> Result<StaleReport> {
     let home = store.home();
-    let limit = chrono::Duration::from_std(older_than).map_err(|e| Error::other(e.to_string()))?;
+    let limit = chrono::Duration::from_std(older_than)
+        .map_err(|e| Error::Config { path: None, detail: format!("--older-than {older_than:?}: {e}") })?;
     let mut report = StaleReport { dry_run, ..Default::default() };
     let guard = if dry_run { None } else { Some(store.lock_named(crate::store::LockName::WorkerSpecs)?) };
     for rec in crate::task::dispatches::list_bucket(store, SpecBucket::Active)? {

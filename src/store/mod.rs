@@ -361,7 +361,7 @@ pub fn default_value(file: &CoordFile) -> Result<Value> {
     let src = file.default.ok_or_else(|| {
         Error::other(format!("coordination/{} is missing and has no default; run `cortex init`", file.rel))
     })?;
-    serde_json::from_str(src).map_err(|e| Error::other(format!("embedded default of {} is not JSON: {e}", file.rel)))
+    serde_json::from_str(src).map_err(|e| Error::encode(format!("the embedded default of {}", file.rel), e))
 }
 
 /// Lower-case hex of bytes.

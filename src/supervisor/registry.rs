@@ -207,7 +207,7 @@ pub fn clear_failed(home: &Home, daemon: &str) -> Result<()> {
 
 /// Takes the per-daemon lock that serialises starting and stopping `daemon`.
 pub fn lock_daemon(home: &Home, daemon: &str, timeout: Duration) -> Result<LockGuard> {
-    let name = LockName::daemon(daemon).ok_or_else(|| Error::other(format!("no daemon named {daemon:?}")))?;
+    let name = LockName::daemon(daemon).ok_or_else(|| Error::refused(format!("no daemon named {daemon:?}")))?;
     lock_exclusive(home, name, timeout)
 }
 
