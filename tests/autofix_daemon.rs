@@ -6,8 +6,8 @@ mod common;
 mod health_support;
 
 use common::*;
-use cortex::home::{Home, SpecBucket};
-use cortex::task::TaskState;
+use cortex::domain::task::TaskState;
+use cortex::store::home::{Home, SpecBucket};
 use health_support::*;
 use std::time::Duration;
 
@@ -50,8 +50,8 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     // Five failures of fix-worker written while the daemon runs: it wakes on the change and
     // the fix-worker breaker opens (scan-worker's, with one zombie, stays closed).
     for i in 0..5 {
-        let s = cortex::task::DispatchRecord {
-            state: cortex::task::DispatchState::Failed {
+        let s = cortex::domain::task::DispatchRecord {
+            state: cortex::domain::task::DispatchState::Failed {
                 ended_at: chrono::Utc::now(),
                 exit_code: Some(2),
                 signal: None,
@@ -73,8 +73,8 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     });
     assert_eq!(t.events_of("circuit_breaker_tripped").len(), 1);
     let store = cortex::store::Store::new(home.clone());
-    assert!(!cortex::autofix::is_dispatch_allowed(&store, "fix-worker", chrono::Utc::now()).unwrap());
-    assert!(cortex::autofix::is_dispatch_allowed(&store, "scan-worker", chrono::Utc::now()).unwrap());
+    assert!(!cortex::daemons::auto_fix::is_dispatch_allowed(&store, "fix-worker", chrono::Utc::now()).unwrap());
+    assert!(cortex::daemons::auto_fix::is_dispatch_allowed(&store, "scan-worker", chrono::Utc::now()).unwrap());
 
     assert!(terminate(&mut autofix).success());
     assert!(terminate(&mut heartbeat).success());

@@ -5,8 +5,8 @@
 //! into a fresh home, which must pass `cortex validate` and the cross-file invariants.
 mod common;
 use common::*;
-use cortex::home::SpecBucket;
-use cortex::task::model::{DispatchRecord, DispatchState, Priority, Task, TaskQueue, TaskState, TokenBudget};
+use cortex::domain::task::model::{DispatchRecord, DispatchState, Priority, Task, TaskQueue, TaskState, TokenBudget};
+use cortex::store::home::SpecBucket;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,7 +38,7 @@ fn writer(arg: &str) {
         let s = store.lock_named(cortex::store::LockName::WorkerSpecs).unwrap();
         let now = chrono::Utc::now();
         if role == "add" {
-            let task_id = cortex::task::model::new_id("task");
+            let task_id = cortex::domain::task::model::new_id("task");
             let dispatch_id = format!("d{task_id}");
             let added = store
                 .update_locked::<TaskQueue, _>(&q, |queue| {

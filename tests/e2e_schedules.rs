@@ -8,7 +8,7 @@ mod common;
 mod task_support;
 
 use common::*;
-use cortex::clock::{Timestamp, parse_ts};
+use cortex::base::clock::{Timestamp, parse_ts};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;

@@ -11,7 +11,7 @@
 mod common;
 use common::reexec::{self, child, kill_hard, param, param_name, report};
 use common::*;
-use cortex::task::model::TokenBudget;
+use cortex::domain::task::model::TokenBudget;
 use cortex::{Home, Store};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -126,7 +126,7 @@ fn strays(h: &TestHome) -> Vec<String> {
         .map(|e| e.unwrap())
         .filter(|e| e.file_type().unwrap().is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| cortex::files::by_rel(n).is_none())
+        .filter(|n| cortex::store::files::by_rel(n).is_none())
         .collect()
 }
 

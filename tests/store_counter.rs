@@ -8,7 +8,7 @@
 mod common;
 use common::reexec::{self, child, param, param_name, report};
 use common::*;
-use cortex::task::model::TokenBudget;
+use cortex::domain::task::model::TokenBudget;
 use cortex::{Home, Store};
 use std::io::Read;
 use std::process::Stdio;

@@ -5,7 +5,7 @@
 mod common;
 use common::reexec::{self, child, kill_hard, param, param_name, report};
 use common::*;
-use cortex::task::model::TaskQueue;
+use cortex::domain::task::model::TaskQueue;
 use cortex::{Error, Home, Store};
 use std::io::Read;
 use std::process::Stdio;

@@ -3,7 +3,7 @@
 mod common;
 mod task_support;
 use common::*;
-use cortex::task::ops::{NewTask, add_task};
+use cortex::domain::task::ops::{NewTask, add_task};
 use serde_json::Value;
 use task_support::*;
 
@@ -107,7 +107,7 @@ fn dispatch_recorded_without_spec_is_lost_and_retried() {
     // What a coordinator killed between the queue write and the spec write leaves behind.
     let mut task = serde_json::to_value(&t).unwrap();
     task["status"] = "in_progress".into();
-    task["started_at"] = cortex::clock::now_string().into();
+    task["started_at"] = cortex::base::clock::now_string().into();
     task["dispatch_id"] = "dsp-crashed".into();
     task["attempts"] = 1.into();
     task["dispatches"] = serde_json::json!(["dsp-crashed"]);
@@ -203,7 +203,7 @@ fn many_trivial_tasks_end_consistent() {
 /// next worker called it `lost` instead of `timeout` (or `cancelled`).
 #[test]
 fn worker_killed_mid_stop_ends_the_dispatch_timeout_or_cancelled_not_lost() {
-    use cortex::task::model::{DispatchRecord, DispatchState};
+    use cortex::domain::task::model::{DispatchRecord, DispatchState};
     let h = fast_home();
     // A PID that no longer runs (and start ticks that would not match anyway).
     let mut gone = std::process::Command::new("true").spawn().unwrap();

@@ -8,10 +8,10 @@
 mod common;
 use common::reexec::{self, child, param, param_name, report};
 use common::*;
-use cortex::files::{self, CoordFile};
-use cortex::scheduler::SchedulerState;
+use cortex::domain::scheduler_state::SchedulerState;
+use cortex::domain::task::model::{TaskQueue, TokenBudget};
 use cortex::store::Document;
-use cortex::task::model::{TaskQueue, TokenBudget};
+use cortex::store::files::{self, CoordFile};
 use cortex::{Home, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -1,9 +1,9 @@
 //! The event log `coordination/dashboard-events.jsonl`: one function every component uses to
 //! record what happened (`type`, `severity`, `source`, `message`, `data`), and readers for it.
 
-use crate::clock::Timestamp;
-use crate::error::Result;
-use crate::home::Home;
+use crate::base::clock::Timestamp;
+use crate::base::error::Result;
+use crate::store::home::Home;
 use crate::store::jsonl;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -55,7 +55,7 @@ impl std::str::FromStr for Severity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: String,
-    #[serde(with = "crate::clock::ts")]
+    #[serde(with = "crate::base::clock::ts")]
     pub timestamp: Timestamp,
     #[serde(rename = "type")]
     pub event_type: EventKind,
@@ -76,7 +76,7 @@ fn new_id(now: Timestamp) -> String {
 
 impl Event {
     pub fn new(event_type: EventKind, severity: Severity, source: &str, message: impl Into<String>) -> Self {
-        let now = crate::clock::now();
+        let now = crate::base::clock::now();
         Event {
             id: new_id(now),
             timestamp: now,
@@ -119,7 +119,7 @@ pub fn append_many(home: &Home, events: &[Event]) -> Result<()> {
     let mut lines = Vec::with_capacity(events.len() * 400);
     for e in events {
         serde_json::to_writer(&mut lines, e)
-            .map_err(|err| crate::error::Error::encode(format!("event {}", e.event_type), err))?;
+            .map_err(|err| crate::base::error::Error::encode(format!("event {}", e.event_type), err))?;
         lines.push(b'\n');
     }
     jsonl::append_raw(&home.events_file(), &lines)?;
@@ -202,7 +202,7 @@ mod tests {
         std::fs::write(home.events_file(), text).unwrap();
         let read = read_all(&home).unwrap();
         assert_eq!(read.bad_lines, vec![4], "the line whose time is not one");
-        let times: Vec<String> = read.records.iter().map(|e| crate::clock::format_ts(e.timestamp)).collect();
+        let times: Vec<String> = read.records.iter().map(|e| crate::base::clock::format_ts(e.timestamp)).collect();
         assert_eq!(
             times,
             [
@@ -218,6 +218,6 @@ mod tests {
         let written = v["timestamp"].as_str().unwrap();
         assert_eq!(written.len(), "2026-01-01T00:00:00.000000Z".len(), "{written}");
         assert!(written.ends_with('Z'), "{written}");
-        assert_eq!(crate::clock::parse_ts(written), Some(e.timestamp));
+        assert_eq!(crate::base::clock::parse_ts(written), Some(e.timestamp));
     }
 }

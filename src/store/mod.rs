@@ -9,21 +9,29 @@
 //! - this module: typed documents ([`Document`]) loaded and schema-checked, read-modify-write
 //!   under the file's lock (invariant 3), and quarantine of bad files (invariant 7).
 
+pub mod api_tokens;
 pub mod atomic;
+pub mod config;
+pub mod daemon_mark;
 pub mod events;
+pub mod files;
 pub mod holders;
+pub mod home;
 pub mod identity;
+pub mod init;
 pub mod inventory;
 pub mod jsonl;
 pub mod lock;
 pub mod lock_name;
 pub mod open;
 pub mod outage;
+pub mod pidfile;
+pub mod rotation;
 
-use crate::error::{Error, Result};
-use crate::files::{CoordFile, FileKind};
-use crate::home::Home;
+use crate::base::error::{Error, Result};
 use crate::store::events::{Event, EventKind, Severity};
+use crate::store::files::{CoordFile, FileKind};
+use crate::store::home::Home;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -135,7 +143,7 @@ impl Store {
             }
         };
         if let Some(schema) = schema
-            && let Some(v) = crate::schema::check(schema, &value, 1).into_iter().next()
+            && let Some(v) = crate::base::schema::check(schema, &value, 1).into_iter().next()
         {
             let quarantined = self.quarantine(path, bytes, "breaks its schema", &v.expected, &v.pointer);
             return Err(Error::Invalid {
@@ -304,14 +312,14 @@ pub fn decode_value<D: DeserializeOwned>(value: &Value) -> std::result::Result<D
         if let Some(obj) = value.pointer(&pointer).and_then(Value::as_object) {
             let mut fields = obj
                 .iter()
-                .filter(|(_, v)| v.as_str().is_some_and(|s| message == crate::clock::ts::not_a_time(s)))
+                .filter(|(_, v)| v.as_str().is_some_and(|s| message == crate::base::clock::ts::not_a_time(s)))
                 .map(|(k, _)| k);
             if let (Some(k), None) = (fields.next(), fields.next()) {
                 pointer.push('/');
                 pointer.push_str(&escape_pointer(k));
             }
         }
-        (pointer, crate::schema::bounded(&message, crate::schema::MAX_EXPECTED_CHARS))
+        (pointer, crate::base::schema::bounded(&message, crate::base::schema::MAX_EXPECTED_CHARS))
     })
 }
 
@@ -342,7 +350,7 @@ pub fn write_value_checked(path: &Path, value: &Value, schema: Option<&str>) -> 
 /// violation refuses the write, naming the file and the field), pretty-printed.
 pub fn encode_checked(path: &Path, value: &Value, schema: Option<&str>) -> Result<Vec<u8>> {
     if let Some(schema) = schema
-        && let Some(v) = crate::schema::check(schema, value, 1).into_iter().next()
+        && let Some(v) = crate::base::schema::check(schema, value, 1).into_iter().next()
     {
         return Err(Error::Invalid {
             path: path.to_path_buf(),
@@ -392,7 +400,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 pub(crate) fn fresh_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let home = crate::home::Home::at(dir.path());
-    crate::init::init_home(&home).unwrap();
+    let home = crate::store::home::Home::at(dir.path());
+    crate::store::init::init_home(&home).unwrap();
     (dir, Store::new(home).with_source("test"))
 }

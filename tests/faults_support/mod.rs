@@ -123,7 +123,7 @@ impl Fleet {
             self.assert_alive(h, during);
             self.children.iter().map(|(d, _)| d.as_str()).all(|d| {
                 mark(h, d)
-                    .and_then(|m| m["heartbeat_at"].as_str().and_then(cortex::clock::parse_ts))
+                    .and_then(|m| m["heartbeat_at"].as_str().and_then(cortex::base::clock::parse_ts))
                     .is_some_and(|t| t > since)
             })
         });

@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use cortex::Home;
-use cortex::pidfile::{self, PidStatus};
+use cortex::store::pidfile::{self, PidStatus};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -79,7 +79,7 @@ impl Fleet {
 
     /// The PID of a daemon that runs and has marked itself ready.
     pub fn ready(&self, daemon: &str) -> Option<u32> {
-        self.pid(daemon).filter(|p| cortex::supervisor::process::is_ready(&self.home(), daemon, *p))
+        self.pid(daemon).filter(|p| cortex::ops::supervisor::process::is_ready(&self.home(), daemon, *p))
     }
 
     /// Waits until `daemon` is ready with a PID other than `not`.
@@ -97,7 +97,7 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // Show what the daemons said, to explain the failure.
-            for d in cortex::daemon::DAEMONS {
+            for d in cortex::base::daemon_name::NAMES {
                 let log = std::fs::read_to_string(self.h.join(&format!("agents/logs/system/{d}-daemon.log")))
                     .unwrap_or_default();
                 if !log.is_empty() {
