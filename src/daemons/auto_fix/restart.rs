@@ -180,7 +180,7 @@ fn decide_one(store: &Store, policy: &RestartPolicy, spec: &DispatchRecord, now:
         },
     );
     let started_at = match &task.state {
-        TaskState::InProgress { started_at, .. } => Some(started_at.clone()),
+        TaskState::InProgress { started_at, .. } => Some(*started_at),
         _ => None,
     };
     let what = format!("dispatch {} became a zombie ({reason})", spec.dispatch_id);

@@ -204,7 +204,7 @@ pub fn list_tasks(store: &Store, filter: &TaskFilter) -> Result<Vec<Task>> {
     out.retain(|t| {
         filter.status.is_none_or(|s| t.status() == s) && filter.worker_type.as_ref().is_none_or(|w| &t.worker_type == w)
     });
-    out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    out.sort_by_key(|a| a.created_at);
     Ok(out)
 }
 

@@ -50,8 +50,7 @@ fn refuse(path: &Path, pointer: String, expected: &str) -> Error {
 /// not checked again.
 pub fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTasks>) -> Result<Vec<u8>> {
     let schema = files::TASK_QUEUE.schema;
-    let envelope =
-        TaskQueue { tasks: Vec::new(), updated_at: queue.updated_at.clone(), intake_offset: queue.intake_offset };
+    let envelope = TaskQueue { tasks: Vec::new(), updated_at: queue.updated_at, intake_offset: queue.intake_offset };
     let envelope = serde_json::to_value(&envelope).map_err(|e| Error::encode(path.display().to_string(), e))?;
     if let Some(v) = crate::base::schema::check(schema, &envelope, 1).into_iter().next() {
         return Err(refuse(path, v.pointer, &v.expected));
