@@ -29,6 +29,7 @@ pub struct Config {
     pub logs: LogsConfig,
     pub backup: BackupConfig,
     pub events: EventsConfig,
+    pub slurm: SlurmConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -336,6 +337,66 @@ impl Default for EventsConfig {
     }
 }
 
+/// `[slurm]`: the Slurm executor (worker types with `"executor": "slurm"`, `crate::domain::slurm`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// The Slurm commands, by name (looked up in `PATH`) or absolute path.
+    pub sbatch: String,
+    pub squeue: String,
+    pub scontrol: String,
+    pub scancel: String,
+    /// How often the jobs in flight are looked at (one `squeue` for all), seconds.
+    pub poll_interval_seconds: f64,
+    /// Most Slurm jobs in flight at once, counted apart from the local slots
+    /// (`[scheduler] max_concurrent_dispatches`).
+    pub max_jobs: u32,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            sbatch: "sbatch".into(),
+            squeue: "squeue".into(),
+            scontrol: "scontrol".into(),
+            scancel: "scancel".into(),
+            poll_interval_seconds: 2.0,
+            max_jobs: 100,
+        }
+    }
+}
+
+impl SlurmConfig {
+    /// Checks the values serde cannot; the error names the key.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (key, value) in [
+            ("sbatch", &self.sbatch),
+            ("squeue", &self.squeue),
+            ("scontrol", &self.scontrol),
+            ("scancel", &self.scancel),
+        ] {
+            if value.trim().is_empty() || value.contains('\0') {
+                return Err(format!(
+                    "[slurm] {key}: {value:?} must name a program (a name in PATH or an absolute path)"
+                ));
+            }
+            if value.contains('/') && !value.starts_with('/') {
+                return Err(format!(
+                    "[slurm] {key}: {value:?} is a relative path; give a name looked up in PATH or an absolute path"
+                ));
+            }
+        }
+        let poll = self.poll_interval_seconds;
+        if !poll.is_finite() || !(0.1..=3600.0).contains(&poll) {
+            return Err(format!("[slurm] poll_interval_seconds: {poll} must be between 0.1 and 3600"));
+        }
+        if self.max_jobs == 0 {
+            return Err("[slurm] max_jobs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Parses a size: `10M`, `512K`, `1G`, or bytes.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
@@ -414,6 +475,7 @@ impl Config {
         if !matches!(self.worker.workdir.as_str(), "home" | "per-task") {
             return Err(format!("[worker] workdir: {:?} is neither \"home\" nor \"per-task\"", self.worker.workdir));
         }
+        self.slurm.check()?;
         for d in &self.daemons.disabled {
             if Daemon::parse(d).is_none() {
                 return Err(format!("[daemons] disabled: unknown daemon {d:?} (known: {})", Daemon::known()));
@@ -488,5 +550,27 @@ mod tests {
         assert_eq!(parse_size("10M").unwrap(), 10 * 1024 * 1024);
         assert_eq!(parse_size("512").unwrap(), 512);
         assert!(parse_size("ten").is_err());
+    }
+
+    #[test]
+    fn slurm_section_is_checked_by_field() {
+        let cfg =
+            Config::parse("[slurm]\nsbatch = \"/opt/slurm/bin/sbatch\"\nmax_jobs = 8\n", Path::new("c.toml")).unwrap();
+        assert_eq!(
+            (cfg.slurm.sbatch.as_str(), cfg.slurm.max_jobs, cfg.slurm.squeue.as_str()),
+            ("/opt/slurm/bin/sbatch", 8, "squeue")
+        );
+        for (text, key) in [
+            ("[slurm]\nmax_jobs = 0\n", "[slurm] max_jobs"),
+            ("[slurm]\npoll_interval_seconds = 0.0\n", "[slurm] poll_interval_seconds"),
+            ("[slurm]\npoll_interval_seconds = nan\n", "[slurm] poll_interval_seconds"),
+            ("[slurm]\nscancel = \"\"\n", "[slurm] scancel"),
+            ("[slurm]\nsqueue = \"bin/squeue\"\n", "[slurm] squeue"),
+        ] {
+            let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("c.toml"), "{text}: {err}");
+        }
+        let err = Config::parse("[slurm]\npartition = \"gpu\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("partition"), "{err}");
     }
 }

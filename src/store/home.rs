@@ -148,6 +148,15 @@ impl Home {
     pub fn usage_file(&self, dispatch_id: &str) -> PathBuf {
         self.dispatch_runtime_dir().join(format!("{dispatch_id}.usage.json"))
     }
+    /// The end records of Slurm jobs (`crate::domain::slurm::JobEndRecord`), written by the jobs' scripts
+    /// on the node (the home is on a filesystem the nodes share).
+    pub fn slurm_dir(&self) -> PathBuf {
+        self.run_dir().join("slurm")
+    }
+    /// `run/slurm/<dispatch_id>.end.json`: the exit status a Slurm job's script recorded itself.
+    pub fn slurm_end_record(&self, dispatch_id: &str) -> PathBuf {
+        self.slurm_dir().join(format!("{dispatch_id}.end.json"))
+    }
     /// The dispatch id a runtime file belongs to (`<id>.heartbeat.json` → `<id>`).
     pub fn runtime_file_dispatch(name: &str) -> Option<&str> {
         name.strip_suffix(".heartbeat.json").or_else(|| name.strip_suffix(".usage.json"))

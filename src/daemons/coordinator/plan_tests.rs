@@ -18,6 +18,8 @@ fn types() -> WorkerTypes {
         max_attempts: None,
         command,
         workdir: None,
+        executor: Default::default(),
+        slurm: None,
     };
     WorkerTypes {
         worker_types: [

@@ -2,7 +2,9 @@
 //! (minutes; the timeout), attempts and the argv template that runs its tasks. Templates
 //! substitute `{task_id}`, `{description}`, `{worker_type}`, `{home}`, `{dispatch_id}` and
 //! `{attempt}` inside each argv element; nothing goes through a shell unless the template itself
-//! calls `sh -c`.
+//! calls `sh -c`. A type runs its tasks on this host (`"executor": "local"`, the default) or on a
+//! Slurm cluster (`"executor": "slurm"`, with `"slurm": {partition, account, qos, cpus, memory,
+//! gres, extra_args}`; see `crate::domain::slurm`).
 
 use crate::base::error::{Error, Result};
 use crate::store::files::{self, CoordFile};
@@ -27,6 +29,96 @@ pub struct WorkerType {
     /// Working directory (relative to the home, or absolute); else `[worker] workdir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Where its tasks run: this host (default) or a Slurm cluster.
+    #[serde(default, skip_serializing_if = "ExecutorKind::is_local")]
+    pub executor: ExecutorKind,
+    /// `sbatch` options of a Slurm type (ignored by the local executor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmOptions>,
+}
+
+/// Where a worker type's tasks run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// A process on this host, started by the worker.
+    #[default]
+    Local,
+    /// A Slurm job, submitted with `sbatch` (`[slurm]` in `cortex.toml`).
+    Slurm,
+}
+
+impl ExecutorKind {
+    pub fn is_local(&self) -> bool {
+        *self == ExecutorKind::Local
+    }
+}
+
+/// A Slurm worker type's `sbatch` options; each is passed as its own argv element.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmOptions {
+    /// `--partition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// `--account`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `--qos`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// `--cpus-per-task`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// `--mem` (`4G`, `500M`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// `--gres` (`gpu:1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gres: Option<String>,
+    /// Further `sbatch` arguments, each one argv element (`["--exclusive", "--constraint=a100"]`),
+    /// after Cortex's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+}
+
+impl SlurmOptions {
+    /// What is wrong with these options, naming the field (`worker_types.<name>.slurm.<field>`).
+    pub fn problems(&self, type_name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let field = |f: &str| format!("worker_types.{type_name}.slurm.{f}");
+        for (name, value) in [
+            ("partition", &self.partition),
+            ("account", &self.account),
+            ("qos", &self.qos),
+            ("memory", &self.memory),
+            ("gres", &self.gres),
+        ] {
+            if let Some(v) = value
+                && (v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                out.push(format!("{}: {v:?} must be a non-empty word (no spaces or control characters)", field(name)));
+            }
+        }
+        if self.cpus == Some(0) {
+            out.push(format!("{}: must be at least 1", field("cpus")));
+        }
+        if let Some(m) = &self.memory {
+            let digits = m.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                out.push(format!("{}: {m:?} is not a size such as 500M or 4G", field("memory")));
+            }
+        }
+        for (i, a) in self.extra_args.iter().enumerate() {
+            if !a.starts_with('-') || a.contains('\0') {
+                out.push(format!(
+                    "{}[{i}]: {a:?} is not an sbatch option (each element one option, e.g. \"--exclusive\")",
+                    field("extra_args")
+                ));
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -116,8 +208,17 @@ const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh"];
 /// routed to it fails unless it brings its own `-- COMMAND`), or a placeholder spliced into a
 /// shell's `-c` script (`sh -c "work {description}"`: a description holding `; touch x` runs
 /// `touch x`). The safe form passes the value as its own argument: `sh -c 'work "$1"' sh {description}`.
+/// A Slurm type is warned about too (this version still runs its tasks locally), with any problem
+/// of its `slurm` options ([`SlurmOptions::problems`]).
 pub fn template_warnings(name: &str, wt: &WorkerType) -> Vec<String> {
     let mut out = Vec::new();
+    if wt.executor == ExecutorKind::Slurm {
+        out.push(format!(
+            "worker type {name:?}: \"executor\": \"slurm\" is not carried out by this version (the cortex-slurm \
+             daemon is not built yet): its tasks run on this host"
+        ));
+        out.extend(wt.slurm.as_ref().map(|o| o.problems(name)).unwrap_or_default());
+    }
     if wt.command.is_empty() {
         out.push(format!(
             "worker type {name:?} has no command template: every task routed to it fails \
@@ -196,6 +297,8 @@ mod tests {
             max_attempts: None,
             command: command.iter().map(|s| s.to_string()).collect(),
             workdir: None,
+            executor: Default::default(),
+            slurm: None,
         }
     }
 
@@ -263,5 +366,45 @@ mod tests {
         let v: WorkerTypes = serde_json::from_str(files::WORKER_TYPES.default.unwrap()).unwrap();
         assert!(v.get("analysis-worker").is_ok());
         assert!(v.get("nope").unwrap_err().to_string().contains("scan-worker"));
+    }
+
+    /// A file written before executors existed loads as local; a Slurm type keeps its options
+    /// through a save; bad options are named by field.
+    #[test]
+    fn executor_and_slurm_options() {
+        let old: WorkerTypes = serde_json::from_str(
+            r#"{"worker_types":{"a":{"default_budget":1,"default_duration":1,"command":["true"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(old.worker_types["a"].executor, ExecutorKind::Local);
+        assert_eq!(old.worker_types["a"].slurm, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("executor"), "a local type is saved as before");
+        let text = r#"{"worker_types":{"gpu":{"default_budget":1,"default_duration":1,"command":["train"],
+            "executor":"slurm","slurm":{"partition":"gpu","cpus":4,"memory":"16G","gres":"gpu:1",
+            "extra_args":["--exclusive"]}}}}"#;
+        let t: WorkerTypes = serde_json::from_str(text).unwrap();
+        let gpu = &t.worker_types["gpu"];
+        assert_eq!(gpu.executor, ExecutorKind::Slurm);
+        let opts = gpu.slurm.clone().unwrap();
+        assert_eq!((opts.partition.as_deref(), opts.cpus, opts.gres.as_deref()), (Some("gpu"), Some(4), Some("gpu:1")));
+        assert!(opts.problems("gpu").is_empty());
+        let warnings = template_warnings("gpu", gpu);
+        assert!(warnings.len() == 1 && warnings[0].contains("run on this host"), "{warnings:?}");
+        let back: WorkerTypes = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+        let bad = SlurmOptions {
+            partition: Some("a b".into()),
+            cpus: Some(0),
+            memory: Some("lots".into()),
+            extra_args: vec!["exclusive".into()],
+            ..SlurmOptions::default()
+        };
+        let p = bad.problems("gpu");
+        assert_eq!(p.len(), 4, "{p:?}");
+        for field in ["slurm.partition", "slurm.cpus", "slurm.memory", "slurm.extra_args[0]"] {
+            assert!(p.iter().any(|m| m.contains(&format!("worker_types.gpu.{field}"))), "{field}: {p:?}");
+        }
+        let unknown = r#"{"partition":"x","gpus":1}"#;
+        assert!(serde_json::from_str::<SlurmOptions>(unknown).unwrap_err().to_string().contains("gpus"));
     }
 }
