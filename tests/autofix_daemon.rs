@@ -24,10 +24,10 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     );
     let hung = Group::start("tail -f /dev/null & tail -f /dev/null");
     wait_until(Duration::from_secs(5), "sh and both sleeps", || hung.members().len() == 3);
-    let now = cortex::base::clock::now_string();
+    let now = chrono::Utc::now();
     write_queue(&home, vec![in_progress_task("task-1", "scan-worker", "disp-1", 1, 500)]);
     write_budget(&home, 10_000, 0, &[("disp-1", 500)]);
-    write_spec(&home, SpecBucket::Active, &running_spec("disp-1", "task-1", "scan-worker", &hung, &now, 500));
+    write_spec(&home, SpecBucket::Active, &running_spec("disp-1", "task-1", "scan-worker", &hung, now, 500));
 
     let mut heartbeat = t.spawn_daemon("heartbeat");
     let mut autofix = t.spawn_daemon("auto-fix");
@@ -36,7 +36,7 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     });
     let task = read_queue(&home).tasks.remove(0);
     let TaskState::PendingRetry { next_retry_at, .. } = &task.state else { unreachable!() };
-    let delay = (cortex::base::clock::parse_ts(next_retry_at).unwrap() - chrono::Utc::now()).num_seconds();
+    let delay = (*next_retry_at - chrono::Utc::now()).num_seconds();
     assert!((25..=30).contains(&delay), "first retry after about 30 s, got {delay}");
     assert!(hung.members().is_empty(), "the hung group is gone before the restart");
     let z = read_spec(&home, SpecBucket::Zombie, "disp-1").unwrap();
@@ -52,13 +52,13 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     for i in 0..5 {
         let s = cortex::domain::task::DispatchRecord {
             state: cortex::domain::task::DispatchState::Failed {
-                ended_at: cortex::base::clock::now_string(),
+                ended_at: chrono::Utc::now(),
                 exit_code: Some(2),
                 signal: None,
                 duration_s: Some(0.1),
                 error: "exit 2".into(),
             },
-            ..running_spec(&format!("f{i}"), &format!("tf{i}"), "fix-worker", &hung, &now, 0)
+            ..running_spec(&format!("f{i}"), &format!("tf{i}"), "fix-worker", &hung, now, 0)
         };
         write_spec(&home, SpecBucket::Failed, &s);
     }

@@ -37,7 +37,7 @@ impl Rig {
             task_id: task.into(),
             worker_type: wt.into(),
             state,
-            dispatched_at: format_ts(self.clock.now() - Duration::seconds(10)),
+            dispatched_at: self.clock.now() - Duration::seconds(10),
             attempt: 1,
             command: vec!["true".into()],
             budget_reserved: 100,
@@ -54,7 +54,7 @@ impl Rig {
             id,
             task,
             wt,
-            DispatchState::Zombie { ended_at: format_ts(self.clock.now()), reason: "no_heartbeat".into() },
+            DispatchState::Zombie { ended_at: self.clock.now(), reason: "no_heartbeat".into() },
         );
         write_spec(&self.home, SpecBucket::Zombie, &s);
     }
@@ -65,7 +65,7 @@ impl Rig {
             &format!("t-{id}"),
             wt,
             DispatchState::Failed {
-                ended_at: format_ts(self.clock.now()),
+                ended_at: self.clock.now(),
                 exit_code: Some(1),
                 signal: None,
                 duration_s: None,
@@ -86,9 +86,7 @@ impl Rig {
 
 fn retry_delay(rig: &Rig, task: &str) -> i64 {
     match rig.task_state(task) {
-        TaskState::PendingRetry { next_retry_at, .. } => {
-            (cortex::base::clock::parse_ts(&next_retry_at).unwrap() - rig.clock.now()).num_seconds()
-        }
+        TaskState::PendingRetry { next_retry_at, .. } => (next_retry_at - rig.clock.now()).num_seconds(),
         other => panic!("task {task} is {other:?}, not pending_retry"),
     }
 }
@@ -143,7 +141,7 @@ fn waits_for_the_heartbeat_daemon_to_finish_the_cleanup() {
         "z",
         "t",
         "scan-worker",
-        DispatchState::Zombie { ended_at: format_ts(rig.clock.now()), reason: "no_heartbeat".into() },
+        DispatchState::Zombie { ended_at: rig.clock.now(), reason: "no_heartbeat".into() },
     );
     s.heartbeat = Some(serde_json::json!({"last_heartbeat": null, "sequence": 0, "missed_count": 0,
         "zombie_cleanup": {"reason": "no_heartbeat", "detected_at": format_ts(rig.clock.now()), "pid": 1, "pgid": 1,
@@ -233,14 +231,14 @@ fn breaker_trips_half_opens_for_one_trial_and_closes() {
     // The trial is dispatched: no second one while it runs.
     rig.clock.advance(Duration::seconds(5));
     let g = Group::start("tail -f /dev/null");
-    let mut trial = running_spec("trial", "t-trial", "scan-worker", &g, &format_ts(now()), 100);
-    trial.dispatched_at = format_ts(now());
+    let mut trial = running_spec("trial", "t-trial", "scan-worker", &g, now(), 100);
+    trial.dispatched_at = now();
     write_spec(&rig.home, SpecBucket::Active, &trial);
     assert!(!breaker::is_dispatch_allowed(&rig.store, "scan-worker", now()).unwrap());
     // It succeeds.
     rig.clock.advance(Duration::seconds(5));
     std::fs::remove_file(cortex::domain::task::dispatches::spec_path(&rig.home, SpecBucket::Active, "trial")).unwrap();
-    trial.state = DispatchState::Completed { ended_at: format_ts(now()), exit_code: 0, duration_s: 5.0 };
+    trial.state = DispatchState::Completed { ended_at: now(), exit_code: 0, duration_s: 5.0 };
     write_spec(&rig.home, SpecBucket::Completed, &trial);
     rig.pass();
     assert_eq!(rig.t.events_of("circuit_breaker_closed").len(), 1);

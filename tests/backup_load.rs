@@ -36,7 +36,7 @@ fn writer(arg: &str) {
         let q = store.lock_named(cortex::store::LockName::TaskQueue).unwrap();
         let b = store.lock_named(cortex::store::LockName::TokenBudget).unwrap();
         let s = store.lock_named(cortex::store::LockName::WorkerSpecs).unwrap();
-        let now = cortex::base::clock::now_string();
+        let now = chrono::Utc::now();
         if role == "add" {
             let task_id = cortex::domain::task::model::new_id("task");
             let dispatch_id = format!("d{task_id}");
@@ -51,8 +51,8 @@ fn writer(arg: &str) {
                         priority: Priority::Medium,
                         worker_type: "scan-worker".into(),
                         command: vec!["true".into()],
-                        state: TaskState::InProgress { started_at: now.clone(), dispatch_id: dispatch_id.clone() },
-                        created_at: now.clone(),
+                        state: TaskState::InProgress { started_at: now, dispatch_id: dispatch_id.clone() },
+                        created_at: now,
                         created_by: "load".into(),
                         attempts: 1,
                         max_attempts: 3,
@@ -82,7 +82,7 @@ fn writer(arg: &str) {
                     task_id,
                     worker_type: "scan-worker".into(),
                     state: DispatchState::Starting,
-                    dispatched_at: now.clone(),
+                    dispatched_at: now,
                     attempt: 1,
                     command: vec!["true".into()],
                     budget_reserved: BUDGET,
@@ -114,7 +114,7 @@ fn writer(arg: &str) {
                     .unwrap();
                 let active = spec_path(&home, SpecBucket::Active, &dispatch_id);
                 let mut rec: DispatchRecord = serde_json::from_slice(&std::fs::read(&active).unwrap()).unwrap();
-                rec.state = DispatchState::Completed { ended_at: now.clone(), exit_code: 0, duration_s: 0.1 };
+                rec.state = DispatchState::Completed { ended_at: now, exit_code: 0, duration_s: 0.1 };
                 cortex::store::atomic::write_atomic(&active, &serde_json::to_vec(&rec).unwrap()).unwrap();
                 cortex::store::atomic::rename_durable(&active, &spec_path(&home, SpecBucket::Completed, &dispatch_id))
                     .unwrap();

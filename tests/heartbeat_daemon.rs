@@ -23,7 +23,7 @@ fn daemon_cleans_up_a_hung_group_and_spares_a_heartbeating_one() {
             "grace_seconds": 1
         }),
     );
-    let now = cortex::base::clock::now_string();
+    let now = chrono::Utc::now();
 
     // A task that heartbeats through the CLI, as a real task would (env set by the worker).
     let hb_file = home.heartbeat_file("alive");
@@ -47,12 +47,12 @@ fn daemon_cleans_up_a_hung_group_and_spares_a_heartbeating_one() {
         let pid = child.id() as i32;
         Group { ticks: cortex::base::procfs::start_ticks(pid).unwrap(), pid, child }
     };
-    write_spec(&home, SpecBucket::Active, &running_spec("alive", "t-alive", "scan-worker", &alive, &now, 100));
+    write_spec(&home, SpecBucket::Active, &running_spec("alive", "t-alive", "scan-worker", &alive, now, 100));
 
     let hung = Group::start("tail -f /dev/null & tail -f /dev/null");
     wait_until(Duration::from_secs(5), "sh and both sleeps", || hung.members().len() == 3);
     let members = hung.members();
-    write_spec(&home, SpecBucket::Active, &running_spec("hung", "t-hung", "scan-worker", &hung, &now, 100));
+    write_spec(&home, SpecBucket::Active, &running_spec("hung", "t-hung", "scan-worker", &hung, now, 100));
 
     let mut daemon = t.spawn_daemon("heartbeat");
     wait_until(Duration::from_secs(20), "the hung dispatch moved to zombie/", || {

@@ -52,7 +52,7 @@ impl Rig {
         write_spec(
             &self.home,
             SpecBucket::Active,
-            &running_spec(id, &format!("t-{id}"), "scan-worker", group, &format_ts(self.t0), budget),
+            &running_spec(id, &format!("t-{id}"), "scan-worker", group, self.t0, budget),
         );
     }
 }

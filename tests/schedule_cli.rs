@@ -180,7 +180,7 @@ fn enqueue_into_queue(store: &Store, run: &ScheduledRun) -> cortex::Result<()> {
     let defaults = TaskDefaults { worker_type: "scan-worker".into(), budget: 10, max_attempts: 1 };
     store.update::<TaskQueue, _>(|q| {
         if !q.tasks.iter().any(|t| t.task_id == run.task_id) {
-            q.tasks.push(run.to_task(&cortex::base::clock::now_string(), &defaults));
+            q.tasks.push(run.to_task(chrono::Utc::now(), &defaults));
         }
         Ok(())
     })

@@ -279,7 +279,7 @@ fn real_squeue_and_scontrol_output_parses() {
         &info.reason,
         Some((info.exit_code, info.exit_signal)),
         Some(&record),
-        "2026-01-01T00:00:00Z".into(),
+        cortex::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
         None,
     );
     let DispatchState::Failed { exit_code: Some(3), signal: None, error, .. } = end else { panic!("{end:?}") };
@@ -303,7 +303,7 @@ fn real_squeue_and_scontrol_output_parses() {
         &info.reason,
         Some((info.exit_code, info.exit_signal)),
         None,
-        "2026-01-01T00:00:00Z".into(),
+        cortex::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
         None,
     );
     assert!(matches!(end, DispatchState::Cancelled { .. }), "{end:?}");

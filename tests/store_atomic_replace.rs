@@ -70,7 +70,7 @@ fn child_replacer() {
                 let n = b.used + 1;
                 b.used = n;
                 b.reservations = (0..RESERVATIONS).map(|k| (format!("d{n}-{k:03}"), k)).collect();
-                b.last_updated = Some(cortex::base::clock::now_string());
+                b.last_updated = Some(chrono::Utc::now());
                 b.recompute();
                 Ok(())
             })

@@ -143,19 +143,19 @@ fn integration_validates_a_burst_once_quarantines_it_and_never_validates_on_read
 }
 
 fn ended_spec(id: &str, worker_type: &str, group: &Group, failure: bool) -> DispatchRecord {
-    let now = cortex::base::clock::now_string();
+    let now = cortex::base::clock::now();
     let state = if failure {
         DispatchState::Failed {
-            ended_at: now.clone(),
+            ended_at: now,
             exit_code: Some(2),
             signal: None,
             duration_s: Some(0.1),
             error: "exit 2".into(),
         }
     } else {
-        DispatchState::Completed { ended_at: now.clone(), exit_code: 0, duration_s: 0.1 }
+        DispatchState::Completed { ended_at: now, exit_code: 0, duration_s: 0.1 }
     };
-    DispatchRecord { state, ..running_spec(id, &format!("t-{id}"), worker_type, group, &now, 0) }
+    DispatchRecord { state, ..running_spec(id, &format!("t-{id}"), worker_type, group, now, 0) }
 }
 
 /// Moves a spec into its bucket by rename, as the worker ends a dispatch (nothing opened there).
@@ -239,7 +239,7 @@ fn a_heartbeat_pass_reads_the_dispatchs_processes_not_every_process() {
     let g = Group::start("sleep 100 & sleep 100 & wait");
     wait_until(Duration::from_secs(5), "sh and both sleeps", || g.members().len() == 3);
     let now = chrono::Utc::now();
-    write_spec(&home, SpecBucket::Active, &running_spec("d1", "t1", "w", &g, &cortex::base::clock::format_ts(now), 0));
+    write_spec(&home, SpecBucket::Active, &running_spec("d1", "t1", "w", &g, now, 0));
     let store = cortex::store::Store::new(home.clone()).with_source("heartbeat");
     let mut monitor = cortex::daemons::heartbeat::Monitor::new(std::sync::Arc::new(ManualClock::new(now)));
     let before = cortex::base::procfs::stat_reads();

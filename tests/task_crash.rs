@@ -209,14 +209,14 @@ fn worker_killed_mid_stop_ends_the_dispatch_timeout_or_cancelled_not_lost() {
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let pid = gone.id() as i32;
     gone.wait().unwrap();
-    let started = cortex::base::clock::format_ts(chrono::Utc::now() - chrono::Duration::seconds(10));
+    let started = chrono::Utc::now() - chrono::Duration::seconds(10);
     let write = |id: &str, timeout_seconds: f64| {
         let rec = DispatchRecord {
             dispatch_id: id.into(),
             task_id: format!("task-{id}"),
             worker_type: "analysis-worker".into(),
-            state: DispatchState::Running { started_at: started.clone(), pid, pgid: pid, proc_start_ticks: 1 },
-            dispatched_at: started.clone(),
+            state: DispatchState::Running { started_at: started, pid, pgid: pid, proc_start_ticks: 1 },
+            dispatched_at: started,
             attempt: 1,
             command: vec!["sleep".into(), "100".into()],
             budget_reserved: 10,

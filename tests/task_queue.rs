@@ -151,7 +151,7 @@ fn paused_state_blocks_dispatch_in_the_same_critical_section() {
     let mut stamps = Vec::new();
     for _ in 0..50 {
         let r = c.cycle().unwrap();
-        stamps.extend(r.dispatched.iter().map(|d| d.dispatched_at.clone()));
+        stamps.extend(r.dispatched.iter().map(|d| d.dispatched_at));
         // Free the slots as if the dispatches ended at once.
         for d in &r.dispatched {
             complete_by_hand(&h, &d.dispatch_id);
@@ -161,7 +161,7 @@ fn paused_state_blocks_dispatch_in_the_same_critical_section() {
     let r = c.cycle().unwrap();
     assert!(r.paused && r.dispatched.is_empty());
     for s in &stamps {
-        assert!(s.as_str() < paused_at.as_str(), "dispatch stamped {s} after the pause at {paused_at}");
+        assert!(*s < paused_at, "dispatch stamped {s} after the pause at {paused_at}");
     }
 }
 

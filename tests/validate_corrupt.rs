@@ -43,7 +43,7 @@ fn child_writer() {
     }
     let store = Store::new(Home::at(param::<String>("HOME"))).with_source("test-writer");
     let rel: String = param("FILE");
-    let now = cortex::base::clock::now_string();
+    let now = chrono::Utc::now();
     let result = match rel.as_str() {
         "task-queue.json" => store.update::<TaskQueue, _>(|q| {
             q.updated_at = Some(now);

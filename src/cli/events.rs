@@ -133,7 +133,7 @@ pub(super) fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
             let (events, bad_lines) = crate::store::events::read_last(&ctx.home, limit, |e| {
                 event_type.as_ref().is_none_or(|t| e.event_type.as_str() == t)
                     && min_severity.is_none_or(|s| e.severity >= s)
-                    && since.is_none_or(|s| e.time().is_some_and(|t| t >= s))
+                    && since.is_none_or(|s| e.timestamp >= s)
             })?;
             if ctx.json {
                 print_json(&serde_json::json!({"events": events, "malformed_lines": bad_lines}));
@@ -141,7 +141,7 @@ pub(super) fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                 for e in &events {
                     println!(
                         "{} {:8} {:24} {:12} {}",
-                        crate::base::text::safe(&e.timestamp),
+                        crate::base::clock::format_ts(e.timestamp),
                         e.severity.as_str(),
                         crate::base::text::safe(e.event_type.as_str()),
                         crate::base::text::safe(&e.source),

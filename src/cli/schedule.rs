@@ -2,7 +2,7 @@
 //! cron or interval schedules (`crate::domain::schedule`).
 
 use super::{Ctx, print_json};
-use crate::base::clock::SystemClock;
+use crate::base::clock::{SystemClock, format_ts, format_ts_or};
 use crate::base::error::Result;
 use crate::base::text::{safe, safe_or, shell_words};
 use crate::domain::schedule::{self, MisfirePolicy, NewSchedule, ScheduleView, TaskTemplate};
@@ -116,7 +116,7 @@ pub(super) fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
                     safe(&view.schedule.expression_label()),
                     safe(&view.effective_timezone),
                     safe_or(view.next_run_local.as_deref(), "-"),
-                    safe_or(view.schedule.next_run_at.as_deref(), "-")
+                    format_ts_or(view.schedule.next_run_at, "-")
                 );
                 if view.schedule.misfire_policy == MisfirePolicy::RunAll && view.schedule.max_instances == 1 {
                     println!(
@@ -175,7 +175,7 @@ pub(super) fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
             if ctx.json {
                 print_json(&serde_json::json!({
                     "schedule_id": s.schedule_id, "name": s.name, "task_id": req.task_id,
-                    "requested_at": req.requested_at, "coordinator_running": coordinator,
+                    "requested_at": format_ts(req.requested_at), "coordinator_running": coordinator,
                 }));
             } else {
                 println!(
@@ -208,7 +208,7 @@ fn print_change(ctx: &Ctx, c: &schedule::Change) {
     } else {
         println!("{}: {} ({})", safe(&c.message), safe(&c.schedule.schedule_id), safe(&c.schedule.name));
         if let Some(next) = &c.schedule.next_run_at {
-            println!("next run {}", safe(next));
+            println!("next run {}", format_ts(*next));
         }
     }
 }
@@ -228,8 +228,8 @@ fn print_table(views: &[ScheduleView]) {
                 safe(&v.schedule.expression_label()).into_owned(),
                 safe(&v.effective_timezone).into_owned(),
                 safe_or(v.next_run_local.as_deref(), "-").into_owned(),
-                safe_or(v.schedule.next_run_at.as_deref(), "-").into_owned(),
-                safe_or(v.schedule.last_run_at.as_deref(), "-").into_owned(),
+                format_ts_or(v.schedule.next_run_at, "-"),
+                format_ts_or(v.schedule.last_run_at, "-"),
             ]
         })
         .collect();
@@ -258,11 +258,13 @@ fn print_details(v: &ScheduleView) {
     println!("state:          {}", s.state.name());
     match &s.state {
         schedule::ScheduleState::Paused { paused_at, paused_by, reason } => {
-            println!("paused_at:      {}", safe(paused_at));
+            println!("paused_at:      {}", format_ts(*paused_at));
             println!("paused_by:      {}", opt(paused_by));
             println!("reason:         {}", opt(reason));
         }
-        schedule::ScheduleState::Archived { archived_at, .. } => println!("archived_at:    {}", safe(archived_at)),
+        schedule::ScheduleState::Archived { archived_at, .. } => {
+            println!("archived_at:    {}", format_ts(*archived_at))
+        }
         schedule::ScheduleState::Active => {}
     }
     println!("expression:     {} ({})", safe(&s.expression_label()), safe(&v.describe));
@@ -273,8 +275,13 @@ fn print_details(v: &ScheduleView) {
     );
     println!("misfire_policy: {}", s.misfire_policy.as_str());
     println!("max_instances:  {}", s.max_instances);
-    println!("next_run:       {} ({})", opt(&v.next_run_local), opt(&s.next_run_at));
-    println!("last_run:       {} ({}) task {}", opt(&v.last_run_local), opt(&s.last_run_at), opt(&s.last_task_id));
+    println!("next_run:       {} ({})", opt(&v.next_run_local), format_ts_or(s.next_run_at, "-"));
+    println!(
+        "last_run:       {} ({}) task {}",
+        opt(&v.last_run_local),
+        format_ts_or(s.last_run_at, "-"),
+        opt(&s.last_task_id)
+    );
     println!("runs:           {}", s.run_count);
     println!("task:           {} [{}]", safe(&s.task.description), s.task.priority.as_str());
     println!("  worker_type:  {}", s.task.worker_type.as_deref().map_or(Cow::Borrowed("(routed)"), safe));
@@ -294,9 +301,9 @@ fn print_details(v: &ScheduleView) {
         println!(
             "pending run:    task {} requested {} by {}",
             safe(&r.task_id),
-            safe(&r.requested_at),
+            format_ts(r.requested_at),
             opt(&r.requested_by)
         );
     }
-    println!("created:        {} by {}", safe(&s.created_at), opt(&s.created_by));
+    println!("created:        {} by {}", format_ts(s.created_at), opt(&s.created_by));
 }

@@ -2,7 +2,7 @@
 //! `task::ops`, the code path the HTTP API shares.
 
 use super::{Ctx, print_json};
-use crate::base::clock::parse_duration;
+use crate::base::clock::{format_ts, parse_duration};
 use crate::base::error::{Error, Result};
 use crate::base::text::{safe, shell_words};
 use crate::domain::task::model::{Priority, Task, TaskStatus};
@@ -94,7 +94,7 @@ fn duration_secs(flag: &str, s: &Option<String>) -> Result<Option<f64>> {
 fn print_task_line(t: &Task) {
     let extra = match (t.waiting_reason(), t.next_retry_at(), &t.result) {
         (Some(w), _, _) => format!("waiting: {w}"),
-        (None, Some(at), _) => format!("retry at {at}"),
+        (None, Some(at), _) => format!("retry at {}", format_ts(at)),
         (None, None, Some(r)) if t.status().is_terminal() => ops::result_summary(r),
         _ => String::new(),
     };
@@ -194,7 +194,7 @@ pub(super) fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                         r.attempt,
                         r.status().as_str(),
                         bucket.dir_name(),
-                        r.state.ended_at().map(|e| format!(" ended {}", safe(e))).unwrap_or_default()
+                        r.state.ended_at().map(|e| format!(" ended {}", format_ts(e))).unwrap_or_default()
                     );
                 }
             }

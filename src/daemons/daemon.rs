@@ -4,7 +4,7 @@
 //! should wake it (signals, file changes, child exits, messages from its own threads, or its next
 //! deadline) — no fixed sleeps (invariant 5).
 
-use crate::base::clock::{Timestamp, format_ts};
+use crate::base::clock::Timestamp;
 use crate::base::daemon_name::Daemon;
 use crate::base::error::{Error, Result};
 use crate::base::wake::Wake;
@@ -101,10 +101,10 @@ impl DaemonContext {
             name: self.daemon.to_string(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: format_ts(self.started_at),
-            ready_at: self.ready_at.map(format_ts),
-            heartbeat_at: crate::base::clock::now_string(),
-            last_loop_at: format_ts(self.last_loop_at),
+            started_at: self.started_at,
+            ready_at: self.ready_at,
+            heartbeat_at: crate::base::clock::now(),
+            last_loop_at: self.last_loop_at,
         };
         let bytes = serde_json::to_vec(&mark)?;
         crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.daemon), &bytes)?;
@@ -206,7 +206,7 @@ pub fn test_hook(var: &str, daemon: &str) -> bool {
 fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
     use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
-        .map_err(|e| Error::other(format!("cannot install signal handlers: {e}")))?;
+        .map_err(|e| Error::system("install signal handlers", e))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -222,7 +222,7 @@ fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
                 }
             }
         })
-        .map_err(|e| Error::other(format!("cannot start the signal thread: {e}")))?;
+        .map_err(|e| Error::system("start the signal thread", e))?;
     Ok(())
 }
 

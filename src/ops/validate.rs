@@ -434,7 +434,10 @@ mod archive_segment_tests {
         for chunk in 0..2 {
             let tasks: Vec<Task> = (0..100)
                 .map(|i| {
-                    let state = TaskState::Completed { started_at: None, completed_at: "2026-01-01T00:00:00Z".into() };
+                    let state = TaskState::Completed {
+                        started_at: None,
+                        completed_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
+                    };
                     Task { state, ..Task::sample(&format!("task-{chunk}{i:04}")) }
                 })
                 .collect();

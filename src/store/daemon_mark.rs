@@ -1,6 +1,7 @@
 //! The daemon's status mark `run/<name>.state.json`: written by the daemon only (the skeleton,
 //! `daemons::daemon`), read by `cortex status`, pm, heartbeat, metrics and the API.
 
+use crate::base::clock::Timestamp;
 use crate::base::daemon_name::Daemon;
 use crate::store::home::Home;
 use serde::{Deserialize, Serialize};
@@ -11,11 +12,15 @@ pub struct DaemonMark {
     pub name: String,
     pub pid: u32,
     pub version: String,
-    pub started_at: String,
-    pub ready_at: Option<String>,
-    pub heartbeat_at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub started_at: Timestamp,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub ready_at: Option<Timestamp>,
+    #[serde(with = "crate::base::clock::ts")]
+    pub heartbeat_at: Timestamp,
     /// When the daemon's loop last ran.
-    pub last_loop_at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub last_loop_at: Timestamp,
 }
 
 /// Reads a daemon's mark (None when missing or unreadable).

@@ -1,7 +1,7 @@
 //! The event log `coordination/dashboard-events.jsonl`: one function every component uses to
 //! record what happened (`type`, `severity`, `source`, `message`, `data`), and readers for it.
 
-use crate::base::clock::{Timestamp, format_ts, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::base::error::Result;
 use crate::store::home::Home;
 use crate::store::jsonl;
@@ -55,7 +55,8 @@ impl std::str::FromStr for Severity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: String,
-    pub timestamp: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub timestamp: Timestamp,
     #[serde(rename = "type")]
     pub event_type: EventKind,
     pub severity: Severity,
@@ -75,10 +76,10 @@ fn new_id(now: Timestamp) -> String {
 
 impl Event {
     pub fn new(event_type: EventKind, severity: Severity, source: &str, message: impl Into<String>) -> Self {
-        let now = chrono::Utc::now();
+        let now = crate::base::clock::now();
         Event {
             id: new_id(now),
-            timestamp: format_ts(now),
+            timestamp: now,
             event_type,
             severity,
             source: source.to_string(),
@@ -99,10 +100,6 @@ impl Event {
             }
         };
         self
-    }
-
-    pub fn time(&self) -> Option<Timestamp> {
-        parse_ts(&self.timestamp)
     }
 }
 
@@ -229,12 +226,51 @@ pub fn read_last(home: &Home, limit: usize, mut keep: impl FnMut(&Event) -> bool
 /// Events at or after `since`.
 pub fn read_since(home: &Home, since: Timestamp) -> Result<Vec<Event>> {
     let all = read_all(home)?;
-    Ok(all.records.into_iter().filter(|e| e.time().is_some_and(|t| t >= since)).collect())
+    Ok(all.records.into_iter().filter(|e| e.timestamp >= since).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_with_a_malformed_time_is_a_bad_line_skipped_and_counted_and_old_forms_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        std::fs::create_dir_all(home.events_file().parent().unwrap()).unwrap();
+        let line = |ts: &str| {
+            format!(r#"{{"id":"e-{ts}","timestamp":"{ts}","type":"x","severity":"info","source":"s","message":"m"}}"#)
+                + "\n"
+        };
+        let text = [
+            line("2026-01-01T00:00:00.000000Z"),
+            line("2026-01-01T00:00:01Z"),
+            line("2026-01-01T01:00:02+01:00"),
+            line("at noon"),
+            line("2026-01-01T00:00:03.5Z"),
+        ]
+        .concat();
+        std::fs::write(home.events_file(), text).unwrap();
+        let read = read_all(&home).unwrap();
+        assert_eq!(read.bad_lines, vec![4], "the line whose time is not one");
+        let times: Vec<String> = read.records.iter().map(|e| crate::base::clock::format_ts(e.timestamp)).collect();
+        assert_eq!(
+            times,
+            [
+                "2026-01-01T00:00:00.000000Z",
+                "2026-01-01T00:00:01.000000Z",
+                "2026-01-01T00:00:02.000000Z",
+                "2026-01-01T00:00:03.500000Z"
+            ]
+        );
+        // A new event is written as every event was: microseconds, UTC, `Z`.
+        let e = Event::new(EventKind::parse("x"), Severity::Info, "s", "m");
+        let v = serde_json::to_value(&e).unwrap();
+        let written = v["timestamp"].as_str().unwrap();
+        assert_eq!(written.len(), "2026-01-01T00:00:00.000000Z".len(), "{written}");
+        assert!(written.ends_with('Z'), "{written}");
+        assert_eq!(crate::base::clock::parse_ts(written), Some(e.timestamp));
+    }
 
     #[test]
     fn read_last_matches_a_whole_read_across_blocks_and_bad_lines() {

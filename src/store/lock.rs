@@ -80,10 +80,9 @@ pub(crate) fn open_checked(path: &Path) -> Result<(File, Metadata)> {
     let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
     let mode = nix::sys::stat::Mode::from_bits_truncate(super::atomic::FILE_MODE);
     let file = nix::fcntl::openat(&dir_fd, name, flags, mode).map(File::from).map_err(|e| match e {
-        nix::errno::Errno::ELOOP => Error::other(format!(
-            "{} is a symbolic link; lock and PID files are never followed through a link: remove it",
-            path.display()
-        )),
+        nix::errno::Errno::ELOOP => {
+            Error::unusable(path, "is a symbolic link; lock and PID files are never followed through a link: remove it")
+        }
         e => Error::io(path, "open lock file", e.into()),
     })?;
     let meta = file.metadata().map_err(|e| Error::io(path, "stat lock file", e))?;
@@ -94,19 +93,17 @@ pub(crate) fn open_checked(path: &Path) -> Result<(File, Metadata)> {
 /// Refuses a lock or PID file that is not a regular file owned by our effective user.
 fn check_owned_regular(path: &Path, meta: &Metadata) -> Result<()> {
     if !meta.file_type().is_file() {
-        return Err(Error::other(format!(
-            "{} is not a regular file (mode {:o}); a lock or PID file must be one: remove it",
-            path.display(),
-            meta.mode()
-        )));
+        return Err(Error::unusable(
+            path,
+            format!("is not a regular file (mode {:o}); a lock or PID file must be one: remove it", meta.mode()),
+        ));
     }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(Error::other(format!(
-            "{} is owned by uid {}, not by us (uid {me}); remove it or fix its owner",
-            path.display(),
-            meta.uid()
-        )));
+        return Err(Error::unusable(
+            path,
+            format!("is owned by uid {}, not by us (uid {me}); remove it or fix its owner", meta.uid()),
+        ));
     }
     Ok(())
 }

@@ -200,11 +200,10 @@ impl Store {
     /// Turns a schema-valid value into its type. A value the type cannot take (a field the
     /// schema leaves optional but the type needs) is quarantined like any other bad file.
     fn decode<D: DeserializeOwned>(&self, path: &Path, value: Value) -> Result<D> {
-        D::deserialize(&value).map_err(|e| {
+        decode_value(&value).map_err(|(pointer, expected)| {
             let bytes = std::fs::read(path).unwrap_or_else(|_| serde_json::to_vec_pretty(&value).unwrap_or_default());
-            let expected = crate::base::schema::bounded(&e.to_string(), crate::base::schema::MAX_EXPECTED_CHARS);
-            let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, "");
-            Error::Invalid { path: path.to_path_buf(), pointer: String::new(), expected, quarantined }
+            let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, &pointer);
+            Error::Invalid { path: path.to_path_buf(), pointer, expected, quarantined }
         })
     }
 
@@ -342,6 +341,46 @@ impl Store {
     }
 }
 
+/// Turns a schema-valid value into its type; on failure, the JSON pointer of the field that
+/// could not be read (a malformed time, say) and what was wrong with it.
+pub fn decode_value<D: DeserializeOwned>(value: &Value) -> std::result::Result<D, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut pointer = json_pointer(e.path());
+        let message = e.inner().to_string();
+        // Inside a `#[serde(flatten)]` (a task's or a dispatch's state) serde loses the path at
+        // the object: a malformed time is found there by its value.
+        if let Some(obj) = value.pointer(&pointer).and_then(Value::as_object) {
+            let mut fields = obj
+                .iter()
+                .filter(|(_, v)| v.as_str().is_some_and(|s| message == crate::base::clock::ts::not_a_time(s)))
+                .map(|(k, _)| k);
+            if let (Some(k), None) = (fields.next(), fields.next()) {
+                pointer.push('/');
+                pointer.push_str(&escape_pointer(k));
+            }
+        }
+        (pointer, crate::base::schema::bounded(&message, crate::base::schema::MAX_EXPECTED_CHARS))
+    })
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// A serde path (`tasks[3].created_at`) as a JSON pointer (`/tasks/3/created_at`).
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } => out.push_str(&format!("/{}", escape_pointer(key))),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    out
+}
+
 /// Validates `value` against `schema` and writes it atomically (pretty-printed, for operators).
 pub fn write_value_checked(path: &Path, value: &Value, schema: Option<&str>) -> Result<()> {
     atomic::write_atomic(path, &encode_checked(path, value, schema)?)
@@ -370,7 +409,7 @@ pub fn default_value(file: &CoordFile) -> Result<Value> {
     let src = file.default.ok_or_else(|| {
         Error::other(format!("coordination/{} is missing and has no default; run `cortex init`", file.rel))
     })?;
-    serde_json::from_str(src).map_err(|e| Error::other(format!("embedded default of {} is not JSON: {e}", file.rel)))
+    serde_json::from_str(src).map_err(|e| Error::encode(format!("the embedded default of {}", file.rel), e))
 }
 
 /// Lower-case hex of bytes.

@@ -184,10 +184,7 @@ fn open_existing(path: &Path) -> Result<Option<(File, Metadata)>> {
     let meta = file.metadata().map_err(|e| Error::io(path, "stat PID file", e))?;
     // A look only (root may inspect a user's home): any owner, but a regular file.
     if !meta.is_file() {
-        return Err(Error::other(format!(
-            "{} is not a regular file; a PID file must be one: remove it",
-            path.display()
-        )));
+        return Err(Error::unusable(path, "is not a regular file; a PID file must be one: remove it"));
     }
     Ok(Some((file, meta)))
 }

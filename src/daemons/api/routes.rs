@@ -6,6 +6,7 @@
 use super::commit::Committer;
 use super::http::{Handler, Reply, Request, Response};
 use super::policy::{self, Access, Site};
+use crate::base::clock::format_ts;
 use crate::base::error::Error;
 use crate::base::error::Result;
 use crate::domain::scheduler_state::{self, Actor, Transition};
@@ -410,7 +411,7 @@ impl App {
                 "status": task.status().as_str(),
                 "dispatch_id": id,
                 "task_id": task.task_id,
-                "next_retry_at": task.next_retry_at(),
+                "next_retry_at": task.next_retry_at().map(format_ts),
                 "attempts": task.attempts,
                 "max_attempts": task.max_attempts,
             })),
@@ -472,7 +473,7 @@ impl App {
                 json!({"status": "success", "message": c.message, "changed": c.changed, "schedule": c.schedule})
             }),
             ScheduleAction::Run => ops::request_run(store, &clock, id, actor).map(|(s, r)| {
-                json!({"status": "success", "message": "Run requested", "schedule_id": s.schedule_id, "task_id": r.task_id, "requested_at": r.requested_at})
+                json!({"status": "success", "message": "Run requested", "schedule_id": s.schedule_id, "task_id": r.task_id, "requested_at": format_ts(r.requested_at)})
             }),
         };
         match result {
@@ -514,20 +515,20 @@ fn transition_response(result: Result<Transition>) -> Response {
         Ok(t) if t.paused => ok_json(&json!({
             "status": "success",
             "message": t.message,
-            "timestamp": t.timestamp,
+            "timestamp": format_ts(t.timestamp),
             "paused": true,
             "changed": t.changed,
-            "paused_at": t.state.paused_at,
+            "paused_at": t.state.paused_at.map(format_ts),
             "paused_by": t.state.paused_by,
             "reason": t.state.reason,
         })),
         Ok(t) => ok_json(&json!({
             "status": "success",
             "message": t.message,
-            "timestamp": t.timestamp,
+            "timestamp": format_ts(t.timestamp),
             "paused": false,
             "changed": t.changed,
-            "resumed_at": t.state.resumed_at,
+            "resumed_at": t.state.resumed_at.map(format_ts),
         })),
         Err(e) => error_response(&e),
     }

@@ -7,7 +7,7 @@
 //! The coordinator asks [`is_dispatch_allowed`] before dispatching a type.
 
 use super::policy::{BreakerPolicy, RestartPolicy};
-use crate::base::clock::{Timestamp, format_ts, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::base::error::Result;
 use crate::domain::task::DispatchStatus;
 use crate::domain::task::dispatches::list_bucket;
@@ -25,11 +25,23 @@ use std::path::{Path, PathBuf};
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum BreakerState {
     /// Dispatches flow; failures after `since` (and within the window) count.
-    Closed { since: String },
+    Closed {
+        #[serde(with = "crate::base::clock::ts")]
+        since: Timestamp,
+    },
     /// Dispatches of the type are held until `half_open_at`.
-    Open { opened_at: String, half_open_at: String, reason: String },
+    Open {
+        #[serde(with = "crate::base::clock::ts")]
+        opened_at: Timestamp,
+        #[serde(with = "crate::base::clock::ts")]
+        half_open_at: Timestamp,
+        reason: String,
+    },
     /// One trial dispatch (the first dispatched at or after `since`) decides.
-    HalfOpen { since: String },
+    HalfOpen {
+        #[serde(with = "crate::base::clock::ts")]
+        since: Timestamp,
+    },
 }
 
 /// One worker type's breaker.
@@ -39,21 +51,21 @@ pub struct Breaker {
     pub state: BreakerState,
     #[serde(default)]
     pub failures_in_window: u32,
-    #[serde(default)]
-    pub last_failure_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub last_failure_at: Option<Timestamp>,
     /// Times it opened.
     #[serde(default)]
     pub trips: u32,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
 }
 
 /// `coordination/circuit-breakers.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Breakers {
     pub breakers: BTreeMap<String, Breaker>,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
 }
 
 impl Document for Breakers {
@@ -70,17 +82,15 @@ pub struct Outcome {
 }
 
 /// How a dispatch ended, as the breakers count it: None while it runs, when it was cancelled
-/// (neither success nor failure) or when its times do not parse.
+/// (neither success nor failure) or without an end time.
 pub fn outcome_of(d: &crate::domain::task::DispatchRecord) -> Option<Outcome> {
     let failure = match d.status() {
         DispatchStatus::Completed => false,
         DispatchStatus::Failed | DispatchStatus::Timeout | DispatchStatus::Lost | DispatchStatus::Zombie => true,
         _ => return None,
     };
-    let (Some(ended), Some(dispatched)) = (d.state.ended_at().and_then(parse_ts), parse_ts(&d.dispatched_at)) else {
-        return None;
-    };
-    Some(Outcome { worker_type: d.worker_type.clone(), dispatched_at: dispatched, ended_at: ended, failure })
+    let ended = d.state.ended_at()?;
+    Some(Outcome { worker_type: d.worker_type.clone(), dispatched_at: d.dispatched_at, ended_at: ended, failure })
 }
 
 /// The buckets whose specs are ended dispatches.
@@ -129,7 +139,7 @@ pub fn step_with(
 ) -> (Breaker, Option<Transition>) {
     let window_start = now - secs(policy.failure_window_seconds);
     let mut b = current.cloned().unwrap_or(Breaker {
-        state: BreakerState::Closed { since: format_ts(window_start) },
+        state: BreakerState::Closed { since: window_start },
         failures_in_window: 0,
         last_failure_at: None,
         trips: 0,
@@ -140,12 +150,11 @@ pub fn step_with(
         .filter(|o| o.failure && o.ended_at <= now)
         .map(|o| o.ended_at)
         .chain(earlier_failure.filter(|t| *t <= now))
-        .max()
-        .map(format_ts);
+        .max();
     let open = |b: &mut Breaker, failures: u32, reason: String| {
         b.state = BreakerState::Open {
-            opened_at: format_ts(now),
-            half_open_at: format_ts(now + secs(policy.reset_timeout_seconds)),
+            opened_at: now,
+            half_open_at: now + secs(policy.reset_timeout_seconds),
             reason: reason.clone(),
         };
         b.trips += 1;
@@ -153,7 +162,7 @@ pub fn step_with(
     };
     let transition = match b.state.clone() {
         BreakerState::Closed { since } => {
-            let from = parse_ts(&since).map_or(window_start, |s| s.max(window_start));
+            let from = since.max(window_start);
             let failures =
                 outcomes.iter().filter(|o| o.failure && o.ended_at > from && o.ended_at <= now).count() as u32;
             b.failures_in_window = failures;
@@ -167,21 +176,18 @@ pub fn step_with(
                 None
             }
         }
-        BreakerState::Open { half_open_at, .. } => match parse_ts(&half_open_at) {
-            Some(t) if now >= t => {
-                b.state = BreakerState::HalfOpen { since: half_open_at };
-                Some(Transition::HalfOpened)
-            }
-            _ => None,
-        },
+        BreakerState::Open { half_open_at, .. } if now >= half_open_at => {
+            b.state = BreakerState::HalfOpen { since: half_open_at };
+            Some(Transition::HalfOpened)
+        }
+        BreakerState::Open { .. } => None,
         BreakerState::HalfOpen { since } => {
-            let since_t = parse_ts(&since).unwrap_or(now);
             let trial: Vec<&&Outcome> =
-                outcomes.iter().filter(|o| o.dispatched_at >= since_t && o.ended_at <= now).collect();
+                outcomes.iter().filter(|o| o.dispatched_at >= since && o.ended_at <= now).collect();
             if trial.iter().any(|o| o.failure) {
                 open(&mut b, 1, "the half-open trial dispatch failed".into())
             } else if !trial.is_empty() {
-                b.state = BreakerState::Closed { since: format_ts(now) };
+                b.state = BreakerState::Closed { since: now };
                 b.failures_in_window = 0;
                 Some(Transition::Closed)
             } else {
@@ -190,7 +196,7 @@ pub fn step_with(
         }
     };
     if transition.is_some() {
-        b.updated_at = Some(format_ts(now));
+        b.updated_at = Some(now);
     }
     (b, transition)
 }
@@ -232,9 +238,7 @@ pub fn next_doc(
     for t in types {
         let of_type = by_type.get(t.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         let (b, tr) = step_with(doc.breakers.get(&t), of_type, earlier_failures.get(&t).copied(), policy, now);
-        if let BreakerState::Open { half_open_at, .. } = &b.state
-            && let Some(h) = parse_ts(half_open_at)
-        {
+        if let BreakerState::Open { half_open_at: h, .. } = b.state {
             next = Some(next.map_or(h, |n: Timestamp| n.min(h)));
         }
         if let Some(tr) = tr {
@@ -247,7 +251,7 @@ pub fn next_doc(
         }
     }
     if !transitions.is_empty() {
-        doc.updated_at = Some(format_ts(now));
+        doc.updated_at = Some(now);
     }
     Refreshed { doc, transitions, next }
 }
@@ -414,8 +418,8 @@ impl Tracker {
         let earlier = &mut self.earlier_failures;
         self.outcomes.retain(|_, o| {
             let trial_from = match doc.breakers.get(&o.worker_type).map(|b| &b.state) {
-                Some(BreakerState::HalfOpen { since }) => parse_ts(since),
-                Some(BreakerState::Open { half_open_at, .. }) => parse_ts(half_open_at),
+                Some(BreakerState::HalfOpen { since }) => Some(*since),
+                Some(BreakerState::Open { half_open_at, .. }) => Some(*half_open_at),
                 _ => None,
             };
             let keep = o.ended_at > window_start || trial_from.is_some_and(|t| o.dispatched_at >= t);
@@ -461,7 +465,7 @@ impl Tracker {
 /// True when a breaker holds dispatches of the type now (open and not yet due to half-open).
 pub fn is_open(breakers: &Breakers, worker_type: &str, now: Timestamp) -> bool {
     match breakers.breakers.get(worker_type).map(|b| &b.state) {
-        Some(BreakerState::Open { half_open_at, .. }) => parse_ts(half_open_at).is_none_or(|h| now < h),
+        Some(BreakerState::Open { half_open_at, .. }) => now < *half_open_at,
         _ => false,
     }
 }
@@ -484,16 +488,13 @@ pub fn is_dispatch_allowed(store: &Store, worker_type: &str, now: Timestamp) -> 
 pub fn dispatch_allowed_by(store: &Store, breakers: &Breakers, worker_type: &str, now: Timestamp) -> Result<bool> {
     let trial_since = match breakers.breakers.get(worker_type).map(|b| &b.state) {
         None | Some(BreakerState::Closed { .. }) => return Ok(true),
-        Some(BreakerState::Open { half_open_at, .. }) => match parse_ts(half_open_at) {
-            Some(h) if now >= h => h,
-            _ => return Ok(false),
-        },
-        Some(BreakerState::HalfOpen { since }) => parse_ts(since).unwrap_or(now),
+        Some(BreakerState::Open { half_open_at, .. }) if now >= *half_open_at => *half_open_at,
+        Some(BreakerState::Open { .. }) => return Ok(false),
+        Some(BreakerState::HalfOpen { since }) => *since,
     };
     for bucket in [SpecBucket::Active, SpecBucket::Completed, SpecBucket::Failed, SpecBucket::Zombie] {
-        let trial_made = list_bucket(store, bucket)?
-            .iter()
-            .any(|d| d.worker_type == worker_type && parse_ts(&d.dispatched_at).is_some_and(|t| t >= trial_since));
+        let trial_made =
+            list_bucket(store, bucket)?.iter().any(|d| d.worker_type == worker_type && d.dispatched_at >= trial_since);
         if trial_made {
             return Ok(false);
         }
@@ -509,14 +510,14 @@ pub fn reset(store: &Store, worker_type: &str, by: &str, now: Timestamp) -> Resu
             doc.breakers.insert(
                 worker_type.to_string(),
                 Breaker {
-                    state: BreakerState::Closed { since: format_ts(now) },
+                    state: BreakerState::Closed { since: now },
                     failures_in_window: 0,
-                    last_failure_at: before.as_ref().and_then(|b| b.last_failure_at.clone()),
+                    last_failure_at: before.as_ref().and_then(|b| b.last_failure_at),
                     trips: before.as_ref().map_or(0, |b| b.trips),
-                    updated_at: Some(format_ts(now)),
+                    updated_at: Some(now),
                 },
             );
-            doc.updated_at = Some(format_ts(now));
+            doc.updated_at = Some(now);
         }
         Ok(before)
     })?;
@@ -536,7 +537,7 @@ mod tests {
     use super::*;
 
     fn t(s: i64) -> Timestamp {
-        parse_ts("2030-01-01T00:00:00Z").unwrap() + chrono::Duration::seconds(s)
+        crate::base::clock::parse_ts("2030-01-01T00:00:00Z").unwrap() + chrono::Duration::seconds(s)
     }
 
     fn fail(at: i64) -> Outcome {
@@ -570,7 +571,7 @@ mod tests {
         assert_eq!(tr, None);
         let (b, tr) = step(Some(&b), &refs, &p, t(100 + 1800));
         assert_eq!(tr, Some(Transition::HalfOpened));
-        assert_eq!(b.state, BreakerState::HalfOpen { since: format_ts(t(1900)) });
+        assert_eq!(b.state, BreakerState::HalfOpen { since: t(1900) });
         // The trial succeeds: closed, and the old failures no longer count.
         outs.push(ok(1901, 1950));
         let refs: Vec<&Outcome> = outs.iter().collect();
@@ -584,7 +585,7 @@ mod tests {
     fn a_failed_trial_opens_it_again() {
         let p = BreakerPolicy::default();
         let b = Breaker {
-            state: BreakerState::HalfOpen { since: format_ts(t(0)) },
+            state: BreakerState::HalfOpen { since: t(0) },
             failures_in_window: 0,
             last_failure_at: None,
             trips: 1,
@@ -659,7 +660,7 @@ mod tests {
         // Past the window the failure is forgotten, its time kept.
         let r = tracker.decide(&doc, &p, t(10 + 901));
         assert!(tracker.outcomes.is_empty());
-        assert_eq!(r.doc.breakers["w"].last_failure_at, Some(format_ts(t(10))));
+        assert_eq!(r.doc.breakers["w"].last_failure_at, Some(t(10)));
         assert_eq!(r.doc.breakers["w"].failures_in_window, 0);
     }
 }

@@ -8,7 +8,7 @@
 use super::breaker::{self, Breakers};
 use super::history;
 use super::policy::RestartPolicy;
-use crate::base::clock::{Timestamp, format_ts};
+use crate::base::clock::Timestamp;
 use crate::base::error::Result;
 use crate::daemons::heartbeat::record::HeartbeatRecord;
 use crate::domain::task::dispatches::list_bucket;
@@ -180,18 +180,18 @@ fn decide_one(store: &Store, policy: &RestartPolicy, spec: &DispatchRecord, now:
         },
     );
     let started_at = match &task.state {
-        TaskState::InProgress { started_at, .. } => Some(started_at.clone()),
+        TaskState::InProgress { started_at, .. } => Some(*started_at),
         _ => None,
     };
     let what = format!("dispatch {} became a zombie ({reason})", spec.dispatch_id);
     let error = match &decision {
         Decision::Restart { delay_seconds } => {
             let at = now + chrono::Duration::microseconds((delay_seconds * 1e6) as i64);
-            task.state = TaskState::PendingRetry { next_retry_at: format_ts(at), waiting_reason: None };
+            task.state = TaskState::PendingRetry { next_retry_at: at, waiting_reason: None };
             format!("{what}; auto-fix restarts it in {delay_seconds:.0}s")
         }
         Decision::Fail { reason: why, .. } => {
-            task.state = TaskState::Failed { started_at, completed_at: format_ts(now) };
+            task.state = TaskState::Failed { started_at, completed_at: now };
             format!("{what}; not restarted: {why}")
         }
     };
@@ -206,7 +206,7 @@ fn decide_one(store: &Store, policy: &RestartPolicy, spec: &DispatchRecord, now:
     let worker_type = task.worker_type.clone();
     let attempt = task.attempts;
     debug_assert_ne!(task.status(), TaskStatus::InProgress);
-    queue.updated_at = Some(format_ts(now));
+    queue.updated_at = Some(now);
     store.write_locked(&guard, &queue)?;
     drop(guard);
 
@@ -244,8 +244,11 @@ mod tests {
     fn task(attempts: u32) -> Task {
         Task {
             worker_type: "scan-worker".into(),
-            state: TaskState::InProgress { started_at: "2030-01-01T00:00:00Z".into(), dispatch_id: "d".into() },
-            created_at: "2030-01-01T00:00:00Z".into(),
+            state: TaskState::InProgress {
+                started_at: crate::base::clock::parse_ts("2030-01-01T00:00:00Z").unwrap(),
+                dispatch_id: "d".into(),
+            },
+            created_at: crate::base::clock::parse_ts("2030-01-01T00:00:00Z").unwrap(),
             attempts,
             max_attempts: 10,
             ..Task::sample("t")

@@ -17,7 +17,7 @@
 //! and the `completed/`/`failed/` spec buckets wakes it; the next due time (delay, retry) is its
 //! deadline; `[scheduler] tick_interval_seconds` is only a slow safety re-scan.
 
-use crate::base::clock::{Clock, SystemClock, Timestamp, format_ts, parse_ts};
+use crate::base::clock::{Clock, SystemClock, Timestamp};
 use crate::base::error::{Error, Result};
 use crate::domain::scheduler_state::SchedulerState;
 use crate::domain::task::dispatches::{self, spec_path};
@@ -189,7 +189,7 @@ impl Coordinator {
         // Dispatch ids with a live process, looked up once per cycle when needed.
         let mut running: Option<HashSet<String>> = None;
         self.unrecorded_running = false;
-        let now = format_ts(self.clock.now());
+        let now = self.clock.now();
         // A zombie's restart is auto-fix's decision (breaker, rate limits, restart backoff); the
         // coordinator folds zombies itself only when auto-fix is disabled.
         let ended_buckets: &[SpecBucket] = if self.config.daemon_enabled(crate::base::daemon_name::Daemon::AutoFix) {
@@ -213,7 +213,7 @@ impl Coordinator {
                     Err(e) => {
                         // Quarantined and reported by the read; the dispatch's end is unknown.
                         tracing::error!("dispatch {d}: unreadable spec: {e}");
-                        found = Some(lost_record(t, d, &now, &format!("its spec was unreadable: {e}")));
+                        found = Some(lost_record(t, d, now, &format!("its spec was unreadable: {e}")));
                         break;
                     }
                 }
@@ -246,7 +246,7 @@ impl Coordinator {
                     self.unrecorded_running = true;
                     continue;
                 }
-                found = Some(lost_record(t, d, &now, UNRECORDED_LOST_REASON));
+                found = Some(lost_record(t, d, now, UNRECORDED_LOST_REASON));
             }
             out.extend(found);
         }
@@ -305,7 +305,6 @@ impl Coordinator {
         // Read the time under the lock: every dispatch of this cycle is stamped before any pause
         // that waits for the lock.
         let now = self.clock.now();
-        let now_s = format_ts(now);
         report.paused = match store.load::<SchedulerState>() {
             Ok(s) => s.is_paused(),
             Err(e) => {
@@ -346,7 +345,7 @@ impl Coordinator {
         let folded: Vec<String> = ended_records.iter().map(|r| r.dispatch_id.clone()).collect();
         report.ended = ended;
         if self.reconcile_budget {
-            self.settle_orphan_reservations(&q, &mut budget, &now_s)?;
+            self.settle_orphan_reservations(&q, &mut budget, now)?;
         }
 
         let types = match store.load::<WorkerTypes>() {
@@ -367,7 +366,6 @@ impl Coordinator {
             queue_guard,
             scheduler_guard,
             now,
-            now_s,
             q,
             q_dirty,
             changed,
@@ -395,12 +393,12 @@ impl Coordinator {
         let home_s = self.store.home().root().display().to_string();
         for d in decided.dispatch {
             let dispatch_id = new_id("dsp");
-            budget::reserve(&mut c.budget, &dispatch_id, d.reserve, &c.now_s);
+            budget::reserve(&mut c.budget, &dispatch_id, d.reserve, c.now);
             let t = &mut c.q.tasks[d.task];
             c.changed.insert(t.task_id.clone());
             t.attempts += 1;
             t.dispatches.push(dispatch_id.clone());
-            t.state = TaskState::InProgress { started_at: c.now_s.clone(), dispatch_id: dispatch_id.clone() };
+            t.state = TaskState::InProgress { started_at: c.now, dispatch_id: dispatch_id.clone() };
             let command = match &d.template {
                 Some(template) => expand(
                     template,
@@ -420,7 +418,7 @@ impl Coordinator {
                 task_id: t.task_id.clone(),
                 worker_type: t.worker_type.clone(),
                 state: DispatchState::Starting,
-                dispatched_at: c.now_s.clone(),
+                dispatched_at: c.now,
                 attempt: t.attempts,
                 command,
                 budget_reserved: d.reserve,
@@ -435,7 +433,7 @@ impl Coordinator {
         for (i, error) in decided.fail {
             let t = &mut c.q.tasks[i];
             c.changed.insert(t.task_id.clone());
-            t.state = TaskState::Failed { started_at: None, completed_at: c.now_s.clone() };
+            t.state = TaskState::Failed { started_at: None, completed_at: c.now };
             t.result = Some(TaskResult { error: Some(error.clone()), ..TaskResult::default() });
             c.report.ended.push(Ended {
                 task_id: t.task_id.clone(),
@@ -531,7 +529,6 @@ impl Coordinator {
             queue_guard,
             scheduler_guard,
             now,
-            now_s,
             mut q,
             q_dirty,
             changed,
@@ -552,7 +549,7 @@ impl Coordinator {
         let mut journal_file = None;
         let mut compacted = false;
         if q_dirty {
-            q.updated_at = Some(now_s.clone());
+            q.updated_at = Some(now);
             let counts = QueueCounts::of(&q.tasks);
             let changed_tasks: Vec<&Task> = if changed.is_empty() {
                 Vec::new()
@@ -561,7 +558,7 @@ impl Coordinator {
             };
             let commit = journal::Commit {
                 intake_offset: q.intake_offset,
-                updated_at: q.updated_at.clone(),
+                updated_at: q.updated_at,
                 counts: Some(counts.clone()),
                 ..journal::Commit::default()
             };
@@ -725,7 +722,7 @@ impl Coordinator {
 
     /// Reservations held by no running dispatch (a crash between writes, a hand-edited queue) are
     /// settled to the tokens their dispatch reported, or released.
-    fn settle_orphan_reservations(&self, q: &TaskQueue, budget: &mut TokenBudget, now: &str) -> Result<()> {
+    fn settle_orphan_reservations(&self, q: &TaskQueue, budget: &mut TokenBudget, now: Timestamp) -> Result<()> {
         let running: HashSet<&str> = q.tasks.iter().filter_map(|t| t.current_dispatch()).collect();
         let orphans: Vec<String> =
             budget.reservations.keys().filter(|d| !running.contains(d.as_str())).cloned().collect();
@@ -809,13 +806,13 @@ its spec was never written (the coordinator stopped in between) or was removed b
 /// How soon a cycle looks again at a dispatch without a spec whose process still runs.
 pub const UNRECORDED_RECHECK: Duration = Duration::from_secs(1);
 
-fn lost_record(t: &Task, dispatch_id: &str, now: &str, reason: &str) -> DispatchRecord {
+fn lost_record(t: &Task, dispatch_id: &str, now: Timestamp, reason: &str) -> DispatchRecord {
     DispatchRecord {
         dispatch_id: dispatch_id.to_string(),
         task_id: t.task_id.clone(),
         worker_type: t.worker_type.clone(),
-        state: DispatchState::Lost { ended_at: now.to_string(), reason: reason.to_string() },
-        dispatched_at: t.started_at().unwrap_or(now).to_string(),
+        state: DispatchState::Lost { ended_at: now, reason: reason.to_string() },
+        dispatched_at: t.started_at().unwrap_or(now),
         attempt: t.attempts.max(1),
         command: t.command.clone(),
         budget_reserved: t.budget,
@@ -1078,7 +1075,7 @@ impl BreakerGate {
     /// When an open breaker lets its trial through (its `half_open_at`).
     fn half_open_at(&self, worker_type: &str) -> Option<Timestamp> {
         match &self.breakers.breakers.get(worker_type)?.state {
-            crate::daemons::auto_fix::breaker::BreakerState::Open { half_open_at, .. } => parse_ts(half_open_at),
+            crate::daemons::auto_fix::breaker::BreakerState::Open { half_open_at, .. } => Some(*half_open_at),
             _ => None,
         }
     }
@@ -1095,7 +1092,6 @@ struct Collected {
     scheduler_guard: LockGuard,
     /// The cycle's time, read under the `scheduler` lock.
     now: Timestamp,
-    now_s: String,
     q: TaskQueue,
     /// The queue needs writing.
     q_dirty: bool,

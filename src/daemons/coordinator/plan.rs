@@ -6,7 +6,7 @@
 //! fail without a dispatch, the waiting reasons to record and the next due time. It reads no file
 //! and no clock; the coordinator applies the plan to its queue and budget and writes them.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::domain::task::model::{Task, TaskState, TaskStatus, TokenBudget, WaitingReason};
 use crate::domain::task::queue;
 use crate::domain::task::worker_types::WorkerTypes;
@@ -103,11 +103,11 @@ pub(crate) fn plan(input: &CycleInput) -> DispatchPlan {
     for i in queue::dispatch_order(tasks) {
         let t = &tasks[i];
         let due_at = match &t.state {
-            TaskState::Queued { .. } => t.not_before.as_deref(),
-            TaskState::PendingRetry { next_retry_at, .. } => Some(next_retry_at.as_str()),
+            TaskState::Queued { .. } => t.not_before,
+            TaskState::PendingRetry { next_retry_at, .. } => Some(*next_retry_at),
             _ => continue,
         };
-        if let Some(due) = due_at.and_then(parse_ts)
+        if let Some(due) = due_at
             && due > now
         {
             out.due_at(due);

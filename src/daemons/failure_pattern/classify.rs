@@ -3,7 +3,7 @@
 //! signature — category, type, worker type and, for exits, the code and the normalised last line
 //! of stderr — and the pattern id is a short SHA-256 of that signature.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::domain::task::{DispatchRecord, DispatchState};
 use crate::store::events::{Event, EventKind};
 use crate::store::home::Home;
@@ -261,7 +261,7 @@ pub(crate) fn from_spec(home: &Home, rec: &DispatchRecord) -> Option<Failure> {
     };
     Some(Failure {
         key: format!("dispatch:{}", rec.dispatch_id),
-        at: parse_ts(at).unwrap_or_else(chrono::Utc::now),
+        at: *at,
         kind,
         worker_type: rec.worker_type.clone(),
         exit_code,
@@ -316,7 +316,7 @@ pub(crate) fn from_event(home: &Home, ev: &Event, spec: Option<&DispatchRecord>)
     let str_of = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let int_of = |k: &str| data.get(k).and_then(|v| v.as_i64()).map(|v| v as i32);
     let dispatch_id = str_of("dispatch_id").filter(|d| crate::domain::task::dispatches::is_valid_id(d));
-    let at = ev.time().unwrap_or_else(chrono::Utc::now);
+    let at = ev.timestamp;
     let kind_from_type = match ev.event_type {
         EventKind::DispatchTimeout => Some(FailureKind::Timeout),
         EventKind::DispatchLost => Some(FailureKind::Lost),

@@ -14,7 +14,7 @@ pub(crate) mod detect;
 pub(crate) mod records;
 pub(crate) mod sources;
 
-use crate::base::clock::{Clock, SystemClock, format_ts};
+use crate::base::clock::{Clock, SystemClock};
 use crate::base::error::Result;
 use crate::domain::scheduler_state::{self, Actor};
 use crate::domain::task::dispatches;
@@ -171,7 +171,7 @@ impl FailurePatterns {
     }
 
     fn save_state(&mut self) -> Result<()> {
-        self.state.updated_at = Some(format_ts(self.clock.now()));
+        self.state.updated_at = Some(self.clock.now());
         let path = self.store.home().failure_pattern_state();
         if let Some(dir) = path.parent() {
             atomic::create_dir_all(dir)?;

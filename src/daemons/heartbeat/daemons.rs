@@ -3,7 +3,7 @@
 //! daemon reports it to pm with a `daemon_hung` event (once per episode) and `daemon_recovered`
 //! when the mark moves again.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::{Timestamp, format_ts};
 use crate::base::daemon_name::Daemon;
 use crate::base::error::Result;
 use crate::store::Store;
@@ -31,7 +31,7 @@ pub(crate) fn check_marks(
             }
         };
         let Some(mark) = crate::store::daemon_mark::read_mark(home, daemon) else { continue };
-        let Some(beat) = parse_ts(&mark.heartbeat_at) else { continue };
+        let beat = mark.heartbeat_at;
         let hung_at = beat + hung_after;
         if now > hung_at {
             if reported.insert(daemon.to_string()) {
@@ -40,9 +40,9 @@ pub(crate) fn check_marks(
                     Severity::Error,
                     format!(
                         "daemon {daemon} (PID {pid}) has not refreshed its heartbeat mark since {}: pm should restart it",
-                        mark.heartbeat_at
+                        format_ts(beat)
                     ),
-                    json!({"daemon": daemon, "pid": pid, "heartbeat_at": mark.heartbeat_at,
+                    json!({"daemon": daemon, "pid": pid, "heartbeat_at": format_ts(beat),
                            "age_seconds": (now - beat).num_seconds(), "hung_after_seconds": hung_after_seconds}),
                 )?;
             }
@@ -52,7 +52,7 @@ pub(crate) fn check_marks(
                     EventKind::DaemonRecovered,
                     Severity::Info,
                     format!("daemon {daemon} (PID {pid}) refreshes its heartbeat mark again"),
-                    json!({"daemon": daemon, "pid": pid, "heartbeat_at": mark.heartbeat_at}),
+                    json!({"daemon": daemon, "pid": pid, "heartbeat_at": format_ts(beat)}),
                 )?;
             }
             let at = hung_at + chrono::Duration::milliseconds(1);

@@ -10,7 +10,7 @@ use super::policy::HeartbeatPolicy;
 use super::process;
 use super::record::{HealthRecord, HeartbeatRecord, store_record};
 use super::zombie;
-use crate::base::clock::{Clock, Timestamp, format_ts, parse_ts};
+use crate::base::clock::{Clock, Timestamp, format_ts};
 use crate::base::error::Result;
 use crate::domain::task::dispatch_record;
 use crate::domain::task::dispatches::list_bucket;
@@ -270,7 +270,7 @@ impl Monitor {
         let prev = HeartbeatRecord::of(spec);
         let seen = beat::observe(&home.heartbeat_file(id));
         let alive = crate::base::procfs::is_alive(pid, proc_start_ticks);
-        let started = parse_ts(started_at).unwrap_or(now);
+        let started = *started_at;
         // A process that never heartbeats ages from its start only when the policy requires
         // heartbeats; otherwise being alive is its heartbeat.
         let aging = seen.last.is_some() || policy.require_heartbeat;

@@ -78,7 +78,7 @@ fn claim(
         Some(reserved) => {
             budget.used = budget.used.saturating_add(used);
             budget.recompute();
-            budget.last_updated = Some(format_ts(now));
+            budget.last_updated = Some(now);
             store.write_locked(&budget_guard, &budget)?;
             reserved.saturating_sub(used)
         }
@@ -100,7 +100,7 @@ fn claim(
     });
     current.heartbeat = Some(serde_json::to_value(&hb)?);
     current.tokens_used = Some(used);
-    current.state = DispatchState::Zombie { ended_at: format_ts(now), reason: reason.to_string() };
+    current.state = DispatchState::Zombie { ended_at: now, reason: reason.to_string() };
     dispatch_record::end_in(store.home(), &current, SpecBucket::Zombie)?;
     drop(specs_guard);
     Ok(Some(current))

@@ -2,7 +2,7 @@
 //! computation is here (not in the daemon) so the API's `/metrics` can call it too.
 
 use super::sample::{self, ProcSample};
-use crate::base::clock::{Clock, format_ts, parse_ts};
+use crate::base::clock::{Clock, Timestamp};
 use crate::base::error::Result;
 use crate::domain::scheduler_state::SchedulerState;
 use crate::domain::task::{DispatchState, DispatchStatus, TaskQueue, TaskStatus, TokenBudget, dispatches};
@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// One line of `coordination/metrics/metrics-snapshots.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    pub timestamp: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub timestamp: Timestamp,
     pub workers: Workers,
     pub tokens: Tokens,
     pub tasks: Tasks,
@@ -209,7 +210,7 @@ impl Collector {
             let cpu = reading.as_ref().and_then(|s| sample::cpu_percent(s, self.prev.get(&pid)));
             let uptime = crate::store::daemon_mark::read_mark(home, name)
                 .filter(|m| m.pid == pid)
-                .and_then(|m| parse_ts(&m.started_at))
+                .map(|m| m.started_at)
                 .map(|t| (now - t).num_seconds().max(0))
                 .or_else(|| reading.as_ref().map(|s| s.age_s as i64));
             out.insert(
@@ -237,7 +238,7 @@ impl Collector {
             .map(|s| if s.is_paused() { "paused" } else { "running" }.to_string())
             .unwrap_or_else(|_| "unknown".into());
         Ok(Snapshot {
-            timestamp: format_ts(now),
+            timestamp: now,
             workers: collect_workers(store)?,
             tokens: collect_tokens(store)?,
             tasks: collect_tasks(store, &mut self.archive)?,

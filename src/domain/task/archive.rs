@@ -13,6 +13,7 @@
 pub mod segment;
 
 use super::model::{Task, TaskStatus};
+use crate::base::clock::Timestamp;
 use crate::base::error::{Error, Result};
 use crate::store::files::TASK_ARCHIVE;
 use crate::store::{Store, jsonl};
@@ -233,16 +234,12 @@ pub fn statuses(store: &Store, ids: &HashSet<String>) -> Result<HashMap<String, 
 pub struct ArchivedEnd {
     pub status: TaskStatus,
     pub dispatches: usize,
-    pub completed_at: Option<String>,
+    pub completed_at: Option<Timestamp>,
 }
 
 impl ArchivedEnd {
     pub fn of(t: &Task) -> ArchivedEnd {
-        ArchivedEnd {
-            status: t.state.status(),
-            dispatches: t.dispatches.len(),
-            completed_at: t.completed_at().map(str::to_string),
-        }
+        ArchivedEnd { status: t.state.status(), dispatches: t.dispatches.len(), completed_at: t.completed_at() }
     }
 }
 
@@ -557,9 +554,13 @@ mod tests {
     fn ended(id: &str, status: TaskStatus, at: &str) -> Task {
         use crate::domain::task::model::TaskState;
         let state = match status {
-            TaskStatus::Completed => TaskState::Completed { started_at: None, completed_at: at.into() },
-            TaskStatus::Failed => TaskState::Failed { started_at: None, completed_at: at.into() },
-            _ => TaskState::Cancelled { started_at: None, completed_at: at.into() },
+            TaskStatus::Completed => {
+                TaskState::Completed { started_at: None, completed_at: crate::base::clock::parse_ts(at).unwrap() }
+            }
+            TaskStatus::Failed => {
+                TaskState::Failed { started_at: None, completed_at: crate::base::clock::parse_ts(at).unwrap() }
+            }
+            _ => TaskState::Cancelled { started_at: None, completed_at: crate::base::clock::parse_ts(at).unwrap() },
         };
         Task { state, ..Task::sample(id) }
     }

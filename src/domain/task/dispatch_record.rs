@@ -48,10 +48,10 @@ pub(crate) fn final_bucket(rec: &DispatchRecord) -> SpecBucket {
 pub fn read_spec(store: &Store, path: &Path) -> Result<Option<DispatchRecord>> {
     match store.read_value_at(path, Some(DISPATCH_SCHEMA))? {
         None => Ok(None),
-        Some(v) => serde_json::from_value(v).map(Some).map_err(|e| Error::Invalid {
+        Some(v) => crate::store::decode_value(&v).map(Some).map_err(|(pointer, expected)| Error::Invalid {
             path: path.to_path_buf(),
-            pointer: String::new(),
-            expected: crate::base::schema::bounded(&e.to_string(), crate::base::schema::MAX_EXPECTED_CHARS),
+            pointer,
+            expected,
             quarantined: None,
         }),
     }
@@ -238,7 +238,7 @@ mod tests {
             task_id: "t1".into(),
             worker_type: "shell".into(),
             state: DispatchState::Starting,
-            dispatched_at: "2026-01-01T00:00:00Z".into(),
+            dispatched_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
             attempt: 1,
             command: vec!["true".into()],
             budget_reserved: 0,
@@ -261,7 +261,10 @@ mod tests {
 
     fn ended(id: &str) -> DispatchRecord {
         DispatchRecord {
-            state: DispatchState::Lost { ended_at: "2026-01-01T00:01:00Z".into(), reason: "test".into() },
+            state: DispatchState::Lost {
+                ended_at: crate::base::clock::parse_ts("2026-01-01T00:01:00Z").unwrap(),
+                reason: "test".into(),
+            },
             ..record(id)
         }
     }

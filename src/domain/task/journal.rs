@@ -35,6 +35,7 @@
 //! unchanged; its first write is a compaction that adds the header.
 
 use super::model::{QueueCounts, Task, TaskQueue};
+use crate::base::clock::Timestamp;
 use crate::base::error::{Error, Result};
 use crate::store::Store;
 use crate::store::files::{TASK_QUEUE, TASK_QUEUE_JOURNAL};
@@ -62,8 +63,8 @@ pub struct Commit {
     /// How many task/removal lines the group has before this commit line.
     pub lines: u64,
     pub intake_offset: u64,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
     /// The queue's counts after this commit (for O(1) status reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<QueueCounts>,
@@ -264,7 +265,7 @@ fn apply(queue: &mut TaskQueue, groups: Vec<(Vec<Op>, Commit)>) -> Option<Commit
             }
         }
         queue.intake_offset = commit.intake_offset;
-        queue.updated_at = commit.updated_at.clone();
+        queue.updated_at = commit.updated_at;
         last = Some(commit);
     }
     queue.tasks = slots.into_iter().flatten().collect();
@@ -640,7 +641,7 @@ pub fn write_change(store: &Store, before: &TaskQueue, after: &TaskQueue, pos: &
         before.tasks.iter().filter(|t| !now.contains(t.task_id.as_str())).map(|t| t.task_id.clone()).collect();
     let commit = Commit {
         intake_offset: after.intake_offset,
-        updated_at: after.updated_at.clone(),
+        updated_at: after.updated_at,
         counts: Some(QueueCounts::of(&after.tasks)),
         ..Commit::default()
     };

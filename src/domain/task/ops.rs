@@ -115,12 +115,10 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
         },
         None => None,
     };
-    let now = chrono::Utc::now();
+    let now = crate::base::clock::now();
     let not_before = match new.delay_seconds {
         Some(d) if !(d.is_finite() && d >= 0.0) => return Err(bad(format!("--delay must not be negative ({d})"))),
-        Some(d) if d > 0.0 => {
-            Some(format_ts(now + chrono::Duration::from_std(Duration::from_secs_f64(d)).unwrap_or_default()))
-        }
+        Some(d) if d > 0.0 => Some(now + chrono::Duration::from_std(Duration::from_secs_f64(d)).unwrap_or_default()),
         _ => None,
     };
     let task_id = match new.task_id {
@@ -142,7 +140,7 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
         worker_type: worker_type.clone(),
         command: new.command,
         state: TaskState::Queued { waiting_reason: not_before.as_ref().map(|_| WaitingReason::Delay) },
-        created_at: format_ts(now),
+        created_at: now,
         created_by: new.created_by.filter(|c| !c.is_empty()).unwrap_or_else(crate::domain::scheduler_state::local_user),
         attempts: 0,
         max_attempts,
@@ -159,7 +157,7 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
     intake::append(store, &task)?;
     if log {
         let rec = DecisionRecord {
-            timestamp: task.created_at.clone(),
+            timestamp: task.created_at,
             task_id: task.task_id.clone(),
             description,
             worker_type,
@@ -222,7 +220,7 @@ pub fn list_tasks(store: &Store, filter: &TaskFilter) -> Result<Vec<Task>> {
         return Ok(out);
     }
     let mut out: Vec<Task> = live.into_iter().filter(keep).collect();
-    out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    out.sort_by_key(|a| a.created_at);
     if let Some(after) = &filter.after_id {
         match out.iter().position(|t| &t.task_id == after) {
             Some(p) => {
@@ -273,7 +271,7 @@ pub fn cancel_task(store: &Store, task_id: &str, actor: &str, wait: Duration) ->
         };
         match &t.state {
             TaskState::Queued { .. } | TaskState::PendingRetry { .. } => {
-                t.state = TaskState::Cancelled { started_at: None, completed_at: now_string() };
+                t.state = TaskState::Cancelled { started_at: None, completed_at: crate::base::clock::now() };
                 let mut r = t.result.clone().unwrap_or_default();
                 r.error = Some(format!("cancelled by {actor} before it ran"));
                 t.result = Some(r);
@@ -324,7 +322,7 @@ pub fn fold_records(store: &Store, records: &[DispatchRecord]) -> Result<Vec<que
     let (ended, budget_changed) =
         queue::fold_ended(&mut q, &mut b, records, &config.retry, &SystemClock, &mut || fastrand::f64());
     if !ended.is_empty() {
-        q.updated_at = Some(now_string());
+        q.updated_at = Some(crate::base::clock::now());
         store.write_locked(&qguard, &q)?;
     }
     if budget_changed {
@@ -357,11 +355,12 @@ pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::store::events::Eve
             EventKind::TaskRetryScheduled,
             Severity::Warning,
             format!(
-                "Task {} attempt {}/{} failed ({}); retry at {at}",
+                "Task {} attempt {}/{} failed ({}); retry at {}",
                 e.task_id,
                 e.attempts,
                 e.max_attempts,
-                e.result.error.as_deref().unwrap_or("failed")
+                e.result.error.as_deref().unwrap_or("failed"),
+                format_ts(*at)
             ),
         ),
         queue::Outcome::Failed => (
@@ -384,7 +383,7 @@ pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::store::events::Eve
             "status": e.outcome.as_str(), "attempts": e.attempts, "max_attempts": e.max_attempts,
             "exit_code": e.result.exit_code, "signal": e.result.signal, "error": e.result.error,
             "tokens_used": e.result.tokens_used, "duration_seconds": e.result.duration_seconds,
-            "next_retry_at": match &e.outcome { queue::Outcome::RetryAt(at) => Some(at.as_str()), _ => None },
+            "next_retry_at": match &e.outcome { queue::Outcome::RetryAt(at) => Some(format_ts(*at)), _ => None },
         }),
     )
 }
@@ -414,7 +413,7 @@ pub fn retry_task(store: &Store, task_id: &str, actor: &str) -> Result<Task> {
                 t.status().as_str()
             )));
         }
-        t.state = TaskState::PendingRetry { next_retry_at: now_string(), waiting_reason: None };
+        t.state = TaskState::PendingRetry { next_retry_at: crate::base::clock::now(), waiting_reason: None };
         if t.attempts >= t.max_attempts {
             t.max_attempts = t.attempts + 1;
         }

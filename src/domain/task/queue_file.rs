@@ -62,7 +62,7 @@ pub(crate) fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut Vali
     let schema = files::TASK_QUEUE.schema;
     let envelope = TaskQueue {
         tasks: Vec::new(),
-        updated_at: queue.updated_at.clone(),
+        updated_at: queue.updated_at,
         intake_offset: queue.intake_offset,
         journal_generation: queue.journal_generation,
         counts: queue.counts.clone(),
@@ -133,7 +133,7 @@ mod tests {
     fn queue(n: usize) -> TaskQueue {
         TaskQueue {
             tasks: (0..n).map(|i| task(&format!("task-{i}"))).collect(),
-            updated_at: Some("2026-01-01T00:00:00.000000Z".into()),
+            updated_at: Some(crate::base::clock::parse_ts("2026-01-01T00:00:00.000000Z").unwrap()),
             intake_offset: 42,
             ..TaskQueue::default()
         }
@@ -179,8 +179,10 @@ mod tests {
         let mut q = queue(2);
         encode(p, &q, Some(&mut validated)).unwrap();
         let before = validated.seen.clone();
-        q.tasks[0].state =
-            TaskState::Cancelled { started_at: None, completed_at: "2026-01-01T00:00:01.000000Z".into() };
+        q.tasks[0].state = TaskState::Cancelled {
+            started_at: None,
+            completed_at: crate::base::clock::parse_ts("2026-01-01T00:00:01.000000Z").unwrap(),
+        };
         encode(p, &q, Some(&mut validated)).unwrap();
         assert_ne!(validated.seen["task-0"], before["task-0"]);
         assert_eq!(validated.seen["task-1"], before["task-1"]);

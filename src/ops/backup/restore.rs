@@ -505,8 +505,12 @@ fn recover_stage(stage: &Path) -> Result<&'static str> {
     let outcome = if stage.join(COMMITTED_FILE).exists() {
         "already committed; its leftovers were removed"
     } else if let Ok(bytes) = fs::read(stage.join(PLAN_FILE)) {
-        let plan: Plan = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::other(format!("cannot read {}: {e}", stage.join(PLAN_FILE).display())))?;
+        let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+            path: stage.join(PLAN_FILE),
+            pointer: String::new(),
+            expected: e.to_string(),
+            quarantined: None,
+        })?;
         for s in plan.swaps.iter().rev() {
             let swapped = fs::symlink_metadata(&s.target).map(|m| m.ino() == s.staged_ino).unwrap_or(false);
             if swapped {

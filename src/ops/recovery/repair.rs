@@ -136,7 +136,7 @@ fn beside(path: &Path, suffix: &str) -> PathBuf {
     if !first.exists() {
         return first;
     }
-    PathBuf::from(format!("{}{suffix}.{}", path.display(), chrono::Utc::now().format("%Y%m%d-%H%M%S%.6f")))
+    PathBuf::from(format!("{}{suffix}.{}", path.display(), crate::base::clock::now().format("%Y%m%d-%H%M%S%.6f")))
 }
 
 fn rel(store: &Store, path: &Path) -> String {
@@ -434,9 +434,8 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
     let _guard = if dry_run { None } else { Some(store.lock(files::TOKEN_BUDGET)?) };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
     let default: crate::domain::task::model::TokenBudget =
-        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?).map_err(|e| {
-            Error::other(format!("the built-in default of {} does not decode: {e}", files::TOKEN_BUDGET.rel))
-        })?;
+        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?)
+            .map_err(|e| Error::encode(format!("the built-in default of {}", files::TOKEN_BUDGET.rel), e))?;
     let mut budget = default.clone();
     budget.total = salvage_number(&bytes, "total").unwrap_or(default.total);
     budget.used = salvage_number(&bytes, "used").unwrap_or(0);
@@ -444,7 +443,7 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
         budget.reservations.insert(d.dispatch_id.clone(), d.budget_reserved);
     }
     budget.recompute();
-    budget.last_updated = Some(crate::base::clock::now_string());
+    budget.last_updated = Some(crate::base::clock::now());
     let corrupt = beside(path, ".corrupt");
     let msg = format!(
         "{problem}: copy kept at {}; rebuilt with total {}, used {}, {} reservation(s) of active dispatches",
@@ -531,7 +530,10 @@ mod archive_tests {
         let (_dir, store) = crate::store::fresh_store();
         let tasks: Vec<Task> = (0..20)
             .map(|i| {
-                let state = TaskState::Completed { started_at: None, completed_at: "2026-01-01T00:00:00Z".into() };
+                let state = TaskState::Completed {
+                    started_at: None,
+                    completed_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
+                };
                 Task { state, ..Task::sample(&format!("task-{i:04}")) }
             })
             .collect();

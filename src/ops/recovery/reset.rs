@@ -94,10 +94,8 @@ pub(crate) fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
                 atomic::write_atomic(&p, b"")?;
             }
         }
-        let default: TokenBudget =
-            serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?).map_err(|e| {
-                Error::other(format!("the built-in default of {} does not decode: {e}", files::TOKEN_BUDGET.rel))
-            })?;
+        let default: TokenBudget = serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?)
+            .map_err(|e| Error::encode(format!("the built-in default of {}", files::TOKEN_BUDGET.rel), e))?;
         let total = std::fs::read(store.path(files::TOKEN_BUDGET))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())

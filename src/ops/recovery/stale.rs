@@ -53,12 +53,12 @@ fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -
             if !is_alive(*pid, *proc_start_ticks) {
                 return Some((format!("process {pid} is gone"), false));
             }
-            let since = last_heartbeat(rec).or_else(|| parse_ts(started_at))?;
+            let since = last_heartbeat(rec).unwrap_or(*started_at);
             (now - since > limit).then(|| {
                 (
                     format!(
                         "running for {} with no heartbeat in the last {}",
-                        crate::base::clock::human_duration((now - parse_ts(started_at).unwrap_or(since)).num_seconds()),
+                        crate::base::clock::human_duration((now - *started_at).num_seconds()),
                         crate::base::clock::human_duration(limit.num_seconds())
                     ),
                     true,
@@ -66,7 +66,7 @@ fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -
             })
         }
         DispatchState::Starting => {
-            let since = parse_ts(&rec.dispatched_at)?;
+            let since = rec.dispatched_at;
             (now - since > limit).then(|| {
                 (
                     format!(
@@ -90,7 +90,8 @@ pub(crate) fn recover_stale(
     dry_run: bool,
 ) -> Result<StaleReport> {
     let home = store.home();
-    let limit = chrono::Duration::from_std(older_than).map_err(|e| Error::other(e.to_string()))?;
+    let limit = chrono::Duration::from_std(older_than)
+        .map_err(|e| Error::Config { path: None, detail: format!("--older-than {older_than:?}: {e}") })?;
     let mut report = StaleReport { dry_run, ..Default::default() };
     let guard = if dry_run { None } else { Some(store.lock_named(crate::store::LockName::WorkerSpecs)?) };
     for rec in crate::domain::task::dispatches::list_bucket(store, SpecBucket::Active)? {
@@ -111,8 +112,7 @@ pub(crate) fn recover_stale(
             stop_group(pid, pgid, proc_start_ticks, grace);
         }
         let mut ended = rec.clone();
-        ended.state =
-            DispatchState::Lost { ended_at: crate::base::clock::format_ts(clock.now()), reason: reason.clone() };
+        ended.state = DispatchState::Lost { ended_at: clock.now(), reason: reason.clone() };
         dispatch_record::end_in(home, &ended, SpecBucket::Failed)?;
         let _ = std::fs::remove_file(cancel_request_path(home, &rec.dispatch_id));
         let _ = store.emit(

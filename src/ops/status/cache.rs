@@ -9,7 +9,7 @@
 //!
 //! A one-shot reader (the CLI) simply reads everything once.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::base::error::{Error, Result};
 use crate::domain::scheduler_state::SchedulerState;
 use crate::domain::task::dispatches::read_spec;
@@ -118,7 +118,6 @@ impl QueueSummary {
 pub struct SpecEntry {
     pub bucket: SpecBucket,
     pub record: DispatchRecord,
-    pub dispatched: Option<Timestamp>,
 }
 
 impl SpecEntry {
@@ -229,10 +228,9 @@ impl EventTail {
             let cutoff = now - self.keep;
             for line in lines {
                 if let Ok(ev) = serde_json::from_slice::<Event>(line)
-                    && let Some(t) = ev.time()
-                    && t >= cutoff
+                    && ev.timestamp >= cutoff
                 {
-                    self.events.push_back((t, ev));
+                    self.events.push_back((ev.timestamp, ev));
                 }
             }
             self.offset += end as u64 + 1;
@@ -333,7 +331,7 @@ impl StatusReader {
         let journal = self.store.path(crate::store::files::TASK_QUEUE_JOURNAL);
         self.created.get_with(&self.home().task_queue(), Some(&journal), || {
             let q = self.store.load::<TaskQueue>()?;
-            let created = q.tasks.iter().filter_map(|t| Some((t.task_id.clone(), parse_ts(&t.created_at)?))).collect();
+            let created = q.tasks.iter().map(|t| (t.task_id.clone(), t.created_at)).collect();
             Ok(QueueCreated { created })
         })
     }
@@ -420,10 +418,7 @@ impl StatusReader {
                 continue;
             }
             let rec = match read_spec(&self.store, &entry.path()) {
-                Ok(Some(rec)) => {
-                    let dispatched = parse_ts(&rec.dispatched_at);
-                    Ok(Arc::new(SpecEntry { bucket, record: rec, dispatched }))
-                }
+                Ok(Some(rec)) => Ok(Arc::new(SpecEntry { bucket, record: rec })),
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!("skipping dispatch spec: {e}");

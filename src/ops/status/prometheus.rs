@@ -115,8 +115,8 @@ pub(crate) fn render(reader: &StatusReader) -> Result<String> {
             continue;
         }
         let created = queue_created.as_ref().and_then(|q| q.created.get(&d.record.task_id));
-        if let (Some(created), Some(dispatched)) = (created, d.dispatched) {
-            latency.observe(((dispatched - *created).num_milliseconds().max(0) as f64) / 1000.0);
+        if let Some(created) = created {
+            latency.observe(((d.record.dispatched_at - *created).num_milliseconds().max(0) as f64) / 1000.0);
         }
     }
     reg.register(

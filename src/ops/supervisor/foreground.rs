@@ -41,7 +41,7 @@ pub(crate) fn run(home: &Home) -> Result<u8> {
     {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-            .map_err(|e| Error::other(format!("cannot install signal handlers: {e}")))?;
+            .map_err(|e| Error::system("install signal handlers", e))?;
         let tx = tx.clone();
         std::thread::spawn(move || {
             for sig in signals.forever() {

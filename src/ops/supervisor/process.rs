@@ -166,7 +166,7 @@ impl DaemonProcess {
             0 => Ok(()),
             _ => match std::io::Error::last_os_error() {
                 e if e.raw_os_error() == Some(nix::libc::ESRCH) => Ok(()),
-                e => Err(Error::other(format!("cannot send {} to PID {}: {e}", sig.as_str(), self.pid))),
+                e => Err(Error::system(format!("send {} to PID {}", sig.as_str(), self.pid), e)),
             },
         }
     }

@@ -78,7 +78,7 @@ impl DaemonStatus {
 /// Seconds since the daemon's mark was refreshed, when the mark belongs to `pid`.
 pub(crate) fn heartbeat_age(home: &Home, daemon: Daemon, pid: u32) -> Option<f64> {
     let mark = read_mark(home, daemon).filter(|m| m.pid == pid)?;
-    let at = crate::base::clock::parse_ts(&mark.heartbeat_at)?;
+    let at = mark.heartbeat_at;
     Some((chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
 }
 

@@ -229,7 +229,7 @@ pub fn build_index(mut reader: impl BufRead) -> std::io::Result<(IndexHeader, Ve
         };
         let entry =
             Entry { task_id: task.task_id.clone(), status: task.status(), offset: start, len: line.len() as u64 };
-        let completed = task.completed_at().map(str::to_string);
+        let completed = task.completed_at().map(crate::base::clock::format_ts);
         by_id.insert(task.task_id, (entry, completed));
     }
     header.bytes = offset;

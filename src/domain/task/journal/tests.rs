@@ -49,7 +49,10 @@ fn a_change_is_appended_not_rewritten_and_every_reader_sees_it() {
     change(&store, |q| q.tasks.extend([task("task-a"), task("task-b")]));
     let snapshot = std::fs::read(store.path(TASK_QUEUE)).unwrap();
     change(&store, |q| {
-        q.tasks[1].state = TaskState::Cancelled { started_at: None, completed_at: "2026-01-01T00:00:01.000000Z".into() }
+        q.tasks[1].state = TaskState::Cancelled {
+            started_at: None,
+            completed_at: crate::base::clock::parse_ts("2026-01-01T00:00:01.000000Z").unwrap(),
+        }
     });
     change(&store, |q| q.tasks.retain(|t| t.task_id != "task-a"));
     assert_eq!(std::fs::read(store.path(TASK_QUEUE)).unwrap(), snapshot, "the snapshot is not rewritten");
@@ -206,7 +209,10 @@ fn counts_are_read_from_the_header_and_the_last_commit_without_loading() {
     change(&store, |q| q.tasks.extend([task("task-a"), task("task-b")]));
     assert_eq!(read_counts(&store).unwrap().map(|c| (c.total, c.queued)), Some((2, 2)), "from the header");
     change(&store, |q| {
-        q.tasks[0].state = TaskState::Cancelled { started_at: None, completed_at: "2026-01-01T00:00:01.000000Z".into() }
+        q.tasks[0].state = TaskState::Cancelled {
+            started_at: None,
+            completed_at: crate::base::clock::parse_ts("2026-01-01T00:00:01.000000Z").unwrap(),
+        }
     });
     let c = read_counts(&store).unwrap().unwrap();
     assert_eq!((c.total, c.queued, c.cancelled), (2, 1, 1), "from the journal's last commit");
