@@ -1,0 +1,17 @@
+//! The task path: queue, runs, crashes, the exit journal, unrecorded dispatches, schedules and
+//! the scheduler switch.
+//!
+//! One module per former test binary; run one area with `cargo test --test task`, one module
+//! with `cargo test --test task <module>::`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod crash;
+mod e2e_schedules;
+mod exit_journal;
+mod queue;
+mod run;
+mod schedule_cli;
+mod scheduler_persistence;
+mod unrecorded;
