@@ -1,5 +1,6 @@
 //! Every endpoint's fields and status codes against a live `cortex-api`.
 use crate::support::api::*;
+use crate::support::records::{completed, failed, running, write_dispatch};
 use crate::support::*;
 
 /// A home whose other daemons are disabled, so health depends on the api daemon and events only.

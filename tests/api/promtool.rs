@@ -1,6 +1,7 @@
 //! `GET /metrics` passes `promtool check metrics` (Debian package `prometheus`). Without
 //! promtool the test is skipped loudly, except under CI (env `CI` set), where it fails.
 use crate::support::api::*;
+use crate::support::records::{completed, failed, running, write_dispatch};
 use crate::support::*;
 use std::io::Write;
 use std::process::{Command, Stdio};

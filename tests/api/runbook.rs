@@ -4,6 +4,7 @@
 //! the test's free port). The other daemons are disabled in this home so that what the lines
 //! read depends only on the files the test sets up.
 use crate::support::api::*;
+use crate::support::records::{completed, failed, running, write_dispatch};
 use crate::support::*;
 
 fn is_ts(s: &str) -> bool {

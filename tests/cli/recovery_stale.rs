@@ -1,4 +1,5 @@
 //! `cortex recover-stale` and `cortex reset` with real processes.
+use crate::support::records::{dispatch, write_dispatch};
 use crate::support::*;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
@@ -14,12 +15,16 @@ fn running_spec(
     started_minutes_ago: i64,
     heartbeat: Option<String>,
 ) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "dispatch_id": id, "task_id": format!("task-{id}"), "worker_type": "scan-worker", "status": "running",
-        "started_at": ago(started_minutes_ago), "pid": pid, "pgid": pid, "proc_start_ticks": ticks,
-        "dispatched_at": ago(started_minutes_ago), "attempt": 1, "command": ["sleep", "30"], "budget_reserved": 100,
-        "timeout_seconds": 7200.0, "stdout_path": "o", "stderr_path": "e"
-    });
+    let at = ago(started_minutes_ago);
+    let mut v = dispatch(
+        id,
+        &format!("task-{id}"),
+        &at,
+        serde_json::json!({
+            "status": "running", "started_at": at, "pid": pid, "pgid": pid, "proc_start_ticks": ticks,
+            "command": ["sleep", "30"], "timeout_seconds": 7200.0,
+        }),
+    );
     if let Some(hb) = heartbeat {
         v["heartbeat"] = serde_json::json!({"last_seen": hb});
     }
@@ -27,8 +32,7 @@ fn running_spec(
 }
 
 fn put(h: &TestHome, bucket: &str, v: &serde_json::Value) {
-    let p = h.join(&format!("coordination/worker-specs/{bucket}/{}.json", v["dispatch_id"].as_str().unwrap()));
-    std::fs::write(p, v.to_string()).unwrap();
+    write_dispatch(h, bucket, v.clone());
 }
 
 fn sleeper() -> std::process::Child {

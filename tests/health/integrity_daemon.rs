@@ -2,6 +2,7 @@
 //! corruption is quarantined and reported with file and field; malformed JSONL lines are
 //! reported once per new count; each cross-file inconsistency is reported once it lasts the
 //! grace period, once, and its resolution is reported too.
+use crate::support::records::{dispatch, task_record};
 use crate::support::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -106,24 +107,17 @@ fn each_kind_of_corruption_is_quarantined_and_reported() {
     assert_eq!(h.events_of("jsonl_malformed_lines").len(), 2);
 }
 
-fn task(id: &str, status: &str, extra: Value) -> Value {
-    let mut t = json!({
-        "task_id": id, "description": "d", "priority": "medium", "worker_type": "scan-worker", "status": status,
-        "created_at": "2026-05-01T09:00:00Z", "created_by": "test", "max_attempts": 3, "budget": 10,
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        t[k] = v.clone();
-    }
-    t
-}
-
 fn running_spec(id: &str, task_id: &str) -> Value {
-    json!({
-        "dispatch_id": id, "task_id": task_id, "worker_type": "scan-worker", "status": "running",
-        "started_at": "2026-05-01T10:00:00Z", "pid": 1, "pgid": 1, "proc_start_ticks": 1,
-        "dispatched_at": "2026-05-01T10:00:00Z", "attempt": 1, "command": ["true"], "budget_reserved": 10,
-        "timeout_seconds": 60.0, "stdout_path": "", "stderr_path": "",
-    })
+    let at = "2026-05-01T10:00:00Z";
+    dispatch(
+        id,
+        task_id,
+        at,
+        json!({
+            "status": "running", "started_at": at, "pid": 1, "pgid": 1, "proc_start_ticks": 1,
+            "command": ["true"], "budget_reserved": 10, "stdout_path": "", "stderr_path": "",
+        }),
+    )
 }
 
 fn inconsistencies(h: &TestHome, kind: &str) -> Vec<Value> {
@@ -143,9 +137,9 @@ fn each_cross_file_inconsistency_is_reported_once_after_the_grace_period() {
         &h,
         "coordination/task-queue.json",
         &serde_json::to_vec(&json!({"tasks": [
-            task("c1", "in_progress", json!({"started_at": started, "dispatch_id": "d-c1"})),
-            task("a1", "in_progress", json!({"started_at": started, "dispatch_id": "d-a1"})),
-            task("b1", "queued", json!({})),
+            task_record("c1", "in_progress", json!({"started_at": started, "dispatch_id": "d-c1"})),
+            task_record("a1", "in_progress", json!({"started_at": started, "dispatch_id": "d-a1"})),
+            task_record("b1", "queued", json!({})),
         ]}))
         .unwrap(),
     );
@@ -215,7 +209,7 @@ fn a_transient_inconsistency_shorter_than_the_grace_period_is_not_reported() {
         &h,
         "coordination/task-queue.json",
         &serde_json::to_vec(&json!({"tasks": [
-            task("t1", "in_progress", json!({"started_at": "2026-05-01T10:00:00Z", "dispatch_id": "d-t1"})),
+            task_record("t1", "in_progress", json!({"started_at": "2026-05-01T10:00:00Z", "dispatch_id": "d-t1"})),
         ]}))
         .unwrap(),
     );

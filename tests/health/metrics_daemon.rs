@@ -1,6 +1,7 @@
 //! The metrics daemon, as a real process: a snapshot line with every field at each interval,
 //! `cortex metrics`, rotation of the snapshot file, and rotation of the event log that loses no
 //! line while other processes append.
+use crate::support::records::{dispatch, task_record};
 use crate::support::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -18,26 +19,7 @@ fn write_json(h: &TestHome, rel: &str, v: &Value) {
 }
 
 fn spec(id: &str, state: Value) -> Value {
-    let mut s = json!({
-        "dispatch_id": id, "task_id": format!("t-{id}"), "worker_type": "scan-worker",
-        "dispatched_at": "2026-05-01T10:00:00Z", "attempt": 1, "command": ["true"], "budget_reserved": 10,
-        "timeout_seconds": 60.0, "stdout_path": "", "stderr_path": "",
-    });
-    for (k, v) in state.as_object().unwrap() {
-        s[k] = v.clone();
-    }
-    s
-}
-
-fn task(id: &str, status: &str, extra: Value) -> Value {
-    let mut t = json!({
-        "task_id": id, "description": "d", "priority": "medium", "worker_type": "scan-worker", "status": status,
-        "created_at": "2026-05-01T09:00:00Z", "created_by": "test", "max_attempts": 3, "budget": 10,
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        t[k] = v.clone();
-    }
-    t
+    dispatch(id, &format!("t-{id}"), "2026-05-01T10:00:00Z", state)
 }
 
 fn snapshots(h: &TestHome) -> Vec<Value> {
@@ -87,20 +69,20 @@ fn snapshot_lines_have_every_field() {
         &h,
         "coordination/task-queue.json",
         &json!({"tasks": [
-            task("q1", "queued", json!({})),
-            task("q2", "queued", json!({})),
-            task("p1", "in_progress", json!({"started_at": ended, "dispatch_id": "a1"})),
-            task("r1", "pending_retry", json!({"next_retry_at": ended})),
-            task("done-twice", "completed", json!({"completed_at": ended})),
+            task_record("q1", "queued", json!({})),
+            task_record("q2", "queued", json!({})),
+            task_record("p1", "in_progress", json!({"started_at": ended, "dispatch_id": "a1"})),
+            task_record("r1", "pending_retry", json!({"next_retry_at": ended})),
+            task_record("done-twice", "completed", json!({"completed_at": ended})),
         ]}),
     );
     // The archive: two completed, one failed, one cancelled, and a task also still in the queue.
     let archive: String = [
-        task("ar1", "completed", json!({"completed_at": ended})),
-        task("ar2", "completed", json!({"completed_at": ended})),
-        task("ar3", "failed", json!({"completed_at": ended})),
-        task("ar4", "cancelled", json!({"completed_at": ended})),
-        task("done-twice", "completed", json!({"completed_at": ended})),
+        task_record("ar1", "completed", json!({"completed_at": ended})),
+        task_record("ar2", "completed", json!({"completed_at": ended})),
+        task_record("ar3", "failed", json!({"completed_at": ended})),
+        task_record("ar4", "cancelled", json!({"completed_at": ended})),
+        task_record("done-twice", "completed", json!({"completed_at": ended})),
     ]
     .iter()
     .map(|t| format!("{t}\n"))

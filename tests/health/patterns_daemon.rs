@@ -1,6 +1,7 @@
 //! The failure-pattern daemon, as a real process over real files: thresholds and confidence,
 //! classification from specs and from events (each failure counted once, across restarts), out of
 //! memory, and the storm guard.
+use crate::support::records::{dispatch, write_dispatch};
 use crate::support::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -14,21 +15,12 @@ fn now() -> String {
 /// Writes a finished spec into `worker-specs/<bucket>/` the way the worker does (temp, rename),
 /// with its stderr file.
 fn write_spec(h: &TestHome, bucket: &str, id: &str, state: Value, stderr: &str) {
-    let mut spec = json!({
-        "dispatch_id": id, "task_id": format!("t-{id}"), "worker_type": "scan-worker",
-        "dispatched_at": now(), "attempt": 1, "command": ["scan"], "budget_reserved": 100,
-        "timeout_seconds": 60.0,
-        "stdout_path": format!("agents/logs/workers/{id}.out"),
-        "stderr_path": format!("agents/logs/workers/{id}.err"),
-    });
+    let mut fields = json!({"command": ["scan"]});
     for (k, v) in state.as_object().unwrap() {
-        spec[k] = v.clone();
+        fields[k] = v.clone();
     }
     std::fs::write(h.join(&format!("agents/logs/workers/{id}.err")), stderr).unwrap();
-    let dir = h.join(&format!("coordination/worker-specs/{bucket}"));
-    let tmp = dir.join(format!(".tmp.{id}"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-    std::fs::rename(&tmp, dir.join(format!("{id}.json"))).unwrap();
+    write_dispatch(h, bucket, dispatch(id, &format!("t-{id}"), &now(), fields));
 }
 
 fn exit_failure(h: &TestHome, id: &str, n: usize) {

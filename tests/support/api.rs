@@ -1,6 +1,6 @@
 //! Support for the API and scheduler tests: a live `cortex-api` on a free port in a temporary
-//! home, a raw HTTP/1.1 client (so tests control every byte), config edits, and fabricated
-//! dispatch records.
+//! home, a raw HTTP/1.1 client (so tests control every byte), config edits; fabricated dispatch
+//! records are `records`'.
 #![allow(dead_code)]
 
 use crate::support::*;
@@ -195,71 +195,6 @@ pub fn json_request(
     let v = serde_json::from_slice(&body)
         .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {}", String::from_utf8_lossy(&body)));
     (status, v)
-}
-
-/// Writes a dispatch record into `coordination/worker-specs/<bucket>/<id>.json`.
-pub fn write_dispatch(h: &TestHome, bucket: &str, record: serde_json::Value) {
-    let id = record["dispatch_id"].as_str().expect("dispatch_id").to_string();
-    let dir = h.join(&format!("coordination/worker-specs/{bucket}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let tmp = dir.join(format!(".tmp-{id}"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
-    std::fs::rename(&tmp, dir.join(format!("{id}.json"))).unwrap();
-}
-
-/// A dispatch record with the given state fields (`{"status": "running", "pid": ...}`).
-pub fn dispatch(id: &str, task: &str, dispatched_at: &str, state: serde_json::Value) -> serde_json::Value {
-    let mut rec = serde_json::json!({
-        "dispatch_id": id,
-        "task_id": task,
-        "worker_type": "scan-worker",
-        "dispatched_at": dispatched_at,
-        "attempt": 1,
-        "command": ["sh", "-c", "true"],
-        "budget_reserved": 100,
-        "timeout_seconds": 60.0,
-        "stdout_path": format!("agents/logs/workers/{id}.out"),
-        "stderr_path": format!("agents/logs/workers/{id}.err"),
-    });
-    for (k, v) in state.as_object().expect("state object") {
-        rec[k] = v.clone();
-    }
-    rec
-}
-
-/// A running dispatch (the pid is this test process: alive, and never signalled by these tests).
-pub fn running(id: &str, task: &str) -> serde_json::Value {
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    dispatch(
-        id,
-        task,
-        &now,
-        serde_json::json!({"status": "running", "started_at": now, "pid": std::process::id(), "pgid": std::process::id(), "proc_start_ticks": 0}),
-    )
-}
-
-/// A completed dispatch, dispatched `ago` seconds ago.
-pub fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
-    let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
-    let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    dispatch(
-        id,
-        task,
-        &ts,
-        serde_json::json!({"status": "completed", "ended_at": ts, "exit_code": 0, "duration_s": 1.5}),
-    )
-}
-
-/// A failed dispatch, dispatched `ago` seconds ago.
-pub fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
-    let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
-    let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    dispatch(
-        id,
-        task,
-        &ts,
-        serde_json::json!({"status": "failed", "ended_at": ts, "exit_code": 2, "error": "exit status 2"}),
-    )
 }
 
 /// Runs runbook lines with `sh -c` against the API on `port` (the runbooks' `127.0.0.1:8900`

@@ -3,8 +3,9 @@
 //! would write them.
 #![allow(dead_code)]
 
+use crate::support::records::{dispatch, typed};
 use cortex::home::{Home, SpecBucket};
-use cortex::task::{DispatchRecord, DispatchState, Priority, Task, TaskQueue, TaskState, TokenBudget};
+use cortex::task::{DispatchRecord, Priority, Task, TaskQueue, TaskState, TokenBudget};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -60,26 +61,16 @@ pub fn running_spec(
     started_at: &str,
     budget: u64,
 ) -> DispatchRecord {
-    DispatchRecord {
-        dispatch_id: id.into(),
-        task_id: task_id.into(),
-        worker_type: worker_type.into(),
-        state: DispatchState::Running {
-            started_at: started_at.into(),
-            pid: group.pid,
-            pgid: group.pid,
-            proc_start_ticks: group.ticks,
-        },
-        dispatched_at: started_at.into(),
-        attempt: 1,
-        command: vec!["sh".into()],
-        budget_reserved: budget,
-        timeout_seconds: 3600.0,
-        stdout_path: format!("agents/logs/workers/{id}.out"),
-        stderr_path: format!("agents/logs/workers/{id}.err"),
-        heartbeat: None,
-        tokens_used: None,
-    }
+    typed(dispatch(
+        id,
+        task_id,
+        started_at,
+        serde_json::json!({
+            "worker_type": worker_type, "status": "running", "started_at": started_at,
+            "pid": group.pid, "pgid": group.pid, "proc_start_ticks": group.ticks,
+            "command": ["sh"], "budget_reserved": budget, "timeout_seconds": 3600.0,
+        }),
+    ))
 }
 
 pub fn write_spec(home: &Home, bucket: SpecBucket, spec: &DispatchRecord) {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod faults;
 pub mod health;
+pub mod records;
 pub mod reexec;
 pub mod supervisor;
 pub mod task;

@@ -2,6 +2,7 @@
 //! daemon down, double pause/resume succeed and change nothing, every transition is audited
 //! (who, from where, why), and a failed pause (lock timeout) is a 500 that changes nothing.
 use crate::support::api::*;
+use crate::support::records::{running, write_dispatch};
 use crate::support::*;
 use std::time::Duration;
 
