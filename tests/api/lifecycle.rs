@@ -331,7 +331,7 @@ impl KeepAlive {
 fn tmpfs_home() -> TestHome {
     match tempfile::Builder::new().prefix("cortex-test-").tempdir_in("/dev/shm") {
         Ok(dir) => {
-            let h = TestHome { dir };
+            let h = TestHome::in_dir(dir);
             h.cortex_ok(&["init"]);
             h
         }

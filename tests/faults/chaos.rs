@@ -65,7 +65,7 @@ impl Kind {
 /// A home on tmpfs when there is one (this test checks consistency under faults, not the disk).
 fn shm_home() -> TestHome {
     let h = match tempfile::Builder::new().prefix("cortex-chaos-").tempdir_in("/dev/shm") {
-        Ok(dir) => TestHome { dir },
+        Ok(dir) => TestHome::in_dir(dir),
         Err(_) => TestHome::empty(),
     };
     h.cortex_ok(&["init"]);

@@ -14,6 +14,7 @@
 //! And the disk filling up while tasks run through the coordinator and the worker: nothing is
 //! lost or run twice at once, nobody spins, and the run finishes by itself once space is back.
 use crate::support::faults::*;
+use crate::support::fleet::Fleet;
 use crate::support::*;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -143,7 +144,7 @@ fn assert_fails_for_space(out: &std::process::Output, what: &str) {
 #[test]
 fn full_disk_loses_nothing_spins_nothing_and_resumes() {
     let Some(mnt) = Tmpfs::mount("4M") else { return };
-    let h = TestHome { dir: tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap() };
+    let h = TestHome::in_dir(tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap());
     h.cortex_ok(&["init"]);
     let mut fleet = Fleet::start(&h);
     h.cortex_ok(&["backup"]);
@@ -190,12 +191,12 @@ fn full_disk_loses_nothing_spins_nothing_and_resumes() {
     for (name, share) in &shares {
         assert!(*share < 0.25, "cortex-{name} used {:.0}% of a core while the disk was full", share * 100.0);
     }
-    fleet.assert_alive(&h, "the full disk");
+    fleet.assert_alive("the full disk");
     eprintln!("CPU share per daemon on a full disk: {shares:?}");
 
     // Space comes back: every daemon notices by itself and records what failed.
     unfill(mnt.path());
-    fleet.assert_loops_running(&h, chrono::Utc::now(), "space coming back");
+    fleet.assert_loops_running(chrono::Utc::now(), "space coming back");
     wait_until(Duration::from_secs(20), "every daemon records its failed writes", || {
         let reported: Vec<String> = h
             .events_of("storage_write_failed")
@@ -325,7 +326,7 @@ fn unparseable_json(h: &TestHome) -> Vec<String> {
 #[test]
 fn disk_full_while_tasks_run_loses_no_task_runs_none_twice_and_resumes() {
     let Some(mnt) = Tmpfs::mount("6M") else { return };
-    let h = TestHome { dir: tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap() };
+    let h = TestHome::in_dir(tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap());
     h.cortex_ok(&["init"]);
     let port = configure_fast(&h);
     task::configure(
@@ -400,7 +401,7 @@ fn disk_full_while_tasks_run_loses_no_task_runs_none_twice_and_resumes() {
     for (name, share) in &shares {
         assert!(*share < 0.25, "cortex-{name} used {:.0}% of a core on the full disk", share * 100.0);
     }
-    fleet.assert_alive(&h, "the full disk");
+    fleet.assert_alive("the full disk");
     let bad = unparseable_json(&h);
     assert!(bad.is_empty(), "JSON files not parseable on the full disk: {bad:?}");
     let started_while_full = marks(&log).iter().filter(|m| m.start).count();
@@ -538,7 +539,7 @@ fn disk_full_while_tasks_run_loses_no_task_runs_none_twice_and_resumes() {
 #[test]
 fn worker_records_an_end_it_could_not_write_once_space_is_back_not_lost() {
     let Some(mnt) = Tmpfs::mount("4M") else { return };
-    let h = TestHome { dir: tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap() };
+    let h = TestHome::in_dir(tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap());
     h.cortex_ok(&["init"]);
     task::configure(
         &h,
@@ -604,7 +605,7 @@ fn worker_records_an_end_it_could_not_write_once_space_is_back_not_lost() {
 #[test]
 fn task_archived_by_a_cycle_whose_queue_write_failed_is_not_archived_again() {
     let Some(mnt) = Tmpfs::mount("4M") else { return };
-    let h = TestHome { dir: tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap() };
+    let h = TestHome::in_dir(tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap());
     h.cortex_ok(&["init"]);
     let _coordinator = task::start(&h, "coordinator");
     let _worker = task::start(&h, "worker");
@@ -656,7 +657,7 @@ fn task_archived_by_a_cycle_whose_queue_write_failed_is_not_archived_again() {
 #[test]
 fn dispatch_the_worker_could_not_record_running_is_retried_not_cancelled() {
     let Some(mnt) = Tmpfs::mount("4M") else { return };
-    let h = TestHome { dir: tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap() };
+    let h = TestHome::in_dir(tempfile::Builder::new().prefix("home-").tempdir_in(mnt.path()).unwrap());
     h.cortex_ok(&["init"]);
     task::configure(&h, &[("retry", "backoff_strategy", "\"none\""), ("retry", "backoff_base_seconds", "0.1")]);
     let _coordinator = task::start(&h, "coordinator");

@@ -16,6 +16,7 @@
 //! exec, before Cortex runs. So the CLI paths carry 120 KB values, and the 1 MB description goes
 //! through `cortex::schedule::add`, the call the CLI makes, then is read back with the CLI.
 use crate::support::faults::*;
+use crate::support::fleet::Fleet;
 use crate::support::*;
 use std::path::Path;
 use std::time::Duration;
@@ -172,7 +173,7 @@ fn metacharacters_newlines_escapes_and_big_values_are_stored_exactly_and_shown_s
     no_side_effects(cwd.path());
     assert!(!h.join("PWNED1").exists() && !Path::new("PWNED1").exists());
     let since = chrono::Utc::now();
-    fleet.assert_loops_running(&h, since, "hostile field values");
+    fleet.assert_loops_running(since, "hostile field values");
     wait_until(Duration::from_secs(10), "the API serves /status", || {
         matches!(api::try_request(fleet.api_port, "GET", "/status", &[], b""), Ok((200, _)))
     });
@@ -375,5 +376,5 @@ fn hostile_task_fields_inject_nothing_are_stored_exactly_and_shown_safely() {
     let out = run(&["validate"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     no_side_effects(cwd.path());
-    fleet.assert_loops_running(&h, chrono::Utc::now(), "hostile task fields");
+    fleet.assert_loops_running(chrono::Utc::now(), "hostile task fields");
 }

@@ -18,6 +18,7 @@
 //! all on 2 cores (measured: 73 s for the whole file at 100 MB, 48 s at 1 MB), too much for every
 //! run. 16 MB already exceeds every buffer and limit in the readers.
 use crate::support::faults::*;
+use crate::support::fleet::Fleet;
 use crate::support::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -152,7 +153,7 @@ impl Case<'_> {
         if must_report && !events_link {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while self.reports() <= reported_before {
-                fleet.assert_alive(self.h, &what);
+                fleet.assert_alive(&what);
                 if std::time::Instant::now() > deadline {
                     let log = std::fs::read(self.h.join("coordination/dashboard-events.jsonl")).unwrap_or_default();
                     let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(3000)..]).into_owned();
@@ -161,7 +162,7 @@ impl Case<'_> {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        fleet.assert_alive(self.h, &what);
+        fleet.assert_alive(&what);
 
         let out = self.h.cortex(&["validate"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -172,7 +173,7 @@ impl Case<'_> {
             self.assert_lines_quarantined(&bad_bytes, &what);
             assert_eq!(std::fs::read(&self.decoy).unwrap(), decoy_before, "{what}: written through the link");
             put(&self.path, self.original.as_deref(), None);
-            fleet.assert_alive(self.h, &format!("{what}, then folded away"));
+            fleet.assert_alive(&format!("{what}, then folded away"));
             return;
         }
         if must_report {
@@ -215,7 +216,7 @@ impl Case<'_> {
             self.rel,
             String::from_utf8_lossy(&out.stdout)
         );
-        fleet.assert_alive(self.h, &format!("{what}, then put back"));
+        fleet.assert_alive(&format!("{what}, then put back"));
     }
 }
 
@@ -259,7 +260,7 @@ fn every_coordination_file_hostile_in_turn_daemons_survive_report_quarantine_rec
         cases += 1;
     }
     let since = chrono::Utc::now();
-    fleet.assert_loops_running(&h, since, "all hostile files");
+    fleet.assert_loops_running(since, "all hostile files");
     // Still serving.
     let (code, _) = api::try_request(fleet.api_port, "GET", "/status", &[], b"").expect("api answers");
     assert_eq!(code, 200);

@@ -6,6 +6,7 @@
 //!   names no `/tmp` path outside its tests;
 //! - the API refuses an IPv6 wildcard bind without tokens (the IPv4 case is in `tests/api/auth.rs`).
 use crate::support::faults::*;
+use crate::support::fleet::Fleet;
 use crate::support::reexec;
 use crate::support::*;
 use std::os::unix::fs::PermissionsExt;

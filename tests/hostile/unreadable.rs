@@ -7,6 +7,7 @@
 //! as root, the home belongs to `nobody` and the daemons and the CLI run as `nobody` (uid 65534,
 //! set with setuid/setgid in the child before exec); as any other user they run as that user.
 use crate::support::faults::*;
+use crate::support::fleet::Fleet;
 use crate::support::*;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -61,7 +62,7 @@ fn unreadable_files_are_reported_and_survived_then_recovered() {
         // byte): for that one file the report is `cortex validate` alone.
         if f.rel != "dashboard-events.jsonl" {
             wait_until(Duration::from_secs(30), &format!("a report that {rel} cannot be read"), || {
-                fleet.assert_alive(&h, &format!("{rel} unreadable"));
+                fleet.assert_alive(&format!("{rel} unreadable"));
                 file_events(&h, "integration_validation_failed", &rel)
                     .iter()
                     .skip(reported_before)
@@ -72,7 +73,7 @@ fn unreadable_files_are_reported_and_survived_then_recovered() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "validate passed with {rel} unreadable:\n{stdout}");
         assert!(stdout.contains(&rel) && stdout.contains("unreadable"), "validate does not name {rel}:\n{stdout}");
-        fleet.assert_alive(&h, &format!("{rel} unreadable"));
+        fleet.assert_alive(&format!("{rel} unreadable"));
 
         std::fs::set_permissions(&path, meta.permissions()).unwrap();
         let now = std::fs::read(&path).unwrap();
@@ -90,7 +91,7 @@ fn unreadable_files_are_reported_and_survived_then_recovered() {
         cases += 1;
     }
     assert!(cases >= 10, "only {cases} files checked");
-    fleet.assert_loops_running(&h, chrono::Utc::now(), "unreadable files");
+    fleet.assert_loops_running(chrono::Utc::now(), "unreadable files");
     eprintln!(
         "unreadable: {cases} files, daemons as {}",
         if is_root() { "nobody (dropped from root)" } else { "the test user" }

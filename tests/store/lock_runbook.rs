@@ -4,6 +4,7 @@
 //! `scripts/start-cortex.sh`. There must still be exactly one process per daemon for this home,
 //! `cortex status` must say RUNNING, `cortex stop` must stop them all, and no task may run twice.
 
+use crate::support::fleet::Fleet;
 use crate::support::supervisor::*;
 use crate::support::*;
 use std::collections::HashMap;

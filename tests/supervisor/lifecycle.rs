@@ -1,4 +1,5 @@
 //! `cortex start`, `stop`, `status`, `health-check` with the real daemon binaries.
+use crate::support::fleet::Fleet;
 use crate::support::supervisor::*;
 use crate::support::*;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ fn start_all_status_running_double_start_noop_stop_all() {
         assert!(line.contains(" MB, ") && line.ends_with("% CPU)"), "{line}");
     }
     assert!(status.contains("Scheduler: running") && status.contains("Tasks: 0 queued, 0 in progress"), "{status}");
-    assert!(status.contains(&format!("API: http://127.0.0.1:{}", f.port)), "{status}");
+    assert!(status.contains(&format!("API: http://127.0.0.1:{}", f.api_port)), "{status}");
     let json: serde_json::Value = serde_json::from_str(&f.ok(&["--json", "status"])).unwrap();
     assert_eq!(json["all_running"], true);
     assert_eq!(json["daemons"][0]["state"], "running");

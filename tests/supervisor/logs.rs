@@ -1,5 +1,6 @@
 //! `cortex logs`: rotation while a daemon logs at full speed loses and duplicates nothing;
 //! clean, archive, tail and tail -f across a rotation.
+use crate::support::fleet::Fleet;
 use crate::support::supervisor::*;
 use crate::support::*;
 use std::io::{BufRead, Read};

@@ -1,5 +1,6 @@
 //! The pm daemon keeps the others alive: restart within 2 s of a SIGKILL, exponential backoff,
 //! give up after the start limit, catch a hung daemon, never fight `cortex stop`.
+use crate::support::fleet::Fleet;
 use crate::support::supervisor::*;
 use crate::support::*;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! `cortex restart --rolling`: one daemon at a time, all but one always running, and a stop at
 //! the first daemon that fails readiness, leaving the rest running.
+use crate::support::fleet::Fleet;
 use crate::support::supervisor::*;
 use cortex::daemon::DAEMONS;
 use std::sync::Arc;

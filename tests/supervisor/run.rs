@@ -1,6 +1,7 @@
 //! `cortex run`: the foreground supervisor for systemd. Starts every daemon as its child, tells
 //! the notify socket READY=1 and WATCHDOG=1, restarts a killed daemon (pm steps aside), and on
 //! SIGTERM stops them all.
+use crate::support::fleet::Fleet;
 use crate::support::supervisor::*;
 use crate::support::*;
 use cortex::daemon::DAEMONS;

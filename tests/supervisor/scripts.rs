@@ -1,6 +1,7 @@
 //! The wrappers: `scripts/start-cortex.sh`, `scripts/stop-cortex.sh`,
 //! `scripts/dashboards/daemon-monitor.sh` with the runbook's flags, and the menu of
 //! `scripts/wizards/daemon-control.sh`.
+use crate::support::fleet::Fleet;
 use crate::support::supervisor::*;
 use crate::support::*;
 use std::path::PathBuf;
@@ -73,7 +74,7 @@ fn daemon_control_wizard_menu() {
             .env("CORTEX_HOME", f.h.path())
             .env_remove("COMMIT_RELAY_HOME")
             .env("CORTEX_BIN_DIR", bin_dir())
-            .env("CORTEX_API_BIND", format!("127.0.0.1:{}", f.port))
+            .env("CORTEX_API_BIND", format!("127.0.0.1:{}", f.api_port))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -103,7 +104,7 @@ fn start_and_stop_cortex_wrappers() {
     let s = text(&out.stdout);
     assert!(out.status.success(), "{s}{}", text(&out.stderr));
     assert!(s.contains("worker: started") && s.contains("api: RUNNING"), "{s}");
-    assert!(s.contains(&format!("API address: http://127.0.0.1:{}", f.port)), "{s}");
+    assert!(s.contains(&format!("API address: http://127.0.0.1:{}", f.api_port)), "{s}");
     assert!(cortex::daemon::DAEMONS.iter().all(|d| f.ready(d).is_some()));
     let out = script(&f, "scripts/stop-cortex.sh", &["--force"]);
     assert!(out.status.success(), "{}", text(&out.stdout));

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod faults;
+pub mod fleet;
 pub mod health;
 pub mod records;
 pub mod reexec;
@@ -24,9 +25,11 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-/// A fresh home in a temporary directory, initialised with `cortex init`.
+/// A fresh home in a temporary directory, initialised with `cortex init`. Clones share the
+/// directory, removed when the last one is dropped (a `Fleet` keeps the home it runs in).
+#[derive(Clone)]
 pub struct TestHome {
-    pub dir: tempfile::TempDir,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 impl TestHome {
@@ -43,7 +46,12 @@ impl TestHome {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new().prefix("cortex-test-").tempdir().expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod 0700 the home");
-        TestHome { dir }
+        TestHome::in_dir(dir)
+    }
+
+    /// A home in a temporary directory the test made itself (on a tmpfs, in /dev/shm), as is.
+    pub fn in_dir(dir: tempfile::TempDir) -> TestHome {
+        TestHome { dir: std::sync::Arc::new(dir) }
     }
 
     pub fn path(&self) -> &Path {

@@ -1,117 +1,10 @@
-//! Support for the supervisor tests: a home whose daemons are stopped (SIGKILL) when the test
-//! ends, its own API port, and quick looks at PID files and marks through the library.
+//! Support for the supervisor tests (their home and daemons are a `Fleet::new`): processes and
+//! their threads, and the operator's scripts run on the fleet's home.
 #![allow(dead_code)]
 
+use crate::support::fleet::Fleet;
 use crate::support::*;
-use cortex::Home;
-use cortex::pidfile::{self, PidStatus};
 use std::process::{Command, Output};
-use std::time::Duration;
-
-pub struct Fleet {
-    pub h: TestHome,
-    pub port: u16,
-}
-
-impl Fleet {
-    /// A fresh home; `toml` replaces its cortex.toml. Unless it says otherwise, daemons get 60 s to
-    /// become ready: the test machine may be heavily loaded, and a fast start passes at once.
-    pub fn new(toml: &str) -> Fleet {
-        let h = TestHome::new();
-        let toml = if toml.contains("ready_timeout_seconds") {
-            toml.to_string()
-        } else if toml.contains("[supervisor]\n") {
-            toml.replace("[supervisor]\n", "[supervisor]\nready_timeout_seconds = 60.0\n")
-        } else {
-            format!("{toml}\n[supervisor]\nready_timeout_seconds = 60.0\n")
-        };
-        std::fs::write(h.join("cortex.toml"), toml).unwrap();
-        Fleet { h, port: free_port() }
-    }
-
-    pub fn home(&self) -> Home {
-        Home::at(self.h.path())
-    }
-
-    /// `cortex --home H ...` with this fleet's API port.
-    pub fn cmd(&self) -> Command {
-        let mut c = self.h.cmd();
-        c.env("CORTEX_API_BIND", format!("127.0.0.1:{}", self.port));
-        c
-    }
-
-    pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("run cortex")
-    }
-
-    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut c = self.cmd();
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.args(args).output().expect("run cortex")
-    }
-
-    /// Runs and asserts success; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cortex {args:?} failed ({}): {}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    /// The PID of a running daemon (its PID file is locked).
-    pub fn pid(&self, daemon: &str) -> Option<u32> {
-        match pidfile::status(&self.home(), daemon) {
-            Ok(PidStatus::Running(p)) if p != 0 => Some(p),
-            _ => None,
-        }
-    }
-
-    pub fn status_of(&self, daemon: &str) -> PidStatus {
-        pidfile::status(&self.home(), daemon).unwrap()
-    }
-
-    /// The PID of a daemon that runs and has marked itself ready.
-    pub fn ready(&self, daemon: &str) -> Option<u32> {
-        self.pid(daemon).filter(|p| cortex::supervisor::process::is_ready(&self.home(), daemon, *p))
-    }
-
-    /// Waits until `daemon` is ready with a PID other than `not`.
-    pub fn wait_ready_other(&self, daemon: &str, not: Option<u32>, timeout: Duration) -> u32 {
-        let mut got = 0;
-        wait_until(timeout, &format!("{daemon} ready with a new PID"), || {
-            got = self.ready(daemon).filter(|p| Some(*p) != not).unwrap_or(0);
-            got != 0
-        });
-        got
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // Show what the daemons said, to explain the failure.
-            for d in cortex::daemon::DAEMONS {
-                let log = std::fs::read_to_string(self.h.join(&format!("agents/logs/system/{d}-daemon.log")))
-                    .unwrap_or_default();
-                if !log.is_empty() {
-                    let lines: Vec<&str> = log.lines().collect();
-                    eprintln!(
-                        "--- {d}-daemon.log (last lines)\n{}",
-                        lines[lines.len().saturating_sub(15)..].join("\n")
-                    );
-                }
-            }
-        }
-        let _ = self.run(&["stop", "--force"]);
-    }
-}
 
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -153,7 +46,7 @@ pub fn run_script(f: &Fleet, rel: &str, args: &[&str], cron: bool) -> Output {
         .env("CORTEX_HOME", f.h.path())
         .env_remove("COMMIT_RELAY_HOME")
         .env("CORTEX_BIN_DIR", bin_dir())
-        .env("CORTEX_API_BIND", format!("127.0.0.1:{}", f.port))
+        .env("CORTEX_API_BIND", format!("127.0.0.1:{}", f.api_port))
         .stdin(std::process::Stdio::null());
     if cron {
         cmd.env("CORTEX_BIN", bin("cortex"));

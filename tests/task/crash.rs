@@ -136,7 +136,7 @@ fn many_trivial_tasks_end_consistent() {
     // On tmpfs when there is one: this test checks consistency, not the disk (see scripts/bench.sh).
     let h = match tempfile::Builder::new().prefix("cortex-test-").tempdir_in("/dev/shm") {
         Ok(dir) => {
-            let h = TestHome { dir };
+            let h = TestHome::in_dir(dir);
             h.cortex_ok(&["init"]);
             h
         }
