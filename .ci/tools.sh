@@ -14,3 +14,30 @@ for tool in jq curl; do
     apt-get update -qq >/dev/null && apt-get install -y -qq "$tool" >/dev/null
   fi
 done
+# Slurm (slurmctld, slurmd, slurm-client: 22.05 on bookworm) for the Slurm executor's tests, which
+# start their own single-node cluster on loopback (scripts/slurm-dev.sh). The packages' maintainer
+# scripts would start munge and the Slurm daemons and enable them at boot: a policy-rc.d refusing
+# every start (placed only if the host has none, removed after) covers invoke-rc.d and
+# deb-systemd-invoke, and the units are disabled again, so nothing runs or starts machine-wide.
+# munge is installed as a dependency but not used (the dev cluster runs auth/none).
+if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1 \
+  || ! command -v sbatch >/dev/null 2>&1; then
+  echo "installing slurmctld slurmd slurm-client (no service started)" >&2
+  slurm_policy_placed=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    slurm_policy_placed=1
+  fi
+  slurm_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      slurmctld slurmd slurm-client >/dev/null
+  }
+  slurm_install 2>/dev/null || { apt-get update -qq >/dev/null && slurm_install; }
+  if [ -n "$slurm_policy_placed" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  for unit in slurmctld slurmd munge; do
+    deb-systemd-helper disable "$unit.service" >/dev/null 2>&1 || true
+    update-rc.d "$unit" disable >/dev/null 2>&1 || true
+  done
+  unset -f slurm_install
+  unset slurm_policy_placed
+fi

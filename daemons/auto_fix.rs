@@ -1,5 +1,5 @@
 //! cortex-auto-fix: the auto-fix daemon. Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run(cortex::daemon_name::Daemon::AutoFix, cortex::autofix::run_loop)
+    cortex::daemons::daemon::run(cortex::base::daemon_name::Daemon::AutoFix, cortex::daemons::auto_fix::run_loop)
 }

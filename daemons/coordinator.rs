@@ -1,5 +1,5 @@
 //! cortex-coordinator: the coordinator daemon. Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run(cortex::daemon_name::Daemon::Coordinator, cortex::coordinator::run_loop)
+    cortex::daemons::daemon::run(cortex::base::daemon_name::Daemon::Coordinator, cortex::daemons::coordinator::run_loop)
 }

@@ -1,5 +1,5 @@
 //! cortex-heartbeat: the heartbeat daemon. Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run(cortex::daemon_name::Daemon::Heartbeat, cortex::heartbeat::run_loop)
+    cortex::daemons::daemon::run(cortex::base::daemon_name::Daemon::Heartbeat, cortex::daemons::heartbeat::run_loop)
 }

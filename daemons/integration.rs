@@ -1,5 +1,5 @@
 //! cortex-integration: the integration daemon (validator). Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run(cortex::daemon_name::Daemon::Integration, cortex::integrity::run_loop)
+    cortex::daemons::daemon::run(cortex::base::daemon_name::Daemon::Integration, cortex::daemons::integration::run_loop)
 }

@@ -1,5 +1,5 @@
 //! cortex-pm: the pm daemon. Its loop lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cortex::daemon::run(cortex::daemon_name::Daemon::Pm, cortex::pm::run_loop)
+    cortex::daemons::daemon::run(cortex::base::daemon_name::Daemon::Pm, cortex::daemons::pm::run_loop)
 }

@@ -2,41 +2,21 @@
 //!
 //! The library owns every file format, lock, path and policy; the binaries (`cortex` and the
 //! `cortex-*` daemons in `daemons/`) are thin. See ARCHITECTURE.md for the code map.
+//!
+//! The folders are layers, each importing only from the layers below it (and, sideways, from
+//! itself): [`base`] → [`store`] → [`domain`] → [`ops`] → [`daemons`] → [`cli`]. The test
+//! `layering::no_import_goes_up_a_layer` (`src/layering.rs`) fails on an import that goes up.
 
-pub mod api;
-pub mod autofix;
-pub mod backup;
+pub mod base;
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod coordinator;
-pub mod daemon;
-pub mod daemon_name;
-pub mod error;
-pub mod files;
-pub mod heartbeat;
-pub mod home;
-pub mod home_trust;
-pub mod init;
-pub mod integrity;
-pub mod logging;
-pub mod logs;
-pub mod metrics;
-pub mod patterns;
-pub mod pidfile;
-pub mod pm;
-pub mod procfs;
-pub mod recovery;
-pub mod schedule;
-pub mod scheduler;
-pub mod schema;
-pub mod status;
+pub mod daemons;
+pub mod domain;
+pub mod ops;
 pub mod store;
-pub mod supervisor;
-pub mod task;
-pub mod validate;
-pub mod worker;
 
-pub use error::{Error, Result};
-pub use home::Home;
+pub use base::error::{Error, Result};
 pub use store::Store;
+pub use store::home::Home;
+
+#[cfg(test)]
+mod layering;

@@ -4,7 +4,7 @@
 //! gzip header). A verified archive must hold only what its manifest lists, at safe paths.
 #![no_main]
 
-use cortex::backup::{manifest, verify};
+use cortex::ops::backup::{manifest, verify};
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! path that stays inside the home.
 #![no_main]
 
-use cortex::backup::manifest;
+use cortex::ops::backup::manifest;
 use libfuzzer_sys::fuzz_target;
 use std::path::{Component, Path};
 

@@ -2,7 +2,7 @@
 //! or is refused with an error; a loaded configuration is the same after a save and a reload.
 #![no_main]
 
-use cortex::config::Config;
+use cortex::store::config::Config;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 

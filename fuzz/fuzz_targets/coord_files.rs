@@ -7,8 +7,8 @@
 #![no_main]
 
 use cortex::Store;
-use cortex::files::{self, FileKind};
-use cortex::home::Home;
+use cortex::store::files::{self, FileKind};
+use cortex::store::home::Home;
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -32,7 +32,7 @@ fn store() -> &'static (Store, tempfile::TempDir) {
 fn round_trip<D: Serialize + DeserializeOwned>(schema: &str, value: &Value) {
     let Ok(doc) = D::deserialize(value) else { return };
     let back = serde_json::to_value(&doc).expect("a decoded document encodes");
-    let broken = cortex::schema::check(schema, &back, 1);
+    let broken = cortex::base::schema::check(schema, &back, 1);
     assert!(broken.is_empty(), "{schema}: a document that loads cannot be written back: {broken:?}\nloaded: {value}");
     let again: D = D::deserialize(&back).expect("a written document loads again");
     assert_eq!(serde_json::to_value(&again).unwrap(), back, "{schema}: not stable across a write and a read");
@@ -50,21 +50,21 @@ fuzz_target!(|data: &[u8]| {
     let (store, _dir) = store();
     let path: PathBuf = store.home().coord(rel);
 
-    let report = cortex::validate::check_json_bytes(rel, content, Some(schema));
+    let report = cortex::ops::validate::check_json_bytes(rel, content, Some(schema));
     let parsed = store.parse_checked(&path, content, Some(schema));
     assert_eq!(report.is_ok(), parsed.is_ok(), "validate and the store disagree on {rel}: {report:?} vs {parsed:?}");
     let Ok(value) = parsed else { return };
 
-    use cortex::task::{DispatchRecord, TaskQueue, TokenBudget};
+    use cortex::domain::task::{DispatchRecord, TaskQueue, TokenBudget};
     match schema {
         "task-queue" => round_trip::<TaskQueue>(schema, &value),
         "token-budget" => round_trip::<TokenBudget>(schema, &value),
-        "scheduler-state" => round_trip::<cortex::scheduler::SchedulerState>(schema, &value),
-        "schedules" => round_trip::<cortex::schedule::Schedules>(schema, &value),
-        "circuit-breakers" => round_trip::<cortex::autofix::breaker::Breakers>(schema, &value),
-        "auto-fix-registry" => round_trip::<cortex::autofix::registry::FixRegistry>(schema, &value),
-        "worker-restart-policy" => round_trip::<cortex::autofix::RestartPolicy>(schema, &value),
-        "heartbeat-policy" => round_trip::<cortex::heartbeat::HeartbeatPolicy>(schema, &value),
+        "scheduler-state" => round_trip::<cortex::domain::scheduler_state::SchedulerState>(schema, &value),
+        "schedules" => round_trip::<cortex::domain::schedule::Schedules>(schema, &value),
+        "circuit-breakers" => round_trip::<cortex::daemons::auto_fix::breaker::Breakers>(schema, &value),
+        "auto-fix-registry" => round_trip::<cortex::daemons::auto_fix::registry::FixRegistry>(schema, &value),
+        "worker-restart-policy" => round_trip::<cortex::daemons::auto_fix::RestartPolicy>(schema, &value),
+        "heartbeat-policy" => round_trip::<cortex::daemons::heartbeat::HeartbeatPolicy>(schema, &value),
         "dispatch" => round_trip::<DispatchRecord>(schema, &value),
         _ => {}
     }

@@ -3,8 +3,8 @@
 //! must lie within the bytes given and within the limits; nothing may panic.
 #![no_main]
 
-use cortex::api::auth::Tokens;
-use cortex::api::http::{MAX_HEAD_BYTES, Parsed, parse, percent_decode};
+use cortex::store::api_tokens::Tokens;
+use cortex::daemons::api::http::{MAX_HEAD_BYTES, Parsed, parse, percent_decode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,9 +5,9 @@
 #![no_main]
 
 use cortex::Store;
-use cortex::files;
-use cortex::home::Home;
-use cortex::task::TaskQueue;
+use cortex::store::files;
+use cortex::store::home::Home;
+use cortex::domain::task::TaskQueue;
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = std::fs::remove_file(&folded);
     std::fs::write(&intake, data).unwrap();
     let mut queue = TaskQueue::default();
-    let fold = match cortex::task::intake::fold(store, &mut queue) {
+    let fold = match cortex::domain::task::intake::fold(store, &mut queue) {
         Ok(Some(fold)) => fold,
         Ok(None) => {
             assert!(data.is_empty(), "a non-empty intake was not folded");
@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(fold.added.len(), queue.tasks.len());
     assert!(fold.added.iter().all(|id| ids.contains(id.as_str())));
     let back = serde_json::to_value(&queue).expect("a folded queue encodes");
-    let broken = cortex::schema::check(files::TASK_QUEUE.schema, &back, 1);
+    let broken = cortex::base::schema::check(files::TASK_QUEUE.schema, &back, 1);
     assert!(broken.is_empty(), "the folded queue would be refused on write: {broken:?}");
     let again: TaskQueue = serde_json::from_value(back.clone()).expect("the folded queue loads again");
     assert_eq!(serde_json::to_value(&again).unwrap(), back);

@@ -4,7 +4,7 @@
 //! same lines.
 #![no_main]
 
-use cortex::files::{self, FileKind};
+use cortex::store::files::{self, FileKind};
 use cortex::store::jsonl;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -27,10 +27,10 @@ fuzz_target!(|data: &[u8]| {
 
     let values: jsonl::JsonlRead<Value> = jsonl::read_bytes(content);
     assert_eq!(values.records.len() + values.bad_count(), non_blank);
-    let events: jsonl::JsonlRead<cortex::events::Event> = jsonl::read_bytes(content);
+    let events: jsonl::JsonlRead<cortex::store::events::Event> = jsonl::read_bytes(content);
     assert_eq!(events.records.len() + events.bad_count(), non_blank);
 
-    let report = cortex::validate::check_jsonl_bytes(file.rel, content, Some(file.schema));
+    let report = cortex::ops::validate::check_jsonl_bytes(file.rel, content, Some(file.schema));
     assert_eq!(report.lines, Some(non_blank));
     assert!(report.bad_lines.unwrap_or(0) >= values.bad_count());
     assert_eq!(report.is_ok(), report.bad_lines == Some(0));

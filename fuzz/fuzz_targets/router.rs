@@ -8,7 +8,7 @@
 //! `-rss_limit_mb` catches a blow-up).
 #![no_main]
 
-use cortex::task::router::{RouterConfig, RouterRule, compile_pattern};
+use cortex::domain::task::router::{RouterConfig, RouterRule, compile_pattern};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use chrono::{DateTime, Duration, Utc};
-use cortex::schedule::expr::{Expr, parse_cron, parse_every, parse_tz};
+use cortex::domain::schedule::expr::{Expr, parse_cron, parse_every, parse_tz};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,12 +1,12 @@
 //! `cortex backup` and `cortex restore`.
 
-use super::text::{safe, safe_or, safe_path};
 use super::{Ctx, print_json};
-use crate::backup::create::{self, BackupOptions};
-use crate::backup::restore::{self, RestoreOptions, Scope};
-use crate::backup::{ArchiveKind, retention, verify};
-use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::base::text::{safe, safe_or, safe_path};
+use crate::ops::backup::create::{self, BackupOptions};
+use crate::ops::backup::restore::{self, RestoreOptions, Scope};
+use crate::ops::backup::{ArchiveKind, retention, verify};
+use crate::store::config::Config;
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 
@@ -137,7 +137,7 @@ fn resolve_file(ctx: &Ctx, file: &Path) -> Result<PathBuf> {
 
 pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
     let config = lenient_config(ctx);
-    let dir = args.dest.as_deref().map(absolute).unwrap_or_else(|| crate::backup::backup_dir(&ctx.home, &config));
+    let dir = args.dest.as_deref().map(absolute).unwrap_or_else(|| crate::ops::backup::backup_dir(&ctx.home, &config));
     if args.list {
         return list(ctx, &dir);
     }

@@ -1,9 +1,9 @@
 //! `cortex breaker list` and `cortex breaker reset TYPE`: the circuit breakers per worker type.
 
-use super::text::safe;
 use super::{Ctx, print_json};
-use crate::autofix::breaker::{self, BreakerState, Breakers};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::base::text::safe;
+use crate::daemons::auto_fix::breaker::{self, BreakerState, Breakers};
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -48,7 +48,7 @@ pub fn run(ctx: &Ctx, cmd: BreakerCommand) -> Result<u8> {
             Ok(0)
         }
         BreakerCommand::Reset { worker_type } => {
-            let by = format!("cli ({})", crate::scheduler::local_user());
+            let by = format!("cli ({})", crate::domain::scheduler_state::local_user());
             match breaker::reset(&store, &worker_type, &by, chrono::Utc::now())? {
                 None => Err(Error::refused(format!("no circuit breaker for worker type {worker_type:?}"))),
                 Some(_) => {

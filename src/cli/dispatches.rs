@@ -1,10 +1,10 @@
 //! `cortex dispatches [--status S] [--task ID] [--json]`: the dispatch records in
 //! `worker-specs/`, as `GET /dispatches` shows them.
 
-use super::text::safe;
 use super::{Ctx, print_json};
-use crate::error::{Error, Result};
-use crate::status::{StatusReader, parse_dispatch_status};
+use crate::base::error::{Error, Result};
+use crate::base::text::safe;
+use crate::ops::status::{StatusReader, parse_dispatch_status};
 use clap::Args;
 use serde_json::json;
 
@@ -25,7 +25,7 @@ pub fn run(ctx: &Ctx, args: DispatchesArgs) -> Result<u8> {
         .map(parse_dispatch_status)
         .transpose()
         .map_err(|detail| Error::Config { path: None, detail })?;
-    let reader = StatusReader::new(ctx.store()?, crate::config::Config::load(&ctx.home)?);
+    let reader = StatusReader::new(ctx.store()?, crate::store::config::Config::load(&ctx.home)?);
     let views: Vec<_> = reader
         .dispatches()?
         .iter()

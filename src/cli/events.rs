@@ -2,7 +2,7 @@
 //! and `cortex event ack ID|--all [--note TEXT]`.
 
 use super::{Ctx, print_json};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::store::events::Severity;
 use clap::Subcommand;
 use serde_json::Value;
@@ -93,24 +93,24 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
             if ctx.json {
                 print_json(&event);
             } else {
-                println!("{}", super::text::safe(&event.id));
+                println!("{}", crate::base::text::safe(&event.id));
             }
             Ok(0)
         }
         EventCommand::Ack { id, all, note } => {
-            use crate::store::events::acks::{AckTarget, acknowledge};
+            use crate::{ops::status::acknowledge::AckTarget, ops::status::acknowledge::acknowledge};
             let store = ctx.store()?;
-            let reader = crate::status::StatusReader::new(store, crate::config::Config::load(&ctx.home)?);
+            let reader = crate::ops::status::StatusReader::new(store, crate::store::config::Config::load(&ctx.home)?);
             let target = match id {
                 Some(id) if !all => AckTarget::Event(id),
                 _ => AckTarget::All,
             };
-            let by = format!("{} (cli)", crate::scheduler::local_user());
+            let by = format!("{} (cli)", crate::domain::scheduler_state::local_user());
             let out = acknowledge(&reader, &target, &by, note.as_deref(), chrono::Utc::now())?;
             if ctx.json {
                 print_json(&out);
             } else {
-                println!("{}", super::text::safe(&out.message));
+                println!("{}", crate::base::text::safe(&out.message));
                 if out.changed && out.acknowledged.len() > 1 {
                     println!("{} error/critical event(s) acknowledged", out.acknowledged.len());
                 }
@@ -119,7 +119,7 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
         }
         EventCommand::List { event_type, min_severity, since, limit } => {
             let since = since
-                .map(|s| crate::clock::parse_duration(&s).map_err(|e| Error::Config { path: None, detail: e }))
+                .map(|s| crate::base::clock::parse_duration(&s).map_err(|e| Error::Config { path: None, detail: e }))
                 .transpose()?
                 // A span reaching before the calendar's start means "everything".
                 .map(|d| {
@@ -144,11 +144,11 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                 for e in &events {
                     println!(
                         "{} {:8} {:24} {:12} {}",
-                        super::text::safe(&e.timestamp),
+                        crate::base::text::safe(&e.timestamp),
                         e.severity.as_str(),
-                        super::text::safe(e.event_type.as_str()),
-                        super::text::safe(&e.source),
-                        super::text::safe(&e.message)
+                        crate::base::text::safe(e.event_type.as_str()),
+                        crate::base::text::safe(&e.source),
+                        crate::base::text::safe(&e.message)
                     );
                 }
                 if !read.bad_lines.is_empty() {

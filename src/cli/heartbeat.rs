@@ -3,7 +3,7 @@
 //! increments `sequence` and writes the file atomically; `--tokens` also updates the usage file.
 
 use super::{Ctx, print_json};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ fn env_path(var: &str) -> Option<PathBuf> {
 }
 
 pub fn run(ctx: &Ctx, args: HeartbeatArgs) -> Result<u8> {
-    let valid_id = args.dispatch.as_deref().filter(|id| crate::task::dispatches::is_valid_id(id));
+    let valid_id = args.dispatch.as_deref().filter(|id| crate::domain::task::dispatches::is_valid_id(id));
     if let Some(id) = args.dispatch.as_deref()
         && valid_id.is_none()
     {
@@ -36,7 +36,7 @@ pub fn run(ctx: &Ctx, args: HeartbeatArgs) -> Result<u8> {
             detail: "no heartbeat file: run this from a task (CORTEX_HEARTBEAT_FILE or CORTEX_DISPATCH_ID is set there) or pass --dispatch ID".into(),
         },
     )?;
-    let beat = crate::heartbeat::beat::record(&path, args.tokens, args.message, chrono::Utc::now())?;
+    let beat = crate::daemons::heartbeat::beat::record(&path, args.tokens, args.message, chrono::Utc::now())?;
     if let Some(tokens) = args.tokens
         && let Some(usage) = env_path("CORTEX_USAGE_FILE").or_else(|| valid_id.map(|id| ctx.home.usage_file(id)))
     {
@@ -49,8 +49,8 @@ pub fn run(ctx: &Ctx, args: HeartbeatArgs) -> Result<u8> {
         println!(
             "heartbeat {} recorded at {} ({})",
             beat.sequence,
-            super::text::safe(&beat.timestamp),
-            super::text::safe_path(&path)
+            crate::base::text::safe(&beat.timestamp),
+            crate::base::text::safe_path(&path)
         );
     }
     Ok(0)

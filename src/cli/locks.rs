@@ -1,9 +1,9 @@
 //! `cortex locks [--json]`: every lock of the home, free or held, who holds it (the kernel's
 //! lock table, not the note in the file) and since when: the runbook drill's lock probe.
 
-use super::text::safe;
 use super::{Ctx, print_json};
-use crate::error::Result;
+use crate::base::error::Result;
+use crate::base::text::safe;
 use crate::store::inventory::LockInfo;
 
 pub fn run(ctx: &Ctx) -> Result<u8> {

@@ -1,9 +1,9 @@
 //! `cortex logs rotate|reopen|clean|archive|tail`.
 
-use super::text::{safe, safe_path};
 use super::{Ctx, print_json};
-use crate::config::{Config, parse_size};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::base::text::{safe, safe_path};
+use crate::store::config::{Config, parse_size};
 use clap::Subcommand;
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ pub enum LogsCommand {
 }
 
 fn age(s: &str) -> Result<Duration> {
-    crate::clock::parse_duration(s).map_err(|detail| Error::Config { path: None, detail })
+    crate::base::clock::parse_duration(s).map_err(|detail| Error::Config { path: None, detail })
 }
 
 fn human_bytes(n: u64) -> String {
@@ -70,7 +70,7 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
             let size_text = max_size.unwrap_or_else(|| config.logs.max_size.clone());
             let max = parse_size(&size_text).map_err(|detail| Error::Config { path: None, detail })?;
             let keep = keep.unwrap_or(config.logs.keep);
-            let rotated = crate::logs::rotate(home, max, keep, Duration::from_secs(5))?;
+            let rotated = crate::ops::logs::rotate(home, max, keep, Duration::from_secs(5))?;
             if ctx.json {
                 print_json(&rotated);
             } else if rotated.is_empty() {
@@ -89,7 +89,7 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
             Ok(if rotated.iter().all(|r| r.reopened != Some(false)) { 0 } else { 1 })
         }
         LogsCommand::Reopen => {
-            let done = crate::logs::reopen(home);
+            let done = crate::ops::supervisor::control::reopen_logs(home);
             if ctx.json {
                 print_json(&done);
             } else if done.is_empty() {
@@ -106,7 +106,7 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
                 Some(s) => age(&s)?,
                 None => Duration::from_secs(config.logs.clean_older_than_days as u64 * 86400),
             };
-            let c = crate::logs::clean(home, older, age(&gz_older_than)?)?;
+            let c = crate::ops::logs::clean(home, older, age(&gz_older_than)?)?;
             if ctx.json {
                 print_json(&c);
             } else {
@@ -123,7 +123,7 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
             Ok(0)
         }
         LogsCommand::Archive => {
-            let a = crate::logs::archive(home)?;
+            let a = crate::ops::logs::archive(home)?;
             if ctx.json {
                 print_json(&a);
             } else {
@@ -142,8 +142,8 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
             Ok(0)
         }
         LogsCommand::Tail { name, lines, follow, errors } => {
-            let path = crate::logs::log_path(home, &name)?;
-            let (last, read) = crate::logs::tail(&path, lines, errors)?;
+            let path = crate::ops::logs::log_path(home, &name)?;
+            let (last, read) = crate::ops::logs::tail(&path, lines, errors)?;
             // Log lines quote task output, event messages and file content: escaped like any
             // other untrusted text.
             for l in last {
@@ -152,7 +152,7 @@ pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
             if follow {
                 use std::io::Write;
                 let mut out = std::io::stdout();
-                crate::logs::follow(&path, read, errors, |l| {
+                crate::ops::logs::follow(&path, read, errors, |l| {
                     writeln!(out, "{}", safe(l)).and_then(|()| out.flush()).is_ok()
                 })?;
             }

@@ -1,9 +1,9 @@
 //! `cortex metrics [--live] [--json]`: the latest snapshot of the metrics daemon.
 
 use super::{Ctx, print_json};
-use crate::clock::{SystemClock, human_duration, parse_ts};
-use crate::error::{Error, Result};
-use crate::metrics::Snapshot;
+use crate::base::clock::{SystemClock, human_duration, parse_ts};
+use crate::base::error::{Error, Result};
+use crate::daemons::metrics::Snapshot;
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -15,12 +15,12 @@ pub struct MetricsArgs {
 
 pub fn run(ctx: &Ctx, args: MetricsArgs) -> Result<u8> {
     let snap = if args.live {
-        crate::metrics::snapshot(&ctx.store()?, &SystemClock)?
+        crate::daemons::metrics::snapshot(&ctx.store()?, &SystemClock)?
     } else {
-        crate::metrics::latest(&ctx.home).ok_or_else(|| {
+        crate::daemons::metrics::latest(&ctx.home).ok_or_else(|| {
             Error::refused(format!(
                 "no metrics snapshot in {} yet: start the metrics daemon (`cortex start metrics`) or use `cortex metrics --live`",
-                ctx.home.coord_file(crate::files::METRICS_SNAPSHOTS).display()
+                ctx.home.coord_file(crate::store::files::METRICS_SNAPSHOTS).display()
             ))
         })?
     };
@@ -40,7 +40,7 @@ fn print_text(s: &Snapshot, live: bool) {
     let age = parse_ts(&s.timestamp)
         .map(|t| format!(" ({} ago)", human_duration((chrono::Utc::now() - t).num_seconds())))
         .unwrap_or_default();
-    println!("Metrics snapshot {}{}{age}", super::text::safe(&s.timestamp), if live { " (live)" } else { "" });
+    println!("Metrics snapshot {}{}{age}", crate::base::text::safe(&s.timestamp), if live { " (live)" } else { "" });
     let w = &s.workers;
     println!(
         "Workers:    active {}, completed {}, failed {}, zombies killed {}, success rate {}",
@@ -66,7 +66,7 @@ fn print_text(s: &Snapshot, live: bool) {
         "Tasks:      queued {}, in_progress {}, pending_retry {}, completed {}, failed {}, total {}",
         k.queued, k.in_progress, k.pending_retry, k.completed, k.failed, k.total
     );
-    println!("Scheduler:  {}", super::text::safe(&s.scheduler.state));
+    println!("Scheduler:  {}", crate::base::text::safe(&s.scheduler.state));
     if s.daemons.is_empty() {
         println!("Daemons:    none running");
     } else {
@@ -74,7 +74,7 @@ fn print_text(s: &Snapshot, live: bool) {
         for (name, d) in &s.daemons {
             println!(
                 "  {:<16} pid {:<8} rss {:>8}  cpu {:>7}  up {}",
-                super::text::safe(name),
+                crate::base::text::safe(name),
                 d.pid,
                 opt(d.rss_mb, " MB"),
                 opt(d.cpu_percent, "%"),

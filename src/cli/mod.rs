@@ -15,10 +15,9 @@ mod scheduler;
 mod setup;
 mod supervise;
 mod task;
-pub mod text;
 
-use crate::error::{Error, Result};
-use crate::home::Home;
+use crate::base::error::{Error, Result};
+use crate::store::home::Home;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -128,7 +127,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn store(&self) -> Result<crate::store::Store> {
-        let config = crate::config::Config::load(&self.home)?;
+        let config = crate::store::config::Config::load(&self.home)?;
         Ok(crate::store::Store::new(self.home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli"))
     }
 }
@@ -136,7 +135,7 @@ impl Ctx {
 /// Prints a value as pretty JSON.
 pub fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{}", text::json_safe(s)),
+        Ok(s) => println!("{}", crate::base::text::json_safe(s)),
         Err(e) => eprintln!("cortex: cannot encode output: {e}"),
     }
 }
@@ -148,13 +147,13 @@ pub fn main() -> std::process::ExitCode {
     unsafe {
         let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
     }
-    crate::logging::init_cli();
+    crate::daemons::tracing_setup::init_cli();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             // Errors quote file names, fields and values from files and requests.
-            eprintln!("cortex: error: {}", text::safe(&e.to_string()));
+            eprintln!("cortex: error: {}", crate::base::text::safe(&e.to_string()));
             std::process::ExitCode::from(e.exit_code() as u8)
         }
     }
@@ -186,7 +185,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Stop(a)) => supervise::stop(&ctx, a),
         Some(Command::Restart(a)) => supervise::restart(&ctx, a),
         Some(Command::Status) => supervise::status(&ctx),
-        Some(Command::Run) => crate::supervisor::foreground::run(&ctx.home),
+        Some(Command::Run) => crate::ops::supervisor::foreground::run(&ctx.home),
         Some(Command::HealthCheck(a)) => supervise::health_check(&ctx, a),
         Some(Command::Logs(c)) => logs::run(&ctx, c),
         Some(Command::Locks) => locks::run(&ctx),

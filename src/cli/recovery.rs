@@ -1,14 +1,14 @@
 //! `cortex repair`, `cortex recover-stale`, `cortex reset`, `cortex config restore-defaults`.
 
 use super::backup::{lenient_config, lenient_store};
-use super::text::{safe, safe_path};
 use super::{Ctx, print_json};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::base::text::{safe, safe_path};
 use std::time::Duration;
 
 pub fn repair(ctx: &Ctx, dry_run: bool) -> Result<u8> {
     let store = lenient_store(ctx, &lenient_config(ctx));
-    let r = crate::recovery::repair::repair(&store, dry_run)?;
+    let r = crate::ops::recovery::repair::repair(&store, dry_run)?;
     let unfixed = r.actions.iter().filter(|a| !a.fixed).count();
     if ctx.json {
         print_json(&r);
@@ -33,12 +33,13 @@ pub fn repair(ctx: &Ctx, dry_run: bool) -> Result<u8> {
 }
 
 pub fn recover_stale(ctx: &Ctx, older_than: &str, dry_run: bool) -> Result<u8> {
-    let limit = crate::clock::parse_duration(older_than)
+    let limit = crate::base::clock::parse_duration(older_than)
         .map_err(|e| Error::Config { path: None, detail: format!("--older-than: {e}") })?;
     let config = lenient_config(ctx);
     let store = lenient_store(ctx, &config);
     let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
-    let r = crate::recovery::stale::recover_stale(&store, &crate::clock::SystemClock, limit, grace, dry_run)?;
+    let r =
+        crate::ops::recovery::stale::recover_stale(&store, &crate::base::clock::SystemClock, limit, grace, dry_run)?;
     if ctx.json {
         print_json(&r);
         return Ok(0);
@@ -69,11 +70,11 @@ pub fn recover_stale(ctx: &Ctx, older_than: &str, dry_run: bool) -> Result<u8> {
 
 pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
     if !yes {
-        return Err(Error::refused(crate::recovery::reset::EXPLANATION));
+        return Err(Error::refused(crate::ops::recovery::reset::EXPLANATION));
     }
     let config = lenient_config(ctx);
     let store = lenient_store(ctx, &config);
-    let r = crate::recovery::reset::reset(&store, &config)?;
+    let r = crate::ops::recovery::reset::reset(&store, &config)?;
     if ctx.json {
         print_json(&r);
         return Ok(0);
@@ -87,7 +88,7 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
         r.tasks_cleared, r.specs_cleared, r.processes_stopped, r.budget_total
     );
     for p in &r.task_processes_killed {
-        println!("  stopped {}", crate::worker::task_procs::describe(p));
+        println!("  stopped {}", crate::domain::task::processes::describe(p));
     }
     for w in &r.warnings {
         println!("Warning: {}", safe(w));
@@ -102,7 +103,7 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
 
 pub fn restore_defaults(ctx: &Ctx, file: Option<&str>) -> Result<u8> {
     let store = lenient_store(ctx, &lenient_config(ctx));
-    let done = crate::recovery::defaults::restore_defaults(&store, file)?;
+    let done = crate::ops::recovery::defaults::restore_defaults(&store, file)?;
     if ctx.json {
         print_json(&serde_json::json!({"files": done}));
         return Ok(0);

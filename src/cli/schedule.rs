@@ -1,14 +1,14 @@
 //! `cortex schedule add | list | show | pause | resume | remove | run-now`: recurring tasks on
-//! cron or interval schedules (`crate::schedule`).
+//! cron or interval schedules (`crate::domain::schedule`).
 
 use super::task::TaskFlags;
-use super::text::{safe, safe_or, shell_words};
 use super::{Ctx, print_json};
-use crate::clock::SystemClock;
-use crate::error::Result;
-use crate::pidfile::{self, PidStatus};
-use crate::schedule::{self, MisfirePolicy, NewSchedule, ScheduleView, TaskTemplate};
-use crate::scheduler::{Actor, local_user};
+use crate::base::clock::SystemClock;
+use crate::base::error::Result;
+use crate::base::text::{safe, safe_or, shell_words};
+use crate::domain::schedule::{self, MisfirePolicy, NewSchedule, ScheduleView, TaskTemplate};
+use crate::domain::scheduler_state::{Actor, local_user};
+use crate::store::pidfile::{self, PidStatus};
 use clap::{Args, Subcommand};
 use std::borrow::Cow;
 
@@ -164,7 +164,7 @@ pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
         ScheduleCommand::RunNow { id } => {
             let (s, req) = schedule::request_run(&store, &clock, &id, &actor())?;
             let coordinator = matches!(
-                pidfile::status(&ctx.home, crate::daemon_name::Daemon::Coordinator.as_str())?,
+                pidfile::status(&ctx.home, crate::base::daemon_name::Daemon::Coordinator.as_str())?,
                 PidStatus::Running(_)
             );
             if ctx.json {

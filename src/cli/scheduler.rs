@@ -2,12 +2,12 @@
 //! [--timeout SECS]`: the same library calls as the API's `/scheduler/*` endpoints, working with
 //! every daemon down (state lives in `coordination/scheduler-state.json`).
 
-use super::text::{safe, safe_or};
 use super::{Ctx, print_json};
-use crate::error::Result;
-use crate::scheduler::{self, Actor, local_user};
-use crate::status::{StatusReader, wait_no_active};
-use crate::task::dispatches;
+use crate::base::error::Result;
+use crate::base::text::{safe, safe_or};
+use crate::domain::scheduler_state::{self, Actor, local_user};
+use crate::domain::task::dispatches;
+use crate::ops::status::{StatusReader, wait_no_active};
 use clap::Subcommand;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -49,7 +49,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
     let store = ctx.store()?;
     match cmd {
         SchedulerCommand::Pause { reason } => {
-            let t = scheduler::pause(&store, &actor(), reason.as_deref())?;
+            let t = scheduler_state::pause(&store, &actor(), reason.as_deref())?;
             if ctx.json {
                 print_json(&json!({"status": "success", "message": t.message, "timestamp": t.timestamp,
                     "paused": true, "changed": t.changed, "paused_at": t.state.paused_at,
@@ -69,7 +69,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
             Ok(0)
         }
         SchedulerCommand::Resume => {
-            let t = scheduler::resume(&store, &actor())?;
+            let t = scheduler_state::resume(&store, &actor())?;
             if ctx.json {
                 print_json(&json!({"status": "success", "message": t.message, "timestamp": t.timestamp,
                     "paused": false, "changed": t.changed, "resumed_at": t.state.resumed_at}));
@@ -81,7 +81,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
             Ok(0)
         }
         SchedulerCommand::Status => {
-            let reader = StatusReader::new(store, crate::config::Config::load(&ctx.home)?);
+            let reader = StatusReader::new(store, crate::store::config::Config::load(&ctx.home)?);
             let s = reader.scheduler_status()?;
             // Unknown state (the file cannot be read): still a report, with exit status 1.
             let code = if s.errors.is_empty() { 0 } else { 1 };
@@ -115,8 +115,8 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
         SchedulerCommand::Drain { cancel_running, wait, timeout, reason } => {
             let started = Instant::now();
             let reason = reason.unwrap_or_else(|| "drain".into());
-            let t = scheduler::pause(&store, &actor(), Some(&reason))?;
-            let reader = StatusReader::new(store.clone(), crate::config::Config::load(&ctx.home)?);
+            let t = scheduler_state::pause(&store, &actor(), Some(&reason))?;
+            let reader = StatusReader::new(store.clone(), crate::store::config::Config::load(&ctx.home)?);
             let active: Vec<String> =
                 reader.dispatches()?.iter().filter(|d| d.is_active()).map(|d| d.record.dispatch_id.clone()).collect();
             let mut cancel_requested = Vec::new();
@@ -127,7 +127,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                     match dispatches::request_cancel(&store, id, &by) {
                         Ok(_) => cancel_requested.push(id.clone()),
                         // It ended meanwhile: nothing to cancel.
-                        Err(crate::error::Error::Refused(m)) => cancel_errors.push(m),
+                        Err(crate::base::error::Error::Refused(m)) => cancel_errors.push(m),
                         Err(e) => return Err(e),
                     }
                 }

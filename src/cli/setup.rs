@@ -1,9 +1,9 @@
 //! `cortex init`, `cortex validate`, `cortex config check` (and the seed form
 //! `cortex --config FILE --dry-run`).
 
-use super::text::{safe, safe_path};
 use super::{Ctx, print_json};
-use crate::error::Result;
+use crate::base::error::Result;
+use crate::base::text::{safe, safe_path};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,7 @@ pub enum ConfigCommand {
 }
 
 pub fn init(ctx: &Ctx) -> Result<u8> {
-    let created = crate::init::init_home(&ctx.home)?;
+    let created = crate::store::init::init_home(&ctx.home)?;
     if ctx.json {
         let rel: Vec<_> = created.iter().map(|p| ctx.home.relative(p).display().to_string()).collect();
         print_json(&serde_json::json!({"home": ctx.home.root(), "created": rel}));
@@ -40,17 +40,17 @@ pub fn init(ctx: &Ctx) -> Result<u8> {
 }
 
 pub fn validate(ctx: &Ctx) -> Result<u8> {
-    let reports = crate::validate::validate_home(&ctx.home);
+    let reports = crate::ops::validate::validate_home(&ctx.home);
     let bad = reports.iter().filter(|r| !r.is_ok()).count();
     if ctx.json {
         print_json(&serde_json::json!({"ok": bad == 0, "bad": bad, "files": reports}));
     } else {
         for r in &reports {
             let tag = match r.verdict {
-                crate::validate::Verdict::Ok => "[OK]",
-                crate::validate::Verdict::Corrupt => "[CORRUPT]",
-                crate::validate::Verdict::Invalid => "[INVALID]",
-                crate::validate::Verdict::Missing => "[MISSING]",
+                crate::ops::validate::Verdict::Ok => "[OK]",
+                crate::ops::validate::Verdict::Corrupt => "[CORRUPT]",
+                crate::ops::validate::Verdict::Invalid => "[INVALID]",
+                crate::ops::validate::Verdict::Missing => "[MISSING]",
             };
             println!("{tag} {}", safe(&r.file));
             for p in &r.problems {
@@ -78,7 +78,7 @@ pub fn config(ctx: &Ctx, cmd: ConfigCommand) -> Result<u8> {
 
 pub fn config_check(ctx: &Ctx, config: Option<&Path>) -> Result<u8> {
     let path = config.map(Path::to_path_buf).unwrap_or_else(|| ctx.home.config_file());
-    let check = crate::validate::check_config(&ctx.home, &path);
+    let check = crate::ops::validate::check_config(&ctx.home, &path);
     if ctx.json {
         print_json(&check);
         return Ok(if check.ok { 0 } else { 1 });

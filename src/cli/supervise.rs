@@ -1,13 +1,13 @@
 //! `cortex start`, `stop`, `restart`, `status`, `health-check` (`cortex run` is
 //! `supervisor::foreground`).
 
-use super::text::{safe, safe_or};
 use super::{Ctx, print_json};
-use crate::config::Config;
-use crate::error::Result;
-use crate::supervisor::control::{self, StopOptions};
-use crate::supervisor::registry;
-use crate::supervisor::status::{self, DaemonState, Health};
+use crate::base::error::Result;
+use crate::base::text::{safe, safe_or};
+use crate::ops::supervisor::control::{self, StopOptions};
+use crate::ops::supervisor::registry;
+use crate::ops::supervisor::status::{self, DaemonState, Health};
+use crate::store::config::Config;
 use clap::Args;
 use std::time::Duration;
 
@@ -99,7 +99,7 @@ pub fn start(ctx: &Ctx, args: StartArgs) -> Result<u8> {
 pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let mut daemons = if args.names.is_empty() {
-        crate::daemon_name::NAMES.to_vec()
+        crate::base::daemon_name::NAMES.to_vec()
     } else {
         registry::select(&config, &args.names, true)?
     };
@@ -138,7 +138,7 @@ pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
             if let Some(n) = r.tasks_killed {
                 println!("{d}: killed {n} running task process(es)");
                 for p in &r.task_processes_killed {
-                    println!("  {}", crate::worker::task_procs::describe(p));
+                    println!("  {}", crate::domain::task::processes::describe(p));
                 }
             }
         }
@@ -197,7 +197,7 @@ pub fn status(ctx: &Ctx) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let ov = status::overview(&ctx.home, &config);
     let store = crate::store::Store::new(ctx.home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli");
-    let snap = crate::status::StatusReader::new(store, config).snapshot();
+    let snap = crate::ops::status::StatusReader::new(store, config).snapshot();
     let running = snap.running_count();
     let healthy = ov.all_running && snap.errors.is_empty();
     if ctx.json {

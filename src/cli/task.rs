@@ -1,12 +1,12 @@
 //! `cortex task add|list|show|cancel|retry|report-usage`: argument parsing and printing around
 //! `task::ops`, the code path the HTTP API shares.
 
-use super::text::{safe, shell_words};
 use super::{Ctx, print_json};
-use crate::clock::parse_duration;
-use crate::error::{Error, Result};
-use crate::task::model::{Priority, Task, TaskStatus};
-use crate::task::ops::{self, NewTask, TaskFilter};
+use crate::base::clock::parse_duration;
+use crate::base::error::{Error, Result};
+use crate::base::text::{safe, shell_words};
+use crate::domain::task::model::{Priority, Task, TaskStatus};
+use crate::domain::task::ops::{self, NewTask, TaskFilter};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
@@ -112,7 +112,7 @@ fn print_task_line(t: &Task) {
 
 pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
     let store = ctx.store()?;
-    let actor = crate::scheduler::local_user();
+    let actor = crate::domain::scheduler_state::local_user();
     match cmd {
         TaskCommand::Add { description, task, timeout, after, delay, repo } => {
             let TaskFlags { priority, worker_type, budget, max_attempts, command } = task;
@@ -210,7 +210,7 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
             Ok(if done { 0 } else { 1 })
         }
         TaskCommand::Retry { id } => {
-            let task = if crate::task::dispatches::find(&store, &id)?.is_some() {
+            let task = if crate::domain::task::dispatches::find(&store, &id)?.is_some() {
                 ops::retry_dispatch(&store, &id, &actor)?
             } else {
                 ops::retry_task(&store, &id, &actor)?

@@ -2,7 +2,7 @@
 //! fsync it, rename it over the target, fsync the directory. A reader sees the old file or the
 //! new one, never a torn one, even when the writer is SIGKILLed between any two steps.
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -1,9 +1,9 @@
 //! The event log `coordination/dashboard-events.jsonl`: one function every component uses to
 //! record what happened (`type`, `severity`, `source`, `message`, `data`), and readers for it.
 
-use crate::clock::{Timestamp, format_ts, parse_ts};
-use crate::error::Result;
-use crate::home::Home;
+use crate::base::clock::{Timestamp, format_ts, parse_ts};
+use crate::base::error::Result;
+use crate::store::home::Home;
 use crate::store::jsonl;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -122,7 +122,7 @@ pub fn append_many(home: &Home, events: &[Event]) -> Result<()> {
     let mut lines = Vec::with_capacity(events.len() * 400);
     for e in events {
         serde_json::to_writer(&mut lines, e)
-            .map_err(|err| crate::error::Error::encode(format!("event {}", e.event_type), err))?;
+            .map_err(|err| crate::base::error::Error::encode(format!("event {}", e.event_type), err))?;
         lines.push(b'\n');
     }
     jsonl::append_raw(&home.events_file(), &lines)?;

@@ -73,7 +73,7 @@ fn parse_line(line: &str) -> Option<Held> {
 
 /// The granted `flock`s of the whole host (an empty table when `/proc/locks` cannot be read).
 pub fn table() -> Vec<Held> {
-    crate::procfs::locks().map(|t| t.lines().filter_map(parse_line).collect()).unwrap_or_default()
+    crate::base::procfs::locks().map(|t| t.lines().filter_map(parse_line).collect()).unwrap_or_default()
 }
 
 /// A PID of the lock table as `/proc` numbers it (-1, no process, for one out of range).
@@ -83,7 +83,7 @@ fn proc_pid(pid: u32) -> i32 {
 
 /// The command of a process: its `comm`, or `?` when it is gone.
 pub fn command(pid: u32) -> String {
-    crate::procfs::comm(proc_pid(pid)).unwrap_or_else(|| "?".into())
+    crate::base::procfs::comm(proc_pid(pid)).unwrap_or_else(|| "?".into())
 }
 
 /// The holders of the inode `(dev, ino)`, exclusive ones first.
@@ -142,7 +142,7 @@ fn deleted_holders_in(table: &[Held], path: &Path) -> Vec<DeletedHold> {
     pids.dedup();
     let mut out = Vec::new();
     for pid in pids {
-        for open in crate::procfs::open_fds(proc_pid(pid)) {
+        for open in crate::base::procfs::open_fds(proc_pid(pid)) {
             if open.target.as_os_str().as_bytes() != wanted {
                 continue;
             }
@@ -176,7 +176,7 @@ pub fn all_holders(path: &Path) -> Vec<Holder> {
 /// Opens the deleted inode a holder has locked, through its `/proc/<pid>/fd/<fd>` (to wait on its
 /// lock). None when the process or descriptor is gone or now names another inode.
 pub fn open_deleted(hold: &DeletedHold) -> Option<File> {
-    let file = File::open(crate::procfs::fd_link(proc_pid(hold.pid), i32::try_from(hold.fd).ok()?)).ok()?;
+    let file = File::open(crate::base::procfs::fd_link(proc_pid(hold.pid), i32::try_from(hold.fd).ok()?)).ok()?;
     let meta = file.metadata().ok()?;
     (meta.is_file() && meta.dev() == hold.dev && meta.ino() == hold.ino && meta.nlink() == 0).then_some(file)
 }

@@ -9,7 +9,7 @@
 //! while its file's last change is that young ([`FileIdentity::is_racy_at`]) must not be
 //! trusted as "unchanged" later: the reader re-reads the file next time instead.
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};

@@ -45,9 +45,9 @@ fn parse_note(note: &str) -> Option<(u32, &str)> {
 /// Every lock of the home, free or held: the registry's locks, every file in
 /// `coordination/.locks/`, and each daemon's PID file, with their holders from the kernel's
 /// lock table (also on deleted predecessors) and since when.
-pub fn inventory(home: &crate::home::Home) -> Vec<LockInfo> {
+pub fn inventory(home: &crate::store::home::Home) -> Vec<LockInfo> {
     let mut paths: Vec<(PathBuf, &'static str)> = Vec::new();
-    let mut names: Vec<String> = crate::files::ALL.iter().map(|f| f.lock.as_str().to_string()).collect();
+    let mut names: Vec<String> = crate::store::files::ALL.iter().map(|f| f.lock.as_str().to_string()).collect();
     if let Ok(dir) = std::fs::read_dir(home.locks_dir()) {
         for e in dir.flatten() {
             if let Some(n) = e.file_name().to_str().and_then(|n| n.strip_suffix(".lock")) {
@@ -59,7 +59,7 @@ pub fn inventory(home: &crate::home::Home) -> Vec<LockInfo> {
     names.dedup();
     // Every file of the directory, ours or not: an operator sees all of it.
     paths.extend(names.iter().map(|n| (home.locks_dir().join(format!("{n}.lock")), "lock")));
-    paths.extend(crate::daemon_name::Daemon::ALL.map(|d| (home.pid_file(d.as_str()), "pid")));
+    paths.extend(crate::base::daemon_name::Daemon::ALL.map(|d| (home.pid_file(d.as_str()), "pid")));
     let mut out = Vec::new();
     for (path, kind) in paths {
         let meta = std::fs::symlink_metadata(&path).ok();
@@ -93,7 +93,8 @@ pub fn inventory(home: &crate::home::Home) -> Vec<LockInfo> {
         let (since, since_source) = match (from_note, &meta) {
             (Some(at), _) => (Some(at), Some("holder_note")),
             (None, Some(m)) if state == "held" || state == "free" => {
-                let t = m.modified().ok().map(|t| crate::clock::format_ts(chrono::DateTime::<chrono::Utc>::from(t)));
+                let t =
+                    m.modified().ok().map(|t| crate::base::clock::format_ts(chrono::DateTime::<chrono::Utc>::from(t)));
                 (t, Some("file_mtime"))
             }
             _ => (None, None),

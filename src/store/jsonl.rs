@@ -2,7 +2,7 @@
 //! on an `O_APPEND` descriptor, so concurrent appenders never interleave. Readers skip malformed
 //! lines and count them; they never stop at the first bad one.
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Write};

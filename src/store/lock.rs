@@ -20,8 +20,8 @@
 use super::holders::{self, Holder};
 pub use super::lock_name::LockName;
 use super::lock_name::order;
-use crate::error::{Error, Result};
-use crate::home::Home;
+use crate::base::error::{Error, Result};
+use crate::store::home::Home;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -461,7 +461,7 @@ mod tests {
         // there must not lead the lock file (and its holder note, or a PID) elsewhere.
         let home = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let home = crate::home::Home::at(home.path());
+        let home = crate::store::home::Home::at(home.path());
         std::fs::create_dir_all(home.coord("")).unwrap();
         std::os::unix::fs::symlink(outside.path(), home.locks_dir()).unwrap();
         std::fs::write(outside.path().join("scheduler.lock"), "victim's own bytes").unwrap();
@@ -470,7 +470,7 @@ mod tests {
         assert!(err.contains("symbolic link"), "{err}");
         assert!(try_lock_exclusive(&home.lock_file(LockName::TaskQueue)).is_err());
         std::os::unix::fs::symlink(outside.path(), home.run_dir()).unwrap();
-        assert!(crate::pidfile::PidFile::acquire(&home, "metrics", Duration::from_millis(50)).is_err());
+        assert!(crate::store::pidfile::PidFile::acquire(&home, "metrics", Duration::from_millis(50)).is_err());
         assert_eq!(std::fs::read_to_string(outside.path().join("scheduler.lock")).unwrap(), "victim's own bytes");
         let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(made, vec![std::ffi::OsString::from("scheduler.lock")], "nothing created through the links");

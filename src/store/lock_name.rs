@@ -142,14 +142,14 @@ impl LockName {
     /// The lock with this file name (without `.lock`), if it is one of ours.
     pub fn parse(name: &str) -> Option<LockName> {
         if let Some(d) = name.strip_prefix("daemon-") {
-            return crate::daemon::DAEMONS.iter().find(|n| **n == d).map(|n| LockName::Daemon(n));
+            return crate::base::daemon_name::NAMES.iter().find(|n| **n == d).map(|n| LockName::Daemon(n));
         }
         LockName::FIXED.into_iter().find(|l| l.as_str() == name)
     }
 
-    /// The per-daemon lock of `daemon`, if it is one of [`crate::daemon::DAEMONS`].
+    /// The per-daemon lock of `daemon`, if it is one of [`crate::base::daemon_name::NAMES`].
     pub fn daemon(daemon: &str) -> Option<LockName> {
-        crate::daemon::DAEMONS.iter().find(|n| **n == daemon).map(|n| LockName::Daemon(n))
+        crate::base::daemon_name::NAMES.iter().find(|n| **n == daemon).map(|n| LockName::Daemon(n))
     }
 
     /// The locks a consistent snapshot (and a restore's swap) takes: those guarding data (every
@@ -157,7 +157,7 @@ impl LockName {
     pub fn snapshot() -> impl Iterator<Item = LockName> {
         LockName::FIXED
             .into_iter()
-            .filter(|l| *l == LockName::WorkerSpecs || crate::files::ALL.iter().any(|f| f.lock == *l))
+            .filter(|l| *l == LockName::WorkerSpecs || crate::store::files::ALL.iter().any(|f| f.lock == *l))
     }
 }
 
@@ -267,7 +267,7 @@ mod tests {
         for l in LockName::FIXED {
             assert_eq!(LockName::parse(l.as_str()), Some(l));
         }
-        for d in crate::daemon::DAEMONS {
+        for d in crate::base::daemon_name::NAMES {
             let l = LockName::daemon(d).unwrap();
             assert_eq!(l.as_str(), format!("daemon-{d}"));
             assert_eq!(LockName::parse(l.as_str()), Some(l));
@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(&snap[..6], ["scheduler", "schedules", "task-queue", "task-intake", "token-budget", "worker-specs"]);
         // The order backups took before the enum: the documented six, then registry order.
         let mut before = vec!["scheduler", "schedules", "task-queue", "task-intake", "token-budget", "worker-specs"];
-        for f in crate::files::ALL {
+        for f in crate::store::files::ALL {
             if !before.contains(&f.lock.as_str()) {
                 before.push(f.lock.as_str());
             }
@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(snap, before);
     }
 
-    use crate::home::Home;
+    use crate::store::home::Home;
     use crate::store::lock::{lock_exclusive, lock_shared, try_lock_exclusive};
     use std::time::Duration;
 

@@ -9,21 +9,29 @@
 //! - this module: typed documents ([`Document`]) loaded and schema-checked, read-modify-write
 //!   under the file's lock (invariant 3), and quarantine of bad files (invariant 7).
 
+pub mod api_tokens;
 pub mod atomic;
+pub mod config;
+pub mod daemon_mark;
 pub mod events;
+pub mod files;
 pub mod holders;
+pub mod home;
 pub mod identity;
+pub mod init;
 pub mod inventory;
 pub mod jsonl;
 pub mod lock;
 pub mod lock_name;
 pub mod open;
 pub mod outage;
+pub mod pidfile;
+pub mod rotation;
 
-use crate::error::{Error, Result};
-use crate::files::{CoordFile, FileKind};
-use crate::home::Home;
+use crate::base::error::{Error, Result};
 use crate::store::events::{Event, EventKind, Severity};
+use crate::store::files::{CoordFile, FileKind};
+use crate::store::home::Home;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -135,7 +143,7 @@ impl Store {
             }
         };
         if let Some(schema) = schema
-            && let Some(v) = crate::schema::check(schema, &value, 1).into_iter().next()
+            && let Some(v) = crate::base::schema::check(schema, &value, 1).into_iter().next()
         {
             let quarantined = self.quarantine(path, bytes, "breaks its schema", &v.expected, &v.pointer);
             return Err(Error::Invalid {
@@ -163,7 +171,7 @@ impl Store {
     fn decode<D: DeserializeOwned>(&self, path: &Path, value: Value) -> Result<D> {
         D::deserialize(&value).map_err(|e| {
             let bytes = std::fs::read(path).unwrap_or_else(|_| serde_json::to_vec_pretty(&value).unwrap_or_default());
-            let expected = crate::schema::bounded(&e.to_string(), crate::schema::MAX_EXPECTED_CHARS);
+            let expected = crate::base::schema::bounded(&e.to_string(), crate::base::schema::MAX_EXPECTED_CHARS);
             let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, "");
             Error::Invalid { path: path.to_path_buf(), pointer: String::new(), expected, quarantined }
         })
@@ -303,7 +311,7 @@ pub fn write_value_checked(path: &Path, value: &Value, schema: Option<&str>) -> 
 /// violation refuses the write, naming the file and the field), pretty-printed.
 pub fn encode_checked(path: &Path, value: &Value, schema: Option<&str>) -> Result<Vec<u8>> {
     if let Some(schema) = schema
-        && let Some(v) = crate::schema::check(schema, value, 1).into_iter().next()
+        && let Some(v) = crate::base::schema::check(schema, value, 1).into_iter().next()
     {
         return Err(Error::Invalid {
             path: path.to_path_buf(),
@@ -353,7 +361,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 pub(crate) fn fresh_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let home = crate::home::Home::at(dir.path());
-    crate::init::init_home(&home).unwrap();
+    let home = crate::store::home::Home::at(dir.path());
+    crate::store::init::init_home(&home).unwrap();
     (dir, Store::new(home).with_source("test"))
 }

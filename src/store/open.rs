@@ -15,7 +15,7 @@
 //! Readers that must not follow a link either ([`read`]) refuse one the same way.
 //! Lock and PID files are opened by `store::lock` and `pidfile`, with the same flag.
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 use std::fs::File;

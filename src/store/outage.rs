@@ -4,7 +4,7 @@
 //! `storage_write_failed` saying how many writes failed, when, why and on which file
 //! ([`crate::store::events::record_outage`]; daemons call it after each heartbeat mark they write).
 
-use crate::error::Error;
+use crate::base::error::Error;
 use std::sync::Mutex;
 
 /// The failures since the last report.
@@ -31,7 +31,7 @@ pub fn note(err: &Error) {
     if !err.is_no_space() {
         return;
     }
-    let now = crate::clock::now_string();
+    let now = crate::base::clock::now_string();
     let mut p = pending();
     let o = p.get_or_insert_with(|| Outage {
         first_failed_at: now.clone(),

@@ -116,7 +116,7 @@ fn a_batch_that_cannot_lock_fails_every_request_and_changes_nothing_while_others
 
     // Someone else holds the scheduler lock (as a stuck process would).
     let store = cortex::Store::new(cortex::Home::at(h.path()));
-    let held = store.lock(cortex::files::SCHEDULER_STATE).unwrap();
+    let held = store.lock(cortex::store::files::SCHEDULER_STATE).unwrap();
     let port = api.port;
     let n = 20;
     let (sent_tx, sent_rx) = std::sync::mpsc::channel();

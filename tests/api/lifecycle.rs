@@ -204,7 +204,7 @@ fn dispatch_times(h: &TestHome) -> Vec<(String, String, chrono::DateTime<chrono:
             }
             let Ok(bytes) = std::fs::read(entry.path()) else { continue };
             let rec: Value = serde_json::from_slice(&bytes).unwrap();
-            let at = cortex::clock::parse_ts(rec["dispatched_at"].as_str().unwrap()).unwrap();
+            let at = cortex::base::clock::parse_ts(rec["dispatched_at"].as_str().unwrap()).unwrap();
             out.push((rec["dispatch_id"].as_str().unwrap().into(), rec["task_id"].as_str().unwrap().into(), at));
         }
     }
@@ -222,7 +222,7 @@ fn active_specs(h: &TestHome) -> std::collections::HashSet<String> {
 }
 
 fn ts(v: &Value) -> chrono::DateTime<chrono::Utc> {
-    cortex::clock::parse_ts(v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"))).unwrap()
+    cortex::base::clock::parse_ts(v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"))).unwrap()
 }
 
 #[test]
@@ -371,13 +371,13 @@ fn no_dispatch_starts_after_a_returned_pause_under_load() {
                     .unwrap_or(0);
                 if waiting < 12 {
                     for _ in 0..4 {
-                        let new = cortex::task::ops::NewTask {
+                        let new = cortex::domain::task::ops::NewTask {
                             description: format!("load {added}"),
                             command: vec!["true".into()],
                             budget: Some(10),
                             ..Default::default()
                         };
-                        cortex::task::ops::add_task(&store, new).unwrap();
+                        cortex::domain::task::ops::add_task(&store, new).unwrap();
                         added += 1;
                     }
                 }

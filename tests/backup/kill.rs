@@ -14,7 +14,7 @@ type State = BTreeMap<String, Vec<u8>>;
 
 fn state(h: &TestHome) -> State {
     let home = cortex::Home::at(h.path());
-    cortex::backup::snapshot::sources(&home)
+    cortex::ops::backup::snapshot::sources(&home)
         .0
         .into_iter()
         .filter(|s| s.rel != EVENTS)

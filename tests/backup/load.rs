@@ -5,8 +5,8 @@
 //! into a fresh home, which must pass `cortex validate` and the cross-file invariants.
 use crate::support::reexec::test_name;
 use crate::support::*;
-use cortex::home::SpecBucket;
-use cortex::task::model::{DispatchRecord, DispatchState, Priority, Task, TaskQueue, TaskState, TokenBudget};
+use cortex::domain::task::model::{DispatchRecord, DispatchState, Priority, Task, TaskQueue, TaskState, TokenBudget};
+use cortex::store::home::SpecBucket;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -36,9 +36,9 @@ fn writer(arg: &str) {
         let q = store.lock_named(cortex::store::LockName::TaskQueue).unwrap();
         let b = store.lock_named(cortex::store::LockName::TokenBudget).unwrap();
         let s = store.lock_named(cortex::store::LockName::WorkerSpecs).unwrap();
-        let now = cortex::clock::now_string();
+        let now = cortex::base::clock::now_string();
         if role == "add" {
-            let task_id = cortex::task::model::new_id("task");
+            let task_id = cortex::domain::task::model::new_id("task");
             let dispatch_id = format!("d{task_id}");
             let added = store
                 .update_locked::<TaskQueue, _>(&q, |queue| {

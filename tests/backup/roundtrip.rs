@@ -9,7 +9,11 @@ use std::time::Duration;
 /// Every backed-up file of the home: path relative to the home → bytes.
 fn state(h: &TestHome) -> BTreeMap<String, Vec<u8>> {
     let home = cortex::Home::at(h.path());
-    cortex::backup::snapshot::sources(&home).0.into_iter().map(|s| (s.rel, std::fs::read(&s.abs).unwrap())).collect()
+    cortex::ops::backup::snapshot::sources(&home)
+        .0
+        .into_iter()
+        .map(|s| (s.rel, std::fs::read(&s.abs).unwrap()))
+        .collect()
 }
 
 fn archives(dir: &Path) -> Vec<PathBuf> {
@@ -87,7 +91,7 @@ fn round_trip_restores_byte_identical_files() {
     // The pre-restore backup holds the changed state and verifies.
     let pre = archives(&h.join("backups/pre-restore"));
     assert_eq!(pre.len(), 1, "{pre:?}");
-    let v = cortex::backup::verify::verify(&pre[0]).unwrap();
+    let v = cortex::ops::backup::verify::verify(&pre[0]).unwrap();
     assert!(v.manifest.file("coordination/worker-specs/failed/new.json").is_some());
     let ev = h.events_of("backup_restored");
     assert_eq!(ev.len(), 1);
@@ -159,14 +163,16 @@ fn retention_keeps_newest_n_and_never_the_only_good_one() {
     for name in ["cortex-backup-29990101-000000.tar.gz", "cortex-backup-29990102-000000.tar.gz"] {
         let p = dir.join(name);
         std::fs::write(&p, &whole[..whole.len() * 2 / 3]).unwrap();
-        assert!(cortex::backup::verify::verify(&p).is_err() && cortex::backup::verify::read_manifest(&p).is_ok());
+        assert!(
+            cortex::ops::backup::verify::verify(&p).is_err() && cortex::ops::backup::verify::read_manifest(&p).is_ok()
+        );
         std::fs::File::options().write(true).open(&p).unwrap().set_modified(future).unwrap();
     }
     let out = h.cortex_ok(&["--json", "backup", "--keep", "1"]);
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     let fresh = PathBuf::from(r["path"].as_str().unwrap());
     assert!(fresh.exists(), "the only good archive was deleted: {out}");
-    cortex::backup::verify::verify(&fresh).unwrap();
+    cortex::ops::backup::verify::verify(&fresh).unwrap();
     assert_eq!(r["retention"]["kept_newest_good"], fresh.display().to_string());
     let left = archives(&dir);
     assert_eq!(left.len(), 2, "one bad (newest by date) + the newest good: {left:?}");
@@ -193,7 +199,7 @@ fn concurrent_backups_serialise_or_refuse_clearly() {
     let all = archives(&h.join("backups"));
     assert_eq!(all.len(), ok, "{all:?}");
     for a in &all {
-        cortex::backup::verify::verify(a).unwrap();
+        cortex::ops::backup::verify::verify(a).unwrap();
     }
     let temps: Vec<_> = std::fs::read_dir(h.join("backups"))
         .unwrap()
@@ -253,7 +259,7 @@ fn restore_refuses_while_daemons_run_unless_stop() {
     wait_until(
         Duration::from_secs(10),
         "metrics daemon running",
-        || matches!(cortex::pidfile::status(&cortex::Home::at(h.path()), "metrics"), Ok(cortex::pidfile::PidStatus::Running(p)) if p > 0),
+        || matches!(cortex::store::pidfile::status(&cortex::Home::at(h.path()), "metrics"), Ok(cortex::store::pidfile::PidStatus::Running(p)) if p > 0),
     );
     let out = h.cortex(&["restore", "--latest", "--yes"]);
     assert!(!out.status.success());
@@ -265,8 +271,8 @@ fn restore_refuses_while_daemons_run_unless_stop() {
     assert!(out.contains("Stopped daemons: metrics") && out.contains("Started daemons again: metrics"), "{out}");
     assert!(d.try_wait().unwrap().is_some(), "the old daemon was stopped");
     let home = cortex::Home::at(h.path());
-    let pid = match cortex::pidfile::status(&home, "metrics").unwrap() {
-        cortex::pidfile::PidStatus::Running(p) => p,
+    let pid = match cortex::store::pidfile::status(&home, "metrics").unwrap() {
+        cortex::store::pidfile::PidStatus::Running(p) => p,
         other => panic!("metrics not started again: {other:?}"),
     };
     // Restore returns once the restarted daemon is ready: its PID is in the file (not 0 for "locked,
@@ -275,7 +281,7 @@ fn restore_refuses_while_daemons_run_unless_stop() {
     assert_ne!(pid, d.id());
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     wait_until(Duration::from_secs(10), "restarted metrics stops", || {
-        !matches!(cortex::pidfile::status(&home, "metrics"), Ok(cortex::pidfile::PidStatus::Running(_)))
+        !matches!(cortex::store::pidfile::status(&home, "metrics"), Ok(cortex::store::pidfile::PidStatus::Running(_)))
     });
 }
 

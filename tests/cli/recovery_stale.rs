@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 fn ago(minutes: i64) -> String {
-    cortex::clock::format_ts(chrono::Utc::now() - chrono::Duration::minutes(minutes))
+    cortex::base::clock::format_ts(chrono::Utc::now() - chrono::Duration::minutes(minutes))
 }
 
 fn running_spec(
@@ -40,7 +40,7 @@ fn sleeper() -> std::process::Child {
 }
 
 fn ticks(pid: u32) -> u64 {
-    cortex::procfs::start_ticks(pid as i32).expect("start ticks")
+    cortex::base::procfs::start_ticks(pid as i32).expect("start ticks")
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn reset_refuses_without_yes_and_then_resets_completely() {
     assert_eq!(std::fs::read(h.join("coordination/config/worker-types.json")).unwrap(), types, "config kept");
     let pre: Vec<_> = std::fs::read_dir(h.join("backups/pre-reset")).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(pre.len(), 1);
-    let v = cortex::backup::verify::verify(&pre[0]).unwrap();
+    let v = cortex::ops::backup::verify::verify(&pre[0]).unwrap();
     assert!(v.manifest.file("coordination/worker-specs/active/d-live.json").is_some());
     assert_eq!(h.events_of("system_reset").len(), 1);
     h.cortex_ok(&["validate"]);

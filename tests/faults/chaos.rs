@@ -10,10 +10,10 @@
 use crate::support::reexec;
 use crate::support::task::configure;
 use crate::support::*;
-use cortex::clock::{Timestamp, parse_ts};
-use cortex::pidfile::{self, PidStatus};
-use cortex::task::model::{Task, TaskQueue};
-use cortex::task::ops::{NewTask, add_task};
+use cortex::base::clock::{Timestamp, parse_ts};
+use cortex::domain::task::model::{Task, TaskQueue};
+use cortex::domain::task::ops::{NewTask, add_task};
+use cortex::store::pidfile::{self, PidStatus};
 use cortex::{Home, Store};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -181,7 +181,7 @@ fn killer(h: &TestHome, stop: &AtomicBool, chaos: &Mutex<Chaos>) {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let running: Vec<(&str, u32)> = cortex::daemon::DAEMONS
+        let running: Vec<(&str, u32)> = cortex::base::daemon_name::NAMES
             .iter()
             .filter_map(|d| match pidfile::status(&home, d) {
                 Ok(PidStatus::Running(p)) if p != 0 => Some((*d, p)),
@@ -293,7 +293,7 @@ fn adder(store: &Store, log: &Path, n: usize, stop: &AtomicBool, ids: &Mutex<Vec
 
 /// The finished tasks of the archive (last record of each id) and every raw archive line per id.
 fn archived(store: &Store) -> (HashMap<String, Task>, HashMap<String, Vec<Value>>) {
-    let (tasks, _) = cortex::task::archive::all(store).unwrap();
+    let (tasks, _) = cortex::domain::task::archive::all(store).unwrap();
     let mut lines: HashMap<String, Vec<Value>> = HashMap::new();
     let text = std::fs::read_to_string(store.home().coord("task-archive.jsonl")).unwrap_or_default();
     for l in text.lines() {
@@ -414,7 +414,7 @@ fn chaos_soak() {
 
     // Whatever is still down comes back (pm restarts it; a daemon pm lost track of is a finding,
     // reported below), then everything must end.
-    let down_after_chaos: Vec<&str> = cortex::daemon::DAEMONS
+    let down_after_chaos: Vec<&str> = cortex::base::daemon_name::NAMES
         .iter()
         .copied()
         .filter(|d| {
@@ -706,7 +706,7 @@ struct StopAll<'a>(&'a TestHome);
 impl Drop for StopAll<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for d in cortex::daemon::DAEMONS {
+            for d in cortex::base::daemon_name::NAMES {
                 let log = std::fs::read_to_string(self.0.join(&format!("agents/logs/system/{d}-daemon.log")))
                     .unwrap_or_default();
                 let lines: Vec<&str> = log.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();

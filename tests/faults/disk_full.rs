@@ -209,7 +209,7 @@ fn full_disk_loses_nothing_spins_nothing_and_resumes() {
     let ev = h.events_of("storage_write_failed").pop().unwrap();
     assert!(ev["message"].as_str().unwrap().contains("No space left"), "{ev}");
     assert!(ev["data"]["failed_writes"].as_u64().unwrap() >= 1, "{ev}");
-    assert!(ev["data"]["first_failed_at"].as_str().and_then(cortex::clock::parse_ts).unwrap() >= full_since);
+    assert!(ev["data"]["first_failed_at"].as_str().and_then(cortex::base::clock::parse_ts).unwrap() >= full_since);
 
     h.cortex_ok(&["scheduler", "pause", "--reason", "space is back"]);
     h.cortex_ok(&["scheduler", "resume"]);
@@ -356,7 +356,7 @@ fn disk_full_while_tasks_run_loses_no_task_runs_none_twice_and_resumes() {
     let log = outside.path().join("marks.log");
 
     // 30 tasks; each writes start/end marks (one O_APPEND write each) and reports its usage.
-    let store = cortex::Store::new(cortex::home::Home::at(h.path()));
+    let store = cortex::Store::new(cortex::store::home::Home::at(h.path()));
     let n = 30;
     let mut ids = Vec::new();
     for i in 0..n {
@@ -372,9 +372,9 @@ fn disk_full_while_tasks_run_loses_no_task_runs_none_twice_and_resumes() {
             1 + i % 7,
             mark("end")
         );
-        let t = cortex::task::ops::add_task(
+        let t = cortex::domain::task::ops::add_task(
             &store,
-            cortex::task::ops::NewTask {
+            cortex::domain::task::ops::NewTask {
                 description: format!("disk full {i}"),
                 command: vec!["sh".into(), "-c".into(), script],
                 budget: Some(100),
@@ -444,7 +444,7 @@ fn disk_full_while_tasks_run_loses_no_task_runs_none_twice_and_resumes() {
         .filter(|e| e["source"] == "coordinator" || e["source"] == "worker")
     {
         assert!(
-            ev["data"]["first_failed_at"].as_str().and_then(cortex::clock::parse_ts).unwrap() >= full_since,
+            ev["data"]["first_failed_at"].as_str().and_then(cortex::base::clock::parse_ts).unwrap() >= full_since,
             "{ev}"
         );
     }
@@ -620,7 +620,7 @@ fn task_archived_by_a_cycle_whose_queue_write_failed_is_not_archived_again() {
     let dispatch = task::show(&h, &id)["dispatches"][0].as_str().unwrap().to_string();
 
     // The coordinator cannot fold the end until the lock is released, by which time the disk is full.
-    let store = cortex::Store::new(cortex::home::Home::at(h.path()));
+    let store = cortex::Store::new(cortex::store::home::Home::at(h.path()));
     let queue_lock = store.lock_named(cortex::store::LockName::TaskQueue).unwrap();
     std::fs::write(&go, b"").unwrap();
     wait_until(Duration::from_secs(20), "the worker records the end", || {

@@ -4,8 +4,8 @@
 
 use crate::support::health::*;
 use crate::support::*;
-use cortex::home::{Home, SpecBucket};
-use cortex::task::TaskState;
+use cortex::domain::task::TaskState;
+use cortex::store::home::{Home, SpecBucket};
 use std::time::Duration;
 
 #[test]
@@ -21,7 +21,7 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     );
     let hung = Group::start("tail -f /dev/null & tail -f /dev/null");
     wait_until(Duration::from_secs(5), "sh and both sleeps", || hung.members().len() == 3);
-    let now = cortex::clock::now_string();
+    let now = cortex::base::clock::now_string();
     write_queue(&home, vec![in_progress_task("task-1", "scan-worker", "disp-1", 1, 500)]);
     write_budget(&home, 10_000, 0, &[("disp-1", 500)]);
     write_spec(&home, SpecBucket::Active, &running_spec("disp-1", "task-1", "scan-worker", &hung, &now, 500));
@@ -33,7 +33,7 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     });
     let task = read_queue(&home).tasks.remove(0);
     let TaskState::PendingRetry { next_retry_at, .. } = &task.state else { unreachable!() };
-    let delay = (cortex::clock::parse_ts(next_retry_at).unwrap() - chrono::Utc::now()).num_seconds();
+    let delay = (cortex::base::clock::parse_ts(next_retry_at).unwrap() - chrono::Utc::now()).num_seconds();
     assert!((25..=30).contains(&delay), "first retry after about 30 s, got {delay}");
     assert!(hung.members().is_empty(), "the hung group is gone before the restart");
     let z = read_spec(&home, SpecBucket::Zombie, "disp-1").unwrap();
@@ -47,9 +47,9 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     // Five failures of fix-worker written while the daemon runs: it wakes on the change and
     // the fix-worker breaker opens (scan-worker's, with one zombie, stays closed).
     for i in 0..5 {
-        let s = cortex::task::DispatchRecord {
-            state: cortex::task::DispatchState::Failed {
-                ended_at: cortex::clock::now_string(),
+        let s = cortex::domain::task::DispatchRecord {
+            state: cortex::domain::task::DispatchState::Failed {
+                ended_at: cortex::base::clock::now_string(),
                 exit_code: Some(2),
                 signal: None,
                 duration_s: Some(0.1),
@@ -70,8 +70,8 @@ fn hung_task_is_cleaned_up_and_restarted_and_failures_trip_the_breaker() {
     });
     assert_eq!(t.events_of("circuit_breaker_tripped").len(), 1);
     let store = cortex::store::Store::new(home.clone());
-    assert!(!cortex::autofix::is_dispatch_allowed(&store, "fix-worker", chrono::Utc::now()).unwrap());
-    assert!(cortex::autofix::is_dispatch_allowed(&store, "scan-worker", chrono::Utc::now()).unwrap());
+    assert!(!cortex::daemons::auto_fix::is_dispatch_allowed(&store, "fix-worker", chrono::Utc::now()).unwrap());
+    assert!(cortex::daemons::auto_fix::is_dispatch_allowed(&store, "scan-worker", chrono::Utc::now()).unwrap());
 
     assert!(terminate(&mut autofix).success());
     assert!(terminate(&mut heartbeat).success());

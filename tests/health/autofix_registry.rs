@@ -4,10 +4,10 @@
 
 use crate::support::*;
 use chrono::Duration;
-use cortex::autofix;
-use cortex::clock::{Clock, ManualClock};
-use cortex::home::Home;
+use cortex::base::clock::{Clock, ManualClock};
+use cortex::daemons::auto_fix;
 use cortex::store::Store;
+use cortex::store::home::Home;
 use serde_json::json;
 
 struct Rig {
@@ -26,7 +26,7 @@ impl Rig {
             serde_json::to_vec_pretty(&json!({"fixes": fixes})).unwrap(),
         )
         .unwrap();
-        let start = cortex::clock::parse_ts(&cortex::clock::now_string()).unwrap();
+        let start = cortex::base::clock::parse_ts(&cortex::base::clock::now_string()).unwrap();
         Rig { store: Store::new(home.clone()).with_source("auto-fix"), home, clock: ManualClock::new(start), t }
     }
 
@@ -35,9 +35,9 @@ impl Rig {
         let line = json!({
             "pattern_id": "pat-timeout-scan", "category": "timeout", "type": "timeout",
             "signature": "timeout|timeout|scan-worker", "worker_type": "scan-worker",
-            "frequency": {"total_occurrences": occurrences, "last_seen": cortex::clock::format_ts(self.clock.now())},
+            "frequency": {"total_occurrences": occurrences, "last_seen": cortex::base::clock::format_ts(self.clock.now())},
             "confidence": 1.0, "severity": "high",
-            "created_at": cortex::clock::format_ts(self.clock.now()), "updated_at": cortex::clock::format_ts(self.clock.now()),
+            "created_at": cortex::base::clock::format_ts(self.clock.now()), "updated_at": cortex::base::clock::format_ts(self.clock.now()),
         });
         let path = self.home.failure_patterns_file();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -49,8 +49,8 @@ impl Rig {
             .clone()
     }
 
-    fn pass(&self) -> autofix::PassReport {
-        autofix::pass(&self.store, &self.clock).expect("pass")
+    fn pass(&self) -> auto_fix::PassReport {
+        auto_fix::pass(&self.store, &self.clock).expect("pass")
     }
 }
 

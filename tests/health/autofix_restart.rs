@@ -6,11 +6,11 @@
 use crate::support::health::*;
 use crate::support::*;
 use chrono::Duration;
-use cortex::autofix::{self, breaker};
-use cortex::clock::{Clock, ManualClock, format_ts};
-use cortex::home::{Home, SpecBucket};
+use cortex::base::clock::{Clock, ManualClock, format_ts};
+use cortex::daemons::auto_fix::{self, breaker};
+use cortex::domain::task::{DispatchRecord, DispatchState, TaskState};
 use cortex::store::Store;
-use cortex::task::{DispatchRecord, DispatchState, TaskState};
+use cortex::store::home::{Home, SpecBucket};
 
 struct Rig {
     t: TestHome,
@@ -24,7 +24,7 @@ impl Rig {
         let t = TestHome::new();
         let home = Home::at(t.path());
         // Microsecond precision, like the files.
-        let start = cortex::clock::parse_ts(&cortex::clock::now_string()).unwrap();
+        let start = cortex::base::clock::parse_ts(&cortex::base::clock::now_string()).unwrap();
         Rig { store: Store::new(home.clone()).with_source("auto-fix"), home, clock: ManualClock::new(start), t }
     }
 
@@ -72,8 +72,8 @@ impl Rig {
         write_spec(&self.home, SpecBucket::Failed, &s);
     }
 
-    fn pass(&self) -> autofix::PassReport {
-        autofix::pass(&self.store, &self.clock).expect("pass")
+    fn pass(&self) -> auto_fix::PassReport {
+        auto_fix::pass(&self.store, &self.clock).expect("pass")
     }
 
     fn task_state(&self, id: &str) -> TaskState {
@@ -84,7 +84,7 @@ impl Rig {
 fn retry_delay(rig: &Rig, task: &str) -> i64 {
     match rig.task_state(task) {
         TaskState::PendingRetry { next_retry_at, .. } => {
-            (cortex::clock::parse_ts(&next_retry_at).unwrap() - rig.clock.now()).num_seconds()
+            (cortex::base::clock::parse_ts(&next_retry_at).unwrap() - rig.clock.now()).num_seconds()
         }
         other => panic!("task {task} is {other:?}, not pending_retry"),
     }
@@ -236,7 +236,7 @@ fn breaker_trips_half_opens_for_one_trial_and_closes() {
     assert!(!breaker::is_dispatch_allowed(&rig.store, "scan-worker", now()).unwrap());
     // It succeeds.
     rig.clock.advance(Duration::seconds(5));
-    std::fs::remove_file(cortex::task::dispatches::spec_path(&rig.home, SpecBucket::Active, "trial")).unwrap();
+    std::fs::remove_file(cortex::domain::task::dispatches::spec_path(&rig.home, SpecBucket::Active, "trial")).unwrap();
     trial.state = DispatchState::Completed { ended_at: format_ts(now()), exit_code: 0, duration_s: 5.0 };
     write_spec(&rig.home, SpecBucket::Completed, &trial);
     rig.pass();

@@ -7,7 +7,7 @@
 
 use crate::support::task::*;
 use crate::support::*;
-use cortex::clock::parse_ts;
+use cortex::base::clock::parse_ts;
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -205,7 +205,7 @@ fn zombie_cleaned_up(h: &TestHome, id: &str) -> (String, Value) {
     wait_until(LONG, "the group and its grandchild gone", || !pid_running(child) && !pid_running(grandchild));
     let pgid = z["heartbeat"]["zombie_cleanup"]["pgid"].as_i64().unwrap() as i32;
     assert!(z["heartbeat"]["zombie_cleanup"]["processes_stopped"].as_u64().unwrap() >= 3, "{z}");
-    assert!(cortex::procfs::group_members(pgid).is_empty(), "group {pgid} still has members");
+    assert!(cortex::base::procfs::group_members(pgid).is_empty(), "group {pgid} still has members");
     (z["dispatch_id"].as_str().unwrap().to_string(), z)
 }
 
@@ -283,8 +283,8 @@ fn coordinator_wakes_at_half_open_time_without_auto_fix() {
     let now = chrono::Utc::now();
     let half_open_at = now + chrono::Duration::seconds(2);
     let breakers = json!({"breakers": {"fix-worker": {
-        "state": "open", "opened_at": cortex::clock::format_ts(now),
-        "half_open_at": cortex::clock::format_ts(half_open_at), "reason": "test",
+        "state": "open", "opened_at": cortex::base::clock::format_ts(now),
+        "half_open_at": cortex::base::clock::format_ts(half_open_at), "reason": "test",
         "failures_in_window": 3, "trips": 1}}});
     std::fs::write(h.join("coordination/circuit-breakers.json"), serde_json::to_vec_pretty(&breakers).unwrap())
         .unwrap();

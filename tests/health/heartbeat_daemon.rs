@@ -5,7 +5,7 @@
 
 use crate::support::health::*;
 use crate::support::*;
-use cortex::home::{Home, SpecBucket};
+use cortex::store::home::{Home, SpecBucket};
 use std::time::Duration;
 
 #[test]
@@ -20,7 +20,7 @@ fn daemon_cleans_up_a_hung_group_and_spares_a_heartbeating_one() {
             "grace_seconds": 1
         }),
     );
-    let now = cortex::clock::now_string();
+    let now = cortex::base::clock::now_string();
 
     // A task that heartbeats through the CLI, as a real task would (env set by the worker).
     let hb_file = home.heartbeat_file("alive");
@@ -42,7 +42,7 @@ fn daemon_cleans_up_a_hung_group_and_spares_a_heartbeating_one() {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        Group { ticks: cortex::procfs::start_ticks(pid).unwrap(), pid, child }
+        Group { ticks: cortex::base::procfs::start_ticks(pid).unwrap(), pid, child }
     };
     write_spec(&home, SpecBucket::Active, &running_spec("alive", "t-alive", "scan-worker", &alive, &now, 100));
 
@@ -62,7 +62,7 @@ fn daemon_cleans_up_a_hung_group_and_spares_a_heartbeating_one() {
     });
     for pid in &members {
         wait_until(Duration::from_secs(5), "group member gone", || {
-            cortex::procfs::stat(*pid).is_none_or(|s| !s.is_running())
+            cortex::base::procfs::stat(*pid).is_none_or(|s| !s.is_running())
         });
     }
     let order: Vec<String> = t
@@ -92,7 +92,7 @@ fn daemon_cleans_up_a_hung_group_and_spares_a_heartbeating_one() {
     assert_eq!(spec["heartbeat"]["liveness"], "ok");
     assert_eq!(spec["heartbeat"]["health"]["tokens_used"], 7);
     assert_eq!(spec["heartbeat"]["message"], "ok");
-    assert!(cortex::procfs::is_alive(alive.pid, alive.ticks));
+    assert!(cortex::base::procfs::is_alive(alive.pid, alive.ticks));
     assert!(t.events().iter().all(|e| e["data"]["dispatch_id"] != "alive" || e["type"] != "zombie_detected"));
 
     let status = terminate(&mut daemon);

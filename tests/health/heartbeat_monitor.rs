@@ -6,10 +6,10 @@
 use crate::support::health::*;
 use crate::support::*;
 use chrono::Duration;
-use cortex::clock::{Clock, ManualClock, format_ts};
-use cortex::heartbeat::{Monitor, beat};
-use cortex::home::{Home, SpecBucket};
+use cortex::base::clock::{Clock, ManualClock, format_ts};
+use cortex::daemons::heartbeat::{Monitor, beat};
 use cortex::store::Store;
+use cortex::store::home::{Home, SpecBucket};
 use std::sync::Arc;
 
 struct Rig {
@@ -17,7 +17,7 @@ struct Rig {
     home: Home,
     store: Store,
     clock: ManualClock,
-    t0: cortex::clock::Timestamp,
+    t0: cortex::base::clock::Timestamp,
     monitor: Monitor,
 }
 
@@ -32,7 +32,7 @@ impl Rig {
         Rig { store: Store::new(home.clone()).with_source("heartbeat"), home, clock, t0, monitor, _t: t }
     }
 
-    fn at(&mut self, secs: f64) -> cortex::heartbeat::PassReport {
+    fn at(&mut self, secs: f64) -> cortex::daemons::heartbeat::PassReport {
         self.clock.set(self.t0 + Duration::milliseconds((secs * 1000.0) as i64));
         self.monitor.pass(&self.store, 0.0).expect("pass")
     }
@@ -103,7 +103,7 @@ fn thresholds_sequence_and_false_positive_guard() {
     assert_eq!(hb["sequence"], 2, "sequence increments");
     assert_eq!(hb["missed_count"], 0, "missed_count resets");
     assert_eq!(hb["liveness"], "ok");
-    assert!(cortex::procfs::is_alive(g.pid, g.ticks));
+    assert!(cortex::base::procfs::is_alive(g.pid, g.ticks));
 }
 
 #[test]
@@ -136,7 +136,7 @@ fn hung_group_is_cleaned_up_with_its_grandchildren() {
     assert_eq!(r.cleaned, vec!["hung".to_string()]);
     g.reap();
     for pid in &members {
-        assert!(cortex::procfs::stat(*pid).is_none_or(|s| !s.is_running()), "process {pid} survived");
+        assert!(cortex::base::procfs::stat(*pid).is_none_or(|s| !s.is_running()), "process {pid} survived");
     }
     assert!(read_spec(&rig.home, SpecBucket::Active, "hung").is_none());
     let z = read_spec(&rig.home, SpecBucket::Zombie, "hung").expect("zombie spec");
@@ -211,7 +211,7 @@ fn mass_zombification_raises_one_critical_event_and_kills_nothing() {
     assert_eq!(crit[0]["severity"], "critical");
     assert_eq!(rig.count("zombie_detected"), 0);
     for g in &groups {
-        assert!(cortex::procfs::is_alive(g.pid, g.ticks));
+        assert!(cortex::base::procfs::is_alive(g.pid, g.ticks));
     }
 }
 
@@ -244,8 +244,8 @@ fn a_daemon_whose_mark_stops_is_reported_hung_once_then_recovered() {
     let mut rig = Rig::new(serde_json::json!({}));
     let home = rig.home.clone();
     // Stand in for a running metrics daemon: hold its PID file, write its mark by hand.
-    let _pid = cortex::pidfile::PidFile::acquire(&home, "metrics", std::time::Duration::from_secs(1)).unwrap();
-    let mark = |at: cortex::clock::Timestamp| {
+    let _pid = cortex::store::pidfile::PidFile::acquire(&home, "metrics", std::time::Duration::from_secs(1)).unwrap();
+    let mark = |at: cortex::base::clock::Timestamp| {
         let m = serde_json::json!({"name": "metrics", "pid": std::process::id(), "version": "t",
             "started_at": format_ts(at), "ready_at": null, "heartbeat_at": format_ts(at), "last_loop_at": format_ts(at)});
         std::fs::write(home.daemon_mark("metrics"), m.to_string()).unwrap();

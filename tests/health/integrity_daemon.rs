@@ -170,9 +170,9 @@ fn each_cross_file_inconsistency_is_reported_once_after_the_grace_period() {
     assert_eq!(all.len(), 4, "the consistent task c1 is not reported: {all:#?}");
     // Reported after lasting the grace period, not at first sight.
     let ready =
-        cortex::clock::parse_ts(h.read_json("run/integration.state.json")["ready_at"].as_str().unwrap()).unwrap();
+        cortex::base::clock::parse_ts(h.read_json("run/integration.state.json")["ready_at"].as_str().unwrap()).unwrap();
     for e in &all {
-        let at = cortex::clock::parse_ts(e["timestamp"].as_str().unwrap()).unwrap();
+        let at = cortex::base::clock::parse_ts(e["timestamp"].as_str().unwrap()).unwrap();
         assert!(at - ready >= chrono::Duration::milliseconds(900), "reported {} after ready", at - ready);
     }
 

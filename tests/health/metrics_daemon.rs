@@ -114,7 +114,7 @@ fn snapshot_lines_have_every_field() {
     assert!(me["rss_mb"].as_f64().unwrap() > 0.0, "{me}");
     assert!(me["cpu_percent"].as_f64().unwrap() >= 0.0, "{me}");
     assert!(me["uptime_s"].as_i64().unwrap() >= 0, "{me}");
-    assert!(cortex::clock::parse_ts(s["timestamp"].as_str().unwrap()).is_some());
+    assert!(cortex::base::clock::parse_ts(s["timestamp"].as_str().unwrap()).is_some());
 
     // `cortex metrics --json` prints the latest line; the text form names each block.
     // The next snapshot sees a pause.
@@ -205,13 +205,15 @@ fn event_log_rotation_loses_no_line_under_concurrent_appenders() {
         })
         .collect();
     let events = h.join("coordination/dashboard-events.jsonl");
-    wait_until(WAIT, "three rotations while appending", || cortex::logging::rotated_names(&events, 3).0.exists());
+    wait_until(WAIT, "three rotations while appending", || {
+        cortex::store::rotation::rotated_names(&events, 3).0.exists()
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written: Vec<u64> = appenders.into_iter().map(|a| a.join().unwrap()).collect();
     assert!(terminate(&mut d).success());
 
     let mut files = vec![events.clone()];
-    files.extend((1..1000).map(|n| cortex::logging::rotated_names(&events, n).0).take_while(|p| p.exists()));
+    files.extend((1..1000).map(|n| cortex::store::rotation::rotated_names(&events, n).0).take_while(|p| p.exists()));
     let mut seen = vec![std::collections::BTreeSet::new(); 4];
     let mut rotations_logged = 0;
     for f in &files {

@@ -9,7 +9,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn now() -> String {
-    cortex::clock::now_string()
+    cortex::base::clock::now_string()
 }
 
 /// Writes a finished spec into `worker-specs/<bucket>/` the way the worker does (temp, rename),

@@ -14,7 +14,7 @@
 //!
 //! One argument on Linux is at most 128 KiB (MAX_ARG_STRLEN): the kernel refuses a longer one at
 //! exec, before Cortex runs. So the CLI paths carry 120 KB values, and the 1 MB description goes
-//! through `cortex::schedule::add`, the call the CLI makes, then is read back with the CLI.
+//! through `cortex::domain::schedule::add`, the call the CLI makes, then is read back with the CLI.
 use crate::support::faults::*;
 use crate::support::fleet::Fleet;
 use crate::support::*;
@@ -139,26 +139,26 @@ fn metacharacters_newlines_escapes_and_big_values_are_stored_exactly_and_shown_s
     // --- 1 MB description through the library call the CLI makes; read back with the CLI.
     let store = cortex::Store::new(cortex::Home::at(h.path()));
     let mega = format!("{NASTY}{}", "m".repeat(1024 * 1024));
-    let added = cortex::schedule::add(
+    let added = cortex::domain::schedule::add(
         &store,
-        &cortex::clock::SystemClock,
-        cortex::schedule::NewSchedule {
+        &cortex::base::clock::SystemClock,
+        cortex::domain::schedule::NewSchedule {
             name: "mega".into(),
             cron: Some("0 3 * * *".into()),
             every: None,
             timezone: None,
-            misfire_policy: cortex::schedule::MisfirePolicy::Skip,
+            misfire_policy: cortex::domain::schedule::MisfirePolicy::Skip,
             max_instances: 1,
-            task: cortex::schedule::TaskTemplate {
+            task: cortex::domain::schedule::TaskTemplate {
                 description: mega.clone(),
-                priority: cortex::task::Priority::Medium,
+                priority: cortex::domain::task::Priority::Medium,
                 worker_type: None,
                 command: vec!["sh".into(), "-c".into(), NASTY.into()],
                 budget: None,
                 max_attempts: None,
             },
         },
-        &cortex::scheduler::Actor { who: "tester".into(), from: "test".into() },
+        &cortex::domain::scheduler_state::Actor { who: "tester".into(), from: "test".into() },
     )
     .expect("add a schedule with a 1 MB description");
     let out = run(&["--json", "schedule", "show", &added.schedule_id]);
@@ -268,16 +268,16 @@ fn hostile_task_fields_inject_nothing_are_stored_exactly_and_shown_safely() {
     // (one argument is at most 128 KiB: exec refuses it, the task fails saying so).
     let store = cortex::Store::new(cortex::Home::at(h.path()));
     let mega = format!("{NASTY}{}", "m".repeat(1024 * 1024));
-    let new = |description: &str, command: Vec<String>, max_attempts| cortex::task::ops::NewTask {
+    let new = |description: &str, command: Vec<String>, max_attempts| cortex::domain::task::ops::NewTask {
         description: description.to_string(),
         worker_type: Some("analysis-worker".into()),
         command,
         max_attempts: Some(max_attempts),
         ..Default::default()
     };
-    let d = cortex::task::ops::add_task(&store, new(&mega, vec!["true".into()], 3)).unwrap().task_id;
+    let d = cortex::domain::task::ops::add_task(&store, new(&mega, vec!["true".into()], 3)).unwrap().task_id;
     let mega2 = format!("{mega} again");
-    let e = cortex::task::ops::add_task(&store, new(&mega2, vec![], 1)).unwrap().task_id;
+    let e = cortex::domain::task::ops::add_task(&store, new(&mega2, vec![], 1)).unwrap().task_id;
     let ids = [a.clone(), b.clone(), c.clone(), d.clone(), e.clone()];
     let finished = task::wait_finished(&h, &ids);
     let status: Vec<&str> = finished.iter().map(|t| t["status"].as_str().unwrap()).collect();
@@ -308,7 +308,7 @@ fn hostile_task_fields_inject_nothing_are_stored_exactly_and_shown_safely() {
     wait_until(Duration::from_secs(20), "every task archived", || {
         h.read_json("coordination/task-queue.json")["tasks"].as_array().is_some_and(|t| t.is_empty())
     });
-    let (archived, bad) = cortex::task::archive::all(&store).unwrap();
+    let (archived, bad) = cortex::domain::task::archive::all(&store).unwrap();
     assert_eq!(bad, 0);
     let find = |id: &str| archived.iter().find(|t| t.task_id == id).unwrap_or_else(|| panic!("{id} not archived"));
     assert_eq!(find(&a).description, templated);

@@ -236,10 +236,10 @@ fn every_coordination_file_hostile_in_turn_daemons_survive_report_quarantine_rec
 
     let started = std::time::Instant::now();
     let mut cases = 0;
-    for f in cortex::files::ALL {
+    for f in cortex::store::files::ALL {
         let rel = format!("coordination/{}", f.rel);
         let path = h.join(&rel);
-        let jsonl = f.kind == cortex::files::FileKind::Jsonl;
+        let jsonl = f.kind == cortex::store::files::FileKind::Jsonl;
         let original = std::fs::read(&path).ok();
         let case = Case { h: &h, rel: rel.clone(), path, jsonl, original, decoy: decoy.clone() };
         let mut kinds = vec![Kind::Empty, Kind::Truncated, Kind::NotJson, Kind::WrongShape, Kind::Symlink];

@@ -51,7 +51,7 @@ fn unreadable_files_are_reported_and_survived_then_recovered() {
     let port = configure_fast(&h);
     let mut fleet = Fleet::start_as(&h, port, run_as());
     let mut cases = 0;
-    for f in cortex::files::ALL {
+    for f in cortex::store::files::ALL {
         let rel = format!("coordination/{}", f.rel);
         let path = h.join(&rel);
         let Ok(meta) = std::fs::metadata(&path) else { continue };
@@ -77,7 +77,7 @@ fn unreadable_files_are_reported_and_survived_then_recovered() {
 
         std::fs::set_permissions(&path, meta.permissions()).unwrap();
         let now = std::fs::read(&path).unwrap();
-        if f.kind == cortex::files::FileKind::Json {
+        if f.kind == cortex::store::files::FileKind::Json {
             assert!(now == before, "{rel} was overwritten while unreadable");
         } else {
             assert!(now.starts_with(&before), "{rel} was rewritten while unreadable");

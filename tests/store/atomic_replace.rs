@@ -10,7 +10,7 @@
 
 use crate::support::reexec::{self, child, kill_hard, param, param_name, report};
 use crate::support::*;
-use cortex::task::model::TokenBudget;
+use cortex::domain::task::model::TokenBudget;
 use cortex::{Home, Store};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -69,7 +69,7 @@ fn child_replacer() {
                 let n = b.used + 1;
                 b.used = n;
                 b.reservations = (0..RESERVATIONS).map(|k| (format!("d{n}-{k:03}"), k)).collect();
-                b.last_updated = Some(cortex::clock::now_string());
+                b.last_updated = Some(cortex::base::clock::now_string());
                 b.recompute();
                 Ok(())
             })
@@ -125,7 +125,7 @@ fn strays(h: &TestHome) -> Vec<String> {
         .map(|e| e.unwrap())
         .filter(|e| e.file_type().unwrap().is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| cortex::files::by_rel(n).is_none())
+        .filter(|n| cortex::store::files::by_rel(n).is_none())
         .collect()
 }
 

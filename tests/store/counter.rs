@@ -7,7 +7,7 @@
 
 use crate::support::reexec::{self, child, param, param_name, report};
 use crate::support::*;
-use cortex::task::model::TokenBudget;
+use cortex::domain::task::model::TokenBudget;
 use cortex::{Home, Store};
 use std::io::Read;
 use std::process::Stdio;

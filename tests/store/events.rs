@@ -8,9 +8,9 @@ fn last_event(h: &TestHome) -> Value {
     let text = std::fs::read_to_string(h.join("coordination/dashboard-events.jsonl")).unwrap();
     let line = text.lines().last().expect("an event line");
     let v: Value = serde_json::from_str(line).expect("the line parses");
-    let violations = cortex::schema::check("event", &v, 5);
+    let violations = cortex::base::schema::check("event", &v, 5);
     assert!(violations.is_empty(), "schema violations {violations:?} in {line}");
-    assert!(cortex::clock::parse_ts(v["timestamp"].as_str().unwrap()).is_some(), "RFC 3339 timestamp: {line}");
+    assert!(cortex::base::clock::parse_ts(v["timestamp"].as_str().unwrap()).is_some(), "RFC 3339 timestamp: {line}");
     v
 }
 
@@ -103,7 +103,7 @@ fn ack_writes_schema_valid_lines_and_an_info_event() {
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{text}");
     for v in &lines {
-        let violations = cortex::schema::check("event-ack", v, 5);
+        let violations = cortex::base::schema::check("event-ack", v, 5);
         assert!(violations.is_empty(), "schema violations {violations:?} in {v}");
     }
     assert_eq!(lines[0]["event_id"], id.as_str());
@@ -111,7 +111,7 @@ fn ack_writes_schema_valid_lines_and_an_info_event() {
     assert!(lines[1]["up_to"].is_string() && lines[1].get("event_id").is_none());
     // A line naming both an event and a time is not an acknowledgement the schema allows.
     let both = serde_json::json!({"event_id": "e", "up_to": "t", "at": "t", "by": "me"});
-    assert!(!cortex::schema::check("event-ack", &both, 5).is_empty());
+    assert!(!cortex::base::schema::check("event-ack", &both, 5).is_empty());
     let out = h.cortex(&["validate"]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}");

@@ -4,7 +4,7 @@
 
 use crate::support::reexec::{self, child, kill_hard, param, param_name, report};
 use crate::support::*;
-use cortex::task::model::TaskQueue;
+use cortex::domain::task::model::TaskQueue;
 use cortex::{Error, Home, Store};
 use std::io::Read;
 use std::process::Stdio;

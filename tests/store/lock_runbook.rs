@@ -23,7 +23,7 @@ fn daemon_processes(home: &Path) -> HashMap<String, Vec<u32>> {
         let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name = name.strip_suffix(" (deleted)").unwrap_or(&name).to_string();
         let Some(daemon) = name.strip_prefix("cortex-") else { continue };
-        if !cortex::daemon::DAEMONS.contains(&daemon) || gone(pid) {
+        if !cortex::base::daemon_name::NAMES.contains(&daemon) || gone(pid) {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -39,7 +39,7 @@ fn daemon_processes(home: &Path) -> HashMap<String, Vec<u32>> {
 
 fn assert_one_each(f: &Fleet, when: &str) {
     let procs = daemon_processes(f.h.path());
-    for d in cortex::daemon::DAEMONS {
+    for d in cortex::base::daemon_name::NAMES {
         let pids = procs.get(d).cloned().unwrap_or_default();
         assert_eq!(pids.len(), 1, "{when}: {d} runs as {pids:?} (one process per daemon per home)");
     }
@@ -83,7 +83,7 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
     });
 
     // The operator's "cleanup": every PID file, then every lock file.
-    for d in cortex::daemon::DAEMONS {
+    for d in cortex::base::daemon_name::NAMES {
         std::fs::remove_file(f.h.join(&format!("run/{d}.pid"))).unwrap();
     }
     std::fs::remove_dir_all(f.h.join("coordination/.locks")).unwrap();
@@ -102,7 +102,7 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
     // (Within a second when the machine is idle; a loaded test machine gets ten.)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let last = cortex::daemon::DAEMONS
+        let last = cortex::base::daemon_name::NAMES
             .iter()
             .filter_map(|d| {
                 let file = std::fs::read_to_string(f.h.join(&format!("run/{d}.pid"))).ok();
@@ -135,7 +135,7 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
     }
     assert_one_each(&f, "after the tasks");
     let st = f.ok(&["status"]);
-    for d in cortex::daemon::DAEMONS {
+    for d in cortex::base::daemon_name::NAMES {
         assert!(st.contains(&format!("{d}: RUNNING")), "{st}");
     }
 

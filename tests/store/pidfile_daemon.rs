@@ -7,7 +7,7 @@
 use crate::support::reexec::kill_hard;
 use crate::support::*;
 use cortex::Home;
-use cortex::pidfile::{PidStatus, status};
+use cortex::store::pidfile::{PidStatus, status};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::process::{Child, Command, Stdio};
@@ -24,7 +24,7 @@ fn start_ready(h: &TestHome, name: &str) -> Child {
     let child = h.spawn_daemon(name);
     let pid = child.id();
     wait_until(WAIT, &format!("{name} to be ready"), || {
-        cortex::daemon::read_mark(&home(h), name).is_some_and(|m| m.pid == pid && m.ready_at.is_some())
+        cortex::store::daemon_mark::read_mark(&home(h), name).is_some_and(|m| m.pid == pid && m.ready_at.is_some())
     });
     child
 }
@@ -108,9 +108,9 @@ fn daemon_logs_reopens_on_sighup_and_stops_cleanly() {
     let h = TestHome::new();
     let mut d = start_ready(&h, "coordinator");
     let pid = d.id();
-    let mark = cortex::daemon::read_mark(&home(&h), "coordinator").unwrap();
+    let mark = cortex::store::daemon_mark::read_mark(&home(&h), "coordinator").unwrap();
     assert_eq!(mark.name, "coordinator");
-    assert!(cortex::clock::parse_ts(mark.ready_at.as_deref().unwrap()).is_some(), "ready_at is a timestamp");
+    assert!(cortex::base::clock::parse_ts(mark.ready_at.as_deref().unwrap()).is_some(), "ready_at is a timestamp");
 
     let log = h.join("agents/logs/system/coordinator-daemon.log");
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
@@ -169,7 +169,8 @@ fn concurrent_starts_leave_exactly_one_daemon() {
     });
     let winner = running.unwrap();
     wait_until(WAIT, "the winner to be ready", || {
-        cortex::daemon::read_mark(&home(&h), "integration").is_some_and(|m| m.pid == winner && m.ready_at.is_some())
+        cortex::store::daemon_mark::read_mark(&home(&h), "integration")
+            .is_some_and(|m| m.pid == winner && m.ready_at.is_some())
     });
     assert_eq!(status(&home(&h), "integration").unwrap(), PidStatus::Running(winner));
     assert_eq!(pid_in_file(&h, "integration"), winner.to_string());

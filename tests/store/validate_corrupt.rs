@@ -7,10 +7,10 @@
 
 use crate::support::reexec::{self, child, param, param_name, report};
 use crate::support::*;
-use cortex::files::{self, CoordFile};
-use cortex::scheduler::SchedulerState;
+use cortex::domain::scheduler_state::SchedulerState;
+use cortex::domain::task::model::{TaskQueue, TokenBudget};
 use cortex::store::Document;
-use cortex::task::model::{TaskQueue, TokenBudget};
+use cortex::store::files::{self, CoordFile};
 use cortex::{Home, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,7 +42,7 @@ fn child_writer() {
     }
     let store = Store::new(Home::at(param::<String>("HOME"))).with_source("test-writer");
     let rel: String = param("FILE");
-    let now = cortex::clock::now_string();
+    let now = cortex::base::clock::now_string();
     let result = match rel.as_str() {
         "task-queue.json" => store.update::<TaskQueue, _>(|q| {
             q.updated_at = Some(now);

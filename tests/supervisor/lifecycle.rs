@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 fn start_all_status_running_double_start_noop_stop_all() {
     let f = Fleet::new("");
     let out = f.ok(&["start"]);
-    for d in cortex::daemon::DAEMONS {
+    for d in cortex::base::daemon_name::NAMES {
         assert!(out.contains(&format!("{d}: started (PID ")), "{out}");
     }
     let status = f.ok(&["status"]);
-    for d in cortex::daemon::DAEMONS {
+    for d in cortex::base::daemon_name::NAMES {
         let line = status.lines().find(|l| l.starts_with(&format!("{d}: "))).unwrap_or_else(|| panic!("{status}"));
         assert!(line.starts_with(&format!("{d}: RUNNING (PID {}, uptime ", f.pid(d).unwrap())), "{line}");
         assert!(line.contains(" MB, ") && line.ends_with("% CPU)"), "{line}");
@@ -24,10 +24,10 @@ fn start_all_status_running_double_start_noop_stop_all() {
     assert_eq!(json["daemons"][0]["state"], "running");
 
     // A second start changes nothing.
-    let pids: Vec<u32> = cortex::daemon::DAEMONS.iter().map(|d| f.pid(d).unwrap()).collect();
+    let pids: Vec<u32> = cortex::base::daemon_name::NAMES.iter().map(|d| f.pid(d).unwrap()).collect();
     let again = f.ok(&["start"]);
     assert!(again.contains(&format!("worker: already running (PID {})", pids[0])), "{again}");
-    let after: Vec<u32> = cortex::daemon::DAEMONS.iter().map(|d| f.pid(d).unwrap()).collect();
+    let after: Vec<u32> = cortex::base::daemon_name::NAMES.iter().map(|d| f.pid(d).unwrap()).collect();
     assert_eq!(pids, after);
 
     let stopped = f.ok(&["stop"]);
@@ -76,7 +76,7 @@ fn sigkilled_daemon_is_stale_and_start_takes_it_over() {
     wait_until(
         Duration::from_secs(5),
         "heartbeat stale",
-        || matches!(f.status_of("heartbeat"), cortex::pidfile::PidStatus::Stale(Some(p)) if p == pid),
+        || matches!(f.status_of("heartbeat"), cortex::store::pidfile::PidStatus::Stale(Some(p)) if p == pid),
     );
     let out = f.run(&["status"]);
     assert_eq!(out.status.code(), Some(1));
@@ -88,7 +88,7 @@ fn sigkilled_daemon_is_stale_and_start_takes_it_over() {
     // Stopping a stale one only tidies its file.
     sigkill(f.pid("metrics").unwrap());
     wait_until(Duration::from_secs(5), "metrics stale", || {
-        matches!(f.status_of("metrics"), cortex::pidfile::PidStatus::Stale(_))
+        matches!(f.status_of("metrics"), cortex::store::pidfile::PidStatus::Stale(_))
     });
     let out = f.ok(&["stop", "metrics"]);
     assert!(out.contains("metrics: was not running; removed its stale PID file"), "{out}");

@@ -2,7 +2,7 @@
 //! the first daemon that fails readiness, leaving the rest running.
 use crate::support::fleet::Fleet;
 use crate::support::supervisor::*;
-use cortex::daemon::DAEMONS;
+use cortex::base::daemon_name::NAMES;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,9 +16,14 @@ fn monitor(f: &Fleet) -> (Arc<AtomicBool>, std::thread::JoinHandle<(usize, usize
     let handle = std::thread::spawn(move || {
         let (mut fewest, mut samples) = (usize::MAX, 0);
         while !flag.load(Ordering::Relaxed) {
-            let running = DAEMONS
+            let running = NAMES
                 .iter()
-                .filter(|d| matches!(cortex::pidfile::status(&home, d), Ok(cortex::pidfile::PidStatus::Running(_))))
+                .filter(|d| {
+                    matches!(
+                        cortex::store::pidfile::status(&home, d),
+                        Ok(cortex::store::pidfile::PidStatus::Running(_))
+                    )
+                })
                 .count();
             fewest = fewest.min(running);
             samples += 1;
@@ -33,17 +38,17 @@ fn monitor(f: &Fleet) -> (Arc<AtomicBool>, std::thread::JoinHandle<(usize, usize
 fn rolling_restart_keeps_all_but_one_running_and_stops_at_a_daemon_that_fails_readiness() {
     let f = Fleet::new("[supervisor]\nstabilization_seconds = 0.3\nready_timeout_seconds = 60.0\n");
     f.ok(&["start"]);
-    let before: Vec<u32> = DAEMONS.iter().map(|d| f.ready(d).unwrap()).collect();
+    let before: Vec<u32> = NAMES.iter().map(|d| f.ready(d).unwrap()).collect();
 
     let (stop, handle) = monitor(&f);
     let out = f.ok(&["restart", "--rolling"]);
     stop.store(true, Ordering::Relaxed);
     let (fewest, samples) = handle.join().unwrap();
     assert!(samples > 50, "only {samples} samples");
-    assert!(fewest >= DAEMONS.len() - 1, "at some instant only {fewest} daemons ran:\n{out}");
+    assert!(fewest >= NAMES.len() - 1, "at some instant only {fewest} daemons ran:\n{out}");
     assert!(out.contains("Rolling restart complete (9 daemons)"), "{out}");
-    let after: Vec<u32> = DAEMONS.iter().map(|d| f.ready(d).unwrap()).collect();
-    for (i, d) in DAEMONS.iter().enumerate() {
+    let after: Vec<u32> = NAMES.iter().map(|d| f.ready(d).unwrap()).collect();
+    for (i, d) in NAMES.iter().enumerate() {
         assert_ne!(before[i], after[i], "{d} was not restarted");
         assert!(out.contains(&format!("{d}: restarted (PID {} -> {})", before[i], after[i])), "{out}");
     }
@@ -63,14 +68,14 @@ fn rolling_restart_keeps_all_but_one_running_and_stops_at_a_daemon_that_fails_re
     let (fewest, _) = handle.join().unwrap();
     let s = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{s}");
-    assert!(fewest >= DAEMONS.len() - 1, "at some instant only {fewest} daemons ran:\n{s}");
+    assert!(fewest >= NAMES.len() - 1, "at some instant only {fewest} daemons ran:\n{s}");
     assert!(s.contains("metrics: restart FAILED: not ready after 4.0s"), "{s}");
     assert!(
         s.contains("not restarted (still running): coordinator, integration, failure-pattern, auto-fix, api"),
         "{s}"
     );
-    let now: Vec<Option<u32>> = DAEMONS.iter().map(|d| f.pid(d)).collect();
-    for (i, d) in DAEMONS.iter().enumerate() {
+    let now: Vec<Option<u32>> = NAMES.iter().map(|d| f.pid(d)).collect();
+    for (i, d) in NAMES.iter().enumerate() {
         match *d {
             "worker" | "pm" | "heartbeat" => assert_ne!(now[i], Some(after[i]), "{d} should have been restarted"),
             "metrics" => assert_eq!(now[i], None, "metrics failed readiness and is stopped"),

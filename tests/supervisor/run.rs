@@ -4,7 +4,7 @@
 use crate::support::fleet::Fleet;
 use crate::support::supervisor::*;
 use crate::support::*;
-use cortex::daemon::DAEMONS;
+use cortex::base::daemon_name::NAMES;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ fn cortex_run_notifies_systemd_restarts_children_and_stops_all_on_sigterm() {
     };
     let first = recv(&mut buf);
     assert!(first.contains("READY=1"), "{first}");
-    for d in DAEMONS {
+    for d in NAMES {
         assert!(f.ready(d).is_some(), "{d} is not ready after READY=1");
     }
     assert!(recv(&mut buf).contains("WATCHDOG=1"));
@@ -50,7 +50,7 @@ fn cortex_run_notifies_systemd_restarts_children_and_stops_all_on_sigterm() {
     assert_eq!(evs[0]["data"]["by"], "cortex run");
     assert_eq!(evs[0]["data"]["cause"], "signal 9 (SIGKILL)");
 
-    let pids: Vec<u32> = DAEMONS.iter().map(|d| f.pid(d).unwrap()).collect();
+    let pids: Vec<u32> = NAMES.iter().map(|d| f.pid(d).unwrap()).collect();
     let st = terminate(&mut run);
     assert!(st.success(), "{st}");
     for p in pids {
@@ -70,7 +70,7 @@ fn cortex_run_notifies_systemd_restarts_children_and_stops_all_on_sigterm() {
 /// that a killed daemon went down) carry no colour codes when stderr is not a terminal.
 #[test]
 fn cortex_run_writes_no_colour_codes_to_a_pipe() {
-    let others: Vec<String> = DAEMONS.iter().filter(|d| **d != "heartbeat").map(|d| format!("{d:?}")).collect();
+    let others: Vec<String> = NAMES.iter().filter(|d| **d != "heartbeat").map(|d| format!("{d:?}")).collect();
     let f = Fleet::new(&format!(
         "[daemons]\ndisabled = [{}]\n[supervisor]\nbackoff_initial_seconds = 0.2\n",
         others.join(", ")

@@ -54,7 +54,7 @@ fn daemon_monitor_flags() {
     assert!(out.status.success(), "no flag means --status, all running: {}", text(&out.stdout));
     let out = script(&f, dm, &["--stop-all"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
-    assert!(cortex::daemon::DAEMONS.iter().all(|d| f.pid(d).is_none()));
+    assert!(cortex::base::daemon_name::NAMES.iter().all(|d| f.pid(d).is_none()));
 
     assert_eq!(script(&f, dm, &["--start"]).status.code(), Some(2));
     assert_eq!(script(&f, dm, &["--bogus"]).status.code(), Some(2));
@@ -85,7 +85,7 @@ fn daemon_control_wizard_menu() {
     };
     let out = run("1\nq\n");
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(cortex::daemon::DAEMONS.iter().all(|d| f.ready(d).is_some()), "option 1 starts all daemons");
+    assert!(cortex::base::daemon_name::NAMES.iter().all(|d| f.ready(d).is_some()), "option 1 starts all daemons");
     let out = run("6\nworker\n4\nq\n");
     let s = text(&out.stdout);
     assert!(s.contains("worker: STOPPED"), "option 6 stops one, option 4 shows it: {s}");
@@ -94,7 +94,7 @@ fn daemon_control_wizard_menu() {
     assert_eq!(out.status.code(), Some(2), "an unknown daemon name is refused");
     let out = run("2\nq\n");
     assert!(out.status.success(), "{}", text(&out.stdout));
-    assert!(cortex::daemon::DAEMONS.iter().all(|d| f.pid(d).is_none()), "option 2 stops all daemons");
+    assert!(cortex::base::daemon_name::NAMES.iter().all(|d| f.pid(d).is_none()), "option 2 stops all daemons");
 }
 
 #[test]
@@ -105,11 +105,11 @@ fn start_and_stop_cortex_wrappers() {
     assert!(out.status.success(), "{s}{}", text(&out.stderr));
     assert!(s.contains("worker: started") && s.contains("api: RUNNING"), "{s}");
     assert!(s.contains(&format!("API address: http://127.0.0.1:{}", f.api_port)), "{s}");
-    assert!(cortex::daemon::DAEMONS.iter().all(|d| f.ready(d).is_some()));
+    assert!(cortex::base::daemon_name::NAMES.iter().all(|d| f.ready(d).is_some()));
     let out = script(&f, "scripts/stop-cortex.sh", &["--force"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("worker: killed"), "{}", text(&out.stdout));
-    assert!(cortex::daemon::DAEMONS.iter().all(|d| f.pid(d).is_none()));
+    assert!(cortex::base::daemon_name::NAMES.iter().all(|d| f.pid(d).is_none()));
 }
 
 #[test]

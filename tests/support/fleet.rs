@@ -7,7 +7,7 @@
 use crate::support::faults::{DAEMONS, TASK_DAEMONS, configure_fast, mark};
 use crate::support::*;
 use cortex::Home;
-use cortex::pidfile::{self, PidStatus};
+use cortex::store::pidfile::{self, PidStatus};
 use std::io::Read;
 use std::process::{Child, Command, Output};
 use std::time::Duration;
@@ -156,7 +156,7 @@ impl Fleet {
 
     /// The PID of a daemon that runs and has marked itself ready.
     pub fn ready(&self, daemon: &str) -> Option<u32> {
-        self.pid(daemon).filter(|p| cortex::supervisor::process::is_ready(&self.home(), daemon, *p))
+        self.pid(daemon).filter(|p| cortex::ops::supervisor::process::is_ready(&self.home(), daemon, *p))
     }
 
     /// Waits until `daemon` is ready with a PID other than `not`.
@@ -192,7 +192,7 @@ impl Fleet {
             self.assert_alive(during);
             self.children.iter().map(|(d, _)| d.as_str()).all(|d| {
                 mark(&self.h, d)
-                    .and_then(|m| m["heartbeat_at"].as_str().and_then(cortex::clock::parse_ts))
+                    .and_then(|m| m["heartbeat_at"].as_str().and_then(cortex::base::clock::parse_ts))
                     .is_some_and(|t| t > since)
             })
         });
@@ -210,7 +210,7 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // Show what the daemons said, to explain the failure.
-            for d in cortex::daemon::DAEMONS {
+            for d in cortex::base::daemon_name::NAMES {
                 let tail = log_tail(&self.h, d, 15);
                 if !tail.is_empty() {
                     eprintln!("--- {d}-daemon.log (last lines)\n{tail}");

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use crate::support::records::{dispatch, typed};
-use cortex::home::{Home, SpecBucket};
-use cortex::task::{DispatchRecord, Priority, Task, TaskQueue, TaskState, TokenBudget};
+use cortex::domain::task::{DispatchRecord, Priority, Task, TaskQueue, TaskState, TokenBudget};
+use cortex::store::home::{Home, SpecBucket};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -30,13 +30,13 @@ impl Group {
             .spawn()
             .expect("spawn sh");
         let pid = child.id() as i32;
-        let ticks = cortex::procfs::start_ticks(pid).expect("start ticks");
+        let ticks = cortex::base::procfs::start_ticks(pid).expect("start ticks");
         Group { child, pid, ticks }
     }
 
     /// Running members of the group (the leader included while it runs).
     pub fn members(&self) -> Vec<i32> {
-        cortex::procfs::group_members(self.pid).iter().map(|m| m.pid).collect()
+        cortex::base::procfs::group_members(self.pid).iter().map(|m| m.pid).collect()
     }
 
     /// Reaps the leader if it exited (so it does not linger as an unreaped child).
@@ -74,13 +74,13 @@ pub fn running_spec(
 }
 
 pub fn write_spec(home: &Home, bucket: SpecBucket, spec: &DispatchRecord) {
-    let path = cortex::task::dispatches::spec_path(home, bucket, &spec.dispatch_id);
+    let path = cortex::domain::task::dispatches::spec_path(home, bucket, &spec.dispatch_id);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
 }
 
 pub fn read_spec(home: &Home, bucket: SpecBucket, id: &str) -> Option<serde_json::Value> {
-    let path = cortex::task::dispatches::spec_path(home, bucket, id);
+    let path = cortex::domain::task::dispatches::spec_path(home, bucket, id);
     std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
 }
 
@@ -92,8 +92,8 @@ pub fn in_progress_task(task_id: &str, worker_type: &str, dispatch_id: &str, att
         priority: Priority::Medium,
         worker_type: worker_type.into(),
         command: vec![],
-        state: TaskState::InProgress { started_at: cortex::clock::now_string(), dispatch_id: dispatch_id.into() },
-        created_at: cortex::clock::now_string(),
+        state: TaskState::InProgress { started_at: cortex::base::clock::now_string(), dispatch_id: dispatch_id.into() },
+        created_at: cortex::base::clock::now_string(),
         created_by: "test".into(),
         attempts,
         max_attempts: 10,

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use crate::support::TestHome;
-use cortex::task::DispatchRecord;
+use cortex::domain::task::DispatchRecord;
 
 /// Writes a dispatch record into `coordination/worker-specs/<bucket>/<id>.json`.
 pub fn write_dispatch(h: &TestHome, bucket: &str, record: serde_json::Value) {

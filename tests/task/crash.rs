@@ -2,7 +2,7 @@
 //! is lost, exit codes survive; and 1,000 trivial tasks end consistent.
 use crate::support::task::*;
 use crate::support::*;
-use cortex::task::ops::{NewTask, add_task};
+use cortex::domain::task::ops::{NewTask, add_task};
 use serde_json::Value;
 
 /// A task that records each run, waits for `gate` under the home, then exits with `code`.
@@ -105,7 +105,7 @@ fn dispatch_recorded_without_spec_is_lost_and_retried() {
     // What a coordinator killed between the queue write and the spec write leaves behind.
     let mut task = serde_json::to_value(&t).unwrap();
     task["status"] = "in_progress".into();
-    task["started_at"] = cortex::clock::now_string().into();
+    task["started_at"] = cortex::base::clock::now_string().into();
     task["dispatch_id"] = "dsp-crashed".into();
     task["attempts"] = 1.into();
     task["dispatches"] = serde_json::json!(["dsp-crashed"]);
@@ -201,13 +201,13 @@ fn many_trivial_tasks_end_consistent() {
 /// next worker called it `lost` instead of `timeout` (or `cancelled`).
 #[test]
 fn worker_killed_mid_stop_ends_the_dispatch_timeout_or_cancelled_not_lost() {
-    use cortex::task::model::{DispatchRecord, DispatchState};
+    use cortex::domain::task::model::{DispatchRecord, DispatchState};
     let h = fast_home();
     // A PID that no longer runs (and start ticks that would not match anyway).
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let pid = gone.id() as i32;
     gone.wait().unwrap();
-    let started = cortex::clock::format_ts(chrono::Utc::now() - chrono::Duration::seconds(10));
+    let started = cortex::base::clock::format_ts(chrono::Utc::now() - chrono::Duration::seconds(10));
     let write = |id: &str, timeout_seconds: f64| {
         let rec = DispatchRecord {
             dispatch_id: id.into(),

@@ -6,7 +6,7 @@
 
 use crate::support::task::*;
 use crate::support::*;
-use cortex::clock::{Timestamp, parse_ts};
+use cortex::base::clock::{Timestamp, parse_ts};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;

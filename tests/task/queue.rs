@@ -1,10 +1,10 @@
 //! Task intake, validation, routing, ordering and the pause hook, without or with the daemons.
 use crate::support::task::*;
 use crate::support::*;
-use cortex::clock::SystemClock;
-use cortex::config::Config;
-use cortex::coordinator::Coordinator;
-use cortex::task::ops::{NewTask, add_task};
+use cortex::base::clock::SystemClock;
+use cortex::daemons::coordinator::Coordinator;
+use cortex::domain::task::ops::{NewTask, add_task};
+use cortex::store::config::Config;
 use serde_json::Value;
 
 /// The worker's part, by hand: a dispatch's spec moved from `active/` to `completed/`, ended
@@ -13,7 +13,7 @@ fn complete_by_hand(h: &TestHome, dispatch_id: &str) {
     let active = h.join(&format!("coordination/worker-specs/active/{dispatch_id}.json"));
     let mut spec: Value = serde_json::from_slice(&std::fs::read(&active).unwrap()).unwrap();
     spec["status"] = "completed".into();
-    spec["ended_at"] = cortex::clock::now_string().into();
+    spec["ended_at"] = cortex::base::clock::now_string().into();
     spec["exit_code"] = 0.into();
     spec["duration_s"] = 0.0.into();
     let done = h.join(&format!("coordination/worker-specs/completed/{dispatch_id}.json"));
@@ -129,8 +129,8 @@ fn paused_state_blocks_dispatch_in_the_same_critical_section() {
     assert!(r.dispatched.is_empty(), "nothing is dispatched while paused");
     assert_eq!(h.read_json("coordination/task-queue.json")["tasks"][0]["status"], "queued");
     // Resume: the next cycle dispatches.
-    let actor = cortex::scheduler::Actor { who: "test".into(), from: "test".into() };
-    cortex::scheduler::resume(&store, &actor).unwrap();
+    let actor = cortex::domain::scheduler_state::Actor { who: "test".into(), from: "test".into() };
+    cortex::domain::scheduler_state::resume(&store, &actor).unwrap();
     let r = c.cycle().unwrap();
     assert_eq!(r.dispatched.len(), 1);
     assert_eq!(r.dispatched[0].task_id, t.task_id);
@@ -142,7 +142,9 @@ fn paused_state_blocks_dispatch_in_the_same_critical_section() {
     }
     let pauser = {
         let store = store.clone();
-        std::thread::spawn(move || cortex::scheduler::pause(&store, &actor, Some("test")).unwrap().timestamp)
+        std::thread::spawn(move || {
+            cortex::domain::scheduler_state::pause(&store, &actor, Some("test")).unwrap().timestamp
+        })
     };
     let mut stamps = Vec::new();
     for _ in 0..50 {
@@ -214,8 +216,8 @@ fn after_and_delay() {
     let q = show(&h, &delayed);
     assert_eq!((q["status"].as_str(), q["waiting_reason"].as_str()), (Some("queued"), Some("delay")));
     let t = wait_status(&h, &delayed, "completed");
-    let created = cortex::clock::parse_ts(t["created_at"].as_str().unwrap()).unwrap();
-    let started = cortex::clock::parse_ts(t["started_at"].as_str().unwrap()).unwrap();
+    let created = cortex::base::clock::parse_ts(t["created_at"].as_str().unwrap()).unwrap();
+    let started = cortex::base::clock::parse_ts(t["started_at"].as_str().unwrap()).unwrap();
     assert!(started - created >= chrono::Duration::milliseconds(1000), "started after {:?}", started - created);
 }
 
@@ -358,7 +360,7 @@ fn a_task_cancelled_again_after_a_retry_is_archived_again_by_a_new_coordinator()
     assert_eq!(archived().len(), 1);
     let first_end = archived()[0]["completed_at"].clone();
     h.cortex_ok(&["task", "retry", &id]);
-    wait_until(LONG, "a new completion time", || cortex::clock::now_string() != first_end.as_str().unwrap_or(""));
+    wait_until(LONG, "a new completion time", || cortex::base::clock::now_string() != first_end.as_str().unwrap_or(""));
     h.cortex_ok(&["task", "cancel", &id]);
     drop(c);
     let mut c = Coordinator::new(store.clone(), config, Box::new(SystemClock));

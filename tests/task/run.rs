@@ -248,7 +248,7 @@ fn gaps_of(h: &TestHome, t: &Value) -> Vec<f64> {
         .iter()
         .map(|d| {
             let (_, rec) = spec(h, d.as_str().unwrap()).unwrap();
-            cortex::clock::parse_ts(rec["dispatched_at"].as_str().unwrap()).unwrap()
+            cortex::base::clock::parse_ts(rec["dispatched_at"].as_str().unwrap()).unwrap()
         })
         .collect();
     times.windows(2).map(|w| (w[1] - w[0]).num_milliseconds() as f64 / 1000.0).collect()

@@ -5,10 +5,10 @@ use crate::support::reexec::test_name;
 use crate::support::*;
 
 use cortex::Home;
-use cortex::clock::{ManualClock, Timestamp, parse_ts};
-use cortex::schedule::{ScheduledRun, TaskDefaults, fire_due};
+use cortex::base::clock::{ManualClock, Timestamp, parse_ts};
+use cortex::domain::schedule::{ScheduledRun, TaskDefaults, fire_due};
+use cortex::domain::task::TaskQueue;
 use cortex::store::Store;
-use cortex::task::TaskQueue;
 use std::time::Duration;
 
 fn schedules(h: &TestHome) -> Vec<serde_json::Value> {
@@ -180,7 +180,7 @@ fn enqueue_into_queue(store: &Store, run: &ScheduledRun) -> cortex::Result<()> {
     let defaults = TaskDefaults { worker_type: "scan-worker".into(), budget: 10, max_attempts: 1 };
     store.update::<TaskQueue, _>(|q| {
         if !q.tasks.iter().any(|t| t.task_id == run.task_id) {
-            q.tasks.push(run.to_task(&cortex::clock::now_string(), &defaults));
+            q.tasks.push(run.to_task(&cortex::base::clock::now_string(), &defaults));
         }
         Ok(())
     })
@@ -212,7 +212,7 @@ fn sigkill_at_the_moment_of_firing_yields_exactly_one_task() {
     let s = &schedules(&h)[0];
     let id = s["schedule_id"].as_str().unwrap().to_string();
     let slot: Timestamp = parse_ts(s["next_run_at"].as_str().unwrap()).unwrap();
-    let at = cortex::clock::format_ts(slot + chrono::Duration::seconds(1));
+    let at = cortex::base::clock::format_ts(slot + chrono::Duration::seconds(1));
     let before = std::fs::read(h.join("coordination/schedules.json")).unwrap();
 
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -256,6 +256,6 @@ fn sigkill_at_the_moment_of_firing_yields_exactly_one_task() {
     let s = &schedules(&h)[0];
     assert_eq!(s["last_task_id"], expected.as_str());
     assert_eq!(next, Some(slot + chrono::Duration::minutes(5)));
-    assert_eq!(s["next_run_at"], cortex::clock::format_ts(slot + chrono::Duration::minutes(5)));
+    assert_eq!(s["next_run_at"], cortex::base::clock::format_ts(slot + chrono::Duration::minutes(5)));
     assert_eq!(h.events_of("schedule_fired").len(), 1);
 }

@@ -7,8 +7,8 @@
 //! starts without an end between them.
 use crate::support::task::*;
 use crate::support::*;
-use cortex::home::Home;
-use cortex::worker::task_procs;
+use cortex::domain::task::processes;
+use cortex::store::home::Home;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,12 +72,12 @@ impl Marks {
 
 impl Drop for Marks {
     fn drop(&mut self) {
-        task_procs::stop_all(&Home::at(&self.home), Duration::from_millis(500));
+        processes::stop_all(&Home::at(&self.home), Duration::from_millis(500));
     }
 }
 
-fn processes(h: &TestHome) -> Vec<task_procs::TaskProcess> {
-    task_procs::find(&Home::at(h.path()))
+fn processes(h: &TestHome) -> Vec<processes::TaskProcess> {
+    processes::find(&Home::at(h.path()))
 }
 
 fn remove_active_specs(h: &TestHome) {

@@ -1,0 +1,19 @@
+//! The bottom layer: leaves that import nothing of Cortex above them (only one another).
+//!
+//! - [`clock`]: timestamps, the injectable clock, durations.
+//! - [`error`]: `Error`, the one error type.
+//! - [`procfs`]: the one reader of `/proc`.
+//! - [`daemon_name`]: `Daemon`, the daemons by name.
+//! - [`home_trust`]: whether a home may be used (ownership and modes).
+//! - [`schema`]: the embedded JSON Schemas and their checks.
+//! - [`text`]: text made safe for a terminal.
+//! - [`wake`]: why a waiting loop woke up.
+
+pub mod clock;
+pub mod daemon_name;
+pub mod error;
+pub mod home_trust;
+pub mod procfs;
+pub mod schema;
+pub mod text;
+pub mod wake;

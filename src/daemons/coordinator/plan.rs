@@ -1,0 +1,184 @@
+//! The coordinator's dispatch decisions, as a pure function: [`plan`] takes what one cycle
+//! collected under its locks ([`CycleInput`]: the queue after its ends are folded, the budget,
+//! the worker types, the circuit breakers as resolved for this cycle, the scheduler state, the
+//! final statuses of archived prerequisites, the time and the slots) and returns a
+//! [`DispatchPlan`]: the tasks to dispatch (in order, each with its reservation), the tasks that
+//! fail without a dispatch, the waiting reasons to record and the next due time. It reads no file
+//! and no clock; the coordinator applies the plan to its queue and budget and writes them.
+
+use crate::base::clock::{Timestamp, parse_ts};
+use crate::domain::task::model::{Task, TaskState, TaskStatus, TokenBudget, WaitingReason};
+use crate::domain::task::queue;
+use crate::domain::task::worker_types::WorkerTypes;
+use std::collections::{HashMap, HashSet};
+
+/// A worker type's circuit breaker as this cycle sees it (types with a closed breaker are absent
+/// from the [`BreakerSnapshot`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardedType {
+    /// The breaker lets one trial dispatch of the type through in this cycle.
+    pub trial_allowed: bool,
+    /// When an open breaker lets its trial through.
+    pub half_open_at: Option<Timestamp>,
+}
+
+/// The circuit breakers of the worker types whose breaker is not closed, each with its answer
+/// for this cycle (`auto_fix::breaker::dispatch_allowed_by`, asked by the coordinator before it
+/// plans). At most one task of a guarded type is dispatched per cycle (the half-open trial).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BreakerSnapshot {
+    pub guarded: HashMap<String, GuardedType>,
+}
+
+/// What one cycle decides from.
+pub struct CycleInput<'a> {
+    /// The queue's tasks, with this cycle's ended dispatches folded in.
+    pub tasks: &'a [Task],
+    /// The token budget after this cycle's settlements.
+    pub budget: &'a TokenBudget,
+    /// The worker types; None when they cannot be read (nothing is dispatched).
+    pub types: Option<&'a WorkerTypes>,
+    pub breakers: &'a BreakerSnapshot,
+    /// The scheduler state says paused (or cannot be read): nothing is dispatched.
+    pub paused: bool,
+    /// Final statuses of `--after` prerequisites that have left the queue (archived).
+    pub archived: &'a HashMap<String, TaskStatus>,
+    /// The cycle's time, read under the `scheduler` lock.
+    pub now: Timestamp,
+    /// `[scheduler] max_concurrent_dispatches`: how many dispatches may run at once.
+    pub slots: usize,
+}
+
+/// One dispatch to make: the task (an index into [`CycleInput::tasks`]) and what its record
+/// needs besides the dispatch id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedDispatch {
+    pub task: usize,
+    /// Tokens reserved for the dispatch (the task's budget).
+    pub reserve: u64,
+    /// The worker type's argv template to expand with the dispatch id; None when the task has
+    /// its own command.
+    pub template: Option<Vec<String>>,
+    /// The task's timeout, else its worker type's `default_duration`.
+    pub timeout_seconds: f64,
+}
+
+/// What one cycle does to the queue, decided by [`plan`].
+#[derive(Debug, Default, PartialEq)]
+pub struct DispatchPlan {
+    /// Dispatches in the order they are made (priority, then age).
+    pub dispatch: Vec<PlannedDispatch>,
+    /// Tasks that fail without a dispatch (a failed or missing prerequisite, an unknown worker
+    /// type, no command), with the error recorded in their result.
+    pub fail: Vec<(usize, String)>,
+    /// Waiting reasons to record on tasks that stay queued (`delay`, `after`, `circuit_breaker`,
+    /// `budget`; None clears a delay's reason once a retry waits for its time).
+    pub waiting: Vec<(usize, Option<WaitingReason>)>,
+    /// The earliest time a waiting task becomes due (a delay, a retry, a breaker's half-open).
+    pub next_due: Option<Timestamp>,
+}
+
+impl DispatchPlan {
+    fn due_at(&mut self, at: Timestamp) {
+        self.next_due = Some(self.next_due.map_or(at, |d| d.min(at)));
+    }
+}
+
+/// Decides one cycle's dispatches: tasks in priority, then age order; a task not yet due
+/// (`--delay`, `next_retry_at`) or waiting for its prerequisite stays queued; nothing is
+/// dispatched while paused, without a free slot or without readable worker types; a guarded
+/// worker type gets at most its trial; a task whose budget does not fit what is left waits.
+pub fn plan(input: &CycleInput) -> DispatchPlan {
+    let tasks = input.tasks;
+    let now = input.now;
+    let mut out = DispatchPlan::default();
+    let running = tasks.iter().filter(|t| t.status() == TaskStatus::InProgress).count();
+    let mut free = input.slots.saturating_sub(running);
+    let mut available = input.budget.available;
+    let mut trials_made: HashSet<&str> = HashSet::new();
+    let prereq: HashMap<&str, TaskStatus> = {
+        let wanted: HashSet<&str> = tasks.iter().filter_map(|t| t.after.as_deref()).collect();
+        tasks.iter().filter(|t| wanted.contains(t.task_id.as_str())).map(|t| (t.task_id.as_str(), t.status())).collect()
+    };
+    for i in queue::dispatch_order(tasks) {
+        let t = &tasks[i];
+        let due_at = match &t.state {
+            TaskState::Queued { .. } => t.not_before.as_deref(),
+            TaskState::PendingRetry { next_retry_at, .. } => Some(next_retry_at.as_str()),
+            _ => continue,
+        };
+        if let Some(due) = due_at.and_then(parse_ts)
+            && due > now
+        {
+            out.due_at(due);
+            let reason = (t.status() == TaskStatus::Queued).then_some(WaitingReason::Delay);
+            out.waiting.push((i, reason));
+            continue;
+        }
+        if let Some(a) = t.after.as_deref() {
+            match prereq.get(a).or_else(|| input.archived.get(a)) {
+                Some(TaskStatus::Completed) => {}
+                Some(s @ (TaskStatus::Failed | TaskStatus::Cancelled)) => {
+                    out.fail.push((i, format!("prerequisite task {a} ended {}", s.as_str())));
+                    continue;
+                }
+                Some(_) => {
+                    out.waiting.push((i, Some(WaitingReason::After)));
+                    continue;
+                }
+                None => {
+                    out.fail.push((i, format!("prerequisite task {a} does not exist")));
+                    continue;
+                }
+            }
+        }
+        if input.paused || free == 0 {
+            continue;
+        }
+        let Some(types) = input.types else { continue };
+        let wt = match types.get(&t.worker_type) {
+            Ok(wt) => wt,
+            Err(e) => {
+                out.fail.push((i, e.to_string()));
+                continue;
+            }
+        };
+        if t.command.is_empty() && wt.command.is_empty() {
+            out.fail.push((
+                i,
+                format!("worker type {} has no command template and the task has no command", t.worker_type),
+            ));
+            continue;
+        }
+        if let Some(g) = input.breakers.guarded.get(&t.worker_type)
+            && (!g.trial_allowed || trials_made.contains(t.worker_type.as_str()))
+        {
+            // Wake at the half-open time even if nobody rewrites the breakers file then.
+            if let Some(at) = g.half_open_at.filter(|at| *at > now) {
+                out.due_at(at);
+            }
+            out.waiting.push((i, Some(WaitingReason::CircuitBreaker)));
+            continue;
+        }
+        if t.budget > available {
+            out.waiting.push((i, Some(WaitingReason::Budget)));
+            continue;
+        }
+        if input.breakers.guarded.contains_key(&t.worker_type) {
+            trials_made.insert(t.worker_type.as_str());
+        }
+        available -= t.budget;
+        free -= 1;
+        out.dispatch.push(PlannedDispatch {
+            task: i,
+            reserve: t.budget,
+            template: t.command.is_empty().then(|| wt.command.clone()),
+            timeout_seconds: t.timeout_seconds.unwrap_or(wt.default_duration * 60.0),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

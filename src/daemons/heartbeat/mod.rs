@@ -1,0 +1,67 @@
+//! The heartbeat daemon: watches running dispatches' heartbeats and process groups, keeps the
+//! `heartbeat` record of each spec, records threshold transitions once each, and cleans up
+//! zombies (see [`zombie`]). It is deadline-driven: it sleeps until the next threshold crossing,
+//! re-check or sample, or until a heartbeat file or spec changes.
+//!
+//! - [`policy`]: the file `config/heartbeat-policy.json`.
+//! - [`beat`]: the per-dispatch heartbeat and usage files; `cortex heartbeat` writes them.
+//! - [`liveness`], [`health`]: pure threshold and score logic.
+//! - [`process`]: `/proc`, process groups, stopping them.
+//! - [`record`]: the `heartbeat` object in a spec.
+//! - [`monitor`]: one pass; [`zombie`]: the cleanup pipeline; [`daemons`]: hung daemons.
+
+pub mod beat;
+pub mod daemons;
+pub mod health;
+pub mod liveness;
+pub mod monitor;
+pub mod policy;
+pub mod process;
+pub mod record;
+pub mod zombie;
+
+pub use monitor::{Monitor, PassReport};
+pub use policy::HeartbeatPolicy;
+
+use crate::base::clock::{Clock, SystemClock};
+use crate::base::error::Result;
+use crate::store::home::SpecBucket;
+use crate::{base::wake::Wake, daemons::daemon::DaemonContext};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The loop of `cortex-heartbeat`.
+pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut monitor = Monitor::new(clock.clone());
+    let dispatch_runs = ctx.home.run_dir().join("dispatches");
+    crate::store::atomic::create_dir_all(&dispatch_runs)?;
+    ctx.watch(&[
+        dispatch_runs,
+        ctx.home.worker_specs(SpecBucket::Active),
+        ctx.store.path(crate::store::files::HEARTBEAT_POLICY),
+    ])?;
+    let hung_after = ctx.config.supervisor.hung_after_seconds as f64;
+    let safety = Duration::from_secs(ctx.config.heartbeat.interval_seconds.max(1));
+    ctx.mark_ready()?;
+    loop {
+        let deadline = match monitor.pass(&ctx.store, hung_after) {
+            Ok(report) => {
+                let wall = report.next_pass.map(|t| (t - clock.now()).to_std().unwrap_or(Duration::ZERO));
+                Instant::now() + wall.unwrap_or(safety).min(safety)
+            }
+            Err(e) => {
+                tracing::error!("heartbeat pass failed: {e}");
+                Instant::now() + Duration::from_secs(1)
+            }
+        };
+        match ctx.wait(Some(deadline)) {
+            Wake::Shutdown(_) => return Ok(()),
+            _ => {
+                if ctx.drain_pending().iter().any(|w| matches!(w, Wake::Shutdown(_))) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

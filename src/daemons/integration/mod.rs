@@ -1,0 +1,171 @@
+//! The integration daemon (validator): validates every coordination file against its schema when
+//! it changes and on a slow timer (`[integration] interval_seconds`), quarantines invalid files
+//! with an `integration_validation_failed` event naming file and field, reports JSONL files with
+//! malformed lines (`jsonl_malformed_lines`, once per new count), and checks cross-file
+//! consistency (`integration_inconsistency`, once it outlasts `consistency_grace_seconds`;
+//! `integration_consistency_restored` when it is gone). It reports; it never fixes.
+//!
+//! - [`files`]: acting on per-file verdicts of [`crate::ops::validate`] (the one validator).
+//! - [`consistency`]: queue ↔ specs ↔ budget checks and the grace/once tracker.
+
+pub mod consistency;
+pub mod files;
+
+use crate::base::error::Result;
+use crate::domain::task::{TaskQueue, TokenBudget, dispatches};
+use crate::store::Store;
+use crate::store::events::{EventKind, Severity};
+use crate::store::home::SpecBucket;
+use crate::{base::wake::Wake, daemons::daemon::DaemonContext};
+use consistency::Tracker;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a burst of changes to one file settles before it is checked.
+const SETTLE: Duration = Duration::from_millis(100);
+/// A JSONL file that keeps changing (the event log) is re-read at most once per this gap, which
+/// grows with its size (half a second per MiB, from 0.5 s up to 10 s), so re-reading costs a few
+/// percent of one core at most.
+fn jsonl_gap(path: &Path) -> Duration {
+    let mib = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    Duration::from_secs_f64((mib * 0.5).clamp(0.5, 10.0))
+}
+
+/// The validator's memory between passes.
+pub struct Integrity {
+    store: Store,
+    files: files::FileWatch,
+    tracker: Tracker,
+}
+
+impl Integrity {
+    pub fn new(store: Store, grace: Duration) -> Self {
+        Integrity { store, files: files::FileWatch::default(), tracker: Tracker::new(grace) }
+    }
+
+    /// Validates every coordination file; returns the number of events emitted.
+    pub fn validate_all(&mut self) -> usize {
+        crate::ops::validate::validate_home(self.store.home()).iter().map(|r| self.files.handle(&self.store, r)).sum()
+    }
+
+    /// Validates one changed file (if it is one the validator checks).
+    pub fn validate_path(&mut self, path: &Path) -> usize {
+        match crate::ops::validate::check_file(self.store.home(), path) {
+            Some(r) => self.files.handle(&self.store, &r),
+            None => 0,
+        }
+    }
+
+    /// Checks cross-file consistency; returns when a pending inconsistency should be re-checked.
+    pub fn check_consistency(&mut self, now: Instant) -> Option<Instant> {
+        let (queue, budget) = match (self.store.load::<TaskQueue>(), self.store.load::<TokenBudget>()) {
+            (Ok(q), Ok(b)) => (q, b),
+            // A bad file is the per-file validation's to report; nothing to compare until it is fixed.
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("consistency check skipped: {e}");
+                return None;
+            }
+        };
+        let active = match dispatches::list_bucket(&self.store, SpecBucket::Active) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("consistency check skipped: {e}");
+                return None;
+            }
+        };
+        let decisions = self.tracker.observe(consistency::check(&queue, &budget, &active), now);
+        for i in &decisions.report {
+            tracing::warn!("{}", i.message);
+            let mut data = i.data.clone();
+            if let Some(m) = data.as_object_mut() {
+                m.insert("kind".into(), i.kind.into());
+            }
+            let _ = self.store.emit(EventKind::IntegrationInconsistency, Severity::Warning, i.message.clone(), data);
+        }
+        for i in &decisions.resolved {
+            let _ = self.store.emit(
+                EventKind::IntegrationConsistencyRestored,
+                Severity::Info,
+                format!("resolved: {}", i.message),
+                serde_json::json!({"kind": i.kind, "key": i.key}),
+            );
+        }
+        decisions.recheck_at
+    }
+}
+
+/// True for a changed path the validator cares about (not locks, temporaries or quarantine).
+fn relevant(coordination: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(coordination) else { return false };
+    !rel.components().any(|c| {
+        let n = c.as_os_str().to_string_lossy();
+        n.starts_with('.') || n == "quarantine" || n == "schemas" || n == "defaults"
+    })
+}
+
+/// True for a change that can affect cross-file consistency.
+fn affects_consistency(store: &Store, path: &Path) -> bool {
+    let home = store.home();
+    path == home.task_queue() || path == home.token_budget() || path.starts_with(home.worker_specs(SpecBucket::Active))
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The integration daemon's loop.
+pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
+    let coordination = ctx.home.coordination();
+    let grace = Duration::from_secs_f64(ctx.config.integration.consistency_grace_seconds.max(0.0));
+    let mut integrity = Integrity::new(ctx.store.clone(), grace);
+    ctx.watch(std::slice::from_ref(&coordination))?;
+    ctx.mark_ready()?;
+    let every = Duration::from_secs(ctx.config.integration.interval_seconds.max(1));
+    let mut next_full = Instant::now();
+    let mut dirty: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut last_checked: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut consistency_due: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= next_full {
+            integrity.validate_all();
+            consistency_due = integrity.check_consistency(now);
+            dirty.clear();
+            next_full = now + every;
+        } else {
+            let due: Vec<PathBuf> = dirty.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
+            for p in due {
+                dirty.remove(&p);
+                integrity.validate_path(&p);
+                last_checked.insert(p, Instant::now());
+            }
+            if consistency_due.is_some_and(|t| t <= now) {
+                consistency_due = integrity.check_consistency(now);
+            }
+        }
+        let deadline = earliest(earliest(Some(next_full), dirty.values().min().copied()), consistency_due);
+        let first = ctx.wait(deadline);
+        let mut wakes = vec![first];
+        wakes.extend(ctx.drain_pending());
+        for w in wakes {
+            match w {
+                Wake::Shutdown(_) => return Ok(()),
+                Wake::Changed(p) if relevant(&coordination, &p) => {
+                    let now = Instant::now();
+                    if affects_consistency(&ctx.store, &p) {
+                        consistency_due = earliest(consistency_due, Some(now + SETTLE));
+                    }
+                    let gap = if p.extension().is_some_and(|e| e == "jsonl") { jsonl_gap(&p) } else { Duration::ZERO };
+                    let due = (now + SETTLE).max(last_checked.get(&p).map_or(now, |t| *t + gap));
+                    dirty.entry(p).or_insert(due);
+                }
+                _ => {}
+            }
+        }
+    }
+}

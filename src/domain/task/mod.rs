@@ -1,0 +1,19 @@
+//! Tasks: the record in `task-queue.json`, its states, and the dispatch record (one attempt) in
+//! `worker-specs/<bucket>/<dispatch_id>.json`; how tasks enter (intake), are routed, budgeted,
+//! ordered, retried and archived; and the operations the CLI and the API share (`ops`).
+
+pub mod archive;
+pub mod budget;
+pub mod dispatch_record;
+pub mod dispatches;
+pub mod intake;
+pub mod model;
+pub mod ops;
+pub mod processes;
+pub mod queue;
+pub mod queue_file;
+pub mod retry;
+pub mod router;
+pub mod worker_types;
+
+pub use model::*;

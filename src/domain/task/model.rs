@@ -1,0 +1,584 @@
+//! The task and dispatch records. States are enums whose variants carry their own timestamps
+//! (as in pueue v4), so a finished task without `completed_at` or a running dispatch without a
+//! start time cannot be written. On disk they are flat objects (`"status": "in_progress",
+//! "started_at": ...`) so operators query them with jq.
+
+use crate::store::Document;
+use crate::store::files::{self, CoordFile};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Task priority; ordering is dispatch order (Critical first when sorted descending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "low" => Ok(Priority::Low),
+            "medium" | "normal" => Ok(Priority::Medium),
+            "high" => Ok(Priority::High),
+            "critical" => Ok(Priority::Critical),
+            _ => Err(format!("unknown priority {s:?}: use low, medium, high or critical")),
+        }
+    }
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Medium => "medium",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+}
+
+/// Why an eligible task is not dispatched yet (the `waiting_reason` of a queued or
+/// pending-retry task, which the coordinator sets and `cortex task list` shows). On disk the
+/// snake_case name; a name this version does not know reads back as `Other`, so a queue
+/// written by another version still loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitingReason {
+    /// `not_before` (a delayed task) is still in the future.
+    Delay,
+    /// Its prerequisite task (`after`) has not completed yet.
+    After,
+    /// The circuit breaker of its worker type is open.
+    CircuitBreaker,
+    /// The token budget cannot cover it yet.
+    Budget,
+    /// A reason written by another version.
+    Other(String),
+}
+
+impl WaitingReason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            WaitingReason::Delay => "delay",
+            WaitingReason::After => "after",
+            WaitingReason::CircuitBreaker => "circuit_breaker",
+            WaitingReason::Budget => "budget",
+            WaitingReason::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> WaitingReason {
+        match s {
+            "delay" => WaitingReason::Delay,
+            "after" => WaitingReason::After,
+            "circuit_breaker" => WaitingReason::CircuitBreaker,
+            "budget" => WaitingReason::Budget,
+            other => WaitingReason::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for WaitingReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for WaitingReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for WaitingReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(WaitingReason::parse(&String::deserialize(d)?))
+    }
+}
+
+/// Where a task is in its life, with the times that belong to that state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TaskState {
+    Queued {
+        /// Why an eligible task is not dispatched yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting_reason: Option<WaitingReason>,
+    },
+    InProgress {
+        started_at: String,
+        dispatch_id: String,
+    },
+    PendingRetry {
+        next_retry_at: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting_reason: Option<WaitingReason>,
+    },
+    Completed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<String>,
+        completed_at: String,
+    },
+    Failed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<String>,
+        completed_at: String,
+    },
+    Cancelled {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<String>,
+        completed_at: String,
+    },
+}
+
+/// The state's name alone, for filters and counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Queued,
+    InProgress,
+    PendingRetry,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Queued,
+        TaskStatus::InProgress,
+        TaskStatus::PendingRetry,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::InProgress => "in_progress",
+            TaskStatus::PendingRetry => "pending_retry",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
+            format!("unknown status {s:?}: use queued, in_progress, pending_retry, completed, failed or cancelled")
+        })
+    }
+}
+
+impl TaskState {
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            TaskState::Queued { .. } => TaskStatus::Queued,
+            TaskState::InProgress { .. } => TaskStatus::InProgress,
+            TaskState::PendingRetry { .. } => TaskStatus::PendingRetry,
+            TaskState::Completed { .. } => TaskStatus::Completed,
+            TaskState::Failed { .. } => TaskStatus::Failed,
+            TaskState::Cancelled { .. } => TaskStatus::Cancelled,
+        }
+    }
+}
+
+/// How the task's worker type was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutingInfo {
+    /// Name (or pattern) of the rule that matched; None for an explicit `--type`.
+    pub rule: Option<String>,
+    pub confidence: f64,
+    /// `explicit`, `rule`, `fallback`.
+    pub strategy: String,
+}
+
+/// The outcome of the last attempt.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration_seconds: Option<f64>,
+    pub error: Option<String>,
+    pub tokens_used: Option<u64>,
+}
+
+/// One task in `task-queue.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub task_id: String,
+    pub description: String,
+    pub priority: Priority,
+    pub worker_type: String,
+    /// The argv to run; empty means the worker type's template.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(flatten)]
+    pub state: TaskState,
+    pub created_at: String,
+    pub created_by: String,
+    #[serde(default)]
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// Tokens reserved for each attempt.
+    pub budget: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingInfo>,
+    /// Per-task timeout; else the worker type's `default_duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<f64>,
+    /// Run only after this task completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Not dispatched before this time (`--delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<TaskResult>,
+    /// Ids of every dispatch (attempt), oldest first.
+    #[serde(default)]
+    pub dispatches: Vec<String>,
+    /// The schedule that created the task, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
+    /// Free-form repository the task concerns (`create-task.sh --repo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+}
+
+impl Task {
+    pub fn status(&self) -> TaskStatus {
+        self.state.status()
+    }
+
+    /// When the current or last attempt started.
+    pub fn started_at(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::InProgress { started_at, .. } => Some(started_at),
+            TaskState::Completed { started_at, .. }
+            | TaskState::Failed { started_at, .. }
+            | TaskState::Cancelled { started_at, .. } => started_at.as_deref(),
+            TaskState::Queued { .. } | TaskState::PendingRetry { .. } => None,
+        }
+    }
+
+    /// When the task finished (terminal states only).
+    pub fn completed_at(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::Completed { completed_at, .. }
+            | TaskState::Failed { completed_at, .. }
+            | TaskState::Cancelled { completed_at, .. } => Some(completed_at),
+            _ => None,
+        }
+    }
+
+    /// When a pending retry is due.
+    pub fn next_retry_at(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::PendingRetry { next_retry_at, .. } => Some(next_retry_at),
+            _ => None,
+        }
+    }
+
+    /// The id of the running dispatch.
+    pub fn current_dispatch(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::InProgress { dispatch_id, .. } => Some(dispatch_id),
+            _ => None,
+        }
+    }
+
+    /// Why a waiting task is not dispatched yet.
+    pub fn waiting_reason(&self) -> Option<&WaitingReason> {
+        match &self.state {
+            TaskState::Queued { waiting_reason } | TaskState::PendingRetry { waiting_reason, .. } => {
+                waiting_reason.as_ref()
+            }
+            _ => None,
+        }
+    }
+
+    /// Sets the waiting reason of a queued or pending task; returns true when it changed.
+    pub fn set_waiting_reason(&mut self, reason: Option<WaitingReason>) -> bool {
+        match &mut self.state {
+            TaskState::Queued { waiting_reason } | TaskState::PendingRetry { waiting_reason, .. } => {
+                if *waiting_reason == reason {
+                    return false;
+                }
+                *waiting_reason = reason;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `coordination/task-queue.json` (its `Document` impl is beside its encoder, `queue_file.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskQueue {
+    pub tasks: Vec<Task>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    /// Bytes of `task-intake.jsonl` already folded into `tasks` (see `task::intake`).
+    #[serde(default)]
+    pub intake_offset: u64,
+}
+
+/// `coordination/token-budget.json`. `reservations` maps dispatch id → reserved tokens;
+/// `available = total - used - sum(reservations)`, never below 0. The runbook's reset (a file
+/// with only total/used/available) reads as no reservations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenBudget {
+    pub total: u64,
+    pub used: u64,
+    pub available: u64,
+    #[serde(default)]
+    pub reservations: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub last_updated: Option<String>,
+}
+
+impl Document for TokenBudget {
+    const FILE: &'static CoordFile = files::TOKEN_BUDGET;
+}
+
+impl TokenBudget {
+    pub fn reserved(&self) -> u64 {
+        self.reservations.values().sum()
+    }
+
+    /// Recomputes `available` from the other fields.
+    pub fn recompute(&mut self) {
+        self.available = self.total.saturating_sub(self.used).saturating_sub(self.reserved());
+    }
+}
+
+/// Where a dispatch (one attempt of a task) is, with the times that belong to that state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum DispatchState {
+    /// Recorded by the coordinator; the worker has not started the process yet.
+    Starting,
+    Running {
+        started_at: String,
+        pid: i32,
+        pgid: i32,
+        /// Process start time (clock ticks since boot, from /proc/<pid>/stat) so a reused PID is
+        /// never mistaken for our process.
+        proc_start_ticks: u64,
+    },
+    Completed {
+        ended_at: String,
+        exit_code: i32,
+        duration_s: f64,
+    },
+    Failed {
+        ended_at: String,
+        #[serde(default)]
+        exit_code: Option<i32>,
+        #[serde(default)]
+        signal: Option<i32>,
+        #[serde(default)]
+        duration_s: Option<f64>,
+        error: String,
+    },
+    Cancelled {
+        ended_at: String,
+        #[serde(default)]
+        signal: Option<i32>,
+        #[serde(default)]
+        duration_s: Option<f64>,
+    },
+    Timeout {
+        ended_at: String,
+        #[serde(default)]
+        signal: Option<i32>,
+        #[serde(default)]
+        duration_s: Option<f64>,
+    },
+    Lost {
+        ended_at: String,
+        reason: String,
+    },
+    Zombie {
+        ended_at: String,
+        reason: String,
+    },
+}
+
+/// The dispatch state's name alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchStatus {
+    Starting,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    Timeout,
+    Lost,
+    Zombie,
+}
+
+impl DispatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispatchStatus::Starting => "starting",
+            DispatchStatus::Running => "running",
+            DispatchStatus::Completed => "completed",
+            DispatchStatus::Failed => "failed",
+            DispatchStatus::Cancelled => "cancelled",
+            DispatchStatus::Timeout => "timeout",
+            DispatchStatus::Lost => "lost",
+            DispatchStatus::Zombie => "zombie",
+        }
+    }
+
+    pub fn is_active(self) -> bool {
+        matches!(self, DispatchStatus::Starting | DispatchStatus::Running)
+    }
+}
+
+impl DispatchState {
+    pub fn status(&self) -> DispatchStatus {
+        match self {
+            DispatchState::Starting => DispatchStatus::Starting,
+            DispatchState::Running { .. } => DispatchStatus::Running,
+            DispatchState::Completed { .. } => DispatchStatus::Completed,
+            DispatchState::Failed { .. } => DispatchStatus::Failed,
+            DispatchState::Cancelled { .. } => DispatchStatus::Cancelled,
+            DispatchState::Timeout { .. } => DispatchStatus::Timeout,
+            DispatchState::Lost { .. } => DispatchStatus::Lost,
+            DispatchState::Zombie { .. } => DispatchStatus::Zombie,
+        }
+    }
+
+    pub fn ended_at(&self) -> Option<&str> {
+        match self {
+            DispatchState::Starting | DispatchState::Running { .. } => None,
+            DispatchState::Completed { ended_at, .. }
+            | DispatchState::Failed { ended_at, .. }
+            | DispatchState::Cancelled { ended_at, .. }
+            | DispatchState::Timeout { ended_at, .. }
+            | DispatchState::Lost { ended_at, .. }
+            | DispatchState::Zombie { ended_at, .. } => Some(ended_at),
+        }
+    }
+}
+
+/// One attempt of a task: `worker-specs/active/<dispatch_id>.json` while it runs, then
+/// `completed/` or `failed/` (or `zombie/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchRecord {
+    pub dispatch_id: String,
+    pub task_id: String,
+    pub worker_type: String,
+    #[serde(flatten)]
+    pub state: DispatchState,
+    pub dispatched_at: String,
+    pub attempt: u32,
+    /// The argv, after template substitution.
+    pub command: Vec<String>,
+    /// Tokens reserved for this attempt.
+    pub budget_reserved: u64,
+    /// Seconds before the worker stops the process.
+    pub timeout_seconds: f64,
+    pub stdout_path: String,
+    pub stderr_path: String,
+    /// Filled by the heartbeat daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_used: Option<u64>,
+}
+
+impl DispatchRecord {
+    pub fn status(&self) -> DispatchStatus {
+        self.state.status()
+    }
+}
+
+/// A new id: a prefix, the time in milliseconds (so ids sort by creation) and randomness.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}-{:06x}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"), fastrand::u32(..0x100_0000))
+}
+
+#[cfg(test)]
+impl Task {
+    /// A queued medium-priority task for unit tests; tests change the fields they care about.
+    pub(crate) fn sample(task_id: &str) -> Task {
+        Task {
+            task_id: task_id.into(),
+            description: "d".into(),
+            priority: Priority::Medium,
+            worker_type: "w".into(),
+            command: vec![],
+            state: TaskState::Queued { waiting_reason: None },
+            created_at: "2026-01-01T00:00:00Z".into(),
+            created_by: "me".into(),
+            attempts: 0,
+            max_attempts: 3,
+            budget: 100,
+            routing: None,
+            timeout_seconds: None,
+            after: None,
+            not_before: None,
+            result: None,
+            dispatches: vec![],
+            schedule_id: None,
+            repo: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_round_trips_flat() {
+        let t = Task {
+            priority: Priority::High,
+            worker_type: "scan-worker".into(),
+            state: TaskState::InProgress { started_at: "2026-01-01T00:00:00Z".into(), dispatch_id: "d1".into() },
+            attempts: 1,
+            budget: 10,
+            dispatches: vec!["d1".into()],
+            ..Task::sample("t1")
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["status"], "in_progress");
+        assert_eq!(v["started_at"], "2026-01-01T00:00:00Z");
+        let q = serde_json::json!({"tasks": [v]});
+        assert!(crate::base::schema::check("task-queue", &q, 3).is_empty());
+        let back: Task = serde_json::from_value(q["tasks"][0].clone()).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn waiting_reasons_are_their_names_on_disk_and_unknown_ones_load() {
+        let mut t = Task::sample("t1");
+        assert!(t.set_waiting_reason(Some(WaitingReason::CircuitBreaker)));
+        assert!(!t.set_waiting_reason(Some(WaitingReason::CircuitBreaker)));
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["waiting_reason"], "circuit_breaker");
+        assert_eq!(serde_json::from_value::<Task>(v).unwrap(), t);
+        let mut v = serde_json::to_value(Task::sample("t2")).unwrap();
+        v["waiting_reason"] = "paused".into();
+        let back: Task = serde_json::from_value(v).unwrap();
+        assert_eq!(back.waiting_reason(), Some(&WaitingReason::Other("paused".into())));
+        assert_eq!(serde_json::to_value(&back).unwrap()["waiting_reason"], "paused");
+    }
+}

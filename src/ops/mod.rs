@@ -1,0 +1,10 @@
+//! The operator's tools, over the domain: starting and stopping daemons (the supervisor),
+//! backups, recovery, logs, status views and validation. The CLI and the daemons (pm, api,
+//! integration) both use them; they import nothing from [`crate::daemons`] or [`crate::cli`].
+
+pub mod backup;
+pub mod logs;
+pub mod recovery;
+pub mod status;
+pub mod supervisor;
+pub mod validate;

@@ -1,0 +1,94 @@
+//! Stopping and starting this home's daemons around a restore or reset, in one small place
+//! (starting goes through the supervisor's `cortex start` path). Which daemons run is
+//! decided by their PID-file locks (`pidfile::status`), never by process names; stopping is
+//! SIGTERM, a grace period, then SIGKILL (invariant 9).
+
+use crate::base::daemon_name::NAMES;
+use crate::base::error::{Error, Result};
+use crate::store::config::Config;
+use crate::store::home::Home;
+use crate::store::pidfile::{self, PidStatus};
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+/// The daemons of `home` that run now, in start order, with their PIDs.
+pub fn running(home: &Home) -> Result<Vec<(&'static str, u32)>> {
+    let mut out = Vec::new();
+    for d in NAMES {
+        if let PidStatus::Running(pid) = pidfile::status(home, d)? {
+            out.push((d, pid));
+        }
+    }
+    Ok(out)
+}
+
+/// A refusal that names the running daemons and what to do.
+pub fn refuse_while_running(home: &Home, what: &str) -> Result<()> {
+    let run = running(home)?;
+    if run.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = run.iter().map(|(d, p)| format!("{d} (PID {p})")).collect();
+    Err(Error::refused(format!(
+        "refusing to {what} while daemons of {} run: {}; stop them with `cortex stop`, or pass --stop to stop them and start them again afterwards",
+        home.root().display(),
+        names.join(", ")
+    )))
+}
+
+/// Stops every running daemon of `home` (reverse start order); returns the names it stopped.
+pub fn stop_all(home: &Home, config: &Config) -> Result<Vec<&'static str>> {
+    let mut run = running(home)?;
+    run.reverse();
+    // Each is proven to be our daemon (lock holder, binary, home) before it is signalled.
+    let mut proven = Vec::new();
+    for (d, pid) in &run {
+        let p = crate::ops::supervisor::process::prove_daemon(home, d, *pid)?;
+        p.signal(Signal::SIGTERM)?;
+        proven.push((*d, p));
+    }
+    let grace = Duration::from_secs_f64(config.supervisor.stop_timeout_seconds.max(0.1));
+    let deadline = Instant::now() + grace;
+    let mut stubborn = Vec::new();
+    for (d, p) in proven {
+        if !wait_pidfile_free(home, d, deadline.saturating_duration_since(Instant::now()))? {
+            stubborn.push((d, p));
+        }
+    }
+    for (d, p) in &stubborn {
+        tracing::warn!("{d} (PID {}) ignored SIGTERM for {grace:?}; sending SIGKILL", p.pid);
+        p.signal(Signal::SIGKILL)?;
+        if !wait_pidfile_free(home, d, Duration::from_secs(5))? {
+            return Err(Error::other(format!("{d} (PID {}) did not stop even after SIGKILL", p.pid)));
+        }
+    }
+    Ok(run.into_iter().map(|(d, _)| d).collect())
+}
+
+/// Waits until nobody holds the daemon's PID-file lock (the daemon has exited).
+fn wait_pidfile_free(home: &Home, daemon: &str, timeout: Duration) -> Result<bool> {
+    match crate::store::lock::lock_pid_file(&home.pid_file(daemon), timeout) {
+        Ok(guard) => {
+            drop(guard);
+            Ok(true)
+        }
+        Err(Error::LockTimeout { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Starts the named daemons again (start order) the way `cortex start` does
+/// (`supervisor::control::start_one`): detached, and each waited for until it is ready (its PID
+/// file locked by the process just started and its ready mark written), so a caller that goes on
+/// to signal or stop one finds its real PID. A locked PID file alone is not enough: between
+/// taking the lock and writing its PID, a starting daemon's file still holds nothing (or the
+/// previous daemon's PID).
+pub fn start(home: &Home, config: &Config, names: &[&str]) -> Result<()> {
+    for d in NAMES.iter().filter(|d| names.contains(d)) {
+        let started = crate::ops::supervisor::control::start_one(home, config, d);
+        if let Some(e) = started.error {
+            return Err(Error::other(format!("{d} did not start: {e}; see {}", home.daemon_log(d).display())));
+        }
+    }
+    Ok(())
+}

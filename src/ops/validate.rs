@@ -1,0 +1,382 @@
+//! `cortex validate` and `cortex config check`: check every coordination file (JSON parses,
+//! JSONL lines parse, schemas hold) and the configuration's cross-references (router regexes
+//! compile, router rules name known worker types). Pure checks: nothing is written.
+
+use crate::base::schema;
+use crate::store::files::{self, CoordFile, FileKind};
+use crate::store::home::{Home, SpecBucket};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The verdict on one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    Ok,
+    /// Not JSON (or JSONL lines that are not).
+    Corrupt,
+    /// JSON that breaks its schema or a cross-reference.
+    Invalid,
+    /// An essential file is missing.
+    Missing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    pub file: String,
+    pub verdict: Verdict,
+    /// What is wrong, with JSON pointers or line numbers.
+    pub problems: Vec<String>,
+    /// For JSONL: lines read and lines that are bad.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bad_lines: Option<usize>,
+}
+
+impl FileReport {
+    pub fn is_ok(&self) -> bool {
+        self.verdict == Verdict::Ok
+    }
+}
+
+/// Reads and checks one JSON file; an unreadable file is reported as corrupt.
+pub fn check_json_file(path: &Path, rel: &str, schema_name: Option<&str>) -> FileReport {
+    match crate::store::open::read_bytes(path) {
+        Ok(b) => check_json_bytes(rel, &b, schema_name),
+        Err(e) => FileReport {
+            file: rel.to_string(),
+            verdict: Verdict::Corrupt,
+            problems: vec![format!("unreadable: {}", crate::store::open::read_problem(&e))],
+            lines: None,
+            bad_lines: None,
+        },
+    }
+}
+
+/// Checks one JSON file's bytes against a schema.
+pub fn check_json_bytes(rel: &str, bytes: &[u8], schema_name: Option<&str>) -> FileReport {
+    let mut report =
+        FileReport { file: rel.to_string(), verdict: Verdict::Ok, problems: vec![], lines: None, bad_lines: None };
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            report.verdict = Verdict::Corrupt;
+            report.problems.push(if bytes.is_empty() { "the file is empty".into() } else { format!("not JSON: {e}") });
+            return report;
+        }
+    };
+    if let Some(s) = schema_name {
+        for v in schema::check(s, &value, 5) {
+            report.verdict = Verdict::Invalid;
+            report.problems.push(format!("at {}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.expected));
+        }
+    }
+    report
+}
+
+/// Checks a JSONL file: every line must parse (and match `schema_name`).
+pub fn check_jsonl(path: &Path, rel: &str, schema_name: Option<&str>) -> FileReport {
+    check_jsonl_lines(rel, schema_name, |each| {
+        crate::store::jsonl::for_each_line(path, each).map_err(|e| e.to_string())
+    })
+}
+
+/// [`check_jsonl`] over bytes already in memory (the fuzzer's entry).
+pub fn check_jsonl_bytes(rel: &str, bytes: &[u8], schema_name: Option<&str>) -> FileReport {
+    check_jsonl_lines(rel, schema_name, |each| {
+        crate::store::jsonl::for_each_line_in(bytes, each).map_err(|e| e.to_string())
+    })
+}
+
+/// The JSONL check proper; `lines_of` calls its argument for each non-blank line.
+fn check_jsonl_lines(
+    rel: &str,
+    schema_name: Option<&str>,
+    lines_of: impl FnOnce(&mut dyn FnMut(usize, &[u8]) -> bool) -> std::result::Result<(), String>,
+) -> FileReport {
+    let mut report = FileReport {
+        file: rel.to_string(),
+        verdict: Verdict::Ok,
+        problems: vec![],
+        lines: Some(0),
+        bad_lines: Some(0),
+    };
+    let (mut lines, mut bad, mut invalid) = (0usize, Vec::new(), Vec::new());
+    // The first schema break in full (line, pointer, expectation); the rest by line number.
+    let mut first_break: Option<String> = None;
+    let res = lines_of(&mut |n, line| {
+        lines += 1;
+        match serde_json::from_slice::<Value>(line) {
+            Err(_) => bad.push(n),
+            Ok(v) => {
+                if let Some(s) = schema_name
+                    && !schema::is_valid(s, &v)
+                {
+                    invalid.push(n);
+                    if first_break.is_none()
+                        && let Some(v) = schema::check(s, &v, 1).into_iter().next()
+                    {
+                        let at = if v.pointer.is_empty() { "/" } else { v.pointer.as_str() };
+                        first_break = Some(format!("line {n} at {at}: {}", v.expected));
+                    }
+                }
+            }
+        }
+        true
+    });
+    if let Err(e) = res {
+        report.verdict = Verdict::Corrupt;
+        report.problems.push(format!("unreadable: {e}"));
+        return report;
+    }
+    report.lines = Some(lines);
+    report.bad_lines = Some(bad.len() + invalid.len());
+    if !bad.is_empty() {
+        report.verdict = Verdict::Corrupt;
+        report.problems.push(format!("{} malformed line(s): {}", bad.len(), list_lines(&bad)));
+    }
+    if !invalid.is_empty() {
+        if report.verdict == Verdict::Ok {
+            report.verdict = Verdict::Invalid;
+        }
+        report.problems.push(format!("{} line(s) break the schema: {}", invalid.len(), list_lines(&invalid)));
+        report.problems.extend(first_break);
+    }
+    report
+}
+
+fn list_lines(lines: &[usize]) -> String {
+    let shown: Vec<String> = lines.iter().take(10).map(|n| n.to_string()).collect();
+    let more = if lines.len() > 10 { format!(" and {} more", lines.len() - 10) } else { String::new() };
+    format!("line {}{more}", shown.join(", "))
+}
+
+fn check_registered(home: &Home, f: &CoordFile) -> Option<FileReport> {
+    let path = home.coord(f.rel);
+    let rel = format!("coordination/{}", f.rel);
+    if !path.exists() {
+        return f.essential.then(|| FileReport {
+            file: rel,
+            verdict: Verdict::Missing,
+            problems: vec!["missing: run `cortex init` or `cortex repair`".into()],
+            lines: None,
+            bad_lines: None,
+        });
+    }
+    Some(match f.kind {
+        FileKind::Json => check_json_file(&path, &rel, Some(f.schema)),
+        FileKind::Jsonl => check_jsonl(&path, &rel, Some(f.schema)),
+    })
+}
+
+/// Checks every coordination file of the home, plus config cross-references.
+pub fn validate_home(home: &Home) -> Vec<FileReport> {
+    let mut reports: Vec<FileReport> = files::ALL.iter().filter_map(|f| check_registered(home, f)).collect();
+    for bucket in SpecBucket::ALL {
+        if bucket == SpecBucket::Quarantine {
+            continue;
+        }
+        for path in list_files(&home.worker_specs(bucket), "json") {
+            let rel = home.relative(&path).display().to_string();
+            reports.push(check_json_file(&path, &rel, Some(files::DISPATCH_SCHEMA)));
+        }
+    }
+    // Any other JSON/JSONL under coordination/ must at least parse (the runbook's `jq empty` loop).
+    let known: Vec<PathBuf> = reports.iter().map(|r| home.join(&r.file)).collect();
+    for path in walk(&home.coordination()) {
+        if known.contains(&path) {
+            continue;
+        }
+        let rel = home.relative(&path).display().to_string();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => reports.push(check_json_file(&path, &rel, None)),
+            Some("jsonl") => reports.push(check_jsonl(&path, &rel, None)),
+            _ => {}
+        }
+    }
+    if let Some(r) = reports.iter_mut().find(|r| r.file == format!("coordination/{}", files::ROUTER_CONFIG.rel))
+        && r.is_ok()
+    {
+        let problems = router_cross_check(home);
+        if !problems.is_empty() {
+            r.verdict = Verdict::Invalid;
+            r.problems.extend(problems);
+        }
+    }
+    reports
+}
+
+/// Checks one file under `coordination/` exactly as [`validate_home`] does (the integration
+/// daemon calls it for a file that changed). None for what `validate_home` does not check: files
+/// outside `coordination/`, locks, temporaries, quarantine, schemas, defaults, other extensions,
+/// and a missing file that is not essential.
+pub fn check_file(home: &Home, path: &Path) -> Option<FileReport> {
+    let rel_coord = path.strip_prefix(home.coordination()).ok()?;
+    let names: Vec<&str> = rel_coord.components().filter_map(|c| c.as_os_str().to_str()).collect();
+    let first = *names.first()?;
+    if names.iter().any(|n| n.starts_with('.') || *n == "quarantine") || matches!(first, "schemas" | "defaults") {
+        return None;
+    }
+    if let Some(f) = files::by_rel(rel_coord.to_str()?) {
+        let mut report = check_registered(home, f)?;
+        if f.rel == files::ROUTER_CONFIG.rel && report.is_ok() {
+            let problems = router_cross_check(home);
+            if !problems.is_empty() {
+                report.verdict = Verdict::Invalid;
+                report.problems.extend(problems);
+            }
+        }
+        return Some(report);
+    }
+    if !path.is_file() {
+        return None;
+    }
+    let rel = home.relative(path).display().to_string();
+    let ext = path.extension().and_then(|e| e.to_str());
+    let schema = (first == "worker-specs" && names.len() == 3 && ext == Some("json")).then_some(files::DISPATCH_SCHEMA);
+    match ext {
+        Some("json") => Some(check_json_file(path, &rel, schema)),
+        Some("jsonl") => Some(check_jsonl(path, &rel, None)),
+        _ => None,
+    }
+}
+
+/// Router rules: each pattern must compile, each worker type must exist.
+pub fn router_cross_check(home: &Home) -> Vec<String> {
+    let mut problems = Vec::new();
+    let router: Value =
+        match std::fs::read(home.coord_file(files::ROUTER_CONFIG)).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            Some(v) => v,
+            None => return problems,
+        };
+    let types: Option<Value> =
+        std::fs::read(home.coord_file(files::WORKER_TYPES)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let known_types: Option<Vec<String>> = types
+        .as_ref()
+        .and_then(|t| t.get("worker_types"))
+        .and_then(|w| w.as_object())
+        .map(|m| m.keys().cloned().collect());
+    for (i, rule) in router.get("rules").and_then(|r| r.as_array()).into_iter().flatten().enumerate() {
+        if let Some(p) = rule.get("pattern").and_then(|p| p.as_str())
+            && let Err(e) = crate::domain::task::router::compile_pattern(p)
+        {
+            problems.push(format!(
+                "at /rules/{i}/pattern: {p:?} is not a valid regex: {}",
+                e.to_string().lines().last().unwrap_or("")
+            ));
+        }
+        if let (Some(wt), Some(known)) = (rule.get("worker_type").and_then(|w| w.as_str()), &known_types)
+            && !known.iter().any(|k| k == wt)
+        {
+            problems.push(format!(
+                "at /rules/{i}/worker_type: {wt:?} is not defined in coordination/config/worker-types.json"
+            ));
+        }
+    }
+    problems
+}
+
+fn list_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(ext) && !is_ignored(p))
+        .collect();
+    out.sort();
+    out
+}
+
+fn is_ignored(p: &Path) -> bool {
+    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+}
+
+/// Every file under `dir`, skipping locks, temporaries, quarantine, schemas and defaults.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if is_ignored(&p) {
+                continue;
+            }
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if d == dir && matches!(name, "schemas" | "defaults" | "quarantine") {
+                    continue;
+                }
+                if name == "quarantine" {
+                    continue;
+                }
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The result of `cortex config check`.
+#[derive(Debug, Serialize)]
+pub struct ConfigCheck {
+    pub ok: bool,
+    pub errors: Vec<String>,
+    /// What is valid but will not work as the operator probably expects (a worker type with no
+    /// command template, a placeholder spliced into a shell script); does not fail the check.
+    pub warnings: Vec<String>,
+}
+
+/// Validates `cortex.toml` (at `config_path`), the API tokens file it names (by the loader the
+/// API uses at start, so a token the API refuses fails here too) and every JSON config file of
+/// the home.
+pub fn check_config(home: &Home, config_path: &Path) -> ConfigCheck {
+    let mut errors = Vec::new();
+    match crate::store::config::Config::load_file(config_path) {
+        Ok(config) => {
+            if let Err(e) = crate::store::api_tokens::load_tokens(home, &config) {
+                errors.push(format!("[api] tokens_file: {e}"));
+            }
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
+    for f in files::ALL.iter().filter(|f| f.is_config) {
+        if let Some(r) = check_registered(home, f)
+            && !r.is_ok()
+        {
+            for p in &r.problems {
+                errors.push(format!("{}: {p}", r.file));
+            }
+        }
+    }
+    for p in router_cross_check(home) {
+        let msg = format!("coordination/{}: {p}", files::ROUTER_CONFIG.rel);
+        if !errors.contains(&msg) {
+            errors.push(msg);
+        }
+    }
+    ConfigCheck { ok: errors.is_empty(), errors, warnings: worker_type_warnings(home) }
+}
+
+/// [`crate::domain::task::worker_types::template_warnings`] for every worker type of the home (none
+/// when the file does not parse: that is an error reported already).
+fn worker_type_warnings(home: &Home) -> Vec<String> {
+    let path = home.coord_file(files::WORKER_TYPES);
+    let Some(types) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::domain::task::worker_types::WorkerTypes>(&b).ok())
+    else {
+        return Vec::new();
+    };
+    types
+        .worker_types
+        .iter()
+        .flat_map(|(name, wt)| crate::domain::task::worker_types::template_warnings(name, wt))
+        .map(|w| format!("coordination/{}: {w}", files::WORKER_TYPES.rel))
+        .collect()
+}
