@@ -12,3 +12,4 @@ mod init_idempotent;
 mod recovery_repair;
 mod recovery_stale;
 mod smoke;
+mod test_layout;
