@@ -128,18 +128,15 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                         .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
                         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
                 });
-            let read = crate::store::events::read_all(&ctx.home)?;
-            let mut events: Vec<_> = read
-                .records
-                .into_iter()
-                .filter(|e| event_type.as_ref().is_none_or(|t| e.event_type.as_str() == t))
-                .filter(|e| min_severity.is_none_or(|s| e.severity >= s))
-                .filter(|e| since.is_none_or(|s| e.time().is_some_and(|t| t >= s)))
-                .collect();
-            let skip = events.len().saturating_sub(limit);
-            events.drain(..skip);
+            // From the log's end back: what it shows, not the whole log (up to [events]
+            // max_file_bytes) per call.
+            let (events, bad_lines) = crate::store::events::read_last(&ctx.home, limit, |e| {
+                event_type.as_ref().is_none_or(|t| e.event_type.as_str() == t)
+                    && min_severity.is_none_or(|s| e.severity >= s)
+                    && since.is_none_or(|s| e.time().is_some_and(|t| t >= s))
+            })?;
             if ctx.json {
-                print_json(&serde_json::json!({"events": events, "malformed_lines": read.bad_lines.len()}));
+                print_json(&serde_json::json!({"events": events, "malformed_lines": bad_lines}));
             } else {
                 for e in &events {
                     println!(
@@ -151,8 +148,8 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                         crate::base::text::safe(&e.message)
                     );
                 }
-                if !read.bad_lines.is_empty() {
-                    eprintln!("({} malformed line(s) skipped; `cortex repair` moves them aside)", read.bad_lines.len());
+                if bad_lines > 0 {
+                    eprintln!("({bad_lines} malformed line(s) skipped; `cortex repair` moves them aside)");
                 }
             }
             Ok(0)

@@ -30,7 +30,8 @@ pub enum TaskCommand {
         #[arg(long)]
         repo: Option<String>,
     },
-    /// List tasks (live queue; --all adds finished tasks from the archive).
+    /// List tasks (the live queue, oldest first; --all adds finished tasks from the archive, all in
+    /// task id order, paged with --limit and --after-id).
     List {
         #[arg(long)]
         status: Option<TaskStatus>,
@@ -38,6 +39,12 @@ pub enum TaskCommand {
         worker_type: Option<String>,
         #[arg(long)]
         all: bool,
+        /// Only tasks listed after this task id (the last id of the previous page).
+        #[arg(long, value_name = "TASK_ID")]
+        after_id: Option<String>,
+        /// At most this many tasks.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Show one task (queue, intake or archive) and its dispatches.
     Show { task_id: String },
@@ -57,6 +64,9 @@ pub enum TaskCommand {
         dispatch: Option<String>,
         tokens: u64,
     },
+    /// Seal the archive's active file now into `task-archive/` with its index (the coordinator
+    /// does it on its own past `[archive] segment_bytes`), applying `[archive] keep_segments`.
+    SealArchive,
 }
 
 /// The flags `cortex task add` and `cortex schedule add` share: how the task (or each scheduled
@@ -139,8 +149,9 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        TaskCommand::List { status, worker_type, all } => {
-            let tasks = ops::list_tasks(&store, &TaskFilter { status, worker_type, include_archive: all })?;
+        TaskCommand::List { status, worker_type, all, after_id, limit } => {
+            let filter = TaskFilter { status, worker_type, include_archive: all, after_id, limit };
+            let tasks = ops::list_tasks(&store, &filter)?;
             if ctx.json {
                 print_json(&serde_json::json!({"count": tasks.len(), "tasks": tasks}));
             } else if tasks.is_empty() {
@@ -242,6 +253,25 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                 );
             } else {
                 println!("Recorded {tokens} tokens for dispatch {}", safe(&rec.dispatch_id));
+            }
+            Ok(0)
+        }
+        TaskCommand::SealArchive => {
+            let config = crate::store::config::Config::load(store.home())?;
+            let sealed = ops::seal_archive(&store, config.archive.keep_segments)?;
+            match sealed {
+                Some(s) if ctx.json => print_json(&serde_json::json!({
+                    "segment": s.segment, "tasks": s.tasks, "bytes": s.bytes, "removed": s.removed,
+                })),
+                Some(s) => println!(
+                    "Sealed the archive into segment {} ({} tasks, {} bytes); {} old segment(s) removed",
+                    s.segment,
+                    s.tasks,
+                    s.bytes,
+                    s.removed.len()
+                ),
+                None if ctx.json => print_json(&serde_json::json!({"segment": null})),
+                None => println!("Nothing to seal: the archive's active file is empty."),
             }
             Ok(0)
         }

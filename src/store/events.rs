@@ -175,8 +175,95 @@ pub fn read_all(home: &Home) -> Result<jsonl::JsonlRead<Event>> {
     jsonl::read(&home.events_file())
 }
 
+/// The last `limit` events that `keep` accepts, oldest first, read from the end of the log back
+/// (64 KiB at a time) until that many are found: `cortex event list` costs what it shows, not
+/// the log's size. Also the count of malformed lines in the part read.
+pub fn read_last(home: &Home, limit: usize, mut keep: impl FnMut(&Event) -> bool) -> Result<(Vec<Event>, usize)> {
+    use std::os::unix::fs::FileExt;
+    let path = home.events_file();
+    let file = match super::open::read(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(super::open::refuse_link(&path, "open", e)),
+    };
+    let len = file.metadata().map_err(|e| crate::base::error::Error::io(&path, "stat", e))?.len();
+    const BLOCK: u64 = 64 * 1024;
+    let mut out: Vec<Event> = Vec::new();
+    let mut bad = 0;
+    // `carry`: the start of a line whose beginning lies in an earlier block.
+    let mut carry: Vec<u8> = Vec::new();
+    let mut end = len;
+    while end > 0 && out.len() < limit {
+        let start = end.saturating_sub(BLOCK);
+        let mut block = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut block, start).map_err(|e| crate::base::error::Error::io(&path, "read", e))?;
+        block.extend_from_slice(&carry);
+        // Every line that starts in this block is whole now, except the first one when the
+        // block does not start at the file's start.
+        let first_whole =
+            if start == 0 { 0 } else { block.iter().position(|&b| b == b'\n').map_or(block.len(), |i| i + 1) };
+        carry = block[..first_whole].to_vec();
+        let mut lines: Vec<&[u8]> = block[first_whole..].split(|&b| b == b'\n').collect();
+        lines.reverse();
+        for line in lines {
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            match serde_json::from_slice::<Event>(line) {
+                Ok(e) if keep(&e) => {
+                    out.push(e);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => bad += 1,
+            }
+        }
+        end = start;
+    }
+    out.reverse();
+    Ok((out, bad))
+}
+
 /// Events at or after `since`.
 pub fn read_since(home: &Home, since: Timestamp) -> Result<Vec<Event>> {
     let all = read_all(home)?;
     Ok(all.records.into_iter().filter(|e| e.time().is_some_and(|t| t >= since)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_last_matches_a_whole_read_across_blocks_and_bad_lines() {
+        let (_dir, store) = crate::store::fresh_store();
+        let home = store.home();
+        let mut bytes = Vec::new();
+        for i in 0..3000 {
+            let sev = if i % 7 == 0 { Severity::Error } else { Severity::Info };
+            // Messages of varied length, so lines straddle the 64 KiB blocks.
+            let e = Event::new(EventKind::TaskCompleted, sev, "test", format!("event {i} {}", "x".repeat(i % 97)));
+            bytes.extend_from_slice(&serde_json::to_vec(&e).unwrap());
+            bytes.push(b'\n');
+            if i % 500 == 250 {
+                bytes.extend_from_slice(b"{not json\n\n");
+            }
+        }
+        std::fs::write(home.events_file(), &bytes).unwrap();
+        let all = read_all(home).unwrap();
+        for (limit, errors_only) in [(10, false), (100, true), (5000, false), (5000, true)] {
+            let keep = |e: &Event| !errors_only || e.severity == Severity::Error;
+            let want: Vec<String> = all.records.iter().filter(|e| keep(e)).map(|e| e.message.clone()).collect();
+            let want = want[want.len().saturating_sub(limit)..].to_vec();
+            let (got, bad) = read_last(home, limit, keep).unwrap();
+            assert_eq!(got.iter().map(|e| e.message.clone()).collect::<Vec<_>>(), want, "{limit} {errors_only}");
+            if limit == 5000 {
+                assert_eq!(bad, all.bad_lines.len());
+            }
+        }
+        // The log spans several 64 KiB blocks, so lines straddled their edges.
+        assert!(bytes.len() > 4 * 64 * 1024);
+    }
 }

@@ -186,6 +186,17 @@ pub const TASK_ARCHIVE: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+/// The sealed segments of the task archive, under `coordination/`: `seg-NNNNNN.jsonl` (a former
+/// `task-archive.jsonl`, unchanged) and its sidecar index `seg-NNNNNN.idx`
+/// ([`crate::domain::task::archive::segment`]). Not a registered file: segments are never written again
+/// once sealed, so the integration daemon checks each one once, when it appears.
+pub const TASK_ARCHIVE_SEGMENTS: &str = "task-archive";
+
+/// The task ids `cortex task retry` brought back from the archive, one `{"task_id": …}` per line,
+/// appended under the `task-queue` lock: the only ids a sealed segment's index may hold a
+/// superseded line of (readers look those up exactly).
+pub const TASK_ARCHIVE_RETRIED: &str = "task-archive/retried.jsonl";
+
 pub const FIX_REGISTRY: &CoordFile = &CoordFile {
     rel: "config/auto-fix-registry.json",
     kind: FileKind::Json,

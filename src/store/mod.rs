@@ -40,6 +40,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use lock::LockGuard;
+
+/// Pauses the current process at a named point when `CORTEX_PAUSE_AT` names it (debug builds
+/// only): the tests use it to SIGKILL a process at an exact step (a backup, a restore, an archive
+/// seal).
+pub fn pause_point(name: &str) {
+    if cfg!(debug_assertions) && std::env::var("CORTEX_PAUSE_AT").is_ok_and(|v| v == name) {
+        eprintln!("paused at {name}");
+        loop {
+            std::thread::park();
+        }
+    }
+}
 pub use lock_name::LockName;
 
 /// Default deadline for taking a lock.

@@ -295,7 +295,12 @@ fn adder(store: &Store, log: &Path, n: usize, stop: &AtomicBool, ids: &Mutex<Vec
 fn archived(store: &Store) -> (HashMap<String, Task>, HashMap<String, Vec<Value>>) {
     let (tasks, _) = cortex::domain::task::archive::all(store).unwrap();
     let mut lines: HashMap<String, Vec<Value>> = HashMap::new();
-    let text = std::fs::read_to_string(store.home().coord("task-archive.jsonl")).unwrap_or_default();
+    // The sealed segments (oldest first) and then the active file.
+    let mut text = String::new();
+    for seg in cortex::domain::task::archive::segment::list(store) {
+        text.push_str(&std::fs::read_to_string(&seg.path).unwrap_or_default());
+    }
+    text.push_str(&std::fs::read_to_string(store.home().coord("task-archive.jsonl")).unwrap_or_default());
     for l in text.lines() {
         if let Ok(v) = serde_json::from_str::<Value>(l) {
             lines.entry(v["task_id"].as_str().unwrap_or("").to_string()).or_default().push(v);

@@ -95,6 +95,8 @@ pub struct Coordinator {
     /// its append): the next cycle flushes the archive with its queue even when it appends
     /// nothing itself.
     archive_unflushed: bool,
+    /// After a failed seal: not before this instant again.
+    seal_retry_at: Option<std::time::Instant>,
 }
 
 impl Coordinator {
@@ -112,6 +114,7 @@ impl Coordinator {
             validated: Default::default(),
             archived_unwritten: HashSet::new(),
             archive_unflushed: false,
+            seal_retry_at: None,
             archive_unchecked: true,
         }
     }
@@ -580,6 +583,7 @@ impl Coordinator {
             f.finish(&store, &q)?;
         }
         self.cache = file_id(&store.path(TASK_QUEUE)).map(|id| (id, q));
+        self.seal_archive();
         drop(queue_guard);
         drop(scheduler_guard);
         self.reconcile_budget = false;
@@ -590,6 +594,34 @@ impl Coordinator {
         }
         self.after_effects(&report);
         Ok(report)
+    }
+
+    /// Seals the archive's active file into a segment with its index once it has passed
+    /// `[archive] segment_bytes` (under the `task-queue` lock, after the queue is durable, so the
+    /// archive lines of this commit are already flushed). A failed seal (a full disk) is tried
+    /// again a minute later, not every cycle: the archive keeps working unsealed meanwhile.
+    fn seal_archive(&mut self) {
+        if self.seal_retry_at.is_some_and(|at| std::time::Instant::now() < at) {
+            return;
+        }
+        let cfg = &self.config.archive;
+        match archive::segment::seal_if_due(&self.store, cfg.segment_bytes, cfg.keep_segments) {
+            Ok(None) => {}
+            Ok(Some(s)) => {
+                self.seal_retry_at = None;
+                tracing::info!(
+                    "archive sealed into segment {} ({} tasks, {} bytes; {} old segment(s) removed)",
+                    s.segment,
+                    s.tasks,
+                    s.bytes,
+                    s.removed.len()
+                );
+            }
+            Err(e) => {
+                tracing::warn!("cannot seal the task archive: {e}; trying again in a minute");
+                self.seal_retry_at = Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
+            }
+        }
     }
 
     /// A dispatch recorded in the queue whose spec could not be written: the next cycles fold it

@@ -10,7 +10,7 @@ use crate::store::Store;
 use crate::store::home::{Home, SpecBucket};
 use crate::store::pidfile::{self, PidStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// One line of `coordination/metrics/metrics-snapshots.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,30 +146,25 @@ fn collect_workers(store: &Store) -> Result<Workers> {
     Ok(worker_stats(active, completed_specs.len() as u64, failed, zombies, durations))
 }
 
-/// Task counts: the queue, plus finished tasks archived in `task-archive.jsonl` (the queue wins
-/// for a task in both; the archive's last line wins for a task archived twice).
-fn collect_tasks(store: &Store) -> Result<Tasks> {
+/// Task counts: the queue, plus finished tasks archived in `task-archive.jsonl` and its sealed
+/// segments (the queue wins for a task in both; the archive's last line wins for a task archived
+/// twice). The sealed segments are counted from their index headers, kept in `tally` until a
+/// segment is added: a snapshot reads the queue and at most one segment, whatever the history.
+fn collect_tasks(store: &Store, tally: &mut crate::domain::task::archive::Tally) -> Result<Tasks> {
     let queue: TaskQueue = store.load()?;
-    let mut status: HashMap<String, String> = HashMap::new();
-    let archived = crate::store::jsonl::read::<serde_json::Value>(&store.home().task_archive())?;
-    for t in archived.records {
-        if let (Some(id), Some(s)) =
-            (t.get("task_id").and_then(|v| v.as_str()), t.get("status").and_then(|v| v.as_str()))
-        {
-            status.insert(id.to_string(), s.to_string());
-        }
-    }
+    let live: HashSet<String> = queue.tasks.iter().map(|t| t.task_id.clone()).collect();
+    let mut counts = tally.count(store, &live)?;
     for t in &queue.tasks {
-        status.insert(t.task_id.clone(), t.status().as_str().to_string());
+        *counts.entry(t.status()).or_default() += 1;
     }
-    let count = |s: TaskStatus| status.values().filter(|v| v.as_str() == s.as_str()).count() as u64;
+    let count = |s: TaskStatus| counts.get(&s).copied().unwrap_or(0);
     Ok(Tasks {
         queued: count(TaskStatus::Queued),
         in_progress: count(TaskStatus::InProgress),
         pending_retry: count(TaskStatus::PendingRetry),
         completed: count(TaskStatus::Completed),
         failed: count(TaskStatus::Failed),
-        total: status.len() as u64,
+        total: counts.values().sum(),
     })
 }
 
@@ -188,6 +183,7 @@ fn collect_tokens(store: &Store) -> Result<Tokens> {
 #[derive(Debug, Default)]
 pub struct Collector {
     prev: HashMap<u32, ProcSample>,
+    archive: crate::domain::task::archive::Tally,
 }
 
 impl Collector {
@@ -238,7 +234,7 @@ impl Collector {
             timestamp: format_ts(now),
             workers: collect_workers(store)?,
             tokens: collect_tokens(store)?,
-            tasks: collect_tasks(store)?,
+            tasks: collect_tasks(store, &mut self.archive)?,
             scheduler: SchedulerInfo { state: scheduler },
             daemons: self.daemons(store.home(), now),
         })

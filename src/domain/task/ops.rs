@@ -190,24 +190,58 @@ pub struct TaskFilter {
     pub worker_type: Option<String>,
     /// Also finished tasks from the archive (implied by a terminal `status`).
     pub include_archive: bool,
+    /// Only tasks listed after this task id (the last one of the previous page).
+    pub after_id: Option<String>,
+    /// At most this many tasks.
+    pub limit: Option<usize>,
 }
 
-/// Tasks matching the filter, oldest first.
+/// Tasks matching the filter. The live queue alone: oldest first. With the archive: in task id
+/// order (ids sort by creation time), the archive read through its indexes up to `limit`, so a
+/// page costs the same whatever the history (`archive::list`).
 pub fn list_tasks(store: &Store, filter: &TaskFilter) -> Result<Vec<Task>> {
     let snap = intake::snapshot(store)?;
     let live: Vec<Task> = snap.tasks().cloned().collect();
-    let mut out = Vec::new();
-    if filter.include_archive || filter.status.is_some_and(|s| s.is_terminal()) {
-        let ids: HashSet<&str> = live.iter().map(|t| t.task_id.as_str()).collect();
-        let (archived, _bad) = archive::all(store)?;
-        out.extend(archived.into_iter().filter(|t| !ids.contains(t.task_id.as_str())));
-    }
-    out.extend(live);
-    out.retain(|t| {
+    let keep = |t: &Task| {
         filter.status.is_none_or(|s| t.status() == s) && filter.worker_type.as_ref().is_none_or(|w| &t.worker_type == w)
-    });
+    };
+    if filter.include_archive || filter.status.is_some_and(|s| s.is_terminal()) {
+        let ids: HashSet<String> = live.iter().map(|t| t.task_id.clone()).collect();
+        let query = archive::Query {
+            status: filter.status,
+            worker_type: filter.worker_type.as_deref(),
+            after_id: filter.after_id.as_deref(),
+            limit: filter.limit,
+        };
+        let mut out = archive::list(store, &query, &ids)?;
+        out.extend(live.into_iter().filter(|t| filter.after_id.as_ref().is_none_or(|a| &t.task_id > a)).filter(keep));
+        out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        if let Some(l) = filter.limit {
+            out.truncate(l);
+        }
+        return Ok(out);
+    }
+    let mut out: Vec<Task> = live.into_iter().filter(keep).collect();
     out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    if let Some(after) = &filter.after_id {
+        match out.iter().position(|t| &t.task_id == after) {
+            Some(p) => {
+                out.drain(..=p);
+            }
+            None => out.retain(|t| &t.task_id > after),
+        }
+    }
+    if let Some(l) = filter.limit {
+        out.truncate(l);
+    }
     Ok(out)
+}
+
+/// Seals the archive's active file now (`cortex task seal-archive`), under the `task-queue` lock
+/// the coordinator seals under, so no append runs meanwhile.
+pub fn seal_archive(store: &Store, keep_segments: u32) -> Result<Option<archive::segment::Sealed>> {
+    let _guard = store.lock(TASK_QUEUE)?;
+    archive::segment::seal(store, keep_segments)
 }
 
 /// The dispatch records of a task, oldest first.
@@ -364,6 +398,9 @@ pub fn retry_task(store: &Store, task_id: &str, actor: &str) -> Result<Task> {
             Some(p) => p,
             None => match archive::find(store, task_id)? {
                 Some(t) => {
+                    // Durable before the queue holding it again: its next archived line, in a
+                    // newer segment, then supersedes this one for every reader.
+                    archive::segment::note_retried(store, task_id)?;
                     q.tasks.push(t);
                     q.tasks.len() - 1
                 }

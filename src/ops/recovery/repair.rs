@@ -140,13 +140,16 @@ fn rel(store: &Store, path: &Path) -> String {
 // ---------------------------------------------------------------------------------------------
 // JSONL
 
-/// Other JSONL files under `coordination/` (not registered, not quarantined).
+/// Other JSONL files under `coordination/` (not registered, not quarantined), except the task
+/// archive's sealed segments: they are never rewritten (their index points at byte offsets);
+/// readers skip a bad line in one, and its index counts it (`bad_lines`).
 fn other_jsonl_files(store: &Store) -> Vec<PathBuf> {
     let (sources, _) = crate::ops::backup::snapshot::sources(store.home());
     sources
         .into_iter()
         .filter(|s| s.rel.starts_with("coordination/") && s.rel.ends_with(".jsonl"))
         .filter(|s| files::by_rel(&s.rel["coordination/".len()..]).is_none())
+        .filter(|s| crate::domain::task::archive::segment::segment_of_path(store, &s.abs).is_none())
         .map(|s| s.abs)
         .collect()
 }
@@ -505,4 +508,34 @@ fn repair_specs(store: &Store, dry_run: bool, report: &mut RepairReport) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod archive_tests {
+    use crate::domain::task::archive::{self, segment};
+    use crate::domain::task::model::{Task, TaskState};
+
+    #[test]
+    fn repair_leaves_a_sealed_segment_and_its_index_alone() {
+        let (_dir, store) = crate::store::fresh_store();
+        let tasks: Vec<Task> = (0..20)
+            .map(|i| {
+                let state = TaskState::Completed { started_at: None, completed_at: "2026-01-01T00:00:00Z".into() };
+                Task { state, ..Task::sample(&format!("task-{i:04}")) }
+            })
+            .collect();
+        archive::append_unsynced(&store, &tasks.iter().collect::<Vec<_>>()).unwrap();
+        // A line a full disk cut, then the next append: sealed with the rest.
+        let active = store.path(crate::store::files::TASK_ARCHIVE);
+        let mut bytes = std::fs::read(&active).unwrap();
+        bytes.extend_from_slice(b"{\"task_id\":\"task-cut\"\n");
+        std::fs::write(&active, &bytes).unwrap();
+        segment::seal(&store, 0).unwrap().expect("sealed");
+        let seg = segment::list(&store).remove(0);
+        let before = std::fs::read(&seg.path).unwrap();
+        super::repair(&store, false).unwrap();
+        assert!(std::fs::read(&seg.path).unwrap() == before, "a sealed segment is never rewritten");
+        assert!(segment::check(&seg).is_empty(), "its index still describes it");
+        assert!(archive::find(&store, "task-0019").unwrap().is_some());
+    }
 }
