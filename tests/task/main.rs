@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod archive_seal;
 mod crash;
 mod e2e_schedules;
 mod exit_journal;

@@ -2,15 +2,13 @@
 //! builds): after its restart every task is archived exactly once — one line in the segments and
 //! the active file together — and `task show` / `task list --all` report each once, with every
 //! sealed segment matching its index.
-mod common;
-mod task_support;
-use common::*;
+use crate::support::task::*;
+use crate::support::*;
 use cortex::domain::task::archive::segment;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use task_support::*;
 
 /// Starts the coordinator paused at `point` (it prints `paused at <point>` on stderr there) and
 /// waits until it is there.
