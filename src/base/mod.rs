@@ -8,6 +8,7 @@
 //! - [`schema`]: the embedded JSON Schemas and their checks.
 //! - [`text`]: text made safe for a terminal.
 //! - [`wake`]: why a waiting loop woke up.
+//! - [`watch`]: the daemons' file watcher (inotify, changes only).
 
 pub mod clock;
 pub mod daemon_name;
@@ -17,3 +18,4 @@ pub mod procfs;
 pub mod schema;
 pub mod text;
 pub mod wake;
+pub mod watch;

@@ -33,7 +33,7 @@ pub struct DaemonContext {
     next_mark: Instant,
     mark_every: Duration,
     stopping: bool,
-    _watchers: Vec<notify::RecommendedWatcher>,
+    _watchers: Vec<crate::base::watch::Watcher>,
     /// Held for the daemon's life; taken out only to be released last, after the log.
     pidfile: Option<PidFile>,
     /// When to check next that `run/<name>.pid` still names the locked file.
@@ -55,33 +55,34 @@ impl DaemonContext {
     }
 
     /// Wakes the loop whenever something under one of `paths` changes (recursively for
-    /// directories). Changes to our own temporary and lock files are ignored.
+    /// directories; [`crate::base::watch`]: changes only, never reads). Changes to our own temporary
+    /// and lock files are ignored.
     pub fn watch(&mut self, paths: &[PathBuf]) -> Result<()> {
-        use notify::{RecursiveMode, Watcher};
-        let tx = self.tx.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if matches!(ev.kind, notify::EventKind::Access(_)) {
-                    return;
-                }
-                for p in ev.paths {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    if crate::store::atomic::is_temp_name(name) || name.ends_with(".lock") {
-                        continue;
-                    }
-                    let _ = tx.send(Wake::Changed(p));
-                }
-            }
-        })?;
+        self.watch_at(paths, crate::base::watch::Depth::Recursive)
+    }
+
+    /// [`DaemonContext::watch`] of directories' own entries only (pm: `run/`, not the
+    /// dispatches' heartbeat files below it).
+    pub fn watch_flat(&mut self, paths: &[PathBuf]) -> Result<()> {
+        self.watch_at(paths, crate::base::watch::Depth::Flat)
+    }
+
+    fn watch_at(&mut self, paths: &[PathBuf], depth: crate::base::watch::Depth) -> Result<()> {
         for p in paths {
             crate::store::atomic::create_dir_all(if p.is_dir() || p.extension().is_none() {
                 p
             } else {
                 p.parent().unwrap_or(p)
             })?;
-            let mode = if p.is_dir() { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
-            watcher.watch(p, mode).map_err(|e| Error::watch(p, e))?;
         }
+        let tx = self.tx.clone();
+        let watcher = crate::base::watch::watch(paths, depth, move |p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if crate::store::atomic::is_temp_name(name) || name.ends_with(".lock") {
+                return true;
+            }
+            tx.send(Wake::Changed(p)).is_ok()
+        })?;
         self._watchers.push(watcher);
         Ok(())
     }

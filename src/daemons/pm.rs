@@ -9,7 +9,7 @@ use crate::{base::wake::Wake, daemons::daemon::DaemonContext};
 
 pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let run_dir = ctx.home.run_dir();
-    ctx.watch(&[run_dir])?;
+    ctx.watch_flat(&[run_dir])?;
     let mut engine = Engine::new(ctx.home.clone(), ctx.config.clone(), Mode::Pm, ctx.waker());
     engine.observe();
     ctx.mark_ready()?;

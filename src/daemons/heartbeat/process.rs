@@ -27,6 +27,21 @@ pub fn owned_members(pid: i32, pgid: i32, start_ticks: u64) -> Vec<Stat> {
     group_members(pgid).into_iter().filter(|m| m.start_ticks >= start_ticks).collect()
 }
 
+/// The members of a dispatch's group whose CPU and memory a heartbeat pass samples: the leader
+/// (while it is the process we started) and its descendants in the group, found from its
+/// `children` lists — what the dispatch owns, not every process on the host. A member whose
+/// parent exited (reparented to the worker, the subreaper) is not counted here; stopping the
+/// group ([`stop_group`]) still finds every member.
+pub fn sampled_members(pid: i32, pgid: i32, start_ticks: u64) -> Vec<Stat> {
+    match procfs::stat(pid) {
+        Some(leader) if leader.start_ticks == start_ticks => procfs::tree(pid)
+            .into_iter()
+            .filter(|m| m.pgrp == pgid && m.start_ticks >= start_ticks && m.is_running())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// CPU ticks and resident memory of a set of processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {

@@ -16,6 +16,7 @@ use crate::domain::task::{TaskQueue, TokenBudget, dispatches};
 use crate::store::Store;
 use crate::store::events::{EventKind, Severity};
 use crate::store::home::SpecBucket;
+use crate::store::identity::FileIdentity;
 use crate::{base::wake::Wake, daemons::daemon::DaemonContext};
 use consistency::Tracker;
 use std::collections::HashMap;
@@ -37,11 +38,23 @@ pub struct Integrity {
     store: Store,
     files: files::FileWatch,
     tracker: Tracker,
+    /// Each file's identity when it was last validated on a change, trusted ones only (not
+    /// within its timestamp tick): a change event for a file whose identity is the same again
+    /// (a burst already validated, a rescan) costs one `stat`, not a parse and a schema check.
+    validated: HashMap<PathBuf, FileIdentity>,
+    /// Files validated on a change since start (logged at debug level with each one).
+    pub validations: u64,
 }
 
 impl Integrity {
     pub fn new(store: Store, grace: Duration) -> Self {
-        Integrity { store, files: files::FileWatch::default(), tracker: Tracker::new(grace) }
+        Integrity {
+            store,
+            files: files::FileWatch::default(),
+            tracker: Tracker::new(grace),
+            validated: HashMap::new(),
+            validations: 0,
+        }
     }
 
     /// Validates every coordination file; returns the number of events emitted.
@@ -49,8 +62,25 @@ impl Integrity {
         crate::ops::validate::validate_home(self.store.home()).iter().map(|r| self.files.handle(&self.store, r)).sum()
     }
 
+    /// Validates one changed file (if it is one the validator checks) unless its identity is
+    /// the one it had when last validated.
+    pub fn validate_changed(&mut self, path: &Path) -> usize {
+        let identity = FileIdentity::stat(path).ok().flatten();
+        if identity.is_some() && self.validated.get(path) == identity.as_ref() {
+            return 0;
+        }
+        let n = self.validate_path(path);
+        match identity.and_then(|i| i.trusted_at(std::time::SystemTime::now())) {
+            Some(i) => self.validated.insert(path.to_path_buf(), i),
+            None => self.validated.remove(path),
+        };
+        n
+    }
+
     /// Validates one changed file (if it is one the validator checks).
     pub fn validate_path(&mut self, path: &Path) -> usize {
+        self.validations += 1;
+        tracing::debug!(path = %path.display(), validations = self.validations, "validating a changed file");
         match crate::ops::validate::check_file(self.store.home(), path) {
             Some(r) => self.files.handle(&self.store, &r),
             None => 0,
@@ -133,6 +163,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     loop {
         let now = Instant::now();
         if now >= next_full {
+            integrity.validated.clear();
             integrity.validate_all();
             consistency_due = integrity.check_consistency(now);
             dirty.clear();
@@ -141,7 +172,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
             let due: Vec<PathBuf> = dirty.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
             for p in due {
                 dirty.remove(&p);
-                integrity.validate_path(&p);
+                integrity.validate_changed(&p);
                 last_checked.insert(p, Instant::now());
             }
             if consistency_due.is_some_and(|t| t <= now) {
