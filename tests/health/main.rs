@@ -16,3 +16,4 @@ mod heartbeat_monitor;
 mod integrity_daemon;
 mod metrics_daemon;
 mod patterns_daemon;
+mod support_daemons;

@@ -4,13 +4,10 @@
 //! a breaker, and a heartbeat pass reads the dispatch's own processes, not every process on the
 //! host. Real daemons and real process groups in temporary homes.
 
-mod common;
-mod health_support;
-
-use common::*;
+use crate::support::health::*;
+use crate::support::*;
 use cortex::domain::task::{DispatchRecord, DispatchState};
 use cortex::store::home::{Home, SpecBucket};
-use health_support::*;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
