@@ -236,7 +236,7 @@ fn killed_backup_leaves_no_archive_that_looks_valid() {
 }
 
 /// Waits until a child started with CORTEX_PAUSE_AT reports it is paused.
-pub fn wait_for_pause(child: &mut std::process::Child) {
+pub(crate) fn wait_for_pause(child: &mut std::process::Child) {
     use std::io::BufRead;
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();

@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The operate token [`Api::start_operated`] configures (named `operator`).
-pub const OPERATOR_TOKEN: &str = "operator-0123456789abcdef-secret";
+pub(crate) const OPERATOR_TOKEN: &str = "operator-0123456789abcdef-secret";
 
 /// Writes `text` as the home's tokens file `api-tokens` (0600) and points `[api] tokens_file` at it.
-pub fn write_tokens_file(h: &TestHome, text: &str) {
+pub(crate) fn write_tokens_file(h: &TestHome, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     let path = h.join("api-tokens");
     std::fs::write(&path, text).unwrap();
@@ -22,7 +22,7 @@ pub fn write_tokens_file(h: &TestHome, text: &str) {
 }
 
 /// A running `cortex-api`; stopped (SIGTERM) when dropped.
-pub struct Api {
+pub(crate) struct Api {
     pub port: u16,
     pub child: Child,
     /// Sent as `Authorization: Bearer` by [`Api::get`] and [`Api::post`] when set.
@@ -31,7 +31,7 @@ pub struct Api {
 
 impl Api {
     /// Binds the home's API to a free port and starts the daemon; waits until it answers.
-    pub fn start(h: &TestHome) -> Api {
+    pub(crate) fn start(h: &TestHome) -> Api {
         let port = free_port();
         h.set_config("api", "bind", &format!("\"127.0.0.1:{port}\""));
         Api::start_on(h, port)
@@ -39,7 +39,7 @@ impl Api {
 
     /// Like [`Api::start`] with a tokens file holding [`OPERATOR_TOKEN`], which `get` and
     /// `post` then send: for the changes that need a token (retry, schedule actions).
-    pub fn start_operated(h: &TestHome) -> Api {
+    pub(crate) fn start_operated(h: &TestHome) -> Api {
         write_tokens_file(h, &format!("operator:{OPERATOR_TOKEN}\n"));
         let mut api = Api::start(h);
         api.token = Some(OPERATOR_TOKEN.to_string());
@@ -47,7 +47,7 @@ impl Api {
     }
 
     /// Starts the daemon on the port already configured.
-    pub fn start_on(h: &TestHome, port: u16) -> Api {
+    pub(crate) fn start_on(h: &TestHome, port: u16) -> Api {
         let child = spawn_api(h);
         let mut api = Api { port, child, token: None };
         api.wait_ready();
@@ -59,7 +59,7 @@ impl Api {
         self.token.iter().map(|t| ("Authorization", format!("Bearer {t}"))).collect()
     }
 
-    pub fn wait_ready(&mut self) {
+    pub(crate) fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -77,24 +77,24 @@ impl Api {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let auth = self.auth();
         let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
         json_request(self.port, "GET", path, &headers, b"")
     }
 
-    pub fn post(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    pub(crate) fn post(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
         let auth = self.auth();
         let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
         json_request(self.port, "POST", path, &headers, body)
     }
 
     /// SIGKILL, no clean-up (the PID file stays behind, stale).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -109,7 +109,7 @@ impl Drop for Api {
 }
 
 /// Starts `cortex-api` in the home without waiting.
-pub fn spawn_api(h: &TestHome) -> Child {
+pub(crate) fn spawn_api(h: &TestHome) -> Child {
     Command::new(bin("cortex-api"))
         .arg("--home")
         .arg(h.path())
@@ -124,10 +124,10 @@ pub fn spawn_api(h: &TestHome) -> Child {
 }
 
 /// Response headers, names lower-cased.
-pub type Headers = Vec<(String, String)>;
+pub(crate) type Headers = Vec<(String, String)>;
 
 /// Reads one response from a stream: status, headers and body.
-pub fn read_response(stream: &mut impl BufRead) -> std::io::Result<(u16, Headers, Vec<u8>)> {
+pub(crate) fn read_response(stream: &mut impl BufRead) -> std::io::Result<(u16, Headers, Vec<u8>)> {
     let mut line = String::new();
     stream.read_line(&mut line)?;
     let status: u16 = line
@@ -154,7 +154,7 @@ pub fn read_response(stream: &mut impl BufRead) -> std::io::Result<(u16, Headers
 }
 
 /// One request on a new connection (`Connection: close`); status and body.
-pub fn try_request(
+pub(crate) fn try_request(
     port: u16,
     method: &str,
     path: &str,
@@ -183,7 +183,7 @@ pub fn try_request(
 }
 
 /// A request whose response must be JSON.
-pub fn json_request(
+pub(crate) fn json_request(
     port: u16,
     method: &str,
     path: &str,
@@ -199,13 +199,13 @@ pub fn json_request(
 
 /// Runs runbook lines with `sh -c` against the API on `port` (the runbooks' `127.0.0.1:8900`
 /// becomes the test's port; nothing else changes).
-pub struct Shell {
+pub(crate) struct Shell {
     pub port: u16,
 }
 
 impl Shell {
     /// Runs runbook lines; returns (exit code, stdout, stderr).
-    pub fn run(&self, script: &str) -> (i32, String, String) {
+    pub(crate) fn run(&self, script: &str) -> (i32, String, String) {
         let script = script.replace("127.0.0.1:8900", &format!("127.0.0.1:{}", self.port));
         let out = Command::new("sh").arg("-c").arg(&script).output().expect("run sh");
         (
@@ -216,7 +216,7 @@ impl Shell {
     }
 
     /// Runs lines that must succeed with nothing on stderr; returns stdout trimmed.
-    pub fn ok(&self, script: &str) -> String {
+    pub(crate) fn ok(&self, script: &str) -> String {
         let (code, out, err) = self.run(script);
         assert!(code == 0 && err.is_empty(), "runbook lines failed ({code}):\n{script}\nstdout: {out}\nstderr: {err}");
         out.trim().to_string()

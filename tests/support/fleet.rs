@@ -12,7 +12,7 @@ use std::io::Read;
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
-pub struct Fleet {
+pub(crate) struct Fleet {
     pub h: TestHome,
     /// The API's port: `[api] bind` for daemons started as children, `CORTEX_API_BIND` for the
     /// commands of [`Fleet::cmd`].
@@ -27,7 +27,7 @@ impl Fleet {
     /// A fresh home for daemons the test starts with commands; `toml` replaces its cortex.toml.
     /// Unless it says otherwise, daemons get 60 s to become ready: the test machine may be heavily
     /// loaded, and a fast start passes at once.
-    pub fn new(toml: &str) -> Fleet {
+    pub(crate) fn new(toml: &str) -> Fleet {
         let h = TestHome::new();
         let toml = if toml.contains("ready_timeout_seconds") {
             toml.to_string()
@@ -41,35 +41,40 @@ impl Fleet {
     }
 
     /// Starts every daemon of [`DAEMONS`] as a child and waits until each has marked itself ready.
-    pub fn start(h: &TestHome) -> Fleet {
+    pub(crate) fn start(h: &TestHome) -> Fleet {
         let api_port = configure_fast(h);
         Fleet::start_configured(h, api_port)
     }
 
     /// Starts the daemons in a home already configured (see [`configure_fast`]).
-    pub fn start_configured(h: &TestHome, api_port: u16) -> Fleet {
+    pub(crate) fn start_configured(h: &TestHome, api_port: u16) -> Fleet {
         Fleet::start_as(h, api_port, None)
     }
 
     /// Starts the daemons as another user (`Some(uid)`, its primary group too), or as this one.
-    pub fn start_as(h: &TestHome, api_port: u16, user: Option<u32>) -> Fleet {
+    pub(crate) fn start_as(h: &TestHome, api_port: u16, user: Option<u32>) -> Fleet {
         Fleet::start_with(h, api_port, user, &[])
     }
 
     /// Every daemon of [`DAEMONS`] and [`TASK_DAEMONS`], in a home configured here.
-    pub fn start_all(h: &TestHome) -> Fleet {
+    pub(crate) fn start_all(h: &TestHome) -> Fleet {
         let api_port = configure_fast(h);
         let names: Vec<&str> = DAEMONS.iter().chain(TASK_DAEMONS.iter()).copied().collect();
         Fleet::start_named(h, api_port, None, &[], &names)
     }
 
     /// [`Fleet::start_as`] with extra environment variables for the daemons.
-    pub fn start_with(h: &TestHome, api_port: u16, user: Option<u32>, env: &[(&str, &std::path::Path)]) -> Fleet {
+    pub(crate) fn start_with(
+        h: &TestHome,
+        api_port: u16,
+        user: Option<u32>,
+        env: &[(&str, &std::path::Path)],
+    ) -> Fleet {
         Fleet::start_named(h, api_port, user, env, &DAEMONS)
     }
 
     /// Starts the named daemons as children and waits until each has marked itself ready.
-    pub fn start_named(
+    pub(crate) fn start_named(
         h: &TestHome,
         api_port: u16,
         user: Option<u32>,
@@ -105,22 +110,22 @@ impl Fleet {
         fleet
     }
 
-    pub fn home(&self) -> Home {
+    pub(crate) fn home(&self) -> Home {
         Home::at(self.h.path())
     }
 
     /// `cortex --home H ...` with this fleet's API port.
-    pub fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = self.h.cmd();
         c.env("CORTEX_API_BIND", format!("127.0.0.1:{}", self.api_port));
         c
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run cortex")
     }
 
-    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub(crate) fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = self.cmd();
         for (k, v) in env {
             c.env(k, v);
@@ -129,7 +134,7 @@ impl Fleet {
     }
 
     /// Runs and asserts success; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         assert!(
@@ -143,24 +148,24 @@ impl Fleet {
     }
 
     /// The PID of a running daemon (its PID file is locked).
-    pub fn pid(&self, daemon: &str) -> Option<u32> {
+    pub(crate) fn pid(&self, daemon: &str) -> Option<u32> {
         match pidfile::status(&self.home(), daemon) {
             Ok(PidStatus::Running(p)) if p != 0 => Some(p),
             _ => None,
         }
     }
 
-    pub fn status_of(&self, daemon: &str) -> PidStatus {
+    pub(crate) fn status_of(&self, daemon: &str) -> PidStatus {
         pidfile::status(&self.home(), daemon).unwrap()
     }
 
     /// The PID of a daemon that runs and has marked itself ready.
-    pub fn ready(&self, daemon: &str) -> Option<u32> {
+    pub(crate) fn ready(&self, daemon: &str) -> Option<u32> {
         self.pid(daemon).filter(|p| cortex::ops::supervisor::process::is_ready(&self.home(), daemon, *p))
     }
 
     /// Waits until `daemon` is ready with a PID other than `not`.
-    pub fn wait_ready_other(&self, daemon: &str, not: Option<u32>, timeout: Duration) -> u32 {
+    pub(crate) fn wait_ready_other(&self, daemon: &str, not: Option<u32>, timeout: Duration) -> u32 {
         let mut got = 0;
         wait_until(timeout, &format!("{daemon} ready with a new PID"), || {
             got = self.ready(daemon).filter(|p| Some(*p) != not).unwrap_or(0);
@@ -170,7 +175,7 @@ impl Fleet {
     }
 
     /// Panics (with the daemon's stderr and log tail) if any daemon started as a child has exited.
-    pub fn assert_alive(&mut self, during: &str) {
+    pub(crate) fn assert_alive(&mut self, during: &str) {
         for (name, child) in self.children.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {
                 let mut err = String::new();
@@ -187,7 +192,7 @@ impl Fleet {
 
     /// Waits until the loop of every daemon started as a child has refreshed its heartbeat mark
     /// after `since` (a wedged loop, or one spinning without reaching its wait, never does).
-    pub fn assert_loops_running(&mut self, since: chrono::DateTime<chrono::Utc>, during: &str) {
+    pub(crate) fn assert_loops_running(&mut self, since: chrono::DateTime<chrono::Utc>, during: &str) {
         wait_until(Duration::from_secs(15), &format!("every daemon's loop alive after {during}"), || {
             self.assert_alive(during);
             self.children.iter().map(|(d, _)| d.as_str()).all(|d| {

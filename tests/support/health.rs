@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 /// A process group started for a test; the whole group is killed when dropped.
-pub struct Group {
+pub(crate) struct Group {
     pub child: Child,
     pub pid: i32,
     pub ticks: u64,
@@ -19,7 +19,7 @@ pub struct Group {
 
 impl Group {
     /// Runs `sh -c script` as the leader of a new process group.
-    pub fn start(script: &str) -> Group {
+    pub(crate) fn start(script: &str) -> Group {
         let child = Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -35,12 +35,12 @@ impl Group {
     }
 
     /// Running members of the group (the leader included while it runs).
-    pub fn members(&self) -> Vec<i32> {
+    pub(crate) fn members(&self) -> Vec<i32> {
         cortex::base::procfs::group_members(self.pid).iter().map(|m| m.pid).collect()
     }
 
     /// Reaps the leader if it exited (so it does not linger as an unreaped child).
-    pub fn reap(&mut self) {
+    pub(crate) fn reap(&mut self) {
         let _ = self.child.try_wait();
     }
 }
@@ -53,7 +53,7 @@ impl Drop for Group {
 }
 
 /// A running dispatch spec for `group`, as the worker writes it.
-pub fn running_spec(
+pub(crate) fn running_spec(
     id: &str,
     task_id: &str,
     worker_type: &str,
@@ -73,19 +73,25 @@ pub fn running_spec(
     ))
 }
 
-pub fn write_spec(home: &Home, bucket: SpecBucket, spec: &DispatchRecord) {
+pub(crate) fn write_spec(home: &Home, bucket: SpecBucket, spec: &DispatchRecord) {
     let path = cortex::domain::task::dispatches::spec_path(home, bucket, &spec.dispatch_id);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
 }
 
-pub fn read_spec(home: &Home, bucket: SpecBucket, id: &str) -> Option<serde_json::Value> {
+pub(crate) fn read_spec(home: &Home, bucket: SpecBucket, id: &str) -> Option<serde_json::Value> {
     let path = cortex::domain::task::dispatches::spec_path(home, bucket, id);
     std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
 }
 
 /// An in-progress task for a dispatch.
-pub fn in_progress_task(task_id: &str, worker_type: &str, dispatch_id: &str, attempts: u32, budget: u64) -> Task {
+pub(crate) fn in_progress_task(
+    task_id: &str,
+    worker_type: &str,
+    dispatch_id: &str,
+    attempts: u32,
+    budget: u64,
+) -> Task {
     Task {
         task_id: task_id.into(),
         description: format!("test task {task_id}"),
@@ -109,17 +115,17 @@ pub fn in_progress_task(task_id: &str, worker_type: &str, dispatch_id: &str, att
     }
 }
 
-pub fn write_queue(home: &Home, tasks: Vec<Task>) {
+pub(crate) fn write_queue(home: &Home, tasks: Vec<Task>) {
     let q = TaskQueue { tasks, ..Default::default() };
     std::fs::write(home.task_queue(), serde_json::to_vec_pretty(&q).unwrap()).unwrap();
 }
 
-pub fn read_queue(home: &Home) -> TaskQueue {
+pub(crate) fn read_queue(home: &Home) -> TaskQueue {
     serde_json::from_slice(&std::fs::read(home.task_queue()).unwrap()).unwrap()
 }
 
 /// A budget of `total` with one reservation per `(dispatch_id, tokens)`.
-pub fn write_budget(home: &Home, total: u64, used: u64, reservations: &[(&str, u64)]) {
+pub(crate) fn write_budget(home: &Home, total: u64, used: u64, reservations: &[(&str, u64)]) {
     let mut b = TokenBudget {
         total,
         used,
@@ -131,12 +137,12 @@ pub fn write_budget(home: &Home, total: u64, used: u64, reservations: &[(&str, u
     std::fs::write(home.token_budget(), serde_json::to_vec_pretty(&b).unwrap()).unwrap();
 }
 
-pub fn read_budget(home: &Home) -> TokenBudget {
+pub(crate) fn read_budget(home: &Home) -> TokenBudget {
     serde_json::from_slice(&std::fs::read(home.token_budget()).unwrap()).unwrap()
 }
 
 /// Merges `patch` into a JSON config file under the home.
-pub fn patch_json(path: &Path, patch: serde_json::Value) {
+pub(crate) fn patch_json(path: &Path, patch: serde_json::Value) {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     for (k, val) in patch.as_object().unwrap() {
         v[k] = val.clone();

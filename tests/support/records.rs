@@ -6,7 +6,7 @@ use crate::support::TestHome;
 use cortex::domain::task::DispatchRecord;
 
 /// Writes a dispatch record into `coordination/worker-specs/<bucket>/<id>.json`.
-pub fn write_dispatch(h: &TestHome, bucket: &str, record: serde_json::Value) {
+pub(crate) fn write_dispatch(h: &TestHome, bucket: &str, record: serde_json::Value) {
     let id = record["dispatch_id"].as_str().expect("dispatch_id").to_string();
     let dir = h.join(&format!("coordination/worker-specs/{bucket}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -17,7 +17,7 @@ pub fn write_dispatch(h: &TestHome, bucket: &str, record: serde_json::Value) {
 
 /// A dispatch record: the fields every record has, then `fields` merged over them: the state's
 /// (`{"status": "running", "pid": ...}`) and any field a test wants other than the default here.
-pub fn dispatch(id: &str, task: &str, dispatched_at: &str, fields: serde_json::Value) -> serde_json::Value {
+pub(crate) fn dispatch(id: &str, task: &str, dispatched_at: &str, fields: serde_json::Value) -> serde_json::Value {
     let mut rec = serde_json::json!({
         "dispatch_id": id,
         "task_id": task,
@@ -37,7 +37,7 @@ pub fn dispatch(id: &str, task: &str, dispatched_at: &str, fields: serde_json::V
 }
 
 /// A running dispatch (the pid is this test process: alive, and never signalled by these tests).
-pub fn running(id: &str, task: &str) -> serde_json::Value {
+pub(crate) fn running(id: &str, task: &str) -> serde_json::Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     dispatch(
         id,
@@ -48,7 +48,7 @@ pub fn running(id: &str, task: &str) -> serde_json::Value {
 }
 
 /// A completed dispatch, dispatched `ago` seconds ago.
-pub fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
+pub(crate) fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
     let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
     let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     dispatch(
@@ -60,7 +60,7 @@ pub fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
 }
 
 /// A failed dispatch, dispatched `ago` seconds ago.
-pub fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
+pub(crate) fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
     let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
     let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     dispatch(
@@ -72,13 +72,13 @@ pub fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
 }
 
 /// The record as the library's type, for tests that work with `DispatchRecord`.
-pub fn typed(record: serde_json::Value) -> DispatchRecord {
+pub(crate) fn typed(record: serde_json::Value) -> DispatchRecord {
     serde_json::from_value(record).expect("a dispatch record the library reads")
 }
 
 /// A task of the queue or the archive in state `status`, `extra` (the state's fields:
 /// `started_at`, `dispatch_id`, `completed_at`...) merged over the fields every task has.
-pub fn task_record(id: &str, status: &str, extra: serde_json::Value) -> serde_json::Value {
+pub(crate) fn task_record(id: &str, status: &str, extra: serde_json::Value) -> serde_json::Value {
     let mut t = serde_json::json!({
         "task_id": id, "description": "d", "priority": "medium", "worker_type": "scan-worker", "status": status,
         "created_at": "2026-05-01T09:00:00Z", "created_by": "test", "max_attempts": 3, "budget": 10,

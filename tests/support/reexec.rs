@@ -6,16 +6,16 @@
 use std::process::{Child, Command, Output, Stdio};
 
 /// The variable that turns a child test on.
-pub const ROLE_ENV: &str = "CORTEX_TEST_ROLE";
+pub(crate) const ROLE_ENV: &str = "CORTEX_TEST_ROLE";
 
 /// The role of this process when a test started it with [`child`]; `None` in a normal run.
-pub fn role() -> Option<String> {
+pub(crate) fn role() -> Option<String> {
     std::env::var(ROLE_ENV).ok().filter(|s| !s.is_empty())
 }
 
 /// The name the test harness knows test function `test` of module `module` by (`module` as
 /// `module_path!()` gives it: the binary's name first, which the harness leaves out).
-pub fn test_name(module: &str, test: &str) -> String {
+pub(crate) fn test_name(module: &str, test: &str) -> String {
     match module.split_once("::") {
         Some((_, path)) => format!("{path}::{test}"),
         None => test.to_string(),
@@ -25,7 +25,7 @@ pub fn test_name(module: &str, test: &str) -> String {
 /// A command that re-runs this test binary for exactly `child_test` of `module` (the caller's
 /// `module_path!()`), playing `role`.
 /// Add parameters with [`param`]-named variables: `.env(param_name("HOME"), ...)`.
-pub fn child(module: &str, child_test: &str, role: &str) -> Command {
+pub(crate) fn child(module: &str, child_test: &str, role: &str) -> Command {
     let exe = std::env::current_exe().expect("current test binary");
     let mut c = Command::new(exe);
     c.args(["--exact", &test_name(module, child_test), "--nocapture", "--test-threads=1", "-q"]);
@@ -36,12 +36,12 @@ pub fn child(module: &str, child_test: &str, role: &str) -> Command {
 }
 
 /// The environment variable that carries parameter `name`.
-pub fn param_name(name: &str) -> String {
+pub(crate) fn param_name(name: &str) -> String {
     format!("CORTEX_TEST_{name}")
 }
 
 /// Reads parameter `name` in a child (panics when missing or unparsable: the child fails loudly).
-pub fn param<T: std::str::FromStr>(name: &str) -> T
+pub(crate) fn param<T: std::str::FromStr>(name: &str) -> T
 where
     T::Err: std::fmt::Debug,
 {
@@ -51,7 +51,7 @@ where
 }
 
 /// Prints a result line the parent picks up with [`results`].
-pub fn report(line: impl std::fmt::Display) {
+pub(crate) fn report(line: impl std::fmt::Display) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "RESULT {line}");
@@ -59,7 +59,7 @@ pub fn report(line: impl std::fmt::Display) {
 }
 
 /// The `RESULT` lines of a finished child, asserting it succeeded.
-pub fn results(what: &str, out: &Output) -> Vec<String> {
+pub(crate) fn results(what: &str, out: &Output) -> Vec<String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -73,13 +73,13 @@ pub fn results(what: &str, out: &Output) -> Vec<String> {
 }
 
 /// Waits for a child and returns its `RESULT` lines.
-pub fn finish(what: &str, child: Child) -> Vec<String> {
+pub(crate) fn finish(what: &str, child: Child) -> Vec<String> {
     let out = child.wait_with_output().expect("wait for child test");
     results(what, &out)
 }
 
 /// Sends SIGKILL to a child and reaps it.
-pub fn kill_hard(child: &mut Child) {
+pub(crate) fn kill_hard(child: &mut Child) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
 }

@@ -6,15 +6,15 @@ use crate::support::fleet::Fleet;
 use crate::support::*;
 use std::process::{Command, Output};
 
-pub fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-pub fn sigkill(pid: u32) {
+pub(crate) fn sigkill(pid: u32) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
 }
 
-pub fn gone(pid: u32) -> bool {
+pub(crate) fn gone(pid: u32) -> bool {
     // A zombie (not yet reaped by init) counts as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
@@ -24,13 +24,13 @@ pub fn gone(pid: u32) -> bool {
 
 /// True when process `pid` has a thread named `name` (pm's watcher threads are `watch-<daemon>`
 /// for a daemon someone else started and `reap-<daemon>` for its own children).
-pub fn has_thread(pid: u32, name: &str) -> bool {
+pub(crate) fn has_thread(pid: u32, name: &str) -> bool {
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
     rd.flatten().any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
 }
 
 /// True when the supervisor process `sup` watches `daemon` (either way).
-pub fn watching(sup: u32, daemon: &str) -> bool {
+pub(crate) fn watching(sup: u32, daemon: &str) -> bool {
     let cut = |s: String| s.chars().take(15).collect::<String>();
     has_thread(sup, &cut(format!("watch-{daemon}"))) || has_thread(sup, &cut(format!("reap-{daemon}")))
 }
@@ -38,7 +38,7 @@ pub fn watching(sup: u32, daemon: &str) -> bool {
 /// Runs a script of this checkout (`rel`, e.g. `scripts/start-cortex.sh`) on the fleet's home with
 /// this build's binaries, as an operator would; `cron` also names the `cortex` binary through
 /// `CORTEX_BIN`, as a crontab line does.
-pub fn run_script(f: &Fleet, rel: &str, args: &[&str], cron: bool) -> Output {
+pub(crate) fn run_script(f: &Fleet, rel: &str, args: &[&str], cron: bool) -> Output {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
     let mut cmd = Command::new("bash");
     cmd.arg(path)

@@ -8,17 +8,17 @@ use std::process::Child;
 use std::time::Duration;
 
 /// Generous deadline: the machine may be heavily loaded by parallel builds.
-pub const LONG: Duration = Duration::from_secs(60);
+pub(crate) const LONG: Duration = Duration::from_secs(60);
 
 /// Sets `key = value` in `[section]` of the home's cortex.toml.
-pub fn configure(h: &TestHome, settings: &[(&str, &str, &str)]) {
+pub(crate) fn configure(h: &TestHome, settings: &[(&str, &str, &str)]) {
     for (section, key, value) in settings {
         h.set_config(section, key, value);
     }
 }
 
 /// A home with fast retry and stop settings.
-pub fn fast_home() -> TestHome {
+pub(crate) fn fast_home() -> TestHome {
     let h = TestHome::new();
     configure(
         &h,
@@ -33,7 +33,7 @@ pub fn fast_home() -> TestHome {
 }
 
 /// A running daemon, stopped (TERM, then KILL) when dropped.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub name: String,
     pub child: Child,
 }
@@ -45,19 +45,19 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
     /// SIGKILL, and reap.
-    pub fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 /// Starts a daemon and waits until it is ready.
-pub fn start(h: &TestHome, name: &str) -> Daemon {
+pub(crate) fn start(h: &TestHome, name: &str) -> Daemon {
     let mark = h.join(&format!("run/{name}.state.json"));
     let _ = std::fs::remove_file(&mark);
     let mut child = h.spawn_daemon(name);
@@ -80,19 +80,19 @@ pub fn start(h: &TestHome, name: &str) -> Daemon {
 }
 
 /// `cortex task add` with arguments; returns the task id.
-pub fn add(h: &TestHome, args: &[&str]) -> String {
+pub(crate) fn add(h: &TestHome, args: &[&str]) -> String {
     let mut a = vec!["task", "add"];
     a.extend_from_slice(args);
     h.cortex_ok(&a).trim().to_string()
 }
 
 /// `cortex task show ID --json`.
-pub fn show(h: &TestHome, id: &str) -> Value {
+pub(crate) fn show(h: &TestHome, id: &str) -> Value {
     serde_json::from_str(&h.cortex_ok(&["task", "show", id, "--json"])).unwrap()
 }
 
 /// Waits until the task has `status`; returns its record.
-pub fn wait_status(h: &TestHome, id: &str, status: &str) -> Value {
+pub(crate) fn wait_status(h: &TestHome, id: &str, status: &str) -> Value {
     let mut last = Value::Null;
     wait_until(LONG, &format!("task {id} {status}"), || {
         last = show(h, id);
@@ -103,7 +103,7 @@ pub fn wait_status(h: &TestHome, id: &str, status: &str) -> Value {
 
 /// Waits until every listed task is finished (completed, failed or cancelled). At the deadline
 /// it panics naming each unfinished task with its status and where its last dispatch's spec is.
-pub fn wait_finished(h: &TestHome, ids: &[String]) -> Vec<Value> {
+pub(crate) fn wait_finished(h: &TestHome, ids: &[String]) -> Vec<Value> {
     let finished = |t: &Value| matches!(t["status"].as_str(), Some("completed" | "failed" | "cancelled"));
     let deadline = std::time::Instant::now() + LONG;
     loop {
@@ -164,7 +164,7 @@ pub fn wait_finished(h: &TestHome, ids: &[String]) -> Vec<Value> {
 }
 
 /// A spec of a dispatch in any bucket.
-pub fn spec(h: &TestHome, dispatch_id: &str) -> Option<(String, Value)> {
+pub(crate) fn spec(h: &TestHome, dispatch_id: &str) -> Option<(String, Value)> {
     for b in ["active", "completed", "failed", "zombie"] {
         let p = h.join(&format!("coordination/worker-specs/{b}/{dispatch_id}.json"));
         if let Ok(bytes) = std::fs::read(&p) {
@@ -175,7 +175,7 @@ pub fn spec(h: &TestHome, dispatch_id: &str) -> Option<(String, Value)> {
 }
 
 /// True while a process runs (a zombie counts as ended).
-pub fn pid_running(pid: i32) -> bool {
+pub(crate) fn pid_running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
             let state = s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("");
@@ -186,7 +186,7 @@ pub fn pid_running(pid: i32) -> bool {
 }
 
 /// Reads a PID a task wrote to a file under the home.
-pub fn read_pid(h: &TestHome, rel: &str) -> i32 {
+pub(crate) fn read_pid(h: &TestHome, rel: &str) -> i32 {
     let mut pid = 0;
     wait_until(LONG, &format!("{rel} written"), || {
         pid = std::fs::read_to_string(h.join(rel)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
