@@ -13,9 +13,9 @@
 pub mod clock;
 pub mod daemon_name;
 pub mod error;
-pub mod home_trust;
+pub(crate) mod home_trust;
 pub mod procfs;
 pub mod schema;
-pub mod text;
-pub mod wake;
+pub(crate) mod text;
+pub(crate) mod wake;
 pub mod watch;

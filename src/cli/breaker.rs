@@ -17,7 +17,7 @@ pub enum BreakerCommand {
     },
 }
 
-pub fn run(ctx: &Ctx, cmd: BreakerCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: BreakerCommand) -> Result<u8> {
     let store = ctx.store()?;
     match cmd {
         BreakerCommand::List => {

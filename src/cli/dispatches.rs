@@ -18,7 +18,7 @@ pub struct DispatchesArgs {
     task: Option<String>,
 }
 
-pub fn run(ctx: &Ctx, args: DispatchesArgs) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, args: DispatchesArgs) -> Result<u8> {
     let status = args
         .status
         .as_deref()

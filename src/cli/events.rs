@@ -55,7 +55,7 @@ pub enum EventCommand {
     },
 }
 
-pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
     match cmd {
         EventCommand::Emit { event_type, severity, message, data, source, positional } => {
             let mut pos = positional.into_iter();
@@ -98,7 +98,7 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
             Ok(0)
         }
         EventCommand::Ack { id, all, note } => {
-            use crate::{ops::status::acknowledge::AckTarget, ops::status::acknowledge::acknowledge};
+            use crate::ops::status::acknowledge::{AckTarget, acknowledge};
             let store = ctx.store()?;
             let reader = crate::ops::status::StatusReader::new(store, crate::store::config::Config::load(&ctx.home)?);
             let target = match id {

@@ -13,7 +13,7 @@ pub struct MetricsArgs {
     pub live: bool,
 }
 
-pub fn run(ctx: &Ctx, args: MetricsArgs) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, args: MetricsArgs) -> Result<u8> {
     let snap = if args.live {
         crate::daemons::metrics::snapshot(&ctx.store()?, &SystemClock)?
     } else {

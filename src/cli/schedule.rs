@@ -77,7 +77,7 @@ fn actor() -> Actor {
     Actor { who: local_user(), from: "cli".into() }
 }
 
-pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
     let store = ctx.store()?;
     let clock = SystemClock;
     match cmd {
@@ -164,7 +164,7 @@ pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
         ScheduleCommand::RunNow { id } => {
             let (s, req) = schedule::request_run(&store, &clock, &id, &actor())?;
             let coordinator = matches!(
-                pidfile::status(&ctx.home, crate::base::daemon_name::Daemon::Coordinator.as_str())?,
+                pidfile::status(&ctx.home, crate::base::daemon_name::Daemon::Coordinator)?,
                 PidStatus::Running(_)
             );
             if ctx.json {

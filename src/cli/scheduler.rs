@@ -45,7 +45,7 @@ fn actor() -> Actor {
     Actor { who: local_user(), from: "cli".into() }
 }
 
-pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
     let store = ctx.store()?;
     match cmd {
         SchedulerCommand::Pause { reason } => {

@@ -120,7 +120,7 @@ fn print_task_line(t: &Task) {
     );
 }
 
-pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
     let store = ctx.store()?;
     let actor = crate::domain::scheduler_state::local_user();
     match cmd {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// What a running daemon has at hand.
 pub struct DaemonContext {
-    pub name: &'static str,
+    pub daemon: Daemon,
     pub home: Home,
     pub config: Config,
     pub store: Store,
@@ -89,7 +89,7 @@ impl DaemonContext {
 
     /// Records that the daemon is ready (its loop is about to run); `cortex start` waits for it.
     pub fn mark_ready(&mut self) -> Result<()> {
-        if test_hook(TEST_NEVER_READY, self.name) {
+        if test_hook(TEST_NEVER_READY, self.daemon.as_str()) {
             return Ok(());
         }
         self.ready_at = Some(chrono::Utc::now());
@@ -98,7 +98,7 @@ impl DaemonContext {
 
     fn write_mark(&mut self) -> Result<()> {
         let mark = DaemonMark {
-            name: self.name.to_string(),
+            name: self.daemon.to_string(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: format_ts(self.started_at),
@@ -107,10 +107,10 @@ impl DaemonContext {
             last_loop_at: format_ts(self.last_loop_at),
         };
         let bytes = serde_json::to_vec(&mark)?;
-        crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.name), &bytes)?;
+        crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.daemon), &bytes)?;
         self.next_mark = Instant::now() + self.mark_every;
         // Writes work again: report any that failed for lack of space meanwhile.
-        crate::store::events::record_outage(&self.home, self.name);
+        crate::store::events::record_outage(&self.home, self.daemon.as_str());
         Ok(())
     }
 
@@ -231,7 +231,7 @@ fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
 pub fn run(daemon: Daemon, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> std::process::ExitCode {
     let name = daemon.as_str();
     let args = DaemonArgs::parse_env();
-    match run_inner(name, args, body) {
+    match run_inner(daemon, args, body) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The log has already recorded it (`run_inner` logs while its log guard lives; after
@@ -273,13 +273,14 @@ impl DaemonArgs {
     }
 }
 
-fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> Result<()> {
+fn run_inner(daemon: Daemon, args: DaemonArgs, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> Result<()> {
+    let name = daemon.as_str();
     let home = Home::resolve(args.home.as_deref())?;
     let config = Config::load(&home)?;
-    let pidfile = PidFile::acquire(&home, name, Duration::from_millis(500))?;
+    let pidfile = PidFile::acquire(&home, daemon, Duration::from_millis(500))?;
     let max_size = parse_size(&config.logs.max_size).unwrap_or(10 * 1024 * 1024);
     let log = crate::daemons::tracing_setup::init_daemon(
-        &home.daemon_log(name),
+        &home.daemon_log(daemon),
         &config.logs.level,
         max_size,
         config.logs.keep,
@@ -298,7 +299,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
     }
     let now = chrono::Utc::now();
     let mut ctx = DaemonContext {
-        name,
+        daemon,
         home: home.clone(),
         mark_every: Duration::from_secs(config.daemons.heartbeat_interval_seconds.max(1)),
         config,
@@ -344,7 +345,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
             );
         }
     }
-    let _ = std::fs::remove_file(home.daemon_mark(name));
+    let _ = std::fs::remove_file(home.daemon_mark(daemon));
     let pidfile = ctx.pidfile.take();
     drop(ctx);
     drop(log);

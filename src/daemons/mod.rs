@@ -12,5 +12,5 @@ pub mod heartbeat;
 pub mod integration;
 pub mod metrics;
 pub mod pm;
-pub mod tracing_setup;
+pub(crate) mod tracing_setup;
 pub mod worker;

@@ -1,5 +1,5 @@
 //! The pm (process manager) daemon: keeps the other daemons of its home alive with the restart
-//! [`Engine`](crate::ops::supervisor::engine::Engine). It wakes when a daemon's PID-file lock is
+//! [`Engine`]. It wakes when a daemon's PID-file lock is
 //! released (the daemon died), when something under `run/` changes (a daemon became ready), and
 //! at its next restart or hung-check deadline; it never polls.
 

@@ -3,8 +3,8 @@
 //! integration) both use them; they import nothing from [`crate::daemons`] or [`crate::cli`].
 
 pub mod backup;
-pub mod logs;
-pub mod recovery;
+pub(crate) mod logs;
+pub(crate) mod recovery;
 pub mod status;
 pub mod supervisor;
 pub mod validate;

@@ -1,6 +1,7 @@
 //! The daemon's status mark `run/<name>.state.json`: written by the daemon only (the skeleton,
 //! `daemons::daemon`), read by `cortex status`, pm, heartbeat, metrics and the API.
 
+use crate::base::daemon_name::Daemon;
 use crate::store::home::Home;
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +19,7 @@ pub struct DaemonMark {
 }
 
 /// Reads a daemon's mark (None when missing or unreadable).
-pub fn read_mark(home: &Home, daemon: &str) -> Option<DaemonMark> {
+pub fn read_mark(home: &Home, daemon: Daemon) -> Option<DaemonMark> {
     let bytes = std::fs::read(home.daemon_mark(daemon)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }

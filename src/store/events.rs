@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub mod acks;
-pub mod kind;
+pub(crate) mod acks;
+pub(crate) mod kind;
 
 pub use kind::EventKind;
 

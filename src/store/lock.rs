@@ -454,25 +454,4 @@ mod tests {
         assert!(lock_exclusive(&sub, Duration::from_millis(50)).is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
     }
-
-    #[test]
-    fn a_linked_lock_or_pid_directory_is_refused() {
-        // `coordination/.locks` and `run/` are directories Cortex writes into: a link planted
-        // there must not lead the lock file (and its holder note, or a PID) elsewhere.
-        let home = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let home = crate::store::home::Home::at(home.path());
-        std::fs::create_dir_all(home.coord("")).unwrap();
-        std::os::unix::fs::symlink(outside.path(), home.locks_dir()).unwrap();
-        std::fs::write(outside.path().join("scheduler.lock"), "victim's own bytes").unwrap();
-        let err =
-            lock_exclusive(&home.lock_file(LockName::Scheduler), Duration::from_millis(50)).unwrap_err().to_string();
-        assert!(err.contains("symbolic link"), "{err}");
-        assert!(try_lock_exclusive(&home.lock_file(LockName::TaskQueue)).is_err());
-        std::os::unix::fs::symlink(outside.path(), home.run_dir()).unwrap();
-        assert!(crate::store::pidfile::PidFile::acquire(&home, "metrics", Duration::from_millis(50)).is_err());
-        assert_eq!(std::fs::read_to_string(outside.path().join("scheduler.lock")).unwrap(), "victim's own bytes");
-        let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(made, vec![std::ffi::OsString::from("scheduler.lock")], "nothing created through the links");
-    }
 }

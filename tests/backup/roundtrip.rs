@@ -259,7 +259,7 @@ fn restore_refuses_while_daemons_run_unless_stop() {
     wait_until(
         Duration::from_secs(10),
         "metrics daemon running",
-        || matches!(cortex::store::pidfile::status(&cortex::Home::at(h.path()), "metrics"), Ok(cortex::store::pidfile::PidStatus::Running(p)) if p > 0),
+        || matches!(cortex::store::pidfile::status(&cortex::Home::at(h.path()), cortex::base::daemon_name::Daemon::Metrics), Ok(cortex::store::pidfile::PidStatus::Running(p)) if p > 0),
     );
     let out = h.cortex(&["restore", "--latest", "--yes"]);
     assert!(!out.status.success());
@@ -271,7 +271,7 @@ fn restore_refuses_while_daemons_run_unless_stop() {
     assert!(out.contains("Stopped daemons: metrics") && out.contains("Started daemons again: metrics"), "{out}");
     assert!(d.try_wait().unwrap().is_some(), "the old daemon was stopped");
     let home = cortex::Home::at(h.path());
-    let pid = match cortex::store::pidfile::status(&home, "metrics").unwrap() {
+    let pid = match cortex::store::pidfile::status(&home, cortex::base::daemon_name::Daemon::Metrics).unwrap() {
         cortex::store::pidfile::PidStatus::Running(p) => p,
         other => panic!("metrics not started again: {other:?}"),
     };
@@ -281,7 +281,10 @@ fn restore_refuses_while_daemons_run_unless_stop() {
     assert_ne!(pid, d.id());
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     wait_until(Duration::from_secs(10), "restarted metrics stops", || {
-        !matches!(cortex::store::pidfile::status(&home, "metrics"), Ok(cortex::store::pidfile::PidStatus::Running(_)))
+        !matches!(
+            cortex::store::pidfile::status(&home, cortex::base::daemon_name::Daemon::Metrics),
+            Ok(cortex::store::pidfile::PidStatus::Running(_))
+        )
     });
 }
 

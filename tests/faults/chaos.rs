@@ -183,7 +183,7 @@ fn killer(h: &TestHome, stop: &AtomicBool, chaos: &Mutex<Chaos>) {
         }
         let running: Vec<(&str, u32)> = cortex::base::daemon_name::NAMES
             .iter()
-            .filter_map(|d| match pidfile::status(&home, d) {
+            .filter_map(|d| match pidfile::status(&home, cortex::base::daemon_name::Daemon::parse(d).unwrap()) {
                 Ok(PidStatus::Running(p)) if p != 0 => Some((*d, p)),
                 _ => None,
             })
@@ -203,7 +203,7 @@ fn killer(h: &TestHome, stop: &AtomicBool, chaos: &Mutex<Chaos>) {
             wait_until(
                 Duration::from_secs(10),
                 "killed pm released its PID file",
-                || !matches!(pidfile::status(&home, "pm"), Ok(PidStatus::Running(p)) if p == pid),
+                || !matches!(pidfile::status(&home, cortex::base::daemon_name::Daemon::Pm), Ok(PidStatus::Running(p)) if p == pid),
             );
             match run_cortex(h, &["start", "pm"]) {
                 Ok(_) => chaos.lock().unwrap().pm_restarts += 1,
@@ -425,7 +425,10 @@ fn chaos_soak() {
         .filter(|d| {
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
-                if matches!(pidfile::status(&home, d), Ok(PidStatus::Running(_))) {
+                if matches!(
+                    pidfile::status(&home, cortex::base::daemon_name::Daemon::parse(d).unwrap()),
+                    Ok(PidStatus::Running(_))
+                ) {
                     return false;
                 }
                 if Instant::now() >= deadline {

@@ -244,11 +244,16 @@ fn a_daemon_whose_mark_stops_is_reported_hung_once_then_recovered() {
     let mut rig = Rig::new(serde_json::json!({}));
     let home = rig.home.clone();
     // Stand in for a running metrics daemon: hold its PID file, write its mark by hand.
-    let _pid = cortex::store::pidfile::PidFile::acquire(&home, "metrics", std::time::Duration::from_secs(1)).unwrap();
+    let _pid = cortex::store::pidfile::PidFile::acquire(
+        &home,
+        cortex::base::daemon_name::Daemon::Metrics,
+        std::time::Duration::from_secs(1),
+    )
+    .unwrap();
     let mark = |at: cortex::base::clock::Timestamp| {
         let m = serde_json::json!({"name": "metrics", "pid": std::process::id(), "version": "t",
             "started_at": format_ts(at), "ready_at": null, "heartbeat_at": format_ts(at), "last_loop_at": format_ts(at)});
-        std::fs::write(home.daemon_mark("metrics"), m.to_string()).unwrap();
+        std::fs::write(home.daemon_mark(cortex::base::daemon_name::Daemon::Metrics), m.to_string()).unwrap();
     };
     mark(rig.t0);
     rig.clock.set(rig.t0 + Duration::seconds(30));

@@ -306,7 +306,7 @@ fn a_running_daemon_whose_pid_file_is_deleted_is_found_and_never_started_twice()
     let pid = daemon.id();
     let home = Home::at(h.path());
     let pid_file = h.join("run/metrics.pid");
-    let running = || matches!(cortex::store::pidfile::status(&home, "metrics"), Ok(cortex::store::pidfile::PidStatus::Running(p)) if p == pid);
+    let running = || matches!(cortex::store::pidfile::status(&home, cortex::base::daemon_name::Daemon::Metrics), Ok(cortex::store::pidfile::PidStatus::Running(p)) if p == pid);
     wait_until(Duration::from_secs(60), "metrics running", || {
         running() && std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == pid.to_string())
     });

@@ -24,7 +24,8 @@ fn start_ready(h: &TestHome, name: &str) -> Child {
     let child = h.spawn_daemon(name);
     let pid = child.id();
     wait_until(WAIT, &format!("{name} to be ready"), || {
-        cortex::store::daemon_mark::read_mark(&home(h), name).is_some_and(|m| m.pid == pid && m.ready_at.is_some())
+        cortex::store::daemon_mark::read_mark(&home(h), cortex::base::daemon_name::Daemon::parse(name).unwrap())
+            .is_some_and(|m| m.pid == pid && m.ready_at.is_some())
     });
     child
 }
@@ -55,7 +56,7 @@ fn a_second_instance_refuses_to_start() {
     assert!(stderr.contains(&format!("PID {}", first.id())), "names the running PID: {stderr}");
     assert!(first.try_wait().unwrap().is_none(), "the first daemon keeps running");
     assert_eq!(pid_in_file(&h, "worker"), first.id().to_string(), "the PID file is untouched");
-    assert_eq!(status(&home(&h), "worker").unwrap(), PidStatus::Running(first.id()));
+    assert_eq!(status(&home(&h), cortex::base::daemon_name::Daemon::Worker).unwrap(), PidStatus::Running(first.id()));
     assert_eq!(h.events_of("daemon_started").len(), 1, "the refused copy records no start");
     assert!(terminate(&mut first).success());
 }
@@ -63,29 +64,36 @@ fn a_second_instance_refuses_to_start() {
 #[test]
 fn a_stale_pid_file_is_taken_over_whatever_pid_it_holds() {
     let h = TestHome::new();
-    assert_eq!(status(&home(&h), "metrics").unwrap(), PidStatus::Absent);
+    assert_eq!(status(&home(&h), cortex::base::daemon_name::Daemon::Metrics).unwrap(), PidStatus::Absent);
     // PID 1 and this test's own PID are alive: only the free lock makes the file stale.
     for fake in [1, std::process::id()] {
         std::fs::write(h.join("run/metrics.pid"), format!("{fake}\n")).unwrap();
-        assert_eq!(status(&home(&h), "metrics").unwrap(), PidStatus::Stale(Some(fake)));
+        assert_eq!(
+            status(&home(&h), cortex::base::daemon_name::Daemon::Metrics).unwrap(),
+            PidStatus::Stale(Some(fake))
+        );
         let mut d = start_ready(&h, "metrics");
         assert_eq!(pid_in_file(&h, "metrics"), d.id().to_string());
-        assert_eq!(status(&home(&h), "metrics").unwrap(), PidStatus::Running(d.id()));
+        assert_eq!(status(&home(&h), cortex::base::daemon_name::Daemon::Metrics).unwrap(), PidStatus::Running(d.id()));
         let pid = d.id();
         kill_hard(&mut d);
-        assert_eq!(status(&home(&h), "metrics").unwrap(), PidStatus::Stale(Some(pid)), "SIGKILL leaves it stale");
+        assert_eq!(
+            status(&home(&h), cortex::base::daemon_name::Daemon::Metrics).unwrap(),
+            PidStatus::Stale(Some(pid)),
+            "SIGKILL leaves it stale"
+        );
     }
 }
 
 #[test]
 fn status_follows_the_lock_through_a_clean_stop() {
     let h = TestHome::new();
-    assert_eq!(status(&home(&h), "pm").unwrap(), PidStatus::Absent);
+    assert_eq!(status(&home(&h), cortex::base::daemon_name::Daemon::Pm).unwrap(), PidStatus::Absent);
     let mut d = start_ready(&h, "pm");
     let pid = d.id();
-    assert_eq!(status(&home(&h), "pm").unwrap(), PidStatus::Running(pid));
+    assert_eq!(status(&home(&h), cortex::base::daemon_name::Daemon::Pm).unwrap(), PidStatus::Running(pid));
     assert!(terminate(&mut d).success());
-    assert_eq!(status(&home(&h), "pm").unwrap(), PidStatus::Stale(Some(pid)));
+    assert_eq!(status(&home(&h), cortex::base::daemon_name::Daemon::Pm).unwrap(), PidStatus::Stale(Some(pid)));
 }
 
 #[test]
@@ -93,12 +101,16 @@ fn two_homes_side_by_side_are_independent() {
     let (a, b) = (TestHome::new(), TestHome::new());
     let mut da = start_ready(&a, "heartbeat");
     let mut db = start_ready(&b, "heartbeat");
-    assert_eq!(status(&home(&a), "heartbeat").unwrap(), PidStatus::Running(da.id()));
-    assert_eq!(status(&home(&b), "heartbeat").unwrap(), PidStatus::Running(db.id()));
+    assert_eq!(status(&home(&a), cortex::base::daemon_name::Daemon::Heartbeat).unwrap(), PidStatus::Running(da.id()));
+    assert_eq!(status(&home(&b), cortex::base::daemon_name::Daemon::Heartbeat).unwrap(), PidStatus::Running(db.id()));
     let pid_a = da.id();
     assert!(terminate(&mut da).success());
-    assert_eq!(status(&home(&a), "heartbeat").unwrap(), PidStatus::Stale(Some(pid_a)));
-    assert_eq!(status(&home(&b), "heartbeat").unwrap(), PidStatus::Running(db.id()), "b is untouched");
+    assert_eq!(status(&home(&a), cortex::base::daemon_name::Daemon::Heartbeat).unwrap(), PidStatus::Stale(Some(pid_a)));
+    assert_eq!(
+        status(&home(&b), cortex::base::daemon_name::Daemon::Heartbeat).unwrap(),
+        PidStatus::Running(db.id()),
+        "b is untouched"
+    );
     assert!(b.events_of("daemon_stopped").is_empty(), "a's stop is not recorded in b");
     assert!(terminate(&mut db).success());
 }
@@ -108,7 +120,8 @@ fn daemon_logs_reopens_on_sighup_and_stops_cleanly() {
     let h = TestHome::new();
     let mut d = start_ready(&h, "coordinator");
     let pid = d.id();
-    let mark = cortex::store::daemon_mark::read_mark(&home(&h), "coordinator").unwrap();
+    let mark =
+        cortex::store::daemon_mark::read_mark(&home(&h), cortex::base::daemon_name::Daemon::Coordinator).unwrap();
     assert_eq!(mark.name, "coordinator");
     assert!(cortex::base::clock::parse_ts(mark.ready_at.as_deref().unwrap()).is_some(), "ready_at is a timestamp");
 
@@ -161,7 +174,7 @@ fn concurrent_starts_leave_exactly_one_daemon() {
     // Status checks (shared locks held for an instant) race with the starts.
     let mut running = None;
     wait_until(WAIT, "one copy to run and the others to give up", || {
-        let _ = status(&home(&h), "integration");
+        let _ = status(&home(&h), cortex::base::daemon_name::Daemon::Integration);
         let alive: Vec<u32> =
             copies.iter_mut().filter_map(|c| c.try_wait().unwrap().is_none().then(|| c.id())).collect();
         running = (alive.len() == 1).then(|| alive[0]);
@@ -169,10 +182,10 @@ fn concurrent_starts_leave_exactly_one_daemon() {
     });
     let winner = running.unwrap();
     wait_until(WAIT, "the winner to be ready", || {
-        cortex::store::daemon_mark::read_mark(&home(&h), "integration")
+        cortex::store::daemon_mark::read_mark(&home(&h), cortex::base::daemon_name::Daemon::Integration)
             .is_some_and(|m| m.pid == winner && m.ready_at.is_some())
     });
-    assert_eq!(status(&home(&h), "integration").unwrap(), PidStatus::Running(winner));
+    assert_eq!(status(&home(&h), cortex::base::daemon_name::Daemon::Integration).unwrap(), PidStatus::Running(winner));
     assert_eq!(pid_in_file(&h, "integration"), winner.to_string());
     for mut c in copies {
         if c.id() == winner {

@@ -20,7 +20,7 @@ fn monitor(f: &Fleet) -> (Arc<AtomicBool>, std::thread::JoinHandle<(usize, usize
                 .iter()
                 .filter(|d| {
                     matches!(
-                        cortex::store::pidfile::status(&home, d),
+                        cortex::store::pidfile::status(&home, cortex::base::daemon_name::Daemon::parse(d).unwrap()),
                         Ok(cortex::store::pidfile::PidStatus::Running(_))
                     )
                 })

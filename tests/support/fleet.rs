@@ -149,19 +149,19 @@ impl Fleet {
 
     /// The PID of a running daemon (its PID file is locked).
     pub(crate) fn pid(&self, daemon: &str) -> Option<u32> {
-        match pidfile::status(&self.home(), daemon) {
+        match pidfile::status(&self.home(), by_name(daemon)) {
             Ok(PidStatus::Running(p)) if p != 0 => Some(p),
             _ => None,
         }
     }
 
     pub(crate) fn status_of(&self, daemon: &str) -> PidStatus {
-        pidfile::status(&self.home(), daemon).unwrap()
+        pidfile::status(&self.home(), by_name(daemon)).unwrap()
     }
 
     /// The PID of a daemon that runs and has marked itself ready.
     pub(crate) fn ready(&self, daemon: &str) -> Option<u32> {
-        self.pid(daemon).filter(|p| cortex::ops::supervisor::process::is_ready(&self.home(), daemon, *p))
+        self.pid(daemon).filter(|p| cortex::ops::supervisor::process::is_ready(&self.home(), by_name(daemon), *p))
     }
 
     /// Waits until `daemon` is ready with a PID other than `not`.
@@ -202,6 +202,11 @@ impl Fleet {
             })
         });
     }
+}
+
+/// The daemon a test names (the tests speak in names, as the command line does).
+pub(crate) fn by_name(name: &str) -> cortex::base::daemon_name::Daemon {
+    cortex::base::daemon_name::Daemon::parse(name).unwrap_or_else(|| panic!("no daemon named {name:?}"))
 }
 
 /// The last `n` lines of a daemon's log in the home.

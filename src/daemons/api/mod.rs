@@ -3,15 +3,15 @@
 //! only through the library operations the CLI uses.
 //!
 //! - [`http`]: the HTTP/1.1 server (reactor + bounded handler pool, limits, timeouts).
-//! - [`auth`]: bearer tokens from `[api] tokens_file` (operate and read-only kinds).
+//! - [`crate::store::api_tokens`]: bearer tokens from `[api] tokens_file` (operate and read-only kinds).
 //! - [`policy`]: who may call what — the `Host`/`Origin` checks and the access kinds.
 //! - [`commit`]: the scheduler's group commit (one committer thread batches pauses/resumes).
 //! - [`routes`]: the endpoints.
 
-pub mod commit;
+pub(crate) mod commit;
 pub mod http;
-pub mod policy;
-pub mod routes;
+pub(crate) mod policy;
+pub(crate) mod routes;
 
 use crate::base::error::{Error, Result};
 use crate::ops::status::StatusReader;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The application: shared by every handler thread.
-pub struct App {
+pub(crate) struct App {
     pub reader: Arc<StatusReader>,
     pub tokens: Tokens,
     /// The API's own address, for the `Host` and `Origin` checks.
@@ -488,7 +488,7 @@ impl App {
     /// `POST /events/<id>/ack` (optional body `{"note": "..."}`; id `all`: every event up to
     /// now): the same operation as `cortex event ack`. 404 for an event `/health` does not count.
     fn event_ack(&self, req: &Request, id: &str, actor: &Actor) -> Response {
-        use crate::{ops::status::acknowledge::AckTarget, ops::status::acknowledge::acknowledge};
+        use crate::ops::status::acknowledge::{AckTarget, acknowledge};
         let body = match json_body(req) {
             Ok(b) => b,
             Err(r) => return r,

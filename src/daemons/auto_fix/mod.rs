@@ -6,10 +6,10 @@
 //! fix validation).
 
 pub mod breaker;
-pub mod history;
-pub mod policy;
+pub(crate) mod history;
+pub(crate) mod policy;
 pub mod registry;
-pub mod restart;
+pub(crate) mod restart;
 
 pub use breaker::is_dispatch_allowed;
 pub use policy::RestartPolicy;

@@ -51,7 +51,7 @@ pub enum Decision {
 
 /// What the decision looks at besides the task.
 #[derive(Debug, Clone)]
-pub struct Conditions<'a> {
+pub(crate) struct Conditions<'a> {
     pub breaker_open: bool,
     /// Restarts decided in the last minute: (time, worker type).
     pub recent_restarts: &'a [(Timestamp, String)],
@@ -61,7 +61,7 @@ pub struct Conditions<'a> {
 }
 
 /// Decides for a task whose attempt number `task.attempts` became a zombie. Pure.
-pub fn decide(task: &Task, policy: &RestartPolicy, c: &Conditions) -> Decision {
+pub(crate) fn decide(task: &Task, policy: &RestartPolicy, c: &Conditions) -> Decision {
     let wt = task.worker_type.as_str();
     let retries_used = task.attempts.saturating_sub(1);
     let max_retries = policy.max_retries(wt);
@@ -131,7 +131,7 @@ fn owns_task(task: &Task, dispatch_id: &str) -> bool {
 }
 
 /// Decides for every zombie whose task still waits for a decision.
-pub fn process_zombies(store: &Store, policy: &RestartPolicy, now: Timestamp) -> Result<Vec<Made>> {
+pub(crate) fn process_zombies(store: &Store, policy: &RestartPolicy, now: Timestamp) -> Result<Vec<Made>> {
     let zombies: Vec<DispatchRecord> =
         list_bucket(store, SpecBucket::Zombie)?.into_iter().filter(cleanup_done).collect();
     if zombies.is_empty() {

@@ -40,7 +40,7 @@ use plan::{BreakerSnapshot, CycleInput, DispatchPlan, GuardedType};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-pub mod plan;
+pub(crate) mod plan;
 
 /// The identity of a file the coordinator reads (see [`FileIdentity`]); None when it cannot be
 /// stat'ed. The queue and budget identities are taken under their file's lock right after this

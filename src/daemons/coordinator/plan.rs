@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 /// A worker type's circuit breaker as this cycle sees it (types with a closed breaker are absent
 /// from the [`BreakerSnapshot`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct GuardedType {
+pub(crate) struct GuardedType {
     /// The breaker lets one trial dispatch of the type through in this cycle.
     pub trial_allowed: bool,
     /// When an open breaker lets its trial through.
@@ -26,12 +26,12 @@ pub struct GuardedType {
 /// for this cycle (`auto_fix::breaker::dispatch_allowed_by`, asked by the coordinator before it
 /// plans). At most one task of a guarded type is dispatched per cycle (the half-open trial).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct BreakerSnapshot {
+pub(crate) struct BreakerSnapshot {
     pub guarded: HashMap<String, GuardedType>,
 }
 
 /// What one cycle decides from.
-pub struct CycleInput<'a> {
+pub(crate) struct CycleInput<'a> {
     /// The queue's tasks, with this cycle's ended dispatches folded in.
     pub tasks: &'a [Task],
     /// The token budget after this cycle's settlements.
@@ -52,7 +52,7 @@ pub struct CycleInput<'a> {
 /// One dispatch to make: the task (an index into [`CycleInput::tasks`]) and what its record
 /// needs besides the dispatch id.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlannedDispatch {
+pub(crate) struct PlannedDispatch {
     pub task: usize,
     /// Tokens reserved for the dispatch (the task's budget).
     pub reserve: u64,
@@ -65,7 +65,7 @@ pub struct PlannedDispatch {
 
 /// What one cycle does to the queue, decided by [`plan`].
 #[derive(Debug, Default, PartialEq)]
-pub struct DispatchPlan {
+pub(crate) struct DispatchPlan {
     /// Dispatches in the order they are made (priority, then age).
     pub dispatch: Vec<PlannedDispatch>,
     /// Tasks that fail without a dispatch (a failed or missing prerequisite, an unknown worker
@@ -88,7 +88,7 @@ impl DispatchPlan {
 /// (`--delay`, `next_retry_at`) or waiting for its prerequisite stays queued; nothing is
 /// dispatched while paused, without a free slot or without readable worker types; a guarded
 /// worker type gets at most its trial; a task whose budget does not fit what is left waits.
-pub fn plan(input: &CycleInput) -> DispatchPlan {
+pub(crate) fn plan(input: &CycleInput) -> DispatchPlan {
     let tasks = input.tasks;
     let now = input.now;
     let mut out = DispatchPlan::default();

@@ -49,7 +49,7 @@ impl PatternSeverity {
 
 /// Confidence that a signature is a real pattern: 0 below the threshold, then 0.33, 0.67 and 1.0
 /// at 1×, 2× and 3× the threshold.
-pub fn confidence(count: u64, threshold: u32) -> f64 {
+pub(crate) fn confidence(count: u64, threshold: u32) -> f64 {
     let t = u64::from(threshold.max(1));
     if count >= 3 * t {
         1.0
@@ -64,7 +64,7 @@ pub fn confidence(count: u64, threshold: u32) -> f64 {
 
 /// Severity from the category (timeouts and crashes start at medium; resource exhaustion, lost
 /// or zombie workers and escalations at high), raised one level at 3× the threshold.
-pub fn severity(category: Category, count: u64, threshold: u32) -> PatternSeverity {
+pub(crate) fn severity(category: Category, count: u64, threshold: u32) -> PatternSeverity {
     let base = match category {
         Category::Timeout | Category::Crash => PatternSeverity::Medium,
         Category::Resource | Category::Liveness | Category::Escalation => PatternSeverity::High,

@@ -9,10 +9,10 @@
 //! - [`records`]: the pattern store (atomic rewrite under lock `failure-patterns`).
 //! - [`sources`]: reading the spec buckets and the event log from a persisted offset.
 
-pub mod classify;
-pub mod detect;
-pub mod records;
-pub mod sources;
+pub(crate) mod classify;
+pub(crate) mod detect;
+pub(crate) mod records;
+pub(crate) mod sources;
 
 use crate::base::clock::{Clock, SystemClock, format_ts};
 use crate::base::error::Result;

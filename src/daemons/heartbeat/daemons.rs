@@ -13,7 +13,7 @@ use serde_json::json;
 use std::collections::HashSet;
 
 /// Checks every other daemon's mark; returns when the next one could turn hung.
-pub fn check_marks(
+pub(crate) fn check_marks(
     store: &Store,
     hung_after_seconds: f64,
     now: Timestamp,
@@ -22,11 +22,11 @@ pub fn check_marks(
     let home = store.home();
     let mut next: Option<Timestamp> = None;
     let hung_after = chrono::Duration::microseconds((hung_after_seconds * 1e6) as i64);
-    for daemon in Daemon::ALL.into_iter().filter(|d| *d != Daemon::Heartbeat).map(Daemon::as_str) {
+    for daemon in Daemon::ALL.into_iter().filter(|d| *d != Daemon::Heartbeat) {
         let pid = match pidfile::status(home, daemon) {
             Ok(PidStatus::Running(pid)) => pid,
             _ => {
-                reported.remove(daemon);
+                reported.remove(daemon.as_str());
                 continue;
             }
         };
@@ -47,7 +47,7 @@ pub fn check_marks(
                 )?;
             }
         } else {
-            if reported.remove(daemon) {
+            if reported.remove(daemon.as_str()) {
                 store.emit(
                     EventKind::DaemonRecovered,
                     Severity::Info,

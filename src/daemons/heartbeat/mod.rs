@@ -11,14 +11,14 @@
 //! - [`monitor`]: one pass; [`zombie`]: the cleanup pipeline; [`daemons`]: hung daemons.
 
 pub mod beat;
-pub mod daemons;
-pub mod health;
-pub mod liveness;
-pub mod monitor;
-pub mod policy;
-pub mod process;
-pub mod record;
-pub mod zombie;
+pub(crate) mod daemons;
+pub(crate) mod health;
+pub(crate) mod liveness;
+pub(crate) mod monitor;
+pub(crate) mod policy;
+pub(crate) mod process;
+pub(crate) mod record;
+pub(crate) mod zombie;
 
 pub use monitor::{Monitor, PassReport};
 pub use policy::HeartbeatPolicy;

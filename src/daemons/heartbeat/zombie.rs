@@ -28,7 +28,7 @@ use std::time::Duration;
 
 /// Runs the whole pipeline for one dispatch. Returns the zombie spec, or None when the dispatch
 /// ended or changed before it could be claimed (nothing is done then).
-pub fn clean_up(
+pub(crate) fn clean_up(
     store: &Store,
     spec: &DispatchRecord,
     reason: &str,
@@ -107,7 +107,7 @@ fn claim(
 }
 
 /// Steps 3–5 for a claimed spec. Also used at start-up for a cleanup a crash interrupted.
-pub fn finish(
+pub(crate) fn finish(
     store: &Store,
     spec: &DispatchRecord,
     policy: &HeartbeatPolicy,

@@ -20,7 +20,7 @@ use std::path::Path;
 /// file replaced by another bad one (a new inode, other bad lines) is a new incident even with
 /// the same count.
 #[derive(Debug, Default)]
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     json_reported: HashMap<String, String>,
     jsonl_counts: HashMap<String, (usize, u64, String)>,
 }
@@ -42,7 +42,7 @@ fn pointer_of(problem: &str) -> &str {
 
 impl FileWatch {
     /// Acts on one report; returns the number of events emitted.
-    pub fn handle(&mut self, store: &Store, report: &FileReport) -> usize {
+    pub(crate) fn handle(&mut self, store: &Store, report: &FileReport) -> usize {
         let home = store.home();
         let path = home.join(&report.file);
         if report.lines.is_some() {

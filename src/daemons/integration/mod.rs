@@ -8,8 +8,8 @@
 //! - [`files`]: acting on per-file verdicts of [`crate::ops::validate`] (the one validator).
 //! - [`consistency`]: queue ↔ specs ↔ budget checks and the grace/once tracker.
 
-pub mod consistency;
-pub mod files;
+pub(crate) mod consistency;
+pub(crate) mod files;
 
 use crate::base::error::Result;
 use crate::domain::task::{TaskQueue, TokenBudget, dispatches};

@@ -91,7 +91,7 @@ fn round(x: f64, places: i32) -> f64 {
 }
 
 /// The nearest-rank percentile `p` (0–100) of sorted values.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -100,7 +100,13 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// Worker figures from the dispatch counts and the run times (seconds) of finished dispatches.
-pub fn worker_stats(active: u64, completed: u64, failed: u64, zombies: u64, mut durations_s: Vec<f64>) -> Workers {
+pub(crate) fn worker_stats(
+    active: u64,
+    completed: u64,
+    failed: u64,
+    zombies: u64,
+    mut durations_s: Vec<f64>,
+) -> Workers {
     durations_s.retain(|d| d.is_finite() && *d >= 0.0);
     durations_s.sort_by(f64::total_cmp);
     let minutes: Vec<f64> = durations_s.iter().map(|s| s / 60.0).collect();
@@ -194,7 +200,7 @@ impl Collector {
     fn daemons(&mut self, home: &Home, now: crate::base::clock::Timestamp) -> BTreeMap<String, DaemonStats> {
         let mut out = BTreeMap::new();
         let mut seen = HashMap::new();
-        for name in crate::base::daemon_name::NAMES {
+        for name in crate::base::daemon_name::Daemon::ALL {
             let Ok(PidStatus::Running(pid)) = pidfile::status(home, name) else { continue };
             if pid == 0 {
                 continue;

@@ -58,16 +58,16 @@ pub trait Executor {
 }
 
 /// Runs dispatches as local processes, each through the exec shim in its own process group, stdin /dev/null, stdout/stderr to the dispatch's log files.
-pub struct LocalExecutor {
+pub(crate) struct LocalExecutor {
     /// The binary that contains the shim (this worker's own executable).
     pub shim_exe: PathBuf,
 }
 
 /// The small shim program's file name, looked for beside the worker's executable.
-pub const SHIM_BINARY: &str = "cortex-exec-shim";
+pub(crate) const SHIM_BINARY: &str = "cortex-exec-shim";
 
 impl LocalExecutor {
-    pub fn new() -> LocalExecutor {
+    pub(crate) fn new() -> LocalExecutor {
         LocalExecutor { shim_exe: shim_exe() }
     }
 }

@@ -23,9 +23,9 @@
 //! live process here waits until that process is gone: a task never runs twice at once, whatever
 //! an operator removes or puts back.
 
-pub mod executor;
-pub mod exits;
-pub mod procs;
+pub(crate) mod executor;
+pub(crate) mod exits;
+pub(crate) mod procs;
 mod records;
 pub mod shim;
 

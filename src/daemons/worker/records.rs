@@ -56,7 +56,7 @@ pub(super) fn running_change(rec: &DispatchRecord, l: &executor::Launched, start
 }
 
 /// Why a dispatch whose process ran without a record ended `lost`.
-pub const UNRECORDED_REASON: &str = "its process ran without a record in worker-specs/active/ (the spec was removed or \
+pub(super) const UNRECORDED_REASON: &str = "its process ran without a record in worker-specs/active/ (the spec was removed or \
 replaced while it ran); the worker stopped its process group (TERM, grace, KILL) so that its task cannot run twice";
 
 /// How a dispatch ended: from the stop reason, the shim's exit report or what was seen.

@@ -97,7 +97,7 @@ pub fn slot_task_id(schedule_id: &str, slot: Timestamp) -> String {
 }
 
 /// The zone a schedule's cron expression is read in: its own, else `[scheduler] timezone`, else UTC.
-pub fn effective_tz(schedule_tz: Option<&str>, config_tz: &str) -> std::result::Result<Tz, String> {
+pub(crate) fn effective_tz(schedule_tz: Option<&str>, config_tz: &str) -> std::result::Result<Tz, String> {
     match schedule_tz.filter(|s| !s.trim().is_empty()) {
         Some(tz) => parse_tz(tz),
         None => Ok(parse_tz(config_tz).unwrap_or(Tz::UTC)),
@@ -105,7 +105,7 @@ pub fn effective_tz(schedule_tz: Option<&str>, config_tz: &str) -> std::result::
 }
 
 /// The expression of a stored schedule, in its effective zone.
-pub fn schedule_expr(s: &Schedule, config_tz: &str) -> std::result::Result<Expr, String> {
+pub(crate) fn schedule_expr(s: &Schedule, config_tz: &str) -> std::result::Result<Expr, String> {
     let tz = effective_tz(s.timezone.as_deref(), config_tz).map_err(|e| format!("timezone: {e}"))?;
     let anchor = parse_ts(&s.created_at).ok_or_else(|| format!("created_at: {:?} is not a timestamp", s.created_at))?;
     Expr::new(s.cron.as_deref(), s.every.as_deref(), tz, anchor).map_err(|e| {

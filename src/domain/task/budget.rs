@@ -6,15 +6,8 @@
 
 use super::model::TokenBudget;
 
-/// True when `amount` tokens can be reserved now.
-pub fn fits(budget: &TokenBudget, amount: u64) -> bool {
-    let mut b = budget.clone();
-    b.recompute();
-    amount <= b.available
-}
-
 /// Reserves `amount` for a dispatch. Returns false (and changes nothing) when it does not fit.
-pub fn reserve(budget: &mut TokenBudget, dispatch_id: &str, amount: u64, now: &str) -> bool {
+pub(crate) fn reserve(budget: &mut TokenBudget, dispatch_id: &str, amount: u64, now: &str) -> bool {
     budget.recompute();
     if amount > budget.available {
         return false;
@@ -27,7 +20,7 @@ pub fn reserve(budget: &mut TokenBudget, dispatch_id: &str, amount: u64, now: &s
 
 /// Ends a dispatch's reservation: `tokens_used` is added to `used` (when reported), and the
 /// reservation is dropped. Returns true when the budget changed.
-pub fn settle(budget: &mut TokenBudget, dispatch_id: &str, tokens_used: Option<u64>, now: &str) -> bool {
+pub(crate) fn settle(budget: &mut TokenBudget, dispatch_id: &str, tokens_used: Option<u64>, now: &str) -> bool {
     let had = budget.reservations.remove(dispatch_id).is_some();
     if let Some(t) = tokens_used {
         budget.used = budget.used.saturating_add(t);
@@ -54,7 +47,6 @@ mod tests {
         let mut b = reset();
         assert!(reserve(&mut b, "d1", 300_000, "t"));
         assert_eq!(b.available, 200_000);
-        assert!(!fits(&b, 250_000));
         assert!(!reserve(&mut b, "d2", 250_000, "t"));
         assert!(reserve(&mut b, "d2", 200_000, "t"));
         assert_eq!(b.available, 0);

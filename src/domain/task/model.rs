@@ -375,7 +375,7 @@ pub enum DispatchState {
         started_at: String,
         pid: i32,
         pgid: i32,
-        /// Process start time (clock ticks since boot, from /proc/<pid>/stat) so a reused PID is
+        /// Process start time (clock ticks since boot, from `/proc/<pid>/stat`) so a reused PID is
         /// never mistaken for our process.
         proc_start_ticks: u64,
     },

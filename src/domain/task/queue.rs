@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 /// Indices of `tasks` in dispatch order: critical > high > medium > low, then oldest first, then
 /// queue position (FIFO for tasks created in the same microsecond).
-pub fn dispatch_order(tasks: &[Task]) -> Vec<usize> {
+pub(crate) fn dispatch_order(tasks: &[Task]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..tasks.len()).collect();
     idx.sort_by(|&a, &b| {
         let (ta, tb) = (&tasks[a], &tasks[b]);
@@ -64,7 +64,7 @@ fn signal_name(sig: i32) -> String {
 }
 
 /// The task result a dispatch's final state stands for, and whether it succeeded / was cancelled.
-pub fn result_of(rec: &DispatchRecord) -> (TaskResult, Option<bool>) {
+pub(crate) fn result_of(rec: &DispatchRecord) -> (TaskResult, Option<bool>) {
     let mut r = TaskResult { tokens_used: rec.tokens_used, ..TaskResult::default() };
     let ok = match &rec.state {
         DispatchState::Completed { exit_code, duration_s, .. } => {
@@ -116,7 +116,7 @@ pub fn result_of(rec: &DispatchRecord) -> (TaskResult, Option<bool>) {
 
 /// Applies the end of `rec` to `task` when `rec` is the task's running dispatch; None when it is
 /// not (already folded, or a stale dispatch): folding is idempotent.
-pub fn apply_end(
+pub(crate) fn apply_end(
     task: &mut Task,
     rec: &DispatchRecord,
     cfg: &RetryConfig,
@@ -167,7 +167,7 @@ pub fn apply_end(
 /// moves on, or when it is still held although the task already moved on (a crash between the
 /// queue and budget writes); otherwise nothing changes. Returns what happened, and whether the
 /// budget changed.
-pub fn fold_ended(
+pub(crate) fn fold_ended(
     queue: &mut TaskQueue,
     budget: &mut TokenBudget,
     records: &[DispatchRecord],
@@ -193,7 +193,7 @@ pub fn fold_ended(
 
 /// A read-modify-write of the queue under its lock, with the intake folded in first so the
 /// change sees every task. Returns the closure's result.
-pub fn update<R>(store: &Store, change: impl FnOnce(&mut TaskQueue, &LockGuard) -> Result<R>) -> Result<R> {
+pub(crate) fn update<R>(store: &Store, change: impl FnOnce(&mut TaskQueue, &LockGuard) -> Result<R>) -> Result<R> {
     let guard = store.lock(TASK_QUEUE)?;
     let mut queue: TaskQueue = store.load()?;
     let fold = intake::fold(store, &mut queue)?;

@@ -26,7 +26,7 @@ impl Document for TaskQueue {
 
 /// Encodings of tasks already validated (task id → hash of its encoding), as of the last write.
 #[derive(Debug, Default)]
-pub struct ValidatedTasks {
+pub(crate) struct ValidatedTasks {
     seen: HashMap<String, u64>,
 }
 
@@ -48,7 +48,7 @@ fn refuse(path: &Path, pointer: String, expected: &str) -> Error {
 /// The bytes of `queue` as `task-queue.json`, checked against its schema (a violation refuses
 /// the write, naming the task's field). With `validated`, tasks encoded as at the last call are
 /// not checked again.
-pub fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTasks>) -> Result<Vec<u8>> {
+pub(crate) fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTasks>) -> Result<Vec<u8>> {
     let schema = files::TASK_QUEUE.schema;
     let envelope =
         TaskQueue { tasks: Vec::new(), updated_at: queue.updated_at.clone(), intake_offset: queue.intake_offset };

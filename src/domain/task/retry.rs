@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// The delay before retry number `attempt` (the attempt that just failed, 1-based).
 /// `unit_random` returns a number in [0, 1) and is only used with jitter.
-pub fn backoff_delay(cfg: &RetryConfig, attempt: u32, unit_random: &mut dyn FnMut() -> f64) -> Duration {
+pub(crate) fn backoff_delay(cfg: &RetryConfig, attempt: u32, unit_random: &mut dyn FnMut() -> f64) -> Duration {
     let base = cfg.backoff_base_seconds.max(0.0);
     let max = cfg.backoff_max_seconds.max(0.0);
     let secs = match cfg.backoff_strategy {
@@ -32,7 +32,7 @@ pub fn backoff_delay(cfg: &RetryConfig, attempt: u32, unit_random: &mut dyn FnMu
 }
 
 /// When the next attempt is due.
-pub fn next_retry_at(
+pub(crate) fn next_retry_at(
     cfg: &RetryConfig,
     attempt: u32,
     clock: &dyn Clock,
@@ -44,7 +44,7 @@ pub fn next_retry_at(
 
 /// One worker type's run of failures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Streak {
+pub(crate) struct Streak {
     pub consecutive_failures: u32,
     #[serde(default)]
     pub last_failure_at: Option<String>,
@@ -54,7 +54,7 @@ pub struct Streak {
 
 /// `coordination/failure-streaks.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FailureStreaks {
+pub(crate) struct FailureStreaks {
     pub worker_types: BTreeMap<String, Streak>,
     #[serde(default)]
     pub updated_at: Option<String>,
@@ -66,7 +66,7 @@ impl Document for FailureStreaks {
 
 /// A notification that is due.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Notification {
+pub(crate) struct Notification {
     pub worker_type: String,
     pub consecutive_failures: u32,
 }
@@ -74,7 +74,7 @@ pub struct Notification {
 impl FailureStreaks {
     /// Records the end of one attempt of `worker_type`; returns a notification when the threshold
     /// is reached and the last notification for the type is older than the throttle.
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         worker_type: &str,
         failed: bool,

@@ -12,10 +12,10 @@
 //!   swap by rename with a journal so an interrupted restore is rolled back.
 //! - [`retention`]: listing archives and pruning old ones, never the newest good one.
 
-pub mod create;
+pub(crate) mod create;
 pub mod manifest;
-pub mod restore;
-pub mod retention;
+pub(crate) mod restore;
+pub(crate) mod retention;
 pub mod snapshot;
 pub mod verify;
 

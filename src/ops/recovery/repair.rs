@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 /// One thing repair did (or, in a dry run, would do).
 #[derive(Debug, Clone, Serialize)]
-pub struct RepairAction {
+pub(crate) struct RepairAction {
     pub file: String,
     pub action: String,
     /// False for problems repair only reports.
@@ -40,7 +40,7 @@ pub struct RepairAction {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct RepairReport {
+pub(crate) struct RepairReport {
     pub dry_run: bool,
     pub actions: Vec<RepairAction>,
 }
@@ -52,7 +52,7 @@ impl RepairReport {
 }
 
 /// Repairs the store's home.
-pub fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
+pub(crate) fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
     let home = store.home().clone();
     let mut report = RepairReport { dry_run, actions: Vec::new() };
     if !dry_run {
@@ -343,7 +343,7 @@ fn repair_json(store: &Store, f: &CoordFile, path: &Path, dry_run: bool, report:
 }
 
 /// Every JSON object in `bytes` that has a string `task_id`, scanning even a truncated file.
-pub fn salvage_task_objects(bytes: &[u8]) -> Vec<Value> {
+pub(crate) fn salvage_task_objects(bytes: &[u8]) -> Vec<Value> {
     if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
         let tasks = match &v {
             Value::Object(m) => m.get("tasks").and_then(Value::as_array).cloned().unwrap_or_default(),

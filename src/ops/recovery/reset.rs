@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ResetReport {
+pub(crate) struct ResetReport {
     pub pre_reset_backup: PathBuf,
     pub stopped_daemons: Vec<String>,
     pub restarted_daemons: Vec<String>,
@@ -35,13 +35,13 @@ pub struct ResetReport {
 }
 
 /// What `cortex reset` without `--yes` says.
-pub const EXPLANATION: &str = "cortex reset is the emergency recovery runbook's complete reset: it stops the daemons, \
+pub(crate) const EXPLANATION: &str = "cortex reset is the emergency recovery runbook's complete reset: it stops the daemons, \
 writes a pre-reset backup to backups/pre-reset/, stops the processes of running dispatches, deletes the active and \
 zombie worker specs, empties the task queue and intake, resets the token budget to its total with nothing used, \
 keeps configuration and logs, and starts the daemons that were running again. Queued and running tasks are dropped \
 (they stay in the pre-reset backup). Run `cortex reset --yes` to do it.";
 
-pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
+pub(crate) fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
     let home = store.home().clone();
     let lock = create::lock_backups(store)?;
     let stopped = crate::ops::supervisor::maintenance::stop_all(&home, config)?;

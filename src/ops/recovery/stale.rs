@@ -19,7 +19,7 @@ use std::time::Duration;
 
 /// One dispatch recover-stale ended (or, in a dry run, would end).
 #[derive(Debug, Clone, Serialize)]
-pub struct StaleDispatch {
+pub(crate) struct StaleDispatch {
     pub dispatch_id: String,
     pub task_id: String,
     pub reason: String,
@@ -28,7 +28,7 @@ pub struct StaleDispatch {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct StaleReport {
+pub(crate) struct StaleReport {
     pub dry_run: bool,
     pub checked: usize,
     pub lost: Vec<StaleDispatch>,
@@ -82,7 +82,7 @@ fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -
 }
 
 /// Ends every stale active dispatch as `lost`.
-pub fn recover_stale(
+pub(crate) fn recover_stale(
     store: &Store,
     clock: &dyn Clock,
     older_than: Duration,
@@ -129,7 +129,7 @@ pub fn recover_stale(
 
 /// Stops a dispatch's process group: TERM, up to `grace`, then KILL, only while the leader is
 /// still the process that was started (a reused PID is never signalled).
-pub fn stop_group(pid: i32, pgid: i32, ticks: u64, grace: Duration) {
+pub(crate) fn stop_group(pid: i32, pgid: i32, ticks: u64, grace: Duration) {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
     if !is_alive(pid, ticks) || pgid <= 1 {

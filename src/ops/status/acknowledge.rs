@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// What `cortex event ack` / `POST /events/<id>/ack` acknowledges.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AckTarget {
+pub(crate) enum AckTarget {
     /// One event, by id.
     Event(String),
     /// Every event up to now (`--all`, `POST /events/all/ack`).
@@ -20,7 +20,7 @@ pub enum AckTarget {
 
 /// The answer to an acknowledgement.
 #[derive(Debug, Clone, Serialize)]
-pub struct AckOutcome {
+pub(crate) struct AckOutcome {
     pub status: &'static str,
     /// False when there was nothing left to acknowledge (nothing was written).
     pub changed: bool,
@@ -39,7 +39,7 @@ pub struct AckOutcome {
 /// then records an `event_acknowledged` event (severity info: it never counts itself). Only
 /// events `/health` can count are known here (the reader's window); an unknown id is
 /// [`Error::Refused`]. Acknowledging what is already acknowledged writes nothing.
-pub fn acknowledge(
+pub(crate) fn acknowledge(
     reader: &StatusReader,
     target: &AckTarget,
     by: &str,

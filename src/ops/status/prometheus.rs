@@ -23,7 +23,7 @@ type Labels = Vec<(String, String)>;
 const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0];
 
 /// Renders every metric in the Prometheus text format.
-pub fn render(reader: &StatusReader) -> Result<String> {
+pub(crate) fn render(reader: &StatusReader) -> Result<String> {
     let cfg = reader.config();
     let now = chrono::Utc::now();
     let snap = reader.snapshot();
@@ -141,7 +141,7 @@ pub fn render(reader: &StatusReader) -> Result<String> {
 /// In HELP and TYPE lines a tab (which the format allows between tokens) follows the metric
 /// name, so the runbook's `grep -o 'cortex_dispatch_failures_total [0-9]*'` matches only the
 /// sample line and prints one number.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
+pub(crate) fn to_prometheus_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))

@@ -33,7 +33,7 @@ impl StatusReader {
         };
         let now = chrono::Utc::now();
         let coordinator = daemon_state(self.home(), Daemon::Coordinator, &cfg);
-        let mark = read_mark(self.home(), Daemon::Coordinator.as_str());
+        let mark = read_mark(self.home(), Daemon::Coordinator);
         let up = coordinator == "running";
         let uptime = mark
             .as_ref()
@@ -167,7 +167,7 @@ pub const RECENT_EVENTS_SHOWN: usize = 50;
 /// "running", "stopped" (no PID file), "dead" (stale PID file), or "disabled". A cheap look
 /// (`pidfile::status_quick`): clients poll these views.
 pub fn daemon_state(home: &Home, daemon: Daemon, cfg: &Config) -> &'static str {
-    match pid_status(home, daemon.as_str()) {
+    match pid_status(home, daemon) {
         Ok(PidStatus::Running(_)) => "running",
         _ if !cfg.daemon_enabled(daemon) => "disabled",
         Ok(PidStatus::Absent) => "stopped",
@@ -204,7 +204,7 @@ pub fn coordinator_uptime(home: &Home, cfg: &Config, now: Timestamp) -> Option<i
     if daemon_state(home, Daemon::Coordinator, cfg) != "running" {
         return None;
     }
-    let mark = read_mark(home, Daemon::Coordinator.as_str())?;
+    let mark = read_mark(home, Daemon::Coordinator)?;
     parse_ts(&mark.started_at).map(|t| (now - t).num_seconds().max(0))
 }
 

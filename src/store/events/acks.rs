@@ -37,7 +37,7 @@ pub struct Ack {
 }
 
 /// Appends an acknowledgement (one `write`, under the file's lock).
-pub fn append(store: &Store, ack: &Ack) -> Result<()> {
+pub(crate) fn append(store: &Store, ack: &Ack) -> Result<()> {
     if ack.event_id.is_none() == ack.up_to.is_none() {
         return Err(Error::other("an acknowledgement names either one event_id or an up_to time"));
     }
@@ -72,14 +72,14 @@ impl AckSet {
 /// the previous one (the whole file again only when it was replaced or truncated, e.g. by
 /// `cortex repair`). Bad lines are skipped.
 #[derive(Debug, Default)]
-pub struct AckFollower {
+pub(crate) struct AckFollower {
     file: Option<(u64, u64)>,
     offset: u64,
     set: AckSet,
 }
 
 impl AckFollower {
-    pub fn refresh(&mut self, path: &Path) -> Result<&AckSet> {
+    pub(crate) fn refresh(&mut self, path: &Path) -> Result<&AckSet> {
         // A link planted at the file's name is refused (reported unreadable), never followed:
         // another file's lines must not acknowledge anything.
         let mut f = match crate::store::open::read(path) {
