@@ -1,13 +1,13 @@
 //! `cortex schedule add | list | show | pause | resume | remove | run-now`: recurring tasks on
 //! cron or interval schedules (`crate::domain::schedule`).
 
+use super::task::TaskFlags;
 use super::{Ctx, print_json};
 use crate::base::clock::{SystemClock, format_ts, format_ts_or};
 use crate::base::error::Result;
 use crate::base::text::{safe, safe_or, shell_words};
 use crate::domain::schedule::{self, MisfirePolicy, NewSchedule, ScheduleView, TaskTemplate};
 use crate::domain::scheduler_state::{Actor, local_user};
-use crate::domain::task::Priority;
 use crate::store::pidfile::{self, PidStatus};
 use clap::{Args, Subcommand};
 use std::borrow::Cow;
@@ -15,6 +15,13 @@ use std::borrow::Cow;
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
     /// Add a schedule: `--name N (--cron EXPR | --every DUR) [options] -- COMMAND...`.
+    #[command(
+        mut_arg("priority", |a| a.help(None::<&str>)),
+        mut_arg("worker_type", |a| a.help("Worker type (default: routed like `cortex task add`)")),
+        mut_arg("budget", |a| a.help("Token budget per run (default: the worker type's)")),
+        mut_arg("max_attempts", |a| a.help("Attempts per run (default: [retry] max_attempts)")),
+        mut_arg("command", |a| a.help("The command each run executes (after `--`)"))
+    )]
     Add(AddArgs),
     /// List schedules with their next run (in the schedule's zone and in UTC).
     List {
@@ -62,20 +69,8 @@ pub struct AddArgs {
     /// Task description (default: "schedule NAME").
     #[arg(long)]
     description: Option<String>,
-    #[arg(long, default_value = "medium")]
-    priority: Priority,
-    /// Worker type (default: routed like `cortex task add`).
-    #[arg(long = "type", value_name = "WORKER_TYPE")]
-    worker_type: Option<String>,
-    /// Token budget per run (default: the worker type's).
-    #[arg(long)]
-    budget: Option<u64>,
-    /// Attempts per run (default: [retry] max_attempts).
-    #[arg(long)]
-    max_attempts: Option<u32>,
-    /// The command each run executes (after `--`).
-    #[arg(last = true, value_name = "COMMAND")]
-    command: Vec<String>,
+    #[command(flatten)]
+    task: TaskFlags,
 }
 
 fn actor() -> Actor {
@@ -97,11 +92,11 @@ pub(super) fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
                 max_instances: a.max_instances,
                 task: TaskTemplate {
                     description,
-                    priority: a.priority,
-                    worker_type: a.worker_type,
-                    command: a.command,
-                    budget: a.budget,
-                    max_attempts: a.max_attempts,
+                    priority: a.task.priority,
+                    worker_type: a.task.worker_type,
+                    command: a.task.command,
+                    budget: a.task.budget,
+                    max_attempts: a.task.max_attempts,
                 },
             };
             let added = schedule::add(&store, &clock, new, &actor())?;

@@ -7,7 +7,7 @@ use crate::base::error::{Error, Result};
 use crate::base::text::{safe, shell_words};
 use crate::domain::task::model::{Priority, Task, TaskStatus};
 use crate::domain::task::ops::{self, NewTask, TaskFilter};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -15,17 +15,8 @@ pub enum TaskCommand {
     Add {
         #[arg(long)]
         description: String,
-        /// low, medium, high or critical.
-        #[arg(long, default_value = "medium")]
-        priority: Priority,
-        /// The worker type (skips routing).
-        #[arg(long = "type", value_name = "WORKER_TYPE")]
-        worker_type: Option<String>,
-        /// Tokens reserved per attempt (default: the worker type's default_budget).
-        #[arg(long)]
-        budget: Option<u64>,
-        #[arg(long)]
-        max_attempts: Option<u32>,
+        #[command(flatten)]
+        task: TaskFlags,
         /// Stop the task after this long (e.g. 90s, 15m; default: the worker type's default_duration).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
@@ -38,9 +29,6 @@ pub enum TaskCommand {
         /// The repository the task concerns (recorded on the task).
         #[arg(long)]
         repo: Option<String>,
-        /// The command to run instead of the worker type's template: `-- COMMAND ARGS...`.
-        #[arg(last = true, value_name = "COMMAND")]
-        command: Vec<String>,
     },
     /// List tasks (the live queue, oldest first; --all adds finished tasks from the archive, all in
     /// task id order, paged with --limit and --after-id).
@@ -81,6 +69,27 @@ pub enum TaskCommand {
     SealArchive,
 }
 
+/// The flags `cortex task add` and `cortex schedule add` share: how the task (or each scheduled
+/// run's task) is routed, prioritised, budgeted and retried, and its command. Declared once; the
+/// help texts are the task's (`schedule add` words its own with `mut_arg`).
+#[derive(Debug, Args)]
+pub struct TaskFlags {
+    /// low, medium, high or critical.
+    #[arg(long, default_value = "medium")]
+    pub priority: Priority,
+    /// The worker type (skips routing).
+    #[arg(long = "type", value_name = "WORKER_TYPE")]
+    pub worker_type: Option<String>,
+    /// Tokens reserved per attempt (default: the worker type's default_budget).
+    #[arg(long)]
+    pub budget: Option<u64>,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// The command to run instead of the worker type's template: `-- COMMAND ARGS...`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
 fn duration_secs(flag: &str, s: &Option<String>) -> Result<Option<f64>> {
     s.as_deref()
         .map(|s| {
@@ -115,18 +124,8 @@ pub(super) fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
     let store = ctx.store()?;
     let actor = crate::domain::scheduler_state::local_user();
     match cmd {
-        TaskCommand::Add {
-            description,
-            priority,
-            worker_type,
-            budget,
-            max_attempts,
-            timeout,
-            after,
-            delay,
-            repo,
-            command,
-        } => {
+        TaskCommand::Add { description, task, timeout, after, delay, repo } => {
+            let TaskFlags { priority, worker_type, budget, max_attempts, command } = task;
             let new = NewTask {
                 description,
                 priority: Some(priority),
