@@ -86,7 +86,15 @@ fn deleting_pid_and_lock_files_while_everything_runs_never_starts_a_second_fleet
     for d in cortex::base::daemon_name::NAMES {
         std::fs::remove_file(f.h.join(&format!("run/{d}.pid"))).unwrap();
     }
-    std::fs::remove_dir_all(f.h.join("coordination/.locks")).unwrap();
+    // `rm -rf`: a daemon may create a lock file between the listing and the rmdir (the
+    // directory is then not empty); the operator runs it again, as this does.
+    wait_until(Duration::from_secs(10), "coordination/.locks removed", || {
+        match std::fs::remove_dir_all(f.h.join("coordination/.locks")) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => false,
+            Err(e) => panic!("rm -rf coordination/.locks: {e}"),
+        }
+    });
 
     let st = f.run(&["status"]);
     let s = text(&st.stdout);

@@ -61,10 +61,10 @@ fn child_writer() {
             let (pointer, value): (String, String) = (param("POINTER"), param("VALUE"));
             let value: Value = serde_json::from_str(&value).expect("VALUE is JSON");
             match files::ALL.iter().position(|f| f.rel == other).expect("a registered file") {
-                4 => touch_raw::<4>(&store, &pointer, value),
                 5 => touch_raw::<5>(&store, &pointer, value),
                 6 => touch_raw::<6>(&store, &pointer, value),
                 7 => touch_raw::<7>(&store, &pointer, value),
+                8 => touch_raw::<8>(&store, &pointer, value),
                 i => panic!("no writer for files::ALL[{i}] ({other})"),
             }
         }
