@@ -256,12 +256,7 @@ fn jsonl_append(path: &std::path::Path, line: &[u8]) {
 
 #[test]
 fn a_handled_critical_event_is_acknowledged_and_the_precheck_goes_again() {
-    let h = TestHome::new();
-    h.set_config(
-        "daemons",
-        "disabled",
-        r#"["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix"]"#,
-    );
+    let h = api_only_home();
     let mut api = Api::start(&h);
     let port = api.port;
     let sh = Shell { port };

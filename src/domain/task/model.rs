@@ -9,6 +9,41 @@ use crate::store::files::{self, CoordFile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Declares the name-only companion of a state enum: the enum of its variants' names, `ALL` (in
+/// declaration order), `as_str` (the name on disk) and the state's `status()`. One list of
+/// variants serves all four, so a state added to one cannot be missing from another.
+macro_rules! state_names {
+    (
+        $(#[$attr:meta])*
+        $state:ident => $status:ident { $($variant:ident = $name:literal),+ $(,)? }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $status {
+            $($variant),+
+        }
+
+        impl $status {
+            pub const ALL: [$status; [$($name),+].len()] = [$($status::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($status::$variant => $name),+
+                }
+            }
+        }
+
+        impl $state {
+            pub fn status(&self) -> $status {
+                match self {
+                    $($state::$variant { .. } => $status::$variant),+
+                }
+            }
+        }
+    };
+}
+
 /// Task priority; ordering is dispatch order (Critical first when sorted descending).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -141,39 +176,19 @@ pub enum TaskState {
     },
 }
 
-/// The state's name alone, for filters and counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Queued,
-    InProgress,
-    PendingRetry,
-    Completed,
-    Failed,
-    Cancelled,
+state_names! {
+    /// The state's name alone, for filters and counts.
+    TaskState => TaskStatus {
+        Queued = "queued",
+        InProgress = "in_progress",
+        PendingRetry = "pending_retry",
+        Completed = "completed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 6] = [
-        TaskStatus::Queued,
-        TaskStatus::InProgress,
-        TaskStatus::PendingRetry,
-        TaskStatus::Completed,
-        TaskStatus::Failed,
-        TaskStatus::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Queued => "queued",
-            TaskStatus::InProgress => "in_progress",
-            TaskStatus::PendingRetry => "pending_retry",
-            TaskStatus::Completed => "completed",
-            TaskStatus::Failed => "failed",
-            TaskStatus::Cancelled => "cancelled",
-        }
-    }
-
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
     }
@@ -185,19 +200,6 @@ impl std::str::FromStr for TaskStatus {
         TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
             format!("unknown status {s:?}: use queued, in_progress, pending_retry, completed, failed or cancelled")
         })
-    }
-}
-
-impl TaskState {
-    pub fn status(&self) -> TaskStatus {
-        match self {
-            TaskState::Queued { .. } => TaskStatus::Queued,
-            TaskState::InProgress { .. } => TaskStatus::InProgress,
-            TaskState::PendingRetry { .. } => TaskStatus::PendingRetry,
-            TaskState::Completed { .. } => TaskStatus::Completed,
-            TaskState::Failed { .. } => TaskStatus::Failed,
-            TaskState::Cancelled { .. } => TaskStatus::Cancelled,
-        }
     }
 }
 
@@ -501,53 +503,27 @@ pub enum DispatchState {
     },
 }
 
-/// The dispatch state's name alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DispatchStatus {
-    Starting,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    Timeout,
-    Lost,
-    Zombie,
+state_names! {
+    /// The dispatch state's name alone.
+    DispatchState => DispatchStatus {
+        Starting = "starting",
+        Running = "running",
+        Completed = "completed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        Timeout = "timeout",
+        Lost = "lost",
+        Zombie = "zombie",
+    }
 }
 
 impl DispatchStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DispatchStatus::Starting => "starting",
-            DispatchStatus::Running => "running",
-            DispatchStatus::Completed => "completed",
-            DispatchStatus::Failed => "failed",
-            DispatchStatus::Cancelled => "cancelled",
-            DispatchStatus::Timeout => "timeout",
-            DispatchStatus::Lost => "lost",
-            DispatchStatus::Zombie => "zombie",
-        }
-    }
-
     pub fn is_active(self) -> bool {
         matches!(self, DispatchStatus::Starting | DispatchStatus::Running)
     }
 }
 
 impl DispatchState {
-    pub fn status(&self) -> DispatchStatus {
-        match self {
-            DispatchState::Starting => DispatchStatus::Starting,
-            DispatchState::Running { .. } => DispatchStatus::Running,
-            DispatchState::Completed { .. } => DispatchStatus::Completed,
-            DispatchState::Failed { .. } => DispatchStatus::Failed,
-            DispatchState::Cancelled { .. } => DispatchStatus::Cancelled,
-            DispatchState::Timeout { .. } => DispatchStatus::Timeout,
-            DispatchState::Lost { .. } => DispatchStatus::Lost,
-            DispatchState::Zombie { .. } => DispatchStatus::Zombie,
-        }
-    }
-
     pub fn ended_at(&self) -> Option<Timestamp> {
         match self {
             DispatchState::Starting | DispatchState::Running { .. } => None,
@@ -623,6 +599,28 @@ impl Task {
             dispatches: vec![],
             schedule_id: None,
             repo: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl DispatchRecord {
+    /// A record for unit tests: attempt 1 of `task_id`, starting, dispatched at 2026-01-01.
+    pub(crate) fn sample(dispatch_id: &str, task_id: &str) -> DispatchRecord {
+        DispatchRecord {
+            dispatch_id: dispatch_id.into(),
+            task_id: task_id.into(),
+            worker_type: "shell".into(),
+            state: DispatchState::Starting,
+            dispatched_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
+            attempt: 1,
+            command: vec!["true".into()],
+            budget_reserved: 0,
+            timeout_seconds: 60.0,
+            stdout_path: String::new(),
+            stderr_path: String::new(),
+            heartbeat: None,
+            tokens_used: None,
         }
     }
 }

@@ -231,19 +231,11 @@ mod tests {
 
     fn rec(task_id: &str, dispatch_id: &str, state: DispatchState) -> DispatchRecord {
         DispatchRecord {
-            dispatch_id: dispatch_id.into(),
-            task_id: task_id.into(),
             worker_type: "w".into(),
             state,
-            dispatched_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
-            attempt: 1,
-            command: vec!["true".into()],
             budget_reserved: 100,
-            timeout_seconds: 60.0,
-            stdout_path: String::new(),
-            stderr_path: String::new(),
-            heartbeat: None,
             tokens_used: Some(40),
+            ..DispatchRecord::sample(dispatch_id, task_id)
         }
     }
 
