@@ -179,12 +179,8 @@ pub enum TaskState {
 state_names! {
     /// The state's name alone, for filters and counts.
     TaskState => TaskStatus {
-        Queued = "queued",
-        InProgress = "in_progress",
-        PendingRetry = "pending_retry",
-        Completed = "completed",
-        Failed = "failed",
-        Cancelled = "cancelled",
+        Queued = "queued", InProgress = "in_progress", PendingRetry = "pending_retry",
+        Completed = "completed", Failed = "failed", Cancelled = "cancelled",
     }
 }
 
@@ -475,22 +471,8 @@ pub enum DispatchState {
         duration_s: Option<f64>,
         error: String,
     },
-    Cancelled {
-        #[serde(with = "crate::base::clock::ts")]
-        ended_at: Timestamp,
-        #[serde(default)]
-        signal: Option<i32>,
-        #[serde(default)]
-        duration_s: Option<f64>,
-    },
-    Timeout {
-        #[serde(with = "crate::base::clock::ts")]
-        ended_at: Timestamp,
-        #[serde(default)]
-        signal: Option<i32>,
-        #[serde(default)]
-        duration_s: Option<f64>,
-    },
+    Cancelled(SignalledEnd),
+    Timeout(SignalledEnd),
     Lost {
         #[serde(with = "crate::base::clock::ts")]
         ended_at: Timestamp,
@@ -503,17 +485,25 @@ pub enum DispatchState {
     },
 }
 
+/// How a dispatch that was stopped ended (cancelled, or stopped at its timeout): on disk its
+/// fields stand beside `"status"` like every state's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalledEnd {
+    #[serde(with = "crate::base::clock::ts")]
+    pub ended_at: Timestamp,
+    /// The signal that ended the process, if one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub duration_s: Option<f64>,
+}
+
 state_names! {
     /// The dispatch state's name alone.
     DispatchState => DispatchStatus {
-        Starting = "starting",
-        Running = "running",
-        Completed = "completed",
-        Failed = "failed",
-        Cancelled = "cancelled",
-        Timeout = "timeout",
-        Lost = "lost",
-        Zombie = "zombie",
+        Starting = "starting", Running = "running",
+        Completed = "completed", Failed = "failed", Cancelled = "cancelled",
+        Timeout = "timeout", Lost = "lost", Zombie = "zombie",
     }
 }
 
@@ -529,8 +519,8 @@ impl DispatchState {
             DispatchState::Starting | DispatchState::Running { .. } => None,
             DispatchState::Completed { ended_at, .. }
             | DispatchState::Failed { ended_at, .. }
-            | DispatchState::Cancelled { ended_at, .. }
-            | DispatchState::Timeout { ended_at, .. }
+            | DispatchState::Cancelled(SignalledEnd { ended_at, .. })
+            | DispatchState::Timeout(SignalledEnd { ended_at, .. })
             | DispatchState::Lost { ended_at, .. }
             | DispatchState::Zombie { ended_at, .. } => Some(*ended_at),
         }
@@ -720,6 +710,25 @@ mod tests {
             assert!(store.update::<TaskQueue, _>(|_| Ok(())).is_err());
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         }
+    }
+
+    /// A cancelled or timed-out dispatch keeps its flat form on disk (`SignalledEnd`'s fields
+    /// beside `"status"`), and a record without the optional fields still loads.
+    #[test]
+    fn a_signalled_end_is_flat_on_disk() {
+        let end = SignalledEnd { ended_at: at("2026-01-01T00:00:05Z"), signal: Some(15), duration_s: Some(5.0) };
+        let rec = DispatchRecord { state: DispatchState::Timeout(end), ..DispatchRecord::sample("d1", "t1") };
+        let v = serde_json::to_value(&rec).unwrap();
+        assert_eq!(v["status"], "timeout");
+        assert_eq!(v["ended_at"], "2026-01-01T00:00:05.000000Z");
+        assert_eq!((v["signal"].as_i64(), v["duration_s"].as_f64()), (Some(15), Some(5.0)));
+        assert_eq!(serde_json::from_value::<DispatchRecord>(v.clone()).unwrap(), rec);
+        let mut bare = v;
+        bare["status"] = "cancelled".into();
+        bare.as_object_mut().unwrap().retain(|k, _| k != "signal" && k != "duration_s");
+        let back: DispatchRecord = serde_json::from_value(bare).unwrap();
+        let want = SignalledEnd { ended_at: at("2026-01-01T00:00:05Z"), signal: None, duration_s: None };
+        assert_eq!(back.state, DispatchState::Cancelled(want));
     }
 
     #[test]
