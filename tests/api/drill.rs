@@ -120,13 +120,7 @@ fi"#;
 /// Holds the lock of a file (`coordination/.locks/<name>.lock`) while it is swapped, as a
 /// careful operator would; the status views take no lock, so they see the swap at once.
 fn with_lock<R>(h: &TestHome, lock: &str, f: impl FnOnce() -> R) -> R {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(h.join(&format!("coordination/.locks/{lock}.lock")))
-        .unwrap();
-    file.lock().unwrap();
+    let file = h.hold_lock(lock);
     let r = f();
     file.unlock().unwrap();
     r
