@@ -196,7 +196,8 @@ fn target_type(given: &Option<String>, p: &Pattern) -> Result<String> {
 /// last time and the cooldown has passed; never while an application awaits its validation, and
 /// never again after one was rolled back (it did not help: an operator decides what next).
 pub(crate) fn due(fix: &Fix, pattern: &Pattern, records: &[HistoryRecord], now: Timestamp) -> bool {
-    let same = |r: &&HistoryRecord| r["fix_id"] == fix.fix_id.as_str() && r["pattern_id"] == pattern.pattern_id.as_str();
+    let same =
+        |r: &&HistoryRecord| r["fix_id"] == fix.fix_id.as_str() && r["pattern_id"] == pattern.pattern_id.as_str();
     if records.iter().filter(same).any(|r| r["record"] == "fix_rolled_back") {
         return false;
     }
@@ -224,8 +225,7 @@ pub(crate) fn due(fix: &Fix, pattern: &Pattern, records: &[HistoryRecord], now: 
     });
     let Some(last) = last else { return true };
     let grew = pattern.occurrences > last["occurrences"].as_u64().unwrap_or(0);
-    let cooled =
-        now >= last.timestamp + chrono::Duration::microseconds((fix.cooldown_seconds.max(0.0) * 1e6) as i64);
+    let cooled = now >= last.timestamp + chrono::Duration::microseconds((fix.cooldown_seconds.max(0.0) * 1e6) as i64);
     grew && cooled
 }
 
@@ -480,9 +480,7 @@ fn validate_due(
         .filter_map(|r| r["application_id"].as_str())
         .collect();
     for rec in records.iter().filter(|r| r["record"] == "fix_applied") {
-        let (Some(app), Some(after)) =
-            (rec["application_id"].as_str(), rec.validate_after)
-        else {
+        let (Some(app), Some(after)) = (rec["application_id"].as_str(), rec.validate_after) else {
             continue;
         };
         if closed.contains(&app) {

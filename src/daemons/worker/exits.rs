@@ -262,10 +262,14 @@ mod tests {
         let t = crate::base::clock::parse_ts("2026-01-01T00:00:01.5Z").unwrap();
         append(&path, &lock, &ExitReport { started_at: t, ended_at: t, ..report("a", 0) }).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(r#""started_at":"2026-01-01T00:00:01.500000Z","ended_at":"2026-01-01T00:00:01.500000Z""#), "{text}");
+        assert!(
+            text.contains(r#""started_at":"2026-01-01T00:00:01.500000Z","ended_at":"2026-01-01T00:00:01.500000Z""#),
+            "{text}"
+        );
         let line = |id: &str, started: &str| {
-            format!(r#"{{"dispatch_id":"{id}","exit_code":0,"signal":null,"error":null,"pid":1,"started_at":"{started}","ended_at":"2026-01-01T00:00:02Z"}}"#)
-                + "\n"
+            format!(
+                r#"{{"dispatch_id":"{id}","exit_code":0,"signal":null,"error":null,"pid":1,"started_at":"{started}","ended_at":"2026-01-01T00:00:02Z"}}"#
+            ) + "\n"
         };
         crate::store::jsonl::append_raw(&path, line("b", "2026-01-01T01:00:01+01:00").as_bytes()).unwrap();
         crate::store::jsonl::append_raw(&path, line("c", "a while ago").as_bytes()).unwrap();
