@@ -497,8 +497,14 @@ fn disk_full_while_tasks_run_loses_no_task_runs_none_twice_and_resumes() {
         .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .filter_map(|s| s["tokens_used"].as_u64())
         .sum();
-    let b = h.read_json("coordination/token-budget.json");
-    assert!(b["reservations"].as_object().is_none_or(|r| r.is_empty()), "leaked reservations: {b}");
+    // The queue's journal commit is visible to readers as soon as it is appended, the budget
+    // only once the cycle's group commit renames it, a flush later: wait for that rename (a
+    // leaked reservation never clears, and fails here at the deadline).
+    let mut b = h.read_json("coordination/token-budget.json");
+    wait_until(Duration::from_secs(30), "the budget's reservations settled", || {
+        b = h.read_json("coordination/token-budget.json");
+        b["reservations"].as_object().is_none_or(|r| r.is_empty())
+    });
     let (total, used, available) =
         (b["total"].as_u64().unwrap(), b["used"].as_u64().unwrap(), b["available"].as_u64().unwrap());
     assert_eq!(available, total - used, "{b}");
