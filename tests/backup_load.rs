@@ -91,6 +91,8 @@ fn writer(arg: &str) {
                     stderr_path: "e".into(),
                     heartbeat: None,
                     tokens_used: None,
+                    executor: Default::default(),
+                    slurm: None,
                 };
                 let bytes = serde_json::to_vec(&rec).unwrap();
                 cortex::store::atomic::write_atomic(&spec_path(&home, SpecBucket::Active, &dispatch_id), &bytes)

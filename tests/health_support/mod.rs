@@ -79,6 +79,8 @@ pub fn running_spec(
         stderr_path: format!("agents/logs/workers/{id}.err"),
         heartbeat: None,
         tokens_used: None,
+        executor: Default::default(),
+        slurm: None,
     }
 }
 

@@ -26,7 +26,7 @@ use crate::domain::task::model::{
 };
 use crate::domain::task::queue::{self, Ended, Outcome};
 use crate::domain::task::retry::FailureStreaks;
-use crate::domain::task::worker_types::{TemplateVars, WorkerTypes, expand};
+use crate::domain::task::worker_types::{ExecutorKind, TemplateVars, WorkerTypes, expand};
 use crate::domain::task::{archive, budget, intake, ops};
 use crate::store::Store;
 use crate::store::config::Config;
@@ -260,6 +260,7 @@ impl Coordinator {
             archived: &self.after_cache,
             now: c.now,
             slots: self.config.scheduler.max_concurrent_dispatches as usize,
+            slurm_slots: self.slurm_slots(),
         });
         self.apply(&mut c, decided);
         let archive_file = self.archive(&mut c)?;
@@ -330,9 +331,13 @@ impl Coordinator {
             }
         };
         // The breakers are asked only when this cycle can dispatch at all.
-        let running = q.tasks.iter().filter(|t| t.status() == TaskStatus::InProgress).count();
-        let can_dispatch =
-            !report.paused && types.is_some() && (self.config.scheduler.max_concurrent_dispatches as usize) > running;
+        let (free, free_slurm) = plan::free_slots(
+            &q.tasks,
+            types.as_ref(),
+            self.config.scheduler.max_concurrent_dispatches as usize,
+            self.slurm_slots(),
+        );
+        let can_dispatch = !report.paused && types.is_some() && (free > 0 || free_slurm > 0);
         let breakers =
             if can_dispatch { breaker_gate.snapshot(&store, &q.tasks, now) } else { BreakerSnapshot::default() };
         Ok(Collected {
@@ -353,6 +358,11 @@ impl Coordinator {
         })
     }
 
+    /// `[slurm] max_jobs` when Slurm is enabled.
+    fn slurm_slots(&self) -> Option<usize> {
+        self.config.slurm.enabled.then_some(self.config.slurm.max_jobs as usize)
+    }
+
     /// Applies a plan to the collected queue and budget: each planned dispatch gets a new id,
     /// reserves its tokens, is recorded on its task (`in_progress`) and in the report with the
     /// record its spec will hold; the tasks the plan fails are failed; waiting reasons recorded.
@@ -364,6 +374,9 @@ impl Coordinator {
         for d in decided.dispatch {
             let dispatch_id = new_id("dsp");
             budget::reserve(&mut c.budget, &dispatch_id, d.reserve, &c.now_s);
+            let wt = c.types.as_ref().and_then(|ty| ty.worker_types.get(&c.q.tasks[d.task].worker_type));
+            let executor = wt.map(|wt| wt.executor).unwrap_or_default();
+            let slurm = (executor == ExecutorKind::Slurm).then(|| wt.and_then(|wt| wt.slurm.clone()).unwrap_or_default());
             let t = &mut c.q.tasks[d.task];
             t.attempts += 1;
             t.dispatches.push(dispatch_id.clone());
@@ -396,6 +409,8 @@ impl Coordinator {
                 stderr_path: self.store.home().dispatch_stderr(&dispatch_id).display().to_string(),
                 heartbeat: None,
                 tokens_used: None,
+                executor,
+                slurm,
             });
             c.q_dirty = true;
         }
@@ -700,6 +715,8 @@ fn lost_record(t: &Task, dispatch_id: &str, now: &str, reason: &str) -> Dispatch
         stderr_path: String::new(),
         heartbeat: None,
         tokens_used: None,
+        executor: Default::default(),
+        slurm: None,
     }
 }
 

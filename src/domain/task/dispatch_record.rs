@@ -247,6 +247,8 @@ mod tests {
             stderr_path: String::new(),
             heartbeat: None,
             tokens_used: None,
+            executor: Default::default(),
+            slurm: None,
         }
     }
 

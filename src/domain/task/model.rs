@@ -3,6 +3,7 @@
 //! start time cannot be written. On disk they are flat objects (`"status": "in_progress",
 //! "started_at": ...`) so operators query them with jq.
 
+use crate::domain::task::worker_types::{ExecutorKind, SlurmOptions};
 use crate::store::Document;
 use crate::store::files::{self, CoordFile};
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,8 @@ pub enum WaitingReason {
     CircuitBreaker,
     /// The token budget cannot cover it yet.
     Budget,
+    /// Its worker type runs on Slurm and `[slurm] enabled` is false.
+    SlurmDisabled,
     /// A reason written by another version.
     Other(String),
 }
@@ -67,6 +70,7 @@ impl WaitingReason {
             WaitingReason::After => "after",
             WaitingReason::CircuitBreaker => "circuit_breaker",
             WaitingReason::Budget => "budget",
+            WaitingReason::SlurmDisabled => "slurm_disabled",
             WaitingReason::Other(s) => s,
         }
     }
@@ -77,6 +81,7 @@ impl WaitingReason {
             "after" => WaitingReason::After,
             "circuit_breaker" => WaitingReason::CircuitBreaker,
             "budget" => WaitingReason::Budget,
+            "slurm_disabled" => WaitingReason::SlurmDisabled,
             other => WaitingReason::Other(other.to_string()),
         }
     }
@@ -416,6 +421,23 @@ pub enum DispatchState {
         ended_at: String,
         reason: String,
     },
+    /// A Slurm dispatch in the hands of `cortex-slurm` (never the worker's): from the intent to
+    /// submit, recorded before `sbatch` runs, to the job's end. `job_id` is None between the
+    /// intent and the job id being recorded (a crash there is recovered by finding the job by its
+    /// name, `cortex-<dispatch_id>`, before submitting again); `started_at` is set once Slurm
+    /// says the job runs. `reason` says why it waits (Slurm's pending reason, or Slurm
+    /// unreachable); `job_state` is Slurm's state as last polled.
+    Slurm {
+        submitted_at: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job_id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job_state: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<String>,
+    },
 }
 
 /// The dispatch state's name alone.
@@ -462,12 +484,14 @@ impl DispatchState {
             DispatchState::Timeout { .. } => DispatchStatus::Timeout,
             DispatchState::Lost { .. } => DispatchStatus::Lost,
             DispatchState::Zombie { .. } => DispatchStatus::Zombie,
+            DispatchState::Slurm { started_at: None, .. } => DispatchStatus::Starting,
+            DispatchState::Slurm { started_at: Some(_), .. } => DispatchStatus::Running,
         }
     }
 
     pub fn ended_at(&self) -> Option<&str> {
         match self {
-            DispatchState::Starting | DispatchState::Running { .. } => None,
+            DispatchState::Starting | DispatchState::Running { .. } | DispatchState::Slurm { .. } => None,
             DispatchState::Completed { ended_at, .. }
             | DispatchState::Failed { ended_at, .. }
             | DispatchState::Cancelled { ended_at, .. }
@@ -502,11 +526,24 @@ pub struct DispatchRecord {
     pub heartbeat: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_used: Option<u64>,
+    /// Where it runs, copied from its worker type when dispatched (a later edit of
+    /// `worker-types.json` does not change a dispatch in flight): the worker runs `local` ones,
+    /// `cortex-slurm` the `slurm` ones.
+    #[serde(default, skip_serializing_if = "ExecutorKind::is_local")]
+    pub executor: ExecutorKind,
+    /// The `sbatch` options of a Slurm dispatch, copied from its worker type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmOptions>,
 }
 
 impl DispatchRecord {
     pub fn status(&self) -> DispatchStatus {
         self.state.status()
+    }
+
+    /// A Slurm dispatch (`cortex-slurm`'s, never the worker's).
+    pub fn is_slurm(&self) -> bool {
+        self.executor == ExecutorKind::Slurm || matches!(self.state, DispatchState::Slurm { .. })
     }
 }
 
