@@ -73,6 +73,17 @@ impl Daemon {
     }
 }
 
+/// Every daemon's name, in start order (the library's own lists: locks, logs, signals).
+pub const ALL_NAMES: [&str; 10] = {
+    let mut out = [""; 10];
+    let mut i = 0;
+    while i < Daemon::ALL.len() {
+        out[i] = Daemon::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
+
 /// The names of the daemons a default home runs, in start order (for the edges that deal in
 /// names: tests, command lines): every daemon but the [`Daemon::optional`] ones.
 pub const NAMES: [&str; 9] = {

@@ -99,7 +99,7 @@ pub fn start(ctx: &Ctx, args: StartArgs) -> Result<u8> {
 pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let mut daemons = if args.names.is_empty() {
-        crate::base::daemon_name::NAMES.to_vec()
+        crate::base::daemon_name::ALL_NAMES.to_vec()
     } else {
         registry::select(&config, &args.names, true)?
     };

@@ -3,7 +3,7 @@
 //! rotations). Rotation is the one in [`crate::daemons::tracing_setup`], under the same lock the daemons take
 //! when they rotate their own log, so the two never interleave.
 
-use crate::base::daemon_name::{Daemon, NAMES};
+use crate::base::daemon_name::{ALL_NAMES, Daemon};
 use crate::base::error::{Error, Result};
 use crate::store::home::Home;
 use crate::store::pidfile::{self, PidStatus};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The running daemon of this home that writes `log`, if any.
 fn writer_of(home: &Home, log: &Path) -> Option<(&'static str, u32)> {
-    NAMES.into_iter().find(|d| home.daemon_log(d) == log).and_then(|d| match pidfile::status(home, d) {
+    ALL_NAMES.into_iter().find(|d| home.daemon_log(d) == log).and_then(|d| match pidfile::status(home, d) {
         Ok(PidStatus::Running(pid)) if pid != 0 => Some((d, pid)),
         _ => None,
     })

@@ -337,11 +337,13 @@ pub struct ConfigCheck {
 /// the home.
 pub fn check_config(home: &Home, config_path: &Path) -> ConfigCheck {
     let mut errors = Vec::new();
+    let mut slurm_enabled = None;
     match crate::store::config::Config::load_file(config_path) {
         Ok(config) => {
             if let Err(e) = crate::store::api_tokens::load_tokens(home, &config) {
                 errors.push(format!("[api] tokens_file: {e}"));
             }
+            slurm_enabled = Some(config.slurm.enabled);
         }
         Err(e) => errors.push(e.to_string()),
     }
@@ -360,12 +362,12 @@ pub fn check_config(home: &Home, config_path: &Path) -> ConfigCheck {
             errors.push(msg);
         }
     }
-    ConfigCheck { ok: errors.is_empty(), errors, warnings: worker_type_warnings(home) }
+    ConfigCheck { ok: errors.is_empty(), errors, warnings: worker_type_warnings(home, slurm_enabled) }
 }
 
 /// [`crate::domain::task::worker_types::template_warnings`] for every worker type of the home (none
 /// when the file does not parse: that is an error reported already).
-fn worker_type_warnings(home: &Home) -> Vec<String> {
+fn worker_type_warnings(home: &Home, slurm_enabled: Option<bool>) -> Vec<String> {
     let path = home.coord_file(files::WORKER_TYPES);
     let Some(types) = std::fs::read(&path)
         .ok()
@@ -376,7 +378,16 @@ fn worker_type_warnings(home: &Home) -> Vec<String> {
     types
         .worker_types
         .iter()
-        .flat_map(|(name, wt)| crate::domain::task::worker_types::template_warnings(name, wt))
+        .flat_map(|(name, wt)| {
+            let mut w = crate::domain::task::worker_types::template_warnings(name, wt);
+            if wt.executor == crate::domain::task::worker_types::ExecutorKind::Slurm && slurm_enabled == Some(false) {
+                w.push(format!(
+                    "worker type {name:?} runs on Slurm but [slurm] enabled is false in cortex.toml: its tasks \
+                     wait (slurm_disabled) until it is true and cortex-slurm runs"
+                ));
+            }
+            w
+        })
         .map(|w| format!("coordination/{}: {w}", files::WORKER_TYPES.rel))
         .collect()
 }

@@ -142,14 +142,14 @@ impl LockName {
     /// The lock with this file name (without `.lock`), if it is one of ours.
     pub fn parse(name: &str) -> Option<LockName> {
         if let Some(d) = name.strip_prefix("daemon-") {
-            return crate::base::daemon_name::NAMES.iter().find(|n| **n == d).map(|n| LockName::Daemon(n));
+            return crate::base::daemon_name::ALL_NAMES.iter().find(|n| **n == d).map(|n| LockName::Daemon(n));
         }
         LockName::FIXED.into_iter().find(|l| l.as_str() == name)
     }
 
-    /// The per-daemon lock of `daemon`, if it is one of [`crate::base::daemon_name::NAMES`].
+    /// The per-daemon lock of `daemon`, if it is one of [`crate::base::daemon_name::ALL_NAMES`].
     pub fn daemon(daemon: &str) -> Option<LockName> {
-        crate::base::daemon_name::NAMES.iter().find(|n| **n == daemon).map(|n| LockName::Daemon(n))
+        crate::base::daemon_name::ALL_NAMES.iter().find(|n| **n == daemon).map(|n| LockName::Daemon(n))
     }
 
     /// The locks a consistent snapshot (and a restore's swap) takes: those guarding data (every
@@ -169,8 +169,9 @@ impl fmt::Display for LockName {
 
 /// `daemon-<name>` for each daemon, spelled once for a `&'static str`.
 fn daemon_lock_name(daemon: &str) -> &'static str {
-    const NAMES: [&str; 9] = [
+    const NAMES: [&str; 10] = [
         "daemon-worker",
+        "daemon-slurm",
         "daemon-pm",
         "daemon-heartbeat",
         "daemon-metrics",
@@ -267,7 +268,7 @@ mod tests {
         for l in LockName::FIXED {
             assert_eq!(LockName::parse(l.as_str()), Some(l));
         }
-        for d in crate::base::daemon_name::NAMES {
+        for d in crate::base::daemon_name::ALL_NAMES {
             let l = LockName::daemon(d).unwrap();
             assert_eq!(l.as_str(), format!("daemon-{d}"));
             assert_eq!(LockName::parse(l.as_str()), Some(l));

@@ -198,7 +198,7 @@ impl Collector {
     fn daemons(&mut self, home: &Home, now: crate::base::clock::Timestamp) -> BTreeMap<String, DaemonStats> {
         let mut out = BTreeMap::new();
         let mut seen = HashMap::new();
-        for name in crate::base::daemon_name::NAMES {
+        for name in crate::base::daemon_name::ALL_NAMES {
             let Ok(PidStatus::Running(pid)) = pidfile::status(home, name) else { continue };
             if pid == 0 {
                 continue;

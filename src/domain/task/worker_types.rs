@@ -208,14 +208,14 @@ const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh"];
 /// routed to it fails unless it brings its own `-- COMMAND`), or a placeholder spliced into a
 /// shell's `-c` script (`sh -c "work {description}"`: a description holding `; touch x` runs
 /// `touch x`). The safe form passes the value as its own argument: `sh -c 'work "$1"' sh {description}`.
-/// A Slurm type is warned about too (this version still runs its tasks locally), with any problem
-/// of its `slurm` options ([`SlurmOptions::problems`]).
+/// A Slurm type gets the shared-filesystem reminder, with any problem of its `slurm` options
+/// ([`SlurmOptions::problems`]).
 pub fn template_warnings(name: &str, wt: &WorkerType) -> Vec<String> {
     let mut out = Vec::new();
     if wt.executor == ExecutorKind::Slurm {
         out.push(format!(
-            "worker type {name:?}: \"executor\": \"slurm\" is not carried out by this version (the cortex-slurm \
-             daemon is not built yet): its tasks run on this host"
+            "worker type {name:?} runs its tasks as Slurm jobs (cortex-slurm): the home must be on a filesystem \
+             the compute nodes share at the same path (the jobs write their logs and end records into it)"
         ));
         out.extend(wt.slurm.as_ref().map(|o| o.problems(name)).unwrap_or_default());
     }
@@ -389,7 +389,7 @@ mod tests {
         assert_eq!((opts.partition.as_deref(), opts.cpus, opts.gres.as_deref()), (Some("gpu"), Some(4), Some("gpu:1")));
         assert!(opts.problems("gpu").is_empty());
         let warnings = template_warnings("gpu", gpu);
-        assert!(warnings.len() == 1 && warnings[0].contains("run on this host"), "{warnings:?}");
+        assert!(warnings.len() == 1 && warnings[0].contains("filesystem the compute nodes share"), "{warnings:?}");
         let back: WorkerTypes = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_eq!(back, t);
         let bad = SlurmOptions {

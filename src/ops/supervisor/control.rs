@@ -3,7 +3,7 @@
 
 use super::process::{self, Detach, Stopped};
 use super::registry;
-use crate::base::daemon_name::{Daemon, NAMES};
+use crate::base::daemon_name::{ALL_NAMES, Daemon};
 use crate::base::error::{Error, Result};
 use crate::store::config::Config;
 use crate::store::events::{EventKind, Severity};
@@ -334,7 +334,7 @@ pub fn wait_stable(home: &Home, config: &Config, daemon: &str, pid: u32, period:
 /// Sends SIGHUP to every running daemon of this home (they reopen their logs).
 pub fn reopen_logs(home: &Home) -> Vec<(String, u32)> {
     let mut done = Vec::new();
-    for d in NAMES {
+    for d in ALL_NAMES {
         // Only a process proven to be this home's daemon is signalled.
         if let Ok(Some(pid)) = super::process::signal_daemon(home, d, nix::sys::signal::Signal::SIGHUP) {
             done.push((d.to_string(), pid));

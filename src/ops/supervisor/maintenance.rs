@@ -3,7 +3,7 @@
 //! decided by their PID-file locks (`pidfile::status`), never by process names; stopping is
 //! SIGTERM, a grace period, then SIGKILL (invariant 9).
 
-use crate::base::daemon_name::NAMES;
+use crate::base::daemon_name::ALL_NAMES;
 use crate::base::error::{Error, Result};
 use crate::store::config::Config;
 use crate::store::home::Home;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// The daemons of `home` that run now, in start order, with their PIDs.
 pub fn running(home: &Home) -> Result<Vec<(&'static str, u32)>> {
     let mut out = Vec::new();
-    for d in NAMES {
+    for d in ALL_NAMES {
         if let PidStatus::Running(pid) = pidfile::status(home, d)? {
             out.push((d, pid));
         }
@@ -84,7 +84,7 @@ fn wait_pidfile_free(home: &Home, daemon: &str, timeout: Duration) -> Result<boo
 /// taking the lock and writing its PID, a starting daemon's file still holds nothing (or the
 /// previous daemon's PID).
 pub fn start(home: &Home, config: &Config, names: &[&str]) -> Result<()> {
-    for d in NAMES.iter().filter(|d| names.contains(d)) {
+    for d in ALL_NAMES.iter().filter(|d| names.contains(d)) {
         let started = crate::ops::supervisor::control::start_one(home, config, d);
         if let Some(e) = started.error {
             return Err(Error::other(format!("{d} did not start: {e}; see {}", home.daemon_log(d).display())));
