@@ -233,9 +233,10 @@ fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
     // `sleep 300` cannot end by itself this soon: the scancel (TERM to every step) ended it. Slurm
     // says FAILED (the batch shell died of the signal) or CANCELLED (the KILL's scancel).
     rig.wait("the job ended in Slurm by scancel", || {
-        rig.cluster.jobs_by_name().get(&name).is_some_and(|j| {
-            j.len() == 1 && [format!("{job}:CANCELLED"), format!("{job}:FAILED")].contains(&j[0])
-        })
+        rig.cluster
+            .jobs_by_name()
+            .get(&name)
+            .is_some_and(|j| j.len() == 1 && [format!("{job}:CANCELLED"), format!("{job}:FAILED")].contains(&j[0]))
     });
 
     // A timeout: the daemon stops the job at the task's exact timeout.

@@ -185,7 +185,8 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                         bucket.dir_name(),
                         r.state.ended_at().map(|e| format!(" ended {}", safe(e))).unwrap_or_default()
                     );
-                    if let crate::domain::task::model::DispatchState::Slurm { job_id, job_state, reason, .. } = &r.state {
+                    if let crate::domain::task::model::DispatchState::Slurm { job_id, job_state, reason, .. } = &r.state
+                    {
                         let job = job_id.map(|j| format!("job {j}")).unwrap_or_else(|| "no job id yet".into());
                         let state = job_state.as_deref().map(|s| format!(" {}", safe(s))).unwrap_or_default();
                         let why = reason.as_deref().map(|w| format!(": {}", safe(w))).unwrap_or_default();

@@ -376,7 +376,8 @@ impl Coordinator {
             budget::reserve(&mut c.budget, &dispatch_id, d.reserve, &c.now_s);
             let wt = c.types.as_ref().and_then(|ty| ty.worker_types.get(&c.q.tasks[d.task].worker_type));
             let executor = wt.map(|wt| wt.executor).unwrap_or_default();
-            let slurm = (executor == ExecutorKind::Slurm).then(|| wt.and_then(|wt| wt.slurm.clone()).unwrap_or_default());
+            let slurm =
+                (executor == ExecutorKind::Slurm).then(|| wt.and_then(|wt| wt.slurm.clone()).unwrap_or_default());
             let t = &mut c.q.tasks[d.task];
             t.attempts += 1;
             t.dispatches.push(dispatch_id.clone());

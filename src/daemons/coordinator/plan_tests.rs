@@ -247,14 +247,8 @@ fn slurm_tasks_count_against_max_jobs_apart_from_local_slots() {
     types.worker_types.insert("gpu".into(), gpu);
     let on = |id: &str, wt: &str| Task { worker_type: wt.into(), ..Task::sample(id) };
     let run_on = |id: &str, wt: &str| Task { worker_type: wt.into(), ..running(id) };
-    let tasks = vec![
-        run_on("l1", "w"),
-        run_on("s1", "gpu"),
-        on("l2", "w"),
-        on("s2", "gpu"),
-        on("s3", "gpu"),
-        on("l3", "v"),
-    ];
+    let tasks =
+        vec![run_on("l1", "w"), run_on("s1", "gpu"), on("l2", "w"), on("s2", "gpu"), on("s3", "gpu"), on("l3", "v")];
     let mut f = Fixture { types: Some(types), slots: 1, slurm_slots: Some(2), ..Fixture::new(tasks) };
     // Local: 1 slot, taken by l1. Slurm: 2 slots, s1 holds one.
     assert_eq!(f.dispatched(), vec!["s2"]);

@@ -148,7 +148,9 @@ impl SlurmDaemon {
             self.request_stop(&id, StopReason::Cancel);
         }
         self.submit_starting();
-        if Instant::now() >= self.next_poll && self.jobs.values().any(|j| matches!(j.record.state, DispatchState::Slurm { .. })) {
+        if Instant::now() >= self.next_poll
+            && self.jobs.values().any(|j| matches!(j.record.state, DispatchState::Slurm { .. }))
+        {
             self.poll();
         }
         self.run_timers();
@@ -263,10 +265,7 @@ impl SlurmDaemon {
             let _ = self.store.emit(
                 EventKind::SlurmUnreachable,
                 Severity::Warning,
-                format!(
-                    "Slurm is unreachable ({why}); {} Slurm dispatch(es) wait, nothing fails",
-                    self.jobs.len()
-                ),
+                format!("Slurm is unreachable ({why}); {} Slurm dispatch(es) wait, nothing fails", self.jobs.len()),
                 serde_json::json!({"reason": why, "dispatches": self.jobs.len()}),
             );
         }
@@ -392,7 +391,11 @@ impl SlurmDaemon {
 
     /// Runs `sbatch` for one dispatch: Ok(job id); Err(Some(why)) when Slurm (or the script)
     /// refuses it — the dispatch fails, retried by policy; Err(None) when Slurm is unreachable.
-    fn sbatch(&mut self, rec: &DispatchRecord, types: Option<&WorkerTypes>) -> std::result::Result<JobId, Option<String>> {
+    fn sbatch(
+        &mut self,
+        rec: &DispatchRecord,
+        types: Option<&WorkerTypes>,
+    ) -> std::result::Result<JobId, Option<String>> {
         let id = &rec.dispatch_id;
         let wt = types.and_then(|t| t.worker_types.get(&rec.worker_type));
         let dir = workdir(&self.home, &self.config.worker.workdir, wt, &rec.task_id);
@@ -554,12 +557,10 @@ impl SlurmDaemon {
     }
 
     fn end_record(&self, id: &str) -> Option<JobEndRecord> {
-        let text = crate::store::open::read(&self.home.slurm_end_record(id))
-            .ok()
-            .and_then(|mut f| {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut f, &mut s).ok().map(|_| s)
-            })?;
+        let text = crate::store::open::read(&self.home.slurm_end_record(id)).ok().and_then(|mut f| {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut f, &mut s).ok().map(|_| s)
+        })?;
         script::parse_end_record(&text).filter(|r| r.dispatch_id == id)
     }
 
@@ -741,8 +742,12 @@ impl SlurmDaemon {
                 if let Some(p) = updated.published {
                     dirs.extend(p.into_dirs());
                 }
-                let ended: Vec<&DispatchRecord> =
-                    updated.results.iter().filter_map(|r| r.as_ref().ok()).filter(|r| !r.status().is_active()).collect();
+                let ended: Vec<&DispatchRecord> = updated
+                    .results
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok())
+                    .filter(|r| !r.status().is_active())
+                    .collect();
                 if let Err(e) = dispatch_record::move_ended_locked(&self.home, &ended, &mut dirs) {
                     tracing::error!("cannot move ended Slurm dispatches: {e}");
                 }

@@ -101,8 +101,8 @@ mod tests {
 
     #[test]
     fn output_and_stdin_and_deadline() {
-        let ran = run(&argv(&["sh", "-c", "cat; echo oops >&2; exit 3"]), Some(b"hello"), Duration::from_secs(20))
-            .unwrap();
+        let ran =
+            run(&argv(&["sh", "-c", "cat; echo oops >&2; exit 3"]), Some(b"hello"), Duration::from_secs(20)).unwrap();
         assert_eq!((ran.success, ran.stdout.as_str(), ran.stderr.as_str()), (false, "hello", "oops\n"));
         let started = std::time::Instant::now();
         let err = run(&argv(&["sh", "-c", "sleep 30"]), None, Duration::from_millis(300)).unwrap_err();
