@@ -324,16 +324,20 @@ fn slurm_daemon_killed_readopts_every_job_and_submits_none_twice() {
     }
 }
 
-/// slurmctld stopped while a job runs and a task waits to be submitted: nothing fails or is lost,
+/// slurmctld stopped while a job runs and a task waits to be submitted: nothing fails or is lost
+/// (and a local worker started meanwhile leaves both alone),
 /// the records say why they wait, one `slurm_unreachable` event; started again, the running job's
 /// end is read and the waiting task submitted once (`slurm_reachable`).
 #[test]
 fn slurm_controller_stopped_and_started_again_loses_nothing() {
-    let Some(rig) = Rig::new("slurm_controller_stopped_and_started_again_loses_nothing") else { return };
+    let Some(mut rig) = Rig::new("slurm_controller_stopped_and_started_again_loses_nothing") else { return };
     let running = rig.add(&["--", "sh", "-c", "sleep 10; echo survived"]);
     rig.wait("the job running in Slurm", || {
         dispatches(&rig.show(&running)).first().is_some_and(|d| d["started_at"].is_string())
     });
+    // The local worker starts while the job runs on this very host with this home's CORTEX_*
+    // environment: it must take neither the job's processes for orphans nor the records for its own.
+    rig.start("worker", &[]);
     let dev = |what: &str| {
         let out =
             Command::new(script_path()).arg(what).arg(rig.cluster.dir.path()).stdin(Stdio::null()).output().unwrap();
