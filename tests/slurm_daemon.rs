@@ -343,7 +343,16 @@ fn slurm_controller_stopped_and_started_again_loses_nothing() {
             Command::new(script_path()).arg(what).arg(rig.cluster.dir.path()).stdin(Stdio::null()).output().unwrap();
         assert!(out.status.success(), "slurm-dev.sh {what}: {}", String::from_utf8_lossy(&out.stderr));
     };
+    let config_check = || {
+        let out = rig.h.cmd().env("SLURM_CONF", &rig.cluster.conf).args(["config", "check"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let up = config_check();
+    assert!(!up.contains("[slurm]"), "config check with the controller up: {up}");
+    assert!(up.contains("filesystem the compute nodes share"), "{up}");
     dev("stop-controller");
+    let down = config_check();
+    assert!(down.contains("the Slurm controller does not answer"), "config check with the controller down: {down}");
     let waiting = rig.add(&["--", "sh", "-c", "echo after"]);
     rig.wait("one slurm_unreachable event", || !rig.h.events_of("slurm_unreachable").is_empty());
     rig.wait("the waiting task's record saying Slurm is unreachable", || {

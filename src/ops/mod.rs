@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod logs;
 pub mod recovery;
+pub mod slurm_command;
 pub mod status;
 pub mod supervisor;
 pub mod validate;

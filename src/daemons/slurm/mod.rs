@@ -25,8 +25,6 @@
 //!   ends nothing: the dispatches wait with the reason in their record, one `slurm_unreachable`
 //!   event per outage, polls back off to 30 s; `slurm_reachable` when a call succeeds again.
 
-pub mod run;
-
 use crate::base::clock::{now_string, parse_ts};
 use crate::base::error::Result;
 use crate::base::wake::Wake;
@@ -35,12 +33,12 @@ use crate::domain::slurm::{self, JobEndRecord, JobId, command, parse, script, st
 use crate::domain::task::dispatch_record::{self, Change, NotWritten, cancel_request_path};
 use crate::domain::task::model::{DispatchRecord, DispatchState};
 use crate::domain::task::worker_types::{WorkerTypes, workdir};
+use crate::ops::slurm_command::{self as run, Ran, RunError};
 use crate::store::LockName;
 use crate::store::Store;
 use crate::store::config::Config;
 use crate::store::events::{EventKind, Severity};
 use crate::store::home::{Home, SpecBucket};
-use run::{Ran, RunError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,8 @@
 //! Running one Slurm command (`sbatch`, `squeue`, `scontrol`, `scancel`) with a deadline: its own
 //! process group, the given bytes on stdin, stdout and stderr collected; past the deadline TERM
-//! to the group, a grace, then KILL. The daemon never waits on Slurm without a bound (`sbatch`
-//! alone takes ~9 s to give up on a controller that is down).
+//! to the group, a grace, then KILL. Used by `cortex-slurm` (which never waits on Slurm without a
+//! bound: `sbatch` alone takes ~9 s to give up on a controller that is down) and by
+//! `cortex config check` (`scontrol ping`).
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
