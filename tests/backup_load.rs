@@ -65,6 +65,8 @@ fn writer(arg: &str) {
                         dispatches: vec![dispatch_id.clone()],
                         schedule_id: None,
                         repo: None,
+                        executor: None,
+                        slurm: None,
                     });
                     Ok(true)
                 })

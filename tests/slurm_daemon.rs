@@ -244,6 +244,30 @@ fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
     let t = rig.wait_status(&slow, "failed");
     assert_eq!(dispatches(&t)[0]["status"], "timeout", "{t}");
 
+    // A task of a local type sent to Slurm on its own (`--executor slurm --slurm-opt`): no worker
+    // runs here, so only a Slurm job can complete it; its options are in its record.
+    let own = rig.h.cortex_ok(&[
+        "task",
+        "add",
+        "--type",
+        "scan-worker",
+        "--description",
+        "own executor",
+        "--executor",
+        "slurm",
+        "--slurm-opt",
+        "cpus=1",
+        "--slurm-opt",
+        "extra=--comment=cortex-own",
+    ]);
+    let own = own.trim();
+    let t = rig.wait_status(own, "completed");
+    let d = &dispatches(&t)[0];
+    assert_eq!((d["executor"].as_str(), d["slurm"]["cpus"].as_u64()), (Some("slurm"), Some(1)), "{d}");
+    assert_eq!(d["slurm"]["extra_args"], serde_json::json!(["--comment=cortex-own"]), "{d}");
+    let out = rig.log(d["dispatch_id"].as_str().unwrap(), "out");
+    assert!(String::from_utf8_lossy(&out).starts_with("scan-worker: "), "{out:?}");
+
     // One job per dispatch, never two.
     for (name, jobs) in rig.cluster.jobs_by_name() {
         assert_eq!(jobs.len(), 1, "{name}: {jobs:?}");

@@ -7,6 +7,7 @@ use crate::base::error::{Error, Result};
 use crate::base::text::{safe, shell_words};
 use crate::domain::task::model::{Priority, Task, TaskStatus};
 use crate::domain::task::ops::{self, NewTask, TaskFilter};
+use crate::domain::task::worker_types::ExecutorKind;
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +39,13 @@ pub enum TaskCommand {
         /// The repository the task concerns (recorded on the task).
         #[arg(long)]
         repo: Option<String>,
+        /// Where it runs: `local` (this host) or `slurm` (a Slurm job); default: its worker type's.
+        #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+        executor: Option<ExecutorKind>,
+        /// An sbatch option for this task, over its worker type's: partition=, account=, qos=,
+        /// cpus=, memory=, gres=, extra= (one more sbatch argument). Repeatable.
+        #[arg(long = "slurm-opt", value_name = "KEY=VALUE")]
+        slurm_opt: Vec<String>,
         /// The command to run instead of the worker type's template: `-- COMMAND ARGS...`.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -101,6 +109,14 @@ fn print_task_line(t: &Task) {
     );
 }
 
+fn parse_executor(s: &str) -> std::result::Result<ExecutorKind, String> {
+    match s {
+        "local" => Ok(ExecutorKind::Local),
+        "slurm" => Ok(ExecutorKind::Slurm),
+        other => Err(format!("unknown executor {other:?}: use local or slurm")),
+    }
+}
+
 pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
     let store = ctx.store()?;
     let actor = crate::domain::scheduler_state::local_user();
@@ -115,9 +131,13 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
             after,
             delay,
             repo,
+            executor,
+            slurm_opt,
             command,
         } => {
             let new = NewTask {
+                executor,
+                slurm_opts: slurm_opt,
                 description,
                 priority: Some(priority),
                 worker_type,

@@ -117,6 +117,8 @@ pub fn in_progress_task(task_id: &str, worker_type: &str, dispatch_id: &str, att
         dispatches: vec![dispatch_id.into()],
         schedule_id: None,
         repo: None,
+        executor: None,
+        slurm: None,
     }
 }
 

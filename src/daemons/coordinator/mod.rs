@@ -374,10 +374,14 @@ impl Coordinator {
         for d in decided.dispatch {
             let dispatch_id = new_id("dsp");
             budget::reserve(&mut c.budget, &dispatch_id, d.reserve, &c.now_s);
-            let wt = c.types.as_ref().and_then(|ty| ty.worker_types.get(&c.q.tasks[d.task].worker_type));
-            let executor = wt.map(|wt| wt.executor).unwrap_or_default();
-            let slurm =
-                (executor == ExecutorKind::Slurm).then(|| wt.and_then(|wt| wt.slurm.clone()).unwrap_or_default());
+            let task = &c.q.tasks[d.task];
+            let wt = c.types.as_ref().and_then(|ty| ty.worker_types.get(&task.worker_type));
+            let executor = plan::executor_of(c.types.as_ref(), task);
+            // The type's sbatch options, the task's own over them.
+            let slurm = (executor == ExecutorKind::Slurm).then(|| {
+                let base = wt.and_then(|wt| wt.slurm.clone()).unwrap_or_default();
+                task.slurm.as_ref().map_or(base.clone(), |own| base.overlaid(own))
+            });
             let t = &mut c.q.tasks[d.task];
             t.attempts += 1;
             t.dispatches.push(dispatch_id.clone());

@@ -53,9 +53,12 @@ pub struct CycleInput<'a> {
     pub slurm_slots: Option<usize>,
 }
 
-/// The executor a task's dispatch would use: its worker type's (local when the type is unknown).
+/// The executor a task's dispatch would use: its own (`task add --executor`), else its worker
+/// type's (local when the type is unknown).
 pub fn executor_of(types: Option<&WorkerTypes>, t: &Task) -> ExecutorKind {
-    types.and_then(|ty| ty.worker_types.get(&t.worker_type)).map(|wt| wt.executor).unwrap_or_default()
+    t.executor
+        .or_else(|| types.and_then(|ty| ty.worker_types.get(&t.worker_type)).map(|wt| wt.executor))
+        .unwrap_or_default()
 }
 
 /// Free local slots and free Slurm slots: the limits less the tasks in progress on each executor.
@@ -168,7 +171,7 @@ pub fn plan(input: &CycleInput) -> DispatchPlan {
                 continue;
             }
         };
-        let slurm = wt.executor == ExecutorKind::Slurm;
+        let slurm = t.executor.unwrap_or(wt.executor) == ExecutorKind::Slurm;
         if slurm && input.slurm_slots.is_none() {
             out.waiting.push((i, Some(WaitingReason::SlurmDisabled)));
             continue;

@@ -261,6 +261,12 @@ pub struct Task {
     /// Free-form repository the task concerns (`create-task.sh --repo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
+    /// Where it runs, when not where its worker type says (`task add --executor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorKind>,
+    /// Its own `sbatch` options (`task add --slurm-opt KEY=VALUE`), over its worker type's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmOptions>,
 }
 
 impl Task {
@@ -576,6 +582,8 @@ impl Task {
             dispatches: vec![],
             schedule_id: None,
             repo: None,
+            executor: None,
+            slurm: None,
         }
     }
 }

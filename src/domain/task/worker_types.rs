@@ -83,6 +83,49 @@ pub struct SlurmOptions {
 }
 
 impl SlurmOptions {
+    /// These options with `over`'s set fields in their place and its `extra_args` after these.
+    pub fn overlaid(&self, over: &SlurmOptions) -> SlurmOptions {
+        let pick = |mine: &Option<String>, theirs: &Option<String>| theirs.clone().or_else(|| mine.clone());
+        SlurmOptions {
+            partition: pick(&self.partition, &over.partition),
+            account: pick(&self.account, &over.account),
+            qos: pick(&self.qos, &over.qos),
+            cpus: over.cpus.or(self.cpus),
+            memory: pick(&self.memory, &over.memory),
+            gres: pick(&self.gres, &over.gres),
+            extra_args: self.extra_args.iter().chain(&over.extra_args).cloned().collect(),
+        }
+    }
+
+    /// Options from `KEY=VALUE` words (`task add --slurm-opt`): `partition`, `account`, `qos`,
+    /// `cpus`, `memory`, `gres`, and `extra` (one more `sbatch` argument, repeatable).
+    pub fn from_pairs(pairs: &[String]) -> Result<SlurmOptions, String> {
+        let mut o = SlurmOptions::default();
+        for pair in pairs {
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                format!("--slurm-opt {pair:?}: expected KEY=VALUE (partition, account, qos, cpus, memory, gres, extra)")
+            })?;
+            let v = Some(value.to_string());
+            match key {
+                "partition" => o.partition = v,
+                "account" => o.account = v,
+                "qos" => o.qos = v,
+                "memory" => o.memory = v,
+                "gres" => o.gres = v,
+                "cpus" => {
+                    o.cpus = Some(value.parse().map_err(|_| format!("--slurm-opt cpus={value:?}: not a whole number"))?)
+                }
+                "extra" => o.extra_args.push(value.to_string()),
+                other => {
+                    return Err(format!(
+                        "--slurm-opt {other:?}: unknown key (partition, account, qos, cpus, memory, gres, extra)"
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+
     /// What is wrong with these options, naming the field (`worker_types.<name>.slurm.<field>`).
     pub fn problems(&self, type_name: &str) -> Vec<String> {
         let mut out = Vec::new();
@@ -406,5 +449,24 @@ mod tests {
         }
         let unknown = r#"{"partition":"x","gpus":1}"#;
         assert!(serde_json::from_str::<SlurmOptions>(unknown).unwrap_err().to_string().contains("gpus"));
+    }
+
+    /// `--slurm-opt KEY=VALUE` words, and a task's options over its type's.
+    #[test]
+    fn task_slurm_options_from_pairs_and_overlaid() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let own = SlurmOptions::from_pairs(&words(&["partition=big", "cpus=2", "extra=--exclusive"])).unwrap();
+        let base = SlurmOptions {
+            partition: Some("debug".into()),
+            qos: Some("low".into()),
+            extra_args: vec!["--constraint=a100".into()],
+            ..SlurmOptions::default()
+        };
+        let both = base.overlaid(&own);
+        assert_eq!((both.partition.as_deref(), both.qos.as_deref(), both.cpus), (Some("big"), Some("low"), Some(2)));
+        assert_eq!(both.extra_args, ["--constraint=a100", "--exclusive"]);
+        for bad in ["cpus=two", "gpus=1", "partition"] {
+            assert!(SlurmOptions::from_pairs(&words(&[bad])).is_err(), "{bad}");
+        }
     }
 }
