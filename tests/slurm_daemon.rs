@@ -268,6 +268,19 @@ fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
     let out = rig.log(d["dispatch_id"].as_str().unwrap(), "out");
     assert!(String::from_utf8_lossy(&out).starts_with("scan-worker: "), "{out:?}");
 
+    // Held in Slurm's queue (`--begin` an hour away): the pending reason is in the record and in
+    // `task show`; a cancel of a queued job is a plain scancel.
+    let later = rig.add(&["--slurm-opt", "extra=--begin=now+3600", "--", "true"]);
+    rig.wait("the pending reason in the record", || {
+        dispatches(&rig.show(&later))
+            .first()
+            .is_some_and(|d| d["reason"] == "queued in Slurm (PENDING: BeginTime)" && d["job_state"] == "PENDING")
+    });
+    let text = rig.h.cortex_ok(&["task", "show", &later]);
+    assert!(text.contains("PENDING: queued in Slurm (PENDING: BeginTime)"), "{text}");
+    rig.h.cortex_ok(&["task", "cancel", &later]);
+    rig.wait_status(&later, "cancelled");
+
     // One job per dispatch, never two.
     for (name, jobs) in rig.cluster.jobs_by_name() {
         assert_eq!(jobs.len(), 1, "{name}: {jobs:?}");
