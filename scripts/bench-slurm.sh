@@ -42,7 +42,7 @@ now() { date +%s.%N; }
 
 names=$(seq -s, -f 'bare-%g' "$n")
 t0=$(now)
-for i in $(seq "$n"); do sbatch --parsable --job-name="bare-$i" --wrap true >/dev/null; done
+for i in $(seq "$n"); do sbatch --parsable --job-name="bare-$i" --output=/dev/null --wrap true >/dev/null; done
 t1=$(now)
 while [ "$(squeue --noheader --name="$names" | wc -l)" != 0 ]; do sleep 0.2; done
 t2=$(now)
