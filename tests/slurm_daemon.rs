@@ -288,7 +288,8 @@ fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
     drop(api);
 }
 
-/// Paused: no sbatch follows. Then the Slurm daemon is SIGKILLed while jobs run and once right
+/// Paused: no sbatch follows. Then the Slurm daemon and the coordinator are SIGKILLed while jobs
+/// run, and the Slurm daemon once more right
 /// after `sbatch` returned (before the job id was recorded); restarted, every job is adopted and
 /// none is submitted twice.
 #[test]
@@ -312,9 +313,14 @@ fn slurm_daemon_killed_readopts_every_job_and_submits_none_twice() {
     rig.wait("every task's job id recorded", || {
         tasks.iter().all(|t| dispatches(&rig.show(t)).first().is_some_and(|d| d["job_id"].is_u64()))
     });
-    let child = rig.child("slurm");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // Both the Slurm daemon and the coordinator SIGKILLed while the jobs run, then restarted.
+    for name in ["slurm", "coordinator"] {
+        let child = rig.child(name);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    rig.daemons.clear();
+    rig.start("coordinator", &[]);
     rig.start("slurm", &[]);
     for (i, t) in tasks.iter().enumerate() {
         let done = rig.wait_status(t, "completed");
