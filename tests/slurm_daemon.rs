@@ -188,7 +188,7 @@ fn dispatches(task: &Value) -> Vec<Value> {
 }
 
 /// Tasks complete with their output in the usual logs, argv byte for byte (quotes, `$()`,
-/// newlines); a failing task is retried and fails after its attempts; a cancel through the API
+/// newlines, 100 KB); a failing task is retried and fails after its attempts; a cancel through the API
 /// reaches `scancel`; a task past its timeout ends `timeout`. Each dispatch is one Slurm job.
 #[test]
 fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
@@ -196,6 +196,8 @@ fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
     let api = api_support::Api::start(&rig.h);
     let hostile = "it's \"$(touch /tmp/cortex-slurm-pwned)\" `id` \\n\nline two; $HOME * ?";
     let ok = rig.add(&["--", "printf", "%s|%s", hostile, "$CORTEX_TASK_ID"]);
+    let big: String = (0..100 * 1024).map(|i| (b'!' + (i % 90) as u8) as char).collect();
+    let large = rig.add(&["--", "printf", "%s", &big]);
     let failing = rig.add(&["--max-attempts", "2", "--", "sh", "-c", "echo oops >&2; exit 3"]);
     let long = rig.add(&["--", "sleep", "300"]);
 
@@ -206,6 +208,10 @@ fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
     assert_eq!(rig.log(id, "out"), format!("{hostile}|$CORTEX_TASK_ID").into_bytes(), "argv byte for byte");
     assert!(!Path::new("/tmp/cortex-slurm-pwned").exists());
     assert_eq!(done["result"]["exit_code"], 0);
+
+    let done = rig.wait_status(&large, "completed");
+    let d = &dispatches(&done)[0];
+    assert!(rig.log(d["dispatch_id"].as_str().unwrap(), "out") == big.as_bytes(), "100 KB argument byte for byte");
 
     let failed = rig.wait_status(&failing, "failed");
     let ds = dispatches(&failed);
