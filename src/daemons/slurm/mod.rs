@@ -45,6 +45,16 @@ use std::time::{Duration, Instant};
 /// The longest any one Slurm command may take before it is stopped and Slurm taken as
 /// unreachable.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
+/// Slurm's default `MinJobAge`, used until `scontrol show config` has been read.
+const DEFAULT_MIN_JOB_AGE: Duration = Duration::from_secs(300);
+
+/// `MinJobAge = 300 sec` in `scontrol show config`.
+fn parse_min_job_age(config: &str) -> Option<Duration> {
+    let line = config.lines().find(|l| l.trim_start().starts_with("MinJobAge"))?;
+    let value = line.split_once('=')?.1.split_whitespace().next()?;
+    value.parse::<u64>().ok().map(Duration::from_secs)
+}
+
 /// The longest wait between polls while Slurm is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -109,6 +119,8 @@ pub struct SlurmDaemon {
     /// Specs in `active/` that are not Slurm dispatches (the worker's): not read again.
     local: HashSet<String>,
     next_poll: Instant,
+    /// Slurm's `MinJobAge`, once read.
+    min_job_age: Option<Duration>,
     /// Why Slurm is unreachable, while it is (reported once per outage).
     down: Option<String>,
     failures: u32,
@@ -129,6 +141,7 @@ impl SlurmDaemon {
             jobs: BTreeMap::new(),
             local: HashSet::new(),
             next_poll: Instant::now(),
+            min_job_age: None,
             down: None,
             failures: 0,
         }
@@ -493,6 +506,7 @@ impl SlurmDaemon {
             }
         };
         self.mark_up();
+        self.load_min_job_age();
         let (listed, bad) = parse::squeue(&ran.stdout);
         if bad > 0 {
             tracing::warn!("squeue printed {bad} line(s) that do not parse; skipped");
@@ -519,14 +533,25 @@ impl SlurmDaemon {
             let seen = match (found, known) {
                 (Some(j), _) => Seen { job_id: j.job_id, state: j.state.clone(), reason: j.reason.clone() },
                 // Intent recorded, no job of that name: sbatch never made one. Submit.
+                // Intent recorded, no job of that name in Slurm: sbatch never made one — unless
+                // the job ran, ended and was purged (MinJobAge) while nobody looked. Its end
+                // record, or an intent older than MinJobAge, says so; else submit.
                 (None, None) => {
-                    resubmit.push(id);
+                    let submitted = match &self.jobs[&id].record.state {
+                        DispatchState::Slurm { submitted_at, .. } => since(submitted_at),
+                        _ => Duration::ZERO,
+                    };
+                    if self.end_record(&id).is_some() || submitted > self.min_job_age() {
+                        updates.push((id.clone(), self.purged_end(&id, None)));
+                    } else {
+                        resubmit.push(id);
+                    }
                     continue;
                 }
                 (None, Some(job_id)) => match self.show_job(job_id) {
                     Some(Some(info)) => Seen { job_id, state: info.state, reason: info.reason },
                     Some(None) => {
-                        updates.push((id.clone(), self.purged_end(&id, job_id)));
+                        updates.push((id.clone(), self.purged_end(&id, Some(job_id))));
                         continue;
                     }
                     None => continue,
@@ -567,7 +592,7 @@ impl SlurmDaemon {
     }
 
     /// The end of a job Slurm has purged: from its end record, else `lost`.
-    fn purged_end(&self, id: &str, job_id: JobId) -> DispatchState {
+    fn purged_end(&self, id: &str, job_id: Option<JobId>) -> DispatchState {
         let record = self.end_record(id);
         match (&record, self.jobs.get(id).and_then(|j| j.stop.as_ref())) {
             (_, Some(stop)) => self.stopped_end(stop.reason, id),
@@ -581,8 +606,35 @@ impl SlurmDaemon {
             ),
             (None, None) => DispatchState::Lost {
                 ended_at: now_string(),
-                reason: format!("Slurm no longer knows job {job_id} and the job left no end record"),
+                reason: match job_id {
+                    Some(job_id) => format!("Slurm no longer knows job {job_id} and the job left no end record"),
+                    None => format!(
+                        "submitted to Slurm over {}s ago with no job id recorded, and Slurm has no job named {} \
+                         nor did one leave an end record: whether it ran is unknown (purged after MinJobAge)",
+                        self.min_job_age().as_secs(),
+                        slurm::job_name(id)
+                    ),
+                },
             },
+        }
+    }
+
+    /// Slurm's `MinJobAge` (how long an ended job stays listed), from `scontrol show config`,
+    /// read once; 300 s (Slurm's default) until it could be read.
+    fn min_job_age(&self) -> Duration {
+        self.min_job_age.unwrap_or(DEFAULT_MIN_JOB_AGE)
+    }
+
+    fn load_min_job_age(&mut self) {
+        if self.min_job_age.is_some() {
+            return;
+        }
+        let argv = vec![self.config.slurm.scontrol.clone(), "show".into(), "config".into()];
+        if let Ok(ran) = self.slurm(&argv, None)
+            && ran.success
+            && let Some(age) = parse_min_job_age(&ran.stdout)
+        {
+            self.min_job_age = Some(age);
         }
     }
 
@@ -822,5 +874,19 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         if ctx.drain_pending().iter().any(|w| matches!(w, Wake::Shutdown(_))) {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_job_age_from_scontrol_show_config() {
+        let text = "Configuration data as of 2026-12-06T04:00:00\nMaxJobCount             = 10000\n\
+                    MinJobAge               = 300 sec\nOverTimeLimit           = 0 min\n";
+        assert_eq!(parse_min_job_age(text), Some(Duration::from_secs(300)));
+        assert_eq!(parse_min_job_age("MinJobAge = 2 sec"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_min_job_age("nothing here"), None);
     }
 }
