@@ -188,8 +188,10 @@ fn dispatches(task: &Value) -> Vec<Value> {
 }
 
 /// Tasks complete with their output in the usual logs, argv byte for byte (quotes, `$()`,
-/// newlines, 100 KB); a failing task is retried and fails after its attempts; a cancel through the API
-/// reaches `scancel`; a task past its timeout ends `timeout`. Each dispatch is one Slurm job.
+/// newlines, 100 KB); a failing task is retried and fails after its attempts; a cancel through
+/// the API and `scheduler drain --cancel-running` reach `scancel`; a task past its timeout ends
+/// `timeout`; a task's own executor and options; Slurm's pending reason in the record. Each
+/// dispatch is one Slurm job.
 #[test]
 fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
     let Some(rig) = Rig::new("slurm_tasks_complete_fail_retry_cancel_and_time_out") else { return };
@@ -286,6 +288,16 @@ fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
     assert!(text.contains("PENDING: queued in Slurm (PENDING: BeginTime)"), "{text}");
     rig.h.cortex_ok(&["task", "cancel", &later]);
     rig.wait_status(&later, "cancelled");
+
+    // `scheduler drain --cancel-running` reaches a running Slurm job too.
+    let drained = rig.add(&["--", "sleep", "300"]);
+    rig.wait("the drained task running in Slurm", || {
+        dispatches(&rig.show(&drained)).first().is_some_and(|d| d["started_at"].is_string())
+    });
+    let out = rig.h.cortex_ok(&["--json", "scheduler", "drain", "--cancel-running", "--timeout", "120"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["drained"], true, "{v}");
+    rig.wait_status(&drained, "cancelled");
 
     // One job per dispatch, never two.
     for (name, jobs) in rig.cluster.jobs_by_name() {
