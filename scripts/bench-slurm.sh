@@ -10,7 +10,8 @@
 # (poll_interval_seconds BENCH_SLURM_POLL, 0.5) in a temporary home and times them until all are
 # completed. Prints both and Cortex's share of the bare loop's throughput (target: >= 90 %).
 # Binaries: CORTEX_BIN_DIR, default target/release if built there, else target/debug.
-# Everything it starts is stopped and its directories removed on exit.
+# Its directories are made by mktemp (under $TMPDIR); everything it starts is stopped and they
+# are removed on exit.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,8 +25,8 @@ for b in cortex cortex-coordinator cortex-slurm; do
     [ -x "$bin/$b" ] || { echo "bench-slurm: $bin/$b is missing (cargo build)" >&2; exit 1; }
 done
 
-cluster=$(mktemp -d "${TMPDIR:-/tmp}/bs.XXXX")
-home=$(mktemp -d "${TMPDIR:-/tmp}/bench-slurm-home.XXXX")
+cluster=$(mktemp -d --suffix=.bs)
+home=$(mktemp -d --suffix=.bench-slurm-home)
 chmod 700 "$home"
 pids=()
 cleanup() {
