@@ -25,7 +25,16 @@
 #                  file), with the add cost of its N adds; ratios against the first size, and
 #                  every daemon's RSS at the largest;
 #   xargs       8. `xargs -P 8` running `true` N times (the physical limit of 8 slots), and the
-#                  8-slot ratios against it of the sections run before it.
+#                  8-slot ratios against it of the sections run before it;
+#   history     9. a long history: BENCH_HISTORY ("1000 1000000") archived tasks written straight
+#                  into the archive's format (one compact line each; 70 % completed, 20 % failed,
+#                  10 % cancelled), sealed every [archive] segment_bytes as the coordinator does
+#                  (the rest stays in the active file); then, each the median of 5: `cortex task
+#                  show` of the oldest task, `cortex task list --all --status failed --limit 50`,
+#                  `GET /status`; and the CPU of the coordinator, integration and metrics daemons
+#                  over BENCH_HISTORY_TASKS (100) tasks that each wait for an archived
+#                  prerequisite (`--after` the oldest completed task); each beside the same at the
+#                  first size (target: ratio <= ~1.5).
 #
 # Environment: BENCH_LATENCY_SAMPLES (200), BENCH_TASKS (1000; the fleet, backlog and xargs
 # sections use BENCH_FLEET_TASKS, 500), BENCH_PUEUE_TASKS (200), BENCH_ADD_SAMPLES (200),
@@ -45,7 +54,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bin="$root/target/release"
+# BENCH_BIN_DIR: binaries to measure instead of target/release (with --no-build).
+bin="${BENCH_BIN_DIR:-$root/target/release}"
 lat_n="${BENCH_LATENCY_SAMPLES:-200}"
 tp_n="${BENCH_TASKS:-1000}"
 # pueue runs fewer: its rate is set by its 300 ms tick, not the queue's length, and 1,000 tasks
@@ -61,7 +71,7 @@ tail_s="${BENCH_TAIL_SECONDS:-2}"
 perf_dir="${BENCH_PERF_DIR:-}"
 perf_daemons="${BENCH_PERF_DAEMONS:-coordinator integration heartbeat auto-fix}"
 perf_freq="${BENCH_PERF_FREQ:-999}"
-all_sections="latency throughput add idle pueue fleet backlog xargs"
+all_sections="latency throughput add idle pueue fleet backlog xargs history"
 # In start order, as `cortex start` starts them.
 all_daemons="worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api"
 supporting_daemons="auto-fix heartbeat integration metrics failure-pattern pm api"
@@ -79,6 +89,7 @@ if ((build)); then
 fi
 needed="cortex cortex-worker cortex-coordinator"
 if want fleet || want backlog; then for d in $all_daemons; do needed+=" cortex-$d"; done; fi
+if want history; then needed+=" cortex-api cortex-metrics cortex-integration"; fi
 for b in $needed; do
     [[ -x "$bin/$b" ]] || { echo "bench.sh: $bin/$b missing; build with cargo build --release" >&2; exit 1; }
 done
@@ -153,9 +164,11 @@ child_ticks() { awk '{print $16 + $17}' "/proc/$1/stat"; }
 hz="$(getconf CLK_TCK)"
 rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
-archived() { [[ -f "$home/coordination/task-archive.jsonl" ]] && wc -l <"$home/coordination/task-archive.jsonl" || echo 0; }
+# Every archived line: the sealed segments (past [archive] segment_bytes), then the active file.
+archive_lines() { { cat "$home"/coordination/task-archive/seg-*.jsonl "$home/coordination/task-archive.jsonl" 2>/dev/null || true; }; }
+archived() { archive_lines | wc -l; }
 
-echo "Cortex task benchmark — $(date -u +%FT%TZ), $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg), release build"
+echo "Cortex task benchmark — $(date -u +%FT%TZ), $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg), binaries in $bin"
 echo "homes under $work ($fs_type); ${settle_s} s pause before the latency section and each throughput, fleet, backlog and xargs run"
 echo
 
@@ -203,7 +216,7 @@ if want latency; then
         start="$(tr -d '\n' <"$home/agents/logs/workers/$d.out")"
         echo $((start - ${t0s[$id]})) >>"$lat_file"
         echo $((start - ${t1s[$id]})) >>"$enq_file"
-    done < <(jq -r '[.task_id, .dispatches[0]] | @tsv' "$home/coordination/task-archive.jsonl")
+    done < <(archive_lines | jq -r '[.task_id, .dispatches[0]] | @tsv')
     lat_p50="$(pct 50 <"$lat_file" | ms)"
     lat_p99="$(pct 99 <"$lat_file" | ms)"
     enq_p50="$(pct 50 <"$enq_file" | ms)"
@@ -232,7 +245,7 @@ if want throughput; then
         secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
         rate="$(awk -v d=$((t1 - t0)) -v n="$tp_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
         tps[$slots]="$rate"
-        bad="$(jq -s '[.[] | select(.status != "completed")] | length' "$home/coordination/task-archive.jsonl")"
+        bad="$(archive_lines | jq -s '[.[] | select(.status != "completed")] | length')"
         echo "   $slots slot(s): ${secs} s, ${rate} tasks/s (not completed: $bad)"
         stop_all
     done
@@ -457,7 +470,7 @@ fleet_run() {
     fi
     run_secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
     run_rate="$(awk -v d=$((t1 - t0)) -v n="$fleet_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
-    run_bad="$(jq -s '[.[] | select(.status != "completed")] | length' "$home/coordination/task-archive.jsonl")"
+    run_bad="$(archive_lines | jq -s '[.[] | select(.status != "completed")] | length')"
     cortex stop >/dev/null 2>&1 || true
 }
 # cpu_sum DAEMON... -> the sum of run_cpu over those that ran
@@ -544,5 +557,104 @@ if want xargs; then
     fi
     if [[ -n "${tps[8]:-}" ]]; then
         echo "   8 slots (section 2, $tp_n tasks) / xargs: $(awk -v a="${tps[8]}" -v b="$x_rate" 'BEGIN {printf "%.3f", a/b}')"
+    fi
+fi
+
+# 9. History ---------------------------------------------------------------------------------
+# gen_history N SEGMENT_BYTES: N archived tasks written straight into task-archive.jsonl in its
+# format, sealed with `cortex task seal-archive` each time the file passes SEGMENT_BYTES (what
+# the coordinator does in its commit); ids sort in the order written, the oldest first.
+gen_history() {
+    local file="$home/coordination/task-archive.jsonl"
+    awk -v n="$1" -v seg="$2" -v file="$file" -v seal="\"$bin/cortex\" --home \"$home\" task seal-archive >/dev/null" '
+    BEGIN {
+        size = 0
+        for (i = 0; i < n; i++) {
+            r = i % 10
+            st = (r == 0 || r == 3) ? "failed" : (r == 7 ? "cancelled" : "completed")
+            code = (st == "failed") ? 1 : 0
+            line = sprintf("{\"task_id\":\"task-20260101000000000-%07d\",\"description\":\"history %d\",\"priority\":\"medium\",\"worker_type\":\"shell\",\"command\":[\"true\"],\"status\":\"%s\",\"started_at\":\"2026-01-01T00:00:00Z\",\"completed_at\":\"2026-01-01T00:00:01Z\",\"created_at\":\"2026-01-01T00:00:00Z\",\"created_by\":\"bench\",\"attempts\":1,\"max_attempts\":1,\"budget\":10,\"result\":{\"exit_code\":%d},\"dispatches\":[\"dispatch-%07d\"]}", i, i, st, code, i)
+            print line > file
+            size += length(line) + 1
+            if (size >= seg) { close(file); if (system(seal) != 0) exit 1; size = 0 }
+        }
+        close(file)
+    }'
+}
+# med_ms CMD...: the median wall time of 5 runs, milliseconds.
+med_ms() {
+    local i t0 t1 out=()
+    for ((i = 0; i < 5; i++)); do
+        t0="$(now_us)"
+        "$@" >/dev/null
+        t1="$(now_us)"
+        out+=($((t1 - t0)))
+    done
+    printf '%s\n' "${out[@]}" | pct 50 | ms
+}
+if want history; then
+    echo
+    echo "9. a long history: archived tasks written in the archive's format, sealed every [archive] segment_bytes"
+    hist_sizes="${BENCH_HISTORY:-1000 1000000}"
+    hist_n="${BENCH_HISTORY_TASKS:-100}"
+    declare -A h_show h_list h_status h_coord h_integ h_metrics
+    for n in $hist_sizes; do
+        settle
+        new_home "history$n" 8
+        # A metrics snapshot each second, so the window holds several.
+        sed -i '/^\[metrics\]/,/^\[/ s/^interval_seconds = .*/interval_seconds = 1/' "$home/cortex.toml"
+        seg_bytes="$(awk '/^\[archive\]/ {a = 1; next} /^\[/ {a = 0} a && $1 == "segment_bytes" {print $3}' "$home/cortex.toml")"
+        seg_bytes="${seg_bytes:-16777216}"
+        t0="$(now_us)"
+        gen_history "$n" "$seg_bytes"
+        t1="$(now_us)"
+        segs="$( (find "$home/coordination/task-archive" -name 'seg-*.jsonl' 2>/dev/null || true) | wc -l)"
+        active_b="$(stat -c %s "$home/coordination/task-archive.jsonl" 2>/dev/null || echo 0)"
+        oldest="task-20260101000000000-0000000"
+        h_show[$n]="$(med_ms cortex task show "$oldest")"
+        h_list[$n]="$(med_ms cortex task list --all --status failed --limit 50)"
+        port=$((20000 + RANDOM % 20000))
+        export CORTEX_API_BIND="127.0.0.1:$port"
+        start_daemon api
+        unset CORTEX_API_BIND
+        h_status[$n]="$(med_ms curl -sf "http://127.0.0.1:$port/status")"
+        start_daemon worker
+        start_daemon coordinator
+        c_pid="$started_pid"
+        start_daemon integration
+        i_pid="$started_pid"
+        start_daemon metrics
+        m_pid="$started_pid"
+        c0="$(ticks "$c_pid")" i0="$(ticks "$i_pid")" m0="$(ticks "$m_pid")"
+        for ((i = 0; i < hist_n; i++)); do
+            cortex task add --description "after $i" --after "task-20260101000000000-0000001" -- true >/dev/null
+        done
+        # Until the live queue is empty (every one of them archived): not by counting the
+        # archive's lines, which would read the whole history each time.
+        for ((k = 0; k < 3000; k++)); do
+            [[ "$(cortex task list --json | jq '.count')" == 0 ]] && break
+            nap 0.02
+        done
+        nap "$tail_s"
+        h_coord[$n]="$(awk -v a="$c0" -v b="$(ticks "$c_pid")" -v hz="$hz" -v k="$hist_n" 'BEGIN {printf "%.2f", (b-a)/hz*1000/k}')"
+        h_integ[$n]="$(awk -v a="$i0" -v b="$(ticks "$i_pid")" -v hz="$hz" -v k="$hist_n" 'BEGIN {printf "%.2f", (b-a)/hz*1000/k}')"
+        h_metrics[$n]="$(awk -v a="$m0" -v b="$(ticks "$m_pid")" -v hz="$hz" -v k="$hist_n" 'BEGIN {printf "%.2f", (b-a)/hz*1000/k}')"
+        gen_s="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", d/1e6}')"
+        echo "   $n archived (written in ${gen_s} s; $segs sealed segment(s), active file $active_b bytes):"
+        echo "     task show (oldest) ${h_show[$n]} ms   list --all --status failed --limit 50 ${h_list[$n]} ms   GET /status ${h_status[$n]} ms"
+        echo "     CPU ms per task waiting on an archived prerequisite: coordinator ${h_coord[$n]}   integration ${h_integ[$n]}   metrics ${h_metrics[$n]}"
+        stop_all
+    done
+    first="" last=""
+    for n in $hist_sizes; do [[ -n "$first" ]] || first="$n"; last="$n"; done
+    if [[ "$first" != "$last" ]]; then
+        r() { awk -v a="$1" -v b="$2" 'BEGIN {if (b <= 0) b = 0.01; printf "%.2f", a/b}'; }
+        echo "   ratios $last vs $first (target <= ~1.5):"
+        for what in show list status coord integ metrics; do
+            declare -n arr="h_$what"
+            v="$(r "${arr[$last]}" "${arr[$first]}")"
+            printf '     %-8s %6s  %s\n' "$what" "$v" "$(met "$v" le 1.5)"
+            unset -n arr
+        done
     fi
 fi

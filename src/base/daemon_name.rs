@@ -105,6 +105,45 @@ impl fmt::Display for Daemon {
     }
 }
 
+/// Who holds a PID file under `run/`: a daemon (`run/<daemon>.pid`), or the foreground
+/// supervisor `cortex run` (`run/supervisor.pid`). Functions that take one take
+/// `impl Into<PidOwner>`, so a [`Daemon`] is passed as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PidOwner {
+    Daemon(Daemon),
+    /// `cortex run`.
+    Foreground,
+}
+
+impl PidOwner {
+    /// The PID file's name without `.pid`: the daemon's name, or `supervisor`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PidOwner::Daemon(d) => d.as_str(),
+            PidOwner::Foreground => "supervisor",
+        }
+    }
+}
+
+impl From<Daemon> for PidOwner {
+    fn from(d: Daemon) -> PidOwner {
+        PidOwner::Daemon(d)
+    }
+}
+
+impl fmt::Display for PidOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Written as its name (`"auto-fix"`), as in every JSON output before it was a type.
+impl serde::Serialize for Daemon {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +171,7 @@ mod tests {
         assert_eq!(Daemon::known(), names.join(", "));
         let default: Vec<&str> = names.iter().copied().filter(|n| *n != "slurm").collect();
         assert_eq!(NAMES.to_vec(), default);
+        assert_eq!(serde_json::json!({"d": Daemon::AutoFix}), serde_json::json!({"d": "auto-fix"}));
     }
 
     #[test]

@@ -23,6 +23,13 @@ pub enum Error {
     Encode { what: String, source: serde_json::Error },
     /// A file watcher could not be started (`path` None) or could not watch `path`.
     Watch { path: Option<PathBuf>, source: notify::Error },
+    /// An operating-system call not on a file failed: a signal, a pipe, a thread, a socket.
+    /// `action` says what was being done ("send SIGTERM to PID 12"), `hint` what to do (may be
+    /// empty).
+    System { action: String, source: std::io::Error, hint: &'static str },
+    /// A file Cortex refuses to use as it is (a link where a lock or PID file belongs, not a
+    /// regular file, another user's): `problem` says what is wrong and what to do.
+    Unusable { path: PathBuf, problem: String },
     /// A request the caller made cannot be carried out (unknown id, bad state, ...).
     Refused(String),
     /// Something else, said plainly.
@@ -42,6 +49,16 @@ impl Error {
     /// A watch of `path` that could not be set up.
     pub fn watch(path: impl AsRef<Path>, source: notify::Error) -> Self {
         Error::Watch { path: Some(path.as_ref().to_path_buf()), source }
+    }
+
+    /// An OS call (not on a file) that failed while doing `action`.
+    pub fn system(action: impl Into<String>, source: std::io::Error) -> Self {
+        Error::System { action: action.into(), source, hint: "" }
+    }
+
+    /// A file that cannot be used as it is; `problem` follows the path ("is a symbolic link; ...").
+    pub fn unusable(path: impl AsRef<Path>, problem: impl Into<String>) -> Self {
+        Error::Unusable { path: path.as_ref().to_path_buf(), problem: problem.into() }
     }
 
     pub fn refused(msg: impl Into<String>) -> Self {
@@ -108,6 +125,8 @@ impl fmt::Display for Error {
             Error::Encode { what, source } => write!(f, "cannot encode {what}: {source}"),
             Error::Watch { path: Some(p), source } => write!(f, "cannot watch {}: {source}", p.display()),
             Error::Watch { path: None, source } => write!(f, "cannot start a file watcher: {source}"),
+            Error::System { action, source, hint } => write!(f, "cannot {action}: {source}{hint}"),
+            Error::Unusable { path, problem } => write!(f, "{} {problem}", path.display()),
             Error::Refused(m) | Error::Other(m) => f.write_str(m),
         }
     }
@@ -119,6 +138,7 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             Error::Encode { source, .. } => Some(source),
             Error::Watch { source, .. } => Some(source),
+            Error::System { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -136,5 +156,26 @@ impl From<serde_json::Error> for Error {
 impl From<notify::Error> for Error {
     fn from(source: notify::Error) -> Self {
         Error::Watch { path: None, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_and_unusable_errors_say_what_failed_where_and_keep_their_source() {
+        let e = Error::system("send SIGTERM to PID 12", std::io::Error::from_raw_os_error(nix::libc::EPERM));
+        assert!(e.to_string().starts_with("cannot send SIGTERM to PID 12: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+        let e = Error::System {
+            action: "listen on 127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            hint: " (find it with `ss -ltnp`)",
+        };
+        assert!(e.to_string().ends_with(" (find it with `ss -ltnp`)"), "{e}");
+        let e = Error::unusable("/h/run/x.pid", "is not a regular file; a PID file must be one: remove it");
+        assert_eq!(e.to_string(), "/h/run/x.pid is not a regular file; a PID file must be one: remove it");
+        assert_eq!(e.exit_code(), 1);
     }
 }

@@ -12,11 +12,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The environment variable listing homes trusted whatever their owner and mode.
-pub const SAFE_HOMES_ENV: &str = "CORTEX_SAFE_HOMES";
+pub(crate) const SAFE_HOMES_ENV: &str = "CORTEX_SAFE_HOMES";
 
 /// The user's file listing trusted homes (one path a line, `*` for all, `#` comments), or `None`
 /// when neither `XDG_CONFIG_HOME` nor `HOME` is set.
-pub fn safe_homes_file() -> Option<PathBuf> {
+pub(crate) fn safe_homes_file() -> Option<PathBuf> {
     let nonempty = |v: &str| std::env::var_os(v).filter(|v| !v.is_empty()).map(PathBuf::from);
     let base = nonempty("XDG_CONFIG_HOME").or_else(|| nonempty("HOME").map(|h| h.join(".config")))?;
     Some(base.join("cortex/safe-homes"))
@@ -24,7 +24,7 @@ pub fn safe_homes_file() -> Option<PathBuf> {
 
 /// Checks that `root` (found through `source`, for the message) may be used as a home. A home that
 /// does not exist yet is fine: Cortex creates it private (0700).
-pub fn check(root: &Path, source: &str) -> Result<()> {
+pub(crate) fn check(root: &Path, source: &str) -> Result<()> {
     let Some(why) = first_untrusted(root)? else {
         return Ok(());
     };
@@ -66,7 +66,7 @@ fn first_untrusted(root: &Path) -> Result<Option<String>> {
 }
 
 /// Why a directory with this owner and mode is not trusted by user `me`, or `None`.
-pub fn untrusted_because(owner: u32, mode: u32, me: u32) -> Option<String> {
+pub(crate) fn untrusted_because(owner: u32, mode: u32, me: u32) -> Option<String> {
     if owner != me {
         return Some(format!("it is owned by uid {owner}, not by you (uid {me})"));
     }

@@ -8,12 +8,14 @@
 //! - [`schema`]: the embedded JSON Schemas and their checks.
 //! - [`text`]: text made safe for a terminal.
 //! - [`wake`]: why a waiting loop woke up.
+//! - [`watch`]: the daemons' file watcher (inotify, changes only).
 
 pub mod clock;
 pub mod daemon_name;
 pub mod error;
-pub mod home_trust;
+pub(crate) mod home_trust;
 pub mod procfs;
 pub mod schema;
-pub mod text;
-pub mod wake;
+pub(crate) mod text;
+pub(crate) mod wake;
+pub mod watch;

@@ -72,11 +72,22 @@ fn path(pid: i32, what: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{what}"))
 }
 
+thread_local! {
+    static STAT_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many `/proc/<pid>/stat` files this thread has read (tests: a pass reads what it
+/// watches, not every process on the host).
+pub fn stat_reads() -> u64 {
+    STAT_READS.with(|c| c.get())
+}
+
 /// Reads `/proc/<pid>/stat`; None when the process does not exist (or `pid` is not a PID).
 pub fn stat(pid: i32) -> Option<Stat> {
     if pid <= 0 {
         return None;
     }
+    STAT_READS.with(|c| c.set(c.get() + 1));
     parse_stat(pid, &std::fs::read_to_string(path(pid, "stat")).ok()?)
 }
 
@@ -98,7 +109,40 @@ pub fn pids() -> Vec<i32> {
     dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).collect()
 }
 
-/// Every running process whose process group is `pgid`.
+/// The children of a process: `/proc/<pid>/task/<tid>/children` of each of its threads (a
+/// child belongs to the thread that forked it). Empty when the process is gone.
+pub fn children(pid: i32) -> Vec<i32> {
+    if pid <= 0 {
+        return Vec::new();
+    }
+    let Ok(tasks) = std::fs::read_dir(path(pid, "task")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(t.path().join("children")) else { continue };
+        out.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+    }
+    out
+}
+
+/// A process and its descendants (children, their children, ...), each read once: the cost is
+/// the size of that tree, not the host's process count. A descendant whose parent exited was
+/// reparented (to init or a subreaper) and is no longer found from here.
+pub fn tree(pid: i32) -> Vec<Stat> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Some(s) = stat(p) else { continue };
+        if out.iter().any(|o: &Stat| o.pid == p) {
+            continue;
+        }
+        todo.extend(children(p));
+        out.push(s);
+    }
+    out
+}
+
+/// Every running process whose process group is `pgid` (a walk of every process on the host:
+/// for the rare paths, like stopping a group whose leader is gone).
 pub fn group_members(pgid: i32) -> Vec<Stat> {
     pids().into_iter().filter_map(stat).filter(|s| s.pgrp == pgid && s.is_running()).collect()
 }

@@ -32,6 +32,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("task"),
     schema_source!("failure-streaks"),
     schema_source!("event-ack"),
+    schema_source!("task-queue-journal"),
 ];
 
 /// One way a document breaks its schema.

@@ -17,7 +17,7 @@ fn is_unsafe(c: char) -> bool {
 
 /// `s` with every control character and bidirectional control escaped (unchanged, without
 /// copying, when it has none).
-pub fn safe(s: &str) -> Cow<'_, str> {
+pub(crate) fn safe(s: &str) -> Cow<'_, str> {
     if !s.chars().any(is_unsafe) {
         return Cow::Borrowed(s);
     }
@@ -35,14 +35,14 @@ pub fn safe(s: &str) -> Cow<'_, str> {
 }
 
 /// An optional value shown through [`safe`], or `default` (trusted text) when there is none.
-pub fn safe_or<'a>(s: Option<&'a str>, default: &'a str) -> Cow<'a, str> {
+pub(crate) fn safe_or<'a>(s: Option<&'a str>, default: &'a str) -> Cow<'a, str> {
     s.map_or(Cow::Borrowed(default), safe)
 }
 
 /// Serialized JSON with the characters JSON leaves raw but a terminal acts on (DEL, the C1
 /// controls such as U+009B CSI, the bidirectional controls) written as `\u` escapes (`\u009b`).
 /// They can only occur inside strings, so the document means exactly the same.
-pub fn json_safe(json: String) -> String {
+pub(crate) fn json_safe(json: String) -> String {
     if !json.chars().any(is_unsafe) {
         return json;
     }
@@ -58,13 +58,13 @@ pub fn json_safe(json: String) -> String {
 }
 
 /// A path shown through [`safe`] (a file name can hold any byte but `/` and NUL).
-pub fn safe_path(p: &std::path::Path) -> String {
+pub(crate) fn safe_path(p: &std::path::Path) -> String {
     safe(&p.to_string_lossy()).into_owned()
 }
 
 /// A command line as a POSIX shell would need it typed: words with anything but
 /// `[A-Za-z0-9_./=:,+@%-]` single-quoted (control characters escaped as by [`safe`]).
-pub fn shell_words(words: &[String]) -> String {
+pub(crate) fn shell_words(words: &[String]) -> String {
     words
         .iter()
         .map(|w| {

@@ -63,7 +63,7 @@ pub struct RestoreArgs {
     pub dest: Option<PathBuf>,
 }
 
-pub fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
+pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
     let config = lenient_config(ctx);
     let store = lenient_store(ctx, &config);
     let opts = BackupOptions {
@@ -135,7 +135,7 @@ fn resolve_file(ctx: &Ctx, file: &Path) -> Result<PathBuf> {
     )))
 }
 
-pub fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
+pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
     let config = lenient_config(ctx);
     let dir = args.dest.as_deref().map(absolute).unwrap_or_else(|| crate::ops::backup::backup_dir(&ctx.home, &config));
     if args.list {

@@ -1,6 +1,7 @@
 //! `cortex breaker list` and `cortex breaker reset TYPE`: the circuit breakers per worker type.
 
 use super::{Ctx, print_json};
+use crate::base::clock::format_ts;
 use crate::base::error::{Error, Result};
 use crate::base::text::safe;
 use crate::daemons::auto_fix::breaker::{self, BreakerState, Breakers};
@@ -17,7 +18,7 @@ pub enum BreakerCommand {
     },
 }
 
-pub fn run(ctx: &Ctx, cmd: BreakerCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: BreakerCommand) -> Result<u8> {
     let store = ctx.store()?;
     match cmd {
         BreakerCommand::List => {
@@ -31,11 +32,13 @@ pub fn run(ctx: &Ctx, cmd: BreakerCommand) -> Result<u8> {
             }
             for (t, b) in &doc.breakers {
                 let state = match &b.state {
-                    BreakerState::Closed { since } => format!("closed since {since}"),
+                    BreakerState::Closed { since } => format!("closed since {}", format_ts(*since)),
                     BreakerState::Open { opened_at, half_open_at, reason } => {
-                        format!("OPEN since {opened_at} until {half_open_at}: {reason}")
+                        format!("OPEN since {} until {}: {reason}", format_ts(*opened_at), format_ts(*half_open_at))
                     }
-                    BreakerState::HalfOpen { since } => format!("half-open since {since} (one trial dispatch)"),
+                    BreakerState::HalfOpen { since } => {
+                        format!("half-open since {} (one trial dispatch)", format_ts(*since))
+                    }
                 };
                 println!(
                     "{:<24} {}; {} failure(s) in window, {} trip(s)",

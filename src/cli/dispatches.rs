@@ -2,6 +2,7 @@
 //! `worker-specs/`, as `GET /dispatches` shows them.
 
 use super::{Ctx, print_json};
+use crate::base::clock::format_ts;
 use crate::base::error::{Error, Result};
 use crate::base::text::safe;
 use crate::ops::status::{StatusReader, parse_dispatch_status};
@@ -18,7 +19,7 @@ pub struct DispatchesArgs {
     task: Option<String>,
 }
 
-pub fn run(ctx: &Ctx, args: DispatchesArgs) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, args: DispatchesArgs) -> Result<u8> {
     let status = args
         .status
         .as_deref()
@@ -53,7 +54,7 @@ pub fn run(ctx: &Ctx, args: DispatchesArgs) -> Result<u8> {
             v.status,
             v.attempt,
             v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            safe(&v.dispatched_at),
+            format_ts(v.dispatched_at),
             v.duration_s.map(|d| format!("{d:.1}")).unwrap_or_else(|| "-".into())
         );
         if v.executor.is_some() && (v.job_id.is_some() || v.waiting.is_some()) {

@@ -55,7 +55,7 @@ pub enum EventCommand {
     },
 }
 
-pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
     match cmd {
         EventCommand::Emit { event_type, severity, message, data, source, positional } => {
             let mut pos = positional.into_iter();
@@ -98,7 +98,7 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
             Ok(0)
         }
         EventCommand::Ack { id, all, note } => {
-            use crate::{ops::status::acknowledge::AckTarget, ops::status::acknowledge::acknowledge};
+            use crate::ops::status::acknowledge::{AckTarget, acknowledge};
             let store = ctx.store()?;
             let reader = crate::ops::status::StatusReader::new(store, crate::store::config::Config::load(&ctx.home)?);
             let target = match id {
@@ -128,31 +128,28 @@ pub fn run(ctx: &Ctx, cmd: EventCommand) -> Result<u8> {
                         .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
                         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
                 });
-            let read = crate::store::events::read_all(&ctx.home)?;
-            let mut events: Vec<_> = read
-                .records
-                .into_iter()
-                .filter(|e| event_type.as_ref().is_none_or(|t| e.event_type.as_str() == t))
-                .filter(|e| min_severity.is_none_or(|s| e.severity >= s))
-                .filter(|e| since.is_none_or(|s| e.time().is_some_and(|t| t >= s)))
-                .collect();
-            let skip = events.len().saturating_sub(limit);
-            events.drain(..skip);
+            // From the log's end back: what it shows, not the whole log (up to [events]
+            // max_file_bytes) per call.
+            let (events, bad_lines) = crate::store::events::read_last(&ctx.home, limit, |e| {
+                event_type.as_ref().is_none_or(|t| e.event_type.as_str() == t)
+                    && min_severity.is_none_or(|s| e.severity >= s)
+                    && since.is_none_or(|s| e.timestamp >= s)
+            })?;
             if ctx.json {
-                print_json(&serde_json::json!({"events": events, "malformed_lines": read.bad_lines.len()}));
+                print_json(&serde_json::json!({"events": events, "malformed_lines": bad_lines}));
             } else {
                 for e in &events {
                     println!(
                         "{} {:8} {:24} {:12} {}",
-                        crate::base::text::safe(&e.timestamp),
+                        crate::base::clock::format_ts(e.timestamp),
                         e.severity.as_str(),
                         crate::base::text::safe(e.event_type.as_str()),
                         crate::base::text::safe(&e.source),
                         crate::base::text::safe(&e.message)
                     );
                 }
-                if !read.bad_lines.is_empty() {
-                    eprintln!("({} malformed line(s) skipped; `cortex repair` moves them aside)", read.bad_lines.len());
+                if bad_lines > 0 {
+                    eprintln!("({bad_lines} malformed line(s) skipped; `cortex repair` moves them aside)");
                 }
             }
             Ok(0)

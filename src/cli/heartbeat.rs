@@ -23,7 +23,7 @@ fn env_path(var: &str) -> Option<PathBuf> {
     std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-pub fn run(ctx: &Ctx, args: HeartbeatArgs) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, args: HeartbeatArgs) -> Result<u8> {
     let valid_id = args.dispatch.as_deref().filter(|id| crate::domain::task::dispatches::is_valid_id(id));
     if let Some(id) = args.dispatch.as_deref()
         && valid_id.is_none()

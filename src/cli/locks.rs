@@ -6,7 +6,7 @@ use crate::base::error::Result;
 use crate::base::text::safe;
 use crate::store::inventory::LockInfo;
 
-pub fn run(ctx: &Ctx) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx) -> Result<u8> {
     let locks = crate::store::inventory::inventory(&ctx.home);
     if ctx.json {
         print_json(&serde_json::json!({"locks": locks}));

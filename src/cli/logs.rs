@@ -62,7 +62,7 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-pub fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: LogsCommand) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let home = &ctx.home;
     match cmd {

@@ -1,7 +1,7 @@
 //! `cortex metrics [--live] [--json]`: the latest snapshot of the metrics daemon.
 
 use super::{Ctx, print_json};
-use crate::base::clock::{SystemClock, human_duration, parse_ts};
+use crate::base::clock::{SystemClock, format_ts, human_duration};
 use crate::base::error::{Error, Result};
 use crate::daemons::metrics::Snapshot;
 use clap::Args;
@@ -13,7 +13,7 @@ pub struct MetricsArgs {
     pub live: bool,
 }
 
-pub fn run(ctx: &Ctx, args: MetricsArgs) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, args: MetricsArgs) -> Result<u8> {
     let snap = if args.live {
         crate::daemons::metrics::snapshot(&ctx.store()?, &SystemClock)?
     } else {
@@ -37,10 +37,8 @@ fn opt(v: Option<f64>, unit: &str) -> String {
 }
 
 fn print_text(s: &Snapshot, live: bool) {
-    let age = parse_ts(&s.timestamp)
-        .map(|t| format!(" ({} ago)", human_duration((chrono::Utc::now() - t).num_seconds())))
-        .unwrap_or_default();
-    println!("Metrics snapshot {}{}{age}", crate::base::text::safe(&s.timestamp), if live { " (live)" } else { "" });
+    let age = format!(" ({} ago)", human_duration((chrono::Utc::now() - s.timestamp).num_seconds()));
+    println!("Metrics snapshot {}{}{age}", format_ts(s.timestamp), if live { " (live)" } else { "" });
     let w = &s.workers;
     println!(
         "Workers:    active {}, completed {}, failed {}, zombies killed {}, success rate {}",

@@ -97,7 +97,7 @@ pub enum Command {
     Scheduler(scheduler::SchedulerCommand),
     /// List dispatch records (one per attempt of a task).
     Dispatches(dispatches::DispatchesArgs),
-    /// Tasks: add, list, show, cancel, retry, report-usage.
+    /// Tasks: add, list, show, cancel, retry, report-usage, seal-archive.
     #[command(subcommand)]
     Task(task::TaskCommand),
     /// Start daemons (all enabled ones, or those named) detached; wait until each is ready.

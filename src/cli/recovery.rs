@@ -6,7 +6,7 @@ use crate::base::error::{Error, Result};
 use crate::base::text::{safe, safe_path};
 use std::time::Duration;
 
-pub fn repair(ctx: &Ctx, dry_run: bool) -> Result<u8> {
+pub(super) fn repair(ctx: &Ctx, dry_run: bool) -> Result<u8> {
     let store = lenient_store(ctx, &lenient_config(ctx));
     let r = crate::ops::recovery::repair::repair(&store, dry_run)?;
     let unfixed = r.actions.iter().filter(|a| !a.fixed).count();
@@ -32,7 +32,7 @@ pub fn repair(ctx: &Ctx, dry_run: bool) -> Result<u8> {
     Ok(if unfixed > 0 { 1 } else { 0 })
 }
 
-pub fn recover_stale(ctx: &Ctx, older_than: &str, dry_run: bool) -> Result<u8> {
+pub(super) fn recover_stale(ctx: &Ctx, older_than: &str, dry_run: bool) -> Result<u8> {
     let limit = crate::base::clock::parse_duration(older_than)
         .map_err(|e| Error::Config { path: None, detail: format!("--older-than: {e}") })?;
     let config = lenient_config(ctx);
@@ -68,7 +68,7 @@ pub fn recover_stale(ctx: &Ctx, older_than: &str, dry_run: bool) -> Result<u8> {
     Ok(0)
 }
 
-pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
+pub(super) fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
     if !yes {
         return Err(Error::refused(crate::ops::recovery::reset::EXPLANATION));
     }
@@ -101,7 +101,7 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<u8> {
     Ok(0)
 }
 
-pub fn restore_defaults(ctx: &Ctx, file: Option<&str>) -> Result<u8> {
+pub(super) fn restore_defaults(ctx: &Ctx, file: Option<&str>) -> Result<u8> {
     let store = lenient_store(ctx, &lenient_config(ctx));
     let done = crate::ops::recovery::defaults::restore_defaults(&store, file)?;
     if ctx.json {

@@ -1,13 +1,13 @@
 //! `cortex schedule add | list | show | pause | resume | remove | run-now`: recurring tasks on
 //! cron or interval schedules (`crate::domain::schedule`).
 
+use super::task::TaskFlags;
 use super::{Ctx, print_json};
-use crate::base::clock::SystemClock;
+use crate::base::clock::{SystemClock, format_ts, format_ts_or};
 use crate::base::error::Result;
 use crate::base::text::{safe, safe_or, shell_words};
 use crate::domain::schedule::{self, MisfirePolicy, NewSchedule, ScheduleView, TaskTemplate};
 use crate::domain::scheduler_state::{Actor, local_user};
-use crate::domain::task::Priority;
 use crate::store::pidfile::{self, PidStatus};
 use clap::{Args, Subcommand};
 use std::borrow::Cow;
@@ -15,6 +15,13 @@ use std::borrow::Cow;
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
     /// Add a schedule: `--name N (--cron EXPR | --every DUR) [options] -- COMMAND...`.
+    #[command(
+        mut_arg("priority", |a| a.help(None::<&str>)),
+        mut_arg("worker_type", |a| a.help("Worker type (default: routed like `cortex task add`)")),
+        mut_arg("budget", |a| a.help("Token budget per run (default: the worker type's)")),
+        mut_arg("max_attempts", |a| a.help("Attempts per run (default: [retry] max_attempts)")),
+        mut_arg("command", |a| a.help("The command each run executes (after `--`)"))
+    )]
     Add(AddArgs),
     /// List schedules with their next run (in the schedule's zone and in UTC).
     List {
@@ -62,27 +69,15 @@ pub struct AddArgs {
     /// Task description (default: "schedule NAME").
     #[arg(long)]
     description: Option<String>,
-    #[arg(long, default_value = "medium")]
-    priority: Priority,
-    /// Worker type (default: routed like `cortex task add`).
-    #[arg(long = "type", value_name = "WORKER_TYPE")]
-    worker_type: Option<String>,
-    /// Token budget per run (default: the worker type's).
-    #[arg(long)]
-    budget: Option<u64>,
-    /// Attempts per run (default: [retry] max_attempts).
-    #[arg(long)]
-    max_attempts: Option<u32>,
-    /// The command each run executes (after `--`).
-    #[arg(last = true, value_name = "COMMAND")]
-    command: Vec<String>,
+    #[command(flatten)]
+    task: TaskFlags,
 }
 
 fn actor() -> Actor {
     Actor { who: local_user(), from: "cli".into() }
 }
 
-pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
     let store = ctx.store()?;
     let clock = SystemClock;
     match cmd {
@@ -97,11 +92,11 @@ pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
                 max_instances: a.max_instances,
                 task: TaskTemplate {
                     description,
-                    priority: a.priority,
-                    worker_type: a.worker_type,
-                    command: a.command,
-                    budget: a.budget,
-                    max_attempts: a.max_attempts,
+                    priority: a.task.priority,
+                    worker_type: a.task.worker_type,
+                    command: a.task.command,
+                    budget: a.task.budget,
+                    max_attempts: a.task.max_attempts,
                 },
             };
             let added = schedule::add(&store, &clock, new, &actor())?;
@@ -116,7 +111,7 @@ pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
                     safe(&view.schedule.expression_label()),
                     safe(&view.effective_timezone),
                     safe_or(view.next_run_local.as_deref(), "-"),
-                    safe_or(view.schedule.next_run_at.as_deref(), "-")
+                    format_ts_or(view.schedule.next_run_at, "-")
                 );
                 if view.schedule.misfire_policy == MisfirePolicy::RunAll && view.schedule.max_instances == 1 {
                     println!(
@@ -169,13 +164,13 @@ pub fn run(ctx: &Ctx, cmd: ScheduleCommand) -> Result<u8> {
         ScheduleCommand::RunNow { id } => {
             let (s, req) = schedule::request_run(&store, &clock, &id, &actor())?;
             let coordinator = matches!(
-                pidfile::status(&ctx.home, crate::base::daemon_name::Daemon::Coordinator.as_str())?,
+                pidfile::status(&ctx.home, crate::base::daemon_name::Daemon::Coordinator)?,
                 PidStatus::Running(_)
             );
             if ctx.json {
                 print_json(&serde_json::json!({
                     "schedule_id": s.schedule_id, "name": s.name, "task_id": req.task_id,
-                    "requested_at": req.requested_at, "coordinator_running": coordinator,
+                    "requested_at": format_ts(req.requested_at), "coordinator_running": coordinator,
                 }));
             } else {
                 println!(
@@ -208,7 +203,7 @@ fn print_change(ctx: &Ctx, c: &schedule::Change) {
     } else {
         println!("{}: {} ({})", safe(&c.message), safe(&c.schedule.schedule_id), safe(&c.schedule.name));
         if let Some(next) = &c.schedule.next_run_at {
-            println!("next run {}", safe(next));
+            println!("next run {}", format_ts(*next));
         }
     }
 }
@@ -228,8 +223,8 @@ fn print_table(views: &[ScheduleView]) {
                 safe(&v.schedule.expression_label()).into_owned(),
                 safe(&v.effective_timezone).into_owned(),
                 safe_or(v.next_run_local.as_deref(), "-").into_owned(),
-                safe_or(v.schedule.next_run_at.as_deref(), "-").into_owned(),
-                safe_or(v.schedule.last_run_at.as_deref(), "-").into_owned(),
+                format_ts_or(v.schedule.next_run_at, "-"),
+                format_ts_or(v.schedule.last_run_at, "-"),
             ]
         })
         .collect();
@@ -258,11 +253,13 @@ fn print_details(v: &ScheduleView) {
     println!("state:          {}", s.state.name());
     match &s.state {
         schedule::ScheduleState::Paused { paused_at, paused_by, reason } => {
-            println!("paused_at:      {}", safe(paused_at));
+            println!("paused_at:      {}", format_ts(*paused_at));
             println!("paused_by:      {}", opt(paused_by));
             println!("reason:         {}", opt(reason));
         }
-        schedule::ScheduleState::Archived { archived_at, .. } => println!("archived_at:    {}", safe(archived_at)),
+        schedule::ScheduleState::Archived { archived_at, .. } => {
+            println!("archived_at:    {}", format_ts(*archived_at))
+        }
         schedule::ScheduleState::Active => {}
     }
     println!("expression:     {} ({})", safe(&s.expression_label()), safe(&v.describe));
@@ -273,8 +270,13 @@ fn print_details(v: &ScheduleView) {
     );
     println!("misfire_policy: {}", s.misfire_policy.as_str());
     println!("max_instances:  {}", s.max_instances);
-    println!("next_run:       {} ({})", opt(&v.next_run_local), opt(&s.next_run_at));
-    println!("last_run:       {} ({}) task {}", opt(&v.last_run_local), opt(&s.last_run_at), opt(&s.last_task_id));
+    println!("next_run:       {} ({})", opt(&v.next_run_local), format_ts_or(s.next_run_at, "-"));
+    println!(
+        "last_run:       {} ({}) task {}",
+        opt(&v.last_run_local),
+        format_ts_or(s.last_run_at, "-"),
+        opt(&s.last_task_id)
+    );
     println!("runs:           {}", s.run_count);
     println!("task:           {} [{}]", safe(&s.task.description), s.task.priority.as_str());
     println!("  worker_type:  {}", s.task.worker_type.as_deref().map_or(Cow::Borrowed("(routed)"), safe));
@@ -294,9 +296,9 @@ fn print_details(v: &ScheduleView) {
         println!(
             "pending run:    task {} requested {} by {}",
             safe(&r.task_id),
-            safe(&r.requested_at),
+            format_ts(r.requested_at),
             opt(&r.requested_by)
         );
     }
-    println!("created:        {} by {}", safe(&s.created_at), opt(&s.created_by));
+    println!("created:        {} by {}", format_ts(s.created_at), opt(&s.created_by));
 }

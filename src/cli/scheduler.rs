@@ -3,6 +3,7 @@
 //! every daemon down (state lives in `coordination/scheduler-state.json`).
 
 use super::{Ctx, print_json};
+use crate::base::clock::{format_ts, format_ts_or};
 use crate::base::error::Result;
 use crate::base::text::{safe, safe_or};
 use crate::domain::scheduler_state::{self, Actor, local_user};
@@ -45,24 +46,24 @@ fn actor() -> Actor {
     Actor { who: local_user(), from: "cli".into() }
 }
 
-pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
     let store = ctx.store()?;
     match cmd {
         SchedulerCommand::Pause { reason } => {
             let t = scheduler_state::pause(&store, &actor(), reason.as_deref())?;
             if ctx.json {
-                print_json(&json!({"status": "success", "message": t.message, "timestamp": t.timestamp,
-                    "paused": true, "changed": t.changed, "paused_at": t.state.paused_at,
+                print_json(&json!({"status": "success", "message": t.message, "timestamp": format_ts(t.timestamp),
+                    "paused": true, "changed": t.changed, "paused_at": t.state.paused_at.map(format_ts),
                     "paused_by": t.state.paused_by, "reason": t.state.reason}));
             } else if t.changed {
                 println!(
                     "Scheduler paused at {} (running dispatches continue; `cortex scheduler resume` to resume)",
-                    safe(&t.timestamp)
+                    format_ts(t.timestamp)
                 );
             } else {
                 println!(
                     "Scheduler already paused (since {}, by {})",
-                    safe_or(t.state.paused_at.as_deref(), "?"),
+                    format_ts_or(t.state.paused_at, "?"),
                     safe_or(t.state.paused_by.as_deref(), "?")
                 );
             }
@@ -71,10 +72,10 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
         SchedulerCommand::Resume => {
             let t = scheduler_state::resume(&store, &actor())?;
             if ctx.json {
-                print_json(&json!({"status": "success", "message": t.message, "timestamp": t.timestamp,
-                    "paused": false, "changed": t.changed, "resumed_at": t.state.resumed_at}));
+                print_json(&json!({"status": "success", "message": t.message, "timestamp": format_ts(t.timestamp),
+                    "paused": false, "changed": t.changed, "resumed_at": t.state.resumed_at.map(format_ts)}));
             } else if t.changed {
-                println!("Scheduler resumed at {}", safe(&t.timestamp));
+                println!("Scheduler resumed at {}", format_ts(t.timestamp));
             } else {
                 println!("Scheduler already running");
             }
@@ -93,7 +94,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                 println!("Scheduler: unknown");
             } else if s.paused == Some(true) {
                 println!("Scheduler: paused for {}", safe_or(s.paused_duration.as_deref(), "?"));
-                println!("  paused at:   {}", safe_or(s.paused_at.as_deref(), "?"));
+                println!("  paused at:   {}", format_ts_or(s.paused_at, "?"));
                 println!(
                     "  paused by:   {} ({})",
                     safe_or(s.paused_by.as_deref(), "?"),
@@ -102,7 +103,7 @@ pub fn run(ctx: &Ctx, cmd: SchedulerCommand) -> Result<u8> {
                 println!("  reason:      {}", safe_or(s.reason.as_deref(), "-"));
             } else {
                 println!("Scheduler: running");
-                println!("  resumed at:  {}", safe_or(s.resumed_at.as_deref(), "never paused"));
+                println!("  resumed at:  {}", format_ts_or(s.resumed_at, "never paused"));
             }
             println!("  coordinator: {} (uptime {})", safe(s.coordinator), safe_or(s.uptime.as_deref(), "-"));
             println!("  last tick:   {}", safe_or(s.last_tick.as_deref(), "-"));

@@ -23,7 +23,7 @@ pub enum ConfigCommand {
     },
 }
 
-pub fn init(ctx: &Ctx) -> Result<u8> {
+pub(super) fn init(ctx: &Ctx) -> Result<u8> {
     let created = crate::store::init::init_home(&ctx.home)?;
     if ctx.json {
         let rel: Vec<_> = created.iter().map(|p| ctx.home.relative(p).display().to_string()).collect();
@@ -39,7 +39,7 @@ pub fn init(ctx: &Ctx) -> Result<u8> {
     Ok(0)
 }
 
-pub fn validate(ctx: &Ctx) -> Result<u8> {
+pub(super) fn validate(ctx: &Ctx) -> Result<u8> {
     let reports = crate::ops::validate::validate_home(&ctx.home);
     let bad = reports.iter().filter(|r| !r.is_ok()).count();
     if ctx.json {
@@ -69,14 +69,14 @@ pub fn validate(ctx: &Ctx) -> Result<u8> {
     Ok(if bad == 0 { 0 } else { 1 })
 }
 
-pub fn config(ctx: &Ctx, cmd: ConfigCommand) -> Result<u8> {
+pub(super) fn config(ctx: &Ctx, cmd: ConfigCommand) -> Result<u8> {
     match cmd {
         ConfigCommand::Check { config } => config_check(ctx, config.as_deref()),
         ConfigCommand::RestoreDefaults { file } => super::recovery::restore_defaults(ctx, file.as_deref()),
     }
 }
 
-pub fn config_check(ctx: &Ctx, config: Option<&Path>) -> Result<u8> {
+pub(super) fn config_check(ctx: &Ctx, config: Option<&Path>) -> Result<u8> {
     let path = config.map(Path::to_path_buf).unwrap_or_else(|| ctx.home.config_file());
     let check = crate::ops::validate::check_config(&ctx.home, &path);
     if ctx.json {

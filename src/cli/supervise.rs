@@ -2,6 +2,7 @@
 //! `supervisor::foreground`).
 
 use super::{Ctx, print_json};
+use crate::base::daemon_name::Daemon;
 use crate::base::error::Result;
 use crate::base::text::{safe, safe_or};
 use crate::ops::supervisor::control::{self, StopOptions};
@@ -55,7 +56,7 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-pub fn start(ctx: &Ctx, args: StartArgs) -> Result<u8> {
+pub(super) fn start(ctx: &Ctx, args: StartArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let daemons = registry::select(&config, &args.names, false)?;
     let mut results = Vec::new();
@@ -96,10 +97,10 @@ pub fn start(ctx: &Ctx, args: StartArgs) -> Result<u8> {
     Ok(if ok { 0 } else { 1 })
 }
 
-pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
+pub(super) fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let mut daemons = if args.names.is_empty() {
-        crate::base::daemon_name::ALL_NAMES.to_vec()
+        crate::base::daemon_name::Daemon::ALL.to_vec()
     } else {
         registry::select(&config, &args.names, true)?
     };
@@ -112,7 +113,7 @@ pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
     };
     // Record every intent first, so pm does not restart one daemon while another is stopping.
     for d in &daemons {
-        registry::set_stop_intent(&ctx.home, d, "cortex stop")?;
+        registry::set_stop_intent(&ctx.home, *d, "cortex stop")?;
     }
     let mut results = Vec::new();
     for d in daemons {
@@ -153,7 +154,7 @@ pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<u8> {
     Ok(if ok { 0 } else { 1 })
 }
 
-pub fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
+pub(super) fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     // Restarts are always one at a time; `--rolling` names the runbook's form for all daemons.
     let daemons = registry::select(&config, &args.names, false)?;
@@ -179,13 +180,16 @@ pub fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
         }
     });
     let ok = steps.len() == daemons.len() && steps.iter().all(|s| s.ok);
-    let skipped: Vec<&str> = daemons.iter().skip(steps.len()).copied().collect();
+    let skipped: Vec<Daemon> = daemons.iter().skip(steps.len()).copied().collect();
     if json {
         print_json(&serde_json::json!({"ok": ok, "steps": steps, "not_restarted": skipped}));
     } else if ok {
         println!("Rolling restart complete ({} daemons)", steps.len());
     } else if !skipped.is_empty() {
-        println!("Stopped at the first failure; not restarted (still running): {}", skipped.join(", "));
+        println!(
+            "Stopped at the first failure; not restarted (still running): {}",
+            skipped.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+        );
     }
     Ok(if ok { 0 } else { 1 })
 }
@@ -193,7 +197,7 @@ pub fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
 /// `cortex status`: never fails on a bad coordination file. What runs is counted from the
 /// dispatch records; a file that cannot be read is named (`errors`, a `Problem:` line) and makes
 /// the exit status 1, like a daemon that is down.
-pub fn status(ctx: &Ctx) -> Result<u8> {
+pub(super) fn status(ctx: &Ctx) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let ov = status::overview(&ctx.home, &config);
     let store = crate::store::Store::new(ctx.home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli");
@@ -235,7 +239,7 @@ pub fn status(ctx: &Ctx) -> Result<u8> {
     Ok(if healthy { 0 } else { 1 })
 }
 
-pub fn health_check(ctx: &Ctx, args: HealthArgs) -> Result<u8> {
+pub(super) fn health_check(ctx: &Ctx, args: HealthArgs) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let mut ov = status::overview(&ctx.home, &config);
     let mut fixed = Vec::new();
@@ -264,9 +268,9 @@ pub fn health_check(ctx: &Ctx, args: HealthArgs) -> Result<u8> {
                     kill_tasks: false,
                     record_intent: false,
                 };
-                control::stop_one(&ctx.home, &config, &d.name, opts);
+                control::stop_one(&ctx.home, &config, d.name, opts);
             }
-            let r = control::start_one(&ctx.home, &config, &d.name);
+            let r = control::start_one(&ctx.home, &config, d.name);
             if !ctx.json && !r.ok() {
                 println!("  {}: {}", d.name, safe_or(r.error.as_deref(), "failed"));
             }

@@ -2,13 +2,13 @@
 //! `task::ops`, the code path the HTTP API shares.
 
 use super::{Ctx, print_json};
-use crate::base::clock::parse_duration;
+use crate::base::clock::{format_ts, parse_duration};
 use crate::base::error::{Error, Result};
 use crate::base::text::{safe, shell_words};
 use crate::domain::task::model::{Priority, Task, TaskStatus};
 use crate::domain::task::ops::{self, NewTask, TaskFilter};
 use crate::domain::task::worker_types::ExecutorKind;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -16,17 +16,8 @@ pub enum TaskCommand {
     Add {
         #[arg(long)]
         description: String,
-        /// low, medium, high or critical.
-        #[arg(long, default_value = "medium")]
-        priority: Priority,
-        /// The worker type (skips routing).
-        #[arg(long = "type", value_name = "WORKER_TYPE")]
-        worker_type: Option<String>,
-        /// Tokens reserved per attempt (default: the worker type's default_budget).
-        #[arg(long)]
-        budget: Option<u64>,
-        #[arg(long)]
-        max_attempts: Option<u32>,
+        #[command(flatten)]
+        task: TaskFlags,
         /// Stop the task after this long (e.g. 90s, 15m; default: the worker type's default_duration).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
@@ -46,11 +37,9 @@ pub enum TaskCommand {
         /// cpus=, memory=, gres=, extra= (one more sbatch argument). Repeatable.
         #[arg(long = "slurm-opt", value_name = "KEY=VALUE")]
         slurm_opt: Vec<String>,
-        /// The command to run instead of the worker type's template: `-- COMMAND ARGS...`.
-        #[arg(last = true, value_name = "COMMAND")]
-        command: Vec<String>,
     },
-    /// List tasks (live queue; --all adds finished tasks from the archive).
+    /// List tasks (the live queue, oldest first; --all adds finished tasks from the archive, all in
+    /// task id order, paged with --limit and --after-id).
     List {
         #[arg(long)]
         status: Option<TaskStatus>,
@@ -58,6 +47,12 @@ pub enum TaskCommand {
         worker_type: Option<String>,
         #[arg(long)]
         all: bool,
+        /// Only tasks listed after this task id (the last id of the previous page).
+        #[arg(long, value_name = "TASK_ID")]
+        after_id: Option<String>,
+        /// At most this many tasks.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Show one task (queue, intake or archive) and its dispatches.
     Show { task_id: String },
@@ -77,6 +72,30 @@ pub enum TaskCommand {
         dispatch: Option<String>,
         tokens: u64,
     },
+    /// Seal the archive's active file now into `task-archive/` with its index (the coordinator
+    /// does it on its own past `[archive] segment_bytes`), applying `[archive] keep_segments`.
+    SealArchive,
+}
+
+/// The flags `cortex task add` and `cortex schedule add` share: how the task (or each scheduled
+/// run's task) is routed, prioritised, budgeted and retried, and its command. Declared once; the
+/// help texts are the task's (`schedule add` words its own with `mut_arg`).
+#[derive(Debug, Args)]
+pub struct TaskFlags {
+    /// low, medium, high or critical.
+    #[arg(long, default_value = "medium")]
+    pub priority: Priority,
+    /// The worker type (skips routing).
+    #[arg(long = "type", value_name = "WORKER_TYPE")]
+    pub worker_type: Option<String>,
+    /// Tokens reserved per attempt (default: the worker type's default_budget).
+    #[arg(long)]
+    pub budget: Option<u64>,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// The command to run instead of the worker type's template: `-- COMMAND ARGS...`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 fn duration_secs(flag: &str, s: &Option<String>) -> Result<Option<f64>> {
@@ -92,7 +111,7 @@ fn duration_secs(flag: &str, s: &Option<String>) -> Result<Option<f64>> {
 fn print_task_line(t: &Task) {
     let extra = match (t.waiting_reason(), t.next_retry_at(), &t.result) {
         (Some(w), _, _) => format!("waiting: {w}"),
-        (None, Some(at), _) => format!("retry at {at}"),
+        (None, Some(at), _) => format!("retry at {}", format_ts(at)),
         (None, None, Some(r)) if t.status().is_terminal() => ops::result_summary(r),
         _ => String::new(),
     };
@@ -117,24 +136,12 @@ fn parse_executor(s: &str) -> std::result::Result<ExecutorKind, String> {
     }
 }
 
-pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
+pub(super) fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
     let store = ctx.store()?;
     let actor = crate::domain::scheduler_state::local_user();
     match cmd {
-        TaskCommand::Add {
-            description,
-            priority,
-            worker_type,
-            budget,
-            max_attempts,
-            timeout,
-            after,
-            delay,
-            repo,
-            executor,
-            slurm_opt,
-            command,
-        } => {
+        TaskCommand::Add { description, task, timeout, after, delay, repo, executor, slurm_opt } => {
+            let TaskFlags { priority, worker_type, budget, max_attempts, command } = task;
             let new = NewTask {
                 executor,
                 slurm_opts: slurm_opt,
@@ -160,8 +167,9 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        TaskCommand::List { status, worker_type, all } => {
-            let tasks = ops::list_tasks(&store, &TaskFilter { status, worker_type, include_archive: all })?;
+        TaskCommand::List { status, worker_type, all, after_id, limit } => {
+            let filter = TaskFilter { status, worker_type, include_archive: all, after_id, limit };
+            let tasks = ops::list_tasks(&store, &filter)?;
             if ctx.json {
                 print_json(&serde_json::json!({"count": tasks.len(), "tasks": tasks}));
             } else if tasks.is_empty() {
@@ -203,7 +211,7 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                         r.attempt,
                         r.status().as_str(),
                         bucket.dir_name(),
-                        r.state.ended_at().map(|e| format!(" ended {}", safe(e))).unwrap_or_default()
+                        r.state.ended_at().map(|e| format!(" ended {}", format_ts(e))).unwrap_or_default()
                     );
                     if let crate::domain::task::model::DispatchState::Slurm { job_id, job_state, reason, .. } = &r.state
                     {
@@ -270,6 +278,25 @@ pub fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                 );
             } else {
                 println!("Recorded {tokens} tokens for dispatch {}", safe(&rec.dispatch_id));
+            }
+            Ok(0)
+        }
+        TaskCommand::SealArchive => {
+            let config = crate::store::config::Config::load(store.home())?;
+            let sealed = ops::seal_archive(&store, config.archive.keep_segments)?;
+            match sealed {
+                Some(s) if ctx.json => print_json(&serde_json::json!({
+                    "segment": s.segment, "tasks": s.tasks, "bytes": s.bytes, "removed": s.removed,
+                })),
+                Some(s) => println!(
+                    "Sealed the archive into segment {} ({} tasks, {} bytes); {} old segment(s) removed",
+                    s.segment,
+                    s.tasks,
+                    s.bytes,
+                    s.removed.len()
+                ),
+                None if ctx.json => print_json(&serde_json::json!({"segment": null})),
+                None => println!("Nothing to seal: the archive's active file is empty."),
             }
             Ok(0)
         }

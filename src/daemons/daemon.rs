@@ -4,7 +4,7 @@
 //! should wake it (signals, file changes, child exits, messages from its own threads, or its next
 //! deadline) — no fixed sleeps (invariant 5).
 
-use crate::base::clock::{Timestamp, format_ts};
+use crate::base::clock::Timestamp;
 use crate::base::daemon_name::Daemon;
 use crate::base::error::{Error, Result};
 use crate::base::wake::Wake;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// What a running daemon has at hand.
 pub struct DaemonContext {
-    pub name: &'static str,
+    pub daemon: Daemon,
     pub home: Home,
     pub config: Config,
     pub store: Store,
@@ -33,7 +33,7 @@ pub struct DaemonContext {
     next_mark: Instant,
     mark_every: Duration,
     stopping: bool,
-    _watchers: Vec<notify::RecommendedWatcher>,
+    _watchers: Vec<crate::base::watch::Watcher>,
     /// Held for the daemon's life; taken out only to be released last, after the log.
     pidfile: Option<PidFile>,
     /// When to check next that `run/<name>.pid` still names the locked file.
@@ -55,40 +55,41 @@ impl DaemonContext {
     }
 
     /// Wakes the loop whenever something under one of `paths` changes (recursively for
-    /// directories). Changes to our own temporary and lock files are ignored.
+    /// directories; [`crate::base::watch`]: changes only, never reads). Changes to our own temporary
+    /// and lock files are ignored.
     pub fn watch(&mut self, paths: &[PathBuf]) -> Result<()> {
-        use notify::{RecursiveMode, Watcher};
-        let tx = self.tx.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if matches!(ev.kind, notify::EventKind::Access(_)) {
-                    return;
-                }
-                for p in ev.paths {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    if crate::store::atomic::is_temp_name(name) || name.ends_with(".lock") {
-                        continue;
-                    }
-                    let _ = tx.send(Wake::Changed(p));
-                }
-            }
-        })?;
+        self.watch_at(paths, crate::base::watch::Depth::Recursive)
+    }
+
+    /// [`DaemonContext::watch`] of directories' own entries only (pm: `run/`, not the
+    /// dispatches' heartbeat files below it).
+    pub fn watch_flat(&mut self, paths: &[PathBuf]) -> Result<()> {
+        self.watch_at(paths, crate::base::watch::Depth::Flat)
+    }
+
+    fn watch_at(&mut self, paths: &[PathBuf], depth: crate::base::watch::Depth) -> Result<()> {
         for p in paths {
             crate::store::atomic::create_dir_all(if p.is_dir() || p.extension().is_none() {
                 p
             } else {
                 p.parent().unwrap_or(p)
             })?;
-            let mode = if p.is_dir() { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
-            watcher.watch(p, mode).map_err(|e| Error::watch(p, e))?;
         }
+        let tx = self.tx.clone();
+        let watcher = crate::base::watch::watch(paths, depth, move |p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if crate::store::atomic::is_temp_name(name) || name.ends_with(".lock") {
+                return true;
+            }
+            tx.send(Wake::Changed(p)).is_ok()
+        })?;
         self._watchers.push(watcher);
         Ok(())
     }
 
     /// Records that the daemon is ready (its loop is about to run); `cortex start` waits for it.
     pub fn mark_ready(&mut self) -> Result<()> {
-        if test_hook(TEST_NEVER_READY, self.name) {
+        if test_hook(TEST_NEVER_READY, self.daemon.as_str()) {
             return Ok(());
         }
         self.ready_at = Some(chrono::Utc::now());
@@ -97,19 +98,19 @@ impl DaemonContext {
 
     fn write_mark(&mut self) -> Result<()> {
         let mark = DaemonMark {
-            name: self.name.to_string(),
+            name: self.daemon.to_string(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: format_ts(self.started_at),
-            ready_at: self.ready_at.map(format_ts),
-            heartbeat_at: crate::base::clock::now_string(),
-            last_loop_at: format_ts(self.last_loop_at),
+            started_at: self.started_at,
+            ready_at: self.ready_at,
+            heartbeat_at: crate::base::clock::now(),
+            last_loop_at: self.last_loop_at,
         };
         let bytes = serde_json::to_vec(&mark)?;
-        crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.name), &bytes)?;
+        crate::store::atomic::write_replace_volatile(&self.home.daemon_mark(self.daemon), &bytes)?;
         self.next_mark = Instant::now() + self.mark_every;
         // Writes work again: report any that failed for lack of space meanwhile.
-        crate::store::events::record_outage(&self.home, self.name);
+        crate::store::events::record_outage(&self.home, self.daemon.as_str());
         Ok(())
     }
 
@@ -205,7 +206,7 @@ pub fn test_hook(var: &str, daemon: &str) -> bool {
 fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
     use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
-        .map_err(|e| Error::other(format!("cannot install signal handlers: {e}")))?;
+        .map_err(|e| Error::system("install signal handlers", e))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -221,7 +222,7 @@ fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
                 }
             }
         })
-        .map_err(|e| Error::other(format!("cannot start the signal thread: {e}")))?;
+        .map_err(|e| Error::system("start the signal thread", e))?;
     Ok(())
 }
 
@@ -230,7 +231,7 @@ fn spawn_signal_thread(tx: Sender<Wake>, ignore_sigterm: bool) -> Result<()> {
 pub fn run(daemon: Daemon, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> std::process::ExitCode {
     let name = daemon.as_str();
     let args = DaemonArgs::parse_env();
-    match run_inner(name, args, body) {
+    match run_inner(daemon, args, body) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The log has already recorded it (`run_inner` logs while its log guard lives; after
@@ -272,13 +273,14 @@ impl DaemonArgs {
     }
 }
 
-fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> Result<()> {
+fn run_inner(daemon: Daemon, args: DaemonArgs, body: impl FnOnce(&mut DaemonContext) -> Result<()>) -> Result<()> {
+    let name = daemon.as_str();
     let home = Home::resolve(args.home.as_deref())?;
     let config = Config::load(&home)?;
-    let pidfile = PidFile::acquire(&home, name, Duration::from_millis(500))?;
+    let pidfile = PidFile::acquire(&home, daemon, Duration::from_millis(500))?;
     let max_size = parse_size(&config.logs.max_size).unwrap_or(10 * 1024 * 1024);
     let log = crate::daemons::tracing_setup::init_daemon(
-        &home.daemon_log(name),
+        &home.daemon_log(daemon),
         &config.logs.level,
         max_size,
         config.logs.keep,
@@ -297,7 +299,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
     }
     let now = chrono::Utc::now();
     let mut ctx = DaemonContext {
-        name,
+        daemon,
         home: home.clone(),
         mark_every: Duration::from_secs(config.daemons.heartbeat_interval_seconds.max(1)),
         config,
@@ -343,7 +345,7 @@ fn run_inner(name: &'static str, args: DaemonArgs, body: impl FnOnce(&mut Daemon
             );
         }
     }
-    let _ = std::fs::remove_file(home.daemon_mark(name));
+    let _ = std::fs::remove_file(home.daemon_mark(daemon));
     let pidfile = ctx.pidfile.take();
     drop(ctx);
     drop(log);

@@ -13,5 +13,5 @@ pub mod integration;
 pub mod metrics;
 pub mod pm;
 pub mod slurm;
-pub mod tracing_setup;
+pub(crate) mod tracing_setup;
 pub mod worker;

@@ -1,5 +1,5 @@
 //! The pm (process manager) daemon: keeps the other daemons of its home alive with the restart
-//! [`Engine`](crate::ops::supervisor::engine::Engine). It wakes when a daemon's PID-file lock is
+//! [`Engine`]. It wakes when a daemon's PID-file lock is
 //! released (the daemon died), when something under `run/` changes (a daemon became ready), and
 //! at its next restart or hung-check deadline; it never polls.
 
@@ -9,7 +9,7 @@ use crate::{base::wake::Wake, daemons::daemon::DaemonContext};
 
 pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let run_dir = ctx.home.run_dir();
-    ctx.watch(&[run_dir])?;
+    ctx.watch_flat(&[run_dir])?;
     let mut engine = Engine::new(ctx.home.clone(), ctx.config.clone(), Mode::Pm, ctx.waker());
     engine.observe();
     ctx.mark_ready()?;

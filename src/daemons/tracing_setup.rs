@@ -7,14 +7,14 @@ use crate::store::rotation::LogFile;
 use std::path::Path;
 
 /// Keeps the non-blocking writer's worker alive; dropping it flushes pending lines.
-pub struct LogGuard {
+pub(crate) struct LogGuard {
     _guard: tracing_appender::non_blocking::WorkerGuard,
     pub file: LogFile,
 }
 
 /// Sets up `tracing` for a daemon: lines go to its log file through a non-blocking writer that
 /// never drops lines (it applies backpressure instead).
-pub fn init_daemon(path: &Path, level: &str, max_size: u64, keep: u32) -> Result<LogGuard> {
+pub(crate) fn init_daemon(path: &Path, level: &str, max_size: u64, keep: u32) -> Result<LogGuard> {
     let file = LogFile::open(path, max_size, keep)?;
     let (writer, guard) =
         tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(file.clone());
@@ -34,13 +34,13 @@ pub fn init_daemon(path: &Path, level: &str, max_size: u64, keep: u32) -> Result
 /// Whether the CLI's diagnostics on stderr may carry colour codes: only on a terminal, and not
 /// when `NO_COLOR` is set to anything (<https://no-color.org>). `cortex run` under systemd, cron
 /// or a pipe writes plain text.
-pub fn cli_colour() -> bool {
+pub(crate) fn cli_colour() -> bool {
     use std::io::IsTerminal;
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
 /// Sets up `tracing` for the CLI: warnings and errors to stderr (coloured only per [`cli_colour`]).
-pub fn init_cli() {
+pub(crate) fn init_cli() {
     let filter = std::env::var("CORTEX_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

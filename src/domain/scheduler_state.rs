@@ -4,7 +4,7 @@
 //! batch of pauses and resumes with one lock, one read and one durable write (group commit: the
 //! api daemon's committer thread batches concurrent requests this way).
 
-use crate::base::clock::now_string;
+use crate::base::clock::{Timestamp, format_ts};
 use crate::base::error::{Error, Result};
 use crate::store::events::{EventKind, Severity};
 use crate::store::files::{self, CoordFile};
@@ -24,10 +24,10 @@ pub struct SchedulerState {
     pub state: RunState,
     #[serde(default)]
     pub paused: bool,
-    #[serde(default)]
-    pub paused_at: Option<String>,
-    #[serde(default)]
-    pub resumed_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub paused_at: Option<Timestamp>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub resumed_at: Option<Timestamp>,
     #[serde(default)]
     pub paused_by: Option<String>,
     /// Where the pause came from (`cli`, `api 127.0.0.1:51234`, `failure-pattern`).
@@ -35,8 +35,8 @@ pub struct SchedulerState {
     pub paused_from: Option<String>,
     #[serde(default)]
     pub reason: Option<String>,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
 }
 
 impl Document for SchedulerState {
@@ -55,7 +55,8 @@ pub struct Transition {
     /// False when the scheduler already was in the asked-for state (nothing changed).
     pub changed: bool,
     pub message: String,
-    pub timestamp: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub timestamp: Timestamp,
     pub paused: bool,
     pub state: SchedulerState,
 }
@@ -81,7 +82,7 @@ impl Request {
     }
 
     /// Applies this request to `s` (in memory) at `now` and says what happened.
-    fn apply_to(&self, s: &mut SchedulerState, now: String) -> Transition {
+    fn apply_to(&self, s: &mut SchedulerState, now: Timestamp) -> Transition {
         match self {
             Request::Pause { .. } if s.is_paused() => Transition {
                 changed: false,
@@ -93,11 +94,11 @@ impl Request {
             Request::Pause { actor, reason } => {
                 s.state = RunState::Paused;
                 s.paused = true;
-                s.paused_at = Some(now.clone());
+                s.paused_at = Some(now);
                 s.paused_by = Some(actor.who.clone());
                 s.paused_from = Some(actor.from.clone());
                 s.reason = reason.clone();
-                s.updated_at = Some(now.clone());
+                s.updated_at = Some(now);
                 Transition {
                     changed: true,
                     message: "Scheduler paused".into(),
@@ -116,8 +117,8 @@ impl Request {
             Request::Resume { .. } => {
                 s.state = RunState::Running;
                 s.paused = false;
-                s.resumed_at = Some(now.clone());
-                s.updated_at = Some(now.clone());
+                s.resumed_at = Some(now);
+                s.updated_at = Some(now);
                 Transition {
                     changed: true,
                     message: "Scheduler resumed".into(),
@@ -141,13 +142,13 @@ impl Request {
                     actor.from,
                     reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
                 ),
-                serde_json::json!({"paused_by": actor.who, "from": actor.from, "reason": reason, "paused_at": t.timestamp}),
+                serde_json::json!({"paused_by": actor.who, "from": actor.from, "reason": reason, "paused_at": format_ts(t.timestamp)}),
             ),
             Request::Resume { actor } => store.event(
                 EventKind::SchedulerResumed,
                 Severity::Info,
                 format!("Scheduler resumed by {} from {}", actor.who, actor.from),
-                serde_json::json!({"resumed_by": actor.who, "from": actor.from, "resumed_at": t.timestamp, "paused_at": t.state.paused_at}),
+                serde_json::json!({"resumed_by": actor.who, "from": actor.from, "resumed_at": format_ts(t.timestamp), "paused_at": t.state.paused_at.map(format_ts)}),
             ),
         }
     }
@@ -163,7 +164,7 @@ pub fn answer_unchanged(store: &Store, request: &Request) -> Option<Transition> 
     if current.is_paused() != request.wants_paused() {
         return None;
     }
-    let t = request.apply_to(&mut current, now_string());
+    let t = request.apply_to(&mut current, crate::base::clock::now());
     (!t.changed).then_some(t)
 }
 
@@ -184,7 +185,7 @@ pub fn apply(store: &Store, requests: &[Request]) -> Vec<Result<Transition>> {
     if let Ok(Some(current)) = store.load_existing::<SchedulerState>()
         && requests.iter().all(|r| r.wants_paused() == current.is_paused())
     {
-        return requests.iter().map(|r| Ok(r.apply_to(&mut current.clone(), now_string()))).collect();
+        return requests.iter().map(|r| Ok(r.apply_to(&mut current.clone(), crate::base::clock::now()))).collect();
     }
     let transitions = match commit(store, requests) {
         Ok(t) => t,
@@ -207,7 +208,8 @@ pub fn apply(store: &Store, requests: &[Request]) -> Vec<Result<Transition>> {
 fn commit(store: &Store, requests: &[Request]) -> Result<Vec<Transition>> {
     let guard = store.lock(files::SCHEDULER_STATE)?;
     let mut state: SchedulerState = store.load()?;
-    let transitions: Vec<Transition> = requests.iter().map(|r| r.apply_to(&mut state, now_string())).collect();
+    let transitions: Vec<Transition> =
+        requests.iter().map(|r| r.apply_to(&mut state, crate::base::clock::now())).collect();
     if transitions.iter().any(|t| t.changed) {
         store.write_locked(&guard, &state)?;
     }
@@ -241,6 +243,15 @@ fn same_error(e: &Error) -> Error {
         // A serde_json error is not `Clone`: keep its text.
         Error::Encode { what, source } => Error::Other(format!("cannot encode {what}: {source}")),
         Error::Watch { .. } => Error::Other(e.to_string()),
+        Error::System { action, source, hint } => Error::System {
+            action: action.clone(),
+            source: match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            },
+            hint,
+        },
+        Error::Unusable { path, problem } => Error::Unusable { path: path.clone(), problem: problem.clone() },
         Error::Config { path, detail } => Error::Config { path: path.clone(), detail: detail.clone() },
         Error::Refused(m) => Error::Refused(m.clone()),
         Error::Other(m) => Error::Other(m.clone()),
@@ -338,11 +349,11 @@ mod tests {
         assert_eq!(results.iter().map(|t| t.changed).collect::<Vec<_>>(), [true, false, true, false, true]);
         assert_eq!(results.iter().map(|t| t.paused).collect::<Vec<_>>(), [true, true, false, false, true]);
         // Each has its own timestamp, in order; an unchanged answer shows the state it met.
-        let stamps: Vec<_> = results.iter().map(|t| crate::base::clock::parse_ts(&t.timestamp).unwrap()).collect();
+        let stamps: Vec<_> = results.iter().map(|t| t.timestamp).collect();
         assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
-        assert_eq!(results[1].state.paused_at.as_deref(), Some(results[0].timestamp.as_str()));
+        assert_eq!(results[1].state.paused_at, Some(results[0].timestamp));
         assert_eq!(results[1].state.paused_by.as_deref(), Some("a"));
-        assert_eq!(results[2].state.resumed_at.as_deref(), Some(results[2].timestamp.as_str()));
+        assert_eq!(results[2].state.resumed_at, Some(results[2].timestamp));
 
         // One write: the file was replaced once (one new inode), and holds the last change.
         let after = identity(&store);
@@ -352,8 +363,8 @@ mod tests {
         assert!(on_disk.is_paused());
         assert_eq!(on_disk.paused_by.as_deref(), Some("e"));
         assert_eq!(on_disk.reason.as_deref(), Some("last"));
-        assert_eq!(on_disk.paused_at.as_deref(), Some(results[4].timestamp.as_str()));
-        assert_eq!(on_disk.resumed_at.as_deref(), Some(results[2].timestamp.as_str()));
+        assert_eq!(on_disk.paused_at, Some(results[4].timestamp));
+        assert_eq!(on_disk.resumed_at, Some(results[2].timestamp));
         let tmp_files = std::fs::read_dir(store.path(files::SCHEDULER_STATE).parent().unwrap())
             .unwrap()
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp"))
@@ -378,9 +389,9 @@ mod tests {
                 ("scheduler_paused".to_string(), "e".to_string())
             ]
         );
-        assert_eq!(new_events[0].data["paused_at"], results[0].timestamp.as_str());
-        assert_eq!(new_events[1].data["resumed_at"], results[2].timestamp.as_str());
-        assert_eq!(new_events[1].data["paused_at"], results[0].timestamp.as_str());
+        assert_eq!(new_events[0].data["paused_at"], format_ts(results[0].timestamp));
+        assert_eq!(new_events[1].data["resumed_at"], format_ts(results[2].timestamp));
+        assert_eq!(new_events[1].data["paused_at"], format_ts(results[0].timestamp));
         assert_eq!(new_events[2].data["reason"], "last");
     }
 

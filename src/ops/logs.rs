@@ -3,18 +3,18 @@
 //! rotations). Rotation is the one in [`crate::daemons::tracing_setup`], under the same lock the daemons take
 //! when they rotate their own log, so the two never interleave.
 
-use crate::base::daemon_name::{ALL_NAMES, Daemon};
+use crate::base::daemon_name::Daemon;
 use crate::base::error::{Error, Result};
 use crate::store::home::Home;
 use crate::store::pidfile::{self, PidStatus};
-use crate::{store::rotation::compress_rotated, store::rotation::rotate_file};
+use crate::store::rotation::{compress_rotated, rotate_file};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The running daemon of this home that writes `log`, if any.
-fn writer_of(home: &Home, log: &Path) -> Option<(&'static str, u32)> {
-    ALL_NAMES.into_iter().find(|d| home.daemon_log(d) == log).and_then(|d| match pidfile::status(home, d) {
+fn writer_of(home: &Home, log: &Path) -> Option<(Daemon, u32)> {
+    Daemon::ALL.into_iter().find(|d| home.daemon_log(*d) == log).and_then(|d| match pidfile::status(home, d) {
         Ok(PidStatus::Running(pid)) if pid != 0 => Some((d, pid)),
         _ => None,
     })
@@ -37,7 +37,7 @@ fn open_paths(pid: u32) -> impl Iterator<Item = std::path::PathBuf> {
 
 /// The outcome of rotating one log.
 #[derive(Debug, Clone, Serialize)]
-pub struct Rotated {
+pub(crate) struct Rotated {
     pub file: String,
     pub size: u64,
     /// The daemon that was told to reopen, and whether it did within the deadline.
@@ -49,7 +49,7 @@ pub struct Rotated {
 }
 
 /// The `*.log` files in `agents/logs/system/`.
-pub fn system_logs(home: &Home) -> Vec<PathBuf> {
+pub(crate) fn system_logs(home: &Home) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(home.system_logs())
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "log")).collect()
@@ -63,7 +63,7 @@ pub fn system_logs(home: &Home) -> Vec<PathBuf> {
 /// shift, copies from `.2` on are gzipped, copies beyond `keep` are deleted, and the daemon that
 /// writes it gets SIGHUP; waits (up to `reopen_timeout`) until it has reopened, so the next
 /// rotation cannot compress a file still being written.
-pub fn rotate(home: &Home, max_size: u64, keep: u32, reopen_timeout: Duration) -> Result<Vec<Rotated>> {
+pub(crate) fn rotate(home: &Home, max_size: u64, keep: u32, reopen_timeout: Duration) -> Result<Vec<Rotated>> {
     let mut out = Vec::new();
     for log in system_logs(home) {
         let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
@@ -104,7 +104,7 @@ pub fn rotate(home: &Home, max_size: u64, keep: u32, reopen_timeout: Duration) -
 
 /// What `cortex logs clean` removed.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Cleaned {
+pub(crate) struct Cleaned {
     pub removed: Vec<String>,
     pub freed_bytes: u64,
     /// What `agents/logs/` still holds.
@@ -135,12 +135,12 @@ fn age(p: &Path) -> Duration {
 fn in_use(home: &Home, p: &Path) -> bool {
     Daemon::ALL
         .iter()
-        .any(|d| matches!(pidfile::status(home, d.as_str()), Ok(PidStatus::Running(pid)) if pid != 0 && holds(pid, p)))
+        .any(|d| matches!(pidfile::status(home, *d), Ok(PidStatus::Running(pid)) if pid != 0 && holds(pid, p)))
 }
 
 /// Removes logs under `agents/logs/` (`*.log*`) not modified for `older_than`, and gzipped files
 /// older than `gz_older_than`. A log a running daemon has open is never removed.
-pub fn clean(home: &Home, older_than: Duration, gz_older_than: Duration) -> Result<Cleaned> {
+pub(crate) fn clean(home: &Home, older_than: Duration, gz_older_than: Duration) -> Result<Cleaned> {
     let root = home.join("agents/logs");
     // A link at `agents/` or `agents/logs/` would lead the removals elsewhere: refused. Links
     // further down are neither followed nor removed (`walk` takes real directories and files only).
@@ -169,7 +169,7 @@ pub fn clean(home: &Home, older_than: Duration, gz_older_than: Duration) -> Resu
 
 /// What `cortex logs archive` wrote.
 #[derive(Debug, Clone, Serialize)]
-pub struct Archived {
+pub(crate) struct Archived {
     pub archive: Option<String>,
     pub files: Vec<String>,
     pub bytes: u64,
@@ -179,7 +179,7 @@ pub struct Archived {
 /// `archives/logs/<YYYY-MM-DD>.tar.gz` (inside a `<YYYY-MM-DD>/` folder, as the runbook's archive
 /// has it). The archive is complete on disk (temporary file, fsync, rename) before any log is
 /// removed. Copies a daemon still writes are left for next time.
-pub fn archive(home: &Home) -> Result<Archived> {
+pub(crate) fn archive(home: &Home) -> Result<Archived> {
     drop(crate::store::open::open_dir(&home.join("agents/logs"))?);
     let mut files = Vec::new();
     walk(&home.join("agents/logs"), &mut files);
@@ -251,7 +251,7 @@ fn write_log_archive(
 
 /// The names the daemon management runbook gives three daemons' logs (from an earlier
 /// implementation), and the daemon each means.
-pub const LOG_ALIASES: [(&str, Daemon); 3] = [
+pub(crate) const LOG_ALIASES: [(&str, Daemon); 3] = [
     ("heartbeat-monitor", Daemon::Heartbeat),
     ("metrics-snapshot", Daemon::Metrics),
     ("integration-validator", Daemon::Integration),
@@ -259,16 +259,16 @@ pub const LOG_ALIASES: [(&str, Daemon); 3] = [
 
 /// The daemon a log name means: `worker`, `worker-daemon.log`, and the runbook's names
 /// (`heartbeat-monitor-daemon.log`, `metrics-snapshot`, ...; see [`LOG_ALIASES`]).
-pub fn log_daemon(name: &str) -> Option<&'static str> {
+pub(crate) fn log_daemon(name: &str) -> Option<Daemon> {
     let base = name.strip_suffix(".log").unwrap_or(name);
     let base = base.strip_suffix("-daemon").unwrap_or(base);
     let daemon = LOG_ALIASES.iter().find(|(alias, _)| *alias == base).map(|(_, d)| *d);
-    daemon.or_else(|| Daemon::parse(base)).map(Daemon::as_str)
+    daemon.or_else(|| Daemon::parse(base))
 }
 
 /// The log file `cortex logs tail NAME` reads: a daemon's log (by its name, its log's file name
 /// or the runbook's alias), or a file in `agents/logs/system/`.
-pub fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
+pub(crate) fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
     if let Some(daemon) = log_daemon(name) {
         return Ok(home.daemon_log(daemon));
     }
@@ -288,14 +288,14 @@ pub fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
 }
 
 /// Lines an operator looks for with `--errors`.
-pub fn is_error_line(line: &str) -> bool {
+pub(crate) fn is_error_line(line: &str) -> bool {
     let l = line.to_ascii_lowercase();
     ["error", "exception", "failed", "fatal", "panicked"].iter().any(|w| l.contains(w))
 }
 
 /// The last `n` lines of a log (only error lines with `errors`), and the size read (where
 /// [`follow`] goes on).
-pub fn tail(path: &Path, n: usize, errors: bool) -> Result<(Vec<String>, u64)> {
+pub(crate) fn tail(path: &Path, n: usize, errors: bool) -> Result<(Vec<String>, u64)> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -309,7 +309,7 @@ pub fn tail(path: &Path, n: usize, errors: bool) -> Result<(Vec<String>, u64)> {
 /// Follows a log like `tail -F` from byte `from`: prints new lines as they are written and
 /// carries on in the new file after a rotation. Wakes on file-system events; returns only when
 /// `out` returns false.
-pub fn follow(path: &Path, from: u64, errors: bool, mut out: impl FnMut(&str) -> bool) -> Result<()> {
+pub(crate) fn follow(path: &Path, from: u64, errors: bool, mut out: impl FnMut(&str) -> bool) -> Result<()> {
     use notify::Watcher;
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::MetadataExt;

@@ -3,9 +3,9 @@
 //! integration) both use them; they import nothing from [`crate::daemons`] or [`crate::cli`].
 
 pub mod backup;
-pub mod logs;
-pub mod recovery;
-pub mod slurm_command;
+pub(crate) mod logs;
+pub(crate) mod recovery;
+pub(crate) mod slurm_command;
 pub mod status;
 pub mod supervisor;
 pub mod validate;

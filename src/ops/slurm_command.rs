@@ -12,15 +12,15 @@ use std::time::Duration;
 
 /// What a finished command left.
 #[derive(Debug, Clone)]
-pub struct Ran {
-    pub success: bool,
-    pub stdout: String,
-    pub stderr: String,
+pub(crate) struct Ran {
+    pub(crate) success: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Why a command gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunError {
+pub(crate) enum RunError {
     /// It could not be started (not installed, not executable).
     Spawn(String),
     /// It ran past its deadline and was stopped.
@@ -42,7 +42,7 @@ impl std::fmt::Display for RunError {
 const GRACE: Duration = Duration::from_secs(2);
 
 /// Runs `argv` with `stdin` and waits at most `deadline` for it.
-pub fn run(argv: &[String], stdin: Option<&[u8]>, deadline: Duration) -> Result<Ran, RunError> {
+pub(crate) fn run(argv: &[String], stdin: Option<&[u8]>, deadline: Duration) -> Result<Ran, RunError> {
     let program = argv.first().cloned().unwrap_or_default();
     let mut cmd = Command::new(&program);
     cmd.args(&argv[1..])

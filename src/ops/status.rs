@@ -17,12 +17,13 @@
 //! - [`cache`]: the [`StatusReader`], which reads and caches by file identity what the views
 //!   are made of ([`Snapshot`]).
 //! - [`views`]: the views themselves.
-//! - [`metrics`]: the Prometheus metrics.
+//! - [`prometheus`]: the Prometheus exposition of `GET /metrics`.
+//! - [`acknowledge`]: acknowledging events (`cortex event ack`, `POST /events/<id>/ack`).
 
-pub mod acknowledge;
-pub mod cache;
-pub mod prometheus;
-pub mod views;
+pub(crate) mod acknowledge;
+pub(crate) mod cache;
+pub(crate) mod prometheus;
+pub(crate) mod views;
 
 pub use cache::{FileError, QueueSummary, Snapshot, SpecEntry, StatusReader};
 pub use views::{

@@ -189,6 +189,10 @@ pub fn validate_home(home: &Home) -> Vec<FileReport> {
         if known.contains(&path) {
             continue;
         }
+        if let Some(report) = check_archive_segment(home, &path, false) {
+            reports.extend(report);
+            continue;
+        }
         let rel = home.relative(&path).display().to_string();
         match path.extension().and_then(|e| e.to_str()) {
             Some("json") => reports.push(check_json_file(&path, &rel, None)),
@@ -229,6 +233,9 @@ pub fn check_file(home: &Home, path: &Path) -> Option<FileReport> {
             }
         }
         return Some(report);
+    }
+    if let Some(report) = check_archive_segment(home, path, true) {
+        return report;
     }
     if !path.is_file() {
         return None;
@@ -451,4 +458,83 @@ fn worker_type_warnings(home: &Home, slurm_enabled: Option<bool>) -> Vec<String>
         })
         .map(|w| format!("coordination/{}: {w}", files::WORKER_TYPES.rel))
         .collect()
+}
+
+/// A sealed segment of the task archive (`task-archive/seg-NNNNNN.jsonl`, or its `.idx`): None
+/// when `path` is not one; Some(None) when there is nothing to report on (an index whose segment
+/// is not there yet). A segment is never written again once sealed, so it is checked whole
+/// against its index only when it changes (`full`: the integration daemon sees it appear once);
+/// `cortex validate` and full passes check that each index describes its segment (header and
+/// size), which costs one small read per segment, not the history.
+fn check_archive_segment(home: &Home, path: &Path, full: bool) -> Option<Option<FileReport>> {
+    let store = crate::store::Store::new(home.clone());
+    let seg = crate::domain::task::archive::segment::segment_of_path(&store, path)?;
+    if !full && path != seg.path {
+        // The index: checked with its segment.
+        return Some(None);
+    }
+    if !seg.path.is_file() {
+        return Some(None);
+    }
+    let problems = if full {
+        crate::domain::task::archive::segment::check(&seg)
+    } else {
+        crate::domain::task::archive::segment::index_problem(&seg).into_iter().collect()
+    };
+    let problems: Vec<String> = problems
+        .into_iter()
+        .map(|p| format!("{p} (readers read this segment whole instead of through its index)"))
+        .collect();
+    Some(Some(FileReport {
+        file: home.relative(&seg.path).display().to_string(),
+        verdict: if problems.is_empty() { Verdict::Ok } else { Verdict::Invalid },
+        problems,
+        lines: Some(0),
+        bad_lines: Some(0),
+    }))
+}
+
+#[cfg(test)]
+mod archive_segment_tests {
+    use crate::domain::task::archive::segment;
+    use crate::domain::task::model::{Task, TaskState};
+    use crate::store::fresh_store;
+
+    #[test]
+    fn validate_checks_a_sealed_segment_against_its_index() {
+        let (_dir, store) = fresh_store();
+        for chunk in 0..2 {
+            let tasks: Vec<Task> = (0..100)
+                .map(|i| {
+                    let state = TaskState::Completed {
+                        started_at: None,
+                        completed_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
+                    };
+                    Task { state, ..Task::sample(&format!("task-{chunk}{i:04}")) }
+                })
+                .collect();
+            crate::domain::task::archive::append_unsynced(&store, &tasks.iter().collect::<Vec<_>>()).unwrap();
+            segment::seal(&store, 0).unwrap().expect("sealed");
+        }
+        let segs = segment::list(&store);
+        let report_of = |reports: Vec<super::FileReport>, seg: &segment::Segment| {
+            let rel = store.home().relative(&seg.path).display().to_string();
+            reports.into_iter().find(|r| r.file == rel).expect("a report of the segment")
+        };
+        assert!(report_of(super::validate_home(store.home()), &segs[0]).is_ok());
+        let full = super::check_file(store.home(), &segs[1].path).expect("checked");
+        assert!(full.is_ok(), "{full:?}");
+        // An index that does not describe its segment: named, by the full pass and on change.
+        let bytes = std::fs::read(&segs[1].index_path).unwrap();
+        let text = String::from_utf8(bytes).unwrap().replacen("\"segment\":2", "\"segment\":9", 1);
+        std::fs::write(&segs[1].index_path, text).unwrap();
+        let r = report_of(super::validate_home(store.home()), &segs[1]);
+        assert!(!r.is_ok() && r.problems[0].contains("/segment"), "{r:?}");
+        let r = super::check_file(store.home(), &segs[1].index_path).expect("checked");
+        assert!(!r.is_ok(), "{r:?}");
+        // The retried-ids file is plain JSONL.
+        segment::note_retried(&store, "task-00001").unwrap();
+        let retried = store.home().coord(crate::store::files::TASK_ARCHIVE_RETRIED);
+        assert!(super::check_file(store.home(), &retried).expect("checked").is_ok());
+    }
 }

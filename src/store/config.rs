@@ -29,6 +29,7 @@ pub struct Config {
     pub logs: LogsConfig,
     pub backup: BackupConfig,
     pub events: EventsConfig,
+    pub archive: ArchiveConfig,
     pub slurm: SlurmConfig,
 }
 
@@ -337,6 +338,22 @@ impl Default for EventsConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Size past which the coordinator seals `task-archive.jsonl` into `task-archive/` with an
+    /// index, bytes: what `cortex task show` and the coordinator scan at most.
+    pub segment_bytes: u64,
+    /// Sealed segments kept (the oldest are deleted at each seal past this count); 0 keeps all.
+    pub keep_segments: u32,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { segment_bytes: 1024 * 1024, keep_segments: 0 }
+    }
+}
+
 /// `[slurm]`: the Slurm executor (worker types with `"executor": "slurm"`, `crate::domain::slurm`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -473,6 +490,12 @@ impl Config {
             }
         }
         parse_size(&self.logs.max_size).map_err(|e| format!("[logs] max_size: {e}"))?;
+        if self.archive.segment_bytes < 4096 {
+            return Err(format!(
+                "[archive] segment_bytes: {} is below 4096 (a segment holds several tasks; the default is 1048576)",
+                self.archive.segment_bytes
+            ));
+        }
         if self.retry.max_attempts == 0 {
             return Err("[retry] max_attempts must be at least 1".into());
         }

@@ -46,6 +46,17 @@ pub const TASK_QUEUE: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+/// The queue's journal: changes since the snapshot `task-queue.json` (see `task::journal`).
+pub const TASK_QUEUE_JOURNAL: &CoordFile = &CoordFile {
+    rel: "task-queue.journal.jsonl",
+    kind: FileKind::Jsonl,
+    schema: "task-queue-journal",
+    default: None,
+    lock: LockName::TaskQueue,
+    essential: false,
+    is_config: false,
+};
+
 pub const TOKEN_BUDGET: &CoordFile = &CoordFile {
     rel: "token-budget.json",
     kind: FileKind::Json,
@@ -186,6 +197,17 @@ pub const TASK_ARCHIVE: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+/// The sealed segments of the task archive, under `coordination/`: `seg-NNNNNN.jsonl` (a former
+/// `task-archive.jsonl`, unchanged) and its sidecar index `seg-NNNNNN.idx`
+/// ([`crate::domain::task::archive::segment`]). Not a registered file: segments are never written again
+/// once sealed, so the integration daemon checks each one once, when it appears.
+pub const TASK_ARCHIVE_SEGMENTS: &str = "task-archive";
+
+/// The task ids `cortex task retry` brought back from the archive, one `{"task_id": …}` per line,
+/// appended under the `task-queue` lock: the only ids a sealed segment's index may hold a
+/// superseded line of (readers look those up exactly).
+pub const TASK_ARCHIVE_RETRIED: &str = "task-archive/retried.jsonl";
+
 pub const FIX_REGISTRY: &CoordFile = &CoordFile {
     rel: "config/auto-fix-registry.json",
     kind: FileKind::Json,
@@ -230,6 +252,7 @@ pub const EVENT_ACKS: &CoordFile = &CoordFile {
 /// schema `dispatch`) are walked separately.
 pub const ALL: &[&CoordFile] = &[
     TASK_QUEUE,
+    TASK_QUEUE_JOURNAL,
     TOKEN_BUDGET,
     SCHEDULER_STATE,
     EVENTS,

@@ -1,6 +1,7 @@
 //! The home: the directory that holds Cortex's runtime state, how it is found, and the path of
 //! every file in it. No other module builds a path under the home by hand.
 
+use crate::base::daemon_name::{Daemon, PidOwner};
 use crate::base::error::{Error, Result};
 use crate::store::files;
 use std::path::{Path, PathBuf};
@@ -118,17 +119,17 @@ impl Home {
     pub fn run_dir(&self) -> PathBuf {
         self.join("run")
     }
-    pub fn pid_file(&self, daemon: &str) -> PathBuf {
-        self.run_dir().join(format!("{daemon}.pid"))
+    pub fn pid_file(&self, owner: impl Into<PidOwner>) -> PathBuf {
+        self.run_dir().join(format!("{}.pid", owner.into()))
     }
     /// The daemon's own status mark (ready, heartbeat), written by the daemon only.
-    pub fn daemon_mark(&self, daemon: &str) -> PathBuf {
+    pub fn daemon_mark(&self, daemon: Daemon) -> PathBuf {
         self.run_dir().join(format!("{daemon}.state.json"))
     }
     pub fn system_logs(&self) -> PathBuf {
         self.join("agents/logs/system")
     }
-    pub fn daemon_log(&self, daemon: &str) -> PathBuf {
+    pub fn daemon_log(&self, daemon: Daemon) -> PathBuf {
         self.system_logs().join(format!("{daemon}-daemon.log"))
     }
     pub fn worker_logs(&self) -> PathBuf {
@@ -231,13 +232,13 @@ impl Home {
     }
     /// The operator's "keep it stopped" intent for a daemon, written by `cortex stop`, removed by
     /// `cortex start`; pm and `cortex run` never restart a daemon that has one.
-    pub fn stop_intent(&self, daemon: &str) -> PathBuf {
+    pub fn stop_intent(&self, daemon: Daemon) -> PathBuf {
         self.run_dir().join(format!("{daemon}.stopped"))
     }
     /// The PID of a daemon's instance that cortex last asked to stop (`cortex stop`, `restart`,
     /// `health-check --fix`): its exit is not a crash, even once `cortex start` removed the
     /// stop intent.
-    pub fn stop_asked(&self, daemon: &str) -> PathBuf {
+    pub fn stop_asked(&self, daemon: Daemon) -> PathBuf {
         self.run_dir().join(format!("{daemon}.stop-asked"))
     }
     /// The restart policy's state (restarts, FAILED), written by the active supervisor.
@@ -300,7 +301,7 @@ mod tests {
     fn explicit_home_wins() {
         let h = Home::resolve(Some(Path::new("/srv/cortex"))).unwrap();
         assert_eq!(h.root(), Path::new("/srv/cortex"));
-        assert_eq!(h.pid_file("worker"), Path::new("/srv/cortex/run/worker.pid"));
+        assert_eq!(h.pid_file(crate::base::daemon_name::Daemon::Worker), Path::new("/srv/cortex/run/worker.pid"));
         assert_eq!(
             h.lock_file(crate::store::LockName::TaskQueue),
             Path::new("/srv/cortex/coordination/.locks/task-queue.lock")

@@ -7,7 +7,7 @@ use crate::store::home::{Home, home_dirs};
 use std::path::PathBuf;
 
 /// Creates missing directories and files of `home`; returns what it created.
-pub fn init_home(home: &Home) -> Result<Vec<PathBuf>> {
+pub(crate) fn init_home(home: &Home) -> Result<Vec<PathBuf>> {
     let mut created = Vec::new();
     for dir in home_dirs(home) {
         if !dir.exists() {
@@ -31,7 +31,7 @@ pub fn init_home(home: &Home) -> Result<Vec<PathBuf>> {
 
 /// Writes `content` to `path` atomically unless the path exists. Two concurrent inits never
 /// overwrite each other: the final step is a hard link, which fails if the name is taken.
-pub fn create_if_missing(path: &std::path::Path, content: &[u8]) -> Result<bool> {
+pub(crate) fn create_if_missing(path: &std::path::Path, content: &[u8]) -> Result<bool> {
     if path.symlink_metadata().is_ok() {
         return Ok(false);
     }

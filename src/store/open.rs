@@ -27,7 +27,7 @@ use std::sync::Mutex;
 static ROOTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Records `root` as a home root (done by [`crate::Home::at`]).
-pub fn register_root(root: &Path) {
+pub(crate) fn register_root(root: &Path) {
     let mut roots = ROOTS.lock().unwrap_or_else(|e| e.into_inner());
     if !roots.iter().any(|r| r == root) {
         roots.push(root.to_path_buf());
@@ -42,7 +42,7 @@ fn beneath(path: &Path) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// The error for an open that failed; a symbolic link (refused by `O_NOFOLLOW`) is named as such.
-pub fn refuse_link(path: &Path, action: &'static str, e: std::io::Error) -> Error {
+pub(crate) fn refuse_link(path: &Path, action: &'static str, e: std::io::Error) -> Error {
     if e.raw_os_error() == Some(nix::libc::ELOOP) {
         return Error::refused(format!(
             "{} is a symbolic link; Cortex does not write or read through links under its home \
@@ -64,7 +64,7 @@ fn refuse_dir_link(dir: &Path) -> Error {
 
 /// Opens (creating 0700 what is missing) the directory `dir`: below a home root, component by
 /// component without following links; elsewhere as given.
-pub fn open_dir(dir: &Path) -> Result<OwnedFd> {
+pub(crate) fn open_dir(dir: &Path) -> Result<OwnedFd> {
     let dir_flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
     let Some((root, rel)) = beneath(dir) else {
         create_plain(dir)?;
@@ -116,20 +116,20 @@ fn create_plain(dir: &Path) -> Result<()> {
 /// A directory reached link-free ([`open_dir`]), for a caller that creates, renames and fsyncs
 /// in it by name: nothing can swap a directory of the path in between.
 #[derive(Debug)]
-pub struct Dir {
+pub(crate) struct Dir {
     fd: OwnedFd,
     path: PathBuf,
 }
 
 impl Dir {
     /// Opens (creating what is missing) the directory of `path`; returns it and the file name.
-    pub fn of(path: &Path) -> Result<(Dir, PathBuf)> {
+    pub(crate) fn of(path: &Path) -> Result<(Dir, PathBuf)> {
         let (dir, name) = split(path)?;
         Ok((Dir { fd: open_dir(&dir)?, path: dir }, name))
     }
 
     /// Creates the new file `name` (0600, `O_NOFOLLOW`, it must not exist) for writing.
-    pub fn create_new(&self, name: &Path) -> Result<File> {
+    pub(crate) fn create_new(&self, name: &Path) -> Result<File> {
         let flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
         openat(&self.fd, name, flags, Mode::from_bits_truncate(super::atomic::FILE_MODE))
             .map(File::from)
@@ -137,34 +137,34 @@ impl Dir {
     }
 
     /// Renames `from` over `to`, both in this directory (a link at `to` is replaced, not followed).
-    pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+    pub(crate) fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         nix::fcntl::renameat(&self.fd, from, &self.fd, to)
             .map_err(|e| Error::io(self.path.join(to), "rename temporary file over", e.into()))
     }
 
     /// Removes the file `name` (best effort, for cleaning up a temporary).
-    pub fn remove(&self, name: &Path) {
+    pub(crate) fn remove(&self, name: &Path) {
         let _ = nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
     }
 
     /// fsyncs the directory, making creations and renames in it durable.
-    pub fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) -> Result<()> {
         nix::unistd::fsync(&self.fd).map_err(|e| Error::io(&self.path, "fsync directory", e.into()))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
 
 /// Creates the directory `dir` and its parents (0700), refusing links below the home root.
-pub fn create_dir_all(dir: &Path) -> Result<()> {
+pub(crate) fn create_dir_all(dir: &Path) -> Result<()> {
     open_dir(dir).map(drop)
 }
 
 /// How [`open`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum How {
+pub(crate) enum How {
     /// Read and append, created if missing (JSONL files, logs).
     Append,
     /// Write, created; it must not exist (temporaries, copies, archives).
@@ -177,7 +177,7 @@ pub enum How {
 
 /// Opens `path` for writing as `how` says: its directory reached link-free (and created), the
 /// file itself with `O_NOFOLLOW`, created 0600.
-pub fn open(path: &Path, how: How) -> Result<File> {
+pub(crate) fn open(path: &Path, how: How) -> Result<File> {
     let (dir, name) = split(path)?;
     let dir_fd = open_dir(&dir)?;
     let flags = OFlag::O_NOFOLLOW
@@ -199,19 +199,19 @@ pub fn open(path: &Path, how: How) -> Result<File> {
 }
 
 /// [`open`] with [`How::Append`].
-pub fn append(path: &Path) -> Result<File> {
+pub(crate) fn append(path: &Path) -> Result<File> {
     open(path, How::Append)
 }
 
 /// [`open`] with [`How::CreateNew`].
-pub fn create_new(path: &Path) -> Result<File> {
+pub(crate) fn create_new(path: &Path) -> Result<File> {
     open(path, How::CreateNew)
 }
 
 /// Creates a new temporary file beside `path` (in the same directory, named with
 /// [`super::atomic::TEMP_PREFIX`] so readers ignore it), for a caller that writes it, fsyncs it and
 /// renames it over `path`.
-pub fn create_temp_beside(path: &Path) -> Result<(File, PathBuf)> {
+pub(crate) fn create_temp_beside(path: &Path) -> Result<(File, PathBuf)> {
     let (dir, name) = split(path)?;
     let tmp = dir.join(format!(
         "{}{}.{}.{:016x}",
@@ -224,7 +224,7 @@ pub fn create_temp_beside(path: &Path) -> Result<(File, PathBuf)> {
 }
 
 /// Creates the directory `dir`, which must not exist yet (0700; its parent reached link-free).
-pub fn create_dir_new(dir: &Path) -> Result<()> {
+pub(crate) fn create_dir_new(dir: &Path) -> Result<()> {
     let (parent, name) = split(dir)?;
     let fd = open_dir(&parent)?;
     nix::sys::stat::mkdirat(&fd, name.as_path(), Mode::from_bits_truncate(super::atomic::DIR_MODE))
@@ -236,7 +236,7 @@ pub fn create_dir_new(dir: &Path) -> Result<()> {
 /// file is read: a FIFO planted at the name would block the open (and the daemon or API thread
 /// behind it) until someone writes to it, so the open does not wait (`O_NONBLOCK`, no effect on a
 /// regular file) and anything else is refused.
-pub fn read(path: &Path) -> std::io::Result<File> {
+pub(crate) fn read(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -249,14 +249,14 @@ pub fn read(path: &Path) -> std::io::Result<File> {
 }
 
 /// Reads the whole file at `path` without following a link at its name ([`read`]).
-pub fn read_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut read(path)?, &mut bytes)?;
     Ok(bytes)
 }
 
 /// Says what a failed read means, for reports: a symbolic link is named as such.
-pub fn read_problem(e: &std::io::Error) -> String {
+pub(crate) fn read_problem(e: &std::io::Error) -> String {
     if e.raw_os_error() == Some(nix::libc::ELOOP) {
         "a symbolic link (Cortex does not read through links under its home; replace it with a regular file)".into()
     } else {

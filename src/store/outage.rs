@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 /// The failures since the last report.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outage {
+pub(crate) struct Outage {
     pub first_failed_at: String,
     pub last_failed_at: String,
     pub failed_writes: u64,
@@ -26,7 +26,7 @@ fn pending() -> std::sync::MutexGuard<'static, Option<Outage>> {
 }
 
 /// Counts a failed write if it failed for lack of space; other errors are not counted.
-pub fn note(err: &Error) {
+pub(crate) fn note(err: &Error) {
     let Error::Io { path, source, .. } = err else { return };
     if !err.is_no_space() {
         return;
@@ -47,12 +47,12 @@ pub fn note(err: &Error) {
 }
 
 /// The failures counted so far, leaving none.
-pub fn take() -> Option<Outage> {
+pub(crate) fn take() -> Option<Outage> {
     pending().take()
 }
 
 /// Puts failures back (their report could not be written); merges with any counted meanwhile.
-pub fn put_back(o: Outage) {
+pub(crate) fn put_back(o: Outage) {
     let mut p = pending();
     *p = Some(match p.take() {
         None => o,

@@ -9,6 +9,7 @@
 //! second copy refuses to start, and the daemon writes the file again within a second
 //! ([`PidFile::refresh`], called from `DaemonContext::wait`).
 
+use crate::base::daemon_name::PidOwner;
 use crate::base::error::{Error, Result};
 use crate::store::holders;
 use crate::store::home::Home;
@@ -88,7 +89,8 @@ impl PidFile {
     /// Takes the PID file of `daemon` in `home`. Waits up to `wait` for a lock that is only
     /// briefly held (a status check), then refuses with a message naming the running PID. Also
     /// refuses when a deleted PID file of the same name is still held (its daemon runs).
-    pub fn acquire(home: &Home, daemon: &str, wait: Duration) -> Result<PidFile> {
+    pub fn acquire(home: &Home, daemon: impl Into<PidOwner>, wait: Duration) -> Result<PidFile> {
+        let daemon: PidOwner = daemon.into();
         let path = home.pid_file(daemon);
         let deadline = Instant::now() + wait;
         let running = |who: String| {
@@ -182,10 +184,7 @@ fn open_existing(path: &Path) -> Result<Option<(File, Metadata)>> {
     let meta = file.metadata().map_err(|e| Error::io(path, "stat PID file", e))?;
     // A look only (root may inspect a user's home): any owner, but a regular file.
     if !meta.is_file() {
-        return Err(Error::other(format!(
-            "{} is not a regular file; a PID file must be one: remove it",
-            path.display()
-        )));
+        return Err(Error::unusable(path, "is not a regular file; a PID file must be one: remove it"));
     }
     Ok(Some((file, meta)))
 }
@@ -197,7 +196,8 @@ fn open_existing(path: &Path) -> Result<Option<(File, Metadata)>> {
 /// [`status`] finds it meanwhile and is what `cortex status`, `stop`, `restart` and
 /// `health-check` use. The PID is the number in the file (0 while a starting daemon has not
 /// written it yet).
-pub fn status_quick(home: &Home, daemon: &str) -> Result<PidStatus> {
+pub fn status_quick(home: &Home, daemon: impl Into<PidOwner>) -> Result<PidStatus> {
+    let daemon: PidOwner = daemon.into();
     let path = home.pid_file(daemon);
     let Some((mut file, _)) = open_existing(&path)? else {
         return Ok(PidStatus::Absent);
@@ -221,7 +221,8 @@ fn deleted_holder(path: &Path) -> Option<u32> {
 /// Looks at a daemon's PID file without disturbing it (a shared try-lock held for an instant).
 /// A running daemon is found by the lock it holds: on the file, or on a deleted predecessor of
 /// it; its PID is the one the kernel's lock table names, not the number in the file.
-pub fn status(home: &Home, daemon: &str) -> Result<PidStatus> {
+pub fn status(home: &Home, daemon: impl Into<PidOwner>) -> Result<PidStatus> {
+    let daemon: PidOwner = daemon.into();
     let path = home.pid_file(daemon);
     // A daemon writing its removed PID file again locks the new file, then releases the old
     // one: a look that saw no file (or a free one) and then no deleted holder may have fallen
@@ -274,13 +275,14 @@ fn running(meta: &Metadata, in_file: Option<u32>) -> PidStatus {
 
 /// Every process holding the PID file of `daemon` exclusively (on the file or on a deleted
 /// predecessor): the kernel's word on who runs as that daemon.
-pub fn lock_holders(home: &Home, daemon: &str) -> Vec<holders::Holder> {
+pub fn lock_holders(home: &Home, daemon: impl Into<PidOwner>) -> Vec<holders::Holder> {
     holders::all_holders(&home.pid_file(daemon)).into_iter().filter(|h| h.exclusive).collect()
 }
 
 /// Opens the PID-file inode that `pid` holds locked (the file, or a deleted predecessor of it
 /// through the holder's descriptor), for a watcher that blocks until the daemon releases it.
-pub fn open_held(home: &Home, daemon: &str, pid: u32) -> Option<File> {
+pub fn open_held(home: &Home, daemon: impl Into<PidOwner>, pid: u32) -> Option<File> {
+    let daemon: PidOwner = daemon.into();
     let path = home.pid_file(daemon);
     if let Ok(Some((file, meta))) = open_existing(&path)
         && holders::holders_of(meta.dev(), meta.ino()).iter().any(|h| h.pid == pid && h.exclusive)
@@ -288,4 +290,31 @@ pub fn open_held(home: &Home, daemon: &str, pid: u32) -> Option<File> {
         return Some(file);
     }
     holders::deleted_holders(&path).iter().find(|h| h.pid == pid && h.exclusive).and_then(holders::open_deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LockName;
+    use crate::store::lock::{lock_exclusive, try_lock_exclusive_at};
+
+    #[test]
+    fn a_linked_lock_or_pid_directory_is_refused() {
+        // `coordination/.locks` and `run/` are directories Cortex writes into: a link planted
+        // there must not lead the lock file (and its holder note, or a PID) elsewhere.
+        let home = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let home = crate::store::home::Home::at(home.path());
+        std::fs::create_dir_all(home.coord("")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), home.locks_dir()).unwrap();
+        std::fs::write(outside.path().join("scheduler.lock"), "victim's own bytes").unwrap();
+        let err = lock_exclusive(&home, LockName::Scheduler, Duration::from_millis(50)).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(try_lock_exclusive_at(&home.lock_file(LockName::TaskQueue), LockName::TaskQueue).is_err());
+        std::os::unix::fs::symlink(outside.path(), home.run_dir()).unwrap();
+        assert!(PidFile::acquire(&home, crate::base::daemon_name::Daemon::Metrics, Duration::from_millis(50)).is_err());
+        assert_eq!(std::fs::read_to_string(outside.path().join("scheduler.lock")).unwrap(), "victim's own bytes");
+        let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(made, vec![std::ffi::OsString::from("scheduler.lock")], "nothing created through the links");
+    }
 }

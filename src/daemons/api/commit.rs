@@ -24,13 +24,13 @@ struct Pending {
 /// A handle on the committer thread's queue. Clones share the thread, which ends when the last
 /// handle is dropped (after answering what was queued).
 #[derive(Clone)]
-pub struct Committer {
+pub(crate) struct Committer {
     tx: Sender<Pending>,
 }
 
 impl Committer {
     /// Starts the committer thread for `store`.
-    pub fn start(store: Store) -> std::io::Result<Committer> {
+    pub(crate) fn start(store: Store) -> std::io::Result<Committer> {
         let (tx, rx) = mpsc::channel::<Pending>();
         std::thread::Builder::new().name("scheduler-commit".into()).spawn(move || run(&store, &rx))?;
         Ok(Committer { tx })
@@ -38,7 +38,7 @@ impl Committer {
 
     /// Queues `request`; `answer` gets its result once the batch holding it is durable (or has
     /// failed as a whole).
-    pub fn submit(&self, request: Request, answer: impl FnOnce(Result<Transition>) + Send + 'static) {
+    pub(crate) fn submit(&self, request: Request, answer: impl FnOnce(Result<Transition>) + Send + 'static) {
         if let Err(mpsc::SendError(p)) = self.tx.send(Pending { request, answer: Box::new(answer) }) {
             (p.answer)(Err(Error::other("the scheduler committer has stopped; retry, or use `cortex scheduler`")));
         }

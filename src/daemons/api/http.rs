@@ -18,8 +18,8 @@
 //! unbounded header lines, and on a declared `Content-Length` it did not read it allocates a
 //! buffer of that size (`Content-Length: 999999999999` aborts the process).
 
-pub mod message;
-pub mod parse;
+pub(crate) mod message;
+pub(crate) mod parse;
 
 pub use message::{Request, Response, percent_decode};
 pub use parse::{MAX_HEAD_BYTES, Parsed, parse};

@@ -3,15 +3,15 @@
 //! only through the library operations the CLI uses.
 //!
 //! - [`http`]: the HTTP/1.1 server (reactor + bounded handler pool, limits, timeouts).
-//! - [`auth`]: bearer tokens from `[api] tokens_file` (operate and read-only kinds).
+//! - [`crate::store::api_tokens`]: bearer tokens from `[api] tokens_file` (operate and read-only kinds).
 //! - [`policy`]: who may call what — the `Host`/`Origin` checks and the access kinds.
 //! - [`commit`]: the scheduler's group commit (one committer thread batches pauses/resumes).
 //! - [`routes`]: the endpoints.
 
-pub mod commit;
+pub(crate) mod commit;
 pub mod http;
-pub mod policy;
-pub mod routes;
+pub(crate) mod policy;
+pub(crate) mod routes;
 
 use crate::base::error::{Error, Result};
 use crate::ops::status::StatusReader;
@@ -45,14 +45,14 @@ pub fn bind(addr: &str) -> Result<TcpListener> {
         } else {
             ""
         };
-        Error::other(format!("cannot listen on {addr}: {e}{hint}"))
+        Error::System { action: format!("listen on {addr}"), source: e, hint }
     })?;
     // std listens with a queue of 128: a flood of connections fills it, and a normal client's
     // connection attempt is then dropped and retried by its kernel a whole second later. Listen
     // again with the system's maximum (net.core.somaxconn; 4096 by default) — on Linux this
     // only resizes the queue of the socket already listening.
     nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)
-        .map_err(|e| Error::other(format!("cannot enlarge the listen queue on {addr}: {e}")))?;
+        .map_err(|e| Error::system(format!("enlarge the listen queue on {addr}"), e.into()))?;
     Ok(listener)
 }
 
@@ -78,8 +78,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     })?;
     check_bind(&addr, &tokens)?;
     let listener = bind(&addr_text)?;
-    let local =
-        listener.local_addr().map_err(|e| Error::other(format!("cannot read the address of {addr_text}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| Error::system(format!("read the address of {addr_text}"), e))?;
     let site = policy::Site::new(local, &ctx.config.api.allowed_hosts);
     let reader = Arc::new(StatusReader::new(ctx.store.clone(), ctx.config.clone()));
     let auth_note = if tokens.is_empty() {
@@ -88,10 +87,10 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         format!("bearer tokens required for changes and task reads ({})", tokens.names().join(", "))
     };
     let committer = commit::Committer::start(ctx.store.clone())
-        .map_err(|e| Error::other(format!("cannot start the scheduler committer thread: {e}")))?;
+        .map_err(|e| Error::system("start the scheduler committer thread", e))?;
     let app = Arc::new(routes::App { reader, tokens, site, committer });
     let server = http::Server::start(listener, limits(&ctx.config), app)
-        .map_err(|e| Error::other(format!("cannot start the API server on {addr_text}: {e}")))?;
+        .map_err(|e| Error::system(format!("start the API server on {addr_text}"), e))?;
     tracing::info!(addr = %server.local_addr(), "API listening; {auth_note}");
     ctx.mark_ready()?;
     loop {

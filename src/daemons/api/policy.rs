@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// How an endpoint is guarded (see the module table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     /// Monitoring reads (`/health`, `/status`, `/metrics`, `/scheduler/status`): always open.
     Open,
     /// Reads that show task output, commands, descriptions or schedules' task templates.
@@ -39,7 +39,7 @@ pub enum Access {
 /// Decides whether a request whose endpoint has `access` may proceed; `Ok(Some(caller))` names a
 /// valid token, `Ok(None)` an anonymous caller. `what` names the endpoint in refusals, `cli` the
 /// `cortex` command that does the same without the API (named when the API refuses it).
-pub fn authorize(
+pub(crate) fn authorize(
     access: Access,
     tokens: &Tokens,
     authorization: Option<&str>,
@@ -78,7 +78,7 @@ pub fn authorize(
 
 /// This API's own address, against which `Host` and `Origin` are checked.
 #[derive(Debug, Clone)]
-pub struct Site {
+pub(crate) struct Site {
     /// The port the API listens on.
     pub port: u16,
     /// The address it is bound to (a wildcard accepts any IP address as a host).
@@ -88,7 +88,7 @@ pub struct Site {
 }
 
 impl Site {
-    pub fn new(local: SocketAddr, allowed_hosts: &[String]) -> Site {
+    pub(crate) fn new(local: SocketAddr, allowed_hosts: &[String]) -> Site {
         Site {
             port: local.port(),
             bind: local.ip(),
@@ -97,7 +97,7 @@ impl Site {
     }
 
     /// The refusal of a request a browser was tricked into sending (foreign `Host` or `Origin`).
-    pub fn refusal(&self, req: &Request) -> Option<Response> {
+    pub(crate) fn refusal(&self, req: &Request) -> Option<Response> {
         if let Some(host) = req.header("Host")
             && !self.host_allowed(host)
         {
@@ -122,7 +122,7 @@ impl Site {
     }
 
     /// A `Host` header value: an allowed name, with this API's port if it has one.
-    pub fn host_allowed(&self, host: &str) -> bool {
+    pub(crate) fn host_allowed(&self, host: &str) -> bool {
         match split_host_port(host.trim()) {
             Some((name, port)) => self.name_allowed(name) && port.is_none_or(|p| p == self.port),
             None => false,
@@ -130,7 +130,7 @@ impl Site {
     }
 
     /// An `Origin` header value: `http://<allowed name>[:port]`, the port (80 if absent) this API's.
-    pub fn origin_allowed(&self, origin: &str) -> bool {
+    pub(crate) fn origin_allowed(&self, origin: &str) -> bool {
         let Some(rest) = origin.trim().strip_prefix("http://") else { return false };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         match split_host_port(rest) {

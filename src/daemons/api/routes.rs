@@ -6,6 +6,7 @@
 use super::commit::Committer;
 use super::http::{Handler, Reply, Request, Response};
 use super::policy::{self, Access, Site};
+use crate::base::clock::format_ts;
 use crate::base::error::Error;
 use crate::base::error::Result;
 use crate::domain::scheduler_state::{self, Actor, Transition};
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The application: shared by every handler thread.
-pub struct App {
+pub(crate) struct App {
     pub reader: Arc<StatusReader>,
     pub tokens: Tokens,
     /// The API's own address, for the `Host` and `Origin` checks.
@@ -345,7 +346,7 @@ impl App {
         let of_task: Vec<_> =
             all.iter().filter(|d| d.record.task_id == id).map(|d| self.reader.dispatch_view(d, true)).collect();
         if of_task.is_empty() {
-            let known = self.reader.queue().map(|q| q.created.contains_key(id)).unwrap_or(false);
+            let known = self.reader.queue_created().map(|q| q.created.contains_key(id)).unwrap_or(false);
             if !known {
                 return Response::error(404, format!("no task or dispatch {id:?}"));
             }
@@ -410,7 +411,7 @@ impl App {
                 "status": task.status().as_str(),
                 "dispatch_id": id,
                 "task_id": task.task_id,
-                "next_retry_at": task.next_retry_at(),
+                "next_retry_at": task.next_retry_at().map(format_ts),
                 "attempts": task.attempts,
                 "max_attempts": task.max_attempts,
             })),
@@ -472,7 +473,7 @@ impl App {
                 json!({"status": "success", "message": c.message, "changed": c.changed, "schedule": c.schedule})
             }),
             ScheduleAction::Run => ops::request_run(store, &clock, id, actor).map(|(s, r)| {
-                json!({"status": "success", "message": "Run requested", "schedule_id": s.schedule_id, "task_id": r.task_id, "requested_at": r.requested_at})
+                json!({"status": "success", "message": "Run requested", "schedule_id": s.schedule_id, "task_id": r.task_id, "requested_at": format_ts(r.requested_at)})
             }),
         };
         match result {
@@ -488,7 +489,7 @@ impl App {
     /// `POST /events/<id>/ack` (optional body `{"note": "..."}`; id `all`: every event up to
     /// now): the same operation as `cortex event ack`. 404 for an event `/health` does not count.
     fn event_ack(&self, req: &Request, id: &str, actor: &Actor) -> Response {
-        use crate::{ops::status::acknowledge::AckTarget, ops::status::acknowledge::acknowledge};
+        use crate::ops::status::acknowledge::{AckTarget, acknowledge};
         let body = match json_body(req) {
             Ok(b) => b,
             Err(r) => return r,
@@ -514,20 +515,20 @@ fn transition_response(result: Result<Transition>) -> Response {
         Ok(t) if t.paused => ok_json(&json!({
             "status": "success",
             "message": t.message,
-            "timestamp": t.timestamp,
+            "timestamp": format_ts(t.timestamp),
             "paused": true,
             "changed": t.changed,
-            "paused_at": t.state.paused_at,
+            "paused_at": t.state.paused_at.map(format_ts),
             "paused_by": t.state.paused_by,
             "reason": t.state.reason,
         })),
         Ok(t) => ok_json(&json!({
             "status": "success",
             "message": t.message,
-            "timestamp": t.timestamp,
+            "timestamp": format_ts(t.timestamp),
             "paused": false,
             "changed": t.changed,
-            "resumed_at": t.state.resumed_at,
+            "resumed_at": t.state.resumed_at.map(format_ts),
         })),
         Err(e) => error_response(&e),
     }

@@ -9,7 +9,7 @@ use crate::store::jsonl;
 use serde_json::{Map, Value};
 
 /// Appends one record `{timestamp, record, ...fields}`.
-pub fn append(home: &Home, record: &str, fields: Value, now: Timestamp) -> Result<Value> {
+pub(crate) fn append(home: &Home, record: &str, fields: Value, now: Timestamp) -> Result<Value> {
     let mut m = Map::new();
     m.insert("timestamp".into(), Value::String(format_ts(now)));
     m.insert("record".into(), Value::String(record.into()));
@@ -22,7 +22,7 @@ pub fn append(home: &Home, record: &str, fields: Value, now: Timestamp) -> Resul
 }
 
 /// Every readable record, oldest first (malformed lines are skipped).
-pub fn read(home: &Home) -> Result<Vec<Value>> {
+pub(crate) fn read(home: &Home) -> Result<Vec<Value>> {
     let r: jsonl::JsonlRead<Value> = jsonl::read(&home.fix_history())?;
     if r.bad_count() > 0 {
         tracing::warn!("{} malformed line(s) in {}", r.bad_count(), home.fix_history().display());
@@ -31,12 +31,12 @@ pub fn read(home: &Home) -> Result<Vec<Value>> {
 }
 
 /// The time of a record.
-pub fn time_of(rec: &Value) -> Option<Timestamp> {
+pub(crate) fn time_of(rec: &Value) -> Option<Timestamp> {
     rec.get("timestamp").and_then(Value::as_str).and_then(parse_ts)
 }
 
 /// Restarts decided in the minute before `now`: (time, worker type).
-pub fn recent_restarts(records: &[Value], now: Timestamp) -> Vec<(Timestamp, String)> {
+pub(crate) fn recent_restarts(records: &[Value], now: Timestamp) -> Vec<(Timestamp, String)> {
     let since = now - chrono::Duration::seconds(60);
     records
         .iter()

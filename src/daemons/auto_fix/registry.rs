@@ -385,20 +385,14 @@ fn requeue_failed(store: &Store, worker_type: &str, max: usize, now: Timestamp) 
             .iter_mut()
             .filter(|t| t.worker_type == worker_type && matches!(t.state, TaskState::Failed { .. }))
             .collect();
-        failed.sort_by(|a, b| {
-            let at = |t: &crate::domain::task::Task| match &t.state {
-                TaskState::Failed { completed_at, .. } => completed_at.clone(),
-                _ => String::new(),
-            };
-            at(b).cmp(&at(a))
-        });
+        failed.sort_by_key(|t| std::cmp::Reverse(t.completed_at()));
         let mut ids = Vec::new();
         for t in failed.into_iter().take(room) {
-            t.state = TaskState::PendingRetry { next_retry_at: format_ts(now), waiting_reason: None };
+            t.state = TaskState::PendingRetry { next_retry_at: now, waiting_reason: None };
             ids.push(t.task_id.clone());
         }
         if !ids.is_empty() {
-            q.updated_at = Some(format_ts(now));
+            q.updated_at = Some(now);
         }
         Ok(ids)
     })?;

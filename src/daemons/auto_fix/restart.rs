@@ -8,7 +8,7 @@
 use super::breaker::{self, Breakers};
 use super::history;
 use super::policy::RestartPolicy;
-use crate::base::clock::{Timestamp, format_ts};
+use crate::base::clock::Timestamp;
 use crate::base::error::Result;
 use crate::daemons::heartbeat::record::HeartbeatRecord;
 use crate::domain::task::dispatches::list_bucket;
@@ -51,7 +51,7 @@ pub enum Decision {
 
 /// What the decision looks at besides the task.
 #[derive(Debug, Clone)]
-pub struct Conditions<'a> {
+pub(crate) struct Conditions<'a> {
     pub breaker_open: bool,
     /// Restarts decided in the last minute: (time, worker type).
     pub recent_restarts: &'a [(Timestamp, String)],
@@ -61,7 +61,7 @@ pub struct Conditions<'a> {
 }
 
 /// Decides for a task whose attempt number `task.attempts` became a zombie. Pure.
-pub fn decide(task: &Task, policy: &RestartPolicy, c: &Conditions) -> Decision {
+pub(crate) fn decide(task: &Task, policy: &RestartPolicy, c: &Conditions) -> Decision {
     let wt = task.worker_type.as_str();
     let retries_used = task.attempts.saturating_sub(1);
     let max_retries = policy.max_retries(wt);
@@ -131,7 +131,7 @@ fn owns_task(task: &Task, dispatch_id: &str) -> bool {
 }
 
 /// Decides for every zombie whose task still waits for a decision.
-pub fn process_zombies(store: &Store, policy: &RestartPolicy, now: Timestamp) -> Result<Vec<Made>> {
+pub(crate) fn process_zombies(store: &Store, policy: &RestartPolicy, now: Timestamp) -> Result<Vec<Made>> {
     let zombies: Vec<DispatchRecord> =
         list_bucket(store, SpecBucket::Zombie)?.into_iter().filter(cleanup_done).collect();
     if zombies.is_empty() {
@@ -180,18 +180,18 @@ fn decide_one(store: &Store, policy: &RestartPolicy, spec: &DispatchRecord, now:
         },
     );
     let started_at = match &task.state {
-        TaskState::InProgress { started_at, .. } => Some(started_at.clone()),
+        TaskState::InProgress { started_at, .. } => Some(*started_at),
         _ => None,
     };
     let what = format!("dispatch {} became a zombie ({reason})", spec.dispatch_id);
     let error = match &decision {
         Decision::Restart { delay_seconds } => {
             let at = now + chrono::Duration::microseconds((delay_seconds * 1e6) as i64);
-            task.state = TaskState::PendingRetry { next_retry_at: format_ts(at), waiting_reason: None };
+            task.state = TaskState::PendingRetry { next_retry_at: at, waiting_reason: None };
             format!("{what}; auto-fix restarts it in {delay_seconds:.0}s")
         }
         Decision::Fail { reason: why, .. } => {
-            task.state = TaskState::Failed { started_at, completed_at: format_ts(now) };
+            task.state = TaskState::Failed { started_at, completed_at: now };
             format!("{what}; not restarted: {why}")
         }
     };
@@ -206,7 +206,7 @@ fn decide_one(store: &Store, policy: &RestartPolicy, spec: &DispatchRecord, now:
     let worker_type = task.worker_type.clone();
     let attempt = task.attempts;
     debug_assert_ne!(task.status(), TaskStatus::InProgress);
-    queue.updated_at = Some(format_ts(now));
+    queue.updated_at = Some(now);
     store.write_locked(&guard, &queue)?;
     drop(guard);
 
@@ -244,8 +244,11 @@ mod tests {
     fn task(attempts: u32) -> Task {
         Task {
             worker_type: "scan-worker".into(),
-            state: TaskState::InProgress { started_at: "2030-01-01T00:00:00Z".into(), dispatch_id: "d".into() },
-            created_at: "2030-01-01T00:00:00Z".into(),
+            state: TaskState::InProgress {
+                started_at: crate::base::clock::parse_ts("2030-01-01T00:00:00Z").unwrap(),
+                dispatch_id: "d".into(),
+            },
+            created_at: crate::base::clock::parse_ts("2030-01-01T00:00:00Z").unwrap(),
             attempts,
             max_attempts: 10,
             ..Task::sample("t")

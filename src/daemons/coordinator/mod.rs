@@ -17,12 +17,13 @@
 //! and the `completed/`/`failed/` spec buckets wakes it; the next due time (delay, retry) is its
 //! deadline; `[scheduler] tick_interval_seconds` is only a slow safety re-scan.
 
-use crate::base::clock::{Clock, SystemClock, Timestamp, format_ts, parse_ts};
+use crate::base::clock::{Clock, SystemClock, Timestamp};
 use crate::base::error::{Error, Result};
 use crate::domain::scheduler_state::SchedulerState;
 use crate::domain::task::dispatches::{self, spec_path};
+use crate::domain::task::journal::{self, JournalPos};
 use crate::domain::task::model::{
-    DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
+    DispatchRecord, DispatchState, QueueCounts, Task, TaskQueue, TaskResult, TaskState, TaskStatus, TokenBudget, new_id,
 };
 use crate::domain::task::queue::{self, Ended, Outcome};
 use crate::domain::task::retry::FailureStreaks;
@@ -31,7 +32,7 @@ use crate::domain::task::{archive, budget, intake, ops};
 use crate::store::Store;
 use crate::store::config::Config;
 use crate::store::events::{EventKind, Severity};
-use crate::store::files::{SCHEDULER_STATE, TASK_QUEUE, TOKEN_BUDGET};
+use crate::store::files::{SCHEDULER_STATE, TASK_QUEUE, TASK_QUEUE_JOURNAL, TOKEN_BUDGET};
 use crate::store::home::SpecBucket;
 use crate::store::identity::FileIdentity;
 use crate::store::lock::LockGuard;
@@ -40,7 +41,7 @@ use plan::{BreakerSnapshot, CycleInput, DispatchPlan, GuardedType};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-pub mod plan;
+pub(crate) mod plan;
 
 /// The identity of a file the coordinator reads (see [`FileIdentity`]); None when it cannot be
 /// stat'ed. The queue and budget identities are taken under their file's lock right after this
@@ -69,7 +70,10 @@ pub struct Coordinator {
     store: Store,
     config: Config,
     clock: Box<dyn Clock>,
-    cache: Option<(FileIdentity, TaskQueue)>,
+    /// The queue as this coordinator last wrote it (or read it), at `journal`.
+    cache: Option<TaskQueue>,
+    /// Where the snapshot and journal were when `cache` was current (`task::journal`).
+    journal: JournalPos,
     /// Final statuses of archived tasks that queued tasks wait for (`--after`).
     after_cache: HashMap<String, TaskStatus>,
     /// Dispatches recorded in the queue whose spec is known to be missing (written by no one):
@@ -95,6 +99,8 @@ pub struct Coordinator {
     /// its append): the next cycle flushes the archive with its queue even when it appends
     /// nothing itself.
     archive_unflushed: bool,
+    /// After a failed seal: not before this instant again.
+    seal_retry_at: Option<std::time::Instant>,
 }
 
 impl Coordinator {
@@ -104,6 +110,7 @@ impl Coordinator {
             config,
             clock,
             cache: None,
+            journal: JournalPos::default(),
             after_cache: HashMap::new(),
             unrecorded: HashSet::new(),
             unrecorded_running: false,
@@ -112,6 +119,7 @@ impl Coordinator {
             validated: Default::default(),
             archived_unwritten: HashSet::new(),
             archive_unflushed: false,
+            seal_retry_at: None,
             archive_unchecked: true,
         }
     }
@@ -120,12 +128,15 @@ impl Coordinator {
     /// made itself (its own writes echo back through the watcher): no cycle is needed.
     pub fn only_own_writes(&self, wakes: &[Wake]) -> bool {
         let queue = self.store.path(TASK_QUEUE);
+        let journal = self.store.path(TASK_QUEUE_JOURNAL);
         let budget = self.store.path(TOKEN_BUDGET);
         !wakes.is_empty()
             && wakes.iter().all(|w| match w {
-                Wake::Changed(p) if *p == queue => {
-                    self.cache.as_ref().is_some_and(|(id, _)| Some(*id) == file_id(&queue))
-                }
+                Wake::Changed(p) if *p == queue => self.cache.is_some() && self.journal.snapshot == file_id(&queue),
+                // Also after a failed cycle (no cache): its own append cut short and taken back
+                // leaves the journal at the length it recorded, and must not wake it again at once
+                // (a full disk would make it spin); the failed cycle's backoff deadline retries.
+                Wake::Changed(p) if *p == journal => self.journal.len == journal::journal_len(&self.store),
                 Wake::Changed(p) if *p == budget => self.budget_id.is_some() && self.budget_id == file_id(&budget),
                 _ => false,
             })
@@ -150,12 +161,25 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The queue: the one in memory when the snapshot is the one it was read or written with,
+    /// brought up to date with the journal lines others appended since (a cancel, a retry); else
+    /// loaded again (a compaction by another writer, a snapshot replaced by hand).
     fn load_queue(&mut self) -> Result<TaskQueue> {
-        let id = file_id(&self.store.path(TASK_QUEUE));
-        match self.cache.take() {
-            Some((cached, q)) if Some(cached) == id => Ok(q),
-            _ => self.store.load(),
+        let snapshot = file_id(&self.store.path(TASK_QUEUE));
+        if let Some(mut q) = self.cache.take()
+            && snapshot.is_some()
+            && snapshot == self.journal.snapshot
+        {
+            if journal::journal_len(&self.store) == self.journal.len {
+                return Ok(q);
+            }
+            if journal::catch_up(&self.store, &mut q, &mut self.journal)? {
+                return Ok(q);
+            }
         }
+        let loaded = journal::load(&self.store)?;
+        self.journal = loaded.pos;
+        Ok(loaded.queue)
     }
 
     /// The ended records of running dispatches (specs that left `active/`), plus synthesized
@@ -165,7 +189,7 @@ impl Coordinator {
         // Dispatch ids with a live process, looked up once per cycle when needed.
         let mut running: Option<HashSet<String>> = None;
         self.unrecorded_running = false;
-        let now = format_ts(self.clock.now());
+        let now = self.clock.now();
         // A zombie's restart is auto-fix's decision (breaker, rate limits, restart backoff); the
         // coordinator folds zombies itself only when auto-fix is disabled.
         let ended_buckets: &[SpecBucket] = if self.config.daemon_enabled(crate::base::daemon_name::Daemon::AutoFix) {
@@ -189,7 +213,7 @@ impl Coordinator {
                     Err(e) => {
                         // Quarantined and reported by the read; the dispatch's end is unknown.
                         tracing::error!("dispatch {d}: unreadable spec: {e}");
-                        found = Some(lost_record(t, d, &now, &format!("its spec was unreadable: {e}")));
+                        found = Some(lost_record(t, d, now, &format!("its spec was unreadable: {e}")));
                         break;
                     }
                 }
@@ -222,7 +246,7 @@ impl Coordinator {
                     self.unrecorded_running = true;
                     continue;
                 }
-                found = Some(lost_record(t, d, &now, UNRECORDED_LOST_REASON));
+                found = Some(lost_record(t, d, now, UNRECORDED_LOST_REASON));
             }
             out.extend(found);
         }
@@ -282,7 +306,6 @@ impl Coordinator {
         // Read the time under the lock: every dispatch of this cycle is stamped before any pause
         // that waits for the lock.
         let now = self.clock.now();
-        let now_s = format_ts(now);
         report.paused = match store.load::<SchedulerState>() {
             Ok(s) => s.is_paused(),
             Err(e) => {
@@ -293,9 +316,11 @@ impl Coordinator {
         let queue_guard = store.lock(TASK_QUEUE)?;
         let mut q = self.load_queue()?;
         let mut q_dirty = false;
+        let mut changed: HashSet<String> = HashSet::new();
         let fold = intake::fold(&store, &mut q)?;
         if let Some(f) = &fold {
             report.folded = f.added.len();
+            changed.extend(f.added.iter().cloned());
             q_dirty = true;
         }
         let ended_records = self.collect_ended(&q)?;
@@ -314,13 +339,14 @@ impl Coordinator {
             &mut || fastrand::f64(),
         );
         q_dirty |= !ended.is_empty();
+        changed.extend(ended.iter().map(|e| e.task_id.clone()));
         // Forgotten as unrecorded only once the queue that folds their end is written: a cycle
         // whose write fails (a full disk) must find them again, or a dispatch whose spec was
         // never written stays `in_progress` for good.
         let folded: Vec<String> = ended_records.iter().map(|r| r.dispatch_id.clone()).collect();
         report.ended = ended;
         if self.reconcile_budget {
-            self.settle_orphan_reservations(&q, &mut budget, &now_s)?;
+            self.settle_orphan_reservations(&q, &mut budget, now)?;
         }
 
         let types = match store.load::<WorkerTypes>() {
@@ -345,9 +371,10 @@ impl Coordinator {
             queue_guard,
             scheduler_guard,
             now,
-            now_s,
             q,
             q_dirty,
+            changed,
+            removed: Vec::new(),
             fold,
             folded,
             budget,
@@ -368,12 +395,15 @@ impl Coordinator {
     /// record its spec will hold; the tasks the plan fails are failed; waiting reasons recorded.
     fn apply(&self, c: &mut Collected, decided: DispatchPlan) {
         for (i, reason) in decided.waiting {
-            c.q_dirty |= c.q.tasks[i].set_waiting_reason(reason);
+            if c.q.tasks[i].set_waiting_reason(reason) {
+                c.changed.insert(c.q.tasks[i].task_id.clone());
+                c.q_dirty = true;
+            }
         }
         let home_s = self.store.home().root().display().to_string();
         for d in decided.dispatch {
             let dispatch_id = new_id("dsp");
-            budget::reserve(&mut c.budget, &dispatch_id, d.reserve, &c.now_s);
+            budget::reserve(&mut c.budget, &dispatch_id, d.reserve, c.now);
             let task = &c.q.tasks[d.task];
             let wt = c.types.as_ref().and_then(|ty| ty.worker_types.get(&task.worker_type));
             let executor = plan::executor_of(c.types.as_ref(), task);
@@ -383,9 +413,10 @@ impl Coordinator {
                 task.slurm.as_ref().map_or(base.clone(), |own| base.overlaid(own))
             });
             let t = &mut c.q.tasks[d.task];
+            c.changed.insert(t.task_id.clone());
             t.attempts += 1;
             t.dispatches.push(dispatch_id.clone());
-            t.state = TaskState::InProgress { started_at: c.now_s.clone(), dispatch_id: dispatch_id.clone() };
+            t.state = TaskState::InProgress { started_at: c.now, dispatch_id: dispatch_id.clone() };
             let command = match &d.template {
                 Some(template) => expand(
                     template,
@@ -405,7 +436,7 @@ impl Coordinator {
                 task_id: t.task_id.clone(),
                 worker_type: t.worker_type.clone(),
                 state: DispatchState::Starting,
-                dispatched_at: c.now_s.clone(),
+                dispatched_at: c.now,
                 attempt: t.attempts,
                 command,
                 budget_reserved: d.reserve,
@@ -421,7 +452,8 @@ impl Coordinator {
         }
         for (i, error) in decided.fail {
             let t = &mut c.q.tasks[i];
-            t.state = TaskState::Failed { started_at: None, completed_at: c.now_s.clone() };
+            c.changed.insert(t.task_id.clone());
+            t.state = TaskState::Failed { started_at: None, completed_at: c.now };
             t.result = Some(TaskResult { error: Some(error.clone()), ..TaskResult::default() });
             c.report.ended.push(Ended {
                 task_id: t.task_id.clone(),
@@ -486,6 +518,7 @@ impl Coordinator {
                 }
             }
             c.report.archived = finished.len();
+            c.removed.extend(finished.iter().map(|t| t.task_id.clone()));
             c.q.tasks.retain(|t| !t.status().is_terminal());
             c.q_dirty = true;
         }
@@ -516,9 +549,10 @@ impl Coordinator {
             queue_guard,
             scheduler_guard,
             now,
-            now_s,
             mut q,
             q_dirty,
+            changed,
+            removed,
             fold,
             folded,
             mut budget,
@@ -527,11 +561,40 @@ impl Coordinator {
             ..
         } = c;
         let mut state_batch = crate::store::atomic::ReplaceBatch::new();
+        // The queue's change: the changed tasks and the removals appended to the journal as one
+        // commit (fsynced in the flush below), or, once the journal has grown past its share of
+        // the snapshot, a compaction (a new snapshot staged in the batch, the journal emptied
+        // after its rename).
+        let journal_before = self.journal.end;
+        let mut journal_file = None;
+        let mut compacted = false;
         if q_dirty {
-            q.updated_at = Some(now_s.clone());
+            q.updated_at = Some(now);
+            let counts = QueueCounts::of(&q.tasks);
+            let changed_tasks: Vec<&Task> = if changed.is_empty() {
+                Vec::new()
+            } else {
+                q.tasks.iter().filter(|t| changed.contains(&t.task_id)).collect()
+            };
+            let commit = journal::Commit {
+                intake_offset: q.intake_offset,
+                updated_at: q.updated_at,
+                counts: Some(counts.clone()),
+                ..journal::Commit::default()
+            };
             let bytes =
-                crate::domain::task::queue_file::encode(&store.path(TASK_QUEUE), &q, Some(&mut self.validated))?;
-            state_batch.stage(&store.path(TASK_QUEUE), &bytes)?;
+                journal::encode_commit(self.journal.generation, self.journal.end, changed_tasks, &removed, commit)?;
+            q.counts = Some(counts);
+            if journal::needs_compaction(&self.journal, bytes.len() as u64) {
+                q.journal_generation = journal::next_generation(self.journal.generation);
+                let snapshot =
+                    crate::domain::task::queue_file::encode(&store.path(TASK_QUEUE), &q, Some(&mut self.validated))?;
+                state_batch.stage(&store.path(TASK_QUEUE), &snapshot)?;
+                compacted = true;
+            } else {
+                journal_file = Some(journal::append_commit(&store, &mut self.journal, &bytes)?);
+                crate::ops::backup::pause_point("queue-journal-appended");
+            }
         }
         budget.recompute();
         let budget_changed = budget != before_budget;
@@ -549,12 +612,18 @@ impl Coordinator {
             }
         }
         let archive_path = store.path(crate::store::files::TASK_ARCHIVE);
-        let also: Vec<(&std::fs::File, &std::path::Path)> =
+        let journal_path = store.path(TASK_QUEUE_JOURNAL);
+        let mut also: Vec<(&std::fs::File, &std::path::Path)> =
             archive_file.iter().map(|f| (f, archive_path.as_path())).collect();
+        also.extend(journal_file.iter().map(|f| (f, journal_path.as_path())));
         let committed =
             crate::store::atomic::ReplaceBatch::sync_together(&mut [&mut state_batch, &mut spec_batch], &also)
                 .and_then(|()| state_batch.commit());
         if let Err(e) = committed {
+            if journal_file.is_some() {
+                // The cycle fails whole: its commit is taken back (the next cycle loads again).
+                journal::roll_back(&store, &mut self.journal, journal_before);
+            }
             // The queue may show these dispatches (renamed before a failed directory fsync);
             // their specs are not written: fold them `lost` unless a spec turns up.
             for id in &staged {
@@ -563,6 +632,21 @@ impl Coordinator {
             // The archive lines stay `archive_unflushed`: the next cycle flushes them with its
             // queue instead of appending them again, so each task is archived once.
             return Err(e);
+        }
+        if compacted {
+            crate::ops::backup::pause_point("queue-compacted");
+            // The new snapshot is durable; the journal's lines are of the previous generation
+            // now (ignored by every reader), so emptying it can wait for the next writer if it
+            // fails here.
+            if let Err(e) = journal::reset(&store) {
+                tracing::warn!("cannot empty the queue's journal after a compaction: {e}");
+            }
+            self.journal = JournalPos {
+                snapshot: file_id(&store.path(TASK_QUEUE)),
+                generation: q.journal_generation,
+                end: 0,
+                len: journal::journal_len(&store),
+            };
         }
         if q_dirty {
             self.archived_unwritten.clear();
@@ -599,7 +683,16 @@ impl Coordinator {
         if let Some(f) = fold {
             f.finish(&store, &q)?;
         }
-        self.cache = file_id(&store.path(TASK_QUEUE)).map(|id| (id, q));
+        #[cfg(debug_assertions)]
+        if q.tasks.len() <= 5_000 {
+            // What is on disk reads back as what this coordinator holds (a change not journalled
+            // would show here, in every test).
+            if let Ok(disk) = journal::load_quiet(&store) {
+                debug_assert_eq!(disk.queue.tasks, q.tasks, "the queue on disk differs from the coordinator's");
+            }
+        }
+        self.cache = Some(q);
+        self.seal_archive();
         drop(queue_guard);
         drop(scheduler_guard);
         self.reconcile_budget = false;
@@ -612,6 +705,34 @@ impl Coordinator {
         Ok(report)
     }
 
+    /// Seals the archive's active file into a segment with its index once it has passed
+    /// `[archive] segment_bytes` (under the `task-queue` lock, after the queue is durable, so the
+    /// archive lines of this commit are already flushed). A failed seal (a full disk) is tried
+    /// again a minute later, not every cycle: the archive keeps working unsealed meanwhile.
+    fn seal_archive(&mut self) {
+        if self.seal_retry_at.is_some_and(|at| std::time::Instant::now() < at) {
+            return;
+        }
+        let cfg = &self.config.archive;
+        match archive::segment::seal_if_due(&self.store, cfg.segment_bytes, cfg.keep_segments) {
+            Ok(None) => {}
+            Ok(Some(s)) => {
+                self.seal_retry_at = None;
+                tracing::info!(
+                    "archive sealed into segment {} ({} tasks, {} bytes; {} old segment(s) removed)",
+                    s.segment,
+                    s.tasks,
+                    s.bytes,
+                    s.removed.len()
+                );
+            }
+            Err(e) => {
+                tracing::warn!("cannot seal the task archive: {e}; trying again in a minute");
+                self.seal_retry_at = Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
+            }
+        }
+    }
+
     /// A dispatch recorded in the queue whose spec could not be written: the next cycles fold it
     /// as `lost` (a failed attempt for the retry policy) unless the spec turns up after all.
     fn spec_not_written(&mut self, dispatch_id: &str, e: &Error) {
@@ -621,7 +742,7 @@ impl Coordinator {
 
     /// Reservations held by no running dispatch (a crash between writes, a hand-edited queue) are
     /// settled to the tokens their dispatch reported, or released.
-    fn settle_orphan_reservations(&self, q: &TaskQueue, budget: &mut TokenBudget, now: &str) -> Result<()> {
+    fn settle_orphan_reservations(&self, q: &TaskQueue, budget: &mut TokenBudget, now: Timestamp) -> Result<()> {
         let running: HashSet<&str> = q.tasks.iter().filter_map(|t| t.current_dispatch()).collect();
         let orphans: Vec<String> =
             budget.reservations.keys().filter(|d| !running.contains(d.as_str())).cloned().collect();
@@ -705,13 +826,13 @@ its spec was never written (the coordinator stopped in between) or was removed b
 /// How soon a cycle looks again at a dispatch without a spec whose process still runs.
 pub const UNRECORDED_RECHECK: Duration = Duration::from_secs(1);
 
-fn lost_record(t: &Task, dispatch_id: &str, now: &str, reason: &str) -> DispatchRecord {
+fn lost_record(t: &Task, dispatch_id: &str, now: Timestamp, reason: &str) -> DispatchRecord {
     DispatchRecord {
         dispatch_id: dispatch_id.to_string(),
         task_id: t.task_id.clone(),
         worker_type: t.worker_type.clone(),
-        state: DispatchState::Lost { ended_at: now.to_string(), reason: reason.to_string() },
-        dispatched_at: t.started_at().unwrap_or(now).to_string(),
+        state: DispatchState::Lost { ended_at: now, reason: reason.to_string() },
+        dispatched_at: t.started_at().unwrap_or(now),
         attempt: t.attempts.max(1),
         command: t.command.clone(),
         budget_reserved: t.budget,
@@ -732,6 +853,7 @@ fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
     let names: HashSet<&'static str> = [
         crate::store::files::TASK_INTAKE.rel,
         TASK_QUEUE.rel,
+        TASK_QUEUE_JOURNAL.rel,
         TOKEN_BUDGET.rel,
         SCHEDULER_STATE.rel,
         crate::store::files::SCHEDULES.rel,
@@ -975,7 +1097,7 @@ impl BreakerGate {
     /// When an open breaker lets its trial through (its `half_open_at`).
     fn half_open_at(&self, worker_type: &str) -> Option<Timestamp> {
         match &self.breakers.breakers.get(worker_type)?.state {
-            crate::daemons::auto_fix::breaker::BreakerState::Open { half_open_at, .. } => parse_ts(half_open_at),
+            crate::daemons::auto_fix::breaker::BreakerState::Open { half_open_at, .. } => Some(*half_open_at),
             _ => None,
         }
     }
@@ -992,10 +1114,13 @@ struct Collected {
     scheduler_guard: LockGuard,
     /// The cycle's time, read under the `scheduler` lock.
     now: Timestamp,
-    now_s: String,
     q: TaskQueue,
     /// The queue needs writing.
     q_dirty: bool,
+    /// Ids of the tasks this cycle changed or added (their whole records go to the journal).
+    changed: HashSet<String>,
+    /// Ids of the tasks this cycle removed from the queue (archived).
+    removed: Vec<String>,
     /// The intake folded into the queue, finished after the commit.
     fold: Option<intake::IntakeFold>,
     /// The dispatches whose end this cycle folds (forgotten as unrecorded once written).

@@ -6,7 +6,7 @@
 //! fail without a dispatch, the waiting reasons to record and the next due time. It reads no file
 //! and no clock; the coordinator applies the plan to its queue and budget and writes them.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::domain::task::model::{Task, TaskState, TaskStatus, TokenBudget, WaitingReason};
 use crate::domain::task::queue;
 use crate::domain::task::worker_types::{ExecutorKind, WorkerTypes};
@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 /// A worker type's circuit breaker as this cycle sees it (types with a closed breaker are absent
 /// from the [`BreakerSnapshot`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct GuardedType {
+pub(crate) struct GuardedType {
     /// The breaker lets one trial dispatch of the type through in this cycle.
     pub trial_allowed: bool,
     /// When an open breaker lets its trial through.
@@ -26,12 +26,12 @@ pub struct GuardedType {
 /// for this cycle (`auto_fix::breaker::dispatch_allowed_by`, asked by the coordinator before it
 /// plans). At most one task of a guarded type is dispatched per cycle (the half-open trial).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct BreakerSnapshot {
+pub(crate) struct BreakerSnapshot {
     pub guarded: HashMap<String, GuardedType>,
 }
 
 /// What one cycle decides from.
-pub struct CycleInput<'a> {
+pub(crate) struct CycleInput<'a> {
     /// The queue's tasks, with this cycle's ended dispatches folded in.
     pub tasks: &'a [Task],
     /// The token budget after this cycle's settlements.
@@ -55,14 +55,14 @@ pub struct CycleInput<'a> {
 
 /// The executor a task's dispatch would use: its own (`task add --executor`), else its worker
 /// type's (local when the type is unknown).
-pub fn executor_of(types: Option<&WorkerTypes>, t: &Task) -> ExecutorKind {
+pub(crate) fn executor_of(types: Option<&WorkerTypes>, t: &Task) -> ExecutorKind {
     t.executor
         .or_else(|| types.and_then(|ty| ty.worker_types.get(&t.worker_type)).map(|wt| wt.executor))
         .unwrap_or_default()
 }
 
 /// Free local slots and free Slurm slots: the limits less the tasks in progress on each executor.
-pub fn free_slots(
+pub(crate) fn free_slots(
     tasks: &[Task],
     types: Option<&WorkerTypes>,
     slots: usize,
@@ -81,7 +81,7 @@ pub fn free_slots(
 /// One dispatch to make: the task (an index into [`CycleInput::tasks`]) and what its record
 /// needs besides the dispatch id.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlannedDispatch {
+pub(crate) struct PlannedDispatch {
     pub task: usize,
     /// Tokens reserved for the dispatch (the task's budget).
     pub reserve: u64,
@@ -94,7 +94,7 @@ pub struct PlannedDispatch {
 
 /// What one cycle does to the queue, decided by [`plan`].
 #[derive(Debug, Default, PartialEq)]
-pub struct DispatchPlan {
+pub(crate) struct DispatchPlan {
     /// Dispatches in the order they are made (priority, then age).
     pub dispatch: Vec<PlannedDispatch>,
     /// Tasks that fail without a dispatch (a failed or missing prerequisite, an unknown worker
@@ -117,7 +117,7 @@ impl DispatchPlan {
 /// (`--delay`, `next_retry_at`) or waiting for its prerequisite stays queued; nothing is
 /// dispatched while paused, without a free slot or without readable worker types; a guarded
 /// worker type gets at most its trial; a task whose budget does not fit what is left waits.
-pub fn plan(input: &CycleInput) -> DispatchPlan {
+pub(crate) fn plan(input: &CycleInput) -> DispatchPlan {
     let tasks = input.tasks;
     let now = input.now;
     let mut out = DispatchPlan::default();
@@ -131,11 +131,11 @@ pub fn plan(input: &CycleInput) -> DispatchPlan {
     for i in queue::dispatch_order(tasks) {
         let t = &tasks[i];
         let due_at = match &t.state {
-            TaskState::Queued { .. } => t.not_before.as_deref(),
-            TaskState::PendingRetry { next_retry_at, .. } => Some(next_retry_at.as_str()),
+            TaskState::Queued { .. } => t.not_before,
+            TaskState::PendingRetry { next_retry_at, .. } => Some(*next_retry_at),
             _ => continue,
         };
-        if let Some(due) = due_at.and_then(parse_ts)
+        if let Some(due) = due_at
             && due > now
         {
             out.due_at(due);

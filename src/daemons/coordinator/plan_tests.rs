@@ -7,7 +7,7 @@ use crate::domain::task::worker_types::WorkerType;
 const NOW: &str = "2026-01-01T12:00:00Z";
 
 fn at(s: &str) -> Timestamp {
-    parse_ts(s).unwrap()
+    crate::base::clock::parse_ts(s).unwrap()
 }
 
 fn types() -> WorkerTypes {
@@ -37,10 +37,7 @@ fn budget(available: u64) -> TokenBudget {
 }
 
 fn running(id: &str) -> Task {
-    Task {
-        state: TaskState::InProgress { started_at: NOW.into(), dispatch_id: format!("dsp-{id}") },
-        ..Task::sample(id)
-    }
+    Task { state: TaskState::InProgress { started_at: at(NOW), dispatch_id: format!("dsp-{id}") }, ..Task::sample(id) }
 }
 
 /// A cycle's input with room for everything: unpaused, ample budget, 10 slots.
@@ -122,8 +119,16 @@ fn only_the_free_slots_are_filled() {
 #[test]
 fn a_budget_too_short_keeps_the_task_waiting_and_later_ones_may_fit() {
     let big = Task { budget: 80, ..Task::sample("big") };
-    let small = Task { budget: 20, created_at: "2026-01-01T00:00:01Z".into(), ..Task::sample("small") };
-    let first = Task { budget: 60, created_at: "2025-12-31T00:00:00Z".into(), ..Task::sample("first") };
+    let small = Task {
+        budget: 20,
+        created_at: crate::base::clock::parse_ts("2026-01-01T00:00:01Z").unwrap(),
+        ..Task::sample("small")
+    };
+    let first = Task {
+        budget: 60,
+        created_at: crate::base::clock::parse_ts("2025-12-31T00:00:00Z").unwrap(),
+        ..Task::sample("first")
+    };
     let mut f = Fixture::new(vec![big, small, first]);
     f.budget = budget(100);
     let p = f.plan();
@@ -145,8 +150,10 @@ fn an_open_breaker_holds_its_type_and_wakes_at_half_open() {
 
 #[test]
 fn a_half_open_breaker_lets_one_trial_through_per_cycle() {
-    let mut f =
-        Fixture::new(vec![Task::sample("a"), Task { created_at: "2026-01-01T00:00:01Z".into(), ..Task::sample("b") }]);
+    let mut f = Fixture::new(vec![
+        Task::sample("a"),
+        Task { created_at: crate::base::clock::parse_ts("2026-01-01T00:00:01Z").unwrap(), ..Task::sample("b") },
+    ]);
     f.breakers
         .guarded
         .insert("w".into(), GuardedType { trial_allowed: true, half_open_at: Some(at("2026-01-01T11:00:00Z")) });
@@ -158,7 +165,10 @@ fn a_half_open_breaker_lets_one_trial_through_per_cycle() {
 
 #[test]
 fn paused_dispatches_nothing_and_fails_nothing_but_still_tracks_delays() {
-    let delayed = Task { not_before: Some("2026-01-01T13:00:00Z".into()), ..Task::sample("later") };
+    let delayed = Task {
+        not_before: Some(crate::base::clock::parse_ts("2026-01-01T13:00:00Z").unwrap()),
+        ..Task::sample("later")
+    };
     let unknown = Task { worker_type: "nope".into(), ..Task::sample("unknown") };
     let mut f = Fixture::new(vec![Task::sample("a"), unknown, delayed]);
     f.paused = true;
@@ -173,9 +183,21 @@ fn paused_dispatches_nothing_and_fails_nothing_but_still_tracks_delays() {
 fn priority_first_then_age() {
     let mut f = Fixture::new(vec![
         Task { priority: Priority::Low, ..Task::sample("low") },
-        Task { priority: Priority::High, created_at: "2026-01-01T00:00:05Z".into(), ..Task::sample("high-new") },
-        Task { priority: Priority::High, created_at: "2026-01-01T00:00:01Z".into(), ..Task::sample("high-old") },
-        Task { priority: Priority::Critical, created_at: "2026-01-01T10:00:00Z".into(), ..Task::sample("crit") },
+        Task {
+            priority: Priority::High,
+            created_at: crate::base::clock::parse_ts("2026-01-01T00:00:05Z").unwrap(),
+            ..Task::sample("high-new")
+        },
+        Task {
+            priority: Priority::High,
+            created_at: crate::base::clock::parse_ts("2026-01-01T00:00:01Z").unwrap(),
+            ..Task::sample("high-old")
+        },
+        Task {
+            priority: Priority::Critical,
+            created_at: crate::base::clock::parse_ts("2026-01-01T10:00:00Z").unwrap(),
+            ..Task::sample("crit")
+        },
     ]);
     assert_eq!(f.dispatched(), vec!["crit", "high-old", "high-new", "low"]);
     f.slots = 2;
@@ -185,7 +207,7 @@ fn priority_first_then_age() {
 #[test]
 fn a_retry_is_dispatched_once_due_and_waits_before() {
     let retry = |id: &str, next: &str| Task {
-        state: TaskState::PendingRetry { next_retry_at: next.into(), waiting_reason: Some(WaitingReason::Delay) },
+        state: TaskState::PendingRetry { next_retry_at: at(next), waiting_reason: Some(WaitingReason::Delay) },
         attempts: 1,
         ..Task::sample(id)
     };

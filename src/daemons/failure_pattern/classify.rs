@@ -3,7 +3,7 @@
 //! signature — category, type, worker type and, for exits, the code and the normalised last line
 //! of stderr — and the pattern id is a short SHA-256 of that signature.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::domain::task::{DispatchRecord, DispatchState};
 use crate::store::events::{Event, EventKind};
 use crate::store::home::Home;
@@ -180,7 +180,7 @@ fn regexes() -> &'static [(Regex, &'static str)] {
 /// Normalises a stderr line so failures that differ only in numbers, ids, paths and times share a
 /// signature: timestamps → `<ts>`, UUIDs → `<id>`, paths → `<path>`, hex ids → `<hex>`, digits → `<n>`.
 /// Whitespace is collapsed and the result capped at 200 characters.
-pub fn normalise_line(line: &str) -> String {
+pub(crate) fn normalise_line(line: &str) -> String {
     let mut s = line.trim().to_string();
     for (re, to) in regexes() {
         // Short hex words that are plain English ("add", "bad", "face") must stay: only runs of
@@ -201,7 +201,7 @@ pub fn normalise_line(line: &str) -> String {
 }
 
 /// The last non-empty line of a file (reads only its tail). None when missing or empty.
-pub fn last_nonempty_line(path: &Path) -> Option<String> {
+pub(crate) fn last_nonempty_line(path: &Path) -> Option<String> {
     tail(path, 8192)?.lines().rev().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
 }
 
@@ -217,7 +217,7 @@ fn tail(path: &Path, max: u64) -> Option<String> {
 
 /// The stderr file of a dispatch: the spec's `stderr_path` when set (relative to the home or
 /// absolute), else `agents/logs/workers/<dispatch_id>.err`.
-pub fn stderr_path(home: &Home, dispatch_id: &str, spec_path: Option<&str>) -> std::path::PathBuf {
+pub(crate) fn stderr_path(home: &Home, dispatch_id: &str, spec_path: Option<&str>) -> std::path::PathBuf {
     match spec_path.filter(|p| !p.is_empty()) {
         Some(p) if Path::new(p).is_absolute() => p.into(),
         Some(p) => home.join(p),
@@ -244,7 +244,7 @@ fn is_oom(exit_code: Option<i32>, signal: Option<i32>, error: Option<&str>, stde
 
 /// Classifies a failed, exited, signalled, timed-out, lost or zombie dispatch; None for a
 /// dispatch that did not fail (active, completed, cancelled).
-pub fn from_spec(home: &Home, rec: &DispatchRecord) -> Option<Failure> {
+pub(crate) fn from_spec(home: &Home, rec: &DispatchRecord) -> Option<Failure> {
     let stderr = stderr_path(home, &rec.dispatch_id, Some(&rec.stderr_path));
     let (at, kind, exit_code, signal, message) = match &rec.state {
         DispatchState::Starting
@@ -262,7 +262,7 @@ pub fn from_spec(home: &Home, rec: &DispatchRecord) -> Option<Failure> {
     };
     Some(Failure {
         key: format!("dispatch:{}", rec.dispatch_id),
-        at: parse_ts(at).unwrap_or_else(chrono::Utc::now),
+        at: *at,
         kind,
         worker_type: rec.worker_type.clone(),
         exit_code,
@@ -294,7 +294,7 @@ fn exit_kind(
 }
 
 /// True for the failure events accepted from the event log.
-pub fn is_failure_event(kind: &EventKind) -> bool {
+pub(crate) fn is_failure_event(kind: &EventKind) -> bool {
     matches!(
         kind,
         EventKind::TaskFailed
@@ -309,7 +309,7 @@ pub fn is_failure_event(kind: &EventKind) -> bool {
 
 /// Classifies a failure event. `spec` is the dispatch's finished spec when one exists (it is
 /// preferred: the event then only confirms a failure the spec already describes).
-pub fn from_event(home: &Home, ev: &Event, spec: Option<&DispatchRecord>) -> Option<Failure> {
+pub(crate) fn from_event(home: &Home, ev: &Event, spec: Option<&DispatchRecord>) -> Option<Failure> {
     if !is_failure_event(&ev.event_type) {
         return None;
     }
@@ -317,7 +317,7 @@ pub fn from_event(home: &Home, ev: &Event, spec: Option<&DispatchRecord>) -> Opt
     let str_of = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let int_of = |k: &str| data.get(k).and_then(|v| v.as_i64()).map(|v| v as i32);
     let dispatch_id = str_of("dispatch_id").filter(|d| crate::domain::task::dispatches::is_valid_id(d));
-    let at = ev.time().unwrap_or_else(chrono::Utc::now);
+    let at = ev.timestamp;
     let kind_from_type = match ev.event_type {
         EventKind::DispatchTimeout => Some(FailureKind::Timeout),
         EventKind::DispatchLost => Some(FailureKind::Lost),

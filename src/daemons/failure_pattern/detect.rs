@@ -5,7 +5,7 @@
 //! records with the state. Time comes from an injectable [`Clock`].
 
 use super::classify::{Category, Failure, Signature};
-use crate::base::clock::{Clock, Timestamp, format_ts, parse_ts};
+use crate::base::clock::{Clock, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -49,7 +49,7 @@ impl PatternSeverity {
 
 /// Confidence that a signature is a real pattern: 0 below the threshold, then 0.33, 0.67 and 1.0
 /// at 1×, 2× and 3× the threshold.
-pub fn confidence(count: u64, threshold: u32) -> f64 {
+pub(crate) fn confidence(count: u64, threshold: u32) -> f64 {
     let t = u64::from(threshold.max(1));
     if count >= 3 * t {
         1.0
@@ -64,7 +64,7 @@ pub fn confidence(count: u64, threshold: u32) -> f64 {
 
 /// Severity from the category (timeouts and crashes start at medium; resource exhaustion, lost
 /// or zombie workers and escalations at high), raised one level at 3× the threshold.
-pub fn severity(category: Category, count: u64, threshold: u32) -> PatternSeverity {
+pub(crate) fn severity(category: Category, count: u64, threshold: u32) -> PatternSeverity {
     let base = match category {
         Category::Timeout | Category::Crash => PatternSeverity::Medium,
         Category::Resource | Category::Liveness | Category::Escalation => PatternSeverity::High,
@@ -79,9 +79,10 @@ pub struct Frequency {
     /// Occurrences within the window at the last update.
     #[serde(default)]
     pub window_occurrences: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_seen: Option<String>,
-    pub last_seen: String,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
+    pub first_seen: Option<Timestamp>,
+    #[serde(with = "crate::base::clock::ts")]
+    pub last_seen: Timestamp,
 }
 
 /// One line of `coordination/patterns/failure-patterns.jsonl`: the current record of a pattern.
@@ -109,8 +110,10 @@ pub struct PatternRecord {
     /// The latest dispatches of the pattern (at most 10), newest last.
     #[serde(default)]
     pub recent_dispatches: Vec<String>,
-    pub created_at: String,
-    pub updated_at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub created_at: Timestamp,
+    #[serde(with = "crate::base::clock::ts")]
+    pub updated_at: Timestamp,
 }
 
 fn yes() -> bool {
@@ -121,7 +124,8 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Occurrence {
     pub pattern_id: String,
-    pub at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub at: Timestamp,
     /// The failure's key (`dispatch:<id>`, `event:<id>`).
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,8 +138,10 @@ pub struct SignatureInfo {
     pub signature: Signature,
     /// Every occurrence ever counted.
     pub total: u64,
-    pub first_seen: String,
-    pub last_seen: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub first_seen: Timestamp,
+    #[serde(with = "crate::base::clock::ts")]
+    pub last_seen: Timestamp,
 }
 
 /// Where reading the event log got to.
@@ -165,8 +171,8 @@ pub struct DetectorState {
     /// True while a failure storm has paused the scheduler (cleared when the rate drops).
     #[serde(default)]
     pub storm_active: bool,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
     /// Keys of `occurrences`, for fast look-ups (rebuilt after loading).
     #[serde(skip)]
     keys: HashSet<String>,
@@ -221,19 +227,19 @@ impl DetectorState {
         }
         let sig = f.signature();
         let id = sig.pattern_id();
-        let at = format_ts(f.at);
+        let at = f.at;
         let info = self.signatures.entry(id.clone()).or_insert_with(|| SignatureInfo {
             signature: sig,
             total: 0,
-            first_seen: at.clone(),
-            last_seen: at.clone(),
+            first_seen: at,
+            last_seen: at,
         });
         info.total += 1;
         if at > info.last_seen {
-            info.last_seen = at.clone();
+            info.last_seen = at;
         }
         if at < info.first_seen {
-            info.first_seen = at.clone();
+            info.first_seen = at;
         }
         self.keys.insert(f.key.clone());
         let pos = self.occurrences.partition_point(|o| o.at <= at);
@@ -245,7 +251,7 @@ impl DetectorState {
     /// Drops occurrences older than the window, and signatures with no occurrence left that
     /// never became a pattern (`known` are the ids with a record).
     pub fn prune(&mut self, t: &Thresholds, now: Timestamp, known: &BTreeSet<String>) {
-        let cutoff = format_ts(now - t.window);
+        let cutoff = now - t.window;
         self.occurrences.retain(|o| o.at >= cutoff);
         self.rebuild_index();
         let live: BTreeSet<&String> = self.occurrences.iter().map(|o| &o.pattern_id).collect();
@@ -259,7 +265,6 @@ impl DetectorState {
 
     /// Occurrences of any pattern at or after `since`.
     pub fn count_since(&self, since: Timestamp) -> u64 {
-        let since = format_ts(since);
         self.occurrences.iter().filter(|o| o.at >= since).count() as u64
     }
 
@@ -272,7 +277,7 @@ impl DetectorState {
         t: &Thresholds,
         clock: &dyn Clock,
     ) -> Vec<PatternChange> {
-        let now = format_ts(clock.now());
+        let now = clock.now();
         let mut changes = Vec::new();
         for (id, info) in self.signatures.iter_mut() {
             let count = self.occurrences.iter().filter(|o| &o.pattern_id == id).count() as u64;
@@ -311,15 +316,15 @@ impl DetectorState {
                         frequency: Frequency {
                             total_occurrences: info.total,
                             window_occurrences: count,
-                            first_seen: Some(info.first_seen.clone()),
-                            last_seen: info.last_seen.clone(),
+                            first_seen: Some(info.first_seen),
+                            last_seen: info.last_seen,
                         },
                         confidence: confidence(count, t.threshold),
                         severity: sev,
                         active: true,
                         recent_dispatches: recent,
-                        created_at: now.clone(),
-                        updated_at: now.clone(),
+                        created_at: now,
+                        updated_at: now,
                     },
                     previous_severity: None,
                     is_new: true,
@@ -330,7 +335,7 @@ impl DetectorState {
             rec.frequency.total_occurrences = info.total;
             rec.frequency.window_occurrences = count;
             if info.last_seen > rec.frequency.last_seen {
-                rec.frequency.last_seen = info.last_seen.clone();
+                rec.frequency.last_seen = info.last_seen;
             }
             if !recent.is_empty() {
                 rec.recent_dispatches = recent;
@@ -345,9 +350,9 @@ impl DetectorState {
                     rec.severity = sev;
                 }
             }
-            rec.updated_at = old.updated_at.clone();
+            rec.updated_at = old.updated_at;
             if rec != *old {
-                rec.updated_at = now.clone();
+                rec.updated_at = now;
                 changes.push(PatternChange { record: rec, previous_severity: previous, is_new: false });
             }
         }
@@ -356,7 +361,7 @@ impl DetectorState {
 
     /// The newest occurrence time, parsed (for logs).
     pub fn last_occurrence(&self) -> Option<Timestamp> {
-        self.occurrences.last().and_then(|o| parse_ts(&o.at))
+        self.occurrences.last().map(|o| o.at)
     }
 }
 
@@ -380,7 +385,7 @@ mod tests {
     }
 
     fn start() -> Timestamp {
-        parse_ts("2026-05-01T12:00:00Z").unwrap()
+        crate::base::clock::parse_ts("2026-05-01T12:00:00Z").unwrap()
     }
 
     #[test]

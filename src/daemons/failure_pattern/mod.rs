@@ -9,12 +9,12 @@
 //! - [`records`]: the pattern store (atomic rewrite under lock `failure-patterns`).
 //! - [`sources`]: reading the spec buckets and the event log from a persisted offset.
 
-pub mod classify;
-pub mod detect;
-pub mod records;
-pub mod sources;
+pub(crate) mod classify;
+pub(crate) mod detect;
+pub(crate) mod records;
+pub(crate) mod sources;
 
-use crate::base::clock::{Clock, SystemClock, format_ts};
+use crate::base::clock::{Clock, SystemClock};
 use crate::base::error::Result;
 use crate::domain::scheduler_state::{self, Actor};
 use crate::domain::task::dispatches;
@@ -53,6 +53,9 @@ pub struct FailurePatterns {
     not_failures: HashSet<String>,
     /// (dev, inode) of the event log being watched.
     pub watched_events: Option<(u64, u64)>,
+    /// The next pass lists `failed/` and `zombie/` (set at start, on a change in them and on
+    /// the slow timer): a pass woken by the event log alone reads only the new events.
+    pub scan_specs: bool,
 }
 
 impl FailurePatterns {
@@ -72,7 +75,16 @@ impl FailurePatterns {
         };
         state.rebuild_index();
         let thresholds = Thresholds::from_config(&config);
-        FailurePatterns { store, config, thresholds, clock, state, not_failures: HashSet::new(), watched_events: None }
+        FailurePatterns {
+            store,
+            config,
+            thresholds,
+            clock,
+            state,
+            not_failures: HashSet::new(),
+            watched_events: None,
+            scan_specs: true,
+        }
     }
 
     pub fn state(&self) -> &DetectorState {
@@ -87,7 +99,9 @@ impl FailurePatterns {
         let before = serde_json::to_value(&self.state).unwrap_or_default();
         let mut report = PassReport::default();
         let cutoff = std::time::SystemTime::from(now - self.thresholds.window);
-        for bucket in [SpecBucket::Failed, SpecBucket::Zombie] {
+        let buckets: &[SpecBucket] =
+            if std::mem::take(&mut self.scan_specs) { &[SpecBucket::Failed, SpecBucket::Zombie] } else { &[] };
+        for &bucket in buckets {
             let dir = home.worker_specs(bucket);
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
@@ -157,7 +171,7 @@ impl FailurePatterns {
     }
 
     fn save_state(&mut self) -> Result<()> {
-        self.state.updated_at = Some(format_ts(self.clock.now()));
+        self.state.updated_at = Some(self.clock.now());
         let path = self.store.home().failure_pattern_state();
         if let Some(dir) = path.parent() {
             atomic::create_dir_all(dir)?;
@@ -299,5 +313,10 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         if matches!(wake, Wake::Shutdown(_)) || pending.iter().any(|w| matches!(w, Wake::Shutdown(_))) {
             return Ok(());
         }
+        let spec_dirs = [home.worker_specs(SpecBucket::Failed), home.worker_specs(SpecBucket::Zombie)];
+        fp.scan_specs |= Instant::now() >= next
+            || std::iter::once(&wake)
+                .chain(&pending)
+                .any(|w| matches!(w, Wake::Changed(p) if spec_dirs.iter().any(|d| p.starts_with(d))));
     }
 }

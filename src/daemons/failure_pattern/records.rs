@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 /// The records, by pattern id, and their order in the file.
 #[derive(Debug, Default)]
-pub struct PatternFile {
+pub(crate) struct PatternFile {
     pub records: BTreeMap<String, PatternRecord>,
     pub order: Vec<String>,
     pub bad_lines: usize,
@@ -18,7 +18,7 @@ pub struct PatternFile {
 }
 
 /// Reads every pattern record (a later line for the same id wins). A missing file is empty.
-pub fn load(store: &Store) -> Result<PatternFile> {
+pub(crate) fn load(store: &Store) -> Result<PatternFile> {
     let path = store.path(files::FAILURE_PATTERNS);
     let raw = match std::fs::read(&path) {
         Ok(b) => b,
@@ -45,13 +45,18 @@ pub fn load(store: &Store) -> Result<PatternFile> {
 }
 
 /// Takes the lock of the pattern store.
-pub fn lock(store: &Store) -> Result<LockGuard> {
+pub(crate) fn lock(store: &Store) -> Result<LockGuard> {
     store.lock(files::FAILURE_PATTERNS)
 }
 
 /// Replaces records (new ids go to the end) and rewrites the file atomically. The caller holds
 /// the lock from [`lock`] and loaded `file` under it.
-pub fn upsert(store: &Store, _guard: &LockGuard, file: &mut PatternFile, changed: &[PatternRecord]) -> Result<()> {
+pub(crate) fn upsert(
+    store: &Store,
+    _guard: &LockGuard,
+    file: &mut PatternFile,
+    changed: &[PatternRecord],
+) -> Result<()> {
     if changed.is_empty() {
         return Ok(());
     }

@@ -38,7 +38,7 @@ fn read_from(path: &Path, offset: u64, out: &mut Vec<Event>) -> Result<u64> {
 }
 
 /// The events appended since `cursor`, advancing it.
-pub fn read_new_events(home: &Home, cursor: &mut EventCursor) -> Result<Vec<Event>> {
+pub(crate) fn read_new_events(home: &Home, cursor: &mut EventCursor) -> Result<Vec<Event>> {
     let path = home.events_file();
     let mut out = Vec::new();
     let meta = match std::fs::metadata(&path) {
@@ -72,7 +72,7 @@ pub fn read_new_events(home: &Home, cursor: &mut EventCursor) -> Result<Vec<Even
 }
 
 /// Device and inode of a file, if it exists.
-pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 

@@ -3,7 +3,7 @@
 //! daemon reports it to pm with a `daemon_hung` event (once per episode) and `daemon_recovered`
 //! when the mark moves again.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::{Timestamp, format_ts};
 use crate::base::daemon_name::Daemon;
 use crate::base::error::Result;
 use crate::store::Store;
@@ -13,7 +13,7 @@ use serde_json::json;
 use std::collections::HashSet;
 
 /// Checks every other daemon's mark; returns when the next one could turn hung.
-pub fn check_marks(
+pub(crate) fn check_marks(
     store: &Store,
     hung_after_seconds: f64,
     now: Timestamp,
@@ -22,16 +22,16 @@ pub fn check_marks(
     let home = store.home();
     let mut next: Option<Timestamp> = None;
     let hung_after = chrono::Duration::microseconds((hung_after_seconds * 1e6) as i64);
-    for daemon in Daemon::ALL.into_iter().filter(|d| *d != Daemon::Heartbeat).map(Daemon::as_str) {
+    for daemon in Daemon::ALL.into_iter().filter(|d| *d != Daemon::Heartbeat) {
         let pid = match pidfile::status(home, daemon) {
             Ok(PidStatus::Running(pid)) => pid,
             _ => {
-                reported.remove(daemon);
+                reported.remove(daemon.as_str());
                 continue;
             }
         };
         let Some(mark) = crate::store::daemon_mark::read_mark(home, daemon) else { continue };
-        let Some(beat) = parse_ts(&mark.heartbeat_at) else { continue };
+        let beat = mark.heartbeat_at;
         let hung_at = beat + hung_after;
         if now > hung_at {
             if reported.insert(daemon.to_string()) {
@@ -40,19 +40,19 @@ pub fn check_marks(
                     Severity::Error,
                     format!(
                         "daemon {daemon} (PID {pid}) has not refreshed its heartbeat mark since {}: pm should restart it",
-                        mark.heartbeat_at
+                        format_ts(beat)
                     ),
-                    json!({"daemon": daemon, "pid": pid, "heartbeat_at": mark.heartbeat_at,
+                    json!({"daemon": daemon, "pid": pid, "heartbeat_at": format_ts(beat),
                            "age_seconds": (now - beat).num_seconds(), "hung_after_seconds": hung_after_seconds}),
                 )?;
             }
         } else {
-            if reported.remove(daemon) {
+            if reported.remove(daemon.as_str()) {
                 store.emit(
                     EventKind::DaemonRecovered,
                     Severity::Info,
                     format!("daemon {daemon} (PID {pid}) refreshes its heartbeat mark again"),
-                    json!({"daemon": daemon, "pid": pid, "heartbeat_at": mark.heartbeat_at}),
+                    json!({"daemon": daemon, "pid": pid, "heartbeat_at": format_ts(beat)}),
                 )?;
             }
             let at = hung_at + chrono::Duration::milliseconds(1);

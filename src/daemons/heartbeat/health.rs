@@ -5,14 +5,14 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum HealthStatus {
+pub(crate) enum HealthStatus {
     Healthy,
     Degraded,
     Unhealthy,
 }
 
 impl HealthStatus {
-    pub fn of(score: u32) -> HealthStatus {
+    pub(crate) fn of(score: u32) -> HealthStatus {
         match score {
             80.. => HealthStatus::Healthy,
             50..=79 => HealthStatus::Degraded,
@@ -26,7 +26,7 @@ const GIB_IN_MIB: f64 = 1024.0 * MIB;
 
 /// What the score is computed from; unknown values cost nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct HealthInputs {
+pub(crate) struct HealthInputs {
     pub cpu_percent: Option<f64>,
     pub memory_mb: Option<f64>,
     /// Tokens left as a fraction of the reservation (0.0–1.0).
@@ -36,7 +36,7 @@ pub struct HealthInputs {
 
 /// The score, 0–100. CPU > 80 % −30 (> 60 % −15); memory > 1 GiB −30 (> 512 MiB −15); tokens
 /// remaining < 10 % −40 (< 25 % −20); `decay_rate` per missed heartbeat interval.
-pub fn score(inputs: &HealthInputs, decay_rate: f64) -> u32 {
+pub(crate) fn score(inputs: &HealthInputs, decay_rate: f64) -> u32 {
     let mut s = 100.0;
     match inputs.cpu_percent {
         Some(c) if c > 80.0 => s -= 30.0,

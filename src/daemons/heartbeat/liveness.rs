@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// How late a dispatch's heartbeat is. Ordered from best to worst.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Liveness {
+pub(crate) enum Liveness {
     #[default]
     Ok,
     Warning,
@@ -18,19 +18,8 @@ pub enum Liveness {
     PresumedDead,
 }
 
-impl Liveness {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Liveness::Ok => "ok",
-            Liveness::Warning => "warning",
-            Liveness::Critical => "critical",
-            Liveness::PresumedDead => "presumed_dead",
-        }
-    }
-}
-
 /// The level for a heartbeat `age_seconds` old: past a threshold, not at it.
-pub fn classify(age_seconds: f64, policy: &HeartbeatPolicy) -> Liveness {
+pub(crate) fn classify(age_seconds: f64, policy: &HeartbeatPolicy) -> Liveness {
     if age_seconds > policy.zombie_threshold_seconds {
         Liveness::PresumedDead
     } else if age_seconds > policy.critical_seconds {
@@ -43,12 +32,12 @@ pub fn classify(age_seconds: f64, policy: &HeartbeatPolicy) -> Liveness {
 }
 
 /// Seconds from `reference` to `now` (negative clock skew reads as 0).
-pub fn age_seconds(reference: Timestamp, now: Timestamp) -> f64 {
+pub(crate) fn age_seconds(reference: Timestamp, now: Timestamp) -> f64 {
     ((now - reference).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6).max(0.0)
 }
 
 /// Whole heartbeat intervals missed since `reference`.
-pub fn missed_count(age_seconds: f64, policy: &HeartbeatPolicy) -> u32 {
+pub(crate) fn missed_count(age_seconds: f64, policy: &HeartbeatPolicy) -> u32 {
     if policy.heartbeat_interval_seconds <= 0.0 {
         return 0;
     }
@@ -57,7 +46,7 @@ pub fn missed_count(age_seconds: f64, policy: &HeartbeatPolicy) -> u32 {
 
 /// The first moment after `now` at which a heartbeat last seen at `reference` crosses a
 /// threshold (just past it: `classify` is strict), or None once past the last one.
-pub fn next_crossing(reference: Timestamp, now: Timestamp, policy: &HeartbeatPolicy) -> Option<Timestamp> {
+pub(crate) fn next_crossing(reference: Timestamp, now: Timestamp, policy: &HeartbeatPolicy) -> Option<Timestamp> {
     [policy.warning_seconds, policy.critical_seconds, policy.zombie_threshold_seconds]
         .into_iter()
         .map(|s| reference + chrono::Duration::microseconds((s * 1e6) as i64 + 1000))
@@ -66,7 +55,7 @@ pub fn next_crossing(reference: Timestamp, now: Timestamp, policy: &HeartbeatPol
 }
 
 /// The event a change from `from` to `to` records, if any: one per transition, never one per check.
-pub fn transition_event(from: Liveness, to: Liveness) -> Option<(EventKind, Severity)> {
+pub(crate) fn transition_event(from: Liveness, to: Liveness) -> Option<(EventKind, Severity)> {
     if from == to {
         return None;
     }

@@ -11,14 +11,14 @@
 //! - [`monitor`]: one pass; [`zombie`]: the cleanup pipeline; [`daemons`]: hung daemons.
 
 pub mod beat;
-pub mod daemons;
-pub mod health;
-pub mod liveness;
-pub mod monitor;
-pub mod policy;
-pub mod process;
-pub mod record;
-pub mod zombie;
+pub(crate) mod daemons;
+pub(crate) mod health;
+pub(crate) mod liveness;
+pub(crate) mod monitor;
+pub(crate) mod policy;
+pub(crate) mod process;
+pub(crate) mod record;
+pub(crate) mod zombie;
 
 pub use monitor::{Monitor, PassReport};
 pub use policy::HeartbeatPolicy;
@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut monitor = Monitor::new(clock.clone());
+    monitor.marks_every = Duration::from_secs(ctx.config.heartbeat.interval_seconds.max(1));
     let dispatch_runs = ctx.home.run_dir().join("dispatches");
     crate::store::atomic::create_dir_all(&dispatch_runs)?;
     ctx.watch(&[
@@ -44,24 +45,40 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let hung_after = ctx.config.supervisor.hung_after_seconds as f64;
     let safety = Duration::from_secs(ctx.config.heartbeat.interval_seconds.max(1));
     ctx.mark_ready()?;
+    // A pass runs at its deadline (a threshold crossing, a re-check, a sample, the slow timer)
+    // or `SETTLE` after the first change of a burst (specs and heartbeat files change several
+    // times per dispatch): one pass per burst, not one per file event.
+    let mut next_pass = Instant::now();
+    let mut settle_until: Option<Instant> = None;
     loop {
-        let deadline = match monitor.pass(&ctx.store, hung_after) {
-            Ok(report) => {
-                let wall = report.next_pass.map(|t| (t - clock.now()).to_std().unwrap_or(Duration::ZERO));
-                Instant::now() + wall.unwrap_or(safety).min(safety)
-            }
-            Err(e) => {
-                tracing::error!("heartbeat pass failed: {e}");
-                Instant::now() + Duration::from_secs(1)
-            }
-        };
-        match ctx.wait(Some(deadline)) {
-            Wake::Shutdown(_) => return Ok(()),
-            _ => {
-                if ctx.drain_pending().iter().any(|w| matches!(w, Wake::Shutdown(_))) {
-                    return Ok(());
+        let now = Instant::now();
+        if now >= next_pass || settle_until.is_some_and(|t| now >= t) {
+            settle_until = None;
+            next_pass = match monitor.pass(&ctx.store, hung_after) {
+                Ok(report) => {
+                    let wall = report.next_pass.map(|t| (t - clock.now()).to_std().unwrap_or(Duration::ZERO));
+                    Instant::now() + wall.unwrap_or(safety).min(safety)
+                }
+                Err(e) => {
+                    tracing::error!("heartbeat pass failed: {e}");
+                    Instant::now() + Duration::from_secs(1)
+                }
+            };
+        }
+        let deadline = settle_until.map_or(next_pass, |s| s.min(next_pass));
+        let mut wakes = vec![ctx.wait(Some(deadline))];
+        wakes.extend(ctx.drain_pending());
+        for w in wakes {
+            match w {
+                Wake::Shutdown(_) => return Ok(()),
+                Wake::Deadline => {}
+                _ => {
+                    settle_until.get_or_insert_with(|| Instant::now() + SETTLE);
                 }
             }
         }
     }
 }
+
+/// How long a burst of changes settles before the pass that looks at it.
+const SETTLE: Duration = Duration::from_millis(50);

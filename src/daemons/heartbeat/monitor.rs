@@ -10,7 +10,7 @@ use super::policy::HeartbeatPolicy;
 use super::process;
 use super::record::{HealthRecord, HeartbeatRecord, store_record};
 use super::zombie;
-use crate::base::clock::{Clock, Timestamp, format_ts, parse_ts};
+use crate::base::clock::{Clock, Timestamp, format_ts};
 use crate::base::error::Result;
 use crate::domain::task::dispatch_record;
 use crate::domain::task::dispatches::list_bucket;
@@ -61,7 +61,11 @@ pub struct Monitor {
     deferred_noted: HashSet<String>,
     last_written: HashMap<String, Instant>,
     hung_daemons: HashSet<String>,
+    /// When the daemons' marks are looked at next (the earliest a running one can turn hung).
+    next_marks: Option<Timestamp>,
     ticks_per_second: f64,
+    /// The longest gap between two looks at the daemons' marks.
+    pub marks_every: std::time::Duration,
     /// Interrupted cleanups were finished (done at the first pass, again after a failure).
     resumed: bool,
 }
@@ -88,6 +92,8 @@ impl Monitor {
             deferred_noted: HashSet::new(),
             last_written: HashMap::new(),
             hung_daemons: HashSet::new(),
+            next_marks: None,
+            marks_every: std::time::Duration::from_secs(30),
             ticks_per_second: crate::base::procfs::clock_ticks(),
             resumed: false,
         }
@@ -201,9 +207,17 @@ impl Monitor {
             }
         }
         report.suspects = self.suspects.keys().cloned().collect();
+        // The daemons' marks: when one can have turned hung, while one is reported hung (to see
+        // it recover), and at least every `marks_every` (a daemon started since) — not on every
+        // pass a dispatch's change causes.
         if hung_after_seconds > 0.0 {
-            let next = super::daemons::check_marks(store, hung_after_seconds, now, &mut self.hung_daemons)?;
-            report.next_pass = earliest(report.next_pass, next);
+            let due = self.next_marks.is_none_or(|t| now >= t) || !self.hung_daemons.is_empty();
+            if due {
+                let next = super::daemons::check_marks(store, hung_after_seconds, now, &mut self.hung_daemons)?;
+                let latest = now + secs(self.marks_every.as_secs_f64());
+                self.next_marks = Some(next.map_or(latest, |n| n.min(latest)));
+            }
+            report.next_pass = earliest(report.next_pass, self.next_marks);
         }
         Ok(report)
     }
@@ -257,7 +271,7 @@ impl Monitor {
         let prev = HeartbeatRecord::of(spec);
         let seen = beat::observe(&home.heartbeat_file(id));
         let alive = crate::base::procfs::is_alive(pid, proc_start_ticks);
-        let started = parse_ts(started_at).unwrap_or(now);
+        let started = *started_at;
         // A process that never heartbeats ages from its start only when the policy requires
         // heartbeats; otherwise being alive is its heartbeat.
         let aging = seen.last.is_some() || policy.require_heartbeat;
@@ -271,7 +285,7 @@ impl Monitor {
             prev.sequence
         });
 
-        let members = if alive { process::owned_members(pid, pgid, proc_start_ticks) } else { Vec::new() };
+        let members = if alive { process::sampled_members(pid, pgid, proc_start_ticks) } else { Vec::new() };
         let usage = process::usage_of(&members);
         let cpu_percent = self.cpu_percent(id, usage.cpu_ticks, alive);
         let memory_mb = alive.then(|| (usage.rss_bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0);

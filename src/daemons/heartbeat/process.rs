@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// The members of a dispatch's process group that are provably ours: the group exists only while
 /// a process in it lives, and its id cannot be reused meanwhile; every member started at or
 /// after the leader. If the leader's PID now names a different process, the group is gone.
-pub fn owned_members(pid: i32, pgid: i32, start_ticks: u64) -> Vec<Stat> {
+pub(crate) fn owned_members(pid: i32, pgid: i32, start_ticks: u64) -> Vec<Stat> {
     if let Some(leader) = procfs::stat(pid)
         && leader.start_ticks != start_ticks
     {
@@ -27,15 +27,30 @@ pub fn owned_members(pid: i32, pgid: i32, start_ticks: u64) -> Vec<Stat> {
     group_members(pgid).into_iter().filter(|m| m.start_ticks >= start_ticks).collect()
 }
 
+/// The members of a dispatch's group whose CPU and memory a heartbeat pass samples: the leader
+/// (while it is the process we started) and its descendants in the group, found from its
+/// `children` lists — what the dispatch owns, not every process on the host. A member whose
+/// parent exited (reparented to the worker, the subreaper) is not counted here; stopping the
+/// group ([`stop_group`]) still finds every member.
+pub(crate) fn sampled_members(pid: i32, pgid: i32, start_ticks: u64) -> Vec<Stat> {
+    match procfs::stat(pid) {
+        Some(leader) if leader.start_ticks == start_ticks => procfs::tree(pid)
+            .into_iter()
+            .filter(|m| m.pgrp == pgid && m.start_ticks >= start_ticks && m.is_running())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// CPU ticks and resident memory of a set of processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Usage {
+pub(crate) struct Usage {
     pub cpu_ticks: u64,
     pub rss_bytes: u64,
     pub processes: usize,
 }
 
-pub fn usage_of(members: &[Stat]) -> Usage {
+pub(crate) fn usage_of(members: &[Stat]) -> Usage {
     Usage {
         cpu_ticks: members.iter().map(Stat::cpu_ticks).sum(),
         rss_bytes: members.iter().map(Stat::rss_bytes).sum(),
@@ -45,7 +60,7 @@ pub fn usage_of(members: &[Stat]) -> Usage {
 
 /// What stopping a group did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StopOutcome {
+pub(crate) struct StopOutcome {
     /// Processes that were running when we started.
     pub found: usize,
     /// The last signal sent (`SIGTERM` or `SIGKILL`), None when nothing was running.
@@ -56,7 +71,7 @@ pub struct StopOutcome {
 
 /// Stops a dispatch's process group: SIGTERM, up to `grace` for every member to exit, then
 /// SIGKILL and a short wait. Only signals the group after checking it is ours.
-pub fn stop_group(pid: i32, pgid: i32, start_ticks: u64, grace: Duration) -> StopOutcome {
+pub(crate) fn stop_group(pid: i32, pgid: i32, start_ticks: u64, grace: Duration) -> StopOutcome {
     let members = owned_members(pid, pgid, start_ticks);
     let mut out = StopOutcome { found: members.len(), ..Default::default() };
     if members.is_empty() {
@@ -82,7 +97,7 @@ pub fn stop_group(pid: i32, pgid: i32, start_ticks: u64, grace: Duration) -> Sto
 
 /// Waits until every `(pid, start_ticks)` has exited (or was reaped), at most until `deadline`.
 /// Blocks in `poll` on pidfds; falls back to a short re-check where pidfds are unavailable.
-pub fn wait_all_exited(procs: &[(i32, u64)], deadline: Instant) -> bool {
+pub(crate) fn wait_all_exited(procs: &[(i32, u64)], deadline: Instant) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     let mut fds: Vec<(i32, u64, OwnedFd)> = Vec::new();

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// `heartbeat.health` of a spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HealthRecord {
+pub(crate) struct HealthRecord {
     pub status: HealthStatus,
     pub health_score: u32,
     pub cpu_usage_percent: Option<f64>,
@@ -39,7 +39,7 @@ impl Default for HealthRecord {
 /// How the zombie pipeline handled a dispatch (kept so an interrupted cleanup is finished after
 /// a restart, and so auto-fix waits until the processes are gone before restarting the task).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ZombieCleanup {
+pub(crate) struct ZombieCleanup {
     pub reason: String,
     pub detected_at: String,
     pub pid: i32,
@@ -59,7 +59,7 @@ pub struct ZombieCleanup {
 
 /// `heartbeat` of a spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HeartbeatRecord {
+pub(crate) struct HeartbeatRecord {
     pub last_heartbeat: Option<String>,
     pub sequence: u64,
     pub missed_count: u32,
@@ -77,19 +77,19 @@ pub struct HeartbeatRecord {
 
 impl HeartbeatRecord {
     /// The record of a spec (default when absent or unreadable).
-    pub fn of(spec: &DispatchRecord) -> HeartbeatRecord {
+    pub(crate) fn of(spec: &DispatchRecord) -> HeartbeatRecord {
         spec.heartbeat.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
     }
 
     /// Equal apart from when it was checked.
-    pub fn same_as(&self, other: &HeartbeatRecord) -> bool {
+    pub(crate) fn same_as(&self, other: &HeartbeatRecord) -> bool {
         HeartbeatRecord { checked_at: None, ..self.clone() } == HeartbeatRecord { checked_at: None, ..other.clone() }
     }
 }
 
 /// Stores `record` in the active spec of `dispatch_id` if it still runs process `pid`. Returns
 /// false (and writes nothing) when the dispatch has ended or moved meanwhile.
-pub fn store_record(store: &Store, dispatch_id: &str, pid: i32, record: &HeartbeatRecord) -> Result<bool> {
+pub(crate) fn store_record(store: &Store, dispatch_id: &str, pid: i32, record: &HeartbeatRecord) -> Result<bool> {
     let _guard = store.lock_named(crate::store::LockName::WorkerSpecs)?;
     let path = spec_path(store.home(), SpecBucket::Active, dispatch_id);
     let Some(mut spec) = read_spec(store, &path)? else { return Ok(false) };

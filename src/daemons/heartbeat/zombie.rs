@@ -28,7 +28,7 @@ use std::time::Duration;
 
 /// Runs the whole pipeline for one dispatch. Returns the zombie spec, or None when the dispatch
 /// ended or changed before it could be claimed (nothing is done then).
-pub fn clean_up(
+pub(crate) fn clean_up(
     store: &Store,
     spec: &DispatchRecord,
     reason: &str,
@@ -78,7 +78,7 @@ fn claim(
         Some(reserved) => {
             budget.used = budget.used.saturating_add(used);
             budget.recompute();
-            budget.last_updated = Some(format_ts(now));
+            budget.last_updated = Some(now);
             store.write_locked(&budget_guard, &budget)?;
             reserved.saturating_sub(used)
         }
@@ -100,14 +100,14 @@ fn claim(
     });
     current.heartbeat = Some(serde_json::to_value(&hb)?);
     current.tokens_used = Some(used);
-    current.state = DispatchState::Zombie { ended_at: format_ts(now), reason: reason.to_string() };
+    current.state = DispatchState::Zombie { ended_at: now, reason: reason.to_string() };
     dispatch_record::end_in(store.home(), &current, SpecBucket::Zombie)?;
     drop(specs_guard);
     Ok(Some(current))
 }
 
 /// Steps 3–5 for a claimed spec. Also used at start-up for a cleanup a crash interrupted.
-pub fn finish(
+pub(crate) fn finish(
     store: &Store,
     spec: &DispatchRecord,
     policy: &HeartbeatPolicy,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// One cross-file inconsistency.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Inconsistency {
+pub(crate) struct Inconsistency {
     /// `task_without_dispatch`, `dispatch_without_task`, `budget_unbalanced`, `orphan_reservation`.
     pub kind: &'static str,
     /// Identifies it across checks (kind and ids).
@@ -21,7 +21,7 @@ pub struct Inconsistency {
 }
 
 /// Finds every inconsistency between the queue, the budget and the active specs.
-pub fn check(queue: &TaskQueue, budget: &TokenBudget, active: &[DispatchRecord]) -> Vec<Inconsistency> {
+pub(crate) fn check(queue: &TaskQueue, budget: &TokenBudget, active: &[DispatchRecord]) -> Vec<Inconsistency> {
     let mut out = Vec::new();
     let running: Vec<&DispatchRecord> = active.iter().filter(|d| d.status().is_active()).collect();
     let running_ids: HashSet<&str> = running.iter().map(|d| d.dispatch_id.as_str()).collect();
@@ -97,7 +97,7 @@ pub fn check(queue: &TaskQueue, budget: &TokenBudget, active: &[DispatchRecord])
 
 /// What the tracker decided at one check.
 #[derive(Debug, Default)]
-pub struct Decisions {
+pub(crate) struct Decisions {
     /// Lasted the grace period: report now.
     pub report: Vec<Inconsistency>,
     /// Reported earlier and now gone.
@@ -108,19 +108,19 @@ pub struct Decisions {
 
 /// Remembers inconsistencies between checks: first seen (pending) and reported.
 #[derive(Debug)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     grace: Duration,
     pending: BTreeMap<String, Instant>,
     reported: BTreeMap<String, Inconsistency>,
 }
 
 impl Tracker {
-    pub fn new(grace: Duration) -> Self {
+    pub(crate) fn new(grace: Duration) -> Self {
         Tracker { grace, pending: BTreeMap::new(), reported: BTreeMap::new() }
     }
 
     /// Folds in the result of a check made at `now`.
-    pub fn observe(&mut self, found: Vec<Inconsistency>, now: Instant) -> Decisions {
+    pub(crate) fn observe(&mut self, found: Vec<Inconsistency>, now: Instant) -> Decisions {
         let mut d = Decisions::default();
         let keys: HashSet<String> = found.iter().map(|i| i.key.clone()).collect();
         self.pending.retain(|k, _| keys.contains(k));

@@ -20,9 +20,22 @@ use std::path::Path;
 /// file replaced by another bad one (a new inode, other bad lines) is a new incident even with
 /// the same count.
 #[derive(Debug, Default)]
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     json_reported: HashMap<String, String>,
     jsonl_counts: HashMap<String, (usize, u64, String)>,
+    journal: JournalFollow,
+}
+
+/// How far the queue's journal (`task-queue.journal.jsonl`) was checked: the snapshot's
+/// generation and the journal's inode it belongs to, the byte offset, and what was found so far.
+#[derive(Debug, Default)]
+struct JournalFollow {
+    generation: u64,
+    inode: u64,
+    offset: u64,
+    lines: usize,
+    bad: usize,
+    problems: Vec<String>,
 }
 
 /// The schema `validate` applies to a file (by its path relative to the home).
@@ -41,8 +54,61 @@ fn pointer_of(problem: &str) -> &str {
 }
 
 impl FileWatch {
+    /// The queue's journal changed: checks only the lines appended since the last check (from
+    /// the start again when a compaction emptied it or another file took its name), never the
+    /// whole backlog; the snapshot itself is checked when it is replaced (a compaction). Bad
+    /// lines are reported like any JSONL file's (`jsonl_malformed_lines`, once per new count).
+    /// Returns the number of events emitted.
+    pub(crate) fn check_queue_journal(&mut self, store: &Store) -> usize {
+        let path = store.path(files::TASK_QUEUE_JOURNAL);
+        let rel = format!("coordination/{}", files::TASK_QUEUE_JOURNAL.rel);
+        let meta = match path.symlink_metadata() {
+            Ok(m) if m.file_type().is_file() => m,
+            // Missing (nothing appended yet), a link or another type: reported as any file is.
+            _ => {
+                self.journal = JournalFollow::default();
+                return crate::ops::validate::check_file(store.home(), &path).map_or(0, |r| self.handle(store, &r));
+            }
+        };
+        let generation = crate::domain::task::journal::snapshot_generation(store).unwrap_or(0);
+        let f = &mut self.journal;
+        if f.generation != generation || f.inode != meta.ino() || meta.len() < f.offset {
+            *f = JournalFollow { generation, inode: meta.ino(), ..JournalFollow::default() };
+        }
+        let bytes = match crate::store::open::read(&path) {
+            Ok(mut file) => {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut buf = Vec::new();
+                let read = file.seek(SeekFrom::Start(f.offset)).and_then(|_| file.read_to_end(&mut buf));
+                match read {
+                    Ok(_) => buf,
+                    Err(_) => return 0,
+                }
+            }
+            Err(_) => return 0,
+        };
+        let checked = crate::domain::task::journal::check_lines(&bytes, f.offset);
+        f.offset += checked.consumed;
+        f.lines += checked.lines;
+        f.bad += checked.bad;
+        let room = 5usize.saturating_sub(f.problems.len());
+        f.problems.extend(checked.problems.into_iter().take(room));
+        let report = FileReport {
+            file: rel,
+            verdict: if f.bad > 0 { Verdict::Corrupt } else { Verdict::Ok },
+            problems: if f.bad > 0 {
+                vec![format!("{} malformed line(s): {}", f.bad, f.problems.join("; "))]
+            } else {
+                Vec::new()
+            },
+            lines: Some(f.lines),
+            bad_lines: Some(f.bad),
+        };
+        self.handle_jsonl(store, &report)
+    }
+
     /// Acts on one report; returns the number of events emitted.
-    pub fn handle(&mut self, store: &Store, report: &FileReport) -> usize {
+    pub(crate) fn handle(&mut self, store: &Store, report: &FileReport) -> usize {
         let home = store.home();
         let path = home.join(&report.file);
         if report.lines.is_some() {

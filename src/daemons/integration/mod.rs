@@ -8,14 +8,15 @@
 //! - [`files`]: acting on per-file verdicts of [`crate::ops::validate`] (the one validator).
 //! - [`consistency`]: queue ↔ specs ↔ budget checks and the grace/once tracker.
 
-pub mod consistency;
-pub mod files;
+pub(crate) mod consistency;
+pub(crate) mod files;
 
 use crate::base::error::Result;
-use crate::domain::task::{TaskQueue, TokenBudget, dispatches};
+use crate::domain::task::{TokenBudget, dispatches};
 use crate::store::Store;
 use crate::store::events::{EventKind, Severity};
 use crate::store::home::SpecBucket;
+use crate::store::identity::FileIdentity;
 use crate::{base::wake::Wake, daemons::daemon::DaemonContext};
 use consistency::Tracker;
 use std::collections::HashMap;
@@ -37,20 +38,60 @@ pub struct Integrity {
     store: Store,
     files: files::FileWatch,
     tracker: Tracker,
+    /// Each file's identity when it was last validated on a change, trusted ones only (not
+    /// within its timestamp tick): a change event for a file whose identity is the same again
+    /// (a burst already validated, a rescan) costs one `stat`, not a parse and a schema check.
+    validated: HashMap<PathBuf, FileIdentity>,
+    /// Files validated on a change since start (logged at debug level with each one).
+    pub validations: u64,
+    /// The queue, followed by journal offset for the consistency check.
+    queue: crate::domain::task::journal::Follower,
 }
 
 impl Integrity {
     pub fn new(store: Store, grace: Duration) -> Self {
-        Integrity { store, files: files::FileWatch::default(), tracker: Tracker::new(grace) }
+        Integrity {
+            store,
+            files: files::FileWatch::default(),
+            tracker: Tracker::new(grace),
+            validated: HashMap::new(),
+            validations: 0,
+            queue: Default::default(),
+        }
     }
 
     /// Validates every coordination file; returns the number of events emitted.
     pub fn validate_all(&mut self) -> usize {
-        crate::ops::validate::validate_home(self.store.home()).iter().map(|r| self.files.handle(&self.store, r)).sum()
+        let journal = format!("coordination/{}", crate::store::files::TASK_QUEUE_JOURNAL.rel);
+        let reports = crate::ops::validate::validate_home(self.store.home());
+        // The queue's journal is followed by offset (checked whole only after a compaction).
+        let others: usize =
+            reports.iter().filter(|r| r.file != journal).map(|r| self.files.handle(&self.store, r)).sum();
+        others + self.files.check_queue_journal(&self.store)
+    }
+
+    /// Validates one changed file (if it is one the validator checks) unless its identity is
+    /// the one it had when last validated.
+    pub fn validate_changed(&mut self, path: &Path) -> usize {
+        let identity = FileIdentity::stat(path).ok().flatten();
+        if identity.is_some() && self.validated.get(path) == identity.as_ref() {
+            return 0;
+        }
+        let n = self.validate_path(path);
+        match identity.and_then(|i| i.trusted_at(std::time::SystemTime::now())) {
+            Some(i) => self.validated.insert(path.to_path_buf(), i),
+            None => self.validated.remove(path),
+        };
+        n
     }
 
     /// Validates one changed file (if it is one the validator checks).
     pub fn validate_path(&mut self, path: &Path) -> usize {
+        self.validations += 1;
+        tracing::debug!(path = %path.display(), validations = self.validations, "validating a changed file");
+        if path == self.store.path(crate::store::files::TASK_QUEUE_JOURNAL) {
+            return self.files.check_queue_journal(&self.store);
+        }
         match crate::ops::validate::check_file(self.store.home(), path) {
             Some(r) => self.files.handle(&self.store, &r),
             None => 0,
@@ -59,7 +100,8 @@ impl Integrity {
 
     /// Checks cross-file consistency; returns when a pending inconsistency should be re-checked.
     pub fn check_consistency(&mut self, now: Instant) -> Option<Instant> {
-        let (queue, budget) = match (self.store.load::<TaskQueue>(), self.store.load::<TokenBudget>()) {
+        // The queue followed by journal offset: a change costs the lines appended, not the backlog.
+        let (queue, budget) = match (self.queue.refresh(&self.store), self.store.load::<TokenBudget>()) {
             (Ok(q), Ok(b)) => (q, b),
             // A bad file is the per-file validation's to report; nothing to compare until it is fixed.
             (Err(e), _) | (_, Err(e)) => {
@@ -74,7 +116,7 @@ impl Integrity {
                 return None;
             }
         };
-        let decisions = self.tracker.observe(consistency::check(&queue, &budget, &active), now);
+        let decisions = self.tracker.observe(consistency::check(queue, &budget, &active), now);
         for i in &decisions.report {
             tracing::warn!("{}", i.message);
             let mut data = i.data.clone();
@@ -107,7 +149,10 @@ fn relevant(coordination: &Path, path: &Path) -> bool {
 /// True for a change that can affect cross-file consistency.
 fn affects_consistency(store: &Store, path: &Path) -> bool {
     let home = store.home();
-    path == home.task_queue() || path == home.token_budget() || path.starts_with(home.worker_specs(SpecBucket::Active))
+    path == home.task_queue()
+        || path == store.path(crate::store::files::TASK_QUEUE_JOURNAL)
+        || path == home.token_budget()
+        || path.starts_with(home.worker_specs(SpecBucket::Active))
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -133,6 +178,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     loop {
         let now = Instant::now();
         if now >= next_full {
+            integrity.validated.clear();
             integrity.validate_all();
             consistency_due = integrity.check_consistency(now);
             dirty.clear();
@@ -141,7 +187,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
             let due: Vec<PathBuf> = dirty.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
             for p in due {
                 dirty.remove(&p);
-                integrity.validate_path(&p);
+                integrity.validate_changed(&p);
                 last_checked.insert(p, Instant::now());
             }
             if consistency_due.is_some_and(|t| t <= now) {

@@ -6,9 +6,9 @@
 //! - [`sample`]: memory and CPU of daemons, from `/proc` through [`crate::base::procfs`].
 //! - [`rotation`]: size caps of the snapshot file and the event log.
 
-pub mod rotation;
-pub mod sample;
-pub mod snapshot;
+pub(crate) mod rotation;
+pub(crate) mod sample;
+pub(crate) mod snapshot;
 
 pub use snapshot::{Collector, Snapshot, snapshot};
 

@@ -10,7 +10,7 @@ use crate::store::events::EventKind;
 use crate::store::files::{self, CoordFile};
 
 /// Rotates `file` when it has reached `max_bytes` (0 = never). Returns true when it rotated.
-pub fn rotate_if_larger(store: &Store, file: &CoordFile, max_bytes: u64, keep: u32) -> Result<bool> {
+pub(crate) fn rotate_if_larger(store: &Store, file: &CoordFile, max_bytes: u64, keep: u32) -> Result<bool> {
     let path = store.path(file);
     let too_big = |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| max_bytes > 0 && m.len() >= max_bytes);
     if !too_big(&path) {
@@ -30,7 +30,7 @@ pub fn rotate_if_larger(store: &Store, file: &CoordFile, max_bytes: u64, keep: u
 
 /// Rotates the event log past `[events] max_file_bytes`, keeping `[events] keep` old files, and
 /// records an `event_log_rotated` event in the new file.
-pub fn rotate_event_log(store: &Store, config: &Config) -> Result<bool> {
+pub(crate) fn rotate_event_log(store: &Store, config: &Config) -> Result<bool> {
     let rotated = rotate_if_larger(store, files::EVENTS, config.events.max_file_bytes, config.events.keep)?;
     if rotated {
         let old = crate::store::rotation::rotated_names(&store.path(files::EVENTS), 1).0;
@@ -51,6 +51,6 @@ pub fn rotate_event_log(store: &Store, config: &Config) -> Result<bool> {
 }
 
 /// Rotates `metrics-snapshots.jsonl` past `[metrics] max_file_bytes`, keeping `[metrics] keep`.
-pub fn rotate_snapshots(store: &Store, config: &Config) -> Result<bool> {
+pub(crate) fn rotate_snapshots(store: &Store, config: &Config) -> Result<bool> {
     rotate_if_larger(store, files::METRICS_SNAPSHOTS, config.metrics.max_file_bytes, config.metrics.keep)
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProcSample {
+pub(crate) struct ProcSample {
     pub rss_bytes: u64,
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
@@ -16,14 +16,14 @@ pub struct ProcSample {
 }
 
 /// Reads a process's memory and CPU time; None when it is gone.
-pub fn sample(pid: u32) -> Option<ProcSample> {
+pub(crate) fn sample(pid: u32) -> Option<ProcSample> {
     let s = procfs::stat(i32::try_from(pid).ok()?)?;
     Some(ProcSample { rss_bytes: s.rss_bytes(), cpu_ticks: s.cpu_ticks(), age_s: s.age_secs(), taken: Instant::now() })
 }
 
 /// CPU use in percent of one core: between two samples when `prev` is given, else averaged
 /// over the process's life.
-pub fn cpu_percent(now: &ProcSample, prev: Option<&ProcSample>) -> Option<f64> {
+pub(crate) fn cpu_percent(now: &ProcSample, prev: Option<&ProcSample>) -> Option<f64> {
     let hz = procfs::clock_ticks();
     match prev {
         Some(p) if now.cpu_ticks >= p.cpu_ticks && now.taken > p.taken => {

@@ -2,7 +2,7 @@
 //! computation is here (not in the daemon) so the API's `/metrics` can call it too.
 
 use super::sample::{self, ProcSample};
-use crate::base::clock::{Clock, format_ts, parse_ts};
+use crate::base::clock::{Clock, Timestamp};
 use crate::base::error::Result;
 use crate::domain::scheduler_state::SchedulerState;
 use crate::domain::task::{DispatchState, DispatchStatus, TaskQueue, TaskStatus, TokenBudget, dispatches};
@@ -10,12 +10,13 @@ use crate::store::Store;
 use crate::store::home::{Home, SpecBucket};
 use crate::store::pidfile::{self, PidStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// One line of `coordination/metrics/metrics-snapshots.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    pub timestamp: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub timestamp: Timestamp,
     pub workers: Workers,
     pub tokens: Tokens,
     pub tasks: Tasks,
@@ -91,7 +92,7 @@ fn round(x: f64, places: i32) -> f64 {
 }
 
 /// The nearest-rank percentile `p` (0–100) of sorted values.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -100,7 +101,13 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// Worker figures from the dispatch counts and the run times (seconds) of finished dispatches.
-pub fn worker_stats(active: u64, completed: u64, failed: u64, zombies: u64, mut durations_s: Vec<f64>) -> Workers {
+pub(crate) fn worker_stats(
+    active: u64,
+    completed: u64,
+    failed: u64,
+    zombies: u64,
+    mut durations_s: Vec<f64>,
+) -> Workers {
     durations_s.retain(|d| d.is_finite() && *d >= 0.0);
     durations_s.sort_by(f64::total_cmp);
     let minutes: Vec<f64> = durations_s.iter().map(|s| s / 60.0).collect();
@@ -146,30 +153,25 @@ fn collect_workers(store: &Store) -> Result<Workers> {
     Ok(worker_stats(active, completed_specs.len() as u64, failed, zombies, durations))
 }
 
-/// Task counts: the queue, plus finished tasks archived in `task-archive.jsonl` (the queue wins
-/// for a task in both; the archive's last line wins for a task archived twice).
-fn collect_tasks(store: &Store) -> Result<Tasks> {
+/// Task counts: the queue, plus finished tasks archived in `task-archive.jsonl` and its sealed
+/// segments (the queue wins for a task in both; the archive's last line wins for a task archived
+/// twice). The sealed segments are counted from their index headers, kept in `tally` until a
+/// segment is added: a snapshot reads the queue and at most one segment, whatever the history.
+fn collect_tasks(store: &Store, tally: &mut crate::domain::task::archive::Tally) -> Result<Tasks> {
     let queue: TaskQueue = store.load()?;
-    let mut status: HashMap<String, String> = HashMap::new();
-    let archived = crate::store::jsonl::read::<serde_json::Value>(&store.home().task_archive())?;
-    for t in archived.records {
-        if let (Some(id), Some(s)) =
-            (t.get("task_id").and_then(|v| v.as_str()), t.get("status").and_then(|v| v.as_str()))
-        {
-            status.insert(id.to_string(), s.to_string());
-        }
-    }
+    let live: HashSet<String> = queue.tasks.iter().map(|t| t.task_id.clone()).collect();
+    let mut counts = tally.count(store, &live)?;
     for t in &queue.tasks {
-        status.insert(t.task_id.clone(), t.status().as_str().to_string());
+        *counts.entry(t.status()).or_default() += 1;
     }
-    let count = |s: TaskStatus| status.values().filter(|v| v.as_str() == s.as_str()).count() as u64;
+    let count = |s: TaskStatus| counts.get(&s).copied().unwrap_or(0);
     Ok(Tasks {
         queued: count(TaskStatus::Queued),
         in_progress: count(TaskStatus::InProgress),
         pending_retry: count(TaskStatus::PendingRetry),
         completed: count(TaskStatus::Completed),
         failed: count(TaskStatus::Failed),
-        total: status.len() as u64,
+        total: counts.values().sum(),
     })
 }
 
@@ -188,6 +190,7 @@ fn collect_tokens(store: &Store) -> Result<Tokens> {
 #[derive(Debug, Default)]
 pub struct Collector {
     prev: HashMap<u32, ProcSample>,
+    archive: crate::domain::task::archive::Tally,
 }
 
 impl Collector {
@@ -198,7 +201,7 @@ impl Collector {
     fn daemons(&mut self, home: &Home, now: crate::base::clock::Timestamp) -> BTreeMap<String, DaemonStats> {
         let mut out = BTreeMap::new();
         let mut seen = HashMap::new();
-        for name in crate::base::daemon_name::ALL_NAMES {
+        for name in crate::base::daemon_name::Daemon::ALL {
             let Ok(PidStatus::Running(pid)) = pidfile::status(home, name) else { continue };
             if pid == 0 {
                 continue;
@@ -207,7 +210,7 @@ impl Collector {
             let cpu = reading.as_ref().and_then(|s| sample::cpu_percent(s, self.prev.get(&pid)));
             let uptime = crate::store::daemon_mark::read_mark(home, name)
                 .filter(|m| m.pid == pid)
-                .and_then(|m| parse_ts(&m.started_at))
+                .map(|m| m.started_at)
                 .map(|t| (now - t).num_seconds().max(0))
                 .or_else(|| reading.as_ref().map(|s| s.age_s as i64));
             out.insert(
@@ -235,10 +238,10 @@ impl Collector {
             .map(|s| if s.is_paused() { "paused" } else { "running" }.to_string())
             .unwrap_or_else(|_| "unknown".into());
         Ok(Snapshot {
-            timestamp: format_ts(now),
+            timestamp: now,
             workers: collect_workers(store)?,
             tokens: collect_tokens(store)?,
-            tasks: collect_tasks(store)?,
+            tasks: collect_tasks(store, &mut self.archive)?,
             scheduler: SchedulerInfo { state: scheduler },
             daemons: self.daemons(store.home(), now),
         })

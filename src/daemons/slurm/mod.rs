@@ -25,7 +25,7 @@
 //!   ends nothing: the dispatches wait with the reason in their record, one `slurm_unreachable`
 //!   event per outage, polls back off to 30 s; `slurm_reachable` when a call succeeds again.
 
-use crate::base::clock::{now_string, parse_ts};
+use crate::base::clock::{self, Timestamp};
 use crate::base::error::Result;
 use crate::base::wake::Wake;
 use crate::daemons::daemon::DaemonContext;
@@ -94,9 +94,9 @@ impl Job {
         }
     }
 
-    fn started_at(&self) -> Option<&str> {
+    fn started_at(&self) -> Option<Timestamp> {
         match &self.record.state {
-            DispatchState::Slurm { started_at, .. } => started_at.as_deref(),
+            DispatchState::Slurm { started_at, .. } => *started_at,
             _ => None,
         }
     }
@@ -126,8 +126,8 @@ pub struct SlurmDaemon {
     failures: u32,
 }
 
-fn since(at: &str) -> Duration {
-    parse_ts(at).and_then(|t| (chrono::Utc::now() - t).to_std().ok()).unwrap_or(Duration::ZERO)
+fn since(at: Timestamp) -> Duration {
+    (clock::now() - at).to_std().unwrap_or(Duration::ZERO)
 }
 
 impl SlurmDaemon {
@@ -232,7 +232,7 @@ impl SlurmDaemon {
                 continue;
             }
             let deadline = match &rec.state {
-                DispatchState::Slurm { started_at: Some(at), .. } => Some(self.timeout_deadline(&rec, at)),
+                DispatchState::Slurm { started_at: Some(at), .. } => Some(self.timeout_deadline(&rec, *at)),
                 _ => None,
             };
             if let DispatchState::Slurm { job_id, .. } = &rec.state {
@@ -244,7 +244,7 @@ impl SlurmDaemon {
         cancels
     }
 
-    fn timeout_deadline(&self, rec: &DispatchRecord, started_at: &str) -> Instant {
+    fn timeout_deadline(&self, rec: &DispatchRecord, started_at: Timestamp) -> Instant {
         let started = Instant::now().checked_sub(since(started_at)).unwrap_or_else(Instant::now);
         started + Duration::from_secs_f64(rec.timeout_seconds.max(0.0))
     }
@@ -317,16 +317,16 @@ impl SlurmDaemon {
         }
         let (cancelled, to_submit): (Vec<String>, Vec<String>) =
             ids.into_iter().partition(|id| cancel_request_path(&self.home, id).exists());
-        let now = now_string();
+        let now = clock::now();
         let mut updates: Vec<(String, DispatchState)> = cancelled
             .into_iter()
-            .map(|id| (id, DispatchState::Cancelled { ended_at: now.clone(), signal: None, duration_s: Some(0.0) }))
+            .map(|id| (id, DispatchState::Cancelled { ended_at: now, signal: None, duration_s: Some(0.0) }))
             .collect();
         updates.extend(to_submit.iter().map(|id| {
             (
                 id.clone(),
                 DispatchState::Slurm {
-                    submitted_at: now.clone(),
+                    submitted_at: now,
                     job_id: None,
                     job_state: None,
                     reason: Some("submitting to Slurm".into()),
@@ -353,7 +353,7 @@ impl SlurmDaemon {
             }
             let Some(job) = self.jobs.get(&id) else { continue };
             if job.stop.is_some() {
-                let ended = DispatchState::Cancelled { ended_at: now_string(), signal: None, duration_s: Some(0.0) };
+                let ended = DispatchState::Cancelled { ended_at: clock::now(), signal: None, duration_s: Some(0.0) };
                 updates.push((id, ended));
                 continue;
             }
@@ -369,7 +369,7 @@ impl SlurmDaemon {
                         updates.push((
                             id,
                             DispatchState::Slurm {
-                                submitted_at: submitted_at.clone(),
+                                submitted_at: *submitted_at,
                                 job_id: Some(job_id.0),
                                 job_state: Some("PENDING".into()),
                                 reason: None,
@@ -383,7 +383,7 @@ impl SlurmDaemon {
                     updates.push((
                         id,
                         DispatchState::Failed {
-                            ended_at: now_string(),
+                            ended_at: clock::now(),
                             exit_code: None,
                             signal: None,
                             duration_s: Some(0.0),
@@ -470,11 +470,11 @@ impl SlurmDaemon {
         Some((
             id.to_string(),
             DispatchState::Slurm {
-                submitted_at: submitted_at.clone(),
+                submitted_at: *submitted_at,
                 job_id: *job_id,
                 job_state: new_state,
                 reason: Some(reason),
-                started_at: started_at.clone(),
+                started_at: *started_at,
             },
         ))
     }
@@ -538,7 +538,7 @@ impl SlurmDaemon {
                 // record, or an intent older than MinJobAge, says so; else submit.
                 (None, None) => {
                     let submitted = match &self.jobs[&id].record.state {
-                        DispatchState::Slurm { submitted_at, .. } => since(submitted_at),
+                        DispatchState::Slurm { submitted_at, .. } => since(*submitted_at),
                         _ => Duration::ZERO,
                     };
                     if self.end_record(&id).is_some() || submitted > self.min_job_age() {
@@ -601,11 +601,11 @@ impl SlurmDaemon {
                 "",
                 None,
                 Some(r),
-                now_string(),
+                clock::now(),
                 self.duration(id),
             ),
             (None, None) => DispatchState::Lost {
-                ended_at: now_string(),
+                ended_at: clock::now(),
                 reason: match job_id {
                     Some(job_id) => format!("Slurm no longer knows job {job_id} and the job left no end record"),
                     None => format!(
@@ -639,7 +639,7 @@ impl SlurmDaemon {
     }
 
     fn stopped_end(&self, reason: StopReason, id: &str) -> DispatchState {
-        let (ended_at, duration_s) = (now_string(), self.duration(id));
+        let (ended_at, duration_s) = (clock::now(), self.duration(id));
         match reason {
             StopReason::Cancel => DispatchState::Cancelled { ended_at, signal: None, duration_s },
             StopReason::Timeout => DispatchState::Timeout { ended_at, signal: None, duration_s },
@@ -663,7 +663,7 @@ impl SlurmDaemon {
                     job_id: Some(seen.job_id.0),
                     job_state: Some(seen.state.as_str().to_string()),
                     reason: (!running).then(|| state::waiting_text(&seen.state, &seen.reason)),
-                    started_at: if running { started_at.or_else(|| Some(now_string())) } else { started_at },
+                    started_at: if running { started_at.or_else(|| Some(clock::now())) } else { started_at },
                 };
                 (new != job.record.state).then(|| (id.to_string(), new))
             }
@@ -682,7 +682,7 @@ impl SlurmDaemon {
                     &seen.reason,
                     exit,
                     record.as_ref(),
-                    now_string(),
+                    clock::now(),
                     self.duration(id),
                 );
                 Some((id.to_string(), ended))
@@ -818,7 +818,7 @@ impl SlurmDaemon {
                     written.insert(id.clone());
                     if rec.status().is_active() {
                         let deadline = match &rec.state {
-                            DispatchState::Slurm { started_at: Some(at), .. } => Some(self.timeout_deadline(&rec, at)),
+                            DispatchState::Slurm { started_at: Some(at), .. } => Some(self.timeout_deadline(&rec, *at)),
                             _ => None,
                         };
                         if let Some(job) = self.jobs.get_mut(&id) {

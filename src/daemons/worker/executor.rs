@@ -58,16 +58,16 @@ pub trait Executor {
 }
 
 /// Runs dispatches as local processes, each through the exec shim in its own process group, stdin /dev/null, stdout/stderr to the dispatch's log files.
-pub struct LocalExecutor {
+pub(crate) struct LocalExecutor {
     /// The binary that contains the shim (this worker's own executable).
     pub shim_exe: PathBuf,
 }
 
 /// The small shim program's file name, looked for beside the worker's executable.
-pub const SHIM_BINARY: &str = "cortex-exec-shim";
+pub(crate) const SHIM_BINARY: &str = "cortex-exec-shim";
 
 impl LocalExecutor {
-    pub fn new() -> LocalExecutor {
+    pub(crate) fn new() -> LocalExecutor {
         LocalExecutor { shim_exe: shim_exe() }
     }
 }
@@ -95,8 +95,8 @@ impl Executor for LocalExecutor {
         if plan.command.is_empty() {
             return Err(Error::other("the dispatch has an empty command"));
         }
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::other(format!("cannot create a pipe: {e}")))?;
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::system("create a pipe", e.into()))?;
         // Keep the shim's descriptor clear of 0-2, which the child's stdio takes.
         let read: OwnedFd = if read.as_raw_fd() <= 2 {
             nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
@@ -104,14 +104,14 @@ impl Executor for LocalExecutor {
                     // SAFETY: fcntl returned a new descriptor that we now own.
                     unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
                 })
-                .map_err(|e| Error::other(format!("cannot duplicate a pipe descriptor: {e}")))?
+                .map_err(|e| Error::system("duplicate a pipe descriptor", e.into()))?
         } else {
             read
         };
         // Only the read end is inherited (by this child: spawns are sequential and the parent
         // closes it right after); the write end stays close-on-exec.
         nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
-            .map_err(|e| Error::other(format!("cannot pass the go pipe: {e}")))?;
+            .map_err(|e| Error::system("pass the go pipe", e.into()))?;
         let go_fd = read.as_raw_fd();
         // The shim opens the log files itself (an inode allocation each, paid in parallel by the
         // shims rather than in the worker's serial loop); their directory must exist.
@@ -154,7 +154,7 @@ impl Executor for LocalExecutor {
         if let Some(fd) = launched.go.take() {
             let f = std::fs::File::from(fd);
             use std::io::Write;
-            (&f).write_all(b"1").map_err(|e| Error::other(format!("cannot release PID {}: {e}", launched.pid)))?;
+            (&f).write_all(b"1").map_err(|e| Error::system(format!("release PID {}", launched.pid), e))?;
         }
         Ok(())
     }

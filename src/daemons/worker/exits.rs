@@ -31,17 +31,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The journal is emptied once fully consumed and at least this long.
-pub const COMPACT_AT: u64 = 256 * 1024;
+pub(crate) const COMPACT_AT: u64 = 256 * 1024;
 
 /// How long a shim waits for its shared lock. The exclusive holder (the worker emptying the
 /// journal) holds it for one read and a truncate; a shim that gives up says so on its stderr
 /// (the task's log) and exits with the command's status, which a worker that is its parent
 /// still reaps.
-pub const APPEND_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const APPEND_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the shim records about the command's end.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ExitReport {
+pub(crate) struct ExitReport {
     pub dispatch_id: String,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -53,17 +53,17 @@ pub struct ExitReport {
 }
 
 /// The journal's path in a home.
-pub fn journal_path(home: &Home) -> PathBuf {
+pub(crate) fn journal_path(home: &Home) -> PathBuf {
     home.run_dir().join("dispatch-exits.jsonl")
 }
 
 /// The lock that orders appends (shared) against emptying the journal (exclusive).
-pub fn lock_path(home: &Home) -> PathBuf {
+pub(crate) fn lock_path(home: &Home) -> PathBuf {
     home.lock_file(LockName::DispatchExits)
 }
 
 /// The shim's side: appends one report durably under the shared lock.
-pub fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
+pub(crate) fn append(journal: &Path, lock: &Path, report: &ExitReport) -> Result<()> {
     append_within(journal, lock, report, APPEND_LOCK_TIMEOUT)
 }
 
@@ -77,7 +77,7 @@ fn append_within(journal: &Path, lock: &Path, report: &ExitReport, timeout: Dura
 
 /// The worker's view of the journal: reports read so far and not yet taken.
 #[derive(Debug)]
-pub struct ExitJournal {
+pub(crate) struct ExitJournal {
     path: PathBuf,
     lock: PathBuf,
     /// How long emptying the journal waits for the lock (appends in flight hold it shared); an
@@ -94,7 +94,7 @@ pub struct ExitJournal {
 }
 
 impl ExitJournal {
-    pub fn new(home: &Home) -> ExitJournal {
+    pub(crate) fn new(home: &Home) -> ExitJournal {
         ExitJournal {
             path: journal_path(home),
             lock: lock_path(home),
@@ -107,14 +107,14 @@ impl ExitJournal {
     }
 
     /// Waits at most `timeout` for the lock when emptying the journal.
-    pub fn with_lock_timeout(mut self, timeout: Duration) -> ExitJournal {
+    pub(crate) fn with_lock_timeout(mut self, timeout: Duration) -> ExitJournal {
         self.lock_timeout = timeout;
         self
     }
 
     /// Reads the lines appended since the last call. Errors are logged: a report that cannot be
     /// read leaves its dispatch to be judged by what the worker saw (its reaped status).
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         if let Err(e) = self.read_new() {
             tracing::error!("cannot read the exit journal: {e}");
         }
@@ -170,24 +170,24 @@ impl ExitJournal {
     }
 
     /// Whether a report of this dispatch has been read.
-    pub fn has(&self, dispatch_id: &str) -> bool {
+    pub(crate) fn has(&self, dispatch_id: &str) -> bool {
         self.reports.contains_key(dispatch_id)
     }
 
     /// Removes and returns the report of a dispatch.
-    pub fn take(&mut self, dispatch_id: &str) -> Option<ExitReport> {
+    pub(crate) fn take(&mut self, dispatch_id: &str) -> Option<ExitReport> {
         self.reports.remove(dispatch_id)
     }
 
     /// Forgets reports of dispatches that `keep` rejects (ended long ago, before a restart).
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.reports.retain(|id, _| keep(id));
     }
 
     /// Empties the journal when every line in it has been consumed and it has grown past
     /// [`COMPACT_AT`]; `pending` says whether some report read earlier is still needed (then
     /// nothing is done). Returns whether it was emptied.
-    pub fn compact(&mut self, pending: bool) -> bool {
+    pub(crate) fn compact(&mut self, pending: bool) -> bool {
         if pending || !self.reports.is_empty() || self.offset < COMPACT_AT {
             return false;
         }

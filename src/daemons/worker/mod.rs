@@ -23,13 +23,13 @@
 //! live process here waits until that process is gone: a task never runs twice at once, whatever
 //! an operator removes or puts back.
 
-pub mod executor;
-pub mod exits;
-pub mod procs;
+pub(crate) mod executor;
+pub(crate) mod exits;
+pub(crate) mod procs;
 mod records;
 pub mod shim;
 
-use crate::base::clock::{format_ts, now_string, parse_ts};
+use crate::base::clock::{Timestamp, format_ts};
 use crate::base::error::{Error, Result};
 use crate::domain::task::dispatch_record::{self, cancel_request_path, spec_path};
 use crate::domain::task::dispatches;
@@ -111,7 +111,7 @@ impl Live {
 
     /// A running dispatch found on disk (not started by this worker): watched through a pidfd,
     /// its start time and deadline taken from the spec.
-    fn adopted(rec: &DispatchRecord, started_at: &str, pid: i32, pgid: i32, start_ticks: u64) -> Live {
+    fn adopted(rec: &DispatchRecord, started_at: Timestamp, pid: i32, pgid: i32, start_ticks: u64) -> Live {
         let started = Instant::now().checked_sub(duration_since(started_at)).unwrap_or_else(Instant::now);
         Live {
             task_id: rec.task_id.clone(),
@@ -190,8 +190,8 @@ pub struct Worker<E: Executor> {
     slurm: std::collections::HashSet<String>,
 }
 
-fn duration_since(started_at: &str) -> Duration {
-    parse_ts(started_at).and_then(|t| (chrono::Utc::now() - t).to_std().ok()).unwrap_or(Duration::ZERO)
+fn duration_since(started_at: Timestamp) -> Duration {
+    (crate::base::clock::now() - started_at).to_std().unwrap_or(Duration::ZERO)
 }
 
 impl<E: Executor> Worker<E> {
@@ -226,8 +226,8 @@ impl<E: Executor> Worker<E> {
                 _ if rec.is_slurm() => {}
                 DispatchState::Starting => {}
                 DispatchState::Running { started_at, pid, pgid, proc_start_ticks } => {
-                    let elapsed = duration_since(started_at);
-                    let live = Live::adopted(&rec, started_at, *pid, *pgid, *proc_start_ticks);
+                    let elapsed = duration_since(*started_at);
+                    let live = Live::adopted(&rec, *started_at, *pid, *pgid, *proc_start_ticks);
                     self.live.insert(id.clone(), live);
                     if self.executor.alive(*pid, *proc_start_ticks) {
                         tracing::info!("re-adopted dispatch {id} (PID {pid})");
@@ -460,7 +460,11 @@ impl<E: Executor> Worker<E> {
                     if cancel_request_path(&self.home, &rec.dispatch_id).exists() {
                         self.end_unstarted(
                             &rec,
-                            DispatchState::Cancelled { ended_at: now_string(), signal: None, duration_s: Some(0.0) },
+                            DispatchState::Cancelled {
+                                ended_at: crate::base::clock::now(),
+                                signal: None,
+                                duration_s: Some(0.0),
+                            },
                         );
                     } else if busy_tasks.contains(&rec.task_id) {
                         // Another dispatch of this task still runs here (its record was removed
@@ -495,7 +499,7 @@ impl<E: Executor> Worker<E> {
     fn reconcile_one(&mut self, rec: DispatchRecord) {
         if let DispatchState::Running { started_at, pid, pgid, proc_start_ticks } = &rec.state {
             let id = rec.dispatch_id.clone();
-            self.live.insert(id.clone(), Live::adopted(&rec, started_at, *pid, *pgid, *proc_start_ticks));
+            self.live.insert(id.clone(), Live::adopted(&rec, *started_at, *pid, *pgid, *proc_start_ticks));
             if self.executor.alive(*pid, *proc_start_ticks) {
                 procs::notify_exit(*pid, self.waker.clone(), format!("exited {id}"));
             } else {
@@ -543,7 +547,7 @@ impl<E: Executor> Worker<E> {
                     self.end_unstarted(
                         &rec,
                         DispatchState::Failed {
-                            ended_at: now_string(),
+                            ended_at: crate::base::clock::now(),
                             exit_code: None,
                             signal: None,
                             duration_s: Some(0.0),
@@ -695,7 +699,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         EventKind::WorkerReady,
         Severity::Info,
         format!("Worker ready ({} dispatch(es) re-adopted)", worker.running()),
-        serde_json::json!({"adopted": worker.running(), "at": format_ts(chrono::Utc::now())}),
+        serde_json::json!({"adopted": worker.running(), "at": format_ts(crate::base::clock::now())}),
     );
     ctx.mark_ready()?;
     loop {

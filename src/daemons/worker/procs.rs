@@ -6,18 +6,18 @@ use crate::base::wake::Wake;
 use std::sync::mpsc::Sender;
 
 /// True while any process is in the process group.
-pub fn group_exists(pgid: i32) -> bool {
+pub(crate) fn group_exists(pgid: i32) -> bool {
     pgid > 1 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
 }
 
 /// Sends `sig` to a whole process group; false when the group is gone.
-pub fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) -> bool {
+pub(crate) fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) -> bool {
     pgid > 1 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig).is_ok()
 }
 
 /// Wakes the loop (a `Wake::Message`) when `pid` exits, through a pidfd polled by a small thread.
 /// When no pidfd can be had (the process is already gone) it wakes at once.
-pub fn notify_exit(pid: i32, waker: Sender<Wake>, message: String) {
+pub(crate) fn notify_exit(pid: i32, waker: Sender<Wake>, message: String) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     let Ok(fd) = crate::base::procfs::pidfd(pid) else {
@@ -36,7 +36,7 @@ pub fn notify_exit(pid: i32, waker: Sender<Wake>, message: String) {
 
 /// Makes this process the reaper of orphaned descendants (tasks that double-fork), so they are
 /// reaped here rather than left as zombies.
-pub fn become_subreaper() {
+pub(crate) fn become_subreaper() {
     // SAFETY: prctl with integer arguments.
     unsafe { nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }

@@ -8,7 +8,7 @@
 
 use super::executor::{self, Executor, Reaped};
 use super::{Gone, Live, StopReason, Worker, exits};
-use crate::base::clock::now_string;
+use crate::base::clock::Timestamp;
 use crate::base::error::{Error, Result};
 use crate::domain::task::dispatch_record::{self, Change, NotWritten, final_bucket};
 use crate::domain::task::model::{DispatchRecord, DispatchState, DispatchStatus};
@@ -34,13 +34,8 @@ pub(super) fn end_change((id, state, tokens): &End) -> (String, Change) {
 }
 
 /// The change that records a started dispatch `running` (refused unless it is `starting`).
-pub(super) fn running_change(rec: &DispatchRecord, l: &executor::Launched, started_at: &str) -> (String, Change) {
-    let state = DispatchState::Running {
-        started_at: started_at.to_string(),
-        pid: l.pid,
-        pgid: l.pgid,
-        proc_start_ticks: l.start_ticks,
-    };
+pub(super) fn running_change(rec: &DispatchRecord, l: &executor::Launched, started_at: Timestamp) -> (String, Change) {
+    let state = DispatchState::Running { started_at, pid: l.pid, pgid: l.pgid, proc_start_ticks: l.start_ticks };
     let change: Change = Box::new(move |r: &mut DispatchRecord| {
         if r.status() != DispatchStatus::Starting {
             return Err(NotWritten::MovedOn(format!(
@@ -56,12 +51,12 @@ pub(super) fn running_change(rec: &DispatchRecord, l: &executor::Launched, start
 }
 
 /// Why a dispatch whose process ran without a record ended `lost`.
-pub const UNRECORDED_REASON: &str = "its process ran without a record in worker-specs/active/ (the spec was removed or \
+pub(super) const UNRECORDED_REASON: &str = "its process ran without a record in worker-specs/active/ (the spec was removed or \
 replaced while it ran); the worker stopped its process group (TERM, grace, KILL) so that its task cannot run twice";
 
 /// How a dispatch ended: from the stop reason, the shim's exit report or what was seen.
 pub(super) fn final_state(l: &Live, gone: Gone, report: Option<exits::ExitReport>) -> DispatchState {
-    let ended_at = now_string();
+    let ended_at = crate::base::clock::now();
     let duration = Some(l.started.elapsed().as_secs_f64());
     let seen_signal = match gone {
         Gone::Reaped(Reaped::Signaled(s)) => Some(s),
@@ -149,17 +144,12 @@ fn signal_label(sig: i32) -> String {
 /// The record of a task process of this home found running with no spec accounting for it,
 /// rebuilt from what its environment and command line say.
 pub(super) fn orphan_record(home: &Home, p: &TaskProcess) -> DispatchRecord {
-    let now = now_string();
+    let now = crate::base::clock::now();
     DispatchRecord {
         dispatch_id: p.dispatch_id.clone(),
         task_id: if p.task_id.is_empty() { "unknown".into() } else { p.task_id.clone() },
         worker_type: "unknown".into(),
-        state: DispatchState::Running {
-            started_at: now.clone(),
-            pid: p.pid,
-            pgid: p.pgid,
-            proc_start_ticks: p.start_ticks,
-        },
+        state: DispatchState::Running { started_at: now, pid: p.pid, pgid: p.pgid, proc_start_ticks: p.start_ticks },
         dispatched_at: now,
         attempt: p.attempt.unwrap_or(1).max(1),
         command: p.command.clone(),
@@ -191,9 +181,9 @@ impl<E: Executor> Worker<E> {
         if ends.is_empty() && started.is_empty() {
             return;
         }
-        let started_at = now_string();
+        let started_at = crate::base::clock::now();
         let mut changes: Vec<(String, Change)> = ends.iter().map(end_change).collect();
-        changes.extend(started.iter().map(|(rec, l)| running_change(rec, l, &started_at)));
+        changes.extend(started.iter().map(|(rec, l)| running_change(rec, l, started_at)));
         let mut dirs = Vec::new();
         let mut results = match self.store.lock_named(LockName::WorkerSpecs) {
             Ok(guard) => {

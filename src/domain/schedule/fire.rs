@@ -5,7 +5,7 @@
 
 use super::expr::{Expr, parse_tz};
 use super::model::{MisfirePolicy, Schedule, ScheduleState, Schedules, TaskTemplate};
-use crate::base::clock::{Clock, Timestamp, format_ts, parse_ts};
+use crate::base::clock::{Clock, Timestamp, format_ts};
 use crate::base::error::Result;
 use crate::domain::scheduler_state::SchedulerState;
 use crate::domain::task::{Task, TaskQueue, TaskState, TaskStatus};
@@ -49,6 +49,7 @@ pub struct ScheduledRun {
     pub schedule_id: String,
     pub schedule_name: String,
     /// The slot this run is for (a manual run: when it was requested).
+    #[serde(with = "crate::base::clock::ts")]
     pub slot: Timestamp,
     pub trigger: Trigger,
     pub task: TaskTemplate,
@@ -66,7 +67,7 @@ pub struct TaskDefaults {
 impl ScheduledRun {
     /// The queued task this run becomes, `created_by` `schedule:<name>`, with `schedule_id` set
     /// (what [`fire_due`] counts for `max_instances`).
-    pub fn to_task(&self, created_at: &str, defaults: &TaskDefaults) -> Task {
+    pub fn to_task(&self, created_at: Timestamp, defaults: &TaskDefaults) -> Task {
         Task {
             task_id: self.task_id.clone(),
             description: self.task.description.clone(),
@@ -74,7 +75,7 @@ impl ScheduledRun {
             worker_type: self.task.worker_type.clone().unwrap_or_else(|| defaults.worker_type.clone()),
             command: self.task.command.clone(),
             state: TaskState::Queued { waiting_reason: None },
-            created_at: created_at.to_string(),
+            created_at,
             created_by: format!("schedule:{}", self.schedule_name),
             attempts: 0,
             max_attempts: self.task.max_attempts.unwrap_or(defaults.max_attempts).max(1),
@@ -99,7 +100,7 @@ pub fn slot_task_id(schedule_id: &str, slot: Timestamp) -> String {
 }
 
 /// The zone a schedule's cron expression is read in: its own, else `[scheduler] timezone`, else UTC.
-pub fn effective_tz(schedule_tz: Option<&str>, config_tz: &str) -> std::result::Result<Tz, String> {
+pub(crate) fn effective_tz(schedule_tz: Option<&str>, config_tz: &str) -> std::result::Result<Tz, String> {
     match schedule_tz.filter(|s| !s.trim().is_empty()) {
         Some(tz) => parse_tz(tz),
         None => Ok(parse_tz(config_tz).unwrap_or(Tz::UTC)),
@@ -107,10 +108,9 @@ pub fn effective_tz(schedule_tz: Option<&str>, config_tz: &str) -> std::result::
 }
 
 /// The expression of a stored schedule, in its effective zone.
-pub fn schedule_expr(s: &Schedule, config_tz: &str) -> std::result::Result<Expr, String> {
+pub(crate) fn schedule_expr(s: &Schedule, config_tz: &str) -> std::result::Result<Expr, String> {
     let tz = effective_tz(s.timezone.as_deref(), config_tz).map_err(|e| format!("timezone: {e}"))?;
-    let anchor = parse_ts(&s.created_at).ok_or_else(|| format!("created_at: {:?} is not a timestamp", s.created_at))?;
-    Expr::new(s.cron.as_deref(), s.every.as_deref(), tz, anchor).map_err(|e| {
+    Expr::new(s.cron.as_deref(), s.every.as_deref(), tz, s.created_at).map_err(|e| {
         let field = if s.cron.is_some() { "cron" } else { "every" };
         format!("{field}: {e}")
     })
@@ -170,6 +170,10 @@ pub fn fire_due(
     }
     let guard = store.lock(Schedules::FILE)?;
     let mut doc: Schedules = store.load()?;
+    if doc.schedules.is_empty() {
+        // Nothing to fire: the queue (the whole backlog) is not read.
+        return Ok(None);
+    }
     // Read without its lock: the queue is replaced atomically, and a task the enqueue side is
     // adding right now is deduplicated there by its id.
     let queue: TaskQueue = store.load()?;
@@ -199,7 +203,7 @@ pub fn fire_due(
         }
     }
     if pass.changed {
-        doc.updated_at = Some(format_ts(pass.now));
+        doc.updated_at = Some(pass.now);
         store.write_locked(&guard, &doc)?;
     }
     drop(guard);
@@ -224,7 +228,7 @@ fn fire_schedule(s: &mut Schedule, pass: &mut Pass, enqueue: &mut dyn FnMut(Sche
             task_id: req.task_id.clone(),
             schedule_id: s.schedule_id.clone(),
             schedule_name: s.name.clone(),
-            slot: parse_ts(&req.requested_at).unwrap_or(pass.now),
+            slot: req.requested_at,
             trigger: Trigger::Manual { requested_by: req.requested_by.clone() },
             task: s.task.clone(),
         };
@@ -243,9 +247,9 @@ fn fire_schedule(s: &mut Schedule, pass: &mut Pass, enqueue: &mut dyn FnMut(Sche
         Err(problem) => {
             // A hand-edited record that no longer parses: hold it (visible, nothing lost) instead
             // of failing every pass.
-            let now = format_ts(pass.now);
+            let now = pass.now;
             s.state = ScheduleState::Paused {
-                paused_at: now.clone(),
+                paused_at: now,
                 paused_by: Some("cortex".into()),
                 reason: Some(format!("invalid schedule: {problem}")),
             };
@@ -326,7 +330,7 @@ fn fire_schedule(s: &mut Schedule, pass: &mut Pass, enqueue: &mut dyn FnMut(Sche
                 continue;
             }
             if let Err(e) = enqueue(run.clone()) {
-                s.next_run_at = Some(format_ts(slot));
+                s.next_run_at = Some(slot);
                 pass.changed = true;
                 push_limited(s, pass, &limited);
                 return Err(e);
@@ -362,10 +366,10 @@ fn push_limited(s: &Schedule, pass: &mut Pass, limited: &[String]) {
 
 fn record_fired(s: &mut Schedule, pass: &mut Pass, run: &ScheduledRun) {
     let slot = format_ts(run.slot);
-    s.last_run_at = Some(slot.clone());
+    s.last_run_at = Some(run.slot);
     s.last_task_id = Some(run.task_id.clone());
     s.run_count += 1;
-    s.updated_at = Some(format_ts(pass.now));
+    s.updated_at = Some(pass.now);
     pass.present.insert(run.task_id.clone());
     pass.changed = true;
     pass.event(
@@ -384,7 +388,6 @@ fn record_fired(s: &mut Schedule, pass: &mut Pass, run: &ScheduledRun) {
 }
 
 fn set_next(s: &mut Schedule, pass: &mut Pass, next: Option<Timestamp>) {
-    let next = next.map(format_ts);
     if s.next_run_at != next {
         s.next_run_at = next;
         pass.changed = true;

@@ -47,9 +47,9 @@
 //! Order: `scheduler` → `schedules` → `task-queue` → `token-budget` → `worker-specs`.
 
 pub mod expr;
-pub mod fire;
-pub mod model;
-pub mod ops;
+pub(crate) mod fire;
+pub(crate) mod model;
+pub(crate) mod ops;
 
 pub use fire::{ScheduledRun, TaskDefaults, Trigger, fire_due, slot_task_id};
 pub use model::{MisfirePolicy, RunRequest, Schedule, ScheduleState, Schedules, TaskTemplate};

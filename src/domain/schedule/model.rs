@@ -2,7 +2,7 @@
 //! belong to that state, flattened on disk as `"state": "paused", "paused_at": ...`), its
 //! misfire policy, the template of the task each run enqueues, and pending `run-now` requests.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::domain::task::Priority;
 use crate::store::Document;
 use crate::store::files::{self, CoordFile};
@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Schedules {
     pub schedules: Vec<Schedule>,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
 }
 
 impl Document for Schedules {
@@ -80,14 +80,16 @@ impl std::str::FromStr for MisfirePolicy {
 pub enum ScheduleState {
     Active,
     Paused {
-        paused_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        paused_at: Timestamp,
         #[serde(default)]
         paused_by: Option<String>,
         #[serde(default)]
         reason: Option<String>,
     },
     Archived {
-        archived_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        archived_at: Timestamp,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         archived_by: Option<String>,
     },
@@ -126,7 +128,8 @@ pub struct TaskTemplate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
     pub task_id: String,
-    pub requested_at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub requested_at: Timestamp,
     #[serde(default)]
     pub requested_by: Option<String>,
     #[serde(default)]
@@ -153,15 +156,16 @@ pub struct Schedule {
     pub misfire_policy: MisfirePolicy,
     pub max_instances: u32,
     /// The slot time of the last run enqueued.
-    #[serde(default)]
-    pub last_run_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub last_run_at: Option<Timestamp>,
     #[serde(default)]
     pub last_task_id: Option<String>,
     /// The first slot not handled yet (the cursor of [`super::fire_due`]); None while paused or
     /// archived.
-    #[serde(default)]
-    pub next_run_at: Option<String>,
-    pub created_at: String,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub next_run_at: Option<Timestamp>,
+    #[serde(with = "crate::base::clock::ts")]
+    pub created_at: Timestamp,
     #[serde(default)]
     pub created_by: Option<String>,
     /// Runs enqueued so far.
@@ -169,8 +173,8 @@ pub struct Schedule {
     pub run_count: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_runs: Vec<RunRequest>,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
 }
 
 impl Schedule {
@@ -183,7 +187,7 @@ impl Schedule {
     }
 
     pub fn next_run(&self) -> Option<Timestamp> {
-        self.next_run_at.as_deref().and_then(parse_ts)
+        self.next_run_at
     }
 
     /// The expression as an operator wrote it: `cron 0 3 * * 1-5` or `every 15m`.

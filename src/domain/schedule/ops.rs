@@ -108,17 +108,17 @@ pub fn add(store: &Store, clock: &dyn Clock, new: NewSchedule, actor: &Actor) ->
         last_task_id: None,
         next_run_at: None,
         // Whole seconds: an interval's slots count from here.
-        created_at: format_ts(chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)),
+        created_at: chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now),
         created_by: Some(actor.who.clone()),
         run_count: 0,
         pending_runs: Vec::new(),
-        updated_at: Some(format_ts(now)),
+        updated_at: Some(now),
     };
     let expr = schedule_expr(&schedule, &config.scheduler.timezone).map_err(|e| {
         let (field, detail) = e.split_once(": ").unwrap_or(("schedule", e.as_str()));
         invalid(field, detail)
     })?;
-    schedule.next_run_at = Some(expr.next_after(now).map(format_ts).ok_or_else(|| {
+    schedule.next_run_at = Some(expr.next_after(now).ok_or_else(|| {
         invalid(if schedule.cron.is_some() { "cron" } else { "every" }, "never matches a future time")
     })?);
     let schedule = store.update::<Schedules, _>(|doc| {
@@ -133,7 +133,7 @@ pub fn add(store: &Store, clock: &dyn Clock, new: NewSchedule, actor: &Actor) ->
         }
         schedule.schedule_id = id;
         doc.schedules.push(schedule.clone());
-        doc.updated_at = Some(format_ts(now));
+        doc.updated_at = Some(now);
         Ok(schedule)
     })?;
     let _ = store.emit(
@@ -145,10 +145,10 @@ pub fn add(store: &Store, clock: &dyn Clock, new: NewSchedule, actor: &Actor) ->
             schedule.schedule_id,
             actor.who,
             schedule.expression_label(),
-            schedule.next_run_at.as_deref().unwrap_or("-")
+            schedule.next_run_at.map_or_else(|| "-".into(), format_ts)
         ),
         json!({"schedule_id": schedule.schedule_id, "name": schedule.name, "cron": schedule.cron,
-               "every": schedule.every, "timezone": schedule.timezone, "next_run_at": schedule.next_run_at,
+               "every": schedule.every, "timezone": schedule.timezone, "next_run_at": schedule.next_run_at.map(format_ts),
                "added_by": actor.who, "from": actor.from}),
     );
     Ok(schedule)
@@ -190,11 +190,7 @@ fn view(schedule: Schedule, config_tz: &str) -> ScheduleView {
     ScheduleView {
         effective_timezone: tz.name().to_string(),
         next_run_local: schedule.next_run().map(|t| format_in_zone(t, tz)),
-        last_run_local: schedule
-            .last_run_at
-            .as_deref()
-            .and_then(crate::base::clock::parse_ts)
-            .map(|t| format_in_zone(t, tz)),
+        last_run_local: schedule.last_run_at.map(|t| format_in_zone(t, tz)),
         describe,
         schedule,
     }
@@ -209,7 +205,7 @@ fn change<N>(store: &Store, id: &str, apply: impl FnOnce(&mut Schedule) -> Resul
         let changed = *s != before;
         let s = s.clone();
         if changed {
-            doc.updated_at = s.updated_at.clone();
+            doc.updated_at = s.updated_at;
         }
         Ok((changed, note, s))
     })
@@ -217,7 +213,7 @@ fn change<N>(store: &Store, id: &str, apply: impl FnOnce(&mut Schedule) -> Resul
 
 /// Pauses one schedule: it fires nothing until [`resume`].
 pub fn pause(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor, reason: Option<&str>) -> Result<Change> {
-    let now = format_ts(clock.now());
+    let now = clock.now();
     let (changed, _, s) = change(store, id, |s| {
         match &s.state {
             ScheduleState::Archived { .. } => {
@@ -227,12 +223,12 @@ pub fn pause(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor, reason: 
             ScheduleState::Active => {}
         }
         s.state = ScheduleState::Paused {
-            paused_at: now.clone(),
+            paused_at: now,
             paused_by: Some(actor.who.clone()),
             reason: reason.map(str::to_string),
         };
         s.next_run_at = None;
-        s.updated_at = Some(now.clone());
+        s.updated_at = Some(now);
         Ok(())
     })?;
     if changed {
@@ -248,7 +244,7 @@ pub fn pause(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor, reason: 
                 reason.map(|r| format!(": {r}")).unwrap_or_default()
             ),
             json!({"schedule_id": s.schedule_id, "name": s.name, "paused_by": actor.who, "from": actor.from,
-                   "reason": reason, "paused_at": now}),
+                   "reason": reason, "paused_at": format_ts(now)}),
         );
     }
     let message = if changed { "Schedule paused" } else { "Schedule already paused" };
@@ -272,8 +268,8 @@ pub fn resume(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor) -> Resu
         let expr = schedule_expr(s, &config.scheduler.timezone)
             .map_err(|e| Error::refused(format!("schedule {} cannot resume: {e}", s.schedule_id)))?;
         s.state = ScheduleState::Active;
-        s.next_run_at = expr.next_after(now).map(format_ts);
-        s.updated_at = Some(format_ts(now));
+        s.next_run_at = expr.next_after(now);
+        s.updated_at = Some(now);
         Ok(())
     })?;
     if changed {
@@ -286,10 +282,10 @@ pub fn resume(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor) -> Resu
                 s.schedule_id,
                 actor.who,
                 actor.from,
-                s.next_run_at.as_deref().unwrap_or("-")
+                s.next_run_at.map_or_else(|| "-".into(), format_ts)
             ),
             json!({"schedule_id": s.schedule_id, "name": s.name, "resumed_by": actor.who, "from": actor.from,
-                   "next_run_at": s.next_run_at}),
+                   "next_run_at": s.next_run_at.map(format_ts)}),
         );
     }
     let message = if changed { "Schedule resumed" } else { "Schedule already active" };
@@ -299,16 +295,16 @@ pub fn resume(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor) -> Resu
 /// Archives a schedule: it never fires again and drops its pending run requests. The record
 /// stays in `schedules.json` (state archived) for the audit trail.
 pub fn remove(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor) -> Result<Change> {
-    let now = format_ts(clock.now());
+    let now = clock.now();
     let (changed, dropped, s) = change(store, id, |s| {
         if s.is_archived() {
             return Ok(0);
         }
         let dropped = s.pending_runs.len();
-        s.state = ScheduleState::Archived { archived_at: now.clone(), archived_by: Some(actor.who.clone()) };
+        s.state = ScheduleState::Archived { archived_at: now, archived_by: Some(actor.who.clone()) };
         s.next_run_at = None;
         s.pending_runs.clear();
-        s.updated_at = Some(now.clone());
+        s.updated_at = Some(now);
         Ok(dropped)
     })?;
     if changed {
@@ -317,7 +313,7 @@ pub fn remove(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor) -> Resu
             Severity::Info,
             format!("Schedule {} ({}) removed (archived) by {} from {}", s.name, s.schedule_id, actor.who, actor.from),
             json!({"schedule_id": s.schedule_id, "name": s.name, "removed_by": actor.who, "from": actor.from,
-                   "archived_at": now, "dropped_run_requests": dropped}),
+                   "archived_at": format_ts(now), "dropped_run_requests": dropped}),
         );
     }
     let message = if changed { "Schedule removed (archived)" } else { "Schedule already archived" };
@@ -342,11 +338,11 @@ pub fn request_run(store: &Store, clock: &dyn Clock, id: &str, actor: &Actor) ->
         }
         s.pending_runs.push(RunRequest {
             task_id,
-            requested_at: format_ts(now),
+            requested_at: now,
             requested_by: Some(actor.who.clone()),
             requested_from: Some(actor.from.clone()),
         });
-        s.updated_at = Some(format_ts(now));
+        s.updated_at = Some(now);
         Ok(())
     })?;
     let req = s.pending_runs.last().cloned().ok_or_else(|| Error::other("run request was not recorded"))?;

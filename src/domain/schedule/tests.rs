@@ -98,8 +98,8 @@ impl Fixture {
     /// coordinator's does.
     fn fire_into_queue(&self, runs: &mut Vec<ScheduledRun>) -> Option<Timestamp> {
         let store = self.store.clone();
-        let now = format_ts(self.clock.now());
-        fire_due(&self.store, &self.clock, &mut |r| enqueue_into_queue(&store, &now, r, runs)).unwrap()
+        let now = self.clock.now();
+        fire_due(&self.store, &self.clock, &mut |r| enqueue_into_queue(&store, now, r, runs)).unwrap()
     }
 
     fn queue(&self) -> TaskQueue {
@@ -107,7 +107,7 @@ impl Fixture {
     }
 }
 
-fn enqueue_into_queue(store: &Store, now: &str, run: ScheduledRun, runs: &mut Vec<ScheduledRun>) -> Result<()> {
+fn enqueue_into_queue(store: &Store, now: Timestamp, run: ScheduledRun, runs: &mut Vec<ScheduledRun>) -> Result<()> {
     let defaults = TaskDefaults { worker_type: "scan-worker".into(), budget: 100, max_attempts: 3 };
     store.update::<TaskQueue, _>(|q| {
         if !q.tasks.iter().any(|t| t.task_id == run.task_id) {
@@ -153,7 +153,7 @@ fn slots(runs: &[ScheduledRun]) -> Vec<Timestamp> {
 fn fires_every_five_minutes_over_a_simulated_hour() {
     let f = fixture(utc(2026, 3, 2, 10, 2, 13));
     let s = f.add("five", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip);
-    assert_eq!(s.next_run_at.as_deref(), Some("2026-03-02T10:05:00.000000Z"));
+    assert_eq!(s.next_run_at.map(format_ts).as_deref(), Some("2026-03-02T10:05:00.000000Z"));
     let end = utc(2026, 3, 2, 11, 2, 13);
     let mut runs = Vec::new();
     // Drive it like the coordinator: sleep until the returned deadline (plus wake-up jitter).
@@ -176,7 +176,7 @@ fn fires_every_five_minutes_over_a_simulated_hour() {
     assert_eq!(std::fs::metadata(f.store.path(files_schedules())).unwrap().modified().unwrap(), mtime);
     let got = f.schedule(&s.schedule_id);
     assert_eq!(got.run_count, 12);
-    assert_eq!(got.last_run_at.as_deref(), Some("2026-03-02T11:00:00.000000Z"));
+    assert_eq!(got.last_run_at.map(format_ts).as_deref(), Some("2026-03-02T11:00:00.000000Z"));
     assert_eq!(f.events_of("schedule_fired").len(), 12);
 }
 
@@ -209,7 +209,7 @@ fn berlin_schedule_fires_after_the_spring_forward_gap() {
     let f = fixture(utc(2026, 3, 28, 12, 0, 0));
     let s = f.add("nightly", Some("30 2 * * *"), None, Some("Europe/Berlin"), MisfirePolicy::Skip);
     // 02:30 does not exist in Berlin on 2026-03-29: croner runs it at 03:00 CEST = 01:00 UTC.
-    assert_eq!(s.next_run_at.as_deref(), Some("2026-03-29T01:00:00.000000Z"));
+    assert_eq!(s.next_run_at.map(format_ts).as_deref(), Some("2026-03-29T01:00:00.000000Z"));
     let mut runs = Vec::new();
     f.clock.set(utc(2026, 3, 29, 1, 0, 0));
     assert_eq!(f.fire(&mut runs), Some(utc(2026, 3, 30, 0, 30, 0)));
@@ -227,7 +227,12 @@ fn crash_after_enqueue_before_the_write_refires_the_same_task_id() {
     let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let store = f.store.clone();
         let _ = fire_due(&f.store, &f.clock, &mut |r| {
-            enqueue_into_queue(&store, "2026-03-02T10:05:01Z", r, &mut Vec::new())?;
+            enqueue_into_queue(
+                &store,
+                crate::base::clock::parse_ts("2026-03-02T10:05:01Z").unwrap(),
+                r,
+                &mut Vec::new(),
+            )?;
             panic!("simulated crash between enqueue and the schedules.json write");
         });
     }));
@@ -256,7 +261,7 @@ fn crash_after_enqueue_before_the_write_refires_the_same_task_id() {
     assert_eq!(ids, vec![id.clone()]);
     let got = f.schedule(&s.schedule_id);
     assert_eq!(got.last_task_id.as_deref(), Some(id.as_str()));
-    assert_eq!(got.next_run_at.as_deref(), Some("2026-03-02T10:10:00.000000Z"));
+    assert_eq!(got.next_run_at.map(format_ts).as_deref(), Some("2026-03-02T10:10:00.000000Z"));
     // And a further pass fires nothing more for that slot.
     f.fire_into_queue(&mut runs);
     assert_eq!(f.queue().tasks.len(), 1);
@@ -276,7 +281,7 @@ fn failed_enqueue_keeps_earlier_runs_and_retries_the_failed_slot() {
     assert!(err.to_string().contains("queue unavailable"));
     let got = f.schedule(&s.schedule_id);
     assert_eq!(got.run_count, 2);
-    assert_eq!(got.next_run_at.as_deref(), Some("2026-03-02T10:45:00.000000Z"));
+    assert_eq!(got.next_run_at.map(format_ts).as_deref(), Some("2026-03-02T10:45:00.000000Z"));
     let mut runs = Vec::new();
     f.fire(&mut runs);
     let ids: Vec<String> = runs.iter().map(|r| r.task_id.clone()).collect();
@@ -374,12 +379,14 @@ fn max_instances_skips_while_the_previous_run_is_unfinished() {
     let ev = f.events_of("schedule_skipped_max_instances");
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].data["slots"][0], "2026-03-02T10:10:00.000000Z");
-    assert_eq!(f.schedule(&s.schedule_id).next_run_at.as_deref(), Some("2026-03-02T10:15:00.000000Z"));
+    assert_eq!(f.schedule(&s.schedule_id).next_run_at.map(format_ts).as_deref(), Some("2026-03-02T10:15:00.000000Z"));
     // In progress counts too.
     f.store
         .update::<TaskQueue, _>(|q| {
-            q.tasks[0].state =
-                TaskState::InProgress { started_at: "2026-03-02T10:11:00Z".into(), dispatch_id: "d1".into() };
+            q.tasks[0].state = TaskState::InProgress {
+                started_at: crate::base::clock::parse_ts("2026-03-02T10:11:00Z").unwrap(),
+                dispatch_id: "d1".into(),
+            };
             Ok(())
         })
         .unwrap();
@@ -389,7 +396,10 @@ fn max_instances_skips_while_the_previous_run_is_unfinished() {
     // Once it completed, the next slot runs.
     f.store
         .update::<TaskQueue, _>(|q| {
-            q.tasks[0].state = TaskState::Completed { started_at: None, completed_at: "2026-03-02T10:16:00Z".into() };
+            q.tasks[0].state = TaskState::Completed {
+                started_at: None,
+                completed_at: crate::base::clock::parse_ts("2026-03-02T10:16:00Z").unwrap(),
+            };
             Ok(())
         })
         .unwrap();
@@ -430,7 +440,7 @@ fn paused_schedule_fires_nothing_and_resumes_from_now() {
     assert!(runs.iter().all(|r| r.schedule_id == other.schedule_id));
     let c = resume(&f.store, &f.clock, "q", &actor()).unwrap();
     assert!(c.changed);
-    assert_eq!(c.schedule.next_run_at.as_deref(), Some("2026-03-02T11:15:00.000000Z"));
+    assert_eq!(c.schedule.next_run_at.map(format_ts).as_deref(), Some("2026-03-02T11:15:00.000000Z"));
     runs.clear();
     f.fire(&mut runs);
     assert!(runs.is_empty(), "{:?}", slots(&runs));
@@ -449,7 +459,7 @@ fn global_pause_holds_schedules_and_misfire_policy_applies_on_resume() {
         assert_eq!(f.fire(&mut runs), None);
     }
     assert!(runs.is_empty());
-    assert_eq!(f.schedule(&s.schedule_id).next_run_at.as_deref(), Some("2026-03-02T10:15:00.000000Z"));
+    assert_eq!(f.schedule(&s.schedule_id).next_run_at.map(format_ts).as_deref(), Some("2026-03-02T10:15:00.000000Z"));
     crate::domain::scheduler_state::resume(&f.store, &actor()).unwrap();
     assert_eq!(f.fire(&mut runs), Some(utc(2026, 3, 2, 11, 15, 0)));
     assert_eq!(runs.len(), 4);
@@ -554,7 +564,7 @@ fn list_shows_next_runs_in_the_zone_and_remove_archives() {
     f.add("ny", Some("@daily"), None, None, MisfirePolicy::Skip);
     let views = list(&f.store, false).unwrap();
     assert_eq!(views.len(), 2);
-    assert_eq!(views[0].schedule.next_run_at.as_deref(), Some("2026-07-02T01:00:00.000000Z"));
+    assert_eq!(views[0].schedule.next_run_at.map(format_ts).as_deref(), Some("2026-07-02T01:00:00.000000Z"));
     assert_eq!(views[0].next_run_local.as_deref(), Some("2026-07-02 03:00:00 CEST"));
     assert_eq!(views[1].effective_timezone, "America/New_York");
     assert_eq!(views[1].next_run_local.as_deref(), Some("2026-07-02 00:00:00 EDT"));
@@ -564,4 +574,42 @@ fn list_shows_next_runs_in_the_zone_and_remove_archives() {
     assert_eq!(list(&f.store, true).unwrap().len(), 2);
     assert!(resume(&f.store, &f.clock, &c.schedule.schedule_id, &actor()).is_err());
     assert_eq!(f.events_of("schedule_removed").len(), 1);
+}
+
+/// A schedules.json as an older version or an operator may have left it: whole seconds and an
+/// offset load; a time that is not one is refused naming its field, and the file is kept.
+#[test]
+fn schedule_times_load_in_every_accepted_form_and_a_bad_one_names_its_field() {
+    let (_dir, store) = crate::store::fresh_store();
+    let path = store.path(crate::store::files::SCHEDULES);
+    let doc = |paused_at: &str| {
+        serde_json::json!({"schedules": [{
+            "schedule_id": "s1", "name": "n", "every": "15m", "timezone": null,
+            "task": {"description": "d", "priority": "medium"},
+            "state": "paused", "paused_at": paused_at, "paused_by": "me", "reason": null,
+            "misfire_policy": "skip", "max_instances": 1,
+            "last_run_at": "2026-03-02T10:00:00Z", "next_run_at": null,
+            "created_at": "2026-03-02T11:00:00+01:00",
+            "pending_runs": [{"task_id": "t", "requested_at": "2026-03-02T10:00:00.5Z"}]}],
+            "updated_at": null})
+    };
+    std::fs::write(&path, doc("2026-03-02T10:01:00Z").to_string()).unwrap();
+    let loaded: Schedules = store.load().unwrap();
+    let s = &loaded.schedules[0];
+    assert_eq!(s.created_at, utc(2026, 3, 2, 10, 0, 0));
+    assert_eq!(s.last_run_at, Some(utc(2026, 3, 2, 10, 0, 0)));
+    assert_eq!(s.pending_runs[0].requested_at.timestamp_subsec_millis(), 500);
+    assert_eq!(
+        s.state,
+        ScheduleState::Paused { paused_at: utc(2026, 3, 2, 10, 1, 0), paused_by: Some("me".into()), reason: None }
+    );
+
+    let bad = doc("last tuesday").to_string();
+    std::fs::write(&path, &bad).unwrap();
+    let err = store.load::<Schedules>().unwrap_err();
+    let Error::Invalid { pointer, .. } = &err else { panic!("{err}") };
+    assert_eq!(pointer, "/schedules/0/paused_at", "{err}");
+    assert!(err.to_string().contains("\"last tuesday\" is not an RFC 3339 time"), "{err}");
+    assert!(store.update::<Schedules, _>(|_| Ok(())).is_err());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), bad, "never overwritten");
 }

@@ -3,6 +3,7 @@
 //! a Slurm dispatch ends through the same retry policy as a local one.
 
 use super::JobEndRecord;
+use crate::base::clock::Timestamp;
 use crate::domain::task::model::DispatchState;
 
 /// A job state as `squeue %T` and `scontrol JobState=` print it.
@@ -127,7 +128,7 @@ pub fn dispatch_end(
     reason: &str,
     slurm_exit: Option<(i32, i32)>,
     record: Option<&JobEndRecord>,
-    ended_at: String,
+    ended_at: Timestamp,
     duration_s: Option<f64>,
 ) -> DispatchState {
     let (exit_code, signal) = match (record, slurm_exit) {
@@ -213,7 +214,7 @@ mod tests {
 
     #[test]
     fn ends() {
-        let t = || "2026-01-01T00:00:00Z".to_string();
+        let t = || crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap();
         assert_eq!(
             dispatch_end(&JobState::Completed, "None", Some((0, 0)), None, t(), Some(2.0)),
             DispatchState::Completed { ended_at: t(), exit_code: 0, duration_s: 2.0 }
@@ -251,7 +252,7 @@ mod tests {
     /// A purged job (Slurm no longer knows it) ends from its end record alone.
     #[test]
     fn end_record_decides_for_a_purged_job() {
-        let t = || "2026-01-01T00:00:00Z".to_string();
+        let t = || crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap();
         let gone = JobState::Other("UNKNOWN".into());
         assert!(matches!(
             dispatch_end(&gone, "", None, Some(&rec(0)), t(), None),

@@ -31,12 +31,12 @@ pub fn cancel_request_path(home: &Home, dispatch_id: &str) -> PathBuf {
 
 /// Whether a record of the dispatch is in some bucket (`active/`, an end bucket, `zombie/`,
 /// quarantine).
-pub fn exists_anywhere(home: &Home, dispatch_id: &str) -> bool {
+pub(crate) fn exists_anywhere(home: &Home, dispatch_id: &str) -> bool {
     SpecBucket::ALL.iter().any(|&b| spec_path(home, b, dispatch_id).exists())
 }
 
 /// The bucket a record with this final state moves to.
-pub fn final_bucket(rec: &DispatchRecord) -> SpecBucket {
+pub(crate) fn final_bucket(rec: &DispatchRecord) -> SpecBucket {
     match rec.status() {
         DispatchStatus::Completed => SpecBucket::Completed,
         DispatchStatus::Zombie => SpecBucket::Zombie,
@@ -48,10 +48,10 @@ pub fn final_bucket(rec: &DispatchRecord) -> SpecBucket {
 pub fn read_spec(store: &Store, path: &Path) -> Result<Option<DispatchRecord>> {
     match store.read_value_at(path, Some(DISPATCH_SCHEMA))? {
         None => Ok(None),
-        Some(v) => serde_json::from_value(v).map(Some).map_err(|e| Error::Invalid {
+        Some(v) => crate::store::decode_value(&v).map(Some).map_err(|(pointer, expected)| Error::Invalid {
             path: path.to_path_buf(),
-            pointer: String::new(),
-            expected: crate::base::schema::bounded(&e.to_string(), crate::base::schema::MAX_EXPECTED_CHARS),
+            pointer,
+            expected,
             quarantined: None,
         }),
     }
@@ -59,38 +59,38 @@ pub fn read_spec(store: &Store, path: &Path) -> Result<Option<DispatchRecord>> {
 
 /// The bytes of a record to be written at `path`: checked against the `dispatch` schema (a
 /// violation refuses the write, naming the file and the field), pretty-printed.
-pub fn encode(path: &Path, rec: &DispatchRecord) -> Result<Vec<u8>> {
+pub(crate) fn encode(path: &Path, rec: &DispatchRecord) -> Result<Vec<u8>> {
     let v = serde_json::to_value(rec)
         .map_err(|e| Error::encode(format!("dispatch {} ({})", rec.dispatch_id, path.display()), e))?;
     crate::store::encode_checked(path, &v, Some(DISPATCH_SCHEMA))
 }
 
 /// Writes a record at `path` on its own (atomically, durably): an update in place.
-pub fn write(path: &Path, rec: &DispatchRecord) -> Result<()> {
+pub(crate) fn write(path: &Path, rec: &DispatchRecord) -> Result<()> {
     atomic::write_atomic(path, &encode(path, rec)?)
 }
 
 /// Stages a new record (`starting`) in `active/` into the coordinator's group commit.
-pub fn stage_new(batch: &mut ReplaceBatch, home: &Home, rec: &DispatchRecord) -> Result<()> {
+pub(crate) fn stage_new(batch: &mut ReplaceBatch, home: &Home, rec: &DispatchRecord) -> Result<()> {
     let path = spec_path(home, SpecBucket::Active, &rec.dispatch_id);
     batch.stage(&path, &encode(&path, rec)?)
 }
 
 /// Moves a record from one bucket to another, durably (the destination directory is created
 /// when missing).
-pub fn move_durable(home: &Home, dispatch_id: &str, from: SpecBucket, to: SpecBucket) -> Result<()> {
+pub(crate) fn move_durable(home: &Home, dispatch_id: &str, from: SpecBucket, to: SpecBucket) -> Result<()> {
     atomic::create_dir_all(&home.worker_specs(to))?;
     atomic::rename_durable(&spec_path(home, from, dispatch_id), &spec_path(home, to, dispatch_id))
 }
 
 /// The name in `quarantine/` of a bad record file `name` found in `bucket`:
 /// `<bucket>__<name>` (the caller adds a suffix when that name is taken).
-pub fn quarantine_path(home: &Home, bucket: SpecBucket, name: &str) -> PathBuf {
+pub(crate) fn quarantine_path(home: &Home, bucket: SpecBucket, name: &str) -> PathBuf {
     home.worker_specs(SpecBucket::Quarantine).join(format!("{}__{name}", bucket.dir_name()))
 }
 
 /// Moves a bad record file to `dest` in `quarantine/`, durably (`repair`).
-pub fn move_to_quarantine(home: &Home, path: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn move_to_quarantine(home: &Home, path: &Path, dest: &Path) -> Result<()> {
     atomic::create_dir_all(&home.worker_specs(SpecBucket::Quarantine))?;
     atomic::rename_durable(path, dest)
 }
@@ -99,19 +99,19 @@ pub fn move_to_quarantine(home: &Home, path: &Path, dest: &Path) -> Result<()> {
 /// final record in `active/`, then moves it durably to `to`. A crash between the two leaves
 /// the final record in `active/`, which the worker (or the heartbeat daemon, for a zombie)
 /// moves on.
-pub fn end_in(home: &Home, rec: &DispatchRecord, to: SpecBucket) -> Result<()> {
+pub(crate) fn end_in(home: &Home, rec: &DispatchRecord, to: SpecBucket) -> Result<()> {
     write(&spec_path(home, SpecBucket::Active, &rec.dispatch_id), rec)?;
     move_durable(home, &rec.dispatch_id, SpecBucket::Active, to)
 }
 
 /// A change to one active record, applied by [`update_active_locked`]; it returns
 /// [`NotWritten::MovedOn`] when the record is not in the state the change expects.
-pub type Change = Box<dyn FnOnce(&mut DispatchRecord) -> Result<(), NotWritten>>;
+pub(crate) type Change = Box<dyn FnOnce(&mut DispatchRecord) -> Result<(), NotWritten>>;
 
 /// Why [`update_active_locked`] did not write a change: the caller's next step differs (give up
 /// on it, or keep it and try again), so this is a type of its own, not an [`Error`] variant.
 #[derive(Debug)]
-pub enum NotWritten {
+pub(crate) enum NotWritten {
     /// The record is no longer the caller's to change: it left `active/` (the heartbeat daemon
     /// claimed it as a zombie) or is not in the state the change expects. Final: its record
     /// stands, and trying again cannot help. Says what was found.
@@ -138,7 +138,7 @@ impl std::fmt::Display for NotWritten {
 /// What [`update_active_locked`] did: one result per change, in order (the record as written);
 /// the group commit (None when nothing was written), whose directories the caller fsyncs; and
 /// the ids whose record was created anew in its final bucket.
-pub struct Updated {
+pub(crate) struct Updated {
     pub results: Vec<Result<DispatchRecord, NotWritten>>,
     pub published: Option<Published>,
     pub created: HashSet<String>,
@@ -151,7 +151,7 @@ pub struct Updated {
 /// record `known` gives for it, written in its final bucket (see [`final_bucket`]); any other
 /// dispatch with no active record gets [`NotWritten::MovedOn`] (the heartbeat daemon claimed it
 /// as a zombie).
-pub fn update_active_locked(
+pub(crate) fn update_active_locked(
     store: &Store,
     changes: Vec<(String, Change)>,
     known: impl Fn(&str) -> Option<DispatchRecord>,
@@ -200,7 +200,7 @@ pub fn update_active_locked(
 /// Moves records carrying a final state from `active/` to their buckets (see [`final_bucket`])
 /// and removes their cancel requests. Adds the directories of the moves made to `dirs`, which
 /// the caller fsyncs (once for a whole step, after releasing the lock). The first error, if any.
-pub fn move_ended_locked(home: &Home, recs: &[&DispatchRecord], dirs: &mut Vec<PathBuf>) -> Result<()> {
+pub(crate) fn move_ended_locked(home: &Home, recs: &[&DispatchRecord], dirs: &mut Vec<PathBuf>) -> Result<()> {
     let mut moves = Vec::with_capacity(recs.len());
     for rec in recs {
         let bucket = final_bucket(rec);
@@ -238,7 +238,7 @@ mod tests {
             task_id: "t1".into(),
             worker_type: "shell".into(),
             state: DispatchState::Starting,
-            dispatched_at: "2026-01-01T00:00:00Z".into(),
+            dispatched_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
             attempt: 1,
             command: vec!["true".into()],
             budget_reserved: 0,
@@ -263,7 +263,10 @@ mod tests {
 
     fn ended(id: &str) -> DispatchRecord {
         DispatchRecord {
-            state: DispatchState::Lost { ended_at: "2026-01-01T00:01:00Z".into(), reason: "test".into() },
+            state: DispatchState::Lost {
+                ended_at: crate::base::clock::parse_ts("2026-01-01T00:01:00Z").unwrap(),
+                reason: "test".into(),
+            },
             ..record(id)
         }
     }

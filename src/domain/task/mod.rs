@@ -3,16 +3,17 @@
 //! ordered, retried and archived; and the operations the CLI and the API share (`ops`).
 
 pub mod archive;
-pub mod budget;
-pub mod dispatch_record;
+pub(crate) mod budget;
+pub(crate) mod dispatch_record;
 pub mod dispatches;
 pub mod intake;
+pub mod journal;
 pub mod model;
 pub mod ops;
 pub mod processes;
-pub mod queue;
-pub mod queue_file;
-pub mod retry;
+pub(crate) mod queue;
+pub(crate) mod queue_file;
+pub(crate) mod retry;
 pub mod router;
 pub mod worker_types;
 

@@ -3,6 +3,7 @@
 //! start time cannot be written. On disk they are flat objects (`"status": "in_progress",
 //! "started_at": ...`) so operators query them with jq.
 
+use crate::base::clock::Timestamp;
 use crate::domain::task::worker_types::{ExecutorKind, SlurmOptions};
 use crate::store::Document;
 use crate::store::files::{self, CoordFile};
@@ -115,28 +116,33 @@ pub enum TaskState {
         waiting_reason: Option<WaitingReason>,
     },
     InProgress {
-        started_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        started_at: Timestamp,
         dispatch_id: String,
     },
     PendingRetry {
-        next_retry_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        next_retry_at: Timestamp,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         waiting_reason: Option<WaitingReason>,
     },
     Completed {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        started_at: Option<String>,
-        completed_at: String,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
+        started_at: Option<Timestamp>,
+        #[serde(with = "crate::base::clock::ts")]
+        completed_at: Timestamp,
     },
     Failed {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        started_at: Option<String>,
-        completed_at: String,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
+        started_at: Option<Timestamp>,
+        #[serde(with = "crate::base::clock::ts")]
+        completed_at: Timestamp,
     },
     Cancelled {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        started_at: Option<String>,
-        completed_at: String,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
+        started_at: Option<Timestamp>,
+        #[serde(with = "crate::base::clock::ts")]
+        completed_at: Timestamp,
     },
 }
 
@@ -232,7 +238,8 @@ pub struct Task {
     pub command: Vec<String>,
     #[serde(flatten)]
     pub state: TaskState,
-    pub created_at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub created_at: Timestamp,
     pub created_by: String,
     #[serde(default)]
     pub attempts: u32,
@@ -248,8 +255,8 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// Not dispatched before this time (`--delay`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
+    pub not_before: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,
     /// Ids of every dispatch (attempt), oldest first.
@@ -275,30 +282,30 @@ impl Task {
     }
 
     /// When the current or last attempt started.
-    pub fn started_at(&self) -> Option<&str> {
+    pub fn started_at(&self) -> Option<Timestamp> {
         match &self.state {
-            TaskState::InProgress { started_at, .. } => Some(started_at),
+            TaskState::InProgress { started_at, .. } => Some(*started_at),
             TaskState::Completed { started_at, .. }
             | TaskState::Failed { started_at, .. }
-            | TaskState::Cancelled { started_at, .. } => started_at.as_deref(),
+            | TaskState::Cancelled { started_at, .. } => *started_at,
             TaskState::Queued { .. } | TaskState::PendingRetry { .. } => None,
         }
     }
 
     /// When the task finished (terminal states only).
-    pub fn completed_at(&self) -> Option<&str> {
+    pub fn completed_at(&self) -> Option<Timestamp> {
         match &self.state {
             TaskState::Completed { completed_at, .. }
             | TaskState::Failed { completed_at, .. }
-            | TaskState::Cancelled { completed_at, .. } => Some(completed_at),
+            | TaskState::Cancelled { completed_at, .. } => Some(*completed_at),
             _ => None,
         }
     }
 
     /// When a pending retry is due.
-    pub fn next_retry_at(&self) -> Option<&str> {
+    pub fn next_retry_at(&self) -> Option<Timestamp> {
         match &self.state {
-            TaskState::PendingRetry { next_retry_at, .. } => Some(next_retry_at),
+            TaskState::PendingRetry { next_retry_at, .. } => Some(*next_retry_at),
             _ => None,
         }
     }
@@ -340,11 +347,80 @@ impl Task {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskQueue {
     pub tasks: Vec<Task>,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
     /// Bytes of `task-intake.jsonl` already folded into `tasks` (see `task::intake`).
     #[serde(default)]
     pub intake_offset: u64,
+    /// The generation of `task-queue.journal.jsonl` lines that apply to this snapshot (see
+    /// `task::journal`); 0 (absent) in a queue written before the journal or by hand.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub journal_generation: u64,
+    /// The counts as of the last write (the snapshot's header, then each journal commit's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<QueueCounts>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How many tasks of the queue are in each state, and why the waiting ones wait: kept by every
+/// writer in the snapshot's header and each journal commit, so `GET /status`, `/health` and the
+/// metrics read them without loading the queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    pub total: u64,
+    #[serde(default)]
+    pub queued: u64,
+    #[serde(default)]
+    pub in_progress: u64,
+    #[serde(default)]
+    pub pending_retry: u64,
+    #[serde(default)]
+    pub completed: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub cancelled: u64,
+    /// Waiting (queued or pending-retry) tasks by `waiting_reason`.
+    #[serde(default)]
+    pub waiting: BTreeMap<String, u64>,
+}
+
+impl QueueCounts {
+    pub fn of(tasks: &[Task]) -> QueueCounts {
+        let mut c = QueueCounts { total: tasks.len() as u64, ..QueueCounts::default() };
+        for t in tasks {
+            *c.slot(t.status()) += 1;
+            if let Some(r) = t.waiting_reason() {
+                *c.waiting.entry(r.as_str().to_string()).or_default() += 1;
+            }
+        }
+        c
+    }
+
+    fn slot(&mut self, s: TaskStatus) -> &mut u64 {
+        match s {
+            TaskStatus::Queued => &mut self.queued,
+            TaskStatus::InProgress => &mut self.in_progress,
+            TaskStatus::PendingRetry => &mut self.pending_retry,
+            TaskStatus::Completed => &mut self.completed,
+            TaskStatus::Failed => &mut self.failed,
+            TaskStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    pub fn count(&self, s: TaskStatus) -> u64 {
+        match s {
+            TaskStatus::Queued => self.queued,
+            TaskStatus::InProgress => self.in_progress,
+            TaskStatus::PendingRetry => self.pending_retry,
+            TaskStatus::Completed => self.completed,
+            TaskStatus::Failed => self.failed,
+            TaskStatus::Cancelled => self.cancelled,
+        }
+    }
 }
 
 /// `coordination/token-budget.json`. `reservations` maps dispatch id → reserved tokens;
@@ -357,8 +433,8 @@ pub struct TokenBudget {
     pub available: u64,
     #[serde(default)]
     pub reservations: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub last_updated: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub last_updated: Option<Timestamp>,
 }
 
 impl Document for TokenBudget {
@@ -383,20 +459,23 @@ pub enum DispatchState {
     /// Recorded by the coordinator; the worker has not started the process yet.
     Starting,
     Running {
-        started_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        started_at: Timestamp,
         pid: i32,
         pgid: i32,
-        /// Process start time (clock ticks since boot, from /proc/<pid>/stat) so a reused PID is
+        /// Process start time (clock ticks since boot, from `/proc/<pid>/stat`) so a reused PID is
         /// never mistaken for our process.
         proc_start_ticks: u64,
     },
     Completed {
-        ended_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        ended_at: Timestamp,
         exit_code: i32,
         duration_s: f64,
     },
     Failed {
-        ended_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        ended_at: Timestamp,
         #[serde(default)]
         exit_code: Option<i32>,
         #[serde(default)]
@@ -406,25 +485,29 @@ pub enum DispatchState {
         error: String,
     },
     Cancelled {
-        ended_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        ended_at: Timestamp,
         #[serde(default)]
         signal: Option<i32>,
         #[serde(default)]
         duration_s: Option<f64>,
     },
     Timeout {
-        ended_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        ended_at: Timestamp,
         #[serde(default)]
         signal: Option<i32>,
         #[serde(default)]
         duration_s: Option<f64>,
     },
     Lost {
-        ended_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        ended_at: Timestamp,
         reason: String,
     },
     Zombie {
-        ended_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        ended_at: Timestamp,
         reason: String,
     },
     /// A Slurm dispatch in the hands of `cortex-slurm` (never the worker's): from the intent to
@@ -434,15 +517,16 @@ pub enum DispatchState {
     /// says the job runs. `reason` says why it waits (Slurm's pending reason, or Slurm
     /// unreachable); `job_state` is Slurm's state as last polled.
     Slurm {
-        submitted_at: String,
+        #[serde(with = "crate::base::clock::ts")]
+        submitted_at: Timestamp,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job_id: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job_state: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        started_at: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
+        started_at: Option<Timestamp>,
     },
 }
 
@@ -495,7 +579,7 @@ impl DispatchState {
         }
     }
 
-    pub fn ended_at(&self) -> Option<&str> {
+    pub fn ended_at(&self) -> Option<Timestamp> {
         match self {
             DispatchState::Starting | DispatchState::Running { .. } | DispatchState::Slurm { .. } => None,
             DispatchState::Completed { ended_at, .. }
@@ -503,7 +587,7 @@ impl DispatchState {
             | DispatchState::Cancelled { ended_at, .. }
             | DispatchState::Timeout { ended_at, .. }
             | DispatchState::Lost { ended_at, .. }
-            | DispatchState::Zombie { ended_at, .. } => Some(ended_at),
+            | DispatchState::Zombie { ended_at, .. } => Some(*ended_at),
         }
     }
 }
@@ -517,7 +601,8 @@ pub struct DispatchRecord {
     pub worker_type: String,
     #[serde(flatten)]
     pub state: DispatchState,
-    pub dispatched_at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub dispatched_at: Timestamp,
     pub attempt: u32,
     /// The argv, after template substitution.
     pub command: Vec<String>,
@@ -569,7 +654,7 @@ impl Task {
             worker_type: "w".into(),
             command: vec![],
             state: TaskState::Queued { waiting_reason: None },
-            created_at: "2026-01-01T00:00:00Z".into(),
+            created_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
             created_by: "me".into(),
             attempts: 0,
             max_attempts: 3,
@@ -597,7 +682,10 @@ mod tests {
         let t = Task {
             priority: Priority::High,
             worker_type: "scan-worker".into(),
-            state: TaskState::InProgress { started_at: "2026-01-01T00:00:00Z".into(), dispatch_id: "d1".into() },
+            state: TaskState::InProgress {
+                started_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
+                dispatch_id: "d1".into(),
+            },
             attempts: 1,
             budget: 10,
             dispatches: vec!["d1".into()],
@@ -605,11 +693,104 @@ mod tests {
         };
         let v = serde_json::to_value(&t).unwrap();
         assert_eq!(v["status"], "in_progress");
-        assert_eq!(v["started_at"], "2026-01-01T00:00:00Z");
+        assert_eq!(v["started_at"], "2026-01-01T00:00:00.000000Z");
         let q = serde_json::json!({"tasks": [v]});
         assert!(crate::base::schema::check("task-queue", &q, 3).is_empty());
         let back: Task = serde_json::from_value(q["tasks"][0].clone()).unwrap();
         assert_eq!(back, t);
+    }
+
+    /// A queue as an older version, an operator or `jq` may have left it: whole seconds, an
+    /// offset, milliseconds, and a runbook's budget reset.
+    const OLD_QUEUE: &str = r#"{"tasks": [
+        {"task_id": "a", "description": "d", "priority": "medium", "worker_type": "w", "status": "completed",
+         "started_at": "2025-06-01T10:00:00Z", "completed_at": "2025-06-01T12:00:00.5+02:00",
+         "created_at": "2025-06-01T09:59:59.123Z", "created_by": "me", "max_attempts": 3, "budget": 1},
+        {"task_id": "b", "description": "d", "priority": "medium", "worker_type": "w", "status": "pending_retry",
+         "next_retry_at": "2025-06-01T10:00:00.000000Z", "not_before": "2025-06-01T10:00:00Z",
+         "created_at": "2025-06-01T09:00:00Z", "created_by": "me", "max_attempts": 3, "budget": 1}],
+        "updated_at": "2025-06-01T10:00:00Z"}"#;
+
+    fn at(s: &str) -> Timestamp {
+        crate::base::clock::parse_ts(s).unwrap()
+    }
+
+    #[test]
+    fn an_old_queue_with_every_accepted_time_form_still_loads() {
+        let (_dir, store) = crate::store::fresh_store();
+        let path = store.path(files::TASK_QUEUE);
+        std::fs::write(&path, OLD_QUEUE).unwrap();
+        let q: TaskQueue = store.load().unwrap();
+        assert_eq!(q.tasks[0].started_at(), Some(at("2025-06-01T10:00:00Z")));
+        assert_eq!(q.tasks[0].completed_at(), Some(at("2025-06-01T10:00:00.500Z")));
+        assert_eq!(q.tasks[0].created_at, at("2025-06-01T09:59:59.123Z"));
+        assert_eq!(q.tasks[1].next_retry_at(), Some(at("2025-06-01T10:00:00Z")));
+        assert_eq!(q.tasks[1].not_before, Some(at("2025-06-01T10:00:00Z")));
+        assert_eq!(q.updated_at, Some(at("2025-06-01T10:00:00Z")));
+        // The runbook's budget reset (002) reads too.
+        std::fs::write(
+            store.path(files::TOKEN_BUDGET),
+            r#"{"total": 1000, "used": 0, "available": 1000, "last_updated": "2025-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let b: TokenBudget = store.load().unwrap();
+        assert_eq!(b.last_updated, Some(at("2025-01-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn a_malformed_time_in_the_queue_names_the_file_and_field_and_is_quarantined_not_overwritten() {
+        let cases = [
+            ("\"created_at\": \"2025-06-01T09:00:00Z\"", "\"created_at\": \"yesterday\"", "/tasks/1/created_at"),
+            (
+                "\"next_retry_at\": \"2025-06-01T10:00:00.000000Z\"",
+                "\"next_retry_at\": \"soon\"",
+                "/tasks/1/next_retry_at",
+            ),
+            ("\"not_before\": \"2025-06-01T10:00:00Z\"", "\"not_before\": \"2025-06-01\"", "/tasks/1/not_before"),
+            ("\"updated_at\": \"2025-06-01T10:00:00Z\"", "\"updated_at\": \"now\"", "/updated_at"),
+        ];
+        for (good, bad, pointer) in cases {
+            let (_dir, store) = crate::store::fresh_store();
+            let path = store.path(files::TASK_QUEUE);
+            let text = OLD_QUEUE.replacen(good, bad, 1);
+            assert_ne!(text, OLD_QUEUE, "{good}");
+            std::fs::write(&path, &text).unwrap();
+            let err = store.load::<TaskQueue>().unwrap_err();
+            let crate::base::error::Error::Invalid { path: p, pointer: got, expected, quarantined } = &err else {
+                panic!("{pointer}: not Invalid: {err}")
+            };
+            assert_eq!(p, &path);
+            assert_eq!(got, pointer, "{err}");
+            assert!(expected.contains("is not an RFC 3339 time"), "{err}");
+            assert!(quarantined.as_ref().is_some_and(|q| q.exists()), "{err}");
+            assert!(err.to_string().contains("task-queue.json"), "{err}");
+            // An update refuses to write over it.
+            assert!(store.update::<TaskQueue, _>(|_| Ok(())).is_err());
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn a_malformed_time_in_a_dispatch_record_names_the_field() {
+        let (_dir, store) = crate::store::fresh_store();
+        let path = store.home().worker_specs(crate::store::home::SpecBucket::Completed).join("d1.json");
+        let rec = serde_json::json!({"dispatch_id": "d1", "task_id": "t1", "worker_type": "w", "status": "completed",
+            "ended_at": "2025-06-01T10:00:00Z", "exit_code": 0, "duration_s": 1.0,
+            "dispatched_at": "2025-06-01T09:00:00+01:00", "attempt": 1, "command": ["true"], "budget_reserved": 0,
+            "timeout_seconds": 1.0, "stdout_path": "", "stderr_path": ""});
+        std::fs::write(&path, rec.to_string()).unwrap();
+        let read = crate::domain::task::dispatch_record::read_spec(&store, &path).unwrap().unwrap();
+        assert_eq!(read.dispatched_at, at("2025-06-01T08:00:00Z"));
+        assert_eq!(read.state.ended_at(), Some(at("2025-06-01T10:00:00Z")));
+        for (field, pointer) in [("dispatched_at", "/dispatched_at"), ("ended_at", "/ended_at")] {
+            let mut bad = rec.clone();
+            bad[field] = "2025-06-01T25:00:00Z".into();
+            std::fs::write(&path, bad.to_string()).unwrap();
+            let err = crate::domain::task::dispatch_record::read_spec(&store, &path).unwrap_err();
+            let crate::base::error::Error::Invalid { pointer: got, expected, .. } = &err else { panic!("{err}") };
+            assert_eq!(got, pointer, "{err}");
+            assert!(expected.contains("is not an RFC 3339 time"), "{err}");
+        }
     }
 
     #[test]

@@ -119,12 +119,10 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
         },
         None => None,
     };
-    let now = chrono::Utc::now();
+    let now = crate::base::clock::now();
     let not_before = match new.delay_seconds {
         Some(d) if !(d.is_finite() && d >= 0.0) => return Err(bad(format!("--delay must not be negative ({d})"))),
-        Some(d) if d > 0.0 => {
-            Some(format_ts(now + chrono::Duration::from_std(Duration::from_secs_f64(d)).unwrap_or_default()))
-        }
+        Some(d) if d > 0.0 => Some(now + chrono::Duration::from_std(Duration::from_secs_f64(d)).unwrap_or_default()),
         _ => None,
     };
     let task_id = match new.task_id {
@@ -155,7 +153,7 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
         worker_type: worker_type.clone(),
         command: new.command,
         state: TaskState::Queued { waiting_reason: not_before.as_ref().map(|_| WaitingReason::Delay) },
-        created_at: format_ts(now),
+        created_at: now,
         created_by: new.created_by.filter(|c| !c.is_empty()).unwrap_or_else(crate::domain::scheduler_state::local_user),
         attempts: 0,
         max_attempts,
@@ -174,7 +172,7 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
     intake::append(store, &task)?;
     if log {
         let rec = DecisionRecord {
-            timestamp: task.created_at.clone(),
+            timestamp: task.created_at,
             task_id: task.task_id.clone(),
             description,
             worker_type,
@@ -205,24 +203,58 @@ pub struct TaskFilter {
     pub worker_type: Option<String>,
     /// Also finished tasks from the archive (implied by a terminal `status`).
     pub include_archive: bool,
+    /// Only tasks listed after this task id (the last one of the previous page).
+    pub after_id: Option<String>,
+    /// At most this many tasks.
+    pub limit: Option<usize>,
 }
 
-/// Tasks matching the filter, oldest first.
+/// Tasks matching the filter. The live queue alone: oldest first. With the archive: in task id
+/// order (ids sort by creation time), the archive read through its indexes up to `limit`, so a
+/// page costs the same whatever the history (`archive::list`).
 pub fn list_tasks(store: &Store, filter: &TaskFilter) -> Result<Vec<Task>> {
     let snap = intake::snapshot(store)?;
     let live: Vec<Task> = snap.tasks().cloned().collect();
-    let mut out = Vec::new();
-    if filter.include_archive || filter.status.is_some_and(|s| s.is_terminal()) {
-        let ids: HashSet<&str> = live.iter().map(|t| t.task_id.as_str()).collect();
-        let (archived, _bad) = archive::all(store)?;
-        out.extend(archived.into_iter().filter(|t| !ids.contains(t.task_id.as_str())));
-    }
-    out.extend(live);
-    out.retain(|t| {
+    let keep = |t: &Task| {
         filter.status.is_none_or(|s| t.status() == s) && filter.worker_type.as_ref().is_none_or(|w| &t.worker_type == w)
-    });
-    out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    };
+    if filter.include_archive || filter.status.is_some_and(|s| s.is_terminal()) {
+        let ids: HashSet<String> = live.iter().map(|t| t.task_id.clone()).collect();
+        let query = archive::Query {
+            status: filter.status,
+            worker_type: filter.worker_type.as_deref(),
+            after_id: filter.after_id.as_deref(),
+            limit: filter.limit,
+        };
+        let mut out = archive::list(store, &query, &ids)?;
+        out.extend(live.into_iter().filter(|t| filter.after_id.as_ref().is_none_or(|a| &t.task_id > a)).filter(keep));
+        out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        if let Some(l) = filter.limit {
+            out.truncate(l);
+        }
+        return Ok(out);
+    }
+    let mut out: Vec<Task> = live.into_iter().filter(keep).collect();
+    out.sort_by_key(|a| a.created_at);
+    if let Some(after) = &filter.after_id {
+        match out.iter().position(|t| &t.task_id == after) {
+            Some(p) => {
+                out.drain(..=p);
+            }
+            None => out.retain(|t| &t.task_id > after),
+        }
+    }
+    if let Some(l) = filter.limit {
+        out.truncate(l);
+    }
     Ok(out)
+}
+
+/// Seals the archive's active file now (`cortex task seal-archive`), under the `task-queue` lock
+/// the coordinator seals under, so no append runs meanwhile.
+pub fn seal_archive(store: &Store, keep_segments: u32) -> Result<Option<archive::segment::Sealed>> {
+    let _guard = store.lock(TASK_QUEUE)?;
+    archive::segment::seal(store, keep_segments)
 }
 
 /// The dispatch records of a task, oldest first.
@@ -254,7 +286,7 @@ pub fn cancel_task(store: &Store, task_id: &str, actor: &str, wait: Duration) ->
         };
         match &t.state {
             TaskState::Queued { .. } | TaskState::PendingRetry { .. } => {
-                t.state = TaskState::Cancelled { started_at: None, completed_at: now_string() };
+                t.state = TaskState::Cancelled { started_at: None, completed_at: crate::base::clock::now() };
                 let mut r = t.result.clone().unwrap_or_default();
                 r.error = Some(format!("cancelled by {actor} before it ran"));
                 t.result = Some(r);
@@ -305,7 +337,7 @@ pub fn fold_records(store: &Store, records: &[DispatchRecord]) -> Result<Vec<que
     let (ended, budget_changed) =
         queue::fold_ended(&mut q, &mut b, records, &config.retry, &SystemClock, &mut || fastrand::f64());
     if !ended.is_empty() {
-        q.updated_at = Some(now_string());
+        q.updated_at = Some(crate::base::clock::now());
         store.write_locked(&qguard, &q)?;
     }
     if budget_changed {
@@ -338,11 +370,12 @@ pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::store::events::Eve
             EventKind::TaskRetryScheduled,
             Severity::Warning,
             format!(
-                "Task {} attempt {}/{} failed ({}); retry at {at}",
+                "Task {} attempt {}/{} failed ({}); retry at {}",
                 e.task_id,
                 e.attempts,
                 e.max_attempts,
-                e.result.error.as_deref().unwrap_or("failed")
+                e.result.error.as_deref().unwrap_or("failed"),
+                format_ts(*at)
             ),
         ),
         queue::Outcome::Failed => (
@@ -365,7 +398,7 @@ pub fn ended_event(store: &Store, e: &queue::Ended) -> crate::store::events::Eve
             "status": e.outcome.as_str(), "attempts": e.attempts, "max_attempts": e.max_attempts,
             "exit_code": e.result.exit_code, "signal": e.result.signal, "error": e.result.error,
             "tokens_used": e.result.tokens_used, "duration_seconds": e.result.duration_seconds,
-            "next_retry_at": match &e.outcome { queue::Outcome::RetryAt(at) => Some(at.as_str()), _ => None },
+            "next_retry_at": match &e.outcome { queue::Outcome::RetryAt(at) => Some(format_ts(*at)), _ => None },
         }),
     )
 }
@@ -379,6 +412,9 @@ pub fn retry_task(store: &Store, task_id: &str, actor: &str) -> Result<Task> {
             Some(p) => p,
             None => match archive::find(store, task_id)? {
                 Some(t) => {
+                    // Durable before the queue holding it again: its next archived line, in a
+                    // newer segment, then supersedes this one for every reader.
+                    archive::segment::note_retried(store, task_id)?;
                     q.tasks.push(t);
                     q.tasks.len() - 1
                 }
@@ -392,7 +428,7 @@ pub fn retry_task(store: &Store, task_id: &str, actor: &str) -> Result<Task> {
                 t.status().as_str()
             )));
         }
-        t.state = TaskState::PendingRetry { next_retry_at: now_string(), waiting_reason: None };
+        t.state = TaskState::PendingRetry { next_retry_at: crate::base::clock::now(), waiting_reason: None };
         if t.attempts >= t.max_attempts {
             t.max_attempts = t.attempts + 1;
         }

@@ -7,7 +7,7 @@ use super::budget;
 use super::intake;
 use super::model::{DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TokenBudget};
 use super::retry;
-use crate::base::clock::{Clock, format_ts};
+use crate::base::clock::{Clock, Timestamp};
 use crate::base::error::Result;
 use crate::store::config::RetryConfig;
 use crate::store::files::TASK_QUEUE;
@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 /// Indices of `tasks` in dispatch order: critical > high > medium > low, then oldest first, then
 /// queue position (FIFO for tasks created in the same microsecond).
-pub fn dispatch_order(tasks: &[Task]) -> Vec<usize> {
+pub(crate) fn dispatch_order(tasks: &[Task]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..tasks.len()).collect();
     idx.sort_by(|&a, &b| {
         let (ta, tb) = (&tasks[a], &tasks[b]);
@@ -43,7 +43,7 @@ pub struct Ended {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Completed,
-    RetryAt(String),
+    RetryAt(Timestamp),
     Failed,
     Cancelled,
 }
@@ -64,7 +64,7 @@ fn signal_name(sig: i32) -> String {
 }
 
 /// The task result a dispatch's final state stands for, and whether it succeeded / was cancelled.
-pub fn result_of(rec: &DispatchRecord) -> (TaskResult, Option<bool>) {
+pub(crate) fn result_of(rec: &DispatchRecord) -> (TaskResult, Option<bool>) {
     let mut r = TaskResult { tokens_used: rec.tokens_used, ..TaskResult::default() };
     let ok = match &rec.state {
         DispatchState::Completed { exit_code, duration_s, .. } => {
@@ -116,7 +116,7 @@ pub fn result_of(rec: &DispatchRecord) -> (TaskResult, Option<bool>) {
 
 /// Applies the end of `rec` to `task` when `rec` is the task's running dispatch; None when it is
 /// not (already folded, or a stale dispatch): folding is idempotent.
-pub fn apply_end(
+pub(crate) fn apply_end(
     task: &mut Task,
     rec: &DispatchRecord,
     cfg: &RetryConfig,
@@ -124,12 +124,12 @@ pub fn apply_end(
     unit_random: &mut dyn FnMut() -> f64,
 ) -> Option<Ended> {
     let started_at = match &task.state {
-        TaskState::InProgress { dispatch_id, started_at } if *dispatch_id == rec.dispatch_id => started_at.clone(),
+        TaskState::InProgress { dispatch_id, started_at } if *dispatch_id == rec.dispatch_id => *started_at,
         _ => return None,
     };
     let (result, ok) = result_of(rec);
-    let now = format_ts(clock.now());
-    let completed_at = rec.state.ended_at().map(str::to_string).unwrap_or_else(|| now.clone());
+    let now = clock.now();
+    let completed_at = rec.state.ended_at().unwrap_or(now);
     let started = Some(started_at);
     let outcome = match ok {
         Some(true) => {
@@ -141,8 +141,8 @@ pub fn apply_end(
             Outcome::Cancelled
         }
         Some(false) if task.attempts < task.max_attempts => {
-            let at = format_ts(retry::next_retry_at(cfg, task.attempts.max(1), clock, unit_random));
-            task.state = TaskState::PendingRetry { next_retry_at: at.clone(), waiting_reason: None };
+            let at = retry::next_retry_at(cfg, task.attempts.max(1), clock, unit_random);
+            task.state = TaskState::PendingRetry { next_retry_at: at, waiting_reason: None };
             Outcome::RetryAt(at)
         }
         Some(false) => {
@@ -167,7 +167,7 @@ pub fn apply_end(
 /// moves on, or when it is still held although the task already moved on (a crash between the
 /// queue and budget writes); otherwise nothing changes. Returns what happened, and whether the
 /// budget changed.
-pub fn fold_ended(
+pub(crate) fn fold_ended(
     queue: &mut TaskQueue,
     budget: &mut TokenBudget,
     records: &[DispatchRecord],
@@ -178,13 +178,13 @@ pub fn fold_ended(
     let index: HashMap<&str, usize> = queue.tasks.iter().enumerate().map(|(i, t)| (t.task_id.as_str(), i)).collect();
     let positions: Vec<Option<usize>> = records.iter().map(|r| index.get(r.task_id.as_str()).copied()).collect();
     drop(index);
-    let now = format_ts(clock.now());
+    let now = clock.now();
     let mut ended = Vec::new();
     let mut budget_changed = false;
     for (rec, pos) in records.iter().zip(positions) {
         let moved = pos.and_then(|i| apply_end(&mut queue.tasks[i], rec, cfg, clock, unit_random));
         if moved.is_some() || budget.reservations.contains_key(&rec.dispatch_id) {
-            budget_changed |= budget::settle(budget, &rec.dispatch_id, rec.tokens_used, &now);
+            budget_changed |= budget::settle(budget, &rec.dispatch_id, rec.tokens_used, now);
         }
         ended.extend(moved);
     }
@@ -192,16 +192,21 @@ pub fn fold_ended(
 }
 
 /// A read-modify-write of the queue under its lock, with the intake folded in first so the
-/// change sees every task. Returns the closure's result.
-pub fn update<R>(store: &Store, change: impl FnOnce(&mut TaskQueue, &LockGuard) -> Result<R>) -> Result<R> {
+/// change sees every task; what changed is appended to the queue's journal (`task::journal`).
+/// Returns the closure's result.
+pub(crate) fn update<R>(store: &Store, change: impl FnOnce(&mut TaskQueue, &LockGuard) -> Result<R>) -> Result<R> {
     let guard = store.lock(TASK_QUEUE)?;
-    let mut queue: TaskQueue = store.load()?;
-    let fold = intake::fold(store, &mut queue)?;
+    let loaded = super::journal::load(store)?;
+    let mut pos = loaded.pos;
+    let mut queue = loaded.queue;
+    // Before the fold, so the folded tasks are written to the journal as new ones.
     let before = queue.clone();
+    let fold = intake::fold(store, &mut queue)?;
     let out = change(&mut queue, &guard)?;
     if fold.is_some() || queue != before {
-        queue.updated_at = Some(crate::base::clock::now_string());
-        store.write_locked(&guard, &queue)?;
+        queue.updated_at = Some(crate::base::clock::now());
+        // The changed tasks alone, appended to the journal (or a compaction when it is due).
+        super::journal::write_change(store, &before, &queue, &mut pos)?;
     }
     if let Some(f) = fold {
         f.finish(store, &queue)?;
@@ -216,8 +221,12 @@ mod tests {
     use crate::domain::task::model::Priority;
     use crate::store::config::BackoffStrategy;
 
+    fn at(s: &str) -> crate::base::clock::Timestamp {
+        crate::base::clock::parse_ts(s).unwrap()
+    }
+
     pub(crate) fn task(id: &str, prio: Priority, created: &str) -> Task {
-        Task { priority: prio, created_at: created.into(), max_attempts: 2, ..Task::sample(id) }
+        Task { priority: prio, created_at: at(created), max_attempts: 2, ..Task::sample(id) }
     }
 
     fn rec(task_id: &str, dispatch_id: &str, state: DispatchState) -> DispatchRecord {
@@ -226,7 +235,7 @@ mod tests {
             task_id: task_id.into(),
             worker_type: "w".into(),
             state,
-            dispatched_at: "2026-01-01T00:00:00Z".into(),
+            dispatched_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
             attempt: 1,
             command: vec!["true".into()],
             budget_reserved: 100,
@@ -262,16 +271,17 @@ mod tests {
             backoff_base_seconds: 5.0,
             ..RetryConfig::default()
         };
-        let mut q = TaskQueue { tasks: vec![task("t", Priority::Medium, "x")], ..TaskQueue::default() };
+        let mut q =
+            TaskQueue { tasks: vec![task("t", Priority::Medium, "2026-01-01T00:00:00Z")], ..TaskQueue::default() };
         let mut b: TokenBudget = serde_json::from_str(r#"{"total": 1000, "used": 0, "available": 1000}"#).unwrap();
-        budget::reserve(&mut b, "d1", 100, "now");
-        q.tasks[0].state = TaskState::InProgress { started_at: "s".into(), dispatch_id: "d1".into() };
+        budget::reserve(&mut b, "d1", 100, crate::base::clock::now());
+        q.tasks[0].state = TaskState::InProgress { started_at: at("2026-01-01T00:00:00Z"), dispatch_id: "d1".into() };
         q.tasks[0].attempts = 1;
         let failed = rec(
             "t",
             "d1",
             DispatchState::Failed {
-                ended_at: "e".into(),
+                ended_at: at("2026-01-01T00:00:01Z"),
                 exit_code: Some(3),
                 signal: None,
                 duration_s: Some(1.0),
@@ -280,29 +290,34 @@ mod tests {
         );
         let (ended, changed) = fold_ended(&mut q, &mut b, std::slice::from_ref(&failed), &cfg, &clock, &mut || 0.0);
         assert!(changed);
-        assert_eq!(ended[0].outcome, Outcome::RetryAt("2026-01-01T00:00:05.000000Z".into()));
+        assert_eq!(ended[0].outcome, Outcome::RetryAt(crate::base::clock::parse_ts("2026-01-01T00:00:05Z").unwrap()));
         assert_eq!((b.used, b.available), (40, 960));
         // Folding the same record again changes nothing.
         let (again, changed) = fold_ended(&mut q, &mut b, &[failed], &cfg, &clock, &mut || 0.0);
         assert!(again.is_empty() && !changed);
         // Second attempt fails too: attempts exhausted.
-        q.tasks[0].state = TaskState::InProgress { started_at: "s".into(), dispatch_id: "d2".into() };
+        q.tasks[0].state = TaskState::InProgress { started_at: at("2026-01-01T00:00:00Z"), dispatch_id: "d2".into() };
         q.tasks[0].attempts = 2;
-        let lost = rec("t", "d2", DispatchState::Lost { ended_at: "e2".into(), reason: "gone".into() });
+        let lost = rec("t", "d2", DispatchState::Lost { ended_at: at("2026-01-01T00:00:09Z"), reason: "gone".into() });
         let (ended, _) = fold_ended(&mut q, &mut b, &[lost], &cfg, &clock, &mut || 0.0);
         assert_eq!(ended[0].outcome, Outcome::Failed);
-        assert_eq!(q.tasks[0].completed_at(), Some("e2"));
+        assert_eq!(q.tasks[0].completed_at(), Some(at("2026-01-01T00:00:09Z")));
         assert!(q.tasks[0].result.as_ref().unwrap().error.as_deref().unwrap().contains("gone"));
     }
 
     #[test]
     fn cancelled_never_retries() {
-        let clock = ManualClock::new(chrono::Utc::now());
-        let mut q = TaskQueue { tasks: vec![task("t", Priority::Medium, "x")], ..TaskQueue::default() };
-        q.tasks[0].state = TaskState::InProgress { started_at: "s".into(), dispatch_id: "d1".into() };
+        let clock = ManualClock::new(crate::base::clock::now());
+        let mut q =
+            TaskQueue { tasks: vec![task("t", Priority::Medium, "2026-01-01T00:00:00Z")], ..TaskQueue::default() };
+        q.tasks[0].state = TaskState::InProgress { started_at: at("2026-01-01T00:00:00Z"), dispatch_id: "d1".into() };
         q.tasks[0].attempts = 1;
         let mut b: TokenBudget = serde_json::from_str(r#"{"total": 1000, "used": 0, "available": 1000}"#).unwrap();
-        let c = rec("t", "d1", DispatchState::Cancelled { ended_at: "e".into(), signal: Some(15), duration_s: None });
+        let c = rec(
+            "t",
+            "d1",
+            DispatchState::Cancelled { ended_at: at("2026-01-01T00:00:01Z"), signal: Some(15), duration_s: None },
+        );
         let (ended, _) = fold_ended(&mut q, &mut b, &[c], &RetryConfig::default(), &clock, &mut || 0.0);
         assert_eq!(ended[0].outcome, Outcome::Cancelled);
         assert!(!ended[0].failed_attempt);

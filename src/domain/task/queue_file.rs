@@ -18,6 +18,16 @@ use std::path::Path;
 impl Document for TaskQueue {
     const FILE: &'static CoordFile = files::TASK_QUEUE;
 
+    /// The snapshot and its journal (`task::journal`).
+    fn load_custom(store: &crate::store::Store) -> Option<Result<Self>> {
+        Some(crate::domain::task::journal::load(store).map(|l| l.queue))
+    }
+
+    /// A whole write is a compaction: a new snapshot generation, the journal emptied.
+    fn write_custom(&self, store: &crate::store::Store) -> Option<Result<()>> {
+        Some(crate::domain::task::journal::write_snapshot(store, self))
+    }
+
     /// One task per line, validated part by part ([`encode`]).
     fn encode_checked(&self, path: &Path) -> Option<Result<Vec<u8>>> {
         Some(encode(path, self, None))
@@ -26,7 +36,7 @@ impl Document for TaskQueue {
 
 /// Encodings of tasks already validated (task id → hash of its encoding), as of the last write.
 #[derive(Debug, Default)]
-pub struct ValidatedTasks {
+pub(crate) struct ValidatedTasks {
     seen: HashMap<String, u64>,
 }
 
@@ -48,10 +58,15 @@ fn refuse(path: &Path, pointer: String, expected: &str) -> Error {
 /// The bytes of `queue` as `task-queue.json`, checked against its schema (a violation refuses
 /// the write, naming the task's field). With `validated`, tasks encoded as at the last call are
 /// not checked again.
-pub fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTasks>) -> Result<Vec<u8>> {
+pub(crate) fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTasks>) -> Result<Vec<u8>> {
     let schema = files::TASK_QUEUE.schema;
-    let envelope =
-        TaskQueue { tasks: Vec::new(), updated_at: queue.updated_at.clone(), intake_offset: queue.intake_offset };
+    let envelope = TaskQueue {
+        tasks: Vec::new(),
+        updated_at: queue.updated_at,
+        intake_offset: queue.intake_offset,
+        journal_generation: queue.journal_generation,
+        counts: queue.counts.clone(),
+    };
     let envelope = serde_json::to_value(&envelope).map_err(|e| Error::encode(path.display().to_string(), e))?;
     if let Some(v) = crate::base::schema::check(schema, &envelope, 1).into_iter().next() {
         return Err(refuse(path, v.pointer, &v.expected));
@@ -59,7 +74,21 @@ pub fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTa
     let mut seen = HashMap::with_capacity(if validated.is_some() { queue.tasks.len() } else { 0 });
     let previous = validated.as_ref().map(|v| &v.seen);
     let mut out = Vec::with_capacity(64 + queue.tasks.len() * 640);
-    out.extend_from_slice(b"{\n  \"tasks\": [");
+    // The header first (`journal_generation`, `counts`...), so a reader of the counts reads the
+    // file's first bytes only.
+    out.extend_from_slice(b"{");
+    if let serde_json::Value::Object(fields) = &envelope {
+        for (key, value) in fields.iter().filter(|(k, _)| *k != "tasks") {
+            out.extend_from_slice(b"\n  ");
+            let field = serde_json::to_vec(key).and_then(|k| Ok((k, serde_json::to_vec(value)?)));
+            let (k, v) = field.map_err(|e| Error::encode(path.display().to_string(), e))?;
+            out.extend_from_slice(&k);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&v);
+            out.extend_from_slice(b",");
+        }
+    }
+    out.extend_from_slice(b"\n  \"tasks\": [");
     for (i, task) in queue.tasks.iter().enumerate() {
         let line = serde_json::to_vec(task)
             .map_err(|e| Error::encode(format!("task {} of {}", task.task_id, path.display()), e))?;
@@ -78,16 +107,6 @@ pub fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTa
         out.extend_from_slice(&line);
     }
     out.extend_from_slice(if queue.tasks.is_empty() { b"]" } else { b"\n  ]" });
-    if let serde_json::Value::Object(fields) = &envelope {
-        for (key, value) in fields.iter().filter(|(k, _)| *k != "tasks") {
-            out.extend_from_slice(b",\n  ");
-            let field = serde_json::to_vec(key).and_then(|k| Ok((k, serde_json::to_vec(value)?)));
-            let (k, v) = field.map_err(|e| Error::encode(path.display().to_string(), e))?;
-            out.extend_from_slice(&k);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&v);
-        }
-    }
     out.extend_from_slice(b"\n}\n");
     if let Some(v) = validated {
         v.seen = seen;
@@ -114,8 +133,9 @@ mod tests {
     fn queue(n: usize) -> TaskQueue {
         TaskQueue {
             tasks: (0..n).map(|i| task(&format!("task-{i}"))).collect(),
-            updated_at: Some("2026-01-01T00:00:00.000000Z".into()),
+            updated_at: Some(crate::base::clock::parse_ts("2026-01-01T00:00:00.000000Z").unwrap()),
             intake_offset: 42,
+            ..TaskQueue::default()
         }
     }
 
@@ -159,8 +179,10 @@ mod tests {
         let mut q = queue(2);
         encode(p, &q, Some(&mut validated)).unwrap();
         let before = validated.seen.clone();
-        q.tasks[0].state =
-            TaskState::Cancelled { started_at: None, completed_at: "2026-01-01T00:00:01.000000Z".into() };
+        q.tasks[0].state = TaskState::Cancelled {
+            started_at: None,
+            completed_at: crate::base::clock::parse_ts("2026-01-01T00:00:01.000000Z").unwrap(),
+        };
         encode(p, &q, Some(&mut validated)).unwrap();
         assert_ne!(validated.seen["task-0"], before["task-0"]);
         assert_eq!(validated.seen["task-1"], before["task-1"]);

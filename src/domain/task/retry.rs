@@ -6,7 +6,7 @@
 //! `failure_notification_throttle_seconds` per type; the streaks live in
 //! `coordination/failure-streaks.json`. Time comes from an injectable [`Clock`].
 
-use crate::base::clock::{Clock, Timestamp, format_ts, parse_ts};
+use crate::base::clock::{Clock, Timestamp};
 use crate::store::Document;
 use crate::store::config::{BackoffStrategy, RetryConfig};
 use crate::store::files::{self, CoordFile};
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// The delay before retry number `attempt` (the attempt that just failed, 1-based).
 /// `unit_random` returns a number in [0, 1) and is only used with jitter.
-pub fn backoff_delay(cfg: &RetryConfig, attempt: u32, unit_random: &mut dyn FnMut() -> f64) -> Duration {
+pub(crate) fn backoff_delay(cfg: &RetryConfig, attempt: u32, unit_random: &mut dyn FnMut() -> f64) -> Duration {
     let base = cfg.backoff_base_seconds.max(0.0);
     let max = cfg.backoff_max_seconds.max(0.0);
     let secs = match cfg.backoff_strategy {
@@ -32,7 +32,7 @@ pub fn backoff_delay(cfg: &RetryConfig, attempt: u32, unit_random: &mut dyn FnMu
 }
 
 /// When the next attempt is due.
-pub fn next_retry_at(
+pub(crate) fn next_retry_at(
     cfg: &RetryConfig,
     attempt: u32,
     clock: &dyn Clock,
@@ -44,20 +44,20 @@ pub fn next_retry_at(
 
 /// One worker type's run of failures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Streak {
+pub(crate) struct Streak {
     pub consecutive_failures: u32,
-    #[serde(default)]
-    pub last_failure_at: Option<String>,
-    #[serde(default)]
-    pub last_notified_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub last_failure_at: Option<Timestamp>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub last_notified_at: Option<Timestamp>,
 }
 
 /// `coordination/failure-streaks.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FailureStreaks {
+pub(crate) struct FailureStreaks {
     pub worker_types: BTreeMap<String, Streak>,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
 }
 
 impl Document for FailureStreaks {
@@ -66,7 +66,7 @@ impl Document for FailureStreaks {
 
 /// A notification that is due.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Notification {
+pub(crate) struct Notification {
     pub worker_type: String,
     pub consecutive_failures: u32,
 }
@@ -74,7 +74,7 @@ pub struct Notification {
 impl FailureStreaks {
     /// Records the end of one attempt of `worker_type`; returns a notification when the threshold
     /// is reached and the last notification for the type is older than the throttle.
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         worker_type: &str,
         failed: bool,
@@ -86,23 +86,23 @@ impl FailureStreaks {
             // A success ends a streak; one of a type with no streak changes nothing.
             if s.consecutive_failures != 0 {
                 s.consecutive_failures = 0;
-                self.updated_at = Some(format_ts(now));
+                self.updated_at = Some(now);
             }
             return None;
         }
-        self.updated_at = Some(format_ts(now));
+        self.updated_at = Some(now);
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-        s.last_failure_at = Some(format_ts(now));
+        s.last_failure_at = Some(now);
         if cfg.failure_notification_threshold == 0 || s.consecutive_failures < cfg.failure_notification_threshold {
             return None;
         }
         let throttle = chrono::Duration::seconds(cfg.failure_notification_throttle_seconds.min(i64::MAX as u64) as i64);
-        if let Some(last) = s.last_notified_at.as_deref().and_then(parse_ts)
+        if let Some(last) = s.last_notified_at
             && now < last + throttle
         {
             return None;
         }
-        s.last_notified_at = Some(format_ts(now));
+        s.last_notified_at = Some(now);
         Some(Notification { worker_type: worker_type.to_string(), consecutive_failures: s.consecutive_failures })
     }
 }
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn next_retry_uses_the_clock() {
-        let start = parse_ts("2026-01-01T00:00:00Z").unwrap();
+        let start = crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap();
         let clock = ManualClock::new(start);
         let c = cfg(BackoffStrategy::Exponential);
         assert_eq!(next_retry_at(&c, 2, &clock, &mut no_jitter()), start + chrono::Duration::seconds(20));
@@ -164,7 +164,7 @@ mod tests {
             failure_notification_throttle_seconds: 900,
             ..RetryConfig::default()
         };
-        let clock = ManualClock::new(parse_ts("2026-01-01T00:00:00Z").unwrap());
+        let clock = ManualClock::new(crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap());
         let mut s = FailureStreaks::default();
         assert_eq!(s.record("w", true, &c, clock.now()), None);
         assert_eq!(s.record("w", true, &c, clock.now()), None);

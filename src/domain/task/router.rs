@@ -130,7 +130,8 @@ impl RouterConfig {
 /// One line of `moe/routing-decisions.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecisionRecord {
-    pub timestamp: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub timestamp: crate::base::clock::Timestamp,
     pub task_id: String,
     pub description: String,
     pub worker_type: String,

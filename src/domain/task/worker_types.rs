@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerType {
+pub(crate) struct WorkerType {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub default_budget: u64,
@@ -165,7 +165,7 @@ impl SlurmOptions {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WorkerTypes {
+pub(crate) struct WorkerTypes {
     pub worker_types: BTreeMap<String, WorkerType>,
 }
 
@@ -174,12 +174,12 @@ impl Document for WorkerTypes {
 }
 
 impl WorkerTypes {
-    pub fn load(store: &Store) -> Result<WorkerTypes> {
+    pub(crate) fn load(store: &Store) -> Result<WorkerTypes> {
         store.load()
     }
 
     /// The type, or an error listing the known ones.
-    pub fn get(&self, name: &str) -> Result<&WorkerType> {
+    pub(crate) fn get(&self, name: &str) -> Result<&WorkerType> {
         self.worker_types.get(name).ok_or_else(|| {
             Error::refused(format!(
                 "unknown worker type {name:?}: known types are {} (coordination/config/worker-types.json)",
@@ -190,7 +190,7 @@ impl WorkerTypes {
 }
 
 /// Values substituted into a command template.
-pub struct TemplateVars<'a> {
+pub(crate) struct TemplateVars<'a> {
     pub task_id: &'a str,
     pub description: &'a str,
     pub worker_type: &'a str,
@@ -200,7 +200,7 @@ pub struct TemplateVars<'a> {
 }
 
 /// Substitutes the template variables in each argv element (never splitting or joining them).
-pub fn expand(template: &[String], vars: &TemplateVars) -> Vec<String> {
+pub(crate) fn expand(template: &[String], vars: &TemplateVars) -> Vec<String> {
     let attempt = vars.attempt.to_string();
     let value = |name: &str| -> Option<&str> {
         Some(match name {
@@ -241,7 +241,7 @@ pub fn expand(template: &[String], vars: &TemplateVars) -> Vec<String> {
 }
 
 /// The placeholders [`expand`] substitutes.
-pub const PLACEHOLDERS: [&str; 6] = ["task_id", "description", "worker_type", "home", "dispatch_id", "attempt"];
+pub(crate) const PLACEHOLDERS: [&str; 6] = ["task_id", "description", "worker_type", "home", "dispatch_id", "attempt"];
 
 /// The shells whose `-c` argument is a script: a placeholder spliced into it is parsed as shell
 /// code once substituted.
@@ -253,7 +253,7 @@ const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh"];
 /// `touch x`). The safe form passes the value as its own argument: `sh -c 'work "$1"' sh {description}`.
 /// A Slurm type gets the shared-filesystem reminder, with any problem of its `slurm` options
 /// ([`SlurmOptions::problems`]).
-pub fn template_warnings(name: &str, wt: &WorkerType) -> Vec<String> {
+pub(crate) fn template_warnings(name: &str, wt: &WorkerType) -> Vec<String> {
     let mut out = Vec::new();
     if wt.executor == ExecutorKind::Slurm {
         out.push(format!(
@@ -317,7 +317,7 @@ fn shell_script(argv: &[String]) -> Option<&str> {
 
 /// The working directory of a task: the type's `workdir`, else `[worker] workdir` ("home" or
 /// "per-task" = `agents/work/<task_id>`).
-pub fn workdir(home: &Home, config_workdir: &str, wt: Option<&WorkerType>, task_id: &str) -> PathBuf {
+pub(crate) fn workdir(home: &Home, config_workdir: &str, wt: Option<&WorkerType>, task_id: &str) -> PathBuf {
     if let Some(dir) = wt.and_then(|w| w.workdir.as_deref()).filter(|d| !d.is_empty()) {
         let p = PathBuf::from(dir.replace("{task_id}", task_id));
         return if p.is_absolute() { p } else { home.join(p) };

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 /// What to write.
 #[derive(Debug, Clone)]
-pub struct BackupOptions {
+pub(crate) struct BackupOptions {
     pub kind: ArchiveKind,
     /// Destination directory; default: the kind's directory.
     pub dest: Option<PathBuf>,
@@ -31,14 +31,14 @@ pub struct BackupOptions {
 }
 
 impl BackupOptions {
-    pub fn new(kind: ArchiveKind) -> Self {
+    pub(crate) fn new(kind: ArchiveKind) -> Self {
         BackupOptions { kind, dest: None, keep: None, label: None, progress: false }
     }
 }
 
 /// What a backup wrote.
 #[derive(Debug, Clone, Serialize)]
-pub struct BackupReport {
+pub(crate) struct BackupReport {
     pub path: PathBuf,
     pub archive_bytes: u64,
     pub files: usize,
@@ -53,7 +53,7 @@ pub struct BackupReport {
 
 /// Takes the home's backup lock, waiting up to the store's deadline; refuses clearly if another
 /// backup or restore keeps it.
-pub fn lock_backups(store: &Store) -> Result<LockGuard> {
+pub(crate) fn lock_backups(store: &Store) -> Result<LockGuard> {
     match store.lock_named(LockName::Backup) {
         Ok(g) => Ok(g),
         Err(Error::LockTimeout { holder, waited_ms, .. }) => Err(Error::refused(format!(
@@ -66,13 +66,18 @@ pub fn lock_backups(store: &Store) -> Result<LockGuard> {
 }
 
 /// Writes a backup of the store's home.
-pub fn create(store: &Store, config: &Config, opts: &BackupOptions) -> Result<BackupReport> {
+pub(crate) fn create(store: &Store, config: &Config, opts: &BackupOptions) -> Result<BackupReport> {
     let guard = lock_backups(store)?;
     create_locked(store, config, opts, &guard)
 }
 
 /// [`create`] for a caller that holds the backup lock already (a restore's pre-restore backup).
-pub fn create_locked(store: &Store, config: &Config, opts: &BackupOptions, _lock: &LockGuard) -> Result<BackupReport> {
+pub(crate) fn create_locked(
+    store: &Store,
+    config: &Config,
+    opts: &BackupOptions,
+    _lock: &LockGuard,
+) -> Result<BackupReport> {
     let started = Instant::now();
     let home = store.home();
     let dest = opts.dest.clone().unwrap_or_else(|| opts.kind.default_dir(home, config));

@@ -12,10 +12,10 @@
 //!   swap by rename with a journal so an interrupted restore is rolled back.
 //! - [`retention`]: listing archives and pruning old ones, never the newest good one.
 
-pub mod create;
+pub(crate) mod create;
 pub mod manifest;
-pub mod restore;
-pub mod retention;
+pub(crate) mod restore;
+pub(crate) mod retention;
 pub mod snapshot;
 pub mod verify;
 
@@ -97,10 +97,5 @@ pub fn lock_all(store: &crate::store::Store) -> Result<Vec<crate::store::LockGua
 /// Pauses the current process at a named point when `CORTEX_PAUSE_AT` names it (debug builds
 /// only): the tests use it to SIGKILL a backup or restore at an exact step.
 pub(crate) fn pause_point(name: &str) {
-    if cfg!(debug_assertions) && std::env::var("CORTEX_PAUSE_AT").is_ok_and(|v| v == name) {
-        eprintln!("paused at {name}");
-        loop {
-            std::thread::park();
-        }
-    }
+    crate::store::pause_point(name)
 }

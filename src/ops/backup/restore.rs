@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 /// What part of the state a restore replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Scope {
+pub(crate) enum Scope {
     /// `coordination/`, `cortex.toml`, `config/`, `agents/prompts/`.
     All,
     /// Configuration only: `cortex.toml`, `config/`, `agents/prompts/` and the configuration
@@ -42,7 +42,7 @@ pub enum Scope {
 
 impl Scope {
     /// True when the archive member `path` belongs to this scope.
-    pub fn includes(self, path: &str) -> bool {
+    pub(crate) fn includes(self, path: &str) -> bool {
         match self {
             Scope::All => true,
             Scope::Coordination => path.starts_with("coordination/"),
@@ -52,7 +52,7 @@ impl Scope {
 }
 
 /// Configuration files of a home, by archive path.
-pub fn is_config_path(path: &str) -> bool {
+pub(crate) fn is_config_path(path: &str) -> bool {
     if path == "cortex.toml" || path.starts_with("config/") || path.starts_with("agents/prompts/") {
         return true;
     }
@@ -63,7 +63,7 @@ pub fn is_config_path(path: &str) -> bool {
 }
 
 #[derive(Debug, Clone)]
-pub struct RestoreOptions {
+pub(crate) struct RestoreOptions {
     pub archive: PathBuf,
     pub scope: Scope,
     /// Stop running daemons first and start them again afterwards.
@@ -74,7 +74,7 @@ pub struct RestoreOptions {
 
 /// What a restore did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, Serialize)]
-pub struct RestoreReport {
+pub(crate) struct RestoreReport {
     pub archive: PathBuf,
     pub archive_created_at: String,
     pub archive_host: String,
@@ -94,7 +94,7 @@ pub struct RestoreReport {
 }
 
 /// Restores a home from an archive.
-pub fn restore(store: &Store, config: &Config, opts: &RestoreOptions) -> Result<RestoreReport> {
+pub(crate) fn restore(store: &Store, config: &Config, opts: &RestoreOptions) -> Result<RestoreReport> {
     let home = store.home().clone();
     let lock = create::lock_backups(store)?;
     let recovered = if opts.dry_run { Vec::new() } else { recover_interrupted(&home)? };
@@ -469,7 +469,7 @@ fn apply(stage: &Path, plan: &Plan) -> Result<()> {
 
 /// Finishes or undoes restores that were interrupted (a `.tmp.restore.*` directory in the home
 /// whose process is gone). Returns what it did.
-pub fn recover_interrupted(home: &Home) -> Result<Vec<String>> {
+pub(crate) fn recover_interrupted(home: &Home) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let Ok(entries) = fs::read_dir(home.root()) else { return Ok(done) };
     for e in entries.flatten() {
@@ -505,8 +505,12 @@ fn recover_stage(stage: &Path) -> Result<&'static str> {
     let outcome = if stage.join(COMMITTED_FILE).exists() {
         "already committed; its leftovers were removed"
     } else if let Ok(bytes) = fs::read(stage.join(PLAN_FILE)) {
-        let plan: Plan = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::other(format!("cannot read {}: {e}", stage.join(PLAN_FILE).display())))?;
+        let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+            path: stage.join(PLAN_FILE),
+            pointer: String::new(),
+            expected: e.to_string(),
+            quarantined: None,
+        })?;
         for s in plan.swaps.iter().rev() {
             let swapped = fs::symlink_metadata(&s.target).map(|m| m.ino() == s.staged_ino).unwrap_or(false);
             if swapped {
@@ -534,7 +538,7 @@ fn recover_stage(stage: &Path) -> Result<&'static str> {
 
 /// The archive `--latest` means: the newest `cortex-backup-*.tar.gz` in `dir`. When it does not
 /// verify, the refusal names the newest one that does.
-pub fn latest(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn latest(dir: &Path) -> Result<PathBuf> {
     let all = super::retention::list(dir, ArchiveKind::Backup)?;
     let Some(newest) = all.first() else {
         return Err(Error::refused(format!(

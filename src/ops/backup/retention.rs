@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 /// One archive file.
 #[derive(Debug, Clone, Serialize)]
-pub struct ArchiveInfo {
+pub(crate) struct ArchiveInfo {
     pub path: PathBuf,
     pub name: String,
     pub bytes: u64,
@@ -21,7 +21,7 @@ pub struct ArchiveInfo {
 
 /// What retention did.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Pruned {
+pub(crate) struct Pruned {
     pub deleted: Vec<PathBuf>,
     pub kept: usize,
     /// Set when an archive beyond the limit was kept because it is the newest good one.
@@ -30,7 +30,7 @@ pub struct Pruned {
 }
 
 /// Archives of `kind` in `dir` (`<prefix>-*.tar.gz`), newest first.
-pub fn list(dir: &Path, kind: ArchiveKind) -> Result<Vec<ArchiveInfo>> {
+pub(crate) fn list(dir: &Path, kind: ArchiveKind) -> Result<Vec<ArchiveInfo>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -65,17 +65,12 @@ fn is_own_archive(path: &Path, kind: ArchiveKind) -> bool {
     super::verify::read_manifest(path).is_ok_and(|m| m.kind == kind.as_str())
 }
 
-/// The newest archive of `kind` in `dir` that verifies, checking newest first.
-pub fn newest_good(dir: &Path, kind: ArchiveKind) -> Result<Option<PathBuf>> {
-    Ok(list(dir, kind)?.into_iter().map(|a| a.path).find(|p| super::verify::verify(p).is_ok()))
-}
-
 /// Deletes archives of `kind` in `dir` beyond the newest `keep` (0 keeps everything).
 /// `known_good` is an archive already verified (the one just written). Only archives that are
 /// Cortex's own are deleted: a regular file (not a link) whose first entry is a valid
 /// `MANIFEST.json` of that kind; any other file with a similar name is left alone. `dir` must be
 /// reached without a symbolic link below the home (a linked `backups/` is refused).
-pub fn prune(dir: &Path, kind: ArchiveKind, keep: u32, known_good: &Path) -> Result<Pruned> {
+pub(crate) fn prune(dir: &Path, kind: ArchiveKind, keep: u32, known_good: &Path) -> Result<Pruned> {
     drop(crate::store::open::open_dir(dir)?);
     let all: Vec<ArchiveInfo> =
         list(dir, kind)?.into_iter().filter(|a| a.path == known_good || is_own_archive(&a.path, kind)).collect();

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RestoredDefault {
+pub(crate) struct RestoredDefault {
     pub file: String,
     /// Where the replaced content was kept (None when it was missing or already the default).
     pub kept: Option<PathBuf>,
@@ -19,13 +19,13 @@ pub struct RestoredDefault {
 }
 
 /// The configuration files `--file` may name.
-pub fn config_files() -> Vec<&'static CoordFile> {
+pub(crate) fn config_files() -> Vec<&'static CoordFile> {
     files::ALL.iter().copied().filter(|f| f.is_config && f.default.is_some()).collect()
 }
 
 /// Finds a configuration file by `worker-types`, `worker-types.json`, `config/worker-types.json`
 /// or `coordination/config/worker-types.json`.
-pub fn find(name: &str) -> Result<&'static CoordFile> {
+pub(crate) fn find(name: &str) -> Result<&'static CoordFile> {
     let name = name.trim().trim_start_matches("coordination/");
     config_files()
         .into_iter()
@@ -42,7 +42,7 @@ pub fn find(name: &str) -> Result<&'static CoordFile> {
         })
 }
 
-pub fn restore_defaults(store: &Store, only: Option<&str>) -> Result<Vec<RestoredDefault>> {
+pub(crate) fn restore_defaults(store: &Store, only: Option<&str>) -> Result<Vec<RestoredDefault>> {
     let targets = match only {
         Some(n) => vec![find(n)?],
         None => config_files(),

@@ -6,7 +6,7 @@
 //! - [`defaults`]: `cortex config restore-defaults` — configuration files back to their defaults.
 //! - [`daemons`]: stopping and starting this home's daemons around a restore or reset.
 
-pub mod defaults;
-pub mod repair;
-pub mod reset;
-pub mod stale;
+pub(crate) mod defaults;
+pub(crate) mod repair;
+pub(crate) mod reset;
+pub(crate) mod stale;

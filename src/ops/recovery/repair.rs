@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 /// One thing repair did (or, in a dry run, would do).
 #[derive(Debug, Clone, Serialize)]
-pub struct RepairAction {
+pub(crate) struct RepairAction {
     pub file: String,
     pub action: String,
     /// False for problems repair only reports.
@@ -40,7 +40,7 @@ pub struct RepairAction {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct RepairReport {
+pub(crate) struct RepairReport {
     pub dry_run: bool,
     pub actions: Vec<RepairAction>,
 }
@@ -52,7 +52,7 @@ impl RepairReport {
 }
 
 /// Repairs the store's home.
-pub fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
+pub(crate) fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
     let home = store.home().clone();
     let mut report = RepairReport { dry_run, actions: Vec::new() };
     if !dry_run {
@@ -65,6 +65,12 @@ pub fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
         let rel = format!("coordination/{}", f.rel);
         if is_link(&path) {
             report.push(rel, LINK_REFUSED.into(), false);
+            continue;
+        }
+        if f.rel == files::TASK_QUEUE_JOURNAL.rel {
+            // Not rewritten: its commits name their byte offsets. Readers skip (and quarantine)
+            // a bad line and ignore an uncommitted tail, which the next writer truncates; the
+            // next compaction drops both.
             continue;
         }
         match f.kind {
@@ -130,7 +136,7 @@ fn beside(path: &Path, suffix: &str) -> PathBuf {
     if !first.exists() {
         return first;
     }
-    PathBuf::from(format!("{}{suffix}.{}", path.display(), chrono::Utc::now().format("%Y%m%d-%H%M%S%.6f")))
+    PathBuf::from(format!("{}{suffix}.{}", path.display(), crate::base::clock::now().format("%Y%m%d-%H%M%S%.6f")))
 }
 
 fn rel(store: &Store, path: &Path) -> String {
@@ -140,13 +146,16 @@ fn rel(store: &Store, path: &Path) -> String {
 // ---------------------------------------------------------------------------------------------
 // JSONL
 
-/// Other JSONL files under `coordination/` (not registered, not quarantined).
+/// Other JSONL files under `coordination/` (not registered, not quarantined), except the task
+/// archive's sealed segments: they are never rewritten (their index points at byte offsets);
+/// readers skip a bad line in one, and its index counts it (`bad_lines`).
 fn other_jsonl_files(store: &Store) -> Vec<PathBuf> {
     let (sources, _) = crate::ops::backup::snapshot::sources(store.home());
     sources
         .into_iter()
         .filter(|s| s.rel.starts_with("coordination/") && s.rel.ends_with(".jsonl"))
         .filter(|s| files::by_rel(&s.rel["coordination/".len()..]).is_none())
+        .filter(|s| crate::domain::task::archive::segment::segment_of_path(store, &s.abs).is_none())
         .map(|s| s.abs)
         .collect()
 }
@@ -268,14 +277,15 @@ fn adjust_intake_offset(
     report: &mut RepairReport,
 ) -> Result<()> {
     let path = store.path(files::TASK_QUEUE);
-    let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
-    let Ok(mut queue) = serde_json::from_slice::<Value>(&bytes) else { return Ok(()) };
-    let Some(old) = queue.get("intake_offset").and_then(Value::as_u64) else { return Ok(()) };
+    // The queue as its readers see it (the journal's last commit carries the offset too); the
+    // caller holds the `task-queue` lock.
+    let Ok(mut queue) = store.load::<crate::domain::task::model::TaskQueue>() else { return Ok(()) };
+    let old = queue.intake_offset;
     let new =
         lines.iter().position(|(start, _)| *start as u64 >= old).map(|i| new_offset_of[i]).unwrap_or(new_len) as u64;
     if new != old {
-        queue["intake_offset"] = json!(new);
-        crate::store::write_value_checked(&path, &queue, Some(files::TASK_QUEUE.schema))?;
+        queue.intake_offset = new;
+        crate::domain::task::journal::write_snapshot(store, &queue)?;
         report.push(
             rel(store, &path),
             format!("intake_offset moved from {old} to {new} to match the repaired intake"),
@@ -340,7 +350,7 @@ fn repair_json(store: &Store, f: &CoordFile, path: &Path, dry_run: bool, report:
 }
 
 /// Every JSON object in `bytes` that has a string `task_id`, scanning even a truncated file.
-pub fn salvage_task_objects(bytes: &[u8]) -> Vec<Value> {
+pub(crate) fn salvage_task_objects(bytes: &[u8]) -> Vec<Value> {
     if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
         let tasks = match &v {
             Value::Object(m) => m.get("tasks").and_then(Value::as_array).cloned().unwrap_or_default(),
@@ -393,6 +403,10 @@ fn repair_queue(store: &Store, path: &Path, problem: &str, dry_run: bool, report
     if let Some(off) = salvage_number(&bytes, "intake_offset") {
         queue["intake_offset"] = json!(off);
     }
+    // The journal's changes since this snapshot still apply to what is salvaged.
+    if let Some(generation) = salvage_number(&bytes, "journal_generation") {
+        queue["journal_generation"] = json!(generation);
+    }
     let corrupt = beside(path, ".corrupt");
     let rejected_path = PathBuf::from(format!("{}.rejected", path.display()));
     let msg = format!(
@@ -420,9 +434,8 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
     let _guard = if dry_run { None } else { Some(store.lock(files::TOKEN_BUDGET)?) };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
     let default: crate::domain::task::model::TokenBudget =
-        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?).map_err(|e| {
-            Error::other(format!("the built-in default of {} does not decode: {e}", files::TOKEN_BUDGET.rel))
-        })?;
+        serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?)
+            .map_err(|e| Error::encode(format!("the built-in default of {}", files::TOKEN_BUDGET.rel), e))?;
     let mut budget = default.clone();
     budget.total = salvage_number(&bytes, "total").unwrap_or(default.total);
     budget.used = salvage_number(&bytes, "used").unwrap_or(0);
@@ -430,7 +443,7 @@ fn repair_budget(store: &Store, path: &Path, problem: &str, dry_run: bool, repor
         budget.reservations.insert(d.dispatch_id.clone(), d.budget_reserved);
     }
     budget.recompute();
-    budget.last_updated = Some(crate::base::clock::now_string());
+    budget.last_updated = Some(crate::base::clock::now());
     let corrupt = beside(path, ".corrupt");
     let msg = format!(
         "{problem}: copy kept at {}; rebuilt with total {}, used {}, {} reservation(s) of active dispatches",
@@ -505,4 +518,37 @@ fn repair_specs(store: &Store, dry_run: bool, report: &mut RepairReport) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod archive_tests {
+    use crate::domain::task::archive::{self, segment};
+    use crate::domain::task::model::{Task, TaskState};
+
+    #[test]
+    fn repair_leaves_a_sealed_segment_and_its_index_alone() {
+        let (_dir, store) = crate::store::fresh_store();
+        let tasks: Vec<Task> = (0..20)
+            .map(|i| {
+                let state = TaskState::Completed {
+                    started_at: None,
+                    completed_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
+                };
+                Task { state, ..Task::sample(&format!("task-{i:04}")) }
+            })
+            .collect();
+        archive::append_unsynced(&store, &tasks.iter().collect::<Vec<_>>()).unwrap();
+        // A line a full disk cut, then the next append: sealed with the rest.
+        let active = store.path(crate::store::files::TASK_ARCHIVE);
+        let mut bytes = std::fs::read(&active).unwrap();
+        bytes.extend_from_slice(b"{\"task_id\":\"task-cut\"\n");
+        std::fs::write(&active, &bytes).unwrap();
+        segment::seal(&store, 0).unwrap().expect("sealed");
+        let seg = segment::list(&store).remove(0);
+        let before = std::fs::read(&seg.path).unwrap();
+        super::repair(&store, false).unwrap();
+        assert!(std::fs::read(&seg.path).unwrap() == before, "a sealed segment is never rewritten");
+        assert!(segment::check(&seg).is_empty(), "its index still describes it");
+        assert!(archive::find(&store, "task-0019").unwrap().is_some());
+    }
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ResetReport {
+pub(crate) struct ResetReport {
     pub pre_reset_backup: PathBuf,
     pub stopped_daemons: Vec<String>,
     pub restarted_daemons: Vec<String>,
@@ -35,13 +35,13 @@ pub struct ResetReport {
 }
 
 /// What `cortex reset` without `--yes` says.
-pub const EXPLANATION: &str = "cortex reset is the emergency recovery runbook's complete reset: it stops the daemons, \
+pub(crate) const EXPLANATION: &str = "cortex reset is the emergency recovery runbook's complete reset: it stops the daemons, \
 writes a pre-reset backup to backups/pre-reset/, stops the processes of running dispatches, deletes the active and \
 zombie worker specs, empties the task queue and intake, resets the token budget to its total with nothing used, \
 keeps configuration and logs, and starts the daemons that were running again. Queued and running tasks are dropped \
 (they stay in the pre-reset backup). Run `cortex reset --yes` to do it.";
 
-pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
+pub(crate) fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
     let home = store.home().clone();
     let lock = create::lock_backups(store)?;
     let stopped = crate::ops::supervisor::maintenance::stop_all(&home, config)?;
@@ -78,27 +78,24 @@ pub fn reset(store: &Store, config: &Config) -> Result<ResetReport> {
             }
         }
         let queue_path = store.path(files::TASK_QUEUE);
-        let tasks_cleared = std::fs::read(&queue_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("tasks").and_then(|t| t.as_array()).map(|a| a.len()))
-            .unwrap_or(0);
+        // Snapshot and journal, as every reader sees the queue.
+        let tasks_cleared = store.load::<crate::domain::task::model::TaskQueue>().map(|q| q.tasks.len()).unwrap_or(0);
         let now = crate::base::clock::now_string();
         crate::store::write_value_checked(
             &queue_path,
             &json!({"tasks": [], "updated_at": now}),
             Some(files::TASK_QUEUE.schema),
         )?;
+        // Its journal's lines no longer apply (the new queue has no generation); emptied too.
+        crate::domain::task::journal::reset(store)?;
         if let Some(intake) = files::by_rel("task-intake.jsonl") {
             let p = store.path(intake);
             if p.exists() {
                 atomic::write_atomic(&p, b"")?;
             }
         }
-        let default: TokenBudget =
-            serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?).map_err(|e| {
-                Error::other(format!("the built-in default of {} does not decode: {e}", files::TOKEN_BUDGET.rel))
-            })?;
+        let default: TokenBudget = serde_json::from_value(crate::store::default_value(files::TOKEN_BUDGET)?)
+            .map_err(|e| Error::encode(format!("the built-in default of {}", files::TOKEN_BUDGET.rel), e))?;
         let total = std::fs::read(store.path(files::TOKEN_BUDGET))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())

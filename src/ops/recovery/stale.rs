@@ -19,7 +19,7 @@ use std::time::Duration;
 
 /// One dispatch recover-stale ended (or, in a dry run, would end).
 #[derive(Debug, Clone, Serialize)]
-pub struct StaleDispatch {
+pub(crate) struct StaleDispatch {
     pub dispatch_id: String,
     pub task_id: String,
     pub reason: String,
@@ -28,7 +28,7 @@ pub struct StaleDispatch {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct StaleReport {
+pub(crate) struct StaleReport {
     pub dry_run: bool,
     pub checked: usize,
     pub lost: Vec<StaleDispatch>,
@@ -53,12 +53,12 @@ fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -
             if !is_alive(*pid, *proc_start_ticks) {
                 return Some((format!("process {pid} is gone"), false));
             }
-            let since = last_heartbeat(rec).or_else(|| parse_ts(started_at))?;
+            let since = last_heartbeat(rec).unwrap_or(*started_at);
             (now - since > limit).then(|| {
                 (
                     format!(
                         "running for {} with no heartbeat in the last {}",
-                        crate::base::clock::human_duration((now - parse_ts(started_at).unwrap_or(since)).num_seconds()),
+                        crate::base::clock::human_duration((now - *started_at).num_seconds()),
                         crate::base::clock::human_duration(limit.num_seconds())
                     ),
                     true,
@@ -66,7 +66,7 @@ fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -
             })
         }
         DispatchState::Starting => {
-            let since = parse_ts(&rec.dispatched_at)?;
+            let since = rec.dispatched_at;
             (now - since > limit).then(|| {
                 (
                     format!(
@@ -84,7 +84,7 @@ fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -
 }
 
 /// Ends every stale active dispatch as `lost`.
-pub fn recover_stale(
+pub(crate) fn recover_stale(
     store: &Store,
     clock: &dyn Clock,
     older_than: Duration,
@@ -92,7 +92,8 @@ pub fn recover_stale(
     dry_run: bool,
 ) -> Result<StaleReport> {
     let home = store.home();
-    let limit = chrono::Duration::from_std(older_than).map_err(|e| Error::other(e.to_string()))?;
+    let limit = chrono::Duration::from_std(older_than)
+        .map_err(|e| Error::Config { path: None, detail: format!("--older-than {older_than:?}: {e}") })?;
     let mut report = StaleReport { dry_run, ..Default::default() };
     let guard = if dry_run { None } else { Some(store.lock_named(crate::store::LockName::WorkerSpecs)?) };
     for rec in crate::domain::task::dispatches::list_bucket(store, SpecBucket::Active)? {
@@ -113,8 +114,7 @@ pub fn recover_stale(
             stop_group(pid, pgid, proc_start_ticks, grace);
         }
         let mut ended = rec.clone();
-        ended.state =
-            DispatchState::Lost { ended_at: crate::base::clock::format_ts(clock.now()), reason: reason.clone() };
+        ended.state = DispatchState::Lost { ended_at: clock.now(), reason: reason.clone() };
         dispatch_record::end_in(home, &ended, SpecBucket::Failed)?;
         let _ = std::fs::remove_file(cancel_request_path(home, &rec.dispatch_id));
         let _ = store.emit(
@@ -131,7 +131,7 @@ pub fn recover_stale(
 
 /// Stops a dispatch's process group: TERM, up to `grace`, then KILL, only while the leader is
 /// still the process that was started (a reused PID is never signalled).
-pub fn stop_group(pid: i32, pgid: i32, ticks: u64, grace: Duration) {
+pub(crate) fn stop_group(pid: i32, pgid: i32, ticks: u64, grace: Duration) {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
     if !is_alive(pid, ticks) || pgid <= 1 {

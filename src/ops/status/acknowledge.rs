@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// What `cortex event ack` / `POST /events/<id>/ack` acknowledges.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AckTarget {
+pub(crate) enum AckTarget {
     /// One event, by id.
     Event(String),
     /// Every event up to now (`--all`, `POST /events/all/ack`).
@@ -20,7 +20,7 @@ pub enum AckTarget {
 
 /// The answer to an acknowledgement.
 #[derive(Debug, Clone, Serialize)]
-pub struct AckOutcome {
+pub(crate) struct AckOutcome {
     pub status: &'static str,
     /// False when there was nothing left to acknowledge (nothing was written).
     pub changed: bool,
@@ -39,7 +39,7 @@ pub struct AckOutcome {
 /// then records an `event_acknowledged` event (severity info: it never counts itself). Only
 /// events `/health` can count are known here (the reader's window); an unknown id is
 /// [`Error::Refused`]. Acknowledging what is already acknowledged writes nothing.
-pub fn acknowledge(
+pub(crate) fn acknowledge(
     reader: &StatusReader,
     target: &AckTarget,
     by: &str,
@@ -47,7 +47,7 @@ pub fn acknowledge(
     now: Timestamp,
 ) -> Result<AckOutcome> {
     let acks = reader.acks()?;
-    let at = crate::base::clock::format_ts(now);
+    let at = now;
     let note = note.map(str::trim).filter(|n| !n.is_empty()).map(str::to_string);
     let store = reader.store();
     let unchanged = |message: String| AckOutcome {
@@ -70,7 +70,7 @@ pub fn acknowledge(
             if acks.covers(&event) {
                 return Ok(unchanged(format!("Event {id} is already acknowledged")));
             }
-            let ack = Ack { event_id: Some(id.clone()), up_to: None, at: at.clone(), by: by.to_string(), note };
+            let ack = Ack { event_id: Some(id.clone()), up_to: None, at, by: by.to_string(), note };
             let covered =
                 if event.severity >= crate::store::events::Severity::Error { vec![id.clone()] } else { Vec::new() };
             (ack, covered, format!("Event {id} ({}, {})", event.event_type, event.severity.as_str()))
@@ -86,8 +86,8 @@ pub fn acknowledge(
             if covered.is_empty() {
                 return Ok(unchanged("Nothing to acknowledge: no unacknowledged error or critical event".into()));
             }
-            let ack = Ack { event_id: None, up_to: Some(at.clone()), at: at.clone(), by: by.to_string(), note };
-            (ack, covered, format!("Every event up to {at}"))
+            let ack = Ack { event_id: None, up_to: Some(at), at, by: by.to_string(), note };
+            (ack, covered, format!("Every event up to {}", crate::base::clock::format_ts(at)))
         }
     };
     append(store, &ack)?;
@@ -101,7 +101,7 @@ pub fn acknowledge(
         },
         serde_json::json!({
             "event_id": ack.event_id,
-            "up_to": ack.up_to,
+            "up_to": ack.up_to.map(crate::base::clock::format_ts),
             "by": ack.by,
             "note": ack.note,
             "acknowledged": covered,

@@ -9,11 +9,11 @@
 //!
 //! A one-shot reader (the CLI) simply reads everything once.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::base::error::{Error, Result};
 use crate::domain::scheduler_state::SchedulerState;
 use crate::domain::task::dispatches::read_spec;
-use crate::domain::task::{DispatchRecord, TaskQueue, TaskStatus, TokenBudget};
+use crate::domain::task::{DispatchRecord, QueueCounts, TaskQueue, TaskStatus, TokenBudget};
 use crate::store::Store;
 use crate::store::config::Config;
 use crate::store::events::acks::{AckFollower, AckSet};
@@ -34,7 +34,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A value derived from one file, recomputed only when the file's identity changes.
 /// A file that could not be read is remembered the same way, so an unchanged corrupt file is
 /// not parsed again on every request (its error is repeated instead).
-struct Cached<T>(Mutex<Option<(FileIdentity, Loaded<T>)>>);
+struct Cached<T>(Mutex<Option<(CacheKey, Loaded<T>)>>);
+
+/// A file's identity, and a second file's for a value read from two (the queue's snapshot and
+/// its journal).
+type CacheKey = (FileIdentity, Option<FileIdentity>);
 
 /// What a [`Cached`] file gave: its value, or the text of the error reading it.
 type Loaded<T> = std::result::Result<Arc<T>, String>;
@@ -45,7 +49,16 @@ impl<T> Cached<T> {
     }
 
     fn get(&self, path: &Path, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
-        let key = FileIdentity::stat(path)?;
+        self.get_with(path, None, load)
+    }
+
+    /// [`Cached::get`] of a value read from `path` and `also`: recomputed when either changed.
+    fn get_with(&self, path: &Path, also: Option<&Path>, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let second = match also {
+            Some(p) => FileIdentity::stat(p)?,
+            None => None,
+        };
+        let key = FileIdentity::stat(path)?.map(|k| (k, second));
         let mut c = lock(&self.0);
         if let (Some(k), Some((ck, v))) = (key, c.as_ref())
             && k == *ck
@@ -53,7 +66,7 @@ impl<T> Cached<T> {
             return v.clone().map_err(Error::Other);
         }
         // Stat before reading: a change during the read shows as a new key next time.
-        let key = key.filter(|k| !k.is_racy());
+        let key = key.filter(|(k, second)| !k.is_racy() && !second.is_some_and(|s| s.is_racy()));
         match load() {
             Ok(v) => {
                 let v = Arc::new(v);
@@ -68,22 +81,28 @@ impl<T> Cached<T> {
     }
 }
 
-/// Counts of the task queue, and what the latency histogram needs.
+/// Counts of the task queue (from the counts its writers keep: O(1), see
+/// `task::journal::read_counts`).
 #[derive(Debug, Default)]
 pub struct QueueSummary {
     pub counts: BTreeMap<TaskStatus, usize>,
     pub total: usize,
-    /// task id → creation time, for enqueue→start latency.
+}
+
+/// Creation time of each queued task (task id → time), for enqueue→start latency: read from the
+/// whole queue, only by the views that need it (`/metrics`, a dispatch view's task lookup).
+#[derive(Debug, Default)]
+pub struct QueueCreated {
     pub created: HashMap<String, Timestamp>,
 }
 
 impl QueueSummary {
-    fn of(queue: &TaskQueue) -> QueueSummary {
-        let mut s = QueueSummary { total: queue.tasks.len(), ..Default::default() };
-        for t in &queue.tasks {
-            *s.counts.entry(t.status()).or_default() += 1;
-            if let Some(ts) = parse_ts(&t.created_at) {
-                s.created.insert(t.task_id.clone(), ts);
+    fn of_counts(c: &QueueCounts) -> QueueSummary {
+        let mut s = QueueSummary { total: c.total as usize, ..Default::default() };
+        for status in TaskStatus::ALL {
+            let n = c.count(status) as usize;
+            if n > 0 {
+                s.counts.insert(status, n);
             }
         }
         s
@@ -99,7 +118,6 @@ impl QueueSummary {
 pub struct SpecEntry {
     pub bucket: SpecBucket,
     pub record: DispatchRecord,
-    pub dispatched: Option<Timestamp>,
 }
 
 impl SpecEntry {
@@ -210,10 +228,9 @@ impl EventTail {
             let cutoff = now - self.keep;
             for line in lines {
                 if let Ok(ev) = serde_json::from_slice::<Event>(line)
-                    && let Some(t) = ev.time()
-                    && t >= cutoff
+                    && ev.timestamp >= cutoff
                 {
-                    self.events.push_back((t, ev));
+                    self.events.push_back((ev.timestamp, ev));
                 }
             }
             self.offset += end as u64 + 1;
@@ -237,6 +254,7 @@ pub struct StatusReader {
     scheduler: Cached<SchedulerState>,
     budget: Cached<TokenBudget>,
     queue: Cached<QueueSummary>,
+    created: Cached<QueueCreated>,
     specs: Mutex<SpecIndex>,
     events: Mutex<EventTail>,
     acks: Mutex<AckFollower>,
@@ -256,6 +274,7 @@ impl StatusReader {
             scheduler: Cached::new(),
             budget: Cached::new(),
             queue: Cached::new(),
+            created: Cached::new(),
             specs: Mutex::new(Default::default()),
             events: Mutex::new(EventTail { file: None, offset: 0, keep, events: VecDeque::new() }),
             acks: Mutex::new(AckFollower::default()),
@@ -293,9 +312,28 @@ impl StatusReader {
         self.scheduler.get(&self.home().scheduler_state(), || self.store.load())
     }
 
-    /// Task counts, re-read only when `task-queue.json` changed.
+    /// Task counts, re-read only when the queue (snapshot or journal) changed: the counts its
+    /// writers keep, read in O(1); counted from the whole queue only when they are not there
+    /// (a queue written before them or by hand).
     pub fn queue(&self) -> Result<Arc<QueueSummary>> {
-        self.queue.get(&self.home().task_queue(), || Ok(QueueSummary::of(&self.store.load::<TaskQueue>()?)))
+        let journal = self.store.path(crate::store::files::TASK_QUEUE_JOURNAL);
+        self.queue.get_with(&self.home().task_queue(), Some(&journal), || {
+            let counts = match crate::domain::task::journal::read_counts(&self.store)? {
+                Some(c) => c,
+                None => QueueCounts::of(&self.store.load::<TaskQueue>()?.tasks),
+            };
+            Ok(QueueSummary::of_counts(&counts))
+        })
+    }
+
+    /// Creation time of each queued task, re-read only when the queue changed (the whole queue).
+    pub fn queue_created(&self) -> Result<Arc<QueueCreated>> {
+        let journal = self.store.path(crate::store::files::TASK_QUEUE_JOURNAL);
+        self.created.get_with(&self.home().task_queue(), Some(&journal), || {
+            let q = self.store.load::<TaskQueue>()?;
+            let created = q.tasks.iter().map(|t| (t.task_id.clone(), t.created_at)).collect();
+            Ok(QueueCreated { created })
+        })
     }
 
     /// `token-budget.json`, re-read only when it changed.
@@ -380,10 +418,7 @@ impl StatusReader {
                 continue;
             }
             let rec = match read_spec(&self.store, &entry.path()) {
-                Ok(Some(rec)) => {
-                    let dispatched = parse_ts(&rec.dispatched_at);
-                    Ok(Arc::new(SpecEntry { bucket, record: rec, dispatched }))
-                }
+                Ok(Some(rec)) => Ok(Arc::new(SpecEntry { bucket, record: rec })),
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!("skipping dispatch spec: {e}");

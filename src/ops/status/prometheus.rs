@@ -23,7 +23,7 @@ type Labels = Vec<(String, String)>;
 const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0];
 
 /// Renders every metric in the Prometheus text format.
-pub fn render(reader: &StatusReader) -> Result<String> {
+pub(crate) fn render(reader: &StatusReader) -> Result<String> {
     let cfg = reader.config();
     let now = chrono::Utc::now();
     let snap = reader.snapshot();
@@ -109,13 +109,14 @@ pub fn render(reader: &StatusReader) -> Result<String> {
     reg.register("cortex_daemon_up", "1 when the daemon holds its PID file lock, else 0", up);
 
     let latency = Histogram::new(LATENCY_BUCKETS);
+    let queue_created = reader.queue_created().ok();
     for d in dispatches.iter() {
         if d.record.attempt != 1 {
             continue;
         }
-        let created = snap.queue.as_ref().and_then(|q| q.created.get(&d.record.task_id));
-        if let (Some(created), Some(dispatched)) = (created, d.dispatched) {
-            latency.observe(((dispatched - *created).num_milliseconds().max(0) as f64) / 1000.0);
+        let created = queue_created.as_ref().and_then(|q| q.created.get(&d.record.task_id));
+        if let Some(created) = created {
+            latency.observe(((d.record.dispatched_at - *created).num_milliseconds().max(0) as f64) / 1000.0);
         }
     }
     reg.register(
@@ -141,7 +142,7 @@ pub fn render(reader: &StatusReader) -> Result<String> {
 /// In HELP and TYPE lines a tab (which the format allows between tokens) follows the metric
 /// name, so the runbook's `grep -o 'cortex_dispatch_failures_total [0-9]*'` matches only the
 /// sample line and prints one number.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
+pub(crate) fn to_prometheus_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))

@@ -4,7 +4,7 @@
 //! The Prometheus metrics are in [`super::metrics`].
 
 use super::{FileError, SpecEntry, StatusReader};
-use crate::base::clock::{Timestamp, format_ts, human_duration, parse_ts};
+use crate::base::clock::{Timestamp, format_ts, human_duration};
 use crate::base::daemon_name::Daemon;
 use crate::base::error::{Error, Result};
 use crate::domain::scheduler_state::SchedulerState;
@@ -33,21 +33,15 @@ impl StatusReader {
         };
         let now = chrono::Utc::now();
         let coordinator = daemon_state(self.home(), Daemon::Coordinator, &cfg);
-        let mark = read_mark(self.home(), Daemon::Coordinator.as_str());
+        let mark = read_mark(self.home(), Daemon::Coordinator);
         let up = coordinator == "running";
-        let uptime = mark
-            .as_ref()
-            .filter(|_| up)
-            .and_then(|m| parse_ts(&m.started_at))
-            .map(|t| human_duration((now - t).num_seconds()));
+        let uptime = mark.as_ref().filter(|_| up).map(|m| human_duration((now - m.started_at).num_seconds()));
         let paused = s.as_ref().map(|s| s.is_paused());
         let only_paused = |f: fn(&SchedulerState) -> &Option<String>| {
             s.as_deref().filter(|s| s.is_paused()).and_then(|s| f(s).clone())
         };
-        let paused_duration = only_paused(|s| &s.paused_at)
-            .as_deref()
-            .and_then(parse_ts)
-            .map(|t| human_duration((now - t).num_seconds()));
+        let paused_at = s.as_deref().filter(|s| s.is_paused()).and_then(|s| s.paused_at);
+        let paused_duration = paused_at.map(|t| human_duration((now - t).num_seconds()));
         Ok(SchedulerStatus {
             state: match paused {
                 Some(true) => "paused",
@@ -56,9 +50,9 @@ impl StatusReader {
             },
             paused,
             uptime,
-            last_tick: mark.map(|m| m.last_loop_at),
-            paused_at: only_paused(|s| &s.paused_at),
-            resumed_at: s.as_ref().and_then(|s| s.resumed_at.clone()),
+            last_tick: mark.map(|m| format_ts(m.last_loop_at)),
+            paused_at,
+            resumed_at: s.as_ref().and_then(|s| s.resumed_at),
             paused_duration,
             paused_by: only_paused(|s| &s.paused_by),
             paused_from: only_paused(|s| &s.paused_from),
@@ -76,7 +70,7 @@ impl StatusReader {
         let snap = self.snapshot();
         let since = recent_since(snap.scheduler.as_deref(), now, cfg.scheduler.recent_window_seconds);
         let recent_dispatch_count =
-            snap.dispatches.as_ref().map(|d| d.iter().filter(|d| d.dispatched.is_some_and(|t| t >= since)).count());
+            snap.dispatches.as_ref().map(|d| d.iter().filter(|d| d.record.dispatched_at >= since).count());
         let count = |s: TaskStatus| snap.queue.as_ref().map(|q| q.count(s));
         Ok(SystemStatus {
             running_count: snap.running_count(),
@@ -127,12 +121,11 @@ impl StatusReader {
             errors.push(self.file_error(&self.store().path(crate::store::files::EVENT_ACKS), &e));
             AckSet::default()
         });
-        let hour: Vec<&Event> =
-            events.iter().filter(|e| e.time().is_some_and(|t| t >= now - chrono::Duration::hours(1))).collect();
+        let hour: Vec<&Event> = events.iter().filter(|e| e.timestamp >= now - chrono::Duration::hours(1)).collect();
         let critical_cutoff = now - critical_window;
         let criticals = events
             .iter()
-            .filter(|e| e.severity == Severity::Critical && e.time().is_some_and(|t| t >= critical_cutoff))
+            .filter(|e| e.severity == Severity::Critical && e.timestamp >= critical_cutoff)
             .filter(|e| !acks.covers(e))
             .count();
         if criticals > 0 {
@@ -167,7 +160,7 @@ pub const RECENT_EVENTS_SHOWN: usize = 50;
 /// "running", "stopped" (no PID file), "dead" (stale PID file), or "disabled". A cheap look
 /// (`pidfile::status_quick`): clients poll these views.
 pub fn daemon_state(home: &Home, daemon: Daemon, cfg: &Config) -> &'static str {
-    match pid_status(home, daemon.as_str()) {
+    match pid_status(home, daemon) {
         Ok(PidStatus::Running(_)) => "running",
         _ if !cfg.daemon_enabled(daemon) => "disabled",
         Ok(PidStatus::Absent) => "stopped",
@@ -190,12 +183,7 @@ pub fn recent_since(state: Option<&SchedulerState>, now: Timestamp, window_secon
         .and_then(chrono::Duration::try_seconds)
         .and_then(|w| now.checked_sub_signed(w))
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    let transition = state
-        .into_iter()
-        .flat_map(|s| [s.paused_at.as_deref(), s.resumed_at.as_deref()])
-        .flatten()
-        .filter_map(parse_ts)
-        .max();
+    let transition = state.into_iter().flat_map(|s| [s.paused_at, s.resumed_at]).flatten().max();
     transition.map_or(window_start, |t| t.max(window_start))
 }
 
@@ -204,8 +192,8 @@ pub fn coordinator_uptime(home: &Home, cfg: &Config, now: Timestamp) -> Option<i
     if daemon_state(home, Daemon::Coordinator, cfg) != "running" {
         return None;
     }
-    let mark = read_mark(home, Daemon::Coordinator.as_str())?;
-    parse_ts(&mark.started_at).map(|t| (now - t).num_seconds().max(0))
+    let mark = read_mark(home, Daemon::Coordinator)?;
+    Some((now - mark.started_at).num_seconds().max(0))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -218,8 +206,10 @@ pub struct SchedulerStatus {
     pub uptime: Option<String>,
     /// The coordinator's last loop.
     pub last_tick: Option<String>,
-    pub paused_at: Option<String>,
-    pub resumed_at: Option<String>,
+    #[serde(with = "crate::base::clock::ts::option")]
+    pub paused_at: Option<Timestamp>,
+    #[serde(with = "crate::base::clock::ts::option")]
+    pub resumed_at: Option<Timestamp>,
     pub paused_duration: Option<String>,
     pub paused_by: Option<String>,
     pub paused_from: Option<String>,
@@ -289,7 +279,7 @@ impl HealthEvent {
             event_type: e.event_type.to_string(),
             class: e.severity.as_str(),
             message: e.message.clone(),
-            created_at: e.time().map(format_ts).unwrap_or_else(|| e.timestamp.clone()),
+            created_at: format_ts(e.timestamp),
             source: e.source.clone(),
             task_id: field("task_id"),
             dispatch_id: field("dispatch_id"),
@@ -322,9 +312,12 @@ pub struct DispatchView {
     pub stage: &'static str,
     pub attempt: u32,
     pub pid: Option<i32>,
-    pub dispatched_at: String,
-    pub started_at: Option<String>,
-    pub ended_at: Option<String>,
+    #[serde(with = "crate::base::clock::ts")]
+    pub dispatched_at: Timestamp,
+    #[serde(with = "crate::base::clock::ts::option")]
+    pub started_at: Option<Timestamp>,
+    #[serde(with = "crate::base::clock::ts::option")]
+    pub ended_at: Option<Timestamp>,
     pub exit_code: Option<i32>,
     pub duration_s: Option<f64>,
     pub worker_type: String,
@@ -347,18 +340,12 @@ impl DispatchView {
         let now = chrono::Utc::now();
         let (pid, started_at, exit_code, duration_s) = match &r.state {
             DispatchState::Starting => (None, None, None, None),
-            DispatchState::Slurm { started_at, .. } => (
-                None,
-                started_at.clone(),
-                None,
-                started_at.as_deref().and_then(parse_ts).map(|t| (now - t).num_milliseconds() as f64 / 1000.0),
-            ),
-            DispatchState::Running { started_at, pid, .. } => (
-                Some(*pid),
-                Some(started_at.clone()),
-                None,
-                parse_ts(started_at).map(|t| (now - t).num_milliseconds() as f64 / 1000.0),
-            ),
+            DispatchState::Slurm { started_at, .. } => {
+                (None, *started_at, None, started_at.map(|t| (now - t).num_milliseconds() as f64 / 1000.0))
+            }
+            DispatchState::Running { started_at, pid, .. } => {
+                (Some(*pid), Some(*started_at), None, Some((now - *started_at).num_milliseconds() as f64 / 1000.0))
+            }
             DispatchState::Completed { exit_code, duration_s, .. } => (None, None, Some(*exit_code), Some(*duration_s)),
             DispatchState::Failed { exit_code, duration_s, .. } => (None, None, *exit_code, *duration_s),
             DispatchState::Cancelled { duration_s, .. } | DispatchState::Timeout { duration_s, .. } => {
@@ -391,9 +378,9 @@ impl DispatchView {
             stage: entry.bucket.dir_name(),
             attempt: r.attempt,
             pid,
-            dispatched_at: r.dispatched_at.clone(),
+            dispatched_at: r.dispatched_at,
             started_at,
-            ended_at: r.state.ended_at().map(str::to_string),
+            ended_at: r.state.ended_at(),
             exit_code,
             duration_s,
             worker_type: r.worker_type.clone(),
@@ -463,6 +450,7 @@ pub fn wait_no_active(reader: &StatusReader, timeout: Duration) -> Result<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::clock::parse_ts;
 
     fn state(paused_at: Option<&str>, resumed_at: Option<&str>, paused: bool) -> SchedulerState {
         let mut v = serde_json::json!({

@@ -3,7 +3,7 @@
 
 use super::process::{self, Detach, Stopped};
 use super::registry;
-use crate::base::daemon_name::{ALL_NAMES, Daemon};
+use crate::base::daemon_name::Daemon;
 use crate::base::error::{Error, Result};
 use crate::store::config::Config;
 use crate::store::events::{EventKind, Severity};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The outcome of starting one daemon.
 #[derive(Debug, Clone, Serialize)]
-pub struct StartResult {
+pub(crate) struct StartResult {
     pub daemon: String,
     /// `started`, `already_running` or `failed`.
     pub outcome: String,
@@ -30,11 +30,11 @@ pub struct StartResult {
 }
 
 impl StartResult {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.outcome != "failed"
     }
 
-    fn failed(daemon: &str, error: String, started: Instant, log_tail: Vec<String>) -> StartResult {
+    fn failed(daemon: Daemon, error: String, started: Instant, log_tail: Vec<String>) -> StartResult {
         StartResult {
             daemon: daemon.to_string(),
             outcome: "failed".into(),
@@ -54,12 +54,12 @@ fn lock_wait(config: &Config) -> Duration {
     )
 }
 
-pub fn ready_timeout(config: &Config) -> Duration {
+pub(crate) fn ready_timeout(config: &Config) -> Duration {
     Duration::from_secs_f64(config.supervisor.ready_timeout_seconds.max(0.1))
 }
 
 /// The last `n` lines of a daemon's log.
-pub fn log_tail(home: &Home, daemon: &str, n: usize) -> Vec<String> {
+pub(crate) fn log_tail(home: &Home, daemon: Daemon, n: usize) -> Vec<String> {
     let text = std::fs::read(home.daemon_log(daemon)).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
@@ -68,7 +68,7 @@ pub fn log_tail(home: &Home, daemon: &str, n: usize) -> Vec<String> {
 
 /// Starts `daemon` detached and waits until it is ready. Clears the operator's stop intent and a
 /// FAILED mark (the operator wants it running). A running daemon is left as it is.
-pub fn start_one(home: &Home, config: &Config, daemon: &str) -> StartResult {
+pub(crate) fn start_one(home: &Home, config: &Config, daemon: Daemon) -> StartResult {
     let began = Instant::now();
     let _guard = match registry::lock_daemon(home, daemon, lock_wait(config)) {
         Ok(g) => g,
@@ -123,13 +123,13 @@ pub fn start_one(home: &Home, config: &Config, daemon: &str) -> StartResult {
     }
 }
 
-pub fn stop_timeout(config: &Config) -> Duration {
+pub(crate) fn stop_timeout(config: &Config) -> Duration {
     Duration::from_secs_f64(config.supervisor.stop_timeout_seconds.max(0.0))
 }
 
 /// How to stop.
 #[derive(Debug, Clone, Copy)]
-pub struct StopOptions {
+pub(crate) struct StopOptions {
     pub timeout: Duration,
     pub force: bool,
     /// Worker only: also kill the process groups of running dispatches.
@@ -140,7 +140,7 @@ pub struct StopOptions {
 
 /// The outcome of stopping one daemon.
 #[derive(Debug, Clone, Serialize)]
-pub struct StopResult {
+pub(crate) struct StopResult {
     pub daemon: String,
     /// `stopped`, `killed_after_timeout`, `killed`, `not_running`, `cleaned_stale` or `failed`.
     pub outcome: String,
@@ -156,14 +156,14 @@ pub struct StopResult {
 }
 
 impl StopResult {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.outcome != "failed"
     }
 }
 
 /// Stops `daemon`: SIGTERM, up to `timeout`, then SIGKILL (`force`: SIGKILL at once). Removes
 /// its PID file afterwards, and a stale one of this home.
-pub fn stop_one(home: &Home, config: &Config, daemon: &str, opts: StopOptions) -> StopResult {
+pub(crate) fn stop_one(home: &Home, config: &Config, daemon: Daemon, opts: StopOptions) -> StopResult {
     let began = Instant::now();
     let mut result = StopResult {
         daemon: daemon.to_string(),
@@ -186,7 +186,7 @@ pub fn stop_one(home: &Home, config: &Config, daemon: &str, opts: StopOptions) -
 fn stop_inner(
     home: &Home,
     config: &Config,
-    daemon: &str,
+    daemon: Daemon,
     opts: StopOptions,
     result: &mut StopResult,
 ) -> Result<&'static str> {
@@ -231,7 +231,7 @@ fn stop_inner(
         }
     };
     // `--force` stops everything of the home, the tasks included, like `--kill-tasks`.
-    if (opts.kill_tasks || opts.force) && daemon == Daemon::Worker.as_str() {
+    if (opts.kill_tasks || opts.force) && daemon == Daemon::Worker {
         let store = crate::store::Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli");
         let grace = Duration::from_secs_f64(config.worker.grace_seconds.max(0.0));
         let stopped = crate::domain::task::processes::stop_home_tasks(&store, grace)?;
@@ -243,7 +243,7 @@ fn stop_inner(
 
 /// One step of a restart.
 #[derive(Debug, Clone, Serialize)]
-pub struct RestartStep {
+pub(crate) struct RestartStep {
     pub daemon: String,
     pub old_pid: Option<u32>,
     pub new_pid: Option<u32>,
@@ -257,10 +257,10 @@ pub struct RestartStep {
 /// Restarts `daemons` one at a time (in the order given): stop, start, wait until ready and then
 /// up and heartbeating for `stabilization`; stops at the first failure, leaving the rest running.
 /// `progress` sees each step as it completes.
-pub fn restart(
+pub(crate) fn restart(
     home: &Home,
     config: &Config,
-    daemons: &[&'static str],
+    daemons: &[Daemon],
     stabilization: Duration,
     mut progress: impl FnMut(&RestartStep),
 ) -> Vec<RestartStep> {
@@ -307,7 +307,7 @@ pub fn restart(
 
 /// Waits `period` and fails if the daemon dies meanwhile (woken by its PID file's lock) or its
 /// heartbeat is stale at the end.
-pub fn wait_stable(home: &Home, config: &Config, daemon: &str, pid: u32, period: Duration) -> Result<()> {
+pub(crate) fn wait_stable(home: &Home, config: &Config, daemon: Daemon, pid: u32, period: Duration) -> Result<()> {
     if !period.is_zero() {
         match crate::store::lock::lock_pid_file(&home.pid_file(daemon), period) {
             Ok(_g) => {
@@ -332,9 +332,9 @@ pub fn wait_stable(home: &Home, config: &Config, daemon: &str, pid: u32, period:
 }
 
 /// Sends SIGHUP to every running daemon of this home (they reopen their logs).
-pub fn reopen_logs(home: &Home) -> Vec<(String, u32)> {
+pub(crate) fn reopen_logs(home: &Home) -> Vec<(String, u32)> {
     let mut done = Vec::new();
-    for d in ALL_NAMES {
+    for d in Daemon::ALL {
         // Only a process proven to be this home's daemon is signalled.
         if let Ok(Some(pid)) = super::process::signal_daemon(home, d, nix::sys::signal::Signal::SIGHUP) {
             done.push((d.to_string(), pid));

@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The doorbell message the engine's threads send to the loop that owns the engine.
-pub const NOTE: &str = "\u{0}supervisor-note";
+pub(crate) const NOTE: &str = "\u{0}supervisor-note";
 
 /// Who runs the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// The pm daemon: supervises the daemons it has seen ready (not itself), and steps aside while
     /// a `cortex run` supervises the home.
     Pm,
@@ -63,11 +63,11 @@ struct Entry {
 }
 
 enum Note {
-    Exited { name: &'static str, pid: u32, status: Option<ExitStatus> },
-    LockFree { name: &'static str, pid: u32 },
+    Exited { name: Daemon, pid: u32, status: Option<ExitStatus> },
+    LockFree { name: Daemon, pid: u32 },
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     home: Home,
     config: Config,
     policy: RestartPolicy,
@@ -82,7 +82,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(home: Home, config: Config, mode: Mode, waker: Sender<Wake>) -> Engine {
+    pub(crate) fn new(home: Home, config: Config, mode: Mode, waker: Sender<Wake>) -> Engine {
         let source = if mode == Mode::Pm { Daemon::Pm.as_str() } else { "supervisor" };
         let store = Store::new(home.clone()).with_lock_timeout(config.lock_timeout()).with_source(source);
         let saved = registry::read_state(&home);
@@ -134,10 +134,10 @@ impl Engine {
     /// then on. Called at start-up and when something under `run/` changed. At start-up, a daemon
     /// found dead after it had been ready (a stale PID file, its ready mark left behind, no stop
     /// intent) is restarted too.
-    pub fn observe(&mut self) {
+    pub(crate) fn observe(&mut self) {
         let mut changed = false;
         for i in 0..self.entries.len() {
-            let name = self.entries[i].daemon.as_str();
+            let name = self.entries[i].daemon;
             if !self.supervised(self.entries[i].daemon) || matches!(self.entries[i].phase, Phase::Up { .. }) {
                 continue;
             }
@@ -174,7 +174,7 @@ impl Engine {
     }
 
     /// A thread blocks in `flock` on the PID file; it returns the moment the daemon dies.
-    fn watch_lock(&self, name: &'static str, pid: u32) {
+    fn watch_lock(&self, name: Daemon, pid: u32) {
         // The inode the daemon holds (its PID file, or a deleted one it still holds).
         let held = pidfile::open_held(&self.home, name, pid);
         let (notes, waker) = (self.notes.clone(), self.waker.clone());
@@ -194,7 +194,7 @@ impl Engine {
     }
 
     /// A thread waits for the child to exit and reports its status.
-    fn watch_child(&self, name: &'static str, mut child: Child) {
+    fn watch_child(&self, name: Daemon, mut child: Child) {
         let pid = child.id();
         let (notes, waker) = (self.notes.clone(), self.waker.clone());
         let _ = std::thread::Builder::new().name(format!("reap-{name}")).spawn(move || {
@@ -205,13 +205,13 @@ impl Engine {
     }
 
     /// Handles what the watcher threads reported.
-    pub fn handle_notes(&mut self) {
+    pub(crate) fn handle_notes(&mut self) {
         let notes: Vec<Note> = std::mem::take(&mut *self.notes.lock().unwrap_or_else(|e| e.into_inner()));
         for note in notes {
             let (name, pid) = match &note {
                 Note::Exited { name, pid, .. } | Note::LockFree { name, pid } => (*name, *pid),
             };
-            let Some(i) = self.entries.iter().position(|e| e.daemon.as_str() == name) else { continue };
+            let Some(i) = self.entries.iter().position(|e| e.daemon == name) else { continue };
             let Phase::Up { pid: up_pid, since, child } = self.entries[i].phase else { continue };
             if up_pid != pid {
                 continue;
@@ -258,7 +258,7 @@ impl Engine {
 
     /// A daemon went down: restart it later per the policy, or give up.
     fn died(&mut self, i: usize, cause: Cause, uptime: Option<Duration>) {
-        let name = self.entries[i].daemon.as_str();
+        let name = self.entries[i].daemon;
         let pid = cause.old_pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
         if self.shutting_down || !self.supervised(self.entries[i].daemon) {
             self.entries[i].phase = Phase::Idle;
@@ -326,7 +326,7 @@ impl Engine {
     }
 
     /// Runs what is due: restarts whose backoff has passed, and the hung check.
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         let now = Instant::now();
         for i in 0..self.entries.len() {
             if let Phase::Down { at, .. } = self.entries[i].phase
@@ -343,7 +343,7 @@ impl Engine {
     }
 
     /// When the loop must wake next.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let restarts = self.entries.iter().filter_map(|e| match e.phase {
             Phase::Down { at, .. } => Some(at),
             _ => None,
@@ -352,7 +352,7 @@ impl Engine {
     }
 
     fn restart_now(&mut self, i: usize) {
-        let name = self.entries[i].daemon.as_str();
+        let name = self.entries[i].daemon;
         let Phase::Down { cause, .. } = std::mem::replace(&mut self.entries[i].phase, Phase::Idle) else { return };
         let lock_wait = super::control::ready_timeout(&self.config) + super::control::stop_timeout(&self.config);
         let _guard = match registry::lock_daemon(&self.home, name, lock_wait + Duration::from_secs(5)) {
@@ -411,7 +411,7 @@ impl Engine {
     }
 
     /// Spawns `name`, waits until it is ready and hands the child to a reaper thread.
-    fn launch(&self, name: &'static str, detach: Detach) -> Result<u32, String> {
+    fn launch(&self, name: Daemon, detach: Detach) -> Result<u32, String> {
         let mut child = process::spawn(&self.home, name, detach).map_err(|e| e.to_string())?;
         match process::wait_ready(&self.home, name, &mut child, super::control::ready_timeout(&self.config)) {
             Ok(()) => {
@@ -434,7 +434,7 @@ impl Engine {
         let limit = self.config.supervisor.hung_after_seconds as f64;
         for i in 0..self.entries.len() {
             let Phase::Up { pid, since, .. } = self.entries[i].phase else { continue };
-            let name = self.entries[i].daemon.as_str();
+            let name = self.entries[i].daemon;
             let Some(age) = super::status::heartbeat_age(&self.home, name, pid) else { continue };
             if age <= limit {
                 continue;
@@ -460,10 +460,10 @@ impl Engine {
 
     /// `cortex run` start-up: every supervised daemon in start order, as a child (or watched, if
     /// it already runs). Returns the daemons that did not come up (they are retried per policy).
-    pub fn start_all(&mut self) -> Vec<(String, String)> {
+    pub(crate) fn start_all(&mut self) -> Vec<(String, String)> {
         let mut failures = Vec::new();
         for i in 0..self.entries.len() {
-            let name = self.entries[i].daemon.as_str();
+            let name = self.entries[i].daemon;
             if !self.supervised(self.entries[i].daemon) || registry::stop_intent(&self.home, name).is_some() {
                 continue;
             }
@@ -488,11 +488,11 @@ impl Engine {
     }
 
     /// `cortex run` shutdown: stops every daemon of the home in reverse start order.
-    pub fn stop_all(&mut self) {
+    pub(crate) fn stop_all(&mut self) {
         self.shutting_down = true;
         let timeout = super::control::stop_timeout(&self.config);
         for i in (0..self.entries.len()).rev() {
-            let name = self.entries[i].daemon.as_str();
+            let name = self.entries[i].daemon;
             self.entries[i].phase = Phase::Idle;
             if let Ok(PidStatus::Running(pid)) = pidfile::status(&self.home, name)
                 && pid != 0
@@ -511,7 +511,7 @@ impl Engine {
     /// Writes the policy's state to `run/supervisor-state.json`.
     fn save(&self) {
         let label = self.label().to_string();
-        let records: Vec<(&'static str, DaemonRecord)> = self
+        let records: Vec<(Daemon, DaemonRecord)> = self
             .entries
             .iter()
             .filter(|e| self.supervised(e.daemon))
@@ -532,21 +532,21 @@ impl Engine {
                     last_restart_at: e.last_restart_at.clone(),
                     next_restart_at: next,
                 };
-                (e.daemon.as_str(), rec)
+                (e.daemon, rec)
             })
             .collect();
         let res = registry::update_state(&self.home, |s| {
             s.supervisor = Some(label);
             s.pid = Some(std::process::id());
             for (name, mut rec) in records {
-                if let Some(old) = s.daemons.get(name)
+                if let Some(old) = s.daemons.get(name.as_str())
                     && old.failed
                     && rec.failed
                 {
                     rec.failed_at = old.failed_at.clone();
                 }
                 if rec == DaemonRecord::default() {
-                    s.daemons.remove(name);
+                    s.daemons.remove(name.as_str());
                 } else {
                     s.daemons.insert(name.to_string(), rec);
                 }

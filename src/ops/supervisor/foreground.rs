@@ -27,7 +27,7 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
 }
 
 /// Runs the foreground supervisor until SIGTERM/SIGINT. Returns the exit code.
-pub fn run(home: &Home) -> Result<u8> {
+pub(crate) fn run(home: &Home) -> Result<u8> {
     let config = Config::load(home)?;
     let _pidfile = PidFile::acquire(home, registry::FOREGROUND, Duration::from_millis(500)).map_err(|e| match e {
         Error::Refused(_) => Error::refused(format!(
@@ -41,7 +41,7 @@ pub fn run(home: &Home) -> Result<u8> {
     {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-            .map_err(|e| Error::other(format!("cannot install signal handlers: {e}")))?;
+            .map_err(|e| Error::system("install signal handlers", e))?;
         let tx = tx.clone();
         std::thread::spawn(move || {
             for sig in signals.forever() {
@@ -69,7 +69,7 @@ pub fn run(home: &Home) -> Result<u8> {
     };
     // Running `cortex run` asks for everything to be up: earlier `cortex stop` intents are void.
     for d in Daemon::ALL.into_iter().filter(|d| config.daemon_enabled(*d)) {
-        registry::clear_stop_intent(home, d.as_str())?;
+        registry::clear_stop_intent(home, d)?;
     }
     println!("cortex run: supervising {} (PID {})", safe_path(home.root()), std::process::id());
     let mut engine = Engine::new(home.clone(), config.clone(), Mode::Foreground, tx.clone());

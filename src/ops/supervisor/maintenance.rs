@@ -3,7 +3,7 @@
 //! decided by their PID-file locks (`pidfile::status`), never by process names; stopping is
 //! SIGTERM, a grace period, then SIGKILL (invariant 9).
 
-use crate::base::daemon_name::ALL_NAMES;
+use crate::base::daemon_name::Daemon;
 use crate::base::error::{Error, Result};
 use crate::store::config::Config;
 use crate::store::home::Home;
@@ -12,9 +12,9 @@ use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
 /// The daemons of `home` that run now, in start order, with their PIDs.
-pub fn running(home: &Home) -> Result<Vec<(&'static str, u32)>> {
+pub(crate) fn running(home: &Home) -> Result<Vec<(Daemon, u32)>> {
     let mut out = Vec::new();
-    for d in ALL_NAMES {
+    for d in Daemon::ALL {
         if let PidStatus::Running(pid) = pidfile::status(home, d)? {
             out.push((d, pid));
         }
@@ -23,7 +23,7 @@ pub fn running(home: &Home) -> Result<Vec<(&'static str, u32)>> {
 }
 
 /// A refusal that names the running daemons and what to do.
-pub fn refuse_while_running(home: &Home, what: &str) -> Result<()> {
+pub(crate) fn refuse_while_running(home: &Home, what: &str) -> Result<()> {
     let run = running(home)?;
     if run.is_empty() {
         return Ok(());
@@ -36,14 +36,14 @@ pub fn refuse_while_running(home: &Home, what: &str) -> Result<()> {
     )))
 }
 
-/// Stops every running daemon of `home` (reverse start order); returns the names it stopped.
-pub fn stop_all(home: &Home, config: &Config) -> Result<Vec<&'static str>> {
+/// Stops every running daemon of `home` (reverse start order); returns the daemons it stopped.
+pub(crate) fn stop_all(home: &Home, config: &Config) -> Result<Vec<Daemon>> {
     let mut run = running(home)?;
     run.reverse();
     // Each is proven to be our daemon (lock holder, binary, home) before it is signalled.
     let mut proven = Vec::new();
     for (d, pid) in &run {
-        let p = crate::ops::supervisor::process::prove_daemon(home, d, *pid)?;
+        let p = crate::ops::supervisor::process::prove_daemon(home, *d, *pid)?;
         p.signal(Signal::SIGTERM)?;
         proven.push((*d, p));
     }
@@ -58,7 +58,7 @@ pub fn stop_all(home: &Home, config: &Config) -> Result<Vec<&'static str>> {
     for (d, p) in &stubborn {
         tracing::warn!("{d} (PID {}) ignored SIGTERM for {grace:?}; sending SIGKILL", p.pid);
         p.signal(Signal::SIGKILL)?;
-        if !wait_pidfile_free(home, d, Duration::from_secs(5))? {
+        if !wait_pidfile_free(home, *d, Duration::from_secs(5))? {
             return Err(Error::other(format!("{d} (PID {}) did not stop even after SIGKILL", p.pid)));
         }
     }
@@ -66,7 +66,7 @@ pub fn stop_all(home: &Home, config: &Config) -> Result<Vec<&'static str>> {
 }
 
 /// Waits until nobody holds the daemon's PID-file lock (the daemon has exited).
-fn wait_pidfile_free(home: &Home, daemon: &str, timeout: Duration) -> Result<bool> {
+fn wait_pidfile_free(home: &Home, daemon: Daemon, timeout: Duration) -> Result<bool> {
     match crate::store::lock::lock_pid_file(&home.pid_file(daemon), timeout) {
         Ok(guard) => {
             drop(guard);
@@ -77,14 +77,14 @@ fn wait_pidfile_free(home: &Home, daemon: &str, timeout: Duration) -> Result<boo
     }
 }
 
-/// Starts the named daemons again (start order) the way `cortex start` does
+/// Starts these daemons again (start order) the way `cortex start` does
 /// (`supervisor::control::start_one`): detached, and each waited for until it is ready (its PID
 /// file locked by the process just started and its ready mark written), so a caller that goes on
 /// to signal or stop one finds its real PID. A locked PID file alone is not enough: between
 /// taking the lock and writing its PID, a starting daemon's file still holds nothing (or the
 /// previous daemon's PID).
-pub fn start(home: &Home, config: &Config, names: &[&str]) -> Result<()> {
-    for d in ALL_NAMES.iter().filter(|d| names.contains(d)) {
+pub(crate) fn start(home: &Home, config: &Config, daemons: &[Daemon]) -> Result<()> {
+    for d in Daemon::ALL.into_iter().filter(|d| daemons.contains(d)) {
         let started = crate::ops::supervisor::control::start_one(home, config, d);
         if let Some(e) = started.error {
             return Err(Error::other(format!("{d} did not start: {e}; see {}", home.daemon_log(d).display())));

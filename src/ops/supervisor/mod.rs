@@ -11,11 +11,11 @@
 //! - [`engine`]: the restart engine pm and `cortex run` drive.
 //! - [`foreground`]: `cortex run` with sd-notify.
 
-pub mod control;
-pub mod engine;
-pub mod foreground;
-pub mod maintenance;
-pub mod policy;
+pub(crate) mod control;
+pub(crate) mod engine;
+pub(crate) mod foreground;
+pub(crate) mod maintenance;
+pub(crate) mod policy;
 pub mod process;
-pub mod registry;
-pub mod status;
+pub(crate) mod registry;
+pub(crate) mod status;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// The policy's settings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RestartPolicy {
+pub(crate) struct RestartPolicy {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub start_limit: u32,
@@ -20,7 +20,7 @@ pub struct RestartPolicy {
 }
 
 impl RestartPolicy {
-    pub fn from_config(c: &SupervisorConfig) -> Self {
+    pub(crate) fn from_config(c: &SupervisorConfig) -> Self {
         let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
         RestartPolicy {
             backoff_initial: secs(c.backoff_initial_seconds),
@@ -32,7 +32,7 @@ impl RestartPolicy {
     }
 
     /// The delay before the `n`th consecutive restart (n ≥ 1): initial · 2^(n-1), capped.
-    pub fn backoff(&self, n: u32) -> Duration {
+    pub(crate) fn backoff(&self, n: u32) -> Duration {
         let factor = 2f64.powi(n.saturating_sub(1).min(30) as i32);
         Duration::from_secs_f64((self.backoff_initial.as_secs_f64() * factor).min(self.backoff_max.as_secs_f64()))
     }
@@ -40,7 +40,7 @@ impl RestartPolicy {
 
 /// What to do about a daemon that died.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Restart it after this delay; `attempt` counts consecutive restarts (1 = first).
     Restart { after: Duration, attempt: u32 },
     /// The start limit is reached: leave it FAILED. `restarts` is how many were made.
@@ -49,7 +49,7 @@ pub enum Decision {
 
 /// The policy's memory of one daemon.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RestartTrack {
+pub(crate) struct RestartTrack {
     /// Deaths since the daemon last stayed up for the stable uptime.
     pub consecutive: u32,
     /// Restarts made since the operator last started the daemon.
@@ -60,7 +60,7 @@ pub struct RestartTrack {
 
 impl RestartTrack {
     /// The daemon died at `now` after `uptime` (None when unknown).
-    pub fn on_death(&mut self, policy: &RestartPolicy, now: Timestamp, uptime: Option<Duration>) -> Decision {
+    pub(crate) fn on_death(&mut self, policy: &RestartPolicy, now: Timestamp, uptime: Option<Duration>) -> Decision {
         if uptime.is_some_and(|u| u >= policy.stable_uptime) {
             self.consecutive = 0;
         }
@@ -77,13 +77,13 @@ impl RestartTrack {
     }
 
     /// The supervisor restarted the daemon at `now`.
-    pub fn on_restart(&mut self, now: Timestamp) {
+    pub(crate) fn on_restart(&mut self, now: Timestamp) {
         self.starts.push_back(now);
         self.restarts += 1;
     }
 
     /// The operator started the daemon: forget its history.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         *self = RestartTrack::default();
     }
 }

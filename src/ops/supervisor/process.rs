@@ -5,6 +5,7 @@
 //! lock, then SIGKILL), the running worker's task process groups, and what /proc says about a
 //! process.
 
+use crate::base::daemon_name::Daemon;
 use crate::base::error::{Error, Result};
 use crate::base::procfs;
 use crate::store::daemon_mark::read_mark;
@@ -29,8 +30,8 @@ pub enum Detach {
 
 /// Starts the daemon's binary for `home`: stdin from /dev/null, stdout and stderr appended to its
 /// log. Returns the child (the caller reaps it or lets init adopt it).
-pub fn spawn(home: &Home, daemon: &str, detach: Detach) -> Result<Child> {
-    let bin = super::registry::binary(super::registry::check_name(daemon)?)?;
+pub fn spawn(home: &Home, daemon: Daemon, detach: Detach) -> Result<Child> {
+    let bin = super::registry::binary(daemon)?;
     let log_path = home.daemon_log(daemon);
     // Never through a link planted at the log's name, nor one at a directory above it.
     let log = crate::store::open::append(&log_path)?;
@@ -82,7 +83,7 @@ impl std::fmt::Display for NotReady {
 }
 
 /// True when `daemon` runs as `pid` and has marked itself ready.
-pub fn is_ready(home: &Home, daemon: &str, pid: u32) -> bool {
+pub fn is_ready(home: &Home, daemon: Daemon, pid: u32) -> bool {
     matches!(pidfile::status(home, daemon), Ok(PidStatus::Running(p)) if p == pid)
         && read_mark(home, daemon).is_some_and(|m| m.pid == pid && m.ready_at.is_some())
 }
@@ -90,7 +91,7 @@ pub fn is_ready(home: &Home, daemon: &str, pid: u32) -> bool {
 /// Waits until the child is ready (PID file locked by it and a ready mark), it exits, or the
 /// timeout passes. Wakes on changes under `run/` (where both appear); a short fallback re-check
 /// covers an exit that changes no file.
-pub fn wait_ready(home: &Home, daemon: &str, child: &mut Child, timeout: Duration) -> Result<(), NotReady> {
+pub fn wait_ready(home: &Home, daemon: Daemon, child: &mut Child, timeout: Duration) -> Result<(), NotReady> {
     use notify::Watcher;
     let deadline = Instant::now() + timeout;
     let (tx, rx) = mpsc::channel::<()>();
@@ -165,7 +166,7 @@ impl DaemonProcess {
             0 => Ok(()),
             _ => match std::io::Error::last_os_error() {
                 e if e.raw_os_error() == Some(nix::libc::ESRCH) => Ok(()),
-                e => Err(Error::other(format!("cannot send {} to PID {}: {e}", sig.as_str(), self.pid))),
+                e => Err(Error::system(format!("send {} to PID {}", sig.as_str(), self.pid), e)),
             },
         }
     }
@@ -198,7 +199,7 @@ fn process_home(pid: i32) -> Option<std::path::PathBuf> {
 /// PID-file lock (the kernel's lock table, on the file or a deleted predecessor), its
 /// executable is the daemon's binary (`cortex-<daemon>`, also when an upgrade replaced the file),
 /// and its home is this home. Refuses naming the PID and what did not match.
-pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess> {
+pub fn prove_daemon(home: &Home, daemon: Daemon, pid: u32) -> Result<DaemonProcess> {
     let refuse = |why: String| Err(Error::refused(format!("not signalling PID {pid} as {daemon}: {why}")));
     if pid == 0 {
         return Err(Error::refused(format!("{daemon} is starting (its PID file has no PID yet); try again")));
@@ -216,7 +217,7 @@ pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess
             path.display()
         ));
     }
-    let want = super::registry::check_name(daemon)?.binary_name();
+    let want = daemon.binary_name();
     let proc_pid = i32::try_from(pid).unwrap_or(-1);
     let exe = procfs::exe(proc_pid);
     let exe_name = exe.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
@@ -246,7 +247,7 @@ pub fn prove_daemon(home: &Home, daemon: &str, pid: u32) -> Result<DaemonProcess
 /// SIGTERM, wait on the PID file's lock until `timeout`, then SIGKILL (or SIGKILL at once with
 /// `force`). Returns how it went and the PID file's lock, now held by the caller (so nothing
 /// restarts it before the caller has tidied up).
-pub fn stop_pid(home: &Home, daemon: &str, pid: u32, timeout: Duration, force: bool) -> Result<(Stopped, LockGuard)> {
+pub fn stop_pid(home: &Home, daemon: Daemon, pid: u32, timeout: Duration, force: bool) -> Result<(Stopped, LockGuard)> {
     let target = prove_daemon(home, daemon, pid)?;
     let path = home.pid_file(daemon);
     let first = if force { Signal::SIGKILL } else { Signal::SIGTERM };
@@ -269,7 +270,7 @@ pub fn stop_pid(home: &Home, daemon: &str, pid: u32, timeout: Duration, force: b
 
 /// Sends `sig` to the running `daemon` of this home once it is proven to be ours (the lock
 /// holder the kernel names, its binary, its home). Returns its PID; Ok(None) when not running.
-pub fn signal_daemon(home: &Home, daemon: &str, sig: Signal) -> Result<Option<u32>> {
+pub fn signal_daemon(home: &Home, daemon: Daemon, sig: Signal) -> Result<Option<u32>> {
     match pidfile::status(home, daemon)? {
         PidStatus::Running(pid) => {
             let p = prove_daemon(home, daemon, pid)?;
@@ -282,7 +283,7 @@ pub fn signal_daemon(home: &Home, daemon: &str, sig: Signal) -> Result<Option<u3
 
 /// Removes a daemon's PID file and mark after it stopped. The caller holds the PID file's lock
 /// (or has just seen it unlocked), so this is only ever our own stale file.
-pub fn remove_leftovers(home: &Home, daemon: &str) {
+pub fn remove_leftovers(home: &Home, daemon: Daemon) {
     let _ = std::fs::remove_file(home.pid_file(daemon));
     let _ = std::fs::remove_file(home.daemon_mark(daemon));
 }

@@ -4,7 +4,7 @@
 //! stop and restart of one daemon between `cortex`, pm and `cortex run`.
 
 use crate::base::clock::now_string;
-use crate::base::daemon_name::Daemon;
+use crate::base::daemon_name::{Daemon, PidOwner};
 use crate::base::error::{Error, Result};
 use crate::store::LockName;
 use crate::store::config::Config;
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The daemon called `name`, or an error listing the known ones.
-pub fn check_name(name: &str) -> Result<Daemon> {
+pub(crate) fn check_name(name: &str) -> Result<Daemon> {
     Daemon::parse(name).ok_or_else(|| Error::Config {
         path: None,
         detail: format!("unknown daemon {name:?}: known daemons are {}", Daemon::known()),
@@ -25,9 +25,9 @@ pub fn check_name(name: &str) -> Result<Daemon> {
 
 /// The daemons a command acts on, in start order: the named ones, or every enabled one when no
 /// name is given. Naming a disabled daemon is refused unless `allow_disabled`.
-pub fn select(config: &Config, names: &[String], allow_disabled: bool) -> Result<Vec<&'static str>> {
+pub(crate) fn select(config: &Config, names: &[String], allow_disabled: bool) -> Result<Vec<Daemon>> {
     if names.is_empty() {
-        return Ok(Daemon::ALL.into_iter().filter(|d| config.daemon_enabled(*d)).map(Daemon::as_str).collect());
+        return Ok(Daemon::ALL.into_iter().filter(|d| config.daemon_enabled(*d)).collect());
     }
     let mut wanted = Vec::new();
     for n in names {
@@ -41,11 +41,11 @@ pub fn select(config: &Config, names: &[String], allow_disabled: bool) -> Result
         }
         wanted.push(d);
     }
-    Ok(Daemon::ALL.into_iter().filter(|d| wanted.contains(d)).map(Daemon::as_str).collect())
+    Ok(Daemon::ALL.into_iter().filter(|d| wanted.contains(d)).collect())
 }
 
 /// The binary that runs `daemon`: next to the running executable first, then on PATH.
-pub fn binary(daemon: Daemon) -> Result<PathBuf> {
+pub(crate) fn binary(daemon: Daemon) -> Result<PathBuf> {
     let file = daemon.binary_name();
     let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from));
     if let Some(dir) = &exe_dir {
@@ -70,7 +70,7 @@ pub fn binary(daemon: Daemon) -> Result<PathBuf> {
 
 /// Why a daemon is meant to stay stopped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StopIntent {
+pub(crate) struct StopIntent {
     pub stopped_at: String,
     pub stopped_by: String,
     #[serde(default)]
@@ -78,7 +78,7 @@ pub struct StopIntent {
 }
 
 /// Records that the operator wants `daemon` stopped (pm and `cortex run` leave it alone).
-pub fn set_stop_intent(home: &Home, daemon: &str, reason: &str) -> Result<()> {
+pub(crate) fn set_stop_intent(home: &Home, daemon: Daemon, reason: &str) -> Result<()> {
     let intent = StopIntent {
         stopped_at: now_string(),
         stopped_by: crate::domain::scheduler_state::local_user(),
@@ -89,7 +89,7 @@ pub fn set_stop_intent(home: &Home, daemon: &str, reason: &str) -> Result<()> {
 }
 
 /// Removes the stop intent (the operator started the daemon again).
-pub fn clear_stop_intent(home: &Home, daemon: &str) -> Result<()> {
+pub(crate) fn clear_stop_intent(home: &Home, daemon: Daemon) -> Result<()> {
     let path = home.stop_intent(daemon);
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(()),
@@ -108,7 +108,7 @@ const STOPS_REMEMBERED: usize = 8;
 /// [`STOPS_REMEMBERED`] such PIDs (`{"stops": [{"pid", "asked_at"}, ...]}`): two restarts before
 /// the supervisor looks must not turn the first one's exit into a crash. Called under the
 /// daemon's lock ([`lock_daemon`]), which serialises its read-modify-write.
-pub fn record_stop_asked(home: &Home, daemon: &str, pid: u32) -> Result<()> {
+pub(crate) fn record_stop_asked(home: &Home, daemon: Daemon, pid: u32) -> Result<()> {
     let mut stops: Vec<serde_json::Value> = read_stops(home, daemon);
     stops.retain(|s| s.get("pid").and_then(serde_json::Value::as_u64) != Some(u64::from(pid)));
     stops.push(serde_json::json!({"pid": pid, "asked_at": now_string()}));
@@ -120,7 +120,7 @@ pub fn record_stop_asked(home: &Home, daemon: &str, pid: u32) -> Result<()> {
 
 /// The stops recorded for `daemon`, oldest first (an unreadable file: none; the older one-PID
 /// form `{"pid", "asked_at"}` is read as one stop).
-fn read_stops(home: &Home, daemon: &str) -> Vec<serde_json::Value> {
+fn read_stops(home: &Home, daemon: Daemon) -> Vec<serde_json::Value> {
     let Ok(bytes) = std::fs::read(home.stop_asked(daemon)) else { return Vec::new() };
     match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(serde_json::Value::Object(mut m)) => match m.remove("stops") {
@@ -133,12 +133,12 @@ fn read_stops(home: &Home, daemon: &str) -> Vec<serde_json::Value> {
 }
 
 /// True when cortex asked to stop instance `pid` of `daemon` (one of the last few it stopped).
-pub fn stop_asked(home: &Home, daemon: &str, pid: u32) -> bool {
+pub(crate) fn stop_asked(home: &Home, daemon: Daemon, pid: u32) -> bool {
     read_stops(home, daemon).iter().any(|s| s.get("pid").and_then(serde_json::Value::as_u64) == Some(u64::from(pid)))
 }
 
 /// The stop intent, if the operator stopped the daemon. An unreadable intent still counts.
-pub fn stop_intent(home: &Home, daemon: &str) -> Option<StopIntent> {
+pub(crate) fn stop_intent(home: &Home, daemon: Daemon) -> Option<StopIntent> {
     let bytes = std::fs::read(home.stop_intent(daemon)).ok()?;
     Some(serde_json::from_slice(&bytes).unwrap_or(StopIntent {
         stopped_at: String::new(),
@@ -149,7 +149,7 @@ pub fn stop_intent(home: &Home, daemon: &str) -> Option<StopIntent> {
 
 /// `run/supervisor-state.json`: what the restart policy did, for `cortex status` and the API.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SupervisorState {
+pub(crate) struct SupervisorState {
     /// Who applies the policy: `pm` or `cortex run`.
     #[serde(default)]
     pub supervisor: Option<String>,
@@ -163,7 +163,7 @@ pub struct SupervisorState {
 
 /// The restart policy's record of one daemon.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DaemonRecord {
+pub(crate) struct DaemonRecord {
     /// Restarts made by the supervisor since the operator last started it.
     #[serde(default)]
     pub restarts: u32,
@@ -181,7 +181,7 @@ pub struct DaemonRecord {
 }
 
 /// Reads the supervisor state (default when missing; a corrupt file is quarantined and ignored).
-pub fn read_state(home: &Home) -> SupervisorState {
+pub(crate) fn read_state(home: &Home) -> SupervisorState {
     let store = crate::store::Store::new(home.clone()).with_source("supervisor");
     match store.read_value_at(&home.supervisor_state(), None) {
         Ok(Some(v)) => serde_json::from_value(v).unwrap_or_default(),
@@ -190,7 +190,7 @@ pub fn read_state(home: &Home) -> SupervisorState {
 }
 
 /// Read-modify-write of the supervisor state under its lock.
-pub fn update_state(home: &Home, change: impl FnOnce(&mut SupervisorState)) -> Result<()> {
+pub(crate) fn update_state(home: &Home, change: impl FnOnce(&mut SupervisorState)) -> Result<()> {
     let _guard = lock_exclusive(home, LockName::Supervisor, Duration::from_secs(10))?;
     let mut state = read_state(home);
     change(&mut state);
@@ -201,25 +201,24 @@ pub fn update_state(home: &Home, change: impl FnOnce(&mut SupervisorState)) -> R
 }
 
 /// Clears a daemon's FAILED mark and restart count (the operator starts it by hand).
-pub fn clear_failed(home: &Home, daemon: &str) -> Result<()> {
-    if !read_state(home).daemons.get(daemon).is_some_and(|r| r.failed || r.restarts > 0) {
+pub(crate) fn clear_failed(home: &Home, daemon: Daemon) -> Result<()> {
+    if !read_state(home).daemons.get(daemon.as_str()).is_some_and(|r| r.failed || r.restarts > 0) {
         return Ok(());
     }
     update_state(home, |s| {
-        s.daemons.remove(daemon);
+        s.daemons.remove(daemon.as_str());
     })
 }
 
 /// Takes the per-daemon lock that serialises starting and stopping `daemon`.
-pub fn lock_daemon(home: &Home, daemon: &str, timeout: Duration) -> Result<LockGuard> {
-    let name = LockName::daemon(daemon).ok_or_else(|| Error::other(format!("no daemon named {daemon:?}")))?;
-    lock_exclusive(home, name, timeout)
+pub(crate) fn lock_daemon(home: &Home, daemon: Daemon, timeout: Duration) -> Result<LockGuard> {
+    lock_exclusive(home, LockName::daemon(daemon), timeout)
 }
 
 /// The name of the foreground supervisor's PID file (`run/supervisor.pid`), held by `cortex run`.
-pub const FOREGROUND: &str = "supervisor";
+pub(crate) const FOREGROUND: PidOwner = PidOwner::Foreground;
 
 /// True while a `cortex run` supervises this home (pm then leaves restarts to it).
-pub fn foreground_active(home: &Home) -> bool {
+pub(crate) fn foreground_active(home: &Home) -> bool {
     matches!(crate::store::pidfile::status(home, FOREGROUND), Ok(crate::store::pidfile::PidStatus::Running(_)))
 }

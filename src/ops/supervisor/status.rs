@@ -14,7 +14,7 @@ use serde::Serialize;
 /// What one daemon is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DaemonState {
+pub(crate) enum DaemonState {
     Running,
     /// PID file locked, not ready yet.
     Starting,
@@ -29,8 +29,8 @@ pub enum DaemonState {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DaemonStatus {
-    pub name: String,
+pub(crate) struct DaemonStatus {
+    pub name: Daemon,
     pub state: DaemonState,
     pub enabled: bool,
     pub pid: Option<u32>,
@@ -47,7 +47,7 @@ pub struct DaemonStatus {
 
 impl DaemonStatus {
     /// The runbook's line: `worker: RUNNING (PID 4242, uptime 2h03m, 6.1 MB, 0.2% CPU)`.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let name = &self.name;
         let pid = self.pid.unwrap_or(0);
         match self.state {
@@ -65,7 +65,7 @@ impl DaemonStatus {
             DaemonState::Stopped if self.stopped_by_operator => format!("{name}: STOPPED (by cortex stop)"),
             DaemonState::Stopped => format!("{name}: STOPPED"),
             DaemonState::Failed => format!("{name}: FAILED (gave up after {} restarts)", self.restarts),
-            DaemonState::Disabled if name == "slurm" => {
+            DaemonState::Disabled if *name == Daemon::Slurm => {
                 format!("{name}: DISABLED (cortex.toml [slurm] enabled = false, or [daemons] disabled)")
             }
             DaemonState::Disabled => format!("{name}: DISABLED (cortex.toml [daemons] disabled)"),
@@ -73,24 +73,29 @@ impl DaemonStatus {
     }
 
     /// Running and heartbeating.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.state == DaemonState::Running
     }
 }
 
 /// Seconds since the daemon's mark was refreshed, when the mark belongs to `pid`.
-pub fn heartbeat_age(home: &Home, daemon: &str, pid: u32) -> Option<f64> {
+pub(crate) fn heartbeat_age(home: &Home, daemon: Daemon, pid: u32) -> Option<f64> {
     let mark = read_mark(home, daemon).filter(|m| m.pid == pid)?;
-    let at = crate::base::clock::parse_ts(&mark.heartbeat_at)?;
+    let at = mark.heartbeat_at;
     Some((chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
 }
 
 /// The status of one daemon.
-pub fn daemon_status(home: &Home, config: &Config, sup: &registry::SupervisorState, daemon: Daemon) -> DaemonStatus {
+pub(crate) fn daemon_status(
+    home: &Home,
+    config: &Config,
+    sup: &registry::SupervisorState,
+    daemon: Daemon,
+) -> DaemonStatus {
     let name = daemon.as_str();
     let record = sup.daemons.get(name).cloned().unwrap_or_default();
     let mut st = DaemonStatus {
-        name: name.to_string(),
+        name: daemon,
         state: DaemonState::Stopped,
         enabled: config.daemon_enabled(daemon),
         pid: None,
@@ -100,9 +105,9 @@ pub fn daemon_status(home: &Home, config: &Config, sup: &registry::SupervisorSta
         heartbeat_age_seconds: None,
         restarts: record.restarts,
         last_restart_cause: record.last_cause.clone(),
-        stopped_by_operator: registry::stop_intent(home, name).is_some(),
+        stopped_by_operator: registry::stop_intent(home, daemon).is_some(),
     };
-    match pidfile::status(home, name) {
+    match pidfile::status(home, daemon) {
         Ok(PidStatus::Running(pid)) => {
             st.pid = Some(pid);
             if let Some(p) = proc_stats(pid) {
@@ -110,8 +115,8 @@ pub fn daemon_status(home: &Home, config: &Config, sup: &registry::SupervisorSta
                 st.rss_bytes = Some(p.rss_bytes);
                 st.cpu_percent = Some(p.cpu_percent);
             }
-            let mark = read_mark(home, name).filter(|m| m.pid == pid);
-            st.heartbeat_age_seconds = heartbeat_age(home, name, pid);
+            let mark = read_mark(home, daemon).filter(|m| m.pid == pid);
+            st.heartbeat_age_seconds = heartbeat_age(home, daemon, pid);
             st.state = if mark.is_none_or(|m| m.ready_at.is_none()) {
                 DaemonState::Starting
             } else if st.heartbeat_age_seconds.is_some_and(|a| a > config.supervisor.hung_after_seconds as f64) {
@@ -139,7 +144,7 @@ pub fn daemon_status(home: &Home, config: &Config, sup: &registry::SupervisorSta
 
 /// Counts of tasks by state.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct TaskCounts {
+pub(crate) struct TaskCounts {
     pub queued: usize,
     pub in_progress: usize,
     pub pending_retry: usize,
@@ -147,7 +152,7 @@ pub struct TaskCounts {
 
 /// Everything `cortex status` shows.
 #[derive(Debug, Clone, Serialize)]
-pub struct Overview {
+pub(crate) struct Overview {
     pub home: String,
     pub daemons: Vec<DaemonStatus>,
     /// `running` or `paused` (None when the file cannot be read).
@@ -163,7 +168,7 @@ pub struct Overview {
     pub problems: Vec<String>,
 }
 
-pub fn overview(home: &Home, config: &Config) -> Overview {
+pub(crate) fn overview(home: &Home, config: &Config) -> Overview {
     let sup = registry::read_state(home);
     let daemons: Vec<DaemonStatus> = Daemon::ALL.map(|d| daemon_status(home, config, &sup, d)).into();
     let all_running = daemons.iter().filter(|d| d.enabled).all(|d| d.state == DaemonState::Running);
@@ -196,7 +201,7 @@ pub fn overview(home: &Home, config: &Config) -> Overview {
     };
     let supervisor = if registry::foreground_active(home) {
         Some("cortex run".to_string())
-    } else if daemons.iter().any(|d| d.name == Daemon::Pm.as_str() && d.state == DaemonState::Running) {
+    } else if daemons.iter().any(|d| d.name == Daemon::Pm && d.state == DaemonState::Running) {
         Some(Daemon::Pm.to_string())
     } else {
         None
@@ -217,7 +222,7 @@ pub fn overview(home: &Home, config: &Config) -> Overview {
 /// `cortex health-check`'s verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Health {
+pub(crate) enum Health {
     /// Every enabled daemon runs and heartbeats.
     Healthy,
     /// Some enabled daemon is not running (or hung), but tasks can still run.
@@ -227,7 +232,7 @@ pub enum Health {
 }
 
 impl Health {
-    pub fn exit_code(self) -> u8 {
+    pub(crate) fn exit_code(self) -> u8 {
         match self {
             Health::Healthy => 0,
             Health::Degraded => 1,
@@ -236,7 +241,7 @@ impl Health {
     }
 }
 
-pub fn health(overview: &Overview) -> Health {
+pub(crate) fn health(overview: &Overview) -> Health {
     let enabled: Vec<&DaemonStatus> = overview.daemons.iter().filter(|d| d.enabled).collect();
     if enabled.iter().all(|d| d.healthy()) {
         return Health::Healthy;

@@ -8,7 +8,7 @@
 //! ([`AckFollower`]), so a read costs what was appended since the last one. The operation
 //! `cortex event ack` and `POST /events/<id>/ack` share is `ops::status::acknowledge`.
 
-use crate::base::clock::{Timestamp, parse_ts};
+use crate::base::clock::Timestamp;
 use crate::base::error::{Error, Result};
 use crate::store::events::Event;
 use crate::store::files;
@@ -26,10 +26,11 @@ pub struct Ack {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
     /// Every event at or before this time is acknowledged (`--all`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub up_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
+    pub up_to: Option<Timestamp>,
     /// When the acknowledgement was made.
-    pub at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub at: Timestamp,
     /// Who made it: the local user or the API token's name, and from where.
     pub by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,7 +38,7 @@ pub struct Ack {
 }
 
 /// Appends an acknowledgement (one `write`, under the file's lock).
-pub fn append(store: &Store, ack: &Ack) -> Result<()> {
+pub(crate) fn append(store: &Store, ack: &Ack) -> Result<()> {
     if ack.event_id.is_none() == ack.up_to.is_none() {
         return Err(Error::other("an acknowledgement names either one event_id or an up_to time"));
     }
@@ -57,14 +58,14 @@ impl AckSet {
         if let Some(id) = &ack.event_id {
             self.ids.insert(id.clone());
         }
-        if let Some(t) = ack.up_to.as_deref().and_then(parse_ts) {
+        if let Some(t) = ack.up_to {
             self.up_to = Some(self.up_to.map_or(t, |u| u.max(t)));
         }
     }
 
     /// True when `event` is acknowledged by its id or by an `up_to` at or after its time.
     pub fn covers(&self, event: &Event) -> bool {
-        self.ids.contains(&event.id) || self.up_to.is_some_and(|u| event.time().is_some_and(|t| t <= u))
+        self.ids.contains(&event.id) || self.up_to.is_some_and(|u| event.timestamp <= u)
     }
 }
 
@@ -72,14 +73,14 @@ impl AckSet {
 /// the previous one (the whole file again only when it was replaced or truncated, e.g. by
 /// `cortex repair`). Bad lines are skipped.
 #[derive(Debug, Default)]
-pub struct AckFollower {
+pub(crate) struct AckFollower {
     file: Option<(u64, u64)>,
     offset: u64,
     set: AckSet,
 }
 
 impl AckFollower {
-    pub fn refresh(&mut self, path: &Path) -> Result<&AckSet> {
+    pub(crate) fn refresh(&mut self, path: &Path) -> Result<&AckSet> {
         // A link planted at the file's name is refused (reported unreadable), never followed:
         // another file's lines must not acknowledge anything.
         let mut f = match crate::store::open::read(path) {
@@ -122,10 +123,14 @@ mod tests {
     use super::*;
     use crate::store::events::{EventKind, Severity};
 
+    fn t(s: &str) -> Timestamp {
+        crate::base::clock::parse_ts(s).unwrap()
+    }
+
     fn ev(id: &str, ts: &str) -> Event {
         let mut e = Event::new(EventKind::parse("x"), Severity::Critical, "test", "m");
         e.id = id.into();
-        e.timestamp = ts.into();
+        e.timestamp = crate::base::clock::parse_ts(ts).unwrap();
         e
     }
 
@@ -135,12 +140,18 @@ mod tests {
         let a = ev("evt-a", "2026-01-01T00:00:00Z");
         let b = ev("evt-b", "2026-01-01T00:00:10Z");
         assert!(!s.covers(&a));
-        s.add(&Ack { event_id: Some("evt-b".into()), up_to: None, at: "t".into(), by: "me".into(), note: None });
+        s.add(&Ack {
+            event_id: Some("evt-b".into()),
+            up_to: None,
+            at: t("2026-01-01T00:00:20Z"),
+            by: "me".into(),
+            note: None,
+        });
         assert!(s.covers(&b) && !s.covers(&a));
         s.add(&Ack {
             event_id: None,
-            up_to: Some("2026-01-01T00:00:05Z".into()),
-            at: "t".into(),
+            up_to: Some(t("2026-01-01T00:00:05Z")),
+            at: t("2026-01-01T00:00:20Z"),
             by: "me".into(),
             note: None,
         });
@@ -148,8 +159,8 @@ mod tests {
         // An older up_to never takes back a newer one.
         s.add(&Ack {
             event_id: None,
-            up_to: Some("2025-01-01T00:00:00Z".into()),
-            at: "t".into(),
+            up_to: Some(t("2025-01-01T00:00:00Z")),
+            at: t("2026-01-01T00:00:20Z"),
             by: "".into(),
             note: None,
         });
@@ -162,17 +173,20 @@ mod tests {
         let path = dir.path().join("event-acks.jsonl");
         let mut f = AckFollower::default();
         assert!(!f.refresh(&path).unwrap().covers(&ev("evt-a", "2026-01-01T00:00:00Z")));
-        std::fs::write(&path, "{\"event_id\":\"evt-a\",\"at\":\"t\",\"by\":\"me\"}\nnot json\n{\"event_id\":\"evt-b\"")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "{\"event_id\":\"evt-a\",\"at\":\"2026-01-01T00:00:00Z\",\"by\":\"me\"}\nnot json\n{\"event_id\":\"evt-b\"",
+        )
+        .unwrap();
         let s = f.refresh(&path).unwrap().clone();
         assert!(s.covers(&ev("evt-a", "2026-01-01T00:00:00Z")));
         assert!(!s.covers(&ev("evt-b", "2026-01-01T00:00:00Z")), "a partial line waits");
         let mut o = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        std::io::Write::write_all(&mut o, b",\"at\":\"t\",\"by\":\"me\"}\n").unwrap();
+        std::io::Write::write_all(&mut o, b",\"at\":\"2026-01-01T00:00:00Z\",\"by\":\"me\"}\n").unwrap();
         assert!(f.refresh(&path).unwrap().covers(&ev("evt-b", "2026-01-01T00:00:00Z")));
         // Replaced by a shorter file: read again from the start.
         std::fs::remove_file(&path).unwrap();
-        std::fs::write(&path, "{\"event_id\":\"evt-c\",\"at\":\"t\",\"by\":\"me\"}\n").unwrap();
+        std::fs::write(&path, "{\"event_id\":\"evt-c\",\"at\":\"2026-01-01T00:00:00Z\",\"by\":\"me\"}\n").unwrap();
         let s = f.refresh(&path).unwrap();
         assert!(s.covers(&ev("evt-c", "2026-01-01T00:00:00Z")) && !s.covers(&ev("evt-a", "2026-01-01T00:00:00Z")));
     }
@@ -181,7 +195,7 @@ mod tests {
     fn a_linked_acks_file_is_refused_not_followed() {
         let dir = tempfile::tempdir().unwrap();
         let elsewhere = dir.path().join("elsewhere.jsonl");
-        std::fs::write(&elsewhere, "{\"event_id\":\"evt-a\",\"at\":\"t\",\"by\":\"me\"}\n").unwrap();
+        std::fs::write(&elsewhere, "{\"event_id\":\"evt-a\",\"at\":\"2026-01-01T00:00:00Z\",\"by\":\"me\"}\n").unwrap();
         let path = dir.path().join("event-acks.jsonl");
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
         let err = AckFollower::default().refresh(&path).unwrap_err().to_string();
