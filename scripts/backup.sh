@@ -11,12 +11,7 @@ script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 . "$script_dir/lib/find-cortex.sh"
 
-case "${1:-}" in
-    -h|--help)
-        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-esac
+help_if_asked 8 "$@"
 
 cortex="$(find_cortex)"
 set_home_args "$script_dir"

@@ -252,16 +252,19 @@ if want throughput; then
 fi
 
 # 3. Add cost vs queue size ------------------------------------------------------------------
-gen_queue() { # gen_queue N -> writes a task-queue.json with N queued tasks
-    awk -v n="$1" 'BEGIN {
+gen_tasks() { # gen_tasks N ID_PREFIX DESCRIPTION PRIORITY EXTRA_FIELDS -> writes a task-queue.json
+    # with N queued tasks: ids <ID_PREFIX>-%08d, descriptions "<DESCRIPTION> i", EXTRA_FIELDS (JSON
+    # members, each with a trailing comma, or empty) before the dispatches.
+    awk -v n="$1" -v id="$2" -v desc="$3" -v prio="$4" -v extra="$5" 'BEGIN {
         printf "{\"tasks\": [";
         for (i = 0; i < n; i++) {
             if (i) printf ",";
-            printf "{\"task_id\":\"task-bench-%08d\",\"description\":\"queued %d\",\"priority\":\"low\",\"worker_type\":\"analysis-worker\",\"command\":[\"true\"],\"status\":\"queued\",\"created_at\":\"2026-01-01T00:00:00.000000Z\",\"created_by\":\"bench\",\"attempts\":0,\"max_attempts\":3,\"budget\":10,\"dispatches\":[]}", i, i;
+            printf "{\"task_id\":\"%s-%08d\",\"description\":\"%s %d\",\"priority\":\"%s\",\"worker_type\":\"analysis-worker\",\"command\":[\"true\"],\"status\":\"queued\",\"created_at\":\"2026-01-01T00:00:00.000000Z\",\"created_by\":\"bench\",\"attempts\":0,\"max_attempts\":3,\"budget\":10,%s\"dispatches\":[]}", id, i, desc, i, prio, extra;
         }
         printf "], \"updated_at\": null, \"intake_offset\": 0}\n";
     }' >"$home/coordination/task-queue.json"
 }
+gen_queue() { gen_tasks "$1" task-bench queued low ""; } # gen_queue N -> N queued tasks
 paused='{"state": "paused", "paused": true, "paused_at": "2026-01-01T00:00:00Z", "resumed_at": null, "paused_by": "bench", "reason": "bench", "updated_at": null}'
 add_cost() { # add_cost -> mean and p50 of ADD_N adds, microseconds
     local costs=() t0 t1 i
@@ -385,16 +388,8 @@ EOF
 fi
 
 # 6-8. The fleet at full speed -----------------------------------------------------------------
-gen_backlog() { # gen_backlog N -> writes a task-queue.json with N queued tasks not due for years
-    awk -v n="$1" 'BEGIN {
-        printf "{\"tasks\": [";
-        for (i = 0; i < n; i++) {
-            if (i) printf ",";
-            printf "{\"task_id\":\"task-backlog-%08d\",\"description\":\"not yet due %d\",\"priority\":\"medium\",\"worker_type\":\"analysis-worker\",\"command\":[\"true\"],\"status\":\"queued\",\"waiting_reason\":\"delay\",\"created_at\":\"2026-01-01T00:00:00.000000Z\",\"created_by\":\"bench\",\"attempts\":0,\"max_attempts\":3,\"budget\":10,\"not_before\":\"2099-01-01T00:00:00.000000Z\",\"dispatches\":[]}", i, i;
-        }
-        printf "], \"updated_at\": null, \"intake_offset\": 0}\n";
-    }' >"$home/coordination/task-queue.json"
-}
+# gen_backlog N -> N queued tasks not due for years
+gen_backlog() { gen_tasks "$1" task-backlog "not yet due" medium '"waiting_reason":"delay","not_before":"2099-01-01T00:00:00.000000Z",'; }
 
 # met VALUE OP TARGET -> "met" or "NOT met" (OP: ge or le)
 met() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "ge") ? (v >= t) : (v <= t); print ok ? "met" : "NOT met"}'; }

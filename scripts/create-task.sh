@@ -8,34 +8,10 @@
 # `cortex` on the PATH, else this checkout's target/release or target/debug build.
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$script_dir/lib/find-cortex.sh"
 
-find_cortex() {
-    if [[ -n "${CORTEX_BIN:-}" ]]; then
-        printf '%s\n' "$CORTEX_BIN"
-        return
-    fi
-    if command -v cortex >/dev/null 2>&1; then
-        command -v cortex
-        return
-    fi
-    local b
-    for b in "$here/../target/release/cortex" "$here/../target/debug/cortex"; do
-        if [[ -x "$b" ]]; then
-            printf '%s\n' "$b"
-            return
-        fi
-    done
-    echo "create-task.sh: cannot find the cortex binary (set CORTEX_BIN or put cortex on the PATH)" >&2
-    exit 127
-}
-
-case "${1:-}" in
-    -h|--help)
-        sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-esac
+help_if_asked 9 "$@"
 
 cortex="$(find_cortex)"
 exec "$cortex" task add "$@"

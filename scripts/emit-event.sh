@@ -13,11 +13,8 @@ set -euo pipefail
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$script_dir/lib/find-cortex.sh"
 
+help_if_asked 10 "$@"
 case "${1:-}" in
-    -h|--help)
-        sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
     "")
         echo "emit-event.sh: needs --type TYPE (see --help)" >&2
         exit 2

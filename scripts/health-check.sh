@@ -13,12 +13,7 @@ set -uo pipefail
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$script_dir/lib/find-cortex.sh"
 
-case "${1:-}" in
-    -h|--help)
-        sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-esac
+help_if_asked 11 "$@"
 
 cortex="$(find_cortex)" || exit 127
 set_home_args "$script_dir"

@@ -1,8 +1,9 @@
-# Sourced by the cron-facing scripts (backup.sh, restore-from-backup.sh, emit-event.sh,
+# Sourced by the cron-facing scripts (backup.sh, restore-from-backup.sh, emit-event.sh, create-task.sh,
 # health-check.sh): defines find_cortex, which prints the cortex binary to use: $CORTEX_BIN, else
 # `cortex` on PATH, else the checkout's release or debug build, ~/.cargo/bin, /usr/local/bin.
 # Exits 127 with a message when none is found. (Cron runs with a minimal PATH, hence the
-# explicit fallbacks.) And set_home_args, for the home those scripts act on.
+# explicit fallbacks.) And set_home_args, for the home those scripts act on, and help_if_asked,
+# for their --help.
 find_cortex() {
     local checkout
     checkout="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -27,4 +28,15 @@ set_home_args() {
        [[ -f "$script_dir/../cortex.toml" || -d "$script_dir/../coordination" ]]; then
         home_args=(--home "$(cd "$script_dir/.." && pwd)")
     fi
+}
+
+# When the script's first argument ($2 here) is -h or --help: prints lines 2 to $1 of the script
+# (its header comment, without the leading "# ") and exits 0. Else returns.
+help_if_asked() {
+    case "${2:-}" in
+        -h|--help)
+            sed -n "2,${1}p" "${BASH_SOURCE[1]}" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+    esac
 }

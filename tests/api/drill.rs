@@ -120,13 +120,7 @@ fi"#;
 /// Holds the lock of a file (`coordination/.locks/<name>.lock`) while it is swapped, as a
 /// careful operator would; the status views take no lock, so they see the swap at once.
 fn with_lock<R>(h: &TestHome, lock: &str, f: impl FnOnce() -> R) -> R {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(h.join(&format!("coordination/.locks/{lock}.lock")))
-        .unwrap();
-    file.lock().unwrap();
+    let file = h.hold_lock(lock);
     let r = f();
     file.unlock().unwrap();
     r
@@ -256,12 +250,7 @@ fn jsonl_append(path: &std::path::Path, line: &[u8]) {
 
 #[test]
 fn a_handled_critical_event_is_acknowledged_and_the_precheck_goes_again() {
-    let h = TestHome::new();
-    h.set_config(
-        "daemons",
-        "disabled",
-        r#"["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix"]"#,
-    );
+    let h = api_only_home();
     let mut api = Api::start(&h);
     let port = api.port;
     let sh = Shell { port };

@@ -3,17 +3,6 @@ use crate::support::api::*;
 use crate::support::records::{completed, failed, running, write_dispatch};
 use crate::support::*;
 
-/// A home whose other daemons are disabled, so health depends on the api daemon and events only.
-fn api_only_home() -> TestHome {
-    let h = TestHome::new();
-    h.set_config(
-        "daemons",
-        "disabled",
-        r#"["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix"]"#,
-    );
-    h
-}
-
 #[test]
 fn scheduler_status_pause_resume_fields() {
     let h = api_only_home();

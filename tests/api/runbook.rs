@@ -5,7 +5,6 @@
 //! read depends only on the files the test sets up.
 use crate::support::api::*;
 use crate::support::records::{completed, failed, running, write_dispatch};
-use crate::support::*;
 
 fn is_ts(s: &str) -> bool {
     chrono::DateTime::parse_from_rfc3339(s.trim_matches('"')).is_ok()
@@ -13,12 +12,7 @@ fn is_ts(s: &str) -> bool {
 
 #[test]
 fn runbook_and_drill_commands_work_as_written() {
-    let h = TestHome::new();
-    h.set_config(
-        "daemons",
-        "disabled",
-        r#"["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix"]"#,
-    );
+    let h = api_only_home();
     h.set_config("store", "lock_timeout_seconds", "0.3");
     let mut api = Api::start(&h);
     let port = api.port;
@@ -130,13 +124,7 @@ curl -s -X POST http://127.0.0.1:8900/dispatches/$dispatch_id/cancel"#);
     assert_eq!(sh.run(cond).0, 1);
 
     // --- Failed resume (drill scenario 4): a held lock gives 500 JSON; the retry succeeds ----
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(h.join("coordination/.locks/scheduler.lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = h.hold_lock("scheduler");
     let (code, out, err) = sh.run("curl -v -X POST http://127.0.0.1:8900/scheduler/resume");
     assert_eq!(code, 0);
     assert!(err.contains("< HTTP/1.1 500 Internal Server Error"), "{err}");

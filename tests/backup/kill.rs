@@ -56,17 +56,7 @@ fn restore_killed_at(h: &TestHome, point: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.starts_with("paused at ") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+    if !wait_for_pause(&mut child, Duration::from_secs(30)) {
         let _ = child.kill();
         panic!("restore never reached {point}");
     }

@@ -220,7 +220,7 @@ fn killed_backup_leaves_no_archive_that_looks_valid() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_pause(&mut child);
+    assert!(wait_for_pause(&mut child, Duration::from_secs(30)), "child never reached its pause point");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(archives(&h.join("backups")).is_empty(), "a killed backup must not leave a *.tar.gz");
@@ -233,21 +233,6 @@ fn killed_backup_leaves_no_archive_that_looks_valid() {
         .map(|e| e.file_name().to_string_lossy().into())
         .collect();
     assert!(names.iter().all(|n| !n.starts_with(".tmp.")), "{names:?}");
-}
-
-/// Waits until a child started with CORTEX_PAUSE_AT reports it is paused.
-pub(crate) fn wait_for_pause(child: &mut std::process::Child) {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.starts_with("paused at ") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30)).expect("child never reached its pause point");
 }
 
 #[test]

@@ -2,34 +2,25 @@
 //! recorded, not applied), cooldown and growth rules, and validation: a fix whose pattern kept
 //! growing is rolled back from its backup; one whose pattern stopped is kept.
 
-use crate::support::*;
+use crate::support::health::AutoFixRig;
 use chrono::Duration;
-use cortex::base::clock::{Clock, ManualClock};
-use cortex::daemons::auto_fix;
-use cortex::store::Store;
-use cortex::store::home::Home;
+use cortex::base::clock::Clock;
 use serde_json::json;
 
-struct Rig {
-    t: TestHome,
-    home: Home,
-    store: Store,
-    clock: ManualClock,
+type Rig = AutoFixRig;
+
+/// A rig whose fix registry is `fixes`.
+fn rig(fixes: serde_json::Value) -> Rig {
+    let rig = Rig::new();
+    std::fs::write(
+        rig.home.coord("config/auto-fix-registry.json"),
+        serde_json::to_vec_pretty(&json!({"fixes": fixes})).unwrap(),
+    )
+    .unwrap();
+    rig
 }
 
 impl Rig {
-    fn new(fixes: serde_json::Value) -> Rig {
-        let t = TestHome::new();
-        let home = Home::at(t.path());
-        std::fs::write(
-            home.coord("config/auto-fix-registry.json"),
-            serde_json::to_vec_pretty(&json!({"fixes": fixes})).unwrap(),
-        )
-        .unwrap();
-        let start = cortex::base::clock::parse_ts(&cortex::base::clock::now_string()).unwrap();
-        Rig { store: Store::new(home.clone()).with_source("auto-fix"), home, clock: ManualClock::new(start), t }
-    }
-
     /// Upserts a pattern the way the failure-pattern daemon does (a new line per update).
     fn pattern(&self, occurrences: u64) {
         let line = json!({
@@ -48,10 +39,6 @@ impl Rig {
         self.t.read_json("coordination/config/worker-types.json")["worker_types"]["scan-worker"]["default_duration"]
             .clone()
     }
-
-    fn pass(&self) -> auto_fix::PassReport {
-        auto_fix::pass(&self.store, &self.clock).expect("pass")
-    }
 }
 
 fn adjust_fix(safety: f64) -> serde_json::Value {
@@ -65,7 +52,7 @@ fn adjust_fix(safety: f64) -> serde_json::Value {
 
 #[test]
 fn unsafe_fix_needs_approval_and_is_not_applied() {
-    let rig = Rig::new(adjust_fix(0.4));
+    let rig = rig(adjust_fix(0.4));
     rig.pattern(3);
     let r = rig.pass();
     assert_eq!(r.registry.approval_required, vec!["longer-scans".to_string()]);
@@ -87,7 +74,7 @@ fn unsafe_fix_needs_approval_and_is_not_applied() {
 
 #[test]
 fn fix_without_improvement_is_rolled_back_from_its_backup() {
-    let rig = Rig::new(adjust_fix(0.9));
+    let rig = rig(adjust_fix(0.9));
     rig.pattern(3);
     let r = rig.pass();
     assert_eq!(r.registry.applied, vec!["longer-scans".to_string()]);
@@ -126,7 +113,7 @@ fn fix_without_improvement_is_rolled_back_from_its_backup() {
 
 #[test]
 fn fix_that_helped_is_validated_and_kept() {
-    let rig = Rig::new(adjust_fix(0.9));
+    let rig = rig(adjust_fix(0.9));
     rig.pattern(3);
     rig.pass();
     rig.clock.advance(Duration::seconds(601));
@@ -138,7 +125,7 @@ fn fix_that_helped_is_validated_and_kept() {
 
 #[test]
 fn clamps_and_other_actions() {
-    let rig = Rig::new(json!([
+    let rig = rig(json!([
         {"fix_id": "cap", "applies_to": {"category": "timeout"}, "safety_score": 1.0,
          "action": {"kind": "adjust_worker_type", "field": "default_budget", "op": "add", "value": 1000000, "max": 60000}},
         {"fix_id": "tell", "applies_to": {"category": "timeout", "worker_type": "scan-worker"}, "safety_score": 1.0,

@@ -4,30 +4,15 @@
 //! one trial dispatch, and closes on its success.
 
 use crate::support::health::*;
-use crate::support::*;
 use chrono::Duration;
-use cortex::base::clock::{Clock, ManualClock, format_ts};
-use cortex::daemons::auto_fix::{self, breaker};
+use cortex::base::clock::{Clock, format_ts};
+use cortex::daemons::auto_fix::breaker;
 use cortex::domain::task::{DispatchRecord, DispatchState, TaskState};
-use cortex::store::Store;
-use cortex::store::home::{Home, SpecBucket};
+use cortex::store::home::SpecBucket;
 
-struct Rig {
-    t: TestHome,
-    home: Home,
-    store: Store,
-    clock: ManualClock,
-}
+type Rig = AutoFixRig;
 
 impl Rig {
-    fn new() -> Rig {
-        let t = TestHome::new();
-        let home = Home::at(t.path());
-        // Microsecond precision, like the files.
-        let start = cortex::base::clock::parse_ts(&cortex::base::clock::now_string()).unwrap();
-        Rig { store: Store::new(home.clone()).with_source("auto-fix"), home, clock: ManualClock::new(start), t }
-    }
-
     fn spec(&self, id: &str, task: &str, wt: &str, state: DispatchState) -> DispatchRecord {
         DispatchRecord {
             dispatch_id: id.into(),
@@ -72,10 +57,6 @@ impl Rig {
             },
         );
         write_spec(&self.home, SpecBucket::Failed, &s);
-    }
-
-    fn pass(&self) -> auto_fix::PassReport {
-        auto_fix::pass(&self.store, &self.clock).expect("pass")
     }
 
     fn task_state(&self, id: &str) -> TaskState {

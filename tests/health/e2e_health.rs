@@ -209,6 +209,17 @@ fn zombie_cleaned_up(h: &TestHome, id: &str) -> (String, Value) {
     (z["dispatch_id"].as_str().unwrap().to_string(), z)
 }
 
+/// Starts the worker, the coordinator and the heartbeat daemon and adds a task that hangs once
+/// ([`hang_once_script`]); waits for the zombie cleanup of its first attempt. Returns the daemons
+/// (running while the caller keeps them), the task's id and the zombie's dispatch id.
+fn hung_attempt_cleaned_up(h: &TestHome) -> ([Daemon; 3], String, String) {
+    let daemons = [start(h, "worker"), start(h, "coordinator"), start(h, "heartbeat")];
+    let script = hang_once_script(h);
+    let id = add(h, &["--description", "hangs once", "--type", "scan-worker", "--budget", "10", "--", "sh", &script]);
+    let (zombie_id, _) = zombie_cleaned_up(h, &id);
+    (daemons, id, zombie_id)
+}
+
 #[test]
 fn zombie_is_cleaned_up_left_in_progress_and_restarted_by_auto_fix() {
     let h = fast_home();
@@ -217,12 +228,7 @@ fn zombie_is_cleaned_up_left_in_progress_and_restarted_by_auto_fix() {
         &h.join("coordination/config/worker-restart-policy.json"),
         json!({"backoff": {"base_delay_seconds": 0.5, "max_delay_seconds": 1, "strategy": "fixed", "jitter": false}}),
     );
-    let _worker = start(&h, "worker");
-    let _coord = start(&h, "coordinator");
-    let _heartbeat = start(&h, "heartbeat");
-    let script = hang_once_script(&h);
-    let id = add(&h, &["--description", "hangs once", "--type", "scan-worker", "--budget", "10", "--", "sh", &script]);
-    let (zombie_id, _) = zombie_cleaned_up(&h, &id);
+    let (_daemons, id, zombie_id) = hung_attempt_cleaned_up(&h);
 
     // With auto-fix enabled (not running yet) the coordinator leaves the zombie's task in
     // progress: a later cycle (another task runs through) does not fold it.
@@ -257,12 +263,7 @@ fn zombie_is_folded_by_the_coordinator_when_auto_fix_is_disabled() {
     let h = fast_home();
     configure(&h, &[("daemons", "disabled", "[\"auto-fix\"]")]);
     fast_heartbeat(&h);
-    let _worker = start(&h, "worker");
-    let _coord = start(&h, "coordinator");
-    let _heartbeat = start(&h, "heartbeat");
-    let script = hang_once_script(&h);
-    let id = add(&h, &["--description", "hangs once", "--type", "scan-worker", "--budget", "10", "--", "sh", &script]);
-    let (zombie_id, _) = zombie_cleaned_up(&h, &id);
+    let (_daemons, id, zombie_id) = hung_attempt_cleaned_up(&h);
     let done = wait_status(&h, &id, "completed");
     assert_eq!(done["attempts"], 2, "{done}");
     assert_eq!(done["dispatches"][0], zombie_id.as_str());

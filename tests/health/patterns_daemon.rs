@@ -133,24 +133,25 @@ fn exit_failures_become_a_pattern_at_the_threshold_and_grow_in_confidence() {
     assert!(terminate(&mut d).success());
 }
 
+/// Emits a failure event (`kind`: `dispatch_timeout`, `dispatch_lost`...) of dispatch
+/// `dispatch_id` of `worker_type`, as the daemons report one.
+fn emit_failure(h: &TestHome, kind: &str, severity: &str, message: &str, dispatch_id: &str, worker_type: &str) {
+    let data = json!({"dispatch_id": dispatch_id, "worker_type": worker_type}).to_string();
+    h.cortex_ok(&["event", "emit", "--type", kind, "--severity", severity, "--message", message, "--data", &data]);
+}
+
+/// A timeout of a build-worker dispatch.
+fn emit_timeout(h: &TestHome, dispatch_id: &str) {
+    emit_failure(h, "dispatch_timeout", "warning", "timed out", dispatch_id, "build-worker");
+}
+
 #[test]
 fn failure_events_timeouts_and_oom_are_classified() {
     let h = TestHome::new();
     let mut d = start(&h);
     // Timeouts reported only as events (no spec): three make a pattern.
     for i in 0..3 {
-        h.cortex_ok(&[
-            "event",
-            "emit",
-            "--type",
-            "dispatch_timeout",
-            "--severity",
-            "warning",
-            "--message",
-            "timed out",
-            "--data",
-            &format!(r#"{{"dispatch_id": "dt-{i}", "worker_type": "build-worker"}}"#),
-        ]);
+        emit_timeout(&h, &format!("dt-{i}"));
     }
     // Out of memory: SIGKILL with the kernel's mark in stderr, from specs.
     for i in 0..3 {
@@ -174,18 +175,7 @@ fn failure_events_timeouts_and_oom_are_classified() {
     // Restart: the event-log offset is persisted, so the 3 timeout events are not re-counted.
     assert!(terminate(&mut d).success());
     let mut d = start(&h);
-    h.cortex_ok(&[
-        "event",
-        "emit",
-        "--type",
-        "dispatch_timeout",
-        "--severity",
-        "warning",
-        "--message",
-        "timed out",
-        "--data",
-        r#"{"dispatch_id": "dt-9", "worker_type": "build-worker"}"#,
-    ]);
+    emit_timeout(&h, "dt-9");
     wait_until(WAIT, "4th timeout counted", || {
         patterns(&h).iter().any(|p| p["type"] == "timeout" && p["frequency"]["total_occurrences"] == 4)
     });
@@ -205,18 +195,7 @@ fn storm_guard_pauses_the_scheduler_once_with_a_reason() {
     std::fs::write(h.join("cortex.toml"), toml).unwrap();
     let mut d = start(&h);
     for i in 0..4 {
-        h.cortex_ok(&[
-            "event",
-            "emit",
-            "--type",
-            "dispatch_lost",
-            "--severity",
-            "error",
-            "--message",
-            "lost",
-            "--data",
-            &format!(r#"{{"dispatch_id": "dl-{i}", "worker_type": "scan-worker"}}"#),
-        ]);
+        emit_failure(&h, "dispatch_lost", "error", "lost", &format!("dl-{i}"), "scan-worker");
     }
     wait_until(WAIT, "scheduler paused by the storm guard", || {
         h.read_json("coordination/scheduler-state.json")["state"] == "paused"
@@ -227,18 +206,7 @@ fn storm_guard_pauses_the_scheduler_once_with_a_reason() {
     assert!(s["reason"].as_str().unwrap().contains("4 failures"), "{s}");
     wait_until(WAIT, "storm event", || h.events_of("failure_storm_detected").len() == 1);
     // More failures during the same storm do not pause or report again.
-    h.cortex_ok(&[
-        "event",
-        "emit",
-        "--type",
-        "dispatch_lost",
-        "--severity",
-        "error",
-        "--message",
-        "lost",
-        "--data",
-        r#"{"dispatch_id": "dl-9", "worker_type": "scan-worker"}"#,
-    ]);
+    emit_failure(&h, "dispatch_lost", "error", "lost", "dl-9", "scan-worker");
     wait_until(WAIT, "5th failure counted", || state_occurrences(&h) == 5);
     assert_eq!(h.events_of("failure_storm_detected").len(), 1);
     assert_eq!(h.events_of("scheduler_paused").len(), 1);

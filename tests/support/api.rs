@@ -12,6 +12,18 @@ use std::time::{Duration, Instant};
 /// The operate token [`Api::start_operated`] configures (named `operator`).
 pub(crate) const OPERATOR_TOKEN: &str = "operator-0123456789abcdef-secret";
 
+/// A temporary home whose daemons but the API are disabled, so that what the API reports
+/// depends only on the files a test sets up.
+pub(crate) fn api_only_home() -> TestHome {
+    let h = TestHome::new();
+    h.set_config(
+        "daemons",
+        "disabled",
+        r#"["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix"]"#,
+    );
+    h
+}
+
 /// Writes `text` as the home's tokens file `api-tokens` (0600) and points `[api] tokens_file` at it.
 pub(crate) fn write_tokens_file(h: &TestHome, text: &str) {
     use std::os::unix::fs::PermissionsExt;

@@ -3,6 +3,7 @@
 //! would write them.
 #![allow(dead_code)]
 
+use crate::support::TestHome;
 use crate::support::records::{dispatch, typed};
 use cortex::domain::task::{DispatchRecord, Priority, Task, TaskQueue, TaskState, TokenBudget};
 use cortex::store::home::{Home, SpecBucket};
@@ -151,4 +152,33 @@ pub(crate) fn patch_json(path: &Path, patch: serde_json::Value) {
         v[k] = val.clone();
     }
     std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// A temporary home as the auto-fix daemon sees it, for its passes run in-process: the daemon's
+/// store (events from `auto-fix`) and a manual clock starting now (microsecond precision, like
+/// the files). `t` keeps the home and runs the CLI in it.
+pub(crate) struct AutoFixRig {
+    pub(crate) t: TestHome,
+    pub(crate) home: Home,
+    pub(crate) store: cortex::store::Store,
+    pub(crate) clock: cortex::base::clock::ManualClock,
+}
+
+impl AutoFixRig {
+    pub(crate) fn new() -> AutoFixRig {
+        let t = TestHome::new();
+        let home = Home::at(t.path());
+        let start = cortex::base::clock::parse_ts(&cortex::base::clock::now_string()).unwrap();
+        AutoFixRig {
+            store: cortex::store::Store::new(home.clone()).with_source("auto-fix"),
+            home,
+            clock: cortex::base::clock::ManualClock::new(start),
+            t,
+        }
+    }
+
+    /// One auto-fix pass at the clock's time.
+    pub(crate) fn pass(&self) -> cortex::daemons::auto_fix::PassReport {
+        cortex::daemons::auto_fix::pass(&self.store, &self.clock).expect("pass")
+    }
 }

@@ -132,6 +132,19 @@ impl TestHome {
         std::fs::write(&path, out).expect("write cortex.toml");
     }
 
+    /// Takes `coordination/.locks/<name>.lock` as a wedged process would: held until the returned
+    /// file is dropped.
+    pub(crate) fn hold_lock(&self, name: &str) -> std::fs::File {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.join(&format!("coordination/.locks/{name}.lock")))
+            .unwrap();
+        lock.lock().unwrap();
+        lock
+    }
+
     /// Reads a JSON file under the home.
     pub(crate) fn read_json(&self, rel: &str) -> serde_json::Value {
         let bytes = std::fs::read(self.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
@@ -168,6 +181,22 @@ pub(crate) fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits until a child started with `CORTEX_PAUSE_AT` (and stderr piped) reports on stderr that it
+/// is paused at its pause point; false if it does not within `within`.
+pub(crate) fn wait_for_pause(child: &mut Child, within: Duration) -> bool {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("the child's stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("paused at ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(within).is_ok()
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -47,28 +47,22 @@ pub(crate) fn running(id: &str, task: &str) -> serde_json::Value {
     )
 }
 
-/// A completed dispatch, dispatched `ago` seconds ago.
-pub(crate) fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
+/// A dispatch dispatched and ended `ago` seconds ago, in the end state `fields` (`ended_at` added).
+fn ended(id: &str, task: &str, ago: i64, mut fields: serde_json::Value) -> serde_json::Value {
     let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
     let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    dispatch(
-        id,
-        task,
-        &ts,
-        serde_json::json!({"status": "completed", "ended_at": ts, "exit_code": 0, "duration_s": 1.5}),
-    )
+    fields["ended_at"] = ts.clone().into();
+    dispatch(id, task, &ts, fields)
+}
+
+/// A completed dispatch, dispatched `ago` seconds ago.
+pub(crate) fn completed(id: &str, task: &str, ago: i64) -> serde_json::Value {
+    ended(id, task, ago, serde_json::json!({"status": "completed", "exit_code": 0, "duration_s": 1.5}))
 }
 
 /// A failed dispatch, dispatched `ago` seconds ago.
 pub(crate) fn failed(id: &str, task: &str, ago: i64) -> serde_json::Value {
-    let t = chrono::Utc::now() - chrono::Duration::seconds(ago);
-    let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    dispatch(
-        id,
-        task,
-        &ts,
-        serde_json::json!({"status": "failed", "ended_at": ts, "exit_code": 2, "error": "exit status 2"}),
-    )
+    ended(id, task, ago, serde_json::json!({"status": "failed", "exit_code": 2, "error": "exit status 2"}))
 }
 
 /// The record as the library's type, for tests that work with `DispatchRecord`.

@@ -8,7 +8,6 @@ use crate::support::task::*;
 use crate::support::*;
 use serde_json::Value;
 use std::process::{Child, Stdio};
-use std::time::Duration;
 
 const JOURNAL: &str = "coordination/task-queue.journal.jsonl";
 
@@ -40,21 +39,6 @@ fn spawn_coordinator(h: &TestHome, env: &[(&str, &str)]) -> Child {
         c.env(k, v);
     }
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn coordinator")
-}
-
-/// Waits until a child started with CORTEX_PAUSE_AT reports it is paused there.
-fn wait_for_pause(child: &mut Child, within: Duration) -> bool {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.starts_with("paused at ") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(within).is_ok()
 }
 
 fn kill(mut child: Child) {

@@ -94,13 +94,7 @@ fn failed_pause_is_500_and_changes_nothing() {
     let before = std::fs::read(h.join("coordination/scheduler-state.json")).unwrap();
 
     // Someone holds the scheduler lock (a wedged process): the pause cannot be recorded.
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(h.join("coordination/.locks/scheduler.lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = h.hold_lock("scheduler");
     let (code, e) = api.post("/scheduler/pause", b"");
     assert_eq!(code, 500, "{e}");
     assert_eq!(e["code"], 500);

@@ -60,6 +60,17 @@ pub(crate) struct Conditions<'a> {
     pub jitter_draw: f64,
 }
 
+/// The refusal when `count` restarts (`of` says of what, or is empty) in the last minute reach
+/// the limit `max`; the reason names the limit's key in the policy.
+fn over_rate_limit(count: u32, max: u32, refusal: Refusal, of: &str) -> Option<Decision> {
+    let key = match refusal {
+        Refusal::TypeRateLimit => "per_type_max_per_minute",
+        _ => "global_max_per_minute",
+    };
+    (count >= max)
+        .then(|| Decision::Fail { refusal, reason: format!("{count} restarts{of} in the last minute ({key} {max})") })
+}
+
 /// Decides for a task whose attempt number `task.attempts` became a zombie. Pure.
 pub(crate) fn decide(task: &Task, policy: &RestartPolicy, c: &Conditions) -> Decision {
     let wt = task.worker_type.as_str();
@@ -80,25 +91,15 @@ pub(crate) fn decide(task: &Task, policy: &RestartPolicy, c: &Conditions) -> Dec
             reason: format!("the circuit breaker of {wt} is open"),
         };
     }
+    let limits = &policy.rate_limits;
     let global = c.recent_restarts.len() as u32;
-    if global >= policy.rate_limits.global_max_per_minute {
-        return Decision::Fail {
-            refusal: Refusal::GlobalRateLimit,
-            reason: format!(
-                "{global} restarts in the last minute (global_max_per_minute {})",
-                policy.rate_limits.global_max_per_minute
-            ),
-        };
+    if let Some(refused) = over_rate_limit(global, limits.global_max_per_minute, Refusal::GlobalRateLimit, "") {
+        return refused;
     }
     let of_type = c.recent_restarts.iter().filter(|(_, t)| t == wt).count() as u32;
-    if of_type >= policy.rate_limits.per_type_max_per_minute {
-        return Decision::Fail {
-            refusal: Refusal::TypeRateLimit,
-            reason: format!(
-                "{of_type} restarts of {wt} in the last minute (per_type_max_per_minute {})",
-                policy.rate_limits.per_type_max_per_minute
-            ),
-        };
+    let of_wt = format!(" of {wt}");
+    if let Some(refused) = over_rate_limit(of_type, limits.per_type_max_per_minute, Refusal::TypeRateLimit, &of_wt) {
+        return refused;
     }
     if policy.token_budget.check_before_restart
         && let Some(available) = c.budget_available

@@ -4,7 +4,7 @@
 //! of stderr — and the pattern id is a short SHA-256 of that signature.
 
 use crate::base::clock::Timestamp;
-use crate::domain::task::{DispatchRecord, DispatchState};
+use crate::domain::task::{DispatchRecord, DispatchState, SignalledEnd};
 use crate::store::events::{Event, EventKind};
 use crate::store::home::Home;
 use regex::Regex;
@@ -252,7 +252,9 @@ pub(crate) fn from_spec(home: &Home, rec: &DispatchRecord) -> Option<Failure> {
         | DispatchState::Slurm { .. }
         | DispatchState::Completed { .. }
         | DispatchState::Cancelled { .. } => return None,
-        DispatchState::Timeout { ended_at, signal, .. } => (ended_at, FailureKind::Timeout, None, *signal, None),
+        DispatchState::Timeout(SignalledEnd { ended_at, signal, .. }) => {
+            (ended_at, FailureKind::Timeout, None, *signal, None)
+        }
         DispatchState::Lost { ended_at, reason } => (ended_at, FailureKind::Lost, None, None, Some(reason.clone())),
         DispatchState::Zombie { ended_at, reason } => (ended_at, FailureKind::Zombie, None, None, Some(reason.clone())),
         DispatchState::Failed { ended_at, exit_code, signal, error, .. } => {

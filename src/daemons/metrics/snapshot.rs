@@ -5,7 +5,9 @@ use super::sample::{self, ProcSample};
 use crate::base::clock::{Clock, Timestamp};
 use crate::base::error::Result;
 use crate::domain::scheduler_state::SchedulerState;
-use crate::domain::task::{DispatchState, DispatchStatus, TaskQueue, TaskStatus, TokenBudget, dispatches};
+use crate::domain::task::{
+    DispatchState, DispatchStatus, SignalledEnd, TaskQueue, TaskStatus, TokenBudget, dispatches,
+};
 use crate::store::Store;
 use crate::store::home::{Home, SpecBucket};
 use crate::store::pidfile::{self, PidStatus};
@@ -138,7 +140,7 @@ fn collect_workers(store: &Store) -> Result<Workers> {
     let mut failed = 0;
     for d in dispatches::list_bucket(store, SpecBucket::Failed)? {
         match &d.state {
-            DispatchState::Failed { duration_s, .. } | DispatchState::Timeout { duration_s, .. } => {
+            DispatchState::Failed { duration_s, .. } | DispatchState::Timeout(SignalledEnd { duration_s, .. }) => {
                 failed += 1;
                 durations.extend(*duration_s);
             }

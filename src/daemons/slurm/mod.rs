@@ -31,7 +31,7 @@ use crate::base::wake::Wake;
 use crate::daemons::daemon::DaemonContext;
 use crate::domain::slurm::{self, JobEndRecord, JobId, command, parse, script, state};
 use crate::domain::task::dispatch_record::{self, Change, NotWritten, cancel_request_path};
-use crate::domain::task::model::{DispatchRecord, DispatchState};
+use crate::domain::task::model::{DispatchRecord, DispatchState, SignalledEnd};
 use crate::domain::task::worker_types::{WorkerTypes, workdir};
 use crate::ops::slurm_command::{self as run, Ran, RunError};
 use crate::store::LockName;
@@ -320,7 +320,9 @@ impl SlurmDaemon {
         let now = clock::now();
         let mut updates: Vec<(String, DispatchState)> = cancelled
             .into_iter()
-            .map(|id| (id, DispatchState::Cancelled { ended_at: now, signal: None, duration_s: Some(0.0) }))
+            .map(|id| {
+                (id, DispatchState::Cancelled(SignalledEnd { ended_at: now, signal: None, duration_s: Some(0.0) }))
+            })
             .collect();
         updates.extend(to_submit.iter().map(|id| {
             (
@@ -353,7 +355,11 @@ impl SlurmDaemon {
             }
             let Some(job) = self.jobs.get(&id) else { continue };
             if job.stop.is_some() {
-                let ended = DispatchState::Cancelled { ended_at: clock::now(), signal: None, duration_s: Some(0.0) };
+                let ended = DispatchState::Cancelled(SignalledEnd {
+                    ended_at: clock::now(),
+                    signal: None,
+                    duration_s: Some(0.0),
+                });
                 updates.push((id, ended));
                 continue;
             }
@@ -641,8 +647,8 @@ impl SlurmDaemon {
     fn stopped_end(&self, reason: StopReason, id: &str) -> DispatchState {
         let (ended_at, duration_s) = (clock::now(), self.duration(id));
         match reason {
-            StopReason::Cancel => DispatchState::Cancelled { ended_at, signal: None, duration_s },
-            StopReason::Timeout => DispatchState::Timeout { ended_at, signal: None, duration_s },
+            StopReason::Cancel => DispatchState::Cancelled(SignalledEnd { ended_at, signal: None, duration_s }),
+            StopReason::Timeout => DispatchState::Timeout(SignalledEnd { ended_at, signal: None, duration_s }),
         }
     }
 

@@ -33,7 +33,7 @@ use crate::base::clock::{Timestamp, format_ts};
 use crate::base::error::{Error, Result};
 use crate::domain::task::dispatch_record::{self, cancel_request_path, spec_path};
 use crate::domain::task::dispatches;
-use crate::domain::task::model::{DispatchRecord, DispatchState};
+use crate::domain::task::model::{DispatchRecord, DispatchState, SignalledEnd};
 use crate::domain::task::processes;
 use crate::domain::task::worker_types::{WorkerTypes, workdir};
 use crate::store::Store;
@@ -460,11 +460,11 @@ impl<E: Executor> Worker<E> {
                     if cancel_request_path(&self.home, &rec.dispatch_id).exists() {
                         self.end_unstarted(
                             &rec,
-                            DispatchState::Cancelled {
+                            DispatchState::Cancelled(SignalledEnd {
                                 ended_at: crate::base::clock::now(),
                                 signal: None,
                                 duration_s: Some(0.0),
-                            },
+                            }),
                         );
                     } else if busy_tasks.contains(&rec.task_id) {
                         // Another dispatch of this task still runs here (its record was removed

@@ -11,7 +11,7 @@ use super::{Gone, Live, StopReason, Worker, exits};
 use crate::base::clock::Timestamp;
 use crate::base::error::{Error, Result};
 use crate::domain::task::dispatch_record::{self, Change, NotWritten, final_bucket};
-use crate::domain::task::model::{DispatchRecord, DispatchState, DispatchStatus};
+use crate::domain::task::model::{DispatchRecord, DispatchState, DispatchStatus, SignalledEnd};
 use crate::domain::task::processes::TaskProcess;
 use crate::store::LockName;
 use crate::store::home::Home;
@@ -64,8 +64,12 @@ pub(super) fn final_state(l: &Live, gone: Gone, report: Option<exits::ExitReport
     };
     let signal = report.as_ref().and_then(|r| r.signal).or(seen_signal);
     match (l.stop.as_ref().map(|s| s.reason), &report, gone) {
-        (Some(StopReason::Cancel), _, _) => DispatchState::Cancelled { ended_at, signal, duration_s: duration },
-        (Some(StopReason::Timeout), _, _) => DispatchState::Timeout { ended_at, signal, duration_s: duration },
+        (Some(StopReason::Cancel), _, _) => {
+            DispatchState::Cancelled(SignalledEnd { ended_at, signal, duration_s: duration })
+        }
+        (Some(StopReason::Timeout), _, _) => {
+            DispatchState::Timeout(SignalledEnd { ended_at, signal, duration_s: duration })
+        }
         (Some(StopReason::Unrecorded), _, _) => DispatchState::Lost { ended_at, reason: UNRECORDED_REASON.into() },
         // A failed attempt (retried by policy), not a cancel: nobody asked for it to stop.
         (Some(StopReason::NotStarted), _, _) => DispatchState::Failed {

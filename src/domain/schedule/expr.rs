@@ -236,6 +236,11 @@ mod tests {
         out
     }
 
+    /// The next `want.len()` times of `expr` in zone `tz` after `from` are `want`.
+    fn assert_next(expr: &str, tz: &str, from: Timestamp, want: &[Timestamp]) {
+        assert_eq!(next_n(&cron(expr, tz), from, want.len()), want, "{expr} in {tz} after {from}");
+    }
+
     #[test]
     fn every_five_minutes() {
         let e = cron("*/5 * * * *", "UTC");
@@ -248,10 +253,13 @@ mod tests {
 
     #[test]
     fn weekdays_at_three() {
-        let e = cron("0 3 * * 1-5", "UTC");
         // Friday 2026-03-06 04:00 -> Monday 03:00, then Tuesday.
-        let got = next_n(&e, utc(2026, 3, 6, 4, 0, 0), 2);
-        assert_eq!(got, vec![utc(2026, 3, 9, 3, 0, 0), utc(2026, 3, 10, 3, 0, 0)]);
+        assert_next(
+            "0 3 * * 1-5",
+            "UTC",
+            utc(2026, 3, 6, 4, 0, 0),
+            &[utc(2026, 3, 9, 3, 0, 0), utc(2026, 3, 10, 3, 0, 0)],
+        );
     }
 
     #[test]
@@ -267,14 +275,19 @@ mod tests {
     fn berlin_spring_forward_gap() {
         // 2026-03-29 02:00 CET jumps to 03:00 CEST (01:00 UTC). 02:30 does not exist that day:
         // the fixed-time job runs at the first instant after the gap (03:00 CEST = 01:00 UTC).
-        let e = cron("30 2 * * *", "Europe/Berlin");
-        let got = next_n(&e, utc(2026, 3, 28, 12, 0, 0), 2);
-        assert_eq!(got, vec![utc(2026, 3, 29, 1, 0, 0), utc(2026, 3, 30, 0, 30, 0)]);
+        let berlin = "Europe/Berlin";
+        assert_next(
+            "30 2 * * *",
+            berlin,
+            utc(2026, 3, 28, 12, 0, 0),
+            &[utc(2026, 3, 29, 1, 0, 0), utc(2026, 3, 30, 0, 30, 0)],
+        );
         // A 03:00 job that day is 01:00 UTC, the day before 02:00 UTC.
-        let three = cron("0 3 * * *", "Europe/Berlin");
-        assert_eq!(
-            next_n(&three, utc(2026, 3, 27, 12, 0, 0), 2),
-            vec![utc(2026, 3, 28, 2, 0, 0), utc(2026, 3, 29, 1, 0, 0)]
+        assert_next(
+            "0 3 * * *",
+            berlin,
+            utc(2026, 3, 27, 12, 0, 0),
+            &[utc(2026, 3, 28, 2, 0, 0), utc(2026, 3, 29, 1, 0, 0)],
         );
     }
 

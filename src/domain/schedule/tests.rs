@@ -49,27 +49,9 @@ impl Fixture {
         std::fs::write(&path, out.join("\n") + "\n").unwrap();
     }
 
-    fn add(
-        &self,
-        name: &str,
-        cron: Option<&str>,
-        every: Option<&str>,
-        tz: Option<&str>,
-        policy: MisfirePolicy,
-    ) -> Schedule {
-        self.add_with(name, cron, every, tz, policy, 1)
-    }
-
-    fn add_with(
-        &self,
-        name: &str,
-        cron: Option<&str>,
-        every: Option<&str>,
-        tz: Option<&str>,
-        policy: MisfirePolicy,
-        max_instances: u32,
-    ) -> Schedule {
-        add(&self.store, &self.clock, new_schedule(name, cron, every, tz, policy, max_instances), &actor()).unwrap()
+    /// Adds the schedule `new` (see [`new_schedule`]).
+    fn add(&self, new: NewSchedule) -> Schedule {
+        add(&self.store, &self.clock, new, &actor()).unwrap()
     }
 
     fn schedule(&self, id: &str) -> Schedule {
@@ -102,6 +84,14 @@ impl Fixture {
         fire_due(&self.store, &self.clock, &mut |r| enqueue_into_queue(&store, now, r, runs)).unwrap()
     }
 
+    /// The runs of one pass at time `at`.
+    fn fired_at(&self, at: Timestamp) -> Vec<ScheduledRun> {
+        self.clock.set(at);
+        let mut runs = Vec::new();
+        self.fire(&mut runs);
+        runs
+    }
+
     fn queue(&self) -> TaskQueue {
         self.store.load().unwrap()
     }
@@ -117,6 +107,11 @@ fn enqueue_into_queue(store: &Store, now: Timestamp, run: ScheduledRun, runs: &m
     })?;
     runs.push(run);
     Ok(())
+}
+
+/// The slots of a 15-minute schedule added at 10:00 on 2026-03-02, up to 11:00.
+fn quarter_hours_to_eleven() -> Vec<Timestamp> {
+    (1..=4).map(|q| utc(2026, 3, 2, 10, 0, 0) + chrono::Duration::minutes(15 * q)).collect()
 }
 
 fn new_schedule(
@@ -152,7 +147,7 @@ fn slots(runs: &[ScheduledRun]) -> Vec<Timestamp> {
 #[test]
 fn fires_every_five_minutes_over_a_simulated_hour() {
     let f = fixture(utc(2026, 3, 2, 10, 2, 13));
-    let s = f.add("five", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip);
+    let s = f.add(new_schedule("five", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip, 1));
     assert_eq!(s.next_run_at.map(format_ts).as_deref(), Some("2026-03-02T10:05:00.000000Z"));
     let end = utc(2026, 3, 2, 11, 2, 13);
     let mut runs = Vec::new();
@@ -187,27 +182,19 @@ fn files_schedules() -> &'static crate::store::files::CoordFile {
 #[test]
 fn interval_schedule_fires_every_fifteen_minutes() {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
-    f.add("quarter", None, Some("15m"), None, MisfirePolicy::Skip);
+    f.add(new_schedule("quarter", None, Some("15m"), None, MisfirePolicy::Skip, 1));
     let mut runs = Vec::new();
     for minute in 1..=60 {
         f.clock.set(utc(2026, 3, 2, 10, 0, 0) + chrono::Duration::minutes(minute));
         f.fire(&mut runs);
     }
-    assert_eq!(
-        slots(&runs),
-        vec![
-            utc(2026, 3, 2, 10, 15, 0),
-            utc(2026, 3, 2, 10, 30, 0),
-            utc(2026, 3, 2, 10, 45, 0),
-            utc(2026, 3, 2, 11, 0, 0)
-        ]
-    );
+    assert_eq!(slots(&runs), quarter_hours_to_eleven());
 }
 
 #[test]
 fn berlin_schedule_fires_after_the_spring_forward_gap() {
     let f = fixture(utc(2026, 3, 28, 12, 0, 0));
-    let s = f.add("nightly", Some("30 2 * * *"), None, Some("Europe/Berlin"), MisfirePolicy::Skip);
+    let s = f.add(new_schedule("nightly", Some("30 2 * * *"), None, Some("Europe/Berlin"), MisfirePolicy::Skip, 1));
     // 02:30 does not exist in Berlin on 2026-03-29: croner runs it at 03:00 CEST = 01:00 UTC.
     assert_eq!(s.next_run_at.map(format_ts).as_deref(), Some("2026-03-29T01:00:00.000000Z"));
     let mut runs = Vec::new();
@@ -219,7 +206,7 @@ fn berlin_schedule_fires_after_the_spring_forward_gap() {
 #[test]
 fn crash_after_enqueue_before_the_write_refires_the_same_task_id() {
     let f = fixture(utc(2026, 3, 2, 10, 2, 0));
-    let s = f.add("five", Some("*/5 * * * *"), None, None, MisfirePolicy::RunAll);
+    let s = f.add(new_schedule("five", Some("*/5 * * * *"), None, None, MisfirePolicy::RunAll, 1));
     f.clock.set(utc(2026, 3, 2, 10, 5, 1));
     let before = std::fs::read(f.store.path(files_schedules())).unwrap();
 
@@ -270,7 +257,7 @@ fn crash_after_enqueue_before_the_write_refires_the_same_task_id() {
 #[test]
 fn failed_enqueue_keeps_earlier_runs_and_retries_the_failed_slot() {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
-    let s = f.add_with("q", None, Some("15m"), None, MisfirePolicy::RunAll, 10);
+    let s = f.add(new_schedule("q", None, Some("15m"), None, MisfirePolicy::RunAll, 10));
     f.clock.set(utc(2026, 3, 2, 11, 10, 0));
     let mut calls = Vec::new();
     let err = fire_due(&f.store, &f.clock, &mut |r| {
@@ -293,7 +280,7 @@ fn failed_enqueue_keeps_earlier_runs_and_retries_the_failed_slot() {
 /// `max_instances` 10, so only the misfire policy limits the catch-up.
 fn downtime(policy: MisfirePolicy) -> (Fixture, Schedule, Vec<ScheduledRun>) {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
-    let s = f.add_with("q", None, Some("15m"), None, policy, 10);
+    let s = f.add(new_schedule("q", None, Some("15m"), None, policy, 10));
     f.clock.set(utc(2026, 3, 2, 11, 10, 0));
     let mut runs = Vec::new();
     let next = f.fire(&mut runs);
@@ -324,15 +311,7 @@ fn downtime_with_run_once_runs_the_latest_slot_once() {
 #[test]
 fn downtime_with_run_all_runs_every_missed_slot() {
     let (f, _s, runs) = downtime(MisfirePolicy::RunAll);
-    assert_eq!(
-        slots(&runs),
-        vec![
-            utc(2026, 3, 2, 10, 15, 0),
-            utc(2026, 3, 2, 10, 30, 0),
-            utc(2026, 3, 2, 10, 45, 0),
-            utc(2026, 3, 2, 11, 0, 0)
-        ]
-    );
+    assert_eq!(slots(&runs), quarter_hours_to_eleven());
     assert!(f.events_of("schedule_misfire_capped").is_empty());
 }
 
@@ -340,10 +319,8 @@ fn downtime_with_run_all_runs_every_missed_slot() {
 fn run_all_is_capped_with_an_event() {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
     f.set_config("misfire_run_all_cap", "2");
-    f.add_with("q", None, Some("15m"), None, MisfirePolicy::RunAll, 10);
-    f.clock.set(utc(2026, 3, 2, 11, 10, 0));
-    let mut runs = Vec::new();
-    f.fire(&mut runs);
+    f.add(new_schedule("q", None, Some("15m"), None, MisfirePolicy::RunAll, 10));
+    let runs = f.fired_at(utc(2026, 3, 2, 11, 10, 0));
     assert_eq!(slots(&runs), vec![utc(2026, 3, 2, 10, 45, 0), utc(2026, 3, 2, 11, 0, 0)]);
     let ev = f.events_of("schedule_misfire_capped");
     assert_eq!(ev.len(), 1);
@@ -354,11 +331,9 @@ fn run_all_is_capped_with_an_event() {
 #[test]
 fn a_slot_within_the_grace_runs_even_under_skip() {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
-    f.add("q", None, Some("15m"), None, MisfirePolicy::Skip);
+    f.add(new_schedule("q", None, Some("15m"), None, MisfirePolicy::Skip, 1));
     // Down across 10:15, 10:30, 10:45; back 20 s after the 10:45 slot.
-    f.clock.set(utc(2026, 3, 2, 10, 45, 20));
-    let mut runs = Vec::new();
-    f.fire(&mut runs);
+    let runs = f.fired_at(utc(2026, 3, 2, 10, 45, 20));
     assert_eq!(slots(&runs), vec![utc(2026, 3, 2, 10, 45, 0)]);
     assert_eq!(runs[0].trigger, Trigger::Schedule);
     assert_eq!(f.events_of("schedule_misfire_skipped")[0].data["missed"], 2);
@@ -367,7 +342,7 @@ fn a_slot_within_the_grace_runs_even_under_skip() {
 #[test]
 fn max_instances_skips_while_the_previous_run_is_unfinished() {
     let f = fixture(utc(2026, 3, 2, 10, 2, 0));
-    let s = f.add_with("five", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip, 1);
+    let s = f.add(new_schedule("five", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip, 1));
     let mut runs = Vec::new();
     f.clock.set(utc(2026, 3, 2, 10, 5, 0));
     f.fire_into_queue(&mut runs);
@@ -411,7 +386,7 @@ fn max_instances_skips_while_the_previous_run_is_unfinished() {
 #[test]
 fn max_instances_bounds_a_run_all_catch_up() {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
-    f.add_with("q", None, Some("15m"), None, MisfirePolicy::RunAll, 2);
+    f.add(new_schedule("q", None, Some("15m"), None, MisfirePolicy::RunAll, 2));
     f.clock.set(utc(2026, 3, 2, 11, 10, 0));
     let mut runs = Vec::new();
     f.fire_into_queue(&mut runs);
@@ -424,8 +399,8 @@ fn max_instances_bounds_a_run_all_catch_up() {
 #[test]
 fn paused_schedule_fires_nothing_and_resumes_from_now() {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
-    let s = f.add("q", None, Some("15m"), None, MisfirePolicy::RunAll);
-    let other = f.add("other", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip);
+    let s = f.add(new_schedule("q", None, Some("15m"), None, MisfirePolicy::RunAll, 1));
+    let other = f.add(new_schedule("other", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip, 1));
     let c = pause(&f.store, &f.clock, &s.schedule_id, &actor(), Some("maintenance")).unwrap();
     assert!(c.changed);
     assert!(
@@ -451,7 +426,7 @@ fn paused_schedule_fires_nothing_and_resumes_from_now() {
 #[test]
 fn global_pause_holds_schedules_and_misfire_policy_applies_on_resume() {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
-    let s = f.add_with("q", None, Some("15m"), None, MisfirePolicy::RunAll, 10);
+    let s = f.add(new_schedule("q", None, Some("15m"), None, MisfirePolicy::RunAll, 10));
     crate::domain::scheduler_state::pause(&f.store, &actor(), Some("maintenance")).unwrap();
     let mut runs = Vec::new();
     for minute in [15, 30, 45, 60, 70] {
@@ -468,7 +443,7 @@ fn global_pause_holds_schedules_and_misfire_policy_applies_on_resume() {
 #[test]
 fn run_now_enqueues_once_even_while_the_schedule_is_paused() {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
-    let s = f.add("q", Some("@daily"), None, None, MisfirePolicy::Skip);
+    let s = f.add(new_schedule("q", Some("@daily"), None, None, MisfirePolicy::Skip, 1));
     pause(&f.store, &f.clock, "q", &actor(), None).unwrap();
     let (_, req) = request_run(&f.store, &f.clock, "q", &actor()).unwrap();
     assert!(req.task_id.starts_with(&format!("sched-{}-manual-", s.schedule_id)));
@@ -528,7 +503,7 @@ fn invalid_input_is_rejected_with_the_field_and_nothing_written() {
     assert_eq!(std::fs::read(&path).unwrap(), before);
     assert!(f.events_of("schedule_added").is_empty());
     // Duplicate names are refused too.
-    f.add("a", Some("@daily"), None, None, MisfirePolicy::Skip);
+    f.add(new_schedule("a", Some("@daily"), None, None, MisfirePolicy::Skip, 1));
     assert!(
         add(&f.store, &f.clock, new_schedule("a", Some("@hourly"), None, None, MisfirePolicy::Skip, 1), &actor())
             .is_err()
@@ -538,17 +513,15 @@ fn invalid_input_is_rejected_with_the_field_and_nothing_written() {
 #[test]
 fn a_hand_broken_schedule_is_paused_with_an_event_not_fatal() {
     let f = fixture(utc(2026, 3, 2, 10, 0, 0));
-    let good = f.add("good", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip);
-    let bad = f.add("bad", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip);
+    let good = f.add(new_schedule("good", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip, 1));
+    let bad = f.add(new_schedule("bad", Some("*/5 * * * *"), None, None, MisfirePolicy::Skip, 1));
     f.store
         .update::<Schedules, _>(|d| {
             d.find_mut("bad").unwrap().timezone = Some("Nowhere/Land".into());
             Ok(())
         })
         .unwrap();
-    f.clock.set(utc(2026, 3, 2, 10, 5, 0));
-    let mut runs = Vec::new();
-    f.fire(&mut runs);
+    let mut runs = f.fired_at(utc(2026, 3, 2, 10, 5, 0));
     assert_eq!(runs.iter().map(|r| r.schedule_id.clone()).collect::<Vec<_>>(), vec![good.schedule_id]);
     assert!(matches!(f.schedule(&bad.schedule_id).state, ScheduleState::Paused { .. }));
     assert_eq!(f.events_of("schedule_invalid").len(), 1);
@@ -559,9 +532,9 @@ fn a_hand_broken_schedule_is_paused_with_an_event_not_fatal() {
 #[test]
 fn list_shows_next_runs_in_the_zone_and_remove_archives() {
     let f = fixture(utc(2026, 7, 1, 12, 0, 0));
-    f.add("berlin", Some("0 3 * * 1-5"), None, Some("Europe/Berlin"), MisfirePolicy::Skip);
+    f.add(new_schedule("berlin", Some("0 3 * * 1-5"), None, Some("Europe/Berlin"), MisfirePolicy::Skip, 1));
     f.set_config("timezone", "\"America/New_York\"");
-    f.add("ny", Some("@daily"), None, None, MisfirePolicy::Skip);
+    f.add(new_schedule("ny", Some("@daily"), None, None, MisfirePolicy::Skip, 1));
     let views = list(&f.store, false).unwrap();
     assert_eq!(views.len(), 2);
     assert_eq!(views[0].schedule.next_run_at.map(format_ts).as_deref(), Some("2026-07-02T01:00:00.000000Z"));

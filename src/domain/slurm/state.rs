@@ -4,7 +4,7 @@
 
 use super::JobEndRecord;
 use crate::base::clock::Timestamp;
-use crate::domain::task::model::DispatchState;
+use crate::domain::task::model::{DispatchState, SignalledEnd};
 
 /// A job state as `squeue %T` and `scontrol JobState=` print it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,8 +157,8 @@ pub fn dispatch_end(
             duration_s,
             error: failure_text(state, reason, exit_code, signal),
         },
-        End::Timeout => DispatchState::Timeout { ended_at, signal, duration_s },
-        End::Cancelled => DispatchState::Cancelled { ended_at, signal, duration_s },
+        End::Timeout => DispatchState::Timeout(SignalledEnd { ended_at, signal, duration_s }),
+        End::Cancelled => DispatchState::Cancelled(SignalledEnd { ended_at, signal, duration_s }),
     }
 }
 
@@ -241,7 +241,7 @@ mod tests {
         assert!(error.contains("preempted"), "{error}");
         assert!(matches!(
             dispatch_end(&JobState::Timeout, "TimeLimit", Some((0, 15)), None, t(), None),
-            DispatchState::Timeout { signal: Some(15), .. }
+            DispatchState::Timeout(SignalledEnd { signal: Some(15), .. })
         ));
         assert!(matches!(
             dispatch_end(&JobState::Cancelled, "", Some((0, 15)), None, t(), None),

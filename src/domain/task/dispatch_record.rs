@@ -233,23 +233,7 @@ mod tests {
     use crate::domain::task::model::DispatchState;
 
     fn record(id: &str) -> DispatchRecord {
-        DispatchRecord {
-            dispatch_id: id.into(),
-            task_id: "t1".into(),
-            worker_type: "shell".into(),
-            state: DispatchState::Starting,
-            dispatched_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
-            attempt: 1,
-            command: vec!["true".into()],
-            budget_reserved: 0,
-            timeout_seconds: 60.0,
-            stdout_path: String::new(),
-            stderr_path: String::new(),
-            heartbeat: None,
-            tokens_used: None,
-            executor: Default::default(),
-            slurm: None,
-        }
+        DispatchRecord::sample(id, "t1")
     }
 
     fn store() -> (tempfile::TempDir, Store) {

@@ -10,6 +10,45 @@ use crate::store::files::{self, CoordFile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Declares the name-only companion of a state enum: the enum of its variants' names, `ALL` (in
+/// declaration order), `as_str` (the name on disk) and the state's `status()`. One list of
+/// variants serves all four, so a state added to one cannot be missing from another. A state
+/// that reports another's name (`DispatchState::Slurm`: starting, then running) gives its
+/// `status()` arms after the list, in `also { pattern => status }`.
+macro_rules! state_names {
+    (
+        $(#[$attr:meta])*
+        $state:ident => $status:ident { $($variant:ident = $name:literal),+ $(,)? }
+        $(also { $($pat:pat => $to:expr),+ $(,)? })?
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $status {
+            $($variant),+
+        }
+
+        impl $status {
+            pub const ALL: [$status; [$($name),+].len()] = [$($status::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($status::$variant => $name),+
+                }
+            }
+        }
+
+        impl $state {
+            pub fn status(&self) -> $status {
+                match self {
+                    $($state::$variant { .. } => $status::$variant,)+
+                    $($($pat => $to,)+)?
+                }
+            }
+        }
+    };
+}
+
 /// Task priority; ordering is dispatch order (Critical first when sorted descending).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -146,39 +185,15 @@ pub enum TaskState {
     },
 }
 
-/// The state's name alone, for filters and counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Queued,
-    InProgress,
-    PendingRetry,
-    Completed,
-    Failed,
-    Cancelled,
+state_names! {
+    /// The state's name alone, for filters and counts.
+    TaskState => TaskStatus {
+        Queued = "queued", InProgress = "in_progress", PendingRetry = "pending_retry",
+        Completed = "completed", Failed = "failed", Cancelled = "cancelled",
+    }
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 6] = [
-        TaskStatus::Queued,
-        TaskStatus::InProgress,
-        TaskStatus::PendingRetry,
-        TaskStatus::Completed,
-        TaskStatus::Failed,
-        TaskStatus::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Queued => "queued",
-            TaskStatus::InProgress => "in_progress",
-            TaskStatus::PendingRetry => "pending_retry",
-            TaskStatus::Completed => "completed",
-            TaskStatus::Failed => "failed",
-            TaskStatus::Cancelled => "cancelled",
-        }
-    }
-
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
     }
@@ -190,19 +205,6 @@ impl std::str::FromStr for TaskStatus {
         TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
             format!("unknown status {s:?}: use queued, in_progress, pending_retry, completed, failed or cancelled")
         })
-    }
-}
-
-impl TaskState {
-    pub fn status(&self) -> TaskStatus {
-        match self {
-            TaskState::Queued { .. } => TaskStatus::Queued,
-            TaskState::InProgress { .. } => TaskStatus::InProgress,
-            TaskState::PendingRetry { .. } => TaskStatus::PendingRetry,
-            TaskState::Completed { .. } => TaskStatus::Completed,
-            TaskState::Failed { .. } => TaskStatus::Failed,
-            TaskState::Cancelled { .. } => TaskStatus::Cancelled,
-        }
     }
 }
 
@@ -484,22 +486,8 @@ pub enum DispatchState {
         duration_s: Option<f64>,
         error: String,
     },
-    Cancelled {
-        #[serde(with = "crate::base::clock::ts")]
-        ended_at: Timestamp,
-        #[serde(default)]
-        signal: Option<i32>,
-        #[serde(default)]
-        duration_s: Option<f64>,
-    },
-    Timeout {
-        #[serde(with = "crate::base::clock::ts")]
-        ended_at: Timestamp,
-        #[serde(default)]
-        signal: Option<i32>,
-        #[serde(default)]
-        duration_s: Option<f64>,
-    },
+    Cancelled(SignalledEnd),
+    Timeout(SignalledEnd),
     Lost {
         #[serde(with = "crate::base::clock::ts")]
         ended_at: Timestamp,
@@ -530,62 +518,46 @@ pub enum DispatchState {
     },
 }
 
-/// The dispatch state's name alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DispatchStatus {
-    Starting,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    Timeout,
-    Lost,
-    Zombie,
+/// How a dispatch that was stopped ended (cancelled, or stopped at its timeout): on disk its
+/// fields stand beside `"status"` like every state's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalledEnd {
+    #[serde(with = "crate::base::clock::ts")]
+    pub ended_at: Timestamp,
+    /// The signal that ended the process, if one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub duration_s: Option<f64>,
+}
+
+state_names! {
+    /// The dispatch state's name alone.
+    DispatchState => DispatchStatus {
+        Starting = "starting", Running = "running",
+        Completed = "completed", Failed = "failed", Cancelled = "cancelled",
+        Timeout = "timeout", Lost = "lost", Zombie = "zombie",
+    }
+    also {
+        DispatchState::Slurm { started_at: None, .. } => DispatchStatus::Starting,
+        DispatchState::Slurm { started_at: Some(_), .. } => DispatchStatus::Running,
+    }
 }
 
 impl DispatchStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DispatchStatus::Starting => "starting",
-            DispatchStatus::Running => "running",
-            DispatchStatus::Completed => "completed",
-            DispatchStatus::Failed => "failed",
-            DispatchStatus::Cancelled => "cancelled",
-            DispatchStatus::Timeout => "timeout",
-            DispatchStatus::Lost => "lost",
-            DispatchStatus::Zombie => "zombie",
-        }
-    }
-
     pub fn is_active(self) -> bool {
         matches!(self, DispatchStatus::Starting | DispatchStatus::Running)
     }
 }
 
 impl DispatchState {
-    pub fn status(&self) -> DispatchStatus {
-        match self {
-            DispatchState::Starting => DispatchStatus::Starting,
-            DispatchState::Running { .. } => DispatchStatus::Running,
-            DispatchState::Completed { .. } => DispatchStatus::Completed,
-            DispatchState::Failed { .. } => DispatchStatus::Failed,
-            DispatchState::Cancelled { .. } => DispatchStatus::Cancelled,
-            DispatchState::Timeout { .. } => DispatchStatus::Timeout,
-            DispatchState::Lost { .. } => DispatchStatus::Lost,
-            DispatchState::Zombie { .. } => DispatchStatus::Zombie,
-            DispatchState::Slurm { started_at: None, .. } => DispatchStatus::Starting,
-            DispatchState::Slurm { started_at: Some(_), .. } => DispatchStatus::Running,
-        }
-    }
-
     pub fn ended_at(&self) -> Option<Timestamp> {
         match self {
             DispatchState::Starting | DispatchState::Running { .. } | DispatchState::Slurm { .. } => None,
             DispatchState::Completed { ended_at, .. }
             | DispatchState::Failed { ended_at, .. }
-            | DispatchState::Cancelled { ended_at, .. }
-            | DispatchState::Timeout { ended_at, .. }
+            | DispatchState::Cancelled(SignalledEnd { ended_at, .. })
+            | DispatchState::Timeout(SignalledEnd { ended_at, .. })
             | DispatchState::Lost { ended_at, .. }
             | DispatchState::Zombie { ended_at, .. } => Some(*ended_at),
         }
@@ -668,6 +640,30 @@ impl Task {
             schedule_id: None,
             repo: None,
             executor: None,
+            slurm: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl DispatchRecord {
+    /// A record for unit tests: attempt 1 of `task_id`, starting, dispatched at 2026-01-01.
+    pub(crate) fn sample(dispatch_id: &str, task_id: &str) -> DispatchRecord {
+        DispatchRecord {
+            dispatch_id: dispatch_id.into(),
+            task_id: task_id.into(),
+            worker_type: "shell".into(),
+            state: DispatchState::Starting,
+            dispatched_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
+            attempt: 1,
+            command: vec!["true".into()],
+            budget_reserved: 0,
+            timeout_seconds: 60.0,
+            stdout_path: String::new(),
+            stderr_path: String::new(),
+            heartbeat: None,
+            tokens_used: None,
+            executor: Default::default(),
             slurm: None,
         }
     }
@@ -768,6 +764,25 @@ mod tests {
             assert!(store.update::<TaskQueue, _>(|_| Ok(())).is_err());
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         }
+    }
+
+    /// A cancelled or timed-out dispatch keeps its flat form on disk (`SignalledEnd`'s fields
+    /// beside `"status"`), and a record without the optional fields still loads.
+    #[test]
+    fn a_signalled_end_is_flat_on_disk() {
+        let end = SignalledEnd { ended_at: at("2026-01-01T00:00:05Z"), signal: Some(15), duration_s: Some(5.0) };
+        let rec = DispatchRecord { state: DispatchState::Timeout(end), ..DispatchRecord::sample("d1", "t1") };
+        let v = serde_json::to_value(&rec).unwrap();
+        assert_eq!(v["status"], "timeout");
+        assert_eq!(v["ended_at"], "2026-01-01T00:00:05.000000Z");
+        assert_eq!((v["signal"].as_i64(), v["duration_s"].as_f64()), (Some(15), Some(5.0)));
+        assert_eq!(serde_json::from_value::<DispatchRecord>(v.clone()).unwrap(), rec);
+        let mut bare = v;
+        bare["status"] = "cancelled".into();
+        bare.as_object_mut().unwrap().retain(|k, _| k != "signal" && k != "duration_s");
+        let back: DispatchRecord = serde_json::from_value(bare).unwrap();
+        let want = SignalledEnd { ended_at: at("2026-01-01T00:00:05Z"), signal: None, duration_s: None };
+        assert_eq!(back.state, DispatchState::Cancelled(want));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use super::budget;
 use super::intake;
-use super::model::{DispatchRecord, DispatchState, Task, TaskQueue, TaskResult, TaskState, TokenBudget};
+use super::model::{DispatchRecord, DispatchState, SignalledEnd, Task, TaskQueue, TaskResult, TaskState, TokenBudget};
 use super::retry;
 use crate::base::clock::{Clock, Timestamp};
 use crate::base::error::Result;
@@ -82,13 +82,13 @@ pub(crate) fn result_of(rec: &DispatchRecord) -> (TaskResult, Option<bool>) {
             r.error = Some(error.clone());
             Some(false)
         }
-        DispatchState::Cancelled { signal, duration_s, .. } => {
+        DispatchState::Cancelled(SignalledEnd { signal, duration_s, .. }) => {
             r.signal = *signal;
             r.duration_seconds = *duration_s;
             r.error = Some("cancelled".into());
             None
         }
-        DispatchState::Timeout { signal, duration_s, .. } => {
+        DispatchState::Timeout(SignalledEnd { signal, duration_s, .. }) => {
             r.signal = *signal;
             r.duration_seconds = *duration_s;
             r.error = Some(format!(
@@ -231,21 +231,11 @@ mod tests {
 
     fn rec(task_id: &str, dispatch_id: &str, state: DispatchState) -> DispatchRecord {
         DispatchRecord {
-            dispatch_id: dispatch_id.into(),
-            task_id: task_id.into(),
             worker_type: "w".into(),
             state,
-            dispatched_at: crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap(),
-            attempt: 1,
-            command: vec!["true".into()],
             budget_reserved: 100,
-            timeout_seconds: 60.0,
-            stdout_path: String::new(),
-            stderr_path: String::new(),
-            heartbeat: None,
             tokens_used: Some(40),
-            executor: Default::default(),
-            slurm: None,
+            ..DispatchRecord::sample(dispatch_id, task_id)
         }
     }
 
@@ -316,7 +306,11 @@ mod tests {
         let c = rec(
             "t",
             "d1",
-            DispatchState::Cancelled { ended_at: at("2026-01-01T00:00:01Z"), signal: Some(15), duration_s: None },
+            DispatchState::Cancelled(SignalledEnd {
+                ended_at: at("2026-01-01T00:00:01Z"),
+                signal: Some(15),
+                duration_s: None,
+            }),
         );
         let (ended, _) = fold_ended(&mut q, &mut b, &[c], &RetryConfig::default(), &clock, &mut || 0.0);
         assert_eq!(ended[0].outcome, Outcome::Cancelled);

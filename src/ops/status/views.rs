@@ -8,7 +8,7 @@ use crate::base::clock::{Timestamp, format_ts, human_duration};
 use crate::base::daemon_name::Daemon;
 use crate::base::error::{Error, Result};
 use crate::domain::scheduler_state::SchedulerState;
-use crate::domain::task::{DispatchState, DispatchStatus, TaskStatus};
+use crate::domain::task::{DispatchState, DispatchStatus, SignalledEnd, TaskStatus};
 use crate::store::config::Config;
 use crate::store::daemon_mark::read_mark;
 use crate::store::events::acks::AckSet;
@@ -348,9 +348,8 @@ impl DispatchView {
             }
             DispatchState::Completed { exit_code, duration_s, .. } => (None, None, Some(*exit_code), Some(*duration_s)),
             DispatchState::Failed { exit_code, duration_s, .. } => (None, None, *exit_code, *duration_s),
-            DispatchState::Cancelled { duration_s, .. } | DispatchState::Timeout { duration_s, .. } => {
-                (None, None, None, *duration_s)
-            }
+            DispatchState::Cancelled(SignalledEnd { duration_s, .. })
+            | DispatchState::Timeout(SignalledEnd { duration_s, .. }) => (None, None, None, *duration_s),
             DispatchState::Lost { .. } | DispatchState::Zombie { .. } => (None, None, None, None),
         };
         let log_path = home.configured_path(&r.stdout_path);

@@ -207,7 +207,19 @@ fn stop_inner(
         PidStatus::Running(pid) => {
             result.pid = Some(pid);
             registry::record_stop_asked(home, daemon, pid)?;
-            let (how, pid_lock) = process::stop_pid(home, daemon, pid, opts.timeout, opts.force)?;
+            let (how, pid_lock) = match process::stop_pid(home, daemon, pid, opts.timeout, opts.force) {
+                Ok(stopped) => stopped,
+                // It let go of its PID file between the status read and the proof (it was on its
+                // way out): nothing is signalled, and holding the lock now, nothing restarts it
+                // before the caller has tidied up.
+                Err(refused @ Error::Refused(_)) => {
+                    match crate::store::lock::try_lock_pid_file(&home.pid_file(daemon))? {
+                        Some(lock) => (Stopped::Graceful, lock),
+                        None => return Err(refused),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
             process::remove_leftovers(home, daemon);
             drop(pid_lock);
             if how == Stopped::KilledAfterTimeout {
