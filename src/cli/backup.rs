@@ -157,7 +157,7 @@ pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
                 safe_path(&v.path),
                 v.manifest.files.len(),
                 v.manifest.total_bytes(),
-                safe(&v.manifest.created_at),
+                crate::base::clock::format_ts(v.manifest.created_at),
                 safe(&v.manifest.host),
                 safe(&v.manifest.cortex_version)
             );
@@ -199,7 +199,7 @@ pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
         println!(
             "Dry run: {} verified (taken {} on {}); nothing was changed.",
             safe_path(&r.archive),
-            safe(&r.archive_created_at),
+            crate::base::clock::format_ts(r.archive_created_at),
             safe(&r.archive_host)
         );
         print_diff(&r);
@@ -260,7 +260,7 @@ fn list(ctx: &Ctx, dir: &Path) -> Result<u8> {
                 "kind": kind.as_str(),
                 "bytes": a.bytes,
                 "modified": a.modified,
-                "created_at": manifest.as_ref().ok().map(|m| m.created_at.clone()),
+                "created_at": manifest.as_ref().ok().map(|m| crate::base::clock::format_ts(m.created_at)),
                 "files": manifest.as_ref().ok().map(|m| m.files.len()),
                 "label": manifest.as_ref().ok().and_then(|m| m.label.clone()),
                 "problem": manifest.as_ref().err().map(|e| e.to_string()),

@@ -1,7 +1,7 @@
 //! The event log `coordination/dashboard-events.jsonl`: one function every component uses to
 //! record what happened (`type`, `severity`, `source`, `message`, `data`), and readers for it.
 
-use crate::base::clock::Timestamp;
+use crate::base::clock::{Timestamp, format_ts};
 use crate::base::error::Result;
 use crate::store::home::Home;
 use crate::store::jsonl;
@@ -138,13 +138,17 @@ pub fn record_outage(home: &Home, source: &str) {
         source,
         format!(
             "{} write(s) failed between {} and {}: {} (last: {}); what they would have recorded is missing",
-            o.failed_writes, o.first_failed_at, o.last_failed_at, o.error, o.last_path
+            o.failed_writes,
+            format_ts(o.first_failed_at),
+            format_ts(o.last_failed_at),
+            o.error,
+            o.last_path
         ),
     )
     .with_data(serde_json::json!({
         "failed_writes": o.failed_writes,
-        "first_failed_at": o.first_failed_at,
-        "last_failed_at": o.last_failed_at,
+        "first_failed_at": format_ts(o.first_failed_at),
+        "last_failed_at": format_ts(o.last_failed_at),
         "error": o.error,
         "last_path": o.last_path,
     }));

@@ -199,7 +199,10 @@ impl Store {
 
     /// Turns a schema-valid value into its type. A value the type cannot take (a field the
     /// schema leaves optional but the type needs) is quarantined like any other bad file.
-    fn decode<D: DeserializeOwned>(&self, path: &Path, value: Value) -> Result<D> {
+    /// Decodes a value read from `path` (by [`Store::read_value_at`]) as `D`: a value its type
+    /// cannot take (a malformed time, a wrong type) is an `Error::Invalid` naming the file and
+    /// the field, with a quarantined copy of the file.
+    pub fn decode<D: DeserializeOwned>(&self, path: &Path, value: Value) -> Result<D> {
         decode_value(&value).map_err(|(pointer, expected)| {
             let bytes = std::fs::read(path).unwrap_or_else(|_| serde_json::to_vec_pretty(&value).unwrap_or_default());
             let quarantined = self.quarantine(path, &bytes, "cannot be read as its type", &expected, &pointer);

@@ -4,14 +4,15 @@
 //! `storage_write_failed` saying how many writes failed, when, why and on which file
 //! ([`crate::store::events::record_outage`]; daemons call it after each heartbeat mark they write).
 
+use crate::base::clock::Timestamp;
 use crate::base::error::Error;
 use std::sync::Mutex;
 
 /// The failures since the last report.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Outage {
-    pub first_failed_at: String,
-    pub last_failed_at: String,
+    pub first_failed_at: Timestamp,
+    pub last_failed_at: Timestamp,
     pub failed_writes: u64,
     /// The last error, as the OS said it.
     pub error: String,
@@ -31,11 +32,11 @@ pub(crate) fn note(err: &Error) {
     if !err.is_no_space() {
         return;
     }
-    let now = crate::base::clock::now_string();
+    let now = crate::base::clock::now();
     let mut p = pending();
     let o = p.get_or_insert_with(|| Outage {
-        first_failed_at: now.clone(),
-        last_failed_at: now.clone(),
+        first_failed_at: now,
+        last_failed_at: now,
         failed_writes: 0,
         error: String::new(),
         last_path: String::new(),

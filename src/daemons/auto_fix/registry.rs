@@ -8,8 +8,8 @@
 //! growing is rolled back from that backup. Everything lands in the fix history.
 
 use super::breaker;
-use super::history;
-use crate::base::clock::{Timestamp, format_ts, parse_ts};
+use super::history::{self, HistoryRecord};
+use crate::base::clock::{Timestamp, format_ts};
 use crate::base::error::{Error, Result};
 use crate::store::events::{EventKind, Severity};
 use crate::store::files::{self, CoordFile};
@@ -195,8 +195,9 @@ fn target_type(given: &Option<String>, p: &Pattern) -> Result<String> {
 /// Should (fix, pattern) be acted on now? Only when it never was, or the pattern grew since the
 /// last time and the cooldown has passed; never while an application awaits its validation, and
 /// never again after one was rolled back (it did not help: an operator decides what next).
-pub fn due(fix: &Fix, pattern: &Pattern, records: &[Value], now: Timestamp) -> bool {
-    let same = |r: &&Value| r["fix_id"] == fix.fix_id.as_str() && r["pattern_id"] == pattern.pattern_id.as_str();
+pub(crate) fn due(fix: &Fix, pattern: &Pattern, records: &[HistoryRecord], now: Timestamp) -> bool {
+    let same =
+        |r: &&HistoryRecord| r["fix_id"] == fix.fix_id.as_str() && r["pattern_id"] == pattern.pattern_id.as_str();
     if records.iter().filter(same).any(|r| r["record"] == "fix_rolled_back") {
         return false;
     }
@@ -208,7 +209,7 @@ pub fn due(fix: &Fix, pattern: &Pattern, records: &[Value], now: Timestamp) -> b
         .collect();
     let awaiting = records.iter().filter(same).any(|r| {
         r["record"] == "fix_applied"
-            && r.get("validate_after").is_some()
+            && r.validate_after.is_some()
             && r["application_id"].as_str().is_some_and(|a| !closed.contains(&a))
     });
     if awaiting {
@@ -224,8 +225,7 @@ pub fn due(fix: &Fix, pattern: &Pattern, records: &[Value], now: Timestamp) -> b
     });
     let Some(last) = last else { return true };
     let grew = pattern.occurrences > last["occurrences"].as_u64().unwrap_or(0);
-    let cooled = history::time_of(last)
-        .is_none_or(|t| now >= t + chrono::Duration::microseconds((fix.cooldown_seconds.max(0.0) * 1e6) as i64));
+    let cooled = now >= last.timestamp + chrono::Duration::microseconds((fix.cooldown_seconds.max(0.0) * 1e6) as i64);
     grew && cooled
 }
 
@@ -313,7 +313,7 @@ pub fn run(store: &Store, now: Timestamp) -> Result<RegistryReport> {
     }
     // Applications made in this pass are validated later: note when.
     for rec in records.iter().filter(|r| r["record"] == "fix_applied") {
-        if let Some(after) = rec["validate_after"].as_str().and_then(parse_ts)
+        if let Some(after) = rec.validate_after
             && after > now
             && !report.validated.iter().chain(&report.rolled_back).any(|a| rec["application_id"] == a.as_str())
         {
@@ -470,7 +470,7 @@ fn adjust_worker_type(
 fn validate_due(
     store: &Store,
     patterns: &[Pattern],
-    records: &[Value],
+    records: &[HistoryRecord],
     now: Timestamp,
     report: &mut RegistryReport,
 ) -> Result<()> {
@@ -480,9 +480,7 @@ fn validate_due(
         .filter_map(|r| r["application_id"].as_str())
         .collect();
     for rec in records.iter().filter(|r| r["record"] == "fix_applied") {
-        let (Some(app), Some(after)) =
-            (rec["application_id"].as_str(), rec["validate_after"].as_str().and_then(parse_ts))
-        else {
+        let (Some(app), Some(after)) = (rec["application_id"].as_str(), rec.validate_after) else {
             continue;
         };
         if closed.contains(&app) {
@@ -536,7 +534,7 @@ fn validate_due(
 
 /// Restores the field an `adjust_worker_type` fix changed to its value in the backup, if the
 /// field still holds what the fix set (an operator's later edit is never overwritten).
-fn rollback(store: &Store, rec: &Value) -> Result<std::result::Result<(), String>> {
+fn rollback(store: &Store, rec: &HistoryRecord) -> Result<std::result::Result<(), String>> {
     let (Some(backup), Some(t), Some(field)) =
         (rec["backup"].as_str(), rec["target_worker_type"].as_str(), rec["field"].as_str())
     else {

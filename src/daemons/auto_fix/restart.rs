@@ -122,9 +122,17 @@ pub struct Made {
 }
 
 /// True when the zombie's processes are known to be gone (the heartbeat daemon finished its
-/// cleanup, or the spec came from elsewhere without a cleanup record).
-fn cleanup_done(spec: &DispatchRecord) -> bool {
-    HeartbeatRecord::of(spec).zombie_cleanup.is_none_or(|c| c.completed_at.is_some())
+/// cleanup, or the spec came from elsewhere without a cleanup record). A heartbeat record that
+/// does not decode (a malformed time) says nothing: the zombie is skipped, never restarted.
+fn cleanup_done(store: &Store, spec: &DispatchRecord) -> bool {
+    let path = crate::domain::task::dispatch_record::spec_path(store.home(), SpecBucket::Zombie, &spec.dispatch_id);
+    match HeartbeatRecord::of(spec, &path) {
+        Ok(hb) => hb.zombie_cleanup.is_none_or(|c| c.completed_at.is_some()),
+        Err(e) => {
+            tracing::warn!("skipping dispatch spec: {e}");
+            false
+        }
+    }
 }
 
 fn owns_task(task: &Task, dispatch_id: &str) -> bool {
@@ -134,7 +142,7 @@ fn owns_task(task: &Task, dispatch_id: &str) -> bool {
 /// Decides for every zombie whose task still waits for a decision.
 pub(crate) fn process_zombies(store: &Store, policy: &RestartPolicy, now: Timestamp) -> Result<Vec<Made>> {
     let zombies: Vec<DispatchRecord> =
-        list_bucket(store, SpecBucket::Zombie)?.into_iter().filter(cleanup_done).collect();
+        list_bucket(store, SpecBucket::Zombie)?.into_iter().filter(|z| cleanup_done(store, z)).collect();
     if zombies.is_empty() {
         return Ok(Vec::new());
     }
@@ -258,6 +266,36 @@ mod tests {
 
     fn free() -> Conditions<'static> {
         Conditions { breaker_open: false, recent_restarts: &[], budget_available: Some(1000), jitter_draw: 0.0 }
+    }
+
+    /// A zombie whose cleanup record holds a malformed time is not taken for cleaned up (before,
+    /// the record read as "no cleanup" and the task was restarted beside its processes).
+    #[test]
+    fn a_zombie_with_a_malformed_cleanup_time_is_not_restarted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(crate::store::home::Home::at(dir.path()));
+        let spec = |completed_at: serde_json::Value| DispatchRecord {
+            dispatch_id: "d".into(),
+            task_id: "t".into(),
+            worker_type: "shell".into(),
+            state: crate::domain::task::DispatchState::Starting,
+            dispatched_at: crate::base::clock::parse_ts("2030-01-01T00:00:00Z").unwrap(),
+            attempt: 1,
+            command: vec!["true".into()],
+            budget_reserved: 0,
+            timeout_seconds: 60.0,
+            stdout_path: String::new(),
+            stderr_path: String::new(),
+            heartbeat: Some(json!({"last_heartbeat": null, "sequence": 0, "missed_count": 0, "zombie_cleanup": {
+                "reason": "r", "detected_at": "2030-01-01T00:00:00.000000Z", "pid": 1, "pgid": 1,
+                "proc_start_ticks": 1, "tokens_returned": 0, "completed_at": completed_at}})),
+            tokens_used: None,
+            executor: Default::default(),
+            slurm: None,
+        };
+        assert!(cleanup_done(&store, &spec(json!("2030-01-01T00:00:10.000000Z"))));
+        assert!(!cleanup_done(&store, &spec(serde_json::Value::Null)), "cleanup not finished");
+        assert!(!cleanup_done(&store, &spec(json!("soon"))), "a malformed time says nothing");
     }
 
     #[test]

@@ -243,7 +243,14 @@ impl Monitor {
             }
         }
         for spec in list_bucket(store, SpecBucket::Zombie)? {
-            let hb = HeartbeatRecord::of(&spec);
+            let path = dispatch_record::spec_path(store.home(), SpecBucket::Zombie, &spec.dispatch_id);
+            let hb = match HeartbeatRecord::of(&spec, &path) {
+                Ok(hb) => hb,
+                Err(e) => {
+                    tracing::warn!("skipping dispatch spec: {e}");
+                    continue;
+                }
+            };
             if hb.zombie_cleanup.as_ref().is_some_and(|c| c.completed_at.is_none()) {
                 tracing::info!(dispatch = %spec.dispatch_id, "finishing an interrupted zombie cleanup");
                 zombie::finish(store, &spec, policy, self.clock.now())?;
@@ -268,7 +275,15 @@ impl Monitor {
         };
         let home = store.home();
         let id = &spec.dispatch_id;
-        let prev = HeartbeatRecord::of(spec);
+        // A record that does not decode is left as it is (never overwritten) and the dispatch
+        // skipped, as `list_bucket` skips a spec that does not decode.
+        let prev = match HeartbeatRecord::of(spec, &dispatch_record::spec_path(home, SpecBucket::Active, id)) {
+            Ok(prev) => prev,
+            Err(e) => {
+                tracing::warn!("skipping dispatch spec: {e}");
+                return Ok((HeartbeatRecord::default(), None, None));
+            }
+        };
         let seen = beat::observe(&home.heartbeat_file(id));
         let alive = crate::base::procfs::is_alive(pid, proc_start_ticks);
         let started = *started_at;
@@ -278,7 +293,7 @@ impl Monitor {
         let reference = seen.last.map_or(started, |l| l.max(started));
         let age = if aging { liveness::age_seconds(reference, now) } else { 0.0 };
         let level = if aging { liveness::classify(age, policy) } else { Liveness::Ok };
-        let last_heartbeat = seen.last.map(format_ts);
+        let last_heartbeat = seen.last;
         let sequence = seen.sequence.unwrap_or(if last_heartbeat.is_some() && last_heartbeat != prev.last_heartbeat {
             prev.sequence + 1
         } else {
@@ -319,14 +334,14 @@ impl Monitor {
                 tokens_remaining,
             },
             message: seen.message.clone().or(prev.message.clone()),
-            checked_at: Some(format_ts(now)),
+            checked_at: Some(now),
             zombie_cleanup: None,
         };
 
         let data = || {
             json!({
                 "dispatch_id": id, "task_id": spec.task_id, "worker_type": spec.worker_type, "pid": pid,
-                "last_heartbeat": record.last_heartbeat, "age_seconds": (age * 10.0).round() / 10.0,
+                "last_heartbeat": record.last_heartbeat.map(format_ts), "age_seconds": (age * 10.0).round() / 10.0,
                 "missed_count": missed_count, "sequence": sequence,
             })
         };

@@ -37,14 +37,14 @@ pub(crate) fn clean_up(
     now: Timestamp,
 ) -> Result<Option<DispatchRecord>> {
     let DispatchState::Running { pid, pgid, .. } = spec.state else { return Ok(None) };
-    let hb = HeartbeatRecord::of(spec);
+    let hb = HeartbeatRecord::of(spec, &spec_path(store.home(), SpecBucket::Active, &spec.dispatch_id))?;
     store.emit(
         EventKind::ZombieDetected,
         Severity::Warning,
         format!("dispatch {} (task {}, {}) is a zombie: {reason}", spec.dispatch_id, spec.task_id, spec.worker_type),
         json!({
             "dispatch_id": spec.dispatch_id, "task_id": spec.task_id, "worker_type": spec.worker_type,
-            "pid": pid, "pgid": pgid, "reason": reason, "last_heartbeat": hb.last_heartbeat,
+            "pid": pid, "pgid": pgid, "reason": reason, "last_heartbeat": hb.last_heartbeat.map(format_ts),
             "missed_count": hb.missed_count,
         }),
     )?;
@@ -85,10 +85,10 @@ fn claim(
         None => 0,
     };
     drop(budget_guard);
-    let mut hb = HeartbeatRecord::of(&current);
+    let mut hb = HeartbeatRecord::of(&current, &active)?;
     hb.zombie_cleanup = Some(ZombieCleanup {
         reason: reason.to_string(),
-        detected_at: format_ts(now),
+        detected_at: now,
         pid,
         pgid,
         proc_start_ticks,
@@ -113,7 +113,8 @@ pub(crate) fn finish(
     policy: &HeartbeatPolicy,
     now: Timestamp,
 ) -> Result<DispatchRecord> {
-    let hb = HeartbeatRecord::of(spec);
+    let zombie = spec_path(store.home(), SpecBucket::Zombie, &spec.dispatch_id);
+    let hb = HeartbeatRecord::of(spec, &zombie)?;
     let Some(cleanup) = hb.zombie_cleanup.clone() else {
         return Err(Error::other(format!("dispatch {} has no zombie cleanup record", spec.dispatch_id)));
     };
@@ -131,13 +132,12 @@ pub(crate) fn finish(
         )?;
     }
     let logs_dir = copy_logs(store, spec, now);
-    let zombie = spec_path(store.home(), SpecBucket::Zombie, &spec.dispatch_id);
     let updated = {
         let _guard = store.lock_named(crate::store::LockName::WorkerSpecs)?;
         let mut current = read_spec(store, &zombie)?.unwrap_or_else(|| spec.clone());
-        let mut hb = HeartbeatRecord::of(&current);
+        let mut hb = HeartbeatRecord::of(&current, &zombie)?;
         let c = hb.zombie_cleanup.get_or_insert(cleanup.clone());
-        c.completed_at = Some(format_ts(now));
+        c.completed_at = Some(now);
         c.signal = stop.signal.map(str::to_string);
         c.processes_stopped = stop.found;
         c.logs_dir = logs_dir.as_ref().map(|d| store.home().relative(d).display().to_string());

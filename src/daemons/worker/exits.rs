@@ -19,6 +19,7 @@
 //! Both locks go through [`crate::store::lock`] (deadline, holder note, a timeout naming the
 //! holders); `dispatch-exits` is always taken alone ([`LockName::DispatchExits`]).
 
+use crate::base::clock::Timestamp;
 use crate::base::error::{Error, Result};
 use crate::store::LockName;
 use crate::store::home::Home;
@@ -48,8 +49,10 @@ pub(crate) struct ExitReport {
     /// Set when the command could not be started.
     pub error: Option<String>,
     pub pid: Option<u32>,
-    pub started_at: String,
-    pub ended_at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub started_at: Timestamp,
+    #[serde(with = "crate::base::clock::ts")]
+    pub ended_at: Timestamp,
 }
 
 /// The journal's path in a home.
@@ -246,6 +249,36 @@ mod tests {
         j.refresh();
         assert_eq!(j.bad_lines, 1, "the torn line, closed by the next append, is skipped and counted");
         assert!(j.has("a") && j.has("d"));
+    }
+
+    /// The shim's times are `Timestamp`s: written as before (`format_ts`), read in any RFC 3339
+    /// form; a line whose time does not parse is a bad line, skipped and counted (before, any
+    /// string was taken).
+    #[test]
+    fn exit_report_times_are_written_canonically_and_a_malformed_one_is_a_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let (path, lock) = (journal_path(&home), lock_path(&home));
+        let t = crate::base::clock::parse_ts("2026-01-01T00:00:01.5Z").unwrap();
+        append(&path, &lock, &ExitReport { started_at: t, ended_at: t, ..report("a", 0) }).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(r#""started_at":"2026-01-01T00:00:01.500000Z","ended_at":"2026-01-01T00:00:01.500000Z""#),
+            "{text}"
+        );
+        let line = |id: &str, started: &str| {
+            format!(
+                r#"{{"dispatch_id":"{id}","exit_code":0,"signal":null,"error":null,"pid":1,"started_at":"{started}","ended_at":"2026-01-01T00:00:02Z"}}"#
+            ) + "\n"
+        };
+        crate::store::jsonl::append_raw(&path, line("b", "2026-01-01T01:00:01+01:00").as_bytes()).unwrap();
+        crate::store::jsonl::append_raw(&path, line("c", "a while ago").as_bytes()).unwrap();
+        let mut j = ExitJournal::new(&home);
+        j.refresh();
+        assert_eq!(j.take("a").unwrap().started_at, t);
+        assert_eq!(j.take("b").unwrap().started_at, crate::base::clock::parse_ts("2026-01-01T00:00:01Z").unwrap());
+        assert!(!j.has("c"), "a malformed time makes the line bad");
+        assert_eq!(j.bad_lines, 1);
     }
 
     #[test]

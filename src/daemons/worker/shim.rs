@@ -85,14 +85,14 @@ fn shim_main(args: Vec<OsString>) -> i32 {
         // The worker died before recording the dispatch: run nothing; it will be started afresh.
         return 0;
     }
-    let started_at = crate::base::clock::now_string();
+    let started_at = crate::base::clock::now();
     let mut report = ExitReport { dispatch_id, started_at, ..ExitReport::default() };
     match logs_opened {
         // Nothing runs without its logs; the error says why (the dispatch fails with it).
         Err(e) => report.error = Some(e),
         Ok(()) => run_command(argv, &mut report),
     }
-    report.ended_at = crate::base::clock::now_string();
+    report.ended_at = crate::base::clock::now();
     if let Err(e) = super::exits::append(&journal, &lock, &report) {
         say(&format!("cortex: cannot record the exit status in {}: {e}", journal.display()));
     }

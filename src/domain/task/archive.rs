@@ -732,6 +732,29 @@ mod tests {
         assert!(segment::check(&segs[2]).is_empty());
     }
 
+    /// The index header's completion times are `Timestamp`s: written as before, and a malformed
+    /// one makes the index unusable (named, the segment read whole) instead of a string that
+    /// compares wrongly.
+    #[test]
+    fn an_index_header_with_a_malformed_time_is_not_used_and_names_the_field() {
+        let (_dir, store) = fresh_store();
+        sealed_history(&store, 300, 100);
+        let segs = segment::list(&store);
+        let bytes = std::fs::read(&segs[0].index_path).unwrap();
+        let end = bytes.iter().position(|&b| b == b'\n').unwrap();
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[..end]).unwrap();
+        let first = header["first_completed_at"].as_str().unwrap().to_string();
+        assert_eq!(crate::base::clock::parse_ts(&first).map(crate::base::clock::format_ts), Some(first.clone()));
+        assert!(segment::index_problem(&segs[0]).is_none());
+        header["first_completed_at"] = serde_json::json!("the first of May");
+        let mut bad = serde_json::to_vec(&header).unwrap();
+        bad.extend_from_slice(&bytes[end..]);
+        std::fs::write(&segs[0].index_path, &bad).unwrap();
+        let problem = segment::index_problem(&segs[0]).expect("the index is not used");
+        assert!(problem.contains("header /first_completed_at") && problem.contains("the first of May"), "{problem}");
+        assert_eq!(find(&store, "task-00001").unwrap().unwrap().task_id, "task-00001");
+    }
+
     #[test]
     fn retention_keeps_the_newest_segments() {
         let (_dir, store) = fresh_store();

@@ -104,7 +104,7 @@ pub(crate) fn create_locked(
     let manifest = Manifest {
         format_version: manifest::FORMAT_VERSION,
         cortex_version: env!("CARGO_PKG_VERSION").to_string(),
-        created_at: crate::base::clock::format_ts(now),
+        created_at: now,
         host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         home: home.root().display().to_string(),
         kind: opts.kind.as_str().to_string(),

@@ -2,6 +2,7 @@
 //! its size, mode and SHA-256, and the compatibility alias (see [`alias_dir`]). Verification
 //! trusts nothing else in the archive.
 
+use crate::base::clock::Timestamp;
 use crate::base::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path};
@@ -20,7 +21,8 @@ pub const ALLOWED_ROOTS: [&str; 4] = ["coordination", "config", "agents", "corte
 pub struct Manifest {
     pub format_version: u32,
     pub cortex_version: String,
-    pub created_at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub created_at: Timestamp,
     pub host: String,
     /// The home the archive was taken from.
     pub home: String,
@@ -154,14 +156,44 @@ fn is_alias_name(name: &str) -> bool {
     ["cortex-backup-", "pre-restore-", "pre-reset-"].iter().any(|p| name.starts_with(p))
 }
 
-/// Parses manifest bytes.
+/// Parses manifest bytes. A value its type cannot take (a malformed `created_at`) is named by
+/// its JSON pointer.
 pub fn parse(bytes: &[u8]) -> Result<Manifest> {
-    serde_json::from_slice(bytes).map_err(|e| Error::other(format!("MANIFEST.json is not a Cortex manifest: {e}")))
+    let not_ours = |e: String| Error::other(format!("MANIFEST.json is not a Cortex manifest: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| not_ours(e.to_string()))?;
+    crate::store::decode_value(&value).map_err(|(pointer, expected)| {
+        not_ours(format!("{} {expected}", if pointer.is_empty() { "/" } else { pointer.as_str() }))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn manifest_json(created_at: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "format_version": 1, "cortex_version": "0.1.0", "created_at": created_at, "host": "h",
+            "home": "/h", "kind": "backup", "files": [], "links": [],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn manifest_time_loads_in_every_form_and_is_written_as_before() {
+        let m = parse(&manifest_json("2026-01-01T00:00:00.250000Z")).unwrap();
+        let written = serde_json::to_value(&m).unwrap();
+        assert_eq!(written["created_at"], "2026-01-01T00:00:00.250000Z");
+        let other = parse(&manifest_json("2026-01-01T01:00:00.25+01:00")).unwrap();
+        assert_eq!(other.created_at, m.created_at);
+    }
+
+    /// Before, any string was taken as the archive's time.
+    #[test]
+    fn a_malformed_manifest_time_refuses_the_manifest_naming_the_field() {
+        let err = parse(&manifest_json("last night")).unwrap_err().to_string();
+        assert!(err.contains("MANIFEST.json is not a Cortex manifest: /created_at"), "{err}");
+        assert!(err.contains("\"last night\" is not an RFC 3339 time"), "{err}");
+    }
 
     #[test]
     fn member_paths() {

@@ -76,7 +76,8 @@ pub(crate) struct RestoreOptions {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RestoreReport {
     pub archive: PathBuf,
-    pub archive_created_at: String,
+    #[serde(with = "crate::base::clock::ts")]
+    pub archive_created_at: crate::base::clock::Timestamp,
     pub archive_host: String,
     pub scope: Scope,
     pub dry_run: bool,
@@ -114,7 +115,7 @@ pub(crate) fn restore(store: &Store, config: &Config, opts: &RestoreOptions) -> 
     }
     let mut report = RestoreReport {
         archive: opts.archive.clone(),
-        archive_created_at: manifest.created_at.clone(),
+        archive_created_at: manifest.created_at,
         archive_host: manifest.host.clone(),
         scope: opts.scope,
         dry_run: opts.dry_run,
@@ -208,13 +209,13 @@ fn restore_stopped(
                 Scope::Coordination => "coordination/",
             },
             opts.archive.display(),
-            m.created_at,
+            crate::base::clock::format_ts(m.created_at),
             m.host,
             pre.path.display()
         ),
         serde_json::json!({
             "archive": opts.archive,
-            "archive_created_at": m.created_at,
+            "archive_created_at": crate::base::clock::format_ts(m.created_at),
             "scope": opts.scope,
             "files": m.files.iter().filter(|f| opts.scope.includes(&f.path)).count(),
             "pre_restore_backup": pre.path,

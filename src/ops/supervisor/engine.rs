@@ -7,7 +7,7 @@
 use super::policy::{Decision, RestartPolicy, RestartTrack};
 use super::process::{self, Detach};
 use super::registry::{self, DaemonRecord};
-use crate::base::clock::format_ts;
+use crate::base::clock::Timestamp;
 use crate::base::daemon_name::Daemon;
 use crate::store::Store;
 use crate::store::config::Config;
@@ -59,7 +59,7 @@ struct Entry {
     phase: Phase,
     track: RestartTrack,
     last_cause: Option<String>,
-    last_restart_at: Option<String>,
+    last_restart_at: Option<Timestamp>,
 }
 
 enum Note {
@@ -379,9 +379,9 @@ impl Engine {
             Err(e) => tracing::warn!("{name}: {e}"),
         }
         let detach = if self.mode == Mode::Pm { Detach::Session } else { Detach::Group };
-        let now = chrono::Utc::now();
+        let now = crate::base::clock::now();
         self.entries[i].track.on_restart(now);
-        self.entries[i].last_restart_at = Some(format_ts(now));
+        self.entries[i].last_restart_at = Some(now);
         let attempt = self.entries[i].track.consecutive;
         match self.launch(name, detach) {
             Ok(pid) => {
@@ -519,7 +519,7 @@ impl Engine {
                 let next = match &e.phase {
                     Phase::Down { at, .. } => {
                         let left = at.saturating_duration_since(Instant::now());
-                        Some(format_ts(chrono::Utc::now() + chrono::Duration::from_std(left).unwrap_or_default()))
+                        Some(crate::base::clock::now() + chrono::Duration::from_std(left).unwrap_or_default())
                     }
                     _ => None,
                 };
@@ -527,9 +527,9 @@ impl Engine {
                 let rec = DaemonRecord {
                     restarts: e.track.restarts,
                     failed,
-                    failed_at: failed.then(crate::base::clock::now_string),
+                    failed_at: failed.then(crate::base::clock::now),
                     last_cause: e.last_cause.clone(),
-                    last_restart_at: e.last_restart_at.clone(),
+                    last_restart_at: e.last_restart_at,
                     next_restart_at: next,
                 };
                 (e.daemon, rec)
@@ -543,7 +543,7 @@ impl Engine {
                     && old.failed
                     && rec.failed
                 {
-                    rec.failed_at = old.failed_at.clone();
+                    rec.failed_at = old.failed_at;
                 }
                 if rec == DaemonRecord::default() {
                     s.daemons.remove(name.as_str());

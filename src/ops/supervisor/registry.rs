@@ -3,7 +3,7 @@
 //! policy's state (`run/supervisor-state.json`) and the per-daemon lock that serialises start,
 //! stop and restart of one daemon between `cortex`, pm and `cortex run`.
 
-use crate::base::clock::now_string;
+use crate::base::clock::{Timestamp, now_string};
 use crate::base::daemon_name::{Daemon, PidOwner};
 use crate::base::error::{Error, Result};
 use crate::store::LockName;
@@ -155,8 +155,8 @@ pub(crate) struct SupervisorState {
     pub supervisor: Option<String>,
     #[serde(default)]
     pub pid: Option<u32>,
-    #[serde(default)]
-    pub updated_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub updated_at: Option<Timestamp>,
     #[serde(default)]
     pub daemons: BTreeMap<String, DaemonRecord>,
 }
@@ -170,21 +170,26 @@ pub(crate) struct DaemonRecord {
     /// True once the start limit was hit: no more restarts until `cortex start NAME`.
     #[serde(default)]
     pub failed: bool,
-    #[serde(default)]
-    pub failed_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub failed_at: Option<Timestamp>,
     #[serde(default)]
     pub last_cause: Option<String>,
-    #[serde(default)]
-    pub last_restart_at: Option<String>,
-    #[serde(default)]
-    pub next_restart_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub last_restart_at: Option<Timestamp>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub next_restart_at: Option<Timestamp>,
 }
 
-/// Reads the supervisor state (default when missing; a corrupt file is quarantined and ignored).
+/// Reads the supervisor state (default when missing; a corrupt file, or one whose values its
+/// type cannot take — a malformed time — is quarantined, logged naming the field, and ignored).
 pub(crate) fn read_state(home: &Home) -> SupervisorState {
     let store = crate::store::Store::new(home.clone()).with_source("supervisor");
-    match store.read_value_at(&home.supervisor_state(), None) {
-        Ok(Some(v)) => serde_json::from_value(v).unwrap_or_default(),
+    let path = home.supervisor_state();
+    match store.read_value_at(&path, None) {
+        Ok(Some(v)) => store.decode(&path, v).unwrap_or_else(|e| {
+            tracing::error!("{e}; starting from an empty supervisor state");
+            SupervisorState::default()
+        }),
         _ => SupervisorState::default(),
     }
 }
@@ -194,7 +199,7 @@ pub(crate) fn update_state(home: &Home, change: impl FnOnce(&mut SupervisorState
     let _guard = lock_exclusive(home, LockName::Supervisor, Duration::from_secs(10))?;
     let mut state = read_state(home);
     change(&mut state);
-    state.updated_at = Some(now_string());
+    state.updated_at = Some(crate::base::clock::now());
     let mut bytes = serde_json::to_vec_pretty(&state)?;
     bytes.push(b'\n');
     crate::store::atomic::write_atomic(&home.supervisor_state(), &bytes)
@@ -221,4 +226,59 @@ pub(crate) const FOREGROUND: PidOwner = PidOwner::Foreground;
 /// True while a `cortex run` supervises this home (pm then leaves restarts to it).
 pub(crate) fn foreground_active(home: &Home) -> bool {
     matches!(crate::store::pidfile::status(home, FOREGROUND), Ok(crate::store::pidfile::PidStatus::Running(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A state file as the supervisor wrote it while its times were strings.
+    fn written_before() -> serde_json::Value {
+        json!({
+            "supervisor": "pm", "pid": 42, "updated_at": "2026-01-01T00:00:09.000001Z",
+            "daemons": {"worker": {
+                "restarts": 3, "failed": true, "failed_at": "2026-01-01T00:00:08.000000Z",
+                "last_cause": "exited with code 1", "last_restart_at": "2026-01-01T00:00:07.250000Z",
+                "next_restart_at": null,
+            }},
+        })
+    }
+
+    #[test]
+    fn supervisor_state_times_load_in_every_form_and_are_written_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        std::fs::create_dir_all(home.run_dir()).unwrap();
+        let before = written_before();
+        std::fs::write(home.supervisor_state(), serde_json::to_vec(&before).unwrap()).unwrap();
+        let state = read_state(&home);
+        assert_eq!(serde_json::to_value(&state).unwrap(), before, "the same strings are written back");
+        let mut other = before;
+        other["daemons"]["worker"]["failed_at"] = json!("2026-01-01T01:00:08+01:00");
+        std::fs::write(home.supervisor_state(), serde_json::to_vec(&other).unwrap()).unwrap();
+        let again = read_state(&home);
+        assert_eq!(again.daemons["worker"], state.daemons["worker"], "another RFC 3339 form reads as the same time");
+    }
+
+    /// Before, any string was taken as a time, and a state that did not decode was silently
+    /// read as empty (no copy kept) and then overwritten by the next update.
+    #[test]
+    fn a_malformed_time_in_the_supervisor_state_is_quarantined_and_the_state_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        std::fs::create_dir_all(home.run_dir()).unwrap();
+        let mut bad = written_before();
+        bad["daemons"]["worker"]["failed_at"] = json!("when it broke");
+        let bytes = serde_json::to_vec(&bad).unwrap();
+        std::fs::write(home.supervisor_state(), &bytes).unwrap();
+        let state = read_state(&home);
+        assert!(state.daemons.is_empty(), "the bad state is ignored");
+        let kept: Vec<_> = std::fs::read_dir(home.quarantine_dir()).unwrap().flatten().map(|e| e.path()).collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(kept[0].to_string_lossy().contains("supervisor-state.json"), "{kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes, "the copy is the file as it was");
+        let events = std::fs::read_to_string(home.events_file()).unwrap_or_default();
+        assert!(events.contains("/daemons/worker/failed_at"), "the event names the field: {events}");
+    }
 }

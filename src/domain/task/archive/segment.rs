@@ -64,8 +64,10 @@ pub struct IndexHeader {
     pub tasks: u64,
     /// Entries by status.
     pub counts: BTreeMap<TaskStatus, u64>,
-    pub first_completed_at: Option<String>,
-    pub last_completed_at: Option<String>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub first_completed_at: Option<crate::base::clock::Timestamp>,
+    #[serde(default, with = "crate::base::clock::ts::option")]
+    pub last_completed_at: Option<crate::base::clock::Timestamp>,
     /// The smallest and largest task id: a lookup skips a segment whose range cannot hold the id
     /// (ids sort by creation time, so segments' ranges barely overlap).
     #[serde(default)]
@@ -191,7 +193,8 @@ pub fn list(store: &Store) -> Vec<Segment> {
 /// are indexed (a line a full disk cut, or any other bad line, is counted and skipped, as every
 /// reader skips it); the last line of an id wins.
 pub fn build_index(mut reader: impl BufRead) -> std::io::Result<(IndexHeader, Vec<Entry>)> {
-    let mut by_id: std::collections::HashMap<String, (Entry, Option<String>)> = std::collections::HashMap::new();
+    let mut by_id: std::collections::HashMap<String, (Entry, Option<crate::base::clock::Timestamp>)> =
+        std::collections::HashMap::new();
     let mut header = IndexHeader {
         format: INDEX_FORMAT,
         segment: 0,
@@ -229,17 +232,17 @@ pub fn build_index(mut reader: impl BufRead) -> std::io::Result<(IndexHeader, Ve
         };
         let entry =
             Entry { task_id: task.task_id.clone(), status: task.status(), offset: start, len: line.len() as u64 };
-        let completed = task.completed_at().map(crate::base::clock::format_ts);
+        let completed = task.completed_at();
         by_id.insert(task.task_id, (entry, completed));
     }
     header.bytes = offset;
     let mut entries = Vec::with_capacity(by_id.len());
     for (entry, completed) in by_id.into_values() {
         if let Some(c) = completed {
-            if header.first_completed_at.as_ref().is_none_or(|f| &c < f) {
-                header.first_completed_at = Some(c.clone());
+            if header.first_completed_at.is_none_or(|f| c < f) {
+                header.first_completed_at = Some(c);
             }
-            if header.last_completed_at.as_ref().is_none_or(|l| &c > l) {
+            if header.last_completed_at.is_none_or(|l| c > l) {
                 header.last_completed_at = Some(c);
             }
         }
@@ -304,8 +307,10 @@ fn open_index_file(seg: &Segment) -> std::result::Result<(File, IndexHeader), St
         .take(64 * 1024)
         .read_until(b'\n', &mut first)
         .map_err(|e| format!("{}: {e}", seg.index_path.display()))?;
-    let header: IndexHeader = serde_json::from_slice(first.strip_suffix(b"\n").unwrap_or(&first))
+    let value: serde_json::Value = serde_json::from_slice(first.strip_suffix(b"\n").unwrap_or(&first))
         .map_err(|e| format!("{}: header: {e}", seg.index_path.display()))?;
+    let header: IndexHeader = crate::store::decode_value(&value)
+        .map_err(|(pointer, expected)| format!("{}: header {pointer}: {expected}", seg.index_path.display()))?;
     if header.format != INDEX_FORMAT {
         return Err(format!("{}: /format is {}, expected {INDEX_FORMAT}", seg.index_path.display(), header.format));
     }
