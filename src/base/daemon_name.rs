@@ -10,6 +10,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Daemon {
     Worker,
+    Slurm,
     Pm,
     Heartbeat,
     Metrics,
@@ -22,8 +23,9 @@ pub enum Daemon {
 
 impl Daemon {
     /// Every daemon, in start order (stop in reverse).
-    pub const ALL: [Daemon; 9] = [
+    pub const ALL: [Daemon; 10] = [
         Daemon::Worker,
+        Daemon::Slurm,
         Daemon::Pm,
         Daemon::Heartbeat,
         Daemon::Metrics,
@@ -38,6 +40,7 @@ impl Daemon {
     pub const fn as_str(self) -> &'static str {
         match self {
             Daemon::Worker => "worker",
+            Daemon::Slurm => "slurm",
             Daemon::Pm => "pm",
             Daemon::Heartbeat => "heartbeat",
             Daemon::Metrics => "metrics",
@@ -59,18 +62,38 @@ impl Daemon {
         format!("cortex-{}", self.as_str())
     }
 
-    /// Every daemon's name, in start order, for messages: `worker, pm, ...`.
+    /// Every daemon's name, in start order, for messages: `worker, slurm, pm, ...`.
     pub fn known() -> String {
-        NAMES.join(", ")
+        Daemon::ALL.map(Daemon::as_str).join(", ")
+    }
+
+    /// Runs only when configured (`[slurm] enabled` for `slurm`), not on a default home.
+    pub const fn optional(self) -> bool {
+        matches!(self, Daemon::Slurm)
     }
 }
 
-/// Every daemon's name, in start order (for the edges that deal in names: tests, command lines).
-pub const NAMES: [&str; 9] = {
-    let mut out = [""; 9];
+/// Every daemon's name, in start order (the library's own lists: locks, logs, signals).
+pub const ALL_NAMES: [&str; 10] = {
+    let mut out = [""; 10];
     let mut i = 0;
     while i < Daemon::ALL.len() {
         out[i] = Daemon::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
+
+/// The names of the daemons a default home runs, in start order (for the edges that deal in
+/// names: tests, command lines): every daemon but the [`Daemon::optional`] ones.
+pub const NAMES: [&str; 9] = {
+    let mut out = [""; 9];
+    let (mut i, mut n) = (0, 0);
+    while i < Daemon::ALL.len() {
+        if !Daemon::ALL[i].optional() {
+            out[n] = Daemon::ALL[i].as_str();
+            n += 1;
+        }
         i += 1;
     }
     out
@@ -132,6 +155,7 @@ mod tests {
             names,
             [
                 "worker",
+                "slurm",
                 "pm",
                 "heartbeat",
                 "metrics",
@@ -145,7 +169,8 @@ mod tests {
         assert_eq!(Daemon::AutoFix.binary_name(), "cortex-auto-fix");
         assert_eq!(Daemon::FailurePattern.to_string(), "failure-pattern");
         assert_eq!(Daemon::known(), names.join(", "));
-        assert_eq!(NAMES.to_vec(), names);
+        let default: Vec<&str> = names.iter().copied().filter(|n| *n != "slurm").collect();
+        assert_eq!(NAMES.to_vec(), default);
         assert_eq!(serde_json::json!({"d": Daemon::AutoFix}), serde_json::json!({"d": "auto-fix"}));
     }
 
@@ -166,6 +191,6 @@ mod tests {
         assert_eq!(sorted, Daemon::ALL, "ALL lists the variants in declaration (start) order");
         let mut dedup = Daemon::ALL.to_vec();
         dedup.dedup();
-        assert_eq!(dedup.len(), 9);
+        assert_eq!(dedup.len(), 10);
     }
 }

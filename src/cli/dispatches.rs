@@ -57,6 +57,11 @@ pub(super) fn run(ctx: &Ctx, args: DispatchesArgs) -> Result<u8> {
             format_ts(v.dispatched_at),
             v.duration_s.map(|d| format!("{d:.1}")).unwrap_or_else(|| "-".into())
         );
+        if v.executor.is_some() && (v.job_id.is_some() || v.waiting.is_some()) {
+            let job = v.job_id.map(|j| format!("job {j}")).unwrap_or_else(|| "no job id yet".into());
+            let why = v.waiting.as_deref().map(|w| format!(": {}", safe(w))).unwrap_or_default();
+            println!("  slurm {job}{why}");
+        }
     }
     Ok(0)
 }

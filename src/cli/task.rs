@@ -7,6 +7,7 @@ use crate::base::error::{Error, Result};
 use crate::base::text::{safe, shell_words};
 use crate::domain::task::model::{Priority, Task, TaskStatus};
 use crate::domain::task::ops::{self, NewTask, TaskFilter};
+use crate::domain::task::worker_types::ExecutorKind;
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +30,13 @@ pub enum TaskCommand {
         /// The repository the task concerns (recorded on the task).
         #[arg(long)]
         repo: Option<String>,
+        /// Where it runs: `local` (this host) or `slurm` (a Slurm job); default: its worker type's.
+        #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+        executor: Option<ExecutorKind>,
+        /// An sbatch option for this task, over its worker type's: partition=, account=, qos=,
+        /// cpus=, memory=, gres=, extra= (one more sbatch argument). Repeatable.
+        #[arg(long = "slurm-opt", value_name = "KEY=VALUE")]
+        slurm_opt: Vec<String>,
     },
     /// List tasks (the live queue, oldest first; --all adds finished tasks from the archive, all in
     /// task id order, paged with --limit and --after-id).
@@ -120,13 +128,23 @@ fn print_task_line(t: &Task) {
     );
 }
 
+fn parse_executor(s: &str) -> std::result::Result<ExecutorKind, String> {
+    match s {
+        "local" => Ok(ExecutorKind::Local),
+        "slurm" => Ok(ExecutorKind::Slurm),
+        other => Err(format!("unknown executor {other:?}: use local or slurm")),
+    }
+}
+
 pub(super) fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
     let store = ctx.store()?;
     let actor = crate::domain::scheduler_state::local_user();
     match cmd {
-        TaskCommand::Add { description, task, timeout, after, delay, repo } => {
+        TaskCommand::Add { description, task, timeout, after, delay, repo, executor, slurm_opt } => {
             let TaskFlags { priority, worker_type, budget, max_attempts, command } = task;
             let new = NewTask {
+                executor,
+                slurm_opts: slurm_opt,
                 description,
                 priority: Some(priority),
                 worker_type,
@@ -195,6 +213,13 @@ pub(super) fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                         bucket.dir_name(),
                         r.state.ended_at().map(|e| format!(" ended {}", format_ts(e))).unwrap_or_default()
                     );
+                    if let crate::domain::task::model::DispatchState::Slurm { job_id, job_state, reason, .. } = &r.state
+                    {
+                        let job = job_id.map(|j| format!("job {j}")).unwrap_or_else(|| "no job id yet".into());
+                        let state = job_state.as_deref().map(|s| format!(" {}", safe(s))).unwrap_or_default();
+                        let why = reason.as_deref().map(|w| format!(": {}", safe(w))).unwrap_or_default();
+                        println!("  slurm          {job}{state}{why}");
+                    }
                 }
             }
             Ok(0)

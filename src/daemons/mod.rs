@@ -12,5 +12,6 @@ pub mod heartbeat;
 pub mod integration;
 pub mod metrics;
 pub mod pm;
+pub mod slurm;
 pub(crate) mod tracing_setup;
 pub mod worker;

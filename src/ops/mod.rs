@@ -5,6 +5,7 @@
 pub mod backup;
 pub(crate) mod logs;
 pub(crate) mod recovery;
+pub(crate) mod slurm_command;
 pub mod status;
 pub mod supervisor;
 pub mod validate;

@@ -344,10 +344,16 @@ pub struct ConfigCheck {
 /// the home.
 pub fn check_config(home: &Home, config_path: &Path) -> ConfigCheck {
     let mut errors = Vec::new();
+    let mut slurm_enabled = None;
+    let mut slurm_checks = Vec::new();
     match crate::store::config::Config::load_file(config_path) {
         Ok(config) => {
             if let Err(e) = crate::store::api_tokens::load_tokens(home, &config) {
                 errors.push(format!("[api] tokens_file: {e}"));
+            }
+            slurm_enabled = Some(config.slurm.enabled);
+            if config.slurm.enabled || has_slurm_types(home) {
+                slurm_checks = slurm_warnings(&config.slurm);
             }
         }
         Err(e) => errors.push(e.to_string()),
@@ -367,12 +373,69 @@ pub fn check_config(home: &Home, config_path: &Path) -> ConfigCheck {
             errors.push(msg);
         }
     }
-    ConfigCheck { ok: errors.is_empty(), errors, warnings: worker_type_warnings(home) }
+    let mut warnings = worker_type_warnings(home, slurm_enabled);
+    warnings.extend(slurm_checks);
+    ConfigCheck { ok: errors.is_empty(), errors, warnings }
+}
+
+fn has_slurm_types(home: &Home) -> bool {
+    std::fs::read(home.coord_file(files::WORKER_TYPES))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::domain::task::worker_types::WorkerTypes>(&b).ok())
+        .is_some_and(|t| {
+            t.worker_types.values().any(|wt| wt.executor == crate::domain::task::worker_types::ExecutorKind::Slurm)
+        })
+}
+
+/// Where a command named in `[slurm]` would be run from: the absolute path, or the first
+/// executable of that name in `PATH`.
+fn resolve_program(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.starts_with('/') {
+        return executable(Path::new(program)).then(|| Path::new(program).to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|d| d.join(program)).find(|p| executable(p)))
+        .unwrap_or_default()
+}
+
+/// `[slurm]` checked against this host, when Slurm is enabled or a worker type uses it: each
+/// command resolvable (PATH or absolute, executable), and the controller answering `scontrol
+/// ping` (a 10 s deadline). Warnings: the cluster may be down for a while, which loses nothing.
+fn slurm_warnings(cfg: &crate::store::config::SlurmConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, program) in
+        [("sbatch", &cfg.sbatch), ("squeue", &cfg.squeue), ("scontrol", &cfg.scontrol), ("scancel", &cfg.scancel)]
+    {
+        if resolve_program(program).is_none() {
+            out.push(format!(
+                "[slurm] {key}: {program:?} is not an executable file{} (install the Slurm client or set the path)",
+                if program.starts_with('/') { "" } else { " in PATH" }
+            ));
+        }
+    }
+    if !out.is_empty() {
+        return out;
+    }
+    let argv = crate::domain::slurm::command::scontrol_ping(cfg);
+    match crate::ops::slurm_command::run(&argv, None, std::time::Duration::from_secs(10)) {
+        Ok(ran) if crate::domain::slurm::parse::ping_up(&ran.stdout) => {}
+        Ok(ran) => out.push(format!(
+            "[slurm]: the Slurm controller does not answer `{} ping` ({}); Slurm dispatches wait until it does",
+            cfg.scontrol,
+            crate::base::text::safe(
+                crate::domain::slurm::preview(format!("{}{}", ran.stdout, ran.stderr).trim()).as_str()
+            )
+        )),
+        Err(e) => out.push(format!("[slurm]: `{} ping`: {e}; Slurm dispatches wait until it answers", cfg.scontrol)),
+    }
+    out
 }
 
 /// [`crate::domain::task::worker_types::template_warnings`] for every worker type of the home (none
 /// when the file does not parse: that is an error reported already).
-fn worker_type_warnings(home: &Home) -> Vec<String> {
+fn worker_type_warnings(home: &Home, slurm_enabled: Option<bool>) -> Vec<String> {
     let path = home.coord_file(files::WORKER_TYPES);
     let Some(types) = std::fs::read(&path)
         .ok()
@@ -383,7 +446,16 @@ fn worker_type_warnings(home: &Home) -> Vec<String> {
     types
         .worker_types
         .iter()
-        .flat_map(|(name, wt)| crate::domain::task::worker_types::template_warnings(name, wt))
+        .flat_map(|(name, wt)| {
+            let mut w = crate::domain::task::worker_types::template_warnings(name, wt);
+            if wt.executor == crate::domain::task::worker_types::ExecutorKind::Slurm && slurm_enabled == Some(false) {
+                w.push(format!(
+                    "worker type {name:?} runs on Slurm but [slurm] enabled is false in cortex.toml: its tasks \
+                     wait (slurm_disabled) until it is true and cortex-slurm runs"
+                ));
+            }
+            w
+        })
         .map(|w| format!("coordination/{}: {w}", files::WORKER_TYPES.rel))
         .collect()
 }

@@ -358,6 +358,9 @@ impl Default for ArchiveConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SlurmConfig {
+    /// Run Slurm dispatches: `cortex start` starts `cortex-slurm` and the coordinator dispatches
+    /// tasks of Slurm worker types. Off by default (a host without Slurm runs nothing for it).
+    pub enabled: bool,
     /// The Slurm commands, by name (looked up in `PATH`) or absolute path.
     pub sbatch: String,
     pub squeue: String,
@@ -373,6 +376,7 @@ pub struct SlurmConfig {
 impl Default for SlurmConfig {
     fn default() -> Self {
         SlurmConfig {
+            enabled: false,
             sbatch: "sbatch".into(),
             squeue: "squeue".into(),
             scontrol: "scontrol".into(),
@@ -518,7 +522,7 @@ impl Config {
 
     /// True when the daemon is enabled.
     pub fn daemon_enabled(&self, daemon: Daemon) -> bool {
-        !self.daemons.disabled.iter().any(|d| d == daemon.as_str())
+        (daemon != Daemon::Slurm || self.slurm.enabled) && !self.daemons.disabled.iter().any(|d| d == daemon.as_str())
     }
 }
 

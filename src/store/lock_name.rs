@@ -142,7 +142,7 @@ impl LockName {
     /// The lock with this file name (without `.lock`), if it is one of ours.
     pub fn parse(name: &str) -> Option<LockName> {
         if let Some(d) = name.strip_prefix("daemon-") {
-            return crate::base::daemon_name::NAMES.iter().find(|n| **n == d).map(|n| LockName::Daemon(n));
+            return crate::base::daemon_name::ALL_NAMES.iter().find(|n| **n == d).map(|n| LockName::Daemon(n));
         }
         LockName::FIXED.into_iter().find(|l| l.as_str() == name)
     }
@@ -169,8 +169,9 @@ impl fmt::Display for LockName {
 
 /// `daemon-<name>` for each daemon, spelled once for a `&'static str`.
 fn daemon_lock_name(daemon: &str) -> &'static str {
-    const NAMES: [&str; 9] = [
+    const NAMES: [&str; 10] = [
         "daemon-worker",
+        "daemon-slurm",
         "daemon-pm",
         "daemon-heartbeat",
         "daemon-metrics",

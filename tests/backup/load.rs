@@ -65,6 +65,8 @@ fn writer(arg: &str) {
                         dispatches: vec![dispatch_id.clone()],
                         schedule_id: None,
                         repo: None,
+                        executor: None,
+                        slurm: None,
                     });
                     Ok(true)
                 })
@@ -91,6 +93,8 @@ fn writer(arg: &str) {
                     stderr_path: "e".into(),
                     heartbeat: None,
                     tokens_used: None,
+                    executor: Default::default(),
+                    slurm: None,
                 };
                 let bytes = serde_json::to_vec(&rec).unwrap();
                 cortex::store::atomic::write_atomic(&spec_path(&home, SpecBucket::Active, &dispatch_id), &bytes)

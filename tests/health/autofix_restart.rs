@@ -28,6 +28,8 @@ impl Rig {
             stderr_path: String::new(),
             heartbeat: None,
             tokens_used: Some(10),
+            executor: Default::default(),
+            slurm: None,
         }
     }
 

@@ -114,6 +114,8 @@ pub(crate) fn in_progress_task(
         dispatches: vec![dispatch_id.into()],
         schedule_id: None,
         repo: None,
+        executor: None,
+        slurm: None,
     }
 }
 

@@ -223,6 +223,8 @@ fn worker_killed_mid_stop_ends_the_dispatch_timeout_or_cancelled_not_lost() {
             stderr_path: String::new(),
             heartbeat: None,
             tokens_used: None,
+            executor: Default::default(),
+            slurm: None,
         };
         std::fs::write(
             h.join(&format!("coordination/worker-specs/active/{id}.json")),

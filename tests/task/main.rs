@@ -1,5 +1,5 @@
 //! The task path: queue, runs, crashes, the exit journal, unrecorded dispatches, schedules, the
-//! scheduler switch, and the Slurm library against a real dev cluster.
+//! scheduler switch, and the Slurm library and `cortex-slurm` against a real dev cluster.
 //!
 //! One module per former test binary; run one area with `cargo test --test task`, one module
 //! with `cargo test --test task <module>::`.
@@ -17,4 +17,5 @@ mod run;
 mod schedule_cli;
 mod scheduler_persistence;
 mod slurm_cluster;
+mod slurm_daemon;
 mod unrecorded;

@@ -290,6 +290,8 @@ mod tests {
                 "reason": "r", "detected_at": "2030-01-01T00:00:00.000000Z", "pid": 1, "pgid": 1,
                 "proc_start_ticks": 1, "tokens_returned": 0, "completed_at": completed_at}})),
             tokens_used: None,
+            executor: Default::default(),
+            slurm: None,
         };
         assert!(cleanup_done(&store, &spec(json!("2030-01-01T00:00:10.000000Z"))));
         assert!(!cleanup_done(&store, &spec(serde_json::Value::Null)), "cleanup not finished");

@@ -27,7 +27,7 @@ use crate::domain::task::model::{
 };
 use crate::domain::task::queue::{self, Ended, Outcome};
 use crate::domain::task::retry::FailureStreaks;
-use crate::domain::task::worker_types::{TemplateVars, WorkerTypes, expand};
+use crate::domain::task::worker_types::{ExecutorKind, TemplateVars, WorkerTypes, expand};
 use crate::domain::task::{archive, budget, intake, ops};
 use crate::store::Store;
 use crate::store::config::Config;
@@ -284,6 +284,7 @@ impl Coordinator {
             archived: &self.after_cache,
             now: c.now,
             slots: self.config.scheduler.max_concurrent_dispatches as usize,
+            slurm_slots: self.slurm_slots(),
         });
         self.apply(&mut c, decided);
         let archive_file = self.archive(&mut c)?;
@@ -356,9 +357,13 @@ impl Coordinator {
             }
         };
         // The breakers are asked only when this cycle can dispatch at all.
-        let running = q.tasks.iter().filter(|t| t.status() == TaskStatus::InProgress).count();
-        let can_dispatch =
-            !report.paused && types.is_some() && (self.config.scheduler.max_concurrent_dispatches as usize) > running;
+        let (free, free_slurm) = plan::free_slots(
+            &q.tasks,
+            types.as_ref(),
+            self.config.scheduler.max_concurrent_dispatches as usize,
+            self.slurm_slots(),
+        );
+        let can_dispatch = !report.paused && types.is_some() && (free > 0 || free_slurm > 0);
         let breakers =
             if can_dispatch { breaker_gate.snapshot(&store, &q.tasks, now) } else { BreakerSnapshot::default() };
         Ok(Collected {
@@ -380,6 +385,11 @@ impl Coordinator {
         })
     }
 
+    /// `[slurm] max_jobs` when Slurm is enabled.
+    fn slurm_slots(&self) -> Option<usize> {
+        self.config.slurm.enabled.then_some(self.config.slurm.max_jobs as usize)
+    }
+
     /// Applies a plan to the collected queue and budget: each planned dispatch gets a new id,
     /// reserves its tokens, is recorded on its task (`in_progress`) and in the report with the
     /// record its spec will hold; the tasks the plan fails are failed; waiting reasons recorded.
@@ -394,6 +404,14 @@ impl Coordinator {
         for d in decided.dispatch {
             let dispatch_id = new_id("dsp");
             budget::reserve(&mut c.budget, &dispatch_id, d.reserve, c.now);
+            let task = &c.q.tasks[d.task];
+            let wt = c.types.as_ref().and_then(|ty| ty.worker_types.get(&task.worker_type));
+            let executor = plan::executor_of(c.types.as_ref(), task);
+            // The type's sbatch options, the task's own over them.
+            let slurm = (executor == ExecutorKind::Slurm).then(|| {
+                let base = wt.and_then(|wt| wt.slurm.clone()).unwrap_or_default();
+                task.slurm.as_ref().map_or(base.clone(), |own| base.overlaid(own))
+            });
             let t = &mut c.q.tasks[d.task];
             c.changed.insert(t.task_id.clone());
             t.attempts += 1;
@@ -427,6 +445,8 @@ impl Coordinator {
                 stderr_path: self.store.home().dispatch_stderr(&dispatch_id).display().to_string(),
                 heartbeat: None,
                 tokens_used: None,
+                executor,
+                slurm,
             });
             c.q_dirty = true;
         }
@@ -821,6 +841,8 @@ fn lost_record(t: &Task, dispatch_id: &str, now: Timestamp, reason: &str) -> Dis
         stderr_path: String::new(),
         heartbeat: None,
         tokens_used: None,
+        executor: Default::default(),
+        slurm: None,
     }
 }
 

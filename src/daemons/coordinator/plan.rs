@@ -9,7 +9,7 @@
 use crate::base::clock::Timestamp;
 use crate::domain::task::model::{Task, TaskState, TaskStatus, TokenBudget, WaitingReason};
 use crate::domain::task::queue;
-use crate::domain::task::worker_types::WorkerTypes;
+use crate::domain::task::worker_types::{ExecutorKind, WorkerTypes};
 use std::collections::{HashMap, HashSet};
 
 /// A worker type's circuit breaker as this cycle sees it (types with a closed breaker are absent
@@ -45,8 +45,37 @@ pub(crate) struct CycleInput<'a> {
     pub archived: &'a HashMap<String, TaskStatus>,
     /// The cycle's time, read under the `scheduler` lock.
     pub now: Timestamp,
-    /// `[scheduler] max_concurrent_dispatches`: how many dispatches may run at once.
+    /// `[scheduler] max_concurrent_dispatches`: how many local dispatches may run at once.
     pub slots: usize,
+    /// `[slurm] max_jobs`: how many Slurm dispatches may be in flight at once, counted apart
+    /// from the local slots; None when `[slurm] enabled` is false (a Slurm type's tasks wait,
+    /// `slurm_disabled`).
+    pub slurm_slots: Option<usize>,
+}
+
+/// The executor a task's dispatch would use: its own (`task add --executor`), else its worker
+/// type's (local when the type is unknown).
+pub(crate) fn executor_of(types: Option<&WorkerTypes>, t: &Task) -> ExecutorKind {
+    t.executor
+        .or_else(|| types.and_then(|ty| ty.worker_types.get(&t.worker_type)).map(|wt| wt.executor))
+        .unwrap_or_default()
+}
+
+/// Free local slots and free Slurm slots: the limits less the tasks in progress on each executor.
+pub(crate) fn free_slots(
+    tasks: &[Task],
+    types: Option<&WorkerTypes>,
+    slots: usize,
+    slurm_slots: Option<usize>,
+) -> (usize, usize) {
+    let (mut local, mut slurm) = (0, 0);
+    for t in tasks.iter().filter(|t| t.status() == TaskStatus::InProgress) {
+        match executor_of(types, t) {
+            ExecutorKind::Local => local += 1,
+            ExecutorKind::Slurm => slurm += 1,
+        }
+    }
+    (slots.saturating_sub(local), slurm_slots.unwrap_or(0).saturating_sub(slurm))
 }
 
 /// One dispatch to make: the task (an index into [`CycleInput::tasks`]) and what its record
@@ -92,8 +121,7 @@ pub(crate) fn plan(input: &CycleInput) -> DispatchPlan {
     let tasks = input.tasks;
     let now = input.now;
     let mut out = DispatchPlan::default();
-    let running = tasks.iter().filter(|t| t.status() == TaskStatus::InProgress).count();
-    let mut free = input.slots.saturating_sub(running);
+    let (mut free, mut free_slurm) = free_slots(tasks, input.types, input.slots, input.slurm_slots);
     let mut available = input.budget.available;
     let mut trials_made: HashSet<&str> = HashSet::new();
     let prereq: HashMap<&str, TaskStatus> = {
@@ -132,7 +160,7 @@ pub(crate) fn plan(input: &CycleInput) -> DispatchPlan {
                 }
             }
         }
-        if input.paused || free == 0 {
+        if input.paused || (free == 0 && free_slurm == 0) {
             continue;
         }
         let Some(types) = input.types else { continue };
@@ -143,6 +171,14 @@ pub(crate) fn plan(input: &CycleInput) -> DispatchPlan {
                 continue;
             }
         };
+        let slurm = t.executor.unwrap_or(wt.executor) == ExecutorKind::Slurm;
+        if slurm && input.slurm_slots.is_none() {
+            out.waiting.push((i, Some(WaitingReason::SlurmDisabled)));
+            continue;
+        }
+        if (slurm && free_slurm == 0) || (!slurm && free == 0) {
+            continue;
+        }
         if t.command.is_empty() && wt.command.is_empty() {
             out.fail.push((
                 i,
@@ -168,7 +204,11 @@ pub(crate) fn plan(input: &CycleInput) -> DispatchPlan {
             trials_made.insert(t.worker_type.as_str());
         }
         available -= t.budget;
-        free -= 1;
+        if slurm {
+            free_slurm -= 1;
+        } else {
+            free -= 1;
+        }
         out.dispatch.push(PlannedDispatch {
             task: i,
             reserve: t.budget,

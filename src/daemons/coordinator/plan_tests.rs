@@ -49,6 +49,7 @@ struct Fixture {
     paused: bool,
     archived: HashMap<String, TaskStatus>,
     slots: usize,
+    slurm_slots: Option<usize>,
 }
 
 impl Fixture {
@@ -61,6 +62,7 @@ impl Fixture {
             paused: false,
             archived: HashMap::new(),
             slots: 10,
+            slurm_slots: None,
         }
     }
 
@@ -74,6 +76,7 @@ impl Fixture {
             archived: &self.archived,
             now: at(NOW),
             slots: self.slots,
+            slurm_slots: self.slurm_slots,
         })
     }
 
@@ -253,4 +256,33 @@ fn unusable_worker_types_fail_the_task_or_hold_the_cycle() {
     f.types = None;
     let p = f.plan();
     assert!(p.dispatch.is_empty() && p.fail.is_empty(), "unreadable types: nothing decided");
+}
+
+/// A Slurm type's tasks count against `[slurm] max_jobs`, apart from the local slots: full local
+/// slots do not hold a Slurm task back, full Slurm slots do not hold a local one back, and with
+/// `[slurm] enabled` false a Slurm task waits (`slurm_disabled`) while local tasks go on.
+#[test]
+fn slurm_tasks_count_against_max_jobs_apart_from_local_slots() {
+    let mut types = types();
+    let mut gpu = types.worker_types["w"].clone();
+    gpu.executor = ExecutorKind::Slurm;
+    types.worker_types.insert("gpu".into(), gpu);
+    let on = |id: &str, wt: &str| Task { worker_type: wt.into(), ..Task::sample(id) };
+    let run_on = |id: &str, wt: &str| Task { worker_type: wt.into(), ..running(id) };
+    let tasks =
+        vec![run_on("l1", "w"), run_on("s1", "gpu"), on("l2", "w"), on("s2", "gpu"), on("s3", "gpu"), on("l3", "v")];
+    let mut f = Fixture { types: Some(types), slots: 1, slurm_slots: Some(2), ..Fixture::new(tasks) };
+    // Local: 1 slot, taken by l1. Slurm: 2 slots, s1 holds one.
+    assert_eq!(f.dispatched(), vec!["s2"]);
+    assert_eq!(free_slots(&f.tasks, f.types.as_ref(), 1, Some(2)), (0, 1));
+    f.slots = 3;
+    assert_eq!(f.dispatched(), vec!["l2", "s2", "l3"]);
+    f.slurm_slots = Some(3);
+    assert_eq!(f.dispatched(), vec!["l2", "s2", "s3", "l3"]);
+    f.slurm_slots = None;
+    let p = f.plan();
+    assert_eq!(p.dispatch.iter().map(|d| f.tasks[d.task].task_id.as_str()).collect::<Vec<_>>(), vec!["l2", "l3"]);
+    for i in [3, 4] {
+        assert!(p.waiting.contains(&(i, Some(WaitingReason::SlurmDisabled))), "{:?}", p.waiting);
+    }
 }

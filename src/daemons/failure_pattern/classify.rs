@@ -249,6 +249,7 @@ pub(crate) fn from_spec(home: &Home, rec: &DispatchRecord) -> Option<Failure> {
     let (at, kind, exit_code, signal, message) = match &rec.state {
         DispatchState::Starting
         | DispatchState::Running { .. }
+        | DispatchState::Slurm { .. }
         | DispatchState::Completed { .. }
         | DispatchState::Cancelled { .. } => return None,
         DispatchState::Timeout(SignalledEnd { ended_at, signal, .. }) => {

@@ -116,7 +116,8 @@ impl Monitor {
 
         let running: Vec<DispatchRecord> = list_bucket(store, SpecBucket::Active)?
             .into_iter()
-            .filter(|d| d.status() == DispatchStatus::Running)
+            // A Slurm job has no process here to watch: Slurm and cortex-slurm follow it.
+            .filter(|d| d.status() == DispatchStatus::Running && !d.is_slurm())
             .collect();
         report.running = running.len();
         let ids: HashSet<&str> = running.iter().map(|d| d.dispatch_id.as_str()).collect();

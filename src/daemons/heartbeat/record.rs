@@ -137,6 +137,8 @@ mod tests {
             stderr_path: String::new(),
             heartbeat: Some(heartbeat),
             tokens_used: None,
+            executor: Default::default(),
+            slurm: None,
         }
     }
 

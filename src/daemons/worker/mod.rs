@@ -185,6 +185,9 @@ pub struct Worker<E: Executor> {
     /// `starting` dispatches not launched because another dispatch of their task still has a
     /// live process here (logged once each).
     held_back: std::collections::HashSet<String>,
+    /// Slurm dispatches in `active/` (`cortex-slurm`'s): never launched here, their specs not
+    /// read again while they stay.
+    slurm: std::collections::HashSet<String>,
 }
 
 fn duration_since(started_at: Timestamp) -> Duration {
@@ -208,6 +211,7 @@ impl<E: Executor> Worker<E> {
             unrecorded_ends: HashMap::new(),
             records: HashMap::new(),
             held_back: Default::default(),
+            slurm: Default::default(),
         }
     }
 
@@ -218,6 +222,8 @@ impl<E: Executor> Worker<E> {
         for rec in dispatches::list_bucket(&self.store, SpecBucket::Active)? {
             let id = rec.dispatch_id.clone();
             match &rec.state {
+                // A Slurm dispatch is cortex-slurm's, never the worker's.
+                _ if rec.is_slurm() => {}
                 DispatchState::Starting => {}
                 DispatchState::Running { started_at, pid, pgid, proc_start_ticks } => {
                     let elapsed = duration_since(*started_at);
@@ -391,7 +397,11 @@ impl<E: Executor> Worker<E> {
                 continue;
             }
             if let Some(id) = name.strip_suffix(".json") {
-                if !self.live.contains_key(id) && !self.unrecorded_ends.contains_key(id) && !ending.contains(id) {
+                if !self.live.contains_key(id)
+                    && !self.unrecorded_ends.contains_key(id)
+                    && !ending.contains(id)
+                    && !self.slurm.contains(id)
+                {
                     new_specs.push(entry.path());
                 }
                 present.insert(id.to_string());
@@ -422,6 +432,7 @@ impl<E: Executor> Worker<E> {
             }
         }
         self.held_back.retain(|id| present.contains(id));
+        self.slurm.retain(|id| present.contains(id));
         new_specs.sort();
         // The tasks with a live process here (only when something is to be started).
         let mut busy_tasks: std::collections::HashSet<String> = if new_specs.is_empty() {
@@ -439,6 +450,11 @@ impl<E: Executor> Worker<E> {
                     continue;
                 }
             };
+            if rec.is_slurm() {
+                // cortex-slurm's: not launched here, not read again while its spec stays.
+                self.slurm.insert(rec.dispatch_id.clone());
+                continue;
+            }
             match rec.state {
                 DispatchState::Starting => {
                     if cancel_request_path(&self.home, &rec.dispatch_id).exists() {

@@ -163,6 +163,8 @@ pub(super) fn orphan_record(home: &Home, p: &TaskProcess) -> DispatchRecord {
         stderr_path: home.dispatch_stderr(&p.dispatch_id).display().to_string(),
         heartbeat: None,
         tokens_used: None,
+        executor: Default::default(),
+        slurm: None,
     }
 }
 

@@ -88,6 +88,8 @@ impl ScheduledRun {
             dispatches: Vec::new(),
             schedule_id: Some(self.schedule_id.clone()),
             repo: None,
+            executor: None,
+            slurm: None,
         }
     }
 }

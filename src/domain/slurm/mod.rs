@@ -59,7 +59,8 @@ pub struct JobEndRecord {
 }
 
 /// At most 200 characters of a text, for error messages quoting something Slurm printed.
-pub(crate) fn preview(text: &str) -> String {
+/// `text` cut to 200 characters (for messages quoting what a Slurm command printed).
+pub fn preview(text: &str) -> String {
     match text.char_indices().nth(200) {
         Some((i, _)) => format!("{}...", &text[..i]),
         None => text.to_string(),

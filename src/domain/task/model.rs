@@ -4,6 +4,7 @@
 //! "started_at": ...`) so operators query them with jq.
 
 use crate::base::clock::Timestamp;
+use crate::domain::task::worker_types::{ExecutorKind, SlurmOptions};
 use crate::store::Document;
 use crate::store::files::{self, CoordFile};
 use serde::{Deserialize, Serialize};
@@ -11,11 +12,14 @@ use std::collections::BTreeMap;
 
 /// Declares the name-only companion of a state enum: the enum of its variants' names, `ALL` (in
 /// declaration order), `as_str` (the name on disk) and the state's `status()`. One list of
-/// variants serves all four, so a state added to one cannot be missing from another.
+/// variants serves all four, so a state added to one cannot be missing from another. A state
+/// that reports another's name (`DispatchState::Slurm`: starting, then running) gives its
+/// `status()` arms after the list, in `also { pattern => status }`.
 macro_rules! state_names {
     (
         $(#[$attr:meta])*
         $state:ident => $status:ident { $($variant:ident = $name:literal),+ $(,)? }
+        $(also { $($pat:pat => $to:expr),+ $(,)? })?
     ) => {
         $(#[$attr])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -37,7 +41,8 @@ macro_rules! state_names {
         impl $state {
             pub fn status(&self) -> $status {
                 match self {
-                    $($state::$variant { .. } => $status::$variant),+
+                    $($state::$variant { .. } => $status::$variant,)+
+                    $($($pat => $to,)+)?
                 }
             }
         }
@@ -92,6 +97,8 @@ pub enum WaitingReason {
     CircuitBreaker,
     /// The token budget cannot cover it yet.
     Budget,
+    /// Its worker type runs on Slurm and `[slurm] enabled` is false.
+    SlurmDisabled,
     /// A reason written by another version.
     Other(String),
 }
@@ -103,6 +110,7 @@ impl WaitingReason {
             WaitingReason::After => "after",
             WaitingReason::CircuitBreaker => "circuit_breaker",
             WaitingReason::Budget => "budget",
+            WaitingReason::SlurmDisabled => "slurm_disabled",
             WaitingReason::Other(s) => s,
         }
     }
@@ -113,6 +121,7 @@ impl WaitingReason {
             "after" => WaitingReason::After,
             "circuit_breaker" => WaitingReason::CircuitBreaker,
             "budget" => WaitingReason::Budget,
+            "slurm_disabled" => WaitingReason::SlurmDisabled,
             other => WaitingReason::Other(other.to_string()),
         }
     }
@@ -261,6 +270,12 @@ pub struct Task {
     /// Free-form repository the task concerns (`create-task.sh --repo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
+    /// Where it runs, when not where its worker type says (`task add --executor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorKind>,
+    /// Its own `sbatch` options (`task add --slurm-opt KEY=VALUE`), over its worker type's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmOptions>,
 }
 
 impl Task {
@@ -483,6 +498,24 @@ pub enum DispatchState {
         ended_at: Timestamp,
         reason: String,
     },
+    /// A Slurm dispatch in the hands of `cortex-slurm` (never the worker's): from the intent to
+    /// submit, recorded before `sbatch` runs, to the job's end. `job_id` is None between the
+    /// intent and the job id being recorded (a crash there is recovered by finding the job by its
+    /// name, `cortex-<dispatch_id>`, before submitting again); `started_at` is set once Slurm
+    /// says the job runs. `reason` says why it waits (Slurm's pending reason, or Slurm
+    /// unreachable); `job_state` is Slurm's state as last polled.
+    Slurm {
+        #[serde(with = "crate::base::clock::ts")]
+        submitted_at: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job_id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job_state: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
+        started_at: Option<Timestamp>,
+    },
 }
 
 /// How a dispatch that was stopped ended (cancelled, or stopped at its timeout): on disk its
@@ -505,6 +538,10 @@ state_names! {
         Completed = "completed", Failed = "failed", Cancelled = "cancelled",
         Timeout = "timeout", Lost = "lost", Zombie = "zombie",
     }
+    also {
+        DispatchState::Slurm { started_at: None, .. } => DispatchStatus::Starting,
+        DispatchState::Slurm { started_at: Some(_), .. } => DispatchStatus::Running,
+    }
 }
 
 impl DispatchStatus {
@@ -516,7 +553,7 @@ impl DispatchStatus {
 impl DispatchState {
     pub fn ended_at(&self) -> Option<Timestamp> {
         match self {
-            DispatchState::Starting | DispatchState::Running { .. } => None,
+            DispatchState::Starting | DispatchState::Running { .. } | DispatchState::Slurm { .. } => None,
             DispatchState::Completed { ended_at, .. }
             | DispatchState::Failed { ended_at, .. }
             | DispatchState::Cancelled(SignalledEnd { ended_at, .. })
@@ -552,11 +589,24 @@ pub struct DispatchRecord {
     pub heartbeat: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_used: Option<u64>,
+    /// Where it runs, copied from its worker type when dispatched (a later edit of
+    /// `worker-types.json` does not change a dispatch in flight): the worker runs `local` ones,
+    /// `cortex-slurm` the `slurm` ones.
+    #[serde(default, skip_serializing_if = "ExecutorKind::is_local")]
+    pub executor: ExecutorKind,
+    /// The `sbatch` options of a Slurm dispatch, copied from its worker type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmOptions>,
 }
 
 impl DispatchRecord {
     pub fn status(&self) -> DispatchStatus {
         self.state.status()
+    }
+
+    /// A Slurm dispatch (`cortex-slurm`'s, never the worker's).
+    pub fn is_slurm(&self) -> bool {
+        self.executor == ExecutorKind::Slurm || matches!(self.state, DispatchState::Slurm { .. })
     }
 }
 
@@ -589,6 +639,8 @@ impl Task {
             dispatches: vec![],
             schedule_id: None,
             repo: None,
+            executor: None,
+            slurm: None,
         }
     }
 }
@@ -611,6 +663,8 @@ impl DispatchRecord {
             stderr_path: String::new(),
             heartbeat: None,
             tokens_used: None,
+            executor: Default::default(),
+            slurm: None,
         }
     }
 }

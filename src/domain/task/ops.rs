@@ -10,7 +10,7 @@ use super::model::{
 };
 use super::queue;
 use super::router::{DecisionRecord, RouterConfig, log_decision};
-use super::worker_types::WorkerTypes;
+use super::worker_types::{ExecutorKind, SlurmOptions, WorkerTypes};
 use crate::base::clock::{SystemClock, format_ts, now_string};
 use crate::base::error::{Error, Result};
 use crate::store::Store;
@@ -50,6 +50,10 @@ pub struct NewTask {
     /// A fixed id (a schedule's run: one id per slot, so a re-fired slot is recognised).
     /// Default: a new id. Refused when a task with this id exists.
     pub task_id: Option<String>,
+    /// Where it runs; default: its worker type's executor.
+    pub executor: Option<ExecutorKind>,
+    /// `sbatch` options as `KEY=VALUE` (`--slurm-opt`), over the worker type's.
+    pub slurm_opts: Vec<String>,
 }
 
 fn bad(detail: impl Into<String>) -> Error {
@@ -133,6 +137,15 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
         }
         None => new_id("task"),
     };
+    let slurm = if new.slurm_opts.is_empty() {
+        None
+    } else {
+        let o = SlurmOptions::from_pairs(&new.slurm_opts).map_err(bad)?;
+        if let Some(p) = o.problems("task").first() {
+            return Err(bad(format!("--slurm-opt: {p}")));
+        }
+        Some(o)
+    };
     let task = Task {
         task_id,
         description: description.clone(),
@@ -153,6 +166,8 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
         dispatches: Vec::new(),
         schedule_id: new.schedule_id,
         repo: new.repo.filter(|r| !r.is_empty()),
+        executor: new.executor,
+        slurm,
     };
     intake::append(store, &task)?;
     if log {

@@ -28,6 +28,10 @@ pub const SHIM_ARG: &str = "--cortex-exec-shim";
 pub const TASK_ENV_VARS: [&str; 5] =
     ["CORTEX_DISPATCH_ID", "CORTEX_TASK_ID", "CORTEX_ATTEMPT", "CORTEX_HEARTBEAT_FILE", "CORTEX_USAGE_FILE"];
 
+/// Set to `slurm` in a Slurm job's environment (its batch script exports it): such processes are
+/// not the worker's, whatever host they run on.
+pub const EXECUTOR_VAR: &str = "CORTEX_EXECUTOR";
+
 /// One live process of a dispatch of this home.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskProcess {
@@ -71,6 +75,11 @@ fn task_process(pid: i32, root: &Path, root_text: &str) -> Option<TaskProcess> {
     let environ = procfs::environ(pid)?;
     let var = |name: &str| procfs::env_var(&environ, name).map(|v| String::from_utf8_lossy(v).into_owned());
     let (home, dispatch) = (var("CORTEX_HOME")?, var("CORTEX_DISPATCH_ID")?);
+    // A Slurm job's processes (on a node that is this host) are Slurm's and cortex-slurm's to
+    // stop, never an orphan of this home's worker.
+    if var(EXECUTOR_VAR).is_some_and(|e| e == "slurm") {
+        return None;
+    }
     let (task, attempt) = (var("CORTEX_TASK_ID"), var("CORTEX_ATTEMPT").and_then(|a| a.parse().ok()));
     if !crate::domain::task::dispatches::is_valid_id(&dispatch)
         || (home != root_text && canonical(Path::new(&home)) != root)

@@ -106,7 +106,7 @@ pub(crate) fn result_of(rec: &DispatchRecord) -> (TaskResult, Option<bool>) {
             r.error = Some(format!("zombie: {reason}"));
             Some(false)
         }
-        DispatchState::Starting | DispatchState::Running { .. } => {
+        DispatchState::Starting | DispatchState::Running { .. } | DispatchState::Slurm { .. } => {
             r.error = Some(format!("dispatch {} left active/ without a final status", rec.dispatch_id));
             Some(false)
         }

@@ -83,6 +83,49 @@ pub struct SlurmOptions {
 }
 
 impl SlurmOptions {
+    /// These options with `over`'s set fields in their place and its `extra_args` after these.
+    pub fn overlaid(&self, over: &SlurmOptions) -> SlurmOptions {
+        let pick = |mine: &Option<String>, theirs: &Option<String>| theirs.clone().or_else(|| mine.clone());
+        SlurmOptions {
+            partition: pick(&self.partition, &over.partition),
+            account: pick(&self.account, &over.account),
+            qos: pick(&self.qos, &over.qos),
+            cpus: over.cpus.or(self.cpus),
+            memory: pick(&self.memory, &over.memory),
+            gres: pick(&self.gres, &over.gres),
+            extra_args: self.extra_args.iter().chain(&over.extra_args).cloned().collect(),
+        }
+    }
+
+    /// Options from `KEY=VALUE` words (`task add --slurm-opt`): `partition`, `account`, `qos`,
+    /// `cpus`, `memory`, `gres`, and `extra` (one more `sbatch` argument, repeatable).
+    pub fn from_pairs(pairs: &[String]) -> Result<SlurmOptions, String> {
+        let mut o = SlurmOptions::default();
+        for pair in pairs {
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                format!("--slurm-opt {pair:?}: expected KEY=VALUE (partition, account, qos, cpus, memory, gres, extra)")
+            })?;
+            let v = Some(value.to_string());
+            match key {
+                "partition" => o.partition = v,
+                "account" => o.account = v,
+                "qos" => o.qos = v,
+                "memory" => o.memory = v,
+                "gres" => o.gres = v,
+                "cpus" => {
+                    o.cpus = Some(value.parse().map_err(|_| format!("--slurm-opt cpus={value:?}: not a whole number"))?)
+                }
+                "extra" => o.extra_args.push(value.to_string()),
+                other => {
+                    return Err(format!(
+                        "--slurm-opt {other:?}: unknown key (partition, account, qos, cpus, memory, gres, extra)"
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+
     /// What is wrong with these options, naming the field (`worker_types.<name>.slurm.<field>`).
     pub fn problems(&self, type_name: &str) -> Vec<String> {
         let mut out = Vec::new();
@@ -208,14 +251,14 @@ const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh"];
 /// routed to it fails unless it brings its own `-- COMMAND`), or a placeholder spliced into a
 /// shell's `-c` script (`sh -c "work {description}"`: a description holding `; touch x` runs
 /// `touch x`). The safe form passes the value as its own argument: `sh -c 'work "$1"' sh {description}`.
-/// A Slurm type is warned about too (this version still runs its tasks locally), with any problem
-/// of its `slurm` options ([`SlurmOptions::problems`]).
+/// A Slurm type gets the shared-filesystem reminder, with any problem of its `slurm` options
+/// ([`SlurmOptions::problems`]).
 pub(crate) fn template_warnings(name: &str, wt: &WorkerType) -> Vec<String> {
     let mut out = Vec::new();
     if wt.executor == ExecutorKind::Slurm {
         out.push(format!(
-            "worker type {name:?}: \"executor\": \"slurm\" is not carried out by this version (the cortex-slurm \
-             daemon is not built yet): its tasks run on this host"
+            "worker type {name:?} runs its tasks as Slurm jobs (cortex-slurm): the home must be on a filesystem \
+             the compute nodes share at the same path (the jobs write their logs and end records into it)"
         ));
         out.extend(wt.slurm.as_ref().map(|o| o.problems(name)).unwrap_or_default());
     }
@@ -389,7 +432,7 @@ mod tests {
         assert_eq!((opts.partition.as_deref(), opts.cpus, opts.gres.as_deref()), (Some("gpu"), Some(4), Some("gpu:1")));
         assert!(opts.problems("gpu").is_empty());
         let warnings = template_warnings("gpu", gpu);
-        assert!(warnings.len() == 1 && warnings[0].contains("run on this host"), "{warnings:?}");
+        assert!(warnings.len() == 1 && warnings[0].contains("filesystem the compute nodes share"), "{warnings:?}");
         let back: WorkerTypes = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_eq!(back, t);
         let bad = SlurmOptions {
@@ -406,5 +449,24 @@ mod tests {
         }
         let unknown = r#"{"partition":"x","gpus":1}"#;
         assert!(serde_json::from_str::<SlurmOptions>(unknown).unwrap_err().to_string().contains("gpus"));
+    }
+
+    /// `--slurm-opt KEY=VALUE` words, and a task's options over its type's.
+    #[test]
+    fn task_slurm_options_from_pairs_and_overlaid() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let own = SlurmOptions::from_pairs(&words(&["partition=big", "cpus=2", "extra=--exclusive"])).unwrap();
+        let base = SlurmOptions {
+            partition: Some("debug".into()),
+            qos: Some("low".into()),
+            extra_args: vec!["--constraint=a100".into()],
+            ..SlurmOptions::default()
+        };
+        let both = base.overlaid(&own);
+        assert_eq!((both.partition.as_deref(), both.qos.as_deref(), both.cpus), (Some("big"), Some("low"), Some(2)));
+        assert_eq!(both.extra_args, ["--constraint=a100", "--exclusive"]);
+        for bad in ["cpus=two", "gpus=1", "partition"] {
+            assert!(SlurmOptions::from_pairs(&words(&[bad])).is_err(), "{bad}");
+        }
     }
 }

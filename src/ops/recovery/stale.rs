@@ -77,6 +77,8 @@ fn stale_reason(rec: &DispatchRecord, now: Timestamp, limit: chrono::Duration) -
                 )
             })
         }
+        // cortex-slurm follows it through Slurm (a job may wait in Slurm's queue for days).
+        DispatchState::Slurm { .. } => None,
         _ => Some(("ended but still in active/".into(), false)),
     }
 }

@@ -323,6 +323,15 @@ pub struct DispatchView {
     pub worker_type: String,
     pub log_path: String,
     pub output_tail: Option<String>,
+    /// `slurm` for a dispatch run as a Slurm job (absent for a local one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executor: Option<&'static str>,
+    /// The Slurm job's id, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<u64>,
+    /// Why a Slurm dispatch waits (Slurm's pending reason, or Slurm unreachable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl DispatchView {
@@ -331,6 +340,9 @@ impl DispatchView {
         let now = chrono::Utc::now();
         let (pid, started_at, exit_code, duration_s) = match &r.state {
             DispatchState::Starting => (None, None, None, None),
+            DispatchState::Slurm { started_at, .. } => {
+                (None, *started_at, None, started_at.map(|t| (now - t).num_milliseconds() as f64 / 1000.0))
+            }
             DispatchState::Running { started_at, pid, .. } => {
                 (Some(*pid), Some(*started_at), None, Some((now - *started_at).num_milliseconds() as f64 / 1000.0))
             }
@@ -373,6 +385,15 @@ impl DispatchView {
             worker_type: r.worker_type.clone(),
             log_path: log_path.to_string_lossy().into_owned(),
             output_tail,
+            executor: r.is_slurm().then_some("slurm"),
+            job_id: match &r.state {
+                DispatchState::Slurm { job_id, .. } => *job_id,
+                _ => None,
+            },
+            waiting: match &r.state {
+                DispatchState::Slurm { reason, .. } => reason.clone(),
+                _ => None,
+            },
         }
     }
 }

@@ -33,9 +33,11 @@ pub(crate) fn select(config: &Config, names: &[String], allow_disabled: bool) ->
     for n in names {
         let d = check_name(n)?;
         if !allow_disabled && !config.daemon_enabled(d) {
-            return Err(Error::refused(format!(
-                "{d} is disabled in cortex.toml ([daemons] disabled); remove it from that list to run it"
-            )));
+            return Err(Error::refused(if d == Daemon::Slurm && !config.slurm.enabled {
+                format!("{d} runs only with [slurm] enabled = true in cortex.toml")
+            } else {
+                format!("{d} is disabled in cortex.toml ([daemons] disabled); remove it from that list to run it")
+            }));
         }
         wanted.push(d);
     }

@@ -65,6 +65,9 @@ impl DaemonStatus {
             DaemonState::Stopped if self.stopped_by_operator => format!("{name}: STOPPED (by cortex stop)"),
             DaemonState::Stopped => format!("{name}: STOPPED"),
             DaemonState::Failed => format!("{name}: FAILED (gave up after {} restarts)", self.restarts),
+            DaemonState::Disabled if *name == Daemon::Slurm => {
+                format!("{name}: DISABLED (cortex.toml [slurm] enabled = false, or [daemons] disabled)")
+            }
             DaemonState::Disabled => format!("{name}: DISABLED (cortex.toml [daemons] disabled)"),
         }
     }

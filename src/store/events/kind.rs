@@ -98,6 +98,8 @@ event_kinds! {
     ScheduleSkippedMaxInstances = "schedule_skipped_max_instances",
     SchedulerPaused = "scheduler_paused",
     SchedulerResumed = "scheduler_resumed",
+    SlurmReachable = "slurm_reachable",
+    SlurmUnreachable = "slurm_unreachable",
     StorageWriteFailed = "storage_write_failed",
     SystemReset = "system_reset",
     TaskCancelRequested = "task_cancel_requested",
