@@ -113,6 +113,8 @@ fn integration_validates_a_burst_once_quarantines_it_and_never_validates_on_read
             .iter()
             .any(|e| e["data"]["file"] == "coordination/token-budget.json")
     });
+    // The daemon's log is written by a non-blocking appender: its line may follow the event.
+    wait_until(WAIT, "the burst's validation logged", || validations(&h, "token-budget.json") >= 1);
     let burst = validations(&h, "token-budget.json");
     assert!((1..=5).contains(&burst), "31 writes in a burst cost {burst} validations");
     let copies = std::fs::read_dir(h.join("coordination/quarantine"))
