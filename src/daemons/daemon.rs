@@ -169,6 +169,22 @@ impl DaemonContext {
         }
     }
 
+    /// The loop of a daemon that acts on whatever woke it: `step` does a pass and returns its next
+    /// deadline; it runs again on any wake-up (coalesced) until a shutdown signal. What the daemon
+    /// started keeps running after it returns (the worker's tasks, Slurm's jobs): the next
+    /// instance adopts them from their records.
+    pub fn run_steps(&mut self, mut step: impl FnMut() -> Option<Instant>) -> Result<()> {
+        loop {
+            let deadline = step();
+            if let Wake::Shutdown(_) = self.wait(deadline) {
+                return Ok(());
+            }
+            if self.drain_pending().iter().any(|w| matches!(w, Wake::Shutdown(_))) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Drains wake-ups that are already queued (after handling one, to coalesce bursts).
     pub fn drain_pending(&mut self) -> Vec<Wake> {
         let mut out = Vec::new();
@@ -361,4 +377,14 @@ pub fn idle_loop(ctx: &mut DaemonContext) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// The ids of `entries` whose deadline (None: none, or already being acted on) has passed at
+/// `now`: the timeouts a daemon's timer pass acts on (the worker's processes, Slurm's jobs).
+pub(crate) fn due<'a, T: 'a>(
+    entries: impl IntoIterator<Item = (&'a String, &'a T)>,
+    now: std::time::Instant,
+    deadline: impl Fn(&T) -> Option<std::time::Instant>,
+) -> Vec<String> {
+    entries.into_iter().filter(|(_, v)| deadline(v).is_some_and(|d| now >= d)).map(|(id, _)| id.clone()).collect()
 }

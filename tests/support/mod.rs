@@ -8,6 +8,7 @@ pub(crate) mod fleet;
 pub(crate) mod health;
 pub(crate) mod records;
 pub(crate) mod reexec;
+pub(crate) mod slurm;
 pub(crate) mod supervisor;
 pub(crate) mod task;
 

@@ -201,7 +201,7 @@ fn many_trivial_tasks_end_consistent() {
 /// next worker called it `lost` instead of `timeout` (or `cancelled`).
 #[test]
 fn worker_killed_mid_stop_ends_the_dispatch_timeout_or_cancelled_not_lost() {
-    use cortex::domain::task::model::{DispatchRecord, DispatchState};
+    use cortex::domain::task::model::DispatchRecord;
     let h = fast_home();
     // A PID that no longer runs (and start ticks that would not match anyway).
     let mut gone = std::process::Command::new("true").spawn().unwrap();
@@ -209,23 +209,17 @@ fn worker_killed_mid_stop_ends_the_dispatch_timeout_or_cancelled_not_lost() {
     gone.wait().unwrap();
     let started = chrono::Utc::now() - chrono::Duration::seconds(10);
     let write = |id: &str, timeout_seconds: f64| {
-        let rec = DispatchRecord {
-            dispatch_id: id.into(),
-            task_id: format!("task-{id}"),
-            worker_type: "analysis-worker".into(),
-            state: DispatchState::Running { started_at: started, pid, pgid: pid, proc_start_ticks: 1 },
-            dispatched_at: started,
-            attempt: 1,
-            command: vec!["sleep".into(), "100".into()],
-            budget_reserved: 10,
-            timeout_seconds,
-            stdout_path: String::new(),
-            stderr_path: String::new(),
-            heartbeat: None,
-            tokens_used: None,
-            executor: Default::default(),
-            slurm: None,
-        };
+        let at = cortex::base::clock::format_ts(started);
+        let rec: DispatchRecord = crate::support::records::typed(crate::support::records::dispatch(
+            id,
+            &format!("task-{id}"),
+            &at,
+            serde_json::json!({
+                "worker_type": "analysis-worker", "status": "running", "started_at": at,
+                "pid": pid, "pgid": pid, "proc_start_ticks": 1,
+                "command": ["sleep", "100"], "budget_reserved": 10, "timeout_seconds": timeout_seconds,
+            }),
+        ));
         std::fs::write(
             h.join(&format!("coordination/worker-specs/active/{id}.json")),
             serde_json::to_vec(&rec).unwrap(),

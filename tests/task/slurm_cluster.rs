@@ -4,6 +4,7 @@
 //! real `squeue` and `scontrol` print is parsed. Skipped, with a message saying so, only when the
 //! Slurm binaries are not installed (`. .ci/tools.sh` installs them).
 
+use crate::support::slurm::Cluster;
 use cortex::Home;
 use cortex::domain::slurm::command::{self, Submission};
 use cortex::domain::slurm::parse::{self, ShowJob};
@@ -14,7 +15,6 @@ use cortex::domain::task::model::DispatchState;
 use cortex::domain::task::worker_types::SlurmOptions;
 use cortex::store::config::SlurmConfig;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,53 +22,9 @@ use std::time::{Duration, Instant};
 /// six developers share the machine's two cores.
 const JOB_DEADLINE: Duration = Duration::from_secs(120);
 
-fn slurm_installed() -> bool {
-    ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel"]
-        .iter()
-        .all(|b| Command::new("sh").arg("-c").arg(format!("command -v {b}")).output().is_ok_and(|o| o.status.success()))
-}
-
-/// A running dev cluster, stopped (its daemons, steps and jobs only) when dropped.
-struct Cluster {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-}
-
 impl Cluster {
-    /// Starts one, or `None` (with a message) when Slurm is not installed.
-    fn start(test: &str) -> Option<Cluster> {
-        if !slurm_installed() {
-            eprintln!("SKIPPED {test}: the Slurm binaries are not installed (run `. .ci/tools.sh`)");
-            return None;
-        }
-        // Short: slurmd's step sockets live under it and a Unix socket path has 108 bytes.
-        let dir = tempfile::Builder::new().prefix("cs").tempdir().expect("tempdir");
-        let out = Command::new(script_path()).arg("start").arg(dir.path()).stdin(Stdio::null()).output().unwrap();
-        let cluster = Cluster { conf: dir.path().join("slurm.conf"), dir };
-        assert!(
-            out.status.success(),
-            "slurm-dev.sh start failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            cluster.logs()
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("SLURM_CONF={}", cluster.conf.display()));
-        Some(cluster)
-    }
-
-    fn logs(&self) -> String {
-        ["slurmctld.log", "slurmd.log"]
-            .iter()
-            .map(|f| {
-                let text = std::fs::read_to_string(self.dir.path().join("log").join(f)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                format!("--- {f} (last lines)\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     /// Runs a Slurm client argv against this cluster, with `stdin` if given.
-    fn run(&self, argv: &[String], stdin: Option<&[u8]>) -> Output {
+    fn run_argv(&self, argv: &[String], stdin: Option<&[u8]>) -> Output {
         let mut c = Command::new(&argv[0]);
         c.args(&argv[1..]).env("SLURM_CONF", &self.conf).stdout(Stdio::piped()).stderr(Stdio::piped());
         c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
@@ -80,13 +36,13 @@ impl Cluster {
     }
 
     fn submit(&self, cfg: &SlurmConfig, sub: &Submission, script: &str) -> JobId {
-        let out = self.run(&command::sbatch(cfg, sub), Some(script.as_bytes()));
+        let out = self.run_argv(&command::sbatch(cfg, sub), Some(script.as_bytes()));
         assert!(out.status.success(), "sbatch failed: {}", String::from_utf8_lossy(&out.stderr));
         parse::sbatch_parsable(&String::from_utf8_lossy(&out.stdout)).unwrap()
     }
 
     fn squeue(&self, cfg: &SlurmConfig, names: &[String]) -> Vec<parse::QueuedJob> {
-        let out = self.run(&command::squeue(cfg, names), None);
+        let out = self.run_argv(&command::squeue(cfg, names), None);
         assert!(out.status.success(), "squeue failed: {}", String::from_utf8_lossy(&out.stderr));
         let (jobs, bad) = parse::squeue(&String::from_utf8_lossy(&out.stdout));
         assert_eq!(bad, 0, "squeue printed lines that do not parse:\n{}", String::from_utf8_lossy(&out.stdout));
@@ -94,7 +50,7 @@ impl Cluster {
     }
 
     fn show(&self, cfg: &SlurmConfig, job: JobId) -> ShowJob {
-        let out = self.run(&command::scontrol_show_job(cfg, job), None);
+        let out = self.run_argv(&command::scontrol_show_job(cfg, job), None);
         parse::scontrol_show_job(
             &String::from_utf8_lossy(&out.stdout),
             &String::from_utf8_lossy(&out.stderr),
@@ -114,16 +70,6 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(script_path()).arg("stop").arg(self.dir.path()).stdin(Stdio::null()).output();
-    }
-}
-
-fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-dev.sh")
 }
 
 /// A home-like directory with the directories the daemon will create (logs, end records).
@@ -177,7 +123,7 @@ fn submit_dispatch(cluster: &Cluster, home: &Home, id: &str, argv: &[String]) ->
 /// record says exit 0.
 #[test]
 fn hostile_argv_reaches_a_real_slurm_job_byte_for_byte() {
-    let Some(cluster) = Cluster::start("hostile_argv_reaches_a_real_slurm_job_byte_for_byte") else { return };
+    let Some(cluster) = Cluster::start("hostile_argv_reaches_a_real_slurm_job_byte_for_byte", "cs") else { return };
     let (_dir, home) = home();
     let marker = home.root().join("pwned");
     let m = marker.display();
@@ -244,7 +190,7 @@ fn hostile_argv_reaches_a_real_slurm_job_byte_for_byte() {
 /// by name; a job id Slurm never had reads as unknown.
 #[test]
 fn real_squeue_and_scontrol_output_parses() {
-    let Some(cluster) = Cluster::start("real_squeue_and_scontrol_output_parses") else { return };
+    let Some(cluster) = Cluster::start("real_squeue_and_scontrol_output_parses", "cs") else { return };
     let (_dir, home) = home();
     let cfg = SlurmConfig::default();
     let (run_id, fail_id) = (unique_id("running"), unique_id("failing"));
@@ -286,7 +232,7 @@ fn real_squeue_and_scontrol_output_parses() {
 
     // Cancelled: scancel, then squeue and scontrol say CANCELLED, which ends the dispatch
     // cancelled (no end record: the script was killed with its command).
-    let out = cluster.run(&command::scancel(&cfg, running, None), None);
+    let out = cluster.run_argv(&command::scancel(&cfg, running, None), None);
     assert!(out.status.success(), "scancel: {}", String::from_utf8_lossy(&out.stderr));
     cluster.wait_for("CANCELLED in squeue", || {
         cluster

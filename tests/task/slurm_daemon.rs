@@ -6,43 +6,17 @@
 //! Every wait is on a condition with a generous deadline (jobs take ~3 s to start here, much longer
 //! under load), never a fixed sleep.
 
+use crate::support::slurm::{Cluster, script_path};
 use crate::support::{TestHome, bin, terminate};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(180);
 
-fn slurm_installed() -> bool {
-    ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel"]
-        .iter()
-        .all(|b| Command::new("sh").arg("-c").arg(format!("command -v {b}")).output().is_ok_and(|o| o.status.success()))
-}
-
-fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-dev.sh")
-}
-
-/// A dev cluster, stopped (its daemons, steps and jobs only) when dropped.
-struct Cluster {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-}
-
 impl Cluster {
-    fn start(test: &str) -> Option<Cluster> {
-        if !slurm_installed() {
-            eprintln!("SKIPPED {test}: the Slurm binaries are not installed (run `. .ci/tools.sh`)");
-            return None;
-        }
-        let dir = tempfile::Builder::new().prefix("cd").tempdir().expect("tempdir");
-        let out = Command::new(script_path()).arg("start").arg(dir.path()).stdin(Stdio::null()).output().unwrap();
-        assert!(out.status.success(), "slurm-dev.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
-        Some(Cluster { conf: dir.path().join("slurm.conf"), dir })
-    }
-
     fn run(&self, args: &[&str]) -> Output {
         Command::new(args[0]).args(&args[1..]).env("SLURM_CONF", &self.conf).stdin(Stdio::null()).output().unwrap()
     }
@@ -62,12 +36,6 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(script_path()).arg("stop").arg(self.dir.path()).stdin(Stdio::null()).output();
-    }
-}
-
 /// A home with Slurm enabled on the cluster, the `gpu` type on Slurm, and its daemons.
 struct Rig {
     h: TestHome,
@@ -77,7 +45,7 @@ struct Rig {
 
 impl Rig {
     fn new(test: &str) -> Option<Rig> {
-        let cluster = Cluster::start(test)?;
+        let cluster = Cluster::start(test, "cd")?;
         let h = TestHome::new();
         h.set_config("slurm", "enabled", "true");
         h.set_config("slurm", "poll_interval_seconds", "0.5");

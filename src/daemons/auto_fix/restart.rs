@@ -275,23 +275,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(crate::store::home::Home::at(dir.path()));
         let spec = |completed_at: serde_json::Value| DispatchRecord {
-            dispatch_id: "d".into(),
-            task_id: "t".into(),
-            worker_type: "shell".into(),
-            state: crate::domain::task::DispatchState::Starting,
             dispatched_at: crate::base::clock::parse_ts("2030-01-01T00:00:00Z").unwrap(),
-            attempt: 1,
-            command: vec!["true".into()],
-            budget_reserved: 0,
-            timeout_seconds: 60.0,
-            stdout_path: String::new(),
-            stderr_path: String::new(),
             heartbeat: Some(json!({"last_heartbeat": null, "sequence": 0, "missed_count": 0, "zombie_cleanup": {
                 "reason": "r", "detected_at": "2030-01-01T00:00:00.000000Z", "pid": 1, "pgid": 1,
                 "proc_start_ticks": 1, "tokens_returned": 0, "completed_at": completed_at}})),
-            tokens_used: None,
-            executor: Default::default(),
-            slurm: None,
+            ..DispatchRecord::sample("d", "t")
         };
         assert!(cleanup_done(&store, &spec(json!("2030-01-01T00:00:10.000000Z"))));
         assert!(!cleanup_done(&store, &spec(serde_json::Value::Null)), "cleanup not finished");

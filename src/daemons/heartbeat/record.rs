@@ -123,23 +123,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn spec(heartbeat: Value) -> DispatchRecord {
-        DispatchRecord {
-            dispatch_id: "d1".into(),
-            task_id: "t1".into(),
-            worker_type: "shell".into(),
-            state: DispatchState::Starting,
-            dispatched_at: parse_ts("2026-01-01T00:00:00Z").unwrap(),
-            attempt: 1,
-            command: vec!["true".into()],
-            budget_reserved: 0,
-            timeout_seconds: 60.0,
-            stdout_path: String::new(),
-            stderr_path: String::new(),
-            heartbeat: Some(heartbeat),
-            tokens_used: None,
-            executor: Default::default(),
-            slurm: None,
-        }
+        DispatchRecord { heartbeat: Some(heartbeat), ..DispatchRecord::sample("d1", "t1") }
     }
 
     /// A record as the heartbeat daemon wrote it while its times were strings.

@@ -27,7 +27,6 @@
 
 use crate::base::clock::{self, Timestamp};
 use crate::base::error::Result;
-use crate::base::wake::Wake;
 use crate::daemons::daemon::DaemonContext;
 use crate::domain::slurm::{self, JobEndRecord, JobId, command, parse, script, state};
 use crate::domain::task::dispatch_record::{self, Change, NotWritten, cancel_request_path};
@@ -214,15 +213,7 @@ impl SlurmDaemon {
             }
         }
         new.sort();
-        for path in new {
-            let rec = match dispatch_record::read_spec(&self.store, &path) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!("skipping unreadable spec {}: {e}", path.display());
-                    continue;
-                }
-            };
+        for rec in dispatch_record::read_specs_logged(&self.store, new) {
             if !rec.is_slurm() {
                 self.local.insert(rec.dispatch_id);
                 continue;
@@ -426,15 +417,8 @@ impl SlurmDaemon {
                 return Err(Some(format!("cannot create {}: {e}", d.display())));
             }
         }
-        let env = vec![
-            ("CORTEX_HOME".to_string(), self.home.root().display().to_string()),
-            ("CORTEX_TASK_ID".to_string(), rec.task_id.clone()),
-            ("CORTEX_DISPATCH_ID".to_string(), id.clone()),
-            ("CORTEX_ATTEMPT".to_string(), rec.attempt.to_string()),
-            ("CORTEX_HEARTBEAT_FILE".to_string(), self.home.heartbeat_file(id).display().to_string()),
-            ("CORTEX_USAGE_FILE".to_string(), self.home.usage_file(id).display().to_string()),
-            (crate::domain::task::processes::EXECUTOR_VAR.to_string(), "slurm".to_string()),
-        ];
+        let mut env = crate::domain::task::processes::task_env(&self.home, rec);
+        env.push((crate::domain::task::processes::EXECUTOR_VAR.to_string(), "slurm".to_string()));
         let end_record = self.home.slurm_end_record(id).display().to_string();
         let text = script::BatchScript { dispatch_id: id, argv: &rec.command, env: &env, end_record: &end_record }
             .render()
@@ -710,13 +694,7 @@ impl SlurmDaemon {
     /// then scancel; a queued job is cancelled at once.
     fn run_timers(&mut self) {
         let now = Instant::now();
-        let due: Vec<String> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.stop.is_none() && j.deadline.is_some_and(|d| now >= d))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
+        for id in crate::daemons::daemon::due(&self.jobs, now, |j| j.deadline.filter(|_| j.stop.is_none())) {
             self.request_stop(&id, StopReason::Timeout);
         }
         let mut acts = Vec::new();
@@ -871,16 +849,11 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     ctx.watch(&[ctx.home.worker_specs(SpecBucket::Active)])?;
     let mut daemon = SlurmDaemon::new(ctx.store.clone(), ctx.config.clone());
     ctx.mark_ready()?;
-    loop {
+    // Jobs keep running in Slurm after a shutdown; the next cortex-slurm adopts them.
+    ctx.run_steps(|| {
         daemon.step();
-        if let Wake::Shutdown(_) = ctx.wait(daemon.next_deadline()) {
-            // Jobs keep running in Slurm; the next cortex-slurm adopts them from their records.
-            return Ok(());
-        }
-        if ctx.drain_pending().iter().any(|w| matches!(w, Wake::Shutdown(_))) {
-            return Ok(());
-        }
-    }
+        daemon.next_deadline()
+    })
 }
 
 #[cfg(test)]

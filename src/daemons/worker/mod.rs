@@ -441,15 +441,7 @@ impl<E: Executor> Worker<E> {
             self.live.values().map(|l| l.task_id.clone()).collect()
         };
         let mut to_launch = Vec::new();
-        for path in new_specs {
-            let rec = match dispatch_record::read_spec(&self.store, &path) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!("skipping unreadable spec {}: {e}", path.display());
-                    continue;
-                }
-            };
+        for rec in dispatch_record::read_specs_logged(&self.store, new_specs) {
             if rec.is_slurm() {
                 // cortex-slurm's: not launched here, not read again while its spec stays.
                 self.slurm.insert(rec.dispatch_id.clone());
@@ -513,14 +505,7 @@ impl<E: Executor> Worker<E> {
         let wt = types.as_ref().and_then(|t| t.worker_types.get(&rec.worker_type));
         let dir = workdir(&self.home, &self.config.worker.workdir, wt, &rec.task_id);
         let id = &rec.dispatch_id;
-        let env = vec![
-            ("CORTEX_HOME".to_string(), self.home.root().display().to_string()),
-            ("CORTEX_TASK_ID".to_string(), rec.task_id.clone()),
-            ("CORTEX_DISPATCH_ID".to_string(), id.clone()),
-            ("CORTEX_ATTEMPT".to_string(), rec.attempt.to_string()),
-            ("CORTEX_HEARTBEAT_FILE".to_string(), self.home.heartbeat_file(id).display().to_string()),
-            ("CORTEX_USAGE_FILE".to_string(), self.home.usage_file(id).display().to_string()),
-        ];
+        let env = crate::domain::task::processes::task_env(&self.home, rec);
         LaunchPlan {
             command: rec.command.clone(),
             workdir: dir,
@@ -603,13 +588,7 @@ impl<E: Executor> Worker<E> {
 
     fn run_timers(&mut self) {
         let now = Instant::now();
-        let timed_out: Vec<String> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.stop.is_none() && l.deadline.is_some_and(|d| now >= d))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in timed_out {
+        for id in crate::daemons::daemon::due(&self.live, now, |l| l.deadline.filter(|_| l.stop.is_none())) {
             self.begin_stop(&id, StopReason::Timeout);
         }
         for l in self.live.values_mut() {
@@ -702,14 +681,9 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         serde_json::json!({"adopted": worker.running(), "at": format_ts(crate::base::clock::now())}),
     );
     ctx.mark_ready()?;
-    loop {
+    // Tasks keep running after a shutdown; the next worker re-adopts them.
+    ctx.run_steps(|| {
         worker.step();
-        if let Wake::Shutdown(_) = ctx.wait(worker.next_deadline()) {
-            // Tasks keep running; the next worker re-adopts them.
-            return Ok(());
-        }
-        if ctx.drain_pending().iter().any(|w| matches!(w, Wake::Shutdown(_))) {
-            return Ok(());
-        }
-    }
+        worker.next_deadline()
+    })
 }

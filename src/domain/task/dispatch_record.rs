@@ -44,6 +44,22 @@ pub(crate) fn final_bucket(rec: &DispatchRecord) -> SpecBucket {
     }
 }
 
+/// The records at `paths`, in that order, for a daemon's pass over new specs: a vanished one is
+/// skipped, an unreadable one skipped with an error naming it (integration reports and
+/// quarantines it).
+pub(crate) fn read_specs_logged(store: &Store, paths: Vec<std::path::PathBuf>) -> Vec<DispatchRecord> {
+    paths
+        .into_iter()
+        .filter_map(|path| match read_spec(store, &path) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("skipping unreadable spec {}: {e}", path.display());
+                None
+            }
+        })
+        .collect()
+}
+
 /// Reads one record (schema-checked; a bad one is quarantined and reported).
 pub fn read_spec(store: &Store, path: &Path) -> Result<Option<DispatchRecord>> {
     match store.read_value_at(path, Some(DISPATCH_SCHEMA))? {

@@ -28,6 +28,20 @@ pub const SHIM_ARG: &str = "--cortex-exec-shim";
 pub const TASK_ENV_VARS: [&str; 5] =
     ["CORTEX_DISPATCH_ID", "CORTEX_TASK_ID", "CORTEX_ATTEMPT", "CORTEX_HEARTBEAT_FILE", "CORTEX_USAGE_FILE"];
 
+/// The `CORTEX_*` environment every task gets, wherever it runs (locally, or in a Slurm job): its
+/// home, task, dispatch, attempt, and the heartbeat and usage files it may write.
+pub(crate) fn task_env(home: &Home, rec: &super::model::DispatchRecord) -> Vec<(String, String)> {
+    let id = &rec.dispatch_id;
+    vec![
+        ("CORTEX_HOME".to_string(), home.root().display().to_string()),
+        ("CORTEX_TASK_ID".to_string(), rec.task_id.clone()),
+        ("CORTEX_DISPATCH_ID".to_string(), id.clone()),
+        ("CORTEX_ATTEMPT".to_string(), rec.attempt.to_string()),
+        ("CORTEX_HEARTBEAT_FILE".to_string(), home.heartbeat_file(id).display().to_string()),
+        ("CORTEX_USAGE_FILE".to_string(), home.usage_file(id).display().to_string()),
+    ]
+}
+
 /// Set to `slurm` in a Slurm job's environment (its batch script exports it): such processes are
 /// not the worker's, whatever host they run on.
 pub const EXECUTOR_VAR: &str = "CORTEX_EXECUTOR";
