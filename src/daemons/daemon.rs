@@ -369,16 +369,6 @@ fn run_inner(daemon: Daemon, args: DaemonArgs, body: impl FnOnce(&mut DaemonCont
     result
 }
 
-/// The loop of a daemon that has no job yet: ready, then wait for shutdown.
-pub fn idle_loop(ctx: &mut DaemonContext) -> Result<()> {
-    ctx.mark_ready()?;
-    loop {
-        if let Wake::Shutdown(_) = ctx.wait(None) {
-            return Ok(());
-        }
-    }
-}
-
 /// The ids of `entries` whose deadline (None: none, or already being acted on) has passed at
 /// `now`: the timeouts a daemon's timer pass acts on (the worker's processes, Slurm's jobs).
 pub(crate) fn due<'a, T: 'a>(

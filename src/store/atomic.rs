@@ -5,7 +5,6 @@
 use crate::base::error::{Error, Result};
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Mode of state files Cortex creates (umask-independent).
@@ -362,11 +361,6 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Sets a file's mode to 0600 (for files created by other means, e.g. copies).
-pub fn restrict_mode(path: &Path) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(FILE_MODE)).map_err(|e| Error::io(path, "chmod", e))
-}
-
 fn parent_dir(path: &Path) -> Result<PathBuf> {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => Ok(p.to_path_buf()),
@@ -377,6 +371,7 @@ fn parent_dir(path: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn replaces_and_leaves_no_temp() {

@@ -227,12 +227,6 @@ pub fn read_last(home: &Home, limit: usize, mut keep: impl FnMut(&Event) -> bool
     Ok((out, bad))
 }
 
-/// Events at or after `since`.
-pub fn read_since(home: &Home, since: Timestamp) -> Result<Vec<Event>> {
-    let all = read_all(home)?;
-    Ok(all.records.into_iter().filter(|e| e.timestamp >= since).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

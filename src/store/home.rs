@@ -210,14 +210,6 @@ impl Home {
         let p = Path::new(configured);
         if p.is_absolute() { p.to_path_buf() } else { self.join(p) }
     }
-    /// The append-only intake of new tasks (`cortex task add` appends; the coordinator folds).
-    pub fn task_intake(&self) -> PathBuf {
-        self.coord_file(files::TASK_INTAKE)
-    }
-    /// Finished tasks moved out of the live queue, one JSON line each.
-    pub fn task_archive(&self) -> PathBuf {
-        self.coord_file(files::TASK_ARCHIVE)
-    }
     /// A dispatch's standard output.
     pub fn dispatch_stdout(&self, dispatch_id: &str) -> PathBuf {
         self.worker_logs().join(format!("{dispatch_id}.out"))

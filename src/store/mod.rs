@@ -244,12 +244,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Atomically writes bytes the caller encoded and checked against the file's schema (with
-    /// [`Document::encode_checked`] or a cached form of it), under the file's lock.
-    pub fn write_encoded_locked(&self, _guard: &LockGuard, file: &'static CoordFile, bytes: &[u8]) -> Result<()> {
-        atomic::write_atomic(&self.path(file), bytes)
-    }
-
     /// [`Store::update`] that writes only when `change` changed the document (no fsync, no new
     /// file, no watcher wake-up for a no-op).
     pub fn update_if_changed<D: Document + Clone + PartialEq, R>(

@@ -258,11 +258,6 @@ impl DetectorState {
         self.signatures.retain(|id, _| live.contains(id) || known.contains(id));
     }
 
-    /// Occurrences of a pattern within the window.
-    pub fn window_count(&self, pattern_id: &str) -> u64 {
-        self.occurrences.iter().filter(|o| o.pattern_id == pattern_id).count() as u64
-    }
-
     /// Occurrences of any pattern at or after `since`.
     pub fn count_since(&self, since: Timestamp) -> u64 {
         self.occurrences.iter().filter(|o| o.at >= since).count() as u64
@@ -357,11 +352,6 @@ impl DetectorState {
             }
         }
         changes
-    }
-
-    /// The newest occurrence time, parsed (for logs).
-    pub fn last_occurrence(&self) -> Option<Timestamp> {
-        self.occurrences.last().map(|o| o.at)
     }
 }
 

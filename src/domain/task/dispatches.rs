@@ -76,11 +76,6 @@ pub fn list(store: &Store, status: Option<DispatchStatus>) -> Result<Vec<Dispatc
     Ok(out)
 }
 
-/// Every dispatch of one task, oldest first.
-pub fn for_task(store: &Store, task_id: &str) -> Result<Vec<DispatchRecord>> {
-    Ok(list(store, None)?.into_iter().filter(|d| d.task_id == task_id).collect())
-}
-
 /// Asks the worker to cancel an active dispatch. Refuses (`Error::Refused`) if it is not active.
 pub fn request_cancel(store: &Store, dispatch_id: &str, requested_by: &str) -> Result<DispatchRecord> {
     let rec = match find(store, dispatch_id)? {
