@@ -118,7 +118,9 @@ impl Coordinator {
             budget_id: None,
             validated: Default::default(),
             archived_unwritten: HashSet::new(),
-            archive_unflushed: false,
+            // A predecessor killed before its flush may have left archive lines unsynced
+            // (their tasks already dropped by its journal commit): the first commit flushes them.
+            archive_unflushed: true,
             seal_retry_at: None,
             archive_unchecked: true,
         }
@@ -561,6 +563,13 @@ impl Coordinator {
             ..
         } = c;
         let mut state_batch = crate::store::atomic::ReplaceBatch::new();
+        // The budget is staged first: nothing that can fail may come between the journal's
+        // append and the flush below but the flush itself, whose failure takes the commit back.
+        budget.recompute();
+        let budget_changed = budget != before_budget;
+        if budget_changed {
+            state_batch.stage(&store.path(TOKEN_BUDGET), &store.encode_doc(&budget)?)?;
+        }
         // The queue's change: the changed tasks and the removals appended to the journal as one
         // commit (fsynced in the flush below), or, once the journal has grown past its share of
         // the snapshot, a compaction (a new snapshot staged in the batch, the journal emptied
@@ -595,11 +604,6 @@ impl Coordinator {
                 journal_file = Some(journal::append_commit(&store, &mut self.journal, &bytes)?);
                 crate::ops::backup::pause_point("queue-journal-appended");
             }
-        }
-        budget.recompute();
-        let budget_changed = budget != before_budget;
-        if budget_changed {
-            state_batch.stage(&store.path(TOKEN_BUDGET), &store.encode_doc(&budget)?)?;
         }
         // Staged and flushed without the `worker-specs` lock (temporaries are nobody else's);
         // the lock is held only for their renames, so the worker is not held up by this flush.

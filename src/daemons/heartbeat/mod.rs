@@ -37,11 +37,11 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     monitor.marks_every = Duration::from_secs(ctx.config.heartbeat.interval_seconds.max(1));
     let dispatch_runs = ctx.home.run_dir().join("dispatches");
     crate::store::atomic::create_dir_all(&dispatch_runs)?;
-    ctx.watch(&[
-        dispatch_runs,
-        ctx.home.worker_specs(SpecBucket::Active),
-        ctx.store.path(crate::store::files::HEARTBEAT_POLICY),
-    ])?;
+    ctx.watch(&[dispatch_runs, ctx.home.worker_specs(SpecBucket::Active)])?;
+    // The policy's directory, not the file: an edit replaces the file (a new inode), and a watch
+    // of the old one would see no later edit.
+    let policy = ctx.store.path(crate::store::files::HEARTBEAT_POLICY);
+    ctx.watch_flat(&[policy.parent().unwrap_or(&policy).to_path_buf()])?;
     let hung_after = ctx.config.supervisor.hung_after_seconds as f64;
     let safety = Duration::from_secs(ctx.config.heartbeat.interval_seconds.max(1));
     ctx.mark_ready()?;

@@ -38,7 +38,7 @@ pub fn output_pattern(path: &str) -> String {
 }
 
 /// `sbatch --parsable ...` reading the script from stdin. The worker type's `extra_args` come
-/// last but one (before nothing: the script is stdin), so they can override what Cortex sets.
+/// last, less any that would override what Cortex sets (`reserved_sbatch_option`).
 pub fn sbatch(cfg: &SlurmConfig, s: &Submission) -> Vec<String> {
     let mut v = vec![
         cfg.sbatch.clone(),
@@ -64,7 +64,10 @@ pub fn sbatch(cfg: &SlurmConfig, s: &Submission) -> Vec<String> {
     if let Some(cpus) = o.cpus {
         v.push(format!("--cpus-per-task={cpus}"));
     }
-    v.extend(o.extra_args.iter().cloned());
+    // Never one that overrides what Cortex sets (`config check` reports it).
+    v.extend(
+        o.extra_args.iter().filter(|a| crate::domain::task::worker_types::reserved_sbatch_option(a).is_none()).cloned(),
+    );
     v
 }
 

@@ -40,6 +40,8 @@ pub enum ScriptError {
     NoCommand,
     /// An environment variable name that is not `[A-Za-z_][A-Za-z0-9_]*`.
     BadEnvName(String),
+    /// A dispatch id not of Cortex's form (it is written into the script unquoted).
+    BadDispatchId(String),
 }
 
 impl std::fmt::Display for ScriptError {
@@ -48,6 +50,7 @@ impl std::fmt::Display for ScriptError {
             ScriptError::Nul { what } => write!(f, "{what} holds a NUL byte, which no process can receive"),
             ScriptError::NoCommand => write!(f, "the dispatch has no command (empty argv)"),
             ScriptError::BadEnvName(n) => write!(f, "environment variable name {n:?} is not [A-Za-z_][A-Za-z0-9_]*"),
+            ScriptError::BadDispatchId(id) => write!(f, "dispatch id {id:?} is not of Cortex's form; not submitted"),
         }
     }
 }
@@ -83,8 +86,11 @@ impl BatchScript<'_> {
         if self.argv.is_empty() {
             return Err(ScriptError::NoCommand);
         }
-        // The dispatch id is written unquoted into the JSON of the end record and into comments.
-        debug_assert!(crate::domain::task::dispatches::is_valid_id(self.dispatch_id));
+        // The dispatch id is written unquoted into the JSON of the end record and into comments:
+        // one not of Cortex's form (a record written by hand) is refused, never spliced.
+        if !crate::domain::task::dispatches::is_valid_id(self.dispatch_id) {
+            return Err(ScriptError::BadDispatchId(self.dispatch_id.to_string()));
+        }
         let mut s = String::new();
         s.push_str("#!/bin/sh\n");
         s.push_str(&format!(
@@ -103,6 +109,10 @@ impl BatchScript<'_> {
         for (i, arg) in self.argv.iter().enumerate() {
             words.push(quote(arg).map_err(|_| ScriptError::Nul { what: format!("argv[{i}]") })?);
         }
+        // Through `env`: a quoted first word is still looked up as a shell builtin first (`'echo'`
+        // would interpret escapes, `'eval'` run its argument as code); `env` runs the program
+        // the argv names, as the local worker does.
+        s.push_str("env -- ");
         s.push_str(&words.join(" "));
         s.push_str(" </dev/null\n");
         s.push_str("cortex_status=$?\n");
@@ -255,6 +265,34 @@ mod tests {
         );
         assert!(rec.ended_at.ends_with('Z'), "{}", rec.ended_at);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
+    }
+
+    /// A quoted first word is still a shell builtin to a POSIX shell (`'echo'` interprets `\n`
+    /// on dash; `'eval'` runs its argument): the program the argv names runs, as locally.
+    #[test]
+    fn a_builtin_name_runs_the_program_not_the_builtin() {
+        let dir = tempfile::tempdir().unwrap();
+        let end = dir.path().join("end.json").to_str().unwrap().to_string();
+        let env = vec![];
+        let argv: Vec<String> = ["echo", "C:\\new\\table"].map(String::from).to_vec();
+        let script = BatchScript { dispatch_id: "dsp-3", argv: &argv, env: &env, end_record: &end }.render().unwrap();
+        let out = Command::new("/bin/sh").arg("-c").arg(&script).output().unwrap();
+        assert_eq!(out.stdout, b"C:\\new\\table\n", "{}", String::from_utf8_lossy(&out.stdout));
+        let argv: Vec<String> = ["eval", "echo injected"].map(String::from).to_vec();
+        let script = BatchScript { dispatch_id: "dsp-4", argv: &argv, env: &env, end_record: &end }.render().unwrap();
+        let out = Command::new("/bin/sh").arg("-c").arg(&script).output().unwrap();
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("injected"), "eval ran its argument");
+    }
+
+    /// A dispatch id not of Cortex's form is refused, never spliced into the script.
+    #[test]
+    fn a_dispatch_id_not_of_cortexs_form_is_refused() {
+        let argv = vec!["true".to_string()];
+        let env = vec![];
+        for id in ["d'; rm -rf x; '", "d\n#SBATCH --wrap=x", "../../etc"] {
+            let err = BatchScript { dispatch_id: id, argv: &argv, env: &env, end_record: "/e" }.render().unwrap_err();
+            assert_eq!(err, ScriptError::BadDispatchId(id.into()));
+        }
     }
 
     #[test]

@@ -153,6 +153,13 @@ impl SlurmOptions {
             }
         }
         for (i, a) in self.extra_args.iter().enumerate() {
+            if let Some(r) = reserved_sbatch_option(a) {
+                out.push(format!(
+                    "{}[{i}]: {a:?} would override {r}, which Cortex sets itself (the job is found by its name, \
+                     on this cluster, with its logs where the dispatch says); it is left out",
+                    field("extra_args")
+                ));
+            }
             if !a.starts_with('-') || a.contains('\0') {
                 out.push(format!(
                     "{}[{i}]: {a:?} is not an sbatch option (each element one option, e.g. \"--exclusive\")",
@@ -328,9 +335,63 @@ pub(crate) fn workdir(home: &Home, config_workdir: &str, wt: Option<&WorkerType>
     }
 }
 
+/// The `sbatch` options Cortex sets or relies on, which `extra_args` may not carry: the job's name
+/// (found again by it), the cluster (`squeue` and `scontrol` ask this one), its logs, directory,
+/// time limit, requeueing (Cortex's retry policy decides), the output format it parses, and the
+/// script itself.
+const RESERVED_SBATCH_OPTIONS: [(&str, &str); 14] = [
+    ("-J", "--job-name"),
+    ("-M", "--clusters"),
+    ("-o", "--output"),
+    ("-e", "--error"),
+    ("-D", "--chdir"),
+    ("-t", "--time"),
+    ("", "--requeue"),
+    ("", "--no-requeue"),
+    ("", "--parsable"),
+    ("", "--wrap"),
+    ("-W", "--wait"),
+    ("-a", "--array"),
+    ("-H", "--hold"),
+    ("", "--cluster"),
+];
+
+/// The reserved option `arg` sets (`--job-name=x`, `--job-name`, `-Jx`, `-J`), if it sets one.
+pub(crate) fn reserved_sbatch_option(arg: &str) -> Option<&'static str> {
+    RESERVED_SBATCH_OPTIONS.iter().find_map(|(short, long)| {
+        let long_hit = arg == *long || arg.strip_prefix(long).is_some_and(|r| r.starts_with('='));
+        let short_hit = !short.is_empty() && arg.starts_with(short) && !arg.starts_with("--");
+        (long_hit || short_hit).then_some(*long)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `extra_args` cannot override what Cortex sets: the job's name, cluster, logs, time,
+    /// requeueing, output format, script.
+    #[test]
+    fn reserved_sbatch_options_are_recognised_in_every_spelling() {
+        for a in [
+            "--job-name=x",
+            "--job-name",
+            "-J",
+            "-Jx",
+            "-M",
+            "--clusters=c",
+            "--cluster=c",
+            "--wrap=true",
+            "--requeue",
+            "-o",
+            "--output=/x",
+        ] {
+            assert!(reserved_sbatch_option(a).is_some(), "{a}");
+        }
+        for a in ["--exclusive", "--constraint=a100", "--job-namex", "--mem-per-cpu=1G", "--nodes=2", "--ntasks=4"] {
+            assert_eq!(reserved_sbatch_option(a), None, "{a}");
+        }
+    }
 
     fn wt(command: &[&str]) -> WorkerType {
         WorkerType {
