@@ -191,9 +191,12 @@ fn repair_jsonl(
         return Ok(());
     }
     let is_intake = lock == Some(crate::store::LockName::TaskIntake);
-    // The queue's lock first (lock order task-queue → task-intake, as the coordinator's fold):
-    // the queue's `intake_offset` counts in the intake being rewritten.
-    let _queue_guard = if is_intake && !dry_run { Some(store.lock(files::TASK_QUEUE)?) } else { None };
+    let is_archive = lock == Some(crate::store::LockName::TaskArchive);
+    // The queue's lock first (lock order task-queue → task-intake / task-archive): the queue's
+    // `intake_offset` counts in the intake being rewritten, and the coordinator appends to the
+    // archive and seals it under the queue's lock (a line appended to the inode this rewrite
+    // replaces would be lost while the queue drops its task).
+    let _queue_guard = if (is_intake || is_archive) && !dry_run { Some(store.lock(files::TASK_QUEUE)?) } else { None };
     // The intake's appenders hold its lock shared; exclusive keeps them out while it is rewritten.
     let _guard = match lock {
         Some(l) if !dry_run => Some(store.lock_named(l)?),
