@@ -203,7 +203,7 @@ fn slurm_tasks_complete_fail_retry_cancel_and_time_out() {
     assert!(code == 200 || code == 504, "cancel: {code} {body}");
     rig.wait_status(&long, "cancelled");
     let name = format!("cortex-{dispatch}");
-    // `sleep 300` cannot end by itself this soon: the scancel (TERM to every step) ended it. Slurm
+    // The 300-second task cannot end by itself this soon: the scancel (TERM to every step) ended it. Slurm
     // says FAILED (the batch shell died of the signal) or CANCELLED (the KILL's scancel).
     rig.wait("the job ended in Slurm by scancel", || {
         rig.cluster
@@ -292,7 +292,16 @@ fn slurm_daemon_killed_readopts_every_job_and_submits_none_twice() {
     assert!(rig.cluster.jobs_by_name().keys().all(|n| !n.starts_with("cortex-")), "{}", rig.diag());
     rig.h.cortex_ok(&["scheduler", "resume"]);
 
-    let tasks: Vec<String> = (0..3).map(|i| rig.add(&["--", "sh", "-c", &format!("sleep 6; echo job{i}")])).collect();
+    // Each job runs until the test releases it (a file it creates after the restarts), so the
+    // daemons are certainly killed while the jobs run.
+    let release = rig.h.join("release-jobs");
+    let release_arg = release.to_str().unwrap().to_string();
+    let tasks: Vec<String> = (0..3)
+        .map(|i| {
+            let script = format!("while [ ! -e \"$1\" ]; do sleep 0.1; done; echo job{i}");
+            rig.add(&["--", "sh", "-c", &script, "sh", &release_arg])
+        })
+        .collect();
     rig.wait("every task's job id recorded", || {
         tasks.iter().all(|t| dispatches(&rig.show(t)).first().is_some_and(|d| d["job_id"].is_u64()))
     });
@@ -305,6 +314,10 @@ fn slurm_daemon_killed_readopts_every_job_and_submits_none_twice() {
     rig.daemons.clear();
     rig.start("coordinator", &[]);
     rig.start("slurm", &[]);
+    for t in &tasks {
+        assert_ne!(rig.show(t)["status"], "completed", "released before the restart");
+    }
+    std::fs::write(&release, b"").unwrap();
     for (i, t) in tasks.iter().enumerate() {
         let done = rig.wait_status(t, "completed");
         let d = &dispatches(&done)[0];
