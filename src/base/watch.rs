@@ -8,7 +8,9 @@
 //! changed, so a daemon that keeps state per file rescans it.
 //!
 //! Each [`Watcher`] owns one inotify descriptor and one thread; the callback gets the changed
-//! path (the file inside a watched directory, the directory itself for a rescan).
+//! path (the file inside a watched directory, the directory itself for a rescan). Dropping a
+//! [`Watcher`] ends its thread and closes its descriptor (inotify instances are limited per user,
+//! 128 by default: a daemon that watches each new file of a rotated log replaces its watcher).
 
 use crate::base::error::{Error, Result};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
@@ -47,10 +49,20 @@ pub enum Depth {
     Flat,
 }
 
-/// A running watch; dropping it leaves the thread blocked on a descriptor nobody reads until the
-/// process exits, as the callback's channel closing ends it at its next event.
+/// A running watch. Dropping it wakes its thread (the write end of a pipe the thread polls beside
+/// the inotify descriptor closes), waits for it to end, and so closes the inotify descriptor.
 pub struct Watcher {
-    _thread: std::thread::JoinHandle<()>,
+    stop: Option<std::os::fd::OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 struct Watched {
@@ -62,7 +74,8 @@ struct Watched {
 struct State {
     inotify: Inotify,
     by_wd: HashMap<WatchDescriptor, Watched>,
-    roots: Vec<PathBuf>,
+    /// Each watched path, with its depth when it is a directory.
+    roots: Vec<(PathBuf, Option<Depth>)>,
 }
 
 impl State {
@@ -105,26 +118,64 @@ pub fn watch(paths: &[PathBuf], depth: Depth, on_change: impl Fn(PathBuf) -> boo
             let wd = state.inotify.watches().add(p, file_mask()).map_err(|e| Error::io(p, "watch", e))?;
             state.by_wd.insert(wd, Watched { path: p.clone(), dir: false, depth: Depth::Flat });
         }
-        state.roots.push(p.clone());
+        state.roots.push((p.clone(), meta.is_dir().then_some(depth)));
     }
+    let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::io(Path::new("pipe"), "pipe2", e.into()))?;
     let thread = std::thread::Builder::new()
         .name("watch".into())
-        .spawn(move || event_loop(state, on_change))
+        .spawn(move || event_loop(state, &stopped, on_change))
         .map_err(|e| Error::other(format!("cannot start the watch thread: {e}")))?;
-    Ok(Watcher { _thread: thread })
+    Ok(Watcher { stop: Some(stop), thread: Some(thread) })
 }
 
-fn event_loop(mut state: State, on_change: impl Fn(PathBuf) -> bool) {
+/// Waits until the inotify descriptor is readable; false once the watcher was dropped (the pipe's
+/// write end closed) or polling failed.
+fn wait_readable(inotify: &Inotify, stopped: &std::os::fd::OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds =
+            [PollFd::new(inotify.as_fd(), PollFlags::POLLIN), PollFd::new(stopped.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                if fds[1].any().unwrap_or(true) {
+                    return false;
+                }
+                if fds[0].any().unwrap_or(false) {
+                    return true;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!("file watch stopped: poll: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+fn event_loop(mut state: State, stopped: &std::os::fd::OwnedFd, on_change: impl Fn(PathBuf) -> bool) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
+        if !wait_readable(&state.inotify, stopped) {
+            return;
+        }
         let mut changed: Vec<PathBuf> = Vec::new();
         let mut new_dirs: Vec<(PathBuf, Depth)> = Vec::new();
         let mut gone: Vec<WatchDescriptor> = Vec::new();
-        match state.inotify.read_events_blocking(&mut buffer) {
+        match state.inotify.read_events(&mut buffer) {
             Ok(events) => {
                 for ev in events {
                     if ev.mask.contains(EventMask::Q_OVERFLOW) {
-                        changed.extend(state.roots.iter().cloned());
+                        // Events were lost: every root counts as changed, and a directory created
+                        // meanwhile gets its watch now (its files are reported below).
+                        for (root, dir_depth) in &state.roots {
+                            changed.push(root.clone());
+                            if let Some(depth) = dir_depth {
+                                new_dirs.push((root.clone(), *depth));
+                            }
+                        }
                         continue;
                     }
                     if ev.mask.contains(EventMask::IGNORED) {
@@ -147,7 +198,7 @@ fn event_loop(mut state: State, on_change: impl Fn(PathBuf) -> bool) {
                     changed.push(path);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => continue,
             Err(e) => {
                 tracing::error!("file watch stopped: {e}");
                 return;
@@ -169,5 +220,81 @@ fn event_loop(mut state: State, on_change: impl Fn(PathBuf) -> bool) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    fn wait_for(rx: &mpsc::Receiver<PathBuf>, want: &Path, deadline: Duration) -> bool {
+        let end = Instant::now() + deadline;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(p) if p == want => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn dropping_a_watcher_ends_its_thread_and_closes_its_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let w = watch(&[dir.path().to_path_buf()], Depth::Flat, move |p| tx.send(p).is_ok()).unwrap();
+        std::fs::write(dir.path().join("a"), b"1").unwrap();
+        assert!(wait_for(&rx, &dir.path().join("a"), Duration::from_secs(10)), "the watch works");
+        drop(w);
+        // The callback (and the sender it owns) is gone with the thread: nothing is left blocked
+        // on an inotify descriptor nobody will read.
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the watch thread still runs after its Watcher was dropped")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_directory_created_while_events_were_lost_is_watched_after_the_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(Some(gate_rx));
+        let _w = watch(std::slice::from_ref(&root), Depth::Recursive, move |p| {
+            // The first event blocks the thread until the test has overflowed the kernel's queue.
+            if let Some(g) = gate.lock().unwrap().take() {
+                let _ = g.recv();
+            }
+            tx.send(p).is_ok()
+        })
+        .unwrap();
+        std::fs::write(root.join("first"), b"").unwrap();
+        let max: usize =
+            std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events").unwrap().trim().parse().unwrap();
+        let many = root.join("many");
+        std::fs::create_dir(&many).unwrap();
+        // Each new file is a distinct event (identical consecutive events are merged).
+        for i in 0..max + 100 {
+            std::fs::write(many.join(i.to_string()), b"").unwrap();
+        }
+        // Created while the queue is full: its IN_CREATE is lost.
+        let late = root.join("late");
+        std::fs::create_dir(&late).unwrap();
+        gate_tx.send(()).unwrap();
+        assert!(wait_for(&rx, &root, Duration::from_secs(30)), "the overflow reports the root");
+        std::fs::write(late.join("after"), b"x").unwrap();
+        assert!(
+            wait_for(&rx, &late.join("after"), Duration::from_secs(30)),
+            "a change in a directory created during the overflow is seen"
+        );
     }
 }

@@ -40,6 +40,10 @@ pub struct DaemonContext {
     next_pid_check: Instant,
 }
 
+/// One of a daemon's watches, for [`DaemonContext::rewatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct WatchId(usize);
+
 /// How often a daemon checks its PID file is still there (an operator may have removed it).
 const PID_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -57,17 +61,31 @@ impl DaemonContext {
     /// Wakes the loop whenever something under one of `paths` changes (recursively for
     /// directories; [`crate::base::watch`]: changes only, never reads). Changes to our own temporary
     /// and lock files are ignored.
-    pub fn watch(&mut self, paths: &[PathBuf]) -> Result<()> {
+    pub fn watch(&mut self, paths: &[PathBuf]) -> Result<WatchId> {
         self.watch_at(paths, crate::base::watch::Depth::Recursive)
+    }
+
+    /// Replaces the watch `id` by one of `paths` (a file replaced by a new one, e.g. a rotated log,
+    /// is watched by its inode): the old watch's thread and inotify descriptor end with it.
+    pub fn rewatch(&mut self, id: WatchId, paths: &[PathBuf]) -> Result<()> {
+        let watcher = self.new_watcher(paths, crate::base::watch::Depth::Recursive)?;
+        self._watchers[id.0] = watcher;
+        Ok(())
     }
 
     /// [`DaemonContext::watch`] of directories' own entries only (pm: `run/`, not the
     /// dispatches' heartbeat files below it).
-    pub fn watch_flat(&mut self, paths: &[PathBuf]) -> Result<()> {
+    pub fn watch_flat(&mut self, paths: &[PathBuf]) -> Result<WatchId> {
         self.watch_at(paths, crate::base::watch::Depth::Flat)
     }
 
-    fn watch_at(&mut self, paths: &[PathBuf], depth: crate::base::watch::Depth) -> Result<()> {
+    fn watch_at(&mut self, paths: &[PathBuf], depth: crate::base::watch::Depth) -> Result<WatchId> {
+        let watcher = self.new_watcher(paths, depth)?;
+        self._watchers.push(watcher);
+        Ok(WatchId(self._watchers.len() - 1))
+    }
+
+    fn new_watcher(&self, paths: &[PathBuf], depth: crate::base::watch::Depth) -> Result<crate::base::watch::Watcher> {
         for p in paths {
             crate::store::atomic::create_dir_all(if p.is_dir() || p.extension().is_none() {
                 p
@@ -76,15 +94,13 @@ impl DaemonContext {
             })?;
         }
         let tx = self.tx.clone();
-        let watcher = crate::base::watch::watch(paths, depth, move |p| {
+        crate::base::watch::watch(paths, depth, move |p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if crate::store::atomic::is_temp_name(name) || name.ends_with(".lock") {
                 return true;
             }
             tx.send(Wake::Changed(p)).is_ok()
-        })?;
-        self._watchers.push(watcher);
-        Ok(())
+        })
     }
 
     /// Records that the daemon is ready (its loop is about to run); `cortex start` waits for it.

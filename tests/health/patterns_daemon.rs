@@ -212,3 +212,55 @@ fn storm_guard_pauses_the_scheduler_once_with_a_reason() {
     assert_eq!(h.events_of("scheduler_paused").len(), 1);
     assert!(terminate(&mut d).success());
 }
+
+/// The inotify descriptors `pid` holds (`/proc/<pid>/fd` links to `anon_inode:inotify`).
+fn inotify_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("inotify")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The event log's inode in the daemon's persisted cursor.
+fn cursor_inode(h: &TestHome) -> u64 {
+    std::fs::read(h.join("coordination/patterns/failure-pattern-state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|s| s["events"]["ino"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Each rotation of the event log makes the daemon watch the new file; it must give up the old
+/// watch (an inotify instance each, 128 per user by default), not keep one per rotation.
+#[test]
+fn rotations_of_the_event_log_do_not_pile_up_watches() {
+    use std::os::unix::fs::MetadataExt;
+    let h = TestHome::new();
+    let mut d = start(&h);
+    let events = h.join("coordination/dashboard-events.jsonl");
+    emit_timeout(&h, "d-0");
+    let first = std::fs::metadata(&events).unwrap().ino();
+    wait_until(WAIT, "the log read", || cursor_inode(&h) == first);
+    let before = inotify_descriptors(d.id());
+    assert!(before > 0, "the daemon watches with inotify");
+    for n in 1..=6 {
+        // A new log put in place (as a rotation does), then a line in the old, still-watched one
+        // wakes the daemon, which moves on to the new file.
+        let fresh = h.join(&format!("coordination/events-new-{n}"));
+        std::fs::write(&fresh, b"").unwrap();
+        std::fs::rename(&events, h.join(&format!("coordination/dashboard-events.jsonl.{n}"))).unwrap();
+        std::fs::rename(&fresh, &events).unwrap();
+        let ino = std::fs::metadata(&events).unwrap().ino();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(h.join(&format!("coordination/dashboard-events.jsonl.{n}")))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"\n"))
+            .unwrap();
+        wait_until(WAIT, "the daemon moved to the new log", || cursor_inode(&h) == ino);
+    }
+    wait_until(WAIT, "as many inotify descriptors as before the rotations", || inotify_descriptors(d.id()) == before);
+    assert!(terminate(&mut d).success());
+}

@@ -281,7 +281,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     if !events.exists() {
         crate::store::jsonl::append_raw(&events, b"")?;
     }
-    ctx.watch(std::slice::from_ref(&events))?;
+    let events_watch = ctx.watch(std::slice::from_ref(&events))?;
     fp.watched_events = sources::file_id(&events);
     ctx.mark_ready()?;
     let every = Duration::from_secs(ctx.config.failure_pattern.interval_seconds.max(1));
@@ -300,11 +300,15 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
             Ok(_) => {}
             Err(e) => tracing::error!("failure-pattern pass failed: {e}"),
         }
-        // A rotated event log is a new file: watch it too.
+        // A rotated event log is a new file: watch it instead.
         let current = sources::file_id(&events);
         if current.is_some() && current != fp.watched_events {
-            match ctx.watch(std::slice::from_ref(&events)) {
-                Ok(()) => fp.watched_events = current,
+            match ctx.rewatch(events_watch, std::slice::from_ref(&events)) {
+                // Lines may have reached the new file before its watch: read it again now.
+                Ok(()) => {
+                    fp.watched_events = current;
+                    continue;
+                }
                 Err(e) => tracing::warn!("cannot watch the new event log: {e}"),
             }
         }
