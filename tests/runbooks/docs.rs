@@ -83,3 +83,43 @@ fn every_runbook_has_its_test_and_follows_the_conventions() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// `cortex` with no home at all: the runbooks are built into the binary.
+fn cortex_without_home(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::support::bin("cortex"))
+        .args(args)
+        .env("HOME", "/nonexistent")
+        .env_remove("CORTEX_HOME")
+        .env_remove("COMMIT_RELAY_HOME")
+        .current_dir("/")
+        .output()
+        .expect("run cortex")
+}
+
+#[test]
+fn cortex_runbooks_lists_every_runbook_and_prints_each_as_written() {
+    let out = cortex_without_home(&["runbooks", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<String> = v["runbooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .filter(|n| n != "README")
+        .collect();
+    listed.sort();
+    assert_eq!(listed, runbook_files(), "`cortex runbooks` and docs/runbooks/*.md differ: update src/cli/runbooks.rs");
+    let help = String::from_utf8_lossy(&cortex_without_home(&["help", "runbooks"]).stdout).into_owned();
+    let top = String::from_utf8_lossy(&cortex_without_home(&["--help"]).stdout).into_owned();
+    assert!(top.contains("cortex help runbooks"), "cortex --help does not point to the runbooks:\n{top}");
+    for name in runbook_files() {
+        assert!(help.contains(&format!("docs/runbooks/{name}.md")), "`cortex help runbooks` lacks {name}:\n{help}");
+        let printed = cortex_without_home(&["runbooks", &name]);
+        let file = std::fs::read(root().join(format!("docs/runbooks/{name}.md"))).unwrap();
+        assert_eq!(printed.stdout, file, "`cortex runbooks {name}` is not docs/runbooks/{name}.md");
+    }
+    let unknown = cortex_without_home(&["runbooks", "no-such-runbook"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("the runbooks are: scheduler"));
+}

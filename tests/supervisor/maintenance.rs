@@ -18,12 +18,7 @@ fn a_restore_with_stop_stops_pm_first_and_nothing_is_reported_as_a_crash() {
     f.ok(&["backup"]);
     for round in 0..3 {
         let out = f.run(&["restore", "--latest", "--stop", "--yes"]);
-        assert!(
-            out.status.success(),
-            "restore --stop, round {round}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        assert!(out.status.success(), "restore --stop, round {round}: {}{}", text(&out.stdout), text(&out.stderr));
         let log = std::fs::read_to_string(f.h.join("agents/logs/system/pm-daemon.log")).unwrap_or_default();
         let exited = f.h.events_of("daemon_exited");
         assert!(
