@@ -148,12 +148,7 @@ pub(crate) fn matches(pattern: &str, line: &str) -> bool {
 /// The first expected line that does not appear, in order, among the output's lines.
 pub(crate) fn first_missing<'a>(expected: &'a [String], output: &str) -> Option<&'a str> {
     let mut lines = output.lines();
-    for want in expected {
-        if !lines.by_ref().any(|l| matches(want, l)) {
-            return Some(want);
-        }
-    }
-    None
+    expected.iter().find(|want| !lines.by_ref().any(|l| matches(want, l))).map(String::as_str)
 }
 
 #[cfg(test)]
