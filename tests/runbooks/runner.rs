@@ -3,7 +3,8 @@
 //! output checked against its `expect` block.
 //!
 //! What a block sees (the same variables an operator sets at the top of each runbook):
-//! `CORTEX_HOME` = the test's home, `CORTEX_API` = its API's `127.0.0.1:<free port>`, the built
+//! `CORTEX_HOME` = the test's home, `CORTEX_API` = its API's `127.0.0.1:<free port>`, `CORTEX_SRC` =
+//! this checkout (for the compatibility scripts in `scripts/`), the built
 //! binaries first on `PATH`, `HOME` and the working directory a scratch directory (so nothing a
 //! runbook writes lands outside the test's directories), `NO_COLOR=1`. The fleet's settings are
 //! the shipped `config/cortex.toml` with the timings of [`FLEET_SETTINGS`].
@@ -85,6 +86,7 @@ pub(crate) fn run_runbook(name: &str) {
         .env("HOME", scratch.path())
         .env("CORTEX_HOME", fleet.h.path())
         .env("CORTEX_API", format!("127.0.0.1:{}", fleet.api_port))
+        .env("CORTEX_SRC", root())
         .env("NO_COLOR", "1")
         .env_remove("COMMIT_RELAY_HOME")
         .env_remove("CORTEX_API_BIND")
