@@ -10,6 +10,7 @@ mod locks;
 mod logs;
 mod metrics;
 mod recovery;
+mod runbooks;
 mod schedule;
 mod scheduler;
 mod setup;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
     name = "cortex",
     version,
     about = "Single-host orchestrator for fleets of worker processes",
+    after_help = "Operator runbooks (pause/resume, drill, recovery, daemons, schedules, backup): `cortex runbooks`, `cortex help runbooks`.",
     propagate_version = true
 )]
 pub struct Cli {
@@ -117,6 +119,9 @@ pub enum Command {
     Logs(logs::LogsCommand),
     /// Every lock and PID file of the home, free or held, by whom (the kernel's lock table) and since when.
     Locks,
+    /// The operator runbooks (docs/runbooks/, tested against a real fleet): list them, or print one.
+    #[command(after_long_help = runbooks::help_text())]
+    Runbooks(runbooks::RunbooksArgs),
 }
 
 /// What the CLI needs everywhere.
@@ -160,9 +165,14 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8> {
+    // The runbooks are built in: they need no home.
+    let command = match cli.command {
+        Some(Command::Runbooks(a)) => return runbooks::run(cli.json, a),
+        other => other,
+    };
     let home = Home::resolve(cli.home.as_deref())?;
     let ctx = Ctx { home, json: cli.json };
-    match cli.command {
+    match command {
         None if cli.dry_run || cli.config.is_some() => setup::config_check(&ctx, cli.config.as_deref()),
         None => Err(Error::Config { path: None, detail: "no command given; see `cortex --help`".into() }),
         Some(Command::Init) => setup::init(&ctx),
@@ -189,6 +199,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::HealthCheck(a)) => supervise::health_check(&ctx, a),
         Some(Command::Logs(c)) => logs::run(&ctx, c),
         Some(Command::Locks) => locks::run(&ctx),
+        Some(Command::Runbooks(a)) => runbooks::run(ctx.json, a),
     }
 }
 

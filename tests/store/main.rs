@@ -10,6 +10,7 @@ mod support;
 mod atomic_replace;
 mod counter;
 mod events;
+mod holders_churn;
 mod jsonl;
 mod lock;
 mod lock_holders;

@@ -8,6 +8,7 @@ mod support;
 
 mod lifecycle;
 mod logs;
+mod maintenance;
 mod pm;
 mod rolling;
 mod run;

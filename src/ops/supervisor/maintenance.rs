@@ -36,18 +36,30 @@ pub(crate) fn refuse_while_running(home: &Home, what: &str) -> Result<()> {
     )))
 }
 
-/// Stops every running daemon of `home` (reverse start order); returns the daemons it stopped.
+/// Stops every running daemon of `home`: pm first and alone, so it cannot restart the others
+/// while they stop, then the rest in reverse start order. Each stop is recorded as asked for
+/// (`run/<daemon>.stop-asked`), so neither pm nor `cortex run` takes it for a crash. Returns the
+/// daemons it stopped.
 pub(crate) fn stop_all(home: &Home, config: &Config) -> Result<Vec<Daemon>> {
-    let mut run = running(home)?;
-    run.reverse();
+    let grace = Duration::from_secs_f64(config.supervisor.stop_timeout_seconds.max(0.1));
+    let (pm, _): (Vec<_>, Vec<_>) = running(home)?.into_iter().partition(|(d, _)| *d == Daemon::Pm);
+    stop_these(home, &pm, grace)?;
+    let mut rest = running(home)?;
+    rest.reverse();
+    stop_these(home, &rest, grace)?;
+    Ok(pm.into_iter().chain(rest).map(|(d, _)| d).collect())
+}
+
+/// SIGTERM to each daemon (proven ours first), then SIGKILL to those still running at `grace`.
+fn stop_these(home: &Home, run: &[(Daemon, u32)], grace: Duration) -> Result<()> {
     // Each is proven to be our daemon (lock holder, binary, home) before it is signalled.
     let mut proven = Vec::new();
-    for (d, pid) in &run {
+    for (d, pid) in run {
+        crate::ops::supervisor::registry::record_stop_asked(home, *d, *pid)?;
         let p = crate::ops::supervisor::process::prove_daemon(home, *d, *pid)?;
         p.signal(Signal::SIGTERM)?;
         proven.push((*d, p));
     }
-    let grace = Duration::from_secs_f64(config.supervisor.stop_timeout_seconds.max(0.1));
     let deadline = Instant::now() + grace;
     let mut stubborn = Vec::new();
     for (d, p) in proven {
@@ -62,7 +74,7 @@ pub(crate) fn stop_all(home: &Home, config: &Config) -> Result<Vec<Daemon>> {
             return Err(Error::other(format!("{d} (PID {}) did not stop even after SIGKILL", p.pid)));
         }
     }
-    Ok(run.into_iter().map(|(d, _)| d).collect())
+    Ok(())
 }
 
 /// Waits until nobody holds the daemon's PID-file lock (the daemon has exited).
