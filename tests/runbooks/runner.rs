@@ -87,6 +87,9 @@ pub(crate) fn run_runbook(name: &str) {
         .env("CORTEX_HOME", fleet.h.path())
         .env("CORTEX_API", format!("127.0.0.1:{}", fleet.api_port))
         .env("CORTEX_SRC", root())
+        // The scripts prefer the checkout's release build to PATH: the binaries under test win.
+        .env("CORTEX_BIN_DIR", bin_dir())
+        .env("CORTEX_BIN", bin_dir().join("cortex"))
         .env("NO_COLOR", "1")
         .env_remove("COMMIT_RELAY_HOME")
         .env_remove("CORTEX_API_BIND")
