@@ -2,6 +2,7 @@
 //! headers, the JSON endpoint list kept for scripts, the browser (CSRF) checks on changes, the
 //! Server-Sent Events stream and the endpoints the page reads.
 use crate::support::api::*;
+use crate::support::wait_until;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -326,4 +327,106 @@ fn cross_site_posts_are_refused_and_the_page_can_act() {
     let (code, _, _) = exchange(p, "POST", "/scheduler/resume", &[], b"");
     assert_eq!(code, 200);
     assert_eq!(state(), "running");
+}
+
+/// The task endpoints against real daemons: add through `POST /tasks` (the `cortex task add`
+/// path), find it with a text search, follow its output live on the log stream until it ends,
+/// read its dispatches, retry a failed task and cancel a running one.
+#[test]
+fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
+    use crate::support::task::*;
+    let h = fast_home();
+    let api = Api::start_operated(&h);
+    let p = api.port;
+    let _worker = start(&h, "worker");
+    let _coordinator = start(&h, "coordinator");
+    let release = h.join("release-1");
+    let script =
+        format!("echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second; echo oops >&2", release.display());
+    let body = serde_json::json!({"description": "follow me <img src=x onerror=alert(1)>", "priority": "high",
+        "timeout_seconds": 120, "command": ["sh", "-c", script]});
+    let (code, v) = api.post("/tasks", body.to_string().as_bytes());
+    assert_eq!(code, 201, "{v}");
+    let id = v["task"]["task_id"].as_str().unwrap().to_string();
+    assert_eq!(v["task"]["priority"], "high");
+
+    let (code, list) = api.get("/tasks?q=FOLLOW%20ME&limit=10");
+    assert_eq!(code, 200, "{list}");
+    let rows = list["tasks"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{list}");
+    assert_eq!(rows[0]["description"], "follow me <img src=x onerror=alert(1)>", "returned as data, unescaped");
+    assert_eq!(api.get("/tasks?q=nothing-like-this").1["tasks"].as_array().unwrap().len(), 0);
+    assert_eq!(api.get("/tasks?status=bogus").0, 400);
+
+    wait_until(LONG, "the task runs", || api.get(&format!("/tasks/{id}")).1["status"] == "in_progress");
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let mut log = SseClient::open(p, &format!("/tasks/{id}/log/stream"), &[("Authorization", &auth)]);
+    if log.status != 200 {
+        let (code, _, body) = exchange(p, "GET", &format!("/tasks/{id}/log/stream"), &[("Authorization", &auth)], b"");
+        panic!(
+            "{code}: {} {} {}",
+            String::from_utf8_lossy(&body),
+            api.get(&format!("/tasks/{id}")).1,
+            api.get("/dispatches").1
+        );
+    }
+    let mut text = String::new();
+    let (first, _) = log.until("the first line", |m| {
+        if m.event == "log" {
+            text.push_str(m.data["data"].as_str().unwrap());
+        }
+        text.contains("first\n")
+    });
+    assert_eq!(first.event, "log");
+    assert!(!text.contains("second"), "the task has not printed it yet: {text}");
+    std::fs::write(&release, "").unwrap();
+    let (end, seen) = log.until("the end of the stream", |m| m.event == "end");
+    for m in &seen {
+        text.push_str(m.data["data"].as_str().unwrap_or_default());
+    }
+    assert_eq!(text, "first\nsecond\n", "the output, live, each byte once");
+    assert_eq!(end.data["status"], "completed");
+    assert!(log.next().is_none(), "the server closes the stream after end");
+
+    let (code, t) = api.get(&format!("/tasks/{id}"));
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(t["status"], "completed");
+    let d = &t["dispatches"][0];
+    assert_eq!((d["attempt"].as_u64(), d["exit_code"].as_i64()), (Some(1), Some(0)), "{d}");
+    assert!(d["duration_s"].as_f64().is_some() && d["started_at"].is_string() && d["ended_at"].is_string(), "{d}");
+    let (_, out) = api.get(&format!("/tasks/{id}/log?stream=stdout"));
+    assert_eq!(out["data"], "first\nsecond\n", "{out}");
+    let (_, err) = api.get(&format!("/tasks/{id}/log?stream=stderr&offset=1"));
+    assert_eq!((err["data"].as_str(), err["offset"].as_u64()), (Some("ops\n"), Some(1)), "{err}");
+    assert_eq!(api.get(&format!("/tasks/{id}/log?stream=/etc/passwd")).0, 400);
+
+    // Retry a failed task.
+    let body = serde_json::json!({"description": "fails", "max_attempts": 1, "command": ["sh", "-c", "exit 3"]});
+    let (code, v) = api.post("/tasks", body.to_string().as_bytes());
+    assert_eq!(code, 201, "{v}");
+    let failed = v["task"]["task_id"].as_str().unwrap().to_string();
+    wait_until(LONG, "the task fails", || api.get(&format!("/tasks/{failed}")).1["status"] == "failed");
+    assert_eq!(api.get(&format!("/tasks/{failed}")).1["dispatches"][0]["exit_code"], 3);
+    let (code, v) = api.post(&format!("/tasks/{failed}/retry"), b"");
+    assert_eq!(code, 200, "{v}");
+    assert!(matches!(v["status"].as_str(), Some("pending_retry" | "queued" | "in_progress" | "failed")), "{v}");
+    assert_eq!(api.post(&format!("/tasks/{id}/retry"), b"").0, 409, "a completed task is not retried");
+    assert_eq!(api.post("/tasks/task-nope/retry", b"").0, 404);
+
+    // Cancel a running task.
+    let body = serde_json::json!({"description": "cancel me", "command": ["sh", "-c", "sleep 300"]});
+    let (_, v) = api.post("/tasks", body.to_string().as_bytes());
+    let long = v["task"]["task_id"].as_str().unwrap().to_string();
+    wait_until(LONG, "the long task runs", || api.get(&format!("/tasks/{long}")).1["status"] == "in_progress");
+    let (code, v) = api.post(&format!("/tasks/{long}/cancel"), b"");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "cancelled", "{v}");
+
+    // Bad input names the field.
+    let (code, e) = api.post("/tasks", br#"{"description": "x", "command": "rm -rf /"}"#);
+    assert_eq!(code, 400);
+    assert!(e["error"].as_str().unwrap().contains("command"), "{e}");
+    let (code, e) = api.post("/tasks", br#"{"descripton": "typo"}"#);
+    assert_eq!(code, 400);
+    assert!(e["error"].as_str().unwrap().contains("descripton"), "{e}");
 }

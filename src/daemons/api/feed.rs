@@ -42,6 +42,8 @@ pub(crate) const LOG_CHUNK: u64 = 64 * 1024;
 const ROTATED_SEARCHED: u32 = 16;
 /// Dispatch changes listed in one `dispatches` message at most (beyond: `{"reload": true}`).
 const MAX_LISTED_CHANGES: usize = 200;
+/// How long a task output stream waits for its dispatch's record to appear.
+const RECORD_WAIT: Duration = Duration::from_secs(60);
 /// Task output streams followed at once at most.
 const MAX_LOG_FOLLOWERS: usize = 256;
 
@@ -278,6 +280,8 @@ fn read_lines(mut f: &File, file: Position, from: u64, to: u64, out: &mut Vec<Li
 /// One task output stream followed.
 struct Follower {
     key: u64,
+    /// When it started: a dispatch without a record yet is waited for [`RECORD_WAIT`] at most.
+    since: Instant,
     dispatch_id: String,
     path: PathBuf,
     offset: u64,
@@ -469,7 +473,7 @@ impl State {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let start = offset.unwrap_or(size.saturating_sub(LOG_CHUNK)).min(size);
         self.hub.add(Client { stream, first: b"retry: 2000\n\n".to_vec(), redact: false, topic: Topic::Log(key) });
-        self.followers.push(Follower { key, dispatch_id, path, offset: start });
+        self.followers.push(Follower { key, since: Instant::now(), dispatch_id, path, offset: start });
         self.follow_logs();
     }
 
@@ -494,8 +498,13 @@ impl State {
                 hub.to_log(f.key, encode(&next.to_string(), "log", &body.to_string()), false);
                 f.offset = next;
             }
-            let status = active.get(&f.dispatch_id).copied().unwrap_or("unknown");
-            let running = matches!(status, "starting" | "running");
+            let status = active.get(&f.dispatch_id).copied();
+            // No record yet: the worker is about to write it.
+            let running = match status {
+                Some(s) => matches!(s, "starting" | "running"),
+                None => f.since.elapsed() < RECORD_WAIT,
+            };
+            let status = status.unwrap_or("unknown");
             if !running {
                 hub.to_log(f.key, encode("", "end", &json!({"status": status}).to_string()), true);
             }

@@ -165,6 +165,24 @@ fn dispatch_row(bucket: SpecBucket, r: &crate::domain::task::DispatchRecord) -> 
     })
 }
 
+/// A task's dispatch records: those it lists, and those the reader's index holds for it (a
+/// dispatch being started is recorded before the task lists it).
+fn task_records(
+    reader: &StatusReader,
+    task: &Task,
+) -> crate::base::error::Result<Vec<(SpecBucket, crate::domain::task::DispatchRecord)>> {
+    let mut out = ops::task_dispatches(reader.store(), task)?;
+    if let Ok(all) = reader.dispatches() {
+        for d in all.iter().filter(|d| d.record.task_id == task.task_id) {
+            if !out.iter().any(|(_, r)| r.dispatch_id == d.record.dispatch_id) {
+                out.push((d.bucket, d.record.clone()));
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.1.attempt, a.1.dispatched_at).cmp(&(b.1.attempt, b.1.dispatched_at)));
+    Ok(out)
+}
+
 /// `GET /tasks/<id>`: the task record, its routing decision and every dispatch.
 pub(crate) fn show(reader: &StatusReader, id: &str) -> Response {
     let store = reader.store();
@@ -173,12 +191,11 @@ pub(crate) fn show(reader: &StatusReader, id: &str) -> Response {
         Ok(None) => return Response::error(404, format!("no task {id:?} (queue, intake or archive)")),
         Err(e) => return refused_or_500(e, 400),
     };
-    let records = match ops::task_dispatches(store, &task) {
+    let records = match task_records(reader, &task) {
         Ok(r) => r,
         Err(e) => return refused_or_500(e, 400),
     };
-    let mut rows: Vec<Value> = records.iter().map(|(b, r)| dispatch_row(*b, r)).collect();
-    rows.sort_by_key(|r| r["attempt"].as_u64());
+    let rows: Vec<Value> = records.iter().map(|(b, r)| dispatch_row(*b, r)).collect();
     Response::json(
         200,
         &json!({
@@ -220,23 +237,29 @@ pub(crate) fn log_target(
         Ok(None) => return Err(Response::error(404, format!("no task {id:?}"))),
         Err(e) => return Err(refused_or_500(e, 400)),
     };
-    let records = ops::task_dispatches(store, &task).map_err(|e| refused_or_500(e, 400))?;
+    let records = task_records(reader, &task).map_err(|e| refused_or_500(e, 400))?;
     let rec = match attempt {
         Some(a) => records.iter().find(|(_, r)| r.attempt == a),
         None => records.iter().max_by_key(|(_, r)| (r.attempt, r.dispatched_at)),
     };
-    let Some((_, rec)) = rec else {
-        return Err(Response::error(
-            404,
-            format!("task {id} has no dispatch{}", attempt.map(|a| format!(" for attempt {a}")).unwrap_or_default()),
-        ));
+    // A dispatch the task names whose record the worker has not written yet: its output files
+    // are named by its id alone.
+    let dispatch_id = match rec {
+        Some((_, r)) => r.dispatch_id.clone(),
+        None => match task.dispatches.last().filter(|_| attempt.is_none_or(|a| a == task.attempts)) {
+            Some(d) => d.clone(),
+            None => {
+                let which = attempt.map(|a| format!(" for attempt {a}")).unwrap_or_default();
+                return Err(Response::error(404, format!("task {id} has no dispatch{which}")));
+            }
+        },
     };
-    if !crate::domain::task::dispatches::is_valid_id(&rec.dispatch_id) {
+    if !crate::domain::task::dispatches::is_valid_id(&dispatch_id) {
         return Err(Response::error(404, format!("task {id}: its dispatch id is not a valid id")));
     }
     let home = reader.home();
-    let path = if err { home.dispatch_stderr(&rec.dispatch_id) } else { home.dispatch_stdout(&rec.dispatch_id) };
-    Ok((rec.dispatch_id.clone(), path, offset))
+    let path = if err { home.dispatch_stderr(&dispatch_id) } else { home.dispatch_stdout(&dispatch_id) };
+    Ok((dispatch_id, path, offset))
 }
 
 /// `GET /tasks/<id>/log?attempt=&stream=&offset=&max=`: up to 64 KiB of a dispatch's output
