@@ -430,3 +430,52 @@ fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
     assert_eq!(code, 400);
     assert!(e["error"].as_str().unwrap().contains("descripton"), "{e}");
 }
+
+/// `/status` latency (median and 95th percentile of 200 sequential requests, microseconds).
+fn status_latency(port: u16) -> (u128, u128) {
+    let mut times: Vec<u128> = (0..200)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let (code, _) = try_request(port, "GET", "/status", &[], b"").unwrap();
+            assert_eq!(code, 200);
+            t.elapsed().as_micros()
+        })
+        .collect();
+    times.sort();
+    (times[times.len() / 2], times[times.len() * 95 / 100])
+}
+
+/// 100 open event streams cost no handler thread: `/status` answers about as fast with them as
+/// without (the figures are printed), every stream gets a broadcast, and the server holds no
+/// thread per stream (its thread count does not grow by 100).
+#[test]
+fn a_hundred_open_streams_do_not_slow_the_api() {
+    let h = api_only_home();
+    let api = Api::start(&h);
+    let p = api.port;
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", api.child.id())).map(|d| d.count()).unwrap_or(0)
+    };
+    status_latency(p);
+    let (idle_p50, idle_p95) = status_latency(p);
+    let before = threads();
+    let mut streams: Vec<SseClient> = (0..100).map(|_| SseClient::open(p, "/events/stream", &[])).collect();
+    for s in &mut streams {
+        assert_eq!(s.status, 200);
+        s.until("status", |m| m.event == "status");
+    }
+    let during = threads();
+    let (busy_p50, busy_p95) = status_latency(p);
+    append_event(&h, "evt-all");
+    for s in &mut streams {
+        s.until("the broadcast", |m| m.event == "event" && m.data["id"] == "evt-all");
+    }
+    eprintln!(
+        "BENCH /status latency: no streams p50 {idle_p50} us p95 {idle_p95} us; 100 streams p50 {busy_p50} us p95 {busy_p95} us; \
+         threads {before} -> {during}"
+    );
+    assert!(during < before + 10, "a thread per stream? {before} -> {during}");
+    assert!(busy_p50 < idle_p50 * 3 + 20_000, "100 streams slowed /status: {idle_p50} us -> {busy_p50} us");
+    // The 101st connection is an ordinary request and still served.
+    assert_eq!(api.get("/health").0 / 100, 2);
+}
