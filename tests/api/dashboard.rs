@@ -453,9 +453,7 @@ fn a_hundred_open_streams_do_not_slow_the_api() {
     let h = api_only_home();
     let api = Api::start(&h);
     let p = api.port;
-    let threads = || {
-        std::fs::read_dir(format!("/proc/{}/task", api.child.id())).map(|d| d.count()).unwrap_or(0)
-    };
+    let threads = || std::fs::read_dir(format!("/proc/{}/task", api.child.id())).map(|d| d.count()).unwrap_or(0);
     status_latency(p);
     let (idle_p50, idle_p95) = status_latency(p);
     let before = threads();
