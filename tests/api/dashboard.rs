@@ -477,3 +477,135 @@ fn a_hundred_open_streams_do_not_slow_the_api() {
     // The 101st connection is an ordinary request and still served.
     assert_eq!(api.get("/health").0 / 100, 2);
 }
+
+/// One metrics snapshot line as the metrics daemon writes it.
+fn snapshot_line(at: chrono::DateTime<chrono::Utc>, completed: u64, failed: u64, attempts_failed: u64) -> String {
+    let pct = serde_json::json!({"p50": null, "p90": null, "p95": null, "p99": null});
+    let v = serde_json::json!({
+        "timestamp": at.to_rfc3339(),
+        "workers": {"active": 0, "completed": completed, "failed": attempts_failed, "zombies_killed": 0,
+            "success_rate": null, "avg_duration_minutes": null, "duration_percentiles": pct},
+        "tokens": {"total": 1000, "used": 10, "available": 990, "usage_percentage": 1.0},
+        "tasks": {"queued": 0, "in_progress": 0, "pending_retry": 0, "completed": completed, "failed": failed,
+            "total": completed + failed},
+        "scheduler": {"state": "running"},
+        "daemons": {},
+    });
+    format!("{v}\n")
+}
+
+/// The overview data: throughput and failures per minute from the metrics snapshots on disk
+/// (the same after the API restarts), the daemons with the API's own PID, the event log paged by
+/// severity, circuit breakers and their reset (a change that needs the operate token), and the
+/// schedules' fields.
+#[test]
+fn overview_history_daemons_events_breakers_and_schedules() {
+    let h = api_only_home();
+    let now = chrono::Utc::now();
+    let m = |mins: i64| now - chrono::Duration::minutes(mins);
+    std::fs::create_dir_all(h.join("coordination/metrics")).unwrap();
+    let snaps = [
+        snapshot_line(m(90), 1, 0, 0),
+        snapshot_line(m(10), 5, 1, 1),
+        snapshot_line(m(9), 8, 1, 2),
+        snapshot_line(m(2), 8, 3, 4),
+    ];
+    std::fs::write(h.join("coordination/metrics/metrics-snapshots.jsonl"), snaps.concat()).unwrap();
+    h.cortex_ok(&["schedule", "add", "--name", "nightly", "--cron", "0 3 * * *", "--", "sh", "-c", "true"]);
+    let mut api = Api::start_operated(&h);
+    let p = api.port;
+
+    let history = |api: &Api| {
+        let (code, v) = api.get("/overview/history?minutes=60");
+        assert_eq!(code, 200, "{v}");
+        v
+    };
+    let v = history(&api);
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 61, "{v}");
+    let sum = |k: &str| points.iter().map(|p| p[k].as_u64().unwrap()).sum::<u64>();
+    // Inside the hour: 10 min ago → 9 min ago (+3 completed, +1 attempt failed), → 2 min ago
+    // (+2 failed, +2 attempts failed); the 90-minute-old snapshot is outside the window.
+    assert_eq!((sum("completed"), sum("failed"), sum("attempts_failed")), (3, 2, 3), "{v}");
+    assert_eq!(v["snapshots"], 3);
+    let minute_of =
+        |mins: i64| points.iter().position(|p| p["t"].as_str().unwrap() >= m(mins + 1).to_rfc3339().as_str());
+    assert!(minute_of(9).is_some());
+    // The history comes from the files: the same after a restart of the API.
+    api.kill();
+    let mut api = Api::start_on(&h, p);
+    api.token = Some(OPERATOR_TOKEN.into());
+    assert_eq!(
+        history(&api)["points"].as_array().unwrap().iter().map(|p| p["completed"].as_u64().unwrap()).sum::<u64>(),
+        3
+    );
+
+    let (code, ov) = api.get("/overview");
+    assert_eq!(code, 200, "{ov}");
+    assert_eq!(ov["status"]["scheduler_state"], "running");
+    assert_eq!(ov["scheduler"]["state"], "running");
+    assert_eq!(ov["failed_1h"], 0);
+
+    let (code, d) = api.get("/daemons");
+    assert_eq!(code, 200, "{d}");
+    let me = d["daemons"].as_array().unwrap().iter().find(|x| x["name"] == "api").cloned().unwrap();
+    assert_eq!(me["state"], "running", "{me}");
+    assert_eq!(me["pid"], api.child.id());
+    assert!(me["rss_bytes"].as_u64().unwrap() > 0 && me["uptime_seconds"].is_u64(), "{me}");
+    let worker = d["daemons"].as_array().unwrap().iter().find(|x| x["name"] == "worker").cloned().unwrap();
+    assert_eq!(worker["state"], "disabled");
+    assert_eq!(api.post("/daemons/worker/restart", b"").0, 409, "a disabled daemon is not restarted");
+    assert_eq!(api.post("/daemons/nope/restart", b"").0, 404);
+
+    // Events, newest first, filtered by severity, paged.
+    for (i, sev) in ["info", "warning", "error", "info", "critical"].iter().enumerate() {
+        let line = serde_json::json!({"id": format!("evt-{i}"), "timestamp": chrono::Utc::now().to_rfc3339(),
+            "type": "test_event", "severity": sev, "source": "test", "message": format!("n{i}"), "data": {}});
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.join("coordination/dashboard-events.jsonl"))
+            .unwrap();
+        log.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+    let (code, page) = api.get("/events?severity=warning&limit=2");
+    assert_eq!(code, 200, "{page}");
+    let ids: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["evt-4", "evt-2"], "{page}");
+    let next = page["next_before"].as_str().unwrap().to_string();
+    let (_, page2) = api.get(&format!("/events?severity=warning&limit=2&before={next}"));
+    let ids: Vec<&str> = page2["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["evt-1"], "{page2}");
+    assert_eq!(page2["events"][0]["acknowledged"], false);
+    assert_eq!(api.get("/events?severity=loud").0, 400);
+
+    // Circuit breakers: listed; reset is an operate change.
+    let at = chrono::Utc::now();
+    let doc = serde_json::json!({"breakers": {"analysis-worker": {"state": "open", "opened_at": at.to_rfc3339(),
+        "half_open_at": (at + chrono::Duration::minutes(5)).to_rfc3339(), "reason": "5 failures in 10 min",
+        "failures_in_window": 5, "trips": 1}}, "updated_at": at.to_rfc3339()});
+    std::fs::write(h.join("coordination/circuit-breakers.json"), doc.to_string()).unwrap();
+    let (code, b) = api.get("/breakers");
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(
+        (b["breakers"][0]["worker_type"].as_str(), b["breakers"][0]["state"].as_str()),
+        (Some("analysis-worker"), Some("open"))
+    );
+    let (code, _) = json_request(p, "POST", "/breakers/analysis-worker/reset", &[], b"");
+    assert_eq!(code, 401, "no token, no reset");
+    let (code, r) = api.post("/breakers/analysis-worker/reset", b"");
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(h.read_json("coordination/circuit-breakers.json")["breakers"]["analysis-worker"]["state"], "closed");
+    assert_eq!(h.events_of("circuit_breaker_reset").len(), 1);
+    assert_eq!(api.post("/breakers/nope/reset", b"").0, 404);
+
+    // Schedules: expression, zone, next run, last run and its result.
+    let (code, s) = api.get("/schedules");
+    assert_eq!(code, 200, "{s}");
+    let n = &s["schedules"][0];
+    assert_eq!(n["cron"], "0 3 * * *");
+    assert!(n["effective_timezone"].is_string() && n["next_run_at"].is_string(), "{n}");
+    assert!(n.get("last_result").is_some_and(|r| r.is_null()), "no run yet: {n}");
+    assert_eq!(api.get("/zombies").1["zombies"].as_array().unwrap().len(), 0);
+    assert_eq!(api.get("/failure-patterns").0, 200);
+}

@@ -432,6 +432,8 @@ impl App {
             Ok(t) => t,
             Err(r) => return Reply::Now(r),
         };
+        // A reconnecting EventSource resumes after the last chunk it got (its id is the offset).
+        let offset = req.header("Last-Event-ID").and_then(|v| v.trim().parse::<u64>().ok()).or(offset);
         self.stream(super::feed::Join {
             stream: None,
             last_id: None,
@@ -606,12 +608,47 @@ impl App {
     }
 }
 
+/// How a schedule's last run went: the newest dispatch of its last task (`{"task_id",
+/// "status", "exit_code", "ended_at"}`), from the status reader's dispatch index; `status` is
+/// `not_dispatched` before the task ran (or once its records were cleaned up), null without a run.
+fn last_result(dispatches: Option<&Vec<Arc<crate::ops::status::SpecEntry>>>, task: Option<&str>) -> Value {
+    let Some(task) = task else { return Value::Null };
+    let newest = dispatches.and_then(|all| {
+        all.iter().filter(|d| d.record.task_id == task).max_by_key(|d| (d.record.attempt, d.record.dispatched_at))
+    });
+    match newest {
+        Some(d) => {
+            let exit_code = match &d.record.state {
+                crate::domain::task::DispatchState::Completed { exit_code, .. } => Some(*exit_code),
+                crate::domain::task::DispatchState::Failed { exit_code, .. } => *exit_code,
+                _ => None,
+            };
+            json!({"task_id": task, "status": d.record.status().as_str(), "attempt": d.record.attempt,
+                "exit_code": exit_code, "ended_at": d.record.state.ended_at().map(format_ts)})
+        }
+        None => {
+            json!({"task_id": task, "status": "not_dispatched", "attempt": null, "exit_code": null, "ended_at": null})
+        }
+    }
+}
+
 impl App {
     /// `GET /schedules[?all=1]`: every schedule with its next run (archived ones with `all`).
     fn schedules(&self, req: &Request) -> Response {
         let all = req.query_params().get("all").is_some_and(|v| v == "1" || v == "true");
         match crate::domain::schedule::ops::list(self.reader.store(), all) {
-            Ok(list) => ok_json(&json!({"schedules": list})),
+            Ok(list) => {
+                let dispatches = self.reader.dispatches().ok();
+                let list: Vec<Value> = list
+                    .iter()
+                    .map(|view| {
+                        let mut v = serde_json::to_value(view).unwrap_or(Value::Null);
+                        v["last_result"] = last_result(dispatches.as_deref(), view.schedule.last_task_id.as_deref());
+                        v
+                    })
+                    .collect();
+                ok_json(&json!({"schedules": list}))
+            }
             Err(e) => error_response(&e),
         }
     }
