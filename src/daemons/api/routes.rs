@@ -30,6 +30,8 @@ pub(crate) struct App {
     pub hub: super::stream::Hub,
     /// What the streams carry, and where new streams join.
     pub feed: super::feed::Feed,
+    /// The live tasks, parsed once per change of the queue.
+    pub live_tasks: super::tasks::LiveTasks,
 }
 
 /// A matched route.
@@ -358,7 +360,7 @@ impl Handler for App {
             }
             Route::Daemons => Reply::Now(ok_json(&super::overview::daemons(&self.reader))),
             Route::DaemonRestart(name) => super::actions::restart_daemon(&self.reader, name),
-            Route::Tasks => Reply::Now(super::tasks::list(&self.reader, req)),
+            Route::Tasks => Reply::Now(super::tasks::list(&self.reader, &self.live_tasks, req)),
             Route::AddTask => Reply::Now(super::tasks::add(&self.reader, req, &actor)),
             Route::Task(id) => Reply::Now(super::tasks::show(&self.reader, id)),
             Route::TaskLog(id) => Reply::Now(super::tasks::log(&self.reader, req, id)),
