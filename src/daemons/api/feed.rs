@@ -587,7 +587,7 @@ mod tests {
     fn a_chunk_never_splits_a_character() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.out");
-        std::fs::write(&p, "aé".as_bytes()[..2].to_vec()).unwrap();
+        std::fs::write(&p, &"aé".as_bytes()[..2]).unwrap();
         assert_eq!(read_chunk(&p, 0), ("a".to_string(), 1));
         std::fs::write(&p, "aé").unwrap();
         assert_eq!(read_chunk(&p, 1), ("é".to_string(), 3));

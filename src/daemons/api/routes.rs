@@ -779,6 +779,15 @@ mod tests {
         assert!(matches!(route("POST", "/dispatches/d-1/nope"), Ok(None)));
         assert!(matches!(route("POST", "/events/evt-1/ack"), Ok(Some(Route::EventAck("evt-1")))));
         assert!(matches!(route("GET", "/events/evt-1/ack"), Err("POST")));
+        assert!(matches!(route("GET", "/events/stream"), Ok(Some(Route::EventStream))));
+        assert!(matches!(route("POST", "/events/stream"), Err("GET, HEAD")));
+        assert!(matches!(route("GET", "/assets/app.js"), Ok(Some(Route::Asset("app.js")))));
+        assert!(matches!(route("GET", "/assets/a/b"), Ok(None)));
+        assert!(matches!(route("POST", "/tasks"), Ok(Some(Route::AddTask))));
+        assert!(matches!(route("DELETE", "/tasks"), Err("GET, HEAD, POST")));
+        assert!(matches!(route("GET", "/tasks/t-1/log/stream"), Ok(Some(Route::TaskLogStream("t-1")))));
+        assert!(matches!(route("GET", "/tasks/t-1/cancel"), Err("POST")));
+        assert!(matches!(route("POST", "/breakers/shell/reset"), Ok(Some(Route::BreakerReset("shell")))));
     }
 
     #[test]
@@ -793,5 +802,24 @@ mod tests {
         assert_eq!(a("POST", "/dispatches/d-1/retry"), Access::Operate);
         assert_eq!(a("POST", "/schedules/x/run"), Access::Operate);
         assert_eq!(a("POST", "/schedules/x/pause"), Access::Operate);
+        // The dashboard's endpoints (issue 21).
+        for p in ["/", "/assets/app.js", "/events/stream", "/overview", "/overview/history", "/daemons", "/breakers"] {
+            assert_eq!(a("GET", p), Access::Open, "{p}");
+        }
+        for p in [
+            "/tasks",
+            "/tasks/t-1",
+            "/tasks/t-1/log",
+            "/tasks/t-1/log/stream",
+            "/events",
+            "/failure-patterns",
+            "/zombies",
+        ] {
+            assert_eq!(a("GET", p), Access::Read, "{p}");
+        }
+        assert_eq!(a("POST", "/tasks/t-1/cancel"), Access::Documented);
+        for p in ["/tasks", "/tasks/t-1/retry", "/daemons/worker/restart", "/breakers/shell/reset"] {
+            assert_eq!(a("POST", p), Access::Operate, "{p}");
+        }
     }
 }

@@ -30,8 +30,11 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// and searching 100,000 tasks parses them once per change, not once per request.
 #[derive(Default)]
 pub(crate) struct LiveTasks {
-    cache: std::sync::Mutex<Option<(Vec<Option<FileIdentity>>, Arc<Vec<Task>>)>>,
+    cache: std::sync::Mutex<Option<CachedTasks>>,
 }
+
+/// The identities of the queue, journal and intake, and the tasks read from them.
+type CachedTasks = (Vec<Option<FileIdentity>>, Arc<Vec<Task>>);
 
 impl LiveTasks {
     pub(crate) fn get(&self, store: &crate::store::Store) -> crate::base::error::Result<Arc<Vec<Task>>> {
@@ -258,7 +261,7 @@ fn task_records(
             }
         }
     }
-    out.sort_by(|a, b| (a.1.attempt, a.1.dispatched_at).cmp(&(b.1.attempt, b.1.dispatched_at)));
+    out.sort_by_key(|a| (a.1.attempt, a.1.dispatched_at));
     Ok(out)
 }
 
