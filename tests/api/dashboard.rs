@@ -662,3 +662,46 @@ fn the_tasks_table_pages_through_a_hundred_thousand_tasks() {
          filtered {filtered} ms, text search {search} ms; /status {status} ms"
     );
 }
+
+/// `POST /daemons/<name>/restart` restarts a daemon through the supervisor (`cortex restart`):
+/// the stream announces the new PID (`event: daemons`), and the new process is no child of the
+/// API.
+#[test]
+fn a_daemon_restarted_from_the_page_comes_back_with_a_new_pid() {
+    let h = crate::support::TestHome::new();
+    h.set_config(
+        "daemons",
+        "disabled",
+        r#"["worker", "pm", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix"]"#,
+    );
+    h.set_config("supervisor", "stabilization_seconds", "0");
+    let api = Api::start_operated(&h);
+    let p = api.port;
+    h.cortex_ok(&["start", "heartbeat"]);
+    /// Stops the detached heartbeat daemons whatever the test's outcome.
+    struct StopAll<'a>(&'a crate::support::TestHome);
+    impl Drop for StopAll<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.cortex(&["stop", "heartbeat", "--force"]);
+        }
+    }
+    let _stop = StopAll(&h);
+    let pid_of = |v: &serde_json::Value| {
+        v["daemons"].as_array().unwrap().iter().find(|d| d["name"] == "heartbeat").and_then(|d| d["pid"].as_u64())
+    };
+    let old = pid_of(&api.get("/daemons").1).expect("heartbeat runs");
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let mut s = SseClient::open(p, "/events/stream", &[("Authorization", &auth)]);
+    s.until("the first daemons", |m| m.event == "daemons");
+    let (code, v) = api.post("/daemons/heartbeat/restart", b"");
+    assert_eq!(code, 202, "{v}");
+    let (m, _) = s.until("the new heartbeat PID", |m| {
+        m.event == "daemons"
+            && pid_of(&m.data).is_some_and(|p| p != old)
+            && m.data["daemons"].as_array().unwrap().iter().any(|d| d["name"] == "heartbeat" && d["state"] == "running")
+    });
+    let new = pid_of(&m.data).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{new}/stat")).unwrap();
+    let ppid: u32 = stat.rsplit(") ").next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    assert_ne!(ppid, api.child.id(), "the restarted daemon is not the API's child");
+}
