@@ -1,7 +1,7 @@
 //! What the event streams carry, computed once for every open stream by one thread
 //! (`api-feed`): it wakes when a file under `coordination/` or `run/` changes (inotify, through
-//! [`crate::base::watch`]) and at least every [`PERIODIC`] (a daemon that dies changes no file),
-//! then
+//! [`crate::base::watch`]; at most every [`MIN_GAP`]) and at least every [`PERIODIC`] (a daemon
+//! that dies changes no file), then
 //!
 //! - follows `dashboard-events.jsonl` by byte offset tied to its inode, finishing a rotated copy
 //!   (`.1`, `.2`, …) before the new file, and broadcasts each new line as `event: event` with the
@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 
 /// The longest the feed goes without looking (daemon deaths change no file).
 pub(crate) const PERIODIC: Duration = Duration::from_secs(5);
+/// The shortest time between two refreshes: a burst of file changes (a busy event log) costs at
+/// most ten refreshes a second, whatever the number of streams.
+const MIN_GAP: Duration = Duration::from_millis(100);
 /// A stream resuming further back than this many bytes of the event log starts afresh.
 const MAX_CATCH_UP: u64 = 8 * 1024 * 1024;
 /// Bytes of task output in one `log` message at most.
@@ -307,32 +310,36 @@ struct State {
 impl State {
     fn run(mut self, rx: Receiver<Msg>) {
         self.refresh(true);
-        let mut next = Instant::now() + PERIODIC;
+        let mut last = Instant::now();
+        let mut next_periodic = last + PERIODIC;
+        let mut dirty = false;
         loop {
-            let first = match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            let deadline = if dirty { next_periodic.min(last + MIN_GAP) } else { next_periodic };
+            let first = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             // Everything already waiting is handled in one pass: a burst of writes costs one.
-            let mut msgs: Vec<Msg> = first.into_iter().collect();
-            msgs.extend(rx.try_iter());
-            let timer = Instant::now() >= next;
-            let changed = timer || msgs.iter().any(|m| matches!(m, Msg::Changed | Msg::Join(_)));
-            let logs = msgs.iter().any(|m| matches!(m, Msg::LogsChanged));
-            if changed {
-                self.refresh(false);
-            }
-            if changed || logs {
-                self.follow_logs();
-            }
-            if timer {
-                next = Instant::now() + PERIODIC;
-            }
-            for m in msgs {
-                if let Msg::Join(j) = m {
-                    self.join(j);
+            let mut logs = false;
+            for m in first.into_iter().chain(rx.try_iter().collect::<Vec<_>>()) {
+                match m {
+                    Msg::Changed => dirty = true,
+                    Msg::LogsChanged => logs = true,
+                    // A new stream starts from the state already broadcast; what changed since
+                    // reaches it with the next refresh, like every other stream.
+                    Msg::Join(j) => self.join(j),
                 }
+            }
+            let now = Instant::now();
+            if (dirty && now >= last + MIN_GAP) || now >= next_periodic {
+                self.refresh(false);
+                self.follow_logs();
+                dirty = false;
+                last = now;
+                next_periodic = now + PERIODIC;
+            } else if logs {
+                self.follow_logs();
             }
         }
     }
