@@ -407,6 +407,13 @@ fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
     let failed = v["task"]["task_id"].as_str().unwrap().to_string();
     wait_until(LONG, "the task fails", || api.get(&format!("/tasks/{failed}")).1["status"] == "failed");
     assert_eq!(api.get(&format!("/tasks/{failed}")).1["dispatches"][0]["exit_code"], 3);
+    assert!(api.get("/overview").1["failed_1h"].as_u64().unwrap() >= 1, "the failure counts in the last hour");
+    // Finished tasks with the archive flag, searched and filtered.
+    let (code, all) = api.get("/tasks?all=1&q=follow");
+    assert_eq!(code, 200, "{all}");
+    assert_eq!(all["tasks"][0]["task_id"].as_str(), Some(id.as_str()), "{all}");
+    let (_, done) = api.get("/tasks?all=1&status=completed&limit=10");
+    assert!(done["tasks"].as_array().unwrap().iter().any(|t| t["task_id"] == id.as_str()), "{done}");
     let (code, v) = api.post(&format!("/tasks/{failed}/retry"), b"");
     assert_eq!(code, 200, "{v}");
     assert!(matches!(v["status"].as_str(), Some("pending_retry" | "queued" | "in_progress" | "failed")), "{v}");
