@@ -345,10 +345,18 @@ fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
         format!("echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second; echo oops >&2", release.display());
     let body = serde_json::json!({"description": "follow me <img src=x onerror=alert(1)>", "priority": "high",
         "timeout_seconds": 120, "command": ["sh", "-c", script]});
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let mut live = SseClient::open(p, "/events/stream", &[("Authorization", &auth)]);
+    live.until("the first status", |m| m.event == "status");
     let (code, v) = api.post("/tasks", body.to_string().as_bytes());
     assert_eq!(code, 201, "{v}");
     let id = v["task"]["task_id"].as_str().unwrap().to_string();
     assert_eq!(v["task"]["priority"], "high");
+    // The stream tells the page that a dispatch of the new task appeared.
+    live.until("the task's dispatch", |m| {
+        m.event == "dispatches" && m.data["changed"].as_array().unwrap().iter().any(|c| c["task_id"] == id.as_str())
+    });
+    drop(live);
 
     let (code, list) = api.get("/tasks?q=FOLLOW%20ME&limit=10");
     assert_eq!(code, 200, "{list}");
@@ -359,7 +367,6 @@ fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
     assert_eq!(api.get("/tasks?status=bogus").0, 400);
 
     wait_until(LONG, "the task runs", || api.get(&format!("/tasks/{id}")).1["status"] == "in_progress");
-    let auth = format!("Bearer {OPERATOR_TOKEN}");
     let mut log = SseClient::open(p, &format!("/tasks/{id}/log/stream"), &[("Authorization", &auth)]);
     if log.status != 200 {
         let (code, _, body) = exchange(p, "GET", &format!("/tasks/{id}/log/stream"), &[("Authorization", &auth)], b"");
