@@ -481,6 +481,8 @@ impl State {
             let body = json!({"error": "too many task output streams are followed; retry shortly"});
             let first = encode("", "error", &body.to_string());
             self.hub.add(Client { stream, first, redact: false, topic: Topic::Log(u64::MAX) });
+            // Ends it once the message is written.
+            self.hub.to_log(u64::MAX, Vec::new(), true);
             return;
         }
         let key = self.next_key;
