@@ -671,9 +671,12 @@ fn the_tasks_table_pages_through_a_hundred_thousand_tasks() {
     assert_eq!(v["tasks"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["tasks"][0]["task_id"], "task-20260101000000000-0077777");
     let (status, _) = timed_get(&api, "/status");
+    let t = std::time::Instant::now();
+    h.cortex_ok(&["task", "list", "--limit", "50"]);
+    let cli = t.elapsed().as_millis();
     eprintln!(
         "BENCH /tasks at {n} tasks (debug build): first page {first} ms, again {again} ms, a later page {later} ms, \
-         filtered {filtered} ms, text search {search} ms; /status {status} ms"
+         filtered {filtered} ms, text search {search} ms; /status {status} ms; `cortex task list --limit 50` {cli} ms"
     );
 }
 
