@@ -729,3 +729,52 @@ fn a_daemon_restarted_from_the_page_comes_back_with_a_new_pid() {
     let ppid: u32 = stat.rsplit(") ").next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     assert_ne!(ppid, api.child.id(), "the restarted daemon is not the API's child");
 }
+
+/// A stream whose client stops reading is dropped once 4 MiB wait for it (it would reconnect and
+/// catch up from the files); the API meanwhile serves others, and a reading stream gets everything.
+#[test]
+fn a_stream_that_does_not_read_is_dropped_and_others_go_on() {
+    use std::io::Read;
+    let h = api_only_home();
+    let api = Api::start(&h);
+    let p = api.port;
+    let mut stuck = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    // A small receive buffer, so what the kernel holds for it cannot hide the server's cap.
+    nix::sys::socket::setsockopt(&stuck, nix::sys::socket::sockopt::RcvBuf, &65536).unwrap();
+    stuck.write_all(format!("GET /events/stream HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n").as_bytes()).unwrap();
+    let mut reader = SseClient::open(p, "/events/stream", &[]);
+    reader.until("status", |m| m.event == "status");
+    // 16 MB of events in a few appends, while `stuck` reads nothing.
+    let pad = "x".repeat(900);
+    let mut written = 0;
+    for chunk in 0..4 {
+        let mut text = String::new();
+        for i in 0..4000 {
+            let line = serde_json::json!({"id": format!("evt-{chunk}-{i}"), "timestamp": chrono::Utc::now().to_rfc3339(),
+                "type": "test_event", "severity": "info", "source": "test", "message": pad, "data": {}});
+            text.push_str(&format!("{line}\n"));
+        }
+        written += text.len();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.join("coordination/dashboard-events.jsonl"))
+            .unwrap();
+        log.write_all(text.as_bytes()).unwrap();
+    }
+    let (last, _) = reader.until("the last event", |m| m.event == "event" && m.data["id"] == "evt-3-3999");
+    assert_eq!(last.data["message"].as_str().map(str::len), Some(900));
+    assert_eq!(api.get("/status").0, 200);
+    // The stuck client: what was in flight, then the server's close.
+    stuck.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match stuck.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("the stuck stream was not closed: {e} after {got} bytes"),
+        }
+    }
+    assert!(got < written, "dropped before everything was sent: {got} of {written} bytes");
+}
