@@ -778,3 +778,49 @@ fn a_stream_that_does_not_read_is_dropped_and_others_go_on() {
     }
     assert!(got < written, "dropped before everything was sent: {got} of {written} bytes");
 }
+
+/// Restarting the API itself from the page: the answer goes out, the API is replaced by a new
+/// process on the same port, and a stream reconnecting with its last id resumes.
+#[test]
+fn the_api_restarted_from_the_page_comes_back_and_the_stream_resumes() {
+    let h = api_only_home();
+    h.set_config("supervisor", "stabilization_seconds", "0");
+    let mut api = Api::start_operated(&h);
+    let p = api.port;
+    /// Stops the detached API the restart starts, whatever the test's outcome.
+    struct StopApi<'a>(&'a crate::support::TestHome);
+    impl Drop for StopApi<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.cortex(&["stop", "api", "--force"]);
+        }
+    }
+    let _stop = StopApi(&h);
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let mut s = SseClient::open(p, "/events/stream", &[("Authorization", &auth)]);
+    s.until("status", |m| m.event == "status");
+    append_event(&h, "evt-before");
+    let (before, _) = s.until("evt-before", |m| m.event == "event" && m.data["id"] == "evt-before");
+    let old = api.child.id();
+    let (code, v) = api.post("/daemons/api/restart", b"");
+    assert_eq!(code, 202, "{v}");
+    // The old process ends (our child), the stream with it.
+    let _ = api.child.wait();
+    while s.next().is_some() {}
+    append_event(&h, "evt-during");
+    wait_until(std::time::Duration::from_secs(60), "a new API answers", || {
+        matches!(try_request(p, "GET", "/status", &[], b""), Ok((200, _)))
+    });
+    let (_, d) = api.get("/daemons");
+    let me = d["daemons"].as_array().unwrap().iter().find(|x| x["name"] == "api").cloned().unwrap();
+    assert_ne!(me["pid"].as_u64(), Some(old as u64), "{me}");
+    let mut r = SseClient::open(
+        p,
+        "/events/stream",
+        &[("Authorization", &auth), ("Last-Event-ID", before.id.as_deref().unwrap())],
+    );
+    let (hello, _) = r.until("hello", |m| m.event == "hello");
+    assert_eq!(hello.data["resumed"], true);
+    let (during, _) =
+        r.until("the event written while it restarted", |m| m.event == "event" && m.data["type"] == "test_event");
+    assert_eq!(during.data["id"], "evt-during");
+}
