@@ -26,11 +26,19 @@ pub(crate) struct App {
     pub site: Site,
     /// Pauses and resumes that change the state go through the group commit.
     pub committer: Committer,
+    /// The open event streams.
+    pub hub: super::stream::Hub,
+    /// What the streams carry, and where new streams join.
+    pub feed: super::feed::Feed,
+    /// The live tasks, parsed once per change of the queue.
+    pub live_tasks: super::tasks::LiveTasks,
 }
 
 /// A matched route.
 enum Route<'a> {
     Index,
+    /// `GET /assets/<name>`: the dashboard's embedded files.
+    Asset(&'a str),
     Status,
     Health,
     Metrics,
@@ -46,22 +54,72 @@ enum Route<'a> {
     ScheduleAction(&'a str, ScheduleAction),
     /// `POST /events/<id>/ack` (`all` for every event up to now).
     EventAck(&'a str),
+    /// `GET /events/stream`: Server-Sent Events.
+    EventStream,
+    /// `GET /events`: the event log, newest first, paged.
+    Events,
+    Overview,
+    History,
+    Daemons,
+    DaemonRestart(&'a str),
+    Tasks,
+    AddTask,
+    Task(&'a str),
+    TaskLog(&'a str),
+    TaskLogStream(&'a str),
+    TaskCancel(&'a str),
+    TaskRetry(&'a str),
+    Breakers,
+    BreakerReset(&'a str),
+    FailurePatterns,
+    Zombies,
 }
 
 /// The access table: how each endpoint is guarded (what each kind means, with and without
 /// `[api] tokens_file`, is the table in [`super::policy`]). A new endpoint gets its row here.
 fn access(route: &Route) -> Access {
     match route {
-        // Monitoring: counts, daemon states, the pause switch.
-        Route::Index | Route::Status | Route::Health | Route::Metrics | Route::SchedulerStatus => Access::Open,
-        // Task output tails, commands, descriptions, schedules' task templates.
-        Route::Dispatches | Route::Dispatch(_) | Route::Schedules | Route::Schedule(_) => Access::Read,
+        // The dashboard's page and files: the same for everyone, no data in them.
+        Route::Asset(_) => Access::Open,
+        // Monitoring: counts, daemon states, the pause switch. The event stream is /health's
+        // events and /overview live (with tokens, an anonymous stream gets no event text).
+        Route::Index
+        | Route::Status
+        | Route::Health
+        | Route::Metrics
+        | Route::SchedulerStatus
+        | Route::EventStream
+        | Route::Overview
+        | Route::History
+        | Route::Daemons
+        | Route::Breakers => Access::Open,
+        // Task output tails, commands, descriptions, schedules' task templates, event texts.
+        Route::Dispatches
+        | Route::Dispatch(_)
+        | Route::Schedules
+        | Route::Schedule(_)
+        | Route::Events
+        | Route::Tasks
+        | Route::Task(_)
+        | Route::TaskLog(_)
+        | Route::TaskLogStream(_)
+        | Route::FailurePatterns
+        | Route::Zombies => Access::Read,
         // The runbooks' token-less changes (ARCHITECTURE.md threat model).
         // Acknowledging an event only hides it from /health's verdict (runbook 000's pre-check);
-        // it is audited and changes nothing that runs.
-        Route::Pause | Route::Resume | Route::Cancel(_) | Route::EventAck(_) => Access::Documented,
-        // They run an operator's command again or change a schedule.
-        Route::Retry(_) | Route::ScheduleAction(..) => Access::Operate,
+        // it is audited and changes nothing that runs. Cancelling a task is cancelling its
+        // dispatch (or a task not yet running).
+        Route::Pause | Route::Resume | Route::Cancel(_) | Route::EventAck(_) | Route::TaskCancel(_) => {
+            Access::Documented
+        }
+        // They run an operator's command (again), change a schedule, restart a daemon, or let
+        // a worker type run again after its breaker opened.
+        Route::Retry(_)
+        | Route::ScheduleAction(..)
+        | Route::AddTask
+        | Route::TaskRetry(_)
+        | Route::DaemonRestart(_)
+        | Route::BreakerReset(_) => Access::Operate,
     }
 }
 
@@ -69,7 +127,7 @@ fn access(route: &Route) -> Access {
 /// on the home's files directly, whatever the API allows).
 fn cli_equivalent(route: &Route) -> String {
     match route {
-        Route::Index => "cortex --help".into(),
+        Route::Index | Route::Asset(_) => "cortex --help".into(),
         Route::Status | Route::Health | Route::Metrics => "cortex status".into(),
         Route::SchedulerStatus => "cortex scheduler status".into(),
         Route::Pause => "cortex scheduler pause".into(),
@@ -85,6 +143,18 @@ fn cli_equivalent(route: &Route) -> String {
         Route::ScheduleAction(id, ScheduleAction::Run) => format!("cortex schedule run-now {id}"),
         Route::EventAck(id) if *id == "all" => "cortex event ack --all".into(),
         Route::EventAck(id) => format!("cortex event ack {id}"),
+        Route::EventStream | Route::Events => "cortex event list".into(),
+        Route::Overview | Route::History | Route::Daemons => "cortex status".into(),
+        Route::DaemonRestart(name) => format!("cortex restart {name}"),
+        Route::Tasks => "cortex task list".into(),
+        Route::AddTask => "cortex task add --description ... -- COMMAND".into(),
+        Route::Task(id) | Route::TaskLog(id) | Route::TaskLogStream(id) => format!("cortex task show {id}"),
+        Route::TaskCancel(id) => format!("cortex task cancel {id}"),
+        Route::TaskRetry(id) => format!("cortex task retry {id}"),
+        Route::Breakers => "cortex breaker list".into(),
+        Route::BreakerReset(t) => format!("cortex breaker reset {t}"),
+        Route::FailurePatterns => "cortex status".into(),
+        Route::Zombies => "cortex dispatches --status zombie".into(),
     }
 }
 
@@ -104,6 +174,7 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
     let (get, post) = (method == "GET", method == "POST");
     let r = match segs.as_slice() {
         [""] if get => Route::Index,
+        ["assets", name] if get && !name.is_empty() => Route::Asset(name),
         ["status"] if get => Route::Status,
         ["health"] if get => Route::Health,
         ["metrics"] if get => Route::Metrics,
@@ -120,7 +191,40 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
         ["schedules", id, "resume"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Resume),
         ["schedules", id, "run"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Run),
         ["events", id, "ack"] if post && !id.is_empty() => Route::EventAck(id),
+        ["events", "stream"] if get => Route::EventStream,
+        ["events"] if get => Route::Events,
+        ["overview"] if get => Route::Overview,
+        ["overview", "history"] if get => Route::History,
+        ["daemons"] if get => Route::Daemons,
+        ["daemons", name, "restart"] if post && !name.is_empty() => Route::DaemonRestart(name),
+        ["tasks"] if get => Route::Tasks,
+        ["tasks"] if post => Route::AddTask,
+        ["tasks", id] if get && !id.is_empty() => Route::Task(id),
+        ["tasks", id, "log"] if get && !id.is_empty() => Route::TaskLog(id),
+        ["tasks", id, "log", "stream"] if get && !id.is_empty() => Route::TaskLogStream(id),
+        ["tasks", id, "cancel"] if post && !id.is_empty() => Route::TaskCancel(id),
+        ["tasks", id, "retry"] if post && !id.is_empty() => Route::TaskRetry(id),
+        ["breakers"] if get => Route::Breakers,
+        ["breakers", t, "reset"] if post && !t.is_empty() => Route::BreakerReset(t),
+        ["failure-patterns"] if get => Route::FailurePatterns,
+        ["zombies"] if get => Route::Zombies,
+        ["tasks"] => return Err("GET, HEAD, POST"),
+        ["events", "stream"]
+        | ["events"]
+        | ["overview"]
+        | ["overview", "history"]
+        | ["daemons"]
+        | ["tasks", _]
+        | ["tasks", _, "log"]
+        | ["tasks", _, "log", "stream"]
+        | ["breakers"]
+        | ["failure-patterns"]
+        | ["zombies"] => return Err("GET, HEAD"),
+        ["daemons", _, "restart"] | ["tasks", _, "cancel" | "retry"] | ["breakers", _, "reset"] => {
+            return Err("POST");
+        }
         [""]
+        | ["assets", _]
         | ["status"]
         | ["health"]
         | ["metrics"]
@@ -170,7 +274,7 @@ impl Handler for App {
             Ok(None) => return Reply::Now(Response::error(404, format!("no such endpoint: {}", req.path))),
             Err(allow) => return Reply::Now(Response::error(405, "method not allowed").with_header("Allow", allow)),
         };
-        if let Some(refusal) = self.site.refusal(req) {
+        if let Some(refusal) = self.site.refusal(req).or_else(|| policy::forgery_refusal(req)) {
             return Reply::Now(refusal);
         }
         let what = format!("{} {}", req.method, req.path);
@@ -189,6 +293,11 @@ impl Handler for App {
         let who = caller.map_or_else(|| "anonymous".to_string(), |c| c.name);
         let actor = Actor { who, from: format!("api {}", req.peer) };
         match route {
+            Route::Index if super::dashboard::wants_html(req) => Reply::Now(super::dashboard::index(req)),
+            Route::Asset(name) => Reply::Now(
+                super::dashboard::asset(req, name)
+                    .unwrap_or_else(|| Response::error(404, format!("no such asset: {}", req.path))),
+            ),
             Route::Index => Reply::Now(ok_json(&json!({
                 "service": "cortex-api",
                 "version": env!("CARGO_PKG_VERSION"),
@@ -198,7 +307,12 @@ impl Handler for App {
                     "GET /dispatches/<task_id|dispatch_id>", "POST /dispatches/<dispatch_id>/cancel",
                     "POST /dispatches/<dispatch_id>/retry", "GET /schedules?all=1", "GET /schedules/<id|name>",
                     "POST /schedules/<id|name>/pause", "POST /schedules/<id|name>/resume", "POST /schedules/<id|name>/run",
-                    "POST /events/<id|all>/ack"
+                    "POST /events/<id|all>/ack", "GET /events?severity=&limit=&before=", "GET /events/stream",
+                    "GET /overview", "GET /overview/history?minutes=", "GET /daemons", "POST /daemons/<name>/restart",
+                    "GET /tasks?status=&worker_type=&q=&limit=&after_id=&all=1", "POST /tasks", "GET /tasks/<id>",
+                    "GET /tasks/<id>/log?attempt=&stream=&offset=", "GET /tasks/<id>/log/stream", "POST /tasks/<id>/cancel",
+                    "POST /tasks/<id>/retry", "GET /breakers", "POST /breakers/<worker_type>/reset",
+                    "GET /failure-patterns", "GET /zombies"
                 ],
             }))),
             Route::Status => Reply::Now(match self.reader.system_status() {
@@ -230,6 +344,34 @@ impl Handler for App {
             Route::Schedule(id) => Reply::Now(self.schedule(id)),
             Route::ScheduleAction(id, action) => Reply::Now(self.schedule_action(req, id, action, &actor)),
             Route::EventAck(id) => Reply::Now(self.event_ack(req, id, &actor)),
+            Route::EventStream => self.event_stream(req, redact),
+            Route::Overview => Reply::Now(if redact {
+                let mut v = super::overview::overview(&self.reader);
+                for k in ["status", "scheduler"] {
+                    v[k] = redact_file_errors(v[k].take());
+                }
+                ok_json(&v)
+            } else {
+                ok_json(&super::overview::overview(&self.reader))
+            }),
+            Route::History => {
+                let minutes = req.query_params().get("minutes").and_then(|m| m.parse().ok()).unwrap_or(60);
+                Reply::Now(ok_json(&super::overview::history(&self.reader, minutes)))
+            }
+            Route::Daemons => Reply::Now(ok_json(&super::overview::daemons(&self.reader))),
+            Route::DaemonRestart(name) => super::actions::restart_daemon(&self.reader, name),
+            Route::Tasks => Reply::Now(super::tasks::list(&self.reader, &self.live_tasks, req)),
+            Route::AddTask => Reply::Now(super::tasks::add(&self.reader, req, &actor)),
+            Route::Task(id) => Reply::Now(super::tasks::show(&self.reader, id)),
+            Route::TaskLog(id) => Reply::Now(super::tasks::log(&self.reader, req, id)),
+            Route::TaskLogStream(id) => self.log_stream(req, id),
+            Route::TaskCancel(id) => super::tasks::cancel(&self.reader, id, &actor),
+            Route::TaskRetry(id) => Reply::Now(super::tasks::retry(&self.reader, id, &actor)),
+            Route::Events => Reply::Now(super::actions::events(&self.reader, req)),
+            Route::Breakers => Reply::Now(super::actions::breakers(&self.reader)),
+            Route::BreakerReset(t) => Reply::Now(super::actions::reset_breaker(&self.reader, t, &actor)),
+            Route::FailurePatterns => Reply::Now(super::actions::failure_patterns(&self.reader)),
+            Route::Zombies => Reply::Now(super::actions::zombies(&self.reader)),
         }
     }
 }
@@ -238,7 +380,7 @@ impl Handler for App {
 /// still named (`errors[].file`, and `/health`'s `problems` say "cannot read FILE"), but not why:
 /// a schema error quotes up to 400 characters of the file's content (a task's description, a
 /// line of its output).
-fn redact_file_errors(mut v: Value) -> Value {
+pub(super) fn redact_file_errors(mut v: Value) -> Value {
     const WITHHELD: &str = "unreadable (the reason may quote the file's content: send a token to see it)";
     let files: Vec<String> = match v.get_mut("errors").and_then(Value::as_array_mut) {
         Some(errors) => errors
@@ -276,6 +418,53 @@ fn redact_health(h: &crate::ops::status::Health) -> Value {
 }
 
 impl App {
+    /// `GET /events/stream`: hands the connection to the feed (see [`super::feed`]).
+    fn event_stream(&self, req: &Request, redact: bool) -> Reply {
+        let last_id = req
+            .header("Last-Event-ID")
+            .map(str::to_string)
+            .or_else(|| req.query_params().remove("last_event_id"))
+            .filter(|s| !s.is_empty());
+        self.stream(super::feed::Join { stream: None, last_id, redact, what: super::feed::JoinKind::Main })
+    }
+
+    /// `GET /tasks/<id>/log/stream?attempt=&stream=&offset=`: the output of one dispatch, live.
+    fn log_stream(&self, req: &Request, id: &str) -> Reply {
+        let (dispatch_id, path, offset) = match super::tasks::log_target(&self.reader, req, id) {
+            Ok(t) => t,
+            Err(r) => return Reply::Now(r),
+        };
+        // A reconnecting EventSource resumes after the last chunk it got (its id is the offset).
+        let offset = req.header("Last-Event-ID").and_then(|v| v.trim().parse::<u64>().ok()).or(offset);
+        self.stream(super::feed::Join {
+            stream: None,
+            last_id: None,
+            redact: false,
+            what: super::feed::JoinKind::Log { dispatch_id, path, offset },
+        })
+    }
+
+    /// A stream's response: its head now, then the connection goes to the feed.
+    fn stream(&self, mut join: super::feed::Join) -> Reply {
+        if !self.hub.reserve() {
+            return Reply::Now(Response::error(503, "too many open event streams; retry shortly"));
+        }
+        let (hub, feed) = (self.hub.clone(), self.feed.clone());
+        let head = Response::new(200, "text/event-stream; charset=utf-8", Vec::new());
+        Reply::Stream(
+            head,
+            Box::new(move |stream| match stream {
+                Some(s) => {
+                    join.stream = Some(s);
+                    if !feed.join(join) {
+                        hub.release();
+                    }
+                }
+                None => hub.release(),
+            }),
+        )
+    }
+
     fn pause(&self, req: &Request, actor: Actor) -> Reply {
         let body = match json_body(req) {
             Ok(b) => b,
@@ -421,12 +610,47 @@ impl App {
     }
 }
 
+/// How a schedule's last run went: the newest dispatch of its last task (`{"task_id",
+/// "status", "exit_code", "ended_at"}`), from the status reader's dispatch index; `status` is
+/// `not_dispatched` before the task ran (or once its records were cleaned up), null without a run.
+fn last_result(dispatches: Option<&Vec<Arc<crate::ops::status::SpecEntry>>>, task: Option<&str>) -> Value {
+    let Some(task) = task else { return Value::Null };
+    let newest = dispatches.and_then(|all| {
+        all.iter().filter(|d| d.record.task_id == task).max_by_key(|d| (d.record.attempt, d.record.dispatched_at))
+    });
+    match newest {
+        Some(d) => {
+            let exit_code = match &d.record.state {
+                crate::domain::task::DispatchState::Completed { exit_code, .. } => Some(*exit_code),
+                crate::domain::task::DispatchState::Failed { exit_code, .. } => *exit_code,
+                _ => None,
+            };
+            json!({"task_id": task, "status": d.record.status().as_str(), "attempt": d.record.attempt,
+                "exit_code": exit_code, "ended_at": d.record.state.ended_at().map(format_ts)})
+        }
+        None => {
+            json!({"task_id": task, "status": "not_dispatched", "attempt": null, "exit_code": null, "ended_at": null})
+        }
+    }
+}
+
 impl App {
     /// `GET /schedules[?all=1]`: every schedule with its next run (archived ones with `all`).
     fn schedules(&self, req: &Request) -> Response {
         let all = req.query_params().get("all").is_some_and(|v| v == "1" || v == "true");
         match crate::domain::schedule::ops::list(self.reader.store(), all) {
-            Ok(list) => ok_json(&json!({"schedules": list})),
+            Ok(list) => {
+                let dispatches = self.reader.dispatches().ok();
+                let list: Vec<Value> = list
+                    .iter()
+                    .map(|view| {
+                        let mut v = serde_json::to_value(view).unwrap_or(Value::Null);
+                        v["last_result"] = last_result(dispatches.as_deref(), view.schedule.last_task_id.as_deref());
+                        v
+                    })
+                    .collect();
+                ok_json(&json!({"schedules": list}))
+            }
             Err(e) => error_response(&e),
         }
     }
@@ -555,6 +779,15 @@ mod tests {
         assert!(matches!(route("POST", "/dispatches/d-1/nope"), Ok(None)));
         assert!(matches!(route("POST", "/events/evt-1/ack"), Ok(Some(Route::EventAck("evt-1")))));
         assert!(matches!(route("GET", "/events/evt-1/ack"), Err("POST")));
+        assert!(matches!(route("GET", "/events/stream"), Ok(Some(Route::EventStream))));
+        assert!(matches!(route("POST", "/events/stream"), Err("GET, HEAD")));
+        assert!(matches!(route("GET", "/assets/app.js"), Ok(Some(Route::Asset("app.js")))));
+        assert!(matches!(route("GET", "/assets/a/b"), Ok(None)));
+        assert!(matches!(route("POST", "/tasks"), Ok(Some(Route::AddTask))));
+        assert!(matches!(route("DELETE", "/tasks"), Err("GET, HEAD, POST")));
+        assert!(matches!(route("GET", "/tasks/t-1/log/stream"), Ok(Some(Route::TaskLogStream("t-1")))));
+        assert!(matches!(route("GET", "/tasks/t-1/cancel"), Err("POST")));
+        assert!(matches!(route("POST", "/breakers/shell/reset"), Ok(Some(Route::BreakerReset("shell")))));
     }
 
     #[test]
@@ -569,5 +802,24 @@ mod tests {
         assert_eq!(a("POST", "/dispatches/d-1/retry"), Access::Operate);
         assert_eq!(a("POST", "/schedules/x/run"), Access::Operate);
         assert_eq!(a("POST", "/schedules/x/pause"), Access::Operate);
+        // The dashboard's endpoints (issue 21).
+        for p in ["/", "/assets/app.js", "/events/stream", "/overview", "/overview/history", "/daemons", "/breakers"] {
+            assert_eq!(a("GET", p), Access::Open, "{p}");
+        }
+        for p in [
+            "/tasks",
+            "/tasks/t-1",
+            "/tasks/t-1/log",
+            "/tasks/t-1/log/stream",
+            "/events",
+            "/failure-patterns",
+            "/zombies",
+        ] {
+            assert_eq!(a("GET", p), Access::Read, "{p}");
+        }
+        assert_eq!(a("POST", "/tasks/t-1/cancel"), Access::Documented);
+        for p in ["/tasks", "/tasks/t-1/retry", "/daemons/worker/restart", "/breakers/shell/reset"] {
+            assert_eq!(a("POST", p), Access::Operate, "{p}");
+        }
     }
 }
