@@ -9,6 +9,7 @@ mod heartbeat;
 mod locks;
 mod logs;
 mod metrics;
+mod notify;
 mod recovery;
 mod schedule;
 mod scheduler;
@@ -117,6 +118,9 @@ pub enum Command {
     Logs(logs::LogsCommand),
     /// Every lock and PID file of the home, free or held, by whom (the kernel's lock table) and since when.
     Locks,
+    /// Notifications (cortex-notify): test a sink, list recent deliveries.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
 }
 
 /// What the CLI needs everywhere.
@@ -189,6 +193,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::HealthCheck(a)) => supervise::health_check(&ctx, a),
         Some(Command::Logs(c)) => logs::run(&ctx, c),
         Some(Command::Locks) => locks::run(&ctx),
+        Some(Command::Notify(c)) => notify::run(&ctx, c),
     }
 }
 

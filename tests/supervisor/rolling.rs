@@ -71,7 +71,7 @@ fn rolling_restart_keeps_all_but_one_running_and_stops_at_a_daemon_that_fails_re
     assert!(fewest >= NAMES.len() - 1, "at some instant only {fewest} daemons ran:\n{s}");
     assert!(s.contains("metrics: restart FAILED: not ready after 4.0s"), "{s}");
     assert!(
-        s.contains("not restarted (still running): coordinator, integration, failure-pattern, auto-fix, api"),
+        s.contains("not restarted (still running): coordinator, integration, failure-pattern, auto-fix, notify, api"),
         "{s}"
     );
     let now: Vec<Option<u32>> = NAMES.iter().map(|d| f.pid(d)).collect();
