@@ -53,7 +53,9 @@ pub struct Notifier {
     results_tx: Sender<(String, Outcome)>,
     results_rx: Receiver<(String, Outcome)>,
     waker: Option<Sender<Wake>>,
+    /// The state file needs a write; `durable_dirty`: a durable one (the cursor or a rule moved).
     dirty: bool,
+    durable_dirty: bool,
     finished_since_prune: usize,
 }
 
@@ -84,6 +86,7 @@ impl Notifier {
             results_rx,
             waker,
             dirty: false,
+            durable_dirty: false,
             finished_since_prune: 0,
         }
     }
@@ -118,6 +121,7 @@ impl Notifier {
                 // Configured again later, it starts from the end of the log then.
                 if self.state.cursor.take().is_some() {
                     self.dirty = true;
+                    self.durable_dirty = true;
                 }
             }
             Err(e) => {
@@ -154,6 +158,7 @@ impl Notifier {
             if before.as_ref() != Some(&cursor) {
                 self.state.cursor = Some(cursor);
                 self.dirty = true;
+                self.durable_dirty = true;
             }
             let mut notes = Vec::new();
             for ev in &events {
@@ -162,26 +167,28 @@ impl Notifier {
             notes.extend(self.state.rules.due(&cfg.0, now));
             if !events.is_empty() || !notes.is_empty() {
                 self.dirty = true;
+                self.durable_dirty = true;
             }
-            for n in &notes {
-                self.enqueue(&cfg.0, n)?;
-            }
+            self.enqueue(&cfg.0, &notes)?;
         }
         if self.dirty {
             self.state.pending = self.pending.len();
-            self.state.save(self.store.home(), now)?;
+            self.state.save(self.store.home(), now, self.durable_dirty)?;
             self.dirty = false;
+            self.durable_dirty = false;
         }
         self.start_due(now);
         Ok(self.next_due())
     }
 
-    /// Writes the outbox files of `n`, one per sink, unless they exist (made before a crash).
-    fn enqueue(&mut self, cfg: &NotifyConfig, n: &Notification) -> Result<()> {
+    /// Writes the outbox files of `notes`, one per notification and sink, unless they exist
+    /// (made before a crash), all durable before this returns.
+    fn enqueue(&mut self, cfg: &NotifyConfig, notes: &[Notification]) -> Result<()> {
         let home = self.store.home().clone();
-        for sink_name in &n.sinks {
+        let mut new: Vec<Delivery> = Vec::new();
+        for (n, sink_name) in notes.iter().flat_map(|n| n.sinks.iter().map(move |s| (n, s))) {
             let key = n.key(sink_name);
-            if self.pending.contains_key(&key) || outbox::exists(&home, &key) {
+            if self.pending.contains_key(&key) || new.iter().any(|d| d.key == key) || outbox::exists(&home, &key) {
                 continue;
             }
             let Some(sink) = cfg.sinks.get(sink_name) else { continue };
@@ -202,9 +209,10 @@ impl Notifier {
                 finished_at: None,
                 body: crate::domain::notify::body::body(n, sink_name),
             };
-            outbox::write(&home, &d)?;
-            self.pending.insert(key, d);
+            new.push(d);
         }
+        outbox::write_new(&home, &new)?;
+        self.pending.extend(new.into_iter().map(|d| (d.key.clone(), d)));
         Ok(())
     }
 
@@ -308,7 +316,7 @@ impl Notifier {
             self.state.count(&d.sink, "retried");
             tracing::warn!(key = %d.key, sink = %d.sink, attempts = d.attempts, "notification not delivered, retrying: {}", outcome.answer);
         }
-        if let Err(e) = outbox::write(&home, &d) {
+        if let Err(e) = outbox::update(&home, &d) {
             tracing::error!("cannot record the delivery {}: {e}", d.key);
         }
         if d.state == DeliveryState::Pending {

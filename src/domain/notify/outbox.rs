@@ -80,12 +80,30 @@ pub fn exists(home: &Home, key: &str) -> bool {
     path(home, key).symlink_metadata().is_ok()
 }
 
-/// Writes `d` atomically and durably.
-pub fn write(home: &Home, d: &Delivery) -> Result<()> {
-    let dir = home.notify_outbox();
-    atomic::create_dir_all(&dir)?;
-    let bytes = serde_json::to_vec_pretty(d).map_err(|e| Error::encode(format!("delivery {}", d.key), e))?;
-    atomic::write_atomic(&path(home, &d.key), &bytes)
+fn encode(d: &Delivery) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(d).map_err(|e| Error::encode(format!("delivery {}", d.key), e))
+}
+
+/// Writes new deliveries atomically and durably, together (one parallel flush, one directory
+/// fsync): when it returns, each is in the outbox and will be sent, whatever happens next.
+pub fn write_new(home: &Home, ds: &[Delivery]) -> Result<()> {
+    if ds.is_empty() {
+        return Ok(());
+    }
+    atomic::create_dir_all(&home.notify_outbox())?;
+    let mut batch = atomic::ReplaceBatch::new();
+    for d in ds {
+        batch.stage(&path(home, &d.key), &encode(d)?)?;
+    }
+    batch.commit()
+}
+
+/// Rewrites a delivery after an attempt, atomically but without waiting for the disk: losing
+/// this write (a power cut) only means the notification is sent again, with the same key, or
+/// its failure reported again; at-least-once allows both, and the daemon's loop does not stall
+/// behind a busy disk once per attempt.
+pub fn update(home: &Home, d: &Delivery) -> Result<()> {
+    atomic::write_replace_volatile(&path(home, &d.key), &encode(d)?)
 }
 
 /// Every delivery in the outbox, oldest first; a file that cannot be read is named in the

@@ -67,12 +67,18 @@ impl NotifyState {
         }
     }
 
-    /// Replaces the file atomically.
-    pub fn save(&mut self, home: &Home, now: Timestamp) -> Result<()> {
+    /// Replaces the file atomically; `durable` when the cursor or a rule changed (after the
+    /// outbox files of what was read are durable), else without waiting for the disk (counters
+    /// and the pending count, which the outbox can always rebuild).
+    pub fn save(&mut self, home: &Home, now: Timestamp, durable: bool) -> Result<()> {
         self.updated_at = Some(now);
         atomic::create_dir_all(&home.notify_dir())?;
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::encode("notify state", e))?;
-        atomic::write_atomic(&home.notify_state(), &bytes)
+        if durable {
+            atomic::write_atomic(&home.notify_state(), &bytes)
+        } else {
+            atomic::write_replace_volatile(&home.notify_state(), &bytes)
+        }
     }
 
     /// Counts one result for `sink`.
