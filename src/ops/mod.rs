@@ -3,8 +3,8 @@
 //! integration) both use them; they import nothing from [`crate::daemons`] or [`crate::cli`].
 
 pub mod backup;
-pub mod notify;
 pub(crate) mod logs;
+pub mod notify;
 pub(crate) mod recovery;
 pub(crate) mod slurm_command;
 pub mod status;

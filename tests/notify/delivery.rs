@@ -160,7 +160,10 @@ fn a_receiver_answering_500_three_times_then_200_gets_the_message_once() {
     assert_eq!(keys.len(), 1, "every attempt carries the same key");
     assert!(reqs.windows(2).all(|w| w[0].body == w[1].body), "every attempt sends the same body");
     let st = state(&h);
-    assert_eq!((st["counters"]["ops"]["retried"].as_u64(), st["counters"]["ops"]["delivered"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        (st["counters"]["ops"]["retried"].as_u64(), st["counters"]["ops"]["delivered"].as_u64()),
+        (Some(3), Some(1))
+    );
     assert_eq!(st["pending"], 0);
     assert!(h.events_of("notification_failed").is_empty());
 }
@@ -224,7 +227,11 @@ fn sigkill_mid_delivery_resends_only_the_unacknowledged_with_the_same_keys() {
     let held = r.requests()[0].clone();
     let _n = start(&h, "notify");
     wait_until(LONG, "three notifications acknowledged", || {
-        r.acknowledged().iter().filter_map(|q| q.header("idempotency-key").map(str::to_string)).collect::<BTreeSet<_>>().len()
+        r.acknowledged()
+            .iter()
+            .filter_map(|q| q.header("idempotency-key").map(str::to_string))
+            .collect::<BTreeSet<_>>()
+            .len()
             == 3
     });
     wait_until(LONG, "the outbox all delivered", || outbox(&h).iter().all(|d| d["state"] == "delivered"));
@@ -327,7 +334,10 @@ fn signal_and_email_sinks_and_notify_test_print_what_the_sink_answered() {
     wait_until(LONG, "the mail", || smtp.mails().len() == 2);
     wait_until(LONG, "the signal message", || r.acknowledged().len() == 2);
     let mail = &smtp.mails()[1];
-    assert_eq!((mail.from.as_str(), mail.to.as_slice()), ("<cortex@example.org>", ["<ops@example.org>".to_string()].as_slice()));
+    assert_eq!(
+        (mail.from.as_str(), mail.to.as_slice()),
+        ("<cortex@example.org>", ["<ops@example.org>".to_string()].as_slice())
+    );
     let key = outbox(&h).into_iter().find(|d| d["sink"] == "mail").unwrap()["key"].as_str().unwrap().to_string();
     assert!(mail.data.contains(&format!("Message-ID: <{key}@cortex-notify>")), "{}", mail.data);
     assert!(mail.data.contains("dispatch d-1 is a zombie"), "{}", mail.data);

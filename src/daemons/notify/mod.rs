@@ -72,7 +72,8 @@ impl Notifier {
             tracing::warn!("outbox file skipped: {b}");
         }
         outbox::prune(&home, &all);
-        let pending = all.into_iter().filter(|d| d.state == DeliveryState::Pending).map(|d| (d.key.clone(), d)).collect();
+        let pending =
+            all.into_iter().filter(|d| d.state == DeliveryState::Pending).map(|d| (d.key.clone(), d)).collect();
         let (results_tx, results_rx) = mpsc::channel();
         Notifier {
             store,
@@ -133,7 +134,11 @@ impl Notifier {
                         Severity::Error,
                         format!(
                             "{msg}; {} (fix it, then `cortex config check`)",
-                            if self.config.is_some() { "the previous rules stay in force" } else { "no notification is sent" }
+                            if self.config.is_some() {
+                                "the previous rules stay in force"
+                            } else {
+                                "no notification is sent"
+                            }
                         ),
                         serde_json::json!({"file": format!("coordination/{}", NOTIFICATIONS.rel), "error": msg}),
                     );
@@ -383,12 +388,17 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         let pending = ctx.drain_pending();
         if matches!(wake, Wake::Shutdown(_)) || pending.iter().any(|w| matches!(w, Wake::Shutdown(_))) {
             if n.pending() > 0 {
-                tracing::info!(pending = n.pending(), "stopping with notifications not acknowledged; sent again on start");
+                tracing::info!(
+                    pending = n.pending(),
+                    "stopping with notifications not acknowledged; sent again on start"
+                );
             }
             return Ok(());
         }
         let config_file = home.coord_file(NOTIFICATIONS);
-        if std::iter::once(&wake).chain(&pending).any(|w| matches!(w, Wake::Changed(p) if p == &config_file || p == &config_dir))
+        if std::iter::once(&wake)
+            .chain(&pending)
+            .any(|w| matches!(w, Wake::Changed(p) if p == &config_file || p == &config_dir))
         {
             n.reload_config();
         }

@@ -248,15 +248,10 @@ impl NotifyConfig {
                     }
                 }
             }
-            if sink.kind == SinkKind::Email
-                && sink.username.is_some() != sink.password_secret.is_some()
-            {
+            if sink.kind == SinkKind::Email && sink.username.is_some() != sink.password_secret.is_some() {
                 out.push(format!("sinks.{name}: username and password_secret go together"));
             }
-            if sink.kind == SinkKind::Email
-                && sink.tls == Some(SmtpTls::None)
-                && sink.password_secret.is_some()
-            {
+            if sink.kind == SinkKind::Email && sink.tls == Some(SmtpTls::None) && sink.password_secret.is_some() {
                 out.push(format!("sinks.{name}.tls: \"none\" would send the password in clear; use starttls or tls"));
             }
             if sink.kind == SinkKind::Command && !sink.argv[0].starts_with('/') {
@@ -316,7 +311,11 @@ fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let host = rest.split(['/', '?']).next().unwrap_or("");
     let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host = if host.starts_with('[') { host.split(']').next().unwrap_or("").trim_start_matches('[') } else { host.split(':').next().unwrap_or("") };
+    let host = if host.starts_with('[') {
+        host.split(']').next().unwrap_or("").trim_start_matches('[')
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 

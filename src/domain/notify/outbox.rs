@@ -118,9 +118,10 @@ pub fn list(home: &Home) -> (Vec<Delivery>, Vec<String>) {
             continue;
         }
         let p = e.path();
-        match crate::store::open::read_bytes(&p).map_err(|e| e.to_string()).and_then(|b| {
-            serde_json::from_slice::<Delivery>(&b).map_err(|e| e.to_string())
-        }) {
+        match crate::store::open::read_bytes(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Delivery>(&b).map_err(|e| e.to_string()))
+        {
             Ok(d) => out.push(d),
             Err(err) => bad.push(format!("{}: {err}", home.relative(&p).display())),
         }

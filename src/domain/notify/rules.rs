@@ -91,10 +91,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
         return false;
     }
     if !rule.schedules.is_empty()
-        && ![field("schedule_id"), field("name")]
-            .into_iter()
-            .flatten()
-            .any(|s| rule.schedules.iter().any(|x| x == s))
+        && ![field("schedule_id"), field("name")].into_iter().flatten().any(|s| rule.schedules.iter().any(|x| x == s))
     {
         return false;
     }
@@ -244,7 +241,9 @@ mod tests {
         assert!(!matches(r, &ev(EventKind::FailureNotification, Severity::Warning, "w")));
         assert!(!matches(r, &ev(EventKind::FailureNotification, Severity::Error, "other")));
         assert!(!matches(r, &ev(EventKind::DaemonFailed, Severity::Error, "w")));
-        let any = config(serde_json::json!({"sinks": {}, "rules": [{"name": "all", "min_severity": "debug", "sinks": ["s"]}]}));
+        let any = config(
+            serde_json::json!({"sinks": {}, "rules": [{"name": "all", "min_severity": "debug", "sinks": ["s"]}]}),
+        );
         assert!(!matches(&any.rules[0], &ev(EventKind::NotificationFailed, Severity::Critical, "w")));
     }
 
@@ -279,10 +278,9 @@ mod tests {
 
     #[test]
     fn quiet_hours_hold_until_they_end_across_midnight_and_zones() {
-        let q: QuietHours = serde_json::from_value(
-            serde_json::json!({"start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}),
-        )
-        .unwrap();
+        let q: QuietHours =
+            serde_json::from_value(serde_json::json!({"start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}))
+                .unwrap();
         // 23:30 Berlin (winter, UTC+1) = 22:30Z: held until 07:00 Berlin = 06:00Z next day.
         assert_eq!(quiet_until(&q, at("2026-01-01T22:30:00Z")), Some(at("2026-01-02T06:00:00Z")));
         // 03:00 Berlin = 02:00Z: held until 06:00Z the same day.

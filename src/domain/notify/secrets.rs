@@ -34,8 +34,7 @@ impl Secrets {
                 ),
             });
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::io(path, "read the notify secrets file", e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read the notify secrets file", e))?;
         Secrets::parse(&text).map_err(|detail| Error::Config { path: Some(path.to_path_buf()), detail })
     }
 

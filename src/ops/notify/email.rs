@@ -57,8 +57,9 @@ pub(crate) fn send(
     for to in &sink.to {
         builder = builder.to(to.parse().map_err(|e| format!("to {to:?}: {e}"))?);
     }
-    let mut message =
-        builder.body(format!("{text}\n\nNotification {key}\n")).map_err(|e| format!("cannot build the message: {e}"))?;
+    let mut message = builder
+        .body(format!("{text}\n\nNotification {key}\n"))
+        .map_err(|e| format!("cannot build the message: {e}"))?;
     message
         .headers_mut()
         .insert_raw(HeaderValue::new(HeaderName::new_from_ascii_str("X-Cortex-Notification-Key"), key.to_string()));

@@ -43,7 +43,13 @@ fn kept(secrets: &Secrets, s: &str) -> String {
 
 /// Sends `body` (its `idempotency_key` is the notification's) to `sink` once, within
 /// `timeout`.
-pub fn send(home: &crate::store::home::Home, sink: &Sink, secrets: &Secrets, body: &Value, timeout: Duration) -> Outcome {
+pub fn send(
+    home: &crate::store::home::Home,
+    sink: &Sink,
+    secrets: &Secrets,
+    body: &Value,
+    timeout: Duration,
+) -> Outcome {
     let key = body.get("idempotency_key").and_then(Value::as_str).unwrap_or("").to_string();
     let result = match sink.kind {
         SinkKind::Webhook => http::webhook(home, sink, secrets, &key, body, timeout),
@@ -59,10 +65,7 @@ pub fn send(home: &crate::store::home::Home, sink: &Sink, secrets: &Secrets, bod
 
 /// `cortex notify test [--sink NAME]`: sends a test message to each sink (or the one named)
 /// now, outside the outbox, and returns (sink, outcome) pairs.
-pub fn test(
-    store: &crate::store::Store,
-    only: Option<&str>,
-) -> crate::base::error::Result<Vec<(String, Outcome)>> {
+pub fn test(store: &crate::store::Store, only: Option<&str>) -> crate::base::error::Result<Vec<(String, Outcome)>> {
     use crate::base::error::Error;
     let Some((config, secrets)) = NotifyConfig::load_checked(store)? else {
         return Err(Error::refused(format!(

@@ -145,7 +145,12 @@ pub(crate) fn render(reader: &StatusReader) -> Result<String> {
             "Notification attempts by sink and result: delivered, retried (an attempt failed), failed (deadline passed)",
             notes,
         );
-        gauge("cortex_notifications_pending", "Notifications not acknowledged by their sink yet", n.pending as i64, &mut reg);
+        gauge(
+            "cortex_notifications_pending",
+            "Notifications not acknowledged by their sink yet",
+            n.pending as i64,
+            &mut reg,
+        );
     }
 
     let mut out = String::new();

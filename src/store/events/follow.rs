@@ -4,9 +4,9 @@
 //! notify daemons keep an [`EventCursor`] in their state files.
 
 use crate::base::error::{Error, Result};
-use serde::{Deserialize, Serialize};
 use crate::store::events::Event;
 use crate::store::home::Home;
+use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
