@@ -447,3 +447,33 @@ fn throughput_1000_events_to_a_local_webhook() {
         r.acknowledged().iter().map(|q| q.header("idempotency-key").unwrap().to_string()).collect();
     assert_eq!(keys.len(), 1000);
 }
+
+#[test]
+fn email_goes_over_starttls_to_a_server_that_requires_it() {
+    let h = TestHome::new();
+    let smtp = SmtpReceiver::start_tls();
+    std::fs::write(h.join("smtp-ca.pem"), &smtp.cert_pem).unwrap();
+    let mail = |ca: Option<&str>| {
+        let mut sink = json!({"type": "email", "host": "127.0.0.1", "port": smtp.port, "tls": "starttls",
+                              "from": "cortex@example.org", "to": ["ops@example.org"]});
+        if let Some(ca) = ca {
+            sink["ca_file"] = json!(ca);
+        }
+        sink
+    };
+    let rules = json!([{"name": "r", "events": ["daemon_failed"], "sinks": ["mail"]}]);
+    // Not trusting the self-signed certificate, the upgrade fails and nothing is sent in clear.
+    configure_notify(&h, fast_retries(json!({"mail": mail(None)}), rules.clone(), 60.0));
+    let out = h.cortex(&["notify", "test"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success() && text.starts_with("mail: FAILED (SMTP"), "{text}");
+    assert!(smtp.mails().is_empty());
+    // Trusting it (ca_file), the message goes over TLS.
+    configure_notify(&h, fast_retries(json!({"mail": mail(Some("smtp-ca.pem"))}), rules, 60.0));
+    let out = h.cortex_ok(&["notify", "test", "--sink", "mail"]);
+    assert!(out.starts_with("mail: OK (SMTP 250"), "{out}");
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].secure, "sent after STARTTLS");
+    assert!(mails[0].data.contains("Cortex test notification"), "{}", mails[0].data);
+}

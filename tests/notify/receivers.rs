@@ -156,20 +156,53 @@ pub(crate) struct Mail {
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
+    /// It came over TLS (after STARTTLS).
+    pub secure: bool,
 }
 
-/// A plain-text SMTP server (EHLO, MAIL, RCPT, DATA, QUIT; no TLS, no AUTH).
+/// An SMTP server (EHLO, MAIL, RCPT, DATA, QUIT; no AUTH): plain text, or offering STARTTLS
+/// with a self-signed certificate for 127.0.0.1 (then it accepts mail only after the upgrade,
+/// like a server that requires TLS, and records whether each mail came over TLS).
 #[derive(Clone)]
 pub(crate) struct SmtpReceiver {
     pub port: u16,
     mails: Arc<Mutex<Vec<Mail>>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificate (PEM) a client must trust.
+    pub cert_pem: String,
 }
+
+/// A duplex stream: plain TCP, or TLS after STARTTLS.
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
 
 impl SmtpReceiver {
     pub(crate) fn start() -> SmtpReceiver {
+        SmtpReceiver::start_with(None, String::new())
+    }
+
+    /// A server that offers (and requires) STARTTLS, with a certificate generated now.
+    pub(crate) fn start_tls() -> SmtpReceiver {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("self-signed certificate");
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).expect("key");
+        // The ring provider, as the sinks use (ureq and lettre take it too); rustls 0.23.48
+        // deprecates it for lacking post-quantum key exchange, which this test does not need.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .expect("server certificate");
+        SmtpReceiver::start_with(Some(Arc::new(config)), ck.cert.pem())
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>, cert_pem: String) -> SmtpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
-        let r = SmtpReceiver { port, mails: Arc::default() };
+        let r = SmtpReceiver { port, mails: Arc::default(), tls, cert_pem };
         let me = r.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -185,13 +218,14 @@ impl SmtpReceiver {
     }
 
     fn serve(&self, stream: TcpStream) {
-        let mut out = stream.try_clone().expect("clone");
-        let mut reader = BufReader::new(stream);
-        let mut say = |s: &str| {
-            let _ = out.write_all(format!("{s}\r\n").as_bytes());
+        let mut reader: BufReader<Box<dyn Duplex>> = BufReader::new(Box::new(stream));
+        let say = |r: &mut BufReader<Box<dyn Duplex>>, s: &str| {
+            let _ = r.get_mut().write_all(format!("{s}\r\n").as_bytes());
+            let _ = r.get_mut().flush();
         };
-        say("220 test-smtp ready");
+        say(&mut reader, "220 test-smtp ready");
         let (mut from, mut to) = (String::new(), Vec::new());
+        let mut secure = false;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -200,16 +234,30 @@ impl SmtpReceiver {
             let cmd = line.trim_end().to_string();
             let upper = cmd.to_ascii_uppercase();
             if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                say("250-test-smtp");
-                say("250 8BITMIME");
+                say(&mut reader, "250-test-smtp");
+                if self.tls.is_some() && !secure {
+                    say(&mut reader, "250-STARTTLS");
+                }
+                say(&mut reader, "250 8BITMIME");
+            } else if upper == "STARTTLS" && self.tls.is_some() && !secure {
+                say(&mut reader, "220 go ahead");
+                let conn = rustls::ServerConnection::new(self.tls.clone().unwrap()).expect("TLS session");
+                let plain = std::mem::replace(reader.get_mut(), Box::new(std::io::Cursor::new(Vec::new())));
+                reader = BufReader::new(Box::new(rustls::StreamOwned::new(conn, plain)));
+                secure = true;
+            } else if self.tls.is_some()
+                && !secure
+                && (upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "DATA")
+            {
+                say(&mut reader, "530 must issue STARTTLS first");
             } else if upper.starts_with("MAIL FROM:") {
                 from = cmd[10..].trim().to_string();
-                say("250 ok");
+                say(&mut reader, "250 ok");
             } else if upper.starts_with("RCPT TO:") {
                 to.push(cmd[8..].trim().to_string());
-                say("250 ok");
+                say(&mut reader, "250 ok");
             } else if upper == "DATA" {
-                say("354 go ahead");
+                say(&mut reader, "354 go ahead");
                 let mut data = String::new();
                 loop {
                     let mut l = String::new();
@@ -221,15 +269,15 @@ impl SmtpReceiver {
                     }
                     data.push_str(&l);
                 }
-                self.mails.lock().unwrap().push(Mail { from: from.clone(), to: std::mem::take(&mut to), data });
-                say("250 queued as test");
+                self.mails.lock().unwrap().push(Mail { from: from.clone(), to: std::mem::take(&mut to), data, secure });
+                say(&mut reader, "250 queued as test");
             } else if upper == "QUIT" {
-                say("221 bye");
+                say(&mut reader, "221 bye");
                 return;
             } else if upper == "RSET" || upper == "NOOP" {
-                say("250 ok");
+                say(&mut reader, "250 ok");
             } else {
-                say("502 not implemented");
+                say(&mut reader, "502 not implemented");
             }
         }
     }
