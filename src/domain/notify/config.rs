@@ -260,6 +260,25 @@ impl NotifyConfig {
                     sink.argv[0]
                 ));
             }
+            for h in sink.headers.keys() {
+                let lower = h.to_ascii_lowercase();
+                if ["authorization", "proxy-authorization", "cookie"].contains(&lower.as_str())
+                    || ["token", "secret", "api-key", "apikey", "password"].iter().any(|w| lower.contains(w))
+                {
+                    out.push(format!(
+                        "sinks.{name}.headers.{h}: looks like a credential; name it in secret_headers and put its value in the secrets file"
+                    ));
+                }
+            }
+            if let Some(url) = &sink.url
+                && url
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or("").contains('@'))
+            {
+                out.push(format!(
+                    "sinks.{name}.url: holds a user name or password; use url_secret and the secrets file"
+                ));
+            }
             if let Some(url) = &sink.url
                 && url.starts_with("http://")
                 && !is_loopback_url(url)
@@ -322,6 +341,21 @@ fn is_loopback_url(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_the_json_are_refused() {
+        let c: NotifyConfig = serde_json::from_value(serde_json::json!({"sinks": {
+            "a": {"type": "webhook", "url": "https://u:p@example.org/x", "headers": {"Authorization": "Bearer x", "X-Team": "ops"}},
+            "b": {"type": "webhook", "url": "https://example.org/x?a=b@c", "headers": {"X-Api-Key": "k"}}
+        }, "rules": []}))
+        .unwrap();
+        let p = c.problems(None).join("\n");
+        assert!(p.contains("sinks.a.url: holds a user name"), "{p}");
+        assert!(p.contains("sinks.a.headers.Authorization: looks like a credential"), "{p}");
+        assert!(!p.contains("X-Team"), "{p}");
+        assert!(!p.contains("sinks.b.url"), "an @ in the query is not userinfo: {p}");
+        assert!(p.contains("sinks.b.headers.X-Api-Key"), "{p}");
+    }
 
     #[test]
     fn loopback_urls() {
