@@ -479,3 +479,61 @@ fn email_goes_over_starttls_to_a_server_that_requires_it() {
     assert!(mails[0].secure, "sent after STARTTLS");
     assert!(mails[0].data.contains("Cortex test notification"), "{}", mails[0].data);
 }
+
+#[test]
+fn a_bad_notifications_json_is_reported_and_the_last_good_rules_stay_in_force() {
+    let h = TestHome::new();
+    let r = HttpReceiver::start();
+    let good = fast_retries(
+        json!({"ops": {"type": "webhook", "url": r.url("/hook")}}),
+        json!([{"name": "daemons", "events": ["daemon_failed"], "sinks": ["ops"]}]),
+        60.0,
+    );
+    configure_notify(&h, good.clone());
+    let mut n = start(&h, "notify");
+    let path = h.join("coordination/config/notifications.json");
+    let outside = tempfile::tempdir().unwrap();
+    let decoy = outside.path().join("notifications.json");
+    std::fs::write(&decoy, r#"{"sinks": {}, "rules": []}"#).unwrap();
+    let cases: [(&str, Option<&[u8]>); 4] = [
+        ("empty", Some(b"")),
+        ("truncated", Some(b"{\"sinks\": {\"ops\"")),
+        ("wrong shape", Some(b"[1, 2, 3]\n")),
+        ("a link outside the home", None),
+    ];
+    for (i, (what, bytes)) in cases.into_iter().enumerate() {
+        let reported = h.events_of("notification_config_invalid").len();
+        // Replaced in one rename, as an editor saves it (removing the file turns
+        // notifications off, which is not what this test is about).
+        let tmp = h.join("coordination/config/notifications.new");
+        match bytes {
+            Some(b) => std::fs::write(&tmp, b).unwrap(),
+            None => std::os::unix::fs::symlink(&decoy, &tmp).unwrap(),
+        }
+        std::fs::rename(&tmp, &path).unwrap();
+        wait_until(LONG, &format!("{what}: reported"), || h.events_of("notification_config_invalid").len() > reported);
+        let ev = h.events_of("notification_config_invalid").pop().unwrap();
+        assert!(ev["message"].as_str().unwrap().contains("notifications.json"), "{what}: {ev}");
+        assert!(n.child.try_wait().unwrap().is_none(), "{what}: cortex-notify exited");
+        // The last good rules still send.
+        emit(&h, "daemon_failed", "critical", &format!("case {i}"));
+        wait_until(LONG, &format!("{what}: still delivered"), || r.acknowledged().len() == i + 1);
+        match bytes {
+            Some(b) => assert_eq!(std::fs::read(&path).unwrap(), b, "{what}: overwritten"),
+            None => assert!(path.symlink_metadata().unwrap().file_type().is_symlink(), "{what}: link replaced"),
+        }
+        let check = h.cortex(&["config", "check"]);
+        assert!(!check.status.success(), "{what}: config check passed");
+    }
+    // Put back in one rename too: the cursor carries on from where the last good rules left it.
+    let tmp = h.join("coordination/config/notifications.new");
+    let mut good = good;
+    good["secrets_file"] = json!("notify-secrets");
+    std::fs::write(&tmp, serde_json::to_vec(&good).unwrap()).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    h.cortex_ok(&["config", "check"]);
+    emit(&h, "daemon_failed", "critical", "after");
+    wait_until(LONG, "delivered after the file was put back", || r.acknowledged().len() == cases.len() + 1);
+    assert!(n.child.try_wait().unwrap().is_none());
+    n.child.kill().ok();
+}
