@@ -200,6 +200,14 @@ fn a_receiver_down_past_the_deadline_gives_notification_failed() {
     assert!(!hl.healthy && hl.problems.iter().any(|p| p.contains("notification(s) could not be delivered")), "{hl:?}");
     let m = metrics(&h);
     assert!(m.contains(r#"cortex_notifications_total{sink="pager",result="failed"} 1"#), "{m}");
+    let status = {
+        let home = cortex::Home::at(h.path());
+        let config = cortex::store::config::Config::load(&home).unwrap();
+        cortex::ops::status::StatusReader::new(cortex::Store::new(home), config).system_status().unwrap()
+    };
+    let v = serde_json::to_value(&status).unwrap();
+    assert_eq!(v["notifications"]["totals"]["pager"]["failed"], 1, "GET /status: {v}");
+    assert_eq!(v["notifications"]["recent_failures"][0]["sink"], "pager", "GET /status: {v}");
     // Acknowledged, it no longer makes /health unhealthy on its own account.
     h.cortex_ok(&["event", "ack", "--all"]);
     assert!(!health(&h).problems.iter().any(|p| p.contains("could not be delivered")));
@@ -536,4 +544,15 @@ fn a_bad_notifications_json_is_reported_and_the_last_good_rules_stay_in_force() 
     wait_until(LONG, "delivered after the file was put back", || r.acknowledged().len() == cases.len() + 1);
     assert!(n.child.try_wait().unwrap().is_none());
     n.child.kill().ok();
+}
+
+#[test]
+fn notify_can_be_disabled_like_any_daemon() {
+    let h = TestHome::new();
+    h.set_config("daemons", "disabled", r#"["notify"]"#);
+    let status = String::from_utf8_lossy(&h.cortex(&["status"]).stdout).into_owned();
+    assert!(status.contains("notify: DISABLED"), "{status}");
+    let out = h.cortex(&["start", "notify"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("notify is disabled"), "{err}");
 }
