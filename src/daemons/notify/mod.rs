@@ -404,3 +404,63 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::clock::ManualClock;
+
+    /// Passes until `done` holds (sends run on their own threads), at most 20 s.
+    fn pass_until(n: &mut Notifier, mut done: impl FnMut(&Notifier) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            n.pass().unwrap();
+            if done(n) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The deadline and the backoff run on the injected clock: an hour-long deadline passes in
+    /// no time, and the retry waits for the clock, not for the wall.
+    #[test]
+    fn retries_wait_for_the_clock_and_the_deadline_is_the_clocks() {
+        let (_dir, store) = crate::store::fresh_store();
+        let home = store.home().clone();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = serde_json::json!({"deadline_seconds": 3600, "backoff_initial_seconds": 60,
+            "backoff_max_seconds": 600, "timeout_seconds": 5,
+            "sinks": {"down": {"type": "webhook", "url": format!("http://127.0.0.1:{closed}/x")}},
+            "rules": [{"name": "r", "events": ["daemon_failed"], "sinks": ["down"]}]});
+        std::fs::write(home.coord_file(NOTIFICATIONS), config.to_string()).unwrap();
+        let t0 = crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap();
+        let clock = ManualClock::new(t0);
+        let mut n = Notifier::open(store.clone(), Arc::new(clock.clone()), None);
+        n.reload_config();
+        assert!(n.configured());
+        n.pass().unwrap();
+        store.emit(EventKind::DaemonFailed, Severity::Critical, "metrics is FAILED", serde_json::Value::Null).unwrap();
+        pass_until(&mut n, |n| n.pending.values().any(|d| d.attempts == 1));
+        let d = n.pending.values().next().unwrap().clone();
+        let wait = d.next_attempt_at - t0;
+        assert!(wait >= chrono::Duration::seconds(30) && wait <= chrono::Duration::seconds(60), "{wait}");
+        assert_eq!(d.deadline_at, t0 + chrono::Duration::hours(1));
+        // Not due until the clock says so: passes send nothing.
+        for _ in 0..20 {
+            n.pass().unwrap();
+        }
+        assert_eq!(n.pending.values().next().unwrap().attempts, 1);
+        assert!(n.in_flight.is_empty());
+        // Past the deadline: one last attempt, then notification_failed.
+        clock.set(t0 + chrono::Duration::seconds(3601));
+        pass_until(&mut n, |n| n.pending.is_empty());
+        let (all, _) = outbox::list(&home);
+        assert_eq!((all.len(), all[0].state, all[0].attempts), (1, DeliveryState::Failed, 2));
+        let failed = crate::store::events::read_all(&home).unwrap().records;
+        assert_eq!(failed.iter().filter(|e| e.event_type == EventKind::NotificationFailed).count(), 1);
+        assert_eq!(n.state.counters["down"]["failed"], 1);
+        assert_eq!(n.state.counters["down"]["retried"], 1);
+    }
+}
