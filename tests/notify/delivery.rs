@@ -381,6 +381,11 @@ fn config_check_validates_rules_sinks_and_the_secrets_file() {
     let out = h.cortex(&["config", "check"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && err.contains("notifications.json") && err.contains("/sinks/x/type"), "{err}");
+    // `cortex repair` leaves the operator's file alone and points at no default it does not have.
+    let out = h.cortex(&["repair"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("notifications.json") && text.contains("fix it by hand"), "{text}");
+    assert!(!text.contains("restore-defaults --file notifications.json"), "{text}");
 }
 
 /// CPU time (user + system, clock ticks) of a process.
