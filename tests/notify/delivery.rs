@@ -561,3 +561,39 @@ fn notify_can_be_disabled_like_any_daemon() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && err.contains("notify is disabled"), "{err}");
 }
+
+/// pm keeps cortex-notify alive: SIGKILLed while a receiver holds its request, it is restarted
+/// by pm and the notification is delivered, with its key.
+#[test]
+fn pm_restarts_a_killed_notify_and_the_delivery_completes() {
+    use crate::support::fleet::Fleet;
+    use crate::support::supervisor::{sigkill, watching};
+    let f = Fleet::new("");
+    let r = HttpReceiver::start();
+    r.set_hold(true);
+    configure_notify(
+        &f.h,
+        fast_retries(
+            json!({"ops": webhook_sink(&r)}),
+            json!([{"name": "daemons", "events": ["daemon_failed"], "sinks": ["ops"]}]),
+            120.0,
+        ),
+    );
+    f.ok(&["start", "pm", "notify"]);
+    let pm = f.ready("pm").expect("pm runs");
+    wait_until(LONG, "pm watches notify", || watching(pm, "notify"));
+    emit(&f.h, "daemon_failed", "critical", "worker is FAILED");
+    wait_until(LONG, "the request held", || r.requests().len() == 1);
+    let old = f.ready("notify").unwrap();
+    sigkill(old);
+    f.wait_ready_other("notify", Some(old), LONG);
+    r.set_hold(false);
+    wait_until(LONG, "delivered by the restarted daemon", || r.acknowledged().len() == 1);
+    let keys: BTreeSet<String> =
+        r.requests().iter().map(|q| q.header("idempotency-key").unwrap().to_string()).collect();
+    assert_eq!(keys.len(), 1, "one notification, one key, however many attempts");
+    wait_until(LONG, "restart event", || {
+        f.h.events_of("daemon_restarted").iter().any(|e| e["data"]["daemon"] == "notify")
+    });
+    f.ok(&["stop"]);
+}
