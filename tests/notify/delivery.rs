@@ -300,7 +300,10 @@ fn a_hostile_message_arrives_intact_as_json_and_never_reaches_a_shell() {
     assert_eq!(text.lines().count(), 1, "one JSON line on the hook's stdin");
     let hooked: Value = serde_json::from_str(text.trim_end()).unwrap();
     assert_eq!(hooked["events"][0]["message"].as_str(), Some(message.as_str()), "intact on the hook's stdin");
-    let keys = std::fs::read_to_string(h.join("hook-out.jsonl.keys")).unwrap();
+    // The hook writes its key after its stdin.
+    let keys_file = h.join("hook-out.jsonl.keys");
+    wait_until(LONG, "the hook wrote its key", || std::fs::read(&keys_file).is_ok_and(|b| b.ends_with(b"\n")));
+    let keys = std::fs::read_to_string(&keys_file).unwrap();
     assert_eq!(keys.trim(), hooked["idempotency_key"].as_str().unwrap(), "the key in the hook's environment");
     assert!(!marker.exists(), "a shell ran part of the message or of argv");
     // The title people read has no raw terminal controls.
