@@ -600,3 +600,44 @@ fn pm_restarts_a_killed_notify_and_the_delivery_completes() {
     });
     f.ok(&["stop"]);
 }
+
+/// The event log is followed from the persisted offset: across its rotation, and across a
+/// restart of cortex-notify (an event written while it was down is sent once it is back; none
+/// is sent twice).
+#[test]
+fn the_event_log_is_followed_across_rotation_and_restart() {
+    let h = TestHome::new();
+    let r = HttpReceiver::start();
+    configure_notify(
+        &h,
+        fast_retries(
+            json!({"ops": {"type": "webhook", "url": r.url("/hook")}}),
+            json!([{"name": "deploys", "events": ["deploy_finished"], "min_severity": "info", "sinks": ["ops"]}]),
+            60.0,
+        ),
+    );
+    let n = start(&h, "notify");
+    let messages = || -> Vec<String> {
+        r.acknowledged().iter().map(|q| q.json()["events"][0]["message"].as_str().unwrap().to_string()).collect()
+    };
+    emit(&h, "deploy_finished", "info", "one");
+    wait_until(LONG, "one", || messages() == ["one"]);
+    // Down while an event is written and the log is rotated (renamed to .1, a new file), then
+    // one more: on start it reads the rest of the old file from its offset, then the new one.
+    drop(n);
+    emit(&h, "deploy_finished", "info", "two");
+    let log = h.join("coordination/dashboard-events.jsonl");
+    cortex::store::rotation::rotate_file(&log, 3).unwrap();
+    emit(&h, "deploy_finished", "info", "three");
+    let _n = start(&h, "notify");
+    wait_until(LONG, "two and three", || messages().len() == 3);
+    // Rotated while it runs: it follows the new file.
+    cortex::store::rotation::rotate_file(&log, 3).unwrap();
+    emit(&h, "deploy_finished", "info", "four");
+    wait_until(LONG, "four", || messages().len() == 4);
+    let mut got = messages();
+    got.sort();
+    assert_eq!(got, ["four", "one", "three", "two"], "each once");
+    wait_until(LONG, "nothing pending", || state(&h)["pending"] == 0);
+    assert_eq!(r.requests().len(), 4, "none sent twice");
+}
