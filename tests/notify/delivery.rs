@@ -641,3 +641,38 @@ fn the_event_log_is_followed_across_rotation_and_restart() {
     wait_until(LONG, "nothing pending", || state(&h)["pending"] == 0);
     assert_eq!(r.requests().len(), 4, "none sent twice");
 }
+
+/// A burst is one message: the first match opens the digest window, the daemon wakes when it
+/// closes (its own deadline, no event needed) and sends every match of the window at once.
+#[test]
+fn a_burst_within_the_digest_window_is_one_message() {
+    let h = TestHome::new();
+    let r = HttpReceiver::start();
+    configure_notify(
+        &h,
+        fast_retries(
+            json!({"ops": {"type": "webhook", "url": r.url("/hook")}}),
+            json!([{"name": "zombies", "events": ["zombie_detected"], "sinks": ["ops"], "digest_seconds": 1.5}]),
+            60.0,
+        ),
+    );
+    let _n = start(&h, "notify");
+    let home = cortex::Home::at(h.path());
+    let burst: Vec<cortex::store::events::Event> = (0..25)
+        .map(|i| {
+            cortex::store::events::Event::new(
+                cortex::store::events::EventKind::ZombieDetected,
+                cortex::store::events::Severity::Warning,
+                "test",
+                format!("zombie {i}"),
+            )
+        })
+        .collect();
+    cortex::store::events::append_many(&home, &burst).unwrap();
+    wait_until(LONG, "the digest", || r.acknowledged().len() == 1);
+    let body = r.acknowledged()[0].json();
+    assert_eq!(body["event_count"], 25, "{body}");
+    assert_eq!(body["events"].as_array().unwrap().len(), 20, "20 kept, the rest counted");
+    assert!(body["text"].as_str().unwrap().contains("… and 5 more event(s)"), "{}", body["text"]);
+    assert_eq!(r.requests().len(), 1, "one message for the burst");
+}
