@@ -18,12 +18,13 @@ pub enum Daemon {
     Integration,
     FailurePattern,
     AutoFix,
+    Notify,
     Api,
 }
 
 impl Daemon {
     /// Every daemon, in start order (stop in reverse).
-    pub const ALL: [Daemon; 10] = [
+    pub const ALL: [Daemon; 11] = [
         Daemon::Worker,
         Daemon::Slurm,
         Daemon::Pm,
@@ -33,6 +34,7 @@ impl Daemon {
         Daemon::Integration,
         Daemon::FailurePattern,
         Daemon::AutoFix,
+        Daemon::Notify,
         Daemon::Api,
     ];
 
@@ -48,6 +50,7 @@ impl Daemon {
             Daemon::Integration => "integration",
             Daemon::FailurePattern => "failure-pattern",
             Daemon::AutoFix => "auto-fix",
+            Daemon::Notify => "notify",
             Daemon::Api => "api",
         }
     }
@@ -74,8 +77,8 @@ impl Daemon {
 }
 
 /// Every daemon's name, in start order (the library's own lists: locks, logs, signals).
-pub const ALL_NAMES: [&str; 10] = {
-    let mut out = [""; 10];
+pub const ALL_NAMES: [&str; 11] = {
+    let mut out = [""; 11];
     let mut i = 0;
     while i < Daemon::ALL.len() {
         out[i] = Daemon::ALL[i].as_str();
@@ -86,8 +89,8 @@ pub const ALL_NAMES: [&str; 10] = {
 
 /// The names of the daemons a default home runs, in start order (for the edges that deal in
 /// names: tests, command lines): every daemon but the [`Daemon::optional`] ones.
-pub const NAMES: [&str; 9] = {
-    let mut out = [""; 9];
+pub const NAMES: [&str; 10] = {
+    let mut out = [""; 10];
     let (mut i, mut n) = (0, 0);
     while i < Daemon::ALL.len() {
         if !Daemon::ALL[i].optional() {
@@ -163,6 +166,7 @@ mod tests {
                 "integration",
                 "failure-pattern",
                 "auto-fix",
+                "notify",
                 "api"
             ]
         );
@@ -191,6 +195,6 @@ mod tests {
         assert_eq!(sorted, Daemon::ALL, "ALL lists the variants in declaration (start) order");
         let mut dedup = Daemon::ALL.to_vec();
         dedup.dedup();
-        assert_eq!(dedup.len(), 10);
+        assert_eq!(dedup.len(), 11);
     }
 }

@@ -33,6 +33,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     schema_source!("failure-streaks"),
     schema_source!("event-ack"),
     schema_source!("task-queue-journal"),
+    schema_source!("notifications"),
 ];
 
 /// One way a document breaks its schema.

@@ -9,6 +9,7 @@ mod heartbeat;
 mod locks;
 mod logs;
 mod metrics;
+mod notify;
 mod recovery;
 mod runbooks;
 mod schedule;
@@ -122,6 +123,9 @@ pub enum Command {
     /// The operator runbooks (docs/runbooks/, tested against a real fleet): list them, or print one.
     #[command(after_long_help = runbooks::help_text())]
     Runbooks(runbooks::RunbooksArgs),
+    /// Notifications (cortex-notify): test a sink, list recent deliveries.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
 }
 
 /// What the CLI needs everywhere.
@@ -200,6 +204,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Logs(c)) => logs::run(&ctx, c),
         Some(Command::Locks) => locks::run(&ctx),
         Some(Command::Runbooks(a)) => runbooks::run(ctx.json, a),
+        Some(Command::Notify(c)) => notify::run(&ctx, c),
     }
 }
 

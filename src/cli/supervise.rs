@@ -229,6 +229,15 @@ pub(super) fn status(ctx: &Ctx) -> Result<u8> {
         }
         println!("Supervisor: {}", safe_or(ov.supervisor.as_deref(), "none (pm is not running)"));
         println!("API: {}", safe(&ov.api));
+        if let Some(n) = &ov.notifications {
+            let total = |r: &str| n.totals.values().filter_map(|m| m.get(r)).sum::<u64>();
+            println!(
+                "Notifications: {} pending, {} delivered, {} failed",
+                n.pending,
+                total("delivered"),
+                total("failed")
+            );
+        }
         for p in &ov.problems {
             println!("Problem: {}", safe(p));
         }

@@ -11,6 +11,7 @@ pub mod failure_pattern;
 pub mod heartbeat;
 pub mod integration;
 pub mod metrics;
+pub mod notify;
 pub mod pm;
 pub mod slurm;
 pub(crate) mod tracing_setup;

@@ -2,6 +2,7 @@
 //! the scheduler's pause switch, and the Slurm executor's domain logic (`slurm`). Imports only
 //! [`crate::base`] and [`crate::store`].
 
+pub mod notify;
 pub mod schedule;
 pub mod scheduler_state;
 pub mod slurm;

@@ -43,8 +43,19 @@ const GRACE: Duration = Duration::from_secs(2);
 
 /// Runs `argv` with `stdin` and waits at most `deadline` for it.
 pub(crate) fn run(argv: &[String], stdin: Option<&[u8]>, deadline: Duration) -> Result<Ran, RunError> {
+    run_with_env(argv, stdin, deadline, &[])
+}
+
+/// [`run`] with extra environment variables for the command (cortex-notify's command hooks).
+pub(crate) fn run_with_env(
+    argv: &[String],
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+    env: &[(&str, &str)],
+) -> Result<Ran, RunError> {
     let program = argv.first().cloned().unwrap_or_default();
     let mut cmd = Command::new(&program);
+    cmd.envs(env.iter().copied());
     cmd.args(&argv[1..])
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

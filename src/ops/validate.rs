@@ -373,9 +373,42 @@ pub fn check_config(home: &Home, config_path: &Path) -> ConfigCheck {
             errors.push(msg);
         }
     }
+    errors.extend(notification_problems(home));
     let mut warnings = worker_type_warnings(home, slurm_enabled);
     warnings.extend(slurm_checks);
     ConfigCheck { ok: errors.is_empty(), errors, warnings }
+}
+
+/// `notifications.json` beyond its schema (which [`check_registered`] checks): rules name
+/// existing sinks, the secrets file is 0600 and holds every secret a sink names, the time zone
+/// is known. Nothing when the file is missing (notifications are optional) or breaks its schema
+/// (reported already).
+fn notification_problems(home: &Home) -> Vec<String> {
+    use crate::domain::notify::config::NotifyConfig;
+    let path = home.coord_file(files::NOTIFICATIONS);
+    let rel = format!("coordination/{}", files::NOTIFICATIONS.rel);
+    let Ok(bytes) = crate::store::open::read_bytes(&path) else { return Vec::new() };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Vec::new() };
+    if !crate::base::schema::check(files::NOTIFICATIONS.schema, &value, 1).is_empty() {
+        return Vec::new();
+    }
+    let config: NotifyConfig = match crate::store::decode_value(&value) {
+        Ok(c) => c,
+        Err((pointer, expected)) => return vec![format!("{rel}: {pointer}: {expected}")],
+    };
+    let mut out = Vec::new();
+    let secrets = match &config.secrets_file {
+        None => Some(crate::domain::notify::secrets::Secrets::default()),
+        Some(p) => match crate::domain::notify::secrets::Secrets::load(&home.configured_path(p)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                out.push(format!("{rel}: secrets_file: {e}"));
+                None
+            }
+        },
+    };
+    out.extend(config.problems(secrets.as_ref()).into_iter().map(|p| format!("{rel}: {p}")));
+    out
 }
 
 fn has_slurm_types(home: &Home) -> bool {

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) mod acks;
+pub mod follow;
 pub(crate) mod kind;
 
 pub use kind::EventKind;

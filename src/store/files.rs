@@ -248,6 +248,18 @@ pub const EVENT_ACKS: &CoordFile = &CoordFile {
     is_config: false,
 };
 
+/// `config/notifications.json`: cortex-notify's rules and sinks. Optional: without it the notify
+/// daemon sends nothing (and costs nothing).
+pub const NOTIFICATIONS: &CoordFile = &CoordFile {
+    rel: "config/notifications.json",
+    kind: FileKind::Json,
+    schema: "notifications",
+    default: None,
+    lock: LockName::Notifications,
+    essential: false,
+    is_config: true,
+};
+
 /// Every coordination file with a fixed name. Worker specs (`worker-specs/<bucket>/*.json`,
 /// schema `dispatch`) are walked separately.
 pub const ALL: &[&CoordFile] = &[
@@ -271,6 +283,7 @@ pub const ALL: &[&CoordFile] = &[
     TASK_ARCHIVE,
     FAILURE_STREAKS,
     EVENT_ACKS,
+    NOTIFICATIONS,
 ];
 
 /// Looks a file up by its path relative to `coordination/`.

@@ -166,6 +166,20 @@ impl Home {
     pub fn failure_pattern_state(&self) -> PathBuf {
         self.coord("patterns/failure-pattern-state.json")
     }
+    /// cortex-notify's directory: its state and its outbox.
+    pub fn notify_dir(&self) -> PathBuf {
+        self.coord("notify")
+    }
+    /// `coordination/notify/state.json`: cortex-notify's event-log offset, rule throttles and
+    /// open digests, delivery counters (written by cortex-notify only).
+    pub fn notify_state(&self) -> PathBuf {
+        self.notify_dir().join("state.json")
+    }
+    /// `coordination/notify/outbox/`: one `<key>.json` per notification and sink, written before
+    /// it is sent (written by cortex-notify only).
+    pub fn notify_outbox(&self) -> PathBuf {
+        self.notify_dir().join("outbox")
+    }
     /// Logs of dispatches the heartbeat daemon cleaned up as zombies, by day (`YYYY-MM-DD`).
     pub fn zombie_logs(&self, date: &str) -> PathBuf {
         self.join("agents/logs/zombie-workers").join(date)

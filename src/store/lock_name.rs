@@ -68,6 +68,8 @@ pub enum LockName {
     FailureStreaks,
     /// `event-acks.jsonl`.
     EventAcks,
+    /// `config/notifications.json` (edited by the operator; cortex-notify only reads it).
+    Notifications,
     /// `run/dispatch-exits.jsonl`: shared by each exec shim, exclusive by the worker; alone.
     DispatchExits,
     /// Rotation of the daemon logs (tried, never waited for, by a daemon's own log writer).
@@ -76,7 +78,7 @@ pub enum LockName {
 
 impl LockName {
     /// Every lock with a fixed name, in lock order (`Daemon` locks have one per daemon).
-    pub const FIXED: [LockName; 24] = [
+    pub const FIXED: [LockName; 25] = [
         LockName::Backup,
         LockName::Supervisor,
         LockName::Scheduler,
@@ -99,6 +101,7 @@ impl LockName {
         LockName::TaskArchive,
         LockName::FailureStreaks,
         LockName::EventAcks,
+        LockName::Notifications,
         LockName::DispatchExits,
         LockName::Logs,
     ];
@@ -129,6 +132,7 @@ impl LockName {
             LockName::FixHistory => "fix-history",
             LockName::FailureStreaks => "failure-streaks",
             LockName::EventAcks => "event-acks",
+            LockName::Notifications => "notifications",
             LockName::DispatchExits => "dispatch-exits",
             LockName::Logs => "logs",
         }
@@ -169,7 +173,7 @@ impl fmt::Display for LockName {
 
 /// `daemon-<name>` for each daemon, spelled once for a `&'static str`.
 fn daemon_lock_name(daemon: &str) -> &'static str {
-    const NAMES: [&str; 10] = [
+    const NAMES: [&str; 11] = [
         "daemon-worker",
         "daemon-slurm",
         "daemon-pm",
@@ -179,6 +183,7 @@ fn daemon_lock_name(daemon: &str) -> &'static str {
         "daemon-integration",
         "daemon-failure-pattern",
         "daemon-auto-fix",
+        "daemon-notify",
         "daemon-api",
     ];
     NAMES.into_iter().find(|n| n.strip_prefix("daemon-") == Some(daemon)).unwrap_or("daemon-unknown")

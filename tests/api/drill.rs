@@ -17,7 +17,7 @@ fn drill_home() -> TestHome {
     h.set_config(
         "daemons",
         "disabled",
-        r#"["pm", "heartbeat", "metrics", "integration", "failure-pattern", "auto-fix"]"#,
+        r#"["pm", "heartbeat", "metrics", "integration", "failure-pattern", "auto-fix", "notify"]"#,
     );
     h
 }

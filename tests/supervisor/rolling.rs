@@ -46,7 +46,7 @@ fn rolling_restart_keeps_all_but_one_running_and_stops_at_a_daemon_that_fails_re
     let (fewest, samples) = handle.join().unwrap();
     assert!(samples > 50, "only {samples} samples");
     assert!(fewest >= NAMES.len() - 1, "at some instant only {fewest} daemons ran:\n{out}");
-    assert!(out.contains("Rolling restart complete (9 daemons)"), "{out}");
+    assert!(out.contains("Rolling restart complete (10 daemons)"), "{out}");
     let after: Vec<u32> = NAMES.iter().map(|d| f.ready(d).unwrap()).collect();
     for (i, d) in NAMES.iter().enumerate() {
         assert_ne!(before[i], after[i], "{d} was not restarted");
@@ -71,7 +71,7 @@ fn rolling_restart_keeps_all_but_one_running_and_stops_at_a_daemon_that_fails_re
     assert!(fewest >= NAMES.len() - 1, "at some instant only {fewest} daemons ran:\n{s}");
     assert!(s.contains("metrics: restart FAILED: not ready after 4.0s"), "{s}");
     assert!(
-        s.contains("not restarted (still running): coordinator, integration, failure-pattern, auto-fix, api"),
+        s.contains("not restarted (still running): coordinator, integration, failure-pattern, auto-fix, notify, api"),
         "{s}"
     );
     let now: Vec<Option<u32>> = NAMES.iter().map(|d| f.pid(d)).collect();

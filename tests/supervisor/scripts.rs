@@ -179,7 +179,7 @@ fn emit_event_wrapper_takes_the_runbook_forms() {
 #[test]
 fn health_check_wrapper_reports_and_fixes() {
     let f = Fleet::new(
-        "[daemons]\ndisabled = [\"coordinator\", \"worker\", \"metrics\", \"integration\", \"failure-pattern\", \"auto-fix\", \"api\", \"pm\"]\n",
+        "[daemons]\ndisabled = [\"coordinator\", \"worker\", \"metrics\", \"integration\", \"failure-pattern\", \"auto-fix\", \"notify\", \"api\", \"pm\"]\n",
     );
     let out = cron_script(&f, "scripts/health-check.sh", &[]);
     let s = text(&out.stdout);

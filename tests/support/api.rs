@@ -19,7 +19,7 @@ pub(crate) fn api_only_home() -> TestHome {
     h.set_config(
         "daemons",
         "disabled",
-        r#"["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix"]"#,
+        r#"["worker", "pm", "heartbeat", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix", "notify"]"#,
     );
     h
 }

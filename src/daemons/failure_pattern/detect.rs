@@ -144,17 +144,7 @@ pub struct SignatureInfo {
     pub last_seen: Timestamp,
 }
 
-/// Where reading the event log got to.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EventCursor {
-    /// Byte offset of the first unread byte.
-    pub offset: u64,
-    /// Device and inode of the file the offset belongs to (a rotation replaces the file).
-    #[serde(default)]
-    pub dev: u64,
-    #[serde(default)]
-    pub ino: u64,
-}
+pub(crate) use crate::store::events::follow::EventCursor;
 
 /// `coordination/patterns/failure-pattern-state.json`, written by the failure-pattern daemon
 /// only, so a restart neither double-counts nor forgets.

@@ -327,12 +327,16 @@ fn repair_json(store: &Store, f: &CoordFile, path: &Path, dry_run: bool, report:
     let problem =
         if check.problems.is_empty() { "does not match its type".to_string() } else { check.problems.join("; ") };
     if f.is_config {
+        let defaults = match f.default {
+            Some(_) => {
+                format!(" or `cortex config restore-defaults --file {}`", f.rel.rsplit('/').next().unwrap_or(f.rel))
+            }
+            // No shipped default (notifications.json): the operator's own file.
+            None => " or fix it by hand (`cortex config check` names the field)".to_string(),
+        };
         report.push(
             rel(store, path),
-            format!(
-                "{problem}: restore it with `cortex restore --latest --only config` or `cortex config restore-defaults --file {}`",
-                f.rel.rsplit('/').next().unwrap_or(f.rel)
-            ),
+            format!("{problem}: restore it with `cortex restore --latest --only config`{defaults}"),
             false,
         );
         return Ok(());

@@ -130,6 +130,29 @@ pub(crate) fn render(reader: &StatusReader) -> Result<String> {
         reg.register("cortex_token_budget_reserved", "Tokens reserved by running dispatches", reserved);
     }
 
+    // cortex-notify's deliveries: every result of every configured sink, 0 included, once
+    // notifications were configured (its state file exists).
+    if let Some(n) = crate::ops::notify::list::summary(reader.home()) {
+        let notes = Family::<Labels, Counter>::default();
+        for (sink, results) in &n.totals {
+            for r in crate::domain::notify::state::RESULTS {
+                let v = results.get(r).copied().unwrap_or(0);
+                notes.get_or_create(&vec![("sink".into(), sink.clone()), ("result".into(), r.into())]).inc_by(v);
+            }
+        }
+        reg.register(
+            "cortex_notifications",
+            "Notification attempts by sink and result: delivered, retried (an attempt failed), failed (deadline passed)",
+            notes,
+        );
+        gauge(
+            "cortex_notifications_pending",
+            "Notifications not acknowledged by their sink yet",
+            n.pending as i64,
+            &mut reg,
+        );
+    }
+
     let mut out = String::new();
     encode(&mut out, &reg).map_err(|e| Error::other(format!("cannot encode metrics: {e}")))?;
     Ok(to_prometheus_text(&out))

@@ -90,6 +90,7 @@ impl StatusReader {
                 reserved: b.reserved(),
                 available: b.available,
             }),
+            notifications: crate::ops::notify::list::summary(self.home()),
             errors: snap.errors,
         })
     }
@@ -131,6 +132,17 @@ impl StatusReader {
         if criticals > 0 {
             problems.push(format!(
                 "{criticals} unacknowledged critical event(s) in the last {} (`cortex event ack ID|--all` once handled)",
+                human_duration(cfg.api.critical_window_seconds as i64)
+            ));
+        }
+        let undelivered = events
+            .iter()
+            .filter(|e| e.event_type == crate::store::events::EventKind::NotificationFailed)
+            .filter(|e| e.timestamp >= critical_cutoff && !acks.covers(e))
+            .count();
+        if undelivered > 0 {
+            problems.push(format!(
+                "{undelivered} notification(s) could not be delivered in the last {} (`cortex notify list`; `cortex event ack ID|--all` once handled)",
                 human_duration(cfg.api.critical_window_seconds as i64)
             ));
         }
@@ -249,6 +261,9 @@ pub struct SystemStatus {
     pub tasks_total: Option<usize>,
     pub uptime_s: Option<i64>,
     pub token_budget: Option<BudgetView>,
+    /// cortex-notify's deliveries: pending, totals by sink and result, recent failures (null
+    /// until notifications were configured).
+    pub notifications: Option<crate::ops::notify::list::NotifySummary>,
     /// Files that could not be read (empty when all is well).
     pub errors: Vec<FileError>,
 }

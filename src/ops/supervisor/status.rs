@@ -164,6 +164,9 @@ pub(crate) struct Overview {
     pub supervisor: Option<String>,
     /// True when every enabled daemon runs.
     pub all_running: bool,
+    /// cortex-notify's deliveries (None until notifications were configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<crate::ops::notify::list::NotifySummary>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
@@ -206,8 +209,24 @@ pub(crate) fn overview(home: &Home, config: &Config) -> Overview {
     } else {
         None
     };
+    let notifications = crate::ops::notify::list::summary(home);
+    let day_ago = chrono::Utc::now() - chrono::Duration::hours(24);
+    let failed: Vec<_> =
+        notifications.iter().flat_map(|n| &n.recent_failures).filter(|f| f.failed_at >= day_ago).collect();
+    if let Some(f) = failed.last() {
+        problems.push(format!(
+            "{} notification(s) could not be delivered in the last 24h; last: {} to sink {} (rule {}) at {}: {} (`cortex notify list`)",
+            failed.len(),
+            f.key,
+            f.sink,
+            f.rule,
+            crate::base::clock::format_ts(f.failed_at),
+            f.error
+        ));
+    }
     Overview {
         home: home.root().display().to_string(),
+        notifications,
         daemons,
         scheduler,
         scheduler_reason,

@@ -85,6 +85,8 @@ event_kinds! {
     JsonlMalformedLines = "jsonl_malformed_lines",
     MassZombificationDetected = "mass_zombification_detected",
     MaxRetriesExceeded = "max_retries_exceeded",
+    NotificationConfigInvalid = "notification_config_invalid",
+    NotificationFailed = "notification_failed",
     RestoreRecovered = "restore_recovered",
     ScheduleAdded = "schedule_added",
     ScheduleFired = "schedule_fired",
