@@ -362,6 +362,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     n.reload_config();
     let events = home.events_file();
     let mut watched_events: Option<(u64, u64)> = None;
+    let mut events_watch = None;
     ctx.mark_ready()?;
     loop {
         if n.configured() {
@@ -371,8 +372,16 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
             }
             let current = follow::file_id(&events);
             if current != watched_events {
-                match ctx.watch(std::slice::from_ref(&events)) {
-                    Ok(()) => watched_events = current,
+                // A rotated log is a new file: its watch replaces the old file's.
+                let watched = match events_watch {
+                    Some(id) => ctx.rewatch(id, std::slice::from_ref(&events)).map(|()| id),
+                    None => ctx.watch(std::slice::from_ref(&events)),
+                };
+                match watched {
+                    Ok(id) => {
+                        events_watch = Some(id);
+                        watched_events = current;
+                    }
                     Err(e) => tracing::warn!("cannot watch the event log: {e}"),
                 }
             }
