@@ -15,6 +15,7 @@ mod scheduler;
 mod setup;
 mod supervise;
 mod task;
+mod task_logs;
 
 use crate::base::error::{Error, Result};
 use crate::store::home::Home;
@@ -97,7 +98,7 @@ pub enum Command {
     Scheduler(scheduler::SchedulerCommand),
     /// List dispatch records (one per attempt of a task).
     Dispatches(dispatches::DispatchesArgs),
-    /// Tasks: add, list, show, cancel, retry, report-usage, seal-archive.
+    /// Tasks: add, list, show, logs, cancel, retry, report-usage, seal-archive.
     #[command(subcommand)]
     Task(task::TaskCommand),
     /// Start daemons (all enabled ones, or those named) detached; wait until each is ready.

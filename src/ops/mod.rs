@@ -8,4 +8,5 @@ pub(crate) mod recovery;
 pub(crate) mod slurm_command;
 pub mod status;
 pub mod supervisor;
+pub mod task_logs;
 pub mod validate;
