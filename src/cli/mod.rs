@@ -16,6 +16,7 @@ mod setup;
 mod supervise;
 mod task;
 mod task_logs;
+mod top;
 
 use crate::base::error::{Error, Result};
 use crate::store::home::Home;
@@ -107,8 +108,9 @@ pub enum Command {
     Stop(supervise::StopArgs),
     /// Restart daemons one at a time, each ready and stable before the next.
     Restart(supervise::RestartArgs),
-    /// Each daemon's state, the scheduler state and task counts (exit 0 only if all run).
-    Status,
+    /// Each daemon's state, the scheduler state and task counts (exit 0 only if all run);
+    /// --watch prints it again every second.
+    Status(supervise::StatusArgs),
     /// Foreground supervisor for service managers (systemd Type=notify): runs and restarts all daemons.
     Run,
     /// For cron: exit 0 healthy, 1 degraded, 2 down; --fix restarts dead daemons.
@@ -118,6 +120,9 @@ pub enum Command {
     Logs(logs::LogsCommand),
     /// Every lock and PID file of the home, free or held, by whom (the kernel's lock table) and since when.
     Locks,
+    /// A live full-screen view: daemons, scheduler, running tasks, queue, throughput, events;
+    /// keys to pause, resume, cancel, retry, read a task's log, filter (? for help, q quits).
+    Top(top::TopArgs),
 }
 
 /// What the CLI needs everywhere.
@@ -185,11 +190,12 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Start(a)) => supervise::start(&ctx, a),
         Some(Command::Stop(a)) => supervise::stop(&ctx, a),
         Some(Command::Restart(a)) => supervise::restart(&ctx, a),
-        Some(Command::Status) => supervise::status(&ctx),
+        Some(Command::Status(a)) => supervise::status(&ctx, a),
         Some(Command::Run) => crate::ops::supervisor::foreground::run(&ctx.home),
         Some(Command::HealthCheck(a)) => supervise::health_check(&ctx, a),
         Some(Command::Logs(c)) => logs::run(&ctx, c),
         Some(Command::Locks) => locks::run(&ctx),
+        Some(Command::Top(a)) => top::run(&ctx, a),
     }
 }
 

@@ -12,4 +12,6 @@ mod init_idempotent;
 mod recovery_repair;
 mod recovery_stale;
 mod smoke;
+mod status_watch;
 mod test_layout;
+mod top;
