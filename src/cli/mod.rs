@@ -13,6 +13,7 @@ mod recovery;
 mod schedule;
 mod scheduler;
 mod setup;
+mod shell_docs;
 mod supervise;
 mod task;
 mod task_logs;
@@ -123,6 +124,16 @@ pub enum Command {
     /// A live full-screen view: daemons, scheduler, running tasks, queue, throughput, events;
     /// keys to pause, resume, cancel, retry, read a task's log, filter (? for help, q quits).
     Top(top::TopArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (cortex.1, cortex-<command>.1 for every command, nested too) into DIR.
+    Manpages {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// What the CLI needs everywhere.
@@ -166,6 +177,12 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8> {
+    // Generated from the definitions alone: no home needed.
+    match &cli.command {
+        Some(Command::Completions { shell }) => return shell_docs::completions(*shell),
+        Some(Command::Manpages { dir }) => return shell_docs::manpages(dir),
+        _ => {}
+    }
     let home = Home::resolve(cli.home.as_deref())?;
     let ctx = Ctx { home, json: cli.json };
     match cli.command {
@@ -196,6 +213,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Logs(c)) => logs::run(&ctx, c),
         Some(Command::Locks) => locks::run(&ctx),
         Some(Command::Top(a)) => top::run(&ctx, a),
+        Some(Command::Completions { .. } | Command::Manpages { .. }) => Ok(0),
     }
 }
 

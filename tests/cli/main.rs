@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod completions;
 mod config_check;
 mod init_idempotent;
 mod recovery_repair;
