@@ -10,6 +10,7 @@ mod support;
 mod completions;
 mod config_check;
 mod init_idempotent;
+mod install;
 mod recovery_repair;
 mod recovery_stale;
 mod smoke;
