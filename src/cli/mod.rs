@@ -79,6 +79,9 @@ pub enum Command {
         /// Show what would be repaired; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// No progress on standard error (a bar on a terminal, a line per stage otherwise).
+        #[arg(long, short = 'q')]
+        quiet: bool,
     },
     /// End active dispatches whose process is gone or that are older than the limit with no heartbeat.
     RecoverStale {
@@ -198,7 +201,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Breaker(c)) => breaker::run(&ctx, c),
         Some(Command::Backup(a)) => backup::backup(&ctx, a),
         Some(Command::Restore(a)) => backup::restore(&ctx, a),
-        Some(Command::Repair { dry_run }) => recovery::repair(&ctx, dry_run),
+        Some(Command::Repair { dry_run, quiet }) => recovery::repair(&ctx, dry_run, quiet),
         Some(Command::RecoverStale { older_than, dry_run }) => recovery::recover_stale(&ctx, &older_than, dry_run),
         Some(Command::Reset { yes }) => recovery::reset(&ctx, yes),
         Some(Command::Scheduler(c)) => scheduler::run(&ctx, c),

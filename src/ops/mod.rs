@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub(crate) mod logs;
+pub mod progress;
 pub(crate) mod recovery;
 pub(crate) mod slurm_command;
 pub mod status;
