@@ -188,12 +188,18 @@ fn top_shows_the_fleet_pauses_with_a_reason_and_quits() {
     let share = used / started.elapsed().as_secs_f64();
     assert!(share <= 0.01, "cortex top used {:.2} % of a core while idle", share * 100.0);
 
+    // The task ends: its row stays among the recently ended, with its description and priority
+    // (read from the archive once it has left the queue).
+    std::fs::write(&gate, "").unwrap();
+    tmux.wait("the task's row completed", |s| {
+        s.lines().any(|l| l.contains(&id) && l.contains("completed") && l.contains("medium") && l.contains("pwned"))
+    });
+
     tmux.keys(&["q"]);
     wait_until(LONG, "top exits on q", || tmux.pane_dead());
     assert_eq!(std::fs::read_to_string(h.join("top.status")).unwrap().trim(), "0");
     let screen = tmux.screen();
     assert!(!screen.contains("Daemons"), "the normal screen is back:\n{screen}");
-    std::fs::write(&gate, "").unwrap();
 }
 
 #[test]

@@ -64,6 +64,8 @@ pub(super) struct Data {
     /// Files that could not be read.
     pub problems: Vec<String>,
     cpu: HashMap<u32, (u64, Instant)>,
+    /// Each task's description and priority as last seen (None: not found in the archive).
+    known: HashMap<String, Option<(String, Priority)>>,
 }
 
 impl Data {
@@ -162,27 +164,45 @@ impl Data {
             .collect();
         let dispatches: Vec<Arc<SpecEntry>> = snap.dispatches.as_deref().cloned().unwrap_or_default();
         self.throughput = throughput(&dispatches, now);
+        let mut ended: Vec<&Arc<SpecEntry>> = dispatches.iter().filter(|e| !e.is_active()).collect();
+        ended.sort_by_key(|e| std::cmp::Reverse(e.record.state.ended_at()));
+        ended.truncate(ENDED_SHOWN);
+        // What the rows say of their task: from the queue, else remembered from an earlier
+        // read, else (a task that ended before top started) from the archive, once per task.
+        for t in tasks.values() {
+            self.known.insert(t.task_id.clone(), Some((t.description.clone(), t.priority)));
+        }
+        for e in &ended {
+            let id = &e.record.task_id;
+            if !self.known.contains_key(id) {
+                let found = crate::domain::task::archive::find(store, id).ok().flatten();
+                self.known.insert(id.clone(), found.map(|t| (t.description, t.priority)));
+            }
+        }
+        let known = &self.known;
         let row = |e: &SpecEntry| {
             let r = &e.record;
-            let task = tasks.get(r.task_id.as_str());
+            let task = known.get(&r.task_id).and_then(|k| k.as_ref());
             let running = e.is_active();
             TaskRow {
                 task_id: r.task_id.clone(),
                 dispatch_id: r.dispatch_id.clone(),
                 status: r.status().as_str(),
                 running,
-                priority: task.map(|t| t.priority),
+                priority: task.map(|t| t.1),
                 worker_type: r.worker_type.clone(),
-                description: task.map(|t| t.description.clone()).unwrap_or_default(),
+                description: task.map(|t| t.0.clone()).unwrap_or_default(),
                 attempt: r.attempt,
                 since: if running { started_at(&r.state).or(Some(r.dispatched_at)) } else { r.state.ended_at() },
                 last_line: String::new(),
             }
         };
         let mut rows: Vec<TaskRow> = dispatches.iter().filter(|e| e.is_active()).map(|e| row(e)).collect();
-        let mut ended: Vec<&Arc<SpecEntry>> = dispatches.iter().filter(|e| !e.is_active()).collect();
-        ended.sort_by_key(|e| std::cmp::Reverse(e.record.state.ended_at()));
-        rows.extend(ended.into_iter().take(ENDED_SHOWN).map(|e| row(e)));
+        rows.extend(ended.into_iter().map(|e| row(e)));
+        // Only what can still be shown is kept: the queue's tasks and the rows.
+        let keep: std::collections::HashSet<String> =
+            tasks.keys().map(|k| k.to_string()).chain(rows.iter().map(|r| r.task_id.clone())).collect();
+        self.known.retain(|id, _| keep.contains(id));
         self.tasks = rows;
         self.refresh_output(reader, &dispatches);
         match crate::store::events::read_last(reader.home(), EVENTS_KEPT, |_| true) {
