@@ -1,4 +1,5 @@
-# Sourced by .ci/run and scripts/test.sh: puts the external tools the tests use on PATH,
+# Sourced by .ci/run and scripts/test.sh: puts the external tools the tests use on PATH (tmux: the
+# `cortex top` tests drive it in a real terminal),
 # fetching them from Debian's packages when missing. Nothing here starts a service.
 tools_dir="${CORTEX_TOOLS_DIR:-$HOME/.cache/cortex-tools}"
 if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$tools_dir/usr/bin/promtool" ]; then
@@ -8,7 +9,7 @@ if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$tools_dir/usr/bin/promtool"
   dpkg-deb -x "$tools_dir"/deb/prometheus_*.deb "$tools_dir"
 fi
 [ -x "$tools_dir/usr/bin/promtool" ] && export PATH="$tools_dir/usr/bin:$PATH"
-for tool in jq curl; do
+for tool in jq curl tmux; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "installing $tool" >&2
     apt-get update -qq >/dev/null && apt-get install -y -qq "$tool" >/dev/null

@@ -61,6 +61,9 @@ pub struct RestoreArgs {
     /// Where to look for backups (default: `[backup] dest`).
     #[arg(long, value_name = "DIR")]
     pub dest: Option<PathBuf>,
+    /// No progress on standard error (a bar on a terminal, a line per stage otherwise).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
@@ -169,7 +172,14 @@ pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
         Some(OnlyArg::Config) => Scope::Config,
         Some(OnlyArg::Coordination) => Scope::Coordination,
     };
-    let mut opts = RestoreOptions { archive: archive.clone(), scope, stop_daemons: args.stop, dry_run: true };
+    // The preview before the question shows no progress; the restore itself does (unless quiet).
+    let mut opts = RestoreOptions {
+        archive: archive.clone(),
+        scope,
+        stop_daemons: args.stop,
+        dry_run: true,
+        progress: crate::ops::progress::Show::Quiet,
+    };
     let store = lenient_store(ctx, &config);
     if !args.dry_run && !args.yes && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         let preview = restore::restore(&store, &config, &opts)?;
@@ -187,6 +197,7 @@ pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
         }
     }
     opts.dry_run = args.dry_run;
+    opts.progress = super::recovery::progress_shown(ctx, args.quiet);
     let r = restore::restore(&store, &config, &opts)?;
     if ctx.json {
         print_json(&r);

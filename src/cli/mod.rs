@@ -15,8 +15,11 @@ mod runbooks;
 mod schedule;
 mod scheduler;
 mod setup;
+mod shell_docs;
 mod supervise;
 mod task;
+mod task_logs;
+mod top;
 
 use crate::base::error::{Error, Result};
 use crate::store::home::Home;
@@ -79,6 +82,9 @@ pub enum Command {
         /// Show what would be repaired; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// No progress on standard error (a bar on a terminal, a line per stage otherwise).
+        #[arg(long, short = 'q')]
+        quiet: bool,
     },
     /// End active dispatches whose process is gone or that are older than the limit with no heartbeat.
     RecoverStale {
@@ -100,7 +106,7 @@ pub enum Command {
     Scheduler(scheduler::SchedulerCommand),
     /// List dispatch records (one per attempt of a task).
     Dispatches(dispatches::DispatchesArgs),
-    /// Tasks: add, list, show, cancel, retry, report-usage, seal-archive.
+    /// Tasks: add, list, show, logs, cancel, retry, report-usage, seal-archive.
     #[command(subcommand)]
     Task(task::TaskCommand),
     /// Start daemons (all enabled ones, or those named) detached; wait until each is ready.
@@ -109,8 +115,9 @@ pub enum Command {
     Stop(supervise::StopArgs),
     /// Restart daemons one at a time, each ready and stable before the next.
     Restart(supervise::RestartArgs),
-    /// Each daemon's state, the scheduler state and task counts (exit 0 only if all run).
-    Status,
+    /// Each daemon's state, the scheduler state and task counts (exit 0 only if all run);
+    /// --watch prints it again every second.
+    Status(supervise::StatusArgs),
     /// Foreground supervisor for service managers (systemd Type=notify): runs and restarts all daemons.
     Run,
     /// For cron: exit 0 healthy, 1 degraded, 2 down; --fix restarts dead daemons.
@@ -126,6 +133,19 @@ pub enum Command {
     /// Notifications (cortex-notify): test a sink, list recent deliveries.
     #[command(subcommand)]
     Notify(notify::NotifyCommand),
+    /// A live full-screen view: daemons, scheduler, running tasks, queue, throughput, events;
+    /// keys to pause, resume, cancel, retry, read a task's log, filter (? for help, q quits).
+    Top(top::TopArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (cortex.1, cortex-<command>.1 for every command, nested too) into DIR.
+    Manpages {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// What the CLI needs everywhere.
@@ -169,9 +189,11 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8> {
-    // The runbooks are built in: they need no home.
+    // Built in, or generated from the definitions alone: no home needed.
     let command = match cli.command {
         Some(Command::Runbooks(a)) => return runbooks::run(cli.json, a),
+        Some(Command::Completions { shell }) => return shell_docs::completions(shell),
+        Some(Command::Manpages { dir }) => return shell_docs::manpages(&dir),
         other => other,
     };
     let home = Home::resolve(cli.home.as_deref())?;
@@ -189,7 +211,7 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Breaker(c)) => breaker::run(&ctx, c),
         Some(Command::Backup(a)) => backup::backup(&ctx, a),
         Some(Command::Restore(a)) => backup::restore(&ctx, a),
-        Some(Command::Repair { dry_run }) => recovery::repair(&ctx, dry_run),
+        Some(Command::Repair { dry_run, quiet }) => recovery::repair(&ctx, dry_run, quiet),
         Some(Command::RecoverStale { older_than, dry_run }) => recovery::recover_stale(&ctx, &older_than, dry_run),
         Some(Command::Reset { yes }) => recovery::reset(&ctx, yes),
         Some(Command::Scheduler(c)) => scheduler::run(&ctx, c),
@@ -198,13 +220,16 @@ fn run(cli: Cli) -> Result<u8> {
         Some(Command::Start(a)) => supervise::start(&ctx, a),
         Some(Command::Stop(a)) => supervise::stop(&ctx, a),
         Some(Command::Restart(a)) => supervise::restart(&ctx, a),
-        Some(Command::Status) => supervise::status(&ctx),
+        Some(Command::Status(a)) => supervise::status(&ctx, a),
         Some(Command::Run) => crate::ops::supervisor::foreground::run(&ctx.home),
         Some(Command::HealthCheck(a)) => supervise::health_check(&ctx, a),
         Some(Command::Logs(c)) => logs::run(&ctx, c),
         Some(Command::Locks) => locks::run(&ctx),
         Some(Command::Runbooks(a)) => runbooks::run(ctx.json, a),
         Some(Command::Notify(c)) => notify::run(&ctx, c),
+        Some(Command::Top(a)) => top::run(&ctx, a),
+        Some(Command::Completions { shell }) => shell_docs::completions(shell),
+        Some(Command::Manpages { dir }) => shell_docs::manpages(&dir),
     }
 }
 

@@ -6,9 +6,9 @@ use crate::base::error::{Error, Result};
 use crate::base::text::{safe, safe_path};
 use std::time::Duration;
 
-pub(super) fn repair(ctx: &Ctx, dry_run: bool) -> Result<u8> {
+pub(super) fn repair(ctx: &Ctx, dry_run: bool, quiet: bool) -> Result<u8> {
     let store = lenient_store(ctx, &lenient_config(ctx));
-    let r = crate::ops::recovery::repair::repair(&store, dry_run)?;
+    let r = crate::ops::recovery::repair::repair(&store, dry_run, progress_shown(ctx, quiet))?;
     let unfixed = r.actions.iter().filter(|a| !a.fixed).count();
     if ctx.json {
         print_json(&r);
@@ -120,4 +120,9 @@ pub(super) fn restore_defaults(ctx: &Ctx, file: Option<&str>) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// Progress on standard error: none with --quiet or --json.
+pub(super) fn progress_shown(ctx: &Ctx, quiet: bool) -> crate::ops::progress::Show {
+    if quiet || ctx.json { crate::ops::progress::Show::Quiet } else { crate::ops::progress::Show::Auto }
 }

@@ -46,6 +46,17 @@ pub struct RestartArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status again every --interval until interrupted (Ctrl-C), for terminals where
+    /// `cortex top` does not fit.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch prints (e.g. 1s, 500ms, 1m).
+    #[arg(long, default_value = "1s", value_name = "DURATION", requires = "watch")]
+    pub interval: String,
+}
+
+#[derive(Debug, Args)]
 pub struct HealthArgs {
     /// Restart daemons that are dead or hung (not those stopped with `cortex stop`, nor FAILED ones).
     #[arg(long)]
@@ -197,7 +208,34 @@ pub(super) fn restart(ctx: &Ctx, args: RestartArgs) -> Result<u8> {
 /// `cortex status`: never fails on a bad coordination file. What runs is counted from the
 /// dispatch records; a file that cannot be read is named (`errors`, a `Problem:` line) and makes
 /// the exit status 1, like a daemon that is down.
-pub(super) fn status(ctx: &Ctx) -> Result<u8> {
+pub(super) fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8> {
+    if !args.watch {
+        return status_once(ctx);
+    }
+    use std::io::{IsTerminal, Write};
+    let interval = crate::base::clock::parse_duration(&args.interval)
+        .map_err(|e| crate::base::error::Error::Config { path: None, detail: format!("--interval: {e}") })?
+        .max(Duration::from_millis(100));
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+        if terminal {
+            // Home the cursor and clear the screen, as watch(1) does.
+            print!("\x1b[H\x1b[2J");
+        }
+        println!("Every {}: cortex status    {now}\n", safe(&args.interval));
+        status_once(ctx)?;
+        if !terminal {
+            println!();
+        }
+        std::io::stdout()
+            .flush()
+            .map_err(|e| crate::base::error::Error::other(format!("cannot write the status: {e}")))?;
+        std::thread::sleep(interval);
+    }
+}
+
+fn status_once(ctx: &Ctx) -> Result<u8> {
     let config = Config::load(&ctx.home)?;
     let ov = status::overview(&ctx.home, &config);
     let store = crate::store::Store::new(ctx.home.clone()).with_lock_timeout(config.lock_timeout()).with_source("cli");

@@ -1,4 +1,4 @@
-//! `cortex task add|list|show|cancel|retry|report-usage`: argument parsing and printing around
+//! `cortex task add|list|show|cancel|retry|report-usage` (`logs`: [`super::task_logs`]): argument parsing and printing around
 //! `task::ops`, the code path the HTTP API shares.
 
 use super::{Ctx, print_json};
@@ -56,6 +56,20 @@ pub enum TaskCommand {
     },
     /// Show one task (queue, intake or archive) and its dispatches.
     Show { task_id: String },
+    /// A task's output (its latest attempt's, or --attempt N's); -f follows it live, across
+    /// retries, until the task is final.
+    Logs {
+        task_id: String,
+        /// Which attempt (1 is the first; default: the latest).
+        #[arg(long, value_name = "N")]
+        attempt: Option<usize>,
+        /// Standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing while the task runs, each new attempt after a separator line.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Cancel a task; a running one is stopped (TERM, grace, KILL) and this waits for it.
     Cancel {
         task_id: String,
@@ -180,6 +194,9 @@ pub(super) fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                 }
             }
             Ok(0)
+        }
+        TaskCommand::Logs { task_id, attempt, stderr, follow } => {
+            super::task_logs::run(&store, &task_id, attempt, stderr, follow)
         }
         TaskCommand::Show { task_id } => {
             let task = ops::find_task(&store, &task_id)?

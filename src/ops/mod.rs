@@ -5,8 +5,10 @@
 pub mod backup;
 pub(crate) mod logs;
 pub mod notify;
+pub mod progress;
 pub(crate) mod recovery;
 pub(crate) mod slurm_command;
 pub mod status;
 pub mod supervisor;
+pub mod task_logs;
 pub mod validate;

@@ -10,6 +10,7 @@ mod support;
 mod hostile;
 mod kill;
 mod load;
+mod progress;
 mod restore_limits;
 mod roundtrip;
 mod scripts;

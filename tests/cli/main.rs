@@ -7,9 +7,13 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod completions;
 mod config_check;
 mod init_idempotent;
+mod install;
 mod recovery_repair;
 mod recovery_stale;
 mod smoke;
+mod status_watch;
 mod test_layout;
+mod top;

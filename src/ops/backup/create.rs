@@ -5,6 +5,7 @@
 use super::ArchiveKind;
 use super::manifest::{self, Manifest, ManifestFile, ManifestLink};
 use crate::base::error::{Error, Result};
+use crate::ops::progress::{Show, Stage, Unit};
 use crate::store::LockName;
 use crate::store::atomic::{self, TEMP_PREFIX};
 use crate::store::config::Config;
@@ -252,16 +253,14 @@ fn write_archive(tmp: &Path, manifest: &Manifest, files: &[super::snapshot::Stag
         tar.append_link(&mut h, &link.path, &link.target).map_err(io)?;
     }
 
-    let bar = progress_bar(progress, manifest.total_bytes());
+    let show = if progress { Show::TerminalOnly } else { Show::Quiet };
+    let stage = Stage::start(show, "backup", manifest.total_bytes(), Unit::Bytes);
     for f in files {
         let src = fs::File::open(&f.staged).map_err(|e| Error::io(&f.staged, "open", e))?;
         let mut h = regular_header(f.size, f.mode, f.mtime);
-        let reader = ProgressRead { inner: src.take(f.size), bar: bar.as_ref() };
-        tar.append_data(&mut h, &f.rel, reader).map_err(io)?;
+        tar.append_data(&mut h, &f.rel, stage.reader(src.take(f.size))).map_err(io)?;
     }
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
+    stage.finish();
     let gz = tar.into_inner().map_err(io)?;
     let buf = gz.finish().map_err(io)?;
     let file = buf.into_inner().map_err(|e| io(e.into_error()))?;
@@ -276,33 +275,4 @@ fn regular_header(size: u64, mode: u32, mtime: u64) -> tar::Header {
     h.set_mode(mode);
     h.set_mtime(mtime);
     h
-}
-
-fn progress_bar(wanted: bool, total: u64) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !wanted || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("backup {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-    {
-        bar.set_style(style);
-    }
-    Some(bar)
-}
-
-struct ProgressRead<'a, R> {
-    inner: R,
-    bar: Option<&'a indicatif::ProgressBar>,
-}
-
-impl<R: Read> Read for ProgressRead<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(b) = self.bar {
-            b.inc(n as u64);
-        }
-        Ok(n)
-    }
 }

@@ -14,6 +14,7 @@ use super::create::{self, BackupOptions};
 use super::manifest::ManifestFile;
 use super::{ArchiveKind, verify};
 use crate::base::error::{Error, Result};
+use crate::ops::progress::{Show, Stage, Unit};
 use crate::store::Store;
 use crate::store::atomic::{self, TEMP_PREFIX};
 use crate::store::config::Config;
@@ -70,6 +71,8 @@ pub(crate) struct RestoreOptions {
     pub stop_daemons: bool,
     /// Verify and report what would change; change nothing.
     pub dry_run: bool,
+    /// Progress of the verify, extract and swap stages on standard error.
+    pub progress: Show,
 }
 
 /// What a restore did (or, with `dry_run`, would do).
@@ -99,7 +102,17 @@ pub(crate) fn restore(store: &Store, config: &Config, opts: &RestoreOptions) -> 
     let home = store.home().clone();
     let lock = create::lock_backups(store)?;
     let recovered = if opts.dry_run { Vec::new() } else { recover_interrupted(&home)? };
-    let verified = verify::verify(&opts.archive)?;
+    let verified = {
+        // The manifest (the archive's first entry) gives the total before the full read.
+        let total = verify::read_manifest(&opts.archive).map(|m| m.total_bytes()).unwrap_or(0);
+        let stage = Stage::start(opts.progress, "restore: verify", total, Unit::Bytes);
+        let v = verify::walk(&opts.archive, |mf, _| {
+            stage.inc(mf.size);
+            Ok(())
+        })?;
+        stage.finish();
+        v
+    };
     let manifest = &verified.manifest;
     let in_scope: Vec<&ManifestFile> = manifest.files.iter().filter(|f| opts.scope.includes(&f.path)).collect();
     if in_scope.is_empty() {
@@ -177,13 +190,19 @@ fn restore_stopped(
     let tree = stage.join("tree");
     atomic::create_dir_all(&tree)?;
     let outcome = (|| {
-        extract(&opts.archive, &tree, opts.scope)?;
+        let scoped: u64 = verified.manifest.files.iter().filter(|f| opts.scope.includes(&f.path)).map(|f| f.size).sum();
+        let extracting = Stage::start(opts.progress, "restore: extract", scoped, Unit::Bytes);
+        extract(&opts.archive, &tree, opts.scope, &extracting)?;
+        extracting.finish();
         super::pause_point("restore-after-extract");
         report.warnings.extend(prepare_tree(&tree, opts.scope)?);
         report.warnings.extend(validate_tree(&tree, opts.scope)?);
         let plan = plan(home, &tree, opts.scope, &verified.manifest)?;
         let guards = super::lock_all(store)?;
-        apply(&stage, &plan)?;
+        let swaps =
+            Stage::start(opts.progress, "restore: swap", (plan.carries.len() + plan.swaps.len()) as u64, Unit::Items);
+        apply(&stage, &plan, &swaps)?;
+        swaps.finish();
         drop(guards);
         Ok(())
     })();
@@ -271,7 +290,7 @@ fn swap_root(rel: &str) -> &str {
 }
 
 /// Writes the archive's files of `scope` under `tree`, verifying them again as they are written.
-fn extract(archive: &Path, tree: &Path, scope: Scope) -> Result<()> {
+fn extract(archive: &Path, tree: &Path, scope: Scope, progress: &Stage) -> Result<()> {
     let mut dirs = BTreeSet::new();
     verify::walk(archive, |mf, content| {
         if !scope.includes(&mf.path) {
@@ -285,7 +304,7 @@ fn extract(archive: &Path, tree: &Path, scope: Scope) -> Result<()> {
         // The archive's modes are not applied: a restored file is private (0600) like every
         // file Cortex writes (an archive with 0777 everywhere must not open up the home).
         let mut f = crate::store::open::create_new(&dest)?;
-        std::io::copy(content, &mut f).map_err(|e| Error::io(&dest, "write", e))?;
+        std::io::copy(&mut progress.reader(content), &mut f).map_err(|e| Error::io(&dest, "write", e))?;
         f.flush().map_err(|e| Error::io(&dest, "write", e))?;
         f.sync_all().map_err(|e| Error::io(&dest, "fsync", e))
     })?;
@@ -446,12 +465,13 @@ fn fsync_parents(a: &Path, b: &Path) -> Result<()> {
 }
 
 /// Writes the journal, performs the moves, marks the restore committed.
-fn apply(stage: &Path, plan: &Plan) -> Result<()> {
+fn apply(stage: &Path, plan: &Plan, progress: &Stage) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(plan)?;
     atomic::write_atomic(&stage.join(PLAN_FILE), &bytes)?;
     for c in &plan.carries {
         move_item(&c.from, &c.to)?;
         fsync_parents(&c.from, &c.to)?;
+        progress.inc(1);
     }
     for (i, s) in plan.swaps.iter().enumerate() {
         super::pause_point(&format!("restore-swap-{i}"));
@@ -461,6 +481,7 @@ fn apply(stage: &Path, plan: &Plan) -> Result<()> {
             move_item(&s.staged, &s.target)?;
         }
         fsync_parents(&s.staged, &s.target)?;
+        progress.inc(1);
     }
     super::pause_point("restore-before-commit");
     atomic::write_atomic(&stage.join(COMMITTED_FILE), b"committed\n")?;

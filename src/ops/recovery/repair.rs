@@ -19,6 +19,7 @@
 use crate::base::error::{Error, Result};
 use crate::domain::task::dispatch_record;
 use crate::domain::task::model::{DispatchRecord, Task};
+use crate::ops::progress::{Show, Stage, Unit};
 use crate::ops::validate::{Verdict, check_json_bytes};
 use crate::store::events::{EventKind, Severity};
 use crate::store::files::{self, CoordFile, FileKind};
@@ -51,8 +52,8 @@ impl RepairReport {
     }
 }
 
-/// Repairs the store's home.
-pub(crate) fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
+/// Repairs the store's home, showing its progress (files checked) as `progress` says.
+pub(crate) fn repair(store: &Store, dry_run: bool, progress: Show) -> Result<RepairReport> {
     let home = store.home().clone();
     let mut report = RepairReport { dry_run, actions: Vec::new() };
     if !dry_run {
@@ -60,7 +61,10 @@ pub(crate) fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
             report.push(".".into(), r, true);
         }
     }
+    let others = other_jsonl_files(store);
+    let checking = Stage::start(progress, "repair: check", (files::ALL.len() + others.len() + 1) as u64, Unit::Items);
     for f in files::ALL {
+        checking.inc(1);
         let path = store.path(f);
         let rel = format!("coordination/{}", f.rel);
         if is_link(&path) {
@@ -86,7 +90,8 @@ pub(crate) fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
             report.push(rel, "missing: created from its default".into(), true);
         }
     }
-    for path in other_jsonl_files(store) {
+    for path in others {
+        checking.inc(1);
         if is_link(&path) {
             report.push(rel(store, &path), LINK_REFUSED.into(), false);
             continue;
@@ -94,6 +99,8 @@ pub(crate) fn repair(store: &Store, dry_run: bool) -> Result<RepairReport> {
         repair_jsonl(store, &path, None, None, dry_run, &mut report)?;
     }
     repair_specs(store, dry_run, &mut report)?;
+    checking.inc(1);
+    checking.finish();
     sweep_temporaries(store, dry_run, &mut report);
     if !dry_run {
         for a in report.actions.iter().filter(|a| a.fixed) {
@@ -553,7 +560,7 @@ mod archive_tests {
         segment::seal(&store, 0).unwrap().expect("sealed");
         let seg = segment::list(&store).remove(0);
         let before = std::fs::read(&seg.path).unwrap();
-        super::repair(&store, false).unwrap();
+        super::repair(&store, false, crate::ops::progress::Show::Quiet).unwrap();
         assert!(std::fs::read(&seg.path).unwrap() == before, "a sealed segment is never rewritten");
         assert!(segment::check(&seg).is_empty(), "its index still describes it");
         assert!(archive::find(&store, "task-0019").unwrap().is_some());
