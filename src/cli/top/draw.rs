@@ -29,9 +29,11 @@ const HELP: &[(&str, &str)] = &[
 
 pub(super) fn draw(f: &mut Frame, app: &App, home: &str, now: Timestamp) {
     let area = f.area();
+    // Every daemon's row, its header and the borders (the queue panel beside it needs 10).
+    let daemon_rows = u16::try_from(app.data.daemons.len()).unwrap_or(u16::MAX).saturating_add(3).max(10);
     let [header, top, tasks, events, footer] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Length(13),
+        Constraint::Length(daemon_rows),
         Constraint::Min(5),
         Constraint::Length(8),
         Constraint::Length(1),
