@@ -1,0 +1,3 @@
+//! The dashboard in a real browser.
+#[path = "../support/mod.rs"]
+mod support;
