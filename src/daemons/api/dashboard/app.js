@@ -44,10 +44,11 @@ function s(tag, attrs, ...children) {
   return el;
 }
 
-/** Control characters (terminal escapes) made visible: ESC shows as ␛, and so on. */
+/** Control characters (terminal escapes) made visible in caret notation, as `cat -v` shows
+ *  them: ESC is `^[`, BEL `^G`, DEL `^?`. Newlines and tabs stay. */
 function visible(text) {
   return String(text ?? '').replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, (c) =>
-    c === '\u007f' ? '\u2421' : String.fromCharCode(0x2400 + c.charCodeAt(0)));
+    c === '\u007f' ? '^?' : '^' + String.fromCharCode(0x40 + c.charCodeAt(0)));
 }
 
 /** A text node of a value, with control characters made visible; `—` for none. */
@@ -633,7 +634,7 @@ function latencyPanel(lat) {
     const y = 8 + i * 28;
     const w = v === null || v === undefined ? 0 : ((W - L - R) * Number(v)) / max;
     svg.append(s('text', {x: L - 6, y: y + 13, 'text-anchor': 'end'}, label),
-      s('line', {class: 's' + c, x1: L, y1: y + 9, x2: L + Math.max(1, w), y2: y + 9, 'stroke-width': 12}),
+      s('rect', {class: 'f' + c, x: L, y: y + 3, width: Math.max(1, w).toFixed(1), height: 12, rx: 2}),
       s('text', {x: L + w + 6, y: y + 13}, v === null || v === undefined ? '—' : `${fmtAxis(Number(v))} s`));
   });
   return h('div', {class: 'panel'}, h('h2', null, 'Enqueue → start latency'), svg,
