@@ -9,6 +9,7 @@ mod support;
 
 mod access;
 mod auth;
+mod dashboard;
 mod drill;
 mod endpoints;
 mod group_commit;

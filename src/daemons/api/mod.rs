@@ -7,8 +7,10 @@
 //! - [`policy`]: who may call what — the `Host`/`Origin` checks and the access kinds.
 //! - [`commit`]: the scheduler's group commit (one committer thread batches pauses/resumes).
 //! - [`routes`]: the endpoints.
+//! - [`dashboard`]: the web page (`GET /` for a browser) and its embedded files.
 
 pub(crate) mod commit;
+pub(crate) mod dashboard;
 pub mod http;
 pub(crate) mod policy;
 pub(crate) mod routes;

@@ -31,6 +31,8 @@ pub(crate) struct App {
 /// A matched route.
 enum Route<'a> {
     Index,
+    /// `GET /assets/<name>`: the dashboard's embedded files.
+    Asset(&'a str),
     Status,
     Health,
     Metrics,
@@ -53,6 +55,8 @@ enum Route<'a> {
 fn access(route: &Route) -> Access {
     match route {
         // Monitoring: counts, daemon states, the pause switch.
+        // The dashboard's page and files: the same for everyone, no data in them.
+        Route::Asset(_) => Access::Open,
         Route::Index | Route::Status | Route::Health | Route::Metrics | Route::SchedulerStatus => Access::Open,
         // Task output tails, commands, descriptions, schedules' task templates.
         Route::Dispatches | Route::Dispatch(_) | Route::Schedules | Route::Schedule(_) => Access::Read,
@@ -69,7 +73,7 @@ fn access(route: &Route) -> Access {
 /// on the home's files directly, whatever the API allows).
 fn cli_equivalent(route: &Route) -> String {
     match route {
-        Route::Index => "cortex --help".into(),
+        Route::Index | Route::Asset(_) => "cortex --help".into(),
         Route::Status | Route::Health | Route::Metrics => "cortex status".into(),
         Route::SchedulerStatus => "cortex scheduler status".into(),
         Route::Pause => "cortex scheduler pause".into(),
@@ -104,6 +108,7 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
     let (get, post) = (method == "GET", method == "POST");
     let r = match segs.as_slice() {
         [""] if get => Route::Index,
+        ["assets", name] if get && !name.is_empty() => Route::Asset(name),
         ["status"] if get => Route::Status,
         ["health"] if get => Route::Health,
         ["metrics"] if get => Route::Metrics,
@@ -121,6 +126,7 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
         ["schedules", id, "run"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Run),
         ["events", id, "ack"] if post && !id.is_empty() => Route::EventAck(id),
         [""]
+        | ["assets", _]
         | ["status"]
         | ["health"]
         | ["metrics"]
@@ -189,6 +195,11 @@ impl Handler for App {
         let who = caller.map_or_else(|| "anonymous".to_string(), |c| c.name);
         let actor = Actor { who, from: format!("api {}", req.peer) };
         match route {
+            Route::Index if super::dashboard::wants_html(req) => Reply::Now(super::dashboard::index(req)),
+            Route::Asset(name) => Reply::Now(
+                super::dashboard::asset(req, name)
+                    .unwrap_or_else(|| Response::error(404, format!("no such asset: {}", req.path))),
+            ),
             Route::Index => Reply::Now(ok_json(&json!({
                 "service": "cortex-api",
                 "version": env!("CARGO_PKG_VERSION"),

@@ -70,11 +70,13 @@ pub struct Response {
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// The `Cache-Control` value: `no-store` unless the response says otherwise (static files).
+    pub cache_control: &'static str,
 }
 
 impl Response {
     pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
-        Response { status, content_type, headers: Vec::new(), body: body.into() }
+        Response { status, content_type, headers: Vec::new(), body: body.into(), cache_control: "no-store" }
     }
 
     /// A JSON response (compact, newline-terminated).
@@ -95,17 +97,24 @@ impl Response {
         self
     }
 
+    /// The same response with another `Cache-Control` value.
+    pub fn with_cache_control(mut self, value: &'static str) -> Response {
+        self.cache_control = value;
+        self
+    }
+
     /// The response on the wire: status line, headers, and the body unless `head_only`.
     pub(super) fn to_bytes(&self, keep_alive: bool, head_only: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.body.len() + 160);
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\nCache-Control: no-store\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\nCache-Control: {}\r\nX-Content-Type-Options: nosniff\r\n",
             self.status,
             reason(self.status),
             self.content_type,
             self.body.len(),
-            if keep_alive { "keep-alive" } else { "close" }
+            if keep_alive { "keep-alive" } else { "close" },
+            self.cache_control
         );
         for (n, v) in &self.headers {
             let _ = write!(out, "{n}: {v}\r\n");
@@ -122,6 +131,9 @@ fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
