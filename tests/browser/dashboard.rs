@@ -37,10 +37,6 @@ impl Dash {
         Dash { b, fleet, base }
     }
 
-    pub(crate) fn h(&self) -> &TestHome {
-        &self.fleet.h
-    }
-
     /// Opens a view (`""` for the overview, `"#/tasks"`, ...) and waits until the live stream is up.
     pub(crate) fn open(&self, view: &str) {
         self.b.goto(&format!("{}{view}", self.base));

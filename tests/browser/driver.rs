@@ -56,11 +56,7 @@ pub(crate) struct Browser {
 }
 
 impl Browser {
-    /// A 1280×900 window.
-    pub(crate) fn start() -> Browser {
-        Browser::start_sized(1280, 900)
-    }
-
+    /// A window of `width`×`height` CSS pixels.
     pub(crate) fn start_sized(width: u32, height: u32) -> Browser {
         let (chromium, chromedriver) = tools();
         let profile = tempfile::Builder::new().prefix("cortex-chromium-").tempdir().expect("profile dir");
