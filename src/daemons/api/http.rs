@@ -50,6 +50,13 @@ pub enum Reply {
     /// Called at once, on the handler thread, with the [`Responder`] of this request; it must
     /// not block (hand the responder to whoever will answer).
     Deferred(Box<dyn FnOnce(Responder) + Send>),
+    /// A response whose body is a stream (Server-Sent Events): the head is written (without a
+    /// length: the body ends when the connection closes), then the socket, non-blocking, is
+    /// handed to the function, which must not block (it passes the socket to a thread that
+    /// writes every stream); it gets None when the head could not be written. The reactor
+    /// forgets the connection, so an open stream costs no handler thread and no place among
+    /// `max_connections`; whoever holds it bounds them.
+    Stream(Response, Box<dyn FnOnce(Option<TcpStream>) + Send>),
 }
 
 /// Delivers the response of a [`Reply::Deferred`] request from any thread. Sending never blocks:
@@ -486,6 +493,7 @@ impl WorkerCtx {
                 .unwrap_or_else(|_| Reply::Now(Response::error(500, "internal error while handling the request")));
             match reply {
                 Reply::Now(resp) => self.finish(job, resp),
+                Reply::Stream(head, take) => self.stream(job, head, take),
                 Reply::Deferred(start) => {
                     let responder = Responder { job: Some(job), work: self.work.clone() };
                     // A panic drops the responder, which answers 500.
@@ -521,6 +529,24 @@ impl WorkerCtx {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes a stream's head and hands its socket over; the reactor hears that the connection
+    /// left it.
+    fn stream(&self, job: Job, head: Response, take: Box<dyn FnOnce(Option<TcpStream>) + Send>) {
+        let Job { conn, req, head_only, .. } = job;
+        tracing::debug!(method = %req.method, path = %req.path, status = head.status, "api stream");
+        let ok = send_response(&conn.stream, &head.stream_head(), self.write_timeout).is_ok();
+        let stream = if ok && !head_only {
+            Some(conn.stream)
+        } else {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            None
+        };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || take(stream)));
+        if self.back.send(None).is_ok() {
+            let _ = (&self.wake).write(b"c");
         }
     }
 

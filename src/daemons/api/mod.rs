@@ -8,12 +8,20 @@
 //! - [`commit`]: the scheduler's group commit (one committer thread batches pauses/resumes).
 //! - [`routes`]: the endpoints.
 //! - [`dashboard`]: the web page (`GET /` for a browser) and its embedded files.
+//! - [`stream`]: the open Server-Sent Events streams (one thread writes them all).
+//! - [`feed`]: what the streams carry (event log lines, status changes), computed once.
+//! - [`overview`], [`tasks`], [`actions`]: the endpoints the dashboard reads and acts through.
 
+pub(crate) mod actions;
 pub(crate) mod commit;
 pub(crate) mod dashboard;
+pub(crate) mod feed;
 pub mod http;
+pub(crate) mod overview;
 pub(crate) mod policy;
 pub(crate) mod routes;
+pub(crate) mod stream;
+pub(crate) mod tasks;
 
 use crate::base::error::{Error, Result};
 use crate::ops::status::StatusReader;
@@ -90,7 +98,9 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     };
     let committer = commit::Committer::start(ctx.store.clone())
         .map_err(|e| Error::system("start the scheduler committer thread", e))?;
-    let app = Arc::new(routes::App { reader, tokens, site, committer });
+    let hub = stream::Hub::start().map_err(|e| Error::system("start the event streams thread", e))?;
+    let feed = feed::Feed::start(reader.clone(), hub.clone())?;
+    let app = Arc::new(routes::App { reader, tokens, site, committer, hub: hub.clone(), feed });
     let server = http::Server::start(listener, limits(&ctx.config), app)
         .map_err(|e| Error::system(format!("start the API server on {addr_text}"), e))?;
     tracing::info!(addr = %server.local_addr(), "API listening; {auth_note}");
@@ -102,5 +112,6 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     }
     tracing::info!("API stopping");
     server.stop();
+    hub.stop();
     Ok(())
 }

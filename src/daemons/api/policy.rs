@@ -9,7 +9,15 @@
 //!    scripts) passes: browsers always send `Host`, and send `Origin` on every cross-origin change.
 //!    A `Host` without a port passes for an allowed name: a browser omits the port only for
 //!    port 80, where its request reaches this API only if it listens there.
-//! 2. the endpoint's [`Access`] (the table is `routes::access`), decided by [`authorize`]:
+//! 2. for a change (`POST`) sent by a browser — one carrying `Origin` or a `Sec-Fetch-*` header,
+//!    which browsers add and page scripts cannot remove — the forgery check ([`forgery_refusal`]):
+//!    it must carry `X-Cortex-Request: 1` or an `Authorization` header, and must not say
+//!    `Sec-Fetch-Site: cross-site|same-site`. A cross-site `<form>` or `text/plain` `fetch` cannot
+//!    add a header; a script that adds one triggers a CORS preflight (`OPTIONS`), which this API
+//!    never approves (405, no `Access-Control-Allow-*`). So even a browser that left `Origin` out
+//!    could not be made to change anything, while the dashboard (same origin) sends the header.
+//!    `curl` and scripts send neither marker and are unaffected (the runbooks' lines).
+//! 3. the endpoint's [`Access`] (the table is `routes::access`), decided by [`authorize`]:
 //!
 //! | access | without `tokens_file` | with `tokens_file` |
 //! |---|---|---|
@@ -74,6 +82,41 @@ pub(crate) fn authorize(
         )
         .with_header("WWW-Authenticate", "Bearer")),
     }
+}
+
+/// The header the dashboard sends with every change; a cross-site form cannot send it.
+pub(crate) const REQUEST_HEADER: &str = "X-Cortex-Request";
+
+/// The refusal of a change a browser sends without proof that this API's own page sent it (see
+/// the module's step 2); None when it may proceed to the access check.
+pub(crate) fn forgery_refusal(req: &Request) -> Option<Response> {
+    if req.method != "POST" {
+        return None;
+    }
+    let fetch_site = req.header("Sec-Fetch-Site").map(|s| s.trim().to_ascii_lowercase());
+    if let Some(site) = fetch_site.as_deref()
+        && (site == "cross-site" || site == "same-site")
+    {
+        return Some(Response::error(
+            403,
+            format!(
+                "refused: a {site} request from a browser cannot change anything here (use this API's own page or the cortex CLI)"
+            ),
+        ));
+    }
+    let browser = req.header("Origin").is_some()
+        || req.headers.iter().any(|(n, _)| n.to_ascii_lowercase().starts_with("sec-fetch-"));
+    let proven = req.header(REQUEST_HEADER).is_some_and(|v| v.trim() == "1") || req.header("Authorization").is_some();
+    if browser && !proven {
+        return Some(Response::error(
+            403,
+            format!(
+                "refused: a change sent by a browser must carry the header {REQUEST_HEADER}: 1 (the dashboard sends it; a \
+                 cross-site form cannot) or Authorization: Bearer <token>"
+            ),
+        ));
+    }
+    None
 }
 
 /// This API's own address, against which `Host` and `Origin` are checked.

@@ -26,6 +26,10 @@ pub(crate) struct App {
     pub site: Site,
     /// Pauses and resumes that change the state go through the group commit.
     pub committer: Committer,
+    /// The open event streams.
+    pub hub: super::stream::Hub,
+    /// What the streams carry, and where new streams join.
+    pub feed: super::feed::Feed,
 }
 
 /// A matched route.
@@ -48,24 +52,72 @@ enum Route<'a> {
     ScheduleAction(&'a str, ScheduleAction),
     /// `POST /events/<id>/ack` (`all` for every event up to now).
     EventAck(&'a str),
+    /// `GET /events/stream`: Server-Sent Events.
+    EventStream,
+    /// `GET /events`: the event log, newest first, paged.
+    Events,
+    Overview,
+    History,
+    Daemons,
+    DaemonRestart(&'a str),
+    Tasks,
+    AddTask,
+    Task(&'a str),
+    TaskLog(&'a str),
+    TaskLogStream(&'a str),
+    TaskCancel(&'a str),
+    TaskRetry(&'a str),
+    Breakers,
+    BreakerReset(&'a str),
+    FailurePatterns,
+    Zombies,
 }
 
 /// The access table: how each endpoint is guarded (what each kind means, with and without
 /// `[api] tokens_file`, is the table in [`super::policy`]). A new endpoint gets its row here.
 fn access(route: &Route) -> Access {
     match route {
-        // Monitoring: counts, daemon states, the pause switch.
         // The dashboard's page and files: the same for everyone, no data in them.
         Route::Asset(_) => Access::Open,
-        Route::Index | Route::Status | Route::Health | Route::Metrics | Route::SchedulerStatus => Access::Open,
-        // Task output tails, commands, descriptions, schedules' task templates.
-        Route::Dispatches | Route::Dispatch(_) | Route::Schedules | Route::Schedule(_) => Access::Read,
+        // Monitoring: counts, daemon states, the pause switch. The event stream is /health's
+        // events and /overview live (with tokens, an anonymous stream gets no event text).
+        Route::Index
+        | Route::Status
+        | Route::Health
+        | Route::Metrics
+        | Route::SchedulerStatus
+        | Route::EventStream
+        | Route::Overview
+        | Route::History
+        | Route::Daemons
+        | Route::Breakers => Access::Open,
+        // Task output tails, commands, descriptions, schedules' task templates, event texts.
+        Route::Dispatches
+        | Route::Dispatch(_)
+        | Route::Schedules
+        | Route::Schedule(_)
+        | Route::Events
+        | Route::Tasks
+        | Route::Task(_)
+        | Route::TaskLog(_)
+        | Route::TaskLogStream(_)
+        | Route::FailurePatterns
+        | Route::Zombies => Access::Read,
         // The runbooks' token-less changes (ARCHITECTURE.md threat model).
         // Acknowledging an event only hides it from /health's verdict (runbook 000's pre-check);
-        // it is audited and changes nothing that runs.
-        Route::Pause | Route::Resume | Route::Cancel(_) | Route::EventAck(_) => Access::Documented,
-        // They run an operator's command again or change a schedule.
-        Route::Retry(_) | Route::ScheduleAction(..) => Access::Operate,
+        // it is audited and changes nothing that runs. Cancelling a task is cancelling its
+        // dispatch (or a task not yet running).
+        Route::Pause | Route::Resume | Route::Cancel(_) | Route::EventAck(_) | Route::TaskCancel(_) => {
+            Access::Documented
+        }
+        // They run an operator's command (again), change a schedule, restart a daemon, or let
+        // a worker type run again after its breaker opened.
+        Route::Retry(_)
+        | Route::ScheduleAction(..)
+        | Route::AddTask
+        | Route::TaskRetry(_)
+        | Route::DaemonRestart(_)
+        | Route::BreakerReset(_) => Access::Operate,
     }
 }
 
@@ -89,6 +141,18 @@ fn cli_equivalent(route: &Route) -> String {
         Route::ScheduleAction(id, ScheduleAction::Run) => format!("cortex schedule run-now {id}"),
         Route::EventAck(id) if *id == "all" => "cortex event ack --all".into(),
         Route::EventAck(id) => format!("cortex event ack {id}"),
+        Route::EventStream | Route::Events => "cortex event list".into(),
+        Route::Overview | Route::History | Route::Daemons => "cortex status".into(),
+        Route::DaemonRestart(name) => format!("cortex restart {name}"),
+        Route::Tasks => "cortex task list".into(),
+        Route::AddTask => "cortex task add --description ... -- COMMAND".into(),
+        Route::Task(id) | Route::TaskLog(id) | Route::TaskLogStream(id) => format!("cortex task show {id}"),
+        Route::TaskCancel(id) => format!("cortex task cancel {id}"),
+        Route::TaskRetry(id) => format!("cortex task retry {id}"),
+        Route::Breakers => "cortex breaker list".into(),
+        Route::BreakerReset(t) => format!("cortex breaker reset {t}"),
+        Route::FailurePatterns => "cortex status".into(),
+        Route::Zombies => "cortex dispatches --status zombie".into(),
     }
 }
 
@@ -125,6 +189,38 @@ fn route<'a>(method: &str, path: &'a str) -> std::result::Result<Option<Route<'a
         ["schedules", id, "resume"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Resume),
         ["schedules", id, "run"] if post && !id.is_empty() => Route::ScheduleAction(id, ScheduleAction::Run),
         ["events", id, "ack"] if post && !id.is_empty() => Route::EventAck(id),
+        ["events", "stream"] if get => Route::EventStream,
+        ["events"] if get => Route::Events,
+        ["overview"] if get => Route::Overview,
+        ["overview", "history"] if get => Route::History,
+        ["daemons"] if get => Route::Daemons,
+        ["daemons", name, "restart"] if post && !name.is_empty() => Route::DaemonRestart(name),
+        ["tasks"] if get => Route::Tasks,
+        ["tasks"] if post => Route::AddTask,
+        ["tasks", id] if get && !id.is_empty() => Route::Task(id),
+        ["tasks", id, "log"] if get && !id.is_empty() => Route::TaskLog(id),
+        ["tasks", id, "log", "stream"] if get && !id.is_empty() => Route::TaskLogStream(id),
+        ["tasks", id, "cancel"] if post && !id.is_empty() => Route::TaskCancel(id),
+        ["tasks", id, "retry"] if post && !id.is_empty() => Route::TaskRetry(id),
+        ["breakers"] if get => Route::Breakers,
+        ["breakers", t, "reset"] if post && !t.is_empty() => Route::BreakerReset(t),
+        ["failure-patterns"] if get => Route::FailurePatterns,
+        ["zombies"] if get => Route::Zombies,
+        ["tasks"] => return Err("GET, HEAD, POST"),
+        ["events", "stream"]
+        | ["events"]
+        | ["overview"]
+        | ["overview", "history"]
+        | ["daemons"]
+        | ["tasks", _]
+        | ["tasks", _, "log"]
+        | ["tasks", _, "log", "stream"]
+        | ["breakers"]
+        | ["failure-patterns"]
+        | ["zombies"] => return Err("GET, HEAD"),
+        ["daemons", _, "restart"] | ["tasks", _, "cancel" | "retry"] | ["breakers", _, "reset"] => {
+            return Err("POST");
+        }
         [""]
         | ["assets", _]
         | ["status"]
@@ -176,7 +272,7 @@ impl Handler for App {
             Ok(None) => return Reply::Now(Response::error(404, format!("no such endpoint: {}", req.path))),
             Err(allow) => return Reply::Now(Response::error(405, "method not allowed").with_header("Allow", allow)),
         };
-        if let Some(refusal) = self.site.refusal(req) {
+        if let Some(refusal) = self.site.refusal(req).or_else(|| policy::forgery_refusal(req)) {
             return Reply::Now(refusal);
         }
         let what = format!("{} {}", req.method, req.path);
@@ -209,7 +305,12 @@ impl Handler for App {
                     "GET /dispatches/<task_id|dispatch_id>", "POST /dispatches/<dispatch_id>/cancel",
                     "POST /dispatches/<dispatch_id>/retry", "GET /schedules?all=1", "GET /schedules/<id|name>",
                     "POST /schedules/<id|name>/pause", "POST /schedules/<id|name>/resume", "POST /schedules/<id|name>/run",
-                    "POST /events/<id|all>/ack"
+                    "POST /events/<id|all>/ack", "GET /events?severity=&limit=&before=", "GET /events/stream",
+                    "GET /overview", "GET /overview/history?minutes=", "GET /daemons", "POST /daemons/<name>/restart",
+                    "GET /tasks?status=&worker_type=&q=&limit=&after_id=&all=1", "POST /tasks", "GET /tasks/<id>",
+                    "GET /tasks/<id>/log?attempt=&stream=&offset=", "GET /tasks/<id>/log/stream", "POST /tasks/<id>/cancel",
+                    "POST /tasks/<id>/retry", "GET /breakers", "POST /breakers/<worker_type>/reset",
+                    "GET /failure-patterns", "GET /zombies"
                 ],
             }))),
             Route::Status => Reply::Now(match self.reader.system_status() {
@@ -241,6 +342,34 @@ impl Handler for App {
             Route::Schedule(id) => Reply::Now(self.schedule(id)),
             Route::ScheduleAction(id, action) => Reply::Now(self.schedule_action(req, id, action, &actor)),
             Route::EventAck(id) => Reply::Now(self.event_ack(req, id, &actor)),
+            Route::EventStream => self.event_stream(req, redact),
+            Route::Overview => Reply::Now(if redact {
+                let mut v = super::overview::overview(&self.reader);
+                for k in ["status", "scheduler"] {
+                    v[k] = redact_file_errors(v[k].take());
+                }
+                ok_json(&v)
+            } else {
+                ok_json(&super::overview::overview(&self.reader))
+            }),
+            Route::History => {
+                let minutes = req.query_params().get("minutes").and_then(|m| m.parse().ok()).unwrap_or(60);
+                Reply::Now(ok_json(&super::overview::history(&self.reader, minutes)))
+            }
+            Route::Daemons => Reply::Now(ok_json(&super::overview::daemons(&self.reader))),
+            Route::DaemonRestart(name) => super::actions::restart_daemon(&self.reader, name),
+            Route::Tasks => Reply::Now(super::tasks::list(&self.reader, req)),
+            Route::AddTask => Reply::Now(super::tasks::add(&self.reader, req, &actor)),
+            Route::Task(id) => Reply::Now(super::tasks::show(&self.reader, id)),
+            Route::TaskLog(id) => Reply::Now(super::tasks::log(&self.reader, req, id)),
+            Route::TaskLogStream(id) => self.log_stream(req, id),
+            Route::TaskCancel(id) => super::tasks::cancel(&self.reader, id, &actor),
+            Route::TaskRetry(id) => Reply::Now(super::tasks::retry(&self.reader, id, &actor)),
+            Route::Events => Reply::Now(super::actions::events(&self.reader, req)),
+            Route::Breakers => Reply::Now(super::actions::breakers(&self.reader)),
+            Route::BreakerReset(t) => Reply::Now(super::actions::reset_breaker(&self.reader, t, &actor)),
+            Route::FailurePatterns => Reply::Now(super::actions::failure_patterns(&self.reader)),
+            Route::Zombies => Reply::Now(super::actions::zombies(&self.reader)),
         }
     }
 }
@@ -249,7 +378,7 @@ impl Handler for App {
 /// still named (`errors[].file`, and `/health`'s `problems` say "cannot read FILE"), but not why:
 /// a schema error quotes up to 400 characters of the file's content (a task's description, a
 /// line of its output).
-fn redact_file_errors(mut v: Value) -> Value {
+pub(super) fn redact_file_errors(mut v: Value) -> Value {
     const WITHHELD: &str = "unreadable (the reason may quote the file's content: send a token to see it)";
     let files: Vec<String> = match v.get_mut("errors").and_then(Value::as_array_mut) {
         Some(errors) => errors
@@ -287,6 +416,51 @@ fn redact_health(h: &crate::ops::status::Health) -> Value {
 }
 
 impl App {
+    /// `GET /events/stream`: hands the connection to the feed (see [`super::feed`]).
+    fn event_stream(&self, req: &Request, redact: bool) -> Reply {
+        let last_id = req
+            .header("Last-Event-ID")
+            .map(str::to_string)
+            .or_else(|| req.query_params().remove("last_event_id"))
+            .filter(|s| !s.is_empty());
+        self.stream(super::feed::Join { stream: None, last_id, redact, what: super::feed::JoinKind::Main })
+    }
+
+    /// `GET /tasks/<id>/log/stream?attempt=&stream=&offset=`: the output of one dispatch, live.
+    fn log_stream(&self, req: &Request, id: &str) -> Reply {
+        let (dispatch_id, path, offset) = match super::tasks::log_target(&self.reader, req, id) {
+            Ok(t) => t,
+            Err(r) => return Reply::Now(r),
+        };
+        self.stream(super::feed::Join {
+            stream: None,
+            last_id: None,
+            redact: false,
+            what: super::feed::JoinKind::Log { dispatch_id, path, offset },
+        })
+    }
+
+    /// A stream's response: its head now, then the connection goes to the feed.
+    fn stream(&self, mut join: super::feed::Join) -> Reply {
+        if !self.hub.reserve() {
+            return Reply::Now(Response::error(503, "too many open event streams; retry shortly"));
+        }
+        let (hub, feed) = (self.hub.clone(), self.feed.clone());
+        let head = Response::new(200, "text/event-stream; charset=utf-8", Vec::new());
+        Reply::Stream(
+            head,
+            Box::new(move |stream| match stream {
+                Some(s) => {
+                    join.stream = Some(s);
+                    if !feed.join(join) {
+                        hub.release();
+                    }
+                }
+                None => hub.release(),
+            }),
+        )
+    }
+
     fn pause(&self, req: &Request, actor: Actor) -> Reply {
         let body = match json_body(req) {
             Ok(b) => b,

@@ -127,6 +127,27 @@ impl Response {
     }
 }
 
+impl Response {
+    /// The head of a streamed response: no `Content-Length` (the body ends when the connection
+    /// closes, so `Connection: close`), never stored nor buffered by a proxy.
+    pub(super) fn stream_head(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\
+             X-Content-Type-Options: nosniff\r\nX-Accel-Buffering: no\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+        );
+        for (n, v) in &self.headers {
+            let _ = write!(out, "{n}: {v}\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",

@@ -1,0 +1,586 @@
+//! What the event streams carry, computed once for every open stream by one thread
+//! (`api-feed`): it wakes when a file under `coordination/` or `run/` changes (inotify, through
+//! [`crate::base::watch`]) and at least every [`PERIODIC`] (a daemon that dies changes no file),
+//! then
+//!
+//! - follows `dashboard-events.jsonl` by byte offset tied to its inode, finishing a rotated copy
+//!   (`.1`, `.2`, …) before the new file, and broadcasts each new line as `event: event` with the
+//!   id `<inode>-<offset after the line>`;
+//! - broadcasts `event: status` (the `/overview` body) when it changed other than by the clock,
+//!   `event: daemons` when a daemon's state, PID or restarts changed, `event: dispatches` with the
+//!   dispatch records that appeared, moved or changed state, `event: schedules` when
+//!   `schedules.json` changed.
+//!
+//! A new stream joins through this thread too, so what it is sent first (catch-up from its
+//! `Last-Event-ID`, then the current status) ends exactly where the broadcasts it gets next begin:
+//! nothing lost, nothing twice. Task output streams (`/tasks/<id>/log/stream`) are followed here as
+//! well, woken by changes under `agents/logs/workers/`.
+
+use super::overview;
+use super::stream::{Client, Hub, Message, Topic, encode};
+use crate::base::watch::{self, Depth};
+use crate::ops::status::StatusReader;
+use crate::store::events::Event;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// The longest the feed goes without looking (daemon deaths change no file).
+pub(crate) const PERIODIC: Duration = Duration::from_secs(5);
+/// A stream resuming further back than this many bytes of the event log starts afresh.
+const MAX_CATCH_UP: u64 = 8 * 1024 * 1024;
+/// Bytes of task output in one `log` message at most.
+pub(crate) const LOG_CHUNK: u64 = 64 * 1024;
+/// Rotated copies of the event log searched for a resuming stream's file.
+const ROTATED_SEARCHED: u32 = 16;
+/// Dispatch changes listed in one `dispatches` message at most (beyond: `{"reload": true}`).
+const MAX_LISTED_CHANGES: usize = 200;
+/// Task output streams followed at once at most.
+const MAX_LOG_FOLLOWERS: usize = 256;
+
+/// A stream to start.
+pub(crate) struct Join {
+    /// Set by the server once the response head is written.
+    pub stream: Option<TcpStream>,
+    /// The request's `Last-Event-ID`.
+    pub last_id: Option<String>,
+    /// Leave out text tasks wrote (an anonymous caller while tokens are configured).
+    pub redact: bool,
+    pub what: JoinKind,
+}
+
+pub(crate) enum JoinKind {
+    /// `GET /events/stream`.
+    Main,
+    /// `GET /tasks/<id>/log/stream`: a dispatch's output file from `offset`.
+    Log { dispatch_id: String, path: PathBuf, offset: Option<u64> },
+}
+
+enum Msg {
+    /// Something under `coordination/` or `run/` changed.
+    Changed,
+    /// Task output changed.
+    LogsChanged,
+    Join(Join),
+}
+
+/// The handle to the feed thread.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    tx: Sender<Msg>,
+}
+
+impl Feed {
+    /// Starts the thread and its watches.
+    pub(crate) fn start(reader: Arc<StatusReader>, hub: Hub) -> crate::base::error::Result<Feed> {
+        let (tx, rx) = mpsc::channel();
+        let home = reader.home().clone();
+        let mut watches = Vec::new();
+        let coordination = vec![home.coordination(), home.run_dir()];
+        let existing: Vec<PathBuf> = coordination.into_iter().filter(|p| p.is_dir()).collect();
+        if !existing.is_empty() {
+            let t = tx.clone();
+            watches.push(watch::watch(&existing, Depth::Recursive, move |_| t.send(Msg::Changed).is_ok())?);
+        }
+        let logs = home.worker_logs();
+        if std::fs::create_dir_all(&logs).is_ok() {
+            let t = tx.clone();
+            watches.push(watch::watch(&[logs], Depth::Flat, move |_| t.send(Msg::LogsChanged).is_ok())?);
+        }
+        let log_path = home.events_file();
+        let state = State {
+            events: EventLog::at_end(&log_path),
+            log_path,
+            reader,
+            hub,
+            overview: Value::Null,
+            overview_key: Value::Null,
+            daemons: Value::Null,
+            daemons_key: Vec::new(),
+            dispatches: HashMap::new(),
+            schedules_key: None,
+            followers: Vec::new(),
+            next_key: 0,
+            _watches: watches,
+        };
+        std::thread::Builder::new()
+            .name("api-feed".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| crate::base::error::Error::other(format!("cannot start the api feed thread: {e}")))?;
+        Ok(Feed { tx })
+    }
+
+    /// Hands a stream to the feed (which adds it to the hub).
+    pub(crate) fn join(&self, join: Join) -> bool {
+        self.tx.send(Msg::Join(join)).is_ok()
+    }
+}
+
+/// The follow position in the event log: which file (device, inode) and how far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    dev: u64,
+    ino: u64,
+    offset: u64,
+}
+
+impl Position {
+    fn id(&self) -> String {
+        format!("{}-{}", self.ino, self.offset)
+    }
+}
+
+/// Parses an event id (`<inode>-<offset>`).
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ino, off) = id.trim().split_once('-')?;
+    Some((ino.parse().ok()?, off.parse().ok()?))
+}
+
+/// One event-log line read, with the id of the position after it.
+struct Line {
+    id: String,
+    event: Event,
+}
+
+/// Follows the event log.
+struct EventLog {
+    pos: Option<Position>,
+}
+
+impl EventLog {
+    fn at_end(path: &Path) -> EventLog {
+        let pos = crate::store::open::read(path).and_then(|f| f.metadata()).ok().map(|m| Position {
+            dev: m.dev(),
+            ino: m.ino(),
+            offset: m.len(),
+        });
+        EventLog { pos }
+    }
+
+    /// The lines appended since the last call (the rest of a rotated file first).
+    fn read_new(&mut self, path: &Path) -> Vec<Line> {
+        let mut out = Vec::new();
+        let Ok(cur) = crate::store::open::read(path) else { return out };
+        let Ok(meta) = cur.metadata() else { return out };
+        let now = Position { dev: meta.dev(), ino: meta.ino(), offset: 0 };
+        match self.pos {
+            Some(p) if p.dev == now.dev && p.ino == now.ino => {
+                let start = if meta.len() < p.offset { 0 } else { p.offset };
+                let end = read_lines(&cur, now, start, u64::MAX, &mut out);
+                self.pos = Some(Position { offset: end, ..now });
+            }
+            Some(p) => {
+                // Rotated: the rest of the old file (wherever it went), then the new one.
+                if let Some((_, old)) = find_rotated(path, p.dev, p.ino) {
+                    read_lines(&old, p, p.offset, u64::MAX, &mut out);
+                }
+                let end = read_lines(&cur, now, 0, u64::MAX, &mut out);
+                self.pos = Some(Position { offset: end, ..now });
+            }
+            None => {
+                let end = read_lines(&cur, now, 0, u64::MAX, &mut out);
+                self.pos = Some(Position { offset: end, ..now });
+            }
+        }
+        out
+    }
+
+    /// What a stream resuming after `last_id` missed, up to the follow position; None when the
+    /// position is unknown (its file gone) or too far back.
+    fn catch_up(&self, path: &Path, last_id: &str) -> Option<Vec<Line>> {
+        let (ino, offset) = parse_id(last_id)?;
+        let pos = self.pos?;
+        let mut out = Vec::new();
+        if ino == pos.ino {
+            if offset > pos.offset || pos.offset - offset > MAX_CATCH_UP {
+                return None;
+            }
+            let f = open_same(path, pos.dev, pos.ino)?;
+            read_lines(&f, pos, offset, pos.offset, &mut out);
+            return Some(out);
+        }
+        // The stream's file was rotated since: it, then each newer copy, then the current file.
+        let (n, old) = find_rotated(path, pos.dev, ino)?;
+        let mut budget = old.metadata().ok()?.len().saturating_sub(offset);
+        let mut files = vec![(old, Position { dev: pos.dev, ino, offset: 0 }, offset)];
+        for k in (1..n).rev() {
+            let f = crate::store::open::read(&crate::store::rotation::rotated_names(path, k).0).ok()?;
+            let m = f.metadata().ok()?;
+            budget += m.len();
+            files.push((f, Position { dev: m.dev(), ino: m.ino(), offset: 0 }, 0));
+        }
+        budget += pos.offset;
+        if budget > MAX_CATCH_UP {
+            return None;
+        }
+        for (f, p, from) in &files {
+            read_lines(f, *p, *from, u64::MAX, &mut out);
+        }
+        let cur = open_same(path, pos.dev, pos.ino)?;
+        read_lines(&cur, pos, 0, pos.offset, &mut out);
+        Some(out)
+    }
+}
+
+/// The event log's file with this identity: the current one or a rotated (plain) copy.
+fn open_same(path: &Path, dev: u64, ino: u64) -> Option<File> {
+    let f = crate::store::open::read(path).ok()?;
+    let m = f.metadata().ok()?;
+    if m.dev() == dev && m.ino() == ino {
+        return Some(f);
+    }
+    find_rotated(path, dev, ino).map(|(_, f)| f)
+}
+
+/// The rotated copy (`path.N`) with this identity, and N.
+fn find_rotated(path: &Path, dev: u64, ino: u64) -> Option<(u32, File)> {
+    for n in 1..=ROTATED_SEARCHED {
+        let Ok(f) = crate::store::open::read(&crate::store::rotation::rotated_names(path, n).0) else { continue };
+        let Ok(m) = f.metadata() else { continue };
+        if m.dev() == dev && m.ino() == ino {
+            return Some((n, f));
+        }
+    }
+    None
+}
+
+/// Reads the complete lines of `f` between `from` and `to` (or its end), each with the id of
+/// the position after it; returns the offset after the last complete line. Lines that are not
+/// events are skipped (counted by the readers that report them).
+fn read_lines(mut f: &File, file: Position, from: u64, to: u64, out: &mut Vec<Line>) -> u64 {
+    let Ok(len) = f.metadata().map(|m| m.len()) else { return from };
+    let end = len.min(to);
+    if end <= from || f.seek(SeekFrom::Start(from)).is_err() {
+        return from;
+    }
+    let mut buf = Vec::with_capacity((end - from).min(MAX_CATCH_UP) as usize);
+    if f.take(end - from).read_to_end(&mut buf).is_err() {
+        return from;
+    }
+    let Some(last) = buf.iter().rposition(|b| *b == b'\n') else { return from };
+    let mut at = from;
+    for line in buf[..=last].split_inclusive(|b| *b == b'\n') {
+        at += line.len() as u64;
+        if let Ok(event) = serde_json::from_slice::<Event>(line) {
+            out.push(Line { id: Position { offset: at, ..file }.id(), event });
+        }
+    }
+    at
+}
+
+/// One task output stream followed.
+struct Follower {
+    key: u64,
+    dispatch_id: String,
+    path: PathBuf,
+    offset: u64,
+}
+
+struct State {
+    log_path: PathBuf,
+    events: EventLog,
+    reader: Arc<StatusReader>,
+    hub: Hub,
+    overview: Value,
+    overview_key: Value,
+    daemons: Value,
+    daemons_key: Vec<(Value, Value, Value, Value)>,
+    /// Each dispatch's (status, stage) as last broadcast.
+    dispatches: HashMap<String, (&'static str, &'static str)>,
+    schedules_key: Option<(u64, u64, u64, i128)>,
+    followers: Vec<Follower>,
+    next_key: u64,
+    _watches: Vec<watch::Watcher>,
+}
+
+impl State {
+    fn run(mut self, rx: Receiver<Msg>) {
+        self.refresh(true);
+        let mut next = Instant::now() + PERIODIC;
+        loop {
+            let first = match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // Everything already waiting is handled in one pass: a burst of writes costs one.
+            let mut msgs: Vec<Msg> = first.into_iter().collect();
+            msgs.extend(rx.try_iter());
+            let timer = Instant::now() >= next;
+            let changed = timer || msgs.iter().any(|m| matches!(m, Msg::Changed | Msg::Join(_)));
+            let logs = msgs.iter().any(|m| matches!(m, Msg::LogsChanged));
+            if changed {
+                self.refresh(false);
+            }
+            if changed || logs {
+                self.follow_logs();
+            }
+            if timer {
+                next = Instant::now() + PERIODIC;
+            }
+            for m in msgs {
+                if let Msg::Join(j) = m {
+                    self.join(j);
+                }
+            }
+        }
+    }
+
+    /// The current follow position's id (empty before the log exists).
+    fn position_id(&self) -> String {
+        self.events.pos.map(|p| p.id()).unwrap_or_default()
+    }
+
+    fn status_message(&self, id: &str) -> Message {
+        let redacted = json!({
+            "status": super::routes::redact_file_errors(self.overview["status"].clone()),
+            "scheduler": super::routes::redact_file_errors(self.overview["scheduler"].clone()),
+            "failed_1h": self.overview["failed_1h"],
+        });
+        Message {
+            full: encode(id, "status", &self.overview.to_string()),
+            redacted: Some(encode(id, "status", &redacted.to_string())),
+        }
+    }
+
+    fn event_message(line: &Line) -> Message {
+        let e = &line.event;
+        let redacted = json!({"id": e.id, "timestamp": crate::base::clock::format_ts(e.timestamp),
+            "type": e.event_type.as_str(), "severity": e.severity.as_str(), "source": e.source});
+        Message {
+            full: encode(&line.id, "event", &serde_json::to_string(e).unwrap_or_default()),
+            redacted: Some(encode(&line.id, "event", &redacted.to_string())),
+        }
+    }
+
+    /// Reads what changed and broadcasts it. `quiet`: only remember (the first pass).
+    fn refresh(&mut self, quiet: bool) {
+        for line in self.events.read_new(&self.log_path) {
+            if !quiet {
+                self.hub.broadcast(Self::event_message(&line));
+            }
+        }
+        let id = self.position_id();
+        let ov = overview::overview(&self.reader);
+        let key = overview::overview_key(&ov);
+        if key != self.overview_key {
+            self.overview = ov;
+            self.overview_key = key;
+            if !quiet {
+                self.hub.broadcast(self.status_message(&id));
+            }
+        } else {
+            self.overview = ov;
+        }
+        let daemons = overview::daemons(&self.reader);
+        let dkey = overview::daemons_key(&daemons);
+        let daemons_changed = dkey != self.daemons_key;
+        self.daemons = daemons;
+        if daemons_changed {
+            self.daemons_key = dkey;
+            if !quiet {
+                self.hub.broadcast(Message { full: encode(&id, "daemons", &self.daemons.to_string()), redacted: None });
+            }
+        }
+        if let Ok(all) = self.reader.dispatches() {
+            let now: HashMap<String, (&'static str, &'static str)> = all
+                .iter()
+                .map(|d| (d.record.dispatch_id.clone(), (d.record.status().as_str(), d.bucket.dir_name())))
+                .collect();
+            let mut changed: Vec<Value> = Vec::new();
+            for (id, (status, stage)) in &now {
+                if self.dispatches.get(id) != Some(&(*status, *stage)) {
+                    let task = all.iter().find(|d| &d.record.dispatch_id == id).map(|d| d.record.task_id.clone());
+                    changed.push(json!({"dispatch_id": id, "task_id": task, "status": status, "stage": stage}));
+                }
+                if changed.len() > MAX_LISTED_CHANGES {
+                    break;
+                }
+            }
+            for id in self.dispatches.keys().filter(|k| !now.contains_key(*k)).take(MAX_LISTED_CHANGES) {
+                changed.push(json!({"dispatch_id": id, "task_id": null, "status": "removed", "stage": null}));
+            }
+            if !quiet && !changed.is_empty() {
+                let body = if changed.len() > MAX_LISTED_CHANGES {
+                    json!({"changed": [], "reload": true})
+                } else {
+                    json!({"changed": changed, "reload": false})
+                };
+                self.hub.broadcast(Message { full: encode(&id, "dispatches", &body.to_string()), redacted: None });
+            }
+            self.dispatches = now;
+        }
+        let sched = std::fs::metadata(self.reader.store().path(crate::store::files::SCHEDULES))
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128));
+        if sched != self.schedules_key {
+            self.schedules_key = sched;
+            if !quiet {
+                self.hub.broadcast(Message { full: encode(&id, "schedules", "{}"), redacted: None });
+            }
+        }
+    }
+
+    /// A new stream: what it missed (or everything current), then it joins the broadcasts.
+    fn join(&mut self, j: Join) {
+        let Some(stream) = j.stream else {
+            self.hub.release();
+            return;
+        };
+        match j.what {
+            JoinKind::Main => self.join_main(stream, j.last_id, j.redact),
+            JoinKind::Log { dispatch_id, path, offset } => self.join_log(stream, dispatch_id, path, offset),
+        }
+    }
+
+    fn join_main(&mut self, stream: TcpStream, last_id: Option<String>, redact: bool) {
+        let id = self.position_id();
+        let missed = last_id.as_deref().and_then(|l| self.events.catch_up(&self.log_path, l));
+        let mut first = b"retry: 2000\n\n".to_vec();
+        let hello =
+            json!({"server_time": crate::base::clock::format_ts(chrono::Utc::now()), "resumed": missed.is_some()});
+        first.extend(encode("", "hello", &hello.to_string()));
+        for line in missed.iter().flatten() {
+            let m = Self::event_message(line);
+            first.extend(if redact { m.redacted.unwrap_or(m.full) } else { m.full });
+        }
+        let m = self.status_message(&id);
+        first.extend(if redact { m.redacted.unwrap_or(m.full) } else { m.full });
+        first.extend(encode(&id, "daemons", &self.daemons.to_string()));
+        self.hub.add(Client { stream, first, redact, topic: Topic::Main });
+    }
+
+    fn join_log(&mut self, stream: TcpStream, dispatch_id: String, path: PathBuf, offset: Option<u64>) {
+        if self.followers.len() >= MAX_LOG_FOLLOWERS {
+            let body = json!({"error": "too many task output streams are followed; retry shortly"});
+            let first = encode("", "error", &body.to_string());
+            self.hub.add(Client { stream, first, redact: false, topic: Topic::Log(u64::MAX) });
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let start = offset.unwrap_or(size.saturating_sub(LOG_CHUNK)).min(size);
+        self.hub.add(Client { stream, first: b"retry: 2000\n\n".to_vec(), redact: false, topic: Topic::Log(key) });
+        self.followers.push(Follower { key, dispatch_id, path, offset: start });
+        self.follow_logs();
+    }
+
+    /// Sends each followed output what was appended; ends the streams of dispatches that ended
+    /// once everything is sent.
+    fn follow_logs(&mut self) {
+        if self.followers.is_empty() {
+            return;
+        }
+        let active: HashMap<String, &'static str> = match self.reader.dispatches() {
+            Ok(all) => all.iter().map(|d| (d.record.dispatch_id.clone(), d.record.status().as_str())).collect(),
+            Err(_) => return,
+        };
+        let hub = self.hub.clone();
+        self.followers.retain_mut(|f| {
+            loop {
+                let (data, next) = read_chunk(&f.path, f.offset);
+                if next == f.offset {
+                    break;
+                }
+                let body = json!({"offset": f.offset, "next_offset": next, "data": data});
+                hub.to_log(f.key, encode(&next.to_string(), "log", &body.to_string()), false);
+                f.offset = next;
+            }
+            let status = active.get(&f.dispatch_id).copied().unwrap_or("unknown");
+            let running = matches!(status, "starting" | "running");
+            if !running {
+                hub.to_log(f.key, encode("", "end", &json!({"status": status}).to_string()), true);
+            }
+            running
+        });
+    }
+}
+
+/// Up to [`LOG_CHUNK`] bytes of `path` from `offset` as text, and the offset after them (only
+/// whole UTF-8 characters unless the chunk is full).
+pub(crate) fn read_chunk(path: &Path, offset: u64) -> (String, u64) {
+    let Ok(mut f) = crate::store::open::read(path) else { return (String::new(), offset) };
+    let Ok(len) = f.metadata().map(|m| m.len()) else { return (String::new(), offset) };
+    if len <= offset || f.seek(SeekFrom::Start(offset)).is_err() {
+        return (String::new(), offset);
+    }
+    let mut buf = Vec::new();
+    if f.take(LOG_CHUNK.min(len - offset)).read_to_end(&mut buf).is_err() {
+        return (String::new(), offset);
+    }
+    // Keep a character cut at the end for the next read.
+    let cut = match std::str::from_utf8(&buf) {
+        Ok(_) => buf.len(),
+        Err(e) if e.error_len().is_none() && buf.len() as u64 == LOG_CHUNK => buf.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => buf.len(),
+    };
+    buf.truncate(cut);
+    let next = offset + buf.len() as u64;
+    (String::from_utf8_lossy(&buf).into_owned(), next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(path: &Path, text: &str) {
+        use std::io::Write;
+        std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
+    }
+
+    fn line(n: u32) -> String {
+        format!(
+            "{}\n",
+            json!({"id": format!("evt-{n}"), "timestamp": "2026-12-06T05:00:00Z", "type": "x", "severity": "info",
+                "source": "t", "message": format!("m{n}"), "data": {}})
+        )
+    }
+
+    fn ids(lines: &[Line]) -> Vec<String> {
+        lines.iter().map(|l| l.event.id.clone()).collect()
+    }
+
+    #[test]
+    fn the_follower_resumes_by_id_across_a_rotation_without_loss_or_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dashboard-events.jsonl");
+        append(&path, &line(1));
+        let mut log = EventLog::at_end(&path);
+        append(&path, &format!("{}{}", line(2), line(3)));
+        let got = log.read_new(&path);
+        assert_eq!(ids(&got), ["evt-2", "evt-3"]);
+        let after_2 = got[0].id.clone();
+        // A client that saw evt-2 resumes with evt-3 only.
+        assert_eq!(ids(&log.catch_up(&path, &after_2).unwrap()), ["evt-3"]);
+        // Rotation with a line the follower has not read yet in the old file.
+        append(&path, &line(4));
+        crate::store::rotation::rotate_file(&path, 3).unwrap();
+        append(&path, &line(5));
+        assert_eq!(ids(&log.read_new(&path)), ["evt-4", "evt-5"]);
+        assert_eq!(ids(&log.catch_up(&path, &after_2).unwrap()), ["evt-3", "evt-4", "evt-5"]);
+        assert!(log.catch_up(&path, "999999-0").is_none(), "an unknown file: start afresh");
+        assert!(log.catch_up(&path, "garbage").is_none());
+        // A half-written line waits for its newline.
+        append(&path, "{\"id\":\"evt-6\"");
+        assert!(log.read_new(&path).is_empty());
+    }
+
+    #[test]
+    fn a_chunk_never_splits_a_character() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.out");
+        std::fs::write(&p, "aé".as_bytes()[..2].to_vec()).unwrap();
+        assert_eq!(read_chunk(&p, 0), ("a".to_string(), 1));
+        std::fs::write(&p, "aé").unwrap();
+        assert_eq!(read_chunk(&p, 1), ("é".to_string(), 3));
+    }
+}
