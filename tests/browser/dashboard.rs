@@ -219,7 +219,8 @@ fn cancel_and_retry_with_a_token_asked_once() {
         "the page showing the retry",
         "return ['pending_retry','queued','in_progress'].includes(document.querySelector('[data-task-status]').dataset.taskStatus)",
     );
-    // A reload in the same tab does not ask again.
+    // A new page load in the same tab does not ask again.
+    d.b.goto("about:blank");
     d.b.goto(&format!("{}#/tasks", d.base));
     d.b.wait_text("#task-table", "the task listed", |t| t.contains(&id));
     assert!(!d.b.js("return document.getElementById('token-dialog').open", vec![]).as_bool().unwrap_or(true));

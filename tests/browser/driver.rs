@@ -160,12 +160,21 @@ impl Browser {
     }
 
     /// Clicks the first element matching `css` (as a user would: WebDriver's click).
+    /// A live update may replace the element between finding and clicking it (a stale
+    /// reference): then it is found again, as a person would aim again.
     pub(crate) fn click(&self, css: &str) {
-        self.rt.block_on(async {
-            let el = self.c().wait().at_most(PAGE).for_element(Locator::Css(css)).await?;
-            el.click().await
-        })
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let deadline = Instant::now() + PAGE;
+        loop {
+            let got = self.rt.block_on(async {
+                let el = self.c().wait().at_most(PAGE).for_element(Locator::Css(css)).await?;
+                el.click().await
+            });
+            match got {
+                Ok(()) => return,
+                Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {}
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     /// Types into the first element matching `css`.

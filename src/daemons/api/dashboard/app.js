@@ -428,6 +428,55 @@ function actionButton(label, action, opts = {}) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Re-rendering without losing the keyboard user's place: a live update rebuilds a panel, and
+// the control that had focus is replaced; focus goes to its successor (same id, or same action
+// in the same row).
+
+const ROW_KEYS = ['data-task', 'data-dispatch', 'data-event', 'data-breaker', 'data-schedule', 'data-daemon'];
+let lastFocus = null;
+
+function focusKey(el) {
+  if (!el || el === document.body || !el.closest('main')) return null;
+  const row = el.closest(ROW_KEYS.map((k) => `[${k}]`).join(','));
+  const rowKey = row ? ROW_KEYS.map((k) => [k, row.getAttribute(k)]).find(([, v]) => v !== null) : null;
+  return {id: el.id || null, action: el.getAttribute('data-action'), tag: el.tagName.toLowerCase(), row: rowKey};
+}
+
+function findFocusKey(k) {
+  if (k.id) return document.getElementById(k.id);
+  const scope = k.row ? document.querySelector(`main [${k.row[0]}="${CSS.escape(k.row[1])}"]`) : document.querySelector('main');
+  if (!scope) return null;
+  return scope.querySelector(k.action ? `[data-action="${CSS.escape(k.action)}"]` : k.tag);
+}
+
+function keepFocus(main) {
+  document.addEventListener('focusin', (e) => { lastFocus = focusKey(e.target); });
+  document.addEventListener('focusout', (e) => {
+    const t = e.target;
+    // Still in the page: the user moved on (a removed element is not connected any more).
+    queueMicrotask(() => { if (t.isConnected && document.activeElement === document.body) lastFocus = null; });
+  });
+  new MutationObserver(() => {
+    if (!lastFocus || (document.activeElement && document.activeElement !== document.body)) return;
+    const el = findFocusKey(lastFocus);
+    if (el && el.isConnected) el.focus({preventScroll: true});
+  }).observe(main, {childList: true, subtree: true});
+}
+
+/** False when `data` is what `holder` showed last (nothing to re-render); remembers it. */
+function changed(holder, data) {
+  const key = JSON.stringify(data);
+  if (holder.__shown === key) return false;
+  holder.__shown = key;
+  return true;
+}
+
+/** Relative times ("4m ago") move on without asking the API anything. */
+function tickTimes() {
+  for (const t of document.querySelectorAll('main time[datetime]')) t.textContent = fmtTime(t.getAttribute('datetime'));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Router: #/ (overview), #/tasks?..., #/task/<id>, #/new, #/schedules, #/health.
 
 let current = null;
@@ -504,6 +553,7 @@ function overviewView() {
   sched.append(h('h2', null, 'Scheduler'), schedulerBody, controls);
 
   function showOverview(ov) {
+    if (!changed(sched, ov)) return;
     const st = ov.scheduler || {};
     const rows = [['State', stateBadge(st.state, 'big-state')]];
     if (st.state === 'paused') {
@@ -511,7 +561,7 @@ function overviewView() {
     } else if (st.resumed_at) {
       rows.push(['Resumed', timeEl(st.resumed_at)]);
     }
-    rows.push(['Coordinator', stateBadge(st.coordinator)], ['Last tick', text(st.last_tick)]);
+    rows.push(['Coordinator', stateBadge(st.coordinator)], ['Last tick', /^\d{4}-\d\d-\d\dT/.test(st.last_tick || '') ? timeEl(st.last_tick) : text(st.last_tick)]);
     clear(schedulerBody).appendChild(fields(rows));
     sched.setAttribute('data-state', st.state || 'unknown');
 
@@ -541,12 +591,13 @@ function overviewView() {
   }
 
   function showDaemons(data) {
+    if (!changed(daemons, data)) return;
     const list = (data && data.daemons) || [];
     const rows = list.map((d) => h('tr', {'data-daemon': d.name},
       h('th', {scope: 'row'}, visible(d.name)),
       h('td', null, stateBadge(d.state)),
       h('td', {class: 'num'}, text(d.pid)),
-      h('td', {class: 'num'}, fmtDuration(d.uptime_s)),
+      h('td', {class: 'num'}, fmtDuration(d.uptime_seconds ?? d.uptime_s)),
       h('td', {class: 'num hide-narrow'}, d.cpu_percent === undefined || d.cpu_percent === null ? '—' : `${Number(d.cpu_percent).toFixed(1)}%`),
       h('td', {class: 'num hide-narrow'}, fmtBytes(d.rss_bytes)),
       h('td', {class: 'num'}, text(d.restarts)),
@@ -707,6 +758,7 @@ function tasksView(_parts, params) {
     if (all.checked || FINISHED.has(status.value)) p.set('all', '1');
     if (after) p.set('after_id', after);
     const data = await get('/tasks?' + p);
+    if (!changed(body, data)) return;
     const tasks = data.tasks || [];
     const rows = tasks.map((t) => h('tr', {'data-task': t.task_id},
       h('td', null, taskLink(t.task_id)),
@@ -725,7 +777,8 @@ function tasksView(_parts, params) {
     prev.addEventListener('click', () => { const t2 = pageTrail.get(filterKey()) || []; const back = t2.pop() || ''; pageTrail.set(filterKey(), t2); go(back); });
     next.addEventListener('click', () => { pageTrail.set(filterKey(), [...trail, after]); go(data.next_after_id); });
     const total = typeof data.total === 'number' ? ` of ${fmtNum(data.total)}` : '';
-    clear(pager).append(prev, h('span', {class: 'muted', id: 'page-info'}, `page ${pageNo}: ${fmtNum(tasks.length)} tasks${total}`), next);
+    const partial = data.search_incomplete ? ' (the search stopped scanning here: Next goes on)' : '';
+    clear(pager).append(prev, h('span', {class: 'muted', id: 'page-info'}, `page ${pageNo}: ${fmtNum(tasks.length)} tasks${total}${partial}`), next);
     performance.mark('tasks-table-rendered');
   }
   const soon = throttled(load, 1000);
@@ -809,9 +862,11 @@ function taskView(parts) {
 
   async function load() {
     const data = await get('/tasks/' + enc(id));
-    const t = data.task || {};
+    if (!changed(root, data)) return;
+    const t = Object.assign({}, data.task || {});
+    if (data.status) t.status = data.status;
     const dispatches = data.dispatches || [];
-    const keys = [...TASK_FIELD_ORDER.filter((k) => k in t), ...Object.keys(t).filter((k) => !TASK_FIELD_ORDER.includes(k)).sort()];
+    const keys = [...TASK_FIELD_ORDER.filter((k) => k in t), ...Object.keys(t).filter((k) => !TASK_FIELD_ORDER.includes(k) && k !== 'routing').sort()];
     clear(info).append(h('h2', null, 'Fields'), fields(keys.map((k) => [k.replace(/_/g, ' '), fieldValue(k, t[k])])));
     const r = data.routing;
     clear(routing).append(h('h2', null, 'Routing'), r && typeof r === 'object'
@@ -821,7 +876,7 @@ function taskView(parts) {
     const rows = dispatches.map((d) => h('tr', {'data-dispatch': d.dispatch_id},
       h('td', {class: 'mono'}, visible(d.dispatch_id)),
       h('td', {class: 'num'}, text(d.attempt)),
-      h('td', null, stateBadge(d.status)),
+      h('td', null, stateBadge(d.status), d.error ? h('div', {class: 'muted small'}, visible(d.error)) : null),
       h('td', null, timeEl(d.started_at)),
       h('td', null, timeEl(d.ended_at)),
       h('td', {class: 'num'}, text(d.exit_code)),
@@ -915,7 +970,9 @@ function schedulesView() {
   const body = h('div', {class: 'panel', id: 'schedules'});
   root.append(h('h1', {id: 'sched-title'}, 'Schedules'), body);
   async function load() {
-    const list = (await get('/schedules')).schedules || [];
+    const data = await get('/schedules');
+    if (!changed(body, data)) return;
+    const list = data.schedules || [];
     const act = (sc, what) => () => post('/schedules/' + enc(sc.schedule_id) + '/' + what);
     const rows = list.map((sc) => h('tr', {'data-schedule': sc.schedule_id},
       h('th', {scope: 'row'}, text(sc.name)),
@@ -1041,6 +1098,8 @@ function healthView(_parts, params) {
 
 function start() {
   window.addEventListener('hashchange', route);
+  keepFocus(document.getElementById('main'));
+  setInterval(tickTimes, 15000);
   document.addEventListener('keydown', (e) => {
     const tag = (document.activeElement && document.activeElement.tagName) || '';
     if (e.key === '/' && !e.ctrlKey && !e.metaKey && !/^(INPUT|TEXTAREA|SELECT)$/.test(tag)) {
