@@ -795,6 +795,7 @@ function fieldValue(k, v) {
   if (v === null || v === undefined) return '—';
   if (k === 'status') return stateBadge(v);
   if (/_at$/.test(k) && typeof v === 'string') return timeEl(v);
+  if (Array.isArray(v) && !v.length) return '—';
   if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return h('code', null, visible(v.join(' ')));
   if (typeof v === 'object') return h('code', null, visible(JSON.stringify(v)));
   return visible(v);
@@ -898,6 +899,7 @@ function taskView(parts) {
     root.setAttribute('data-task-status', st || '');
 
     const latest = dispatches.reduce((a, d) => (!a || Number(d.attempt) >= Number(a.attempt) ? d : a), null);
+    outPanel.hidden = !latest;
     if (latest) {
       const running = latest.status === 'running' || latest.status === 'starting';
       await Promise.all([stdout.show(latest.attempt, running), stderr.show(latest.attempt, running)]);
