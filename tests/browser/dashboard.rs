@@ -129,7 +129,10 @@ fn pause_then_resume_change_the_file_and_the_page_within_a_second() {
     let h = home();
     let d = Dash::start(&h);
     d.open("");
-    d.b.wait_js("the scheduler shown running", "return document.getElementById('scheduler').dataset.state === 'running'");
+    d.b.wait_js(
+        "the scheduler shown running",
+        "return document.getElementById('scheduler').dataset.state === 'running'",
+    );
     d.b.type_into("#pause-reason", "incident 42: database failover");
     let t0 = Instant::now();
     d.b.click("button[data-action=pause]");
@@ -189,7 +192,8 @@ fn cancel_and_retry_with_a_token_asked_once() {
     let h = home();
     let token = "dashboard-operator-token-0123456789";
     write_tokens_file(&h, &format!("operator:{token}\n"));
-    let id = add(&h, &["--description", "long sleeper", "--max-attempts", "1", "--", "sh", "-c", "echo started; sleep 300"]);
+    let id =
+        add(&h, &["--description", "long sleeper", "--max-attempts", "1", "--", "sh", "-c", "echo started; sleep 300"]);
     let d = Dash::start(&h);
     wait_until(Duration::from_secs(30), "the task running", || show(&h, &id)["status"] == "in_progress");
     d.b.goto(&format!("{}#/task/{id}", d.base));
@@ -208,7 +212,10 @@ fn cancel_and_retry_with_a_token_asked_once() {
     d.b.click("button[data-action=cancel]");
     d.b.accept_dialog();
     wait_until(Duration::from_secs(30), "the task cancelled on disk", || show(&h, &id)["status"] == "cancelled");
-    d.b.wait_js("the page showing it cancelled", "return document.querySelector('[data-task-status]').dataset.taskStatus === 'cancelled'");
+    d.b.wait_js(
+        "the page showing it cancelled",
+        "return document.querySelector('[data-task-status]').dataset.taskStatus === 'cancelled'",
+    );
     d.b.screenshot("cancelled");
 
     d.b.click("button[data-action=retry]");
@@ -350,7 +357,10 @@ fn the_page_reconnects_after_the_api_restarts() {
     let h = home();
     let mut d = Dash::start(&h);
     d.open("");
-    d.b.wait_js("the scheduler shown running", "return document.getElementById('scheduler').dataset.state === 'running'");
+    d.b.wait_js(
+        "the scheduler shown running",
+        "return document.getElementById('scheduler').dataset.state === 'running'",
+    );
     d.mark_page();
     d.stop_api();
     d.b.wait_text("#conn", "the disconnected state", |t| t.contains("disconnected"));

@@ -100,10 +100,9 @@ impl Browser {
         let Value::Object(caps) = caps else { unreachable!() };
         let url = format!("http://127.0.0.1:{port}");
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = b
-            .rt
-            .block_on(ClientBuilder::new(connector).capabilities(caps).connect(&url))
-            .unwrap_or_else(|e| panic!("start a Chromium session through chromedriver: {e}"));
+        let client =
+            b.rt.block_on(ClientBuilder::new(connector).capabilities(caps).connect(&url))
+                .unwrap_or_else(|e| panic!("start a Chromium session through chromedriver: {e}"));
         b.client = Some(client);
         b
     }
@@ -123,10 +122,8 @@ impl Browser {
 
     /// The text of the first element matching `css`, or None.
     pub(crate) fn text(&self, css: &str) -> Option<String> {
-        let v = self.js(
-            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
-            vec![json!(css)],
-        );
+        let v = self
+            .js("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", vec![json!(css)]);
         v.as_str().map(str::to_string)
     }
 
@@ -149,11 +146,15 @@ impl Browser {
 
     /// Waits until the script returns true.
     pub(crate) fn wait_js(&self, what: &str, script: &str) {
-        let deadline = Instant::now() + PAGE;
+        self.wait_js_for(PAGE, what, script);
+    }
+
+    pub(crate) fn wait_js_for(&self, timeout: Duration, what: &str, script: &str) {
+        let deadline = Instant::now() + timeout;
         while self.js(script, vec![]) != Value::Bool(true) {
             if Instant::now() >= deadline {
                 self.screenshot("timeout");
-                panic!("timed out after {PAGE:?} waiting for {what} ({script})");
+                panic!("timed out after {timeout:?} waiting for {what} ({script})");
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -179,11 +180,12 @@ impl Browser {
 
     /// Types into the first element matching `css`.
     pub(crate) fn type_into(&self, css: &str, text: &str) {
-        self.rt.block_on(async {
-            let el = self.c().wait().at_most(PAGE).for_element(Locator::Css(css)).await?;
-            el.send_keys(text).await
-        })
-        .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+        self.rt
+            .block_on(async {
+                let el = self.c().wait().at_most(PAGE).for_element(Locator::Css(css)).await?;
+                el.send_keys(text).await
+            })
+            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
     }
 
     /// Accepts a `confirm()` the page opened (the dashboard asks before Cancel and Restart).
@@ -214,9 +216,7 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            let _ = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), client.close()).await
-            });
+            let _ = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), client.close()).await });
         }
         // chromedriver and what it started: TERM the group, a grace period, then KILL.
         let group = nix::unistd::Pid::from_raw(self.driver.id() as i32);
@@ -242,8 +242,7 @@ fn processes_with(marker: &str) -> Vec<i32> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
         })
         .collect()
 }
