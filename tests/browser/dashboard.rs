@@ -393,3 +393,59 @@ fn readme_screenshot() {
     std::fs::create_dir_all(docs.parent().unwrap()).unwrap();
     std::fs::copy(&shot, &docs).unwrap();
 }
+
+/// On a phone-sized window every view fits the width (wide tables scroll inside their panel),
+/// and the keyboard alone reaches the pause reason and the Pause button.
+#[test]
+fn a_phone_sized_window_fits_and_the_keyboard_alone_can_pause() {
+    let h = home();
+    add(
+        &h,
+        &["--description", "a task with a rather long description that must wrap or clip on a phone", "--", "true"],
+    );
+    let d = Dash::start_sized(&h, 390, 844);
+    for (view, ready) in [
+        ("", "#daemon-table"),
+        ("#/tasks", "#task-table"),
+        ("#/new", "#new-task"),
+        ("#/schedules", "#schedule-table"),
+        ("#/health", "#event-table"),
+    ] {
+        d.open(view);
+        d.b.wait_js(&format!("{ready} shown"), &format!("return !!document.querySelector('{ready}')"));
+        let (scroll, width) = {
+            let v = d.b.js("return [document.documentElement.scrollWidth, window.innerWidth]", vec![]);
+            (v[0].as_f64().unwrap_or(0.0), v[1].as_f64().unwrap_or(0.0))
+        };
+        assert!(scroll <= width, "view {view:?} is {scroll}px wide in a {width}px window: it scrolls sideways");
+        let name = if view.is_empty() { "overview" } else { view.trim_start_matches("#/") };
+        d.b.screenshot(&format!("phone-{name}"));
+    }
+
+    d.open("");
+    const TAB: &str = "\u{e004}";
+    const ENTER: &str = "\u{e007}";
+    let active = || {
+        d.b.js("return document.activeElement && (document.activeElement.id || document.activeElement.dataset.action || '')", vec![])
+    };
+    let press = |keys: &str| {
+        d.b.rt
+            .block_on(async { d.b.c().active_element().await?.send_keys(keys).await })
+            .unwrap_or_else(|e| panic!("press {keys:?}: {e}"));
+    };
+    let mut presses = 0;
+    while active() != "pause-reason" {
+        press(TAB);
+        presses += 1;
+        assert!(presses < 40, "Tab never reached the pause reason (at {:?})", active());
+    }
+    press("typed at the keyboard");
+    press(TAB);
+    assert_eq!(active(), "pause", "Tab goes from the reason to the Pause button");
+    press(ENTER);
+    wait_until(PAGE, "the keyboard's pause on disk", || {
+        let s = scheduler_state(&h);
+        s["paused"] == true && s["reason"] == "typed at the keyboard"
+    });
+    d.b.wait_js("the page showing it", "return document.getElementById('scheduler').dataset.state === 'paused'");
+}

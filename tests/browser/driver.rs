@@ -97,7 +97,12 @@ impl Browser {
                 ],
             },
         });
-        let Value::Object(caps) = caps else { unreachable!() };
+        let Value::Object(mut caps) = caps else { unreachable!() };
+        // A desktop window is at least 500 px wide: narrower is a phone, emulated as one.
+        if width < 500 {
+            caps["goog:chromeOptions"]["mobileEmulation"] =
+                json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 2.0, "touch": true}});
+        }
         let url = format!("http://127.0.0.1:{port}");
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let client =

@@ -128,7 +128,7 @@ function fields(pairs) {
 
 function table(headers, rows, opts = {}) {
   const thead = h('thead', null, h('tr', null, headers.map((c) =>
-    h('th', {class: c.num ? 'num' : (c.narrow ? 'hide-narrow' : null), scope: 'col'}, c.label ?? c))));
+    h('th', {class: [c.num && 'num', c.narrow && 'hide-narrow'].filter(Boolean).join(' ') || null, scope: 'col'}, c.label ?? c))));
   const tbody = h('tbody', null, rows);
   if (!rows.length) tbody.appendChild(h('tr', null, h('td', {colspan: headers.length, class: 'muted'}, opts.empty || 'None.')));
   return h('div', {class: 'table-wrap'}, h('table', {id: opts.id}, opts.caption ? h('caption', {class: 'muted'}, opts.caption) : null, thead, tbody));
@@ -769,7 +769,7 @@ function tasksView(_parts, params) {
       h('td', {class: 'hide-narrow'}, timeEl(t.created_at)),
       h('td', {class: 'num hide-narrow'}, t.max_attempts ? `${t.attempts ?? 0}/${t.max_attempts}` : text(t.attempts))));
     clear(body).appendChild(table(['Task', 'Status', {label: 'Type', narrow: true}, {label: 'Priority', narrow: true}, 'Description',
-      {label: 'Created', narrow: true}, {label: 'Attempts', num: true, narrow: true}], rows, {id: 'task-table', empty: 'No task matches.'}));
+      {label: 'Created', narrow: true}, {label: 'Attempts', num: true, narrow: true}], rows, {id: 'task-table', empty: all.checked || FINISHED.has(status.value) ? 'No task matches.' : 'No task matches among queued and running tasks (tick “Finished too” for the others).'}));
     const trail = pageTrail.get(filterKey()) || [];
     const pageNo = trail.length + 1;
     const prev = h('button', {type: 'button', class: 'secondary', disabled: !after, id: 'page-prev'}, '← Previous');
@@ -1017,7 +1017,7 @@ function healthView(_parts, params) {
   async function loadVerdict() {
     const hl = await get('/health');
     clear(verdict).append(h('h2', null, 'Verdict'), fields([
-      ['Healthy', stateBadge(hl.healthy ? 'ok' : 'error')],
+      ['Verdict', h('span', {class: hl.healthy ? 'state state-ok big-state' : 'state state-error big-state', id: 'health-state'}, hl.healthy ? 'healthy' : 'unhealthy')],
       ['Events (1 h)', fmtNum(hl.events_1h)],
       ['Problems', hl.problems && hl.problems.length ? h('ul', null, hl.problems.map((p) => h('li', null, visible(p)))) : 'none'],
     ]));
