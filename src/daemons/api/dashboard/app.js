@@ -523,7 +523,13 @@ function throttled(fn, ms) {
   };
 }
 
+/** The last live messages (time and kind), for a person or a test looking at the page. */
+const liveLog = [];
+window.cortexLiveLog = liveLog;
+
 live.listeners.add((kind, data) => {
+  liveLog.push([Math.round(performance.now()), kind]);
+  if (liveLog.length > 50) liveLog.shift();
   if (current && current.onLive) current.onLive(kind, data);
 });
 
@@ -546,10 +552,15 @@ function overviewView() {
 
   const reasonInput = h('input', {id: 'pause-reason', type: 'text', placeholder: 'why (shown to everyone)', maxlength: 500});
   const schedulerBody = h('div', {id: 'scheduler-body'});
-  const controls = h('div', {class: 'row'},
-    h('div', null, h('label', {for: 'pause-reason'}, 'Pause reason'), reasonInput),
-    actionButton('Pause', () => post('/scheduler/pause', reasonInput.value.trim() ? {reason: reasonInput.value.trim()} : {}), {class: 'danger', name: 'pause'}),
-    actionButton('Resume', () => post('/scheduler/resume'), {name: 'resume'}));
+  // Only the button that changes something is shown (both while the state is unknown).
+  const reasonBox = h('div', null, h('label', {for: 'pause-reason'}, 'Pause reason'), reasonInput);
+  const pauseButton = actionButton('Pause', async () => {
+    const out = await post('/scheduler/pause', reasonInput.value.trim() ? {reason: reasonInput.value.trim()} : {});
+    reasonInput.value = '';
+    return out;
+  }, {class: 'danger', name: 'pause'});
+  const resumeButton = actionButton('Resume', () => post('/scheduler/resume'), {name: 'resume'});
+  const controls = h('div', {class: 'row'}, reasonBox, pauseButton, resumeButton);
   sched.append(h('h2', null, 'Scheduler'), schedulerBody, controls);
 
   function showOverview(ov) {
@@ -564,6 +575,8 @@ function overviewView() {
     rows.push(['Coordinator', stateBadge(st.coordinator)], ['Last tick', /^\d{4}-\d\d-\d\dT/.test(st.last_tick || '') ? timeEl(st.last_tick) : text(st.last_tick)]);
     clear(schedulerBody).appendChild(fields(rows));
     sched.setAttribute('data-state', st.state || 'unknown');
+    reasonBox.hidden = pauseButton.hidden = st.state === 'paused';
+    resumeButton.hidden = st.state === 'running';
 
     const s0 = ov.status || {};
     const count = (label, n, id, bad) => h('div', {class: bad && n ? 'count bad' : 'count', id},
