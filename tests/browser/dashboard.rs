@@ -399,6 +399,7 @@ fn readme_screenshot() {
     d.b.goto("about:blank");
     d.open("");
     d.b.wait_js("a line in the throughput chart", "return !!document.querySelector('#chart-throughput polyline')");
+    d.b.wait_text("#daemon-table", "the daemons", |t| t.contains("coordinator"));
     let shot = d.b.screenshot("readme-overview");
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
     std::fs::create_dir_all(docs.parent().unwrap()).unwrap();

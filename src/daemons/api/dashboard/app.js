@@ -702,7 +702,7 @@ function latencyPanel(lat) {
       s('text', {x: L + w + 6, y: y + 13}, v === null || v === undefined ? '—' : `${fmtAxis(Number(v))} s`));
   });
   return h('div', {class: 'panel'}, h('h2', null, 'Enqueue → start latency'), svg,
-    h('div', {class: 'legend'}, `${fmtNum(lat.samples ?? 0)} dispatches started in the last hour`));
+    h('div', {class: 'legend'}, `${fmtNum(lat.samples ?? 0)} ${(lat.samples ?? 0) === 1 ? 'dispatch' : 'dispatches'} started in the last hour`));
 }
 
 function niceMax(v) {
