@@ -189,12 +189,23 @@ fn origin_and_host_must_be_this_api_including_the_port() {
     assert_eq!(api.get("/scheduler/status").1["state"], "running", "no refused request paused");
     assert!(h.events_of("scheduler_paused").is_empty());
 
+    // The API's own origin, as the dashboard sends it: with `X-Cortex-Request: 1`, which no
+    // cross-site form can add (issue 21). Without it even the own origin is refused: a browser
+    // change must come from the page's script (`daemons::api::policy::forgery_refusal`).
     let own = format!("http://127.0.0.1:{p}");
     let (code, e) = json_request(p, "POST", "/scheduler/pause", &[("Origin", &own)], b"");
+    assert_eq!(code, 403, "{e}");
+    let (code, e) = json_request(p, "POST", "/scheduler/pause", &[("Origin", &own), ("X-Cortex-Request", "1")], b"");
     assert_eq!(code, 200, "{e}");
     let own = format!("http://localhost:{p}");
     let host = format!("localhost:{p}");
-    let (code, e) = json_request(p, "POST", "/scheduler/resume", &[("Origin", &own), ("Host", &host)], b"");
+    let (code, e) = json_request(
+        p,
+        "POST",
+        "/scheduler/resume",
+        &[("Origin", &own), ("Host", &host), ("X-Cortex-Request", "1")],
+        b"",
+    );
     assert_eq!(code, 200, "{e}");
 }
 
@@ -208,7 +219,7 @@ fn allowed_hosts_admit_a_configured_name() {
     assert_eq!(get_raw(p, "/status", &[("Host", &format!("cortex.lan:{p}"))]).0, 200);
     assert_eq!(get_raw(p, "/status", &[("Host", &format!("other.lan:{p}"))]).0, 403);
     let origin = format!("http://cortex.lan:{p}");
-    let (code, e) = json_request(p, "POST", "/scheduler/pause", &[("Origin", &origin)], b"");
+    let (code, e) = json_request(p, "POST", "/scheduler/pause", &[("Origin", &origin), ("X-Cortex-Request", "1")], b"");
     assert_eq!(code, 200, "{e}");
 }
 

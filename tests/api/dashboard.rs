@@ -2,6 +2,7 @@
 //! headers, the JSON endpoint list kept for scripts, the browser (CSRF) checks on changes, the
 //! Server-Sent Events stream and the endpoints the page reads.
 use crate::support::api::*;
+use crate::support::wait_until;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -326,4 +327,388 @@ fn cross_site_posts_are_refused_and_the_page_can_act() {
     let (code, _, _) = exchange(p, "POST", "/scheduler/resume", &[], b"");
     assert_eq!(code, 200);
     assert_eq!(state(), "running");
+}
+
+/// The task endpoints against real daemons: add through `POST /tasks` (the `cortex task add`
+/// path), find it with a text search, follow its output live on the log stream until it ends,
+/// read its dispatches, retry a failed task and cancel a running one.
+#[test]
+fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
+    use crate::support::task::*;
+    let h = fast_home();
+    let api = Api::start_operated(&h);
+    let p = api.port;
+    let _worker = start(&h, "worker");
+    let _coordinator = start(&h, "coordinator");
+    let release = h.join("release-1");
+    let script =
+        format!("echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second; echo oops >&2", release.display());
+    let body = serde_json::json!({"description": "follow me <img src=x onerror=alert(1)>", "priority": "high",
+        "timeout_seconds": 120, "command": ["sh", "-c", script]});
+    let (code, v) = api.post("/tasks", body.to_string().as_bytes());
+    assert_eq!(code, 201, "{v}");
+    let id = v["task"]["task_id"].as_str().unwrap().to_string();
+    assert_eq!(v["task"]["priority"], "high");
+
+    let (code, list) = api.get("/tasks?q=FOLLOW%20ME&limit=10");
+    assert_eq!(code, 200, "{list}");
+    let rows = list["tasks"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{list}");
+    assert_eq!(rows[0]["description"], "follow me <img src=x onerror=alert(1)>", "returned as data, unescaped");
+    assert_eq!(api.get("/tasks?q=nothing-like-this").1["tasks"].as_array().unwrap().len(), 0);
+    assert_eq!(api.get("/tasks?status=bogus").0, 400);
+
+    wait_until(LONG, "the task runs", || api.get(&format!("/tasks/{id}")).1["status"] == "in_progress");
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let mut log = SseClient::open(p, &format!("/tasks/{id}/log/stream"), &[("Authorization", &auth)]);
+    if log.status != 200 {
+        let (code, _, body) = exchange(p, "GET", &format!("/tasks/{id}/log/stream"), &[("Authorization", &auth)], b"");
+        panic!(
+            "{code}: {} {} {}",
+            String::from_utf8_lossy(&body),
+            api.get(&format!("/tasks/{id}")).1,
+            api.get("/dispatches").1
+        );
+    }
+    let mut text = String::new();
+    let (first, _) = log.until("the first line", |m| {
+        if m.event == "log" {
+            text.push_str(m.data["data"].as_str().unwrap());
+        }
+        text.contains("first\n")
+    });
+    assert_eq!(first.event, "log");
+    assert!(!text.contains("second"), "the task has not printed it yet: {text}");
+    std::fs::write(&release, "").unwrap();
+    let (end, seen) = log.until("the end of the stream", |m| m.event == "end");
+    for m in &seen {
+        text.push_str(m.data["data"].as_str().unwrap_or_default());
+    }
+    assert_eq!(text, "first\nsecond\n", "the output, live, each byte once");
+    assert_eq!(end.data["status"], "completed");
+    assert!(log.next().is_none(), "the server closes the stream after end");
+
+    let (code, t) = api.get(&format!("/tasks/{id}"));
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(t["status"], "completed");
+    let d = &t["dispatches"][0];
+    assert_eq!((d["attempt"].as_u64(), d["exit_code"].as_i64()), (Some(1), Some(0)), "{d}");
+    assert!(d["duration_s"].as_f64().is_some() && d["started_at"].is_string() && d["ended_at"].is_string(), "{d}");
+    let (_, out) = api.get(&format!("/tasks/{id}/log?stream=stdout"));
+    assert_eq!(out["data"], "first\nsecond\n", "{out}");
+    let (_, err) = api.get(&format!("/tasks/{id}/log?stream=stderr&offset=1"));
+    assert_eq!((err["data"].as_str(), err["offset"].as_u64()), (Some("ops\n"), Some(1)), "{err}");
+    assert_eq!(api.get(&format!("/tasks/{id}/log?stream=/etc/passwd")).0, 400);
+
+    // Retry a failed task.
+    let body = serde_json::json!({"description": "fails", "max_attempts": 1, "command": ["sh", "-c", "exit 3"]});
+    let (code, v) = api.post("/tasks", body.to_string().as_bytes());
+    assert_eq!(code, 201, "{v}");
+    let failed = v["task"]["task_id"].as_str().unwrap().to_string();
+    wait_until(LONG, "the task fails", || api.get(&format!("/tasks/{failed}")).1["status"] == "failed");
+    assert_eq!(api.get(&format!("/tasks/{failed}")).1["dispatches"][0]["exit_code"], 3);
+    assert!(api.get("/overview").1["failed_1h"].as_u64().unwrap() >= 1, "the failure counts in the last hour");
+    // Finished tasks with the archive flag, searched and filtered.
+    let (code, all) = api.get("/tasks?all=1&q=follow");
+    assert_eq!(code, 200, "{all}");
+    assert_eq!(all["tasks"][0]["task_id"].as_str(), Some(id.as_str()), "{all}");
+    let (_, done) = api.get("/tasks?all=1&status=completed&limit=10");
+    assert!(done["tasks"].as_array().unwrap().iter().any(|t| t["task_id"] == id.as_str()), "{done}");
+    let (code, v) = api.post(&format!("/tasks/{failed}/retry"), b"");
+    assert_eq!(code, 200, "{v}");
+    assert!(matches!(v["status"].as_str(), Some("pending_retry" | "queued" | "in_progress" | "failed")), "{v}");
+    assert_eq!(api.post(&format!("/tasks/{id}/retry"), b"").0, 409, "a completed task is not retried");
+    assert_eq!(api.post("/tasks/task-nope/retry", b"").0, 404);
+
+    // Cancel a running task.
+    let body = serde_json::json!({"description": "cancel me", "command": ["sh", "-c", "sleep 300"]});
+    let (_, v) = api.post("/tasks", body.to_string().as_bytes());
+    let long = v["task"]["task_id"].as_str().unwrap().to_string();
+    wait_until(LONG, "the long task runs", || api.get(&format!("/tasks/{long}")).1["status"] == "in_progress");
+    let (code, v) = api.post(&format!("/tasks/{long}/cancel"), b"");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "cancelled", "{v}");
+
+    // Bad input names the field.
+    let (code, e) = api.post("/tasks", br#"{"description": "x", "command": "rm -rf /"}"#);
+    assert_eq!(code, 400);
+    assert!(e["error"].as_str().unwrap().contains("command"), "{e}");
+    let (code, e) = api.post("/tasks", br#"{"descripton": "typo"}"#);
+    assert_eq!(code, 400);
+    assert!(e["error"].as_str().unwrap().contains("descripton"), "{e}");
+}
+
+/// `/status` latency (median and 95th percentile of 200 sequential requests, microseconds).
+fn status_latency(port: u16) -> (u128, u128) {
+    let mut times: Vec<u128> = (0..200)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let (code, _) = try_request(port, "GET", "/status", &[], b"").unwrap();
+            assert_eq!(code, 200);
+            t.elapsed().as_micros()
+        })
+        .collect();
+    times.sort();
+    (times[times.len() / 2], times[times.len() * 95 / 100])
+}
+
+/// 100 open event streams cost no handler thread: `/status` answers about as fast with them as
+/// without (the figures are printed), every stream gets a broadcast, and the server holds no
+/// thread per stream (its thread count does not grow by 100).
+#[test]
+fn a_hundred_open_streams_do_not_slow_the_api() {
+    let h = api_only_home();
+    let api = Api::start(&h);
+    let p = api.port;
+    let threads = || std::fs::read_dir(format!("/proc/{}/task", api.child.id())).map(|d| d.count()).unwrap_or(0);
+    status_latency(p);
+    let (idle_p50, idle_p95) = status_latency(p);
+    let before = threads();
+    let mut streams: Vec<SseClient> = (0..100).map(|_| SseClient::open(p, "/events/stream", &[])).collect();
+    for s in &mut streams {
+        assert_eq!(s.status, 200);
+        s.until("status", |m| m.event == "status");
+    }
+    let during = threads();
+    let (busy_p50, busy_p95) = status_latency(p);
+    append_event(&h, "evt-all");
+    for s in &mut streams {
+        s.until("the broadcast", |m| m.event == "event" && m.data["id"] == "evt-all");
+    }
+    eprintln!(
+        "BENCH /status latency: no streams p50 {idle_p50} us p95 {idle_p95} us; 100 streams p50 {busy_p50} us p95 {busy_p95} us; \
+         threads {before} -> {during}"
+    );
+    assert!(during < before + 10, "a thread per stream? {before} -> {during}");
+    assert!(busy_p50 < idle_p50 * 3 + 20_000, "100 streams slowed /status: {idle_p50} us -> {busy_p50} us");
+    // The 101st connection is an ordinary request and still served.
+    assert_eq!(api.get("/health").0 / 100, 2);
+}
+
+/// One metrics snapshot line as the metrics daemon writes it.
+fn snapshot_line(at: chrono::DateTime<chrono::Utc>, completed: u64, failed: u64, attempts_failed: u64) -> String {
+    let pct = serde_json::json!({"p50": null, "p90": null, "p95": null, "p99": null});
+    let v = serde_json::json!({
+        "timestamp": at.to_rfc3339(),
+        "workers": {"active": 0, "completed": completed, "failed": attempts_failed, "zombies_killed": 0,
+            "success_rate": null, "avg_duration_minutes": null, "duration_percentiles": pct},
+        "tokens": {"total": 1000, "used": 10, "available": 990, "usage_percentage": 1.0},
+        "tasks": {"queued": 0, "in_progress": 0, "pending_retry": 0, "completed": completed, "failed": failed,
+            "total": completed + failed},
+        "scheduler": {"state": "running"},
+        "daemons": {},
+    });
+    format!("{v}\n")
+}
+
+/// The overview data: throughput and failures per minute from the metrics snapshots on disk
+/// (the same after the API restarts), the daemons with the API's own PID, the event log paged by
+/// severity, circuit breakers and their reset (a change that needs the operate token), and the
+/// schedules' fields.
+#[test]
+fn overview_history_daemons_events_breakers_and_schedules() {
+    let h = api_only_home();
+    let now = chrono::Utc::now();
+    let m = |mins: i64| now - chrono::Duration::minutes(mins);
+    std::fs::create_dir_all(h.join("coordination/metrics")).unwrap();
+    let snaps = [
+        snapshot_line(m(90), 1, 0, 0),
+        snapshot_line(m(10), 5, 1, 1),
+        snapshot_line(m(9), 8, 1, 2),
+        snapshot_line(m(2), 8, 3, 4),
+    ];
+    std::fs::write(h.join("coordination/metrics/metrics-snapshots.jsonl"), snaps.concat()).unwrap();
+    h.cortex_ok(&["schedule", "add", "--name", "nightly", "--cron", "0 3 * * *", "--", "sh", "-c", "true"]);
+    let mut api = Api::start_operated(&h);
+    let p = api.port;
+
+    let history = |api: &Api| {
+        let (code, v) = api.get("/overview/history?minutes=60");
+        assert_eq!(code, 200, "{v}");
+        v
+    };
+    let v = history(&api);
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 61, "{v}");
+    let sum = |k: &str| points.iter().map(|p| p[k].as_u64().unwrap()).sum::<u64>();
+    // Inside the hour: 10 min ago → 9 min ago (+3 completed, +1 attempt failed), → 2 min ago
+    // (+2 failed, +2 attempts failed); the 90-minute-old snapshot is outside the window.
+    assert_eq!((sum("completed"), sum("failed"), sum("attempts_failed")), (3, 2, 3), "{v}");
+    assert_eq!(v["snapshots"], 3);
+    let minute_of =
+        |mins: i64| points.iter().position(|p| p["t"].as_str().unwrap() >= m(mins + 1).to_rfc3339().as_str());
+    assert!(minute_of(9).is_some());
+    // The history comes from the files: the same after a restart of the API.
+    api.kill();
+    let mut api = Api::start_on(&h, p);
+    api.token = Some(OPERATOR_TOKEN.into());
+    assert_eq!(
+        history(&api)["points"].as_array().unwrap().iter().map(|p| p["completed"].as_u64().unwrap()).sum::<u64>(),
+        3
+    );
+
+    let (code, ov) = api.get("/overview");
+    assert_eq!(code, 200, "{ov}");
+    assert_eq!(ov["status"]["scheduler_state"], "running");
+    assert_eq!(ov["scheduler"]["state"], "running");
+    assert_eq!(ov["failed_1h"], 0);
+
+    let (code, d) = api.get("/daemons");
+    assert_eq!(code, 200, "{d}");
+    let me = d["daemons"].as_array().unwrap().iter().find(|x| x["name"] == "api").cloned().unwrap();
+    assert_eq!(me["state"], "running", "{me}");
+    assert_eq!(me["pid"], api.child.id());
+    assert!(me["rss_bytes"].as_u64().unwrap() > 0 && me["uptime_seconds"].is_u64(), "{me}");
+    let worker = d["daemons"].as_array().unwrap().iter().find(|x| x["name"] == "worker").cloned().unwrap();
+    assert_eq!(worker["state"], "disabled");
+    assert_eq!(api.post("/daemons/worker/restart", b"").0, 409, "a disabled daemon is not restarted");
+    assert_eq!(api.post("/daemons/nope/restart", b"").0, 404);
+
+    // Events, newest first, filtered by severity, paged.
+    for (i, sev) in ["info", "warning", "error", "info", "critical"].iter().enumerate() {
+        let line = serde_json::json!({"id": format!("evt-{i}"), "timestamp": chrono::Utc::now().to_rfc3339(),
+            "type": "test_event", "severity": sev, "source": "test", "message": format!("n{i}"), "data": {}});
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.join("coordination/dashboard-events.jsonl"))
+            .unwrap();
+        log.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+    let (code, page) = api.get("/events?severity=warning&limit=2");
+    assert_eq!(code, 200, "{page}");
+    let ids: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["evt-4", "evt-2"], "{page}");
+    let next = page["next_before"].as_str().unwrap().to_string();
+    let (_, page2) = api.get(&format!("/events?severity=warning&limit=2&before={next}"));
+    let ids: Vec<&str> = page2["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["evt-1"], "{page2}");
+    assert_eq!(page2["events"][0]["acknowledged"], false);
+    assert_eq!(api.get("/events?severity=loud").0, 400);
+
+    // Circuit breakers: listed; reset is an operate change.
+    let at = chrono::Utc::now();
+    let doc = serde_json::json!({"breakers": {"analysis-worker": {"state": "open", "opened_at": at.to_rfc3339(),
+        "half_open_at": (at + chrono::Duration::minutes(5)).to_rfc3339(), "reason": "5 failures in 10 min",
+        "failures_in_window": 5, "trips": 1}}, "updated_at": at.to_rfc3339()});
+    std::fs::write(h.join("coordination/circuit-breakers.json"), doc.to_string()).unwrap();
+    let (code, b) = api.get("/breakers");
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(
+        (b["breakers"][0]["worker_type"].as_str(), b["breakers"][0]["state"].as_str()),
+        (Some("analysis-worker"), Some("open"))
+    );
+    let (code, _) = json_request(p, "POST", "/breakers/analysis-worker/reset", &[], b"");
+    assert_eq!(code, 401, "no token, no reset");
+    let (code, r) = api.post("/breakers/analysis-worker/reset", b"");
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(h.read_json("coordination/circuit-breakers.json")["breakers"]["analysis-worker"]["state"], "closed");
+    assert_eq!(h.events_of("circuit_breaker_reset").len(), 1);
+    assert_eq!(api.post("/breakers/nope/reset", b"").0, 404);
+
+    // Schedules: expression, zone, next run, last run and its result.
+    let (code, s) = api.get("/schedules");
+    assert_eq!(code, 200, "{s}");
+    let n = &s["schedules"][0];
+    assert_eq!(n["cron"], "0 3 * * *");
+    assert!(n["effective_timezone"].is_string() && n["next_run_at"].is_string(), "{n}");
+    assert!(n.get("last_result").is_some_and(|r| r.is_null()), "no run yet: {n}");
+    assert_eq!(api.get("/zombies").1["zombies"].as_array().unwrap().len(), 0);
+    assert_eq!(api.get("/failure-patterns").0, 200);
+}
+
+/// Milliseconds of one GET (status must be 200); the body.
+fn timed_get(api: &Api, path: &str) -> (u128, serde_json::Value) {
+    let t = std::time::Instant::now();
+    let (code, v) = api.get(path);
+    assert_eq!(code, 200, "{path}: {v}");
+    (t.elapsed().as_millis(), v)
+}
+
+/// The tasks table at 100,000 queued tasks: the first page, a later page, a filtered page and a
+/// text search answer with the right rows (figures printed: `BENCH`).
+#[test]
+fn the_tasks_table_pages_through_a_hundred_thousand_tasks() {
+    let h = api_only_home();
+    let n = 100_000;
+    let mut text = String::with_capacity(n * 330);
+    text.push_str("{\"tasks\":[");
+    for i in 0..n {
+        if i > 0 {
+            text.push(',');
+        }
+        let worker = if i % 10 == 0 { "gpu-worker" } else { "shell" };
+        let desc = if i == 77_777 { "the needle in the haystack" } else { "routine job" };
+        text.push_str(
+            &serde_json::json!({
+                "task_id": format!("task-20260101000000000-{i:07}"), "description": desc, "priority": "medium",
+                "worker_type": worker, "status": "queued", "created_at": "2026-01-01T00:00:00Z", "created_by": "test",
+                "attempts": 0, "max_attempts": 3, "budget": 10, "command": ["true"],
+            })
+            .to_string(),
+        );
+    }
+    text.push_str("]}");
+    std::fs::write(h.join("coordination/task-queue.json"), text).unwrap();
+    let api = Api::start_operated(&h);
+    let (first, v) = timed_get(&api, "/tasks?limit=50");
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 50);
+    let next = v["next_after_id"].as_str().unwrap().to_string();
+    assert_eq!(next, "task-20260101000000000-0000049");
+    let (again, _) = timed_get(&api, "/tasks?limit=50");
+    let (later, v) = timed_get(&api, &format!("/tasks?limit=50&after_id={next}"));
+    assert_eq!(v["tasks"][0]["task_id"], "task-20260101000000000-0000050");
+    let (filtered, v) = timed_get(&api, "/tasks?limit=50&worker_type=gpu-worker&status=queued");
+    assert!(v["tasks"].as_array().unwrap().iter().all(|t| t["worker_type"] == "gpu-worker"));
+    let (search, v) = timed_get(&api, "/tasks?limit=50&q=NEEDLE");
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["tasks"][0]["task_id"], "task-20260101000000000-0077777");
+    let (status, _) = timed_get(&api, "/status");
+    eprintln!(
+        "BENCH /tasks at {n} tasks (debug build): first page {first} ms, again {again} ms, a later page {later} ms, \
+         filtered {filtered} ms, text search {search} ms; /status {status} ms"
+    );
+}
+
+/// `POST /daemons/<name>/restart` restarts a daemon through the supervisor (`cortex restart`):
+/// the stream announces the new PID (`event: daemons`), and the new process is no child of the
+/// API.
+#[test]
+fn a_daemon_restarted_from_the_page_comes_back_with_a_new_pid() {
+    let h = crate::support::TestHome::new();
+    h.set_config(
+        "daemons",
+        "disabled",
+        r#"["worker", "pm", "metrics", "coordinator", "integration", "failure-pattern", "auto-fix"]"#,
+    );
+    h.set_config("supervisor", "stabilization_seconds", "0");
+    let api = Api::start_operated(&h);
+    let p = api.port;
+    h.cortex_ok(&["start", "heartbeat"]);
+    /// Stops the detached heartbeat daemons whatever the test's outcome.
+    struct StopAll<'a>(&'a crate::support::TestHome);
+    impl Drop for StopAll<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.cortex(&["stop", "heartbeat", "--force"]);
+        }
+    }
+    let _stop = StopAll(&h);
+    let pid_of = |v: &serde_json::Value| {
+        v["daemons"].as_array().unwrap().iter().find(|d| d["name"] == "heartbeat").and_then(|d| d["pid"].as_u64())
+    };
+    let old = pid_of(&api.get("/daemons").1).expect("heartbeat runs");
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let mut s = SseClient::open(p, "/events/stream", &[("Authorization", &auth)]);
+    s.until("the first daemons", |m| m.event == "daemons");
+    let (code, v) = api.post("/daemons/heartbeat/restart", b"");
+    assert_eq!(code, 202, "{v}");
+    let (m, _) = s.until("the new heartbeat PID", |m| {
+        m.event == "daemons"
+            && pid_of(&m.data).is_some_and(|p| p != old)
+            && m.data["daemons"].as_array().unwrap().iter().any(|d| d["name"] == "heartbeat" && d["state"] == "running")
+    });
+    let new = pid_of(&m.data).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{new}/stat")).unwrap();
+    let ppid: u32 = stat.rsplit(") ").next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    assert_ne!(ppid, api.child.id(), "the restarted daemon is not the API's child");
 }

@@ -1,7 +1,7 @@
 //! What the event streams carry, computed once for every open stream by one thread
 //! (`api-feed`): it wakes when a file under `coordination/` or `run/` changes (inotify, through
-//! [`crate::base::watch`]) and at least every [`PERIODIC`] (a daemon that dies changes no file),
-//! then
+//! [`crate::base::watch`]; at most every [`MIN_GAP`]) and at least every [`PERIODIC`] (a daemon
+//! that dies changes no file), then
 //!
 //! - follows `dashboard-events.jsonl` by byte offset tied to its inode, finishing a rotated copy
 //!   (`.1`, `.2`, …) before the new file, and broadcasts each new line as `event: event` with the
@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 
 /// The longest the feed goes without looking (daemon deaths change no file).
 pub(crate) const PERIODIC: Duration = Duration::from_secs(5);
+/// The shortest time between two refreshes: a burst of file changes (a busy event log) costs at
+/// most ten refreshes a second, whatever the number of streams.
+const MIN_GAP: Duration = Duration::from_millis(100);
 /// A stream resuming further back than this many bytes of the event log starts afresh.
 const MAX_CATCH_UP: u64 = 8 * 1024 * 1024;
 /// Bytes of task output in one `log` message at most.
@@ -42,6 +45,8 @@ pub(crate) const LOG_CHUNK: u64 = 64 * 1024;
 const ROTATED_SEARCHED: u32 = 16;
 /// Dispatch changes listed in one `dispatches` message at most (beyond: `{"reload": true}`).
 const MAX_LISTED_CHANGES: usize = 200;
+/// How long a task output stream waits for its dispatch's record to appear.
+const RECORD_WAIT: Duration = Duration::from_secs(60);
 /// Task output streams followed at once at most.
 const MAX_LOG_FOLLOWERS: usize = 256;
 
@@ -278,6 +283,8 @@ fn read_lines(mut f: &File, file: Position, from: u64, to: u64, out: &mut Vec<Li
 /// One task output stream followed.
 struct Follower {
     key: u64,
+    /// When it started: a dispatch without a record yet is waited for [`RECORD_WAIT`] at most.
+    since: Instant,
     dispatch_id: String,
     path: PathBuf,
     offset: u64,
@@ -303,32 +310,36 @@ struct State {
 impl State {
     fn run(mut self, rx: Receiver<Msg>) {
         self.refresh(true);
-        let mut next = Instant::now() + PERIODIC;
+        let mut last = Instant::now();
+        let mut next_periodic = last + PERIODIC;
+        let mut dirty = false;
         loop {
-            let first = match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            let deadline = if dirty { next_periodic.min(last + MIN_GAP) } else { next_periodic };
+            let first = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             // Everything already waiting is handled in one pass: a burst of writes costs one.
-            let mut msgs: Vec<Msg> = first.into_iter().collect();
-            msgs.extend(rx.try_iter());
-            let timer = Instant::now() >= next;
-            let changed = timer || msgs.iter().any(|m| matches!(m, Msg::Changed | Msg::Join(_)));
-            let logs = msgs.iter().any(|m| matches!(m, Msg::LogsChanged));
-            if changed {
-                self.refresh(false);
-            }
-            if changed || logs {
-                self.follow_logs();
-            }
-            if timer {
-                next = Instant::now() + PERIODIC;
-            }
-            for m in msgs {
-                if let Msg::Join(j) = m {
-                    self.join(j);
+            let mut logs = false;
+            for m in first.into_iter().chain(rx.try_iter().collect::<Vec<_>>()) {
+                match m {
+                    Msg::Changed => dirty = true,
+                    Msg::LogsChanged => logs = true,
+                    // A new stream starts from the state already broadcast; what changed since
+                    // reaches it with the next refresh, like every other stream.
+                    Msg::Join(j) => self.join(j),
                 }
+            }
+            let now = Instant::now();
+            if (dirty && now >= last + MIN_GAP) || now >= next_periodic {
+                self.refresh(false);
+                self.follow_logs();
+                dirty = false;
+                last = now;
+                next_periodic = now + PERIODIC;
+            } else if logs {
+                self.follow_logs();
             }
         }
     }
@@ -469,7 +480,7 @@ impl State {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let start = offset.unwrap_or(size.saturating_sub(LOG_CHUNK)).min(size);
         self.hub.add(Client { stream, first: b"retry: 2000\n\n".to_vec(), redact: false, topic: Topic::Log(key) });
-        self.followers.push(Follower { key, dispatch_id, path, offset: start });
+        self.followers.push(Follower { key, since: Instant::now(), dispatch_id, path, offset: start });
         self.follow_logs();
     }
 
@@ -494,8 +505,13 @@ impl State {
                 hub.to_log(f.key, encode(&next.to_string(), "log", &body.to_string()), false);
                 f.offset = next;
             }
-            let status = active.get(&f.dispatch_id).copied().unwrap_or("unknown");
-            let running = matches!(status, "starting" | "running");
+            let status = active.get(&f.dispatch_id).copied();
+            // No record yet: the worker is about to write it.
+            let running = match status {
+                Some(s) => matches!(s, "starting" | "running"),
+                None => f.since.elapsed() < RECORD_WAIT,
+            };
+            let status = status.unwrap_or("unknown");
             if !running {
                 hub.to_log(f.key, encode("", "end", &json!({"status": status}).to_string()), true);
             }
@@ -578,7 +594,7 @@ mod tests {
     fn a_chunk_never_splits_a_character() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.out");
-        std::fs::write(&p, "aé".as_bytes()[..2].to_vec()).unwrap();
+        std::fs::write(&p, &"aé".as_bytes()[..2]).unwrap();
         assert_eq!(read_chunk(&p, 0), ("a".to_string(), 1));
         std::fs::write(&p, "aé").unwrap();
         assert_eq!(read_chunk(&p, 1), ("é".to_string(), 3));

@@ -100,7 +100,15 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         .map_err(|e| Error::system("start the scheduler committer thread", e))?;
     let hub = stream::Hub::start().map_err(|e| Error::system("start the event streams thread", e))?;
     let feed = feed::Feed::start(reader.clone(), hub.clone())?;
-    let app = Arc::new(routes::App { reader, tokens, site, committer, hub: hub.clone(), feed });
+    let app = Arc::new(routes::App {
+        reader,
+        tokens,
+        site,
+        committer,
+        hub: hub.clone(),
+        feed,
+        live_tasks: Default::default(),
+    });
     let server = http::Server::start(listener, limits(&ctx.config), app)
         .map_err(|e| Error::system(format!("start the API server on {addr_text}"), e))?;
     tracing::info!(addr = %server.local_addr(), "API listening; {auth_note}");

@@ -30,6 +30,8 @@ pub(crate) struct App {
     pub hub: super::stream::Hub,
     /// What the streams carry, and where new streams join.
     pub feed: super::feed::Feed,
+    /// The live tasks, parsed once per change of the queue.
+    pub live_tasks: super::tasks::LiveTasks,
 }
 
 /// A matched route.
@@ -358,7 +360,7 @@ impl Handler for App {
             }
             Route::Daemons => Reply::Now(ok_json(&super::overview::daemons(&self.reader))),
             Route::DaemonRestart(name) => super::actions::restart_daemon(&self.reader, name),
-            Route::Tasks => Reply::Now(super::tasks::list(&self.reader, req)),
+            Route::Tasks => Reply::Now(super::tasks::list(&self.reader, &self.live_tasks, req)),
             Route::AddTask => Reply::Now(super::tasks::add(&self.reader, req, &actor)),
             Route::Task(id) => Reply::Now(super::tasks::show(&self.reader, id)),
             Route::TaskLog(id) => Reply::Now(super::tasks::log(&self.reader, req, id)),
@@ -432,6 +434,8 @@ impl App {
             Ok(t) => t,
             Err(r) => return Reply::Now(r),
         };
+        // A reconnecting EventSource resumes after the last chunk it got (its id is the offset).
+        let offset = req.header("Last-Event-ID").and_then(|v| v.trim().parse::<u64>().ok()).or(offset);
         self.stream(super::feed::Join {
             stream: None,
             last_id: None,
@@ -606,12 +610,47 @@ impl App {
     }
 }
 
+/// How a schedule's last run went: the newest dispatch of its last task (`{"task_id",
+/// "status", "exit_code", "ended_at"}`), from the status reader's dispatch index; `status` is
+/// `not_dispatched` before the task ran (or once its records were cleaned up), null without a run.
+fn last_result(dispatches: Option<&Vec<Arc<crate::ops::status::SpecEntry>>>, task: Option<&str>) -> Value {
+    let Some(task) = task else { return Value::Null };
+    let newest = dispatches.and_then(|all| {
+        all.iter().filter(|d| d.record.task_id == task).max_by_key(|d| (d.record.attempt, d.record.dispatched_at))
+    });
+    match newest {
+        Some(d) => {
+            let exit_code = match &d.record.state {
+                crate::domain::task::DispatchState::Completed { exit_code, .. } => Some(*exit_code),
+                crate::domain::task::DispatchState::Failed { exit_code, .. } => *exit_code,
+                _ => None,
+            };
+            json!({"task_id": task, "status": d.record.status().as_str(), "attempt": d.record.attempt,
+                "exit_code": exit_code, "ended_at": d.record.state.ended_at().map(format_ts)})
+        }
+        None => {
+            json!({"task_id": task, "status": "not_dispatched", "attempt": null, "exit_code": null, "ended_at": null})
+        }
+    }
+}
+
 impl App {
     /// `GET /schedules[?all=1]`: every schedule with its next run (archived ones with `all`).
     fn schedules(&self, req: &Request) -> Response {
         let all = req.query_params().get("all").is_some_and(|v| v == "1" || v == "true");
         match crate::domain::schedule::ops::list(self.reader.store(), all) {
-            Ok(list) => ok_json(&json!({"schedules": list})),
+            Ok(list) => {
+                let dispatches = self.reader.dispatches().ok();
+                let list: Vec<Value> = list
+                    .iter()
+                    .map(|view| {
+                        let mut v = serde_json::to_value(view).unwrap_or(Value::Null);
+                        v["last_result"] = last_result(dispatches.as_deref(), view.schedule.last_task_id.as_deref());
+                        v
+                    })
+                    .collect();
+                ok_json(&json!({"schedules": list}))
+            }
             Err(e) => error_response(&e),
         }
     }
@@ -740,6 +779,15 @@ mod tests {
         assert!(matches!(route("POST", "/dispatches/d-1/nope"), Ok(None)));
         assert!(matches!(route("POST", "/events/evt-1/ack"), Ok(Some(Route::EventAck("evt-1")))));
         assert!(matches!(route("GET", "/events/evt-1/ack"), Err("POST")));
+        assert!(matches!(route("GET", "/events/stream"), Ok(Some(Route::EventStream))));
+        assert!(matches!(route("POST", "/events/stream"), Err("GET, HEAD")));
+        assert!(matches!(route("GET", "/assets/app.js"), Ok(Some(Route::Asset("app.js")))));
+        assert!(matches!(route("GET", "/assets/a/b"), Ok(None)));
+        assert!(matches!(route("POST", "/tasks"), Ok(Some(Route::AddTask))));
+        assert!(matches!(route("DELETE", "/tasks"), Err("GET, HEAD, POST")));
+        assert!(matches!(route("GET", "/tasks/t-1/log/stream"), Ok(Some(Route::TaskLogStream("t-1")))));
+        assert!(matches!(route("GET", "/tasks/t-1/cancel"), Err("POST")));
+        assert!(matches!(route("POST", "/breakers/shell/reset"), Ok(Some(Route::BreakerReset("shell")))));
     }
 
     #[test]
@@ -754,5 +802,24 @@ mod tests {
         assert_eq!(a("POST", "/dispatches/d-1/retry"), Access::Operate);
         assert_eq!(a("POST", "/schedules/x/run"), Access::Operate);
         assert_eq!(a("POST", "/schedules/x/pause"), Access::Operate);
+        // The dashboard's endpoints (issue 21).
+        for p in ["/", "/assets/app.js", "/events/stream", "/overview", "/overview/history", "/daemons", "/breakers"] {
+            assert_eq!(a("GET", p), Access::Open, "{p}");
+        }
+        for p in [
+            "/tasks",
+            "/tasks/t-1",
+            "/tasks/t-1/log",
+            "/tasks/t-1/log/stream",
+            "/events",
+            "/failure-patterns",
+            "/zombies",
+        ] {
+            assert_eq!(a("GET", p), Access::Read, "{p}");
+        }
+        assert_eq!(a("POST", "/tasks/t-1/cancel"), Access::Documented);
+        for p in ["/tasks", "/tasks/t-1/retry", "/daemons/worker/restart", "/breakers/shell/reset"] {
+            assert_eq!(a("POST", p), Access::Operate, "{p}");
+        }
     }
 }

@@ -8,9 +8,12 @@ use crate::domain::scheduler_state::Actor;
 use crate::domain::task::model::{DispatchState, SignalledEnd, Task, TaskStatus};
 use crate::domain::task::ops::{self, NewTask, TaskFilter};
 use crate::ops::status::StatusReader;
+use crate::store::files;
 use crate::store::home::SpecBucket;
+use crate::store::identity::FileIdentity;
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Tasks in one page at most (and the default).
@@ -21,6 +24,71 @@ const SEARCH_STEP: usize = 2000;
 const SEARCH_MAX_SCANNED: usize = 200_000;
 /// How long `POST /tasks/<id>/cancel` waits for a running task to stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// The live tasks (queue and unfolded intake, as `cortex task list` reads them, oldest first),
+/// kept while the queue, its journal and the intake are unchanged (by file identity), so paging
+/// and searching 100,000 tasks parses them once per change, not once per request.
+#[derive(Default)]
+pub(crate) struct LiveTasks {
+    cache: std::sync::Mutex<Option<CachedTasks>>,
+}
+
+/// The identities of the queue, journal and intake, and the tasks read from them.
+type CachedTasks = (Vec<Option<FileIdentity>>, Arc<Vec<Task>>);
+
+impl LiveTasks {
+    pub(crate) fn get(&self, store: &crate::store::Store) -> crate::base::error::Result<Arc<Vec<Task>>> {
+        let mut keys = Vec::with_capacity(3);
+        for f in [files::TASK_QUEUE, files::TASK_QUEUE_JOURNAL, files::TASK_INTAKE] {
+            keys.push(FileIdentity::stat(&store.path(f))?);
+        }
+        let fresh = keys.iter().flatten().all(|k| !k.is_racy());
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, tasks)) = cache.as_ref()
+            && *k == keys
+            && fresh
+        {
+            return Ok(tasks.clone());
+        }
+        let snap = crate::domain::task::intake::snapshot(store)?;
+        let mut tasks: Vec<Task> = snap.tasks().cloned().collect();
+        tasks.sort_by_key(|t| t.created_at);
+        let tasks = Arc::new(tasks);
+        *cache = fresh.then(|| (keys, tasks.clone()));
+        Ok(tasks)
+    }
+}
+
+/// A page of the live tasks, as [`ops::list_tasks`] pages them (oldest first; after `after_id`
+/// by position, else by id), keeping those `keep` accepts; the page and the id to go on from.
+fn live_page(
+    tasks: &[Task],
+    after_id: Option<&str>,
+    limit: usize,
+    keep: impl Fn(&Task) -> bool,
+) -> (Vec<Value>, Option<String>) {
+    let start = match after_id {
+        None => 0,
+        Some(a) => match tasks.iter().position(|t| t.task_id == a) {
+            Some(p) => p + 1,
+            None => 0,
+        },
+    };
+    let by_id = after_id.filter(|a| !tasks.iter().any(|t| t.task_id == *a));
+    let mut out = Vec::new();
+    let mut last = None;
+    for t in &tasks[start..] {
+        if by_id.is_some_and(|a| t.task_id.as_str() <= a) || !keep(t) {
+            continue;
+        }
+        if out.len() == limit {
+            return (out, last);
+        }
+        last = Some(t.task_id.clone());
+        out.push(row(t));
+    }
+    (out, None)
+}
 
 fn refused_or_500(e: Error, refused_status: u16) -> Response {
     match e {
@@ -51,7 +119,7 @@ fn row(t: &Task) -> Value {
 /// case-insensitive substring of the id or description: pages of [`SEARCH_STEP`] are read until
 /// the page is full (at most [`SEARCH_MAX_SCANNED`] tasks; `next_after_id` then lets the page
 /// go on where the search stopped).
-pub(crate) fn list(reader: &StatusReader, req: &Request) -> Response {
+pub(crate) fn list(reader: &StatusReader, live: &LiveTasks, req: &Request) -> Response {
     let p = req.query_params();
     let status = match p.get("status").filter(|s| !s.is_empty()).map(|s| s.parse::<TaskStatus>()) {
         None => None,
@@ -68,6 +136,20 @@ pub(crate) fn list(reader: &StatusReader, req: &Request) -> Response {
     let after_id = p.get("after_id").filter(|s| !s.is_empty()).cloned();
     let q = p.get("q").map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
     let store = reader.store();
+    if !include_archive && !status.is_some_and(|s| s.is_terminal()) {
+        let tasks = match live.get(store) {
+            Ok(t) => t,
+            Err(e) => return refused_or_500(e, 400),
+        };
+        let keep = |t: &Task| {
+            status.is_none_or(|s| t.status() == s)
+                && worker_type.as_ref().is_none_or(|w| &t.worker_type == w)
+                && q.as_ref()
+                    .is_none_or(|q| t.task_id.to_lowercase().contains(q) || t.description.to_lowercase().contains(q))
+        };
+        let (page, next) = live_page(&tasks, after_id.as_deref(), limit, keep);
+        return Response::json(200, &json!({"tasks": page, "next_after_id": next}));
+    }
     let Some(q) = q else {
         let filter = TaskFilter { status, worker_type, include_archive, after_id, limit: Some(limit + 1) };
         return match ops::list_tasks(store, &filter) {
@@ -165,6 +247,24 @@ fn dispatch_row(bucket: SpecBucket, r: &crate::domain::task::DispatchRecord) -> 
     })
 }
 
+/// A task's dispatch records: those it lists, and those the reader's index holds for it (a
+/// dispatch being started is recorded before the task lists it).
+fn task_records(
+    reader: &StatusReader,
+    task: &Task,
+) -> crate::base::error::Result<Vec<(SpecBucket, crate::domain::task::DispatchRecord)>> {
+    let mut out = ops::task_dispatches(reader.store(), task)?;
+    if let Ok(all) = reader.dispatches() {
+        for d in all.iter().filter(|d| d.record.task_id == task.task_id) {
+            if !out.iter().any(|(_, r)| r.dispatch_id == d.record.dispatch_id) {
+                out.push((d.bucket, d.record.clone()));
+            }
+        }
+    }
+    out.sort_by_key(|a| (a.1.attempt, a.1.dispatched_at));
+    Ok(out)
+}
+
 /// `GET /tasks/<id>`: the task record, its routing decision and every dispatch.
 pub(crate) fn show(reader: &StatusReader, id: &str) -> Response {
     let store = reader.store();
@@ -173,12 +273,11 @@ pub(crate) fn show(reader: &StatusReader, id: &str) -> Response {
         Ok(None) => return Response::error(404, format!("no task {id:?} (queue, intake or archive)")),
         Err(e) => return refused_or_500(e, 400),
     };
-    let records = match ops::task_dispatches(store, &task) {
+    let records = match task_records(reader, &task) {
         Ok(r) => r,
         Err(e) => return refused_or_500(e, 400),
     };
-    let mut rows: Vec<Value> = records.iter().map(|(b, r)| dispatch_row(*b, r)).collect();
-    rows.sort_by_key(|r| r["attempt"].as_u64());
+    let rows: Vec<Value> = records.iter().map(|(b, r)| dispatch_row(*b, r)).collect();
     Response::json(
         200,
         &json!({
@@ -220,23 +319,29 @@ pub(crate) fn log_target(
         Ok(None) => return Err(Response::error(404, format!("no task {id:?}"))),
         Err(e) => return Err(refused_or_500(e, 400)),
     };
-    let records = ops::task_dispatches(store, &task).map_err(|e| refused_or_500(e, 400))?;
+    let records = task_records(reader, &task).map_err(|e| refused_or_500(e, 400))?;
     let rec = match attempt {
         Some(a) => records.iter().find(|(_, r)| r.attempt == a),
         None => records.iter().max_by_key(|(_, r)| (r.attempt, r.dispatched_at)),
     };
-    let Some((_, rec)) = rec else {
-        return Err(Response::error(
-            404,
-            format!("task {id} has no dispatch{}", attempt.map(|a| format!(" for attempt {a}")).unwrap_or_default()),
-        ));
+    // A dispatch the task names whose record the worker has not written yet: its output files
+    // are named by its id alone.
+    let dispatch_id = match rec {
+        Some((_, r)) => r.dispatch_id.clone(),
+        None => match task.dispatches.last().filter(|_| attempt.is_none_or(|a| a == task.attempts)) {
+            Some(d) => d.clone(),
+            None => {
+                let which = attempt.map(|a| format!(" for attempt {a}")).unwrap_or_default();
+                return Err(Response::error(404, format!("task {id} has no dispatch{which}")));
+            }
+        },
     };
-    if !crate::domain::task::dispatches::is_valid_id(&rec.dispatch_id) {
+    if !crate::domain::task::dispatches::is_valid_id(&dispatch_id) {
         return Err(Response::error(404, format!("task {id}: its dispatch id is not a valid id")));
     }
     let home = reader.home();
-    let path = if err { home.dispatch_stderr(&rec.dispatch_id) } else { home.dispatch_stdout(&rec.dispatch_id) };
-    Ok((rec.dispatch_id.clone(), path, offset))
+    let path = if err { home.dispatch_stderr(&dispatch_id) } else { home.dispatch_stdout(&dispatch_id) };
+    Ok((dispatch_id, path, offset))
 }
 
 /// `GET /tasks/<id>/log?attempt=&stream=&offset=&max=`: up to 64 KiB of a dispatch's output
