@@ -461,3 +461,38 @@ fn a_phone_sized_window_fits_and_the_keyboard_alone_can_pause() {
     });
     d.b.wait_js("the page showing it", "return document.getElementById('scheduler').dataset.state === 'paused'");
 }
+
+/// Schedules: the page lists a schedule with its expression; Pause and Resume change
+/// `schedules.json`, and Run now records a run request (operate actions: a token).
+#[test]
+fn schedules_pause_resume_and_run_now_from_the_page() {
+    let h = home();
+    let token = "dashboard-schedule-token-0123456789";
+    write_tokens_file(&h, &format!("operator:{token}\n"));
+    h.cortex_ok(&["schedule", "add", "--name", "nightly-report", "--cron", "0 3 * * *", "--", "true"]);
+    let state = |h: &TestHome| -> Value {
+        let all = h.read_json("coordination/schedules.json");
+        let list = all["schedules"].as_array().cloned().unwrap_or_default();
+        list.into_iter().find(|s| s["name"] == "nightly-report").expect("the schedule in schedules.json")
+    };
+    let d = Dash::start(&h);
+    d.b.goto(&format!("{}#/schedules", d.base));
+    d.b.wait_js("the token dialog", "return document.getElementById('token-dialog').open");
+    d.b.type_into("#token-input", token);
+    d.b.click("#token-form button[type=submit]");
+    let row = d.b.wait_text("#schedule-table", "the schedule listed", |t| t.contains("nightly-report"));
+    assert!(row.contains("0 3 * * *"), "the expression is shown: {row:?}");
+
+    d.b.click("button[data-action=schedule-pause]");
+    wait_until(PAGE, "the schedule paused on disk", || state(&h)["state"] == "paused");
+    d.b.wait_text("#schedule-table", "the page showing it paused", |t| t.contains("paused"));
+    d.b.click("button[data-action=schedule-resume]");
+    wait_until(PAGE, "the schedule active on disk", || state(&h)["state"] == "active");
+
+    d.b.click("button[data-action=schedule-run]");
+    wait_until(PAGE, "a run requested or made", || {
+        let s = state(&h);
+        s["pending_runs"].as_array().is_some_and(|r| !r.is_empty()) || s["last_task_id"].is_string()
+    });
+    d.b.screenshot("schedules");
+}

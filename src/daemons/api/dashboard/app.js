@@ -980,6 +980,17 @@ function newTaskView() {
 // ---------------------------------------------------------------------------------------------
 // Schedules.
 
+/** How a schedule's last run went: its task's newest dispatch status, exit code and the task. */
+function lastResult(sc) {
+  const r = sc.last_result;
+  if (r && typeof r === 'object') {
+    return [stateBadge(r.status), r.exit_code !== null && r.exit_code !== undefined ? ` exit ${r.exit_code} ` : ' ',
+      r.task_id ? taskLink(r.task_id) : null];
+  }
+  if (typeof r === 'string') return stateBadge(r);
+  return sc.last_task_id ? taskLink(sc.last_task_id) : '—';
+}
+
 function schedulesView() {
   const root = h('section', {'aria-labelledby': 'sched-title'});
   const body = h('div', {class: 'panel', id: 'schedules'});
@@ -996,7 +1007,7 @@ function schedulesView() {
       h('td', null, stateBadge(sc.state), sc.reason ? h('div', {class: 'muted'}, visible(sc.reason)) : null),
       h('td', null, timeEl(sc.next_run_at)),
       h('td', null, timeEl(sc.last_run_at)),
-      h('td', null, sc.last_result ? stateBadge(sc.last_result) : (sc.last_task_id ? taskLink(sc.last_task_id) : '—')),
+      h('td', null, lastResult(sc)),
       h('td', null,
         sc.state === 'paused'
           ? actionButton('Resume', act(sc, 'resume'), {class: 'small', name: 'schedule-resume'})
