@@ -66,7 +66,7 @@ fn bench_first_paint() {
     // The scheduler paused: the queue holds still while it is measured.
     h.cortex_ok(&["scheduler", "pause", "--reason", "benchmark"]);
     write_queue(&h, TASKS);
-    let d = Dash::start(&h);
+    let d = Dash::start_named(&h, &["api", "metrics"]);
     d.open("");
     d.b.wait_text("#count-total .n", "the 100,000 tasks counted", |t| t == "100,000");
     eprintln!("{TASKS} tasks in the queue");

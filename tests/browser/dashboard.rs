@@ -31,7 +31,16 @@ impl Dash {
     }
 
     pub(crate) fn start_sized(h: &TestHome, width: u32, height: u32) -> Dash {
-        let fleet = Fleet::start_all(h);
+        Dash::with_fleet(Fleet::start_all(h), width, height)
+    }
+
+    /// Only the named daemons (the benchmark: the API reading a large queue, nothing moving it).
+    pub(crate) fn start_named(h: &TestHome, names: &[&str]) -> Dash {
+        let port = crate::support::faults::configure_fast(h);
+        Dash::with_fleet(Fleet::start_named(h, port, None, &[], names), 1280, 900)
+    }
+
+    fn with_fleet(fleet: Fleet, width: u32, height: u32) -> Dash {
         let base = format!("http://127.0.0.1:{}/", fleet.api_port);
         let b = Browser::start_sized(width, height);
         Dash { b, fleet, base }
