@@ -77,7 +77,8 @@ fn bench_first_paint() {
         let worst = runs.iter().map(|r| r.1).fold(0.0, f64::max);
         eprintln!(
             "{name}: first contentful paint {fcp:.0} ms, data rendered {done:.0} ms \
-             (median of {RUNS}; worst {worst:.0} ms; target ≤ 300 ms)"
+             (median of {RUNS}; worst {worst:.0} ms; target ≤ 300 ms); each run: {:?}",
+            runs.iter().map(|r| r.1.round()).collect::<Vec<_>>()
         );
     };
     report("GET / (overview)", &d.base, "overview-rendered");
