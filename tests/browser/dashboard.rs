@@ -248,6 +248,21 @@ fn cancel_and_retry_with_a_token_asked_once() {
     d.b.wait_text("#task-table", "the task listed", |t| t.contains(&id));
     assert!(!d.b.js("return document.getElementById('token-dialog').open", vec![]).as_bool().unwrap_or(true));
     d.b.screenshot("retried");
+
+    // The add-task form: the new task is in the queue and its page opens.
+    d.b.goto(&format!("{}#/new", d.base));
+    d.b.type_into("#n-description", "added from the dashboard");
+    d.b.type_into("#n-attempts", "2");
+    d.b.type_into("#n-command", "echo from the form");
+    d.b.click("#n-submit");
+    d.b.wait_js("the new task's page", "return location.hash.startsWith('#/task/')");
+    let new_id = d.b.js("return decodeURIComponent(location.hash.slice('#/task/'.length))", vec![]);
+    let new_id = new_id.as_str().expect("a task id in the address").to_string();
+    let added = show(&h, &new_id);
+    assert_eq!(added["description"], "added from the dashboard");
+    assert_eq!(added["max_attempts"], 2);
+    assert_eq!(added["command"], json!(["sh", "-c", "echo from the form"]));
+    d.b.wait_text("#task-fields", "the new task's fields", |t| t.contains("added from the dashboard"));
 }
 
 /// A description written to run script in the page, and to colour a terminal.
