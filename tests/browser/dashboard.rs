@@ -31,11 +31,13 @@ impl Dash {
     }
 
     pub(crate) fn start_sized(h: &TestHome, width: u32, height: u32) -> Dash {
+        crate::driver::tools();
         Dash::with_fleet(Fleet::start_all(h), width, height)
     }
 
     /// Only the named daemons (the benchmark: the API reading a large queue, nothing moving it).
     pub(crate) fn start_named(h: &TestHome, names: &[&str]) -> Dash {
+        crate::driver::tools();
         let port = crate::support::faults::configure_fast(h);
         Dash::with_fleet(Fleet::start_named(h, port, None, &[], names), 1280, 900)
     }

@@ -25,7 +25,7 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// Chromium and chromedriver, or a failure that says how to install them.
-fn tools() -> (PathBuf, PathBuf) {
+pub(crate) fn tools() -> (PathBuf, PathBuf) {
     let chromium = which("chromium").or_else(|| which("chromium-browser"));
     let driver = which("chromedriver");
     match (chromium, driver) {
