@@ -386,6 +386,9 @@ function setConn(cls, label) {
   el.className = 'conn conn-' + cls;
   el.textContent = label;
   el.setAttribute('data-state', cls);
+  // What the page shows is the last known state while the stream is down: dimmed, and said so.
+  document.body.classList.toggle('stale', cls === 'down');
+  el.title = cls === 'down' ? 'The values shown are the last received; the page reconnects by itself.' : '';
 }
 
 // ---------------------------------------------------------------------------------------------
