@@ -1136,6 +1136,16 @@ function start() {
       if (q) { e.preventDefault(); q.focus(); }
     }
   });
+  // Leaving the page closes its streams at once: a stream left to the browser keeps one of the
+  // six connections it allows per host until it is noticed dead, and enough of them stall the
+  // next page's requests. Back from the back-forward cache, the page reconnects and re-reads.
+  window.addEventListener('pagehide', () => {
+    live.stop();
+    if (current && current.dispose) current.dispose();
+  });
+  window.addEventListener('pageshow', (e) => {
+    if (e.persisted) { live.start(); route(); }
+  });
   live.start();
   route();
 }
