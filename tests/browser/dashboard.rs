@@ -522,3 +522,35 @@ fn schedules_pause_resume_and_run_now_from_the_page() {
     });
     d.b.screenshot("schedules");
 }
+
+/// Leaving the page closes its streams: a browser allows six connections per host, so streams
+/// left open by earlier loads would make the seventh load wait for one of them to be noticed dead.
+#[test]
+fn leaving_the_page_frees_its_connections() {
+    let h = home();
+    let id = add(
+        &h,
+        &["--description", "output for the streams", "--", "sh", "-c", "while true; do echo x; sleep 0.2; done"],
+    );
+    let d = Dash::start(&h);
+    wait_until(Duration::from_secs(30), "the task running", || show(&h, &id)["status"] == "in_progress");
+    for n in 0..8 {
+        // The task page holds three streams (events, stdout, stderr), the overview one.
+        let (view, mark) =
+            if n % 2 == 0 { (format!("#/task/{id}"), "#log-stdout-state") } else { (String::new(), "#daemon-table") };
+        d.b.goto("about:blank");
+        let t0 = Instant::now();
+        d.b.goto(&format!("{}{view}", d.base));
+        d.b.wait_js_for(
+            Duration::from_secs(10),
+            &format!("load {n} showing its data"),
+            &format!(
+                "return !!document.querySelector('{mark}') && document.getElementById('conn').dataset.state === 'live'"
+            ),
+        );
+        let took = t0.elapsed();
+        eprintln!("load {n} ({view:?}) ready after {took:?}");
+        // Without closing the streams, a load waited ~60 s here for a connection.
+        assert!(took < Duration::from_secs(10), "load {n} of {view:?} took {took:?}");
+    }
+}
