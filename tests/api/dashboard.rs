@@ -212,7 +212,7 @@ fn the_event_stream_is_live_and_resumes_without_loss_or_duplicates() {
     // A pause (as the page does it) shows up as a status change.
     let (code, v) = json_request(p, "POST", "/scheduler/pause", &[("X-Cortex-Request", "1")], br#"{"reason":"sse"}"#);
     assert_eq!(code, 200, "{v}");
-    let (paused, _) = s.until("the paused status", |m| m.event == "status");
+    let (paused, _) = s.until("the paused status", |m| m.event == "status" && m.data["scheduler"]["state"] == "paused");
     assert_eq!(paused.data["scheduler"]["state"], "paused");
     assert_eq!(paused.data["scheduler"]["reason"], "sse");
     drop(s);
@@ -345,10 +345,18 @@ fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
         format!("echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second; echo oops >&2", release.display());
     let body = serde_json::json!({"description": "follow me <img src=x onerror=alert(1)>", "priority": "high",
         "timeout_seconds": 120, "command": ["sh", "-c", script]});
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let mut live = SseClient::open(p, "/events/stream", &[("Authorization", &auth)]);
+    live.until("the first status", |m| m.event == "status");
     let (code, v) = api.post("/tasks", body.to_string().as_bytes());
     assert_eq!(code, 201, "{v}");
     let id = v["task"]["task_id"].as_str().unwrap().to_string();
     assert_eq!(v["task"]["priority"], "high");
+    // The stream tells the page that a dispatch of the new task appeared.
+    live.until("the task's dispatch", |m| {
+        m.event == "dispatches" && m.data["changed"].as_array().unwrap().iter().any(|c| c["task_id"] == id.as_str())
+    });
+    drop(live);
 
     let (code, list) = api.get("/tasks?q=FOLLOW%20ME&limit=10");
     assert_eq!(code, 200, "{list}");
@@ -359,7 +367,6 @@ fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
     assert_eq!(api.get("/tasks?status=bogus").0, 400);
 
     wait_until(LONG, "the task runs", || api.get(&format!("/tasks/{id}")).1["status"] == "in_progress");
-    let auth = format!("Bearer {OPERATOR_TOKEN}");
     let mut log = SseClient::open(p, &format!("/tasks/{id}/log/stream"), &[("Authorization", &auth)]);
     if log.status != 200 {
         let (code, _, body) = exchange(p, "GET", &format!("/tasks/{id}/log/stream"), &[("Authorization", &auth)], b"");
@@ -387,10 +394,17 @@ fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
     assert_eq!(text, "first\nsecond\n", "the output, live, each byte once");
     assert_eq!(end.data["status"], "completed");
     assert!(log.next().is_none(), "the server closes the stream after end");
+    // A reconnecting EventSource sends the last chunk's id (the offset after it): the rest only.
+    let mut again =
+        SseClient::open(p, &format!("/tasks/{id}/log/stream"), &[("Authorization", &auth), ("Last-Event-ID", "6")]);
+    let (chunk, _) = again.until("the rest", |m| m.event == "log");
+    assert_eq!((chunk.data["data"].as_str(), chunk.id.as_deref()), (Some("second\n"), Some("13")), "{:?}", chunk.data);
+    assert_eq!(again.until("end", |m| m.event != "log").0.event, "end");
 
+    // The dispatch record ends first; the coordinator then folds it into the task.
+    wait_until(LONG, "the task completes", || api.get(&format!("/tasks/{id}")).1["status"] == "completed");
     let (code, t) = api.get(&format!("/tasks/{id}"));
     assert_eq!(code, 200, "{t}");
-    assert_eq!(t["status"], "completed");
     let d = &t["dispatches"][0];
     assert_eq!((d["attempt"].as_u64(), d["exit_code"].as_i64()), (Some(1), Some(0)), "{d}");
     assert!(d["duration_s"].as_f64().is_some() && d["started_at"].is_string() && d["ended_at"].is_string(), "{d}");
@@ -664,9 +678,12 @@ fn the_tasks_table_pages_through_a_hundred_thousand_tasks() {
     assert_eq!(v["tasks"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["tasks"][0]["task_id"], "task-20260101000000000-0077777");
     let (status, _) = timed_get(&api, "/status");
+    let t = std::time::Instant::now();
+    h.cortex_ok(&["task", "list", "--limit", "50"]);
+    let cli = t.elapsed().as_millis();
     eprintln!(
         "BENCH /tasks at {n} tasks (debug build): first page {first} ms, again {again} ms, a later page {later} ms, \
-         filtered {filtered} ms, text search {search} ms; /status {status} ms"
+         filtered {filtered} ms, text search {search} ms; /status {status} ms; `cortex task list --limit 50` {cli} ms"
     );
 }
 
@@ -711,4 +728,99 @@ fn a_daemon_restarted_from_the_page_comes_back_with_a_new_pid() {
     let stat = std::fs::read_to_string(format!("/proc/{new}/stat")).unwrap();
     let ppid: u32 = stat.rsplit(") ").next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     assert_ne!(ppid, api.child.id(), "the restarted daemon is not the API's child");
+}
+
+/// A stream whose client stops reading is dropped once 4 MiB wait for it (it would reconnect and
+/// catch up from the files); the API meanwhile serves others, and a reading stream gets everything.
+#[test]
+fn a_stream_that_does_not_read_is_dropped_and_others_go_on() {
+    use std::io::Read;
+    let h = api_only_home();
+    let api = Api::start(&h);
+    let p = api.port;
+    let mut stuck = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    // A small receive buffer, so what the kernel holds for it cannot hide the server's cap.
+    nix::sys::socket::setsockopt(&stuck, nix::sys::socket::sockopt::RcvBuf, &65536).unwrap();
+    stuck.write_all(format!("GET /events/stream HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n").as_bytes()).unwrap();
+    let mut reader = SseClient::open(p, "/events/stream", &[]);
+    reader.until("status", |m| m.event == "status");
+    // 16 MB of events in a few appends, while `stuck` reads nothing.
+    let pad = "x".repeat(900);
+    let mut written = 0;
+    for chunk in 0..4 {
+        let mut text = String::new();
+        for i in 0..4000 {
+            let line = serde_json::json!({"id": format!("evt-{chunk}-{i}"), "timestamp": chrono::Utc::now().to_rfc3339(),
+                "type": "test_event", "severity": "info", "source": "test", "message": pad, "data": {}});
+            text.push_str(&format!("{line}\n"));
+        }
+        written += text.len();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.join("coordination/dashboard-events.jsonl"))
+            .unwrap();
+        log.write_all(text.as_bytes()).unwrap();
+    }
+    let (last, _) = reader.until("the last event", |m| m.event == "event" && m.data["id"] == "evt-3-3999");
+    assert_eq!(last.data["message"].as_str().map(str::len), Some(900));
+    assert_eq!(api.get("/status").0, 200);
+    // The stuck client: what was in flight, then the server's close.
+    stuck.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match stuck.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("the stuck stream was not closed: {e} after {got} bytes"),
+        }
+    }
+    assert!(got < written, "dropped before everything was sent: {got} of {written} bytes");
+}
+
+/// Restarting the API itself from the page: the answer goes out, the API is replaced by a new
+/// process on the same port, and a stream reconnecting with its last id resumes.
+#[test]
+fn the_api_restarted_from_the_page_comes_back_and_the_stream_resumes() {
+    let h = api_only_home();
+    h.set_config("supervisor", "stabilization_seconds", "0");
+    let mut api = Api::start_operated(&h);
+    let p = api.port;
+    /// Stops the detached API the restart starts, whatever the test's outcome.
+    struct StopApi<'a>(&'a crate::support::TestHome);
+    impl Drop for StopApi<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.cortex(&["stop", "api", "--force"]);
+        }
+    }
+    let _stop = StopApi(&h);
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let mut s = SseClient::open(p, "/events/stream", &[("Authorization", &auth)]);
+    s.until("status", |m| m.event == "status");
+    append_event(&h, "evt-before");
+    let (before, _) = s.until("evt-before", |m| m.event == "event" && m.data["id"] == "evt-before");
+    let old = api.child.id();
+    let (code, v) = api.post("/daemons/api/restart", b"");
+    assert_eq!(code, 202, "{v}");
+    // The old process ends (our child), the stream with it.
+    let _ = api.child.wait();
+    while s.next().is_some() {}
+    append_event(&h, "evt-during");
+    wait_until(std::time::Duration::from_secs(60), "a new API answers", || {
+        matches!(try_request(p, "GET", "/status", &[], b""), Ok((200, _)))
+    });
+    let (_, d) = api.get("/daemons");
+    let me = d["daemons"].as_array().unwrap().iter().find(|x| x["name"] == "api").cloned().unwrap();
+    assert_ne!(me["pid"].as_u64(), Some(old as u64), "{me}");
+    let mut r = SseClient::open(
+        p,
+        "/events/stream",
+        &[("Authorization", &auth), ("Last-Event-ID", before.id.as_deref().unwrap())],
+    );
+    let (hello, _) = r.until("hello", |m| m.event == "hello");
+    assert_eq!(hello.data["resumed"], true);
+    let (during, _) =
+        r.until("the event written while it restarted", |m| m.event == "event" && m.data["type"] == "test_event");
+    assert_eq!(during.data["id"], "evt-during");
 }

@@ -110,6 +110,7 @@ impl Feed {
             daemons: Value::Null,
             daemons_key: Vec::new(),
             dispatches: HashMap::new(),
+            last_index: None,
             schedules_key: None,
             followers: Vec::new(),
             next_key: 0,
@@ -301,6 +302,8 @@ struct State {
     daemons_key: Vec<(Value, Value, Value, Value)>,
     /// Each dispatch's (status, stage) as last broadcast.
     dispatches: HashMap<String, (&'static str, &'static str)>,
+    /// The dispatch index they were taken from.
+    last_index: Option<Arc<Vec<Arc<crate::ops::status::SpecEntry>>>>,
     schedules_key: Option<(u64, u64, u64, i128)>,
     followers: Vec<Follower>,
     next_key: u64,
@@ -400,16 +403,21 @@ impl State {
                 self.hub.broadcast(Message { full: encode(&id, "daemons", &self.daemons.to_string()), redacted: None });
             }
         }
-        if let Ok(all) = self.reader.dispatches() {
+        // The reader hands back the same index while no record changed: nothing to compare then.
+        if let Ok(all) = self.reader.dispatches()
+            && !self.last_index.as_ref().is_some_and(|l| Arc::ptr_eq(l, &all))
+        {
+            self.last_index = Some(all.clone());
             let now: HashMap<String, (&'static str, &'static str)> = all
                 .iter()
                 .map(|d| (d.record.dispatch_id.clone(), (d.record.status().as_str(), d.bucket.dir_name())))
                 .collect();
             let mut changed: Vec<Value> = Vec::new();
-            for (id, (status, stage)) in &now {
-                if self.dispatches.get(id) != Some(&(*status, *stage)) {
-                    let task = all.iter().find(|d| &d.record.dispatch_id == id).map(|d| d.record.task_id.clone());
-                    changed.push(json!({"dispatch_id": id, "task_id": task, "status": status, "stage": stage}));
+            for d in all.iter() {
+                let (id, key) = (&d.record.dispatch_id, (d.record.status().as_str(), d.bucket.dir_name()));
+                if self.dispatches.get(id) != Some(&key) {
+                    changed
+                        .push(json!({"dispatch_id": id, "task_id": d.record.task_id, "status": key.0, "stage": key.1}));
                 }
                 if changed.len() > MAX_LISTED_CHANGES {
                     break;
@@ -473,6 +481,8 @@ impl State {
             let body = json!({"error": "too many task output streams are followed; retry shortly"});
             let first = encode("", "error", &body.to_string());
             self.hub.add(Client { stream, first, redact: false, topic: Topic::Log(u64::MAX) });
+            // Ends it once the message is written.
+            self.hub.to_log(u64::MAX, Vec::new(), true);
             return;
         }
         let key = self.next_key;

@@ -3,7 +3,9 @@
 //! handed to a fixed pool of handler threads (a handler may also defer its answer to another
 //! thread: [`Reply::Deferred`], [`Responder`]). So a client that sends slowly (slowloris), sends a
 //! huge body, or sends garbage costs a buffer in the reactor, never a thread, and is dropped at
-//! its deadline; other clients are served meanwhile.
+//! its deadline; other clients are served meanwhile. A streamed response ([`Reply::Stream`],
+//! Server-Sent Events) leaves the reactor after its head: its socket goes to whoever the handler
+//! names (`super::stream`), so an open stream holds no handler thread.
 //!
 //! Limits: request head 16 KiB, body `max_body` (413 before a byte of it is read), a whole request
 //! must arrive within `request_timeout` of its first byte (else 408), idle keep-alive connections
