@@ -177,7 +177,7 @@ function askToken(message) {
       dialog.removeEventListener('cancel', onCancel);
       if (dialog.open) dialog.close();
       tokenPrompt = null;
-      if (ok) resolve(); else reject(new ApiError(401, 'this API needs a token ([api] tokens_file); reload the page to enter one'));
+      if (ok) resolve(); else reject(new ApiError(-1, 'this API needs a token ([api] tokens_file): reload the page to enter one'));
     };
     const onSubmit = (e) => {
       e.preventDefault();
