@@ -18,4 +18,5 @@ mod schedule_cli;
 mod scheduler_persistence;
 mod slurm_cluster;
 mod slurm_daemon;
+mod slurm_faults;
 mod unrecorded;
