@@ -1,8 +1,8 @@
-//! The Slurm daemon's command thread: `sbatch` and `squeue`, the two commands that can take long
-//! (a slow or hung controller: up to the command deadline each), run here, one after the other in
-//! the order asked, so that the daemon's loop never waits for them — a cancel or a timeout's
-//! `scancel` goes out at once, whatever submission or poll is under way. Each answer wakes the
-//! loop. `sbatch` runs marked with [`SUBMITTER_VAR`] and dies with this thread
+//! The Slurm daemon's command threads: `sbatch` and `squeue`, the two commands that can take long
+//! (a slow or hung controller: up to the command deadline each), run on two threads of their own
+//! (one for submissions, one for polls; each runs its requests in the order asked), so that the
+//! daemon's loop never waits for them — a cancel or a timeout's `scancel` goes out at once, and
+//! a poll sees the job end, whatever submission is under way. Each answer wakes the loop. `sbatch` runs marked with [`SUBMITTER_VAR`] and dies with this thread
 //! (`PR_SET_PDEATHSIG`): a restarted daemon finds and stops any that outlived its killed
 //! predecessor before it looks for the job by name ([`stop_leftover_submitters`]).
 
@@ -54,16 +54,31 @@ pub(super) fn unreachable(outcome: &Result<Ran, RunError>) -> bool {
     }
 }
 
-/// Starts the command thread. `crash_after_sbatch` is the test hook: exit right after an
-/// `sbatch` returned, before the loop could record the job id.
+/// Starts the two command threads; returns where to send submissions and polls.
+/// `crash_after_sbatch` is the test hook: exit right after an `sbatch` returned, before the loop
+/// could record the job id.
 pub(super) fn spawn(
+    home_root: String,
+    replies: Sender<Reply>,
+    waker: Option<Sender<Wake>>,
+    crash_after_sbatch: bool,
+) -> std::io::Result<(Sender<Request>, Sender<Request>)> {
+    let (submit_tx, submit_rx) = std::sync::mpsc::channel();
+    let (poll_tx, poll_rx) = std::sync::mpsc::channel();
+    spawn_one("slurm-sbatch", home_root.clone(), submit_rx, replies.clone(), waker.clone(), crash_after_sbatch)?;
+    spawn_one("slurm-squeue", home_root, poll_rx, replies, waker, false)?;
+    Ok((submit_tx, poll_tx))
+}
+
+fn spawn_one(
+    name: &str,
     home_root: String,
     requests: Receiver<Request>,
     replies: Sender<Reply>,
     waker: Option<Sender<Wake>>,
     crash_after_sbatch: bool,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new().name("slurm-commands".into()).spawn(move || {
+    std::thread::Builder::new().name(name.into()).spawn(move || {
         let marker = [(SUBMITTER_VAR, home_root.as_str())];
         for request in requests {
             let reply = match request {

@@ -181,8 +181,9 @@ pub struct SlurmDaemon {
     down: Option<String>,
     failures: u32,
     started: Instant,
-    /// To the command thread (`sbatch`, `squeue`), and its answers.
-    requests: Sender<io::Request>,
+    /// To the command threads (`sbatch`; `squeue`), and their answers.
+    submits: Sender<io::Request>,
+    polls: Sender<io::Request>,
     replies: Receiver<io::Reply>,
     /// Dispatches whose `sbatch` is with the command thread.
     submitting: HashSet<String>,
@@ -197,11 +198,10 @@ fn since(at: Timestamp) -> Duration {
 impl SlurmDaemon {
     /// The daemon, with its command thread (answers wake the loop through `waker`).
     pub fn new(store: Store, config: Config, waker: Option<Sender<Wake>>) -> Result<SlurmDaemon> {
-        let (requests, thread_requests) = mpsc::channel();
         let (thread_replies, replies) = mpsc::channel();
         let crash = crate::daemons::daemon::test_hook(TEST_CRASH_AFTER_SBATCH, "slurm");
-        io::spawn(store.home().root().display().to_string(), thread_requests, thread_replies, waker, crash)
-            .map_err(|e| crate::base::error::Error::system("start the Slurm command thread", e))?;
+        let (submits, polls) = io::spawn(store.home().root().display().to_string(), thread_replies, waker, crash)
+            .map_err(|e| crate::base::error::Error::system("start the Slurm command threads", e))?;
         Ok(SlurmDaemon {
             home: store.home().clone(),
             store,
@@ -216,7 +216,8 @@ impl SlurmDaemon {
             down: None,
             failures: 0,
             started: Instant::now(),
-            requests,
+            submits,
+            polls,
             replies,
             submitting: HashSet::new(),
             polling: false,
@@ -486,7 +487,7 @@ impl SlurmDaemon {
             return;
         }
         self.submitting.extend(batch.iter().map(|p| p.id.clone()));
-        if self.requests.send(io::Request::Submit(batch)).is_err() {
+        if self.submits.send(io::Request::Submit(batch)).is_err() {
             tracing::error!("the Slurm command thread is gone");
         }
     }
@@ -626,7 +627,7 @@ impl SlurmDaemon {
         if names.is_empty() {
             return;
         }
-        if self.requests.send(io::Request::Poll(command::squeue(&self.config.slurm, &names))).is_ok() {
+        if self.polls.send(io::Request::Poll(command::squeue(&self.config.slurm, &names))).is_ok() {
             self.polling = true;
         }
     }
