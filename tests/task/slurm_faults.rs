@@ -336,3 +336,49 @@ fn slurm_preempted_node_fail_and_requeued_end_through_the_retry_policy() {
     let second = ds.iter().find(|d| d["attempt"] == 2).unwrap();
     assert_eq!(rig.log(second["dispatch_id"].as_str().unwrap(), "out"), b"attempt-2\n");
 }
+
+/// A Slurm job whose heartbeat goes stale (`CORTEX_HEARTBEAT_FILE`, written once, then silence)
+/// is handled like a local one: past the policy's zombie threshold and its re-check, its job is
+/// cancelled and the dispatch ends `zombie`; a job that keeps beating runs to completion.
+#[test]
+fn slurm_job_with_a_stale_heartbeat_ends_zombie() {
+    // auto-fix decides a zombie's restart when it runs; without it the coordinator folds the
+    // zombie through the retry policy (as for a local zombie).
+    let Some(rig) =
+        Rig::custom("slurm_job_with_a_stale_heartbeat_ends_zombie", &[], &[("daemons", "disabled", "[\"auto-fix\"]")])
+    else {
+        return;
+    };
+    let policy = rig.h.join("coordination/config/heartbeat-policy.json");
+    let mut p: Value = serde_json::from_slice(&std::fs::read(&policy).unwrap()).unwrap();
+    for (k, v) in [
+        ("heartbeat_interval_seconds", 1.0),
+        ("warning_seconds", 2.0),
+        ("critical_seconds", 3.0),
+        ("zombie_threshold_seconds", 4.0),
+        ("recheck_delay_seconds", 1.0),
+    ] {
+        p[k] = serde_json::json!(v);
+    }
+    std::fs::write(&policy, serde_json::to_vec_pretty(&p).unwrap()).unwrap();
+    let beating = rig.add(&[
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do touch \"$CORTEX_HEARTBEAT_FILE\"; sleep 1; done; echo alive",
+    ]);
+    let stale = rig.add(&["--max-attempts", "1", "--", "sh", "-c", "touch \"$CORTEX_HEARTBEAT_FILE\"; sleep 300"]);
+    let t = rig.wait_status(&stale, "failed");
+    let d = &dispatches(&t)[0];
+    assert_eq!(d["status"], "zombie", "{d}");
+    let name = format!("cortex-{}", d["dispatch_id"].as_str().unwrap());
+    rig.wait("the stale job ended in Slurm", || {
+        rig.cluster
+            .jobs_by_name()
+            .get(&name)
+            .is_some_and(|j| j.len() == 1 && (j[0].ends_with(":CANCELLED") || j[0].ends_with(":FAILED")))
+    });
+    assert!(!rig.h.events_of("zombie_detected").is_empty());
+    let t = rig.wait_status(&beating, "completed");
+    assert_eq!(rig.log(dispatches(&t)[0]["dispatch_id"].as_str().unwrap(), "out"), b"alive\n");
+}

@@ -31,6 +31,8 @@ use crate::base::clock::{self, Timestamp};
 use crate::base::error::Result;
 use crate::base::wake::Wake;
 use crate::daemons::daemon::DaemonContext;
+use crate::daemons::heartbeat::beat;
+use crate::daemons::heartbeat::policy::HeartbeatPolicy;
 use crate::domain::slurm::{self, JobEndRecord, JobId, command, parse, script, state};
 use crate::domain::task::dispatch_record::{self, Change, NotWritten, cancel_request_path};
 use crate::domain::task::model::{DispatchRecord, DispatchState, SignalledEnd, SlurmStop};
@@ -96,6 +98,9 @@ struct Job {
     settle_until: Option<Instant>,
     /// Its end record was seen (a poll is due at once).
     end_seen: bool,
+    /// Its heartbeat looked stale: re-checked at this time (the heartbeat daemon's
+    /// false-positive guard), with the reason.
+    suspect: Option<(Instant, String)>,
 }
 
 impl Job {
@@ -189,6 +194,9 @@ pub struct SlurmDaemon {
     submitting: HashSet<String>,
     /// A `squeue` is with the command thread.
     polling: bool,
+    /// When a running job's heartbeat is next due to cross the zombie threshold (or be
+    /// re-checked).
+    next_beat_check: Option<Instant>,
 }
 
 fn since(at: Timestamp) -> Duration {
@@ -221,6 +229,7 @@ impl SlurmDaemon {
             replies,
             submitting: HashSet::new(),
             polling: false,
+            next_beat_check: None,
         })
     }
 
@@ -250,7 +259,79 @@ impl SlurmDaemon {
         {
             self.request_poll();
         }
+        self.check_heartbeats();
         self.run_timers();
+    }
+
+    /// Heartbeats of running Slurm jobs, as the heartbeat daemon watches a local dispatch's: a
+    /// job whose heartbeat file (`CORTEX_HEARTBEAT_FILE`, on the shared filesystem) is older than
+    /// the policy's `zombie_threshold_seconds` (counted from the job's start if it never wrote
+    /// one and the policy requires heartbeats) is re-checked after `recheck_delay_seconds`, then
+    /// stopped (`scancel`) and ended `zombie`; the retry policy applies as for a local zombie.
+    fn check_heartbeats(&mut self) {
+        let running: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.started_at().is_some() && j.stop.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.next_beat_check = None;
+        if running.is_empty() {
+            return;
+        }
+        let policy = self.store.load::<HeartbeatPolicy>().unwrap_or_default();
+        let now = clock::now();
+        let instant = Instant::now();
+        let secs = |s: f64| chrono::Duration::microseconds((s.max(0.0) * 1e6) as i64);
+        let mut zombies = Vec::new();
+        for id in running {
+            let seen = beat::observe(&self.home.heartbeat_file(&id));
+            let job = self.jobs.get_mut(&id).expect("listed");
+            let Some(started) = job.started_at() else { continue };
+            if seen.last.is_none() && !policy.require_heartbeat {
+                job.suspect = None;
+                continue;
+            }
+            let reference = seen.last.map_or(started, |l| l.max(started));
+            let dead_at = reference + secs(policy.zombie_threshold_seconds);
+            if now <= dead_at {
+                job.suspect = None;
+                let wait = (dead_at - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(1);
+                self.next_beat_check = Some(self.next_beat_check.map_or(instant + wait, |t| t.min(instant + wait)));
+                continue;
+            }
+            let age = (now - reference).num_milliseconds() as f64 / 1000.0;
+            let reason = format!(
+                "no heartbeat for {age:.0} s (zombie_threshold_seconds {}); its Slurm job was cancelled",
+                policy.zombie_threshold_seconds
+            );
+            match &job.suspect {
+                None => {
+                    let at = instant + Duration::from_secs_f64(policy.recheck_delay_seconds.max(0.0));
+                    tracing::info!("Slurm dispatch {id}: presumed dead ({reason}); re-checking");
+                    job.suspect = Some((at, reason));
+                    self.next_beat_check = Some(self.next_beat_check.map_or(at, |t| t.min(at)));
+                }
+                Some((at, _)) if instant >= *at => zombies.push((id.clone(), reason)),
+                Some((at, _)) => {
+                    let at = *at;
+                    self.next_beat_check = Some(self.next_beat_check.map_or(at, |t| t.min(at)));
+                }
+            }
+        }
+        for (id, reason) in zombies {
+            let (task, job_id) = self.jobs.get(&id).map(|j| (j.record.task_id.clone(), j.job_id())).unwrap_or_default();
+            let _ = self.store.emit(
+                EventKind::ZombieDetected,
+                Severity::Warning,
+                format!("Slurm dispatch {id} (task {task}) is a zombie: {reason}"),
+                serde_json::json!({"dispatch_id": id, "task_id": task, "job_id": job_id.map(|j| j.0), "reason": reason}),
+            );
+            self.request_stop(&id, SlurmStop::Zombie);
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.suspect = Some((Instant::now(), reason));
+            }
+        }
     }
 
     /// The next time the loop must run without being woken (the command thread's answers wake it).
@@ -262,7 +343,7 @@ impl SlurmDaemon {
             Some(s) if !s.killed => Some(s.kill_at),
             Some(_) => None,
         });
-        poll.into_iter().chain(timers).min()
+        poll.into_iter().chain(timers).chain(self.next_beat_check).min()
     }
 
     /// A poll soon: something is expected to change (a job just submitted, an end record
@@ -346,8 +427,10 @@ impl SlurmDaemon {
             if let DispatchState::Slurm { job_id, .. } = &rec.state {
                 tracing::info!("following Slurm dispatch {} (job {job_id:?})", rec.dispatch_id);
             }
-            self.jobs
-                .insert(rec.dispatch_id.clone(), Job { record: rec, deadline, stop, settle_until, end_seen: false });
+            self.jobs.insert(
+                rec.dispatch_id.clone(),
+                Job { record: rec, deadline, stop, settle_until, end_seen: false, suspect: None },
+            );
         }
         cancels.retain(|id| self.jobs.contains_key(id));
         cancels
@@ -841,6 +924,14 @@ impl SlurmDaemon {
         match reason {
             SlurmStop::Cancel => DispatchState::Cancelled(SignalledEnd { ended_at, signal: None, duration_s }),
             SlurmStop::Timeout => DispatchState::Timeout(SignalledEnd { ended_at, signal: None, duration_s }),
+            SlurmStop::Zombie => DispatchState::Zombie {
+                ended_at,
+                reason: self
+                    .jobs
+                    .get(id)
+                    .and_then(|j| j.suspect.as_ref().map(|(_, r)| r.clone()))
+                    .unwrap_or_else(|| "its heartbeat went stale; its Slurm job was cancelled".into()),
+            },
         }
     }
 

@@ -532,6 +532,9 @@ pub enum DispatchState {
 pub enum SlurmStop {
     Timeout,
     Cancel,
+    /// Its heartbeat went stale past the heartbeat policy's `zombie_threshold_seconds` (ends
+    /// `zombie`, as a local dispatch the heartbeat daemon cleans up).
+    Zombie,
 }
 
 /// How a dispatch that was stopped ended (cancelled, or stopped at its timeout): on disk its
