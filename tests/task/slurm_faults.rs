@@ -195,6 +195,17 @@ fn slurm_outage_longer_than_min_job_age_submits_the_waiting_intent() {
         dispatch_of(&rig, &waiting)
             .is_some_and(|d| d["reason"].as_str().is_some_and(|r| r.contains("Slurm unreachable")))
     });
+    // A task cancelled while its intent waits for Slurm (never submitted): cancelled at once,
+    // with Slurm still down.
+    let doomed = rig.add(&["--", "sleep", "300"]);
+    rig.wait("the doomed task's record saying Slurm is unreachable", || {
+        dispatch_of(&rig, &doomed)
+            .is_some_and(|d| d["reason"].as_str().is_some_and(|r| r.contains("Slurm unreachable")))
+    });
+    let id = dispatch_of(&rig, &doomed).unwrap()["dispatch_id"].as_str().unwrap().to_string();
+    let cancel = rig.h.join(&format!("coordination/worker-specs/active/{id}.cancel"));
+    std::fs::write(&cancel, br#"{"requested_at":"2026-01-01T00:00:00Z","requested_by":"test"}"#).unwrap();
+    rig.wait_status(&doomed, "cancelled");
     // The outage must outlast MinJobAge: this wait is the scenario itself, not a guess at timing.
     let since = Instant::now();
     rig.wait("the outage outlasting MinJobAge (2 s) twice over", || since.elapsed() > Duration::from_secs(5));

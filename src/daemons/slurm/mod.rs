@@ -1040,6 +1040,19 @@ impl SlurmDaemon {
         for id in crate::daemons::daemon::due(&self.jobs, now, |j| j.deadline.filter(|_| j.stop.is_none())) {
             self.request_stop(&id, SlurmStop::Timeout);
         }
+        // A stop of an intent that certainly made no job (Slurm was unreachable): nothing to
+        // cancel in Slurm, it ends now.
+        let unsent: Vec<(String, DispatchState)> = self
+            .jobs
+            .iter()
+            .filter(|(id, j)| {
+                j.stop.is_some()
+                    && !self.submitting.contains(*id)
+                    && matches!(j.record.state, DispatchState::Slurm { job_id: None, not_submitted: true, .. })
+            })
+            .map(|(id, j)| (id.clone(), self.stopped_end(j.stop.as_ref().expect("filtered").reason, id)))
+            .collect();
+        self.write(unsent);
         if self.down.is_some() && now < self.next_poll {
             return;
         }
