@@ -23,8 +23,15 @@ impl Cluster {
 
     /// Every job Slurm knows (running, queued, or ended within MinJobAge): name → job ids.
     pub(crate) fn jobs_by_name(&self) -> HashMap<String, Vec<String>> {
+        self.try_jobs_by_name().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Cluster::jobs_by_name`], or why squeue failed (the controller may be stopped).
+    pub(crate) fn try_jobs_by_name(&self) -> Result<HashMap<String, Vec<String>>, String> {
         let out = self.run(&["squeue", "--noheader", "--states=all", "--format=%i|%T|%j"]);
-        assert!(out.status.success(), "squeue: {}", String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            return Err(format!("squeue: {}", String::from_utf8_lossy(&out.stderr)));
+        }
         let mut by: HashMap<String, Vec<String>> = HashMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let f: Vec<&str> = line.splitn(3, '|').collect();
@@ -32,7 +39,7 @@ impl Cluster {
                 by.entry(f[2].to_string()).or_default().push(format!("{}:{}", f[0], f[1]));
             }
         }
-        by
+        Ok(by)
     }
 }
 
@@ -138,7 +145,7 @@ impl Rig {
         format!(
             "--- slurm daemon log (last lines)\n{}\n--- squeue\n{:?}\n--- marks\n{marks:?}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-            self.cluster.jobs_by_name()
+            self.cluster.try_jobs_by_name()
         )
     }
 
