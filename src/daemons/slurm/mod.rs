@@ -1,29 +1,38 @@
 //! The Slurm daemon (`cortex-slurm`): runs the dispatches whose executor is `slurm` as Slurm jobs.
 //! The worker never touches them; this daemon is their record's only writer once the coordinator
 //! has created it (under lock `worker-specs`, through `task::dispatch_record`, like the worker).
+//! `sbatch` and `squeue` run on command threads of their own (`io`): the loop never waits for
+//! them, so a cancel's `scancel` goes out at once whatever submission or poll is under way.
 //!
 //! A dispatch's way through it:
-//! - **Submission, never twice.** For a `starting` Slurm record it first records its intent
-//!   (`slurm`, no job id) durably, then runs `sbatch` (a deadline; never while holding the
-//!   `worker-specs` lock), then records the job id. A record found with an intent but no job id
-//!   (this daemon was killed between `sbatch` returning and the id being written, or `sbatch`
-//!   failed because Slurm was unreachable) is looked up by its job name `cortex-<dispatch_id>` in
-//!   the next `squeue` before anything is submitted again: found, the job is adopted.
-//! - **Polling.** Once per `[slurm] poll_interval_seconds` (a timer deadline of the loop), ONE
-//!   `squeue` for all its jobs; Slurm's states are mapped by `domain::slurm::state`: a queued
-//!   job's reason is written into the record (only when it changes), a running one gets its
-//!   `started_at`, an ended one ends the dispatch with its exit status from the job's own end
-//!   record (`run/slurm/<id>.end.json`) or `scontrol show job`; a job Slurm no longer knows is
-//!   ended from its end record, else `lost`. The end is written and the record moved to
-//!   `completed/` or `failed/` exactly as the worker does, so the coordinator's retry policy,
-//!   budgets, events and status apply unchanged.
-//! - **Cancel and timeout.** A cancel request (`active/<id>.cancel`: `cortex task cancel`,
-//!   `POST /dispatches/<id>/cancel`, `drain --cancel-running`) or the dispatch's timeout (counted
-//!   from the job's start) reaches `scancel`: TERM to every step (`--signal=TERM --full`), the
-//!   `[worker] grace_seconds`, then `scancel` (Slurm's KILL). A queued job is simply cancelled.
-//! - **Slurm down.** A command that cannot reach the controller (or runs past its deadline)
-//!   ends nothing: the dispatches wait with the reason in their record, one `slurm_unreachable`
-//!   event per outage, polls back off to 30 s; `slurm_reachable` when a call succeeds again.
+//! - **Submission, never twice.** At start-up any `sbatch` a killed predecessor left running is
+//!   stopped first (`io::stop_leftover_submitters`). For a `starting` Slurm record the daemon
+//!   records its intent (`slurm`, no job id) durably — nothing is submitted if that write or its
+//!   fsync fails —, then hands `sbatch` to its thread (never while holding the `worker-specs`
+//!   lock), then records the job id. A record found with an intent but no job id is looked up by
+//!   its job name `cortex-<dispatch_id>` in the next `squeue` before anything is submitted again:
+//!   found, the job is adopted; not found, it is submitted again if its `sbatch` certainly made
+//!   no job (`not_submitted`) or the intent is younger than Slurm's `MinJobAge`, else ended from
+//!   the job's end record or `lost` (it may have run and been purged).
+//! - **Polling.** ONE `squeue --all` for all its jobs per `[slurm] poll_interval_seconds` (a
+//!   timer deadline), at once when a job's end record appears in `run/slurm/` (watched), and in
+//!   quick succession after a submission or a stop. Slurm's states are mapped by
+//!   `domain::slurm::state`: a queued job's reason is written into the record (only when it
+//!   changes), a running one gets its `started_at`, an ended one ends the dispatch with its exit
+//!   status from the job's own end record (`run/slurm/<id>.end.json`) or `scontrol show job`; a
+//!   requeued job is cancelled and its dispatch fails; a job Slurm no longer knows is ended from
+//!   its end record, else `lost`. The end is written and the record moved to its bucket exactly as
+//!   the worker does, so the coordinator's retry policy, budgets, events and status apply.
+//! - **Cancel, timeout, zombie.** A cancel request (`active/<id>.cancel`: `cortex task cancel`,
+//!   `POST /dispatches/<id>/cancel`, `drain --cancel-running`), the dispatch's timeout (counted
+//!   from the job's start) or a heartbeat staler than the heartbeat policy's zombie threshold
+//!   records the stop's reason (`stopping`), then reaches `scancel`: TERM to every step
+//!   (`--signal=TERM --full`), the `[worker] grace_seconds`, then `scancel` (Slurm's KILL). A
+//!   queued job is simply cancelled. A job whose command completed before stays completed.
+//! - **Slurm down.** A command that cannot reach the controller, fails to authenticate (munge)
+//!   or runs past its deadline ends nothing: the dispatches wait with the reason in their record,
+//!   one `slurm_unreachable` event per outage, polls back off to 30 s; `slurm_reachable` when a
+//!   call succeeds again.
 
 mod io;
 
