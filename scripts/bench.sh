@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of Cortex's task path on a release build, in temporary homes (not a test).
 #
-#   scripts/bench.sh [--no-build] [SECTION...]
+#   scripts/bench.sh [--no-build] [--slurm] [SECTION...]
 #
 # SECTIONs (default: all, in this order; or BENCH_SECTIONS="fleet xargs" etc.):
 #   latency     1. enqueue -> process-start latency p50/p99 (from just before `cortex task add` to
@@ -35,6 +35,12 @@
 #                  over BENCH_HISTORY_TASKS (100) tasks that each wait for an archived
 #                  prerequisite (`--after` the oldest completed task); each beside the same at the
 #                  first size (target: ratio <= ~1.5).
+#   slurm      10. (only when asked: `--slurm` or the section's name; needs Slurm installed, see
+#                  `. .ci/tools.sh`) Cortex on a private dev cluster (scripts/slurm-dev.sh) next to
+#                  bare `sbatch --wrap` on it in the same run: submission -> job start latency and
+#                  the throughput of BENCH_SLURM_TASKS (200) trivial tasks; scripts/bench-slurm.sh
+#                  does it (its header lists its settings). Targets: >= 90 % of the bare loop's
+#                  throughput, at most +50 ms of latency.
 #
 # Environment: BENCH_LATENCY_SAMPLES (200), BENCH_TASKS (1000; the fleet, backlog and xargs
 # sections use BENCH_FLEET_TASKS, 500), BENCH_PUEUE_TASKS (200), BENCH_ADD_SAMPLES (200),
@@ -72,15 +78,19 @@ perf_dir="${BENCH_PERF_DIR:-}"
 perf_daemons="${BENCH_PERF_DAEMONS:-coordinator integration heartbeat auto-fix}"
 perf_freq="${BENCH_PERF_FREQ:-999}"
 all_sections="latency throughput add idle pueue fleet backlog xargs history"
+# Run only when asked for (it needs Slurm's binaries and minutes of a cluster's time).
+optional_sections="slurm"
 # In start order, as `cortex start` starts them.
 all_daemons="worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api"
 supporting_daemons="auto-fix heartbeat integration metrics failure-pattern pm api"
 
 build=1
 if [[ "${1:-}" == "--no-build" ]]; then build=0; shift; fi
+if [[ "${1:-}" == "--slurm" ]]; then shift; set -- slurm "$@"; fi
 sections="${*:-${BENCH_SECTIONS:-$all_sections}}"
 for s in $sections; do
-    [[ " $all_sections " == *" $s "* ]] || { echo "bench.sh: unknown section '$s' (sections: $all_sections)" >&2; exit 2; }
+    [[ " $all_sections $optional_sections " == *" $s "* ]] ||
+        { echo "bench.sh: unknown section '$s' (sections: $all_sections $optional_sections)" >&2; exit 2; }
 done
 want() { [[ " $sections " == *" $1 "* ]]; }
 
@@ -90,6 +100,7 @@ fi
 needed="cortex cortex-worker cortex-coordinator"
 if want fleet || want backlog; then for d in $all_daemons; do needed+=" cortex-$d"; done; fi
 if want history; then needed+=" cortex-api cortex-metrics cortex-integration"; fi
+if want slurm; then needed+=" cortex-slurm"; fi
 for b in $needed; do
     [[ -x "$bin/$b" ]] || { echo "bench.sh: $bin/$b missing; build with cargo build --release" >&2; exit 1; }
 done
@@ -651,5 +662,14 @@ if want history; then
             printf '     %-8s %6s  %s\n' "$what" "$v" "$(met "$v" le 1.5)"
             unset -n arr
         done
+    fi
+fi
+
+if want slurm; then
+    echo "10. Slurm: Cortex on a dev cluster next to bare sbatch --wrap (scripts/bench-slurm.sh)"
+    if ! command -v slurmctld >/dev/null || ! command -v sbatch >/dev/null; then
+        echo "   skipped: Slurm is not installed (. .ci/tools.sh installs it)"
+    else
+        CORTEX_BIN_DIR="$bin" TMPDIR="$work" "$root/scripts/bench-slurm.sh" 2>&1 | sed 's/^/   /'
     fi
 fi

@@ -18,5 +18,6 @@ mod schedule_cli;
 mod scheduler_persistence;
 mod slurm_cluster;
 mod slurm_daemon;
+mod slurm_faults;
 mod task_logs;
 mod unrecorded;

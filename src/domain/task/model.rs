@@ -515,7 +515,26 @@ pub enum DispatchState {
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
         started_at: Option<Timestamp>,
+        /// The last `sbatch` for this intent certainly made no job (it never reached the
+        /// controller, or none was run): submitting again is safe however old the intent is.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        not_submitted: bool,
+        /// Why cortex-slurm is stopping the job, recorded before its first `scancel`, so that a
+        /// restart ends it the same way (`timeout`, `cancelled`) whatever Slurm then says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stopping: Option<SlurmStop>,
     },
+}
+
+/// Why cortex-slurm stops a Slurm job (see `DispatchState::Slurm::stopping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlurmStop {
+    Timeout,
+    Cancel,
+    /// Its heartbeat went stale past the heartbeat policy's `zombie_threshold_seconds` (ends
+    /// `zombie`, as a local dispatch the heartbeat daemon cleans up).
+    Zombie,
 }
 
 /// How a dispatch that was stopped ended (cancelled, or stopped at its timeout): on disk its
