@@ -5,14 +5,12 @@ use super::sample::{self, ProcSample};
 use crate::base::clock::{Clock, Timestamp};
 use crate::base::error::Result;
 use crate::domain::scheduler_state::SchedulerState;
-use crate::domain::task::{
-    DispatchState, DispatchStatus, SignalledEnd, TaskQueue, TaskStatus, TokenBudget, dispatches,
-};
+use crate::domain::task::{DispatchState, DispatchStatus, SignalledEnd, TaskStatus, TokenBudget, dispatches};
 use crate::store::Store;
 use crate::store::home::{Home, SpecBucket};
 use crate::store::pidfile::{self, PidStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// One line of `coordination/metrics/metrics-snapshots.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,12 +157,19 @@ fn collect_workers(store: &Store) -> Result<Workers> {
 /// segments (the queue wins for a task in both; the archive's last line wins for a task archived
 /// twice). The sealed segments are counted from their index headers, kept in `tally` until a
 /// segment is added: a snapshot reads the queue and at most one segment, whatever the history.
+///
+/// The queue is read one task at a time keeping each task's state only (about 100 bytes a task,
+/// dropped after the snapshot), never the whole queue decoded.
 fn collect_tasks(store: &Store, tally: &mut crate::domain::task::archive::Tally) -> Result<Tasks> {
-    let queue: TaskQueue = store.load()?;
-    let live: HashSet<String> = queue.tasks.iter().map(|t| t.task_id.clone()).collect();
-    let mut counts = tally.count(store, &live)?;
-    for t in &queue.tasks {
-        *counts.entry(t.status()).or_default() += 1;
+    let mut states = crate::domain::task::journal::TaskStates::default();
+    crate::domain::task::journal::load_into(store, &mut states)?;
+    let mut counts = tally.count(store, &|id| states.tasks.contains_key(id))?;
+    for t in states.tasks.values() {
+        let status = match t {
+            crate::domain::task::journal::HeldState::InProgress { .. } => TaskStatus::InProgress,
+            crate::domain::task::journal::HeldState::Other(s) => *s,
+        };
+        *counts.entry(status).or_default() += 1;
     }
     let count = |s: TaskStatus| counts.get(&s).copied().unwrap_or(0);
     Ok(Tasks {

@@ -161,6 +161,17 @@ fn remove_durable(path: &std::path::Path) -> Result<()> {
 /// Folds new intake lines into `queue` (the caller holds the `task-queue` lock). Returns None
 /// when there is nothing to do; otherwise the caller writes the queue and calls `finish`.
 pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> {
+    fold_known(store, queue, &|_| false)
+}
+
+/// [`fold`] for a caller that holds some of the queue's tasks apart (the coordinator's parked
+/// tasks): `held_apart` says whether an id is one of them, so an intake line repeating it is
+/// not added twice.
+pub fn fold_known(
+    store: &Store,
+    queue: &mut TaskQueue,
+    held_apart: &dyn Fn(&str) -> bool,
+) -> Result<Option<IntakeFold>> {
     let remove_folded = folded_path(store).exists();
     if !remove_folded && !has_pending(store, queue)? {
         return Ok(None);
@@ -184,7 +195,7 @@ pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> 
     let mut fresh: Vec<Task> = Vec::with_capacity(tasks.len());
     let mut fresh_ids: HashSet<String> = HashSet::new();
     for t in tasks {
-        if known.contains(t.task_id.as_str()) || !fresh_ids.insert(t.task_id.clone()) {
+        if known.contains(t.task_id.as_str()) || held_apart(&t.task_id) || !fresh_ids.insert(t.task_id.clone()) {
             continue;
         }
         fresh.push(t);
