@@ -13,7 +13,7 @@
 //! ([`Parked::take`]).
 //!
 //! Memory: a parked task is not held decoded. One read from the snapshot is held as where its
-//! line is in that file (the coordinator keeps the snapshot it read open; the file is never
+//! text is in that file (the coordinator keeps the snapshot it read open; the file is never
 //! written in place, and a compaction or a snapshot replaced by anyone else makes the
 //! coordinator load again), one parked later as its compact JSON line: about 150 bytes per task
 //! read from the snapshot (its id twice, its due time, an offset), the line's length more for
@@ -156,6 +156,7 @@ impl Parked {
         self.by_due.first().map(|(due, _)| *due)
     }
 
+    #[cfg(any(test, debug_assertions))]
     pub(crate) fn len(&self) -> usize {
         self.tasks.len()
     }
@@ -168,7 +169,16 @@ impl Parked {
     /// Every parked task's compact JSON line, in due order (a compaction writes them after the
     /// working queue's tasks).
     pub(crate) fn lines(&self) -> impl Iterator<Item = Result<std::borrow::Cow<'_, [u8]>>> {
-        self.by_due.iter().filter_map(|(_, id)| self.tasks.get(id)).map(|e| self.bytes(&e.line))
+        self.by_due.iter().filter_map(|(_, id)| self.tasks.get(id)).map(|e| {
+            let bytes = self.bytes(&e.line)?;
+            if !bytes.contains(&b'\n') {
+                return Ok(bytes);
+            }
+            // From a pretty-printed snapshot: one line again.
+            let task = self.decode(&e.line)?;
+            let line = serde_json::to_vec(&task).map_err(|err| Error::encode(format!("task {}", task.task_id), err))?;
+            Ok(std::borrow::Cow::Owned(line))
+        })
     }
 
     /// Every parked task, decoded (the debug builds' check of what is on disk).
