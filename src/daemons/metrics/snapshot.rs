@@ -158,11 +158,15 @@ fn collect_workers(store: &Store) -> Result<Workers> {
 /// twice). The sealed segments are counted from their index headers, kept in `tally` until a
 /// segment is added: a snapshot reads the queue and at most one segment, whatever the history.
 ///
-/// The queue is read one task at a time keeping each task's state only (about 100 bytes a task,
-/// dropped after the snapshot), never the whole queue decoded.
-fn collect_tasks(store: &Store, tally: &mut crate::domain::task::archive::Tally) -> Result<Tasks> {
-    let mut states = crate::domain::task::journal::TaskStates::default();
-    crate::domain::task::journal::load_into(store, &mut states)?;
+/// The queue is followed by journal offset keeping each task's state only (about 100 bytes a
+/// task; `journal::Follower`): a snapshot reads what was appended since the last one, never the
+/// whole queue decoded.
+fn collect_tasks(
+    store: &Store,
+    tally: &mut crate::domain::task::archive::Tally,
+    queue: &mut crate::domain::task::journal::Follower,
+) -> Result<Tasks> {
+    let states = queue.refresh(store)?;
     let mut counts = tally.count(store, &|id| states.tasks.contains_key(id))?;
     for t in states.tasks.values() {
         let status = match t {
@@ -198,6 +202,7 @@ fn collect_tokens(store: &Store) -> Result<Tokens> {
 pub struct Collector {
     prev: HashMap<u32, ProcSample>,
     archive: crate::domain::task::archive::Tally,
+    queue: crate::domain::task::journal::Follower,
 }
 
 impl Collector {
@@ -248,7 +253,7 @@ impl Collector {
             timestamp: now,
             workers: collect_workers(store)?,
             tokens: collect_tokens(store)?,
-            tasks: collect_tasks(store, &mut self.archive)?,
+            tasks: collect_tasks(store, &mut self.archive, &mut self.queue)?,
             scheduler: SchedulerInfo { state: scheduler },
             daemons: self.daemons(store.home(), now),
         })
