@@ -26,15 +26,10 @@ pub(crate) fn check(queue: &TaskStates, budget: &TokenBudget, active: &[Dispatch
     let mut out = Vec::new();
     let running: Vec<&DispatchRecord> = active.iter().filter(|d| d.status().is_active()).collect();
     let running_ids: HashSet<&str> = running.iter().map(|d| d.dispatch_id.as_str()).collect();
-    let mut in_progress: Vec<(&str, &str, &str)> = queue
-        .tasks
-        .iter()
-        .filter_map(|(id, t)| match t {
-            HeldState::InProgress { dispatch_id, worker_type } => Some((&**id, &**dispatch_id, &**worker_type)),
-            HeldState::Other(_) => None,
-        })
-        .collect();
-    in_progress.sort_unstable();
+    let in_progress = queue.in_progress.iter().filter_map(|id| match queue.tasks.get(id)? {
+        HeldState::InProgress { dispatch_id, worker_type } => Some((&**id, &**dispatch_id, &**worker_type)),
+        HeldState::Other(_) => None,
+    });
     for (task_id, dispatch_id, worker_type) in in_progress {
         if !running_ids.contains(dispatch_id) {
             out.push(Inconsistency {

@@ -744,11 +744,15 @@ pub enum HeldState {
 #[derive(Debug, Default)]
 pub struct TaskStates {
     pub tasks: HashMap<Box<str>, HeldState>,
+    /// The ids of the tasks in progress, in order (a check of the running ones costs them, not
+    /// the backlog).
+    pub in_progress: std::collections::BTreeSet<Box<str>>,
 }
 
 impl Holder for TaskStates {
     fn clear(&mut self) {
         self.tasks.clear();
+        self.in_progress.clear();
     }
     fn put(&mut self, task: Task) {
         let state = match &task.state {
@@ -758,10 +762,17 @@ impl Holder for TaskStates {
             },
             other => HeldState::Other(other.status()),
         };
-        self.tasks.insert(task.task_id.into_boxed_str(), state);
+        let id = task.task_id.into_boxed_str();
+        if matches!(state, HeldState::InProgress { .. }) {
+            self.in_progress.insert(id.clone());
+        } else {
+            self.in_progress.remove(&id);
+        }
+        self.tasks.insert(id, state);
     }
     fn remove(&mut self, task_id: &str) {
         self.tasks.remove(task_id);
+        self.in_progress.remove(task_id);
     }
 }
 
