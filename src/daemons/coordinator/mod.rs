@@ -190,12 +190,7 @@ impl Coordinator {
     /// inode, size, times) and, while that identity is within its timestamp tick (a change in
     /// the same tick could keep it), the same generation in its header.
     fn snapshot_is_current(&self) -> bool {
-        let path = self.store.path(TASK_QUEUE);
-        let now = file_id(&path);
-        now.is_some()
-            && now == self.journal.snapshot
-            && (now.is_some_and(|s| !s.is_racy())
-                || journal::snapshot_generation(&self.store).is_ok_and(|g| g == self.journal.generation))
+        journal::snapshot_is_current(&self.store, &self.journal)
     }
 
     fn load_whole_or_cached(&mut self) -> Result<TaskQueue> {

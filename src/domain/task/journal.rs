@@ -483,6 +483,16 @@ fn load_with(store: &Store, quarantine: bool) -> Result<Loaded> {
     Ok(loaded)
 }
 
+/// True when the snapshot on disk is the one `pos` belongs to: the same identity (device,
+/// inode, size, times) and, while that identity is within its timestamp tick (a change in the
+/// same tick could keep it), the same generation in its header.
+pub fn snapshot_is_current(store: &Store, pos: &JournalPos) -> bool {
+    let now = FileIdentity::stat(&store.path(TASK_QUEUE)).ok().flatten();
+    now.is_some()
+        && now == pos.snapshot
+        && (now.is_some_and(|s| !s.is_racy()) || snapshot_generation(store).is_ok_and(|g| g == pos.generation))
+}
+
 /// True when two identities of the snapshot are the same file with the same content as far as
 /// `stat` tells (device, inode, size, times): a replace or an edit in place between them shows.
 fn same_snapshot(a: Option<FileIdentity>, b: Option<FileIdentity>) -> bool {
@@ -620,7 +630,7 @@ pub fn read_counts(store: &Store) -> Result<Option<QueueCounts>> {
         let from = len.saturating_sub(TAIL_BYTES);
         let (bytes, _) = read_tail(&jpath, from)?;
         let after = FileIdentity::stat(&snap_path)?;
-        if before.map(|i| i.ino) != after.map(|i| i.ino) {
+        if !same_snapshot(before, after) {
             continue;
         }
         let last_commit = bytes
@@ -789,9 +799,8 @@ pub struct Follower {
 impl Follower {
     /// The queue's task states as they are now.
     pub fn refresh(&mut self, store: &Store) -> Result<&TaskStates> {
-        let snapshot = FileIdentity::stat(&store.path(TASK_QUEUE))?;
         let current = match self.held.as_mut() {
-            Some((states, head)) if snapshot.is_some() && snapshot == self.pos.snapshot => {
+            Some((states, head)) if snapshot_is_current(store, &self.pos) => {
                 unchanged(store, &self.pos) || catch_up_into(store, states, head, &mut self.pos)?
             }
             _ => false,
