@@ -917,6 +917,8 @@ pub fn append_commit(store: &Store, pos: &mut JournalPos, bytes: &[u8]) -> Resul
         // Cut short (a full disk): no commit line, so nothing of it counts; removed now if we can.
         let _ = f.set_len(pos.end);
         pos.len = f.metadata().map_or(pos.len, |m| m.len());
+        // Its own change: the wake-up it causes is recognised as such (no spin on a full disk).
+        pos.identify(f.metadata().ok().map(|m| FileIdentity::of(&m)));
         return Err(e);
     }
     pos.end += bytes.len() as u64;
