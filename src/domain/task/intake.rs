@@ -238,6 +238,45 @@ impl Snapshot {
     }
 }
 
+/// One live task by id, from the queue (read one task at a time, keeping only that one) or the
+/// unfolded intake, read consistently like [`snapshot`].
+pub fn find(store: &Store, task_id: &str) -> Result<Option<Task>> {
+    struct One<'a> {
+        id: &'a str,
+        found: Option<Task>,
+    }
+    impl super::journal::Holder for One<'_> {
+        fn clear(&mut self) {
+            self.found = None;
+        }
+        fn put(&mut self, t: Task) {
+            if t.task_id == self.id {
+                self.found = Some(t);
+            }
+        }
+        fn remove(&mut self, task_id: &str) {
+            if task_id == self.id {
+                self.found = None;
+            }
+        }
+    }
+    let _lock = lock_shared(store)?;
+    let mut one = One { id: task_id, found: None };
+    let head = super::journal::load_into(store, &mut one)?.queue;
+    if one.found.is_some() {
+        return Ok(one.found);
+    }
+    let start = unfolded_start(store, &head)?;
+    if intake_len(store)? <= start {
+        return Ok(None);
+    }
+    let bytes = read_from(&store.path(TASK_INTAKE), start)?;
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Task>(line).ok())
+        .find(|t| t.task_id == task_id))
+}
+
 /// Reads the queue and the unfolded intake together.
 pub fn snapshot(store: &Store) -> Result<Snapshot> {
     let _lock = lock_shared(store)?;
