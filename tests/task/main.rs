@@ -8,6 +8,7 @@
 mod support;
 
 mod archive_seal;
+mod backlog;
 mod crash;
 mod e2e_schedules;
 mod exit_journal;

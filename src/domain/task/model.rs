@@ -402,6 +402,45 @@ impl QueueCounts {
         c
     }
 
+    /// Counts one more task (counts kept by deltas as tasks move).
+    pub fn add(&mut self, t: &Task) {
+        self.total += 1;
+        *self.slot(t.status()) += 1;
+        if let Some(r) = t.waiting_reason() {
+            *self.waiting.entry(r.as_str().to_string()).or_default() += 1;
+        }
+    }
+
+    /// Counts one task less (the inverse of [`QueueCounts::add`]).
+    pub fn remove(&mut self, t: &Task) {
+        self.total = self.total.saturating_sub(1);
+        let slot = self.slot(t.status());
+        *slot = slot.saturating_sub(1);
+        if let Some(r) = t.waiting_reason()
+            && let Some(n) = self.waiting.get_mut(r.as_str())
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.waiting.remove(r.as_str());
+            }
+        }
+    }
+
+    /// The sum of two counts (the working queue's and the parked tasks').
+    pub fn plus(mut self, other: &QueueCounts) -> QueueCounts {
+        self.total += other.total;
+        self.queued += other.queued;
+        self.in_progress += other.in_progress;
+        self.pending_retry += other.pending_retry;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cancelled += other.cancelled;
+        for (k, v) in &other.waiting {
+            *self.waiting.entry(k.clone()).or_default() += v;
+        }
+        self
+    }
+
     fn slot(&mut self, s: TaskStatus) -> &mut u64 {
         match s {
             TaskStatus::Queued => &mut self.queued,
