@@ -42,3 +42,15 @@ if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1
   unset -f slurm_install
   unset slurm_policy_placed
 fi
+# Chromium and its WebDriver (chromedriver) for the dashboard's browser tests (tests/browser),
+# which start their own headless Chromium (--no-sandbox: the tests run as root) per test.
+# --no-install-recommends keeps out the desktop extras; nothing here starts a service.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing chromium chromium-driver" >&2
+  chromium_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >/dev/null
+  }
+  chromium_install 2>/dev/null || { apt-get update -qq >/dev/null && chromium_install; }
+  unset -f chromium_install
+fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of Cortex's task path on a release build, in temporary homes (not a test).
 #
-#   scripts/bench.sh [--no-build] [SECTION...]
+#   scripts/bench.sh [--no-build] [--slurm] [SECTION...]
 #
 # SECTIONs (default: all, in this order; or BENCH_SECTIONS="fleet xargs" etc.):
 #   latency     1. enqueue -> process-start latency p50/p99 (from just before `cortex task add` to
@@ -15,8 +15,8 @@
 #   pueue       5. where `pueue`/`pueued` are on the PATH the same workloads (latency, throughput,
 #                  add cost up to 2,000 queued) against pueue, and the ratios;
 #   fleet       6. the whole fleet (`cortex start`, every daemon) against coordinator+worker only:
-#                  N `true` tasks, 8 slots, queued while paused, then resumed, timed until the last
-#                  one is archived; tasks/s of both and the ratio; per daemon CPU ms per task
+#                  N `true` tasks, 8 slots, queued while paused (once every daemon has settled
+#                  after its start-up), then resumed, timed until the last one is archived; tasks/s of both and the ratio; per daemon CPU ms per task
 #                  (utime+stime from /proc/<pid>/stat before the resume and after the run) and
 #                  RSS; the supporting daemons' and the whole fleet's CPU per task, each beside
 #                  its target;
@@ -35,6 +35,12 @@
 #                  over BENCH_HISTORY_TASKS (100) tasks that each wait for an archived
 #                  prerequisite (`--after` the oldest completed task); each beside the same at the
 #                  first size (target: ratio <= ~1.5).
+#   slurm      10. (only when asked: `--slurm` or the section's name; needs Slurm installed, see
+#                  `. .ci/tools.sh`) Cortex on a private dev cluster (scripts/slurm-dev.sh) next to
+#                  bare `sbatch --wrap` on it in the same run: submission -> job start latency and
+#                  the throughput of BENCH_SLURM_TASKS (200) trivial tasks; scripts/bench-slurm.sh
+#                  does it (its header lists its settings). Targets: >= 90 % of the bare loop's
+#                  throughput, at most +50 ms of latency.
 #
 # Environment: BENCH_LATENCY_SAMPLES (200), BENCH_TASKS (1000; the fleet, backlog and xargs
 # sections use BENCH_FLEET_TASKS, 500), BENCH_PUEUE_TASKS (200), BENCH_ADD_SAMPLES (200),
@@ -72,15 +78,19 @@ perf_dir="${BENCH_PERF_DIR:-}"
 perf_daemons="${BENCH_PERF_DAEMONS:-coordinator integration heartbeat auto-fix}"
 perf_freq="${BENCH_PERF_FREQ:-999}"
 all_sections="latency throughput add idle pueue fleet backlog xargs history"
+# Run only when asked for (it needs Slurm's binaries and minutes of a cluster's time).
+optional_sections="slurm"
 # In start order, as `cortex start` starts them.
 all_daemons="worker pm heartbeat metrics coordinator integration failure-pattern auto-fix api"
 supporting_daemons="auto-fix heartbeat integration metrics failure-pattern pm api"
 
 build=1
 if [[ "${1:-}" == "--no-build" ]]; then build=0; shift; fi
+if [[ "${1:-}" == "--slurm" ]]; then shift; set -- slurm "$@"; fi
 sections="${*:-${BENCH_SECTIONS:-$all_sections}}"
 for s in $sections; do
-    [[ " $all_sections " == *" $s "* ]] || { echo "bench.sh: unknown section '$s' (sections: $all_sections)" >&2; exit 2; }
+    [[ " $all_sections $optional_sections " == *" $s "* ]] ||
+        { echo "bench.sh: unknown section '$s' (sections: $all_sections $optional_sections)" >&2; exit 2; }
 done
 want() { [[ " $sections " == *" $1 "* ]]; }
 
@@ -90,6 +100,7 @@ fi
 needed="cortex cortex-worker cortex-coordinator"
 if want fleet || want backlog; then for d in $all_daemons; do needed+=" cortex-$d"; done; fi
 if want history; then needed+=" cortex-api cortex-metrics cortex-integration"; fi
+if want slurm; then needed+=" cortex-slurm"; fi
 for b in $needed; do
     [[ -x "$bin/$b" ]] || { echo "bench.sh: $bin/$b missing; build with cargo build --release" >&2; exit 1; }
 done
@@ -403,6 +414,18 @@ met() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "ge") ? (v >= t) 
 # (CPU ms per task) and run_rss[d] (MiB at the end of the run), run_children (CPU ms per task of
 # the processes the worker reaped).
 declare -A run_cpu run_rss fpid
+# settle_fleet: waits (at most 60 s) until no daemon of fpid used CPU over half a second.
+settle_fleet() {
+    local k d sum last=-1
+    for ((k = 0; k < 120; k++)); do
+        sum=0
+        for d in "${!fpid[@]}"; do sum=$((sum + $(ticks "${fpid[$d]}"))); done
+        ((sum == last)) && return 0
+        last="$sum"
+        nap 0.5
+    done
+    echo "   (the fleet did not settle within 60 s; timing anyway)"
+}
 fleet_run() {
     local name="$1" backlog="$2" i t0 t1 d
     shift 2
@@ -416,6 +439,10 @@ fleet_run() {
     while IFS=$'\t' read -r d p; do
         [[ "$p" =~ ^[0-9]+$ ]] && fpid[$d]="$p"
     done < <(cortex status --json 2>/dev/null | jq -r '.daemons[] | [.name, (.pid // "" | tostring)] | @tsv')
+    # The fleet settles first (each daemon's start-up: reading the backlog, the coordinator's
+    # first write, the validation it triggers): the adds are timed against daemons at rest, as
+    # an operator's adds meet them, not against their start-up.
+    settle_fleet
     local costs=()
     for ((i = 0; i < fleet_n; i++)); do
         t0="$(now_us)"
@@ -651,5 +678,14 @@ if want history; then
             printf '     %-8s %6s  %s\n' "$what" "$v" "$(met "$v" le 1.5)"
             unset -n arr
         done
+    fi
+fi
+
+if want slurm; then
+    echo "10. Slurm: Cortex on a dev cluster next to bare sbatch --wrap (scripts/bench-slurm.sh)"
+    if ! command -v slurmctld >/dev/null || ! command -v sbatch >/dev/null; then
+        echo "   skipped: Slurm is not installed (. .ci/tools.sh installs it)"
+    else
+        CORTEX_BIN_DIR="$bin" TMPDIR="$work" "$root/scripts/bench-slurm.sh" 2>&1 | sed 's/^/   /'
     fi
 fi

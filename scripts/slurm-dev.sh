@@ -19,7 +19,10 @@
 # Needs Debian's slurmctld, slurmd and slurm-client (.ci/tools.sh installs them) and root (the
 # daemons run as SlurmUser=root). No munge: AuthType=auth/none, CredType=cred/none — only for a
 # private loopback cluster. Environment: SLURM_DEV_START_TIMEOUT (seconds, 30), SLURM_DEV_GRACE
-# (seconds between TERM and KILL, 5), SLURM_DEV_CPUS (the node's CPUs, default nproc).
+# (seconds between TERM and KILL, 5), SLURM_DEV_CPUS (the node's CPUs, default nproc),
+# SLURM_DEV_MIN_JOB_AGE (seconds Slurm keeps an ended job listed, 300). Besides the default
+# partition `debug`, `urgent` on the same node: its jobs preempt (cancel) those of `debug`
+# (PREEMPTED), for tests of preemption.
 set -euo pipefail
 
 cmd="${1:-}"
@@ -158,10 +161,13 @@ JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
 SwitchType=switch/none
-MinJobAge=300
+MinJobAge=${SLURM_DEV_MIN_JOB_AGE:-300}
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
 ReturnToService=2
 NodeName=localhost CPUs=$cpus State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=2
 EOF
 }
 

@@ -46,7 +46,10 @@ pub(crate) fn run(argv: &[String], stdin: Option<&[u8]>, deadline: Duration) -> 
     run_with_env(argv, stdin, deadline, &[])
 }
 
-/// [`run`] with extra environment variables for the command (cortex-notify's command hooks).
+/// [`run`] with `env` added to the command's environment (`cortex-slurm` marks its `sbatch` so a
+/// restarted daemon can find one left behind: [`crate::domain::slurm::SUBMITTER_VAR`]; cortex-notify
+/// passes a command hook its variables). The command also gets SIGKILL when the thread that started
+/// it dies (`PR_SET_PDEATHSIG`): a command of a daemon that was killed does not outlive it.
 pub(crate) fn run_with_env(
     argv: &[String],
     stdin: Option<&[u8]>,
@@ -55,12 +58,18 @@ pub(crate) fn run_with_env(
 ) -> Result<Ran, RunError> {
     let program = argv.first().cloned().unwrap_or_default();
     let mut cmd = Command::new(&program);
-    cmd.envs(env.iter().copied());
     cmd.args(&argv[1..])
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
     let mut child = cmd.spawn().map_err(|e| RunError::Spawn(format!("cannot run {program}: {e}")))?;
     let pgid = child.id() as i32;
     let input = stdin.map(<[u8]>::to_vec);
@@ -121,5 +130,21 @@ mod tests {
         assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(matches!(run(&argv(&["/nonexistent/sbatch"]), None, Duration::from_secs(5)), Err(RunError::Spawn(_))));
+    }
+
+    /// A batch script far past a pipe's 64 KiB reaches the command whole, and the marker is in
+    /// its environment.
+    #[test]
+    fn large_stdin_is_written_whole_and_the_marker_is_set() {
+        let big: Vec<u8> = (0..1024 * 1024 + 7).map(|i| b'a' + (i % 26) as u8).collect();
+        let ran = run_with_env(
+            &argv(&["sh", "-c", "wc -c; printf %s \"$M\""]),
+            Some(&big),
+            Duration::from_secs(20),
+            &[("M", "marked")],
+        )
+        .unwrap();
+        assert!(ran.success, "{ran:?}");
+        assert_eq!(ran.stdout.split_whitespace().collect::<Vec<_>>(), ["1048583", "marked"]);
     }
 }

@@ -31,12 +31,23 @@ impl Cluster {
     /// under it and a Unix socket path has 108 bytes), or `None` (with a message naming `test`)
     /// when Slurm is not installed.
     pub(crate) fn start(test: &str, prefix: &str) -> Option<Cluster> {
+        Cluster::start_with(test, prefix, &[])
+    }
+
+    /// [`Cluster::start`] with `slurm-dev.sh`'s settings in `env` (`SLURM_DEV_MIN_JOB_AGE`...).
+    pub(crate) fn start_with(test: &str, prefix: &str, env: &[(&str, &str)]) -> Option<Cluster> {
         if !slurm_installed() {
             eprintln!("SKIPPED {test}: the Slurm binaries are not installed (run `. .ci/tools.sh`)");
             return None;
         }
         let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
-        let out = Command::new(script_path()).arg("start").arg(dir.path()).stdin(Stdio::null()).output().unwrap();
+        let out = Command::new(script_path())
+            .arg("start")
+            .arg(dir.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
         let cluster = Cluster { conf: dir.path().join("slurm.conf"), dir };
         assert!(
             out.status.success(),

@@ -8,6 +8,7 @@
 mod support;
 
 mod archive_seal;
+mod backlog;
 mod crash;
 mod e2e_schedules;
 mod exit_journal;
@@ -18,5 +19,6 @@ mod schedule_cli;
 mod scheduler_persistence;
 mod slurm_cluster;
 mod slurm_daemon;
+mod slurm_faults;
 mod task_logs;
 mod unrecorded;

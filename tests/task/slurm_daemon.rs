@@ -14,17 +14,24 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(180);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(180);
 
 impl Cluster {
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         Command::new(args[0]).args(&args[1..]).env("SLURM_CONF", &self.conf).stdin(Stdio::null()).output().unwrap()
     }
 
     /// Every job Slurm knows (running, queued, or ended within MinJobAge): name → job ids.
-    fn jobs_by_name(&self) -> HashMap<String, Vec<String>> {
+    pub(crate) fn jobs_by_name(&self) -> HashMap<String, Vec<String>> {
+        self.try_jobs_by_name().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Cluster::jobs_by_name`], or why squeue failed (the controller may be stopped).
+    pub(crate) fn try_jobs_by_name(&self) -> Result<HashMap<String, Vec<String>>, String> {
         let out = self.run(&["squeue", "--noheader", "--states=all", "--format=%i|%T|%j"]);
-        assert!(out.status.success(), "squeue: {}", String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            return Err(format!("squeue: {}", String::from_utf8_lossy(&out.stderr)));
+        }
         let mut by: HashMap<String, Vec<String>> = HashMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let f: Vec<&str> = line.splitn(3, '|').collect();
@@ -32,23 +39,32 @@ impl Cluster {
                 by.entry(f[2].to_string()).or_default().push(format!("{}:{}", f[0], f[1]));
             }
         }
-        by
+        Ok(by)
     }
 }
 
 /// A home with Slurm enabled on the cluster, the `gpu` type on Slurm, and its daemons.
-struct Rig {
-    h: TestHome,
-    cluster: Cluster,
-    daemons: Vec<(&'static str, Child)>,
+pub(crate) struct Rig {
+    pub(crate) h: TestHome,
+    pub(crate) cluster: Cluster,
+    pub(crate) daemons: Vec<(&'static str, Child)>,
 }
 
 impl Rig {
-    fn new(test: &str) -> Option<Rig> {
-        let cluster = Cluster::start(test, "cd")?;
+    pub(crate) fn new(test: &str) -> Option<Rig> {
+        Rig::custom(test, &[], &[])
+    }
+
+    /// A rig whose cluster gets `cluster_env` (`slurm-dev.sh` settings) and whose home gets the
+    /// `(table, key, value)` settings of `config` (after the defaults below).
+    pub(crate) fn custom(test: &str, cluster_env: &[(&str, &str)], config: &[(&str, &str, &str)]) -> Option<Rig> {
+        let cluster = Cluster::start_with(test, "cd", cluster_env)?;
         let h = TestHome::new();
         h.set_config("slurm", "enabled", "true");
         h.set_config("slurm", "poll_interval_seconds", "0.5");
+        for (table, key, value) in config {
+            h.set_config(table, key, value);
+        }
         h.set_config("worker", "grace_seconds", "2.0");
         h.set_config("retry", "backoff_base_seconds", "1.0");
         h.set_config("retry", "backoff_strategy", "\"fixed\"");
@@ -65,7 +81,7 @@ impl Rig {
         Some(rig)
     }
 
-    fn start(&mut self, name: &'static str, env: &[(&str, &str)]) {
+    pub(crate) fn start(&mut self, name: &'static str, env: &[(&str, &str)]) {
         let mut c = Command::new(bin(&format!("cortex-{name}")));
         c.arg("--home")
             .arg(self.h.path())
@@ -87,22 +103,22 @@ impl Rig {
         });
     }
 
-    fn child(&mut self, name: &str) -> &mut Child {
+    pub(crate) fn child(&mut self, name: &str) -> &mut Child {
         &mut self.daemons.iter_mut().rev().find(|(n, _)| *n == name).expect("daemon").1
     }
 
-    fn add(&self, args: &[&str]) -> String {
+    pub(crate) fn add(&self, args: &[&str]) -> String {
         let mut a = vec!["task", "add", "--type", "gpu", "--description", "slurm test"];
         a.extend_from_slice(args);
         let out = self.h.cortex_ok(&a);
         out.split_whitespace().find(|w| w.starts_with("task-")).expect("task id in output").to_string()
     }
 
-    fn show(&self, task: &str) -> Value {
+    pub(crate) fn show(&self, task: &str) -> Value {
         serde_json::from_str(&self.h.cortex_ok(&["--json", "task", "show", task])).expect("task show --json")
     }
 
-    fn wait(&self, what: &str, mut cond: impl FnMut() -> bool) {
+    pub(crate) fn wait(&self, what: &str, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + DEADLINE;
         while !cond() {
             assert!(Instant::now() < deadline, "timed out after {DEADLINE:?} waiting for {what}\n{}", self.diag());
@@ -110,7 +126,7 @@ impl Rig {
         }
     }
 
-    fn wait_status(&self, task: &str, status: &str) -> Value {
+    pub(crate) fn wait_status(&self, task: &str, status: &str) -> Value {
         let mut last = Value::Null;
         self.wait(&format!("task {task} {status}"), || {
             last = self.show(task);
@@ -119,7 +135,7 @@ impl Rig {
         last
     }
 
-    fn diag(&self) -> String {
+    pub(crate) fn diag(&self) -> String {
         let log = std::fs::read_to_string(self.h.join("agents/logs/system/slurm-daemon.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         let marks: Vec<String> = ["coordinator", "slurm"]
@@ -129,11 +145,11 @@ impl Rig {
         format!(
             "--- slurm daemon log (last lines)\n{}\n--- squeue\n{:?}\n--- marks\n{marks:?}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-            self.cluster.jobs_by_name()
+            self.cluster.try_jobs_by_name()
         )
     }
 
-    fn log(&self, dispatch: &str, ext: &str) -> Vec<u8> {
+    pub(crate) fn log(&self, dispatch: &str, ext: &str) -> Vec<u8> {
         std::fs::read(self.h.join(&format!("agents/logs/workers/{dispatch}.{ext}"))).unwrap_or_default()
     }
 }
@@ -148,7 +164,7 @@ impl Drop for Rig {
     }
 }
 
-fn dispatches(task: &Value) -> Vec<Value> {
+pub(crate) fn dispatches(task: &Value) -> Vec<Value> {
     task["dispatch_records"].as_array().cloned().unwrap_or_default()
 }
 

@@ -41,6 +41,7 @@ use plan::{BreakerSnapshot, CycleInput, DispatchPlan, GuardedType};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+mod parked;
 pub(crate) mod plan;
 
 /// The identity of a file the coordinator reads (see [`FileIdentity`]); None when it cannot be
@@ -70,8 +71,12 @@ pub struct Coordinator {
     store: Store,
     config: Config,
     clock: Box<dyn Clock>,
-    /// The queue as this coordinator last wrote it (or read it), at `journal`.
+    /// The queue as this coordinator last wrote it (or read it), at `journal`, without the
+    /// parked tasks.
     cache: Option<TaskQueue>,
+    /// The queue's tasks not due before a known time, held apart from `cache` (see [`parked`]):
+    /// part of the queue, not of a cycle's work.
+    parked: parked::Parked,
     /// Where the snapshot and journal were when `cache` was current (`task::journal`).
     journal: JournalPos,
     /// Final statuses of archived tasks that queued tasks wait for (`--after`).
@@ -110,6 +115,7 @@ impl Coordinator {
             config,
             clock,
             cache: None,
+            parked: parked::Parked::default(),
             journal: JournalPos::default(),
             after_cache: HashMap::new(),
             unrecorded: HashSet::new(),
@@ -138,7 +144,9 @@ impl Coordinator {
                 // Also after a failed cycle (no cache): its own append cut short and taken back
                 // leaves the journal at the length it recorded, and must not wake it again at once
                 // (a full disk would make it spin); the failed cycle's backoff deadline retries.
-                Wake::Changed(p) if *p == journal => self.journal.len == journal::journal_len(&self.store),
+                Wake::Changed(p) if *p == journal => {
+                    self.journal.journal.is_some() && self.journal.journal == file_id(&journal)
+                }
                 Wake::Changed(p) if *p == budget => self.budget_id.is_some() && self.budget_id == file_id(&budget),
                 _ => false,
             })
@@ -150,7 +158,9 @@ impl Coordinator {
     /// runs (`domain::task::processes`; the worker stops such a process and records its end). Budget reservations nobody holds are settled in the
     /// first cycle.
     pub fn reconcile_at_start(&mut self) -> Result<()> {
-        let q: TaskQueue = self.store.load()?;
+        // Loaded as the cycles hold it (the backlog parked, never decoded whole): the first
+        // cycle uses it.
+        let q = self.load_queue(self.clock.now())?;
         for t in &q.tasks {
             if let Some(d) = t.current_dispatch()
                 && dispatches::find(&self.store, d)?.is_none()
@@ -159,6 +169,7 @@ impl Coordinator {
                 self.unrecorded.insert(d.to_string());
             }
         }
+        self.cache = Some(q);
         self.reconcile_budget = true;
         Ok(())
     }
@@ -166,22 +177,52 @@ impl Coordinator {
     /// The queue: the one in memory when the snapshot is the one it was read or written with,
     /// brought up to date with the journal lines others appended since (a cancel, a retry); else
     /// loaded again (a compaction by another writer, a snapshot replaced by hand).
-    fn load_queue(&mut self) -> Result<TaskQueue> {
-        let snapshot = file_id(&self.store.path(TASK_QUEUE));
+    ///
+    /// The tasks not due at `now` are parked (held apart), and the parked ones due by `now` come
+    /// back: the queue returned holds only what this cycle may move.
+    fn load_queue(&mut self, now: Timestamp) -> Result<TaskQueue> {
+        let mut q = self.load_whole_or_cached()?;
+        self.parked.unpark_due(&mut q.tasks, now)?;
+        Ok(q)
+    }
+
+    /// True when the snapshot is the one `self.journal` belongs to: the same identity (device,
+    /// inode, size, times) and, while that identity is within its timestamp tick (a change in
+    /// the same tick could keep it), the same generation in its header.
+    fn snapshot_is_current(&self) -> bool {
+        journal::snapshot_is_current(&self.store, &self.journal)
+    }
+
+    fn load_whole_or_cached(&mut self) -> Result<TaskQueue> {
         if let Some(mut q) = self.cache.take()
-            && snapshot.is_some()
-            && snapshot == self.journal.snapshot
+            && self.snapshot_is_current()
         {
-            if journal::journal_len(&self.store) == self.journal.len {
+            if journal::unchanged(&self.store, &self.journal) {
                 return Ok(q);
             }
-            if journal::catch_up(&self.store, &mut q, &mut self.journal)? {
+            let parked = &mut self.parked;
+            // A line for a parked task (a cancel, a retry) applies to it in the queue.
+            let mut failed = None;
+            let mut unpark = |q: &mut TaskQueue, id: &str| match parked.take(id) {
+                Ok(t) => q.tasks.extend(t),
+                Err(e) => failed = Some(e),
+            };
+            let caught_up = journal::catch_up_touching(&self.store, &mut q, &mut self.journal, &mut unpark)?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if caught_up {
                 return Ok(q);
             }
         }
-        let loaded = journal::load(&self.store)?;
+        // Loaded one task at a time, the tasks not yet due parked as they are read: the
+        // backlog is never held decoded, and the first cycle is not a pass over it.
+        let mut loading = parked::Loading::new(self.clock.now(), &mut self.parked);
+        let loaded = journal::load_into(&self.store, &mut loading)?;
+        let mut q = loaded.queue;
+        q.tasks = loading.into_working();
         self.journal = loaded.pos;
-        Ok(loaded.queue)
+        Ok(q)
     }
 
     /// The ended records of running dispatches (specs that left `active/`), plus synthesized
@@ -257,13 +298,16 @@ impl Coordinator {
 
     /// Final statuses of the `--after` prerequisites of waiting tasks that are not in the queue.
     fn archived_prerequisites(&mut self, q: &TaskQueue) -> Result<()> {
+        if !q.tasks.iter().any(|t| t.after.is_some()) {
+            return Ok(());
+        }
         let in_queue: HashSet<&str> = q.tasks.iter().map(|t| t.task_id.as_str()).collect();
         let wanted: HashSet<String> = q
             .tasks
             .iter()
             .filter(|t| matches!(t.status(), TaskStatus::Queued | TaskStatus::PendingRetry))
             .filter_map(|t| t.after.as_deref())
-            .filter(|a| !in_queue.contains(a) && !self.after_cache.contains_key(*a))
+            .filter(|a| !in_queue.contains(a) && !self.parked.contains(a) && !self.after_cache.contains_key(*a))
             .map(str::to_string)
             .collect();
         if !wanted.is_empty() {
@@ -277,17 +321,35 @@ impl Coordinator {
     /// their order). Returns what it did.
     pub fn cycle(&mut self) -> Result<CycleReport> {
         let mut c = self.collect()?;
-        let decided = plan::plan(&CycleInput {
+        // Prerequisites that are parked are in the queue, waiting: the plan sees their status
+        // beside the archived ones'.
+        let parked_prerequisites: Vec<(String, TaskStatus)> =
+            c.q.tasks
+                .iter()
+                .filter_map(|t| t.after.as_deref())
+                .filter_map(|a| Some((a.to_string(), self.parked.status(a)?)))
+                .collect();
+        let with_parked;
+        let prerequisites = if parked_prerequisites.is_empty() {
+            &self.after_cache
+        } else {
+            with_parked = self.after_cache.clone().into_iter().chain(parked_prerequisites).collect();
+            &with_parked
+        };
+        let mut decided = plan::plan(&CycleInput {
             tasks: &c.q.tasks,
             budget: &c.budget,
             types: c.types.as_ref(),
             breakers: &c.breakers,
             paused: c.report.paused,
-            archived: &self.after_cache,
+            archived: prerequisites,
             now: c.now,
             slots: self.config.scheduler.max_concurrent_dispatches as usize,
             slurm_slots: self.slurm_slots(),
         });
+        if let Some(due) = self.parked.next_due() {
+            decided.next_due = Some(decided.next_due.map_or(due, |d| d.min(due)));
+        }
         self.apply(&mut c, decided);
         let archive_file = self.archive(&mut c)?;
         self.commit(c, archive_file)
@@ -316,10 +378,10 @@ impl Coordinator {
             }
         };
         let queue_guard = store.lock(TASK_QUEUE)?;
-        let mut q = self.load_queue()?;
+        let mut q = self.load_queue(now)?;
         let mut q_dirty = false;
         let mut changed: HashSet<String> = HashSet::new();
-        let fold = intake::fold(&store, &mut q)?;
+        let fold = intake::fold_known(&store, &mut q, &|id| self.parked.contains(id))?;
         if let Some(f) = &fold {
             report.folded = f.added.len();
             changed.extend(f.added.iter().cloned());
@@ -574,12 +636,12 @@ impl Coordinator {
         // commit (fsynced in the flush below), or, once the journal has grown past its share of
         // the snapshot, a compaction (a new snapshot staged in the batch, the journal emptied
         // after its rename).
-        let journal_before = self.journal.end;
+        let journal_before = self.journal;
         let mut journal_file = None;
         let mut compacted = false;
         if q_dirty {
             q.updated_at = Some(now);
-            let counts = QueueCounts::of(&q.tasks);
+            let counts = QueueCounts::of(&q.tasks).plus(self.parked.counts());
             let changed_tasks: Vec<&Task> = if changed.is_empty() {
                 Vec::new()
             } else {
@@ -596,8 +658,14 @@ impl Coordinator {
             q.counts = Some(counts);
             if journal::needs_compaction(&self.journal, bytes.len() as u64) {
                 q.journal_generation = journal::next_generation(self.journal.generation);
-                let snapshot =
-                    crate::domain::task::queue_file::encode(&store.path(TASK_QUEUE), &q, Some(&mut self.validated))?;
+                // The snapshot holds the whole queue: the parked tasks' lines follow the working
+                // queue's tasks, copied as they are (never decoded).
+                let snapshot = crate::domain::task::queue_file::encode_with_lines(
+                    &store.path(TASK_QUEUE),
+                    &q,
+                    Some(&mut self.validated),
+                    &mut self.parked.lines(),
+                )?;
                 state_batch.stage(&store.path(TASK_QUEUE), &snapshot)?;
                 compacted = true;
             } else {
@@ -645,12 +713,11 @@ impl Coordinator {
             if let Err(e) = journal::reset(&store) {
                 tracing::warn!("cannot empty the queue's journal after a compaction: {e}");
             }
-            self.journal = JournalPos {
-                snapshot: file_id(&store.path(TASK_QUEUE)),
-                generation: q.journal_generation,
-                end: 0,
-                len: journal::journal_len(&store),
-            };
+            self.journal = JournalPos::after_compaction(
+                file_id(&store.path(TASK_QUEUE)),
+                q.journal_generation,
+                file_id(&store.path(TASK_QUEUE_JOURNAL)),
+            );
         }
         if q_dirty {
             self.archived_unwritten.clear();
@@ -684,17 +751,27 @@ impl Coordinator {
         drop(budget_guard);
         // The intake's housekeeping last, off the path from a new task to its start (it needs
         // only the queue written before it; its lock comes before the budget's in the order).
-        if let Some(f) = fold {
-            f.finish(&store, &q)?;
+        // The cycle is committed: the housekeeping failing does not fail it (the next fold
+        // does it again).
+        if let Some(f) = fold
+            && let Err(e) = f.finish(&store, &q)
+        {
+            tracing::warn!("cannot finish the intake's housekeeping: {e}");
         }
         #[cfg(debug_assertions)]
-        if q.tasks.len() <= 5_000 {
-            // What is on disk reads back as what this coordinator holds (a change not journalled
-            // would show here, in every test).
+        if q.tasks.len() + self.parked.len() <= 5_000 {
+            // What is on disk reads back as what this coordinator holds, parked tasks included
+            // (a change not journalled would show here, in every test).
             if let Ok(disk) = journal::load_quiet(&store) {
-                debug_assert_eq!(disk.queue.tasks, q.tasks, "the queue on disk differs from the coordinator's");
+                let parked = self.parked.tasks();
+                let mut held: Vec<&Task> = q.tasks.iter().chain(parked.iter()).collect();
+                let mut on_disk: Vec<&Task> = disk.queue.tasks.iter().collect();
+                held.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+                on_disk.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+                debug_assert_eq!(on_disk, held, "the queue on disk differs from the coordinator's");
             }
         }
+        self.parked.park_from(&mut q.tasks, now)?;
         self.cache = Some(q);
         self.seal_archive();
         drop(queue_guard);

@@ -4,7 +4,8 @@
 //! active dispatch. A [`Tracker`] reports an inconsistency only once it has lasted the grace
 //! period (the dispatch protocol has short legitimate windows) and once until it is resolved.
 
-use crate::domain::task::{DispatchRecord, TaskQueue, TaskState, TokenBudget};
+use crate::domain::task::journal::{HeldState, TaskStates};
+use crate::domain::task::{DispatchRecord, TokenBudget};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -21,36 +22,34 @@ pub(crate) struct Inconsistency {
 }
 
 /// Finds every inconsistency between the queue, the budget and the active specs.
-pub(crate) fn check(queue: &TaskQueue, budget: &TokenBudget, active: &[DispatchRecord]) -> Vec<Inconsistency> {
+pub(crate) fn check(queue: &TaskStates, budget: &TokenBudget, active: &[DispatchRecord]) -> Vec<Inconsistency> {
     let mut out = Vec::new();
     let running: Vec<&DispatchRecord> = active.iter().filter(|d| d.status().is_active()).collect();
     let running_ids: HashSet<&str> = running.iter().map(|d| d.dispatch_id.as_str()).collect();
-    for t in &queue.tasks {
-        if let TaskState::InProgress { dispatch_id, .. } = &t.state
-            && !running_ids.contains(dispatch_id.as_str())
-        {
+    let in_progress = queue.in_progress.iter().filter_map(|id| match queue.tasks.get(id)? {
+        HeldState::InProgress { dispatch_id, worker_type } => Some((&**id, &**dispatch_id, &**worker_type)),
+        HeldState::Other(_) => None,
+    });
+    for (task_id, dispatch_id, worker_type) in in_progress {
+        if !running_ids.contains(dispatch_id) {
             out.push(Inconsistency {
                 kind: "task_without_dispatch",
-                key: format!("task_without_dispatch:{}:{dispatch_id}", t.task_id),
+                key: format!("task_without_dispatch:{task_id}:{dispatch_id}"),
                 message: format!(
-                    "task {} is in_progress with dispatch {dispatch_id}, but worker-specs/active/ has no starting or running spec for it",
-                    t.task_id
+                    "task {task_id} is in_progress with dispatch {dispatch_id}, but worker-specs/active/ has no starting or running spec for it"
                 ),
-                data: json!({"task_id": t.task_id, "dispatch_id": dispatch_id, "worker_type": t.worker_type}),
+                data: json!({"task_id": task_id, "dispatch_id": dispatch_id, "worker_type": worker_type}),
             });
         }
     }
     for d in &running {
-        let task = queue.tasks.iter().find(|t| t.task_id == d.task_id);
-        let problem = match task {
+        let problem = match queue.tasks.get(d.task_id.as_str()) {
             None => Some("no such task in task-queue.json".to_string()),
-            Some(t) => match &t.state {
-                TaskState::InProgress { dispatch_id, .. } if dispatch_id == &d.dispatch_id => None,
-                TaskState::InProgress { dispatch_id, .. } => {
-                    Some(format!("the task's current dispatch is {dispatch_id}"))
-                }
-                other => Some(format!("the task is {}", other.status().as_str())),
-            },
+            Some(HeldState::InProgress { dispatch_id, .. }) if **dispatch_id == *d.dispatch_id => None,
+            Some(HeldState::InProgress { dispatch_id, .. }) => {
+                Some(format!("the task's current dispatch is {dispatch_id}"))
+            }
+            Some(HeldState::Other(status)) => Some(format!("the task is {}", status.as_str())),
         };
         if let Some(problem) = problem {
             out.push(Inconsistency {

@@ -5,14 +5,12 @@ use super::sample::{self, ProcSample};
 use crate::base::clock::{Clock, Timestamp};
 use crate::base::error::Result;
 use crate::domain::scheduler_state::SchedulerState;
-use crate::domain::task::{
-    DispatchState, DispatchStatus, SignalledEnd, TaskQueue, TaskStatus, TokenBudget, dispatches,
-};
+use crate::domain::task::{DispatchState, DispatchStatus, SignalledEnd, TaskStatus, TokenBudget, dispatches};
 use crate::store::Store;
 use crate::store::home::{Home, SpecBucket};
 use crate::store::pidfile::{self, PidStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// One line of `coordination/metrics/metrics-snapshots.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,12 +157,23 @@ fn collect_workers(store: &Store) -> Result<Workers> {
 /// segments (the queue wins for a task in both; the archive's last line wins for a task archived
 /// twice). The sealed segments are counted from their index headers, kept in `tally` until a
 /// segment is added: a snapshot reads the queue and at most one segment, whatever the history.
-fn collect_tasks(store: &Store, tally: &mut crate::domain::task::archive::Tally) -> Result<Tasks> {
-    let queue: TaskQueue = store.load()?;
-    let live: HashSet<String> = queue.tasks.iter().map(|t| t.task_id.clone()).collect();
-    let mut counts = tally.count(store, &live)?;
-    for t in &queue.tasks {
-        *counts.entry(t.status()).or_default() += 1;
+///
+/// The queue is followed by journal offset keeping each task's state only (about 100 bytes a
+/// task; `journal::Follower`): a snapshot reads what was appended since the last one, never the
+/// whole queue decoded.
+fn collect_tasks(
+    store: &Store,
+    tally: &mut crate::domain::task::archive::Tally,
+    queue: &mut crate::domain::task::journal::Follower,
+) -> Result<Tasks> {
+    let states = queue.refresh(store)?;
+    let mut counts = tally.count(store, &|id| states.tasks.contains_key(id))?;
+    for t in states.tasks.values() {
+        let status = match t {
+            crate::domain::task::journal::HeldState::InProgress { .. } => TaskStatus::InProgress,
+            crate::domain::task::journal::HeldState::Other(s) => *s,
+        };
+        *counts.entry(status).or_default() += 1;
     }
     let count = |s: TaskStatus| counts.get(&s).copied().unwrap_or(0);
     Ok(Tasks {
@@ -193,6 +202,7 @@ fn collect_tokens(store: &Store) -> Result<Tokens> {
 pub struct Collector {
     prev: HashMap<u32, ProcSample>,
     archive: crate::domain::task::archive::Tally,
+    queue: crate::domain::task::journal::Follower,
 }
 
 impl Collector {
@@ -243,7 +253,7 @@ impl Collector {
             timestamp: now,
             workers: collect_workers(store)?,
             tokens: collect_tokens(store)?,
-            tasks: collect_tasks(store, &mut self.archive)?,
+            tasks: collect_tasks(store, &mut self.archive, &mut self.queue)?,
             scheduler: SchedulerInfo { state: scheduler },
             daemons: self.daemons(store.home(), now),
         })

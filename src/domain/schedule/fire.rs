@@ -8,7 +8,7 @@ use super::model::{MisfirePolicy, Schedule, ScheduleState, Schedules, TaskTempla
 use crate::base::clock::{Clock, Timestamp, format_ts};
 use crate::base::error::Result;
 use crate::domain::scheduler_state::SchedulerState;
-use crate::domain::task::{Task, TaskQueue, TaskState, TaskStatus};
+use crate::domain::task::{Task, TaskState, TaskStatus};
 use crate::store::config::Config;
 use crate::store::events::{EventKind, Severity};
 use crate::store::files;
@@ -124,6 +124,27 @@ struct Pending {
 }
 
 /// What one pass knows and collects.
+/// What a pass needs of the queue: every task's id and, for an unfinished task (queued, pending
+/// retry, in progress) of a schedule, that schedule's id.
+#[derive(Default)]
+struct ScheduleView {
+    tasks: HashMap<Box<str>, Option<Box<str>>>,
+}
+
+impl crate::domain::task::journal::Holder for ScheduleView {
+    fn clear(&mut self) {
+        self.tasks.clear();
+    }
+    fn put(&mut self, t: Task) {
+        let unfinished = matches!(t.status(), TaskStatus::Queued | TaskStatus::PendingRetry | TaskStatus::InProgress);
+        let schedule = t.schedule_id.filter(|_| unfinished).map(String::into_boxed_str);
+        self.tasks.insert(t.task_id.into_boxed_str(), schedule);
+    }
+    fn remove(&mut self, task_id: &str) {
+        self.tasks.remove(task_id);
+    }
+}
+
 struct Pass {
     now: Timestamp,
     grace: chrono::Duration,
@@ -175,24 +196,25 @@ pub fn fire_due(
         return Ok(None);
     }
     // Read without its lock: the queue is replaced atomically, and a task the enqueue side is
-    // adding right now is deduplicated there by its id.
-    let queue: TaskQueue = store.load()?;
+    // adding right now is deduplicated there by its id. Read one task at a time, keeping each
+    // one's id and, for an unfinished task of a schedule, that schedule (never the whole queue).
+    let mut queue = ScheduleView::default();
+    crate::domain::task::journal::load_into(store, &mut queue)?;
     let mut pass = Pass {
         now: clock.now(),
         grace: chrono::Duration::seconds(config.scheduler.misfire_grace_seconds as i64),
         cap: config.scheduler.misfire_run_all_cap.max(1) as usize,
         config_tz: config.scheduler.timezone.clone(),
-        present: queue.tasks.iter().map(|t| t.task_id.clone()).collect(),
+        present: HashSet::with_capacity(queue.tasks.len()),
         running: HashMap::new(),
         events: Vec::new(),
         changed: false,
     };
-    for t in &queue.tasks {
-        if let Some(sid) = &t.schedule_id
-            && matches!(t.status(), TaskStatus::Queued | TaskStatus::PendingRetry | TaskStatus::InProgress)
-        {
-            *pass.running.entry(sid.clone()).or_default() += 1;
+    for (id, schedule) in queue.tasks {
+        if let Some(sid) = schedule {
+            *pass.running.entry(sid.into()).or_default() += 1;
         }
+        pass.present.insert(id.into());
     }
 
     let mut failure = None;

@@ -72,10 +72,12 @@ pub fn sbatch(cfg: &SlurmConfig, s: &Submission) -> Vec<String> {
 }
 
 /// One `squeue` for every job Cortex follows: by name, all states (finished jobs stay listed until
-/// Slurm purges them, `MinJobAge`).
+/// Slurm purges them, `MinJobAge`), all partitions (`--all`: hidden ones and those the user's
+/// group may not see too — else a job there would look never submitted).
 pub fn squeue(cfg: &SlurmConfig, job_names: &[String]) -> Vec<String> {
     vec![
         cfg.squeue.clone(),
+        "--all".into(),
         "--noheader".into(),
         "--states=all".into(),
         format!("--format={SQUEUE_FORMAT}"),
@@ -83,9 +85,10 @@ pub fn squeue(cfg: &SlurmConfig, job_names: &[String]) -> Vec<String> {
     ]
 }
 
-/// `scontrol -o show job <id>`: one job's state, reason and exit code.
+/// `scontrol -a -o show job <id>`: one job's state, reason and exit code (`-a`: in a hidden
+/// partition too).
 pub fn scontrol_show_job(cfg: &SlurmConfig, job: JobId) -> Vec<String> {
-    vec![cfg.scontrol.clone(), "-o".into(), "show".into(), "job".into(), job.0.to_string()]
+    vec![cfg.scontrol.clone(), "-a".into(), "-o".into(), "show".into(), "job".into(), job.0.to_string()]
 }
 
 /// `scontrol ping`: whether the controller answers.
@@ -164,10 +167,10 @@ mod tests {
         let cfg = SlurmConfig::default();
         assert_eq!(
             squeue(&cfg, &["cortex-a".into(), "cortex-b".into()]),
-            ["squeue", "--noheader", "--states=all", "--format=%i|%T|%r|%j", "--name=cortex-a,cortex-b"]
+            ["squeue", "--all", "--noheader", "--states=all", "--format=%i|%T|%r|%j", "--name=cortex-a,cortex-b"]
         );
         assert_eq!(scancel(&cfg, JobId(7), Some("TERM")), ["scancel", "--signal=TERM", "--full", "7"]);
         assert_eq!(scancel(&cfg, JobId(7), None), ["scancel", "7"]);
-        assert_eq!(scontrol_show_job(&cfg, JobId(7)), ["scontrol", "-o", "show", "job", "7"]);
+        assert_eq!(scontrol_show_job(&cfg, JobId(7)), ["scontrol", "-a", "-o", "show", "job", "7"]);
     }
 }

@@ -31,6 +31,11 @@ impl std::fmt::Display for JobId {
     }
 }
 
+/// In the environment of each `sbatch` cortex-slurm runs, the home's root: a restarted daemon
+/// finds by it the submissions its killed predecessor left running and stops them before it looks
+/// for their jobs by name (else one could still submit after the look found nothing).
+pub const SUBMITTER_VAR: &str = "CORTEX_SLURM_SUBMITTER";
+
 /// The prefix of every job Cortex submits.
 pub const JOB_NAME_PREFIX: &str = "cortex-";
 

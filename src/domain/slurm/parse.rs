@@ -129,6 +129,25 @@ pub fn controller_unreachable(stderr: &str) -> bool {
     ]
     .iter()
     .any(|needle| stderr.contains(needle))
+        || auth_unavailable(stderr)
+}
+
+/// Whether a Slurm command failed because authentication does not work right now (munged down
+/// or unreachable on this host or the controller's, a credential the controller could not
+/// check): an outage like an unreachable controller — the dispatch waits — not a refusal of the
+/// job. Slurm's texts (22.05): `Munge encode failed`, `Munge decode failed` (auth/munge),
+/// `Protocol authentication error`, `Invalid authentication credential`.
+pub fn auth_unavailable(stderr: &str) -> bool {
+    ["Munge encode failed", "Munge decode failed", "Protocol authentication error", "Invalid authentication credential"]
+        .iter()
+        .any(|needle| stderr.contains(needle))
+}
+
+/// Whether a failed command certainly never reached the controller with its request (it could not
+/// connect, or authentication refused it): for `sbatch`, no job was made, so submitting again is
+/// safe. A timeout (`Socket timed out`) is not certain: the request may have been taken.
+pub fn never_reached(stderr: &str) -> bool {
+    stderr.contains("(connect failure)") || auth_unavailable(stderr)
 }
 
 /// `scontrol ping`: true when a controller answers `UP` (`Slurmctld(primary) at host is UP`).
@@ -214,6 +233,18 @@ mod tests {
             "sbatch: error: Batch job submission failed: Invalid partition name specified\n"
         ));
         assert!(!controller_unreachable("slurm_load_jobs error: Invalid job id specified\n"));
+        // munged down (auth/munge): an outage, not a refusal; certainly not submitted.
+        for text in [
+            "sbatch: error: Munge encode failed: Failed to connect to \"/run/munge/munge.socket.2\": Connection refused\n\
+             sbatch: error: Batch job submission failed: Protocol authentication error\n",
+            "squeue: error: slurm_receive_msg: Protocol authentication error\n",
+        ] {
+            assert!(controller_unreachable(text) && never_reached(text), "{text}");
+        }
+        assert!(never_reached(
+            "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n"
+        ));
+        assert!(!never_reached("squeue: error: slurm_receive_msg: Socket timed out on send/recv operation\n"));
         assert!(ping_up("Slurmctld(primary) at vm is UP\n"));
         assert!(!ping_up("Slurmctld(primary) at vm is DOWN\n*****\n** RESTORE SLURMCTLD DAEMON TO SERVICE **\n"));
     }

@@ -78,7 +78,9 @@ impl JobState {
     /// What the state means for the dispatch.
     pub fn phase(&self) -> Phase {
         match self {
-            // Queued in Slurm: not yet running anywhere (a requeued job runs again under its id).
+            // Queued in Slurm: not yet running anywhere. A requeued job is queued again too;
+            // cortex-slurm cancels it and ends the dispatch (`dispatch_end`: failed), so that
+            // Cortex's retry policy, not Slurm, decides whether the task runs again.
             JobState::Pending | JobState::Configuring | JobState::Requeued | JobState::RequeueHold => Phase::Queued,
             // Started and not ended: COMPLETING is the job's cleanup, its end comes next; a
             // suspended job keeps its allocation and resumes.
@@ -140,6 +142,8 @@ pub fn dispatch_end(
     };
     let end = match state.phase() {
         Phase::Ended(e) => e,
+        // Requeued: cancelled by cortex-slurm, ended as a failure (retried by policy).
+        Phase::Queued if matches!(state, JobState::Requeued | JobState::RequeueHold) => End::Failed,
         // Not ended in Slurm's eyes: only a caller that knows better (an end record) gets here.
         Phase::Queued | Phase::Running => match record {
             Some(r) if r.exit_status == 0 => End::Completed,
@@ -169,6 +173,9 @@ fn failure_text(state: &JobState, reason: &str, exit_code: Option<i32>, signal: 
         JobState::BootFail => "the node failed to boot (Slurm BOOT_FAIL)".to_string(),
         JobState::Deadline => "Slurm's deadline passed (DEADLINE)".to_string(),
         JobState::Preempted => "preempted by Slurm (PREEMPTED)".to_string(),
+        JobState::Requeued | JobState::RequeueHold => {
+            format!("requeued by Slurm ({}); its job was cancelled, the retry policy decides", state.as_str())
+        }
         other => format!("Slurm job {}", other.as_str()),
     };
     let how = match (exit_code, signal) {
@@ -239,6 +246,13 @@ mod tests {
             panic!()
         };
         assert!(error.contains("preempted"), "{error}");
+        // Requeued (`scontrol requeue`, a requeueing preemption): a failure, retried by policy.
+        for requeued in [JobState::Requeued, JobState::RequeueHold] {
+            let DispatchState::Failed { error, .. } = dispatch_end(&requeued, "", None, None, t(), None) else {
+                panic!()
+            };
+            assert!(error.contains("requeued by Slurm"), "{error}");
+        }
         assert!(matches!(
             dispatch_end(&JobState::Timeout, "TimeLimit", Some((0, 15)), None, t(), None),
             DispatchState::Timeout(SignalledEnd { signal: Some(15), .. })

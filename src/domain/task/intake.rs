@@ -161,6 +161,17 @@ fn remove_durable(path: &std::path::Path) -> Result<()> {
 /// Folds new intake lines into `queue` (the caller holds the `task-queue` lock). Returns None
 /// when there is nothing to do; otherwise the caller writes the queue and calls `finish`.
 pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> {
+    fold_known(store, queue, &|_| false)
+}
+
+/// [`fold`] for a caller that holds some of the queue's tasks apart (the coordinator's parked
+/// tasks): `held_apart` says whether an id is one of them, so an intake line repeating it is
+/// not added twice.
+pub fn fold_known(
+    store: &Store,
+    queue: &mut TaskQueue,
+    held_apart: &dyn Fn(&str) -> bool,
+) -> Result<Option<IntakeFold>> {
     let remove_folded = folded_path(store).exists();
     if !remove_folded && !has_pending(store, queue)? {
         return Ok(None);
@@ -184,7 +195,7 @@ pub fn fold(store: &Store, queue: &mut TaskQueue) -> Result<Option<IntakeFold>> 
     let mut fresh: Vec<Task> = Vec::with_capacity(tasks.len());
     let mut fresh_ids: HashSet<String> = HashSet::new();
     for t in tasks {
-        if known.contains(t.task_id.as_str()) || !fresh_ids.insert(t.task_id.clone()) {
+        if known.contains(t.task_id.as_str()) || held_apart(&t.task_id) || !fresh_ids.insert(t.task_id.clone()) {
             continue;
         }
         fresh.push(t);
@@ -225,6 +236,45 @@ impl Snapshot {
         };
         self.queue.tasks.iter().chain(self.pending.iter().filter(move |t| !in_queue.contains(t.task_id.as_str())))
     }
+}
+
+/// One live task by id, from the queue (read one task at a time, keeping only that one) or the
+/// unfolded intake, read consistently like [`snapshot`].
+pub fn find(store: &Store, task_id: &str) -> Result<Option<Task>> {
+    struct One<'a> {
+        id: &'a str,
+        found: Option<Task>,
+    }
+    impl super::journal::Holder for One<'_> {
+        fn clear(&mut self) {
+            self.found = None;
+        }
+        fn put(&mut self, t: Task) {
+            if t.task_id == self.id {
+                self.found = Some(t);
+            }
+        }
+        fn remove(&mut self, task_id: &str) {
+            if task_id == self.id {
+                self.found = None;
+            }
+        }
+    }
+    let _lock = lock_shared(store)?;
+    let mut one = One { id: task_id, found: None };
+    let head = super::journal::load_into(store, &mut one)?.queue;
+    if one.found.is_some() {
+        return Ok(one.found);
+    }
+    let start = unfolded_start(store, &head)?;
+    if intake_len(store)? <= start {
+        return Ok(None);
+    }
+    let bytes = read_from(&store.path(TASK_INTAKE), start)?;
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Task>(line).ok())
+        .find(|t| t.task_id == task_id))
 }
 
 /// Reads the queue and the unfolded intake together.

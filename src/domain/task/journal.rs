@@ -106,6 +106,76 @@ pub struct JournalPos {
     pub end: u64,
     /// The journal's length when read.
     pub len: u64,
+    /// The journal's identity (device, inode, size, times) when it was read or written, the
+    /// bytes read being exactly its `len` (None: no journal file).
+    pub(crate) journal: Option<FileIdentity>,
+    /// The last commit read or written (its bytes end at `end`; at most its last
+    /// [`TAIL_HASHED`] bytes): their length and a hash. A journal truncated below `end` and grown
+    /// again (a commit taken back after a failed flush, then another appended) no longer has them
+    /// there, whatever its length.
+    pub(crate) tail: (u32, u64),
+    /// `journal` was taken outside its file's timestamp tick (see [`unchanged`]).
+    pub(crate) journal_trusted: bool,
+}
+
+/// How many bytes at most of the last commit (its group's last bytes, its commit line included)
+/// a position remembers the hash of.
+const TAIL_HASHED: usize = 4096;
+
+fn tail_of(line: &[u8]) -> (u32, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    line.hash(&mut h);
+    (line.len() as u32, h.finish())
+}
+
+/// True when the journal still holds, just before `pos.end`, the commit `pos` last read or wrote
+/// (always true before any commit).
+fn tail_holds(store: &Store, pos: &JournalPos) -> Result<bool> {
+    let (len, hash) = pos.tail;
+    if pos.end == 0 || len == 0 {
+        return Ok(true);
+    }
+    let jpath = path(store);
+    let f = match crate::store::open::read(&jpath) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(crate::store::open::refuse_link(&jpath, "open", e)),
+    };
+    let Some(start) = pos.end.checked_sub(len as u64) else { return Ok(false) };
+    let mut buf = vec![0u8; len as usize];
+    match std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, start) {
+        Ok(()) => Ok(tail_of(&buf).1 == hash),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io(&jpath, "read", e)),
+    }
+}
+
+/// True when the journal is, by its identity, as `pos` read or wrote it: nothing to catch up.
+/// An identity taken within its file's timestamp tick is not trusted (a change in the same tick
+/// could keep it): the caller catches up, which checks the last commit line is still there.
+pub fn unchanged(store: &Store, pos: &JournalPos) -> bool {
+    pos.journal_trusted && FileIdentity::stat(&path(store)).ok().flatten() == pos.journal
+}
+
+impl JournalPos {
+    /// The position of a writer that just replaced the snapshot (`snapshot`, of `generation`)
+    /// and emptied the journal (`journal`, its identity now).
+    pub(crate) fn after_compaction(
+        snapshot: Option<FileIdentity>,
+        generation: u64,
+        journal: Option<FileIdentity>,
+    ) -> JournalPos {
+        let mut pos = JournalPos { snapshot, generation, len: journal.map_or(0, |j| j.len), ..JournalPos::default() };
+        pos.identify(journal);
+        pos
+    }
+
+    /// Records the journal's identity as of now (`journal`, `journal_trusted`).
+    fn identify(&mut self, identity: Option<FileIdentity>) {
+        self.journal = identity;
+        self.journal_trusted = identity.is_none_or(|j| !j.is_racy());
+    }
 }
 
 /// What [`load`] found.
@@ -127,20 +197,29 @@ pub fn path(store: &Store) -> std::path::PathBuf {
 }
 
 fn read_tail(path: &Path, start: u64) -> Result<(Vec<u8>, u64)> {
-    let mut f = match crate::store::open::read(path) {
+    read_tail_identified(path, start).map(|(bytes, len, _)| (bytes, len))
+}
+
+/// The journal's bytes from `start` up to its length as stat'ed on the open file (an append
+/// after that is left for the next read), that length, and the identity stat'ed.
+fn read_tail_identified(path: &Path, start: u64) -> Result<(Vec<u8>, u64, Option<FileIdentity>)> {
+    let f = match crate::store::open::read(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0, None)),
         Err(e) => return Err(crate::store::open::refuse_link(path, "open", e)),
     };
-    let len = f.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+    let meta = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    let identity = Some(FileIdentity::of(&meta));
+    let len = meta.len();
     if start > len {
-        return Ok((Vec::new(), len));
+        return Ok((Vec::new(), len, identity));
     }
+    let mut f = f;
     f.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, "seek", e))?;
     let mut buf = Vec::with_capacity((len - start) as usize);
-    f.read_to_end(&mut buf).map_err(|e| Error::io(path, "read", e))?;
+    f.take(len - start).read_to_end(&mut buf).map_err(|e| Error::io(path, "read", e))?;
     let read_len = start + buf.len() as u64;
-    Ok((buf, read_len))
+    Ok((buf, read_len, identity))
 }
 
 /// A group of lines read but not yet closed by its commit line.
@@ -158,6 +237,8 @@ struct Parsed {
     stale: usize,
     /// A commit line did not match the group read before it (a concurrent truncation): read again.
     inconsistent: bool,
+    /// The last commit line taken (see [`JournalPos::tail`]).
+    tail: Option<(u32, u64)>,
 }
 
 /// With `strict`, a commit line that does not match the group before it stops the parse
@@ -165,7 +246,7 @@ struct Parsed {
 /// edited by hand: nothing it holds is dropped).
 fn parse(store: &Store, bytes: &[u8], from: u64, generation: u64, quarantine: bool, strict: bool) -> Parsed {
     let jpath = path(store);
-    let mut out = Parsed { groups: Vec::new(), end: from, bad: 0, stale: 0, inconsistent: false };
+    let mut out = Parsed { groups: Vec::new(), end: from, bad: 0, stale: 0, inconsistent: false, tail: None };
     let mut group: Vec<Op> = Vec::new();
     let mut group_lines = 0u64;
     let mut group_start = from;
@@ -207,6 +288,8 @@ fn parse(store: &Store, bytes: &[u8], from: u64, generation: u64, quarantine: bo
             }
             out.groups.push((std::mem::take(&mut group), commit));
             group_lines = 0;
+            let group_from = ((group_start - from) as usize).max(at.saturating_sub(TAIL_HASHED));
+            out.tail = Some(tail_of(&bytes[group_from..at]));
             out.end = from + at as u64;
             group_start = out.end;
             continue;
@@ -272,10 +355,120 @@ fn apply(queue: &mut TaskQueue, groups: Vec<(Vec<Op>, Commit)>) -> Option<Commit
     last
 }
 
+/// Where a reader puts the queue's tasks as [`load_into`] reads them: a reader that needs little
+/// of each task keeps little (the integration daemon keeps the dispatch of each, the metrics
+/// the ids), and the coordinator holds the tasks not yet due apart.
+pub trait Holder {
+    /// Forgets every task: the read starts again (a compaction replaced the snapshot under it).
+    fn clear(&mut self);
+    /// The snapshot file the tasks are read from (a holder may keep it to read lines back).
+    fn snapshot_opened(&mut self, _file: &std::fs::File) {}
+    /// A task of the snapshot read from its line at `offset`, `len` bytes (its compact JSON).
+    fn put_snapshot_line(&mut self, task: Task, _offset: u64, _len: u32) {
+        self.put_new(task)
+    }
+    /// A task of the snapshot (its id is not held yet).
+    fn put_new(&mut self, task: Task) {
+        self.put(task)
+    }
+    /// A journal line's whole record: replaces the task of its id, or adds it.
+    fn put(&mut self, task: Task);
+    /// A journal line's removal.
+    fn remove(&mut self, task_id: &str);
+}
+
+/// The tasks in a `Vec`, in the snapshot's order, a task replaced in place and a new one
+/// appended (what [`load`] returns).
+#[derive(Default)]
+struct InOrder {
+    tasks: Vec<Option<Task>>,
+    /// Built at the first journal line (a load without one never hashes the ids).
+    index: Option<HashMap<String, usize>>,
+}
+
+impl InOrder {
+    fn index(&mut self) -> &mut HashMap<String, usize> {
+        let tasks = &self.tasks;
+        self.index.get_or_insert_with(|| {
+            tasks.iter().enumerate().filter_map(|(i, t)| Some((t.as_ref()?.task_id.clone(), i))).collect()
+        })
+    }
+
+    fn into_tasks(self) -> Vec<Task> {
+        self.tasks.into_iter().flatten().collect()
+    }
+}
+
+impl Holder for InOrder {
+    fn clear(&mut self) {
+        *self = InOrder::default();
+    }
+    fn put_new(&mut self, task: Task) {
+        if let Some(index) = self.index.as_mut() {
+            index.insert(task.task_id.clone(), self.tasks.len());
+        }
+        self.tasks.push(Some(task));
+    }
+    fn put(&mut self, task: Task) {
+        let next = self.tasks.len();
+        match self.index().get(&task.task_id).copied() {
+            Some(i) => self.tasks[i] = Some(task),
+            None => {
+                self.index().insert(task.task_id.clone(), next);
+                self.tasks.push(Some(task));
+            }
+        }
+    }
+    fn remove(&mut self, task_id: &str) {
+        if let Some(i) = self.index().remove(task_id) {
+            self.tasks[i] = None;
+        }
+    }
+}
+
+/// The snapshot's header (tasks empty), its tasks given to `holder`: streamed one line at a
+/// time when the file is in the writers' layout (`task::snapshot_read`), else read whole.
+fn read_snapshot(store: &Store, holder: &mut dyn Holder) -> Result<TaskQueue> {
+    match super::snapshot_read::stream(&store.path(TASK_QUEUE), holder)? {
+        super::snapshot_read::Streamed::Header(head) => Ok(*head),
+        super::snapshot_read::Streamed::Whole => {
+            holder.clear();
+            let mut queue: TaskQueue = store.load_snapshot()?;
+            for t in std::mem::take(&mut queue.tasks) {
+                holder.put_new(t);
+            }
+            Ok(queue)
+        }
+    }
+}
+
+/// Applies committed groups to a holder in order; returns the last commit.
+fn apply_to(holder: &mut dyn Holder, head: &mut TaskQueue, groups: Vec<(Vec<Op>, Commit)>) -> Option<Commit> {
+    let mut last = None;
+    for (ops, commit) in groups {
+        for op in ops {
+            match op {
+                Op::Upsert(t) => holder.put(*t),
+                Op::Remove(id) => holder.remove(&id),
+            }
+        }
+        head.intake_offset = commit.intake_offset;
+        head.updated_at = commit.updated_at;
+        last = Some(commit);
+    }
+    last
+}
+
 /// Reads the queue: the snapshot and every committed group of its generation. The one reader of
 /// the queue's files (CLI, API, status, metrics, validate, integration, backup, repair).
 pub fn load(store: &Store) -> Result<Loaded> {
     load_with(store, true)
+}
+
+/// [`load`] into a [`Holder`]: the `queue` returned is the header (no tasks); the tasks went to
+/// `holder`.
+pub fn load_into(store: &Store, holder: &mut dyn Holder) -> Result<Loaded> {
+    load_holder(store, holder, true)
 }
 
 /// [`load`] without quarantining bad lines (pure readers such as `cortex validate`).
@@ -284,16 +477,40 @@ pub fn load_quiet(store: &Store) -> Result<Loaded> {
 }
 
 fn load_with(store: &Store, quarantine: bool) -> Result<Loaded> {
+    let mut tasks = InOrder::default();
+    let mut loaded = load_holder(store, &mut tasks, quarantine)?;
+    loaded.queue.tasks = tasks.into_tasks();
+    Ok(loaded)
+}
+
+/// True when the snapshot on disk is the one `pos` belongs to: the same identity (device,
+/// inode, size, times) and, while that identity is within its timestamp tick (a change in the
+/// same tick could keep it), the same generation in its header.
+pub fn snapshot_is_current(store: &Store, pos: &JournalPos) -> bool {
+    let now = FileIdentity::stat(&store.path(TASK_QUEUE)).ok().flatten();
+    now.is_some()
+        && now == pos.snapshot
+        && (now.is_some_and(|s| !s.is_racy()) || snapshot_generation(store).is_ok_and(|g| g == pos.generation))
+}
+
+/// True when two identities of the snapshot are the same file with the same content as far as
+/// `stat` tells (device, inode, size, times): a replace or an edit in place between them shows.
+fn same_snapshot(a: Option<FileIdentity>, b: Option<FileIdentity>) -> bool {
+    a == b
+}
+
+fn load_holder(store: &Store, holder: &mut dyn Holder, quarantine: bool) -> Result<Loaded> {
     let snap_path = store.path(TASK_QUEUE);
     let jpath = path(store);
     let mut attempt = 0;
     loop {
         attempt += 1;
+        holder.clear();
         let before = FileIdentity::stat(&snap_path)?;
-        let mut queue: TaskQueue = store.load_snapshot()?;
-        let (bytes, len) = read_tail(&jpath, 0)?;
+        let mut queue = read_snapshot(store, holder)?;
+        let (bytes, len, journal) = read_tail_identified(&jpath, 0)?;
         let after = FileIdentity::stat(&snap_path)?;
-        if before.map(|i| i.ino) != after.map(|i| i.ino) && attempt < READ_ATTEMPTS {
+        if !same_snapshot(before, after) && attempt < READ_ATTEMPTS {
             continue;
         }
         let generation = queue.journal_generation;
@@ -302,13 +519,21 @@ fn load_with(store: &Store, quarantine: bool) -> Result<Loaded> {
             continue;
         }
         let counts = queue.counts.take();
-        let last = apply(&mut queue, parsed.groups);
+        let last = apply_to(holder, &mut queue, parsed.groups);
         let counts = match last {
             Some(c) => c.counts,
             None => counts,
         };
         queue.counts = counts.clone();
-        let pos = JournalPos { snapshot: after, generation, end: parsed.end, len };
+        let mut pos = JournalPos {
+            snapshot: after,
+            generation,
+            end: parsed.end,
+            len,
+            tail: parsed.tail.unwrap_or_default(),
+            ..JournalPos::default()
+        };
+        pos.identify(journal);
         return Ok(Loaded { queue, pos, bad_lines: parsed.bad, stale_lines: parsed.stale, counts });
     }
 }
@@ -317,17 +542,68 @@ fn load_with(store: &Store, quarantine: bool) -> Result<Loaded> {
 /// checked the snapshot is the one `pos` belongs to). Returns false when the journal no longer
 /// continues from `pos` (it was truncated or replaced): the caller loads again.
 pub fn catch_up(store: &Store, queue: &mut TaskQueue, pos: &mut JournalPos) -> Result<bool> {
-    let (bytes, len) = read_tail(&path(store), pos.end)?;
+    catch_up_touching(store, queue, pos, &mut |_, _| {})
+}
+
+/// [`catch_up`], calling `touched` with the queue and each task id a line changes or removes
+/// before the lines are applied (the coordinator brings a parked task back into its queue first).
+pub fn catch_up_touching(
+    store: &Store,
+    queue: &mut TaskQueue,
+    pos: &mut JournalPos,
+    touched: &mut dyn FnMut(&mut TaskQueue, &str),
+) -> Result<bool> {
+    let Some(parsed) = read_since(store, pos)? else { return Ok(false) };
+    for (ops, _) in &parsed.groups {
+        for op in ops {
+            match op {
+                Op::Upsert(t) => touched(queue, &t.task_id),
+                Op::Remove(id) => touched(queue, id),
+            }
+        }
+    }
+    apply(queue, parsed.groups);
+    Ok(true)
+}
+
+/// The committed groups appended since `pos`, `pos` moved after them; None when the journal no
+/// longer continues from `pos` (truncated, replaced, or its last commit read is gone: a commit
+/// taken back after a failed flush): the caller loads again, so nothing of a commit taken back
+/// is kept.
+fn read_since(store: &Store, pos: &mut JournalPos) -> Result<Option<Parsed>> {
+    let (bytes, len, identity) = read_tail_identified(&path(store), pos.end)?;
     if len < pos.end {
-        return Ok(false);
+        return Ok(None);
+    }
+    if identity.map(|i| (i.dev, i.ino)) != pos.journal.map(|i| (i.dev, i.ino)) && pos.end > 0 {
+        // Another file took the journal's name.
+        return Ok(None);
+    }
+    if !tail_holds(store, pos)? {
+        return Ok(None);
     }
     let parsed = parse(store, &bytes, pos.end, pos.generation, true, true);
     if parsed.inconsistent || parsed.stale > 0 {
-        return Ok(false);
+        return Ok(None);
     }
-    apply(queue, parsed.groups);
     pos.end = parsed.end;
     pos.len = len;
+    if let Some(tail) = parsed.tail {
+        pos.tail = tail;
+    }
+    pos.identify(identity);
+    Ok(Some(parsed))
+}
+
+/// [`catch_up`] into a [`Holder`] (`head`: the queue's header, kept up to date).
+pub fn catch_up_into(
+    store: &Store,
+    holder: &mut dyn Holder,
+    head: &mut TaskQueue,
+    pos: &mut JournalPos,
+) -> Result<bool> {
+    let Some(parsed) = read_since(store, pos)? else { return Ok(false) };
+    apply_to(holder, head, parsed.groups);
     Ok(true)
 }
 
@@ -354,7 +630,7 @@ pub fn read_counts(store: &Store) -> Result<Option<QueueCounts>> {
         let from = len.saturating_sub(TAIL_BYTES);
         let (bytes, _) = read_tail(&jpath, from)?;
         let after = FileIdentity::stat(&snap_path)?;
-        if before.map(|i| i.ino) != after.map(|i| i.ino) {
+        if !same_snapshot(before, after) {
             continue;
         }
         let last_commit = bytes
@@ -394,6 +670,19 @@ fn read_header(snap_path: &Path) -> Result<Option<TaskQueue>> {
     let mut doc = head[..at].to_vec();
     doc.extend_from_slice(b"\"tasks\": []}");
     Ok(serde_json::from_slice::<TaskQueue>(&doc).ok())
+}
+
+/// True when the snapshot at `path` is in its writers' layout and every task line in it meets
+/// the schema and reads as a task, checked one line at a time (`cortex validate` and the
+/// integration daemon; false: check it whole, which names the problem).
+pub fn snapshot_streams(path: &Path) -> bool {
+    struct Discard;
+    impl Holder for Discard {
+        fn clear(&mut self) {}
+        fn put(&mut self, _: Task) {}
+        fn remove(&mut self, _: &str) {}
+    }
+    matches!(super::snapshot_read::stream(path, &mut Discard), Ok(super::snapshot_read::Streamed::Header(_)))
 }
 
 /// The generation of the snapshot on disk, from its header (0: none, or not readable that way).
@@ -452,31 +741,77 @@ pub fn check_lines(bytes: &[u8], from: u64) -> LineCheck {
     out
 }
 
-/// A queue kept in memory by a reader that follows it (the integration daemon's consistency
-/// check): brought up to date by reading only the journal lines appended since its offset, and
-/// loaded whole only when the snapshot was replaced (a compaction, an operator's edit).
+/// What a reader that needs little of each task keeps of it ([`TaskStates`]): its status, and for a task in
+/// progress its dispatch and worker type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeldState {
+    InProgress { dispatch_id: Box<str>, worker_type: Box<str> },
+    Other(super::model::TaskStatus),
+}
+
+/// Every queued task's [`HeldState`] by id: about 100 bytes per task, for the integration
+/// daemon's consistency check and the metrics' counts.
+#[derive(Debug, Default)]
+pub struct TaskStates {
+    pub tasks: HashMap<Box<str>, HeldState>,
+    /// The ids of the tasks in progress, in order (a check of the running ones costs them, not
+    /// the backlog).
+    pub in_progress: std::collections::BTreeSet<Box<str>>,
+}
+
+impl Holder for TaskStates {
+    fn clear(&mut self) {
+        self.tasks.clear();
+        self.in_progress.clear();
+    }
+    fn put(&mut self, task: Task) {
+        let state = match &task.state {
+            super::model::TaskState::InProgress { dispatch_id, .. } => HeldState::InProgress {
+                dispatch_id: dispatch_id.as_str().into(),
+                worker_type: task.worker_type.as_str().into(),
+            },
+            other => HeldState::Other(other.status()),
+        };
+        let id = task.task_id.into_boxed_str();
+        if matches!(state, HeldState::InProgress { .. }) {
+            self.in_progress.insert(id.clone());
+        } else {
+            self.in_progress.remove(&id);
+        }
+        self.tasks.insert(id, state);
+    }
+    fn remove(&mut self, task_id: &str) {
+        self.tasks.remove(task_id);
+        self.in_progress.remove(task_id);
+    }
+}
+
+/// A queue's [`TaskStates`] kept in memory by a reader that follows it (the integration
+/// daemon's consistency check): brought up to date by reading only the journal lines appended
+/// since its offset, and loaded whole only when the snapshot was replaced (a compaction, an
+/// operator's edit) or the journal no longer continues from its offset.
 #[derive(Debug, Default)]
 pub struct Follower {
-    queue: Option<TaskQueue>,
+    held: Option<(TaskStates, TaskQueue)>,
     pos: JournalPos,
 }
 
 impl Follower {
-    /// The queue as it is now.
-    pub fn refresh(&mut self, store: &Store) -> Result<&TaskQueue> {
-        let snapshot = FileIdentity::stat(&store.path(TASK_QUEUE))?;
-        let current = match self.queue.as_mut() {
-            Some(q) if snapshot.is_some() && snapshot == self.pos.snapshot => {
-                journal_len(store) == self.pos.len || catch_up(store, q, &mut self.pos)?
+    /// The queue's task states as they are now.
+    pub fn refresh(&mut self, store: &Store) -> Result<&TaskStates> {
+        let current = match self.held.as_mut() {
+            Some((states, head)) if snapshot_is_current(store, &self.pos) => {
+                unchanged(store, &self.pos) || catch_up_into(store, states, head, &mut self.pos)?
             }
             _ => false,
         };
         if !current {
-            let loaded = load(store)?;
+            let mut states = TaskStates::default();
+            let loaded = load_into(store, &mut states)?;
             self.pos = loaded.pos;
-            self.queue = Some(loaded.queue);
+            self.held = Some((states, loaded.queue));
         }
-        Ok(self.queue.get_or_insert_default())
+        Ok(&self.held.get_or_insert_default().0)
     }
 }
 
@@ -582,26 +917,40 @@ pub fn append_commit(store: &Store, pos: &mut JournalPos, bytes: &[u8]) -> Resul
         // Cut short (a full disk): no commit line, so nothing of it counts; removed now if we can.
         let _ = f.set_len(pos.end);
         pos.len = f.metadata().map_or(pos.len, |m| m.len());
+        // Its own change: the wake-up it causes is recognised as such (no spin on a full disk).
+        pos.identify(f.metadata().ok().map(|m| FileIdentity::of(&m)));
         return Err(e);
-    }
-    if !existed {
-        crate::store::atomic::fsync_dir(jpath.parent().unwrap_or(Path::new(".")))?;
     }
     pos.end += bytes.len() as u64;
     pos.len = pos.end;
+    pos.tail = tail_of(&bytes[bytes.len().saturating_sub(TAIL_HASHED)..]);
+    pos.identify(f.metadata().ok().map(|m| FileIdentity::of(&m)));
+    if !existed && let Err(e) = crate::store::atomic::fsync_dir(jpath.parent().unwrap_or(Path::new("."))) {
+        // Written: taken back so the failure reported is true (the caller's change is not done).
+        let _ = f.set_len(pos.end - bytes.len() as u64);
+        return Err(e);
+    }
     Ok(f)
 }
 
-/// Takes back an appended commit whose flush failed (best effort: the cycle fails whole).
-pub fn roll_back(store: &Store, pos: &mut JournalPos, to: u64) {
+/// Takes back an appended commit whose flush failed: the journal truncated back to where
+/// `before` was, and `pos` set back to it. Returns whether the truncation is durable (false: the
+/// commit may still be there; readers that applied it find its commit line gone or not, and
+/// the caller loads again).
+pub fn roll_back(store: &Store, pos: &mut JournalPos, before: JournalPos) -> bool {
     let jpath = path(store);
+    let mut done = false;
+    let mut identity = None;
     if let Ok(f) = crate::store::open::append(&jpath)
-        && f.set_len(to).is_ok()
+        && f.set_len(before.end).is_ok()
     {
-        let _ = f.sync_all();
+        done = f.sync_all().is_ok();
+        identity = f.metadata().ok().map(|m| FileIdentity::of(&m));
     }
-    pos.end = to;
-    pos.len = to;
+    *pos = before;
+    pos.len = before.end;
+    pos.identify(identity);
+    done
 }
 
 /// Empties the journal after a compaction's snapshot is durable (its lines are of the previous
@@ -626,8 +975,20 @@ pub fn write_snapshot(store: &Store, queue: &TaskQueue) -> Result<()> {
     q.journal_generation = next_generation(queue.journal_generation);
     q.counts = Some(QueueCounts::of(&q.tasks));
     let bytes = super::queue_file::encode(&store.path(TASK_QUEUE), &q, None)?;
-    crate::store::atomic::write_atomic(&store.path(TASK_QUEUE), &bytes)?;
-    reset(store)
+    if let Err(e) = crate::store::atomic::write_atomic(&store.path(TASK_QUEUE), &bytes) {
+        // Renamed into place before the error (a failed directory fsync): the write took effect
+        // and must not be reported as not done; anything else did not.
+        if snapshot_generation(store).ok() != Some(q.journal_generation) {
+            return Err(e);
+        }
+        tracing::warn!("the queue's snapshot was replaced, but not confirmed durable: {e}");
+    }
+    // The new snapshot is in place; its journal's lines are of the previous generation now
+    // (ignored by every reader), so emptying it can wait for the next writer.
+    if let Err(e) = reset(store) {
+        tracing::warn!("cannot empty the queue's journal after a compaction: {e}");
+    }
+    Ok(())
 }
 
 /// A change made under the `task-queue` lock to a queue loaded with [`load`]: tasks whose record
@@ -650,12 +1011,30 @@ pub fn write_change(store: &Store, before: &TaskQueue, after: &TaskQueue, pos: &
         let mut q = after.clone();
         q.journal_generation = pos.generation;
         write_snapshot(store, &q)?;
-        *pos = load_quiet(store)?.pos;
+        // Done: a position that cannot be read is left empty (the next writer under the lock
+        // loads again), never reported as a failed change.
+        *pos = load_quiet(store).map(|l| l.pos).unwrap_or_default();
         return Ok(());
     }
+    let before = *pos;
     let f = append_commit(store, pos, &bytes)?;
     let jpath = path(store);
-    f.sync_data().map_err(|e| Error::io(&jpath, "fsync", e)).inspect_err(crate::store::outage::note)
+    match f.sync_data() {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let e = Error::io(&jpath, "fsync", e);
+            crate::store::outage::note(&e);
+            // Not durable: taken back, so the failure reported is true. If even that fails, the
+            // change is in the journal and readers apply it: it took effect, say so.
+            if roll_back(store, pos, before) {
+                Err(e)
+            } else {
+                tracing::warn!("a queue change was appended but not confirmed durable: {e}");
+                *pos = JournalPos::default();
+                Ok(())
+            }
+        }
+    }
 }
 
 #[cfg(test)]

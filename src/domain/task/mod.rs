@@ -15,6 +15,7 @@ pub(crate) mod queue;
 pub(crate) mod queue_file;
 pub(crate) mod retry;
 pub mod router;
+pub(crate) mod snapshot_read;
 pub mod worker_types;
 
 pub use model::*;

@@ -402,6 +402,45 @@ impl QueueCounts {
         c
     }
 
+    /// Counts one more task (counts kept by deltas as tasks move).
+    pub fn add(&mut self, t: &Task) {
+        self.total += 1;
+        *self.slot(t.status()) += 1;
+        if let Some(r) = t.waiting_reason() {
+            *self.waiting.entry(r.as_str().to_string()).or_default() += 1;
+        }
+    }
+
+    /// Counts one task less (the inverse of [`QueueCounts::add`]).
+    pub fn remove(&mut self, t: &Task) {
+        self.total = self.total.saturating_sub(1);
+        let slot = self.slot(t.status());
+        *slot = slot.saturating_sub(1);
+        if let Some(r) = t.waiting_reason()
+            && let Some(n) = self.waiting.get_mut(r.as_str())
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.waiting.remove(r.as_str());
+            }
+        }
+    }
+
+    /// The sum of two counts (the working queue's and the parked tasks').
+    pub fn plus(mut self, other: &QueueCounts) -> QueueCounts {
+        self.total += other.total;
+        self.queued += other.queued;
+        self.in_progress += other.in_progress;
+        self.pending_retry += other.pending_retry;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cancelled += other.cancelled;
+        for (k, v) in &other.waiting {
+            *self.waiting.entry(k.clone()).or_default() += v;
+        }
+        self
+    }
+
     fn slot(&mut self, s: TaskStatus) -> &mut u64 {
         match s {
             TaskStatus::Queued => &mut self.queued,
@@ -515,7 +554,26 @@ pub enum DispatchState {
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::base::clock::ts::option")]
         started_at: Option<Timestamp>,
+        /// The last `sbatch` for this intent certainly made no job (it never reached the
+        /// controller, or none was run): submitting again is safe however old the intent is.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        not_submitted: bool,
+        /// Why cortex-slurm is stopping the job, recorded before its first `scancel`, so that a
+        /// restart ends it the same way (`timeout`, `cancelled`) whatever Slurm then says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stopping: Option<SlurmStop>,
     },
+}
+
+/// Why cortex-slurm stops a Slurm job (see `DispatchState::Slurm::stopping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlurmStop {
+    Timeout,
+    Cancel,
+    /// Its heartbeat went stale past the heartbeat policy's `zombie_threshold_seconds` (ends
+    /// `zombie`, as a local dispatch the heartbeat daemon cleans up).
+    Zombie,
 }
 
 /// How a dispatch that was stopped ended (cancelled, or stopped at its timeout): on disk its

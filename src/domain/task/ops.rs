@@ -189,9 +189,8 @@ pub fn add_task(store: &Store, new: NewTask) -> Result<Task> {
 
 /// Finds a task in the queue, the intake or the archive.
 pub fn find_task(store: &Store, task_id: &str) -> Result<Option<Task>> {
-    let snap = intake::snapshot(store)?;
-    if let Some(t) = snap.tasks().find(|t| t.task_id == task_id) {
-        return Ok(Some(t.clone()));
+    if let Some(t) = intake::find(store, task_id)? {
+        return Ok(Some(t));
     }
     archive::find(store, task_id)
 }

@@ -59,6 +59,18 @@ fn refuse(path: &Path, pointer: String, expected: &str) -> Error {
 /// the write, naming the task's field). With `validated`, tasks encoded as at the last call are
 /// not checked again.
 pub(crate) fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut ValidatedTasks>) -> Result<Vec<u8>> {
+    encode_with_lines(path, queue, validated, &mut std::iter::empty())
+}
+
+/// [`encode`] with more tasks after the queue's, given as their compact JSON lines, written as
+/// they are (the coordinator's parked tasks: lines read from a snapshot or journal that was
+/// checked, or encoded from a task that was).
+pub(crate) fn encode_with_lines<'a>(
+    path: &Path,
+    queue: &TaskQueue,
+    validated: Option<&mut ValidatedTasks>,
+    lines: &mut dyn Iterator<Item = Result<std::borrow::Cow<'a, [u8]>>>,
+) -> Result<Vec<u8>> {
     let schema = files::TASK_QUEUE.schema;
     let envelope = TaskQueue {
         tasks: Vec::new(),
@@ -106,7 +118,13 @@ pub(crate) fn encode(path: &Path, queue: &TaskQueue, validated: Option<&mut Vali
         out.extend_from_slice(if i == 0 { b"\n    " } else { b",\n    " });
         out.extend_from_slice(&line);
     }
-    out.extend_from_slice(if queue.tasks.is_empty() { b"]" } else { b"\n  ]" });
+    let mut any = !queue.tasks.is_empty();
+    for line in lines {
+        out.extend_from_slice(if any { b",\n    " } else { b"\n    " });
+        out.extend_from_slice(&line?);
+        any = true;
+    }
+    out.extend_from_slice(if any { b"\n  ]" } else { b"]" });
     out.extend_from_slice(b"\n}\n");
     if let Some(v) = validated {
         v.seen = seen;

@@ -152,7 +152,7 @@ fn a_bad_line_in_a_commit_is_skipped_counted_and_quarantined() {
 #[test]
 fn compaction_is_due_only_past_the_journal_share_of_the_snapshot() {
     let snap = |len| Some(FileIdentity { dev: 1, ino: 2, len, mtime_ns: 0, ctime_ns: 0 });
-    let pos = |len, end| JournalPos { snapshot: snap(len), generation: 5, end, len: end };
+    let pos = |len, end| JournalPos { snapshot: snap(len), generation: 5, end, len: end, ..JournalPos::default() };
     assert!(needs_compaction(&JournalPos { generation: 0, ..pos(0, 0) }, 10), "generation 0 is never appended to");
     assert!(!needs_compaction(&pos(100, 0), 10), "a short journal waits for COMPACT_MIN_BYTES");
     assert!(!needs_compaction(&pos(10 * COMPACT_MIN_BYTES, COMPACT_MIN_BYTES), 10));
@@ -230,14 +230,71 @@ fn check_lines_names_bad_lines_by_offset_and_leaves_a_partial_line() {
     assert!(c.problems[0].starts_with(&format!("byte {}", 100 + good.len())), "{:?}", c.problems);
 }
 
+fn state_ids(s: &TaskStates) -> Vec<String> {
+    let mut ids: Vec<String> = s.tasks.keys().map(|k| k.to_string()).collect();
+    ids.sort();
+    ids
+}
+
+fn cancelled(id: &str) -> Task {
+    Task {
+        state: TaskState::Cancelled {
+            started_at: None,
+            completed_at: crate::base::clock::parse_ts("2026-01-01T00:00:01.000000Z").unwrap(),
+        },
+        ..task(id)
+    }
+}
+
+/// A commit taken back after its flush failed (the journal truncated), then another of the same
+/// length appended: a follower that read the first must not keep it (its length alone says
+/// nothing changed).
+#[test]
+fn a_follower_does_not_keep_a_commit_taken_back_when_the_journal_regrows_to_its_length() {
+    let (_d, store) = store();
+    change(&store, |q| q.tasks.extend([task("task-a"), task("task-b")]));
+    let before = load(&store).unwrap().pos;
+    let commit =
+        Commit { updated_at: crate::base::clock::parse_ts("2026-01-01T00:00:02.000000Z"), ..Commit::default() };
+    let cancel_a = encode_commit(before.generation, before.end, [&cancelled("task-a")], &[], commit.clone()).unwrap();
+    let cancel_b = encode_commit(before.generation, before.end, [&cancelled("task-b")], &[], commit).unwrap();
+    assert_eq!(cancel_a.len(), cancel_b.len());
+    let mut pos = before;
+    {
+        let _g = store.lock(TASK_QUEUE).unwrap();
+        append_commit(&store, &mut pos, &cancel_a).unwrap();
+    }
+    let mut f = Follower::default();
+    let cancelled_state = HeldState::Other(crate::domain::task::TaskStatus::Cancelled);
+    assert_eq!(f.refresh(&store).unwrap().tasks["task-a"], cancelled_state);
+    {
+        let _g = store.lock(TASK_QUEUE).unwrap();
+        assert!(roll_back(&store, &mut pos, before));
+        append_commit(&store, &mut pos, &cancel_b).unwrap();
+    }
+    assert_eq!(journal_len(&store), before.end + cancel_a.len() as u64, "the same length again");
+    let states = f.refresh(&store).unwrap();
+    assert_eq!(states.tasks["task-a"], HeldState::Other(crate::domain::task::TaskStatus::Queued), "taken back");
+    assert_eq!(states.tasks["task-b"], cancelled_state);
+    // The coordinator's way (a queue held whole) the same.
+    let mut l = load(&store).unwrap();
+    {
+        let _g = store.lock(TASK_QUEUE).unwrap();
+        let mut p = l.pos;
+        assert!(roll_back(&store, &mut p, before));
+        append_commit(&store, &mut p, &cancel_a).unwrap();
+    }
+    assert!(!catch_up(&store, &mut l.queue, &mut l.pos).unwrap(), "does not continue: load again");
+}
+
 #[test]
 fn a_follower_reads_appends_by_offset_and_reloads_after_a_compaction() {
     let (_d, store) = store();
     change(&store, |q| q.tasks.push(task("task-a")));
     let mut f = Follower::default();
-    assert_eq!(ids(f.refresh(&store).unwrap()), vec!["task-a"]);
+    assert_eq!(state_ids(f.refresh(&store).unwrap()), vec!["task-a"]);
     change(&store, |q| q.tasks.push(task("task-b")));
-    assert_eq!(ids(f.refresh(&store).unwrap()), vec!["task-a", "task-b"]);
+    assert_eq!(state_ids(f.refresh(&store).unwrap()), vec!["task-a", "task-b"]);
     assert_eq!(f.pos.end, journal_len(&store), "read up to the journal's end");
     let q: TaskQueue = store.load().unwrap();
     {
@@ -246,5 +303,5 @@ fn a_follower_reads_appends_by_offset_and_reloads_after_a_compaction() {
         q.tasks.remove(0);
         store.write_locked(&g, &q).unwrap();
     }
-    assert_eq!(ids(f.refresh(&store).unwrap()), vec!["task-b"], "a compaction is loaded whole");
+    assert_eq!(state_ids(f.refresh(&store).unwrap()), vec!["task-b"], "a compaction is loaded whole");
 }

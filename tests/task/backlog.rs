@@ -1,0 +1,181 @@
+//! A backlog of tasks not yet due: the coordinator parks them (holds them apart from the tasks a
+//! cycle moves), and they stay part of the queue — listed, counted, found as prerequisites,
+//! cancelled, written at a compaction, dispatched when due. And the coordinator and the CLI
+//! around the journal: a journal changed in place is read again; a change whose commit took
+//! effect is not reported as failed.
+use crate::support::*;
+use cortex::base::clock::SystemClock;
+use cortex::daemons::coordinator::Coordinator;
+use cortex::domain::task::ops::{NewTask, add_task};
+use cortex::store::config::Config;
+use std::time::Duration;
+
+fn store_of(h: &TestHome) -> cortex::Store {
+    cortex::Store::new(cortex::Home::at(h.path()))
+}
+
+fn coordinator(h: &TestHome) -> Coordinator {
+    let store = store_of(h);
+    let config = Config::load(store.home()).unwrap();
+    let mut c = Coordinator::new(store, config, Box::new(SystemClock));
+    c.reconcile_at_start().unwrap();
+    c
+}
+
+fn add(h: &TestHome, description: &str, delay: Option<f64>, after: Option<&str>) -> String {
+    let new = NewTask {
+        description: description.into(),
+        command: vec!["true".into()],
+        delay_seconds: delay,
+        after: after.map(str::to_string),
+        ..NewTask::default()
+    };
+    add_task(&store_of(h), new).unwrap().task_id
+}
+
+fn task<'a>(queue: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    queue["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id)
+}
+
+/// Parked tasks are the queue's: a dependent of one waits (never "does not exist"), a cancel of
+/// one applies, one falls due and is dispatched, and a restarted coordinator reads them back.
+#[test]
+fn parked_tasks_wait_are_cancelled_and_dispatched_when_due() {
+    let h = TestHome::new();
+    let late = add(&h, "late", Some(3600.0), None);
+    let doomed = add(&h, "doomed", Some(3600.0), None);
+    let soon = add(&h, "soon", Some(1.5), None);
+    let dependent = add(&h, "dependent", None, Some(&late));
+    let mut c = coordinator(&h);
+    let r = c.cycle().unwrap();
+    assert_eq!(r.folded, 4);
+    assert!(r.dispatched.is_empty());
+    assert!(r.next_due.is_some(), "woken when the soonest falls due");
+    // Parked after that cycle; the next cycles still see them.
+    for _ in 0..2 {
+        let r = c.cycle().unwrap();
+        assert!(r.ended.is_empty(), "nothing fails: {:?}", r.ended);
+        assert!(r.next_due.is_some(), "the parked tasks' next due time is kept");
+    }
+    let q = h.queue_json();
+    assert_eq!(q["tasks"].as_array().unwrap().len(), 4, "parked tasks are listed: {q}");
+    assert_eq!(task(&q, &dependent).unwrap()["waiting_reason"], "after", "{q}");
+    assert_eq!(task(&q, &late).unwrap()["waiting_reason"], "delay", "{q}");
+    // A cancel of a parked task (appended to the journal by the CLI) applies.
+    h.cortex_ok(&["task", "cancel", &doomed]);
+    let r = c.cycle().unwrap();
+    assert_eq!(r.archived, 1, "the cancelled task is archived");
+    let shown = h.cortex_ok(&["task", "show", &doomed, "--json"]);
+    assert!(shown.contains("\"cancelled\""), "{shown}");
+    assert!(task(&h.queue_json(), &doomed).is_none());
+    // The soon one falls due and is dispatched, without any file changing.
+    let mut dispatched = Vec::new();
+    wait_until(Duration::from_secs(10), "the delayed task is dispatched when due", || {
+        dispatched.extend(c.cycle().unwrap().dispatched.into_iter().map(|d| d.task_id));
+        !dispatched.is_empty()
+    });
+    assert_eq!(dispatched, vec![soon.clone()]);
+    // A coordinator started afresh reads the same queue (the parked tasks are on disk).
+    let mut again = coordinator(&h);
+    let r = again.cycle().unwrap();
+    assert!(r.dispatched.is_empty() && r.ended.is_empty(), "{r:?}");
+    let q = h.queue_json();
+    let mut ids: Vec<&str> = q["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut want = vec![late.as_str(), soon.as_str(), dependent.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    // (Exits 1: no daemon runs; the queue's counts are there all the same.)
+    let status = h.cortex(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let tasks = &status["tasks"];
+    assert_eq!(
+        (&tasks["queued"], &tasks["in_progress"]),
+        (&2.into(), &1.into()),
+        "counted, parked ones included: {tasks}"
+    );
+}
+
+/// A compaction while tasks are parked writes them into the snapshot (copied as their lines),
+/// and a coordinator started afresh reads them back from it.
+#[test]
+fn a_compaction_writes_the_parked_tasks_into_the_snapshot() {
+    let h = TestHome::new();
+    h.cortex_ok(&["scheduler", "pause", "--reason", "test"]);
+    let parked: Vec<String> = (0..3).map(|i| add(&h, &format!("parked {i}"), Some(3600.0), None)).collect();
+    let mut c = coordinator(&h);
+    c.cycle().unwrap();
+    c.cycle().unwrap();
+    // Enough new tasks in one fold that its commit passes the compaction threshold (256 KiB).
+    let long = "x".repeat(1500);
+    for i in 0..200 {
+        add(&h, &format!("{long} {i}"), None, None);
+    }
+    c.cycle().unwrap();
+    let journal = std::fs::metadata(h.join("coordination/task-queue.journal.jsonl")).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(journal, 0, "the fold's commit was a compaction");
+    let raw = std::fs::read_to_string(h.join("coordination/task-queue.json")).unwrap();
+    for id in &parked {
+        assert!(raw.contains(id.as_str()), "parked task {id} is in the snapshot");
+    }
+    let snapshot: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(snapshot["tasks"].as_array().unwrap().len(), 203);
+    assert_eq!(snapshot["counts"]["total"], 203);
+    assert_eq!(snapshot["counts"]["waiting"]["delay"], 3);
+    h.cortex_ok(&["validate"]);
+    let mut again = coordinator(&h);
+    again.cycle().unwrap();
+    assert_eq!(h.queue_json()["tasks"].as_array().unwrap().len(), 203);
+}
+
+/// The journal rewritten in place to the same length (a hand edit, a restore in place): the
+/// coordinator reads the queue again instead of trusting the length it last saw. Without that,
+/// its next commit is checked (debug builds) against a queue on disk it does not hold.
+#[test]
+fn a_journal_changed_in_place_to_the_same_length_is_read_again() {
+    let h = TestHome::new();
+    h.cortex_ok(&["scheduler", "pause", "--reason", "test"]);
+    add(&h, "aaaa", None, None);
+    let mut c = coordinator(&h);
+    c.cycle().unwrap();
+    add(&h, "first", None, None);
+    c.cycle().unwrap();
+    let path = h.join("coordination/task-queue.journal.jsonl");
+    let bytes = std::fs::read(&path).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    assert!(text.contains("\"first\""), "the task is in the journal: {text}");
+    let edited = text.replace("\"first\"", "\"FIRST\"");
+    assert_eq!(edited.len(), bytes.len());
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(edited.as_bytes()).unwrap();
+    }
+    add(&h, "second", None, None);
+    c.cycle().unwrap();
+    let q = h.queue_json();
+    let descriptions: Vec<&str> =
+        q["tasks"].as_array().unwrap().iter().map(|t| t["description"].as_str().unwrap()).collect();
+    assert!(descriptions.contains(&"FIRST") && descriptions.contains(&"second"), "{descriptions:?}");
+    // The coordinator's next commit carries the queue as it is on disk.
+    add(&h, "third", None, None);
+    c.cycle().unwrap();
+    assert_eq!(h.queue_json()["counts"]["total"], 4);
+}
+
+/// A cancel whose journal commit took effect is reported done even when the intake's
+/// housekeeping after it fails (here: the folded intake cannot be removed).
+#[test]
+fn a_change_that_took_effect_is_not_reported_as_failed() {
+    let h = TestHome::new();
+    let id = add(&h, "to cancel", None, None);
+    let folded = h.join("coordination/task-intake.jsonl.folded");
+    std::fs::create_dir_all(folded.join("in-the-way")).unwrap();
+    let out = h.cortex(&["task", "cancel", &id]);
+    assert!(
+        out.status.success(),
+        "the cancel took effect but was reported failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(task(&h.queue_json(), &id).unwrap()["status"], "cancelled");
+}
