@@ -1,7 +1,7 @@
 //! A real single-node Slurm cluster for a test: `scripts/slurm-dev.sh` starts Debian's slurmctld
 //! and slurmd on loopback in a temporary directory of their own (own ports), stopped — its
 //! daemons, steps and jobs only — when dropped. Tests skip, saying so, only when the Slurm
-//! binaries are not installed (`. .ci/tools.sh` installs them).
+//! binaries are not installed (`. .ci/tools.sh` installs them) and `CI` is not set; in CI they fail.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -37,6 +37,11 @@ impl Cluster {
     /// [`Cluster::start`] with `slurm-dev.sh`'s settings in `env` (`SLURM_DEV_MIN_JOB_AGE`...).
     pub(crate) fn start_with(test: &str, prefix: &str, env: &[(&str, &str)]) -> Option<Cluster> {
         if !slurm_installed() {
+            // In CI (`.ci/run` installs Slurm first) a missing cluster is a failure, not a skip.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: the Slurm binaries are not installed, and CI is set: run `. .ci/tools.sh`"
+            );
             eprintln!("SKIPPED {test}: the Slurm binaries are not installed (run `. .ci/tools.sh`)");
             return None;
         }
