@@ -142,6 +142,14 @@ impl Notifier {
                     tracing::info!(rules = c.0.rules.len(), sinks = c.0.sinks.len(), "notifications configured");
                 }
                 self.state.rules.retain_configured(&c.0);
+                if self.state.cursor.is_none() {
+                    // Newly configured: notify about what happens from now on, not about
+                    // history. Taken here, before the daemon says it is ready, so an event
+                    // emitted right after its start is not skipped.
+                    self.state.cursor = Some(EventCursor::at_end(self.store.home()));
+                    self.dirty = true;
+                    self.durable_dirty = true;
+                }
                 self.config = Some(Arc::new(c));
                 self.config_error = None;
             }
