@@ -38,6 +38,31 @@ const RESULT: &str = "notify-result";
 /// Finished deliveries between two prunes of the outbox.
 const PRUNE_EVERY: usize = 100;
 
+/// How long past its timeout an attempt may run before the watchdog counts it failed and frees
+/// its sink (a sender stuck in a library that ignores its timeout, e.g. a server dripping bytes).
+const WATCHDOG_GRACE: chrono::Duration = chrono::Duration::seconds(30);
+
+/// An attempt being sent: its delivery, its number (a late result of an attempt the watchdog
+/// gave up on is recognised and ignored), and when the watchdog gives up on it.
+#[derive(Debug, Clone)]
+struct Attempt {
+    key: String,
+    id: u64,
+    give_up_at: Timestamp,
+}
+
+/// Runs one send, turning a panic into a failed attempt (the sink is freed either way).
+fn guarded(send: impl FnOnce() -> Outcome) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(send)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Outcome { acknowledged: false, answer: format!("the sender panicked: {why}") }
+    })
+}
+
 /// The daemon's state and the decisions over it; [`run_loop`] drives it.
 pub struct Notifier {
     store: Store,
@@ -48,14 +73,18 @@ pub struct Notifier {
     state: NotifyState,
     /// Deliveries not acknowledged yet, by key.
     pending: BTreeMap<String, Delivery>,
-    /// Sink → the key being sent to it now.
-    in_flight: BTreeMap<String, String>,
-    results_tx: Sender<(String, Outcome)>,
-    results_rx: Receiver<(String, Outcome)>,
+    /// Sink → the attempt being sent to it now.
+    in_flight: BTreeMap<String, Attempt>,
+    /// The number of the last attempt started.
+    attempts_started: u64,
+    results_tx: Sender<(u64, Outcome)>,
+    results_rx: Receiver<(u64, Outcome)>,
     waker: Option<Sender<Wake>>,
     /// The state file needs a write; `durable_dirty`: a durable one (the cursor or a rule moved).
     dirty: bool,
     durable_dirty: bool,
+    /// Durable writes of the state file so far (each one an fsync).
+    durable_saves: u64,
     finished_since_prune: usize,
 }
 
@@ -83,11 +112,13 @@ impl Notifier {
             state,
             pending,
             in_flight: BTreeMap::new(),
+            attempts_started: 0,
             results_tx,
             results_rx,
             waker,
             dirty: false,
             durable_dirty: false,
+            durable_saves: 0,
             finished_since_prune: 0,
         }
     }
@@ -111,6 +142,14 @@ impl Notifier {
                     tracing::info!(rules = c.0.rules.len(), sinks = c.0.sinks.len(), "notifications configured");
                 }
                 self.state.rules.retain_configured(&c.0);
+                if self.state.cursor.is_none() {
+                    // Newly configured: notify about what happens from now on, not about
+                    // history. Taken here, before the daemon says it is ready, so an event
+                    // emitted right after its start is not skipped.
+                    self.state.cursor = Some(EventCursor::at_end(self.store.home()));
+                    self.dirty = true;
+                    self.durable_dirty = true;
+                }
                 self.config = Some(Arc::new(c));
                 self.config_error = None;
             }
@@ -119,11 +158,9 @@ impl Notifier {
                     tracing::info!("notifications.json removed: notifications are off");
                 }
                 self.config_error = None;
-                // Configured again later, it starts from the end of the log then.
-                if self.state.cursor.take().is_some() {
-                    self.dirty = true;
-                    self.durable_dirty = true;
-                }
+                // The cursor is kept: an editor that saves by renaming the old file away and
+                // writing a new one removes it for a moment, and the events of that moment
+                // are matched once the file is back.
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -152,33 +189,64 @@ impl Notifier {
     /// file, then the sends that are due. Returns the next time something is due.
     pub fn pass(&mut self) -> Result<Option<Timestamp>> {
         let now = self.clock.now();
-        while let Ok((key, outcome)) = self.results_rx.try_recv() {
+        while let Ok((id, outcome)) = self.results_rx.try_recv() {
+            // A result the watchdog already gave up on is late: that attempt was counted.
+            let Some(key) = self.in_flight.values().find(|a| a.id == id).map(|a| a.key.clone()) else { continue };
             self.finish(&key, outcome, now);
+        }
+        let stuck: Vec<Attempt> = self.in_flight.values().filter(|a| a.give_up_at <= now).cloned().collect();
+        for a in stuck {
+            tracing::error!(key = %a.key, "a send gave no result within its timeout and grace; counted failed");
+            let outcome = Outcome {
+                acknowledged: false,
+                answer: format!(
+                    "no result within the timeout and {} s of grace (the sender is stuck)",
+                    WATCHDOG_GRACE.num_seconds()
+                ),
+            };
+            self.finish(&a.key, outcome, now);
         }
         if let Some(cfg) = self.config.clone() {
             let home = self.store.home().clone();
-            let mut cursor = self.state.cursor.clone().unwrap_or_else(|| EventCursor::at_end(&home));
-            let before = self.state.cursor.clone();
-            let events = follow::read_new_events(&home, &mut cursor)?;
-            if before.as_ref() != Some(&cursor) {
-                self.state.cursor = Some(cursor);
+            if self.state.cursor.is_none() {
+                // Newly configured: notify about what happens from now on, not about history.
+                self.state.cursor = Some(EventCursor::at_end(&home));
                 self.dirty = true;
                 self.durable_dirty = true;
             }
+            let mut cursor = self.state.cursor.clone().unwrap_or_default();
+            let events = follow::read_new_events(&home, &mut cursor)?;
+            // Matching works on a copy of the rules' state: the cursor and the rules move only
+            // once the outbox files of what they made are durable. A failed write (a full disk)
+            // leaves both where they were, so the same events are matched again on the next
+            // pass (the keys make a notification made twice one delivery).
+            let mut rules = self.state.rules.clone();
             let mut notes = Vec::new();
             for ev in &events {
-                notes.extend(self.state.rules.observe(&cfg.0, ev, now));
+                notes.extend(rules.observe(&cfg.0, ev, now));
             }
-            notes.extend(self.state.rules.due(&cfg.0, now));
-            if !events.is_empty() || !notes.is_empty() {
+            notes.extend(rules.due(&cfg.0, now));
+            self.enqueue(&cfg.0, &notes)?;
+            let rules_moved = rules != self.state.rules;
+            let cursor_moved = self.state.cursor.as_ref() != Some(&cursor);
+            if rules_moved || cursor_moved {
+                self.state.cursor = Some(cursor);
+                self.state.rules = rules;
                 self.dirty = true;
+            }
+            // A cursor alone need not reach the disk: lost, its events are read again and
+            // their keys recognised. What was made, or a throttle or digest that moved, must.
+            if !notes.is_empty() || rules_moved {
                 self.durable_dirty = true;
             }
-            self.enqueue(&cfg.0, &notes)?;
         }
         if self.dirty {
             self.state.pending = self.pending.len();
             self.state.save(self.store.home(), now, self.durable_dirty)?;
+            if self.durable_dirty {
+                self.durable_saves += 1;
+                tracing::debug!(durable_saves = self.durable_saves, "state saved durably");
+            }
             self.dirty = false;
             self.durable_dirty = false;
         }
@@ -246,13 +314,17 @@ impl Notifier {
                 self.finish(&key, outcome, now);
                 continue;
             };
-            self.in_flight.insert(d.sink.clone(), key.clone());
+            let timeout = cfg.0.timeout(&sink);
+            self.attempts_started += 1;
+            let id = self.attempts_started;
+            let give_up_at =
+                now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::hours(1)) + WATCHDOG_GRACE;
+            self.in_flight.insert(d.sink.clone(), Attempt { key: key.clone(), id, give_up_at });
             let (tx, waker, cfg, body, home) =
                 (self.results_tx.clone(), self.waker.clone(), cfg.clone(), d.body.clone(), self.store.home().clone());
-            let timeout = cfg.0.timeout(&sink);
             let spawned = std::thread::Builder::new().name(format!("notify-{}", d.sink)).spawn(move || {
-                let outcome = crate::ops::notify::send(&home, &sink, &cfg.1, &body, timeout);
-                let _ = tx.send((key, outcome));
+                let outcome = guarded(|| crate::ops::notify::send(&home, &sink, &cfg.1, &body, timeout));
+                let _ = tx.send((id, outcome));
                 if let Some(w) = waker {
                     let _ = w.send(Wake::Message(RESULT.into()));
                 }
@@ -268,7 +340,7 @@ impl Notifier {
     /// Records the outcome of one attempt.
     fn finish(&mut self, key: &str, outcome: Outcome, now: Timestamp) {
         let Some(mut d) = self.pending.remove(key) else { return };
-        if self.in_flight.get(&d.sink).is_some_and(|k| k == key) {
+        if self.in_flight.get(&d.sink).is_some_and(|a| a.key == key) {
             self.in_flight.remove(&d.sink);
         }
         d.attempts += 1;
@@ -335,7 +407,8 @@ impl Notifier {
         }
     }
 
-    /// When the next send or digest is due (sends in flight wake the loop themselves).
+    /// When the next send, digest or watchdog is due (sends in flight wake the loop themselves
+    /// when they finish; the watchdog is for those that never do).
     fn next_due(&self) -> Option<Timestamp> {
         self.config.as_ref()?;
         let sends = self
@@ -343,7 +416,8 @@ impl Notifier {
             .values()
             .filter(|d| !self.in_flight.contains_key(&d.sink))
             .map(|d| d.next_attempt_at.max(d.send_after));
-        sends.chain(self.state.rules.next_due()).min()
+        let watchdogs = self.in_flight.values().map(|a| a.give_up_at);
+        sends.chain(watchdogs).chain(self.state.rules.next_due()).min()
     }
 
     fn instant(&self, t: Timestamp) -> Instant {
@@ -471,5 +545,139 @@ mod tests {
         assert_eq!(failed.iter().filter(|e| e.event_type == EventKind::NotificationFailed).count(), 1);
         assert_eq!(n.state.counters["down"]["failed"], 1);
         assert_eq!(n.state.counters["down"]["retried"], 1);
+    }
+
+    fn configure(home: &crate::store::home::Home, config: &serde_json::Value) {
+        std::fs::write(home.coord_file(NOTIFICATIONS), config.to_string()).unwrap();
+    }
+
+    /// One rule on `daemon_failed` to a webhook nobody listens on, with a long backoff: the
+    /// outbox keeps what was made.
+    fn closed_sink_config() -> serde_json::Value {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        serde_json::json!({"deadline_seconds": 3600, "backoff_initial_seconds": 600,
+            "backoff_max_seconds": 600, "timeout_seconds": 1,
+            "sinks": {"down": {"type": "webhook", "url": format!("http://127.0.0.1:{closed}/x")}},
+            "rules": [{"name": "r", "events": ["daemon_failed"], "sinks": ["down"]}]})
+    }
+
+    fn emit_failed(store: &Store) {
+        store.emit(EventKind::DaemonFailed, Severity::Critical, "metrics is FAILED", serde_json::Value::Null).unwrap();
+    }
+
+    /// The outbox cannot be written (here its directory is a file, as a full disk would make
+    /// any write fail): the pass fails and neither the cursor nor the rules move, so once the
+    /// outbox can be written the same event becomes its notification.
+    #[test]
+    fn a_failed_outbox_write_keeps_the_event_for_the_next_pass() {
+        let (_dir, store) = crate::store::fresh_store();
+        let home = store.home().clone();
+        configure(&home, &closed_sink_config());
+        let clock = ManualClock::new(crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap());
+        let mut n = Notifier::open(store.clone(), Arc::new(clock.clone()), None);
+        n.reload_config();
+        n.pass().unwrap();
+        std::fs::create_dir_all(home.notify_dir()).unwrap();
+        std::fs::write(home.notify_outbox(), b"not a directory").unwrap();
+        emit_failed(&store);
+        let cursor = n.state.cursor.clone();
+        assert!(n.pass().is_err(), "the outbox write fails");
+        assert_eq!(n.state.cursor, cursor, "the cursor stays where it was");
+        assert!(n.pass().is_err(), "and fails again while the outbox cannot be written");
+        assert_eq!(n.pending(), 0);
+        std::fs::remove_file(home.notify_outbox()).unwrap();
+        n.pass().unwrap();
+        let (all, _) = outbox::list(&home);
+        assert_eq!(all.len(), 1, "the notification is made once the outbox can be written");
+        assert_eq!(all[0].rule, "r");
+        assert_eq!(NotifyState::load(&home).unwrap().cursor, n.state.cursor);
+    }
+
+    /// Removing notifications.json for a moment (an editor saving by rename) keeps the cursor:
+    /// an event emitted while the file was missing is notified once it is back.
+    #[test]
+    fn an_event_while_the_config_is_briefly_missing_is_notified() {
+        let (_dir, store) = crate::store::fresh_store();
+        let home = store.home().clone();
+        let config = closed_sink_config();
+        configure(&home, &config);
+        let clock = ManualClock::new(crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap());
+        let mut n = Notifier::open(store.clone(), Arc::new(clock.clone()), None);
+        n.reload_config();
+        n.pass().unwrap();
+        std::fs::remove_file(home.coord_file(NOTIFICATIONS)).unwrap();
+        n.reload_config();
+        assert!(!n.configured());
+        n.pass().unwrap();
+        emit_failed(&store);
+        n.pass().unwrap();
+        configure(&home, &config);
+        n.reload_config();
+        n.pass().unwrap();
+        assert_eq!(outbox::list(&home).0.len(), 1, "the event of the gap is notified");
+    }
+
+    /// Events no rule matches move the cursor with a volatile write; a notification made is
+    /// written durably.
+    #[test]
+    fn only_what_made_a_notification_is_written_durably() {
+        let (_dir, store) = crate::store::fresh_store();
+        let home = store.home().clone();
+        configure(&home, &closed_sink_config());
+        let clock = ManualClock::new(crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap());
+        let mut n = Notifier::open(store.clone(), Arc::new(clock.clone()), None);
+        n.reload_config();
+        n.pass().unwrap();
+        let start = n.durable_saves;
+        for _ in 0..5 {
+            store.emit(EventKind::DispatchLost, Severity::Error, "unmatched", serde_json::Value::Null).unwrap();
+            n.pass().unwrap();
+        }
+        assert_eq!(n.durable_saves, start, "unmatched events are not fsync'd");
+        assert_eq!(NotifyState::load(&home).unwrap().cursor, n.state.cursor, "the cursor was saved");
+        emit_failed(&store);
+        n.pass().unwrap();
+        assert_eq!(n.durable_saves, start + 1);
+    }
+
+    /// A send that never returns is given up on at its timeout plus the grace: the attempt is
+    /// counted failed and the sink is free for the retry.
+    #[test]
+    fn the_watchdog_frees_a_sink_whose_send_never_returns() {
+        let (_dir, store) = crate::store::fresh_store();
+        let home = store.home().clone();
+        // Accepts connections (the kernel's backlog) and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let config = serde_json::json!({"deadline_seconds": 3600, "backoff_initial_seconds": 60,
+            "backoff_max_seconds": 60, "timeout_seconds": 600,
+            "sinks": {"silent": {"type": "webhook", "url": format!("http://127.0.0.1:{port}/x")}},
+            "rules": [{"name": "r", "events": ["daemon_failed"], "sinks": ["silent"]}]});
+        configure(&home, &config);
+        let t0 = crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap();
+        let clock = ManualClock::new(t0);
+        let mut n = Notifier::open(store.clone(), Arc::new(clock.clone()), None);
+        n.reload_config();
+        n.pass().unwrap();
+        emit_failed(&store);
+        n.pass().unwrap();
+        assert_eq!(n.in_flight.len(), 1, "the send is in flight");
+        let give_up = t0 + chrono::Duration::seconds(600) + WATCHDOG_GRACE;
+        assert_eq!(n.next_due(), Some(give_up), "the loop wakes for the watchdog");
+        clock.set(give_up);
+        n.pass().unwrap();
+        assert!(n.in_flight.is_empty(), "the sink is free");
+        let d = n.pending.values().next().unwrap();
+        assert_eq!(d.attempts, 1);
+        assert!(d.last_answer.as_deref().unwrap().contains("stuck"), "{:?}", d.last_answer);
+        assert_eq!(n.state.counters["silent"]["retried"], 1);
+    }
+
+    #[test]
+    fn a_panicking_sender_is_a_failed_attempt() {
+        let o = guarded(|| panic!("boom in a TLS library"));
+        assert!(!o.acknowledged);
+        assert!(o.answer.contains("panicked: boom in a TLS library"), "{}", o.answer);
+        assert!(guarded(|| Outcome { acknowledged: true, answer: "200".into() }).acknowledged);
     }
 }

@@ -34,14 +34,18 @@ impl EventCursor {
     }
 }
 
-/// Reads complete lines of `path` from `offset`; returns the events and the new offset (a final
-/// line without its newline is left for the next read).
-fn read_from(path: &Path, offset: u64, out: &mut Vec<Event>) -> Result<u64> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
-        Err(e) => return Err(Error::io(path, "open", e)),
-    };
+/// Opens `path` for reading; `None` when it does not exist.
+fn open(path: &Path) -> Result<Option<std::fs::File>> {
+    match std::fs::File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, "open", e)),
+    }
+}
+
+/// Reads complete lines of the open file `f` (named `path`) from `offset`; returns the events
+/// and the new offset (a final line without its newline is left for the next read).
+fn read_from(f: &mut std::fs::File, path: &Path, offset: u64, out: &mut Vec<Event>) -> Result<u64> {
     f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(path, "seek", e))?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).map_err(|e| Error::io(path, "read", e))?;
@@ -60,27 +64,24 @@ fn read_from(path: &Path, offset: u64, out: &mut Vec<Event>) -> Result<u64> {
     Ok(offset + complete as u64)
 }
 
-/// The events appended since `cursor`, advancing it.
+/// The events appended since `cursor`, advancing it. Each file is opened once and its identity
+/// taken from the open handle, so the offset always belongs to the bytes it counted, however
+/// the log rotates meanwhile.
 pub fn read_new_events(home: &Home, cursor: &mut EventCursor) -> Result<Vec<Event>> {
     let path = home.events_file();
     let mut out = Vec::new();
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(&path, "stat", e)),
-    };
+    let Some(mut file) = open(&path)? else { return Ok(out) };
+    let meta = file.metadata().map_err(|e| Error::io(&path, "stat", e))?;
     let same_file = cursor.ino == meta.ino() && cursor.dev == meta.dev();
     if cursor.ino != 0 && !same_file {
         // Rotated: finish the old file if it is still among the rotated copies.
         for n in 1..=64u32 {
             let (old, _) = crate::store::rotation::rotated_names(&path, n);
-            match std::fs::metadata(&old) {
-                Ok(m) if m.ino() == cursor.ino && m.dev() == cursor.dev => {
-                    read_from(&old, cursor.offset, &mut out)?;
-                    break;
-                }
-                Ok(_) => continue,
-                Err(_) => break,
+            let Some(mut f) = open(&old)? else { break };
+            let m = f.metadata().map_err(|e| Error::io(&old, "stat", e))?;
+            if m.ino() == cursor.ino && m.dev() == cursor.dev {
+                read_from(&mut f, &old, cursor.offset, &mut out)?;
+                break;
             }
         }
         *cursor = EventCursor { offset: 0, dev: meta.dev(), ino: meta.ino() };
@@ -90,7 +91,7 @@ pub fn read_new_events(home: &Home, cursor: &mut EventCursor) -> Result<Vec<Even
         // Truncated in place: start again from the top.
         cursor.offset = 0;
     }
-    cursor.offset = read_from(&path, cursor.offset, &mut out)?;
+    cursor.offset = read_from(&mut file, &path, cursor.offset, &mut out)?;
     Ok(out)
 }
 
