@@ -209,6 +209,7 @@ impl LiveTasks {
     }
 
     /// How many times the queue was loaded whole so far (0 before the first request).
+    #[cfg(test)]
     pub(crate) fn loads(&self) -> u64 {
         self.followed.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |f| f.loads)
     }
@@ -232,6 +233,7 @@ fn refresh<'a>(slot: &'a mut Option<Followed>, store: &Store) -> Result<&'a mut 
             let loads = old.map_or(0, |f| f.loads);
             let mut rows = Rows::default();
             let loaded = journal::load_into(store, &mut rows)?;
+            tracing::debug!("GET /tasks: the queue loaded whole ({} tasks, load {})", rows.keys.len(), loads + 1);
             slot.insert(Followed { rows, head: loaded.queue, pos: loaded.pos, intake: None, loads: loads + 1 })
         }
     };
