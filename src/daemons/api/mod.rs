@@ -21,6 +21,7 @@ pub(crate) mod overview;
 pub(crate) mod policy;
 pub(crate) mod routes;
 pub(crate) mod stream;
+pub(crate) mod task_index;
 pub(crate) mod tasks;
 
 use crate::base::error::{Error, Result};

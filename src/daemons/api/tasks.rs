@@ -8,12 +8,9 @@ use crate::domain::scheduler_state::Actor;
 use crate::domain::task::model::{DispatchState, SignalledEnd, Task, TaskStatus};
 use crate::domain::task::ops::{self, NewTask, TaskFilter};
 use crate::ops::status::StatusReader;
-use crate::store::files;
 use crate::store::home::SpecBucket;
-use crate::store::identity::FileIdentity;
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Tasks in one page at most (and the default).
@@ -25,70 +22,7 @@ const SEARCH_MAX_SCANNED: usize = 200_000;
 /// How long `POST /tasks/<id>/cancel` waits for a running task to stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
-/// The live tasks (queue and unfolded intake, as `cortex task list` reads them, oldest first),
-/// kept while the queue, its journal and the intake are unchanged (by file identity), so paging
-/// and searching 100,000 tasks parses them once per change, not once per request.
-#[derive(Default)]
-pub(crate) struct LiveTasks {
-    cache: std::sync::Mutex<Option<CachedTasks>>,
-}
-
-/// The identities of the queue, journal and intake, and the tasks read from them.
-type CachedTasks = (Vec<Option<FileIdentity>>, Arc<Vec<Task>>);
-
-impl LiveTasks {
-    pub(crate) fn get(&self, store: &crate::store::Store) -> crate::base::error::Result<Arc<Vec<Task>>> {
-        let mut keys = Vec::with_capacity(3);
-        for f in [files::TASK_QUEUE, files::TASK_QUEUE_JOURNAL, files::TASK_INTAKE] {
-            keys.push(FileIdentity::stat(&store.path(f))?);
-        }
-        let fresh = keys.iter().flatten().all(|k| !k.is_racy());
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, tasks)) = cache.as_ref()
-            && *k == keys
-            && fresh
-        {
-            return Ok(tasks.clone());
-        }
-        let snap = crate::domain::task::intake::snapshot(store)?;
-        let mut tasks: Vec<Task> = snap.tasks().cloned().collect();
-        tasks.sort_by_key(|t| t.created_at);
-        let tasks = Arc::new(tasks);
-        *cache = fresh.then(|| (keys, tasks.clone()));
-        Ok(tasks)
-    }
-}
-
-/// A page of the live tasks, as [`ops::list_tasks`] pages them (oldest first; after `after_id`
-/// by position, else by id), keeping those `keep` accepts; the page and the id to go on from.
-fn live_page(
-    tasks: &[Task],
-    after_id: Option<&str>,
-    limit: usize,
-    keep: impl Fn(&Task) -> bool,
-) -> (Vec<Value>, Option<String>) {
-    let start = match after_id {
-        None => 0,
-        Some(a) => match tasks.iter().position(|t| t.task_id == a) {
-            Some(p) => p + 1,
-            None => 0,
-        },
-    };
-    let by_id = after_id.filter(|a| !tasks.iter().any(|t| t.task_id == *a));
-    let mut out = Vec::new();
-    let mut last = None;
-    for t in &tasks[start..] {
-        if by_id.is_some_and(|a| t.task_id.as_str() <= a) || !keep(t) {
-            continue;
-        }
-        if out.len() == limit {
-            return (out, last);
-        }
-        last = Some(t.task_id.clone());
-        out.push(row(t));
-    }
-    (out, None)
-}
+pub(crate) use super::task_index::LiveTasks;
 
 fn refused_or_500(e: Error, refused_status: u16) -> Response {
     match e {
@@ -137,18 +71,16 @@ pub(crate) fn list(reader: &StatusReader, live: &LiveTasks, req: &Request) -> Re
     let q = p.get("q").map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
     let store = reader.store();
     if !include_archive && !status.is_some_and(|s| s.is_terminal()) {
-        let tasks = match live.get(store) {
-            Ok(t) => t,
-            Err(e) => return refused_or_500(e, 400),
-        };
-        let keep = |t: &Task| {
-            status.is_none_or(|s| t.status() == s)
-                && worker_type.as_ref().is_none_or(|w| &t.worker_type == w)
+        let keep = |r: &super::task_index::Row| {
+            status.is_none_or(|s| r.status == s)
+                && worker_type.as_ref().is_none_or(|w| *r.worker_type == **w)
                 && q.as_ref()
-                    .is_none_or(|q| t.task_id.to_lowercase().contains(q) || t.description.to_lowercase().contains(q))
+                    .is_none_or(|q| r.task_id.to_lowercase().contains(q) || r.description.to_lowercase().contains(q))
         };
-        let (page, next) = live_page(&tasks, after_id.as_deref(), limit, keep);
-        return Response::json(200, &json!({"tasks": page, "next_after_id": next}));
+        return match live.page(store, after_id.as_deref(), limit, keep) {
+            Ok((page, next)) => Response::json(200, &json!({"tasks": page, "next_after_id": next})),
+            Err(e) => refused_or_500(e, 400),
+        };
     }
     let Some(q) = q else {
         let filter = TaskFilter { status, worker_type, include_archive, after_id, limit: Some(limit + 1) };

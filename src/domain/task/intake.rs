@@ -277,6 +277,28 @@ pub fn find(store: &Store, task_id: &str) -> Result<Option<Task>> {
         .find(|t| t.task_id == task_id))
 }
 
+/// Where the unfolded part of the live intake starts for `queue` (as [`snapshot`] reads it) and
+/// the live intake's identity (None: no intake file). Call under [`lock_shared`], so a fold's
+/// rename cannot fall between the two.
+pub(crate) fn unfolded(
+    store: &Store,
+    queue: &TaskQueue,
+) -> Result<(u64, Option<crate::store::identity::FileIdentity>)> {
+    let start = unfolded_start(store, queue)?;
+    Ok((start, crate::store::identity::FileIdentity::stat(&store.path(TASK_INTAKE))?))
+}
+
+/// The tasks of the live intake's complete lines from byte `start` (lines that are not tasks are
+/// skipped, as [`snapshot`] skips them; the fold quarantines them) and the offset just after the
+/// last complete line. Call under [`lock_shared`].
+pub(crate) fn tasks_from(store: &Store, start: u64) -> Result<(Vec<Task>, u64)> {
+    let bytes = read_from(&store.path(TASK_INTAKE), start)?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let tasks =
+        bytes[..complete].split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice::<Task>(line).ok()).collect();
+    Ok((tasks, start + complete as u64))
+}
+
 /// Reads the queue and the unfolded intake together.
 pub fn snapshot(store: &Store) -> Result<Snapshot> {
     let _lock = lock_shared(store)?;
