@@ -90,7 +90,7 @@ fn spawn_one(
                             out.push((p.id, Attempt::NotTried));
                             continue;
                         }
-                        let ran = run::run_marked(&p.argv, Some(p.script.as_bytes()), COMMAND_DEADLINE, &marker);
+                        let ran = run::run_with_env(&p.argv, Some(p.script.as_bytes()), COMMAND_DEADLINE, &marker);
                         if crash_after_sbatch && ran.as_ref().is_ok_and(|r| r.success) {
                             tracing::warn!("test hook: exiting after sbatch returned for {}", p.id);
                             std::process::exit(3);
