@@ -179,3 +179,47 @@ fn a_change_that_took_effect_is_not_reported_as_failed() {
     );
     assert_eq!(task(&h.queue_json(), &id).unwrap()["status"], "cancelled");
 }
+
+/// A queue from before the journal (generation 0, as a tool or an old home writes it) is
+/// compacted by the coordinator's first cycle after start-up, with nothing to do: the first
+/// `add` after start then appends one journal commit instead of waiting for the whole
+/// snapshot's write (and every follower's reload of it).
+#[test]
+fn a_queue_from_before_the_journal_is_compacted_at_start_not_by_the_first_add() {
+    use std::os::unix::fs::MetadataExt;
+    let h = TestHome::new();
+    let snapshot = h.path().join("coordination/task-queue.json");
+    let tasks: Vec<String> = (0..50)
+        .map(|i| {
+            format!(
+                r#"{{"task_id":"task-old-{i:04}","description":"old {i}","priority":"medium","worker_type":"analysis-worker","command":["true"],"status":"queued","created_at":"2026-01-01T00:00:00.000000Z","created_by":"test","attempts":0,"max_attempts":3,"budget":10,"waiting_reason":"delay","not_before":"2099-01-01T00:00:00.000000Z","dispatches":[]}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&snapshot, format!(r#"{{"tasks": [{}], "updated_at": null, "intake_offset": 0}}"#, tasks.join(",")))
+        .unwrap();
+    let mut c = coordinator(&h);
+    let r = c.cycle().unwrap();
+    assert_eq!(r.folded, 0);
+    let q = h.queue_json();
+    assert!(
+        q["journal_generation"].as_u64().is_some_and(|g| g > 0),
+        "the first cycle compacts a generation-0 queue: {}",
+        q["journal_generation"]
+    );
+    assert_eq!(q["tasks"].as_array().unwrap().len(), 50);
+    let compacted = std::fs::metadata(&snapshot).unwrap().ino();
+    // The first add after start: one journal commit, the snapshot left as it is.
+    let id = add(&h, "first add", None, None);
+    assert_eq!(c.cycle().unwrap().folded, 1);
+    assert_eq!(std::fs::metadata(&snapshot).unwrap().ino(), compacted, "the add's fold rewrote the snapshot");
+    let journal = std::fs::read_to_string(h.path().join("coordination/task-queue.journal.jsonl")).unwrap();
+    assert!(journal.contains(&id), "the added task is in the journal");
+    // And a restarted coordinator reads all 51, and writes nothing with nothing to do.
+    let mut again = coordinator(&h);
+    again.cycle().unwrap();
+    assert_eq!(std::fs::metadata(&snapshot).unwrap().ino(), compacted, "a restart rewrote the snapshot");
+    let q = h.queue_json();
+    assert_eq!(q["tasks"].as_array().unwrap().len(), 51);
+    assert_eq!(q["counts"]["total"], 51, "{}", q["counts"]);
+}

@@ -379,7 +379,11 @@ impl Coordinator {
         };
         let queue_guard = store.lock(TASK_QUEUE)?;
         let mut q = self.load_queue(now)?;
-        let mut q_dirty = false;
+        // A queue from before the journal (generation 0: an old home's, one reset or generated
+        // by hand) is compacted by its first writer. The first cycle writes it, at start-up, so
+        // that whole-queue write, and every follower's reload of it, is not left to the first
+        // change an operator makes (a `cortex task add` behind 100,000 tasks waited for it).
+        let mut q_dirty = self.journal.generation == 0;
         let mut changed: HashSet<String> = HashSet::new();
         let fold = intake::fold_known(&store, &mut q, &|id| self.parked.contains(id))?;
         if let Some(f) = &fold {
