@@ -86,7 +86,10 @@ fn closed_log_streams_give_their_place_back_and_slow_or_far_back_readers_are_ser
     stuck.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut buf = vec![0u8; 1 << 16];
     let mut got = 0;
+    let began = std::time::Instant::now();
     loop {
+        // Keep-alives reset the read timeout: the close must come in time, not at the task's end.
+        assert!(began.elapsed() < Duration::from_secs(60), "the stream that does not read was not closed");
         match stuck.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got += n,
