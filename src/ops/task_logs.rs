@@ -57,6 +57,11 @@ fn load(store: &Store, task_id: &str) -> Result<Task> {
         .ok_or_else(|| Error::refused(format!("no task {task_id} (see `cortex task list --all`)")))
 }
 
+/// Bytes read from a log at once.
+const READ_BLOCK: usize = 64 * 1024;
+/// A line longer than this (output without newlines) is printed in pieces of this size.
+const MAX_LINE: usize = 1024 * 1024;
+
 /// An open log read from where the last read stopped, split into lines.
 struct Reader {
     path: PathBuf,
@@ -79,24 +84,58 @@ impl Reader {
                 Err(e) => return Err(crate::store::open::refuse_link(&self.path, "open", e)),
             }
         }
-        if let Some(f) = self.file.as_mut() {
-            f.read_to_end(&mut self.partial).map_err(|e| Error::io(&self.path, "read", e))?;
+        if self.file.is_none() {
+            return Ok(true);
         }
-        let mut start = 0;
-        while let Some(i) = memchr::memchr(b'\n', &self.partial[start..]) {
-            let line = String::from_utf8_lossy(&self.partial[start..start + i]).into_owned();
-            start += i + 1;
-            if !out(LogItem::Line(line)) {
+        // Block by block: memory stays bounded whatever the size of the log.
+        let mut block = vec![0u8; READ_BLOCK];
+        while let Some(f) = self.file.as_mut() {
+            let n = match f.read(&mut block) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(&self.path, "read", e)),
+            };
+            self.partial.extend_from_slice(&block[..n]);
+            if !self.emit_lines(out) {
                 return Ok(false);
             }
         }
-        self.partial.drain(..start);
         if finish && !self.partial.is_empty() {
             let line = String::from_utf8_lossy(&self.partial).into_owned();
             self.partial.clear();
             return Ok(out(LogItem::Line(line)));
         }
         Ok(true)
+    }
+
+    /// Hands over the complete lines in `partial`, and a line longer than [`MAX_LINE`] in pieces;
+    /// false when `out` wants to stop.
+    fn emit_lines(&mut self, out: &mut impl FnMut(LogItem) -> bool) -> bool {
+        let mut start = 0;
+        let mut go_on = true;
+        while let Some(i) = memchr::memchr(b'\n', &self.partial[start..]) {
+            let line = String::from_utf8_lossy(&self.partial[start..start + i]).into_owned();
+            start += i + 1;
+            if !out(LogItem::Line(line)) {
+                go_on = false;
+                break;
+            }
+        }
+        self.partial.drain(..start);
+        while go_on && self.partial.len() >= MAX_LINE {
+            // Cut on a character boundary (at most 3 bytes back).
+            let mut cut = MAX_LINE;
+            while cut > MAX_LINE - 4 && std::str::from_utf8(&self.partial[..cut]).is_err() {
+                cut -= 1;
+            }
+            if std::str::from_utf8(&self.partial[..cut]).is_err() {
+                cut = MAX_LINE;
+            }
+            let piece: Vec<u8> = self.partial.drain(..cut).collect();
+            go_on = out(LogItem::Line(String::from_utf8_lossy(&piece).into_owned()));
+        }
+        go_on
     }
 }
 

@@ -14,6 +14,7 @@ mod drill;
 mod endpoints;
 mod group_commit;
 mod lifecycle;
+mod log_streams;
 mod promtool;
 mod robustness;
 mod runbook;

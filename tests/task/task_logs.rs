@@ -125,3 +125,50 @@ fn waits_for_a_queued_task_and_returns_at_once_for_a_finished_one() {
     assert!(again.ends_with("hello from later\n"), "{again}");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// A 50 MB log (and a 3 MB line without a newline) is printed in full while `cortex task logs`
+/// keeps its memory bounded (it read the whole log into memory before).
+#[test]
+fn a_large_log_is_printed_in_full_with_bounded_memory() {
+    use std::io::Read;
+    let h = fast_home();
+    let script = "yes 0123456789abcdef | head -c 50000000; head -c 3000000 /dev/zero | tr '\\0' a";
+    let id = add(&h, &["--description", "large", "--", "sh", "-c", script]);
+    let _w = start(&h, "worker");
+    let _c = start(&h, "coordinator");
+    wait_status(&h, &id, "completed");
+    let mut child = Killed(h.cmd().args(["task", "logs", &id]).stdout(Stdio::piped()).spawn().unwrap());
+    let pid = child.0.id();
+    let mut stdout = child.0.stdout.take().unwrap();
+    let counter = std::thread::spawn(move || {
+        let (mut total, mut longest, mut run) = (0usize, 0usize, 0usize);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = stdout.read(&mut buf).unwrap();
+            if n == 0 {
+                return (total, longest);
+            }
+            for b in &buf[..n] {
+                run = if *b == b'\n' { 0 } else { run + 1 };
+                longest = longest.max(run);
+            }
+            total += n;
+        }
+    });
+    // The high-water mark of its resident memory, as late as it can be read.
+    let mut hwm_kb = 0u64;
+    while child.0.try_wait().unwrap().is_none() {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(v) = s.lines().find_map(|l| l.strip_prefix("VmHWM:"))
+        {
+            hwm_kb = hwm_kb.max(v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (total, longest) = counter.join().unwrap();
+    assert!(child.0.wait().unwrap().success());
+    // Every byte, the last line in pieces of at most 1 MiB (each piece ends with a newline).
+    assert_eq!(total, 50_000_000 + 3_000_000 + 3, "all of it");
+    assert!(longest <= 1024 * 1024, "a long line is printed in pieces: {longest}");
+    assert!(hwm_kb > 0 && hwm_kb < 40 * 1024, "bounded memory: VmHWM {hwm_kb} kB");
+}

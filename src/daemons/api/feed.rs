@@ -49,6 +49,11 @@ const MAX_LISTED_CHANGES: usize = 200;
 const RECORD_WAIT: Duration = Duration::from_secs(60);
 /// Task output streams followed at once at most.
 const MAX_LOG_FOLLOWERS: usize = 256;
+/// [`LOG_CHUNK`]s sent to one task output stream per pass at most: a stream starting far back in
+/// a large file (`?offset=0`) is sent it over many passes, not in one that blocks the feed.
+const LOG_CHUNKS_PER_PASS: u32 = 4;
+/// How soon the feed continues a task output stream that has more to send.
+const LOG_CONTINUE: Duration = Duration::from_millis(10);
 
 /// A stream to start.
 pub(crate) struct Join {
@@ -110,9 +115,11 @@ impl Feed {
             daemons: Value::Null,
             daemons_key: Vec::new(),
             dispatches: HashMap::new(),
+            generation: 0,
             last_index: None,
             schedules_key: None,
             followers: Vec::new(),
+            logs_more: false,
             next_key: 0,
             _watches: watches,
         };
@@ -291,6 +298,14 @@ struct Follower {
     offset: u64,
 }
 
+/// A dispatch record as last broadcast.
+struct Seen {
+    entry: Arc<crate::ops::status::SpecEntry>,
+    status: &'static str,
+    stage: &'static str,
+    generation: u64,
+}
+
 struct State {
     log_path: PathBuf,
     events: EventLog,
@@ -300,12 +315,16 @@ struct State {
     overview_key: Value,
     daemons: Value,
     daemons_key: Vec<(Value, Value, Value, Value)>,
-    /// Each dispatch's (status, stage) as last broadcast.
-    dispatches: HashMap<String, (&'static str, &'static str)>,
+    /// Each dispatch's record and (status, stage) as last broadcast.
+    dispatches: HashMap<String, Seen>,
+    /// Counts refreshes of `dispatches`: an entry not marked with the current one was removed.
+    generation: u64,
     /// The dispatch index they were taken from.
     last_index: Option<Arc<Vec<Arc<crate::ops::status::SpecEntry>>>>,
     schedules_key: Option<(u64, u64, u64, i128)>,
     followers: Vec<Follower>,
+    /// A follower has more to send than one pass sends: the feed continues after [`LOG_CONTINUE`].
+    logs_more: bool,
     next_key: u64,
     _watches: Vec<watch::Watcher>,
 }
@@ -314,17 +333,28 @@ impl State {
     fn run(mut self, rx: Receiver<Msg>) {
         self.refresh(true);
         let mut last = Instant::now();
+        let mut last_logs = last;
         let mut next_periodic = last + PERIODIC;
         let mut dirty = false;
+        let mut logs = false;
         loop {
-            let deadline = if dirty { next_periodic.min(last + MIN_GAP) } else { next_periodic };
+            let more = self.logs_more;
+            let mut deadline = next_periodic;
+            if dirty {
+                deadline = deadline.min(last + MIN_GAP);
+            }
+            if logs {
+                deadline = deadline.min(last_logs + MIN_GAP);
+            }
+            if more {
+                deadline = deadline.min(last_logs + LOG_CONTINUE);
+            }
             let first = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             // Everything already waiting is handled in one pass: a burst of writes costs one.
-            let mut logs = false;
             for m in first.into_iter().chain(rx.try_iter().collect::<Vec<_>>()) {
                 match m {
                     Msg::Changed => dirty = true,
@@ -339,10 +369,15 @@ impl State {
                 self.refresh(false);
                 self.follow_logs();
                 dirty = false;
+                logs = false;
                 last = now;
+                last_logs = now;
                 next_periodic = now + PERIODIC;
-            } else if logs {
+            } else if (logs && now >= last_logs + MIN_GAP) || (self.logs_more && now >= last_logs + LOG_CONTINUE) {
+                // Task output is throttled like the rest: a busy log costs ten passes a second.
                 self.follow_logs();
+                logs = false;
+                last_logs = now;
             }
         }
     }
@@ -408,23 +443,47 @@ impl State {
             && !self.last_index.as_ref().is_some_and(|l| Arc::ptr_eq(l, &all))
         {
             self.last_index = Some(all.clone());
-            let now: HashMap<String, (&'static str, &'static str)> = all
-                .iter()
-                .map(|d| (d.record.dispatch_id.clone(), (d.record.status().as_str(), d.bucket.dir_name())))
-                .collect();
+            self.generation += 1;
+            let generation = self.generation;
+            // The reader hands back the same `Arc` for a record whose file did not change, so an
+            // unchanged record costs one lookup, no copy.
             let mut changed: Vec<Value> = Vec::new();
+            let before = self.dispatches.len();
+            let mut known = 0;
             for d in all.iter() {
-                let (id, key) = (&d.record.dispatch_id, (d.record.status().as_str(), d.bucket.dir_name()));
-                if self.dispatches.get(id) != Some(&key) {
-                    changed
-                        .push(json!({"dispatch_id": id, "task_id": d.record.task_id, "status": key.0, "stage": key.1}));
+                let key = (d.record.status().as_str(), d.bucket.dir_name());
+                if let Some(seen) = self.dispatches.get_mut(&d.record.dispatch_id) {
+                    known += 1;
+                    seen.generation = generation;
+                    if Arc::ptr_eq(&seen.entry, d) {
+                        continue;
+                    }
+                    seen.entry = d.clone();
+                    if (seen.status, seen.stage) == key {
+                        continue;
+                    }
+                    (seen.status, seen.stage) = key;
+                } else {
+                    let seen = Seen { entry: d.clone(), status: key.0, stage: key.1, generation };
+                    self.dispatches.insert(d.record.dispatch_id.clone(), seen);
                 }
-                if changed.len() > MAX_LISTED_CHANGES {
-                    break;
+                if changed.len() <= MAX_LISTED_CHANGES {
+                    changed.push(
+                        json!({"dispatch_id": d.record.dispatch_id, "task_id": d.record.task_id, "status": key.0, "stage": key.1}),
+                    );
                 }
             }
-            for id in self.dispatches.keys().filter(|k| !now.contains_key(*k)).take(MAX_LISTED_CHANGES) {
-                changed.push(json!({"dispatch_id": id, "task_id": null, "status": "removed", "stage": null}));
+            // Records that went: only looked for when some did.
+            if known < before {
+                self.dispatches.retain(|id, seen| {
+                    if seen.generation == generation {
+                        return true;
+                    }
+                    if changed.len() <= MAX_LISTED_CHANGES {
+                        changed.push(json!({"dispatch_id": id, "task_id": null, "status": "removed", "stage": null}));
+                    }
+                    false
+                });
             }
             if !quiet && !changed.is_empty() {
                 let body = if changed.len() > MAX_LISTED_CHANGES {
@@ -434,7 +493,6 @@ impl State {
                 };
                 self.hub.broadcast(Message { full: encode(&id, "dispatches", &body.to_string()), redacted: None });
             }
-            self.dispatches = now;
         }
         let sched = std::fs::metadata(self.reader.store().path(crate::store::files::SCHEDULES))
             .ok()
@@ -477,6 +535,8 @@ impl State {
     }
 
     fn join_log(&mut self, stream: TcpStream, dispatch_id: String, path: PathBuf, offset: Option<u64>) {
+        let hub = self.hub.clone();
+        self.followers.retain(|f| hub.log_is_live(f.key));
         if self.followers.len() >= MAX_LOG_FOLLOWERS {
             let body = json!({"error": "too many task output streams are followed; retry shortly"});
             let first = encode("", "error", &body.to_string());
@@ -494,28 +554,39 @@ impl State {
         self.follow_logs();
     }
 
-    /// Sends each followed output what was appended; ends the streams of dispatches that ended
-    /// once everything is sent.
+    /// Sends each followed output what was appended (at most [`LOG_CHUNKS_PER_PASS`] chunks);
+    /// ends the streams of dispatches that ended once everything is sent, and stops following
+    /// streams whose client left. Sets `logs_more` when a stream has more to send.
     fn follow_logs(&mut self) {
+        self.logs_more = false;
+        let hub = self.hub.clone();
+        // A closed stream's follower goes: it must not hold a place nor cost reads.
+        self.followers.retain(|f| hub.log_is_live(f.key));
         if self.followers.is_empty() {
             return;
         }
-        let active: HashMap<String, &'static str> = match self.reader.dispatches() {
-            Ok(all) => all.iter().map(|d| (d.record.dispatch_id.clone(), d.record.status().as_str())).collect(),
-            Err(_) => return,
-        };
-        let hub = self.hub.clone();
+        let mut more = false;
+        // Only the followed dispatches are looked up, in the map the last refresh keeps.
+        let dispatches = &self.dispatches;
         self.followers.retain_mut(|f| {
-            loop {
+            let mut sent = 0;
+            let mut at_end = false;
+            while sent < LOG_CHUNKS_PER_PASS {
                 let (data, next) = read_chunk(&f.path, f.offset);
                 if next == f.offset {
+                    at_end = true;
                     break;
                 }
                 let body = json!({"offset": f.offset, "next_offset": next, "data": data});
                 hub.to_log(f.key, encode(&next.to_string(), "log", &body.to_string()), false);
                 f.offset = next;
+                sent += 1;
             }
-            let status = active.get(&f.dispatch_id).copied();
+            if !at_end {
+                more = true;
+                return true;
+            }
+            let status = dispatches.get(&f.dispatch_id).map(|d| d.status);
             // No record yet: the worker is about to write it.
             let running = match status {
                 Some(s) => matches!(s, "starting" | "running"),
@@ -527,6 +598,7 @@ impl State {
             }
             running
         });
+        self.logs_more = more;
     }
 }
 

@@ -6,13 +6,14 @@
 //! is dropped: it reconnects with `Last-Event-ID` and catches up from the files. A keep-alive
 //! comment goes to every stream every [`KEEP_ALIVE`], so proxies and the browser see it alive.
 
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Open streams at most; more get 503.
@@ -73,6 +74,10 @@ pub(crate) struct Hub {
     tx: Sender<Command>,
     wake: Arc<UnixStream>,
     open: Arc<AtomicUsize>,
+    /// The [`Topic::Log`] keys with a connected client: a key is added when its client is
+    /// handed over and removed when the streams thread drops it, so the feed stops following
+    /// output nobody reads.
+    live_logs: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl Hub {
@@ -82,9 +87,11 @@ impl Hub {
         wake_tx.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
         let open = Arc::new(AtomicUsize::new(0));
-        let state = Streams { rx, wake: wake_rx, clients: Vec::new(), open: open.clone() };
+        let live_logs = Arc::new(Mutex::new(HashSet::new()));
+        let state =
+            Streams { rx, wake: wake_rx, clients: Vec::new(), open: open.clone(), live_logs: live_logs.clone() };
         std::thread::Builder::new().name("api-streams".into()).spawn(move || state.run())?;
-        Ok(Hub { tx, wake: Arc::new(wake_tx), open })
+        Ok(Hub { tx, wake: Arc::new(wake_tx), open, live_logs })
     }
 
     /// Reserves a place for a stream; false when [`MAX_STREAMS`] are open.
@@ -103,7 +110,16 @@ impl Hub {
 
     /// Adds a stream whose place was reserved.
     pub(crate) fn add(&self, client: Client) {
+        if let Topic::Log(key) = client.topic {
+            lock(&self.live_logs).insert(key);
+        }
         self.send(Command::Add(client));
+    }
+
+    /// Whether a client of this log key is still connected (it is from [`Hub::add`] until the
+    /// streams thread drops it).
+    pub(crate) fn log_is_live(&self, key: u64) -> bool {
+        lock(&self.live_logs).contains(&key)
     }
 
     pub(crate) fn broadcast(&self, msg: Message) {
@@ -166,6 +182,11 @@ struct Streams {
     wake: UnixStream,
     clients: Vec<Conn>,
     open: Arc<AtomicUsize>,
+    live_logs: Arc<Mutex<HashSet<u64>>>,
+}
+
+fn lock(set: &Mutex<HashSet<u64>>) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+    set.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Streams {
@@ -213,13 +234,16 @@ impl Streams {
                     keep[i] = c.flush();
                 }
             }
-            let before = self.clients.len();
             let mut i = 0;
-            self.clients.retain(|_| {
+            let mut dropped = Vec::new();
+            self.clients.retain(|c| {
                 i += 1;
+                if !keep[i - 1] {
+                    dropped.push(c.topic.clone());
+                }
                 keep[i - 1]
             });
-            self.gone(before - self.clients.len());
+            self.gone(&dropped);
             if ready[0].0 {
                 let mut sink = [0u8; 256];
                 while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
@@ -243,10 +267,17 @@ impl Streams {
         }
     }
 
-    /// A client left: its place is free again.
-    fn gone(&self, n: usize) {
-        if n > 0 {
-            self.open.fetch_sub(n, Ordering::SeqCst);
+    /// Clients left: their places are free again, and their log keys are no longer live.
+    fn gone(&self, topics: &[Topic]) {
+        if topics.is_empty() {
+            return;
+        }
+        self.open.fetch_sub(topics.len(), Ordering::SeqCst);
+        let mut live = lock(&self.live_logs);
+        for t in topics {
+            if let Topic::Log(key) = t {
+                live.remove(key);
+            }
         }
     }
 
@@ -263,7 +294,7 @@ impl Streams {
                 if conn.flush() {
                     self.clients.push(conn);
                 } else {
-                    self.gone(1);
+                    self.gone(&[conn.topic]);
                 }
             }
             Command::Broadcast(msg) => {
@@ -284,8 +315,11 @@ impl Streams {
             }
             Command::To(key, bytes, close) => {
                 for c in self.clients.iter_mut().filter(|c| c.topic == Topic::Log(key)) {
+                    // Like a broadcast: a client that does not read is dropped, never sent a
+                    // torn message; it reconnects with `Last-Event-ID` (its last offset).
                     if !c.queue(&bytes) {
                         c.pending.clear();
+                        c.closing = true;
                     }
                     c.closing |= close;
                 }
@@ -296,15 +330,16 @@ impl Streams {
     }
 
     fn flush_all(&mut self) {
-        let before = self.clients.len();
+        let mut dropped = Vec::new();
         self.clients.retain_mut(|c| {
             let alive = c.flush();
             if !alive {
                 let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                dropped.push(c.topic.clone());
             }
             alive
         });
-        self.gone(before - self.clients.len());
+        self.gone(&dropped);
     }
 }
 

@@ -843,11 +843,22 @@ function logPane(taskId, streamName) {
     offset = first.next_offset ?? 0;
     if (!first.running && !running) { state.textContent = ''; return; }
     state.textContent = ' (following)';
+    follow(att);
+  }
+
+  // Streams the output from `offset`. A chunk that starts before it is a repeat after a
+  // reconnection; one that starts after it means text was lost (the server dropped a client that
+  // fell behind): the stream starts again from the text the page has.
+  function follow(att) {
     sse = new Sse(() => `/tasks/${enc(taskId)}/log/stream?attempt=${enc(att)}&stream=${streamName}&offset=${offset}`, ['log', 'end'], {
       onevent: (kind, d) => {
         if (!d || typeof d !== 'object') return;
         if (kind === 'log') {
-          if (typeof d.offset === 'number' && d.offset !== offset) return;   // a repeat after a reconnection
+          if (typeof d.offset === 'number' && d.offset < offset) return;
+          if (typeof d.offset === 'number' && d.offset > offset) {
+            if (attempt === att) { stop(); follow(att); }
+            return;
+          }
           write(d.data || '');
           offset = d.next_offset ?? offset;
         } else if (kind === 'end') {
