@@ -435,7 +435,7 @@ fn tasks_are_added_listed_followed_retried_and_cancelled_over_http() {
     assert_eq!(api.post("/tasks/task-nope/retry", b"").0, 404);
 
     // Cancel a running task.
-    let body = serde_json::json!({"description": "cancel me", "command": ["sh", "-c", "sleep 300"]});
+    let body = serde_json::json!({"description": "cancel me", "command": ["tail", "-f", "/dev/null"]});
     let (_, v) = api.post("/tasks", body.to_string().as_bytes());
     let long = v["task"]["task_id"].as_str().unwrap().to_string();
     wait_until(LONG, "the long task runs", || api.get(&format!("/tasks/{long}")).1["status"] == "in_progress");

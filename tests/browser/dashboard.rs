@@ -211,7 +211,7 @@ fn cancel_and_retry_with_a_token_asked_once() {
     let token = "dashboard-operator-token-0123456789";
     write_tokens_file(&h, &format!("operator:{token}\n"));
     let id =
-        add(&h, &["--description", "long sleeper", "--max-attempts", "1", "--", "sh", "-c", "echo started; sleep 300"]);
+        add(&h, &["--description", "long sleeper", "--max-attempts", "1", "--", "sh", "-c", "echo started; exec tail -f /dev/null"]);
     let d = Dash::start(&h);
     wait_until(Duration::from_secs(30), "the task running", || show(&h, &id)["status"] == "in_progress");
     d.b.goto(&format!("{}#/task/{id}", d.base));
@@ -416,7 +416,7 @@ fn readme_screenshot() {
         add(&h, &["--description", &format!("nightly report {i}"), "--", "sh", "-c", "sleep 0.3"]);
     }
     add(&h, &["--description", "flaky import", "--max-attempts", "1", "--", "sh", "-c", "exit 3"]);
-    add(&h, &["--description", "long build", "--", "sh", "-c", "sleep 600"]);
+    add(&h, &["--description", "long build", "--", "tail", "-f", "/dev/null"]);
     let d = Dash::start_sized(&h, 1200, 1200);
     d.open("");
     d.b.wait_text("#count-running .n", "a running task", |t| t == "1");

@@ -310,7 +310,7 @@ fn slurm_preempted_node_fail_and_requeued_end_through_the_retry_policy() {
     assert!(d["error"].as_str().unwrap_or("").contains("PREEMPTED"), "{d}");
 
     // NODE_FAIL: the node set down while the job runs; attempt 2 runs once it is back.
-    let again = "if [ \"$CORTEX_ATTEMPT\" = 1 ]; then sleep 300; fi; echo attempt-$CORTEX_ATTEMPT";
+    let again = "if [ \"$CORTEX_ATTEMPT\" = 1 ]; then tail -f /dev/null; fi; echo attempt-$CORTEX_ATTEMPT";
     let nf = rig.add(&["--max-attempts", "2", "--", "sh", "-c", again]);
     wait_running(&rig, &nf);
     scontrol(&["update", "nodename=localhost", "state=down", "reason=cortex-test"]);
@@ -378,7 +378,7 @@ fn slurm_job_with_a_stale_heartbeat_ends_zombie() {
         "-c",
         "for i in 1 2 3 4 5 6 7 8 9 10; do touch \"$CORTEX_HEARTBEAT_FILE\"; sleep 1; done; echo alive",
     ]);
-    let stale = rig.add(&["--max-attempts", "1", "--", "sh", "-c", "touch \"$CORTEX_HEARTBEAT_FILE\"; sleep 300"]);
+    let stale = rig.add(&["--max-attempts", "1", "--", "sh", "-c", "touch \"$CORTEX_HEARTBEAT_FILE\"; exec tail -f /dev/null"]);
     let t = rig.wait_status(&stale, "failed");
     let d = &dispatches(&t)[0];
     assert_eq!(d["status"], "zombie", "{d}");
