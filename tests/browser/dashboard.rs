@@ -210,8 +210,19 @@ fn cancel_and_retry_with_a_token_asked_once() {
     let h = home();
     let token = "dashboard-operator-token-0123456789";
     write_tokens_file(&h, &format!("operator:{token}\n"));
-    let id =
-        add(&h, &["--description", "long sleeper", "--max-attempts", "1", "--", "sh", "-c", "echo started; exec tail -f /dev/null"]);
+    let id = add(
+        &h,
+        &[
+            "--description",
+            "long sleeper",
+            "--max-attempts",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec tail -f /dev/null",
+        ],
+    );
     let d = Dash::start(&h);
     wait_until(Duration::from_secs(30), "the task running", || show(&h, &id)["status"] == "in_progress");
     d.b.goto(&format!("{}#/task/{id}", d.base));

@@ -297,9 +297,7 @@ fn slurm_daemon_killed_readopts_every_job_and_submits_none_twice() {
     rig.h.cortex_ok(&["scheduler", "pause", "--reason", "test"]);
     let held = rig.add(&["--", "true"]);
     rig.wait("the coordinator to take the task in", || {
-        rig.h.queue_json()["tasks"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["task_id"] == held.as_str()))
+        rig.h.queue_json()["tasks"].as_array().is_some_and(|t| t.iter().any(|t| t["task_id"] == held.as_str()))
     });
     // The cycle that took it in decided not to dispatch it: no record, so nothing for sbatch.
     assert_eq!(rig.show(&held)["status"], "queued");

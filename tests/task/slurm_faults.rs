@@ -378,7 +378,8 @@ fn slurm_job_with_a_stale_heartbeat_ends_zombie() {
         "-c",
         "for i in 1 2 3 4 5 6 7 8 9 10; do touch \"$CORTEX_HEARTBEAT_FILE\"; sleep 1; done; echo alive",
     ]);
-    let stale = rig.add(&["--max-attempts", "1", "--", "sh", "-c", "touch \"$CORTEX_HEARTBEAT_FILE\"; exec tail -f /dev/null"]);
+    let stale =
+        rig.add(&["--max-attempts", "1", "--", "sh", "-c", "touch \"$CORTEX_HEARTBEAT_FILE\"; exec tail -f /dev/null"]);
     let t = rig.wait_status(&stale, "failed");
     let d = &dispatches(&t)[0];
     assert_eq!(d["status"], "zombie", "{d}");
