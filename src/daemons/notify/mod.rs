@@ -551,6 +551,17 @@ mod tests {
         std::fs::write(home.coord_file(NOTIFICATIONS), config.to_string()).unwrap();
     }
 
+    /// A home configured with `config` and a notifier on a manual clock that made its first pass.
+    fn started(config: &serde_json::Value) -> (tempfile::TempDir, crate::store::Store, Notifier) {
+        let (dir, store) = crate::store::fresh_store();
+        configure(store.home(), config);
+        let clock = ManualClock::new(crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap());
+        let mut n = Notifier::open(store.clone(), Arc::new(clock), None);
+        n.reload_config();
+        n.pass().unwrap();
+        (dir, store, n)
+    }
+
     /// One rule on `daemon_failed` to a webhook nobody listens on, with a long backoff: the
     /// outbox keeps what was made.
     fn closed_sink_config() -> serde_json::Value {
@@ -570,13 +581,9 @@ mod tests {
     /// outbox can be written the same event becomes its notification.
     #[test]
     fn a_failed_outbox_write_keeps_the_event_for_the_next_pass() {
-        let (_dir, store) = crate::store::fresh_store();
+        let config = closed_sink_config();
+        let (_dir, store, mut n) = started(&config);
         let home = store.home().clone();
-        configure(&home, &closed_sink_config());
-        let clock = ManualClock::new(crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap());
-        let mut n = Notifier::open(store.clone(), Arc::new(clock.clone()), None);
-        n.reload_config();
-        n.pass().unwrap();
         std::fs::create_dir_all(home.notify_dir()).unwrap();
         std::fs::write(home.notify_outbox(), b"not a directory").unwrap();
         emit_failed(&store);
@@ -597,14 +604,9 @@ mod tests {
     /// an event emitted while the file was missing is notified once it is back.
     #[test]
     fn an_event_while_the_config_is_briefly_missing_is_notified() {
-        let (_dir, store) = crate::store::fresh_store();
-        let home = store.home().clone();
         let config = closed_sink_config();
-        configure(&home, &config);
-        let clock = ManualClock::new(crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap());
-        let mut n = Notifier::open(store.clone(), Arc::new(clock.clone()), None);
-        n.reload_config();
-        n.pass().unwrap();
+        let (_dir, store, mut n) = started(&config);
+        let home = store.home().clone();
         std::fs::remove_file(home.coord_file(NOTIFICATIONS)).unwrap();
         n.reload_config();
         assert!(!n.configured());
@@ -621,13 +623,9 @@ mod tests {
     /// written durably.
     #[test]
     fn only_what_made_a_notification_is_written_durably() {
-        let (_dir, store) = crate::store::fresh_store();
+        let config = closed_sink_config();
+        let (_dir, store, mut n) = started(&config);
         let home = store.home().clone();
-        configure(&home, &closed_sink_config());
-        let clock = ManualClock::new(crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap());
-        let mut n = Notifier::open(store.clone(), Arc::new(clock.clone()), None);
-        n.reload_config();
-        n.pass().unwrap();
         let start = n.durable_saves;
         for _ in 0..5 {
             store.emit(EventKind::DispatchLost, Severity::Error, "unmatched", serde_json::Value::Null).unwrap();
