@@ -33,6 +33,39 @@ pub(crate) struct TestHome {
     pub dir: std::sync::Arc<tempfile::TempDir>,
 }
 
+impl Drop for TestHome {
+    /// The last clone of a home kills what is still running in it: a task left running by a
+    /// test (the worker leaves tasks running when it stops, to adopt them again) is found by its
+    /// exec shim's arguments, which name this home, and its process group is killed.
+    fn drop(&mut self) {
+        if std::sync::Arc::strong_count(&self.dir) == 1 {
+            kill_processes_naming(self.dir.path());
+        }
+    }
+}
+
+/// SIGKILLs the process group of every process whose command line names `home` (never this
+/// test process's own group).
+pub(crate) fn kill_processes_naming(home: &Path) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::{Pid, getpgid};
+    let needle = home.as_os_str().as_encoded_bytes();
+    let own = getpgid(None).ok();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else { continue };
+        if !cmdline.windows(needle.len()).any(|w| w == needle) {
+            continue;
+        }
+        if let Ok(group) = getpgid(Some(Pid::from_raw(pid)))
+            && Some(group) != own
+        {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
 impl TestHome {
     pub(crate) fn new() -> TestHome {
         let h = TestHome::empty();
