@@ -92,7 +92,7 @@ impl Notifier {
     /// Loads the state and the pending deliveries of the outbox.
     pub fn open(store: Store, clock: Arc<dyn Clock>, waker: Option<Sender<Wake>>) -> Notifier {
         let home = store.home().clone();
-        let state = NotifyState::load(&home).unwrap_or_else(|e| {
+        let state = NotifyState::load_or_quarantine(&store).unwrap_or_else(|e| {
             tracing::warn!("{e}; starting from the end of the event log");
             NotifyState::default()
         });
@@ -669,6 +669,30 @@ mod tests {
         assert_eq!(d.attempts, 1);
         assert!(d.last_answer.as_deref().unwrap().contains("stuck"), "{:?}", d.last_answer);
         assert_eq!(n.state.counters["silent"]["retried"], 1);
+    }
+
+    /// A state file that is not JSON, or has a field of the wrong type, is kept in quarantine
+    /// with an event naming the field, and the notifier starts with an empty state (it was
+    /// overwritten silently before).
+    #[test]
+    fn a_bad_state_file_is_quarantined_not_overwritten() {
+        for (bad, pointer) in [(&b"{\"cursor\": "[..], ""), (&br#"{"pending": "many"}"#[..], "/pending")] {
+            let (_dir, store) = crate::store::fresh_store();
+            let home = store.home().clone();
+            crate::store::atomic::create_dir_all(&home.notify_dir()).unwrap();
+            std::fs::write(home.notify_state(), bad).unwrap();
+            let clock = ManualClock::new(crate::base::clock::parse_ts("2026-01-01T00:00:00Z").unwrap());
+            let n = Notifier::open(store.clone(), Arc::new(clock), None);
+            assert_eq!(n.state, NotifyState::default());
+            let kept: Vec<_> = std::fs::read_dir(home.quarantine_dir()).unwrap().flatten().map(|e| e.path()).collect();
+            assert_eq!(kept.len(), 1, "{kept:?}");
+            assert_eq!(std::fs::read(&kept[0]).unwrap(), bad, "the copy is the bad file");
+            let events = crate::store::events::read_all(&home).unwrap();
+            let q: Vec<_> = events.records.iter().filter(|e| e.event_type == EventKind::FileQuarantined).collect();
+            assert_eq!(q.len(), 1, "one file_quarantined event");
+            assert_eq!(q[0].data["pointer"], pointer);
+            assert!(q[0].data["file"].as_str().unwrap().ends_with("notify/state.json"), "{:?}", q[0].data);
+        }
     }
 
     #[test]

@@ -67,6 +67,39 @@ impl NotifyState {
         }
     }
 
+    /// Reads the file as cortex-notify starts: a bad file (not JSON, a field of the wrong type)
+    /// is copied to `coordination/quarantine/` with a `file_quarantined` event naming the field,
+    /// and the state starts empty (the cursor then starts at the end of the event log: what was
+    /// logged meanwhile is not notified, and nothing is notified twice). Only an unreadable
+    /// file (permissions) is an error.
+    pub fn load_or_quarantine(store: &crate::store::Store) -> Result<NotifyState> {
+        let path = store.home().notify_state();
+        let bytes = match crate::store::open::read_bytes(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NotifyState::default()),
+            Err(e) => return Err(crate::store::open::refuse_link(&path, "read", e)),
+        };
+        let value = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                store.quarantine(&path, &bytes, "is not JSON", &e.to_string(), "");
+                tracing::warn!("{} is not JSON ({e}); starting from the end of the event log", path.display());
+                return Ok(NotifyState::default());
+            }
+        };
+        match crate::store::decode_value::<NotifyState>(&value) {
+            Ok(state) => Ok(state),
+            Err((pointer, expected)) => {
+                store.quarantine(&path, &bytes, "has a bad field", &expected, &pointer);
+                tracing::warn!(
+                    "{} has a bad field at {pointer}: {expected}; starting from the end of the event log",
+                    path.display()
+                );
+                Ok(NotifyState::default())
+            }
+        }
+    }
+
     /// Replaces the file atomically; `durable` when the cursor or a rule changed (after the
     /// outbox files of what was read are durable), else without waiting for the disk (counters
     /// and the pending count, which the outbox can always rebuild).
