@@ -607,7 +607,7 @@ if want fleet; then
     echo "6. whole fleet vs coordinator+worker only: $fleet_n \`true\` tasks, 8 slots, queued while paused, then resumed"
     fleet_run fleet-cw 0 worker coordinator
     cw_rate="$run_rate"
-    echo "   coordinator+worker: ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add p50 ${run_add_p50} ms"
+    echo "   coordinator+worker: ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add mean / p50 / p90 ${run_add_mean} / ${run_add_p50} / ${run_add_p90} ms"
     print_daemons
     fleet_run fleet-all 0
     tps[fleet]="$run_rate"
