@@ -22,8 +22,13 @@
 #                  its target;
 #   backlog     7. the fleet run of section 6 behind 0, 10,000 and 100,000 queued tasks that are
 #                  not yet due (`--delay` far in the future, written straight into the queue
-#                  file), with the add cost of its N adds; ratios against the first size, and
-#                  every daemon's RSS at the largest;
+#                  file, then written once by the coordinator alone in its own format), for the
+#                  whole fleet and for coordinator+worker only: each form's homes are started
+#                  side by side and their N adds interleaved in blocks of BENCH_ADD_BLOCK, so
+#                  the machine's load meets every backlog alike; add time mean / p50 / p90, CPU
+#                  ms per add of the add processes and of each daemon; then each home's
+#                  throughput run; ratios against the first size, and every daemon's RSS at the
+#                  largest;
 #   xargs       8. `xargs -P 8` running `true` N times (the physical limit of 8 slots), and the
 #                  8-slot ratios against it of the sections run before it;
 #   history     9. a long history: BENCH_HISTORY ("1000 1000000") archived tasks written straight
@@ -45,6 +50,7 @@
 # Environment: BENCH_LATENCY_SAMPLES (200), BENCH_TASKS (1000; the fleet, backlog and xargs
 # sections use BENCH_FLEET_TASKS, 500), BENCH_PUEUE_TASKS (200), BENCH_ADD_SAMPLES (200),
 # BENCH_IDLE_SECONDS (30), BENCH_QUEUED ("0 10000 100000"), BENCH_BACKLOG ("0 10000 100000"),
+# BENCH_ADD_BLOCK (10: adds made into one backlog's home before the next one's, section 7),
 # BENCH_TAIL_SECONDS (2: after the last task is archived, the CPU window stays open this long so
 # work a daemon does after the fact is counted), BENCH_DIR (where the temporary homes
 # go; default $TMPDIR or /tmp — compare a disk with /dev/shm to see the filesystem's share),
@@ -73,6 +79,7 @@ queued_sizes="${BENCH_QUEUED:-0 10000 100000}"
 
 fleet_n="${BENCH_FLEET_TASKS:-500}"
 backlog_sizes="${BENCH_BACKLOG:-0 10000 100000}"
+add_block="${BENCH_ADD_BLOCK:-10}"
 tail_s="${BENCH_TAIL_SECONDS:-2}"
 perf_dir="${BENCH_PERF_DIR:-}"
 perf_daemons="${BENCH_PERF_DAEMONS:-coordinator integration heartbeat auto-fix}"
@@ -405,15 +412,48 @@ gen_backlog() { gen_tasks "$1" task-backlog "not yet due" medium '"waiting_reaso
 # met VALUE OP TARGET -> "met" or "NOT met" (OP: ge or le)
 met() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "ge") ? (v >= t) : (v <= t); print ok ? "met" : "NOT met"}'; }
 
-# fleet_run NAME BACKLOG [DAEMON...]: a home with 8 slots and BACKLOG tasks not yet due; the
+# fleet_setup KEY BACKLOG [DAEMON...]: a home with 8 slots and BACKLOG tasks not yet due, the
 # daemons named (default: every enabled one) started with `cortex start` while the scheduler is
-# paused; fleet_n `true` tasks added (each add timed); once the coordinator has folded them, the
-# scheduler resumes and the run is timed until the last one is archived. The CPU window is from
-# just before the resume to tail_s after the last archive. Sets run_rate (tasks/s), run_secs,
-# run_add_mean / run_add_p50 (ms), run_bad (tasks not completed), and per daemon run_cpu[d]
-# (CPU ms per task) and run_rss[d] (MiB at the end of the run), run_children (CPU ms per task of
-# the processes the worker reaped).
-declare -A run_cpu run_rss fpid
+# paused, settled; remembered under KEY (fl_home, fl_pids) for fleet_adds and fleet_go. A
+# generated backlog is a generation-0 queue (no journal header, as an old home's): the
+# coordinator is started on it alone first, and its first cycle writes it in its own format, so
+# the fleet starts on the queue as a running home has it. (A generation-0 queue is rewritten
+# once, at the coordinator's start; every follower then reads it again once — integration on the
+# change, metrics at its next snapshot, up to a minute later — which would land in the timed
+# windows.)
+declare -A fl_home fl_pids run_cpu run_rss fpid
+fleet_setup() {
+    local key="$1" backlog="$2" d p i
+    shift 2
+    settle
+    new_home "$key" 8
+    fleet_homes+=("$home")
+    cortex scheduler pause --reason bench >/dev/null
+    if ((backlog > 0)); then
+        gen_backlog "$backlog"
+        cortex start coordinator >/dev/null 2>>"$work/$key.start.stderr"
+        for ((i = 0; i < 6000; i++)); do
+            head -c 512 "$home/coordination/task-queue.json" | grep -q '"journal_generation": *[1-9]' && break
+            nap 0.01
+        done
+        cortex stop >/dev/null 2>&1 || true
+    fi
+    CORTEX_API_BIND="127.0.0.1:0" cortex start "$@" >/dev/null 2>>"$work/$key.start.stderr"
+    fl_home[$key]="$home"
+    # (`cortex status` exits non-zero when daemons of the home are not running: the minimal form.)
+    fl_pids[$key]="$({ cortex status --json 2>/dev/null || true; } | jq -r '.daemons[] | select(.pid != null) | "\(.name)=\(.pid)"' | tr '\n' ' ')"
+    fleet_use "$key"
+    # The fleet settles first (each daemon's start-up: reading the backlog): the adds are timed
+    # against daemons at rest, as an operator's adds meet them, not against their start-up.
+    settle_fleet
+}
+# fleet_use KEY: home and fpid of the fleet KEY.
+fleet_use() {
+    local kv
+    home="${fl_home[$1]}"
+    fpid=()
+    for kv in ${fl_pids[$1]}; do fpid[${kv%%=*}]="${kv#*=}"; done
+}
 # settle_fleet: waits (at most 60 s) until no daemon of fpid used CPU over half a second.
 settle_fleet() {
     local k d sum last=-1
@@ -426,36 +466,76 @@ settle_fleet() {
     done
     echo "   (the fleet did not settle within 60 s; timing anyway)"
 }
-fleet_run() {
-    local name="$1" backlog="$2" i t0 t1 d
-    shift 2
-    settle
-    new_home "$name" 8
-    if ((backlog > 0)); then gen_backlog "$backlog"; fi
-    cortex scheduler pause --reason bench >/dev/null
-    CORTEX_API_BIND="127.0.0.1:0" cortex start "$@" >/dev/null 2>>"$work/$name.start.stderr"
-    fleet_homes+=("$home")
-    fpid=()
-    while IFS=$'\t' read -r d p; do
-        [[ "$p" =~ ^[0-9]+$ ]] && fpid[$d]="$p"
-    done < <(cortex status --json 2>/dev/null | jq -r '.daemons[] | [.name, (.pid // "" | tostring)] | @tsv')
-    # The fleet settles first (each daemon's start-up: reading the backlog, the coordinator's
-    # first write, the validation it triggers): the adds are timed against daemons at rest, as
-    # an operator's adds meet them, not against their start-up.
-    settle_fleet
-    local costs=()
-    for ((i = 0; i < fleet_n; i++)); do
-        t0="$(now_us)"
+# children_cpu: sets children_us to the CPU (user + system, microseconds) of this shell's
+# waited-for children so far (not a command substitution: that would report its own subshell's).
+children_cpu() {
+    local user sys
+    times >"$work/times"
+    { read -r _ _; read -r user sys; } <"$work/times"
+    children_us="$(awk -v u="$user" -v s="$sys" 'function us(t) {split(t, a, "m"); sub("s", "", a[2]); return (a[1] * 60 + a[2]) * 1e6}
+        BEGIN {printf "%.0f", us(u) + us(s)}')"
+}
+# fleet_adds KEY N: N `cortex task add`, one after another, into the fleet KEY; each add's
+# wall time (microseconds) appended to $work/KEY.adds, their CPU (the add processes') added to
+# add_cpu_us[KEY].
+declare -A add_cpu_us
+fleet_adds() {
+    local key="$1" n="$2" i t0 t1 c0
+    fleet_use "$key"
+    children_cpu
+    c0="$children_us"
+    for ((i = 0; i < n; i++)); do
+        t0="$EPOCHREALTIME"
         cortex task add --description "f $i" -- true >/dev/null
-        t1="$(now_us)"
-        costs+=($((t1 - t0)))
+        t1="$EPOCHREALTIME"
+        echo $((${t1/./} - ${t0/./})) >>"$work/$key.adds"
     done
-    run_add_mean="$(printf '%s\n' "${costs[@]}" | awk '{s+=$1} END {printf "%.2f", s/NR/1000}')"
-    run_add_p50="$(printf '%s\n' "${costs[@]}" | pct 50 | ms)"
-    # Every add folded into the queue (the intake file is consumed and removed), so the timed
-    # window holds the dispatches alone.
-    for ((i = 0; i < 6000; i++)); do [[ -s "$home/coordination/task-intake.jsonl" ]] || break; nap 0.01; done
-    [[ -s "$home/coordination/task-intake.jsonl" ]] && echo "   ($name: the intake was not folded within 60 s; timing anyway)"
+    children_cpu
+    add_cpu_us[$key]=$((${add_cpu_us[$key]:-0} + children_us - c0))
+}
+# fleet_folded KEY: waits (at most 60 s) until the coordinator of KEY has folded every add (the
+# intake is consumed and removed).
+fleet_folded() {
+    local i
+    fleet_use "$1"
+    for ((i = 0; i < 6000; i++)); do [[ -s "$home/coordination/task-intake.jsonl" ]] || return 0; nap 0.01; done
+    echo "   ($1: the intake was not folded within 60 s)"
+}
+# add_stats KEY -> "mean p50 p90" of the adds of KEY, ms
+add_stats() {
+    sort -n "$work/$1.adds" | awk '{a[NR]=$1; s+=$1}
+        function q(p,  i) {i=int(p*NR+0.999); if (i<1) i=1; if (i>NR) i=NR; return a[i]/1000}
+        END {printf "%.2f %.2f %.2f\n", s/NR/1000, q(0.5), q(0.9)}'
+}
+# fleet_ticks KEY -> "daemon=ticks ..." of the fleet KEY now
+fleet_ticks() {
+    local d
+    fleet_use "$1"
+    for d in "${!fpid[@]}"; do printf '%s=%s ' "$d" "$(ticks "${fpid[$d]}")"; done
+}
+# add_cpu KEY BEFORE AFTER N -> sets addcpu[daemon] (CPU ms per add of each daemon between the two
+# fleet_ticks) and addcpu[add] (the add processes' own)
+declare -A addcpu
+add_cpu() {
+    local kv d
+    declare -A b
+    addcpu=()
+    for kv in $2; do b[${kv%%=*}]="${kv#*=}"; done
+    for kv in $3; do
+        d="${kv%%=*}"
+        addcpu[$d]="$(awk -v a="${b[$d]}" -v c="${kv#*=}" -v hz="$hz" -v n="$4" 'BEGIN {printf "%.3f", (c-a)/hz*1000/n}')"
+    done
+    addcpu[add]="$(awk -v u="${add_cpu_us[$1]:-0}" -v n="$4" 'BEGIN {printf "%.3f", u/1000/n}')"
+}
+# fleet_go KEY: once every add is folded, the scheduler resumes and the run is timed until the
+# last of fleet_n tasks is archived; the fleet is stopped after. The CPU window is from just
+# before the resume to tail_s after the last archive. Sets run_rate (tasks/s), run_secs, run_bad
+# (tasks not completed), and per daemon run_cpu[d] (CPU ms per task) and run_rss[d] (MiB at the
+# end of the run), run_children (CPU ms per task of the processes the worker reaped).
+fleet_go() {
+    local key="$1" t0 t1 d
+    fleet_folded "$key"
+    fleet_use "$key"
     declare -A before
     for d in "${!fpid[@]}"; do before[$d]="$(ticks "${fpid[$d]}")"; done
     local children_before=""
@@ -464,8 +544,8 @@ fleet_run() {
     if [[ -n "$perf_dir" ]]; then
         for d in $perf_daemons; do
             [[ -n "${fpid[$d]:-}" ]] || continue
-            perf record --call-graph dwarf,16384 -F "$perf_freq" -p "${fpid[$d]}" -o "$perf_dir/$name-$d.data" \
-                >/dev/null 2>>"$perf_dir/$name-$d.stderr" &
+            perf record --call-graph dwarf,16384 -F "$perf_freq" -p "${fpid[$d]}" -o "$perf_dir/$key-$d.data" \
+                >/dev/null 2>>"$perf_dir/$key-$d.stderr" &
             perf_pids+=($!)
         done
         nap 1 # perf attaches
@@ -495,6 +575,15 @@ fleet_run() {
     run_bad="$(archive_lines | jq -s '[.[] | select(.status != "completed")] | length')"
     cortex stop >/dev/null 2>&1 || true
 }
+# fleet_run KEY BACKLOG [DAEMON...]: fleet_setup, fleet_n adds (run_add_mean / run_add_p50 /
+# run_add_p90, ms), fleet_go.
+fleet_run() {
+    local key="$1"
+    fleet_setup "$@"
+    fleet_adds "$key" "$fleet_n"
+    read -r run_add_mean run_add_p50 run_add_p90 < <(add_stats "$key")
+    fleet_go "$key"
+}
 # cpu_sum DAEMON... -> the sum of run_cpu over those that ran
 cpu_sum() {
     local d s=0
@@ -518,12 +607,12 @@ if want fleet; then
     echo "6. whole fleet vs coordinator+worker only: $fleet_n \`true\` tasks, 8 slots, queued while paused, then resumed"
     fleet_run fleet-cw 0 worker coordinator
     cw_rate="$run_rate"
-    echo "   coordinator+worker: ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add p50 ${run_add_p50} ms"
+    echo "   coordinator+worker: ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add mean / p50 / p90 ${run_add_mean} / ${run_add_p50} / ${run_add_p90} ms"
     print_daemons
     fleet_run fleet-all 0
     tps[fleet]="$run_rate"
     tps[cw]="$cw_rate"
-    echo "   whole fleet:        ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add p50 ${run_add_p50} ms"
+    echo "   whole fleet:        ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add mean / p50 / p90 ${run_add_mean} / ${run_add_p50} / ${run_add_p90} ms"
     print_daemons
     missing=""
     for d in $all_daemons; do [[ -n "${run_cpu[$d]:-}" ]] || missing+=" $d"; done
@@ -538,28 +627,69 @@ fi
 
 if want backlog; then
     echo
-    echo "7. the fleet run of section 6 ($fleet_n tasks, whole fleet) behind queued tasks not yet due"
-    declare -A bl_rate bl_add
-    for b in $backlog_sizes; do
-        fleet_run "backlog$b" "$b"
-        bl_rate[$b]="$run_rate"
-        bl_add[$b]="$run_add_mean"
-        max_rss="$(for d in "${!run_rss[@]}"; do echo "${run_rss[$d]}"; done | sort -n | tail -1)"
-        printf '   %7d not due: %6s tasks/s (not completed: %s)   add mean %s / p50 %s ms   fleet %s ms CPU/task   largest RSS %s MiB\n' \
-            "$b" "$run_rate" "$run_bad" "$run_add_mean" "$run_add_p50" "$(cpu_sum $all_daemons)" "$max_rss"
-    done
+    echo "7. the fleet run of section 6 ($fleet_n tasks) behind queued tasks not yet due: the whole fleet, then coordinator+worker only"
+    echo "   Each form's homes (one per backlog) run side by side, paused, settled; their $fleet_n adds each are"
+    echo "   interleaved in blocks of $add_block (a change in the machine's load meets every backlog alike). Add"
+    echo "   times in ms; CPU ms per add of the add processes and of each daemon, from the first add to the"
+    echo "   last one folded and the fleet settled again (daemons under 0.01 left out)."
     set -- $backlog_sizes
     first="$1"
     for b in $backlog_sizes; do last="$b"; done
-    tr="$(awk -v a="${bl_rate[$last]}" -v b="${bl_rate[$first]}" 'BEGIN {printf "%.2f", a/b}')"
-    # The add cost is a time (lower is better): the target is the speed of adding, first/last.
-    ar="$(awk -v a="${bl_add[$last]}" -v b="${bl_add[$first]}" 'BEGIN {printf "%.2f", b/a}')"
-    echo "   throughput at $last vs $first not due: ${tr}   target >= 0.90: $(met "$tr" ge 0.90)"
-    echo "   add rate (1/add cost) at $last vs $first not due: ${ar}   target >= 0.90: $(met "$ar" ge 0.90)"
-    echo "   each daemon at $last not due (RSS target <= 64 MiB):"
-    for d in $all_daemons; do
-        [[ -n "${run_rss[$d]:-}" ]] || continue
-        printf '   %-16s RSS %6s MiB %-8s CPU %8s ms/task\n' "$d" "${run_rss[$d]}" "$(met "${run_rss[$d]}" le 64)" "${run_cpu[$d]}"
+    declare -A bl_rate bl_add bl_p50
+    for form in fleet minimal; do
+        if [[ "$form" == fleet ]]; then form_daemons=""; label="whole fleet"; else form_daemons="worker coordinator"; label="coordinator+worker"; fi
+        for b in $backlog_sizes; do
+            # shellcheck disable=SC2086 # a list of daemon names
+            fleet_setup "bl-$form-$b" "$b" $form_daemons
+        done
+        declare -A t_before
+        for b in $backlog_sizes; do t_before[$b]="$(fleet_ticks "bl-$form-$b")"; done
+        round=0
+        for ((added = 0; added < fleet_n; added += add_block)); do
+            k=$((fleet_n - added < add_block ? fleet_n - added : add_block))
+            order="$backlog_sizes"
+            # Every other round in the reverse order: no backlog always follows another.
+            ((round % 2)) && order="$(echo "$backlog_sizes" | tr ' ' '\n' | tac | tr '\n' ' ')"
+            for b in $order; do fleet_adds "bl-$form-$b" "$k"; done
+            round=$((round + 1))
+        done
+        for b in $backlog_sizes; do fleet_folded "bl-$form-$b"; done
+        for b in $backlog_sizes; do
+            fleet_use "bl-$form-$b"
+            settle_fleet
+            add_cpu "bl-$form-$b" "${t_before[$b]}" "$(fleet_ticks "bl-$form-$b")" "$fleet_n"
+            read -r mean p50 p90 < <(add_stats "bl-$form-$b")
+            bl_add[$form-$b]="$mean"
+            bl_p50[$form-$b]="$p50"
+            line="$(printf '   %-18s %7d not due: add mean %s / p50 %s / p90 %s ms; CPU ms per add: add %s' \
+                "$label" "$b" "$mean" "$p50" "$p90" "${addcpu[add]}")"
+            for d in $all_daemons; do
+                [[ -n "${addcpu[$d]:-}" ]] || continue
+                awk -v v="${addcpu[$d]}" 'BEGIN {exit !(v >= 0.01)}' && line+=", $d ${addcpu[$d]}"
+            done
+            echo "$line"
+        done
+        for b in $backlog_sizes; do
+            fleet_go "bl-$form-$b"
+            bl_rate[$form-$b]="$run_rate"
+            max_rss="$(for d in "${!run_rss[@]}"; do echo "${run_rss[$d]}"; done | sort -n | tail -1)"
+            # shellcheck disable=SC2086
+            printf '   %-18s %7d not due: %6s tasks/s (not completed: %s)   %s ms CPU/task   largest RSS %s MiB\n' \
+                "$label" "$b" "$run_rate" "$run_bad" "$(cpu_sum ${form_daemons:-$all_daemons})" "$max_rss"
+        done
+        tr="$(awk -v a="${bl_rate[$form-$last]}" -v b="${bl_rate[$form-$first]}" 'BEGIN {printf "%.2f", a/b}')"
+        # The add cost is a time (lower is better): the target is the speed of adding, first/last.
+        ar="$(awk -v a="${bl_add[$form-$last]}" -v b="${bl_add[$form-$first]}" 'BEGIN {printf "%.2f", b/a}')"
+        ar50="$(awk -v a="${bl_p50[$form-$last]}" -v b="${bl_p50[$form-$first]}" 'BEGIN {printf "%.2f", b/a}')"
+        echo "   $label, throughput at $last vs $first not due: ${tr}   target >= 0.90: $(met "$tr" ge 0.90)"
+        echo "   $label, add rate (1/mean add time) at $last vs $first not due: ${ar} (by the median: ${ar50})   target >= 0.90: $(met "$ar" ge 0.90)"
+        if [[ "$form" == fleet ]]; then
+            echo "   each daemon of the whole fleet at $last not due (RSS target <= 64 MiB):"
+            for d in $all_daemons; do
+                [[ -n "${run_rss[$d]:-}" ]] || continue
+                printf '   %-16s RSS %6s MiB %-8s CPU %8s ms/task\n' "$d" "${run_rss[$d]}" "$(met "${run_rss[$d]}" le 64)" "${run_cpu[$d]}"
+            done
+        fi
     done
 fi
 
