@@ -121,6 +121,7 @@ fn refresh<'a>(slot: &'a mut Option<Followed>, store: &Store) -> Result<&'a mut 
             drop(old);
             let mut rows = Rows::default();
             let loaded = journal::load_into(store, &mut rows)?;
+            rows.shrink();
             give_back_freed_memory();
             tracing::debug!(
                 "GET /tasks: the queue loaded whole ({} tasks, {} KiB of rows, load {})",

@@ -11,10 +11,13 @@
 //! Text no row uses any more (a removed row's, a replaced description) is counted, and the arena
 //! is rewritten once that is more than half of it: a change costs its own size, amortised.
 
-use crate::base::clock::{Timestamp, format_ts};
+use crate::base::clock::{Timestamp, format_ts, parse_ts};
 use crate::domain::task::journal::Holder;
 use crate::domain::task::model::{Priority, Task, TaskStatus};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -95,6 +98,103 @@ fn cut(text: &str) -> (&str, bool) {
     match text.char_indices().nth(DESCRIPTION_KEPT) {
         Some((i, _)) => (&text[..i], true),
         None => (text, false),
+    }
+}
+
+/// What a row is made of, borrowed from a decoded task or from its text in the snapshot.
+struct Fields<'a> {
+    task_id: &'a str,
+    description: &'a str,
+    worker_type: &'a str,
+    schedule_id: Option<&'a str>,
+    created_at: Timestamp,
+    started_at: Option<Timestamp>,
+    completed_at: Option<Timestamp>,
+    status: TaskStatus,
+    priority: Priority,
+    attempts: u32,
+    max_attempts: u32,
+}
+
+impl<'a> Fields<'a> {
+    fn of(t: &'a Task) -> Fields<'a> {
+        Fields {
+            task_id: &t.task_id,
+            description: &t.description,
+            worker_type: &t.worker_type,
+            schedule_id: t.schedule_id.as_deref(),
+            created_at: t.created_at,
+            started_at: t.started_at(),
+            completed_at: t.completed_at(),
+            status: t.status(),
+            priority: t.priority,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+        }
+    }
+}
+
+/// The fields of a task's text a row needs, read without decoding the task (the rest of the
+/// record is skipped). Strings are borrowed from the text unless they hold escapes.
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    task_id: Cow<'a, str>,
+    #[serde(borrow)]
+    description: Cow<'a, str>,
+    priority: Priority,
+    #[serde(borrow)]
+    worker_type: Cow<'a, str>,
+    status: TaskStatus,
+    created_at: &'a str,
+    #[serde(default)]
+    started_at: Option<&'a str>,
+    #[serde(default)]
+    completed_at: Option<&'a str>,
+    #[serde(default)]
+    next_retry_at: Option<&'a str>,
+    #[serde(default)]
+    dispatch_id: Option<IgnoredAny>,
+    #[serde(default)]
+    attempts: u32,
+    max_attempts: u32,
+    #[serde(default, borrow)]
+    schedule_id: Option<Cow<'a, str>>,
+}
+
+impl Line<'_> {
+    /// The row's fields as a decoded task would give them; None for a text the task's type
+    /// would refuse in a way this reader sees (a time that is not one, a state without the
+    /// fields it needs): the caller decodes it the whole way, which names the problem.
+    fn fields(&self) -> Option<Fields<'_>> {
+        let time = |t: Option<&str>| t.map(|t| parse_ts(t).ok_or(())).transpose().ok();
+        let (started, completed) = (time(self.started_at)?, time(self.completed_at)?);
+        time(self.next_retry_at)?;
+        let (started_at, completed_at) = match self.status {
+            TaskStatus::Queued => (None, None),
+            TaskStatus::PendingRetry => {
+                self.next_retry_at?;
+                (None, None)
+            }
+            TaskStatus::InProgress => {
+                self.dispatch_id.as_ref()?;
+                (Some(started?), None)
+            }
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled => (started, Some(completed?)),
+        };
+        Some(Fields {
+            task_id: &self.task_id,
+            description: &self.description,
+            worker_type: &self.worker_type,
+            schedule_id: self.schedule_id.as_deref(),
+            created_at: parse_ts(self.created_at)?,
+            started_at,
+            completed_at,
+            status: self.status,
+            priority: self.priority,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+        })
     }
 }
 
@@ -260,11 +360,11 @@ impl Rows {
 
     /// Adds the task's row, or replaces the row of its id (in place when its creation time is
     /// the same). `pending`: read from the intake.
-    fn insert(&mut self, t: &Task, pending: bool) {
-        let (description, was_cut) = cut(&t.description);
-        let worker_type = self.names.intern(&t.worker_type);
-        let schedule = t.schedule_id.as_deref().map_or(NO_NAME, |s| self.names.intern(s));
-        let found = self.find(&t.task_id);
+    fn insert(&mut self, t: Fields<'_>, pending: bool) {
+        let (description, was_cut) = cut(t.description);
+        let worker_type = self.names.intern(t.worker_type);
+        let schedule = t.schedule_id.map_or(NO_NAME, |s| self.names.intern(s));
+        let found = self.find(t.task_id);
         let (i, id, seq) = match found {
             Some(i) => {
                 let old = self.slots[i as usize];
@@ -287,7 +387,7 @@ impl Rows {
                 (i, old.id, seq)
             }
             None => {
-                let id = self.push_text(&t.task_id);
+                let id = self.push_text(t.task_id);
                 let description = self.push_text(description);
                 let i = match self.free.pop() {
                     Some(i) => i,
@@ -299,15 +399,15 @@ impl Rows {
                 self.slots[i as usize].description = description;
                 self.next += 1;
                 self.order.insert((t.created_at, self.next), i);
-                self.index(&t.task_id, i);
+                self.index(t.task_id, i);
                 (i, id, self.next)
             }
         };
         let description = self.slots[i as usize].description;
         self.slots[i as usize] = Slot {
             created_at: t.created_at,
-            started_at: t.started_at(),
-            completed_at: t.completed_at(),
+            started_at: t.started_at,
+            completed_at: t.completed_at,
             seq,
             id,
             description,
@@ -315,7 +415,7 @@ impl Rows {
             schedule,
             attempts: t.attempts,
             max_attempts: t.max_attempts,
-            status: t.status(),
+            status: t.status,
             priority: t.priority,
             cut: was_cut,
             pending,
@@ -342,7 +442,7 @@ impl Rows {
     /// A task of the unfolded intake: kept unless the queue holds its id.
     pub(crate) fn put_pending(&mut self, task: &Task) {
         if self.find(&task.task_id).is_none() {
-            self.insert(task, true);
+            self.insert(Fields::of(task), true);
         }
     }
 
@@ -371,6 +471,15 @@ impl Rows {
         }
         self.text = text;
         self.garbage = 0;
+    }
+
+    /// Gives back what the slots, the text and the index reserved beyond what they hold (after
+    /// a whole load, whose growth by doubling left up to half of each unused).
+    pub(crate) fn shrink(&mut self) {
+        self.slots.shrink_to_fit();
+        self.text.shrink_to_fit();
+        self.free.shrink_to_fit();
+        self.ids.shrink_to_fit();
     }
 
     /// Bytes held (the slots, the text and the order's and index's entries, without the maps'
@@ -409,8 +518,14 @@ impl Holder for Rows {
     fn clear(&mut self) {
         *self = Rows::default();
     }
+    fn take_snapshot_text(&mut self, text: &str, _offset: u64) -> bool {
+        let Ok(line) = serde_json::from_str::<Line>(text) else { return false };
+        let Some(fields) = line.fields() else { return false };
+        self.insert(fields, false);
+        true
+    }
     fn put(&mut self, task: Task) {
-        self.insert(&task, false);
+        self.insert(Fields::of(&task), false);
     }
     fn remove(&mut self, task_id: &str) {
         if let Some(i) = self.find(task_id) {
@@ -422,7 +537,6 @@ impl Holder for Rows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::clock::parse_ts;
 
     fn task(id: &str, created: &str, description: &str) -> Task {
         let mut t = Task::sample(id);
@@ -611,6 +725,84 @@ mod tests {
             assert_eq!(contains_lowercase(hay, q), expected, "{hay:?} {q:?}");
             assert_eq!(hay.to_lowercase().contains(q), expected, "{hay:?} {q:?}");
         }
+    }
+
+    #[test]
+    fn a_row_read_from_the_snapshots_text_is_the_row_of_the_decoded_task() {
+        use crate::domain::task::model::TaskState;
+        let t = |s: &str| parse_ts(s).unwrap();
+        let mut tasks = Vec::new();
+        let base = task("t-queued", "2026-01-01T00:00:00.5Z", "plain");
+        tasks.push(base.clone());
+        let mut x = base.clone();
+        x.task_id = "t-escaped".into();
+        x.description = format!("quote \" tab \t newline \n é {}", "ü".repeat(DESCRIPTION_KEPT));
+        x.schedule_id = Some("nightly \"x\"".into());
+        x.worker_type = "w\\1".into();
+        tasks.push(x);
+        let states = [
+            TaskState::InProgress { started_at: t("2026-01-02T00:00:00Z"), dispatch_id: "d-1".into() },
+            TaskState::PendingRetry { next_retry_at: t("2026-01-03T00:00:00Z"), waiting_reason: None },
+            TaskState::Completed {
+                started_at: Some(t("2026-01-02T00:00:00Z")),
+                completed_at: t("2026-01-02T01:00:00Z"),
+            },
+            TaskState::Failed { started_at: None, completed_at: t("2026-01-02T01:00:00Z") },
+            TaskState::Cancelled {
+                started_at: Some(t("2026-01-02T00:00:00Z")),
+                completed_at: t("2026-01-04T00:00:00Z"),
+            },
+        ];
+        for (i, state) in states.into_iter().enumerate() {
+            let mut x = base.clone();
+            x.task_id = format!("t-{i}");
+            x.state = state;
+            x.attempts = i as u32;
+            x.priority = Priority::Critical;
+            tasks.push(x);
+        }
+        let (mut decoded, mut read) = (Rows::default(), Rows::default());
+        for task in &tasks {
+            let text = serde_json::to_string(task).unwrap();
+            assert!(read.take_snapshot_text(&text, 0), "{text}");
+            decoded.put(task.clone());
+        }
+        let json = |rows: &Rows| rows.iter().map(|r| r.to_json()).collect::<Vec<_>>();
+        assert_eq!(json(&read), json(&decoded));
+        assert_eq!(read.len(), tasks.len());
+        assert_eq!(read.get("t-escaped").unwrap().to_json()["schedule_id"], "nightly \"x\"");
+    }
+
+    #[test]
+    fn a_text_the_row_reader_cannot_read_is_left_to_the_whole_decoding() {
+        let good = serde_json::to_value(task("a", "2026-01-01T00:00:00Z", "d")).unwrap();
+        let with = |k: &str, v: Value| {
+            let mut x = good.clone();
+            x[k] = v;
+            x.to_string()
+        };
+        let without = |k: &str| {
+            let mut x = good.clone();
+            x.as_object_mut().unwrap().remove(k);
+            x.to_string()
+        };
+        let mut rows = Rows::default();
+        for text in [
+            with("created_at", "yesterday".into()),
+            with("status", "sleeping".into()),
+            with("status", "in_progress".into()),
+            with("status", "pending_retry".into()),
+            with("status", "completed".into()),
+            with("attempts", (-1).into()),
+            with("task_id", 5.into()),
+            without("max_attempts"),
+            without("status"),
+            "[]".to_string(),
+        ] {
+            assert!(!rows.take_snapshot_text(&text, 0), "{text}");
+        }
+        assert_eq!(rows.len(), 0);
+        assert!(rows.take_snapshot_text(&good.to_string(), 0));
     }
 
     #[test]
