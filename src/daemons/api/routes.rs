@@ -327,10 +327,12 @@ impl Handler for App {
                 Ok(h) => Response::json(if h.healthy { 200 } else { 503 }, &h),
                 Err(e) => error_response(&e),
             }),
-            Route::Metrics => Reply::Now(match self.reader.metrics() {
-                Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
-                Err(e) => error_response(&e),
-            }),
+            Route::Metrics => {
+                Reply::Now(match self.reader.metrics_with(&|ids| self.live_tasks.created(self.reader.store(), ids)) {
+                    Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
+                    Err(e) => error_response(&e),
+                })
+            }
             Route::SchedulerStatus => Reply::Now(match self.reader.scheduler_status() {
                 Ok(s) if redact => ok_json(&redact_file_errors(serde_json::to_value(&s).unwrap_or(Value::Null))),
                 Ok(s) => ok_json(&s),
