@@ -261,7 +261,7 @@ impl<'a> Row<'a> {
     }
 
     /// The row as the tasks table reads it (`description_truncated` when the text was cut).
-    pub(crate) fn to_json(&self) -> Value {
+    pub(crate) fn to_json(self) -> Value {
         let s = self.slot;
         let mut v = json!({
             "task_id": self.task_id(),
