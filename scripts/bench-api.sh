@@ -13,25 +13,38 @@
 # and prints the latency percentiles. Targets (issue 5): p99 <= 5 ms for pause/resume and
 # <= 10 ms for /status with 10,000 tasks under 100 concurrent clients.
 #
-# Usage: scripts/bench-api.sh [--tasks N] [--connections N] [--duration SECS] [--threads N]
+# --memory (no wrk needed; TASKS default 100000): cortex-api's resident size (VmRSS, and VmHWM,
+# the peak) behind TASKS queued tasks, printed after start, after each overview endpoint the
+# dashboard reads, and through a tasks-table session (first page, pages after an id, filters by
+# status and type, text searches), with each /tasks call's time; then the snapshot is replaced
+# (as a compaction does) and the first page is timed again. Target (issue 19): RSS <= 64 MiB.
+#
+# Usage: scripts/bench-api.sh [--memory] [--tasks N] [--connections N] [--duration SECS] [--threads N]
 set -euo pipefail
 
-TASKS=10000
+TASKS=""
+MEMORY=0
 CONNECTIONS=100
 DURATION=10
 THREADS=2
 while [ $# -gt 0 ]; do
     case "$1" in
         --tasks) TASKS="$2"; shift 2 ;;
+        --memory) MEMORY=1; shift ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "bench-api.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
-for tool in wrk jq curl; do
+if [ -z "$TASKS" ]; then
+    if [ "$MEMORY" = 1 ]; then TASKS=100000; else TASKS=10000; fi
+fi
+tools="wrk jq curl"
+[ "$MEMORY" = 1 ] && tools="curl"
+for tool in $tools; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "bench-api.sh: $tool is not installed (Debian: apt-get install -y $tool)" >&2
         exit 2
@@ -53,7 +66,7 @@ cleanup() {
         kill -TERM "$API_PID"
         wait "$API_PID" 2>/dev/null || true
     fi
-    rm -rf "$HOME_DIR"
+    [ -n "${KEEP_HOME:-}" ] || rm -rf "$HOME_DIR"
 }
 trap cleanup EXIT
 
@@ -61,6 +74,11 @@ trap cleanup EXIT
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
     || shuf -i 20000-60000 -n 1)"
 sed -i "s/^bind = .*/bind = \"127.0.0.1:$PORT\"/" "$HOME_DIR/cortex.toml"
+if [ "$MEMORY" = 1 ]; then
+    # shellcheck source=scripts/bench-api-memory.sh
+    . "$ROOT/scripts/bench-api-memory.sh"
+    exit 0
+fi
 
 # The queue: TASKS tasks, mostly queued, some pending_retry and in progress.
 jq -n --argjson n "$TASKS" '{

@@ -89,7 +89,11 @@ pub(crate) struct Feed {
 
 impl Feed {
     /// Starts the thread and its watches.
-    pub(crate) fn start(reader: Arc<StatusReader>, hub: Hub) -> crate::base::error::Result<Feed> {
+    pub(crate) fn start(
+        reader: Arc<StatusReader>,
+        hub: Hub,
+        failed: Arc<overview::FailedWindow>,
+    ) -> crate::base::error::Result<Feed> {
         let (tx, rx) = mpsc::channel();
         let home = reader.home().clone();
         let mut watches = Vec::new();
@@ -110,6 +114,7 @@ impl Feed {
             log_path,
             reader,
             hub,
+            failed,
             overview: Value::Null,
             overview_key: Value::Null,
             daemons: Value::Null,
@@ -311,6 +316,8 @@ struct State {
     events: EventLog,
     reader: Arc<StatusReader>,
     hub: Hub,
+    /// The failures of the last hour, shared with `GET /overview`.
+    failed: Arc<overview::FailedWindow>,
     overview: Value,
     overview_key: Value,
     daemons: Value,
@@ -417,7 +424,7 @@ impl State {
             }
         }
         let id = self.position_id();
-        let ov = overview::overview(&self.reader);
+        let ov = overview::overview(&self.reader, &self.failed);
         let key = overview::overview_key(&ov);
         if key != self.overview_key {
             self.overview = ov;

@@ -22,6 +22,7 @@ pub(crate) mod policy;
 pub(crate) mod routes;
 pub(crate) mod stream;
 pub(crate) mod task_index;
+pub(crate) mod task_rows;
 pub(crate) mod tasks;
 
 use crate::base::error::{Error, Result};
@@ -81,6 +82,7 @@ pub fn limits(config: &Config) -> http::Limits {
 
 /// The api daemon's loop: load tokens, check the address, serve until SIGTERM.
 pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
+    task_index::keep_large_allocations_mapped();
     let tokens = load_tokens(&ctx.home, &ctx.config)?;
     let addr_text = ctx.config.api_bind();
     let addr: SocketAddr = addr_text.parse().map_err(|_| Error::Config {
@@ -100,7 +102,8 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let committer = commit::Committer::start(ctx.store.clone())
         .map_err(|e| Error::system("start the scheduler committer thread", e))?;
     let hub = stream::Hub::start().map_err(|e| Error::system("start the event streams thread", e))?;
-    let feed = feed::Feed::start(reader.clone(), hub.clone())?;
+    let failed = Arc::new(overview::FailedWindow::default());
+    let feed = feed::Feed::start(reader.clone(), hub.clone(), failed.clone())?;
     let app = Arc::new(routes::App {
         reader,
         tokens,
@@ -109,6 +112,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
         hub: hub.clone(),
         feed,
         live_tasks: Default::default(),
+        failed,
     });
     let server = http::Server::start(listener, limits(&ctx.config), app)
         .map_err(|e| Error::system(format!("start the API server on {addr_text}"), e))?;

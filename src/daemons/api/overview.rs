@@ -4,32 +4,78 @@
 //! (throughput and failures per minute, enqueue→start latency), all read from the files, so a
 //! restart of any daemon loses no history.
 
+use super::task_index::LiveTasks;
 use crate::base::clock::{Timestamp, format_ts};
 use crate::base::daemon_name::Daemon;
 use crate::daemons::metrics::Snapshot as MetricsSnapshot;
 use crate::domain::task::DispatchStatus;
-use crate::ops::status::StatusReader;
+use crate::ops::status::{SpecEntry, StatusReader};
 use crate::ops::supervisor::{registry, status::daemon_status};
 use crate::store::files;
 use serde_json::{Value, json};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
 
 /// Dispatch states that count as a failure (a cancel is the operator's, not one).
 fn is_failure(s: DispatchStatus) -> bool {
     matches!(s, DispatchStatus::Failed | DispatchStatus::Timeout | DispatchStatus::Lost | DispatchStatus::Zombie)
 }
 
+/// The dispatch failures of the last hour, kept between refreshes: the end times of the failed
+/// dispatches (sorted) of the reader's dispatch list, gathered again only when the reader gives
+/// another list (it re-read a dispatch directory that changed); with the same list, a count is
+/// a binary search over the times, whatever the number of records.
+#[derive(Default)]
+pub(crate) struct FailedWindow(Mutex<Option<FailureEnds>>);
+
+/// The end times of the failures of one dispatch list, oldest first.
+struct FailureEnds {
+    of: Weak<Vec<Arc<SpecEntry>>>,
+    /// Only those at or after `from` (older ones cannot count again: windows only move on).
+    from: Timestamp,
+    ends: Vec<Timestamp>,
+    /// Times the list was walked (tests tell a count from the kept times from a walk).
+    walks: u64,
+}
+
+impl FailedWindow {
+    /// Failures of `list` that ended at or after `since`.
+    pub(crate) fn count(&self, list: &Arc<Vec<Arc<SpecEntry>>>, since: Timestamp) -> usize {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let walks = kept.as_ref().map_or(0, |k| k.walks);
+        let ends = match kept.as_mut() {
+            Some(k) if k.of.ptr_eq(&Arc::downgrade(list)) && k.from <= since => k,
+            _ => {
+                let mut ends: Vec<Timestamp> = list
+                    .iter()
+                    .filter(|e| is_failure(e.record.status()))
+                    .filter_map(|e| e.record.state.ended_at())
+                    .filter(|t| *t >= since)
+                    .collect();
+                ends.sort_unstable();
+                kept.insert(FailureEnds { of: Arc::downgrade(list), from: since, ends, walks: walks + 1 })
+            }
+        };
+        let expired = ends.ends.partition_point(|t| *t < since);
+        ends.ends.drain(..expired);
+        ends.from = since;
+        ends.ends.len()
+    }
+
+    #[cfg(test)]
+    fn walks(&self) -> u64 {
+        self.0.lock().unwrap().as_ref().map_or(0, |k| k.walks)
+    }
+}
+
 /// `GET /overview`: `{"status", "scheduler", "failed_1h"}`. Costs what `/status` costs: the
-/// reader's cached files.
-pub(crate) fn overview(reader: &StatusReader) -> Value {
+/// reader's cached files; the failures of the hour are counted from `failed`'s kept times while
+/// the dispatch records did not change.
+pub(crate) fn overview(reader: &StatusReader, failed: &FailedWindow) -> Value {
     let now = chrono::Utc::now();
     let hour_ago = now - chrono::Duration::hours(1);
-    let failed_1h = reader.dispatches().ok().map(|d| {
-        d.iter()
-            .filter(|e| is_failure(e.record.status()) && e.record.state.ended_at().is_some_and(|t| t >= hour_ago))
-            .count()
-    });
+    let failed_1h = reader.dispatches().ok().map(|d| failed.count(&d, hour_ago));
     let status = reader.system_status().map(|s| serde_json::to_value(s).unwrap_or(Value::Null));
     let scheduler = reader.scheduler_status().map(|s| serde_json::to_value(s).unwrap_or(Value::Null));
     json!({
@@ -120,7 +166,7 @@ fn snapshots_since(path: &Path, since: Timestamp, out: &mut Vec<MetricsSnapshot>
 /// metrics snapshots, the current file and its newest rotated copy), and enqueue→start latency
 /// percentiles of the first attempts started in the window (task creation to dispatch start,
 /// from the dispatch records and the queue).
-pub(crate) fn history(reader: &StatusReader, minutes: u32) -> Value {
+pub(crate) fn history(reader: &StatusReader, live: &LiveTasks, minutes: u32) -> Value {
     let now = chrono::Utc::now();
     let minutes = minutes.clamp(1, 1440) as i64;
     let since = now - chrono::Duration::minutes(minutes);
@@ -150,24 +196,91 @@ pub(crate) fn history(reader: &StatusReader, minutes: u32) -> Value {
         "minutes": minutes,
         "snapshots": snaps.len(),
         "points": points,
-        "latency_s": latency(reader, since),
+        "latency_s": latency(reader, live, since),
     })
 }
 
 /// Enqueue→start latency (seconds) of the first attempts started since `since`: p50, p90, p99.
-fn latency(reader: &StatusReader, since: Timestamp) -> Value {
-    let (Ok(dispatches), Ok(created)) = (reader.dispatches(), reader.queue_created()) else {
-        return json!({"p50": null, "p90": null, "p99": null, "samples": 0});
-    };
-    let mut samples: Vec<f64> = dispatches
+/// Each task's creation time is its row's in the tasks table's rows (the live tasks, followed by
+/// offset), looked up only for the dispatches of the window.
+fn latency(reader: &StatusReader, live: &LiveTasks, since: Timestamp) -> Value {
+    let none = || json!({"p50": null, "p90": null, "p99": null, "samples": 0});
+    let Ok(dispatches) = reader.dispatches() else { return none() };
+    let first: Vec<&SpecEntry> =
+        dispatches.iter().filter(|d| d.record.attempt <= 1 && d.record.dispatched_at >= since).map(|d| &**d).collect();
+    if first.is_empty() {
+        return none();
+    }
+    let ids: Vec<&str> = first.iter().map(|d| d.record.task_id.as_str()).collect();
+    let Ok(created) = live.created(reader.store(), &ids) else { return none() };
+    let mut samples: Vec<f64> = first
         .iter()
-        .filter(|d| d.record.attempt <= 1 && d.record.dispatched_at >= since)
-        .filter_map(|d| {
-            let made = created.created.get(&d.record.task_id)?;
-            Some((d.record.dispatched_at - *made).num_milliseconds().max(0) as f64 / 1000.0)
-        })
+        .zip(created)
+        .filter_map(|(d, made)| Some((d.record.dispatched_at - made?).num_milliseconds().max(0) as f64 / 1000.0))
         .collect();
     samples.sort_by(f64::total_cmp);
     let pct = |p: f64| crate::daemons::metrics::snapshot::percentile(&samples, p);
     json!({"p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0), "samples": samples.len()})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::clock::parse_ts;
+    use crate::domain::task::DispatchRecord;
+    use crate::store::home::SpecBucket;
+
+    fn at(min: i64) -> Timestamp {
+        parse_ts("2026-06-01T12:00:00Z").unwrap() + chrono::Duration::minutes(min)
+    }
+
+    /// A record ended `min` minutes from noon in `status` (with the state's own fields).
+    fn ended(id: &str, status: &str, min: i64, fields: Value) -> Arc<SpecEntry> {
+        let mut v = serde_json::to_value(DispatchRecord::sample(id, "task-1")).unwrap();
+        v["status"] = status.into();
+        v["ended_at"] = format_ts(at(min)).into();
+        for (k, x) in fields.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Arc::new(SpecEntry { bucket: SpecBucket::Failed, record: serde_json::from_value(v).unwrap() })
+    }
+
+    /// The count the overview made before: every record walked.
+    fn walked(list: &[Arc<SpecEntry>], since: Timestamp) -> usize {
+        list.iter()
+            .filter(|e| is_failure(e.record.status()) && e.record.state.ended_at().is_some_and(|t| t >= since))
+            .count()
+    }
+
+    #[test]
+    fn the_hours_failures_come_from_kept_times_until_the_records_change() {
+        let list = Arc::new(vec![
+            ended("d1", "failed", -90, json!({"error": "x"})),
+            ended("d2", "failed", -30, json!({"error": "x"})),
+            ended("d3", "timeout", -10, json!({})),
+            ended("d4", "cancelled", -5, json!({})),
+            ended("d5", "completed", -5, json!({"exit_code": 0, "duration_s": 1.0})),
+            ended("d6", "lost", -1, json!({"reason": "gone"})),
+        ]);
+        let hour_before = |min: i64| at(min) - chrono::Duration::hours(1);
+        let w = FailedWindow::default();
+        for (now, expected) in [(0, 3), (25, 3), (31, 2), (50, 2), (51, 1), (59, 1), (60, 0)] {
+            assert_eq!(w.count(&list, hour_before(now)), expected, "at +{now} min");
+            assert_eq!(walked(&list, hour_before(now)), expected);
+        }
+        assert_eq!(w.walks(), 1, "the same records: counted from the kept times");
+        // Another list (a record was written): walked again, the new failure counted.
+        let mut more = (*list).clone();
+        more.push(ended("d7", "zombie", 58, json!({"reason": "hung"})));
+        more.push(ended("d8", "failed", 59, json!({"error": "x"})));
+        let more = Arc::new(more);
+        assert_eq!(w.count(&more, hour_before(60)), 2);
+        assert_eq!(w.walks(), 2);
+        assert_eq!(w.count(&more, hour_before(118)), 2);
+        assert_eq!(w.count(&more, hour_before(119)), 1);
+        assert_eq!(w.walks(), 2);
+        // The clock set back: times dropped already may count again, so the records are walked.
+        assert_eq!(w.count(&more, hour_before(0)), walked(&more, hour_before(0)));
+        assert_eq!(w.walks(), 3);
+    }
 }

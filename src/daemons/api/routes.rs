@@ -32,6 +32,8 @@ pub(crate) struct App {
     pub feed: super::feed::Feed,
     /// The live tasks, parsed once per change of the queue.
     pub live_tasks: super::tasks::LiveTasks,
+    /// The failures of the last hour the overview counts, shared with the feed.
+    pub failed: Arc<super::overview::FailedWindow>,
 }
 
 /// A matched route.
@@ -325,10 +327,12 @@ impl Handler for App {
                 Ok(h) => Response::json(if h.healthy { 200 } else { 503 }, &h),
                 Err(e) => error_response(&e),
             }),
-            Route::Metrics => Reply::Now(match self.reader.metrics() {
-                Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
-                Err(e) => error_response(&e),
-            }),
+            Route::Metrics => {
+                Reply::Now(match self.reader.metrics_with(&|ids| self.live_tasks.created(self.reader.store(), ids)) {
+                    Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
+                    Err(e) => error_response(&e),
+                })
+            }
             Route::SchedulerStatus => Reply::Now(match self.reader.scheduler_status() {
                 Ok(s) if redact => ok_json(&redact_file_errors(serde_json::to_value(&s).unwrap_or(Value::Null))),
                 Ok(s) => ok_json(&s),
@@ -346,17 +350,17 @@ impl Handler for App {
             Route::EventAck(id) => Reply::Now(self.event_ack(req, id, &actor)),
             Route::EventStream => self.event_stream(req, redact),
             Route::Overview => Reply::Now(if redact {
-                let mut v = super::overview::overview(&self.reader);
+                let mut v = super::overview::overview(&self.reader, &self.failed);
                 for k in ["status", "scheduler"] {
                     v[k] = redact_file_errors(v[k].take());
                 }
                 ok_json(&v)
             } else {
-                ok_json(&super::overview::overview(&self.reader))
+                ok_json(&super::overview::overview(&self.reader, &self.failed))
             }),
             Route::History => {
                 let minutes = req.query_params().get("minutes").and_then(|m| m.parse().ok()).unwrap_or(60);
-                Reply::Now(ok_json(&super::overview::history(&self.reader, minutes)))
+                Reply::Now(ok_json(&super::overview::history(&self.reader, &self.live_tasks, minutes)))
             }
             Route::Daemons => Reply::Now(ok_json(&super::overview::daemons(&self.reader))),
             Route::DaemonRestart(name) => super::actions::restart_daemon(&self.reader, name),
@@ -535,7 +539,7 @@ impl App {
         let of_task: Vec<_> =
             all.iter().filter(|d| d.record.task_id == id).map(|d| self.reader.dispatch_view(d, true)).collect();
         if of_task.is_empty() {
-            let known = self.reader.queue_created().map(|q| q.created.contains_key(id)).unwrap_or(false);
+            let known = self.live_tasks.created(self.reader.store(), &[id]).is_ok_and(|c| c[0].is_some());
             if !known {
                 return Response::error(404, format!("no task or dispatch {id:?}"));
             }

@@ -23,6 +23,7 @@ const SEARCH_MAX_SCANNED: usize = 200_000;
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) use super::task_index::LiveTasks;
+use super::task_rows::{Row, contains_lowercase};
 
 fn refused_or_500(e: Error, refused_status: u16) -> Response {
     match e {
@@ -71,11 +72,11 @@ pub(crate) fn list(reader: &StatusReader, live: &LiveTasks, req: &Request) -> Re
     let q = p.get("q").map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
     let store = reader.store();
     if !include_archive && !status.is_some_and(|s| s.is_terminal()) {
-        let keep = |r: &super::task_index::Row| {
-            status.is_none_or(|s| r.status == s)
-                && worker_type.as_ref().is_none_or(|w| *r.worker_type == **w)
+        let keep = |r: &Row<'_>| {
+            status.is_none_or(|s| r.status() == s)
+                && worker_type.as_ref().is_none_or(|w| r.worker_type() == w)
                 && q.as_ref()
-                    .is_none_or(|q| r.task_id.to_lowercase().contains(q) || r.description.to_lowercase().contains(q))
+                    .is_none_or(|q| contains_lowercase(r.task_id(), q) || contains_lowercase(r.description(), q))
         };
         return match live.page(store, after_id.as_deref(), limit, keep) {
             Ok((page, next)) => Response::json(200, &json!({"tasks": page, "next_after_id": next})),

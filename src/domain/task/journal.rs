@@ -363,6 +363,14 @@ pub trait Holder {
     fn clear(&mut self);
     /// The snapshot file the tasks are read from (a holder may keep it to read lines back).
     fn snapshot_opened(&mut self, _file: &std::fs::File) {}
+    /// A task of the snapshot as its text (compact JSON) at `offset`, before it is checked and
+    /// decoded: a holder that reads the little it keeps from the text itself (the API's tasks
+    /// table) returns true, and the task is neither checked against the schema nor decoded;
+    /// false (the default, and a holder's answer to a text it cannot read) goes on to
+    /// [`Holder::put_snapshot_line`]. The writers checked every task they wrote.
+    fn take_snapshot_text(&mut self, _text: &str, _offset: u64) -> bool {
+        false
+    }
     /// A task of the snapshot read from its line at `offset`, `len` bytes (its compact JSON).
     fn put_snapshot_line(&mut self, task: Task, _offset: u64, _len: u32) {
         self.put_new(task)

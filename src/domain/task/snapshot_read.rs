@@ -89,12 +89,15 @@ impl<'de> Visitor<'de> for Tasks<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
         while let Some(raw) = seq.next_element::<&'de RawValue>()? {
             let text = raw.get();
+            let offset = (text.as_ptr() as usize).saturating_sub(self.base) as u64;
+            if self.holder.take_snapshot_text(text, offset) {
+                continue;
+            }
             let value: Value = serde_json::from_str(text).map_err(de::Error::custom)?;
             if let Some(v) = crate::base::schema::check_def(TASK_QUEUE.schema, "task", &value, 1).into_iter().next() {
                 return Err(de::Error::custom(format!("a task at {}: {}", v.pointer, v.expected)));
             }
             let task: Task = serde_json::from_value(value).map_err(de::Error::custom)?;
-            let offset = (text.as_ptr() as usize).saturating_sub(self.base) as u64;
             self.holder.put_snapshot_line(task, offset, text.len() as u32);
         }
         Ok(())

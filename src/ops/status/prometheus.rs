@@ -22,8 +22,20 @@ type Labels = Vec<(String, String)>;
 /// Upper bounds of the enqueue→start latency histogram, seconds.
 const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0];
 
+/// The creation time of each task id asked (None for a task not in the queue).
+pub(crate) type CreatedLookup<'a> = &'a dyn Fn(&[&str]) -> Result<Vec<Option<crate::base::clock::Timestamp>>>;
+
 /// Renders every metric in the Prometheus text format.
 pub(crate) fn render(reader: &StatusReader) -> Result<String> {
+    render_with(reader, &|ids| {
+        let q = reader.queue_created()?;
+        Ok(ids.iter().map(|id| q.created.get(*id).copied()).collect())
+    })
+}
+
+/// [`render`], the tasks' creation times (for the latency histogram) looked up by `created`
+/// (the API's rows of the live tasks, followed by offset) instead of read from the whole queue.
+pub(crate) fn render_with(reader: &StatusReader, created: CreatedLookup) -> Result<String> {
     let cfg = reader.config();
     let now = chrono::Utc::now();
     let snap = reader.snapshot();
@@ -109,14 +121,12 @@ pub(crate) fn render(reader: &StatusReader) -> Result<String> {
     reg.register("cortex_daemon_up", "1 when the daemon holds its PID file lock, else 0", up);
 
     let latency = Histogram::new(LATENCY_BUCKETS);
-    let queue_created = reader.queue_created().ok();
-    for d in dispatches.iter() {
-        if d.record.attempt != 1 {
-            continue;
-        }
-        let created = queue_created.as_ref().and_then(|q| q.created.get(&d.record.task_id));
+    let first: Vec<_> = dispatches.iter().filter(|d| d.record.attempt == 1).collect();
+    let ids: Vec<&str> = first.iter().map(|d| d.record.task_id.as_str()).collect();
+    let times = if ids.is_empty() { Vec::new() } else { created(&ids).unwrap_or_default() };
+    for (d, created) in first.iter().zip(times) {
         if let Some(created) = created {
-            latency.observe(((d.record.dispatched_at - *created).num_milliseconds().max(0) as f64) / 1000.0);
+            latency.observe(((d.record.dispatched_at - created).num_milliseconds().max(0) as f64) / 1000.0);
         }
     }
     reg.register(

@@ -164,6 +164,12 @@ impl StatusReader {
     pub fn metrics(&self) -> Result<String> {
         crate::ops::status::prometheus::render(self)
     }
+
+    /// [`StatusReader::metrics`], each task's creation time looked up by `created` (the API's
+    /// rows) rather than read from the whole queue.
+    pub(crate) fn metrics_with(&self, created: crate::ops::status::prometheus::CreatedLookup) -> Result<String> {
+        crate::ops::status::prometheus::render_with(self, created)
+    }
 }
 
 /// How many events `GET /health` lists.
