@@ -11,6 +11,10 @@
 //!   dispatch records that appeared, moved or changed state, `event: schedules` when
 //!   `schedules.json` changed.
 //!
+//! While no stream is open nothing is computed: a due refresh only marks the state stale, and
+//! the next stream to join brings it up to date first (the event log followed from its end, so a
+//! `Last-Event-ID` catches up from the file). An idle dashboard costs the fleet nothing per change.
+//!
 //! A new stream joins through this thread too, so what it is sent first (catch-up from its
 //! `Last-Event-ID`, then the current status) ends exactly where the broadcasts it gets next begin:
 //! nothing lost, nothing twice. Task output streams (`/tasks/<id>/log/stream`) are followed here as
@@ -85,6 +89,15 @@ enum Msg {
 #[derive(Clone)]
 pub(crate) struct Feed {
     tx: Sender<Msg>,
+    #[cfg(test)]
+    stats: Arc<FeedStats>,
+}
+
+/// What the feed thread did (tests tell a skipped refresh from a made one).
+#[derive(Default)]
+struct FeedStats {
+    refreshes: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
 }
 
 impl Feed {
@@ -109,6 +122,7 @@ impl Feed {
             watches.push(watch::watch(&[logs], Depth::Flat, move |_| t.send(Msg::LogsChanged).is_ok())?);
         }
         let log_path = home.events_file();
+        let stats = Arc::new(FeedStats::default());
         let state = State {
             events: EventLog::at_end(&log_path),
             log_path,
@@ -126,13 +140,19 @@ impl Feed {
             followers: Vec::new(),
             logs_more: false,
             next_key: 0,
+            stale: true,
+            stats: stats.clone(),
             _watches: watches,
         };
         std::thread::Builder::new()
             .name("api-feed".into())
             .spawn(move || state.run(rx))
             .map_err(|e| crate::base::error::Error::other(format!("cannot start the api feed thread: {e}")))?;
-        Ok(Feed { tx })
+        Ok(Feed {
+            tx,
+            #[cfg(test)]
+            stats,
+        })
     }
 
     /// Hands a stream to the feed (which adds it to the hub).
@@ -333,12 +353,15 @@ struct State {
     /// A follower has more to send than one pass sends: the feed continues after [`LOG_CONTINUE`].
     logs_more: bool,
     next_key: u64,
+    /// No stream was open at the last due refresh, so none was made: the first stream to join
+    /// brings the state up to date first ([`State::wake_up`]).
+    stale: bool,
+    stats: Arc<FeedStats>,
     _watches: Vec<watch::Watcher>,
 }
 
 impl State {
     fn run(mut self, rx: Receiver<Msg>) {
-        self.refresh(true);
         let mut last = Instant::now();
         let mut last_logs = last;
         let mut next_periodic = last + PERIODIC;
@@ -373,8 +396,15 @@ impl State {
             }
             let now = Instant::now();
             if (dirty && now >= last + MIN_GAP) || now >= next_periodic {
-                self.refresh(false);
-                self.follow_logs();
+                if self.hub.open_streams() == 0 {
+                    // Nobody reads the streams: every change would be computed for nobody (the
+                    // status views, the dispatch index, the process scan of each refresh).
+                    self.stale = true;
+                    self.stats.skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    self.refresh(false);
+                    self.follow_logs();
+                }
                 dirty = false;
                 logs = false;
                 last = now;
@@ -418,6 +448,7 @@ impl State {
 
     /// Reads what changed and broadcasts it. `quiet`: only remember (the first pass).
     fn refresh(&mut self, quiet: bool) {
+        self.stats.refreshes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for line in self.events.read_new(&self.log_path) {
             if !quiet {
                 self.hub.broadcast(Self::event_message(&line));
@@ -512,12 +543,24 @@ impl State {
         }
     }
 
+    /// Brings the state up to date without broadcasting (no stream was open since the last
+    /// refresh): the event log is followed from its end, so a stream resuming from a
+    /// `Last-Event-ID` catches up from the file up to there, then gets the broadcasts after it.
+    fn wake_up(&mut self) {
+        self.events = EventLog::at_end(&self.log_path);
+        self.refresh(true);
+        self.stale = false;
+    }
+
     /// A new stream: what it missed (or everything current), then it joins the broadcasts.
     fn join(&mut self, j: Join) {
         let Some(stream) = j.stream else {
             self.hub.release();
             return;
         };
+        if self.stale {
+            self.wake_up();
+        }
         match j.what {
             JoinKind::Main => self.join_main(stream, j.last_id, j.redact),
             JoinKind::Log { dispatch_id, path, offset } => self.join_log(stream, dispatch_id, path, offset),
@@ -677,6 +720,57 @@ mod tests {
         // A half-written line waits for its newline.
         append(&path, "{\"id\":\"evt-6\"");
         assert!(log.read_new(&path).is_empty());
+    }
+
+    /// With no stream open, a change makes no refresh (the status views, the dispatch index, a
+    /// process scan — for nobody); the first stream to join gets a fresh state.
+    #[test]
+    fn no_refresh_is_made_while_no_stream_is_open() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (_dir, store) = crate::store::fresh_store();
+        let reader = Arc::new(StatusReader::new(store.clone(), crate::store::config::Config::default()));
+        let hub = Hub::start().unwrap();
+        let feed = Feed::start(reader, hub.clone(), Arc::new(overview::FailedWindow::default())).unwrap();
+        let wait = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !f() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        store
+            .emit(
+                crate::store::events::EventKind::DaemonFailed,
+                crate::store::events::Severity::Critical,
+                "x",
+                Value::Null,
+            )
+            .unwrap();
+        wait("a due refresh", &|| feed.stats.skipped.load(Relaxed) >= 1);
+        assert_eq!(feed.stats.refreshes.load(Relaxed), 0, "nothing computed for nobody");
+        // A stream joins: one refresh first, then it gets the state.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(hub.reserve());
+        assert!(feed.join(Join { stream: Some(server), last_id: None, redact: false, what: JoinKind::Main }));
+        wait("the wake-up refresh", &|| feed.stats.refreshes.load(Relaxed) == 1);
+        let mut first = [0u8; 4096];
+        client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let n = (&client).read(&mut first).unwrap();
+        let text = String::from_utf8_lossy(&first[..n]);
+        assert!(text.contains("event: hello"), "{text}");
+        // With the stream open, a change is refreshed and broadcast.
+        store
+            .emit(
+                crate::store::events::EventKind::DaemonFailed,
+                crate::store::events::Severity::Critical,
+                "y",
+                Value::Null,
+            )
+            .unwrap();
+        wait("a refresh for the open stream", &|| feed.stats.refreshes.load(Relaxed) >= 2);
+        hub.stop();
     }
 
     #[test]

@@ -103,6 +103,11 @@ impl Hub {
         true
     }
 
+    /// Streams open or reserved (a stream about to join counts).
+    pub(crate) fn open_streams(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
     /// Gives back a place reserved for a stream that never came.
     pub(crate) fn release(&self) {
         self.open.fetch_sub(1, Ordering::SeqCst);
