@@ -363,6 +363,18 @@ pub trait Holder {
     fn clear(&mut self);
     /// The snapshot file the tasks are read from (a holder may keep it to read lines back).
     fn snapshot_opened(&mut self, _file: &std::fs::File) {}
+    /// A snapshot task's compact JSON at `offset`, before it is checked and decoded: a holder
+    /// that reads what it needs of the text itself takes it (`Ok(true)`: not checked, not
+    /// decoded, not given to [`Holder::put_snapshot_line`]); `Ok(false)` has it checked and
+    /// decoded as usual; `Err` has the document read whole (which names the problem).
+    fn take_snapshot_text(&mut self, _text: &str, _offset: u64) -> std::result::Result<bool, String> {
+        Ok(false)
+    }
+    /// True when this holder takes every task's text ([`Holder::take_snapshot_text`]): a
+    /// snapshot in the writers' layout is then read a line at a time, never whole.
+    fn takes_snapshot_text(&self) -> bool {
+        false
+    }
     /// A task of the snapshot read from its line at `offset`, `len` bytes (its compact JSON).
     fn put_snapshot_line(&mut self, task: Task, _offset: u64, _len: u32) {
         self.put_new(task)

@@ -89,12 +89,15 @@ impl<'de> Visitor<'de> for Tasks<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
         while let Some(raw) = seq.next_element::<&'de RawValue>()? {
             let text = raw.get();
+            let offset = (text.as_ptr() as usize).saturating_sub(self.base) as u64;
+            if self.holder.take_snapshot_text(text, offset).map_err(de::Error::custom)? {
+                continue;
+            }
             let value: Value = serde_json::from_str(text).map_err(de::Error::custom)?;
             if let Some(v) = crate::base::schema::check_def(TASK_QUEUE.schema, "task", &value, 1).into_iter().next() {
                 return Err(de::Error::custom(format!("a task at {}: {}", v.pointer, v.expected)));
             }
             let task: Task = serde_json::from_value(value).map_err(de::Error::custom)?;
-            let offset = (text.as_ptr() as usize).saturating_sub(self.base) as u64;
             self.holder.put_snapshot_line(task, offset, text.len() as u32);
         }
         Ok(())
@@ -108,10 +111,17 @@ pub(crate) fn stream(path: &Path, holder: &mut dyn Holder) -> Result<Streamed> {
         Ok(f) => f,
         Err(_) => return Ok(Streamed::Whole),
     };
+    holder.snapshot_opened(&file);
+    if holder.takes_snapshot_text() {
+        if let Some(head) = stream_lines(path, &file, holder)? {
+            return Ok(Streamed::Header(Box::new(head)));
+        }
+        holder.clear();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(|e| Error::io(path, "seek", e))?;
+    }
     let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
     let mut bytes = Vec::with_capacity(len as usize + 1);
     file.read_to_end(&mut bytes).map_err(|e| Error::io(path, "read", e))?;
-    holder.snapshot_opened(&file);
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let doc = Document { holder, base: bytes.as_ptr() as usize };
     let header = match de::Deserializer::deserialize_map(&mut de, doc).and_then(|h| de.end().map(|()| h)) {
@@ -119,15 +129,101 @@ pub(crate) fn stream(path: &Path, holder: &mut dyn Holder) -> Result<Streamed> {
         Err(_) => return Ok(Streamed::Whole),
     };
     drop(bytes);
-    let mut header = Value::Object(header);
+    match header_of(header) {
+        Some(head) => Ok(Streamed::Header(Box::new(head))),
+        None => Ok(Streamed::Whole),
+    }
+}
+
+/// The header's fields (all but `tasks`) as the queue's header, if they meet the schema.
+fn header_of(fields: Map<String, Value>) -> Option<TaskQueue> {
+    let mut header = Value::Object(fields);
     header["tasks"] = Value::Array(Vec::new());
     if !crate::base::schema::check(TASK_QUEUE.schema, &header, 1).is_empty() {
-        return Ok(Streamed::Whole);
+        return None;
     }
-    match serde_json::from_value::<TaskQueue>(header) {
-        Ok(head) => Ok(Streamed::Header(Box::new(head))),
-        Err(_) => Ok(Streamed::Whole),
+    serde_json::from_value::<TaskQueue>(header).ok()
+}
+
+/// The writers' layout (`queue_file::encode`: the header's fields a line each, then `"tasks": [`,
+/// each task on its own line, `]`, `}`) read a line at a time for a holder that takes each
+/// task's text: memory is a line, not the file. None when the file is not exactly in that
+/// layout or the holder does not take a line: the caller clears the holder and reads the file
+/// the general way, which decides.
+fn stream_lines(path: &Path, file: &std::fs::File, holder: &mut dyn Holder) -> Result<Option<TaskQueue>> {
+    use std::io::BufRead;
+    const TASKS: &[u8] = b"  \"tasks\": [\n";
+    const NO_TASKS: &[u8] = b"  \"tasks\": []\n";
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, file);
+    let mut line = Vec::new();
+    let mut at = 0u64;
+    let mut next = |line: &mut Vec<u8>| -> Result<u64> {
+        line.clear();
+        let n = r.read_until(b'\n', line).map_err(|e| Error::io(path, "read", e))? as u64;
+        Ok(n)
+    };
+    let mut header = Vec::new();
+    let tasks = loop {
+        let n = next(&mut line)?;
+        if n == 0 || header.len() > 1 << 20 {
+            return Ok(None);
+        }
+        at += n;
+        if line == TASKS || line == NO_TASKS {
+            break line == TASKS;
+        }
+        header.extend_from_slice(&line);
+    };
+    // The header's lines closed as an object: `{` alone, or its last field's comma dropped.
+    let closed = match header.strip_suffix(b",\n") {
+        Some(fields) => [fields, b"}"].concat(),
+        None if header == b"{\n" => b"{}".to_vec(),
+        None => return Ok(None),
+    };
+    let Ok(fields) = serde_json::from_slice::<Map<String, Value>>(&closed) else { return Ok(None) };
+    if fields.contains_key("tasks") {
+        return Ok(None);
     }
+    if tasks {
+        loop {
+            let n = next(&mut line)?;
+            let offset = at + 4;
+            at += n;
+            let Some(body) = line.strip_prefix(b"    ").and_then(|b| b.strip_suffix(b"\n")) else { return Ok(None) };
+            let (text, more) = match body.strip_suffix(b",") {
+                Some(t) => (t, true),
+                None => (body, false),
+            };
+            if !(text.starts_with(b"{") && text.ends_with(b"}")) {
+                return Ok(None);
+            }
+            let Ok(text) = std::str::from_utf8(text) else { return Ok(None) };
+            if holder.take_snapshot_text(text, offset) != Ok(true) {
+                return Ok(None);
+            }
+            if !more {
+                break;
+            }
+        }
+        next(&mut line)?;
+        if line != b"  ]\n" {
+            return Ok(None);
+        }
+    }
+    next(&mut line)?;
+    if line != b"}\n" && line != b"}" {
+        return Ok(None);
+    }
+    // Nothing but white space after the document.
+    loop {
+        if next(&mut line)? == 0 {
+            break;
+        }
+        if !line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            return Ok(None);
+        }
+    }
+    Ok(header_of(fields))
 }
 
 #[cfg(test)]
