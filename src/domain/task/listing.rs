@@ -44,6 +44,113 @@ struct Light<'a> {
     created_at: Timestamp,
 }
 
+/// The four fields a listing needs, read straight from a task's compact JSON by a scan of its
+/// top-level keys (strings and nesting tracked, nothing else decoded): about a third of a serde
+/// pass. None unless the text is that simple — each key once, the four values plain strings
+/// (no escape, no control character), a known status, a time `parse_ts` reads — and then the
+/// serde decode ([`Light`]) reads it. The scan does not validate the rest of the line: a task
+/// that is printed is read back and checked whole ([`read_line`]).
+fn quick(text: &str) -> Option<(&str, &str, TaskStatus, Timestamp)> {
+    let b = text.as_bytes();
+    let ws = |i: &mut usize| {
+        while *i < b.len() && matches!(b[*i], b' ' | b'\t' | b'\n' | b'\r') {
+            *i += 1;
+        }
+    };
+    // A plain string at `i` (its opening quote): its content and the index after it.
+    let plain = |i: usize| -> Option<(&str, usize)> {
+        let start = i + 1;
+        let len = b.get(start..)?.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        (b[start + len] == b'"').then(|| (&text[start..start + len], start + len + 1))
+    };
+    // Skips the value at `i`; the index after it.
+    let skip = |mut i: usize| -> Option<usize> {
+        let mut depth = 0usize;
+        loop {
+            match *b.get(i)? {
+                b'"' => {
+                    i += 1;
+                    loop {
+                        match *b.get(i)? {
+                            b'\\' => i += 2,
+                            b'"' => break,
+                            _ => i += 1,
+                        }
+                    }
+                    i += 1;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    i += 1;
+                }
+                b'}' | b']' | b',' if depth == 0 => return Some(i),
+                b'}' | b']' => {
+                    depth -= 1;
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+            if depth == 0 && matches!(b.get(i), Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')) {
+                return Some(i);
+            }
+        }
+    };
+    let (mut id, mut wt, mut status, mut created) = (None, None, None, None);
+    if b.first() != Some(&b'{') {
+        return None;
+    }
+    let mut i = 1;
+    ws(&mut i);
+    if b.get(i) == Some(&b'}') {
+        return None;
+    }
+    loop {
+        ws(&mut i);
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (key, after) = plain(i)?;
+        i = after;
+        ws(&mut i);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        ws(&mut i);
+        let slot = match key {
+            "task_id" => Some(&mut id),
+            "worker_type" => Some(&mut wt),
+            "status" => Some(&mut status),
+            "created_at" => Some(&mut created),
+            _ => None,
+        };
+        match slot {
+            Some(slot) => {
+                if slot.is_some() || b.get(i) != Some(&b'"') {
+                    return None;
+                }
+                let (value, after) = plain(i)?;
+                *slot = Some(value);
+                i = after;
+            }
+            None => i = skip(i)?,
+        }
+        ws(&mut i);
+        match b.get(i)? {
+            b',' => i += 1,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    i += 1;
+    ws(&mut i);
+    if i != b.len() {
+        return None;
+    }
+    let status = TaskStatus::ALL.into_iter().find(|s| Some(s.as_str()) == status)?;
+    Some((id?, wt?, status, crate::base::clock::parse_ts(created?)?))
+}
+
 /// Where a listed task is read from.
 enum Src {
     /// Its compact JSON in the snapshot.
@@ -166,14 +273,21 @@ impl Holder for Scan<'_> {
         true
     }
     fn take_snapshot_text(&mut self, text: &str, offset: u64) -> std::result::Result<bool, String> {
-        let t: Light = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let pos = self.next_pos().map_err(|e| e.to_string())?;
         let len = u32::try_from(text.len()).map_err(|_| "a task line over 4 GiB".to_string())?;
         let src = Src::Line { offset, len };
-        if let Some(e) = self.entry(pos, &t.task_id, t.status, &t.worker_type, t.created_at, src) {
+        let light;
+        let (id, worker_type, status, created_at) = match quick(text) {
+            Some(fields) => fields,
+            None => {
+                light = serde_json::from_str::<Light>(text).map_err(|e| e.to_string())?;
+                (&*light.task_id, &*light.worker_type, light.status, light.created_at)
+            }
+        };
+        if let Some(e) = self.entry(pos, id, status, worker_type, created_at, src) {
             self.entries.push(e);
         }
-        self.ids.push(self.hash.of(&t.task_id));
+        self.ids.push(self.hash.of(id));
         Ok(true)
     }
     /// A snapshot read whole (not in the writers' layout).
@@ -576,6 +690,29 @@ mod tests {
     }
 
     #[test]
+    fn the_quick_scan_reads_what_serde_reads_or_leaves_the_line_to_it() {
+        let mut t = task("task-q", "01.25", TaskStatus::InProgress, "wt");
+        t.description = "{\"status\": \"failed\", [\\\"".into();
+        t.command = vec!["a,b".into(), "}".into()];
+        t.timeout_seconds = Some(2.5);
+        t.dispatches = vec!["d".into()];
+        let line = serde_json::to_string(&t).unwrap();
+        let (id, wt, status, at) = quick(&line).expect("a compact task line");
+        assert_eq!((id, wt, status, at), ("task-q", "wt", TaskStatus::InProgress, t.created_at));
+        let pretty = serde_json::to_string_pretty(&t).unwrap();
+        assert_eq!(quick(&pretty).map(|q| q.0), Some("task-q"), "white space anywhere");
+        // Left to serde: an escaped id, a repeated key, a status it does not know, trailing text.
+        let escaped = line.replace("\"task-q\"", "\"task\\u002dq\"");
+        assert!(quick(&escaped).is_none());
+        let light: Light = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(light.task_id, "task-q");
+        assert!(quick(&line.replacen('{', "{\"status\":\"queued\",", 1)).is_none());
+        assert!(quick(&line.replace("in_progress", "running")).is_none());
+        assert!(quick(&format!("{line} x")).is_none());
+        assert!(quick("{}").is_none());
+    }
+
+    #[test]
     fn every_filter_lists_what_the_whole_load_listed() {
         let (_d, store) = fixture();
         let all = ops::list_tasks(&store, &TaskFilter::default()).unwrap();
@@ -600,5 +737,37 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 1000);
+        // The same snapshot in another layout (one line, as a tool writes it; its journal still
+        // applies): read by the general reader, the same listings.
+        let path = store.path(TASK_QUEUE);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(ops::list_tasks(&store, &TaskFilter::default()).unwrap(), all);
+        for f in filters() {
+            assert_eq!(ops::list_tasks(&store, &f).unwrap(), reference(&store, &f), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_task_fails_the_listing_that_prints_it_only() {
+        let (_d, store) = crate::store::fresh_store();
+        let tasks: Vec<Task> =
+            (0..5).map(|i| task(&format!("task-{i}"), &format!("0{i}"), TaskStatus::Queued, "a")).collect();
+        let guard = store.lock(TASK_QUEUE).unwrap();
+        journal::write_snapshot(&store, &TaskQueue { tasks, journal_generation: 1, ..TaskQueue::default() }).unwrap();
+        drop(guard);
+        // task-3's priority breaks the schema; its id, status, type and time read fine.
+        let path = store.path(TASK_QUEUE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let bad = text.replace(
+            "\"task_id\":\"task-3\",\"description\":\"task-3 created 03\",\"priority\":\"medium\"",
+            "\"task_id\":\"task-3\",\"description\":\"task-3 created 03\",\"priority\":\"urgent\"",
+        );
+        assert_ne!(bad, text);
+        std::fs::write(&path, bad).unwrap();
+        let page = ops::list_tasks(&store, &TaskFilter { limit: Some(2), ..TaskFilter::default() }).unwrap();
+        assert_eq!(ids(&page), vec!["task-0", "task-1"]);
+        let err = ops::list_tasks(&store, &TaskFilter { limit: Some(4), ..TaskFilter::default() }).unwrap_err();
+        assert!(err.to_string().contains("task-queue.json"), "{err}");
     }
 }

@@ -117,6 +117,7 @@ pub(crate) fn stream(path: &Path, holder: &mut dyn Holder) -> Result<Streamed> {
             return Ok(Streamed::Header(Box::new(head)));
         }
         holder.clear();
+        holder.snapshot_opened(&file);
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(|e| Error::io(path, "seek", e))?;
     }
     let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
