@@ -363,16 +363,12 @@ pub trait Holder {
     fn clear(&mut self);
     /// The snapshot file the tasks are read from (a holder may keep it to read lines back).
     fn snapshot_opened(&mut self, _file: &std::fs::File) {}
-    /// A snapshot task's compact JSON at `offset`, before it is checked and decoded: a holder
-    /// that reads what it needs of the text itself takes it (`Ok(true)`: not checked, not
-    /// decoded, not given to [`Holder::put_snapshot_line`]); `Ok(false)` has it checked and
-    /// decoded as usual; `Err` has the document read whole (which names the problem).
-    fn take_snapshot_text(&mut self, _text: &str, _offset: u64) -> std::result::Result<bool, String> {
-        Ok(false)
-    }
-    /// True when this holder takes every task's text ([`Holder::take_snapshot_text`]): a
-    /// snapshot in the writers' layout is then read a line at a time, never whole.
-    fn takes_snapshot_text(&self) -> bool {
+    /// A task of the snapshot as its text (compact JSON) at `offset`, before it is checked and
+    /// decoded: a holder that reads the little it keeps from the text itself (the API's tasks
+    /// table) returns true, and the task is neither checked against the schema nor decoded;
+    /// false (the default, and a holder's answer to a text it cannot read) goes on to
+    /// [`Holder::put_snapshot_line`]. The writers checked every task they wrote.
+    fn take_snapshot_text(&mut self, _text: &str, _offset: u64) -> bool {
         false
     }
     /// A task of the snapshot read from its line at `offset`, `len` bytes (its compact JSON).

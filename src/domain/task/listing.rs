@@ -269,26 +269,36 @@ impl Holder for Scan<'_> {
     fn snapshot_opened(&mut self, file: &std::fs::File) {
         self.file = file.try_clone().ok();
     }
-    fn takes_snapshot_text(&self) -> bool {
-        true
-    }
-    fn take_snapshot_text(&mut self, text: &str, offset: u64) -> std::result::Result<bool, String> {
-        let pos = self.next_pos().map_err(|e| e.to_string())?;
-        let len = u32::try_from(text.len()).map_err(|_| "a task line over 4 GiB".to_string())?;
-        let src = Src::Line { offset, len };
+    /// The four fields read from the text (see [`quick`]); a text not read so is checked,
+    /// decoded and given to [`Holder::put_snapshot_line`].
+    fn take_snapshot_text(&mut self, text: &str, offset: u64) -> bool {
+        let (Ok(pos), Ok(len)) = (self.next_pos(), u32::try_from(text.len())) else { return false };
         let light;
         let (id, worker_type, status, created_at) = match quick(text) {
             Some(fields) => fields,
-            None => {
-                light = serde_json::from_str::<Light>(text).map_err(|e| e.to_string())?;
-                (&*light.task_id, &*light.worker_type, light.status, light.created_at)
-            }
+            None => match serde_json::from_str::<Light>(text) {
+                Ok(l) => {
+                    light = l;
+                    (&*light.task_id, &*light.worker_type, light.status, light.created_at)
+                }
+                Err(_) => return false,
+            },
         };
-        if let Some(e) = self.entry(pos, id, status, worker_type, created_at, src) {
+        if let Some(e) = self.entry(pos, id, status, worker_type, created_at, Src::Line { offset, len }) {
             self.entries.push(e);
         }
         self.ids.push(self.hash.of(id));
-        Ok(true)
+        true
+    }
+    fn put_snapshot_line(&mut self, task: Task, offset: u64, len: u32) {
+        let Ok(pos) = self.next_pos() else { return };
+        self.ids.push(self.hash.of(&task.task_id));
+        let (status, created_at) = (task.status(), task.created_at);
+        if let Some(e) =
+            self.entry(pos, &task.task_id, status, &task.worker_type, created_at, Src::Line { offset, len })
+        {
+            self.entries.push(e);
+        }
     }
     /// A snapshot read whole (not in the writers' layout).
     fn put_new(&mut self, task: Task) {
