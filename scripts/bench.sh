@@ -10,7 +10,8 @@
 #                  coordinator starts; timed until the last one is archived);
 #   add         3. `cortex task add` cost at 0, 10,000 and 100,000 queued tasks, with the
 #                  coordinator stopped (the add path alone) and running paused (folding every add
-#                  into the big queue);
+#                  into the big queue); then `cortex task list --limit 50` and `--status
+#                  in_progress` (matching none) on that queue, median of 5;
 #   idle        4. idle CPU and RSS of each daemon over a window;
 #   pueue       5. where `pueue`/`pueued` are on the PATH the same workloads (latency, throughput,
 #                  add cost up to 2,000 queued) against pueue, and the ratios;
@@ -270,6 +271,17 @@ if want throughput; then
 fi
 
 # 3. Add cost vs queue size ------------------------------------------------------------------
+# med_ms CMD...: the median wall time of 5 runs, milliseconds.
+med_ms() {
+    local i t0 t1 out=()
+    for ((i = 0; i < 5; i++)); do
+        t0="$(now_us)"
+        "$@" >/dev/null
+        t1="$(now_us)"
+        out+=($((t1 - t0)))
+    done
+    printf '%s\n' "${out[@]}" | pct 50 | ms
+}
 gen_tasks() { # gen_tasks N ID_PREFIX DESCRIPTION PRIORITY EXTRA_FIELDS -> writes a task-queue.json
     # with N queued tasks: ids <ID_PREFIX>-%08d, descriptions "<DESCRIPTION> i", EXTRA_FIELDS (JSON
     # members, each with a trailing comma, or empty) before the dispatches.
@@ -314,6 +326,10 @@ if want add; then
         read -r mean2 p502 < <(add_cost)
         stop_all
         echo "$line   coordinator running (paused, folding) ${mean2} / ${p502}"
+        # Reading it back: the queue as the coordinator left it (its layout, a journal).
+        l_page="$(med_ms cortex task list --limit 50)"
+        l_none="$(med_ms cortex task list --status in_progress)"
+        echo "   $(printf '%7d' "$n") queued: task list --limit 50 ${l_page} ms, --status in_progress (none) ${l_none} ms (median of 5)"
     done
     set -- $queued_sizes
     first="$1"
@@ -732,17 +748,6 @@ gen_history() {
         }
         close(file)
     }'
-}
-# med_ms CMD...: the median wall time of 5 runs, milliseconds.
-med_ms() {
-    local i t0 t1 out=()
-    for ((i = 0; i < 5; i++)); do
-        t0="$(now_us)"
-        "$@" >/dev/null
-        t1="$(now_us)"
-        out+=($((t1 - t0)))
-    done
-    printf '%s\n' "${out[@]}" | pct 50 | ms
 }
 if want history; then
     echo

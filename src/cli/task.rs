@@ -122,14 +122,57 @@ fn duration_secs(flag: &str, s: &Option<String>) -> Result<Option<f64>> {
         .transpose()
 }
 
-fn print_task_line(t: &Task) {
+/// Prints a listing as it is read, one task at a time (see [`write_listing`]).
+fn print_listing(listing: ops::Listing, json: bool) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    write_listing(&mut out, listing, json)
+}
+
+/// Writes a listing as it is read: the lines of [`task_line`], or with `json` exactly what
+/// `print_json` prints of `{"count": N, "tasks": [...]}`, one task at a time.
+fn write_listing(out: &mut impl std::io::Write, listing: ops::Listing, json: bool) -> Result<()> {
+    let written = |e: std::io::Error| Error::system("write the listing to standard output", e);
+    if json {
+        let n = listing.len();
+        if n == 0 {
+            writeln!(out, "{{\n  \"count\": 0,\n  \"tasks\": []\n}}").map_err(written)?;
+            return out.flush().map_err(written);
+        }
+        write!(out, "{{\n  \"count\": {n},\n  \"tasks\": [").map_err(written)?;
+        for (i, task) in listing.tasks().enumerate() {
+            // As a value, so the fields come in the order `print_json` gives them (sorted).
+            let text = serde_json::to_string_pretty(&serde_json::to_value(task?)?)?;
+            let mut chunk = String::with_capacity(text.len() + 64);
+            chunk.push_str(if i == 0 { "\n" } else { ",\n" });
+            for (k, line) in text.lines().enumerate() {
+                if k > 0 {
+                    chunk.push('\n');
+                }
+                chunk.push_str("    ");
+                chunk.push_str(line);
+            }
+            out.write_all(crate::base::text::json_safe(chunk).as_bytes()).map_err(written)?;
+        }
+        writeln!(out, "\n  ]\n}}").map_err(written)?;
+    } else if listing.is_empty() {
+        writeln!(out, "No tasks.").map_err(written)?;
+    } else {
+        for task in listing.tasks() {
+            writeln!(out, "{}", task_line(&task?)).map_err(written)?;
+        }
+    }
+    out.flush().map_err(written)
+}
+
+fn task_line(t: &Task) -> String {
     let extra = match (t.waiting_reason(), t.next_retry_at(), &t.result) {
         (Some(w), _, _) => format!("waiting: {w}"),
         (None, Some(at), _) => format!("retry at {}", format_ts(at)),
         (None, None, Some(r)) if t.status().is_terminal() => ops::result_summary(r),
         _ => String::new(),
     };
-    println!(
+    format!(
         "{:<38} {:<13} {:<8} {:<22} {:>2}/{:<2} {}{}",
         safe(&t.task_id),
         t.status().as_str(),
@@ -139,7 +182,7 @@ fn print_task_line(t: &Task) {
         t.max_attempts,
         safe(&t.description.chars().take(60).collect::<String>()),
         if extra.is_empty() { String::new() } else { format!("  [{}]", safe(&extra)) }
-    );
+    )
 }
 
 fn parse_executor(s: &str) -> std::result::Result<ExecutorKind, String> {
@@ -183,16 +226,8 @@ pub(super) fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
         }
         TaskCommand::List { status, worker_type, all, after_id, limit } => {
             let filter = TaskFilter { status, worker_type, include_archive: all, after_id, limit };
-            let tasks = ops::list_tasks(&store, &filter)?;
-            if ctx.json {
-                print_json(&serde_json::json!({"count": tasks.len(), "tasks": tasks}));
-            } else if tasks.is_empty() {
-                println!("No tasks.");
-            } else {
-                for t in &tasks {
-                    print_task_line(t);
-                }
-            }
+            let listing = ops::list(&store, &filter)?;
+            print_listing(listing, ctx.json)?;
             Ok(0)
         }
         TaskCommand::Logs { task_id, attempt, stderr, follow } => {
@@ -316,6 +351,40 @@ pub(super) fn run(ctx: &Ctx, cmd: TaskCommand) -> Result<u8> {
                 None => println!("Nothing to seal: the archive's active file is empty."),
             }
             Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(tasks: &[Task], json: bool) -> String {
+        let mut out = Vec::new();
+        write_listing(&mut out, ops::Listing::of(tasks.to_vec()), json).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_listing_is_written_as_the_whole_one_was_printed() {
+        let mut a = Task::sample("task-a");
+        a.description = "tab\there, \u{202e}bidi, é, \u{85}next line, quote \" end".into();
+        a.command = vec!["sh".into(), "-c".into(), "echo 'x'".into()];
+        a.timeout_seconds = Some(1.5);
+        let mut b = Task::sample("task-b");
+        b.dispatches = vec!["d-1".into(), "d-2".into()];
+        b.state = crate::domain::task::model::TaskState::Failed {
+            started_at: None,
+            completed_at: crate::base::clock::parse_ts("2026-01-02T00:00:00Z").unwrap(),
+        };
+        for tasks in [vec![], vec![a.clone()], vec![a, b]] {
+            // What `print_json` printed of the whole listing, and the lines printed one by one.
+            let whole =
+                serde_json::to_string_pretty(&serde_json::json!({"count": tasks.len(), "tasks": tasks})).unwrap();
+            assert_eq!(listed(&tasks, true), format!("{}\n", crate::base::text::json_safe(whole)));
+            let text: String = tasks.iter().map(|t| format!("{}\n", task_line(t))).collect();
+            let text = if tasks.is_empty() { "No tasks.\n".to_string() } else { text };
+            assert_eq!(listed(&tasks, false), text);
         }
     }
 }

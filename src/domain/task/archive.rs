@@ -298,7 +298,7 @@ pub struct Query<'a> {
 /// (the active file's and those each sealed segment's index counted). Reads the whole history:
 /// for tests and tools, never a daemon's loop or a request.
 pub fn all(store: &Store) -> Result<(Vec<Task>, usize)> {
-    let tasks = list(store, &Query::default(), &HashSet::new())?;
+    let tasks = list(store, &Query::default(), &|_| false)?;
     let active: jsonl::JsonlRead<Task> = jsonl::read(&store.path(TASK_ARCHIVE))?;
     let segs = Segs::new(store, segment::list(store));
     let sealed: u64 = (0..segs.len()).filter_map(|i| segs.header(i)).map(|h| h.bad_lines).sum();
@@ -315,7 +315,7 @@ enum Source<'a> {
 /// creation time), leaving out the ids in `exclude` (the live queue's). A merge of the active
 /// file (read whole: at most one segment) and each sealed segment's status sections from a
 /// binary-searched start: the work is the matching entries up to `limit`, whatever the history.
-pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<Vec<Task>> {
+pub fn list(store: &Store, query: &Query, exclude: &dyn Fn(&str) -> bool) -> Result<Vec<Task>> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let view = View::open(store)?;
@@ -387,7 +387,7 @@ pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<V
         let task = match c {
             Candidate::Active(t) => Some(*t),
             Candidate::Sealed { seg, entry } => {
-                if exclude.contains(&entry.task_id) || active_ids.contains(&entry.task_id) {
+                if exclude(&entry.task_id) || active_ids.contains(&entry.task_id) {
                     continue;
                 }
                 // A retried task may have a newer line in a newer segment: only that one counts.
@@ -404,7 +404,7 @@ pub fn list(store: &Store, query: &Query, exclude: &HashSet<String>) -> Result<V
             }
         };
         let Some(t) = task else { continue };
-        if exclude.contains(&t.task_id) || query.worker_type.is_some_and(|w| t.worker_type != w) {
+        if exclude(&t.task_id) || query.worker_type.is_some_and(|w| t.worker_type != w) {
             continue;
         }
         out.push(t);
@@ -627,7 +627,7 @@ mod tests {
         let q = Query { status: Some(TaskStatus::Failed), limit: Some(50), ..Query::default() };
         let before = lines_parsed();
         let opens = segment::index_opens();
-        let page = list(&store, &q, &HashSet::new()).unwrap();
+        let page = list(&store, &q, &|_| false).unwrap();
         let parsed = lines_parsed() - before;
         // 50 failed tasks of 3,000 (two in ten) lie in the first three segments of 30.
         assert!(segment::index_opens() - opens <= 3, "{} indexes opened", segment::index_opens() - opens);
@@ -641,7 +641,7 @@ mod tests {
         assert_eq!(parsed, 50 + 50, "the page's lines and the active file's, nothing else");
         // The next page starts after the last id.
         let q2 = Query { after_id: Some(&want[49]), ..q.clone() };
-        let next = list(&store, &q2, &HashSet::new()).unwrap();
+        let next = list(&store, &q2, &|_| false).unwrap();
         let want2: Vec<String> = (0..3050)
             .filter(|i| status_of(*i) == TaskStatus::Failed)
             .skip(50)
@@ -650,12 +650,12 @@ mod tests {
             .collect();
         assert_eq!(next.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>(), want2);
         // Everything, no filter: every task once.
-        let every = list(&store, &Query::default(), &HashSet::new()).unwrap();
+        let every = list(&store, &Query::default(), &|_| false).unwrap();
         assert_eq!(every.len(), 3050);
         assert!(every.windows(2).all(|w| w[0].task_id < w[1].task_id));
         // The live queue's ids are left out.
         let live = HashSet::from(["task-00000".to_string()]);
-        let first = list(&store, &Query { limit: Some(1), ..Query::default() }, &live).unwrap();
+        let first = list(&store, &Query { limit: Some(1), ..Query::default() }, &|id| live.contains(id)).unwrap();
         assert_eq!(first[0].task_id, "task-00001");
     }
 
@@ -667,7 +667,7 @@ mod tests {
         segment::note_retried(&store, "task-00000").unwrap();
         append_unsynced(&store, &[&ended("task-00000", TaskStatus::Completed, "2026-02-01T00:00:00Z")]).unwrap();
         let failed = |store: &Store| {
-            list(store, &Query { status: Some(TaskStatus::Failed), ..Query::default() }, &HashSet::new())
+            list(store, &Query { status: Some(TaskStatus::Failed), ..Query::default() }, &|_| false)
                 .unwrap()
                 .into_iter()
                 .map(|t| t.task_id)
@@ -677,7 +677,7 @@ mod tests {
         segment::seal(&store, 0).unwrap().expect("sealed");
         assert!(!failed(&store).contains(&"task-00000".to_string()), "newer segment wins");
         assert_eq!(find(&store, "task-00000").unwrap().unwrap().status(), TaskStatus::Completed);
-        let every = list(&store, &Query::default(), &HashSet::new()).unwrap();
+        let every = list(&store, &Query::default(), &|_| false).unwrap();
         assert_eq!(every.len(), 300);
         let mut tally = Tally::default();
         let counts = tally.count(&store, &|_| false).unwrap();
@@ -703,7 +703,7 @@ mod tests {
         let orphan = segment::dir(&store).join("seg-000003.idx");
         let header = segment::IndexHeader { segment: 3, ..header };
         std::fs::write(&orphan, segment::encode_index(&header, &entries).unwrap()).unwrap();
-        let every = list(&store, &Query::default(), &HashSet::new()).unwrap();
+        let every = list(&store, &Query::default(), &|_| false).unwrap();
         assert_eq!(every.len(), 250);
         assert!(find(&store, "task-00249").unwrap().is_some());
         // The next seal takes number 3 again and replaces the orphan.
@@ -713,7 +713,7 @@ mod tests {
         assert_eq!(s.tasks, 51);
         assert!(segment::index_problem(&segment::list(&store)[2]).is_none());
         assert!(segment::check(&segment::list(&store)[2]).is_empty());
-        assert_eq!(list(&store, &Query::default(), &HashSet::new()).unwrap().len(), 251);
+        assert_eq!(list(&store, &Query::default(), &|_| false).unwrap().len(), 251);
     }
 
     #[test]
@@ -728,7 +728,7 @@ mod tests {
         assert!(!segment::check(&segs[0]).is_empty());
         assert_eq!(find(&store, "task-00001").unwrap().unwrap().task_id, "task-00001");
         assert_eq!(find(&store, "task-00150").unwrap().unwrap().task_id, "task-00150");
-        assert_eq!(list(&store, &Query::default(), &HashSet::new()).unwrap().len(), 300);
+        assert_eq!(list(&store, &Query::default(), &|_| false).unwrap().len(), 300);
         assert!(segment::check(&segs[2]).is_empty());
     }
 

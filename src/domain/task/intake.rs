@@ -303,14 +303,19 @@ pub(crate) fn tasks_from(store: &Store, start: u64) -> Result<(Vec<Task>, u64)> 
 pub fn snapshot(store: &Store) -> Result<Snapshot> {
     let _lock = lock_shared(store)?;
     let queue: TaskQueue = store.load()?;
-    let start = unfolded_start(store, &queue)?;
-    let pending = if intake_len(store)? <= start {
-        Vec::new()
-    } else {
-        let bytes = read_from(&store.path(TASK_INTAKE), start)?;
-        bytes.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice::<Task>(line).ok()).collect()
-    };
+    let pending = pending(store, &queue)?;
     Ok(Snapshot { queue, pending })
+}
+
+/// The tasks added but not folded into `queue` (its header is enough: `intake_offset`), in
+/// order, as [`snapshot`] reads them. Call under [`lock_shared`], after reading the queue.
+pub(crate) fn pending(store: &Store, queue: &TaskQueue) -> Result<Vec<Task>> {
+    let start = unfolded_start(store, queue)?;
+    if intake_len(store)? <= start {
+        return Ok(Vec::new());
+    }
+    let bytes = read_from(&store.path(TASK_INTAKE), start)?;
+    Ok(bytes.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice::<Task>(line).ok()).collect())
 }
 
 #[cfg(test)]

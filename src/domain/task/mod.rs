@@ -8,6 +8,7 @@ pub(crate) mod dispatch_record;
 pub mod dispatches;
 pub mod intake;
 pub mod journal;
+pub mod listing;
 pub mod model;
 pub mod ops;
 pub mod processes;

@@ -4,6 +4,8 @@
 use super::archive;
 use super::dispatches;
 use super::intake;
+use super::listing;
+pub use super::listing::Listing;
 use super::model::{
     DispatchRecord, DispatchStatus, Priority, RoutingInfo, Task, TaskQueue, TaskResult, TaskState, TaskStatus,
     TokenBudget, WaitingReason, new_id,
@@ -19,7 +21,6 @@ use crate::store::events::{EventKind, Severity};
 use crate::store::files::{TASK_QUEUE, TOKEN_BUDGET};
 use crate::store::home::SpecBucket;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 use std::time::Duration;
 
 /// What a caller asks for when adding a task. Durations are seconds (so the API can take JSON).
@@ -212,41 +213,31 @@ pub struct TaskFilter {
 /// order (ids sort by creation time), the archive read through its indexes up to `limit`, so a
 /// page costs the same whatever the history (`archive::list`).
 pub fn list_tasks(store: &Store, filter: &TaskFilter) -> Result<Vec<Task>> {
-    let snap = intake::snapshot(store)?;
-    let live: Vec<Task> = snap.tasks().cloned().collect();
-    let keep = |t: &Task| {
-        filter.status.is_none_or(|s| t.status() == s) && filter.worker_type.as_ref().is_none_or(|w| &t.worker_type == w)
+    list(store, filter)?.into_vec()
+}
+
+/// [`list_tasks`] as a [`Listing`]: its length known, its tasks read one at a time. The live
+/// queue is read once, keeping what the page needs (`task::listing`), so `cortex task list`
+/// costs the page, and streams a listing without `--limit`.
+pub fn list(store: &Store, filter: &TaskFilter) -> Result<Listing> {
+    if !(filter.include_archive || filter.status.is_some_and(|s| s.is_terminal())) {
+        return listing::live(store, filter);
+    }
+    let (live, ids) = listing::live_by_id(store, filter)?;
+    let query = archive::Query {
+        status: filter.status,
+        worker_type: filter.worker_type.as_deref(),
+        after_id: filter.after_id.as_deref(),
+        limit: filter.limit,
     };
-    if filter.include_archive || filter.status.is_some_and(|s| s.is_terminal()) {
-        let ids: HashSet<String> = live.iter().map(|t| t.task_id.clone()).collect();
-        let query = archive::Query {
-            status: filter.status,
-            worker_type: filter.worker_type.as_deref(),
-            after_id: filter.after_id.as_deref(),
-            limit: filter.limit,
-        };
-        let mut out = archive::list(store, &query, &ids)?;
-        out.extend(live.into_iter().filter(|t| filter.after_id.as_ref().is_none_or(|a| &t.task_id > a)).filter(keep));
-        out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-        if let Some(l) = filter.limit {
-            out.truncate(l);
-        }
-        return Ok(out);
-    }
-    let mut out: Vec<Task> = live.into_iter().filter(keep).collect();
-    out.sort_by_key(|a| a.created_at);
-    if let Some(after) = &filter.after_id {
-        match out.iter().position(|t| &t.task_id == after) {
-            Some(p) => {
-                out.drain(..=p);
-            }
-            None => out.retain(|t| &t.task_id > after),
-        }
-    }
+    let mut out = archive::list(store, &query, &|id| ids.contains(id))?;
+    out.extend(live.into_vec()?);
+    // Stable: the live tasks of one id stay in queue order.
+    out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     if let Some(l) = filter.limit {
         out.truncate(l);
     }
-    Ok(out)
+    Ok(Listing::of(out))
 }
 
 /// Seals the archive's active file now (`cortex task seal-archive`), under the `task-queue` lock
