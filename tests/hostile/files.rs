@@ -227,6 +227,15 @@ impl Case<'_> {
 fn every_coordination_file_hostile_in_turn_daemons_survive_report_quarantine_recover() {
     let h = TestHome::new();
     let mut fleet = Fleet::start_all(&h);
+    // The coordinator's first cycle rewrites a fresh home's queue (a generation-0 snapshot is
+    // compacted into one that takes journal lines): a hostile file put before it would be
+    // replaced by that write, not read. Wait for it, as an operator's edit after start would.
+    wait_until(Duration::from_secs(30), "the coordinator's first compaction", || {
+        std::fs::read(h.join("coordination/task-queue.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|q| q["journal_generation"].as_u64().is_some_and(|g| g > 0))
+    });
     // The link target: a copy of /etc/passwd outside the home, so a write through the link
     // would be seen (and the real /etc/passwd is never at risk).
     let outside = tempfile::tempdir().unwrap();
