@@ -336,17 +336,34 @@ impl Coordinator {
             with_parked = self.after_cache.clone().into_iter().chain(parked_prerequisites).collect();
             &with_parked
         };
-        let mut decided = plan::plan(&CycleInput {
-            tasks: &c.q.tasks,
-            budget: &c.budget,
-            types: c.types.as_ref(),
-            breakers: &c.breakers,
-            paused: c.report.paused,
-            archived: prerequisites,
-            now: c.now,
-            slots: self.config.scheduler.max_concurrent_dispatches as usize,
-            slurm_slots: self.slurm_slots(),
-        });
+        // The ready tasks held apart are lent to the plan first in dispatch order: as many as
+        // there are free slots, then twice as many each time the plan says it reached the rest
+        // with a slot still free (a task it skipped: budget, breaker, an unknown type). The plan
+        // made once they are not reached, or all lent, is the plan of the whole queue.
+        let slots = self.config.scheduler.max_concurrent_dispatches as usize;
+        let (free, free_slurm) = plan::free_slots(&c.q.tasks, c.types.as_ref(), slots, self.slurm_slots());
+        let mut lend = free + free_slurm;
+        let mut decided = loop {
+            if lend > 0 {
+                self.parked.lend_ready(lend, &mut c.q.tasks)?;
+            }
+            let decided = plan::plan(&CycleInput {
+                tasks: &c.q.tasks,
+                budget: &c.budget,
+                types: c.types.as_ref(),
+                breakers: &c.breakers,
+                paused: c.report.paused,
+                archived: prerequisites,
+                now: c.now,
+                slots,
+                slurm_slots: self.slurm_slots(),
+                held: self.parked.ready_head(c.types.as_ref()),
+            });
+            if !decided.needs_held {
+                break decided;
+            }
+            lend = lend.max(1) * 2;
+        };
         if let Some(due) = self.parked.next_due() {
             decided.next_due = Some(decided.next_due.map_or(due, |d| d.min(due)));
         }
@@ -432,8 +449,11 @@ impl Coordinator {
             self.slurm_slots(),
         );
         let can_dispatch = !report.paused && types.is_some() && (free > 0 || free_slurm > 0);
-        let breakers =
-            if can_dispatch { breaker_gate.snapshot(&store, &q.tasks, now) } else { BreakerSnapshot::default() };
+        let breakers = if can_dispatch {
+            breaker_gate.snapshot(&store, &q.tasks, self.parked.ready_worker_types(), now)
+        } else {
+            BreakerSnapshot::default()
+        };
         Ok(Collected {
             budget_guard,
             queue_guard,
@@ -775,7 +795,7 @@ impl Coordinator {
                 debug_assert_eq!(on_disk, held, "the queue on disk differs from the coordinator's");
             }
         }
-        self.parked.park_from(&mut q.tasks, now)?;
+        self.parked.park_from(&mut q.tasks, now, &changed)?;
         self.cache = Some(q);
         self.seal_archive();
         drop(queue_guard);
@@ -1145,20 +1165,25 @@ impl BreakerGate {
     }
 
     /// This cycle's answers for the guarded worker types of the waiting tasks.
-    fn snapshot(&self, store: &Store, tasks: &[Task], now: Timestamp) -> BreakerSnapshot {
+    /// (`held_types`: the worker types of the ready tasks held apart, all waiting.)
+    fn snapshot<'a>(
+        &self,
+        store: &Store,
+        tasks: &'a [Task],
+        held_types: impl Iterator<Item = &'a str>,
+        now: Timestamp,
+    ) -> BreakerSnapshot {
         let mut snapshot = BreakerSnapshot::default();
-        for t in tasks {
-            if !matches!(t.status(), TaskStatus::Queued | TaskStatus::PendingRetry)
-                || snapshot.guarded.contains_key(&t.worker_type)
-                || !self.guarded(&t.worker_type)
-            {
+        let waiting = tasks.iter().filter(|t| matches!(t.status(), TaskStatus::Queued | TaskStatus::PendingRetry));
+        for worker_type in waiting.map(|t| t.worker_type.as_str()).chain(held_types) {
+            if snapshot.guarded.contains_key(worker_type) || !self.guarded(worker_type) {
                 continue;
             }
             let guarded = GuardedType {
-                trial_allowed: self.allows(store, &t.worker_type, now),
-                half_open_at: self.half_open_at(&t.worker_type),
+                trial_allowed: self.allows(store, worker_type, now),
+                half_open_at: self.half_open_at(worker_type),
             };
-            snapshot.guarded.insert(t.worker_type.clone(), guarded);
+            snapshot.guarded.insert(worker_type.to_string(), guarded);
         }
         snapshot
     }
