@@ -35,6 +35,7 @@ use crate::domain::task::worker_types::{ExecutorKind, WorkerTypes};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
+use std::rc::Rc;
 
 use super::plan::HeldHead;
 
@@ -57,8 +58,9 @@ enum Place {
     /// Parked until this time.
     Due(Timestamp),
     /// Ready: its place in the dispatch order, and what the plan needs to know of it without
-    /// decoding it (its worker type and own executor, [`Parked::ready_head`]).
-    Ready { key: OrderKey, worker_type: Box<str>, executor: Option<ExecutorKind> },
+    /// decoding it: its worker type and own executor ([`Parked::ready_head`]), as their number
+    /// in [`Parked::types`].
+    Ready { key: OrderKey, of_type: u32 },
 }
 
 /// One held task: why, its status (for `--after` lookups) and its line.
@@ -69,20 +71,26 @@ struct Entry {
     line: Line,
 }
 
-/// Held tasks by id, parked ones by due time and ready ones in dispatch order, with their counts
-/// kept as they move.
+/// A worker type and a task's own executor (None, or whether it is Slurm).
+type TypeKey = (Box<str>, Option<bool>);
+
+/// Held tasks by id (one allocation per id, shared by the indexes), parked ones by due time and
+/// ready ones in dispatch order, with their counts kept as they move.
 #[derive(Debug, Default)]
 pub(crate) struct Parked {
-    tasks: HashMap<Box<str>, Entry>,
-    by_due: BTreeSet<(Timestamp, Box<str>)>,
-    ready: BTreeSet<(OrderKey, Box<str>)>,
-    /// Ready tasks by (worker type, own executor: None, or whether it is Slurm).
-    ready_types: HashMap<(Box<str>, Option<bool>), usize>,
+    tasks: HashMap<Rc<str>, Entry>,
+    by_due: BTreeSet<(Timestamp, Rc<str>)>,
+    ready: BTreeSet<(OrderKey, Rc<str>)>,
+    /// The (worker type, own executor) pairs of ready tasks, numbered, with how many ready
+    /// tasks have each: a worker type's three pairs (no executor of its own, local, Slurm) are
+    /// numbered together, from its number in `type_numbers` times three.
+    types: Vec<(TypeKey, usize)>,
+    type_numbers: HashMap<Box<str>, u32>,
     /// The next ready task's place among tasks of the same priority and creation time.
     next_seq: u64,
     /// Ready tasks lent to this cycle's plan: their place in the order and line, to hold them
     /// again as they were when the cycle leaves them unchanged.
-    lent: HashMap<Box<str>, (u64, Line)>,
+    lent: HashMap<Rc<str>, (u64, Line)>,
     counts: QueueCounts,
     /// The snapshot file the [`Line::Snapshot`] entries point into.
     snapshot: Option<std::fs::File>,
@@ -142,7 +150,8 @@ impl Parked {
                     Some(lent) => lent,
                     None => (self.seq(), Line::Held(encode(&t)?)),
                 };
-                self.insert(ready_place(&t, seq), &t, line);
+                let place = self.ready_place(&t, seq);
+                self.insert(place, &t, line);
             } else {
                 tasks.push(t);
             }
@@ -155,20 +164,42 @@ impl Parked {
         self.next_seq
     }
 
+    /// A ready task's place: its key in the order, its type's number.
+    fn ready_place(&mut self, t: &Task, seq: u64) -> Place {
+        let first = match self.type_numbers.get(t.worker_type.as_str()) {
+            Some(&n) => n,
+            None => {
+                let n = self.types.len() as u32;
+                for own in [None, Some(false), Some(true)] {
+                    self.types.push(((t.worker_type.as_str().into(), own), 0));
+                }
+                self.type_numbers.insert(t.worker_type.as_str().into(), n);
+                n
+            }
+        };
+        let of_type = first
+            + match t.executor {
+                None => 0,
+                Some(ExecutorKind::Local) => 1,
+                Some(ExecutorKind::Slurm) => 2,
+            };
+        Place::Ready { key: (Reverse(t.priority), t.created_at, seq), of_type }
+    }
+
     fn insert(&mut self, place: Place, t: &Task, line: Line) {
         if self.tasks.contains_key(t.task_id.as_str()) {
             // Not expected (ids are unique in a queue); kept consistent all the same.
             let _ = self.forget(&t.task_id);
         }
-        let id: Box<str> = t.task_id.as_str().into();
+        let id: Rc<str> = t.task_id.as_str().into();
         self.counts.add(t);
         match &place {
             Place::Due(due) => {
                 self.by_due.insert((*due, id.clone()));
             }
-            Place::Ready { key, worker_type, executor } => {
+            Place::Ready { key, of_type } => {
                 self.ready.insert((*key, id.clone()));
-                *self.ready_types.entry(type_key(worker_type, *executor)).or_default() += 1;
+                self.types[*of_type as usize].1 += 1;
             }
         }
         self.tasks.insert(id, Entry { place, status: t.status(), line });
@@ -177,20 +208,15 @@ impl Parked {
     /// Removes a held task from every index; its entry and the task decoded (its counts taken
     /// off), or an error when its line does not read back (the entry is gone all the same).
     fn forget(&mut self, task_id: &str) -> Option<(Entry, Result<Task>)> {
-        let entry = self.tasks.remove(task_id)?;
+        let (id, entry) = self.tasks.remove_entry(task_id)?;
         match &entry.place {
             Place::Due(due) => {
-                self.by_due.remove(&(*due, task_id.into()));
+                self.by_due.remove(&(*due, id));
             }
-            Place::Ready { key, worker_type, executor } => {
-                self.ready.remove(&(*key, task_id.into()));
-                let k = type_key(worker_type, *executor);
-                if let Some(n) = self.ready_types.get_mut(&k) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.ready_types.remove(&k);
-                    }
-                }
+            Place::Ready { key, of_type } => {
+                self.ready.remove(&(*key, id));
+                let n = &mut self.types[*of_type as usize].1;
+                *n = n.saturating_sub(1);
             }
         }
         let task = self.decode(&entry.line);
@@ -255,7 +281,7 @@ impl Parked {
     /// `beyond_local` when some ready task is not of a known local worker type in `types`.
     pub(crate) fn ready_head(&self, types: Option<&WorkerTypes>) -> Option<HeldHead> {
         let ((Reverse(priority), created_at, _), _) = self.ready.first()?;
-        let beyond_local = self.ready_types.keys().any(|(wt, own)| {
+        let beyond_local = self.live_types().any(|(wt, own)| {
             let of_type = types.and_then(|ty| ty.worker_types.get(&**wt)).map(|t| t.executor);
             let own = own.map(|slurm| if slurm { ExecutorKind::Slurm } else { ExecutorKind::Local });
             of_type.is_none() || own.or(of_type) != Some(ExecutorKind::Local)
@@ -266,7 +292,12 @@ impl Parked {
     /// The worker types of the ready tasks (their circuit breakers are asked for each cycle that
     /// can dispatch).
     pub(crate) fn ready_worker_types(&self) -> impl Iterator<Item = &str> {
-        self.ready_types.keys().map(|(wt, _)| &**wt)
+        self.live_types().map(|(wt, _)| &**wt)
+    }
+
+    /// The (worker type, own executor) pairs some ready task has.
+    fn live_types(&self) -> impl Iterator<Item = &TypeKey> {
+        self.types.iter().filter(|(_, n)| *n > 0).map(|(key, _)| key)
     }
 
     /// Takes a held task out (to change it); None when it is not held.
@@ -325,22 +356,22 @@ impl Parked {
     }
 }
 
+/// Returns to the system the heap a whole read or write of the queue freed (the snapshot's
+/// bytes, each task decoded on its way to a held line), so the coordinator's resident size is
+/// what it holds, not its peak (glibc keeps freed heap otherwise). As the API's task index does.
+pub(crate) fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn encode(t: &Task) -> Result<Box<[u8]>> {
     let line = serde_json::to_vec(t).map_err(|e| Error::encode(format!("task {}", t.task_id), e))?;
     Ok(line.into_boxed_slice())
 }
 
-fn type_key(worker_type: &str, executor: Option<ExecutorKind>) -> (Box<str>, Option<bool>) {
-    (worker_type.into(), executor.map(|e| e == ExecutorKind::Slurm))
-}
-
-fn ready_place(t: &Task, seq: u64) -> Place {
-    Place::Ready {
-        key: (Reverse(t.priority), t.created_at, seq),
-        worker_type: t.worker_type.as_str().into(),
-        executor: t.executor,
-    }
-}
 
 /// A full load of the queue for the coordinator ([`crate::domain::task::journal::load_into`]):
 /// the tasks not due at `now` parked and the tasks ready at `now` held as they are read (a task
@@ -372,7 +403,11 @@ impl<'a> Loading<'a> {
         if let Some(due) = parkable_until(task, self.now) {
             return Some(Place::Due(due));
         }
-        ready_now(task, self.now).then(|| ready_place(task, self.parked.seq()))
+        if !ready_now(task, self.now) {
+            return None;
+        }
+        let seq = self.parked.seq();
+        Some(self.parked.ready_place(task, seq))
     }
 }
 
