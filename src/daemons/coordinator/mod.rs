@@ -152,6 +152,14 @@ impl Coordinator {
             })
     }
 
+    /// How many tasks the coordinator holds decoded in its working queue (the tasks its cycles
+    /// pass over), the tasks held apart (parked, ready) not counted: for tests of what a cycle
+    /// costs.
+    #[doc(hidden)]
+    pub fn working_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, |q| q.tasks.len())
+    }
+
     /// Start-up reconciliation: an in-progress task whose dispatch has no spec in any bucket was
     /// recorded by a coordinator that died before writing the spec, or its spec was removed by
     /// hand; it is folded as `lost` (a failed attempt for the retry policy) once no process of it

@@ -372,7 +372,6 @@ fn encode(t: &Task) -> Result<Box<[u8]>> {
     Ok(line.into_boxed_slice())
 }
 
-
 /// A full load of the queue for the coordinator ([`crate::domain::task::journal::load_into`]):
 /// the tasks not due at `now` parked and the tasks ready at `now` held as they are read (a task
 /// read from the snapshot as where its line is), the others into the working queue in order.
