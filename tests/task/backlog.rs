@@ -253,7 +253,7 @@ fn ready_tasks_beyond_the_slots_are_held_apart_and_dispatched_in_order() {
     }
     // The order the plan must follow: priority first, then the order they were added (age).
     let mut want: Vec<(Priority, String)> = added.clone();
-    want.sort_by(|a, b| b.0.cmp(&a.0));
+    want.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
     let want: Vec<String> = want.into_iter().map(|(_, id)| id).collect();
 
     let store = store_of(&h);

@@ -245,9 +245,9 @@ fn random_case(rng: &mut fastrand::Rng) -> Case {
         })
         .collect();
     // Some wait for another task (in the queue or not) or for an archived one.
-    for i in 0..n {
+    for t in tasks.iter_mut() {
         if rng.u8(0..8) == 0 {
-            tasks[i].after = Some(match rng.u8(0..3) {
+            t.after = Some(match rng.u8(0..3) {
                 0 => format!("t{:02}", rng.usize(0..n)),
                 1 => "archived-ok".into(),
                 _ => "gone".into(),
@@ -296,11 +296,11 @@ impl Case {
     }
 }
 
-/// What a plan does, by task id (indices differ between the two ways of planning).
-fn by_id(
-    tasks: &[Task],
-    p: &DispatchPlan,
-) -> (Vec<String>, Vec<(String, String)>, Vec<(String, Option<WaitingReason>)>) {
+/// What a plan does by task id (indices differ between the two ways of planning): dispatches,
+/// failures, waiting reasons.
+type ById = (Vec<String>, Vec<(String, String)>, Vec<(String, Option<WaitingReason>)>);
+
+fn by_id(tasks: &[Task], p: &DispatchPlan) -> ById {
     let id = |i: usize| tasks[i].task_id.clone();
     (
         p.dispatch.iter().map(|d| id(d.task)).collect(),
