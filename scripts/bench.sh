@@ -29,7 +29,9 @@
 #                  priority, written straight into the queue file, so the timed tasks, medium,
 #                  go first); timed from the resume to the last timed task archived, the
 #                  scheduler paused then (the backlog is not run); tasks/s and the ratio, the
-#                  coordinator's CPU ms per task and RSS, every daemon's RSS;
+#                  coordinator's CPU ms per task and RSS, every daemon's RSS (CPU per task
+#                  archived in the window: the slots the last timed tasks leave run backlog
+#                  tasks until the pause);
 #   xargs       8. `xargs -P 8` running `true` N times (the physical limit of 8 slots), and the
 #                  8-slot ratios against it of the sections run before it;
 #   history     9. a long history: BENCH_HISTORY ("1000 1000000") archived tasks written straight
@@ -498,17 +500,21 @@ fleet_run() {
     local p
     for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
     for p in "${perf_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    # With a backlog that can run, the slots the last timed tasks leave go to backlog tasks until
+    # the pause: the CPU is per task archived in the window, those included.
+    run_done="$n"
+    ((run_pause_at_end)) && run_done="$(archived)"
     run_cpu=()
     run_rss=()
     for d in "${!fpid[@]}"; do
-        run_cpu[$d]="$(awk -v a="${before[$d]}" -v b="$(ticks "${fpid[$d]}")" -v hz="$hz" -v n="$n" \
+        run_cpu[$d]="$(awk -v a="${before[$d]}" -v b="$(ticks "${fpid[$d]}")" -v hz="$hz" -v n="$run_done" \
             'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
         run_rss[$d]="$(rss_mib "${fpid[$d]}")"
     done
     run_children=""
     if [[ -n "$children_before" ]]; then
         run_children="$(awk -v a="$children_before" -v b="$(child_ticks "${fpid[worker]}")" -v hz="$hz" \
-            -v n="$n" 'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
+            -v n="$run_done" 'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
     fi
     run_secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
     run_rate="$(awk -v d=$((t1 - t0)) -v n="$n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
@@ -593,8 +599,8 @@ if want ready; then
         rd_rate[$b]="$run_rate"
         rd_coord[$b]="${run_cpu[coordinator]:-0}"
         max_rss="$(for d in "${!run_rss[@]}"; do echo "${run_rss[$d]}"; done | sort -n | tail -1)"
-        printf '   %7d ready: %6s tasks/s (not completed: %s)   coordinator %s ms CPU/task, RSS %s MiB   fleet %s ms CPU/task   largest RSS %s MiB\n' \
-            "$b" "$run_rate" "$run_bad" "${run_cpu[coordinator]:-}" "${run_rss[coordinator]:-}" "$(cpu_sum $all_daemons)" "$max_rss"
+        printf '   %7d ready: %6s tasks/s (not completed: %s)   coordinator %s ms CPU/task, RSS %s MiB   fleet %s ms CPU/task (%s archived in the window)   largest RSS %s MiB\n' \
+            "$b" "$run_rate" "$run_bad" "${run_cpu[coordinator]:-}" "${run_rss[coordinator]:-}" "$(cpu_sum $all_daemons)" "$run_done" "$max_rss"
     done
     run_n="" run_gen=gen_backlog run_pause_at_end=0
     set -- $ready_sizes
