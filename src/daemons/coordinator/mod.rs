@@ -74,8 +74,9 @@ pub struct Coordinator {
     /// The queue as this coordinator last wrote it (or read it), at `journal`, without the
     /// parked tasks.
     cache: Option<TaskQueue>,
-    /// The queue's tasks not due before a known time, held apart from `cache` (see [`parked`]):
-    /// part of the queue, not of a cycle's work.
+    /// The queue's tasks held apart from `cache` (see [`parked`]): those not due before a known
+    /// time, and those that can run now beyond what the plan takes (lent to each cycle's plan
+    /// first in dispatch order). Part of the queue, not of a cycle's work.
     parked: parked::Parked,
     /// Where the snapshot and journal were when `cache` was current (`task::journal`).
     journal: JournalPos,
@@ -186,8 +187,8 @@ impl Coordinator {
     /// brought up to date with the journal lines others appended since (a cancel, a retry); else
     /// loaded again (a compaction by another writer, a snapshot replaced by hand).
     ///
-    /// The tasks not due at `now` are parked (held apart), and the parked ones due by `now` come
-    /// back: the queue returned holds only what this cycle may move.
+    /// The tasks not due at `now` are parked and the ones ready held (apart), and the parked
+    /// ones due by `now` come back: the queue returned holds only what this cycle may move.
     fn load_queue(&mut self, now: Timestamp) -> Result<TaskQueue> {
         let mut q = self.load_whole_or_cached()?;
         self.parked.unpark_due(&mut q.tasks, now)?;
@@ -330,7 +331,7 @@ impl Coordinator {
     /// their order). Returns what it did.
     pub fn cycle(&mut self) -> Result<CycleReport> {
         let mut c = self.collect()?;
-        // Prerequisites that are parked are in the queue, waiting: the plan sees their status
+        // Prerequisites that are held apart are in the queue, waiting: the plan sees their status
         // beside the archived ones'.
         let parked_prerequisites: Vec<(String, TaskStatus)> =
             c.q.tasks

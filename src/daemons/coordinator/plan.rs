@@ -5,6 +5,12 @@
 //! [`DispatchPlan`]: the tasks to dispatch (in order, each with its reservation), the tasks that
 //! fail without a dispatch, the waiting reasons to record and the next due time. It reads no file
 //! and no clock; the coordinator applies the plan to its queue and budget and writes them.
+//!
+//! The tasks that can run now beyond the free slots are held apart by the coordinator
+//! (`coordinator::parked`) and are not in `tasks`: [`CycleInput::held`] says where they begin in
+//! the dispatch order, and the plan says whether it reached that place with a slot they could
+//! take ([`DispatchPlan::needs_held`]); the coordinator then lends it more of them and plans
+//! again.
 
 use crate::base::clock::Timestamp;
 use crate::domain::task::model::{Priority, Task, TaskState, TaskStatus, TokenBudget, WaitingReason};
