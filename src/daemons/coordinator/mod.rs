@@ -353,9 +353,12 @@ impl Coordinator {
         let slots = self.config.scheduler.max_concurrent_dispatches as usize;
         let (free, free_slurm) = plan::free_slots(&c.q.tasks, c.types.as_ref(), slots, self.slurm_slots());
         let mut lend = free + free_slurm;
+        self.parked.start_lending();
         let mut decided = loop {
             if lend > 0 {
-                self.parked.lend_ready(lend, &mut c.q.tasks)?;
+                let skip =
+                    parked::Skip { available: c.budget.available, types: c.types.as_ref(), breakers: &c.breakers };
+                self.parked.lend_ready(lend, &mut c.q.tasks, &skip)?;
             }
             let decided = plan::plan(&CycleInput {
                 tasks: &c.q.tasks,

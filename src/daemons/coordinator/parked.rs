@@ -59,8 +59,10 @@ enum Place {
     Due(Timestamp),
     /// Ready: its place in the dispatch order, and what the plan needs to know of it without
     /// decoding it: its worker type and own executor ([`Parked::ready_head`]), as their number
-    /// in [`Parked::types`].
-    Ready { key: OrderKey, of_type: u32 },
+    /// in [`Parked::types`]; its budget, whether `budget` is the waiting reason it has, whether
+    /// it has a command of its own ([`Parked::lend_ready`] passes over a task the plan would
+    /// leave waiting for budget).
+    Ready { key: OrderKey, of_type: u32, budget: u64, waits_for_budget: bool, own_command: bool },
 }
 
 /// One held task: why, its status (for `--after` lookups) and its line.
@@ -88,12 +90,24 @@ pub(crate) struct Parked {
     type_numbers: HashMap<Box<str>, u32>,
     /// The next ready task's place among tasks of the same priority and creation time.
     next_seq: u64,
+    /// Where this cycle's lending has come to in the ready order: the tasks before it not lent
+    /// were passed over ([`Skip`]).
+    cursor: Option<(OrderKey, Rc<str>)>,
     /// Ready tasks lent to this cycle's plan: their place in the order and line, to hold them
     /// again as they were when the cycle leaves them unchanged.
     lent: HashMap<Rc<str>, (u64, Line)>,
     counts: QueueCounts,
     /// The snapshot file the [`Line::Snapshot`] entries point into.
     snapshot: Option<std::fs::File>,
+}
+
+/// What the plan starts from, for [`Parked::lend_ready`] to pass over the ready tasks it would
+/// leave as they are (waiting for budget).
+pub(crate) struct Skip<'a> {
+    /// The budget available at the plan's start.
+    pub(crate) available: u64,
+    pub(crate) types: Option<&'a WorkerTypes>,
+    pub(crate) breakers: &'a super::plan::BreakerSnapshot,
 }
 
 /// When a task may be parked: its due time, if it is after `now` and the plan would record
@@ -127,6 +141,7 @@ impl Parked {
     /// keep their order). A task lent to this cycle's plan and not in `changed` is held again as
     /// it was; every lent task keeps its place among its equals.
     pub(crate) fn park_from(&mut self, tasks: &mut Vec<Task>, now: Timestamp, changed: &HashSet<String>) -> Result<()> {
+        self.cursor = None;
         let lent = std::mem::take(&mut self.lent);
         if !tasks.iter().any(|t| parkable_until(t, now).is_some() || ready_now(t, now)) {
             return Ok(());
@@ -183,7 +198,13 @@ impl Parked {
                 Some(ExecutorKind::Local) => 1,
                 Some(ExecutorKind::Slurm) => 2,
             };
-        Place::Ready { key: (Reverse(t.priority), t.created_at, seq), of_type }
+        Place::Ready {
+            key: (Reverse(t.priority), t.created_at, seq),
+            of_type,
+            budget: t.budget,
+            waits_for_budget: t.waiting_reason() == Some(&WaitingReason::Budget),
+            own_command: !t.command.is_empty(),
+        }
     }
 
     fn insert(&mut self, place: Place, t: &Task, line: Line) {
@@ -197,7 +218,7 @@ impl Parked {
             Place::Due(due) => {
                 self.by_due.insert((*due, id.clone()));
             }
-            Place::Ready { key, of_type } => {
+            Place::Ready { key, of_type, .. } => {
                 self.ready.insert((*key, id.clone()));
                 self.types[*of_type as usize].1 += 1;
             }
@@ -213,7 +234,7 @@ impl Parked {
             Place::Due(due) => {
                 self.by_due.remove(&(*due, id));
             }
-            Place::Ready { key, of_type } => {
+            Place::Ready { key, of_type, .. } => {
                 self.ready.remove(&(*key, id));
                 let n = &mut self.types[*of_type as usize].1;
                 *n = n.saturating_sub(1);
@@ -260,27 +281,67 @@ impl Parked {
         Ok(n)
     }
 
-    /// Lends this cycle's plan the first `n` ready tasks in dispatch order (appended to `tasks`
-    /// in that order); returns how many. [`Parked::park_from`] takes back those the cycle leaves
-    /// ready.
-    pub(crate) fn lend_ready(&mut self, n: usize, tasks: &mut Vec<Task>) -> Result<usize> {
-        let mut lent = 0;
-        while lent < n
-            && let Some((key, id)) = self.ready.first()
-        {
-            let (seq, id) = (key.2, id.clone());
-            let Some((entry, task)) = self.forget(&id) else { break };
+    /// Starts a cycle's lending from the first ready task.
+    pub(crate) fn start_lending(&mut self) {
+        self.cursor = None;
+    }
+
+    /// Lends this cycle's plan the next `n` ready tasks in dispatch order (appended to `tasks` in
+    /// that order), passing over those `skip` says the plan would leave as they are; returns
+    /// how many. [`Parked::park_from`] takes back those the cycle leaves ready.
+    pub(crate) fn lend_ready(&mut self, n: usize, tasks: &mut Vec<Task>, skip: &Skip) -> Result<usize> {
+        let mut ids = Vec::new();
+        let mut last = None;
+        let rest = match &self.cursor {
+            Some(c) => self.ready.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)),
+            None => self.ready.range::<(OrderKey, Rc<str>), _>(..),
+        };
+        for (key, id) in rest {
+            if ids.len() == n {
+                break;
+            }
+            last = Some((*key, id.clone()));
+            if self.tasks.get(id).is_some_and(|e| self.passed_over(&e.place, skip)) {
+                continue;
+            }
+            ids.push((key.2, id.clone()));
+        }
+        if last.is_some() {
+            self.cursor = last;
+        }
+        let lent = ids.len();
+        for (seq, id) in ids {
+            let Some((entry, task)) = self.forget(&id) else { continue };
             tasks.push(task?);
             self.lent.insert(id, (seq, entry.line));
-            lent += 1;
         }
         Ok(lent)
+    }
+
+    /// A ready task the plan would certainly leave as it is when it reaches it: it waits for
+    /// budget already and needs more than there is at the plan's start (no dispatch before it
+    /// gives any back), its type is known, local and unguarded, and it has a command.
+    fn passed_over(&self, place: &Place, skip: &Skip) -> bool {
+        let Place::Ready { of_type, budget, waits_for_budget, own_command, .. } = place else { return false };
+        if !waits_for_budget || *budget <= skip.available {
+            return false;
+        }
+        let ((wt, own), _) = &self.types[*of_type as usize];
+        let Some(t) = skip.types.and_then(|ty| ty.worker_types.get(&**wt)) else { return false };
+        let executor = own.map_or(t.executor, |slurm| if slurm { ExecutorKind::Slurm } else { ExecutorKind::Local });
+        executor == ExecutorKind::Local
+            && (*own_command || !t.command.is_empty())
+            && !skip.breakers.guarded.contains_key(&**wt)
     }
 
     /// Where the ready tasks begin in the dispatch order, for the plan; None when none is held.
     /// `beyond_local` when some ready task is not of a known local worker type in `types`.
     pub(crate) fn ready_head(&self, types: Option<&WorkerTypes>) -> Option<HeldHead> {
-        let ((Reverse(priority), created_at, _), _) = self.ready.first()?;
+        let mut rest = match &self.cursor {
+            Some(c) => self.ready.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)),
+            None => self.ready.range::<(OrderKey, Rc<str>), _>(..),
+        };
+        let ((Reverse(priority), created_at, _), _) = rest.next()?;
         let beyond_local = self.live_types().any(|(wt, own)| {
             let of_type = types.and_then(|ty| ty.worker_types.get(&**wt)).map(|t| t.executor);
             let own = own.map(|slurm| if slurm { ExecutorKind::Slurm } else { ExecutorKind::Local });

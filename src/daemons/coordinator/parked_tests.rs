@@ -83,7 +83,7 @@ fn ready_tasks_are_lent_in_dispatch_order_and_held_again_in_their_place() {
     assert_eq!((head.priority, head.created_at), (Priority::Critical, at(50)));
 
     let mut lent = Vec::new();
-    assert_eq!(p.lend_ready(3, &mut lent).unwrap(), 3);
+    assert_eq!(p.lend_ready(3, &mut lent, &no_skip()).unwrap(), 3);
     assert_eq!(ids(&lent), ["crit", "retry-due", "med-old"]);
     assert_eq!(p.counts().total, 4, "lent tasks are counted by the working queue, not here");
     assert!(!p.contains("crit"));
@@ -99,7 +99,7 @@ fn ready_tasks_are_lent_in_dispatch_order_and_held_again_in_their_place() {
     assert_eq!(p.counts().waiting.get("budget"), Some(&1), "the changed task is held as it is now");
 
     let mut all = Vec::new();
-    assert_eq!(p.lend_ready(100, &mut all).unwrap(), 6);
+    assert_eq!(p.lend_ready(100, &mut all, &no_skip()).unwrap(), 6);
     assert_eq!(
         ids(&all),
         ["retry-due", "med-old", "tie-1", "tie-2", "med-new", "low-old"],
@@ -149,7 +149,7 @@ fn a_held_ready_task_taken_out_by_a_cancel_is_gone_from_the_order() {
     assert_eq!(p.take("b").unwrap(), None);
     assert_eq!(p.counts().total, 2);
     let mut lent = Vec::new();
-    p.lend_ready(10, &mut lent).unwrap();
+    p.lend_ready(10, &mut lent, &no_skip()).unwrap();
     assert_eq!(ids(&lent), ["a", "c"]);
     assert_eq!(p.ready_worker_types().count(), 0, "no ready task left: no worker type to ask about");
 }
@@ -176,6 +176,50 @@ fn the_head_says_when_a_free_slurm_slot_matters() {
     let mut wts: Vec<&str> = p.ready_worker_types().collect();
     wts.sort();
     assert_eq!(wts, ["nope", "w"]);
+}
+
+/// Passes over nothing (no worker types known).
+fn no_skip() -> Skip<'static> {
+    static NONE: std::sync::LazyLock<BreakerSnapshot> = std::sync::LazyLock::new(BreakerSnapshot::default);
+    Skip { available: 0, types: None, breakers: &NONE }
+}
+
+#[test]
+fn tasks_waiting_for_budget_they_cannot_get_are_passed_over_not_lent() {
+    let now = crate::base::clock::now();
+    let types = sample_types();
+    let budget = |id: &str, b: u64| Task {
+        budget: b,
+        state: TaskState::Queued { waiting_reason: Some(WaitingReason::Budget) },
+        ..task(id, queued(), None)
+    };
+    let mut tasks = vec![
+        budget("big-1", 500),
+        budget("big-2", 500),
+        Task { created_at: now, ..task("fresh", queued(), None) },
+        budget("small", 10),
+        Task { worker_type: "s".into(), created_at: now, ..budget("slurm", 500) },
+    ];
+    let mut p = Parked::default();
+    p.park_from(&mut tasks, now, &HashSet::new()).unwrap();
+    let mut breakers = BreakerSnapshot::default();
+    let skip = Skip { available: 100, types: Some(&types), breakers: &breakers };
+    p.start_lending();
+    let mut lent = Vec::new();
+    assert_eq!(p.lend_ready(2, &mut lent, &skip).unwrap(), 2);
+    assert_eq!(ids(&lent), ["small", "fresh"], "those waiting for more than there is are passed over");
+    let head = p.ready_head(Some(&types)).unwrap();
+    assert_eq!(head.created_at, now, "the head is after what was passed over: the Slurm task");
+    assert_eq!(p.lend_ready(5, &mut lent, &skip).unwrap(), 1, "a Slurm type's is not passed over");
+    assert_eq!(p.ready_head(Some(&types)), None);
+    assert!(p.contains("big-1") && p.contains("big-2"), "passed over, still held");
+    // Next cycle, with budget enough, or the type guarded by its breaker: lent.
+    p.park_from(&mut lent, now, &HashSet::new()).unwrap();
+    breakers.guarded.insert("w".into(), GuardedType { trial_allowed: true, half_open_at: None });
+    let skip = Skip { available: 100, types: Some(&types), breakers: &breakers };
+    p.start_lending();
+    let mut again = Vec::new();
+    assert_eq!(p.lend_ready(10, &mut again, &skip).unwrap(), 5, "a guarded type's are not passed over");
 }
 
 fn sample_types() -> WorkerTypes {
@@ -332,9 +376,12 @@ fn the_plan_over_lent_ready_tasks_is_the_plan_of_the_whole_queue() {
         let (free, free_slurm) = plan::free_slots(&working, case.types.as_ref(), case.slots, case.slurm_slots);
         let mut lend = free + free_slurm;
         let mut rounds = 0;
+        p.start_lending();
         let held = loop {
             if lend > 0 {
-                p.lend_ready(lend, &mut working).unwrap();
+                let skip =
+                    Skip { available: case.budget.available, types: case.types.as_ref(), breakers: &case.breakers };
+                p.lend_ready(lend, &mut working, &skip).unwrap();
             }
             let input = CycleInput { held: p.ready_head(case.types.as_ref()), ..case.input(&working, &archived) };
             let decided = plan::plan(&input);
@@ -345,7 +392,13 @@ fn the_plan_over_lent_ready_tasks_is_the_plan_of_the_whole_queue() {
             lend = lend.max(1) * 2;
         };
         lent_more += usize::from(rounds > 0);
-        let (want, got) = (by_id(&case.tasks, &whole), by_id(&working, &held));
+        let (mut want, mut got) = (by_id(&case.tasks, &whole), by_id(&working, &held));
+        // A waiting reason the task has already changes nothing (the tasks passed over).
+        let unchanged = |all: &[Task], (id, r): &(String, Option<WaitingReason>)| {
+            all.iter().any(|t| t.task_id == *id && t.waiting_reason() == r.as_ref())
+        };
+        want.2.retain(|w| !unchanged(&case.tasks, w));
+        got.2.retain(|w| !unchanged(&case.tasks, w));
         assert_eq!(got.0, want.0, "case {case_no}: dispatches");
         assert_eq!(got.1, want.1, "case {case_no}: failures");
         assert_eq!(got.2, want.2, "case {case_no}: waiting reasons");
