@@ -30,6 +30,14 @@
 #                  ms per add of the add processes and of each daemon; then each home's
 #                  throughput run; ratios against the first size, and every daemon's RSS at the
 #                  largest;
+#   ready       7b. the fleet run of section 6 with BENCH_READY_TASKS (1000) tasks behind 0 and
+#                  100,000 (BENCH_READY: "0 100000") tasks that can run now (queued, low
+#                  priority, written straight into the queue file, so the timed tasks, medium,
+#                  go first); timed from the resume to the last timed task archived, the
+#                  scheduler paused then (the backlog is not run); tasks/s and the ratio, the
+#                  coordinator's CPU ms per task and RSS, every daemon's RSS (CPU per task
+#                  archived in the window: the slots the last timed tasks leave run backlog
+#                  tasks until the pause);
 #   xargs       8. `xargs -P 8` running `true` N times (the physical limit of 8 slots), and the
 #                  8-slot ratios against it of the sections run before it;
 #   history     9. a long history: BENCH_HISTORY ("1000 1000000") archived tasks written straight
@@ -52,6 +60,7 @@
 # sections use BENCH_FLEET_TASKS, 500), BENCH_PUEUE_TASKS (200), BENCH_ADD_SAMPLES (200),
 # BENCH_IDLE_SECONDS (30), BENCH_QUEUED ("0 10000 100000"), BENCH_BACKLOG ("0 10000 100000"),
 # BENCH_ADD_BLOCK (10: adds made into one backlog's home before the next one's, section 7),
+# BENCH_READY ("0 100000"), BENCH_READY_TASKS (1000),
 # BENCH_TAIL_SECONDS (2: after the last task is archived, the CPU window stays open this long so
 # work a daemon does after the fact is counted), BENCH_DIR (where the temporary homes
 # go; default $TMPDIR or /tmp — compare a disk with /dev/shm to see the filesystem's share),
@@ -81,11 +90,13 @@ queued_sizes="${BENCH_QUEUED:-0 10000 100000}"
 fleet_n="${BENCH_FLEET_TASKS:-500}"
 backlog_sizes="${BENCH_BACKLOG:-0 10000 100000}"
 add_block="${BENCH_ADD_BLOCK:-10}"
+ready_sizes="${BENCH_READY:-0 100000}"
+ready_n="${BENCH_READY_TASKS:-1000}"
 tail_s="${BENCH_TAIL_SECONDS:-2}"
 perf_dir="${BENCH_PERF_DIR:-}"
 perf_daemons="${BENCH_PERF_DAEMONS:-coordinator integration heartbeat auto-fix}"
 perf_freq="${BENCH_PERF_FREQ:-999}"
-all_sections="latency throughput add idle pueue fleet backlog xargs history"
+all_sections="latency throughput add idle pueue fleet backlog ready xargs history"
 # Run only when asked for (it needs Slurm's binaries and minutes of a cluster's time).
 optional_sections="slurm"
 # In start order, as `cortex start` starts them.
@@ -106,7 +117,7 @@ if ((build)); then
     (cd "$root" && cargo build --release --bins --quiet)
 fi
 needed="cortex cortex-worker cortex-coordinator"
-if want fleet || want backlog; then for d in $all_daemons; do needed+=" cortex-$d"; done; fi
+if want fleet || want backlog || want ready; then for d in $all_daemons; do needed+=" cortex-$d"; done; fi
 if want history; then needed+=" cortex-api cortex-metrics cortex-integration"; fi
 if want slurm; then needed+=" cortex-slurm"; fi
 for b in $needed; do
@@ -424,6 +435,16 @@ fi
 # 6-8. The fleet at full speed -----------------------------------------------------------------
 # gen_backlog N -> N queued tasks not due for years
 gen_backlog() { gen_tasks "$1" task-backlog "not yet due" medium '"waiting_reason":"delay","not_before":"2099-01-01T00:00:00.000000Z",'; }
+# gen_ready N -> N queued tasks that can run now, of a lower priority than the timed ones
+gen_ready() { gen_tasks "$1" task-ready "ready" low ""; }
+# What fleet_run runs: run_n tasks (default fleet_n), the backlog written by run_gen (default
+# gen_backlog); with run_pause_at_end the scheduler is paused once the last timed task is
+# archived (a backlog that can run is not run in the CPU window's tail).
+run_n=""
+run_gen=gen_backlog
+run_pause_at_end=0
+# timed_archived: archived tasks that are not the generated backlog's
+timed_archived() { archive_lines | grep -vc '"created_by":"bench"' || true; }
 
 # met VALUE OP TARGET -> "met" or "NOT met" (OP: ge or le)
 met() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "ge") ? (v >= t) : (v <= t); print ok ? "met" : "NOT met"}'; }
@@ -446,7 +467,7 @@ fleet_setup() {
     fleet_homes+=("$home")
     cortex scheduler pause --reason bench >/dev/null
     if ((backlog > 0)); then
-        gen_backlog "$backlog"
+        "$run_gen" "$backlog"
         cortex start coordinator >/dev/null 2>>"$work/$key.start.stderr"
         for ((i = 0; i < 6000; i++)); do
             head -c 512 "$home/coordination/task-queue.json" | grep -q '"journal_generation": *[1-9]' && break
@@ -549,7 +570,7 @@ add_cpu() {
 # (tasks not completed), and per daemon run_cpu[d] (CPU ms per task) and run_rss[d] (MiB at the
 # end of the run), run_children (CPU ms per task of the processes the worker reaped).
 fleet_go() {
-    local key="$1" t0 t1 d
+    local key="$1" t0 t1 d n="${run_n:-$fleet_n}"
     fleet_folded "$key"
     fleet_use "$key"
     declare -A before
@@ -568,27 +589,32 @@ fleet_go() {
     fi
     t0="$(now_us)"
     cortex scheduler resume >/dev/null
-    while (($(archived) < fleet_n)); do nap 0.02; done
+    while (($(timed_archived) < n)); do nap 0.02; done
     t1="$(now_us)"
+    ((run_pause_at_end)) && cortex scheduler pause --reason bench >/dev/null
     nap "$tail_s"
     local p
     for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
     for p in "${perf_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    # With a backlog that can run, the slots the last timed tasks leave go to backlog tasks until
+    # the pause: the CPU is per task archived in the window, those included.
+    run_done="$n"
+    ((run_pause_at_end)) && run_done="$(archived)"
     run_cpu=()
     run_rss=()
     for d in "${!fpid[@]}"; do
-        run_cpu[$d]="$(awk -v a="${before[$d]}" -v b="$(ticks "${fpid[$d]}")" -v hz="$hz" -v n="$fleet_n" \
+        run_cpu[$d]="$(awk -v a="${before[$d]}" -v b="$(ticks "${fpid[$d]}")" -v hz="$hz" -v n="$run_done" \
             'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
         run_rss[$d]="$(rss_mib "${fpid[$d]}")"
     done
     run_children=""
     if [[ -n "$children_before" ]]; then
         run_children="$(awk -v a="$children_before" -v b="$(child_ticks "${fpid[worker]}")" -v hz="$hz" \
-            -v n="$fleet_n" 'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
+            -v n="$run_done" 'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
     fi
     run_secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
-    run_rate="$(awk -v d=$((t1 - t0)) -v n="$fleet_n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
-    run_bad="$(archive_lines | jq -s '[.[] | select(.status != "completed")] | length')"
+    run_rate="$(awk -v d=$((t1 - t0)) -v n="$n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
+    run_bad="$(archive_lines | grep -v '"created_by":"bench"' | jq -s '[.[] | select(.status != "completed")] | length')"
     cortex stop >/dev/null 2>&1 || true
 }
 # fleet_run KEY BACKLOG [DAEMON...]: fleet_setup, fleet_n adds (run_add_mean / run_add_p50 /
@@ -596,7 +622,7 @@ fleet_go() {
 fleet_run() {
     local key="$1"
     fleet_setup "$@"
-    fleet_adds "$key" "$fleet_n"
+    fleet_adds "$key" "${run_n:-$fleet_n}"
     read -r run_add_mean run_add_p50 run_add_p90 < <(add_stats "$key")
     fleet_go "$key"
 }
@@ -706,6 +732,34 @@ if want backlog; then
                 printf '   %-16s RSS %6s MiB %-8s CPU %8s ms/task\n' "$d" "${run_rss[$d]}" "$(met "${run_rss[$d]}" le 64)" "${run_cpu[$d]}"
             done
         fi
+    done
+fi
+
+if want ready; then
+    echo
+    echo "7b. the fleet run of section 6 ($ready_n tasks, whole fleet) behind queued tasks that can run now (lower priority)"
+    declare -A rd_rate rd_coord
+    run_n="$ready_n" run_gen=gen_ready run_pause_at_end=1
+    for b in $ready_sizes; do
+        fleet_run "ready$b" "$b"
+        rd_rate[$b]="$run_rate"
+        rd_coord[$b]="${run_cpu[coordinator]:-0}"
+        max_rss="$(for d in "${!run_rss[@]}"; do echo "${run_rss[$d]}"; done | sort -n | tail -1)"
+        printf '   %7d ready: %6s tasks/s (not completed: %s)   coordinator %s ms CPU/task, RSS %s MiB   fleet %s ms CPU/task (%s archived in the window)   largest RSS %s MiB\n' \
+            "$b" "$run_rate" "$run_bad" "${run_cpu[coordinator]:-}" "${run_rss[coordinator]:-}" "$(cpu_sum $all_daemons)" "$run_done" "$max_rss"
+    done
+    run_n="" run_gen=gen_backlog run_pause_at_end=0
+    set -- $ready_sizes
+    first="$1"
+    for b in $ready_sizes; do last="$b"; done
+    tr="$(awk -v a="${rd_rate[$last]}" -v b="${rd_rate[$first]}" 'BEGIN {printf "%.2f", a/b}')"
+    cr="$(awk -v a="${rd_coord[$last]}" -v b="${rd_coord[$first]}" 'BEGIN {printf "%.2f", (b > 0) ? a/b : 0}')"
+    echo "   throughput at $last vs $first ready: ${tr}   target >= 0.90: $(met "$tr" ge 0.90)"
+    echo "   coordinator CPU/task at $last vs $first ready: ${cr}   target <= 1.10: $(met "$cr" le 1.10)"
+    echo "   each daemon at $last ready (RSS target <= 64 MiB):"
+    for d in $all_daemons; do
+        [[ -n "${run_rss[$d]:-}" ]] || continue
+        printf '   %-16s RSS %6s MiB %-8s CPU %8s ms/task\n' "$d" "${run_rss[$d]}" "$(met "${run_rss[$d]}" le 64)" "${run_cpu[$d]}"
     done
 fi
 

@@ -223,3 +223,70 @@ fn a_queue_from_before_the_journal_is_compacted_at_start_not_by_the_first_add() 
     assert_eq!(q["tasks"].as_array().unwrap().len(), 51);
     assert_eq!(q["counts"]["total"], 51, "{}", q["counts"]);
 }
+
+/// A backlog of tasks that can run now (more than the slots): the coordinator holds them apart
+/// and each cycle decodes only what it dispatches. They are dispatched in priority, then age
+/// order, cycle after cycle; a cancel of a held one applies; they are counted, written at a
+/// compaction and read back by a coordinator started afresh.
+#[test]
+fn ready_tasks_beyond_the_slots_are_held_apart_and_dispatched_in_order() {
+    use cortex::domain::task::model::Priority;
+    let h = TestHome::new();
+    h.cortex_ok(&["scheduler", "pause", "--reason", "test"]);
+    // Budget for all of them (the default one covers ten).
+    std::fs::write(
+        h.join("coordination/token-budget.json"),
+        r#"{"total": 1000000000, "used": 0, "available": 1000000000}"#,
+    )
+    .unwrap();
+    let priorities = [Priority::Low, Priority::Medium, Priority::High, Priority::Critical];
+    let mut added: Vec<(Priority, String)> = Vec::new();
+    for i in 0..40 {
+        let priority = priorities[(i * 7) % 4];
+        let new = NewTask {
+            description: format!("ready {i}"),
+            command: vec!["true".into()],
+            priority: Some(priority),
+            ..NewTask::default()
+        };
+        added.push((priority, add_task(&store_of(&h), new).unwrap().task_id));
+    }
+    // The order the plan must follow: priority first, then the order they were added (age).
+    let mut want: Vec<(Priority, String)> = added.clone();
+    want.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+    let want: Vec<String> = want.into_iter().map(|(_, id)| id).collect();
+
+    let store = store_of(&h);
+    let mut config = Config::load(store.home()).unwrap();
+    config.scheduler.max_concurrent_dispatches = 4;
+    let mut c = Coordinator::new(store.clone(), config.clone(), Box::new(SystemClock));
+    c.reconcile_at_start().unwrap();
+    assert_eq!(c.cycle().unwrap().folded, 40);
+    assert_eq!(c.working_len(), 0, "paused: every ready task is held apart, none decoded");
+    h.cortex_ok(&["scheduler", "resume"]);
+    let r = c.cycle().unwrap();
+    let first: Vec<String> = r.dispatched.iter().map(|d| d.task_id.clone()).collect();
+    assert_eq!(first, want[..4], "the first four in priority, then age order");
+    assert_eq!(c.working_len(), 4, "the working queue holds the dispatched tasks only");
+    // A cancel of a held task (the CLI appends it to the journal) applies to it.
+    let doomed = want[10].clone();
+    h.cortex_ok(&["task", "cancel", &doomed]);
+    let r = c.cycle().unwrap();
+    assert_eq!(r.archived, 1, "the cancelled held task is archived");
+    assert!(r.dispatched.is_empty(), "no slot is free");
+    let q = h.queue_json();
+    assert_eq!(q["counts"]["total"], 39, "held tasks are counted: {}", q["counts"]);
+    assert_eq!(q["counts"]["queued"], 35, "{}", q["counts"]);
+    // More slots, cycle after cycle (coordinators started afresh read the held tasks back from
+    // the queue on disk): the rest follow in the same order, the cancelled one skipped.
+    let mut order = first;
+    for slots in [12, 24, 40] {
+        config.scheduler.max_concurrent_dispatches = slots;
+        let mut c = Coordinator::new(store.clone(), config.clone(), Box::new(SystemClock));
+        c.reconcile_at_start().unwrap();
+        order.extend(c.cycle().unwrap().dispatched.into_iter().map(|d| d.task_id));
+    }
+    let expected: Vec<String> = want.into_iter().filter(|id| *id != doomed).collect();
+    assert_eq!(order, expected);
+    h.cortex_ok(&["validate"]);
+}

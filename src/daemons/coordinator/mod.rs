@@ -74,8 +74,9 @@ pub struct Coordinator {
     /// The queue as this coordinator last wrote it (or read it), at `journal`, without the
     /// parked tasks.
     cache: Option<TaskQueue>,
-    /// The queue's tasks not due before a known time, held apart from `cache` (see [`parked`]):
-    /// part of the queue, not of a cycle's work.
+    /// The queue's tasks held apart from `cache` (see [`parked`]): those not due before a known
+    /// time, and those that can run now beyond what the plan takes (lent to each cycle's plan
+    /// first in dispatch order). Part of the queue, not of a cycle's work.
     parked: parked::Parked,
     /// Where the snapshot and journal were when `cache` was current (`task::journal`).
     journal: JournalPos,
@@ -152,6 +153,14 @@ impl Coordinator {
             })
     }
 
+    /// How many tasks the coordinator holds decoded in its working queue (the tasks its cycles
+    /// pass over), the tasks held apart (parked, ready) not counted: for tests of what a cycle
+    /// costs.
+    #[doc(hidden)]
+    pub fn working_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, |q| q.tasks.len())
+    }
+
     /// Start-up reconciliation: an in-progress task whose dispatch has no spec in any bucket was
     /// recorded by a coordinator that died before writing the spec, or its spec was removed by
     /// hand; it is folded as `lost` (a failed attempt for the retry policy) once no process of it
@@ -178,8 +187,8 @@ impl Coordinator {
     /// brought up to date with the journal lines others appended since (a cancel, a retry); else
     /// loaded again (a compaction by another writer, a snapshot replaced by hand).
     ///
-    /// The tasks not due at `now` are parked (held apart), and the parked ones due by `now` come
-    /// back: the queue returned holds only what this cycle may move.
+    /// The tasks not due at `now` are parked and the ones ready held (apart), and the parked
+    /// ones due by `now` come back: the queue returned holds only what this cycle may move.
     fn load_queue(&mut self, now: Timestamp) -> Result<TaskQueue> {
         let mut q = self.load_whole_or_cached()?;
         self.parked.unpark_due(&mut q.tasks, now)?;
@@ -222,6 +231,7 @@ impl Coordinator {
         let mut q = loaded.queue;
         q.tasks = loading.into_working();
         self.journal = loaded.pos;
+        parked::give_back_freed_memory();
         Ok(q)
     }
 
@@ -321,7 +331,7 @@ impl Coordinator {
     /// their order). Returns what it did.
     pub fn cycle(&mut self) -> Result<CycleReport> {
         let mut c = self.collect()?;
-        // Prerequisites that are parked are in the queue, waiting: the plan sees their status
+        // Prerequisites that are held apart are in the queue, waiting: the plan sees their status
         // beside the archived ones'.
         let parked_prerequisites: Vec<(String, TaskStatus)> =
             c.q.tasks
@@ -336,17 +346,37 @@ impl Coordinator {
             with_parked = self.after_cache.clone().into_iter().chain(parked_prerequisites).collect();
             &with_parked
         };
-        let mut decided = plan::plan(&CycleInput {
-            tasks: &c.q.tasks,
-            budget: &c.budget,
-            types: c.types.as_ref(),
-            breakers: &c.breakers,
-            paused: c.report.paused,
-            archived: prerequisites,
-            now: c.now,
-            slots: self.config.scheduler.max_concurrent_dispatches as usize,
-            slurm_slots: self.slurm_slots(),
-        });
+        // The ready tasks held apart are lent to the plan first in dispatch order: as many as
+        // there are free slots, then twice as many each time the plan says it reached the rest
+        // with a slot still free (a task it skipped: budget, breaker, an unknown type). The plan
+        // made once they are not reached, or all lent, is the plan of the whole queue.
+        let slots = self.config.scheduler.max_concurrent_dispatches as usize;
+        let (free, free_slurm) = plan::free_slots(&c.q.tasks, c.types.as_ref(), slots, self.slurm_slots());
+        let mut lend = free + free_slurm;
+        self.parked.start_lending();
+        let mut decided = loop {
+            if lend > 0 {
+                let skip =
+                    parked::Skip { available: c.budget.available, types: c.types.as_ref(), breakers: &c.breakers };
+                self.parked.lend_ready(lend, &mut c.q.tasks, &skip)?;
+            }
+            let decided = plan::plan(&CycleInput {
+                tasks: &c.q.tasks,
+                budget: &c.budget,
+                types: c.types.as_ref(),
+                breakers: &c.breakers,
+                paused: c.report.paused,
+                archived: prerequisites,
+                now: c.now,
+                slots,
+                slurm_slots: self.slurm_slots(),
+                held: self.parked.ready_head(c.types.as_ref()),
+            });
+            if !decided.needs_held {
+                break decided;
+            }
+            lend = lend.max(1) * 2;
+        };
         if let Some(due) = self.parked.next_due() {
             decided.next_due = Some(decided.next_due.map_or(due, |d| d.min(due)));
         }
@@ -432,8 +462,11 @@ impl Coordinator {
             self.slurm_slots(),
         );
         let can_dispatch = !report.paused && types.is_some() && (free > 0 || free_slurm > 0);
-        let breakers =
-            if can_dispatch { breaker_gate.snapshot(&store, &q.tasks, now) } else { BreakerSnapshot::default() };
+        let breakers = if can_dispatch {
+            breaker_gate.snapshot(&store, &q.tasks, self.parked.ready_worker_types(), now)
+        } else {
+            BreakerSnapshot::default()
+        };
         Ok(Collected {
             budget_guard,
             queue_guard,
@@ -722,6 +755,7 @@ impl Coordinator {
                 q.journal_generation,
                 file_id(&store.path(TASK_QUEUE_JOURNAL)),
             );
+            parked::give_back_freed_memory();
         }
         if q_dirty {
             self.archived_unwritten.clear();
@@ -775,7 +809,7 @@ impl Coordinator {
                 debug_assert_eq!(on_disk, held, "the queue on disk differs from the coordinator's");
             }
         }
-        self.parked.park_from(&mut q.tasks, now)?;
+        self.parked.park_from(&mut q.tasks, now, &changed)?;
         self.cache = Some(q);
         self.seal_archive();
         drop(queue_guard);
@@ -1145,20 +1179,25 @@ impl BreakerGate {
     }
 
     /// This cycle's answers for the guarded worker types of the waiting tasks.
-    fn snapshot(&self, store: &Store, tasks: &[Task], now: Timestamp) -> BreakerSnapshot {
+    /// (`held_types`: the worker types of the ready tasks held apart, all waiting.)
+    fn snapshot<'a>(
+        &self,
+        store: &Store,
+        tasks: &'a [Task],
+        held_types: impl Iterator<Item = &'a str>,
+        now: Timestamp,
+    ) -> BreakerSnapshot {
         let mut snapshot = BreakerSnapshot::default();
-        for t in tasks {
-            if !matches!(t.status(), TaskStatus::Queued | TaskStatus::PendingRetry)
-                || snapshot.guarded.contains_key(&t.worker_type)
-                || !self.guarded(&t.worker_type)
-            {
+        let waiting = tasks.iter().filter(|t| matches!(t.status(), TaskStatus::Queued | TaskStatus::PendingRetry));
+        for worker_type in waiting.map(|t| t.worker_type.as_str()).chain(held_types) {
+            if snapshot.guarded.contains_key(worker_type) || !self.guarded(worker_type) {
                 continue;
             }
             let guarded = GuardedType {
-                trial_allowed: self.allows(store, &t.worker_type, now),
-                half_open_at: self.half_open_at(&t.worker_type),
+                trial_allowed: self.allows(store, worker_type, now),
+                half_open_at: self.half_open_at(worker_type),
             };
-            snapshot.guarded.insert(t.worker_type.clone(), guarded);
+            snapshot.guarded.insert(worker_type.to_string(), guarded);
         }
         snapshot
     }

@@ -5,9 +5,15 @@
 //! [`DispatchPlan`]: the tasks to dispatch (in order, each with its reservation), the tasks that
 //! fail without a dispatch, the waiting reasons to record and the next due time. It reads no file
 //! and no clock; the coordinator applies the plan to its queue and budget and writes them.
+//!
+//! The tasks that can run now beyond the free slots are held apart by the coordinator
+//! (`coordinator::parked`) and are not in `tasks`: [`CycleInput::held`] says where they begin in
+//! the dispatch order, and the plan says whether it reached that place with a slot they could
+//! take ([`DispatchPlan::needs_held`]); the coordinator then lends it more of them and plans
+//! again.
 
 use crate::base::clock::Timestamp;
-use crate::domain::task::model::{Task, TaskState, TaskStatus, TokenBudget, WaitingReason};
+use crate::domain::task::model::{Priority, Task, TaskState, TaskStatus, TokenBudget, WaitingReason};
 use crate::domain::task::queue;
 use crate::domain::task::worker_types::{ExecutorKind, WorkerTypes};
 use std::collections::{HashMap, HashSet};
@@ -51,6 +57,28 @@ pub(crate) struct CycleInput<'a> {
     /// from the local slots; None when `[slurm] enabled` is false (a Slurm type's tasks wait,
     /// `slurm_disabled`).
     pub slurm_slots: Option<usize>,
+    /// The first of the tasks the coordinator holds apart that can run now (not in `tasks`;
+    /// `coordinator::parked`), None when it holds none: the plan says whether it would have
+    /// reached them with a slot free ([`DispatchPlan::needs_held`]).
+    pub held: Option<HeldHead>,
+}
+
+/// Where the tasks held apart begin in the dispatch order, and what they may need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct HeldHead {
+    pub priority: Priority,
+    pub created_at: Timestamp,
+    /// Some held task is not of a known local worker type (a Slurm one, an unknown one): a
+    /// free Slurm slot may change it, not only a free local slot.
+    pub beyond_local: bool,
+}
+
+impl HeldHead {
+    /// `t` comes after every held task in the dispatch order (a held task and a task of `tasks`
+    /// with the same priority and creation time: the task of `tasks` first).
+    fn precedes(&self, t: &Task) -> bool {
+        t.priority < self.priority || (t.priority == self.priority && t.created_at > self.created_at)
+    }
 }
 
 /// The executor a task's dispatch would use: its own (`task add --executor`), else its worker
@@ -105,6 +133,11 @@ pub(crate) struct DispatchPlan {
     pub waiting: Vec<(usize, Option<WaitingReason>)>,
     /// The earliest time a waiting task becomes due (a delay, a retry, a breaker's half-open).
     pub next_due: Option<Timestamp>,
+    /// The plan reached the held tasks' place in the dispatch order ([`CycleInput::held`]) with
+    /// a slot they could take still free: it is not the plan of the whole queue, and is made
+    /// again with more of them in `tasks`. False when it is: the held tasks would all have been
+    /// left as they are (no slot for them, paused, or no worker types).
+    pub needs_held: bool,
 }
 
 impl DispatchPlan {
@@ -128,8 +161,23 @@ pub(crate) fn plan(input: &CycleInput) -> DispatchPlan {
         let wanted: HashSet<&str> = tasks.iter().filter_map(|t| t.after.as_deref()).collect();
         tasks.iter().filter(|t| wanted.contains(t.task_id.as_str())).map(|t| (t.task_id.as_str(), t.status())).collect()
     };
+    // Would a held task, at this point of the walk, be looked at with a slot it could take?
+    let open = |free: usize, free_slurm: usize, h: &HeldHead| {
+        !input.paused && input.types.is_some() && (free > 0 || (free_slurm > 0 && h.beyond_local))
+    };
+    let mut held_reached = false;
     for i in queue::dispatch_order(tasks) {
         let t = &tasks[i];
+        if !held_reached
+            && let Some(h) = &input.held
+            && h.precedes(t)
+        {
+            held_reached = true;
+            if open(free, free_slurm, h) {
+                out.needs_held = true;
+                return out;
+            }
+        }
         let due_at = match &t.state {
             TaskState::Queued { .. } => t.not_before,
             TaskState::PendingRetry { next_retry_at, .. } => Some(*next_retry_at),
@@ -215,6 +263,9 @@ pub(crate) fn plan(input: &CycleInput) -> DispatchPlan {
             template: t.command.is_empty().then(|| wt.command.clone()),
             timeout_seconds: t.timeout_seconds.unwrap_or(wt.default_duration * 60.0),
         });
+    }
+    if !held_reached && let Some(h) = &input.held {
+        out.needs_held = open(free, free_slurm, h);
     }
     out
 }

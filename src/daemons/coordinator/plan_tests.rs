@@ -77,6 +77,7 @@ impl Fixture {
             now: at(NOW),
             slots: self.slots,
             slurm_slots: self.slurm_slots,
+            held: None,
         })
     }
 
