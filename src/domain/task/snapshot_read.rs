@@ -90,135 +90,141 @@ impl<'de> Visitor<'de> for Tasks<'_> {
         while let Some(raw) = seq.next_element::<&'de RawValue>()? {
             let text = raw.get();
             let offset = (text.as_ptr() as usize).saturating_sub(self.base) as u64;
-            take(self.holder, text, offset).map_err(de::Error::custom)?;
+            if self.holder.take_snapshot_text(text, offset) {
+                continue;
+            }
+            let value: Value = serde_json::from_str(text).map_err(de::Error::custom)?;
+            if let Some(v) = crate::base::schema::check_def(TASK_QUEUE.schema, "task", &value, 1).into_iter().next() {
+                return Err(de::Error::custom(format!("a task at {}: {}", v.pointer, v.expected)));
+            }
+            let task: Task = serde_json::from_value(value).map_err(de::Error::custom)?;
+            self.holder.put_snapshot_line(task, offset, text.len() as u32);
         }
         Ok(())
     }
 }
 
-/// One task's text at `offset` to the holder: as text if it takes it so, else checked against
-/// the schema, decoded and given with where it is.
-fn take(holder: &mut dyn Holder, text: &str, offset: u64) -> std::result::Result<(), String> {
-    if holder.take_snapshot_text(text, offset) {
-        return Ok(());
-    }
-    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    if let Some(v) = crate::base::schema::check_def(TASK_QUEUE.schema, "task", &value, 1).into_iter().next() {
-        return Err(format!("a task at {}: {}", v.pointer, v.expected));
-    }
-    let task: Task = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    holder.put_snapshot_line(task, offset, text.len() as u32);
-    Ok(())
-}
-
-/// How much of the file the line reader holds at once, and how long its header may be.
-const CHUNK: usize = 1024 * 1024;
-const HEADER_MAX: usize = 64 * 1024;
-
-/// The writers' layout (`queue_file::encode`: `{`, a header field per line, `  "tasks": [`, a
-/// task per line indented four spaces and followed by a comma but the last, `  ]`, `}`) read a
-/// line at a time through a [`CHUNK`]-sized buffer, so the file is never held whole: the header's
-/// text with an empty `tasks` (for [`header_of`]), or None when the file is not in that layout or
-/// a task's text is not a task (the caller reads the file whole, after clearing the holder).
-fn stream_lines(file: &std::fs::File, holder: &mut dyn Holder) -> Option<Vec<u8>> {
-    use std::io::BufRead;
-    let mut r = std::io::BufReader::with_capacity(CHUNK, file);
-    let mut line = Vec::new();
-    let mut offset = 0u64;
-    let mut header = Vec::new();
-    loop {
-        line.clear();
-        let n = r.read_until(b'\n', &mut line).ok()?;
-        if n == 0 || header.len() > HEADER_MAX {
-            return None;
-        }
-        offset += n as u64;
-        if line == b"  \"tasks\": [\n" {
-            break;
-        }
-        header.extend_from_slice(&line);
-    }
-    if !header.starts_with(b"{\n") {
-        return None;
-    }
-    // Whether the last task's line ended with a comma: another task must follow.
-    let mut more = false;
-    let mut any = false;
-    loop {
-        line.clear();
-        let start = offset;
-        let n = r.read_until(b'\n', &mut line).ok()?;
-        offset += n as u64;
-        if line == b"  ]\n" {
-            // `[` then `]` alone is an empty array; a comma before `]` is not JSON.
-            if more {
-                return None;
-            }
-            break;
-        }
-        if n == 0 || (any && !more) {
-            return None;
-        }
-        let body = line.strip_prefix(b"    ")?.strip_suffix(b"\n")?;
-        let (text, comma) = match body.strip_suffix(b",") {
-            Some(t) => (t, true),
-            None => (body, false),
-        };
-        take(holder, std::str::from_utf8(text).ok()?, start + 4).ok()?;
-        (more, any) = (comma, true);
-    }
-    let mut rest = Vec::new();
-    std::io::Read::read_to_end(&mut r, &mut rest).ok()?;
-    if rest != b"}\n" && rest != b"}" {
-        return None;
-    }
-    header.extend_from_slice(b"  \"tasks\": []\n}\n");
-    Some(header)
-}
-
-/// The header of a document whose tasks were given to the holder already: its fields checked
-/// against the schema and decoded (the document's `tasks` are taken as empty).
-fn header_of(mut header: Map<String, Value>) -> Streamed {
-    header.insert("tasks".into(), Value::Array(Vec::new()));
-    let header = Value::Object(header);
-    if !crate::base::schema::check(TASK_QUEUE.schema, &header, 1).is_empty() {
-        return Streamed::Whole;
-    }
-    match serde_json::from_value::<TaskQueue>(header) {
-        Ok(head) => Streamed::Header(Box::new(head)),
-        Err(_) => Streamed::Whole,
-    }
-}
-
-/// Parses `bytes` as the document, its tasks given to `holder`; the header's fields.
-fn parse(bytes: &[u8], holder: &mut dyn Holder) -> Option<Map<String, Value>> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let doc = Document { holder, base: bytes.as_ptr() as usize };
-    de::Deserializer::deserialize_map(&mut de, doc).and_then(|h| de.end().map(|()| h)).ok()
-}
-
 /// Streams the snapshot at `path` to `holder`, one task at a time, each with where its text is
-/// in the file (see the module documentation): the writers' layout a line at a time, any other
-/// layout read whole and parsed as it is read.
+/// in the file (see the module documentation).
 pub(crate) fn stream(path: &Path, holder: &mut dyn Holder) -> Result<Streamed> {
     let mut file = match crate::store::open::read(path) {
         Ok(f) => f,
         Err(_) => return Ok(Streamed::Whole),
     };
     holder.snapshot_opened(&file);
-    if let Some(header) = stream_lines(&file, holder) {
-        // The header alone: a `tasks` field in it (a second one) fails here as in a whole read.
-        return Ok(parse(&header, holder).map_or(Streamed::Whole, header_of));
+    if holder.takes_snapshot_text() {
+        if let Some(head) = stream_lines(path, &file, holder)? {
+            return Ok(Streamed::Header(Box::new(head)));
+        }
+        holder.clear();
+        holder.snapshot_opened(&file);
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(|e| Error::io(path, "seek", e))?;
     }
-    holder.clear();
-    holder.snapshot_opened(&file);
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(|e| Error::io(path, "read", e))?;
     let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
     let mut bytes = Vec::with_capacity(len as usize + 1);
     file.read_to_end(&mut bytes).map_err(|e| Error::io(path, "read", e))?;
-    let header = parse(&bytes, holder);
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let doc = Document { holder, base: bytes.as_ptr() as usize };
+    let header = match de::Deserializer::deserialize_map(&mut de, doc).and_then(|h| de.end().map(|()| h)) {
+        Ok(h) => h,
+        Err(_) => return Ok(Streamed::Whole),
+    };
     drop(bytes);
-    Ok(header.map_or(Streamed::Whole, header_of))
+    match header_of(header) {
+        Some(head) => Ok(Streamed::Header(Box::new(head))),
+        None => Ok(Streamed::Whole),
+    }
+}
+
+/// The header's fields (all but `tasks`) as the queue's header, if they meet the schema.
+fn header_of(fields: Map<String, Value>) -> Option<TaskQueue> {
+    let mut header = Value::Object(fields);
+    header["tasks"] = Value::Array(Vec::new());
+    if !crate::base::schema::check(TASK_QUEUE.schema, &header, 1).is_empty() {
+        return None;
+    }
+    serde_json::from_value::<TaskQueue>(header).ok()
+}
+
+/// The writers' layout (`queue_file::encode`: the header's fields a line each, then `"tasks": [`,
+/// each task on its own line, `]`, `}`) read a line at a time for a holder that takes each
+/// task's text: memory is a line, not the file. None when the file is not exactly in that
+/// layout or the holder does not take a line: the caller clears the holder and reads the file
+/// the general way, which decides.
+fn stream_lines(path: &Path, file: &std::fs::File, holder: &mut dyn Holder) -> Result<Option<TaskQueue>> {
+    use std::io::BufRead;
+    const TASKS: &[u8] = b"  \"tasks\": [\n";
+    const NO_TASKS: &[u8] = b"  \"tasks\": []\n";
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, file);
+    let mut line = Vec::new();
+    let mut at = 0u64;
+    let mut next = |line: &mut Vec<u8>| -> Result<u64> {
+        line.clear();
+        let n = r.read_until(b'\n', line).map_err(|e| Error::io(path, "read", e))? as u64;
+        Ok(n)
+    };
+    let mut header = Vec::new();
+    let tasks = loop {
+        let n = next(&mut line)?;
+        if n == 0 || header.len() > 1 << 20 {
+            return Ok(None);
+        }
+        at += n;
+        if line == TASKS || line == NO_TASKS {
+            break line == TASKS;
+        }
+        header.extend_from_slice(&line);
+    };
+    // The header's lines closed as an object: `{` alone, or its last field's comma dropped.
+    let closed = match header.strip_suffix(b",\n") {
+        Some(fields) => [fields, b"}"].concat(),
+        None if header == b"{\n" => b"{}".to_vec(),
+        None => return Ok(None),
+    };
+    let Ok(fields) = serde_json::from_slice::<Map<String, Value>>(&closed) else { return Ok(None) };
+    if fields.contains_key("tasks") {
+        return Ok(None);
+    }
+    if tasks {
+        loop {
+            let n = next(&mut line)?;
+            let offset = at + 4;
+            at += n;
+            let Some(body) = line.strip_prefix(b"    ").and_then(|b| b.strip_suffix(b"\n")) else { return Ok(None) };
+            let (text, more) = match body.strip_suffix(b",") {
+                Some(t) => (t, true),
+                None => (body, false),
+            };
+            if !(text.starts_with(b"{") && text.ends_with(b"}")) {
+                return Ok(None);
+            }
+            let Ok(text) = std::str::from_utf8(text) else { return Ok(None) };
+            if !holder.take_snapshot_text(text, offset) {
+                return Ok(None);
+            }
+            if !more {
+                break;
+            }
+        }
+        next(&mut line)?;
+        if line != b"  ]\n" {
+            return Ok(None);
+        }
+    }
+    next(&mut line)?;
+    if line != b"}\n" && line != b"}" {
+        return Ok(None);
+    }
+    // Nothing but white space after the document.
+    loop {
+        if next(&mut line)? == 0 {
+            break;
+        }
+        if !line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            return Ok(None);
+        }
+    }
+    Ok(header_of(fields))
 }
 
 #[cfg(test)]
@@ -265,69 +271,6 @@ mod tests {
             }
             Streamed::Whole => None,
         }
-    }
-
-    /// Whether the line reader alone reads `bytes` (without falling back to the whole read).
-    fn by_lines(bytes: &[u8]) -> bool {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("task-queue.json");
-        std::fs::write(&p, bytes).unwrap();
-        let mut held = Lines { tasks: Vec::new(), file: None };
-        stream_lines(&std::fs::File::open(&p).unwrap(), &mut held).is_some()
-    }
-
-    #[test]
-    fn the_writers_layout_is_read_a_line_at_a_time_and_anything_else_whole() {
-        let p = Path::new("task-queue.json");
-        let q = TaskQueue {
-            tasks: (0..4).map(|i| Task::sample(&format!("task-{i}"))).collect(),
-            intake_offset: 9,
-            journal_generation: 3,
-            ..TaskQueue::default()
-        };
-        let bytes = super::super::queue_file::encode(p, &q, None).unwrap();
-        assert!(by_lines(&bytes));
-        let (head, tasks) = streamed(&bytes).unwrap();
-        assert_eq!((tasks, head.intake_offset, head.journal_generation), (q.tasks.clone(), 9, 3));
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert!(!by_lines(&serde_json::to_vec_pretty(&v).unwrap()));
-        assert!(!by_lines(&serde_json::to_vec(&v).unwrap()));
-        let empty = super::super::queue_file::encode(p, &TaskQueue::default(), None).unwrap();
-        assert!(!by_lines(&empty), "an empty queue is read whole (it is small)");
-        assert_eq!(streamed(&empty).unwrap().1, Vec::<Task>::new());
-
-        let text = String::from_utf8(bytes).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        let with_lines = |f: &dyn Fn(&mut Vec<String>)| {
-            let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
-            f(&mut l);
-            format!("{}\n", l.join("\n"))
-        };
-        let first_task = lines.iter().position(|l| l.starts_with("    {")).unwrap();
-        // Two tasks on one line: still JSON, so read whole — once, the holder cleared between.
-        let joined = with_lines(&|l| {
-            let next = l.remove(first_task + 2);
-            l[first_task + 1] = format!("{} {}", l[first_task + 1], next.trim_start());
-        });
-        assert!(!by_lines(joined.as_bytes()));
-        assert_eq!(streamed(joined.as_bytes()).unwrap().1, q.tasks, "no task twice");
-        // Not JSON: a comma after the last task, a missing comma, a torn line, a second tasks.
-        let last = first_task + 3;
-        let trailing = with_lines(&|l| l[last].push(','));
-        let missing = with_lines(&|l| l[first_task] = l[first_task].trim_end_matches(',').to_string());
-        let torn = with_lines(&|l| l[first_task + 1].truncate(20));
-        let second = with_lines(&|l| l.insert(1, "  \"tasks\": [],".to_string()));
-        for bad in [trailing, missing, torn] {
-            assert!(!by_lines(bad.as_bytes()), "{bad}");
-            assert!(streamed(bad.as_bytes()).is_none(), "{bad}");
-        }
-        // (The header's fields are parsed after the tasks: a second `tasks` is refused there.)
-        assert!(streamed(second.as_bytes()).is_none());
-        // A task breaking its schema on its line: read whole, which refuses it.
-        let broken =
-            with_lines(&|l| l[first_task + 1] = l[first_task + 1].replace("\"task_id\":\"task-1\"", "\"task_id\":1"));
-        assert!(!by_lines(broken.as_bytes()));
-        assert!(streamed(broken.as_bytes()).is_none());
     }
 
     #[test]
