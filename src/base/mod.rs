@@ -2,6 +2,7 @@
 //!
 //! - [`clock`]: timestamps, the injectable clock, durations.
 //! - [`error`]: `Error`, the one error type.
+//! - [`heap`]: the heap's policy (memory a whole read freed goes back to the system).
 //! - [`procfs`]: the one reader of `/proc`.
 //! - [`daemon_name`]: `Daemon`, the daemons by name.
 //! - [`home_trust`]: whether a home may be used (ownership and modes).
@@ -13,6 +14,7 @@
 pub mod clock;
 pub mod daemon_name;
 pub mod error;
+pub(crate) mod heap;
 pub(crate) mod home_trust;
 pub mod procfs;
 pub mod schema;

@@ -82,7 +82,7 @@ pub fn limits(config: &Config) -> http::Limits {
 
 /// The api daemon's loop: load tokens, check the address, serve until SIGTERM.
 pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
-    task_index::keep_large_allocations_mapped();
+    crate::base::heap::keep_large_allocations_mapped();
     let tokens = load_tokens(&ctx.home, &ctx.config)?;
     let addr_text = ctx.config.api_bind();
     let addr: SocketAddr = addr_text.parse().map_err(|_| Error::Config {

@@ -91,30 +91,6 @@ impl LiveTasks {
     }
 }
 
-/// Keeps large allocations (the snapshot read whole, the rows' slots and text) mapped on their
-/// own and unmapped when freed, for the API's life: glibc raises its mmap threshold to the size
-/// of a mapped block once one is freed (up to 32 MiB), so after the first whole read the next
-/// one grew its rows inside the heap, copying on each growth with old and new held at once, and
-/// left the heap fragmented (measured at 100,000 tasks: 48 → 60 MiB after a reload, peak
-/// 90 → 108 MiB). A fixed threshold also stops that adjustment.
-pub(crate) fn keep_large_allocations_mapped() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's policy for later allocations.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
-}
-
-/// Returns the heap the whole read freed (the snapshot's bytes, each task decoded on its way to
-/// a row) to the system, so the API's resident size is its rows, not its peak.
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Brings the rows up to date: the journal lines and intake lines appended since they were read;
 /// the whole queue again when its snapshot was replaced or its journal does not continue.
 fn refresh<'a>(slot: &'a mut Option<Followed>, store: &Store) -> Result<&'a mut Followed> {
@@ -136,7 +112,7 @@ fn refresh<'a>(slot: &'a mut Option<Followed>, store: &Store) -> Result<&'a mut 
             let mut rows = Rows::default();
             let loaded = journal::load_into(store, &mut rows)?;
             rows.shrink();
-            give_back_freed_memory();
+            crate::base::heap::give_back_freed_memory();
             tracing::debug!(
                 "GET /tasks: the queue loaded whole ({} tasks, {} KiB of rows, load {})",
                 rows.len(),

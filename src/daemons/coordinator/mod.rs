@@ -231,7 +231,7 @@ impl Coordinator {
         let mut q = loaded.queue;
         q.tasks = loading.into_working();
         self.journal = loaded.pos;
-        parked::give_back_freed_memory();
+        crate::base::heap::give_back_freed_memory();
         Ok(q)
     }
 
@@ -755,7 +755,7 @@ impl Coordinator {
                 q.journal_generation,
                 file_id(&store.path(TASK_QUEUE_JOURNAL)),
             );
-            parked::give_back_freed_memory();
+            crate::base::heap::give_back_freed_memory();
         }
         if q_dirty {
             self.archived_unwritten.clear();

@@ -417,17 +417,6 @@ impl Parked {
     }
 }
 
-/// Returns to the system the heap a whole read or write of the queue freed (the snapshot's
-/// bytes, each task decoded on its way to a held line), so the coordinator's resident size is
-/// what it holds, not its peak (glibc keeps freed heap otherwise). As the API's task index does.
-pub(crate) fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 fn encode(t: &Task) -> Result<Box<[u8]>> {
     let line = serde_json::to_vec(t).map_err(|e| Error::encode(format!("task {}", t.task_id), e))?;
     Ok(line.into_boxed_slice())

@@ -383,12 +383,6 @@ pub trait Holder {
     fn put(&mut self, task: Task);
     /// A journal line's removal.
     fn remove(&mut self, task_id: &str);
-
-    /// True when this holder takes every task's text ([`Holder::take_snapshot_text`]): a
-    /// snapshot in the writers' layout is then read a line at a time, never whole.
-    fn takes_snapshot_text(&self) -> bool {
-        false
-    }
 }
 
 /// The tasks in a `Vec`, in the snapshot's order, a task replaced in place and a new one

@@ -269,9 +269,6 @@ impl Holder for Scan<'_> {
     fn snapshot_opened(&mut self, file: &std::fs::File) {
         self.file = file.try_clone().ok();
     }
-    fn takes_snapshot_text(&self) -> bool {
-        true
-    }
     /// The four fields read from the text (see [`quick`]); a text not read so is checked,
     /// decoded and given to [`Holder::put_snapshot_line`].
     fn take_snapshot_text(&mut self, text: &str, offset: u64) -> bool {
