@@ -11,8 +11,9 @@
 //!   dispatch records that appeared, moved or changed state, `event: schedules` when
 //!   `schedules.json` changed.
 //!
-//! While no stream is open nothing is computed: a due refresh only marks the state stale, and
-//! the next stream to join brings it up to date first (the event log followed from its end, so a
+//! While no stream is open nothing is computed and nothing is watched: a due refresh only marks
+//! the state stale and drops the watches, and the next stream to join watches again and brings
+//! the state up to date first (the event log followed from its end, so a
 //! `Last-Event-ID` catches up from the file). An idle dashboard costs the fleet nothing per change.
 //!
 //! A new stream joins through this thread too, so what it is sent first (catch-up from its
@@ -109,18 +110,6 @@ impl Feed {
     ) -> crate::base::error::Result<Feed> {
         let (tx, rx) = mpsc::channel();
         let home = reader.home().clone();
-        let mut watches = Vec::new();
-        let coordination = vec![home.coordination(), home.run_dir()];
-        let existing: Vec<PathBuf> = coordination.into_iter().filter(|p| p.is_dir()).collect();
-        if !existing.is_empty() {
-            let t = tx.clone();
-            watches.push(watch::watch(&existing, Depth::Recursive, move |_| t.send(Msg::Changed).is_ok())?);
-        }
-        let logs = home.worker_logs();
-        if std::fs::create_dir_all(&logs).is_ok() {
-            let t = tx.clone();
-            watches.push(watch::watch(&[logs], Depth::Flat, move |_| t.send(Msg::LogsChanged).is_ok())?);
-        }
         let log_path = home.events_file();
         let stats = Arc::new(FeedStats::default());
         let state = State {
@@ -142,7 +131,9 @@ impl Feed {
             next_key: 0,
             stale: true,
             stats: stats.clone(),
-            _watches: watches,
+            home,
+            tx: tx.clone(),
+            watches: Vec::new(),
         };
         std::thread::Builder::new()
             .name("api-feed".into())
@@ -159,6 +150,23 @@ impl Feed {
     pub(crate) fn join(&self, join: Join) -> bool {
         self.tx.send(Msg::Join(join)).is_ok()
     }
+}
+
+/// Watches what the streams carry: `coordination/` and `run/` recursively, the task output logs.
+fn watch_home(home: &crate::store::home::Home, tx: &Sender<Msg>) -> crate::base::error::Result<Vec<watch::Watcher>> {
+    let mut watches = Vec::new();
+    let coordination = vec![home.coordination(), home.run_dir()];
+    let existing: Vec<PathBuf> = coordination.into_iter().filter(|p| p.is_dir()).collect();
+    if !existing.is_empty() {
+        let t = tx.clone();
+        watches.push(watch::watch(&existing, Depth::Recursive, move |_| t.send(Msg::Changed).is_ok())?);
+    }
+    let logs = home.worker_logs();
+    if std::fs::create_dir_all(&logs).is_ok() {
+        let t = tx.clone();
+        watches.push(watch::watch(&[logs], Depth::Flat, move |_| t.send(Msg::LogsChanged).is_ok())?);
+    }
+    Ok(watches)
 }
 
 /// The follow position in the event log: which file (device, inode) and how far.
@@ -357,7 +365,12 @@ struct State {
     /// brings the state up to date first ([`State::wake_up`]).
     stale: bool,
     stats: Arc<FeedStats>,
-    _watches: Vec<watch::Watcher>,
+    home: crate::store::home::Home,
+    /// For the watches' callbacks.
+    tx: Sender<Msg>,
+    /// The file watches, held only while a stream is open: with none, inotify's events would
+    /// only wake this thread for nothing (a thread switch per file a task's dispatch writes).
+    watches: Vec<watch::Watcher>,
 }
 
 impl State {
@@ -400,6 +413,7 @@ impl State {
                     // Nobody reads the streams: every change would be computed for nobody (the
                     // status views, the dispatch index, the process scan of each refresh).
                     self.stale = true;
+                    self.watches.clear();
                     self.stats.skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     self.refresh(false);
@@ -547,6 +561,13 @@ impl State {
     /// refresh): the event log is followed from its end, so a stream resuming from a
     /// `Last-Event-ID` catches up from the file up to there, then gets the broadcasts after it.
     fn wake_up(&mut self) {
+        if self.watches.is_empty() {
+            match watch_home(&self.home, &self.tx) {
+                Ok(w) => self.watches = w,
+                // The periodic refresh still runs: changes reach the streams within PERIODIC.
+                Err(e) => tracing::warn!("the API's event streams cannot watch the home: {e}"),
+            }
+        }
         self.events = EventLog::at_end(&self.log_path);
         self.refresh(true);
         self.stale = false;
