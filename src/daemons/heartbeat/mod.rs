@@ -66,7 +66,9 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
             };
         }
         let deadline = settle_until.map_or(next_pass, |s| s.min(next_pass));
-        let mut wakes = vec![ctx.wait(Some(deadline))];
+        // While a burst settles, its further changes are collected at its end, not woken for.
+        let first = if settle_until.is_some() { ctx.wait_settling(deadline) } else { ctx.wait(Some(deadline)) };
+        let mut wakes = vec![first];
         wakes.extend(ctx.drain_pending());
         for w in wakes {
             match w {

@@ -234,7 +234,13 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
             }
         }
         let deadline = earliest(earliest(Some(next_full), dirty.values().min().copied()), consistency_due);
-        let first = ctx.wait(deadline);
+        let first = if dirty.is_empty() {
+            ctx.wait(deadline)
+        } else {
+            // Changes already wait out their settling time: the file events meanwhile are
+            // collected then, not woken for one by one.
+            ctx.wait_settling(deadline.unwrap_or(now).min(Instant::now() + SETTLE))
+        };
         let mut wakes = vec![first];
         wakes.extend(ctx.drain_pending());
         for w in wakes {
