@@ -266,6 +266,12 @@ mod tests {
     fn a_directory_created_while_events_were_lost_is_watched_after_the_overflow() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
+        // Watched from the start: were it created after, its watch would be added only once the
+        // thread read its creation, which the gate below holds back, and the files made in it
+        // would make no event at all (the test then depended on the thread reading `first` and
+        // `many` in one batch, and failed when it read `first` alone).
+        let many = root.join("many");
+        std::fs::create_dir(&many).unwrap();
         let (tx, rx) = mpsc::channel::<PathBuf>();
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
         let gate = std::sync::Mutex::new(Some(gate_rx));
@@ -280,8 +286,6 @@ mod tests {
         std::fs::write(root.join("first"), b"").unwrap();
         let max: usize =
             std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events").unwrap().trim().parse().unwrap();
-        let many = root.join("many");
-        std::fs::create_dir(&many).unwrap();
         // Each new file is a distinct event (identical consecutive events are merged).
         for i in 0..max + 100 {
             std::fs::write(many.join(i.to_string()), b"").unwrap();
