@@ -91,15 +91,7 @@ impl<'de> Visitor<'de> for Tasks<'_> {
         while let Some(raw) = seq.next_element::<&'de RawValue>()? {
             let text = raw.get();
             let offset = (text.as_ptr() as usize).saturating_sub(self.base) as u64;
-            if self.holder.take_snapshot_text(text, offset) {
-                continue;
-            }
-            let value: Value = serde_json::from_str(text).map_err(de::Error::custom)?;
-            if let Some(v) = crate::base::schema::check_def(TASK_QUEUE.schema, "task", &value, 1).into_iter().next() {
-                return Err(de::Error::custom(format!("a task at {}: {}", v.pointer, v.expected)));
-            }
-            let task: Task = serde_json::from_value(value).map_err(de::Error::custom)?;
-            self.holder.put_snapshot_line(task, offset, text.len() as u32);
+            take(self.holder, text, offset).map_err(de::Error::custom)?;
         }
         Ok(())
     }
@@ -145,24 +137,27 @@ fn header_of(fields: Map<String, Value>) -> Option<TaskQueue> {
     serde_json::from_value::<TaskQueue>(header).ok()
 }
 
-/// A task's text checked against the queue schema's `$defs/task`, decoded and given to the
-/// holder; false when it breaks either (the caller then reads the file the general way, which
-/// names the problem).
-fn take_checked(holder: &mut dyn Holder, text: &str, offset: u64) -> bool {
-    let Ok(value) = serde_json::from_str::<Value>(text) else { return false };
-    if !crate::base::schema::check_def(TASK_QUEUE.schema, "task", &value, 1).is_empty() {
-        return false;
+/// A task's text given to the holder: taken as text ([`Holder::take_snapshot_text`]), or else
+/// checked against the queue schema's `$defs/task`, decoded and given as a task. An error says
+/// what is wrong with it (the caller then reads the file the general way, which names the file).
+fn take(holder: &mut dyn Holder, text: &str, offset: u64) -> std::result::Result<(), String> {
+    if holder.take_snapshot_text(text, offset) {
+        return Ok(());
     }
-    let Ok(task) = serde_json::from_value::<Task>(value) else { return false };
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(v) = crate::base::schema::check_def(TASK_QUEUE.schema, "task", &value, 1).into_iter().next() {
+        return Err(format!("a task at {}: {}", v.pointer, v.expected));
+    }
+    let task: Task = serde_json::from_value(value).map_err(|e| e.to_string())?;
     holder.put_snapshot_line(task, offset, text.len() as u32);
-    true
+    Ok(())
 }
 
 /// The writers' layout (`queue_file::encode`: the header's fields a line each, then `"tasks": [`,
 /// each task on its own line, `]`, `}`) read a line at a time: memory is a line, not the file
 /// (a 43 MB snapshot of 100,000 tasks was read into one buffer before: cortex-api's peak 90–96
 /// MiB, 50 MiB this way). Each task's text goes to the holder's
-/// [`Holder::take_snapshot_text`], or else is checked and decoded ([`take_checked`]). None when
+/// [`Holder::take_snapshot_text`], or else is checked and decoded ([`take`]). None when
 /// the file is not exactly in that layout or a task's text breaks its check: the caller clears
 /// the holder and reads the file the general way, which decides and names the problem.
 fn stream_lines(path: &Path, file: &std::fs::File, holder: &mut dyn Holder) -> Result<Option<TaskQueue>> {
@@ -213,7 +208,7 @@ fn stream_lines(path: &Path, file: &std::fs::File, holder: &mut dyn Holder) -> R
                 return Ok(None);
             }
             let Ok(text) = std::str::from_utf8(text) else { return Ok(None) };
-            if !holder.take_snapshot_text(text, offset) && !take_checked(holder, text, offset) {
+            if take(holder, text, offset).is_err() {
                 return Ok(None);
             }
             if !more {
