@@ -266,24 +266,27 @@ mod tests {
     fn a_directory_created_while_events_were_lost_is_watched_after_the_overflow() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        // Watched from the start: were it created after, its watch would be added only once the
-        // thread read its creation, which the gate below holds back, and the files made in it
-        // would make no event at all (the test then depended on the thread reading `first` and
-        // `many` in one batch, and failed when it read `first` alone).
+        // Watched from the start, and filled only once the thread is held at the gate with the
+        // batch holding `first` alone: otherwise the overflow depended on what the thread had read
+        // in its first batch (`many`'s creation with `first`, so that its watch was added; or,
+        // slow under load, thousands of `many`'s events with it, so the queue never filled).
         let many = root.join("many");
         std::fs::create_dir(&many).unwrap();
         let (tx, rx) = mpsc::channel::<PathBuf>();
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
         let gate = std::sync::Mutex::new(Some(gate_rx));
+        let (held_tx, held_rx) = mpsc::channel::<()>();
         let _w = watch(std::slice::from_ref(&root), Depth::Recursive, move |p| {
             // The first event blocks the thread until the test has overflowed the kernel's queue.
             if let Some(g) = gate.lock().unwrap().take() {
+                let _ = held_tx.send(());
                 let _ = g.recv();
             }
             tx.send(p).is_ok()
         })
         .unwrap();
         std::fs::write(root.join("first"), b"").unwrap();
+        held_rx.recv_timeout(Duration::from_secs(30)).expect("the watch thread reads the first event");
         let max: usize =
             std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events").unwrap().trim().parse().unwrap();
         // Each new file is a distinct event (identical consecutive events are merged).
