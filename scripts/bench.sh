@@ -17,9 +17,11 @@
 #                  add cost up to 2,000 queued) against pueue, and the ratios;
 #   fleet       6. the whole fleet (`cortex start`, every daemon) against coordinator+worker only:
 #                  N `true` tasks, 8 slots, queued while paused (once every daemon has settled
-#                  after its start-up), then resumed, timed until the last one is archived; tasks/s of both and the ratio; per daemon CPU ms per task
-#                  (utime+stime from /proc/<pid>/stat before the resume and after the run) and
-#                  RSS; the supporting daemons' and the whole fleet's CPU per task, each beside
+#                  after its start-up), then resumed, timed until the last one is archived;
+#                  BENCH_FLEET_ROUNDS (3) rounds of both forms, alternating which goes first;
+#                  the median tasks/s of both and their ratio; per daemon CPU ms per task (the
+#                  rounds' mean of utime+stime from /proc/<pid>/stat before the resume and after
+#                  the run) and RSS; the supporting daemons' and the whole fleet's CPU per task, each beside
 #                  its target;
 #   backlog     7. the fleet run of section 6 behind 0, 10,000 and 100,000 queued tasks that are
 #                  not yet due (`--delay` far in the future, written straight into the queue
@@ -88,6 +90,7 @@ idle_s="${BENCH_IDLE_SECONDS:-30}"
 queued_sizes="${BENCH_QUEUED:-0 10000 100000}"
 
 fleet_n="${BENCH_FLEET_TASKS:-500}"
+fleet_rounds="${BENCH_FLEET_ROUNDS:-3}"
 backlog_sizes="${BENCH_BACKLOG:-0 10000 100000}"
 add_block="${BENCH_ADD_BLOCK:-10}"
 ready_sizes="${BENCH_READY:-0 100000}"
@@ -646,23 +649,67 @@ print_daemons() { # the per-daemon table of the last fleet_run
 
 if want fleet; then
     echo
-    echo "6. whole fleet vs coordinator+worker only: $fleet_n \`true\` tasks, 8 slots, queued while paused, then resumed"
-    fleet_run fleet-cw 0 worker coordinator
-    cw_rate="$run_rate"
-    echo "   coordinator+worker: ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add mean / p50 / p90 ${run_add_mean} / ${run_add_p50} / ${run_add_p90} ms"
+    echo "6. whole fleet vs coordinator+worker only: $fleet_n \`true\` tasks, 8 slots, queued while paused, then resumed;"
+    echo "   $fleet_rounds rounds, the two forms one after the other, each round in the other order than the last"
+    echo "   (a change in the machine's load meets both forms alike); rates compared by their medians, CPU the"
+    echo "   rounds' mean, RSS at the end of the last round"
+    declare -A f_rates f_cpu f_rss
+    for ((r = 1; r <= fleet_rounds; r++)); do
+        forms="cw all"
+        ((r % 2)) || forms="all cw"
+        for f in $forms; do
+            if [[ "$f" == cw ]]; then
+                fleet_run "fleet-cw-$r" 0 worker coordinator
+                label="coordinator+worker"
+            else
+                fleet_run "fleet-all-$r" 0
+                label="whole fleet       "
+            fi
+            f_rates[$f]+="$run_rate "
+            for d in "${!run_cpu[@]}"; do
+                f_cpu[$f-$d]="$(awk -v a="${f_cpu[$f-$d]:-0}" -v b="${run_cpu[$d]}" 'BEGIN {printf "%.4f", a+b}')"
+                f_rss[$f-$d]="${run_rss[$d]}"
+            done
+            [[ -n "$run_children" ]] &&
+                f_cpu[$f-children]="$(awk -v a="${f_cpu[$f-children]:-0}" -v b="$run_children" 'BEGIN {printf "%.4f", a+b}')"
+            echo "   round $r, $label: ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add mean / p50 / p90 ${run_add_mean} / ${run_add_p50} / ${run_add_p90} ms"
+        done
+    done
+    # fleet_form F: sets run_cpu, run_rss and run_children of form F over the rounds, and
+    # form_rate (the median of its rates).
+    fleet_form() {
+        local key d
+        run_cpu=()
+        run_rss=()
+        for key in "${!f_cpu[@]}"; do
+            [[ "$key" == "$1-"* ]] || continue
+            d="${key#"$1"-}"
+            [[ "$d" == children ]] && continue
+            run_cpu[$d]="$(awk -v a="${f_cpu[$key]}" -v n="$fleet_rounds" 'BEGIN {printf "%.3f", a/n}')"
+            run_rss[$d]="${f_rss[$key]}"
+        done
+        run_children="$(awk -v a="${f_cpu[$1-children]:-0}" -v n="$fleet_rounds" 'BEGIN {printf "%.3f", a/n}')"
+        # shellcheck disable=SC2086 # a list of rates
+        form_rate="$(printf '%s\n' ${f_rates[$1]} | sort -n |
+            awk '{a[NR]=$1} END {printf "%.0f", (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')"
+    }
+    fleet_form cw
+    cw_rate="$form_rate"
+    echo "   coordinator+worker: median ${cw_rate} tasks/s (rounds: ${f_rates[cw]% })"
     print_daemons
-    fleet_run fleet-all 0
-    tps[fleet]="$run_rate"
+    fleet_form all
+    fleet_rate="$form_rate"
+    echo "   whole fleet:        median ${fleet_rate} tasks/s (rounds: ${f_rates[all]% })"
+    print_daemons
+    tps[fleet]="$fleet_rate"
     tps[cw]="$cw_rate"
-    echo "   whole fleet:        ${run_secs} s, ${run_rate} tasks/s (not completed: $run_bad); add mean / p50 / p90 ${run_add_mean} / ${run_add_p50} / ${run_add_p90} ms"
-    print_daemons
     missing=""
     for d in $all_daemons; do [[ -n "${run_cpu[$d]:-}" ]] || missing+=" $d"; done
     [[ -z "$missing" ]] || echo "   (not running in the whole-fleet run:$missing)"
-    ratio="$(awk -v a="$run_rate" -v b="$cw_rate" 'BEGIN {printf "%.2f", a/b}')"
+    ratio="$(awk -v a="$fleet_rate" -v b="$cw_rate" 'BEGIN {printf "%.2f", a/b}')"
     support="$(cpu_sum $supporting_daemons)"
     whole="$(cpu_sum $all_daemons)"
-    echo "   whole fleet / coordinator+worker throughput: ${ratio}   target >= 0.90: $(met "$ratio" ge 0.90)"
+    echo "   whole fleet / coordinator+worker throughput (medians): ${ratio}   target >= 0.90: $(met "$ratio" ge 0.90)"
     echo "   supporting daemons ($supporting_daemons): ${support} ms CPU/task   target <= 1: $(met "$support" le 1)"
     echo "   whole fleet: ${whole} ms CPU/task   target <= 5: $(met "$whole" le 5)"
 fi

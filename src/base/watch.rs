@@ -8,7 +8,9 @@
 //! changed, so a daemon that keeps state per file rescans it.
 //!
 //! Each [`Watcher`] owns one inotify descriptor and one thread; the callback gets the changed
-//! path (the file inside a watched directory, the directory itself for a rescan). Dropping a
+//! path (the file inside a watched directory, the directory itself for a rescan). A paced watch
+//! ([`watch_paced`], for daemons that let changes settle anyway) reads the kernel's queue at
+//! most once per pace: a burst of events costs one wake-up, not one per event. Dropping a
 //! [`Watcher`] ends its thread and closes its descriptor (inotify instances are limited per user,
 //! 128 by default: a daemon that watches each new file of a rotated log replaces its watcher).
 
@@ -17,6 +19,9 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// What a directory watch asks the kernel for: no `IN_OPEN`, `IN_ACCESS`, `IN_CLOSE_NOWRITE`
 /// (reads), and no `IN_CLOSE_WRITE` (a write already reported `IN_MODIFY`; an empty new file
@@ -54,6 +59,14 @@ pub enum Depth {
 pub struct Watcher {
     stop: Option<std::os::fd::OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
+    reads: Arc<AtomicU64>,
+}
+
+impl Watcher {
+    /// How many times the thread has read the kernel's queue (each a wake-up).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Watcher {
@@ -107,6 +120,20 @@ fn is_hidden(name: &OsStr) -> bool {
 /// Watches `paths` (directories at `depth`, files by inode) and calls `on_change` with each
 /// changed path from a thread of its own. Paths must exist.
 pub fn watch(paths: &[PathBuf], depth: Depth, on_change: impl Fn(PathBuf) -> bool + Send + 'static) -> Result<Watcher> {
+    watch_paced(paths, depth, Duration::ZERO, on_change)
+}
+
+/// [`watch`], reading the changes at most once per `pace`: after the changes of one read are
+/// passed on, the thread waits out `pace` while the kernel queues further events (the same file's
+/// repeated events merged), then takes them all in one read. A change is passed on at most `pace`
+/// late. The kernel's queue holds 16,384 events by default: past that, the overflow reports every
+/// root as changed (the daemon rescans).
+pub fn watch_paced(
+    paths: &[PathBuf],
+    depth: Depth,
+    pace: Duration,
+    on_change: impl Fn(PathBuf) -> bool + Send + 'static,
+) -> Result<Watcher> {
     let inotify =
         Inotify::init().map_err(|e| Error::io(paths.first().map_or(Path::new("."), |p| p), "inotify_init", e))?;
     let mut state = State { inotify, by_wd: HashMap::new(), roots: Vec::new() };
@@ -122,11 +149,13 @@ pub fn watch(paths: &[PathBuf], depth: Depth, on_change: impl Fn(PathBuf) -> boo
     }
     let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::io(Path::new("pipe"), "pipe2", e.into()))?;
+    let reads = Arc::new(AtomicU64::new(0));
+    let counted = reads.clone();
     let thread = std::thread::Builder::new()
         .name("watch".into())
-        .spawn(move || event_loop(state, &stopped, on_change))
+        .spawn(move || event_loop(state, &stopped, pace, &counted, on_change))
         .map_err(|e| Error::other(format!("cannot start the watch thread: {e}")))?;
-    Ok(Watcher { stop: Some(stop), thread: Some(thread) })
+    Ok(Watcher { stop: Some(stop), thread: Some(thread), reads })
 }
 
 /// Waits until the inotify descriptor is readable; false once the watcher was dropped (the pipe's
@@ -155,12 +184,43 @@ fn wait_readable(inotify: &Inotify, stopped: &std::os::fd::OwnedFd) -> bool {
     }
 }
 
-fn event_loop(mut state: State, stopped: &std::os::fd::OwnedFd, on_change: impl Fn(PathBuf) -> bool) {
+/// Waits `pace` (a paced watch's gap between reads); false once the watcher was dropped.
+fn wait_pace(pace: Duration, stopped: &std::os::fd::OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let until = Instant::now() + pace;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(stopped.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => {}
+            Ok(_) => return false,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!("file watch stopped: poll: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+fn event_loop(
+    mut state: State,
+    stopped: &std::os::fd::OwnedFd,
+    pace: Duration,
+    reads: &AtomicU64,
+    on_change: impl Fn(PathBuf) -> bool,
+) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         if !wait_readable(&state.inotify, stopped) {
             return;
         }
+        reads.fetch_add(1, Ordering::Relaxed);
         let mut changed: Vec<PathBuf> = Vec::new();
         let mut new_dirs: Vec<(PathBuf, Depth)> = Vec::new();
         let mut gone: Vec<WatchDescriptor> = Vec::new();
@@ -220,6 +280,9 @@ fn event_loop(mut state: State, stopped: &std::os::fd::OwnedFd, on_change: impl 
                 return;
             }
         }
+        if !pace.is_zero() && !wait_pace(pace, stopped) {
+            return;
+        }
     }
 }
 
@@ -227,7 +290,6 @@ fn event_loop(mut state: State, stopped: &std::os::fd::OwnedFd, on_change: impl 
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::{Duration, Instant};
 
     fn wait_for(rx: &mpsc::Receiver<PathBuf>, want: &Path, deadline: Duration) -> bool {
         let end = Instant::now() + deadline;
@@ -239,6 +301,73 @@ mod tests {
             }
         }
         false
+    }
+
+    /// Writes `n` files into `dir` about 20 ms apart; returns how long it took.
+    fn trickle(dir: &Path, n: usize) -> Duration {
+        let start = Instant::now();
+        for i in 0..n {
+            std::fs::write(dir.join(format!("f{i}")), b"x").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        start.elapsed()
+    }
+
+    /// Waits (at most 10 s) until every one of `n` files of `trickle` was passed on.
+    fn all_passed_on(rx: &mpsc::Receiver<PathBuf>, dir: &Path, n: usize) {
+        let mut seen = std::collections::HashSet::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while seen.len() < n {
+            let left = end.checked_duration_since(Instant::now()).expect("every change is passed on");
+            let p = rx.recv_timeout(left).expect("every change is passed on");
+            if p.parent() == Some(dir) {
+                seen.insert(p);
+            }
+        }
+    }
+
+    #[test]
+    fn a_paced_watch_reads_a_stream_of_changes_once_per_pace_and_loses_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let pace = Duration::from_millis(250);
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let w = watch_paced(&[dir.path().to_path_buf()], Depth::Flat, pace, move |p| tx.send(p).is_ok()).unwrap();
+        let n = 50;
+        let took = trickle(dir.path(), n);
+        all_passed_on(&rx, dir.path(), n);
+        // One read per pace while the stream lasts, and the last one after it (the write loop is
+        // slower under load: the bound grows with it, the reads do not).
+        let bound = (took.as_secs_f64() / pace.as_secs_f64()).ceil() as u64 + 2;
+        assert!(w.reads() <= bound, "{} reads for {n} changes over {took:?}, paced at {pace:?}", w.reads());
+
+        // The same stream unpaced wakes the thread for nearly every change: the check above fails
+        // without the pace.
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let w = watch(&[dir.path().to_path_buf()], Depth::Flat, move |p| tx.send(p).is_ok()).unwrap();
+        let took = trickle(dir.path(), n);
+        all_passed_on(&rx, dir.path(), n);
+        let bound = (took.as_secs_f64() / pace.as_secs_f64()).ceil() as u64 + 2;
+        assert!(w.reads() > bound, "unpaced: {} reads for {n} changes over {took:?}", w.reads());
+    }
+
+    #[test]
+    fn a_paced_watcher_ends_at_once_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let w = watch_paced(&[dir.path().to_path_buf()], Depth::Flat, Duration::from_secs(3600), move |p| {
+            tx.send(p).is_ok()
+        })
+        .unwrap();
+        std::fs::write(dir.path().join("a"), b"1").unwrap();
+        assert!(wait_for(&rx, &dir.path().join("a"), Duration::from_secs(10)), "the first change is passed on at once");
+        // The thread now waits out its hour: dropping the watcher ends that wait.
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            drop(w);
+            let _ = done_tx.send(());
+        });
+        assert!(done_rx.recv_timeout(Duration::from_secs(30)).is_ok(), "the drop waited for the pace");
     }
 
     #[test]

@@ -9,6 +9,9 @@ use crate::{base::wake::Wake, daemons::daemon::DaemonContext};
 
 pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let run_dir = ctx.home.run_dir();
+    // `run/` changes with every task too (the worker's `dispatch-exits.jsonl`): paced, as the
+    // daemons off the task path are; a daemon's exit reaches pm through its PID-file lock.
+    ctx.pace_watches(crate::daemons::daemon::OFF_PATH_PACE);
     ctx.watch_flat(&[run_dir])?;
     let mut engine = Engine::new(ctx.home.clone(), ctx.config.clone(), Mode::Pm, ctx.waker());
     engine.observe();

@@ -61,7 +61,7 @@ fn inotify_masks(pid: u32) -> Vec<u32> {
 #[test]
 fn no_daemon_watch_subscribes_to_opens_or_reads() {
     let h = TestHome::new();
-    let names = ["integration", "auto-fix", "heartbeat", "failure-pattern", "worker"];
+    let names = ["integration", "auto-fix", "heartbeat", "failure-pattern", "worker", "coordinator"];
     let children: Vec<Daemon> = names.iter().map(|n| Daemon::start(&h, n)).collect();
     for n in names {
         wait_ready(&h, n);

@@ -181,6 +181,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let patterns_dir = ctx.home.coord("patterns");
     crate::store::atomic::create_dir_all(&patterns_dir)?;
+    ctx.pace_watches(crate::daemons::daemon::OFF_PATH_PACE);
     ctx.watch(&[
         ctx.home.worker_specs(SpecBucket::Zombie),
         ctx.home.worker_specs(SpecBucket::Failed),

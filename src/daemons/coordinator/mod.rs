@@ -13,7 +13,7 @@
 //! (the plan's dispatches, failures and waiting reasons on the queue and budget) → archive (the
 //! finished tasks appended) → commit (one parallel flush, then the renames in their order).
 //!
-//! It is event-driven: a notify watcher on the intake, the queue, the budget, the scheduler state
+//! It is event-driven: a file watch ([`crate::base::watch`]) on the intake, the queue, the budget, the scheduler state
 //! and the `completed/`/`failed/` spec buckets wakes it; the next due time (delay, retry) is its
 //! deadline; `[scheduler] tick_interval_seconds` is only a slow safety re-scan.
 
@@ -965,9 +965,10 @@ fn lost_record(t: &Task, dispatch_id: &str, now: Timestamp, reason: &str) -> Dis
     }
 }
 
-/// Watches the files the coordinator reacts to, waking the loop through `ctx.waker()`.
-fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
+/// Watches the files the coordinator reacts to, waking the loop through `ctx.waker()`. Changes
+/// only ([`crate::base::watch`]): the other daemons' and operators' reads of these directories
+/// (integration validating each ended spec, `jq` over the queue) do not wake it.
+fn watch(ctx: &DaemonContext) -> Result<crate::base::watch::Watcher> {
     let tx = ctx.waker();
     let names: HashSet<&'static str> = [
         crate::store::files::TASK_INTAKE.rel,
@@ -980,37 +981,30 @@ fn watch(ctx: &DaemonContext) -> Result<notify::RecommendedWatcher> {
     ]
     .into_iter()
     .collect();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(ev) = res else { return };
-        if matches!(ev.kind, notify::EventKind::Access(_)) {
-            return;
-        }
-        for p in ev.paths {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let parent = p.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()).unwrap_or("");
-            let relevant = if parent == "coordination" {
-                names.contains(name)
-            } else {
-                name.ends_with(".json") && !crate::store::atomic::is_temp_name(name)
-            };
-            if relevant {
-                let _ = tx.send(Wake::Changed(p));
-                return;
-            }
-        }
-    })?;
     let home = &ctx.home;
+    let coordination = home.coordination();
     let dirs = [
-        home.coordination(),
+        coordination.clone(),
         home.worker_specs(SpecBucket::Completed),
         home.worker_specs(SpecBucket::Failed),
         home.worker_specs(SpecBucket::Zombie),
     ];
-    for d in dirs {
-        crate::store::atomic::create_dir_all(&d)?;
-        watcher.watch(&d, RecursiveMode::NonRecursive).map_err(|e| Error::watch(d, e))?;
+    for d in &dirs {
+        crate::store::atomic::create_dir_all(d)?;
     }
-    Ok(watcher)
+    let roots = dirs.to_vec();
+    crate::base::watch::watch(&dirs, crate::base::watch::Depth::Flat, move |p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let relevant = if roots.contains(&p) {
+            // Events were lost: a directory to look at again.
+            true
+        } else if p.parent() == Some(coordination.as_path()) {
+            names.contains(name)
+        } else {
+            name.ends_with(".json") && !crate::store::atomic::is_temp_name(name)
+        };
+        !relevant || tx.send(Wake::Changed(p)).is_ok()
+    })
 }
 
 fn instant_of(at: Timestamp, clock: &dyn Clock) -> Instant {

@@ -276,6 +276,7 @@ impl FailurePatterns {
 pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let mut fp = FailurePatterns::open(ctx.store.clone(), ctx.config.failure_pattern.clone(), Arc::new(SystemClock));
     let home = ctx.home.clone();
+    ctx.pace_watches(crate::daemons::daemon::OFF_PATH_PACE);
     ctx.watch(&[home.worker_specs(SpecBucket::Failed), home.worker_specs(SpecBucket::Zombie)])?;
     let events = home.events_file();
     if !events.exists() {

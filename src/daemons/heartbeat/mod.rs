@@ -37,6 +37,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     monitor.marks_every = Duration::from_secs(ctx.config.heartbeat.interval_seconds.max(1));
     let dispatch_runs = ctx.home.run_dir().join("dispatches");
     crate::store::atomic::create_dir_all(&dispatch_runs)?;
+    ctx.pace_watches(crate::daemons::daemon::OFF_PATH_PACE);
     ctx.watch(&[dispatch_runs, ctx.home.worker_specs(SpecBucket::Active)])?;
     // The policy's directory, not the file: an edit replaces the file (a new inode), and a watch
     // of the old one would see no later edit.

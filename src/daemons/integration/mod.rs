@@ -207,6 +207,7 @@ pub fn run_loop(ctx: &mut DaemonContext) -> Result<()> {
     let coordination = ctx.home.coordination();
     let grace = Duration::from_secs_f64(ctx.config.integration.consistency_grace_seconds.max(0.0));
     let mut integrity = Integrity::new(ctx.store.clone(), grace);
+    ctx.pace_watches(crate::daemons::daemon::OFF_PATH_PACE);
     ctx.watch(std::slice::from_ref(&coordination))?;
     ctx.mark_ready()?;
     let every = Duration::from_secs(ctx.config.integration.interval_seconds.max(1));
