@@ -30,8 +30,10 @@
 #                  side by side and their N adds interleaved in blocks of BENCH_ADD_BLOCK, so
 #                  the machine's load meets every backlog alike; add time mean / p50 / p90, CPU
 #                  ms per add of the add processes and of each daemon; then each home's
-#                  throughput run; ratios against the first size, and every daemon's RSS at the
-#                  largest;
+#                  throughput run, in BENCH_FLEET_ROUNDS rounds (N more adds before each
+#                  round after the first; the homes' order reversed each round), their
+#                  medians compared; ratios against the first size, and every daemon's RSS at
+#                  the largest;
 #   ready       7b. the fleet run of section 6 with BENCH_READY_TASKS (1000) tasks behind 0 and
 #                  100,000 (BENCH_READY: "0 100000") tasks that can run now (queued, low
 #                  priority, written straight into the queue file, so the timed tasks, medium,
@@ -442,12 +444,18 @@ gen_backlog() { gen_tasks "$1" task-backlog "not yet due" medium '"waiting_reaso
 gen_ready() { gen_tasks "$1" task-ready "ready" low ""; }
 # What fleet_run runs: run_n tasks (default fleet_n), the backlog written by run_gen (default
 # gen_backlog); with run_pause_at_end the scheduler is paused once the last timed task is
-# archived (a backlog that can run is not run in the CPU window's tail).
+# archived (a backlog that can run is not run in the CPU window's tail); with run_keep the fleet
+# is left running after the run (for another round of adds and a run).
 run_n=""
 run_gen=gen_backlog
 run_pause_at_end=0
+run_keep=0
 # timed_archived: archived tasks that are not the generated backlog's
 timed_archived() { archive_lines | grep -vc '"created_by":"bench"' || true; }
+
+# median: the median of the numbers on stdin, one per line, rounded to a whole number
+median() { sort -n | awk '{a[NR]=$1} END {printf "%.0f", (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+declare -A last_cpu last_rss
 
 # met VALUE OP TARGET -> "met" or "NOT met" (OP: ge or le)
 met() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "ge") ? (v >= t) : (v <= t); print ok ? "met" : "NOT met"}'; }
@@ -568,14 +576,17 @@ add_cpu() {
     addcpu[add]="$(awk -v u="${add_cpu_us[$1]:-0}" -v n="$4" 'BEGIN {printf "%.3f", u/1000/n}')"
 }
 # fleet_go KEY: once every add is folded, the scheduler resumes and the run is timed until the
-# last of fleet_n tasks is archived; the fleet is stopped after. The CPU window is from just
+# last of fleet_n tasks (run_n) added since the last run is archived; the fleet is stopped after
+# (unless run_keep). The CPU window is from just
 # before the resume to tail_s after the last archive. Sets run_rate (tasks/s), run_secs, run_bad
 # (tasks not completed), and per daemon run_cpu[d] (CPU ms per task) and run_rss[d] (MiB at the
 # end of the run), run_children (CPU ms per task of the processes the worker reaped).
 fleet_go() {
-    local key="$1" t0 t1 d n="${run_n:-$fleet_n}"
+    local key="$1" t0 t1 d n="${run_n:-$fleet_n}" timed_before archived_before
     fleet_folded "$key"
     fleet_use "$key"
+    timed_before="$(timed_archived)"
+    archived_before="$(archived)"
     declare -A before
     for d in "${!fpid[@]}"; do before[$d]="$(ticks "${fpid[$d]}")"; done
     local children_before=""
@@ -592,7 +603,7 @@ fleet_go() {
     fi
     t0="$(now_us)"
     cortex scheduler resume >/dev/null
-    while (($(timed_archived) < n)); do nap 0.02; done
+    while (($(timed_archived) - timed_before < n)); do nap 0.02; done
     t1="$(now_us)"
     ((run_pause_at_end)) && cortex scheduler pause --reason bench >/dev/null
     nap "$tail_s"
@@ -602,7 +613,7 @@ fleet_go() {
     # With a backlog that can run, the slots the last timed tasks leave go to backlog tasks until
     # the pause: the CPU is per task archived in the window, those included.
     run_done="$n"
-    ((run_pause_at_end)) && run_done="$(archived)"
+    ((run_pause_at_end)) && run_done=$(($(archived) - archived_before))
     run_cpu=()
     run_rss=()
     for d in "${!fpid[@]}"; do
@@ -618,7 +629,7 @@ fleet_go() {
     run_secs="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')"
     run_rate="$(awk -v d=$((t1 - t0)) -v n="$n" 'BEGIN {printf "%.0f", n/(d/1e6)}')"
     run_bad="$(archive_lines | grep -v '"created_by":"bench"' | jq -s '[.[] | select(.status != "completed")] | length')"
-    cortex stop >/dev/null 2>&1 || true
+    ((run_keep)) || cortex stop >/dev/null 2>&1 || true
 }
 # fleet_run KEY BACKLOG [DAEMON...]: fleet_setup, fleet_n adds (run_add_mean / run_add_p50 /
 # run_add_p90, ms), fleet_go.
@@ -690,8 +701,7 @@ if want fleet; then
         done
         run_children="$(awk -v a="${f_cpu[$1-children]:-0}" -v n="$fleet_rounds" 'BEGIN {printf "%.3f", a/n}')"
         # shellcheck disable=SC2086 # a list of rates
-        form_rate="$(printf '%s\n' ${f_rates[$1]} | sort -n |
-            awk '{a[NR]=$1} END {printf "%.0f", (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')"
+        form_rate="$(printf '%s\n' ${f_rates[$1]} | median)"
     }
     fleet_form cw
     cw_rate="$form_rate"
@@ -720,7 +730,9 @@ if want backlog; then
     echo "   Each form's homes (one per backlog) run side by side, paused, settled; their $fleet_n adds each are"
     echo "   interleaved in blocks of $add_block (a change in the machine's load meets every backlog alike). Add"
     echo "   times in ms; CPU ms per add of the add processes and of each daemon, from the first add to the"
-    echo "   last one folded and the fleet settled again (daemons under 0.01 left out)."
+    echo "   last one folded and the fleet settled again (daemons under 0.01 left out). Then each home's"
+    echo "   throughput run, $fleet_rounds rounds (each after $fleet_n more adds, the homes in the other order than"
+    echo "   the last round), the medians compared; each daemon's CPU and RSS from the last round."
     set -- $backlog_sizes
     first="$1"
     for b in $backlog_sizes; do last="$b"; done
@@ -758,13 +770,38 @@ if want backlog; then
             done
             echo "$line"
         done
+        # The throughput runs, in rounds: each round's order the reverse of the last one's, a
+        # round after the first one on $fleet_n more adds (paused, settled), the median compared.
+        declare -A bl_rates
+        for ((r = 1; r <= fleet_rounds; r++)); do
+            order="$backlog_sizes"
+            ((r % 2)) || order="$(echo "$backlog_sizes" | tr ' ' '\n' | tac | tr '\n' ' ')"
+            if ((r > 1)); then
+                for b in $backlog_sizes; do fleet_adds "bl-$form-$b" "$fleet_n"; done
+                for b in $backlog_sizes; do
+                    fleet_folded "bl-$form-$b"
+                    fleet_use "bl-$form-$b"
+                    settle_fleet
+                done
+            fi
+            for b in $order; do
+                run_keep=$((r < fleet_rounds)) run_pause_at_end=$((r < fleet_rounds)) fleet_go "bl-$form-$b"
+                bl_rates[$form-$b]+="$run_rate "
+                max_rss="$(for d in "${!run_rss[@]}"; do echo "${run_rss[$d]}"; done | sort -n | tail -1)"
+                # shellcheck disable=SC2086
+                printf '   %-18s %7d not due, round %d: %6s tasks/s (not completed: %s)   %s ms CPU/task   largest RSS %s MiB\n' \
+                    "$label" "$b" "$r" "$run_rate" "$run_bad" "$(cpu_sum ${form_daemons:-$all_daemons})" "$max_rss"
+                if ((r == fleet_rounds)) && [[ "$b" == "$last" ]]; then
+                    last_cpu=()
+                    last_rss=()
+                    for d in "${!run_cpu[@]}"; do last_cpu[$d]="${run_cpu[$d]}"; last_rss[$d]="${run_rss[$d]}"; done
+                fi
+            done
+        done
         for b in $backlog_sizes; do
-            fleet_go "bl-$form-$b"
-            bl_rate[$form-$b]="$run_rate"
-            max_rss="$(for d in "${!run_rss[@]}"; do echo "${run_rss[$d]}"; done | sort -n | tail -1)"
-            # shellcheck disable=SC2086
-            printf '   %-18s %7d not due: %6s tasks/s (not completed: %s)   %s ms CPU/task   largest RSS %s MiB\n' \
-                "$label" "$b" "$run_rate" "$run_bad" "$(cpu_sum ${form_daemons:-$all_daemons})" "$max_rss"
+            # shellcheck disable=SC2086 # a list of rates
+            bl_rate[$form-$b]="$(printf '%s\n' ${bl_rates[$form-$b]} | median)"
+            printf '   %-18s %7d not due: median %s tasks/s (rounds: %s)\n' "$label" "$b" "${bl_rate[$form-$b]}" "${bl_rates[$form-$b]% }"
         done
         tr="$(awk -v a="${bl_rate[$form-$last]}" -v b="${bl_rate[$form-$first]}" 'BEGIN {printf "%.2f", a/b}')"
         # The add cost is a time (lower is better): the target is the speed of adding, first/last.
@@ -775,8 +812,8 @@ if want backlog; then
         if [[ "$form" == fleet ]]; then
             echo "   each daemon of the whole fleet at $last not due (RSS target <= 64 MiB):"
             for d in $all_daemons; do
-                [[ -n "${run_rss[$d]:-}" ]] || continue
-                printf '   %-16s RSS %6s MiB %-8s CPU %8s ms/task\n' "$d" "${run_rss[$d]}" "$(met "${run_rss[$d]}" le 64)" "${run_cpu[$d]}"
+                [[ -n "${last_rss[$d]:-}" ]] || continue
+                printf '   %-16s RSS %6s MiB %-8s CPU %8s ms/task\n' "$d" "${last_rss[$d]}" "$(met "${last_rss[$d]}" le 64)" "${last_cpu[$d]}"
             done
         fi
     done
