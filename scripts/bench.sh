@@ -42,6 +42,9 @@
 #                  coordinator's CPU ms per task and RSS, every daemon's RSS (CPU per task
 #                  archived in the window: the slots the last timed tasks leave run backlog
 #                  tasks until the pause);
+#   after       7c. the same as 7b behind 0 and 100,000 (BENCH_AFTER: "0 100000") tasks
+#                  waiting for a prerequisite (`--after`) that is not yet due, so none of them
+#                  can run: the coordinator holds them blocked on it;
 #   xargs       8. `xargs -P 8` running `true` N times (the physical limit of 8 slots), and the
 #                  8-slot ratios against it of the sections run before it;
 #   history     9. a long history: BENCH_HISTORY ("1000 1000000") archived tasks written straight
@@ -97,11 +100,12 @@ backlog_sizes="${BENCH_BACKLOG:-0 10000 100000}"
 add_block="${BENCH_ADD_BLOCK:-10}"
 ready_sizes="${BENCH_READY:-0 100000}"
 ready_n="${BENCH_READY_TASKS:-1000}"
+after_sizes="${BENCH_AFTER:-0 100000}"
 tail_s="${BENCH_TAIL_SECONDS:-2}"
 perf_dir="${BENCH_PERF_DIR:-}"
 perf_daemons="${BENCH_PERF_DAEMONS:-coordinator integration heartbeat auto-fix}"
 perf_freq="${BENCH_PERF_FREQ:-999}"
-all_sections="latency throughput add idle pueue fleet backlog ready xargs history"
+all_sections="latency throughput add idle pueue fleet backlog ready after xargs history"
 # Run only when asked for (it needs Slurm's binaries and minutes of a cluster's time).
 optional_sections="slurm"
 # In start order, as `cortex start` starts them.
@@ -442,6 +446,13 @@ fi
 gen_backlog() { gen_tasks "$1" task-backlog "not yet due" medium '"waiting_reason":"delay","not_before":"2099-01-01T00:00:00.000000Z",'; }
 # gen_ready N -> N queued tasks that can run now, of a lower priority than the timed ones
 gen_ready() { gen_tasks "$1" task-ready "ready" low ""; }
+# gen_after N -> a prerequisite not yet due and N queued tasks waiting for it (`--after`)
+gen_after() {
+    gen_tasks "$1" task-after "blocked" low '"waiting_reason":"after","after":"task-gate-00000000",'
+    local gate='{"task_id":"task-gate-00000000","description":"gate","priority":"low","worker_type":"analysis-worker","command":["true"],"status":"queued","created_at":"2026-01-01T00:00:00.000000Z","created_by":"bench","attempts":0,"max_attempts":3,"budget":10,"waiting_reason":"delay","not_before":"2099-01-01T00:00:00.000000Z","dispatches":[]}'
+    ((${1} > 0)) && gate+=","
+    sed -i "s/^{\"tasks\": \[/{\"tasks\": [$gate/" "$home/coordination/task-queue.json"
+}
 # What fleet_run runs: run_n tasks (default fleet_n), the backlog written by run_gen (default
 # gen_backlog); with run_pause_at_end the scheduler is paused once the last timed task is
 # archived (a backlog that can run is not run in the CPU window's tail); with run_keep the fleet
@@ -819,32 +830,46 @@ if want backlog; then
     done
 fi
 
-if want ready; then
-    echo
-    echo "7b. the fleet run of section 6 ($ready_n tasks, whole fleet) behind queued tasks that can run now (lower priority)"
-    declare -A rd_rate rd_coord
-    run_n="$ready_n" run_gen=gen_ready run_pause_at_end=1
-    for b in $ready_sizes; do
-        fleet_run "ready$b" "$b"
-        rd_rate[$b]="$run_rate"
-        rd_coord[$b]="${run_cpu[coordinator]:-0}"
+# behind_held KIND GEN SIZES: the fleet run of section 6 (ready_n tasks, whole fleet) behind each
+# size of GEN's backlog (KIND names it), timed from the resume to the last timed task archived,
+# the scheduler paused then; throughput, the coordinator's CPU per task and every daemon's RSS.
+behind_held() {
+    local kind="$1" sizes="$3" b first last tr cr d
+    declare -A hd_rate hd_coord
+    run_n="$ready_n" run_gen="$2" run_pause_at_end=1
+    for b in $sizes; do
+        fleet_run "$kind$b" "$b"
+        hd_rate[$b]="$run_rate"
+        hd_coord[$b]="${run_cpu[coordinator]:-0}"
         max_rss="$(for d in "${!run_rss[@]}"; do echo "${run_rss[$d]}"; done | sort -n | tail -1)"
-        printf '   %7d ready: %6s tasks/s (not completed: %s)   coordinator %s ms CPU/task, RSS %s MiB   fleet %s ms CPU/task (%s archived in the window)   largest RSS %s MiB\n' \
-            "$b" "$run_rate" "$run_bad" "${run_cpu[coordinator]:-}" "${run_rss[coordinator]:-}" "$(cpu_sum $all_daemons)" "$run_done" "$max_rss"
+        printf '   %7d %s: %6s tasks/s (not completed: %s)   coordinator %s ms CPU/task, RSS %s MiB   fleet %s ms CPU/task (%s archived in the window)   largest RSS %s MiB\n' \
+            "$b" "$kind" "$run_rate" "$run_bad" "${run_cpu[coordinator]:-}" "${run_rss[coordinator]:-}" "$(cpu_sum $all_daemons)" "$run_done" "$max_rss"
     done
     run_n="" run_gen=gen_backlog run_pause_at_end=0
-    set -- $ready_sizes
+    set -- $sizes
     first="$1"
-    for b in $ready_sizes; do last="$b"; done
-    tr="$(awk -v a="${rd_rate[$last]}" -v b="${rd_rate[$first]}" 'BEGIN {printf "%.2f", a/b}')"
-    cr="$(awk -v a="${rd_coord[$last]}" -v b="${rd_coord[$first]}" 'BEGIN {printf "%.2f", (b > 0) ? a/b : 0}')"
-    echo "   throughput at $last vs $first ready: ${tr}   target >= 0.90: $(met "$tr" ge 0.90)"
-    echo "   coordinator CPU/task at $last vs $first ready: ${cr}   target <= 1.10: $(met "$cr" le 1.10)"
-    echo "   each daemon at $last ready (RSS target <= 64 MiB):"
+    for b in $sizes; do last="$b"; done
+    tr="$(awk -v a="${hd_rate[$last]}" -v b="${hd_rate[$first]}" 'BEGIN {printf "%.2f", a/b}')"
+    cr="$(awk -v a="${hd_coord[$last]}" -v b="${hd_coord[$first]}" 'BEGIN {printf "%.2f", (b > 0) ? a/b : 0}')"
+    echo "   throughput at $last vs $first $kind: ${tr}   target >= 0.90: $(met "$tr" ge 0.90)"
+    echo "   coordinator CPU/task at $last vs $first $kind: ${cr}   target <= 1.10: $(met "$cr" le 1.10)"
+    echo "   each daemon at $last $kind (RSS target <= 64 MiB):"
     for d in $all_daemons; do
         [[ -n "${run_rss[$d]:-}" ]] || continue
         printf '   %-16s RSS %6s MiB %-8s CPU %8s ms/task\n' "$d" "${run_rss[$d]}" "$(met "${run_rss[$d]}" le 64)" "${run_cpu[$d]}"
     done
+}
+
+if want ready; then
+    echo
+    echo "7b. the fleet run of section 6 ($ready_n tasks, whole fleet) behind queued tasks that can run now (lower priority)"
+    behind_held ready gen_ready "$ready_sizes"
+fi
+
+if want after; then
+    echo
+    echo "7c. the fleet run of section 6 ($ready_n tasks, whole fleet) behind queued tasks waiting for a prerequisite not yet due"
+    behind_held blocked gen_after "$after_sizes"
 fi
 
 if want xargs; then

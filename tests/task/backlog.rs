@@ -290,3 +290,87 @@ fn ready_tasks_beyond_the_slots_are_held_apart_and_dispatched_in_order() {
     assert_eq!(order, expected);
     h.cortex_ok(&["validate"]);
 }
+
+/// Tasks waiting for a prerequisite that is in the queue unfinished are held apart, blocked on
+/// it, never decoded by a cycle: a cycle's working queue is what can move. They are written at a
+/// compaction and read back by a restarted coordinator; a prerequisite cancelled fails its
+/// dependents; one that completes releases them in that same cycle (a chain one link at a time),
+/// and they run.
+#[test]
+fn tasks_blocked_on_a_prerequisite_are_held_apart_and_released_when_it_ends() {
+    use crate::support::task::{show, start};
+    let h = TestHome::new();
+    std::fs::write(
+        h.join("coordination/token-budget.json"),
+        r#"{"total": 1000000000, "used": 0, "available": 1000000000}"#,
+    )
+    .unwrap();
+    let release = h.join("release");
+    let gate = add_task(
+        &store_of(&h),
+        NewTask {
+            description: "gate".into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("until [ -e '{}' ]; do sleep 0.02; done", release.display()),
+            ],
+            ..NewTask::default()
+        },
+    )
+    .unwrap()
+    .task_id;
+    let dependents: Vec<String> = (0..20).map(|i| add(&h, &format!("dependent {i}"), None, Some(&gate))).collect();
+    let link1 = add(&h, "link 1", None, Some(&gate));
+    let link2 = add(&h, "link 2", None, Some(&link1));
+    let late = add(&h, "late gate", Some(3600.0), None);
+    let doomed: Vec<String> = (0..3).map(|i| add(&h, &format!("doomed {i}"), None, Some(&late))).collect();
+
+    let _worker = start(&h, "worker");
+    let mut c = coordinator(&h);
+    let r = c.cycle().unwrap();
+    assert_eq!(r.folded, 27);
+    assert_eq!(r.dispatched.iter().map(|d| d.task_id.as_str()).collect::<Vec<_>>(), [gate.as_str()]);
+    assert_eq!(c.working_len(), 1, "only the running gate is in the working queue");
+    let q = h.queue_json();
+    for id in dependents.iter().chain([&link1, &link2]).chain(&doomed) {
+        assert_eq!(task(&q, id).unwrap()["waiting_reason"], "after", "{id}");
+    }
+    assert_eq!(q["counts"]["total"], 27, "held tasks are counted: {}", q["counts"]);
+    // A restarted coordinator reads them back held (a dependent of a held dependent too).
+    let mut c = coordinator(&h);
+    assert!(c.cycle().unwrap().dispatched.is_empty());
+    assert_eq!(c.working_len(), 1, "read back blocked, not into the working queue");
+
+    // A prerequisite cancelled: its dependents fail, in that cycle.
+    h.cortex_ok(&["task", "cancel", &late]);
+    let r = c.cycle().unwrap();
+    assert_eq!(r.archived, 4, "the cancelled gate and its three dependents");
+    for id in &doomed {
+        let t = show(&h, id);
+        assert_eq!(t["status"], "failed", "{t}");
+        assert!(t["result"]["error"].as_str().unwrap().contains(&late), "{t}");
+    }
+
+    // The gate completes: its dependents are released and dispatched in the cycle that folds
+    // its end (four slots), the rest held ready; link 2 waits for link 1.
+    std::fs::write(&release, b"").unwrap();
+    wait_until(Duration::from_secs(30), "the gate's end folded", || {
+        c.cycle().unwrap().ended.iter().any(|e| e.task_id == gate)
+    });
+    let q = h.queue_json();
+    assert_eq!(task(&q, &link2).unwrap()["waiting_reason"], "after");
+    let mut finished: Vec<String> = Vec::new();
+    wait_until(Duration::from_secs(60), "every dependent and the chain completed", || {
+        let r = c.cycle().unwrap();
+        finished.extend(r.ended.iter().map(|e| e.task_id.clone()));
+        assert!(c.working_len() <= 4, "no more than the running ones are decoded: {}", c.working_len());
+        dependents.iter().chain([&link1, &link2]).all(|id| finished.contains(id))
+    });
+    for id in dependents.iter().chain([&link1, &link2]) {
+        assert_eq!(show(&h, id)["status"], "completed", "{id}");
+    }
+    let pos = |id: &String| finished.iter().position(|f| f == id).unwrap();
+    assert!(pos(&link1) < pos(&link2), "the chain ran in order");
+    h.cortex_ok(&["validate"]);
+}

@@ -229,7 +229,7 @@ impl Coordinator {
         let mut loading = parked::Loading::new(self.clock.now(), &mut self.parked);
         let loaded = journal::load_into(&self.store, &mut loading)?;
         let mut q = loaded.queue;
-        q.tasks = loading.into_working();
+        q.tasks = loading.into_working()?;
         self.journal = loaded.pos;
         crate::base::heap::give_back_freed_memory();
         Ok(q)
@@ -331,6 +331,23 @@ impl Coordinator {
     /// their order). Returns what it did.
     pub fn cycle(&mut self) -> Result<CycleReport> {
         let mut c = self.collect()?;
+        // The tasks blocked on a prerequisite whose end this cycle folded are planned with it:
+        // held ready when it completed (lent as slots are free), else in the working queue (the
+        // plan fails them).
+        let finished: Vec<(String, TaskStatus)> =
+            c.q.tasks
+                .iter()
+                .filter(|t| t.status().is_terminal() && self.parked.has_dependents(&t.task_id))
+                .map(|t| (t.task_id.clone(), t.status()))
+                .collect();
+        for (id, status) in finished {
+            if status == TaskStatus::Completed {
+                self.parked.release_ready(&id)?;
+            } else {
+                self.parked.release(&id, &mut c.q.tasks)?;
+            }
+            self.after_cache.insert(id, status);
+        }
         // Prerequisites that are held apart are in the queue, waiting: the plan sees their status
         // beside the archived ones'.
         let parked_prerequisites: Vec<(String, TaskStatus)> =
@@ -613,14 +630,25 @@ impl Coordinator {
             // again).
             self.archive_unflushed |= archive_file.is_some();
             let waited: HashSet<&str> = c.q.tasks.iter().filter_map(|t| t.after.as_deref()).collect();
+            let mut released = Vec::new();
             for t in &finished {
-                if waited.contains(t.task_id.as_str()) {
+                // Finished by this cycle's plan (failed: its type, its own prerequisite): the
+                // tasks blocked on it are planned by the next cycle, at once.
+                let blocked = self.parked.has_dependents(&t.task_id);
+                if blocked {
+                    self.parked.release(&t.task_id, &mut released)?;
+                }
+                if blocked || waited.contains(t.task_id.as_str()) {
                     self.after_cache.insert(t.task_id.clone(), t.status());
                 }
+            }
+            if !released.is_empty() {
+                c.report.next_due = Some(c.report.next_due.map_or(c.now, |d| d.min(c.now)));
             }
             c.report.archived = finished.len();
             c.removed.extend(finished.iter().map(|t| t.task_id.clone()));
             c.q.tasks.retain(|t| !t.status().is_terminal());
+            c.q.tasks.extend(released);
             c.q_dirty = true;
         }
         if archive_file.is_none() && self.archive_unflushed {
@@ -809,7 +837,9 @@ impl Coordinator {
                 debug_assert_eq!(on_disk, held, "the queue on disk differs from the coordinator's");
             }
         }
-        self.parked.park_from(&mut q.tasks, now, &changed)?;
+        let after_cache = &self.after_cache;
+        let completed = |a: &str| after_cache.get(a) == Some(&TaskStatus::Completed);
+        self.parked.park_from(&mut q.tasks, now, &changed, &completed)?;
         self.cache = Some(q);
         self.seal_archive();
         drop(queue_guard);

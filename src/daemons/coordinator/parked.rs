@@ -7,14 +7,21 @@
 //!   ordered by that time and looked at only when the earliest falls due
 //!   ([`Parked::unpark_due`]);
 //! - **ready**: tasks that can run now and wait only for a slot (queued or pending retry, due,
-//!   without `--after`), ordered as the plan takes them (priority, then age, then the order they
-//!   were held in). A cycle lends the plan the first of them ([`Parked::lend_ready`]) — as many
+//!   without `--after` or with a prerequisite known completed), ordered as the plan takes them
+//!   (priority, then age, then the order they were held in). A cycle lends the plan the first of them ([`Parked::lend_ready`]) — as many
 //!   as there are free slots, more while the plan says it reached the rest with a slot still free
-//!   ([`super::plan::DispatchPlan::needs_held`]) — and takes back those it left as they are.
+//!   ([`super::plan::DispatchPlan::needs_held`]) — and takes back those it left as they are;
+//! - **blocked**: queued tasks waiting for their `--after` prerequisite (the reason `after`
+//!   recorded, due) while that prerequisite is in the queue and not finished, by prerequisite.
+//!   A prerequisite changes only in the working queue (a held task is taken back before anything
+//!   changes it), so the cycle releases a prerequisite's dependents ([`Parked::release`]) when it
+//!   finds it finished there (its end folded: before the plan, so they are planned in that same
+//!   cycle) or archives it (finished by the plan: the next cycle plans them).
 //!
-//! Both kinds are exactly what the plan would leave alone: a parked task's due time is in the
+//! Each kind is exactly what the plan would leave alone: a parked task's due time is in the
 //! future, so [`super::plan::plan`] would record the waiting reason it already has and dispatch
-//! nothing; a ready task is changed by the plan only when it is reached with a slot free, and
+//! nothing; a blocked task's prerequisite is not finished, so the plan would record `after`
+//! again; a ready task is changed by the plan only when it is reached with a slot free, and
 //! the plan tells when that happens. Held tasks are still in the queue: they are written at a
 //! compaction ([`Parked::lines`]), counted ([`Parked::counts`]), found as `--after`
 //! prerequisites and as known ids by the intake fold, and a journal line others append for one
@@ -63,6 +70,8 @@ enum Place {
     /// it has a command of its own ([`Parked::lend_ready`] passes over a task the plan would
     /// leave waiting for budget).
     Ready { key: OrderKey, of_type: u32, budget: u64, waits_for_budget: bool, own_command: bool },
+    /// Blocked until its prerequisite `on` finishes; `seq` its place among `on`'s dependents.
+    Blocked { on: Rc<str>, seq: u64 },
 }
 
 /// One held task: why, its status (for `--after` lookups) and its line.
@@ -83,6 +92,8 @@ pub(crate) struct Parked {
     tasks: HashMap<Rc<str>, Entry>,
     by_due: BTreeSet<(Timestamp, Rc<str>)>,
     ready: BTreeSet<(OrderKey, Rc<str>)>,
+    /// Blocked tasks by prerequisite, in the order they were held.
+    blocked: HashMap<Rc<str>, std::collections::BTreeMap<u64, Rc<str>>>,
     /// The (worker type, own executor) pairs of ready tasks, numbered, with how many ready
     /// tasks have each: a worker type's three pairs (no executor of its own, local, Slurm) are
     /// numbered together, from its number in `type_numbers` times three.
@@ -123,27 +134,58 @@ pub(crate) fn parkable_until(t: &Task, now: Timestamp) -> Option<Timestamp> {
 }
 
 /// Whether a task can be held as ready at `now`: queued or pending retry, due (no delay or
-/// retry time after `now`), without a prerequisite. The plan changes such a task only when it
-/// reaches it with a slot free (it dispatches it, fails it — an unknown worker type, no command
-/// — or records why it waits: budget, circuit breaker, Slurm disabled); otherwise it leaves it
-/// as it is, whatever it recorded on it before.
-pub(crate) fn ready_now(t: &Task, now: Timestamp) -> bool {
+/// retry time after `now`), without a prerequisite or with one `completed` says has completed
+/// (the plan finds its status among the archived ones'). The plan changes such a task only when
+/// it reaches it with a slot free (it dispatches it, fails it — an unknown worker type, no
+/// command — or records why it waits: budget, circuit breaker, Slurm disabled); otherwise it
+/// leaves it as it is, whatever it recorded on it before.
+pub(crate) fn ready_now(t: &Task, now: Timestamp, completed: &dyn Fn(&str) -> bool) -> bool {
     let due = match &t.state {
         TaskState::Queued { .. } => t.not_before,
         TaskState::PendingRetry { next_retry_at, .. } => Some(*next_retry_at),
         _ => return false,
     };
-    t.after.is_none() && due.is_none_or(|d| d <= now)
+    t.after.as_deref().is_none_or(completed) && due.is_none_or(|d| d <= now)
+}
+
+/// The prerequisite a task may be blocked on at `now`: a queued task with the reason `after`
+/// recorded, due. It is held blocked only while that prerequisite is in the queue, unfinished.
+pub(crate) fn blocked_on(t: &Task, now: Timestamp) -> Option<&str> {
+    match &t.state {
+        TaskState::Queued { waiting_reason: Some(WaitingReason::After) } if t.not_before.is_none_or(|d| d <= now) => {
+            t.after.as_deref()
+        }
+        _ => None,
+    }
 }
 
 impl Parked {
-    /// Moves the tasks of `tasks` that can be parked or held ready at `now` out of it (the others
-    /// keep their order). A task lent to this cycle's plan and not in `changed` is held again as
-    /// it was; every lent task keeps its place among its equals.
-    pub(crate) fn park_from(&mut self, tasks: &mut Vec<Task>, now: Timestamp, changed: &HashSet<String>) -> Result<()> {
+    /// Moves the tasks of `tasks` that can be parked, held ready or held blocked at `now` out of
+    /// it (the others keep their order); `tasks` holds no finished task (the cycle archived them),
+    /// and `completed` says which prerequisites are known completed. A task lent to this cycle's
+    /// plan and not in `changed` is held again as it was; every lent task keeps its place among
+    /// its equals.
+    pub(crate) fn park_from(
+        &mut self,
+        tasks: &mut Vec<Task>,
+        now: Timestamp,
+        changed: &HashSet<String>,
+        completed: &dyn Fn(&str) -> bool,
+    ) -> Result<()> {
         self.cursor = None;
         let lent = std::mem::take(&mut self.lent);
-        if !tasks.iter().any(|t| parkable_until(t, now).is_some() || ready_now(t, now)) {
+        // Prerequisites that are in the queue unfinished: held, or in the working queue.
+        let waited: HashSet<&str> = tasks.iter().filter_map(|t| blocked_on(t, now)).collect();
+        let pending: HashSet<String> = tasks
+            .iter()
+            .filter(|t| waited.contains(t.task_id.as_str()) && !t.status().is_terminal())
+            .map(|t| t.task_id.clone())
+            .collect();
+        let pending = |a: &str| pending.contains(a) || self.tasks.contains_key(a);
+        let blocked: HashSet<String> =
+            tasks.iter().filter(|t| blocked_on(t, now).is_some_and(pending)).map(|t| t.task_id.clone()).collect();
+        if blocked.is_empty() && !tasks.iter().any(|t| parkable_until(t, now).is_some() || ready_now(t, now, completed))
+        {
             return Ok(());
         }
         let mut lent = lent;
@@ -160,18 +202,77 @@ impl Parked {
                     None => Line::Held(encode(&t)?),
                 };
                 self.insert(Place::Due(due), &t, line);
-            } else if ready_now(&t, now) {
+            } else if ready_now(&t, now, completed) {
                 let (seq, line) = match lent_as {
                     Some(lent) => lent,
                     None => (self.seq(), Line::Held(encode(&t)?)),
                 };
                 let place = self.ready_place(&t, seq);
                 self.insert(place, &t, line);
+            } else if blocked.contains(&t.task_id)
+                && let Some(on) = blocked_on(&t, now)
+            {
+                let place = Place::Blocked { on: on.into(), seq: self.seq() };
+                self.insert(place, &t, Line::Held(encode(&t)?));
             } else {
                 tasks.push(t);
             }
         }
         Ok(())
+    }
+
+    /// Whether a task is held blocked on `prerequisite`.
+    pub(crate) fn has_dependents(&self, prerequisite: &str) -> bool {
+        self.blocked.contains_key(prerequisite)
+    }
+
+    /// Moves the tasks blocked on `prerequisite` (it finished, or left the queue) into `tasks`,
+    /// in the order they were held; returns how many.
+    pub(crate) fn release(&mut self, prerequisite: &str, tasks: &mut Vec<Task>) -> Result<usize> {
+        self.release_all(&[prerequisite], tasks)
+    }
+
+    /// Holds the tasks blocked on `prerequisite`, which has completed, as ready tasks (in the
+    /// order they were held, each decoded only to find its place): none is held decoded, however
+    /// many wait for it. The plan finds the prerequisite's status among the archived ones' (or in
+    /// the queue, in the cycle that folded its end).
+    pub(crate) fn release_ready(&mut self, prerequisite: &str) -> Result<usize> {
+        let Some(dependents) = self.blocked.remove(prerequisite) else { return Ok(0) };
+        let n = dependents.len();
+        let mut failed = None;
+        for id in dependents.into_values() {
+            let Some(entry) = self.tasks.remove(&id) else { continue };
+            match self.decode(&entry.line) {
+                Ok(t) => {
+                    self.counts.remove(&t);
+                    let seq = self.seq();
+                    let place = self.ready_place(&t, seq);
+                    self.insert(place, &t, entry.line);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(n), Err)
+    }
+
+    /// [`Parked::release`] of several prerequisites' dependents, all in the order they were held.
+    fn release_all(&mut self, prerequisites: &[&str], tasks: &mut Vec<Task>) -> Result<usize> {
+        let mut dependents: Vec<(u64, Rc<str>)> =
+            prerequisites.iter().filter_map(|p| self.blocked.remove(*p)).flatten().collect();
+        dependents.sort();
+        let n = dependents.len();
+        let mut failed = None;
+        for (_, id) in dependents {
+            let Some(entry) = self.tasks.remove(&id) else { continue };
+            match self.decode(&entry.line) {
+                Ok(t) => {
+                    self.counts.remove(&t);
+                    tasks.push(t);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(n), Err)
     }
 
     fn seq(&mut self) -> u64 {
@@ -222,6 +323,9 @@ impl Parked {
                 self.ready.insert((*key, id.clone()));
                 self.types[*of_type as usize].1 += 1;
             }
+            Place::Blocked { on, seq } => {
+                self.blocked.entry(on.clone()).or_default().insert(*seq, id.clone());
+            }
         }
         self.tasks.insert(id, Entry { place, status: t.status(), line });
     }
@@ -238,6 +342,14 @@ impl Parked {
                 self.ready.remove(&(*key, id));
                 let n = &mut self.types[*of_type as usize].1;
                 *n = n.saturating_sub(1);
+            }
+            Place::Blocked { on, seq } => {
+                if let Some(dependents) = self.blocked.get_mut(on) {
+                    dependents.remove(seq);
+                    if dependents.is_empty() {
+                        self.blocked.remove(on);
+                    }
+                }
             }
         }
         let task = self.decode(&entry.line);
@@ -393,11 +505,18 @@ impl Parked {
         &self.counts
     }
 
-    /// Every held task's compact JSON line, parked ones in due order, then ready ones in
-    /// dispatch order (a compaction writes them after the working queue's tasks).
+    /// Every held task's id: parked ones in due order, then ready ones in dispatch order, then
+    /// blocked ones.
+    fn ids(&self) -> impl Iterator<Item = &Rc<str>> {
+        let by_due = self.by_due.iter().map(|(_, id)| id);
+        let blocked = self.blocked.values().flat_map(|d| d.values());
+        by_due.chain(self.ready.iter().map(|(_, id)| id)).chain(blocked)
+    }
+
+    /// Every held task's compact JSON line, in the order of [`Parked::ids`] (a compaction
+    /// writes them after the working queue's tasks).
     pub(crate) fn lines(&self) -> impl Iterator<Item = Result<std::borrow::Cow<'_, [u8]>>> {
-        let ids = self.by_due.iter().map(|(_, id)| id).chain(self.ready.iter().map(|(_, id)| id));
-        ids.filter_map(|id| self.tasks.get(id)).map(|e| {
+        self.ids().filter_map(|id| self.tasks.get(id)).map(|e| {
             let bytes = self.bytes(&e.line)?;
             if !bytes.contains(&b'\n') {
                 return Ok(bytes);
@@ -412,8 +531,7 @@ impl Parked {
     /// Every held task, decoded (the debug builds' check of what is on disk).
     #[cfg(debug_assertions)]
     pub(crate) fn tasks(&self) -> Vec<Task> {
-        let ids = self.by_due.iter().map(|(_, id)| id).chain(self.ready.iter().map(|(_, id)| id));
-        ids.filter_map(|id| self.tasks.get(id)).filter_map(|e| self.decode(&e.line).ok()).collect()
+        self.ids().filter_map(|id| self.tasks.get(id)).filter_map(|e| self.decode(&e.line).ok()).collect()
     }
 }
 
@@ -423,8 +541,9 @@ fn encode(t: &Task) -> Result<Box<[u8]>> {
 }
 
 /// A full load of the queue for the coordinator ([`crate::domain::task::journal::load_into`]):
-/// the tasks not due at `now` parked and the tasks ready at `now` held as they are read (a task
-/// read from the snapshot as where its line is), the others into the working queue in order.
+/// the tasks not due at `now` parked, the tasks ready at `now` and those blocked on a
+/// prerequisite held as they are read (a task read from the snapshot as where its line is), the
+/// others into the working queue in order.
 pub(crate) struct Loading<'a> {
     pub(crate) now: Timestamp,
     pub(crate) parked: &'a mut Parked,
@@ -437,9 +556,24 @@ impl<'a> Loading<'a> {
         Loading { now, parked, working: Vec::new(), index: HashMap::new() }
     }
 
-    /// The working queue's tasks.
-    pub(crate) fn into_working(self) -> Vec<Task> {
-        self.working.into_iter().flatten().collect()
+    /// The working queue's tasks, once every task is read: a task held blocked on a
+    /// prerequisite that is not in the queue unfinished joins them (the plan acts on it).
+    pub(crate) fn into_working(self) -> Result<Vec<Task>> {
+        let mut working: Vec<Task> = self.working.into_iter().flatten().collect();
+        let unfinished: HashSet<&str> =
+            working.iter().filter(|t| !t.status().is_terminal()).map(|t| t.task_id.as_str()).collect();
+        let parked = self.parked;
+        let gone: Vec<Rc<str>> = parked
+            .blocked
+            .keys()
+            .filter(|on| !parked.tasks.contains_key(&***on) && !unfinished.contains(&***on))
+            .cloned()
+            .collect();
+        let gone: Vec<&str> = gone.iter().map(|on| &**on).collect();
+        let mut released = Vec::new();
+        parked.release_all(&gone, &mut released)?;
+        working.extend(released);
+        Ok(working)
     }
 
     fn working_push(&mut self, task: Task) {
@@ -452,7 +586,12 @@ impl<'a> Loading<'a> {
         if let Some(due) = parkable_until(task, self.now) {
             return Some(Place::Due(due));
         }
-        if !ready_now(task, self.now) {
+        if let Some(on) = blocked_on(task, self.now) {
+            // Its prerequisite is looked for once every task is read ([`Loading::into_working`]).
+            let seq = self.parked.seq();
+            return Some(Place::Blocked { on: on.into(), seq });
+        }
+        if !ready_now(task, self.now, &|_| false) {
             return None;
         }
         let seq = self.parked.seq();

@@ -34,7 +34,7 @@ fn parks_only_what_the_plan_leaves_alone_and_unparks_in_due_order() {
     ];
     let a = tasks[0].clone();
     let mut p = Parked::default();
-    p.park_from(&mut tasks, now, &HashSet::new()).unwrap();
+    p.park_from(&mut tasks, now, &HashSet::new(), &|_| false).unwrap();
     assert_eq!(ids(&tasks), ["b", "e"], "a reason not yet recorded and a prerequisite stay");
     assert_eq!(p.len(), 3, "a and c parked, d (due) held ready");
     assert_eq!(p.counts().total, 3);
@@ -75,7 +75,7 @@ fn ready_tasks_are_lent_in_dispatch_order_and_held_again_in_their_place() {
         mk("crit", Priority::Critical, 50),
     ];
     let mut p = Parked::default();
-    p.park_from(&mut tasks, now, &HashSet::new()).unwrap();
+    p.park_from(&mut tasks, now, &HashSet::new(), &|_| false).unwrap();
     assert!(tasks.is_empty(), "every task can run now: all held");
     assert_eq!(p.counts().total, 7);
     assert_eq!(p.counts().pending_retry, 1);
@@ -94,7 +94,7 @@ fn ready_tasks_are_lent_in_dispatch_order_and_held_again_in_their_place() {
     lent[0].state = TaskState::InProgress { started_at: now, dispatch_id: "dsp-1".into() };
     assert!(lent[1].set_waiting_reason(Some(WaitingReason::Budget)));
     let changed: HashSet<String> = ["crit".to_string(), "retry-due".to_string()].into();
-    p.park_from(&mut lent, now, &changed).unwrap();
+    p.park_from(&mut lent, now, &changed, &|_| false).unwrap();
     assert_eq!(ids(&lent), ["crit"], "the dispatched task stays in the working queue");
     assert_eq!(p.counts().waiting.get("budget"), Some(&1), "the changed task is held as it is now");
 
@@ -121,7 +121,7 @@ fn a_task_that_cannot_run_now_is_not_held_ready() {
         task("running", TaskState::InProgress { started_at: now, dispatch_id: "d".into() }, None),
     ];
     let mut p = Parked::default();
-    p.park_from(&mut tasks, now, &HashSet::new()).unwrap();
+    p.park_from(&mut tasks, now, &HashSet::new(), &|_| false).unwrap();
     assert_eq!(ids(&tasks), ["waits-for-x", "delay-unrecorded", "running"]);
     assert_eq!(p.ready_head(None), None, "the retry is parked, not ready");
     assert_eq!(p.next_due(), Some(now + Duration::seconds(30)));
@@ -129,12 +129,12 @@ fn a_task_that_cannot_run_now_is_not_held_ready() {
     let mut working = Vec::new();
     let at = now + Duration::seconds(30);
     assert_eq!(p.unpark_due(&mut working, at).unwrap(), 1);
-    p.park_from(&mut working, at, &HashSet::new()).unwrap();
+    p.park_from(&mut working, at, &HashSet::new(), &|_| false).unwrap();
     assert!(working.is_empty());
     assert!(p.ready_head(None).is_some());
     // Its prerequisite met later: a task with `after` is held ready only once it has none.
     let mut w = vec![Task { after: None, ..tasks[0].clone() }];
-    p.park_from(&mut w, at, &HashSet::new()).unwrap();
+    p.park_from(&mut w, at, &HashSet::new(), &|_| false).unwrap();
     assert!(w.is_empty() && p.contains("waits-for-x"));
 }
 
@@ -143,7 +143,7 @@ fn a_held_ready_task_taken_out_by_a_cancel_is_gone_from_the_order() {
     let now = crate::base::clock::now();
     let mut tasks = vec![task("a", queued(), None), task("b", queued(), None), task("c", queued(), None)];
     let mut p = Parked::default();
-    p.park_from(&mut tasks, now, &HashSet::new()).unwrap();
+    p.park_from(&mut tasks, now, &HashSet::new(), &|_| false).unwrap();
     let b = p.take("b").unwrap().unwrap();
     assert_eq!(b.task_id, "b");
     assert_eq!(p.take("b").unwrap(), None);
@@ -160,18 +160,18 @@ fn the_head_says_when_a_free_slurm_slot_matters() {
     let mut types = sample_types();
     let mut p = Parked::default();
     let mut tasks = vec![task("a", queued(), None)];
-    p.park_from(&mut tasks, now, &HashSet::new()).unwrap();
+    p.park_from(&mut tasks, now, &HashSet::new(), &|_| false).unwrap();
     assert!(!p.ready_head(Some(&types)).unwrap().beyond_local, "only local tasks held");
     assert!(p.ready_head(None).unwrap().beyond_local, "without worker types nothing is known");
     types.worker_types.get_mut("w").unwrap().executor = ExecutorKind::Slurm;
     assert!(p.ready_head(Some(&types)).unwrap().beyond_local, "its type runs on Slurm now");
     types.worker_types.get_mut("w").unwrap().executor = ExecutorKind::Local;
     let mut more = vec![Task { executor: Some(ExecutorKind::Slurm), ..task("b", queued(), None) }];
-    p.park_from(&mut more, now, &HashSet::new()).unwrap();
+    p.park_from(&mut more, now, &HashSet::new(), &|_| false).unwrap();
     assert!(p.ready_head(Some(&types)).unwrap().beyond_local, "a task of its own on Slurm");
     p.take("b").unwrap();
     let mut unknown = vec![Task { worker_type: "nope".into(), ..task("c", queued(), None) }];
-    p.park_from(&mut unknown, now, &HashSet::new()).unwrap();
+    p.park_from(&mut unknown, now, &HashSet::new(), &|_| false).unwrap();
     assert!(p.ready_head(Some(&types)).unwrap().beyond_local, "an unknown type fails on any free slot");
     let mut wts: Vec<&str> = p.ready_worker_types().collect();
     wts.sort();
@@ -201,7 +201,7 @@ fn tasks_waiting_for_budget_they_cannot_get_are_passed_over_not_lent() {
         Task { worker_type: "s".into(), created_at: now, ..budget("slurm", 500) },
     ];
     let mut p = Parked::default();
-    p.park_from(&mut tasks, now, &HashSet::new()).unwrap();
+    p.park_from(&mut tasks, now, &HashSet::new(), &|_| false).unwrap();
     let mut breakers = BreakerSnapshot::default();
     let skip = Skip { available: 100, types: Some(&types), breakers: &breakers };
     p.start_lending();
@@ -214,7 +214,7 @@ fn tasks_waiting_for_budget_they_cannot_get_are_passed_over_not_lent() {
     assert_eq!(p.ready_head(Some(&types)), None);
     assert!(p.contains("big-1") && p.contains("big-2"), "passed over, still held");
     // Next cycle, with budget enough, or the type guarded by its breaker: lent.
-    p.park_from(&mut lent, now, &HashSet::new()).unwrap();
+    p.park_from(&mut lent, now, &HashSet::new(), &|_| false).unwrap();
     breakers.guarded.insert("w".into(), GuardedType { trial_allowed: true, half_open_at: None });
     let skip = Skip { available: 100, types: Some(&types), breakers: &breakers };
     p.start_lending();
@@ -271,7 +271,9 @@ fn random_case(rng: &mut fastrand::Rng) -> Case {
         .map(|i| {
             let id = format!("t{i:02}");
             let reason =
-                [None, Some(WaitingReason::Budget), Some(WaitingReason::CircuitBreaker)][rng.usize(0..3)].clone();
+                [None, Some(WaitingReason::Budget), Some(WaitingReason::CircuitBreaker), Some(WaitingReason::After)]
+                    [rng.usize(0..4)]
+                .clone();
             let state = match rng.u8(0..10) {
                 0 => TaskState::InProgress { started_at: now, dispatch_id: format!("d{i}") },
                 1 => TaskState::PendingRetry { next_retry_at: now - Duration::seconds(5), waiting_reason: reason },
@@ -354,18 +356,22 @@ fn by_id(tasks: &[Task], p: &DispatchPlan) -> ById {
 }
 
 /// The plan of a whole queue, and the plan the coordinator makes with the ready tasks held
-/// apart and lent to it as `Coordinator::cycle` does, decide the same for random queues.
+/// apart and lent to it as `Coordinator::cycle` does (and the tasks blocked on a prerequisite
+/// held apart, never lent), decide the same for random queues.
 #[test]
 fn the_plan_over_lent_ready_tasks_is_the_plan_of_the_whole_queue() {
     let mut rng = fastrand::Rng::with_seed(19);
     let mut lent_more = 0;
+    let mut blocked = 0;
     for case_no in 0..3000 {
         let case = random_case(&mut rng);
         let whole = plan::plan(&case.input(&case.tasks, &case.archived));
 
         let mut working = case.tasks.clone();
         let mut p = Parked::default();
-        p.park_from(&mut working, case.now, &HashSet::new()).unwrap();
+        let completed = |a: &str| case.archived.get(a) == Some(&TaskStatus::Completed);
+        p.park_from(&mut working, case.now, &HashSet::new(), &completed).unwrap();
+        blocked += p.blocked.values().map(|d| d.len()).sum::<usize>();
         // Prerequisites held apart are seen with their status, as the cycle does.
         let mut archived = case.archived.clone();
         for a in working.iter().filter_map(|t| t.after.as_deref()) {
@@ -405,4 +411,68 @@ fn the_plan_over_lent_ready_tasks_is_the_plan_of_the_whole_queue() {
         assert_eq!(held.next_due, whole.next_due, "case {case_no}: next due");
     }
     assert!(lent_more > 100, "the cases exercise lending more than the free slots ({lent_more})");
+    assert!(blocked > 100, "the cases hold tasks blocked on a prerequisite ({blocked})");
+}
+
+/// Blocked tasks: held only while their prerequisite is in the queue unfinished (working or
+/// held), counted and written, taken out one by one (a cancel), released together in the order
+/// they were held; a load holds them as it reads and releases those whose prerequisite is not
+/// in the queue unfinished.
+#[test]
+fn tasks_blocked_on_a_prerequisite_are_held_until_it_is_released() {
+    let now = crate::base::clock::now();
+    let after = |id: &str, on: &str| Task {
+        after: Some(on.into()),
+        ..task(id, TaskState::Queued { waiting_reason: Some(WaitingReason::After) }, None)
+    };
+    let running = task("gate", TaskState::InProgress { started_at: now, dispatch_id: "d1".into() }, None);
+    let mut tasks = vec![
+        running.clone(),
+        after("b1", "gate"),
+        after("b2", "gate"),
+        after("b3", "gate"),
+        after("chain", "b1"),
+        after("orphan", "gone"),
+        // Not yet recorded as waiting for it: the plan records it first.
+        Task { after: Some("gate".into()), ..task("fresh", queued(), None) },
+    ];
+    let mut p = Parked::default();
+    p.park_from(&mut tasks, now, &HashSet::new(), &|_| false).unwrap();
+    assert_eq!(ids(&tasks), ["gate", "orphan", "fresh"]);
+    assert_eq!(p.len(), 4);
+    assert!(p.has_dependents("gate") && p.has_dependents("b1"));
+    assert_eq!(p.counts().waiting.get("after"), Some(&4));
+    assert_eq!(p.lines().count(), 4, "written at a compaction");
+    assert_eq!(p.status("b2"), Some(TaskStatus::Queued), "found as a prerequisite");
+    // A cancel takes one out.
+    assert_eq!(p.take("b2").unwrap().map(|t| t.task_id), Some("b2".to_string()));
+    let mut out = Vec::new();
+    assert_eq!(p.release("gate", &mut out).unwrap(), 2);
+    assert_eq!(ids(&out), ["b1", "b3"], "released in the order they were held");
+    assert!(!p.has_dependents("gate"));
+    assert_eq!(p.len(), 1, "the chain still waits for b1");
+    assert_eq!(p.release("gate", &mut out).unwrap(), 0);
+    // A prerequisite completed: its dependents are held ready, none decoded, lent in order.
+    let b1 = task("b1", TaskState::InProgress { started_at: now, dispatch_id: "d2".into() }, None);
+    let mut more = vec![b1, after("r1", "b1"), after("r2", "b1")];
+    p.park_from(&mut more, now, &HashSet::new(), &|_| false).unwrap();
+    assert_eq!(ids(&more), ["b1"], "b1 runs: they wait for it");
+    assert_eq!(p.release_ready("b1").unwrap(), 3);
+    assert!(!p.has_dependents("b1"));
+    assert_eq!(p.len(), 3, "held ready");
+    assert_eq!(p.counts().total, 3);
+    let mut lent = Vec::new();
+    assert_eq!(p.lend_ready(3, &mut lent, &no_skip()).unwrap(), 3);
+    assert_eq!(ids(&lent), ["chain", "r1", "r2"], "in the order they were held");
+
+    // A load: held as read; those whose prerequisite is not in the queue unfinished released.
+    let done = task("done", TaskState::Completed { started_at: None, completed_at: now }, None);
+    let mut p = Parked::default();
+    let mut loading = Loading::new(now, &mut p);
+    for t in [after("w1", "gate"), after("w2", "done"), after("w3", "nobody"), after("w4", "w1"), running, done] {
+        loading.put_new(t);
+    }
+    let working = loading.into_working().unwrap();
+    assert_eq!(ids(&working), ["gate", "done", "w2", "w3"]);
+    assert_eq!(p.len(), 2, "w1 on the running gate, w4 on the held w1");
 }
