@@ -228,6 +228,14 @@ pub(crate) fn foreground_active(home: &Home) -> bool {
     matches!(crate::store::pidfile::status(home, FOREGROUND), Ok(crate::store::pidfile::PidStatus::Running(_)))
 }
 
+/// [`foreground_active`] by the PID file's lock alone (`pidfile::status_quick`), without looking
+/// through `/proc` for the holder of a deleted one (~10 ms): for pm, which asks at every hung
+/// check (idle, that look was most of its CPU). A `cortex run` whose PID file was removed writes
+/// it again within a second; pm's restarts are serialised with its by the daemons' locks.
+pub(crate) fn foreground_seen(home: &Home) -> bool {
+    matches!(crate::store::pidfile::status_quick(home, FOREGROUND), Ok(crate::store::pidfile::PidStatus::Running(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
