@@ -125,9 +125,10 @@ pub fn watch(paths: &[PathBuf], depth: Depth, on_change: impl Fn(PathBuf) -> boo
 
 /// [`watch`], reading the changes at most once per `pace`: after the changes of one read are
 /// passed on, the thread waits out `pace` while the kernel queues further events (the same file's
-/// repeated events merged), then takes them all in one read. A change is passed on at most `pace`
-/// late. The kernel's queue holds 16,384 events by default: past that, the overflow reports every
-/// root as changed (the daemon rescans).
+/// repeated events merged), then takes them in one read of up to 64 KiB (about a thousand
+/// events; a larger backlog takes a pace more per read). A change is passed on at most `pace`
+/// late while fewer than that queue up in one pace. The kernel's queue holds 16,384 events by
+/// default: past that, the overflow reports every root as changed (the daemon rescans).
 pub fn watch_paced(
     paths: &[PathBuf],
     depth: Depth,

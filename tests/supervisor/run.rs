@@ -50,6 +50,22 @@ fn cortex_run_notifies_systemd_restarts_children_and_stops_all_on_sigterm() {
     assert_eq!(evs[0]["data"]["by"], "cortex run");
     assert_eq!(evs[0]["data"]["cause"], "signal 9 (SIGKILL)");
 
+    // Its PID file removed by hand: written again, and pm (which tells a supervising `cortex
+    // run` by that file's lock) still steps aside.
+    let pid_file = f.h.join("run/supervisor.pid");
+    std::fs::remove_file(&pid_file).unwrap();
+    wait_until(Duration::from_secs(10), "cortex run writes its PID file again", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == run_pid.to_string())
+    });
+    wait_until(Duration::from_secs(60), "cortex run reaps metrics", || watching(run_pid, "metrics"));
+    let old = f.ready("metrics").unwrap();
+    sigkill(old);
+    f.wait_ready_other("metrics", Some(old), Duration::from_secs(60));
+    wait_until(Duration::from_secs(5), "restart event", || f.h.events_of("daemon_restarted").len() >= 2);
+    let evs = f.h.events_of("daemon_restarted");
+    assert_eq!(evs.len(), 2, "exactly one supervisor restarted it: {evs:?}");
+    assert_eq!(evs[1]["data"]["by"], "cortex run");
+
     let pids: Vec<u32> = NAMES.iter().map(|d| f.pid(d).unwrap()).collect();
     let st = terminate(&mut run);
     assert!(st.success(), "{st}");

@@ -374,3 +374,56 @@ fn tasks_blocked_on_a_prerequisite_are_held_apart_and_released_when_it_ends() {
     assert!(pos(&link1) < pos(&link2), "the chain ran in order");
     h.cortex_ok(&["validate"]);
 }
+
+/// A task released from waiting for its prerequisite meets its worker type's circuit breaker
+/// like any other: the breakers are asked after the release, so an open breaker keeps it queued
+/// (`circuit_breaker`) in the very cycle that folds its prerequisite's end.
+#[test]
+fn a_released_dependent_waits_for_its_types_open_breaker() {
+    use crate::support::task::{show, start};
+    let h = TestHome::new();
+    let at = chrono::Utc::now();
+    let breakers = serde_json::json!({"breakers": {"scan-worker": {"state": "open", "opened_at": at.to_rfc3339(),
+        "half_open_at": (at + chrono::Duration::hours(1)).to_rfc3339(), "reason": "test",
+        "failures_in_window": 5, "trips": 1}}, "updated_at": at.to_rfc3339()});
+    std::fs::write(h.join("coordination/circuit-breakers.json"), breakers.to_string()).unwrap();
+    let release = h.join("release");
+    let store = store_of(&h);
+    let gate = add_task(
+        &store,
+        NewTask {
+            description: "gate".into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("until [ -e '{}' ]; do sleep 0.02; done", release.display()),
+            ],
+            ..NewTask::default()
+        },
+    )
+    .unwrap()
+    .task_id;
+    let scan = NewTask {
+        description: "scan after the gate".into(),
+        command: vec!["true".into()],
+        worker_type: Some("scan-worker".into()),
+        after: Some(gate.clone()),
+        ..NewTask::default()
+    };
+    let dependent = add_task(&store, scan).unwrap().task_id;
+    let _worker = start(&h, "worker");
+    let mut c = coordinator(&h);
+    c.cycle().unwrap();
+    assert_eq!(c.working_len(), 1, "the dependent is held blocked");
+    std::fs::write(&release, b"").unwrap();
+    let mut dispatched: Vec<String> = Vec::new();
+    wait_until(Duration::from_secs(30), "the gate's end folded", || {
+        let r = c.cycle().unwrap();
+        dispatched.extend(r.dispatched.iter().map(|d| d.task_id.clone()));
+        r.ended.iter().any(|e| e.task_id == gate)
+    });
+    c.cycle().unwrap();
+    assert!(!dispatched.contains(&dependent), "dispatched past its type's open breaker");
+    let t = show(&h, &dependent);
+    assert_eq!((t["status"].as_str(), t["waiting_reason"].as_str()), (Some("queued"), Some("circuit_breaker")), "{t}");
+}

@@ -326,28 +326,33 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Releases the tasks blocked on a prerequisite that has finished in `q` (its end folded, a
+    /// cancel caught up), before the breakers are asked and the plan is made, so they are planned
+    /// in this cycle as the plan of the whole queue would: held ready when it completed (lent as
+    /// slots are free; none decoded at once), else into the working queue (the plan fails them).
+    fn release_dependents(&mut self, q: &mut TaskQueue) -> Result<()> {
+        let finished: Vec<(String, TaskStatus)> = q
+            .tasks
+            .iter()
+            .filter(|t| t.status().is_terminal() && self.parked.has_dependents(&t.task_id))
+            .map(|t| (t.task_id.clone(), t.status()))
+            .collect();
+        for (id, status) in finished {
+            if status == TaskStatus::Completed {
+                self.parked.release_ready(&id)?;
+            } else {
+                self.parked.release(&id, &mut q.tasks)?;
+            }
+            self.after_cache.insert(id, status);
+        }
+        Ok(())
+    }
+
     /// One pass: collect (under the locks, in their order) → plan ([`plan::plan`], pure) →
     /// apply the plan to the queue and budget → archive → commit (one flush, then the renames in
     /// their order). Returns what it did.
     pub fn cycle(&mut self) -> Result<CycleReport> {
         let mut c = self.collect()?;
-        // The tasks blocked on a prerequisite whose end this cycle folded are planned with it:
-        // held ready when it completed (lent as slots are free), else in the working queue (the
-        // plan fails them).
-        let finished: Vec<(String, TaskStatus)> =
-            c.q.tasks
-                .iter()
-                .filter(|t| t.status().is_terminal() && self.parked.has_dependents(&t.task_id))
-                .map(|t| (t.task_id.clone(), t.status()))
-                .collect();
-        for (id, status) in finished {
-            if status == TaskStatus::Completed {
-                self.parked.release_ready(&id)?;
-            } else {
-                self.parked.release(&id, &mut c.q.tasks)?;
-            }
-            self.after_cache.insert(id, status);
-        }
         // Prerequisites that are held apart are in the queue, waiting: the plan sees their status
         // beside the archived ones'.
         let parked_prerequisites: Vec<(String, TaskStatus)> =
@@ -455,6 +460,7 @@ impl Coordinator {
         );
         q_dirty |= !ended.is_empty();
         changed.extend(ended.iter().map(|e| e.task_id.clone()));
+        self.release_dependents(&mut q)?;
         // Forgotten as unrecorded only once the queue that folds their end is written: a cycle
         // whose write fails (a full disk) must find them again, or a dispatch whose spec was
         // never written stays `in_progress` for good.

@@ -26,17 +26,21 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
     }
 }
 
+/// How often `cortex run` checks its PID file is still there.
+const PID_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Runs the foreground supervisor until SIGTERM/SIGINT. Returns the exit code.
 pub(crate) fn run(home: &Home) -> Result<u8> {
     let config = Config::load(home)?;
-    let _pidfile = PidFile::acquire(home, registry::FOREGROUND, Duration::from_millis(500)).map_err(|e| match e {
-        Error::Refused(_) => Error::refused(format!(
-            "another `cortex run` already supervises {} ({} is locked)",
-            home.root().display(),
-            home.pid_file(registry::FOREGROUND).display()
-        )),
-        other => other,
-    })?;
+    let mut pidfile =
+        PidFile::acquire(home, registry::FOREGROUND, Duration::from_millis(500)).map_err(|e| match e {
+            Error::Refused(_) => Error::refused(format!(
+                "another `cortex run` already supervises {} ({} is locked)",
+                home.root().display(),
+                home.pid_file(registry::FOREGROUND).display()
+            )),
+            other => other,
+        })?;
     let (tx, rx) = mpsc::channel::<Wake>();
     {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -82,8 +86,11 @@ pub(crate) fn run(home: &Home) -> Result<u8> {
     notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
     let watchdog_every = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut next_watchdog = watchdog_every.map(|d| Instant::now() + d);
+    // Its PID file removed by hand is written again within a second, as the daemons do theirs
+    // (pm tells a supervising `cortex run` by that file's lock).
+    let mut next_pid_check = Instant::now() + PID_CHECK_EVERY;
     loop {
-        let deadline = [engine.next_deadline(), next_watchdog].into_iter().flatten().min();
+        let deadline = [engine.next_deadline(), next_watchdog, Some(next_pid_check)].into_iter().flatten().min();
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(60));
         match rx.recv_timeout(timeout) {
             Ok(Wake::Shutdown(sig)) => {
@@ -99,6 +106,14 @@ pub(crate) fn run(home: &Home) -> Result<u8> {
             Err(RecvTimeoutError::Disconnected) => break,
         }
         engine.tick();
+        if Instant::now() >= next_pid_check {
+            next_pid_check = Instant::now() + PID_CHECK_EVERY;
+            match pidfile.refresh() {
+                Ok(true) => println!("cortex run: its PID file was removed or replaced; written again"),
+                Ok(false) => {}
+                Err(e) => eprintln!("cortex run: cannot write its PID file again: {e}"),
+            }
+        }
         if let (Some(every), Some(at)) = (watchdog_every, next_watchdog)
             && Instant::now() >= at
         {
