@@ -291,6 +291,17 @@ fn ready_tasks_beyond_the_slots_are_held_apart_and_dispatched_in_order() {
     h.cortex_ok(&["validate"]);
 }
 
+/// Adds a task that runs until the file it returns exists: a prerequisite the test completes.
+fn add_gate(h: &TestHome) -> (String, std::path::PathBuf) {
+    let release = h.join("release");
+    let gate = NewTask {
+        description: "gate".into(),
+        command: vec!["sh".into(), "-c".into(), format!("until [ -e '{}' ]; do sleep 0.02; done", release.display())],
+        ..NewTask::default()
+    };
+    (add_task(&store_of(h), gate).unwrap().task_id, release)
+}
+
 /// Tasks waiting for a prerequisite that is in the queue unfinished are held apart, blocked on
 /// it, never decoded by a cycle: a cycle's working queue is what can move. They are written at a
 /// compaction and read back by a restarted coordinator; a prerequisite cancelled fails its
@@ -305,21 +316,7 @@ fn tasks_blocked_on_a_prerequisite_are_held_apart_and_released_when_it_ends() {
         r#"{"total": 1000000000, "used": 0, "available": 1000000000}"#,
     )
     .unwrap();
-    let release = h.join("release");
-    let gate = add_task(
-        &store_of(&h),
-        NewTask {
-            description: "gate".into(),
-            command: vec![
-                "sh".into(),
-                "-c".into(),
-                format!("until [ -e '{}' ]; do sleep 0.02; done", release.display()),
-            ],
-            ..NewTask::default()
-        },
-    )
-    .unwrap()
-    .task_id;
+    let (gate, release) = add_gate(&h);
     let dependents: Vec<String> = (0..20).map(|i| add(&h, &format!("dependent {i}"), None, Some(&gate))).collect();
     let link1 = add(&h, "link 1", None, Some(&gate));
     let link2 = add(&h, "link 2", None, Some(&link1));
@@ -387,22 +384,8 @@ fn a_released_dependent_waits_for_its_types_open_breaker() {
         "half_open_at": (at + chrono::Duration::hours(1)).to_rfc3339(), "reason": "test",
         "failures_in_window": 5, "trips": 1}}, "updated_at": at.to_rfc3339()});
     std::fs::write(h.join("coordination/circuit-breakers.json"), breakers.to_string()).unwrap();
-    let release = h.join("release");
+    let (gate, release) = add_gate(&h);
     let store = store_of(&h);
-    let gate = add_task(
-        &store,
-        NewTask {
-            description: "gate".into(),
-            command: vec![
-                "sh".into(),
-                "-c".into(),
-                format!("until [ -e '{}' ]; do sleep 0.02; done", release.display()),
-            ],
-            ..NewTask::default()
-        },
-    )
-    .unwrap()
-    .task_id;
     let scan = NewTask {
         description: "scan after the gate".into(),
         command: vec!["true".into()],
