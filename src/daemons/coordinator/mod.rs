@@ -13,9 +13,10 @@
 //! (the plan's dispatches, failures and waiting reasons on the queue and budget) → archive (the
 //! finished tasks appended) → commit (one parallel flush, then the renames in their order).
 //!
-//! It is event-driven: a file watch ([`crate::base::watch`]) on the intake, the queue, the budget, the scheduler state
-//! and the `completed/`/`failed/` spec buckets wakes it; the next due time (delay, retry) is its
-//! deadline; `[scheduler] tick_interval_seconds` is only a slow safety re-scan.
+//! It is event-driven: a file watch ([`crate::base::watch`], changes only) on the intake, the
+//! queue, the budget, the scheduler state and the `completed/`/`failed/` spec buckets wakes it;
+//! the next due time (delay, retry) is its deadline; `[scheduler] tick_interval_seconds` is only
+//! a slow safety re-scan.
 
 use crate::base::clock::{Clock, SystemClock, Timestamp};
 use crate::base::error::{Error, Result};

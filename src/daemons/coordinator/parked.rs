@@ -8,15 +8,18 @@
 //!   ([`Parked::unpark_due`]);
 //! - **ready**: tasks that can run now and wait only for a slot (queued or pending retry, due,
 //!   without `--after` or with a prerequisite known completed), ordered as the plan takes them
-//!   (priority, then age, then the order they were held in). A cycle lends the plan the first of them ([`Parked::lend_ready`]) — as many
-//!   as there are free slots, more while the plan says it reached the rest with a slot still free
+//!   (priority, then age, then the order they were held in). A cycle lends the plan the first
+//!   of them ([`Parked::lend_ready`]) — as many as there are free slots, more while the plan
+//!   says it reached the rest with a slot still free
 //!   ([`super::plan::DispatchPlan::needs_held`]) — and takes back those it left as they are;
 //! - **blocked**: queued tasks waiting for their `--after` prerequisite (the reason `after`
 //!   recorded, due) while that prerequisite is in the queue and not finished, by prerequisite.
 //!   A prerequisite changes only in the working queue (a held task is taken back before anything
-//!   changes it), so the cycle releases a prerequisite's dependents ([`Parked::release`]) when it
-//!   finds it finished there (its end folded: before the plan, so they are planned in that same
-//!   cycle) or archives it (finished by the plan: the next cycle plans them).
+//!   changes it), so the cycle releases a prerequisite's dependents when it finds it finished
+//!   there (its end folded, a cancel caught up: before the breakers are asked and the plan made,
+//!   so they are planned in that same cycle) or archives it (finished by the plan: the next cycle
+//!   plans them) — held ready when it completed ([`Parked::release_ready`], none decoded at
+//!   once), else into the working queue ([`Parked::release`]: the plan fails them).
 //!
 //! Each kind is exactly what the plan would leave alone: a parked task's due time is in the
 //! future, so [`super::plan::plan`] would record the waiting reason it already has and dispatch
