@@ -141,7 +141,7 @@ pub enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
-    /// Write the man pages (cortex.1, cortex-<command>.1 for every command, nested too) into DIR.
+    /// Write the man pages (cortex.1, and cortex-COMMAND.1 for every command, nested too) into DIR.
     Manpages {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,

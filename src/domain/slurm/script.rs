@@ -23,7 +23,7 @@ use super::JobEndRecord;
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchScript<'a> {
     pub dispatch_id: &'a str,
-    /// The argv after template substitution; argv[0] is looked up in the job's `PATH`.
+    /// The argv after template substitution; `argv[0]` is looked up in the job's `PATH`.
     pub argv: &'a [String],
     /// `CORTEX_*` (and any other) variables exported before the command, in order.
     pub env: &'a [(String, String)],
