@@ -147,9 +147,12 @@ fn kernel_name(path: &Path) -> PathBuf {
 
 /// The processes that hold a lock on a deleted file that was called `path` (a removed lock or
 /// PID file whose holder still runs). Only processes in the kernel's lock table are looked at,
-/// and a descriptor counts only when its inode is the one that process has locked.
+/// and a descriptor counts only when its inode is the one that process has locked. The table is
+/// read again while the answer is empty ([`read_until_found`]): a skipped entry here let a second
+/// copy of a daemon start beside the one whose PID file had been deleted (seen once in the suite's
+/// `a_running_daemon_whose_pid_file_is_deleted_is_found_and_never_started_twice`).
 pub fn deleted_holders(path: &Path) -> Vec<DeletedHold> {
-    deleted_holders_in(&table(), path)
+    read_until_found(|table| deleted_holders_in(table, path))
 }
 
 fn deleted_holders_in(table: &[Held], path: &Path) -> Vec<DeletedHold> {

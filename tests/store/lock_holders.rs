@@ -312,7 +312,24 @@ fn a_running_daemon_whose_pid_file_is_deleted_is_found_and_never_started_twice()
     });
     std::fs::remove_file(&pid_file).unwrap();
     assert!(running(), "found by the lock on its deleted PID file");
-    let second = Command::new(bin("cortex-metrics")).arg("--home").arg(h.path()).output().unwrap();
+    // A second copy that started would run for good: it is waited for with a deadline.
+    let mut copy = Command::new(bin("cortex-metrics"))
+        .arg("--home")
+        .arg(h.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while copy.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = copy.kill();
+            let _ = copy.wait();
+            panic!("a second metrics started beside PID {pid} and ran");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = copy.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&second.stderr).into_owned();
     assert!(!second.status.success(), "a second metrics started: {err}");
     assert!(err.contains(&format!("PID {pid}")), "names the running daemon: {err}");
