@@ -240,26 +240,22 @@ impl Parked {
     /// many wait for it. The plan finds the prerequisite's status among the archived ones' (or in
     /// the queue, in the cycle that folded its end).
     pub(crate) fn release_ready(&mut self, prerequisite: &str) -> Result<usize> {
-        let Some(dependents) = self.blocked.remove(prerequisite) else { return Ok(0) };
-        let n = dependents.len();
-        let mut failed = None;
-        for id in dependents.into_values() {
-            let Some(entry) = self.tasks.remove(&id) else { continue };
-            match self.decode(&entry.line) {
-                Ok(t) => {
-                    self.counts.remove(&t);
-                    let seq = self.seq();
-                    let place = self.ready_place(&t, seq);
-                    self.insert(place, &t, entry.line);
-                }
-                Err(e) => failed = Some(e),
-            }
-        }
-        failed.map_or(Ok(n), Err)
+        self.unblock(&[prerequisite], |parked, t, line| {
+            let seq = parked.seq();
+            let place = parked.ready_place(&t, seq);
+            parked.insert(place, &t, line);
+        })
     }
 
     /// [`Parked::release`] of several prerequisites' dependents, all in the order they were held.
     fn release_all(&mut self, prerequisites: &[&str], tasks: &mut Vec<Task>) -> Result<usize> {
+        self.unblock(prerequisites, |_, t, _| tasks.push(t))
+    }
+
+    /// Takes the tasks blocked on `prerequisites` out, in the order they were held, and hands
+    /// each, decoded and no longer counted, to `put` with its line; returns how many there were
+    /// (an error when a line does not read back: that task is gone all the same).
+    fn unblock(&mut self, prerequisites: &[&str], mut put: impl FnMut(&mut Self, Task, Line)) -> Result<usize> {
         let mut dependents: Vec<(u64, Rc<str>)> =
             prerequisites.iter().filter_map(|p| self.blocked.remove(*p)).flatten().collect();
         dependents.sort();
@@ -270,7 +266,7 @@ impl Parked {
             match self.decode(&entry.line) {
                 Ok(t) => {
                     self.counts.remove(&t);
-                    tasks.push(t);
+                    put(self, t, entry.line);
                 }
                 Err(e) => failed = Some(e),
             }
