@@ -51,9 +51,6 @@ pub struct WatchId(usize);
 /// late, and a busy fleet's stream of file events wakes each of them at most 20 times a second.
 pub const OFF_PATH_PACE: Duration = Duration::from_millis(50);
 
-/// How often a daemon checks its PID file is still there (an operator may have removed it).
-const PID_CHECK_EVERY: Duration = Duration::from_secs(1);
-
 impl DaemonContext {
     /// A sender the daemon's other threads use to wake the loop.
     pub fn waker(&self) -> Sender<Wake> {
@@ -148,7 +145,7 @@ impl DaemonContext {
     /// Writes the PID file again when it was removed or replaced (within a second: the check is
     /// one `lstat`, on its own timer deadline in [`DaemonContext::wait`]).
     fn check_pidfile(&mut self) {
-        self.next_pid_check = Instant::now() + PID_CHECK_EVERY;
+        self.next_pid_check = Instant::now() + crate::store::pidfile::CHECK_EVERY;
         if let Some(pf) = self.pidfile.as_mut() {
             match pf.refresh() {
                 Ok(true) => tracing::warn!("{} was removed or replaced; written again", pf.path().display()),
@@ -373,7 +370,7 @@ fn run_inner(daemon: Daemon, args: DaemonArgs, body: impl FnOnce(&mut DaemonCont
         _watchers: Vec::new(),
         watch_pace: Duration::ZERO,
         pidfile: Some(pidfile),
-        next_pid_check: Instant::now() + PID_CHECK_EVERY,
+        next_pid_check: Instant::now() + crate::store::pidfile::CHECK_EVERY,
     };
     ctx.write_mark().inspect_err(|e| tracing::error!("{name} daemon cannot start: {e}"))?;
     tracing::info!(pid = std::process::id(), home = %home.root().display(), "{name} daemon starting");

@@ -21,6 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// How often a PID file's holder (every daemon, `cortex run`) checks that its path still names
+/// the file it locked, and writes it again when an operator removed or replaced it
+/// ([`PidFile::refresh`]).
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// A PID file held by the running daemon. Dropping it releases the lock (the file stays; its
 /// content then is stale by definition).
 #[derive(Debug)]

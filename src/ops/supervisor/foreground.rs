@@ -26,9 +26,6 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
     }
 }
 
-/// How often `cortex run` checks its PID file is still there.
-const PID_CHECK_EVERY: Duration = Duration::from_secs(1);
-
 /// Runs the foreground supervisor until SIGTERM/SIGINT. Returns the exit code.
 pub(crate) fn run(home: &Home) -> Result<u8> {
     let config = Config::load(home)?;
@@ -88,7 +85,7 @@ pub(crate) fn run(home: &Home) -> Result<u8> {
     let mut next_watchdog = watchdog_every.map(|d| Instant::now() + d);
     // Its PID file removed by hand is written again within a second, as the daemons do theirs
     // (pm tells a supervising `cortex run` by that file's lock).
-    let mut next_pid_check = Instant::now() + PID_CHECK_EVERY;
+    let mut next_pid_check = Instant::now() + crate::store::pidfile::CHECK_EVERY;
     loop {
         let deadline = [engine.next_deadline(), next_watchdog, Some(next_pid_check)].into_iter().flatten().min();
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(60));
@@ -107,7 +104,7 @@ pub(crate) fn run(home: &Home) -> Result<u8> {
         }
         engine.tick();
         if Instant::now() >= next_pid_check {
-            next_pid_check = Instant::now() + PID_CHECK_EVERY;
+            next_pid_check = Instant::now() + crate::store::pidfile::CHECK_EVERY;
             match pidfile.refresh() {
                 Ok(true) => println!("cortex run: its PID file was removed or replaced; written again"),
                 Ok(false) => {}
