@@ -159,47 +159,33 @@ pub fn watch_paced(
     Ok(Watcher { stop: Some(stop), thread: Some(thread), reads })
 }
 
-/// Waits until the inotify descriptor is readable; false once the watcher was dropped (the pipe's
-/// write end closed) or polling failed.
-fn wait_readable(inotify: &Inotify, stopped: &std::os::fd::OwnedFd) -> bool {
+/// Waits until `inotify` is readable or, without one, until `until` (a paced watch's gap between
+/// reads); false once the watcher was dropped (the pipe's write end closed) or polling failed.
+fn wait(inotify: Option<&Inotify>, stopped: &std::os::fd::OwnedFd, until: Option<Instant>) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     loop {
-        let mut fds =
-            [PollFd::new(inotify.as_fd(), PollFlags::POLLIN), PollFd::new(stopped.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = match until {
+            None => PollTimeout::NONE,
+            Some(until) => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return true;
+                }
+                PollTimeout::from(u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX))
+            }
+        };
+        let mut fds = vec![PollFd::new(stopped.as_fd(), PollFlags::POLLIN)];
+        fds.extend(inotify.map(|i| PollFd::new(i.as_fd(), PollFlags::POLLIN)));
+        match poll(&mut fds, timeout) {
             Ok(_) => {
-                if fds[1].any().unwrap_or(true) {
+                if fds[0].any().unwrap_or(true) {
                     return false;
                 }
-                if fds[0].any().unwrap_or(false) {
+                if fds.get(1).is_some_and(|f| f.any().unwrap_or(false)) {
                     return true;
                 }
             }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                tracing::error!("file watch stopped: poll: {e}");
-                return false;
-            }
-        }
-    }
-}
-
-/// Waits `pace` (a paced watch's gap between reads); false once the watcher was dropped.
-fn wait_pace(pace: Duration, stopped: &std::os::fd::OwnedFd) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd;
-    let until = Instant::now() + pace;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(stopped.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) => {}
-            Ok(_) => return false,
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
                 tracing::error!("file watch stopped: poll: {e}");
@@ -218,7 +204,7 @@ fn event_loop(
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        if !wait_readable(&state.inotify, stopped) {
+        if !wait(Some(&state.inotify), stopped, None) {
             return;
         }
         reads.fetch_add(1, Ordering::Relaxed);
@@ -281,7 +267,7 @@ fn event_loop(
                 return;
             }
         }
-        if !pace.is_zero() && !wait_pace(pace, stopped) {
+        if !pace.is_zero() && !wait(None, stopped, Some(Instant::now() + pace)) {
             return;
         }
     }
